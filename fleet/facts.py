@@ -1,0 +1,226 @@
+"""Node facts in one round trip: a POSIX sh script that only reads files (one `grep` and one `df`),
+and a pure parser of its output. No `ctr` is started per round: the runtime's version is cached on the node."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .model import Resources
+
+# The script names every file it wants and lets a single `grep -sH ''` print them as `path:line`, so the
+# node starts two small processes per round whatever the number of containers. Task state comes from the
+# shim bundle directories containerd keeps under /run and from /proc/<pid>/stat; usage from cgroup files.
+FACTS_SCRIPT = r"""
+NS=${NS:-fleet}
+T=/run/containerd/io.containerd.runtime.v2.task/$NS
+set -- /proc/sys/kernel/hostname /proc/meminfo /proc/loadavg /proc/uptime /proc/self/status
+RT=
+if command -v nerdctl >/dev/null 2>&1; then RT=nerdctl; elif command -v ctr >/dev/null 2>&1; then RT=ctr; fi
+echo "@runtime=$RT"
+if [ -n "$RT" ]; then
+  C=/var/lib/fleet/facts.$RT.version
+  B=$(command -v $RT)
+  if [ ! -s "$C" ] || [ "$B" -nt "$C" ]; then
+    mkdir -p /var/lib/fleet && "$RT" --version >"$C.tmp" 2>/dev/null && mv "$C.tmp" "$C"
+  fi
+  set -- "$@" "$C"
+fi
+if [ -S /run/containerd/containerd.sock ]; then echo "@socket=1"; else echo "@socket=0"; fi
+if [ -f /sys/fs/cgroup/cgroup.controllers ]; then CG=2; else CG=1; fi
+echo "@cgroup=$CG"
+for d in "$T"/*/; do
+  [ -f "${d}init.pid" ] || continue
+  id=${d%/}; id=${id##*/}
+  echo "@task=$id"
+  set -- "$@" "${d}init.pid"
+  pid=
+  read pid <"${d}init.pid" || true
+  [ -n "$pid" ] && set -- "$@" "/proc/$pid/stat"
+  if [ $CG = 1 ]; then
+    M=/sys/fs/cgroup/memory/$NS/$id
+    set -- "$@" "$M/memory.usage_in_bytes" "$M/memory.limit_in_bytes" "$M/memory.oom_control" \
+      "/sys/fs/cgroup/cpuacct/$NS/$id/cpuacct.usage" \
+      "/sys/fs/cgroup/cpu/$NS/$id/cpu.cfs_quota_us" "/sys/fs/cgroup/cpu/$NS/$id/cpu.cfs_period_us"
+  else
+    G=/sys/fs/cgroup/$NS/$id
+    set -- "$@" "$G/memory.current" "$G/memory.max" "$G/memory.events" "$G/cpu.stat" "$G/cpu.max"
+  fi
+done
+echo "@df"
+df -Pk /var/lib/containerd 2>/dev/null || df -Pk / 2>/dev/null
+echo "@files"
+grep -sH '' "$@"
+exit 0
+"""
+
+UNLIMITED = 1 << 62
+
+
+@dataclass(frozen=True)
+class TaskFacts:
+    """One container task on a node, as its files show it."""
+
+    id: str
+    pid: int | None
+    running: bool
+    mem_usage: int
+    mem_limit: int | None
+    cpu_ns: int
+    cpu_limit: float | None
+    oom_kills: int
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    hostname: str
+    ncpu: int
+    mem_total: int
+    mem_available: int
+    load: tuple[float, float, float]
+    uptime_s: float
+    disk_total: int
+    disk_free: int
+    runtime: str | None
+    runtime_version: str | None
+    runtime_socket: bool
+    cgroup: int
+    tasks: tuple[TaskFacts, ...]
+
+    @property
+    def size(self) -> Resources:
+        return Resources(float(self.ncpu), self.mem_total)
+
+    @property
+    def running(self) -> tuple[TaskFacts, ...]:
+        return tuple(t for t in self.tasks if t.running)
+
+    @property
+    def used_memory(self) -> int:
+        return sum(t.mem_usage for t in self.running)
+
+    @property
+    def used_cpu_ns(self) -> int:
+        return sum(t.cpu_ns for t in self.running)
+
+
+def _cpu_count(cpus_allowed_list: str) -> int:
+    count = 0
+    for part in cpus_allowed_list.split(","):
+        lo, _, hi = part.strip().partition("-")
+        if lo.isdigit():
+            count += int(hi) - int(lo) + 1 if hi.isdigit() else 1
+    return max(count, 1)
+
+
+def _kb(value: str) -> int:
+    """`   24684084 kB` (the part of a /proc/meminfo line after the colon) in bytes."""
+    return _int(value) * 1024
+
+
+def _int(text: str | None, default: int = 0) -> int:
+    try:
+        return int(str(text).split()[0])
+    except (ValueError, IndexError):
+        return default
+
+
+def parse_facts(stdout: str) -> NodeFacts:
+    """Parse the facts script's output; raises ValueError when it is not that output."""
+    markers: dict[str, str] = {}
+    task_ids: list[str] = []
+    files: dict[str, list[str]] = {}
+    df_lines: list[str] = []
+    section = ""
+    for line in stdout.splitlines():
+        if line.startswith("@"):
+            key, _, value = line[1:].partition("=")
+            if key == "task":
+                task_ids.append(value)
+            elif key in ("df", "files"):
+                section = key
+            else:
+                markers[key] = value
+            continue
+        if section == "df":
+            df_lines.append(line)
+        elif section == "files":
+            path, sep, rest = line.partition(":")
+            if sep:
+                files.setdefault(path, []).append(rest)
+    if "runtime" not in markers or "/proc/meminfo" not in files:
+        raise ValueError("not the output of the facts script")
+
+    def one(path: str) -> str | None:
+        lines = files.get(path)
+        return lines[0] if lines else None
+
+    meminfo = {ln.split(":")[0]: ln.split(":", 1)[1] for ln in files["/proc/meminfo"] if ":" in ln}
+    status = {ln.split(":")[0]: ln.split(":", 1)[1].strip() for ln in files.get("/proc/self/status", []) if ":" in ln}
+    load_parts = (one("/proc/loadavg") or "0 0 0").split()
+    disk_total = disk_free = 0
+    for line in df_lines[1:]:
+        cols = line.split()
+        if len(cols) >= 4 and cols[1].isdigit():
+            disk_total, disk_free = int(cols[1]) * 1024, int(cols[3]) * 1024
+    runtime = markers.get("runtime") or None
+    version = None
+    if runtime:
+        raw = one(f"/var/lib/fleet/facts.{runtime}.version")
+        if raw:
+            words = raw.split()
+            version = words[2] if runtime == "ctr" and len(words) >= 3 else words[-1]
+    cgroup = _int(markers.get("cgroup"), 1)
+    ns_dirs = {p.rsplit("/", 2)[0] for p in files if p.endswith("/init.pid")}
+    tasks = []
+    for tid in task_ids:
+        bundle = next((d for d in ns_dirs if d.endswith(f"/{tid}")), None)
+        pid = _int(one(f"{bundle}/init.pid"), 0) if bundle else 0
+        stat = one(f"/proc/{pid}/stat") if pid else None
+        running = bool(stat) and stat is not None and stat.rsplit(") ", 1)[-1][:1] not in ("Z", "X")
+        usage, limit, cpu_ns, cpu_limit, ooms = 0, None, 0, None, 0
+        for path, lines in files.items():
+            if f"/{tid}/" not in path:
+                continue
+            name = path.rsplit("/", 1)[1]
+            first = lines[0] if lines else ""
+            if name in ("memory.usage_in_bytes", "memory.current"):
+                usage = _int(first)
+            elif name == "memory.limit_in_bytes":
+                value = _int(first, UNLIMITED)
+                limit = None if value >= UNLIMITED else value
+            elif name == "memory.max":
+                limit = None if first.strip() == "max" else _int(first)
+            elif name == "cpuacct.usage":
+                cpu_ns = _int(first)
+            elif name == "cpu.stat":
+                for ln in lines:
+                    if ln.startswith("usage_usec"):
+                        cpu_ns = _int(ln.split()[1]) * 1000
+            elif name in ("memory.oom_control", "memory.events"):
+                for ln in lines:
+                    if ln.startswith("oom_kill "):
+                        ooms = _int(ln.split()[1])
+            elif name == "cpu.max":
+                quota, _, period = first.partition(" ")
+                if quota != "max" and _int(period):
+                    cpu_limit = _int(quota) / _int(period)
+        quota_line = next((ls[0] for p, ls in files.items() if p.endswith(f"/{tid}/cpu.cfs_quota_us") and ls), None)
+        period_line = next((ls[0] for p, ls in files.items() if p.endswith(f"/{tid}/cpu.cfs_period_us") and ls), None)
+        if quota_line is not None and period_line is not None and _int(quota_line, -1) > 0 and _int(period_line):
+            cpu_limit = _int(quota_line) / _int(period_line)
+        tasks.append(TaskFacts(tid, pid or None, running, usage, limit, cpu_ns, cpu_limit, ooms))
+    return NodeFacts(
+        hostname=(one("/proc/sys/kernel/hostname") or "").strip(),
+        ncpu=_cpu_count(status.get("Cpus_allowed_list", "0")),
+        mem_total=_kb(meminfo.get("MemTotal", "0")),
+        mem_available=_kb(meminfo.get("MemAvailable", meminfo.get("MemFree", "0"))),
+        load=(float(load_parts[0]), float(load_parts[1]), float(load_parts[2])),
+        uptime_s=float((one("/proc/uptime") or "0").split()[0]),
+        disk_total=disk_total,
+        disk_free=disk_free,
+        runtime=runtime,
+        runtime_version=version,
+        runtime_socket=markers.get("socket") == "1",
+        cgroup=cgroup,
+        tasks=tuple(tasks),
+    )

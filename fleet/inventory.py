@@ -1,0 +1,370 @@
+"""Inventories: fleet's own YAML, and Ansible's YAML and INI, read into one `Inventory` value.
+
+Fleet format (every key but `address` optional; `defaults` apply to every node):
+
+    defaults: {user: root, port: 22, key: ~/.ssh/id_ed25519, known_hosts: ./known_hosts,
+               namespace: fleet, labels: {}, reserved: {cpu: 0.1, memory: 256MiB}}
+    nodes:
+      n1: {address: 10.0.0.11, roles: [worker, lb], labels: {zone: a}, capacity: {cpu: 2, memory: 4GiB}}
+
+Ansible inventories: `ansible_host`, `ansible_port`, `ansible_user`, `ansible_ssh_private_key_file`
+(or `ansible_private_key_file`) are honoured; every group a host is in becomes the label
+`group.NAME=true`; a host in a group named `lb` gets the role `lb`; `fleet_labels` (mapping) and
+`fleet_roles` (list) host variables are read as well.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError, InventoryError, Problem
+from .model import Inventory, Node, Resources
+from .units import parse_cpu, parse_memory
+from .yamlmarks import Marked, load
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,126}$")
+LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9._:/@+-]{0,128}$")
+ROLES = ("worker", "lb")
+
+
+class _Quantity(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cpu: float | None = None
+    memory: int | None = None
+
+    @field_validator("cpu", mode="before")
+    @classmethod
+    def _cpu(cls, v: object) -> float | None:
+        return None if v is None else parse_cpu(v)
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _mem(cls, v: object) -> int | None:
+        return None if v is None else parse_memory(v)
+
+
+def _check_labels(v: dict[str, object]) -> dict[str, str]:
+    out = {}
+    for key, value in v.items():
+        if not LABEL_KEY_RE.match(str(key)):
+            raise ValueError(f"invalid label key {key!r} (letters, digits, . _ / -)")
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        if not LABEL_VALUE_RE.match(text):
+            raise ValueError(f"invalid value {text!r} for label {key!r}")
+        out[str(key)] = text
+    return out
+
+
+class _NodeCommon(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    key: str | list[str] | None = None
+    known_hosts: str | None = None
+    namespace: str | None = None
+    labels: dict[str, Any] = Field(default_factory=dict)
+    reserved: _Quantity | None = None
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, object]) -> dict[str, str]:
+        return _check_labels(v)
+
+    @field_validator("namespace")
+    @classmethod
+    def _ns(cls, v: str | None) -> str | None:
+        if v is not None and not NAME_RE.match(v):
+            raise ValueError(f"invalid containerd namespace {v!r}")
+        return v
+
+
+class _NodeSpec(_NodeCommon):
+    address: str = Field(min_length=1)
+    roles: list[str] = Field(default_factory=lambda: ["worker"])
+    capacity: _Quantity | None = None
+
+    @field_validator("roles")
+    @classmethod
+    def _roles(cls, v: list[str]) -> list[str]:
+        for role in v:
+            if role not in ROLES:
+                raise ValueError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
+        return v
+
+
+class _FleetInventory(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    defaults: _NodeCommon = Field(default_factory=_NodeCommon)
+    nodes: dict[str, _NodeSpec]
+
+
+def pydantic_problems(exc: ValidationError, doc: Marked, prefix: tuple[str | int, ...] = ()) -> list[Problem]:
+    """Map pydantic's error locations onto the YAML document's line marks."""
+    problems = []
+    for err in exc.errors():
+        loc = (*prefix, *(p for p in err["loc"] if isinstance(p, str | int)))
+        msg = err["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        elif "input" in err and err["type"] not in ("value_error",):
+            msg = f"{msg}, got {err['input']!r}"
+        problems.append(doc.problem(loc, msg))
+    return problems
+
+
+def _resolve_path(path: str, base_dir: str) -> str:
+    path = os.path.expanduser(path)
+    return path if os.path.isabs(path) else os.path.normpath(os.path.join(base_dir, path))
+
+
+def _keys(key: str | list[str] | None, base_dir: str) -> tuple[str, ...]:
+    if key is None:
+        return ()
+    keys = [key] if isinstance(key, str) else key
+    return tuple(_resolve_path(k, base_dir) for k in keys)
+
+
+def _resources(q: _Quantity | None, default: Resources | None) -> Resources | None:
+    if q is None:
+        return default
+    base = default or Resources()
+    return Resources(q.cpu if q.cpu is not None else base.cpu, q.memory if q.memory is not None else base.memory)
+
+
+def _from_fleet(doc: Marked) -> Inventory:
+    try:
+        inv = _FleetInventory.model_validate(doc.data)
+    except ValidationError as exc:
+        raise InventoryError(pydantic_problems(exc, doc)) from None
+    base_dir = os.path.dirname(os.path.abspath(doc.file))
+    d = inv.defaults
+    problems = [doc.problem(("nodes", name), "invalid node name (letters, digits, . _ -)")
+                for name in inv.nodes if not NAME_RE.match(name)]
+    if problems:
+        raise InventoryError(problems)
+    nodes = []
+    for name, spec in inv.nodes.items():
+        nodes.append(Node(
+            name=name,
+            address=spec.address,
+            port=spec.port or d.port or 22,
+            user=spec.user or d.user or "root",
+            key_files=_keys(spec.key if spec.key is not None else d.key, base_dir),
+            known_hosts=_resolve_path(kh, base_dir) if (kh := spec.known_hosts or d.known_hosts) else None,
+            labels={**d.labels, **spec.labels},
+            roles=tuple(spec.roles),
+            capacity=_resources(spec.capacity, None),
+            reserved=_resources(spec.reserved, _resources(d.reserved, Resources())) or Resources(),
+            namespace=spec.namespace or d.namespace or "fleet",
+            source_line=doc.line_of(("nodes", name)),
+        ))
+    return Inventory(doc.file, tuple(nodes))
+
+
+class _Host:
+    def __init__(self, name: str, line: int | None) -> None:
+        self.name = name
+        self.line = line
+        self.vars: dict[str, object] = {}
+        self.groups: set[str] = set()
+
+
+def _ansible_node(host: _Host, file: str, base_dir: str) -> Node:
+    v = host.vars
+    problems: list[Problem] = []
+
+    def field(key: str) -> str:
+        return f"{host.name}.{key}"
+
+    try:
+        port = int(str(v.get("ansible_port", v.get("ansible_ssh_port", 22))))
+        if not 1 <= port <= 65535:
+            raise ValueError
+    except ValueError:
+        problems.append(Problem(file, host.line, field("ansible_port"), f"expected a port, got {v.get('ansible_port')!r}"))
+        port = 22
+    key = v.get("ansible_ssh_private_key_file", v.get("ansible_private_key_file"))
+    labels: dict[str, object] = {f"group.{g}": "true" for g in sorted(host.groups) if g not in ("all", "ungrouped")}
+    extra = v.get("fleet_labels", {})
+    if not isinstance(extra, dict):
+        problems.append(Problem(file, host.line, field("fleet_labels"), "expected a mapping"))
+        extra = {}
+    labels.update(extra)
+    try:
+        checked = _check_labels(labels)
+    except ValueError as exc:
+        problems.append(Problem(file, host.line, field("fleet_labels"), str(exc)))
+        checked = {}
+    roles_raw = v.get("fleet_roles")
+    roles = ["worker", "lb"] if "lb" in host.groups else ["worker"]
+    if roles_raw is not None:
+        roles = [roles_raw] if isinstance(roles_raw, str) else [str(r) for r in roles_raw]  # type: ignore[attr-defined]
+        for role in roles:
+            if role not in ROLES:
+                problems.append(Problem(file, host.line, field("fleet_roles"), f"unknown role {role!r}"))
+    if problems:
+        raise InventoryError(problems)
+    return Node(
+        name=host.name,
+        address=str(v.get("ansible_host", v.get("ansible_ssh_host", host.name))),
+        port=port,
+        user=str(v.get("ansible_user", v.get("ansible_ssh_user", "root"))),
+        key_files=_keys(str(key), base_dir) if key else (),
+        labels=checked,
+        roles=tuple(roles),
+        source_line=host.line,
+    )
+
+
+def _from_ansible_yaml(doc: Marked) -> Inventory:
+    hosts: dict[str, _Host] = {}
+    problems: list[Problem] = []
+
+    def walk(group: str, body: object, path: tuple[str | int, ...], inherited: dict[str, object],
+             parents: set[str]) -> None:
+        if body is None:
+            body = {}
+        if not isinstance(body, dict):
+            problems.append(doc.problem(path, "a group must be a mapping"))
+            return
+        unknown = set(body) - {"hosts", "vars", "children"}
+        for key in sorted(unknown, key=str):
+            problems.append(doc.problem((*path, key), "unknown field (expected hosts, vars or children)"))
+        gvars = dict(inherited)
+        gvars.update(body.get("vars") or {})
+        groups = parents | {group}
+        for hname, hvars in (body.get("hosts") or {}).items():
+            host = hosts.setdefault(str(hname), _Host(str(hname), doc.line_of((*path, "hosts", hname))))
+            host.groups |= groups
+            merged = dict(gvars)
+            merged.update(host.vars)
+            if hvars is not None and not isinstance(hvars, dict):
+                problems.append(doc.problem((*path, "hosts", hname), "host variables must be a mapping"))
+            merged.update(hvars or {})
+            host.vars = merged
+        for cname, cbody in (body.get("children") or {}).items():
+            walk(str(cname), cbody, (*path, "children", cname), gvars, groups)
+
+    for gname, gbody in doc.data.items():
+        walk(str(gname), gbody, (gname,), {}, set())
+    if problems:
+        raise InventoryError(problems)
+    base_dir = os.path.dirname(os.path.abspath(doc.file))
+    return Inventory(doc.file, tuple(_ansible_node(h, doc.file, base_dir) for h in hosts.values()))
+
+
+_INI_SECTION = re.compile(r"^\[([^\]:]+)(?::(vars|children))?\]\s*$")
+
+
+def _from_ansible_ini(text: str, file: str) -> Inventory:
+    hosts: dict[str, _Host] = {}
+    group_vars: dict[str, dict[str, object]] = {}
+    children: dict[str, list[str]] = {}
+    members: dict[str, list[str]] = {}
+    problems: list[Problem] = []
+    section, kind = "ungrouped", None
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        m = _INI_SECTION.match(line)
+        if m:
+            section, kind = m.group(1).strip(), m.group(2)
+            continue
+        if line.startswith("["):
+            problems.append(Problem(file, lineno, "", f"invalid section header {line!r}"))
+            continue
+        try:
+            tokens = shlex.split(line, comments=True)
+        except ValueError as exc:
+            problems.append(Problem(file, lineno, section, f"cannot parse line: {exc}"))
+            continue
+        if kind == "vars":
+            name, sep, value = line.partition("=")
+            if not sep:
+                problems.append(Problem(file, lineno, f"{section}:vars", f"expected key=value, got {line!r}"))
+                continue
+            group_vars.setdefault(section, {})[name.strip()] = value.strip().strip("'\"")
+        elif kind == "children":
+            children.setdefault(section, []).append(tokens[0])
+        else:
+            name = tokens[0]
+            if "[" in name:
+                problems.append(Problem(file, lineno, name, "host ranges such as web[01:09] are not supported"))
+                continue
+            host = hosts.setdefault(name, _Host(name, lineno))
+            for tok in tokens[1:]:
+                key, sep, value = tok.partition("=")
+                if not sep:
+                    problems.append(Problem(file, lineno, name, f"expected key=value, got {tok!r}"))
+                    continue
+                host.vars[key] = value
+            members.setdefault(section, []).append(name)
+    if problems:
+        raise InventoryError(problems)
+
+    def expand(group: str, seen: frozenset[str]) -> list[tuple[str, list[str]]]:
+        """Every host reachable from `group`, with the chain of groups (outermost first)."""
+        if group in seen:
+            return []
+        out = [(h, [group]) for h in members.get(group, [])]
+        for child in children.get(group, []):
+            out += [(h, [group, *chain]) for h, chain in expand(child, seen | {group})]
+        return out
+
+    all_groups = set(members) | set(children) | set(group_vars)
+    for group in sorted(all_groups):
+        for hname, chain in expand(group, frozenset()):
+            if hname in hosts:
+                hosts[hname].groups |= set(chain)
+    for host in hosts.values():
+        merged: dict[str, object] = dict(group_vars.get("all", {}))
+        # Parent groups first, so a child group's and then the host's own variables win.
+        for group in sorted(host.groups, key=lambda g: g in children):
+            merged.update(group_vars.get(group, {}))
+        merged.update(host.vars)
+        host.vars = merged
+    base_dir = os.path.dirname(os.path.abspath(file))
+    return Inventory(file, tuple(_ansible_node(h, file, base_dir) for h in hosts.values()))
+
+
+def parse(text: str, file: str) -> Inventory:
+    """Read an inventory from its text; the format is told by the content."""
+    stripped = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    if file.endswith((".ini", ".cfg")) or (stripped and stripped[0].startswith("[")):
+        inv = _from_ansible_ini(text, file)
+    else:
+        try:
+            doc = load(text, file)
+        except InventoryError:
+            raise
+        except ConfigError as exc:
+            raise InventoryError(exc.problems) from None
+        if not isinstance(doc.data, dict):
+            raise InventoryError([Problem(file, 1, "", "expected a mapping with `nodes:` (or an Ansible `all:` group)")])
+        if "nodes" in doc.data or "defaults" in doc.data:
+            inv = _from_fleet(doc)
+        else:
+            inv = _from_ansible_yaml(doc)
+    if not inv.nodes:
+        raise InventoryError([Problem(file, None, "nodes", "the inventory lists no nodes")])
+    return inv
+
+
+def load_inventory(path: str) -> Inventory:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise InventoryError([Problem(path, None, "", f"cannot read inventory: {exc.strerror}")]) from exc
+    return parse(text, path)

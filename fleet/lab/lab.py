@@ -1,0 +1,379 @@
+"""The local lab: real nodes on this machine, each a network namespace plus a private mount and UTS namespace
+running its own sshd and containerd. Found again by name prefix, so `down` works after any crash."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+
+from ..errors import LabError
+from . import render
+from .render import LabConfig, LabNode, node_dir
+
+REQUIRED_TOOLS = ("ip", "nsenter", "unshare", "containerd", "ctr", "runc", "ssh-keygen", "/usr/sbin/sshd")
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    name: str
+    address: str
+    roles: tuple[str, ...]
+    netns: bool
+    holder_pid: int | None
+    sshd: bool
+    containerd: bool
+
+    @property
+    def ready(self) -> bool:
+        return self.netns and self.holder_pid is not None and self.sshd and self.containerd
+
+
+def _run(argv: list[str], *, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(argv, capture_output=True, text=True, input=input)
+    if check and proc.returncode != 0:
+        raise LabError(f"`{' '.join(argv)}` failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc
+
+
+def _netns_list() -> set[str]:
+    out = _run(["ip", "netns", "list"], check=False).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def _link_exists(name: str) -> bool:
+    return os.path.exists(f"/sys/class/net/{name}")
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ", 1)[1][0] not in "ZX"
+    except (OSError, IndexError):
+        return False
+
+
+def _read_pid(path: str) -> int | None:
+    try:
+        with open(path) as fh:
+            return int(fh.read().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+def _port_open(address: str, port: int, timeout: float = 0.3) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            return sock.recv(4).startswith(b"SSH")
+    except OSError:
+        return False
+
+
+def _pids_in_netns(ns: str) -> list[int]:
+    out = _run(["ip", "netns", "pids", ns], check=False).stdout
+    return [int(p) for p in out.split() if p.isdigit()]
+
+
+def _task_ids(cfg: LabConfig, node_name: str) -> list[tuple[str, str]]:
+    """(containerd namespace, container id) of every task bundle a node's containerd left on disk."""
+    base = f"{cfg.dir}/nodes/{node_name}/run/containerd/io.containerd.runtime.v2.task"
+    out = []
+    if os.path.isdir(base):
+        for ns in os.listdir(base):
+            if os.path.isdir(f"{base}/{ns}"):
+                out += [(ns, cid) for cid in os.listdir(f"{base}/{ns}")]
+    return out
+
+
+def _cgroup_dirs(ns: str, cid: str) -> list[str]:
+    root = "/sys/fs/cgroup"
+    if os.path.exists(f"{root}/cgroup.controllers"):
+        return [f"{root}/{ns}/{cid}"]
+    try:
+        hierarchies = os.listdir(root)
+    except OSError:
+        return []
+    return [f"{root}/{h}/{ns}/{cid}" for h in hierarchies if os.path.isdir(f"{root}/{h}/{ns}/{cid}")]
+
+
+def _cgroup_pids(ns: str, cid: str) -> list[int]:
+    pids: set[int] = set()
+    for d in _cgroup_dirs(ns, cid):
+        try:
+            with open(f"{d}/cgroup.procs") as fh:
+                pids |= {int(p) for p in fh.read().split()}
+        except OSError:
+            continue
+    return sorted(pids)
+
+
+def _kill_and_wait(pids: list[int], timeout: float = 10.0) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+class Lab:
+    """Builds, inspects and removes one lab, named by its prefix."""
+
+    def __init__(self, cfg: LabConfig) -> None:
+        self.cfg = cfg
+
+    # --- paths -------------------------------------------------------------------------------------------
+    @property
+    def inventory_path(self) -> str:
+        return f"{self.cfg.dir}/inventory.yaml"
+
+    @property
+    def record_path(self) -> str:
+        return f"{self.cfg.dir}/lab.json"
+
+    # --- status ------------------------------------------------------------------------------------------
+    def node_status(self, node: LabNode, namespaces: set[str] | None = None) -> NodeStatus:
+        namespaces = _netns_list() if namespaces is None else namespaces
+        d = node_dir(self.cfg, node)
+        holder = _read_pid(f"{d}/holder.pid")
+        return NodeStatus(
+            name=node.name,
+            address=node.address,
+            roles=node.roles,
+            netns=node.netns(self.cfg.prefix) in namespaces,
+            holder_pid=holder if _alive(holder) else None,
+            sshd=_alive(_read_pid(f"{d}/sshd.pid")) and _port_open(node.address, 22),
+            containerd=_alive(_read_pid(f"{d}/containerd.pid")) and os.path.exists(f"{d}/run/containerd/containerd.sock"),
+        )
+
+    def status(self) -> list[NodeStatus]:
+        namespaces = _netns_list()
+        return [self.node_status(n, namespaces) for n in self.recorded_layout()]
+
+    def recorded_layout(self) -> list[LabNode]:
+        """The nodes the running lab was built with (its record), else the configured layout."""
+        try:
+            with open(self.record_path) as fh:
+                rec = json.load(fh)
+            return [LabNode(n["name"], n["address"], tuple(n["roles"]), n["zone"], n["cpu"], n["memory"])
+                    for n in rec["nodes"]]
+        except (OSError, ValueError, KeyError):
+            return self.cfg.layout()
+
+    # --- up ----------------------------------------------------------------------------------------------
+    def up(self, timeout: float = 60.0) -> list[NodeStatus]:
+        """Build the lab, or repair it: nodes that are already whole are left as they are."""
+        self._preflight()
+        existed = os.path.exists(self.record_path)
+        try:
+            return self._up(timeout)
+        except BaseException:
+            if not existed:
+                self.down()
+            raise
+
+    def _preflight(self) -> None:
+        if os.geteuid() != 0:
+            raise LabError("the lab needs root (network and mount namespaces)")
+        missing = [t for t in REQUIRED_TOOLS if shutil.which(t) is None]
+        if missing:
+            raise LabError(f"missing tools: {', '.join(missing)} (run scripts/setup.sh)")
+
+    def _up(self, timeout: float) -> list[NodeStatus]:
+        cfg = self.cfg
+        os.makedirs(cfg.dir, exist_ok=True)
+        for mountpoint in ("/var/lib/containerd", render.NODE_STATE_DIR):
+            os.makedirs(mountpoint, exist_ok=True)
+        key = f"{cfg.dir}/id_ed25519"
+        if not os.path.exists(key):
+            _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"fleet-lab-{cfg.prefix}", "-f", key])
+        shutil.copyfile(f"{key}.pub", f"{cfg.dir}/authorized_keys")
+        self._bridge()
+        layout = cfg.layout()
+        self._write_record(layout)
+        namespaces = _netns_list()
+        started = []
+        for node in layout:
+            if self.node_status(node, namespaces).ready:
+                continue
+            self._remove_node(node)
+            self._create_node(node)
+            started.append(node)
+        deadline = time.monotonic() + timeout
+        pending = list(started)
+        while pending and time.monotonic() < deadline:
+            time.sleep(0.05)
+            pending = [n for n in pending if not self.node_status(n).ready]
+        if pending:
+            details = "; ".join(self._why_not_ready(n) for n in pending)
+            raise LabError(f"nodes not ready after {timeout:.0f}s: {details}")
+        self._write_known_hosts(layout)
+        with open(self.inventory_path, "w") as fh:
+            fh.write(render.inventory_yaml(cfg))
+        return self.status()
+
+    def _why_not_ready(self, node: LabNode) -> str:
+        st = self.node_status(node)
+        d = node_dir(self.cfg, node)
+        parts = [f"{node.name}: netns={st.netns} holder={st.holder_pid} sshd={st.sshd} containerd={st.containerd}"]
+        for log in ("init.log", "sshd.log", "containerd.log"):
+            try:
+                with open(f"{d}/{log}") as fh:
+                    tail = fh.read()[-300:].strip()
+                if tail:
+                    parts.append(f"{log}: {tail}")
+            except OSError:
+                pass
+        return " ".join(parts)
+
+    def _bridge(self) -> None:
+        cfg = self.cfg
+        if not _link_exists(cfg.bridge):
+            _run(["ip", "link", "add", "name", cfg.bridge, "type", "bridge"])
+        addrs = _run(["ip", "-o", "-4", "addr", "show", "dev", cfg.bridge]).stdout
+        if f" {cfg.gateway}/" not in addrs:
+            _run(["ip", "addr", "add", f"{cfg.gateway}/{cfg.prefixlen}", "dev", cfg.bridge])
+        _run(["ip", "link", "set", cfg.bridge, "up"])
+
+    def _create_node(self, node: LabNode) -> None:
+        cfg = self.cfg
+        ns, veth, d = node.netns(cfg.prefix), node.veth(cfg.prefix), node_dir(cfg, node)
+        for sub in ("run/sshd", "containerd", "root/.ssh", "state", "ssh"):
+            os.makedirs(f"{d}/{sub}", exist_ok=True)
+        os.chmod(f"{d}/root", 0o700)
+        hostkey = f"{d}/ssh/ssh_host_ed25519_key"
+        if not os.path.exists(hostkey):
+            _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", node.name, "-f", hostkey])
+        files = {
+            "sshd_config": render.sshd_config(cfg, node),
+            "containerd.toml": render.containerd_config(cfg),
+            "init.sh": render.init_script(cfg, node),
+        }
+        for name, text in files.items():
+            with open(f"{d}/{name}", "w") as fh:
+                fh.write(text)
+        for stale in ("sshd.pid", "containerd.pid", "holder.pid"):
+            if os.path.exists(f"{d}/{stale}"):
+                os.unlink(f"{d}/{stale}")
+        _run(["ip", "netns", "add", ns])
+        _run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
+        _run(["ip", "link", "set", veth, "master", cfg.bridge, "up"])
+        _run(["ip", "-n", ns, "addr", "add", f"{node.address}/{cfg.prefixlen}", "dev", "eth0"])
+        _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
+        _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        _run(["ip", "-n", ns, "route", "add", "default", "via", cfg.gateway])
+        with open(f"{d}/init.log", "ab") as log:
+            # nsenter and unshare exec in place, so the PID is that of the node's holder process.
+            proc = subprocess.Popen(
+                ["nsenter", f"--net=/run/netns/{ns}", "unshare", "--mount", "--uts", "--propagation", "private",
+                 "sh", f"{d}/init.sh"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True,
+            )
+        with open(f"{d}/holder.pid", "w") as fh:
+            fh.write(str(proc.pid))
+
+    def _write_known_hosts(self, layout: list[LabNode]) -> None:
+        lines = []
+        for node in layout:
+            with open(f"{node_dir(self.cfg, node)}/ssh/ssh_host_ed25519_key.pub") as fh:
+                keytype, key = fh.read().split()[:2]
+            lines.append(f"{node.address} {keytype} {key}\n")
+        with open(f"{self.cfg.dir}/known_hosts", "w") as fh:
+            fh.writelines(lines)
+
+    def _write_record(self, layout: list[LabNode]) -> None:
+        rec = {"prefix": self.cfg.prefix, "subnet": self.cfg.subnet, "bridge": self.cfg.bridge,
+               "nodes": [asdict(n) for n in layout]}
+        with open(self.record_path, "w") as fh:
+            json.dump(rec, fh, indent=1)
+
+    # --- down --------------------------------------------------------------------------------------------
+    def _remove_node(self, node: LabNode) -> None:
+        """Kill every process of the node (its netns and its containers' cgroups), then its links and netns."""
+        cfg = self.cfg
+        ns = node.netns(cfg.prefix)
+        tasks = _task_ids(cfg, node.name)
+        pids = set(_pids_in_netns(ns)) if ns in _netns_list() else set()
+        holder = _read_pid(f"{node_dir(cfg, node)}/holder.pid")
+        if holder and _alive(holder) and os.path.exists(f"/run/netns/{ns}"):
+            try:
+                if os.stat(f"/proc/{holder}/ns/net").st_ino == os.stat(f"/run/netns/{ns}").st_ino:
+                    pids.add(holder)
+            except OSError:
+                pass
+        for tns, cid in tasks:
+            pids |= set(_cgroup_pids(tns, cid))
+        pids.discard(os.getpid())
+        _kill_and_wait(sorted(pids))
+        for tns, cid in tasks:
+            for d in _cgroup_dirs(tns, cid):
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    pass
+        if _link_exists(node.veth(cfg.prefix)):
+            _run(["ip", "link", "del", node.veth(cfg.prefix)], check=False)
+        if ns in _netns_list():
+            _run(["ip", "netns", "del", ns], check=False)
+
+    def down(self) -> list[str]:
+        """Remove everything this lab made, found by its prefix even when its record is lost; returns what went."""
+        cfg = self.cfg
+        removed = []
+        known = {n.name: n for n in [*self.cfg.layout(), *self.recorded_layout()]}
+        for ns in sorted(_netns_list()):
+            if ns.startswith(f"{cfg.prefix}-"):
+                name = ns[len(cfg.prefix) + 1:]
+                known.setdefault(name, LabNode(name, "", (), "", None, None))
+        for node in known.values():
+            ns = node.netns(cfg.prefix)
+            had = ns in _netns_list() or _link_exists(node.veth(cfg.prefix)) or _task_ids(cfg, node.name)
+            self._remove_node(node)
+            if had:
+                removed.append(node.name)
+        if _link_exists(cfg.bridge):
+            _run(["ip", "link", "del", cfg.bridge], check=False)
+            removed.append(cfg.bridge)
+        if os.path.isdir(cfg.dir) and os.path.realpath(cfg.dir).startswith(os.path.realpath(cfg.root) + "/"):
+            shutil.rmtree(cfg.dir, ignore_errors=True)
+        return removed
+
+    # --- reaching into a node (tests and repairs) ----------------------------------------------------------
+    def node(self, name: str) -> LabNode:
+        for n in self.recorded_layout():
+            if n.name == name:
+                return n
+        raise LabError(f"no node {name!r} in lab {self.cfg.prefix!r}")
+
+    def exec_in(self, name: str, argv: list[str], *, input: str | None = None,
+                check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a command inside a node's namespaces from the host, without SSH."""
+        node = self.node(name)
+        holder = _read_pid(f"{node_dir(self.cfg, node)}/holder.pid")
+        if not _alive(holder):
+            raise LabError(f"node {name} has no holder process; run `fleet lab up` to repair it")
+        return _run(["nsenter", "-t", str(holder), "-n", "-m", "-u", "--", *argv], check=check, input=input)
+
+    def stop_sshd(self, name: str) -> None:
+        """Stop a node's sshd (by its recorded PID), leaving containerd and containers running."""
+        d = node_dir(self.cfg, self.node(name))
+        pid = _read_pid(f"{d}/sshd.pid")
+        if pid and _alive(pid):
+            _kill_and_wait([pid])
+
+    def start_sshd(self, name: str) -> None:
+        d = node_dir(self.cfg, self.node(name))
+        self.exec_in(name, ["/usr/sbin/sshd", "-f", f"{d}/sshd_config", "-E", f"{d}/sshd.log"])
+        deadline = time.monotonic() + 10
+        while not _port_open(self.node(name).address, 22) and time.monotonic() < deadline:
+            time.sleep(0.05)

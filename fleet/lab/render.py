@@ -1,0 +1,173 @@
+"""Pure rendering of the lab's files: node layout, sshd and containerd configs, the node init script, the inventory."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import shlex
+from dataclasses import dataclass
+
+import yaml
+
+from ..errors import LabError
+
+PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,5}$")
+ZONES = ("a", "b", "c")
+# Containers run with --net-host, so every process of a node lives in the node's network namespace,
+# and fleet's own files on a node live under this one directory, bind-mounted privately per node.
+NODE_STATE_DIR = "/var/lib/fleet"
+
+
+@dataclass(frozen=True)
+class LabNode:
+    name: str
+    address: str
+    roles: tuple[str, ...]
+    zone: str
+    cpu: float | None
+    memory: str | None
+
+    def netns(self, prefix: str) -> str:
+        return f"{prefix}-{self.name}"
+
+    def veth(self, prefix: str) -> str:
+        # Interface names are limited to 15 bytes.
+        return f"{prefix}-{self.name}"[:15]
+
+
+@dataclass(frozen=True)
+class LabConfig:
+    """What a lab is: a name prefix, a subnet, how many worker and lb nodes, where its files live."""
+
+    prefix: str = "fl"
+    subnet: str = "10.231.0.0/24"
+    nodes: int = 3
+    lb: int = 1
+    root: str = "/var/lib/fleet-lab"
+    restart_interval: str = "2s"
+
+    def __post_init__(self) -> None:
+        if not PREFIX_RE.match(self.prefix):
+            raise LabError(f"lab prefix {self.prefix!r}: 1-6 lowercase letters and digits, starting with a letter")
+        try:
+            net = ipaddress.IPv4Network(self.subnet)
+        except ValueError as exc:
+            raise LabError(f"lab subnet {self.subnet!r}: {exc}") from None
+        if self.nodes < 1 or self.lb < 0:
+            raise LabError("a lab needs at least 1 worker node and 0 or more lb nodes")
+        if self.nodes + self.lb + 10 > net.num_addresses - 2:
+            raise LabError(f"subnet {self.subnet} is too small for {self.nodes + self.lb} nodes")
+
+    @property
+    def dir(self) -> str:
+        return f"{self.root}/{self.prefix}"
+
+    @property
+    def bridge(self) -> str:
+        return f"{self.prefix}-br0"
+
+    @property
+    def gateway(self) -> str:
+        return str(ipaddress.IPv4Network(self.subnet).network_address + 1)
+
+    @property
+    def prefixlen(self) -> int:
+        return ipaddress.IPv4Network(self.subnet).prefixlen
+
+    def layout(self) -> list[LabNode]:
+        """Workers n1..nN (zones a, b, c in turn; sizes vary so bin packing has something to do), then lb1..lbM."""
+        base = ipaddress.IPv4Network(self.subnet).network_address
+        out = []
+        for i in range(self.nodes):
+            big = i % 3 == 0
+            out.append(LabNode(f"n{i + 1}", str(base + 11 + i), ("worker",), ZONES[i % len(ZONES)],
+                               2.0 if big else 1.0, "2GiB" if big else "1GiB"))
+        for j in range(self.lb):
+            out.append(LabNode(f"lb{j + 1}", str(base + 11 + self.nodes + j), ("lb",), ZONES[j % len(ZONES)],
+                               None, None))
+        return out
+
+
+def node_dir(cfg: LabConfig, node: LabNode) -> str:
+    return f"{cfg.dir}/nodes/{node.name}"
+
+
+def sshd_config(cfg: LabConfig, node: LabNode) -> str:
+    d = node_dir(cfg, node)
+    return "\n".join([
+        f"ListenAddress {node.address}",
+        "Port 22",
+        f"HostKey {d}/ssh/ssh_host_ed25519_key",
+        f"PidFile {d}/sshd.pid",
+        f"AuthorizedKeysFile {cfg.dir}/authorized_keys",
+        "PermitRootLogin prohibit-password",
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "UsePAM no",
+        # authorized_keys may live under a world-writable parent in tests; the lab owns every file here.
+        "StrictModes no",
+        "UseDNS no",
+        "PrintMotd no",
+        "PrintLastLog no",
+        "MaxStartups 256:30:512",
+        "MaxSessions 128",
+        "Subsystem sftp internal-sftp",
+        "",
+    ])
+
+
+def containerd_config(cfg: LabConfig) -> str:
+    # CRI is not needed by ctr and slows start; the restart monitor interval is shortened from 10s so
+    # self-healing is quick in the lab (production nodes keep their own setting).
+    return "\n".join([
+        "version = 2",
+        'root = "/var/lib/containerd"',
+        'state = "/run/containerd"',
+        'disabled_plugins = ["io.containerd.grpc.v1.cri"]',
+        "[grpc]",
+        '  address = "/run/containerd/containerd.sock"',
+        '[plugins."io.containerd.internal.v1.restart"]',
+        f'  interval = "{cfg.restart_interval}"',
+        "",
+    ])
+
+
+def init_script(cfg: LabConfig, node: LabNode) -> str:
+    """Runs inside the node's fresh mount+UTS namespace: private mounts, hostname, containerd, sshd, then holds."""
+    d = shlex.quote(node_dir(cfg, node))
+    return f"""#!/bin/sh
+set -eu
+D={d}
+mount --bind "$D/run" /run
+mount --bind "$D/containerd" /var/lib/containerd
+mount --bind "$D/root" /root
+mount --bind "$D/state" {NODE_STATE_DIR}
+hostname {shlex.quote(node.name)}
+ip link set lo up
+containerd --config "$D/containerd.toml" --log-level warn >>"$D/containerd.log" 2>&1 &
+echo $! >"$D/containerd.pid"
+/usr/sbin/sshd -f "$D/sshd_config" -E "$D/sshd.log"
+exec sleep infinity
+"""
+
+
+def inventory_yaml(cfg: LabConfig) -> str:
+    nodes: dict[str, object] = {}
+    for n in cfg.layout():
+        entry: dict[str, object] = {"address": n.address, "roles": list(n.roles), "labels": {"zone": n.zone}}
+        if n.cpu is not None:
+            entry["capacity"] = {"cpu": n.cpu, "memory": n.memory}
+        nodes[n.name] = entry
+    doc = {
+        "defaults": {
+            "user": "root",
+            "port": 22,
+            "key": f"{cfg.dir}/id_ed25519",
+            "known_hosts": f"{cfg.dir}/known_hosts",
+            "namespace": "fleet",
+            "reserved": {"cpu": 0.1, "memory": "64MiB"},
+        },
+        "nodes": nodes,
+    }
+    header = f"# Written by `fleet lab up` for lab {cfg.prefix!r} ({cfg.subnet}); `fleet lab down` removes it.\n"
+    return header + yaml.safe_dump(doc, sort_keys=False)

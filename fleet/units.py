@@ -1,0 +1,68 @@
+"""Parse and format CPU and memory quantities the way Kubernetes and Nomad users write them."""
+
+from __future__ import annotations
+
+import re
+
+_MEM_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3, "t": 1000**4, "tb": 1000**4,
+    "ki": 1024, "kib": 1024, "mi": 1024**2, "mib": 1024**2, "gi": 1024**3, "gib": 1024**3,
+    "ti": 1024**4, "tib": 1024**4,
+}
+_MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_memory(value: object) -> int:
+    """Bytes from `512Mi`, `512MiB`, `2G`, `1.5GiB` or a plain integer of bytes."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a memory size such as 512MiB, got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"memory cannot be negative: {value}")
+        return value
+    if isinstance(value, float):
+        raise ValueError(f"expected a memory size with a unit such as 512MiB, got {value!r}")
+    if not isinstance(value, str):
+        raise ValueError(f"expected a memory size such as 512MiB, got {value!r}")
+    m = _MEM_RE.match(value)
+    if not m or m.group(2).lower() not in _MEM_UNITS:
+        raise ValueError(f"expected a memory size such as 512MiB or 2GiB, got {value!r}")
+    return int(float(m.group(1)) * _MEM_UNITS[m.group(2).lower()])
+
+
+def parse_cpu(value: object) -> float:
+    """Cores from `0.5`, `2`, or millicores `500m`."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a CPU amount such as 0.5 or 500m, got {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"cpu cannot be negative: {value}")
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            cores = float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+        except ValueError:
+            raise ValueError(f"expected a CPU amount such as 0.5 or 500m, got {value!r}") from None
+        if cores < 0:
+            raise ValueError(f"cpu cannot be negative: {value!r}")
+        return cores
+    raise ValueError(f"expected a CPU amount such as 0.5 or 500m, got {value!r}")
+
+
+def format_memory(n: int | float) -> str:
+    """Human binary size: 512 MiB, 1.5 GiB."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit in ("B", "KiB", "MiB") or size == int(size) else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def format_cpu(cores: float) -> str:
+    """0.25 → `250m`, 2.0 → `2`."""
+    if cores == int(cores):
+        return str(int(cores))
+    return f"{round(cores * 1000)}m"

@@ -1,0 +1,41 @@
+"""Shared fixtures: the session's real lab (3 workers + 1 lb), built once and always torn down."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from fleet.inventory import load_inventory
+from fleet.lab.lab import Lab
+from fleet.lab.render import LabConfig
+from fleet.model import Inventory
+
+TEST_LAB = LabConfig(prefix=os.environ.get("FLEET_TEST_LAB", "ft"),
+                     subnet=os.environ.get("FLEET_TEST_SUBNET", "10.241.0.0/24"),
+                     nodes=3, lb=1, root="/var/lib/fleet-lab-test")
+
+
+class LabHandle:
+    """The running test lab: the Lab engine, its inventory path and parsed inventory."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.inventory_path = lab.inventory_path
+        self.inventory: Inventory = load_inventory(lab.inventory_path)
+
+    def workers(self) -> list[str]:
+        return [n.name for n in self.inventory.nodes if n.has_role("worker")]
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[LabHandle]:
+    engine = Lab(TEST_LAB)
+    # A crashed earlier run may have left this lab behind: remove it by its names first.
+    engine.down()
+    try:
+        engine.up()
+        yield LabHandle(engine)
+    finally:
+        engine.down()
