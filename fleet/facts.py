@@ -124,6 +124,42 @@ def _int(text: str | None, default: int = 0) -> int:
         return default
 
 
+def _task(tid: str, own: dict[str, list[str]], files: dict[str, list[str]]) -> TaskFacts:
+    """One task's facts from its own files (grouped by name) and its /proc/<pid>/stat."""
+
+    def first(name: str) -> str | None:
+        lines = own.get(name)
+        return lines[0] if lines else None
+
+    pid = _int(first("init.pid"), 0)
+    stat_lines = files.get(f"/proc/{pid}/stat") if pid else None
+    running = bool(stat_lines) and stat_lines is not None and stat_lines[0].rsplit(") ", 1)[-1][:1] not in ("Z", "X")
+    usage = _int(first("memory.usage_in_bytes") or first("memory.current"))
+    limit: int | None = None
+    if (v1_limit := first("memory.limit_in_bytes")) is not None:
+        lim = _int(v1_limit, UNLIMITED)
+        limit = None if lim >= UNLIMITED else lim
+    elif (v2_limit := first("memory.max")) is not None:
+        limit = None if v2_limit.strip() == "max" else _int(v2_limit)
+    cpu_ns = _int(first("cpuacct.usage"))
+    for line in own.get("cpu.stat", []):
+        if line.startswith("usage_usec"):
+            cpu_ns = _int(line.split()[1]) * 1000
+    ooms = 0
+    for line in own.get("memory.oom_control", []) + own.get("memory.events", []):
+        if line.startswith("oom_kill "):
+            ooms = _int(line.split()[1])
+    cpu_limit: float | None = None
+    quota, period = _int(first("cpu.cfs_quota_us"), -1), _int(first("cpu.cfs_period_us"))
+    if quota > 0 and period:
+        cpu_limit = quota / period
+    if (v2_cpu := first("cpu.max")) is not None:
+        q, _, p = v2_cpu.partition(" ")
+        if q != "max" and _int(p):
+            cpu_limit = _int(q) / _int(p)
+    return TaskFacts(tid, pid or None, running, usage, limit, cpu_ns, cpu_limit, ooms)
+
+
 def parse_facts(stdout: str) -> NodeFacts:
     """Parse the facts script's output; raises ValueError when it is not that output."""
     markers: dict[str, str] = {}
@@ -170,45 +206,14 @@ def parse_facts(stdout: str) -> NodeFacts:
             words = raw.split()
             version = words[2] if runtime == "ctr" and len(words) >= 3 else words[-1]
     cgroup = _int(markers.get("cgroup"), 1)
-    ns_dirs = {p.rsplit("/", 2)[0] for p in files if p.endswith("/init.pid")}
-    tasks = []
-    for tid in task_ids:
-        bundle = next((d for d in ns_dirs if d.endswith(f"/{tid}")), None)
-        pid = _int(one(f"{bundle}/init.pid"), 0) if bundle else 0
-        stat = one(f"/proc/{pid}/stat") if pid else None
-        running = bool(stat) and stat is not None and stat.rsplit(") ", 1)[-1][:1] not in ("Z", "X")
-        usage, limit, cpu_ns, cpu_limit, ooms = 0, None, 0, None, 0
-        for path, lines in files.items():
-            if f"/{tid}/" not in path:
-                continue
-            name = path.rsplit("/", 1)[1]
-            first = lines[0] if lines else ""
-            if name in ("memory.usage_in_bytes", "memory.current"):
-                usage = _int(first)
-            elif name == "memory.limit_in_bytes":
-                value = _int(first, UNLIMITED)
-                limit = None if value >= UNLIMITED else value
-            elif name == "memory.max":
-                limit = None if first.strip() == "max" else _int(first)
-            elif name == "cpuacct.usage":
-                cpu_ns = _int(first)
-            elif name == "cpu.stat":
-                for ln in lines:
-                    if ln.startswith("usage_usec"):
-                        cpu_ns = _int(ln.split()[1]) * 1000
-            elif name in ("memory.oom_control", "memory.events"):
-                for ln in lines:
-                    if ln.startswith("oom_kill "):
-                        ooms = _int(ln.split()[1])
-            elif name == "cpu.max":
-                quota, _, period = first.partition(" ")
-                if quota != "max" and _int(period):
-                    cpu_limit = _int(quota) / _int(period)
-        quota_line = next((ls[0] for p, ls in files.items() if p.endswith(f"/{tid}/cpu.cfs_quota_us") and ls), None)
-        period_line = next((ls[0] for p, ls in files.items() if p.endswith(f"/{tid}/cpu.cfs_period_us") and ls), None)
-        if quota_line is not None and period_line is not None and _int(quota_line, -1) > 0 and _int(period_line):
-            cpu_limit = _int(quota_line) / _int(period_line)
-        tasks.append(TaskFacts(tid, pid or None, running, usage, limit, cpu_ns, cpu_limit, ooms))
+    # Group the per-task files by container id: `/…/<ns>/<id>/<file>` and the bundle's `init.pid`.
+    per_task: dict[str, dict[str, list[str]]] = {tid: {} for tid in task_ids}
+    for path, lines in files.items():
+        parent, _, name = path.rpartition("/")
+        tid = parent.rpartition("/")[2]
+        if tid in per_task:
+            per_task[tid][name] = lines
+    tasks = [_task(tid, per_task[tid], files) for tid in task_ids]
     return NodeFacts(
         hostname=(one("/proc/sys/kernel/hostname") or "").strip(),
         ncpu=_cpu_count(status.get("Cpus_allowed_list", "0")),

@@ -10,7 +10,8 @@ Fleet format (every key but `address` optional; `defaults` apply to every node):
 Ansible inventories: `ansible_host`, `ansible_port`, `ansible_user`, `ansible_ssh_private_key_file`
 (or `ansible_private_key_file`) are honoured; every group a host is in becomes the label
 `group.NAME=true`; a host in a group named `lb` gets the role `lb`; `fleet_labels` (mapping) and
-`fleet_roles` (list) host variables are read as well.
+`fleet_roles` (list) host variables are read as well, and `-o UserKnownHostsFile=PATH` in
+`ansible_ssh_common_args` / `ansible_ssh_extra_args` pins host keys as it does for Ansible.
 """
 
 from __future__ import annotations
@@ -191,7 +192,8 @@ def _ansible_node(host: _Host, file: str, base_dir: str) -> Node:
         if not 1 <= port <= 65535:
             raise ValueError
     except ValueError:
-        problems.append(Problem(file, host.line, field("ansible_port"), f"expected a port, got {v.get('ansible_port')!r}"))
+        got = v.get("ansible_port")
+        problems.append(Problem(file, host.line, field("ansible_port"), f"expected a port, got {got!r}"))
         port = 22
     key = v.get("ansible_ssh_private_key_file", v.get("ansible_private_key_file"))
     labels: dict[str, object] = {f"group.{g}": "true" for g in sorted(host.groups) if g not in ("all", "ungrouped")}
@@ -212,10 +214,26 @@ def _ansible_node(host: _Host, file: str, base_dir: str) -> Node:
         for role in roles:
             if role not in ROLES:
                 problems.append(Problem(file, host.line, field("fleet_roles"), f"unknown role {role!r}"))
+    known_hosts = None
+    for args_var in ("ansible_ssh_common_args", "ansible_ssh_extra_args"):
+        try:
+            words = shlex.split(str(v.get(args_var, "")))
+        except ValueError as exc:
+            problems.append(Problem(file, host.line, field(args_var), f"cannot parse: {exc}"))
+            continue
+        for i, word in enumerate(words):
+            if word.startswith("-o") and len(word) > 2:
+                opt = word[2:]
+            else:
+                opt = words[i + 1] if word == "-o" and i + 1 < len(words) else ""
+            key_, _, value_ = opt.partition("=")
+            if key_.lower() == "userknownhostsfile" and value_:
+                known_hosts = _resolve_path(value_, base_dir)
     if problems:
         raise InventoryError(problems)
     return Node(
         name=host.name,
+        known_hosts=known_hosts,
         address=str(v.get("ansible_host", v.get("ansible_ssh_host", host.name))),
         port=port,
         user=str(v.get("ansible_user", v.get("ansible_ssh_user", "root"))),
@@ -351,11 +369,9 @@ def parse(text: str, file: str) -> Inventory:
         except ConfigError as exc:
             raise InventoryError(exc.problems) from None
         if not isinstance(doc.data, dict):
-            raise InventoryError([Problem(file, 1, "", "expected a mapping with `nodes:` (or an Ansible `all:` group)")])
-        if "nodes" in doc.data or "defaults" in doc.data:
-            inv = _from_fleet(doc)
-        else:
-            inv = _from_ansible_yaml(doc)
+            raise InventoryError([Problem(file, 1, "", "expected `nodes:` (or an Ansible `all:` group)")])
+        fleet_format = "nodes" in doc.data or "defaults" in doc.data
+        inv = _from_fleet(doc) if fleet_format else _from_ansible_yaml(doc)
     if not inv.nodes:
         raise InventoryError([Problem(file, None, "nodes", "the inventory lists no nodes")])
     return inv

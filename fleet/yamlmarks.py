@@ -63,7 +63,7 @@ def _convert(node: yaml.Node, path: Path, lines: dict[Path, int], file: str) -> 
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_convert(item, (*path, i), lines, file) for i, item in enumerate(node.value)]
-    return _SCALARS.construct_object(node)  # type: ignore[no-untyped-call]
+    return _SCALARS.construct_object(node)
 
 
 # A loader used only to turn scalar nodes into Python values with YAML 1.1 safe rules.

@@ -3,6 +3,7 @@ running its own sshd and containerd. Found again by name prefix, so `down` works
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -117,10 +118,8 @@ def _cgroup_pids(ns: str, cid: str) -> list[int]:
 
 def _kill_and_wait(pids: list[int], timeout: float = 10.0) -> None:
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     deadline = time.monotonic() + timeout
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -153,7 +152,8 @@ class Lab:
             netns=node.netns(self.cfg.prefix) in namespaces,
             holder_pid=holder if _alive(holder) else None,
             sshd=_alive(_read_pid(f"{d}/sshd.pid")) and _port_open(node.address, 22),
-            containerd=_alive(_read_pid(f"{d}/containerd.pid")) and os.path.exists(f"{d}/run/containerd/containerd.sock"),
+            containerd=(_alive(_read_pid(f"{d}/containerd.pid"))
+                        and os.path.exists(f"{d}/run/containerd/containerd.sock")),
         )
 
     def status(self) -> list[NodeStatus]:
@@ -273,14 +273,13 @@ class Lab:
         _run(["ip", "-n", ns, "link", "set", "lo", "up"])
         _run(["ip", "-n", ns, "route", "add", "default", "via", cfg.gateway])
         with open(f"{d}/init.log", "ab") as log:
-            # nsenter and unshare exec in place, so the PID is that of the node's holder process.
-            proc = subprocess.Popen(
-                ["nsenter", f"--net=/run/netns/{ns}", "unshare", "--mount", "--uts", "--propagation", "private",
-                 "sh", f"{d}/init.sh"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True,
+            # setsid -f detaches the node from this process; init.sh records its own PID (the holder's:
+            # nsenter and unshare exec in place, and the script ends by exec'ing its holding sleep).
+            subprocess.run(
+                ["setsid", "-f", "nsenter", f"--net=/run/netns/{ns}", "unshare", "--mount", "--uts",
+                 "--propagation", "private", "sh", f"{d}/init.sh"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True, check=True,
             )
-        with open(f"{d}/holder.pid", "w") as fh:
-            fh.write(str(proc.pid))
 
     def _write_known_hosts(self, layout: list[LabNode]) -> None:
         lines = []
@@ -317,10 +316,8 @@ class Lab:
         _kill_and_wait(sorted(pids))
         for tns, cid in tasks:
             for d in _cgroup_dirs(tns, cid):
-                try:
+                with contextlib.suppress(OSError):
                     os.rmdir(d)
-                except OSError:
-                    pass
         if _link_exists(node.veth(cfg.prefix)):
             _run(["ip", "link", "del", node.veth(cfg.prefix)], check=False)
         if ns in _netns_list():

@@ -138,6 +138,7 @@ def init_script(cfg: LabConfig, node: LabNode) -> str:
     return f"""#!/bin/sh
 set -eu
 D={d}
+echo $$ >"$D/holder.pid"
 mount --bind "$D/run" /run
 mount --bind "$D/containerd" /var/lib/containerd
 mount --bind "$D/root" /root

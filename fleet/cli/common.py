@@ -1,0 +1,83 @@
+"""What every CLI command shares: finding the inventory, the console, JSON output and exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+
+from ..errors import ConfigError, FleetError
+from ..inventory import load_inventory
+from ..model import Inventory
+
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
+
+InventoryOpt = Annotated[
+    str | None,
+    typer.Option("-i", "--inventory", envvar="FLEET_INVENTORY",
+                 help="Inventory file (fleet or Ansible YAML/INI); default: the running lab's."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+
+T = TypeVar("T")
+
+
+def lab_root() -> str:
+    return os.environ.get("FLEET_LAB_ROOT", "/var/lib/fleet-lab")
+
+
+def default_inventory() -> str | None:
+    """The running lab's inventory: $FLEET_LAB's, else `fl`'s, else the only lab there is."""
+    root = lab_root()
+    preferred = os.path.join(root, os.environ.get("FLEET_LAB", "fl"), "inventory.yaml")
+    if os.path.exists(preferred):
+        return preferred
+    found = sorted(glob.glob(os.path.join(root, "*", "inventory.yaml")))
+    return found[0] if len(found) == 1 else None
+
+
+def console(stderr: bool = False) -> Console:
+    """The terminal's width when there is one; a wide fixed width when piped, so tables are not cut."""
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() or os.environ.get("COLUMNS") else 160
+    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=width)
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    console(stderr=True).print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    raise typer.Exit(code)
+
+
+def inventory(path: str | None) -> Inventory:
+    path = path or default_inventory()
+    if path is None:
+        fail("no inventory: pass -i PATH, set FLEET_INVENTORY, or start a lab with `fleet lab up`")
+    try:
+        return load_inventory(path)
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    """Run one async operation at the program's edge, mapping fleet errors to a message and exit code."""
+    try:
+        return asyncio.run(_call(coro_fn))
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+    except FleetError as exc:
+        fail(str(exc), EXIT_PARTIAL)
+
+
+async def _call(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    return await coro_fn()

@@ -1,0 +1,16 @@
+"""`fleet`: the command-line entry point; one sub-module per noun."""
+
+from __future__ import annotations
+
+import typer
+
+from . import lab, nodes
+
+app = typer.Typer(name="fleet", help="Agentless SSH-based container orchestrator.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+app.add_typer(lab.app, name="lab")
+app.command("nodes")(nodes.nodes)
+
+
+def main() -> None:
+    app()
