@@ -14,3 +14,7 @@ app.command("nodes")(nodes.nodes)
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -57,16 +57,15 @@ def _mem(n: int) -> str:
 
 def table(reports: list[NodeReport]) -> Table:
     """One row per node; reasons for nodes that are not ready are printed under the table."""
-    t = Table(pad_edge=False, box=None, header_style="bold")
+    t = Table(pad_edge=False, box=None, header_style="bold", padding=(0, 1))
     for col, just in [("NODE", "left"), ("ADDRESS", "left"), ("STATUS", "left"), ("ROLES", "left"),
-                      ("ZONE", "left"), ("CPU", "right"), ("ALLOC", "right"), ("MEM AVAIL", "right"),
-                      ("LOAD", "right"), ("DISK FREE", "right"), ("RUNTIME", "left"), ("CTRS", "right"),
-                      ("CTR MEM", "right")]:
+                      ("ZONE", "left"), ("CPU", "right"), ("ALLOC", "right"), ("MEM FREE", "right"),
+                      ("LOAD", "right"), ("DISK", "right"), ("RUNTIME", "left"), ("CTRS", "right")]:
         t.add_column(col, justify=just, no_wrap=True)  # type: ignore[arg-type]
     for r in reports:
         f = r.facts
         alloc = r.allocatable
-        cells = ["-"] * 8
+        cells = ["-"] * 7
         if f is not None:
             cells = [
                 str(f.ncpu),
@@ -74,9 +73,8 @@ def table(reports: list[NodeReport]) -> Table:
                 f"{_mem(f.mem_available)}/{_mem(f.mem_total)}",
                 f"{f.load[0]:.2f}",
                 _mem(f.disk_free),
-                f"{f.runtime} {f.runtime_version or ''}".strip() if f.runtime else "none",
-                str(len(f.running)),
-                _mem(f.used_memory),
+                f"{f.runtime} {(f.runtime_version or '').split('~')[0]}".strip() if f.runtime else "none",
+                f"{len(f.running)} ({_mem(f.used_memory)})",
             ]
         address = f"{r.node.address}:{r.node.port}" if r.node.port != 22 else r.node.address
         t.add_row(r.node.name, address, f"[{STATUS_STYLE.get(r.status, 'white')}]{r.status}[/]",
