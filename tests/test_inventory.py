@@ -77,7 +77,7 @@ def test_empty_inventory_rejected():
 
 
 def test_missing_file_named():
-    with pytest.raises(InventoryError, match="/nope/inv.yaml: cannot read inventory"):
+    with pytest.raises(InventoryError, match=r"/nope/inv\.yaml: cannot read inventory"):
         load_inventory("/nope/inv.yaml")
 
 

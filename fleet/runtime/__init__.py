@@ -1,0 +1,1 @@
+"""Container runtime drivers: pure command builders and output parsers for ctr and nerdctl."""

@@ -1,0 +1,220 @@
+"""Values and the seam shared by container runtime drivers: a driver builds commands and parses their output.
+
+A driver never runs anything. Each method returns a `Call`: the command (an argv list or a `Script`), an
+optional local file to stream on stdin, and the pure parser for the `CommandResult` it produces. The engine
+runs `call.command` over SSH (`pool.run(node, call.command, stdin_path=call.stdin_path)`) and hands the result
+to `call.parse`.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Generic, Literal, Protocol, TypeVar
+
+from fleet import shell
+from fleet.errors import RuntimeDriverError
+from fleet.model import CommandResult
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+class RuntimeCommandError(RuntimeDriverError):
+    """A runtime command ran on a node and failed; carries the node, exit status and stderr."""
+
+    def __init__(self, node: str, what: str, exit_status: int | None, stderr: str) -> None:
+        self.node = node
+        self.what = what
+        self.exit_status = exit_status
+        self.stderr = stderr
+        lines = stderr.strip().splitlines()
+        detail = lines[-1] if lines else "no output"
+        super().__init__(f"{node}: {what} failed (exit {exit_status}): {detail}")
+
+
+class ContainerNotFound(RuntimeCommandError):
+    """The container does not exist on the node."""
+
+
+class ContainerExists(RuntimeCommandError):
+    """A container with this ID already exists on the node."""
+
+
+class ImageNotFound(RuntimeCommandError):
+    """The image is not present on the node (or in the registry)."""
+
+
+@dataclass(frozen=True)
+class Script:
+    """A POSIX sh script plus the variables it reads; values are quoted once, in `command()`."""
+
+    text: str
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
+
+    def command(self) -> str:
+        """One command line for a remote shell: `ID='x' GRACE='10' sh -c '<script>'`."""
+        return shell.with_env(self.env, shell.join(["sh", "-c", self.text]))
+
+
+Command = Sequence[str] | Script
+
+
+def command_line(command: Command) -> str:
+    """The single shell command line that runs `command` (an argv list or a Script)."""
+    return command.command() if isinstance(command, Script) else shell.join(list(command))
+
+
+@dataclass(frozen=True)
+class Call(Generic[T_co]):
+    """A command to run on one node and the pure parser for what it prints."""
+
+    command: Command
+    parse: Callable[[CommandResult], T_co]
+    stdin_path: str | None = None
+    what: str = ""
+
+    def line(self) -> str:
+        return command_line(self.command)
+
+
+class Status(enum.StrEnum):
+    RUNNING = "RUNNING"
+    STOPPED = "STOPPED"
+    CREATED = "CREATED"
+    UNKNOWN = "UNKNOWN"
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A mount into the container: a host path (`bind`), a fleet volume directory (`volume`) or `tmpfs`."""
+
+    type: Literal["bind", "tmpfs", "volume"]
+    target: str
+    source: str = ""
+    readonly: bool = False
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything needed to start one container.
+
+    `env` values travel in argv (visible in `ps` on the node): secrets must go in `env_file`, a 0600 file
+    written on the node beforehand.
+    """
+
+    id: str
+    image: str
+    command: tuple[str, ...] | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    env_file: str | None = None
+    mounts: tuple[Mount, ...] = ()
+    cpu: float | None = None
+    memory: int | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    net_host: bool = True
+    restart: Literal["no", "always"] = "no"
+    log_path: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
+        object.__setattr__(self, "labels", MappingProxyType(dict(self.labels)))
+        if self.command is not None:
+            object.__setattr__(self, "command", tuple(self.command))
+        object.__setattr__(self, "mounts", tuple(self.mounts))
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """One container as the runtime reports it. `exit_code` is None when the runtime does not know it."""
+
+    id: str
+    image: str
+    labels: Mapping[str, str]
+    status: Status
+    pid: int | None = None
+    exit_code: int | None = None
+    started_at: float | None = None
+    created_at: str | None = None
+    oom_killed: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", MappingProxyType(dict(self.labels)))
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Resource use of one container: CPU time in ns, memory in bytes (limit None when unlimited)."""
+
+    cpu_ns: int
+    memory_bytes: int
+    memory_limit: int | None
+    oom_kills: int = 0
+    pids: int = 0
+
+
+@dataclass(frozen=True)
+class StopResult:
+    """How a stop went: `found` False when there was no such container (already gone)."""
+
+    id: str
+    found: bool
+    exit_code: int | None = None
+    killed: bool = False
+
+
+@dataclass(frozen=True)
+class ImportedImage:
+    name: str
+    digest: str | None
+
+
+class RuntimeDriver(Protocol):
+    """What the engine needs from a node's container runtime; every method is pure and returns a `Call`."""
+
+    name: str
+
+    def run(self, spec: RunSpec) -> Call[None]: ...
+    def stop(self, container_id: str, grace: float = 10.0) -> Call[StopResult]: ...
+    def remove(self, container_id: str) -> Call[None]: ...
+    def list_containers(self) -> Call[list[ContainerInfo]]: ...
+    def metrics(self, container_id: str) -> Call[Usage]: ...
+    def logs(self, container_id: str, tail: int | None = 100, follow: bool = False) -> Call[str]: ...
+    def exec(
+        self, container_id: str, argv: Sequence[str], exec_id: str | None = None
+    ) -> Call[CommandResult]: ...
+    def image_import(self, archive_path: str) -> Call[list[ImportedImage]]: ...
+    def image_list(self) -> Call[dict[str, str]]: ...
+    def image_pull(self, ref: str, plain_http: bool = False) -> Call[None]: ...
+    def image_remove(self, ref: str) -> Call[None]: ...
+
+
+_NOT_FOUND = re.compile(r"not found|no such container", re.IGNORECASE)
+
+
+def check(result: CommandResult, what: str) -> CommandResult:
+    """Return `result` when the command succeeded; raise the most specific RuntimeCommandError otherwise."""
+    if result.error is not None:
+        raise RuntimeCommandError(result.node, what, result.exit_status, result.error)
+    if result.exit_status == 0:
+        return result
+    err = result.stderr
+    if "already exists" in err:
+        raise ContainerExists(result.node, what, result.exit_status, err)
+    if re.search(r'image "[^"]*": not found', err):
+        raise ImageNotFound(result.node, what, result.exit_status, err)
+    if _NOT_FOUND.search(err):
+        raise ContainerNotFound(result.node, what, result.exit_status, err)
+    raise RuntimeCommandError(result.node, what, result.exit_status, err)
+
+
+def identity(result: CommandResult) -> CommandResult:
+    """Parser for commands whose raw result is the answer (exec)."""
+    return result

@@ -1,0 +1,17 @@
+"""The transport: the only package of fleet that speaks SSH (asyncssh); everything above it gets values."""
+
+from .fanout import fanout
+from .ssh import CIPHERS, KEX_ALGS, Command, Pool, RemoteStream, Script, SessionError, error_kind, render
+
+__all__ = [
+    "CIPHERS",
+    "KEX_ALGS",
+    "Command",
+    "Pool",
+    "RemoteStream",
+    "Script",
+    "SessionError",
+    "error_kind",
+    "fanout",
+    "render",
+]

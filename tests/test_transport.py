@@ -1,0 +1,304 @@
+"""The SSH transport against real in-process asyncssh servers on loopback (no mocks)."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import hashlib
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import asyncssh
+import pytest
+from sshserver import SSHFarm
+
+from fleet.errors import AuthError, HostKeyError, RemoteCommandError
+from fleet.transport import Pool, Script, fanout, render
+
+HOSTILE = [
+    "two words",
+    "it's",
+    'say "hi"',
+    "a;rm -rf /tmp/nothing",
+    "line1\nline2",
+    "ünïcødé ✓ 日本",
+    "$(touch /tmp/fleet-pwned)",
+    "`id`",
+    "${HOME}",
+    "*",
+    "-n",
+    "back\\slash",
+    "tab\there",
+    "",
+]
+
+
+async def eventually(condition: Callable[[], bool], within: float = 2.0) -> bool:
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+@pytest.fixture
+async def farm(tmp_path: Path) -> AsyncIterator[SSHFarm]:
+    async with SSHFarm(tmp_path / "farm") as f:
+        await f.start(3)
+        yield f
+
+
+async def test_commands_on_a_node_reuse_one_connection(farm: SSHFarm) -> None:
+    node = farm.nodes[0]
+    async with Pool() as pool:
+        first = await pool.run(node, ["echo", "hello"])
+        rest = await asyncio.gather(*(pool.run(node, ["echo", str(i)]) for i in range(5)))
+    assert first.ok and first.stdout == "hello\n" and first.node == "n1"
+    assert [r.stdout for r in rest] == [f"{i}\n" for i in range(5)]
+    assert farm.servers["n1"].connections == 1
+    assert await eventually(lambda: not farm.servers["n1"].open_conns)  # the pool closed it on exit
+
+
+async def test_unreachable_node_reported_others_ok(farm: SSHFarm) -> None:
+    down = await farm.add("down", listen=False)
+    nodes = [farm.node("n1"), down, farm.node("n2"), farm.node("n3")]
+    async with Pool(backoff=0.01) as pool:
+        results = await fanout(pool, nodes, ["echo", "up"], timeout=10)
+    assert [r.node for r in results] == ["n1", "down", "n2", "n3"]
+    assert [r.ok for r in results] == [True, False, True, True]
+    bad = results[1]
+    assert bad.error_kind == "connect" and bad.exit_status is None
+    assert bad.error == f"cannot connect to 127.0.0.1:{down.port}: connection refused (after 3 attempts)"
+
+
+async def test_changed_host_key_refused_with_clear_message(farm: SSHFarm) -> None:
+    await farm.stop("n2")
+    await farm.listen("n2", new_host_key=True)
+    async with Pool(backoff=0.01) as pool:
+        result = await pool.run(farm.node("n2"), ["echo", "never"])
+        with pytest.raises(HostKeyError) as raised:
+            await pool.check(farm.node("n2"), ["echo", "never"])
+    expected = (
+        f"host key for 127.0.0.1 does not match the one pinned in {farm.known_hosts_path} (it changed?); "
+        "refusing to connect"
+    )
+    assert result.error_kind == "hostkey" and result.error == expected
+    assert raised.value.message == expected and raised.value.node == "n2"
+    assert isinstance(raised.value.__cause__, asyncssh.HostKeyNotVerifiable)
+    assert farm.servers["n2"].commands == []
+    assert farm.servers["n2"].connections == 2  # one per call: a host key failure is never retried
+
+
+async def test_unknown_host_refused(farm: SSHFarm, tmp_path: Path) -> None:
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    async with Pool() as pool:
+        result = await pool.run(farm.node("n1", known_hosts=str(empty)), ["true"])
+    assert result.error_kind == "hostkey"
+    assert result.error is not None and f"is not in {empty}; refusing to connect" in result.error
+
+
+async def test_rejected_key_is_an_auth_error_not_retried(farm: SSHFarm, tmp_path: Path) -> None:
+    other = tmp_path / "other_key"
+    asyncssh.generate_private_key("ssh-ed25519").write_private_key(str(other))
+    node = farm.node("n1", key_files=(str(other),))
+    async with Pool(backoff=0.01) as pool:
+        result = await pool.run(node, ["true"])
+        with pytest.raises(AuthError):
+            await pool.check(node, ["true"])
+    assert result.error_kind == "auth"
+    assert result.error == f"fleet@127.0.0.1:{node.port}: authentication failed, no offered key was accepted"
+    assert farm.servers["n1"].connections == 2
+
+
+async def test_command_timeout_keeps_partial_output_and_connection(farm: SSHFarm) -> None:
+    node = farm.nodes[0]
+    async with Pool() as pool:
+        start = time.monotonic()
+        result = await pool.run(node, ["sh", "-c", "echo started; sleep 10"], timeout=0.5)
+        elapsed = time.monotonic() - start
+        after = await pool.run(node, ["echo", "still here"])
+    assert result.error_kind == "timeout" and result.exit_status is None
+    assert result.error == "`sh -c echo started; sleep 10` did not finish within 0.5s"
+    assert result.stdout == "started\n"
+    assert 0.5 <= elapsed < 3
+    assert after.ok and after.stdout == "still here\n"
+    assert farm.servers["n1"].connections == 1
+
+
+async def test_connect_retried_until_a_late_server_listens(farm: SSHFarm) -> None:
+    late = await farm.add("late", listen=False)
+
+    async def start_later() -> None:
+        await asyncio.sleep(0.4)
+        await farm.listen("late")
+
+    async with Pool(connect_attempts=5, backoff=0.1) as pool:
+        starter = asyncio.create_task(start_later())
+        start = time.monotonic()
+        result = await pool.run(late, ["echo", "late"])
+        await starter
+    assert result.ok and result.stdout == "late\n"
+    assert time.monotonic() - start >= 0.4
+
+
+async def test_silent_server_is_a_connect_timeout(farm: SSHFarm) -> None:
+    async def never_speak(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        writer.close()
+
+    silent = await asyncio.start_server(never_speak, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    try:
+        async with Pool(connect_timeout=0.3, connect_attempts=2, backoff=0.01) as pool:
+            result = await pool.run(farm.node("n1", port=port), ["true"])
+    finally:
+        silent.close()
+        await silent.wait_closed()
+    assert result.error_kind == "connect"
+    assert result.error == f"cannot connect to 127.0.0.1:{port}: timed out after 0.3s (after 2 attempts)"
+
+
+async def test_dropped_connection_is_reopened(farm: SSHFarm) -> None:
+    node = farm.nodes[0]
+    async with Pool() as pool:
+        assert (await pool.run(node, ["true"])).ok
+        await farm.stop("n1")
+        await farm.listen("n1")
+        await asyncio.sleep(0.05)
+        again = await pool.run(node, ["echo", "back"])
+    assert again.ok and again.stdout == "back\n"
+    assert farm.servers["n1"].connections == 2
+
+
+async def test_hostile_args_arrive_byte_identical(farm: SSHFarm) -> None:
+    async with Pool() as pool:
+        result = await pool.run(farm.nodes[0], ["printf", "%s\\0", *HOSTILE])
+        script = await pool.run(
+            farm.nodes[0],
+            Script('printf "%s\\0" "$V" "$@"', env={"V": HOSTILE[6]}, args=tuple(HOSTILE)),
+        )
+    assert result.ok, result
+    assert result.stdout.split("\0")[:-1] == HOSTILE
+    assert script.stdout.split("\0")[:-1] == [HOSTILE[6], *HOSTILE]
+    assert not Path("/tmp/fleet-pwned").exists()
+
+
+def test_a_bare_string_is_not_a_command() -> None:
+    with pytest.raises(TypeError):
+        render("rm -rf /")  # type: ignore[arg-type]
+    assert render(["ls", "a b"]) == "ls 'a b'"
+
+
+async def test_stdin_file_streamed_in_chunks_with_byte_count(farm: SSHFarm, tmp_path: Path) -> None:
+    blob = tmp_path / "image.tar"
+    data = os.urandom(6 * 1024 * 1024 + 123)
+    blob.write_bytes(data)
+    progress: list[int] = []
+    async with Pool() as pool:
+        result = await pool.run(
+            farm.nodes[0], ["sha256sum"], stdin_path=str(blob), on_progress=progress.append
+        )
+        small = await pool.run(farm.nodes[0], ["wc", "-c"], stdin="12345")
+    assert result.ok, result
+    assert result.stdout.split()[0] == hashlib.sha256(data).hexdigest()
+    assert progress[-1] == len(data) and len(progress) > 10
+    assert progress == sorted(progress)
+    assert small.stdout.strip() == "5"
+
+
+async def test_stream_yields_lines_as_they_come(farm: SSHFarm) -> None:
+    arrivals: list[tuple[str, float]] = []
+    async with Pool() as pool:
+        start = time.monotonic()
+        cmd = ["sh", "-c", "echo one; sleep 0.6; echo two >&2; echo three; exit 3"]
+        async with pool.stream(farm.nodes[0], cmd) as lines:
+            async for line in lines:
+                arrivals.append((line, time.monotonic() - start))
+        separate = pool.stream(farm.nodes[0], cmd, merge_stderr=False)
+        out = [line async for line in separate]
+    assert [text for text, _ in arrivals] == ["one", "two", "three"]
+    assert arrivals[0][1] < 0.5 <= arrivals[1][1]
+    assert lines.exit_status == 3 and lines.result is not None and lines.result.exit_status == 3
+    assert out == ["one", "three"] and separate.stderr == "two\n"
+
+
+async def test_stream_left_early_closes_the_remote_command(farm: SSHFarm) -> None:
+    async with Pool() as pool:
+        async with pool.stream(farm.nodes[0], ["sh", "-c", "while :; do echo y; sleep 0.01; done"]) as lines:
+            got = []
+            async for line in lines:
+                got.append(line)
+                if len(got) == 3:
+                    break
+        assert await eventually(lambda: not farm._handlers)  # the server saw the close, killed the command
+    assert got == ["y", "y", "y"]
+
+
+async def test_check_raises_on_nonzero_exit(farm: SSHFarm) -> None:
+    async with Pool() as pool:
+        with pytest.raises(RemoteCommandError) as raised:
+            await pool.check(farm.nodes[0], ["sh", "-c", "echo boom >&2; exit 4"])
+        ok = await pool.check(farm.nodes[0], ["echo", "fine"])
+    assert raised.value.exit_status == 4 and raised.value.stderr == "boom\n"
+    assert ok.stdout == "fine\n"
+
+
+async def test_fanout_per_node_commands_and_deadline(farm: SSHFarm) -> None:
+    async with Pool() as pool:
+        named = await fanout(pool, farm.nodes, lambda n: ["echo", n.name])
+        slow = await fanout(
+            pool, farm.nodes, lambda n: ["sleep", "10"] if n.name == "n2" else ["true"], timeout=0.5
+        )
+        checked = await fanout(pool, farm.nodes, lambda n: pool.check(n, ["sh", "-c", f"exit {n.port % 2}"]))
+    assert [r.stdout for r in named] == ["n1\n", "n2\n", "n3\n"]
+    assert [(r.node, r.ok, r.error_kind) for r in slow] == [
+        ("n1", True, None),
+        ("n2", False, "timeout"),
+        ("n3", True, None),
+    ]
+    assert slow[1].error == "no result within 0.5s"
+    assert [r.exit_status for r in checked] == [n.port % 2 for n in farm.nodes]
+
+
+async def test_concurrency_is_bounded_by_the_pool_limit(tmp_path: Path) -> None:
+    in_flight = 0
+    peak = 0
+
+    async def slow(process: asyncssh.SSHServerProcess[bytes]) -> None:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.05)
+        in_flight -= 1
+        process.exit(0)
+
+    async with SSHFarm(tmp_path / "slow", handler=slow) as slow_farm:
+        nodes = await slow_farm.start(6)
+        async with Pool(limit=2) as pool:
+            results = await fanout(pool, nodes, ["x"])
+        assert all(r.ok for r in results) and peak == 2
+        peak = 0
+        async with Pool(max_sessions=3) as pool:
+            results = await fanout(pool, [nodes[0]] * 8, ["x"])
+        assert all(r.ok for r in results) and peak == 3
+
+
+def test_only_the_transport_imports_asyncssh() -> None:
+    root = Path(__file__).resolve().parent.parent / "fleet"
+    offenders = []
+    for path in root.rglob("*.py"):
+        if "transport" in path.relative_to(root).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            if any(n == "asyncssh" or n.startswith("asyncssh.") for n in names):
+                offenders.append(str(path))
+    assert offenders == []
