@@ -159,8 +159,8 @@ def test_other_argvs_exact():
     assert d.image_import("/tmp/a.tar").stdin_path == "/tmp/a.tar"
     assert d.image_pull_argv("127.0.0.1:5000/demo:v1", plain_http=True) == [
         "ctr", "-n", "fleet", "images", "pull", "--plain-http", "127.0.0.1:5000/demo:v1"]
-    assert d.logs_argv("w", 50) == ["tail", "-n", "50", "/var/log/fleet/fleet/w.log"]
-    assert d.logs_argv("w", None, follow=True) == ["tail", "-n", "+1", "-F", "/var/log/fleet/fleet/w.log"]
+    assert d.logs_argv("w", 50) == ["tail", "-n", "50", "/var/lib/fleet/logs/fleet/w.log"]
+    assert d.logs_argv("w", None, follow=True) == ["tail", "-n", "+1", "-F", "/var/lib/fleet/logs/fleet/w.log"]
     assert shlex.join(d.image_remove_argv("a b")) == "ctr -n fleet images rm 'a b'"
 
 
