@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 
 def join(argv: Sequence[str]) -> str:
@@ -21,3 +23,24 @@ def with_env(env: Mapping[str, str], script: str) -> str:
             raise ValueError(f"not a shell variable name: {name!r}")
         parts.append(f"{name}={shlex.quote(value)}")
     return " ".join([*parts, script]) if parts else script
+
+
+@dataclass(frozen=True)
+class Script:
+    """A POSIX sh script written by fleet itself, plus the variables and arguments it reads.
+
+    The text is trusted (fleet's own); everything that may come from a user travels in `env` or `args`,
+    which are quoted once, in `render()`.
+    """
+
+    text: str
+    env: Mapping[str, str] = field(default_factory=dict)
+    args: tuple[str, ...] = ()
+    name: str = "fleet-script"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
+
+    def render(self) -> str:
+        """The command line sent to the node: `ENV=... /bin/sh -c TEXT NAME ARGS...`, all quoted."""
+        return with_env(self.env, join(["/bin/sh", "-c", self.text, self.name, *self.args]))

@@ -139,7 +139,7 @@ def test_run_refuses_what_ctr_would_misread(bad: RunSpec):
 
 def test_script_command_quotes_env_once():
     s = Script('printf "%s|%s" "$ID" "$GRACE"', {"ID": "x'; rm -rf / #", "GRACE": "$(id)"})
-    out = subprocess.run(["sh", "-c", s.command()], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(["sh", "-c", s.render()], capture_output=True, text=True, check=True).stdout
     assert out == "x'; rm -rf / #|$(id)"
 
 

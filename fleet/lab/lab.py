@@ -266,7 +266,11 @@ class Lab:
             if os.path.exists(f"{d}/{stale}"):
                 os.unlink(f"{d}/{stale}")
         _run(["ip", "netns", "add", ns])
-        _run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
+        # A MAC derived from the address keeps the host's neighbour cache right when a node is rebuilt;
+        # with a fresh random MAC the host sends to the old one until its entry goes stale (many seconds).
+        mac = "02:fe:" + ":".join(f"{int(b):02x}" for b in node.address.split("."))
+        _run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "address", mac, "netns", ns])
+        _run(["ip", "neigh", "flush", "to", node.address, "dev", cfg.bridge], check=False)
         _run(["ip", "link", "set", veth, "master", cfg.bridge, "up"])
         _run(["ip", "-n", ns, "addr", "add", f"{node.address}/{cfg.prefixlen}", "dev", "eth0"])
         _run(["ip", "-n", ns, "link", "set", "eth0", "up"])

@@ -18,6 +18,7 @@ from typing import Generic, Literal, Protocol, TypeVar
 from fleet import shell
 from fleet.errors import RuntimeDriverError
 from fleet.model import CommandResult
+from fleet.shell import Script
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -48,27 +49,12 @@ class ImageNotFound(RuntimeCommandError):
     """The image is not present on the node (or in the registry)."""
 
 
-@dataclass(frozen=True)
-class Script:
-    """A POSIX sh script plus the variables it reads; values are quoted once, in `command()`."""
-
-    text: str
-    env: Mapping[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
-
-    def command(self) -> str:
-        """One command line for a remote shell: `ID='x' GRACE='10' sh -c '<script>'`."""
-        return shell.with_env(self.env, shell.join(["sh", "-c", self.text]))
-
-
 Command = Sequence[str] | Script
 
 
 def command_line(command: Command) -> str:
     """The single shell command line that runs `command` (an argv list or a Script)."""
-    return command.command() if isinstance(command, Script) else shell.join(list(command))
+    return command.render() if isinstance(command, Script) else shell.join(list(command))
 
 
 @dataclass(frozen=True)

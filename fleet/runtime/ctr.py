@@ -22,13 +22,13 @@ from fleet.runtime.base import (
     Mount,
     RunSpec,
     RuntimeCommandError,
-    Script,
     Status,
     StopResult,
     Usage,
     check,
     identity,
 )
+from fleet.shell import Script
 
 NO_MEMORY_LIMIT = 9223372036854771712
 DEFAULT_LOG_DIR = "/var/lib/fleet/logs"  # everything fleet writes on a node lives under /var/lib/fleet

@@ -26,13 +26,13 @@ from fleet.runtime.base import (
     Mount,
     RunSpec,
     RuntimeCommandError,
-    Script,
     Status,
     StopResult,
     Usage,
     check,
     identity,
 )
+from fleet.shell import Script
 
 _EXISTS_RC = 17
 _STATES = {"running": Status.RUNNING, "paused": Status.RUNNING, "restarting": Status.STOPPED,

@@ -1,7 +1,8 @@
 """The transport: the only package of fleet that speaks SSH (asyncssh); everything above it gets values."""
 
+from ..shell import Script
 from .fanout import fanout
-from .ssh import CIPHERS, KEX_ALGS, Command, Pool, RemoteStream, Script, SessionError, error_kind, render
+from .ssh import CIPHERS, KEX_ALGS, Command, Pool, RemoteStream, SessionError, error_kind, render
 
 __all__ = [
     "CIPHERS",

@@ -12,7 +12,8 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from ..errors import RemoteCommandError, TransportError
 from ..model import CommandResult, Node
-from .ssh import Command, Pool, Script, error_kind
+from ..shell import Script
+from .ssh import Command, Pool, error_kind
 
 PerNode = Callable[[Node], "Command | Awaitable[CommandResult]"]
 

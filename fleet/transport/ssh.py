@@ -10,9 +10,8 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from types import MappingProxyType, TracebackType
+from collections.abc import AsyncIterator, Callable, Sequence
+from types import TracebackType
 from typing import Any, BinaryIO, TypeAlias
 
 import asyncssh
@@ -26,7 +25,7 @@ from ..errors import (
     TransportError,
 )
 from ..model import CommandResult, Node
-from ..shell import join, with_env
+from ..shell import Script, join
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 CHUNK = 256 * 1024
@@ -55,23 +54,6 @@ def error_kind(exc: TransportError) -> str:
     if isinstance(exc, CommandTimeout):
         return "timeout"
     return "ssh"
-
-
-@dataclass(frozen=True)
-class Script:
-    """A shell script fleet itself wrote (trusted text), run by /bin/sh; env values and args are quoted."""
-
-    text: str
-    env: Mapping[str, str] = field(default_factory=dict)
-    args: tuple[str, ...] = ()
-    name: str = "fleet-script"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
-
-    def render(self) -> str:
-        """The command line sent to the node: `ENV=... /bin/sh -c TEXT NAME ARGS...`, all quoted."""
-        return with_env(self.env, join(["/bin/sh", "-c", self.text, self.name, *self.args]))
 
 
 Command: TypeAlias = "Sequence[str] | Script"

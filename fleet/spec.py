@@ -1,0 +1,654 @@
+"""Service specs (playbooks): YAML under playbooks/ validated into frozen `ServiceSpec` values.
+
+Every problem in every file is reported at once as `file:line: services.NAME.field: message`
+(a `SpecError`); secrets stay `SecretRef` names here and are resolved only where a container starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import ConfigError, Problem, SpecError
+from .inventory import LABEL_KEY_RE, LABEL_VALUE_RE
+from .model import Resources
+from .units import parse_cpu, parse_memory
+from .yamlmarks import Marked, dotted, load
+
+SERVICE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+SECRET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+VOLUME_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+# An origin-form URL path with an optional query; no spaces, quotes, '#', '\', '$' or control characters,
+# so it can go verbatim into an HAProxy config line and an HTTP request line.
+HTTP_PATH_RE = re.compile(
+    r"^/(?:[A-Za-z0-9._~!*+,;=:@/-]|%[0-9A-Fa-f]{2})*(?:\?(?:[A-Za-z0-9._~!*+,;=:@/?&-]|%[0-9A-Fa-f]{2})*)?$"
+)
+# A host path for bind mounts / tmpfs targets: absolute, and free of the separators ctr's --mount uses.
+MOUNT_PATH_RE = re.compile(r"^/[A-Za-z0-9._@+/-]*$")
+IMAGE_RE = re.compile(
+    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::[0-9]{1,5})?/)?"
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$"
+)
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+SPEC_HASH_VERSION = 1
+DEFAULT_RESOURCES = Resources(cpu=0.1, memory=64 * 1024 * 1024)
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from `500ms`, `2s`, `1m`, `1m30s`, `1h`, or a plain number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration such as 2s or 500ms, got {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"a duration cannot be negative, got {value!r}")
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        pos, total = 0, 0.0
+        for m in _DURATION_PART.finditer(text):
+            if m.start() != pos:
+                break
+            total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+            pos = m.end()
+        else:
+            if text and pos == len(text):
+                return total
+    raise ValueError(f"expected a duration such as 2s, 500ms or 1m, got {value!r}")
+
+
+def _cpu(value: object) -> float:
+    cores = parse_cpu(value)
+    if not 0 < cores <= 1024:
+        raise ValueError(f"cpu must be more than 0 and at most 1024 cores, got {value!r}")
+    return cores
+
+
+def _memory(value: object) -> int:
+    size = parse_memory(value)
+    if size < 1024 * 1024:
+        raise ValueError(f"memory must be at least 1MiB, got {value!r}")
+    return size
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+Port = Annotated[StrictInt, Field(ge=1, le=65535)]
+
+
+# ---- values ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """A reference to a secret in the keyring by name; never the value."""
+
+    name: str
+
+    def __repr__(self) -> str:
+        return f"SecretRef({self.name!r})"
+
+
+@dataclass(frozen=True)
+class HealthSpec:
+    """How to tell a replica is healthy: an HTTP GET, a TCP connect or a command run inside it."""
+
+    kind: Literal["http", "tcp", "exec"]
+    path: str | None = None
+    command: tuple[str, ...] = ()
+    interval: float = 2.0
+    timeout: float = 1.0
+    failure_threshold: int = 3
+    success_threshold: int = 1
+    start_period: float = 0.0
+
+
+@dataclass(frozen=True)
+class PlacementSpec:
+    """Where replicas may go (`require`) and how they are spread (`spread_by` label, `strategy`)."""
+
+    require: Mapping[str, str] = field(default_factory=dict)
+    spread_by: str | None = None
+    strategy: Literal["spread", "pack"] = "spread"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "require", MappingProxyType(dict(self.require)))
+
+
+@dataclass(frozen=True)
+class LbSpec:
+    """The service's frontend on the LB nodes."""
+
+    port: int
+    mode: Literal["http", "tcp"] = "http"
+    balance: Literal["roundrobin", "leastconn", "source", "random"] = "roundrobin"
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    """A mount: a host path (bind), a RAM disk (tmpfs) or a named volume on the node."""
+
+    type: Literal["bind", "tmpfs", "volume"]
+    target: str
+    source: str | None = None
+    readonly: bool = False
+    size: int | None = None
+
+
+@dataclass(frozen=True)
+class CanarySpec:
+    """Canary traffic steps (percent of weight on the new version) and when to promote."""
+
+    steps: tuple[int, ...] = (10, 50)
+    pause: float = 30.0
+    auto_promote: bool = True
+    max_error_rate_delta: float = 1.0
+
+
+@dataclass(frozen=True)
+class UpdateSpec:
+    """How a changed service is rolled out."""
+
+    strategy: Literal["rolling", "canary"] = "rolling"
+    max_surge: int = 1
+    max_unavailable: int = 0
+    batch_size: int = 1
+    ready_deadline: float = 60.0
+    min_ready: float = 2.0
+    canary: CanarySpec | None = None
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One service, fully resolved: durations in seconds, memory in bytes, cpu in cores."""
+
+    name: str
+    image: str
+    command: tuple[str, ...] | None = None
+    replicas: int = 1
+    resources: Resources = DEFAULT_RESOURCES
+    port: int = 8080
+    env: Mapping[str, str | SecretRef] = field(default_factory=dict)
+    health: HealthSpec | None = None
+    placement: PlacementSpec = PlacementSpec()
+    lb: LbSpec | None = None
+    volumes: tuple[VolumeSpec, ...] = ()
+    stop_grace_period: float = 10.0
+    update: UpdateSpec = UpdateSpec()
+    source_file: str = field(default="", compare=False)
+    source_line: int | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
+
+    def secret_names(self) -> tuple[str, ...]:
+        return tuple(sorted({v.name for v in self.env.values() if isinstance(v, SecretRef)}))
+
+    def hash_input(self) -> dict[str, Any]:
+        """The fields whose change needs a new container; secrets appear by name only."""
+        env = {k: ({"secret": v.name} if isinstance(v, SecretRef) else v) for k, v in sorted(self.env.items())}
+        return {
+            "v": SPEC_HASH_VERSION,
+            "image": self.image,
+            "command": list(self.command) if self.command is not None else None,
+            "env": env,
+            "cpu": self.resources.cpu,
+            "memory": self.resources.memory,
+            "port": self.port,
+            "volumes": [
+                {"type": v.type, "source": v.source, "target": v.target, "readonly": v.readonly, "size": v.size}
+                for v in self.volumes
+            ],
+            "health_exec": list(self.health.command) if self.health and self.health.kind == "exec" else None,
+        }
+
+    def spec_hash(self) -> str:
+        """Stable sha256 (hex) of `hash_input()` as canonical JSON; replicas and lb do not count."""
+        blob = json.dumps(self.hash_input(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Playbook:
+    """One playbook file and its services, each knowing its own line."""
+
+    file: str
+    services: tuple[ServiceSpec, ...]
+
+    def line_of(self, service: str) -> int | None:
+        for s in self.services:
+            if s.name == service:
+                return s.source_line
+        return None
+
+
+# ---- schema ---------------------------------------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Resources(_Strict):
+    cpu: Annotated[float, BeforeValidator(_cpu)] = 0.1
+    memory: Annotated[int, BeforeValidator(_memory)] = 64 * 1024 * 1024
+
+
+class _Health(_Strict):
+    http: str | None = None
+    tcp: StrictBool | None = None
+    exec: list[str] | None = None
+    interval: PositiveDuration = 2.0
+    timeout: PositiveDuration = 1.0
+    failure_threshold: Annotated[StrictInt, Field(ge=1, le=100)] = 3
+    success_threshold: Annotated[StrictInt, Field(ge=1, le=100)] = 1
+    start_period: Duration = 0.0
+
+    @field_validator("http")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        if v is not None and (len(v) > 256 or not HTTP_PATH_RE.match(v)):
+            raise ValueError(f"expected a URL path such as /healthz (no spaces, quotes or '#'), got {v!r}")
+        return v
+
+    @field_validator("exec")
+    @classmethod
+    def _exec(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            _check_argv(v)
+        return v
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> _Health:
+        kinds = [k for k, v in (("http", self.http), ("tcp", self.tcp), ("exec", self.exec)) if v]
+        if len(kinds) != 1:
+            raise ValueError("give exactly one of http: PATH, tcp: true or exec: [command, ...]")
+        return self
+
+
+class _Placement(_Strict):
+    require: dict[str, Any] = Field(default_factory=dict)
+    spread_by: str | None = None
+    strategy: Literal["spread", "pack"] = "spread"
+
+    @field_validator("require")
+    @classmethod
+    def _labels(cls, v: dict[str, Any]) -> dict[str, str]:
+        out = {}
+        for key, value in v.items():
+            if not LABEL_KEY_RE.match(str(key)):
+                raise ValueError(f"invalid label key {key!r} (letters, digits, . _ / -)")
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            if not isinstance(value, str | int | bool) or not LABEL_VALUE_RE.match(text):
+                raise ValueError(f"invalid value {value!r} for label {key!r}")
+            out[str(key)] = text
+        return out
+
+    @field_validator("spread_by")
+    @classmethod
+    def _spread(cls, v: str | None) -> str | None:
+        if v is not None and not LABEL_KEY_RE.match(v):
+            raise ValueError(f"invalid label key {v!r} (letters, digits, . _ / -)")
+        return v
+
+
+class _Lb(_Strict):
+    port: Port
+    mode: Literal["http", "tcp"] = "http"
+    balance: Literal["roundrobin", "leastconn", "source", "random"] = "roundrobin"
+
+
+class _Volume(_Strict):
+    type: Literal["bind", "tmpfs", "volume"]
+    source: str | None = None
+    target: str
+    readonly: StrictBool = False
+    size: Annotated[int | None, BeforeValidator(lambda v: None if v is None else _memory(v))] = None
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, v: str) -> str:
+        _check_mount_path(v)
+        if v == "/":
+            raise ValueError("cannot mount over /")
+        return v
+
+    @model_validator(mode="after")
+    def _by_type(self) -> _Volume:
+        if self.type == "bind":
+            if self.source is None:
+                raise ValueError("a bind volume needs source: /host/path")
+            _check_mount_path(self.source)
+        elif self.type == "volume":
+            if self.source is None or not VOLUME_NAME_RE.match(self.source):
+                raise ValueError(f"a named volume needs source: NAME (a-z, 0-9, . _ -), got {self.source!r}")
+        elif self.source is not None:
+            raise ValueError("a tmpfs volume takes no source")
+        if self.size is not None and self.type != "tmpfs":
+            raise ValueError("size applies to tmpfs volumes only")
+        return self
+
+
+class _Canary(_Strict):
+    steps: list[Annotated[StrictInt, Field(ge=1, le=100)]] = Field(default_factory=lambda: [10, 50])
+    pause: Duration = 30.0
+    auto_promote: StrictBool = True
+    max_error_rate_delta: Annotated[float, Field(ge=0, le=100)] = 1.0
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("give at least one step")
+        if any(b <= a for a, b in itertools.pairwise(v)):
+            raise ValueError(f"steps must increase strictly, got {v}")
+        return v
+
+
+class _Update(_Strict):
+    strategy: Literal["rolling", "canary"] = "rolling"
+    max_surge: Annotated[StrictInt, Field(ge=0)] = 1
+    max_unavailable: Annotated[StrictInt, Field(ge=0)] = 0
+    batch_size: Annotated[StrictInt, Field(ge=1)] | None = None
+    ready_deadline: PositiveDuration = 60.0
+    min_ready: Duration = 2.0
+    canary: _Canary | None = None
+
+    @model_validator(mode="after")
+    def _progress(self) -> _Update:
+        if self.max_surge == 0 and self.max_unavailable == 0:
+            raise ValueError("max_surge and max_unavailable cannot both be 0 (the update could never progress)")
+        if self.canary is not None and self.strategy != "canary":
+            raise ValueError("canary settings need strategy: canary")
+        return self
+
+
+class _Service(_Strict):
+    image: str
+    command: list[str] | None = None
+    replicas: Annotated[StrictInt, Field(ge=0, le=10000)] = 1
+    resources: _Resources = Field(default_factory=_Resources)
+    port: Port = 8080
+    env: dict[str, Any] = Field(default_factory=dict)
+    health: _Health | None = None
+    placement: _Placement = Field(default_factory=_Placement)
+    lb: _Lb | None = None
+    volumes: list[_Volume] = Field(default_factory=list)
+    stop_grace_period: Duration = 10.0
+    update: _Update = Field(default_factory=_Update)
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str) -> str:
+        if len(v) > 255 or not IMAGE_RE.match(v):
+            raise ValueError(f"expected an image reference such as registry.local/web:v1, got {v!r}")
+        return v
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            _check_argv(v)
+        return v
+
+    @field_validator("volumes")
+    @classmethod
+    def _unique_targets(cls, v: list[_Volume]) -> list[_Volume]:
+        seen = set()
+        for vol in v:
+            if vol.target in seen:
+                raise ValueError(f"two volumes mount at {vol.target}")
+            seen.add(vol.target)
+        return v
+
+    @model_validator(mode="after")
+    def _canary_needs_lb(self) -> _Service:
+        if self.update.strategy == "canary" and self.lb is None:
+            raise ValueError("update.strategy canary needs lb (traffic is split by HAProxy weights)")
+        return self
+
+
+class _File(_Strict):
+    services: dict[str, _Service] | None
+
+
+def _check_argv(argv: list[str]) -> None:
+    if not argv:
+        raise ValueError("expected a non-empty list of arguments")
+    for arg in argv:
+        if "\x00" in arg:
+            raise ValueError("an argument cannot contain a NUL byte")
+
+
+def _check_mount_path(path: str) -> None:
+    if not MOUNT_PATH_RE.match(path) or "/../" in f"{path}/" or "/./" in f"{path}/" or len(path) > 4096:
+        raise ValueError(f"expected an absolute path of letters, digits and . _ @ + / -, got {path!r}")
+
+
+# ---- loading --------------------------------------------------------------------------------------------
+
+_TYPE_MESSAGES = {
+    "int_type": "expected an integer",
+    "int_parsing": "expected an integer",
+    "int_from_float": "expected an integer",
+    "float_type": "expected a number",
+    "float_parsing": "expected a number",
+    "bool_type": "expected true or false",
+    "bool_parsing": "expected true or false",
+    "string_type": "expected a string",
+    "list_type": "expected a list",
+    "dict_type": "expected a mapping",
+    "model_type": "expected a mapping",
+    "model_attributes_type": "expected a mapping",
+}
+
+
+def _problems(exc: ValidationError, doc: Marked, prefix: tuple[str | int, ...]) -> list[Problem]:
+    """Like `inventory.pydantic_problems`, with messages phrased for playbook authors."""
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = (*prefix, *(p for p in err["loc"] if isinstance(p, str | int)))
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            msg = "unknown field"
+        elif kind == "missing":
+            msg = "required field is missing"
+        elif kind in _TYPE_MESSAGES:
+            msg = f"{_TYPE_MESSAGES[kind]}, got {err['input']!r}"
+        elif kind == "value_error":
+            msg = str(err["ctx"]["error"]) if "ctx" in err else err["msg"]
+        elif kind == "literal_error":
+            msg = f"expected {err['ctx']['expected']}, got {err['input']!r}"
+        else:
+            msg = f"{err['msg']}, got {err['input']!r}" if "input" in err else err["msg"]
+        problems.append(doc.problem(loc, msg))
+    return problems
+
+
+def _env(raw: Mapping[Any, Any], doc: Marked, path: tuple[str | int, ...],
+         problems: list[Problem]) -> dict[str, str | SecretRef]:
+    out: dict[str, str | SecretRef] = {}
+    for key, value in raw.items():
+        where = (*path, key)
+        if not isinstance(key, str) or not ENV_NAME_RE.match(key):
+            problems.append(doc.problem(where, f"invalid variable name {key!r} (letters, digits, _)"))
+            continue
+        if key == "PORT":
+            problems.append(doc.problem(where, "PORT is reserved: fleet sets it to the replica's host port"))
+            continue
+        if isinstance(value, dict):
+            name = value.get("secret")
+            if set(value) != {"secret"} or not isinstance(name, str) or not SECRET_NAME_RE.match(name):
+                problems.append(doc.problem(where, "expected a string or {secret: NAME}"))
+                continue
+            out[key] = SecretRef(name)
+        elif isinstance(value, bool) or value is None:
+            problems.append(doc.problem(where, f"expected a string, got {value!r} (quote it)"))
+        elif isinstance(value, str | int | float):
+            text = str(value)
+            if "\x00" in text:
+                problems.append(doc.problem(where, "a value cannot contain a NUL byte"))
+                continue
+            out[key] = text
+        else:
+            problems.append(doc.problem(where, "expected a string or {secret: NAME}"))
+    return out
+
+
+def _resolve(name: str, svc: _Service, env: dict[str, str | SecretRef], doc: Marked) -> ServiceSpec:
+    h = svc.health
+    health = None
+    if h is not None:
+        kind: Literal["http", "tcp", "exec"] = "http" if h.http else "tcp" if h.tcp else "exec"
+        health = HealthSpec(kind, h.http, tuple(h.exec or ()), h.interval, h.timeout,
+                            h.failure_threshold, h.success_threshold, h.start_period)
+    u = svc.update
+    canary = None
+    if u.strategy == "canary":
+        c = u.canary or _Canary()
+        canary = CanarySpec(tuple(c.steps), c.pause, c.auto_promote, c.max_error_rate_delta)
+    return ServiceSpec(
+        name=name,
+        image=svc.image,
+        command=tuple(svc.command) if svc.command is not None else None,
+        replicas=svc.replicas,
+        resources=Resources(svc.resources.cpu, svc.resources.memory),
+        port=svc.port,
+        env=env,
+        health=health,
+        placement=PlacementSpec(svc.placement.require, svc.placement.spread_by, svc.placement.strategy),
+        lb=LbSpec(svc.lb.port, svc.lb.mode, svc.lb.balance) if svc.lb else None,
+        volumes=tuple(VolumeSpec(v.type, v.target, v.source, v.readonly, v.size) for v in svc.volumes),
+        stop_grace_period=svc.stop_grace_period,
+        update=UpdateSpec(u.strategy, u.max_surge, u.max_unavailable,
+                          u.batch_size or max(1, u.max_surge + u.max_unavailable),
+                          u.ready_deadline, u.min_ready, canary),
+        source_file=doc.file,
+        source_line=doc.line_of(("services", name)),
+    )
+
+
+def _parse(text: str, file: str) -> tuple[Playbook, list[Problem]]:
+    try:
+        doc = load(text, file)
+    except ConfigError as exc:
+        return Playbook(file, ()), list(exc.problems)
+    if not isinstance(doc.data, dict) or "services" not in doc.data:
+        return Playbook(file, ()), [Problem(file, 1, "", "expected a mapping with `services:`")]
+    problems: list[Problem] = []
+    raw_services = doc.data.get("services")
+    if isinstance(raw_services, dict):
+        for name in raw_services:
+            if not isinstance(name, str) or not SERVICE_NAME_RE.match(name):
+                problems.append(doc.problem(
+                    ("services", name),
+                    f"invalid service name {name!r} (a-z first, then a-z, 0-9, -; at most 31 characters)"))
+    try:
+        model = _File.model_validate(doc.data)
+    except ValidationError as exc:
+        model = None
+        problems += _problems(exc, doc, ())
+    envs: dict[str, dict[str, str | SecretRef]] = {}
+    if isinstance(raw_services, dict):
+        for name, body in raw_services.items():
+            if isinstance(body, dict) and isinstance(body.get("env"), dict):
+                envs[str(name)] = _env(body["env"], doc, ("services", name, "env"), problems)
+    problems.sort(key=lambda p: (p.line or 0, p.field))
+    if model is None or problems:
+        return Playbook(file, ()), problems
+    services = tuple(_resolve(name, svc, envs.get(name, {}), doc) for name, svc in (model.services or {}).items())
+    return Playbook(file, services), problems
+
+
+def _cross_check(playbooks: Sequence[Playbook]) -> list[Problem]:
+    problems = []
+    names: dict[str, ServiceSpec] = {}
+    ports: dict[int, ServiceSpec] = {}
+    for pb in playbooks:
+        for s in pb.services:
+            where = dotted(("services", s.name))
+            if (first := names.get(s.name)) is not None:
+                problems.append(Problem(s.source_file, s.source_line, where,
+                                        f"service {s.name!r} is already defined at "
+                                        f"{first.source_file}:{first.source_line}"))
+            else:
+                names[s.name] = s
+            if s.lb is not None:
+                if (other := ports.get(s.lb.port)) is not None:
+                    problems.append(Problem(s.source_file, s.source_line, f"{where}.lb.port",
+                                            f"lb port {s.lb.port} is already used by service {other.name!r} "
+                                            f"at {other.source_file}:{other.source_line}"))
+                else:
+                    ports[s.lb.port] = s
+    return problems
+
+
+def parse_playbook(text: str, file: str) -> Playbook:
+    """One playbook from its text; raises SpecError listing every problem."""
+    pb, problems = _parse(text, file)
+    problems += _cross_check([pb])
+    if problems:
+        raise SpecError(problems)
+    return pb
+
+
+def playbook_files(paths: Iterable[str]) -> list[str]:
+    """Files named by `paths`: a directory stands for its *.yaml and *.yml files, sorted."""
+    out: list[str] = []
+    for path in paths:
+        if os.path.isdir(path):
+            out += sorted(os.path.join(path, f) for f in os.listdir(path)
+                          if f.endswith((".yaml", ".yml")) and os.path.isfile(os.path.join(path, f)))
+        else:
+            out.append(path)
+    return out
+
+
+def load_playbook_files(paths: Iterable[str]) -> list[Playbook]:
+    """Every playbook under `paths`, checked alone and together (duplicate names, duplicate lb ports)."""
+    playbooks: list[Playbook] = []
+    problems: list[Problem] = []
+    files = playbook_files(paths)
+    if not files:
+        raise SpecError([Problem(", ".join(paths) or ".", None, "", "no playbook files (*.yaml, *.yml) found")])
+    for file in files:
+        try:
+            with open(file, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as exc:
+            problems.append(Problem(file, None, "", f"cannot read playbook: {exc.strerror}"))
+            continue
+        pb, found = _parse(text, file)
+        playbooks.append(pb)
+        problems += found
+    problems += _cross_check(playbooks)
+    if problems:
+        raise SpecError(problems)
+    return playbooks
+
+
+def load_playbooks(paths: Iterable[str]) -> list[ServiceSpec]:
+    """Every service under `paths` (files or directories), in file order then document order."""
+    return [s for pb in load_playbook_files(paths) for s in pb.services]

@@ -1,0 +1,246 @@
+"""The rendered config and the runtime commands against a real HAProxy 2.6, on 127.0.0.1 only.
+
+Backends are tiny Python HTTP servers; every process started here is stopped by its PID in `finally`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from fleet.errors import SpecError
+from fleet.haproxy.render import (
+    LbHealth,
+    LbServer,
+    LbService,
+    add_server,
+    check_config_argv,
+    master_reload,
+    master_show_proc,
+    render,
+    reply_error,
+    set_server_state,
+    show_servers_state,
+    show_stat,
+    start_argv,
+)
+from fleet.haproxy.stats import parse_servers_state, parse_show_proc, parse_show_stat, server_rows
+from fleet.spec import parse_playbook
+
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.skipif(not os.path.exists(HAPROXY), reason="haproxy is not installed"),
+]
+
+BACKEND = """
+import http.server, os, sys
+name, port, sick = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        code = 500 if self.path == "/healthz" and os.path.exists(sick) else 200
+        body = name.encode()
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+class Server(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        pass  # health checks close early; that is fine
+Server(("127.0.0.1", port), Handler).serve_forever()
+"""
+HEALTH = LbHealth("http", "/healthz", interval=0.1, timeout=1.0, fall=2, rise=1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def cli(path: str, command: str, attempts: int = 60) -> str:
+    """One command per connection; the master socket refuses connections briefly while it re-executes."""
+    for _ in range(attempts):
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(5)
+                s.connect(path)
+                s.sendall(command.encode() + b"\n")
+                s.shutdown(socket.SHUT_WR)
+                chunks = []
+                while chunk := s.recv(65536):
+                    chunks.append(chunk)
+                return b"".join(chunks).decode()
+        except (ConnectionRefusedError, FileNotFoundError):
+            time.sleep(0.05)
+    raise AssertionError(f"cannot reach {path}")
+
+
+def wait_for(what: str, predicate: Callable[[], bool], timeout: float = 8.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def get(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as resp:
+        body: bytes = resp.read()
+        return body.decode()
+
+
+@dataclass
+class Lab:
+    dir: Path
+    procs: list[subprocess.Popen[bytes]]
+    ports: dict[str, int]
+
+    def backend(self, name: str) -> int:
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, str(self.dir / "backend.py"), name, str(port),
+                                 str(self.dir / f"{name}.sick")])
+        self.procs.append(proc)
+        self.ports[name] = port
+        wait_for(f"backend {name}", lambda: _listening(port))
+        return port
+
+    def sick(self, name: str, sick: bool) -> None:
+        flag = self.dir / f"{name}.sick"
+        if sick:
+            flag.touch()
+        else:
+            flag.unlink()
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    # A short directory: UNIX socket paths are limited to 108 bytes.
+    work = Path(tempfile.mkdtemp(prefix="fleet-hx-"))
+    (work / "backend.py").write_text(BACKEND)
+    lab = Lab(work, [], {})
+    try:
+        yield lab
+    finally:
+        for proc in lab.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in lab.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_real_haproxy_serves_checks_drains_adds_and_reloads(lab: Lab) -> None:
+    web1, web2, web3 = lab.backend("web-1"), lab.backend("web-2"), lab.backend("web-3")
+    front, stats_port = free_port(), free_port()
+    admin, master = str(lab.dir / "admin.sock"), str(lab.dir / "master.sock")
+    cfg, state = str(lab.dir / "haproxy.cfg"), str(lab.dir / "state")
+    others = [LbService(f"alg-{b}", free_port(), [], balance=b, bind_address="127.0.0.1", health=HEALTH)
+              for b in ("leastconn", "source", "random")]
+    web = LbService("web", front, [LbServer("web-1", "127.0.0.1", web1), LbServer("web-2", "127.0.0.1", web2)],
+                    bind_address="127.0.0.1", health=HEALTH)
+    text = render([web, *others], admin_socket=admin, state_file=state, stats_bind=("127.0.0.1", stats_port))
+    Path(cfg).write_text(text)
+
+    check = subprocess.run([HAPROXY, *check_config_argv(cfg)[1:]], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stderr
+    assert [ln for ln in check.stderr.splitlines() if "WARNING" in ln and "server state file" not in ln] == []
+
+    lab.procs.append(subprocess.Popen([HAPROXY, *start_argv(cfg, master, str(lab.dir / "haproxy.pid"))[1:]],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def servers() -> dict[tuple[str, str], str]:
+        return {k: r.health for k, r in server_rows(parse_show_stat(cli(admin, show_stat()))).items()}
+
+    wait_for("both servers UP", lambda: servers().get(("be_web", "web-1")) == servers().get(("be_web", "web-2"))
+             == "up")
+    assert Counter(get(front) for _ in range(20)) == {"web-1": 10, "web-2": 10}
+
+    lab.sick("web-2", True)
+    wait_for("web-2 DOWN", lambda: servers()[("be_web", "web-2")] == "down")
+    row = server_rows(parse_show_stat(cli(admin, show_stat())))[("be_web", "web-2")]
+    assert (row.check_status, row.check_code) == ("L7STS", 500)
+    assert Counter(get(front) for _ in range(10)) == {"web-1": 10}
+
+    lab.sick("web-2", False)
+    wait_for("web-2 UP again", lambda: servers()[("be_web", "web-2")] == "up")
+    assert reply_error(cli(admin, set_server_state("be_web", "web-1", "drain"))) is None
+    assert servers()[("be_web", "web-1")] == "drain"
+    states = {(s.backend, s.server): s for s in parse_servers_state(cli(admin, show_servers_state("be_web")))}
+    assert states[("be_web", "web-1")].state == "drain" and states[("be_web", "web-1")].running
+    assert Counter(get(front) for _ in range(10)) == {"web-2": 10}
+
+    for command in add_server("be_web", LbServer("web-3", "127.0.0.1", web3), HEALTH):
+        assert reply_error(cli(admin, command)) is None, command
+    wait_for("web-3 UP", lambda: servers().get(("be_web", "web-3")) == "up")
+    assert Counter(get(front) for _ in range(10)) == {"web-2": 5, "web-3": 5}
+    for svc in others:  # every balance algorithm fleet renders accepts runtime servers
+        replies = [reply_error(cli(admin, c)) for c in add_server(f"be_{svc.name}",
+                                                                  LbServer("x-1", "127.0.0.1", web3), HEALTH)]
+        assert replies == [None, None, None], svc.balance
+
+    before = parse_show_proc(cli(master, master_show_proc()))
+    assert len(before.worker_pids) == 1 and before.failed_reloads == 0
+    Path(state).write_text(cli(admin, show_servers_state()))
+    assert cli(master, master_reload()).strip() == ""
+    wait_for("a new worker", lambda: parse_show_proc(cli(master, master_show_proc())).worker_pids
+             not in ((), before.worker_pids))
+    after = parse_show_proc(cli(master, master_show_proc()))
+    assert after.failed_reloads == 0 and after.master.reloads == before.master.reloads + 1
+    # The drain survived the reload through the state file; web-3 was runtime-only and is gone.
+    wait_for("stats after reload", lambda: ("be_web", "web-1") in servers())
+    assert servers()[("be_web", "web-1")] == "drain" and ("be_web", "web-3") not in servers()
+    assert Counter(get(front) for _ in range(4)) == {"web-2": 4}
+
+    with pytest.raises(ValueError, match="server"):
+        render([LbService("web", front, [LbServer("web-1\n    bind 127.0.0.1:1", "127.0.0.1", web1)])],
+               admin_socket=admin, state_file=state)
+    with pytest.raises(SpecError, match="invalid service name"):
+        parse_playbook('services:\n  "web\\n    bind 127.0.0.1:1":\n    image: busybox\n', "hostile.yaml")
+    assert Path(cfg).read_text() == text
+
+
+def test_haproxy_check_refuses_a_broken_config_and_accepts_ipv6_and_every_mode(tmp_path: Path) -> None:
+    services = [
+        LbService("web", 18080, [LbServer("web-1", "127.0.0.1", 1, state="drain"),
+                                 LbServer("web-2", "::1", 2, state="maint")], health=HEALTH, bind_address="::1"),
+        LbService("db", 18081, [LbServer("db-1", "127.0.0.1", 3)], mode="tcp", balance="source",
+                  health=LbHealth("tcp"), bind_address="127.0.0.1"),
+        LbService("raw", 18082, [LbServer("raw-1", "127.0.0.1", 4)], mode="tcp", health=LbHealth("none")),
+    ]
+    cfg = tmp_path / "ok.cfg"
+    cfg.write_text(render(services, admin_socket=str(tmp_path / "a.sock"), state_file=str(tmp_path / "state"),
+                          stats_bind=("127.0.0.1", 18404)))
+    ok = subprocess.run([HAPROXY, "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0, ok.stderr
+    assert [ln for ln in ok.stderr.splitlines() if "WARNING" in ln and "server state file" not in ln] == []
+    bad = tmp_path / "bad.cfg"
+    bad.write_text(cfg.read_text() + "    bogus_keyword\n")
+    broken = subprocess.run([HAPROXY, "-c", "-f", str(bad)], capture_output=True, text=True, timeout=30)
+    assert broken.returncode == 1 and "bogus_keyword" in broken.stderr
