@@ -2,57 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from .engine.calls import driver_for
+from .engine.nodes import NodeReport, collect, facts_command, report_from
+from .model import Inventory, Node
+from .runtime.base import RuntimeDriver
+from .transport import Pool
 
-from .facts import FACTS_SCRIPT, NodeFacts, parse_facts
-from .model import Inventory, Node, Resources
-from .transport import Pool, Script, fanout
-
-
-@dataclass(frozen=True)
-class NodeReport:
-    """What one node answered (or why it did not)."""
-
-    node: Node
-    status: str
-    reason: str | None
-    facts: NodeFacts | None
-    duration: float
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ready"
-
-    @property
-    def allocatable(self) -> Resources | None:
-        """Measured size, capped by the inventory's capacity override, minus what is reserved."""
-        if self.facts is None:
-            return None
-        size = self.facts.size
-        cap = self.node.capacity
-        if cap is not None:
-            size = Resources(min(size.cpu, cap.cpu or size.cpu), min(size.memory, cap.memory or size.memory))
-        return size - self.node.reserved
-
-
-def facts_command(node: Node) -> Script:
-    return Script(FACTS_SCRIPT, {"NS": node.namespace})
-
-
-def report_from(node: Node, status: int | None, stdout: str, error: str | None, duration: float) -> NodeReport:
-    """Turn one facts round trip into a NodeReport: ready, unreachable (with the reason), no runtime, error."""
-    if error is not None:
-        return NodeReport(node, "unreachable", error, None, duration)
-    try:
-        facts = parse_facts(stdout)
-    except ValueError as exc:
-        return NodeReport(node, "error", f"facts script exited {status}: {exc}", None, duration)
-    if facts.runtime is None:
-        return NodeReport(node, "no runtime", "neither nerdctl nor ctr is installed", facts, duration)
-    if not facts.runtime_socket:
-        return NodeReport(node, "no runtime", "containerd is not running (no /run/containerd/containerd.sock)",
-                          facts, duration)
-    return NodeReport(node, "ready", None, facts, duration)
+__all__ = ["Fleet", "NodeReport", "facts_command", "report_from"]
 
 
 class Fleet:
@@ -61,9 +17,25 @@ class Fleet:
     def __init__(self, inventory: Inventory, pool: Pool) -> None:
         self.inventory = inventory
         self.pool = pool
+        self._reports: list[NodeReport] | None = None
 
     async def nodes(self) -> list[NodeReport]:
         """Facts from every node in one round trip each, concurrently; one report per node, in inventory order."""
-        results = await fanout(self.pool, self.inventory.nodes, facts_command)
-        return [report_from(node, r.exit_status, r.stdout, r.error, r.duration)
-                for node, r in zip(self.inventory.nodes, results, strict=True)]
+        self._reports = await collect(self.pool, self.inventory.nodes)
+        return self._reports
+
+    async def reports(self) -> list[NodeReport]:
+        """The node reports of this run (collected once, on first use)."""
+        if self._reports is None:
+            await self.nodes()
+        assert self._reports is not None
+        return self._reports
+
+    async def ready(self) -> list[NodeReport]:
+        return [r for r in await self.reports() if r.ok]
+
+    def driver(self, report: NodeReport) -> RuntimeDriver:
+        return driver_for(report.node, report.facts)
+
+    def node(self, name: str) -> Node:
+        return self.inventory.node(name)

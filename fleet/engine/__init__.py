@@ -1,0 +1,1 @@
+"""Engines: what fleet does over the transport (containers, images, apply, rollout, reconcile)."""
