@@ -13,7 +13,7 @@ from .model import Resources
 FACTS_SCRIPT = r"""
 NS=${NS:-fleet}
 T=/run/containerd/io.containerd.runtime.v2.task/$NS
-set -- /proc/sys/kernel/hostname /proc/meminfo /proc/loadavg /proc/uptime /proc/self/status
+set -- /proc/sys/kernel/hostname /proc/meminfo /proc/loadavg /proc/uptime /proc/self/status /proc/net/tcp /proc/net/tcp6
 RT=
 if command -v nerdctl >/dev/null 2>&1; then RT=nerdctl; elif command -v ctr >/dev/null 2>&1; then RT=ctr; fi
 echo "@runtime=$RT"
@@ -85,6 +85,7 @@ class NodeFacts:
     runtime_socket: bool
     cgroup: int
     tasks: tuple[TaskFacts, ...]
+    listening: frozenset[int] = frozenset()
 
     @property
     def size(self) -> Resources:
@@ -160,6 +161,17 @@ def _task(tid: str, own: dict[str, list[str]], files: dict[str, list[str]]) -> T
     return TaskFacts(tid, pid or None, running, usage, limit, cpu_ns, cpu_limit, ooms)
 
 
+def _listening(files: dict[str, list[str]]) -> frozenset[int]:
+    """TCP ports in LISTEN state (st 0A) from /proc/net/tcp and tcp6."""
+    ports = set()
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in files.get(path, []):
+            cols = line.split()
+            if len(cols) > 3 and cols[3] == "0A" and ":" in cols[1]:
+                ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+    return frozenset(ports)
+
+
 def parse_facts(stdout: str) -> NodeFacts:
     """Parse the facts script's output; raises ValueError when it is not that output."""
     markers: dict[str, str] = {}
@@ -228,4 +240,5 @@ def parse_facts(stdout: str) -> NodeFacts:
         runtime_socket=markers.get("socket") == "1",
         cgroup=cgroup,
         tasks=tuple(tasks),
+        listening=_listening(files),
     )

@@ -128,3 +128,33 @@ def container_id(service: str, replica: int, suffix: str | None = None) -> str:
     if not is_valid_container_id(cid):
         raise ValueError(f"cannot build a valid container ID from {service!r}")
     return cid
+
+# How the load balancer fronts the service and checks it, so that HAProxy's config can be rendered from the
+# containers alone (services deployed from other playbooks keep their frontends).
+LB = "fleet.lb"
+HEALTH = "fleet.health"
+
+
+def lb_label(port: int, mode: str, balance: str) -> str:
+    return f"{port}/{mode}/{balance}"
+
+
+def parse_lb_label(value: str | None) -> tuple[int, str, str] | None:
+    parts = (value or "").split("/")
+    if len(parts) != 3 or not parts[0].isdigit():
+        return None
+    return int(parts[0]), parts[1], parts[2]
+
+
+def health_label(kind: str, path: str | None, interval: float, timeout: float, fall: int, rise: int) -> str:
+    return f"{kind}|{path or ''}|{interval:g}|{timeout:g}|{fall}|{rise}"
+
+
+def parse_health_label(value: str | None) -> tuple[str, str | None, float, float, int, int] | None:
+    parts = (value or "").split("|")
+    if len(parts) != 6:
+        return None
+    try:
+        return parts[0], parts[1] or None, float(parts[2]), float(parts[3]), int(parts[4]), int(parts[5])
+    except ValueError:
+        return None

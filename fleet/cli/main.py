@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import typer
 
-from . import lab, nodes
+from . import apply, lab, nodes, status
 
 app = typer.Typer(name="fleet", help="Agentless SSH-based container orchestrator.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 app.add_typer(lab.app, name="lab")
 app.command("nodes")(nodes.nodes)
+app.command("plan")(apply.plan)
+app.command("apply")(apply.apply)
+app.command("scale")(apply.scale)
+app.command("destroy")(apply.destroy)
+app.command("status")(status.status_cmd)
 
 
 def main() -> None:

@@ -106,6 +106,9 @@ class RunSpec:
     memory: int | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     net_host: bool = True
+    # Join this network namespace file instead (the host's, bind-mounted by fleet): host networking without
+    # the runtime also mounting the host's /etc/hosts over the one fleet gives the container.
+    netns: str | None = None
     restart: Literal["no", "always"] = "no"
     log_path: str | None = None
 

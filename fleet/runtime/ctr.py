@@ -86,7 +86,9 @@ class CtrDriver:
             raise ValueError(f"invalid container ID for containerd: {spec.id!r}")
         log = self.log_path(spec.id, spec.log_path)
         argv = [*self.base(), "run", "-d", "--log-uri", f"file://{log}"]
-        if spec.net_host:
+        if spec.netns:
+            argv += ["--with-ns", f"network:{spec.netns}"]
+        elif spec.net_host:
             argv.append("--net-host")
         for name, value in spec.env.items():
             if not name or "=" in name:

@@ -1,0 +1,271 @@
+"""Containers on nodes: list them all, find one by ID, prefix or service, run/stop/remove, logs and exec.
+
+Every operation takes the node reports of this run; a node that cannot be read is reported, never raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType, TracebackType
+
+from ..errors import FleetError, TransportError
+from ..labels import ContainerLabels, parse_labels
+from ..runtime.base import ContainerInfo, RunSpec, StopResult
+from ..transport import Pool
+from .calls import driver_for, perform
+from .nodes import NodeReport
+
+SHORT_ID = 20
+STOP_MARGIN = 30.0  # seconds the stop script may take beyond the grace period (SIGKILL, tasks rm, containers rm)
+
+
+class ContainerLookupError(FleetError):
+    """No container matches a reference, or a prefix matches several."""
+
+
+@dataclass(frozen=True)
+class PsRow:
+    """One container on one node; `labels` is None for a container fleet did not start (foreign)."""
+
+    node: str
+    info: ContainerInfo
+    labels: ContainerLabels | None
+
+    @property
+    def foreign(self) -> bool:
+        return self.labels is None
+
+    @property
+    def service(self) -> str | None:
+        return self.labels.service if self.labels else None
+
+
+@dataclass(frozen=True)
+class PsResult:
+    """Every container on every ready node; `errors` names the nodes that could not be read, and why."""
+
+    rows: tuple[PsRow, ...]
+    errors: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rows", tuple(self.rows))
+        object.__setattr__(self, "errors", MappingProxyType(dict(self.errors)))
+
+
+def _sort_key(row: PsRow) -> tuple[int, str, int, str, str]:
+    labels = row.labels
+    return (1 if labels is None else 0, labels.service if labels else "",
+            labels.replica if labels and labels.replica is not None else 0, row.node, row.info.id)
+
+
+async def ps(pool: Pool, reports: list[NodeReport]) -> PsResult:
+    """List every container on every ready node in parallel: fleet's first (by service, replica), then foreign."""
+    ready = [r for r in reports if r.ok]
+
+    async def one(report: NodeReport) -> list[ContainerInfo]:
+        return await perform(pool, report.node, driver_for(report.node, report.facts).list_containers())
+
+    results = await asyncio.gather(*(one(r) for r in ready), return_exceptions=True)
+    errors = {r.node.name: f"{r.status}: {r.reason}" for r in reports if not r.ok}
+    rows: list[PsRow] = []
+    for report, res in zip(ready, results, strict=True):
+        if isinstance(res, FleetError):
+            errors[report.node.name] = str(res)
+        elif isinstance(res, BaseException):
+            raise res
+        else:
+            rows += [PsRow(report.node.name, info, parse_labels(info.labels)) for info in res]
+    return PsResult(tuple(sorted(rows, key=_sort_key)), errors)
+
+
+def find(result: PsResult, ref: str) -> list[PsRow]:
+    """Resolve `ref`: an exact container ID, else a service name (all its replicas), else a unique ID prefix.
+
+    `NODE/REF` restricts the search to one node (the prefix `logs` prints). Raises ContainerLookupError.
+    """
+    rows = list(result.rows)
+    node, sep, rest = ref.partition("/")
+    if sep and any(r.node == node for r in rows):
+        rows, ref = [r for r in rows if r.node == node], rest
+    if not ref:
+        raise ContainerLookupError("empty container reference")
+    exact = [r for r in rows if r.info.id == ref]
+    if exact:
+        if len(exact) > 1:
+            raise ContainerLookupError(_ambiguous(ref, exact, "exists on several nodes"))
+        return exact
+    service = [r for r in rows if r.service == ref]
+    if service:
+        return service
+    prefixed = [r for r in rows if r.info.id.startswith(ref)]
+    if len(prefixed) == 1:
+        return prefixed
+    if prefixed:
+        raise ContainerLookupError(_ambiguous(ref, prefixed, "matches several containers"))
+    where = "" if not result.errors else f" (not read: {', '.join(sorted(result.errors))})"
+    raise ContainerLookupError(f"no container or service {ref!r} on any node{where}")
+
+
+def find_one(result: PsResult, ref: str) -> PsRow:
+    """Like `find`, but a service must have exactly one replica."""
+    rows = find(result, ref)
+    if len(rows) > 1:
+        raise ContainerLookupError(_ambiguous(ref, rows, "has several replicas; name one container"))
+    return rows[0]
+
+
+def _ambiguous(ref: str, rows: list[PsRow], why: str) -> str:
+    names = ", ".join(f"{r.node}/{r.info.id}" for r in rows[:6]) + (", …" if len(rows) > 6 else "")
+    return f"{ref!r} {why}: {names}"
+
+
+def report_of(reports: list[NodeReport], node: str) -> NodeReport:
+    for r in reports:
+        if r.node.name == node:
+            return r
+    raise ContainerLookupError(f"no node {node!r} in the inventory")
+
+
+async def run_container(pool: Pool, report: NodeReport, spec: RunSpec, *, timeout: float = 60.0) -> None:
+    """Start one container on the node (the image must be there); raises RuntimeDriverError on failure."""
+    await perform(pool, report.node, driver_for(report.node, report.facts).run(spec), timeout=timeout)
+
+
+async def stop_container(pool: Pool, report: NodeReport, container_id: str, grace: float = 10.0) -> StopResult:
+    """SIGTERM, SIGKILL after `grace` seconds, then delete; the result carries the exit code."""
+    call = driver_for(report.node, report.facts).stop(container_id, grace)
+    return await perform(pool, report.node, call, timeout=grace + STOP_MARGIN)
+
+
+async def remove_container(pool: Pool, report: NodeReport, container_id: str) -> None:
+    """Kill and delete the container with its task, snapshot and log; fine when it is already gone."""
+    await perform(pool, report.node, driver_for(report.node, report.facts).remove(container_id),
+                  timeout=STOP_MARGIN)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One container to read logs from."""
+
+    report: NodeReport
+    container_id: str
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.report.node.name}/{self.container_id[:SHORT_ID]}"
+
+
+def targets(reports: list[NodeReport], rows: list[PsRow]) -> list[Target]:
+    return [Target(report_of(reports, r.node), r.info.id) for r in rows]
+
+
+@dataclass(frozen=True)
+class _Done:
+    prefix: str
+
+
+class LogStream:
+    """Log lines of several containers as `(prefix, line)`, merged like `docker compose logs`.
+
+    Use `async with logs(...) as stream: async for prefix, line in stream:`; leaving the block stops every
+    reader. Without follow, each container's tail comes whole, in target order. With follow, one stream per
+    container feeds a bounded queue (a slow consumer pauses the readers). A container whose log cannot be read
+    does not stop the others: `errors` maps its prefix to the reason.
+    """
+
+    def __init__(self, pool: Pool, targets: list[Target], tail: int | None, follow: bool, queue_size: int) -> None:
+        self._pool = pool
+        self._targets = targets
+        self._tail = tail
+        self._follow = follow
+        self._queue: asyncio.Queue[tuple[str, str] | _Done] = asyncio.Queue(queue_size)
+        self._tasks: list[asyncio.Task[None]] = []
+        self.errors: dict[str, str] = {}
+
+    async def __aenter__(self) -> LogStream:
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop every reader (closing its SSH channel) and wait for them."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def __aiter__(self) -> AsyncIterator[tuple[str, str]]:
+        return self._follow_lines() if self._follow else self._tail_lines()
+
+    async def _tail_lines(self) -> AsyncIterator[tuple[str, str]]:
+        async def read(t: Target) -> str | None:
+            call = driver_for(t.report.node, t.report.facts).logs(t.container_id, self._tail, False)
+            res = await self._pool.run(t.report.node, call.command, timeout=60)
+            if not res.ok:
+                self.errors[t.prefix] = res.error or (res.stderr.strip() or f"exit {res.exit_status}")
+                return None
+            return res.stdout
+
+        texts = await asyncio.gather(*(read(t) for t in self._targets))
+        for t, text in zip(self._targets, texts, strict=True):
+            for line in (text or "").splitlines():
+                yield t.prefix, line
+
+    async def _reader(self, t: Target) -> None:
+        call = driver_for(t.report.node, t.report.facts).logs(t.container_id, self._tail, True)
+        try:
+            async with self._pool.stream(t.report.node, call.command) as lines:
+                async for line in lines:
+                    await self._queue.put((t.prefix, line))
+            if lines.exit_status:
+                self.errors[t.prefix] = f"log reader exited {lines.exit_status}"
+        except TransportError as exc:
+            self.errors[t.prefix] = exc.message
+        finally:
+            # put_nowait may not block in a finally that runs on cancellation; a full queue only delays the end.
+            with contextlib.suppress(asyncio.QueueFull):
+                self._queue.put_nowait(_Done(t.prefix))
+
+    async def _follow_lines(self) -> AsyncIterator[tuple[str, str]]:
+        self._tasks = [asyncio.create_task(self._reader(t)) for t in self._targets]
+        finished: set[str] = set()
+        while len(finished) < len(self._targets):
+            try:
+                item = await asyncio.wait_for(self._queue.get(), timeout=1.0)
+            except TimeoutError:
+                # A reader whose end marker did not fit in a full queue is still seen to finish.
+                finished |= {t.prefix for t, task in zip(self._targets, self._tasks, strict=True) if task.done()}
+                continue
+            if isinstance(item, _Done):
+                finished.add(item.prefix)
+            elif isinstance(item, tuple):
+                yield item
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if isinstance(item, tuple):
+                yield item
+
+
+def logs(pool: Pool, targets: list[Target], tail: int | None = 100, follow: bool = False,
+         queue_size: int = 1000) -> LogStream:
+    """The logs of `targets` (see LogStream); `tail` None reads whole files."""
+    return LogStream(pool, targets, tail, follow, queue_size)
+
+
+async def exec_in(pool: Pool, report: NodeReport, container_id: str, argv: list[str],
+                  on_line: Callable[[str], None]) -> int:
+    """Run `argv` inside the running container, handing each output line (stdout and stderr) to `on_line`.
+
+    Returns the command's exit code; a transport failure raises the mapped TransportError.
+    """
+    call = driver_for(report.node, report.facts).exec(container_id, argv)
+    async with pool.stream(report.node, call.command) as lines:
+        async for line in lines:
+            on_line(line)
+    return lines.exit_status if lines.exit_status is not None else 255

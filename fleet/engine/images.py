@@ -1,0 +1,167 @@
+"""Image distribution without a registry: stream a local archive over SSH into each node's containerd.
+
+The archive is validated locally first (a corrupt tar never leaves the controller); nodes that already hold
+every image of it with the same digest are skipped; the others receive it on stdin, concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from ..errors import FleetError
+from ..image.oci import ArchiveInfo, read_archive
+from ..transport import Pool
+from .calls import driver_for, perform
+from .nodes import NodeReport
+
+PushStatus = Literal["sent", "present", "failed"]
+Progress = Callable[[str, int], None]
+
+
+class PushError(FleetError):
+    """A push was asked of nodes that are not in the inventory."""
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What pushing one archive did on one node."""
+
+    node: str
+    status: PushStatus
+    bytes_sent: int
+    seconds: float
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "failed"
+
+
+def wanted(archive: ArchiveInfo) -> dict[str, str] | None:
+    """{image name: manifest digest} the archive brings; None when it cannot be compared (unnamed, Docker)."""
+    out: dict[str, str] = {}
+    for image in archive.images:
+        if image.name is None or image.digest is None:
+            return None
+        out[image.name] = image.digest
+    return out or None
+
+
+def is_present(archive: ArchiveInfo, images: dict[str, str]) -> bool:
+    """True when the node's {ref: digest} already holds every image of the archive, same digest."""
+    want = wanted(archive)
+    return want is not None and all(images.get(name) == digest for name, digest in want.items())
+
+
+def select(reports: list[NodeReport], nodes: list[str] | None) -> list[NodeReport]:
+    """The named nodes (all must exist), or every worker node."""
+    if nodes is None:
+        return [r for r in reports if r.node.has_role("worker")]
+    by_name = {r.node.name: r for r in reports}
+    unknown = [n for n in nodes if n not in by_name]
+    if unknown:
+        raise PushError(f"no such node(s) in the inventory: {', '.join(unknown)}")
+    return [by_name[n] for n in dict.fromkeys(nodes)]
+
+
+async def push(
+    pool: Pool,
+    reports: list[NodeReport],
+    archive_path: str,
+    nodes: list[str] | None = None,
+    limit: int = 8,
+    *,
+    on_progress: Progress | None = None,
+    on_status: Callable[[str, str], None] | None = None,
+    timeout: float | None = 600.0,
+) -> list[PushResult]:
+    """Push the archive to `nodes` (default: every worker); one PushResult per node, in order, never raising
+    for one node. Raises ImageArchiveError (before contacting any node) when the archive is unusable.
+
+    `on_progress(node, bytes_sent)` follows each upload; `on_status(node, state)` says checking, sending, done.
+    """
+    archive = read_archive(archive_path)
+    chosen = select(reports, nodes)
+    gate = asyncio.Semaphore(limit)
+
+    def status(node: str, state: str) -> None:
+        if on_status is not None:
+            on_status(node, state)
+
+    async def one(report: NodeReport) -> PushResult:
+        name = report.node.name
+        start = time.monotonic()
+        if not report.ok:
+            status(name, "failed")
+            return PushResult(name, "failed", 0, 0.0, f"{report.status}: {report.reason}")
+        driver = driver_for(report.node, report.facts)
+        sent = 0
+        async with gate:
+            start = time.monotonic()  # time on this node, not the wait for a slot
+            try:
+                status(name, "checking")
+                images = await perform(pool, report.node, driver.image_list(), timeout=30)
+                if is_present(archive, images):
+                    status(name, "present")
+                    return PushResult(name, "present", 0, time.monotonic() - start)
+                status(name, "sending")
+                call = driver.image_import(archive_path)
+
+                def progress(n: int) -> None:
+                    nonlocal sent
+                    sent = n
+                    if on_progress is not None:
+                        on_progress(name, n)
+
+                res = await pool.run(report.node, call.command, stdin_path=call.stdin_path, timeout=timeout,
+                                     on_progress=progress)
+                imported = call.parse(res)
+            except FleetError as exc:
+                status(name, "failed")
+                return PushResult(name, "failed", sent, time.monotonic() - start, str(exc))
+        want = wanted(archive) or {}
+        got = {i.name: i.digest for i in imported}
+        missing = [n for n, d in want.items() if got.get(n) != d]
+        if missing:
+            status(name, "failed")
+            return PushResult(name, "failed", sent, time.monotonic() - start,
+                              f"import did not report {', '.join(missing)}: {res.stdout.strip()[-200:]}")
+        status(name, "sent")
+        return PushResult(name, "sent", sent, time.monotonic() - start)
+
+    return list(await asyncio.gather(*(one(r) for r in chosen)))
+
+
+async def ensure_image(pool: Pool, report: NodeReport, ref: str, *, plain_http: bool = False,
+                       timeout: float = 300.0) -> Literal["present", "pulled"]:
+    """Make sure the node has `ref`: nothing to do when listed, else pull it from its registry."""
+    driver = driver_for(report.node, report.facts)
+    images = await perform(pool, report.node, driver.image_list(), timeout=30)
+    if ref in images:
+        return "present"
+    await perform(pool, report.node, driver.image_pull(ref, plain_http), timeout=timeout)
+    return "pulled"
+
+
+async def list_images(pool: Pool, reports: list[NodeReport]) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+    """{node: {ref: digest}} for every ready node, and {node: reason} for those that could not be read."""
+    ready = [r for r in reports if r.ok]
+    errors = {r.node.name: f"{r.status}: {r.reason}" for r in reports if not r.ok}
+
+    async def one(r: NodeReport) -> dict[str, str]:
+        return await perform(pool, r.node, driver_for(r.node, r.facts).image_list(), timeout=30)
+
+    results = await asyncio.gather(*(one(r) for r in ready), return_exceptions=True)
+    out: dict[str, dict[str, str]] = {}
+    for r, res in zip(ready, results, strict=True):
+        if isinstance(res, FleetError):
+            errors[r.node.name] = str(res)
+        elif isinstance(res, BaseException):
+            raise res
+        else:
+            out[r.node.name] = res
+    return out, errors

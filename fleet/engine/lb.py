@@ -1,0 +1,92 @@
+"""The load balancers' side of a rollout: which servers are in rotation, rendered to HAProxy on every lb node."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from ..haproxy.render import LbHealth, LbServer, LbService, LbState, backend_name, render, set_server_state
+from ..reconcile import Replica
+from ..transport import Pool
+from .nodes import NodeReport
+
+BASE_DIR = "/var/lib/fleet/haproxy"
+ADMIN_SOCKET = f"{BASE_DIR}/admin.sock"
+STATE_FILE = f"{BASE_DIR}/server-state"
+STATS_PORT = 8404
+
+
+@dataclass
+class Rotation:
+    """Per service, the servers HAProxy should route to, with their state and weight."""
+
+    entries: dict[str, dict[str, tuple[Replica, LbState, int]]] = field(default_factory=dict)
+
+    def put(self, r: Replica, state: LbState = "ready", weight: int = 1) -> None:
+        if r.lb is not None:
+            self.entries.setdefault(r.service, {})[r.id] = (r, state, weight)
+
+    def drop(self, r: Replica) -> None:
+        self.entries.get(r.service, {}).pop(r.id, None)
+
+    def state(self, r: Replica, state: LbState) -> None:
+        entry = self.entries.get(r.service, {}).get(r.id)
+        if entry is not None:
+            self.entries[r.service][r.id] = (entry[0], state, entry[2])
+
+    def services(self, addresses: dict[str, str]) -> list[LbService]:
+        """The LB config's services, from the labels of the replicas in rotation."""
+        out = []
+        for name, servers in sorted(self.entries.items()):
+            if not servers:
+                continue
+            first = next(iter(servers.values()))[0]
+            assert first.lb is not None
+            port, mode, balance = first.lb
+            health = LbHealth("tcp")
+            if first.health is not None:
+                kind, path, interval, timeout, fall, rise = first.health
+                health = LbHealth("http" if kind == "http" and path else "tcp", path if kind == "http" else None,
+                                  interval, timeout, fall, rise)
+            lb_servers = tuple(LbServer(r.id, addresses[r.node], r.port, weight, st)
+                               for r, st, weight in servers.values() if r.node in addresses)
+            out.append(LbService(name, port, lb_servers, mode, balance, "0.0.0.0", health))  # type: ignore[arg-type]
+        return out
+
+
+def config(rotation: Rotation, addresses: dict[str, str], lb_address: str) -> str:
+    return render(rotation.services(addresses), admin_socket=ADMIN_SOCKET, state_file=STATE_FILE,
+                  stats_bind=(lb_address, STATS_PORT))
+
+
+class Balancers:
+    """Every reachable lb node, kept in step with one Rotation."""
+
+    def __init__(self, pool: Pool, reports: list[NodeReport]) -> None:
+        from ..haproxy.driver import LbNode
+
+        self.pool = pool
+        self.addresses = {r.node.name: r.node.address for r in reports}
+        self.nodes = [LbNode(pool, r.node) for r in reports if r.node.has_role("lb") and r.ok]
+        self.unreachable = [r.node.name for r in reports if r.node.has_role("lb") and not r.ok]
+
+    async def sync(self, rotation: Rotation) -> None:
+        """Write and (hitlessly) reload the config on every lb node; unchanged configs are left alone."""
+        await asyncio.gather(*(lb.apply(config(rotation, self.addresses, lb.node.address)) for lb in self.nodes))
+
+    async def set_state(self, r: Replica, state: LbState) -> None:
+        """Runtime change with no reload (drain before stop); the config follows on the next sync."""
+        cmd = set_server_state(backend_name(r.service), r.id, state)
+        await asyncio.gather(*(lb.runtime([cmd]) for lb in self.nodes), return_exceptions=True)
+
+    async def connections(self, r: Replica) -> int:
+        """Current sessions to this server summed over lb nodes (0 when unknown)."""
+        total = 0
+        results = await asyncio.gather(*(lb.stats() for lb in self.nodes), return_exceptions=True)
+        for rows in results:
+            if isinstance(rows, BaseException):
+                continue
+            for row in rows:
+                if row.proxy == backend_name(r.service) and row.name == r.id:
+                    total += row.scur
+        return total

@@ -1,0 +1,75 @@
+"""`fleet status`: services as the nodes' labels and the load balancers' statistics show them."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from ..haproxy.render import backend_name
+from ..haproxy.stats import StatRow
+from ..reconcile import Replica
+from ..transport import Pool
+from .lb import Balancers
+from .nodes import NodeReport
+from .state import observe
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    replica: Replica
+    address: str
+    lb_health: dict[str, str] = field(default_factory=dict)  # lb node → up/down/drain/maint/nocheck
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    replicas: tuple[ReplicaStatus, ...]
+    endpoints: tuple[str, ...]
+
+    @property
+    def running(self) -> int:
+        return sum(1 for r in self.replicas if r.replica.running)
+
+    @property
+    def healthy(self) -> int:
+        return sum(1 for r in self.replicas if r.replica.running and r.lb_health
+                   and all(h == "up" for h in r.lb_health.values()))
+
+
+@dataclass(frozen=True)
+class FleetStatus:
+    services: tuple[ServiceStatus, ...]
+    errors: dict[str, str]
+    lb_errors: dict[str, str]
+
+
+async def status(pool: Pool, reports: list[NodeReport]) -> FleetStatus:
+    obs = await observe(pool, reports)
+    lbs = Balancers(pool, reports)
+    stats = await asyncio.gather(*(lb.stats() for lb in lbs.nodes), return_exceptions=True)
+    rows: dict[str, list[StatRow]] = {}
+    lb_errors = {name: "unreachable" for name in lbs.unreachable}
+    for lb, res in zip(lbs.nodes, stats, strict=True):
+        if isinstance(res, BaseException):
+            if not isinstance(res, Exception):
+                raise res
+            lb_errors[lb.node.name] = str(res)
+        else:
+            rows[lb.node.name] = res
+    addresses = {r.node.name: r.node.address for r in reports}
+    services = []
+    for name in sorted({r.service for r in obs.replicas}):
+        mine = sorted((r for r in obs.replicas if r.service == name), key=lambda r: (r.replica, r.node))
+        replicas = []
+        for r in mine:
+            health: dict[str, str] = {}
+            for lb_name, lb_rows in rows.items():
+                for row in lb_rows:
+                    if row.proxy == backend_name(name) and row.name == r.id:
+                        health[lb_name] = row.health
+            replicas.append(ReplicaStatus(r, addresses.get(r.node, "?"), health))
+        front = next((r.lb for r in mine if r.lb), None)
+        endpoints = tuple(f"{n.node.address}:{front[0]}" for n in lbs.nodes) if front else ()
+        services.append(ServiceStatus(name, tuple(replicas), endpoints))
+    return FleetStatus(tuple(services), obs.errors, lb_errors)
