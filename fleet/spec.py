@@ -652,3 +652,62 @@ def load_playbook_files(paths: Iterable[str]) -> list[Playbook]:
 def load_playbooks(paths: Iterable[str]) -> list[ServiceSpec]:
     """Every service under `paths` (files or directories), in file order then document order."""
     return [s for pb in load_playbook_files(paths) for s in pb.services]
+
+
+# ---- round trip through the revision history ---------------------------------------------------------------
+
+def to_playbook_dict(spec: ServiceSpec) -> dict[str, Any]:
+    """The service as playbook input (what a user would write); `from_playbook_dict` reads it back.
+
+    Secrets appear as `{secret: NAME}` references only, so the history never holds a secret's value.
+    """
+    out: dict[str, Any] = {
+        "image": spec.image,
+        "replicas": spec.replicas,
+        "resources": {"cpu": spec.resources.cpu, "memory": spec.resources.memory},
+        "port": spec.port,
+        "env": {k: ({"secret": v.name} if isinstance(v, SecretRef) else v) for k, v in spec.env.items()},
+        "placement": {"require": dict(spec.placement.require), "strategy": spec.placement.strategy},
+        "stop_grace_period": f"{spec.stop_grace_period:g}s",
+        "update": {
+            "strategy": spec.update.strategy, "max_surge": spec.update.max_surge,
+            "max_unavailable": spec.update.max_unavailable, "batch_size": spec.update.batch_size,
+            "ready_deadline": f"{spec.update.ready_deadline:g}s", "min_ready": f"{spec.update.min_ready:g}s",
+        },
+    }
+    if spec.command is not None:
+        out["command"] = list(spec.command)
+    if spec.placement.spread_by:
+        out["placement"]["spread_by"] = spec.placement.spread_by
+    h = spec.health
+    if h is not None:
+        health: dict[str, Any] = {
+            "interval": f"{h.interval:g}s", "timeout": f"{h.timeout:g}s", "failure_threshold": h.failure_threshold,
+            "success_threshold": h.success_threshold, "start_period": f"{h.start_period:g}s",
+        }
+        if h.kind == "http":
+            health["http"] = h.path
+        elif h.kind == "tcp":
+            health["tcp"] = True
+        else:
+            health["exec"] = list(h.command)
+        out["health"] = health
+    if spec.lb is not None:
+        out["lb"] = {"port": spec.lb.port, "mode": spec.lb.mode, "balance": spec.lb.balance}
+    if spec.volumes:
+        out["volumes"] = [{k: v for k, v in {"type": vol.type, "source": vol.source, "target": vol.target,
+                                             "readonly": vol.readonly, "size": vol.size}.items() if v is not None}
+                          for vol in spec.volumes]
+    c = spec.update.canary
+    if c is not None:
+        out["update"]["canary"] = {"steps": list(c.steps), "pause": f"{c.pause:g}s",
+                                   "auto_promote": c.auto_promote, "max_error_rate_delta": c.max_error_rate_delta}
+    return out
+
+
+def from_playbook_dict(name: str, data: dict[str, Any], source: str = "<history>") -> ServiceSpec:
+    """A ServiceSpec from `to_playbook_dict` output, validated exactly as a playbook is."""
+    import json as _json
+
+    pb = parse_playbook(_json.dumps({"services": {name: data}}), source)
+    return pb.services[0]

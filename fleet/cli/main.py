@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import apply, lab, nodes, status
+from . import apply, container, exec_, image, lab, logs, nodes, ps, status
 
 app = typer.Typer(name="fleet", help="Agentless SSH-based container orchestrator.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -15,6 +15,13 @@ app.command("apply")(apply.apply)
 app.command("scale")(apply.scale)
 app.command("destroy")(apply.destroy)
 app.command("status")(status.status_cmd)
+app.command("ps")(ps.ps)
+app.command("logs")(logs.logs)
+app.command("exec")(exec_.exec_)
+app.command("run")(container.run)
+app.command("stop")(container.stop)
+app.command("rm")(container.rm)
+app.add_typer(image.app, name="image")
 
 
 def main() -> None:
