@@ -14,7 +14,8 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 
 from ..api import Fleet
 from ..engine.apply import Engine, Event, Outcome
-from ..errors import ConfigError
+from ..errors import ConfigError, FleetError
+from ..history import History
 from ..reconcile import Plan
 from ..spec import ServiceSpec, load_playbooks
 from ..transport import Pool
@@ -134,11 +135,12 @@ class _Progress:
 def _apply(specs: list[ServiceSpec], inventory: str | None, json: bool) -> list[Outcome]:
     inv = common.inventory(inventory)
     show = _Progress(json)
+    history = open_history()
 
     async def go() -> list[Outcome]:
         async with Pool() as pool:
             f = Fleet(inv, pool)
-            engine = Engine(pool, await f.reports(), on_event=show, secrets=_keyring_secret)
+            engine = Engine(pool, await f.reports(), on_event=show, secrets=_keyring_secret, history=history)
             p, _ = await engine.plan(specs)
             for s in p.services:
                 show.add(s.name, len(s.start) + len(s.replace) * 2 + len(s.stop) + len(s.cleanup))
@@ -151,11 +153,20 @@ def _apply(specs: list[ServiceSpec], inventory: str | None, json: bool) -> list[
     else:
         out = common.console()
         for o in outcomes:
-            if o.ok:
+            if o.ok and o.reason:
+                out.print(f"[cyan]…[/] {o.service}: {o.reason}")
+            elif o.ok:
                 out.print(f"[green]✓[/] {o.service}: started {o.started}, stopped {o.stopped}")
             else:
                 out.print(f"[red]✗ {o.service}: {o.reason}[/]")
     return outcomes
+
+
+def open_history() -> History:
+    try:
+        return History()
+    except FleetError as exc:
+        common.fail(f"cannot open the revision history: {exc}", common.EXIT_PARTIAL)
 
 
 def _keyring_secret(name: str) -> str | None:
@@ -198,3 +209,12 @@ def destroy(service: str, inventory: common.InventoryOpt = None, json: common.Js
         common.print_json({"service": service, "removed": n})
     else:
         common.console().print(f"{service}: removed {n} replica(s) and its load-balancer entries")
+
+
+def reconcile(playbooks: PlaybooksArg = None, inventory: common.InventoryOpt = None,
+              json: common.JsonOpt = False) -> None:
+    """Converge to the playbooks if anything drifted (for cron): replaces crashed, unhealthy or lost replicas,
+    reschedules off dead nodes, restores load-balancer entries. Same as `apply`, quiet when nothing changed."""
+    specs = specs_from(playbooks)
+    outcomes = _apply(specs, inventory, json)
+    raise typer.Exit(common.EXIT_OK if all(o.ok for o in outcomes) else common.EXIT_PARTIAL)

@@ -7,6 +7,8 @@ else is kept, so a controller killed at any point is picked up by the next run.
 from __future__ import annotations
 
 import asyncio
+import getpass
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -14,11 +16,13 @@ from dataclasses import dataclass, field, replace
 from .. import labels as L
 from ..errors import FleetError, SchedulingError
 from ..health import probe
+from ..history import History
 from ..reconcile import Plan, Replica, placement_inputs, plan
+from ..rollout.strategy import Verdict, canary_verdict, canary_weights
 from ..runtime.base import Mount, RunSpec, Status
 from ..scheduler import Assignment, place
 from ..shell import Script
-from ..spec import SecretRef, ServiceSpec
+from ..spec import SecretRef, ServiceSpec, from_playbook_dict, to_playbook_dict
 from ..transport import Pool
 from .calls import driver_for, perform
 from .lb import Balancers, Rotation
@@ -69,6 +73,14 @@ class RolloutFailed(FleetError):
     """New replicas did not become ready (or crashed); they were removed and the old ones kept serving."""
 
 
+class CanaryAborted(RolloutFailed):
+    """The canary served more errors than the baseline allows; it was removed, the old replicas kept serving."""
+
+
+class CanaryPaused(FleetError):
+    """The canary went through its steps and waits for `fleet promote` or `fleet abort`."""
+
+
 def _revision(spec: ServiceSpec, replicas: Sequence[Replica]) -> int:
     """The revision of `spec`: that of replicas already running it, else one past the newest seen."""
     h = spec.spec_hash()
@@ -83,8 +95,11 @@ class Engine:
     """Plans and applies playbooks over one pool, with the node reports of this run."""
 
     def __init__(self, pool: Pool, reports: list[NodeReport], *, on_event: Callable[[Event], None] | None = None,
-                 secrets: Callable[[str], str | None] | None = None) -> None:
+                 secrets: Callable[[str], str | None] | None = None, history: History | None = None,
+                 user: str | None = None) -> None:
         self.pool = pool
+        self.history = history
+        self.user = user or getpass.getuser()
         self.reports = reports
         self.by_name = {r.node.name: r for r in reports}
         self.addresses = {r.node.name: r.node.address for r in reports}
@@ -126,12 +141,47 @@ class Engine:
         for sp in the_plan.services:
             for r in sp.cleanup:
                 await self._remove(r, "stopped container left behind")
-            try:
-                outcomes.append(await self.converge(sp.spec, obs.replicas))
-            except RolloutFailed as exc:
-                outcomes.append(Outcome(sp.name, False, reason=str(exc)))
+            outcomes.append(await self.rollout(sp.spec, obs.replicas))
         await self.lbs.sync(self.rotation)
         return outcomes
+
+    async def rollout(self, spec: ServiceSpec, seen: Sequence[Replica]) -> Outcome:
+        """Converge one service under a history record; on failure, roll back to the last good revision."""
+        h = spec.spec_hash()
+        if self.history is None:
+            try:
+                return await self.converge(spec, _revision(spec, seen))
+            except CanaryPaused as exc:
+                return Outcome(spec.name, True, reason=str(exc))
+            except RolloutFailed as exc:
+                return Outcome(spec.name, False, reason=str(exc))
+        spec_json = json.dumps(to_playbook_dict(spec), sort_keys=True)
+        revision = self.history.record(spec.name, spec_json, h, spec.image, self.user)
+        try:
+            outcome = await self.converge(spec, revision)
+        except CanaryPaused as exc:
+            return Outcome(spec.name, True, reason=str(exc))
+        except CanaryAborted as exc:
+            self.history.finish(spec.name, revision, "aborted", str(exc))
+            return Outcome(spec.name, False, reason=str(exc))
+        except RolloutFailed as exc:
+            reason = str(exc)
+            prev = self.history.latest_succeeded(spec.name, before=revision)
+            if prev is None or prev.spec_hash == h:
+                self.history.finish(spec.name, revision, "failed", reason)
+                return Outcome(spec.name, False, reason=reason)
+            self.emit("rollback", spec.name, f"{spec.name}: rolling back to revision {prev.revision}: {reason}")
+            try:
+                back = from_playbook_dict(spec.name, json.loads(prev.spec_json))
+                await self.converge(back, prev.revision)
+            except (RolloutFailed, FleetError) as exc2:
+                self.history.finish(spec.name, revision, "failed", f"{reason}; rollback failed too: {exc2}")
+                why = f"{reason}; rollback to revision {prev.revision} failed: {exc2}"
+                return Outcome(spec.name, False, reason=why)
+            self.history.finish(spec.name, revision, "rolled-back", reason)
+            return Outcome(spec.name, False, reason=f"{reason}; rolled back to revision {prev.revision}")
+        self.history.finish(spec.name, revision, "succeeded")
+        return outcome
 
     async def _check_images(self, the_plan: Plan) -> None:
         """Every image a new replica needs is on its node, or pulled now; else fail before any change."""
@@ -153,16 +203,23 @@ class Engine:
             self.emit("pull", "", f"pulling {image}", node)
             await perform(self.pool, report.node, driver.image_pull(image), timeout=600)
 
-    async def converge(self, spec: ServiceSpec, seen: Sequence[Replica]) -> Outcome:
+    async def converge(self, spec: ServiceSpec, revision: int) -> Outcome:
         """Bring one service to its spec: rolling replacement in batches, then scale, then surplus stops."""
         h = spec.spec_hash()
-        revision = _revision(spec, seen)
         mine = [r for r in self.live if r.service == spec.name]
         current = [r for r in mine if r.spec_hash == h]
+        sick = await self._failing(spec, current)
+        for r in sick:
+            await self._retire(spec, r, "failing its health check")
+        current = [r for r in current if r not in sick]
         outdated = sorted((r for r in mine if r.spec_hash != h), key=lambda r: (r.replica, r.id))
         u = spec.update
         batch = max(1, u.batch_size or (u.max_surge + u.max_unavailable) or 1)
         started = stopped = 0
+        if u.strategy == "canary" and outdated and not current and self.lbs.nodes:
+            canary = await self._canary(spec, revision, outdated)
+            started += len(canary)
+            current += canary
         # Scale down first: the highest replica numbers go.
         surplus = sorted(current, key=lambda r: (r.replica, r.id))[spec.replicas:]
         for r in surplus:
@@ -201,6 +258,69 @@ class Engine:
             outdated = outdated[len(victims):]
         self.emit("done", spec.name, f"{spec.name}: {len(current)}/{spec.replicas} replicas at revision {revision}")
         return Outcome(spec.name, True, started, stopped)
+
+    async def _canary(self, spec: ServiceSpec, revision: int, old: Sequence[Replica]) -> list[Replica]:
+        """One new replica gets each step's share of traffic (HAProxy weights) for `pause`; its 5xx rate is
+        compared with the old replicas' after every window. Promoted on its own, or left waiting."""
+        c = spec.update.canary
+        steps, pause = (c.steps, c.pause) if c else ((10, 50), 30.0)
+        new = await self._start_batch(spec, revision, 0, 1)
+        for step in canary_weights(steps, len(new), len(old)):
+            for r in new:
+                self.rotation.weight(r, step.new_weight)
+            for r in old:
+                self.rotation.weight(r, step.old_weight)
+            await self.lbs.sync(self.rotation)
+            self.emit("canary", spec.name, f"canary at {step.pct}% of traffic (weights {step.new_weight} new / "
+                                           f"{step.old_weight} old) for {pause:g}s")
+            before = await self.lbs.counters(spec.name)
+            deadline = time.monotonic() + pause
+            while True:
+                await asyncio.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+                after = await self.lbs.counters(spec.name)
+                verdict = self._verdict(spec, before, after, new, old)
+                if verdict.ok is False:
+                    for r in new:
+                        await self._retire(spec, r, "canary aborted")
+                    for r in old:
+                        self.rotation.weight(r, 1)
+                    await self.lbs.sync(self.rotation)
+                    raise CanaryAborted(f"{spec.name}: canary aborted at {step.pct}%: {verdict.reason}")
+                if time.monotonic() >= deadline:
+                    break
+        if c is not None and not c.auto_promote:
+            raise CanaryPaused(f"{spec.name}: canary at {steps[-1]}% waits: `fleet promote {spec.name}` or "
+                               f"`fleet abort {spec.name}`")
+        for r in [*new, *old]:
+            self.rotation.weight(r, 1)
+        self.emit("canary", spec.name, f"{spec.name}: canary promoted; rolling the rest")
+        return new
+
+    def _verdict(self, spec: ServiceSpec, before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]],
+                 new: Sequence[Replica], old: Sequence[Replica]) -> Verdict:
+        def delta(rs: Sequence[Replica]) -> tuple[int, int]:
+            bad = sum(after.get(r.id, (0, 0))[0] - before.get(r.id, (0, 0))[0] for r in rs)
+            total = sum(after.get(r.id, (0, 0))[1] - before.get(r.id, (0, 0))[1] for r in rs)
+            return max(bad, 0), max(total, 0)
+
+        c = spec.update.canary
+        (nb, nt), (ob, ot) = delta(new), delta(old)
+        return canary_verdict(min(nb, nt), nt, min(ob, ot), ot, c.max_error_rate_delta if c else 1.0)
+
+    async def _failing(self, spec: ServiceSpec, replicas: Sequence[Replica]) -> list[Replica]:
+        """Replicas that fail their check `failure_threshold` times in a row (a few tenths of a second apart)."""
+        h = spec.health
+        tries = h.failure_threshold if h else 1
+
+        async def sick(r: Replica) -> bool:
+            for _ in range(tries):
+                if (await probe(self.addresses[r.node], r.port, h)).ok:
+                    return False
+                await asyncio.sleep(0.3)
+            return True
+
+        verdicts = await asyncio.gather(*(sick(r) for r in replicas))
+        return [r for r, bad in zip(replicas, verdicts, strict=True) if bad]
 
     # --- one batch --------------------------------------------------------------------------------------
     async def _place(self, spec: ServiceSpec, have: int, k: int) -> list[Assignment]:

@@ -29,6 +29,11 @@ class Rotation:
     def drop(self, r: Replica) -> None:
         self.entries.get(r.service, {}).pop(r.id, None)
 
+    def weight(self, r: Replica, weight: int) -> None:
+        entry = self.entries.get(r.service, {}).get(r.id)
+        if entry is not None:
+            self.entries[r.service][r.id] = (entry[0], entry[1], weight)
+
     def state(self, r: Replica, state: LbState) -> None:
         entry = self.entries.get(r.service, {}).get(r.id)
         if entry is not None:
@@ -78,6 +83,19 @@ class Balancers:
         """Runtime change with no reload (drain before stop); the config follows on the next sync."""
         cmd = set_server_state(backend_name(r.service), r.id, state)
         await asyncio.gather(*(lb.runtime([cmd]) for lb in self.nodes), return_exceptions=True)
+
+    async def counters(self, service: str) -> dict[str, tuple[int, int]]:
+        """Per server of the service: (responses 5xx, requests) summed over lb nodes (cumulative counters)."""
+        out: dict[str, tuple[int, int]] = {}
+        results = await asyncio.gather(*(lb.stats() for lb in self.nodes), return_exceptions=True)
+        for rows in results:
+            if isinstance(rows, BaseException):
+                continue
+            for row in rows:
+                if row.proxy == backend_name(service) and row.kind == "server":
+                    bad, total = out.get(row.name, (0, 0))
+                    out[row.name] = (bad + row.hrsp_5xx, total + (row.req_tot or row.stot))
+        return out
 
     async def connections(self, r: Replica) -> int:
         """Current sessions to this server summed over lb nodes (0 when unknown)."""
