@@ -416,42 +416,45 @@ class Engine:
         return path
 
     async def _wait_ready(self, spec: ServiceSpec, r: Replica) -> str | None:
-        """None once the replica passes its check `success_threshold` times in a row and stays up `min_ready`;
-        else why not (deadline passed, or it crashed)."""
+        """None once the replica passes its check `success_threshold` times in a row and then keeps passing,
+        in the same process, for `min_ready`; else why not (deadline passed, or it crashed)."""
         h = spec.health
         deadline = time.monotonic() + spec.update.ready_deadline
         need = h.success_threshold if h else 1
-        streak = 0
         address = self.addresses[r.node]
-        last = "no check yet"
-        checks = 0
+        streak, checks, last = 0, 0, "no check yet"
+        ready_since: float | None = None
+        pid: int | None = None
         while time.monotonic() < deadline:
             result = await probe(address, r.port, h)
             checks += 1
             if result.ok:
                 streak += 1
-                if streak >= need:
-                    if spec.update.min_ready > 0:
-                        await asyncio.sleep(spec.update.min_ready)
-                        again = await probe(address, r.port, h)
-                        if not again.ok or not await self._running(r):
-                            last = f"failed again after becoming ready ({again.detail})"
-                            streak = 0
-                            continue
-                    self.emit("ready", spec.name, f"{r.id} ready on {r.node}:{r.port}", r.node, r.id)
-                    return None
+                if streak >= need and ready_since is None:
+                    ready_since, pid = time.monotonic(), await self._pid(r)
+                if ready_since is not None and time.monotonic() - ready_since >= spec.update.min_ready:
+                    now = await self._pid(r)
+                    if now is not None and now == pid:
+                        self.emit("ready", spec.name, f"{r.id} ready on {r.node}:{r.port}", r.node, r.id)
+                        return None
+                    last = "its process restarted while it was becoming ready (crashed)"
+                    streak, ready_since = 0, None
+                    if now is None:
+                        return f"{r.id} on {r.node} crashed ({last})"
             else:
-                streak = 0
-                last = result.detail
-                if checks % 4 == 0 and not await self._running(r):
+                again = ready_since is not None
+                last = f"failed again after passing ({result.detail})" if again else result.detail
+                streak, ready_since = 0, None
+                if checks % 4 == 0 and await self._pid(r) is None:
                     return f"{r.id} on {r.node} crashed ({last})"
-            await asyncio.sleep(min(0.25, h.interval if h else 0.25))
+            await asyncio.sleep(0.25)
         return f"{r.id} on {r.node} not ready within {spec.update.ready_deadline:g}s (last check: {last})"
 
-    async def _running(self, r: Replica) -> bool:
+    async def _pid(self, r: Replica) -> int | None:
+        """The PID of the replica's running task, None when it is not running."""
         report = self.by_name[r.node]
         infos = await perform(self.pool, report.node, driver_for(report.node, report.facts).list_containers())
-        return any(i.id == r.id and i.status == Status.RUNNING for i in infos)
+        return next((i.pid or -1 for i in infos if i.id == r.id and i.status == Status.RUNNING), None)
 
     async def _retire(self, spec: ServiceSpec, r: Replica, why: str) -> None:
         """Drain (no new connections; existing ones finish, up to the grace period), unroute, then stop."""
