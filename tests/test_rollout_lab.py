@@ -15,12 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
+from loadgen import Load
 
 from fleet.haproxy.driver import LbNode
 from fleet.image.demo import build_demo
 from fleet.transport import Pool
-
-from loadgen import Load
 
 pytestmark = pytest.mark.lab
 FLEET = [sys.executable, "-m", "fleet.cli.main"]
