@@ -132,12 +132,12 @@ class _Progress:
             self.progress.update(task, completed=self.progress.tasks[task].total)
 
 
-def _apply(specs: list[ServiceSpec], inventory: str | None, json: bool) -> list[Outcome]:
+def _apply(specs: list[ServiceSpec], inventory: str | None, json: bool) -> tuple[list[Outcome], dict[str, str]]:
     inv = common.inventory(inventory)
     show = _Progress(json)
     history = open_history()
 
-    async def go() -> list[Outcome]:
+    async def go() -> tuple[list[Outcome], dict[str, str]]:
         async with Pool() as pool:
             f = Fleet(inv, pool)
             engine = Engine(pool, await f.reports(), on_event=show, secrets=_keyring_secret, history=history)
@@ -145,13 +145,16 @@ def _apply(specs: list[ServiceSpec], inventory: str | None, json: bool) -> list[
             for s in p.services:
                 show.add(s.name, len(s.start) + len(s.replace) * 2 + len(s.stop) + len(s.cleanup))
             with show.progress:
-                return await engine.apply(specs)
+                outcomes = await engine.apply(specs)
+            return outcomes, {**engine.errors, **{n: "unreachable lb node" for n in engine.lbs.unreachable}}
 
-    outcomes = common.run(go)
+    outcomes, errors = common.run(go)
     if json:
-        common.print_json({"outcomes": [dataclasses.asdict(o) for o in outcomes]})
+        common.print_json({"outcomes": [dataclasses.asdict(o) for o in outcomes], "unreachable": errors})
     else:
         out = common.console()
+        for node, why in sorted(errors.items()):
+            out.print(f"[yellow]! {node}: {why} (nothing was placed there)[/]")
         for o in outcomes:
             if o.ok and o.reason:
                 out.print(f"[cyan]…[/] {o.service}: {o.reason}")
@@ -159,7 +162,12 @@ def _apply(specs: list[ServiceSpec], inventory: str | None, json: bool) -> list[
                 out.print(f"[green]✓[/] {o.service}: started {o.started}, stopped {o.stopped}")
             else:
                 out.print(f"[red]✗ {o.service}: {o.reason}[/]")
-    return outcomes
+    return outcomes, errors
+
+
+def _exit(outcomes: list[Outcome], errors: dict[str, str]) -> typer.Exit:
+    """0 when every service converged and every node answered; 1 otherwise (partial)."""
+    return typer.Exit(common.EXIT_OK if all(o.ok for o in outcomes) and not errors else common.EXIT_PARTIAL)
 
 
 def open_history() -> History:
@@ -177,8 +185,7 @@ def _keyring_secret(name: str) -> str | None:
 
 def apply(playbooks: PlaybooksArg = None, inventory: common.InventoryOpt = None, json: common.JsonOpt = False) -> None:
     """Converge the fleet to the playbooks: place, start, health-check, route, then retire what is surplus."""
-    outcomes = _apply(specs_from(playbooks), inventory, json)
-    raise typer.Exit(common.EXIT_OK if all(o.ok for o in outcomes) else common.EXIT_PARTIAL)
+    raise _exit(*_apply(specs_from(playbooks), inventory, json))
 
 
 def scale(service: str, replicas: int, playbooks: Annotated[list[str] | None, typer.Option(
@@ -190,8 +197,7 @@ def scale(service: str, replicas: int, playbooks: Annotated[list[str] | None, ty
     specs = [s for s in specs_from(playbooks) if s.name == service]
     if not specs:
         common.fail(f"no service {service!r} in the playbooks")
-    outcomes = _apply([dataclasses.replace(specs[0], replicas=replicas)], inventory, json)
-    raise typer.Exit(common.EXIT_OK if all(o.ok for o in outcomes) else common.EXIT_PARTIAL)
+    raise _exit(*_apply([dataclasses.replace(specs[0], replicas=replicas)], inventory, json))
 
 
 def destroy(service: str, inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
@@ -215,6 +221,4 @@ def reconcile(playbooks: PlaybooksArg = None, inventory: common.InventoryOpt = N
               json: common.JsonOpt = False) -> None:
     """Converge to the playbooks if anything drifted (for cron): replaces crashed, unhealthy or lost replicas,
     reschedules off dead nodes, restores load-balancer entries. Same as `apply`, quiet when nothing changed."""
-    specs = specs_from(playbooks)
-    outcomes = _apply(specs, inventory, json)
-    raise typer.Exit(common.EXIT_OK if all(o.ok for o in outcomes) else common.EXIT_PARTIAL)
+    raise _exit(*_apply(specs_from(playbooks), inventory, json))

@@ -12,7 +12,7 @@ from rich.table import Table
 from ..history import Revision
 from ..spec import from_playbook_dict
 from . import common
-from .apply import _apply, open_history
+from .apply import _apply, _exit, open_history
 
 OUTCOME_STYLE = {"succeeded": "green", "failed": "red", "rolled-back": "yellow", "aborted": "yellow",
                  "in-progress": "cyan"}
@@ -64,8 +64,7 @@ def rollback(service: str, to: int | None = typer.Option(None, "--to", help="Rev
     spec = from_playbook_dict(service, jsonlib.loads(rev.spec_json), f"<history {service}@{rev.revision}>")
     if not json:
         common.console().print(f"rolling {service} back to revision {rev.revision} ({rev.image})")
-    outcomes = _apply([spec], inventory, json)
-    raise typer.Exit(common.EXIT_OK if all(o.ok for o in outcomes) else common.EXIT_PARTIAL)
+    raise _exit(*_apply([spec], inventory, json))
 
 
 def _in_progress(service: str) -> Revision:
@@ -82,8 +81,7 @@ def promote(service: str, inventory: common.InventoryOpt = None, json: common.Js
     spec = dataclasses.replace(spec, update=dataclasses.replace(spec.update, strategy="rolling"))
     if not json:
         common.console().print(f"promoting {service} revision {rev.revision} ({rev.image})")
-    outcomes = _apply([spec], inventory, json)
-    raise typer.Exit(common.EXIT_OK if all(o.ok for o in outcomes) else common.EXIT_PARTIAL)
+    raise _exit(*_apply([spec], inventory, json))
 
 
 def abort(service: str, inventory: common.InventoryOpt = None, json: common.JsonOpt = False) -> None:
@@ -97,5 +95,4 @@ def abort(service: str, inventory: common.InventoryOpt = None, json: common.Json
     spec = from_playbook_dict(service, jsonlib.loads(prev.spec_json), f"<history {service}@{prev.revision}>")
     if not json:
         common.console().print(f"aborting {service} revision {rev.revision}; back to revision {prev.revision}")
-    outcomes = _apply([spec], inventory, json)
-    raise typer.Exit(common.EXIT_OK if all(o.ok for o in outcomes) else common.EXIT_PARTIAL)
+    raise _exit(*_apply([spec], inventory, json))
