@@ -7,19 +7,22 @@ import json as jsonlib
 import os
 import sys
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from ..api import Fleet
-from ..engine.apply import Engine, Event, Outcome
 from ..errors import ConfigError, FleetError
-from ..history import History
-from ..reconcile import Plan
-from ..spec import ServiceSpec, load_playbooks
-from ..transport import Pool
 from . import common
+
+if TYPE_CHECKING:
+    from ..engine.apply import Event, Outcome
+    from ..history import History
+    from ..reconcile import Plan
+    from ..spec import ServiceSpec
+
+# Engines, specs and the history are imported inside the commands: `fleet nodes` and the other light
+# commands should not pay for loading them at every start.
 
 EXIT_CHANGES = 3
 
@@ -28,6 +31,8 @@ PlaybooksArg = Annotated[list[str] | None, typer.Argument(
 
 
 def specs_from(paths: list[str] | None) -> list[ServiceSpec]:
+    from ..spec import load_playbooks
+
     chosen = paths or [os.environ.get("FLEET_PLAYBOOKS", "playbooks")]
     try:
         return load_playbooks(chosen)
@@ -87,6 +92,10 @@ def print_plan(p: Plan, errors: dict[str, str]) -> None:
 
 def plan(playbooks: PlaybooksArg = None, inventory: common.InventoryOpt = None, json: common.JsonOpt = False) -> None:
     """Show what `fleet apply` would change. Exit 0: nothing to do; 3: changes pending; 1: a node failed."""
+    from ..api import Fleet
+    from ..engine.apply import Engine
+    from ..transport import Pool
+
     inv = common.inventory(inventory)
     specs = specs_from(playbooks)
 
@@ -133,6 +142,10 @@ class _Progress:
 
 
 def _apply(specs: list[ServiceSpec], inventory: str | None, json: bool) -> tuple[list[Outcome], dict[str, str]]:
+    from ..api import Fleet
+    from ..engine.apply import Engine
+    from ..transport import Pool
+
     inv = common.inventory(inventory)
     show = _Progress(json)
     history = open_history()
@@ -171,6 +184,8 @@ def _exit(outcomes: list[Outcome], errors: dict[str, str]) -> typer.Exit:
 
 
 def open_history() -> History:
+    from ..history import History
+
     try:
         return History()
     except FleetError as exc:
@@ -203,6 +218,10 @@ def scale(service: str, replicas: int, playbooks: Annotated[list[str] | None, ty
 def destroy(service: str, inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
             grace: float = typer.Option(10.0, help="Seconds each replica gets to stop after SIGTERM.")) -> None:
     """Remove SERVICE: out of the load balancers first, then every replica stopped and removed."""
+    from ..api import Fleet
+    from ..engine.apply import Engine
+    from ..transport import Pool
+
     inv = common.inventory(inventory)
 
     async def go() -> int:

@@ -10,7 +10,6 @@ import typer
 from rich.table import Table
 
 from ..history import Revision
-from ..spec import from_playbook_dict
 from . import common
 from .apply import _apply, _exit, open_history
 
@@ -60,6 +59,8 @@ def rollback(service: str, to: int | None = typer.Option(None, "--to", help="Rev
                                                                           "one before the latest)."),
              inventory: common.InventoryOpt = None, json: common.JsonOpt = False) -> None:
     """Bring back an earlier revision of SERVICE with the same health-checked rolling procedure."""
+    from ..spec import from_playbook_dict
+
     rev = _target(service, to)
     spec = from_playbook_dict(service, jsonlib.loads(rev.spec_json), f"<history {service}@{rev.revision}>")
     if not json:
@@ -76,6 +77,8 @@ def _in_progress(service: str) -> Revision:
 
 def promote(service: str, inventory: common.InventoryOpt = None, json: common.JsonOpt = False) -> None:
     """Promote a waiting canary: roll the rest of SERVICE to the canary's revision, batch by batch."""
+    from ..spec import from_playbook_dict
+
     rev = _in_progress(service)
     spec = from_playbook_dict(service, jsonlib.loads(rev.spec_json), f"<history {service}@{rev.revision}>")
     spec = dataclasses.replace(spec, update=dataclasses.replace(spec.update, strategy="rolling"))
@@ -92,6 +95,8 @@ def abort(service: str, inventory: common.InventoryOpt = None, json: common.Json
     if prev is None:
         common.fail(f"{service}: no succeeded revision before {rev.revision} to go back to")
     h.finish(service, rev.revision, "aborted", "aborted by `fleet abort`")
+    from ..spec import from_playbook_dict
+
     spec = from_playbook_dict(service, jsonlib.loads(prev.spec_json), f"<history {service}@{prev.revision}>")
     if not json:
         common.console().print(f"aborting {service} revision {rev.revision}; back to revision {prev.revision}")

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
-from ..api import Fleet
-from ..engine.status import FleetStatus, status
-from ..transport import Pool
 from . import common
+
+if TYPE_CHECKING:
+    from ..engine.status import FleetStatus
 
 HEALTH_STYLE = {"up": "green", "down": "red", "drain": "yellow", "maint": "yellow", "nocheck": "dim"}
 
@@ -49,6 +49,10 @@ def render(st: FleetStatus) -> Table:
 
 def status_cmd(inventory: common.InventoryOpt = None, json: common.JsonOpt = False) -> None:
     """Services, replicas per node, health in HAProxy and each service's stable address."""
+    from ..api import Fleet
+    from ..engine.status import status
+    from ..transport import Pool
+
     inv = common.inventory(inventory)
 
     async def go() -> FleetStatus:
