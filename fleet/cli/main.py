@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import apply, container, exec_, image, lab, logs, nodes, ps, rollout, status
+from . import apply, container, exec_, image, lab, logs, nodes, ps, rollout, status, ui
 
 app = typer.Typer(name="fleet", help="Agentless SSH-based container orchestrator.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -19,6 +19,7 @@ app.command("history")(rollout.history)
 app.command("rollback")(rollout.rollback)
 app.command("promote")(rollout.promote)
 app.command("abort")(rollout.abort)
+app.command("ui")(ui.ui)
 app.command("status")(status.status_cmd)
 app.command("ps")(ps.ps)
 app.command("logs")(logs.logs)

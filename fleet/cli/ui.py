@@ -6,9 +6,6 @@ from typing import Annotated
 
 import typer
 
-from ..api import Fleet
-from ..transport import Pool
-from ..tui import FleetApp, FleetSource
 from . import common
 
 IntervalOpt = Annotated[float, typer.Option(min=0.2, help="Seconds between refreshes.")]
@@ -16,6 +13,11 @@ IntervalOpt = Annotated[float, typer.Option(min=0.2, help="Seconds between refre
 
 def ui(inventory: common.InventoryOpt = None, interval: IntervalOpt = 2.0) -> None:
     """Live view of nodes, services and replicas: r refresh, tab switch pane, q quit."""
+    # Textual is imported only when the UI runs: the other commands start without it.
+    from ..api import Fleet
+    from ..transport import Pool
+    from ..tui import FleetApp, FleetSource
+
     inv = common.inventory(inventory)
 
     async def go() -> None:
