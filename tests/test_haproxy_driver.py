@@ -172,6 +172,8 @@ async def test_apply_starts_noops_reloads_hitlessly_refuses_bad_config_and_stops
     async with Pool() as pool:
         lb = LbNode(pool, lab.inventory.node("lb1"))
         try:
+            # Earlier tests' services leave HAProxy running on lb1 (destroying a service does not stop it).
+            await lb.stop()
             text = lb.render([web(backends)])
             first = await lb.apply(text)
             assert (first.changed, first.started, first.reloaded) == (True, True, False)
