@@ -37,12 +37,13 @@ web = services.get("web") or []
 if not web:
     sys.exit("no endpoint for the web service")
 url = f"http://{web[0]}/"
+direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # the lab only, never a proxy
 print(f"\nGET {url} x 8")
 for i in range(8):
     deadline = time.monotonic() + 10
     while True:
         try:
-            page = urllib.request.urlopen(url, timeout=3).read().decode()
+            page = direct.open(url, timeout=3).read().decode()
             break
         except OSError as exc:
             if time.monotonic() > deadline:

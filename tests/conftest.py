@@ -12,6 +12,11 @@ from fleet.lab.lab import Lab
 from fleet.lab.render import LabConfig
 from fleet.model import Inventory
 
+# Tests send traffic only to lab nodes and loopback: never through a proxy the environment may name.
+for _var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+    os.environ.pop(_var, None)
+os.environ["no_proxy"] = os.environ["NO_PROXY"] = "*"
+
 TEST_LAB = LabConfig(prefix=os.environ.get("FLEET_TEST_LAB", "ft"),
                      subnet=os.environ.get("FLEET_TEST_SUBNET", "10.241.0.0/24"),
                      nodes=3, lb=1, root="/var/lib/fleet-lab-test")
