@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
@@ -95,6 +96,30 @@ def _decode(data: bytes | str | None) -> str:
 
 def _where(node: Node) -> str:
     return f"{node.user}@{node.address}:{node.port}"
+
+
+def _ack_promptly(conn: asyncssh.SSHClientConnection) -> None:
+    """ACK every read at once (Linux TCP_QUICKACK, re-armed on each read).
+
+    sshd writes a non-interactive session's replies with Nagle on, so its second small packet waits for the
+    ACK of the first, which the client delays by up to ~40 ms: on the lab a fresh connection's first command
+    took 45-50 ms instead of 3-4 ms in most runs. Acknowledging promptly removes that wait.
+    """
+    quickack = getattr(socket, "TCP_QUICKACK", None)
+    sock = conn.get_extra_info("socket")
+    if quickack is None or sock is None:
+        return
+    received = conn.data_received
+
+    def data_received(data: bytes, datatype: Any = None) -> None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)
+        received(data, datatype)
+
+    # asyncio looks the method up on the protocol instance at every read, so this wraps each one.
+    setattr(conn, "data_received", data_received)  # noqa: B010
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)
 
 
 def _consume(task: asyncio.Task[Any]) -> None:
@@ -227,7 +252,9 @@ class Pool:
         delay = self.backoff
         for attempt in range(1, self.connect_attempts + 1):
             try:
-                return await asyncssh.connect(node.address, node.port, **options)
+                conn = await asyncssh.connect(node.address, node.port, **options)
+                _ack_promptly(conn)
+                return conn
             except asyncssh.HostKeyNotVerifiable as exc:
                 raise HostKeyError(node.name, self._hostkey_message(node)) from exc
             except asyncssh.PermissionDenied as exc:
