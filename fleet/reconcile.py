@@ -106,6 +106,25 @@ class Plan:
         raise KeyError(name)
 
 
+def duplicates(replicas: Sequence[Replica]) -> list[Replica]:
+    """Extra running copies of one replica number of a service, as a node that was unreachable (and whose
+    replicas were placed elsewhere) leaves behind when it comes back. One copy of each is kept: the one on the
+    node holding fewest of that service's replicas, so the spread comes back too."""
+    running = [r for r in replicas if r.running]
+    crowd: dict[tuple[str, str], int] = {}
+    for r in running:
+        crowd[(r.service, r.node)] = crowd.get((r.service, r.node), 0) + 1
+    groups: dict[tuple[str, int], list[Replica]] = {}
+    for r in running:
+        groups.setdefault((r.service, r.replica), []).append(r)
+    extras = []
+    for rs in groups.values():
+        if len(rs) > 1:
+            ranked = sorted(rs, key=lambda r: (-crowd[(r.service, r.node)], r.node, r.id))
+            extras += ranked[:-1]
+    return sorted(extras, key=lambda r: (r.service, r.replica, r.node))
+
+
 def demand_for(spec: ServiceSpec, replicas: int | None = None) -> ServiceDemand:
     return ServiceDemand(
         service=spec.name,
@@ -172,6 +191,9 @@ def placement_inputs(
 
 def plan(specs: Sequence[ServiceSpec], nodes: Sequence[NodeState], replicas: Sequence[Replica]) -> Plan:
     """What converging `specs` means, given the nodes that answered and the replicas they run."""
+    extra = duplicates(replicas)
+    extra_ids = {r.id for r in extra}
+    replicas = [r for r in replicas if r.id not in extra_ids]
     shaped, existing, demands, outdated = placement_inputs(specs, nodes, replicas, hold_outdated=False)
     placement = place(shaped, existing, demands)
     healthy = {n.name for n in nodes if n.healthy}
@@ -188,6 +210,7 @@ def plan(specs: Sequence[ServiceSpec], nodes: Sequence[NodeState], replicas: Seq
         keep = tuple(r for r in up_to_date if (r.node, r.port) in kept_keys)
         stops = tuple((r, stop_index.get((r.service, r.node, r.port), "surplus"))
                       for r in up_to_date if (r.node, r.port) not in kept_keys)
+        stops += tuple((r, f"second copy of {r.service}[{r.replica}]") for r in extra if r.service == spec.name)
         plans.append(ServicePlan(
             spec=spec,
             keep=keep,

@@ -17,7 +17,7 @@ from .. import labels as L
 from ..errors import FleetError, SchedulingError
 from ..health import probe
 from ..history import History
-from ..reconcile import Plan, Replica, placement_inputs, plan
+from ..reconcile import Plan, Replica, duplicates, placement_inputs, plan
 from ..rollout.strategy import Verdict, canary_verdict, canary_weights
 from ..runtime.base import Mount, RunSpec, Status
 from ..scheduler import Assignment, place
@@ -206,6 +206,8 @@ class Engine:
     async def converge(self, spec: ServiceSpec, revision: int) -> Outcome:
         """Bring one service to its spec: rolling replacement in batches, then scale, then surplus stops."""
         h = spec.spec_hash()
+        for r in duplicates([r for r in self.live if r.service == spec.name]):
+            await self._retire(spec, r, f"second copy of {r.service}[{r.replica}]")
         mine = [r for r in self.live if r.service == spec.name]
         current = [r for r in mine if r.spec_hash == h]
         sick = await self._failing(spec, current)
