@@ -19,15 +19,17 @@ class Fleet:
         self.pool = pool
         self._reports: list[NodeReport] | None = None
 
-    async def nodes(self) -> list[NodeReport]:
-        """Facts from every node in one round trip each, concurrently; one report per node, in inventory order."""
-        self._reports = await collect(self.pool, self.inventory.nodes)
+    async def nodes(self, *, ports: bool = False) -> list[NodeReport]:
+        """Facts from every node in one round trip each, concurrently; one report per node, in inventory order.
+
+        `ports` adds the TCP ports in use on each node, which placement needs and `fleet nodes` does not."""
+        self._reports = await collect(self.pool, self.inventory.nodes, ports=ports)
         return self._reports
 
-    async def reports(self) -> list[NodeReport]:
+    async def reports(self, *, ports: bool = False) -> list[NodeReport]:
         """The node reports of this run (collected once, on first use)."""
         if self._reports is None:
-            await self.nodes()
+            await self.nodes(ports=ports)
         assert self._reports is not None
         return self._reports
 

@@ -13,7 +13,10 @@ from .model import Resources
 FACTS_SCRIPT = r"""
 NS=${NS:-fleet}
 T=/run/containerd/io.containerd.runtime.v2.task/$NS
-set -- /proc/sys/kernel/hostname /proc/meminfo /proc/loadavg /proc/uptime /proc/self/status /proc/net/tcp /proc/net/tcp6
+set -- /proc/sys/kernel/hostname /proc/meminfo /proc/loadavg /proc/uptime /proc/self/status
+# Listening ports only when asked (planning): reading /proc/net/tcp walks the kernel's whole TCP hash,
+# ~7 ms per read on this machine against under 1 ms for the other files together.
+if [ -n "${PORTS:-}" ]; then set -- "$@" /proc/net/tcp /proc/net/tcp6; fi
 RT=
 if command -v nerdctl >/dev/null 2>&1; then RT=nerdctl; elif command -v ctr >/dev/null 2>&1; then RT=ctr; fi
 echo "@runtime=$RT"

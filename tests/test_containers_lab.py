@@ -29,33 +29,12 @@ from fleet.transport import Pool
 
 pytestmark = pytest.mark.lab
 
-# Until `fleet.cli.main` registers these commands, the same functions run from an equivalent local app.
-_LOCAL_APP = """
-import typer
-from fleet.cli import container, exec_, image, logs, ps
-app = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
-app.command("ps")(ps.ps)
-app.command("logs")(logs.logs)
-app.command("exec")(exec_.exec_)
-app.command("run")(container.run)
-app.command("stop")(container.stop)
-app.command("rm")(container.rm)
-app.add_typer(image.app, name="image")
-app()
-"""
-
-
-def _fleet() -> list[str]:
-    from fleet.cli import main
-
-    if "ps" in {c.name for c in main.app.registered_commands}:
-        return [sys.executable, "-m", "fleet.cli.main"]
-    return [sys.executable, "-c", _LOCAL_APP]
+FLEET = [sys.executable, "-m", "fleet.cli.main"]
 
 
 def cli(lab, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*_fleet(), *args, "-i", lab.inventory_path] if "--" not in args else
-                          [*_fleet(), *args[:args.index("--")], "-i", lab.inventory_path, *args[args.index("--"):]],
+    return subprocess.run([*FLEET, *args, "-i", lab.inventory_path] if "--" not in args else
+                          [*FLEET, *args[:args.index("--")], "-i", lab.inventory_path, *args[args.index("--"):]],
                           capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
 
 

@@ -42,9 +42,17 @@ async def test_facts_match_what_the_node_has(lab):
         assert r.facts.mem_total == int(truth[2].split()[1]) * 1024
         assert abs(r.facts.disk_total - int(truth[3].split()[1]) * 1024) == 0
         assert (r.facts.runtime, r.facts.runtime_socket, r.facts.cgroup) == ("ctr", True, 1)
+        assert r.facts.listening == frozenset(), "ports are read only when asked"
         assert r.facts.runtime_version and r.facts.runtime_version.startswith("1.6")
         assert r.allocatable is not None
         assert (r.node.capacity is not None) != r.node.has_role("lb"), "workers carry a capacity override"
+
+
+async def test_listening_ports_read_for_placement(lab):
+    async with Pool() as pool:
+        reports = await Fleet(lab.inventory, pool).nodes(ports=True)
+    for r in reports:
+        assert r.facts is not None and 22 in r.facts.listening, r.node.name  # the node's own sshd
 
 
 def test_cli_nodes_json_and_exit_code(lab):

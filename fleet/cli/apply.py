@@ -102,7 +102,7 @@ def plan(playbooks: PlaybooksArg = None, inventory: common.InventoryOpt = None, 
     async def go() -> tuple[Plan, dict[str, str]]:
         async with Pool() as pool:
             f = Fleet(inv, pool)
-            p, obs = await Engine(pool, await f.reports()).plan(specs)
+            p, obs = await Engine(pool, await f.reports(ports=True)).plan(specs)
             return p, obs.errors
 
     p, errors = common.run(go)
@@ -153,7 +153,7 @@ def _apply(specs: list[ServiceSpec], inventory: str | None, json: bool) -> tuple
     async def go() -> tuple[list[Outcome], dict[str, str]]:
         async with Pool() as pool:
             f = Fleet(inv, pool)
-            engine = Engine(pool, await f.reports(), on_event=show, secrets=_keyring_secret, history=history)
+            engine = Engine(pool, await f.reports(ports=True), on_event=show, secrets=_keyring_secret, history=history)
             p, _ = await engine.plan(specs)
             for s in p.services:
                 show.add(s.name, len(s.start) + len(s.replace) * 2 + len(s.stop) + len(s.cleanup))

@@ -36,8 +36,9 @@ class NodeReport:
         return size - self.node.reserved
 
 
-def facts_command(node: Node) -> Script:
-    return Script(FACTS_SCRIPT, {"NS": node.namespace})
+def facts_command(node: Node, ports: bool = False) -> Script:
+    """The facts script for a node; with `ports`, also the TCP ports something listens on (for placement)."""
+    return Script(FACTS_SCRIPT, {"NS": node.namespace, "PORTS": "1" if ports else ""}, name="fleet-facts")
 
 
 def report_from(node: Node, status: int | None, stdout: str, error: str | None, duration: float) -> NodeReport:
@@ -56,8 +57,8 @@ def report_from(node: Node, status: int | None, stdout: str, error: str | None, 
     return NodeReport(node, "ready", None, facts, duration)
 
 
-async def collect(pool: Pool, nodes: tuple[Node, ...] | list[Node]) -> list[NodeReport]:
+async def collect(pool: Pool, nodes: tuple[Node, ...] | list[Node], *, ports: bool = False) -> list[NodeReport]:
     """Facts from every node in one round trip each, concurrently; one report per node, in the given order."""
-    results = await fanout(pool, list(nodes), facts_command)
+    results = await fanout(pool, list(nodes), lambda n: facts_command(n, ports))
     return [report_from(node, r.exit_status, r.stdout, r.error, r.duration)
             for node, r in zip(nodes, results, strict=True)]
