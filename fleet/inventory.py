@@ -16,38 +16,20 @@ Ansible inventories: `ansible_host`, `ansible_port`, `ansible_user`, `ansible_ss
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shlex
-from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError, InventoryError, Problem
 from .model import Inventory, Node, Resources
-from .units import parse_cpu, parse_memory
 from .yamlmarks import Marked, load
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,126}$")
 LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9._:/@+-]{0,128}$")
 ROLES = ("worker", "lb")
-
-
-class _Quantity(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    cpu: float | None = None
-    memory: int | None = None
-
-    @field_validator("cpu", mode="before")
-    @classmethod
-    def _cpu(cls, v: object) -> float | None:
-        return None if v is None else parse_cpu(v)
-
-    @field_validator("memory", mode="before")
-    @classmethod
-    def _mem(cls, v: object) -> int | None:
-        return None if v is None else parse_memory(v)
 
 
 def _check_labels(v: dict[str, object]) -> dict[str, str]:
@@ -62,67 +44,6 @@ def _check_labels(v: dict[str, object]) -> dict[str, str]:
     return out
 
 
-class _NodeCommon(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    user: str | None = None
-    port: int | None = Field(default=None, ge=1, le=65535)
-    key: str | list[str] | None = None
-    known_hosts: str | None = None
-    namespace: str | None = None
-    labels: dict[str, Any] = Field(default_factory=dict)
-    reserved: _Quantity | None = None
-
-    @field_validator("labels")
-    @classmethod
-    def _labels(cls, v: dict[str, object]) -> dict[str, str]:
-        return _check_labels(v)
-
-    @field_validator("namespace")
-    @classmethod
-    def _ns(cls, v: str | None) -> str | None:
-        if v is not None and not NAME_RE.match(v):
-            raise ValueError(f"invalid containerd namespace {v!r}")
-        return v
-
-
-class _NodeSpec(_NodeCommon):
-    address: str = Field(min_length=1)
-    roles: list[str] = Field(default_factory=lambda: ["worker"])
-    capacity: _Quantity | None = None
-
-    @field_validator("roles")
-    @classmethod
-    def _roles(cls, v: list[str]) -> list[str]:
-        for role in v:
-            if role not in ROLES:
-                raise ValueError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
-        return v
-
-
-class _FleetInventory(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    defaults: _NodeCommon = Field(default_factory=_NodeCommon)
-    nodes: dict[str, _NodeSpec]
-
-
-def pydantic_problems(exc: ValidationError, doc: Marked, prefix: tuple[str | int, ...] = ()) -> list[Problem]:
-    """Map pydantic's error locations onto the YAML document's line marks."""
-    problems = []
-    for err in exc.errors():
-        loc = (*prefix, *(p for p in err["loc"] if isinstance(p, str | int)))
-        msg = err["msg"]
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field"
-        elif err["type"] == "missing":
-            msg = "required field is missing"
-        elif "input" in err and err["type"] not in ("value_error",):
-            msg = f"{msg}, got {err['input']!r}"
-        problems.append(doc.problem(loc, msg))
-    return problems
-
-
 def _resolve_path(path: str, base_dir: str) -> str:
     path = os.path.expanduser(path)
     return path if os.path.isabs(path) else os.path.normpath(os.path.join(base_dir, path))
@@ -133,43 +54,6 @@ def _keys(key: str | list[str] | None, base_dir: str) -> tuple[str, ...]:
         return ()
     keys = [key] if isinstance(key, str) else key
     return tuple(_resolve_path(k, base_dir) for k in keys)
-
-
-def _resources(q: _Quantity | None, default: Resources | None) -> Resources | None:
-    if q is None:
-        return default
-    base = default or Resources()
-    return Resources(q.cpu if q.cpu is not None else base.cpu, q.memory if q.memory is not None else base.memory)
-
-
-def _from_fleet(doc: Marked) -> Inventory:
-    try:
-        inv = _FleetInventory.model_validate(doc.data)
-    except ValidationError as exc:
-        raise InventoryError(pydantic_problems(exc, doc)) from None
-    base_dir = os.path.dirname(os.path.abspath(doc.file))
-    d = inv.defaults
-    problems = [doc.problem(("nodes", name), "invalid node name (letters, digits, . _ -)")
-                for name in inv.nodes if not NAME_RE.match(name)]
-    if problems:
-        raise InventoryError(problems)
-    nodes = []
-    for name, spec in inv.nodes.items():
-        nodes.append(Node(
-            name=name,
-            address=spec.address,
-            port=spec.port or d.port or 22,
-            user=spec.user or d.user or "root",
-            key_files=_keys(spec.key if spec.key is not None else d.key, base_dir),
-            known_hosts=_resolve_path(kh, base_dir) if (kh := spec.known_hosts or d.known_hosts) else None,
-            labels={**d.labels, **spec.labels},
-            roles=tuple(spec.roles),
-            capacity=_resources(spec.capacity, None),
-            reserved=_resources(spec.reserved, _resources(d.reserved, Resources())) or Resources(),
-            namespace=spec.namespace or d.namespace or "fleet",
-            source_line=doc.line_of(("nodes", name)),
-        ))
-    return Inventory(doc.file, tuple(nodes))
 
 
 class _Host:
@@ -371,16 +255,84 @@ def parse(text: str, file: str) -> Inventory:
         if not isinstance(doc.data, dict):
             raise InventoryError([Problem(file, 1, "", "expected `nodes:` (or an Ansible `all:` group)")])
         fleet_format = "nodes" in doc.data or "defaults" in doc.data
-        inv = _from_fleet(doc) if fleet_format else _from_ansible_yaml(doc)
+        if fleet_format:
+            # pydantic is imported only for fleet-format files that are not in the cache (see load_inventory).
+            from .inventory_schema import from_fleet
+
+            inv = from_fleet(doc)
+        else:
+            inv = _from_ansible_yaml(doc)
     if not inv.nodes:
         raise InventoryError([Problem(file, None, "nodes", "the inventory lists no nodes")])
     return inv
 
 
+CACHE_VERSION = 1
+
+
+def cache_dir() -> str:
+    """Where parsed inventories are kept: $FLEET_CACHE_DIR, else $XDG_CACHE_HOME/fleet, else ~/.cache/fleet."""
+    explicit = os.environ.get("FLEET_CACHE_DIR")
+    if explicit:
+        return explicit
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "fleet")
+
+
+def _cache_file(path: str, text: str) -> str:
+    # The key covers everything the result depends on: the text, where the file is (relative key paths) and
+    # the home directory (`~` in paths). A changed file gets a new key; nothing stale is ever read.
+    key = hashlib.sha256("\0".join([str(CACHE_VERSION), os.path.abspath(path), os.path.expanduser("~"),
+                                     text]).encode()).hexdigest()
+    return os.path.join(cache_dir(), "inventory", f"{key}.json")
+
+
+def _to_json(inv: Inventory) -> str:
+    def res(r: Resources | None) -> list[float] | None:
+        return None if r is None else [r.cpu, r.memory]
+
+    return json.dumps({"path": inv.path, "nodes": [{
+        "name": n.name, "address": n.address, "port": n.port, "user": n.user, "key_files": list(n.key_files),
+        "known_hosts": n.known_hosts, "labels": dict(n.labels), "roles": list(n.roles), "capacity": res(n.capacity),
+        "reserved": res(n.reserved), "namespace": n.namespace, "source_line": n.source_line,
+    } for n in inv.nodes]})
+
+
+def _from_json(text: str) -> Inventory:
+    doc = json.loads(text)
+
+    def res(v: list[float] | None) -> Resources | None:
+        return None if v is None else Resources(float(v[0]), int(v[1]))
+
+    return Inventory(doc["path"], tuple(Node(
+        name=n["name"], address=n["address"], port=n["port"], user=n["user"], key_files=tuple(n["key_files"]),
+        known_hosts=n["known_hosts"], labels=n["labels"], roles=tuple(n["roles"]), capacity=res(n["capacity"]),
+        reserved=res(n["reserved"]) or Resources(), namespace=n["namespace"], source_line=n["source_line"],
+    ) for n in doc["nodes"]))
+
+
 def load_inventory(path: str) -> Inventory:
+    """Read and validate an inventory file; a valid one is remembered by content, so an unchanged file is read
+    back without validating it again (every CLI command starts by loading the inventory)."""
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
     except OSError as exc:
         raise InventoryError([Problem(path, None, "", f"cannot read inventory: {exc.strerror}")]) from exc
-    return parse(text, path)
+    cached = _cache_file(path, text)
+    try:
+        with open(cached, encoding="utf-8") as fh:
+            return _from_json(fh.read())
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        pass
+    inv = parse(text, path)
+    try:
+        os.makedirs(os.path.dirname(cached), mode=0o700, exist_ok=True)
+        tmp = f"{cached}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(_to_json(inv))
+        os.replace(tmp, cached)
+    except OSError:
+        pass  # a cache that cannot be written only costs the validation next time
+    return inv

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -16,6 +19,11 @@ from fleet.model import Inventory
 for _var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
     os.environ.pop(_var, None)
 os.environ["no_proxy"] = os.environ["NO_PROXY"] = "*"
+
+# Parsed inventories are cached by content (fleet.inventory.cache_dir): keep this run's cache to itself.
+_CACHE = tempfile.mkdtemp(prefix="fleet-test-cache-")
+os.environ["FLEET_CACHE_DIR"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, True)
 
 TEST_LAB = LabConfig(prefix=os.environ.get("FLEET_TEST_LAB", "ft"),
                      subnet=os.environ.get("FLEET_TEST_SUBNET", "10.241.0.0/24"),

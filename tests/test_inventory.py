@@ -144,3 +144,26 @@ all:
 def test_ansible_yaml_error_line():
     with pytest.raises(InventoryError, match=r"hosts.yml:3: all.host: unknown field"):
         parse("all:\n  hosts: {a: {ansible_host: x}}\n  host: {}\n", "hosts.yml")
+
+
+def test_valid_inventory_cached_by_content_and_read_back_without_pydantic(tmp_path, monkeypatch):
+    import stat
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("FLEET_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "inv.yaml"
+    path.write_text(FLEET_YAML)
+    fresh = load_inventory(str(path))
+    (cached_file,) = (tmp_path / "cache" / "inventory").iterdir()
+    assert stat.S_IMODE(cached_file.stat().st_mode) == 0o600
+    assert load_inventory(str(path)) == fresh
+    probe = ("import sys; from fleet.inventory import load_inventory; "
+             f"inv = load_inventory({str(path)!r}); print(len(inv.nodes), 'pydantic' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         env={**os.environ, "FLEET_CACHE_DIR": str(tmp_path / "cache")})
+    assert out.stdout.split() == ["2", "False"]
+    # A changed file is validated again: its error shows, whatever the cache holds for the old text.
+    path.write_text(FLEET_YAML.replace("port: 2222", "port: twenty"))
+    with pytest.raises(InventoryError, match=r"inv.yaml:13: nodes.n2.port"):
+        load_inventory(str(path))

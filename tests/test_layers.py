@@ -8,7 +8,7 @@ import pathlib
 ROOT = pathlib.Path(__file__).resolve().parent.parent / "fleet"
 IO_MODULES = {"asyncio", "asyncssh", "subprocess", "socket", "rich", "textual"}
 # Pure core: no I/O libraries at all.
-PURE = ["errors", "model", "units", "shell", "yamlmarks", "inventory", "facts", "labels", "spec",
+PURE = ["errors", "model", "units", "shell", "yamlmarks", "inventory", "inventory_schema", "facts", "labels", "spec",
         "scheduler", "haproxy/render", "haproxy/stats", "haproxy/scripts", "reconcile",
         "rollout", "history", "lab/render", "image/oci", "runtime/base",
         "runtime/ctr", "runtime/nerdctl"]

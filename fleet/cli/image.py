@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..api import Fleet
-from ..engine import images
-from ..engine.images import PushResult
-from ..image.demo import build_demo
-from ..image.oci import ImageArchiveError, read_archive
-from ..transport import Pool
 from ..units import format_memory
 from . import common
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
+
+    from ..engine.images import PushResult
+
+# The engine, the archive reader and rich's progress bars are imported inside the commands, so that other
+# commands do not pay for them at start.
 
 app = typer.Typer(help="Images: build the demo image, push archives to nodes, list what nodes hold.",
                   no_args_is_help=True)
@@ -49,6 +50,13 @@ def push(archive: Annotated[str, typer.Argument(metavar="IMAGE.tar", help="OCI o
                                                    "worker).")] = None,
          limit: Annotated[int, typer.Option("--limit", help="Nodes receiving at once.")] = 8) -> None:
     """Stream an image archive to nodes over SSH into containerd; nodes that already hold it are skipped."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..api import Fleet
+    from ..engine import images
+    from ..image.oci import ImageArchiveError, read_archive
+    from ..transport import Pool
+
     try:
         info = read_archive(archive)
     except ImageArchiveError as exc:
@@ -108,6 +116,8 @@ def build_demo_cmd(version: Annotated[str, typer.Option("--version", help="Image
                    size_mb: Annotated[int, typer.Option("--size-mb", help="Incompressible padding, MiB.")] = 0
                    ) -> None:
     """Build the demo web image (busybox httpd) as an OCI archive, deterministically."""
+    from ..image.demo import build_demo
+
     path = output or f"demo-{version}.tar"
     try:
         built = build_demo(version, path, size_mb=size_mb)
@@ -120,6 +130,10 @@ def build_demo_cmd(version: Annotated[str, typer.Option("--version", help="Image
 @app.command("ls")
 def ls(inventory: common.InventoryOpt = None, json: common.JsonOpt = False) -> None:
     """List the images on every node, with their manifest digests."""
+    from ..api import Fleet
+    from ..engine import images
+    from ..transport import Pool
+
     inv = common.inventory(inventory)
 
     async def go() -> tuple[dict[str, dict[str, str]], dict[str, str]]:

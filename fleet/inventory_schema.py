@@ -1,0 +1,130 @@
+"""fleet's own inventory format, validated with pydantic; kept apart so that reading a cached inventory
+(the common case: `fleet nodes` on an unchanged file) does not pay for importing and building the models."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import InventoryError, Problem
+from .inventory import NAME_RE, ROLES, _check_labels, _keys, _resolve_path
+from .model import Inventory, Node, Resources
+from .units import parse_cpu, parse_memory
+from .yamlmarks import Marked
+
+
+class _Quantity(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cpu: float | None = None
+    memory: int | None = None
+
+    @field_validator("cpu", mode="before")
+    @classmethod
+    def _cpu(cls, v: object) -> float | None:
+        return None if v is None else parse_cpu(v)
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _mem(cls, v: object) -> int | None:
+        return None if v is None else parse_memory(v)
+
+
+class _NodeCommon(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    key: str | list[str] | None = None
+    known_hosts: str | None = None
+    namespace: str | None = None
+    labels: dict[str, Any] = Field(default_factory=dict)
+    reserved: _Quantity | None = None
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, object]) -> dict[str, str]:
+        return _check_labels(v)
+
+    @field_validator("namespace")
+    @classmethod
+    def _ns(cls, v: str | None) -> str | None:
+        if v is not None and not NAME_RE.match(v):
+            raise ValueError(f"invalid containerd namespace {v!r}")
+        return v
+
+
+class _NodeSpec(_NodeCommon):
+    address: str = Field(min_length=1)
+    roles: list[str] = Field(default_factory=lambda: ["worker"])
+    capacity: _Quantity | None = None
+
+    @field_validator("roles")
+    @classmethod
+    def _roles(cls, v: list[str]) -> list[str]:
+        for role in v:
+            if role not in ROLES:
+                raise ValueError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
+        return v
+
+
+class _FleetInventory(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    defaults: _NodeCommon = Field(default_factory=_NodeCommon)
+    nodes: dict[str, _NodeSpec]
+
+
+def pydantic_problems(exc: ValidationError, doc: Marked, prefix: tuple[str | int, ...] = ()) -> list[Problem]:
+    """Map pydantic's error locations onto the YAML document's line marks."""
+    problems = []
+    for err in exc.errors():
+        loc = (*prefix, *(p for p in err["loc"] if isinstance(p, str | int)))
+        msg = err["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        elif "input" in err and err["type"] not in ("value_error",):
+            msg = f"{msg}, got {err['input']!r}"
+        problems.append(doc.problem(loc, msg))
+    return problems
+
+
+def _resources(q: _Quantity | None, default: Resources | None) -> Resources | None:
+    if q is None:
+        return default
+    base = default or Resources()
+    return Resources(q.cpu if q.cpu is not None else base.cpu, q.memory if q.memory is not None else base.memory)
+
+
+def from_fleet(doc: Marked) -> Inventory:
+    """An Inventory from a fleet-format document; every problem is reported with its line."""
+    try:
+        inv = _FleetInventory.model_validate(doc.data)
+    except ValidationError as exc:
+        raise InventoryError(pydantic_problems(exc, doc)) from None
+    base_dir = os.path.dirname(os.path.abspath(doc.file))
+    d = inv.defaults
+    problems = [doc.problem(("nodes", name), "invalid node name (letters, digits, . _ -)")
+                for name in inv.nodes if not NAME_RE.match(name)]
+    if problems:
+        raise InventoryError(problems)
+    nodes = []
+    for name, spec in inv.nodes.items():
+        nodes.append(Node(
+            name=name,
+            address=spec.address,
+            port=spec.port or d.port or 22,
+            user=spec.user or d.user or "root",
+            key_files=_keys(spec.key if spec.key is not None else d.key, base_dir),
+            known_hosts=_resolve_path(kh, base_dir) if (kh := spec.known_hosts or d.known_hosts) else None,
+            labels={**d.labels, **spec.labels},
+            roles=tuple(spec.roles),
+            capacity=_resources(spec.capacity, None),
+            reserved=_resources(spec.reserved, _resources(d.reserved, Resources())) or Resources(),
+            namespace=spec.namespace or d.namespace or "fleet",
+            source_line=doc.line_of(("nodes", name)),
+        ))
+    return Inventory(doc.file, tuple(nodes))
