@@ -289,3 +289,25 @@ async def test_hostile_values_survive_end_to_end(lab, demo, fleet_pool):
         assert lab.lab.exec_in("n3", ["test", "-e", "/tmp/pwned"], check=False).returncode != 0
     finally:
         purge(lab, "n3", spec.id)
+
+
+async def test_container_main_process_over_its_memory_limit_is_oom_killed(lab, demo, fleet_pool):
+    pool, reports = fleet_pool
+    await I.push(pool, reports, demo.path, ["n2"])
+    n2 = _report(reports, "n2")
+    spec = RunSpec(id=L.container_id("oom", 1), image=demo.name, env={"PORT": "18212", "DEMO_MEMORY_MB": "64"},
+                   memory=32 * 1024**2, labels=L.build_labels("oom", replica=1, memory=32 * 1024**2))
+    try:
+        await C.run_container(pool, n2, spec)
+        deadline = time.monotonic() + 20
+        row = await _row(pool, reports, spec.id)
+        while row is not None and row.info.status is Status.RUNNING and time.monotonic() < deadline:
+            await asyncio.sleep(0.3)
+            row = await _row(pool, reports, spec.id)
+        assert row is not None and row.info.status is Status.STOPPED and row.info.oom_killed, row
+        out = cli(lab, "ps", "--all")
+        assert any(spec.id in ln and "(oom-killed)" in ln for ln in out.stdout.splitlines()), out.stdout
+        out = cli(lab, "stop", spec.id, "--grace", "1")
+        assert out.returncode == 0 and "137" in out.stdout and "OOM-killed" in out.stdout, out.stdout + out.stderr
+    finally:
+        purge(lab, "n2", spec.id)

@@ -32,7 +32,8 @@ APPLETS = (
 
 START_SH = r"""#!/bin/sh
 # fleet demo web server. Knobs (environment): PORT (8080), FLEET_NODE, FLEET_REPLICA, DEMO_START_DELAY=s,
-# DEMO_HEALTH=fail, DEMO_CRASH_AFTER=s, DEMO_ERROR_RATE=0..100, DEMO_IGNORE_TERM=1.
+# DEMO_HEALTH=fail, DEMO_CRASH_AFTER=s, DEMO_ERROR_RATE=0..100, DEMO_IGNORE_TERM=1, DEMO_MEMORY_MB=n (the main
+# process holds n MiB once listening: past the container's memory limit it is OOM-killed).
 PORT="${PORT:-8080}"
 NODE="${FLEET_NODE:-$(hostname)}"
 REPLICA="${FLEET_REPLICA:-0}"
@@ -64,6 +65,12 @@ if [ "${DEMO_START_DELAY:-0}" != 0 ]; then
 fi
 httpd -f -p "$PORT" -h /www & pid=$!
 log "listening on :$PORT host=$NODE replica=$REPLICA"
+case "${DEMO_MEMORY_MB:-}" in
+  ''|*[!0-9]*) ;;
+  *) log "holding ${DEMO_MEMORY_MB} MiB"
+     hog=$(yes | head -c "$((DEMO_MEMORY_MB * 1048576))")
+     log "holding ${#hog} bytes" ;;
+esac
 if [ -n "${DEMO_CRASH_AFTER:-}" ]; then
   sleep "$DEMO_CRASH_AFTER" & wait $!
   log "crashing (DEMO_CRASH_AFTER=$DEMO_CRASH_AFTER)"
