@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import apply, container, exec_, image, lab, logs, nodes, ps, rollout, status, ui
+from . import apply, container, exec_, image, lab, logs, nodes, ps, rollout, secret, status, ui
 
 app = typer.Typer(name="fleet", help="Agentless SSH-based container orchestrator.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -28,6 +28,7 @@ app.command("run")(container.run)
 app.command("stop")(container.stop)
 app.command("rm")(container.rm)
 app.add_typer(image.app, name="image")
+app.add_typer(secret.app, name="secret")
 
 
 def main() -> None:

@@ -394,7 +394,12 @@ class Engine:
             await self.pool.check(report.node, ["mkdir", "-p", *dirs])
         run = self._run_spec(spec, revision, a, env_file)
         self.emit("start", spec.name, f"starting {run.id} on {a.node}:{a.port}", a.node, run.id)
-        await perform(self.pool, report.node, driver.run(run), timeout=120)
+        try:
+            await perform(self.pool, report.node, driver.run(run), timeout=120)
+        finally:
+            if env_file is not None:
+                # The runtime copied the values into the container's spec when it created it.
+                await self.pool.run(report.node, ["rm", "-f", env_file])
         return Replica(a.node, run.id, spec.name, a.replica, revision, spec.spec_hash(), a.port, True,
                        spec.resources, spec.image,
                        lb=L.parse_lb_label(run.labels.get(L.LB)), health=L.parse_health_label(run.labels.get(L.HEALTH)))
