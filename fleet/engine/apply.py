@@ -474,6 +474,7 @@ class Engine:
                 await asyncio.sleep(0.2)
             self.rotation.drop(r)
             await self.lbs.sync(self.rotation)
+            await self.lbs.settle(min(max(spec.stop_grace_period, 1.0), 10.0))
         await self._stop(r, spec.stop_grace_period, why)
 
     async def _stop(self, r: Replica, grace: float, why: str) -> None:

@@ -79,6 +79,22 @@ class Balancers:
         """Write and (hitlessly) reload the config on every lb node; unchanged configs are left alone."""
         await asyncio.gather(*(lb.apply(config(rotation, self.addresses, lb.node.address)) for lb in self.nodes))
 
+    async def settle(self, timeout: float) -> None:
+        """Wait (up to `timeout`) until no worker from before the last reload is left on any lb node.
+
+        A worker replaced by a reload keeps serving the requests it already accepted, and it knows nothing of
+        runtime changes made since (a drain goes to the current worker only); stopping a server while such a
+        worker may still send it a request would fail that request.
+        """
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            states = await asyncio.gather(*(lb.status() for lb in self.nodes), return_exceptions=True)
+            if all(isinstance(st, BaseException) or not st.old_workers for st in states):
+                return
+            if asyncio.get_running_loop().time() >= deadline:
+                return
+            await asyncio.sleep(0.1)
+
     async def set_state(self, r: Replica, state: LbState) -> None:
         """Runtime change with no reload (drain before stop); the config follows on the next sync."""
         cmd = set_server_state(backend_name(r.service), r.id, state)

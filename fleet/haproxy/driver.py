@@ -121,6 +121,7 @@ class LbStatus:
     master_pid: int | None
     workers: tuple[int, ...]
     failed_reloads: int
+    old_workers: tuple[int, ...] = ()
 
 
 _TRANSPORT_ERRORS: dict[str, type[TransportError]] = {
@@ -260,7 +261,7 @@ class LbNode:
         if not proc_text.strip():
             return LbStatus(True, pid, (), 0)
         proc = self._proc(proc_text, "status")
-        return LbStatus(True, pid, proc.worker_pids, proc.failed_reloads)
+        return LbStatus(True, pid, proc.worker_pids, proc.failed_reloads, tuple(w.pid for w in proc.old_workers))
 
     async def stop(self) -> bool:
         """Stop the master (and its workers) by the PID in the pid file; False when it was not running."""

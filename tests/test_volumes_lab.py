@@ -1,0 +1,63 @@
+"""Storage on the lab: a named node volume outlives its container, tmpfs is sized, a bind mount can be read-only."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fleet import labels as L
+from fleet.image.demo import build_demo
+
+pytestmark = pytest.mark.lab
+FLEET = [sys.executable, "-m", "fleet.cli.main"]
+
+
+def fleet(lab, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*FLEET, *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "FLEET_INVENTORY": lab.inventory_path, "COLUMNS": "200"})
+
+
+def test_named_volume_survives_replacement_tmpfs_sized_bind_readonly(lab, tmp_path):
+    archive = build_demo(f"vol{L.random_suffix(6)}", str(tmp_path / "demo.tar"))
+    assert fleet(lab, "image", "push", archive.path).returncode == 0
+    pb = tmp_path / "pb.yaml"
+
+    def write(greeting: str) -> str:
+        pb.write_text(f"""services:
+  vol-app:
+    image: {archive.name}
+    replicas: 1
+    resources: {{cpu: 0.05, memory: 32MiB}}
+    env: {{GREETING: {greeting}}}
+    health: {{http: /healthz, interval: 500ms}}
+    placement: {{require: {{zone: a}}}}
+    update: {{min_ready: 0s}}
+    volumes:
+      - {{type: volume, source: data, target: /data}}
+      - {{type: tmpfs, target: /scratch, size: 8MiB}}
+      - {{type: bind, source: /var/lib/fleet/hosts, target: /etc/fleet-hosts, readonly: true}}
+""")
+        return str(pb)
+
+    def sh(script: str) -> subprocess.CompletedProcess[str]:
+        return fleet(lab, "exec", "vol-app", "--", "sh", "-c", script)
+
+    try:
+        assert fleet(lab, "apply", write("one")).returncode == 0
+        assert sh("echo kept > /data/note").returncode == 0
+        scratch = sh("df -k /scratch | tail -1")
+        assert scratch.stdout.split()[0] == "tmpfs" and scratch.stdout.split()[1] == "8192", scratch.stdout
+        ro = sh("echo x > /etc/fleet-hosts")
+        assert ro.returncode != 0 and "Read-only" in ro.stdout, ro.stdout
+        # A new spec replaces the container; the named volume on the node keeps its data.
+        out = fleet(lab, "apply", write("two"))
+        assert out.returncode == 0 and "replaced" in out.stdout, out.stdout
+        assert sh('echo "$GREETING"; cat /data/note').stdout.split() == ["two", "kept"]
+        on_node = lab.lab.exec_in("n1", ["cat", "/var/lib/fleet/volumes/vol-app/data/note"]).stdout
+        assert on_node == "kept\n"
+    finally:
+        fleet(lab, "destroy", "vol-app", "--grace", "1")
+        lab.lab.exec_in("n1", ["rm", "-rf", "/var/lib/fleet/volumes/vol-app"], check=False)
