@@ -165,6 +165,29 @@ class ImportedImage:
     digest: str | None
 
 
+class CliDriver:
+    """What the ctr and nerdctl drivers share: a client binary with `-a ADDRESS -n NAMESPACE` global flags,
+    and that command as a shell function for their scripts."""
+
+    shell_function = "c"
+
+    def __init__(self, namespace: str, address: str | None, binary: str) -> None:
+        self.namespace = namespace
+        self.address = address
+        self.binary = binary
+
+    def base(self) -> list[str]:
+        """The client with its global flags."""
+        argv = [self.binary]
+        if self.address:
+            argv += ["-a", self.address]
+        return [*argv, "-n", self.namespace]
+
+    def _fn(self) -> str:
+        """A shell function that is the client with the global flags, for scripts."""
+        return f'{self.shell_function}() {{ {shell.join(self.base())} "$@"; }}\n'
+
+
 class RuntimeDriver(Protocol):
     """What the engine needs from a node's container runtime; every method is pure and returns a `Call`."""
 

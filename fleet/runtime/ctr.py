@@ -17,6 +17,7 @@ from fleet import labels as L
 from fleet.model import CommandResult
 from fleet.runtime.base import (
     Call,
+    CliDriver,
     ContainerInfo,
     ImportedImage,
     Mount,
@@ -52,28 +53,16 @@ def _cpus(cpu: float) -> str:
     return format(cpu, "g")
 
 
-class CtrDriver:
+class CtrDriver(CliDriver):
     """`ctr -a ADDRESS -n NAMESPACE …`; `address` None means the node's default socket."""
 
     name = "ctr"
+    shell_function = "c"
 
     def __init__(self, namespace: str = "fleet", address: str | None = None, log_dir: str = DEFAULT_LOG_DIR,
                  binary: str = "ctr") -> None:
-        self.namespace = namespace
-        self.address = address
+        super().__init__(namespace, address, binary)
         self.log_dir = log_dir
-        self.binary = binary
-
-    def base(self) -> list[str]:
-        """`ctr` with its global flags."""
-        argv = [self.binary]
-        if self.address:
-            argv += ["-a", self.address]
-        return [*argv, "-n", self.namespace]
-
-    def _fn(self) -> str:
-        """A shell function `c` that is ctr with the global flags, for scripts."""
-        return f'c() {{ {shlex.join(self.base())} "$@"; }}\n'
 
     def log_path(self, container_id: str, spec_path: str | None = None) -> str:
         return spec_path or f"{self.log_dir}/{self.namespace}/{container_id}.log"

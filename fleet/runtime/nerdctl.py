@@ -21,6 +21,7 @@ from fleet import labels as L
 from fleet.model import CommandResult
 from fleet.runtime.base import (
     Call,
+    CliDriver,
     ContainerInfo,
     ImportedImage,
     Mount,
@@ -52,24 +53,14 @@ def _mount_args(m: Mount) -> list[str]:
     return ["--mount", spec]
 
 
-class NerdctlDriver:
+class NerdctlDriver(CliDriver):
     """`nerdctl [-a ADDRESS] -n NAMESPACE …`; untested against a real nerdctl (see the module docstring)."""
 
     name = "nerdctl"
+    shell_function = "n"
 
     def __init__(self, namespace: str = "fleet", address: str | None = None, binary: str = "nerdctl") -> None:
-        self.namespace = namespace
-        self.address = address
-        self.binary = binary
-
-    def base(self) -> list[str]:
-        argv = [self.binary]
-        if self.address:
-            argv += ["-a", self.address]
-        return [*argv, "-n", self.namespace]
-
-    def _fn(self) -> str:
-        return f'n() {{ {shlex.join(self.base())} "$@"; }}\n'
+        super().__init__(namespace, address, binary)
 
     # --- run
 
