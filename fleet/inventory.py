@@ -267,7 +267,7 @@ def parse(text: str, file: str) -> Inventory:
     return inv
 
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def cache_dir() -> str:
@@ -295,6 +295,7 @@ def _to_json(inv: Inventory) -> str:
         "name": n.name, "address": n.address, "port": n.port, "user": n.user, "key_files": list(n.key_files),
         "known_hosts": n.known_hosts, "labels": dict(n.labels), "roles": list(n.roles), "capacity": res(n.capacity),
         "reserved": res(n.reserved), "namespace": n.namespace, "source_line": n.source_line,
+        "insecure_registries": list(n.insecure_registries),
     } for n in inv.nodes]})
 
 
@@ -308,6 +309,7 @@ def _from_json(text: str) -> Inventory:
         name=n["name"], address=n["address"], port=n["port"], user=n["user"], key_files=tuple(n["key_files"]),
         known_hosts=n["known_hosts"], labels=n["labels"], roles=tuple(n["roles"]), capacity=res(n["capacity"]),
         reserved=res(n["reserved"]) or Resources(), namespace=n["namespace"], source_line=n["source_line"],
+        insecure_registries=tuple(n["insecure_registries"]),
     ) for n in doc["nodes"]))
 
 

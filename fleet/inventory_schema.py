@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -13,6 +14,8 @@ from .inventory import NAME_RE, ROLES, _check_labels, _keys, _resolve_path
 from .model import Inventory, Node, Resources
 from .units import parse_cpu, parse_memory
 from .yamlmarks import Marked
+
+REGISTRY_RE = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
 
 
 class _Quantity(BaseModel):
@@ -40,6 +43,15 @@ class _NodeCommon(BaseModel):
     namespace: str | None = None
     labels: dict[str, Any] = Field(default_factory=dict)
     reserved: _Quantity | None = None
+    insecure_registries: list[str] | None = None
+
+    @field_validator("insecure_registries")
+    @classmethod
+    def _registries(cls, v: list[str] | None) -> list[str] | None:
+        for host in v or []:
+            if not REGISTRY_RE.match(host):
+                raise ValueError(f"expected a registry host[:port], got {host!r}")
+        return v
 
     @field_validator("labels")
     @classmethod
@@ -125,6 +137,8 @@ def from_fleet(doc: Marked) -> Inventory:
             capacity=_resources(spec.capacity, None),
             reserved=_resources(spec.reserved, _resources(d.reserved, Resources())) or Resources(),
             namespace=spec.namespace or d.namespace or "fleet",
+            insecure_registries=tuple(spec.insecure_registries if spec.insecure_registries is not None
+                                      else d.insecure_registries or ()),
             source_line=doc.line_of(("nodes", name)),
         ))
     return Inventory(doc.file, tuple(nodes))

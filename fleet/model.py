@@ -44,6 +44,8 @@ class Node:
     reserved: Resources = Resources()
     namespace: str = "fleet"
     source_line: int | None = None
+    # Registries (host[:port]) this node pulls from over plain HTTP, as containerd's `--plain-http`.
+    insecure_registries: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", _frozen(self.labels))

@@ -13,6 +13,7 @@ import typer
 
 from ..errors import ConfigError, FleetError
 from . import common
+from .common import esc
 
 if TYPE_CHECKING:
     from ..engine.apply import Event, Outcome
@@ -62,25 +63,25 @@ def plan_json(p: Plan, errors: dict[str, str]) -> dict[str, Any]:
 def print_plan(p: Plan, errors: dict[str, str]) -> None:
     out = common.console()
     for node, why in sorted(errors.items()):
-        out.print(f"[yellow]! {node}: {why} (its replicas are placed elsewhere)[/]")
+        out.print(f"[yellow]! {node}: {esc(why)} (its replicas are placed elsewhere)[/]")
     for s in p.services:
         marker = "[yellow]~[/]" if s.changed or s.unplaced else "[green]=[/]"
         lb = f", lb :{s.spec.lb.port}" if s.spec.lb else ""
-        out.print(f"{marker} [bold]{s.name}[/] ({s.spec.image}, {s.spec.replicas} replicas{lb})")
+        out.print(f"{marker} [bold]{s.name}[/] ({esc(s.spec.image)}, {s.spec.replicas} replicas{lb})")
         for a in s.start:
-            out.print(f"    [green]+ start[/] {s.name}[{a.replica}] on {a.node}:{a.port}"
+            out.print(f"    [green]+ start[/] {s.name}\\[{a.replica}] on {a.node}:{a.port}"
                       + (" (moved)" if a.reason == "move" else ""))
         if s.replace:
             old = sorted({r.image for r in s.replace})
-            out.print(f"    [yellow]~ replace[/] {len(s.replace)} replica(s) running {', '.join(old)} → "
+            out.print(f"    [yellow]~ replace[/] {len(s.replace)} replica(s) running {esc(', '.join(old))} → "
                       f"{s.spec.image}: rolling, max surge {s.spec.update.max_surge}, "
                       f"max unavailable {s.spec.update.max_unavailable}")
         for r, why in s.stop:
-            out.print(f"    [red]- stop[/] {r.id} on {r.node} ({why})")
+            out.print(f"    [red]- stop[/] {r.id} on {r.node} ({esc(why)})")
         for r in s.cleanup:
             out.print(f"    [red]- remove[/] stopped {r.id} on {r.node}")
         for u in s.unplaced:
-            out.print(f"    [bold red]! cannot place[/] {u}")
+            out.print(f"    [bold red]! cannot place[/] {esc(str(u))}")
         if not (s.changed or s.unplaced):
             out.print(f"    no change ({len(s.keep)} replicas up to date)")
     for name in p.unmanaged:
@@ -134,7 +135,7 @@ class _Progress:
             sys.stdout.write(jsonlib.dumps({"event": e.step, **dataclasses.asdict(e)}) + "\n")
             sys.stdout.flush()
             return
-        self.progress.console.print(f"  {time.strftime('%H:%M:%S')} {e.message}", highlight=False)
+        self.progress.console.print(f"  {time.strftime('%H:%M:%S')} {esc(e.message)}", highlight=False)
         task = self.tasks.get(e.service)
         if task is not None and e.step in ("ready", "stop", "remove"):
             self.progress.advance(task)
@@ -168,14 +169,14 @@ def _apply(specs: list[ServiceSpec], inventory: str | None, json: bool) -> tuple
     else:
         out = common.console()
         for node, why in sorted(errors.items()):
-            out.print(f"[yellow]! {node}: {why} (nothing was placed there)[/]")
+            out.print(f"[yellow]! {node}: {esc(why)} (nothing was placed there)[/]")
         for o in outcomes:
             if o.ok and o.reason:
-                out.print(f"[cyan]…[/] {o.service}: {o.reason}")
+                out.print(f"[cyan]…[/] {o.service}: {esc(o.reason)}")
             elif o.ok:
                 out.print(f"[green]✓[/] {o.service}: started {o.started}, stopped {o.stopped}")
             else:
-                out.print(f"[red]✗ {o.service}: {o.reason}[/]")
+                out.print(f"[red]✗ {o.service}: {esc(o.reason or '')}[/]")
     return outcomes, errors
 
 

@@ -12,6 +12,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import ConfigError, FleetError
 from ..inventory import load_inventory
@@ -50,8 +51,13 @@ def console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, highlight=False, soft_wrap=False, width=width)
 
 
+def esc(text: str) -> str:
+    """User or remote text made safe to print with rich markup (`[n1]` or `[/etc]` would be read as tags)."""
+    return escape(text)
+
+
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    console(stderr=True).print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    console(stderr=True).print(f"[bold red]error:[/] {esc(message)}", markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

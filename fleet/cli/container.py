@@ -15,6 +15,7 @@ from ..runtime.base import RunSpec, StopResult
 from ..transport import Pool
 from ..units import parse_cpu, parse_memory
 from . import common
+from .common import esc
 
 RefArg = Annotated[str, typer.Argument(metavar="CONTAINER", help="Container ID, unique prefix, NODE/ID, or a "
                                        "service name (all its replicas).")]
@@ -86,7 +87,7 @@ def rm(ref: RefArg, inventory: common.InventoryOpt = None) -> None:
     results = common.run(go)
     con = common.console()
     for row, err in results:
-        con.print(f"[red]{err}[/]" if err else f"{row.node}/{row.info.id}: removed", highlight=False)
+        con.print(f"[red]{esc(err)}[/]" if err else f"{row.node}/{row.info.id}: removed", highlight=False)
     raise typer.Exit(common.EXIT_PARTIAL if any(err for _, err in results) else common.EXIT_OK)
 
 

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from ..units import format_memory
 from . import common
+from .common import esc
 
 if TYPE_CHECKING:
     from rich.progress import TaskID
@@ -154,5 +155,5 @@ def ls(inventory: common.InventoryOpt = None, json: common.JsonOpt = False) -> N
         con = common.console()
         con.print(t)
         for node, reason in sorted(errors.items()):
-            con.print(f"[red]{node}[/]: {reason}", highlight=False)
+            con.print(f"[red]{node}[/]: {esc(reason)}", highlight=False)
     raise typer.Exit(common.EXIT_PARTIAL if errors else common.EXIT_OK)

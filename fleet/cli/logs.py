@@ -11,6 +11,7 @@ from ..api import Fleet
 from ..engine import containers
 from ..transport import Pool
 from . import common
+from .common import esc
 
 _COLORS = ("cyan", "magenta", "green", "yellow", "blue", "bright_red")
 
@@ -50,5 +51,5 @@ def logs(ref: Annotated[str, typer.Argument(metavar="SERVICE|CONTAINER", help="S
     except KeyboardInterrupt:
         raise typer.Exit(common.EXIT_OK) from None
     for prefix, reason in errors.items():
-        common.console(stderr=True).print(f"[red]{prefix}[/]: {reason}", highlight=False)
+        common.console(stderr=True).print(f"[red]{prefix}[/]: {esc(reason)}", highlight=False)
     raise typer.Exit(common.EXIT_PARTIAL if errors else common.EXIT_OK)

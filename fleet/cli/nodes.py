@@ -11,6 +11,7 @@ from rich.table import Table
 from ..api import Fleet, NodeReport
 from ..transport import Pool
 from . import common
+from .common import esc
 
 STATUS_STYLE = {"ready": "green", "unreachable": "red", "no runtime": "yellow", "error": "red"}
 
@@ -102,6 +103,6 @@ def nodes(inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
         out.print(table(reports))
         bad = [r for r in reports if not r.ok]
         for r in bad:
-            out.print(f"[red]{r.node.name}[/]: {r.status}: {r.reason}", highlight=False)
+            out.print(f"[red]{r.node.name}[/]: {r.status}: {esc(r.reason or '')}", highlight=False)
         out.print(f"{len(reports) - len(bad)}/{len(reports)} nodes ready in {elapsed:.2f}s ({inv.path})")
     raise typer.Exit(common.EXIT_OK if all(r.ok for r in reports) else common.EXIT_PARTIAL)

@@ -15,6 +15,7 @@ from ..runtime.base import Status
 from ..transport import Pool
 from ..units import format_cpu, format_memory
 from . import common
+from .common import esc
 
 STATUS_STYLE = {Status.RUNNING: "green", Status.STOPPED: "red", Status.CREATED: "yellow", Status.UNKNOWN: "red"}
 
@@ -106,7 +107,7 @@ def ps(inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
         out = common.console()
         out.print(table(rows))
         for node, reason in sorted(result.errors.items()):
-            out.print(f"[red]{node}[/]: {reason}", highlight=False)
+            out.print(f"[red]{node}[/]: {esc(reason)}", highlight=False)
         hidden = len(result.rows) - len(rows)
         more = f", {hidden} not running (--all shows them)" if hidden else ""
         out.print(f"{len(rows)} container(s){more}", highlight=False)

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from . import common
+from .common import esc
 
 if TYPE_CHECKING:
     from ..engine.status import FleetStatus
@@ -69,5 +70,5 @@ def status_cmd(inventory: common.InventoryOpt = None, json: common.JsonOpt = Fal
             out.print(f"{s.name}: {s.healthy}/{s.running} replicas healthy"
                       + (f", served at {', '.join('http://' + e for e in s.endpoints)}" if s.endpoints else ""))
         for node, why in {**st.errors, **st.lb_errors}.items():
-            out.print(f"[yellow]! {node}: {why}[/]")
+            out.print(f"[yellow]! {node}: {esc(why)}[/]")
     raise typer.Exit(common.EXIT_OK if not st.errors and not st.lb_errors else common.EXIT_PARTIAL)

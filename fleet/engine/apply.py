@@ -81,6 +81,12 @@ class CanaryPaused(FleetError):
     """The canary went through its steps and waits for `fleet promote` or `fleet abort`."""
 
 
+def registry_of(image: str) -> str:
+    """The registry host[:port] of an image reference (`docker.io` when the reference names none)."""
+    first, sep, _ = image.partition("/")
+    return first if sep and ("." in first or ":" in first or first == "localhost") else "docker.io"
+
+
 def _revision(spec: ServiceSpec, replicas: Sequence[Replica]) -> int:
     """The revision of `spec`: that of replicas already running it, else one past the newest seen."""
     h = spec.spec_hash()
@@ -201,7 +207,8 @@ class Engine:
             if image.startswith("fleet.local/"):
                 raise FleetError(f"{node}: image {image} is not on the node; ship it with `fleet image push`")
             self.emit("pull", "", f"pulling {image}", node)
-            await perform(self.pool, report.node, driver.image_pull(image), timeout=600)
+            plain = registry_of(image) in report.node.insecure_registries
+            await perform(self.pool, report.node, driver.image_pull(image, plain_http=plain), timeout=600)
 
     async def converge(self, spec: ServiceSpec, revision: int) -> Outcome:
         """Bring one service to its spec: rolling replacement in batches, then scale, then surplus stops."""
