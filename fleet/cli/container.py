@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
 
 import typer
 
@@ -10,12 +11,15 @@ from .. import labels as L
 from ..api import Fleet
 from ..engine import containers
 from ..engine.containers import PsRow
+from ..engine.nodes import NodeReport
 from ..errors import FleetError
 from ..runtime.base import RunSpec, StopResult
 from ..transport import Pool
 from ..units import parse_cpu, parse_memory
 from . import common
 from .common import esc
+
+T = TypeVar("T")
 
 RefArg = Annotated[str, typer.Argument(metavar="CONTAINER", help="Container ID, unique prefix, NODE/ID, or a "
                                        "service name (all its replicas).")]
@@ -40,27 +44,31 @@ def _stopped(row: PsRow, res: StopResult | str) -> str:
     return f"{where}: stopped, exit code {code}{how}{oom}"
 
 
-def stop(ref: RefArg, inventory: common.InventoryOpt = None,
-         grace: Annotated[float, typer.Option("--grace", "-t", help="Seconds between SIGTERM and SIGKILL.")] = 10.0
-         ) -> None:
-    """Stop a container (SIGTERM, then SIGKILL after the grace period) and delete it."""
+def _each(ref: str, inventory: str | None,
+          act: Callable[[Pool, NodeReport, PsRow], Awaitable[T]]) -> list[tuple[PsRow, T | str]]:
+    """Run `act` on every container `ref` names; a container that fails gets its error message instead."""
     inv = common.inventory(inventory)
 
-    async def go() -> list[tuple[PsRow, StopResult | str]]:
+    async def go() -> list[tuple[PsRow, T | str]]:
         async with Pool(connect_timeout=10) as pool:
             reports = await Fleet(inv, pool).reports()
-            rows = _lookup(await containers.ps(pool, reports), ref)
-            out: list[tuple[PsRow, StopResult | str]] = []
-            for row in rows:
+            out: list[tuple[PsRow, T | str]] = []
+            for row in _lookup(await containers.ps(pool, reports), ref):
                 try:
-                    res = await containers.stop_container(
-                        pool, containers.report_of(reports, row.node), row.info.id, grace)
-                    out.append((row, res))
+                    out.append((row, await act(pool, containers.report_of(reports, row.node), row)))
                 except FleetError as exc:
                     out.append((row, str(exc)))
             return out
 
-    results = common.run(go)
+    return common.run(go)
+
+
+def stop(ref: RefArg, inventory: common.InventoryOpt = None,
+         grace: Annotated[float, typer.Option("--grace", "-t", help="Seconds between SIGTERM and SIGKILL.")] = 10.0
+         ) -> None:
+    """Stop a container (SIGTERM, then SIGKILL after the grace period) and delete it."""
+    results = _each(ref, inventory,
+                    lambda pool, report, row: containers.stop_container(pool, report, row.info.id, grace))
     con = common.console()
     for row, res in results:
         con.print(_stopped(row, res), highlight=False)
@@ -69,26 +77,12 @@ def stop(ref: RefArg, inventory: common.InventoryOpt = None,
 
 def rm(ref: RefArg, inventory: common.InventoryOpt = None) -> None:
     """Remove a container at once (kill, delete task, container, snapshot and log)."""
-    inv = common.inventory(inventory)
-
-    async def go() -> list[tuple[PsRow, str | None]]:
-        async with Pool(connect_timeout=10) as pool:
-            reports = await Fleet(inv, pool).reports()
-            rows = _lookup(await containers.ps(pool, reports), ref)
-            out: list[tuple[PsRow, str | None]] = []
-            for row in rows:
-                try:
-                    await containers.remove_container(pool, containers.report_of(reports, row.node), row.info.id)
-                    out.append((row, None))
-                except FleetError as exc:
-                    out.append((row, str(exc)))
-            return out
-
-    results = common.run(go)
+    results = _each(ref, inventory, lambda pool, report, row: containers.remove_container(pool, report, row.info.id))
     con = common.console()
     for row, err in results:
-        con.print(f"[red]{esc(err)}[/]" if err else f"{row.node}/{row.info.id}: removed", highlight=False)
-    raise typer.Exit(common.EXIT_PARTIAL if any(err for _, err in results) else common.EXIT_OK)
+        con.print(f"[red]{esc(err)}[/]" if isinstance(err, str) else f"{row.node}/{row.info.id}: removed",
+                  highlight=False)
+    raise typer.Exit(common.EXIT_PARTIAL if any(isinstance(err, str) for _, err in results) else common.EXIT_OK)
 
 
 def _env(pairs: list[str]) -> dict[str, str]:

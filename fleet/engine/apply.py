@@ -25,6 +25,7 @@ from ..shell import Script
 from ..spec import SecretRef, ServiceSpec, from_playbook_dict, to_playbook_dict
 from ..transport import Pool
 from .calls import driver_for, perform
+from .images import ensure_image
 from .lb import Balancers, Rotation
 from .nodes import NodeReport
 from .state import Observed, node_states, observe
@@ -81,12 +82,6 @@ class CanaryPaused(FleetError):
     """The canary went through its steps and waits for `fleet promote` or `fleet abort`."""
 
 
-def registry_of(image: str) -> str:
-    """The registry host[:port] of an image reference (`docker.io` when the reference names none)."""
-    first, sep, _ = image.partition("/")
-    return first if sep and ("." in first or ":" in first or first == "localhost") else "docker.io"
-
-
 def _revision(spec: ServiceSpec, replicas: Sequence[Replica]) -> int:
     """The revision of `spec`: that of replicas already running it, else one past the newest seen."""
     h = spec.spec_hash()
@@ -115,6 +110,7 @@ class Engine:
         self.rotation = Rotation()
         self.live: list[Replica] = []
         self.errors: dict[str, str] = {}
+        self._images: dict[str, set[str]] = {}
 
     def emit(self, step: str, service: str, message: str, node: str | None = None,
              container: str | None = None) -> None:
@@ -200,15 +196,12 @@ class Engine:
         await asyncio.gather(*(self.ensure_images(node, images) for node, images in wanted.items()))
 
     async def ensure_images(self, node: str, images: set[str]) -> None:
-        report = self.by_name[node]
-        driver = driver_for(report.node, report.facts)
-        present = await perform(self.pool, report.node, driver.image_list())
-        for image in sorted(images - set(present)):
-            if image.startswith("fleet.local/"):
-                raise FleetError(f"{node}: image {image} is not on the node; ship it with `fleet image push`")
-            self.emit("pull", "", f"pulling {image}", node)
-            plain = registry_of(image) in report.node.insecure_registries
-            await perform(self.pool, report.node, driver.image_pull(image, plain_http=plain), timeout=600)
+        """Every image present on the node (pulled if need be); each (node, image) is checked once per run."""
+        known = self._images.setdefault(node, set())
+        for image in sorted(images - known):
+            if await ensure_image(self.pool, self.by_name[node], image, timeout=600) == "pulled":
+                self.emit("pull", "", f"pulled {image}", node)
+            known.add(image)
 
     async def converge(self, spec: ServiceSpec, revision: int) -> Outcome:
         """Bring one service to its spec: rolling replacement in batches, then scale, then surplus stops."""

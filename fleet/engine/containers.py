@@ -15,7 +15,7 @@ from ..errors import FleetError, TransportError
 from ..labels import ContainerLabels, parse_labels
 from ..runtime.base import ContainerInfo, RunSpec, StopResult
 from ..transport import Pool
-from .calls import driver_for, perform
+from .calls import driver_for, on_ready_nodes, perform
 from .nodes import NodeReport
 
 SHORT_ID = 20
@@ -63,21 +63,8 @@ def _sort_key(row: PsRow) -> tuple[int, str, int, str, str]:
 
 async def ps(pool: Pool, reports: list[NodeReport]) -> PsResult:
     """List every container on every ready node in parallel: fleet's first (by service, replica), then foreign."""
-    ready = [r for r in reports if r.ok]
-
-    async def one(report: NodeReport) -> list[ContainerInfo]:
-        return await perform(pool, report.node, driver_for(report.node, report.facts).list_containers())
-
-    results = await asyncio.gather(*(one(r) for r in ready), return_exceptions=True)
-    errors = {r.node.name: f"{r.status}: {r.reason}" for r in reports if not r.ok}
-    rows: list[PsRow] = []
-    for report, res in zip(ready, results, strict=True):
-        if isinstance(res, FleetError):
-            errors[report.node.name] = str(res)
-        elif isinstance(res, BaseException):
-            raise res
-        else:
-            rows += [PsRow(report.node.name, info, parse_labels(info.labels)) for info in res]
+    found, errors = await on_ready_nodes(pool, reports, lambda d: d.list_containers())
+    rows = [PsRow(node, info, parse_labels(info.labels)) for node, infos in found.items() for info in infos]
     return PsResult(tuple(sorted(rows, key=_sort_key)), errors)
 
 

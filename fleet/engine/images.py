@@ -15,7 +15,7 @@ from typing import Literal
 from ..errors import FleetError
 from ..image.oci import ArchiveInfo, read_archive
 from ..transport import Pool
-from .calls import driver_for, perform
+from .calls import driver_for, on_ready_nodes, perform
 from .nodes import NodeReport
 
 PushStatus = Literal["sent", "present", "failed"]
@@ -136,32 +136,31 @@ async def push(
     return list(await asyncio.gather(*(one(r) for r in chosen)))
 
 
-async def ensure_image(pool: Pool, report: NodeReport, ref: str, *, plain_http: bool = False,
+LOCAL_PREFIX = "fleet.local/"
+
+
+def registry_of(image: str) -> str:
+    """The registry host[:port] of an image reference (`docker.io` when the reference names none)."""
+    first, sep, _ = image.partition("/")
+    return first if sep and ("." in first or ":" in first or first == "localhost") else "docker.io"
+
+
+async def ensure_image(pool: Pool, report: NodeReport, ref: str, *,
                        timeout: float = 300.0) -> Literal["present", "pulled"]:
-    """Make sure the node has `ref`: nothing to do when listed, else pull it from its registry."""
+    """Make sure the node has `ref`: nothing to do when listed, else pull it from its registry (over plain
+    HTTP only if the node's inventory lists that registry as insecure). Images built here (`fleet.local/…`)
+    have no registry: they must have been pushed."""
     driver = driver_for(report.node, report.facts)
     images = await perform(pool, report.node, driver.image_list(), timeout=30)
     if ref in images:
         return "present"
-    await perform(pool, report.node, driver.image_pull(ref, plain_http), timeout=timeout)
+    if ref.startswith(LOCAL_PREFIX):
+        raise FleetError(f"{report.node.name}: image {ref} is not on the node; ship it with `fleet image push`")
+    plain = registry_of(ref) in report.node.insecure_registries
+    await perform(pool, report.node, driver.image_pull(ref, plain), timeout=timeout)
     return "pulled"
 
 
 async def list_images(pool: Pool, reports: list[NodeReport]) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
     """{node: {ref: digest}} for every ready node, and {node: reason} for those that could not be read."""
-    ready = [r for r in reports if r.ok]
-    errors = {r.node.name: f"{r.status}: {r.reason}" for r in reports if not r.ok}
-
-    async def one(r: NodeReport) -> dict[str, str]:
-        return await perform(pool, r.node, driver_for(r.node, r.facts).image_list(), timeout=30)
-
-    results = await asyncio.gather(*(one(r) for r in ready), return_exceptions=True)
-    out: dict[str, dict[str, str]] = {}
-    for r, res in zip(ready, results, strict=True):
-        if isinstance(res, FleetError):
-            errors[r.node.name] = str(res)
-        elif isinstance(res, BaseException):
-            raise res
-        else:
-            out[r.node.name] = res
-    return out, errors
+    return await on_ready_nodes(pool, reports, lambda d: d.image_list(), timeout=30)

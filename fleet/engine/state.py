@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 
 from ..model import Resources
@@ -10,7 +9,7 @@ from ..reconcile import Replica, replicas_from
 from ..runtime.base import ContainerInfo
 from ..scheduler import NodeState
 from ..transport import Pool
-from .calls import driver_for, perform
+from .containers import ps
 from .nodes import NodeReport
 
 
@@ -24,25 +23,10 @@ class Observed:
 
 
 async def observe(pool: Pool, reports: list[NodeReport]) -> Observed:
-    """List every container on every ready node in parallel; a node that fails is reported, not raised."""
-    ready = [r for r in reports if r.ok]
-
-    async def one(report: NodeReport) -> list[tuple[str, ContainerInfo]]:
-        infos = await perform(pool, report.node, driver_for(report.node, report.facts).list_containers())
-        return [(report.node.name, info) for info in infos]
-
-    results = await asyncio.gather(*(one(r) for r in ready), return_exceptions=True)
-    rows: list[tuple[str, ContainerInfo]] = []
-    errors = {r.node.name: f"{r.status}: {r.reason}" for r in reports if not r.ok}
-    for report, res in zip(ready, results, strict=True):
-        if isinstance(res, BaseException):
-            if not isinstance(res, Exception):
-                raise res
-            errors[report.node.name] = str(res)
-        else:
-            rows += res
-    mine, foreign = replicas_from(rows)
-    return Observed(tuple(mine), tuple(foreign), errors)
+    """Every container on every ready node, split into fleet's replicas and foreign ones; failures reported."""
+    listed = await ps(pool, reports)
+    mine, foreign = replicas_from((row.node, row.info) for row in listed.rows)
+    return Observed(tuple(mine), tuple(foreign), dict(listed.errors))
 
 
 def node_states(reports: list[NodeReport], errors: dict[str, str] | None = None) -> list[NodeState]:

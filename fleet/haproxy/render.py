@@ -270,10 +270,6 @@ def set_server_weight(backend: str, server: str, weight: int) -> str:
     return f"set server {_srv(backend, server)} weight {_check_int(weight, 'weight', 0, MAX_WEIGHT)}"
 
 
-def get_weight(backend: str, server: str) -> str:
-    return f"get weight {_srv(backend, server)}"
-
-
 def add_server(backend: str, server: LbServer, health: LbHealth) -> list[str]:
     """Add a server at runtime and bring it into rotation (it starts in maint; checks need `enable health`)."""
     args = _server_args(LbServer(server.name, server.address, server.port, server.weight), health, "server")

@@ -301,12 +301,13 @@ class Lab:
             json.dump(rec, fh, indent=1)
 
     # --- down --------------------------------------------------------------------------------------------
-    def _remove_node(self, node: LabNode) -> None:
+    def _remove_node(self, node: LabNode, namespaces: set[str] | None = None) -> None:
         """Kill every process of the node (its netns and its containers' cgroups), then its links and netns."""
         cfg = self.cfg
         ns = node.netns(cfg.prefix)
+        present = ns in (_netns_list() if namespaces is None else namespaces)
         tasks = _task_ids(cfg, node.name)
-        pids = set(_pids_in_netns(ns)) if ns in _netns_list() else set()
+        pids = set(_pids_in_netns(ns)) if present else set()
         holder = _read_pid(f"{node_dir(cfg, node)}/holder.pid")
         if holder and _alive(holder) and os.path.exists(f"/run/netns/{ns}"):
             try:
@@ -324,7 +325,7 @@ class Lab:
                     os.rmdir(d)
         if _link_exists(node.veth(cfg.prefix)):
             _run(["ip", "link", "del", node.veth(cfg.prefix)], check=False)
-        if ns in _netns_list():
+        if present:
             _run(["ip", "netns", "del", ns], check=False)
 
     def down(self) -> list[str]:
@@ -332,14 +333,15 @@ class Lab:
         cfg = self.cfg
         removed = []
         known = {n.name: n for n in [*self.cfg.layout(), *self.recorded_layout()]}
-        for ns in sorted(_netns_list()):
+        namespaces = _netns_list()
+        for ns in sorted(namespaces):
             if ns.startswith(f"{cfg.prefix}-"):
                 name = ns[len(cfg.prefix) + 1:]
                 known.setdefault(name, LabNode(name, "", (), "", None, None))
         for node in known.values():
             ns = node.netns(cfg.prefix)
-            had = ns in _netns_list() or _link_exists(node.veth(cfg.prefix)) or _task_ids(cfg, node.name)
-            self._remove_node(node)
+            had = ns in namespaces or _link_exists(node.veth(cfg.prefix)) or _task_ids(cfg, node.name)
+            self._remove_node(node, namespaces)
             if had:
                 removed.append(node.name)
         if _link_exists(cfg.bridge):
