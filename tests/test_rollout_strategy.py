@@ -24,32 +24,41 @@ batches = st.one_of(st.none(), st.integers(1, 5))
 
 
 def _simulate(old: Sequence[str], have_new: int, wanted: int, surge: int, unavailable: int,
-              steps: Sequence[Step]) -> tuple[int, list[str]]:
-    """Run the steps moment by moment and assert the invariants; returns (new started, old stopped)."""
+              steps: Sequence[Step], sick: Sequence[str] = ()) -> tuple[int, list[str]]:
+    """Run the steps moment by moment and assert the invariants; returns (new started, old stopped).
+
+    `sick` replicas run (they hold room) but are not ready: stopping them never lowers readiness."""
     limit_surge, limit_unavail = effective_limits(wanted, surge, unavailable)
     floor = max(wanted - limit_unavail, 1) if wanted >= 1 else 0
     cap = wanted + limit_surge
-    remaining, new, started = list(old), have_new, 0
+    remaining, failing, new, started = list(old), list(sick), have_new, 0
     initial_ready = len(remaining) + new
     stopped: list[str] = []
     for step in steps:
         assert step.start_new > 0 or step.stop_old, "empty step"
-        running_before = len(remaining) + new
+        running_before = len(remaining) + len(failing) + new
         # Starting: the new ones run but are not ready yet.
         if step.start_new:
             assert running_before + step.start_new <= cap, f"surge over {cap} at {step}"
         assert len(remaining) + new >= min(initial_ready, floor)
+        needed = new < wanted
         new += step.start_new
         started += step.start_new
         # Draining one by one: readiness falls to its lowest when the last one of the step has stopped.
         for rid in step.stop_old:
-            assert rid in remaining, f"{rid} stopped twice or unknown"
-            remaining.remove(rid)
+            assert rid in remaining or rid in failing, f"{rid} stopped twice or unknown"
+            if rid in failing:
+                # A failing replica with room to surge is stopped only once its replacement started (and,
+                # the step being done in order, became ready).
+                assert step.start_new > 0 or running_before >= cap or not needed, f"{rid} stopped too early"
+                failing.remove(rid)
+            else:
+                remaining.remove(rid)
             stopped.append(rid)
         if step.stop_old:
-            assert len(remaining) + new >= floor, f"ready below {floor} after {step}"
-            assert wanted == 0 or len(remaining) + new >= 1
-    assert remaining == []
+            assert len(remaining) + new >= min(initial_ready, floor), f"ready below {floor} after {step}"
+            assert wanted == 0 or initial_ready == 0 or len(remaining) + new >= 1
+    assert remaining == [] and failing == []
     assert new == wanted
     return started, stopped
 
@@ -215,9 +224,23 @@ def test_resume_after_crash_mid_rollout_counts_ready_new_ones():
     reps = [ReplicaState("o1", "old", True, 1), ReplicaState("o2", "old", True, 2),
             ReplicaState("n1", "new", True, 1), ReplicaState("n3", "new", False, 3)]
     r = resume_plan(reps, "new", 3, 1, 0, None)
-    assert r.stop_first == ("n3",)
+    assert r.stop_first == ()
     assert r.keep == ("n1",)
-    assert r.steps == (Step(1, ("o1",)), Step(1, ("o2",)))
+    # No room to surge while n3 holds it: the failing one goes first (it serves nothing), then the rolling steps.
+    assert r.steps == (Step(0, ("n3",)), Step(1, ("o1",)), Step(1, ("o2",)))
+
+
+def test_failing_replicas_are_replaced_surge_first_when_there_is_room():
+    reps = [ReplicaState("a", "new", False, 0), ReplicaState("b", "new", False, 1)]
+    r = resume_plan(reps, "new", 2, 1, 0, None)
+    assert r.keep == () and r.stop_first == ()
+    # Each replacement starts (and is ready) before a failing replica is stopped.
+    assert r.steps == (Step(1, ("a",)), Step(1, ("b",)))
+
+
+def test_one_failing_replica_of_one_is_replaced_before_it_stops_even_with_max_surge_zero():
+    r = resume_plan([ReplicaState("only", "new", False, 0)], "new", 1, 0, 1, None)
+    assert r.steps == (Step(1, ("only",)),)
 
 
 def test_resume_on_converged_service_is_done():
@@ -247,13 +270,14 @@ def test_resume_converges_without_duplicates_and_never_goes_dark(reps, wanted, p
     stopped = set(plan.stop_first)
     assert stopped.isdisjoint(plan.keep)
     assert len(plan.keep) <= wanted
-    # Stopping first never takes away readiness needed for `wanted`.
+    # Stopping first never takes away readiness needed for `wanted`, and never a replica that is not ready.
     ready_after_cleanup = sum(1 for s in states if s.ready and s.id not in stopped)
     assert ready_after_cleanup >= min(ready_before, wanted)
     old = [s.id for s in states if s.ready and s.spec_hash != "new"]
-    started, stopped_old = _simulate(old, len(plan.keep), wanted, surge, unavailable, plan.steps)
+    sick = [s.id for s in states if not s.ready]
+    started, stopped_old = _simulate(old, len(plan.keep), wanted, surge, unavailable, plan.steps, sick)
     assert len(plan.keep) + started == wanted
-    assert sorted(stopped_old) == sorted(old)
+    assert sorted(stopped_old) == sorted(old + sick)
     assert stopped.isdisjoint(stopped_old)
     # Every replica is either kept, stopped first, or stopped by the plan: exactly once.
     assert sorted([*plan.keep, *plan.stop_first, *stopped_old]) == sorted(s.id for s in states)

@@ -60,8 +60,8 @@ class ReplicaState:
 class Resume:
     """What is left of an interrupted rollout.
 
-    First stop `stop_first` (replicas that are not ready, then surplus or duplicate new ones; none of them is
-    counted as ready, or the rest stay at least `wanted`), then run `steps`. `keep` are the ready replicas
+    First stop `stop_first` (surplus or duplicate ready new ones: the rest stay at least `wanted`), then run
+    `steps` (which also replace the replicas that are not ready). `keep` are the ready replicas
     already on the new spec hash, counted towards `wanted`.
     """
 
@@ -102,26 +102,32 @@ def effective_limits(wanted: int, max_surge: int, max_unavailable: int) -> tuple
 
 
 def _plan(old: Sequence[str], have_new: int, wanted: int, max_surge: int, max_unavailable: int,
-          batch_size: int | None) -> list[Step]:
+          batch_size: int | None, sick: Sequence[str] = ()) -> list[Step]:
     batch = _check_policy(max_surge, max_unavailable, batch_size)
     if wanted < 0:
         raise ValueError(f"wanted must be >= 0, got {wanted}")
-    if len(set(old)) != len(old):
+    if len(set(old) | set(sick)) != len(old) + len(sick):
         raise ValueError("old replica IDs must be unique")
     surge, unavailable = effective_limits(wanted, max_surge, max_unavailable)
     floor = wanted - unavailable if wanted >= 1 else 0
     cap = wanted + surge
     remaining = list(old)
+    failing = list(sick)
     new = min(have_new, wanted)
     steps: list[Step] = []
-    while new < wanted or remaining:
-        # Every replica running at a step boundary is ready: the previous step waited for its new ones.
-        start = min(wanted - new, max(0, cap - len(remaining) - new), batch)
+    while new < wanted or remaining or failing:
+        # Every replica running at a step boundary is ready, except the failing ones: they run (and hold room)
+        # but serve nothing, so stopping them never lowers readiness. They are replaced surge-first: when
+        # there is room, their replacements start (and become ready) before they are stopped.
+        running = len(remaining) + len(failing) + new
+        start = min(wanted - new, max(0, cap - running), batch)
         ready = len(remaining) + new + start
+        stop_failing = min(len(failing), batch)
         stop = max(0, min(len(remaining), ready - floor, batch))
-        if start == 0 and stop == 0:
+        if start == 0 and stop == 0 and stop_failing == 0:
             raise AssertionError("rolling plan cannot progress")  # unreachable when surge + unavailable >= 1
-        steps.append(Step(start, tuple(remaining[:stop])))
+        steps.append(Step(start, tuple(failing[:stop_failing]) + tuple(remaining[:stop])))
+        del failing[:stop_failing]
         del remaining[:stop]
         new += start
     return steps
@@ -142,12 +148,14 @@ def plan_rolling(old: Sequence[str], wanted: int, max_surge: int, max_unavailabl
 
 def resume_plan(replicas: Sequence[ReplicaState], spec_hash: str, wanted: int, max_surge: int,
                 max_unavailable: int, batch_size: int | None) -> Resume:
-    """What remains to bring a service to `wanted` ready replicas of `spec_hash` after an interrupted rollout.
+    """What remains to bring a service to `wanted` ready replicas of `spec_hash`: after an interrupted rollout,
+    when replicas fail their checks, or when some must move.
 
-    Replicas that are not ready are stopped first (they serve nothing and hold surge room); of the ready new
-    ones, up to `wanted` are kept (distinct replica indexes first, lowest first) and the rest are stopped; ready
-    old ones are replaced by a rolling plan that counts the kept new ones. Running it again on the result
-    gives an empty plan.
+    Of the ready new ones, up to `wanted` are kept (distinct replica indexes first, lowest first) and the rest
+    are stopped first; ready old ones are replaced by a rolling plan that counts the kept new ones. Replicas
+    that are not ready (failing their checks) serve nothing but hold room: they are replaced surge-first, each
+    stopped once its replacement is ready where `max_surge` leaves room, or first where it does not. Running
+    it again on the result gives an empty plan.
     """
     _check_policy(max_surge, max_unavailable, batch_size)
     if wanted < 0:
@@ -171,8 +179,8 @@ def resume_plan(replicas: Sequence[ReplicaState], spec_hash: str, wanted: int, m
     # A replica sharing its index with another is kept only when needed to reach `wanted`: readiness first.
     ranked = unique + duplicates
     keep, surplus = ranked[:wanted], ranked[wanted:]
-    steps = _plan(old, len(keep), wanted, max_surge, max_unavailable, batch_size)
-    return Resume(tuple(unready) + tuple(r.id for r in surplus), tuple(r.id for r in keep), tuple(steps))
+    steps = _plan(old, len(keep), wanted, max_surge, max_unavailable, batch_size, sick=unready)
+    return Resume(tuple(r.id for r in surplus), tuple(r.id for r in keep), tuple(steps))
 
 
 def _share(new_count: int, old_count: int, wn: int, wo: int) -> Fraction:
