@@ -1,8 +1,9 @@
 """Fact collection over N real lab nodes: `fleet nodes` against a bare asyncssh gather, Ansible and pyinfra.
 
-    python bench/fanout.py [--sizes 5,20,50] [--rounds 5] [--no-peers]
+    python bench/fanout.py [--sizes 5,20,50] [--rounds 5] [--no-peers] [--prefix fb] [--subnet 10.243.0.0/24]
 
-Builds its own lab (prefix `fb`, 10.243.0.0/24) and always removes it. The baseline is a bare asyncssh
+Builds its own lab (default prefix `fb`, 10.243.0.0/24; pass another to run beside someone else's) and always
+removes it. The baseline is a bare asyncssh
 gather of the straightforward facts command (`ctr tasks ls` + /proc reads, as ../shared/FACTS.md §10 measured),
 which Ansible and pyinfra also run; the bare gather of fleet's own script is shown too, as the floor for the
 same node-side work. Cold = a fresh process with new connections (interpreter start included); warm =
@@ -88,9 +89,12 @@ def main() -> None:
     ap.add_argument("--sizes", default="5,20,50")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--prefix", default="fb", help="lab prefix (namespaces, bridge)")
+    ap.add_argument("--subnet", default="10.243.0.0/24")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    lab = Lab(LabConfig(prefix="fb", subnet="10.243.0.0/24", nodes=max(sizes), lb=0, root="/var/lib/fleet-lab-bench"))
+    lab = Lab(LabConfig(prefix=args.prefix, subnet=args.subnet, nodes=max(sizes), lb=0,
+                        root="/var/lib/fleet-lab-bench"))
     lab.down()
     # Peers run the same straightforward command as the bare baseline (see _fanout_worker.NAIVE).
     cmd = "ctr -n fleet tasks ls; cat /proc/loadavg /proc/meminfo; nproc; df -Pk /var/lib/containerd"

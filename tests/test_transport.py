@@ -5,17 +5,22 @@ from __future__ import annotations
 import ast
 import asyncio
 import hashlib
+import json
 import os
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import asyncssh
 import pytest
 from sshserver import SSHFarm
 
-from fleet.errors import AuthError, HostKeyError, RemoteCommandError
-from fleet.transport import Pool, Script, fanout, render
+from fleet.errors import AuthError, CommandTimeout, HostKeyError, RemoteCommandError
+from fleet.model import CommandResult, Node
+from fleet.transport import Pool, Script, SessionError, fanout, render
 
 HOSTILE = [
     "two words",
@@ -262,6 +267,101 @@ async def test_fanout_per_node_commands_and_deadline(farm: SSHFarm) -> None:
     ]
     assert slow[1].error == "no result within 0.5s"
     assert [r.exit_status for r in checked] == [n.port % 2 for n in farm.nodes]
+
+
+@pytest.mark.parametrize("limit", [None, 2])
+async def test_hung_node_times_out_alone_others_answer_promptly(tmp_path: Path, limit: int | None) -> None:
+    release = asyncio.Event()
+
+    async def hang_on_n3(process: asyncssh.SSHServerProcess[bytes]) -> None:
+        if process.command == "hang":
+            await release.wait()  # a node whose runtime never answers
+        process.stdout.write(b"ok\n")
+        process.exit(0)
+
+    async with SSHFarm(tmp_path / "hung", handler=hang_on_n3) as hung_farm:
+        nodes = await hung_farm.start(5)
+        done_at: dict[str, float] = {}
+
+        async def timed(node: Node) -> CommandResult:
+            result = await pool.run(node, ["hang"] if node.name == "n3" else ["answer"])
+            done_at[node.name] = time.monotonic() - start
+            return result
+
+        async with Pool(command_timeout=1.0) as pool:
+            await fanout(pool, nodes, ["warm-up"])  # connections open: only the commands are timed
+            start = time.monotonic()
+            results = await fanout(pool, nodes, timed, limit=limit)
+            elapsed = time.monotonic() - start
+            with pytest.raises(CommandTimeout) as raised:
+                await pool.check(nodes[2], ["hang"], timeout=0.3)
+            release.set()
+    assert [(r.node, r.ok, r.error_kind) for r in results] == [
+        ("n1", True, None), ("n2", True, None), ("n3", False, "timeout"), ("n4", True, None), ("n5", True, None)]
+    assert results[2].error == "`hang` did not finish within 1s"
+    assert all(done_at[n] < 0.5 for n in ("n1", "n2", "n4", "n5")), done_at  # not held up by n3
+    assert 1.0 <= done_at["n3"] < 1.5 and elapsed < 1.5
+    assert str(raised.value) == "n3: `hang` did not finish within 0.3s" and raised.value.node == "n3"
+
+
+def test_commands_have_a_deadline_unless_told_otherwise() -> None:
+    assert Pool().command_timeout == 30.0
+    assert Pool(command_timeout=None).command_timeout is None
+
+
+@pytest.fixture
+def separate_server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Node]]:
+    """One SSH server in its own process (tests/sshserver.py), so that the test can freeze it with SIGSTOP."""
+    script = Path(__file__).with_name("sshserver.py")
+    argv = [sys.executable, str(script), "--count", "1", "--dir", str(tmp_path / "sep"), "--handler", "shell"]
+    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            info = json.loads(proc.stdout.readline())
+            node = Node("frozen", "127.0.0.1", info["nodes"][0]["port"], user="fleet",
+                        key_files=(info["client_key"],), known_hosts=info["known_hosts"])
+            yield proc, node
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.stdin.close()  # the server stops when its stdin closes
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+async def test_frozen_node_command_times_out_at_its_deadline(
+        separate_server: tuple[subprocess.Popen[str], Node]) -> None:
+    server, node = separate_server
+    async with Pool(keepalive_interval=0, command_timeout=1.0) as pool:
+        assert (await pool.run(node, ["echo", "up"])).ok
+        os.kill(server.pid, signal.SIGSTOP)  # the connection stays open; the peer no longer answers anything
+        start = time.monotonic()
+        result = await pool.run(node, ["echo", "again"])
+        elapsed = time.monotonic() - start
+    assert result.error_kind == "timeout"
+    assert result.error == "`echo again` did not start within 1s: the node did not open a session (sshd not answering)"
+    assert 1.0 <= elapsed < 2.0
+
+
+async def test_keepalive_ends_a_stream_to_a_frozen_node_and_drops_its_connection(
+        separate_server: tuple[subprocess.Popen[str], Node]) -> None:
+    server, node = separate_server
+    async with Pool(keepalive_interval=0.3, keepalive_count_max=2, connect_timeout=0.5, connect_attempts=1) as pool:
+        async with pool.stream(node, ["sh", "-c", "echo started; exec sleep 60"]) as stream:
+            lines = aiter(stream)
+            assert await anext(lines) == "started"
+            os.kill(server.pid, signal.SIGSTOP)
+            start = time.monotonic()
+            with pytest.raises(SessionError) as raised:
+                await anext(lines)  # a stream has no deadline: only the keepalive can end it
+            lost_after = time.monotonic() - start
+        # The dead connection is not reused: a new one is tried, and the frozen server never says hello.
+        again = await pool.run(node, ["echo", "again"])
+    assert "not responding to keepalive" in raised.value.message
+    assert 0.6 <= lost_after < 0.3 * (2 + 1) + 1.0
+    assert again.error_kind == "connect"
+    assert again.error == f"cannot connect to 127.0.0.1:{node.port}: timed out after 0.5s"
 
 
 async def test_concurrency_is_bounded_by_the_pool_limit(tmp_path: Path) -> None:

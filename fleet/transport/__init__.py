@@ -2,11 +2,24 @@
 
 from ..shell import Script
 from .fanout import fanout
-from .ssh import CIPHERS, KEX_ALGS, Command, Pool, RemoteStream, SessionError, error_kind, render
+from .ssh import (
+    CIPHERS,
+    DEFAULT_COMMAND_TIMEOUT,
+    KEX_ALGS,
+    NO_DEADLINE,
+    Command,
+    Pool,
+    RemoteStream,
+    SessionError,
+    error_kind,
+    render,
+)
 
 __all__ = [
     "CIPHERS",
+    "DEFAULT_COMMAND_TIMEOUT",
     "KEX_ALGS",
+    "NO_DEADLINE",
     "Command",
     "Pool",
     "RemoteStream",

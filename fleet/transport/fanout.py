@@ -31,7 +31,9 @@ async def fanout(
     `command` is an argv list or a `Script` run as is, or a callable given the node that returns either
     (a per-node command) or an awaitable `CommandResult` (e.g. `lambda n: pool.run(n, argv_for(n))`).
     `limit` bounds the nodes in flight (the pool's own limit always applies); `timeout` is each node's
-    deadline, connecting included. Fleet errors raised by a callable become that node's result.
+    deadline, connecting included, on top of the pool's per-command deadline. Fleet errors raised by a
+    callable become that node's result. Nodes never wait for one another: a hung node holds only its own
+    slot, until its deadline, so the whole fan-out takes as long as its slowest node's deadline at most.
     """
     results: list[CommandResult | None] = [None] * len(nodes)
     gate = asyncio.Semaphore(limit) if limit else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import socket
 import time
@@ -38,6 +39,17 @@ KEX_ALGS = "^curve25519-sha256,curve25519-sha256@libssh.org"
 # AES-GCM first: asyncssh's default, chacha20-poly1305, builds a cipher context per packet in Python and
 # doubled the controller's CPU per warm command (bench/sim_fanout.py: 0.57 -> 0.29 ms per node).
 CIPHERS = "^aes128-gcm@openssh.com,aes256-gcm@openssh.com"
+
+# Every command gets a deadline unless its caller says otherwise: a node whose sshd or runtime hangs costs
+# the run this long at most, never forever. Callers pass shorter ones for listings, longer for transfers.
+DEFAULT_COMMAND_TIMEOUT = 30.0
+# Pass as `timeout=` for a command that may legitimately run without end (a caller-bounded transfer).
+NO_DEADLINE = math.inf
+# An open connection that receives nothing for KEEPALIVE_INTERVAL seconds is probed; after KEEPALIVE_COUNT_MAX
+# unanswered probes it is closed: a dead or frozen peer is noticed within (count + 1) x interval = 20 s, also
+# under a stream that has no deadline (`logs -f`, `exec`), and the next command reconnects instead of hanging.
+KEEPALIVE_INTERVAL = 5.0
+KEEPALIVE_COUNT_MAX = 3
 
 
 class SessionError(TransportError):
@@ -140,6 +152,15 @@ class Pool:
     checked: against `node.known_hosts` when set, else as OpenSSH would (~/.ssh/known_hosts, ~/.ssh/config).
     `kex_algs`/`encryption_algs` put cheap algorithms first (see KEX_ALGS, CIPHERS); `None` restores
     asyncssh's defaults and lets ~/.ssh/config's KexAlgorithms/Ciphers apply.
+
+    Deadlines: connecting is bounded by `connect_timeout` per attempt. Every command then has
+    `command_timeout` seconds (default 30; a call's `timeout=` overrides it, `NO_DEADLINE` removes it,
+    and `command_timeout=None` makes no deadline the pool's default) counted from when it has its
+    connection: waiting for one of the node's session slots, opening the session and running all count, so
+    a node that stops answering is reported as CommandTimeout (naming node, command and deadline) and
+    never holds anyone else up beyond that. `stream()` (for `logs -f`, `exec`) has no deadline on
+    purpose; the SSH keepalive (`keepalive_interval`, `keepalive_count_max`; 0 turns it off) closes a
+    connection whose peer stopped answering, which ends such streams too.
     """
 
     def __init__(
@@ -147,21 +168,25 @@ class Pool:
         *,
         limit: int = 64,
         connect_timeout: float = 10.0,
-        command_timeout: float | None = None,
+        command_timeout: float | None = DEFAULT_COMMAND_TIMEOUT,
         connect_attempts: int = 3,
         backoff: float = 0.5,
         max_sessions: int = 8,
         kex_algs: str | None = KEX_ALGS,
         encryption_algs: str | None = CIPHERS,
+        keepalive_interval: float = KEEPALIVE_INTERVAL,
+        keepalive_count_max: int = KEEPALIVE_COUNT_MAX,
     ) -> None:
-        if limit < 1 or max_sessions < 1 or connect_attempts < 1:
-            raise ValueError("limit, max_sessions and connect_attempts must be at least 1")
+        if limit < 1 or max_sessions < 1 or connect_attempts < 1 or keepalive_count_max < 1:
+            raise ValueError("limit, max_sessions, connect_attempts and keepalive_count_max must be at least 1")
         self.limit = limit
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
         self.connect_attempts = connect_attempts
         self.backoff = backoff
         self.max_sessions = max_sessions
+        self.keepalive_interval = keepalive_interval
+        self.keepalive_count_max = keepalive_count_max
         self._algs = {"kex_algs": kex_algs, "encryption_algs": encryption_algs}
         self._sem = asyncio.Semaphore(limit)
         self._conns: dict[_Key, asyncio.Task[asyncssh.SSHClientConnection]] = {}
@@ -238,6 +263,8 @@ class Pool:
             "username": node.user,
             "connect_timeout": self.connect_timeout,
             "compression_algs": None,
+            "keepalive_interval": self.keepalive_interval,
+            "keepalive_count_max": self.keepalive_count_max,
         }
         options.update({name: algs for name, algs in self._algs.items() if algs})
         if node.known_hosts:
@@ -328,7 +355,8 @@ class Pool:
         """Run one command on a node; node problems come back as a result with `error` set, never raised.
 
         `stdin_path` feeds a local file to the command in chunks (never whole in memory), calling
-        `on_progress(bytes_sent)` after each; `timeout` overrides the pool's command timeout.
+        `on_progress(bytes_sent)` after each; `timeout` overrides the pool's command timeout (`NO_DEADLINE`:
+        none). A command past its deadline comes back with `error_kind` "timeout" and its partial output.
         """
         start = time.monotonic()
         try:
@@ -375,6 +403,8 @@ class Pool:
     ) -> CommandResult:
         line = render(command)
         limit = self.command_timeout if timeout is None else timeout
+        if limit is not None and math.isinf(limit):
+            limit = None
         # Opened before connecting: a missing local file is the caller's error, not the node's.
         with contextlib.ExitStack() as files:
             source = files.enter_context(open(stdin_path, "rb")) if stdin_path else None
@@ -393,20 +423,20 @@ class Pool:
     ) -> CommandResult:
         async with self._sem:
             conn = await self._connection(node)
-            async with self._slot(node):
+            # One deadline for everything after connecting: a free session slot on the node, the session
+            # opening (a frozen sshd never confirms it) and the command itself.
+            when = None if limit is None else asyncio.get_running_loop().time() + limit
+            slot = self._slot(node)
+            try:
+                async with asyncio.timeout_at(when):
+                    await slot.acquire()
+            except TimeoutError as exc:
+                raise _Timeout(node.name, f"`{_short(command)}` did not start within {limit:g}s: all "
+                               f"{self.max_sessions} sessions on the node are busy", b"", b"") from exc
+            try:
+                proc = await self._open_session(node, conn, command, line, source, stdin, when, limit)
                 try:
-                    proc = await conn.create_process(
-                        line,
-                        encoding=None,
-                        stdin=asyncssh.PIPE if source else asyncssh.DEVNULL,
-                        input=stdin.encode() if isinstance(stdin, str) else stdin,
-                    )
-                except asyncssh.ChannelOpenError as exc:
-                    raise SessionError(node.name, _no_session(node, exc)) from exc
-                except (OSError, asyncssh.Error) as exc:
-                    raise SessionError(node.name, f"{_where(node)}: connection lost: {exc}") from exc
-                try:
-                    async with asyncio.timeout(limit):
+                    async with asyncio.timeout_at(when):
                         if source:
                             out, err = await _feed(proc, source, on_progress)
                         else:
@@ -420,6 +450,8 @@ class Pool:
                     raise SessionError(node.name, f"{_where(node)}: session failed: {exc}") from exc
                 finally:
                     proc.close()
+            finally:
+                slot.release()
         if proc.exit_status is None and proc.exit_signal is None:
             raise SessionError(node.name, _lost(node, command))
         status = proc.exit_status if proc.exit_status is not None else proc.returncode
@@ -431,10 +463,43 @@ class Pool:
             duration=time.monotonic() - start,
         )
 
+    async def _open_session(
+        self,
+        node: Node,
+        conn: asyncssh.SSHClientConnection,
+        command: Command,
+        line: str,
+        source: BinaryIO | None,
+        stdin: bytes | str | None,
+        when: float | None,
+        limit: float | None,
+        merge_stderr: bool = False,
+    ) -> asyncssh.SSHClientProcess[bytes]:
+        """Open a session running `line`, by the absolute deadline `when` (loop time; None: no deadline)."""
+        try:
+            async with asyncio.timeout_at(when):
+                return await conn.create_process(
+                    line,
+                    encoding=None,
+                    stdin=asyncssh.PIPE if source else asyncssh.DEVNULL,
+                    stderr=asyncssh.STDOUT if merge_stderr else asyncssh.PIPE,
+                    input=stdin.encode() if isinstance(stdin, str) else stdin,
+                )
+        except TimeoutError as exc:
+            raise _Timeout(node.name, f"`{_short(command)}` did not start within {limit:g}s: the node did not "
+                           "open a session (sshd not answering)", b"", b"") from exc
+        except asyncssh.ChannelOpenError as exc:
+            raise SessionError(node.name, _no_session(node, exc)) from exc
+        except (OSError, asyncssh.Error) as exc:
+            raise SessionError(node.name, f"{_where(node)}: connection lost: {exc}") from exc
+
     def stream(
         self, node: Node, command: Command, *, stdin_file: str | None = None, merge_stderr: bool = True
     ) -> RemoteStream:
-        """Stream a command's output line by line (for `logs -f`, `exec`); see `RemoteStream`."""
+        """Stream a command's output line by line (for `logs -f`, `exec`); see `RemoteStream`.
+
+        A stream has no deadline on purpose (it lasts as long as its reader wants); only opening its session
+        is bounded by the pool's command timeout, and the keepalive ends it when the node stops answering."""
         return RemoteStream(self, node, command, stdin_file, merge_stderr)
 
 
@@ -516,19 +581,12 @@ class RemoteStream:
                 yield text
 
     async def _lines_with(self, node: Node, line: str, source: BinaryIO | None) -> AsyncIterator[str]:
-        async with self._pool._sem:
-            conn = await self._pool._connection(node)
-        try:
-            proc = await conn.create_process(
-                line,
-                encoding=None,
-                stdin=asyncssh.PIPE if source else asyncssh.DEVNULL,
-                stderr=asyncssh.STDOUT if self._merge else asyncssh.PIPE,
-            )
-        except asyncssh.ChannelOpenError as exc:
-            raise SessionError(node.name, _no_session(node, exc)) from exc
-        except (OSError, asyncssh.Error) as exc:
-            raise SessionError(node.name, f"{_where(node)}: connection lost: {exc}") from exc
+        pool = self._pool
+        async with pool._sem:
+            conn = await pool._connection(node)
+        limit = pool.command_timeout
+        when = None if limit is None else asyncio.get_running_loop().time() + limit
+        proc = await pool._open_session(node, conn, self.command, line, source, None, when, limit, self._merge)
         self._proc = proc
         err: list[bytes] = []
         # Helpers are plain tasks owned by this generator, not a TaskGroup: a TaskGroup spanning a
