@@ -12,12 +12,17 @@
     ├── RemoteCommandError     a command ran and failed (exit status, stderr)
     ├── RuntimeDriverError     the container runtime on a node refused an operation
     ├── SchedulingError        a placement is impossible (with the reason)
-    └── LabError               the local lab could not be built or torn down
+    ├── LabError               the local lab could not be built or torn down
+    ├── LeaseError             the fleet's lease (one writer at a time) could not be taken or kept
+    │   ├── LeaseHeld          another run holds it (carries its LeaseInfo: who, pid, command, until)
+    │   └── LeaseLost          a renewal found it gone, taken, or no longer held on a majority
+    └── RecordsError           the fleet's records on its record nodes cannot be read or written
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 
 class FleetError(Exception):
@@ -102,3 +107,56 @@ class SchedulingError(FleetError):
 
 class LabError(FleetError):
     """The local lab could not be built, inspected or torn down."""
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    """Who holds the fleet's lease on one record node; times are the NODE's Unix seconds.
+
+    `read_at` is the node's clock when the lease was read, so `expired` and `remaining` need no trust in
+    the controller's clock. The token identifies the holder's run; it never appears in str() or repr().
+    """
+
+    holder: str
+    pid: int
+    command: str
+    since: float
+    until: float
+    node: str
+    read_at: float = 0.0
+    token: str = field(default="", repr=False)
+
+    @property
+    def expired(self) -> bool:
+        return self.read_at >= self.until
+
+    @property
+    def remaining(self) -> float:
+        """Seconds until the lease expires unless renewed (0 when it has)."""
+        return max(self.until - self.read_at, 0.0)
+
+    def __str__(self) -> str:
+        def clock(ts: float) -> str:
+            return time.strftime("%H:%M:%S", time.localtime(ts))
+
+        return f'{self.holder} (pid {self.pid}, "{self.command}") since {clock(self.since)}, until {clock(self.until)}'
+
+
+class LeaseError(FleetError):
+    """The fleet's lease could not be taken or kept (held elsewhere, lost, or too few record nodes answered)."""
+
+
+class LeaseHeld(LeaseError):
+    """Another run holds the fleet's lease; `info` says who, since when and until when."""
+
+    def __init__(self, info: LeaseInfo) -> None:
+        self.info = info
+        super().__init__(f"the fleet's lease is held by {info}; wait with --wait 60s or see `fleet lock status`")
+
+
+class LeaseLost(LeaseError):
+    """The lease this run held was broken, taken by another run, or could not be renewed on a majority."""
+
+
+class RecordsError(FleetError):
+    """The fleet's records could not be read from any record node, or a write reached no majority of them."""

@@ -2,7 +2,9 @@
 
 Safe for several controller processes at once (WAL, a busy timeout, revisions allocated inside an
 immediate transaction). Secrets are never stored: a spec's JSON names its secrets (`{"secret": NAME}`), as
-`ServiceSpec.hash_input()` does, and never holds a value.
+`ServiceSpec.hash_input()` does, and never holds a value. The fleet's own record lives on its record nodes
+(`fleet.store.records.FleetHistory`); this file is then its local cache (`store`, `store_state`, `mirror`),
+read only when no record node answers.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,7 @@ FinalOutcome = Literal["succeeded", "failed", "rolled-back", "aborted"]
 OUTCOMES: tuple[str, ...] = get_args(Outcome)
 FINAL_OUTCOMES: tuple[str, ...] = get_args(FinalOutcome)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT = 10.0
 FILE_NAME = "history.db"
 
@@ -45,6 +47,14 @@ _MIGRATIONS: dict[int, str] = {
             PRIMARY KEY (service, revision)
         ) WITHOUT ROWID;
         CREATE INDEX revisions_by_outcome ON revisions (service, outcome, revision);
+    """,
+    # The per-service decision state mirrored from the fleet's records (NULL state_json: deleted).
+    2: """
+        CREATE TABLE states (
+            service     TEXT    NOT NULL PRIMARY KEY,
+            state_json  TEXT,
+            updated_at  REAL    NOT NULL
+        ) WITHOUT ROWID;
     """,
 }
 
@@ -242,17 +252,6 @@ class History:
                 raise HistoryError(f"service {service!r} has no revision {revision}")
             return False
 
-    def abort_stale(self, service: str, reason: str = "the controller stopped before the rollout finished",
-                    keep: int | None = None) -> builtins.list[int]:
-        """Mark every in-progress revision of `service` but `keep` aborted; call it holding the service's lock."""
-        with self._write() as db:
-            rows = db.execute("SELECT revision FROM revisions WHERE service = ? AND outcome = 'in-progress' "
-                              "AND revision IS NOT ? ORDER BY revision", (service, keep)).fetchall()
-            db.execute("UPDATE revisions SET outcome = 'aborted', reason = ?, finished_at = ? "
-                       "WHERE service = ? AND outcome = 'in-progress' AND revision IS NOT ?",
-                       (reason, self._clock(), service, keep))
-            return [int(r[0]) for r in rows]
-
     def list(self, service: str) -> builtins.list[Revision]:
         """Every revision of `service`, oldest first."""
         with self._errors():
@@ -280,3 +279,35 @@ class History:
         with self._errors():
             rows = self._db.execute("SELECT DISTINCT service FROM revisions ORDER BY service").fetchall()
         return [str(r[0]) for r in rows]
+
+    # ---- the local cache of the fleet's records ------------------------------------------------------------
+
+    def store(self, revision: Revision) -> None:
+        """Insert or replace one revision as the fleet's records hold it (its number is the fleet's)."""
+        self.mirror([revision], {})
+
+    def store_state(self, service: str, state_json: str | None, updated_at: float) -> None:
+        """Insert or replace a service's decision state (None: deleted) as the fleet's records hold it."""
+        self.mirror([], {service: (state_json, updated_at)})
+
+    def mirror(self, revisions: Iterable[Revision], states: Mapping[str, tuple[str | None, float]]) -> None:
+        """Store many revisions and states in one transaction (a fresh read of the fleet's records)."""
+        with self._write() as db:
+            db.executemany(f"INSERT OR REPLACE INTO revisions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           [(r.service, r.revision, r.spec_hash, r.image, r.user, r.created_at, r.finished_at,
+                             r.outcome, r.reason, r.spec_json) for r in revisions])
+            db.executemany("INSERT OR REPLACE INTO states (service, state_json, updated_at) VALUES (?, ?, ?)",
+                           [(service, js, at) for service, (js, at) in states.items()])
+
+    def state(self, service: str) -> tuple[str | None, float] | None:
+        """A service's cached decision state as (JSON or None when deleted, updated_at); None if never cached."""
+        with self._errors():
+            row = self._db.execute("SELECT state_json, updated_at FROM states WHERE service = ?",
+                                   (service,)).fetchone()
+        return None if row is None else (None if row[0] is None else str(row[0]), float(row[1]))
+
+    def states(self) -> dict[str, tuple[str | None, float]]:
+        """Every cached decision state, by service."""
+        with self._errors():
+            rows = self._db.execute("SELECT service, state_json, updated_at FROM states").fetchall()
+        return {str(r[0]): (None if r[1] is None else str(r[1]), float(r[2])) for r in rows}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.history import SCHEMA_VERSION, History, HistoryError, default_path
+from fleet.history import SCHEMA_VERSION, History, HistoryError, Revision, default_path
 
 SPEC = json.dumps({"image": "fleet.local/demo:v1", "env": {"DB_PASSWORD": {"secret": "db-password"}}})
 
@@ -111,14 +111,6 @@ def test_latest_succeeded_before_a_revision_is_the_rollback_target(history: Hist
     assert history.get("web", 99) is None
 
 
-def test_abort_stale_marks_leftover_in_progress_revisions(history: History):
-    history.record("web", SPEC, "h1", "img", "alice")
-    history.record("web", SPEC, "h2", "img", "alice")
-    history.record("web", SPEC, "h3", "img", "alice")
-    assert history.abort_stale("web", keep=3) == [1, 2]
-    assert [r.outcome for r in history.list("web")] == ["aborted", "aborted", "in-progress"]
-
-
 def test_files_private_and_wal_enabled(tmp_path: Path):
     path = tmp_path / "a" / "b" / "history.db"
     old = os.umask(0o022)
@@ -148,7 +140,7 @@ def test_reopening_keeps_data_and_schema_version(tmp_path: Path):
         assert [r.spec_hash for r in h.list("web")] == ["h1"]
     db = sqlite3.connect(path)
     try:
-        assert db.execute("SELECT count(*) FROM schema_version").fetchone()[0] == 1
+        assert db.execute("SELECT count(*) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
     finally:
         db.close()
 
@@ -244,3 +236,35 @@ def test_concurrent_controller_processes_allocate_distinct_revisions(tmp_path: P
         revs = h.list("web")
     assert [r.revision for r in revs] == list(range(1, 2 * _N + 1))
     assert sorted(r.spec_hash for r in revs) == sorted([f"{w}-{i}" for w in "ab" for i in range(_N)])
+
+
+def test_a_version_1_file_gains_the_states_table(tmp_path: Path):
+    path = tmp_path / "history.db"
+    with History(path) as h:
+        h.record("web", SPEC, "h1", "img", "alice")
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE states")
+    db.execute("DELETE FROM schema_version WHERE version > 1")
+    db.commit()
+    db.close()
+    with History(path) as h:
+        assert h.schema_version() == SCHEMA_VERSION
+        assert [r.spec_hash for r in h.list("web")] == ["h1"]
+        h.store_state("web", '{"accepted": 1}', 5.0)
+        assert h.state("web") == ('{"accepted": 1}', 5.0)
+
+
+def test_cache_stores_the_fleets_revisions_and_states_as_given(history: History):
+    history.record("web", SPEC, "local", "img", "alice")  # a row numbered by this controller alone
+    theirs = Revision("web", 1, "fleet-h1", "img:1", "bob", 10.0, 12.0, "succeeded", "", SPEC)
+    history.mirror([theirs, Revision("api", 7, "a7", "api:7", "bob", 11.0, None, "in-progress", "", "{}")],
+                   {"web": ('{"accepted": 1}', 13.0), "api": (None, 14.0)})
+    assert history.get("web", 1) == theirs  # the fleet's record replaces the local row
+    assert history.get("api", 7).outcome == "in-progress"
+    assert history.state("web") == ('{"accepted": 1}', 13.0)
+    assert history.state("api") == (None, 14.0)
+    assert history.state("db") is None
+    history.store(Revision("web", 1, "fleet-h1", "img:1", "bob", 10.0, 12.0, "rolled-back", "canary", SPEC))
+    history.store_state("api", '{"x": 2}', 15.0)
+    assert history.get("web", 1).outcome == "rolled-back"
+    assert history.states() == {"web": ('{"accepted": 1}', 13.0), "api": ('{"x": 2}', 15.0)}
