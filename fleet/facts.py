@@ -1,5 +1,7 @@
 """Node facts in one round trip: a POSIX sh script that only reads files (one `grep` and one `df`),
-and a pure parser of its output. No `ctr` is started per round: the runtime's version is cached on the node."""
+and a pure parser of its output. No `ctr` is started per round: the runtime's version is cached on the node,
+and containerd's health is read from /proc (its cached PID's state), with a bounded `ctr version` probe at most
+once a minute while it answers."""
 
 from __future__ import annotations
 
@@ -28,7 +30,62 @@ if [ -n "$RT" ]; then
   fi
   set -- "$@" "$C"
 fi
-if [ -S /run/containerd/containerd.sock ]; then echo "@socket=1"; else echo "@socket=0"; fi
+S=/run/containerd/containerd.sock
+if [ -S $S ]; then echo "@socket=1"; else echo "@socket=0"; fi
+# containerd's PID: cached (/var/lib/fleet/facts.containerd.pid) and checked with shell builtins only (alive,
+# named containerd, in this network namespace: lab nodes share one PID namespace); searched for only when
+# stale, as the owner of the socket's listening inode (/proc/net/unix is per network namespace). Empty: nothing
+# listens on the socket (containerd is not running); `?`: cannot tell (not root, /proc of others unreadable).
+ours() {
+  [ -n "$1" ] && [ -r "/proc/$1/comm" ] && read -r c 2>/dev/null <"/proc/$1/comm" && [ "$c" = containerd ] &&
+    [ "/proc/$1/ns/net" -ef /proc/self/ns/net ]
+}
+owner() {
+  ino=$(awk -v s=$S '$8 == s && $4 == "00010000" { print $7; exit }' /proc/net/unix 2>/dev/null)
+  [ -n "$ino" ] || return 0
+  # Processes named containerd first; any process only when none of them holds it (a renamed binary).
+  d=
+  for x in $(grep -lx containerd /proc/[0-9]*/comm 2>/dev/null); do d="$d ${x%comm}fd"; done
+  f=
+  [ -z "$d" ] || f=$(find $d -lname "socket:\[$ino\]" -print -quit 2>/dev/null)
+  [ -n "$f" ] || f=$(find /proc/[0-9]*/fd -lname "socket:\[$ino\]" -print -quit 2>/dev/null)
+  f=${f#/proc/}; echo "${f%%/*}"
+}
+CP=
+if [ -S $S ]; then
+  U=
+  while read -r k v _; do if [ "$k" = Uid: ]; then U=$v; break; fi; done </proc/self/status
+  PF=/var/lib/fleet/facts.containerd.pid
+  if [ "$U" != 0 ]; then CP="?"
+  else
+    read -r CP 2>/dev/null <"$PF" || CP=
+    if ! ours "$CP"; then
+      CP=$(owner)
+      if [ -n "$CP" ]; then mkdir -p /var/lib/fleet && echo "$CP" >"$PF"; fi
+    fi
+  fi
+fi
+echo "@containerd=$CP"
+case $CP in ''|*[!0-9]*) ;; *)
+  st=
+  read -r line 2>/dev/null <"/proc/$CP/stat" && { st=${line##*) }; st=${st%% *}; }
+  echo "@containerd_state=$st"
+  # A containerd that is alive but hung (not stopped) may show nothing in /proc: ask it, bounded to $PROBE s, at
+  # most once a minute while it answers (the time of the last good answer, in seconds of uptime, is cached), and
+  # at once when it is in uninterruptible sleep (D: stuck in I/O, or frozen by a cgroup freezer).
+  P=/var/lib/fleet/facts.probe
+  read -r up _ </proc/uptime; now=${up%%.*}
+  last=; read -r last 2>/dev/null <"$P" || last=
+  case $last in ''|*[!0-9]*) last=-1000;; esac
+  if [ "$st" != T ] && [ "$st" != t ] &&
+      { [ "$st" = D ] || [ "$last" -gt "$now" ] || [ $((now - last)) -ge 60 ]; } &&
+      command -v timeout >/dev/null 2>&1 && command -v ctr >/dev/null 2>&1; then
+    timeout "${PROBE:-3}" ctr version >/dev/null 2>&1; rc=$?
+    if [ $rc = 0 ]; then echo "@probe=ok"; echo "$now" >"$P"
+    elif [ $rc = 124 ]; then echo "@probe=timeout"
+    else echo "@probe=failed $rc"; fi
+  fi;;
+esac
 if [ -f /sys/fs/cgroup/cgroup.controllers ]; then CG=2; else CG=1; fi
 echo "@cgroup=$CG"
 for d in "$T"/*/; do
@@ -57,6 +114,8 @@ exit 0
 """
 
 UNLIMITED = 1 << 62
+# Seconds the facts script gives `ctr version` to answer when it probes containerd (the script's PROBE).
+PROBE_TIMEOUT = 3
 
 
 @dataclass(frozen=True)
@@ -89,6 +148,13 @@ class NodeFacts:
     cgroup: int
     tasks: tuple[TaskFacts, ...]
     listening: frozenset[int] = frozenset()
+    # containerd's process: its PID (None: nothing listens on the socket, or not known), its state letter from
+    # /proc/<pid>/stat (R, S, D, T = stopped, t = traced, Z), and the last `ctr version` probe's outcome this
+    # round (ok, timeout, failed N; None: not probed). `runtime_known` is False when the node could not tell.
+    runtime_pid: int | None = None
+    runtime_state: str | None = None
+    runtime_probe: str | None = None
+    runtime_known: bool = False
 
     @property
     def size(self) -> Resources:
@@ -221,6 +287,7 @@ def parse_facts(stdout: str) -> NodeFacts:
             words = raw.split()
             version = words[2] if runtime == "ctr" and len(words) >= 3 else words[-1]
     cgroup = _int(markers.get("cgroup"), 1)
+    containerd = markers.get("containerd")
     # Group the per-task files by container id: `/…/<ns>/<id>/<file>` and the bundle's `init.pid`.
     per_task: dict[str, dict[str, list[str]]] = {tid: {} for tid in task_ids}
     for path, lines in files.items():
@@ -244,4 +311,8 @@ def parse_facts(stdout: str) -> NodeFacts:
         cgroup=cgroup,
         tasks=tuple(tasks),
         listening=_listening(files),
+        runtime_pid=_int(containerd) or None if containerd else None,
+        runtime_state=markers.get("containerd_state") or None,
+        runtime_probe=markers.get("probe") or None,
+        runtime_known=containerd is not None and containerd != "?",
     )

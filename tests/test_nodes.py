@@ -136,14 +136,51 @@ def test_no_runtime_and_render():
     node = Node("x", "10.9.9.9")
     recorded = json.loads((DATA / "lab_node_idle.json").read_text())
     no_ctr = recorded["stdout"].replace("@runtime=ctr", "@runtime=")
+    stopped = json.loads((DATA / "lab_runtime_stopped.json").read_text())["stdout"]
     reports = [report_from(node, 0, recorded["stdout"], None, 0.1), report_from(node, 0, no_ctr, None, 0.1),
-               report_from(node, None, "", "cannot connect to 10.9.9.9:22: connection refused", 0.1)]
-    assert [r.status for r in reports] == ["ready", "no runtime", "unreachable"]
+               report_from(node, None, "", "cannot connect to 10.9.9.9:22: connection refused", 0.1),
+               report_from(node, 0, stopped, None, 0.1)]
+    assert [r.status for r in reports] == ["ready", "no runtime", "unreachable", "runtime not answering"]
     console = Console(record=True, width=100)
     console.print(table(reports))
     text = console.export_text()
     assert "no runtime" in text and "unreachable" in text and "ctr 1.6.20" in text
+    assert "runtime not" in text and "answering" in text  # wrapped in 100 columns, one line when wider
+    wide = Console(record=True, width=160)
+    wide.print(table(reports))
+    assert "runtime not answering" in wide.export_text()
     assert "…" not in text, "the table fits 100 columns"
+
+
+def test_runtime_health_from_recorded_facts():
+    """Recorded on the lab: containerd healthy, stopped (SIGSTOP), killed (stale socket), frozen (cgroup freezer)."""
+    node = Node("x", "10.9.9.9")
+    seen = {}
+    for path in sorted(DATA.glob("lab_runtime_*.json")):
+        rec = json.loads(path.read_text())
+        report = report_from(node, 0, rec["stdout"], None, 0.1)
+        assert report.status == rec["status"], (path.name, report.reason)
+        assert report.ok == (rec["status"] == "ready")
+        seen[path.stem] = report.reason
+    assert set(seen) == {"lab_runtime_probed", "lab_runtime_stopped", "lab_runtime_not_running", "lab_runtime_frozen"}
+    assert seen["lab_runtime_probed"] is None
+    assert seen["lab_runtime_stopped"] == "containerd (pid 20633) is stopped (SIGSTOP): it cannot answer"
+    assert seen["lab_runtime_not_running"] == (
+        "containerd is not running (nothing listens on /run/containerd/containerd.sock)")
+    assert seen["lab_runtime_frozen"] == "containerd (pid 20617, state D) did not answer `ctr version` within 3s"
+
+
+def test_runtime_state_unknown_falls_back_to_the_socket():
+    """Not root (`?`) or an older facts script (no marker): containerd's process is unknown; the socket decides."""
+    node = Node("x", "10.9.9.9")
+    idle = json.loads((DATA / "lab_node_idle.json").read_text())["stdout"]
+    assert "@containerd" not in idle
+    unknown = idle.replace("@socket=1\n", "@socket=1\n@containerd=?\n")
+    no_socket = idle.replace("@socket=1\n", "@socket=0\n@containerd=\n")
+    reports = [report_from(node, 0, text, None, 0.1) for text in (idle, unknown, no_socket)]
+    assert [(r.status, r.facts and r.facts.runtime_known) for r in reports] == [
+        ("ready", False), ("ready", False), ("no runtime", True)]
+    assert reports[2].reason == "containerd is not running (no /run/containerd/containerd.sock)"
 
 
 def test_recorded_facts_parse():

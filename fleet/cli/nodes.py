@@ -13,7 +13,8 @@ from ..transport import Pool
 from . import common
 from .common import esc
 
-STATUS_STYLE = {"ready": "green", "unreachable": "red", "no runtime": "yellow", "error": "red"}
+STATUS_STYLE = {"ready": "green", "unreachable": "red", "no runtime": "yellow", "runtime not answering": "red",
+                "error": "red"}
 
 
 def report_json(r: NodeReport) -> dict[str, Any]:
@@ -62,7 +63,8 @@ def table(reports: list[NodeReport]) -> Table:
     for col, just in [("NODE", "left"), ("ADDRESS", "left"), ("STATUS", "left"), ("ROLES", "left"),
                       ("ZONE", "left"), ("CPU", "right"), ("ALLOC", "right"), ("MEM FREE", "right"),
                       ("LOAD", "right"), ("DISK", "right"), ("RUNTIME", "left"), ("CTRS", "right")]:
-        t.add_column(col, justify=just, no_wrap=True)  # type: ignore[arg-type]
+        # STATUS alone may wrap ("runtime not / answering") so that a narrow terminal cuts no figure.
+        t.add_column(col, justify=just, no_wrap=col != "STATUS")  # type: ignore[arg-type]
     for r in reports:
         f = r.facts
         alloc = r.allocatable
@@ -84,8 +86,12 @@ def table(reports: list[NodeReport]) -> Table:
 
 
 def nodes(inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
-          timeout: float = typer.Option(10.0, help="Seconds for connect and for the command.")) -> None:
-    """Show every node: status, CPU, memory, load, disk, runtime and containers."""
+          timeout: float = typer.Option(10.0, help="Seconds to connect to a node (its facts command then has "
+                                                   "10 s).")) -> None:
+    """Show every node: status, CPU, memory, load, disk, runtime and containers.
+
+    A node is ready, unreachable (sshd), no runtime (containerd missing or not running) or runtime not answering
+    (containerd hung); exit 1 unless every node is ready."""
     inv = common.inventory(inventory)
 
     async def go() -> tuple[list[NodeReport], float]:

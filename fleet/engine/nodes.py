@@ -1,13 +1,26 @@
-"""Node reports: one facts round trip per node turned into ready / unreachable / no runtime."""
+"""Node reports: one facts round trip per node turned into ready / unreachable / no runtime / runtime not answering.
+
+    unreachable             sshd did not answer (connect, host key, auth) or the facts command did not finish
+    no runtime              no ctr/nerdctl installed, or containerd is not running (nothing listens on its socket)
+    runtime not answering   containerd runs but cannot answer: stopped (SIGSTOP, state T) or its probe timed out
+    error                   the node answered something that is not the facts script's output
+"""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
-from ..facts import FACTS_SCRIPT, NodeFacts, parse_facts
-from ..model import Node, Resources
+from ..facts import FACTS_SCRIPT, PROBE_TIMEOUT, NodeFacts, parse_facts
+from ..model import CommandResult, Node, Resources
 from ..shell import Script
 from ..transport import Pool, fanout
+
+# The facts script reads files and runs a 3 s probe at most: 10 s is generous, and a node that takes longer is
+# reported (unreachable, with the deadline) instead of holding the round.
+FACTS_TIMEOUT = 10.0
+READY, UNREACHABLE, NO_RUNTIME, NOT_ANSWERING, ERROR = (
+    "ready", "unreachable", "no runtime", "runtime not answering", "error")
 
 
 @dataclass(frozen=True)
@@ -22,7 +35,8 @@ class NodeReport:
 
     @property
     def ok(self) -> bool:
-        return self.status == "ready"
+        """Ready for containers; any other status makes the scheduler place this node's share elsewhere."""
+        return self.status == READY
 
     @property
     def allocatable(self) -> Resources | None:
@@ -38,27 +52,56 @@ class NodeReport:
 
 def facts_command(node: Node, ports: bool = False) -> Script:
     """The facts script for a node; with `ports`, also the TCP ports something listens on (for placement)."""
-    return Script(FACTS_SCRIPT, {"NS": node.namespace, "PORTS": "1" if ports else ""}, name="fleet-facts")
+    env = {"NS": node.namespace, "PORTS": "1" if ports else "", "PROBE": str(PROBE_TIMEOUT)}
+    return Script(FACTS_SCRIPT, env, name="fleet-facts")
 
 
 def report_from(node: Node, status: int | None, stdout: str, error: str | None, duration: float) -> NodeReport:
     """Turn one facts round trip into a NodeReport: ready, unreachable (with the reason), no runtime, error."""
     if error is not None:
-        return NodeReport(node, "unreachable", error, None, duration)
+        return NodeReport(node, UNREACHABLE, error, None, duration)
     try:
         facts = parse_facts(stdout)
     except ValueError as exc:
-        return NodeReport(node, "error", f"facts script exited {status}: {exc}", None, duration)
+        return NodeReport(node, ERROR, f"facts script exited {status}: {exc}", None, duration)
     if facts.runtime is None:
-        return NodeReport(node, "no runtime", "neither nerdctl nor ctr is installed", facts, duration)
+        return NodeReport(node, NO_RUNTIME, "neither nerdctl nor ctr is installed", facts, duration)
+    problem = runtime_problem(facts)
+    if problem is not None:
+        return NodeReport(node, problem[0], problem[1], facts, duration)
+    return NodeReport(node, READY, None, facts, duration)
+
+
+def runtime_problem(facts: NodeFacts) -> tuple[str, str] | None:
+    """(status, reason) when containerd is not there to use, from what the facts script saw; None when it is."""
+    sock = "/run/containerd/containerd.sock"
     if not facts.runtime_socket:
-        return NodeReport(node, "no runtime", "containerd is not running (no /run/containerd/containerd.sock)",
-                          facts, duration)
-    return NodeReport(node, "ready", None, facts, duration)
+        return NO_RUNTIME, f"containerd is not running (no {sock})"
+    if facts.runtime_known and facts.runtime_pid is None:
+        return NO_RUNTIME, f"containerd is not running (nothing listens on {sock})"
+    pid = facts.runtime_pid
+    state = facts.runtime_state
+    if state in ("T", "t"):
+        how = "stopped (SIGSTOP)" if state == "T" else "stopped by a tracer"
+        return NOT_ANSWERING, f"containerd (pid {pid}) is {how}: it cannot answer"
+    if state in ("Z", "X"):
+        return NO_RUNTIME, f"containerd (pid {pid}) has exited"
+    if facts.runtime_probe == "timeout":
+        return NOT_ANSWERING, (f"containerd (pid {pid}, state {state or '?'}) did not answer `ctr version` "
+                               f"within {PROBE_TIMEOUT}s")
+    return None
 
 
-async def collect(pool: Pool, nodes: tuple[Node, ...] | list[Node], *, ports: bool = False) -> list[NodeReport]:
-    """Facts from every node in one round trip each, concurrently; one report per node, in the given order."""
-    results = await fanout(pool, list(nodes), lambda n: facts_command(n, ports))
+async def collect(pool: Pool, nodes: tuple[Node, ...] | list[Node], *, ports: bool = False,
+                  timeout: float = FACTS_TIMEOUT) -> list[NodeReport]:
+    """Facts from every node in one round trip each, concurrently; one report per node, in the given order.
+
+    Each node has `timeout` seconds once connected (connecting has the pool's own bound), so one sick node
+    costs the round that long at most and is reported; the others are never held up by it."""
+
+    def facts_of(node: Node) -> Awaitable[CommandResult]:
+        return pool.run(node, facts_command(node, ports), timeout=timeout)
+
+    results = await fanout(pool, list(nodes), facts_of)
     return [report_from(node, r.exit_status, r.stdout, r.error, r.duration)
             for node, r in zip(nodes, results, strict=True)]
