@@ -1,0 +1,47 @@
+"""Which nodes keep the fleet's lease and records, and what every store module shares about reaching them."""
+
+from __future__ import annotations
+
+from ..model import CommandResult, Inventory, Node
+
+DEFAULT_BASE_DIR = "/var/lib/fleet"
+RECORDS_LABEL = "fleet.records"
+
+
+def record_nodes(inventory: Inventory) -> list[Node]:
+    """The record nodes, in inventory order: the `lb` nodes; if none, those labelled `fleet.records=true`;
+    if none, the first node. Every controller derives the same list from the same inventory."""
+    lbs = [n for n in inventory.nodes if n.has_role("lb")]
+    if lbs:
+        return lbs
+    labelled = [n for n in inventory.nodes if n.labels.get(RECORDS_LABEL, "").strip().lower() == "true"]
+    if labelled:
+        return labelled
+    return list(inventory.nodes[:1])
+
+
+def node_dir(base_dir: str, node: Node) -> str:
+    """The node's base directory: `base_dir` with `{node}` replaced by the node's name (several test nodes
+    share one machine, each needs its own directory)."""
+    return base_dir.replace("{node}", node.name)
+
+
+def majority(count: int) -> int:
+    """How many of `count` record nodes make a strict majority (1 of 1, 2 of 2 or 3, 3 of 4 or 5)."""
+    return count // 2 + 1
+
+
+def failure(result: CommandResult) -> str | None:
+    """Why a remote call failed, in one line; None when it succeeded."""
+    if result.error is not None:
+        return result.error
+    if result.exit_status != 0:
+        lines = result.stderr.strip().splitlines()
+        return f"exited {result.exit_status}: {lines[-1] if lines else 'no output'}"
+    return None
+
+
+def clean(text: str, limit: int) -> str:
+    """One printable line of at most `limit` characters (control characters become spaces)."""
+    line = "".join(c if c.isprintable() else " " for c in text).strip()
+    return line if len(line) <= limit else line[: limit - 3] + "..."
