@@ -133,6 +133,8 @@ def container_id(service: str, replica: int, suffix: str | None = None) -> str:
 # containers alone (services deployed from other playbooks keep their frontends).
 LB = "fleet.lb"
 HEALTH = "fleet.health"
+# When fleet created the container (Unix seconds): a replica's health `start_period` counts from it.
+CREATED = "fleet.created"
 
 
 def lb_label(port: int, mode: str, balance: str) -> str:

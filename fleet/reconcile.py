@@ -37,11 +37,14 @@ class Replica:
     oom_killed: bool = False
     lb: tuple[int, str, str] | None = None
     health: tuple[str, str | None, float, float, int, int] | None = None
+    created: float | None = None
 
-    @property
-    def server(self) -> str:
-        """Its name as an HAProxy server: unique, and safe as a config token."""
-        return self.id
+
+def _created(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
 
 
 def replicas_from(rows: Iterable[tuple[str, ContainerInfo]]) -> tuple[list[Replica], list[tuple[str, ContainerInfo]]]:
@@ -57,6 +60,7 @@ def replicas_from(rows: Iterable[tuple[str, ContainerInfo]]) -> tuple[list[Repli
             spec_hash=lab.spec_hash or "", port=lab.port, running=info.status == Status.RUNNING,
             resources=Resources(lab.cpu or 0.0, lab.memory or 0), image=info.image, oom_killed=info.oom_killed,
             lb=L.parse_lb_label(info.labels.get(L.LB)), health=L.parse_health_label(info.labels.get(L.HEALTH)),
+            created=_created(info.labels.get(L.CREATED)),
         ))
     return mine, foreign
 
@@ -150,12 +154,13 @@ def _existing(r: Replica, service: str | None = None, replica: int | None = None
 
 def placement_inputs(
     specs: Sequence[ServiceSpec], nodes: Sequence[NodeState], replicas: Sequence[Replica],
-    *, hold_outdated: bool,
+    *, hold_outdated: bool, outgoing: frozenset[str] = frozenset(),
 ) -> tuple[list[NodeState], list[Existing], list[ServiceDemand], dict[str, list[Replica]]]:
     """Scheduler inputs: managed services as demands; everything else running held in place.
 
     With `hold_outdated`, a service's outdated replicas keep their room (a batch of a rolling update must fit
-    beside them); without it they are assumed gone and only their ports stay taken.
+    beside them); without it they are assumed gone and only their ports stay taken. Replicas named in
+    `outgoing` (failing their checks, or having to move) count as outdated although their spec is current.
     """
     managed = {s.name: s for s in specs}
     running = [r for r in replicas if r.running]
@@ -168,7 +173,7 @@ def placement_inputs(
         spec = managed.get(r.service)
         if spec is None:
             others.setdefault(r.service, []).append(r)
-        elif r.spec_hash != spec.spec_hash():
+        elif r.spec_hash != spec.spec_hash() or r.id in outgoing:
             outdated.setdefault(r.service, []).append(r)
         else:
             existing.append(_existing(r))

@@ -30,7 +30,8 @@ def env(lab, tmp_path_factory):
     """Demo images v1 and v2 on every worker, and a private revision history."""
     d = tmp_path_factory.mktemp("rollout")
     state = d / "state"
-    environ = {**os.environ, "FLEET_STATE_DIR": str(state), "FLEET_INVENTORY": lab.inventory_path}
+    environ = {**os.environ, "FLEET_STATE_DIR": str(state), "FLEET_INVENTORY": lab.inventory_path,
+               "FLEET_LEASE_TTL": "5"}
     for v in ("v1", "v2"):
         img = build_demo(v, str(d / f"demo-{v}.tar"))
         out = subprocess.run([*FLEET, "image", "push", img.path], capture_output=True, text=True, env=environ,
@@ -210,12 +211,13 @@ def test_controller_killed_mid_rollout_converges_while_serving(lab, env):
         v2 = playbook(env, name, port, "v2")
         with Load(lb_address(lab), port, clients=6, max_seconds=120) as load:
             for kill_at in (1.0, 2.5, 4.0):
-                proc = subprocess.Popen([*FLEET, "apply", v2], env=env["env"], stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
+                # A killed run leaves the fleet's lease to expire (FLEET_LEASE_TTL=5): the next one waits for it.
+                proc = subprocess.Popen([*FLEET, "apply", "--wait", "30s", v2], env=env["env"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(kill_at)
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(timeout=10)
-            out = fleet(env, "apply", v2)
+            out = fleet(env, "apply", "--wait", "30s", v2)
             time.sleep(0.5)
         assert out.returncode == 0, out.stdout + out.stderr
         assert load.result.failed == 0, (load.result.errors, load.result.failures[:5])

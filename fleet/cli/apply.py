@@ -7,17 +7,18 @@ import json as jsonlib
 import os
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..errors import ConfigError, FleetError
+from ..errors import ConfigError
 from . import common
 from .common import esc
 
 if TYPE_CHECKING:
-    from ..engine.apply import Event, Outcome
-    from ..history import History
+    from ..api import Fleet, PlanView, RunResult
+    from ..engine.apply import Event
     from ..reconcile import Plan
     from ..spec import ServiceSpec
 
@@ -60,14 +61,21 @@ def plan_json(p: Plan, errors: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def print_plan(p: Plan, errors: dict[str, str]) -> None:
+def print_plan(p: Plan, errors: dict[str, str], changes: dict[str, list[str]] | None = None,
+               notes: dict[str, str] | None = None) -> None:
     out = common.console()
+    changes, notes = changes or {}, notes or {}
     for node, why in sorted(errors.items()):
         out.print(f"[yellow]! {node}: {esc(why)} (its replicas are placed elsewhere)[/]")
     for s in p.services:
-        marker = "[yellow]~[/]" if s.changed or s.unplaced else "[green]=[/]"
+        edits = [c for c in changes.get(s.name, []) if c]
+        marker = "[yellow]~[/]" if s.changed or s.unplaced or edits else "[green]=[/]"
         lb = f", lb :{s.spec.lb.port}" if s.spec.lb else ""
         out.print(f"{marker} [bold]{s.name}[/] ({esc(s.spec.image)}, {s.spec.replicas} replicas{lb})")
+        for line in edits:
+            out.print(f"    [yellow]~ {esc(line)}[/]")
+        if s.name in notes:
+            out.print(f"    [dim]reconcile: {esc(notes[s.name])}[/]")
         for a in s.start:
             out.print(f"    [green]+ start[/] {s.name}\\[{a.replica}] on {a.node}:{a.port}"
                       + (" (moved)" if a.reason == "move" else ""))
@@ -82,55 +90,61 @@ def print_plan(p: Plan, errors: dict[str, str]) -> None:
             out.print(f"    [red]- remove[/] stopped {r.id} on {r.node}")
         for u in s.unplaced:
             out.print(f"    [bold red]! cannot place[/] {esc(str(u))}")
-        if not (s.changed or s.unplaced):
+        if not (s.changed or s.unplaced or edits):
             out.print(f"    no change ({len(s.keep)} replicas up to date)")
     for name in p.unmanaged:
         out.print(f"[dim]  {name}: running, not in these playbooks (left alone)[/]")
-    out.print("Plan: " + ("changes pending" if p.changed else "nothing to do")
+    pending = p.changed or any(changes.get(s.name) for s in p.services)
+    out.print("Plan: " + ("changes pending" if pending else "nothing to do")
               + (f"; {len(p.unplaced)} replica(s) cannot be placed" if p.unplaced else ""))
 
 
 def plan(playbooks: PlaybooksArg = None, inventory: common.InventoryOpt = None, json: common.JsonOpt = False) -> None:
-    """Show what `fleet apply` would change. Exit 0: nothing to do; 3: changes pending; 1: a node failed."""
+    """Show what `fleet apply` would change. Exit 0: nothing to do; 3: changes pending; 1: a node failed or a
+    replica cannot be placed; 2: a playbook is wrong."""
     from ..api import Fleet
-    from ..engine.apply import Engine
-    from ..transport import Pool
 
     inv = common.inventory(inventory)
     specs = specs_from(playbooks)
 
-    async def go() -> tuple[Plan, dict[str, str]]:
-        async with Pool() as pool:
-            f = Fleet(inv, pool)
-            p, obs = await Engine(pool, await f.reports(ports=True)).plan(specs)
-            return p, obs.errors
+    async def go() -> PlanView:
+        async with Fleet.connect(inv) as f:
+            return await f.plan(specs)
 
-    p, errors = common.run(go)
+    view = common.run(go)
     if json:
-        common.print_json(plan_json(p, errors))
+        data = plan_json(view.plan, view.errors)
+        for svc in data["services"]:
+            svc["changes"] = view.changes.get(svc["service"], [])
+            svc["held_back"] = view.notes.get(svc["service"])
+        data["changed"] = view.changed
+        common.print_json(data)
     else:
-        print_plan(p, errors)
-    if p.unplaced:
+        print_plan(view.plan, view.errors, view.changes, view.notes)
+    if view.plan.unplaced:
         raise typer.Exit(common.EXIT_PARTIAL)
-    raise typer.Exit(EXIT_CHANGES if p.changed else common.EXIT_OK)
+    raise typer.Exit(EXIT_CHANGES if view.changed else common.EXIT_OK)
 
 
 class _Progress:
     """Live progress from engine events: one bar per service, a log line per step."""
 
-    def __init__(self, json: bool) -> None:
+    def __init__(self, json: bool, quiet: bool = False) -> None:
         from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         self.json = json
+        self.quiet = quiet
         self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                                  TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
-                                 console=common.console(), disable=json)
+                                 console=common.console(), disable=json or quiet)
         self.tasks: dict[str, Any] = {}
 
     def add(self, service: str, total: int) -> None:
         self.tasks[service] = self.progress.add_task(service, total=max(total, 1))
 
     def __call__(self, e: Event) -> None:
+        if self.quiet:
+            return
         if self.json:
             sys.stdout.write(jsonlib.dumps({"event": e.step, **dataclasses.asdict(e)}) + "\n")
             sys.stdout.flush()
@@ -143,55 +157,46 @@ class _Progress:
             self.progress.update(task, completed=self.progress.tasks[task].total)
 
 
-def _apply(specs: list[ServiceSpec], inventory: str | None, json: bool) -> tuple[list[Outcome], dict[str, str]]:
+def _run(op: Callable[[Fleet], Awaitable[RunResult]], inventory: str | None, json: bool, wait: str | None,
+         *, quiet: bool = False, totals: dict[str, int] | None = None) -> RunResult:
+    """Run one changing operation through the façade, under the fleet's lease, with progress or JSON events;
+    print the outcomes (`quiet`: only what changed or failed, for cron)."""
     from ..api import Fleet
-    from ..engine.apply import Engine
-    from ..transport import Pool
 
     inv = common.inventory(inventory)
-    show = _Progress(json)
-    history = open_history()
+    show = _Progress(json, quiet)
+    seconds = common.wait_seconds(wait)
 
-    async def go() -> tuple[list[Outcome], dict[str, str]]:
-        async with Pool() as pool:
-            f = Fleet(inv, pool)
-            engine = Engine(pool, await f.reports(ports=True), on_event=show, secrets=_keyring_secret, history=history)
-            p, _ = await engine.plan(specs)
-            for s in p.services:
-                show.add(s.name, len(s.start) + len(s.replace) * 2 + len(s.stop) + len(s.cleanup))
+    async def go() -> RunResult:
+        async with Fleet.connect(inv, on_event=show, secrets=_keyring_secret, wait=seconds) as f:
+            for name, total in (totals or {}).items():
+                show.add(name, total)
             with show.progress:
-                outcomes = await engine.apply(specs)
-            return outcomes, {**engine.errors, **{n: "unreachable lb node" for n in engine.lbs.unreachable}}
+                return await op(f)
 
-    outcomes, errors = common.run(go)
+    result = common.run(go)
     if json:
-        common.print_json({"outcomes": [dataclasses.asdict(o) for o in outcomes], "unreachable": errors})
-    else:
-        out = common.console()
-        for node, why in sorted(errors.items()):
-            out.print(f"[yellow]! {node}: {esc(why)} (nothing was placed there)[/]")
-        for o in outcomes:
-            if o.ok and o.reason:
-                out.print(f"[cyan]…[/] {o.service}: {esc(o.reason)}")
-            elif o.ok:
-                out.print(f"[green]✓[/] {o.service}: started {o.started}, stopped {o.stopped}")
-            else:
-                out.print(f"[red]✗ {o.service}: {esc(o.reason or '')}[/]")
-    return outcomes, errors
+        common.print_json({"outcomes": [dataclasses.asdict(o) for o in result.outcomes],
+                           "unreachable": result.errors})
+        return result
+    out = common.console()
+    for node, why in sorted(result.errors.items()):
+        out.print(f"[yellow]! {node}: {esc(why)} (nothing was placed there)[/]")
+    for o in result.outcomes:
+        if quiet and o.ok and not o.changed and not o.reason:
+            continue
+        if o.ok and o.reason:
+            out.print(f"[cyan]…[/] {o.service}: {esc(o.reason)}")
+        elif o.ok:
+            out.print(f"[green]✓[/] {o.service}: started {o.started}, stopped {o.stopped}")
+        else:
+            out.print(f"[red]✗ {o.service}: {esc(o.reason or '')}[/]")
+    return result
 
 
-def _exit(outcomes: list[Outcome], errors: dict[str, str]) -> typer.Exit:
+def _exit(result: RunResult) -> typer.Exit:
     """0 when every service converged and every node answered; 1 otherwise (partial)."""
-    return typer.Exit(common.EXIT_OK if all(o.ok for o in outcomes) and not errors else common.EXIT_PARTIAL)
-
-
-def open_history() -> History:
-    from ..history import History
-
-    try:
-        return History()
-    except FleetError as exc:
-        common.fail(f"cannot open the revision history: {exc}", common.EXIT_PARTIAL)
+    return typer.Exit(common.EXIT_OK if result.ok else common.EXIT_PARTIAL)
 
 
 def _keyring_secret(name: str) -> str | None:
@@ -200,36 +205,42 @@ def _keyring_secret(name: str) -> str | None:
     return get_secret(name)
 
 
-def apply(playbooks: PlaybooksArg = None, inventory: common.InventoryOpt = None, json: common.JsonOpt = False) -> None:
-    """Converge the fleet to the playbooks: place, start, health-check, route, then retire what is surplus."""
-    raise _exit(*_apply(specs_from(playbooks), inventory, json))
+def apply(playbooks: PlaybooksArg = None, inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
+          wait: common.WaitOpt = None) -> None:
+    """Converge the fleet to the playbooks: place, start, health-check, route, then retire what is surplus.
+
+    Takes the fleet's lease. Exit codes: 0 converged; 1 something failed (a service, a node); 2 bad input;
+    75 another run holds the lease (see --wait)."""
+    specs = specs_from(playbooks)
+    raise _exit(_run(lambda f: f.apply(specs, "apply"), inventory, json, wait))
 
 
 def scale(service: str, replicas: int, playbooks: Annotated[list[str] | None, typer.Option(
           "-f", "--file", help="Playbooks (default: ./playbooks).")] = None,
-          inventory: common.InventoryOpt = None, json: common.JsonOpt = False) -> None:
-    """Run SERVICE with N replicas now (the playbook keeps its own count: the next `apply` returns to it)."""
+          inventory: common.InventoryOpt = None, json: common.JsonOpt = False, wait: common.WaitOpt = None) -> None:
+    """Run SERVICE with N replicas now; `reconcile` keeps that count until the next `apply` (which returns to the
+    playbook's count)."""
     if replicas < 0:
         common.fail("replicas cannot be negative")
     specs = [s for s in specs_from(playbooks) if s.name == service]
     if not specs:
         common.fail(f"no service {service!r} in the playbooks")
-    raise _exit(*_apply([dataclasses.replace(specs[0], replicas=replicas)], inventory, json))
+    raise _exit(_run(lambda f: f.scale(specs[0], replicas), inventory, json, wait))
 
 
 def destroy(service: str, inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
-            grace: float = typer.Option(10.0, help="Seconds each replica gets to stop after SIGTERM.")) -> None:
-    """Remove SERVICE: out of the load balancers first, then every replica stopped and removed."""
+            grace: float = typer.Option(10.0, help="Seconds each replica gets to stop after SIGTERM."),
+            wait: common.WaitOpt = None) -> None:
+    """Remove SERVICE: out of the load balancers first, then every replica stopped and removed. Recorded on the
+    fleet: a node that is down now has its replicas removed when it returns, and reconcile never brings it back."""
     from ..api import Fleet
-    from ..engine.apply import Engine
-    from ..transport import Pool
 
     inv = common.inventory(inventory)
+    seconds = common.wait_seconds(wait)
 
     async def go() -> int:
-        async with Pool() as pool:
-            f = Fleet(inv, pool)
-            return await Engine(pool, await f.reports()).destroy(service, grace)
+        async with Fleet.connect(inv, wait=seconds) as f:
+            return await f.destroy(service, grace)
 
     n = common.run(go)
     if json:
@@ -239,7 +250,13 @@ def destroy(service: str, inventory: common.InventoryOpt = None, json: common.Js
 
 
 def reconcile(playbooks: PlaybooksArg = None, inventory: common.InventoryOpt = None,
-              json: common.JsonOpt = False) -> None:
-    """Converge to the playbooks if anything drifted (for cron): replaces crashed, unhealthy or lost replicas,
-    reschedules off dead nodes, restores load-balancer entries. Same as `apply`, quiet when nothing changed."""
-    raise _exit(*_apply(specs_from(playbooks), inventory, json))
+              json: common.JsonOpt = False, wait: common.WaitOpt = None) -> None:
+    """Restore the accepted state (for cron): replace crashed, unhealthy or lost replicas, reschedule off dead
+    nodes, restore load-balancer entries. A playbook changed since it was last tried is tried (as `apply`); a
+    waiting canary, `abort` and `rollback` are left as they are, and a revision that failed is not retried until
+    the playbook changes again. Prints nothing when nothing changed, one line per change otherwise.
+
+    Exit codes: 0 converged; 1 something failed (a service, a node); 2 bad input; 75 another run holds the
+    fleet's lease (see --wait)."""
+    specs = specs_from(playbooks)
+    raise _exit(_run(lambda f: f.apply(specs, "reconcile"), inventory, json, wait, quiet=True))

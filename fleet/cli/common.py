@@ -14,11 +14,19 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..errors import ConfigError, FleetError
+from ..errors import ConfigError, FleetError, LeaseHeld
 from ..inventory import load_inventory
 from ..model import Inventory
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
+EXIT_LOCKED = 75  # EX_TEMPFAIL: another run holds the fleet's lease; try again later
+
+WaitOpt = Annotated[
+    str | None,
+    typer.Option("--wait", envvar="FLEET_LOCK_WAIT", show_default=False,
+                 help="Wait up to this long (e.g. 60s, 5m) for the fleet's lease when another run holds it; "
+                      "default: exit 75 at once."),
+]
 
 InventoryOpt = Annotated[
     str | None,
@@ -71,6 +79,21 @@ def inventory(path: str | None) -> Inventory:
         fail(str(exc))
 
 
+def wait_seconds(value: str | None) -> float:
+    """`--wait 90s` / `5m` / `30` as seconds (exit 2 naming the option when it is not a duration)."""
+    if not value:
+        return 0.0
+    from ..spec import parse_duration
+
+    try:
+        seconds = float(value) if value.replace(".", "", 1).isdigit() else parse_duration(value)
+    except (ValueError, TypeError) as exc:
+        fail(f"--wait: {exc}")
+    if not 0 <= seconds <= 86400:
+        fail(f"--wait: expected a duration from 0 to 24h, got {value!r}")
+    return seconds
+
+
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
@@ -81,6 +104,8 @@ def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
         return asyncio.run(_call(coro_fn))
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
+    except LeaseHeld as exc:
+        fail(str(exc), EXIT_LOCKED)
     except FleetError as exc:
         fail(str(exc), EXIT_PARTIAL)
 

@@ -1,52 +1,47 @@
-"""Converging services: start, health-check, route, drain and stop replicas, batch by batch.
+"""Converging services: start, health-check, route, drain and stop replicas, step by step of the rolling plan.
 
-Every step is read back from or written to the nodes (container labels) and the load balancers; nothing
-else is kept, so a controller killed at any point is picked up by the next run.
+Every step is read back from or written to the nodes (container labels), the load balancers and the fleet's
+records; nothing else is kept, so a controller killed at any point is picked up by the next run. The steps are
+those of `fleet.rollout.resume_plan` (the pure, property-tested plan): this module only carries them out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import getpass
 import json
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 from .. import labels as L
 from ..errors import FleetError, SchedulingError
 from ..health import probe
-from ..history import History
+from ..history import FinalOutcome, Revision
 from ..reconcile import Plan, Replica, duplicates, placement_inputs, plan
-from ..rollout.strategy import Verdict, canary_verdict, canary_weights
-from ..runtime.base import Mount, RunSpec, Status
+from ..rollout.decide import (
+    Command,
+    ServiceState,
+    Target,
+    after_failure,
+    after_success,
+    decide,
+    intent_hash,
+)
+from ..rollout.strategy import ReplicaState, Verdict, canary_verdict, canary_weights, resume_plan
+from ..runtime.base import Status
 from ..scheduler import Assignment, place
-from ..shell import Script
 from ..spec import SecretRef, ServiceSpec, from_playbook_dict, to_playbook_dict
 from ..transport import Pool
 from .calls import driver_for, perform
 from .images import ensure_image
 from .lb import Balancers, Rotation
 from .nodes import NodeReport
+from .runspec import NODE_DIR, hosts_text, prepare_node_script, run_spec, volume_dir
 from .state import Observed, node_states, observe
-
-NODE_DIR = "/var/lib/fleet"
-HOSTS_FILE = f"{NODE_DIR}/hosts"
-RESOLV_FILE = f"{NODE_DIR}/resolv.conf"
-HOST_NETNS = f"{NODE_DIR}/netns/host"
-# Prepares a node for fleet's containers: the hosts file (stdin) written in place (same inode, so running
-# containers see changes), a copy of the node's resolv.conf, and the node's own network namespace pinned to
-# a file that containers join: host networking, with fleet's hosts file rather than the node's.
-PREPARE_NODE = r"""
-set -e
-mkdir -p "${HOSTS%/*}" "${NETNS%/*}"
-cat >"$HOSTS"
-cp /etc/resolv.conf "$RESOLV" 2>/dev/null || : >"$RESOLV"
-if [ "$(stat -f -c %T "$NETNS" 2>/dev/null)" != nsfs ]; then
-  : >"$NETNS"
-  mount --bind /proc/self/ns/net "$NETNS"
-fi
-"""
 
 
 @dataclass(frozen=True)
@@ -63,11 +58,30 @@ class Event:
 
 @dataclass(frozen=True)
 class Outcome:
+    """How one service ended: `ok`, what was started and stopped, and why (failure, a waiting canary, a note).
+
+    `changed` is False when the run found the service as it should be and did nothing to it."""
+
     service: str
     ok: bool
     started: int = 0
     stopped: int = 0
     reason: str | None = None
+    changed: bool = True
+    waiting: bool = False
+
+
+class Records(Protocol):
+    """The fleet's revision history and per-service decisions (`fleet.store.records.FleetHistory`)."""
+
+    async def record(self, service: str, spec_json: str, spec_hash: str, image: str, user: str) -> int: ...
+    async def finish(self, service: str, revision: int, outcome: FinalOutcome, reason: str = "") -> bool: ...
+    async def get(self, service: str, revision: int) -> Revision | None: ...
+    async def latest_succeeded(self, service: str, before: int | None = None) -> Revision | None: ...
+    async def services(self) -> builtins.list[str]: ...
+    async def state(self, service: str) -> dict[str, Any] | None: ...
+    async def set_state(self, service: str, state: dict[str, Any] | None) -> None: ...
+    async def list(self, service: str) -> builtins.list[Revision]: ...
 
 
 class RolloutFailed(FleetError):
@@ -78,12 +92,13 @@ class CanaryAborted(RolloutFailed):
     """The canary served more errors than the baseline allows; it was removed, the old replicas kept serving."""
 
 
-class CanaryPaused(FleetError):
-    """The canary went through its steps and waits for `fleet promote` or `fleet abort`."""
+def spec_of(rev: Revision) -> ServiceSpec:
+    """The spec a history revision recorded."""
+    return from_playbook_dict(rev.service, json.loads(rev.spec_json), f"<history {rev.service}@{rev.revision}>")
 
 
-def _revision(spec: ServiceSpec, replicas: Sequence[Replica]) -> int:
-    """The revision of `spec`: that of replicas already running it, else one past the newest seen."""
+def _revision_from_labels(spec: ServiceSpec, replicas: Sequence[Replica]) -> int:
+    """Without records: the revision of replicas already running `spec`, else one past the newest seen."""
     h = spec.spec_hash()
     same = [r.revision for r in replicas if r.service == spec.name and r.spec_hash == h and r.revision]
     if same:
@@ -92,23 +107,34 @@ def _revision(spec: ServiceSpec, replicas: Sequence[Replica]) -> int:
     return max(seen, default=0) + 1
 
 
+def _misplaced(why: str) -> bool:
+    """A scheduler stop reason that means "this replica must move" (not a scale-down or a duplicate)."""
+    return not why.startswith(("surplus", "duplicate of", "service ", "second copy"))
+
+
 class Engine:
-    """Plans and applies playbooks over one pool, with the node reports of this run."""
+    """Plans and converges services over one pool, with the node reports of this run.
+
+    `guard` is called between steps: it raises when the fleet's lease was lost, so the run stops at a safe
+    point. `records` is the fleet's history and decisions; without it (tests of the engine alone) revisions
+    come from container labels and every run behaves as `apply`."""
 
     def __init__(self, pool: Pool, reports: list[NodeReport], *, on_event: Callable[[Event], None] | None = None,
-                 secrets: Callable[[str], str | None] | None = None, history: History | None = None,
-                 user: str | None = None) -> None:
+                 secrets: Callable[[str], str | None] | None = None, records: Records | None = None,
+                 user: str | None = None, guard: Callable[[], None] | None = None) -> None:
         self.pool = pool
-        self.history = history
-        self.user = user or getpass.getuser()
+        self.records = records
+        self.user = user or f"{getpass.getuser()}@{socket.gethostname()}"
         self.reports = reports
         self.by_name = {r.node.name: r for r in reports}
         self.addresses = {r.node.name: r.node.address for r in reports}
         self.on_event = on_event or (lambda e: None)
         self.secrets = secrets
+        self.guard = guard or (lambda: None)
         self.lbs = Balancers(pool, reports)
         self.rotation = Rotation()
         self.live: list[Replica] = []
+        self.seen: tuple[Replica, ...] = ()
         self.errors: dict[str, str] = {}
         self._images: dict[str, set[str]] = {}
 
@@ -119,9 +145,11 @@ class Engine:
     # --- reading ----------------------------------------------------------------------------------------
     async def observe(self) -> Observed:
         obs = await observe(self.pool, self.reports)
+        self.seen = obs.replicas
         self.live = [r for r in obs.replicas if r.running]
         self.errors = dict(obs.errors)
-        self.rotation = Rotation()
+        frontends = self.rotation.frontends
+        self.rotation = Rotation(frontends=frontends)
         for r in self.live:
             self.rotation.put(r)
         return obs
@@ -130,60 +158,265 @@ class Engine:
         obs = await self.observe()
         return plan(specs, node_states(self.reports, self.errors), obs.replicas), obs
 
+    async def state_of(self, service: str) -> ServiceState | None:
+        if self.records is None:
+            return None
+        raw = await self.records.state(service)
+        if raw is None:
+            return None
+        try:
+            return ServiceState.from_json(raw)
+        except ValueError as exc:
+            raise FleetError(f"{service}: the fleet's record of this service is unreadable: {exc}") from exc
+
+    async def _spec_at(self, service: str, revision: int | None) -> ServiceSpec | None:
+        if self.records is None or revision is None:
+            return None
+        rev = await self.records.get(service, revision)
+        return spec_of(rev) if rev is not None else None
+
+    async def target(self, command: Command, spec: ServiceSpec) -> Target:
+        """What this run does with `spec` (see `fleet.rollout.decide`)."""
+        state = await self.state_of(spec.name)
+        if state is None or self.records is None:
+            return decide(command, spec, state, None)
+        accepted = await self._spec_at(spec.name, state.accepted)
+        canary = await self._spec_at(spec.name, state.canary)
+        failed = None
+        revs = await self.records.list(spec.name)
+        bad = [r.revision for r in revs if r.outcome in ("failed", "rolled-back", "aborted")]
+        if bad:
+            failed = bad[-1]
+        return decide(command, spec, state, accepted, canary, failed)
+
+    async def follow_records(self, managed: set[str]) -> None:
+        """HAProxy follows the accepted spec of every service on record that this run does not manage."""
+        if self.records is None:
+            return
+        running = {r.service for r in self.live}
+        for service in sorted(running - managed):
+            state = await self.state_of(service)
+            spec = await self._spec_at(service, state.accepted) if state is not None else None
+            if spec is not None:
+                self.rotation.follow(spec)
+
     # --- applying ---------------------------------------------------------------------------------------
-    async def apply(self, specs: Sequence[ServiceSpec]) -> list[Outcome]:
-        """Carry out the plan; an unschedulable request fails before anything changes."""
-        the_plan, obs = await self.plan(specs)
+    async def apply(self, specs: Sequence[ServiceSpec], command: Command = "apply") -> list[Outcome]:
+        """Carry out `command` for every spec; an unschedulable request fails before anything changes."""
+        await self.observe()
+        return await self.apply_targets([await self.target(command, s) for s in specs], command)
+
+    async def apply_targets(self, targets: Sequence[Target], command: Command = "apply") -> list[Outcome]:
+        """Converge each target (after `observe`): place, check images, prepare nodes, then service by service."""
+        active = [t for t in targets if not t.skip]
+        for t in active:
+            self.rotation.follow(t.spec)
+            if t.canary is not None:
+                self.rotation.follow(t.canary[0])
+        await self.follow_records({t.spec.name for t in targets})
+        wanted = [replace(t.spec, replicas=max(0, t.spec.replicas - 1)) if t.canary else t.spec for t in active]
+        the_plan = plan(wanted, node_states(self.reports, self.errors),
+                        [r for r in self.seen if not any(
+                            t.canary and r.service == t.spec.name and r.spec_hash == t.canary[0].spec_hash()
+                            for t in active)])
         if the_plan.unplaced:
             raise SchedulingError("cannot place every replica; nothing was changed:\n  "
                                   + "\n  ".join(str(u) for u in the_plan.unplaced))
         await self._check_images(the_plan)
-        await self.sync_hosts(specs)
+        await self.sync_hosts([t.spec for t in active])
         outcomes = []
-        for sp in the_plan.services:
-            for r in sp.cleanup:
+        for t in targets:
+            if t.skip:
+                outcomes.append(await self._finish_destroy(t))
+                continue
+            self.guard()
+            sp = next((s for s in the_plan.services if s.name == t.spec.name), None)
+            cleaned = 0
+            for r in sp.cleanup if sp is not None else ():
                 await self._remove(r, "stopped container left behind")
-            outcomes.append(await self.rollout(sp.spec, obs.replicas))
+                cleaned += 1
+            outcome = await self.rollout(t, command)
+            if cleaned:
+                outcome = replace(outcome, changed=True)
+            outcomes.append(outcome)
         await self.lbs.sync(self.rotation)
         return outcomes
 
-    async def rollout(self, spec: ServiceSpec, seen: Sequence[Replica]) -> Outcome:
-        """Converge one service under a history record; on failure, roll back to the last good revision."""
-        h = spec.spec_hash()
-        if self.history is None:
-            try:
-                return await self.converge(spec, _revision(spec, seen))
-            except CanaryPaused as exc:
-                return Outcome(spec.name, True, reason=str(exc))
-            except RolloutFailed as exc:
-                return Outcome(spec.name, False, reason=str(exc))
-        spec_json = json.dumps(to_playbook_dict(spec), sort_keys=True)
-        revision = self.history.record(spec.name, spec_json, h, spec.image, self.user)
+    async def _revision_run(self, service: str, spec: ServiceSpec, revision: int | None) -> int:
+        assert self.records is not None
+        if revision is None:
+            revision = await self.records.record(service, json.dumps(to_playbook_dict(spec), sort_keys=True),
+                                                 spec.spec_hash(), spec.image, self.user)
+        return revision
+
+    async def rollback(self, rev: Revision) -> list[Outcome]:
+        """Back to the spec of `rev` (recorded as a new revision), pinned: reconcile keeps it until the playbook
+        changes or `apply` runs."""
+        assert self.records is not None
+        await self.observe()
+        spec = spec_of(rev)
+        state = await self.state_of(spec.name)
+        self.rotation.follow(spec)
+        await self.follow_records({spec.name})
+        await self.sync_hosts([spec])
+        revision = await self._revision_run(spec.name, spec, None)
         try:
-            outcome = await self.converge(spec, revision)
-        except CanaryPaused as exc:
-            return Outcome(spec.name, True, reason=str(exc))
+            out = await self.converge(spec, revision)
+        except RolloutFailed as exc:
+            await self.records.finish(spec.name, revision, "failed", str(exc))
+            await self.lbs.sync(self.rotation)
+            return [Outcome(spec.name, False, reason=str(exc))]
+        await self.records.finish(spec.name, revision, "succeeded", f"rollback to revision {rev.revision}")
+        await self.records.set_state(spec.name, ServiceState(
+            accepted=revision, decision="pinned", intent=state.intent if state is not None else None,
+            reason=f"rollback to revision {rev.revision}", by=self.user, at=time.time()).to_json())
+        await self.lbs.sync(self.rotation)
+        return [out]
+
+    async def _waiting(self, service: str) -> tuple[ServiceState, Revision]:
+        assert self.records is not None
+        state = await self.state_of(service)
+        rev = await self.records.get(service, state.canary) if state is not None and state.canary else None
+        if state is None or state.decision != "canary-waiting" or rev is None:
+            raise FleetError(f"{service}: no canary is waiting (see `fleet history {service}`)")
+        return state, rev
+
+    async def promote(self, service: str) -> tuple[Revision, list[Outcome]]:
+        """Roll the rest of the service to the waiting canary's revision, batch by batch."""
+        assert self.records is not None
+        await self.observe()
+        state, rev = await self._waiting(service)
+        spec = spec_of(rev)
+        spec = replace(spec, update=replace(spec.update, strategy="rolling"))
+        self.rotation.follow(spec)
+        await self.follow_records({service})
+        await self.sync_hosts([spec])
+        try:
+            out = await self.converge(spec, rev.revision)
+        except RolloutFailed as exc:
+            await self.lbs.sync(self.rotation)
+            return rev, [Outcome(service, False, reason=str(exc))]
+        await self.records.finish(service, rev.revision, "succeeded", "promoted by `fleet promote`")
+        await self.records.set_state(service, ServiceState(
+            accepted=rev.revision, decision="applied", intent=state.intent, by=self.user, at=time.time()).to_json())
+        await self.lbs.sync(self.rotation)
+        return rev, [out]
+
+    async def abort(self, service: str) -> tuple[Revision, list[Outcome]]:
+        """Remove the waiting canary: the service goes back to its accepted revision; reconcile keeps it so."""
+        assert self.records is not None
+        await self.observe()
+        state, rev = await self._waiting(service)
+        back = await self._spec_at(service, state.accepted)
+        if back is None or state.accepted is None:
+            raise FleetError(f"{service}: no accepted revision to go back to (see `fleet history {service}`)")
+        back = replace(back, update=replace(back.update, strategy="rolling"))
+        self.rotation.follow(back)
+        await self.follow_records({service})
+        try:
+            out = await self.converge(back, state.accepted)
+        except RolloutFailed as exc:
+            await self.lbs.sync(self.rotation)
+            return rev, [Outcome(service, False, reason=str(exc))]
+        await self.records.finish(service, rev.revision, "aborted", "aborted by `fleet abort`")
+        await self.records.set_state(service, ServiceState(
+            accepted=state.accepted, decision="aborted", intent=state.intent, reason="aborted by `fleet abort`",
+            by=self.user, at=time.time()).to_json())
+        await self.lbs.sync(self.rotation)
+        return rev, [out]
+
+    async def rollout(self, t: Target, command: Command = "apply") -> Outcome:
+        """Converge one service to its target; a new revision is recorded, and on failure the service goes back
+        to its last good revision."""
+        spec = t.spec
+        if t.heal:
+            return await self._heal(t)
+        state = await self.state_of(spec.name)
+        intent = intent_hash(spec)
+        if self.records is None:
+            return await self._try(spec, _revision_from_labels(spec, self.live), None, None)
+        spec_json = json.dumps(to_playbook_dict(spec), sort_keys=True)
+        revision = t.revision
+        recorded = revision is None
+        if revision is None:
+            revision = await self.records.record(spec.name, spec_json, spec.spec_hash(), spec.image, self.user)
+        outcome = await self._try(spec, revision, state, intent)
+        if outcome.ok and recorded and not outcome.waiting:
+            await self.records.finish(spec.name, revision, "succeeded")
+        if outcome.ok and not outcome.waiting:
+            new_state = after_success(t, revision, intent, self.user, time.time(), state)
+            if state is not None and state.replicas is not None and command == "apply":
+                new_state = replace(new_state, replicas=None)
+            await self.records.set_state(spec.name, new_state.to_json())
+        return outcome
+
+    async def _try(self, spec: ServiceSpec, revision: int, state: ServiceState | None,
+                   intent: str | None) -> Outcome:
+        try:
+            return await self.converge(spec, revision)
         except CanaryAborted as exc:
-            self.history.finish(spec.name, revision, "aborted", str(exc))
+            if self.records is not None and intent is not None:
+                await self.records.finish(spec.name, revision, "aborted", str(exc))
+                await self.records.set_state(spec.name, after_failure(
+                    revision, None, intent, str(exc), self.user, time.time(), state, aborted=True).to_json())
             return Outcome(spec.name, False, reason=str(exc))
         except RolloutFailed as exc:
             reason = str(exc)
-            prev = self.history.latest_succeeded(spec.name, before=revision)
-            if prev is None or prev.spec_hash == h:
-                self.history.finish(spec.name, revision, "failed", reason)
+            if self.records is None or intent is None:
+                return Outcome(spec.name, False, reason=reason)
+            prev = await self.records.latest_succeeded(spec.name, before=revision)
+            if prev is None or prev.spec_hash == spec.spec_hash():
+                await self.records.finish(spec.name, revision, "failed", reason)
+                await self.records.set_state(spec.name, after_failure(
+                    revision, prev.revision if prev else None, intent, reason, self.user, time.time(),
+                    state).to_json())
                 return Outcome(spec.name, False, reason=reason)
             self.emit("rollback", spec.name, f"{spec.name}: rolling back to revision {prev.revision}: {reason}")
             try:
-                back = from_playbook_dict(spec.name, json.loads(prev.spec_json))
-                await self.converge(back, prev.revision)
-            except (RolloutFailed, FleetError) as exc2:
-                self.history.finish(spec.name, revision, "failed", f"{reason}; rollback failed too: {exc2}")
-                why = f"{reason}; rollback to revision {prev.revision} failed: {exc2}"
-                return Outcome(spec.name, False, reason=why)
-            self.history.finish(spec.name, revision, "rolled-back", reason)
+                await self.converge(replace(spec_of(prev), replicas=spec.replicas), prev.revision)
+            except FleetError as exc2:
+                await self.records.finish(spec.name, revision, "failed", f"{reason}; rollback failed too: {exc2}")
+                await self.records.set_state(spec.name, after_failure(
+                    revision, None, intent, reason, self.user, time.time(), state).to_json())
+                return Outcome(spec.name, False, reason=f"{reason}; rollback to revision {prev.revision} "
+                                                        f"failed: {exc2}")
+            await self.records.finish(spec.name, revision, "rolled-back", reason)
+            await self.records.set_state(spec.name, after_failure(
+                revision, prev.revision, intent, reason, self.user, time.time(), state).to_json())
             return Outcome(spec.name, False, reason=f"{reason}; rolled back to revision {prev.revision}")
-        self.history.finish(spec.name, revision, "succeeded")
-        return outcome
+
+    async def _heal(self, t: Target) -> Outcome:
+        """Restore the accepted state: nothing new is tried and the history is not written."""
+        assert t.revision is not None
+        if t.canary is None:
+            try:
+                out = await self.converge(t.spec, t.revision, heal=True)
+            except RolloutFailed as exc:
+                return Outcome(t.spec.name, False, reason=str(exc))
+            return replace(out, reason=t.note) if t.note else out
+        canary_spec, canary_rev = t.canary
+        state = await self.state_of(t.spec.name)
+        weights = state.canary_weights if state is not None and state.canary_weights else (1, 1)
+        try:
+            base = await self.converge(replace(t.spec, replicas=max(0, t.spec.replicas - 1)), t.revision,
+                                       heal=True, others=(canary_spec.spec_hash(),), weight=weights[1])
+            can = await self.converge(replace(canary_spec, replicas=1, update=replace(
+                canary_spec.update, strategy="rolling")), canary_rev, heal=True, others=(t.spec.spec_hash(),),
+                weight=weights[0])
+        except RolloutFailed as exc:
+            return Outcome(t.spec.name, False, reason=str(exc))
+        return Outcome(t.spec.name, True, base.started + can.started, base.stopped + can.stopped,
+                       reason=t.note, changed=base.changed or can.changed, waiting=True)
+
+    async def _finish_destroy(self, t: Target) -> Outcome:
+        mine = [r for r in self.live if r.service == t.spec.name]
+        for r in mine:
+            self.rotation.drop(r)
+        if mine:
+            await self.lbs.sync(self.rotation)
+            await asyncio.gather(*(self._stop(r, t.spec.stop_grace_period, "destroyed") for r in mine))
+        return Outcome(t.spec.name, True, stopped=len(mine), reason=t.note if not mine else None,
+                       changed=bool(mine))
 
     async def _check_images(self, the_plan: Plan) -> None:
         """Every image a new replica needs is on its node, or pulled now; else fail before any change."""
@@ -203,75 +436,105 @@ class Engine:
                 self.emit("pull", "", f"pulled {image}", node)
             known.add(image)
 
-    async def converge(self, spec: ServiceSpec, revision: int) -> Outcome:
-        """Bring one service to its spec: rolling replacement in batches, then scale, then surplus stops."""
+    # --- converging one service -------------------------------------------------------------------------
+    async def converge(self, spec: ServiceSpec, revision: int, *, heal: bool = False,
+                       others: Sequence[str] = (), weight: int = 1) -> Outcome:
+        """Bring one service to `spec.replicas` ready replicas of `spec`, following `resume_plan`.
+
+        Replicas whose spec hash is in `others` belong to a canary kept apart and are left alone. Replicas that
+        fail their checks (judged over the service's interval × failure_threshold) or must move are replaced
+        within the update policy, surge-first where there is room."""
         h = spec.spec_hash()
         for r in duplicates([r for r in self.live if r.service == spec.name]):
             await self._retire(spec, r, f"second copy of {r.service}[{r.replica}]")
-        mine = [r for r in self.live if r.service == spec.name]
-        current = [r for r in mine if r.spec_hash == h]
-        sick = await self._failing(spec, current)
-        for r in sick:
-            await self._retire(spec, r, "failing its health check")
-        current = [r for r in current if r not in sick]
-        outdated = sorted((r for r in mine if r.spec_hash != h), key=lambda r: (r.replica, r.id))
+        mine = [r for r in self.live if r.service == spec.name and r.spec_hash not in others]
+        ready = await self._judge(spec, mine)
+        sp = plan([spec], node_states(self.reports, self.errors),
+                  [r for r in self.seen if r.service != spec.name or r.spec_hash not in others]).service(spec.name)
+        moving = {r.id: why for r, why in sp.stop if _misplaced(why)}
+        states = [ReplicaState(r.id, "" if r.id in moving else r.spec_hash, ready[r.id], r.replica) for r in mine]
         u = spec.update
-        batch = max(1, u.batch_size or (u.max_surge + u.max_unavailable) or 1)
+        resume = resume_plan(states, h, spec.replicas, u.max_surge, u.max_unavailable, u.batch_size)
+        by_id = {r.id: r for r in mine}
         started = stopped = 0
-        if u.strategy == "canary" and outdated and not current and self.lbs.nodes:
-            canary = await self._canary(spec, revision, outdated)
+        if not heal and u.strategy == "canary" and self.lbs.nodes and not resume.keep and any(
+                s.ready and s.spec_hash not in ("", h) for s in states):
+            canary, paused = await self._canary(spec, revision, [r for r in mine if r.spec_hash != h])
             started += len(canary)
-            current += canary
-        # Scale down first: the highest replica numbers go.
-        surplus = sorted(current, key=lambda r: (r.replica, r.id))[spec.replicas:]
-        for r in surplus:
-            await self._retire(spec, r, "surplus")
+            if paused:
+                return Outcome(spec.name, True, started, stopped, reason=paused, waiting=True)
+            return await self._more(spec, revision, started, stopped, weight)
+        for rid in resume.stop_first:
+            await self._retire(spec, by_id[rid], "surplus")
             stopped += 1
-        current = [r for r in current if r not in surplus]
-        while True:
-            need = spec.replicas - len(current)
-            if need <= 0:
-                for r in outdated:
-                    await self._retire(spec, r, "replaced")
-                    stopped += 1
-                break
-            if not outdated:
-                # Scaling up risks no running replica: start every missing one at once.
-                k, pre = need, 0
-            else:
-                # Stop-first only as far as max_unavailable allows (at least one when there is no surge
-                # room); then start up to max_surge more than that, so running ≤ wanted + max_surge and
-                # ready ≥ wanted − max_unavailable throughout.
-                pre = min(len(outdated), u.max_unavailable, need)
-                if u.max_surge == 0:
-                    pre = max(pre, 1)
-                for r in outdated[:pre]:
-                    await self._retire(spec, r, "replaced")
-                    stopped += 1
-                outdated = outdated[pre:]
-                k = min(need, u.max_surge + pre, max(batch, pre))
-            new = await self._start_batch(spec, revision, len(current), k)
-            started += len(new)
-            current += new
-            victims = outdated[: max(0, len(new) - pre)]
-            for r in victims:
-                await self._retire(spec, r, "replaced")
+        outgoing = {s.id for s in states if s.id not in resume.keep}
+        for step in resume.steps:
+            self.guard()
+            if step.start_new:
+                new = await self._start_batch(spec, revision, step.start_new, outgoing, weight)
+                started += len(new)
+            for rid in step.stop_old:
+                r = by_id[rid]
+                why = ("failing its health check" if not ready[rid] else moving.get(rid)
+                       or ("replaced" if r.spec_hash != h else "surplus"))
+                await self._retire(spec, r, why)
                 stopped += 1
-            outdated = outdated[len(victims):]
-        self.emit("done", spec.name, f"{spec.name}: {len(current)}/{spec.replicas} replicas at revision {revision}")
-        return Outcome(spec.name, True, started, stopped)
+        for r in self.live:
+            if r.service == spec.name and r.spec_hash not in others:
+                self.rotation.weight(r, weight)
+        changed = bool(started or stopped)
+        if changed or not heal:
+            n = len([r for r in self.live if r.service == spec.name and r.spec_hash == h])
+            self.emit("done", spec.name, f"{spec.name}: {n}/{spec.replicas} replicas at revision {revision}")
+        return Outcome(spec.name, True, started, stopped, changed=changed)
 
-    async def _canary(self, spec: ServiceSpec, revision: int, old: Sequence[Replica]) -> list[Replica]:
+    async def _more(self, spec: ServiceSpec, revision: int, started: int, stopped: int, weight: int) -> Outcome:
+        """After a promoted canary: the rest of the rolling plan."""
+        rest = await self.converge(spec, revision, weight=weight)
+        return replace(rest, started=rest.started + started, stopped=rest.stopped + stopped, changed=True)
+
+    async def _judge(self, spec: ServiceSpec, replicas: Sequence[Replica]) -> dict[str, bool]:
+        """Which running replicas are ready. Without `health`, every running one is. With it, a replica is
+        failing only after `failure_threshold` failed checks in a row, `interval` apart, outside its
+        `start_period` (counted from its container's creation)."""
+        h = spec.health
+        if h is None:
+            return {r.id: True for r in replicas}
+        now = time.time()
+        current = spec.spec_hash()
+
+        async def verdict(r: Replica) -> bool:
+            # Outdated replicas are replaced by the rolling plan anyway; the new spec's check may not fit them.
+            if r.spec_hash != current:
+                return True
+            if r.created is not None and now - r.created < h.start_period:
+                return True
+            for i in range(max(1, h.failure_threshold)):
+                if i:
+                    await asyncio.sleep(h.interval)
+                if (await probe(self.addresses[r.node], r.port, h)).ok:
+                    return True
+            return False
+
+        results = await asyncio.gather(*(verdict(r) for r in replicas))
+        return {r.id: ok for r, ok in zip(replicas, results, strict=True)}
+
+    async def _canary(self, spec: ServiceSpec, revision: int, old: Sequence[Replica]) -> tuple[list[Replica],
+                                                                                                  str | None]:
         """One new replica gets each step's share of traffic (HAProxy weights) for `pause`; its 5xx rate is
-        compared with the old replicas' after every window. Promoted on its own, or left waiting."""
+        compared with the old replicas' after every window. Promoted on its own, or left waiting (the reason
+        is returned and the decision recorded on the fleet)."""
         c = spec.update.canary
         steps, pause = (c.steps, c.pause) if c else ((10, 50), 30.0)
-        new = await self._start_batch(spec, revision, 0, 1)
+        new = await self._start_batch(spec, revision, 1, {r.id for r in old})
+        last = (1, 1)
         for step in canary_weights(steps, len(new), len(old)):
+            self.guard()
             for r in new:
                 self.rotation.weight(r, step.new_weight)
             for r in old:
                 self.rotation.weight(r, step.old_weight)
+            last = (step.new_weight, step.old_weight)
             await self.lbs.sync(self.rotation)
             self.emit("canary", spec.name, f"canary at {step.pct}% of traffic (weights {step.new_weight} new / "
                                            f"{step.old_weight} old) for {pause:g}s")
@@ -291,12 +554,19 @@ class Engine:
                 if time.monotonic() >= deadline:
                     break
         if c is not None and not c.auto_promote:
-            raise CanaryPaused(f"{spec.name}: canary at {steps[-1]}% waits: `fleet promote {spec.name}` or "
-                               f"`fleet abort {spec.name}`")
+            reason = (f"{spec.name}: canary at {steps[-1]}% waits: `fleet promote {spec.name}` or "
+                      f"`fleet abort {spec.name}`")
+            if self.records is not None:
+                state = await self.state_of(spec.name)
+                await self.records.set_state(spec.name, ServiceState(
+                    accepted=state.accepted if state is not None else None, decision="canary-waiting",
+                    intent=intent_hash(spec), canary=revision, canary_weights=last, by=self.user,
+                    at=time.time()).to_json())
+            return new, reason
         for r in [*new, *old]:
             self.rotation.weight(r, 1)
         self.emit("canary", spec.name, f"{spec.name}: canary promoted; rolling the rest")
-        return new
+        return new, None
 
     def _verdict(self, spec: ServiceSpec, before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]],
                  new: Sequence[Replica], old: Sequence[Replica]) -> Verdict:
@@ -309,40 +579,33 @@ class Engine:
         (nb, nt), (ob, ot) = delta(new), delta(old)
         return canary_verdict(min(nb, nt), nt, min(ob, ot), ot, c.max_error_rate_delta if c else 1.0)
 
-    async def _failing(self, spec: ServiceSpec, replicas: Sequence[Replica]) -> list[Replica]:
-        """Replicas that fail their check `failure_threshold` times in a row (a few tenths of a second apart)."""
-        h = spec.health
-        tries = h.failure_threshold if h else 1
-
-        async def sick(r: Replica) -> bool:
-            for _ in range(tries):
-                if (await probe(self.addresses[r.node], r.port, h)).ok:
-                    return False
-                await asyncio.sleep(0.3)
-            return True
-
-        verdicts = await asyncio.gather(*(sick(r) for r in replicas))
-        return [r for r, bad in zip(replicas, verdicts, strict=True) if bad]
-
     # --- one batch --------------------------------------------------------------------------------------
-    async def _place(self, spec: ServiceSpec, have: int, k: int) -> list[Assignment]:
-        """Place k more replicas of `spec` against the live state (outdated replicas still hold their room)."""
-        target = replace(spec, replicas=have + k)
+    async def _place(self, spec: ServiceSpec, k: int, outgoing: set[str]) -> list[Assignment]:
+        """Place k more replicas of `spec` against the live state: replicas on their way out (outdated, failing,
+        misplaced) still hold their room and ports."""
+        staying = [r for r in self.live if r.service == spec.name and r.id not in outgoing
+                   and r.spec_hash == spec.spec_hash()]
+        target = replace(spec, replicas=len(staying) + k)
         nodes = node_states(self.reports, self.errors)
-        shaped, existing, demands, _ = placement_inputs([target], nodes, self.live, hold_outdated=True)
+        shaped, existing, demands, _ = placement_inputs([target], nodes, self.live, hold_outdated=True,
+                                                        outgoing=frozenset(outgoing))
         placement = place(shaped, existing, demands)
         if placement.unplaced:
             raise RolloutFailed(f"{spec.name}: no room for {k} more replica(s) during the update: "
                                 + "; ".join(u.reason for u in placement.unplaced))
         return [a for a in placement.assignments if a.service == spec.name and a.reason != "keep"]
 
-    async def _start_batch(self, spec: ServiceSpec, revision: int, have: int, k: int) -> list[Replica]:
-        assignments = await self._place(spec, have, k)
+    async def _start_batch(self, spec: ServiceSpec, revision: int, k: int, outgoing: set[str],
+                           weight: int = 1) -> list[Replica]:
+        assignments = await self._place(spec, k, outgoing)
         for node in {a.node for a in assignments}:
             await self.ensure_images(node, {spec.image})
         new = await asyncio.gather(*(self._start(spec, revision, a) for a in assignments), return_exceptions=True)
         ok = [r for r in new if isinstance(r, Replica)]
         failed = [e for e in new if isinstance(e, BaseException)]
+        for e in failed:
+            if not isinstance(e, FleetError):
+                raise e
         if not failed:
             ready = await asyncio.gather(*(self._wait_ready(spec, r) for r in ok))
             failed_reasons = [why for why in ready if why is not None]
@@ -354,55 +617,29 @@ class Engine:
             raise RolloutFailed(f"{spec.name}: new replicas did not become ready: " + "; ".join(failed_reasons))
         for r in ok:
             self.live.append(r)
-            self.rotation.put(r)
-        await self.lbs.sync(self.rotation)
-        self.emit("routed", spec.name, f"{len(ok)} new replica(s) in the load balancer")
+            self.rotation.put(r, weight=weight)
+        if self.rotation.routed(spec.name):
+            await self.lbs.sync(self.rotation)
+            self.emit("routed", spec.name, f"{len(ok)} new replica(s) in the load balancer")
         return ok
-
-    def _run_spec(self, spec: ServiceSpec, revision: int, a: Assignment, env_file: str | None) -> RunSpec:
-        cid = L.container_id(spec.name, a.replica)
-        labels = L.build_labels(spec.name, revision=revision, replica=a.replica, spec_hash=spec.spec_hash(),
-                                cpu=spec.resources.cpu, memory=spec.resources.memory, port=a.port, node=a.node)
-        if spec.lb is not None:
-            labels[L.LB] = L.lb_label(spec.lb.port, spec.lb.mode, spec.lb.balance)
-        if spec.health is not None:
-            h = spec.health
-            labels[L.HEALTH] = L.health_label(h.kind, h.path, h.interval, h.timeout, h.failure_threshold,
-                                              h.success_threshold)
-        env = {k: v for k, v in spec.env.items() if not isinstance(v, SecretRef)}
-        env.update({"PORT": str(a.port), "FLEET_SERVICE": spec.name, "FLEET_NODE": a.node,
-                    "FLEET_REPLICA": str(a.replica), "FLEET_REVISION": str(revision)})
-        mounts = [Mount("bind", "/etc/hosts", HOSTS_FILE, readonly=True),
-                  Mount("bind", "/etc/resolv.conf", RESOLV_FILE, readonly=True)]
-        for v in spec.volumes:
-            if v.type == "tmpfs":
-                mounts.append(Mount("tmpfs", v.target, "tmpfs", options=(f"size={v.size}",) if v.size else ()))
-            elif v.type == "volume":
-                mounts.append(Mount("bind", v.target, f"{NODE_DIR}/volumes/{spec.name}/{v.source}", v.readonly))
-            else:
-                mounts.append(Mount("bind", v.target, v.source or "", v.readonly))
-        return RunSpec(id=cid, image=spec.image, command=spec.command, env=env, env_file=env_file,
-                       mounts=tuple(mounts), cpu=spec.resources.cpu, memory=spec.resources.memory, labels=labels,
-                       netns=HOST_NETNS, restart="always")
 
     async def _start(self, spec: ServiceSpec, revision: int, a: Assignment) -> Replica:
         report = self.by_name[a.node]
         driver = driver_for(report.node, report.facts)
-        dirs = [f"{NODE_DIR}/volumes/{spec.name}/{v.source}" for v in spec.volumes if v.type == "volume"]
+        dirs = [volume_dir(spec.name, v.source or "") for v in spec.volumes if v.type == "volume"]
         env_file = await self._secrets_file(spec, a) if spec.secret_names() else None
         if dirs:
-            await self.pool.check(report.node, ["mkdir", "-p", *dirs])
-        run = self._run_spec(spec, revision, a, env_file)
+            await self.pool.check(report.node, ["mkdir", "-p", *dirs], timeout=30)
+        run = run_spec(spec, revision, a, env_file)
         self.emit("start", spec.name, f"starting {run.id} on {a.node}:{a.port}", a.node, run.id)
         try:
             await perform(self.pool, report.node, driver.run(run), timeout=120)
         finally:
             if env_file is not None:
                 # The runtime copied the values into the container's spec when it created it.
-                await self.pool.run(report.node, ["rm", "-f", env_file])
+                await self.pool.run(report.node, ["rm", "-f", env_file], timeout=30)
         return Replica(a.node, run.id, spec.name, a.replica, revision, spec.spec_hash(), a.port, True,
-                       spec.resources, spec.image,
-                       lb=L.parse_lb_label(run.labels.get(L.LB)), health=L.parse_health_label(run.labels.get(L.HEALTH)))
+                       spec.resources, spec.image, created=float(run.labels[L.CREATED]))
 
     async def _secrets_file(self, spec: ServiceSpec, a: Assignment) -> str:
         """Secret env values go to a 0600 file on the node through stdin, never through argv."""
@@ -419,12 +656,13 @@ class Engine:
         path = f"{NODE_DIR}/secrets/{spec.name}-{a.replica}-{L.random_suffix()}.env"
         node = self.by_name[a.node].node
         await self.pool.check(node, ["sh", "-c", 'umask 077 && mkdir -p "${1%/*}" && cat >"$1"', "sh", path],
-                              stdin="".join(lines))
+                              stdin="".join(lines), timeout=30)
         return path
 
     async def _wait_ready(self, spec: ServiceSpec, r: Replica) -> str | None:
         """None once the replica passes its check `success_threshold` times in a row and then keeps passing,
-        in the same process, for `min_ready`; else why not (deadline passed, or it crashed)."""
+        in the same process, for `min_ready` (without `health`: once it runs, in the same process, for
+        `min_ready`); else why not (deadline passed, or it crashed)."""
         h = spec.health
         deadline = time.monotonic() + spec.update.ready_deadline
         need = h.success_threshold if h else 1
@@ -433,9 +671,14 @@ class Engine:
         ready_since: float | None = None
         pid: int | None = None
         while time.monotonic() < deadline:
-            result = await probe(address, r.port, h)
+            if h is None:
+                running = await self._pid(r) is not None
+                ok, detail = running, ("running" if running else "not running")
+            else:
+                result = await probe(address, r.port, h)
+                ok, detail = result.ok, result.detail
             checks += 1
-            if result.ok:
+            if ok:
                 streak += 1
                 if streak >= need and ready_since is None:
                     ready_since, pid = time.monotonic(), await self._pid(r)
@@ -450,7 +693,7 @@ class Engine:
                         return f"{r.id} on {r.node} crashed ({last})"
             else:
                 again = ready_since is not None
-                last = f"failed again after passing ({result.detail})" if again else result.detail
+                last = f"failed again after passing ({detail})" if again else detail
                 streak, ready_since = 0, None
                 if checks % 4 == 0 and await self._pid(r) is None:
                     return f"{r.id} on {r.node} crashed ({last})"
@@ -460,12 +703,13 @@ class Engine:
     async def _pid(self, r: Replica) -> int | None:
         """The PID of the replica's running task, None when it is not running."""
         report = self.by_name[r.node]
-        infos = await perform(self.pool, report.node, driver_for(report.node, report.facts).list_containers())
+        infos = await perform(self.pool, report.node, driver_for(report.node, report.facts).list_containers(),
+                              timeout=15)
         return next((i.pid or -1 for i in infos if i.id == r.id and i.status == Status.RUNNING), None)
 
     async def _retire(self, spec: ServiceSpec, r: Replica, why: str) -> None:
         """Drain (no new connections; existing ones finish, up to the grace period), unroute, then stop."""
-        if r.lb is not None and self.lbs.nodes:
+        if self.rotation.routed(r.service) and self.lbs.nodes:
             self.rotation.state(r, "drain")
             await self.lbs.set_state(r, "drain")
             self.emit("drain", spec.name, f"draining {r.id} ({why})", r.node, r.id)
@@ -494,8 +738,15 @@ class Engine:
 
     # --- removing a service -----------------------------------------------------------------------------
     async def destroy(self, service: str, grace: float = 10.0) -> int:
-        """Take every replica of `service` out of the load balancers, then stop and remove them."""
+        """Take every replica of `service` out of the load balancers, then stop and remove them. The decision is
+        recorded on the fleet first, so replicas on a node that is down now are removed when it returns."""
         await self.observe()
+        if self.records is not None:
+            state = await self.state_of(service)
+            await self.records.set_state(service, ServiceState(
+                accepted=state.accepted if state is not None else None, decision="destroyed",
+                intent=state.intent if state is not None else None, by=self.user, at=time.time()).to_json())
+        await self.follow_records({service})
         mine = [r for r in self.live if r.service == service]
         for r in mine:
             self.rotation.drop(r)
@@ -504,20 +755,38 @@ class Engine:
         await asyncio.gather(*(self._stop(r, grace, "destroy") for r in mine))
         return len(mine)
 
+    async def sweep_destroyed(self, exclude: set[str] | frozenset[str] = frozenset()) -> dict[str, int]:
+        """Replicas of destroyed services that a node which was down still runs: removed, never resurrected."""
+        removed: dict[str, int] = {}
+        if self.records is None:
+            return removed
+        for service in sorted({r.service for r in self.live} - set(exclude)):
+            state = await self.state_of(service)
+            if state is not None and state.decision == "destroyed":
+                mine = [r for r in self.live if r.service == service]
+                for r in mine:
+                    self.rotation.drop(r)
+                await self.lbs.sync(self.rotation)
+                for r in mine:
+                    await self._stop(r, 10.0, "destroyed while its node was unreachable")
+                removed[service] = len(mine)
+        return removed
+
     # --- service discovery ------------------------------------------------------------------------------
     def hosts_text(self, specs: Sequence[ServiceSpec]) -> str:
         """The hosts file every container gets: each load-balanced service's name → the first lb node."""
-        lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
         lb = next((r.node.address for r in self.reports if r.node.has_role("lb") and r.ok), None)
-        names = sorted({s.name for s in specs if s.lb} | {r.service for r in self.live if r.lb})
-        if lb is not None:
-            lines += [f"{lb}\t{name}.fleet {name}" for name in names]
-        return "\n".join(lines) + "\n"
+        names = {s.name for s in specs if s.lb} | {r.service for r in self.live if self.rotation.routed(r.service)}
+        return hosts_text(lb, sorted(names))
 
     async def sync_hosts(self, specs: Sequence[ServiceSpec]) -> None:
-        """Prepare every worker: hosts file, resolv.conf, pinned network namespace (see PREPARE_NODE)."""
+        """Prepare every worker: hosts file, resolv.conf, pinned network namespace (see runspec.PREPARE_NODE)."""
         text = self.hosts_text(specs)
         workers = [r.node for r in self.reports if r.ok and r.node.has_role("worker")]
-        script = Script(PREPARE_NODE, {"HOSTS": HOSTS_FILE, "RESOLV": RESOLV_FILE, "NETNS": HOST_NETNS},
-                        name="fleet-prepare-node")
-        await asyncio.gather(*(self.pool.check(n, script, stdin=text) for n in workers))
+        results = await asyncio.gather(*(self.pool.check(n, prepare_node_script(), stdin=text, timeout=30)
+                                         for n in workers), return_exceptions=True)
+        for n, res in zip(workers, results, strict=True):
+            if isinstance(res, FleetError):
+                self.errors[n.name] = f"preparing the node failed: {res}"
+            elif isinstance(res, BaseException):
+                raise res

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from ..haproxy.render import LbHealth, LbServer, LbService, LbState, backend_name, render, set_server_state
+from ..haproxy.render import (
+    LbHealth,
+    LbServer,
+    LbService,
+    LbState,
+    backend_name,
+    lb_service,
+    render,
+    set_server_state,
+)
 from ..reconcile import Replica
+from ..spec import ServiceSpec
 from ..transport import Pool
 from .nodes import NodeReport
 
@@ -21,10 +31,22 @@ class Rotation:
     """Per service, the servers HAProxy should route to, with their state and weight."""
 
     entries: dict[str, dict[str, tuple[Replica, LbState, int]]] = field(default_factory=dict)
+    # Per service, its front end and check as the accepted spec says (port, mode, balance, health); a service
+    # without one here falls back to its replicas' labels.
+    frontends: dict[str, LbService | None] = field(default_factory=dict)
+
+    def follow(self, spec: ServiceSpec) -> None:
+        """Render `spec.name` from this spec from now on (no `lb`: the service leaves the load balancers)."""
+        self.frontends[spec.name] = lb_service(spec, ()) if spec.lb is not None else None
 
     def put(self, r: Replica, state: LbState = "ready", weight: int = 1) -> None:
-        if r.lb is not None:
-            self.entries.setdefault(r.service, {})[r.id] = (r, state, weight)
+        self.entries.setdefault(r.service, {})[r.id] = (r, state, weight)
+
+    def routed(self, service: str) -> bool:
+        """Whether the service is behind the load balancers (by its accepted spec, else its labels)."""
+        if service in self.frontends:
+            return self.frontends[service] is not None
+        return any(r.lb is not None for r, _, _ in self.entries.get(service, {}).values())
 
     def drop(self, r: Replica) -> None:
         self.entries.get(r.service, {}).pop(r.id, None)
@@ -40,23 +62,31 @@ class Rotation:
             self.entries[r.service][r.id] = (entry[0], state, entry[2])
 
     def services(self, addresses: dict[str, str]) -> list[LbService]:
-        """The LB config's services, from the labels of the replicas in rotation."""
+        """The LB config's services: front ends from the accepted specs, servers from the replicas in rotation."""
         out = []
         for name, servers in sorted(self.entries.items()):
-            if not servers:
+            if not servers or not self.routed(name):
                 continue
-            first = next(iter(servers.values()))[0]
-            assert first.lb is not None
-            port, mode, balance = first.lb
-            health = LbHealth("tcp")
-            if first.health is not None:
-                kind, path, interval, timeout, fall, rise = first.health
-                health = LbHealth("http" if kind == "http" and path else "tcp", path if kind == "http" else None,
-                                  interval, timeout, fall, rise)
             lb_servers = tuple(LbServer(r.id, addresses[r.node], r.port, weight, st)
                                for r, st, weight in servers.values() if r.node in addresses)
-            out.append(LbService(name, port, lb_servers, mode, balance, "0.0.0.0", health))  # type: ignore[arg-type]
+            template = self.frontends.get(name) or _from_labels(name, [r for r, _, _ in servers.values()])
+            if template is not None:
+                out.append(replace(template, servers=lb_servers))
         return out
+
+
+def _from_labels(name: str, replicas: list[Replica]) -> LbService | None:
+    """A front end read back from the replicas' labels, for a service with no accepted spec on record."""
+    first = next((r for r in replicas if r.lb is not None), None)
+    if first is None or first.lb is None:
+        return None
+    port, mode, balance = first.lb
+    health = LbHealth("tcp")
+    if first.health is not None:
+        kind, path, interval, timeout, fall, rise = first.health
+        health = LbHealth("http" if kind == "http" and path else "tcp", path if kind == "http" else None,
+                          interval, timeout, fall, rise)
+    return LbService(name, port, (), "tcp" if mode == "tcp" else "http", balance, "0.0.0.0", health)
 
 
 def config(rotation: Rotation, addresses: dict[str, str], lb_address: str) -> str:

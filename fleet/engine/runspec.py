@@ -1,0 +1,88 @@
+"""What a replica's container is, as a value: its run spec from the service spec and its placement, and what a
+worker node needs before fleet's containers run there (hosts file, resolv.conf copy, pinned host netns)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from .. import labels as L
+from ..runtime.base import Mount, RunSpec
+from ..scheduler import Assignment
+from ..shell import Script
+from ..spec import SecretRef, ServiceSpec
+
+NODE_DIR = "/var/lib/fleet"
+HOSTS_FILE = f"{NODE_DIR}/hosts"
+RESOLV_FILE = f"{NODE_DIR}/resolv.conf"
+HOST_NETNS = f"{NODE_DIR}/netns/host"
+
+# Prepares a node for fleet's containers: the hosts file (stdin), a copy of the node's resolv.conf, and the
+# node's own network namespace pinned to a file that containers join: host networking, with fleet's hosts file
+# rather than the node's. The hosts file is bind-mounted into running containers (same inode), so it is never
+# replaced by a rename; it is rewritten in place, and only when its content changes.
+PREPARE_NODE = r"""
+set -e
+mkdir -p "${HOSTS%/*}" "${NETNS%/*}"
+new=$(cat)
+if [ ! -f "$HOSTS" ] || [ "$(cat "$HOSTS")" != "$new" ]; then
+  printf '%s\n' "$new" >"$HOSTS.tmp.$$"
+  cat "$HOSTS.tmp.$$" >"$HOSTS"
+  rm -f "$HOSTS.tmp.$$"
+fi
+cp /etc/resolv.conf "$RESOLV.tmp.$$" 2>/dev/null || : >"$RESOLV.tmp.$$"
+mv -f "$RESOLV.tmp.$$" "$RESOLV"
+if [ "$(stat -f -c %T "$NETNS" 2>/dev/null)" != nsfs ]; then
+  : >"$NETNS"
+  mount --bind /proc/self/ns/net "$NETNS"
+fi
+"""
+
+
+def prepare_node_script() -> Script:
+    return Script(PREPARE_NODE, {"HOSTS": HOSTS_FILE, "RESOLV": RESOLV_FILE, "NETNS": HOST_NETNS},
+                  name="fleet-prepare-node")
+
+
+def hosts_text(lb_address: str | None, services: Sequence[str]) -> str:
+    """The hosts file every container gets: each load-balanced service's name → the lb address."""
+    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    if lb_address is not None:
+        lines += [f"{lb_address}\t{name}.fleet {name}" for name in sorted(set(services))]
+    return "\n".join(lines) + "\n"
+
+
+def volume_dir(service: str, name: str) -> str:
+    return f"{NODE_DIR}/volumes/{service}/{name}"
+
+
+def run_spec(spec: ServiceSpec, revision: int, a: Assignment, env_file: str | None,
+             now: float | None = None) -> RunSpec:
+    """The container of replica `a.replica` of `spec` at `revision`: labels (fleet's record of it), env, mounts,
+    limits; restart=always (containerd's restart monitor brings a crashed one back)."""
+    labels = L.build_labels(spec.name, revision=revision, replica=a.replica, spec_hash=spec.spec_hash(),
+                            cpu=spec.resources.cpu, memory=spec.resources.memory, port=a.port, node=a.node)
+    labels[L.CREATED] = f"{now if now is not None else time.time():.0f}"
+    # The LB settings at start: HAProxy follows the accepted spec in the fleet's records; these labels only
+    # serve a service that has no record (started by an older fleet).
+    if spec.lb is not None:
+        labels[L.LB] = L.lb_label(spec.lb.port, spec.lb.mode, spec.lb.balance)
+    if spec.health is not None:
+        h = spec.health
+        labels[L.HEALTH] = L.health_label(h.kind, h.path, h.interval, h.timeout, h.failure_threshold,
+                                          h.success_threshold)
+    env = {k: v for k, v in spec.env.items() if not isinstance(v, SecretRef)}
+    env.update({"PORT": str(a.port), "FLEET_SERVICE": spec.name, "FLEET_NODE": a.node,
+                "FLEET_REPLICA": str(a.replica), "FLEET_REVISION": str(revision)})
+    mounts = [Mount("bind", "/etc/hosts", HOSTS_FILE, readonly=True),
+              Mount("bind", "/etc/resolv.conf", RESOLV_FILE, readonly=True)]
+    for v in spec.volumes:
+        if v.type == "tmpfs":
+            mounts.append(Mount("tmpfs", v.target, "tmpfs", options=(f"size={v.size}",) if v.size else ()))
+        elif v.type == "volume":
+            mounts.append(Mount("bind", v.target, volume_dir(spec.name, v.source or ""), v.readonly))
+        else:
+            mounts.append(Mount("bind", v.target, v.source or "", v.readonly))
+    return RunSpec(id=L.container_id(spec.name, a.replica), image=spec.image, command=spec.command, env=env,
+                   env_file=env_file, mounts=tuple(mounts), cpu=spec.resources.cpu, memory=spec.resources.memory,
+                   labels=labels, netns=HOST_NETNS, restart="always")
