@@ -6,12 +6,15 @@ Both live on the record nodes (`record_nodes`): the inventory's `lb` nodes, else
 
 from .lease import Lease, LeaseInfo, NodeLease, break_lease, lease_status
 from .nodes import DEFAULT_BASE_DIR, majority, record_nodes
+from .records import FleetHistory, Snapshot
 
 __all__ = [
     "DEFAULT_BASE_DIR",
+    "FleetHistory",
     "Lease",
     "LeaseInfo",
     "NodeLease",
+    "Snapshot",
     "break_lease",
     "lease_status",
     "majority",
