@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import apply, container, exec_, image, lab, logs, nodes, ps, rollout, secret, status, ui
+from . import apply, container, exec_, image, lab, lock, logs, nodes, ps, rollout, secret, status, ui
 
 app = typer.Typer(name="fleet", help="Agentless SSH-based container orchestrator.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -29,6 +29,7 @@ app.command("stop")(container.stop)
 app.command("rm")(container.rm)
 app.add_typer(image.app, name="image")
 app.add_typer(secret.app, name="secret")
+app.add_typer(lock.app, name="lock")
 
 
 def main() -> None:
