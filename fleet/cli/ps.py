@@ -10,6 +10,7 @@ from rich.table import Table
 
 from ..api import Fleet
 from ..engine import containers
+from ..engine.calls import LIST_TIMEOUT
 from ..engine.containers import PsResult, PsRow
 from ..runtime.base import Status
 from ..transport import Pool
@@ -90,14 +91,18 @@ def table(rows: list[PsRow], now: float | None = None) -> Table:
 
 def ps(inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
        show_all: Annotated[bool, typer.Option("--all", "-a", help="Also stopped and created containers.")] = False,
-       timeout: float = typer.Option(10.0, help="Seconds for connect and for each command.")) -> None:
-    """List containers on every node: fleet's own by service and replica, foreign ones marked and left alone."""
+       timeout: float = typer.Option(LIST_TIMEOUT,
+                                     help="Seconds each node has to list its containers (connecting has 10 s).")
+       ) -> None:
+    """List containers on every node: fleet's own by service and replica, foreign ones marked and left alone.
+
+    A node that is not ready or does not answer in time is named under the table (exit 1); the others are listed."""
     inv = common.inventory(inventory)
 
     async def go() -> PsResult:
-        async with Pool(connect_timeout=timeout, command_timeout=timeout) as pool:
+        async with Pool(connect_timeout=10.0) as pool:
             fleet = Fleet(inv, pool)
-            return await containers.ps(pool, await fleet.reports())
+            return await containers.ps(pool, await fleet.reports(), timeout=timeout)
 
     result = common.run(go)
     rows = visible(result, show_all)

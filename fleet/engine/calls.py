@@ -1,4 +1,14 @@
-"""Running a driver's `Call` on a node, and choosing a node's runtime driver from its facts."""
+"""Running a driver's `Call` on a node, and choosing a node's runtime driver from its facts.
+
+Every call has a deadline, in seconds from when the node's connection is there (connecting has the pool's own
+bound): a node whose sshd or containerd hangs fails that call, by name, and never the others or the command.
+
+    LIST_TIMEOUT    8 s    listings (containers, tasks, images): ~20 ms each on a healthy node; kept under ctr's
+                           own 10 s dial timeout so a hung containerd reads "did not answer within 8s"
+    CALL_TIMEOUT   30 s    anything else that asks containerd one thing (the default)
+    PULL_TIMEOUT  600 s    a registry pull, IMPORT_TIMEOUT 600 s an archive streamed over SSH: both move a whole
+                           image at the network's speed (hundreds of MB); the deadline only ends a stalled one
+"""
 
 from __future__ import annotations
 
@@ -6,18 +16,26 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from ..errors import FleetError
+from ..errors import AuthError, CommandTimeout, ConnectError, FleetError, HostKeyError, TransportError
 from ..facts import NodeFacts
-from ..model import Node
+from ..model import CommandResult, Node
 from ..runtime.base import Call, RuntimeDriver
 from ..runtime.ctr import CtrDriver
 from ..runtime.nerdctl import NerdctlDriver
-from ..transport import Pool
+from ..transport import DEFAULT_COMMAND_TIMEOUT, Pool, SessionError
 
 if TYPE_CHECKING:
     from .nodes import NodeReport
 
 T = TypeVar("T")
+
+LIST_TIMEOUT = 8.0
+CALL_TIMEOUT = DEFAULT_COMMAND_TIMEOUT
+PULL_TIMEOUT = 600.0
+IMPORT_TIMEOUT = 600.0
+
+_TRANSPORT_ERRORS: dict[str, type[TransportError]] = {
+    "connect": ConnectError, "hostkey": HostKeyError, "auth": AuthError, "timeout": CommandTimeout}
 
 
 def driver_for(node: Node, facts: NodeFacts | None) -> RuntimeDriver:
@@ -27,16 +45,38 @@ def driver_for(node: Node, facts: NodeFacts | None) -> RuntimeDriver:
     return CtrDriver(namespace=node.namespace)
 
 
-async def perform(pool: Pool, node: Node, call: Call[T], *, timeout: float | None = None) -> T:
-    """Run the call's command on the node and parse the result; the parser raises on any failure."""
+def transport_error(node: Node, what: str, result: CommandResult, timeout: float) -> TransportError:
+    """The fleet error for a call that could not run to its end: `CommandTimeout` ("… did not answer within
+    Ns") when its deadline passed, else the ConnectError/HostKeyError/AuthError/SessionError it met."""
+    what = what or "command"
+    if result.error_kind == "timeout":
+        return CommandTimeout(node.name, f"{what} did not answer within {timeout:g}s")
+    return _TRANSPORT_ERRORS.get(result.error_kind or "", SessionError)(node.name, f"{what}: {result.error}")
+
+
+async def perform(pool: Pool, node: Node, call: Call[T], *, timeout: float = CALL_TIMEOUT) -> T:
+    """Run the call's command on the node within `timeout` seconds and parse the result.
+
+    Raises a TransportError (CommandTimeout past the deadline) when the command could not run to its end, else
+    whatever the call's parser raises (RuntimeCommandError and its kinds) on a failure."""
     result = await pool.run(node, call.command, stdin_path=call.stdin_path, timeout=timeout)
+    if result.error is not None:
+        raise transport_error(node, call.what, result, timeout)
     return call.parse(result)
 
 
+def why(node: str, exc: FleetError) -> str:
+    """An error's message without the leading node name (for maps and lines already keyed by node)."""
+    if isinstance(exc, TransportError):
+        return exc.message
+    return str(exc).removeprefix(f"{node}: ")
+
+
 async def on_ready_nodes(pool: Pool, reports: list[NodeReport], call_for: Callable[[RuntimeDriver], Call[T]],
-                         *, timeout: float | None = None) -> tuple[dict[str, T], dict[str, str]]:
-    """Run one driver call on every ready node at once: ({node: result}, {node: why not}); a node that fails
-    (or was not ready) is reported, never raised."""
+                         *, timeout: float = LIST_TIMEOUT) -> tuple[dict[str, T], dict[str, str]]:
+    """Run one driver call on every ready node at once, each within `timeout` seconds: ({node: result},
+    {node: why not}). A node that fails, does not answer in time (".. did not answer within Ns") or was not
+    ready is reported, never raised; the others' results are not held up by it."""
     ready = [r for r in reports if r.ok]
     errors = {r.node.name: f"{r.status}: {r.reason}" for r in reports if not r.ok}
 
@@ -47,7 +87,7 @@ async def on_ready_nodes(pool: Pool, reports: list[NodeReport], call_for: Callab
     out: dict[str, T] = {}
     for r, res in zip(ready, results, strict=True):
         if isinstance(res, FleetError):
-            errors[r.node.name] = str(res)
+            errors[r.node.name] = why(r.node.name, res)
         elif isinstance(res, BaseException):
             raise res
         else:

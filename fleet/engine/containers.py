@@ -1,6 +1,9 @@
 """Containers on nodes: list them all, find one by ID, prefix or service, run/stop/remove, logs and exec.
 
 Every operation takes the node reports of this run; a node that cannot be read is reported, never raised.
+Every remote call has a deadline (see `calls`): listings LIST_TIMEOUT, run 60 s, stop the grace period plus
+STOP_MARGIN; only `logs -f` and `exec` stream without one, on purpose (the SSH keepalive ends them when the
+node stops answering).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from ..errors import FleetError, TransportError
 from ..labels import ContainerLabels, parse_labels
 from ..runtime.base import ContainerInfo, RunSpec, StopResult
 from ..transport import Pool
-from .calls import driver_for, on_ready_nodes, perform
+from .calls import LIST_TIMEOUT, driver_for, on_ready_nodes, perform
 from .nodes import NodeReport
 
 SHORT_ID = 20
@@ -61,9 +64,12 @@ def _sort_key(row: PsRow) -> tuple[int, str, int, str, str]:
             labels.replica if labels and labels.replica is not None else 0, row.node, row.info.id)
 
 
-async def ps(pool: Pool, reports: list[NodeReport]) -> PsResult:
-    """List every container on every ready node in parallel: fleet's first (by service, replica), then foreign."""
-    found, errors = await on_ready_nodes(pool, reports, lambda d: d.list_containers())
+async def ps(pool: Pool, reports: list[NodeReport], *, timeout: float = LIST_TIMEOUT) -> PsResult:
+    """List every container on every ready node in parallel: fleet's first (by service, replica), then foreign.
+
+    Each node has `timeout` seconds; one that is not ready or does not answer in time is named in `errors`
+    ("list containers did not answer within 8s") and the others are listed all the same."""
+    found, errors = await on_ready_nodes(pool, reports, lambda d: d.list_containers(), timeout=timeout)
     rows = [PsRow(node, info, parse_labels(info.labels)) for node, infos in found.items() for info in infos]
     return PsResult(tuple(sorted(rows, key=_sort_key)), errors)
 
@@ -205,6 +211,7 @@ class LogStream:
                 yield t.prefix, line
 
     async def _reader(self, t: Target) -> None:
+        # Following has no deadline: it lasts as long as the reader wants (the keepalive catches a dead node).
         call = driver_for(t.report.node, t.report.facts).logs(t.container_id, self._tail, True)
         try:
             async with self._pool.stream(t.report.node, call.command) as lines:
@@ -249,7 +256,8 @@ async def exec_in(pool: Pool, report: NodeReport, container_id: str, argv: list[
                   on_line: Callable[[str], None]) -> int:
     """Run `argv` inside the running container, handing each output line (stdout and stderr) to `on_line`.
 
-    Returns the command's exit code; a transport failure raises the mapped TransportError.
+    Returns the command's exit code; a transport failure raises the mapped TransportError. No deadline: the
+    command runs as long as it runs (the keepalive ends it if the node stops answering).
     """
     call = driver_for(report.node, report.facts).exec(container_id, argv)
     async with pool.stream(report.node, call.command) as lines:

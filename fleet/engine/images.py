@@ -15,7 +15,7 @@ from typing import Literal
 from ..errors import FleetError
 from ..image.oci import ArchiveInfo, read_archive
 from ..transport import Pool
-from .calls import driver_for, on_ready_nodes, perform
+from .calls import IMPORT_TIMEOUT, LIST_TIMEOUT, PULL_TIMEOUT, driver_for, on_ready_nodes, perform, why
 from .nodes import NodeReport
 
 PushStatus = Literal["sent", "present", "failed"]
@@ -24,6 +24,18 @@ Progress = Callable[[str, int], None]
 
 class PushError(FleetError):
     """A push was asked of nodes that are not in the inventory."""
+
+
+class ImageUnavailable(FleetError):
+    """An image could not be made present on one node: its image list failed or did not answer in time, the pull
+    failed or timed out, or an image built here was never pushed there. Only that node is concerned: the caller
+    leaves it out of this run and places its share elsewhere."""
+
+    def __init__(self, node: str, image: str, reason: str) -> None:
+        self.node = node
+        self.image = image
+        self.reason = reason
+        super().__init__(f"{node}: image {image} not available: {reason}")
 
 
 @dataclass(frozen=True)
@@ -77,12 +89,13 @@ async def push(
     *,
     on_progress: Progress | None = None,
     on_status: Callable[[str, str], None] | None = None,
-    timeout: float | None = 600.0,
+    timeout: float = IMPORT_TIMEOUT,
 ) -> list[PushResult]:
     """Push the archive to `nodes` (default: every worker); one PushResult per node, in order, never raising
     for one node. Raises ImageArchiveError (before contacting any node) when the archive is unusable.
 
     `on_progress(node, bytes_sent)` follows each upload; `on_status(node, state)` says checking, sending, done.
+    Each node's image list has LIST_TIMEOUT seconds, its import `timeout` (the whole archive at network speed).
     """
     archive = read_archive(archive_path)
     chosen = select(reports, nodes)
@@ -104,7 +117,7 @@ async def push(
             start = time.monotonic()  # time on this node, not the wait for a slot
             try:
                 status(name, "checking")
-                images = await perform(pool, report.node, driver.image_list(), timeout=30)
+                images = await perform(pool, report.node, driver.image_list(), timeout=LIST_TIMEOUT)
                 if is_present(archive, images):
                     status(name, "present")
                     return PushResult(name, "present", 0, time.monotonic() - start)
@@ -119,10 +132,13 @@ async def push(
 
                 res = await pool.run(report.node, call.command, stdin_path=call.stdin_path, timeout=timeout,
                                      on_progress=progress)
+                if res.error_kind == "timeout":
+                    raise FleetError(f"{name}: import did not finish within {timeout:g}s "
+                                     f"({sent} bytes sent)")
                 imported = call.parse(res)
             except FleetError as exc:
                 status(name, "failed")
-                return PushResult(name, "failed", sent, time.monotonic() - start, str(exc))
+                return PushResult(name, "failed", sent, time.monotonic() - start, why(name, exc))
         want = wanted(archive) or {}
         got = {i.name: i.digest for i in imported}
         missing = [n for n, d in want.items() if got.get(n) != d]
@@ -146,21 +162,33 @@ def registry_of(image: str) -> str:
 
 
 async def ensure_image(pool: Pool, report: NodeReport, ref: str, *,
-                       timeout: float = 300.0) -> Literal["present", "pulled"]:
+                       timeout: float = PULL_TIMEOUT) -> Literal["present", "pulled"]:
     """Make sure the node has `ref`: nothing to do when listed, else pull it from its registry (over plain
     HTTP only if the node's inventory lists that registry as insecure). Images built here (`fleet.local/…`)
-    have no registry: they must have been pushed."""
+    have no registry: they must have been pushed.
+
+    The image list has LIST_TIMEOUT seconds, the pull `timeout`. Any failure raises ImageUnavailable for this
+    node alone (a node that does not answer, a registry that refuses, an image never pushed)."""
+    if not report.ok:
+        raise ImageUnavailable(report.node.name, ref, f"{report.status}: {report.reason}")
+    name = report.node.name
     driver = driver_for(report.node, report.facts)
-    images = await perform(pool, report.node, driver.image_list(), timeout=30)
+    try:
+        images = await perform(pool, report.node, driver.image_list(), timeout=LIST_TIMEOUT)
+    except FleetError as exc:
+        raise ImageUnavailable(name, ref, why(name, exc)) from exc
     if ref in images:
         return "present"
     if ref.startswith(LOCAL_PREFIX):
-        raise FleetError(f"{report.node.name}: image {ref} is not on the node; ship it with `fleet image push`")
+        raise ImageUnavailable(name, ref, "it is not on the node; ship it with `fleet image push`")
     plain = registry_of(ref) in report.node.insecure_registries
-    await perform(pool, report.node, driver.image_pull(ref, plain), timeout=timeout)
+    try:
+        await perform(pool, report.node, driver.image_pull(ref, plain), timeout=timeout)
+    except FleetError as exc:
+        raise ImageUnavailable(name, ref, why(name, exc)) from exc
     return "pulled"
 
 
 async def list_images(pool: Pool, reports: list[NodeReport]) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
     """{node: {ref: digest}} for every ready node, and {node: reason} for those that could not be read."""
-    return await on_ready_nodes(pool, reports, lambda d: d.image_list(), timeout=30)
+    return await on_ready_nodes(pool, reports, lambda d: d.image_list(), timeout=LIST_TIMEOUT)
