@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal, TypeAlias, get_args
+from typing import Literal, TypeAlias, cast, get_args
 
 from ..errors import LeaseError, LeaseHeld, LeaseInfo, LeaseLost
 from ..model import CommandResult, Node
@@ -166,7 +166,7 @@ def parse_reply(node: str, stdout: str) -> LeaseReply:
         except ValueError:
             # A hand-edited lease file: the script treats it as expired, so do we (shown as held by "?").
             info = LeaseInfo("?", 0, "(unreadable lease file)", 0.0, 0.0, node, now_ms / 1000, "")
-    return LeaseReply(node, result, now_ms / 1000, info)  # type: ignore[arg-type]
+    return LeaseReply(node, cast(Result, result), now_ms / 1000, info)
 
 
 def _int(text: str, what: str) -> int:
