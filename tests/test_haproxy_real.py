@@ -28,6 +28,7 @@ from fleet.haproxy.render import (
     LbService,
     add_server,
     check_config_argv,
+    lb_health,
     master_reload,
     master_show_proc,
     render,
@@ -38,7 +39,9 @@ from fleet.haproxy.render import (
     start_argv,
 )
 from fleet.haproxy.stats import parse_servers_state, parse_show_proc, parse_show_stat, server_rows
-from fleet.spec import parse_playbook
+from fleet.health import check
+from fleet.healthjudge import http_request
+from fleet.spec import HealthSpec, parse_playbook
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 pytestmark = [
@@ -62,6 +65,34 @@ class Handler(http.server.BaseHTTPRequestHandler):
 class Server(http.server.ThreadingHTTPServer):
     def handle_error(self, request, client_address):
         pass  # health checks close early; that is fine
+Server(("127.0.0.1", port), Handler).serve_forever()
+"""
+# Answers every request with one status (or, for "stall", nothing at all); logs each request's head, hex-encoded.
+STATUS_BACKEND = """
+import socketserver, sys, time
+code, port, log = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+class Handler(socketserver.BaseRequestHandler):
+    def handle(self):
+        data = b""
+        self.request.settimeout(5)
+        try:
+            while b"\\r\\n\\r\\n" not in data:
+                chunk = self.request.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            with open(log, "a") as f:
+                f.write(data.hex() + "\\n")
+            if code == "stall":
+                time.sleep(3)
+            else:
+                head = f"HTTP/1.1 {code} X\\r\\nContent-Length: 0\\r\\nConnection: close\\r\\n\\r\\n"
+                self.request.sendall(head.encode())
+        except OSError:
+            pass
+class Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
 Server(("127.0.0.1", port), Handler).serve_forever()
 """
 HEALTH = LbHealth("http", "/healthz", interval=0.1, timeout=1.0, fall=2, rise=1)
@@ -122,6 +153,20 @@ class Lab:
         wait_for(f"backend {name}", lambda: _listening(port))
         return port
 
+    def answering(self, code: str) -> int:
+        """A backend answering every request with status `code` ("stall": never answering)."""
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, str(self.dir / "status.py"), code, str(port),
+                                 str(self.dir / f"{code}-{port}.log")])
+        self.procs.append(proc)
+        wait_for(f"backend {code}", lambda: _listening(port))
+        return port
+
+    def requests(self) -> list[bytes]:
+        """Every request head the status backends received (connect-only checks send none)."""
+        return [bytes.fromhex(line) for log in sorted(self.dir.glob("*.log"))
+                for line in log.read_text().splitlines() if line]
+
     def sick(self, name: str, sick: bool) -> None:
         flag = self.dir / f"{name}.sick"
         if sick:
@@ -140,6 +185,7 @@ def lab() -> Iterator[Lab]:
     # A short directory: UNIX socket paths are limited to 108 bytes.
     work = Path(tempfile.mkdtemp(prefix="fleet-hx-"))
     (work / "backend.py").write_text(BACKEND)
+    (work / "status.py").write_text(STATUS_BACKEND)
     lab = Lab(work, [], {})
     try:
         yield lab
@@ -244,3 +290,47 @@ def test_haproxy_check_refuses_a_broken_config_and_accepts_ipv6_and_every_mode(t
     bad.write_text(cfg.read_text() + "    bogus_keyword\n")
     broken = subprocess.run([HAPROXY, "-c", "-f", str(bad)], capture_output=True, text=True, timeout=30)
     assert broken.returncode == 1 and "bogus_keyword" in broken.stderr
+
+
+async def test_haproxy_sees_each_server_up_or_down_exactly_as_the_controllers_check(lab: Lab) -> None:
+    http = HealthSpec("http", "/healthz", interval=0.2, timeout=0.5, failure_threshold=2, success_threshold=2)
+    exe = HealthSpec("exec", command=("/bin/check",), interval=0.2, timeout=0.5, failure_threshold=2)
+    tcp = HealthSpec("tcp", interval=0.2, timeout=0.5, failure_threshold=2)
+    codes = ["200", "204", "302", "399", "400", "404", "500", "stall"]
+    http_ports = {f"c-{code}": lab.answering(code) for code in codes}
+    tcp_ports = {"t-listening": lab.answering("200"), "t-closed": free_port()}
+    services = [
+        LbService("codes", free_port(), [LbServer(n, "127.0.0.1", p) for n, p in http_ports.items()],
+                  bind_address="127.0.0.1", health=lb_health(http)),
+        # An exec-checked service: HAProxy can only connect to the replica's port.
+        LbService("cmd", free_port(), [LbServer(n, "127.0.0.1", p) for n, p in tcp_ports.items()],
+                  bind_address="127.0.0.1", health=lb_health(exe)),
+    ]
+    admin, cfg = str(lab.dir / "admin.sock"), str(lab.dir / "haproxy.cfg")
+    Path(cfg).write_text(render(services, admin_socket=admin, state_file=str(lab.dir / "state")))
+    lab.procs.append(subprocess.Popen([HAPROXY, *start_argv(cfg, str(lab.dir / "master.sock"),
+                                                            str(lab.dir / "haproxy.pid"))[1:]],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    controller = {}
+    for ports, health in ((http_ports, http), (tcp_ports, tcp)):
+        for name, port in ports.items():
+            controller[name] = (await check(health, address="127.0.0.1", port=port, exec_in=None)).ok
+    assert controller == {"c-200": True, "c-204": True, "c-302": True, "c-399": True, "c-400": False,
+                          "c-404": False, "c-500": False, "c-stall": False, "t-listening": True, "t-closed": False}
+
+    def haproxy() -> dict[str, bool]:
+        rows = server_rows(parse_show_stat(cli(admin, show_stat())))
+        return {server: row.health == "up" for (_, server), row in rows.items()}
+
+    wait_for("HAProxy to agree with the controller", lambda: haproxy() == controller)
+    time.sleep(5 * http.interval)  # and it stays so: these were settled verdicts, not a start-up state
+    assert haproxy() == controller
+    stats = server_rows(parse_show_stat(cli(admin, show_stat())))
+    # "* " marks a check in progress; the status after it is the last result.
+    rows = {server: (row.check_status.removeprefix("* "), row.check_code) for (_, server), row in stats.items()}
+    assert rows["c-302"] == ("L7OK", 302) and rows["c-404"] == ("L7STS", 404) and rows["c-stall"][0] == "L7TOUT"
+    assert rows["t-listening"][0] == "L4OK" and rows["t-closed"][0] == "L4CON"
+    # Both sides sent the very same request: the controller's and HAProxy's checks are indistinguishable.
+    requests = lab.requests()
+    assert len(requests) > 2 * len(codes) and set(requests) == {http_request("/healthz")}

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fleet.haproxy.render import (
+    SAFETY_NET,
     LbHealth,
     LbServer,
     LbService,
@@ -19,6 +20,7 @@ from fleet.haproxy.render import (
     check_config_argv,
     del_server,
     frontend_name,
+    lb_health,
     lb_service,
     master_reload,
     master_show_proc,
@@ -39,7 +41,8 @@ from fleet.haproxy.stats import (
     parse_show_stat,
     server_rows,
 )
-from fleet.spec import parse_playbook
+from fleet.healthjudge import LB_CONNECT_TIMEOUT, http_status_ok
+from fleet.spec import HealthSpec, parse_playbook
 
 DATA = Path(__file__).parent / "data" / "haproxy"
 HTTP = LbHealth("http", "/healthz", interval=0.5, timeout=1.0, fall=2, rise=1)
@@ -98,7 +101,7 @@ backend be_web
     mode http
     balance roundrobin
     option httpchk GET /healthz
-    http-check expect status 200
+    http-check expect status 200-399
     timeout check 1000ms
     server web-1 10.0.0.1:18081 check inter 500ms fall 2 rise 1 weight 1
     server web-2 10.0.0.2:18081 check inter 500ms fall 2 rise 1 weight 0
@@ -255,6 +258,53 @@ def test_lb_service_from_a_spec() -> None:
     assert lb_service(db, [], "10.0.0.9").health == LbHealth("tcp", None, 2.0, 1.0, 3, 1)
     with pytest.raises(ValueError, match="no lb"):
         lb_service(job, servers)
+
+
+def test_lb_health_takes_the_services_check_and_its_timing() -> None:
+    http = HealthSpec("http", "/healthz", interval=0.5, timeout=0.25, failure_threshold=4, success_threshold=2)
+    assert lb_health(http) == LbHealth("http", "/healthz", 0.5, 0.25, 4, 2)
+    tcp = HealthSpec("tcp", interval=3, timeout=2, failure_threshold=1, success_threshold=5)
+    assert lb_health(tcp) == LbHealth("tcp", None, 3, 2, 1, 5)
+    # HAProxy cannot run a command in a container: an exec-checked service gets a TCP connect to the replica's
+    # port, with the service's timing.
+    exe = HealthSpec("exec", command=("/bin/check", "--deep"), interval=7, timeout=3, failure_threshold=2)
+    assert lb_health(exe) == LbHealth("tcp", None, 7, 3, 2, 1)
+    # No health: the controller does not probe; HAProxy keeps a plain connect check as a safety net.
+    assert lb_health(None) == SAFETY_NET == LbHealth("tcp", None, 2.0, None, 3, 1)
+
+
+def _backend(svc: LbService) -> list[str]:
+    text = render([svc], **KW)
+    return text.split(f"\nbackend be_{svc.name}\n")[1].split("\n\n")[0].splitlines()
+
+
+def test_rendered_checks_for_each_kind_of_health() -> None:
+    server = (LbServer("s-1", "10.0.0.1", 9000),)
+
+    def svc(h: HealthSpec | None) -> LbService:
+        return LbService("s", 80, server, health=lb_health(h))
+
+    http = HealthSpec("http", "/ready", interval=0.5, timeout=0.25, failure_threshold=4, success_threshold=2)
+    assert _backend(svc(http)) == [
+        "    mode http", "    balance roundrobin", "    option httpchk GET /ready",
+        "    http-check expect status 200-399", "    timeout check 250ms",
+        "    server s-1 10.0.0.1:9000 check inter 500ms fall 4 rise 2 weight 1"]
+    exe = HealthSpec("exec", command=("true",), interval=7, timeout=3, failure_threshold=2)
+    assert _backend(svc(exe)) == [
+        "    mode http", "    balance roundrobin", "    timeout check 3000ms",
+        "    server s-1 10.0.0.1:9000 check inter 7000ms fall 2 rise 1 weight 1"]
+    assert _backend(svc(None)) == [
+        "    mode http", "    balance roundrobin",
+        "    server s-1 10.0.0.1:9000 check inter 2000ms fall 3 rise 1 weight 1"]
+
+
+def test_haproxy_expects_the_controllers_status_range_and_connect_timeout() -> None:
+    text = render([web()], **KW)
+    line = next(ln for ln in text.splitlines() if "http-check expect" in ln)
+    low, high = (int(x) for x in line.split()[-1].split("-"))
+    assert [c for c in range(100, 600) if low <= c <= high] == [c for c in range(100, 600) if http_status_ok(c)]
+    # Checks connect within min(timeout connect, inter): the controller's connect_deadline uses the same value.
+    assert f"    timeout connect {LB_CONNECT_TIMEOUT:g}s" in text.splitlines()
 
 
 def test_names_of_frontends_and_backends() -> None:

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..spec import HTTP_PATH_RE, ServiceSpec
+from ..healthjudge import HAPROXY_EXPECT
+from ..spec import HTTP_PATH_RE, HealthSpec, ServiceSpec
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 FILE_PATH_RE = re.compile(r"^/[A-Za-z0-9._/-]{1,4095}$")
@@ -42,7 +43,9 @@ class LbServer:
 
 @dataclass(frozen=True)
 class LbHealth:
-    """The backend's active check: an HTTP GET of `path` (expecting 200), a TCP connect, or none."""
+    """The backend's active check: an HTTP GET of `path` (passing on 200-399, as the controller's check), a TCP
+    connect, or none. `timeout` renders `timeout check` (the answer's deadline once connected; without it the
+    whole check must finish within `interval`)."""
 
     kind: Literal["http", "tcp", "none"] = "tcp"
     path: str | None = None
@@ -65,17 +68,30 @@ class LbService:
     health: LbHealth = LbHealth()
 
 
+# A service without `health`: the controller does not probe it (ready once it runs); HAProxy still connects
+# to each server every 2 s as a safety net, so a replica whose process died or stopped listening leaves the
+# rotation within 3 checks instead of taking traffic until the next `fleet apply`.
+SAFETY_NET = LbHealth("tcp", None, interval=2.0, timeout=None, fall=3, rise=1)
+
+
+def lb_health(health: HealthSpec | None) -> LbHealth:
+    """HAProxy's check for a service's `health`: http → the same GET and status rule as the controller; tcp →
+    connect; exec → a TCP connect to the replica's port (HAProxy cannot run a command in a container); none →
+    `SAFETY_NET`. interval, timeout, failure_threshold and success_threshold become inter, `timeout check`,
+    fall and rise."""
+    if health is None:
+        return SAFETY_NET
+    kind: Literal["http", "tcp"] = "http" if health.kind == "http" else "tcp"
+    return LbHealth(kind, health.path if kind == "http" else None, health.interval, health.timeout,
+                    health.failure_threshold, health.success_threshold)
+
+
 def lb_service(spec: ServiceSpec, servers: Sequence[LbServer], bind_address: str = "0.0.0.0") -> LbService:
-    """The LB view of a service spec (which must have `lb`); exec health checks become TCP checks on the LB."""
+    """The LB view of a service spec (which must have `lb`); its check is `lb_health(spec.health)`."""
     if spec.lb is None:
         raise ValueError(f"service {spec.name!r} has no lb section")
-    h = spec.health
-    if h is None:
-        health = LbHealth("tcp")
-    else:
-        health = LbHealth("http" if h.kind == "http" else "tcp", h.path, h.interval, h.timeout,
-                          h.failure_threshold, h.success_threshold)
-    return LbService(spec.name, spec.lb.port, tuple(servers), spec.lb.mode, spec.lb.balance, bind_address, health)
+    return LbService(spec.name, spec.lb.port, tuple(servers), spec.lb.mode, spec.lb.balance, bind_address,
+                     lb_health(spec.health))
 
 
 def frontend_name(service: str) -> str:
@@ -186,7 +202,7 @@ def _service_lines(svc: LbService) -> list[str]:
         lines.append("    hash-type consistent")
     if health.kind == "http":
         path = check_path(health.path, f"{where}.health.path")
-        lines += [f"    option httpchk GET {path}", "    http-check expect status 200"]
+        lines += [f"    option httpchk GET {path}", f"    http-check expect {HAPROXY_EXPECT}"]
     if health.kind != "none" and health.timeout is not None:
         lines.append(f"    timeout check {_ms(health.timeout, f'{where}.health.timeout')}")
     seen: set[str] = set()
