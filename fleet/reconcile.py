@@ -113,14 +113,15 @@ class Plan:
 def duplicates(replicas: Sequence[Replica]) -> list[Replica]:
     """Extra running copies of one replica number of a service, as a node that was unreachable (and whose
     replicas were placed elsewhere) leaves behind when it comes back. One copy of each is kept: the one on the
-    node holding fewest of that service's replicas, so the spread comes back too."""
+    node holding fewest of that service's replicas, so the spread comes back too. Copies are of one spec:
+    an old and a new replica sharing a number mid-rollout (or a canary beside its baseline) are not copies."""
     running = [r for r in replicas if r.running]
     crowd: dict[tuple[str, str], int] = {}
     for r in running:
         crowd[(r.service, r.node)] = crowd.get((r.service, r.node), 0) + 1
-    groups: dict[tuple[str, int], list[Replica]] = {}
+    groups: dict[tuple[str, int, str], list[Replica]] = {}
     for r in running:
-        groups.setdefault((r.service, r.replica), []).append(r)
+        groups.setdefault((r.service, r.replica, r.spec_hash), []).append(r)
     extras = []
     for rs in groups.values():
         if len(rs) > 1:

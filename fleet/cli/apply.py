@@ -164,7 +164,7 @@ def _run(op: Callable[[Fleet], Awaitable[RunResult]], inventory: str | None, jso
     from ..api import Fleet
 
     inv = common.inventory(inventory)
-    show = _Progress(json, quiet)
+    show = _Progress(json, quiet and not json)
     seconds = common.wait_seconds(wait)
 
     async def go() -> RunResult:

@@ -214,7 +214,7 @@ class Engine:
             if t.canary is not None:
                 self.rotation.follow(t.canary[0])
         await self.follow_records({t.spec.name for t in targets})
-        wanted = [replace(t.spec, replicas=max(0, t.spec.replicas - 1)) if t.canary else t.spec for t in active]
+        wanted = [t.spec for t in active]
         the_plan = plan(wanted, node_states(self.reports, self.errors),
                         [r for r in self.seen if not any(
                             t.canary and r.service == t.spec.name and r.spec_hash == t.canary[0].spec_hash()
@@ -243,11 +243,23 @@ class Engine:
         return outcomes
 
     async def _revision_run(self, service: str, spec: ServiceSpec, revision: int | None) -> int:
+        """The revision this run rolls out: `revision`, else an interrupted one of the same spec (a controller
+        killed mid-rollout: the run that finds it carries it on), else a new one. Other revisions left
+        in-progress by a killed controller are closed as such (a waiting canary's is not)."""
         assert self.records is not None
-        if revision is None:
-            revision = await self.records.record(service, json.dumps(to_playbook_dict(spec), sort_keys=True),
-                                                 spec.spec_hash(), spec.image, self.user)
-        return revision
+        if revision is not None:
+            return revision
+        spec_json = json.dumps(to_playbook_dict(spec), sort_keys=True)
+        state = await self.state_of(service)
+        waiting = state.canary if state is not None and state.decision == "canary-waiting" else None
+        for rev in await self.records.list(service):
+            if rev.outcome != "in-progress" or rev.revision == waiting:
+                continue
+            if json.loads(rev.spec_json) == json.loads(spec_json):
+                return rev.revision
+            await self.records.finish(service, rev.revision, "failed",
+                                      "interrupted: its controller stopped before the rollout finished")
+        return await self.records.record(service, spec_json, spec.spec_hash(), spec.image, self.user)
 
     async def rollback(self, rev: Revision) -> list[Outcome]:
         """Back to the spec of `rev` (recorded as a new revision), pinned: reconcile keeps it until the playbook
@@ -335,11 +347,10 @@ class Engine:
         intent = intent_hash(spec)
         if self.records is None:
             return await self._try(spec, _revision_from_labels(spec, self.live), None, None)
-        spec_json = json.dumps(to_playbook_dict(spec), sort_keys=True)
         revision = t.revision
         recorded = revision is None
         if revision is None:
-            revision = await self.records.record(spec.name, spec_json, spec.spec_hash(), spec.image, self.user)
+            revision = await self._revision_run(spec.name, spec, None)
         outcome = await self._try(spec, revision, state, intent)
         if outcome.ok and recorded and not outcome.waiting:
             await self.records.finish(spec.name, revision, "succeeded")
@@ -398,8 +409,9 @@ class Engine:
         state = await self.state_of(t.spec.name)
         weights = state.canary_weights if state is not None and state.canary_weights else (1, 1)
         try:
-            base = await self.converge(replace(t.spec, replicas=max(0, t.spec.replicas - 1)), t.revision,
-                                       heal=True, others=(canary_spec.spec_hash(),), weight=weights[1])
+            # The canary runs beside the full baseline (it was started as a surge replica).
+            base = await self.converge(t.spec, t.revision, heal=True, others=(canary_spec.spec_hash(),),
+                                       weight=weights[1])
             can = await self.converge(replace(canary_spec, replicas=1, update=replace(
                 canary_spec.update, strategy="rolling")), canary_rev, heal=True, others=(t.spec.spec_hash(),),
                 weight=weights[0])
@@ -445,7 +457,9 @@ class Engine:
         fail their checks (judged over the service's interval × failure_threshold) or must move are replaced
         within the update policy, surge-first where there is room."""
         h = spec.spec_hash()
-        for r in duplicates([r for r in self.live if r.service == spec.name]):
+        # Second copies of one replica of one spec (a node that came back); an old and a new replica sharing an
+        # index during a rollout (or a canary beside its baseline) are not copies of each other.
+        for r in duplicates([r for r in self.live if r.service == spec.name and r.spec_hash not in others]):
             await self._retire(spec, r, f"second copy of {r.service}[{r.replica}]")
         mine = [r for r in self.live if r.service == spec.name and r.spec_hash not in others]
         ready = await self._judge(spec, mine)
