@@ -207,9 +207,13 @@ class Fleet:
                         dataclasses.replace(now, replicas=replicas)))
             return RunResult(outcomes, self._errors(engine))
 
-    async def destroy(self, service: str, grace: float = 10.0) -> int:
+    async def destroy(self, service: str, grace: float = 10.0) -> RunResult:
+        """Remove the service; a node that is down now has its replicas removed by the next run that reaches it."""
+        from .engine.apply import Outcome
+
         async with self.writing() as engine:
-            return await engine.destroy(service, grace)
+            n = await engine.destroy(service, grace)
+            return RunResult([Outcome(service, True, stopped=n)], self._errors(engine))
 
     async def rollback(self, service: str, to: int | None = None) -> tuple[Revision, RunResult]:
         """Back to revision `to` (default: the last good one before the newest), pinned: reconcile keeps it."""

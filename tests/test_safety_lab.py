@@ -252,3 +252,33 @@ def test_frozen_containerd_on_one_worker_degrades_apply_not_the_others(lab, env)
     finally:
         os.kill(pid, signal.SIGCONT)
         run(a, "destroy", name, "--wait", "60s")
+
+
+def test_destroy_with_a_node_down_finishes_when_it_returns_and_never_resurrects(lab, env):
+    name, port = "sf-gone", 19526
+    a, b = env["env"], env["env_b"]
+    pb = playbook(env, name, port, replicas=3)
+    try:
+        assert run(a, "apply", pb).returncode == 0
+        on_n3 = [r["id"] for r in replicas(env, name) if r["node"] == "n3"]
+        assert on_n3, "spread over the three workers"
+        lab.lab.stop_sshd("n3")
+        try:
+            out = run(a, "destroy", name, "--grace", "2")
+            assert out.returncode == 1, out.stdout + out.stderr
+            assert "n3" in out.stdout and "removed when it answers again" in out.stdout
+            # A reconcile while n3 is still away does not bring the service back on n1/n2.
+            rec = run(b, "reconcile", pb)
+            assert rec.returncode == 1 and "n3" in rec.stdout + rec.stderr, rec.stdout + rec.stderr
+            assert {r["node"] for r in replicas(env, name)} <= {"n3"}
+        finally:
+            lab.lab.start_sshd("n3")
+        assert tasks(lab, "n3", name) == on_n3, "its replica kept running while it was unreachable"
+        rec = run(b, "reconcile", pb)
+        assert rec.returncode == 0, rec.stdout + rec.stderr
+        assert tasks(lab, "n3", name) == [] and replicas(env, name) == []
+        # Destroyed stays destroyed for reconcile; `apply` brings it back.
+        assert run(b, "reconcile", pb).returncode == 0 and replicas(env, name) == []
+        assert run(a, "apply", pb).returncode == 0 and len(replicas(env, name)) == 3
+    finally:
+        run(a, "destroy", name, "--wait", "60s")

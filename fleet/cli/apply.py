@@ -158,7 +158,7 @@ class _Progress:
 
 
 def _run(op: Callable[[Fleet], Awaitable[RunResult]], inventory: str | None, json: bool, wait: str | None,
-         *, quiet: bool = False, totals: dict[str, int] | None = None) -> RunResult:
+         *, quiet: bool = False, totals: dict[str, int] | None = None, report: bool = True) -> RunResult:
     """Run one changing operation through the façade, under the fleet's lease, with progress or JSON events;
     print the outcomes (`quiet`: only what changed or failed, for cron)."""
     from ..api import Fleet
@@ -180,6 +180,8 @@ def _run(op: Callable[[Fleet], Awaitable[RunResult]], inventory: str | None, jso
                            "unreachable": result.errors})
         return result
     out = common.console()
+    if not report:
+        return result
     for node, why in sorted(result.errors.items()):
         out.print(f"[yellow]! {node}: {esc(why)} (nothing was placed there)[/]")
     for o in result.outcomes:
@@ -233,20 +235,12 @@ def destroy(service: str, inventory: common.InventoryOpt = None, json: common.Js
             wait: common.WaitOpt = None) -> None:
     """Remove SERVICE: out of the load balancers first, then every replica stopped and removed. Recorded on the
     fleet: a node that is down now has its replicas removed when it returns, and reconcile never brings it back."""
-    from ..api import Fleet
-
-    inv = common.inventory(inventory)
-    seconds = common.wait_seconds(wait)
-
-    async def go() -> int:
-        async with Fleet.connect(inv, wait=seconds) as f:
-            return await f.destroy(service, grace)
-
-    n = common.run(go)
-    if json:
-        common.print_json({"service": service, "removed": n})
-    else:
-        common.console().print(f"{service}: removed {n} replica(s) and its load-balancer entries")
+    result = _run(lambda f: f.destroy(service, grace), inventory, json, wait, quiet=True, report=False)
+    if not json:
+        removed = sum(o.stopped for o in result.outcomes)
+        later = f"; {', '.join(sorted(result.errors))}: removed when it answers again" if result.errors else ""
+        common.console().print(f"{service}: removed {removed} replica(s) and its load-balancer entries{later}")
+    raise _exit(result)
 
 
 def reconcile(playbooks: PlaybooksArg = None, inventory: common.InventoryOpt = None,
