@@ -26,6 +26,7 @@ from fleet.api import Fleet
 from fleet.engine import containers as C
 from fleet.engine import images as I
 from fleet.image.demo import build_demo
+from fleet.lab.render import node_dir
 from fleet.runtime.base import RunSpec
 from fleet.transport import Pool
 
@@ -194,3 +195,17 @@ def test_hung_containerd_found_by_the_probe_not_only_a_stopped_one(lab):
                                      "within 3s")
     again, _ = fleet(lab, "nodes", "--json")
     assert again.returncode == 0, again.stdout
+
+
+def test_frozen_sshd_is_unreachable_after_one_connect_timeout(lab):
+    """sshd not answering is `unreachable`, apart from a runtime problem, and costs one connect timeout."""
+    pid = int((Path(node_dir(lab.lab.cfg, lab.lab.node(SICK))) / "sshd.pid").read_text())
+    with stopped(pid):
+        out, took = fleet(lab, "nodes", "--json", "--timeout", "2")
+    assert out.returncode == 1
+    nodes = {n["name"]: n for n in json.loads(out.stdout)["nodes"]}
+    address = lab.inventory.node(SICK).address
+    assert nodes[SICK]["status"] == "unreachable"
+    assert nodes[SICK]["reason"] == f"cannot connect to {address}:22: timed out after 2s"
+    assert all(nodes[n]["status"] == "ready" for n in nodes if n != SICK)
+    assert took < 2 + 3, f"fleet nodes took {took:.1f}s"

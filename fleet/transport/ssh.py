@@ -146,10 +146,12 @@ class Pool:
     `check()` raises the mapped fleet error instead, and `RemoteCommandError` on a non-zero exit.
 
     `limit` bounds the commands in flight over all nodes, `max_sessions` those on one node (OpenSSH
-    refuses more than MaxSessions=10 channels per connection). Connect failures (refused, unreachable,
-    timed out, closed during the handshake) are retried `connect_attempts` times, waiting `backoff`
-    seconds, doubled each time; host key and authentication failures never are. Host keys are always
-    checked: against `node.known_hosts` when set, else as OpenSSH would (~/.ssh/known_hosts, ~/.ssh/config).
+    refuses more than MaxSessions=10 channels per connection). Quick connect failures (refused, unreachable,
+    closed during the handshake: a node restarting) are retried `connect_attempts` times, waiting `backoff`
+    seconds, doubled each time; a connect that timed out is not (it already waited `connect_timeout`, and a
+    node whose sshd hangs must cost one timeout, not three), nor are host key and authentication failures.
+    Host keys are always checked: against `node.known_hosts` when set, else as OpenSSH would
+    (~/.ssh/known_hosts, ~/.ssh/config).
     `kex_algs`/`encryption_algs` put cheap algorithms first (see KEX_ALGS, CIPHERS); `None` restores
     asyncssh's defaults and lets ~/.ssh/config's KexAlgorithms/Ciphers apply.
 
@@ -289,7 +291,7 @@ class Pool:
                     node.name, f"{_where(node)}: authentication failed, no offered key was accepted"
                 ) from exc
             except (OSError, asyncssh.ConnectionLost) as exc:
-                if attempt == self.connect_attempts:
+                if attempt == self.connect_attempts or isinstance(exc, TimeoutError):
                     raise ConnectError(node.name, self._connect_message(node, exc)) from exc
             except asyncssh.Error as exc:
                 raise SessionError(node.name, f"{_where(node)}: SSH handshake failed: {exc.reason}") from exc
@@ -308,7 +310,8 @@ class Pool:
             why = exc.strerror[0].lower() + exc.strerror[1:]
         else:
             why = str(exc) or type(exc).__name__
-        tries = f" (after {self.connect_attempts} attempts)" if self.connect_attempts > 1 else ""
+        retried = self.connect_attempts > 1 and not isinstance(exc, TimeoutError)
+        tries = f" (after {self.connect_attempts} attempts)" if retried else ""
         return f"cannot connect to {node.address}:{node.port}: {why}{tries}"
 
     async def _connection(self, node: Node) -> asyncssh.SSHClientConnection:
