@@ -169,13 +169,3 @@ async def observe_health(health: HealthSpec | None, *, address: str, port: int |
         if verdict is not Verdict.UNKNOWN:
             break
     return Observation(verdict, detail, tuple(history))
-
-
-async def probe(address: str, port: int, health: HealthSpec | None) -> ProbeResult:
-    """Deprecated: the old entry point, kept until the engine calls `check` (exec checks are probed here as a
-    TCP connect, and no `health` as a TCP connect, as before)."""
-    if health is not None and health.kind == "http" and health.path:
-        return await probe_http(address, port, health.path, health.timeout, connect_deadline(health))
-    if health is None:
-        return await probe_tcp(address, port, 2.0)
-    return await probe_tcp(address, port, connect_deadline(health))

@@ -13,13 +13,15 @@ import getpass
 import json
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from .. import labels as L
 from ..errors import FleetError, SchedulingError
-from ..health import probe
+from ..health import check, observe_health
+from ..healthjudge import Verdict as HealthVerdict
+from ..healthjudge import ready as passed_enough
 from ..history import FinalOutcome, Revision
 from ..reconcile import Plan, Replica, duplicates, placement_inputs, plan
 from ..rollout.decide import (
@@ -37,6 +39,7 @@ from ..scheduler import Assignment, place
 from ..spec import SecretRef, ServiceSpec, from_playbook_dict, to_playbook_dict
 from ..transport import Pool
 from .calls import driver_for, perform
+from .health import exec_in as health_exec
 from .images import ensure_image
 from .lb import Balancers, Rotation
 from .nodes import NodeReport
@@ -514,21 +517,15 @@ class Engine:
         h = spec.health
         if h is None:
             return {r.id: True for r in replicas}
-        now = time.time()
         current = spec.spec_hash()
 
         async def verdict(r: Replica) -> bool:
             # Outdated replicas are replaced by the rolling plan anyway; the new spec's check may not fit them.
             if r.spec_hash != current:
                 return True
-            if r.created is not None and now - r.created < h.start_period:
-                return True
-            for i in range(max(1, h.failure_threshold)):
-                if i:
-                    await asyncio.sleep(h.interval)
-                if (await probe(self.addresses[r.node], r.port, h)).ok:
-                    return True
-            return False
+            seen = await observe_health(h, address=self.addresses[r.node], port=r.port, exec_in=self._exec_in(r),
+                                        started_at=r.created or 0.0, clock=time.time)
+            return seen.verdict is not HealthVerdict.UNHEALTHY
 
         results = await asyncio.gather(*(verdict(r) for r in replicas))
         return {r.id: ok for r, ok in zip(replicas, results, strict=True)}
@@ -679,9 +676,9 @@ class Engine:
         `min_ready`); else why not (deadline passed, or it crashed)."""
         h = spec.health
         deadline = time.monotonic() + spec.update.ready_deadline
-        need = h.success_threshold if h else 1
         address = self.addresses[r.node]
-        streak, checks, last = 0, 0, "no check yet"
+        history: list[tuple[float, bool]] = []
+        checks, last = 0, "no check yet"
         ready_since: float | None = None
         pid: int | None = None
         while time.monotonic() < deadline:
@@ -689,12 +686,12 @@ class Engine:
                 running = await self._pid(r) is not None
                 ok, detail = running, ("running" if running else "not running")
             else:
-                result = await probe(address, r.port, h)
+                result = await check(h, address=address, port=r.port, exec_in=self._exec_in(r))
                 ok, detail = result.ok, result.detail
             checks += 1
+            history.append((time.monotonic(), ok))
             if ok:
-                streak += 1
-                if streak >= need and ready_since is None:
+                if (passed_enough(history, h) if h is not None else True) and ready_since is None:
                     ready_since, pid = time.monotonic(), await self._pid(r)
                 if ready_since is not None and time.monotonic() - ready_since >= spec.update.min_ready:
                     now = await self._pid(r)
@@ -702,17 +699,23 @@ class Engine:
                         self.emit("ready", spec.name, f"{r.id} ready on {r.node}:{r.port}", r.node, r.id)
                         return None
                     last = "its process restarted while it was becoming ready (crashed)"
-                    streak, ready_since = 0, None
+                    history.clear()
+                    ready_since = None
                     if now is None:
                         return f"{r.id} on {r.node} crashed ({last})"
             else:
                 again = ready_since is not None
                 last = f"failed again after passing ({detail})" if again else detail
-                streak, ready_since = 0, None
+                ready_since = None
                 if checks % 4 == 0 and await self._pid(r) is None:
                     return f"{r.id} on {r.node} crashed ({last})"
             await asyncio.sleep(0.25)
         return f"{r.id} on {r.node} not ready within {spec.update.ready_deadline:g}s (last check: {last})"
+
+    def _exec_in(self, r: Replica) -> Callable[[list[str], float], Awaitable[int]]:
+        """How an exec health check runs inside this replica's container (through the node's runtime)."""
+        report = self.by_name[r.node]
+        return health_exec(self.pool, report.node, driver_for(report.node, report.facts), r.id)
 
     async def _pid(self, r: Replica) -> int | None:
         """The PID of the replica's running task, None when it is not running."""
