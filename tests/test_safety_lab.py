@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from loadgen import Load
@@ -280,5 +281,38 @@ def test_destroy_with_a_node_down_finishes_when_it_returns_and_never_resurrects(
         # Destroyed stays destroyed for reconcile; `apply` brings it back.
         assert run(b, "reconcile", pb).returncode == 0 and replicas(env, name) == []
         assert run(a, "apply", pb).returncode == 0 and len(replicas(env, name)) == 3
+    finally:
+        run(a, "destroy", name, "--wait", "60s")
+
+
+def test_exec_health_runs_inside_the_container_and_a_failing_one_is_rolled_back(lab, env):
+    name, port = "sf-exec", 19527
+    a = env["env"]
+    good = '{exec: [sh, -c, "wget -q -O /dev/null http://127.0.0.1:$PORT/healthz"], interval: 1s, timeout: 2s}'
+    pb = Path(env["dir"]) / f"{name}.yaml"
+
+    def write(version: str, check: str) -> str:
+        pb.write_text(f"""services:
+  {name}:
+    image: fleet.local/demo:{version}
+    replicas: 2
+    resources: {{cpu: 0.05, memory: 32MiB}}
+    health: {check}
+    lb: {{port: {port}}}
+    stop_grace_period: 3s
+    update: {{max_surge: 1, max_unavailable: 0, ready_deadline: 6s, min_ready: 1s}}
+""")
+        return str(pb)
+
+    try:
+        out = run(a, "apply", write("v1", good))
+        assert out.returncode == 0, out.stdout + out.stderr
+        with Load(lb_address(lab), port, clients=4, max_seconds=60) as load:
+            out = run(a, "apply", write("v2", "{exec: [\"false\"], interval: 1s, timeout: 2s}"))
+            time.sleep(0.5)
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "rolled back to revision 1" in out.stdout and "exit" in out.stdout, out.stdout
+        assert load.result.failed == 0, (load.result.errors, load.result.failures[:5])
+        assert {r["image"] for r in replicas(env, name)} == {"fleet.local/demo:v1"}
     finally:
         run(a, "destroy", name, "--wait", "60s")
