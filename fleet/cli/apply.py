@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 # commands should not pay for loading them at every start.
 
 EXIT_CHANGES = 3
+CHANGES = ("start", "stop", "remove", "rollback", "pull", "canary")
 
 PlaybooksArg = Annotated[list[str] | None, typer.Argument(
     help="Playbook files or directories (default: $FLEET_PLAYBOOKS or ./playbooks).", show_default=False)]
@@ -144,6 +145,10 @@ class _Progress:
 
     def __call__(self, e: Event) -> None:
         if self.quiet:
+            # For cron: one line per change, nothing for the steps around it (drain, ready, routed, done).
+            if e.step in CHANGES:
+                self.progress.console.print(f"{esc(e.service) + ': ' if e.service else ''}{esc(e.message)}",
+                                            highlight=False)
             return
         if self.json:
             sys.stdout.write(jsonlib.dumps({"event": e.step, **dataclasses.asdict(e)}) + "\n")
@@ -185,7 +190,7 @@ def _run(op: Callable[[Fleet], Awaitable[RunResult]], inventory: str | None, jso
     for node, why in sorted(result.errors.items()):
         out.print(f"[yellow]! {node}: {esc(why)} (nothing was placed there)[/]")
     for o in result.outcomes:
-        if quiet and o.ok and not o.changed and not o.reason:
+        if quiet and o.ok and not o.reason:
             continue
         if o.ok and o.reason:
             out.print(f"[cyan]…[/] {o.service}: {esc(o.reason)}")

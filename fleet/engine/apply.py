@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from .. import labels as L
-from ..errors import FleetError, SchedulingError
+from ..errors import CommandTimeout, ConnectError, FleetError, SchedulingError
 from ..health import check, observe_health
 from ..healthjudge import Verdict as HealthVerdict
 from ..healthjudge import ready as passed_enough
@@ -38,9 +38,9 @@ from ..runtime.base import Status
 from ..scheduler import Assignment, place
 from ..spec import SecretRef, ServiceSpec, from_playbook_dict, to_playbook_dict
 from ..transport import Pool
-from .calls import driver_for, perform
+from .calls import LIST_TIMEOUT, driver_for, perform
 from .health import exec_in as health_exec
-from .images import ensure_image
+from .images import ImageUnavailable, ensure_image
 from .lb import Balancers, Rotation
 from .nodes import NodeReport
 from .runspec import NODE_DIR, hosts_text, prepare_node_script, run_spec, volume_dir
@@ -218,14 +218,22 @@ class Engine:
                 self.rotation.follow(t.canary[0])
         await self.follow_records({t.spec.name for t in targets})
         wanted = [t.spec for t in active]
-        the_plan = plan(wanted, node_states(self.reports, self.errors),
-                        [r for r in self.seen if not any(
-                            t.canary and r.service == t.spec.name and r.spec_hash == t.canary[0].spec_hash()
-                            for t in active)])
-        if the_plan.unplaced:
-            raise SchedulingError("cannot place every replica; nothing was changed:\n  "
-                                  + "\n  ".join(str(u) for u in the_plan.unplaced))
-        await self._check_images(the_plan)
+        seen = [r for r in self.seen if not any(
+            t.canary and r.service == t.spec.name and r.spec_hash == t.canary[0].spec_hash() for t in active)]
+        # A node that cannot get an image (its image list hangs, the pull fails) is left out of this run and
+        # the plan made again without it, so its share goes elsewhere.
+        missing: dict[str, str] = {}
+        while True:
+            the_plan = plan(wanted, node_states(self.reports, self.errors), seen)
+            if the_plan.unplaced:
+                why = "".join(f"\n  {node}: {reason}" for node, reason in sorted(missing.items()))
+                raise SchedulingError("cannot place every replica; nothing was changed:\n  "
+                                      + "\n  ".join(str(u) for u in the_plan.unplaced) + why)
+            failed = await self._check_images(the_plan)
+            if not failed:
+                break
+            missing.update(failed)
+            self.errors.update(failed)
         await self.sync_hosts([t.spec for t in active])
         outcomes = []
         for t in targets:
@@ -433,15 +441,24 @@ class Engine:
         return Outcome(t.spec.name, True, stopped=len(mine), reason=t.note if not mine else None,
                        changed=bool(mine))
 
-    async def _check_images(self, the_plan: Plan) -> None:
-        """Every image a new replica needs is on its node, or pulled now; else fail before any change."""
+    async def _check_images(self, the_plan: Plan) -> dict[str, str]:
+        """Every image a new replica needs is on its node, or pulled now: {node: why not} for the nodes where
+        it is not (nothing was changed on any node yet)."""
         wanted: dict[str, set[str]] = {}
         for sp in the_plan.services:
             for a in sp.start:
                 wanted.setdefault(a.node, set()).add(sp.spec.image)
             for r in sp.replace:
                 wanted.setdefault(r.node, set()).add(sp.spec.image)
-        await asyncio.gather(*(self.ensure_images(node, images) for node, images in wanted.items()))
+        nodes = sorted(wanted)
+        results = await asyncio.gather(*(self.ensure_images(n, wanted[n]) for n in nodes), return_exceptions=True)
+        failed: dict[str, str] = {}
+        for node, res in zip(nodes, results, strict=True):
+            if isinstance(res, ImageUnavailable):
+                failed[node] = str(res)
+            elif isinstance(res, BaseException):
+                raise res
+        return failed
 
     async def ensure_images(self, node: str, images: set[str]) -> None:
         """Every image present on the node (pulled if need be); each (node, image) is checked once per run."""
@@ -594,23 +611,28 @@ class Engine:
     async def _place(self, spec: ServiceSpec, k: int, outgoing: set[str]) -> list[Assignment]:
         """Place k more replicas of `spec` against the live state: replicas on their way out (outdated, failing,
         misplaced) still hold their room and ports."""
-        staying = [r for r in self.live if r.service == spec.name and r.id not in outgoing
-                   and r.spec_hash == spec.spec_hash()]
-        target = replace(spec, replicas=len(staying) + k)
+        # The scheduler is asked for the whole service, so staying replicas keep their numbers and the new ones
+        # take the lowest free ones; of what it could place, the first k are started now.
         nodes = node_states(self.reports, self.errors)
-        shaped, existing, demands, _ = placement_inputs([target], nodes, self.live, hold_outdated=True,
+        shaped, existing, demands, _ = placement_inputs([spec], nodes, self.live, hold_outdated=True,
                                                         outgoing=frozenset(outgoing))
         placement = place(shaped, existing, demands)
-        if placement.unplaced:
+        fresh = sorted((a for a in placement.assignments if a.service == spec.name and a.reason != "keep"),
+                       key=lambda a: a.replica)
+        if len(fresh) < k:
             raise RolloutFailed(f"{spec.name}: no room for {k} more replica(s) during the update: "
-                                + "; ".join(u.reason for u in placement.unplaced))
-        return [a for a in placement.assignments if a.service == spec.name and a.reason != "keep"]
+                                + "; ".join(sorted({u.reason for u in placement.unplaced})))
+        return fresh[:k]
 
     async def _start_batch(self, spec: ServiceSpec, revision: int, k: int, outgoing: set[str],
                            weight: int = 1) -> list[Replica]:
         assignments = await self._place(spec, k, outgoing)
-        for node in {a.node for a in assignments}:
-            await self.ensure_images(node, {spec.image})
+        for node in sorted({a.node for a in assignments}):
+            try:
+                await self.ensure_images(node, {spec.image})
+            except ImageUnavailable as exc:
+                self.errors[node] = str(exc)
+                raise RolloutFailed(f"{spec.name}: {exc}") from exc
         new = await asyncio.gather(*(self._start(spec, revision, a) for a in assignments), return_exceptions=True)
         ok = [r for r in new if isinstance(r, Replica)]
         failed = [e for e in new if isinstance(e, BaseException)]
@@ -683,7 +705,7 @@ class Engine:
         pid: int | None = None
         while time.monotonic() < deadline:
             if h is None:
-                running = await self._pid(r) is not None
+                running = await self._pid(r, known=pid if pid is not None else -1) is not None
                 ok, detail = running, ("running" if running else "not running")
             else:
                 result = await check(h, address=address, port=r.port, exec_in=self._exec_in(r))
@@ -692,9 +714,9 @@ class Engine:
             history.append((time.monotonic(), ok))
             if ok:
                 if (passed_enough(history, h) if h is not None else True) and ready_since is None:
-                    ready_since, pid = time.monotonic(), await self._pid(r)
+                    ready_since, pid = time.monotonic(), await self._pid(r, known=pid)
                 if ready_since is not None and time.monotonic() - ready_since >= spec.update.min_ready:
-                    now = await self._pid(r)
+                    now = await self._pid(r, known=pid)
                     if now is not None and now == pid:
                         self.emit("ready", spec.name, f"{r.id} ready on {r.node}:{r.port}", r.node, r.id)
                         return None
@@ -707,7 +729,7 @@ class Engine:
                 again = ready_since is not None
                 last = f"failed again after passing ({detail})" if again else detail
                 ready_since = None
-                if checks % 4 == 0 and await self._pid(r) is None:
+                if checks % 4 == 0 and await self._pid(r, known=-1) is None:
                     return f"{r.id} on {r.node} crashed ({last})"
             await asyncio.sleep(0.25)
         return f"{r.id} on {r.node} not ready within {spec.update.ready_deadline:g}s (last check: {last})"
@@ -717,11 +739,15 @@ class Engine:
         report = self.by_name[r.node]
         return health_exec(self.pool, report.node, driver_for(report.node, report.facts), r.id)
 
-    async def _pid(self, r: Replica) -> int | None:
-        """The PID of the replica's running task, None when it is not running."""
+    async def _pid(self, r: Replica, known: int | None = None) -> int | None:
+        """The PID of the replica's running task, None when it is not running; `known` when the node did not
+        answer in time (unknown this round: a slow listing must not end a rollout as a crash)."""
         report = self.by_name[r.node]
-        infos = await perform(self.pool, report.node, driver_for(report.node, report.facts).list_containers(),
-                              timeout=15)
+        try:
+            infos = await perform(self.pool, report.node,
+                                  driver_for(report.node, report.facts).list_containers(), timeout=LIST_TIMEOUT)
+        except (CommandTimeout, ConnectError):
+            return known
         return next((i.pid or -1 for i in infos if i.id == r.id and i.status == Status.RUNNING), None)
 
     async def _retire(self, spec: ServiceSpec, r: Replica, why: str) -> None:

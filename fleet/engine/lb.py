@@ -102,8 +102,10 @@ class Balancers:
 
         self.pool = pool
         self.addresses = {r.node.name: r.node.address for r in reports}
-        self.nodes = [LbNode(pool, r.node) for r in reports if r.node.has_role("lb") and r.ok]
-        self.unreachable = [r.node.name for r in reports if r.node.has_role("lb") and not r.ok]
+        # HAProxy needs sshd, not containerd: an lb node without a (working) runtime still balances.
+        usable = [r for r in reports if r.node.has_role("lb") and r.status not in ("unreachable", "error")]
+        self.nodes = [LbNode(pool, r.node) for r in usable]
+        self.unreachable = [r.node.name for r in reports if r.node.has_role("lb") and r not in usable]
 
     async def sync(self, rotation: Rotation) -> None:
         """Write and (hitlessly) reload the config on every lb node; unchanged configs are left alone."""

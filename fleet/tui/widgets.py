@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from ..engine.status import ServiceStatus
     from .data import Snapshot
 
-STATUS_STYLE = {"ready": "green", "unreachable": "red", "no runtime": "yellow", "error": "red"}
+STATUS_STYLE = {"ready": "green", "unreachable": "red", "no runtime": "yellow", "runtime not answering": "red",
+                "error": "red"}
 HEALTH_STYLE = {"up": "green", "down": "red", "drain": "yellow", "maint": "yellow", "nocheck": "dim"}
 Cell = str | Text
 
