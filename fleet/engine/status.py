@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..haproxy.render import backend_name
 from ..haproxy.stats import StatRow
@@ -12,6 +13,9 @@ from ..transport import Pool
 from .lb import Balancers
 from .nodes import NodeReport
 from .state import observe
+
+if TYPE_CHECKING:
+    from .apply import Records
 
 
 @dataclass(frozen=True)
@@ -44,8 +48,26 @@ class FleetStatus:
     lb_errors: dict[str, str]
 
 
-async def status(pool: Pool, reports: list[NodeReport]) -> FleetStatus:
+async def lb_ports(records: Records, services: set[str]) -> dict[str, int | None]:
+    """Each service's load-balancer port as its accepted spec says (None: not behind the load balancers)."""
+    from .apply import spec_of
+
+    out: dict[str, int | None] = {}
+    for name in sorted(services):
+        raw = await records.state(name)
+        accepted = raw.get("accepted") if raw else None
+        rev = await records.get(name, accepted) if isinstance(accepted, int) else None
+        if rev is not None:
+            spec = spec_of(rev)
+            out[name] = spec.lb.port if spec.lb is not None else None
+    return out
+
+
+async def status(pool: Pool, reports: list[NodeReport], records: Records | None = None) -> FleetStatus:
+    """Every service's replicas, their state in each load balancer, and its address (the accepted spec's port;
+    the replicas' labels for a service with no record)."""
     obs = await observe(pool, reports)
+    ports = await lb_ports(records, {r.service for r in obs.replicas}) if records is not None else {}
     lbs = Balancers(pool, reports)
     stats = await asyncio.gather(*(lb.stats() for lb in lbs.nodes), return_exceptions=True)
     rows: dict[str, list[StatRow]] = {}
@@ -69,7 +91,8 @@ async def status(pool: Pool, reports: list[NodeReport]) -> FleetStatus:
                     if row.proxy == backend_name(name) and row.name == r.id:
                         health[lb_name] = row.health
             replicas.append(ReplicaStatus(r, addresses.get(r.node, "?"), health))
-        front = next((r.lb for r in mine if r.lb), None)
-        endpoints = tuple(f"{n.node.address}:{front[0]}" for n in lbs.nodes) if front else ()
+        label = next((r.lb[0] for r in mine if r.lb), None)
+        port = ports.get(name, label)
+        endpoints = tuple(f"{n.node.address}:{port}" for n in lbs.nodes) if port else ()
         services.append(ServiceStatus(name, tuple(replicas), endpoints))
     return FleetStatus(tuple(services), obs.errors, lb_errors)
