@@ -137,26 +137,48 @@ HEALTH = "fleet.health"
 CREATED = "fleet.created"
 
 
+@dataclass(frozen=True)
+class LbLabel:
+    """The load-balancer front end a container was started with (`fleet.lb`: `PORT/MODE/BALANCE`)."""
+
+    port: int
+    mode: str
+    balance: str
+
+
+@dataclass(frozen=True)
+class HealthLabel:
+    """The check a container was started with (`fleet.health`: `KIND|PATH|INTERVAL|TIMEOUT|FALL|RISE`)."""
+
+    kind: str
+    path: str | None
+    interval: float
+    timeout: float
+    fall: int
+    rise: int
+
+
 def lb_label(port: int, mode: str, balance: str) -> str:
     return f"{port}/{mode}/{balance}"
 
 
-def parse_lb_label(value: str | None) -> tuple[int, str, str] | None:
+def parse_lb_label(value: str | None) -> LbLabel | None:
     parts = (value or "").split("/")
     if len(parts) != 3 or not parts[0].isdigit():
         return None
-    return int(parts[0]), parts[1], parts[2]
+    return LbLabel(int(parts[0]), parts[1], parts[2])
 
 
 def health_label(kind: str, path: str | None, interval: float, timeout: float, fall: int, rise: int) -> str:
     return f"{kind}|{path or ''}|{interval:g}|{timeout:g}|{fall}|{rise}"
 
 
-def parse_health_label(value: str | None) -> tuple[str, str | None, float, float, int, int] | None:
+def parse_health_label(value: str | None) -> HealthLabel | None:
     parts = (value or "").split("|")
     if len(parts) != 6:
         return None
     try:
-        return parts[0], parts[1] or None, float(parts[2]), float(parts[3]), int(parts[4]), int(parts[5])
+        return HealthLabel(parts[0], parts[1] or None, float(parts[2]), float(parts[3]), int(parts[4]),
+                           int(parts[5]))
     except ValueError:
         return None

@@ -35,8 +35,8 @@ class Replica:
     resources: Resources
     image: str
     oom_killed: bool = False
-    lb: tuple[int, str, str] | None = None
-    health: tuple[str, str | None, float, float, int, int] | None = None
+    lb: L.LbLabel | None = None
+    health: L.HealthLabel | None = None
     created: float | None = None
 
 

@@ -6,17 +6,17 @@ import asyncio
 from dataclasses import dataclass, field, replace
 
 from ..haproxy.render import (
-    LbHealth,
     LbServer,
     LbService,
     LbState,
     backend_name,
+    lb_health,
     lb_service,
     render,
     set_server_state,
 )
 from ..reconcile import Replica
-from ..spec import ServiceSpec
+from ..spec import HealthSpec, ServiceSpec
 from ..transport import Pool
 from .nodes import NodeReport
 
@@ -80,13 +80,12 @@ def _from_labels(name: str, replicas: list[Replica]) -> LbService | None:
     first = next((r for r in replicas if r.lb is not None), None)
     if first is None or first.lb is None:
         return None
-    port, mode, balance = first.lb
-    health = LbHealth("tcp")
-    if first.health is not None:
-        kind, path, interval, timeout, fall, rise = first.health
-        health = LbHealth("http" if kind == "http" and path else "tcp", path if kind == "http" else None,
-                          interval, timeout, fall, rise)
-    return LbService(name, port, (), "tcp" if mode == "tcp" else "http", balance, "0.0.0.0", health)
+    h = first.health
+    health = lb_health(None if h is None else HealthSpec(
+        "http" if h.kind == "http" and h.path else "tcp", h.path if h.kind == "http" else None, (), h.interval,
+        h.timeout, h.fall, h.rise))
+    return LbService(name, first.lb.port, (), "tcp" if first.lb.mode == "tcp" else "http", first.lb.balance,
+                     "0.0.0.0", health)
 
 
 def config(rotation: Rotation, addresses: dict[str, str], lb_address: str) -> str:

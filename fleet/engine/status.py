@@ -91,7 +91,7 @@ async def status(pool: Pool, reports: list[NodeReport], records: Records | None 
                     if row.proxy == backend_name(name) and row.name == r.id:
                         health[lb_name] = row.health
             replicas.append(ReplicaStatus(r, addresses.get(r.node, "?"), health))
-        label = next((r.lb[0] for r in mine if r.lb), None)
+        label = next((r.lb.port for r in mine if r.lb), None)
         port = ports.get(name, label)
         endpoints = tuple(f"{n.node.address}:{port}" for n in lbs.nodes) if port else ()
         services.append(ServiceStatus(name, tuple(replicas), endpoints))
