@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -17,6 +18,7 @@ from types import MappingProxyType
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -31,8 +33,9 @@ from pydantic import (
 from .errors import ConfigError, Problem, SpecError
 from .inventory import LABEL_KEY_RE, LABEL_VALUE_RE
 from .model import Resources
+from .ports import RESERVED_LB_PORTS
 from .units import parse_cpu, parse_memory
-from .yamlmarks import Marked, dotted, load
+from .yamlmarks import Marked, dotted, load, read_text
 
 SERVICE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -52,19 +55,28 @@ IMAGE_RE = re.compile(
 )
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+# Every duration (health, update, grace period, canary pause) is 0 to 24 h, counted in whole milliseconds: what
+# HAProxy's `inter` and `timeout check` take, and exact through the revision history (`format_duration`).
+MAX_DURATION = 86400.0
+# fleet's directory on every node (secrets' env files, hosts file, HAProxy config and sockets, logs, volumes):
+# `fleet.engine.runspec.NODE_DIR`; a bind volume may not expose it to a container.
+NODE_DIR = "/var/lib/fleet"
+# Files fleet bind-mounts into every container; a volume may not cover them (service discovery, DNS).
+FLEET_MOUNTS = ("/etc/hosts", "/etc/resolv.conf")
+MAX_MEMORY = 2**50  # 1 PiB: far above any node, far below ctr's int64 byte count
 
 SPEC_HASH_VERSION = 1
 DEFAULT_RESOURCES = Resources(cpu=0.1, memory=64 * 1024 * 1024)
 
 
-def parse_duration(value: object) -> float:
-    """Seconds from `500ms`, `2s`, `1m`, `1m30s`, `1h`, or a plain number of seconds."""
+def _seconds(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError(f"expected a duration such as 2s or 500ms, got {value!r}")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(f"a duration cannot be negative, got {value!r}")
-        return float(value)
+    if isinstance(value, int):
+        # Compared as an int first: a huge one would overflow float().
+        return float(value) if abs(value) <= 10**9 else math.inf if value > 0 else -math.inf
+    if isinstance(value, float):
+        return value
     if isinstance(value, str):
         text = value.strip()
         pos, total = 0, 0.0
@@ -79,23 +91,77 @@ def parse_duration(value: object) -> float:
     raise ValueError(f"expected a duration such as 2s, 500ms or 1m, got {value!r}")
 
 
+def parse_duration(value: object) -> float:
+    """Seconds from `500ms`, `2s`, `1m`, `1m30s`, `1h`, or a plain number of seconds: 0 to 24 h, in whole
+    milliseconds (returned as `milliseconds / 1000`, so equal durations are equal floats)."""
+    seconds = _seconds(value)
+    if math.isnan(seconds):
+        raise ValueError(f"expected a duration such as 2s or 500ms, got {value!r}")
+    if seconds < 0:
+        raise ValueError(f"a duration cannot be negative, got {value!r}")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"a duration can be at most 24h (86400s), got {value!r}")
+    millis = round(seconds * 1000)
+    if abs(seconds * 1000 - millis) > 1e-6:
+        raise ValueError(f"durations are counted in whole milliseconds, got {value!r}")
+    return millis / 1000
+
+
+def format_duration(seconds: float) -> str:
+    """The text `parse_duration` reads back as exactly `seconds`: `2s`, `0.5s`, `1.25s`, `86399.999s`."""
+    millis = round(seconds * 1000)
+    whole, frac = divmod(millis, 1000)
+    return f"{whole}s" if not frac else f"{whole}.{frac:03d}".rstrip("0") + "s"
+
+
 def _cpu(value: object) -> float:
     cores = parse_cpu(value)
     if not 0 < cores <= 1024:
         raise ValueError(f"cpu must be more than 0 and at most 1024 cores, got {value!r}")
-    return cores
+    millis = round(cores * 1000)
+    if millis < 1 or abs(cores * 1000 - millis) > 1e-6:
+        raise ValueError(f"cpu is counted in whole millicores (0.001 or 1m), got {value!r}")
+    return millis / 1000
 
 
 def _memory(value: object) -> int:
     size = parse_memory(value)
     if size < 1024 * 1024:
         raise ValueError(f"memory must be at least 1MiB, got {value!r}")
+    if size > MAX_MEMORY:
+        raise ValueError(f"memory can be at most 1PiB, got {value!r}")
     return size
 
 
+def _positive(seconds: float) -> float:
+    if seconds <= 0:
+        raise ValueError("must be more than 0 (at least 1ms)")
+    return seconds
+
+
+def _percentage_points(value: float) -> float:
+    if not 0 <= value <= 100:  # also NaN
+        raise ValueError(f"expected percentage points from 0 to 100, got {value!r}")
+    return value
+
+
+def _port(port: int) -> int:
+    if not 1 <= port <= 65535:
+        raise ValueError(f"expected a port number from 1 to 65535, got {port}")
+    return port
+
+
+def _lb_port(port: int) -> int:
+    _port(port)
+    if port in RESERVED_LB_PORTS:
+        raise ValueError(f"port {port} is fleet's own on the lb nodes ({RESERVED_LB_PORTS[port]}); choose another")
+    return port
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
-PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
-Port = Annotated[StrictInt, Field(ge=1, le=65535)]
+PositiveDuration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive)]
+Port = Annotated[StrictInt, AfterValidator(_port)]
+LbPort = Annotated[StrictInt, AfterValidator(_lb_port)]
 
 
 # ---- values ---------------------------------------------------------------------------------------------
@@ -315,7 +381,7 @@ class _Placement(_Strict):
 
 
 class _Lb(_Strict):
-    port: Port
+    port: LbPort
     mode: Literal["http", "tcp"] = "http"
     balance: Literal["roundrobin", "leastconn", "source", "random"] = "roundrobin"
 
@@ -331,8 +397,12 @@ class _Volume(_Strict):
     @classmethod
     def _target(cls, v: str) -> str:
         _check_mount_path(v)
-        if v == "/":
+        target = normal_path(v)
+        if target == "/":
             raise ValueError("cannot mount over /")
+        for mount in FLEET_MOUNTS:
+            if _within(mount, target):
+                raise ValueError(f"cannot mount over {target}: fleet mounts its own {mount} in every container")
         return v
 
     @model_validator(mode="after")
@@ -340,7 +410,18 @@ class _Volume(_Strict):
         if self.type == "bind":
             if self.source is None:
                 raise ValueError("a bind volume needs source: /host/path")
+            if not self.source.startswith("/"):
+                raise ValueError(f"a bind volume's source must be an absolute host path, got {self.source!r}")
             _check_mount_path(self.source)
+            source = normal_path(self.source)
+            if source == "/":
+                raise ValueError(f"a bind volume cannot mount the node's root directory (source {self.source!r})")
+            if _within(source, NODE_DIR):
+                raise ValueError(f"a bind volume cannot mount {source}: it is fleet's own directory {NODE_DIR} or "
+                                 "inside it (secrets, HAProxy config and sockets, logs)")
+            if _within(NODE_DIR, source):
+                raise ValueError(f"a bind volume cannot mount {source}: it holds fleet's own directory {NODE_DIR} "
+                                 "(secrets, HAProxy config and sockets, logs)")
         elif self.type == "volume":
             if self.source is None or not VOLUME_NAME_RE.match(self.source):
                 raise ValueError(f"a named volume needs source: NAME (a-z, 0-9, . _ -), got {self.source!r}")
@@ -355,7 +436,7 @@ class _Canary(_Strict):
     steps: list[Annotated[StrictInt, Field(ge=1, le=100)]] = Field(default_factory=lambda: [10, 50])
     pause: Duration = 30.0
     auto_promote: StrictBool = True
-    max_error_rate_delta: Annotated[float, Field(ge=0, le=100)] = 1.0
+    max_error_rate_delta: Annotated[float, AfterValidator(_percentage_points)] = 1.0
 
     @field_validator("steps")
     @classmethod
@@ -418,9 +499,10 @@ class _Service(_Strict):
     def _unique_targets(cls, v: list[_Volume]) -> list[_Volume]:
         seen = set()
         for vol in v:
-            if vol.target in seen:
-                raise ValueError(f"two volumes mount at {vol.target}")
-            seen.add(vol.target)
+            target = normal_path(vol.target)
+            if target in seen:
+                raise ValueError(f"two volumes mount at {target}")
+            seen.add(target)
         return v
 
     @model_validator(mode="after")
@@ -445,6 +527,16 @@ def _check_argv(argv: list[str]) -> None:
 def _check_mount_path(path: str) -> None:
     if not MOUNT_PATH_RE.match(path) or "/../" in f"{path}/" or "/./" in f"{path}/" or len(path) > 4096:
         raise ValueError(f"expected an absolute path of letters, digits and . _ @ + / -, got {path!r}")
+
+
+def normal_path(path: str) -> str:
+    """An absolute path without `.`/`..` parts, as the kernel resolves it: `//srv//data/` → `/srv/data`."""
+    return "/" + "/".join(part for part in path.split("/") if part)
+
+
+def _within(inner: str, outer: str) -> bool:
+    """`inner` is `outer` or below it (both normal paths)."""
+    return inner == outer or outer == "/" or inner.startswith(outer + "/")
 
 
 # ---- loading --------------------------------------------------------------------------------------------
@@ -555,6 +647,11 @@ def _parse(text: str, file: str) -> tuple[Playbook, list[Problem]]:
         doc = load(text, file)
     except ConfigError as exc:
         return Playbook(file, ()), list(exc.problems)
+    return _parse_doc(doc)
+
+
+def _parse_doc(doc: Marked) -> tuple[Playbook, list[Problem]]:
+    file = doc.file
     if not isinstance(doc.data, dict) or "services" not in doc.data:
         return Playbook(file, ()), [Problem(file, 1, "", "expected a mapping with `services:`")]
     problems: list[Problem] = []
@@ -635,10 +732,9 @@ def load_playbook_files(paths: Iterable[str]) -> list[Playbook]:
         raise SpecError([Problem(", ".join(paths) or ".", None, "", "no playbook files (*.yaml, *.yml) found")])
     for file in files:
         try:
-            with open(file, encoding="utf-8") as fh:
-                text = fh.read()
-        except OSError as exc:
-            problems.append(Problem(file, None, "", f"cannot read playbook: {exc.strerror}"))
+            text = read_text(file, "playbook")
+        except ConfigError as exc:
+            problems += exc.problems
             continue
         pb, found = _parse(text, file)
         playbooks.append(pb)
@@ -668,11 +764,12 @@ def to_playbook_dict(spec: ServiceSpec) -> dict[str, Any]:
         "port": spec.port,
         "env": {k: ({"secret": v.name} if isinstance(v, SecretRef) else v) for k, v in spec.env.items()},
         "placement": {"require": dict(spec.placement.require), "strategy": spec.placement.strategy},
-        "stop_grace_period": f"{spec.stop_grace_period:g}s",
+        "stop_grace_period": format_duration(spec.stop_grace_period),
         "update": {
             "strategy": spec.update.strategy, "max_surge": spec.update.max_surge,
             "max_unavailable": spec.update.max_unavailable, "batch_size": spec.update.batch_size,
-            "ready_deadline": f"{spec.update.ready_deadline:g}s", "min_ready": f"{spec.update.min_ready:g}s",
+            "ready_deadline": format_duration(spec.update.ready_deadline),
+            "min_ready": format_duration(spec.update.min_ready),
         },
     }
     if spec.command is not None:
@@ -682,8 +779,9 @@ def to_playbook_dict(spec: ServiceSpec) -> dict[str, Any]:
     h = spec.health
     if h is not None:
         health: dict[str, Any] = {
-            "interval": f"{h.interval:g}s", "timeout": f"{h.timeout:g}s", "failure_threshold": h.failure_threshold,
-            "success_threshold": h.success_threshold, "start_period": f"{h.start_period:g}s",
+            "interval": format_duration(h.interval), "timeout": format_duration(h.timeout),
+            "failure_threshold": h.failure_threshold, "success_threshold": h.success_threshold,
+            "start_period": format_duration(h.start_period),
         }
         if h.kind == "http":
             health["http"] = h.path
@@ -700,14 +798,16 @@ def to_playbook_dict(spec: ServiceSpec) -> dict[str, Any]:
                           for vol in spec.volumes]
     c = spec.update.canary
     if c is not None:
-        out["update"]["canary"] = {"steps": list(c.steps), "pause": f"{c.pause:g}s",
+        out["update"]["canary"] = {"steps": list(c.steps), "pause": format_duration(c.pause),
                                    "auto_promote": c.auto_promote, "max_error_rate_delta": c.max_error_rate_delta}
     return out
 
 
 def from_playbook_dict(name: str, data: dict[str, Any], source: str = "<history>") -> ServiceSpec:
-    """A ServiceSpec from `to_playbook_dict` output, validated exactly as a playbook is."""
-    import json as _json
-
-    pb = parse_playbook(_json.dumps({"services": {name: data}}), source)
+    """A ServiceSpec from `to_playbook_dict` output (as stored, e.g. through JSON), validated exactly as a playbook
+    is; the values are read as they are, not through YAML's text rules."""
+    pb, problems = _parse_doc(Marked(source, {"services": {name: data}}, {}))
+    problems += _cross_check([pb])
+    if problems:
+        raise SpecError(problems)
     return pb.services[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _MEM_UNITS = {
@@ -28,27 +29,34 @@ def parse_memory(value: object) -> int:
     m = _MEM_RE.match(value)
     if not m or m.group(2).lower() not in _MEM_UNITS:
         raise ValueError(f"expected a memory size such as 512MiB or 2GiB, got {value!r}")
-    return int(float(m.group(1)) * _MEM_UNITS[m.group(2).lower()])
+    size = float(m.group(1)) * _MEM_UNITS[m.group(2).lower()]
+    if not size < 2**63:  # also inf, from a number of hundreds of digits
+        raise ValueError(f"memory size too large: {value!r}")
+    return int(size)
 
 
 def parse_cpu(value: object) -> float:
     """Cores from `0.5`, `2`, or millicores `500m`."""
     if isinstance(value, bool):
         raise ValueError(f"expected a CPU amount such as 0.5 or 500m, got {value!r}")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(f"cpu cannot be negative: {value}")
-        return float(value)
-    if isinstance(value, str):
+    cores: float
+    if isinstance(value, int):
+        cores = float(value) if abs(value) <= 2**53 else math.inf if value > 0 else -math.inf  # no float() overflow
+    elif isinstance(value, float):
+        cores = value
+    elif isinstance(value, str):
         text = value.strip()
         try:
             cores = float(text[:-1]) / 1000 if text.endswith("m") else float(text)
         except ValueError:
             raise ValueError(f"expected a CPU amount such as 0.5 or 500m, got {value!r}") from None
-        if cores < 0:
-            raise ValueError(f"cpu cannot be negative: {value!r}")
-        return cores
-    raise ValueError(f"expected a CPU amount such as 0.5 or 500m, got {value!r}")
+    else:
+        raise ValueError(f"expected a CPU amount such as 0.5 or 500m, got {value!r}")
+    if math.isnan(cores) or math.isinf(cores):
+        raise ValueError(f"expected a finite CPU amount such as 0.5 or 500m, got {value!r}")
+    if cores < 0:
+        raise ValueError(f"cpu cannot be negative: {value!r}")
+    return cores
 
 
 def format_memory(n: int | float) -> str:

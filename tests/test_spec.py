@@ -16,11 +16,13 @@ from fleet.spec import (
     HealthSpec,
     SecretRef,
     ServiceSpec,
+    from_playbook_dict,
     load_playbook_files,
     load_playbooks,
     parse_duration,
     parse_playbook,
     playbook_files,
+    to_playbook_dict,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -145,7 +147,7 @@ def test_bad_playbook_lists_every_problem_with_file_line_and_field(tmp_path: Pat
         f"{path}:14: services.web.env.FLAG: expected a string, got True (quote it)",
         f"{path}:16: services.web.volumes[0]: a bind volume needs source: /host/path",
         f"{path}:17: services.api.image: required field is missing",
-        f"{path}:18: services.api.lb.port: Input should be less than or equal to 65535, got 70000",
+        f"{path}:18: services.api.lb.port: expected a port number from 1 to 65535, got 70000",
     ]
 
 
@@ -318,7 +320,112 @@ def test_bad_durations_are_refused(bad: object) -> None:
         parse_duration(bad)
 
 
-@given(st.integers(0, 10**6), st.integers(0, 59), st.integers(0, 999))
-def test_duration_parts_add_up(minutes: int, seconds: int, millis: int) -> None:
+@given(st.integers(0, 1439), st.integers(0, 59), st.integers(0, 999))
+def test_duration_parts_add_up_to_exact_milliseconds(minutes: int, seconds: int, millis: int) -> None:
     text = f"{minutes}m{seconds}s{millis}ms"
-    assert parse_duration(text) == pytest.approx(minutes * 60 + seconds + millis / 1000)
+    assert parse_duration(text) == (minutes * 60_000 + seconds * 1000 + millis) / 1000
+
+
+# ---- any valid spec round-trips through the revision history ----------------------------------------------
+
+def _duration(low_ms: int = 0) -> st.SearchStrategy[object]:
+    """A duration of 0-24 h in whole milliseconds, written any way a user may write it."""
+    def spell(ms: int) -> st.SearchStrategy[object]:
+        return st.sampled_from([
+            f"{ms}ms", ms / 1000, f"{ms / 1000}s", f"{ms // 60_000}m{(ms % 60_000) / 1000}s",
+            f"{ms // 3_600_000}h{(ms % 3_600_000) // 1000}s{ms % 1000}ms",
+            *([ms // 1000, f"{ms // 1000}s"] if ms % 1000 == 0 else []),
+        ])
+    return st.integers(low_ms, 86_400_000).flatmap(spell)
+
+
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=20)
+_LABEL_KEY = st.from_regex(r"[a-z][a-z0-9._/-]{0,10}", fullmatch=True)
+_LABEL_VALUE = st.from_regex(r"[A-Za-z0-9._:@+-]{0,10}", fullmatch=True)
+_TARGET = st.from_regex(r"/(srv|data|cache|var/x|opt)(/[a-z0-9_@+-]{1,8}){0,2}", fullmatch=True)
+
+
+@st.composite
+def _service(draw: st.DrawFn) -> dict[str, object]:
+    body: dict[str, object] = {
+        "image": draw(st.sampled_from(["busybox", "fleet.local/demo:v1", "127.0.0.1:5000/team/api:v2",
+                                       "busybox@sha256:" + "a" * 64])),
+        "replicas": draw(st.integers(0, 10_000)),
+        "port": draw(st.integers(1, 65535)),
+        "stop_grace_period": draw(_duration()),
+    }
+    if draw(st.booleans()):
+        body["command"] = draw(st.lists(_TEXT, min_size=1, max_size=3))
+    millicores = draw(st.integers(1, 1_024_000))
+    body["resources"] = {
+        "cpu": draw(st.sampled_from([millicores / 1000, f"{millicores}m", str(millicores / 1000)])),
+        "memory": draw(st.one_of(st.integers(2**20, 2**50), st.integers(1, 2**20).map(lambda n: f"{n}MiB"),
+                                 st.sampled_from(["1.5GiB", "512Mi", "2G", "64k" * 0 + "128MiB"]))),
+    }
+    body["env"] = draw(st.dictionaries(
+        st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True).filter(lambda k: k != "PORT"),
+        st.one_of(_TEXT, st.integers(-10**6, 10**6),
+                  st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,8}", fullmatch=True).map(lambda n: {"secret": n})),
+        max_size=4))
+    kind = draw(st.sampled_from(["none", "http", "tcp", "exec"]))
+    if kind != "none":
+        health: dict[str, object] = {
+            "http": {"http": draw(st.from_regex(r"/[a-z0-9._~-]{0,10}(\?[a-z=&]{0,6})?", fullmatch=True))},
+            "tcp": {"tcp": True}, "exec": {"exec": draw(st.lists(_TEXT, min_size=1, max_size=2))},
+        }[kind]
+        for key, low in (("interval", 1), ("timeout", 1), ("start_period", 0)):
+            if draw(st.booleans()):
+                health[key] = draw(_duration(low))
+        health["failure_threshold"] = draw(st.integers(1, 100))
+        health["success_threshold"] = draw(st.integers(1, 100))
+        body["health"] = health
+    body["placement"] = {"require": draw(st.dictionaries(_LABEL_KEY, _LABEL_VALUE, max_size=2)),
+                         "strategy": draw(st.sampled_from(["spread", "pack"]))}
+    if draw(st.booleans()):
+        body["placement"]["spread_by"] = draw(_LABEL_KEY)  # type: ignore[index]
+    lb = draw(st.booleans())
+    if lb:
+        body["lb"] = {"port": draw(st.integers(1, 65535).filter(lambda p: p != 8404)),
+                      "mode": draw(st.sampled_from(["http", "tcp"])),
+                      "balance": draw(st.sampled_from(["roundrobin", "leastconn", "source", "random"]))}
+    targets = draw(st.lists(_TARGET, max_size=3, unique=True))
+    volumes = []
+    for target in targets:
+        vtype = draw(st.sampled_from(["bind", "tmpfs", "volume"]))
+        vol: dict[str, object] = {"type": vtype, "target": target, "readonly": draw(st.booleans())}
+        if vtype == "bind":
+            vol["source"] = draw(_TARGET)
+        elif vtype == "volume":
+            vol["source"] = draw(st.from_regex(r"[a-z0-9][a-z0-9_.-]{0,10}", fullmatch=True))
+        elif draw(st.booleans()):
+            vol["size"] = draw(st.integers(2**20, 2**40))
+        volumes.append(vol)
+    body["volumes"] = volumes
+    surge, unavailable = draw(st.tuples(st.integers(0, 5), st.integers(0, 5)).filter(lambda t: t != (0, 0)))
+    update: dict[str, object] = {"max_surge": surge, "max_unavailable": unavailable,
+                                 "ready_deadline": draw(_duration(1)), "min_ready": draw(_duration())}
+    if draw(st.booleans()):
+        update["batch_size"] = draw(st.integers(1, 10))
+    if lb and draw(st.booleans()):
+        update["strategy"] = "canary"
+        update["canary"] = {
+            "steps": sorted(draw(st.sets(st.integers(1, 100), min_size=1, max_size=4))),
+            "pause": draw(_duration()), "auto_promote": draw(st.booleans()),
+            "max_error_rate_delta": draw(st.one_of(st.integers(0, 100), st.floats(0, 100))),
+        }
+    body["update"] = update
+    return body
+
+
+@given(st.from_regex(r"[a-z][a-z0-9-]{0,30}", fullmatch=True), _service())
+def test_any_valid_spec_round_trips_through_the_history_to_an_equal_spec_and_hash(name: str,
+                                                                                   body: dict[str, object]) -> None:
+    import yaml
+
+    text = yaml.safe_dump({"services": {name: body}}, allow_unicode=bool(len(name) % 2))
+    spec = parse_playbook(text, "p.yaml").services[0]
+    stored = json.loads(json.dumps(to_playbook_dict(spec), sort_keys=True))  # as the history keeps it
+    back = from_playbook_dict(name, stored)
+    assert back == spec
+    assert back.spec_hash() == spec.spec_hash()
+    assert to_playbook_dict(back) == to_playbook_dict(spec)
