@@ -17,16 +17,21 @@ Ansible inventories: `ansible_host`, `ansible_port`, `ansible_user`, `ansible_ss
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import re
 import shlex
+from collections.abc import Iterable
 
 from .errors import ConfigError, InventoryError, Problem
 from .model import Inventory, Node, Resources
-from .yamlmarks import Marked, load
+from .yamlmarks import Marked, load, read_text
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+# A DNS host name (RFC 1123 labels; `_` tolerated, as resolvers and /etc/hosts do), at most 253 characters.
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+HOST_NAME_RE = re.compile(rf"^(?=.{{1,253}}\.?$){_LABEL}(?:\.{_LABEL})*\.?$")
 LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,126}$")
 LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9._:/@+-]{0,128}$")
 ROLES = ("worker", "lb")
@@ -42,6 +47,22 @@ def _check_labels(v: dict[str, object]) -> dict[str, str]:
             raise ValueError(f"invalid value {text!r} for label {key!r}")
         out[str(key)] = text
     return out
+
+
+def check_address(value: object) -> str:
+    """A node's address as written: an IPv4/IPv6 literal or a host name (resolved later, where an IP is needed).
+
+    A name whose last label is all digits (`10.0.0`, `300.1.1.1`) is refused: resolvers would read it as a
+    number-and-dots IPv4 form, not look it up."""
+    text = value if isinstance(value, str) else ""
+    try:
+        ipaddress.ip_address(text)
+        return text
+    except ValueError:
+        pass
+    if HOST_NAME_RE.match(text) and not text.rstrip(".").rsplit(".", 1)[-1].isdigit():
+        return text
+    raise ValueError(f"expected an IP address or a host name, got {value!r}")
 
 
 def _resolve_path(path: str, base_dir: str) -> str:
@@ -71,14 +92,28 @@ def _ansible_node(host: _Host, file: str, base_dir: str) -> Node:
     def field(key: str) -> str:
         return f"{host.name}.{key}"
 
+    if not NAME_RE.match(host.name):
+        problems.append(Problem(file, host.line, host.name,
+                                "invalid host name (letters, digits, . _ -; at most 63 characters)"))
+    port_var = "ansible_port" if "ansible_port" in v else "ansible_ssh_port"
+    got = v.get(port_var, 22)
     try:
-        port = int(str(v.get("ansible_port", v.get("ansible_ssh_port", 22))))
+        if isinstance(got, bool | float):
+            raise ValueError
+        port = int(str(got))
         if not 1 <= port <= 65535:
             raise ValueError
     except ValueError:
-        got = v.get("ansible_port")
-        problems.append(Problem(file, host.line, field("ansible_port"), f"expected a port, got {got!r}"))
+        problems.append(Problem(file, host.line, field(port_var), f"expected a port number from 1 to 65535, "
+                                                                  f"got {got!r}"))
         port = 22
+    address_var = next((k for k in ("ansible_host", "ansible_ssh_host") if k in v), None)
+    address = v.get(address_var, host.name) if address_var else host.name
+    try:
+        address = check_address(address)
+    except ValueError as exc:
+        if address_var is not None or NAME_RE.match(host.name):  # else the name's problem says it all
+            problems.append(Problem(file, host.line, field(address_var or "ansible_host"), str(exc)))
     key = v.get("ansible_ssh_private_key_file", v.get("ansible_private_key_file"))
     labels: dict[str, object] = {f"group.{g}": "true" for g in sorted(host.groups) if g not in ("all", "ungrouped")}
     extra = v.get("fleet_labels", {})
@@ -94,7 +129,13 @@ def _ansible_node(host: _Host, file: str, base_dir: str) -> Node:
     roles_raw = v.get("fleet_roles")
     roles = ["worker", "lb"] if "lb" in host.groups else ["worker"]
     if roles_raw is not None:
-        roles = [roles_raw] if isinstance(roles_raw, str) else [str(r) for r in roles_raw]  # type: ignore[attr-defined]
+        if isinstance(roles_raw, str):
+            roles = [roles_raw]
+        elif isinstance(roles_raw, list):
+            roles = [str(r) for r in roles_raw]
+        else:
+            problems.append(Problem(file, host.line, field("fleet_roles"), f"expected a list of roles "
+                                                                           f"({', '.join(ROLES)}), got {roles_raw!r}"))
         for role in roles:
             if role not in ROLES:
                 problems.append(Problem(file, host.line, field("fleet_roles"), f"unknown role {role!r}"))
@@ -118,7 +159,7 @@ def _ansible_node(host: _Host, file: str, base_dir: str) -> Node:
     return Node(
         name=host.name,
         known_hosts=known_hosts,
-        address=str(v.get("ansible_host", v.get("ansible_ssh_host", host.name))),
+        address=str(address),
         port=port,
         user=str(v.get("ansible_user", v.get("ansible_ssh_user", "root"))),
         key_files=_keys(str(key), base_dir) if key else (),
@@ -142,19 +183,31 @@ def _from_ansible_yaml(doc: Marked) -> Inventory:
         unknown = set(body) - {"hosts", "vars", "children"}
         for key in sorted(unknown, key=str):
             problems.append(doc.problem((*path, key), "unknown field (expected hosts, vars or children)"))
+        parts = {}
+        for key, what in (("vars", "variable name → value"), ("hosts", "host name → variables"),
+                          ("children", "group name → group")):
+            part = body.get(key)
+            if part is not None and not isinstance(part, dict):
+                problems.append(doc.problem((*path, key), f"expected a mapping of {what}"))
+                part = None
+            parts[key] = part or {}
         gvars = dict(inherited)
-        gvars.update(body.get("vars") or {})
+        gvars.update(parts["vars"])
         groups = parents | {group}
-        for hname, hvars in (body.get("hosts") or {}).items():
+        for hname, hvars in parts["hosts"].items():
+            if not isinstance(hname, str | int):
+                problems.append(doc.problem((*path, "hosts", hname), f"expected a host name, got {hname!r}"))
+                continue
             host = hosts.setdefault(str(hname), _Host(str(hname), doc.line_of((*path, "hosts", hname))))
             host.groups |= groups
             merged = dict(gvars)
             merged.update(host.vars)
             if hvars is not None and not isinstance(hvars, dict):
                 problems.append(doc.problem((*path, "hosts", hname), "host variables must be a mapping"))
-            merged.update(hvars or {})
+            elif hvars:
+                merged.update(hvars)
             host.vars = merged
-        for cname, cbody in (body.get("children") or {}).items():
+        for cname, cbody in parts["children"].items():
             walk(str(cname), cbody, (*path, "children", cname), gvars, groups)
 
     for gname, gbody in doc.data.items():
@@ -162,7 +215,20 @@ def _from_ansible_yaml(doc: Marked) -> Inventory:
     if problems:
         raise InventoryError(problems)
     base_dir = os.path.dirname(os.path.abspath(doc.file))
-    return Inventory(doc.file, tuple(_ansible_node(h, doc.file, base_dir) for h in hosts.values()))
+    return Inventory(doc.file, _ansible_nodes(hosts.values(), doc.file, base_dir))
+
+
+def _ansible_nodes(hosts: Iterable[_Host], file: str, base_dir: str) -> tuple[Node, ...]:
+    """Every host as a Node; the problems of all hosts are reported together."""
+    nodes, problems = [], []
+    for host in hosts:
+        try:
+            nodes.append(_ansible_node(host, file, base_dir))
+        except InventoryError as exc:
+            problems += exc.problems
+    if problems:
+        raise InventoryError(problems)
+    return tuple(nodes)
 
 
 _INI_SECTION = re.compile(r"^\[([^\]:]+)(?::(vars|children))?\]\s*$")
@@ -237,7 +303,7 @@ def _from_ansible_ini(text: str, file: str) -> Inventory:
         merged.update(host.vars)
         host.vars = merged
     base_dir = os.path.dirname(os.path.abspath(file))
-    return Inventory(file, tuple(_ansible_node(h, file, base_dir) for h in hosts.values()))
+    return Inventory(file, _ansible_nodes(hosts.values(), file, base_dir))
 
 
 def parse(text: str, file: str) -> Inventory:
@@ -267,7 +333,7 @@ def parse(text: str, file: str) -> Inventory:
     return inv
 
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: addresses, ports and Ansible host names checked
 
 
 def cache_dir() -> str:
@@ -317,10 +383,11 @@ def load_inventory(path: str) -> Inventory:
     """Read and validate an inventory file; a valid one is remembered by content, so an unchanged file is read
     back without validating it again (every CLI command starts by loading the inventory)."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise InventoryError([Problem(path, None, "", f"cannot read inventory: {exc.strerror}")]) from exc
+        text = read_text(path, "inventory")
+    except InventoryError:
+        raise
+    except ConfigError as exc:
+        raise InventoryError(exc.problems) from None
     cached = _cache_file(path, text)
     try:
         with open(cached, encoding="utf-8") as fh:

@@ -5,17 +5,23 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from .errors import InventoryError, Problem
-from .inventory import NAME_RE, ROLES, _check_labels, _keys, _resolve_path
+from .inventory import NAME_RE, ROLES, _check_labels, _keys, _resolve_path, check_address
 from .model import Inventory, Node, Resources
 from .units import parse_cpu, parse_memory
 from .yamlmarks import Marked
 
 REGISTRY_RE = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
+
+
+def _port(port: int) -> int:
+    if not 1 <= port <= 65535:
+        raise ValueError(f"expected a port number from 1 to 65535, got {port}")
+    return port
 
 
 class _Quantity(BaseModel):
@@ -37,7 +43,7 @@ class _Quantity(BaseModel):
 class _NodeCommon(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user: str | None = None
-    port: int | None = Field(default=None, ge=1, le=65535)
+    port: Annotated[StrictInt, AfterValidator(_port)] | None = None
     key: str | list[str] | None = None
     known_hosts: str | None = None
     namespace: str | None = None
@@ -67,7 +73,7 @@ class _NodeCommon(BaseModel):
 
 
 class _NodeSpec(_NodeCommon):
-    address: str = Field(min_length=1)
+    address: Annotated[str, AfterValidator(check_address)]
     roles: list[str] = Field(default_factory=lambda: ["worker"])
     capacity: _Quantity | None = None
 
@@ -86,6 +92,14 @@ class _FleetInventory(BaseModel):
     nodes: dict[str, _NodeSpec]
 
 
+_TYPE_MESSAGES = {
+    "int_type": "expected an integer", "int_parsing": "expected an integer", "int_from_float": "expected an integer",
+    "float_type": "expected a number", "float_parsing": "expected a number", "string_type": "expected a string",
+    "list_type": "expected a list", "dict_type": "expected a mapping", "model_type": "expected a mapping",
+    "model_attributes_type": "expected a mapping",
+}
+
+
 def pydantic_problems(exc: ValidationError, doc: Marked, prefix: tuple[str | int, ...] = ()) -> list[Problem]:
     """Map pydantic's error locations onto the YAML document's line marks."""
     problems = []
@@ -98,6 +112,8 @@ def pydantic_problems(exc: ValidationError, doc: Marked, prefix: tuple[str | int
             msg = "unknown field"
         elif err["type"] == "missing":
             msg = "required field is missing"
+        elif err["type"] in _TYPE_MESSAGES:
+            msg = f"{_TYPE_MESSAGES[err['type']]}, got {err['input']!r}"
         elif "input" in err and err["type"] not in ("value_error",):
             msg = f"{msg}, got {err['input']!r}"
         problems.append(doc.problem(loc, msg))
