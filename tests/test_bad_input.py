@@ -1,0 +1,675 @@
+"""Bad input is refused before anything changes: every refusal names file and line (or node), never a traceback.
+
+Loading is pure, so "nothing changed" means the loader raised before any engine call; through the CLI it means
+exit 2 with the message, and no connection to any node (the inventory's node is a listening socket on loopback
+that counts the connections it is offered).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fleet.checks import lb_port_conflicts
+from fleet.errors import ConfigError, InventoryError, SpecError
+from fleet.inventory import load_inventory, parse
+from fleet.ports import STATS_PORT
+from fleet.spec import (
+    MAX_DURATION,
+    NODE_DIR,
+    format_duration,
+    from_playbook_dict,
+    load_playbooks,
+    parse_duration,
+    parse_playbook,
+    to_playbook_dict,
+)
+from fleet.yamlmarks import MAX_ALIASED
+
+FLEET = str(Path(sys.executable).with_name("fleet"))
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text).lstrip("\n"))
+    return str(path)
+
+
+def playbook_problems(tmp_path: Path, text: str, name: str = "p.yaml") -> tuple[str, list[str]]:
+    path = write(tmp_path, name, text)
+    with pytest.raises(SpecError) as info:
+        load_playbooks([path])
+    return path, [str(p) for p in info.value.problems]
+
+
+def service_problems(tmp_path: Path, snippet: str) -> tuple[str, list[str]]:
+    """Problems of a one-service playbook whose body ends with `snippet` (at line 4)."""
+    return playbook_problems(tmp_path, f"services:\n  web:\n    image: busybox\n    {snippet}\n")
+
+
+def laughs(levels: int, key: str = "l") -> str:
+    lines = [f"{key}0: &{key}0 [" + ", ".join(["lol"] * 9) + "]"]
+    for i in range(1, levels + 1):
+        lines.append(f"{key}{i}: &{key}{i} [" + ", ".join([f"*{key}{i - 1}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+class Listener:
+    """A node that only counts: a listening socket on loopback; a connection offered to it stays in its backlog,
+    so `offered()` sees it even though nothing accepts."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.setblocking(False)
+        self.port: int = self.sock.getsockname()[1]
+
+    def offered(self) -> int:
+        count = 0
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except BlockingIOError:
+                return count
+            conn.close()
+            count += 1
+
+
+@pytest.fixture
+def node() -> Iterator[Listener]:
+    listener = Listener()
+    try:
+        yield listener
+    finally:
+        listener.sock.close()
+
+
+def inventory_for(tmp_path: Path, node: Listener) -> str:
+    return write(tmp_path, "inventory.yaml", f"""
+        nodes:
+          n1: {{address: 127.0.0.1, port: {node.port}, roles: [worker, lb]}}
+    """)
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "400", "FLEET_LAB_ROOT": "/nonexistent"}
+    env.pop("FLEET_INVENTORY", None)
+    env.pop("FLEET_PLAYBOOKS", None)
+    return subprocess.run([FLEET, *args], capture_output=True, text=True, timeout=60, env=env, cwd=cwd)
+
+
+def assert_refused(result: subprocess.CompletedProcess[str], *expected: str) -> None:
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "Traceback" not in output and "Error:" not in output.replace("error:", ""), output
+    for line in expected:
+        assert line in result.stderr, result.stderr
+
+
+# ---- 1. recursive and exploding aliases -------------------------------------------------------------------
+
+def test_recursive_alias_in_a_playbook_is_refused_with_file_and_line(tmp_path: Path) -> None:
+    path, problems = playbook_problems(tmp_path, """
+        services:
+          web: &web
+            image: busybox
+            command: [*web]
+    """)
+    assert problems == [f"{path}:4: alias *web refers to a node that contains it (a recursive alias)"]
+
+
+def test_billion_laughs_playbook_is_refused_at_once(tmp_path: Path) -> None:
+    start = time.monotonic()
+    path, problems = playbook_problems(tmp_path, laughs(9) + "services:\n  web: {image: busybox, command: *l9}\n")
+    assert time.monotonic() - start < 2
+    assert problems == [f"{path}:6: aliases expand the document by more than {MAX_ALIASED} values (at *l4)"]
+
+
+@pytest.mark.parametrize(("text", "line", "message"), [
+    ("nodes: &n\n  n1: {address: 10.0.0.1, labels: *n}\n", 2, "alias *n refers to a node that contains it"),
+    ("defaults: {user: root}\nnodes:\n  n1: &n {address: 10.0.0.1, reserved: [*n]}\n", 3, "recursive alias"),
+    ("all:\n  hosts:\n    a: &a {ansible_host: 10.0.0.1, x: [*a]}\n", 3, "recursive alias"),
+    ("all: &all\n  children: {lb: *all}\n", 2, "recursive alias"),
+    (laughs(9) + "nodes:\n  n1: {address: 10.0.0.1, labels: {a: *l9}}\n", 6, "aliases expand the document"),
+    (laughs(9, "v") + "all:\n  vars: {x: *v9}\n  hosts: {a: {ansible_host: 10.0.0.1}}\n", 6,
+     "aliases expand the document"),
+])
+def test_recursive_and_exploding_aliases_in_inventories_are_refused_with_file_and_line(
+        tmp_path: Path, text: str, line: int, message: str) -> None:
+    path = tmp_path / "inv.yaml"
+    path.write_text(text)
+    with pytest.raises(InventoryError) as info:
+        load_inventory(str(path))
+    (problem,) = info.value.problems
+    assert (problem.file, problem.line) == (str(path), line) and message in problem.message
+
+
+def test_cli_plan_refuses_a_recursive_playbook_with_exit_2_and_contacts_no_node(tmp_path: Path,
+                                                                                node: Listener) -> None:
+    inv = inventory_for(tmp_path, node)
+    book = write(tmp_path, "web.yaml", "services:\n  web: &w {image: busybox, command: [*w]}\n")
+    assert_refused(cli("plan", book, "-i", inv),
+                   f"{book}:2: alias *w refers to a node that contains it (a recursive alias)")
+    assert node.offered() == 0
+
+
+def test_cli_refuses_an_exploding_inventory_with_exit_2(tmp_path: Path) -> None:
+    inv = write(tmp_path, "inv.yaml", laughs(9) + "nodes:\n  n1: {address: 10.0.0.1, labels: {a: *l9}}\n")
+    book = write(tmp_path, "web.yaml", "services:\n  web: {image: busybox}\n")
+    assert_refused(cli("plan", book, "-i", inv), f"{inv}:6: aliases expand the document by more than")
+    assert_refused(cli("nodes", "-i", inv), f"{inv}:6: aliases expand the document by more than")
+
+
+# ---- 2. non-finite, negative and float numbers ------------------------------------------------------------
+
+DURATION_FIELDS = [
+    ("health: {{http: /h, interval: {v}}}", "services.web.health.interval"),
+    ("health: {{http: /h, timeout: {v}}}", "services.web.health.timeout"),
+    ("health: {{tcp: true, start_period: {v}}}", "services.web.health.start_period"),
+    ("update: {{ready_deadline: {v}}}", "services.web.update.ready_deadline"),
+    ("update: {{min_ready: {v}}}", "services.web.update.min_ready"),
+    ("stop_grace_period: {v}", "services.web.stop_grace_period"),
+    ("lb: {{port: 80}}\n    update: {{strategy: canary, canary: {{pause: {v}}}}}", "services.web.update.canary.pause"),
+]
+BAD_DURATIONS = [
+    (".inf", "a duration can be at most 24h (86400s), got inf"),
+    ("-.inf", "a duration cannot be negative, got -inf"),
+    (".nan", "expected a duration such as 2s or 500ms, got nan"),
+    ("-1", "a duration cannot be negative, got -1"),
+    ("-0.5", "a duration cannot be negative, got -0.5"),
+    ("25h", "a duration can be at most 24h (86400s), got '25h'"),
+    ("86400.001", "a duration can be at most 24h (86400s), got 86400.001"),
+    ("1.0e-7", "durations are counted in whole milliseconds, got 1e-07"),
+    ("0.0001s", "durations are counted in whole milliseconds, got '0.0001s'"),
+    ("1" + "0" * 400, "a duration can be at most 24h (86400s), got 1" + "0" * 400),
+]
+
+
+@pytest.mark.parametrize(("template", "field"), DURATION_FIELDS)
+@pytest.mark.parametrize(("value", "message"), BAD_DURATIONS)
+def test_bad_durations_are_refused_in_every_duration_field(tmp_path: Path, template: str, field: str, value: str,
+                                                           message: str) -> None:
+    path, problems = service_problems(tmp_path, template.format(v=value))
+    line = 5 if "canary" in field else 4
+    assert problems == [f"{path}:{line}: {field}: {message}"]
+
+
+@pytest.mark.parametrize(("snippet", "field", "message"), [
+    ("replicas: 3.0", "services.web.replicas", "expected an integer, got 3.0"),
+    ("port: 80.0", "services.web.port", "expected an integer, got 80.0"),
+    ("lb: {port: 8080.0}", "services.web.lb.port", "expected an integer, got 8080.0"),
+    ("health: {tcp: true, failure_threshold: 2.0}", "services.web.health.failure_threshold",
+     "expected an integer, got 2.0"),
+    ("update: {max_surge: 1.0}", "services.web.update.max_surge", "expected an integer, got 1.0"),
+    ("update: {batch_size: .inf}", "services.web.update.batch_size", "expected an integer, got inf"),
+    ("resources: {memory: 1.5e+9}", "services.web.resources.memory",
+     "expected a memory size with a unit such as 512MiB, got 1500000000.0"),
+    ("resources: {memory: .inf}", "services.web.resources.memory",
+     "expected a memory size with a unit such as 512MiB, got inf"),
+    ("resources: {memory: 2000000000000000000}", "services.web.resources.memory",
+     "memory can be at most 1PiB, got 2000000000000000000"),
+    ("resources: {cpu: .nan}", "services.web.resources.cpu",
+     "expected a finite CPU amount such as 0.5 or 500m, got nan"),
+    ("resources: {cpu: .inf}", "services.web.resources.cpu",
+     "expected a finite CPU amount such as 0.5 or 500m, got inf"),
+    ("resources: {cpu: 0.0005}", "services.web.resources.cpu",
+     "cpu is counted in whole millicores (0.001 or 1m), got 0.0005"),
+    ("resources: {cpu: 1.5m}", "services.web.resources.cpu",
+     "cpu is counted in whole millicores (0.001 or 1m), got '1.5m'"),
+    ("volumes: [{type: tmpfs, target: /t, size: 1.0e+6}]", "services.web.volumes[0].size",
+     "expected a memory size with a unit such as 512MiB, got 1000000.0"),
+])
+def test_floats_and_non_finite_numbers_are_refused_where_they_cannot_be(tmp_path: Path, snippet: str, field: str,
+                                                                        message: str) -> None:
+    path, problems = service_problems(tmp_path, snippet)
+    assert problems == [f"{path}:4: {field}: {message}"]
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("10.0", "expected an integer, got 10.0"), ("[10.5]", "expected an integer, got 10.5"),
+    (".nan", "expected an integer, got nan"),
+])
+def test_canary_steps_must_be_integers(tmp_path: Path, value: str, message: str) -> None:
+    steps = value if value.startswith("[") else f"[{value}]"
+    path, problems = service_problems(tmp_path, f"lb: {{port: 80}}\n    update: {{strategy: canary, canary: "
+                                                f"{{steps: {steps}}}}}")
+    assert problems == [f"{path}:5: services.web.update.canary.steps[0]: {message}"]
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-1", "100.5"])
+def test_canary_error_rate_delta_is_a_finite_percentage(tmp_path: Path, value: str) -> None:
+    path, problems = service_problems(tmp_path, f"lb: {{port: 80}}\n    update: {{strategy: canary, canary: "
+                                                f"{{max_error_rate_delta: {value}}}}}")
+    assert len(problems) == 1 and problems[0].startswith(
+        f"{path}:5: services.web.update.canary.max_error_rate_delta: expected percentage points from 0 to 100")
+
+
+@pytest.mark.parametrize(("snippet", "field", "message"), [
+    ("port: 22.0", "nodes.a.port", "expected an integer, got 22.0"),
+    ("port: .inf", "nodes.a.port", "expected an integer, got inf"),
+    ("capacity: {cpu: .inf}", "nodes.a.capacity.cpu", "expected a finite CPU amount such as 0.5 or 500m, got inf"),
+    ("capacity: {cpu: .nan}", "nodes.a.capacity.cpu", "expected a finite CPU amount such as 0.5 or 500m, got nan"),
+    ("reserved: {cpu: infm}", "nodes.a.reserved.cpu",
+     "expected a finite CPU amount such as 0.5 or 500m, got 'infm'"),
+    ("capacity: {memory: 4.5e+9}", "nodes.a.capacity.memory",
+     "expected a memory size with a unit such as 512MiB, got 4500000000.0"),
+    ("capacity: {memory: " + "9" * 400 + "GiB}", "nodes.a.capacity.memory", "memory size too large"),
+])
+def test_inventory_numbers_are_refused_with_file_line_and_field(snippet: str, field: str, message: str) -> None:
+    with pytest.raises(InventoryError) as info:
+        parse(f"nodes:\n  a:\n    address: 10.0.0.1\n    {snippet}\n", "inv.yaml")
+    assert [str(p) for p in info.value.problems] == [f"inv.yaml:4: {field}: {message}"] or (
+        message == "memory size too large" and str(info.value).startswith(f"inv.yaml:4: {field}: {message}"))
+
+
+# ---- 3. durations round-trip through the revision history (see also the property test in test_spec) --------
+
+@pytest.mark.parametrize(("text", "seconds", "stored"), [
+    ("0s", 0.0, "0s"), ("1ms", 0.001, "0.001s"), ("500ms", 0.5, "0.5s"), ("1m30.25s", 90.25, "90.25s"),
+    ("1h0.001s", 3600.001, "3600.001s"), ("23h59m59s999ms", 86399.999, "86399.999s"), ("24h", 86400.0, "86400s"),
+    (0.1, 0.1, "0.1s"), (2, 2.0, "2s"),
+])
+def test_durations_are_whole_milliseconds_and_stored_exactly(text: object, seconds: float, stored: str) -> None:
+    assert parse_duration(text) == seconds
+    assert format_duration(seconds) == stored
+    assert parse_duration(stored) == seconds
+
+
+def test_stored_durations_keep_their_old_spelling() -> None:
+    """Records written before hold `f"{x:g}s"`; a duration that formatted exactly then is spelled the same now, so
+    intent and revision hashes computed from `to_playbook_dict` do not change under existing records."""
+    for millis in [*range(0, 100_000, 7), *range(0, 86_400_001, 99_991)]:
+        seconds = millis / 1000
+        if float(f"{seconds:g}") == seconds:
+            assert format_duration(seconds) == f"{seconds:g}s"
+
+
+def test_a_spec_with_extreme_durations_round_trips_through_json() -> None:
+    spec = parse_playbook(textwrap.dedent("""
+        services:
+          web:
+            image: busybox
+            lb: {port: 80}
+            health: {http: /h, interval: 1ms, timeout: 23h59m59.999s, start_period: 86400}
+            stop_grace_period: 0.001
+            update: {strategy: canary, ready_deadline: 1h0.001s, min_ready: 0, canary: {pause: 12345.678s}}
+            resources: {cpu: 1023.999, memory: 1PiB}
+    """.replace("1PiB", str(2**50))), "p.yaml").services[0]
+    stored = json.loads(json.dumps(to_playbook_dict(spec)))
+    back = from_playbook_dict("web", stored)
+    assert back == spec and back.spec_hash() == spec.spec_hash()
+    assert stored["health"]["timeout"] == "86399.999s" and stored["update"]["canary"]["pause"] == "12345.678s"
+
+
+def test_a_history_record_with_a_bad_duration_is_refused_naming_the_record() -> None:
+    spec = parse_playbook("services:\n  web: {image: busybox}\n", "p.yaml").services[0]
+    data = to_playbook_dict(spec)
+    data["stop_grace_period"] = "1e-07s"
+    with pytest.raises(SpecError) as info:
+        from_playbook_dict("web", data, "<history web@3>")
+    assert [str(p) for p in info.value.problems] == [
+        "<history web@3>: services.web.stop_grace_period: expected a duration such as 2s, 500ms or 1m, got '1e-07s'"]
+
+
+def test_the_bound_is_a_day() -> None:
+    assert MAX_DURATION == 86400.0
+
+
+# ---- 4. load balancer ports -------------------------------------------------------------------------------
+
+def test_the_stats_port_is_the_one_the_engine_binds() -> None:
+    from fleet.engine import lb
+
+    assert lb.STATS_PORT == STATS_PORT == 8404
+
+
+@pytest.mark.parametrize(("port", "message"), [
+    (str(STATS_PORT), f"port {STATS_PORT} is fleet's own on the lb nodes (HAProxy's stats and metrics frontend); "
+                      "choose another"),
+    ("0", "expected a port number from 1 to 65535, got 0"),
+    ("-80", "expected a port number from 1 to 65535, got -80"),
+    ("65536", "expected a port number from 1 to 65535, got 65536"),
+    ("'80'", "expected an integer, got '80'"),
+])
+def test_bad_lb_ports_are_refused_with_file_and_line(tmp_path: Path, port: str, message: str) -> None:
+    path, problems = service_problems(tmp_path, f"lb: {{port: {port}}}")
+    assert problems == [f"{path}:4: services.web.lb.port: {message}"]
+
+
+def test_two_services_on_one_lb_port_are_refused_in_one_file(tmp_path: Path) -> None:
+    path, problems = playbook_problems(tmp_path, """
+        services:
+          web: {image: busybox, lb: {port: 7001}}
+          api: {image: busybox, lb: {port: 7001}}
+    """)
+    assert problems == [f"{path}:3: services.api.lb.port: lb port 7001 is already used by service 'web' at {path}:2"]
+
+
+def test_cli_plan_refuses_the_stats_port_and_contacts_no_node(tmp_path: Path, node: Listener) -> None:
+    inv = inventory_for(tmp_path, node)
+    book = write(tmp_path, "web.yaml", f"services:\n  web:\n    image: busybox\n    lb: {{port: {STATS_PORT}}}\n")
+    assert_refused(cli("plan", book, "-i", inv), f"{book}:4: services.web.lb.port: port {STATS_PORT} is fleet's own")
+    assert node.offered() == 0
+
+
+def _specs(text: str) -> list:  # type: ignore[type-arg]
+    return list(parse_playbook(textwrap.dedent(text), "p.yaml").services)
+
+
+SPECS = """
+    services:
+      web: {image: busybox, lb: {port: 7001}}
+      api: {image: busybox, lb: {port: 7002}}
+      worker: {image: busybox}
+"""
+
+
+def test_lb_port_taken_by_another_process_on_an_lb_node_is_named_with_the_nodes() -> None:
+    specs = _specs(SPECS)
+    listening = {"lb1": {22, 7001, STATS_PORT}, "lb2": {22, STATS_PORT}, "lb3": {7001}}
+    assert lb_port_conflicts(specs, listening, owned={}) == [
+        "web: lb.port 7001 is already in use on lb1, lb3 (not by fleet's HAProxy)"]
+
+
+def test_lb_port_served_by_the_same_services_haproxy_frontend_is_fine() -> None:
+    specs = _specs(SPECS)
+    listening = {"lb1": {22, 7001, 7002, STATS_PORT}}
+    assert lb_port_conflicts(specs, listening, owned={"web": {7001}, "api": {7002}}) == []
+
+
+def test_lb_port_of_another_service_not_in_these_playbooks_is_taken() -> None:
+    specs = _specs(SPECS)
+    listening = {"lb1": {7001, 7002}}
+    assert lb_port_conflicts(specs, listening, owned={"web": {7001}, "legacy": {7002}}) == [
+        "api: lb.port 7002 is already served by fleet's HAProxy for service 'legacy' (not in these playbooks)"]
+
+
+def test_lb_ports_swapped_between_services_of_one_run_are_handed_over() -> None:
+    specs = _specs("""
+        services:
+          web: {image: busybox, lb: {port: 7002}}
+          api: {image: busybox, lb: {port: 7001}}
+    """)
+    listening = {"lb1": {7001, 7002}}
+    assert lb_port_conflicts(specs, listening, owned={"web": {7001}, "api": {7002}}) == []
+
+
+def test_lb_port_moving_to_a_port_another_process_holds_is_taken() -> None:
+    specs = _specs("services:\n  web: {image: busybox, lb: {port: 7005}}\n")
+    assert lb_port_conflicts(specs, {"lb1": {7001, 7005}}, owned={"web": {7001}}) == [
+        "web: lb.port 7005 is already in use on lb1 (not by fleet's HAProxy)"]
+
+
+def test_lb_port_conflicts_has_no_io() -> None:
+    tree = ast.parse((REPO / "fleet" / "checks.py").read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert imported <= {"__future__", "collections.abc", "ports", "spec"}, imported
+
+
+# ---- 5. bind volumes --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("volume", "field", "message"), [
+    ("{type: bind, source: /, target: /host}", "services.web.volumes[0]",
+     "a bind volume cannot mount the node's root directory (source '/')"),
+    ("{type: bind, source: //, target: /host}", "services.web.volumes[0]",
+     "a bind volume cannot mount the node's root directory (source '//')"),
+    ("{type: bind, source: ///, target: /host}", "services.web.volumes[0]",
+     "a bind volume cannot mount the node's root directory (source '///')"),
+    ("{type: bind, source: /./, target: /host}", "services.web.volumes[0]",
+     "expected an absolute path of letters, digits and . _ @ + / -, got '/./'"),
+    ("{type: bind, source: /srv/.., target: /host}", "services.web.volumes[0]",
+     "expected an absolute path of letters, digits and . _ @ + / -, got '/srv/..'"),
+    ("{type: bind, source: data, target: /data}", "services.web.volumes[0]",
+     "a bind volume's source must be an absolute host path, got 'data'"),
+    ("{type: bind, source: ./data, target: /data}", "services.web.volumes[0]",
+     "a bind volume's source must be an absolute host path, got './data'"),
+    ("{type: bind, source: /var/lib/fleet, target: /f}", "services.web.volumes[0]",
+     "a bind volume cannot mount /var/lib/fleet: it is fleet's own directory /var/lib/fleet or inside it "
+     "(secrets, HAProxy config and sockets, logs)"),
+    ("{type: bind, source: /var/lib/fleet//secrets/, target: /s}", "services.web.volumes[0]",
+     "a bind volume cannot mount /var/lib/fleet/secrets: it is fleet's own directory /var/lib/fleet or inside it "
+     "(secrets, HAProxy config and sockets, logs)"),
+    ("{type: bind, source: /var//lib, target: /v}", "services.web.volumes[0]",
+     "a bind volume cannot mount /var/lib: it holds fleet's own directory /var/lib/fleet (secrets, HAProxy config "
+     "and sockets, logs)"),
+    ("{type: tmpfs, target: //}", "services.web.volumes[0].target", "cannot mount over /"),
+    ("{type: tmpfs, target: /etc/hosts}", "services.web.volumes[0].target",
+     "cannot mount over /etc/hosts: fleet mounts its own /etc/hosts in every container"),
+    ("{type: bind, source: /srv, target: /etc/}", "services.web.volumes[0].target",
+     "cannot mount over /etc: fleet mounts its own /etc/hosts in every container"),
+    ("{type: volume, source: x, target: /etc/resolv.conf}", "services.web.volumes[0].target",
+     "cannot mount over /etc/resolv.conf: fleet mounts its own /etc/resolv.conf in every container"),
+])
+def test_dangerous_volumes_are_refused_with_file_and_line(tmp_path: Path, volume: str, field: str,
+                                                          message: str) -> None:
+    path, problems = service_problems(tmp_path, f"volumes:\n      - {volume}")
+    assert problems == [f"{path}:5: {field}: {message}"]
+
+
+def test_two_volumes_at_one_target_spelled_differently_are_refused(tmp_path: Path) -> None:
+    path, problems = service_problems(tmp_path, "volumes: [{type: tmpfs, target: /t}, {type: tmpfs, target: //t/}]")
+    assert problems == [f"{path}:4: services.web.volumes: two volumes mount at /t"]
+
+
+@pytest.mark.parametrize("source", ["/srv/data", "/srv/data/", "/var/lib/fleetish", "/var/log", "/var/lib/other"])
+def test_ordinary_bind_sources_are_kept_as_written(tmp_path: Path, source: str) -> None:
+    spec = parse_playbook(f"services:\n  web:\n    image: busybox\n    volumes: [{{type: bind, source: {source}, "
+                          "target: /data}]\n", "p.yaml").services[0]
+    assert spec.volumes[0].source == source
+
+
+def test_the_protected_node_dir_is_the_engines() -> None:
+    from fleet.engine import runspec
+
+    assert runspec.NODE_DIR == NODE_DIR
+
+
+def test_cli_plan_refuses_a_root_bind_and_contacts_no_node(tmp_path: Path, node: Listener) -> None:
+    inv = inventory_for(tmp_path, node)
+    book = write(tmp_path, "web.yaml", "services:\n  web:\n    image: busybox\n    volumes:\n"
+                                       "      - {type: bind, source: //, target: /host}\n")
+    assert_refused(cli("plan", book, "-i", inv),
+                   f"{book}:5: services.web.volumes[0]: a bind volume cannot mount the node's root directory")
+    assert node.offered() == 0
+
+
+# ---- 6. nodes named by host name: accepted if well-formed, refused with file:line if not -------------------
+
+def test_host_names_are_accepted_in_every_inventory_format() -> None:
+    fleet_yaml = parse("nodes:\n  web1: {address: web1.example.test}\n  lo: {address: localhost}\n", "inv.yaml")
+    assert [n.address for n in fleet_yaml.nodes] == ["web1.example.test", "localhost"]
+    ansible_yaml = parse("all:\n  hosts:\n    web1: {ansible_host: web1.example.test}\n    db.example.test:\n",
+                         "hosts.yml")
+    assert [(n.name, n.address) for n in ansible_yaml.nodes] == [("web1", "web1.example.test"),
+                                                                  ("db.example.test", "db.example.test")]
+    ini = parse("[web]\nweb1 ansible_host=web1.example.test\nweb2.example.test\n[lb]\nedge ansible_host=::1\n",
+                "hosts.ini")
+    assert [(n.name, n.address) for n in ini.nodes] == [("web1", "web1.example.test"),
+                                                        ("web2.example.test", "web2.example.test"), ("edge", "::1")]
+
+
+@pytest.mark.parametrize(("text", "file", "expected"), [
+    ("nodes:\n  a: {address: 'web 1'}\n", "inv.yaml",
+     "inv.yaml:2: nodes.a.address: expected an IP address or a host name, got 'web 1'"),
+    ("nodes:\n  a:\n    address: 10.0.0\n", "inv.yaml",
+     "inv.yaml:3: nodes.a.address: expected an IP address or a host name, got '10.0.0'"),
+    ("nodes:\n  a: {address: 'http://web1/'}\n", "inv.yaml",
+     "inv.yaml:2: nodes.a.address: expected an IP address or a host name, got 'http://web1/'"),
+    ("all:\n  hosts:\n    a: {ansible_host: 'x;reboot'}\n", "hosts.yml",
+     "hosts.yml:3: a.ansible_host: expected an IP address or a host name, got 'x;reboot'"),
+    ("[web]\nweb1 ansible_host=-bad.example.test\n", "hosts.ini",
+     "hosts.ini:2: web1.ansible_host: expected an IP address or a host name, got '-bad.example.test'"),
+    ("[web]\n'web 1' ansible_host=10.0.0.1\n", "hosts.ini",
+     "hosts.ini:2: web 1: invalid host name (letters, digits, . _ -; at most 63 characters)"),
+])
+def test_malformed_addresses_and_host_names_are_refused_with_file_and_line(text: str, file: str,
+                                                                           expected: str) -> None:
+    with pytest.raises(InventoryError) as info:
+        parse(text, file)
+    assert [str(p) for p in info.value.problems] == [expected]
+
+
+# ---- 7. nothing but ConfigError escapes the loaders -------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("all:\n  vars: [1]\n  hosts: {a: {}}\n", "hosts.yml:2: all.vars: expected a mapping of variable name → value"),
+    ("all:\n  hosts: [a, b]\n", "hosts.yml:2: all.hosts: expected a mapping of host name → variables"),
+    ("all:\n  children: [lb]\n", "hosts.yml:2: all.children: expected a mapping of group name → group"),
+    ("all:\n  hosts: {a: 1}\n", "hosts.yml:2: all.hosts.a: host variables must be a mapping"),
+    ("all:\n  hosts:\n    a: {fleet_roles: 5}\n", "hosts.yml:3: a.fleet_roles: expected a list of roles (worker, lb), "
+                                                    "got 5"),
+    ("all:\n  hosts:\n    ~: {}\n", "hosts.yml:3: all.hosts.None: expected a host name, got None"),
+    ("all:\n  hosts:\n    a: {ansible_ssh_port: x}\n", "hosts.yml:3: a.ansible_ssh_port: expected a port number from "
+                                                         "1 to 65535, got 'x'"),
+    ("all:\n  vars: {a: !!int x}\n", "hosts.yml:2: all.vars.a: cannot read !!int value 'x': invalid literal for int() "
+                                     "with base 10: 'x'"),
+    ("all:\n  vars:\n    <<: 1\n", "hosts.yml:3: all.vars: a merge key (<<) takes a mapping or a list of mappings"),
+])
+def test_ansible_yaml_shapes_that_used_to_crash_are_problems_with_line(text: str, expected: str) -> None:
+    with pytest.raises(InventoryError) as info:
+        parse(text, "hosts.yml")
+    assert [str(p) for p in info.value.problems] == [expected]
+
+
+def test_unreadable_and_non_utf8_files_are_problems(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"services:\n  web: {image: \xff}\n")
+    with pytest.raises(SpecError) as info:
+        load_playbooks([str(bad)])
+    assert [str(p) for p in info.value.problems] == [f"{bad}:2: not UTF-8 text (byte 0xff at offset 25)"]
+    with pytest.raises(InventoryError) as inv_info:
+        load_inventory(str(bad))
+    assert [str(p) for p in inv_info.value.problems] == [f"{bad}:2: not UTF-8 text (byte 0xff at offset 25)"]
+    with pytest.raises(InventoryError, match=r"is a directory|cannot read inventory"):
+        load_inventory(str(tmp_path))
+
+
+def test_cli_refuses_a_non_utf8_playbook_with_exit_2(tmp_path: Path, node: Listener) -> None:
+    inv = inventory_for(tmp_path, node)
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"services:\n  web: {image: \xff}\n")
+    assert_refused(cli("plan", str(bad), "-i", inv), f"{bad}:2: not UTF-8 text")
+    assert node.offered() == 0
+
+
+_SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(-(10**30), 10**30), st.sampled_from([10**400, -(10**400), 2**63]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12), st.sampled_from(["1s", "500ms", "-1s", "1e400", ".inf", "0x10", "1_000", "512MiB", "~",
+                                           "/", "//", "/var/lib/fleet", "localhost", "nosuchhost.invalid", "8404"]),
+)
+_VALUES = st.recursive(_SCALARS, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(st.one_of(st.text(max_size=8), st.integers()), inner, max_size=3)),
+    max_leaves=12)
+_SERVICE_KEYS = st.sampled_from(["image", "command", "replicas", "resources", "port", "env", "health", "placement",
+                                 "lb", "volumes", "stop_grace_period", "update", "bogus"])
+_NODE_KEYS = st.sampled_from(["address", "port", "user", "key", "known_hosts", "namespace", "labels", "reserved",
+                              "capacity", "roles", "insecure_registries"])
+_HOST_KEYS = st.sampled_from(["ansible_host", "ansible_port", "ansible_user", "ansible_ssh_private_key_file",
+                              "fleet_labels", "fleet_roles", "ansible_ssh_common_args", "hosts", "vars", "children"])
+
+
+def _dump(data: object) -> str:
+    return yaml.safe_dump(data, allow_unicode=True)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(_SERVICE_KEYS, _VALUES, max_size=6), st.sampled_from(["web", "Web", 5, None]))
+def test_any_playbook_shape_loads_or_is_a_spec_error(body: dict[str, object], name: object) -> None:
+    for data in ({"services": {name: body}}, {"services": body}, body):
+        try:
+            parse_playbook(_dump(data), "p.yaml")
+        except SpecError as exc:
+            assert exc.problems and all(p.file == "p.yaml" for p in exc.problems)
+
+
+_FIELDS = [
+    "image", "command", "replicas", "resources.cpu", "resources.memory", "port", "env.A", "env.B.secret",
+    "health.http", "health.tcp", "health.exec", "health.interval", "health.timeout", "health.failure_threshold",
+    "health.success_threshold", "health.start_period", "placement.require.zone", "placement.spread_by",
+    "placement.strategy", "lb.port", "lb.mode", "lb.balance", "volumes.0.type", "volumes.0.source",
+    "volumes.0.target", "volumes.0.readonly", "volumes.0.size", "stop_grace_period", "update.strategy",
+    "update.max_surge", "update.max_unavailable", "update.batch_size", "update.ready_deadline", "update.min_ready",
+    "update.canary.steps", "update.canary.pause", "update.canary.auto_promote", "update.canary.max_error_rate_delta",
+]
+
+
+def _put(body: dict[str, object], path: str, value: object) -> None:
+    parts = path.split(".")
+    here: dict[str, object] = body
+    for part in parts[:-1]:
+        if part == "0":
+            continue
+        nxt = here.get(part)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            here[part] = [nxt] if part == "volumes" else nxt
+        here = nxt
+    here[parts[-1]] = value
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(_FIELDS), st.one_of(_SCALARS, _VALUES)), min_size=1, max_size=4))
+def test_any_value_in_any_playbook_field_loads_or_is_a_spec_error(values: list[tuple[str, object]]) -> None:
+    body: dict[str, object] = {"image": "busybox", "lb": {"port": 80}, "update": {"strategy": "canary"},
+                               "volumes": [{"type": "bind", "source": "/srv", "target": "/srv"}]}
+    for path, value in values:
+        _put(body, path, value)
+    text = _dump({"services": {"web": body}})
+    try:
+        spec = parse_playbook(text, "p.yaml").services[0]
+    except SpecError as exc:
+        assert exc.problems and all(p.file == "p.yaml" and p.line is not None for p in exc.problems)
+    else:
+        back = from_playbook_dict("web", json.loads(json.dumps(to_playbook_dict(spec))))
+        assert back == spec and back.spec_hash() == spec.spec_hash()
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(_NODE_KEYS, _VALUES, max_size=6), st.dictionaries(_HOST_KEYS, _VALUES, max_size=5))
+def test_any_inventory_shape_loads_or_is_an_inventory_error(node: dict[str, object],
+                                                            host: dict[str, object]) -> None:
+    for text, file in ((_dump({"nodes": {"n1": node}}), "inv.yaml"), (_dump({"defaults": node}), "inv.yaml"),
+                       (_dump({"all": {"hosts": {"h1": host}}}), "hosts.yml"), (_dump({"all": host}), "hosts.yml"),
+                       (_dump({"all": {"children": {"lb": host}}}), "hosts.yml")):
+        try:
+            parse(text, file)
+        except InventoryError as exc:
+            assert exc.problems and all(p.file == file for p in exc.problems)
+
+
+@settings(max_examples=200)
+@given(st.lists(st.one_of(st.from_regex(r"[A-Za-z0-9_.\[\]:=' \"#;-]{0,30}", fullmatch=True),
+                          st.sampled_from(["[web]", "[web:vars]", "[all:children]", "[lb]", "[x:y]", "[]"])),
+                max_size=8))
+def test_any_ini_inventory_loads_or_is_an_inventory_error(lines: list[str]) -> None:
+    try:
+        parse("\n".join(lines) + "\n", "hosts.ini")
+    except InventoryError as exc:
+        assert exc.problems
+
+
+@settings(max_examples=200)
+@given(st.text(max_size=60))
+def test_any_text_loads_or_is_a_config_error(text: str) -> None:
+    for call in (lambda: parse_playbook(text, "p.yaml"), lambda: parse(text, "inv.yaml")):
+        try:
+            call()
+        except ConfigError as exc:
+            assert exc.problems
