@@ -101,7 +101,7 @@ class Fleet:
         """Facts from every node in one round trip each, concurrently; one report per node, in inventory order.
 
         `ports` adds the TCP ports in use on each node, which placement needs and `fleet nodes` does not."""
-        self._reports = await collect(self.pool, self.inventory.nodes, ports=ports)
+        self._reports = await collect(self.pool, self.inventory.nodes, ports=ports, inventory=self.inventory.path)
         return self._reports
 
     async def reports(self, *, ports: bool = False) -> list[NodeReport]:

@@ -8,6 +8,7 @@ that counts the connections it is offered).
 from __future__ import annotations
 
 import ast
+import asyncio
 import json
 import os
 import socket
@@ -15,18 +16,27 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sshserver import SSHFarm
 
+from fleet.api import Fleet
 from fleet.checks import lb_port_conflicts
+from fleet.engine.lb import Balancers, Rotation
+from fleet.engine.lb import config as lb_config
+from fleet.engine.nodes import NodeReport
+from fleet.engine.resolve import Resolved, resolve_nodes
 from fleet.errors import ConfigError, InventoryError, SpecError
 from fleet.inventory import load_inventory, parse
+from fleet.labels import LbLabel
+from fleet.model import Inventory, Node, Resources
 from fleet.ports import STATS_PORT
+from fleet.reconcile import Replica
 from fleet.spec import (
     MAX_DURATION,
     NODE_DIR,
@@ -37,6 +47,7 @@ from fleet.spec import (
     parse_playbook,
     to_playbook_dict,
 )
+from fleet.transport import Pool
 from fleet.yamlmarks import MAX_ALIASED
 
 FLEET = str(Path(sys.executable).with_name("fleet"))
@@ -523,6 +534,98 @@ def test_malformed_addresses_and_host_names_are_refused_with_file_and_line(text:
     with pytest.raises(InventoryError) as info:
         parse(text, file)
     assert [str(p) for p in info.value.problems] == [expected]
+
+
+# Resolution happens once per run in the engine (fleet.engine.resolve), never while loading. `localhost` resolves
+# from /etc/hosts here; a name under .invalid is answered without asking DNS (RFC 6761), so no test sends a query
+# off this machine.
+
+def test_host_names_resolve_once_to_ip_addresses_and_literals_are_kept() -> None:
+    nodes = [Node("lo", "localhost"), Node("v4", "10.0.0.1"), Node("v6", "::1"), Node("lo2", "localhost")]
+    resolved = asyncio.run(resolve_nodes(nodes, inventory="inv.yaml"))
+    assert resolved == Resolved({"lo": "127.0.0.1", "v4": "10.0.0.1", "v6": "::1", "lo2": "127.0.0.1"}, {})
+
+
+def test_a_name_under_invalid_does_not_resolve_and_dns_is_not_asked() -> None:
+    async def no_dns(*args: object, **kwargs: object) -> list[tuple[object, ...]]:
+        raise AssertionError(f"DNS asked for {args}")
+
+    nodes = [Node("web1", "10.0.0.1"), Node("db", "nosuchhost.invalid", source_line=7)]
+    resolved = asyncio.run(resolve_nodes(nodes, inventory="/etc/fleet/inv.yaml", getaddrinfo=no_dns))
+    assert resolved.addresses == {"web1": "10.0.0.1"}
+    assert resolved.errors == {"db": "host name 'nosuchhost.invalid' does not resolve (a name under .invalid never "
+                                     "resolves, RFC 6761); node db, address in /etc/fleet/inv.yaml:7"}
+
+
+def test_a_lookup_that_fails_or_hangs_is_a_message_naming_host_node_and_inventory() -> None:
+    async def resolver(host: str, port: int, **kwargs: object) -> list[tuple[object, ...]]:
+        if host == "gone.example.test":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        await asyncio.sleep(10)
+        return []
+
+    nodes = [Node("a", "gone.example.test", source_line=3), Node("b", "slow.example.test")]
+    resolved = asyncio.run(resolve_nodes(nodes, inventory="inv.yaml", timeout=0.05, getaddrinfo=resolver))
+    assert resolved.addresses == {}
+    assert resolved.errors == {
+        "a": "host name 'gone.example.test' does not resolve (name or service not known); node a, address in "
+             "inv.yaml:3",
+        "b": "host name 'slow.example.test' does not resolve (no answer within 0.05s); node b, address in inv.yaml"}
+
+
+@pytest.fixture
+async def farm(tmp_path: Path) -> AsyncIterator[SSHFarm]:
+    async with SSHFarm(tmp_path / "farm") as f:
+        yield f
+
+
+async def test_fleet_reaches_a_node_named_localhost_and_reports_an_unresolvable_one_without_contacting_it(
+        farm: SSHFarm) -> None:
+    await farm.start(2)
+    inv = Inventory("/srv/fleet/inventory.yaml", (farm.node("n1", address="localhost", source_line=2),
+                                                  farm.node("n2", address="nosuchhost.invalid", source_line=5)))
+    async with Pool() as pool:
+        reports = await Fleet(inv, pool).nodes()
+    n1, n2 = reports
+    assert n1.status != "unreachable" and n1.facts is not None and n1.ip == n1.ip_address == "127.0.0.1"
+    assert (n2.status, n2.ip, n2.ip_address, n2.facts) == ("unreachable", None, None, None)
+    assert n2.reason == ("host name 'nosuchhost.invalid' does not resolve (a name under .invalid never resolves, "
+                         "RFC 6761); node n2, address in /srv/fleet/inventory.yaml:5")
+    assert farm.servers["n1"].connections == 1 and farm.servers["n2"].connections == 0
+
+
+async def test_cli_nodes_names_the_unresolvable_node_and_the_inventory_file(farm: SSHFarm, tmp_path: Path) -> None:
+    await farm.start(1)
+    inv = write(tmp_path, "inv.yaml", f"""
+        defaults: {{user: fleet, key: {farm.client_key_path}, known_hosts: {farm.known_hosts_path}}}
+        nodes:
+          n1: {{address: localhost, port: {farm.servers["n1"].port}}}
+          n2: {{address: nosuchhost.invalid}}
+    """)
+    proc = await asyncio.create_subprocess_exec(FLEET, "nodes", "-i", inv, "--json", stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1 and b"Traceback" not in stdout + stderr, stderr
+    n1, n2 = json.loads(stdout)["nodes"]
+    assert (n1["name"], n1["address"]) == ("n1", "localhost") and n1["status"] != "unreachable"
+    assert (n2["name"], n2["status"]) == ("n2", "unreachable")
+    assert n2["reason"] == (f"host name 'nosuchhost.invalid' does not resolve (a name under .invalid never "
+                            f"resolves, RFC 6761); node n2, address in {inv}:4")
+
+
+def test_haproxy_config_gets_ip_addresses_for_nodes_named_by_host_name() -> None:
+    worker = NodeReport(Node("w1", "localhost"), "ready", None, None, 0.0, ip="127.0.0.1")
+    lb_node = NodeReport(Node("lb1", "localhost", roles=("lb",)), "ready", None, None, 0.0, ip="127.0.0.1")
+    lost = NodeReport(Node("w2", "nosuchhost.invalid"), "unreachable", "does not resolve", None, 0.0)
+    balancers = Balancers(None, [worker, lb_node, lost])  # type: ignore[arg-type]  # no pool: nothing is sent
+    rotation = Rotation()
+    for node_name, port in (("w1", 20001), ("w2", 20002)):
+        rotation.put(Replica(node_name, f"web-{port}-abc", "web", port - 20000, 1, "h", port, True, Resources(),
+                             "busybox", lb=LbLabel(8080, "http", "roundrobin")))
+    text = lb_config(rotation, balancers.addresses, balancers.addresses["lb1"])
+    assert "server web-20001-abc 127.0.0.1:20001" in text and "web-20002-abc" not in text
+    assert f"bind 127.0.0.1:{STATS_PORT}" in text
+    assert [lb.node.name for lb in balancers.nodes] == ["lb1"] and balancers.unreachable == []
 
 
 # ---- 7. nothing but ConfigError escapes the loaders -------------------------------------------------------

@@ -15,6 +15,7 @@ from ..haproxy.render import (
     render,
     set_server_state,
 )
+from ..ports import STATS_PORT
 from ..reconcile import Replica
 from ..spec import HealthSpec, ServiceSpec
 from ..transport import Pool
@@ -23,7 +24,6 @@ from .nodes import NodeReport
 BASE_DIR = "/var/lib/fleet/haproxy"
 ADMIN_SOCKET = f"{BASE_DIR}/admin.sock"
 STATE_FILE = f"{BASE_DIR}/server-state"
-STATS_PORT = 8404
 
 
 @dataclass
@@ -100,15 +100,19 @@ class Balancers:
         from ..haproxy.driver import LbNode
 
         self.pool = pool
-        self.addresses = {r.node.name: r.node.address for r in reports}
+        # HAProxy's config takes IP addresses: a node named by host name is there by the IP `collect` resolved,
+        # and one whose name did not resolve has no servers in it.
+        self.addresses = {r.node.name: ip for r in reports if (ip := r.ip_address) is not None}
         # HAProxy needs sshd, not containerd: an lb node without a (working) runtime still balances.
-        usable = [r for r in reports if r.node.has_role("lb") and r.status not in ("unreachable", "error")]
+        usable = [r for r in reports if r.node.has_role("lb") and r.status not in ("unreachable", "error")
+                  and r.node.name in self.addresses]
         self.nodes = [LbNode(pool, r.node) for r in usable]
         self.unreachable = [r.node.name for r in reports if r.node.has_role("lb") and r not in usable]
 
     async def sync(self, rotation: Rotation) -> None:
         """Write and (hitlessly) reload the config on every lb node; unchanged configs are left alone."""
-        await asyncio.gather(*(lb.apply(config(rotation, self.addresses, lb.node.address)) for lb in self.nodes))
+        await asyncio.gather(*(lb.apply(config(rotation, self.addresses, self.addresses[lb.node.name]))
+                               for lb in self.nodes))
 
     async def settle(self, timeout: float) -> None:
         """Wait (up to `timeout`) until no worker from before the last reload is left on any lb node.

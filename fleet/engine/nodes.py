@@ -9,12 +9,13 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..facts import FACTS_SCRIPT, PROBE_TIMEOUT, NodeFacts, parse_facts
 from ..model import CommandResult, Node, Resources
 from ..shell import Script
 from ..transport import Pool, fanout
+from .resolve import ip_literal, resolve_nodes
 
 # The facts script reads files and runs a 3 s probe at most: 10 s is generous, and a node that takes longer is
 # reported (unreachable, with the deadline) instead of holding the round.
@@ -32,6 +33,15 @@ class NodeReport:
     reason: str | None
     facts: NodeFacts | None
     duration: float
+    # The node's address as an IP, resolved once per run when the inventory gives a host name (`collect`); what
+    # HAProxy's server lines and the containers' hosts file need. See `ip_address`.
+    ip: str | None = None
+
+    @property
+    def ip_address(self) -> str | None:
+        """The IP to put where a host name will not do: the resolved one, else an IP literal address; None for a
+        host name that was not (or could not be) resolved."""
+        return self.ip or ip_literal(self.node.address)
 
     @property
     def ok(self) -> bool:
@@ -93,15 +103,26 @@ def runtime_problem(facts: NodeFacts) -> tuple[str, str] | None:
 
 
 async def collect(pool: Pool, nodes: tuple[Node, ...] | list[Node], *, ports: bool = False,
-                  timeout: float = FACTS_TIMEOUT) -> list[NodeReport]:
+                  timeout: float = FACTS_TIMEOUT, inventory: str | None = None) -> list[NodeReport]:
     """Facts from every node in one round trip each, concurrently; one report per node, in the given order.
 
     Each node has `timeout` seconds once connected (connecting has the pool's own bound), so one sick node
-    costs the round that long at most and is reported; the others are never held up by it."""
+    costs the round that long at most and is reported; the others are never held up by it. Host names are
+    resolved first (each report's `ip`); a node whose name does not resolve is unreachable, not contacted, and its
+    reason names the host, the node and `inventory` (file:line)."""
 
     def facts_of(node: Node) -> Awaitable[CommandResult]:
         return pool.run(node, facts_command(node, ports), timeout=timeout)
 
-    results = await fanout(pool, list(nodes), facts_of)
-    return [report_from(node, r.exit_status, r.stdout, r.error, r.duration)
-            for node, r in zip(nodes, results, strict=True)]
+    resolved = await resolve_nodes(nodes, inventory=inventory)
+    reachable = [n for n in nodes if n.name not in resolved.errors]
+    results = dict(zip((n.name for n in reachable), await fanout(pool, reachable, facts_of), strict=True))
+    reports = []
+    for node in nodes:
+        if node.name in resolved.errors:
+            reports.append(NodeReport(node, UNREACHABLE, resolved.errors[node.name], None, 0.0))
+            continue
+        r = results[node.name]
+        report = report_from(node, r.exit_status, r.stdout, r.error, r.duration)
+        reports.append(replace(report, ip=resolved.addresses.get(node.name)))
+    return reports
