@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import asyncssh
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -611,6 +612,23 @@ async def test_cli_nodes_names_the_unresolvable_node_and_the_inventory_file(farm
     assert (n2["name"], n2["status"]) == ("n2", "unreachable")
     assert n2["reason"] == (f"host name 'nosuchhost.invalid' does not resolve (a name under .invalid never "
                             f"resolves, RFC 6761); node n2, address in {inv}:4")
+
+
+async def test_host_keys_pinned_under_a_host_name_are_matched_by_that_name(farm: SSHFarm, tmp_path: Path) -> None:
+    await farm.start(1)
+    server = farm.servers["n1"]
+    own = server.host_key.export_public_key().decode().split()
+    other = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().split()
+    pinned, changed = tmp_path / "pinned", tmp_path / "changed"
+    pinned.write_text(f"[localhost]:{server.port} {own[0]} {own[1]}\n")
+    changed.write_text(f"[localhost]:{server.port} {other[0]} {other[1]}\n")
+    async with Pool() as pool:
+        ok = await pool.run(farm.node("n1", address="localhost", known_hosts=str(pinned)), ["true"])
+        refused = await pool.run(farm.node("n1", address="localhost", known_hosts=str(changed)), ["true"])
+    assert ok.ok, ok
+    assert (refused.error_kind, refused.error) == (
+        "hostkey", f"host key for localhost does not match the one pinned in {changed} (it changed?); refusing to "
+                   "connect")
 
 
 def test_haproxy_config_gets_ip_addresses_for_nodes_named_by_host_name() -> None:

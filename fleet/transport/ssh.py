@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import math
 import os
 import socket
@@ -104,6 +105,14 @@ def _decode(data: bytes | str | None) -> str:
     if data is None:
         return ""
     return data if isinstance(data, str) else data.decode("utf-8", errors="replace")
+
+
+def _is_ip(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
 
 
 def _where(node: Node) -> str:
@@ -246,7 +255,9 @@ class Pool:
         path = node.known_hosts or DEFAULT_KNOWN_HOSTS
         try:
             known = self._pinned(path)
-            found = known.match(node.address, node.address, node.port if node.port != 22 else None)
+            # asyncssh reads `addr` as an IP literal; a node named by host name is matched by its name alone.
+            addr = node.address if _is_ip(node.address) else ""
+            found = known.match(node.address, addr, node.port if node.port != 22 else None)
             pinned = bool(found[0] or found[1])
         except (OSError, ValueError):
             pinned = False
