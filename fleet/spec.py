@@ -727,7 +727,12 @@ def load_playbook_files(paths: Iterable[str]) -> list[Playbook]:
     """Every playbook under `paths`, checked alone and together (duplicate names, duplicate lb ports)."""
     playbooks: list[Playbook] = []
     problems: list[Problem] = []
-    files = playbook_files(paths)
+    paths = list(paths)
+    try:
+        files = playbook_files(paths)
+    except OSError as exc:
+        raise SpecError([Problem(exc.filename or ", ".join(paths), None, "",
+                                 f"cannot list playbooks: {exc.strerror or exc}")]) from None
     if not files:
         raise SpecError([Problem(", ".join(paths) or ".", None, "", "no playbook files (*.yaml, *.yml) found")])
     for file in files:

@@ -429,3 +429,11 @@ def test_any_valid_spec_round_trips_through_the_history_to_an_equal_spec_and_has
     assert back == spec
     assert back.spec_hash() == spec.spec_hash()
     assert to_playbook_dict(back) == to_playbook_dict(spec)
+
+
+def test_a_directory_that_cannot_be_listed_is_a_problem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def denied(path: str) -> list[str]:  # root reads every directory here: the refusal is simulated
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr("fleet.spec.os.listdir", denied)
+    assert problems_of([str(tmp_path)]) == [f"{tmp_path}: cannot list playbooks: Permission denied"]
