@@ -252,6 +252,20 @@ def test_floats_and_non_finite_numbers_are_refused_where_they_cannot_be(tmp_path
     assert problems == [f"{path}:4: {field}: {message}"]
 
 
+@pytest.mark.parametrize(("snippet", "expected"), [
+    ("health: {http: /h, interval: .inf}", "4: services.web.health.interval: a duration can be at most 24h (86400s), "
+                                           "got inf"),
+    ("update: {min_ready: .nan}", "4: services.web.update.min_ready: expected a duration such as 2s or 500ms, got nan"),
+    ("replicas: 3.0", "4: services.web.replicas: expected an integer, got 3.0"),
+])
+def test_cli_plan_refuses_bad_numbers_with_exit_2_and_contacts_no_node(tmp_path: Path, node: Listener,
+                                                                       snippet: str, expected: str) -> None:
+    inv = inventory_for(tmp_path, node)
+    book = write(tmp_path, "web.yaml", f"services:\n  web:\n    image: busybox\n    {snippet}\n")
+    assert_refused(cli("plan", book, "-i", inv), f"{book}:{expected}")
+    assert node.offered() == 0
+
+
 @pytest.mark.parametrize(("value", "message"), [
     ("10.0", "expected an integer, got 10.0"), ("[10.5]", "expected an integer, got 10.5"),
     (".nan", "expected an integer, got nan"),
@@ -644,6 +658,13 @@ def test_haproxy_config_gets_ip_addresses_for_nodes_named_by_host_name() -> None
     assert "server web-20001-abc 127.0.0.1:20001" in text and "web-20002-abc" not in text
     assert f"bind 127.0.0.1:{STATS_PORT}" in text
     assert [lb.node.name for lb in balancers.nodes] == ["lb1"] and balancers.unreachable == []
+
+
+def test_cli_plan_refuses_a_malformed_address_with_exit_2(tmp_path: Path) -> None:
+    inv = write(tmp_path, "hosts.ini", "[web]\nweb1 ansible_host=web1.example.test\nweb2 ansible_host='web 2'\n")
+    book = write(tmp_path, "web.yaml", "services:\n  web: {image: busybox}\n")
+    assert_refused(cli("plan", book, "-i", inv),
+                   f"{inv}:3: web2.ansible_host: expected an IP address or a host name, got 'web 2'")
 
 
 # ---- 7. nothing but ConfigError escapes the loaders -------------------------------------------------------
