@@ -316,3 +316,18 @@ def test_exec_health_runs_inside_the_container_and_a_failing_one_is_rolled_back(
         assert {r["image"] for r in replicas(env, name)} == {"fleet.local/demo:v1"}
     finally:
         run(a, "destroy", name, "--wait", "60s")
+
+
+def test_lb_port_taken_on_the_lb_node_is_refused_before_anything_changes(lab, env):
+    name = "sf-port"
+    a = env["env"]
+    pb = playbook(env, name, 22)  # sshd listens on 22 on lb1
+    try:
+        for cmd in ("plan", "apply"):
+            out = run(a, cmd, pb)
+            assert out.returncode == 2, out.stdout + out.stderr
+            assert "lb.port 22 is already in use on lb1 (not by fleet's HAProxy)" in out.stderr, out.stderr
+            assert "Traceback" not in out.stderr
+        assert replicas(env, name) == [], "nothing was started"
+    finally:
+        run(a, "destroy", name, "--wait", "60s")

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from .. import labels as L
-from ..errors import CommandTimeout, ConnectError, FleetError, SchedulingError
+from ..checks import lb_port_conflicts
+from ..errors import CommandTimeout, ConnectError, FleetError, Problem, SchedulingError, SpecError
 from ..health import check, observe_health
 from ..healthjudge import Verdict as HealthVerdict
 from ..healthjudge import ready as passed_enough
@@ -130,7 +131,7 @@ class Engine:
         self.user = user or f"{getpass.getuser()}@{socket.gethostname()}"
         self.reports = reports
         self.by_name = {r.node.name: r for r in reports}
-        self.addresses = {r.node.name: r.node.address for r in reports}
+        self.addresses = {r.node.name: r.ip_address or r.node.address for r in reports}
         self.on_event = on_event or (lambda e: None)
         self.secrets = secrets
         self.guard = guard or (lambda: None)
@@ -212,11 +213,12 @@ class Engine:
     async def apply_targets(self, targets: Sequence[Target], command: Command = "apply") -> list[Outcome]:
         """Converge each target (after `observe`): place, check images, prepare nodes, then service by service."""
         active = [t for t in targets if not t.skip]
+        await self.follow_records(set())  # what HAProxy serves now, by the accepted specs
+        self.check_lb_ports([t.spec for t in active])
         for t in active:
             self.rotation.follow(t.spec)
             if t.canary is not None:
                 self.rotation.follow(t.canary[0])
-        await self.follow_records({t.spec.name for t in targets})
         wanted = [t.spec for t in active]
         seen = [r for r in self.seen if not any(
             t.canary and r.service == t.spec.name and r.spec_hash == t.canary[0].spec_hash() for t in active)]
@@ -252,6 +254,29 @@ class Engine:
             outcomes.append(outcome)
         await self.lbs.sync(self.rotation)
         return outcomes
+
+    def check_lb_ports(self, specs: Sequence[ServiceSpec]) -> None:
+        """Refuse (before anything changes) an `lb.port` that something other than fleet's HAProxy listens on
+        on an lb node, or that another service's front end keeps."""
+        listening = {r.node.name: set(r.facts.listening) for r in self.reports
+                     if r.node.has_role("lb") and r.facts is not None}
+        owned: dict[str, set[int]] = {}
+        for service in {r.service for r in self.live}:
+            if service in self.rotation.frontends:
+                front = self.rotation.frontends[service]
+                port = front.bind_port if front is not None else None
+            else:
+                label = next((r.lb for r in self.live if r.service == service and r.lb is not None), None)
+                port = label.port if label is not None else None
+            if port is not None:
+                owned[service] = {port}
+        by_name = {s.name: s for s in specs}
+        problems = [Problem(by_name[m.split(":", 1)[0]].source_file or "<playbook>",
+                            by_name[m.split(":", 1)[0]].source_line, f"services.{m.split(':', 1)[0]}.lb.port",
+                            m.split(": ", 1)[1])
+                    for m in lb_port_conflicts(specs, listening, owned)]
+        if problems:
+            raise SpecError(problems)
 
     async def _revision_run(self, service: str, spec: ServiceSpec, revision: int | None) -> int:
         """The revision this run rolls out: `revision`, else an interrupted one of the same spec (a controller
@@ -818,7 +843,7 @@ class Engine:
     # --- service discovery ------------------------------------------------------------------------------
     def hosts_text(self, specs: Sequence[ServiceSpec]) -> str:
         """The hosts file every container gets: each load-balanced service's name → the first lb node."""
-        lb = next((r.node.address for r in self.reports if r.node.has_role("lb") and r.ok), None)
+        lb = next((r.ip_address or r.node.address for r in self.reports if r.node.has_role("lb") and r.ok), None)
         names = {s.name for s in specs if s.lb} | {r.service for r in self.live if self.rotation.routed(r.service)}
         return hosts_text(lb, sorted(names))
 
