@@ -1,36 +1,117 @@
 """The Fleet façade: the one entry point for the CLI, the terminal UI and a watcher.
 
-Reading operations (nodes, plan, status, history) never take the fleet's lease; every operation that changes the
-fleet (apply, reconcile, scale, destroy, rollback, promote, abort) runs under it, with the fleet's records.
+Reading operations (nodes, plan, status, ps, logs, images, history, the lease's state) never take the fleet's
+lease; every operation that changes the fleet (apply, reconcile, scale, destroy, rollback, promote, abort) runs
+under it, with the fleet's records. One-off containers (run_one, stop, rm, exec) and image pushes act on the
+nodes directly, as `fleet run` always has. Every method returns values and prints nothing.
+
+Importing this module is cheap: the transport, the engines and the store are loaded by the methods that use them,
+and the value types callers need (NodeReport, PsRow, FleetStatus, Event, Outcome…) are importable from here
+without their layers being loaded until first use. The CLI and the TUI import nothing below this module but pure
+values (tests/test_layers.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import os
 import shlex
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
 
-from .engine.calls import driver_for
-from .engine.nodes import NodeReport, collect, facts_command, report_from
-from .errors import FleetError
+from .errors import FleetError, InventoryError, Problem
 from .model import Inventory, Node
-from .runtime.base import RuntimeDriver
-from .transport import Pool
 
 if TYPE_CHECKING:
     from .engine.apply import Engine, Event, Outcome
+    from .engine.containers import ContainerLookupError, LogStream, PsResult, PsRow
+    from .engine.images import PushResult
+    from .engine.nodes import NodeReport, facts_command, report_from
+    from .engine.status import FleetStatus, ReplicaStatus, ServiceStatus
     from .history import Revision
     from .reconcile import Plan
     from .rollout.decide import Command
+    from .runtime.base import RunSpec, RuntimeDriver, StopResult
+    from .secrets import Secret, SecretStoreError
     from .spec import ServiceSpec
+    from .store.lease import NodeLease
+    from .store.nodes import majority
     from .store.records import FleetHistory
+    from .transport import Pool
 
-__all__ = ["Fleet", "NodeReport", "PlanView", "RunResult", "facts_command", "report_from"]
+__all__ = [
+    "LIST_TIMEOUT",
+    "ContainerLookupError",
+    "Event",
+    "Fleet",
+    "FleetStatus",
+    "LogLines",
+    "NodeLease",
+    "NodeReport",
+    "Outcome",
+    "PlanView",
+    "PoolOptions",
+    "PsResult",
+    "PsRow",
+    "PushResult",
+    "ReplicaStatus",
+    "RunResult",
+    "Secret",
+    "SecretRef",
+    "SecretStoreError",
+    "ServiceStatus",
+    "facts_command",
+    "majority",
+    "one_off_spec",
+    "report_from",
+    "secret_backend",
+    "secret_check",
+    "secret_get",
+    "secret_rm",
+    "secret_set",
+]
+
+T = TypeVar("T")
+
+# Values and helpers that live below the façade, importable from here; their module is imported on first use
+# only, so that `fleet --help`, `fleet lab` or `fleet secret` never load asyncssh (PEP 562).
+_LAZY: dict[str, str] = {
+    "ContainerLookupError": ".engine.containers", "PsResult": ".engine.containers", "PsRow": ".engine.containers",
+    "Event": ".engine.apply", "Outcome": ".engine.apply",
+    "PushResult": ".engine.images",
+    "NodeReport": ".engine.nodes", "facts_command": ".engine.nodes", "report_from": ".engine.nodes",
+    "FleetStatus": ".engine.status", "ReplicaStatus": ".engine.status", "ServiceStatus": ".engine.status",
+    "NodeLease": ".store.lease", "majority": ".store.nodes",
+    "Secret": ".secrets", "SecretStoreError": ".secrets",
+}
+
+if not TYPE_CHECKING:  # hidden from mypy, which would otherwise accept any name as an attribute of this module
+
+    def __getattr__(name: str) -> Any:
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module, __package__), name)
+        globals()[name] = value
+        return value
+
+
+# The engine's listing deadline (fleet.engine.calls.LIST_TIMEOUT), here so that `fleet ps --help` can show it
+# without loading the engine; tests/test_layers.py checks the two agree.
+LIST_TIMEOUT = 8.0
+
+
+class PoolOptions(TypedDict, total=False):
+    """Connection settings for `Fleet.connect`; what is not given keeps the transport's default (see Pool)."""
+
+    connect_timeout: float
+    command_timeout: float | None
+    connect_attempts: int
+
 
 LEASE_TTL = 30.0  # seconds; `$FLEET_LEASE_TTL` overrides (a SIGKILLed holder frees the lease after this)
 
@@ -91,16 +172,22 @@ class Fleet:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def connect(cls, inventory: Inventory, **kwargs: object) -> AsyncIterator[Fleet]:
-        """A Fleet with its own connection pool, closed on exit."""
-        async with Pool() as pool:
-            yield cls(inventory, pool, **kwargs)  # type: ignore[arg-type]
+    async def connect(cls, inventory: Inventory, *, on_event: Callable[[Event], None] | None = None,
+                      secrets: Callable[[str], str | None] | None = None, wait: float = 0.0,
+                      command: str | None = None, **pool: Unpack[PoolOptions]) -> AsyncIterator[Fleet]:
+        """A Fleet with its own connection pool (`pool`: connect and command deadlines), closed on exit."""
+        from .transport import Pool
+
+        async with Pool(**pool) as opened:
+            yield cls(inventory, opened, on_event=on_event, secrets=secrets, wait=wait, command=command)
 
     # --- reading ----------------------------------------------------------------------------------------
     async def nodes(self, *, ports: bool = False) -> list[NodeReport]:
         """Facts from every node in one round trip each, concurrently; one report per node, in inventory order.
 
         `ports` adds the TCP ports in use on each node, which placement needs and `fleet nodes` does not."""
+        from .engine.nodes import collect
+
         self._reports = await collect(self.pool, self.inventory.nodes, ports=ports, inventory=self.inventory.path)
         return self._reports
 
@@ -115,6 +202,8 @@ class Fleet:
         return [r for r in await self.reports() if r.ok]
 
     def driver(self, report: NodeReport) -> RuntimeDriver:
+        from .engine.calls import driver_for
+
         return driver_for(report.node, report.facts)
 
     def node(self, name: str) -> Node:
@@ -158,6 +247,26 @@ class Fleet:
 
     async def history(self, service: str) -> list[Revision]:
         return await self.records().list(service)
+
+    async def status(self, reports: Sequence[NodeReport] | None = None) -> FleetStatus:
+        """Every service's replicas per node, their health in each load balancer and the service's address, read
+        from the ready nodes of `reports` (default: this run's); what `fleet status` and the TUI show. A node or
+        a balancer that cannot be read is named in the result's `errors` / `lb_errors`, never raised."""
+        from .engine.status import status
+
+        return await status(self.pool, list(reports) if reports is not None else await self.reports())
+
+    async def ps(self, *, all: bool = False, timeout: float = LIST_TIMEOUT) -> PsResult:
+        """The containers on every ready node: fleet's by service and replica, then foreign ones; only running
+        ones unless `all`. Each node has `timeout` seconds to list them; one that is not ready or does not answer
+        in time is named in `errors`, the others are listed all the same."""
+        from .engine.containers import ps
+        from .runtime.base import Status
+
+        result = await ps(self.pool, await self.reports(), timeout=timeout)
+        if all:
+            return result
+        return dataclasses.replace(result, rows=tuple(r for r in result.rows if r.info.status is Status.RUNNING))
 
     # --- changing (under the fleet's lease) -------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -247,3 +356,211 @@ class Fleet:
         async with self.writing() as engine:
             rev, outcomes = await engine.abort(service)
             return rev, RunResult(outcomes, self._errors(engine))
+
+    # --- containers by hand (`fleet run`, `stop`, `rm`, `logs`, `exec`): no lease, no records ----------------
+    async def _lookup(self, ref: str) -> tuple[list[NodeReport], list[PsRow]]:
+        """This run's reports and the containers `ref` names (see fleet.engine.containers.find): raises
+        ContainerLookupError when it names none, or a prefix names several."""
+        from .engine.containers import find, ps
+
+        reports = await self.reports()
+        return reports, find(await ps(self.pool, reports), ref)
+
+    async def run_one(self, node: str, spec: RunSpec, *, timeout: float = 60.0) -> None:
+        """Start one container on `node` (its image must be there: `push`). Raises FleetError naming the node
+        when it is not ready, ContainerLookupError when there is no such node, RuntimeDriverError when the
+        runtime refuses."""
+        from .engine.containers import report_of, run_container
+
+        report = report_of(await self.reports(), node)
+        if not report.ok:
+            raise FleetError(f"{node}: {report.status}: {report.reason}")
+        await run_container(self.pool, report, spec, timeout=timeout)
+
+    async def stop(self, ref: str, grace: float = 10.0) -> list[tuple[PsRow, StopResult | str]]:
+        """Stop every container `ref` names (SIGTERM, SIGKILL after `grace` seconds, then delete): one entry per
+        container, with how it stopped or why it could not be (one failure never stops the others)."""
+        from .engine.containers import stop_container
+
+        return await self._each(ref, lambda report, row: stop_container(self.pool, report, row.info.id, grace))
+
+    async def rm(self, ref: str) -> list[tuple[PsRow, str | None]]:
+        """Remove every container `ref` names at once (kill, then its task, container, snapshot and log): one
+        entry per container, None when removed, else why not."""
+        from .engine.containers import remove_container
+
+        return await self._each(ref, lambda report, row: remove_container(self.pool, report, row.info.id))
+
+    async def _each(self, ref: str, act: Callable[[NodeReport, PsRow], Awaitable[T]]) -> list[tuple[PsRow, T | str]]:
+        from .engine.containers import report_of
+
+        reports, rows = await self._lookup(ref)
+        out: list[tuple[PsRow, T | str]] = []
+        for row in rows:
+            try:
+                out.append((row, await act(report_of(reports, row.node), row)))
+            except FleetError as exc:
+                out.append((row, str(exc)))
+        return out
+
+    @contextlib.asynccontextmanager
+    async def logs(self, ref: str, *, follow: bool = False, tail: int | None = 100) -> AsyncIterator[LogLines]:
+        """The logs of the containers `ref` names (a service: all its replicas), as an async iterator of
+        `(prefix, line)`: `async with fleet.logs("web", follow=True) as lines: async for prefix, line in lines:`.
+
+        `tail` lines from the end of each log (None: whole logs); `follow` keeps reading until the block is left,
+        which stops every reader. Raises ContainerLookupError on entry when `ref` names nothing."""
+        from .engine.containers import logs, targets
+
+        reports, rows = await self._lookup(ref)
+        chosen = targets(reports, rows)
+        async with logs(self.pool, chosen, tail, follow) as stream:
+            yield LogLines(tuple(t.prefix for t in chosen), stream)
+
+    async def exec(self, ref: str, argv: Sequence[str], on_line: Callable[[str], None]) -> int:
+        """Run `argv` inside the one running container `ref` names, handing each output line (stdout and stderr
+        merged) to `on_line` as it comes; returns the command's exit code. No deadline: it runs as long as it
+        runs. Raises ContainerLookupError when `ref` names no container, or a service with several replicas."""
+        from .engine.containers import exec_in, find_one, ps, report_of
+
+        reports = await self.reports()
+        row = find_one(await ps(self.pool, reports), ref)
+        return await exec_in(self.pool, report_of(reports, row.node), row.info.id, list(argv), on_line)
+
+    # --- images -----------------------------------------------------------------------------------------
+    async def push(self, archive: str, nodes: Sequence[str] | None = None, *, limit: int = 8,
+                   on_progress: Callable[[str, int], None] | None = None,
+                   on_status: Callable[[str, str], None] | None = None) -> list[PushResult]:
+        """Stream an image archive over SSH into the containerd of `nodes` (default: every worker), `limit` at
+        once, skipping nodes that already hold it; one result per node, never raising for one node.
+
+        `on_progress(node, bytes_sent)` follows each upload, `on_status(node, state)` each node's state
+        (checking, present, sending, sent, failed). Raises ImageArchiveError before contacting any node when the
+        archive is unusable, PushError when a named node is not in the inventory."""
+        from .engine.images import push
+
+        return await push(self.pool, await self.reports(), archive, list(nodes) if nodes is not None else None,
+                          limit, on_progress=on_progress, on_status=on_status)
+
+    async def image_list(self) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+        """({node: {image ref: manifest digest}} of every ready node, {node: why it could not be read})."""
+        from .engine.images import list_images
+
+        return await list_images(self.pool, await self.reports())
+
+    # --- the fleet's lease, by hand (`fleet lock`) ------------------------------------------------------
+    def record_nodes(self) -> list[Node]:
+        """The nodes that keep the fleet's lease and records (see fleet.store.nodes.record_nodes)."""
+        from .store.nodes import record_nodes
+
+        return record_nodes(self.inventory)
+
+    def _lease_nodes(self) -> list[Node]:
+        nodes = self.record_nodes()
+        if not nodes:
+            raise InventoryError([Problem(self.inventory.path, None, "",
+                                          "no nodes, so no record node to keep the fleet's lease")])
+        return nodes
+
+    async def lock_status(self, *, timeout: float = 10.0) -> list[NodeLease]:
+        """The lease on each record node, each within `timeout` seconds: `(node, LeaseInfo)` (possibly expired),
+        `(node, None)` when free, `(node, why)` when it could not be read. Never takes the lease."""
+        from .store.lease import lease_status
+
+        return await lease_status(self.pool, self._lease_nodes(), timeout=timeout)
+
+    async def break_lock(self, *, timeout: float = 10.0) -> list[NodeLease]:
+        """Remove the lease on every record node, whoever holds it; returns what was broken there (None: it was
+        free; a string: the node could not be reached). A holder still running stops at its next renewal."""
+        from .store.lease import break_lease
+
+        return await break_lease(self.pool, self._lease_nodes(), timeout=timeout)
+
+
+class LogLines:
+    """The log lines `Fleet.logs` reads, as `(prefix, line)`; `prefixes` are the containers read (`node/short
+    id`, in order) and `errors` names, by prefix, each log that could not be read (filled as they fail)."""
+
+    def __init__(self, prefixes: tuple[str, ...], stream: LogStream) -> None:
+        self.prefixes = prefixes
+        self._stream = stream
+
+    @property
+    def errors(self) -> Mapping[str, str]:
+        return self._stream.errors
+
+    def __aiter__(self) -> AsyncIterator[tuple[str, str]]:
+        return self._stream.__aiter__()
+
+
+def one_off_spec(node: str, image: str, name: str, *, env: Mapping[str, str] | None = None, port: int | None = None,
+                 cpu: float | None = None, memory: int | None = None, restart: str = "no",
+                 command: Sequence[str] = (), suffix: str | None = None) -> RunSpec:
+    """A one-off container's RunSpec (`fleet run`): labelled as replica 1 of service `name`; PORT (when given),
+    FLEET_NODE and FLEET_REPLICA are set in its environment unless `env` sets them. Pure: raises ValueError for
+    a name or value the labels refuse, before any node is contacted."""
+    from . import labels as L
+    from .runtime.base import RunSpec
+
+    defaults = {"FLEET_NODE": node, "FLEET_REPLICA": "1"}
+    if port is not None:
+        defaults["PORT"] = str(port)
+    return RunSpec(
+        id=L.container_id(name, 1, suffix),
+        image=image,
+        command=tuple(command) or None,
+        env={**defaults, **(env or {})},
+        cpu=cpu,
+        memory=memory,
+        labels=L.build_labels(name, replica=1, cpu=cpu, memory=memory, port=port, node=node),
+        restart="always" if restart == "always" else "no",
+    )
+
+
+# --- secrets: the controller's keyring; playbooks only name them -----------------------------------------------
+# Module functions, not Fleet methods: they touch no node and need no inventory. They are here (rather than the
+# CLI calling fleet.secrets) so that callers depend on the façade alone, wherever the keyring code lives.
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """A secret a playbook's service references, and whether the keyring has it (its value is never read out)."""
+
+    service: str
+    name: str
+    present: bool
+
+
+def secret_get(name: str) -> str | None:
+    """The value of secret `name` from the keyring; None when it is not there (or there is no keyring)."""
+    from .secrets import get_secret
+
+    return get_secret(name)
+
+
+def secret_set(name: str, value: Secret) -> None:
+    """Store a secret in the keyring; raises SecretStoreError when the keyring cannot be used."""
+    from .secrets import set_secret
+
+    set_secret(name, value)
+
+
+def secret_rm(name: str) -> bool:
+    """Remove a secret from the keyring; False when it was not there. Raises SecretStoreError."""
+    from .secrets import delete_secret
+
+    return delete_secret(name)
+
+
+def secret_check(specs: Sequence[ServiceSpec]) -> list[SecretRef]:
+    """Every (service, secret) the specs reference, sorted, with whether the keyring has the secret."""
+    wanted = sorted({(s.name, n) for s in specs for n in s.secret_names()})
+    found = {n: secret_get(n) is not None for _, n in wanted}
+    return [SecretRef(service, n, found[n]) for service, n in wanted]
+
+
+def secret_backend() -> str:
+    """The name of the keyring backend in use on this machine."""
+    from .secrets import backend_name
+
+    return backend_name()
