@@ -16,9 +16,9 @@ from .common import esc
 if TYPE_CHECKING:
     from rich.progress import TaskID
 
-    from ..engine.images import PushResult
+    from ..api import PushResult
 
-# The engine, the archive reader and rich's progress bars are imported inside the commands, so that other
+# The façade, the archive reader and rich's progress bars are imported inside the commands, so that other
 # commands do not pay for them at start.
 
 app = typer.Typer(help="Images: build the demo image, push archives to nodes, list what nodes hold.",
@@ -54,9 +54,7 @@ def push(archive: Annotated[str, typer.Argument(metavar="IMAGE.tar", help="OCI o
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..api import Fleet
-    from ..engine import images
     from ..image.oci import ImageArchiveError, read_archive
-    from ..transport import Pool
 
     try:
         info = read_archive(archive)
@@ -69,10 +67,9 @@ def push(archive: Annotated[str, typer.Argument(metavar="IMAGE.tar", help="OCI o
     show = not json and con.is_terminal
 
     async def go() -> list[PushResult]:
-        async with Pool(connect_timeout=10) as pool:
-            reports = await Fleet(inv, pool).reports()
+        async with Fleet.connect(inv, connect_timeout=10) as f:
             if not show:
-                return await images.push(pool, reports, archive, names, limit)
+                return await f.push(archive, names, limit=limit)
             columns = (TextColumn("{task.fields[node]:<10}"), TextColumn("{task.description:<9}"), BarColumn(),
                        DownloadColumn(binary_units=True), TimeElapsedColumn())
             with Progress(*columns, console=con) as bar:
@@ -90,8 +87,7 @@ def push(archive: Annotated[str, typer.Argument(metavar="IMAGE.tar", help="OCI o
                 def on_progress(node: str, sent: int) -> None:
                     bar.update(task(node), completed=sent)
 
-                return await images.push(pool, reports, archive, names, limit,
-                                         on_progress=on_progress, on_status=on_status)
+                return await f.push(archive, names, limit=limit, on_progress=on_progress, on_status=on_status)
 
     started = time.perf_counter()
     results = common.run(go)
@@ -132,14 +128,12 @@ def build_demo_cmd(version: Annotated[str, typer.Option("--version", help="Image
 def ls(inventory: common.InventoryOpt = None, json: common.JsonOpt = False) -> None:
     """List the images on every node, with their manifest digests."""
     from ..api import Fleet
-    from ..engine import images
-    from ..transport import Pool
 
     inv = common.inventory(inventory)
 
     async def go() -> tuple[dict[str, dict[str, str]], dict[str, str]]:
-        async with Pool(connect_timeout=10, command_timeout=30) as pool:
-            return await images.list_images(pool, await Fleet(inv, pool).reports())
+        async with Fleet.connect(inv, connect_timeout=10, command_timeout=30) as f:
+            return await f.image_list()
 
     found, errors = common.run(go)
     if json:

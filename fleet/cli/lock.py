@@ -13,10 +13,10 @@ from . import common
 from .common import esc
 
 if TYPE_CHECKING:
-    from ..store.lease import NodeLease
+    from ..api import NodeLease
 
-# The store and the transport are imported inside the commands: `fleet --help` and the other light commands
-# do not pay for them.
+# The façade is imported inside the commands: `fleet --help` and the other light commands do not pay for the
+# store and the transport it loads.
 
 app = typer.Typer(help="The fleet's lease: one writing command (apply, reconcile, rollback…) at a time.",
                   no_args_is_help=True)
@@ -45,7 +45,7 @@ def holder_of(leases: list[NodeLease]) -> tuple[LeaseInfo | None, int]:
 
 def summary(leases: list[NodeLease]) -> str:
     """One line: held by whom (on how many of how many, with the majority needed), free, or unknown."""
-    from ..store.nodes import majority
+    from ..api import majority
 
     needed = majority(len(leases))
     info, count = holder_of(leases)
@@ -90,20 +90,16 @@ def print_leases(out: Console, leases: list[NodeLease], broken: bool = False) ->
 
 
 def _leases(inventory: str | None, timeout: float, breaking: bool) -> list[NodeLease]:
-    from ..store.lease import break_lease, lease_status
-    from ..store.nodes import record_nodes
-    from ..transport import Pool
+    """The lease on each record node (or what breaking it found); an inventory without nodes is exit 2."""
+    from ..api import Fleet
 
     inv = common.inventory(inventory)
-    nodes = record_nodes(inv)
-    if not nodes:
-        common.fail(f"{inv.path}: no nodes, so no record node to keep the fleet's lease")
 
     async def go() -> list[NodeLease]:
-        async with Pool(connect_timeout=timeout, command_timeout=timeout, connect_attempts=1) as pool:
+        async with Fleet.connect(inv, connect_timeout=timeout, command_timeout=timeout, connect_attempts=1) as f:
             if breaking:
-                return await break_lease(pool, nodes, timeout=timeout)
-            return await lease_status(pool, nodes, timeout=timeout)
+                return await f.break_lock(timeout=timeout)
+            return await f.lock_status(timeout=timeout)
 
     return common.run(go)
 
@@ -115,7 +111,7 @@ def _exit(leases: list[NodeLease]) -> typer.Exit:
 @app.command("status")
 def status(inventory: common.InventoryOpt = None, json: common.JsonOpt = False, timeout: TimeoutOpt = 10.0) -> None:
     """Who holds the fleet's lease on each record node, since when and until when (exit 1: a node is unreachable)."""
-    from ..store.nodes import majority
+    from ..api import majority
 
     leases = _leases(inventory, timeout, breaking=False)
     if json:

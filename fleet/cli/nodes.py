@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
-from ..api import Fleet, NodeReport
-from ..transport import Pool
 from . import common
 from .common import esc
+
+if TYPE_CHECKING:
+    from ..api import NodeReport
 
 STATUS_STYLE = {"ready": "green", "unreachable": "red", "no runtime": "yellow", "runtime not answering": "red",
                 "error": "red"}
@@ -92,12 +93,14 @@ def nodes(inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
 
     A node is ready, unreachable (sshd), no runtime (containerd missing or not running) or runtime not answering
     (containerd hung); exit 1 unless every node is ready."""
+    from ..api import Fleet
+
     inv = common.inventory(inventory)
 
     async def go() -> tuple[list[NodeReport], float]:
         started = time.perf_counter()
-        async with Pool(connect_timeout=timeout, command_timeout=timeout) as pool:
-            reports = await Fleet(inv, pool).nodes()
+        async with Fleet.connect(inv, connect_timeout=timeout, command_timeout=timeout) as f:
+            reports = await f.nodes()
         return reports, time.perf_counter() - started
 
     reports, elapsed = common.run(go)

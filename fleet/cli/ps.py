@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from ..api import Fleet
-from ..engine import containers
-from ..engine.calls import LIST_TIMEOUT
-from ..engine.containers import PsResult, PsRow
+from ..api import LIST_TIMEOUT
 from ..runtime.base import Status
-from ..transport import Pool
 from ..units import format_cpu, format_memory
 from . import common
 from .common import esc
+
+if TYPE_CHECKING:
+    from ..api import PsResult, PsRow
 
 STATUS_STYLE = {Status.RUNNING: "green", Status.STOPPED: "red", Status.CREATED: "yellow", Status.UNKNOWN: "red"}
 
@@ -97,12 +96,14 @@ def ps(inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
     """List containers on every node: fleet's own by service and replica, foreign ones marked and left alone.
 
     A node that is not ready or does not answer in time is named under the table (exit 1); the others are listed."""
+    from ..api import Fleet
+
     inv = common.inventory(inventory)
 
     async def go() -> PsResult:
-        async with Pool(connect_timeout=10.0) as pool:
-            fleet = Fleet(inv, pool)
-            return await containers.ps(pool, await fleet.reports(), timeout=timeout)
+        # Every container, running or not: the summary line counts those --all would show.
+        async with Fleet.connect(inv, connect_timeout=10.0) as f:
+            return await f.ps(all=True, timeout=timeout)
 
     result = common.run(go)
     rows = visible(result, show_all)

@@ -11,7 +11,7 @@ from . import common
 from .common import esc
 
 if TYPE_CHECKING:
-    from ..engine.status import FleetStatus
+    from ..api import FleetStatus
 
 HEALTH_STYLE = {"up": "green", "down": "red", "drain": "yellow", "maint": "yellow", "nocheck": "dim"}
 
@@ -51,14 +51,12 @@ def render(st: FleetStatus) -> Table:
 def status_cmd(inventory: common.InventoryOpt = None, json: common.JsonOpt = False) -> None:
     """Services, replicas per node, health in HAProxy and each service's stable address."""
     from ..api import Fleet
-    from ..engine.status import status
-    from ..transport import Pool
 
     inv = common.inventory(inventory)
 
     async def go() -> FleetStatus:
-        async with Pool() as pool:
-            return await status(pool, await Fleet(inv, pool).reports())
+        async with Fleet.connect(inv) as f:
+            return await f.status()
 
     st = common.run(go)
     if json:
