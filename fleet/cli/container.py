@@ -3,33 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
-from .. import labels as L
-from ..api import Fleet
-from ..engine import containers
-from ..engine.containers import PsRow
-from ..engine.nodes import NodeReport
-from ..errors import FleetError
-from ..runtime.base import RunSpec, StopResult
-from ..transport import Pool
 from ..units import parse_cpu, parse_memory
 from . import common
 from .common import esc
+
+if TYPE_CHECKING:
+    from ..api import Fleet, PsRow
+    from ..runtime.base import StopResult
 
 T = TypeVar("T")
 
 RefArg = Annotated[str, typer.Argument(metavar="CONTAINER", help="Container ID, unique prefix, NODE/ID, or a "
                                        "service name (all its replicas).")]
-
-
-def _lookup(result: containers.PsResult, ref: str) -> list[PsRow]:
-    try:
-        return containers.find(result, ref)
-    except containers.ContainerLookupError as exc:
-        common.fail(str(exc))
 
 
 def _stopped(row: PsRow, res: StopResult | str) -> str:
@@ -44,21 +33,19 @@ def _stopped(row: PsRow, res: StopResult | str) -> str:
     return f"{where}: stopped, exit code {code}{how}{oom}"
 
 
-def _each(ref: str, inventory: str | None,
-          act: Callable[[Pool, NodeReport, PsRow], Awaitable[T]]) -> list[tuple[PsRow, T | str]]:
-    """Run `act` on every container `ref` names; a container that fails gets its error message instead."""
+def _on_containers(inventory: str | None, act: Callable[[Fleet], Awaitable[T]]) -> T:
+    """Run one façade operation on the containers a reference names; a reference that names none (or a prefix
+    that names several) is a usage error (exit 2)."""
+    from ..api import ContainerLookupError, Fleet
+
     inv = common.inventory(inventory)
 
-    async def go() -> list[tuple[PsRow, T | str]]:
-        async with Pool(connect_timeout=10) as pool:
-            reports = await Fleet(inv, pool).reports()
-            out: list[tuple[PsRow, T | str]] = []
-            for row in _lookup(await containers.ps(pool, reports), ref):
-                try:
-                    out.append((row, await act(pool, containers.report_of(reports, row.node), row)))
-                except FleetError as exc:
-                    out.append((row, str(exc)))
-            return out
+    async def go() -> T:
+        async with Fleet.connect(inv, connect_timeout=10) as f:
+            try:
+                return await act(f)
+            except ContainerLookupError as exc:
+                common.fail(str(exc))
 
     return common.run(go)
 
@@ -67,8 +54,7 @@ def stop(ref: RefArg, inventory: common.InventoryOpt = None,
          grace: Annotated[float, typer.Option("--grace", "-t", help="Seconds between SIGTERM and SIGKILL.")] = 10.0
          ) -> None:
     """Stop a container (SIGTERM, then SIGKILL after the grace period) and delete it."""
-    results = _each(ref, inventory,
-                    lambda pool, report, row: containers.stop_container(pool, report, row.info.id, grace))
+    results = _on_containers(inventory, lambda f: f.stop(ref, grace))
     con = common.console()
     for row, res in results:
         con.print(_stopped(row, res), highlight=False)
@@ -77,7 +63,7 @@ def stop(ref: RefArg, inventory: common.InventoryOpt = None,
 
 def rm(ref: RefArg, inventory: common.InventoryOpt = None) -> None:
     """Remove a container at once (kill, delete task, container, snapshot and log)."""
-    results = _each(ref, inventory, lambda pool, report, row: containers.remove_container(pool, report, row.info.id))
+    results = _on_containers(inventory, lambda f: f.rm(ref))
     con = common.console()
     for row, err in results:
         con.print(f"[red]{esc(err)}[/]" if isinstance(err, str) else f"{row.node}/{row.info.id}: removed",
@@ -93,25 +79,6 @@ def _env(pairs: list[str]) -> dict[str, str]:
             common.fail(f"--env expects NAME=VALUE, got {pair!r}")
         env[name] = value
     return env
-
-
-def build_spec(node: str, image: str, name: str, env: dict[str, str], port: int | None, cpu: float | None,
-               memory: int | None, restart: str, command: list[str], suffix: str | None = None) -> RunSpec:
-    """A one-off container's RunSpec: labelled as replica 1 of service `name`; PORT (when given), FLEET_NODE
-    and FLEET_REPLICA are set in its environment unless the user set them."""
-    defaults = {"FLEET_NODE": node, "FLEET_REPLICA": "1"}
-    if port is not None:
-        defaults["PORT"] = str(port)
-    return RunSpec(
-        id=L.container_id(name, 1, suffix),
-        image=image,
-        command=tuple(command) or None,
-        env={**defaults, **env},
-        cpu=cpu,
-        memory=memory,
-        labels=L.build_labels(name, replica=1, cpu=cpu, memory=memory, port=port, node=node),
-        restart="always" if restart == "always" else "no",
-    )
 
 
 def run(node: Annotated[str, typer.Argument(help="Node to run on.")],
@@ -135,9 +102,12 @@ def run(node: Annotated[str, typer.Argument(help="Node to run on.")],
         mem_v = parse_memory(memory) if memory is not None else None
     except ValueError as exc:
         common.fail(str(exc))
+    from ..api import Fleet, one_off_spec
+
     service = name or image.rsplit("/", 1)[-1].split(":", 1)[0].split("@", 1)[0]
     try:
-        spec = build_spec(node, image, service, _env(env or []), port, cpu_v, mem_v, restart, command or [])
+        spec = one_off_spec(node, image, service, env=_env(env or []), port=port, cpu=cpu_v, memory=mem_v,
+                            restart=restart, command=command or [])
     except ValueError as exc:
         common.fail(str(exc))
     inv = common.inventory(inventory)
@@ -145,12 +115,9 @@ def run(node: Annotated[str, typer.Argument(help="Node to run on.")],
         common.fail(f"no node {node!r} in {inv.path}")
 
     async def go() -> None:
-        async with Pool(connect_timeout=10) as pool:
-            reports = await Fleet(inv, pool).reports()
-            report = containers.report_of(reports, node)
-            if not report.ok:
-                common.fail(f"{node}: {report.status}: {report.reason}", common.EXIT_PARTIAL)
-            await containers.run_container(pool, report, spec)
+        async with Fleet.connect(inv, connect_timeout=10) as f:
+            # A node that is not ready is a FleetError naming it (exit 1).
+            await f.run_one(node, spec)
 
     common.run(go)
     common.console().print(f"{node}/{spec.id}: started ({service}, {image})", highlight=False)

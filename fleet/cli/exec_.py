@@ -7,9 +7,6 @@ from typing import Annotated
 
 import typer
 
-from ..api import Fleet
-from ..engine import containers
-from ..transport import Pool
 from . import common
 
 
@@ -23,16 +20,15 @@ def exec_(container: Annotated[str, typer.Argument(help="Container ID, unique pr
           command: Annotated[list[str], typer.Argument(help="The command; put it after `--`.")],
           inventory: common.InventoryOpt = None) -> None:
     """Run CMD inside CONTAINER (stdout and stderr merged); exits with CMD's exit code."""
+    from ..api import ContainerLookupError, Fleet
+
     inv = common.inventory(inventory)
 
     async def go() -> int:
-        async with Pool(connect_timeout=10) as pool:
-            reports = await Fleet(inv, pool).reports()
+        async with Fleet.connect(inv, connect_timeout=10) as f:
             try:
-                row = containers.find_one(await containers.ps(pool, reports), container)
-            except containers.ContainerLookupError as exc:
+                return await f.exec(container, list(command), _write)
+            except ContainerLookupError as exc:
                 common.fail(str(exc))
-            report = containers.report_of(reports, row.node)
-            return await containers.exec_in(pool, report, row.info.id, list(command), _write)
 
     raise typer.Exit(common.run(go))

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Mapping
 from typing import Annotated
 
 import typer
 
-from ..api import Fleet
-from ..engine import containers
-from ..transport import Pool
 from . import common
 from .common import esc
 
@@ -23,28 +22,28 @@ def logs(ref: Annotated[str, typer.Argument(metavar="SERVICE|CONTAINER", help="S
          tail: Annotated[int, typer.Option("--tail", "-n", help="Lines from the end of each log; -1 for all.")]
          = 100) -> None:
     """Print container logs (stdout and stderr interleaved), merged across a service's replicas."""
+    from ..api import ContainerLookupError, Fleet
+
     inv = common.inventory(inventory)
     out = common.console()
 
-    async def go() -> dict[str, str]:
-        async with Pool(connect_timeout=10, command_timeout=None) as pool:
-            reports = await Fleet(inv, pool).reports()
+    async def go() -> Mapping[str, str]:
+        async with (Fleet.connect(inv, connect_timeout=10, command_timeout=None) as f,
+                    contextlib.AsyncExitStack() as stack):
             try:
-                rows = containers.find(await containers.ps(pool, reports), ref)
-            except containers.ContainerLookupError as exc:
+                lines = await stack.enter_async_context(f.logs(ref, follow=follow, tail=None if tail < 0 else tail))
+            except ContainerLookupError as exc:
                 common.fail(str(exc))
-            targets = containers.targets(reports, rows)
-            width = max(len(t.prefix) for t in targets)
-            colors = {t.prefix: _COLORS[i % len(_COLORS)] for i, t in enumerate(targets)}
-            async with containers.logs(pool, targets, None if tail < 0 else tail, follow) as stream:
-                async for prefix, line in stream:
-                    if len(targets) > 1:
-                        out.print(f"[{colors[prefix]}]{prefix.ljust(width)}[/] | ", end="", highlight=False)
-                        out.out(line, highlight=False)
-                    else:
-                        sys.stdout.write(line + "\n")
-                        sys.stdout.flush()
-            return stream.errors
+            width = max(len(p) for p in lines.prefixes)
+            colors = {p: _COLORS[i % len(_COLORS)] for i, p in enumerate(lines.prefixes)}
+            async for prefix, line in lines:
+                if len(lines.prefixes) > 1:
+                    out.print(f"[{colors[prefix]}]{prefix.ljust(width)}[/] | ", end="", highlight=False)
+                    out.out(line, highlight=False)
+                else:
+                    sys.stdout.write(line + "\n")
+                    sys.stdout.flush()
+            return lines.errors
 
     try:
         errors = common.run(go)
