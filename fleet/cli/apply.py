@@ -17,8 +17,7 @@ from . import common
 from .common import esc
 
 if TYPE_CHECKING:
-    from ..api import Fleet, PlanView, RunResult
-    from ..engine.apply import Event
+    from ..api import Event, Fleet, PlanView, RunResult
     from ..reconcile import Plan
     from ..spec import ServiceSpec
 
@@ -166,14 +165,14 @@ def _run(op: Callable[[Fleet], Awaitable[RunResult]], inventory: str | None, jso
          *, quiet: bool = False, totals: dict[str, int] | None = None, report: bool = True) -> RunResult:
     """Run one changing operation through the façade, under the fleet's lease, with progress or JSON events;
     print the outcomes (`quiet`: only what changed or failed, for cron)."""
-    from ..api import Fleet
+    from ..api import Fleet, secret_get
 
     inv = common.inventory(inventory)
     show = _Progress(json, quiet and not json)
     seconds = common.wait_seconds(wait)
 
     async def go() -> RunResult:
-        async with Fleet.connect(inv, on_event=show, secrets=_keyring_secret, wait=seconds) as f:
+        async with Fleet.connect(inv, on_event=show, secrets=secret_get, wait=seconds) as f:
             for name, total in (totals or {}).items():
                 show.add(name, total)
             with show.progress:
@@ -204,12 +203,6 @@ def _run(op: Callable[[Fleet], Awaitable[RunResult]], inventory: str | None, jso
 def _exit(result: RunResult) -> typer.Exit:
     """0 when every service converged and every node answered; 1 otherwise (partial)."""
     return typer.Exit(common.EXIT_OK if result.ok else common.EXIT_PARTIAL)
-
-
-def _keyring_secret(name: str) -> str | None:
-    from ..secrets import get_secret
-
-    return get_secret(name)
 
 
 def apply(playbooks: PlaybooksArg = None, inventory: common.InventoryOpt = None, json: common.JsonOpt = False,

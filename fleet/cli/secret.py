@@ -25,7 +25,7 @@ def _key(name: str) -> str:
 @app.command("set")
 def set_(name: str) -> None:
     """Store a secret: the value is read from stdin (or asked for on a terminal), never from the command line."""
-    from ..secrets import Secret, SecretStoreError, set_secret
+    from ..api import Secret, SecretStoreError, secret_set
 
     key = _key(name)
     value = getpass.getpass(f"value for {key}: ") if sys.stdin.isatty() else sys.stdin.read()
@@ -33,7 +33,7 @@ def set_(name: str) -> None:
     if not value:
         common.fail("empty value; nothing stored")
     try:
-        set_secret(key, Secret(value))
+        secret_set(key, Secret(value))
     except SecretStoreError as exc:
         common.fail(str(exc), common.EXIT_PARTIAL)
     common.console().print(f"stored {key} in the keyring")
@@ -42,10 +42,10 @@ def set_(name: str) -> None:
 @app.command("rm")
 def rm(name: str) -> None:
     """Remove a secret from the keyring."""
-    from ..secrets import SecretStoreError, delete_secret
+    from ..api import SecretStoreError, secret_rm
 
     try:
-        gone = delete_secret(_key(name))
+        gone = secret_rm(_key(name))
     except SecretStoreError as exc:
         common.fail(str(exc), common.EXIT_PARTIAL)
     common.console().print(f"removed {name}" if gone else f"{name}: not in the keyring")
@@ -55,17 +55,16 @@ def rm(name: str) -> None:
 @app.command("check")
 def check(playbooks: PlaybooksArg = None, json: common.JsonOpt = False) -> None:
     """List the secrets the playbooks reference and whether the keyring has each (values are never shown)."""
-    from ..secrets import backend_name, get_secret
+    from ..api import secret_backend, secret_check
     from .apply import specs_from
 
-    wanted = sorted({(s.name, n) for s in specs_from(playbooks) for n in s.secret_names()})
-    found = {n: get_secret(n) is not None for _, n in wanted}
+    refs = secret_check(specs_from(playbooks))
     if json:
-        common.print_json({"backend": backend_name(), "secrets": [
-            {"service": svc, "secret": n, "present": found[n]} for svc, n in wanted]})
+        common.print_json({"backend": secret_backend(), "secrets": [
+            {"service": r.service, "secret": r.name, "present": r.present} for r in refs]})
     else:
         out = common.console()
-        out.print(f"keyring backend: {backend_name()}")
-        for svc, n in wanted:
-            out.print(f"  {svc}: {n} " + ("[green]present[/]" if found[n] else "[red]missing[/]"))
-    raise typer.Exit(common.EXIT_OK if all(found.values()) else common.EXIT_PARTIAL)
+        out.print(f"keyring backend: {secret_backend()}")
+        for r in refs:
+            out.print(f"  {r.service}: {r.name} " + ("[green]present[/]" if r.present else "[red]missing[/]"))
+    raise typer.Exit(common.EXIT_OK if all(r.present for r in refs) else common.EXIT_PARTIAL)
