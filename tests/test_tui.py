@@ -17,7 +17,7 @@ from textual.widgets import Footer
 from fleet.api import Fleet, NodeReport
 from fleet.engine.status import FleetStatus, ReplicaStatus, ServiceStatus
 from fleet.facts import NodeFacts
-from fleet.model import Node, Resources
+from fleet.model import Inventory, Node, Resources
 from fleet.reconcile import Replica
 from fleet.transport import Pool
 from fleet.tui import FleetApp, FleetSource, Snapshot, collect
@@ -196,13 +196,13 @@ async def test_quit_key_exits():
         assert not app.is_running
 
 
-class DownFleet:
+class DownFleet(Fleet):
     """A façade whose every node is unreachable: `collect` runs the real status pass with nothing to read."""
 
     def __init__(self, pool: Pool) -> None:
-        self.pool = pool
+        super().__init__(Inventory("<down>", ()), pool)
 
-    async def nodes(self) -> list[NodeReport]:
+    async def nodes(self, *, ports: bool = False) -> list[NodeReport]:
         return [unreachable("n1"), unreachable("lb1")]
 
 

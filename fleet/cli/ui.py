@@ -15,14 +15,13 @@ def ui(inventory: common.InventoryOpt = None, interval: IntervalOpt = 2.0) -> No
     """Live view of nodes, services and replicas: r refresh, tab switch pane, q quit."""
     # Textual is imported only when the UI runs: the other commands start without it.
     from ..api import Fleet
-    from ..transport import Pool
     from ..tui import FleetApp, FleetSource
 
     inv = common.inventory(inventory)
 
     async def go() -> None:
         # One attempt with a short timeout: a down node must not hold up every refresh for long.
-        async with Pool(connect_timeout=5.0, command_timeout=10.0, connect_attempts=1) as pool:
-            await FleetApp(FleetSource(Fleet(inv, pool)), interval=interval).run_async()
+        async with Fleet.connect(inv, connect_timeout=5.0, command_timeout=10.0, connect_attempts=1) as fleet:
+            await FleetApp(FleetSource(fleet), interval=interval).run_async()
 
     common.run(go)

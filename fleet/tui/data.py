@@ -1,20 +1,20 @@
 """The TUI's data layer: one `Snapshot` of the fleet per refresh, read through the façade; widgets only get values.
 
-A `Source` is the seam: the app asks it for snapshots and never sees the transport.
+A `Source` is the seam: the app asks it for snapshots and never sees the transport (nor does this module: it
+only calls the façade's `nodes` and `status`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from ..api import NodeReport
-from ..engine.status import FleetStatus, status
-from ..transport import Pool
+if TYPE_CHECKING:
+    from ..api import FleetStatus, NodeReport
 
 
 @dataclass(frozen=True)
@@ -40,9 +40,9 @@ class Snapshot:
 class FleetLike(Protocol):
     """What `collect` needs of the façade (`fleet.api.Fleet` is one)."""
 
-    pool: Pool
-
     async def nodes(self) -> list[NodeReport]: ...
+
+    async def status(self, reports: Sequence[NodeReport] | None = None) -> FleetStatus: ...
 
 
 class Source(Protocol):
@@ -67,7 +67,7 @@ async def collect(fleet: FleetLike) -> Snapshot:
     errors = node_errors(reports)
     st: FleetStatus | None
     try:
-        st = await status(fleet.pool, reports)
+        st = await fleet.status(reports)
     # The view must outlive one bad read: any failure of the status pass becomes a line in the status bar.
     except Exception as exc:
         st = None

@@ -15,8 +15,7 @@ from textual.widgets import DataTable, Static
 from ..units import format_cpu
 
 if TYPE_CHECKING:
-    from ..engine.nodes import NodeReport
-    from ..engine.status import ServiceStatus
+    from ..api import NodeReport, ServiceStatus
     from .data import Snapshot
 
 STATUS_STYLE = {"ready": "green", "unreachable": "red", "no runtime": "yellow", "runtime not answering": "red",
