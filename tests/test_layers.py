@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import pathlib
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent / "fleet"
 IO_MODULES = {"asyncio", "asyncssh", "subprocess", "socket", "rich", "textual"}
 # Pure core: no I/O libraries at all.
@@ -16,19 +18,7 @@ RENDERERS = {"cli", "tui"}
 
 
 def _imports(path: pathlib.Path) -> set[str]:
-    tree = ast.parse(path.read_text(), str(path))
-    found: set[str] = set()
-    rel = path.relative_to(ROOT.parent).with_suffix("").parts
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = list(rel[: len(rel) - node.level])
-                found.add(".".join([*base, node.module] if node.module else base))
-            else:
-                found.add(node.module or "")
-    return found
+    return imported_modules(path.read_text(), _module_name(path))
 
 
 def _modules() -> list[pathlib.Path]:
@@ -79,3 +69,106 @@ def test_pure_core_does_not_import_engines():
             if bad:
                 offenders[name] = bad
     assert offenders == {}
+
+
+# The CLI and the TUI reach the fleet only through the façade (fleet.api): never the layers below it, not even for
+# a type under TYPE_CHECKING or an import inside a function.
+BELOW_FACADE = ("fleet.transport", "fleet.engine", "fleet.store")
+
+
+def imported_modules(source: str, module: str) -> set[str]:
+    """Every module `source` (the text of module `module`, e.g. "fleet.cli.ps") imports, anywhere in it: top level,
+    under `if TYPE_CHECKING:`, inside functions; relative imports resolved; `from pkg import name` counts as
+    importing both `pkg` and `pkg.name` (name may be a submodule); `importlib.import_module("…")` and
+    `__import__("…")` with a constant name too."""
+    package = module.split(".")[:-1]  # a package's own module is named "pkg.__init__"
+    found: set[str] = set()
+
+    def absolute(name: str | None, level: int) -> str:
+        if not level:
+            return name or ""
+        base = package[: len(package) - level + 1]
+        return ".".join([*base, name] if name else base)
+
+    for node in ast.walk(ast.parse(source, module)):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = absolute(node.module, node.level)
+            found.add(base)
+            found |= {f"{base}.{a.name}" for a in node.names if a.name != "*"}
+        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+              and isinstance(node.args[0].value, str)
+              and ((isinstance(node.func, ast.Attribute) and node.func.attr == "import_module")
+                   or (isinstance(node.func, ast.Name) and node.func.id in ("import_module", "__import__")))):
+            name = node.args[0].value
+            level = len(name) - len(name.lstrip("."))
+            found.add(absolute(name.lstrip(".") or None, level) if level else name)
+    return found
+
+
+def imports_below_facade(source: str, module: str) -> set[str]:
+    """The imports of `source` that reach below the façade (transport, engine, store)."""
+    return {i for i in imported_modules(source, module)
+            if any(i == layer or i.startswith(layer + ".") for layer in BELOW_FACADE)}
+
+
+def _module_name(path: pathlib.Path) -> str:
+    return ".".join(path.relative_to(ROOT.parent).with_suffix("").parts)
+
+
+@pytest.mark.parametrize(("source", "expected"), [
+    ("import fleet.transport", {"fleet.transport"}),
+    ("from fleet.engine.containers import PsRow", {"fleet.engine.containers", "fleet.engine.containers.PsRow"}),
+    ("def f():\n    from ..store.lease import lease_status\n",
+     {"fleet.store.lease", "fleet.store.lease.lease_status"}),
+    ("from .. import engine", {"fleet.engine"}),
+    ("from ..engine import containers as c", {"fleet.engine", "fleet.engine.containers"}),
+    ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..transport import Pool\n",
+     {"fleet.transport", "fleet.transport.Pool"}),
+    ("import importlib\ndef f():\n    return importlib.import_module('fleet.store.nodes')\n", {"fleet.store.nodes"}),
+    ("async def go():\n    class X:\n        import fleet.engine.apply as a\n", {"fleet.engine.apply"}),
+    ("from ..api import Fleet, PsRow\nfrom ..engineering import x\nimport fleet.transports\nfrom . import common\n"
+     "from ..store_notes import y\n", set()),
+])
+def test_the_checker_finds_every_import_below_the_facade(source: str, expected: set[str]) -> None:
+    assert imports_below_facade(source, "fleet.cli.ps") == expected
+
+
+def test_relative_imports_resolve_from_a_package_init() -> None:
+    assert imports_below_facade("from ..engine.status import status", "fleet.tui.__init__") == {
+        "fleet.engine.status", "fleet.engine.status.status"}
+    assert imports_below_facade("from .data import Snapshot", "fleet.tui.__init__") == set()
+
+
+def test_cli_and_tui_import_nothing_below_the_facade() -> None:
+    paths = sorted(p for top in ("cli", "tui") for p in (ROOT / top).rglob("*.py"))
+    assert len(paths) > 10  # the walk found the modules
+    offenders = {}
+    for path in paths:
+        bad = imports_below_facade(path.read_text(), _module_name(path))
+        if bad:
+            offenders[_module_name(path)] = sorted(bad)
+    assert offenders == {}
+
+
+def test_the_facade_shows_the_engines_listing_deadline() -> None:
+    import fleet.api
+    import fleet.engine.calls
+
+    assert fleet.api.LIST_TIMEOUT == fleet.engine.calls.LIST_TIMEOUT
+
+
+def test_types_reexported_by_the_facade_are_the_engines() -> None:
+    import fleet.api
+    from fleet.engine.containers import ContainerLookupError, PsRow
+    from fleet.engine.status import FleetStatus
+    from fleet.store.lease import NodeLease
+
+    assert (fleet.api.PsRow, fleet.api.ContainerLookupError, fleet.api.FleetStatus, fleet.api.NodeLease) == (
+        PsRow, ContainerLookupError, FleetStatus, NodeLease)
+    assert set(fleet.api._LAZY) <= set(fleet.api.__all__)
+    for name in fleet.api.__all__:
+        assert getattr(fleet.api, name) is not None
+    with pytest.raises(AttributeError):
+        fleet.api.NoSuchThing  # noqa: B018
