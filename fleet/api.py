@@ -234,6 +234,8 @@ class Fleet:
 
         engine = await self.engine()
         p, obs = await engine.plan(specs)
+        await engine.follow_records(set())
+        engine.check_lb_ports(specs)
         changes: dict[str, list[str]] = {}
         notes: dict[str, str] = {}
         for spec in specs:
@@ -254,7 +256,9 @@ class Fleet:
         a balancer that cannot be read is named in the result's `errors` / `lb_errors`, never raised."""
         from .engine.status import status
 
-        return await status(self.pool, list(reports) if reports is not None else await self.reports())
+        # The accepted specs give each service's address (replicas' labels keep the lb port they started with).
+        return await status(self.pool, list(reports) if reports is not None else await self.reports(),
+                            self.records())
 
     async def ps(self, *, all: bool = False, timeout: float = LIST_TIMEOUT) -> PsResult:
         """The containers on every ready node: fleet's by service and replica, then foreign ones; only running

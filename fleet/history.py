@@ -79,6 +79,15 @@ class Revision:
     spec_json: str
 
 
+def same_revision(a: str, b: str) -> bool:
+    """Whether two recorded specs (JSON) are one revision: equal but for the replica count."""
+    x, y = json.loads(a), json.loads(b)
+    if isinstance(x, dict) and isinstance(y, dict):
+        x.pop("replicas", None)
+        y.pop("replicas", None)
+    return bool(x == y)
+
+
 def default_path(env: Mapping[str, str] | None = None) -> Path:
     """`$FLEET_STATE_DIR/history.db`, else `$XDG_STATE_HOME/fleet/history.db`, else `~/.local/state/fleet/…`."""
     env = os.environ if env is None else env
@@ -209,7 +218,9 @@ class History:
 
         Re-applying the spec of the latest succeeded revision returns that revision; re-applying the spec of
         a latest revision left in progress (a controller died) returns it too, so the rollout resumes under
-        the same number. Otherwise a new row is added.
+        the same number. "The spec" is the whole spec but its replica count (`same_revision`), not only its
+        hash: a change of lb, health, placement, grace period or update policy keeps the containers (same hash)
+        but is a new revision. Otherwise a new row is added.
         """
         if outcome not in OUTCOMES:
             raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}, got {outcome!r}")
@@ -218,13 +229,14 @@ class History:
         except ValueError as exc:
             raise ValueError(f"spec_json is not JSON: {exc}") from exc
         with self._write() as db:
-            ok = db.execute("SELECT revision, spec_hash FROM revisions WHERE service = ? AND outcome = 'succeeded' "
-                            "ORDER BY revision DESC LIMIT 1", (service,)).fetchone()
-            if ok is not None and ok[1] == spec_hash:
+            ok = db.execute("SELECT revision, spec_hash, spec_json FROM revisions WHERE service = ? "
+                            "AND outcome = 'succeeded' ORDER BY revision DESC LIMIT 1", (service,)).fetchone()
+            if ok is not None and ok[1] == spec_hash and same_revision(ok[2], spec_json):
                 return int(ok[0])
-            last = db.execute("SELECT revision, spec_hash, outcome FROM revisions WHERE service = ? "
+            last = db.execute("SELECT revision, spec_hash, outcome, spec_json FROM revisions WHERE service = ? "
                               "ORDER BY revision DESC LIMIT 1", (service,)).fetchone()
-            if last is not None and last[1] == spec_hash and last[2] == "in-progress":
+            if last is not None and last[1] == spec_hash and last[2] == "in-progress" and same_revision(
+                    last[3], spec_json):
                 return int(last[0])
             revision = int(last[0]) + 1 if last is not None else 1
             now = self._clock()

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..errors import FleetError
 from ..haproxy.render import backend_name
 from ..haproxy.stats import StatRow
 from ..reconcile import Replica
@@ -67,7 +68,12 @@ async def status(pool: Pool, reports: list[NodeReport], records: Records | None 
     """Every service's replicas, their state in each load balancer, and its address (the accepted spec's port;
     the replicas' labels for a service with no record)."""
     obs = await observe(pool, reports)
-    ports = await lb_ports(records, {r.service for r in obs.replicas}) if records is not None else {}
+    ports: dict[str, int | None] = {}
+    if records is not None:
+        try:
+            ports = await lb_ports(records, {r.service for r in obs.replicas})
+        except FleetError:
+            ports = {}  # no record node answers: the labels say where each service started
     lbs = Balancers(pool, reports)
     stats = await asyncio.gather(*(lb.stats() for lb in lbs.nodes), return_exceptions=True)
     rows: dict[str, list[StatRow]] = {}

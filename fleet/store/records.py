@@ -23,7 +23,16 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from ..errors import RecordsError
-from ..history import FINAL_OUTCOMES, OUTCOMES, FinalOutcome, History, HistoryError, Outcome, Revision
+from ..history import (
+    FINAL_OUTCOMES,
+    OUTCOMES,
+    FinalOutcome,
+    History,
+    HistoryError,
+    Outcome,
+    Revision,
+    same_revision,
+)
 from ..model import CommandResult, Node
 from ..shell import Script
 from ..transport import Pool, fanout
@@ -440,7 +449,8 @@ class FleetHistory:
         """Record an applied spec as a new in-progress revision and return its number.
 
         Like `History.record`: re-applying the latest succeeded revision's spec returns that revision, and
-        re-applying the spec of a latest revision still in progress (its controller died) returns it too.
+        re-applying the spec of a latest revision still in progress (its controller died) returns it too; the
+        spec is compared whole but for its replica count (`same_revision`), not by its hash alone.
         """
         _check_service(service)
         try:
@@ -450,11 +460,12 @@ class FleetHistory:
         snap = await self._fresh()
         revs = [r.revision for (s, _), r in sorted(snap.revisions.items()) if s == service]
         ok = [r for r in revs if r.outcome == "succeeded"]
-        if ok and ok[-1].spec_hash == spec_hash:
+        if ok and ok[-1].spec_hash == spec_hash and same_revision(ok[-1].spec_json, spec_json):
             return ok[-1].revision
         top = snap.top.get(service, 0)
         last = snap.revisions.get((service, top))
-        if last is not None and last.revision.spec_hash == spec_hash and last.revision.outcome == "in-progress":
+        if last is not None and last.revision.spec_hash == spec_hash and last.revision.outcome == "in-progress" \
+                and same_revision(last.revision.spec_json, spec_json):
             return top
         now = self._clock()
         rev = Revision(service, top + 1, spec_hash, image, user, now, None, "in-progress", "", spec_json)
