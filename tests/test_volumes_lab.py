@@ -38,7 +38,7 @@ def test_named_volume_survives_replacement_tmpfs_sized_bind_readonly(lab, tmp_pa
     volumes:
       - {{type: volume, source: data, target: /data}}
       - {{type: tmpfs, target: /scratch, size: 8MiB}}
-      - {{type: bind, source: /var/lib/fleet/hosts, target: /etc/fleet-hosts, readonly: true}}
+      - {{type: bind, source: /etc/os-release, target: /etc/fleet-hosts, readonly: true}}
 """)
         return str(pb)
 
