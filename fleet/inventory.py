@@ -17,7 +17,6 @@ Ansible inventories: `ansible_host`, `ansible_port`, `ansible_user`, `ansible_ss
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import os
 import re
@@ -26,55 +25,8 @@ from collections.abc import Iterable
 
 from .errors import ConfigError, InventoryError, Problem
 from .model import Inventory, Node, Resources
+from .names import NAME_RE, ROLES, check_address, check_labels, key_files, resolve_path
 from .yamlmarks import Marked, load, read_text
-
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-# A DNS host name (RFC 1123 labels; `_` tolerated, as resolvers and /etc/hosts do), at most 253 characters.
-_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
-HOST_NAME_RE = re.compile(rf"^(?=.{{1,253}}\.?$){_LABEL}(?:\.{_LABEL})*\.?$")
-LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,126}$")
-LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9._:/@+-]{0,128}$")
-ROLES = ("worker", "lb")
-
-
-def _check_labels(v: dict[str, object]) -> dict[str, str]:
-    out = {}
-    for key, value in v.items():
-        if not LABEL_KEY_RE.match(str(key)):
-            raise ValueError(f"invalid label key {key!r} (letters, digits, . _ / -)")
-        text = str(value).lower() if isinstance(value, bool) else str(value)
-        if not LABEL_VALUE_RE.match(text):
-            raise ValueError(f"invalid value {text!r} for label {key!r}")
-        out[str(key)] = text
-    return out
-
-
-def check_address(value: object) -> str:
-    """A node's address as written: an IPv4/IPv6 literal or a host name (resolved later, where an IP is needed).
-
-    A name whose last label is all digits (`10.0.0`, `300.1.1.1`) is refused: resolvers would read it as a
-    number-and-dots IPv4 form, not look it up."""
-    text = value if isinstance(value, str) else ""
-    try:
-        ipaddress.ip_address(text)
-        return text
-    except ValueError:
-        pass
-    if HOST_NAME_RE.match(text) and not text.rstrip(".").rsplit(".", 1)[-1].isdigit():
-        return text
-    raise ValueError(f"expected an IP address or a host name, got {value!r}")
-
-
-def _resolve_path(path: str, base_dir: str) -> str:
-    path = os.path.expanduser(path)
-    return path if os.path.isabs(path) else os.path.normpath(os.path.join(base_dir, path))
-
-
-def _keys(key: str | list[str] | None, base_dir: str) -> tuple[str, ...]:
-    if key is None:
-        return ()
-    keys = [key] if isinstance(key, str) else key
-    return tuple(_resolve_path(k, base_dir) for k in keys)
 
 
 class _Host:
@@ -122,7 +74,7 @@ def _ansible_node(host: _Host, file: str, base_dir: str) -> Node:
         extra = {}
     labels.update(extra)
     try:
-        checked = _check_labels(labels)
+        checked = check_labels(labels)
     except ValueError as exc:
         problems.append(Problem(file, host.line, field("fleet_labels"), str(exc)))
         checked = {}
@@ -153,7 +105,7 @@ def _ansible_node(host: _Host, file: str, base_dir: str) -> Node:
                 opt = words[i + 1] if word == "-o" and i + 1 < len(words) else ""
             key_, _, value_ = opt.partition("=")
             if key_.lower() == "userknownhostsfile" and value_:
-                known_hosts = _resolve_path(value_, base_dir)
+                known_hosts = resolve_path(value_, base_dir)
     if problems:
         raise InventoryError(problems)
     return Node(
@@ -162,7 +114,7 @@ def _ansible_node(host: _Host, file: str, base_dir: str) -> Node:
         address=str(address),
         port=port,
         user=str(v.get("ansible_user", v.get("ansible_ssh_user", "root"))),
-        key_files=_keys(str(key), base_dir) if key else (),
+        key_files=key_files(str(key), base_dir) if key else (),
         labels=checked,
         roles=tuple(roles),
         source_line=host.line,

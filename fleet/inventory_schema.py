@@ -10,8 +10,8 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from .errors import InventoryError, Problem
-from .inventory import NAME_RE, ROLES, _check_labels, _keys, _resolve_path, check_address
 from .model import Inventory, Node, Resources
+from .names import NAME_RE, ROLES, check_address, check_labels, key_files, resolve_path
 from .units import parse_cpu, parse_memory
 from .yamlmarks import Marked
 
@@ -62,7 +62,7 @@ class _NodeCommon(BaseModel):
     @field_validator("labels")
     @classmethod
     def _labels(cls, v: dict[str, object]) -> dict[str, str]:
-        return _check_labels(v)
+        return check_labels(v)
 
     @field_validator("namespace")
     @classmethod
@@ -146,8 +146,8 @@ def from_fleet(doc: Marked) -> Inventory:
             address=spec.address,
             port=spec.port or d.port or 22,
             user=spec.user or d.user or "root",
-            key_files=_keys(spec.key if spec.key is not None else d.key, base_dir),
-            known_hosts=_resolve_path(kh, base_dir) if (kh := spec.known_hosts or d.known_hosts) else None,
+            key_files=key_files(spec.key if spec.key is not None else d.key, base_dir),
+            known_hosts=resolve_path(kh, base_dir) if (kh := spec.known_hosts or d.known_hosts) else None,
             labels={**d.labels, **spec.labels},
             roles=tuple(spec.roles),
             capacity=_resources(spec.capacity, None),

@@ -31,8 +31,8 @@ from pydantic import (
 )
 
 from .errors import ConfigError, Problem, SpecError
-from .inventory import LABEL_KEY_RE, LABEL_VALUE_RE
 from .model import Resources
+from .names import LABEL_KEY_RE, LABEL_VALUE_RE
 from .ports import RESERVED_LB_PORTS
 from .units import parse_cpu, parse_memory
 from .yamlmarks import Marked, dotted, load, read_text
