@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncssh
+from helpers import free_port
 
 from fleet.model import Node
 
@@ -230,16 +231,6 @@ class SSHFarm:
         pending = list(self._handlers)
         if pending:
             await asyncio.wait(pending, timeout=5)
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (yet)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def _serve(count: int, directory: str, handler: str) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
 from fleet.errors import SpecError
 from fleet.haproxy.render import (
@@ -96,13 +97,6 @@ class Server(socketserver.ThreadingTCPServer):
 Server(("127.0.0.1", port), Handler).serve_forever()
 """
 HEALTH = LbHealth("http", "/healthz", interval=0.1, timeout=1.0, fall=2, rise=1)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def cli(path: str, command: str, attempts: int = 60) -> str:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextlib
-import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -93,14 +93,6 @@ def status(code: int) -> bytes:
     return f"HTTP/1.1 {code} Whatever\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".encode()
 
 
-def closed_port() -> int:
-    """A loopback port nothing listens on."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
 @pytest.mark.parametrize(("code", "ok"), [(200, True), (204, True), (302, True), (399, True), (400, False),
                                           (404, False), (500, False), (199, False), (101, False)])
 async def test_http_check_passes_on_a_status_from_200_to_399_only(code: int, ok: bool) -> None:
@@ -152,7 +144,7 @@ async def test_http_check_fails_when_the_answer_is_slower_than_the_timeout() -> 
 
 
 async def test_http_and_tcp_checks_fail_on_a_closed_port() -> None:
-    port = closed_port()
+    port = free_port()  # nothing listens on it
     for health in (HTTP, TCP):
         result = await check(health, address="127.0.0.1", port=port, exec_in=None)
         assert (result.ok, result.detail) == (False, "Connection refused"), health.kind

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import socket
 import tarfile
 import time
 import urllib.error
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import free_port
 from local_containerd import Containerd, available, local_containerd
 
 from fleet.image import demo
@@ -200,13 +200,6 @@ def runner() -> Iterator[Runner]:
         yield Runner(c, d)
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _status(port: int, path: str = "/") -> int | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
@@ -226,7 +219,7 @@ def _wait_up(port: int, timeout: float = 10) -> None:
 
 @pytest.mark.lab
 def test_demo_health_fail_knob_fails_healthz_only(runner: Runner):
-    port = _port()
+    port = free_port()
     runner.run({"PORT": str(port), "DEMO_HEALTH": "fail"}, "health-1-lab001")
     try:
         _wait_up(port)
@@ -239,7 +232,7 @@ def test_demo_health_fail_knob_fails_healthz_only(runner: Runner):
 @pytest.mark.lab
 @pytest.mark.parametrize(("rate", "low", "high"), [("0", 0, 0), ("100", 40, 40), ("50", 8, 32)])
 def test_demo_error_rate_knob(runner: Runner, rate: str, low: int, high: int):
-    port = _port()
+    port = free_port()
     cid = f"err{rate}-1-lab002"
     runner.run({"PORT": str(port), "DEMO_ERROR_RATE": rate}, cid)
     try:
@@ -254,7 +247,7 @@ def test_demo_error_rate_knob(runner: Runner, rate: str, low: int, high: int):
 
 @pytest.mark.lab
 def test_demo_start_delay_knob(runner: Runner):
-    port = _port()
+    port = free_port()
     t0 = time.monotonic()
     runner.run({"PORT": str(port), "DEMO_START_DELAY": "2"}, "slow-1-lab003")
     try:

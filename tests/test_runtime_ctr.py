@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import socket
 import subprocess
 import time
 import urllib.error
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from helpers import free_port
 from local_containerd import Containerd, available, local_containerd
 
 from fleet import labels as L
@@ -243,13 +243,6 @@ def test_parse_images_recorded():
 # --- lab: the commands, run for real against a private containerd
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _get(port: int, path: str = "/", timeout: float = 10.0) -> tuple[int, str]:
     deadline = time.monotonic() + timeout
     while True:
@@ -297,7 +290,7 @@ def lab() -> Iterator[Lab]:
 
 @pytest.mark.lab
 def test_run_serves_the_demo_page_on_the_host_port(lab: Lab):
-    port = _free_port()
+    port = free_port()
     spec = lab.spec("web", env={"PORT": str(port), "FLEET_REPLICA": "4", "FLEET_NODE": "n7"})
     lab.call(lab.d.run(spec))
     try:
@@ -315,7 +308,7 @@ def test_run_serves_the_demo_page_on_the_host_port(lab: Lab):
 
 @pytest.mark.lab
 def test_run_twice_with_the_same_id_is_refused_and_keeps_the_first(lab: Lab):
-    port = _free_port()
+    port = free_port()
     spec = lab.spec("dup", env={"PORT": str(port)})
     lab.call(lab.d.run(spec))
     try:
@@ -337,7 +330,7 @@ def test_failed_run_leaves_no_container_or_snapshot(lab: Lab):
 
 @pytest.mark.lab
 def test_stop_returns_quickly_when_the_container_handles_term(lab: Lab):
-    port = _free_port()
+    port = free_port()
     spec = lab.spec("graceful", env={"PORT": str(port)})
     lab.call(lab.d.run(spec))
     _get(port)
@@ -350,7 +343,7 @@ def test_stop_returns_quickly_when_the_container_handles_term(lab: Lab):
 
 @pytest.mark.lab
 def test_stop_kills_after_grace_when_pid1_ignores_term(lab: Lab):
-    port = _free_port()
+    port = free_port()
     spec = lab.spec("stubborn", env={"PORT": str(port), "DEMO_IGNORE_TERM": "1"})
     lab.call(lab.d.run(spec))
     _get(port)
@@ -369,7 +362,7 @@ def test_stop_of_a_missing_container_reports_not_found(lab: Lab):
 
 @pytest.mark.lab
 def test_remove_leaves_no_task_container_snapshot_or_log(lab: Lab):
-    port = _free_port()
+    port = free_port()
     spec = lab.spec("rm", env={"PORT": str(port)}, restart="always")
     lab.call(lab.d.run(spec))
     _get(port)
@@ -387,7 +380,7 @@ def test_remove_leaves_no_task_container_snapshot_or_log(lab: Lab):
 
 @pytest.mark.lab
 def test_restart_always_brings_a_crashed_container_back_and_stop_keeps_it_down(lab: Lab):
-    port = _free_port()
+    port = free_port()
     spec = lab.spec("crashy", env={"PORT": str(port), "DEMO_CRASH_AFTER": "1"}, restart="always")
     lab.call(lab.d.run(spec))
     try:
@@ -441,7 +434,7 @@ HOSTILE = "a b 'q' \"dq\" $(touch /tmp/pwned) `id` ; | & \\ , = % \n second line
 
 @pytest.mark.lab
 def test_hostile_env_values_and_labels_survive_quoting_end_to_end(lab: Lab):
-    spec = lab.spec("quote", env={"HOSTILE": HOSTILE, "PORT": str(_free_port())},
+    spec = lab.spec("quote", env={"HOSTILE": HOSTILE, "PORT": str(free_port())},
                     labels={"fleet.note": HOSTILE, "fleet.managed": "true", "fleet.service": "quote"},
                     command=("sleep", "60"))
     lab.call(lab.d.run(spec))

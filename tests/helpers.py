@@ -1,0 +1,126 @@
+"""What many test modules share: the `fleet` CLI run as a subprocess, a free loopback port, and bounded waiting.
+
+A plain module (tests import it like `loadgen`), not fixtures: each helper is a function of its arguments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import IO, TypeVar
+
+T = TypeVar("T")
+
+FLEET_CLI: tuple[str, ...] = (sys.executable, "-m", "fleet.cli.main")
+"""The CLI as a module of this interpreter: what most tests run."""
+
+INSTALLED_CLI: tuple[str, ...] = (str(Path(sys.executable).with_name("fleet")),)
+"""The console script the install made (.venv/bin/fleet): the CLI exactly as a user starts it."""
+
+
+def with_inventory(inventory: str, args: Sequence[str]) -> list[str]:
+    """`args` with `-i INVENTORY` added before a `--` (the words after it are a container's command)."""
+    argv = list(args)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    return [*argv[:cut], "-i", inventory, *argv[cut:]]
+
+
+def fleet_env(env: Mapping[str, str] | None = None, columns: int | None = None) -> dict[str, str]:
+    """The environment for a CLI run: `env` (default: this process's), with COLUMNS set when given."""
+    environ = dict(os.environ if env is None else env)
+    if columns is not None:
+        environ["COLUMNS"] = str(columns)
+    return environ
+
+
+def run_fleet(*args: str, env: Mapping[str, str] | None = None, timeout: float = 120.0,
+              inventory: str | None = None, columns: int | None = None, input: str | None = None,
+              cwd: str | Path | None = None, cli: Sequence[str] = FLEET_CLI) -> subprocess.CompletedProcess[str]:
+    """`fleet ARGS` in a subprocess, its output captured as text; never raises for an exit code.
+
+    `env` is the whole environment (default: this process's); `inventory` adds `-i INVENTORY` (before a `--`);
+    `columns` sets COLUMNS, the width rich renders to; `input` is sent on stdin; `cli` is the command that starts
+    the CLI (FLEET_CLI, or INSTALLED_CLI to run it as a user does)."""
+    argv = with_inventory(inventory, args) if inventory is not None else list(args)
+    return subprocess.run([*cli, *argv], capture_output=True, text=True, timeout=timeout, input=input, cwd=cwd,
+                          env=fleet_env(env, columns))
+
+
+def start_fleet(*args: str, env: Mapping[str, str] | None = None, stdout: int | IO[str] | None = subprocess.PIPE,
+                stderr: int | IO[str] | None = subprocess.PIPE, cli: Sequence[str] = FLEET_CLI,
+                ) -> subprocess.Popen[str]:
+    """`fleet ARGS` started in the background (text mode); the caller waits for it or kills it by its PID."""
+    return subprocess.Popen([*cli, *args], stdout=stdout, stderr=stderr, text=True, env=fleet_env(env))
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on (yet): bound to port 0, read back, released."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _timed_out(timeout: float, message: str, last: BaseException | None) -> str:
+    return f"timed out after {timeout}s waiting for {message}" + (f" (last error: {last!r})" if last else "")
+
+
+def poll(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.1) -> T:
+    """Call `predicate` every `interval` s until it returns a truthy value or `timeout` s have passed; return its
+    last value (falsy when time ran out). For `assert poll(...), why` where a test says why itself."""
+    deadline = time.monotonic() + timeout
+    while not (got := predicate()) and time.monotonic() < deadline:
+        time.sleep(interval)
+    return got
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.1,
+               message: str = "the condition", *, ignore: tuple[type[BaseException], ...] = ()) -> T:
+    """Call `predicate` every `interval` s until it returns a truthy value, and return that value. After `timeout`
+    s fail with an AssertionError naming `message`. An exception of a type in `ignore` counts as "not yet" (the
+    last one is named in the failure)."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while True:
+        try:
+            if got := predicate():
+                return got
+        except ignore as exc:
+            last = exc
+        assert time.monotonic() < deadline, _timed_out(timeout, message, last)
+        time.sleep(interval)
+
+
+async def wait_until_async(predicate: Callable[[], T | Awaitable[T]], timeout: float = 10.0, interval: float = 0.1,
+                           message: str = "the condition", *, ignore: tuple[type[BaseException], ...] = (),
+                           pause: Callable[[float], Awaitable[object]] = asyncio.sleep) -> T:
+    """`wait_until` for a test that runs in the event loop: `predicate` may be a coroutine function, and the loop
+    keeps running between calls (`pause`, asyncio.sleep or e.g. a Textual pilot's pause)."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while True:
+        try:
+            got = predicate()
+            if inspect.isawaitable(got):
+                got = await got
+            if got:
+                return got  # type: ignore[return-value]  # awaited above: a T now
+        except ignore as exc:
+            last = exc
+        assert time.monotonic() < deadline, _timed_out(timeout, message, last)
+        await pause(interval)
+
+
+async def poll_async(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.1) -> T:
+    """`poll` inside the event loop: the loop runs between calls."""
+    deadline = time.monotonic() + timeout
+    while not (got := predicate()) and time.monotonic() < deadline:
+        await asyncio.sleep(interval)
+    return got
