@@ -257,8 +257,11 @@ class Fleet:
         from .engine.status import status
 
         # The accepted specs give each service's address (replicas' labels keep the lb port they started with).
-        return await status(self.pool, list(reports) if reports is not None else await self.reports(),
-                            self.records())
+        try:
+            records: FleetHistory | None = self.records()
+        except ValueError:
+            records = None  # an inventory with no node to keep records on
+        return await status(self.pool, list(reports) if reports is not None else await self.reports(), records)
 
     async def ps(self, *, all: bool = False, timeout: float = LIST_TIMEOUT) -> PsResult:
         """The containers on every ready node: fleet's by service and replica, then foreign ones; only running

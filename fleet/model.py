@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from .errors import AuthError, CommandTimeout, ConnectError, HostKeyError, TransportError
+
 
 @dataclass(frozen=True)
 class Resources:
@@ -81,8 +83,22 @@ class CommandResult:
     stderr: str
     duration: float
     error: str | None = None
-    error_kind: str | None = None
+    # Why it could not run, as the error itself (ConnectError, HostKeyError, AuthError, CommandTimeout, …):
+    # callers raise it, never rebuild it from a string.
+    failure: TransportError | None = field(default=None, compare=False, repr=False)
 
     @property
     def ok(self) -> bool:
         return self.error is None and self.exit_status == 0
+
+    @property
+    def error_kind(self) -> str | None:
+        """The failure in one word, for tables and JSON: connect, hostkey, auth, timeout or ssh."""
+        f = self.failure
+        if f is None:
+            return None if self.error is None else "ssh"
+        for kind, cls in (("connect", ConnectError), ("hostkey", HostKeyError), ("auth", AuthError),
+                          ("timeout", CommandTimeout)):
+            if isinstance(f, cls):
+                return kind
+        return "ssh"

@@ -16,7 +16,7 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from ..errors import AuthError, CommandTimeout, ConnectError, FleetError, HostKeyError, TransportError
+from ..errors import CommandTimeout, FleetError, TransportError
 from ..facts import NodeFacts
 from ..model import CommandResult, Node
 from ..runtime.base import Call, RuntimeDriver
@@ -34,10 +34,6 @@ CALL_TIMEOUT = DEFAULT_COMMAND_TIMEOUT
 PULL_TIMEOUT = 600.0
 IMPORT_TIMEOUT = 600.0
 
-_TRANSPORT_ERRORS: dict[str, type[TransportError]] = {
-    "connect": ConnectError, "hostkey": HostKeyError, "auth": AuthError, "timeout": CommandTimeout}
-
-
 def driver_for(node: Node, facts: NodeFacts | None) -> RuntimeDriver:
     """nerdctl where the node has it, else containerd's own ctr (present wherever containerd is)."""
     if facts is not None and facts.runtime == "nerdctl":
@@ -49,9 +45,10 @@ def transport_error(node: Node, what: str, result: CommandResult, timeout: float
     """The fleet error for a call that could not run to its end: `CommandTimeout` ("… did not answer within
     Ns") when its deadline passed, else the ConnectError/HostKeyError/AuthError/SessionError it met."""
     what = what or "command"
-    if result.error_kind == "timeout":
+    if isinstance(result.failure, CommandTimeout):
         return CommandTimeout(node.name, f"{what} did not answer within {timeout:g}s")
-    return _TRANSPORT_ERRORS.get(result.error_kind or "", SessionError)(node.name, f"{what}: {result.error}")
+    kind = type(result.failure) if result.failure is not None else SessionError
+    return kind(node.name, f"{what}: {result.error}")
 
 
 async def perform(pool: Pool, node: Node, call: Call[T], *, timeout: float = CALL_TIMEOUT) -> T:

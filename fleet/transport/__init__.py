@@ -11,7 +11,6 @@ from .ssh import (
     Pool,
     RemoteStream,
     SessionError,
-    error_kind,
     render,
 )
 
@@ -25,7 +24,6 @@ __all__ = [
     "RemoteStream",
     "Script",
     "SessionError",
-    "error_kind",
     "fanout",
     "render",
 ]

@@ -10,10 +10,10 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from ..errors import RemoteCommandError, TransportError
+from ..errors import CommandTimeout, RemoteCommandError, TransportError
 from ..model import CommandResult, Node
 from ..shell import Script
-from .ssh import Command, Pool, error_kind
+from .ssh import Command, Pool
 
 PerNode = Callable[[Node], "Command | Awaitable[CommandResult]"]
 
@@ -44,9 +44,10 @@ async def fanout(
             async with gate or contextlib.nullcontext(), asyncio.timeout(timeout):
                 results[i] = await _do(pool, node, command)
         except TimeoutError:
-            results[i] = _failed(node, start, f"no result within {timeout:g}s", "timeout")
+            message = f"no result within {timeout:g}s"
+            results[i] = _failed(node, start, message, CommandTimeout(node.name, message))
         except TransportError as exc:
-            results[i] = _failed(node, start, exc.message, error_kind(exc))
+            results[i] = _failed(node, start, exc.message, exc)
         except RemoteCommandError as exc:
             results[i] = CommandResult(node.name, exc.exit_status, "", exc.stderr, time.monotonic() - start)
 
@@ -65,5 +66,5 @@ async def _do(pool: Pool, node: Node, command: Command | PerNode) -> CommandResu
     return await made
 
 
-def _failed(node: Node, start: float, message: str, kind: str) -> CommandResult:
-    return CommandResult(node.name, None, "", "", time.monotonic() - start, error=message, error_kind=kind)
+def _failed(node: Node, start: float, message: str, failure: TransportError) -> CommandResult:
+    return CommandResult(node.name, None, "", "", time.monotonic() - start, error=message, failure=failure)

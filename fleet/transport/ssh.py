@@ -57,19 +57,6 @@ class SessionError(TransportError):
     """The SSH session failed after the node was reached (key exchange, channel refused, connection lost)."""
 
 
-def error_kind(exc: TransportError) -> str:
-    """The `CommandResult.error_kind` naming a transport error: connect, hostkey, auth, timeout or ssh."""
-    if isinstance(exc, ConnectError):
-        return "connect"
-    if isinstance(exc, HostKeyError):
-        return "hostkey"
-    if isinstance(exc, AuthError):
-        return "auth"
-    if isinstance(exc, CommandTimeout):
-        return "timeout"
-    return "ssh"
-
-
 Command: TypeAlias = "Sequence[str] | Script"
 
 
@@ -151,7 +138,7 @@ def _consume(task: asyncio.Task[Any]) -> None:
 class Pool:
     """Owns one SSH connection per node, opened on first use; `async with Pool() as pool:` closes them all.
 
-    `run()` never raises for a node's problem: the `CommandResult` carries `error` and `error_kind`.
+    `run()` never raises for a node's problem: the `CommandResult` carries `error` and the `failure` itself.
     `check()` raises the mapped fleet error instead, and `RemoteCommandError` on a non-zero exit.
 
     `limit` bounds the commands in flight over all nodes, `max_sessions` those on one node (OpenSSH
@@ -370,7 +357,7 @@ class Pool:
 
         `stdin_path` feeds a local file to the command in chunks (never whole in memory), calling
         `on_progress(bytes_sent)` after each; `timeout` overrides the pool's command timeout (`NO_DEADLINE`:
-        none). A command past its deadline comes back with `error_kind` "timeout" and its partial output.
+        none). A command past its deadline comes back with a CommandTimeout `failure` and its partial output.
         """
         start = time.monotonic()
         try:
@@ -384,7 +371,7 @@ class Pool:
                 stderr=_decode(err),
                 duration=time.monotonic() - start,
                 error=exc.message,
-                error_kind=error_kind(exc),
+                failure=exc,
             )
 
     async def check(
