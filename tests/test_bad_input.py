@@ -13,7 +13,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -22,6 +21,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 import yaml
+from helpers import INSTALLED_CLI, run_fleet
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sshserver import SSHFarm
@@ -51,7 +51,6 @@ from fleet.spec import (
 from fleet.transport import Pool
 from fleet.yamlmarks import MAX_ALIASED
 
-FLEET = str(Path(sys.executable).with_name("fleet"))
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -122,7 +121,7 @@ def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
     env = {**os.environ, "COLUMNS": "400", "FLEET_LAB_ROOT": "/nonexistent"}
     env.pop("FLEET_INVENTORY", None)
     env.pop("FLEET_PLAYBOOKS", None)
-    return subprocess.run([FLEET, *args], capture_output=True, text=True, timeout=60, env=env, cwd=cwd)
+    return run_fleet(*args, env=env, timeout=60, cwd=cwd, cli=INSTALLED_CLI)
 
 
 def assert_refused(result: subprocess.CompletedProcess[str], *expected: str) -> None:
@@ -617,8 +616,8 @@ async def test_cli_nodes_names_the_unresolvable_node_and_the_inventory_file(farm
           n1: {{address: localhost, port: {farm.servers["n1"].port}}}
           n2: {{address: nosuchhost.invalid}}
     """)
-    proc = await asyncio.create_subprocess_exec(FLEET, "nodes", "-i", inv, "--json", stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(*INSTALLED_CLI, "nodes", "-i", inv, "--json",
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 1 and b"Traceback" not in stdout + stderr, stderr
     n1, n2 = json.loads(stdout)["nodes"]

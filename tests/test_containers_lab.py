@@ -10,13 +10,13 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from helpers import run_fleet
 
 from fleet import labels as L
 from fleet.api import Fleet, NodeReport
@@ -29,13 +29,9 @@ from fleet.transport import Pool
 
 pytestmark = pytest.mark.lab
 
-FLEET = [sys.executable, "-m", "fleet.cli.main"]
-
 
 def cli(lab, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*FLEET, *args, "-i", lab.inventory_path] if "--" not in args else
-                          [*FLEET, *args[:args.index("--")], "-i", lab.inventory_path, *args[args.index("--"):]],
-                          capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+    return run_fleet(*args, inventory=lab.inventory_path, columns=200, timeout=60)
 
 
 def ctr(lab, node: str, *argv: str, check: bool = False) -> subprocess.CompletedProcess[str]:

@@ -7,10 +7,8 @@ other test files) and destroys each service it created in `finally`.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -19,13 +17,13 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
+from helpers import run_fleet
 
 from fleet import labels as L
 from fleet.image.demo import build_demo
 from fleet.image.oci import ImageArchive
 
 pytestmark = pytest.mark.lab
-FLEET = [sys.executable, "-m", "fleet.cli.main"]
 HAPROXY_CFG = "/var/lib/fleet/haproxy/haproxy.cfg"
 PAGE_RE = re.compile(r"version=(\S+) host=(\S+) replica=(\d+)")
 T = TypeVar("T")
@@ -33,10 +31,7 @@ T = TypeVar("T")
 
 def cli(lab: Any, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """`fleet ARGS -i INVENTORY` as a subprocess (the inventory option goes before a `--`)."""
-    argv = list(args)
-    cut = argv.index("--") if "--" in argv else len(argv)
-    return subprocess.run([*FLEET, *argv[:cut], "-i", lab.inventory_path, *argv[cut:]], capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, "COLUMNS": "250"})
+    return run_fleet(*args, inventory=lab.inventory_path, columns=250, timeout=timeout)
 
 
 def ok(out: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
+from helpers import run_fleet
 from rich.console import Console
 
 from fleet.api import Fleet, NodeReport, report_from
@@ -19,13 +18,7 @@ from fleet.model import Inventory, Node
 from fleet.transport import Pool
 
 pytestmark = pytest.mark.lab
-FLEET = [sys.executable, "-m", "fleet.cli.main"]
 DATA = pathlib.Path(__file__).parent / "data" / "facts"
-
-
-def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*FLEET, *args], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, **(env or {})})
 
 
 async def test_facts_match_what_the_node_has(lab):
@@ -56,7 +49,7 @@ async def test_listening_ports_read_for_placement(lab):
 
 
 def test_cli_nodes_json_and_exit_code(lab):
-    out = _cli("nodes", "--json", "-i", lab.inventory_path)
+    out = run_fleet("nodes", "--json", inventory=lab.inventory_path, timeout=60)
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert [n["name"] for n in doc["nodes"]] == ["n1", "n2", "n3", "lb1"]
@@ -68,14 +61,14 @@ def test_cli_nodes_json_and_exit_code(lab):
 def test_unreachable_node_reported_others_ok(lab):
     lab.lab.stop_sshd("n2")
     try:
-        out = _cli("nodes", "-i", lab.inventory_path)
+        out = run_fleet("nodes", inventory=lab.inventory_path, timeout=60)
         assert out.returncode == 1
         address = lab.inventory.node("n2").address
         assert f"n2: unreachable: cannot connect to {address}:22: connection refused" in out.stdout
         assert "3/4 nodes ready" in out.stdout
     finally:
         lab.lab.start_sshd("n2")
-    assert _cli("nodes", "-i", lab.inventory_path).returncode == 0
+    assert run_fleet("nodes", inventory=lab.inventory_path, timeout=60).returncode == 0
 
 
 def test_changed_host_key_is_refused(lab, tmp_path):
@@ -88,7 +81,7 @@ def test_changed_host_key_is_refused(lab, tmp_path):
         str(lab.inventory.nodes[0].known_hosts), str(kh))
     inv_path = tmp_path / "inv.yaml"
     inv_path.write_text(inv_text)
-    out = _cli("nodes", "--json", "-i", str(inv_path))
+    out = run_fleet("nodes", "--json", inventory=str(inv_path), timeout=60)
     assert out.returncode == 1
     nodes = {n["name"]: n for n in json.loads(out.stdout)["nodes"]}
     assert nodes["n1"]["status"] == "unreachable"
@@ -119,7 +112,7 @@ def test_ansible_inventory_reaches_the_lab(lab, tmp_path):
     path.write_text("\n".join(lines) + "\n")
     inv = load_inventory(str(path))
     assert inv.node("lb1").roles == ("worker", "lb")
-    out = _cli("nodes", "--json", "-i", str(path))
+    out = run_fleet("nodes", "--json", inventory=str(path), timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     assert [x["status"] for x in json.loads(out.stdout)["nodes"]] == ["ready"] * 4
 
@@ -127,7 +120,7 @@ def test_ansible_inventory_reaches_the_lab(lab, tmp_path):
 def test_bad_inventory_names_file_and_line(tmp_path):
     path = tmp_path / "inv.yaml"
     path.write_text("nodes:\n  a:\n    address: 10.0.0.1\n    port: many\n")
-    out = _cli("nodes", "-i", str(path))
+    out = run_fleet("nodes", inventory=str(path), timeout=60)
     assert out.returncode == 2
     assert f"{path}:4: nodes.a.port:" in out.stderr
 

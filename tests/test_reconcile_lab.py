@@ -4,26 +4,23 @@ replaced, a dead node's replicas are rescheduled and, when it comes back, the se
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from helpers import run_fleet
 
 from fleet import labels as L
 from fleet.image.demo import build_demo
 
 pytestmark = pytest.mark.lab
-FLEET = [sys.executable, "-m", "fleet.cli.main"]
 
 
 def cli(lab: Any, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*FLEET, *args, "-i", lab.inventory_path], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "COLUMNS": "250"})
+    return run_fleet(*args, inventory=lab.inventory_path, columns=250, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -5,27 +5,24 @@ says so."""
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 
 import pytest
 import yaml
+from helpers import run_fleet
 
 from fleet import labels as L
 from fleet.image.demo import build_demo
 
 pytestmark = pytest.mark.lab
-FLEET = [sys.executable, "-m", "fleet.cli.main"]
 
 
 def fleet(inventory: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*FLEET, *args, "-i", inventory], capture_output=True, text=True, timeout=180,
-                          env={**os.environ, "COLUMNS": "200"})
+    return run_fleet(*args, inventory=inventory, columns=200, timeout=180)
 
 
 @pytest.fixture()

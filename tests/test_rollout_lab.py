@@ -10,11 +10,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from helpers import run_fleet, start_fleet
 from loadgen import Load
 
 from fleet.haproxy.driver import LbNode
@@ -22,7 +22,6 @@ from fleet.image.demo import build_demo
 from fleet.transport import Pool
 
 pytestmark = pytest.mark.lab
-FLEET = [sys.executable, "-m", "fleet.cli.main"]
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +33,13 @@ def env(lab, tmp_path_factory):
                "FLEET_LEASE_TTL": "5"}
     for v in ("v1", "v2"):
         img = build_demo(v, str(d / f"demo-{v}.tar"))
-        out = subprocess.run([*FLEET, "image", "push", img.path], capture_output=True, text=True, env=environ,
-                             timeout=120)
+        out = run_fleet("image", "push", img.path, env=environ, timeout=120)
         assert out.returncode == 0, out.stdout + out.stderr
     return {"env": environ, "dir": d}
 
 
 def fleet(env, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*FLEET, *args], capture_output=True, text=True, env=env["env"], timeout=timeout)
+    return run_fleet(*args, env=env["env"], timeout=timeout)
 
 
 def playbook(env, name: str, port: int, version: str = "v1", replicas: int = 4, extra_env: dict | None = None,
@@ -212,8 +210,8 @@ def test_controller_killed_mid_rollout_converges_while_serving(lab, env):
         with Load(lb_address(lab), port, clients=6, max_seconds=120) as load:
             for kill_at in (1.0, 2.5, 4.0):
                 # A killed run leaves the fleet's lease to expire (FLEET_LEASE_TTL=5): the next one waits for it.
-                proc = subprocess.Popen([*FLEET, "apply", "--wait", "30s", v2], env=env["env"],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                proc = start_fleet("apply", "--wait", "30s", v2, env=env["env"], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
                 time.sleep(kill_at)
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(timeout=10)

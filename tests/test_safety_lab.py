@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import run_fleet, start_fleet
 from loadgen import Load
-from test_rollout_lab import FLEET, _weights, lb_address, playbook, status
+from test_rollout_lab import _weights, lb_address, playbook, status
 
 from fleet.image.demo import build_demo
 from fleet.lab.lab import _cgroup_pids, _read_pid, node_dir
@@ -31,17 +32,17 @@ def env(lab, tmp_path_factory):
     b = {**base, "FLEET_STATE_DIR": str(d / "state-b")}
     for v in ("v1", "v2"):
         img = build_demo(v, str(d / f"demo-{v}.tar"))
-        out = subprocess.run([*FLEET, "image", "push", img.path], capture_output=True, text=True, env=a, timeout=120)
+        out = run_fleet("image", "push", img.path, env=a, timeout=120)
         assert out.returncode == 0, out.stdout + out.stderr
     return {"env": a, "env_b": b, "dir": d}
 
 
 def run(environ: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*FLEET, *args], capture_output=True, text=True, env=environ, timeout=timeout)
+    return run_fleet(*args, env=environ, timeout=timeout)
 
 
 def start(environ: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([*FLEET, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ)
+    return start_fleet(*args, env=environ)
 
 
 def history(environ: dict[str, str], name: str) -> list[dict]:

@@ -13,13 +13,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from helpers import INSTALLED_CLI, run_fleet
 
 from fleet import labels as L
 from fleet.api import Fleet
@@ -32,15 +32,13 @@ from fleet.transport import Pool
 
 pytestmark = pytest.mark.lab
 
-FLEET = str(Path(sys.executable).with_name("fleet"))  # the installed CLI, .venv/bin/fleet
 SICK = "n2"
 
 
 def fleet(lab, *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
     """Run the CLI against the lab; returns the process and its wall time."""
     start = time.monotonic()
-    out = subprocess.run([FLEET, *args, "-i", lab.inventory_path], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "COLUMNS": "200"})
+    out = run_fleet(*args, inventory=lab.inventory_path, columns=200, timeout=120, cli=INSTALLED_CLI)
     return out, time.monotonic() - start
 
 

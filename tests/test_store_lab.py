@@ -11,17 +11,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from helpers import INSTALLED_CLI, run_fleet
 
 from fleet.errors import LeaseHeld
 from fleet.store import Lease, record_nodes
 from fleet.transport import Pool
 
 pytestmark = pytest.mark.lab
-ROOT = Path(__file__).resolve().parent.parent
-FLEET = str(ROOT / ".venv" / "bin" / "fleet") if (ROOT / ".venv" / "bin" / "fleet").exists() else None
 
 # A controller process that takes the fleet's lease through the API and works under it until it is lost.
 HOLDER = r"""
@@ -49,9 +47,7 @@ asyncio.run(main(sys.argv[1], float(sys.argv[2]), sys.argv[3]))
 
 
 def fleet(lab, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    argv = [FLEET] if FLEET else [sys.executable, "-m", "fleet.cli.main"]
-    return subprocess.run([*argv, *args, "-i", lab.inventory_path], input=stdin, capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "COLUMNS": "200"})
+    return run_fleet(*args, inventory=lab.inventory_path, input=stdin, columns=200, timeout=60, cli=INSTALLED_CLI)
 
 
 def read_line(proc: subprocess.Popen[str], within: float) -> str:

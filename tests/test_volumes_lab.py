@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import pytest
+from helpers import run_fleet
 
 from fleet import labels as L
 from fleet.image.demo import build_demo
 
 pytestmark = pytest.mark.lab
-FLEET = [sys.executable, "-m", "fleet.cli.main"]
 
 
 def fleet(lab, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*FLEET, *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "FLEET_INVENTORY": lab.inventory_path, "COLUMNS": "200"})
+    return run_fleet(*args, env={**os.environ, "FLEET_INVENTORY": lab.inventory_path}, columns=200, timeout=120)
 
 
 def test_named_volume_survives_replacement_tmpfs_sized_bind_readonly(lab, tmp_path):
