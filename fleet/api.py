@@ -28,15 +28,16 @@ from .model import Inventory, Node
 
 if TYPE_CHECKING:
     from .engine.apply import Engine, Event, Outcome
-    from .engine.containers import ContainerLookupError, LogStream, PsResult, PsRow
+    from .engine.containers import LogStream, PsResult, PsRow
     from .engine.images import PushResult
     from .engine.nodes import NodeReport, facts_command, report_from
     from .engine.status import FleetStatus, ReplicaStatus, ServiceStatus
+    from .errors import ContainerLookupError, SecretStoreError
     from .history import Revision
     from .reconcile import Plan
     from .rollout.decide import Command
     from .runtime.base import RunSpec, RuntimeDriver, StopResult
-    from .secrets import Secret, SecretStoreError
+    from .secrets import Secret
     from .spec import ServiceSpec
     from .store.lease import NodeLease
     from .store.nodes import majority

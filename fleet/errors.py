@@ -1,24 +1,41 @@
-"""The error tree of fleet; every layer raises these, never a library's own errors.
+"""The error tree of fleet: every exception class fleet defines lives here; every layer raises these, never a
+library's own errors (the transport maps asyncssh's at its edge).
 
     FleetError
-    ├── ConfigError            a file the user wrote is wrong; names file, line and field path
+    ├── ConfigError              a file the user wrote is wrong; names file, line and field path
     │   ├── InventoryError
     │   └── SpecError
-    ├── TransportError         reaching a node failed (carries the node name)
-    │   ├── ConnectError       refused, unreachable, DNS, connect timeout
-    │   ├── HostKeyError       the host key is unknown or changed
-    │   ├── AuthError          no key was accepted
-    │   └── CommandTimeout     the command did not finish in time
-    ├── RemoteCommandError     a command ran and failed (exit status, stderr)
-    ├── RuntimeDriverError     the container runtime on a node refused an operation
-    ├── SchedulingError        a placement is impossible (with the reason)
-    ├── LabError               the local lab could not be built or torn down
-    ├── LeaseError             the fleet's lease (one writer at a time) could not be taken or kept
-    │   ├── LeaseHeld          another run holds it (carries its LeaseInfo: who, pid, command, until)
-    │   └── LeaseLost          a renewal found it gone, taken, or no longer held on a majority
-    └── RecordsError           the fleet's records on its record nodes cannot be read or written
-"""
+    ├── TransportError           reaching a node failed (carries the node name)
+    │   ├── ConnectError         refused, unreachable, DNS, connect timeout
+    │   ├── HostKeyError         the host key is unknown or changed
+    │   ├── AuthError            no key was accepted
+    │   ├── SessionError         the session failed after the node was reached
+    │   └── CommandTimeout       the command did not finish in time (_Timeout keeps its partial output)
+    ├── RemoteCommandError       a command ran and failed (exit status, stderr)
+    ├── RuntimeDriverError       the container runtime on a node refused an operation
+    │   └── RuntimeCommandError  a runtime command failed (node, exit status, stderr)
+    │       ├── ContainerNotFound
+    │       ├── ContainerExists
+    │       └── ImageNotFound
+    ├── ContainerLookupError     no container matches a reference, or a prefix matches several
+    ├── ImageArchiveError        an image archive is unreadable, compressed, incomplete or corrupt
+    ├── PushError                a push names nodes that are not in the inventory
+    ├── ImageUnavailable         an image cannot be made present on one node (that node is left out)
+    ├── SchedulingError          a placement is impossible (with the reason)
+    ├── RolloutFailed            new replicas did not become ready; the old ones kept serving
+    │   └── CanaryAborted        the canary served too many errors
+    ├── LbError                  (fleet.haproxy.driver) an lb node refused a config or a runtime command
+    ├── StatsParseError          HAProxy's stats or state output could not be read (also a ValueError)
+    ├── LabError                 the local lab could not be built or torn down
+    ├── LeaseError               the fleet's lease (one writer at a time) could not be taken or kept
+    │   ├── LeaseHeld            another run holds it (carries its LeaseInfo: who, pid, command, until)
+    │   └── LeaseLost            a renewal found it gone, taken, or no longer held on a majority
+    ├── RecordsError             the fleet's records on its record nodes cannot be read or written
+    ├── HistoryError             the local history cache is unusable
+    └── SecretStoreError         the keyring cannot be used
 
+Outcomes are values, not errors: a canary waiting for `fleet promote` is an `Outcome(waiting=True)`.
+"""
 from __future__ import annotations
 
 import time
@@ -160,3 +177,87 @@ class LeaseLost(LeaseError):
 
 class RecordsError(FleetError):
     """The fleet's records could not be read from any record node, or a write reached no majority of them."""
+
+
+class StatsParseError(FleetError, ValueError):
+    """The text is not the output of the command it was parsed as."""
+
+
+class SessionError(TransportError):
+    """The SSH session failed after the node was reached (key exchange, channel refused, connection lost)."""
+
+
+class _Timeout(CommandTimeout):
+    def __init__(self, node: str, message: str, stdout: bytes, stderr: bytes) -> None:
+        super().__init__(node, message)
+        self.stdout = stdout
+        self.stderr = stderr
+
+
+class ImageArchiveError(FleetError):
+    """An image archive is unreadable, compressed, incomplete or corrupt."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}")
+
+
+class PushError(FleetError):
+    """A push was asked of nodes that are not in the inventory."""
+
+
+class ImageUnavailable(FleetError):
+    """An image could not be made present on one node: its image list failed or did not answer in time, the pull
+    failed or timed out, or an image built here was never pushed there. Only that node is concerned: the caller
+    leaves it out of this run and places its share elsewhere."""
+
+    def __init__(self, node: str, image: str, reason: str) -> None:
+        self.node = node
+        self.image = image
+        self.reason = reason
+        super().__init__(f"{node}: image {image} not available: {reason}")
+
+
+class ContainerLookupError(FleetError):
+    """No container matches a reference, or a prefix matches several."""
+
+
+class RolloutFailed(FleetError):
+    """New replicas did not become ready (or crashed); they were removed and the old ones kept serving."""
+
+
+class CanaryAborted(RolloutFailed):
+    """The canary served more errors than the baseline allows; it was removed, the old replicas kept serving."""
+
+
+class HistoryError(FleetError):
+    """The history database is unusable (newer schema, unreadable file) or a revision does not exist."""
+
+
+class RuntimeCommandError(RuntimeDriverError):
+    """A runtime command ran on a node and failed; carries the node, exit status and stderr."""
+
+    def __init__(self, node: str, what: str, exit_status: int | None, stderr: str) -> None:
+        self.node = node
+        self.what = what
+        self.exit_status = exit_status
+        self.stderr = stderr
+        lines = stderr.strip().splitlines()
+        detail = lines[-1] if lines else "no output"
+        super().__init__(f"{node}: {what} failed (exit {exit_status}): {detail}")
+
+
+class ContainerNotFound(RuntimeCommandError):
+    """The container does not exist on the node."""
+
+
+class ContainerExists(RuntimeCommandError):
+    """A container with this ID already exists on the node."""
+
+
+class ImageNotFound(RuntimeCommandError):
+    """The image is not present on the node (or in the registry)."""
+
+
+class SecretStoreError(FleetError):
+    """The keyring cannot be used (no backend on this machine, or it refused)."""

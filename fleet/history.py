@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast, get_args
 
-from .errors import FleetError
+from .errors import (
+    HistoryError,
+)
 
 Outcome = Literal["in-progress", "succeeded", "failed", "rolled-back", "aborted"]
 FinalOutcome = Literal["succeeded", "failed", "rolled-back", "aborted"]
@@ -57,10 +59,6 @@ _MIGRATIONS: dict[int, str] = {
         ) WITHOUT ROWID;
     """,
 }
-
-
-class HistoryError(FleetError):
-    """The history database is unusable (newer schema, unreadable file) or a revision does not exist."""
 
 
 @dataclass(frozen=True)

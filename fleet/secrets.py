@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import FleetError
+from .errors import (
+    SecretStoreError,
+)
 
 SERVICE = "fleet"
-
-
-class SecretStoreError(FleetError):
-    """The keyring cannot be used (no backend on this machine, or it refused)."""
 
 
 @dataclass(frozen=True)

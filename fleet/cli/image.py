@@ -54,7 +54,8 @@ def push(archive: Annotated[str, typer.Argument(metavar="IMAGE.tar", help="OCI o
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..api import Fleet
-    from ..image.oci import ImageArchiveError, read_archive
+    from ..errors import ImageArchiveError
+    from ..image.oci import read_archive
 
     try:
         info = read_archive(archive)

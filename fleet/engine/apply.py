@@ -19,7 +19,17 @@ from typing import Any, Protocol
 
 from .. import labels as L
 from ..checks import lb_port_conflicts
-from ..errors import CommandTimeout, ConnectError, FleetError, Problem, SchedulingError, SpecError
+from ..errors import (
+    CanaryAborted,
+    CommandTimeout,
+    ConnectError,
+    FleetError,
+    ImageUnavailable,
+    Problem,
+    RolloutFailed,
+    SchedulingError,
+    SpecError,
+)
 from ..health import check, observe_health
 from ..healthjudge import Verdict as HealthVerdict
 from ..healthjudge import ready as passed_enough
@@ -41,7 +51,7 @@ from ..spec import SecretRef, ServiceSpec, from_playbook_dict, to_playbook_dict
 from ..transport import Pool
 from .calls import LIST_TIMEOUT, driver_for, perform
 from .health import exec_in as health_exec
-from .images import ImageUnavailable, ensure_image
+from .images import ensure_image
 from .lb import Balancers, Rotation
 from .nodes import NodeReport
 from .runspec import NODE_DIR, hosts_text, prepare_node_script, run_spec, volume_dir
@@ -86,14 +96,6 @@ class Records(Protocol):
     async def state(self, service: str) -> dict[str, Any] | None: ...
     async def set_state(self, service: str, state: dict[str, Any] | None) -> None: ...
     async def list(self, service: str) -> builtins.list[Revision]: ...
-
-
-class RolloutFailed(FleetError):
-    """New replicas did not become ready (or crashed); they were removed and the old ones kept serving."""
-
-
-class CanaryAborted(RolloutFailed):
-    """The canary served more errors than the baseline allows; it was removed, the old replicas kept serving."""
 
 
 def spec_of(rev: Revision) -> ServiceSpec:

@@ -14,7 +14,10 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType, TracebackType
 
-from ..errors import FleetError, TransportError
+from ..errors import (
+    ContainerLookupError,
+    TransportError,
+)
 from ..labels import ContainerLabels, parse_labels
 from ..runtime.base import ContainerInfo, RunSpec, StopResult
 from ..transport import Pool
@@ -23,10 +26,6 @@ from .nodes import NodeReport
 
 SHORT_ID = 20
 STOP_MARGIN = 30.0  # seconds the stop script may take beyond the grace period (SIGKILL, tasks rm, containers rm)
-
-
-class ContainerLookupError(FleetError):
-    """No container matches a reference, or a prefix matches several."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from ..errors import FleetError
+from ..errors import FleetError, ImageUnavailable, PushError
 from ..image.oci import ArchiveInfo, read_archive
 from ..transport import Pool
 from .calls import IMPORT_TIMEOUT, LIST_TIMEOUT, PULL_TIMEOUT, driver_for, on_ready_nodes, perform, why
@@ -20,22 +20,6 @@ from .nodes import NodeReport
 
 PushStatus = Literal["sent", "present", "failed"]
 Progress = Callable[[str, int], None]
-
-
-class PushError(FleetError):
-    """A push was asked of nodes that are not in the inventory."""
-
-
-class ImageUnavailable(FleetError):
-    """An image could not be made present on one node: its image list failed or did not answer in time, the pull
-    failed or timed out, or an image built here was never pushed there. Only that node is concerned: the caller
-    leaves it out of this run and places its share elsewhere."""
-
-    def __init__(self, node: str, image: str, reason: str) -> None:
-        self.node = node
-        self.image = image
-        self.reason = reason
-        super().__init__(f"{node}: image {image} not available: {reason}")
 
 
 @dataclass(frozen=True)

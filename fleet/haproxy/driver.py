@@ -19,6 +19,7 @@ from ..errors import (
     FleetError,
     HostKeyError,
     RemoteCommandError,
+    StatsParseError,
     TransportError,
 )
 from ..model import CommandResult, Node
@@ -51,15 +52,7 @@ from .scripts import (
     status_script,
     stop_script,
 )
-from .stats import (
-    ProcTable,
-    ServerState,
-    StatRow,
-    StatsParseError,
-    parse_servers_state,
-    parse_show_proc,
-    parse_show_stat,
-)
+from .stats import ProcTable, ServerState, StatRow, parse_servers_state, parse_show_proc, parse_show_stat
 
 APPLY_TIMEOUT = 60.0
 RUNTIME_TIMEOUT = 30.0

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from ..errors import StatsParseError
+
 ServerHealth = Literal["up", "down", "maint", "drain", "nocheck", "unknown"]
 
 # srv_admin_state bits (FACTS §6.3, src/server.h SRV_ADMF_*).
@@ -25,10 +27,6 @@ _MAINT = ADMIN_FMAINT | ADMIN_IMAINT | ADMIN_CMAINT | ADMIN_RMAINT | ADMIN_HMAIN
 _DRAIN = ADMIN_FDRAIN | ADMIN_IDRAIN
 
 OP_STATES = {0: "stopped", 1: "starting", 2: "running", 3: "stopping"}
-
-
-class StatsParseError(ValueError):
-    """The text is not the output of the command it was parsed as."""
 
 
 @dataclass(frozen=True)

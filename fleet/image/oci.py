@@ -14,7 +14,7 @@ import tarfile
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from fleet.errors import FleetError
+from ..errors import ImageArchiveError
 
 NAME_ANNOTATION = "io.containerd.image.name"
 REF_ANNOTATION = "org.opencontainers.image.ref.name"
@@ -23,14 +23,6 @@ INDEX_TYPES = {
     "application/vnd.docker.distribution.manifest.list.v2+json",
 }
 _KEEP_BYTES = 4 * 1024 * 1024
-
-
-class ImageArchiveError(FleetError):
-    """An image archive is unreadable, compressed, incomplete or corrupt."""
-
-    def __init__(self, path: str, message: str) -> None:
-        self.path = path
-        super().__init__(f"{path}: {message}")
 
 
 @dataclass(frozen=True)

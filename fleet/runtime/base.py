@@ -16,37 +16,13 @@ from types import MappingProxyType
 from typing import Generic, Literal, Protocol, TypeVar
 
 from fleet import shell
-from fleet.errors import RuntimeDriverError
 from fleet.model import CommandResult
 from fleet.shell import Script
 
+from ..errors import ContainerExists, ContainerNotFound, ImageNotFound, RuntimeCommandError
+
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
-
-
-class RuntimeCommandError(RuntimeDriverError):
-    """A runtime command ran on a node and failed; carries the node, exit status and stderr."""
-
-    def __init__(self, node: str, what: str, exit_status: int | None, stderr: str) -> None:
-        self.node = node
-        self.what = what
-        self.exit_status = exit_status
-        self.stderr = stderr
-        lines = stderr.strip().splitlines()
-        detail = lines[-1] if lines else "no output"
-        super().__init__(f"{node}: {what} failed (exit {exit_status}): {detail}")
-
-
-class ContainerNotFound(RuntimeCommandError):
-    """The container does not exist on the node."""
-
-
-class ContainerExists(RuntimeCommandError):
-    """A container with this ID already exists on the node."""
-
-
-class ImageNotFound(RuntimeCommandError):
-    """The image is not present on the node (or in the registry)."""
 
 
 Command = Sequence[str] | Script

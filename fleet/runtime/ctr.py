@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from functools import partial
 
 from fleet import labels as L
+from fleet.errors import RuntimeCommandError
 from fleet.model import CommandResult
 from fleet.runtime.base import (
     Call,
@@ -22,7 +23,6 @@ from fleet.runtime.base import (
     ImportedImage,
     Mount,
     RunSpec,
-    RuntimeCommandError,
     Status,
     StopResult,
     Usage,

@@ -18,6 +18,7 @@ from functools import partial
 from typing import Any
 
 from fleet import labels as L
+from fleet.errors import RuntimeCommandError
 from fleet.model import CommandResult
 from fleet.runtime.base import (
     Call,
@@ -26,7 +27,6 @@ from fleet.runtime.base import (
     ImportedImage,
     Mount,
     RunSpec,
-    RuntimeCommandError,
     Status,
     StopResult,
     Usage,

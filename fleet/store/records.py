@@ -22,17 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from ..errors import RecordsError
-from ..history import (
-    FINAL_OUTCOMES,
-    OUTCOMES,
-    FinalOutcome,
-    History,
-    HistoryError,
-    Outcome,
-    Revision,
-    same_revision,
-)
+from ..errors import HistoryError, RecordsError
+from ..history import FINAL_OUTCOMES, OUTCOMES, FinalOutcome, History, Outcome, Revision, same_revision
 from ..model import CommandResult, Node
 from ..shell import Script
 from ..transport import Pool, fanout

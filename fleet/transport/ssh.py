@@ -19,13 +19,15 @@ from typing import Any, BinaryIO, TypeAlias
 
 import asyncssh
 
-from ..errors import (
+from ..errors import (  # noqa: F401  (defined in the error tree)
     AuthError,
     CommandTimeout,
     ConnectError,
     HostKeyError,
     RemoteCommandError,
+    SessionError,
     TransportError,
+    _Timeout,
 )
 from ..model import CommandResult, Node
 from ..shell import Script, join
@@ -53,10 +55,6 @@ KEEPALIVE_INTERVAL = 5.0
 KEEPALIVE_COUNT_MAX = 3
 
 
-class SessionError(TransportError):
-    """The SSH session failed after the node was reached (key exchange, channel refused, connection lost)."""
-
-
 Command: TypeAlias = "Sequence[str] | Script"
 
 
@@ -72,13 +70,6 @@ def render(command: Command) -> str:
 def describe(command: Command) -> list[str] | str:
     """How a command is named in errors: the argv, or the script's name."""
     return f"<script {command.name}>" if isinstance(command, Script) else list(command)
-
-
-class _Timeout(CommandTimeout):
-    def __init__(self, node: str, message: str, stdout: bytes, stderr: bytes) -> None:
-        super().__init__(node, message)
-        self.stdout = stdout
-        self.stderr = stderr
 
 
 _Key = tuple[str, str, int, str, tuple[str, ...], str | None]
