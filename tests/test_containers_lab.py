@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import run_fleet
+from helpers import run_fleet, wait_until_async
 
 from fleet import labels as L
 from fleet.api import Fleet, NodeReport
@@ -63,14 +63,11 @@ def _report(reports: list[NodeReport], name: str) -> NodeReport:
 
 
 async def _wait_http(url: str, timeout: float = 5.0) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=2).read().decode())
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.1)
+    """The page at `url` once it answers (connection errors until then are "not yet")."""
+    def get() -> str:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return str(resp.read().decode())
+    return await wait_until_async(lambda: asyncio.to_thread(get), timeout, 0.1, f"{url} to answer", ignore=(OSError,))
 
 
 async def _row(pool: Pool, reports: list[NodeReport], cid: str) -> C.PsRow | None:

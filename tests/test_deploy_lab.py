@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
-from helpers import run_fleet
+from helpers import run_fleet, wait_until
 
 from fleet import labels as L
 from fleet.image.demo import build_demo
@@ -63,19 +62,8 @@ def fetch(url: str) -> str:
 
 
 def eventually(probe: Callable[[], T | None], timeout: float = 15.0, what: str = "condition") -> T:
-    """probe() until it returns something other than None (errors count as not yet)."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            got = probe()
-            if got is not None:
-                return got
-        except (OSError, AssertionError) as exc:
-            last = exc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
-        time.sleep(0.2)
+    """probe() until it returns something (not None, not empty); OSError and AssertionError count as not yet."""
+    return wait_until(probe, timeout, 0.2, what, ignore=(OSError, AssertionError))
 
 
 def pages(url: str, n: int) -> list[tuple[str, str, int]]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import wait_until_async
 
 from fleet.haproxy.driver import ApplyResult, LbConfigError, LbNode, LbReloadError, LbRuntimeError
 from fleet.haproxy.render import LbHealth, LbServer, LbService
@@ -115,12 +116,7 @@ def fetch(address: str, port: int) -> str:
 
 
 async def wait_for(what: str, check: Callable[[], Awaitable[bool]], timeout: float = 8.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    await wait_until_async(check, timeout, 0.1, what)
 
 
 @pytest.fixture(scope="module")

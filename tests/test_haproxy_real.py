@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import free_port
+from helpers import free_port, wait_until
 
 from fleet.errors import SpecError
 from fleet.haproxy.render import (
@@ -118,12 +118,7 @@ def cli(path: str, command: str, attempts: int = 60) -> str:
 
 
 def wait_for(what: str, predicate: Callable[[], bool], timeout: float = 8.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    wait_until(predicate, timeout, 0.05, what)
 
 
 def get(port: int) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import free_port
+from helpers import free_port, wait_until
 from local_containerd import Containerd, available, local_containerd
 
 from fleet.image import demo
@@ -211,10 +211,7 @@ def _status(port: int, path: str = "/") -> int | None:
 
 
 def _wait_up(port: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while _status(port, "/healthz") is None:
-        assert time.monotonic() < deadline, "demo never listened"
-        time.sleep(0.1)
+    wait_until(lambda: _status(port, "/healthz") is not None, timeout, 0.1, "the demo to listen")
 
 
 @pytest.mark.lab

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from helpers import free_port
+from helpers import free_port, wait_until
 from local_containerd import Containerd, available, local_containerd
 
 from fleet import labels as L
@@ -244,17 +244,17 @@ def test_parse_images_recorded():
 
 
 def _get(port: int, path: str = "/", timeout: float = 10.0) -> tuple[int, str]:
-    deadline = time.monotonic() + timeout
-    while True:
+    """(status, body) of `GET path` once the port answers (connection errors until then are "not yet")."""
+    url = f"http://127.0.0.1:{port}{path}"
+
+    def once() -> tuple[int, str]:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
+            with urllib.request.urlopen(url, timeout=2) as resp:
                 return resp.status, resp.read().decode()
-        except urllib.error.HTTPError as exc:
+        except urllib.error.HTTPError as exc:  # an answer, whatever its status (HTTPError is an OSError)
             return exc.code, exc.read().decode()
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+
+    return wait_until(once, timeout, 0.1, f"{url} to answer", ignore=(OSError,))
 
 
 class Lab:

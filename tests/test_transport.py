@@ -11,11 +11,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncssh
 import pytest
+from helpers import poll_async
 from sshserver import SSHFarm
 
 from fleet.errors import AuthError, CommandTimeout, HostKeyError, RemoteCommandError
@@ -40,15 +41,6 @@ HOSTILE = [
 ]
 
 
-async def eventually(condition: Callable[[], bool], within: float = 2.0) -> bool:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
-
-
 @pytest.fixture
 async def farm(tmp_path: Path) -> AsyncIterator[SSHFarm]:
     async with SSHFarm(tmp_path / "farm") as f:
@@ -64,7 +56,7 @@ async def test_commands_on_a_node_reuse_one_connection(farm: SSHFarm) -> None:
     assert first.ok and first.stdout == "hello\n" and first.node == "n1"
     assert [r.stdout for r in rest] == [f"{i}\n" for i in range(5)]
     assert farm.servers["n1"].connections == 1
-    assert await eventually(lambda: not farm.servers["n1"].open_conns)  # the pool closed it on exit
+    assert await poll_async(lambda: not farm.servers["n1"].open_conns, 2.0, 0.01)  # the pool closed it on exit
 
 
 async def test_unreachable_node_reported_others_ok(farm: SSHFarm) -> None:
@@ -246,7 +238,7 @@ async def test_stream_left_early_closes_the_remote_command(farm: SSHFarm) -> Non
                 got.append(line)
                 if len(got) == 3:
                     break
-        assert await eventually(lambda: not farm._handlers)  # the server saw the close, killed the command
+        assert await poll_async(lambda: not farm._handlers, 2.0, 0.01)  # the server saw the close, killed the command
     assert got == ["y", "y", "y"]
 
 

@@ -5,11 +5,11 @@ The fixed snapshots stand in for the data layer only (FakeSource); widgets, work
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from datetime import datetime
 
 import pytest
+from helpers import wait_until_async
 from textual.message import Message
 from textual.pilot import Pilot
 from textual.widgets import Footer
@@ -77,10 +77,7 @@ class FakeSource:
 
 
 async def until(pilot: Pilot[None], cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await pilot.pause(0.01)
+    await wait_until_async(cond, timeout, 0.01, "the app to reach the state", pause=pilot.pause)
 
 
 def column(table: NodesTable | ServicesTable | ReplicasTable, index: int) -> list[str]:
