@@ -128,7 +128,10 @@ def get(port: int) -> str:
 
 
 @dataclass
-class Lab:
+class ScratchLab:
+    """A scratch directory on 127.0.0.1 for one test: HAProxy's files and sockets, and the backend processes
+    started in it (not the session's lab of nodes)."""
+
     dir: Path
     procs: list[subprocess.Popen[bytes]]
     ports: dict[str, int]
@@ -170,19 +173,19 @@ def _listening(port: int) -> bool:
 
 
 @pytest.fixture
-def lab() -> Iterator[Lab]:
+def scratch_lab() -> Iterator[ScratchLab]:
     # A short directory: UNIX socket paths are limited to 108 bytes.
     work = Path(tempfile.mkdtemp(prefix="fleet-hx-"))
     (work / "backend.py").write_text(BACKEND)
     (work / "status.py").write_text(STATUS_BACKEND)
-    lab = Lab(work, [], {})
+    scratch_lab = ScratchLab(work, [], {})
     try:
-        yield lab
+        yield scratch_lab
     finally:
-        for proc in lab.procs:
+        for proc in scratch_lab.procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for proc in lab.procs:
+        for proc in scratch_lab.procs:
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -191,11 +194,11 @@ def lab() -> Iterator[Lab]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def test_real_haproxy_serves_checks_drains_adds_and_reloads(lab: Lab) -> None:
-    web1, web2, web3 = lab.backend("web-1"), lab.backend("web-2"), lab.backend("web-3")
+def test_real_haproxy_serves_checks_drains_adds_and_reloads(scratch_lab: ScratchLab) -> None:
+    web1, web2, web3 = scratch_lab.backend("web-1"), scratch_lab.backend("web-2"), scratch_lab.backend("web-3")
     front, stats_port = free_port(), free_port()
-    admin, master = str(lab.dir / "admin.sock"), str(lab.dir / "master.sock")
-    cfg, state = str(lab.dir / "haproxy.cfg"), str(lab.dir / "state")
+    admin, master = str(scratch_lab.dir / "admin.sock"), str(scratch_lab.dir / "master.sock")
+    cfg, state = str(scratch_lab.dir / "haproxy.cfg"), str(scratch_lab.dir / "state")
     others = [LbService(f"alg-{b}", free_port(), [], balance=b, bind_address="127.0.0.1", health=HEALTH)
               for b in ("leastconn", "source", "random")]
     web = LbService("web", front, [LbServer("web-1", "127.0.0.1", web1), LbServer("web-2", "127.0.0.1", web2)],
@@ -207,8 +210,9 @@ def test_real_haproxy_serves_checks_drains_adds_and_reloads(lab: Lab) -> None:
     assert check.returncode == 0, check.stderr
     assert [ln for ln in check.stderr.splitlines() if "WARNING" in ln and "server state file" not in ln] == []
 
-    lab.procs.append(subprocess.Popen([HAPROXY, *start_argv(cfg, master, str(lab.dir / "haproxy.pid"))[1:]],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    scratch_lab.procs.append(subprocess.Popen([HAPROXY, *start_argv(cfg, master,
+                                                                    str(scratch_lab.dir / "haproxy.pid"))[1:]],
+                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
     def servers() -> dict[tuple[str, str], str]:
         return {k: r.health for k, r in server_rows(parse_show_stat(cli(admin, show_stat()))).items()}
@@ -217,13 +221,13 @@ def test_real_haproxy_serves_checks_drains_adds_and_reloads(lab: Lab) -> None:
              == "up")
     assert Counter(get(front) for _ in range(20)) == {"web-1": 10, "web-2": 10}
 
-    lab.sick("web-2", True)
+    scratch_lab.sick("web-2", True)
     wait_for("web-2 DOWN", lambda: servers()[("be_web", "web-2")] == "down")
     row = server_rows(parse_show_stat(cli(admin, show_stat())))[("be_web", "web-2")]
     assert (row.check_status, row.check_code) == ("L7STS", 500)
     assert Counter(get(front) for _ in range(10)) == {"web-1": 10}
 
-    lab.sick("web-2", False)
+    scratch_lab.sick("web-2", False)
     wait_for("web-2 UP again", lambda: servers()[("be_web", "web-2")] == "up")
     assert reply_error(cli(admin, set_server_state("be_web", "web-1", "drain"))) is None
     assert servers()[("be_web", "web-1")] == "drain"
@@ -281,13 +285,13 @@ def test_haproxy_check_refuses_a_broken_config_and_accepts_ipv6_and_every_mode(t
     assert broken.returncode == 1 and "bogus_keyword" in broken.stderr
 
 
-async def test_haproxy_sees_each_server_up_or_down_exactly_as_the_controllers_check(lab: Lab) -> None:
+async def test_haproxy_sees_each_server_up_or_down_exactly_as_the_controllers_check(scratch_lab: ScratchLab) -> None:
     http = HealthSpec("http", "/healthz", interval=0.2, timeout=0.5, failure_threshold=2, success_threshold=2)
     exe = HealthSpec("exec", command=("/bin/check",), interval=0.2, timeout=0.5, failure_threshold=2)
     tcp = HealthSpec("tcp", interval=0.2, timeout=0.5, failure_threshold=2)
     codes = ["200", "204", "302", "399", "400", "404", "500", "stall"]
-    http_ports = {f"c-{code}": lab.answering(code) for code in codes}
-    tcp_ports = {"t-listening": lab.answering("200"), "t-closed": free_port()}
+    http_ports = {f"c-{code}": scratch_lab.answering(code) for code in codes}
+    tcp_ports = {"t-listening": scratch_lab.answering("200"), "t-closed": free_port()}
     services = [
         LbService("codes", free_port(), [LbServer(n, "127.0.0.1", p) for n, p in http_ports.items()],
                   bind_address="127.0.0.1", health=lb_health(http)),
@@ -295,11 +299,11 @@ async def test_haproxy_sees_each_server_up_or_down_exactly_as_the_controllers_ch
         LbService("cmd", free_port(), [LbServer(n, "127.0.0.1", p) for n, p in tcp_ports.items()],
                   bind_address="127.0.0.1", health=lb_health(exe)),
     ]
-    admin, cfg = str(lab.dir / "admin.sock"), str(lab.dir / "haproxy.cfg")
-    Path(cfg).write_text(render(services, admin_socket=admin, state_file=str(lab.dir / "state")))
-    lab.procs.append(subprocess.Popen([HAPROXY, *start_argv(cfg, str(lab.dir / "master.sock"),
-                                                            str(lab.dir / "haproxy.pid"))[1:]],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    admin, cfg = str(scratch_lab.dir / "admin.sock"), str(scratch_lab.dir / "haproxy.cfg")
+    Path(cfg).write_text(render(services, admin_socket=admin, state_file=str(scratch_lab.dir / "state")))
+    scratch_lab.procs.append(subprocess.Popen([HAPROXY, *start_argv(cfg, str(scratch_lab.dir / "master.sock"),
+                                                                    str(scratch_lab.dir / "haproxy.pid"))[1:]],
+                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
     controller = {}
     for ports, health in ((http_ports, http), (tcp_ports, tcp)):
@@ -321,5 +325,5 @@ async def test_haproxy_sees_each_server_up_or_down_exactly_as_the_controllers_ch
     assert rows["c-302"] == ("L7OK", 302) and rows["c-404"] == ("L7STS", 404) and rows["c-stall"][0] == "L7TOUT"
     assert rows["t-listening"][0] == "L4OK" and rows["t-closed"][0] == "L4CON"
     # Both sides sent the very same request: the controller's and HAProxy's checks are indistinguishable.
-    requests = lab.requests()
+    requests = scratch_lab.requests()
     assert len(requests) > 2 * len(codes) and set(requests) == {http_request("/healthz")}

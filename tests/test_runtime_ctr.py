@@ -257,7 +257,10 @@ def _get(port: int, path: str = "/", timeout: float = 10.0) -> tuple[int, str]:
     return wait_until(once, timeout, 0.1, f"{url} to answer", ignore=(OSError,))
 
 
-class Lab:
+class CtrLab:
+    """A private containerd (tests/local_containerd.py) with the demo image and a CtrDriver for it: each Call's
+    command line runs here with `sh -c` (not on the session's lab of nodes)."""
+
     def __init__(self, c: Containerd, d: CtrDriver, image: str) -> None:
         self.c, self.d, self.image = c, d, image
 
@@ -276,176 +279,176 @@ class Lab:
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
+def ctr_lab() -> Iterator[CtrLab]:
     reason = available()
     if reason:
         pytest.skip(reason)
     with local_containerd() as c:
         d = CtrDriver(namespace=c.namespace, address=c.address, log_dir=str(c.dir / "logs"))
         archive = build_demo("v1", c.dir / "demo-v1.tar")
-        imported = Lab(c, d, archive.name).call(d.image_import(archive.path))
+        imported = CtrLab(c, d, archive.name).call(d.image_import(archive.path))
         assert [(i.name, i.digest) for i in imported] == [(archive.name, archive.digest)]
-        yield Lab(c, d, archive.name)
+        yield CtrLab(c, d, archive.name)
 
 
 @pytest.mark.lab
-def test_run_serves_the_demo_page_on_the_host_port(lab: Lab):
+def test_run_serves_the_demo_page_on_the_host_port(ctr_lab: CtrLab):
     port = free_port()
-    spec = lab.spec("web", env={"PORT": str(port), "FLEET_REPLICA": "4", "FLEET_NODE": "n7"})
-    lab.call(lab.d.run(spec))
+    spec = ctr_lab.spec("web", env={"PORT": str(port), "FLEET_REPLICA": "4", "FLEET_NODE": "n7"})
+    ctr_lab.call(ctr_lab.d.run(spec))
     try:
         status, body = _get(port)
         assert status == 200 and "version=v1 host=n7 replica=4" in body
         assert _get(port, "/healthz") == (200, "ok\n")
-        assert f"listening on :{port}" in lab.call(lab.d.logs(spec.id, tail=10))
-        assert lab.call(lab.d.exec(spec.id, ["cat", "/etc/demo-version"])).stdout == "v1\n"
-        info = {i.id: i for i in lab.call(lab.d.list_containers())}[spec.id]
+        assert f"listening on :{port}" in ctr_lab.call(ctr_lab.d.logs(spec.id, tail=10))
+        assert ctr_lab.call(ctr_lab.d.exec(spec.id, ["cat", "/etc/demo-version"])).stdout == "v1\n"
+        info = {i.id: i for i in ctr_lab.call(ctr_lab.d.list_containers())}[spec.id]
         assert info.status is Status.RUNNING and info.started_at is not None
         assert abs(info.started_at - time.time()) < 30
     finally:
-        lab.call(lab.d.remove(spec.id))
+        ctr_lab.call(ctr_lab.d.remove(spec.id))
 
 
 @pytest.mark.lab
-def test_run_twice_with_the_same_id_is_refused_and_keeps_the_first(lab: Lab):
+def test_run_twice_with_the_same_id_is_refused_and_keeps_the_first(ctr_lab: CtrLab):
     port = free_port()
-    spec = lab.spec("dup", env={"PORT": str(port)})
-    lab.call(lab.d.run(spec))
+    spec = ctr_lab.spec("dup", env={"PORT": str(port)})
+    ctr_lab.call(ctr_lab.d.run(spec))
     try:
         with pytest.raises(ContainerExists):
-            lab.call(lab.d.run(spec))
+            ctr_lab.call(ctr_lab.d.run(spec))
         assert _get(port)[0] == 200
     finally:
-        lab.call(lab.d.remove(spec.id))
+        ctr_lab.call(ctr_lab.d.remove(spec.id))
 
 
 @pytest.mark.lab
-def test_failed_run_leaves_no_container_or_snapshot(lab: Lab):
-    spec = lab.spec("bad", command=("/no/such/binary",))
+def test_failed_run_leaves_no_container_or_snapshot(ctr_lab: CtrLab):
+    spec = ctr_lab.spec("bad", command=("/no/such/binary",))
     with pytest.raises(RuntimeCommandError, match="no such file"):
-        lab.call(lab.d.run(spec))
-    assert spec.id not in lab.ids()
-    assert spec.id not in lab.c.ctr("snapshots", "ls").stdout
+        ctr_lab.call(ctr_lab.d.run(spec))
+    assert spec.id not in ctr_lab.ids()
+    assert spec.id not in ctr_lab.c.ctr("snapshots", "ls").stdout
 
 
 @pytest.mark.lab
-def test_stop_returns_quickly_when_the_container_handles_term(lab: Lab):
+def test_stop_returns_quickly_when_the_container_handles_term(ctr_lab: CtrLab):
     port = free_port()
-    spec = lab.spec("graceful", env={"PORT": str(port)})
-    lab.call(lab.d.run(spec))
+    spec = ctr_lab.spec("graceful", env={"PORT": str(port)})
+    ctr_lab.call(ctr_lab.d.run(spec))
     _get(port)
     t0 = time.monotonic()
-    res = lab.call(lab.d.stop(spec.id, grace=10))
+    res = ctr_lab.call(ctr_lab.d.stop(spec.id, grace=10))
     assert time.monotonic() - t0 < 3
     assert (res.found, res.exit_code, res.killed) == (True, 0, False)
-    assert spec.id not in lab.ids()
+    assert spec.id not in ctr_lab.ids()
 
 
 @pytest.mark.lab
-def test_stop_kills_after_grace_when_pid1_ignores_term(lab: Lab):
+def test_stop_kills_after_grace_when_pid1_ignores_term(ctr_lab: CtrLab):
     port = free_port()
-    spec = lab.spec("stubborn", env={"PORT": str(port), "DEMO_IGNORE_TERM": "1"})
-    lab.call(lab.d.run(spec))
+    spec = ctr_lab.spec("stubborn", env={"PORT": str(port), "DEMO_IGNORE_TERM": "1"})
+    ctr_lab.call(ctr_lab.d.run(spec))
     _get(port)
     t0 = time.monotonic()
-    res = lab.call(lab.d.stop(spec.id, grace=1.5))
+    res = ctr_lab.call(ctr_lab.d.stop(spec.id, grace=1.5))
     elapsed = time.monotonic() - t0
     assert 1.5 <= elapsed < 5, elapsed
     assert (res.exit_code, res.killed) == (137, True)
-    assert spec.id not in lab.ids() and lab.task(spec.id) is None
+    assert spec.id not in ctr_lab.ids() and ctr_lab.task(spec.id) is None
 
 
 @pytest.mark.lab
-def test_stop_of_a_missing_container_reports_not_found(lab: Lab):
-    assert lab.call(lab.d.stop("never-1-zzzzzz", 1)).found is False
+def test_stop_of_a_missing_container_reports_not_found(ctr_lab: CtrLab):
+    assert ctr_lab.call(ctr_lab.d.stop("never-1-zzzzzz", 1)).found is False
 
 
 @pytest.mark.lab
-def test_remove_leaves_no_task_container_snapshot_or_log(lab: Lab):
+def test_remove_leaves_no_task_container_snapshot_or_log(ctr_lab: CtrLab):
     port = free_port()
-    spec = lab.spec("rm", env={"PORT": str(port)}, restart="always")
-    lab.call(lab.d.run(spec))
+    spec = ctr_lab.spec("rm", env={"PORT": str(port)}, restart="always")
+    ctr_lab.call(ctr_lab.d.run(spec))
     _get(port)
-    log = Path(lab.d.log_path(spec.id))
+    log = Path(ctr_lab.d.log_path(spec.id))
     assert log.exists()
-    lab.call(lab.d.remove(spec.id))
-    assert spec.id not in lab.ids() and lab.task(spec.id) is None
-    snapshots = lab.c.ctr("snapshots", "ls").stdout.splitlines()[1:]
+    ctr_lab.call(ctr_lab.d.remove(spec.id))
+    assert spec.id not in ctr_lab.ids() and ctr_lab.task(spec.id) is None
+    snapshots = ctr_lab.c.ctr("snapshots", "ls").stdout.splitlines()[1:]
     assert snapshots and all(line.split()[-1] == "Committed" for line in snapshots)
     assert not log.exists()
-    lab.call(lab.d.remove(spec.id))
+    ctr_lab.call(ctr_lab.d.remove(spec.id))
     time.sleep(2.5)
-    assert spec.id not in lab.ids()
+    assert spec.id not in ctr_lab.ids()
 
 
 @pytest.mark.lab
-def test_restart_always_brings_a_crashed_container_back_and_stop_keeps_it_down(lab: Lab):
+def test_restart_always_brings_a_crashed_container_back_and_stop_keeps_it_down(ctr_lab: CtrLab):
     port = free_port()
-    spec = lab.spec("crashy", env={"PORT": str(port), "DEMO_CRASH_AFTER": "1"}, restart="always")
-    lab.call(lab.d.run(spec))
+    spec = ctr_lab.spec("crashy", env={"PORT": str(port), "DEMO_CRASH_AFTER": "1"}, restart="always")
+    ctr_lab.call(ctr_lab.d.run(spec))
     try:
-        first = lab.task(spec.id)
+        first = ctr_lab.task(spec.id)
         assert first is not None
         deadline = time.monotonic() + 15
         while True:
-            now = lab.task(spec.id)
+            now = ctr_lab.task(spec.id)
             if now and now[1] is Status.RUNNING and now[0] != first[0]:
                 break
             assert time.monotonic() < deadline, "not restarted within 15 s"
             time.sleep(0.2)
-        log = lab.call(lab.d.logs(spec.id, tail=None))
+        log = ctr_lab.call(ctr_lab.d.logs(spec.id, tail=None))
         assert log.count("listening on") >= 2, log
-        lab.call(lab.d.stop(spec.id, grace=5))
+        ctr_lab.call(ctr_lab.d.stop(spec.id, grace=5))
         time.sleep(2.5)
-        assert spec.id not in lab.ids()
+        assert spec.id not in ctr_lab.ids()
     finally:
-        lab.call(lab.d.remove(spec.id))
+        ctr_lab.call(ctr_lab.d.remove(spec.id))
 
 
 @pytest.mark.lab
-def test_memory_limit_oom_kill_is_reported(lab: Lab):
-    spec = lab.spec("hog", memory=16 * 1024 * 1024, command=("dd", "if=/dev/zero", "of=/dev/null", "bs=64M"))
-    lab.call(lab.d.run(spec))
+def test_memory_limit_oom_kill_is_reported(ctr_lab: CtrLab):
+    spec = ctr_lab.spec("hog", memory=16 * 1024 * 1024, command=("dd", "if=/dev/zero", "of=/dev/null", "bs=64M"))
+    ctr_lab.call(ctr_lab.d.run(spec))
     deadline = time.monotonic() + 10
-    while (t := lab.task(spec.id)) is None or t[1] is not Status.STOPPED:
+    while (t := ctr_lab.task(spec.id)) is None or t[1] is not Status.STOPPED:
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    info = {i.id: i for i in lab.call(lab.d.list_containers())}[spec.id]
+    info = {i.id: i for i in ctr_lab.call(ctr_lab.d.list_containers())}[spec.id]
     assert info.status is Status.STOPPED and info.oom_killed
-    usage = lab.call(lab.d.metrics(spec.id))
+    usage = ctr_lab.call(ctr_lab.d.metrics(spec.id))
     assert usage.oom_kills == 1 and usage.memory_limit == 16 * 1024 * 1024
-    assert lab.call(lab.d.stop(spec.id, 1)).exit_code == 137
+    assert ctr_lab.call(ctr_lab.d.stop(spec.id, 1)).exit_code == 137
 
 
 @pytest.mark.lab
-def test_cpu_and_memory_limits_reach_the_cgroup(lab: Lab):
-    spec = lab.spec("limits", cpu=0.25, memory=32 * 1024 * 1024, command=("sleep", "60"))
-    lab.call(lab.d.run(spec))
+def test_cpu_and_memory_limits_reach_the_cgroup(ctr_lab: CtrLab):
+    spec = ctr_lab.spec("limits", cpu=0.25, memory=32 * 1024 * 1024, command=("sleep", "60"))
+    ctr_lab.call(ctr_lab.d.run(spec))
     try:
-        cg = f"{lab.c.namespace}/{spec.id}"
+        cg = f"{ctr_lab.c.namespace}/{spec.id}"
         assert Path(f"/sys/fs/cgroup/cpu/{cg}/cpu.cfs_quota_us").read_text().strip() == "25000"
         assert Path(f"/sys/fs/cgroup/memory/{cg}/memory.limit_in_bytes").read_text().strip() == str(32 << 20)
     finally:
-        lab.call(lab.d.remove(spec.id))
+        ctr_lab.call(ctr_lab.d.remove(spec.id))
 
 
 HOSTILE = "a b 'q' \"dq\" $(touch /tmp/pwned) `id` ; | & \\ , = % \n second line \t ünï"
 
 
 @pytest.mark.lab
-def test_hostile_env_values_and_labels_survive_quoting_end_to_end(lab: Lab):
-    spec = lab.spec("quote", env={"HOSTILE": HOSTILE, "PORT": str(free_port())},
+def test_hostile_env_values_and_labels_survive_quoting_end_to_end(ctr_lab: CtrLab):
+    spec = ctr_lab.spec("quote", env={"HOSTILE": HOSTILE, "PORT": str(free_port())},
                     labels={"fleet.note": HOSTILE, "fleet.managed": "true", "fleet.service": "quote"},
                     command=("sleep", "60"))
-    lab.call(lab.d.run(spec))
+    ctr_lab.call(ctr_lab.d.run(spec))
     try:
-        info = json.loads(lab.c.ctr("containers", "info", spec.id).stdout)
+        info = json.loads(ctr_lab.c.ctr("containers", "info", spec.id).stdout)
         assert f"HOSTILE={HOSTILE}" in info["Spec"]["process"]["env"]
         assert info["Labels"]["fleet.note"] == HOSTILE
-        listed = {i.id: i for i in lab.call(lab.d.list_containers())}[spec.id]
+        listed = {i.id: i for i in ctr_lab.call(ctr_lab.d.list_containers())}[spec.id]
         assert listed.labels["fleet.note"] == HOSTILE
-        got = lab.call(lab.d.exec(spec.id, ["sh", "-c", 'printf %s "$HOSTILE"']))
+        got = ctr_lab.call(ctr_lab.d.exec(spec.id, ["sh", "-c", 'printf %s "$HOSTILE"']))
         assert got.stdout == HOSTILE
         assert not Path("/tmp/pwned").exists()
     finally:
-        lab.call(lab.d.remove(spec.id))
+        ctr_lab.call(ctr_lab.d.remove(spec.id))
