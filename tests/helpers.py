@@ -74,7 +74,7 @@ def _timed_out(timeout: float, message: str, last: BaseException | None) -> str:
 
 def poll(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.1) -> T:
     """Call `predicate` every `interval` s until it returns a truthy value or `timeout` s have passed; return its
-    last value (falsy when time ran out). For `assert poll(...), why` where a test says why itself."""
+    last value (falsy when time ran out), for a test that checks it and says why itself."""
     deadline = time.monotonic() + timeout
     while not (got := predicate()) and time.monotonic() < deadline:
         time.sleep(interval)
