@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from haproxy_tools import check_config_argv, master_reload, master_show_proc, server_rows, start_argv
 from helpers import free_port, wait_until
 
 from fleet.errors import SpecError
@@ -28,18 +29,14 @@ from fleet.haproxy.render import (
     LbServer,
     LbService,
     add_server,
-    check_config_argv,
     lb_health,
-    master_reload,
-    master_show_proc,
     render,
     reply_error,
     set_server_state,
     show_servers_state,
     show_stat,
-    start_argv,
 )
-from fleet.haproxy.stats import parse_servers_state, parse_show_proc, parse_show_stat, server_rows
+from fleet.haproxy.stats import parse_servers_state, parse_show_proc, parse_show_stat
 from fleet.health import check
 from fleet.healthjudge import http_request
 from fleet.spec import HealthSpec, parse_playbook

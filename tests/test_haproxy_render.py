@@ -7,6 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from haproxy_tools import (
+    check_config_argv,
+    master_reload,
+    master_show_proc,
+    parse_get_weight,
+    server_rows,
+    socket_argv,
+    start_argv,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -17,29 +26,22 @@ from fleet.haproxy.render import (
     LbService,
     add_server,
     backend_name,
-    check_config_argv,
     del_server,
     frontend_name,
     lb_health,
     lb_service,
-    master_reload,
-    master_show_proc,
     render,
     reply_error,
     set_server_state,
     set_server_weight,
     show_servers_state,
     show_stat,
-    socket_argv,
-    start_argv,
 )
 from fleet.haproxy.stats import (
     StatsParseError,
-    parse_get_weight,
     parse_servers_state,
     parse_show_proc,
     parse_show_stat,
-    server_rows,
 )
 from fleet.healthjudge import LB_CONNECT_TIMEOUT, http_status_ok
 from fleet.spec import HealthSpec, parse_playbook

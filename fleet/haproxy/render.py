@@ -313,18 +313,6 @@ def show_servers_state(backend: str | None = None) -> str:
     return "show servers state" if backend is None else f"show servers state {check_name(backend, 'backend')}"
 
 
-# ---- master CLI (-S socket) ------------------------------------------------------------------------------
-
-
-def master_reload() -> str:
-    """Prints nothing in 2.6 and closes the connection; confirm with `show proc` (new worker, failed unchanged)."""
-    return "reload"
-
-
-def master_show_proc() -> str:
-    return "show proc"
-
-
 _OK_REPLIES = ("", "New server registered.", "Server deleted.")
 
 
@@ -334,22 +322,3 @@ def reply_error(reply: str) -> str | None:
     if text in _OK_REPLIES or text.startswith("no need to change the addr"):
         return None
     return text
-
-
-# ---- argv builders for the process itself ----------------------------------------------------------------
-
-
-def check_config_argv(config: str, haproxy: str = "haproxy") -> list[str]:
-    """`haproxy -c`: rc 0 valid (even with warnings), 1 invalid."""
-    return [haproxy, "-c", "-f", check_file(config, "config")]
-
-
-def start_argv(config: str, master_socket: str, pid_file: str, haproxy: str = "haproxy") -> list[str]:
-    """Master-worker mode with a master CLI socket; the pid file holds the master's PID. Runs in foreground."""
-    return [haproxy, "-W", "-S", check_file(master_socket, "master_socket"), "-f", check_file(config, "config"),
-            "-p", check_file(pid_file, "pid_file")]
-
-
-def socket_argv(socket_path: str) -> list[str]:
-    """Send stdin to a UNIX CLI socket with socat and print the reply."""
-    return ["socat", "-t", "5", "stdio", f"unix-connect:{check_file(socket_path, 'socket')}"]

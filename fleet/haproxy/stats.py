@@ -115,11 +115,6 @@ def parse_show_stat(text: str) -> list[StatRow]:
     return rows
 
 
-def server_rows(rows: list[StatRow]) -> dict[tuple[str, str], StatRow]:
-    """Servers only, keyed by (backend, server)."""
-    return {(r.proxy, r.name): r for r in rows if r.kind == "server"}
-
-
 @dataclass(frozen=True)
 class ServerState:
     """One row of `show servers state`: the runtime state HAProxy carries across a reload."""
@@ -249,11 +244,3 @@ def parse_show_proc(text: str) -> ProcTable:
     if master is None:
         raise StatsParseError(f"no master line in `show proc` output: {text[:80]!r}")
     return ProcTable(master, failed, tuple(sections["workers"]), tuple(sections["old workers"]))
-
-
-def parse_get_weight(text: str) -> tuple[int, int]:
-    """`7 (initial 3)` → (7, 3)."""
-    m = re.match(r"^\s*(\d+) \(initial (\d+)\)\s*$", text)
-    if not m:
-        raise StatsParseError(f"not `get weight` output: {text.strip()[:80]!r}")
-    return int(m[1]), int(m[2])
