@@ -126,11 +126,6 @@ class Placement:
         object.__setattr__(self, "rejected", MappingProxyType(dict(self.rejected)))
         object.__setattr__(self, "stop_reasons", MappingProxyType(dict(self.stop_reasons)))
 
-    @property
-    def complete(self) -> bool:
-        """Every wanted replica has a node."""
-        return not self.unplaced
-
     def as_existing(self) -> tuple[Existing, ...]:
         """What will be running once this placement is applied, to feed back as `existing`."""
         return tuple(a.as_existing() for a in self.assignments)
