@@ -74,3 +74,12 @@ def format_cpu(cores: float) -> str:
     if cores == int(cores):
         return str(int(cores))
     return f"{round(cores * 1000)}m"
+
+
+def short_size(n: int) -> str:
+    """Compact binary size for tables and narrow columns: 512M, 1.5G, 23G."""
+    for unit, size in (("T", 1024**4), ("G", 1024**3), ("M", 1024**2), ("K", 1024)):
+        if n >= size:
+            value = n / size
+            return f"{value:.1f}{unit}" if value < 10 and value != int(value) else f"{value:.0f}{unit}"
+    return f"{n}B"

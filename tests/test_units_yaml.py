@@ -144,3 +144,10 @@ def test_a_file_that_is_not_utf8_is_refused_with_its_line(tmp_path):
     with pytest.raises(ConfigError) as exc:
         load_file(str(path))
     assert [str(p) for p in exc.value.problems] == [f"{path}:2: not UTF-8 text (byte 0xe9 at offset 11)"]
+
+
+def test_short_size_for_tables():
+    from fleet.units import short_size
+
+    assert [short_size(n) for n in (512, 2048, 512 * 1024**2, 3 * 1024**3 // 2, 23 * 1024**3)] == [
+        "512B", "2K", "512M", "1.5G", "23G"]

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
+from ..units import short_size
 from . import common
 from .common import esc
 
@@ -49,15 +50,6 @@ def report_json(r: NodeReport) -> dict[str, Any]:
     }
 
 
-def _mem(n: int) -> str:
-    """Compact binary size for tables: 512M, 1.5G, 23G."""
-    for unit, size in (("T", 1024**4), ("G", 1024**3), ("M", 1024**2), ("K", 1024)):
-        if n >= size:
-            value = n / size
-            return f"{value:.1f}{unit}" if value < 10 and value != int(value) else f"{value:.0f}{unit}"
-    return f"{n}B"
-
-
 def table(reports: list[NodeReport]) -> Table:
     """One row per node; reasons for nodes that are not ready are printed under the table."""
     t = Table(pad_edge=False, box=None, header_style="bold", padding=(0, 1))
@@ -73,12 +65,12 @@ def table(reports: list[NodeReport]) -> Table:
         if f is not None:
             cells = [
                 str(f.ncpu),
-                f"{round(alloc.cpu, 2):g}/{_mem(alloc.memory)}" if alloc else "-",
-                f"{_mem(f.mem_available)}/{_mem(f.mem_total)}",
+                f"{round(alloc.cpu, 2):g}/{short_size(alloc.memory)}" if alloc else "-",
+                f"{short_size(f.mem_available)}/{short_size(f.mem_total)}",
                 f"{f.load[0]:.2f}",
-                _mem(f.disk_free),
+                short_size(f.disk_free),
                 f"{f.runtime} {(f.runtime_version or '').split('~')[0]}".strip() if f.runtime else "none",
-                f"{len(f.running)} ({_mem(f.used_memory)})",
+                f"{len(f.running)} ({short_size(f.used_memory)})",
             ]
         address = f"{r.node.address}:{r.node.port}" if r.node.port != 22 else r.node.address
         t.add_row(r.node.name, address, f"[{STATUS_STYLE.get(r.status, 'white')}]{r.status}[/]",

@@ -12,7 +12,7 @@ from textual.message import Message
 from textual.reactive import var
 from textual.widgets import DataTable, Static
 
-from ..units import format_cpu
+from ..units import format_cpu, short_size
 
 if TYPE_CHECKING:
     from ..api import NodeReport, ServiceStatus
@@ -24,15 +24,6 @@ HEALTH_STYLE = {"up": "green", "down": "red", "drain": "yellow", "maint": "yello
 Cell = str | Text
 
 
-def mem(n: int) -> str:
-    """Compact binary size for narrow columns: 512M, 1.5G, 23G."""
-    for unit, size in (("T", 1024**4), ("G", 1024**3), ("M", 1024**2), ("K", 1024)):
-        if n >= size:
-            value = n / size
-            return f"{value:.1f}{unit}" if value < 10 and value != int(value) else f"{value:.0f}{unit}"
-    return f"{n}B"
-
-
 def node_cells(r: NodeReport) -> tuple[Cell, ...]:
     """name, status, cpu, alloc, mem, load, containers."""
     status = Text(r.status, style=STATUS_STYLE.get(r.status, ""))
@@ -40,9 +31,9 @@ def node_cells(r: NodeReport) -> tuple[Cell, ...]:
     if f is None:
         return (r.node.name, status, "-", "-", "-", "-", "-")
     return (r.node.name, status, str(f.ncpu),
-            f"{format_cpu(round(alloc.cpu, 3))}/{mem(alloc.memory)}" if alloc else "-",
-            f"{mem(f.mem_available)}/{mem(f.mem_total)}", f"{f.load[0]:.2f}",
-            f"{len(f.running)} ({mem(f.used_memory)})")
+            f"{format_cpu(round(alloc.cpu, 3))}/{short_size(alloc.memory)}" if alloc else "-",
+            f"{short_size(f.mem_available)}/{short_size(f.mem_total)}", f"{f.load[0]:.2f}",
+            f"{len(f.running)} ({short_size(f.used_memory)})")
 
 
 def service_cells(s: ServiceStatus) -> tuple[Cell, ...]:
