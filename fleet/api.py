@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
 
-from .errors import FleetError, InventoryError, Problem
+from .errors import ContainerLookupError, FleetError, InventoryError, Problem, SecretStoreError
 from .model import Inventory, Node
 
 if TYPE_CHECKING:
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from .engine.images import PushResult
     from .engine.nodes import NodeReport, facts_command, report_from
     from .engine.status import FleetStatus, ReplicaStatus, ServiceStatus
-    from .errors import ContainerLookupError, SecretStoreError
     from .history import Revision
     from .reconcile import Plan
     from .rollout.decide import Command
@@ -81,13 +80,13 @@ T = TypeVar("T")
 # Values and helpers that live below the façade, importable from here; their module is imported on first use
 # only, so that `fleet --help`, `fleet lab` or `fleet secret` never load asyncssh (PEP 562).
 _LAZY: dict[str, str] = {
-    "ContainerLookupError": ".engine.containers", "PsResult": ".engine.containers", "PsRow": ".engine.containers",
+    "PsResult": ".engine.containers", "PsRow": ".engine.containers",
     "Event": ".engine.apply", "Outcome": ".engine.apply",
     "PushResult": ".engine.images",
     "NodeReport": ".engine.nodes", "facts_command": ".engine.nodes", "report_from": ".engine.nodes",
     "FleetStatus": ".engine.status", "ReplicaStatus": ".engine.status", "ServiceStatus": ".engine.status",
     "NodeLease": ".store.lease", "majority": ".store.nodes",
-    "Secret": ".secrets", "SecretStoreError": ".secrets",
+    "Secret": ".secrets",
 }
 
 if not TYPE_CHECKING:  # hidden from mypy, which would otherwise accept any name as an attribute of this module

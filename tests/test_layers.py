@@ -161,12 +161,13 @@ def test_the_facade_shows_the_engines_listing_deadline() -> None:
 
 def test_types_reexported_by_the_facade_are_the_engines() -> None:
     import fleet.api
-    from fleet.engine.containers import ContainerLookupError, PsRow
+    from fleet.engine.apply import Event
+    from fleet.engine.containers import PsRow
     from fleet.engine.status import FleetStatus
     from fleet.store.lease import NodeLease
 
-    assert (fleet.api.PsRow, fleet.api.ContainerLookupError, fleet.api.FleetStatus, fleet.api.NodeLease) == (
-        PsRow, ContainerLookupError, FleetStatus, NodeLease)
+    assert (fleet.api.PsRow, fleet.api.Event, fleet.api.FleetStatus, fleet.api.NodeLease) == (
+        PsRow, Event, FleetStatus, NodeLease)
     assert set(fleet.api._LAZY) <= set(fleet.api.__all__)
     for name in fleet.api.__all__:
         assert getattr(fleet.api, name) is not None

@@ -36,7 +36,8 @@ def _stopped(row: PsRow, res: StopResult | str) -> str:
 def _on_containers(inventory: str | None, act: Callable[[Fleet], Awaitable[T]]) -> T:
     """Run one façade operation on the containers a reference names; a reference that names none (or a prefix
     that names several) is a usage error (exit 2)."""
-    from ..api import ContainerLookupError, Fleet
+    from ..api import Fleet
+    from ..errors import ContainerLookupError
 
     inv = common.inventory(inventory)
 

@@ -22,7 +22,8 @@ def logs(ref: Annotated[str, typer.Argument(metavar="SERVICE|CONTAINER", help="S
          tail: Annotated[int, typer.Option("--tail", "-n", help="Lines from the end of each log; -1 for all.")]
          = 100) -> None:
     """Print container logs (stdout and stderr interleaved), merged across a service's replicas."""
-    from ..api import ContainerLookupError, Fleet
+    from ..api import Fleet
+    from ..errors import ContainerLookupError
 
     inv = common.inventory(inventory)
     out = common.console()

@@ -25,7 +25,8 @@ def _key(name: str) -> str:
 @app.command("set")
 def set_(name: str) -> None:
     """Store a secret: the value is read from stdin (or asked for on a terminal), never from the command line."""
-    from ..api import Secret, SecretStoreError, secret_set
+    from ..api import Secret, secret_set
+    from ..errors import SecretStoreError
 
     key = _key(name)
     value = getpass.getpass(f"value for {key}: ") if sys.stdin.isatty() else sys.stdin.read()
@@ -42,7 +43,8 @@ def set_(name: str) -> None:
 @app.command("rm")
 def rm(name: str) -> None:
     """Remove a secret from the keyring."""
-    from ..api import SecretStoreError, secret_rm
+    from ..api import secret_rm
+    from ..errors import SecretStoreError
 
     try:
         gone = secret_rm(_key(name))
