@@ -24,9 +24,9 @@ from .errors import (
     HistoryError,
 )
 
-Outcome = Literal["in-progress", "succeeded", "failed", "rolled-back", "aborted"]
+RevisionOutcome = Literal["in-progress", "succeeded", "failed", "rolled-back", "aborted"]
 FinalOutcome = Literal["succeeded", "failed", "rolled-back", "aborted"]
-OUTCOMES: tuple[str, ...] = get_args(Outcome)
+OUTCOMES: tuple[str, ...] = get_args(RevisionOutcome)
 FINAL_OUTCOMES: tuple[str, ...] = get_args(FinalOutcome)
 
 SCHEMA_VERSION = 2
@@ -72,7 +72,7 @@ class Revision:
     user: str
     created_at: float
     finished_at: float | None
-    outcome: Outcome
+    outcome: RevisionOutcome
     reason: str
     spec_json: str
 
@@ -118,7 +118,7 @@ def _revision(row: tuple[object, ...]) -> Revision:
     service, revision, spec_hash, image, user, created_at, finished_at, outcome, reason, spec_json = row
     return Revision(str(service), int(cast(int, revision)), str(spec_hash), str(image), str(user),
                     float(cast(float, created_at)), None if finished_at is None else float(cast(float, finished_at)),
-                    cast(Outcome, outcome), str(reason), str(spec_json))
+                    cast(RevisionOutcome, outcome), str(reason), str(spec_json))
 
 
 class History:
@@ -211,7 +211,7 @@ class History:
         return int(row[0])
 
     def record(self, service: str, spec_json: str, spec_hash: str, image: str, user: str,
-               outcome: Outcome = "in-progress") -> int:
+               outcome: RevisionOutcome = "in-progress") -> int:
         """Record an applied spec and return its revision number (1, 2, 3… per service).
 
         Re-applying the spec of the latest succeeded revision returns that revision; re-applying the spec of

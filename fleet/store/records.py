@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from ..errors import HistoryError, RecordsError
-from ..history import FINAL_OUTCOMES, OUTCOMES, FinalOutcome, History, Outcome, Revision, same_revision
+from ..history import FINAL_OUTCOMES, OUTCOMES, FinalOutcome, History, Revision, RevisionOutcome, same_revision
 from ..model import CommandResult, Node
 from ..shell import Script
 from ..transport import Pool, fanout
@@ -227,7 +227,8 @@ def decode_record(path: str, raw: bytes) -> Record:
     rev = Revision(service=service, revision=revision, spec_hash=_field(data, "spec_hash", str),
                    image=_field(data, "image", str), user=_field(data, "user", str),
                    created_at=float(_field(data, "created_at", (int, float))),
-                   finished_at=None if finished is None else float(finished), outcome=cast(Outcome, outcome),
+                   finished_at=None if finished is None else float(finished),
+                   outcome=cast(RevisionOutcome, outcome),
                    reason=_field(data, "reason", str), spec_json=spec_json)
     return RevisionRecord(rev, updated_at)
 
