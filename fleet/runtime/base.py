@@ -187,6 +187,20 @@ class RuntimeDriver(Protocol):
 _NOT_FOUND = re.compile(r"not found|no such container", re.IGNORECASE)
 
 
+def parse_ok(what: str) -> Callable[[CommandResult], None]:
+    """A parser for commands that print nothing worth keeping: raises (see `check`) unless they succeeded."""
+    def parse(result: CommandResult) -> None:
+        check(result, what)
+    return parse
+
+
+def parse_text(what: str) -> Callable[[CommandResult], str]:
+    """A parser that returns the command's stdout once it succeeded."""
+    def parse(result: CommandResult) -> str:
+        return check(result, what).stdout
+    return parse
+
+
 def check(result: CommandResult, what: str) -> CommandResult:
     """Return `result` when the command succeeded; raise the most specific RuntimeCommandError otherwise."""
     if result.error is not None:

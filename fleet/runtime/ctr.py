@@ -28,6 +28,8 @@ from fleet.runtime.base import (
     Usage,
     check,
     identity,
+    parse_ok,
+    parse_text,
 )
 from fleet.shell import Script
 
@@ -162,7 +164,7 @@ class CtrDriver(CliDriver):
 
     def logs(self, container_id: str, tail: int | None = 100, follow: bool = False) -> Call[str]:
         """The container's log file (stdout and stderr interleaved, no timestamps); streams when following."""
-        return Call(self.logs_argv(container_id, tail, follow), parse_text, what=f"logs {container_id}")
+        return Call(self.logs_argv(container_id, tail, follow), parse_text("read"), what=f"logs {container_id}")
 
     def exec_argv(self, container_id: str, argv: Sequence[str], exec_id: str | None = None) -> list[str]:
         if not argv:
@@ -192,13 +194,13 @@ class CtrDriver(CliDriver):
         return [*self.base(), "images", "pull", *(["--plain-http"] if plain_http else []), ref]
 
     def image_pull(self, ref: str, plain_http: bool = False) -> Call[None]:
-        return Call(self.image_pull_argv(ref, plain_http), parse_ok, what=f"pull {ref}")
+        return Call(self.image_pull_argv(ref, plain_http), parse_ok("ctr"), what=f"pull {ref}")
 
     def image_remove_argv(self, ref: str) -> list[str]:
         return [*self.base(), "images", "rm", ref]
 
     def image_remove(self, ref: str) -> Call[None]:
-        return Call(self.image_remove_argv(ref), parse_ok, what=f"image rm {ref}")
+        return Call(self.image_remove_argv(ref), parse_ok("ctr"), what=f"image rm {ref}")
 
 
 # Polls `tasks ls` every 0.2 s; GRACE may be fractional, so the tick count is computed with awk (mawk prints
@@ -275,14 +277,6 @@ printf '%s\n' "$tasks" | awk 'NR > 1 && $2 > 0 {print $2}' | while read -r pid; 
   printf '%s %s\n' "$pid" "$(printf '%s\n' "${s##*) }" | awk '{print $20}')"
 done
 """
-
-
-def parse_ok(result: CommandResult) -> None:
-    check(result, "ctr")
-
-
-def parse_text(result: CommandResult) -> str:
-    return check(result, "read").stdout
 
 
 def parse_run(result: CommandResult) -> None:

@@ -32,6 +32,8 @@ from fleet.runtime.base import (
     Usage,
     check,
     identity,
+    parse_ok,
+    parse_text,
 )
 from fleet.shell import Script
 
@@ -102,7 +104,7 @@ class NerdctlDriver(CliDriver):
             + "rc=$?\n"
             + 'if [ "$rc" -ne 0 ]; then n rm -f "$ID" >/dev/null 2>&1; exit "$rc"; fi\n'
         )
-        return Call(Script(text, {"ID": spec.id}), parse_ok, what=f"run {spec.id}")
+        return Call(Script(text, {"ID": spec.id}), parse_ok("nerdctl"), what=f"run {spec.id}")
 
     # --- stop / remove
 
@@ -117,7 +119,7 @@ class NerdctlDriver(CliDriver):
         text = self._fn() + (
             'if n container inspect "$ID" >/dev/null 2>&1; then n rm -f "$ID" >/dev/null; fi\n'
         )
-        return Call(Script(text, {"ID": container_id}), parse_ok, what=f"remove {container_id}")
+        return Call(Script(text, {"ID": container_id}), parse_ok("nerdctl"), what=f"remove {container_id}")
 
     # --- inspection
 
@@ -145,7 +147,7 @@ class NerdctlDriver(CliDriver):
         return [*argv, container_id]
 
     def logs(self, container_id: str, tail: int | None = 100, follow: bool = False) -> Call[str]:
-        return Call(self.logs_argv(container_id, tail, follow), parse_text, what=f"logs {container_id}")
+        return Call(self.logs_argv(container_id, tail, follow), parse_text("nerdctl logs"), what=f"logs {container_id}")
 
     def exec_argv(self, container_id: str, argv: Sequence[str], exec_id: str | None = None) -> list[str]:
         if not argv:
@@ -174,13 +176,13 @@ class NerdctlDriver(CliDriver):
         return [*self.base(), "pull", *(["--insecure-registry"] if plain_http else []), ref]
 
     def image_pull(self, ref: str, plain_http: bool = False) -> Call[None]:
-        return Call(self.image_pull_argv(ref, plain_http), parse_ok, what=f"pull {ref}")
+        return Call(self.image_pull_argv(ref, plain_http), parse_ok("nerdctl"), what=f"pull {ref}")
 
     def image_remove_argv(self, ref: str) -> list[str]:
         return [*self.base(), "rmi", ref]
 
     def image_remove(self, ref: str) -> Call[None]:
-        return Call(self.image_remove_argv(ref), parse_ok, what=f"rmi {ref}")
+        return Call(self.image_remove_argv(ref), parse_ok("nerdctl"), what=f"rmi {ref}")
 
 
 _STOP_SCRIPT = r"""
@@ -191,14 +193,6 @@ printf '@@state %s\n' "$(n container inspect --format '{{.State.Status}} {{.Stat
 n rm -f "$ID" >/dev/null || exit 1
 echo '@@rc 0'
 """
-
-
-def parse_ok(result: CommandResult) -> None:
-    check(result, "nerdctl")
-
-
-def parse_text(result: CommandResult) -> str:
-    return check(result, "nerdctl logs").stdout
 
 
 def parse_stop(result: CommandResult, container_id: str = "") -> StopResult:
