@@ -9,9 +9,10 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
-from .errors import InventoryError, Problem
+from .errors import InventoryError
 from .model import Inventory, Node, Resources
 from .names import NAME_RE, ROLES, check_address, check_labels, key_files, resolve_path
+from .schema import pydantic_problems
 from .units import parse_cpu, parse_memory
 from .yamlmarks import Marked
 
@@ -90,34 +91,6 @@ class _FleetInventory(BaseModel):
     model_config = ConfigDict(extra="forbid")
     defaults: _NodeCommon = Field(default_factory=_NodeCommon)
     nodes: dict[str, _NodeSpec]
-
-
-_TYPE_MESSAGES = {
-    "int_type": "expected an integer", "int_parsing": "expected an integer", "int_from_float": "expected an integer",
-    "float_type": "expected a number", "float_parsing": "expected a number", "string_type": "expected a string",
-    "list_type": "expected a list", "dict_type": "expected a mapping", "model_type": "expected a mapping",
-    "model_attributes_type": "expected a mapping",
-}
-
-
-def pydantic_problems(exc: ValidationError, doc: Marked, prefix: tuple[str | int, ...] = ()) -> list[Problem]:
-    """Map pydantic's error locations onto the YAML document's line marks."""
-    problems = []
-    for err in exc.errors():
-        loc = (*prefix, *(p for p in err["loc"] if isinstance(p, str | int)))
-        msg = err["msg"]
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field"
-        elif err["type"] == "missing":
-            msg = "required field is missing"
-        elif err["type"] in _TYPE_MESSAGES:
-            msg = f"{_TYPE_MESSAGES[err['type']]}, got {err['input']!r}"
-        elif "input" in err and err["type"] not in ("value_error",):
-            msg = f"{msg}, got {err['input']!r}"
-        problems.append(doc.problem(loc, msg))
-    return problems
 
 
 def _resources(q: _Quantity | None, default: Resources | None) -> Resources | None:

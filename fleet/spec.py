@@ -34,6 +34,7 @@ from .errors import ConfigError, Problem, SpecError
 from .model import Resources
 from .names import LABEL_KEY_RE, LABEL_VALUE_RE
 from .ports import RESERVED_LB_PORTS
+from .schema import pydantic_problems
 from .units import parse_cpu, parse_memory
 from .yamlmarks import Marked, dotted, load, read_text
 
@@ -541,44 +542,6 @@ def _within(inner: str, outer: str) -> bool:
 
 # ---- loading --------------------------------------------------------------------------------------------
 
-_TYPE_MESSAGES = {
-    "int_type": "expected an integer",
-    "int_parsing": "expected an integer",
-    "int_from_float": "expected an integer",
-    "float_type": "expected a number",
-    "float_parsing": "expected a number",
-    "bool_type": "expected true or false",
-    "bool_parsing": "expected true or false",
-    "string_type": "expected a string",
-    "list_type": "expected a list",
-    "dict_type": "expected a mapping",
-    "model_type": "expected a mapping",
-    "model_attributes_type": "expected a mapping",
-}
-
-
-def _problems(exc: ValidationError, doc: Marked, prefix: tuple[str | int, ...]) -> list[Problem]:
-    """Like `inventory.pydantic_problems`, with messages phrased for playbook authors."""
-    problems = []
-    for err in exc.errors(include_url=False):
-        loc = (*prefix, *(p for p in err["loc"] if isinstance(p, str | int)))
-        kind = err["type"]
-        if kind == "extra_forbidden":
-            msg = "unknown field"
-        elif kind == "missing":
-            msg = "required field is missing"
-        elif kind in _TYPE_MESSAGES:
-            msg = f"{_TYPE_MESSAGES[kind]}, got {err['input']!r}"
-        elif kind == "value_error":
-            msg = str(err["ctx"]["error"]) if "ctx" in err else err["msg"]
-        elif kind == "literal_error":
-            msg = f"expected {err['ctx']['expected']}, got {err['input']!r}"
-        else:
-            msg = f"{err['msg']}, got {err['input']!r}" if "input" in err else err["msg"]
-        problems.append(doc.problem(loc, msg))
-    return problems
-
-
 def _env(raw: Mapping[Any, Any], doc: Marked, path: tuple[str | int, ...],
          problems: list[Problem]) -> dict[str, str | SecretRef]:
     out: dict[str, str | SecretRef] = {}
@@ -666,7 +629,7 @@ def _parse_doc(doc: Marked) -> tuple[Playbook, list[Problem]]:
         model = _File.model_validate(doc.data)
     except ValidationError as exc:
         model = None
-        problems += _problems(exc, doc, ())
+        problems += pydantic_problems(exc, doc, ())
     envs: dict[str, dict[str, str | SecretRef]] = {}
     if isinstance(raw_services, dict):
         for name, body in raw_services.items():
