@@ -58,11 +58,6 @@ def dotted(path: Iterable[str | int]) -> str:
     return out
 
 
-class _YamlProblem(Exception):
-    def __init__(self, problem: Problem) -> None:
-        self.problem = problem
-
-
 class _BoundedLoader(yaml.SafeLoader):
     """PyYAML's safe composer, counting as it goes: nesting depth, and the values aliases add once expanded (an
     alias counts every value of the node it names, aliases within included). A node's size and height are known
@@ -77,9 +72,9 @@ class _BoundedLoader(yaml.SafeLoader):
         self._size: dict[int, int] = {}
         self._height: dict[int, int] = {}
 
-    def _refuse(self, event: yaml.Event, message: str) -> _YamlProblem:
+    def _refuse(self, event: yaml.Event, message: str) -> ConfigError:
         mark = event.start_mark
-        return _YamlProblem(Problem(self.file, mark.line + 1 if mark is not None else None, "", message))
+        return ConfigError([Problem(self.file, mark.line + 1 if mark is not None else None, "", message)])
 
     def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]
@@ -123,8 +118,8 @@ def _scalar(node: yaml.ScalarNode, path: Path, file: str, constructor: yaml.cons
     except (ValueError, TypeError, OverflowError) as exc:
         message = str(exc)
     tag = node.tag.replace("tag:yaml.org,2002:", "!!")
-    raise _YamlProblem(Problem(file, node.start_mark.line + 1, dotted(path),
-                               f"cannot read {tag} {what} {node.value!r}: {message}"))
+    raise ConfigError([Problem(file, node.start_mark.line + 1, dotted(path),
+                               f"cannot read {tag} {what} {node.value!r}: {message}")])
 
 
 class _Convert:
@@ -146,7 +141,7 @@ class _Convert:
     def _key(self, node: yaml.Node, path: Path) -> Any:
         if isinstance(node, yaml.ScalarNode):
             return _scalar(node, path, self.file, self.constructor, "key")
-        raise _YamlProblem(Problem(self.file, node.start_mark.line + 1, dotted(path), "a key must be a scalar"))
+        raise ConfigError([Problem(self.file, node.start_mark.line + 1, dotted(path), "a key must be a scalar")])
 
     def _mapping(self, node: yaml.MappingNode, path: Path, lines: dict[Path, int]) -> dict[Any, Any]:
         out: dict[Any, Any] = {}
@@ -157,8 +152,8 @@ class _Convert:
                 continue
             key = self._key(key_node, path)
             if key in out:
-                raise _YamlProblem(Problem(self.file, key_node.start_mark.line + 1, dotted((*path, key)),
-                                           "duplicate key"))
+                raise ConfigError([Problem(self.file, key_node.start_mark.line + 1, dotted((*path, key)),
+                                           "duplicate key")])
             lines[(*path, key)] = key_node.start_mark.line + 1
             out[key] = self(value_node, (*path, key), lines)
             lines[(*path, key)] = key_node.start_mark.line + 1
@@ -167,8 +162,8 @@ class _Convert:
             sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
             for source in sources:
                 if not isinstance(source, yaml.MappingNode):
-                    raise _YamlProblem(Problem(self.file, value_node.start_mark.line + 1, dotted(path),
-                                               "a merge key (<<) takes a mapping or a list of mappings"))
+                    raise ConfigError([Problem(self.file, value_node.start_mark.line + 1, dotted(path),
+                                               "a merge key (<<) takes a mapping or a list of mappings")])
                 found: dict[Path, int] = {}
                 merged = self._mapping(source, path, found)
                 for key, value in merged.items():
@@ -191,8 +186,8 @@ def load(text: str, file: str) -> Marked:
             return Marked(file, None, {(): 1})
         lines: dict[Path, int] = {}
         data = _Convert(file)(root, (), lines)
-    except _YamlProblem as exc:
-        raise ConfigError([exc.problem]) from None
+    except ConfigError as exc:
+        raise ConfigError(exc.problems) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
