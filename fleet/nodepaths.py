@@ -323,8 +323,11 @@ _SECRET = FILE_FUNCTIONS + r"""
 set -u
 umask 077
 d=$(fleet_dir "$F")
-mkdir -p "$d" || exit 1
-fs=$(stat -f -c %T "$d") || exit 1
+# The filesystem the file will land on: that of its directory, or of the nearest one that exists (checked
+# before anything is created, so a refusal leaves nothing behind).
+a=$d
+while [ ! -d "$a" ]; do a=$(fleet_dir "$a"); done
+fs=$(stat -f -c %T "$a") || exit 1
 case $fs in
   tmpfs|ramfs) ;;
   *)
