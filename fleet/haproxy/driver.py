@@ -23,6 +23,7 @@ from ..errors import (
     TransportError,
 )
 from ..model import CommandResult, Node
+from ..nodepaths import DEFAULT
 from ..shell import Script
 from ..transport import Pool
 from .render import (
@@ -125,7 +126,7 @@ _TRANSPORT_ERRORS: dict[str, type[TransportError]] = {
 class LbNode:
     """HAProxy in master-worker mode on one lb node, all its files under `base_dir` on that node."""
 
-    def __init__(self, pool: Pool, node: Node, base_dir: str = "/var/lib/fleet/haproxy",
+    def __init__(self, pool: Pool, node: Node, base_dir: str = DEFAULT.haproxy_dir,
                  haproxy: str = "haproxy") -> None:
         self.pool = pool
         self.node = node
@@ -169,7 +170,7 @@ class LbNode:
     async def apply(self, config_text: str) -> ApplyResult:
         """Write, validate and load a config in one round trip: start HAProxy if it is not running, else reload
         it hitlessly; an identical config does nothing. Raises LbConfigError or LbReloadError."""
-        out = await self._report(apply_script(self.paths), config_text, APPLY_TIMEOUT)
+        out = await self._report(apply_script(self.paths, len(config_text.encode())), config_text, APPLY_TIMEOUT)
         name = self.node.name
         warnings = tuple(out.section("warning").splitlines())
         log = out.section("log")

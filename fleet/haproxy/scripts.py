@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from ..nodepaths import DEFAULT, FILE_FUNCTIONS, HaproxyFiles
 from ..shell import Script
 from .render import check_file
 
@@ -42,24 +43,26 @@ size() { wc -c 2>/dev/null <"$1" || echo 0; }
 since() { tail -c "+$(($2 + 1))" "$1" 2>/dev/null; }
 """
 
-APPLY = _COMMON + r"""
+# The new config is staged like fleet.nodepaths.write_file (temp file beside it, mode 0600 before any byte, stdin
+# checked against $SIZE, removed on any failure or signal), validated, and only then renamed over the old one.
+APPLY = _COMMON + FILE_FUNCTIONS + r"""
 mkdir -p "$D" || exit 3
 exec 9>>"$D/lock"
 if command -v flock >/dev/null 2>&1; then flock -w 30 9 || { echo "@@fleet result locked"; exit 0; }; fi
-new="$CFG.new"
 # The master and workers append to the log for their whole life (reloads, health changes): keep it bounded.
 if [ "$(size "$LOG")" -gt 4194304 ]; then : >"$LOG"; fi
-cat >"$new" || exit 3
+fleet_stage "$CFG" 0600 "${SIZE:-}" || exit 3
+new=$fleet_staged
 pid=$(master_pid) || pid=
 if [ -n "$pid" ] && cmp -s "$new" "$CFG"; then
-  rm -f "$new"; echo "@@fleet result unchanged"; exit 0
+  fleet_unstage; echo "@@fleet result unchanged"; exit 0
 fi
 echo "@@fleet check"
 if ! "$HAPROXY" -c -f "$new" 2>&1; then
-  rm -f "$new"; echo "@@fleet result invalid"; exit 0
+  fleet_unstage; echo "@@fleet result invalid"; exit 0
 fi
 if [ -z "$pid" ]; then
-  mv -f "$new" "$CFG"
+  mv -f "$new" "$CFG"; fleet_staged=; fleet_sname=
   # Runtime state dies with the process: a fresh start must not load a stale one.
   rm -f "$MASTER" "$STATE"
   off=$(size "$LOG")
@@ -78,7 +81,7 @@ if [ -z "$pid" ]; then
   exit 0
 fi
 if ! before=$(ask_retry "$MASTER" "show proc"); then
-  rm -f "$new"; echo "@@fleet result no-master"; exit 0
+  fleet_unstage; echo "@@fleet result no-master"; exit 0
 fi
 echo "@@fleet before"; printf '%s\n' "$before"
 f0=$(printf '%s\n' "$before" | failed); w0=$(printf '%s\n' "$before" | workers)
@@ -89,7 +92,7 @@ else
   echo "@@fleet warning"; echo "could not save the server state before the reload"
 fi
 cp -f "$CFG" "$CFG.prev"
-mv -f "$new" "$CFG"
+mv -f "$new" "$CFG"; fleet_staged=; fleet_sname=
 off=$(size "$LOG")
 if ! ask_retry "$MASTER" reload >/dev/null; then
   mv -f "$CFG.prev" "$CFG"; echo "@@fleet result no-master"; exit 0
@@ -157,9 +160,10 @@ echo "@@fleet result $result"
 
 @dataclass(frozen=True)
 class LbPaths:
-    """Where HAProxy's files live on an lb node: everything under one private directory."""
+    """Where HAProxy's files live on an lb node: everything under one private directory (file names from
+    `fleet.nodepaths.HaproxyFiles`)."""
 
-    base: str = "/var/lib/fleet/haproxy"
+    base: str = DEFAULT.haproxy_dir
     haproxy: str = "haproxy"
 
     def __post_init__(self) -> None:
@@ -167,32 +171,33 @@ class LbPaths:
         if not re.match(r"^[A-Za-z0-9_./-]{1,256}$", self.haproxy):
             raise ValueError(f"haproxy: expected a command name or path, got {self.haproxy!r}")
 
-    def _file(self, name: str) -> str:
-        return f"{self.base.rstrip('/')}/{name}"
+    @property
+    def files(self) -> HaproxyFiles:
+        return HaproxyFiles(self.base.rstrip("/"))
 
     @property
     def config(self) -> str:
-        return self._file("haproxy.cfg")
+        return self.files.config
 
     @property
     def master_socket(self) -> str:
-        return self._file("master.sock")
+        return self.files.master_socket
 
     @property
     def admin_socket(self) -> str:
-        return self._file("admin.sock")
+        return self.files.admin_socket
 
     @property
     def state_file(self) -> str:
-        return self._file("server-state")
+        return self.files.state_file
 
     @property
     def pid_file(self) -> str:
-        return self._file("haproxy.pid")
+        return self.files.pid_file
 
     @property
     def log_file(self) -> str:
-        return self._file("haproxy.log")
+        return self.files.log_file
 
     def env(self) -> dict[str, str]:
         return {"D": self.base.rstrip("/"), "CFG": self.config, "MASTER": self.master_socket,
@@ -200,9 +205,15 @@ class LbPaths:
                 "HAPROXY": self.haproxy}
 
 
-def apply_script(paths: LbPaths) -> Script:
-    """Reads the config on stdin; writes, validates, starts or reloads (see APPLY_RESULTS for the outcomes)."""
-    return Script(APPLY, paths.env(), name="fleet-haproxy-apply")
+def apply_script(paths: LbPaths, size: int | None = None) -> Script:
+    """Reads the config on stdin (`size` bytes: a send cut short is refused); writes, validates, starts or
+    reloads (see APPLY_RESULTS for the outcomes)."""
+    env = paths.env()
+    if size is not None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ValueError(f"size: expected a byte count >= 0, got {size!r}")
+        env["SIZE"] = str(size)
+    return Script(APPLY, env, name="fleet-haproxy-apply")
 
 
 def runtime_script(paths: LbPaths) -> Script:

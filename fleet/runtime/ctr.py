@@ -16,6 +16,7 @@ from functools import partial
 from fleet import labels as L
 from fleet.errors import RuntimeCommandError
 from fleet.model import CommandResult
+from fleet.nodepaths import DEFAULT as NODE_PATHS
 from fleet.runtime.base import (
     Call,
     CliDriver,
@@ -34,7 +35,7 @@ from fleet.runtime.base import (
 from fleet.shell import Script
 
 NO_MEMORY_LIMIT = 9223372036854771712
-DEFAULT_LOG_DIR = "/var/lib/fleet/logs"  # everything fleet writes on a node lives under /var/lib/fleet
+DEFAULT_LOG_DIR = NODE_PATHS.logs_dir
 _EXISTS_RC = 17
 
 
