@@ -29,10 +29,11 @@ class NodeStatus:
     holder_pid: int | None
     sshd: bool
     containerd: bool
+    run_tmpfs: bool = False
 
     @property
     def ready(self) -> bool:
-        return self.netns and self.holder_pid is not None and self.sshd and self.containerd
+        return self.netns and self.holder_pid is not None and self.sshd and self.containerd and self.run_tmpfs
 
 
 def _run(argv: list[str], *, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -67,6 +68,23 @@ def _read_pid(path: str) -> int | None:
             return int(fh.read().strip() or 0) or None
     except (OSError, ValueError):
         return None
+
+
+def _fstype_at(pid: int | None, mountpoint: str) -> str | None:
+    """The filesystem type mounted last at `mountpoint` in the mount namespace of `pid`, None if none is."""
+    if not pid:
+        return None
+    found = None
+    try:
+        with open(f"/proc/{pid}/mountinfo") as fh:
+            for line in fh:
+                left, _, right = line.partition(" - ")
+                fields = left.split()
+                if len(fields) >= 5 and fields[4] == mountpoint and right:
+                    found = right.split()[0]
+    except OSError:
+        return None
+    return found
 
 
 def _port_open(address: str, port: int, timeout: float = 0.3) -> bool:
@@ -154,6 +172,7 @@ class Lab:
             sshd=_alive(_read_pid(f"{d}/sshd.pid")) and _port_open(node.address, 22),
             containerd=(_alive(_read_pid(f"{d}/containerd.pid"))
                         and os.path.exists(f"{d}/run/containerd/containerd.sock")),
+            run_tmpfs=_alive(holder) and _fstype_at(holder, render.NODE_RUN_TMPFS) == "tmpfs",
         )
 
     def status(self) -> list[NodeStatus]:
@@ -225,7 +244,8 @@ class Lab:
     def _why_not_ready(self, node: LabNode) -> str:
         st = self.node_status(node)
         d = node_dir(self.cfg, node)
-        parts = [f"{node.name}: netns={st.netns} holder={st.holder_pid} sshd={st.sshd} containerd={st.containerd}"]
+        parts = [f"{node.name}: netns={st.netns} holder={st.holder_pid} sshd={st.sshd} containerd={st.containerd} "
+                 f"run_tmpfs={st.run_tmpfs}"]
         for log in ("init.log", "sshd.log", "containerd.log"):
             try:
                 with open(f"{d}/{log}") as fh:

@@ -10,12 +10,17 @@ from dataclasses import dataclass
 import yaml
 
 from ..errors import LabError
+from ..nodepaths import DEFAULT as NODE_PATHS
 
 PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,5}$")
+SIZE_RE = re.compile(r"^[1-9][0-9]{0,5}[kmg]?$")
 ZONES = ("a", "b", "c")
 # Containers run with --net-host, so every process of a node lives in the node's network namespace,
 # and fleet's own files on a node live under this one directory, bind-mounted privately per node.
-NODE_STATE_DIR = "/var/lib/fleet"
+NODE_STATE_DIR = NODE_PATHS.base
+# What a Debian node has on its /run: a tmpfs, where fleet keeps secret env files. A lab node's /run is a
+# directory on this machine's disk, so each node gets its own tmpfs here, mounted in its mount namespace only.
+NODE_RUN_TMPFS = NODE_PATHS.run
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,7 @@ class LabConfig:
     lb: int = 1
     root: str = "/var/lib/fleet-lab"
     restart_interval: str = "2s"
+    run_tmpfs_size: str = "16m"
 
     def __post_init__(self) -> None:
         if not PREFIX_RE.match(self.prefix):
@@ -57,6 +63,8 @@ class LabConfig:
             raise LabError("a lab needs at least 1 worker node and 0 or more lb nodes")
         if self.nodes + self.lb + 10 > net.num_addresses - 2:
             raise LabError(f"subnet {self.subnet} is too small for {self.nodes + self.lb} nodes")
+        if not SIZE_RE.match(self.run_tmpfs_size):
+            raise LabError(f"run tmpfs size {self.run_tmpfs_size!r}: a number with an optional k, m or g")
 
     @property
     def dir(self) -> str:
@@ -133,13 +141,17 @@ def containerd_config(cfg: LabConfig) -> str:
 
 
 def init_script(cfg: LabConfig, node: LabNode) -> str:
-    """Runs inside the node's fresh mount+UTS namespace: private mounts, hostname, containerd, sshd, then holds."""
+    """Runs inside the node's fresh mount+UTS namespace: private mounts, a size-limited tmpfs on /run/fleet (gone
+    with the namespace, so with the node), hostname, containerd, sshd, then holds."""
     d = shlex.quote(node_dir(cfg, node))
+    run = shlex.quote(NODE_RUN_TMPFS)
     return f"""#!/bin/sh
 set -eu
 D={d}
 echo $$ >"$D/holder.pid"
 mount --bind "$D/run" /run
+mkdir -p {run}
+mount -t tmpfs -o size={cfg.run_tmpfs_size},mode=0755,nosuid,nodev,noexec fleet-run {run}
 mount --bind "$D/containerd" /var/lib/containerd
 mount --bind "$D/root" /root
 mount --bind "$D/state" {NODE_STATE_DIR}
