@@ -13,6 +13,7 @@ import pytest
 
 from fleet import labels as L
 from fleet.image.demo import build_demo
+from fleet.nodepaths import DEFAULT
 
 pytestmark = pytest.mark.lab
 FLEET = [sys.executable, "-m", "fleet.cli.main"]
@@ -74,8 +75,11 @@ def test_secret_reaches_the_container_and_nothing_else(lab, env, tmp_path):
         node = row["node"]
         info = lab.lab.exec_in(node, ["ctr", "-n", "fleet", "containers", "info", row["id"]]).stdout
         assert value not in json.dumps(json.loads(info)["Labels"])
-        leftovers = lab.lab.exec_in(node, ["sh", "-c", "ls -A /var/lib/fleet/secrets; grep -rl \"$1\" "
-                                           "/var/lib/fleet/logs /var/lib/fleet/hosts || true", "sh", value]).stdout
-        assert leftovers.strip() == "", "no env file left behind, no log mentions the secret"
+        # No env file left behind (where secrets go, /run/fleet/secrets on tmpfs, nor the old place on disk), and
+        # nothing under fleet's directory on the node's disk (logs, hosts file, volumes) holds the value.
+        script = 'find "$2" "$3" -mindepth 1 2>/dev/null; grep -rls -- "$1" "$4" || true'
+        leftovers = lab.lab.exec_in(node, ["sh", "-c", script, "sh", value, DEFAULT.secrets_dir,
+                                           f"{DEFAULT.base}/secrets", DEFAULT.base]).stdout
+        assert leftovers.strip() == "", "no env file left behind, no file under fleet's directory holds the secret"
     finally:
         fleet(env, "destroy", "sc-app", "--grace", "1")
