@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .model import Resources
+from .nodepaths import DEFAULT
 
 # The script names every file it wants and lets a single `grep -sH ''` print them as `path:line`, so the
 # node starts two small processes per round whatever the number of containers. Task state comes from the
@@ -23,16 +24,16 @@ RT=
 if command -v nerdctl >/dev/null 2>&1; then RT=nerdctl; elif command -v ctr >/dev/null 2>&1; then RT=ctr; fi
 echo "@runtime=$RT"
 if [ -n "$RT" ]; then
-  C=/var/lib/fleet/facts.$RT.version
+  C=$FLEET_DIR/facts.$RT.version
   B=$(command -v $RT)
   if [ ! -s "$C" ] || [ "$B" -nt "$C" ]; then
-    mkdir -p /var/lib/fleet && "$RT" --version >"$C.tmp" 2>/dev/null && mv "$C.tmp" "$C"
+    mkdir -p "$FLEET_DIR" && "$RT" --version >"$C.tmp" 2>/dev/null && mv "$C.tmp" "$C"
   fi
   set -- "$@" "$C"
 fi
 S=/run/containerd/containerd.sock
 if [ -S $S ]; then echo "@socket=1"; else echo "@socket=0"; fi
-# containerd's PID: cached (/var/lib/fleet/facts.containerd.pid) and checked with shell builtins only (alive,
+# containerd's PID: cached ($FLEET_DIR/facts.containerd.pid) and checked with shell builtins only (alive,
 # named containerd, in this network namespace: lab nodes share one PID namespace); searched for only when
 # stale, as the owner of the socket's listening inode (/proc/net/unix is per network namespace). Empty: nothing
 # listens on the socket (containerd is not running); `?`: cannot tell (not root, /proc of others unreadable).
@@ -55,13 +56,13 @@ CP=
 if [ -S $S ]; then
   U=
   while read -r k v _; do if [ "$k" = Uid: ]; then U=$v; break; fi; done </proc/self/status
-  PF=/var/lib/fleet/facts.containerd.pid
+  PF=$FLEET_DIR/facts.containerd.pid
   if [ "$U" != 0 ]; then CP="?"
   else
     read -r CP 2>/dev/null <"$PF" || CP=
     if ! ours "$CP"; then
       CP=$(owner)
-      if [ -n "$CP" ]; then mkdir -p /var/lib/fleet && echo "$CP" >"$PF"; fi
+      if [ -n "$CP" ]; then mkdir -p "$FLEET_DIR" && echo "$CP" >"$PF"; fi
     fi
   fi
 fi
@@ -73,7 +74,7 @@ case $CP in ''|*[!0-9]*) ;; *)
   # A containerd that is alive but hung (not stopped) may show nothing in /proc: ask it, bounded to $PROBE s, at
   # most once a minute while it answers (the time of the last good answer, in seconds of uptime, is cached), and
   # at once when it is in uninterruptible sleep (D: stuck in I/O, or frozen by a cgroup freezer).
-  P=/var/lib/fleet/facts.probe
+  P=$FLEET_DIR/facts.probe
   read -r up _ </proc/uptime; now=${up%%.*}
   last=; read -r last 2>/dev/null <"$P" || last=
   case $last in ''|*[!0-9]*) last=-1000;; esac
@@ -282,7 +283,7 @@ def parse_facts(stdout: str) -> NodeFacts:
     runtime = markers.get("runtime") or None
     version = None
     if runtime:
-        raw = one(f"/var/lib/fleet/facts.{runtime}.version")
+        raw = one(DEFAULT.runtime_version_cache(runtime))
         if raw:
             words = raw.split()
             version = words[2] if runtime == "ctr" and len(words) >= 3 else words[-1]

@@ -33,6 +33,7 @@ from pydantic import (
 from .errors import ConfigError, Problem, SpecError
 from .model import Resources
 from .names import LABEL_KEY_RE, LABEL_VALUE_RE
+from .nodepaths import DEFAULT as DEFAULT_PATHS
 from .ports import RESERVED_LB_PORTS
 from .schema import pydantic_problems
 from .units import parse_cpu, parse_memory
@@ -59,9 +60,9 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 # Every duration (health, update, grace period, canary pause) is 0 to 24 h, counted in whole milliseconds: what
 # HAProxy's `inter` and `timeout check` take, and exact through the revision history (`format_duration`).
 MAX_DURATION = 86400.0
-# fleet's directory on every node (secrets' env files, hosts file, HAProxy config and sockets, logs, volumes):
-# `fleet.engine.runspec.NODE_DIR`; a bind volume may not expose it to a container.
-NODE_DIR = "/var/lib/fleet"
+# fleet's directories on every node (hosts file, HAProxy config and sockets, logs, volumes, records; secrets'
+# env files on the tmpfs): fleet.nodepaths; a bind volume may not expose them to a container.
+NODE_DIRS = DEFAULT_PATHS.roots
 # Files fleet bind-mounts into every container; a volume may not cover them (service discovery, DNS).
 FLEET_MOUNTS = ("/etc/hosts", "/etc/resolv.conf")
 MAX_MEMORY = 2**50  # 1 PiB: far above any node, far below ctr's int64 byte count
@@ -417,12 +418,13 @@ class _Volume(_Strict):
             source = normal_path(self.source)
             if source == "/":
                 raise ValueError(f"a bind volume cannot mount the node's root directory (source {self.source!r})")
-            if _within(source, NODE_DIR):
-                raise ValueError(f"a bind volume cannot mount {source}: it is fleet's own directory {NODE_DIR} or "
-                                 "inside it (secrets, HAProxy config and sockets, logs)")
-            if _within(NODE_DIR, source):
-                raise ValueError(f"a bind volume cannot mount {source}: it holds fleet's own directory {NODE_DIR} "
-                                 "(secrets, HAProxy config and sockets, logs)")
+            for own in NODE_DIRS:
+                if _within(source, own):
+                    raise ValueError(f"a bind volume cannot mount {source}: it is fleet's own directory {own} or "
+                                     "inside it (secrets, HAProxy config and sockets, logs)")
+                if _within(own, source):
+                    raise ValueError(f"a bind volume cannot mount {source}: it holds fleet's own directory {own} "
+                                     "(secrets, HAProxy config and sockets, logs)")
         elif self.type == "volume":
             if self.source is None or not VOLUME_NAME_RE.match(self.source):
                 raise ValueError(f"a named volume needs source: NAME (a-z, 0-9, . _ -), got {self.source!r}")

@@ -40,7 +40,7 @@ from fleet.ports import STATS_PORT
 from fleet.reconcile import Replica
 from fleet.spec import (
     MAX_DURATION,
-    NODE_DIR,
+    NODE_DIRS,
     format_duration,
     from_playbook_dict,
     load_playbooks,
@@ -499,10 +499,16 @@ def test_ordinary_bind_sources_are_kept_as_written(tmp_path: Path, source: str) 
     assert spec.volumes[0].source == source
 
 
-def test_the_protected_node_dir_is_the_engines() -> None:
+def test_the_protected_node_dirs_are_the_engines() -> None:
     from fleet.engine import runspec
 
-    assert runspec.NODE_DIR == NODE_DIR
+    assert set(NODE_DIRS) == {runspec.PATHS.base, runspec.PATHS.run} == {"/var/lib/fleet", "/run/fleet"}
+
+
+def test_a_bind_of_fleets_tmpfs_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="fleet's own directory /run/fleet"):
+        parse_playbook("services:\n  web:\n    image: busybox\n    volumes: [{type: bind, source: /run/fleet/secrets, "
+                       "target: /data}]\n", "p.yaml")
 
 
 def test_cli_plan_refuses_a_root_bind_and_contacts_no_node(tmp_path: Path, node: Listener) -> None:

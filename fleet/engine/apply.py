@@ -34,6 +34,8 @@ from ..health import check, observe_health
 from ..healthjudge import Verdict as HealthVerdict
 from ..healthjudge import ready as passed_enough
 from ..history import FinalOutcome, Revision
+from ..model import Node
+from ..nodepaths import NOT_TMPFS_EXIT, write_secret_file
 from ..reconcile import Plan, Replica, duplicates, placement_inputs, plan
 from ..rollout.decide import (
     Command,
@@ -54,7 +56,7 @@ from .health import exec_in as health_exec
 from .images import ensure_image
 from .lb import Balancers, Rotation
 from .nodes import NodeReport
-from .runspec import NODE_DIR, hosts_text, prepare_node_script, run_spec, volume_dir
+from .runspec import hosts_text, prepare_node_script, run_spec, secret_env_path, sweep_script, volume_dir
 from .state import Observed, node_states, observe
 
 
@@ -713,10 +715,17 @@ class Engine:
                 if "\n" in secret:
                     raise FleetError(f"{spec.name}: secret {value.name!r} holds a newline; env files cannot carry it")
                 lines.append(f"{key}={secret}\n")
-        path = f"{NODE_DIR}/secrets/{spec.name}-{a.replica}-{L.random_suffix()}.env"
+        # On the node's tmpfs (/run/fleet), never its disk; removed once the container exists, and swept by the
+        # next run if this one is killed in between.
+        path = secret_env_path(spec.name, a.replica, L.random_suffix())
         node = self.by_name[a.node].node
-        await self.pool.check(node, ["sh", "-c", 'umask 077 && mkdir -p "${1%/*}" && cat >"$1"', "sh", path],
-                              stdin="".join(lines), timeout=30)
+        data = "".join(lines)
+        result = await self.pool.run(node, write_secret_file(path, size=len(data.encode())), stdin=data, timeout=30)
+        if result.exit_status == NOT_TMPFS_EXIT:
+            raise FleetError(f"{spec.name}: {a.node}: {result.stderr.strip()} (secrets are written to a tmpfs only)")
+        if not result.ok:
+            raise FleetError(f"{spec.name}: {a.node}: writing the secret env file failed: "
+                             f"{result.error or result.stderr.strip()}")
         return path
 
     async def _wait_ready(self, spec: ServiceSpec, r: Replica) -> str | None:
@@ -853,8 +862,13 @@ class Engine:
         """Prepare every worker: hosts file, resolv.conf, pinned network namespace (see runspec.PREPARE_NODE)."""
         text = self.hosts_text(specs)
         workers = [r.node for r in self.reports if r.ok and r.node.has_role("worker")]
-        results = await asyncio.gather(*(self.pool.check(n, prepare_node_script(), stdin=text, timeout=30)
-                                         for n in workers), return_exceptions=True)
+
+        async def prepare(n: Node) -> None:
+            await self.pool.check(n, prepare_node_script(text), stdin=text, timeout=30)
+            # Under the fleet's lease: a secret file this old was left by a run that was killed.
+            await self.pool.check(n, sweep_script(), timeout=30)
+
+        results = await asyncio.gather(*(prepare(n) for n in workers), return_exceptions=True)
         for n, res in zip(workers, results, strict=True):
             if isinstance(res, FleetError):
                 self.errors[n.name] = f"preparing the node failed: {res}"

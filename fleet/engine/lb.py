@@ -15,15 +15,15 @@ from ..haproxy.render import (
     render,
     set_server_state,
 )
+from ..nodepaths import DEFAULT
 from ..ports import STATS_PORT
 from ..reconcile import Replica
 from ..spec import HealthSpec, ServiceSpec
 from ..transport import Pool
 from .nodes import NodeReport
 
-BASE_DIR = "/var/lib/fleet/haproxy"
-ADMIN_SOCKET = f"{BASE_DIR}/admin.sock"
-STATE_FILE = f"{BASE_DIR}/server-state"
+ADMIN_SOCKET = DEFAULT.haproxy_admin_socket
+STATE_FILE = DEFAULT.haproxy_state_file
 
 
 @dataclass

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 
 from ..facts import FACTS_SCRIPT, PROBE_TIMEOUT, NodeFacts, parse_facts
 from ..model import CommandResult, Node, Resources
+from ..nodepaths import DEFAULT
 from ..shell import Script
 from ..transport import Pool, fanout
 from .resolve import ip_literal, resolve_nodes
@@ -62,7 +63,8 @@ class NodeReport:
 
 def facts_command(node: Node, ports: bool = False) -> Script:
     """The facts script for a node; with `ports`, also the TCP ports something listens on (for placement)."""
-    env = {"NS": node.namespace, "PORTS": "1" if ports else "", "PROBE": str(PROBE_TIMEOUT)}
+    env = {"NS": node.namespace, "PORTS": "1" if ports else "", "PROBE": str(PROBE_TIMEOUT),
+           "FLEET_DIR": DEFAULT.base}
     return Script(FACTS_SCRIPT, env, name="fleet-facts")
 
 

@@ -7,31 +7,33 @@ import time
 from collections.abc import Sequence
 
 from .. import labels as L
+from ..nodepaths import DEFAULT, FILE_FUNCTIONS, sweep_secrets
 from ..runtime.base import Mount, RunSpec
 from ..scheduler import Assignment
 from ..shell import Script
 from ..spec import SecretRef, ServiceSpec
 
-NODE_DIR = "/var/lib/fleet"
-HOSTS_FILE = f"{NODE_DIR}/hosts"
-RESOLV_FILE = f"{NODE_DIR}/resolv.conf"
-HOST_NETNS = f"{NODE_DIR}/netns/host"
+PATHS = DEFAULT
+HOSTS_FILE = PATHS.hosts_file
+RESOLV_FILE = PATHS.resolv_conf
+HOST_NETNS = PATHS.host_netns
+# Secret env files left by a controller that was killed are removed by the next run that holds the lease, once
+# they are this old: the holder renews every ttl/3 (10 s), so a file of a live run is never that stale.
+SECRET_SWEEP_AGE = 20
 
-# Prepares a node for fleet's containers: the hosts file (stdin), a copy of the node's resolv.conf, and the
-# node's own network namespace pinned to a file that containers join: host networking, with fleet's hosts file
-# rather than the node's. The hosts file is bind-mounted into running containers (same inode), so it is never
-# replaced by a rename; it is rewritten in place, and only when its content changes.
-PREPARE_NODE = r"""
+# Prepares a node for fleet's containers: the hosts file (stdin) and a copy of the node's resolv.conf, which
+# running containers bind-mount (same inode), so they are updated in place with one write and never truncated
+# (fleet.nodepaths.update_in_place); and the node's own network namespace pinned to a file that containers
+# join: host networking, with fleet's hosts file rather than the node's.
+PREPARE_NODE = FILE_FUNCTIONS + r"""
 set -e
 mkdir -p "${HOSTS%/*}" "${NETNS%/*}"
-new=$(cat)
-if [ ! -f "$HOSTS" ] || [ "$(cat "$HOSTS")" != "$new" ]; then
-  printf '%s\n' "$new" >"$HOSTS.tmp.$$"
-  cat "$HOSTS.tmp.$$" >"$HOSTS"
-  rm -f "$HOSTS.tmp.$$"
+fleet_update "$HOSTS" "$SIZE" || exit 1
+if [ -r /etc/resolv.conf ]; then
+  fleet_update "$RESOLV" </etc/resolv.conf || exit 1
+else
+  : | fleet_update "$RESOLV" || exit 1
 fi
-cp /etc/resolv.conf "$RESOLV.tmp.$$" 2>/dev/null || : >"$RESOLV.tmp.$$"
-mv -f "$RESOLV.tmp.$$" "$RESOLV"
 if [ "$(stat -f -c %T "$NETNS" 2>/dev/null)" != nsfs ]; then
   : >"$NETNS"
   mount --bind /proc/self/ns/net "$NETNS"
@@ -39,9 +41,18 @@ fi
 """
 
 
-def prepare_node_script() -> Script:
-    return Script(PREPARE_NODE, {"HOSTS": HOSTS_FILE, "RESOLV": RESOLV_FILE, "NETNS": HOST_NETNS},
-                  name="fleet-prepare-node")
+def prepare_node_script(hosts: str) -> Script:
+    """PREPARE_NODE for this hosts file content (sent on stdin; its size guards against a cut-short send)."""
+    return Script(PREPARE_NODE, {"HOSTS": HOSTS_FILE, "RESOLV": RESOLV_FILE, "NETNS": HOST_NETNS,
+                                 "SIZE": str(len(hosts.encode()))}, name="fleet-prepare-node")
+
+
+def sweep_script() -> Script:
+    return sweep_secrets(SECRET_SWEEP_AGE)
+
+
+def secret_env_path(service: str, replica: int, suffix: str) -> str:
+    return PATHS.secret_file(f"{service}-{replica}-{suffix}.env")
 
 
 def hosts_text(lb_address: str | None, services: Sequence[str]) -> str:
@@ -53,7 +64,7 @@ def hosts_text(lb_address: str | None, services: Sequence[str]) -> str:
 
 
 def volume_dir(service: str, name: str) -> str:
-    return f"{NODE_DIR}/volumes/{service}/{name}"
+    return PATHS.volume(service, name)
 
 
 def run_spec(spec: ServiceSpec, revision: int, a: Assignment, env_file: str | None,

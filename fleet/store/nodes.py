@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from ..model import CommandResult, Inventory, Node
+from ..nodepaths import DEFAULT
 
-DEFAULT_BASE_DIR = "/var/lib/fleet"
+DEFAULT_BASE_DIR = DEFAULT.base
 RECORDS_LABEL = "fleet.records"
 
 
