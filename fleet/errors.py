@@ -24,8 +24,12 @@ library's own errors (the transport maps asyncssh's at its edge).
     ├── SchedulingError          a placement is impossible (with the reason)
     ├── RolloutFailed            new replicas did not become ready; the old ones kept serving
     │   └── CanaryAborted        the canary served too many errors
-    ├── LbError                  (fleet.haproxy.driver) an lb node refused a config or a runtime command
+    ├── LbError                  HAProxy on an lb node did not do what was asked
+    │   ├── LbConfigError        `haproxy -c` refused the config (nothing changed)
+    │   ├── LbReloadError        a start or reload failed (the old worker kept serving)
+    │   └── LbRuntimeError       an admin-socket command was refused
     ├── StatsParseError          HAProxy's stats or state output could not be read (also a ValueError)
+    ├── ScriptOutputError        a node script's output is not in its section format (also a ValueError)
     ├── LabError                 the local lab could not be built or torn down
     ├── LeaseError               the fleet's lease (one writer at a time) could not be taken or kept
     │   ├── LeaseHeld            another run holds it (carries its LeaseInfo: who, pid, command, until)
@@ -36,9 +40,11 @@ library's own errors (the transport maps asyncssh's at its edge).
 
 Outcomes are values, not errors: a canary waiting for `fleet promote` is an `Outcome(waiting=True)`.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -261,3 +267,44 @@ class ImageNotFound(RuntimeCommandError):
 
 class SecretStoreError(FleetError):
     """The keyring cannot be used (no backend on this machine, or it refused)."""
+
+
+class ScriptOutputError(FleetError, ValueError):
+    """A script's output is not in the `@@fleet` section format (a truncated or foreign output)."""
+
+
+class LbError(FleetError):
+    """HAProxy on an lb node did not do what was asked."""
+
+    def __init__(self, node: str, message: str) -> None:
+        self.node = node
+        self.message = message
+        super().__init__(f"{node}: {message}")
+
+
+class LbConfigError(LbError):
+    """`haproxy -c` refused the config; the running config and process were left as they were."""
+
+    def __init__(self, node: str, alerts: Sequence[str], output: str) -> None:
+        self.alerts = tuple(alerts)
+        self.output = output
+        reasons = "; ".join(self.alerts) if self.alerts else (output.strip().splitlines() or ["no output"])[-1]
+        super().__init__(node, f"haproxy refused the config: {reasons}")
+
+
+class LbReloadError(LbError):
+    """HAProxy could not be started, or a reload failed and the previous worker kept serving the old config."""
+
+    def __init__(self, node: str, message: str, log: str = "", alerts: Sequence[str] = ()) -> None:
+        self.log = log
+        super().__init__(node, f"{message}: {'; '.join(alerts)}" if alerts else message)
+
+
+class LbRuntimeError(LbError):
+    """An admin-socket command was refused, or the socket could not be reached."""
+
+    def __init__(self, node: str, command: str, reply: str) -> None:
+        self.command = command
+        self.reply = reply
+        detail = reply.strip().splitlines()[-1] if reply.strip() else "no reply"
+        super().__init__(node, f"`{command}`: {detail}")

@@ -12,13 +12,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..errors import (
+from ..errors import (  # noqa: F401  (defined in the error tree)
     AuthError,
     CommandTimeout,
     ConnectError,
     FleetError,
     HostKeyError,
+    LbConfigError,
+    LbError,
+    LbReloadError,
+    LbRuntimeError,
     RemoteCommandError,
+    ScriptOutputError,
     StatsParseError,
     TransportError,
 )
@@ -43,7 +48,6 @@ from .render import render as render_config
 from .scripts import (
     LbPaths,
     ScriptOutput,
-    ScriptOutputError,
     alert_lines,
     apply_script,
     parse_replies,
@@ -57,44 +61,6 @@ from .stats import ProcTable, ServerState, StatRow, parse_servers_state, parse_s
 
 APPLY_TIMEOUT = 60.0
 RUNTIME_TIMEOUT = 30.0
-
-
-class LbError(FleetError):
-    """HAProxy on an lb node did not do what was asked."""
-
-    def __init__(self, node: str, message: str) -> None:
-        self.node = node
-        self.message = message
-        super().__init__(f"{node}: {message}")
-
-
-class LbConfigError(LbError):
-    """`haproxy -c` refused the config; the running config and process were left as they were."""
-
-    def __init__(self, node: str, alerts: Sequence[str], output: str) -> None:
-        self.alerts = tuple(alerts)
-        self.output = output
-        reasons = "; ".join(self.alerts) if self.alerts else (output.strip().splitlines() or ["no output"])[-1]
-        super().__init__(node, f"haproxy refused the config: {reasons}")
-
-
-class LbReloadError(LbError):
-    """HAProxy could not be started, or a reload failed and the previous worker kept serving the old config."""
-
-    def __init__(self, node: str, message: str, log: str = "") -> None:
-        self.log = log
-        alerts = alert_lines(log)
-        super().__init__(node, f"{message}: {'; '.join(alerts)}" if alerts else message)
-
-
-class LbRuntimeError(LbError):
-    """An admin-socket command was refused, or the socket could not be reached."""
-
-    def __init__(self, node: str, command: str, reply: str) -> None:
-        self.command = command
-        self.reply = reply
-        detail = reply.strip().splitlines()[-1] if reply.strip() else "no reply"
-        super().__init__(node, f"`{command}`: {detail}")
 
 
 @dataclass(frozen=True)
@@ -185,7 +151,7 @@ class LbNode:
             before = self._proc(out.section("before"), "before reload")
             after = self._proc(out.section("after"), "after reload")
             if after.failed_reloads != before.failed_reloads or after.worker_pids == before.worker_pids:
-                raise LbReloadError(name, "the reload was not confirmed by `show proc`", log)
+                raise LbReloadError(name, "the reload was not confirmed by `show proc`", log, alert_lines(log))
             return ApplyResult(True, False, True, after.master.pid, after.worker_pids, warnings)
         messages = {
             "start-failed": "haproxy exited during start",
@@ -195,7 +161,8 @@ class LbNode:
             "no-master": "haproxy runs but its master socket does not answer",
             "locked": "another apply holds the lock on this node",
         }
-        raise LbReloadError(name, messages.get(out.result, f"unexpected apply result {out.result!r}"), log)
+        raise LbReloadError(name, messages.get(out.result, f"unexpected apply result {out.result!r}"), log,
+                            alert_lines(log))
 
     async def runtime(self, commands: list[str]) -> list[str]:
         """Send admin-socket commands in one round trip (one connection each); returns the replies in order.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from ..errors import ScriptOutputError
 from ..nodepaths import DEFAULT, FILE_FUNCTIONS, HaproxyFiles
 from ..shell import Script
 from .render import check_file
@@ -245,10 +246,6 @@ class Reply:
     command: str
     text: str
     rc: int
-
-
-class ScriptOutputError(ValueError):
-    """A script's output is not in the `@@fleet` section format (a truncated or foreign output)."""
 
 
 def parse_replies(commands: list[str], text: str) -> list[Reply]:
