@@ -15,7 +15,7 @@ import time
 
 async def fleet_mode(inv_path: str, rounds: int) -> dict[str, object]:
     from fleet.api import Fleet
-    from fleet.inventory import load_inventory
+    from fleet.config.inventory import load_inventory
     from fleet.transport import Pool
 
     inv = load_inventory(inv_path)
@@ -43,8 +43,8 @@ NAIVE = "ctr -n fleet tasks ls; cat /proc/loadavg /proc/meminfo; nproc; df -Pk /
 async def bare_mode(inv_path: str, rounds: int, naive: bool = False) -> dict[str, object]:
     import asyncssh
 
-    from fleet.facts import FACTS_SCRIPT
-    from fleet.inventory import load_inventory
+    from fleet.config.inventory import load_inventory
+    from fleet.node.facts import FACTS_SCRIPT
 
     inv = load_inventory(inv_path)
     cmd = NAIVE if naive else "NS=fleet sh -c " + __import__("shlex").quote(FACTS_SCRIPT)

@@ -26,7 +26,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from fleet.inventory import load_inventory  # noqa: E402
+from fleet.config.inventory import load_inventory  # noqa: E402
 from fleet.lab.lab import Lab  # noqa: E402
 from fleet.lab.render import LabConfig  # noqa: E402
 

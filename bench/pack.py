@@ -11,8 +11,8 @@ import random
 import statistics
 import time
 
-from fleet.model import Resources
-from fleet.scheduler import NodeState, ServiceDemand, Strategy, place
+from fleet.core.model import Resources
+from fleet.plan.scheduler import NodeState, ServiceDemand, Strategy, place
 
 MiB = 1 << 20
 GiB = 1 << 30

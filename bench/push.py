@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 from fleet.api import Fleet
+from fleet.config.inventory import load_inventory
 from fleet.engine import images
 from fleet.image.demo import build_demo
-from fleet.inventory import load_inventory
 from fleet.lab.lab import Lab
 from fleet.lab.render import LabConfig
 from fleet.transport import Pool

@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fleet.model import Node  # noqa: E402
+from fleet.core.model import Node  # noqa: E402
 from fleet.transport import CIPHERS, KEX_ALGS, Pool, fanout  # noqa: E402
 
 

@@ -23,25 +23,25 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
 
-from .errors import ContainerLookupError, FleetError, InventoryError, Problem, SecretStoreError
-from .model import Inventory, Node
+from fleet.core.errors import ContainerLookupError, FleetError, InventoryError, Problem, SecretStoreError
+from fleet.core.model import Inventory, Node
 
 if TYPE_CHECKING:
-    from .engine.apply import Engine, Event, Outcome
-    from .engine.containers import LogStream, PsResult, PsRow
-    from .engine.images import PushResult
-    from .engine.nodes import NodeReport, facts_command, report_from
-    from .engine.status import FleetStatus, ReplicaStatus, ServiceStatus
-    from .history import Revision
-    from .reconcile import Plan
-    from .rollout.decide import Command
-    from .runtime.base import RunSpec, RuntimeDriver, StopResult
-    from .secrets import Secret
-    from .spec import ServiceSpec
-    from .store.lease import NodeLease
-    from .store.nodes import majority
-    from .store.records import FleetHistory
-    from .transport import Pool
+    from fleet.config.spec import ServiceSpec
+    from fleet.engine.apply import Engine, Event, Outcome
+    from fleet.engine.containers import LogStream, PsResult, PsRow
+    from fleet.engine.images import PushResult
+    from fleet.engine.nodes import NodeReport, facts_command, report_from
+    from fleet.engine.status import FleetStatus, ReplicaStatus, ServiceStatus
+    from fleet.node.runtime.base import RunSpec, RuntimeDriver, StopResult
+    from fleet.plan.reconcile import Plan
+    from fleet.plan.rollout.decide import Command
+    from fleet.store.history import Revision
+    from fleet.store.lease import NodeLease
+    from fleet.store.nodes import majority
+    from fleet.store.records import FleetHistory
+    from fleet.store.secrets import Secret
+    from fleet.transport import Pool
 
 __all__ = [
     "LIST_TIMEOUT",
@@ -59,6 +59,7 @@ __all__ = [
     "PsRow",
     "PushResult",
     "ReplicaStatus",
+    "Revision",
     "RunResult",
     "Secret",
     "SecretRef",
@@ -86,7 +87,7 @@ _LAZY: dict[str, str] = {
     "NodeReport": ".engine.nodes", "facts_command": ".engine.nodes", "report_from": ".engine.nodes",
     "FleetStatus": ".engine.status", "ReplicaStatus": ".engine.status", "ServiceStatus": ".engine.status",
     "NodeLease": ".store.lease", "majority": ".store.nodes",
-    "Secret": ".secrets",
+    "Secret": ".store.secrets", "Revision": ".store.history",
 }
 
 if not TYPE_CHECKING:  # hidden from mypy, which would otherwise accept any name as an attribute of this module
@@ -176,7 +177,7 @@ class Fleet:
                       secrets: Callable[[str], str | None] | None = None, wait: float = 0.0,
                       command: str | None = None, **pool: Unpack[PoolOptions]) -> AsyncIterator[Fleet]:
         """A Fleet with its own connection pool (`pool`: connect and command deadlines), closed on exit."""
-        from .transport import Pool
+        from fleet.transport import Pool
 
         async with Pool(**pool) as opened:
             yield cls(inventory, opened, on_event=on_event, secrets=secrets, wait=wait, command=command)
@@ -186,7 +187,7 @@ class Fleet:
         """Facts from every node in one round trip each, concurrently; one report per node, in inventory order.
 
         `ports` adds the TCP ports in use on each node, which placement needs and `fleet nodes` does not."""
-        from .engine.nodes import collect
+        from fleet.engine.nodes import collect
 
         self._reports = await collect(self.pool, self.inventory.nodes, ports=ports, inventory=self.inventory.path)
         return self._reports
@@ -202,7 +203,7 @@ class Fleet:
         return [r for r in await self.reports() if r.ok]
 
     def driver(self, report: NodeReport) -> RuntimeDriver:
-        from .engine.calls import driver_for
+        from fleet.engine.calls import driver_for
 
         return driver_for(report.node, report.facts)
 
@@ -212,9 +213,9 @@ class Fleet:
     def records(self) -> FleetHistory:
         """The fleet's revision history and decisions, kept on the record nodes (a local copy as a cache)."""
         if self._records is None:
-            from .history import History
-            from .store.nodes import record_nodes
-            from .store.records import FleetHistory
+            from fleet.store.history import History
+            from fleet.store.nodes import record_nodes
+            from fleet.store.records import FleetHistory
 
             cache = None
             with contextlib.suppress(FleetError, OSError):
@@ -223,14 +224,14 @@ class Fleet:
         return self._records
 
     async def engine(self, guard: Callable[[], None] | None = None) -> Engine:
-        from .engine.apply import Engine
+        from fleet.engine.apply import Engine
 
         return Engine(self.pool, await self.reports(ports=True), on_event=self.on_event, secrets=self.secrets,
                       records=self.records(), guard=guard)
 
     async def plan(self, specs: Sequence[ServiceSpec]) -> PlanView:
         """What `apply` would change; read-only (no lease)."""
-        from .rollout.decide import config_changes
+        from fleet.plan.rollout.decide import config_changes
 
         engine = await self.engine()
         p, obs = await engine.plan(specs)
@@ -254,7 +255,7 @@ class Fleet:
         """Every service's replicas per node, their health in each load balancer and the service's address, read
         from the ready nodes of `reports` (default: this run's); what `fleet status` and the TUI show. A node or
         a balancer that cannot be read is named in the result's `errors` / `lb_errors`, never raised."""
-        from .engine.status import status
+        from fleet.engine.status import status
 
         # The accepted specs give each service's address (replicas' labels keep the lb port they started with).
         try:
@@ -267,8 +268,8 @@ class Fleet:
         """The containers on every ready node: fleet's by service and replica, then foreign ones; only running
         ones unless `all`. Each node has `timeout` seconds to list them; one that is not ready or does not answer
         in time is named in `errors`, the others are listed all the same."""
-        from .engine.containers import ps
-        from .runtime.base import Status
+        from fleet.engine.containers import ps
+        from fleet.node.runtime.base import Status
 
         result = await ps(self.pool, await self.reports(), timeout=timeout)
         if all:
@@ -279,22 +280,22 @@ class Fleet:
     @contextlib.asynccontextmanager
     async def writing(self) -> AsyncIterator[Engine]:
         """The fleet's lease for this operation, then an engine whose every step checks it is still held."""
-        from .store.lease import Lease
-        from .store.nodes import record_nodes
+        from fleet.store.lease import Lease
+        from fleet.store.nodes import record_nodes
 
         async with Lease(self.pool, record_nodes(self.inventory), command=self.command, ttl=lease_ttl(),
                          wait=self.wait) as lease:
             yield await self.engine(guard=lease.check)
 
     async def apply(self, specs: Sequence[ServiceSpec], command: Command = "apply") -> RunResult:
-        """`apply` tries the playbooks; `reconcile` restores the accepted state (see fleet.rollout.decide)."""
+        """`apply` tries the playbooks; `reconcile` restores the accepted state (see fleet.plan.rollout.decide)."""
         async with self.writing() as engine:
             outcomes = await engine.apply(specs, command)
             outcomes += await self._sweep(engine, {s.name for s in specs})
             return RunResult(outcomes, self._errors(engine))
 
     async def _sweep(self, engine: Engine, managed: set[str]) -> list[Outcome]:
-        from .engine.apply import Outcome
+        from fleet.engine.apply import Outcome
 
         removed = await engine.sweep_destroyed(exclude=managed)
         return [Outcome(name, True, stopped=n) for name, n in sorted(removed.items())]
@@ -305,7 +306,7 @@ class Fleet:
 
     async def scale(self, spec: ServiceSpec, replicas: int) -> RunResult:
         """Run `replicas` of the service now; the count holds (reconcile keeps it) until the next `apply`."""
-        from .rollout.decide import ServiceState
+        from fleet.plan.rollout.decide import ServiceState
 
         async with self.writing() as engine:
             await engine.observe()
@@ -325,7 +326,7 @@ class Fleet:
 
     async def destroy(self, service: str, grace: float = 10.0) -> RunResult:
         """Remove the service; a node that is down now has its replicas removed by the next run that reaches it."""
-        from .engine.apply import Outcome
+        from fleet.engine.apply import Outcome
 
         async with self.writing() as engine:
             n = await engine.destroy(service, grace)
@@ -368,7 +369,7 @@ class Fleet:
     async def _lookup(self, ref: str) -> tuple[list[NodeReport], list[PsRow]]:
         """This run's reports and the containers `ref` names (see fleet.engine.containers.find): raises
         ContainerLookupError when it names none, or a prefix names several."""
-        from .engine.containers import find, ps
+        from fleet.engine.containers import find, ps
 
         reports = await self.reports()
         return reports, find(await ps(self.pool, reports), ref)
@@ -377,7 +378,7 @@ class Fleet:
         """Start one container on `node` (its image must be there: `push`). Raises FleetError naming the node
         when it is not ready, ContainerLookupError when there is no such node, RuntimeDriverError when the
         runtime refuses."""
-        from .engine.containers import report_of, run_container
+        from fleet.engine.containers import report_of, run_container
 
         report = report_of(await self.reports(), node)
         if not report.ok:
@@ -387,19 +388,19 @@ class Fleet:
     async def stop(self, ref: str, grace: float = 10.0) -> list[tuple[PsRow, StopResult | str]]:
         """Stop every container `ref` names (SIGTERM, SIGKILL after `grace` seconds, then delete): one entry per
         container, with how it stopped or why it could not be (one failure never stops the others)."""
-        from .engine.containers import stop_container
+        from fleet.engine.containers import stop_container
 
         return await self._each(ref, lambda report, row: stop_container(self.pool, report, row.info.id, grace))
 
     async def rm(self, ref: str) -> list[tuple[PsRow, str | None]]:
         """Remove every container `ref` names at once (kill, then its task, container, snapshot and log): one
         entry per container, None when removed, else why not."""
-        from .engine.containers import remove_container
+        from fleet.engine.containers import remove_container
 
         return await self._each(ref, lambda report, row: remove_container(self.pool, report, row.info.id))
 
     async def _each(self, ref: str, act: Callable[[NodeReport, PsRow], Awaitable[T]]) -> list[tuple[PsRow, T | str]]:
-        from .engine.containers import report_of
+        from fleet.engine.containers import report_of
 
         reports, rows = await self._lookup(ref)
         out: list[tuple[PsRow, T | str]] = []
@@ -417,7 +418,7 @@ class Fleet:
 
         `tail` lines from the end of each log (None: whole logs); `follow` keeps reading until the block is left,
         which stops every reader. Raises ContainerLookupError on entry when `ref` names nothing."""
-        from .engine.containers import logs, targets
+        from fleet.engine.containers import logs, targets
 
         reports, rows = await self._lookup(ref)
         chosen = targets(reports, rows)
@@ -428,7 +429,7 @@ class Fleet:
         """Run `argv` inside the one running container `ref` names, handing each output line (stdout and stderr
         merged) to `on_line` as it comes; returns the command's exit code. No deadline: it runs as long as it
         runs. Raises ContainerLookupError when `ref` names no container, or a service with several replicas."""
-        from .engine.containers import exec_in, find_one, ps, report_of
+        from fleet.engine.containers import exec_in, find_one, ps, report_of
 
         reports = await self.reports()
         row = find_one(await ps(self.pool, reports), ref)
@@ -444,21 +445,21 @@ class Fleet:
         `on_progress(node, bytes_sent)` follows each upload, `on_status(node, state)` each node's state
         (checking, present, sending, sent, failed). Raises ImageArchiveError before contacting any node when the
         archive is unusable, PushError when a named node is not in the inventory."""
-        from .engine.images import push
+        from fleet.engine.images import push
 
         return await push(self.pool, await self.reports(), archive, list(nodes) if nodes is not None else None,
                           limit, on_progress=on_progress, on_status=on_status)
 
     async def image_list(self) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
         """({node: {image ref: manifest digest}} of every ready node, {node: why it could not be read})."""
-        from .engine.images import list_images
+        from fleet.engine.images import list_images
 
         return await list_images(self.pool, await self.reports())
 
     # --- the fleet's lease, by hand (`fleet lock`) ------------------------------------------------------
     def record_nodes(self) -> list[Node]:
         """The nodes that keep the fleet's lease and records (see fleet.store.nodes.record_nodes)."""
-        from .store.nodes import record_nodes
+        from fleet.store.nodes import record_nodes
 
         return record_nodes(self.inventory)
 
@@ -472,14 +473,14 @@ class Fleet:
     async def lock_status(self, *, timeout: float = 10.0) -> list[NodeLease]:
         """The lease on each record node, each within `timeout` seconds: `(node, LeaseInfo)` (possibly expired),
         `(node, None)` when free, `(node, why)` when it could not be read. Never takes the lease."""
-        from .store.lease import lease_status
+        from fleet.store.lease import lease_status
 
         return await lease_status(self.pool, self._lease_nodes(), timeout=timeout)
 
     async def break_lock(self, *, timeout: float = 10.0) -> list[NodeLease]:
         """Remove the lease on every record node, whoever holds it; returns what was broken there (None: it was
         free; a string: the node could not be reached). A holder still running stops at its next renewal."""
-        from .store.lease import break_lease
+        from fleet.store.lease import break_lease
 
         return await break_lease(self.pool, self._lease_nodes(), timeout=timeout)
 
@@ -506,8 +507,8 @@ def one_off_spec(node: str, image: str, name: str, *, env: Mapping[str, str] | N
     """A one-off container's RunSpec (`fleet run`): labelled as replica 1 of service `name`; PORT (when given),
     FLEET_NODE and FLEET_REPLICA are set in its environment unless `env` sets them. Pure: raises ValueError for
     a name or value the labels refuse, before any node is contacted."""
-    from . import labels as L
-    from .runtime.base import RunSpec
+    from fleet.core import labels as L
+    from fleet.node.runtime.base import RunSpec
 
     defaults = {"FLEET_NODE": node, "FLEET_REPLICA": "1"}
     if port is not None:
@@ -526,7 +527,7 @@ def one_off_spec(node: str, image: str, name: str, *, env: Mapping[str, str] | N
 
 # --- secrets: the controller's keyring; playbooks only name them -----------------------------------------------
 # Module functions, not Fleet methods: they touch no node and need no inventory. They are here (rather than the
-# CLI calling fleet.secrets) so that callers depend on the façade alone, wherever the keyring code lives.
+# CLI calling fleet.store.secrets) so that callers depend on the façade alone, wherever the keyring code lives.
 
 
 @dataclass(frozen=True)
@@ -540,21 +541,21 @@ class SecretRef:
 
 def secret_get(name: str) -> str | None:
     """The value of secret `name` from the keyring; None when it is not there (or there is no keyring)."""
-    from .secrets import get_secret
+    from fleet.store.secrets import get_secret
 
     return get_secret(name)
 
 
 def secret_set(name: str, value: Secret) -> None:
     """Store a secret in the keyring; raises SecretStoreError when the keyring cannot be used."""
-    from .secrets import set_secret
+    from fleet.store.secrets import set_secret
 
     set_secret(name, value)
 
 
 def secret_rm(name: str) -> bool:
     """Remove a secret from the keyring; False when it was not there. Raises SecretStoreError."""
-    from .secrets import delete_secret
+    from fleet.store.secrets import delete_secret
 
     return delete_secret(name)
 
@@ -568,6 +569,6 @@ def secret_check(specs: Sequence[ServiceSpec]) -> list[SecretRef]:
 
 def secret_backend() -> str:
     """The name of the keyring backend in use on this machine."""
-    from .secrets import backend_name
+    from fleet.store.secrets import backend_name
 
     return backend_name()

@@ -10,17 +10,17 @@ from collections.abc import Iterator
 
 import pytest
 
-from fleet.inventory import load_inventory
+from fleet.config.inventory import load_inventory
+from fleet.core.model import Inventory
 from fleet.lab.lab import Lab
 from fleet.lab.render import LabConfig
-from fleet.model import Inventory
 
 # Tests send traffic only to lab nodes and loopback: never through a proxy the environment may name.
 for _var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
     os.environ.pop(_var, None)
 os.environ["no_proxy"] = os.environ["NO_PROXY"] = "*"
 
-# Parsed inventories are cached by content (fleet.inventory.cache_dir): keep this run's cache to itself.
+# Parsed inventories are cached by content (fleet.config.inventory.cache_dir): keep this run's cache to itself.
 _CACHE = tempfile.mkdtemp(prefix="fleet-test-cache-")
 os.environ["FLEET_CACHE_DIR"] = _CACHE
 atexit.register(shutil.rmtree, _CACHE, True)

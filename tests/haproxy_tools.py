@@ -1,13 +1,13 @@
 """Test tooling that drives a real HAProxy by hand (start, check, reload, read): what fleet itself does through
-fleet.haproxy.scripts on a node, kept here because only the tests call it."""
+fleet.node.haproxy.scripts on a node, kept here because only the tests call it."""
 
 from __future__ import annotations
 
 import re
 
-from fleet.errors import StatsParseError
-from fleet.haproxy.render import check_file
-from fleet.haproxy.stats import StatRow
+from fleet.core.errors import StatsParseError
+from fleet.node.haproxy.render import check_file
+from fleet.node.haproxy.stats import StatRow
 
 
 def master_reload() -> str:

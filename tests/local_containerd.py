@@ -190,8 +190,8 @@ def _save(
 def record(out: Path) -> None:
     """Re-record tests/data/ctr/*.json from a private containerd; `expect` is what the scenario set up."""
     from fleet.image.demo import build_demo
-    from fleet.runtime.base import RunSpec
-    from fleet.runtime.ctr import CtrDriver
+    from fleet.node.runtime.base import RunSpec
+    from fleet.node.runtime.ctr import CtrDriver
 
     out.mkdir(parents=True, exist_ok=True)
     src = (

@@ -25,7 +25,7 @@ from typing import Any
 import asyncssh
 from helpers import free_port
 
-from fleet.model import Node
+from fleet.core.model import Node
 
 Handler = Callable[[asyncssh.SSHServerProcess[bytes]], Awaitable[None]]
 CHUNK = 64 * 1024

@@ -27,18 +27,8 @@ from hypothesis import strategies as st
 from sshserver import SSHFarm
 
 from fleet.api import Fleet
-from fleet.checks import lb_port_conflicts
-from fleet.engine.lb import Balancers, Rotation
-from fleet.engine.lb import config as lb_config
-from fleet.engine.nodes import NodeReport
-from fleet.engine.resolve import Resolved, resolve_nodes
-from fleet.errors import ConfigError, InventoryError, SpecError
-from fleet.inventory import load_inventory, parse
-from fleet.labels import LbLabel
-from fleet.model import Inventory, Node, Resources
-from fleet.ports import STATS_PORT
-from fleet.reconcile import Replica
-from fleet.spec import (
+from fleet.config.inventory import load_inventory, parse
+from fleet.config.spec import (
     MAX_DURATION,
     NODE_DIRS,
     format_duration,
@@ -48,8 +38,18 @@ from fleet.spec import (
     parse_playbook,
     to_playbook_dict,
 )
+from fleet.config.yamlmarks import MAX_ALIASED
+from fleet.core.errors import ConfigError, InventoryError, SpecError
+from fleet.core.labels import LbLabel
+from fleet.core.model import Inventory, Node, Resources
+from fleet.core.ports import STATS_PORT
+from fleet.engine.lb import Balancers, Rotation
+from fleet.engine.lb import config as lb_config
+from fleet.engine.nodes import NodeReport
+from fleet.engine.resolve import Resolved, resolve_nodes
+from fleet.plan.checks import lb_port_conflicts
+from fleet.plan.reconcile import Replica
 from fleet.transport import Pool
-from fleet.yamlmarks import MAX_ALIASED
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -441,10 +441,10 @@ def test_lb_port_moving_to_a_port_another_process_holds_is_taken() -> None:
 
 
 def test_lb_port_conflicts_has_no_io() -> None:
-    tree = ast.parse((REPO / "fleet" / "checks.py").read_text())
+    tree = ast.parse((REPO / "fleet" / "plan" / "checks.py").read_text())
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-    assert imported <= {"__future__", "collections.abc", "ports", "spec"}, imported
+    assert imported <= {"__future__", "collections.abc", "fleet.core.ports", "fleet.config.spec"}, imported
 
 
 # ---- 5. bind volumes --------------------------------------------------------------------------------------

@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 from helpers import run_fleet, wait_until_async
 
-from fleet import labels as L
 from fleet.api import Fleet, NodeReport
+from fleet.core import labels as L
 from fleet.engine import containers as C
 from fleet.engine import images as I
 from fleet.image.demo import build_demo
 from fleet.image.oci import ImageArchive, ImageArchiveError
-from fleet.runtime.base import RunSpec, Status
+from fleet.node.runtime.base import RunSpec, Status
 from fleet.transport import Pool
 
 pytestmark = pytest.mark.lab

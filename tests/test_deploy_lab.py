@@ -18,7 +18,7 @@ import pytest
 import yaml
 from helpers import run_fleet, wait_until
 
-from fleet import labels as L
+from fleet.core import labels as L
 from fleet.image.demo import build_demo
 from fleet.image.oci import ImageArchive
 

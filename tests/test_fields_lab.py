@@ -27,11 +27,11 @@ from helpers import poll
 from loadgen import Load
 from test_rollout_lab import fleet, history, lb_address, playbook, status
 
-from fleet import labels as L
+from fleet.core import labels as L
 from fleet.engine.calls import LIST_TIMEOUT, perform
-from fleet.haproxy.driver import LbNode
-from fleet.runtime.base import Status
-from fleet.runtime.ctr import CtrDriver
+from fleet.engine.haproxy import LbNode
+from fleet.node.runtime.base import Status
+from fleet.node.runtime.ctr import CtrDriver
 from fleet.transport import Pool
 
 pytestmark = pytest.mark.lab
@@ -369,7 +369,7 @@ class Sampler:
 
 
 # (max_surge, max_unavailable, replicas, least UP in HAProxy, most containers running). A one-replica service
-# with max_surge 0 surges by one instead of stopping its only replica (fleet.rollout.strategy.effective_limits).
+# with max_surge 0 surges by one instead of stopping its only replica (fleet.plan.rollout.strategy.effective_limits).
 LIMITS = [(1, 0, 4, 4, 5), (0, 1, 4, 3, 4), (2, 1, 4, 3, 6), (0, 1, 1, 1, 2)]
 
 

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from helpers import wait_until_async
 
-from fleet.haproxy.driver import ApplyResult, LbConfigError, LbNode, LbReloadError, LbRuntimeError
-from fleet.haproxy.render import LbHealth, LbServer, LbService
-from fleet.haproxy.scripts import (
+from fleet.engine.haproxy import ApplyResult, LbConfigError, LbNode, LbReloadError, LbRuntimeError
+from fleet.node.haproxy.render import LbHealth, LbServer, LbService
+from fleet.node.haproxy.scripts import (
     APPLY,
     LbPaths,
     ScriptOutputError,
@@ -31,7 +31,7 @@ from fleet.haproxy.scripts import (
     parse_script_output,
     runtime_input,
 )
-from fleet.haproxy.stats import parse_show_proc
+from fleet.node.haproxy.stats import parse_show_proc
 from fleet.transport import Pool
 
 DATA = Path(__file__).parent / "data" / "haproxy"

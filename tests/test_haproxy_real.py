@@ -23,8 +23,10 @@ import pytest
 from haproxy_tools import check_config_argv, master_reload, master_show_proc, server_rows, start_argv
 from helpers import free_port, wait_until
 
-from fleet.errors import SpecError
-from fleet.haproxy.render import (
+from fleet.config.spec import HealthSpec, parse_playbook
+from fleet.core.errors import SpecError
+from fleet.engine.probes import check
+from fleet.node.haproxy.render import (
     LbHealth,
     LbServer,
     LbService,
@@ -36,10 +38,8 @@ from fleet.haproxy.render import (
     show_servers_state,
     show_stat,
 )
-from fleet.haproxy.stats import parse_servers_state, parse_show_proc, parse_show_stat
-from fleet.health import check
-from fleet.healthjudge import http_request
-from fleet.spec import HealthSpec, parse_playbook
+from fleet.node.haproxy.stats import parse_servers_state, parse_show_proc, parse_show_stat
+from fleet.plan.healthjudge import http_request
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 pytestmark = [

@@ -19,7 +19,8 @@ from haproxy_tools import (
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fleet.haproxy.render import (
+from fleet.config.spec import HealthSpec, parse_playbook
+from fleet.node.haproxy.render import (
     SAFETY_NET,
     LbHealth,
     LbServer,
@@ -37,14 +38,13 @@ from fleet.haproxy.render import (
     show_servers_state,
     show_stat,
 )
-from fleet.haproxy.stats import (
+from fleet.node.haproxy.stats import (
     StatsParseError,
     parse_servers_state,
     parse_show_proc,
     parse_show_stat,
 )
-from fleet.healthjudge import LB_CONNECT_TIMEOUT, http_status_ok
-from fleet.spec import HealthSpec, parse_playbook
+from fleet.plan.healthjudge import LB_CONNECT_TIMEOUT, http_status_ok
 
 DATA = Path(__file__).parent / "data" / "haproxy"
 HTTP = LbHealth("http", "/healthz", interval=0.5, timeout=1.0, fall=2, rise=1)

@@ -16,9 +16,10 @@ from helpers import free_port
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fleet.errors import CommandTimeout
-from fleet.health import NO_CHECK, ProbeResult, check, observe_health
-from fleet.healthjudge import (
+from fleet.config.spec import HealthSpec
+from fleet.core.errors import CommandTimeout
+from fleet.engine.probes import NO_CHECK, ProbeResult, check, observe_health
+from fleet.plan.healthjudge import (
     LB_CONNECT_TIMEOUT,
     SPAN_SLACK,
     Observation,
@@ -31,7 +32,6 @@ from fleet.healthjudge import (
     parse_status_line,
     ready,
 )
-from fleet.spec import HealthSpec
 
 HTTP = HealthSpec("http", "/healthz", interval=0.2, timeout=0.3, failure_threshold=3)
 TCP = HealthSpec("tcp", interval=0.2, timeout=0.3)
@@ -411,10 +411,10 @@ async def test_observe_without_health_is_healthy_without_a_probe() -> None:
 
 
 def test_the_judge_module_is_pure() -> None:
-    tree = ast.parse(Path(__file__).resolve().parent.parent.joinpath("fleet/healthjudge.py").read_text())
+    tree = ast.parse(Path(__file__).resolve().parent.parent.joinpath("fleet/plan/healthjudge.py").read_text())
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-    assert imported <= {"__future__", "enum", "collections.abc", "dataclasses", "spec"}, imported
+    assert imported <= {"__future__", "enum", "collections.abc", "dataclasses", "fleet.config.spec"}, imported
 
 
 # ---- exec checks inside a real container (private containerd, reached over a real SSH server) ---------------
@@ -438,8 +438,8 @@ async def test_exec_check_runs_argv_inside_the_container_with_the_health_timeout
 
     from fleet.engine.health import exec_in
     from fleet.image.demo import build_demo
-    from fleet.runtime.base import RunSpec
-    from fleet.runtime.ctr import CtrDriver
+    from fleet.node.runtime.base import RunSpec
+    from fleet.node.runtime.ctr import CtrDriver
     from fleet.transport import Pool
 
     assert isinstance(containerd, Containerd)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.history import SCHEMA_VERSION, History, HistoryError, Revision, default_path
+from fleet.store.history import SCHEMA_VERSION, History, HistoryError, Revision, default_path
 
 SPEC = json.dumps({"image": "fleet.local/demo:v1", "env": {"DB_PASSWORD": {"secret": "db-password"}}})
 
@@ -207,7 +207,7 @@ def test_lock_held_past_the_busy_timeout_is_a_history_error(tmp_path: Path):
 _N = 500
 _WORKER = """
 import os, sys, time
-from fleet.history import History
+from fleet.store.history import History
 path, who, go, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 while not os.path.exists(go):
     time.sleep(0.002)

@@ -17,11 +17,11 @@ import pytest
 from helpers import free_port, wait_until
 from local_containerd import Containerd, available, local_containerd
 
+from fleet.core.model import CommandResult
 from fleet.image import demo
 from fleet.image.oci import ImageArchiveError, read_archive
-from fleet.model import CommandResult
-from fleet.runtime.base import RunSpec
-from fleet.runtime.ctr import CtrDriver
+from fleet.node.runtime.base import RunSpec
+from fleet.node.runtime.ctr import CtrDriver
 
 FAKE_BUSYBOX = b"\x7fELF not really busybox" * 100
 

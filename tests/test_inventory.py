@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from fleet.errors import InventoryError
-from fleet.inventory import load_inventory, parse
-from fleet.model import Resources
+from fleet.config.inventory import load_inventory, parse
+from fleet.core.errors import InventoryError
+from fleet.core.model import Resources
 
 FLEET_YAML = """\
 defaults:
@@ -158,7 +158,7 @@ def test_valid_inventory_cached_by_content_and_read_back_without_pydantic(tmp_pa
     (cached_file,) = (tmp_path / "cache" / "inventory").iterdir()
     assert stat.S_IMODE(cached_file.stat().st_mode) == 0o600
     assert load_inventory(str(path)) == fresh
-    probe = ("import sys; from fleet.inventory import load_inventory; "
+    probe = ("import sys; from fleet.config.inventory import load_inventory; "
              f"inv = load_inventory({str(path)!r}); print(len(inv.nodes), 'pydantic' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                          env={**os.environ, "FLEET_CACHE_DIR": str(tmp_path / "cache")})

@@ -11,11 +11,11 @@ import subprocess
 import pytest
 from conftest import TEST_LAB
 
-from fleet.errors import LabError
-from fleet.inventory import parse
+from fleet.config.inventory import parse
+from fleet.core.errors import LabError
 from fleet.lab.lab import Lab, _netns_list
 from fleet.lab.render import LabConfig, init_script, inventory_yaml, node_dir
-from fleet.nodepaths import DEFAULT
+from fleet.node.paths import DEFAULT
 
 pytestmark = pytest.mark.lab
 

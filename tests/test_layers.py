@@ -8,12 +8,13 @@ import pathlib
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent / "fleet"
-IO_MODULES = {"asyncio", "asyncssh", "subprocess", "socket", "rich", "textual"}
-# Pure core: no I/O libraries at all.
-PURE = ["errors", "model", "units", "shell", "yamlmarks", "inventory", "inventory_schema", "facts", "labels", "spec",
-        "scheduler", "haproxy/render", "haproxy/stats", "haproxy/scripts", "reconcile",
-        "rollout", "history", "lab/render", "image/oci", "runtime/base",
-        "runtime/ctr", "runtime/nerdctl"]
+IO_MODULES = {"asyncio", "asyncssh", "subprocess", "socket", "sqlite3", "keyring", "rich", "textual"}
+# Each folder is a layer; a module imports fleet modules of its own layer or of layers below it, never above.
+LAYERS = ["core", "config", "plan", "node", "transport", "store", "engine", "api"]
+# Pure layers: values and decisions, no I/O library at all.
+PURE = {"core", "config", "plan", "node"}
+# Beside the product: the local lab and the demo image, on the pure layers only.
+BESIDE = {"lab": {"core", "config", "node"}, "image": {"core"}}
 RENDERERS = {"cli", "tui"}
 
 
@@ -29,20 +30,73 @@ def _name(path: pathlib.Path) -> str:
     return str(path.relative_to(ROOT).with_suffix("")).removesuffix("/__init__")
 
 
+def _layer(module: str) -> str:
+    """The layer (folder) of a dotted fleet module: fleet.plan.reconcile → plan, fleet.api → api."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_every_module_is_in_a_layer_folder():
+    loose = [_name(p) for p in _modules() if p.parent == ROOT and p.name not in ("__init__.py", "api.py")]
+    assert loose == [], "the top of fleet/ holds only api.py: every other module is in its layer's folder"
+    tops = {_name(p).split("/")[0] for p in _modules()} - {"__init__"}
+    assert tops == set(LAYERS) | set(BESIDE) | RENDERERS
+
+
+def offending_imports(module: str, imports: set[str]) -> set[str]:
+    """The fleet imports of `module` that point up (a higher layer) or sideways into the renderers or the lab."""
+    here = _layer(module)
+    bad = set()
+    for i in imports:
+        if not i.startswith("fleet.") or _layer(i) == here:
+            continue
+        there = _layer(i)
+        if here in RENDERERS:
+            ok = there not in ("transport", "engine", "store")
+        elif here in BESIDE:
+            ok = there in BESIDE[here]
+        elif here in LAYERS:
+            # The engine also ships images (fleet.image builds and reads archives; it is pure).
+            below = there in LAYERS and LAYERS.index(there) < LAYERS.index(here)
+            ok = below or (here == "engine" and there == "image")
+        else:
+            ok = False
+        if not ok:
+            bad.add(i)
+    return bad
+
+
+def test_the_layer_rule_flags_an_upward_import():
+    assert offending_imports("fleet.plan.reconcile", {"fleet.node.runtime.base", "fleet.core.model"}) == {
+        "fleet.node.runtime.base"}
+    assert offending_imports("fleet.config.spec", {"fleet.engine.apply"}) == {"fleet.engine.apply"}
+    assert offending_imports("fleet.engine.apply", {"fleet.plan.reconcile", "fleet.store.lease"}) == set()
+    assert offending_imports("fleet.lab.lab", {"fleet.transport"}) == {"fleet.transport"}
+    assert offending_imports("fleet.cli.ps", {"fleet.api", "fleet.store.records"}) == {"fleet.store.records"}
+
+
+def test_imports_point_only_downward():
+    offenders = {}
+    for p in _modules():
+        bad = offending_imports(_module_name(p), _imports(p))
+        if bad:
+            offenders[_name(p)] = bad
+    assert offenders == {}
+
+
 def test_only_transport_imports_asyncssh():
     offenders = [_name(p) for p in _modules()
                  if any(i.split(".")[0] == "asyncssh" for i in _imports(p)) and not _name(p).startswith("transport")]
     assert offenders == []
 
 
-def test_pure_modules_import_no_io():
+def test_pure_layers_import_no_io():
     offenders = {}
     for p in _modules():
-        name = _name(p)
-        if any(name == m or name.startswith(m + "/") for m in PURE):
+        if _name(p).split("/")[0] in PURE:
             bad = {i for i in _imports(p) if i.split(".")[0] in IO_MODULES}
             if bad:
-                offenders[name] = bad
+                offenders[_name(p)] = bad
     assert offenders == {}
 
 
@@ -59,16 +113,29 @@ def test_only_cli_and_tui_render_and_nothing_imports_them():
     assert offenders == {}
 
 
-def test_pure_core_does_not_import_engines():
-    engines = ("fleet.transport", "fleet.api", "fleet.lab.lab", "fleet.engine")
-    offenders = {}
+def test_exception_classes_live_in_the_error_tree():
+    """Every exception class fleet defines is in fleet.core.errors (imported elsewhere, never defined)."""
+    outside = {}
     for p in _modules():
-        name = _name(p)
-        if any(name == m or name.startswith(m + "/") for m in PURE):
-            bad = {i for i in _imports(p) if i.startswith(engines)}
-            if bad:
-                offenders[name] = bad
-    assert offenders == {}
+        tree = ast.parse(p.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and _name(p) != "core/errors" and any(
+                    (isinstance(b, ast.Name) and (b.id.endswith(("Error", "Exception", "Timeout")) or b.id in _ERRORS))
+                    or (isinstance(b, ast.Attribute) and b.attr.endswith(("Error", "Exception")))
+                    for b in node.bases):
+                outside.setdefault(_name(p), []).append(node.name)
+    assert outside == {}
+    # The check itself sees a class defined outside the tree.
+    sample = ast.parse("class Oops(FleetError):\n    pass\n")
+    assert any(isinstance(n, ast.ClassDef) and n.bases[0].id.endswith("Error") for n in ast.walk(sample))  # type: ignore[attr-defined]
+
+
+def _error_names() -> set[str]:
+    tree = ast.parse((ROOT / "core" / "errors.py").read_text())
+    return {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
+
+
+_ERRORS = _error_names()
 
 
 # The CLI and the TUI reach the fleet only through the façade (fleet.api): never the layers below it, not even for

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from sshserver import SSHFarm
 
-from fleet.errors import LeaseError, LeaseHeld, LeaseInfo, LeaseLost
-from fleet.model import Inventory, Node
+from fleet.core.errors import LeaseError, LeaseHeld, LeaseInfo, LeaseLost
+from fleet.core.model import Inventory, Node
 from fleet.store import Lease, break_lease, lease_status, record_nodes
 from fleet.store.lease import parse_reply
 from fleet.transport import Pool

@@ -7,7 +7,7 @@ import json
 from rich.console import Console
 
 from fleet.cli.lock import holder_of, lease_json, print_leases, summary
-from fleet.errors import LeaseInfo
+from fleet.core.errors import LeaseInfo
 
 ALICE = dict(holder="alice@ci-3", pid=4242, command="fleet apply [web]", since=1000.0, until=1030.0,
              read_at=1010.0, token="a11ce")

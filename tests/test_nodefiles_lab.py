@@ -1,4 +1,4 @@
-"""fleet.nodepaths' scripts on real lab nodes over SSH: /run/fleet is a tmpfs, secret files land there and only
+"""fleet.node.paths' scripts on real lab nodes over SSH: /run/fleet is a tmpfs, secret files land there and only
 there, the sweep removes what a killed controller left, and an in-place update reaches a bind-mounted copy."""
 
 from __future__ import annotations
@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from fleet import labels as L
+from fleet.core import labels as L
+from fleet.core.model import CommandResult
+from fleet.core.shell import Script
 from fleet.lab.render import node_dir
-from fleet.model import CommandResult
-from fleet.nodepaths import (
+from fleet.node.paths import (
     DEFAULT,
     NOT_TMPFS_EXIT,
     parse_swept,
@@ -22,7 +23,6 @@ from fleet.nodepaths import (
     write_file,
     write_secret_file,
 )
-from fleet.shell import Script
 from fleet.transport import Pool
 
 pytestmark = pytest.mark.lab

@@ -1,4 +1,4 @@
-"""fleet.nodepaths: every node path from one value, and its file-writing scripts run for real with /bin/sh on a
+"""fleet.node.paths: every node path from one value, and its file-writing scripts run for real with /bin/sh on a
 temporary directory (atomic replace, in-place update under a concurrent reader, secrets on tmpfs, the sweep)."""
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-import fleet.nodepaths as nodepaths
-from fleet.nodepaths import (
+import fleet.node.paths as nodepaths
+from fleet.core.shell import Script
+from fleet.node.paths import (
     DEFAULT,
     NOT_TMPFS_EXIT,
     NodePaths,
@@ -32,7 +33,6 @@ from fleet.nodepaths import (
     write_file,
     write_secret_file,
 )
-from fleet.shell import Script
 
 
 def sh(script: Script, stdin: bytes | str = b"", timeout: float = 20) -> subprocess.CompletedProcess[str]:
@@ -115,9 +115,8 @@ def test_bad_names_refused(bad):
 def test_nodepaths_is_pure():
     tree = ast.parse(pathlib.Path(nodepaths.__file__).read_text())
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    imported |= {(n.module or "").split(".")[0] for n in ast.walk(tree)
-                 if isinstance(n, ast.ImportFrom) and not n.level}
-    assert imported <= {"__future__", "re", "dataclasses"}
+    imported |= {(n.module or "") for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and not n.level}
+    assert imported <= {"__future__", "re", "dataclasses", "fleet.core.dirs", "fleet.core.shell"}, imported
 
 
 def test_scripts_carry_paths_and_sizes_in_env_never_in_the_text():

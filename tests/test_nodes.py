@@ -11,9 +11,9 @@ from rich.console import Console
 
 from fleet.api import NodeReport, report_from
 from fleet.cli.nodes import table
-from fleet.facts import parse_facts
-from fleet.inventory import parse
-from fleet.model import Inventory, Node
+from fleet.config.inventory import parse
+from fleet.core.model import Inventory, Node
+from fleet.node.facts import parse_facts
 
 DATA = pathlib.Path(__file__).parent / "data" / "facts"
 
@@ -94,7 +94,7 @@ def test_ansible_yaml_and_fleet_yaml_same_nodes():
 
 
 def test_report_allocatable_caps_and_reserves():
-    from fleet.model import Resources
+    from fleet.core.model import Resources
     node = Node("x", "h", capacity=Resources(1.0, 1024**3), reserved=Resources(0.1, 64 * 1024**2))
     recorded = json.loads((DATA / "lab_node_idle.json").read_text())
     r: NodeReport = report_from(node, 0, recorded["stdout"], None, 0.1)

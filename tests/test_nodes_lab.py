@@ -10,7 +10,7 @@ import pytest
 from helpers import run_fleet
 
 from fleet.api import Fleet
-from fleet.inventory import load_inventory
+from fleet.config.inventory import load_inventory
 from fleet.transport import Pool
 
 pytestmark = pytest.mark.lab

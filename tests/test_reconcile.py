@@ -7,10 +7,10 @@ from dataclasses import replace as _replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleet.model import Resources
-from fleet.reconcile import Replica, duplicates, plan
-from fleet.scheduler import NodeState
-from fleet.spec import parse_playbook
+from fleet.config.spec import parse_playbook
+from fleet.core.model import Resources
+from fleet.plan.reconcile import Replica, duplicates, plan
+from fleet.plan.scheduler import NodeState
 
 SPEC = parse_playbook("services:\n  web:\n    image: fleet.local/demo:v1\n    replicas: 3\n    lb: {port: 8080}\n",
                       "pb.yaml").services[0]

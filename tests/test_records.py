@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from sshserver import SSHFarm
 
-from fleet.errors import RecordsError
-from fleet.history import History, HistoryError, Revision
+from fleet.core.errors import RecordsError
 from fleet.store import FleetHistory
+from fleet.store.history import History, HistoryError, Revision
 from fleet.store.records import (
     RevisionRecord,
     StateRecord,

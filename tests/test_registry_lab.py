@@ -15,7 +15,7 @@ import pytest
 import yaml
 from helpers import run_fleet
 
-from fleet import labels as L
+from fleet.core import labels as L
 from fleet.image.demo import build_demo
 
 pytestmark = pytest.mark.lab

@@ -17,7 +17,7 @@ import pytest
 from helpers import run_fleet, start_fleet
 from loadgen import Load
 
-from fleet.haproxy.driver import LbNode
+from fleet.engine.haproxy import LbNode
 from fleet.image.demo import build_demo
 from fleet.transport import Pool
 

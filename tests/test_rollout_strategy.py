@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleet.rollout import (
+from fleet.plan.rollout import (
     ReplicaState,
     Step,
     canary_verdict,

@@ -20,11 +20,11 @@ import pytest
 from helpers import free_port, wait_until
 from local_containerd import Containerd, available, local_containerd
 
-from fleet import labels as L
+from fleet.core import labels as L
+from fleet.core.model import CommandResult
 from fleet.image.demo import build_demo
-from fleet.model import CommandResult
-from fleet.runtime import ctr
-from fleet.runtime.base import (
+from fleet.node.runtime import ctr
+from fleet.node.runtime.base import (
     Call,
     ContainerExists,
     ContainerNotFound,
@@ -35,7 +35,7 @@ from fleet.runtime.base import (
     Script,
     Status,
 )
-from fleet.runtime.ctr import CtrDriver
+from fleet.node.runtime.ctr import CtrDriver
 
 DATA = Path(__file__).parent / "data" / "ctr"
 T = TypeVar("T")

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from fleet import labels as L
-from fleet.model import CommandResult
-from fleet.runtime import nerdctl
-from fleet.runtime.base import ContainerExists, Mount, RunSpec, RuntimeCommandError, Script
-from fleet.runtime.nerdctl import NerdctlDriver
+from fleet.core import labels as L
+from fleet.core.model import CommandResult
+from fleet.node.runtime import nerdctl
+from fleet.node.runtime.base import ContainerExists, Mount, RunSpec, RuntimeCommandError, Script
+from fleet.node.runtime.nerdctl import NerdctlDriver
 
 DATA = Path(__file__).parent / "data" / "nerdctl"
 

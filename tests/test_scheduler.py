@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleet.errors import SchedulingError
-from fleet.model import Resources
-from fleet.scheduler import Existing, NodeState, Placement, ServiceDemand, place
-from fleet.scheduler.feasibility import cpu_ceil, cpu_floor
+from fleet.core.errors import SchedulingError
+from fleet.core.model import Resources
+from fleet.plan.scheduler import Existing, NodeState, Placement, ServiceDemand, place
+from fleet.plan.scheduler.feasibility import cpu_ceil, cpu_floor
 
 MiB = 1 << 20
 GiB = 1 << 30

@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
-from fleet import labels as L
+from fleet.core import labels as L
 from fleet.image.demo import build_demo
-from fleet.nodepaths import DEFAULT
+from fleet.node.paths import DEFAULT
 
 pytestmark = pytest.mark.lab
 FLEET = [sys.executable, "-m", "fleet.cli.main"]

@@ -21,13 +21,13 @@ from pathlib import Path
 import pytest
 from helpers import INSTALLED_CLI, run_fleet
 
-from fleet import labels as L
 from fleet.api import Fleet
+from fleet.core import labels as L
 from fleet.engine import containers as C
 from fleet.engine import images as I
 from fleet.image.demo import build_demo
 from fleet.lab.render import node_dir
-from fleet.runtime.base import RunSpec
+from fleet.node.runtime.base import RunSpec
 from fleet.transport import Pool
 
 pytestmark = pytest.mark.lab

@@ -10,9 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fleet.errors import SpecError
-from fleet.model import Resources
-from fleet.spec import (
+from fleet.config.spec import (
     HealthSpec,
     SecretRef,
     ServiceSpec,
@@ -24,6 +22,8 @@ from fleet.spec import (
     playbook_files,
     to_playbook_dict,
 )
+from fleet.core.errors import SpecError
+from fleet.core.model import Resources
 
 REPO = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
@@ -435,5 +435,5 @@ def test_a_directory_that_cannot_be_listed_is_a_problem(tmp_path: Path, monkeypa
     def denied(path: str) -> list[str]:  # root reads every directory here: the refusal is simulated
         raise PermissionError(13, "Permission denied", path)
 
-    monkeypatch.setattr("fleet.spec.os.listdir", denied)
+    monkeypatch.setattr("fleet.config.spec.os.listdir", denied)
     assert problems_of([str(tmp_path)]) == [f"{tmp_path}: cannot list playbooks: Permission denied"]

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 from helpers import INSTALLED_CLI, run_fleet
 
-from fleet.errors import LeaseHeld
+from fleet.core.errors import LeaseHeld
 from fleet.store import Lease, record_nodes
 from fleet.transport import Pool
 
@@ -24,8 +24,8 @@ pytestmark = pytest.mark.lab
 # A controller process that takes the fleet's lease through the API and works under it until it is lost.
 HOLDER = r"""
 import asyncio, sys
-from fleet.errors import LeaseLost
-from fleet.inventory import load_inventory
+from fleet.core.errors import LeaseLost
+from fleet.config.inventory import load_inventory
 from fleet.store import Lease, record_nodes
 from fleet.transport import Pool
 

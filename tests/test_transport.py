@@ -19,8 +19,8 @@ import pytest
 from helpers import poll_async
 from sshserver import SSHFarm
 
-from fleet.errors import AuthError, CommandTimeout, HostKeyError, RemoteCommandError
-from fleet.model import CommandResult, Node
+from fleet.core.errors import AuthError, CommandTimeout, HostKeyError, RemoteCommandError
+from fleet.core.model import CommandResult, Node
 from fleet.transport import Pool, Script, SessionError, fanout, render
 
 HOSTILE = [

@@ -15,10 +15,10 @@ from textual.pilot import Pilot
 from textual.widgets import Footer
 
 from fleet.api import Fleet, NodeReport
+from fleet.core.model import Inventory, Node, Resources
 from fleet.engine.status import FleetStatus, ReplicaStatus, ServiceStatus
-from fleet.facts import NodeFacts
-from fleet.model import Inventory, Node, Resources
-from fleet.reconcile import Replica
+from fleet.node.facts import NodeFacts
+from fleet.plan.reconcile import Replica
 from fleet.transport import Pool
 from fleet.tui import FleetApp, FleetSource, Snapshot, collect
 from fleet.tui.widgets import NodesTable, ReplicasTable, ServiceSelected, ServicesTable, StatusLine

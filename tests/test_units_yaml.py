@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from fleet.errors import ConfigError
-from fleet.units import format_cpu, format_memory, parse_cpu, parse_memory
-from fleet.yamlmarks import MAX_ALIASED, MAX_DEPTH, dotted, load, load_file
+from fleet.config.yamlmarks import MAX_ALIASED, MAX_DEPTH, dotted, load, load_file
+from fleet.core.errors import ConfigError
+from fleet.core.units import format_cpu, format_memory, parse_cpu, parse_memory
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -147,7 +147,7 @@ def test_a_file_that_is_not_utf8_is_refused_with_its_line(tmp_path):
 
 
 def test_short_size_for_tables():
-    from fleet.units import short_size
+    from fleet.core.units import short_size
 
     assert [short_size(n) for n in (512, 2048, 512 * 1024**2, 3 * 1024**3 // 2, 23 * 1024**3)] == [
         "512B", "2K", "512M", "1.5G", "23G"]

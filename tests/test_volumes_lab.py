@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from helpers import run_fleet
 
-from fleet import labels as L
+from fleet.core import labels as L
 from fleet.image.demo import build_demo
 
 pytestmark = pytest.mark.lab

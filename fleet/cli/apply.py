@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..errors import ConfigError
-from . import common
-from .common import esc
+from fleet.cli import common
+from fleet.cli.common import esc
+from fleet.core.errors import ConfigError
 
 if TYPE_CHECKING:
-    from ..api import Event, Fleet, PlanView, RunResult
-    from ..reconcile import Plan
-    from ..spec import ServiceSpec
+    from fleet.api import Event, Fleet, PlanView, RunResult
+    from fleet.config.spec import ServiceSpec
+    from fleet.plan.reconcile import Plan
 
 # Engines, specs and the history are imported inside the commands: `fleet nodes` and the other light
 # commands should not pay for loading them at every start.
@@ -32,7 +32,7 @@ PlaybooksArg = Annotated[list[str] | None, typer.Argument(
 
 
 def specs_from(paths: list[str] | None) -> list[ServiceSpec]:
-    from ..spec import load_playbooks
+    from fleet.config.spec import load_playbooks
 
     chosen = paths or [os.environ.get("FLEET_PLAYBOOKS", "playbooks")]
     try:
@@ -102,7 +102,7 @@ def print_plan(p: Plan, errors: dict[str, str], changes: dict[str, list[str]] | 
 def plan(playbooks: PlaybooksArg = None, inventory: common.InventoryOpt = None, json: common.JsonOpt = False) -> None:
     """Show what `fleet apply` would change. Exit 0: nothing to do; 3: changes pending; 1: a node failed or a
     replica cannot be placed; 2: a playbook is wrong."""
-    from ..api import Fleet
+    from fleet.api import Fleet
 
     inv = common.inventory(inventory)
     specs = specs_from(playbooks)
@@ -165,7 +165,7 @@ def _run(op: Callable[[Fleet], Awaitable[RunResult]], inventory: str | None, jso
          *, quiet: bool = False, totals: dict[str, int] | None = None, report: bool = True) -> RunResult:
     """Run one changing operation through the façade, under the fleet's lease, with progress or JSON events;
     print the outcomes (`quiet`: only what changed or failed, for cron)."""
-    from ..api import Fleet, secret_get
+    from fleet.api import Fleet, secret_get
 
     inv = common.inventory(inventory)
     show = _Progress(json, quiet and not json)

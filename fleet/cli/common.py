@@ -14,9 +14,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..errors import ConfigError, FleetError, LeaseHeld
-from ..inventory import load_inventory
-from ..model import Inventory
+from fleet.config.inventory import load_inventory
+from fleet.core.errors import ConfigError, FleetError, LeaseHeld
+from fleet.core.model import Inventory
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
 EXIT_LOCKED = 75  # EX_TEMPFAIL: another run holds the fleet's lease; try again later
@@ -83,7 +83,7 @@ def wait_seconds(value: str | None) -> float:
     """`--wait 90s` / `5m` / `30` as seconds (exit 2 naming the option when it is not a duration)."""
     if not value:
         return 0.0
-    from ..spec import parse_duration
+    from fleet.config.spec import parse_duration
 
     try:
         seconds = float(value) if value.replace(".", "", 1).isdigit() else parse_duration(value)

@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
-from ..units import parse_cpu, parse_memory
-from . import common
-from .common import esc
+from fleet.cli import common
+from fleet.cli.common import esc
+from fleet.core.units import parse_cpu, parse_memory
 
 if TYPE_CHECKING:
-    from ..api import Fleet, PsRow
-    from ..runtime.base import StopResult
+    from fleet.api import Fleet, PsRow
+    from fleet.node.runtime.base import StopResult
 
 T = TypeVar("T")
 
@@ -36,8 +36,8 @@ def _stopped(row: PsRow, res: StopResult | str) -> str:
 def _on_containers(inventory: str | None, act: Callable[[Fleet], Awaitable[T]]) -> T:
     """Run one façade operation on the containers a reference names; a reference that names none (or a prefix
     that names several) is a usage error (exit 2)."""
-    from ..api import Fleet
-    from ..errors import ContainerLookupError
+    from fleet.api import Fleet
+    from fleet.core.errors import ContainerLookupError
 
     inv = common.inventory(inventory)
 
@@ -103,7 +103,7 @@ def run(node: Annotated[str, typer.Argument(help="Node to run on.")],
         mem_v = parse_memory(memory) if memory is not None else None
     except ValueError as exc:
         common.fail(str(exc))
-    from ..api import Fleet, one_off_spec
+    from fleet.api import Fleet, one_off_spec
 
     service = name or image.rsplit("/", 1)[-1].split(":", 1)[0].split("@", 1)[0]
     try:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from . import common
+from fleet.cli import common
 
 
 def _write(line: str) -> None:
@@ -20,8 +20,8 @@ def exec_(container: Annotated[str, typer.Argument(help="Container ID, unique pr
           command: Annotated[list[str], typer.Argument(help="The command; put it after `--`.")],
           inventory: common.InventoryOpt = None) -> None:
     """Run CMD inside CONTAINER (stdout and stderr merged); exits with CMD's exit code."""
-    from ..api import Fleet
-    from ..errors import ContainerLookupError
+    from fleet.api import Fleet
+    from fleet.core.errors import ContainerLookupError
 
     inv = common.inventory(inventory)
 

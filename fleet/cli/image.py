@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from ..units import format_memory
-from . import common
-from .common import esc
+from fleet.cli import common
+from fleet.cli.common import esc
+from fleet.core.units import format_memory
 
 if TYPE_CHECKING:
     from rich.progress import TaskID
 
-    from ..api import PushResult
+    from fleet.api import PushResult
 
 # The façade, the archive reader and rich's progress bars are imported inside the commands, so that other
 # commands do not pay for them at start.
@@ -53,9 +53,9 @@ def push(archive: Annotated[str, typer.Argument(metavar="IMAGE.tar", help="OCI o
     """Stream an image archive to nodes over SSH into containerd; nodes that already hold it are skipped."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ..api import Fleet
-    from ..errors import ImageArchiveError
-    from ..image.oci import read_archive
+    from fleet.api import Fleet
+    from fleet.core.errors import ImageArchiveError
+    from fleet.image.oci import read_archive
 
     try:
         info = read_archive(archive)
@@ -114,7 +114,7 @@ def build_demo_cmd(version: Annotated[str, typer.Option("--version", help="Image
                    size_mb: Annotated[int, typer.Option("--size-mb", help="Incompressible padding, MiB.")] = 0
                    ) -> None:
     """Build the demo web image (busybox httpd) as an OCI archive, deterministically."""
-    from ..image.demo import build_demo
+    from fleet.image.demo import build_demo
 
     path = output or f"demo-{version}.tar"
     try:
@@ -128,7 +128,7 @@ def build_demo_cmd(version: Annotated[str, typer.Option("--version", help="Image
 @app.command("ls")
 def ls(inventory: common.InventoryOpt = None, json: common.JsonOpt = False) -> None:
     """List the images on every node, with their manifest digests."""
-    from ..api import Fleet
+    from fleet.api import Fleet
 
     inv = common.inventory(inventory)
 

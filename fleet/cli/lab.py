@@ -8,10 +8,10 @@ import time
 import typer
 from rich.table import Table
 
-from ..errors import LabError
-from ..lab.lab import Lab
-from ..lab.render import LabConfig
-from . import common
+from fleet.cli import common
+from fleet.core.errors import LabError
+from fleet.lab.lab import Lab
+from fleet.lab.render import LabConfig
 
 app = typer.Typer(help="A local lab of real nodes: netns + mount namespace each, with sshd and containerd.",
                   no_args_is_help=True)

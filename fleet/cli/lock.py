@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
-from ..errors import LeaseInfo
-from . import common
-from .common import esc
+from fleet.cli import common
+from fleet.cli.common import esc
+from fleet.core.errors import LeaseInfo
 
 if TYPE_CHECKING:
-    from ..api import NodeLease
+    from fleet.api import NodeLease
 
 # The façade is imported inside the commands: `fleet --help` and the other light commands do not pay for the
 # store and the transport it loads.
@@ -45,7 +45,7 @@ def holder_of(leases: list[NodeLease]) -> tuple[LeaseInfo | None, int]:
 
 def summary(leases: list[NodeLease]) -> str:
     """One line: held by whom (on how many of how many, with the majority needed), free, or unknown."""
-    from ..api import majority
+    from fleet.api import majority
 
     needed = majority(len(leases))
     info, count = holder_of(leases)
@@ -91,7 +91,7 @@ def print_leases(out: Console, leases: list[NodeLease], broken: bool = False) ->
 
 def _leases(inventory: str | None, timeout: float, breaking: bool) -> list[NodeLease]:
     """The lease on each record node (or what breaking it found); an inventory without nodes is exit 2."""
-    from ..api import Fleet
+    from fleet.api import Fleet
 
     inv = common.inventory(inventory)
 
@@ -111,7 +111,7 @@ def _exit(leases: list[NodeLease]) -> typer.Exit:
 @app.command("status")
 def status(inventory: common.InventoryOpt = None, json: common.JsonOpt = False, timeout: TimeoutOpt = 10.0) -> None:
     """Who holds the fleet's lease on each record node, since when and until when (exit 1: a node is unreachable)."""
-    from ..api import majority
+    from fleet.api import majority
 
     leases = _leases(inventory, timeout, breaking=False)
     if json:

@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
-from . import common
-from .common import esc
+from fleet.cli import common
+from fleet.cli.common import esc
 
 _COLORS = ("cyan", "magenta", "green", "yellow", "blue", "bright_red")
 
@@ -22,8 +22,8 @@ def logs(ref: Annotated[str, typer.Argument(metavar="SERVICE|CONTAINER", help="S
          tail: Annotated[int, typer.Option("--tail", "-n", help="Lines from the end of each log; -1 for all.")]
          = 100) -> None:
     """Print container logs (stdout and stderr interleaved), merged across a service's replicas."""
-    from ..api import Fleet
-    from ..errors import ContainerLookupError
+    from fleet.api import Fleet
+    from fleet.core.errors import ContainerLookupError
 
     inv = common.inventory(inventory)
     out = common.console()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import apply, container, exec_, image, lab, lock, logs, nodes, ps, rollout, secret, status, ui
+from fleet.cli import apply, container, exec_, image, lab, lock, logs, nodes, ps, rollout, secret, status, ui
 
 app = typer.Typer(name="fleet", help="Agentless SSH-based container orchestrator.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
-from ..units import short_size
-from . import common
-from .common import esc
+from fleet.cli import common
+from fleet.cli.common import esc
+from fleet.core.units import short_size
 
 if TYPE_CHECKING:
-    from ..api import NodeReport
+    from fleet.api import NodeReport
 
 STATUS_STYLE = {"ready": "green", "unreachable": "red", "no runtime": "yellow", "runtime not answering": "red",
                 "error": "red"}
@@ -85,7 +85,7 @@ def nodes(inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
 
     A node is ready, unreachable (sshd), no runtime (containerd missing or not running) or runtime not answering
     (containerd hung); exit 1 unless every node is ready."""
-    from ..api import Fleet
+    from fleet.api import Fleet
 
     inv = common.inventory(inventory)
 

@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from ..api import LIST_TIMEOUT
-from ..runtime.base import Status
-from ..units import format_cpu, format_memory
-from . import common
-from .common import esc
+from fleet.api import LIST_TIMEOUT
+from fleet.cli import common
+from fleet.cli.common import esc
+from fleet.core.units import format_cpu, format_memory
+from fleet.node.runtime.base import Status
 
 if TYPE_CHECKING:
-    from ..api import PsResult, PsRow
+    from fleet.api import PsResult, PsRow
 
 STATUS_STYLE = {Status.RUNNING: "green", Status.STOPPED: "red", Status.CREATED: "yellow", Status.UNKNOWN: "red"}
 
@@ -96,7 +96,7 @@ def ps(inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
     """List containers on every node: fleet's own by service and replica, foreign ones marked and left alone.
 
     A node that is not ready or does not answer in time is named under the table (exit 1); the others are listed."""
-    from ..api import Fleet
+    from fleet.api import Fleet
 
     inv = common.inventory(inventory)
 

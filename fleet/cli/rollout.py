@@ -10,12 +10,11 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from . import common
-from .apply import _exit, _run
+from fleet.cli import common
+from fleet.cli.apply import _exit, _run
 
 if TYPE_CHECKING:
-    from ..api import Fleet, RunResult
-    from ..history import Revision
+    from fleet.api import Fleet, Revision, RunResult
 
 OUTCOME_STYLE = {"succeeded": "green", "failed": "red", "rolled-back": "yellow", "aborted": "yellow",
                  "in-progress": "cyan"}
@@ -27,7 +26,7 @@ def _when(ts: float | None) -> str:
 
 def history(service: str, inventory: common.InventoryOpt = None, json: common.JsonOpt = False) -> None:
     """Every revision of SERVICE, as the fleet records it: spec, image, who, when, outcome and why."""
-    from ..api import Fleet
+    from fleet.api import Fleet
 
     inv = common.inventory(inventory)
 

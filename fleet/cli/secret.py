@@ -8,8 +8,8 @@ import sys
 
 import typer
 
-from . import common
-from .apply import PlaybooksArg
+from fleet.cli import common
+from fleet.cli.apply import PlaybooksArg
 
 app = typer.Typer(help="Secrets in the OS keyring (service \"fleet\"), referenced from playbooks as "
                        "`env: {NAME: {secret: KEY}}`.", no_args_is_help=True)
@@ -25,8 +25,8 @@ def _key(name: str) -> str:
 @app.command("set")
 def set_(name: str) -> None:
     """Store a secret: the value is read from stdin (or asked for on a terminal), never from the command line."""
-    from ..api import Secret, secret_set
-    from ..errors import SecretStoreError
+    from fleet.api import Secret, secret_set
+    from fleet.core.errors import SecretStoreError
 
     key = _key(name)
     value = getpass.getpass(f"value for {key}: ") if sys.stdin.isatty() else sys.stdin.read()
@@ -43,8 +43,8 @@ def set_(name: str) -> None:
 @app.command("rm")
 def rm(name: str) -> None:
     """Remove a secret from the keyring."""
-    from ..api import secret_rm
-    from ..errors import SecretStoreError
+    from fleet.api import secret_rm
+    from fleet.core.errors import SecretStoreError
 
     try:
         gone = secret_rm(_key(name))
@@ -57,8 +57,8 @@ def rm(name: str) -> None:
 @app.command("check")
 def check(playbooks: PlaybooksArg = None, json: common.JsonOpt = False) -> None:
     """List the secrets the playbooks reference and whether the keyring has each (values are never shown)."""
-    from ..api import secret_backend, secret_check
-    from .apply import specs_from
+    from fleet.api import secret_backend, secret_check
+    from fleet.cli.apply import specs_from
 
     refs = secret_check(specs_from(playbooks))
     if json:

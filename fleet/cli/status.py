@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
-from . import common
-from .common import esc
+from fleet.cli import common
+from fleet.cli.common import esc
 
 if TYPE_CHECKING:
-    from ..api import FleetStatus
+    from fleet.api import FleetStatus
 
 HEALTH_STYLE = {"up": "green", "down": "red", "drain": "yellow", "maint": "yellow", "nocheck": "dim"}
 
@@ -50,7 +50,7 @@ def render(st: FleetStatus) -> Table:
 
 def status_cmd(inventory: common.InventoryOpt = None, json: common.JsonOpt = False) -> None:
     """Services, replicas per node, health in HAProxy and each service's stable address."""
-    from ..api import Fleet
+    from fleet.api import Fleet
 
     inv = common.inventory(inventory)
 

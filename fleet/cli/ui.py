@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from . import common
+from fleet.cli import common
 
 IntervalOpt = Annotated[float, typer.Option(min=0.2, help="Seconds between refreshes.")]
 
@@ -14,8 +14,8 @@ IntervalOpt = Annotated[float, typer.Option(min=0.2, help="Seconds between refre
 def ui(inventory: common.InventoryOpt = None, interval: IntervalOpt = 2.0) -> None:
     """Live view of nodes, services and replicas: r refresh, tab switch pane, q quit."""
     # Textual is imported only when the UI runs: the other commands start without it.
-    from ..api import Fleet
-    from ..tui import FleetApp, FleetSource
+    from fleet.api import Fleet
+    from fleet.tui import FleetApp, FleetSource
 
     inv = common.inventory(inventory)
 

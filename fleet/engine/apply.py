@@ -2,7 +2,7 @@
 
 Every step is read back from or written to the nodes (container labels), the load balancers and the fleet's
 records; nothing else is kept, so a controller killed at any point is picked up by the next run. The steps are
-those of `fleet.rollout.resume_plan` (the pure, property-tested plan): this module only carries them out.
+those of `fleet.plan.rollout.resume_plan` (the pure, property-tested plan): this module only carries them out.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from .. import labels as L
-from ..checks import lb_port_conflicts
-from ..errors import (
+from fleet.config.spec import SecretRef, ServiceSpec, from_playbook_dict, to_playbook_dict
+from fleet.core import labels as L
+from fleet.core.errors import (
     CanaryAborted,
     CommandTimeout,
     ConnectError,
@@ -30,14 +30,22 @@ from ..errors import (
     SchedulingError,
     SpecError,
 )
-from ..health import check, observe_health
-from ..healthjudge import Verdict as HealthVerdict
-from ..healthjudge import ready as passed_enough
-from ..history import FinalOutcome, Revision
-from ..model import Node
-from ..nodepaths import NOT_TMPFS_EXIT, write_secret_file
-from ..reconcile import Plan, Replica, duplicates, placement_inputs, plan
-from ..rollout.decide import (
+from fleet.core.model import Node
+from fleet.engine.calls import LIST_TIMEOUT, driver_for, perform
+from fleet.engine.health import exec_in as health_exec
+from fleet.engine.images import ensure_image
+from fleet.engine.lb import Balancers, Rotation
+from fleet.engine.nodes import NodeReport
+from fleet.engine.probes import check, observe_health
+from fleet.engine.runspec import hosts_text, prepare_node_script, run_spec, secret_env_path, sweep_script, volume_dir
+from fleet.engine.state import Observed, node_states, observe
+from fleet.node.paths import NOT_TMPFS_EXIT, write_secret_file
+from fleet.node.runtime.base import Status
+from fleet.plan.checks import lb_port_conflicts
+from fleet.plan.healthjudge import Verdict as HealthVerdict
+from fleet.plan.healthjudge import ready as passed_enough
+from fleet.plan.reconcile import Plan, Replica, duplicates, placement_inputs, plan
+from fleet.plan.rollout.decide import (
     Command,
     ServiceState,
     Target,
@@ -46,18 +54,10 @@ from ..rollout.decide import (
     decide,
     intent_hash,
 )
-from ..rollout.strategy import ReplicaState, Verdict, canary_verdict, canary_weights, resume_plan
-from ..runtime.base import Status
-from ..scheduler import Assignment, place
-from ..spec import SecretRef, ServiceSpec, from_playbook_dict, to_playbook_dict
-from ..transport import Pool
-from .calls import LIST_TIMEOUT, driver_for, perform
-from .health import exec_in as health_exec
-from .images import ensure_image
-from .lb import Balancers, Rotation
-from .nodes import NodeReport
-from .runspec import hosts_text, prepare_node_script, run_spec, secret_env_path, sweep_script, volume_dir
-from .state import Observed, node_states, observe
+from fleet.plan.rollout.strategy import ReplicaState, Verdict, canary_verdict, canary_weights, resume_plan
+from fleet.plan.scheduler import Assignment, place
+from fleet.store.history import FinalOutcome, Revision
+from fleet.transport import Pool
 
 
 @dataclass(frozen=True)
@@ -184,7 +184,7 @@ class Engine:
         return spec_of(rev) if rev is not None else None
 
     async def target(self, command: Command, spec: ServiceSpec) -> Target:
-        """What this run does with `spec` (see `fleet.rollout.decide`)."""
+        """What this run does with `spec` (see `fleet.plan.rollout.decide`)."""
         state = await self.state_of(spec.name)
         if state is None or self.records is None:
             return decide(command, spec, state, None)

@@ -16,16 +16,16 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from ..errors import CommandTimeout, FleetError, TransportError
-from ..facts import NodeFacts
-from ..model import CommandResult, Node
-from ..runtime.base import Call, RuntimeDriver
-from ..runtime.ctr import CtrDriver
-from ..runtime.nerdctl import NerdctlDriver
-from ..transport import DEFAULT_COMMAND_TIMEOUT, Pool, SessionError
+from fleet.core.errors import CommandTimeout, FleetError, TransportError
+from fleet.core.model import CommandResult, Node
+from fleet.node.facts import NodeFacts
+from fleet.node.runtime.base import Call, RuntimeDriver
+from fleet.node.runtime.ctr import CtrDriver
+from fleet.node.runtime.nerdctl import NerdctlDriver
+from fleet.transport import DEFAULT_COMMAND_TIMEOUT, Pool, SessionError
 
 if TYPE_CHECKING:
-    from .nodes import NodeReport
+    from fleet.engine.nodes import NodeReport
 
 T = TypeVar("T")
 

@@ -14,15 +14,15 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType, TracebackType
 
-from ..errors import (
+from fleet.core.errors import (
     ContainerLookupError,
     TransportError,
 )
-from ..labels import ContainerLabels, parse_labels
-from ..runtime.base import ContainerInfo, RunSpec, StopResult
-from ..transport import Pool
-from .calls import LIST_TIMEOUT, driver_for, on_ready_nodes, perform
-from .nodes import NodeReport
+from fleet.core.labels import ContainerLabels, parse_labels
+from fleet.engine.calls import LIST_TIMEOUT, driver_for, on_ready_nodes, perform
+from fleet.engine.nodes import NodeReport
+from fleet.node.runtime.base import ContainerInfo, RunSpec, StopResult
+from fleet.transport import Pool
 
 SHORT_ID = 20
 STOP_MARGIN = 30.0  # seconds the stop script may take beyond the grace period (SIGKILL, tasks rm, containers rm)

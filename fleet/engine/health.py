@@ -1,15 +1,15 @@
-"""Exec health checks over the transport: builds the `exec_in` that fleet.health.check runs a command with."""
+"""Exec health checks over the transport: builds the `exec_in` that fleet.engine.probes.check runs a command with."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
 
-from ..errors import TransportError
-from ..health import ExecIn
-from ..model import Node
-from ..runtime.base import RuntimeDriver
-from ..transport import Pool
+from fleet.core.errors import TransportError
+from fleet.core.model import Node
+from fleet.engine.probes import ExecIn
+from fleet.node.runtime.base import RuntimeDriver
+from fleet.transport import Pool
 
 # On top of the command's own deadline: SSH and the runtime client starting (a few hundred ms at worst).
 EXEC_OVERHEAD = 5.0

@@ -12,11 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from ..errors import FleetError, ImageUnavailable, PushError
-from ..image.oci import ArchiveInfo, read_archive
-from ..transport import Pool
-from .calls import IMPORT_TIMEOUT, LIST_TIMEOUT, PULL_TIMEOUT, driver_for, on_ready_nodes, perform, why
-from .nodes import NodeReport
+from fleet.core.errors import FleetError, ImageUnavailable, PushError
+from fleet.engine.calls import IMPORT_TIMEOUT, LIST_TIMEOUT, PULL_TIMEOUT, driver_for, on_ready_nodes, perform, why
+from fleet.engine.nodes import NodeReport
+from fleet.image.oci import ArchiveInfo, read_archive
+from fleet.transport import Pool
 
 PushStatus = Literal["sent", "present", "failed"]
 Progress = Callable[[str, int], None]

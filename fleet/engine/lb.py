@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field, replace
 
-from ..haproxy.render import (
+from fleet.config.spec import HealthSpec, ServiceSpec
+from fleet.core.ports import STATS_PORT
+from fleet.engine.nodes import NodeReport
+from fleet.node.haproxy.render import (
     LbServer,
     LbService,
     LbState,
@@ -15,12 +18,9 @@ from ..haproxy.render import (
     render,
     set_server_state,
 )
-from ..nodepaths import DEFAULT
-from ..ports import STATS_PORT
-from ..reconcile import Replica
-from ..spec import HealthSpec, ServiceSpec
-from ..transport import Pool
-from .nodes import NodeReport
+from fleet.node.paths import DEFAULT
+from fleet.plan.reconcile import Replica
+from fleet.transport import Pool
 
 ADMIN_SOCKET = DEFAULT.haproxy_admin_socket
 STATE_FILE = DEFAULT.haproxy_state_file
@@ -97,7 +97,7 @@ class Balancers:
     """Every reachable lb node, kept in step with one Rotation."""
 
     def __init__(self, pool: Pool, reports: list[NodeReport]) -> None:
-        from ..haproxy.driver import LbNode
+        from fleet.engine.haproxy import LbNode
 
         self.pool = pool
         # HAProxy's config takes IP addresses: a node named by host name is there by the IP `collect` resolved,

@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 
-from ..facts import FACTS_SCRIPT, PROBE_TIMEOUT, NodeFacts, parse_facts
-from ..model import CommandResult, Node, Resources
-from ..nodepaths import DEFAULT
-from ..shell import Script
-from ..transport import Pool, fanout
-from .resolve import ip_literal, resolve_nodes
+from fleet.core.model import CommandResult, Node, Resources
+from fleet.core.shell import Script
+from fleet.engine.resolve import ip_literal, resolve_nodes
+from fleet.node.facts import FACTS_SCRIPT, PROBE_TIMEOUT, NodeFacts, parse_facts
+from fleet.node.paths import DEFAULT
+from fleet.transport import Pool, fanout
 
 # The facts script reads files and runs a 3 s probe at most: 10 s is generous, and a node that takes longer is
 # reported (unreachable, with the deadline) instead of holding the round.

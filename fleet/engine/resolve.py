@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..model import Node
+from fleet.core.model import Node
 
 RESOLVE_TIMEOUT = 5.0  # seconds for one host name; all names of a run are looked up at once
 

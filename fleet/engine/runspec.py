@@ -6,12 +6,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from .. import labels as L
-from ..nodepaths import DEFAULT, FILE_FUNCTIONS, sweep_secrets
-from ..runtime.base import Mount, RunSpec
-from ..scheduler import Assignment
-from ..shell import Script
-from ..spec import SecretRef, ServiceSpec
+from fleet.config.spec import SecretRef, ServiceSpec
+from fleet.core import labels as L
+from fleet.core.shell import Script
+from fleet.node.paths import DEFAULT, FILE_FUNCTIONS, sweep_secrets
+from fleet.node.runtime.base import Mount, RunSpec
+from fleet.plan.scheduler import Assignment
 
 PATHS = DEFAULT
 HOSTS_FILE = PATHS.hosts_file
@@ -23,7 +23,7 @@ SECRET_SWEEP_AGE = 20
 
 # Prepares a node for fleet's containers: the hosts file (stdin) and a copy of the node's resolv.conf, which
 # running containers bind-mount (same inode), so they are updated in place with one write and never truncated
-# (fleet.nodepaths.update_in_place); and the node's own network namespace pinned to a file that containers
+# (fleet.node.paths.update_in_place); and the node's own network namespace pinned to a file that containers
 # join: host networking, with fleet's hosts file rather than the node's.
 PREPARE_NODE = FILE_FUNCTIONS + r"""
 set -e

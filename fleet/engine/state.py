@@ -2,15 +2,43 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ..model import Resources
-from ..reconcile import Replica, replicas_from
-from ..runtime.base import ContainerInfo
-from ..scheduler import NodeState
-from ..transport import Pool
-from .containers import ps
-from .nodes import NodeReport
+from fleet.core import labels as L
+from fleet.core.labels import parse_labels
+from fleet.core.model import Resources
+from fleet.engine.containers import ps
+from fleet.engine.nodes import NodeReport
+from fleet.node.runtime.base import ContainerInfo, Status
+from fleet.plan.reconcile import Replica
+from fleet.plan.scheduler import NodeState
+from fleet.transport import Pool
+
+
+def _created(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+def replicas_from(rows: Iterable[tuple[str, ContainerInfo]]) -> tuple[list[Replica], list[tuple[str, ContainerInfo]]]:
+    """Split containers (as a node lists them) into fleet replicas (read from labels) and foreign ones (left alone)."""
+    mine, foreign = [], []
+    for node, info in rows:
+        lab = parse_labels(info.labels)
+        if lab is None or lab.replica is None or lab.port is None:
+            foreign.append((node, info))
+            continue
+        mine.append(Replica(
+            node=node, id=info.id, service=lab.service, replica=lab.replica, revision=lab.revision,
+            spec_hash=lab.spec_hash or "", port=lab.port, running=info.status == Status.RUNNING,
+            resources=Resources(lab.cpu or 0.0, lab.memory or 0), image=info.image, oom_killed=info.oom_killed,
+            lb=L.parse_lb_label(info.labels.get(L.LB)), health=L.parse_health_label(info.labels.get(L.HEALTH)),
+            created=_created(info.labels.get(L.CREATED)),
+        ))
+    return mine, foreign
 
 
 @dataclass(frozen=True)

@@ -6,17 +6,17 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..errors import FleetError
-from ..haproxy.render import backend_name
-from ..haproxy.stats import StatRow
-from ..reconcile import Replica
-from ..transport import Pool
-from .lb import Balancers
-from .nodes import NodeReport
-from .state import observe
+from fleet.core.errors import FleetError
+from fleet.engine.lb import Balancers
+from fleet.engine.nodes import NodeReport
+from fleet.engine.state import observe
+from fleet.node.haproxy.render import backend_name
+from fleet.node.haproxy.stats import StatRow
+from fleet.plan.reconcile import Replica
+from fleet.transport import Pool
 
 if TYPE_CHECKING:
-    from .apply import Records
+    from fleet.engine.apply import Records
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class FleetStatus:
 
 async def lb_ports(records: Records, services: set[str]) -> dict[str, int | None]:
     """Each service's load-balancer port as its accepted spec says (None: not behind the load balancers)."""
-    from .apply import spec_of
+    from fleet.engine.apply import spec_of
 
     out: dict[str, int | None] = {}
     for name in sorted(services):

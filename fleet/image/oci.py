@@ -14,7 +14,7 @@ import tarfile
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..errors import ImageArchiveError
+from fleet.core.errors import ImageArchiveError
 
 NAME_ANNOTATION = "io.containerd.image.name"
 REF_ANNOTATION = "org.opencontainers.image.ref.name"

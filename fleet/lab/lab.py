@@ -13,9 +13,9 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass
 
-from ..errors import LabError
-from . import render
-from .render import LabConfig, LabNode, node_dir
+from fleet.core.errors import LabError
+from fleet.lab import render
+from fleet.lab.render import LabConfig, LabNode, node_dir
 
 REQUIRED_TOOLS = ("ip", "nsenter", "unshare", "containerd", "ctr", "runc", "ssh-keygen", "/usr/sbin/sshd")
 

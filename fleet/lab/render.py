@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import yaml
 
-from ..errors import LabError
-from ..nodepaths import DEFAULT as NODE_PATHS
+from fleet.core.errors import LabError
+from fleet.node.paths import DEFAULT as NODE_PATHS
 
 PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,5}$")
 SIZE_RE = re.compile(r"^[1-9][0-9]{0,5}[kmg]?$")

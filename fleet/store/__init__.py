@@ -4,9 +4,9 @@ Both live on the record nodes (`record_nodes`): the inventory's `lb` nodes, else
 `fleet.records=true`, else the first node. Every controller that reads the same inventory agrees on them.
 """
 
-from .lease import Lease, LeaseInfo, NodeLease, break_lease, lease_status
-from .nodes import DEFAULT_BASE_DIR, majority, record_nodes
-from .records import FleetHistory, Snapshot
+from fleet.store.lease import Lease, LeaseInfo, NodeLease, break_lease, lease_status
+from fleet.store.nodes import DEFAULT_BASE_DIR, majority, record_nodes
+from fleet.store.records import FleetHistory, Snapshot
 
 __all__ = [
     "DEFAULT_BASE_DIR",

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal, TypeAlias, cast, get_args
 
-from ..errors import LeaseError, LeaseHeld, LeaseInfo, LeaseLost
-from ..model import CommandResult, Node
-from ..shell import Script
-from ..transport import Pool, fanout
-from .nodes import DEFAULT_BASE_DIR, clean, failure, majority, node_dir
+from fleet.core.errors import LeaseError, LeaseHeld, LeaseInfo, LeaseLost
+from fleet.core.model import CommandResult, Node
+from fleet.core.shell import Script
+from fleet.store.nodes import DEFAULT_BASE_DIR, clean, failure, majority, node_dir
+from fleet.transport import Pool, fanout
 
 __all__ = [
     "LEASE_SCRIPT",

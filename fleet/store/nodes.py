@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..model import CommandResult, Inventory, Node
-from ..nodepaths import DEFAULT
+from fleet.core.model import CommandResult, Inventory, Node
+from fleet.node.paths import DEFAULT
 
 DEFAULT_BASE_DIR = DEFAULT.base
 RECORDS_LABEL = "fleet.records"

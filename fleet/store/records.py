@@ -22,12 +22,20 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from ..errors import HistoryError, RecordsError
-from ..history import FINAL_OUTCOMES, OUTCOMES, FinalOutcome, History, Revision, RevisionOutcome, same_revision
-from ..model import CommandResult, Node
-from ..shell import Script
-from ..transport import Pool, fanout
-from .nodes import DEFAULT_BASE_DIR, failure, majority, node_dir
+from fleet.core.errors import HistoryError, RecordsError
+from fleet.core.model import CommandResult, Node
+from fleet.core.shell import Script
+from fleet.store.history import (
+    FINAL_OUTCOMES,
+    OUTCOMES,
+    FinalOutcome,
+    History,
+    Revision,
+    RevisionOutcome,
+    same_revision,
+)
+from fleet.store.nodes import DEFAULT_BASE_DIR, failure, majority, node_dir
+from fleet.transport import Pool, fanout
 
 __all__ = [
     "FleetHistory",
@@ -317,7 +325,7 @@ def _from_cache(cache: History, errors: Mapping[str, str]) -> Snapshot:
 class FleetHistory:
     """Revision history and decision state of every service, on the fleet's record nodes.
 
-    The same interface as `fleet.history.History`, async, shared by every controller of the fleet. Reads
+    The same interface as `fleet.store.history.History`, async, shared by every controller of the fleet. Reads
     come from one snapshot per instance (one round trip per record node), taken on first use and again after
     `refresh()`; `record` and `finish` re-read first, so they number and finish on the latest record. Writes
     need a strict majority of record nodes (`RecordsError` names the nodes otherwise). `warnings` and

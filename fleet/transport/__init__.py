@@ -1,9 +1,18 @@
 """The transport: the only package of fleet that speaks SSH (asyncssh); everything above it gets values."""
 
-from ..errors import SessionError
-from ..shell import Script
-from .fanout import fanout
-from .ssh import CIPHERS, DEFAULT_COMMAND_TIMEOUT, KEX_ALGS, NO_DEADLINE, Command, Pool, RemoteStream, render
+from fleet.core.errors import SessionError
+from fleet.core.shell import Script
+from fleet.transport.fanout import fanout
+from fleet.transport.ssh import (
+    CIPHERS,
+    DEFAULT_COMMAND_TIMEOUT,
+    KEX_ALGS,
+    NO_DEADLINE,
+    Command,
+    Pool,
+    RemoteStream,
+    render,
+)
 
 __all__ = [
     "CIPHERS",

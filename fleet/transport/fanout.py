@@ -10,10 +10,10 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from ..errors import CommandTimeout, RemoteCommandError, TransportError
-from ..model import CommandResult, Node
-from ..shell import Script
-from .ssh import Command, Pool
+from fleet.core.errors import CommandTimeout, RemoteCommandError, TransportError
+from fleet.core.model import CommandResult, Node
+from fleet.core.shell import Script
+from fleet.transport.ssh import Command, Pool
 
 PerNode = Callable[[Node], "Command | Awaitable[CommandResult]"]
 

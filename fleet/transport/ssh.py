@@ -19,7 +19,7 @@ from typing import Any, BinaryIO, TypeAlias
 
 import asyncssh
 
-from ..errors import (  # noqa: F401  (defined in the error tree)
+from fleet.core.errors import (  # noqa: F401  (defined in the error tree)
     AuthError,
     CommandTimeout,
     ConnectError,
@@ -29,8 +29,8 @@ from ..errors import (  # noqa: F401  (defined in the error tree)
     TransportError,
     _Timeout,
 )
-from ..model import CommandResult, Node
-from ..shell import Script, join
+from fleet.core.model import CommandResult, Node
+from fleet.core.shell import Script, join
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 CHUNK = 256 * 1024

@@ -11,8 +11,8 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import Footer
 
-from .data import Snapshot, Source, failed
-from .widgets import NodesTable, ReplicasTable, ServiceSelected, ServicesTable, StatusLine
+from fleet.tui.data import Snapshot, Source, failed
+from fleet.tui.widgets import NodesTable, ReplicasTable, ServiceSelected, ServicesTable, StatusLine
 
 
 class FleetApp(App[None]):

@@ -14,7 +14,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from ..api import FleetStatus, NodeReport
+    from fleet.api import FleetStatus, NodeReport
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,11 @@ from textual.message import Message
 from textual.reactive import var
 from textual.widgets import DataTable, Static
 
-from ..units import format_cpu, short_size
+from fleet.core.units import format_cpu, short_size
 
 if TYPE_CHECKING:
-    from ..api import NodeReport, ServiceStatus
-    from .data import Snapshot
+    from fleet.api import NodeReport, ServiceStatus
+    from fleet.tui.data import Snapshot
 
 STATUS_STYLE = {"ready": "green", "unreachable": "red", "no runtime": "yellow", "runtime not answering": "red",
                 "error": "red"}

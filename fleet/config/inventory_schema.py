@@ -1,0 +1,133 @@
+"""fleet's own inventory format, validated with pydantic; kept apart so that reading a cached inventory
+(the common case: `fleet nodes` on an unchanged file) does not pay for importing and building the models."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
+
+from fleet.config.schema import pydantic_problems
+from fleet.config.yamlmarks import Marked
+from fleet.core.errors import InventoryError
+from fleet.core.model import Inventory, Node, Resources
+from fleet.core.names import NAME_RE, ROLES, check_address, check_labels, key_files, resolve_path
+from fleet.core.units import parse_cpu, parse_memory
+
+REGISTRY_RE = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
+
+
+def _port(port: int) -> int:
+    if not 1 <= port <= 65535:
+        raise ValueError(f"expected a port number from 1 to 65535, got {port}")
+    return port
+
+
+class _Quantity(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cpu: float | None = None
+    memory: int | None = None
+
+    @field_validator("cpu", mode="before")
+    @classmethod
+    def _cpu(cls, v: object) -> float | None:
+        return None if v is None else parse_cpu(v)
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _mem(cls, v: object) -> int | None:
+        return None if v is None else parse_memory(v)
+
+
+class _NodeCommon(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user: str | None = None
+    port: Annotated[StrictInt, AfterValidator(_port)] | None = None
+    key: str | list[str] | None = None
+    known_hosts: str | None = None
+    namespace: str | None = None
+    labels: dict[str, Any] = Field(default_factory=dict)
+    reserved: _Quantity | None = None
+    insecure_registries: list[str] | None = None
+
+    @field_validator("insecure_registries")
+    @classmethod
+    def _registries(cls, v: list[str] | None) -> list[str] | None:
+        for host in v or []:
+            if not REGISTRY_RE.match(host):
+                raise ValueError(f"expected a registry host[:port], got {host!r}")
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, object]) -> dict[str, str]:
+        return check_labels(v)
+
+    @field_validator("namespace")
+    @classmethod
+    def _ns(cls, v: str | None) -> str | None:
+        if v is not None and not NAME_RE.match(v):
+            raise ValueError(f"invalid containerd namespace {v!r}")
+        return v
+
+
+class _NodeSpec(_NodeCommon):
+    address: Annotated[str, AfterValidator(check_address)]
+    roles: list[str] = Field(default_factory=lambda: ["worker"])
+    capacity: _Quantity | None = None
+
+    @field_validator("roles")
+    @classmethod
+    def _roles(cls, v: list[str]) -> list[str]:
+        for role in v:
+            if role not in ROLES:
+                raise ValueError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
+        return v
+
+
+class _FleetInventory(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    defaults: _NodeCommon = Field(default_factory=_NodeCommon)
+    nodes: dict[str, _NodeSpec]
+
+
+def _resources(q: _Quantity | None, default: Resources | None) -> Resources | None:
+    if q is None:
+        return default
+    base = default or Resources()
+    return Resources(q.cpu if q.cpu is not None else base.cpu, q.memory if q.memory is not None else base.memory)
+
+
+def from_fleet(doc: Marked) -> Inventory:
+    """An Inventory from a fleet-format document; every problem is reported with its line."""
+    try:
+        inv = _FleetInventory.model_validate(doc.data)
+    except ValidationError as exc:
+        raise InventoryError(pydantic_problems(exc, doc)) from None
+    base_dir = os.path.dirname(os.path.abspath(doc.file))
+    d = inv.defaults
+    problems = [doc.problem(("nodes", name), "invalid node name (letters, digits, . _ -)")
+                for name in inv.nodes if not NAME_RE.match(name)]
+    if problems:
+        raise InventoryError(problems)
+    nodes = []
+    for name, spec in inv.nodes.items():
+        nodes.append(Node(
+            name=name,
+            address=spec.address,
+            port=spec.port or d.port or 22,
+            user=spec.user or d.user or "root",
+            key_files=key_files(spec.key if spec.key is not None else d.key, base_dir),
+            known_hosts=resolve_path(kh, base_dir) if (kh := spec.known_hosts or d.known_hosts) else None,
+            labels={**d.labels, **spec.labels},
+            roles=tuple(spec.roles),
+            capacity=_resources(spec.capacity, None),
+            reserved=_resources(spec.reserved, _resources(d.reserved, Resources())) or Resources(),
+            namespace=spec.namespace or d.namespace or "fleet",
+            insecure_registries=tuple(spec.insecure_registries if spec.insecure_registries is not None
+                                      else d.insecure_registries or ()),
+            source_line=doc.line_of(("nodes", name)),
+        ))
+    return Inventory(doc.file, tuple(nodes))

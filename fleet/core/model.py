@@ -1,0 +1,104 @@
+"""Frozen values shared by every layer: nodes, resources, facts and command results."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from fleet.core.errors import AuthError, CommandTimeout, ConnectError, HostKeyError, TransportError
+
+
+@dataclass(frozen=True)
+class Resources:
+    """An amount of CPU (cores) and memory (bytes)."""
+
+    cpu: float = 0.0
+    memory: int = 0
+
+    def __add__(self, other: Resources) -> Resources:
+        return Resources(self.cpu + other.cpu, self.memory + other.memory)
+
+    def __sub__(self, other: Resources) -> Resources:
+        return Resources(self.cpu - other.cpu, self.memory - other.memory)
+
+    def fits_in(self, other: Resources) -> bool:
+        return self.cpu <= other.cpu + 1e-9 and self.memory <= other.memory
+
+
+def _frozen(mapping: Mapping[str, str] | None) -> Mapping[str, str]:
+    return MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True)
+class Node:
+    """How to reach one node, and what the inventory says about it."""
+
+    name: str
+    address: str
+    port: int = 22
+    user: str = "root"
+    key_files: tuple[str, ...] = ()
+    known_hosts: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    roles: tuple[str, ...] = ("worker",)
+    capacity: Resources | None = None
+    reserved: Resources = Resources()
+    namespace: str = "fleet"
+    source_line: int | None = None
+    # Registries (host[:port]) this node pulls from over plain HTTP, as containerd's `--plain-http`.
+    insecure_registries: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", _frozen(self.labels))
+
+    def has_role(self, role: str) -> bool:
+        return role in self.roles
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """The nodes of a fleet, read from one file."""
+
+    path: str
+    nodes: tuple[Node, ...]
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def names(self) -> list[str]:
+        return [n.name for n in self.nodes]
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What one remote command did on one node; `error` is set when it could not run at all."""
+
+    node: str
+    exit_status: int | None
+    stdout: str
+    stderr: str
+    duration: float
+    error: str | None = None
+    # Why it could not run, as the error itself (ConnectError, HostKeyError, AuthError, CommandTimeout, …):
+    # callers raise it, never rebuild it from a string.
+    failure: TransportError | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.exit_status == 0
+
+    @property
+    def error_kind(self) -> str | None:
+        """The failure in one word, for tables and JSON: connect, hostkey, auth, timeout or ssh."""
+        f = self.failure
+        if f is None:
+            return None if self.error is None else "ssh"
+        for kind, cls in (("connect", ConnectError), ("hostkey", HostKeyError), ("auth", AuthError),
+                          ("timeout", CommandTimeout)):
+            if isinstance(f, cls):
+                return kind
+        return "ssh"

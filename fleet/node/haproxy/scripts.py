@@ -1,0 +1,304 @@
+"""The sh scripts that drive HAProxy on an lb node (apply, runtime, status, stop) and pure parsers of their output.
+
+Each script is fleet's own text; every path and command travels in env or on stdin, never in the text.
+Scripts report in sections: a line `@@fleet NAME [VALUE]` starts one; `@@fleet result WORD` says what happened.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from fleet.core.errors import ScriptOutputError
+from fleet.core.shell import Script
+from fleet.node.haproxy.render import check_file
+from fleet.node.paths import DEFAULT, FILE_FUNCTIONS, HaproxyFiles
+
+MARK = "@@fleet"
+# ASCII record separator: ends each runtime reply (`\x1e RC`); HAProxy never prints it.
+REPLY_END = "\x1e"
+
+APPLY_RESULTS = ("unchanged", "invalid", "started", "start-failed", "start-timeout", "reloaded", "reload-failed",
+                 "reload-timeout", "no-master", "locked")
+
+_COMMON = r"""
+set -u
+umask 077
+alive() { [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status"; }
+master_pid() {
+  p=$(cat "$PIDF" 2>/dev/null) && [ -n "$p" ] && alive "$p" && [ "$(cat "/proc/$p/comm" 2>/dev/null)" = haproxy ] \
+    && echo "$p"
+}
+ask() { printf '%s\n' "$2" | socat -t 5 stdio "unix-connect:$1" 2>/dev/null; }
+# The master socket refuses connections for tens of ms while the master re-executes: retry for up to 5 s.
+ask_retry() {
+  n=0
+  until out=$(ask "$1" "$2"); do
+    n=$((n + 1)); [ "$n" -ge 100 ] && return 1; sleep 0.05
+  done
+  printf '%s\n' "$out"
+}
+workers() { awk '/^#/ { s = $0; next } s == "# workers" && $1 ~ /^[0-9]+$/ { printf "%s ", $1 }'; }
+failed() { sed -n 's/.*\[failed: *\([0-9]*\)\].*/\1/p'; }
+size() { wc -c 2>/dev/null <"$1" || echo 0; }
+since() { tail -c "+$(($2 + 1))" "$1" 2>/dev/null; }
+"""
+
+# The new config is staged like fleet.node.paths.write_file (temp file beside it, mode 0600 before any byte, stdin
+# checked against $SIZE, removed on any failure or signal), validated, and only then renamed over the old one.
+APPLY = _COMMON + FILE_FUNCTIONS + r"""
+mkdir -p "$D" || exit 3
+exec 9>>"$D/lock"
+if command -v flock >/dev/null 2>&1; then flock -w 30 9 || { echo "@@fleet result locked"; exit 0; }; fi
+# The master and workers append to the log for their whole life (reloads, health changes): keep it bounded.
+if [ "$(size "$LOG")" -gt 4194304 ]; then : >"$LOG"; fi
+fleet_stage "$CFG" 0600 "${SIZE:-}" || exit 3
+new=$fleet_staged
+pid=$(master_pid) || pid=
+if [ -n "$pid" ] && cmp -s "$new" "$CFG"; then
+  fleet_unstage; echo "@@fleet result unchanged"; exit 0
+fi
+echo "@@fleet check"
+if ! "$HAPROXY" -c -f "$new" 2>&1; then
+  fleet_unstage; echo "@@fleet result invalid"; exit 0
+fi
+if [ -z "$pid" ]; then
+  mv -f "$new" "$CFG"; fleet_staged=; fleet_sname=
+  # Runtime state dies with the process: a fresh start must not load a stale one.
+  rm -f "$MASTER" "$STATE"
+  off=$(size "$LOG")
+  # fd 9 (the lock) is closed for haproxy, or it would hold the lock for its whole life.
+  setsid "$HAPROXY" -W -S "$MASTER" -f "$CFG" -p "$PIDF" </dev/null >>"$LOG" 2>&1 9>&- &
+  hp=$!
+  result=start-timeout; i=0
+  while [ "$i" -lt 200 ]; do
+    if ! alive "$hp"; then result=start-failed; break; fi
+    if since "$LOG" "$off" | grep -q 'Loading success'; then result=started; break; fi
+    sleep 0.05; i=$((i + 1))
+  done
+  if [ "$result" = started ]; then echo "@@fleet after"; ask_retry "$MASTER" "show proc"; fi
+  echo "@@fleet log"; since "$LOG" "$off"
+  echo "@@fleet result $result"
+  exit 0
+fi
+if ! before=$(ask_retry "$MASTER" "show proc"); then
+  fleet_unstage; echo "@@fleet result no-master"; exit 0
+fi
+echo "@@fleet before"; printf '%s\n' "$before"
+f0=$(printf '%s\n' "$before" | failed); w0=$(printf '%s\n' "$before" | workers)
+# Runtime changes (drain, weights, maint) survive the reload through the state file.
+if st=$(ask "$ADMIN" "show servers state") && [ "$(printf '%s\n' "$st" | head -n 1)" = 1 ]; then
+  printf '%s\n' "$st" >"$STATE.new" && mv -f "$STATE.new" "$STATE"
+else
+  echo "@@fleet warning"; echo "could not save the server state before the reload"
+fi
+cp -f "$CFG" "$CFG.prev"
+mv -f "$new" "$CFG"; fleet_staged=; fleet_sname=
+off=$(size "$LOG")
+if ! ask_retry "$MASTER" reload >/dev/null; then
+  mv -f "$CFG.prev" "$CFG"; echo "@@fleet result no-master"; exit 0
+fi
+result=reload-timeout; i=0; now=
+while [ "$i" -lt 300 ]; do
+  sleep 0.05; i=$((i + 1))
+  now=$(ask "$MASTER" "show proc") || continue
+  f=$(printf '%s\n' "$now" | failed); w=$(printf '%s\n' "$now" | workers)
+  if [ "${f:-0}" -gt "${f0:-0}" ]; then result=reload-failed; break; fi
+  if [ -n "$w" ] && [ "$w" != "$w0" ] && since "$LOG" "$off" | grep -q 'Loading success'; then
+    result=reloaded; break
+  fi
+done
+# A failed reload leaves the old worker serving the old config: put the old file back to match it.
+if [ "$result" = reload-failed ]; then mv -f "$CFG.prev" "$CFG"; fi
+echo "@@fleet after"; printf '%s\n' "$now"
+echo "@@fleet log"; since "$LOG" "$off"
+echo "@@fleet result $result"
+"""
+
+RUNTIME = r"""
+set -u
+while IFS= read -r cmd; do
+  if out=$(printf '%s\n' "$cmd" | socat -t 5 stdio "unix-connect:$ADMIN" 2>&1); then rc=0; else rc=$?; fi
+  printf '%s\n\036 %s\n' "$out" "$rc"
+done
+"""
+
+STATUS = _COMMON + r"""
+pid=$(master_pid) || pid=
+if [ -z "$pid" ]; then echo "@@fleet result stopped"; exit 0; fi
+echo "@@fleet pid $pid"
+echo "@@fleet proc"; ask_retry "$MASTER" "show proc"
+echo "@@fleet result running"
+"""
+
+STOP = _COMMON + r"""
+pid=$(master_pid) || pid=
+if [ -z "$pid" ]; then
+  rm -f "$PIDF" "$MASTER" "$ADMIN" "$STATE"; echo "@@fleet result not-running"; exit 0
+fi
+procs=$(ask "$MASTER" "show proc" | awk '$1 ~ /^[0-9]+$/ && $2 != "master" { print $1 }')
+kill -TERM "$pid"
+wait_gone() {
+  i=0
+  while [ "$i" -lt "$1" ]; do
+    left=
+    for p in $pid $procs; do if alive "$p"; then left="$left $p"; fi; done
+    [ -z "$left" ] && return 0
+    sleep 0.05; i=$((i + 1))
+  done
+  return 1
+}
+result=stopped
+if ! wait_gone 200; then
+  kill -KILL $left 2>/dev/null; result=killed
+  wait_gone 100 || result=stuck
+fi
+rm -f "$PIDF" "$MASTER" "$ADMIN" "$STATE"
+echo "@@fleet pids"; for p in $pid $procs; do echo "$p"; done
+echo "@@fleet result $result"
+"""
+
+
+@dataclass(frozen=True)
+class LbPaths:
+    """Where HAProxy's files live on an lb node: everything under one private directory (file names from
+    `fleet.node.paths.HaproxyFiles`)."""
+
+    base: str = DEFAULT.haproxy_dir
+    haproxy: str = "haproxy"
+
+    def __post_init__(self) -> None:
+        check_file(self.base.rstrip("/") or "/", "base_dir")
+        if not re.match(r"^[A-Za-z0-9_./-]{1,256}$", self.haproxy):
+            raise ValueError(f"haproxy: expected a command name or path, got {self.haproxy!r}")
+
+    @property
+    def files(self) -> HaproxyFiles:
+        return HaproxyFiles(self.base.rstrip("/"))
+
+    @property
+    def config(self) -> str:
+        return self.files.config
+
+    @property
+    def master_socket(self) -> str:
+        return self.files.master_socket
+
+    @property
+    def admin_socket(self) -> str:
+        return self.files.admin_socket
+
+    @property
+    def state_file(self) -> str:
+        return self.files.state_file
+
+    @property
+    def pid_file(self) -> str:
+        return self.files.pid_file
+
+    @property
+    def log_file(self) -> str:
+        return self.files.log_file
+
+    def env(self) -> dict[str, str]:
+        return {"D": self.base.rstrip("/"), "CFG": self.config, "MASTER": self.master_socket,
+                "ADMIN": self.admin_socket, "STATE": self.state_file, "PIDF": self.pid_file, "LOG": self.log_file,
+                "HAPROXY": self.haproxy}
+
+
+def apply_script(paths: LbPaths, size: int | None = None) -> Script:
+    """Reads the config on stdin (`size` bytes: a send cut short is refused); writes, validates, starts or
+    reloads (see APPLY_RESULTS for the outcomes)."""
+    env = paths.env()
+    if size is not None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ValueError(f"size: expected a byte count >= 0, got {size!r}")
+        env["SIZE"] = str(size)
+    return Script(APPLY, env, name="fleet-haproxy-apply")
+
+
+def runtime_script(paths: LbPaths) -> Script:
+    """Reads admin-socket commands on stdin, one a line; prints each reply followed by `\\x1e RC`."""
+    return Script(RUNTIME, {"ADMIN": paths.admin_socket}, name="fleet-haproxy-runtime")
+
+
+def status_script(paths: LbPaths) -> Script:
+    return Script(STATUS, paths.env(), name="fleet-haproxy-status")
+
+
+def stop_script(paths: LbPaths) -> Script:
+    """SIGTERM to the master (workers hard-stop with it), SIGKILL whatever is left after 10 s."""
+    return Script(STOP, paths.env(), name="fleet-haproxy-stop")
+
+
+def runtime_input(commands: list[str]) -> str:
+    """The runtime script's stdin; a command may not hold a newline or `;` (HAProxy's command separator)."""
+    for cmd in commands:
+        if not isinstance(cmd, str) or not cmd.strip() or any(c in cmd for c in "\n\r;" + REPLY_END):
+            raise ValueError(f"runtime command: expected one non-empty line without ';', got {cmd!r}")
+    return "".join(f"{cmd}\n" for cmd in commands)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One admin-socket command's reply; `rc` is socat's exit status (non-zero: the socket was unreachable)."""
+
+    command: str
+    text: str
+    rc: int
+
+
+def parse_replies(commands: list[str], text: str) -> list[Reply]:
+    """Split the runtime script's output into one reply per command, in order."""
+    replies = []
+    rest = text
+    for cmd in commands:
+        m = re.search(r"\n\x1e (\d+)\n", rest)
+        if m is None:
+            raise ScriptOutputError(f"no reply for {cmd!r} in runtime output: {rest[:80]!r}")
+        replies.append(Reply(cmd, rest[:m.start()], int(m[1])))
+        rest = rest[m.end():]
+    return replies
+
+
+@dataclass(frozen=True)
+class ScriptOutput:
+    """A script's report: its result word, plus the text of each named section."""
+
+    result: str
+    sections: dict[str, str] = field(default_factory=dict)
+    values: dict[str, str] = field(default_factory=dict)
+
+    def section(self, name: str) -> str:
+        return self.sections.get(name, "")
+
+
+def parse_script_output(text: str) -> ScriptOutput:
+    """Sections start at `@@fleet NAME [VALUE]`; the last `@@fleet result WORD` is the outcome."""
+    sections: dict[str, list[str]] = {}
+    values: dict[str, str] = {}
+    current: list[str] | None = None
+    result = None
+    for line in text.splitlines():
+        if line.startswith(MARK + " "):
+            name, _, value = line[len(MARK) + 1:].strip().partition(" ")
+            if name == "result":
+                result = value.strip()
+                current = None
+                continue
+            values[name] = value.strip()
+            current = sections.setdefault(name, [])
+        elif current is not None:
+            current.append(line)
+    if not result:
+        raise ScriptOutputError(f"no `{MARK} result` line in script output: {text[-200:]!r}")
+    return ScriptOutput(result, {k: "\n".join(v) for k, v in sections.items()}, values)
+
+
+def alert_lines(text: str) -> list[str]:
+    """HAProxy's `[ALERT]` lines (the reasons a config was refused or a load failed), prefix trimmed."""
+    out = []
+    for line in text.splitlines():
+        if "[ALERT]" in line:
+            out.append(re.sub(r"^\[ALERT\]\s+(\(\d+\)\s+)?:\s*(config\s+:\s*)?", "", line.strip()))
+    return out

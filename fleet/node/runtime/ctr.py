@@ -1,0 +1,431 @@
+"""Driver for containerd 1.6 through `ctr`: builds argv lists and POSIX sh scripts, parses what they print.
+
+Works around ctr's gaps (FACTS §2-§3): `-d` always gets `--log-uri`; a failed `run -d` is cleaned up; stop is
+TERM → poll → SIGKILL after the grace period, in one script; the exit code is read from `tasks rm` stderr;
+restart=always uses the containerd restart monitor's labels, which are cleared before any stop.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from collections.abc import Sequence
+from functools import partial
+
+from fleet.core import labels as L
+from fleet.core.errors import RuntimeCommandError
+from fleet.core.model import CommandResult
+from fleet.core.shell import Script
+from fleet.node.paths import DEFAULT as NODE_PATHS
+from fleet.node.runtime.base import (
+    Call,
+    CliDriver,
+    ContainerInfo,
+    ImportedImage,
+    Mount,
+    RunSpec,
+    Status,
+    StopResult,
+    Usage,
+    check,
+    identity,
+    parse_ok,
+    parse_text,
+)
+
+NO_MEMORY_LIMIT = 9223372036854771712
+DEFAULT_LOG_DIR = NODE_PATHS.logs_dir
+_EXISTS_RC = 17
+
+
+def _mount_arg(m: Mount) -> str:
+    for part in (m.source, m.target, *m.options):
+        if "," in part:
+            raise ValueError(f"ctr cannot express a ',' in a mount: {part!r}")
+    if m.type == "tmpfs":
+        opts = ":".join(m.options or ("mode=1777",))
+        if m.readonly:
+            opts += ":ro"
+        return f"type=tmpfs,src=tmpfs,dst={m.target},options={opts}"
+    opts = ":".join(("rbind", "ro" if m.readonly else "rw", *m.options))
+    return f"type=bind,src={m.source},dst={m.target},options={opts}"
+
+
+def _cpus(cpu: float) -> str:
+    return format(cpu, "g")
+
+
+class CtrDriver(CliDriver):
+    """`ctr -a ADDRESS -n NAMESPACE …`; `address` None means the node's default socket."""
+
+    name = "ctr"
+    shell_function = "c"
+
+    def __init__(self, namespace: str = "fleet", address: str | None = None, log_dir: str = DEFAULT_LOG_DIR,
+                 binary: str = "ctr") -> None:
+        super().__init__(namespace, address, binary)
+        self.log_dir = log_dir
+
+    def log_path(self, container_id: str, spec_path: str | None = None) -> str:
+        return spec_path or f"{self.log_dir}/{self.namespace}/{container_id}.log"
+
+    # --- run
+
+    def run_argv(self, spec: RunSpec) -> list[str]:
+        """The bare `ctr run -d` argv (the `run` script adds the existence check and failure cleanup)."""
+        if not L.is_valid_container_id(spec.id):
+            raise ValueError(f"invalid container ID for containerd: {spec.id!r}")
+        log = self.log_path(spec.id, spec.log_path)
+        argv = [*self.base(), "run", "-d", "--log-uri", f"file://{log}"]
+        if spec.netns:
+            argv += ["--with-ns", f"network:{spec.netns}"]
+        elif spec.net_host:
+            argv.append("--net-host")
+        for name, value in spec.env.items():
+            if not name or "=" in name:
+                raise ValueError(f"invalid environment variable name: {name!r}")
+            argv += ["--env", f"{name}={value}"]
+        if spec.env_file:
+            argv += ["--env-file", spec.env_file]
+        for m in spec.mounts:
+            argv += ["--mount", _mount_arg(m)]
+        if spec.cpu is not None and spec.cpu > 0:
+            argv += ["--cpus", _cpus(spec.cpu)]
+        if spec.memory is not None and spec.memory > 0:
+            argv += ["--memory-limit", str(int(spec.memory))]
+        for key, value in spec.labels.items():
+            if not key or "=" in key:
+                raise ValueError(f"invalid label key: {key!r}")
+            argv += ["--label", f"{key}={value}"]
+        argv += [spec.image, spec.id]
+        if spec.command:
+            argv += list(spec.command)
+        return argv
+
+    def run(self, spec: RunSpec) -> Call[None]:
+        """Start a container detached; refuse an existing ID, and remove the leftovers of a failed start."""
+        log = self.log_path(spec.id, spec.log_path)
+        text = (
+            self._fn()
+            + 'if c containers info "$ID" >/dev/null 2>&1; then\n'
+            + f'  echo "ctr: container \\"$ID\\": already exists" >&2; exit {_EXISTS_RC}\n'
+            + "fi\n"
+            + 'mkdir -p "$(dirname "$LOG")" || exit 1\n'
+            + shlex.join(self.run_argv(spec)) + "\n"
+            + "rc=$?\n"
+            + 'if [ "$rc" -ne 0 ]; then c containers rm "$ID" >/dev/null 2>&1; exit "$rc"; fi\n'
+        )
+        if spec.restart == "always":
+            # Labelled only once the task runs: with the label already set at create time, the restart
+            # monitor can start the task itself and `ctr run` then fails ("cannot start a container that
+            # has stopped"), seen with a 1 s monitor interval.
+            label = [*self.base(), "containers", "label", spec.id, *self.restart_labels(log)]
+            text += shlex.join(label) + " >/dev/null\n"
+        return Call(Script(text, {"ID": spec.id, "LOG": log}), parse_run, what=f"run {spec.id}")
+
+    def restart_labels(self, log: str) -> list[str]:
+        """Labels that put a container under the containerd restart monitor, restarts logging to `log`."""
+        return [f"{L.RESTART_STATUS}=running", f"{L.RESTART_LOGURI}=file://{log}"]
+
+    # --- stop / remove
+
+    def stop(self, container_id: str, grace: float = 10.0) -> Call[StopResult]:
+        """SIGTERM (the image's stop signal), wait `grace` s, SIGKILL, then delete task and container."""
+        text = self._fn() + _STOP_SCRIPT
+        env = {"ID": container_id, "GRACE": format(max(grace, 0.0), "g")}
+        parse = partial(parse_stop, container_id=container_id)
+        return Call(Script(text, env), parse, what=f"stop {container_id}")
+
+    def remove(self, container_id: str) -> Call[None]:
+        """Kill and delete at once, and delete the log file; succeeds when the container is already gone."""
+        text = self._fn() + _REMOVE_SCRIPT
+        env = {"ID": container_id, "LOG": self.log_path(container_id)}
+        return Call(Script(text, env), parse_remove, what=f"remove {container_id}")
+
+    # --- inspection
+
+    def list_containers(self) -> Call[list[ContainerInfo]]:
+        """Every container in the namespace with labels, task state, start time and OOM kills, in one trip."""
+        text = self._fn() + _LIST_SCRIPT
+        return Call(Script(text, {"NS": self.namespace}), parse_list, what="list containers")
+
+    def metrics_argv(self, container_id: str) -> list[str]:
+        return [*self.base(), "tasks", "metrics", "--format", "json", container_id]
+
+    def metrics(self, container_id: str) -> Call[Usage]:
+        return Call(self.metrics_argv(container_id), parse_metrics, what=f"metrics {container_id}")
+
+    def logs_argv(self, container_id: str, tail: int | None = 100, follow: bool = False,
+                  log_path: str | None = None) -> list[str]:
+        path = self.log_path(container_id, log_path)
+        if tail is None:
+            return ["tail", "-n", "+1", "-F", path] if follow else ["cat", path]
+        return ["tail", "-n", str(int(tail)), *(["-F"] if follow else []), path]
+
+    def logs(self, container_id: str, tail: int | None = 100, follow: bool = False) -> Call[str]:
+        """The container's log file (stdout and stderr interleaved, no timestamps); streams when following."""
+        return Call(self.logs_argv(container_id, tail, follow), parse_text("read"), what=f"logs {container_id}")
+
+    def exec_argv(self, container_id: str, argv: Sequence[str], exec_id: str | None = None) -> list[str]:
+        if not argv:
+            raise ValueError("exec needs a command")
+        eid = exec_id or f"fleet-exec-{L.random_suffix(8)}"
+        return [*self.base(), "tasks", "exec", "--exec-id", eid, container_id, *argv]
+
+    def exec(self, container_id: str, argv: Sequence[str], exec_id: str | None = None) -> Call[CommandResult]:
+        return Call(self.exec_argv(container_id, argv, exec_id), identity, what=f"exec {container_id}")
+
+    # --- images
+
+    def image_import_argv(self) -> list[str]:
+        """Import an uncompressed OCI/Docker archive from stdin (ctr rejects a gzip stream)."""
+        return [*self.base(), "images", "import", "-"]
+
+    def image_import(self, archive_path: str) -> Call[list[ImportedImage]]:
+        return Call(self.image_import_argv(), parse_import, stdin_path=archive_path, what="image import")
+
+    def image_list_argv(self) -> list[str]:
+        return [*self.base(), "images", "ls"]
+
+    def image_list(self) -> Call[dict[str, str]]:
+        return Call(self.image_list_argv(), parse_image_list, what="image list")
+
+    def image_pull_argv(self, ref: str, plain_http: bool = False) -> list[str]:
+        return [*self.base(), "images", "pull", *(["--plain-http"] if plain_http else []), ref]
+
+    def image_pull(self, ref: str, plain_http: bool = False) -> Call[None]:
+        return Call(self.image_pull_argv(ref, plain_http), parse_ok("ctr"), what=f"pull {ref}")
+
+    def image_remove_argv(self, ref: str) -> list[str]:
+        return [*self.base(), "images", "rm", ref]
+
+    def image_remove(self, ref: str) -> Call[None]:
+        return Call(self.image_remove_argv(ref), parse_ok("ctr"), what=f"image rm {ref}")
+
+
+# Polls `tasks ls` every 0.2 s; GRACE may be fractional, so the tick count is computed with awk (mawk prints
+# small integers correctly). The restart label is cleared first or the restart monitor would revive the task.
+_STOP_SCRIPT = r"""
+state() { c tasks ls 2>/dev/null | awk -v id="$ID" '$1==id {print $3}'; }
+if ! c containers info "$ID" >/dev/null 2>&1; then echo '@@found false'; exit 0; fi
+echo '@@found true'
+c containers label "$ID" containerd.io/restart.status= >/dev/null 2>&1
+st=$(state)
+if [ "$st" = RUNNING ] || [ "$st" = PAUSED ] || [ "$st" = CREATED ]; then
+  c tasks kill "$ID" >/dev/null 2>&1
+  ticks=$(awk -v g="$GRACE" 'BEGIN { printf "%d", g * 5 + 0.999 }')
+  i=0
+  while [ "$i" -lt "$ticks" ]; do
+    st=$(state)
+    [ "$st" = RUNNING ] || [ "$st" = PAUSED ] || break
+    sleep 0.2
+    i=$((i + 1))
+  done
+  st=$(state)
+  if [ "$st" = RUNNING ] || [ "$st" = PAUSED ]; then
+    echo '@@killed true'
+    c tasks kill -a -s SIGKILL "$ID" >/dev/null 2>&1
+    i=0
+    while [ "$i" -lt 50 ]; do
+      st=$(state)
+      [ "$st" = RUNNING ] || [ "$st" = PAUSED ] || break
+      sleep 0.2
+      i=$((i + 1))
+    done
+  fi
+fi
+if [ -n "$st" ]; then
+  echo '@@task true'
+  echo '@@taskrm'
+  c tasks rm "$ID" 2>&1 >/dev/null
+fi
+echo '@@containerrm'
+c containers rm "$ID" 2>&1
+echo "@@rc $?"
+"""
+
+_REMOVE_SCRIPT = r"""
+if c containers info "$ID" >/dev/null 2>&1; then
+  c containers label "$ID" containerd.io/restart.status= >/dev/null 2>&1
+  c tasks rm -f "$ID" >/dev/null 2>&1
+  c containers rm "$ID" || exit 1
+fi
+rm -f "$LOG"
+"""
+
+# Lines starting with '@@' are section markers; `ctr containers info` pretty-prints JSON, whose lines start
+# with a brace or a space, and JSON escapes newlines inside strings, so a hostile label cannot fake a marker.
+_LIST_SCRIPT = r"""
+for id in $(c containers ls -q); do
+  printf '@@container %s\n' "$id"
+  c containers info "$id" 2>/dev/null
+  oom=
+  if [ -r "/sys/fs/cgroup/memory/$NS/$id/memory.oom_control" ]; then
+    oom=$(awk '$1 == "oom_kill" {print $2}' "/sys/fs/cgroup/memory/$NS/$id/memory.oom_control")
+  elif [ -r "/sys/fs/cgroup/$NS/$id/memory.events" ]; then
+    oom=$(awk '$1 == "oom_kill" {print $2}' "/sys/fs/cgroup/$NS/$id/memory.events")
+  fi
+  printf '\n@@oom %s %s\n' "$id" "$oom"
+done
+tasks=$(c tasks ls)
+echo '@@tasks'
+printf '%s\n' "$tasks"
+hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
+printf '@@proc %s %s\n' "$(awk '$1 == "btime" {print $2}' /proc/stat)" "$hz"
+printf '%s\n' "$tasks" | awk 'NR > 1 && $2 > 0 {print $2}' | while read -r pid; do
+  s=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+  printf '%s %s\n' "$pid" "$(printf '%s\n' "${s##*) }" | awk '{print $20}')"
+done
+"""
+
+
+def parse_run(result: CommandResult) -> None:
+    check(result, "ctr run")
+
+
+def _sections(text: str) -> list[tuple[str, str, list[str]]]:
+    """Split marker-delimited output into (marker, rest of marker line, body lines)."""
+    out: list[tuple[str, str, list[str]]] = []
+    for line in text.splitlines():
+        if line.startswith("@@"):
+            head, _, rest = line[2:].partition(" ")
+            out.append((head, rest, []))
+        elif out:
+            out[-1][2].append(line)
+    return out
+
+
+_EXIT_RE = re.compile(r"exit with non-zero exit code (\d+)")
+
+
+def parse_stop(result: CommandResult, container_id: str = "") -> StopResult:
+    """Read the stop script's markers; the exit code comes from `tasks rm` stderr (absent means 0)."""
+    if result.error is not None:
+        check(result, "stop")
+    secs = _sections(result.stdout)
+    heads = {h: (rest, body) for h, rest, body in secs}
+    cid = container_id
+    if "found" not in heads:
+        raise RuntimeCommandError(result.node, "stop", result.exit_status, result.stderr or result.stdout)
+    if heads["found"][0] == "false":
+        return StopResult(cid, found=False)
+    exit_code: int | None = None
+    if "task" in heads:
+        m = _EXIT_RE.search("\n".join(heads.get("taskrm", ("", []))[1]))
+        exit_code = int(m.group(1)) if m else 0
+    rc = heads.get("rc", ("1", []))[0]
+    if rc != "0":
+        detail = "\n".join(heads.get("containerrm", ("", []))[1])
+        status = int(rc) if rc.isdigit() else None
+        raise RuntimeCommandError(result.node, "stop: containers rm", status, detail)
+    return StopResult(cid, found=True, exit_code=exit_code, killed="killed" in heads)
+
+
+def parse_remove(result: CommandResult) -> None:
+    check(result, "remove")
+
+
+_STATUS = {"RUNNING": Status.RUNNING, "STOPPED": Status.STOPPED, "CREATED": Status.CREATED,
+           "PAUSED": Status.RUNNING, "PAUSING": Status.RUNNING}
+
+
+def parse_tasks(text: str) -> dict[str, tuple[int | None, Status]]:
+    """`ctr tasks ls` table → {id: (pid, status)}."""
+    tasks: dict[str, tuple[int | None, Status]] = {}
+    for line in text.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) >= 3:
+            pid = int(parts[1]) if parts[1].isdigit() and int(parts[1]) > 0 else None
+            tasks[parts[0]] = (pid, _STATUS.get(parts[2], Status.UNKNOWN))
+    return tasks
+
+
+def parse_list(result: CommandResult) -> list[ContainerInfo]:
+    """The list script's output → one ContainerInfo per container (no task: CREATED)."""
+    check(result, "list")
+    infos: dict[str, dict[str, object]] = {}
+    oom: dict[str, int] = {}
+    tasks: dict[str, tuple[int | None, Status]] = {}
+    starts: dict[int, float] = {}
+    for head, rest, body in _sections(result.stdout):
+        if head == "container":
+            text = "\n".join(body).strip()
+            if text:
+                try:
+                    infos[rest] = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise RuntimeCommandError(result.node, "list: containers info", 0, str(exc)) from exc
+        elif head == "oom":
+            cid, _, count = rest.partition(" ")
+            oom[cid] = int(count) if count.strip().isdigit() else 0
+        elif head == "tasks":
+            tasks = parse_tasks("\n".join(body))
+        elif head == "proc":
+            fields = rest.split()
+            if len(fields) == 2 and fields[0].isdigit() and fields[1].isdigit():
+                btime, hz = int(fields[0]), int(fields[1]) or 100
+                for line in body:
+                    spid, _, ticks = line.partition(" ")
+                    if spid.isdigit() and ticks.strip().isdigit():
+                        starts[int(spid)] = btime + int(ticks) / hz
+    out = []
+    for cid, info in infos.items():
+        labels = info.get("Labels") or {}
+        pid, status = tasks.get(cid, (None, Status.CREATED))
+        out.append(ContainerInfo(
+            id=str(info.get("ID", cid)),
+            image=str(info.get("Image", "")),
+            labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {},
+            status=status,
+            pid=pid,
+            started_at=starts.get(pid) if pid is not None and status is Status.RUNNING else None,
+            created_at=str(info["CreatedAt"]) if "CreatedAt" in info else None,
+            oom_killed=oom.get(cid, 0) > 0,
+        ))
+    return out
+
+
+def _get(data: object, *path: str) -> int:
+    for key in path:
+        if not isinstance(data, dict):
+            return 0
+        data = data.get(key, 0)
+    return int(data) if isinstance(data, int | float) else 0
+
+
+def parse_metrics(result: CommandResult) -> Usage:
+    """`ctr tasks metrics --format json` (cgroup v1 shape; zero fields are omitted, so default to 0)."""
+    check(result, "metrics")
+    try:
+        data = json.loads(result.stdout)
+    except json.JSONDecodeError as exc:
+        raise RuntimeCommandError(result.node, "metrics", result.exit_status, f"not JSON: {exc}") from exc
+    limit = _get(data, "memory", "usage", "limit")
+    return Usage(
+        cpu_ns=_get(data, "cpu", "usage", "total"),
+        memory_bytes=_get(data, "memory", "usage", "usage"),
+        memory_limit=None if limit in (0, NO_MEMORY_LIMIT) or limit >= NO_MEMORY_LIMIT else limit,
+        oom_kills=_get(data, "memory_oom_control", "oom_kill"),
+        pids=_get(data, "pids", "current"),
+    )
+
+
+_IMPORT_RE = re.compile(r"^unpacking (\S+) \((sha256:[0-9a-f]{64})\)\.\.\.done", re.MULTILINE)
+
+
+def parse_import(result: CommandResult) -> list[ImportedImage]:
+    """`unpacking NAME (sha256:…)...done` lines → the imported images."""
+    check(result, "image import")
+    return [ImportedImage(m.group(1), m.group(2)) for m in _IMPORT_RE.finditer(result.stdout)]
+
+
+def parse_image_list(result: CommandResult) -> dict[str, str]:
+    """`ctr images ls` table (REF TYPE DIGEST SIZE PLATFORMS LABELS) → {ref: manifest digest}."""
+    check(result, "image list")
+    out = {}
+    for line in result.stdout.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) >= 3 and parts[2].startswith("sha256:"):
+            out[parts[0]] = parts[2]
+    return out

@@ -1,0 +1,48 @@
+"""Checks of the accepted specs against what the nodes report, as pure functions of data (no I/O): the engine
+gathers the facts, these say what is wrong in words a user can act on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Set
+
+from fleet.config.spec import ServiceSpec
+from fleet.core.ports import RESERVED_LB_PORTS
+
+
+def lb_port_conflicts(specs: Iterable[ServiceSpec], listening: Mapping[str, Set[int]],
+                      owned: Mapping[str, Set[int]]) -> list[str]:
+    """One message per spec whose `lb.port` HAProxy could not bind on the lb nodes.
+
+    `listening`: per lb node, the TCP ports something listens on (node facts, `NodeFacts.listening`);
+    `owned`: per service, the ports fleet's HAProxy already serves for it (its frontends now). A port a spec's
+    own frontend already serves is fine. A port another service's frontend serves is fine only when that service
+    is among `specs` and moves off it (one reload hands it over); otherwise it is taken by fleet's HAProxy for that
+    service. Any other listener on an lb node (sshd, a stray process, a replica of an lb node that is also a
+    worker) takes it on that node. Messages come in the order of the service names.
+    """
+    chosen = {s.name: (s.lb.port if s.lb is not None else None) for s in specs}
+    holders: dict[int, list[str]] = {}
+    for service, ports in owned.items():
+        for port in ports:
+            holders.setdefault(port, []).append(service)
+    out = []
+    for spec in sorted(specs, key=lambda s: s.name):
+        if spec.lb is None:
+            continue
+        port = spec.lb.port
+        if port in RESERVED_LB_PORTS:
+            out.append(f"{spec.name}: lb.port {port} is fleet's own on the lb nodes ({RESERVED_LB_PORTS[port]})")
+            continue
+        if port in owned.get(spec.name, ()):
+            continue
+        others = sorted(h for h in holders.get(port, ()) if h != spec.name and chosen.get(h, port) == port)
+        if others:
+            why = "not in these playbooks" if others[0] not in chosen else f"which keeps lb.port {port}"
+            out.append(f"{spec.name}: lb.port {port} is already served by fleet's HAProxy for service "
+                       f"{others[0]!r} ({why})")
+            continue
+        nodes = sorted(node for node, ports in listening.items() if port in ports)
+        if nodes and port not in holders:
+            out.append(f"{spec.name}: lb.port {port} is already in use on {', '.join(nodes)} "
+                       "(not by fleet's HAProxy)")
+    return out

@@ -1,0 +1,198 @@
+"""What a run converges each service to, from the playbook and the fleet's record of the service: pure.
+
+`apply` changes the accepted state: it tries the playbook's spec. `reconcile` restores the accepted state: it
+tries the playbook only when the playbook changed since the last `apply` (or `reconcile`) tried it; otherwise it
+heals the accepted revision as it is. So a waiting canary stays waiting, `abort` and `rollback` stay done, and a
+revision that failed is not retried until the playbook changes again.
+
+The record of a service (`ServiceState`) lives on the fleet (`fleet.store.records`), written under the lease.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal
+
+from fleet.config.spec import ServiceSpec, to_playbook_dict
+
+Decision = Literal["applied", "failed", "rolled-back", "aborted", "pinned", "canary-waiting", "destroyed"]
+DECISIONS: tuple[str, ...] = ("applied", "failed", "rolled-back", "aborted", "pinned", "canary-waiting", "destroyed")
+Command = Literal["apply", "reconcile"]
+
+
+def _digest(data: Mapping[str, Any]) -> str:
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def intent_hash(spec: ServiceSpec) -> str:
+    """Everything the playbook says about the service (replica count included): what `reconcile` compares to
+    tell whether the playbook changed since it was last tried."""
+    return _digest(to_playbook_dict(spec))
+
+
+def revision_key(spec: ServiceSpec) -> str:
+    """Everything that makes a revision, the replica count excepted: a change of lb, health, placement, grace
+    period or update policy is a new revision even though running containers are kept."""
+    data = to_playbook_dict(spec)
+    data.pop("replicas", None)
+    return _digest(data)
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    """The fleet's record of one service: the revision reconcile restores and the last decision about it.
+
+    `intent` is the `intent_hash` of the playbook spec last tried; `replicas` a count set by `fleet scale` (kept
+    until the next `apply`); `canary` the revision of a canary waiting for promote/abort, with its HAProxy
+    weights; `reason` why the last attempt failed."""
+
+    accepted: int | None
+    decision: Decision
+    intent: str | None = None
+    replicas: int | None = None
+    canary: int | None = None
+    canary_weights: tuple[int, int] | None = None
+    reason: str = ""
+    by: str = ""
+    at: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["canary_weights"] = list(self.canary_weights) if self.canary_weights else None
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ServiceState:
+        """Read a record back; unknown fields are ignored, a wrong one raises ValueError naming it."""
+        decision = data.get("decision")
+        if decision not in DECISIONS:
+            raise ValueError(f"decision: expected one of {', '.join(DECISIONS)}, got {decision!r}")
+
+        def opt_int(key: str) -> int | None:
+            v = data.get(key)
+            if v is None:
+                return None
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"{key}: expected an integer, got {v!r}")
+            return v
+
+        weights = data.get("canary_weights")
+        if weights is not None and (not isinstance(weights, list) or len(weights) != 2
+                                    or not all(isinstance(w, int) for w in weights)):
+            raise ValueError(f"canary_weights: expected two integers, got {weights!r}")
+        return cls(accepted=opt_int("accepted"), decision=decision, intent=data.get("intent") or None,
+                   replicas=opt_int("replicas"), canary=opt_int("canary"),
+                   canary_weights=(weights[0], weights[1]) if weights else None,
+                   reason=str(data.get("reason") or ""), by=str(data.get("by") or ""),
+                   at=float(data.get("at") or 0.0))
+
+
+@dataclass(frozen=True)
+class Target:
+    """What one run does with one service.
+
+    `spec` is converged to; `revision` is the recorded revision it is (None: record a new one); `heal` means
+    restoring the accepted state (nothing new is tried, history is not written); `canary` is the waiting canary's
+    spec and revision, whose replicas are kept apart and healed as they are; `note` is one line saying what was
+    held back (a failed revision not retried, a pin); `skip` means leave the service alone (destroyed)."""
+
+    spec: ServiceSpec
+    revision: int | None
+    heal: bool
+    note: str | None = None
+    canary: tuple[ServiceSpec, int] | None = None
+    skip: bool = False
+
+
+HELD_BACK = {
+    "failed": "revision {rev} failed ({reason}); not retried until the playbook changes (or `fleet apply`)",
+    "rolled-back": "revision {rev} failed ({reason}); not retried until the playbook changes (or `fleet apply`)",
+    "aborted": "canary revision {rev} was aborted; not retried until the playbook changes (or `fleet apply`)",
+    "pinned": "pinned to revision {acc} by `fleet rollback`; the playbook waits for the next change or `fleet apply`",
+}
+
+
+def decide(command: Command, spec: ServiceSpec, state: ServiceState | None,
+           accepted_spec: ServiceSpec | None, canary_spec: ServiceSpec | None = None,
+           failed_revision: int | None = None) -> Target:
+    """The target of `command` for the playbook's `spec`, given the service's record.
+
+    `accepted_spec` is the spec of `state.accepted` (from the history), `canary_spec` that of a waiting canary,
+    `failed_revision` the newest revision that failed (for the note)."""
+    intent = intent_hash(spec)
+    same_intent = state is not None and state.intent == intent
+    if state is not None and state.decision == "destroyed" and command == "reconcile" and (
+            same_intent or state.intent is None):
+        return Target(spec, None, heal=True, skip=True,
+                      note="destroyed by `fleet destroy`; `fleet apply` (or a changed playbook) brings it back")
+    if (command == "reconcile" and state is not None and same_intent and state.accepted is None
+            and state.decision in ("failed", "rolled-back", "aborted")):
+        return Target(spec, None, heal=True, skip=True, note=HELD_BACK[state.decision].format(
+            rev=failed_revision or "?", reason=state.reason or "see `fleet history`", acc="-"))
+    follows = state is not None and same_intent and accepted_spec is not None and state.accepted is not None
+    if (command == "reconcile" and follows) or (
+            command == "apply" and state is not None and state.decision == "canary-waiting" and follows):
+        assert state is not None and accepted_spec is not None and state.accepted is not None
+        healed = replace(accepted_spec, replicas=state.replicas if state.replicas is not None else spec.replicas)
+        canary = (canary_spec, state.canary) if (
+            state.decision == "canary-waiting" and canary_spec is not None and state.canary is not None) else None
+        note = None
+        template = HELD_BACK.get(state.decision)
+        if template is not None and command == "reconcile":
+            note = template.format(rev=failed_revision or "?", reason=state.reason or "see `fleet history`",
+                                   acc=state.accepted)
+        if canary is not None and command == "apply":
+            note = (f"canary revision {state.canary} waits: `fleet promote {spec.name}` or "
+                    f"`fleet abort {spec.name}`")
+        return Target(healed, state.accepted, heal=True, note=note, canary=canary)
+    same_revision = (state is not None and state.accepted is not None and accepted_spec is not None
+                     and revision_key(accepted_spec) == revision_key(spec))
+    return Target(spec, state.accepted if same_revision and state is not None else None, heal=False)
+
+
+def config_changes(old: ServiceSpec | None, new: ServiceSpec) -> list[str]:
+    """What changed between the accepted spec and the playbook's, field by field, for `fleet plan`: the
+    changes that keep running containers (lb, health, placement, grace period, update policy) included."""
+    if old is None:
+        return []
+    a, b = to_playbook_dict(old), to_playbook_dict(new)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) != b.get(key):
+            if key == "env":
+                names = sorted(k for k in set(a.get(key, {})) | set(b.get(key, {}))
+                               if a.get(key, {}).get(k) != b.get(key, {}).get(k))
+                out.append(f"env: {', '.join(names)} changed")
+            elif key in ("lb", "health", "placement", "update", "resources") and isinstance(a.get(key), dict) \
+                    and isinstance(b.get(key), dict):
+                sub = sorted(k for k in set(a[key]) | set(b[key]) if a[key].get(k) != b[key].get(k))
+                out.append("; ".join(f"{key}.{k}: {_short(a[key].get(k))} → {_short(b[key].get(k))}" for k in sub))
+            else:
+                out.append(f"{key}: {_short(a.get(key))} → {_short(b.get(key))}")
+    return out
+
+
+def _short(value: Any) -> str:
+    text = "none" if value is None else json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) \
+        else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def after_success(target: Target, revision: int, intent: str, by: str, at: float,
+                  state: ServiceState | None) -> ServiceState:
+    """The record once `target` converged at `revision`."""
+    if target.heal and state is not None:
+        return state
+    return ServiceState(accepted=revision, decision="applied", intent=intent, by=by, at=at)
+
+
+def after_failure(revision: int, back_to: int | None, intent: str, reason: str, by: str, at: float,
+                  state: ServiceState | None, aborted: bool = False) -> ServiceState:
+    """The record once a new revision failed (and the service went back to `back_to`, if any)."""
+    accepted = back_to if back_to is not None else (state.accepted if state is not None else None)
+    decision: Decision = "aborted" if aborted else ("rolled-back" if back_to is not None else "failed")
+    return ServiceState(accepted=accepted, decision=decision, intent=intent, reason=reason, by=by, at=at)

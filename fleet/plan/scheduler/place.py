@@ -1,0 +1,380 @@
+"""Decide where every wanted replica runs: keep what may stay, then feasibility → ranking → selection.
+
+One pass over nodes in name order; capacity and host ports count what this pass has already placed. Selection
+uses heaps keyed by (replicas of the service on the node, replicas in the node's spread group, free capacity),
+so placing R replicas on N nodes costs O(S·N + R·log N) for S services, not O(R·N).
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from fleet.core.errors import SchedulingError
+from fleet.plan.scheduler.feasibility import (
+    count_nodes,
+    cpu_ceil,
+    cpu_floor,
+    missing_labels,
+    no_port,
+    shortfall,
+    show_cpu,
+    show_memory,
+)
+from fleet.plan.scheduler.values import (
+    Assignment,
+    Existing,
+    NodeState,
+    Placement,
+    Reason,
+    ServiceDemand,
+    Unplaced,
+)
+
+_NodeKey = tuple[int, float, str, int]  # (replicas of the service here, free score, name, node index)
+# (head node's count, group count, head score, head name, group, version)
+_GroupKey = tuple[int, int, float, str, str, int]
+_Ranked = tuple[float, str, int]  # (free score, name, node index): best fit order, fullest first
+
+
+@dataclass
+class _Order:
+    """Eligible nodes for one (required labels, spread label) pair, per spread group, in best fit order."""
+
+    groups: dict[str, list[_Ranked]]
+    group_of: dict[int, str]
+
+
+class _Pass:
+    """Free capacity and host ports of every node during one pass, indexed by position in name order."""
+
+    def __init__(self, nodes: Sequence[NodeState]) -> None:
+        self.states = sorted(nodes, key=lambda n: n.name)
+        self.names = [n.name for n in self.states]
+        dupes = sorted(name for name, n in Counter(self.names).items() if n > 1)
+        if dupes:
+            raise SchedulingError(f"node listed more than once: {', '.join(dupes)}")
+        self.index = {name: i for i, name in enumerate(self.names)}
+        self.healthy = [n.healthy for n in self.states]
+        self.labels = [n.labels for n in self.states]
+        self.free_cpu = [cpu_floor(n.capacity.cpu) - cpu_ceil(n.reserved.cpu) for n in self.states]
+        self.free_mem = [n.capacity.memory - n.reserved.memory for n in self.states]
+        self.used_ports = [set(n.ports_in_use) for n in self.states]
+        self.fleet_ports: list[set[int]] = [set() for _ in self.states]
+        self._next_port: list[dict[tuple[int, int], int]] = [{} for _ in self.states]
+        # Free capacity is scored in units of the largest healthy node: best fit weighs CPU and memory alike.
+        healthy = [i for i, ok in enumerate(self.healthy) if ok]
+        self.cpu_weight = 1.0 / max([self.free_cpu[i] for i in healthy] + [1])
+        self.mem_weight = 1.0 / max([self.free_mem[i] for i in healthy] + [1])
+        self._orders: dict[tuple[tuple[tuple[str, str], ...], str | None], _Order] = {}
+        self._ranked: list[_Ranked] = [(self.score(i), name, i) for i, name in enumerate(self.names)]
+        self._dirty: set[int] = set()
+
+    def score(self, i: int) -> float:
+        """Free capacity left on node i; lower means more allocated, which best fit prefers."""
+        return self.free_cpu[i] * self.cpu_weight + self.free_mem[i] * self.mem_weight
+
+    def order(self, required: Mapping[str, str], group_label: str | None) -> _Order:
+        """Healthy nodes with every required label, grouped by `group_label`, each group in best fit order.
+
+        Built once per distinct pair and kept current by `refresh`: a service's turn need not walk all nodes.
+        """
+        self.refresh()
+        key = (tuple(sorted(required.items())), group_label)
+        found = self._orders.get(key)
+        if found is None:
+            found = _Order({}, {})
+            for i, ok in enumerate(self.healthy):
+                if ok and all(self.labels[i].get(k) == v for k, v in key[0]):
+                    g = self.labels[i].get(group_label, "") if group_label is not None else ""
+                    found.group_of[i] = g
+                    found.groups.setdefault(g, []).append(self._ranked[i])
+            for ranked in found.groups.values():
+                ranked.sort()
+            self._orders[key] = found
+        return found
+
+    def refresh(self) -> None:
+        """Re-rank the nodes whose free capacity changed since the last refresh, in every order built."""
+        for i in sorted(self._dirty):
+            old, new = self._ranked[i], (self.score(i), self.names[i], i)
+            for found in self._orders.values():
+                g = found.group_of.get(i)
+                if g is not None:
+                    ranked = found.groups[g]
+                    del ranked[bisect.bisect_left(ranked, old)]
+                    bisect.insort(ranked, new)
+            self._ranked[i] = new
+        self._dirty.clear()
+
+    def free_port(self, i: int, port_range: tuple[int, int]) -> int | None:
+        """Lowest host port in the range free on node i; ports are only ever taken, so a cursor remembers."""
+        lo, hi = port_range
+        cursors = self._next_port[i]
+        port = cursors.get(port_range, lo)
+        used = self.used_ports[i]
+        while port <= hi and port in used:
+            port += 1
+        cursors[port_range] = port
+        return port if port <= hi else None
+
+    def take(self, i: int, cpu: int, memory: int, port: int) -> None:
+        self.free_cpu[i] -= cpu
+        self.free_mem[i] -= memory
+        self.used_ports[i].add(port)
+        self.fleet_ports[i].add(port)
+        self._dirty.add(i)
+
+
+def place(
+    nodes: Sequence[NodeState], existing: Sequence[Existing], wanted: Sequence[ServiceDemand]
+) -> Placement:
+    """Place every replica of `wanted` on `nodes`, keeping `existing` replicas where nothing forces a move.
+
+    Pure and deterministic: the result does not depend on the order of any input. Raises SchedulingError
+    only for inconsistent input (a node or service listed twice); unplaceable replicas are reported instead.
+    """
+    state = _Pass(nodes)
+    demands: dict[str, ServiceDemand] = {}
+    for d in sorted(wanted, key=lambda d: d.service):
+        if d.service in demands:
+            raise SchedulingError(f"service listed more than once: {d.service}")
+        demands[d.service] = d
+
+    kept, stops, moved = _settle_existing(state, demands, existing)
+
+    assignments = [
+        Assignment(e.service, e.replica, e.node, e.port, demands[e.service].resources, "keep",
+                   demands[e.service].spec_hash)
+        for e in kept.values()
+    ]
+    on_node: dict[str, Counter[int]] = {s: Counter() for s in demands}
+    for e in kept.values():
+        on_node[e.service][state.index[e.node]] += 1
+
+    unplaced: list[Unplaced] = []
+    per_node: dict[int, list[str]] = {}
+    for d in sorted(demands.values(), key=lambda d: _size_order(state, d)):
+        pending = [r for r in range(d.replicas) if (d.service, r) not in kept]
+        if not pending:
+            continue
+        placed = _select(state, d, pending, on_node[d.service])
+        for replica, i, port in placed:
+            reason: Reason = "move" if (d.service, replica) in moved else "new"
+            assignments.append(
+                Assignment(d.service, replica, state.names[i], port, d.resources, reason, d.spec_hash)
+            )
+        if len(placed) < len(pending):
+            why, node_reasons = _explain(state, d)
+            unplaced.extend(Unplaced(d.service, r, why) for r in pending[len(placed):])
+            for i, text in node_reasons.items():
+                per_node.setdefault(i, []).append(f"{d.service}: {text}")
+
+    rejected = {name: "unhealthy" for name, ok in zip(state.names, state.healthy, strict=True) if not ok}
+    for e in stops:
+        if e.node not in state.index:
+            rejected[e.node] = "not in the node list"
+    for i, texts in sorted(per_node.items()):
+        rejected[state.names[i]] = "; ".join(texts)
+    return Placement(
+        assignments=tuple(sorted(assignments, key=lambda a: (a.service, a.replica))),
+        stops=tuple(sorted(stops, key=_existing_order)),
+        unplaced=tuple(sorted(unplaced, key=lambda u: (u.service, u.replica))),
+        rejected=dict(sorted(rejected.items())),
+        stop_reasons={e: stops[e] for e in sorted(stops, key=_existing_order)},
+    )
+
+
+def _existing_order(e: Existing) -> tuple[str, int, str, int, str, float, int]:
+    return (e.service, e.replica, e.node, e.port, e.spec_hash, e.resources.cpu, e.resources.memory)
+
+
+def _size_order(state: _Pass, d: ServiceDemand) -> tuple[float, float, str]:
+    """Biggest services first (first-fit decreasing packs tighter); the name breaks ties."""
+    cpu = cpu_ceil(d.resources.cpu) * state.cpu_weight
+    mem = d.resources.memory * state.mem_weight
+    return (-max(cpu, mem), -(cpu + mem), d.service)
+
+
+def _settle_existing(
+    state: _Pass, demands: Mapping[str, ServiceDemand], existing: Sequence[Existing]
+) -> tuple[dict[tuple[str, int], Existing], dict[Existing, str], set[tuple[str, int]]]:
+    """Split running replicas into kept and stopped; `moved` names wanted replicas that lost their place."""
+    stops: dict[Existing, str] = {}
+    moved: set[tuple[str, int]] = set()
+    first: dict[tuple[str, int], Existing] = {}
+    for e in sorted(set(existing), key=_existing_order):
+        d = demands.get(e.service)
+        ident = (e.service, e.replica)
+        if d is None:
+            stops[e] = f"service {e.service} is no longer wanted"
+        elif not 0 <= e.replica < d.replicas:
+            stops[e] = f"surplus: {e.service} wants {d.replicas} replicas"
+        elif (problem := _node_problem(state, e.node, d)) is not None:
+            stops[e] = problem
+            moved.add(ident)
+        elif ident in first:
+            stops[e] = f"duplicate of {e.service}[{e.replica}] on {first[ident].node}"
+        else:
+            first[ident] = e
+
+    kept: dict[tuple[str, int], Existing] = {}
+    # Lowest replica numbers claim room first, so an overfull node sheds its highest-numbered replicas.
+    for e in sorted(first.values(), key=lambda e: (e.replica, e.service, e.node)):
+        i = state.index[e.node]
+        need = demands[e.service].resources
+        short = shortfall(cpu_ceil(need.cpu), need.memory, state.free_cpu[i], state.free_mem[i])
+        if e.port in state.fleet_ports[i]:
+            stops[e] = f"port {e.port} on {e.node} is taken by another replica"
+        elif short is not None:
+            stops[e] = f"{e.node} has no room: {short}"
+        else:
+            state.take(i, cpu_ceil(need.cpu), need.memory, e.port)
+            kept[(e.service, e.replica)] = e
+            continue
+        moved.add((e.service, e.replica))
+    return dict(sorted(kept.items())), stops, moved
+
+
+def _node_problem(state: _Pass, node: str, d: ServiceDemand) -> str | None:
+    i = state.index.get(node)
+    if i is None:
+        return f"node {node} is gone"
+    if not state.healthy[i]:
+        return f"node {node} is unhealthy"
+    missing = missing_labels(state.labels[i], d.required_labels)
+    if missing:
+        return f"node {node} lacks label {', '.join(missing)}"
+    return None
+
+
+def _select(
+    state: _Pass, d: ServiceDemand, pending: list[int], on_node: Counter[int]
+) -> list[tuple[int, int, int]]:
+    """Choose a node and port for each pending replica, in order; returns (replica, node index, port).
+
+    Spread ranks by (replicas of this service on the node, replicas in its spread group, free capacity, name);
+    pack ranks by free capacity alone. Each spread group has a heap of candidate nodes and one entry in a heap
+    of groups; placing on a node changes only that node and its group, so only they are pushed again.
+    A group's heap holds the nodes already holding this service plus only the next untouched node of the
+    group's best fit order: every later untouched node ranks behind it, so the rest are read when needed.
+    """
+    cpu, mem = cpu_ceil(d.resources.cpu), d.resources.memory
+    free_cpu, free_mem, names = state.free_cpu, state.free_mem, state.names
+    spread = d.strategy == "spread"
+    order = state.order(d.required_labels, d.spread_by if spread else None)
+    # A node that fits has at least this score, so the fuller nodes before it need not be read.
+    floor = (cpu * state.cpu_weight + mem * state.mem_weight - 1e-9,)
+    cursor = {g: bisect.bisect_left(ranked, floor) for g, ranked in order.groups.items()}
+    heaps: dict[str, list[_NodeKey]] = {g: [] for g in order.groups}
+    frontier: dict[str, int] = {}
+    seen: set[int] = set()
+
+    def pull(g: str) -> None:
+        """Move the next untouched node of group g that fits into its heap."""
+        ranked, pos = order.groups[g], cursor[g]
+        frontier[g] = -1
+        while pos < len(ranked):
+            score, name, i = ranked[pos]
+            pos += 1
+            if i not in seen and free_cpu[i] >= cpu and free_mem[i] >= mem:
+                seen.add(i)
+                heapq.heappush(heaps[g], (0, score, name, i))
+                frontier[g] = i
+                break
+        cursor[g] = pos
+
+    group_count: Counter[str] = Counter()
+    for i, n in sorted(on_node.items()):
+        g = order.group_of[i]
+        group_count[g] += n
+        if spread and n and free_cpu[i] >= cpu and free_mem[i] >= mem:
+            seen.add(i)
+            heaps[g].append((n, state.score(i), names[i], i))
+    version: Counter[str] = Counter()
+    groups: list[_GroupKey] = []
+    for g, h in heaps.items():
+        heapq.heapify(h)
+        pull(g)
+        if h:
+            groups.append((h[0][0], group_count[g], h[0][1], h[0][2], g, 0))
+    heapq.heapify(groups)
+
+    placed: list[tuple[int, int, int]] = []
+    while groups and len(placed) < len(pending):
+        _, _, _, head_name, g, ver = heapq.heappop(groups)
+        if ver != version[g]:
+            continue
+        h = heaps[g]
+        port: int | None = None
+        while h:
+            i = h[0][3]
+            if free_cpu[i] >= cpu and free_mem[i] >= mem:
+                port = state.free_port(i, d.port_range)
+                if port is not None:
+                    break
+            heapq.heappop(h)  # capacity and ports only shrink during a service's turn: gone for good
+            if i == frontier[g]:
+                pull(g)
+        if port is None:
+            continue
+        version[g] += 1
+        if h[0][2] == head_name:
+            i = h[0][3]
+            state.take(i, cpu, mem, port)
+            on_node[i] += 1
+            group_count[g] += 1
+            placed.append((pending[len(placed)], i, port))
+            heapq.heapreplace(h, (on_node[i] if spread else 0, state.score(i), names[i], i))
+            if i == frontier[g]:
+                pull(g)
+        head = h[0]
+        heapq.heappush(groups, (head[0], group_count[g], head[1], head[2], g, version[g]))
+    return placed
+
+
+def _explain(state: _Pass, d: ServiceDemand) -> tuple[str, dict[int, str]]:
+    """Why no more replicas of `d` fit: its need, most free on an eligible node, what ruled out the rest."""
+    cpu, mem = cpu_ceil(d.resources.cpu), d.resources.memory
+    lacking: Counter[str] = Counter()
+    unhealthy = 0
+    portless = 0
+    per_node: dict[int, str] = {}
+    best_cpu: int | None = None
+    best_mem: int | None = None
+    for i in range(len(state.names)):
+        if not state.healthy[i]:
+            unhealthy += 1
+            continue
+        missing = missing_labels(state.labels[i], d.required_labels)
+        if missing:
+            lacking.update(missing)
+            per_node[i] = f"lacks label {', '.join(missing)}"
+            continue
+        if best_cpu is None or state.free_cpu[i] > state.free_cpu[best_cpu]:
+            best_cpu = i
+        if best_mem is None or state.free_mem[i] > state.free_mem[best_mem]:
+            best_mem = i
+        short = shortfall(cpu, mem, state.free_cpu[i], state.free_mem[i])
+        if short is not None:
+            per_node[i] = short
+        elif state.free_port(i, d.port_range) is None:
+            portless += 1
+            per_node[i] = no_port(d.port_range)
+    parts = [f"needs cpu {show_cpu(cpu)}, memory {show_memory(mem)}"]
+    if best_cpu is not None and best_mem is not None:
+        most_cpu = f"cpu {show_cpu(state.free_cpu[best_cpu])} ({state.names[best_cpu]})"
+        most_mem = f"memory {show_memory(state.free_mem[best_mem])} ({state.names[best_mem]})"
+        parts.append(f"most free on an eligible node: {most_cpu}, {most_mem}")
+    else:
+        parts.append("no eligible node" if state.names else "no nodes")
+    for label, n in sorted(lacking.items()):
+        parts.append(count_nodes(n, f"lacks label {label}", f"lack label {label}"))
+    if unhealthy:
+        parts.append(count_nodes(unhealthy, "is unhealthy", "are unhealthy"))
+    if portless:
+        parts.append(count_nodes(portless, f"has {no_port(d.port_range)}", f"have {no_port(d.port_range)}"))
+    return "; ".join(parts), per_node

@@ -1,0 +1,134 @@
+"""The scheduler's inputs and output as frozen values: what nodes offer, what runs, what is wanted, where."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+from fleet.core.errors import SchedulingError
+from fleet.core.model import Resources
+
+Strategy = Literal["spread", "pack"]
+Reason = Literal["keep", "new", "move"]
+DEFAULT_PORT_RANGE = (20000, 29999)
+
+
+def _frozen(mapping: Mapping[str, str] | None) -> Mapping[str, str]:
+    return MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """One node as the scheduler sees it: allocatable size, labels, health and host ports fleet does not own.
+
+    `capacity` is already the measured size capped by any inventory override; `reserved` is kept for the host.
+    """
+
+    name: str
+    capacity: Resources
+    reserved: Resources = field(default_factory=Resources)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    healthy: bool = True
+    ports_in_use: frozenset[int] = frozenset()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", _frozen(self.labels))
+        object.__setattr__(self, "ports_in_use", frozenset(self.ports_in_use))
+
+
+@dataclass(frozen=True)
+class Existing:
+    """A replica already running, as read back from its container labels."""
+
+    service: str
+    replica: int
+    node: str
+    resources: Resources
+    port: int
+    spec_hash: str = ""
+
+
+@dataclass(frozen=True)
+class ServiceDemand:
+    """What one service wants: how many replicas, how big, where they may go and how to spread them.
+
+    `spread` puts replicas of the service on distinct nodes, then distinct values of the `spread_by` label,
+    before doubling up; `pack` fills the most-allocated node that fits first. `port_range` is inclusive.
+    """
+
+    service: str
+    replicas: int
+    resources: Resources
+    spec_hash: str = ""
+    required_labels: Mapping[str, str] = field(default_factory=dict)
+    spread_by: str | None = None
+    strategy: Strategy = "spread"
+    port_range: tuple[int, int] = DEFAULT_PORT_RANGE
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "required_labels", _frozen(self.required_labels))
+        lo, hi = self.port_range
+        if self.replicas < 0:
+            raise SchedulingError(f"{self.service}: replicas cannot be negative: {self.replicas}")
+        if self.resources.cpu < 0 or self.resources.memory < 0:
+            raise SchedulingError(f"{self.service}: resources cannot be negative: {self.resources}")
+        if self.strategy not in ("spread", "pack"):
+            raise SchedulingError(f"{self.service}: strategy must be spread or pack, got {self.strategy!r}")
+        if not 1 <= lo <= hi <= 65535:
+            raise SchedulingError(f"{self.service}: port range {lo}-{hi} is not within 1-65535")
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Replica `service[replica]` runs on `node` with host `port`: kept, new, or moved from elsewhere."""
+
+    service: str
+    replica: int
+    node: str
+    port: int
+    resources: Resources
+    reason: Reason
+    spec_hash: str = ""
+
+    def as_existing(self) -> Existing:
+        return Existing(self.service, self.replica, self.node, self.resources, self.port, self.spec_hash)
+
+
+@dataclass(frozen=True)
+class Unplaced:
+    """A replica no node can take; `reason` says what it needs and the most any eligible node has free."""
+
+    service: str
+    replica: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.service}[{self.replica}]: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The scheduler's answer: where every wanted replica goes, what to stop, what cannot be placed and why.
+
+    `rejected` explains, per node, why it took nothing (unhealthy) or could not take a service left unplaced;
+    `stop_reasons` says why each replica in `stops` is stopped.
+    """
+
+    assignments: tuple[Assignment, ...] = ()
+    stops: tuple[Existing, ...] = ()
+    unplaced: tuple[Unplaced, ...] = ()
+    rejected: Mapping[str, str] = field(default_factory=dict)
+    stop_reasons: Mapping[Existing, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rejected", MappingProxyType(dict(self.rejected)))
+        object.__setattr__(self, "stop_reasons", MappingProxyType(dict(self.stop_reasons)))
+
+    def as_existing(self) -> tuple[Existing, ...]:
+        """What will be running once this placement is applied, to feed back as `existing`."""
+        return tuple(a.as_existing() for a in self.assignments)
+
+    def on_node(self, node: str) -> tuple[Assignment, ...]:
+        return tuple(a for a in self.assignments if a.node == node)
