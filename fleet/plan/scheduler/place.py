@@ -205,7 +205,7 @@ def _settle_existing(
     """Split running replicas into kept and stopped; `moved` names wanted replicas that lost their place."""
     stops: dict[Existing, str] = {}
     moved: set[tuple[str, int]] = set()
-    first: dict[tuple[str, int], Existing] = {}
+    candidates: dict[tuple[str, int], list[Existing]] = {}
     for e in sorted(set(existing), key=_existing_order):
         d = demands.get(e.service)
         ident = (e.service, e.replica)
@@ -216,26 +216,33 @@ def _settle_existing(
         elif (problem := _node_problem(state, e.node, d)) is not None:
             stops[e] = problem
             moved.add(ident)
-        elif ident in first:
-            stops[e] = f"duplicate of {e.service}[{e.replica}] on {first[ident].node}"
         else:
-            first[ident] = e
+            candidates.setdefault(ident, []).append(e)
 
     kept: dict[tuple[str, int], Existing] = {}
-    # Lowest replica numbers claim room first, so an overfull node sheds its highest-numbered replicas.
-    for e in sorted(first.values(), key=lambda e: (e.replica, e.service, e.node)):
-        i = state.index[e.node]
-        need = demands[e.service].resources
-        short = shortfall(cpu_ceil(need.cpu), need.memory, state.free_cpu[i], state.free_mem[i])
-        if e.port in state.fleet_ports[i]:
-            stops[e] = f"port {e.port} on {e.node} is taken by another replica"
-        elif short is not None:
-            stops[e] = f"{e.node} has no room: {short}"
-        else:
-            state.take(i, cpu_ceil(need.cpu), need.memory, e.port)
-            kept[(e.service, e.replica)] = e
-            continue
-        moved.add((e.service, e.replica))
+    # Lowest replica numbers claim room first, so an overfull node sheds its highest-numbered replicas. Of several
+    # copies of one replica, the first that still fits is kept and the others are duplicates of it.
+    for ident, copies in sorted(candidates.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        why: dict[Existing, str] = {}
+        for e in copies:
+            i = state.index[e.node]
+            need = demands[e.service].resources
+            short = shortfall(cpu_ceil(need.cpu), need.memory, state.free_cpu[i], state.free_mem[i])
+            if e.port in state.fleet_ports[i]:
+                why[e] = f"port {e.port} on {e.node} is taken by another replica"
+            elif short is not None:
+                why[e] = f"{e.node} has no room: {short}"
+            else:
+                state.take(i, cpu_ceil(need.cpu), need.memory, e.port)
+                kept[ident] = e
+                break
+        keeper = kept.get(ident)
+        for e in copies:
+            if e is keeper:
+                continue
+            stops[e] = f"duplicate of {e.service}[{e.replica}] on {keeper.node}" if keeper is not None else why[e]
+        if keeper is None:
+            moved.add(ident)
     return dict(sorted(kept.items())), stops, moved
 
 
