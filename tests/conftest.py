@@ -6,14 +6,17 @@ import atexit
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
+from sshserver import SSHFarm
 
 from fleet.config.inventory import load_inventory
 from fleet.core.model import Inventory
 from fleet.lab.lab import Lab
 from fleet.lab.render import LabConfig
+from fleet.transport import Pool
 
 # Tests send traffic only to lab nodes and loopback: never through a proxy the environment may name.
 for _var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
@@ -52,3 +55,18 @@ def lab() -> Iterator[LabHandle]:
         yield LabHandle(engine)
     finally:
         engine.down()
+
+
+@pytest.fixture
+async def farm(tmp_path: Path) -> AsyncIterator[SSHFarm]:
+    """Three real in-process SSH servers running /bin/sh, with pinned host keys (tests/sshserver.py)."""
+    async with SSHFarm(tmp_path / "farm") as f:
+        await f.start(3)
+        yield f
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[Pool]:
+    """A connection pool that gives up fast on a node that is down (one attempt, 5 s)."""
+    async with Pool(backoff=0.01, connect_attempts=1, connect_timeout=5) as p:
+        yield p

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -21,21 +20,8 @@ from fleet.transport import Pool
 
 
 @pytest.fixture
-async def farm(tmp_path: Path) -> AsyncIterator[SSHFarm]:
-    async with SSHFarm(tmp_path / "farm") as f:
-        await f.start(3)
-        yield f
-
-
-@pytest.fixture
 def base(tmp_path: Path) -> str:
     return str(tmp_path / "nodes" / "{node}" / "var-lib-fleet")
-
-
-@pytest.fixture
-async def pool() -> AsyncIterator[Pool]:
-    async with Pool(backoff=0.01, connect_attempts=1, connect_timeout=5) as p:
-        yield p
 
 
 def lease(pool: Pool, nodes: list[Node], base: str, **kw: object) -> Lease:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -40,21 +39,8 @@ class Clock:
 
 
 @pytest.fixture
-async def farm(tmp_path: Path) -> AsyncIterator[SSHFarm]:
-    async with SSHFarm(tmp_path / "farm") as f:
-        await f.start(3)
-        yield f
-
-
-@pytest.fixture
 def base(tmp_path: Path) -> str:
     return str(tmp_path / "nodes" / "{node}" / "fleet")
-
-
-@pytest.fixture
-async def pool() -> AsyncIterator[Pool]:
-    async with Pool(backoff=0.01, connect_attempts=1, connect_timeout=5) as p:
-        yield p
 
 
 def on_node(base: str, node: str, path: str) -> Path:

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncssh
@@ -39,13 +39,6 @@ HOSTILE = [
     "tab\there",
     "",
 ]
-
-
-@pytest.fixture
-async def farm(tmp_path: Path) -> AsyncIterator[SSHFarm]:
-    async with SSHFarm(tmp_path / "farm") as f:
-        await f.start(3)
-        yield f
 
 
 async def test_commands_on_a_node_reuse_one_connection(farm: SSHFarm) -> None:
