@@ -306,22 +306,16 @@ class Fleet:
 
     async def scale(self, spec: ServiceSpec, replicas: int) -> RunResult:
         """Run `replicas` of the service now; the count holds (reconcile keeps it) until the next `apply`."""
-        from fleet.plan.rollout.decide import ServiceState
-
         async with self.writing() as engine:
             await engine.observe()
+            # The accepted spec at the new count (or the playbook's, where reconcile would try it).
             target = await engine.target("reconcile", spec)
-            state = await engine.state_of(spec.name)
             base = target.spec if target.heal and not target.skip else spec
             outcomes = await engine.apply_targets([dataclasses.replace(
                 target, spec=dataclasses.replace(base, replicas=replicas))])
-            if state is not None and target.heal and all(o.ok for o in outcomes):
+            state = await engine.state_of(spec.name)
+            if state is not None and (not target.heal or all(o.ok for o in outcomes)):
                 await self.records().set_state(spec.name, dataclasses.replace(state, replicas=replicas).to_json())
-            elif state is None or not target.heal:
-                now = await engine.state_of(spec.name)
-                if now is not None:
-                    await self.records().set_state(spec.name, ServiceState.to_json(
-                        dataclasses.replace(now, replicas=replicas)))
             return RunResult(outcomes, self._errors(engine))
 
     async def destroy(self, service: str, grace: float = 10.0) -> RunResult:

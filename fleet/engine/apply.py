@@ -37,11 +37,11 @@ from fleet.engine.images import ensure_image
 from fleet.engine.lb import Balancers, Rotation
 from fleet.engine.nodes import NodeReport
 from fleet.engine.probes import check, observe_health
-from fleet.engine.runspec import hosts_text, prepare_node_script, run_spec, secret_env_path, sweep_script, volume_dir
+from fleet.engine.runspec import hosts_text, prepare_node_script, run_spec, secret_env_path, volume_dir
 from fleet.engine.state import Observed, node_states, observe
 from fleet.node.paths import NOT_TMPFS_EXIT, write_secret_file
 from fleet.node.runtime.base import Status
-from fleet.plan.checks import lb_port_conflicts
+from fleet.plan.checks import lb_port_problems
 from fleet.plan.healthjudge import Verdict as HealthVerdict
 from fleet.plan.healthjudge import ready as passed_enough
 from fleet.plan.reconcile import Plan, Replica, duplicates, placement_inputs, plan
@@ -275,10 +275,9 @@ class Engine:
             if port is not None:
                 owned[service] = {port}
         by_name = {s.name: s for s in specs}
-        problems = [Problem(by_name[m.split(":", 1)[0]].source_file or "<playbook>",
-                            by_name[m.split(":", 1)[0]].source_line, f"services.{m.split(':', 1)[0]}.lb.port",
-                            m.split(": ", 1)[1])
-                    for m in lb_port_conflicts(specs, listening, owned)]
+        problems = [Problem(by_name[name].source_file or "<playbook>", by_name[name].source_line,
+                            f"services.{name}.lb.port", message)
+                    for name, message in lb_port_problems(specs, listening, owned)]
         if problems:
             raise SpecError(problems)
 
@@ -865,8 +864,6 @@ class Engine:
 
         async def prepare(n: Node) -> None:
             await self.pool.check(n, prepare_node_script(text), stdin=text, timeout=30)
-            # Under the fleet's lease: a secret file this old was left by a run that was killed.
-            await self.pool.check(n, sweep_script(), timeout=30)
 
         results = await asyncio.gather(*(prepare(n) for n in workers), return_exceptions=True)
         for n, res in zip(workers, results, strict=True):

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from fleet.config.spec import SecretRef, ServiceSpec
 from fleet.core import labels as L
 from fleet.core.shell import Script
-from fleet.node.paths import DEFAULT, FILE_FUNCTIONS, sweep_secrets
+from fleet.node.paths import DEFAULT, FILE_FUNCTIONS, SWEEP_SECRETS_SH
 from fleet.node.runtime.base import Mount, RunSpec
 from fleet.plan.scheduler import Assignment
 
@@ -24,7 +24,8 @@ SECRET_SWEEP_AGE = 20
 # Prepares a node for fleet's containers: the hosts file (stdin) and a copy of the node's resolv.conf, which
 # running containers bind-mount (same inode), so they are updated in place with one write and never truncated
 # (fleet.node.paths.update_in_place); and the node's own network namespace pinned to a file that containers
-# join: host networking, with fleet's hosts file rather than the node's.
+# join: host networking, with fleet's hosts file rather than the node's. The secrets sweep rides along: one
+# round trip per worker.
 PREPARE_NODE = FILE_FUNCTIONS + r"""
 set -e
 mkdir -p "${HOSTS%/*}" "${NETNS%/*}"
@@ -38,17 +39,15 @@ if [ "$(stat -f -c %T "$NETNS" 2>/dev/null)" != nsfs ]; then
   : >"$NETNS"
   mount --bind /proc/self/ns/net "$NETNS"
 fi
-"""
+# Last, under the fleet's lease: secret env files this old were left by a run that was killed.
+""" + SWEEP_SECRETS_SH
 
 
 def prepare_node_script(hosts: str) -> Script:
     """PREPARE_NODE for this hosts file content (sent on stdin; its size guards against a cut-short send)."""
     return Script(PREPARE_NODE, {"HOSTS": HOSTS_FILE, "RESOLV": RESOLV_FILE, "NETNS": HOST_NETNS,
-                                 "SIZE": str(len(hosts.encode()))}, name="fleet-prepare-node")
-
-
-def sweep_script() -> Script:
-    return sweep_secrets(SECRET_SWEEP_AGE)
+                                 "SIZE": str(len(hosts.encode())), "D": PATHS.secrets_dir,
+                                 "AGE": str(SECRET_SWEEP_AGE)}, name="fleet-prepare-node")
 
 
 def secret_env_path(service: str, replica: int, suffix: str) -> str:

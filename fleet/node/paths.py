@@ -354,6 +354,10 @@ done
 """
 
 
+# The sweep as a fragment (variables D, AGE) for scripts that do it in the same round trip as other work.
+SWEEP_SECRETS_SH = _SWEEP
+
+
 def write_file(path: str, mode: str = "0644", *, size: int | None = None, fsync: bool = False) -> Script:
     """stdin replaces `path` atomically (temp file beside it, mode set first, `mv -f`); parents are created.
     Pass `size` (bytes of stdin) so a send cut short is refused rather than installed."""

@@ -11,7 +11,13 @@ from fleet.core.ports import RESERVED_LB_PORTS
 
 def lb_port_conflicts(specs: Iterable[ServiceSpec], listening: Mapping[str, Set[int]],
                       owned: Mapping[str, Set[int]]) -> list[str]:
-    """One message per spec whose `lb.port` HAProxy could not bind on the lb nodes.
+    """`lb_port_problems` as `SERVICE: message` lines."""
+    return [f"{service}: {message}" for service, message in lb_port_problems(specs, listening, owned)]
+
+
+def lb_port_problems(specs: Iterable[ServiceSpec], listening: Mapping[str, Set[int]],
+                     owned: Mapping[str, Set[int]]) -> list[tuple[str, str]]:
+    """(service, message) for each spec whose `lb.port` HAProxy could not bind on the lb nodes.
 
     `listening`: per lb node, the TCP ports something listens on (node facts, `NodeFacts.listening`);
     `owned`: per service, the ports fleet's HAProxy already serves for it (its frontends now). A port a spec's
@@ -31,18 +37,18 @@ def lb_port_conflicts(specs: Iterable[ServiceSpec], listening: Mapping[str, Set[
             continue
         port = spec.lb.port
         if port in RESERVED_LB_PORTS:
-            out.append(f"{spec.name}: lb.port {port} is fleet's own on the lb nodes ({RESERVED_LB_PORTS[port]})")
+            out.append((spec.name, f"lb.port {port} is fleet's own on the lb nodes ({RESERVED_LB_PORTS[port]})"))
             continue
         if port in owned.get(spec.name, ()):
             continue
         others = sorted(h for h in holders.get(port, ()) if h != spec.name and chosen.get(h, port) == port)
         if others:
             why = "not in these playbooks" if others[0] not in chosen else f"which keeps lb.port {port}"
-            out.append(f"{spec.name}: lb.port {port} is already served by fleet's HAProxy for service "
-                       f"{others[0]!r} ({why})")
+            out.append((spec.name, f"lb.port {port} is already served by fleet's HAProxy for service "
+                                    f"{others[0]!r} ({why})"))
             continue
         nodes = sorted(node for node, ports in listening.items() if port in ports)
         if nodes and port not in holders:
-            out.append(f"{spec.name}: lb.port {port} is already in use on {', '.join(nodes)} "
-                       "(not by fleet's HAProxy)")
+            out.append((spec.name, f"lb.port {port} is already in use on {', '.join(nodes)} "
+                                    "(not by fleet's HAProxy)"))
     return out
