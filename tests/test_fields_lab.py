@@ -118,6 +118,19 @@ def assert_plan_clean(env: dict[str, Any], path: str) -> None:
 # --- every field lands --------------------------------------------------------------------------------------
 
 
+
+def apply_under_load(env, lb: str, port: int, *args: str, max_seconds: float, timeout: float = 180):
+    """`fleet apply ARGS` while 6 clients (new-connection and keep-alive) load lb:port: it succeeds, not one
+    request fails, and the load did run."""
+    with Load(lb, port, clients=6, max_seconds=max_seconds) as load:
+        time.sleep(1.0)
+        out = fleet(env, "apply", *args, timeout=timeout)
+        time.sleep(1.0)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert load.result.failed == 0, (load.result.errors, load.result.failures[:5])
+    assert load.result.ok > 50
+    return out
+
 def test_lb_port_change_moves_the_frontend_and_keeps_the_replicas(lab, env):
     """`lb.port` 19601 → 19602. The old address cannot keep serving, so what is asserted is: while `fleet plan`
     runs the old port serves with 0 failed requests (plan changes nothing); right after `fleet apply` returns the
@@ -169,13 +182,7 @@ def test_lb_balance_change_lands_in_haproxy_under_load(lab, env):
         assert "lb.balance: roundrobin → leastconn" in text, text
         assert svc["changes"] == ["lb.balance: roundrobin → leastconn"], svc
         lb = lb_address(lab)
-        with Load(lb, port, clients=6, max_seconds=90) as load:
-            time.sleep(1.0)
-            out = fleet(env, "apply", changed)
-            time.sleep(1.0)
-        assert out.returncode == 0, out.stdout + out.stderr
-        assert load.result.failed == 0, (load.result.errors, load.result.failures[:5])
-        assert load.result.ok > 50
+        out = apply_under_load(env, lb, port, changed, max_seconds=90)
         lines = backend(lab, name)
         assert "balance leastconn" in lines and "balance roundrobin" not in lines, lines
         assert ids(env, name) == before, "no replica was restarted"
@@ -210,13 +217,7 @@ def test_health_settings_land_in_haproxy_checks_under_load(lab, env):
         for change in ("health.http: /healthz → /", "health.interval: 1s → 2s", "health.failure_threshold: 2 → 3"):
             assert change in text, text
         assert not svc["start"] and not svc["stop"] and not svc["replace"], svc
-        with Load(lb_address(lab), port, clients=6, max_seconds=90) as load:
-            time.sleep(1.0)
-            out = fleet(env, "apply", changed)
-            time.sleep(1.0)
-        assert out.returncode == 0, out.stdout + out.stderr
-        assert load.result.failed == 0, (load.result.errors, load.result.failures[:5])
-        assert load.result.ok > 50
+        apply_under_load(env, lb_address(lab), port, changed, max_seconds=90)
         lines = backend(lab, name)
         assert "option httpchk GET /" in lines and "option httpchk GET /healthz" not in lines, lines
         servers = [ln for ln in lines if ln.startswith("server ")]
@@ -275,13 +276,7 @@ def test_placement_and_stop_grace_period_land_replicas_move_under_load(lab, env)
         assert "(moved)" in text, text
         assert sorted(a["node"] for a in svc["start"]) == sorted(matching) * 2, svc
         assert {s["id"] for s in svc["stop"]} == set(before) - staying, svc
-        with Load(lb_address(lab), port, clients=6, max_seconds=120) as load:
-            time.sleep(1.0)
-            out = fleet(env, "apply", "--json", changed, timeout=240)
-            time.sleep(1.0)
-        assert out.returncode == 0, out.stdout + out.stderr
-        assert load.result.failed == 0, (load.result.errors, load.result.failures[:5])
-        assert load.result.ok > 50
+        out = apply_under_load(env, lb_address(lab), port, "--json", changed, timeout=240, max_seconds=120)
         after = ids(env, name)
         assert len(after) == 3 and set(after.values()) <= matching, after
         assert staying <= set(after), "the replica that already fitted was kept"

@@ -113,29 +113,43 @@ def test_only_cli_and_tui_render_and_nothing_imports_them():
     assert offenders == {}
 
 
-def test_exception_classes_live_in_the_error_tree():
-    """Every exception class fleet defines is in fleet.core.errors (imported elsewhere, never defined)."""
-    outside = {}
-    for p in _modules():
-        tree = ast.parse(p.read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ClassDef) and _name(p) != "core/errors" and any(
-                    (isinstance(b, ast.Name) and (b.id.endswith(("Error", "Exception", "Timeout")) or b.id in _ERRORS))
-                    or (isinstance(b, ast.Attribute) and b.attr.endswith(("Error", "Exception")))
-                    for b in node.bases):
-                outside.setdefault(_name(p), []).append(node.name)
-    assert outside == {}
-    # The check itself sees a class defined outside the tree.
-    sample = ast.parse("class Oops(FleetError):\n    pass\n")
-    assert any(isinstance(n, ast.ClassDef) and n.bases[0].id.endswith("Error") for n in ast.walk(sample))  # type: ignore[attr-defined]
-
-
 def _error_names() -> set[str]:
     tree = ast.parse((ROOT / "core" / "errors.py").read_text())
     return {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
 
 
 _ERRORS = _error_names()
+
+
+def exception_classes(source: str) -> list[str]:
+    """Names of the classes `source` defines that derive from an exception (a base named like one, or one of
+    the error tree's classes)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ClassDef) and any(
+                (isinstance(b, ast.Name) and (b.id.endswith(("Error", "Exception", "Timeout")) or b.id in _ERRORS))
+                or (isinstance(b, ast.Attribute) and b.attr.endswith(("Error", "Exception")))
+                for b in node.bases):
+            found.append(node.name)
+    return found
+
+
+@pytest.mark.parametrize(("source", "expected"), [
+    ("class Oops(FleetError):\n    pass\n", ["Oops"]),
+    ("class Gone(LeaseHeld):\n    pass\n", ["Gone"]),
+    ("def f():\n    class Inner(builtins.ValueError): ...\n", ["Inner"]),
+    ("class Value:\n    pass\nclass Spec(BaseModel): ...\n", []),
+])
+def test_the_checker_finds_exception_classes(source: str, expected: list[str]) -> None:
+    assert exception_classes(source) == expected
+
+
+def test_exception_classes_live_in_the_error_tree():
+    """Every exception class fleet defines is in fleet.core.errors (imported elsewhere, never defined)."""
+    outside = {_name(p): found for p in _modules()
+               if _name(p) != "core/errors" and (found := exception_classes(p.read_text()))}
+    assert outside == {}
+    assert "LeaseHeld" in exception_classes((ROOT / "core" / "errors.py").read_text())
 
 
 # The CLI and the TUI reach the fleet only through the façade (fleet.api): never the layers below it, not even for
