@@ -12,8 +12,9 @@ import json
 import math
 import os
 import re
+import stat
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Annotated, Any, Literal
 
@@ -30,12 +31,13 @@ from pydantic import (
     model_validator,
 )
 
+from fleet.config.edge import HostName, PathPrefix, TlsModel, TlsSpec, bundle, hosts_problem, read_pem, tls_spec
 from fleet.config.schema import pydantic_problems
 from fleet.config.yamlmarks import Marked, dotted, load, read_text
 from fleet.core.dirs import NODE_BASE, NODE_RUN
 from fleet.core.errors import ConfigError, Problem, SpecError
 from fleet.core.model import Resources
-from fleet.core.names import LABEL_KEY_RE, LABEL_VALUE_RE
+from fleet.core.names import LABEL_KEY_RE, LABEL_VALUE_RE, NAME_RE
 from fleet.core.ports import RESERVED_LB_PORTS
 from fleet.core.units import parse_cpu, parse_memory
 
@@ -66,6 +68,17 @@ NODE_DIRS = (NODE_BASE, NODE_RUN)
 # Files fleet bind-mounts into every container; a volume may not cover them (service discovery, DNS).
 FLEET_MOUNTS = ("/etc/hosts", "/etc/resolv.conf")
 MAX_MEMORY = 2**50  # 1 PiB: far above any node, far below ctr's int64 byte count
+# Configs are settings, not data: each revision recorded on the fleet carries their content (so a rollback
+# restores them) and every start sends them over SSH, so they are kept small. Bigger files belong in the image
+# or a volume.
+MAX_CONFIG_BYTES = 64 * 1024
+MAX_CONFIGS_BYTES = 256 * 1024  # all of one service's configs together
+# A file's permission bits as a quoted octal string ('0444'); no setuid, setgid or sticky bit.
+FILE_MODE_RE = re.compile(r"^0?[0-7]{3}$")
+DEFAULT_CONFIG_MODE = "0444"
+DEFAULT_SECRET_FILE_MODE = "0400"
+SECRET_FILE_DIR = "/run/secrets"
+DIGEST_RE = re.compile(r"^[0-9a-f]{32,64}$")
 
 SPEC_HASH_VERSION = 1
 DEFAULT_RESOURCES = Resources(cpu=0.1, memory=64 * 1024 * 1024)
@@ -180,6 +193,31 @@ class SecretRef:
 
 
 @dataclass(frozen=True)
+class ConfigSpec:
+    """A file mounted read-only at `target` in every container of the service; its content travels with the spec
+    (and the history), so a change of content or mode is a change of the spec. `source` is the file it was read
+    from, for messages only."""
+
+    target: str
+    content: str = field(repr=False)
+    mode: str = DEFAULT_CONFIG_MODE
+    source: str | None = field(default=None, compare=False)
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.content.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class SecretFileSpec:
+    """A keyring secret put in a file at `target` inside the container (a file on the node's tmpfs,
+    bind-mounted read-only); the value is read only where the container starts."""
+
+    secret: str
+    target: str
+    mode: str = DEFAULT_SECRET_FILE_MODE
+
+
+@dataclass(frozen=True)
 class HealthSpec:
     """How to tell a replica is healthy: an HTTP GET, a TCP connect or a command run inside it."""
 
@@ -207,22 +245,42 @@ class PlacementSpec:
 
 @dataclass(frozen=True)
 class LbSpec:
-    """The service's frontend on the LB nodes."""
+    """The service's frontend on the LB nodes: its own `port`, and/or `hosts` (with optional path prefixes) on the
+    shared HTTP/HTTPS ports, with `tls`."""
 
-    port: int
+    port: int | None
     mode: Literal["http", "tcp"] = "http"
     balance: Literal["roundrobin", "leastconn", "source", "random"] = "roundrobin"
+    hosts: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+    tls: TlsSpec | None = None
 
 
 @dataclass(frozen=True)
 class VolumeSpec:
-    """A mount: a host path (bind), a RAM disk (tmpfs) or a named volume on the node."""
+    """A mount: a host path (bind), a RAM disk (tmpfs), a named volume on the node (`volume`: its data stays on
+    that node, and so does its replica) or a named volume on a storage host mounted over SSH (`sshfs`: the
+    replica may move). `on_node_loss` says what a `volume` replica does when its node is gone: `wait` for it,
+    or `start-empty` elsewhere. `storage` names the inventory's storage node of an `sshfs` volume (None: the
+    only one)."""
 
-    type: Literal["bind", "tmpfs", "volume"]
+    type: Literal["bind", "tmpfs", "volume", "sshfs"]
     target: str
     source: str | None = None
     readonly: bool = False
     size: int | None = None
+    on_node_loss: Literal["wait", "start-empty"] = "wait"
+    storage: str | None = None
+    source_line: int | None = field(default=None, compare=False)
+
+    def hash_input(self) -> dict[str, Any]:
+        """What a container's mount depends on (`on_node_loss` is placement only); keys added by later
+        features appear only when set, so existing services keep their hash."""
+        out: dict[str, Any] = {"type": self.type, "source": self.source, "target": self.target,
+                               "readonly": self.readonly, "size": self.size}
+        if self.storage is not None:
+            out["storage"] = self.storage
+        return out
 
 
 @dataclass(frozen=True)
@@ -265,14 +323,21 @@ class ServiceSpec:
     volumes: tuple[VolumeSpec, ...] = ()
     stop_grace_period: float = 10.0
     update: UpdateSpec = UpdateSpec()
+    configs: tuple[ConfigSpec, ...] = ()
+    secret_files: tuple[SecretFileSpec, ...] = ()
+    # Keyed digests (HMAC, the fleet's key) of the values of the secrets the service uses, stamped by the
+    # controller (`with_secret_digests`): a rotated secret changes the spec hash, so its replicas are replaced.
+    secret_digests: Mapping[str, str] = field(default_factory=dict)
     source_file: str = field(default="", compare=False)
     source_line: int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
+        object.__setattr__(self, "secret_digests", MappingProxyType(dict(self.secret_digests)))
 
     def secret_names(self) -> tuple[str, ...]:
-        return tuple(sorted({v.name for v in self.env.values() if isinstance(v, SecretRef)}))
+        return tuple(sorted({v.name for v in self.env.values() if isinstance(v, SecretRef)}
+                            | {f.secret for f in self.secret_files}))
 
     def hash_input(self) -> dict[str, Any]:
         """The fields whose change needs a new container; secrets appear by name only."""
@@ -285,17 +350,25 @@ class ServiceSpec:
             "cpu": self.resources.cpu,
             "memory": self.resources.memory,
             "port": self.port,
-            "volumes": [
-                {"type": v.type, "source": v.source, "target": v.target, "readonly": v.readonly, "size": v.size}
-                for v in self.volumes
-            ],
+            "volumes": [v.hash_input() for v in self.volumes],
             "health_exec": list(self.health.command) if self.health and self.health.kind == "exec" else None,
+            # Only when used, so the hash of a service without them is what it always was.
+            **({"configs": [{"target": c.target, "mode": c.mode, "sha256": c.digest()} for c in self.configs]}
+               if self.configs else {}),
+            **({"secret_files": [{"secret": f.secret, "target": f.target, "mode": f.mode}
+                                 for f in self.secret_files]} if self.secret_files else {}),
+            **({"secret_digests": dict(sorted(self.secret_digests.items()))} if self.secret_digests else {}),
         }
 
     def spec_hash(self) -> str:
         """Stable sha256 (hex) of `hash_input()` as canonical JSON; replicas and lb do not count."""
         blob = json.dumps(self.hash_input(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
         return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def with_secret_digests(spec: ServiceSpec, digests: Mapping[str, str]) -> ServiceSpec:
+    """`spec` with the keyed digests of the secrets it uses (`digests` holds at least those)."""
+    return replace(spec, secret_digests={name: digests[name] for name in spec.secret_names()})
 
 
 @dataclass(frozen=True)
@@ -383,17 +456,34 @@ class _Placement(_Strict):
 
 
 class _Lb(_Strict):
-    port: LbPort
+    port: LbPort | None = None
     mode: Literal["http", "tcp"] = "http"
     balance: Literal["roundrobin", "leastconn", "source", "random"] = "roundrobin"
+    hosts: list[HostName] = Field(default_factory=list)
+    paths: list[PathPrefix] = Field(default_factory=list)
+    tls: TlsModel | None = None
+
+    @model_validator(mode="after")
+    def _routed(self) -> _Lb:
+        if self.port is None and not self.hosts:
+            raise ValueError("give port: N (the service's own port) and/or hosts: [NAME, ...] (shared ports)")
+        if self.hosts and self.mode != "http":
+            raise ValueError("hosts route HTTP by the Host header and SNI: they need mode http")
+        if (self.paths or self.tls is not None) and not self.hosts:
+            raise ValueError("paths and tls apply to hosts: list the service's host names")
+        if (problem := hosts_problem(self.hosts)) is not None:
+            raise ValueError(problem)
+        return self
 
 
 class _Volume(_Strict):
-    type: Literal["bind", "tmpfs", "volume"]
+    type: Literal["bind", "tmpfs", "volume", "sshfs"]
     source: str | None = None
     target: str
     readonly: StrictBool = False
     size: Annotated[int | None, BeforeValidator(lambda v: None if v is None else _memory(v))] = None
+    on_node_loss: Literal["wait", "start-empty"] | None = None
+    storage: str | None = None
 
     @field_validator("target")
     @classmethod
@@ -425,14 +515,76 @@ class _Volume(_Strict):
                 if _within(own, source):
                     raise ValueError(f"a bind volume cannot mount {source}: it holds fleet's own directory {own} "
                                      "(secrets, HAProxy config and sockets, logs)")
-        elif self.type == "volume":
+        elif self.type in ("volume", "sshfs"):
             if self.source is None or not VOLUME_NAME_RE.match(self.source):
                 raise ValueError(f"a named volume needs source: NAME (a-z, 0-9, . _ -), got {self.source!r}")
         elif self.source is not None:
             raise ValueError("a tmpfs volume takes no source")
         if self.size is not None and self.type != "tmpfs":
             raise ValueError("size applies to tmpfs volumes only")
+        if self.on_node_loss is not None and self.type != "volume":
+            raise ValueError("on_node_loss applies to named volumes (type: volume) only: other volumes do not "
+                             "keep data on one node")
+        if self.storage is not None and self.type != "sshfs":
+            raise ValueError("storage applies to sshfs volumes only")
+        if self.storage is not None and not NAME_RE.match(self.storage):
+            raise ValueError(f"expected a storage node's name from the inventory, got {self.storage!r}")
         return self
+
+
+def _file_mode(value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise ValueError(f"write the mode as a quoted octal string such as '0444' (got the number {value}; "
+                         "unquoted, 0444 is read as the number 292)")
+    if not isinstance(value, str) or not FILE_MODE_RE.match(value):
+        raise ValueError(f"expected a mode of three octal digits such as '0444' or '0400' (no setuid, setgid or "
+                         f"sticky bit), got {value!r}")
+    return "0" + value[-3:]
+
+
+def _file_target(value: str) -> str:
+    """A file's path inside the container: absolute, of the characters ctr's --mount takes, not over fleet's own
+    mounts."""
+    _check_mount_path(value)
+    target = normal_path(value)
+    if target == "/":
+        raise ValueError("cannot mount a file over /")
+    for mount in FLEET_MOUNTS:
+        if _within(mount, target) or _within(target, mount):
+            raise ValueError(f"cannot mount over {target}: fleet mounts its own {mount} in every container")
+    return target
+
+
+FileMode = Annotated[str, BeforeValidator(_file_mode)]
+
+
+class _Config(_Strict):
+    target: Annotated[str, AfterValidator(_file_target)]
+    source: str | None = None
+    content: str | None = None
+    mode: FileMode = DEFAULT_CONFIG_MODE
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> _Config:
+        if (self.source is None) == (self.content is None):
+            raise ValueError("give exactly one of source: FILE (relative to the playbook) or content: TEXT")
+        if self.source is not None and (not self.source or self.source.startswith("/") or "\x00" in self.source):
+            raise ValueError(f"source: expected a file path relative to the playbook's directory, "
+                             f"got {self.source!r}")
+        return self
+
+
+class _SecretFile(_Strict):
+    secret: str
+    file: Annotated[str, AfterValidator(_file_target)] | None = None
+    mode: FileMode = DEFAULT_SECRET_FILE_MODE
+
+    @field_validator("secret")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not SECRET_NAME_RE.match(v):
+            raise ValueError(f"invalid secret name {v!r} (letters, digits, . _ -)")
+        return v
 
 
 class _Canary(_Strict):
@@ -482,6 +634,17 @@ class _Service(_Strict):
     volumes: list[_Volume] = Field(default_factory=list)
     stop_grace_period: Duration = 10.0
     update: _Update = Field(default_factory=_Update)
+    configs: list[_Config] = Field(default_factory=list)
+    secrets: list[_SecretFile] = Field(default_factory=list)
+    secret_digests: dict[str, str] | None = None
+
+    @field_validator("secret_digests")
+    @classmethod
+    def _digests(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        for name, digest in (v or {}).items():
+            if not SECRET_NAME_RE.match(name) or not DIGEST_RE.match(digest):
+                raise ValueError(f"expected secret names and hex digests, got {name!r}: {digest!r}")
+        return v
 
     @field_validator("image")
     @classmethod
@@ -574,7 +737,103 @@ def _env(raw: Mapping[Any, Any], doc: Marked, path: tuple[str | int, ...],
     return out
 
 
-def _resolve(name: str, svc: _Service, env: dict[str, str | SecretRef], doc: Marked) -> ServiceSpec:
+def _read_config(source: str, base_dir: str) -> str:
+    """The text of a config file named relative to the playbook's directory (which it may not leave)."""
+    base = os.path.realpath(base_dir)
+    path = os.path.realpath(os.path.join(base, source))
+    if os.path.commonpath([base, path]) != base:
+        raise ValueError(f"{source!r} is outside the playbook's directory {base} (configs are read from there "
+                         "and below only)")
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{source!r} is not a regular file")
+        if st.st_size > MAX_CONFIG_BYTES:
+            raise ValueError(f"{source!r} is {st.st_size} bytes; a config can be at most {MAX_CONFIG_BYTES} bytes "
+                             "(64 KiB): put bigger files in the image or a volume")
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise ValueError(f"no such file: {source!r} (looked for {path})") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read {source!r}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ValueError(f"{source!r} is over {MAX_CONFIG_BYTES} bytes (64 KiB)")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{source!r} is not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start}); "
+                         "configs are text files") from None
+
+
+Files = tuple[tuple[ConfigSpec, ...], tuple[SecretFileSpec, ...]]
+
+
+def _files(name: str, svc: _Service, doc: Marked, base_dir: str | None, internal: bool,
+           problems: list[Problem]) -> Files:
+    """The service's configs (read from their files) and secret files, each target checked against the others and
+    the volumes; every problem is added to `problems` at its item's line."""
+    where = ("services", name)
+    configs: list[ConfigSpec] = []
+    targets: dict[str, str] = {}
+
+    def claim(target: str, path: tuple[str | int, ...]) -> bool:
+        for other, what in targets.items():
+            if other == target:
+                problems.append(doc.problem(path, f"{what} already mounts a file at {target}"))
+                return False
+            if _within(target, other) or _within(other, target):
+                problems.append(doc.problem(path, f"{target} and {what}'s {other} are nested (a file cannot be "
+                                                  "inside another)"))
+                return False
+        for v in svc.volumes:
+            vt = normal_path(v.target)
+            if _within(target, vt) or _within(vt, target):
+                problems.append(doc.problem(path, f"{target} is inside the volume at {vt} (it would be created "
+                                                  "in the volume); mount it elsewhere"))
+                return False
+        targets[target] = dotted(path)
+        return True
+
+    total = 0
+    for i, c in enumerate(svc.configs):
+        path = (*where, "configs", i)
+        if not claim(c.target, (*path, "target")):
+            continue
+        if c.content is not None:
+            content = c.content
+            if len(content.encode()) > MAX_CONFIG_BYTES:
+                problems.append(doc.problem((*path, "content"), f"a config can be at most {MAX_CONFIG_BYTES} "
+                                                                "bytes (64 KiB)"))
+                continue
+        elif base_dir is None:
+            problems.append(doc.problem((*path, "source"), "a recorded config carries its content, not a file"))
+            continue
+        else:
+            try:
+                content = _read_config(c.source or "", base_dir)
+            except ValueError as exc:
+                problems.append(doc.problem((*path, "source"), str(exc)))
+                continue
+        total += len(content.encode())
+        configs.append(ConfigSpec(c.target, content, c.mode, c.source))
+    if total > MAX_CONFIGS_BYTES:
+        problems.append(doc.problem((*where, "configs"), f"the configs of one service add up to {total} bytes; "
+                                                         f"at most {MAX_CONFIGS_BYTES} (256 KiB)"))
+    files: list[SecretFileSpec] = []
+    for i, f in enumerate(svc.secrets):
+        path = (*where, "secrets", i)
+        target = f.file if f.file is not None else f"{SECRET_FILE_DIR}/{f.secret}"
+        if claim(target, (*path, "file")):
+            files.append(SecretFileSpec(f.secret, target, f.mode))
+    if svc.secret_digests is not None and not internal:
+        problems.append(doc.problem((*where, "secret_digests"), "fleet records this itself (the keyed digests of "
+                                                                "the secrets' values); not a playbook setting"))
+    return tuple(configs), tuple(files)
+
+
+def _resolve(name: str, svc: _Service, env: dict[str, str | SecretRef], doc: Marked,
+             files: Files = ((), ()), base_dir: str | None = None) -> ServiceSpec:
     h = svc.health
     health = None
     if h is not None:
@@ -596,12 +855,18 @@ def _resolve(name: str, svc: _Service, env: dict[str, str | SecretRef], doc: Mar
         env=env,
         health=health,
         placement=PlacementSpec(svc.placement.require, svc.placement.spread_by, svc.placement.strategy),
-        lb=LbSpec(svc.lb.port, svc.lb.mode, svc.lb.balance) if svc.lb else None,
-        volumes=tuple(VolumeSpec(v.type, v.target, v.source, v.readonly, v.size) for v in svc.volumes),
+        lb=LbSpec(svc.lb.port, svc.lb.mode, svc.lb.balance, tuple(svc.lb.hosts), tuple(svc.lb.paths),
+                  tls_spec(svc.lb.tls, base_dir) if svc.lb.tls else None) if svc.lb else None,
+        volumes=tuple(VolumeSpec(v.type, v.target, v.source, v.readonly, v.size, v.on_node_loss or "wait",
+                                 v.storage, doc.line_of(("services", name, "volumes", i)))
+                      for i, v in enumerate(svc.volumes)),
         stop_grace_period=svc.stop_grace_period,
         update=UpdateSpec(u.strategy, u.max_surge, u.max_unavailable,
                           u.batch_size or max(1, u.max_surge + u.max_unavailable),
                           u.ready_deadline, u.min_ready, canary),
+        configs=files[0],
+        secret_files=files[1],
+        secret_digests=svc.secret_digests or {},
         source_file=doc.file,
         source_line=doc.line_of(("services", name)),
     )
@@ -612,10 +877,12 @@ def _parse(text: str, file: str) -> tuple[Playbook, list[Problem]]:
         doc = load(text, file)
     except ConfigError as exc:
         return Playbook(file, ()), list(exc.problems)
-    return _parse_doc(doc)
+    return _parse_doc(doc, os.path.dirname(os.path.abspath(file)))
 
 
-def _parse_doc(doc: Marked) -> tuple[Playbook, list[Problem]]:
+def _parse_doc(doc: Marked, base_dir: str | None, internal: bool = False) -> tuple[Playbook, list[Problem]]:
+    """`base_dir`: where configs' files are read from (None: configs must carry their content); `internal`: the
+    document is fleet's own record of a spec, which may hold `secret_digests`."""
     file = doc.file
     if not isinstance(doc.data, dict) or "services" not in doc.data:
         return Playbook(file, ()), [Problem(file, 1, "", "expected a mapping with `services:`")]
@@ -637,17 +904,39 @@ def _parse_doc(doc: Marked) -> tuple[Playbook, list[Problem]]:
         for name, body in raw_services.items():
             if isinstance(body, dict) and isinstance(body.get("env"), dict):
                 envs[str(name)] = _env(body["env"], doc, ("services", name, "env"), problems)
+    files: dict[str, Files] = {}
+    if model is not None:
+        for name, svc in (model.services or {}).items():
+            files[name] = _files(name, svc, doc, base_dir, internal, problems)
+        if base_dir is not None:
+            for name, svc in (model.services or {}).items():
+                _check_tls_files(name, svc, doc, base_dir, problems)
     problems.sort(key=lambda p: (p.line or 0, p.field))
     if model is None or problems:
         return Playbook(file, ()), problems
-    services = tuple(_resolve(name, svc, envs.get(name, {}), doc) for name, svc in (model.services or {}).items())
+    services = tuple(_resolve(name, svc, envs.get(name, {}), doc, files[name], base_dir)
+                     for name, svc in (model.services or {}).items())
     return Playbook(file, services), problems
+
+
+def _check_tls_files(name: str, svc: _Service, doc: Marked, base_dir: str, problems: list[Problem]) -> None:
+    """A playbook's `lb.tls.cert`/`key` files: readable, and the certificate is the key's."""
+    tls = svc.lb.tls if svc.lb is not None else None
+    if tls is None or tls.cert is None or tls.key is None:
+        return
+    spec = tls_spec(tls, base_dir)
+    assert spec.cert_file is not None and spec.key_file is not None
+    try:
+        bundle(read_pem(spec.cert_file, "certificate"), read_pem(spec.key_file, "key"))
+    except ValueError as exc:
+        problems.append(doc.problem(("services", name, "lb", "tls", "cert"), str(exc)))
 
 
 def _cross_check(playbooks: Sequence[Playbook]) -> list[Problem]:
     problems = []
     names: dict[str, ServiceSpec] = {}
     ports: dict[int, ServiceSpec] = {}
+    routes: dict[tuple[str, str | None], ServiceSpec] = {}
     for pb in playbooks:
         for s in pb.services:
             where = dotted(("services", s.name))
@@ -658,6 +947,16 @@ def _cross_check(playbooks: Sequence[Playbook]) -> list[Problem]:
             else:
                 names[s.name] = s
             if s.lb is not None:
+                for host in s.lb.hosts:
+                    for path in s.lb.paths or (None,):
+                        if (owner := routes.get((host, path))) is not None:
+                            problems.append(Problem(s.source_file, s.source_line, f"{where}.lb.hosts",
+                                                    f"host {host}{path or ''} is already routed to service "
+                                                    f"{owner.name!r} at {owner.source_file}:{owner.source_line}"))
+                        else:
+                            routes[(host, path)] = s
+                if s.lb.port is None:
+                    continue
                 if (other := ports.get(s.lb.port)) is not None:
                     problems.append(Problem(s.source_file, s.source_line, f"{where}.lb.port",
                                             f"lb port {s.lb.port} is already used by service {other.name!r} "
@@ -761,11 +1060,37 @@ def to_playbook_dict(spec: ServiceSpec) -> dict[str, Any]:
             health["exec"] = list(h.command)
         out["health"] = health
     if spec.lb is not None:
-        out["lb"] = {"port": spec.lb.port, "mode": spec.lb.mode, "balance": spec.lb.balance}
+        out["lb"] = {"mode": spec.lb.mode, "balance": spec.lb.balance}
+        if spec.lb.port is not None:
+            out["lb"]["port"] = spec.lb.port
+        if spec.lb.hosts:
+            out["lb"]["hosts"] = list(spec.lb.hosts)
+        if spec.lb.paths:
+            out["lb"]["paths"] = list(spec.lb.paths)
+        t = spec.lb.tls
+        if t is not None:
+            tls: dict[str, Any] = {"redirect": t.redirect}
+            if t.cert_file is not None:
+                tls.update(cert=t.cert_file, key=t.key_file)
+            if t.secret is not None:
+                tls["secret"] = t.secret
+            if t.acme:
+                tls["acme"] = True
+            if t.hsts is not None:
+                tls["hsts"] = t.hsts
+            out["lb"]["tls"] = tls
     if spec.volumes:
         out["volumes"] = [{k: v for k, v in {"type": vol.type, "source": vol.source, "target": vol.target,
-                                             "readonly": vol.readonly, "size": vol.size}.items() if v is not None}
+                                             "readonly": vol.readonly, "size": vol.size, "storage": vol.storage,
+                                             "on_node_loss": None if vol.on_node_loss == "wait" else vol.on_node_loss,
+                                             }.items() if v is not None}
                           for vol in spec.volumes]
+    if spec.configs:
+        out["configs"] = [{"target": c.target, "mode": c.mode, "content": c.content} for c in spec.configs]
+    if spec.secret_files:
+        out["secrets"] = [{"secret": f.secret, "file": f.target, "mode": f.mode} for f in spec.secret_files]
+    if spec.secret_digests:
+        out["secret_digests"] = dict(sorted(spec.secret_digests.items()))
     c = spec.update.canary
     if c is not None:
         out["update"]["canary"] = {"steps": list(c.steps), "pause": format_duration(c.pause),
@@ -776,7 +1101,7 @@ def to_playbook_dict(spec: ServiceSpec) -> dict[str, Any]:
 def from_playbook_dict(name: str, data: dict[str, Any], source: str = "<history>") -> ServiceSpec:
     """A ServiceSpec from `to_playbook_dict` output (as stored, e.g. through JSON), validated exactly as a playbook
     is; the values are read as they are, not through YAML's text rules."""
-    pb, problems = _parse_doc(Marked(source, {"services": {name: data}}, {}))
+    pb, problems = _parse_doc(Marked(source, {"services": {name: data}}, {}), None, internal=True)
     problems += _cross_check([pb])
     if problems:
         raise SpecError(problems)

@@ -163,7 +163,15 @@ def config_changes(old: ServiceSpec | None, new: ServiceSpec) -> list[str]:
     out = []
     for key in sorted(set(a) | set(b)):
         if a.get(key) != b.get(key):
-            if key == "env":
+            if key == "configs":
+                out += _file_changes("config", a.get(key) or [], b.get(key) or [], "target")
+            elif key == "secrets":
+                out += _file_changes("secret file", a.get(key) or [], b.get(key) or [], "file")
+            elif key == "secret_digests":
+                old_d, new_d = a.get(key) or {}, b.get(key) or {}
+                out += [f"secret {n} changed" if n in old_d else f"secret {n}: its rotation is now tracked"
+                        for n in sorted(new_d) if old_d.get(n) != new_d[n] and (n in old_d or not old_d)]
+            elif key == "env":
                 names = sorted(k for k in set(a.get(key, {})) | set(b.get(key, {}))
                                if a.get(key, {}).get(k) != b.get(key, {}).get(k))
                 out.append(f"env: {', '.join(names)} changed")
@@ -174,6 +182,13 @@ def config_changes(old: ServiceSpec | None, new: ServiceSpec) -> list[str]:
             else:
                 out.append(f"{key}: {_short(a.get(key))} → {_short(b.get(key))}")
     return out
+
+
+def _file_changes(what: str, old: list[dict[str, Any]], new: list[dict[str, Any]], key: str) -> list[str]:
+    """`config /etc/app.conf changed` (content or mode), `... added`, `... removed`, by target path."""
+    a, b = {f[key]: f for f in old}, {f[key]: f for f in new}
+    return [f"{what} {t} " + ("added" if t not in a else "removed" if t not in b else "changed")
+            for t in sorted(set(a) | set(b)) if a.get(t) != b.get(t)]
 
 
 def _short(value: Any) -> str:
