@@ -44,7 +44,10 @@ async def holders(pool: Pool, nodes: list[Node], base: str) -> dict[str, str | N
 def test_record_nodes_are_lbs_else_labelled_else_the_first():
     n1, n2 = Node("n1", "10.0.0.1"), Node("n2", "10.0.0.2", labels={"fleet.records": "true"})
     lb1, lb2 = Node("lb1", "10.0.0.9", roles=("lb",)), Node("lb2", "10.0.0.8", roles=("worker", "lb"))
-    assert record_nodes(Inventory("i", (n1, lb1, n2, lb2))) == [lb1, lb2]
+    # Two lb nodes get a tie-breaker (the labelled node), so either lb node may fail and a majority remains.
+    assert record_nodes(Inventory("i", (n1, lb1, n2, lb2))) == [lb1, n2, lb2]
+    assert record_nodes(Inventory("i", (n1, lb1, Node("n3", "10.0.0.3"), lb2))) == [n1, lb1, lb2]
+    assert record_nodes(Inventory("i", (n1, lb1, n2))) == [lb1]
     assert record_nodes(Inventory("i", (n1, n2))) == [n2]
     assert record_nodes(Inventory("i", (n1, Node("n3", "10.0.0.3")))) == [n1]
     assert record_nodes(Inventory("i", ())) == []

@@ -22,10 +22,13 @@ import os
 import re
 import shlex
 from collections.abc import Iterable
+from dataclasses import asdict, replace
 
+from fleet.config.vrrp import KEYS as VRRP_KEYS
+from fleet.config.vrrp import VrrpValueError, parse_vrrp, vrrp_problems
 from fleet.config.yamlmarks import Marked, load, read_text
 from fleet.core.errors import ConfigError, InventoryError, Problem
-from fleet.core.model import Inventory, Node, Resources
+from fleet.core.model import Inventory, Node, Resources, Vrrp
 from fleet.core.names import NAME_RE, ROLES, check_address, check_labels, key_files, resolve_path
 
 
@@ -180,7 +183,40 @@ def _ansible_nodes(hosts: Iterable[_Host], file: str, base_dir: str) -> tuple[No
             problems += exc.problems
     if problems:
         raise InventoryError(problems)
-    return tuple(nodes)
+    return _ansible_vrrp(list(hosts), nodes, file)
+
+
+def _ansible_vrrp(hosts: list[_Host], nodes: list[Node], file: str) -> tuple[Node, ...]:
+    """`fleet_vrrp_*` variables of the lb hosts (usually set on the `lb` group): the same on every lb host."""
+    found: dict[str, tuple[_Host, Vrrp]] = {}
+    for host, node in zip(hosts, nodes, strict=True):
+        raw = {k: host.vars[f"fleet_vrrp_{k}"] for k in VRRP_KEYS if f"fleet_vrrp_{k}" in host.vars}
+        if not raw:
+            continue
+        try:
+            vrrp = parse_vrrp(raw)
+        except VrrpValueError as exc:
+            raise InventoryError([Problem(file, host.line, f"{host.name}.fleet_vrrp_{exc.key}", str(exc))]) from None
+        if not node.has_role("lb"):
+            raise InventoryError([Problem(file, host.line, f"{host.name}.fleet_vrrp_virtual_ip",
+                                          "fleet_vrrp_* variables belong on lb hosts (the group lb)")])
+        found[node.name] = (host, vrrp)
+    if not found:
+        return tuple(nodes)
+    values = {v for _, v in found.values()}
+    first_host = next(iter(found.values()))[0]
+    lbs = [n.name for n in nodes if n.has_role("lb")]
+    if len(values) > 1 or set(found) != set(lbs):
+        differ = sorted(set(lbs) - set(found)) or sorted(found)
+        raise InventoryError([Problem(file, first_host.line, f"{first_host.name}.fleet_vrrp_virtual_ip",
+                                      "every lb host needs the same fleet_vrrp_* values (set them on the lb "
+                                      f"group); they differ or are missing on {', '.join(differ)}")])
+    vrrp = values.pop()
+    problems = vrrp_problems(nodes, vrrp)
+    if problems:
+        raise InventoryError([Problem(file, first_host.line, f"{first_host.name}.fleet_vrrp_virtual_ip", p)
+                              for p in problems])
+    return tuple(replace(n, vrrp=vrrp) if n.has_role("lb") else n for n in nodes)
 
 
 _INI_SECTION = re.compile(r"^\[([^\]:]+)(?::(vars|children))?\]\s*$")
@@ -285,7 +321,7 @@ def parse(text: str, file: str) -> Inventory:
     return inv
 
 
-CACHE_VERSION = 3  # 3: addresses, ports and Ansible host names checked
+CACHE_VERSION = 4  # 3: addresses, ports and Ansible host names checked; 4: vrrp
 
 
 def cache_dir() -> str:
@@ -313,7 +349,7 @@ def _to_json(inv: Inventory) -> str:
         "name": n.name, "address": n.address, "port": n.port, "user": n.user, "key_files": list(n.key_files),
         "known_hosts": n.known_hosts, "labels": dict(n.labels), "roles": list(n.roles), "capacity": res(n.capacity),
         "reserved": res(n.reserved), "namespace": n.namespace, "source_line": n.source_line,
-        "insecure_registries": list(n.insecure_registries),
+        "insecure_registries": list(n.insecure_registries), "vrrp": asdict(n.vrrp) if n.vrrp else None,
     } for n in inv.nodes]})
 
 
@@ -327,7 +363,7 @@ def _from_json(text: str) -> Inventory:
         name=n["name"], address=n["address"], port=n["port"], user=n["user"], key_files=tuple(n["key_files"]),
         known_hosts=n["known_hosts"], labels=n["labels"], roles=tuple(n["roles"]), capacity=res(n["capacity"]),
         reserved=res(n["reserved"]) or Resources(), namespace=n["namespace"], source_line=n["source_line"],
-        insecure_registries=tuple(n["insecure_registries"]),
+        insecure_registries=tuple(n["insecure_registries"]), vrrp=Vrrp(**n["vrrp"]) if n["vrrp"] else None,
     ) for n in doc["nodes"]))
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import replace
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from fleet.config.schema import pydantic_problems
+from fleet.config.vrrp import VrrpValueError, parse_vrrp, vrrp_problems
 from fleet.config.yamlmarks import Marked
 from fleet.core.errors import InventoryError
 from fleet.core.model import Inventory, Node, Resources
@@ -91,6 +93,7 @@ class _FleetInventory(BaseModel):
     model_config = ConfigDict(extra="forbid")
     defaults: _NodeCommon = Field(default_factory=_NodeCommon)
     nodes: dict[str, _NodeSpec]
+    vrrp: dict[str, Any] | None = None
 
 
 def _resources(q: _Quantity | None, default: Resources | None) -> Resources | None:
@@ -130,4 +133,19 @@ def from_fleet(doc: Marked) -> Inventory:
                                       else d.insecure_registries or ()),
             source_line=doc.line_of(("nodes", name)),
         ))
+    if inv.vrrp is not None:
+        nodes = with_vrrp(nodes, inv.vrrp, doc)
     return Inventory(doc.file, tuple(nodes))
+
+
+def with_vrrp(nodes: list[Node], raw: dict[str, Any], doc: Marked) -> list[Node]:
+    """The nodes with the `vrrp` settings on every lb node; a bad value is reported at its line."""
+    try:
+        vrrp = parse_vrrp(raw)
+    except VrrpValueError as exc:
+        where = ("vrrp", exc.key) if exc.key in raw else ("vrrp",)
+        raise InventoryError([doc.problem(where, str(exc))]) from None
+    problems = vrrp_problems(nodes, vrrp)
+    if problems:
+        raise InventoryError([doc.problem(("vrrp", "virtual_ip"), p) for p in problems])
+    return [replace(n, vrrp=vrrp) if n.has_role("lb") else n for n in nodes]

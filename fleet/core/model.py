@@ -31,6 +31,22 @@ def _frozen(mapping: Mapping[str, str] | None) -> Mapping[str, str]:
 
 
 @dataclass(frozen=True)
+class Vrrp:
+    """A virtual IP the lb nodes hand between them with VRRP (keepalived): whichever holds it serves the fleet's
+    service addresses. `advert_int` is in seconds (VRRPv3 allows centiseconds); `interface` is the lb nodes'."""
+
+    virtual_ip: str
+    prefixlen: int
+    router_id: int
+    interface: str = "eth0"
+    advert_int: float = 0.5
+
+    @property
+    def cidr(self) -> str:
+        return f"{self.virtual_ip}/{self.prefixlen}"
+
+
+@dataclass(frozen=True)
 class Node:
     """How to reach one node, and what the inventory says about it."""
 
@@ -48,6 +64,8 @@ class Node:
     source_line: int | None = None
     # Registries (host[:port]) this node pulls from over plain HTTP, as containerd's `--plain-http`.
     insecure_registries: tuple[str, ...] = ()
+    # Set on lb nodes when the inventory asks for a virtual IP (the same value on every lb node).
+    vrrp: Vrrp | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", _frozen(self.labels))

@@ -79,6 +79,11 @@ class LabConfig:
         return str(ipaddress.IPv4Network(self.subnet).network_address + 1)
 
     @property
+    def virtual_ip(self) -> str:
+        """The lb nodes' shared address when there are two or more of them."""
+        return str(ipaddress.IPv4Network(self.subnet).network_address + 10)
+
+    @property
     def prefixlen(self) -> int:
         return ipaddress.IPv4Network(self.subnet).prefixlen
 
@@ -182,5 +187,9 @@ def inventory_yaml(cfg: LabConfig) -> str:
         },
         "nodes": nodes,
     }
+    if cfg.lb >= 2:
+        # Two or more lb nodes share one virtual IP (keepalived, VRRPv3): the service address survives the loss
+        # of the lb node that holds it. base+10 is free: the gateway is base+1 and nodes start at base+11.
+        doc["vrrp"] = {"virtual_ip": f"{cfg.virtual_ip}/{cfg.prefixlen}", "router_id": 51, "interface": "eth0"}
     header = f"# Written by `fleet lab up` for lab {cfg.prefix!r} ({cfg.subnet}); `fleet lab down` removes it.\n"
     return header + yaml.safe_dump(doc, sort_keys=False)

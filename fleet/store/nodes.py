@@ -11,11 +11,16 @@ RECORDS_LABEL = "fleet.records"
 
 def record_nodes(inventory: Inventory) -> list[Node]:
     """The record nodes, in inventory order: the `lb` nodes; if none, those labelled `fleet.records=true`;
-    if none, the first node. Every controller derives the same list from the same inventory."""
+    if none, the first node. An even number of lb nodes gets one more node as a tie-breaker (the first labelled
+    one, else the first other node), so that losing one lb node still leaves a majority: two lb nodes with a
+    virtual IP must survive the loss of either. Every controller derives the same list from the same inventory."""
+    labelled = [n for n in inventory.nodes if n.labels.get(RECORDS_LABEL, "").strip().lower() == "true"]
     lbs = [n for n in inventory.nodes if n.has_role("lb")]
     if lbs:
+        if len(lbs) % 2 == 0:
+            other = [n for n in labelled if n not in lbs] or [n for n in inventory.nodes if n not in lbs]
+            return [n for n in inventory.nodes if n in lbs or (other and n is other[0])]
         return lbs
-    labelled = [n for n in inventory.nodes if n.labels.get(RECORDS_LABEL, "").strip().lower() == "true"]
     if labelled:
         return labelled
     return list(inventory.nodes[:1])
