@@ -367,8 +367,8 @@ class ServiceSpec:
 
 
 def with_secret_digests(spec: ServiceSpec, digests: Mapping[str, str]) -> ServiceSpec:
-    """`spec` with the keyed digests of the secrets it uses (`digests` holds at least those)."""
-    return replace(spec, secret_digests={name: digests[name] for name in spec.secret_names()})
+    """`spec` with the keyed digests of the secrets it uses, of those `digests` has."""
+    return replace(spec, secret_digests={name: digests[name] for name in spec.secret_names() if name in digests})
 
 
 @dataclass(frozen=True)

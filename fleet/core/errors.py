@@ -17,17 +17,23 @@ library's own errors (the transport maps asyncssh's at its edge).
     │       ├── ContainerNotFound
     │       ├── ContainerExists
     │       └── ImageNotFound
+    ├── LabelError               a node label change the label rules refuse (also a ValueError)
     ├── ContainerLookupError     no container matches a reference, or a prefix matches several
     ├── ImageArchiveError        an image archive is unreadable, compressed, incomplete or corrupt
     ├── PushError                a push names nodes that are not in the inventory
     ├── ImageUnavailable         an image cannot be made present on one node (that node is left out)
     ├── SchedulingError          a placement is impossible (with the reason)
+    │   └── DrainError           a node's replicas cannot be moved elsewhere (the node stays cordoned)
+    ├── VolumeError              a volume cannot be found, removed, backed up or restored (in use, no such)
+    │   └── StorageError         a network volume's storage host is down or refused the mount (names it)
     ├── RolloutFailed            new replicas did not become ready; the old ones kept serving
     │   └── CanaryAborted        the canary served too many errors
     ├── LbError                  HAProxy on an lb node did not do what was asked
     │   ├── LbConfigError        `haproxy -c` refused the config (nothing changed)
     │   ├── LbReloadError        a start or reload failed (the old worker kept serving)
     │   └── LbRuntimeError       an admin-socket command was refused
+    ├── EdgeError                HTTPS of a host-routed service cannot be set up (its certificate or key)
+    │   └── AcmeError            an ACME order failed (the server's reason; no key material)
     ├── StatsParseError          HAProxy's stats or state output could not be read (also a ValueError)
     ├── ScriptOutputError        a node script's output is not in its section format (also a ValueError)
     ├── LabError                 the local lab could not be built or torn down
@@ -37,6 +43,9 @@ library's own errors (the transport maps asyncssh's at its edge).
     ├── RecordsError             the fleet's records on its record nodes cannot be read or written
     ├── HistoryError             the local history cache is unusable
     └── SecretStoreError         the keyring cannot be used
+        ├── KeyringUnavailable   no keyring backend on this machine (cron, a service without a desktop session)
+        ├── KeyringLocked        the keyring is locked
+        └── SecretMissing        the keyring has no secret by that name
 
 Outcomes are values, not errors: a canary waiting for `fleet promote` is an `Outcome(waiting=True)`.
 """
@@ -126,6 +135,22 @@ class RuntimeDriverError(FleetError):
 
 class SchedulingError(FleetError):
     """Replicas cannot be placed; the message says what is needed and what is free."""
+
+
+class DrainError(SchedulingError):
+    """`fleet node drain` cannot move a node's replicas elsewhere; the node is left cordoned, its replicas run."""
+
+
+class LabelError(FleetError, ValueError):
+    """A node label change that the label rules refuse (a bad key or value, a key set and removed at once)."""
+
+
+class VolumeError(FleetError):
+    """A volume operation was refused or failed: no such volume, in use, or the node said no."""
+
+
+class StorageError(VolumeError):
+    """A network volume could not be mounted or reached: the message names the storage host."""
 
 
 class LabError(FleetError):
@@ -269,6 +294,18 @@ class SecretStoreError(FleetError):
     """The keyring cannot be used (no backend on this machine, or it refused)."""
 
 
+class KeyringUnavailable(SecretStoreError):
+    """No keyring backend on this machine: typical under cron or a service, which have no desktop session."""
+
+
+class KeyringLocked(SecretStoreError):
+    """The keyring is there but locked (a Secret Service collection nobody unlocked)."""
+
+
+class SecretMissing(SecretStoreError):
+    """The keyring works and has no secret by that name."""
+
+
 class ScriptOutputError(FleetError, ValueError):
     """A script's output is not in the `@@fleet` section format (a truncated or foreign output)."""
 
@@ -308,3 +345,11 @@ class LbRuntimeError(LbError):
         self.reply = reply
         detail = reply.strip().splitlines()[-1] if reply.strip() else "no reply"
         super().__init__(node, f"`{command}`: {detail}")
+
+
+class EdgeError(FleetError):
+    """A host-routed service's HTTPS cannot be set up: its certificate or key is missing or wrong."""
+
+
+class AcmeError(EdgeError):
+    """An ACME order (an automatic certificate) failed; the message carries the server's reason."""

@@ -7,13 +7,14 @@ the rollout engine then carries it out batch by batch, re-placing each batch aga
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from fleet.config.spec import ServiceSpec
 from fleet.core import labels as L
 from fleet.core.model import Resources
 from fleet.plan.scheduler import Assignment, Existing, NodeState, ServiceDemand, Unplaced, place
+from fleet.plan.volumes import VolumeView, data_nodes, data_what
 
 OLD = "~old"
 
@@ -103,8 +104,12 @@ def duplicates(replicas: Sequence[Replica]) -> list[Replica]:
     return sorted(extras, key=lambda r: (r.service, r.replica, r.node))
 
 
-def demand_for(spec: ServiceSpec, replicas: int | None = None) -> ServiceDemand:
+def demand_for(spec: ServiceSpec, replicas: int | None = None, *, volumes: VolumeView | None = None,
+               nodes: Sequence[NodeState] = ()) -> ServiceDemand:
+    """The scheduler's demand for `spec`; with `volumes`, tied to the nodes holding its local volume data."""
+    held, lost = data_nodes(spec, volumes, nodes)
     return ServiceDemand(
+        data_nodes=held, lost_data=lost, data_what=data_what(spec),
         service=spec.name,
         replicas=spec.replicas if replicas is None else replicas,
         resources=spec.resources,
@@ -128,13 +133,14 @@ def _existing(r: Replica, service: str | None = None, replica: int | None = None
 
 def placement_inputs(
     specs: Sequence[ServiceSpec], nodes: Sequence[NodeState], replicas: Sequence[Replica],
-    *, hold_outdated: bool, outgoing: frozenset[str] = frozenset(),
+    *, hold_outdated: bool, outgoing: frozenset[str] = frozenset(), volumes: VolumeView | None = None,
 ) -> tuple[list[NodeState], list[Existing], list[ServiceDemand], dict[str, list[Replica]]]:
     """Scheduler inputs: managed services as demands; everything else running held in place.
 
     With `hold_outdated`, a service's outdated replicas keep their room (a batch of a rolling update must fit
     beside them); without it they are assumed gone and only their ports stay taken. Replicas named in
     `outgoing` (failing their checks, or having to move) count as outdated although their spec is current.
+    `volumes` (where node-local volume data is) ties services with such volumes to their data.
     """
     managed = {s.name: s for s in specs}
     running = [r for r in replicas if r.running]
@@ -162,18 +168,20 @@ def placement_inputs(
         else:
             for r in rs:
                 busy_ports.setdefault(r.node, set()).add(r.port)
-    demands += [demand_for(s) for s in specs]
-    shaped = [NodeState(n.name, n.capacity, n.reserved, n.labels, n.healthy,
-                        n.ports_in_use | frozenset(busy_ports.get(n.name, ()))) for n in nodes]
+    demands += [demand_for(s, volumes=volumes, nodes=nodes) for s in specs]
+    shaped = [replace(n, ports_in_use=n.ports_in_use | frozenset(busy_ports.get(n.name, ()))) for n in nodes]
     return shaped, existing, demands, outdated
 
 
-def plan(specs: Sequence[ServiceSpec], nodes: Sequence[NodeState], replicas: Sequence[Replica]) -> Plan:
-    """What converging `specs` means, given the nodes that answered and the replicas they run."""
+def plan(specs: Sequence[ServiceSpec], nodes: Sequence[NodeState], replicas: Sequence[Replica],
+         volumes: VolumeView | None = None) -> Plan:
+    """What converging `specs` means, given the nodes that answered, the replicas they run and (`volumes`)
+    where node-local volume data is."""
     extra = duplicates(replicas)
     extra_ids = {r.id for r in extra}
     replicas = [r for r in replicas if r.id not in extra_ids]
-    shaped, existing, demands, outdated = placement_inputs(specs, nodes, replicas, hold_outdated=False)
+    shaped, existing, demands, outdated = placement_inputs(specs, nodes, replicas, hold_outdated=False,
+                                                           volumes=volumes)
     placement = place(shaped, existing, demands)
     healthy = {n.name for n in nodes if n.healthy}
     by_service: dict[str, list[Replica]] = {}

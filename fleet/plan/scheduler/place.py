@@ -18,6 +18,7 @@ from fleet.plan.scheduler.feasibility import (
     count_nodes,
     cpu_ceil,
     cpu_floor,
+    measured,
     missing_labels,
     no_port,
     shortfall,
@@ -59,6 +60,7 @@ class _Pass:
             raise SchedulingError(f"node listed more than once: {', '.join(dupes)}")
         self.index = {name: i for i, name in enumerate(self.names)}
         self.healthy = [n.healthy for n in self.states]
+        self.cordoned = [n.cordoned or n.draining for n in self.states]
         self.labels = [n.labels for n in self.states]
         self.free_cpu = [cpu_floor(n.capacity.cpu) - cpu_ceil(n.reserved.cpu) for n in self.states]
         self.free_mem = [n.capacity.memory - n.reserved.memory for n in self.states]
@@ -69,7 +71,7 @@ class _Pass:
         healthy = [i for i, ok in enumerate(self.healthy) if ok]
         self.cpu_weight = 1.0 / max([self.free_cpu[i] for i in healthy] + [1])
         self.mem_weight = 1.0 / max([self.free_mem[i] for i in healthy] + [1])
-        self._orders: dict[tuple[tuple[tuple[str, str], ...], str | None], _Order] = {}
+        self._orders: dict[tuple[tuple[tuple[str, str], ...], str | None, frozenset[str] | None], _Order] = {}
         self._ranked: list[_Ranked] = [(self.score(i), name, i) for i, name in enumerate(self.names)]
         self._dirty: set[int] = set()
 
@@ -77,18 +79,22 @@ class _Pass:
         """Free capacity left on node i; lower means more allocated, which best fit prefers."""
         return self.free_cpu[i] * self.cpu_weight + self.free_mem[i] * self.mem_weight
 
-    def order(self, required: Mapping[str, str], group_label: str | None) -> _Order:
-        """Healthy nodes with every required label, grouped by `group_label`, each group in best fit order.
+    def order(self, required: Mapping[str, str], group_label: str | None,
+              only: frozenset[str] | None = None) -> _Order:
+        """Healthy nodes with every required label (and among `only`, when given), grouped by `group_label`,
+        each group in best fit order.
 
-        Built once per distinct pair and kept current by `refresh`: a service's turn need not walk all nodes.
+        Built once per distinct key and kept current by `refresh`: a service's turn need not walk all nodes.
         """
         self.refresh()
-        key = (tuple(sorted(required.items())), group_label)
+        key = (tuple(sorted(required.items())), group_label, only)
         found = self._orders.get(key)
         if found is None:
             found = _Order({}, {})
             for i, ok in enumerate(self.healthy):
-                if ok and all(self.labels[i].get(k) == v for k, v in key[0]):
+                if only is not None and self.names[i] not in only:
+                    continue
+                if ok and not self.cordoned[i] and all(self.labels[i].get(k) == v for k, v in key[0]):
                     g = self.labels[i].get(group_label, "") if group_label is not None else ""
                     found.group_of[i] = g
                     found.groups.setdefault(g, []).append(self._ranked[i])
@@ -121,6 +127,15 @@ class _Pass:
         cursors[port_range] = port
         return port if port <= hi else None
 
+    def measure_others(self) -> None:
+        """Take what each node measures in use beyond fleet's reservations: after the replicas already there are
+        settled (they are not moved for it), before new ones are placed (they fit only beside it)."""
+        for i, n in enumerate(self.states):
+            if n.others.cpu > 0 or n.others.memory > 0:
+                self.free_cpu[i] -= cpu_ceil(n.others.cpu)
+                self.free_mem[i] -= n.others.memory
+                self._dirty.add(i)
+
     def take(self, i: int, cpu: int, memory: int, port: int) -> None:
         self.free_cpu[i] -= cpu
         self.free_mem[i] -= memory
@@ -145,6 +160,7 @@ def place(
         demands[d.service] = d
 
     kept, stops, moved = _settle_existing(state, demands, existing)
+    state.measure_others()
 
     assignments = [
         Assignment(e.service, e.replica, e.node, e.port, demands[e.service].resources, "keep",
@@ -159,9 +175,14 @@ def place(
     per_node: dict[int, list[str]] = {}
     for d in sorted(demands.values(), key=lambda d: _size_order(state, d)):
         pending = [r for r in range(d.replicas) if (d.service, r) not in kept]
+        waiting = _waiting(state, d, len(pending))
+        if waiting:
+            unplaced.extend(Unplaced(d.service, r, _wait_reason(state, d)) for r in pending[-waiting:])
+            pending = pending[:-waiting]
         if not pending:
             continue
-        placed = _select(state, d, pending, on_node[d.service])
+        placed = [p for part, only in _data_split(state, d, pending, on_node[d.service])
+                  for p in _select(state, d, part, on_node[d.service], only)]
         for replica, i, port in placed:
             reason: Reason = "move" if (d.service, replica) in moved else "new"
             assignments.append(
@@ -169,7 +190,8 @@ def place(
             )
         if len(placed) < len(pending):
             why, node_reasons = _explain(state, d)
-            unplaced.extend(Unplaced(d.service, r, why) for r in pending[len(placed):])
+            done = {replica for replica, _, _ in placed}
+            unplaced.extend(Unplaced(d.service, r, why) for r in pending if r not in done)
             for i, text in node_reasons.items():
                 per_node.setdefault(i, []).append(f"{d.service}: {text}")
 
@@ -252,17 +274,56 @@ def _node_problem(state: _Pass, node: str, d: ServiceDemand) -> str | None:
         return f"node {node} is gone"
     if not state.healthy[i]:
         return f"node {node} is unhealthy"
+    if state.states[i].draining:
+        return f"node {node} is draining"
     missing = missing_labels(state.labels[i], d.required_labels)
     if missing:
         return f"node {node} lacks label {', '.join(missing)}"
     return None
 
 
+def _data_only(d: ServiceDemand) -> frozenset[str] | None:
+    """The nodes holding a service's node-local data; None: no node holds any."""
+    return d.data_nodes if d.data_nodes else None
+
+
+def _data_split(state: _Pass, d: ServiceDemand, pending: list[int],
+                on_node: Counter[int]) -> list[tuple[list[int], frozenset[str] | None]]:
+    """Pending replicas in two parts: one per healthy node holding the service's data and running none of it
+    (each goes back to its data), then the rest, which start with fresh data wherever they fit."""
+    only = _data_only(d)
+    if only is None:
+        return [(pending, None)]
+    free = frozenset(n for n in only if (i := state.index.get(n)) is not None and state.healthy[i]
+                     and not on_node[i])
+    k = min(len(pending), len(free))
+    return [(pending[:k], free), (pending[k:], None)]
+
+
+def _waiting(state: _Pass, d: ServiceDemand, pending: int) -> int:
+    """How many pending replicas wait for a node holding their data: no more than the nodes that hold it (or
+    may) and cannot run it now, and none whose data is accounted for by the healthy nodes holding it."""
+    if not d.lost_data:
+        return 0
+    holding = sum(1 for n in d.data_nodes if (i := state.index.get(n)) is not None and state.healthy[i])
+    return max(0, min(pending, d.replicas - holding, len(d.lost_data)))
+
+
+def _wait_reason(state: _Pass, d: ServiceDemand) -> str:
+    where = []
+    for n in sorted(d.lost_data):
+        i = state.index.get(n)
+        where.append(f"{n} ({'unreachable' if i is None or not state.healthy[i] else 'cannot run it'})")
+    return (f"{d.data_what} may be on {', '.join(where)}: waiting for it, not starting empty elsewhere "
+            "(volumes[].on_node_loss: start-empty allows that)")
+
+
 def _select(
-    state: _Pass, d: ServiceDemand, pending: list[int], on_node: Counter[int]
+    state: _Pass, d: ServiceDemand, pending: list[int], on_node: Counter[int], only: frozenset[str] | None = None,
 ) -> list[tuple[int, int, int]]:
     """Choose a node and port for each pending replica, in order; returns (replica, node index, port).
 
+    With `only`, just those nodes are candidates.
     Spread ranks by (replicas of this service on the node, replicas in its spread group, free capacity, name);
     pack ranks by free capacity alone. Each spread group has a heap of candidate nodes and one entry in a heap
     of groups; placing on a node changes only that node and its group, so only they are pushed again.
@@ -272,7 +333,9 @@ def _select(
     cpu, mem = cpu_ceil(d.resources.cpu), d.resources.memory
     free_cpu, free_mem, names = state.free_cpu, state.free_mem, state.names
     spread = d.strategy == "spread"
-    order = state.order(d.required_labels, d.spread_by if spread else None)
+    if not pending:
+        return []
+    order = state.order(d.required_labels, d.spread_by if spread else None, only)
     # A node that fits has at least this score, so the fuller nodes before it need not be read.
     floor = (cpu * state.cpu_weight + mem * state.mem_weight - 1e-9,)
     cursor = {g: bisect.bisect_left(ranked, floor) for g, ranked in order.groups.items()}
@@ -296,7 +359,9 @@ def _select(
 
     group_count: Counter[str] = Counter()
     for i, n in sorted(on_node.items()):
-        g = order.group_of[i]
+        g = order.group_of.get(i)
+        if g is None:
+            continue  # a node that takes no new replica (cordoned): its replicas stay, it gets no more
         group_count[g] += n
         if spread and n and free_cpu[i] >= cpu and free_mem[i] >= mem:
             seen.add(i)
@@ -352,9 +417,16 @@ def _explain(state: _Pass, d: ServiceDemand) -> tuple[str, dict[int, str]]:
     per_node: dict[int, str] = {}
     best_cpu: int | None = None
     best_mem: int | None = None
+    only = _data_only(d)
     for i in range(len(state.names)):
         if not state.healthy[i]:
             unhealthy += 1
+            continue
+        if state.cordoned[i]:
+            per_node[i] = f"{'draining' if state.states[i].draining else 'cordoned'}: takes no new replicas"
+            continue
+        if only is not None and state.names[i] not in only:
+            per_node[i] = f"holds none of {d.data_what}"
             continue
         missing = missing_labels(state.labels[i], d.required_labels)
         if missing:
@@ -367,11 +439,13 @@ def _explain(state: _Pass, d: ServiceDemand) -> tuple[str, dict[int, str]]:
             best_mem = i
         short = shortfall(cpu, mem, state.free_cpu[i], state.free_mem[i])
         if short is not None:
-            per_node[i] = short
+            per_node[i] = short + measured(state.states[i].others)
         elif state.free_port(i, d.port_range) is None:
             portless += 1
             per_node[i] = no_port(d.port_range)
     parts = [f"needs cpu {show_cpu(cpu)}, memory {show_memory(mem)}"]
+    if only is not None:
+        parts.append(f"{d.data_what} is on {', '.join(sorted(only))} only")
     if best_cpu is not None and best_mem is not None:
         most_cpu = f"cpu {show_cpu(state.free_cpu[best_cpu])} ({state.names[best_cpu]})"
         most_mem = f"memory {show_memory(state.free_mem[best_mem])} ({state.names[best_mem]})"
@@ -384,4 +458,9 @@ def _explain(state: _Pass, d: ServiceDemand) -> tuple[str, dict[int, str]]:
         parts.append(count_nodes(unhealthy, "is unhealthy", "are unhealthy"))
     if portless:
         parts.append(count_nodes(portless, f"has {no_port(d.port_range)}", f"have {no_port(d.port_range)}"))
+    for what in ("draining", "cordoned"):
+        closed = [state.names[i] for i in range(len(state.names)) if state.healthy[i] and state.cordoned[i]
+                  and (what == "draining") == state.states[i].draining]
+        if closed:
+            parts.append(f"{', '.join(closed)} {'is' if len(closed) == 1 else 'are'} {what}")
     return "; ".join(parts), per_node

@@ -24,6 +24,11 @@ class NodeState:
     """One node as the scheduler sees it: allocatable size, labels, health and host ports fleet does not own.
 
     `capacity` is already the measured size capped by any inventory override; `reserved` is kept for the host.
+    `others` is what the node measures in use beyond fleet's reservations (other processes, foreign containers):
+    new replicas fit only beside it; replicas already there are not moved for it.
+    `cordoned`: replicas already there stay, no new one is placed there (`fleet node cordon`, or a node
+    `fleet watch` holds through its grace period).
+    `draining`: no new replica is placed there and those running there must move (`fleet node drain`).
     """
 
     name: str
@@ -32,6 +37,9 @@ class NodeState:
     labels: Mapping[str, str] = field(default_factory=dict)
     healthy: bool = True
     ports_in_use: frozenset[int] = frozenset()
+    others: Resources = field(default_factory=Resources)
+    cordoned: bool = False
+    draining: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", _frozen(self.labels))
@@ -56,6 +64,10 @@ class ServiceDemand:
 
     `spread` puts replicas of the service on distinct nodes, then distinct values of the `spread_by` label,
     before doubling up; `pack` fills the most-allocated node that fits first. `port_range` is inclusive.
+
+    `data_nodes` and `lost_data` tie a service with node-local volumes to its data: new replicas go only to
+    the `data_nodes` (those holding it) when any node holds or may hold it, and as many as there are
+    `lost_data` nodes (holding it, or perhaps, but unable to run it now) wait instead of starting empty.
     """
 
     service: str
@@ -66,9 +78,14 @@ class ServiceDemand:
     spread_by: str | None = None
     strategy: Strategy = "spread"
     port_range: tuple[int, int] = DEFAULT_PORT_RANGE
+    data_nodes: frozenset[str] = frozenset()
+    lost_data: frozenset[str] = frozenset()
+    data_what: str = "its volume data"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "required_labels", _frozen(self.required_labels))
+        object.__setattr__(self, "data_nodes", frozenset(self.data_nodes))
+        object.__setattr__(self, "lost_data", frozenset(self.lost_data))
         lo, hi = self.port_range
         if self.replicas < 0:
             raise SchedulingError(f"{self.service}: replicas cannot be negative: {self.replicas}")
