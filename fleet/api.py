@@ -287,10 +287,12 @@ class Fleet:
                          wait=self.wait) as lease:
             yield await self.engine(guard=lease.check)
 
-    async def apply(self, specs: Sequence[ServiceSpec], command: Command = "apply") -> RunResult:
-        """`apply` tries the playbooks; `reconcile` restores the accepted state (see fleet.plan.rollout.decide)."""
+    async def apply(self, specs: Sequence[ServiceSpec], command: Command = "apply",
+                    parallel: int | None = None) -> RunResult:
+        """`apply` tries the playbooks; `reconcile` restores the accepted state (see fleet.plan.rollout.decide).
+        `parallel` services converge at once (default: `fleet.engine.concurrency.DEFAULT_PARALLEL`)."""
         async with self.writing() as engine:
-            outcomes = await engine.apply(specs, command)
+            outcomes = await engine.apply(specs, command, parallel)
             outcomes += await self._sweep(engine, {s.name for s in specs})
             return RunResult(outcomes, self._errors(engine))
 

@@ -7,7 +7,7 @@ import json as jsonlib
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -17,7 +17,11 @@ from fleet.cli.common import esc
 from fleet.core.errors import ConfigError
 
 if TYPE_CHECKING:
-    from fleet.api import Event, Fleet, PlanView, RunResult
+    from rich.console import Console
+    from rich.live import Live
+    from rich.table import Table
+
+    from fleet.api import Event, Fleet, Outcome, PlanView, RunResult
     from fleet.config.spec import ServiceSpec
     from fleet.plan.reconcile import Plan
 
@@ -25,6 +29,10 @@ if TYPE_CHECKING:
 # commands should not pay for loading them at every start.
 
 EXIT_CHANGES = 3
+ParallelOpt = Annotated[int | None, typer.Option(
+    "--parallel", min=1, show_default=False,
+    help="Services converging at once, each with its own batches (default 8: a rollout mostly waits on "
+         "health checks, and the load balancers' reloads and each node's SSH sessions are shared).")]
 CHANGES = ("start", "stop", "remove", "rollback", "pull", "canary")
 
 PlaybooksArg = Annotated[list[str] | None, typer.Argument(
@@ -126,39 +134,128 @@ def plan(playbooks: PlaybooksArg = None, inventory: common.InventoryOpt = None, 
     raise typer.Exit(EXIT_CHANGES if view.changed else common.EXIT_OK)
 
 
+@dataclasses.dataclass
+class _Row:
+    """One service's line of the live table."""
+
+    wanted: int | None = None
+    started: int = 0
+    ready: int = 0
+    stopped: int = 0
+    state: str = "queued"  # queued, running, done, failed, waiting
+    message: str = ""
+    since: float | None = None
+    until: float | None = None
+
+
+def _own(service: str, message: str) -> str:
+    """The message without a leading "service: " (rows and prefixed lines already name the service)."""
+    return message[len(service) + 2:] if service and message.startswith(f"{service}: ") else message
+
+
 class _Progress:
-    """Live progress from engine events: one bar per service, a log line per step."""
+    """Progress from engine events, readable while services converge at once: on a terminal a live table
+    with one row per service; otherwise one line per step, prefixed by its service; `--json`: one JSON
+    object per event; `quiet` (cron): one line per change."""
 
-    def __init__(self, json: bool, quiet: bool = False) -> None:
-        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
+    def __init__(self, json: bool, quiet: bool = False, *, console: Console | None = None,
+                 live: bool | None = None, clock: Callable[[], float] = time.time) -> None:
         self.json = json
         self.quiet = quiet
-        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                                 TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
-                                 console=common.console(), disable=json or quiet)
-        self.tasks: dict[str, Any] = {}
+        self.console = console or common.console()
+        self.live = (self.console.is_terminal if live is None else live) and not json and not quiet
+        self.clock = clock
+        self.rows: dict[str, _Row] = {}
+        self._live: Live | None = None
 
     def add(self, service: str, total: int) -> None:
-        self.tasks[service] = self.progress.add_task(service, total=max(total, 1))
+        self.rows.setdefault(service, _Row()).wanted = total
+
+    def __enter__(self) -> _Progress:
+        if self.live:
+            from rich.live import Live
+
+            self._live = Live(self, console=self.console, refresh_per_second=4, transient=False)
+            self._live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
 
     def __call__(self, e: Event) -> None:
         if self.quiet:
             # For cron: one line per change, nothing for the steps around it (drain, ready, routed, done).
             if e.step in CHANGES:
-                self.progress.console.print(f"{esc(e.service) + ': ' if e.service else ''}{esc(e.message)}",
-                                            highlight=False)
+                self.console.print(f"{esc(e.service) + ': ' if e.service else ''}{esc(e.message)}",
+                                   highlight=False)
             return
         if self.json:
             sys.stdout.write(jsonlib.dumps({"event": e.step, **dataclasses.asdict(e)}) + "\n")
             sys.stdout.flush()
             return
-        self.progress.console.print(f"  {time.strftime('%H:%M:%S')} {esc(e.message)}", highlight=False)
-        task = self.tasks.get(e.service)
-        if task is not None and e.step in ("ready", "stop", "remove"):
-            self.progress.advance(task)
-        if task is not None and e.step == "done":
-            self.progress.update(task, completed=self.progress.tasks[task].total)
+        if e.service:
+            self._count(e)
+        if not self.live:
+            who = f"{esc(e.service)}: " if e.service else ""
+            self.console.print(f"  {time.strftime('%H:%M:%S', time.localtime(e.at))} {who}"
+                               f"{esc(_own(e.service, e.message))}", highlight=False)
+        elif not e.service:
+            self.console.print(f"  {esc(e.message)}" + (f" on {esc(e.node)}" if e.node else ""), highlight=False)
+
+    def _count(self, e: Event) -> None:
+        row = self.rows.setdefault(e.service, _Row())
+        if row.since is None:
+            row.since = e.at
+        row.state = "running" if row.state == "queued" else row.state
+        row.message = _own(e.service, e.message)
+        if e.step == "start":
+            row.started += 1
+        elif e.step == "ready":
+            row.ready += 1
+        elif e.step in ("stop", "remove"):
+            row.stopped += 1
+        elif e.step == "done":
+            row.state, row.until = "done", e.at
+
+    def finish(self, outcomes: Sequence[Outcome]) -> None:
+        """Every service's final state, from its outcome (a failure sends no event of its own)."""
+        for o in outcomes:
+            row = self.rows.setdefault(o.service, _Row())
+            row.state = "failed" if not o.ok else "waiting" if o.waiting else "done"
+            if row.until is None:
+                row.until = self.clock()
+            if o.reason:
+                row.message = _own(o.service, o.reason)
+            elif o.ok and row.state == "done" and not o.changed:
+                row.message = "no change"
+        if self._live is not None:
+            self._live.refresh()
+
+    def table(self) -> Table:
+        from rich.table import Table
+
+        t = Table(box=None, pad_edge=False, show_header=True, header_style="bold")
+        t.add_column("service", no_wrap=True)
+        t.add_column("", no_wrap=True)
+        t.add_column("ready", justify="right", no_wrap=True)
+        t.add_column("started", justify="right", no_wrap=True)
+        t.add_column("stopped", justify="right", no_wrap=True)
+        t.add_column("time", justify="right", no_wrap=True)
+        t.add_column("last step", no_wrap=True, overflow="ellipsis", max_width=70)
+        marks = {"queued": "[dim]·[/]", "running": "[cyan]…[/]", "done": "[green]✓[/]", "failed": "[red]✗[/]",
+                 "waiting": "[yellow]‖[/]"}
+        now = self.clock()
+        for name, row in self.rows.items():
+            ready = f"{row.ready}/{row.wanted}" if row.wanted is not None else str(row.ready)
+            took = "" if row.since is None else f"{(row.until or now) - row.since:.1f}s"
+            t.add_row(esc(name), marks[row.state], ready, str(row.started), str(row.stopped), took,
+                      esc(row.message) if row.state != "queued" else "[dim]waiting for a slot[/]")
+        return t
+
+    def __rich__(self) -> Table:
+        return self.table()
 
 
 def _run(op: Callable[[Fleet], Awaitable[RunResult]], inventory: str | None, json: bool, wait: str | None,
@@ -175,8 +272,10 @@ def _run(op: Callable[[Fleet], Awaitable[RunResult]], inventory: str | None, jso
         async with Fleet.connect(inv, on_event=show, secrets=secret_get, wait=seconds) as f:
             for name, total in (totals or {}).items():
                 show.add(name, total)
-            with show.progress:
-                return await op(f)
+            with show:
+                done = await op(f)
+                show.finish(done.outcomes)
+                return done
 
     result = common.run(go)
     if json:
@@ -206,13 +305,14 @@ def _exit(result: RunResult) -> typer.Exit:
 
 
 def apply(playbooks: PlaybooksArg = None, inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
-          wait: common.WaitOpt = None) -> None:
+          wait: common.WaitOpt = None, parallel: ParallelOpt = None) -> None:
     """Converge the fleet to the playbooks: place, start, health-check, route, then retire what is surplus.
 
     Takes the fleet's lease. Exit codes: 0 converged; 1 something failed (a service, a node); 2 bad input;
     75 another run holds the lease (see --wait)."""
     specs = specs_from(playbooks)
-    raise _exit(_run(lambda f: f.apply(specs, "apply"), inventory, json, wait))
+    raise _exit(_run(lambda f: f.apply(specs, "apply", parallel), inventory, json, wait,
+                     totals={s.name: s.replicas for s in specs}))
 
 
 def scale(service: str, replicas: int, playbooks: Annotated[list[str] | None, typer.Option(
@@ -242,7 +342,7 @@ def destroy(service: str, inventory: common.InventoryOpt = None, json: common.Js
 
 
 def reconcile(playbooks: PlaybooksArg = None, inventory: common.InventoryOpt = None,
-              json: common.JsonOpt = False, wait: common.WaitOpt = None) -> None:
+              json: common.JsonOpt = False, wait: common.WaitOpt = None, parallel: ParallelOpt = None) -> None:
     """Restore the accepted state (for cron): replace crashed, unhealthy or lost replicas, reschedule off dead
     nodes, restore load-balancer entries. A playbook changed since it was last tried is tried (as `apply`); a
     waiting canary, `abort` and `rollback` are left as they are, and a revision that failed is not retried until
@@ -251,4 +351,4 @@ def reconcile(playbooks: PlaybooksArg = None, inventory: common.InventoryOpt = N
     Exit codes: 0 converged; 1 something failed (a service, a node); 2 bad input; 75 another run holds the
     fleet's lease (see --wait)."""
     specs = specs_from(playbooks)
-    raise _exit(_run(lambda f: f.apply(specs, "reconcile"), inventory, json, wait, quiet=True))
+    raise _exit(_run(lambda f: f.apply(specs, "reconcile", parallel), inventory, json, wait, quiet=True))

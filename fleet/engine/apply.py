@@ -25,6 +25,7 @@ from fleet.core.errors import (
     ConnectError,
     FleetError,
     ImageUnavailable,
+    LeaseError,
     Problem,
     RolloutFailed,
     SchedulingError,
@@ -32,6 +33,7 @@ from fleet.core.errors import (
 )
 from fleet.core.model import Node
 from fleet.engine.calls import LIST_TIMEOUT, driver_for, perform
+from fleet.engine.concurrency import DEFAULT_PARALLEL, SerialRecords
 from fleet.engine.health import exec_in as health_exec
 from fleet.engine.images import ensure_image
 from fleet.engine.lb import Balancers, Rotation
@@ -125,13 +127,16 @@ class Engine:
 
     `guard` is called between steps: it raises when the fleet's lease was lost, so the run stops at a safe
     point. `records` is the fleet's history and decisions; without it (tests of the engine alone) revisions
-    come from container labels and every run behaves as `apply`."""
+    come from container labels and every run behaves as `apply`. `parallel` services converge at once."""
 
     def __init__(self, pool: Pool, reports: list[NodeReport], *, on_event: Callable[[Event], None] | None = None,
                  secrets: Callable[[str], str | None] | None = None, records: Records | None = None,
-                 user: str | None = None, guard: Callable[[], None] | None = None) -> None:
+                 user: str | None = None, guard: Callable[[], None] | None = None,
+                 parallel: int = DEFAULT_PARALLEL) -> None:
         self.pool = pool
-        self.records = records
+        # Services converging at once write their records one at a time (see SerialRecords).
+        self.records: Records | None = SerialRecords(records) if records is not None else None
+        self.parallel = parallel
         self.user = user or f"{getpass.getuser()}@{socket.gethostname()}"
         self.reports = reports
         self.by_name = {r.node.name: r for r in reports}
@@ -145,6 +150,11 @@ class Engine:
         self.seen: tuple[Replica, ...] = ()
         self.errors: dict[str, str] = {}
         self._images: dict[str, set[str]] = {}
+        self._image_locks: dict[str, asyncio.Lock] = {}
+        # Replicas placed and being started, not yet in `live`: they hold their room and port, so a service
+        # placing at the same time never takes them (placing and reserving happen under `_placing`).
+        self._pending: list[Replica] = []
+        self._placing = asyncio.Lock()
 
     def emit(self, step: str, service: str, message: str, node: str | None = None,
              container: str | None = None) -> None:
@@ -209,13 +219,16 @@ class Engine:
                 self.rotation.follow(spec)
 
     # --- applying ---------------------------------------------------------------------------------------
-    async def apply(self, specs: Sequence[ServiceSpec], command: Command = "apply") -> list[Outcome]:
+    async def apply(self, specs: Sequence[ServiceSpec], command: Command = "apply",
+                    parallel: int | None = None) -> list[Outcome]:
         """Carry out `command` for every spec; an unschedulable request fails before anything changes."""
         await self.observe()
-        return await self.apply_targets([await self.target(command, s) for s in specs], command)
+        return await self.apply_targets([await self.target(command, s) for s in specs], command, parallel)
 
-    async def apply_targets(self, targets: Sequence[Target], command: Command = "apply") -> list[Outcome]:
-        """Converge each target (after `observe`): place, check images, prepare nodes, then service by service."""
+    async def apply_targets(self, targets: Sequence[Target], command: Command = "apply",
+                            parallel: int | None = None) -> list[Outcome]:
+        """Converge each target (after `observe`): place, check images, prepare nodes, then the services,
+        `parallel` at once (default: the engine's), each with its own batches and its own outcome."""
         active = [t for t in targets if not t.skip]
         await self.follow_records(set())  # what HAProxy serves now, by the accepted specs
         self.check_lb_ports([t.spec for t in active])
@@ -241,21 +254,29 @@ class Engine:
             missing.update(failed)
             self.errors.update(failed)
         await self.sync_hosts([t.spec for t in active])
+        gate = asyncio.Semaphore(max(1, parallel or self.parallel))
+
+        async def one(t: Target) -> Outcome:
+            async with gate:
+                if t.skip:
+                    return await self._finish_destroy(t)
+                self.guard()
+                sp = next((s for s in the_plan.services if s.name == t.spec.name), None)
+                cleaned = 0
+                for r in sp.cleanup if sp is not None else ():
+                    await self._remove(r, "stopped container left behind")
+                    cleaned += 1
+                outcome = await self.rollout(t, command)
+                return replace(outcome, changed=True) if cleaned else outcome
+
+        # Every service runs to its end, whatever happens to the others: a failure is that service's outcome,
+        # and a lost lease stops each one at its next step (the guard), not in the middle of one.
+        results = await asyncio.gather(*(one(t) for t in targets), return_exceptions=True)
         outcomes = []
-        for t in targets:
-            if t.skip:
-                outcomes.append(await self._finish_destroy(t))
-                continue
-            self.guard()
-            sp = next((s for s in the_plan.services if s.name == t.spec.name), None)
-            cleaned = 0
-            for r in sp.cleanup if sp is not None else ():
-                await self._remove(r, "stopped container left behind")
-                cleaned += 1
-            outcome = await self.rollout(t, command)
-            if cleaned:
-                outcome = replace(outcome, changed=True)
-            outcomes.append(outcome)
+        for t, res in zip(targets, results, strict=True):
+            if isinstance(res, LeaseError) or not isinstance(res, Outcome | FleetError):
+                raise res
+            outcomes.append(res if isinstance(res, Outcome) else Outcome(t.spec.name, False, reason=str(res)))
         await self.lbs.sync(self.rotation)
         return outcomes
 
@@ -491,10 +512,12 @@ class Engine:
     async def ensure_images(self, node: str, images: set[str]) -> None:
         """Every image present on the node (pulled if need be); each (node, image) is checked once per run."""
         known = self._images.setdefault(node, set())
-        for image in sorted(images - known):
-            if await ensure_image(self.pool, self.by_name[node], image, timeout=600) == "pulled":
-                self.emit("pull", "", f"pulled {image}", node)
-            known.add(image)
+        # One check (or pull) of an image on a node at a time: two services starting there wait for one pull.
+        async with self._image_locks.setdefault(node, asyncio.Lock()):
+            for image in sorted(images - known):
+                if await ensure_image(self.pool, self.by_name[node], image, timeout=600) == "pulled":
+                    self.emit("pull", "", f"pulled {image}", node)
+                known.add(image)
 
     # --- converging one service -------------------------------------------------------------------------
     async def converge(self, spec: ServiceSpec, revision: int, *, heal: bool = False,
@@ -642,8 +665,8 @@ class Engine:
         # The scheduler is asked for the whole service, so staying replicas keep their numbers and the new ones
         # take the lowest free ones; of what it could place, the first k are started now.
         nodes = node_states(self.reports, self.errors)
-        shaped, existing, demands, _ = placement_inputs([spec], nodes, self.live, hold_outdated=True,
-                                                        outgoing=frozenset(outgoing))
+        shaped, existing, demands, _ = placement_inputs([spec], nodes, [*self.live, *self._pending],
+                                                        hold_outdated=True, outgoing=frozenset(outgoing))
         placement = place(shaped, existing, demands)
         fresh = sorted((a for a in placement.assignments if a.service == spec.name and a.reason != "keep"),
                        key=lambda a: a.replica)
@@ -654,7 +677,18 @@ class Engine:
 
     async def _start_batch(self, spec: ServiceSpec, revision: int, k: int, outgoing: set[str],
                            weight: int = 1) -> list[Replica]:
-        assignments = await self._place(spec, k, outgoing)
+        async with self._placing:
+            assignments = await self._place(spec, k, outgoing)
+            held = [Replica(a.node, f"(starting {spec.name}[{a.replica}])", spec.name, a.replica, revision,
+                            spec.spec_hash(), a.port, True, spec.resources, spec.image) for a in assignments]
+            self._pending += held
+        try:
+            return await self._start_placed(spec, revision, assignments, weight)
+        finally:
+            self._pending = [r for r in self._pending if all(r is not h for h in held)]
+
+    async def _start_placed(self, spec: ServiceSpec, revision: int, assignments: Sequence[Assignment],
+                            weight: int) -> list[Replica]:
         for node in sorted({a.node for a in assignments}):
             try:
                 await self.ensure_images(node, {spec.image})

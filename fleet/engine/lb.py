@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 
 from fleet.config.spec import HealthSpec, ServiceSpec
 from fleet.core.ports import STATS_PORT
+from fleet.engine.concurrency import Coalesced
 from fleet.engine.nodes import NodeReport
 from fleet.node.haproxy.render import (
     LbServer,
@@ -108,9 +109,18 @@ class Balancers:
                   and r.node.name in self.addresses]
         self.nodes = [LbNode(pool, r.node) for r in usable]
         self.unreachable = [r.node.name for r in reports if r.node.has_role("lb") and r not in usable]
+        # Services converging at once all sync: one apply at a time per lb node (HAProxy refuses a second one
+        # while one runs), and callers that wait together share the next apply, which renders their changes.
+        self._rotation = Rotation()
+        self._sync = Coalesced(lambda: self._sync_now(self._rotation))
 
     async def sync(self, rotation: Rotation) -> None:
-        """Write and (hitlessly) reload the config on every lb node; unchanged configs are left alone."""
+        """Write and (hitlessly) reload the config on every lb node; unchanged configs are left alone. Calls
+        made while one runs are coalesced into the next (see `Coalesced`)."""
+        self._rotation = rotation
+        await self._sync()
+
+    async def _sync_now(self, rotation: Rotation) -> None:
         await asyncio.gather(*(lb.apply(config(rotation, self.addresses, self.addresses[lb.node.name]))
                                for lb in self.nodes))
 
@@ -133,7 +143,9 @@ class Balancers:
     async def set_state(self, r: Replica, state: LbState) -> None:
         """Runtime change with no reload (drain before stop); the config follows on the next sync."""
         cmd = set_server_state(backend_name(r.service), r.id, state)
-        await asyncio.gather(*(lb.runtime([cmd]) for lb in self.nodes), return_exceptions=True)
+        # Not during a reload: the worker being replaced would get the change and its successor would not.
+        async with self._sync.lock:
+            await asyncio.gather(*(lb.runtime([cmd]) for lb in self.nodes), return_exceptions=True)
 
     async def counters(self, service: str) -> dict[str, tuple[int, int]]:
         """Per server of the service: (responses 5xx, requests) summed over lb nodes (cumulative counters)."""

@@ -1,0 +1,93 @@
+"""What lets several services converge at once: a coalescing runner for "make it so" actions (the load
+balancers' config) and the fleet's records behind one lock.
+
+Services converge in parallel because a rollout is mostly waiting (health checks, `min_ready`, drains), not
+work; what they share must then be touched one caller at a time: HAProxy refuses a second apply while one runs
+on a node, and a records write that overlaps another may repair a file with the copy it read before the other
+write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from fleet.store.history import FinalOutcome, Revision
+
+if TYPE_CHECKING:
+    from fleet.engine.apply import Records
+
+# Services converging at once by default. A rollout mostly waits, so more than one pays off at once; the bound
+# keeps the controller's share of the lb nodes' reloads and of each node's SSH sessions (the pool's 8 per node,
+# OpenSSH's MaxSessions 10) sane on the 2-core machines fleet targets. See bench/apply_many.py for the figures.
+DEFAULT_PARALLEL = 8
+
+
+class Coalesced:
+    """One idempotent action (render the whole state, apply it) run by one caller at a time.
+
+    A call made while a run is under way waits, and is served by the next run, which starts after the call
+    and so sees every change the caller made before calling; callers waiting together share that one run.
+    A run that fails raises in the caller that ran it; the others it would have served run it again.
+    """
+
+    def __init__(self, action: Callable[[], Awaitable[None]]) -> None:
+        self.action = action
+        self.lock = asyncio.Lock()
+        self.runs = 0
+        self._asked = 0
+        self._done = 0
+
+    async def __call__(self) -> None:
+        self._asked += 1
+        ticket = self._asked
+        async with self.lock:
+            if self._done >= ticket:
+                return  # a run that started after this call already carried its changes
+            upto = self._asked
+            self.runs += 1
+            await self.action()
+            self._done = max(self._done, upto)
+
+
+class SerialRecords:
+    """The fleet's records (`Records`), one call at a time: each write re-reads or updates the snapshot the
+    next one relies on, so two services' writes must not overlap."""
+
+    def __init__(self, inner: Records) -> None:
+        self.inner = inner
+        self.lock = asyncio.Lock()
+
+    async def record(self, service: str, spec_json: str, spec_hash: str, image: str, user: str) -> int:
+        async with self.lock:
+            return await self.inner.record(service, spec_json, spec_hash, image, user)
+
+    async def finish(self, service: str, revision: int, outcome: FinalOutcome, reason: str = "") -> bool:
+        async with self.lock:
+            return await self.inner.finish(service, revision, outcome, reason)
+
+    async def get(self, service: str, revision: int) -> Revision | None:
+        async with self.lock:
+            return await self.inner.get(service, revision)
+
+    async def latest_succeeded(self, service: str, before: int | None = None) -> Revision | None:
+        async with self.lock:
+            return await self.inner.latest_succeeded(service, before)
+
+    async def services(self) -> builtins.list[str]:
+        async with self.lock:
+            return await self.inner.services()
+
+    async def state(self, service: str) -> dict[str, Any] | None:
+        async with self.lock:
+            return await self.inner.state(service)
+
+    async def set_state(self, service: str, state: dict[str, Any] | None) -> None:
+        async with self.lock:
+            await self.inner.set_state(service, state)
+
+    async def list(self, service: str) -> builtins.list[Revision]:
+        async with self.lock:
+            return await self.inner.list(service)
