@@ -13,6 +13,7 @@ values (tests/test_layers.py).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import importlib
@@ -23,21 +24,32 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
 
-from fleet.core.errors import ContainerLookupError, FleetError, InventoryError, Problem, SecretStoreError
+from fleet.core.errors import (
+    ContainerLookupError,
+    DrainError,
+    FleetError,
+    InventoryError,
+    LabelError,
+    Problem,
+    SchedulingError,
+    SecretStoreError,
+)
 from fleet.core.model import Inventory, Node
+from fleet.core.nodeops import NodeMark, check_label_change, relabel
 
 if TYPE_CHECKING:
     from fleet.config.spec import ServiceSpec
     from fleet.engine.apply import Engine, Event, Outcome
     from fleet.engine.containers import LogStream, PsResult, PsRow
     from fleet.engine.images import PushResult
+    from fleet.engine.volumes import VolumeListing, VolumeRow
     from fleet.engine.nodes import NodeReport, facts_command, report_from
     from fleet.engine.status import FleetStatus, ReplicaStatus, ServiceStatus
     from fleet.node.runtime.base import RunSpec, RuntimeDriver, StopResult
-    from fleet.plan.reconcile import Plan
+    from fleet.plan.reconcile import Plan, Replica
     from fleet.plan.rollout.decide import Command
     from fleet.store.history import Revision
-    from fleet.store.lease import NodeLease
+    from fleet.store.lease import Lease, NodeLease
     from fleet.store.nodes import majority
     from fleet.store.records import FleetHistory
     from fleet.store.secrets import Secret
@@ -58,6 +70,8 @@ __all__ = [
     "PsResult",
     "PsRow",
     "PushResult",
+    "VolumeListing",
+    "VolumeRow",
     "ReplicaStatus",
     "Revision",
     "RunResult",
@@ -84,6 +98,7 @@ _LAZY: dict[str, str] = {
     "PsResult": ".engine.containers", "PsRow": ".engine.containers",
     "Event": ".engine.apply", "Outcome": ".engine.apply",
     "PushResult": ".engine.images",
+    "VolumeListing": ".engine.volumes", "VolumeRow": ".engine.volumes",
     "NodeReport": ".engine.nodes", "facts_command": ".engine.nodes", "report_from": ".engine.nodes",
     "FleetStatus": ".engine.status", "ReplicaStatus": ".engine.status", "ServiceStatus": ".engine.status",
     "NodeLease": ".store.lease", "majority": ".store.nodes",
@@ -189,8 +204,26 @@ class Fleet:
         `ports` adds the TCP ports in use on each node, which placement needs and `fleet nodes` does not."""
         from fleet.engine.nodes import collect
 
-        self._reports = await collect(self.pool, self.inventory.nodes, ports=ports, inventory=self.inventory.path)
+        # The nodes' marks (cordoned, draining, CLI labels) are read from the fleet's records meanwhile.
+        reports, (marks, why) = await asyncio.gather(
+            collect(self.pool, self.inventory.nodes, ports=ports, inventory=self.inventory.path), self._marks())
+        self._reports = _marked(reports, marks, why)
         return self._reports
+
+    async def _marks(self) -> tuple[dict[str, NodeMark], str | None]:
+        """Every node's mark from a new read of the fleet's records, and why they could not be read (if so)."""
+        from fleet.store.nodeops import read_marks
+
+        try:
+            records = self.records()
+        except ValueError:
+            return {}, None  # an inventory with no node to keep records on: nothing can have been recorded
+        try:
+            await records.refresh()
+            marks = await read_marks(records)
+        except FleetError as exc:
+            return {}, str(exc)
+        return marks, records.warnings[-1] if records.from_cache and records.warnings else None
 
     async def reports(self, *, ports: bool = False) -> list[NodeReport]:
         """The node reports of this run (collected once, on first use)."""
@@ -223,16 +256,45 @@ class Fleet:
             self._records = FleetHistory(self.pool, record_nodes(self.inventory), cache=cache)
         return self._records
 
-    async def engine(self, guard: Callable[[], None] | None = None) -> Engine:
+    async def engine(self, guard: Callable[[], None] | None = None, held: Sequence[Replica] = ()) -> Engine:
+        """An engine over this run's reports; `held` are replicas of nodes in their grace period (see Engine)."""
         from fleet.engine.apply import Engine
 
         return Engine(self.pool, await self.reports(ports=True), on_event=self.on_event, secrets=self.secrets,
-                      records=self.records(), guard=guard)
+                      records=self.records(), guard=guard, held=held, edge=self.inventory.edge)
+
+    def stamped(self, specs: Sequence[ServiceSpec]) -> list[ServiceSpec]:
+        """The specs with the keyed digests of their secrets' current values (`fleet.store.secrets`), so a
+        rotated secret is a changed spec (its replicas roll) and a changed intent (reconcile tries it). A secret
+        the keyring lacks gets no digest (its service fails where it starts, naming it); a keyring that cannot be
+        read raises KeyringUnavailable or KeyringLocked before anything changes."""
+        from fleet.config.spec import with_secret_digests
+        from fleet.store.secrets import get_secret, secret_digest
+
+        names = sorted({n for s in specs for n in s.secret_names()})
+        if not names:
+            return list(specs)
+        get = self.secrets or get_secret
+        key = self.digest_key()
+        digests = {}
+        for name in names:
+            value = get(name)
+            if value is not None:
+                digests[name] = secret_digest(key, name, value)
+        return [with_secret_digests(s, digests) for s in specs]
+
+    def digest_key(self) -> bytes:
+        """The fleet's key for secret digests (from the keyring; made on first use)."""
+        from fleet.store.secrets import digest_key
+
+        return digest_key()
 
     async def plan(self, specs: Sequence[ServiceSpec]) -> PlanView:
         """What `apply` would change; read-only (no lease)."""
         from fleet.plan.rollout.decide import config_changes
 
+        self.check_volumes(specs)
+        specs = self.stamped(specs)
         engine = await self.engine()
         p, obs = await engine.plan(specs)
         await engine.follow_records(set())
@@ -278,20 +340,29 @@ class Fleet:
 
     # --- changing (under the fleet's lease) -------------------------------------------------------------
     @contextlib.asynccontextmanager
-    async def writing(self) -> AsyncIterator[Engine]:
-        """The fleet's lease for this operation, then an engine whose every step checks it is still held."""
+    async def leased(self) -> AsyncIterator[Lease]:
+        """The fleet's lease for this operation: taken (waiting up to `wait`), renewed, released on exit."""
         from fleet.store.lease import Lease
         from fleet.store.nodes import record_nodes
 
         async with Lease(self.pool, record_nodes(self.inventory), command=self.command, ttl=lease_ttl(),
                          wait=self.wait) as lease:
-            yield await self.engine(guard=lease.check)
+            yield lease
+
+    @contextlib.asynccontextmanager
+    async def writing(self, held: Sequence[Replica] = ()) -> AsyncIterator[Engine]:
+        """The fleet's lease for this operation, then an engine whose every step checks it is still held."""
+        async with self.leased() as lease:
+            yield await self.engine(guard=lease.check, held=held)
 
     async def apply(self, specs: Sequence[ServiceSpec], command: Command = "apply",
-                    parallel: int | None = None) -> RunResult:
+                    parallel: int | None = None, held: Sequence[Replica] = ()) -> RunResult:
         """`apply` tries the playbooks; `reconcile` restores the accepted state (see fleet.plan.rollout.decide).
-        `parallel` services converge at once (default: `fleet.engine.concurrency.DEFAULT_PARALLEL`)."""
-        async with self.writing() as engine:
+        `parallel` services converge at once (default: `fleet.engine.concurrency.DEFAULT_PARALLEL`). `held`:
+        replicas of nodes that stopped answering, kept as running where they were (`fleet watch`'s grace)."""
+        self.check_volumes(specs)
+        specs = self.stamped(specs)
+        async with self.writing(held) as engine:
             outcomes = await engine.apply(specs, command, parallel)
             outcomes += await self._sweep(engine, {s.name for s in specs})
             return RunResult(outcomes, self._errors(engine))
@@ -308,6 +379,8 @@ class Fleet:
 
     async def scale(self, spec: ServiceSpec, replicas: int) -> RunResult:
         """Run `replicas` of the service now; the count holds (reconcile keeps it) until the next `apply`."""
+        self.check_volumes([spec])
+        (spec,) = self.stamped([spec])
         async with self.writing() as engine:
             await engine.observe()
             # The accepted spec at the new count (or the playbook's, where reconcile would try it).
@@ -360,6 +433,95 @@ class Fleet:
         async with self.writing() as engine:
             rev, outcomes = await engine.abort(service)
             return rev, RunResult(outcomes, self._errors(engine))
+
+    # --- node operations (`fleet node`): marks kept on the fleet, under the lease -------------------------
+    def known(self, name: str) -> Node:
+        """The inventory's node `name`; InventoryError naming the node and the inventory file when there is none."""
+        try:
+            return self.inventory.node(name)
+        except KeyError:
+            raise InventoryError([Problem(self.inventory.path, None, "", f"no node {name!r} in this inventory "
+                                          f"(its nodes: {', '.join(self.inventory.names()) or 'none'})")]) from None
+
+    async def _mark(self, node: str, change: Callable[[NodeMark], NodeMark]) -> NodeMark:
+        """Change one node's mark on the fleet (under the lease, which the caller holds); this run's reports
+        follow. Returns the node's mark after."""
+        from fleet.store.lease import default_holder
+        from fleet.store.nodeops import update_mark
+
+        marks = await update_mark(self.records(), node, change, by=default_holder())
+        if self._reports is not None:
+            self._reports = _marked(self._reports, marks, None)
+        return marks.get(node, NodeMark())
+
+    async def cordon(self, node: str) -> None:
+        """No new replica goes to `node` (those running there stay) until `uncordon`; every controller reads it
+        from the fleet's records."""
+        self.known(node)
+        async with self.leased():
+            await self._mark(node, lambda m: dataclasses.replace(m, cordoned=True))
+
+    async def uncordon(self, node: str) -> None:
+        """Replicas may be placed on `node` again (clears a cordon and a drain left unfinished)."""
+        self.known(node)
+        async with self.leased():
+            await self._mark(node, lambda m: dataclasses.replace(m, cordoned=False, draining=False))
+
+    async def label(self, node: str, set: Mapping[str, str], remove: Sequence[str]) -> dict[str, str]:
+        """Set labels on `node` (they win over the inventory's) and remove others (a CLI label is dropped; an
+        inventory label is recorded as removed); returns the node's labels after. `placement.require` uses them
+        from the next apply or reconcile. LabelError for a key or value the label rules refuse."""
+        entry = self.known(node)
+        try:
+            check_label_change(set, remove)
+        except ValueError as exc:
+            raise LabelError(str(exc)) from exc
+        async with self.leased():
+            mark = await self._mark(node, lambda m: relabel(m, entry.labels, set, remove))
+        return mark.effective(entry.labels)
+
+    async def drain(self, node: str) -> RunResult:
+        """Move every replica off `node` and leave it cordoned.
+
+        Marked draining on the fleet first (so every controller moves its replicas, should this one stop), then
+        each service with a replica there converges to its accepted state through the engine, as reconcile does:
+        its replicas there are misplaced and replaced surge first, drained from the load balancers before they
+        stop. Then the node is recorded cordoned. DrainError when they cannot all be placed elsewhere (nothing
+        was changed; the node is left cordoned with its replicas running); a service that fails to move makes
+        the result not ok, also leaving the node cordoned."""
+        from fleet.engine.apply import Outcome
+        from fleet.plan.drain import drain_target
+        from fleet.plan.rollout.decide import Target
+
+        self.known(node)
+        async with self.leased() as lease:
+            await self._mark(node, lambda m: dataclasses.replace(m, cordoned=True, draining=True))
+            try:
+                await self.nodes(ports=True)  # this run's reports, with the node draining
+                engine = await self.engine(guard=lease.check)
+                await engine.observe()
+                targets: list[Target] = []
+                refused: list[Outcome] = []
+                for service in sorted({r.service for r in engine.live if r.node == node}):
+                    state = await engine.state_of(service)
+                    accepted = await engine._spec_at(service, state.accepted) if state is not None else None
+                    canary = await engine._spec_at(service, state.canary) if state is not None else None
+                    target = drain_target(service, state, accepted, canary, engine.live)
+                    if isinstance(target, str):
+                        refused.append(Outcome(service, False, reason=target))
+                    else:
+                        targets.append(target)
+                outcomes = await engine.apply_targets(targets, "reconcile") if targets else []
+            except SchedulingError as exc:
+                await self._mark(node, lambda m: dataclasses.replace(m, cordoned=True, draining=False))
+                raise DrainError(f"cannot drain {node}: {exc}\n{node} is cordoned; its replicas still run there "
+                                 f"(`fleet node uncordon {node}` to undo)") from exc
+            await self._mark(node, lambda m: dataclasses.replace(m, cordoned=True, draining=False))
+            # What converged must have left the node: say so if anything is still there.
+            left = {r.service for r in engine.live if r.node == node}
+            outcomes = [o if not (o.ok and o.service in left) else dataclasses.replace(
+                o, ok=False, reason=f"replicas of {o.service} still run on {node}") for o in outcomes]
+            return RunResult([*outcomes, *refused], self._errors(engine))
 
     # --- containers by hand (`fleet run`, `stop`, `rm`, `logs`, `exec`): no lease, no records ----------------
     async def _lookup(self, ref: str) -> tuple[list[NodeReport], list[PsRow]]:
@@ -431,6 +593,53 @@ class Fleet:
         row = find_one(await ps(self.pool, reports), ref)
         return await exec_in(self.pool, report_of(reports, row.node), row.info.id, list(argv), on_line)
 
+    # --- volumes (`fleet volume`) ------------------------------------------------------------------------
+    def check_volumes(self, specs: Sequence[ServiceSpec]) -> None:
+        """Raise SpecError (file:line) for an sshfs volume whose storage node the inventory lacks; pure."""
+        from fleet.config.volumes import check_volumes
+
+        check_volumes(specs, self.inventory)
+
+    async def volumes(self) -> VolumeListing:
+        """Every volume on every ready worker (local) and storage node (sshfs): size, the containers using it;
+        nodes that could not be read are named in `errors`."""
+        from fleet.engine.volumes import list_volumes
+
+        return await list_volumes(self.pool, await self.reports())
+
+    async def volume(self, ref: str, node: str | None = None) -> VolumeRow:
+        """The one volume `SERVICE/NAME` names (on `node`); raises VolumeError when none or several."""
+        from fleet.engine.volumes import find
+
+        return find(await self.volumes(), ref, node)
+
+    async def volume_rm(self, ref: str, node: str | None = None) -> VolumeRow:
+        """Delete a volume's data, under the fleet's lease; refused (VolumeError) while a container uses it."""
+        from fleet.engine.volumes import remove
+
+        async with self.leased():
+            row = await self.volume(ref, node)
+            await remove(self.pool, await self.reports(), row)
+            return row
+
+    async def volume_backup(self, ref: str, path: str, node: str | None = None,
+                            on_progress: Callable[[int], None] | None = None) -> tuple[VolumeRow, int]:
+        """Stream a tar of the volume over SSH into the local file `path`; returns the volume and the size."""
+        from fleet.engine.volumes import backup
+
+        row = await self.volume(ref, node)
+        return row, await backup(self.pool, await self.reports(), row, path, on_progress=on_progress)
+
+    async def volume_restore(self, path: str, ref: str, node: str, *, sshfs: bool = False,
+                             on_progress: Callable[[int], None] | None = None) -> VolumeRow:
+        """Unpack the tar `path` into a new volume `SERVICE/NAME` on `node` (a worker; with `sshfs`, a storage
+        node), under the fleet's lease; refused when that volume already holds data."""
+        from fleet.engine.volumes import restore
+
+        async with self.leased():
+            return await restore(self.pool, await self.reports(), ref, node, path,
+                                 kind="sshfs" if sshfs else "local", on_progress=on_progress)
+
     # --- images -----------------------------------------------------------------------------------------
     async def push(self, archive: str, nodes: Sequence[str] | None = None, *, limit: int = 8,
                    on_progress: Callable[[str, int], None] | None = None,
@@ -479,6 +688,11 @@ class Fleet:
         from fleet.store.lease import break_lease
 
         return await break_lease(self.pool, self._lease_nodes(), timeout=timeout)
+
+
+def _marked(reports: Sequence[NodeReport], marks: Mapping[str, NodeMark], why: str | None) -> list[NodeReport]:
+    """The reports with each node's mark (`why`: the marks could not be read, so none is known)."""
+    return [dataclasses.replace(r, mark=marks.get(r.node.name, NodeMark()), mark_error=why) for r in reports]
 
 
 class LogLines:
@@ -536,7 +750,8 @@ class SecretRef:
 
 
 def secret_get(name: str) -> str | None:
-    """The value of secret `name` from the keyring; None when it is not there (or there is no keyring)."""
+    """The value of secret `name` from the keyring; None when it is not there. Raises KeyringUnavailable (no
+    backend) or KeyringLocked, both SecretStoreError, when the keyring cannot be read."""
     from fleet.store.secrets import get_secret
 
     return get_secret(name)

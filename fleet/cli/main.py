@@ -4,7 +4,24 @@ from __future__ import annotations
 
 import typer
 
-from fleet.cli import apply, container, exec_, image, lab, lock, logs, nodes, ps, rollout, secret, status, ui
+from fleet.cli import (
+    apply,
+    container,
+    exec_,
+    image,
+    lab,
+    lock,
+    logs,
+    node,
+    nodes,
+    ps,
+    rollout,
+    secret,
+    status,
+    ui,
+    volume,
+    watch,
+)
 
 app = typer.Typer(name="fleet", help="Agentless SSH-based container orchestrator.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -20,6 +37,7 @@ app.command("rollback")(rollout.rollback)
 app.command("promote")(rollout.promote)
 app.command("abort")(rollout.abort)
 app.command("ui")(ui.ui)
+app.command("watch")(watch.watch)
 app.command("status")(status.status_cmd)
 app.command("ps")(ps.ps)
 app.command("logs")(logs.logs)
@@ -30,6 +48,8 @@ app.command("rm")(container.rm)
 app.add_typer(image.app, name="image")
 app.add_typer(secret.app, name="secret")
 app.add_typer(lock.app, name="lock")
+app.add_typer(volume.app, name="volume")
+app.add_typer(node.app, name="node")
 
 
 def main() -> None:

@@ -101,7 +101,10 @@ class TransportError(FleetError):
 
 
 class ConnectError(TransportError):
-    """The node could not be connected to (refused, unreachable, timed out)."""
+    """The node could not be connected to (refused, unreachable, timed out). `slow`: it took seconds to find
+    out (a timeout, no route to the host), so the pool does not try again at once."""
+
+    slow = False
 
 
 class HostKeyError(TransportError):

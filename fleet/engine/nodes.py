@@ -9,9 +9,10 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from fleet.core.model import CommandResult, Node, Resources
+from fleet.core.nodeops import NodeMark
 from fleet.core.shell import Script
 from fleet.engine.resolve import ip_literal, resolve_nodes
 from fleet.node.facts import FACTS_SCRIPT, PROBE_TIMEOUT, NodeFacts, parse_facts
@@ -37,6 +38,25 @@ class NodeReport:
     # The node's address as an IP, resolved once per run when the inventory gives a host name (`collect`); what
     # HAProxy's server lines and the containers' hosts file need. See `ip_address`.
     ip: str | None = None
+    # What `fleet node` recorded on the fleet about this node (cordoned, draining, labels); `mark_error` says why
+    # the fleet's record of its nodes could not be read (the mark is then the inventory's: nothing recorded).
+    mark: NodeMark = field(default_factory=NodeMark)
+    mark_error: str | None = None
+
+    @property
+    def cordoned(self) -> bool:
+        """No new replicas go to this node (`fleet node cordon`, or a drain); true while it drains too."""
+        return self.mark.cordoned or self.mark.draining
+
+    @property
+    def draining(self) -> bool:
+        """Its replicas are being moved elsewhere (`fleet node drain` has not finished)."""
+        return self.mark.draining
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """The node's labels: the inventory's, with what `fleet node label` set or removed over them."""
+        return self.mark.effective(self.node.labels)
 
     @property
     def ip_address(self) -> str | None:

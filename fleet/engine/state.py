@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from fleet.core import labels as L
@@ -57,15 +57,33 @@ async def observe(pool: Pool, reports: list[NodeReport]) -> Observed:
     return Observed(tuple(mine), tuple(foreign), dict(listed.errors))
 
 
-def node_states(reports: list[NodeReport], errors: dict[str, str] | None = None) -> list[NodeState]:
-    """Scheduler view of the worker nodes: allocatable size, labels, health, host ports others listen on."""
+def node_states(reports: list[NodeReport], errors: dict[str, str] | None = None,
+                held: Sequence[Replica] = ()) -> list[NodeState]:
+    """Scheduler view of the worker nodes: allocatable size, labels, health, host ports others listen on, and
+    what the node measures in use beyond fleet's reservations (`NodeFacts.others`).
+
+    `held` are replicas last seen on nodes that do not answer now but are within their grace period (`fleet
+    watch`): such a node counts as healthy and cordoned, sized to hold exactly them, so they stay where they are
+    and nothing new goes there."""
+    holding: dict[str, list[Replica]] = {}
+    for h in held:
+        holding.setdefault(h.node, []).append(h)
     out = []
     for r in reports:
         if not r.node.has_role("worker"):
             continue
+        kept = holding.get(r.node.name)
+        if kept is not None:
+            # A little more than their sum: each replica's CPU is rounded up on its own.
+            size = Resources(sum(k.resources.cpu for k in kept) + 0.001 * len(kept),
+                             sum(k.resources.memory for k in kept))
+            out.append(NodeState(r.node.name, size, Resources(), r.labels, True, cordoned=True))
+            continue
         alloc = r.allocatable or Resources()
         healthy = r.ok and r.node.name not in (errors or {})
         ports = frozenset(r.facts.listening) if r.facts is not None else frozenset()
+        others = r.facts.others if r.facts is not None else Resources()
         out.append(NodeState(r.node.name, Resources(max(alloc.cpu, 0.0), max(alloc.memory, 0)), Resources(),
-                             r.node.labels, healthy, ports))
+                             r.labels, healthy, ports, others=others, cordoned=r.cordoned,
+                             draining=r.draining))
     return out
