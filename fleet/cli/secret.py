@@ -59,8 +59,12 @@ def check(playbooks: PlaybooksArg = None, json: common.JsonOpt = False) -> None:
     """List the secrets the playbooks reference and whether the keyring has each (values are never shown)."""
     from fleet.api import secret_backend, secret_check
     from fleet.cli.apply import specs_from
+    from fleet.core.errors import SecretStoreError
 
-    refs = secret_check(specs_from(playbooks))
+    try:
+        refs = secret_check(specs_from(playbooks))
+    except SecretStoreError as exc:
+        common.fail(str(exc), common.EXIT_PARTIAL)
     if json:
         common.print_json({"backend": secret_backend(), "secrets": [
             {"service": r.service, "secret": r.name, "present": r.present} for r in refs]})

@@ -39,9 +39,18 @@ from fleet.engine.images import ensure_image
 from fleet.engine.lb import Balancers, Rotation
 from fleet.engine.nodes import NodeReport
 from fleet.engine.probes import check, observe_health
-from fleet.engine.runspec import hosts_text, prepare_node_script, run_spec, secret_env_path, volume_dir
+from fleet.engine.runspec import (
+    config_file,
+    hosts_text,
+    prepare_node_script,
+    run_spec,
+    secret_env_path,
+    secret_mount,
+    volume_dir,
+)
 from fleet.engine.state import Observed, node_states, observe
-from fleet.node.paths import NOT_TMPFS_EXIT, write_secret_file
+from fleet.node.paths import DEFAULT as NODE_PATHS
+from fleet.node.paths import NOT_TMPFS_EXIT, write_file, write_secret_file
 from fleet.node.runtime.base import Status
 from fleet.plan.checks import lb_port_problems
 from fleet.plan.healthjudge import Verdict as HealthVerdict
@@ -150,6 +159,7 @@ class Engine:
         self.seen: tuple[Replica, ...] = ()
         self.errors: dict[str, str] = {}
         self._images: dict[str, set[str]] = {}
+        self._configs_written: set[tuple[str, str]] = set()
         self._image_locks: dict[str, asyncio.Lock] = {}
         # Replicas placed and being started, not yet in `live`: they hold their room and port, so a service
         # placing at the same time never takes them (placing and reserving happen under `_placing`).
@@ -722,19 +732,71 @@ class Engine:
         report = self.by_name[a.node]
         driver = driver_for(report.node, report.facts)
         dirs = [volume_dir(spec.name, v.source or "") for v in spec.volumes if v.type == "volume"]
-        env_file = await self._secrets_file(spec, a) if spec.secret_names() else None
+        cid = L.container_id(spec.name, a.replica)
+        if spec.configs:
+            await self._configs(spec, report.node)
+        if spec.secret_files:
+            await self._secret_files(spec, a, cid)
+        env_secrets = any(isinstance(v, SecretRef) for v in spec.env.values())
+        try:
+            env_file = await self._secrets_file(spec, a) if env_secrets else None
+        except BaseException:
+            await self._drop_secret_files(report.node, cid)
+            raise
         if dirs:
             await self.pool.check(report.node, ["mkdir", "-p", *dirs], timeout=30)
-        run = run_spec(spec, revision, a, env_file)
+        run = run_spec(spec, revision, a, env_file, container=cid)
         self.emit("start", spec.name, f"starting {run.id} on {a.node}:{a.port}", a.node, run.id)
         try:
             await perform(self.pool, report.node, driver.run(run), timeout=120)
+        except BaseException:
+            await self._drop_secret_files(report.node, cid)
+            raise
         finally:
             if env_file is not None:
                 # The runtime copied the values into the container's spec when it created it.
                 await self.pool.run(report.node, ["rm", "-f", env_file], timeout=30)
         return Replica(a.node, run.id, spec.name, a.replica, revision, spec.spec_hash(), a.port, True,
                        spec.resources, spec.image, created=float(run.labels[L.CREATED]))
+
+    async def _configs(self, spec: ServiceSpec, node: Node) -> None:
+        """The service's config files on the node, once per run and spec hash: written over stdin (content and
+        mode, size-checked, by rename) under fleet's disk directory, whose directories are 0700 (only root on the
+        node reads them; only this service's containers have them mounted)."""
+        key = (node.name, spec.spec_hash())
+        if key in self._configs_written:
+            return
+        results = await asyncio.gather(*(
+            self.pool.run(node, write_file(config_file(spec, i), c.mode, size=len(c.content.encode())),
+                          stdin=c.content, timeout=30) for i, c in enumerate(spec.configs)))
+        for c, result in zip(spec.configs, results, strict=True):
+            if not result.ok:
+                raise FleetError(f"{spec.name}: {node.name}: writing config {c.target} failed: "
+                                 f"{result.error or result.stderr.strip()}")
+        self._configs_written.add(key)
+
+    async def _secret_files(self, spec: ServiceSpec, a: Assignment, container: str) -> None:
+        """Each secret file's value into its own file on the node's tmpfs (stdin, never argv; refused off tmpfs),
+        in a 0700 directory of this container, bind-mounted read-only; removed with the container."""
+        node = self.by_name[a.node].node
+        for i, f in enumerate(spec.secret_files):
+            value = self.secrets(f.secret) if self.secrets else None
+            if value is None:
+                await self._drop_secret_files(node, container)
+                raise FleetError(f"{spec.name}: secret {f.secret!r} for file {f.target} is not in the keyring "
+                                 f"(set it with `fleet secret set {f.secret}`)")
+            data = value.encode()
+            result = await self.pool.run(node, write_secret_file(secret_mount(container, i), size=len(data),
+                                                                 mode=f.mode), stdin=value, timeout=30)
+            if not result.ok:
+                await self._drop_secret_files(node, container)
+                why = result.stderr.strip() if result.exit_status == NOT_TMPFS_EXIT else (
+                    f"writing secret file {f.target} failed: {result.error or result.stderr.strip()}")
+                raise FleetError(f"{spec.name}: {a.node}: {why}")
+
+    async def _drop_secret_files(self, node: Node, container: str) -> None:
+        """Remove a container's secret files from the node (it is gone, or never started)."""
+        await self.pool.run(node, ["rm", "-rf", "--", f"{NODE_PATHS.secret_mounts_dir}/{container}"], timeout=30)
 
     async def _secrets_file(self, spec: ServiceSpec, a: Assignment) -> str:
         """Secret env values go to a 0600 file on the node through stdin, never through argv."""
@@ -838,6 +900,7 @@ class Engine:
         self.emit("stop", r.service, f"stopping {r.id} on {r.node} ({why})", r.node, r.id)
         await perform(self.pool, report.node, driver_for(report.node, report.facts).stop(r.id, grace),
                       timeout=grace + 30)
+        await self._drop_secret_files(report.node, r.id)
         self.live = [x for x in self.live if x.id != r.id]
         self.rotation.drop(r)
 
@@ -845,6 +908,7 @@ class Engine:
         report = self.by_name[r.node]
         self.emit("remove", r.service, f"removing {r.id} on {r.node} ({why})", r.node, r.id)
         await perform(self.pool, report.node, driver_for(report.node, report.facts).stop(r.id, 1.0), timeout=60)
+        await self._drop_secret_files(report.node, r.id)
         self.live = [x for x in self.live if x.id != r.id]
         self.rotation.drop(r)
 
@@ -895,9 +959,14 @@ class Engine:
         """Prepare every worker: hosts file, resolv.conf, pinned network namespace (see runspec.PREPARE_NODE)."""
         text = self.hosts_text(specs)
         workers = [r.node for r in self.reports if r.ok and r.node.has_role("worker")]
+        on: dict[str, set[tuple[str, str, str]]] = {}
+        for r in (*self.seen, *self.live):
+            on.setdefault(r.node, set()).add((r.id, r.service, r.spec_hash))
 
         async def prepare(n: Node) -> None:
-            await self.pool.check(n, prepare_node_script(text), stdin=text, timeout=30)
+            # A node read by this run has the secret files and configs of containers no longer on it removed.
+            mine = on.get(n.name, set()) if n.name not in self.errors else None
+            await self.pool.check(n, prepare_node_script(text, mine), stdin=text, timeout=30)
 
         results = await asyncio.gather(*(prepare(n) for n in workers), return_exceptions=True)
         for n, res in zip(workers, results, strict=True):

@@ -4,7 +4,7 @@ worker node needs before fleet's containers run there (hosts file, resolv.conf c
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from fleet.config.spec import SecretRef, ServiceSpec
 from fleet.core import labels as L
@@ -20,6 +20,22 @@ HOST_NETNS = PATHS.host_netns
 # Secret env files left by a controller that was killed are removed by the next run that holds the lease, once
 # they are this old: the holder renews every ttl/3 (10 s), so a file of a live run is never that stale.
 SECRET_SWEEP_AGE = 20
+
+SWEEP_FILES_SH = r"""
+# Under the fleet's lease, with the node's containers as this run observed them ($SWEEP=1): the secret files of
+# containers that are gone, and config sets no container on the node uses any more.
+if [ "${SWEEP:-}" = 1 ]; then
+  for d in "$SF"/*; do
+    [ -d "$d" ] || continue
+    case " $KEEP " in *" ${d##*/} "*) ;; *) rm -rf "$d" ;; esac
+  done
+  for d in "$CF"/*/*; do
+    [ -d "$d" ] || continue
+    s=${d%/*}
+    case " $KEEPC " in *" ${s##*/}/${d##*/} "*) ;; *) rm -rf "$d" ;; esac
+  done
+fi
+"""
 
 # Prepares a node for fleet's containers: the hosts file (stdin) and a copy of the node's resolv.conf, which
 # running containers bind-mount (same inode), so they are updated in place with one write and never truncated
@@ -39,15 +55,33 @@ if [ "$(stat -f -c %T "$NETNS" 2>/dev/null)" != nsfs ]; then
   : >"$NETNS"
   mount --bind /proc/self/ns/net "$NETNS"
 fi
+""" + SWEEP_FILES_SH + r"""
 # Last, under the fleet's lease: secret env files this old were left by a run that was killed.
 """ + SWEEP_SECRETS_SH
 
 
-def prepare_node_script(hosts: str) -> Script:
-    """PREPARE_NODE for this hosts file content (sent on stdin; its size guards against a cut-short send)."""
-    return Script(PREPARE_NODE, {"HOSTS": HOSTS_FILE, "RESOLV": RESOLV_FILE, "NETNS": HOST_NETNS,
-                                 "SIZE": str(len(hosts.encode())), "D": PATHS.secrets_dir,
-                                 "AGE": str(SECRET_SWEEP_AGE)}, name="fleet-prepare-node")
+def prepare_node_script(hosts: str, containers: Iterable[tuple[str, str, str]] | None = None) -> Script:
+    """PREPARE_NODE for this hosts file content (sent on stdin; its size guards against a cut-short send).
+
+    `containers`: every container on the node as (id, service, spec hash), as observed under the lease; the
+    secret files and config sets of any other are removed. None (the node was not read) removes none."""
+    env = {"HOSTS": HOSTS_FILE, "RESOLV": RESOLV_FILE, "NETNS": HOST_NETNS, "SIZE": str(len(hosts.encode())),
+           "D": PATHS.secrets_dir, "AGE": str(SECRET_SWEEP_AGE)}
+    if containers is not None:
+        env.update(_sweep_env(containers, PATHS.secret_mounts_dir, PATHS.configs_dir))
+    return Script(PREPARE_NODE, env, name="fleet-prepare-node")
+
+
+def _sweep_env(containers: Iterable[tuple[str, str, str]], secret_files: str, configs: str) -> dict[str, str]:
+    seen = list(containers)
+    return {"SWEEP": "1", "SF": secret_files, "CF": configs, "KEEP": " ".join(sorted({c for c, _, _ in seen})),
+            "KEEPC": " ".join(sorted({f"{s}/{h}" for _, s, h in seen}))}
+
+
+def sweep_files_script(containers: Iterable[tuple[str, str, str]], *, secret_files: str = PATHS.secret_mounts_dir,
+                       configs: str = PATHS.configs_dir) -> Script:
+    """SWEEP_FILES_SH alone (PREPARE_NODE runs it): keeps the secret files and config sets of `containers`."""
+    return Script(SWEEP_FILES_SH, _sweep_env(containers, secret_files, configs), name="fleet-sweep-files")
 
 
 def secret_env_path(service: str, replica: int, suffix: str) -> str:
@@ -66,16 +100,27 @@ def volume_dir(service: str, name: str) -> str:
     return PATHS.volume(service, name)
 
 
+def config_file(spec: ServiceSpec, index: int) -> str:
+    """Where the node keeps the `index`th config of `spec` (per service and spec hash)."""
+    return PATHS.config_file(spec.name, spec.spec_hash(), index)
+
+
+def secret_mount(container: str, index: int) -> str:
+    """Where the node keeps the `index`th secret file of one container (on tmpfs)."""
+    return PATHS.secret_mount(container, index)
+
+
 def run_spec(spec: ServiceSpec, revision: int, a: Assignment, env_file: str | None,
-             now: float | None = None) -> RunSpec:
-    """The container of replica `a.replica` of `spec` at `revision`: labels (fleet's record of it), env, mounts,
-    limits; restart=always (containerd's restart monitor brings a crashed one back)."""
+             now: float | None = None, container: str | None = None) -> RunSpec:
+    """The container of replica `a.replica` of `spec` at `revision` (ID `container`, else a new one): labels
+    (fleet's record of it), env, mounts (configs and secret files read-only, from the node files the engine
+    wrote), limits; restart=always (containerd's restart monitor brings a crashed one back)."""
     labels = L.build_labels(spec.name, revision=revision, replica=a.replica, spec_hash=spec.spec_hash(),
                             cpu=spec.resources.cpu, memory=spec.resources.memory, port=a.port, node=a.node)
     labels[L.CREATED] = f"{now if now is not None else time.time():.0f}"
     # The LB settings at start: HAProxy follows the accepted spec in the fleet's records; these labels only
     # serve a service that has no record (started by an older fleet).
-    if spec.lb is not None:
+    if spec.lb is not None and spec.lb.port is not None:
         labels[L.LB] = L.lb_label(spec.lb.port, spec.lb.mode, spec.lb.balance)
     if spec.health is not None:
         h = spec.health
@@ -93,6 +138,9 @@ def run_spec(spec: ServiceSpec, revision: int, a: Assignment, env_file: str | No
             mounts.append(Mount("bind", v.target, volume_dir(spec.name, v.source or ""), v.readonly))
         else:
             mounts.append(Mount("bind", v.target, v.source or "", v.readonly))
-    return RunSpec(id=L.container_id(spec.name, a.replica), image=spec.image, command=spec.command, env=env,
+    cid = container or L.container_id(spec.name, a.replica)
+    mounts += [Mount("bind", c.target, config_file(spec, i), readonly=True) for i, c in enumerate(spec.configs)]
+    mounts += [Mount("bind", f.target, secret_mount(cid, i), readonly=True) for i, f in enumerate(spec.secret_files)]
+    return RunSpec(id=cid, image=spec.image, command=spec.command, env=env,
                    env_file=env_file, mounts=tuple(mounts), cpu=spec.resources.cpu, memory=spec.resources.memory,
                    labels=labels, netns=HOST_NETNS, restart="always")

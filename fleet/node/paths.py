@@ -65,6 +65,12 @@ def _check_name(value: object, what: str) -> str:
     return value
 
 
+def _index(index: object) -> str:
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise ValueError(f"file index: expected an integer >= 0, got {index!r}")
+    return str(index)
+
+
 def _check_target(path: object) -> str:
     """A file a script writes: absolute, below the root, no empty or dot components, no NUL or newline."""
     if (not isinstance(path, str) or not path.startswith("/") or path.endswith("/") or "//" in path
@@ -174,6 +180,27 @@ class NodePaths:
 
     def secret_file(self, name: str) -> str:
         return f"{self.secrets_dir}/{_check_name(name, 'secret file name')}"
+
+    @property
+    def secret_mounts_dir(self) -> str:
+        """Secret files that containers bind-mount (`secrets: [{secret: NAME, file: PATH}]`), on tmpfs, one
+        directory (0700) per container, removed with it."""
+        return f"{self.run}/secret-files"
+
+    def secret_mount(self, container: str, index: int) -> str:
+        """The file on the node behind a container's `index`th secret file."""
+        return f"{self.secret_mounts_dir}/{_check_name(container, 'container')}/{_index(index)}"
+
+    # --- configs (disk) ----------------------------------------------------------------------------------------
+    @property
+    def configs_dir(self) -> str:
+        """Config files that containers bind-mount read-only, `<configs_dir>/<service>/<spec hash>/<index>`
+        (directories 0700): one set per revision, kept while a container of it is on the node."""
+        return f"{self.base}/configs"
+
+    def config_file(self, service: str, spec_hash: str, index: int) -> str:
+        return (f"{self.configs_dir}/{_check_name(service, 'service')}/{_check_name(spec_hash, 'spec hash')}/"
+                f"{_index(index)}")
 
     # --- HAProxy --------------------------------------------------------------------------------------------
     @property
@@ -338,7 +365,7 @@ case $fs in
       exit 3
     fi ;;
 esac
-fleet_write "$F" 0600 "${SIZE:-}" || exit 1
+fleet_write "$F" "${MODE:-0600}" "${SIZE:-}" || exit 1
 """
 
 _SWEEP = r"""
@@ -374,10 +401,14 @@ def update_in_place(path: str, mode: str = "0644", *, size: int | None = None) -
     return Script(_UPDATE, env, name="fleet-update-in-place")
 
 
-def write_secret_file(path: str, *, allow_disk: bool = False, size: int | None = None) -> Script:
-    """stdin into `path`, mode 0600 under umask 077, written like `write_file`; exits `NOT_TMPFS_EXIT` with a
-    message naming the directory and its filesystem when it is not on tmpfs, unless `allow_disk`."""
+def write_secret_file(path: str, *, allow_disk: bool = False, size: int | None = None,
+                      mode: str = "0600") -> Script:
+    """stdin into `path`, mode `mode` (0600) under umask 077 (new directories 0700), written like `write_file`;
+    exits `NOT_TMPFS_EXIT` with a message naming the directory and its filesystem when it is not on tmpfs,
+    unless `allow_disk`."""
     env = {"F": _check_target(path), "SIZE": _check_size(size)}
+    if mode != "0600":
+        env["MODE"] = _check_mode(mode)
     if allow_disk:
         env["ALLOW_DISK"] = "1"
     return Script(_SECRET, env, name="fleet-write-secret")

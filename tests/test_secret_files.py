@@ -1,0 +1,170 @@
+"""Secret files, configs on the node and the keyring, without a lab: keyring failures told apart (each saying what
+to do), keyed digests that change with the value and never show it, the façade stamping specs with them, the
+container's mounts (read-only, from fleet's node files; no value in the run spec or ctr's argv), and the node
+sweep of files whose containers are gone (run with a real /bin/sh)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import keyring
+import keyring.errors
+import pytest
+from keyring.backend import KeyringBackend
+from keyring.backends import fail
+
+from fleet.api import Fleet
+from fleet.config.spec import ConfigSpec, SecretFileSpec, SecretRef, ServiceSpec
+from fleet.core import labels as L
+from fleet.core.errors import KeyringLocked, KeyringUnavailable, SecretMissing
+from fleet.core.model import Inventory, Resources
+from fleet.core.shell import Script
+from fleet.engine.runspec import run_spec, sweep_files_script
+from fleet.node.paths import DEFAULT
+from fleet.node.runtime.base import Mount
+from fleet.node.runtime.ctr import CtrDriver
+from fleet.plan.scheduler import Assignment
+from fleet.store import secrets as store
+
+
+class MemoryKeyring(KeyringBackend):
+    priority = 1  # type: ignore[assignment]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data: dict[tuple[str, str], str] = {}
+
+    def get_password(self, service: str, username: str) -> str | None:
+        return self.data.get((service, username))
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        self.data[(service, username)] = password
+
+    def delete_password(self, service: str, username: str) -> None:
+        if self.data.pop((service, username), None) is None:
+            raise keyring.errors.PasswordDeleteError(username)
+
+
+class LockedKeyring(MemoryKeyring):
+    def get_password(self, service: str, username: str) -> str | None:
+        raise keyring.errors.KeyringLocked("collection is locked")
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        raise keyring.errors.KeyringLocked("collection is locked")
+
+
+@pytest.fixture()
+def use_keyring() -> Iterator[object]:
+    before = keyring.get_keyring()
+
+    def use(backend: KeyringBackend) -> KeyringBackend:
+        keyring.set_keyring(backend)
+        return backend
+
+    try:
+        yield use
+    finally:
+        keyring.set_keyring(before)
+
+
+def test_keyring_failures_are_told_apart_and_say_what_to_do(use_keyring):
+    use_keyring(fail.Keyring())
+    with pytest.raises(KeyringUnavailable, match=r"no keyring backend on this machine.*PYTHON_KEYRING_BACKEND"):
+        store.get_secret("db")
+    with pytest.raises(KeyringUnavailable, match="cannot store secret 'db'"):
+        store.set_secret("db", store.Secret("v"))
+    use_keyring(LockedKeyring())
+    with pytest.raises(KeyringLocked, match="is locked: unlock it"):
+        store.get_secret("db")
+    with pytest.raises(KeyringLocked):
+        store.digest_key()
+    use_keyring(MemoryKeyring())
+    assert store.get_secret("db") is None
+    with pytest.raises(SecretMissing, match="set it with `fleet secret set db`"):
+        store.require_secret("db")
+    store.set_secret("db", store.Secret("v1"))
+    assert store.require_secret("db") == "v1"
+
+
+def test_digests_are_keyed_change_with_the_value_and_do_not_show_it(use_keyring):
+    kr = use_keyring(MemoryKeyring())
+    key = store.digest_key()
+    assert len(key) == 32 and store.digest_key() == key, "made once, then read back"
+    assert list(kr.data) == [("fleet", store.DIGEST_KEY)]
+    a = store.secret_digest(key, "db", "hunter2")
+    assert a == store.secret_digest(key, "db", "hunter2")
+    assert a != store.secret_digest(key, "db", "hunter3")
+    assert a != store.secret_digest(os.urandom(32), "db", "hunter2"), "another key, another digest"
+    assert a != store.secret_digest(key, "other", "hunter2")
+    import hashlib
+    assert "hunter2" not in a and a not in hashlib.sha256(b"hunter2").hexdigest(), "not a plain hash"
+    with pytest.raises(SecretMissing):
+        store.secret_digests(["db"], get=lambda n: None, key=lambda: key)
+    assert store.secret_digests([], get=lambda n: 1 / 0, key=lambda: 1 / 0) == {}, "no secret, no keyring"
+
+
+def web(**kw: object) -> ServiceSpec:
+    return ServiceSpec(name="web", image="localhost/web:v1", **kw)  # type: ignore[arg-type]
+
+
+def test_the_facade_stamps_specs_with_the_secrets_digests(use_keyring):
+    use_keyring(MemoryKeyring())
+    values = {"tok": "one"}
+    f = Fleet(Inventory("inv.yaml", ()), None, secrets=values.get)  # type: ignore[arg-type]
+    spec = web(env={"TOKEN": SecretRef("tok")}, secret_files=(SecretFileSpec("db", "/run/secrets/db"),))
+    plain = web(env={"A": "b"})
+    stamped, untouched = f.stamped([spec, plain])
+    assert set(stamped.secret_digests) == {"tok"}, "a secret the keyring lacks gets no digest (it fails at start)"
+    assert untouched == plain and not untouched.secret_digests
+    values["tok"] = "two"
+    (rotated, _) = f.stamped([spec, plain])
+    assert rotated.secret_digests["tok"] != stamped.secret_digests["tok"]
+    assert rotated.spec_hash() != stamped.spec_hash()
+    use_keyring(fail.Keyring())
+    with pytest.raises(KeyringUnavailable):
+        f.stamped([spec])
+    assert f.stamped([plain]) == [plain], "services without secrets need no keyring"
+
+
+def test_configs_and_secret_files_are_read_only_binds_of_fleets_node_files():
+    spec = web(configs=(ConfigSpec("/etc/app.conf", "a=1", "0440"),),
+               secret_files=(SecretFileSpec("db", "/run/secrets/db", "0400"),))
+    a = Assignment("web", 2, "n1", 18080, Resources(0.1, 64 << 20), "new")
+    run = run_spec(spec, 3, a, None, now=0, container="web-2-abc123")
+    h = spec.spec_hash()
+    assert run.id == "web-2-abc123"
+    assert run.mounts[-2:] == (
+        Mount("bind", "/etc/app.conf", f"/var/lib/fleet/configs/web/{h}/0", readonly=True),
+        Mount("bind", "/run/secrets/db", "/run/fleet/secret-files/web-2-abc123/0", readonly=True))
+    assert DEFAULT.secret_mount("web-2-abc123", 0).startswith(DEFAULT.run + "/"), "secret files live on the tmpfs"
+    argv = CtrDriver("fleet", None).run_argv(run)
+    assert "type=bind,src=/run/fleet/secret-files/web-2-abc123/0,dst=/run/secrets/db,options=rbind:ro" in argv
+    assert not any("a=1" in arg for arg in argv), "a config's content is not in argv"
+    assert run_spec(spec, 3, a, None, now=0).id.startswith("web-2-") and L.is_valid_container_id(
+        run_spec(spec, 3, a, None, now=0).id)
+
+
+def sh(script: Script) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["/bin/sh", "-c", script.render()], capture_output=True, text=True, timeout=20)
+
+
+def test_the_sweep_removes_files_of_containers_gone_and_keeps_the_rest(tmp_path: Path):
+    sf, cf = tmp_path / "secret-files", tmp_path / "configs"
+    for d in ("web-1-aaa", "web-2-bbb", "api-1-ccc"):
+        (sf / d).mkdir(parents=True)
+        (sf / d / "0").write_text("value")
+    for d in ("web/h1", "web/h2", "api/h9"):
+        (cf / d).mkdir(parents=True)
+        (cf / d / "0").write_text("conf")
+    (sf / "stray-file").write_text("x")  # not a container's directory: left alone
+    keep = [("web-2-bbb", "web", "h2"), ("api-1-ccc", "api", "h9")]
+    done = sh(sweep_files_script(keep, secret_files=str(sf), configs=str(cf)))
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in sf.iterdir()) == ["api-1-ccc", "stray-file", "web-2-bbb"]
+    assert sorted(str(p.relative_to(cf)) for p in cf.glob("*/*")) == ["api/h9", "web/h2"]
+    assert sh(sweep_files_script([], secret_files=str(tmp_path / "none"), configs=str(tmp_path / "no"))).returncode == 0
+    gone = sh(sweep_files_script([], secret_files=str(sf), configs=str(cf)))
+    assert gone.returncode == 0 and [p.name for p in sf.iterdir()] == ["stray-file"] and not list(cf.glob("*/*"))
