@@ -191,11 +191,11 @@ def test_the_reconcile_plan_moves_replicas_off_a_draining_node_and_keeps_the_mar
     assert [(a.replica, a.node, a.reason) for a in sp.start] == [(1, "n3", "move")]
 
 
-def report(name: str, mark: NodeMark = NodeMark(), labels: dict[str, str] | None = None,
+def report(name: str, mark: NodeMark | None = None, labels: dict[str, str] | None = None,
            why: str | None = None) -> NodeReport:
     stdout = json.loads((FACTS / "lab_node_idle.json").read_text())["stdout"]
     r = report_from(Node(name, "10.9.9.9", labels=labels or {}), 0, stdout, None, 0.1)
-    return dataclasses.replace(r, mark=mark, mark_error=why)
+    return dataclasses.replace(r, mark=mark or NodeMark(), mark_error=why)
 
 
 def test_node_reports_carry_the_marks_to_the_scheduler_with_the_labels_merged() -> None:

@@ -82,7 +82,8 @@ def table(reports: list[NodeReport]) -> Table:
     t = Table(pad_edge=False, box=None, header_style="bold", padding=(0, 1))
     marked = any(not r.mark.empty or r.mark_error is not None for r in reports)
     for col, just in [("NODE", "left"), ("ADDRESS", "left"), ("STATUS", "left"),
-                      *([("SCHED", "left")] if marked else []), ("ROLES", "left"), ("ZONE", "left"), ("CPU", "right"), ("ALLOC", "right"), ("REQUEST", "right"),
+                      *([("SCHED", "left")] if marked else []), ("ROLES", "left"), ("ZONE", "left"),
+                      ("CPU", "right"), ("ALLOC", "right"), ("REQUEST", "right"),
                       ("MEASURED", "right"), ("DISK", "right"), ("RUNTIME", "left"), ("CTRS", "right")]:
         # STATUS and SCHED alone may wrap ("runtime not / answering") so that a narrow terminal cuts no figure.
         t.add_column(col, justify=just, no_wrap=col not in ("STATUS", "SCHED"))  # type: ignore[arg-type]
