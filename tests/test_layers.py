@@ -10,7 +10,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent / "fleet"
 IO_MODULES = {"asyncio", "asyncssh", "subprocess", "socket", "sqlite3", "keyring", "rich", "textual"}
 # Each folder is a layer; a module imports fleet modules of its own layer or of layers below it, never above.
-LAYERS = ["core", "config", "plan", "node", "transport", "store", "engine", "api"]
+LAYERS = ["core", "config", "plan", "node", "transport", "store", "engine", "api", "watch"]
 # Pure layers: values and decisions, no I/O library at all.
 PURE = {"core", "config", "plan", "node"}
 # Beside the product: the local lab and the demo image, on the pure layers only.

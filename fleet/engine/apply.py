@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from fleet.config.spec import SecretRef, ServiceSpec, from_playbook_dict, to_playbook_dict
 from fleet.core import labels as L
+from fleet.core.edge import EdgeSettings
 from fleet.core.errors import (
     CanaryAborted,
     CommandTimeout,
@@ -34,6 +35,7 @@ from fleet.core.errors import (
 from fleet.core.model import Node
 from fleet.engine.calls import LIST_TIMEOUT, driver_for, perform
 from fleet.engine.concurrency import DEFAULT_PARALLEL, SerialRecords
+from fleet.engine.edge import Edge
 from fleet.engine.health import exec_in as health_exec
 from fleet.engine.images import ensure_image
 from fleet.engine.lb import Balancers, Rotation
@@ -49,6 +51,7 @@ from fleet.engine.runspec import (
     volume_dir,
 )
 from fleet.engine.state import Observed, node_states, observe
+from fleet.engine.volumes import StorageAccess, mount_all, volume_view
 from fleet.node.paths import DEFAULT as NODE_PATHS
 from fleet.node.paths import NOT_TMPFS_EXIT, write_file, write_secret_file
 from fleet.node.runtime.base import Status
@@ -67,6 +70,7 @@ from fleet.plan.rollout.decide import (
 )
 from fleet.plan.rollout.strategy import ReplicaState, Verdict, canary_verdict, canary_weights, resume_plan
 from fleet.plan.scheduler import Assignment, place
+from fleet.plan.volumes import VolumeView, local_volumes
 from fleet.store.history import FinalOutcome, Revision
 from fleet.transport import Pool
 
@@ -141,8 +145,12 @@ class Engine:
     def __init__(self, pool: Pool, reports: list[NodeReport], *, on_event: Callable[[Event], None] | None = None,
                  secrets: Callable[[str], str | None] | None = None, records: Records | None = None,
                  user: str | None = None, guard: Callable[[], None] | None = None,
-                 parallel: int = DEFAULT_PARALLEL) -> None:
+                 parallel: int = DEFAULT_PARALLEL, held: Sequence[Replica] = (),
+                 edge: EdgeSettings | None = None) -> None:
         self.pool = pool
+        # Replicas last seen on nodes that do not answer now, within their grace period (`fleet watch`): they
+        # count as running where they were, and their nodes take nothing new (see node_states).
+        self.held = tuple(held)
         # Services converging at once write their records one at a time (see SerialRecords).
         self.records: Records | None = SerialRecords(records) if records is not None else None
         self.parallel = parallel
@@ -153,13 +161,18 @@ class Engine:
         self.on_event = on_event or (lambda e: None)
         self.secrets = secrets
         self.guard = guard or (lambda: None)
-        self.lbs = Balancers(pool, reports)
+        # The edge (shared HTTP/HTTPS ports, certificates, stats password) as the inventory sets it.
+        self.lbs = Balancers(pool, reports, Edge(pool, edge or EdgeSettings(), secrets,
+                                                 on_note=lambda svc, msg: self.emit("tls", svc, msg)))
         self.rotation = Rotation()
         self.live: list[Replica] = []
         self.seen: tuple[Replica, ...] = ()
         self.errors: dict[str, str] = {}
         self._images: dict[str, set[str]] = {}
         self._configs_written: set[tuple[str, str]] = set()
+        # Where node-local volume data is (read with the containers), and the sshfs mounts of network volumes.
+        self.volumes: VolumeView | None = None
+        self.storage = StorageAccess(pool)
         self._image_locks: dict[str, asyncio.Lock] = {}
         # Replicas placed and being started, not yet in `live`: they hold their room and port, so a service
         # placing at the same time never takes them (placing and reserving happen under `_placing`).
@@ -172,9 +185,11 @@ class Engine:
 
     # --- reading ----------------------------------------------------------------------------------------
     async def observe(self) -> Observed:
-        obs = await observe(self.pool, self.reports)
-        self.seen = obs.replicas
-        self.live = [r for r in obs.replicas if r.running]
+        obs, self.volumes = await asyncio.gather(observe(self.pool, self.reports),
+                                                 volume_view(self.pool, self.reports))
+        self.held = tuple(r for r in self.held if r.node in obs.errors)  # a node read again holds nothing
+        self.seen = obs.replicas + self.held
+        self.live = [r for r in self.seen if r.running]
         self.errors = dict(obs.errors)
         frontends = self.rotation.frontends
         self.rotation = Rotation(frontends=frontends)
@@ -184,7 +199,7 @@ class Engine:
 
     async def plan(self, specs: Sequence[ServiceSpec]) -> tuple[Plan, Observed]:
         obs = await self.observe()
-        return plan(specs, node_states(self.reports, self.errors), obs.replicas), obs
+        return plan(specs, node_states(self.reports, self.errors, self.held), obs.replicas, self.volumes), obs
 
     async def state_of(self, service: str) -> ServiceState | None:
         if self.records is None:
@@ -253,7 +268,7 @@ class Engine:
         # the plan made again without it, so its share goes elsewhere.
         missing: dict[str, str] = {}
         while True:
-            the_plan = plan(wanted, node_states(self.reports, self.errors), seen)
+            the_plan = plan(wanted, node_states(self.reports, self.errors, self.held), seen, self.volumes)
             if the_plan.unplaced:
                 why = "".join(f"\n  {node}: {reason}" for node, reason in sorted(missing.items()))
                 raise SchedulingError("cannot place every replica; nothing was changed:\n  "
@@ -544,8 +559,9 @@ class Engine:
             await self._retire(spec, r, f"second copy of {r.service}[{r.replica}]")
         mine = [r for r in self.live if r.service == spec.name and r.spec_hash not in others]
         ready = await self._judge(spec, mine)
-        sp = plan([spec], node_states(self.reports, self.errors),
-                  [r for r in self.seen if r.service != spec.name or r.spec_hash not in others]).service(spec.name)
+        sp = plan([spec], node_states(self.reports, self.errors, self.held),
+                  [r for r in self.seen if r.service != spec.name or r.spec_hash not in others],
+                  self.volumes).service(spec.name)
         moving = {r.id: why for r, why in sp.stop if _misplaced(why)}
         states = [ReplicaState(r.id, "" if r.id in moving else r.spec_hash, ready[r.id], r.replica) for r in mine]
         u = spec.update
@@ -599,7 +615,8 @@ class Engine:
 
         async def verdict(r: Replica) -> bool:
             # Outdated replicas are replaced by the rolling plan anyway; the new spec's check may not fit them.
-            if r.spec_hash != current:
+            # A held replica's node does not answer: it is not judged until its grace ends.
+            if r.spec_hash != current or r in self.held:
                 return True
             seen = await observe_health(h, address=self.addresses[r.node], port=r.port, exec_in=self._exec_in(r),
                                         started_at=r.created or 0.0, clock=time.time)
@@ -674,9 +691,10 @@ class Engine:
         misplaced) still hold their room and ports."""
         # The scheduler is asked for the whole service, so staying replicas keep their numbers and the new ones
         # take the lowest free ones; of what it could place, the first k are started now.
-        nodes = node_states(self.reports, self.errors)
+        nodes = node_states(self.reports, self.errors, self.held)
         shaped, existing, demands, _ = placement_inputs([spec], nodes, [*self.live, *self._pending],
-                                                        hold_outdated=True, outgoing=frozenset(outgoing))
+                                                        hold_outdated=True, outgoing=frozenset(outgoing),
+                                                        volumes=self.volumes)
         placement = place(shaped, existing, demands)
         fresh = sorted((a for a in placement.assignments if a.service == spec.name and a.reason != "keep"),
                        key=lambda a: a.replica)
@@ -733,6 +751,7 @@ class Engine:
         driver = driver_for(report.node, report.facts)
         dirs = [volume_dir(spec.name, v.source or "") for v in spec.volumes if v.type == "volume"]
         cid = L.container_id(spec.name, a.replica)
+        await mount_all(self.storage, spec, report.node, [r.node for r in self.reports], cid)
         if spec.configs:
             await self._configs(spec, report.node)
         if spec.secret_files:
@@ -745,12 +764,15 @@ class Engine:
             raise
         if dirs:
             await self.pool.check(report.node, ["mkdir", "-p", *dirs], timeout=30)
+            for name in local_volumes(spec):
+                self.volumes = self.volumes.with_holder(spec.name, name, a.node) if self.volumes else None
         run = run_spec(spec, revision, a, env_file, container=cid)
         self.emit("start", spec.name, f"starting {run.id} on {a.node}:{a.port}", a.node, run.id)
         try:
             await perform(self.pool, report.node, driver.run(run), timeout=120)
         except BaseException:
             await self._drop_secret_files(report.node, cid)
+            await self.storage.release(report.node, cid)
             raise
         finally:
             if env_file is not None:
@@ -901,6 +923,7 @@ class Engine:
         await perform(self.pool, report.node, driver_for(report.node, report.facts).stop(r.id, grace),
                       timeout=grace + 30)
         await self._drop_secret_files(report.node, r.id)
+        await self.storage.release(report.node, r.id)
         self.live = [x for x in self.live if x.id != r.id]
         self.rotation.drop(r)
 
@@ -909,6 +932,7 @@ class Engine:
         self.emit("remove", r.service, f"removing {r.id} on {r.node} ({why})", r.node, r.id)
         await perform(self.pool, report.node, driver_for(report.node, report.facts).stop(r.id, 1.0), timeout=60)
         await self._drop_secret_files(report.node, r.id)
+        await self.storage.release(report.node, r.id)
         self.live = [x for x in self.live if x.id != r.id]
         self.rotation.drop(r)
 
@@ -950,8 +974,11 @@ class Engine:
 
     # --- service discovery ------------------------------------------------------------------------------
     def hosts_text(self, specs: Sequence[ServiceSpec]) -> str:
-        """The hosts file every container gets: each load-balanced service's name → the first lb node."""
-        lb = next((r.ip_address or r.node.address for r in self.reports if r.node.has_role("lb") and r.ok), None)
+        """The hosts file every container gets: each load-balanced service's name → the fleet's virtual IP when
+        the inventory has one (it moves between lb nodes), else the first lb node."""
+        vip = self.lbs.vip.vrrp
+        lb = vip.virtual_ip if vip is not None else next(
+            (r.ip_address or r.node.address for r in self.reports if r.node.has_role("lb") and r.ok), None)
         names = {s.name for s in specs if s.lb} | {r.service for r in self.live if self.rotation.routed(r.service)}
         return hosts_text(lb, sorted(names))
 

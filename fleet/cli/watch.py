@@ -1,0 +1,67 @@
+"""`fleet watch`: keep the fleet at its accepted state, in the foreground, one JSON object per line on stdout."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import typer
+
+from fleet.cli import common
+from fleet.cli.apply import PlaybooksArg
+
+
+def log_line(event: str, **fields: Any) -> str:
+    """One log line: timestamp (UTC, ms), level, event, then the fields (None ones left out)."""
+    level = fields.pop("level", "info")
+    doc = {"ts": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"), "level": level,
+           "event": event, **{k: v for k, v in fields.items() if v is not None}}
+    return json.dumps(doc, default=str, separators=(",", ":"))
+
+
+def _log(event: str, **fields: Any) -> None:
+    sys.stdout.write(log_line(event, **fields) + "\n")
+    sys.stdout.flush()
+
+
+def watch(playbooks: PlaybooksArg = None, inventory: common.InventoryOpt = None,
+          once: Annotated[bool, typer.Option("--once", help="One round (reconcile what drifted), then exit: for "
+                                                            "cron. Exit 0 ok, 1 partial, 75 lease held.")] = False,
+          interval: Annotated[float, typer.Option(help="Seconds between rounds when no event comes.", min=0.1)] = 1.0,
+          node_grace: Annotated[str, typer.Option(
+              "--node-grace", envvar="FLEET_NODE_GRACE",
+              help="How long a node that stops answering keeps its replicas before they start elsewhere.")] = "30s",
+          events: Annotated[bool, typer.Option(help="Follow containerd's events (`ctr events`) to act at once.")]
+          = True,
+          serve: Annotated[bool, typer.Option("--socket/--no-socket",
+                                              help="Lend the warm connections to `fleet nodes`, `status`, `ps` "
+                                                   "and `fleet ui` on this controller.")] = True) -> None:
+    """Watch containers and nodes and reconcile (as `fleet reconcile`) as soon as something drifts.
+
+    Runs in the foreground (systemd: Type=notify, READY=1 once running); SIGTERM stops it and releases its lease.
+    One watcher per fleet is active, others wait as standbys and take over within the lease's ttl
+    (FLEET_LEASE_TTL, 30 s). Writers (`fleet apply`…) keep working: the watcher takes the fleet's lease only
+    for a round that acts."""
+    from fleet.config.spec import load_playbooks, parse_duration
+    from fleet.core.errors import ConfigError
+    from fleet.watch.controller import WatchOptions
+    from fleet.watch.controller import watch as run_watch
+
+    inv = common.inventory(inventory)
+    paths = tuple(playbooks or [os.environ.get("FLEET_PLAYBOOKS", "playbooks")])
+    try:
+        grace = parse_duration(node_grace)
+        load_playbooks(paths)
+    except (ValueError, TypeError) as exc:
+        common.fail(f"--node-grace: {exc}")
+    except ConfigError as exc:
+        common.fail(str(exc))
+    options = WatchOptions(playbooks=paths, interval=interval, node_grace=grace, events=events)
+
+    async def go() -> int:
+        return await run_watch(inv, options, _log, once=once, serve=serve)
+
+    raise typer.Exit(common.run(go))

@@ -1,0 +1,84 @@
+"""One-shot reads through a running `fleet watch`'s warm connections, over a local unix socket.
+
+The socket is `<state dir>/watch-<inventory hash>.sock` (the state dir of fleet.store.history: $FLEET_STATE_DIR,
+else $XDG_STATE_HOME/fleet, else ~/.local/state/fleet), mode 0600 in a 0700 directory; a watcher serves only the
+inventory it runs for. `ask()` returns None whenever no watcher answers for this inventory (no socket, a stale
+one, another inventory, another user's socket, an error): the caller then opens its own connections.
+
+Protocol: one request line (JSON: op, inventory, args), one reply line (JSON: ok, error, size), then `size` bytes:
+the result as pickle (NodeReport, FleetStatus, PsResult are plain frozen dataclasses). The bytes come only from a
+socket owned by this user in this user's own 0600 state directory, so they are as trusted as the user's files.
+
+For the terminal UI: `await ask(inventory_path, "status")` gives the FleetStatus `Fleet.status()` would, or None.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import pickle
+import stat
+from pathlib import Path
+from typing import Any, Literal
+
+Op = Literal["nodes", "status", "ps"]
+ASK_TIMEOUT = 30.0
+MAX_REPLY = 64 * 1024 * 1024
+
+
+def state_dir() -> Path:
+    """The controller's state directory (where fleet.store.history keeps its cache)."""
+    if os.environ.get("FLEET_STATE_DIR"):
+        return Path(os.environ["FLEET_STATE_DIR"])
+    if os.environ.get("XDG_STATE_HOME"):
+        return Path(os.environ["XDG_STATE_HOME"]) / "fleet"
+    return Path.home() / ".local" / "state" / "fleet"
+
+
+def inventory_key(inventory_path: str) -> str:
+    return os.path.realpath(inventory_path)
+
+
+def socket_path(inventory_path: str) -> Path:
+    digest = hashlib.sha256(inventory_key(inventory_path).encode()).hexdigest()[:16]
+    return state_dir() / f"watch-{digest}.sock"
+
+
+def _ours(path: Path) -> bool:
+    """A socket this user owns, that nobody else may open."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return stat.S_ISSOCK(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
+
+
+async def ask(inventory_path: str | None, op: Op, *, timeout: float = ASK_TIMEOUT, **args: Any) -> Any | None:
+    """The watcher's answer to `op` (`nodes`: list[NodeReport]; `status`: FleetStatus; `ps`: PsResult, args
+    `all`, `timeout`), or None when no `fleet watch` for this inventory answers on this controller."""
+    if inventory_path is None or os.environ.get("FLEET_NO_WATCHER"):
+        return None
+    path = socket_path(inventory_path)
+    if not _ours(path):
+        return None
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_unix_connection(str(path))
+            try:
+                request = {"op": op, "inventory": inventory_key(inventory_path), "args": args}
+                writer.write(json.dumps(request).encode() + b"\n")
+                await writer.drain()
+                header = json.loads(await reader.readline())
+                if not isinstance(header, dict) or not header.get("ok"):
+                    return None
+                size = int(header["size"])
+                if not 0 <= size <= MAX_REPLY:
+                    return None
+                return pickle.loads(await reader.readexactly(size))
+            finally:
+                writer.close()
+    except (OSError, ValueError, KeyError, TypeError, EOFError, TimeoutError, asyncio.IncompleteReadError,
+            pickle.UnpicklingError, AttributeError, ImportError):
+        return None

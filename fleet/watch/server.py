@@ -1,0 +1,78 @@
+"""The watcher's side of fleet.watch.client: answers `nodes`, `status` and `ps` with the warm pool."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import pickle
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from fleet.api import Fleet
+from fleet.core.errors import FleetError
+from fleet.core.model import Inventory
+from fleet.transport import Pool
+from fleet.watch.client import inventory_key, socket_path
+
+Log = Callable[..., None]
+
+
+async def answer(fleet: Fleet, op: str, args: dict[str, Any]) -> Any:
+    """What the one-shot command would compute itself, computed over the watcher's connections."""
+    if op == "nodes":
+        return await fleet.nodes(ports=bool(args.get("ports", False)))
+    if op == "status":
+        return await fleet.status()
+    if op == "ps":
+        return await fleet.ps(all=bool(args.get("all", False)), timeout=float(args.get("timeout", 8.0)))
+    raise ValueError(f"unknown op {op!r}")
+
+
+@contextlib.asynccontextmanager
+async def serving(inventory: Inventory, pool: Pool, log: Log) -> AsyncIterator[Path]:
+    """Serve this inventory's socket for the block; the socket file is removed on the way out."""
+    path = socket_path(inventory.path)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path.parent, 0o700)
+    me = inventory_key(inventory.path)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = json.loads(await reader.readline())
+            if not isinstance(request, dict) or request.get("inventory") != me:
+                header: dict[str, Any] = {"ok": False, "error": "this watcher serves another inventory"}
+                body = b""
+            else:
+                result = await answer(Fleet(inventory, pool, command="fleet watch"), str(request.get("op")),
+                                      dict(request.get("args") or {}))
+                body = pickle.dumps(result)
+                header = {"ok": True, "size": len(body)}
+        except (FleetError, ValueError, TypeError) as exc:
+            header, body = {"ok": False, "error": str(exc)}, b""
+        try:
+            writer.write(json.dumps(header).encode() + b"\n" + body)
+            await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    old = os.umask(0o177)
+    try:
+        server = await asyncio.start_unix_server(handle, path=str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    log("socket", message="one-shot commands use this watcher's connections", path=str(path))
+    try:
+        yield path
+    finally:
+        server.close()
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        await server.wait_closed()
