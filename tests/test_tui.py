@@ -1,158 +1,166 @@
-"""`fleet ui`: the app driven headless by Pilot over fixed snapshots, and once over the real lab.
+"""`fleet ui` driven headless by Pilot: every view and action, against a source that records what was asked.
 
-The fixed snapshots stand in for the data layer only (FakeSource); widgets, worker and messages are the real ones.
+The source is the only stand-in (tests/tui_source.py): widgets, screens, workers and messages are the real ones.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
 
 import pytest
 from helpers import wait_until_async
+from textual.command import CommandPalette
 from textual.message import Message
 from textual.pilot import Pilot
-from textual.widgets import Footer
+from textual.widgets import Footer, Input, Log
+from tui_source import HEALTHY, HOLDER, N2_DOWN, RecordingSource, event, ready, snapshot
 
-from fleet.api import Fleet, NodeReport
-from fleet.core.model import Inventory, Node, Resources
-from fleet.engine.status import FleetStatus, ReplicaStatus, ServiceStatus
-from fleet.node.facts import NodeFacts
-from fleet.plan.reconcile import Replica
-from fleet.transport import Pool
-from fleet.tui import FleetApp, FleetSource, Snapshot, collect
-from fleet.tui.widgets import NodesTable, ReplicasTable, ServiceSelected, ServicesTable, StatusLine
+from fleet.core.errors import LeaseHeld
+from fleet.tui import Action, FleetApp
+from fleet.tui.keys import KEYS
+from fleet.tui.screens import (
+    ActionScreen,
+    AskScreen,
+    ConfirmScreen,
+    EventsScreen,
+    HelpScreen,
+    HistoryScreen,
+    LogScreen,
+    MainScreen,
+)
+from fleet.tui.widgets import (
+    EventsTable,
+    FleetTable,
+    HistoryTable,
+    NodesTable,
+    ReplicasTable,
+    RowChosen,
+    ServicesTable,
+    StatusLine,
+)
 
 SIZE = (120, 40)
-GiB = 1024**3
+ALL_VERBS = ("scale", "restart", "rollback", "promote", "abort", "destroy", "cordon", "uncordon", "drain", "exec")
 
 
-def facts(ncpu: int = 2) -> NodeFacts:
-    return NodeFacts(hostname="h", ncpu=ncpu, mem_total=4 * GiB, mem_available=3 * GiB, load=(0.25, 0.2, 0.1),
-                     uptime_s=100.0, disk_total=20 * GiB, disk_free=10 * GiB, runtime="ctr",
-                     runtime_version="1.6.20~ds1", runtime_socket=True, cgroup=2, tasks=())
-
-
-def ready(name: str) -> NodeReport:
-    return NodeReport(Node(name, f"10.0.0.{name[-1]}", reserved=Resources(0.5, GiB)), "ready", None, facts(), 0.01)
-
-
-def unreachable(name: str) -> NodeReport:
-    return NodeReport(Node(name, "10.0.0.9"), "unreachable", "connect: timed out after 5s", None, 5.0)
-
-
-def replica(service: str, n: int, node: str, health: str = "up") -> ReplicaStatus:
-    rep = Replica(node=node, id=f"{service}-{n}-abc", service=service, replica=n, revision=3, spec_hash="h",
-                  port=8000 + n, running=True, resources=Resources(0.1, 64 * 1024**2),
-                  image=f"registry.local/{service}:v3")
-    return ReplicaStatus(rep, f"10.0.0.{node[-1]}", {"lb1": health})
-
-
-FLEET = FleetStatus(
-    services=(
-        ServiceStatus("api", (replica("api", 1, "n1"), replica("api", 2, "n2", "down")), ("10.0.0.4:8080",)),
-        ServiceStatus("web", (replica("web", 1, "n1"), replica("web", 2, "n2"), replica("web", 3, "n1")),
-                      ("10.0.0.4:80",)),
-    ),
-    errors={}, lb_errors={})
-
-HEALTHY = Snapshot((ready("n1"), ready("n2"), ready("lb1")), FLEET, {}, datetime(2024, 5, 1, 12, 0, 1), 0.3)
-N2_DOWN = Snapshot((ready("n1"), unreachable("n2"), ready("lb1")), FLEET,
-                   {"n2": "unreachable: connect: timed out after 5s"}, datetime(2024, 5, 1, 12, 0, 3), 5.0)
-
-
-class FakeSource:
-    """Test double for the data layer: hands out the given snapshots in order, then the last one again."""
-
-    def __init__(self, *snapshots: Snapshot | Exception) -> None:
-        self.snapshots = list(snapshots)
-        self.calls = 0
-
-    async def collect(self) -> Snapshot:
-        item = self.snapshots[min(self.calls, len(self.snapshots) - 1)]
-        self.calls += 1
-        if isinstance(item, Exception):
-            raise item
-        return item
-
-
-async def until(pilot: Pilot[None], cond: Callable[[], bool], timeout: float = 5.0) -> None:
+async def until(pilot: Pilot[None], cond: Callable[[], object], timeout: float = 5.0) -> None:
     await wait_until_async(cond, timeout, 0.01, "the app to reach the state", pause=pilot.pause)
 
 
-def column(table: NodesTable | ServicesTable | ReplicasTable, index: int) -> list[str]:
+def column(table: FleetTable, index: int) -> list[str]:
     return [str(table.get_row_at(i)[index]) for i in range(table.row_count)]
 
 
+def rows(table: FleetTable) -> list[tuple[str, ...]]:
+    return [tuple(str(c) for c in table.get_row_at(i)) for i in range(table.row_count)]
+
+
 def status_text(app: FleetApp) -> str:
-    return app.query_one(StatusLine).text().plain
+    return app.main.query_one(StatusLine).text().plain
 
 
+def footer_keys(app: FleetApp) -> set[str]:
+    """The descriptions of the bindings the footer shows now."""
+    return {b.description for _, b, enabled, _ in app.active_bindings.values() if b.show and enabled}
+
+
+async def started(source: RecordingSource, size: tuple[int, int] = SIZE, **kw: object):
+    app = FleetApp(source, interval=3600, **kw)  # type: ignore[arg-type]
+    return app
+
+
+async def focus(pilot: Pilot[None], app: FleetApp, table: type[FleetTable]) -> FleetTable:
+    widget = app.screen.query_one(table)
+    widget.focus()
+    await pilot.pause()
+    return widget
+
+
+async def ready_app(pilot: Pilot[None], app: FleetApp) -> None:
+    await until(pilot, lambda: app.snapshot is not None and app.main.query_one(ServicesTable).row_count > 0
+                and app.selected is not None)
+
+
+# --- the main view ---------------------------------------------------------------------------------------------
 async def test_tables_fill_from_the_snapshot():
-    app = FleetApp(FakeSource(HEALTHY), interval=3600)
+    app = FleetApp(RecordingSource(HEALTHY), interval=3600)
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.snapshot is HEALTHY)
-        await pilot.pause()
-        nodes = app.query_one(NodesTable)
-        assert [tuple(str(c) for c in nodes.get_row_at(i)) for i in range(nodes.row_count)] == [
-            (n, "ready", "2", "1500m/3G", "3G/4G", "0.25", "0 (0B)") for n in ("n1", "n2", "lb1")]
-        services = app.query_one(ServicesTable)
-        assert [tuple(str(c) for c in services.get_row_at(i)) for i in range(2)] == [
-            ("api", "10.0.0.4:8080", "1/2"), ("web", "10.0.0.4:80", "3/3")]
-        # The first service is selected until the user moves.
+        await ready_app(pilot, app)
+        nodes = app.main.query_one(NodesTable)
+        # requested = the running replicas' labels (0.1 CPU, 64M each: 3 on n1, 2 on n2); CPU used needs two reads
+        assert [(r[0], r[1], r[-6], r[-5], r[-4], r[-3], r[-1]) for r in rows(nodes)] == [
+            ("n1", "ready", "300m/1500m", "192M/3G", "-", "192M", "2"),
+            ("n2", "ready", "200m/1500m", "128M/3G", "-", "128M", "2"),
+            ("lb1", "ready", "0/1500m", "0B/3G", "-", "0B", "0")]
+        assert rows(app.main.query_one(ServicesTable)) == [
+            ("api", "1/2", "r3", "applied", "10.0.0.4:8080"), ("web", "3/3", "r3", "applied", "10.0.0.4:80")]
         assert app.selected == "api"
-        assert column(app.query_one(ReplicasTable), 0) == ["api-1-abc", "api-2-abc"]
+        assert column(app.main.query_one(ReplicasTable), 0) == ["api-1-abc", "api-2-abc"]
         assert status_text(app).startswith("refreshed 12:00:01 in 0.30s · 3/3 nodes ready")
-        assert app.query_one(Footer) is not None
+        assert app.main.query_one(Footer) is not None
+        assert app.source.asked == [("collect",)]  # type: ignore[attr-defined]
+
+
+async def test_cpu_used_and_charts_follow_the_cpu_time_between_refreshes():
+    source = RecordingSource(snapshot(0), snapshot(2), snapshot(4))
+    app = FleetApp(source, interval=3600)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready_app(pilot, app)
+        for n in (2, 3):
+            await pilot.press("r")
+            await until(pilot, lambda n=n: source.calls == n and app.snapshot is source.snapshots[n - 1])
+        nodes = app.main.query_one(NodesTable)
+        cpu = NodesTable.COLUMNS.index("CPU USED") + (len(nodes.columns) - len(NodesTable.COLUMNS))
+        # n1's containers used 0.4 core-seconds every 2 s: 200m; n2's 0.1: 50m
+        assert column(nodes, cpu)[:2] == ["200m", "50m"]
+        assert list(app.series["n1"].cpu) == [pytest.approx(0.2), pytest.approx(0.2)]
+        assert "n1 CPU used 200m" in str(app.main.query_one("#cpu-label").render())
 
 
 async def test_selecting_a_service_posts_a_message_and_shows_its_replicas():
     posted: list[Message] = []
-    app = FleetApp(FakeSource(HEALTHY), interval=3600)
+    app = FleetApp(RecordingSource(HEALTHY), interval=3600)
     async with app.run_test(size=SIZE, message_hook=posted.append) as pilot:
-        await until(pilot, lambda: app.selected == "api")
-        await pilot.press("tab")
-        assert app.focused is app.query_one(ServicesTable)
+        await ready_app(pilot, app)
+        await focus(pilot, app, ServicesTable)
         await pilot.press("down")
         await until(pilot, lambda: app.selected == "web")
-        replicas = app.query_one(ReplicasTable)
+        replicas = app.main.query_one(ReplicasTable)
         assert column(replicas, 0) == ["web-1-abc", "web-2-abc", "web-3-abc"]
-        assert column(replicas, 1) == ["n1", "n2", "n1"]
         assert column(replicas, 2) == ["10.0.0.1:8001", "10.0.0.2:8002", "10.0.0.1:8003"]
-        assert column(replicas, 4) == ["web:v3"] * 3
         assert column(replicas, 6) == ["lb1:up"] * 3
         assert replicas.border_title == "Replicas of web"
-        assert [m.service for m in posted if isinstance(m, ServiceSelected)][-1] == "web"
+        assert [m.key for m in posted if isinstance(m, RowChosen) and isinstance(m.table, ServicesTable)][-1] == "web"
 
 
 async def test_selection_survives_a_refresh():
-    source = FakeSource(HEALTHY, N2_DOWN)
-    app = FleetApp(source, interval=3600)
+    app = FleetApp(RecordingSource(HEALTHY, N2_DOWN), interval=3600)
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.selected == "api")
-        await pilot.press("tab", "down")
+        await ready_app(pilot, app)
+        await focus(pilot, app, ServicesTable)
+        await pilot.press("down")
         await until(pilot, lambda: app.selected == "web")
         await pilot.press("r")
         await until(pilot, lambda: app.snapshot is N2_DOWN)
-        await pilot.pause()
         assert app.selected == "web"
-        assert app.query_one(ServicesTable).cursor_row == 1
-        assert app.query_one(ReplicasTable).row_count == 3
+        assert app.main.query_one(ServicesTable).cursor_row == 1
+        assert app.main.query_one(ReplicasTable).row_count == 3
 
 
 async def test_unreachable_node_in_table_and_status_line():
-    app = FleetApp(FakeSource(N2_DOWN), interval=3600)
+    app = FleetApp(RecordingSource(N2_DOWN), interval=3600)
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.snapshot is N2_DOWN)
-        nodes = app.query_one(NodesTable)
-        assert [tuple(str(c) for c in nodes.get_row_at(1))] == [("n2", "unreachable", "-", "-", "-", "-", "-")]
+        await pilot.pause()
+        assert rows(app.main.query_one(NodesTable))[1][:2] == ("n2", "unreachable")
+        assert set(rows(app.main.query_one(NodesTable))[1][2:]) <= {"-"}
         text = status_text(app)
         assert "2/3 nodes ready" in text
         assert "! n2: unreachable: connect: timed out after 5s" in text
 
 
-async def test_refresh_key_triggers_a_new_collect():
-    source = FakeSource(HEALTHY, N2_DOWN)
+async def test_refresh_key_and_interval_each_read_again():
+    source = RecordingSource(HEALTHY, N2_DOWN)
     app = FleetApp(source, interval=3600)
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.snapshot is HEALTHY)
@@ -161,11 +169,7 @@ async def test_refresh_key_triggers_a_new_collect():
         await pilot.press("r")
         await until(pilot, lambda: app.snapshot is N2_DOWN)
         assert source.calls == 2
-        assert "! n2" in status_text(app)
-
-
-async def test_interval_refreshes_without_a_key():
-    source = FakeSource(HEALTHY, N2_DOWN)
+    source = RecordingSource(HEALTHY, N2_DOWN)
     app = FleetApp(source, interval=0.05)
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: source.calls >= 3)
@@ -173,54 +177,409 @@ async def test_interval_refreshes_without_a_key():
 
 
 async def test_failed_refresh_keeps_last_data_and_says_why():
-    source = FakeSource(HEALTHY, RuntimeError("boom"))
+    source = RecordingSource(HEALTHY, RuntimeError("boom"))
     app = FleetApp(source, interval=3600)
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.snapshot is HEALTHY)
+        await ready_app(pilot, app)
         await pilot.press("r")
         await until(pilot, lambda: source.calls == 2 and app.snapshot is not HEALTHY)
         await pilot.pause()
         assert "! refresh: RuntimeError: boom" in status_text(app)
-        assert column(app.query_one(NodesTable), 0) == ["n1", "n2", "lb1"]
+        assert column(app.main.query_one(NodesTable), 0) == ["n1", "n2", "lb1"]
         assert app.is_running
 
 
 async def test_quit_key_exits():
-    app = FleetApp(FakeSource(HEALTHY), interval=3600)
+    app = FleetApp(RecordingSource(HEALTHY), interval=3600)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("q")
         await pilot.pause()
         assert not app.is_running
 
 
-class DownFleet(Fleet):
-    """A façade whose every node is unreachable: `collect` runs the real status pass with nothing to read."""
-
-    def __init__(self, pool: Pool) -> None:
-        super().__init__(Inventory("<down>", ()), pool)
-
-    async def nodes(self, *, ports: bool = False) -> list[NodeReport]:
-        return [unreachable("n1"), unreachable("lb1")]
-
-
-async def test_collect_reports_unreachable_nodes_without_raising():
-    async with Pool() as pool:
-        snap = await collect(DownFleet(pool))
-    assert snap.ready == 0
-    assert dict(snap.errors) == {"n1": "unreachable: connect: timed out after 5s",
-                                 "lb1": "unreachable: connect: timed out after 5s"}
-    assert snap.status is not None and snap.status.services == ()
+@pytest.mark.parametrize(("size", "narrow"), [((100, 30), True), ((160, 45), False)])
+async def test_below_140_columns_the_replicas_go_under_the_services(size, narrow):
+    app = FleetApp(RecordingSource(HEALTHY), interval=3600)
+    async with app.run_test(size=size) as pilot:
+        await ready_app(pilot, app)
+        services, replicas = app.main.query_one(ServicesTable), app.main.query_one(ReplicasTable)
+        assert app.main.has_class("narrow") is narrow
+        assert (replicas.region.y > services.region.y) is narrow
+        # Every column of the replicas is on screen, at 100 columns too.
+        assert replicas.virtual_size.width <= replicas.scrollable_content_region.width
 
 
-@pytest.mark.lab
-async def test_lab_nodes_table_lists_every_node_ready(lab):
-    async with Pool() as pool:
-        app = FleetApp(FleetSource(Fleet(lab.inventory, pool)), interval=3600)
-        async with app.run_test(size=SIZE) as pilot:
-            await until(pilot, lambda: app.snapshot is not None, timeout=30)
-            await pilot.pause()
-            nodes = app.query_one(NodesTable)
-            rows = {str(nodes.get_row_at(i)[0]): str(nodes.get_row_at(i)[1]) for i in range(nodes.row_count)}
-            assert rows == {"n1": "ready", "n2": "ready", "n3": "ready", "lb1": "ready"}
-            assert "4/4 nodes ready" in status_text(app)
-            assert app.snapshot is not None and app.snapshot.status is not None
+# --- help, filter, palette, esc --------------------------------------------------------------------------------
+def bound_keys() -> set[str]:
+    from fleet.tui import screens, widgets
+
+    classes = [FleetApp, *(getattr(widgets, n) for n in dir(widgets)), *(getattr(screens, n) for n in dir(screens))]
+    keys = set()
+    for cls in classes:
+        for b in getattr(cls, "BINDINGS", []) if isinstance(cls, type) and cls.__module__.startswith("fleet") else []:
+            if b.show and b.action not in ("focus_next", "focus_previous", "dismiss", "answer(False)", "cancel"):
+                keys |= set(b.key.split(","))
+    return keys
+
+
+def test_help_lists_every_key_the_app_binds():
+    names = {"question_mark": "?", "slash": "/", "escape": "esc", "space": "space", "enter": "enter"}
+    listed = {k.strip() for _, key, _ in KEYS for k in key.split("/")} | {"/"}
+    missing = {names.get(k, k) for k in bound_keys()} - listed
+    assert missing == set()
+    assert {"c", "u", "d", "h", "l", "s", "b", "p", "a", "D", "R", "x", "e", "r", "q"} <= listed
+
+
+async def test_help_key_shows_every_key_and_esc_closes_it():
+    app = FleetApp(RecordingSource(HEALTHY), interval=3600)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready_app(pilot, app)
+        await pilot.press("question_mark")
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen))
+        table = app.screen.query_one("#keys")
+        assert table.row_count == len(KEYS)  # type: ignore[attr-defined]
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(app.screen, MainScreen))
+
+
+async def test_filter_shows_matching_rows_and_esc_clears_it():
+    app = FleetApp(RecordingSource(HEALTHY), interval=3600)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready_app(pilot, app)
+        services = await focus(pilot, app, ServicesTable)
+        await pilot.press("slash")
+        await until(pilot, lambda: isinstance(app.focused, Input))
+        await pilot.press("w", "e")
+        await until(pilot, lambda: column(services, 0) == ["web"])
+        assert app.selected == "web"  # the replicas follow the one row left
+        await pilot.press("enter")
+        await until(pilot, lambda: app.focused is services)
+        assert services.border_subtitle == "/we"
+        # A refresh keeps the filter.
+        await pilot.press("r")
+        await until(pilot, lambda: app.source.calls == 2)  # type: ignore[attr-defined]
+        await pilot.pause()
+        assert column(services, 0) == ["web"]
+        await pilot.press("escape")
+        await until(pilot, lambda: column(services, 0) == ["api", "web"])
+        # The nodes table filters on any cell.
+        nodes = await focus(pilot, app, NodesTable)
+        await pilot.press("slash", "l", "b", "enter")
+        await until(pilot, lambda: column(nodes, 0) == ["lb1"])
+
+
+async def test_command_palette_offers_views_and_actions_by_name():
+    source = RecordingSource(HEALTHY)
+    app = FleetApp(source, interval=3600)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready_app(pilot, app)
+        await pilot.press("ctrl+p")
+        await until(pilot, lambda: isinstance(app.screen, CommandPalette))
+        await pilot.press(*"destroy web")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        assert app.screen.action == Action("destroy", "web", service="web")  # type: ignore[attr-defined]
+        await pilot.press("n")
+        await until(pilot, lambda: isinstance(app.screen, MainScreen))
+        assert source.actions == []
+
+
+async def test_esc_goes_back_from_every_view():
+    app = FleetApp(RecordingSource(HEALTHY), interval=3600)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready_app(pilot, app)
+        await focus(pilot, app, ServicesTable)
+        for key, view in (("h", HistoryScreen), ("l", LogScreen), ("e", EventsScreen), ("question_mark", HelpScreen)):
+            await focus(pilot, app, ServicesTable)
+            await pilot.press(key)
+            await until(pilot, lambda view=view: isinstance(app.screen, view))
+            await pilot.press("escape")
+            await until(pilot, lambda: isinstance(app.screen, MainScreen))
+        assert len(app.screen_stack) == 1
+
+
+# --- actions -----------------------------------------------------------------------------------------------------
+async def test_scale_asks_the_count_confirms_naming_it_and_runs_through_the_source():
+    source = RecordingSource(HEALTHY)
+    app = FleetApp(source, interval=3600)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready_app(pilot, app)
+        await focus(pilot, app, ServicesTable)
+        await pilot.press("s")
+        await until(pilot, lambda: isinstance(app.screen, AskScreen))
+        assert app.screen.query_one(Input).value == "2"  # the wanted count now
+        await pilot.press("backspace", "x", "enter")
+        await pilot.pause()
+        assert "expected a whole number" in str(app.screen.query_one("#why").render())
+        await pilot.press("backspace", "5", "enter")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        assert "Scale api from 2 to 5 replica(s)" in str(app.screen.query_one("#question").render())
+        assert source.actions == []  # nothing runs before the confirmation
+        await pilot.press("y")
+        await until(pilot, lambda: isinstance(app.screen, ActionScreen) and app.screen.result is not None)
+        assert source.actions == [Action("scale", "api", count=5, current=2)]
+        assert "api: scale done" in str(app.screen.query_one("#outcome").render())
+        # The data is read again once the action ends.
+        await until(pilot, lambda: len(source.of("collect")) == 2)
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(app.screen, MainScreen))
+
+
+async def test_no_at_the_confirmation_changes_nothing():
+    source = RecordingSource(HEALTHY)
+    app = FleetApp(source, interval=3600)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready_app(pilot, app)
+        await focus(pilot, app, ServicesTable)
+        await pilot.press("D")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        text = str(app.screen.query_one("#question").render())
+        assert text.startswith("Destroy api: take it out of the load balancers") and "cannot be undone" in text
+        await pilot.press("n")
+        await until(pilot, lambda: isinstance(app.screen, MainScreen))
+        assert source.actions == []
+
+
+@pytest.mark.parametrize(("table", "key", "expected", "words"), [
+    (ServicesTable, "D", Action("destroy", "api", service="api"), "Destroy api"),
+    (ServicesTable, "p", Action("promote", "api", service="api"), "Promote the waiting canary of api"),
+    (ServicesTable, "a", Action("abort", "api", service="api"), "Abort the waiting canary of api"),
+    (ServicesTable, "b", Action("rollback", "api", service="api"), "Roll api back to the last good revision"),
+    (NodesTable, "c", Action("cordon", "n1"), "Cordon n1"),
+    (NodesTable, "u", Action("uncordon", "n1"), "Uncordon n1"),
+    (NodesTable, "d", Action("drain", "n1"), "Drain n1: cordon it and move every replica elsewhere"),
+    (ReplicasTable, "R", Action("restart", "n1/api-1-abc", service="api"), "Restart replica n1/api-1-abc of api"),
+])
+async def test_each_action_key_confirms_what_it_will_do_then_runs_it(table, key, expected, words):
+    source = RecordingSource(HEALTHY)
+    app = FleetApp(source, interval=3600)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready_app(pilot, app)
+        await focus(pilot, app, table)
+        await pilot.press(key)
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        assert str(app.screen.query_one("#question").render()).startswith(words)
+        await pilot.click("#yes")
+        await until(pilot, lambda: isinstance(app.screen, ActionScreen) and app.screen.result is not None)
+        assert source.actions == [expected]
+
+
+async def test_exec_asks_the_command_and_shows_its_output():
+    source = RecordingSource(HEALTHY)
+    app = FleetApp(source, interval=3600)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready_app(pilot, app)
+        await focus(pilot, app, ReplicasTable)
+        await pilot.press("down", "x")
+        await until(pilot, lambda: isinstance(app.screen, AskScreen))
+        await pilot.press("enter")
+        assert "type a command" in str(app.screen.query_one("#why").render())
+        await pilot.press(*"sh -c 'echo hi'", "enter")
+        await until(pilot, lambda: isinstance(app.screen, ActionScreen) and app.screen.result is not None)
+        assert source.actions == [Action("exec", "n2/api-2-abc", service="api", argv=("sh", "-c", "echo hi"))]
+        log = app.screen.query_one(Log)
+        assert "hello from n2/api-2-abc" in log.lines
+
+
+async def test_an_action_refused_because_the_lease_is_held_names_the_holder():
+    source = RecordingSource(HEALTHY, refuse=True)
+    app = FleetApp(source, interval=3600)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready_app(pilot, app)
+        await focus(pilot, app, ServicesTable)
+        await pilot.press("b", "y")
+        await until(pilot, lambda: isinstance(app.screen, ActionScreen) and app.screen.result is not None)
+        outcome = str(app.screen.query_one("#outcome").render())
+        assert outcome.startswith('refused: the fleet\'s lease is held by bob@ops-2 (pid 4242, "fleet apply web.yaml")')
+        assert "secret-token" not in outcome
+        result = app.results[-1][1]
+        assert not result.ok and str(LeaseHeld(HOLDER).info) in result.summary
+        assert any("bob@ops-2" in n.message and n.severity == "error" for n in app._notifications)
+
+
+async def test_a_fleet_error_is_the_action_result_and_the_app_stays_up():
+    source = RecordingSource(HEALTHY, fail="web: no accepted revision on this fleet's records")
+    app = FleetApp(source, interval=3600)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready_app(pilot, app)
+        await focus(pilot, app, ServicesTable)
+        await pilot.press("p", "y")
+        await until(pilot, lambda: isinstance(app.screen, ActionScreen) and app.screen.result is not None)
+        assert "promote api failed: web: no accepted revision" in str(app.screen.query_one("#outcome").render())
+        assert app.is_running and app.running is None
+
+
+async def test_a_running_action_shows_its_events_and_a_second_one_waits():
+    emit = [event("start", "api", "started api-3 on n3", "n3", 1.0), event("ready", "api", "api-3 is ready", "n3", 2.0)]
+    source = RecordingSource(HEALTHY, emit=emit)
+    source.release.clear()
+    app = FleetApp(source, interval=3600)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready_app(pilot, app)
+        await focus(pilot, app, ServicesTable)
+        await pilot.press("D", "y")
+        await until(pilot, lambda: isinstance(app.screen, ActionScreen) and len(app.screen.query_one(Log).lines) == 2)
+        assert list(app.screen.query_one(Log).lines) == ["start api on n3: started api-3 on n3",
+                                                         "ready api on n3: api-3 is ready"]
+        assert app.screen.result is None
+        assert "running: Destroy api" in status_text(app)
+        # Closed, the action goes on; another one is refused until it ends. The app stays responsive.
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(app.screen, MainScreen))
+        await pilot.press("p")
+        await pilot.pause()
+        assert isinstance(app.screen, MainScreen) and len(source.actions) == 1
+        await pilot.press("r")
+        await until(pilot, lambda: len(source.of("collect")) == 2)
+        source.release.set()
+        await until(pilot, lambda: app.running is None and app.results)
+        assert app.results[-1][1].ok
+
+
+async def test_events_view_lists_the_controller_events_and_follows_new_ones():
+    source = RecordingSource(HEALTHY)
+    source.events(event("start", "web", "started web-4", "n1", 1.0))
+    app = FleetApp(source, interval=3600)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready_app(pilot, app)
+        await pilot.press("e")
+        await until(pilot, lambda: isinstance(app.screen, EventsScreen))
+        table = app.screen.query_one(EventsTable)
+        assert [r[1:] for r in rows(table)] == [("start", "web", "n1", "started web-4")]
+        source.events(event("stop", "web", "stopped web-1", "n2", 2.0))
+        await until(pilot, lambda: table.row_count == 2)
+        assert rows(table)[1][1:] == ("stop", "web", "n2", "stopped web-1")
+        assert table.cursor_row == 1
+
+
+def test_the_event_ring_keeps_only_the_newest():
+    source = RecordingSource()
+    for i in range(150):
+        source.events(event("start", "web", f"e{i}"))
+    assert len(source.events) == 100 and next(iter(source.events)).message == "e50"
+
+
+async def test_history_view_reads_revisions_and_rolls_back_to_the_chosen_one():
+    source = RecordingSource(HEALTHY)
+    app = FleetApp(source, interval=3600)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready_app(pilot, app)
+        await focus(pilot, app, ServicesTable)
+        await pilot.press("down", "h")
+        await until(pilot, lambda: isinstance(app.screen, HistoryScreen) and app.screen.revisions is not None)
+        table = app.screen.query_one(HistoryTable)
+        await until(pilot, lambda: table.row_count == 3)
+        assert source.of("history") == [("history", "web")]
+        assert [(r[0], r[2], r[5]) for r in rows(table)] == [
+            ("*3", "succeeded", ""), (" 2", "failed", "health: 0/3 ready after 20s"), (" 1", "succeeded", "")]
+        table.focus()
+        await pilot.press("down", "down", "enter")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        assert "Roll web back to revision 1" in str(app.screen.query_one("#question").render())
+        await pilot.press("y")
+        await until(pilot, lambda: source.actions == [Action("rollback", "web", revision=1)])
+
+
+async def test_log_view_follows_searches_pauses_and_stops_reading_when_left():
+    source = RecordingSource(HEALTHY)
+    app = FleetApp(source, interval=3600)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready_app(pilot, app)
+        await focus(pilot, app, ServicesTable)
+        await pilot.press("down", "l")
+        await until(pilot, lambda: isinstance(app.screen, LogScreen) and len(app.screen.query_one(Log).lines) == 3)
+        screen = app.screen
+        assert isinstance(screen, LogScreen)
+        assert source.of("logs") == [("logs", "web", True, 200)]
+        assert list(screen.query_one(Log).lines)[2] == "n1/web-3-abc GET /missing 404"
+        assert "(following)" in str(screen.query_one("#log-title").render())
+        await pilot.press("slash", *"404")
+        await until(pilot, lambda: list(screen.query_one(Log).lines) == ["n1/web-3-abc GET /missing 404"])
+        assert "/404: 1 line(s)" in str(screen.query_one("#log-title").render())
+        await pilot.press("enter", "escape")
+        await until(pilot, lambda: len(screen.query_one(Log).lines) == 3)
+        await pilot.press("space")
+        assert "(paused)" in str(screen.query_one("#log-title").render())
+        screen.add("n2/web-2-abc late line")
+        assert len(screen.query_one(Log).lines) == 3  # paused: kept, not shown
+        await pilot.press("f")
+        assert len(screen.query_one(Log).lines) == 4
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(app.screen, MainScreen))
+        await until(pilot, lambda: ("logs-closed", "web") in source.asked)
+
+
+async def test_replica_log_view_reads_that_replica_and_says_when_it_cannot():
+    source = RecordingSource(HEALTHY)
+    app = FleetApp(source, interval=3600)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready_app(pilot, app)
+        await focus(pilot, app, ServicesTable)
+        await pilot.press("down")
+        await until(pilot, lambda: app.selected == "web")
+        await focus(pilot, app, ReplicasTable)
+        await pilot.press("l")
+        await until(pilot, lambda: isinstance(app.screen, LogScreen) and len(app.screen.query_one(Log).lines) == 2)
+        assert source.of("logs") == [("logs", "n1/web-1-abc", True, 200)]
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(app.screen, MainScreen))
+        await pilot.press("down", "l")  # n2/web-2-abc: the source has no log for it
+        await until(pilot, lambda: isinstance(app.screen, LogScreen) and app.screen.ended)
+        assert "! FleetError: no container or service named 'n2/web-2-abc'" in app.screen.query_one(Log).lines
+
+
+# --- what may be done --------------------------------------------------------------------------------------------
+async def test_read_only_hides_every_action_but_keeps_the_views():
+    source = RecordingSource(HEALTHY)
+    app = FleetApp(source, interval=3600, read_only=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready_app(pilot, app)
+        for table in (NodesTable, ServicesTable, ReplicasTable):
+            await focus(pilot, app, table)
+            shown = footer_keys(app)
+            assert not shown & {"Cordon", "Uncordon", "Drain", "Scale", "Roll back", "Promote", "Abort", "Destroy",
+                                "Restart", "Exec"}, shown
+            for key in ("c", "u", "d", "s", "b", "p", "a", "D", "R", "x"):
+                await pilot.press(key)
+                await pilot.pause()
+                assert not isinstance(app.screen, (AskScreen, ConfirmScreen)), key
+        assert source.actions == []
+        assert not any(app.allows(v) for v in ALL_VERBS)
+        from fleet.tui.commands import commands
+
+        names = [name for name, _, _ in commands(app)]
+        assert "History of web" in names and "Logs of web" in names
+        assert not [n for n in names if n.split()[0] in ("Scale", "Destroy", "Cordon", "Drain", "Promote", "Roll")]
+        # The views still open.
+        await focus(pilot, app, ServicesTable)
+        await pilot.press("h")
+        await until(pilot, lambda: isinstance(app.screen, HistoryScreen))
+        await focus(pilot, app, HistoryTable)
+        assert "Roll back to this" not in footer_keys(app)
+
+
+async def test_node_actions_are_hidden_when_the_source_cannot_do_them():
+    source = RecordingSource(HEALTHY, verbs=("scale", "destroy"))
+    app = FleetApp(source, interval=3600)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready_app(pilot, app)
+        await focus(pilot, app, NodesTable)
+        assert not footer_keys(app) & {"Cordon", "Uncordon", "Drain"}
+        await pilot.press("c", "d")
+        await pilot.pause()
+        assert isinstance(app.screen, MainScreen)
+        await focus(pilot, app, ServicesTable)
+        assert {"Scale", "Destroy", "History", "Logs"} <= footer_keys(app)
+        assert "Promote" not in footer_keys(app)
+
+
+async def test_cordon_column_shows_when_the_reports_carry_it():
+    app = FleetApp(RecordingSource(snapshot(nodes=(ready("n1"), ready("n2")))), interval=3600)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready_app(pilot, app)
+        nodes = app.main.query_one(NodesTable)
+        has = hasattr(ready("n1"), "cordoned")
+        assert ("CORDON" in [str(c.label) for c in nodes.columns.values()]) is has
+        if has:
+            assert column(nodes, 2) == ["-", "-"]

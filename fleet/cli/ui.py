@@ -1,4 +1,4 @@
-"""`fleet ui`: the live terminal view; the connection pool stays open while it runs and closes when it quits."""
+"""`fleet ui`: the operator's console; the connection pool stays open while it runs and closes when it quits."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import typer
 from fleet.cli import common
 
 IntervalOpt = Annotated[float, typer.Option(min=0.2, help="Seconds between refreshes.")]
+ReadOnlyOpt = Annotated[bool, typer.Option("--read-only", help="Only look: every action is hidden.")]
 
 
-def ui(inventory: common.InventoryOpt = None, interval: IntervalOpt = 2.0) -> None:
-    """Live view of nodes, services and replicas: r refresh, tab switch pane, q quit."""
+def ui(inventory: common.InventoryOpt = None, interval: IntervalOpt = 2.0, read_only: ReadOnlyOpt = False) -> None:
+    """Views of nodes, services, replicas, history, logs and events, and actions on them (? lists every key)."""
     # Textual is imported only when the UI runs: the other commands start without it.
     from fleet.api import Fleet
     from fleet.tui import FleetApp, FleetSource
@@ -21,7 +22,8 @@ def ui(inventory: common.InventoryOpt = None, interval: IntervalOpt = 2.0) -> No
 
     async def go() -> None:
         # One attempt with a short timeout: a down node must not hold up every refresh for long.
-        async with Fleet.connect(inv, connect_timeout=5.0, command_timeout=10.0, connect_attempts=1) as fleet:
-            await FleetApp(FleetSource(fleet), interval=interval).run_async()
+        async with Fleet.connect(inv, connect_timeout=5.0, command_timeout=10.0, connect_attempts=1,
+                                 command="fleet ui") as fleet:
+            await FleetApp(FleetSource(fleet), interval=interval, read_only=read_only).run_async()
 
     common.run(go)

@@ -1,84 +1,316 @@
-"""The `fleet ui` application: one exclusive worker reads a snapshot every `interval` seconds and hands it down."""
+"""The `fleet ui` application: one exclusive worker reads a snapshot every `interval` seconds and hands it down;
+views and tables post requests up, and the app turns each into a view or an action (asked, confirmed, run in a
+worker under the fleet's lease, its progress shown to the end).
+
+With `read_only` every action is hidden: its keys, footer entries and palette commands.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import shlex
+from typing import TYPE_CHECKING, ClassVar
 
 from textual import work
-from textual.app import App, ComposeResult
-from textual.binding import Binding
-from textual.containers import Horizontal
-from textual.widgets import Footer
+from textual.app import App
+from textual.binding import Binding, BindingType
+from textual.message import Message
 
-from fleet.tui.data import Snapshot, Source, failed
-from fleet.tui.widgets import NodesTable, ReplicasTable, ServiceSelected, ServicesTable, StatusLine
+from fleet.core.errors import FleetError, LeaseHeld
+from fleet.tui.commands import FleetCommands
+from fleet.tui.data import Action, ActionResult, Series, Snapshot, Source, Verb, failed, track
+from fleet.tui.screens import (
+    ActionScreen,
+    AskScreen,
+    ConfirmScreen,
+    EventsScreen,
+    HelpScreen,
+    HistoryScreen,
+    LogScreen,
+    MainScreen,
+    View,
+)
+from fleet.tui.widgets import (
+    NodeCharts,
+    NodesTable,
+    ReplicasTable,
+    Requested,
+    RowChosen,
+    ServicesTable,
+    StatusLine,
+    cordon_of,
+    node_cells,
+    replica_cells,
+    service_cells,
+)
+
+if TYPE_CHECKING:
+    from fleet.api import Event
+
+VERBS: frozenset[str] = frozenset(
+    {"scale", "restart", "rollback", "promote", "abort", "destroy", "cordon", "uncordon", "drain", "exec"})
+
+
+class EventArrived(Message):
+    def __init__(self, event: Event) -> None:
+        super().__init__()
+        self.event = event
 
 
 class FleetApp(App[None]):
-    """Nodes, services and the selected service's replicas, refreshed from `source`."""
+    """Nodes, services, replicas, history, logs and events of the fleet `source` reads; actions on them."""
 
     TITLE = "fleet"
     CSS_PATH = "app.tcss"
-    BINDINGS = [  # noqa: RUF012 (Textual reads this class attribute as declared)
+    COMMANDS = App.COMMANDS | {FleetCommands}
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("question_mark", "help", "Help"),
+        Binding("slash", "filter", "Filter"),
+        Binding("escape", "go_back", "Back", show=False),
+        Binding("e", "events", "Events"),
         Binding("r", "refresh", "Refresh"),
         Binding("q", "quit", "Quit"),
-        Binding("tab", "focus_next", "Switch focus", priority=True),
+        Binding("tab", "focus_next", "Next pane", show=False, priority=True),
         Binding("shift+tab", "focus_previous", "Previous pane", show=False, priority=True),
     ]
 
-    def __init__(self, source: Source, interval: float = 2.0) -> None:
+    def __init__(self, source: Source, interval: float = 2.0, *, read_only: bool = False) -> None:
         super().__init__()
         self.source = source
         self.interval = interval
+        self.read_only = read_only
         self.snapshot: Snapshot | None = None
         self.selected: str | None = None
+        self.node: str | None = None
+        self.series: dict[str, Series] = {}
+        self.running: Action | None = None
+        self.results: list[tuple[Action, ActionResult]] = []
+        self.first_shown: float | None = None
+        self._progress: list[str] = []
         self._wake = asyncio.Event()
 
-    def compose(self) -> ComposeResult:
-        yield NodesTable(id="nodes")
-        with Horizontal(id="services-row"):
-            yield ServicesTable(id="services")
-            yield ReplicasTable(id="replicas")
-        yield StatusLine(id="status")
-        yield Footer()
+    # --- what may be done -------------------------------------------------------------------------------
+    def allows(self, verb: str) -> bool:
+        """An action is offered unless the app is read-only or the source cannot carry it out."""
+        return not self.read_only and verb in VERBS and self.source.can(verb)  # type: ignore[arg-type]
+
+    # --- refreshing -------------------------------------------------------------------------------------
+    def get_default_screen(self) -> MainScreen:
+        return MainScreen()
 
     def on_mount(self) -> None:
-        self.poll()
+        self.source.events.listeners.append(self._event)
+
+    def on_main_ready(self) -> None:
+        if self.snapshot is None:
+            self.poll()
+
+    def on_unmount(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.source.events.listeners.remove(self._event)
+
+    def _event(self, event: Event) -> None:
+        self.post_message(EventArrived(event))
 
     @work(exclusive=True, group="refresh")
     async def poll(self) -> None:
         """Read, show, then wait `interval` seconds or until `r` is pressed; a refresh is never cut short."""
-        status = self.query_one(StatusLine)
         while True:
             self._wake.clear()
-            status.busy = True
+            self.status.busy = True
             try:
                 snapshot = await self.source.collect()
             # Whatever one refresh hits, the last good data stays on screen with the reason beside it.
             except Exception as exc:
                 snapshot = failed(self.snapshot, exc)
-            status.busy = False
+            else:
+                track(self.series, snapshot, snapshot.taken_at.timestamp())
+            self.status.busy = False
             self.show(snapshot)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.interval):
                     await self._wake.wait()
 
+    @property
+    def main(self) -> MainScreen:
+        screen = self.screen_stack[0]
+        assert isinstance(screen, MainScreen)
+        return screen
+
+    @property
+    def status(self) -> StatusLine:
+        return self.main.query_one(StatusLine)
+
     def show(self, snapshot: Snapshot) -> None:
         """Hand the snapshot down: each widget gets the part it draws."""
         self.snapshot = snapshot
-        self.query_one(NodesTable).reports = snapshot.nodes
-        self.query_one(ServicesTable).services = snapshot.status.services if snapshot.status else ()
-        self.query_one(StatusLine).snapshot = snapshot
+        main = self.main
+        cordon = any(cordon_of(r) is not None for r in snapshot.nodes)
+        nodes = main.query_one(NodesTable)
+        columns = list(NodesTable.COLUMNS)
+        if cordon:
+            columns.insert(2, "CORDON")
+        nodes.set_columns(columns)
+        nodes.items = tuple((r.node.name, node_cells(r, snapshot, self.series.get(r.node.name), cordon))
+                           for r in snapshot.nodes)
+        main.query_one(ServicesTable).items = tuple(
+            (s.name, service_cells(s, snapshot.records.get(s.name))) for s in snapshot.services)
+        self.status.snapshot = snapshot
         self._show_replicas()
+        self._show_charts()
+        if self.first_shown is None:
+            self.first_shown = asyncio.get_running_loop().time()
 
     def _show_replicas(self) -> None:
-        services = self.snapshot.status.services if self.snapshot and self.snapshot.status else ()
-        self.query_one(ReplicasTable).service = next((s for s in services if s.name == self.selected), None)
+        service = self.snapshot.service(self.selected) if self.snapshot else None
+        table = self.main.query_one(ReplicasTable)
+        table.service = self.selected
+        table.border_title = f"Replicas of {self.selected}" if service else "Replicas"
+        table.items = tuple(replica_cells(service)) if service else ()
 
-    def on_service_selected(self, message: ServiceSelected) -> None:
-        self.selected = message.service
-        self._show_replicas()
+    def _show_charts(self) -> None:
+        self.main.query_one(NodeCharts).show(self.node, self.series.get(self.node or ""))
 
+    def on_row_chosen(self, message: RowChosen) -> None:
+        if not self.screen_stack:  # a late message while the app shuts down
+            return
+        if isinstance(message.table, ServicesTable):
+            self.selected = message.key
+            self._show_replicas()
+        elif isinstance(message.table, NodesTable):
+            self.node = message.key
+            self._show_charts()
+
+    def on_event_arrived(self, message: EventArrived) -> None:
+        e = message.event
+        if self.running is not None:
+            line = f"{e.step} {e.service}{' on ' + e.node if e.node else ''}: {e.message}"
+            self._progress.append(line)
+            for screen in self.screen_stack:
+                if isinstance(screen, ActionScreen) and screen.action is self.running:
+                    screen.add(line)
+        for screen in self.screen_stack:
+            if isinstance(screen, EventsScreen):
+                screen.show(list(self.source.events))
+
+    # --- keys everywhere --------------------------------------------------------------------------------
     def action_refresh(self) -> None:
         self._wake.set()
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_events(self) -> None:
+        if not isinstance(self.screen, EventsScreen):
+            self.push_screen(EventsScreen(list(self.source.events)))
+
+    def action_filter(self) -> None:
+        if isinstance(self.screen, View):
+            self.screen.open_filter()
+
+    def action_go_back(self) -> None:
+        screen = self.screen
+        if isinstance(screen, View) and screen.back():
+            return
+        if len(self.screen_stack) > 1:
+            self.pop_screen()
+
+    # --- views and actions asked for --------------------------------------------------------------------
+    def on_requested(self, message: Requested) -> None:
+        message.stop()
+        self.request(message.what, message.target, message.service,
+                     from_history=isinstance(self.screen, HistoryScreen))
+
+    def request(self, what: str, target: str, service: str | None = None, *, from_history: bool = False) -> None:
+        """Open the view `what` names, or ask for, confirm and run the action."""
+        if what == "history":
+            record = self.snapshot.records.get(target) if self.snapshot else None
+            self.push_screen(HistoryScreen(target, record.accepted if record else None))
+            return
+        if what == "logs":
+            self.push_screen(LogScreen(target))
+            return
+        if not self.allows(what):
+            self.notify(f"{what} is not available here", severity="warning")
+            return
+        if self.running is not None:
+            self.notify(f"wait: {self.running.verb} {self.running.target} is still running", severity="warning")
+            return
+        verb: Verb = what  # type: ignore[assignment]
+        if verb == "rollback" and from_history and service is not None:
+            self.prepare(Action("rollback", service, revision=int(target)))
+        else:
+            self.prepare(Action(verb, target, service=service))
+
+    @work(group="ask")
+    async def prepare(self, action: Action) -> None:
+        """Ask what the action needs (a count, a command), confirm it, run it."""
+        if action.verb == "scale":
+            record = self.snapshot.records.get(action.target) if self.snapshot else None
+            service = self.snapshot.service(action.target) if self.snapshot else None
+            current = record.wanted if record and record.wanted is not None else (service.running if service else None)
+            answer = await self.push_screen_wait(AskScreen(
+                f"Replicas of {action.target} (now {current if current is not None else '?'}):",
+                str(current if current is not None else ""), count_problem))
+            if answer is None:
+                return
+            action = Action("scale", action.target, count=int(answer), current=current)
+        elif action.verb == "exec":
+            answer = await self.push_screen_wait(AskScreen(f"Command to run in {action.target}:", "",
+                                                           command_problem))
+            if answer is None:
+                return
+            action = Action("exec", action.target, service=action.service, argv=tuple(shlex.split(answer)))
+        if action.verb != "exec" and not await self.push_screen_wait(ConfirmScreen(action)):
+            self.notify("cancelled: nothing was changed")
+            return
+        await self.carry_out(action)
+
+    async def carry_out(self, action: Action) -> ActionResult:
+        """Run `action` with its progress on an ActionScreen; a refusal (lease held, fleet error) is a result."""
+        self.running = action
+        self._progress = []
+        self.status.running = action.describe().split(":")[0].split(".")[0]
+        screen = ActionScreen(action)
+        await self.push_screen(screen)
+        try:
+            result = await self.source.act(action, self._output)
+        except LeaseHeld as exc:
+            result = ActionResult(False, f"refused: the fleet's lease is held by {exc.info}",
+                                  ("nothing was changed; try again when it is free (see `fleet lock status`)",))
+        except FleetError as exc:
+            result = ActionResult(False, f"{action.verb} {action.target} failed: {exc}")
+        finally:
+            self.running = None
+            self.status.running = ""
+        self.results.append((action, result))
+        if screen.is_attached:
+            screen.finish(result)
+        self.notify(result.summary, severity="information" if result.ok else "error", timeout=8)
+        self._wake.set()
+        return result
+
+    def _output(self, line: str) -> None:
+        self._progress.append(line)
+        for screen in self.screen_stack:
+            if isinstance(screen, ActionScreen) and screen.action is self.running:
+                screen.add(line)
+
+
+def count_problem(text: str) -> str | None:
+    """Why `text` is not a replica count (None: it is one)."""
+    try:
+        n = int(text.strip())
+    except ValueError:
+        return f"expected a whole number of replicas, got {text!r}"
+    return "replicas cannot be negative" if n < 0 else None
+
+
+def command_problem(text: str) -> str | None:
+    try:
+        argv = shlex.split(text)
+    except ValueError as exc:
+        return f"cannot read the command: {exc}"
+    return None if argv else "type a command to run"

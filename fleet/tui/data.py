@@ -1,57 +1,195 @@
-"""The TUI's data layer: one `Snapshot` of the fleet per refresh, read through the façade; widgets only get values.
+"""The TUI's data layer: what the app asks the fleet (the `Source` protocol) and the values it gets back.
 
-A `Source` is the seam: the app asks it for snapshots and never sees the transport (nor does this module: it
-only calls the façade's `nodes` and `status`).
+A `Snapshot` is the fleet at one refresh: node reports, services with their records (wanted count, accepted
+revision, a waiting canary), and every problem met on the way. An `Action` is a change as a value: what the
+confirmation names before it runs and what a recording source keeps in tests. The events of the controller go to
+a bounded `EventRing`. `fleet.tui.source.FleetSource` implements the protocol over the Fleet façade.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from fleet.core.units import format_cpu, short_size
 
 if TYPE_CHECKING:
-    from fleet.api import FleetStatus, NodeReport
+    from fleet.api import Event, FleetStatus, NodeReport, Revision, ServiceStatus
+
+
+@dataclass(frozen=True)
+class ServiceRecord:
+    """What the fleet's records say of a service: the revision reconcile restores, the count it keeps, the last
+    decision (applied, pinned, canary-waiting…) and a canary waiting for promote or abort."""
+
+    accepted: int | None = None
+    wanted: int | None = None
+    decision: str = ""
+    canary: int | None = None
+    reason: str = ""
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What the fleet looked like at `taken_at`: node reports, services (None when they could not be read), and
-    every problem met on the way as `{where: why}` (a node name, `lb1 (haproxy)`, `status`, `refresh`)."""
+    """What the fleet looked like at `taken_at`: node reports, services (None when they could not be read), each
+    service's record, and every problem met on the way as `{where: why}` (a node name, `lb1 (haproxy)`,
+    `status`, `refresh`)."""
 
     nodes: tuple[NodeReport, ...]
     status: FleetStatus | None
     errors: Mapping[str, str] = field(default_factory=dict)
     taken_at: datetime = field(default_factory=datetime.now)
     duration: float = 0.0
+    records: Mapping[str, ServiceRecord] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "nodes", tuple(self.nodes))
         object.__setattr__(self, "errors", MappingProxyType(dict(self.errors)))
+        object.__setattr__(self, "records", MappingProxyType(dict(self.records)))
 
     @property
     def ready(self) -> int:
         return sum(1 for r in self.nodes if r.ok)
 
+    @property
+    def services(self) -> tuple[ServiceStatus, ...]:
+        return self.status.services if self.status is not None else ()
 
-class FleetLike(Protocol):
-    """What `collect` needs of the façade (`fleet.api.Fleet` is one)."""
+    def service(self, name: str | None) -> ServiceStatus | None:
+        return next((s for s in self.services if s.name == name), None)
 
-    async def nodes(self) -> list[NodeReport]: ...
+    def requested(self, node: str) -> tuple[float, int]:
+        """CPU and memory the fleet's running replicas on `node` asked for (their labels)."""
+        reps = [r.replica for s in self.services for r in s.replicas if r.replica.node == node and r.replica.running]
+        return sum(r.resources.cpu for r in reps), sum(r.resources.memory for r in reps)
 
-    async def status(self, reports: Sequence[NodeReport] | None = None) -> FleetStatus: ...
+
+Verb = Literal["scale", "restart", "rollback", "promote", "abort", "destroy", "cordon", "uncordon", "drain", "exec"]
+# Actions that need the node verbs the façade may not have yet (Fleet.cordon, uncordon, drain).
+NODE_VERBS: tuple[Verb, ...] = ("cordon", "uncordon", "drain")
+
+
+@dataclass(frozen=True)
+class Action:
+    """One change the operator asked for, before it runs: `target` is a service, a node or a replica (`node/id`);
+    `service` the replica's service; `count` the new replica count; `revision` the one to roll back to; `argv` the
+    command to exec."""
+
+    verb: Verb
+    target: str
+    service: str | None = None
+    count: int | None = None
+    revision: int | None = None
+    argv: tuple[str, ...] = ()
+    current: int | None = None
+
+    @property
+    def leased(self) -> bool:
+        """Whether it runs under the fleet's lease (exec and a replica's stop do not; restart heals under it)."""
+        return self.verb != "exec"
+
+    def describe(self) -> str:
+        """What will happen, in the words the confirmation shows."""
+        t = self.target
+        match self.verb:
+            case "scale":
+                now = f" from {self.current}" if self.current is not None else ""
+                return (f"Scale {t}{now} to {self.count} replica(s). Reconcile keeps this count until the next "
+                        "apply.")
+            case "restart":
+                return (f"Restart replica {t} of {self.service}: stop its container (SIGTERM, then SIGKILL after "
+                        "10 s), then reconcile starts a new one.")
+            case "rollback":
+                to = f"revision {self.revision}" if self.revision is not None else "the last good revision"
+                return f"Roll {t} back to {to}, replacing its replicas one by one; reconcile keeps it pinned."
+            case "promote":
+                return f"Promote the waiting canary of {t}: every replica moves to the canary's revision."
+            case "abort":
+                return f"Abort the waiting canary of {t}: its canary replicas are removed, the accepted revision stays."
+            case "destroy":
+                return (f"Destroy {t}: take it out of the load balancers, stop and remove every replica. "
+                        "This cannot be undone.")
+            case "cordon":
+                return f"Cordon {t}: no new replica is placed on it; running ones stay."
+            case "uncordon":
+                return f"Uncordon {t}: replicas may be placed on it again."
+            case "drain":
+                return f"Drain {t}: cordon it and move every replica elsewhere, one by one."
+            case "exec":
+                return f"Run `{' '.join(self.argv)}` in {t}."
+        raise AssertionError(self.verb)  # pragma: no cover (every verb is matched above)
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    """How an action ended: `ok`, one summary line, and detail lines (one per service outcome or node error)."""
+
+    ok: bool
+    summary: str
+    lines: tuple[str, ...] = ()
+
+
+def outcome_lines(outcomes: Iterable[Any], errors: Mapping[str, str]) -> tuple[str, ...]:
+    """One line per service outcome (started, stopped, why) and per node that could not take part."""
+    out = []
+    for o in outcomes:
+        why = f": {o.reason}" if o.reason else ""
+        out.append(f"{o.service}: {'ok' if o.ok else 'FAILED'}, started {o.started}, stopped {o.stopped}{why}")
+    out += [f"{where}: {why}" for where, why in errors.items()]
+    return tuple(out)
+
+
+class EventRing:
+    """The last `size` events of the controller (oldest first), with listeners told of each new one."""
+
+    def __init__(self, size: int = 500) -> None:
+        self.events: deque[Event] = deque(maxlen=size)
+        self.listeners: list[Callable[[Event], None]] = []
+
+    def __call__(self, event: Event) -> None:
+        self.events.append(event)
+        for listener in list(self.listeners):
+            listener(event)
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def __iter__(self) -> Iterator[Event]:
+        return iter(self.events)
+
+
+LogStream = AbstractAsyncContextManager[AsyncIterator[tuple[str, str]]]
 
 
 class Source(Protocol):
-    """Where the app gets its snapshots; `FleetSource` reads the real fleet, tests pass fixed ones."""
+    """What the app asks of the fleet. `FleetSource` reads and changes the real one through the façade; tests use
+    one that records every question."""
+
+    events: EventRing
 
     async def collect(self) -> Snapshot: ...
 
+    async def history(self, service: str) -> Sequence[Revision]: ...
 
-def node_errors(reports: list[NodeReport]) -> dict[str, str]:
+    def logs(self, ref: str, *, follow: bool, tail: int) -> LogStream: ...
+
+    def can(self, verb: Verb) -> bool:
+        """Whether this source can carry out `verb` (the node verbs need a façade that has them)."""
+        ...
+
+    async def act(self, action: Action, on_line: Callable[[str], None]) -> ActionResult:
+        """Carry out `action`; exec's output goes line by line to `on_line`. Raises LeaseHeld when another run
+        holds the fleet's lease, FleetError when the fleet refuses."""
+        ...
+
+
+def node_errors(reports: Sequence[NodeReport]) -> dict[str, str]:
     return {r.node.name: f"{r.status}: {r.reason}" if r.reason else r.status for r in reports if not r.ok}
 
 
@@ -59,38 +197,42 @@ def status_errors(st: FleetStatus) -> dict[str, str]:
     return {**st.errors, **{f"{name} (haproxy)": why for name, why in st.lb_errors.items()}}
 
 
-async def collect(fleet: FleetLike) -> Snapshot:
-    """Node facts, then services, replicas and LB health from the ready nodes; a node that cannot be read is an
-    entry in `errors`, never an exception. Only an unexpected failure of the status read is caught as a whole."""
-    started = time.perf_counter()
-    reports = await fleet.nodes()
-    errors = node_errors(reports)
-    st: FleetStatus | None
-    try:
-        st = await fleet.status(reports)
-    # The view must outlive one bad read: any failure of the status pass becomes a line in the status bar.
-    except Exception as exc:
-        st = None
-        errors["status"] = f"{type(exc).__name__}: {exc}"
-    else:
-        for where, why in status_errors(st).items():
-            errors.setdefault(where, why)
-    return Snapshot(tuple(reports), st, errors, datetime.now(), time.perf_counter() - started)
-
-
 def failed(previous: Snapshot | None, exc: BaseException) -> Snapshot:
     """The last good data kept on screen, with the reason this refresh failed."""
     why = f"{type(exc).__name__}: {exc}"
     if previous is None:
         return Snapshot((), None, {"refresh": why})
-    return Snapshot(previous.nodes, previous.status, {**previous.errors, "refresh": why})
+    return Snapshot(previous.nodes, previous.status, {**previous.errors, "refresh": why}, previous.taken_at,
+                    previous.duration, previous.records)
 
 
-class FleetSource:
-    """Snapshots of the real fleet through the façade; the caller owns the façade's pool."""
+@dataclass
+class Series:
+    """A node's measured figures over the last refreshes, for its sparklines: container CPU in cores (from the
+    growth of their CPU time between two refreshes) and memory in use."""
 
-    def __init__(self, fleet: FleetLike) -> None:
-        self.fleet = fleet
+    cpu: deque[float] = field(default_factory=lambda: deque(maxlen=90))
+    memory: deque[float] = field(default_factory=lambda: deque(maxlen=90))
+    last: tuple[float, int] | None = None  # (monotonic seconds, CPU ns) of the previous refresh
 
-    async def collect(self) -> Snapshot:
-        return await collect(self.fleet)
+    def add(self, at: float, cpu_ns: int, memory: int) -> None:
+        if self.last is not None and at > self.last[0] and cpu_ns >= self.last[1]:
+            self.cpu.append((cpu_ns - self.last[1]) / 1e9 / (at - self.last[0]))
+        self.last = (at, cpu_ns)
+        self.memory.append(float(memory))
+
+
+def track(series: dict[str, Series], snapshot: Snapshot, at: float | None = None) -> None:
+    """Add each ready node's figures from `snapshot` to its series."""
+    at = time.monotonic() if at is None else at
+    for r in snapshot.nodes:
+        if r.facts is not None:
+            series.setdefault(r.node.name, Series()).add(at, r.facts.used_cpu_ns, r.facts.used_memory)
+
+
+def cpu_text(cores: float) -> str:
+    return format_cpu(round(cores, 3))
+
+
+def size_text(n: float) -> str:
+    return short_size(int(n))

@@ -1,50 +1,88 @@
-"""The TUI's widgets: tables and a status line that draw the values handed down to them and post messages up.
-
-They import no transport and no engine at run time: everything they show arrives as an attribute.
-"""
+"""The TUI's widgets: tables, charts and a status line that draw the values handed down to them and post messages
+up (a row chosen, a view or an action asked for). They import no transport and no engine at run time."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar
 
 from rich.text import Text
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.reactive import var
-from textual.widgets import DataTable, Static
+from textual.widgets import DataTable, Label, Sparkline, Static
 
 from fleet.core.units import format_cpu, short_size
+from fleet.tui.data import Series, cpu_text, size_text
 
 if TYPE_CHECKING:
-    from fleet.api import NodeReport, ServiceStatus
-    from fleet.tui.data import Snapshot
+    from textual.app import ComposeResult
+
+    from fleet.api import Event, NodeReport, Revision, ServiceStatus
+    from fleet.tui.data import ServiceRecord, Snapshot
 
 STATUS_STYLE = {"ready": "green", "unreachable": "red", "no runtime": "yellow", "runtime not answering": "red",
                 "error": "red"}
 HEALTH_STYLE = {"up": "green", "down": "red", "drain": "yellow", "maint": "yellow", "nocheck": "dim"}
+OUTCOME_STYLE = {"succeeded": "green", "failed": "red", "rolled-back": "yellow", "aborted": "yellow",
+                 "in-progress": "cyan", "canary": "cyan"}
 Cell = str | Text
+Row = tuple[str, tuple[Cell, ...]]
 
 
-def node_cells(r: NodeReport) -> tuple[Cell, ...]:
-    """name, status, cpu, alloc, mem, load, containers."""
+def cordon_of(r: NodeReport) -> str | None:
+    """The node's mark when the façade's reports carry one: `draining`, `cordoned` or `-` (None: they do not)."""
+    cordoned = getattr(r, "cordoned", None)
+    if cordoned is None:
+        return None
+    return "draining" if getattr(r, "draining", False) else ("cordoned" if cordoned else "-")
+
+
+def node_cells(r: NodeReport, snapshot: Snapshot | None = None, series: Series | None = None,
+               cordon: bool = False) -> tuple[Cell, ...]:
+    """name, status, [cordon], cpu req/alloc, mem req/alloc, cpu used, mem used, load, containers."""
     status = Text(r.status, style=STATUS_STYLE.get(r.status, ""))
+    mark: tuple[Cell, ...] = ()
+    if cordon:
+        c = cordon_of(r) or "-"
+        mark = (Text(c, "dim" if c == "-" else "yellow"),)
     f, alloc = r.facts, r.allocatable
     if f is None:
-        return (r.node.name, status, "-", "-", "-", "-", "-")
-    return (r.node.name, status, str(f.ncpu),
-            f"{format_cpu(round(alloc.cpu, 3))}/{short_size(alloc.memory)}" if alloc else "-",
-            f"{short_size(f.mem_available)}/{short_size(f.mem_total)}", f"{f.load[0]:.2f}",
-            f"{len(f.running)} ({short_size(f.used_memory)})")
+        return (r.node.name, status, *mark, "-", "-", "-", "-", "-", "-")
+    req_cpu, req_mem = snapshot.requested(r.node.name) if snapshot is not None else (0.0, 0)
+    cpu_used = cpu_text(series.cpu[-1]) if series is not None and series.cpu else "-"
+    return (r.node.name, status, *mark,
+            f"{cpu_text(req_cpu)}/{format_cpu(round(alloc.cpu, 3))}" if alloc else "-",
+            f"{short_size(req_mem)}/{short_size(alloc.memory)}" if alloc else "-",
+            cpu_used, short_size(f.used_memory), f"{f.load[0]:.2f}", str(len(f.running)))
 
 
-def service_cells(s: ServiceStatus) -> tuple[Cell, ...]:
-    """service, endpoint, healthy/running."""
-    ok = s.healthy == s.running and s.running > 0
-    return (s.name, ", ".join(s.endpoints) or "-", Text(f"{s.healthy}/{s.running}", style="green" if ok else "yellow"))
+def rollout_text(rec: ServiceRecord | None) -> Text:
+    if rec is None:
+        return Text("-", "dim")
+    if rec.canary is not None:
+        return Text(f"canary r{rec.canary} waiting", "cyan")
+    style = {"applied": "green", "failed": "red", "pinned": "yellow", "rolled-back": "yellow"}.get(rec.decision, "")
+    return Text(rec.decision or "-", style)
 
 
-def replica_cells(s: ServiceStatus) -> list[tuple[str, tuple[Cell, ...]]]:
-    """(key, cells) per replica: id, node, port, revision, image, state, LB health."""
-    rows: list[tuple[str, tuple[Cell, ...]]] = []
+def service_cells(s: ServiceStatus, rec: ServiceRecord | None = None) -> tuple[Cell, ...]:
+    """service, ready/wanted, revision, rollout, endpoint."""
+    wanted = rec.wanted if rec is not None and rec.wanted is not None else s.running
+    ok = s.healthy == wanted and s.running == wanted
+    revs = sorted({r.replica.revision for r in s.replicas if r.replica.revision is not None})
+    rev = f"r{rec.accepted}" if rec is not None and rec.accepted is not None else "-"
+    if revs and [f"r{x}" for x in revs] != [rev]:
+        rev += " (" + ",".join(f"r{x}" for x in revs) + ")"
+    return (s.name, Text(f"{s.healthy}/{wanted}", style="green" if ok else "yellow"), rev, rollout_text(rec),
+            ", ".join(s.endpoints) or "-")
+
+
+def replica_cells(s: ServiceStatus) -> list[Row]:
+    """(key `node/id`, cells) per replica: id, node, port, revision, image, state, LB health."""
+    rows: list[Row] = []
     for r in s.replicas:
         rep = r.replica
         lb = Text(" ").join(Text(f"{name}:{h}", style=HEALTH_STYLE.get(h, "")) for name, h in r.lb_health.items())
@@ -55,96 +93,253 @@ def replica_cells(s: ServiceStatus) -> list[tuple[str, tuple[Cell, ...]]]:
     return rows
 
 
-class ServiceSelected(Message):
-    """The user moved to a service (None when the table is empty); the app shows its replicas."""
+def revision_cells(rev: Revision, accepted: int | None) -> tuple[Cell, ...]:
+    """revision (* accepted), image, outcome, when, by, reason."""
+    mark = "*" if rev.revision == accepted else " "
+    when = time.strftime("%m-%d %H:%M:%S", time.localtime(rev.created_at))
+    outcome = Text(rev.outcome, OUTCOME_STYLE.get(rev.outcome, ""))
+    return (f"{mark}{rev.revision}", rev.image.rsplit("/", 1)[-1], outcome, when, rev.user, rev.reason or "")
 
-    def __init__(self, service: str | None) -> None:
+
+def event_cells(e: Event) -> tuple[Cell, ...]:
+    return (time.strftime("%H:%M:%S", time.localtime(e.at)), e.step, e.service, e.node or "-", e.message)
+
+
+class Requested(Message):
+    """The user asked, from a table, for a view (`history`, `logs`) or an action (a Verb) on `target`."""
+
+    def __init__(self, what: str, target: str, service: str | None = None) -> None:
         super().__init__()
+        self.what = what
+        self.target = target
         self.service = service
 
 
-class NodesTable(DataTable[Cell]):
-    """One row per node, in inventory order."""
+class RowChosen(Message):
+    """The cursor moved to the row `key` of `table` (None: the table is empty)."""
 
-    reports: var[tuple[NodeReport, ...]] = var((), init=False)
+    def __init__(self, table: FleetTable, key: str | None) -> None:
+        super().__init__()
+        self.table = table
+        self.key = key
+
+
+class FleetTable(DataTable[Cell]):
+    """A table of keyed rows that keeps its cursor on the same key across refreshes and shows only the rows
+    containing `filter` (case-insensitive, in any cell). Actions named in ACTIONS post `Requested` for the current
+    row; the app hides those it does not allow (read-only, or a verb the façade lacks)."""
+
+    TITLE = ""
+    COLUMNS: ClassVar[tuple[str, ...]] = ()
+    ACTIONS: ClassVar[frozenset[str]] = frozenset()
+    items: var[tuple[Row, ...]] = var((), init=False)
+    filter: var[str] = var("", init=False)
 
     def __init__(self, id: str | None = None) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, id=id)
+        self.current: str | None = None
+        self.add_columns(*self.COLUMNS)
 
     def on_mount(self) -> None:
-        self.border_title = "Nodes"
-        self.add_columns("NODE", "STATUS", "CPU", "ALLOC", "MEM FREE", "LOAD", "CONTAINERS")
+        self.border_title = self.TITLE
 
-    def watch_reports(self, reports: tuple[NodeReport, ...]) -> None:
-        row = self.cursor_row
+    def set_columns(self, columns: Sequence[str]) -> None:
+        if tuple(str(c.label) for c in self.columns.values()) != tuple(columns):
+            self.clear(columns=True)
+            self.add_columns(*columns)
+            self._draw()
+
+    def watch_items(self) -> None:
+        self._draw()
+
+    def watch_filter(self) -> None:
+        self._draw()
+        self.border_subtitle = f"/{self.filter}" if self.filter else ""
+
+    def shown(self) -> list[Row]:
+        needle = self.filter.lower()
+        if not needle:
+            return list(self.items)
+        return [row for row in self.items if any(needle in str(c).lower() for c in row[1])]
+
+    def _draw(self) -> None:
+        keep = self.current
         self.clear()
-        for r in reports:
-            self.add_row(*node_cells(r), key=r.node.name)
-        if reports:
-            self.move_cursor(row=min(row, len(reports) - 1), scroll=False)
-
-
-class ServicesTable(DataTable[Cell]):
-    """One row per service; moving the cursor posts ServiceSelected, kept on the same service across refreshes."""
-
-    services: var[tuple[ServiceStatus, ...]] = var((), init=False)
-
-    def __init__(self, id: str | None = None) -> None:
-        super().__init__(cursor_type="row", id=id)
-        self._current: str | None = None
-
-    def on_mount(self) -> None:
-        self.border_title = "Services"
-        self.add_columns("SERVICE", "ENDPOINT", "HEALTHY/RUNNING")
-
-    def watch_services(self, services: tuple[ServiceStatus, ...]) -> None:
-        names = [s.name for s in services]
-        keep = self._current if self._current in names else (names[0] if names else None)
-        self.clear()
-        for s in services:
-            self.add_row(*service_cells(s), key=s.name)
-        if keep is not None:
-            self.move_cursor(row=names.index(keep), scroll=False)
-        self._select(keep)
+        rows = self.shown()
+        for key, cells in rows:
+            self.add_row(*cells, key=key)
+        keys = [k for k, _ in rows]
+        if keep in keys:
+            self.move_cursor(row=keys.index(keep), scroll=False)
+        self._choose(keep if keep in keys else (keys[0] if keys else None))
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         event.stop()
-        self._select(event.row_key.value)
+        self._choose(event.row_key.value)
 
-    def _select(self, name: str | None) -> None:
-        self._current = name
-        self.post_message(ServiceSelected(name))
+    def _choose(self, key: str | None) -> None:
+        changed = key != self.current
+        self.current = key
+        if changed or key is None:
+            self.post_message(RowChosen(self, key))
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in self.ACTIONS:
+            allows = getattr(self.app, "allows", None)
+            return bool(allows(action)) if allows is not None else True
+        return True
+
+    def request(self, what: str) -> None:
+        if self.current is not None:
+            self.post_message(Requested(what, self.current, self.service_of(self.current)))
+        else:
+            self.notify("nothing selected", severity="warning")
+
+    def service_of(self, key: str) -> str | None:
+        return None
 
 
-class ReplicasTable(DataTable[Cell]):
-    """The replicas of the selected service with their health in every load balancer."""
+class NodesTable(FleetTable):
+    """One row per node, in inventory order; c, u, d cordon, uncordon and drain it."""
 
-    service: var[ServiceStatus | None] = var(None, init=False)
+    TITLE = "Nodes"
+    COLUMNS = ("NODE", "STATUS", "CPU REQ/ALLOC", "MEM REQ/ALLOC", "CPU USED", "MEM USED", "LOAD", "CTRS")
+    ACTIONS = frozenset({"cordon", "uncordon", "drain"})
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("c", "cordon", "Cordon"),
+        Binding("u", "uncordon", "Uncordon"),
+        Binding("d", "drain", "Drain"),
+    ]
 
-    def __init__(self, id: str | None = None) -> None:
-        super().__init__(cursor_type="row", id=id)
+    def action_cordon(self) -> None:
+        self.request("cordon")
 
-    def on_mount(self) -> None:
-        self.border_title = "Replicas"
-        self.add_columns("ID", "NODE", "ADDRESS", "REV", "IMAGE", "STATE", "LB")
+    def action_uncordon(self) -> None:
+        self.request("uncordon")
 
-    def watch_service(self, service: ServiceStatus | None) -> None:
-        self.border_title = f"Replicas of {service.name}" if service else "Replicas"
-        row = self.cursor_row
-        self.clear()
-        if service is None:
-            return
-        for key, cells in replica_cells(service):
-            self.add_row(*cells, key=key)
-        if service.replicas:
-            self.move_cursor(row=min(row, len(service.replicas) - 1), scroll=False)
+    def action_drain(self) -> None:
+        self.request("drain")
+
+
+class ServicesTable(FleetTable):
+    """One row per service; the highlighted one's replicas show beside it."""
+
+    TITLE = "Services"
+    COLUMNS = ("SERVICE", "READY", "REV", "ROLLOUT", "ADDRESS")
+    ACTIONS = frozenset({"scale", "rollback", "promote", "abort", "destroy"})
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("h", "history", "History"),
+        Binding("l", "logs", "Logs"),
+        Binding("s", "scale", "Scale"),
+        Binding("b", "rollback", "Roll back"),
+        Binding("p", "promote", "Promote"),
+        Binding("a", "abort", "Abort"),
+        Binding("D", "destroy", "Destroy"),
+    ]
+
+    def action_history(self) -> None:
+        self.request("history")
+
+    def action_logs(self) -> None:
+        self.request("logs")
+
+    def action_scale(self) -> None:
+        self.request("scale")
+
+    def action_rollback(self) -> None:
+        self.request("rollback")
+
+    def action_promote(self) -> None:
+        self.request("promote")
+
+    def action_abort(self) -> None:
+        self.request("abort")
+
+    def action_destroy(self) -> None:
+        self.request("destroy")
+
+    def service_of(self, key: str) -> str | None:
+        return key
+
+
+class ReplicasTable(FleetTable):
+    """The replicas of the highlighted service with their health in every load balancer."""
+
+    TITLE = "Replicas"
+    COLUMNS = ("ID", "NODE", "ADDRESS", "REV", "IMAGE", "STATE", "LB")
+    ACTIONS = frozenset({"restart", "exec"})
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("l", "logs", "Logs"),
+        Binding("R", "restart", "Restart"),
+        Binding("x", "exec", "Exec"),
+    ]
+    service: str | None = None
+
+    def action_logs(self) -> None:
+        self.request("logs")
+
+    def action_restart(self) -> None:
+        self.request("restart")
+
+    def action_exec(self) -> None:
+        self.request("exec")
+
+    def service_of(self, key: str) -> str | None:
+        return self.service
+
+
+class HistoryTable(FleetTable):
+    """A service's revisions, newest first; enter or b rolls back to the highlighted one."""
+
+    TITLE = "History"
+    COLUMNS = ("REV", "IMAGE", "OUTCOME", "CREATED", "BY", "REASON")
+    ACTIONS = frozenset({"rollback"})
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("b", "rollback", "Roll back to this"),
+        Binding("enter", "rollback", "Roll back to this", show=False),
+    ]
+
+    def action_rollback(self) -> None:
+        self.request("rollback")
+
+
+class EventsTable(FleetTable):
+    """What the controller did, oldest first, following the newest."""
+
+    TITLE = "Events"
+    COLUMNS = ("TIME", "STEP", "SERVICE", "NODE", "MESSAGE")
+
+
+class NodeCharts(Horizontal):
+    """Sparklines of one node's measured container CPU and memory over the last refreshes."""
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="chart"):
+            yield Label("CPU", id="cpu-label")
+            yield Sparkline([], id="cpu-chart")
+        with Vertical(classes="chart"):
+            yield Label("MEM", id="mem-label")
+            yield Sparkline([], id="mem-chart")
+
+    def show(self, node: str | None, series: Series | None) -> None:
+        cpu = list(series.cpu) if series else []
+        mem = list(series.memory) if series else []
+        self.query_one("#cpu-chart", Sparkline).data = cpu
+        self.query_one("#mem-chart", Sparkline).data = mem
+        name = node or "-"
+        self.query_one("#cpu-label", Label).update(
+            f"{name} CPU used {cpu_text(cpu[-1]) if cpu else '-'} (max {cpu_text(max(cpu)) if cpu else '-'})")
+        self.query_one("#mem-label", Label).update(
+            f"{name} memory used {size_text(mem[-1]) if mem else '-'} (max {size_text(max(mem)) if mem else '-'})")
 
 
 class StatusLine(Static):
-    """When the shown data was read, how long it took, and every node or balancer that could not be read."""
+    """When the shown data was read, how long it took, the running action, and every node or balancer that could
+    not be read."""
 
     snapshot: var[Snapshot | None] = var(None, init=False)
     busy: var[bool] = var(False, init=False)
+    running: var[str] = var("", init=False)
 
     def watch_snapshot(self) -> None:
         self.update(self.text())
@@ -152,16 +347,24 @@ class StatusLine(Static):
     def watch_busy(self) -> None:
         self.update(self.text())
 
+    def watch_running(self) -> None:
+        self.update(self.text())
+
     def text(self) -> Text:
         snap = self.snapshot
         if snap is None:
-            return Text("reading the fleet…", style="dim")
-        out = Text.assemble(
-            (f"refreshed {snap.taken_at:%H:%M:%S}", "bold"), f" in {snap.duration:.2f}s · ",
-            (f"{snap.ready}/{len(snap.nodes)} nodes ready", "green" if snap.ready == len(snap.nodes) else "yellow"))
-        if self.busy:
-            out.append(" · refreshing…", style="dim")
-        for where, why in snap.errors.items():
+            out = Text("reading the fleet…", style="dim")
+        else:
+            out = Text.assemble(
+                (f"refreshed {snap.taken_at:%H:%M:%S}", "bold"), f" in {snap.duration:.2f}s · ",
+                (f"{snap.ready}/{len(snap.nodes)} nodes ready", "green" if snap.ready == len(snap.nodes) else "yellow"))
+            if self.busy:
+                out.append(" · refreshing…", style="dim")
+        if self.running:
+            out.append(" · ")
+            out.append(f"running: {self.running}", style="bold cyan")
+        for where, why in snap.errors.items() if snap is not None else ():
             out.append(" · ")
             out.append(f"! {where}: {why}", style="red")
         return out
+

@@ -1,0 +1,177 @@
+"""`FleetSource`: the TUI's questions and actions answered by the Fleet façade, on its warm connection pool.
+
+Reads take no lease; every change goes through the same façade call as the CLI's command, under the same lease
+(LeaseHeld, naming the holder, reaches the app as it is). The controller's events reach `events` through the
+façade's `on_event`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shlex
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, cast
+
+from fleet.config.spec import from_playbook_dict
+from fleet.core.errors import FleetError
+from fleet.plan.rollout.decide import ServiceState
+from fleet.tui.data import (
+    NODE_VERBS,
+    Action,
+    ActionResult,
+    EventRing,
+    LogStream,
+    ServiceRecord,
+    Snapshot,
+    Verb,
+    node_errors,
+    outcome_lines,
+    status_errors,
+)
+
+if TYPE_CHECKING:
+    from fleet.api import Fleet, FleetStatus, Revision, RunResult
+    from fleet.config.spec import ServiceSpec
+
+
+class FleetSource:
+    """The real fleet through the façade; the caller owns the façade's pool. Revisions never change once
+    recorded, so the specs read for the wanted counts are kept across refreshes."""
+
+    def __init__(self, fleet: Fleet, events: EventRing | None = None) -> None:
+        self.fleet = fleet
+        self.events = events if events is not None else EventRing()
+        fleet.on_event = self.events
+        self._specs: dict[tuple[str, int], ServiceSpec] = {}
+
+    # --- reading ------------------------------------------------------------------------------------------
+    async def collect(self) -> Snapshot:
+        """Node facts, then services, replicas and LB health from the ready nodes, then each service's record; a
+        node that cannot be read is an entry in `errors`, never an exception."""
+        started = time.perf_counter()
+        reports = await self.fleet.nodes()
+        errors = node_errors(reports)
+        st: FleetStatus | None
+        records: dict[str, ServiceRecord] = {}
+        try:
+            st = await self.fleet.status(reports)
+        # The view must outlive one bad read: any failure of the status pass becomes a line in the status bar.
+        except Exception as exc:
+            st = None
+            errors["status"] = f"{type(exc).__name__}: {exc}"
+        else:
+            for where, why in status_errors(st).items():
+                errors.setdefault(where, why)
+            try:
+                records = await self._records([s.name for s in st.services])
+            except FleetError as exc:
+                errors["records"] = str(exc)
+        return Snapshot(tuple(reports), st, errors, datetime.now(), time.perf_counter() - started, records)
+
+    async def _records(self, services: Sequence[str]) -> dict[str, ServiceRecord]:
+        out = {}
+        for name in services:
+            state = await self._state(name)
+            if state is None:
+                continue
+            wanted = state.replicas
+            if wanted is None and state.accepted is not None:
+                spec = await self._spec(name, state.accepted)
+                wanted = spec.replicas if spec is not None else None
+            out[name] = ServiceRecord(state.accepted, wanted, state.decision, state.canary, state.reason)
+        return out
+
+    async def _state(self, service: str) -> ServiceState | None:
+        try:
+            raw = await self.fleet.records().state(service)
+        except ValueError:  # an inventory with no node to keep records on
+            return None
+        if raw is None:
+            return None
+        try:
+            return ServiceState.from_json(raw)
+        except ValueError as exc:
+            raise FleetError(f"{service}: the fleet's record of this service is unreadable: {exc}") from exc
+
+    async def _spec(self, service: str, revision: int) -> ServiceSpec | None:
+        key = (service, revision)
+        if key not in self._specs:
+            rev = await self.fleet.records().get(service, revision)
+            if rev is None:
+                return None
+            self._specs[key] = from_playbook_dict(service, json.loads(rev.spec_json),
+                                                  f"<history {service}@{revision}>")
+        return self._specs[key]
+
+    async def accepted_spec(self, service: str) -> ServiceSpec:
+        """The spec reconcile restores for `service` (its accepted revision), which scale and restart converge."""
+        state = await self._state(service)
+        spec = await self._spec(service, state.accepted) if state and state.accepted is not None else None
+        if spec is None:
+            raise FleetError(f"{service}: no accepted revision on this fleet's records (apply it first)")
+        return spec
+
+    async def history(self, service: str) -> Sequence[Revision]:
+        return await self.fleet.history(service)
+
+    @contextlib.asynccontextmanager
+    async def logs(self, ref: str, *, follow: bool, tail: int) -> AsyncIterator[AsyncIterator[tuple[str, str]]]:
+        async with self.fleet.logs(ref, follow=follow, tail=tail) as lines:
+            yield aiter(lines)
+
+    # --- changing -----------------------------------------------------------------------------------------
+    def can(self, verb: Verb) -> bool:
+        return verb not in NODE_VERBS or callable(getattr(self.fleet, verb, None))
+
+    async def act(self, action: Action, on_line: Callable[[str], None]) -> ActionResult:
+        f, t = self.fleet, action.target
+        # The lease names this: `fleet lock status` (and a refused CLI run) show what the UI is doing.
+        f.command = shlex.join(["fleet", "ui:", action.verb, t, *([str(action.count)] if action.count is not None
+                                                                  else [])])
+        match action.verb:
+            case "scale":
+                assert action.count is not None
+                return ran(f"{t}: scaled to {action.count}", await f.scale(await self.accepted_spec(t), action.count))
+            case "restart":
+                service = action.service or t
+                spec = await self.accepted_spec(service)
+                stopped = await f.stop(t)
+                failures = [why for _, why in stopped if isinstance(why, str)]
+                if failures:
+                    return ActionResult(False, f"{t}: could not stop it", tuple(failures))
+                return ran(f"{t}: restarted", await f.apply([spec], "reconcile"))
+            case "rollback":
+                rev, result = await f.rollback(t, action.revision)
+                return ran(f"{t}: rolled back to revision {rev.revision}", result)
+            case "promote":
+                rev, result = await f.promote(t)
+                return ran(f"{t}: promoted revision {rev.revision}", result)
+            case "abort":
+                rev, result = await f.abort(t)
+                return ran(f"{t}: aborted revision {rev.revision}", result)
+            case "destroy":
+                return ran(f"{t}: destroyed", await f.destroy(t))
+            case "cordon" | "uncordon" | "drain":
+                method = cast(Callable[[str], Any], getattr(f, action.verb))
+                out = method(t)
+                result = await out if asyncio.iscoroutine(out) else out
+                if result is not None and hasattr(result, "outcomes"):
+                    return ran(f"{t}: {action.verb}ed", result)
+                return ActionResult(True, f"{t}: {action.verb}ed")
+            case "exec":
+                code = await f.exec(t, action.argv, on_line)
+                return ActionResult(code == 0, f"{t}: `{' '.join(action.argv)}` exited {code}")
+        raise AssertionError(action.verb)  # pragma: no cover
+
+
+def ran(summary: str, result: RunResult) -> ActionResult:
+    """An ActionResult from the façade's RunResult: ok only when every service and node took part."""
+    return ActionResult(result.ok, summary if result.ok else f"{summary} (with failures)",
+                        outcome_lines(result.outcomes, result.errors))
+
+
+__all__ = ["FleetSource", "LogStream"]
