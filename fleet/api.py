@@ -42,9 +42,9 @@ if TYPE_CHECKING:
     from fleet.engine.apply import Engine, Event, Outcome
     from fleet.engine.containers import LogStream, PsResult, PsRow
     from fleet.engine.images import PushResult
-    from fleet.engine.volumes import VolumeListing, VolumeRow
     from fleet.engine.nodes import NodeReport, facts_command, report_from
     from fleet.engine.status import FleetStatus, ReplicaStatus, ServiceStatus
+    from fleet.engine.volumes import VolumeListing, VolumeRow
     from fleet.node.runtime.base import RunSpec, RuntimeDriver, StopResult
     from fleet.plan.reconcile import Plan, Replica
     from fleet.plan.rollout.decide import Command
@@ -70,8 +70,6 @@ __all__ = [
     "PsResult",
     "PsRow",
     "PushResult",
-    "VolumeListing",
-    "VolumeRow",
     "ReplicaStatus",
     "Revision",
     "RunResult",
@@ -79,6 +77,8 @@ __all__ = [
     "SecretRef",
     "SecretStoreError",
     "ServiceStatus",
+    "VolumeListing",
+    "VolumeRow",
     "facts_command",
     "majority",
     "one_off_spec",

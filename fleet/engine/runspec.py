@@ -11,6 +11,7 @@ from fleet.core import labels as L
 from fleet.core.shell import Script
 from fleet.node.paths import DEFAULT, FILE_FUNCTIONS, SWEEP_SECRETS_SH
 from fleet.node.runtime.base import Mount, RunSpec
+from fleet.node.storage import mountpoint as sshfs_mountpoint
 from fleet.plan.scheduler import Assignment
 
 PATHS = DEFAULT
@@ -136,11 +137,15 @@ def run_spec(spec: ServiceSpec, revision: int, a: Assignment, env_file: str | No
             mounts.append(Mount("tmpfs", v.target, "tmpfs", options=(f"size={v.size}",) if v.size else ()))
         elif v.type == "volume":
             mounts.append(Mount("bind", v.target, volume_dir(spec.name, v.source or ""), v.readonly))
+        elif v.type == "sshfs":
+            continue  # mounted on the node per container (below), when the container's ID is known
         else:
             mounts.append(Mount("bind", v.target, v.source or "", v.readonly))
     cid = container or L.container_id(spec.name, a.replica)
     mounts += [Mount("bind", c.target, config_file(spec, i), readonly=True) for i, c in enumerate(spec.configs)]
     mounts += [Mount("bind", f.target, secret_mount(cid, i), readonly=True) for i, f in enumerate(spec.secret_files)]
+    mounts += [Mount("bind", v.target, sshfs_mountpoint(cid, v.source or ""), v.readonly)
+               for v in spec.volumes if v.type == "sshfs"]
     return RunSpec(id=cid, image=spec.image, command=spec.command, env=env,
                    env_file=env_file, mounts=tuple(mounts), cpu=spec.resources.cpu, memory=spec.resources.memory,
                    labels=labels, netns=HOST_NETNS, restart="always")

@@ -343,8 +343,12 @@ class Pool:
         stdin_path: str | None = None,
         timeout: float | None = None,
         on_progress: Callable[[int], None] | None = None,
+        stdout_path: str | None = None,
     ) -> CommandResult:
         """Run one command on a node; node problems come back as a result with `error` set, never raised.
+
+        `stdout_path` writes the command's stdout into that local file as it arrives (the result's stdout
+        is then empty; `on_progress(bytes_received)` follows it), for archives bigger than memory.
 
         `stdin_path` feeds a local file to the command in chunks (never whole in memory), calling
         `on_progress(bytes_sent)` after each; `timeout` overrides the pool's command timeout (`NO_DEADLINE`:
@@ -352,7 +356,8 @@ class Pool:
         """
         start = time.monotonic()
         try:
-            return await self._execute(node, command, stdin, stdin_path, timeout, on_progress, start)
+            return await self._execute(node, command, stdin, stdin_path, timeout, on_progress, start,
+                                       stdout_path=stdout_path)
         except TransportError as exc:
             out, err = (exc.stdout, exc.stderr) if isinstance(exc, _Timeout) else (b"", b"")
             return CommandResult(
@@ -392,6 +397,8 @@ class Pool:
         timeout: float | None,
         on_progress: Callable[[int], None] | None,
         start: float,
+        *,
+        stdout_path: str | None = None,
     ) -> CommandResult:
         line = render(command)
         limit = self.command_timeout if timeout is None else timeout
@@ -400,7 +407,9 @@ class Pool:
         # Opened before connecting: a missing local file is the caller's error, not the node's.
         with contextlib.ExitStack() as files:
             source = files.enter_context(open(stdin_path, "rb")) if stdin_path else None
-            return await self._execute_with(node, command, line, stdin, source, limit, on_progress, start)
+            sink = files.enter_context(open(stdout_path, "wb")) if stdout_path else None
+            return await self._execute_with(node, command, line, stdin, source, limit, on_progress, start,
+                                            sink=sink)
 
     async def _execute_with(
         self,
@@ -412,6 +421,8 @@ class Pool:
         limit: float | None,
         on_progress: Callable[[int], None] | None,
         start: float,
+        *,
+        sink: BinaryIO | None = None,
     ) -> CommandResult:
         async with self._sem:
             conn = await self._connection(node)
@@ -431,6 +442,8 @@ class Pool:
                     async with asyncio.timeout_at(when):
                         if source:
                             out, err = await _feed(proc, source, on_progress)
+                        elif sink:
+                            out, err = await _spill(proc, sink, on_progress)
                         else:
                             out, err = await proc.communicate()
                 except TimeoutError as exc:
@@ -615,6 +628,30 @@ class RemoteStream:
             stderr=self.stderr,
             duration=time.monotonic() - self._start,
         )
+
+
+async def _spill(
+    proc: asyncssh.SSHClientProcess[bytes], sink: BinaryIO, on_progress: Callable[[int], None] | None
+) -> tuple[bytes, bytes]:
+    """Write the process's stdout into a local file in chunks while collecting its stderr; returns (b"", stderr)."""
+    err: list[bytes] = []
+
+    async def spill() -> None:
+        total = 0
+        while chunk := await proc.stdout.read(CHUNK):
+            sink.write(chunk)
+            total += len(chunk)
+            if on_progress is not None:
+                on_progress(total)
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(spill())
+            tg.create_task(_drain_into(proc.stderr, err))
+    except BaseExceptionGroup as group:
+        raise group.exceptions[0] from group
+    await proc.wait_closed()
+    return b"", b"".join(err)
 
 
 async def _drain_into(reader: asyncssh.SSHReader[bytes], into: list[bytes]) -> None:

@@ -1,0 +1,229 @@
+"""Storage that follows its service, on the real lab (session lab: 3 workers + 1 lb).
+
+The lab's lb node doubles as the storage node: this module's inventory is the lab's with lb1 given the role
+`storage` (and the label naming the lab's shared authorized_keys file, where fleet authorizes its storage key
+for SFTP only); the session lab itself is not changed. A node is taken down by stopping its sshd (containerd and
+its containers keep running, as on a machine fleet cannot reach); it is started again in `finally`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import os
+import socket
+import subprocess
+import tarfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from helpers import run_fleet
+from loadgen import Load
+
+from fleet.api import Fleet
+from fleet.core import labels as L
+from fleet.image.demo import build_demo
+from fleet.lab.render import node_dir
+
+pytestmark = pytest.mark.lab
+
+@pytest.fixture(scope="module")
+def st(lab, tmp_path_factory) -> dict[str, Any]:
+    """Demo images v1 and v2 on every worker, a private history, and an inventory whose lb1 is a storage node."""
+    d = tmp_path_factory.mktemp("storage")
+    doc = yaml.safe_load(Path(lab.inventory_path).read_text())
+    lb = doc["nodes"]["lb1"]
+    lb["roles"] = [*lb["roles"], "storage"]
+    lb.setdefault("labels", {})["fleet.storage.authorized_keys"] = f"{lab.lab.cfg.dir}/authorized_keys"
+    inventory = d / "inventory.yaml"
+    inventory.write_text(yaml.safe_dump(doc, sort_keys=False))
+    environ = {**os.environ, "FLEET_STATE_DIR": str(d / "state"), "FLEET_INVENTORY": str(inventory),
+               "FLEET_LEASE_TTL": "5"}
+    for v in ("v1", "v2"):
+        out = run_fleet("image", "push", build_demo(v, str(d / f"demo-{v}.tar")).path, env=environ, timeout=120)
+        assert out.returncode == 0, out.stdout + out.stderr
+    return {"env": environ, "dir": d, "inventory": str(inventory)}
+
+
+def fleet(st: dict[str, Any], *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return run_fleet(*args, env=st["env"], timeout=timeout)
+
+
+def playbook(st: dict[str, Any], name: str, volumes: list[dict[str, Any]], *, version: str = "v1",
+             replicas: int = 1, lb: int | None = None) -> str:
+    service: dict[str, Any] = {
+        "image": f"fleet.local/demo:{version}", "replicas": replicas,
+        "resources": {"cpu": 0.05, "memory": "32MiB"},
+        "health": {"http": "/healthz", "interval": "500ms", "timeout": "1s", "failure_threshold": 2},
+        "stop_grace_period": "2s",
+        "update": {"max_surge": 1, "max_unavailable": 0, "ready_deadline": "20s", "min_ready": "500ms"},
+        "volumes": volumes,
+    }
+    if lb is not None:
+        service["lb"] = {"port": lb}
+    path = Path(st["dir"]) / f"{name}-{time.monotonic_ns()}.yaml"
+    path.write_text(yaml.safe_dump({"services": {name: service}}, sort_keys=False))
+    return str(path)
+
+
+async def _replicas(st: dict[str, Any], service: str) -> list[tuple[str, str, int]]:
+    """(node, container id, host port) of the service's running replicas on the nodes that answer."""
+    from fleet.config.inventory import load_inventory
+
+    async with Fleet.connect(load_inventory(st["inventory"]), connect_timeout=3, connect_attempts=1) as f:
+        result = await f.ps()
+    return sorted((r.node, r.info.id, int(r.info.labels[L.PORT])) for r in result.rows if r.service == service)
+
+
+def replicas(st: dict[str, Any], service: str) -> list[tuple[str, str, int]]:
+    return asyncio.run(_replicas(st, service))
+
+
+def sh(st: dict[str, Any], container: str, script: str) -> str:
+    out = fleet(st, "exec", container, "--", "sh", "-c", script)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+def get(lab, node: str, port: int, path: str) -> str:
+    address = lab.inventory.node(node).address
+    with urllib.request.urlopen(f"http://{address}:{port}{path}", timeout=5) as resp:
+        return resp.read().decode()
+
+
+class NodeDown:
+    """A worker fleet cannot reach: its sshd's listener stopped; started again (same config) on exit."""
+
+    def __init__(self, lab, name: str) -> None:
+        self.lab, self.name = lab, name
+        self.dir = node_dir(lab.lab.cfg, lab.lab.node(name))
+
+    def __enter__(self) -> NodeDown:
+        pid = int(Path(f"{self.dir}/sshd.pid").read_text())
+        os.kill(pid, 15)
+        deadline = time.monotonic() + 5
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.lab.lab.exec_in(self.name, ["/usr/sbin/sshd", "-f", f"{self.dir}/sshd_config", "-E",
+                                         f"{self.dir}/sshd.log"])
+        address = self.lab.inventory.node(self.name).address
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection((address, 22), timeout=1):
+                return
+            time.sleep(0.05)
+
+
+def test_local_volume_keeps_its_replicas_on_their_nodes_and_waits_for_a_lost_node(lab, st):
+    """Two replicas with a node-local volume: an image update under load through HAProxy (0 failed requests)
+    starts each new replica on the node holding its data; then, with one of those nodes down, `apply` reports
+    the replica that waits for its data and starts no empty copy elsewhere; `volume rm` is refused while used."""
+    name, port = "stv", 19641
+    volumes = [{"type": "volume", "source": "data", "target": "/www/data"}]
+    try:
+        out = fleet(st, "apply", playbook(st, name, volumes, replicas=2, lb=port))
+        assert out.returncode == 0, out.stdout + out.stderr
+        before = replicas(st, name)
+        assert len({n for n, _, _ in before}) == 2
+        for node, cid, _ in before:
+            sh(st, cid, f"echo {node} > /www/data/where")
+        with Load(lab.inventory.node("lb1").address, port, clients=6, max_seconds=90) as load:
+            time.sleep(1.0)
+            out = fleet(st, "apply", playbook(st, name, volumes, version="v2", replicas=2, lb=port))
+            time.sleep(1.0)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert load.result.failed == 0, (load.result.errors, load.result.failures[:5])
+        assert load.result.ok > 50 and load.result.versions.get("v2", 0) > 0
+        after = replicas(st, name)
+        assert {n for n, _, _ in after} == {n for n, _, _ in before}, "each replica stayed with its data"
+        assert not {c for _, c, _ in after} & {c for _, c, _ in before}, "the containers were replaced"
+        for node, _, hport in after:
+            assert get(lab, node, hport, "/data/where") == f"{node}\n"
+
+        refused = fleet(st, "volume", "rm", f"{name}/data", "--node", after[0][0])
+        assert refused.returncode == 1 and "in use by" in refused.stderr, refused.stdout + refused.stderr
+        assert lab.lab.exec_in(after[0][0], ["cat", f"/var/lib/fleet/volumes/{name}/data/where"]).stdout
+
+        lost = after[0][0]
+        others = {n for n in lab.workers() if n != lost}
+        with NodeDown(lab, lost):
+            out = fleet(st, "apply", playbook(st, name, volumes, replicas=2, lb=port))
+            assert out.returncode != 0
+            text = out.stdout + out.stderr
+            assert f"{lost} (unreachable)" in text and "not starting empty elsewhere" in text, text
+            now = replicas(st, name)
+            assert [n for n, _, _ in now if n in others] == [n for n, _, _ in after if n in others], \
+                "no empty copy was started on a node that answered"
+    finally:
+        fleet(st, "destroy", name, "--grace", "1")
+    gone = fleet(st, "volume", "rm", f"{name}/data", "--node", before[0][0])
+    assert gone.returncode == 0, gone.stdout + gone.stderr
+    assert lab.lab.exec_in(before[0][0], ["test", "-e", f"/var/lib/fleet/volumes/{name}/data"],
+                           check=False).returncode == 1
+
+
+def test_sshfs_volume_moves_with_its_replica_and_backup_restore_keeps_the_bytes(lab, st):
+    """An sshfs volume on the storage node: data written through one replica is read back through the replica
+    that replaced it on another node after its node went down; a backup restored into a new volume gives the
+    same bytes; the mount is released when its container stops."""
+    name = "sts"
+    volumes = [{"type": "sshfs", "source": "shared", "target": "/www/shared"}]
+    path = playbook(st, name, volumes)
+    backup, again = Path(st["dir"]) / "shared.tar", Path(st["dir"]) / "restored.tar"
+    first: list[tuple[str, str, int]] = []
+    try:
+        out = fleet(st, "apply", path)
+        assert out.returncode == 0, out.stdout + out.stderr
+        first = replicas(st, name)
+        [(node, cid, _)] = first
+        mounts = lab.lab.exec_in(node, ["cat", "/proc/self/mountinfo"]).stdout
+        assert f"/var/lib/fleet/mnt/{cid}/shared" in mounts and "fuse.sshfs" in mounts
+        sh(st, cid, "echo written-on-$FLEET_NODE > /www/shared/note; "
+                    "dd if=/dev/urandom of=/www/shared/blob bs=1024 count=256 2>/dev/null")
+        with NodeDown(lab, node):
+            out = fleet(st, "apply", path)
+            # Exit 1 (partial): the run converged on the nodes that answered and names the one that did not.
+            assert out.returncode == 1 and node in out.stdout + out.stderr, out.stdout + out.stderr
+            [(moved, _, hport)] = [r for r in replicas(st, name) if r[0] != node]
+            assert get(lab, moved, hport, "/shared/note") == f"written-on-{node}\n"
+        listed = json.loads(fleet(st, "volume", "ls", "--json").stdout)
+        [row] = [v for v in listed["volumes"] if v["volume"] == f"{name}/shared"]
+        assert row["type"] == "sshfs" and row["node"] == "lb1" and row["size"] >= 256 * 1024
+        assert any(u.startswith(f"{moved}/") for u in row["used_by"])
+
+        out = fleet(st, "volume", "backup", f"{name}/shared", "-o", str(backup))
+        assert out.returncode == 0, out.stdout + out.stderr
+        out = fleet(st, "volume", "restore", "stcopy/data", str(backup), "--node", "n3")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert fleet(st, "volume", "restore", "stcopy/data", str(backup), "--node", "n3").returncode == 1, \
+            "a volume holding data is not overwritten"
+        out = fleet(st, "volume", "backup", "stcopy/data", "-o", str(again))
+        assert out.returncode == 0, out.stdout + out.stderr
+        files, copy = _files(backup), _files(again)
+        assert files == copy and set(files) == {"note", "blob"} and len(files["blob"]) == 256 * 1024
+        assert lab.lab.exec_in("n3", ["cat", "/var/lib/fleet/volumes/stcopy/data/note"]).stdout == \
+            f"written-on-{node}\n"
+    finally:
+        fleet(st, "destroy", name, "--grace", "1")
+        fleet(st, "volume", "rm", "stcopy/data", "--node", "n3")
+    for node, cid, _ in first:
+        # The node that was down still ran the first replica: the next run that reached it stopped it (a second
+        # copy) or `destroy` did; either way its sshfs mount went with it.
+        mounts = lab.lab.exec_in(node, ["cat", "/proc/self/mountinfo"]).stdout
+        assert f"/var/lib/fleet/mnt/{cid}" not in mounts
+    assert fleet(st, "volume", "rm", f"{name}/shared").returncode == 0
+
+
+def _files(path: Path) -> dict[str, bytes]:
+    with tarfile.open(fileobj=io.BytesIO(path.read_bytes())) as tar:
+        return {m.name.removeprefix("./"): tar.extractfile(m).read()  # type: ignore[union-attr]
+                for m in tar.getmembers() if m.isfile()}
