@@ -27,6 +27,7 @@ from dataclasses import asdict, replace
 from fleet.config.vrrp import KEYS as VRRP_KEYS
 from fleet.config.vrrp import VrrpValueError, parse_vrrp, vrrp_problems
 from fleet.config.yamlmarks import Marked, load, read_text
+from fleet.core.edge import edge_from_json, edge_to_json
 from fleet.core.errors import ConfigError, InventoryError, Problem
 from fleet.core.model import Inventory, Node, Resources, Vrrp
 from fleet.core.names import NAME_RE, ROLES, check_address, check_labels, key_files, resolve_path
@@ -321,7 +322,7 @@ def parse(text: str, file: str) -> Inventory:
     return inv
 
 
-CACHE_VERSION = 4  # 3: addresses, ports and Ansible host names checked; 4: vrrp
+CACHE_VERSION = 5  # 3: addresses, ports and Ansible host names checked; 4: vrrp; 5: edge
 
 
 def cache_dir() -> str:
@@ -345,7 +346,7 @@ def _to_json(inv: Inventory) -> str:
     def res(r: Resources | None) -> list[float] | None:
         return None if r is None else [r.cpu, r.memory]
 
-    return json.dumps({"path": inv.path, "nodes": [{
+    return json.dumps({"path": inv.path, "edge": edge_to_json(inv.edge), "nodes": [{
         "name": n.name, "address": n.address, "port": n.port, "user": n.user, "key_files": list(n.key_files),
         "known_hosts": n.known_hosts, "labels": dict(n.labels), "roles": list(n.roles), "capacity": res(n.capacity),
         "reserved": res(n.reserved), "namespace": n.namespace, "source_line": n.source_line,
@@ -359,7 +360,7 @@ def _from_json(text: str) -> Inventory:
     def res(v: list[float] | None) -> Resources | None:
         return None if v is None else Resources(float(v[0]), int(v[1]))
 
-    return Inventory(doc["path"], tuple(Node(
+    return Inventory(doc["path"], edge=edge_from_json(doc["edge"]), nodes=tuple(Node(
         name=n["name"], address=n["address"], port=n["port"], user=n["user"], key_files=tuple(n["key_files"]),
         known_hosts=n["known_hosts"], labels=n["labels"], roles=tuple(n["roles"]), capacity=res(n["capacity"]),
         reserved=res(n["reserved"]) or Resources(), namespace=n["namespace"], source_line=n["source_line"],

@@ -10,9 +10,11 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
+from fleet.config.edge import EdgeModel, edge_settings
 from fleet.config.schema import pydantic_problems
 from fleet.config.vrrp import VrrpValueError, parse_vrrp, vrrp_problems
 from fleet.config.yamlmarks import Marked
+from fleet.core.edge import EdgeSettings
 from fleet.core.errors import InventoryError
 from fleet.core.model import Inventory, Node, Resources
 from fleet.core.names import NAME_RE, ROLES, check_address, check_labels, key_files, resolve_path
@@ -93,6 +95,7 @@ class _FleetInventory(BaseModel):
     model_config = ConfigDict(extra="forbid")
     defaults: _NodeCommon = Field(default_factory=_NodeCommon)
     nodes: dict[str, _NodeSpec]
+    edge: EdgeModel | None = None
     vrrp: dict[str, Any] | None = None
 
 
@@ -135,7 +138,9 @@ def from_fleet(doc: Marked) -> Inventory:
         ))
     if inv.vrrp is not None:
         nodes = with_vrrp(nodes, inv.vrrp, doc)
-    return Inventory(doc.file, tuple(nodes))
+    base = os.path.dirname(os.path.abspath(doc.file))
+    edge = edge_settings(inv.edge, base) if inv.edge is not None else EdgeSettings()
+    return Inventory(doc.file, tuple(nodes), edge)
 
 
 def with_vrrp(nodes: list[Node], raw: dict[str, Any], doc: Marked) -> list[Node]:

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from fleet.core.edge import EdgeSettings
 from fleet.core.errors import AuthError, CommandTimeout, ConnectError, HostKeyError, TransportError
 
 
@@ -76,10 +77,11 @@ class Node:
 
 @dataclass(frozen=True)
 class Inventory:
-    """The nodes of a fleet, read from one file."""
+    """The nodes of a fleet, read from one file, and its edge settings (`edge:`, fleet format only)."""
 
     path: str
     nodes: tuple[Node, ...]
+    edge: EdgeSettings = field(default_factory=EdgeSettings)
 
     def node(self, name: str) -> Node:
         for n in self.nodes:

@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field, replace
 
+from fleet.config.edge import TlsSpec
 from fleet.config.spec import HealthSpec, ServiceSpec
 from fleet.core.ports import STATS_PORT
 from fleet.engine.concurrency import Coalesced
+from fleet.engine.edge import Edge
 from fleet.engine.nodes import NodeReport
+from fleet.engine.vrrp import VirtualIp
 from fleet.node.haproxy.render import (
     LbServer,
     LbService,
     LbState,
+    LbTls,
     backend_name,
     lb_health,
     lb_service,
@@ -89,18 +93,34 @@ def _from_labels(name: str, replicas: list[Replica]) -> LbService | None:
                      "0.0.0.0", health)
 
 
-def config(rotation: Rotation, addresses: dict[str, str], lb_address: str) -> str:
-    return render(rotation.services(addresses), admin_socket=ADMIN_SOCKET, state_file=STATE_FILE,
-                  stats_bind=(lb_address, STATS_PORT))
+def config(rotation: Rotation, addresses: dict[str, str], lb_address: str, edge: Edge | None = None,
+           tls: dict[str, LbTls] | None = None) -> str:
+    """The haproxy.cfg of the lb node at `lb_address`: the same for every lb node but for the stats page's bind
+    address. With `edge`, host-routed services use its ports and `tls` (per service); the stats page listens
+    on 127.0.0.1 unless the edge has a stats password."""
+    services = [replace(s, tls=(tls or {}).get(s.name)) for s in rotation.services(addresses)]
+    if edge is None:
+        return render(services, admin_socket=ADMIN_SOCKET, state_file=STATE_FILE,
+                      stats_bind=("127.0.0.1", STATS_PORT))
+    stats_bind, password_hash = edge.stats(lb_address, STATS_PORT)
+    return render(services, admin_socket=ADMIN_SOCKET, state_file=STATE_FILE, stats_bind=stats_bind,
+                  edge=edge.config(), stats_password_hash=password_hash)
+
+
+def tls_wanted(services: list[LbService]) -> dict[str, tuple[TlsSpec, tuple[str, ...]]]:
+    """Per host-routed service with `lb.tls`: where its certificate comes from, and its hosts."""
+    return {s.name: (s.tls_source, s.hosts) for s in services if s.tls_source is not None and s.hosts}
 
 
 class Balancers:
     """Every reachable lb node, kept in step with one Rotation."""
 
-    def __init__(self, pool: Pool, reports: list[NodeReport]) -> None:
+    def __init__(self, pool: Pool, reports: list[NodeReport], edge: Edge | None = None) -> None:
         from fleet.engine.haproxy import LbNode
 
         self.pool = pool
+        self.edge = edge
+        self.tls: dict[str, LbTls] = {}
         # HAProxy's config takes IP addresses: a node named by host name is there by the IP `collect` resolved,
         # and one whose name did not resolve has no servers in it.
         self.addresses = {r.node.name: ip for r in reports if (ip := r.ip_address) is not None}
@@ -109,6 +129,7 @@ class Balancers:
                   and r.node.name in self.addresses]
         self.nodes = [LbNode(pool, r.node) for r in usable]
         self.unreachable = [r.node.name for r in reports if r.node.has_role("lb") and r not in usable]
+        self.vip = VirtualIp(pool, reports)
         # Services converging at once all sync: one apply at a time per lb node (HAProxy refuses a second one
         # while one runs), and callers that wait together share the next apply, which renders their changes.
         self._rotation = Rotation()
@@ -120,9 +141,20 @@ class Balancers:
         self._rotation = rotation
         await self._sync()
 
+    async def _apply(self, rotation: Rotation, tls: dict[str, LbTls]) -> None:
+        await asyncio.gather(*(lb.apply(config(rotation, self.addresses, self.addresses[lb.node.name], self.edge,
+                                               tls)) for lb in self.nodes))
+
     async def _sync_now(self, rotation: Rotation) -> None:
-        await asyncio.gather(*(lb.apply(config(rotation, self.addresses, self.addresses[lb.node.name]))
-                               for lb in self.nodes))
+        if self.edge is not None:
+            wanted = tls_wanted(rotation.services(self.addresses))
+            self.tls = await self.edge.prepare(wanted, self.nodes, lambda tls: self._apply(rotation, tls))
+        await self._apply(rotation, self.tls)
+        # The virtual IP follows HAProxy: keepalived's check gives the address only to a node whose HAProxy runs.
+        await self.vip.sync()
+        if self.edge is not None and self.edge.problems:
+            # The config went out with what could be had (a service without its certificate serves HTTP).
+            raise self.edge.problems[0]
 
     async def settle(self, timeout: float) -> None:
         """Wait (up to `timeout`) until no worker from before the last reload is left on any lb node.

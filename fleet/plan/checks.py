@@ -33,7 +33,7 @@ def lb_port_problems(specs: Iterable[ServiceSpec], listening: Mapping[str, Set[i
             holders.setdefault(port, []).append(service)
     out = []
     for spec in sorted(specs, key=lambda s: s.name):
-        if spec.lb is None:
+        if spec.lb is None or spec.lb.port is None:
             continue
         port = spec.lb.port
         if port in RESERVED_LB_PORTS:

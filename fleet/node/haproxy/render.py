@@ -12,11 +12,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from fleet.config.edge import TlsSpec
 from fleet.config.spec import HTTP_PATH_RE, HealthSpec, ServiceSpec
+from fleet.core.edge import check_host_name
 from fleet.plan.healthjudge import HAPROXY_EXPECT
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 FILE_PATH_RE = re.compile(r"^/[A-Za-z0-9._/-]{1,4095}$")
+# A crypt(3) SHA-256/512 hash for the stats page's userlist (never the password itself).
+CRYPT_RE = re.compile(r"^\$[56]\$[A-Za-z0-9./]{1,16}\$[A-Za-z0-9./]{43,86}$")
+FINGERPRINT_RE = re.compile(r"^[0-9a-f]{64}$")
+PREFIX_RE = re.compile(r"^/(?:[A-Za-z0-9._~!*+,;=:@/-]|%[0-9A-Fa-f]{2}){0,255}$")
 MODES = ("http", "tcp")
 # Every algorithm here is dynamic in 2.6 (so runtime `add server` works); `source` only with consistent hashing.
 BALANCES = ("roundrobin", "leastconn", "source", "random")
@@ -56,16 +62,47 @@ class LbHealth:
 
 
 @dataclass(frozen=True)
+class LbTls:
+    """A host-routed service's HTTPS: its certificate bundle (certificate chain + key, PEM) at `cert_file` on the
+    lb node, or None while none is there yet (an ACME certificate not issued: the service answers plain HTTP
+    until then). `fingerprint` (sha256 of the certificate, public) is rendered as a comment, so a new
+    certificate changes the config and reloads HAProxy. `redirect` sends HTTP to HTTPS; `hsts` is the
+    Strict-Transport-Security max-age in seconds (None: no header)."""
+
+    cert_file: str | None = None
+    fingerprint: str = ""
+    redirect: bool = True
+    hsts: int | None = None
+
+
+@dataclass(frozen=True)
 class LbService:
-    """One service on the LB: a frontend bound to `bind_address:bind_port` and a backend of servers."""
+    """One service on the LB: a frontend bound to `bind_address:bind_port` (None: none of its own) and a backend
+    of servers; `hosts` (and `paths`, URL path prefixes) route it on the shared HTTP/HTTPS frontends too."""
 
     name: str
-    bind_port: int
+    bind_port: int | None
     servers: Sequence[LbServer] = field(default_factory=tuple)
     mode: Literal["http", "tcp"] = "http"
     balance: str = "roundrobin"
     bind_address: str = "0.0.0.0"
     health: LbHealth = LbHealth()
+    hosts: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+    tls: LbTls | None = None
+    # Where the certificate comes from (the spec's `lb.tls`); the engine resolves it into `tls`.
+    tls_source: TlsSpec | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    """The shared frontends of host-routed services: `http_port` (redirects, ACME HTTP-01 answers from
+    `acme_map`, token → key authorization, kept up to date at runtime) and `https_port`."""
+
+    http_port: int = 80
+    https_port: int = 443
+    bind_address: str = "0.0.0.0"
+    acme_map: str | None = None
 
 
 # A service without `health`: the controller does not probe it (ready once it runs); HAProxy still connects
@@ -91,7 +128,7 @@ def lb_service(spec: ServiceSpec, servers: Sequence[LbServer], bind_address: str
     if spec.lb is None:
         raise ValueError(f"service {spec.name!r} has no lb section")
     return LbService(spec.name, spec.lb.port, tuple(servers), spec.lb.mode, spec.lb.balance, bind_address,
-                     lb_health(spec.health))
+                     lb_health(spec.health), spec.lb.hosts, spec.lb.paths, None, spec.lb.tls)
 
 
 def frontend_name(service: str) -> str:
@@ -190,14 +227,20 @@ def _service_lines(svc: LbService) -> list[str]:
         raise ValueError(f"{where}.mode: expected http or tcp, got {svc.mode!r}")
     if svc.balance not in BALANCES:
         raise ValueError(f"{where}.balance: expected one of {', '.join(BALANCES)}, got {svc.balance!r}")
-    bind = endpoint(check_address(svc.bind_address, f"{where}.bind_address"), check_port(svc.bind_port,
-                                                                                         f"{where}.bind_port"))
     health = svc.health
-    lines = ["", f"frontend fe_{name}", f"    mode {svc.mode}", f"    bind {bind}"]
-    if svc.mode == "tcp":
-        lines.append("    no option idle-close-on-response")
-    lines += [f"    default_backend be_{name}", "", f"backend be_{name}", f"    mode {svc.mode}",
-              f"    balance {svc.balance}"]
+    lines = []
+    if svc.bind_port is not None:
+        bind = endpoint(check_address(svc.bind_address, f"{where}.bind_address"),
+                        check_port(svc.bind_port, f"{where}.bind_port"))
+        lines += ["", f"frontend fe_{name}", f"    mode {svc.mode}", f"    bind {bind}"]
+        if svc.mode == "tcp":
+            lines.append("    no option idle-close-on-response")
+        lines.append(f"    default_backend be_{name}")
+    elif not svc.hosts:
+        raise ValueError(f"{where}: needs a bind_port or hosts")
+    if svc.hosts and svc.mode != "http":
+        raise ValueError(f"{where}.hosts: host names route HTTP only (mode is {svc.mode})")
+    lines += ["", f"backend be_{name}", f"    mode {svc.mode}", f"    balance {svc.balance}"]
     if svc.balance == "source":
         lines.append("    hash-type consistent")
     if health.kind == "http":
@@ -216,9 +259,101 @@ def _service_lines(svc: LbService) -> list[str]:
     return lines
 
 
+def _routes(services: Sequence[LbService]) -> list[tuple[LbService, str, str | None]]:
+    """(service, host, path prefix or None) for every host-routed service, longest prefix first so a service on
+    `example.test/api` wins over one on all of `example.test`; a (host, prefix) given twice is a ValueError."""
+    seen: dict[tuple[str, str | None], str] = {}
+    out = []
+    for svc in services:
+        for host in svc.hosts:
+            host = check_host_name(host)
+            for path in svc.paths or (None,):
+                if path is not None and (not isinstance(path, str) or not PREFIX_RE.fullmatch(path)):
+                    raise ValueError(f"service {svc.name!r}.paths: expected a URL path prefix such as /api, "
+                                     f"got {path!r}")
+                key = (host, path)
+                if key in seen and seen[key] != svc.name:
+                    where = host + (path or "")
+                    raise ValueError(f"service {svc.name!r}.hosts: {where} is already routed to service "
+                                     f"{seen[key]!r}")
+                seen[key] = svc.name
+                out.append((svc, host, path))
+    out.sort(key=lambda r: (-len(r[2] or ""), r[1], r[2] or "", r[0].name))
+    return out
+
+
+def _tls_of(svc: LbService) -> LbTls | None:
+    """The service's TLS when its certificate is on the node (else it is served as plain HTTP)."""
+    tls = svc.tls
+    if tls is None or tls.cert_file is None:
+        return None
+    check_file(tls.cert_file, f"service {svc.name!r}.tls.cert_file")
+    if tls.fingerprint and not FINGERPRINT_RE.fullmatch(tls.fingerprint):
+        raise ValueError(f"service {svc.name!r}.tls.fingerprint: expected 64 hex digits")
+    if tls.hsts is not None:
+        _check_int(tls.hsts, f"service {svc.name!r}.tls.hsts", 0, 10 * 365 * 86400)
+    return tls
+
+
+def _acl(svc: LbService, host: str, path: str | None) -> str:
+    """The condition of one route: `{ var(txn.host) -m str HOST }` and, with a prefix, `{ path_beg PREFIX }`."""
+    cond = f"{{ var(txn.host) -m str {host} }}"
+    return cond + (f" {{ path_beg {path} }}" if path is not None else "")
+
+
+def _edge_lines(services: Sequence[LbService], edge: EdgeConfig) -> list[str]:
+    """The shared HTTP and HTTPS frontends that route host-routed services by Host header (SNI picks the
+    certificate), and the 404 backend for any other host."""
+    routes = _routes(services)
+    addr = check_address(edge.bind_address, "edge.bind_address")
+    http = ["", "frontend fe_edge_http", "    mode http", f"    bind {endpoint(addr, edge.http_port)}",
+            "    http-request set-var(txn.host) req.hdr(host),field(1,:),lower"]
+    if edge.acme_map is not None:
+        amap = check_file(edge.acme_map, "edge.acme_map")
+        token = f"path,field(4,/),map({amap})"
+        # A token fleet published (runtime `add map`) is answered here; any other path goes on as usual.
+        http += ["    acl acme_challenge path_beg /.well-known/acme-challenge/",
+                 f"    acl acme_token {token} -m found",
+                 f"    http-request return status 200 content-type text/plain lf-string \"%[{token}]\" "
+                 "if acme_challenge acme_token"]
+    tls_services = {s.name: t for s in services if (t := _tls_of(s)) is not None}
+    for svc, host, path in routes:
+        tls = tls_services.get(svc.name)
+        if tls is not None and tls.redirect:
+            http.append(f"    http-request redirect scheme https code 301 if {_acl(svc, host, path)}"
+                        + (" !acme_token" if edge.acme_map is not None else ""))
+    http += [f"    use_backend be_{svc.name} if {_acl(svc, host, path)}" for svc, host, path in routes]
+    http.append("    default_backend be_edge_no_host")
+    out = http
+    certs = sorted({(t.cert_file, t.fingerprint, name) for name, t in tls_services.items()}, key=lambda c: c[2])
+    if certs:
+        out += ["", "frontend fe_edge_https", "    mode http",
+                f"    bind {endpoint(addr, edge.https_port)} ssl " + " ".join(f"crt {c[0]}" for c in certs),
+                *[f"    # certificate of {name}: sha256 {fp or '-'}" for _, fp, name in certs],
+                "    http-request set-var(txn.host) req.hdr(host),field(1,:),lower"]
+        for svc, host, path in routes:
+            tls = tls_services.get(svc.name)
+            if tls is not None and tls.hsts is not None:
+                out.append(f"    http-response set-header Strict-Transport-Security max-age={tls.hsts} "
+                           f"if {_acl(svc, host, path)}")
+        # Every route of a host that has a certificate (a path of it may belong to a service without one).
+        covered = {h for s in services if s.name in tls_services for h in s.hosts}
+        out += [f"    use_backend be_{svc.name} if {_acl(svc, host, path)}" for svc, host, path in routes
+                if host in covered]
+        out.append("    default_backend be_edge_no_host")
+    out += ["", "backend be_edge_no_host", "    mode http",
+            "    http-request return status 404 content-type text/plain string no-service-for-this-host"]
+    return out
+
+
 def render(services: Sequence[LbService], *, admin_socket: str, state_file: str,
-           stats_bind: tuple[str, int] | None = None) -> str:
-    """The whole haproxy.cfg for these services; the same input always gives the same bytes."""
+           stats_bind: tuple[str, int] | None = None, edge: EdgeConfig | None = None,
+           stats_password_hash: str | None = None) -> str:
+    """The whole haproxy.cfg for these services; the same input always gives the same bytes.
+
+    Host-routed services (`hosts`) go on the shared frontends of `edge` (default ports 80 and 443).
+    `stats_password_hash` (a crypt(3) SHA-512 hash, never the password) puts the stats page and /metrics
+    behind HTTP basic auth for user `fleet`."""
     sock = check_file(admin_socket, "admin_socket")
     state = check_file(state_file, "state_file")
     out = [
@@ -245,22 +380,45 @@ def render(services: Sequence[LbService], *, admin_socket: str, state_file: str,
     if stats_bind is not None:
         binds.append((check_address(stats_bind[0], "stats_bind"), check_port(stats_bind[1], "stats_bind"),
                       "stats_bind"))
+    routed = sorted((s for s in services if s.hosts), key=lambda s: str(s.name))
+    if routed:
+        edge = edge or EdgeConfig()
+        addr = check_address(edge.bind_address, "edge.bind_address")
+        for port, what in ((edge.http_port, "edge.http_port"), (edge.https_port, "edge.https_port")):
+            check_port(port, what)
+            for other_addr, other_port, owner in binds:
+                if other_port == port and (addr == other_addr or _wildcard(addr) or _wildcard(other_addr)):
+                    raise ValueError(f"{what}: {port} is already used by {owner}")
+            binds.append((addr, port, what))
     for svc in sorted(services, key=lambda s: str(s.name)):
         out += _service_lines(svc)
         if svc.name in names:
             raise ValueError(f"service name: duplicate {svc.name!r}")
         names.add(svc.name)
+        if svc.bind_port is None:
+            continue
         addr = check_address(svc.bind_address, "bind_address")
         for other_addr, other_port, owner in binds:
             if other_port == svc.bind_port and (addr == other_addr or _wildcard(addr) or _wildcard(other_addr)):
                 raise ValueError(f"service {svc.name!r}.bind_port: {svc.bind_port} is already used by {owner}")
         binds.append((addr, svc.bind_port, f"service {svc.name!r}"))
+    if routed:
+        assert edge is not None
+        out += _edge_lines(routed, edge)
+    if stats_password_hash is not None:
+        if not isinstance(stats_password_hash, str) or not CRYPT_RE.fullmatch(stats_password_hash):
+            raise ValueError("stats_password_hash: expected a crypt(3) SHA-256/512 hash ($5$ or $6$)")
+        out += ["", "userlist fleet_stats", f"    user fleet password '{stats_password_hash}'"]
     if stats_bind is not None:
         out += [
             "",
             "frontend stats",
             "    mode http",
             f"    bind {endpoint(*stats_bind)}",
+        ]
+        if stats_password_hash is not None:
+            out.append("    http-request auth realm fleet-stats unless { http_auth(fleet_stats) }")
+        out += [
             "    http-request use-service prometheus-exporter if { path /metrics }",
             "    stats enable",
             "    stats uri /stats",
