@@ -22,8 +22,8 @@ class Load:
     """`with Load(host, port) as load: ...` then `load.result`; at most `max_seconds` and `max_requests`."""
 
     def __init__(self, host: str, port: int, clients: int = 6, max_seconds: float = 120.0,
-                 max_requests: int = 200_000) -> None:
-        self.host, self.port, self.clients = host, port, clients
+                 max_requests: int = 200_000, timeout: float = 5.0) -> None:
+        self.host, self.port, self.clients, self.timeout = host, port, clients, timeout
         self.deadline = time.monotonic() + max_seconds
         self.max_requests = max_requests
         self.result = LoadResult()
@@ -64,7 +64,7 @@ class Load:
         while not self._done():
             try:
                 if conn is None:
-                    conn = http.client.HTTPConnection(self.host, self.port, timeout=5)
+                    conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
                 conn.request("GET", "/")
                 resp = conn.getresponse()
                 body = resp.read().decode(errors="replace")

@@ -31,7 +31,24 @@ def status_json(st: FleetStatus) -> dict[str, Any]:
         } for s in st.services],
         "unreachable": st.errors,
         "lb_errors": st.lb_errors,
+        "virtual_ip": None if st.vip is None else {
+            "address": st.vip.address, "holders": st.vip.holders,
+            "nodes": {n: {"keepalived": "running" if v.running else "stopped", "holds": v.holds}
+                      for n, v in sorted(st.vip.states.items())},
+            "errors": st.vip.errors,
+        },
     }
+
+
+def vip_line(st: FleetStatus) -> tuple[str, bool]:
+    """One line on the virtual IP, and whether all is well (exactly one lb node holds it)."""
+    assert st.vip is not None
+    held = st.vip.holders
+    if len(held) == 1:
+        return f"virtual IP {st.vip.address} held by {held[0]}", True
+    if not held:
+        return f"[yellow]! virtual IP {st.vip.address} is held by no lb node[/]", False
+    return f"[yellow]! virtual IP {st.vip.address} is held by {', '.join(held)} at once[/]", False
 
 
 def render(st: FleetStatus) -> Table:
@@ -55,6 +72,11 @@ def status_cmd(inventory: common.InventoryOpt = None, json: common.JsonOpt = Fal
     inv = common.inventory(inventory)
 
     async def go() -> FleetStatus:
+        from fleet.watch.client import ask
+
+        warm = await ask(inv.path, "status")  # a `fleet watch` on this controller lends its connections
+        if warm is not None:
+            return warm  # type: ignore[no-any-return]
         async with Fleet.connect(inv) as f:
             return await f.status()
 
@@ -69,4 +91,9 @@ def status_cmd(inventory: common.InventoryOpt = None, json: common.JsonOpt = Fal
                       + (f", served at {', '.join('http://' + e for e in s.endpoints)}" if s.endpoints else ""))
         for node, why in {**st.errors, **st.lb_errors}.items():
             out.print(f"[yellow]! {node}: {esc(why)}[/]")
-    raise typer.Exit(common.EXIT_OK if not st.errors and not st.lb_errors else common.EXIT_PARTIAL)
+    vip_ok = True
+    if st.vip is not None:
+        line, vip_ok = vip_line(st)
+        if not json:
+            common.console().print(line)
+    raise typer.Exit(common.EXIT_OK if not st.errors and not st.lb_errors and vip_ok else common.EXIT_PARTIAL)

@@ -10,6 +10,7 @@ from fleet.core.errors import FleetError
 from fleet.engine.lb import Balancers
 from fleet.engine.nodes import NodeReport
 from fleet.engine.state import observe
+from fleet.engine.vrrp import VipStatus
 from fleet.node.haproxy.render import backend_name
 from fleet.node.haproxy.stats import StatRow
 from fleet.plan.reconcile import Replica
@@ -47,6 +48,8 @@ class FleetStatus:
     services: tuple[ServiceStatus, ...]
     errors: dict[str, str]
     lb_errors: dict[str, str]
+    # The fleet's virtual IP and which lb node holds it (None: the inventory has none).
+    vip: VipStatus | None = None
 
 
 async def lb_ports(records: Records, services: set[str]) -> dict[str, int | None]:
@@ -75,7 +78,9 @@ async def status(pool: Pool, reports: list[NodeReport], records: Records | None 
         except FleetError:
             ports = {}  # no record node answers: the labels say where each service started
     lbs = Balancers(pool, reports)
+    vip_task = asyncio.ensure_future(lbs.vip.status())
     stats = await asyncio.gather(*(lb.stats() for lb in lbs.nodes), return_exceptions=True)
+    vip = await vip_task
     rows: dict[str, list[StatRow]] = {}
     lb_errors = {name: "unreachable" for name in lbs.unreachable}
     for lb, res in zip(lbs.nodes, stats, strict=True):
@@ -99,6 +104,8 @@ async def status(pool: Pool, reports: list[NodeReport], records: Records | None 
             replicas.append(ReplicaStatus(r, addresses.get(r.node, "?"), health))
         label = next((r.lb.port for r in mine if r.lb), None)
         port = ports.get(name, label)
-        endpoints = tuple(f"{n.node.address}:{port}" for n in lbs.nodes) if port else ()
+        # With a virtual IP the service has one address whichever lb node holds it; else one per lb node.
+        at = [vip.address.split("/")[0]] if vip is not None else [n.node.address for n in lbs.nodes]
+        endpoints = tuple(f"{a}:{port}" for a in at) if port else ()
         services.append(ServiceStatus(name, tuple(replicas), endpoints))
-    return FleetStatus(tuple(services), obs.errors, lb_errors)
+    return FleetStatus(tuple(services), obs.errors, lb_errors, vip)

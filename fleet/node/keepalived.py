@@ -51,7 +51,7 @@ class KeepalivedFiles:
     def env(self, vrrp: Vrrp) -> dict[str, str]:
         return {"D": self.dir, "CFG": self.config, "CHECK": self.check, "PIDF": self.pid_file,
                 "VPIDF": self.vrrp_pid_file, "LOG": self.log_file, "HAPIDF": DEFAULT.haproxy.pid_file,
-                "IFACE": vrrp.interface, "VIP": vrrp.virtual_ip}
+                "IFACE": vrrp.interface, "VIP": vrrp.virtual_ip, "VIPCIDR": vrrp.cidr}
 
 
 def priority(index: int) -> int:
@@ -128,6 +128,9 @@ if ! keepalived -t -f "$new" 2>&1; then fleet_unstage; echo "@@fleet result inva
 mv -f "$new" "$CFG"; fleet_staged=; fleet_sname=
 if [ -n "$pid" ]; then kill -HUP "$pid"; echo "@@fleet result reloaded"; exit 0; fi
 rm -f "$PIDF" "$VPIDF"
+# keepalived is not running, so this node must not hold the address: one left behind by a keepalived that was
+# killed would answer ARP beside the real holder.
+if holds; then ip addr del "$VIPCIDR" dev "$IFACE" 2>/dev/null || :; echo "@@fleet stale-address-removed"; fi
 off=$(wc -c <"$LOG" 2>/dev/null || echo 0)
 setsid keepalived -n -l -D -P -f "$CFG" -p "$PIDF" -r "$VPIDF" </dev/null >>"$LOG" 2>&1 9>&- &
 kp=$!

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import math
 import os
@@ -53,6 +54,12 @@ NO_DEADLINE = math.inf
 # under a stream that has no deadline (`logs -f`, `exec`), and the next command reconnects instead of hanging.
 KEEPALIVE_INTERVAL = 5.0
 KEEPALIVE_COUNT_MAX = 3
+# A node that could not be reached in time (a connect timeout, no route to it) is not tried again for this
+# long: one command that talks to it many times (facts, lease, records, the load balancer) pays one slow failed
+# connect, not one per call. A refused connect (sshd restarting) costs milliseconds and is always retried. A long-lived
+# controller (fleet watch) reaches it again after this.
+RETRY_AFTER = 10.0
+SLOW_ERRNOS = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH})
 
 
 Command: TypeAlias = "Sequence[str] | Script"
@@ -165,6 +172,7 @@ class Pool:
         encryption_algs: str | None = CIPHERS,
         keepalive_interval: float = KEEPALIVE_INTERVAL,
         keepalive_count_max: int = KEEPALIVE_COUNT_MAX,
+        retry_after: float = RETRY_AFTER,
     ) -> None:
         if limit < 1 or max_sessions < 1 or connect_attempts < 1 or keepalive_count_max < 1:
             raise ValueError("limit, max_sessions, connect_attempts and keepalive_count_max must be at least 1")
@@ -176,6 +184,9 @@ class Pool:
         self.max_sessions = max_sessions
         self.keepalive_interval = keepalive_interval
         self.keepalive_count_max = keepalive_count_max
+        self.retry_after = retry_after
+        # Nodes whose last connect failed: (when, the error). Calls within `retry_after` fail at once with it.
+        self._failed: dict[_Key, tuple[float, ConnectError]] = {}
         self._algs = {"kex_algs": kex_algs, "encryption_algs": encryption_algs}
         self._sem = asyncio.Semaphore(limit)
         self._conns: dict[_Key, asyncio.Task[asyncssh.SSHClientConnection]] = {}
@@ -280,8 +291,13 @@ class Pool:
                     node.name, f"{_where(node)}: authentication failed, no offered key was accepted"
                 ) from exc
             except (OSError, asyncssh.ConnectionLost) as exc:
-                if attempt == self.connect_attempts or isinstance(exc, TimeoutError):
-                    raise ConnectError(node.name, self._connect_message(node, exc)) from exc
+                # A timeout already waited its fill; no route to the host (ARP got no answer: the machine or
+                # its link is down) took seconds too. Neither is a node restarting: not retried.
+                slow = isinstance(exc, TimeoutError) or getattr(exc, "errno", None) in SLOW_ERRNOS
+                if attempt == self.connect_attempts or slow:
+                    error = ConnectError(node.name, self._connect_message(node, exc))
+                    error.slow = slow
+                    raise error from exc
             except asyncssh.Error as exc:
                 raise SessionError(node.name, f"{_where(node)}: SSH handshake failed: {exc.reason}") from exc
             await asyncio.sleep(delay)
@@ -299,13 +315,20 @@ class Pool:
             why = exc.strerror[0].lower() + exc.strerror[1:]
         else:
             why = str(exc) or type(exc).__name__
-        retried = self.connect_attempts > 1 and not isinstance(exc, TimeoutError)
+        retried = self.connect_attempts > 1 and not isinstance(exc, TimeoutError) \
+            and getattr(exc, "errno", None) not in SLOW_ERRNOS
         tries = f" (after {self.connect_attempts} attempts)" if retried else ""
         return f"cannot connect to {node.address}:{node.port}: {why}{tries}"
 
     async def _connection(self, node: Node) -> asyncssh.SSHClientConnection:
         """The node's connection, opened on first use; concurrent first uses share one connect."""
         key = _key(node)
+        failed = self._failed.get(key)
+        if failed is not None and key not in self._conns:
+            age = time.monotonic() - failed[0]
+            if age < self.retry_after:
+                raise ConnectError(node.name, f"{failed[1].message} ({age:.0f}s ago; retried "
+                                              f"{self.retry_after:g}s after the failure)")
         task = self._conns.get(key)
         if task is not None and task.done():
             if not task.cancelled() and task.exception() is None:
@@ -319,11 +342,15 @@ class Pool:
             task.add_done_callback(_consume)
             self._conns[key] = task
         try:
-            return await asyncio.shield(task)
-        except Exception:
+            conn = await asyncio.shield(task)
+        except Exception as exc:
             if self._conns.get(key) is task:
                 del self._conns[key]
+                if isinstance(exc, ConnectError) and exc.slow and self.retry_after > 0:
+                    self._failed[key] = (time.monotonic(), exc)
             raise
+        self._failed.pop(key, None)
+        return conn
 
     def _slot(self, node: Node) -> asyncio.Semaphore:
         key = _key(node)
