@@ -102,6 +102,11 @@ def ps(inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
 
     async def go() -> PsResult:
         # Every container, running or not: the summary line counts those --all would show.
+        from fleet.watch.client import ask
+
+        warm = await ask(inv.path, "ps", all=True, timeout=timeout)  # through a `fleet watch` on this controller
+        if warm is not None:
+            return warm  # type: ignore[no-any-return]
         async with Fleet.connect(inv, connect_timeout=10.0) as f:
             return await f.ps(all=True, timeout=timeout)
 

@@ -86,24 +86,27 @@ class Look:
 
 def signature(replicas: Sequence[Replica], down: frozenset[tuple[str, str]], lost: frozenset[str],
               expired: frozenset[str]) -> frozenset[Any]:
-    """What a round compares with the last settled round: a change is drift."""
+    """What a round compares with the round the watcher last acted on: a change is something new."""
     return frozenset({("replica", r.id, r.node, r.running) for r in replicas}
                      | {("down", *d) for d in down} | {("lost", n) for n in lost} | {("expired", n) for n in expired})
 
 
-def should_act(look: Look, *, first: bool, settled: frozenset[Any] | None, since_act: float,
-               retry: float, resync: float) -> str | None:
+def should_act(look: Look, *, first: bool, acted: frozenset[Any] | None, since_act: float, retry: float,
+               resync: float, playbooks_changed: bool = False) -> str | None:
     """Why this round reconciles, or None. Pure: the rules of the loop, tested as data.
 
-    A lost node never seen answering holds the round back (its replicas are unknown: a reconcile now would
-    replace them at once) until its grace is over."""
+    It acts on a problem (a replica not running, a server HAProxy finds down, a node past its grace) as soon as
+    the fleet looks different from the round it last acted on (`acted`), and again every `retry` seconds while
+    the problem stays; on a playbook change; and every `resync` seconds whatever it sees. A lost node never seen
+    answering holds every round back (its replicas are unknown: a reconcile now would replace them at once)
+    until its grace is over."""
     if look.view.unknown:
         return None
     if first:
         return "start"
-    if look.signature != settled:
-        return "drift"
-    if look.problems and since_act >= retry:
+    if playbooks_changed:
+        return "playbooks"
+    if look.problems and (look.signature != acted or since_act >= retry):
         return "problem"
     if since_act >= resync:
         return "resync"
@@ -125,7 +128,8 @@ class Watcher:
         self.state = "starting"
         self._specs: list[ServiceSpec] = []
         self._specs_key: tuple[tuple[str, float], ...] | None = None
-        self._settled: frozenset[Any] | None = None
+        self._acted: frozenset[Any] | None = None
+        self._playbooks_changed = False
         self._last_act = 0.0
         self._first = True
         self.rounds = 0
@@ -151,6 +155,7 @@ class Watcher:
             try:
                 self._specs = load_playbooks(self.options.playbooks)
                 if self._specs_key is not None:
+                    self._playbooks_changed = True
                     self.log("playbooks", message="playbooks changed: read again",
                              services=[s.name for s in self._specs])
                 self._specs_key = key
@@ -194,16 +199,17 @@ class Watcher:
         specs = self.specs()
         look = await self.look(fleet)
         self.rounds += 1
-        why = "once" if force else should_act(look, first=self._first, settled=self._settled,
+        why = "once" if force else should_act(look, first=self._first, acted=self._acted,
                                               since_act=started - self._last_act, retry=self.options.retry,
-                                              resync=self.options.resync)
+                                              resync=self.options.resync, playbooks_changed=self._playbooks_changed)
         if look.view.unknown and not force:
             self.log("grace", message="a node this watcher never read does not answer: waiting for its grace",
                      nodes={n: round(s, 1) for n, s in look.view.waiting.items()})
         if why is None:
-            self._settled = look.signature
             return None
         self._first = False
+        self._playbooks_changed = False
+        self._acted = look.signature
         if look.view.waiting:
             self.log("grace", message="holding the replicas of nodes in their grace period",
                      nodes={n: round(s, 1) for n, s in look.view.waiting.items()},
@@ -221,7 +227,6 @@ class Watcher:
         finally:
             self._reset(fleet)
         self._last_act = time.monotonic()
-        self._settled = None  # the next round's reading is the settled one
         self.last_ok = result.ok
         changed = [o for o in result.outcomes if o.changed]
         self.log("reconciled", reason=why, ok=result.ok, seconds=round(time.monotonic() - started, 3),
