@@ -1,0 +1,232 @@
+"""Volumes on a node, below the lab: the listing parser on recorded output, the scripts run by a real /bin/sh on
+temporary directories, the storage node's host key picked from known_hosts (plain, hashed, [host]:port), a backup
+streamed into a file and restored from it over a real in-process SSH server, and refusals before any node is
+contacted (an unknown storage host through the CLI: exit 2, no connection)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+from sshserver import SSHFarm
+from test_bad_input import Listener, assert_refused, cli, inventory_for, node, write  # noqa: F401
+
+from fleet.core.errors import ScriptOutputError, StorageError, VolumeError
+from fleet.core.model import Node
+from fleet.core.shell import Script
+from fleet.engine import volumes as V
+from fleet.engine.nodes import READY, NodeReport
+from fleet.engine.volumes import StorageAccess, VolumeListing, VolumeRow, backup, find, restore, split_ref
+from fleet.node import storage as S
+from fleet.transport import Pool
+
+
+def sh(script: Script, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["/bin/sh", "-c", script.render()], input=stdin, capture_output=True, timeout=30)
+
+
+# --- listing -----------------------------------------------------------------------------------------------------
+
+def test_the_listing_script_prints_what_the_parser_reads(tmp_path: Path) -> None:
+    local, export = tmp_path / "volumes", tmp_path / "storage"
+    (local / "web" / "data").mkdir(parents=True)
+    (local / "web" / "data" / "f").write_bytes(b"x" * 5000)
+    (local / "db" / "pg").mkdir(parents=True)
+    (local / "db" / "Not A Volume").mkdir(parents=True)
+    (export / "web" / "shared").mkdir(parents=True)
+    script = S.list_script(sizes=True, export=str(export))
+    script = Script(script.text, {**script.env, "LOCAL": str(local)}, name=script.name)
+    out = sh(script)
+    assert out.returncode == 0, out.stderr
+    rows = S.parse_list(out.stdout.decode())
+    assert [(r.kind, r.service, r.name) for r in rows] == [
+        ("local", "db", "pg"), ("local", "web", "data"), ("sshfs", "web", "shared")]
+    sizes = {r.name: r.size for r in rows}
+    assert sizes["data"] is not None and sizes["data"] >= 5000
+
+
+def test_without_sizes_the_listing_measures_nothing() -> None:
+    rows = S.parse_list("local\tweb\tdata\t-\n")
+    assert rows == [S.VolumeDir("local", "web", "data", None)]
+
+
+@pytest.mark.parametrize("line", ["garbage", "local\tweb\tdata", "remote\tweb\tdata\t4"])
+def test_a_foreign_listing_line_is_refused(line: str) -> None:
+    with pytest.raises(ScriptOutputError):
+        S.parse_list(line + "\n")
+
+
+# --- paths and refs ----------------------------------------------------------------------------------------------
+
+def test_paths_refuse_names_that_could_escape() -> None:
+    assert S.local_dir("web", "data") == "/var/lib/fleet/volumes/web/data"
+    assert S.mountpoint("web-0-abc", "shared") == "/var/lib/fleet/mnt/web-0-abc/shared"
+    for bad in ("..", "a/b", "", "A"):
+        with pytest.raises(ValueError):
+            S.local_dir("web", bad)
+    with pytest.raises(ValueError):
+        S.mountpoint("../x", "data")
+
+
+def test_a_volume_is_named_service_slash_name() -> None:
+    assert split_ref("web/data") == ("web", "data")
+    for bad in ("web", "web/", "/data", "web/da ta", "web/../x"):
+        with pytest.raises(VolumeError, match="SERVICE/NAME"):
+            split_ref(bad)
+
+
+def test_find_asks_for_a_node_when_a_volume_is_on_several() -> None:
+    rows = tuple(VolumeRow(n, "local", "web", "data", 1, S.local_dir("web", "data")) for n in ("n1", "n2"))
+    listing = VolumeListing(rows)
+    with pytest.raises(VolumeError, match=r"on several nodes \(n1, n2\): choose one with --node"):
+        find(listing, "web/data")
+    assert find(listing, "web/data", "n2").node == "n2"
+    with pytest.raises(VolumeError, match="no volume web/other"):
+        find(listing, "web/other")
+
+
+# --- scripts on a real shell ---------------------------------------------------------------------------------------
+
+def test_restore_refuses_a_volume_that_holds_data_and_fills_an_empty_one(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_text("one")
+    archive = subprocess.run(["/bin/sh", "-c", S.archive_script(str(src)).render()], capture_output=True,
+                             check=True).stdout
+    target = tmp_path / "new" / "vol"
+    assert sh(S.restore_script(str(target)), archive).returncode == 0
+    assert (target / "a").read_text() == "one"
+    again = sh(S.restore_script(str(target)), archive)
+    assert again.returncode == 3 and b"is not empty" in again.stderr
+
+
+def test_archiving_a_missing_directory_says_so(tmp_path: Path) -> None:
+    out = sh(S.archive_script(str(tmp_path / "nope")))
+    assert out.returncode == 3 and b"no such volume directory" in out.stderr
+
+
+def test_release_without_mounts_is_a_no_op_and_removes_empty_mountpoints(tmp_path: Path) -> None:
+    script = S.release_script("web-0-abc")
+    assert sh(script).returncode == 0  # nothing mounted for this container
+    d = tmp_path / "web-0-abc"
+    (d / "shared").mkdir(parents=True)
+    out = sh(Script(script.text, {"D": str(d)}))
+    assert out.returncode == 0 and not d.exists()
+
+
+def test_the_mount_command_pins_the_key_and_the_host_and_allows_other_users() -> None:
+    script = S.mount_script("/var/lib/fleet/mnt/c1/shared", user="root", address="10.0.0.5", port=2222,
+                            remote="/srv/web/shared", key="/run/fleet/storage/st.key",
+                            known_hosts="/run/fleet/storage/st.known_hosts")
+    assert script.env["DEST"] == "root@10.0.0.5:/srv/web/shared" and script.env["PORT"] == "2222"
+    for needle in ("StrictHostKeyChecking=yes", "BatchMode=yes", "IdentitiesOnly=yes", "allow_other",
+                   'timeout -k 2 "$T" sshfs'):
+        assert needle in script.text
+    assert S.mount_script("/m/c/x", user="u", address="fd00::5", port=22, remote="/r", key="k",
+                          known_hosts="h").env["DEST"] == "u@[fd00::5]:/r"
+
+
+def test_a_worker_without_fuse_or_sshfs_is_told_so(tmp_path: Path) -> None:
+    script = S.mount_script(str(tmp_path / "mp"), user="root", address="127.0.0.1", port=1, remote="/r",
+                            key="k", known_hosts="h")
+    env = {**os.environ, "PATH": str(tmp_path)}  # no sshfs on this PATH
+    out = subprocess.run(["/bin/sh", "-c", script.render()], env=env, capture_output=True, timeout=30)
+    assert out.returncode == S.MISSING_EXIT and b"sshfs is not installed" in out.stderr
+
+
+def test_the_storage_script_makes_one_key_authorizes_it_for_sftp_only_and_prints_it(tmp_path: Path) -> None:
+    auth = tmp_path / "auth" / "authorized_keys"
+    script = S.prepare_storage_script(str(tmp_path / "export"), ["web/shared"], str(auth))
+    script = Script(script.text, {**script.env, "KEYDIR": str(tmp_path / "key")}, script.args, script.name)
+    first, second = sh(script), sh(script)
+    assert first.returncode == 0, first.stderr
+    key = S.parse_private_key(first.stdout.decode())
+    assert S.parse_private_key(second.stdout.decode()) == key, "made once, then reused"
+    [line] = auth.read_text().splitlines()
+    assert line.startswith(f'restrict,command="internal-sftp -d {tmp_path}/export" ssh-ed25519 ')
+    assert (tmp_path / "export" / "web" / "shared").is_dir()
+    assert oct((tmp_path / "key" / "id_ed25519").stat().st_mode & 0o777) == "0o600"
+    with pytest.raises(ScriptOutputError):
+        S.parse_private_key("Permission denied\n")
+    with pytest.raises(ValueError):
+        S.prepare_storage_script("/x", ["web/../etc"])
+
+
+# --- the storage node's host key ---------------------------------------------------------------------------------
+
+def _hashed(host: str, salt: bytes = b"0123456789abcdefghij") -> str:
+    digest = hmac.new(salt, host.encode(), hashlib.sha1).digest()
+    return f"|1|{base64.b64encode(salt).decode()}|{base64.b64encode(digest).decode()}"
+
+
+def test_host_keys_are_found_plain_hashed_and_with_a_port() -> None:
+    text = "\n".join([
+        "# comment",
+        "10.0.0.5,st ssh-ed25519 AAAAplain",
+        f"{_hashed('10.0.0.5')} ecdsa-sha2-nistp256 AAAAhashed",
+        "[10.0.0.5]:2222 ssh-ed25519 AAAAport",
+        "@cert-authority 10.0.0.5 ssh-ed25519 AAAAca",
+        "10.0.0.6 ssh-ed25519 AAAAother",
+    ])
+    assert S.known_host_lines(text, "10.0.0.5", 22) == [
+        "10.0.0.5 ssh-ed25519 AAAAplain", "10.0.0.5 ecdsa-sha2-nistp256 AAAAhashed"]
+    assert S.known_host_lines(text, "10.0.0.5", 2222) == ["[10.0.0.5]:2222 ssh-ed25519 AAAAport"]
+    assert S.known_host_lines(text, "10.0.0.7", 22) == []
+
+
+# --- over SSH: streaming a backup, restoring it, a storage node that is down ----------------------------------------
+
+async def test_a_backup_streams_into_a_file_and_restores_into_a_new_volume(farm: SSHFarm, tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "vol"
+    src.mkdir()
+    blob = os.urandom(3 * 1024 * 1024)  # bigger than one SSH window: the stream is read in chunks
+    (src / "blob").write_bytes(blob)
+    report = NodeReport(farm.node("n1", roles=("worker",)), READY, None, None, 0.0)
+    row = VolumeRow("n1", "local", "web", "data", None, str(src))
+    seen: list[int] = []
+    async with Pool() as pool:
+        size = await backup(pool, [report], row, str(tmp_path / "b.tar"), on_progress=seen.append)
+        assert size == os.path.getsize(tmp_path / "b.tar") and seen and seen[-1] == size
+        with tarfile.open(tmp_path / "b.tar") as tar:
+            assert tar.extractfile("./blob").read() == blob  # type: ignore[union-attr]
+        target = tmp_path / "restored" / "web" / "data"
+        monkeypatch.setattr(V.S, "local_dir", lambda service, name: str(target))
+        await restore(pool, [report], "web/data", "n1", str(tmp_path / "b.tar"))
+        assert (target / "blob").read_bytes() == blob
+        with pytest.raises(VolumeError, match="is not empty"):
+            await restore(pool, [report], "web/data", "n1", str(tmp_path / "b.tar"))
+        row_missing = VolumeRow("n1", "local", "web", "gone", None, str(tmp_path / "gone"))
+        with pytest.raises(VolumeError, match="no such volume directory"):
+            await backup(pool, [report], row_missing, str(tmp_path / "c.tar"))
+        assert not (tmp_path / "c.tar").exists() and not (tmp_path / "c.tar.part").exists()
+    assert os.path.getsize(tmp_path / "b.tar") > len(blob)
+
+
+async def test_a_storage_node_that_is_down_is_named_with_its_address(farm: SSHFarm, tmp_path: Path) -> None:
+    down = await farm.add("st", listen=False)
+    storage = Node("st", "127.0.0.1", port=down.port, key_files=down.key_files, known_hosts=down.known_hosts,
+                   roles=("storage",))
+    async with Pool(connect_attempts=1, connect_timeout=5) as pool:
+        with pytest.raises(StorageError, match=rf"storage node st \(127\.0\.0\.1:{down.port}\) could not be used"):
+            await StorageAccess(pool).mount(farm.node("n1"), storage, "web", "shared", "web-0-abc")
+
+
+def test_an_unknown_storage_host_is_refused_by_the_cli_before_any_node_is_contacted(
+        tmp_path: Path, node: Listener) -> None:  # noqa: F811
+    pb = write(tmp_path, "pb.yaml", """
+        services:
+          web:
+            image: fleet.local/demo:v1
+            volumes:
+              - {type: sshfs, source: shared, target: /shared, storage: nas}
+    """)
+    result = cli("plan", "-i", inventory_for(tmp_path, node), pb)
+    assert_refused(result, "pb.yaml:5: services.web.volumes[0]: unknown storage host 'nas'")
+    assert node.offered() == 0
