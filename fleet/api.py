@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from fleet.engine.apply import Engine, Event, Outcome
     from fleet.engine.containers import LogStream, PsResult, PsRow
     from fleet.engine.images import PushResult
+    from fleet.engine.lbview import LbConfig
     from fleet.engine.nodes import NodeReport, facts_command, report_from
     from fleet.engine.status import FleetStatus, ReplicaStatus, ServiceStatus
     from fleet.engine.volumes import VolumeListing, VolumeRow
@@ -159,12 +160,13 @@ class RunResult:
 @dataclass(frozen=True)
 class PlanView:
     """`fleet plan`: the reconcile diff, the spec changes that keep containers (lb, health, …) per service, and
-    what `reconcile` would hold back."""
+    what `reconcile` would hold back; `lb_diff`: per lb node, the unified diff of its HAProxy config (masked)."""
 
     plan: Plan
     errors: dict[str, str]
     changes: dict[str, list[str]]
     notes: dict[str, str]
+    lb_diff: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
@@ -308,7 +310,21 @@ class Fleet:
             target = await engine.target("reconcile", spec)
             if target.note:
                 notes[spec.name] = target.note
-        return PlanView(p, dict(obs.errors), changes, notes)
+        from fleet.engine.lbview import config_diff, proposed_configs
+
+        lb_diff = {node: diff for node, (now, after) in (await proposed_configs(engine, specs)).items()
+                   if (diff := config_diff(node, now, after))}
+        return PlanView(p, dict(obs.errors), changes, notes, lb_diff)
+
+    async def lb_show(self, nodes: Sequence[str] | None = None) -> list[LbConfig]:
+        """The HAProxy config each lb node runs (or those named), its stats password hash masked; read-only."""
+        from fleet.engine.lbview import read_configs
+
+        unknown = [n for n in nodes or () if n not in self.inventory.names()
+                   or not self.inventory.node(n).has_role("lb")]
+        if unknown:
+            raise FleetError(f"not an lb node of {self.inventory.path}: {', '.join(unknown)}")
+        return await read_configs(await self.engine(), nodes)
 
     async def history(self, service: str) -> list[Revision]:
         return await self.records().list(service)

@@ -499,3 +499,106 @@ def test_real_haproxy_routes_two_tls_hosts_answers_acme_and_guards_stats(
     assert status == 200 and 'haproxy_backend_status{proxy="be_shop"' in body
     assert _get(ports["stats"], "x", "/stats", headers={"Authorization": "Basic " + base64.b64encode(
         b"fleet:wrong").decode()})[0] == 401
+
+
+# ---- ACME against Debian's pebble, with a real HAProxy answering the tokens, all on 127.0.0.1 ---------------
+
+PEBBLE = shutil.which("pebble")
+CHALLTESTSRV = shutil.which("pebble-challtestsrv")
+
+
+def start_pebble(tmp: Path, ca: TestCA, http_port: int, lb_ip: str, procs: list[subprocess.Popen[bytes]],
+                 bind: str = "127.0.0.1") -> tuple[str, Path, int]:
+    """pebble (its HTTPS listener's certificate from `ca`) validating HTTP-01 on `http_port` of whatever its
+    fake DNS (pebble-challtestsrv) answers: `lb_ip` for every name. Returns (directory URL, CA file, mgmt port)."""
+    import json
+
+    dns, listen, mgmt = free_port(), free_port(), free_port()
+    leaf = ca.leaf("localhost", ips=(bind,))
+    (tmp / "pebble-cert.pem").write_bytes(leaf.cert)
+    (tmp / "pebble-key.pem").write_bytes(leaf.key)
+    (tmp / "pebble-ca.pem").write_bytes(ca.pem)
+    (tmp / "pebble.json").write_text(json.dumps({"pebble": {
+        "listenAddress": f"{bind}:{listen}", "managementListenAddress": f"{bind}:{mgmt}",
+        "certificate": str(tmp / "pebble-cert.pem"), "privateKey": str(tmp / "pebble-key.pem"),
+        "httpPort": http_port, "tlsPort": free_port(), "ocspResponderURL": "",
+        "externalAccountBindingRequired": False}}))
+    env = {**os.environ, "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0", "PEBBLE_AUTHZREUSE": "0"}
+    assert CHALLTESTSRV is not None and PEBBLE is not None
+    procs.append(subprocess.Popen([CHALLTESTSRV, "-defaultIPv4", lb_ip, "-defaultIPv6", "", "-dns01",
+                                   f"127.0.0.1:{dns}", "-http01", "", "-https01", "", "-tlsalpn01", "",
+                                   "-management", f"127.0.0.1:{free_port()}"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    procs.append(subprocess.Popen([PEBBLE, "-config", str(tmp / "pebble.json"), "-dnsserver", f"127.0.0.1:{dns}"],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    url = f"https://{bind}:{listen}/dir"
+    ctx = ca.context()
+
+    def up() -> bool:
+        with socket.create_connection((bind, listen), timeout=2) as s, ctx.wrap_socket(s, server_hostname=bind):
+            return True
+
+    wait_until(up, timeout=15, message="pebble listening", ignore=(OSError,))
+    return url, tmp / "pebble-ca.pem", mgmt
+
+
+def pebble_roots(ca: TestCA, mgmt: int, bind: str = "127.0.0.1") -> bytes:
+    """The root pebble signs with (made anew at each start), from its management interface."""
+    conn = http.client.HTTPSConnection(bind, mgmt, timeout=5, context=ca.context())
+    conn.request("GET", "/roots/0")
+    body = conn.getresponse().read()
+    conn.close()
+    return body
+
+
+@needs_haproxy
+@pytest.mark.skipif(PEBBLE is None or CHALLTESTSRV is None, reason="pebble is not installed")
+async def test_acme_issues_through_pebble_with_haproxy_answering_http01(
+        tmp_path: Path, ca: TestCA, procs: list[subprocess.Popen[bytes]]) -> None:
+    import asyncio
+
+    from fleet.core.edge import AcmeSettings
+    from fleet.engine.acme import issue
+
+    http_port, stats = free_port(), free_port()
+    amap = tmp_path / "acme.map"
+    amap.write_text("")
+    text = render([LbService("shop", None, (LbServer("s", "127.0.0.1", free_port()),), hosts=("shop.example.test",))],
+                  admin_socket=str(tmp_path / "admin.sock"), state_file=str(tmp_path / "state"),
+                  stats_bind=("127.0.0.1", stats), edge=EdgeConfig(http_port, free_port(), "127.0.0.1", str(amap)))
+    (tmp_path / "haproxy.cfg").write_text(text)
+    procs.append(subprocess.Popen([HAPROXY, "-f", str(tmp_path / "haproxy.cfg")], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL))
+    url, ca_file, mgmt = start_pebble(tmp_path, ca, http_port, "127.0.0.1", procs)
+    wait_until(lambda: (tmp_path / "admin.sock").exists(), timeout=10, message="haproxy's admin socket")
+    published: list[str] = []
+
+    def admin(cmd: str) -> str:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(tmp_path / "admin.sock"))
+            s.sendall((cmd + "\n").encode())
+            return s.recv(4096).decode().strip()
+
+    async def publish(tokens: object) -> None:
+        for token, keyauth in tokens:  # type: ignore[attr-defined]
+            assert admin(add_token(token, keyauth, str(amap))) == ""
+            published.append(token)
+
+    async def withdraw(tokens: object) -> None:
+        for token, _ in tokens:  # type: ignore[attr-defined]
+            admin(del_token(token, str(amap)))
+
+    settings = AcmeSettings(url, "ops@example.test", str(ca_file))
+    issued = await asyncio.wait_for(issue(settings, ["shop.example.test"], publish, withdraw), 60)
+    assert published and repr(issued) == "Issued(chain=..., key=***)"
+    info = cert_info(bundle(issued.chain, issued.key))
+    assert info.names == ("shop.example.test",)
+    # The chain goes up to pebble's root (made at its start): leaf ← intermediate ← root, no other CA involved.
+    from cryptography import x509
+    certs = [x509.load_pem_x509_certificate(b"-----BEGIN" + b) for b in issued.chain.split(b"-----BEGIN")[1:]]
+    root = x509.load_pem_x509_certificate(pebble_roots(ca, mgmt))
+    assert len(certs) == 2
+    certs[0].verify_directly_issued_by(certs[1])
+    certs[1].verify_directly_issued_by(root)
+    # The tokens were withdrawn afterwards.
+    assert admin(f"show map {amap}") == ""

@@ -54,6 +54,7 @@ def plan_json(p: Plan, errors: dict[str, str]) -> dict[str, Any]:
         "changed": p.changed,
         "unreachable": errors,
         "unmanaged": list(p.unmanaged),
+        "rejected": dict(p.rejected),
         "services": [{
             "service": s.name,
             "image": s.spec.image,
@@ -100,11 +101,24 @@ def print_plan(p: Plan, errors: dict[str, str], changes: dict[str, list[str]] | 
             out.print(f"    [bold red]! cannot place[/] {esc(str(u))}")
         if not (s.changed or s.unplaced or edits):
             out.print(f"    no change ({len(s.keep)} replicas up to date)")
+    if p.unplaced:
+        for node, why in p.rejected.items():
+            out.print(f"    [red]! {esc(node)}[/]: {esc(why)}")
     for name in p.unmanaged:
         out.print(f"[dim]  {name}: running, not in these playbooks (left alone)[/]")
     pending = p.changed or any(changes.get(s.name) for s in p.services)
     out.print("Plan: " + ("changes pending" if pending else "nothing to do")
               + (f"; {len(p.unplaced)} replica(s) cannot be placed" if p.unplaced else ""))
+
+
+def print_lb_diff(diffs: dict[str, list[str]]) -> None:
+    """The HAProxy config changes per lb node (unified diff), after the plan."""
+    out = common.console()
+    for node, lines in sorted(diffs.items()):
+        out.print(f"[bold]HAProxy on {esc(node)}[/] would change:")
+        for line in lines:
+            style = "green" if line.startswith("+") else "red" if line.startswith("-") else "dim"
+            out.print(f"  [{style}]{esc(line)}[/]")
 
 
 def plan(playbooks: PlaybooksArg = None, inventory: common.InventoryOpt = None, json: common.JsonOpt = False) -> None:
@@ -116,7 +130,10 @@ def plan(playbooks: PlaybooksArg = None, inventory: common.InventoryOpt = None, 
     specs = specs_from(playbooks)
 
     async def go() -> PlanView:
-        async with Fleet.connect(inv) as f:
+        from fleet.api import secret_get
+
+        # The keyring only for the stats password (its hash is in the config the diff is made of, masked).
+        async with Fleet.connect(inv, secrets=secret_get if inv.edge.stats_password_secret else None) as f:
             return await f.plan(specs)
 
     view = common.run(go)
@@ -126,9 +143,11 @@ def plan(playbooks: PlaybooksArg = None, inventory: common.InventoryOpt = None, 
             svc["changes"] = view.changes.get(svc["service"], [])
             svc["held_back"] = view.notes.get(svc["service"])
         data["changed"] = view.changed
+        data["lb_diff"] = view.lb_diff
         common.print_json(data)
     else:
         print_plan(view.plan, view.errors, view.changes, view.notes)
+        print_lb_diff(view.lb_diff)
     if view.plan.unplaced:
         raise typer.Exit(common.EXIT_PARTIAL)
     raise typer.Exit(EXIT_CHANGES if view.changed else common.EXIT_OK)

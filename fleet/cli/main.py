@@ -10,6 +10,7 @@ from fleet.cli import (
     exec_,
     image,
     lab,
+    lb,
     lock,
     logs,
     node,
@@ -50,6 +51,7 @@ app.add_typer(secret.app, name="secret")
 app.add_typer(lock.app, name="lock")
 app.add_typer(volume.app, name="volume")
 app.add_typer(node.app, name="node")
+app.add_typer(lb.app, name="lb")
 
 
 def main() -> None:
