@@ -271,6 +271,9 @@ class Engine:
             the_plan = plan(wanted, node_states(self.reports, self.errors, self.held), seen, self.volumes)
             if the_plan.unplaced:
                 why = "".join(f"\n  {node}: {reason}" for node, reason in sorted(missing.items()))
+                # Why each node took no more (measured use included), unless already said above.
+                why += "".join(f"\n  {node}: {reason}" for node, reason in the_plan.rejected.items()
+                               if node not in missing)
                 raise SchedulingError("cannot place every replica; nothing was changed:\n  "
                                       + "\n  ".join(str(u) for u in the_plan.unplaced) + why)
             failed = await self._check_images(the_plan)

@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from fleet.core.errors import LabError
+from fleet.core.units import parse_memory
 from fleet.lab import render
 from fleet.lab.render import LabConfig, LabNode, node_dir
 
@@ -30,10 +31,12 @@ class NodeStatus:
     sshd: bool
     containerd: bool
     run_tmpfs: bool = False
+    memory_cgroup: bool = True
 
     @property
     def ready(self) -> bool:
-        return self.netns and self.holder_pid is not None and self.sshd and self.containerd and self.run_tmpfs
+        return (self.netns and self.holder_pid is not None and self.sshd and self.containerd and self.run_tmpfs
+                and self.memory_cgroup)
 
 
 def _run(argv: list[str], *, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -134,6 +137,58 @@ def _cgroup_pids(ns: str, cid: str) -> list[int]:
     return sorted(pids)
 
 
+def _memory_cgroups() -> bool:
+    """Lab nodes get their own memory cgroup where this machine runs cgroup v1 with a memory hierarchy (FACTS §0);
+    elsewhere (cgroup v2, not verified here) they run without one, and read the machine's memory as their own."""
+    return (os.path.isfile(f"{render.MEMORY_HIERARCHY}/memory.limit_in_bytes")
+            and not os.path.exists("/sys/fs/cgroup/cgroup.controllers"))
+
+
+def _memory_cgroup_of(pid: int | None) -> str | None:
+    """The memory cgroup of `pid` as this process sees it (/proc/<pid>/cgroup, v1), None when unknown."""
+    if not pid:
+        return None
+    try:
+        with open(f"/proc/{pid}/cgroup") as fh:
+            for line in fh:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                if "memory" in controllers.split(","):
+                    return path
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _remove_cgroup(path: str) -> None:
+    """Kill every process in a cgroup and its descendants, then remove them, deepest first (a crashed run's
+    leftover included). A directory that is not there is not an error."""
+    if not os.path.isdir(path):
+        return
+    dirs = [root for root, _, _ in os.walk(path, topdown=False)]
+    pids: set[int] = set()
+    for d in dirs:
+        try:
+            with open(f"{d}/cgroup.procs") as fh:
+                pids |= {int(p) for p in fh.read().split()}
+        except OSError:
+            continue
+    pids.discard(os.getpid())
+    _kill_and_wait(sorted(pids))
+    for d in dirs:
+        # A killed process leaves its cgroup a moment after it is reaped: retry briefly.
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                os.rmdir(d)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise LabError(f"cannot remove cgroup {d}") from None
+                time.sleep(0.02)
+
+
 def _kill_and_wait(pids: list[int], timeout: float = 10.0) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
@@ -173,6 +228,9 @@ class Lab:
             containerd=(_alive(_read_pid(f"{d}/containerd.pid"))
                         and os.path.exists(f"{d}/run/containerd/containerd.sock")),
             run_tmpfs=_alive(holder) and _fstype_at(holder, render.NODE_RUN_TMPFS) == "tmpfs",
+            memory_cgroup=not _memory_cgroups() or (
+                _alive(holder) and _memory_cgroup_of(holder) == render.node_cgroup(self.cfg, node).removeprefix(
+                    render.MEMORY_HIERARCHY)),
         )
 
     def status(self) -> list[NodeStatus]:
@@ -274,10 +332,17 @@ class Lab:
         hostkey = f"{d}/ssh/ssh_host_ed25519_key"
         if not os.path.exists(hostkey):
             _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", node.name, "-f", hostkey])
+        cgroup = render.node_cgroup(cfg, node) if _memory_cgroups() else None
+        if cgroup is not None:
+            _remove_cgroup(cgroup)  # a crashed run's leftover
+            os.makedirs(cgroup)
+            if node.memory is not None:
+                with open(f"{cgroup}/memory.limit_in_bytes", "w") as fh:
+                    fh.write(str(parse_memory(node.memory)))
         files = {
             "sshd_config": render.sshd_config(cfg, node),
             "containerd.toml": render.containerd_config(cfg),
-            "init.sh": render.init_script(cfg, node),
+            "init.sh": render.init_script(cfg, node, memory_cgroup=cgroup is not None),
         }
         for name, text in files.items():
             with open(f"{d}/{name}", "w") as fh:
@@ -298,10 +363,12 @@ class Lab:
         _run(["ip", "-n", ns, "route", "add", "default", "via", cfg.gateway])
         with open(f"{d}/init.log", "ab") as log:
             # setsid -f detaches the node from this process; init.sh records its own PID (the holder's:
-            # nsenter and unshare exec in place, and the script ends by exec'ing its holding sleep).
+            # nsenter and unshare exec in place, and the script ends by exec'ing its holding sleep). With a memory
+            # cgroup, the node joins it first and then gets its own cgroup namespace, rooted there.
+            enter = ["sh", "-c", 'echo $$ >"$0" && exec "$@"', f"{cgroup}/cgroup.procs"] if cgroup else []
             subprocess.run(
-                ["setsid", "-f", "nsenter", f"--net=/run/netns/{ns}", "unshare", "--mount", "--uts",
-                 "--propagation", "private", "sh", f"{d}/init.sh"],
+                ["setsid", "-f", *enter, "nsenter", f"--net=/run/netns/{ns}", "unshare", "--mount", "--uts",
+                 *(["--cgroup"] if cgroup else []), "--propagation", "private", "sh", f"{d}/init.sh"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True, check=True,
             )
 
@@ -343,6 +410,7 @@ class Lab:
             for d in _cgroup_dirs(tns, cid):
                 with contextlib.suppress(OSError):
                     os.rmdir(d)
+        _remove_cgroup(render.node_cgroup(cfg, node))
         if _link_exists(node.veth(cfg.prefix)):
             _run(["ip", "link", "del", node.veth(cfg.prefix)], check=False)
         if present:
@@ -358,6 +426,11 @@ class Lab:
             if ns.startswith(f"{cfg.prefix}-"):
                 name = ns[len(cfg.prefix) + 1:]
                 known.setdefault(name, LabNode(name, "", (), "", None, None))
+        cgroups = f"{render.MEMORY_HIERARCHY}/{render.CGROUP_ROOT}/{cfg.prefix}"
+        with contextlib.suppress(OSError):
+            for name in os.listdir(cgroups):
+                if os.path.isdir(f"{cgroups}/{name}"):
+                    known.setdefault(name, LabNode(name, "", (), "", None, None))
         for node in known.values():
             ns = node.netns(cfg.prefix)
             had = ns in namespaces or _link_exists(node.veth(cfg.prefix)) or _task_ids(cfg, node.name)
@@ -367,6 +440,10 @@ class Lab:
         if _link_exists(cfg.bridge):
             _run(["ip", "link", "del", cfg.bridge], check=False)
             removed.append(cfg.bridge)
+        # Other labs may still use the shared parent: it goes only once empty.
+        for d in (cgroups, os.path.dirname(cgroups)):
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
         if os.path.isdir(cfg.dir) and os.path.realpath(cfg.dir).startswith(os.path.realpath(cfg.root) + "/"):
             shutil.rmtree(cfg.dir, ignore_errors=True)
         return removed
@@ -400,3 +477,35 @@ class Lab:
         deadline = time.monotonic() + 10
         while not _port_open(self.node(name).address, 22) and time.monotonic() < deadline:
             time.sleep(0.05)
+
+    def power_off(self, name: str, comms: tuple[str, ...] = ("sshd", "haproxy", "keepalived")) -> list[int]:
+        """A node that dies at once: SIGKILL its processes named `comms` together and take its link down (a dead
+        machine answers nothing, not even ARP for an address it held). The holder and containerd stay, so the
+        node can come back with `power_on`. Returns the PIDs killed."""
+        ns = self.node(name).netns(self.cfg.prefix)
+        pids = []
+        for pid in _pids_in_netns(ns):
+            try:
+                with open(f"/proc/{pid}/comm") as fh:
+                    if fh.read().strip() in comms:
+                        pids.append(pid)
+            except OSError:
+                continue
+        # The link first: a moment with the processes dead and the link up would answer connects with resets.
+        _run(["ip", "-n", ns, "link", "set", "eth0", "down"])
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _kill_and_wait(pids)
+        return pids
+
+    def power_on(self, name: str) -> None:
+        """The node after a reboot: only its own address on eth0 (addresses added at run time, such as a virtual
+        IP it held, are gone), link up, sshd started. fleet starts HAProxy and keepalived again on its next run."""
+        node = self.node(name)
+        ns = node.netns(self.cfg.prefix)
+        _run(["ip", "-n", ns, "addr", "flush", "dev", "eth0"])
+        _run(["ip", "-n", ns, "addr", "add", f"{node.address}/{self.cfg.prefixlen}", "dev", "eth0"])
+        _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
+        _run(["ip", "-n", ns, "route", "replace", "default", "via", self.cfg.gateway])
+        self.start_sshd(name)

@@ -145,16 +145,32 @@ def containerd_config(cfg: LabConfig) -> str:
     ])
 
 
-def init_script(cfg: LabConfig, node: LabNode) -> str:
+# Each lab node's memory cgroup (cgroup v1), under this directory of the memory hierarchy: the node is started
+# inside it, in its own cgroup namespace, and mounts the memory hierarchy again, so the node sees its cgroup as
+# the root (as a container- or VM-like node does) and its containers' cgroups land beneath it.
+MEMORY_HIERARCHY = "/sys/fs/cgroup/memory"
+CGROUP_ROOT = "fleet-lab"
+
+
+def node_cgroup(cfg: LabConfig, node: LabNode) -> str:
+    """The node's memory cgroup directory, as this machine sees it."""
+    return f"{MEMORY_HIERARCHY}/{CGROUP_ROOT}/{cfg.prefix}/{node.name}"
+
+
+def init_script(cfg: LabConfig, node: LabNode, memory_cgroup: bool = False) -> str:
     """Runs inside the node's fresh mount+UTS namespace: private mounts, a size-limited tmpfs on /run/fleet (gone
-    with the namespace, so with the node), hostname, containerd, sshd, then holds."""
+    with the namespace, so with the node), hostname, containerd, sshd, then holds. With `memory_cgroup` (the node
+    was started in its own cgroup and cgroup namespace), the memory hierarchy is mounted again first, rooted at
+    the node's cgroup."""
     d = shlex.quote(node_dir(cfg, node))
     run = shlex.quote(NODE_RUN_TMPFS)
+    remount = (f"umount {MEMORY_HIERARCHY}\nmount -t cgroup -o memory cgroup {MEMORY_HIERARCHY}\n"
+               if memory_cgroup else "")
     return f"""#!/bin/sh
 set -eu
 D={d}
 echo $$ >"$D/holder.pid"
-mount --bind "$D/run" /run
+{remount}mount --bind "$D/run" /run
 mkdir -p {run}
 mount -t tmpfs -o size={cfg.run_tmpfs_size},mode=0755,nosuid,nodev,noexec fleet-run {run}
 mount --bind "$D/containerd" /var/lib/containerd

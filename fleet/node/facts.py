@@ -89,6 +89,15 @@ case $CP in ''|*[!0-9]*) ;; *)
 esac
 if [ -f /sys/fs/cgroup/cgroup.controllers ]; then CG=2; else CG=1; fi
 echo "@cgroup=$CG"
+# The node's own memory when the node is a memory-limited cgroup (a container- or VM-like node, which sees its
+# cgroup as the root of the hierarchy, as the lab's nodes do): the files at the root of what this node sees. On a
+# machine's own root they say "no limit" and /proc/meminfo is the node's.
+if [ $CG = 1 ]; then
+  R=/sys/fs/cgroup/memory
+  set -- "$@" $R/memory.limit_in_bytes $R/memory.usage_in_bytes $R/memory.stat
+else
+  set -- "$@" /sys/fs/cgroup/memory.max /sys/fs/cgroup/memory.current /sys/fs/cgroup/memory.stat
+fi
 for d in "$T"/*/; do
   [ -f "${d}init.pid" ] || continue
   id=${d%/}; id=${id##*/}
@@ -156,10 +165,42 @@ class NodeFacts:
     runtime_state: str | None = None
     runtime_probe: str | None = None
     runtime_known: bool = False
+    # Memory in use on the node by everything (fleet's containers, foreign ones, host processes), measured: the
+    # working set of the node's cgroup when `scope` is "cgroup" (the node is a memory-limited cgroup: `mem_total`
+    # is its limit), else MemTotal - MemAvailable from /proc/meminfo ("host").
+    mem_used: int = 0
+    scope: str = "host"
 
     @property
     def size(self) -> Resources:
         return Resources(float(self.ncpu), self.mem_total)
+
+    @property
+    def cpu_in_use(self) -> float | None:
+        """CPU in use on the node, measured: the 1-minute load average, at most the node's CPUs. None for a node
+        that is a cgroup: the load average it reads is the whole host's, not its own."""
+        return None if self.scope == "cgroup" else min(self.load[0], float(self.ncpu))
+
+    @property
+    def requested(self) -> Resources:
+        """What the running containers in fleet's namespace reserve: fleet runs each replica with its request as
+        its limit (cpu quota, memory limit), so these are fleet's reservations on the node."""
+        return Resources(sum(t.cpu_limit or 0.0 for t in self.running),
+                         sum(t.mem_limit or 0 for t in self.running))
+
+    @property
+    def others(self) -> Resources:
+        """Measured use that fleet's reservations do not cover, which the scheduler adds to them.
+
+        Memory: the node's measured use minus what each of fleet's containers uses within its reservation (floored
+        at 0), so a container is never counted twice and one above its reservation (none set) is still counted.
+        CPU: the load beyond fleet's CPU reservations, as a container's CPU rate is not measured in one round;
+        reservations plus this is the larger of the two. Host processes, foreign containers and the runtime
+        itself are all in these figures."""
+        covered = sum(min(t.mem_usage, t.mem_limit or 0) for t in self.running)
+        load = self.cpu_in_use
+        cpu = 0.0 if load is None else max(0.0, load - self.requested.cpu)
+        return Resources(round(cpu, 3), max(0, self.mem_used - covered))
 
     @property
     def running(self) -> tuple[TaskFacts, ...]:
@@ -242,6 +283,27 @@ def _listening(files: dict[str, list[str]]) -> frozenset[int]:
     return frozenset(ports)
 
 
+def _node_memory(files: dict[str, list[str]], total: int, available: int) -> tuple[int, int, str]:
+    """(total, in use, scope): the node's cgroup when it has a memory limit below the machine's memory (v1 or v2
+    files at the root of what the node sees), else /proc/meminfo's figures. In use is the working set (usage less
+    inactive page cache), as MemAvailable also leaves reclaimable cache out."""
+    for limit_path, usage_path, stat_path in (
+            ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+             "/sys/fs/cgroup/memory/memory.stat"),
+            ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current", "/sys/fs/cgroup/memory.stat")):
+        raw = files.get(limit_path)
+        if not raw or raw[0].strip() == "max":
+            continue
+        limit = _int(raw[0], UNLIMITED)
+        if not 0 < limit < UNLIMITED or (total and limit >= total):
+            continue
+        stat = dict(ln.split(" ", 1) for ln in files.get(stat_path, []) if " " in ln)
+        inactive = _int(stat.get("total_inactive_file", stat.get("inactive_file")))
+        usage = _int((files.get(usage_path) or ["0"])[0])
+        return limit, min(limit, max(0, usage - inactive)), "cgroup"
+    return total, max(0, total - available), "host"
+
+
 def parse_facts(stdout: str) -> NodeFacts:
     """Parse the facts script's output; raises ValueError when it is not that output."""
     markers: dict[str, str] = {}
@@ -297,11 +359,13 @@ def parse_facts(stdout: str) -> NodeFacts:
         if tid in per_task:
             per_task[tid][name] = lines
     tasks = [_task(tid, per_task[tid], files) for tid in task_ids]
+    mem_total, mem_used, scope = _node_memory(
+        files, _kb(meminfo.get("MemTotal", "0")), _kb(meminfo.get("MemAvailable", meminfo.get("MemFree", "0"))))
     return NodeFacts(
         hostname=(one("/proc/sys/kernel/hostname") or "").strip(),
         ncpu=_cpu_count(status.get("Cpus_allowed_list", "0")),
-        mem_total=_kb(meminfo.get("MemTotal", "0")),
-        mem_available=_kb(meminfo.get("MemAvailable", meminfo.get("MemFree", "0"))),
+        mem_total=mem_total,
+        mem_available=mem_total - mem_used,
         load=(float(load_parts[0]), float(load_parts[1]), float(load_parts[2])),
         uptime_s=float((one("/proc/uptime") or "0").split()[0]),
         disk_total=disk_total,
@@ -316,4 +380,6 @@ def parse_facts(stdout: str) -> NodeFacts:
         runtime_state=markers.get("containerd_state") or None,
         runtime_probe=markers.get("probe") or None,
         runtime_known=containerd is not None and containerd != "?",
+        mem_used=mem_used,
+        scope=scope,
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from fleet.core.model import Resources
 from fleet.core.units import format_cpu, format_memory
 
 MICRO = 1_000_000
@@ -43,6 +44,16 @@ def shortfall(need_cpu: int, need_mem: int, free_cpu: int, free_mem: int) -> str
     if need_mem > free_mem:
         parts.append(f"memory: needs {show_memory(need_mem)}, {show_memory(free_mem)} free")
     return "; ".join(parts) or None
+
+
+def measured(others: Resources) -> str:
+    """`; 1.7 GiB in use by other processes` for what a node measures beyond fleet's reservations, or ""."""
+    parts = []
+    if others.memory > 0:
+        parts.append(f"{show_memory(others.memory)} in use by other processes")
+    if cpu_ceil(others.cpu) > 0:
+        parts.append(f"cpu {show_cpu(cpu_ceil(others.cpu))} in use beyond fleet's requests (load)")
+    return "".join(f"; {p}" for p in parts)
 
 
 def no_port(port_range: tuple[int, int]) -> str:
