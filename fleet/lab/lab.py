@@ -462,7 +462,12 @@ class Lab:
         holder = _read_pid(f"{node_dir(self.cfg, node)}/holder.pid")
         if not _alive(holder):
             raise LabError(f"node {name} has no holder process; run `fleet lab up` to repair it")
-        return _run(["nsenter", "-t", str(holder), "-n", "-m", "-u", "--", *argv], check=check, input=input)
+        # Inside the node's memory cgroup and cgroup namespace too, when it has them: what runs here (sshd started
+        # again, a test's ctr) counts on this node, as it would over SSH.
+        cgroup = render.node_cgroup(self.cfg, node)
+        enter = ["sh", "-c", 'echo $$ >"$0" && exec "$@"', f"{cgroup}/cgroup.procs"] if os.path.isdir(cgroup) else []
+        return _run([*enter, "nsenter", "-t", str(holder), "-n", "-m", "-u", *(["-C"] if enter else []), "--", *argv],
+                    check=check, input=input)
 
     def stop_sshd(self, name: str) -> None:
         """Stop a node's sshd (by its recorded PID), leaving containerd and containers running."""
