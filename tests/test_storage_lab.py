@@ -165,10 +165,11 @@ def test_local_volume_keeps_its_replicas_on_their_nodes_and_waits_for_a_lost_nod
                 "no empty copy was started on a node that answered"
     finally:
         fleet(st, "destroy", name, "--grace", "1")
-    gone = fleet(st, "volume", "rm", f"{name}/data", "--node", before[0][0])
-    assert gone.returncode == 0, gone.stdout + gone.stderr
-    assert lab.lab.exec_in(before[0][0], ["test", "-e", f"/var/lib/fleet/volumes/{name}/data"],
-                           check=False).returncode == 1
+    for node, _, _ in before:
+        gone = fleet(st, "volume", "rm", f"{name}/data", "--node", node)
+        assert gone.returncode == 0, gone.stdout + gone.stderr
+        assert lab.lab.exec_in(node, ["test", "-e", f"/var/lib/fleet/volumes/{name}/data"],
+                               check=False).returncode == 1
 
 
 def test_sshfs_volume_moves_with_its_replica_and_backup_restore_keeps_the_bytes(lab, st):
