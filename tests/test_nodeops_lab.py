@@ -7,7 +7,6 @@ The marks live in the fleet's records on lb1, shared by the whole session's lab:
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -16,23 +15,11 @@ import pytest
 from helpers import run_fleet
 from loadgen import Load
 from test_rollout_lab import lb_address
+from test_safety_lab import env  # the demo images on every worker, and two controllers with their own state
 
-from fleet.image.demo import build_demo
+__all__ = ["env"]
 
 pytestmark = pytest.mark.lab
-
-
-@pytest.fixture(scope="module")
-def env(lab, tmp_path_factory):
-    """The demo image on every worker, and two controllers, each with its own state directory."""
-    d = tmp_path_factory.mktemp("nodeops")
-    base = {**os.environ, "FLEET_INVENTORY": lab.inventory_path, "FLEET_LEASE_TTL": "5"}
-    a = {**base, "FLEET_STATE_DIR": str(d / "state-a")}
-    b = {**base, "FLEET_STATE_DIR": str(d / "state-b")}
-    img = build_demo("v1", str(d / "demo-v1.tar"))
-    out = run_fleet("image", "push", img.path, env=a, timeout=120)
-    assert out.returncode == 0, out.stdout + out.stderr
-    return {"a": a, "b": b, "dir": d}
 
 
 def fleet(environ: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -75,7 +62,7 @@ def nodes(environ: dict[str, str]) -> dict[str, dict]:
 
 def test_drain_under_load_moves_every_replica_and_the_node_stays_cordoned_until_uncordon(lab, env):
     name, port = "nd-drain", 19561
-    a, b = env["a"], env["b"]
+    a, b = env["env"], env["env_b"]
     try:
         ok(a, "apply", playbook(env, name, port, replicas=3))
         with Load(lb_address(lab), port, clients=6, max_seconds=90) as load:
@@ -107,7 +94,7 @@ def test_drain_under_load_moves_every_replica_and_the_node_stays_cordoned_until_
 
 def test_cli_labels_drive_placement_and_a_drain_with_nowhere_to_go_leaves_the_node_cordoned(lab, env):
     name = "nd-ssd"
-    a, b = env["a"], env["b"]
+    a, b = env["env"], env["env_b"]
     try:
         out = ok(a, "node", "label", "n3", "disk=ssd", "--json")
         assert json.loads(out.stdout)["labels"] == {"disk": "ssd", "zone": "c"}
