@@ -36,7 +36,7 @@ from fleet.engine.lb import Balancers
 from fleet.engine.nodes import NodeReport
 from fleet.engine.state import observe
 from fleet.node.haproxy.render import backend_name
-from fleet.plan.reconcile import Replica
+from fleet.plan.reconcile import Replica, duplicates
 from fleet.store.lease import Lease
 from fleet.store.nodes import DEFAULT_BASE_DIR, record_nodes
 from fleet.transport import Pool
@@ -81,6 +81,9 @@ class Look:
         out = [f"{r.service}: {r.id} on {r.node} is not running" for r in self.replicas if not r.running]
         out += [f"{proxy}/{server} is down in HAProxy" for proxy, server in sorted(self.down)]
         out += [f"{n}: not answering for longer than node_grace" for n in sorted(self.view.expired)]
+        # A node back after its grace still runs the copies that were started elsewhere meanwhile.
+        out += [f"{r.service}: {r.id} on {r.node} is a second copy of replica {r.replica}"
+                for r in duplicates(self.replicas)]
         return out
 
 
@@ -130,6 +133,8 @@ class Watcher:
         self._specs_key: tuple[tuple[str, float], ...] | None = None
         self._acted: frozenset[Any] | None = None
         self._playbooks_changed = False
+        self._lost: frozenset[str] = frozenset()
+        self._expired: frozenset[str] = frozenset()
         self._last_act = 0.0
         self._first = True
         self.rounds = 0
@@ -202,16 +207,14 @@ class Watcher:
         why = "once" if force else should_act(look, first=self._first, acted=self._acted,
                                               since_act=started - self._last_act, retry=self.options.retry,
                                               resync=self.options.resync, playbooks_changed=self._playbooks_changed)
-        if look.view.unknown and not force:
-            self.log("grace", message="a node this watcher never read does not answer: waiting for its grace",
-                     nodes={n: round(s, 1) for n, s in look.view.waiting.items()})
+        self._log_nodes(look)
         if why is None:
             return None
         self._first = False
         self._playbooks_changed = False
         self._acted = look.signature
-        if look.view.waiting:
-            self.log("grace", message="holding the replicas of nodes in their grace period",
+        if look.view.held:
+            self.log("grace", message="the replicas of nodes in their grace period are held where they were",
                      nodes={n: round(s, 1) for n, s in look.view.waiting.items()},
                      held=[r.id for r in look.view.held])
         self.log("reconcile", reason=why, problems=look.problems)
@@ -233,6 +236,19 @@ class Watcher:
                  changed={o.service: {"started": o.started, "stopped": o.stopped} for o in changed},
                  failed={o.service: o.reason for o in result.outcomes if not o.ok}, errors=result.errors)
         return why
+
+    def _log_nodes(self, look: Look) -> None:
+        """A line when a node stops answering, when its grace is over, and when it answers again."""
+        for n in sorted(look.lost - self._lost):
+            unknown = " (never read by this watcher: no round acts until then)" if n in look.view.unknown else ""
+            self.log("node-lost", level="warning", node=n, grace=round(look.view.waiting.get(n, 0.0), 1),
+                     message=f"{n} does not answer: its replicas stay where they are for node_grace{unknown}")
+        for n in sorted(look.view.expired - self._expired):
+            self.log("node-grace-over", level="warning", node=n,
+                     message=f"{n} did not answer within node_grace: its replicas start elsewhere")
+        for n in sorted(self._lost - look.lost):
+            self.log("node-back", node=n, message=f"{n} answers again")
+        self._lost, self._expired = look.lost, look.view.expired
 
     @staticmethod
     def _reset(fleet: Fleet) -> None:
