@@ -8,6 +8,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -164,15 +165,22 @@ class SlowRecords:
         return []
 
 
-async def test_records_calls_of_services_at_once_never_overlap():
+async def test_records_writes_of_services_at_once_never_overlap():
     inner = SlowRecords()
     records = SerialRecords(inner)
     await asyncio.gather(*(records.record(s, "{}", "h", "img", "me") for s in "abcd"),
-                         *(records.set_state(s, {}) for s in "abcd"), records.finish("a", 1, "succeeded"),
-                         records.get("a", 1), records.latest_succeeded("a"), records.services(),
-                         records.state("a"), records.list("a"))
+                         *(records.set_state(s, {}) for s in "abcd"), records.finish("a", 1, "succeeded"))
     assert inner.most == 1
-    assert len(inner.calls) == 14
+    assert sorted(inner.calls) == sorted([*(f"record {s}" for s in "abcd"), *(f"set_state {s}" for s in "abcd"),
+                                          "finish a"])
+
+
+async def test_records_reads_do_not_wait_for_a_write():
+    inner = SlowRecords()
+    records = SerialRecords(inner)
+    await asyncio.gather(records.record("a", "{}", "h", "img", "me"), records.get("a", 1),
+                         records.latest_succeeded("a"), records.services(), records.state("a"), records.list("a"))
+    assert inner.most == 6
 
 
 # --- the engine ------------------------------------------------------------------------------------------------
@@ -361,3 +369,18 @@ def test_json_events_keep_their_shape(capsys):
     data = json.loads(capsys.readouterr().out)
     assert data == {"event": "start", "step": "start", "service": "web", "message": "starting web-0-x on w1:20000",
                     "node": "w1", "container": "web-0-x", "at": 1000.0}
+
+
+# --- the readiness wait's cheap task listing ---------------------------------------------------------------------
+def test_ctr_tasks_is_one_tasks_ls_parsed_to_pids_and_states():
+    from fleet.core.model import CommandResult
+    from fleet.node.runtime.base import Status
+    from fleet.node.runtime.ctr import CtrDriver
+
+    rec = json.loads((Path(__file__).parent / "data" / "ctr" / "tasks_ls.json").read_text())
+    call = CtrDriver(namespace="fleet", address="/run/c.sock").tasks()
+    assert call.command == ["ctr", "-a", "/run/c.sock", "-n", "fleet", "tasks", "ls"]
+    got = call.parse(CommandResult("n1", 0, rec["stdout"], "", 0.0))
+    assert got["web-1-rec001"] == (12665, Status.RUNNING)
+    assert got["exit3-1-rec003"][1] is Status.STOPPED
+    assert len(got) == 4

@@ -900,11 +900,12 @@ class Engine:
         answer in time (unknown this round: a slow listing must not end a rollout as a crash)."""
         report = self.by_name[r.node]
         try:
-            infos = await perform(self.pool, report.node,
-                                  driver_for(report.node, report.facts).list_containers(), timeout=LIST_TIMEOUT)
+            tasks = await perform(self.pool, report.node, driver_for(report.node, report.facts).tasks(),
+                                  timeout=LIST_TIMEOUT)
         except (CommandTimeout, ConnectError):
             return known
-        return next((i.pid or -1 for i in infos if i.id == r.id and i.status == Status.RUNNING), None)
+        pid, status = tasks.get(r.id, (None, Status.UNKNOWN))
+        return (pid or -1) if status == Status.RUNNING else None
 
     async def _retire(self, spec: ServiceSpec, r: Replica, why: str) -> None:
         """Drain (no new connections; existing ones finish, up to the grace period), unroute, then stop."""

@@ -53,8 +53,9 @@ class Coalesced:
 
 
 class SerialRecords:
-    """The fleet's records (`Records`), one call at a time: each write re-reads or updates the snapshot the
-    next one relies on, so two services' writes must not overlap."""
+    """The fleet's records (`Records`) with writes one at a time: a write re-reads or repairs from the snapshot
+    the one before it left, so two services' writes must not overlap. Reads come from that snapshot (no round
+    trip once it is read) and go straight through."""
 
     def __init__(self, inner: Records) -> None:
         self.inner = inner
@@ -68,26 +69,21 @@ class SerialRecords:
         async with self.lock:
             return await self.inner.finish(service, revision, outcome, reason)
 
-    async def get(self, service: str, revision: int) -> Revision | None:
-        async with self.lock:
-            return await self.inner.get(service, revision)
-
-    async def latest_succeeded(self, service: str, before: int | None = None) -> Revision | None:
-        async with self.lock:
-            return await self.inner.latest_succeeded(service, before)
-
-    async def services(self) -> builtins.list[str]:
-        async with self.lock:
-            return await self.inner.services()
-
-    async def state(self, service: str) -> dict[str, Any] | None:
-        async with self.lock:
-            return await self.inner.state(service)
-
     async def set_state(self, service: str, state: dict[str, Any] | None) -> None:
         async with self.lock:
             await self.inner.set_state(service, state)
 
+    async def get(self, service: str, revision: int) -> Revision | None:
+        return await self.inner.get(service, revision)
+
+    async def latest_succeeded(self, service: str, before: int | None = None) -> Revision | None:
+        return await self.inner.latest_succeeded(service, before)
+
+    async def services(self) -> builtins.list[str]:
+        return await self.inner.services()
+
+    async def state(self, service: str) -> dict[str, Any] | None:
+        return await self.inner.state(service)
+
     async def list(self, service: str) -> builtins.list[Revision]:
-        async with self.lock:
-            return await self.inner.list(service)
+        return await self.inner.list(service)

@@ -150,6 +150,11 @@ class CtrDriver(CliDriver):
         text = self._fn() + _LIST_SCRIPT
         return Call(Script(text, {"NS": self.namespace}), parse_list, what="list containers")
 
+    def tasks(self) -> Call[dict[str, tuple[int | None, Status]]]:
+        """Every task's PID and state, one `ctr tasks ls` (what a readiness wait polls: the full list runs
+        `containers info` once per container)."""
+        return Call([*self.base(), "tasks", "ls"], parse_tasks_result, what="list tasks")
+
     def metrics_argv(self, container_id: str) -> list[str]:
         return [*self.base(), "tasks", "metrics", "--format", "json", container_id]
 
@@ -339,6 +344,11 @@ def parse_tasks(text: str) -> dict[str, tuple[int | None, Status]]:
             pid = int(parts[1]) if parts[1].isdigit() and int(parts[1]) > 0 else None
             tasks[parts[0]] = (pid, _STATUS.get(parts[2], Status.UNKNOWN))
     return tasks
+
+
+def parse_tasks_result(result: CommandResult) -> dict[str, tuple[int | None, Status]]:
+    check(result, "tasks ls")
+    return parse_tasks(result.stdout)
 
 
 def parse_list(result: CommandResult) -> list[ContainerInfo]:

@@ -132,6 +132,11 @@ class NerdctlDriver(CliDriver):
         )
         return Call(Script(text), parse_list, what="list containers")
 
+    def tasks(self) -> Call[dict[str, tuple[int | None, Status]]]:
+        """Every container's PID and state (the list: nerdctl's inspect of them all is one call already)."""
+        listing = self.list_containers()
+        return Call(listing.command, lambda r: {i.id: (i.pid, i.status) for i in parse_list(r)}, what="list tasks")
+
     def metrics_argv(self, container_id: str) -> list[str]:
         return [*self.base(), "stats", "--no-stream", "--format", "{{json .}}", container_id]
 
