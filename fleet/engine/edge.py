@@ -131,6 +131,11 @@ class Edge:
                 if kept is not None:
                     ready[service] = kept
         if acme_due:
+            # HAProxy must answer the challenges first; a certificate being renewed keeps being served meanwhile.
+            for service in acme_due:
+                kept = self._kept(service, by_node, wanted[service][0])
+                if kept is not None:
+                    ready[service] = kept
             await publish_config(dict(ready))
             for service in acme_due:
                 tls, hosts = wanted[service]
