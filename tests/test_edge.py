@@ -602,3 +602,56 @@ async def test_acme_issues_through_pebble_with_haproxy_answering_http01(
     certs[1].verify_directly_issued_by(root)
     # The tokens were withdrawn afterwards.
     assert admin(f"show map {amap}") == ""
+
+
+# ---- bad input through the CLI: clear file:line errors, no node contacted ------------------------------------
+
+@pytest.fixture
+def listener() -> Iterator[object]:
+    from test_bad_input import Listener
+
+    node = Listener()
+    try:
+        yield node
+    finally:
+        node.sock.close()
+
+
+def test_cli_refuses_bad_edge_input_and_contacts_no_node(tmp_path: Path, ca: TestCA, listener: object) -> None:
+    from test_bad_input import assert_refused, cli, inventory_for
+
+    inv = inventory_for(tmp_path, listener)  # type: ignore[arg-type]
+    one, two = ca.leaf("shop.example.test"), ca.leaf("shop.example.test")
+    (tmp_path / "shop.crt").write_bytes(one.cert)
+    (tmp_path / "shop.key").write_bytes(two.key)
+    a = write(tmp_path, "a.yaml", "services:\n  shop:\n    image: busybox\n    lb: {hosts: [shop.example.test]}\n")
+    b = write(tmp_path, "b.yaml", "services:\n  other:\n    image: busybox\n    lb: {hosts: [shop.example.test]}\n")
+    assert_refused(cli("plan", a, b, "-i", inv),
+                   f"{b}:2: services.other.lb.hosts: host shop.example.test is already routed to service 'shop'")
+    c = write(tmp_path, "c.yaml", "services:\n  web:\n    image: busybox\n    lb: {hosts: [web_1.example]}\n")
+    assert_refused(cli("apply", c, "-i", inv), f"{c}:4: services.web.lb.hosts[0]: expected a DNS host name")
+    d = write(tmp_path, "d.yaml", "services:\n  shop:\n    image: busybox\n    lb:\n      hosts: [shop.example.test]\n"
+                                  "      tls: {cert: shop.crt, key: shop.key}\n")
+    result = cli("apply", d, "-i", inv)
+    assert_refused(result, f"{d}:6: services.shop.lb.tls.cert: the certificate does not match its key")
+    assert key_free(result.stdout + result.stderr, two.key)
+    assert listener.offered() == 0  # type: ignore[attr-defined]
+
+
+def key_free(text: str, key: bytes) -> bool:
+    return "PRIVATE" not in text and not any(ln in text for ln in key.decode().splitlines()[1:-1])
+
+
+def test_a_service_port_on_the_shared_edge_ports_is_refused_while_hosts_route() -> None:
+    from fleet.config.spec import LbSpec, ServiceSpec
+    from fleet.plan.checks import edge_port_problems
+
+    shared = {80: "edge.http_port", 443: "edge.https_port"}
+    routed = ServiceSpec("shop", "busybox", lb=LbSpec(None, hosts=("shop.example.test",)))
+    plain = ServiceSpec("web", "busybox", lb=LbSpec(443))
+    other = ServiceSpec("db", "busybox", lb=LbSpec(5432, "tcp"))
+    assert edge_port_problems([routed, plain, other], shared) == [
+        ("web", "lb.port 443 is the lb nodes' shared port for host names (edge.https_port); choose another or route "
+                "the service by lb.hosts")]
+    assert edge_port_problems([plain], shared) == []  # nobody routes by host name: 443 is a port like any other
+    assert [s for s, _ in edge_port_problems([plain], shared, others_routed=True)] == ["web"]

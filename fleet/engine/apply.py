@@ -55,7 +55,7 @@ from fleet.engine.volumes import StorageAccess, mount_all, volume_view
 from fleet.node.paths import DEFAULT as NODE_PATHS
 from fleet.node.paths import NOT_TMPFS_EXIT, write_file, write_secret_file
 from fleet.node.runtime.base import Status
-from fleet.plan.checks import lb_port_problems
+from fleet.plan.checks import edge_port_problems, lb_port_problems
 from fleet.plan.healthjudge import Verdict as HealthVerdict
 from fleet.plan.healthjudge import ready as passed_enough
 from fleet.plan.reconcile import Plan, Replica, duplicates, placement_inputs, plan
@@ -324,9 +324,18 @@ class Engine:
             if port is not None:
                 owned[service] = {port}
         by_name = {s.name: s for s in specs}
+        edge = self.lbs.edge.settings if self.lbs.edge is not None else EdgeSettings()
+        shared = {edge.http_port: "edge.http_port", edge.https_port: "edge.https_port"}
+        others_routed = any(f is not None and f.hosts for name, f in self.rotation.frontends.items()
+                            if name not in by_name)
         problems = [Problem(by_name[name].source_file or "<playbook>", by_name[name].source_line,
                             f"services.{name}.lb.port", message)
-                    for name, message in lb_port_problems(specs, listening, owned)]
+                    for name, message in edge_port_problems(specs, shared, others_routed)]
+        told = {p.field for p in problems}
+        problems += [Problem(by_name[name].source_file or "<playbook>", by_name[name].source_line,
+                             f"services.{name}.lb.port", message)
+                     for name, message in lb_port_problems(specs, listening, owned)
+                     if f"services.{name}.lb.port" not in told]
         if problems:
             raise SpecError(problems)
 

@@ -52,3 +52,17 @@ def lb_port_problems(specs: Iterable[ServiceSpec], listening: Mapping[str, Set[i
             out.append((spec.name, f"lb.port {port} is already in use on {', '.join(nodes)} "
                                     "(not by fleet's HAProxy)"))
     return out
+
+
+def edge_port_problems(specs: Iterable[ServiceSpec], shared: Mapping[int, str], others_routed: bool = False
+                       ) -> list[tuple[str, str]]:
+    """(service, message) for each spec whose `lb.port` is one of the shared ports of host-routed services
+    (`shared`: port → its setting, e.g. {80: "edge.http_port"}) while any service is routed by host name (one of
+    `specs`, or `others_routed`: one already on the load balancers that these specs leave as it is)."""
+    specs = list(specs)
+    if not others_routed and not any(s.lb is not None and s.lb.hosts for s in specs):
+        return []
+    return [(s.name, f"lb.port {s.lb.port} is the lb nodes' shared port for host names ({shared[s.lb.port]}); "
+                     "choose another or route the service by lb.hosts")
+            for s in sorted(specs, key=lambda s: s.name)
+            if s.lb is not None and s.lb.port is not None and s.lb.port in shared]
