@@ -213,19 +213,11 @@ class Fleet:
         return self._reports
 
     async def _marks(self) -> tuple[dict[str, NodeMark], str | None]:
-        """Every node's mark from a new read of the fleet's records, and why they could not be read (if so)."""
-        from fleet.store.nodeops import read_marks
+        """Every node's mark, read from the record nodes now, and why they could not be read (if so)."""
+        from fleet.store.nodeops import fetch_marks
+        from fleet.store.nodes import record_nodes
 
-        try:
-            records = self.records()
-        except ValueError:
-            return {}, None  # an inventory with no node to keep records on: nothing can have been recorded
-        try:
-            await records.refresh()
-            marks = await read_marks(records)
-        except FleetError as exc:
-            return {}, str(exc)
-        return marks, records.warnings[-1] if records.from_cache and records.warnings else None
+        return await fetch_marks(self.pool, record_nodes(self.inventory))
 
     async def reports(self, *, ports: bool = False) -> list[NodeReport]:
         """The node reports of this run (collected once, on first use)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ from fleet.plan.drain import drain_target
 from fleet.plan.reconcile import Replica, plan
 from fleet.plan.rollout.decide import ServiceState
 from fleet.plan.scheduler import Existing, NodeState, ServiceDemand, place
-from fleet.store.nodeops import NODES_RECORD, read_marks, update_mark
+from fleet.store.nodeops import NODES_RECORD, fetch_marks, read_marks, update_mark
 from fleet.transport import Pool
 
 MiB = 1 << 20
@@ -112,6 +113,11 @@ def test_a_bad_marks_document_is_refused_naming_the_field(doc: dict, problem: st
     removed=st.frozensets(st.sampled_from(["rack", "zone"])), by=st.just("x@y"), at=st.floats(0, 1e9))))
 def test_any_marks_survive_the_document(marks: dict[str, NodeMark]) -> None:
     assert decode_marks(json.loads(json.dumps(encode_marks(marks)))) == {n: m for n, m in marks.items() if not m.empty}
+
+
+def test_a_mark_survives_pickling() -> None:
+    mark = NodeMark(cordoned=True, labels={"disk": "ssd"}, removed=frozenset({"zone"}), by="a@b", at=3.0)
+    assert pickle.loads(pickle.dumps(mark)) == mark
 
 
 # ---- the scheduler ------------------------------------------------------------------------------------------------
@@ -288,6 +294,29 @@ async def test_marks_are_written_to_a_majority_and_read_by_another_controller(fa
     before = await history(pool, farm, base).state(NODES_RECORD)
     await update_mark(other, "n3", lambda m: m)
     assert await history(pool, farm, base).state(NODES_RECORD) == before
+
+
+async def test_every_look_at_the_nodes_reads_the_marks_alone_newest_copy_first(farm: SSHFarm, pool: Pool,
+                                                                                base: str) -> None:
+    assert await fetch_marks(pool, farm.nodes, base_dir=base) == ({}, None)  # nothing recorded yet
+    writer = history(pool, farm, base)
+    await writer.record("web", json.dumps({"image": "x"}), "h1", "x", "ann")  # a service's history is not read
+    await update_mark(writer, "n2", lambda m: dataclasses.replace(m, cordoned=True), clock=lambda: 10.0)
+    await farm.stop("n1")  # it misses the next change: its copy is older
+    await update_mark(writer, "n2", lambda m: relabel(m, {}, {"disk": "ssd"}, []), clock=lambda: 20.0)
+    await farm.listen("n1")
+    marks, why = await fetch_marks(pool, farm.nodes, base_dir=base)
+    assert why is None and marks["n2"].cordoned and dict(marks["n2"].labels) == {"disk": "ssd"}
+    for name in ("n1", "n2", "n3"):
+        await farm.stop(name)
+    marks, why = await fetch_marks(pool, farm.nodes, base_dir=base, timeout=5)
+    assert marks == {} and why is not None and why.startswith("cannot read the fleet's record of its nodes: no record")
+
+
+async def test_an_unreadable_marks_document_is_reported_by_every_look(farm: SSHFarm, pool: Pool, base: str) -> None:
+    await history(pool, farm, base).set_state(NODES_RECORD, {"format": 1, "nodes": {"n1": {"draining": 1}}})
+    marks, why = await fetch_marks(pool, farm.nodes, base_dir=base)
+    assert marks == {} and why is not None and "nodes.n1.draining: expected true or false" in why
 
 
 async def test_marks_are_not_changed_without_a_majority_of_record_nodes(farm: SSHFarm, pool: Pool,

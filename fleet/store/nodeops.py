@@ -9,13 +9,71 @@ and must be made under the fleet's lease, like every other write to the records.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from fleet.core.errors import RecordsError
+from fleet.core.model import Node
 from fleet.core.nodeops import NodeMark, decode_marks, encode_marks
-from fleet.store.records import FleetHistory
+from fleet.core.shell import Script
+from fleet.store.nodes import DEFAULT_BASE_DIR, failure, node_dir
+from fleet.store.records import FleetHistory, merge, parse_dump, state_path
+from fleet.transport import Pool, fanout
 
 NODES_RECORD = "fleet.nodes"
+
+# $1 base dir. The node marks' record alone, in the records' listing format (see fleet.store.records.READ_SCRIPT),
+# under the same shared lock: what every look at the nodes reads, without the services' whole history.
+READ_MARKS_SCRIPT = r"""
+set -u
+dir=$1/records
+f=$dir/fleet.nodes/state.json
+echo "fleet-records 1"
+if [ -f "$f" ]; then
+  exec 9>>"$dir/.lock" || exit 1
+  flock -s -w 5 9 || { echo "fleet-records: $dir/.lock still locked after 5s" >&2; exit 3; }
+  data=$(base64 < "$f" | tr -d '\n') && printf 'file %s %s\n' "fleet.nodes/state.json" "$data"
+fi
+echo end
+"""
+
+
+def read_marks_script(base_dir: str) -> Script:
+    return Script(READ_MARKS_SCRIPT, args=(base_dir,), name="fleet-marks-read")
+
+
+async def fetch_marks(pool: Pool, nodes: Sequence[Node], *, base_dir: str = DEFAULT_BASE_DIR,
+                      timeout: float = 10.0) -> tuple[dict[str, NodeMark], str | None]:
+    """Every node's mark as the record nodes hold it: one small read from each at once, the newest copy wins
+    (as for every record). What `fleet nodes`, the terminal UI and each round of `fleet watch` see and place by.
+
+    Never raises for a node: the second value says why the marks are unknown (no record node answered, or
+    the document is unreadable), and the first is then empty."""
+    if not nodes:
+        return {}, None
+    results = await fanout(pool, nodes, lambda n: read_marks_script(node_dir(base_dir, n)), timeout=timeout)
+    dumps: dict[str, dict[str, bytes]] = {}
+    errors: dict[str, str] = {}
+    for node, r in zip(nodes, results, strict=True):
+        why = failure(r)
+        if why is None:
+            try:
+                dumps[node.name] = parse_dump(r.stdout)
+                continue
+            except ValueError as exc:
+                why = str(exc)
+        errors[node.name] = why
+    if not dumps:
+        return {}, ("cannot read the fleet's record of its nodes: no record node answered ("
+                    + "; ".join(f"{n}: {e}" for n, e in errors.items()) + ")")
+    snap = merge(dumps, errors, base_dir)
+    record = snap.states.get(NODES_RECORD)
+    if record is None and snap.warnings:
+        return {}, "the fleet's record of its nodes is unreadable: " + "; ".join(snap.warnings)
+    try:
+        return decode_marks(None if record is None else record.state), None
+    except ValueError as exc:
+        where = state_path(NODES_RECORD)
+        return {}, f"the fleet's record of its nodes (records/{where}) is unreadable: {exc}"
 
 
 async def read_marks(records: FleetHistory) -> dict[str, NodeMark]:
