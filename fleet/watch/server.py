@@ -7,7 +7,7 @@ import contextlib
 import json
 import os
 import pickle
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,10 @@ async def answer(fleet: Fleet, op: str, args: dict[str, Any]) -> Any:
 
 
 @contextlib.asynccontextmanager
-async def serving(inventory: Inventory, pool: Pool, log: Log) -> AsyncIterator[Path]:
-    """Serve this inventory's socket for the block; the socket file is removed on the way out."""
+async def serving(inventory: Inventory, pool: Pool, log: Log,
+                  reply: Callable[[Fleet, str, dict[str, Any]], Awaitable[Any]] = answer) -> AsyncIterator[Path]:
+    """Serve this inventory's socket for the block (`reply` computes each answer); the socket file is removed
+    on the way out."""
     path = socket_path(inventory.path)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(path.parent, 0o700)
@@ -46,7 +48,7 @@ async def serving(inventory: Inventory, pool: Pool, log: Log) -> AsyncIterator[P
                 header: dict[str, Any] = {"ok": False, "error": "this watcher serves another inventory"}
                 body = b""
             else:
-                result = await answer(Fleet(inventory, pool, command="fleet watch"), str(request.get("op")),
+                result = await reply(Fleet(inventory, pool, command="fleet watch"), str(request.get("op")),
                                       dict(request.get("args") or {}))
                 body = pickle.dumps(result)
                 header = {"ok": True, "size": len(body)}
