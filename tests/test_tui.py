@@ -230,6 +230,15 @@ def test_help_lists_every_key_the_app_binds():
     assert {"c", "u", "d", "h", "l", "s", "b", "p", "a", "D", "R", "x", "e", "r", "q"} <= listed
 
 
+def test_readme_key_table_is_the_help_list():
+    from pathlib import Path
+
+    from fleet.tui.keys import key_table_markdown
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert key_table_markdown() in readme
+
+
 async def test_help_key_shows_every_key_and_esc_closes_it():
     app = FleetApp(RecordingSource(HEALTHY), interval=3600)
     async with app.run_test(size=SIZE) as pilot:
@@ -458,6 +467,7 @@ def test_the_event_ring_keeps_only_the_newest():
     for i in range(150):
         source.events(event("start", "web", f"e{i}"))
     assert len(source.events) == 100 and next(iter(source.events)).message == "e50"
+    assert bool(RecordingSource().events)  # an empty ring is still a callback (`on_event or default` keeps it)
 
 
 async def test_history_view_reads_revisions_and_rolls_back_to_the_chosen_one():
@@ -538,7 +548,7 @@ async def test_read_only_hides_every_action_but_keeps_the_views():
         for table in (NodesTable, ServicesTable, ReplicasTable):
             await focus(pilot, app, table)
             shown = footer_keys(app)
-            assert not shown & {"Cordon", "Uncordon", "Drain", "Scale", "Roll back", "Promote", "Abort", "Destroy",
+            assert not shown & {"Cordon", "Uncordon", "Drain", "Scale", "Rollback", "Promote", "Abort", "Destroy",
                                 "Restart", "Exec"}, shown
             for key in ("c", "u", "d", "s", "b", "p", "a", "D", "R", "x"):
                 await pilot.press(key)

@@ -120,7 +120,7 @@ class RecordingSource:
     def actions(self) -> list[Action]:
         return [a[1] for a in self.of("act")]
 
-    async def collect(self) -> Snapshot:
+    async def collect(self, partial: Callable[[Snapshot], None] | None = None) -> Snapshot:
         self.asked.append(("collect",))
         item = self.snapshots[min(self.calls, len(self.snapshots) - 1)]
         self.calls += 1

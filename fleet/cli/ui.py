@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
 from fleet.cli import common
+
+if TYPE_CHECKING:
+    from fleet.tui.source import Watcher
 
 IntervalOpt = Annotated[float, typer.Option(min=0.2, help="Seconds between refreshes.")]
 ReadOnlyOpt = Annotated[bool, typer.Option("--read-only", help="Only look: every action is hidden.")]
@@ -19,11 +22,19 @@ def ui(inventory: common.InventoryOpt = None, interval: IntervalOpt = 2.0, read_
     from fleet.tui import FleetApp, FleetSource
 
     inv = common.inventory(inventory)
+    watcher: Watcher | None
+    try:  # refresh through a running `fleet watch`'s warm connections when there is one
+        from fleet.watch.client import ask
+
+        async def watcher(path: str, op: Literal["nodes", "status"]) -> Any:
+            return await ask(path, op, timeout=5.0)
+    except ImportError:
+        watcher = None
 
     async def go() -> None:
         # One attempt with a short timeout: a down node must not hold up every refresh for long.
         async with Fleet.connect(inv, connect_timeout=5.0, command_timeout=10.0, connect_attempts=1,
                                  command="fleet ui") as fleet:
-            await FleetApp(FleetSource(fleet), interval=interval, read_only=read_only).run_async()
+            await FleetApp(FleetSource(fleet, watcher=watcher), interval=interval, read_only=read_only).run_async()
 
     common.run(go)

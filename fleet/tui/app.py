@@ -69,8 +69,9 @@ class FleetApp(App[None]):
         Binding("slash", "filter", "Filter"),
         Binding("escape", "go_back", "Back", show=False),
         Binding("e", "events", "Events"),
-        Binding("r", "refresh", "Refresh"),
-        Binding("q", "quit", "Quit"),
+        # Listed by `?`, not in the footer: at 100 columns it keeps room for the pane's own actions.
+        Binding("r", "refresh", "Refresh", show=False),
+        Binding("q", "quit", "Quit", show=False),
         Binding("tab", "focus_next", "Next pane", show=False, priority=True),
         Binding("shift+tab", "focus_previous", "Previous pane", show=False, priority=True),
     ]
@@ -120,7 +121,8 @@ class FleetApp(App[None]):
             self._wake.clear()
             self.status.busy = True
             try:
-                snapshot = await self.source.collect()
+                # The first screen shows the nodes as soon as they answer; later refreshes replace it whole.
+                snapshot = await self.source.collect(self.show if self.snapshot is None else None)
             # Whatever one refresh hits, the last good data stays on screen with the reason beside it.
             except Exception as exc:
                 snapshot = failed(self.snapshot, exc)

@@ -39,7 +39,7 @@ class ServiceRecord:
 class Snapshot:
     """What the fleet looked like at `taken_at`: node reports, services (None when they could not be read), each
     service's record, and every problem met on the way as `{where: why}` (a node name, `lb1 (haproxy)`,
-    `status`, `refresh`)."""
+    `status`, `refresh`); `via` names a `fleet watch` that answered for the nodes and status."""
 
     nodes: tuple[NodeReport, ...]
     status: FleetStatus | None
@@ -47,6 +47,7 @@ class Snapshot:
     taken_at: datetime = field(default_factory=datetime.now)
     duration: float = 0.0
     records: Mapping[str, ServiceRecord] = field(default_factory=dict)
+    via: str = ""  # "fleet watch" when a watcher on this controller answered
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "nodes", tuple(self.nodes))
@@ -160,6 +161,10 @@ class EventRing:
     def __len__(self) -> int:
         return len(self.events)
 
+    def __bool__(self) -> bool:
+        # A callback is always there, even with no event yet (callers write `on_event or default`).
+        return True
+
     def __iter__(self) -> Iterator[Event]:
         return iter(self.events)
 
@@ -173,7 +178,9 @@ class Source(Protocol):
 
     events: EventRing
 
-    async def collect(self) -> Snapshot: ...
+    async def collect(self, partial: Callable[[Snapshot], None] | None = None) -> Snapshot:
+        """The fleet now; `partial`, when given, may get a first part (the nodes) before the rest is read."""
+        ...
 
     async def history(self, service: str) -> Sequence[Revision]: ...
 
@@ -203,7 +210,7 @@ def failed(previous: Snapshot | None, exc: BaseException) -> Snapshot:
     if previous is None:
         return Snapshot((), None, {"refresh": why})
     return Snapshot(previous.nodes, previous.status, {**previous.errors, "refresh": why}, previous.taken_at,
-                    previous.duration, previous.records)
+                    previous.duration, previous.records, previous.via)
 
 
 @dataclass

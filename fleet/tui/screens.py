@@ -117,7 +117,7 @@ class MainScreen(View):
             yield ReplicasTable(id="replicas")
         yield FilterBar()
         yield StatusLine(id="status")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_resize(self) -> None:
         # Below 140 columns the replicas go under the services: both stay readable at 100.
@@ -137,7 +137,7 @@ class HistoryScreen(View):
         yield HistoryTable(id="history")
         yield Label("", id="history-note")
         yield FilterBar()
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         table = self.query_one(HistoryTable)
@@ -182,7 +182,7 @@ class LogScreen(View):
         yield Label(f"Logs of {self.ref}", id="log-title")
         yield Log(max_lines=self.MAX_LINES, id="log")
         yield Input(placeholder="search…", id="search", classes="hidden")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.query_one(Log).focus()
@@ -274,7 +274,7 @@ class EventsScreen(View):
     def compose(self) -> ComposeResult:
         yield EventsTable(id="events")
         yield FilterBar()
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.show(self.initial)

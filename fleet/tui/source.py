@@ -12,9 +12,9 @@ import contextlib
 import json
 import shlex
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from fleet.config.spec import from_playbook_dict
 from fleet.core.errors import FleetError
@@ -34,31 +34,56 @@ from fleet.tui.data import (
 )
 
 if TYPE_CHECKING:
-    from fleet.api import Fleet, FleetStatus, Revision, RunResult
+    from fleet.api import Fleet, FleetStatus, NodeReport, Revision, RunResult
     from fleet.config.spec import ServiceSpec
+
+# `fleet.watch.client.ask` (inventory path, op) -> the watcher's answer, or None when no watcher answers.
+Watcher = Callable[[str, Literal["nodes", "status"]], Awaitable[Any]]
 
 
 class FleetSource:
     """The real fleet through the façade; the caller owns the façade's pool. Revisions never change once
     recorded, so the specs read for the wanted counts are kept across refreshes."""
 
-    def __init__(self, fleet: Fleet, events: EventRing | None = None) -> None:
+    def __init__(self, fleet: Fleet, events: EventRing | None = None, watcher: Watcher | None = None) -> None:
         self.fleet = fleet
         self.events = events if events is not None else EventRing()
         fleet.on_event = self.events
+        self.watcher = watcher
         self._specs: dict[tuple[str, int], ServiceSpec] = {}
 
+    async def _watched(self) -> tuple[list[NodeReport], FleetStatus] | None:
+        """Node reports and status from a `fleet watch` running on this controller for this inventory (its warm
+        connections), or None when none answers."""
+        if self.watcher is None:
+            return None
+        path = self.fleet.inventory.path
+        reports = await self.watcher(path, "nodes")
+        st = await self.watcher(path, "status") if reports is not None else None
+        if reports is None or st is None:
+            return None
+        return list(reports), st
+
     # --- reading ------------------------------------------------------------------------------------------
-    async def collect(self) -> Snapshot:
-        """Node facts, then services, replicas and LB health from the ready nodes, then each service's record; a
-        node that cannot be read is an entry in `errors`, never an exception."""
+    async def collect(self, partial: Callable[[Snapshot], None] | None = None) -> Snapshot:
+        """Node facts and the fleet's records (read again: another controller may have changed them), then
+        services, replicas and LB health from the ready nodes; a node that cannot be read is an entry in `errors`,
+        never an exception. `partial` gets the nodes as soon as they are read (the first screen)."""
         started = time.perf_counter()
-        reports = await self.fleet.nodes()
-        errors = node_errors(reports)
+        errors: dict[str, str] = {}
+        watched = await self._watched()
+        if watched:
+            reports = watched[0]
+            await self._refresh_records(errors)
+        else:
+            reports, _ = await asyncio.gather(self.fleet.nodes(), self._refresh_records(errors))
+        errors.update(node_errors(reports))
+        if partial is not None:
+            partial(Snapshot(tuple(reports), None, errors, datetime.now(), time.perf_counter() - started))
         st: FleetStatus | None
         records: dict[str, ServiceRecord] = {}
         try:
-            st = await self.fleet.status(reports)
+            st = watched[1] if watched else await self.fleet.status(reports)
         # The view must outlive one bad read: any failure of the status pass becomes a line in the status bar.
         except Exception as exc:
             st = None
@@ -70,7 +95,16 @@ class FleetSource:
                 records = await self._records([s.name for s in st.services])
             except FleetError as exc:
                 errors["records"] = str(exc)
-        return Snapshot(tuple(reports), st, errors, datetime.now(), time.perf_counter() - started, records)
+        return Snapshot(tuple(reports), st, errors, datetime.now(), time.perf_counter() - started, records,
+                        via="fleet watch" if watched else "")
+
+    async def _refresh_records(self, errors: dict[str, str]) -> None:
+        try:
+            await self.fleet.records().refresh()
+        except ValueError:  # an inventory with no node to keep records on
+            pass
+        except FleetError as exc:
+            errors["records"] = str(exc)
 
     async def _records(self, services: Sequence[str]) -> dict[str, ServiceRecord]:
         out = {}
@@ -116,6 +150,7 @@ class FleetSource:
         return spec
 
     async def history(self, service: str) -> Sequence[Revision]:
+        await self.fleet.records().refresh()
         return await self.fleet.history(service)
 
     @contextlib.asynccontextmanager
@@ -174,4 +209,4 @@ def ran(summary: str, result: RunResult) -> ActionResult:
                         outcome_lines(result.outcomes, result.errors))
 
 
-__all__ = ["FleetSource", "LogStream"]
+__all__ = ["FleetSource", "LogStream", "Watcher"]

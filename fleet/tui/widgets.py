@@ -231,7 +231,7 @@ class ServicesTable(FleetTable):
         Binding("h", "history", "History"),
         Binding("l", "logs", "Logs"),
         Binding("s", "scale", "Scale"),
-        Binding("b", "rollback", "Roll back"),
+        Binding("b", "rollback", "Rollback"),
         Binding("p", "promote", "Promote"),
         Binding("a", "abort", "Abort"),
         Binding("D", "destroy", "Destroy"),
@@ -356,7 +356,8 @@ class StatusLine(Static):
             out = Text("reading the fleet…", style="dim")
         else:
             out = Text.assemble(
-                (f"refreshed {snap.taken_at:%H:%M:%S}", "bold"), f" in {snap.duration:.2f}s · ",
+                (f"refreshed {snap.taken_at:%H:%M:%S}", "bold"),
+                f" in {snap.duration:.2f}s{' via ' + snap.via if snap.via else ''} · ",
                 (f"{snap.ready}/{len(snap.nodes)} nodes ready", "green" if snap.ready == len(snap.nodes) else "yellow"))
             if self.busy:
                 out.append(" · refreshing…", style="dim")

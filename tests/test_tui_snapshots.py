@@ -1,0 +1,98 @@
+"""Snapshots of `fleet ui`'s main views at 100×30 and 160×45, drawn from the recording source's fixed data.
+
+`pytest tests/test_tui_snapshots.py --snapshot-update` redraws them after an intended change; look at the SVGs
+(tests/__snapshots__/) before committing them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterator
+
+import pytest
+from test_tui import ready_app, until
+from textual.pilot import Pilot
+from tui_source import RecordingSource, event, snapshot
+
+from fleet.tui import FleetApp
+from fleet.tui.screens import ConfirmScreen, EventsScreen, HelpScreen, HistoryScreen, LogScreen
+from fleet.tui.widgets import ServicesTable
+
+SMALL, LARGE = (100, 30), (160, 45)
+
+
+@pytest.fixture(autouse=True)
+def utc() -> Iterator[None]:
+    """Times on screen (history, events) read the same on every machine."""
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "UTC"
+    time.tzset()
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = old
+        time.tzset()
+
+
+def app(read_only: bool = False) -> FleetApp:
+    """Three refreshes 2 s apart so the charts and CPU USED have data."""
+    source = RecordingSource(snapshot(0), snapshot(2), snapshot(4))
+    source.events(event("start", "web", "started web-3-abc (revision 3)", "n1", 60.0))
+    source.events(event("ready", "web", "web-3-abc is healthy in lb1", "n1", 62.0))
+    source.events(event("stop", "web", "stopped web-3-old (SIGTERM, 0.4s)", "n2", 63.0))
+    return FleetApp(source, interval=3600, read_only=read_only)
+
+
+def then(*keys: str, view: type | None = None, settle: Callable[[FleetApp], bool] | None = None
+         ) -> Callable[[Pilot[None]], Awaitable[None]]:
+    async def run_before(pilot: Pilot[None]) -> None:
+        a: FleetApp = pilot.app  # type: ignore[assignment]
+        await ready_app(pilot, a)
+        for at in (2, 4):
+            await pilot.press("r")
+            await until(pilot, lambda at=at: a.snapshot is not None and a.snapshot.taken_at == snapshot(at).taken_at)
+        a.main.query_one(ServicesTable).focus()
+        await pilot.press(*keys)
+        if view is not None:
+            await until(pilot, lambda: isinstance(a.screen, view))
+        if settle is not None:
+            await until(pilot, lambda: settle(a))
+        await pilot.pause()
+
+    return run_before
+
+
+@pytest.mark.parametrize("size", [SMALL, LARGE], ids=["100x30", "160x45"])
+def test_main_view(snap_compare, size):
+    assert snap_compare(app(), terminal_size=size, run_before=then())
+
+
+def test_main_view_read_only_has_no_action_keys(snap_compare):
+    assert snap_compare(app(read_only=True), terminal_size=SMALL, run_before=then())
+
+
+@pytest.mark.parametrize("size", [SMALL, LARGE], ids=["100x30", "160x45"])
+def test_history_view(snap_compare, size):
+    assert snap_compare(app(), terminal_size=size, run_before=then(
+        "down", "h", view=HistoryScreen, settle=lambda a: a.screen.query_one("HistoryTable").row_count == 3))
+
+
+def test_log_view(snap_compare):
+    assert snap_compare(app(), terminal_size=SMALL, run_before=then(
+        "down", "l", view=LogScreen, settle=lambda a: len(a.screen.query_one("Log").lines) == 3))
+
+
+def test_events_view(snap_compare):
+    assert snap_compare(app(), terminal_size=LARGE, run_before=then("e", view=EventsScreen))
+
+
+def test_destroy_confirmation(snap_compare):
+    assert snap_compare(app(), terminal_size=SMALL, run_before=then("D", view=ConfirmScreen))
+
+
+def test_help(snap_compare):
+    assert snap_compare(app(), terminal_size=SMALL, run_before=then("question_mark", view=HelpScreen))
