@@ -197,6 +197,18 @@ def test_the_reconcile_plan_moves_replicas_off_a_draining_node_and_keeps_the_mar
     assert [(a.replica, a.node, a.reason) for a in sp.start] == [(1, "n3", "move")]
 
 
+def test_replicas_of_other_services_are_held_on_a_draining_node_and_take_no_room_elsewhere() -> None:
+    """Only the service being converged moves off a draining node: the others' replicas there (held in place by
+    the plan) must not claim room on the other nodes, or a full fleet could not take the moving replica."""
+    # Two web replicas (0.1 cpu each) fit on n2 (0.3 cpu); "big" (0.15 cpu, placed first: bigger) would take its room.
+    big = dataclasses.replace(rep("n1", 0, 20002, service="big"), resources=Resources(0.15, 64 * MiB), spec_hash="b")
+    nodes = [NodeState("n1", Resources(4, 4 * GiB), labels={"disk": "ssd"}, draining=True),
+             NodeState("n2", Resources(0.3, GiB), labels={"disk": "ssd"})]
+    p = plan([SPEC], nodes, [rep("n1", 0), rep("n1", 1, 20001), big])
+    assert not p.unplaced, p.unplaced
+    assert [(a.replica, a.node, a.reason) for a in p.service("web").start] == [(0, "n2", "move"), (1, "n2", "move")]
+
+
 def report(name: str, mark: NodeMark | None = None, labels: dict[str, str] | None = None,
            why: str | None = None) -> NodeReport:
     stdout = json.loads((FACTS / "lab_node_idle.json").read_text())["stdout"]

@@ -123,7 +123,7 @@ def demand_for(spec: ServiceSpec, replicas: int | None = None, *, volumes: Volum
 def _keep_demand(service: str, replicas: Sequence[Replica]) -> ServiceDemand:
     """Hold replicas that this plan does not manage exactly where they are."""
     biggest = max((r.resources for r in replicas), key=lambda r: (r.cpu, r.memory), default=Resources())
-    return ServiceDemand(service=service, replicas=len(replicas), resources=biggest, strategy="pack")
+    return ServiceDemand(service=service, replicas=len(replicas), resources=biggest, strategy="pack", held=True)
 
 
 def _existing(r: Replica, service: str | None = None, replica: int | None = None) -> Existing:

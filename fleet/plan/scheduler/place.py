@@ -274,7 +274,7 @@ def _node_problem(state: _Pass, node: str, d: ServiceDemand) -> str | None:
         return f"node {node} is gone"
     if not state.healthy[i]:
         return f"node {node} is unhealthy"
-    if state.states[i].draining:
+    if state.states[i].draining and not d.held:
         return f"node {node} is draining"
     missing = missing_labels(state.labels[i], d.required_labels)
     if missing:

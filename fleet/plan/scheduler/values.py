@@ -68,6 +68,9 @@ class ServiceDemand:
     `data_nodes` and `lost_data` tie a service with node-local volumes to its data: new replicas go only to
     the `data_nodes` (those holding it) when any node holds or may hold it, and as many as there are
     `lost_data` nodes (holding it, or perhaps, but unable to run it now) wait instead of starting empty.
+
+    `held`: replicas that the caller does not manage, held where they run, on a draining node too (only their
+    own service's convergence moves them).
     """
 
     service: str
@@ -81,6 +84,7 @@ class ServiceDemand:
     data_nodes: frozenset[str] = frozenset()
     lost_data: frozenset[str] = frozenset()
     data_what: str = "its volume data"
+    held: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "required_labels", _frozen(self.required_labels))
