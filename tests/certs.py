@@ -78,3 +78,13 @@ def client_context(ca_pem: bytes) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.load_verify_locations(cadata=ca_pem.decode())
     return ctx
+
+
+def pebble_config(listen: str, management: str, cert: object, key: object, *, http_port: int, tls_port: int) -> str:
+    """pebble's JSON config: its HTTPS listener (`cert`/`key` files) and where it sends HTTP-01 validations."""
+    import json
+
+    return json.dumps({"pebble": {
+        "listenAddress": listen, "managementListenAddress": management, "certificate": str(cert),
+        "privateKey": str(key), "httpPort": http_port, "tlsPort": tls_port, "ocspResponderURL": "",
+        "externalAccountBindingRequired": False}})

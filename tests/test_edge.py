@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from certs import TestCA
+from certs import TestCA, pebble_config
 from helpers import free_port, wait_until
 
 from fleet.config.edge import bundle, cert_info, cover, split_bundle
@@ -511,18 +511,13 @@ def start_pebble(tmp: Path, ca: TestCA, http_port: int, lb_ip: str, procs: list[
                  bind: str = "127.0.0.1") -> tuple[str, Path, int]:
     """pebble (its HTTPS listener's certificate from `ca`) validating HTTP-01 on `http_port` of whatever its
     fake DNS (pebble-challtestsrv) answers: `lb_ip` for every name. Returns (directory URL, CA file, mgmt port)."""
-    import json
-
     dns, listen, mgmt = free_port(), free_port(), free_port()
     leaf = ca.leaf("localhost", ips=(bind,))
     (tmp / "pebble-cert.pem").write_bytes(leaf.cert)
     (tmp / "pebble-key.pem").write_bytes(leaf.key)
     (tmp / "pebble-ca.pem").write_bytes(ca.pem)
-    (tmp / "pebble.json").write_text(json.dumps({"pebble": {
-        "listenAddress": f"{bind}:{listen}", "managementListenAddress": f"{bind}:{mgmt}",
-        "certificate": str(tmp / "pebble-cert.pem"), "privateKey": str(tmp / "pebble-key.pem"),
-        "httpPort": http_port, "tlsPort": free_port(), "ocspResponderURL": "",
-        "externalAccountBindingRequired": False}}))
+    (tmp / "pebble.json").write_text(pebble_config(f"{bind}:{listen}", f"{bind}:{mgmt}", tmp / "pebble-cert.pem",
+                                                   tmp / "pebble-key.pem", http_port=http_port, tls_port=free_port()))
     env = {**os.environ, "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0", "PEBBLE_AUTHZREUSE": "0"}
     assert CHALLTESTSRV is not None and PEBBLE is not None
     procs.append(subprocess.Popen([CHALLTESTSRV, "-defaultIPv4", lb_ip, "-defaultIPv6", "", "-dns01",

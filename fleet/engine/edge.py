@@ -9,6 +9,7 @@ and returns what the config renders (`LbTls` per service: file, fingerprint, red
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import subprocess
 import time
@@ -112,17 +113,12 @@ class Edge:
         by_node = {lb.node.name: st for lb, st in zip(nodes, states, strict=True)}
         ready: dict[str, LbTls] = {}
         problems: list[FleetError] = []
-        acme_due: list[str] = []
-        for service, (tls, hosts) in sorted(wanted.items()):
+
+        async def land(service: str, tls: TlsSpec, fetch: Callable[[], Awaitable[tuple[bytes, CertInfo]]]) -> None:
+            """The service's bundle from `fetch` onto every node; on failure its old one stays if every node has
+            it, and the problem is kept for later."""
             try:
-                if tls.acme:
-                    done = await self._acme_current(service, hosts, nodes, by_node)
-                    if done is None:
-                        acme_due.append(service)
-                        continue
-                    text, info = done
-                else:
-                    text, info = self._static(service, tls)
+                text, info = await fetch()
                 await self._deploy(service, text, nodes, by_node)
                 ready[service] = _lbtls(service, info, tls)
             except FleetError as exc:
@@ -130,6 +126,21 @@ class Edge:
                 kept = self._kept(service, by_node, tls)
                 if kept is not None:
                     ready[service] = kept
+
+        acme_due: list[str] = []
+        for service, (tls, hosts) in sorted(wanted.items()):
+            if not tls.acme:
+                await land(service, tls, functools.partial(self._static_async, service, tls))
+                continue
+            try:
+                done = await self._acme_current(service, hosts, nodes, by_node)
+            except FleetError as exc:
+                problems.append(exc)
+                continue
+            if done is None:
+                acme_due.append(service)
+            else:
+                await land(service, tls, functools.partial(_ready, done))
         if acme_due:
             # HAProxy must answer the challenges first; a certificate being renewed keeps being served meanwhile.
             for service in acme_due:
@@ -139,15 +150,7 @@ class Edge:
             await publish_config(dict(ready))
             for service in acme_due:
                 tls, hosts = wanted[service]
-                try:
-                    text, info = await self._acme_issue(service, hosts, nodes)
-                    await self._deploy(service, text, nodes, by_node)
-                    ready[service] = _lbtls(service, info, tls)
-                except FleetError as exc:
-                    problems.append(exc)
-                    kept = self._kept(service, by_node, tls)
-                    if kept is not None:
-                        ready[service] = kept
+                await land(service, tls, functools.partial(self._acme_issue, service, hosts, nodes))
         self.problems = problems
         return ready
 
@@ -162,6 +165,9 @@ class Edge:
             return parse_state(result.stdout)
         except ScriptOutputError as exc:
             raise LbError(lb.node.name, str(exc)) from exc
+
+    async def _static_async(self, service: str, tls: TlsSpec) -> tuple[bytes, CertInfo]:
+        return self._static(service, tls)
 
     def _static(self, service: str, tls: TlsSpec) -> tuple[bytes, CertInfo]:
         """The bundle of a certificate from files or from a keyring secret."""
@@ -270,6 +276,10 @@ class Edge:
 
         await asyncio.gather(*(put(lb) for lb in nodes))
         self.current[service] = (text, cert_info(text))
+
+
+async def _ready(value: tuple[bytes, CertInfo]) -> tuple[bytes, CertInfo]:
+    return value
 
 
 def _lbtls(service: str, info: CertInfo, tls: TlsSpec) -> LbTls:
