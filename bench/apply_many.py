@@ -1,14 +1,16 @@
 """Many services at once: `fleet apply` of 12 services × 2 replicas against one service alone.
 
-    .venv/bin/python bench/apply_many.py [--services 12] [--replicas 2] [--parallel N] [--rounds 2]
+    .venv/bin/python bench/apply_many.py [--services 12] [--replicas 2] [--parallel N] [--rounds 3] [--no-serial]
                                          [--prefix fpar] [--subnet 10.246.0.0/24]
 
 Builds its own lab (3 workers, 1 lb) and always removes it. Pushes demo images v1 and v2, then times whole
-`fleet apply --json` processes, as a user runs them (connect, lease, observe, converge): one service created,
-then rolled v1 ↔ v2 `--rounds` times; N services created, then rolled v1 ↔ v2 as many times at `--parallel`
-(default: fleet's), and once service by service (`--parallel 1`, the loop as it was). Every service has an
-HAProxy front end and an HTTP health check, so each rollout starts, checks, routes, drains and stops replicas.
-Prints each time and the ratio N services / one (goal ≤ 1.5×). Figures only: nothing here asserts a time.
+`fleet apply --json` processes, as a user runs them (connect, lease, observe, converge). One service (`solo`)
+and N others (`s01`…) live side by side in two playbooks; each is created, then rolled v1 ↔ v2 `--rounds`
+times, one alone and the N together (`--parallel`, default: fleet's own), in turn, so that the ratio of each
+pair is taken under the same load of this shared machine. Last, the N are rolled once service by service
+(`--parallel 1`, the loop as it was). Every service has an HAProxy front end and an HTTP health check, so each
+rollout starts, checks, routes, drains and stops replicas. Prints each time and the ratio N services / one
+(goal ≤ 1.5×). Figures only: nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -52,10 +54,8 @@ def service_yaml(name: str, image: str, replicas: int, port: int) -> str:
     ]) + "\n"
 
 
-def write_playbook(pb_dir: Path, names: list[str], image: str, replicas: int) -> None:
-    for old in pb_dir.glob("*.yaml"):
-        old.unlink()
-    text = "services:\n" + "".join(service_yaml(n, image, replicas, BASE_PORT + i) for i, n in enumerate(names))
+def write_playbook(pb_dir: Path, names: list[str], image: str, replicas: int, first_port: int) -> None:
+    text = "services:\n" + "".join(service_yaml(n, image, replicas, first_port + i) for i, n in enumerate(names))
     (pb_dir / "bench.yaml").write_text(text)
 
 
@@ -85,14 +85,17 @@ def main() -> None:
     ap.add_argument("--services", type=int, default=12)
     ap.add_argument("--replicas", type=int, default=2)
     ap.add_argument("--parallel", type=int, default=None, help="fleet apply --parallel (default: fleet's own)")
-    ap.add_argument("--rounds", type=int, default=2, help="rolling updates timed per case (v1 ↔ v2)")
+    ap.add_argument("--rounds", type=int, default=3, help="rolling updates timed per case (v1 ↔ v2)")
+    ap.add_argument("--no-serial", action="store_true", help="skip the service-by-service case (--parallel 1)")
     ap.add_argument("--prefix", default="fpar")
     ap.add_argument("--subnet", default="10.246.0.0/24")
     args = ap.parse_args()
     lab = Lab(LabConfig(prefix=args.prefix, subnet=args.subnet, nodes=3, lb=1, root="/var/lib/fleet-lab-bench"))
     lab.down()
     t_all = time.perf_counter()
-    rows: list[tuple[str, list[float]]] = []
+    many_label = f"{args.services} services" + (f" (--parallel {args.parallel})" if args.parallel else "")
+    times: dict[str, list[float]] = {}
+    ratios: dict[str, list[float]] = {}
     try:
         t0 = time.perf_counter()
         lab.up()
@@ -105,45 +108,44 @@ def main() -> None:
                 push = fleet_cli(["image", "push", built.path, "-i", inventory, "--json"], env, 120)
                 if push.returncode != 0:
                     raise SystemExit(f"push {version} failed ({push.returncode}): {push.stderr[-800:]}")
-            pb_dir = Path(tmp) / "playbooks"
-            pb_dir.mkdir()
-            images = ["fleet.local/demo:v2", "fleet.local/demo:v1"]
-
-            def case(label: str, names: list[str], parallel: int | None) -> None:
-                write_playbook(pb_dir, names, "fleet.local/demo:v1", args.replicas)
-                created, _ = timed_apply(pb_dir, inventory, env, parallel)
-                updates = []
-                for i in range(args.rounds):
-                    write_playbook(pb_dir, names, images[i % 2], args.replicas)
-                    took, changed = timed_apply(pb_dir, inventory, env, parallel)
-                    if changed != len(names):
-                        raise SystemExit(f"{label}: {changed} of {len(names)} services changed")
-                    updates.append(took)
-                rows.append((f"{label}: create", [created]))
-                rows.append((f"{label}: rolling update", updates))
-                out.print(f"{label}: create {created:.1f}s, updates " + ", ".join(f"{u:.1f}s" for u in updates))
-                for name in names:
-                    gone = fleet_cli(["destroy", name, "-i", inventory, "--json"], env, 120)
-                    if gone.returncode != 0:
-                        raise SystemExit(f"destroy {name} failed: {gone.stderr[-800:]}")
-
+            solo_dir, many_dir = Path(tmp) / "solo", Path(tmp) / "many"
+            solo_dir.mkdir()
+            many_dir.mkdir()
             many = [f"s{i + 1:02d}" for i in range(args.services)]
-            case("1 service", ["solo"], args.parallel)
-            case(f"{args.services} services", many, args.parallel)
-            case(f"{args.services} services, --parallel 1", many, 1)
+
+            def pair(kind: str, image: str) -> None:
+                write_playbook(solo_dir, ["solo"], image, args.replicas, BASE_PORT - 1)
+                one, _ = timed_apply(solo_dir, inventory, env, None)
+                write_playbook(many_dir, many, image, args.replicas, BASE_PORT)
+                took, changed = timed_apply(many_dir, inventory, env, args.parallel)
+                if changed != len(many):
+                    raise SystemExit(f"{kind}: {changed} of {len(many)} services changed")
+                times.setdefault(f"1 service: {kind}", []).append(one)
+                times.setdefault(f"{many_label}: {kind}", []).append(took)
+                ratios.setdefault(kind, []).append(took / one)
+                out.print(f"{kind}: 1 service {one:.1f}s, {len(many)} services {took:.1f}s ({took / one:.2f}x)")
+
+            pair("create", "fleet.local/demo:v1")
+            for i in range(args.rounds):
+                pair("rolling update", ("fleet.local/demo:v2", "fleet.local/demo:v1")[i % 2])
+            if not args.no_serial:
+                write_playbook(many_dir, many, "fleet.local/demo:v2" if args.rounds % 2 == 0 else
+                               "fleet.local/demo:v1", args.replicas, BASE_PORT)
+                took, _ = timed_apply(many_dir, inventory, env, 1)
+                times[f"{args.services} services (--parallel 1): rolling update"] = [took]
+                out.print(f"{len(many)} services one after another: {took:.1f}s")
     finally:
         lab.down()
-    med = {label: statistics.median(v) for label, v in rows}
     t = Table(title=f"fleet apply, {args.replicas} replicas per service, whole process (seconds)",
               title_justify="left", header_style="bold")
-    for col in ("case", "runs", "median", "min", "max", "× one service"):
+    for col in ("case", "runs", "median", "min", "max"):
         t.add_column(col, justify="left" if col == "case" else "right")
-    for label, v in rows:
-        kind = label.split(": ")[1]
-        one = med[f"1 service: {kind}"]
-        t.add_row(label, str(len(v)), f"{statistics.median(v):.1f}", f"{min(v):.1f}", f"{max(v):.1f}",
-                  f"{statistics.median(v) / one:.2f}")
+    for label, v in times.items():
+        t.add_row(label, str(len(v)), f"{statistics.median(v):.1f}", f"{min(v):.1f}", f"{max(v):.1f}")
     out.print(t)
+    for kind, rs in ratios.items():
+        out.print(f"{kind}: {args.services} services / 1 service, pair by pair: median {statistics.median(rs):.2f}x "
+                  f"(min {min(rs):.2f}, max {max(rs):.2f}; goal <= 1.5x)")
     out.print(f"total {time.perf_counter() - t_all:.0f}s (lab removed)")
 
 

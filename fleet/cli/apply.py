@@ -258,7 +258,7 @@ class _Progress:
         t = Table(box=None, pad_edge=False, show_header=True, header_style="bold")
         t.add_column("service", no_wrap=True)
         t.add_column("", no_wrap=True)
-        t.add_column("ready", justify="right", no_wrap=True)
+        t.add_column("new ready", justify="right", no_wrap=True)
         t.add_column("started", justify="right", no_wrap=True)
         t.add_column("stopped", justify="right", no_wrap=True)
         t.add_column("time", justify="right", no_wrap=True)
