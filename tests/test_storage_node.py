@@ -230,3 +230,12 @@ def test_an_unknown_storage_host_is_refused_by_the_cli_before_any_node_is_contac
     result = cli("plan", "-i", inventory_for(tmp_path, node), pb)
     assert_refused(result, "pb.yaml:5: services.web.volumes[0]: unknown storage host 'nas'")
     assert node.offered() == 0
+
+
+def test_a_storage_only_node_without_a_runtime_still_has_its_volumes_listed() -> None:
+    from fleet.engine.nodes import NO_RUNTIME
+
+    storage = NodeReport(Node("st", "10.0.0.5", roles=("storage",)), NO_RUNTIME, "no containerd", None, 0.0)
+    worker = NodeReport(Node("w1", "10.0.0.6", roles=("worker",)), NO_RUNTIME, "no containerd", None, 0.0)
+    both = NodeReport(Node("wb", "10.0.0.7", roles=("worker", "storage")), NO_RUNTIME, "no containerd", None, 0.0)
+    assert [n.name for n in V._listed_nodes([storage, worker, both])] == ["st"]

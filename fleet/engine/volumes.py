@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from fleet.config.spec import ServiceSpec
 from fleet.config.volumes import STORAGE_ROLE, storage_of
@@ -19,13 +19,11 @@ from fleet.core.errors import ScriptOutputError, StorageError, VolumeError
 from fleet.core.model import CommandResult, Inventory, Node
 from fleet.engine.calls import LIST_TIMEOUT
 from fleet.engine.containers import ps
+from fleet.engine.nodes import NO_RUNTIME, NOT_ANSWERING, READY, NodeReport
 from fleet.node import storage as S
 from fleet.node.paths import NOT_TMPFS_EXIT, write_file, write_secret_file
 from fleet.plan.volumes import VolumeView
 from fleet.transport import Pool
-
-if TYPE_CHECKING:
-    from fleet.engine.nodes import NodeReport
 
 Kind = Literal["local", "sshfs"]
 # A backup or restore moves the whole volume at the network's speed; the deadline only ends a stalled one.
@@ -71,8 +69,14 @@ class VolumeListing:
     errors: MappingProxyType[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
+def _usable(r: NodeReport) -> bool:
+    """Ready, or a storage node that answers without a container runtime (it only keeps files)."""
+    storage_only = r.node.has_role(STORAGE_ROLE) and not r.node.has_role("worker")
+    return r.ok or (storage_only and r.status in (READY, NO_RUNTIME, NOT_ANSWERING))
+
+
 def _listed_nodes(reports: Sequence[NodeReport]) -> list[Node]:
-    return [r.node for r in reports if r.ok and (r.node.has_role("worker") or r.node.has_role(STORAGE_ROLE))]
+    return [r.node for r in reports if _usable(r) and (r.node.has_role("worker") or r.node.has_role(STORAGE_ROLE))]
 
 
 async def _list(pool: Pool, reports: Sequence[NodeReport], *, sizes: bool,
@@ -82,7 +86,7 @@ async def _list(pool: Pool, reports: Sequence[NodeReport], *, sizes: bool,
         sizes=sizes, export=export_of(n) if n.has_role(STORAGE_ROLE) else None), timeout=timeout) for n in nodes))
     dirs: list[tuple[Node, S.VolumeDir]] = []
     errors: dict[str, str] = {r.node.name: f"{r.status}: {r.reason}" for r in reports
-                              if not r.ok and (r.node.has_role("worker") or r.node.has_role(STORAGE_ROLE))}
+                              if not _usable(r) and (r.node.has_role("worker") or r.node.has_role(STORAGE_ROLE))}
     read: set[str] = set()
     for n, result in zip(nodes, results, strict=True):
         if not result.ok:
@@ -159,7 +163,7 @@ def find(listing: VolumeListing, ref: str, node: str | None = None) -> VolumeRow
 def _node(reports: Sequence[NodeReport], name: str) -> Node:
     for r in reports:
         if r.node.name == name:
-            if not r.ok:
+            if not _usable(r):
                 raise VolumeError(f"{name}: {r.status}: {r.reason}")
             return r.node
     raise VolumeError(f"no node {name!r} in the inventory")
