@@ -5,8 +5,9 @@ playbook and a keyring secret as a file; `cf-peer` has neither. The config reach
 read-only; the peer cannot read it. The secret is readable at its path and nowhere else: no process's argv or
 environment on the machine (the lab's nodes share its PID namespace), no file under the node's /var/lib/fleet or
 /var/lib/containerd, not in `ctr containers info`, labels, logs, the history or any `fleet` output (nor its plain
-sha256). Editing the config and rotating the secret each roll the service (`fleet plan` names the change) with
-not one request failed, and the files of the replaced containers leave the node.
+sha256). Editing the config (`apply`) and rotating the secret (`apply`, then again with `reconcile`) each roll the
+service (`fleet plan` names the change) with not one request failed, and the files of the replaced containers
+leave the node.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import os
 import pathlib
 import subprocess
 import sys
-import time
 from typing import Any
 
 import pytest
@@ -51,18 +51,16 @@ class Cli:
         self.outputs: list[str] = []
 
     def __call__(self, *args: str, stdin: str | None = None, ok: bool = True) -> subprocess.CompletedProcess[str]:
-        t = time.monotonic()
         out = subprocess.run([*FLEET, *args], input=stdin, capture_output=True, text=True, env=self.env, timeout=180)
-        if os.environ.get("FS5_TRACE"):
-            print(f"{time.monotonic() - t:6.2f}s fleet {args[0]}", file=sys.stderr)
         self.outputs += [out.stdout, out.stderr]
         if ok:
             assert out.returncode == 0, f"fleet {' '.join(args)}: {out.stdout}{out.stderr}"
         return out
 
-    def replicas(self, service: str) -> list[dict[str, Any]]:
+    def replicas(self) -> dict[str, list[dict[str, Any]]]:
+        """The running containers of cf-app and cf-peer, from one `fleet ps --json`."""
         rows = json.loads(self("ps", "--json").stdout)["containers"]
-        return [r for r in rows if r.get("service") == service]
+        return {s: [r for r in rows if r.get("service") == s] for s in ("cf-app", "cf-peer")}
 
     def inside(self, container: str, script: str) -> str:
         """stdout of `script` in the container; not kept with the outputs (it reads the secret on purpose)."""
@@ -95,32 +93,32 @@ def playbook(path: pathlib.Path, image: str) -> None:
 """)
 
 
-def apply_under_load(lab, fleet: Cli, pb: pathlib.Path) -> None:
+def apply_under_load(lab, fleet: Cli, pb: pathlib.Path, command: str = "apply") -> None:
     with Load(lab.inventory.node("lb1").address, PORT, clients=4, max_seconds=90) as load:
-        fleet("apply", str(pb))
+        fleet(command, str(pb))
     assert load.result.failed == 0, load.result.failures[:5]
     assert load.result.ok > 0
 
 
-def node_leaks(lab, node: str, value: str) -> str:
-    """Files under the node's disk paths holding `value` (passed on stdin, so it is in no argv)."""
+def node_leaks(lab, node: str, values: list[str]) -> str:
+    """Files under the node's disk paths holding any of `values` (passed on stdin, so they are in no argv)."""
     script = 'grep -rlF -f /dev/stdin /var/lib/fleet /var/lib/containerd 2>/dev/null || true'
-    return lab.lab.exec_in(node, ["sh", "-c", script], input=value + "\n").stdout.strip()
+    return lab.lab.exec_in(node, ["sh", "-c", script], input="".join(v + "\n" for v in values)).stdout.strip()
 
 
-def process_leaks(value: str) -> list[str]:
-    """Processes on the machine (every lab node's too) whose argv or environment holds `value`."""
+def process_leaks(values: list[str]) -> list[str]:
+    """Processes on the machine (every lab node's too) whose argv or environment holds any of `values`."""
     found = []
-    needle = value.encode()
+    needles = [v.encode() for v in values]
     for proc in pathlib.Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         for part in ("cmdline", "environ"):
             try:
-                if needle in (proc / part).read_bytes():
-                    found.append(f"{proc.name}/{part}")
+                data = (proc / part).read_bytes()
             except OSError:
-                pass
+                continue
+            found += [f"{proc.name}/{part}" for n in needles if n in data]
     return found
 
 
@@ -131,7 +129,7 @@ def files_on(lab, node: str, directory: str) -> list[str]:
 
 def test_configs_and_secret_files_land_roll_under_load_and_leak_nowhere(lab, env, tmp_path):
     fleet = Cli(env)
-    first, second = f"tok-{L.random_suffix(12)}", f"tok-{L.random_suffix(12)}"
+    first, second, third = (f"tok-{L.random_suffix(12)}" for _ in range(3))
     archive = build_demo(f"cf{L.random_suffix(6)}", str(tmp_path / "demo.tar"))
     fleet("image", "push", archive.path)
     pb = tmp_path / "pb" / "app.yaml"
@@ -141,7 +139,8 @@ def test_configs_and_secret_files_land_roll_under_load_and_leak_nowhere(lab, env
     try:
         fleet("secret", "set", "cf-token", stdin=first + "\n")
         fleet("apply", str(pb))
-        apps = fleet.replicas("cf-app")
+        running = fleet.replicas()
+        apps = running["cf-app"]
         assert len(apps) == 2
         for r in apps:
             seen = fleet.inside(r["id"], f"""
@@ -162,7 +161,7 @@ def test_configs_and_secret_files_land_roll_under_load_and_leak_nowhere(lab, env
                                        "sh", DEFAULT.configs_dir]).stdout.split("\n")
         assert [m.split()[0] for m in modes if m][:3] == ["700", "700", "700"], modes
         assert any(m.startswith("440 ") for m in modes), modes
-        (peer,) = fleet.replicas("cf-peer")
+        (peer,) = running["cf-peer"]
         denied = fleet.inside(peer["id"], f"cat {CONFIG} || echo no-config; ls {DEFAULT.configs_dir} || echo no-dir; "
                                           f"cat {SECRET} || echo no-secret")
         assert "greeting" not in denied and first not in denied
@@ -173,22 +172,30 @@ def test_configs_and_secret_files_land_roll_under_load_and_leak_nowhere(lab, env
         planned = fleet("plan", str(pb), ok=False)
         assert planned.returncode == 3 and f"config {CONFIG} changed" in planned.stdout, planned.stdout
         apply_under_load(lab, fleet, pb)
-        edited = fleet.replicas("cf-app")
+        running = fleet.replicas()
+        edited = running["cf-app"]
         assert not {r["id"] for r in edited} & {r["id"] for r in apps}, "every cf-app replica was replaced"
-        assert fleet.replicas("cf-peer")[0]["id"] == peer["id"], "the other service was left alone"
-        for r in edited:
-            assert fleet.inside(r["id"], f"cat {CONFIG}; cat {SECRET}").split() == ["greeting=two", first]
+        assert running["cf-peer"] == [peer], "the other service was left alone"
+        # Every cf-app replica is new (above); one of them shows what they all run.
+        assert fleet.inside(edited[0]["id"], f"cat {CONFIG}; cat {SECRET}").split() == ["greeting=two", first]
 
         # Rotating the secret: plan says so, apply rolls cf-app under load, new replicas read the new value.
         fleet("secret", "set", "cf-token", stdin=second + "\n")
         planned = fleet("plan", str(pb), ok=False)
         assert planned.returncode == 3 and "secret cf-token changed" in planned.stdout, planned.stdout
         apply_under_load(lab, fleet, pb)
-        rotated = fleet.replicas("cf-app")
+        rotated = fleet.replicas()["cf-app"]
         assert not {r["id"] for r in rotated} & {r["id"] for r in edited}
-        for r in rotated:
-            assert fleet.inside(r["id"], f"cat {SECRET}").strip() == second
+        assert fleet.inside(rotated[0]["id"], f"cat {SECRET}").strip() == second
         assert fleet("plan", str(pb), ok=False).returncode == 0, "nothing left to do"
+
+        # reconcile follows the accepted revision until the intent changes: a rotated secret changes it.
+        fleet("secret", "set", "cf-token", stdin=third + "\n")
+        apply_under_load(lab, fleet, pb, "reconcile")
+        again = fleet.replicas()["cf-app"]
+        assert not {r["id"] for r in again} & {r["id"] for r in rotated}, "reconcile rolled the rotated secret"
+        assert fleet.inside(again[0]["id"], f"cat {SECRET}").strip() == third
+        rotated = again
 
         # The replaced containers' secret files left their nodes (with them); the first config set, which no
         # container used any more when the rotation's run prepared the node, was swept then.
@@ -205,11 +212,12 @@ def test_configs_and_secret_files_land_roll_under_load_and_leak_nowhere(lab, env
                         for r in rotated)
         assert '"ro"' in infos or "rbind" in infos, "the info was read"
         db = (pathlib.Path(env["FLEET_STATE_DIR"]) / "history.db").read_bytes()
-        for value in (first, second):
+        values = [first, second, third]
+        assert process_leaks(values) == []
+        for n in lab.workers():
+            assert node_leaks(lab, n, values) == "", n
+        for value in values:
             digest = hashlib.sha256(value.encode()).hexdigest()
-            assert process_leaks(value) == []
-            for n in lab.workers():
-                assert node_leaks(lab, n, value) == "", n
             for text in [*fleet.outputs, infos, history, pb.read_text()]:
                 assert value not in text and digest not in text
             assert value.encode() not in db and digest.encode() not in db
