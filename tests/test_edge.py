@@ -650,3 +650,20 @@ def test_a_service_port_on_the_shared_edge_ports_is_refused_while_hosts_route() 
                 "the service by lb.hosts")]
     assert edge_port_problems([plain], shared) == []  # nobody routes by host name: 443 is a port like any other
     assert [s for s, _ in edge_port_problems([plain], shared, others_routed=True)] == ["web"]
+
+
+def test_lb_show_masks_the_password_hash_and_plan_diffs_the_config() -> None:
+    from fleet.engine.lbview import config_diff, masked, tls_in_config
+
+    h = stats_password_hash("pw")
+    text = render_edge(edge_services(), edge=EdgeConfig(), stats_password_hash=h)
+    shown = masked(text)
+    assert h not in shown and "    user fleet password '<hidden>'" in shown
+    assert tls_in_config(text) == {"shop": FP, "blog": "cd" * 32}
+    assert config_diff("lb1", text, text) == []
+    fewer = render_edge(edge_services()[1:], edge=EdgeConfig(), stats_password_hash=h)
+    diff = config_diff("lb1", text, fewer)
+    assert diff[:2] == ["--- lb1: haproxy.cfg (now)", "+++ lb1: haproxy.cfg (after apply)"]
+    assert "-    use_backend be_shop if { var(txn.host) -m str shop.example.test }" in diff
+    assert not any(h in line for line in diff)
+    assert config_diff("lb1", None, fewer)[2].startswith("@@")

@@ -218,9 +218,18 @@ def test_services_on_443_by_host_name_with_files_keyring_and_acme_certificates(l
     assert shown.returncode == 0 and "frontend fe_edge_https" in shown.stdout, shown.stdout + shown.stderr
     assert f"crt {CERT_DIR}/shop.pem" in shown.stdout
     outputs += [shown.stdout + shown.stderr]
-    for args in (("plan", edge["playbook"]), ("status",)):
-        out = fleet(edge, *args)
-        outputs.append(out.stdout + out.stderr)
+    # fleet plan: no HAProxy diff for the playbook just applied; a new host shows as a diff of lb1's config.
+    same = fleet(edge, "plan", edge["playbook"])
+    assert same.returncode == 0 and "HAProxy on lb1 would change" not in same.stdout, same.stdout + same.stderr
+    more = Path(edge["playbook"]).with_name("more.yaml")
+    more.write_text(Path(edge["playbook"]).read_text().replace(f"[{HOSTS['blog']}]", f"[{HOSTS['blog']}, "
+                                                                                       "news.example.test]"))
+    changed = fleet(edge, "plan", str(more))
+    assert "HAProxy on lb1 would change:" in changed.stdout, changed.stdout + changed.stderr
+    assert "+    use_backend be_blog if { var(txn.host) -m str news.example.test }" in changed.stdout
+    outputs += [same.stdout + same.stderr, changed.stdout + changed.stderr]
+    out = fleet(edge, "status")
+    outputs.append(out.stdout + out.stderr)
     cfg = run_on(lab, "lb1", Script('cat "$F"', {"F": "/var/lib/fleet/haproxy/haproxy.cfg"}))
     outputs.append(cfg)
     for text in outputs:
