@@ -15,8 +15,8 @@ from fleet.core.errors import RecordsError
 from fleet.core.model import Node
 from fleet.core.nodeops import NodeMark, decode_marks, encode_marks
 from fleet.core.shell import Script
-from fleet.store.nodes import DEFAULT_BASE_DIR, failure, node_dir
-from fleet.store.records import FleetHistory, merge, parse_dump, state_path
+from fleet.store.nodes import DEFAULT_BASE_DIR, node_dir
+from fleet.store.records import FleetHistory, listings, merge, state_path
 from fleet.transport import Pool, fanout
 
 NODES_RECORD = "fleet.nodes"
@@ -51,17 +51,7 @@ async def fetch_marks(pool: Pool, nodes: Sequence[Node], *, base_dir: str = DEFA
     if not nodes:
         return {}, None
     results = await fanout(pool, nodes, lambda n: read_marks_script(node_dir(base_dir, n)), timeout=timeout)
-    dumps: dict[str, dict[str, bytes]] = {}
-    errors: dict[str, str] = {}
-    for node, r in zip(nodes, results, strict=True):
-        why = failure(r)
-        if why is None:
-            try:
-                dumps[node.name] = parse_dump(r.stdout)
-                continue
-            except ValueError as exc:
-                why = str(exc)
-        errors[node.name] = why
+    dumps, errors = listings(nodes, results)
     if not dumps:
         return {}, ("cannot read the fleet's record of its nodes: no record node answered ("
                     + "; ".join(f"{n}: {e}" for n, e in errors.items()) + ")")

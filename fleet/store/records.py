@@ -184,6 +184,23 @@ def parse_dump(stdout: str) -> dict[str, bytes]:
     return files
 
 
+def listings(nodes: Sequence[Node], results: Sequence[CommandResult]) -> tuple[dict[str, dict[str, bytes]],
+                                                                               dict[str, str]]:
+    """The records each node listed (node -> path -> content), and why each other node could not be read."""
+    dumps: dict[str, dict[str, bytes]] = {}
+    errors: dict[str, str] = {}
+    for node, r in zip(nodes, results, strict=True):
+        why = failure(r)
+        if why is None:
+            try:
+                dumps[node.name] = parse_dump(r.stdout)
+                continue
+            except ValueError as exc:
+                why = str(exc)
+        errors[node.name] = why
+    return dumps, errors
+
+
 def _field(data: Mapping[str, Any], name: str, kinds: type | tuple[type, ...], nullable: bool = False) -> Any:
     if name not in data:
         raise ValueError(f"field {name!r} is missing")
@@ -368,17 +385,7 @@ class FleetHistory:
     async def _read(self) -> Snapshot:
         results = await fanout(self.pool, self.nodes, lambda n: read_script(node_dir(self.base_dir, n)),
                                timeout=self.timeout)
-        dumps: dict[str, dict[str, bytes]] = {}
-        errors: dict[str, str] = {}
-        for node, r in zip(self.nodes, results, strict=True):
-            why = failure(r)
-            if why is None:
-                try:
-                    dumps[node.name] = parse_dump(r.stdout)
-                    continue
-                except ValueError as exc:
-                    why = str(exc)
-            errors[node.name] = why
+        dumps, errors = listings(self.nodes, results)
         if not dumps:
             if self.cache is None:
                 raise RecordsError("cannot read the fleet's records: no record node answered ("
