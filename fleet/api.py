@@ -277,6 +277,18 @@ class Fleet:
                 digests[name] = secret_digest(key, name, value)
         return [with_secret_digests(s, digests) for s in specs]
 
+    def stamped_for(self, specs: Sequence[ServiceSpec], command: Command) -> tuple[list[ServiceSpec], dict[str, str]]:
+        """`stamped(specs)`, and the services left out with why. When the keyring cannot be read, `reconcile`
+        (cron, a timer, `fleet watch`) still converges the services that use no secret, and names the others:
+        they keep running as they are, since whether a secret was rotated cannot be told. `apply` raises."""
+        try:
+            return self.stamped(specs), {}
+        except SecretStoreError as exc:
+            if command != "reconcile":
+                raise
+            return ([s for s in specs if not s.secret_names()],
+                    {s.name: f"not reconciled: {exc}" for s in specs if s.secret_names()})
+
     def digest_key(self) -> bytes:
         """The fleet's key for secret digests (from the keyring; made on first use)."""
         from fleet.store.secrets import digest_key
@@ -368,10 +380,13 @@ class Fleet:
         """`apply` tries the playbooks; `reconcile` restores the accepted state (see fleet.plan.rollout.decide).
         `parallel` services converge at once (default: `fleet.engine.concurrency.DEFAULT_PARALLEL`). `held`:
         replicas of nodes that stopped answering, kept as running where they were (`fleet watch`'s grace)."""
+        from fleet.engine.apply import Outcome
+
         self.check_volumes(specs)
-        specs = self.stamped(specs)
+        specs, skipped = self.stamped_for(specs, command)
         async with self.writing(held) as engine:
-            outcomes = await engine.apply(specs, command, parallel)
+            outcomes = [Outcome(name, False, reason=why, changed=False) for name, why in skipped.items()]
+            outcomes += await engine.apply(specs, command, parallel)
             outcomes += await self._sweep(engine, {s.name for s in specs})
             return RunResult(outcomes, self._errors(engine))
 

@@ -201,3 +201,18 @@ def test_through_the_cli_a_bad_config_and_an_unusable_keyring_change_nothing(tmp
         assert "no keyring backend on this machine" in out.stderr and "PYTHON_KEYRING_BACKEND" in out.stderr
         assert "Traceback" not in out.stderr
     assert node.offered() == 0, "no node was contacted"
+
+
+def test_reconcile_without_a_keyring_converges_the_services_without_secrets_and_names_the_others(use_keyring):
+    f = Fleet(Inventory("inv.yaml", ()), None)  # type: ignore[arg-type]
+    spec = web(secret_files=(SecretFileSpec("db", "/run/secrets/db"),))
+    plain = ServiceSpec(name="api", image="localhost/web:v1")
+    use_keyring(fail.Keyring())
+    kept, skipped = f.stamped_for([spec, plain], "reconcile")
+    assert kept == [plain]
+    assert list(skipped) == ["web"] and skipped["web"].startswith("not reconciled: ")
+    assert "no keyring backend" in skipped["web"]
+    with pytest.raises(KeyringUnavailable):
+        f.stamped_for([spec, plain], "apply")
+    use_keyring(MemoryKeyring())
+    assert f.stamped_for([plain], "apply") == ([plain], {})
