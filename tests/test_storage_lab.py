@@ -196,6 +196,8 @@ def test_sshfs_volume_moves_with_its_replica_and_backup_restore_keeps_the_bytes(
             assert out.returncode == 1 and node in out.stdout + out.stderr, out.stdout + out.stderr
             [(moved, _, hport)] = [r for r in replicas(st, name) if r[0] != node]
             assert get(lab, moved, hport, "/shared/note") == f"written-on-{node}\n"
+        inspected = json.loads(fleet(st, "volume", "inspect", f"{name}/shared").stdout)
+        assert inspected["path"] == f"/var/lib/fleet/storage/{name}/shared" and inspected["node"] == "lb1"
         listed = json.loads(fleet(st, "volume", "ls", "--json").stdout)
         [row] = [v for v in listed["volumes"] if v["volume"] == f"{name}/shared"]
         assert row["type"] == "sshfs" and row["node"] == "lb1" and row["size"] >= 256 * 1024
@@ -222,6 +224,28 @@ def test_sshfs_volume_moves_with_its_replica_and_backup_restore_keeps_the_bytes(
         mounts = lab.lab.exec_in(node, ["cat", "/proc/self/mountinfo"]).stdout
         assert f"/var/lib/fleet/mnt/{cid}" not in mounts
     assert fleet(st, "volume", "rm", f"{name}/shared").returncode == 0
+
+
+def test_a_storage_node_that_is_down_fails_the_start_naming_it_and_leaves_nothing(lab, st):
+    """The inventory's storage node `nas` does not answer (nothing listens on its port): `apply` fails within
+    its deadlines with an error naming the node and its address, and no replica of the service is left."""
+    name = "stx"
+    doc = yaml.safe_load(Path(st["inventory"]).read_text())
+    doc["nodes"]["nas"] = {"address": lab.inventory.node("lb1").address, "port": 2222, "roles": ["storage"]}
+    inventory = Path(st["dir"]) / "inventory-nas.yaml"
+    inventory.write_text(yaml.safe_dump(doc, sort_keys=False))
+    env = {**st["env"], "FLEET_INVENTORY": str(inventory)}
+    path = playbook(st, name, [{"type": "sshfs", "source": "shared", "target": "/www/shared", "storage": "nas"}])
+    try:
+        started = time.monotonic()
+        out = run_fleet("apply", path, env=env, timeout=120)
+        text = out.stdout + out.stderr
+        assert out.returncode == 1, text
+        assert f"storage node nas ({lab.inventory.node('lb1').address}:2222) could not be used" in text, text
+        assert time.monotonic() - started < 60
+        assert replicas(st, name) == []
+    finally:
+        run_fleet("destroy", name, "--grace", "1", env=env, timeout=120)
 
 
 def _files(path: Path) -> dict[str, bytes]:
