@@ -1,9 +1,10 @@
 """The Fleet façade: the one entry point for the CLI, the terminal UI and a watcher.
 
 Reading operations (nodes, plan, status, ps, logs, images, history, the lease's state) never take the fleet's
-lease; every operation that changes the fleet (apply, reconcile, scale, destroy, rollback, promote, abort) runs
-under it, with the fleet's records. One-off containers (run_one, stop, rm, exec) and image pushes act on the
-nodes directly, as `fleet run` always has. Every method returns values and prints nothing.
+lease; every operation that changes the fleet (apply, reconcile, scale, destroy, rollback, promote, abort, and the
+node operations cordon, uncordon, drain, label) runs under it, with the fleet's records. One-off containers
+(run_one, stop, rm, exec) and image pushes act on the nodes directly, as `fleet run` always has. Every method
+returns values and prints nothing.
 
 Importing this module is cheap: the transport, the engines and the store are loaded by the methods that use them,
 and the value types callers need (NodeReport, PsRow, FleetStatus, Event, Outcome…) are importable from here
