@@ -512,10 +512,14 @@ class Fleet:
         its replicas there are misplaced and replaced surge first, drained from the load balancers before they
         stop. Then the node is recorded cordoned. DrainError when they cannot all be placed elsewhere (nothing
         was changed; the node is left cordoned with its replicas running); a service that fails to move makes
-        the result not ok, also leaving the node cordoned."""
+        the result not ok, and any other failure is raised, also leaving the node cordoned. A drain cut short (the
+        process killed, the lease lost) leaves it draining: whoever converges the fleet next carries it on."""
         from fleet.engine.apply import Outcome
         from fleet.plan.drain import drain_target
         from fleet.plan.rollout.decide import Target
+
+        def cordon_only(m: NodeMark) -> NodeMark:
+            return dataclasses.replace(m, cordoned=True, draining=False)
 
         self.known(node)
         async with self.leased() as lease:
@@ -537,10 +541,17 @@ class Fleet:
                         targets.append(target)
                 outcomes = await engine.apply_targets(targets, "reconcile") if targets else []
             except SchedulingError as exc:
-                await self._mark(node, lambda m: dataclasses.replace(m, cordoned=True, draining=False))
+                await self._mark(node, cordon_only)
                 raise DrainError(f"cannot drain {node}: {exc}\n{node} is cordoned; its replicas still run there "
                                  f"(`fleet node uncordon {node}` to undo)") from exc
-            await self._mark(node, lambda m: dataclasses.replace(m, cordoned=True, draining=False))
+            except FleetError:
+                # A drain that failed ends cordoned (run it again to finish); one cut short (the controller killed,
+                # the lease lost) stays draining, and the next controller to converge the fleet carries it on.
+                if lease.held:
+                    with contextlib.suppress(FleetError):
+                        await self._mark(node, cordon_only)
+                raise
+            await self._mark(node, cordon_only)
             # What converged must have left the node: say so if anything is still there.
             left = {r.service for r in engine.live if r.node == node}
             outcomes = [o if not (o.ok and o.service in left) else dataclasses.replace(
