@@ -667,3 +667,16 @@ def test_lb_show_masks_the_password_hash_and_plan_diffs_the_config() -> None:
     assert "-    use_backend be_shop if { var(txn.host) -m str shop.example.test }" in diff
     assert not any(h in line for line in diff)
     assert config_diff("lb1", None, fewer)[2].startswith("@@")
+
+
+def test_status_shows_a_host_routed_service_by_its_urls() -> None:
+    from fleet.config.edge import TlsSpec
+    from fleet.config.spec import LbSpec
+    from fleet.engine.status import host_urls
+
+    assert host_urls(LbSpec(None, hosts=("a.example.test", "b.example.test"), paths=("/api", "/v2"),
+                            tls=TlsSpec(acme=True))) == (
+        "https://a.example.test/api", "https://a.example.test/v2", "https://b.example.test/api",
+        "https://b.example.test/v2")
+    assert host_urls(LbSpec(None, hosts=("a.example.test",))) == ("http://a.example.test/",)
+    assert host_urls(LbSpec(7000)) == () == host_urls(None)

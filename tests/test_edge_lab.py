@@ -184,6 +184,8 @@ def test_services_on_443_by_host_name_with_files_keyring_and_acme_certificates(l
     st = json.loads(fleet(edge, "status", "--json").stdout)
     hosts_of = {s["service"]: {f"host={r['node']} replica={r['replica']}" for r in s["replicas"]}
                 for s in st["services"]}
+    assert {s["service"]: s["endpoints"] for s in st["services"] if s["service"] in HOSTS} == {
+        name: [f"https://{host}/"] for name, host in HOSTS.items()}
     for name, version in (("shop", "v1"), ("blog", "v2")):
         seen = set()
         for _ in range(6):

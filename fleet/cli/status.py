@@ -88,7 +88,8 @@ def status_cmd(inventory: common.InventoryOpt = None, json: common.JsonOpt = Fal
         out.print(render(st))
         for s in st.services:
             out.print(f"{s.name}: {s.healthy}/{s.running} replicas healthy"
-                      + (f", served at {', '.join('http://' + e for e in s.endpoints)}" if s.endpoints else ""))
+                      + (f", served at {', '.join(e if '://' in e else 'http://' + e for e in s.endpoints)}"
+                         if s.endpoints else ""))
         for node, why in {**st.errors, **st.lb_errors}.items():
             out.print(f"[yellow]! {node}: {esc(why)}[/]")
     vip_ok = True

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from fleet.config.spec import LbSpec
 from fleet.core.errors import FleetError
 from fleet.engine.lb import Balancers
 from fleet.engine.nodes import NodeReport
@@ -32,6 +33,9 @@ class ServiceStatus:
     name: str
     replicas: tuple[ReplicaStatus, ...]
     endpoints: tuple[str, ...]
+    # HAProxy's cumulative counters of the service's servers summed over the lb nodes that answered: (requests,
+    # 5xx responses); the TUI charts their rates between two reads.
+    requests: tuple[int, int] = (0, 0)
 
     @property
     def running(self) -> int:
@@ -52,19 +56,31 @@ class FleetStatus:
     vip: VipStatus | None = None
 
 
-async def lb_ports(records: Records, services: set[str]) -> dict[str, int | None]:
-    """Each service's load-balancer port as its accepted spec says (None: not behind the load balancers)."""
+async def accepted_lb(records: Records, services: set[str]) -> dict[str, LbSpec | None]:
+    """Each service's load-balancer settings as its accepted spec says (None: not behind the load balancers)."""
     from fleet.engine.apply import spec_of
 
-    out: dict[str, int | None] = {}
+    out: dict[str, LbSpec | None] = {}
     for name in sorted(services):
         raw = await records.state(name)
         accepted = raw.get("accepted") if raw else None
         rev = await records.get(name, accepted) if isinstance(accepted, int) else None
         if rev is not None:
-            spec = spec_of(rev)
-            out[name] = spec.lb.port if spec.lb is not None else None
+            out[name] = spec_of(rev).lb
     return out
+
+
+async def lb_ports(records: Records, services: set[str]) -> dict[str, int | None]:
+    """Each service's load-balancer port as its accepted spec says (None: none of its own)."""
+    return {name: lb.port if lb is not None else None for name, lb in (await accepted_lb(records, services)).items()}
+
+
+def host_urls(lb: LbSpec | None) -> tuple[str, ...]:
+    """The URLs of a host-routed service: https:// with `lb.tls`, else http://, per host and path prefix."""
+    if lb is None:
+        return ()
+    scheme = "https" if lb.tls is not None else "http"
+    return tuple(f"{scheme}://{host}{path or '/'}" for host in lb.hosts for path in lb.paths or (None,))
 
 
 async def status(pool: Pool, reports: list[NodeReport], records: Records | None = None) -> FleetStatus:
@@ -72,11 +88,13 @@ async def status(pool: Pool, reports: list[NodeReport], records: Records | None 
     the replicas' labels for a service with no record)."""
     obs = await observe(pool, reports)
     ports: dict[str, int | None] = {}
+    lb_specs: dict[str, LbSpec | None] = {}
     if records is not None:
         try:
-            ports = await lb_ports(records, {r.service for r in obs.replicas})
+            lb_specs = await accepted_lb(records, {r.service for r in obs.replicas})
         except FleetError:
-            ports = {}  # no record node answers: the labels say where each service started
+            lb_specs = {}  # no record node answers: the labels say where each service started
+        ports = {name: lb.port if lb is not None else None for name, lb in lb_specs.items()}
     lbs = Balancers(pool, reports)
     vip_task = asyncio.ensure_future(lbs.vip.status())
     stats = await asyncio.gather(*(lb.stats() for lb in lbs.nodes), return_exceptions=True)
@@ -106,6 +124,11 @@ async def status(pool: Pool, reports: list[NodeReport], records: Records | None 
         port = ports.get(name, label)
         # With a virtual IP the service has one address whichever lb node holds it; else one per lb node.
         at = [vip.address.split("/")[0]] if vip is not None else [n.node.address for n in lbs.nodes]
-        endpoints = tuple(f"{a}:{port}" for a in at) if port else ()
-        services.append(ServiceStatus(name, tuple(replicas), endpoints))
+        endpoints = (tuple(f"{a}:{port}" for a in at) if port else ()) + host_urls(lb_specs.get(name))
+        # The servers' counters (the stats read lists servers only): a server removed takes its counts with it,
+        # which a reader of rates sees as a counter that went back.
+        servers = [row for lb_rows in rows.values() for row in lb_rows
+                   if row.proxy == backend_name(name) and row.kind == "server"]
+        counted = (sum(row.req_tot or row.stot for row in servers), sum(row.hrsp_5xx for row in servers))
+        services.append(ServiceStatus(name, tuple(replicas), endpoints, counted))
     return FleetStatus(tuple(services), obs.errors, lb_errors, vip)
