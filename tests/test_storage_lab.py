@@ -187,7 +187,7 @@ def test_sshfs_volume_moves_with_its_replica_and_backup_restore_keeps_the_bytes(
         first = replicas(st, name)
         [(node, cid, _)] = first
         mounts = lab.lab.exec_in(node, ["cat", "/proc/self/mountinfo"]).stdout
-        assert f"/var/lib/fleet/mnt/{cid}/shared" in mounts and "fuse.sshfs" in mounts
+        assert f"/run/fleet/mnt/{cid}/shared" in mounts and "fuse.sshfs" in mounts
         sh(st, cid, "echo written-on-$FLEET_NODE > /www/shared/note; "
                     "dd if=/dev/urandom of=/www/shared/blob bs=1024 count=256 2>/dev/null")
         with NodeDown(lab, node):
@@ -222,7 +222,7 @@ def test_sshfs_volume_moves_with_its_replica_and_backup_restore_keeps_the_bytes(
         # The node that was down still ran the first replica: the next run that reached it stopped it (a second
         # copy) or `destroy` did; either way its sshfs mount went with it.
         mounts = lab.lab.exec_in(node, ["cat", "/proc/self/mountinfo"]).stdout
-        assert f"/var/lib/fleet/mnt/{cid}" not in mounts
+        assert f"/run/fleet/mnt/{cid}" not in mounts
     assert fleet(st, "volume", "rm", f"{name}/shared").returncode == 0
 
 

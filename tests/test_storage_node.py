@@ -66,7 +66,7 @@ def test_a_foreign_listing_line_is_refused(line: str) -> None:
 
 def test_paths_refuse_names_that_could_escape() -> None:
     assert S.local_dir("web", "data") == "/var/lib/fleet/volumes/web/data"
-    assert S.mountpoint("web-0-abc", "shared") == "/var/lib/fleet/mnt/web-0-abc/shared"
+    assert S.mountpoint("web-0-abc", "shared") == "/run/fleet/mnt/web-0-abc/shared"
     for bad in ("..", "a/b", "", "A"):
         with pytest.raises(ValueError):
             S.local_dir("web", bad)
@@ -121,7 +121,7 @@ def test_release_without_mounts_is_a_no_op_and_removes_empty_mountpoints(tmp_pat
 
 
 def test_the_mount_command_pins_the_key_and_the_host_and_allows_other_users() -> None:
-    script = S.mount_script("/var/lib/fleet/mnt/c1/shared", user="root", address="10.0.0.5", port=2222,
+    script = S.mount_script("/run/fleet/mnt/c1/shared", user="root", address="10.0.0.5", port=2222,
                             remote="/srv/web/shared", key="/run/fleet/storage/st.key",
                             known_hosts="/run/fleet/storage/st.known_hosts")
     assert script.env["DEST"] == "root@10.0.0.5:/srv/web/shared" and script.env["PORT"] == "2222"

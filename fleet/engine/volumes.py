@@ -211,6 +211,9 @@ async def restore(pool: Pool, reports: Sequence[NodeReport], ref: str, node: str
         if not target.has_role("worker"):
             raise VolumeError(f"{node} is not a worker: local volumes live on workers")
         directory = S.local_dir(service, name)
+    empty = await pool.run(target, S.empty_script(directory), timeout=30)
+    if not empty.ok:
+        raise VolumeError(f"{node}: restoring volume {ref} refused: {_failure(empty)}")
     result = await pool.run(target, S.restore_script(directory), stdin_path=path, timeout=timeout,
                             on_progress=on_progress)
     if not result.ok:

@@ -4,7 +4,9 @@ restore them, and the pure parsers of what those scripts print.
 Node-local volumes are directories `/var/lib/fleet/volumes/SERVICE/NAME` on the node that ran the replica.
 A network volume (`sshfs`) is a directory `EXPORT/SERVICE/NAME` on a storage node (EXPORT: /var/lib/fleet/storage
 unless the storage node's label `fleet.storage.dir` says otherwise), mounted over SSH on the worker at
-`/var/lib/fleet/mnt/CONTAINER/NAME` when the container starts and unmounted when it stops.
+`/run/fleet/mnt/CONTAINER/NAME` when the container starts and unmounted when it stops. The mountpoint is on
+the node's tmpfs: after a reboot it is gone, so containerd cannot restart the container on an empty local
+directory in place of the network volume (the start fails, and the next fleet run replaces the replica).
 
 The key a worker uses to reach the storage node is fleet's own: generated once on the storage node
 (`/var/lib/fleet/storage-key/id_ed25519`), authorized there for SFTP only (`restrict,command="internal-sftp"`) in
@@ -26,7 +28,7 @@ from fleet.core.errors import ScriptOutputError
 from fleet.core.shell import Script
 
 VOLUMES_DIR = f"{NODE_BASE}/volumes"
-MOUNTS_DIR = f"{NODE_BASE}/mnt"
+MOUNTS_DIR = f"{NODE_RUN}/mnt"
 STORAGE_DIR = f"{NODE_BASE}/storage"
 STORAGE_KEY_DIR = f"{NODE_BASE}/storage-key"
 ACCESS_DIR = f"{NODE_RUN}/storage"
@@ -219,15 +221,21 @@ def archive_script(directory: str) -> Script:
                   {"D": directory}, name="fleet-volume-backup")
 
 
-RESTORE_SH = r"""
+EMPTY_SH = r"""
 if [ -e "$D" ] && [ -n "$(ls -A "$D" 2>/dev/null)" ]; then echo "volume directory $D is not empty" >&2; exit 3; fi
-mkdir -p "$D" && tar -C "$D" -xf - --no-same-owner
 """
+
+
+def empty_script(directory: str) -> Script:
+    """Exit 3 (saying so) when the volume directory holds data: asked before a restore streams anything, since a
+    command that refuses while its stdin is still being sent cuts the session short."""
+    return Script(EMPTY_SH, {"D": directory}, name="fleet-volume-empty")
 
 
 def restore_script(directory: str) -> Script:
     """Unpack a tar from stdin into a new (absent or empty) volume directory; exit 3 when it holds data."""
-    return Script(RESTORE_SH, {"D": directory}, name="fleet-volume-restore")
+    return Script(EMPTY_SH + 'mkdir -p "$D" && tar -C "$D" -xf - --no-same-owner\n', {"D": directory},
+                  name="fleet-volume-restore")
 
 
 def remove_script(directory: str) -> Script:
