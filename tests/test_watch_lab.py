@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -63,8 +64,11 @@ def service(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
 class Watcher:
     """One `fleet watch` subprocess, its JSON log in a file; `lines()` reads what it logged so far."""
 
-    def __init__(self, lab: Any, playbook: str, state: Path, *extra: str, ttl: float | None = None) -> None:
+    def __init__(self, lab: Any, playbook: str, state: Path, *extra: str, ttl: float | None = None,
+                 notify: str | None = None) -> None:
         env = dict(os.environ, FLEET_STATE_DIR=str(state))
+        if notify is not None:
+            env["NOTIFY_SOCKET"] = notify
         if ttl is not None:
             env["FLEET_LEASE_TTL"] = str(ttl)
         state.mkdir(parents=True, exist_ok=True)
@@ -105,8 +109,9 @@ class Watcher:
 
 
 @contextmanager
-def watching(lab: Any, playbook: str, state: Path, *extra: str, ttl: float | None = None) -> Iterator[Watcher]:
-    w = Watcher(lab, playbook, state, *extra, ttl=ttl)
+def watching(lab: Any, playbook: str, state: Path, *extra: str, ttl: float | None = None,
+             notify: str | None = None) -> Iterator[Watcher]:
+    w = Watcher(lab, playbook, state, *extra, ttl=ttl, notify=notify)
     try:
         yield w
     finally:
@@ -192,8 +197,13 @@ def node_lost(lab: Any, node: str) -> Iterator[None]:
 
 def test_killed_replica_serving_again_within_5s_and_lost_node_moved_only_after_its_grace(lab, service, tmp_path):
     address = lab.inventory.node("lb1").address
-    with watching(lab, service, tmp_path / "a") as w, Load(address, PORT, clients=4, max_seconds=150) as load:
+    systemd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    systemd.bind(str(tmp_path / "notify"))
+    systemd.settimeout(30)
+    with systemd, watching(lab, service, tmp_path / "a", notify=str(tmp_path / "notify")) as w, \
+            Load(address, PORT, clients=4, max_seconds=150) as load:
         w.wait_for(reconciled, 60)
+        assert systemd.recv(64) == b"READY=1", "readiness for systemd's Type=notify"
         assert len(up(lab)) == WANTED
         before = replicas(lab)
         # 1. A replica's process SIGKILLed: a new replica takes its place, ready in HAProxy within 5 s.
@@ -252,25 +262,26 @@ def test_killed_replica_serving_again_within_5s_and_lost_node_moved_only_after_i
 def test_standby_watcher_takes_over_within_the_lease_ttl_when_the_active_one_is_killed(lab, service, tmp_path):
     ttl = 3.0
     address = lab.inventory.node("lb1").address
-    with watching(lab, service, tmp_path / "a", "--no-socket", ttl=ttl) as a, \
-            watching(lab, service, tmp_path / "b", "--no-socket", ttl=ttl) as b:
+    # The second watcher starts once the first is active, so which one is the standby is known.
+    with watching(lab, service, tmp_path / "a", "--no-socket", ttl=ttl) as a:
         a.wait_for(lambda e: e.get("event") == "active", 30)
-        b.wait_for(lambda e: e.get("event") == "standby", 30)
         a.wait_for(reconciled, 60)
-        a.stop(signal.SIGKILL)
-        killed = time.monotonic()
-        b.wait_for(lambda e: e.get("event") == "active", ttl + 5)
-        took = time.monotonic() - killed
-        assert took <= ttl + 1.5, f"the standby took over after {took:.1f}s (lease ttl {ttl:g}s)"
-        b.wait_for(reconciled, 30)
-        # The new active watcher acts: a killed replica is replaced by it.
-        with Load(address, PORT, clients=2, max_seconds=60) as load:
-            node, victim, _ = replicas(lab)[0]
-            mark = len(b.lines())
-            killed = kill_replica(lab, node, victim)
-            ready = wait_serving(lab, {victim}, 10)
-            b.wait_for(lambda e: reconciled(e) and SERVICE in e.get("changed", {}), 10, mark)
-            time.sleep(0.5)
-        assert ready - killed < 5.0
-        since = time.time() - (time.monotonic() - ready)
-        assert [f for f in load.result.failures if f[0] >= since] == [], load.result.errors
+        with watching(lab, service, tmp_path / "b", "--no-socket", ttl=ttl) as b:
+            b.wait_for(lambda e: e.get("event") == "standby", 30)
+            a.stop(signal.SIGKILL)
+            killed = time.monotonic()
+            b.wait_for(lambda e: e.get("event") == "active", ttl + 5)
+            took = time.monotonic() - killed
+            assert took <= ttl + 1.5, f"the standby took over after {took:.1f}s (lease ttl {ttl:g}s)"
+            b.wait_for(reconciled, 30)
+            # The new active watcher acts: a killed replica is replaced by it.
+            with Load(address, PORT, clients=2, max_seconds=60) as load:
+                node, victim, _ = replicas(lab)[0]
+                mark = len(b.lines())
+                killed = kill_replica(lab, node, victim)
+                ready = wait_serving(lab, {victim}, 10)
+                b.wait_for(lambda e: reconciled(e) and SERVICE in e.get("changed", {}), 10, mark)
+                time.sleep(0.5)
+    assert ready - killed < 5.0
+    since = time.time() - (time.monotonic() - ready)
+    assert [f for f in load.result.failures if f[0] >= since] == [], load.result.errors

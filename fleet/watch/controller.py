@@ -227,8 +227,6 @@ class Watcher:
                      command=exc.info.command)
             self._last_act = time.monotonic()
             return None
-        finally:
-            self._reset(fleet)
         self._last_act = time.monotonic()
         self.last_ok = result.ok
         changed = [o for o in result.outcomes if o.changed]
@@ -249,10 +247,6 @@ class Watcher:
         for n in sorted(self._lost - look.lost):
             self.log("node-back", node=n, message=f"{n} answers again")
         self._lost, self._expired = look.lost, look.view.expired
-
-    @staticmethod
-    def _reset(fleet: Fleet) -> None:
-        fleet._reports = None  # the next round reads the nodes again
 
     # --- the loop --------------------------------------------------------------------------------------
     def _on_event(self, e: Event) -> None:
@@ -285,12 +279,12 @@ class Watcher:
                 lease.check()
                 self.wake.clear()
                 try:
+                    # Each round reads the nodes again (Fleet.nodes); a failed round is logged and the next one
+                    # tries afresh. A lost *fleet's* lease (broken by `fleet lock break`) ends that round only:
+                    # the watcher's own lease is checked above.
                     await self.round(fleet)
-                except LeaseLost:
-                    raise
                 except FleetError as exc:
                     self.log("round-error", level="error", message=str(exc))
-                    self._reset(fleet)
                 if self.state != "active":
                     self.state = "active"
                     self.on_ready()
