@@ -30,11 +30,9 @@ MAX_REPLY = 64 * 1024 * 1024
 
 def state_dir() -> Path:
     """The controller's state directory (where fleet.store.history keeps its cache)."""
-    if os.environ.get("FLEET_STATE_DIR"):
-        return Path(os.environ["FLEET_STATE_DIR"])
-    if os.environ.get("XDG_STATE_HOME"):
-        return Path(os.environ["XDG_STATE_HOME"]) / "fleet"
-    return Path.home() / ".local" / "state" / "fleet"
+    from fleet.store.history import default_path
+
+    return default_path().parent
 
 
 def inventory_key(inventory_path: str) -> str:
