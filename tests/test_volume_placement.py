@@ -211,3 +211,10 @@ def test_a_kept_replica_on_a_node_without_data_is_not_moved() -> None:
     demand = ServiceDemand("db", 1, Resources(0.1, 1 << 20), data_nodes=frozenset({"n2"}))
     result = place(NODES, [Existing("db", 0, "n1", Resources(0.1, 1 << 20), 20000)], [demand])
     assert [(a.node, a.reason) for a in result.assignments] == [("n1", "keep")]
+
+
+def test_a_healthy_worker_whose_volumes_could_not_be_listed_is_named_as_such() -> None:
+    spec = spec_of(LOCAL)
+    p = plan([spec], NODES, [], view(read=("n1", "n3")))  # type: ignore[arg-type]
+    [u] = p.service("db").unplaced
+    assert "may be on n2 (not listed)" in u.reason and p.service("db").start == ()

@@ -313,7 +313,8 @@ def _wait_reason(state: _Pass, d: ServiceDemand) -> str:
     where = []
     for n in sorted(d.lost_data):
         i = state.index.get(n)
-        where.append(f"{n} ({'unreachable' if i is None or not state.healthy[i] else 'cannot run it'})")
+        # A healthy node is only ever here because its volume directories could not be listed.
+        where.append(f"{n} ({'unreachable' if i is None or not state.healthy[i] else 'not listed'})")
     return (f"{d.data_what} may be on {', '.join(where)}: waiting for it, not starting empty elsewhere "
             "(volumes[].on_node_loss: start-empty allows that)")
 
