@@ -201,19 +201,20 @@ async def test_ask_gets_the_watchers_answer_for_its_inventory_only(state, tmp_pa
     inv_path.write_text("nodes: {}\n")
     other = tmp_path / "other.yaml"
     other.write_text("nodes: {}\n")
-    seen: list[tuple[str, dict[str, Any]]] = []
+    seen: list[tuple[str, dict[str, Any], Any]] = []
 
-    async def reply(fleet: Any, op: str, args: dict[str, Any]) -> Any:
-        seen.append((op, args))
+    async def reply(fleet: Any, op: str, args: dict[str, Any], recent: Any) -> Any:
+        seen.append((op, args, recent))
         return {"op": op, "nodes": [n.name for n in fleet.inventory.nodes]}
 
     inventory = Inventory(str(inv_path), (Node("n1", "10.0.0.1"),))
     logged: list[str] = []
-    async with Pool() as pool, serving(inventory, pool, lambda event, **f: logged.append(event), reply) as path:
+    async with Pool() as pool, serving(inventory, pool, lambda event, **f: logged.append(event), reply,
+                                                recent=lambda: []) as path:
         assert path == socket_path(str(inv_path))
         assert oct(path.stat().st_mode & 0o777) == "0o600" and oct(path.parent.stat().st_mode & 0o777) == "0o700"
         assert await ask(str(inv_path), "ps", all=True) == {"op": "ps", "nodes": ["n1"]}
-        assert seen == [("ps", {"all": True})]
+        assert seen == [("ps", {"all": True}, [])], "the watcher's fresh reports go to the reply"
         assert await ask(str(other), "status") is None  # no watcher for that inventory
         os.chmod(path, 0o666)
         assert await ask(str(inv_path), "status") is None, "a socket others may open is not trusted"

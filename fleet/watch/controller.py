@@ -138,6 +138,7 @@ class Watcher:
         self._last_act = 0.0
         self._first = True
         self.rounds = 0
+        self._latest: tuple[float, list[NodeReport]] | None = None
         self.last_ok = True
 
     # --- playbooks -------------------------------------------------------------------------------------
@@ -175,6 +176,7 @@ class Watcher:
     async def look(self, fleet: Fleet) -> Look:
         """Read the fleet over the warm pool: facts, containers, HAProxy's server states."""
         reports = await fleet.nodes(ports=True)
+        self._latest = (time.monotonic(), reports)
         obs = await observe(self.pool, reports)
         workers = {r.node.name for r in reports if r.node.has_role("worker")}
         lost = frozenset(n for n in workers if n in obs.errors)
@@ -247,6 +249,14 @@ class Watcher:
         for n in sorted(self._lost - look.lost):
             self.log("node-back", node=n, message=f"{n} answers again")
         self._lost, self._expired = look.lost, look.view.expired
+
+    def recent(self) -> list[NodeReport] | None:
+        """The node reports of the last round while they are fresh (two rounds' interval, at least 2 s), for
+        one-shot reads through the socket; None otherwise (a standby, or rounds held up)."""
+        if self._latest is None or self.state != "active":
+            return None
+        at, reports = self._latest
+        return reports if time.monotonic() - at <= max(2.0, 2 * self.options.interval) else None
 
     # --- the loop --------------------------------------------------------------------------------------
     def _on_event(self, e: Event) -> None:
@@ -353,7 +363,7 @@ async def watch(inventory: Inventory, options: WatchOptions, log: Log, *, once: 
                 return 0 if await watcher.once() else 1
             async with contextlib.AsyncExitStack() as stack:
                 if serve:
-                    await stack.enter_async_context(serving(inventory, pool, log))
+                    await stack.enter_async_context(serving(inventory, pool, log, recent=watcher.recent))
                 log("start", message="fleet watch", inventory=inventory.path, playbooks=list(options.playbooks),
                     interval=options.interval, node_grace=options.node_grace, events=options.events)
                 await watcher.run()

@@ -14,18 +14,21 @@ from typing import Any
 from fleet.api import Fleet
 from fleet.core.errors import FleetError
 from fleet.core.model import Inventory
+from fleet.engine.nodes import NodeReport
 from fleet.transport import Pool
 from fleet.watch.client import inventory_key, socket_path
 
 Log = Callable[..., None]
 
 
-async def answer(fleet: Fleet, op: str, args: dict[str, Any]) -> Any:
-    """What the one-shot command would compute itself, computed over the watcher's connections."""
+async def answer(fleet: Fleet, op: str, args: dict[str, Any], recent: list[NodeReport] | None = None) -> Any:
+    """What the one-shot command would compute itself, computed over the watcher's connections. `recent` are
+    the node reports of the watcher's last round when it is fresh (at most a couple of rounds old): `nodes`
+    returns them and `status` reads the containers and HAProxy now from the nodes they found ready."""
     if op == "nodes":
-        return await fleet.nodes(ports=bool(args.get("ports", False)))
+        return recent if recent is not None else await fleet.nodes(ports=bool(args.get("ports", False)))
     if op == "status":
-        return await fleet.status()
+        return await fleet.status(recent)
     if op == "ps":
         return await fleet.ps(all=bool(args.get("all", False)), timeout=float(args.get("timeout", 8.0)))
     raise ValueError(f"unknown op {op!r}")
@@ -33,9 +36,10 @@ async def answer(fleet: Fleet, op: str, args: dict[str, Any]) -> Any:
 
 @contextlib.asynccontextmanager
 async def serving(inventory: Inventory, pool: Pool, log: Log,
-                  reply: Callable[[Fleet, str, dict[str, Any]], Awaitable[Any]] = answer) -> AsyncIterator[Path]:
-    """Serve this inventory's socket for the block (`reply` computes each answer); the socket file is removed
-    on the way out."""
+                  reply: Callable[[Fleet, str, dict[str, Any], list[NodeReport] | None], Awaitable[Any]] = answer,
+                  recent: Callable[[], list[NodeReport] | None] = lambda: None) -> AsyncIterator[Path]:
+    """Serve this inventory's socket for the block (`reply` computes each answer, given `recent()`: the
+    watcher's fresh node reports, if any); the socket file is removed on the way out."""
     path = socket_path(inventory.path)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(path.parent, 0o700)
@@ -49,7 +53,7 @@ async def serving(inventory: Inventory, pool: Pool, log: Log,
                 body = b""
             else:
                 result = await reply(Fleet(inventory, pool, command="fleet watch"), str(request.get("op")),
-                                      dict(request.get("args") or {}))
+                                      dict(request.get("args") or {}), recent())
                 body = pickle.dumps(result)
                 header = {"ok": True, "size": len(body)}
         except (FleetError, ValueError, TypeError) as exc:
