@@ -250,6 +250,56 @@ async def test_a_ninth_replica_that_does_not_fit_beside_the_placing_ones_fails_i
     assert len(engine.live) == 8
 
 
+async def test_a_service_short_of_room_waits_while_another_converging_one_frees_it(unconnected_pool):
+    seen: list[Event] = []
+    engine = Engine(unconnected_pool, [worker("w1")], on_event=seen.append)
+    engine._start_placed = StartsInPlace(engine)  # type: ignore[method-assign]
+    big, small = service("big", 1, cpu=2.0), service("small", 1, cpu=1.0)
+    await engine._start_batch(big, 1, 1, set())  # the node is full
+    engine._converging = {"big", "small"}
+    waiting = asyncio.create_task(engine._start_batch(small, 1, 1, set()))
+    await asyncio.sleep(0.1)
+    assert not waiting.done() and engine._short == {"small"}
+    assert [e.step for e in seen] == ["wait"] and "no room" in seen[0].message
+    engine.live = []  # big's replica retired (its rollout goes on)
+    await engine._room_changed()
+    async with asyncio.timeout(5):
+        new = await waiting
+    assert [(r.service, r.node) for r in new] == [("small", "w1")]
+    assert engine._short == set()
+
+
+async def test_short_of_room_fails_at_once_when_no_other_service_converges(unconnected_pool):
+    engine = Engine(unconnected_pool, [worker("w1")])
+    engine._start_placed = StartsInPlace(engine)  # type: ignore[method-assign]
+    await engine._start_batch(service("big", 1, cpu=2.0), 1, 1, set())
+    engine._converging = {"small"}
+    with pytest.raises(RolloutFailed, match="no room"):
+        async with asyncio.timeout(5):
+            await engine._start_batch(service("small", 1, cpu=1.0), 1, 1, set())
+
+
+async def test_services_all_short_of_room_fail_instead_of_waiting_on_each_other(unconnected_pool):
+    engine = Engine(unconnected_pool, [worker("w1")])
+    engine._start_placed = StartsInPlace(engine)  # type: ignore[method-assign]
+    await engine._start_batch(service("big", 1, cpu=2.0), 1, 1, set())  # held by a service not converging
+    engine._converging = {"b", "c"}
+
+    async def converge(name: str) -> BaseException | None:
+        try:
+            await engine._start_batch(service(name, 1, cpu=1.0), 1, 1, set())
+        except RolloutFailed as exc:
+            return exc
+        finally:
+            engine._converging.discard(name)  # as apply_targets does when a service ends
+            await engine._room_changed()
+        return None
+
+    async with asyncio.timeout(5):
+        results = await asyncio.gather(converge("b"), converge("c"))
+    assert all(isinstance(r, RolloutFailed) for r in results)
+
+
 async def test_each_service_gets_its_own_outcome_at_most_parallel_at_once(unconnected_pool):
     engine = Engine(unconnected_pool, [worker("w1")], parallel=2)
     inside = most = 0

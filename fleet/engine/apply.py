@@ -177,7 +177,10 @@ class Engine:
         # Replicas placed and being started, not yet in `live`: they hold their room and port, so a service
         # placing at the same time never takes them (placing and reserving happen under `_placing`).
         self._pending: list[Replica] = []
-        self._placing = asyncio.Lock()
+        self._placing = asyncio.Condition()
+        # Services converging in this run, and those of them waiting for room that others hold for a while.
+        self._converging: set[str] = set()
+        self._short: set[str] = set()
 
     def emit(self, step: str, service: str, message: str, node: str | None = None,
              container: str | None = None) -> None:
@@ -294,7 +297,12 @@ class Engine:
                 for r in sp.cleanup if sp is not None else ():
                     await self._remove(r, "stopped container left behind")
                     cleaned += 1
-                outcome = await self.rollout(t, command)
+                self._converging.add(t.spec.name)
+                try:
+                    outcome = await self.rollout(t, command)
+                finally:
+                    self._converging.discard(t.spec.name)
+                    await self._room_changed()
                 return replace(outcome, changed=True) if cleaned else outcome
 
         # Every service runs to its end, whatever happens to the others: a failure is that service's outcome,
@@ -718,7 +726,7 @@ class Engine:
     async def _start_batch(self, spec: ServiceSpec, revision: int, k: int, outgoing: set[str],
                            weight: int = 1) -> list[Replica]:
         async with self._placing:
-            assignments = await self._place(spec, k, outgoing)
+            assignments = await self._place_or_wait(spec, k, outgoing)
             held = [Replica(a.node, f"(starting {spec.name}[{a.replica}])", spec.name, a.replica, revision,
                             spec.spec_hash(), a.port, True, spec.resources, spec.image) for a in assignments]
             self._pending += held
@@ -726,6 +734,33 @@ class Engine:
             return await self._start_placed(spec, revision, assignments, weight)
         finally:
             self._pending = [r for r in self._pending if all(r is not h for h in held)]
+            await self._room_changed()
+
+    async def _place_or_wait(self, spec: ServiceSpec, k: int, outgoing: set[str]) -> list[Assignment]:
+        """`_place`, under `_placing`. With no room now while other services converge, wait: their surge
+        replicas and the ones they retire free room as they go (one at a time, a service would have had it).
+        Fails as `_place` does once no other service is left that could free any (all done, or all waiting)."""
+        while True:
+            try:
+                return await self._place(spec, k, outgoing)
+            except RolloutFailed as exc:
+                if not self._converging - self._short - {spec.name}:
+                    raise
+                if spec.name not in self._short:
+                    self.emit("wait", spec.name, f"waiting for room that other services hold: {exc}")
+                self._short.add(spec.name)
+                try:
+                    # Woken when a start or a service ends; a replica retired elsewhere is seen within 1 s.
+                    async with asyncio.timeout(1.0):
+                        await self._placing.wait()
+                except TimeoutError:
+                    pass
+                finally:
+                    self._short.discard(spec.name)
+
+    async def _room_changed(self) -> None:
+        async with self._placing:
+            self._placing.notify_all()
 
     async def _start_placed(self, spec: ServiceSpec, revision: int, assignments: Sequence[Assignment],
                             weight: int) -> list[Replica]:
