@@ -218,3 +218,14 @@ def test_a_healthy_worker_whose_volumes_could_not_be_listed_is_named_as_such() -
     p = plan([spec], NODES, [], view(read=("n1", "n3")))  # type: ignore[arg-type]
     [u] = p.service("db").unplaced
     assert "may be on n2 (not listed)" in u.reason and p.service("db").start == ()
+
+
+def test_a_service_the_records_show_never_ran_does_not_wait_for_an_unlisted_node() -> None:
+    spec = spec_of(LOCAL)
+    fresh = VolumeView.of([], read=("n1", "n3"))
+    fresh = replace(fresh, fresh=frozenset({"db"}))
+    p = plan([spec], down("n2"), [], fresh)  # type: ignore[arg-type]
+    assert [a.node for a in p.service("db").start] == ["n1"] and not p.unplaced
+    # ...but a node that did answer and holds its directory (restored there by hand) still ties it.
+    held = replace(view("n3", read=("n1", "n3")), fresh=frozenset({"db"}))
+    assert [a.node for a in plan([spec], down("n2"), [], held).service("db").start] == ["n3"]  # type: ignore

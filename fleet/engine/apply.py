@@ -172,6 +172,7 @@ class Engine:
         self._configs_written: set[tuple[str, str]] = set()
         # Where node-local volume data is (read with the containers), and the sshfs mounts of network volumes.
         self.volumes: VolumeView | None = None
+        self.unrecorded: set[str] = set()  # services the fleet's records do not know (read by `state_of`)
         self.storage = StorageAccess(pool)
         self._image_locks: dict[str, asyncio.Lock] = {}
         # Replicas placed and being started, not yet in `live`: they hold their room and port, so a service
@@ -202,14 +203,26 @@ class Engine:
 
     async def plan(self, specs: Sequence[ServiceSpec]) -> tuple[Plan, Observed]:
         obs = await self.observe()
-        return plan(specs, node_states(self.reports, self.errors, self.held), obs.replicas, self.volumes), obs
+        for spec in specs:
+            if local_volumes(spec):
+                await self.state_of(spec.name)  # a service never recorded has no volume data anywhere
+        return plan(specs, node_states(self.reports, self.errors, self.held), obs.replicas, self._view()), obs
+
+    def _view(self) -> VolumeView | None:
+        """Where node-local volume data is; services the fleet has no record of never ran, so a node that did
+        not answer cannot hold their data."""
+        if self.volumes is None or self.records is None:
+            return self.volumes
+        return replace(self.volumes, fresh=frozenset(self.unrecorded))
 
     async def state_of(self, service: str) -> ServiceState | None:
         if self.records is None:
             return None
         raw = await self.records.state(service)
         if raw is None:
+            self.unrecorded.add(service)
             return None
+        self.unrecorded.discard(service)
         try:
             return ServiceState.from_json(raw)
         except ValueError as exc:
@@ -271,7 +284,7 @@ class Engine:
         # the plan made again without it, so its share goes elsewhere.
         missing: dict[str, str] = {}
         while True:
-            the_plan = plan(wanted, node_states(self.reports, self.errors, self.held), seen, self.volumes)
+            the_plan = plan(wanted, node_states(self.reports, self.errors, self.held), seen, self._view())
             if the_plan.unplaced:
                 why = "".join(f"\n  {node}: {reason}" for node, reason in sorted(missing.items()))
                 # Why each node took no more (measured use included), unless already said above.
@@ -581,7 +594,7 @@ class Engine:
         ready = await self._judge(spec, mine)
         sp = plan([spec], node_states(self.reports, self.errors, self.held),
                   [r for r in self.seen if r.service != spec.name or r.spec_hash not in others],
-                  self.volumes).service(spec.name)
+                  self._view()).service(spec.name)
         moving = {r.id: why for r, why in sp.stop if _misplaced(why)}
         states = [ReplicaState(r.id, "" if r.id in moving else r.spec_hash, ready[r.id], r.replica) for r in mine]
         u = spec.update
@@ -714,7 +727,7 @@ class Engine:
         nodes = node_states(self.reports, self.errors, self.held)
         shaped, existing, demands, _ = placement_inputs([spec], nodes, [*self.live, *self._pending],
                                                         hold_outdated=True, outgoing=frozenset(outgoing),
-                                                        volumes=self.volumes)
+                                                        volumes=self._view())
         placement = place(shaped, existing, demands)
         fresh = sorted((a for a in placement.assignments if a.service == spec.name and a.reason != "keep"),
                        key=lambda a: a.replica)

@@ -18,14 +18,17 @@ from fleet.plan.scheduler import NodeState
 @dataclass(frozen=True)
 class VolumeView:
     """`held`: (service, volume name) → the nodes whose volume directory for it exists; `read`: the nodes whose
-    directories were listed (any other node may hold data nobody could see)."""
+    directories were listed (any other node may hold data nobody could see); `fresh`: services the fleet's
+    records show never ran (no node holds their data, listed or not)."""
 
     held: Mapping[tuple[str, str], frozenset[str]] = field(default_factory=dict)
     read: frozenset[str] = frozenset()
+    fresh: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "held", MappingProxyType(dict(self.held)))
         object.__setattr__(self, "read", frozenset(self.read))
+        object.__setattr__(self, "fresh", frozenset(self.fresh))
 
     @classmethod
     def of(cls, dirs: Iterable[tuple[str, str, str]], read: Iterable[str]) -> VolumeView:
@@ -45,7 +48,7 @@ class VolumeView:
         """This view after `node` created the volume's directory (a replica started there)."""
         held = dict(self.held)
         held[(service, name)] = held.get((service, name), frozenset()) | {node}
-        return VolumeView(held, self.read | {node})
+        return VolumeView(held, self.read | {node}, self.fresh)
 
 
 def local_volumes(spec: ServiceSpec) -> tuple[str, ...]:
@@ -57,7 +60,8 @@ def data_nodes(spec: ServiceSpec, view: VolumeView | None,
                nodes: Sequence[NodeState]) -> tuple[frozenset[str], frozenset[str]]:
     """(nodes holding the service's local volume data, nodes that hold or may hold it but cannot run it now).
 
-    A worker whose directories could not be listed may hold the data: its replica waits for it unless every
+    A worker whose directories could not be listed may hold the data (unless the service never ran: `fresh`):
+    its replica waits for it unless every
     local volume of the service says `on_node_loss: start-empty`, in which case only the healthy holders count
     (a replica still goes back to its data while that node is up)."""
     names = local_volumes(spec)
@@ -68,7 +72,7 @@ def data_nodes(spec: ServiceSpec, view: VolumeView | None,
     wait = any(v.on_node_loss == "wait" for v in spec.volumes if v.type == "volume")
     if not wait:
         return holders & healthy, frozenset()
-    unread = frozenset(n.name for n in nodes if n.name not in view.read)
+    unread = frozenset(n.name for n in nodes if n.name not in view.read and spec.name not in view.fresh)
     return holders, (holders - healthy) | unread
 
 
