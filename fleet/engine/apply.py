@@ -327,7 +327,10 @@ class Engine:
                 raise res
             outcomes.append(res if isinstance(res, Outcome) else Outcome(t.spec.name, False, reason=str(res)))
         await self.lbs.sync(self.rotation)
-        return outcomes
+        # A service whose certificate could not be had runs, but not as asked: its outcome says why.
+        https = self.lbs.edge_problems()
+        return [replace(o, ok=False, reason=f"HTTPS: {https[o.service]}") if o.service in https else o
+                for o in outcomes]
 
     def check_lb_ports(self, specs: Sequence[ServiceSpec]) -> None:
         """Refuse (before anything changes) an `lb.port` that something other than fleet's HAProxy listens on

@@ -74,7 +74,10 @@ class Edge:
         self.current: dict[str, tuple[bytes, CertInfo]] = {}
         self.issued: list[str] = []
         # What the last `prepare` could not do (the config was still applied with what it could).
-        self.problems: list[FleetError] = []
+        self.problems: dict[str, FleetError] = {}
+        # ACME orders that failed in this run are not tried again by its later syncs (one order per service
+        # and run: a CA that is down is not asked again at every rollout step).
+        self.failed_orders: dict[str, FleetError] = {}
         # Whether the token map exists on every lb node (made by the certificates' script), so it can be rendered.
         self.acme_ready = False
 
@@ -104,15 +107,15 @@ class Edge:
         missing, not covering the hosts or within `renew_before` of expiry are (re)issued: `publish_config` is
         first called with the certificates ready so far, so HAProxy serves the challenge path. A service whose
         certificate cannot be had is left out (plain HTTP) when it has none on the nodes, else keeps its old one;
-        the first such problem is raised after the others are done."""
-        self.problems = []
+        its problem is in `problems` (by service) until a later prepare gets it."""
+        self.problems = {}
         if not nodes or not wanted:
             return {}
         states = await asyncio.gather(*(self._state(lb) for lb in nodes))
         self.acme_ready = self.acme_ready or any(tls.acme for tls, _ in wanted.values())
         by_node = {lb.node.name: st for lb, st in zip(nodes, states, strict=True)}
         ready: dict[str, LbTls] = {}
-        problems: list[FleetError] = []
+        problems: dict[str, FleetError] = {}
 
         async def land(service: str, tls: TlsSpec, fetch: Callable[[], Awaitable[tuple[bytes, CertInfo]]]) -> None:
             """The service's bundle from `fetch` onto every node; on failure its old one stays if every node has
@@ -122,7 +125,7 @@ class Edge:
                 await self._deploy(service, text, nodes, by_node)
                 ready[service] = _lbtls(service, info, tls)
             except FleetError as exc:
-                problems.append(exc)
+                problems[service] = exc
                 kept = self._kept(service, by_node, tls)
                 if kept is not None:
                     ready[service] = kept
@@ -135,9 +138,13 @@ class Edge:
             try:
                 done = await self._acme_current(service, hosts, nodes, by_node)
             except FleetError as exc:
-                problems.append(exc)
+                problems[service] = exc
                 continue
-            if done is None:
+            if done is None and service in self.failed_orders:
+                problems[service] = self.failed_orders[service]
+                if (kept := self._kept(service, by_node, tls)) is not None:
+                    ready[service] = kept
+            elif done is None:
                 acme_due.append(service)
             else:
                 await land(service, tls, functools.partial(_ready, done))
@@ -151,6 +158,8 @@ class Edge:
             for service in acme_due:
                 tls, hosts = wanted[service]
                 await land(service, tls, functools.partial(self._acme_issue, service, hosts, nodes))
+                if service in problems:
+                    self.failed_orders[service] = problems[service]
         self.problems = problems
         return ready
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 
 from fleet.config.edge import TlsSpec
 from fleet.config.spec import HealthSpec, ServiceSpec
+from fleet.core.errors import FleetError
 from fleet.core.ports import STATS_PORT
 from fleet.engine.concurrency import Coalesced
 from fleet.engine.edge import Edge
@@ -152,9 +153,11 @@ class Balancers:
         await self._apply(rotation, self.tls)
         # The virtual IP follows HAProxy: keepalived's check gives the address only to a node whose HAProxy runs.
         await self.vip.sync()
-        if self.edge is not None and self.edge.problems:
-            # The config went out with what could be had (a service without its certificate serves HTTP).
-            raise self.edge.problems[0]
+
+    def edge_problems(self) -> dict[str, FleetError]:
+        """Per service, why its HTTPS certificate could not be had at the last sync (the config went out with
+        what could: such a service keeps its old certificate, or is served over plain HTTP until it has one)."""
+        return dict(self.edge.problems) if self.edge is not None else {}
 
     async def settle(self, timeout: float) -> None:
         """Wait (up to `timeout`) until no worker from before the last reload is left on any lb node.
