@@ -31,8 +31,8 @@ if TYPE_CHECKING:
 EXIT_CHANGES = 3
 ParallelOpt = Annotated[int | None, typer.Option(
     "--parallel", min=1, show_default=False,
-    help="Services converging at once, each with its own batches (default 8: a rollout mostly waits on "
-         "health checks, and the load balancers' reloads and each node's SSH sessions are shared).")]
+    help="Services converging at once, each with its own batches (default 16: a rollout mostly waits on "
+         "health checks; HAProxy reloads, records and each node's SSH sessions are shared).")]
 CHANGES = ("start", "stop", "remove", "rollback", "pull", "canary")
 
 PlaybooksArg = Annotated[list[str] | None, typer.Argument(
