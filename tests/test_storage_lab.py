@@ -20,6 +20,7 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 import yaml
@@ -28,6 +29,7 @@ from loadgen import Load
 
 from fleet.api import Fleet
 from fleet.core import labels as L
+from fleet.core.errors import VolumeError
 from fleet.image.demo import build_demo
 from fleet.lab.render import node_dir
 
@@ -85,6 +87,27 @@ def replicas(st: dict[str, Any], service: str) -> list[tuple[str, str, int]]:
     return asyncio.run(_replicas(st, service))
 
 
+def cleanup(st: dict[str, Any], services: list[str], volumes: list[tuple[str, str | None]]) -> list[str]:
+    """Destroy the services, then remove the volumes (ref, node), in one process; returns what failed."""
+    from fleet.config.inventory import load_inventory
+
+    async def go() -> list[str]:
+        failed = []
+        async with Fleet.connect(load_inventory(st["inventory"]), connect_timeout=3, connect_attempts=1) as f:
+            for service in services:
+                await f.destroy(service, grace=1)
+            for ref, node in volumes:
+                try:
+                    await f.volume_rm(ref, node)
+                except VolumeError as exc:
+                    failed.append(str(exc))
+        return failed
+
+    # This run's records cache and lease settings, as the CLI calls of the module have them.
+    with mock.patch.dict(os.environ, {k: st["env"][k] for k in ("FLEET_STATE_DIR", "FLEET_LEASE_TTL")}):
+        return asyncio.run(go())
+
+
 def sh(st: dict[str, Any], container: str, script: str) -> str:
     out = fleet(st, "exec", container, "--", "sh", "-c", script)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -126,7 +149,8 @@ class NodeDown:
 def test_local_volume_keeps_its_replicas_on_their_nodes_and_waits_for_a_lost_node(lab, st):
     """Two replicas with a node-local volume: an image update under load through HAProxy (0 failed requests)
     starts each new replica on the node holding its data; then, with one of those nodes down, `apply` reports
-    the replica that waits for its data and starts no empty copy elsewhere; `volume rm` is refused while used."""
+    the replica that waits for its data and starts no empty copy elsewhere, while a service the fleet never ran
+    starts; `volume rm` is refused while used."""
     name, port = "stv", 19641
     volumes = [{"type": "volume", "source": "data", "target": "/www/data"}]
     try:
@@ -163,11 +187,15 @@ def test_local_volume_keeps_its_replicas_on_their_nodes_and_waits_for_a_lost_nod
             now = replicas(st, name)
             assert [n for n, _, _ in now if n in others] == [n for n, _, _ in after if n in others], \
                 "no empty copy was started on a node that answered"
+            # A service the fleet never ran has no data anywhere: it starts although a worker is down.
+            out = fleet(st, "apply", playbook(st, "stn", volumes))
+            assert out.returncode == 1 and lost in out.stdout + out.stderr, out.stdout + out.stderr
+            [(fresh, _, _)] = replicas(st, "stn")
+            assert fresh in others
     finally:
-        fleet(st, "destroy", name, "--grace", "1")
+        failed = cleanup(st, [name, "stn"], [("stn/data", None), *((f"{name}/data", n) for n, _, _ in before)])
+    assert failed == [], "an unused volume is removed"
     for node, _, _ in before:
-        gone = fleet(st, "volume", "rm", f"{name}/data", "--node", node)
-        assert gone.returncode == 0, gone.stdout + gone.stderr
         assert lab.lab.exec_in(node, ["test", "-e", f"/var/lib/fleet/volumes/{name}/data"],
                                check=False).returncode == 1
 
@@ -216,14 +244,13 @@ def test_sshfs_volume_moves_with_its_replica_and_backup_restore_keeps_the_bytes(
         assert lab.lab.exec_in("n3", ["cat", "/var/lib/fleet/volumes/stcopy/data/note"]).stdout == \
             f"written-on-{node}\n"
     finally:
-        fleet(st, "destroy", name, "--grace", "1")
-        fleet(st, "volume", "rm", "stcopy/data", "--node", "n3")
+        cleanup(st, [name], [("stcopy/data", "n3")])
     for node, cid, _ in first:
         # The node that was down still ran the first replica: the next run that reached it stopped it (a second
         # copy) or `destroy` did; either way its sshfs mount went with it.
         mounts = lab.lab.exec_in(node, ["cat", "/proc/self/mountinfo"]).stdout
         assert f"/run/fleet/mnt/{cid}" not in mounts
-    assert fleet(st, "volume", "rm", f"{name}/shared").returncode == 0
+    assert cleanup(st, [], [(f"{name}/shared", None)]) == []
 
 
 def test_a_storage_node_that_is_down_fails_the_start_naming_it_and_leaves_nothing(lab, st):
