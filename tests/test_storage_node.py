@@ -239,3 +239,22 @@ def test_a_storage_only_node_without_a_runtime_still_has_its_volumes_listed() ->
     worker = NodeReport(Node("w1", "10.0.0.6", roles=("worker",)), NO_RUNTIME, "no containerd", None, 0.0)
     both = NodeReport(Node("wb", "10.0.0.7", roles=("worker", "storage")), NO_RUNTIME, "no containerd", None, 0.0)
     assert [n.name for n in V._listed_nodes([storage, worker, both])] == ["st"]
+
+
+def test_volume_ls_renders_type_node_size_and_users() -> None:
+    from rich.console import Console
+
+    from fleet.cli.volume import row_json, table
+
+    rows = (VolumeRow("n1", "local", "web", "data", 5 * 1024 * 1024, S.local_dir("web", "data"), ("n1/web-0-ab",)),
+            VolumeRow("lb1", "sshfs", "web", "shared", None, "/var/lib/fleet/storage/web/shared"))
+    con = Console(record=True, width=100)
+    con.print(table(VolumeListing(rows)))
+    text = con.export_text()
+    assert "VOLUME" in text and "USED BY" in text
+    [first, second] = [line.split() for line in text.splitlines()[1:3]]
+    assert first == ["web/data", "local", "n1", "5M", "n1/web-0-ab"]
+    assert second == ["web/shared", "sshfs", "lb1", "-", "-"]
+    assert row_json(rows[0]) == {"volume": "web/data", "service": "web", "name": "data", "type": "local",
+                                 "node": "n1", "size": 5 * 1024 * 1024, "path": "/var/lib/fleet/volumes/web/data",
+                                 "used_by": ["n1/web-0-ab"]}
