@@ -167,6 +167,11 @@ def wait_serving(lab: Any, gone: set[str], timeout: float) -> float:
     pytest.fail(f"HAProxy did not hold {WANTED} ready servers besides {gone} within {timeout}s: {backend(lab)}")
 
 
+def watch_lease(lab: Any) -> str:
+    """The watcher's lease file on the record node (lb1), "" when there is none."""
+    return lab.lab.exec_in("lb1", ["cat", "/var/lib/fleet/watch/lease"], check=False).stdout
+
+
 def netns_pids(lab: Any, node: str, comm: str) -> list[int]:
     ns = lab.lab.node(node).netns(lab.lab.cfg.prefix)
     found = []
@@ -222,6 +227,14 @@ def test_killed_replica_serving_again_within_5s_and_lost_node_moved_only_after_i
               f"of {load.result.ok + load.result.failed}")
         settled = replicas(lab)
         assert len(settled) == WANTED and victim not in {c[1] for c in settled}
+        # One-shot reads through the watcher's socket say what they say on their own connections; the active
+        # watcher's lease is on the record node.
+        env = dict(os.environ, FLEET_STATE_DIR=str(tmp_path / "a"))
+        warm = run_fleet("status", "--json", inventory=lab.inventory_path, env=env)
+        cold = run_fleet("status", "--json", inventory=lab.inventory_path, env=dict(env, FLEET_NO_WATCHER="1"))
+        assert warm.returncode == cold.returncode == 0, warm.stderr + cold.stderr
+        assert json.loads(warm.stdout)["services"] == json.loads(cold.stdout)["services"]
+        assert "command=fleet watch" in watch_lease(lab)
 
         # 2. A node lost for less than node_grace: nothing moves.
         sick = next(n for n, _, _ in settled if n != "n1")
@@ -257,6 +270,7 @@ def test_killed_replica_serving_again_within_5s_and_lost_node_moved_only_after_i
     assert [f for f in load.result.failures if f[0] >= serving_since] == [], load.result.errors
     assert w.proc.returncode == 0, "SIGTERM stops the watcher cleanly"
     assert w.lines()[-1]["event"] == "stop"
+    assert watch_lease(lab) == "", "released on SIGTERM"
 
 
 def test_standby_watcher_takes_over_within_the_lease_ttl_when_the_active_one_is_killed(lab, service, tmp_path):
