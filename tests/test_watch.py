@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import run_fleet
 
 from fleet.cli.watch import log_line
 from fleet.config.spec import from_playbook_dict
@@ -238,3 +239,18 @@ async def test_ask_without_a_watcher_or_with_a_stale_socket_is_none(state, tmp_p
     stale.close()  # bound, never listening: what a SIGKILLed watcher leaves
     os.chmod(path, 0o600)
     assert await asyncio.wait_for(ask(inv, "status"), 5) is None
+
+
+# --- the command line ---------------------------------------------------------------------------------------------
+
+def test_cli_refuses_a_bad_grace_or_playbook_with_exit_2_before_watching(tmp_path):
+    inv = tmp_path / "inventory.yaml"
+    inv.write_text("nodes:\n  n1:\n    address: 127.0.0.1\n    port: 9\n")
+    good = tmp_path / "web.yaml"
+    good.write_text("services:\n  web:\n    image: img\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("services:\n  web:\n    image: img\n    replicas: three\n")
+    out = run_fleet("watch", "--node-grace", "soon", str(good), inventory=str(inv), timeout=60)
+    assert out.returncode == 2 and "--node-grace" in out.stderr, out.stderr
+    out = run_fleet("watch", "--once", str(bad), inventory=str(inv), timeout=60)
+    assert out.returncode == 2 and "bad.yaml:4" in out.stderr and "replicas" in out.stderr, out.stderr
