@@ -6,6 +6,7 @@ once a minute while it answers."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from fleet.core.model import Resources
 from fleet.node.paths import DEFAULT
@@ -181,14 +182,14 @@ class NodeFacts:
         that is a cgroup: the load average it reads is the whole host's, not its own."""
         return None if self.scope == "cgroup" else min(self.load[0], float(self.ncpu))
 
-    @property
+    @cached_property
     def requested(self) -> Resources:
         """What the running containers in fleet's namespace reserve: fleet runs each replica with its request as
         its limit (cpu quota, memory limit), so these are fleet's reservations on the node."""
         return Resources(sum(t.cpu_limit or 0.0 for t in self.running),
                          sum(t.mem_limit or 0 for t in self.running))
 
-    @property
+    @cached_property
     def others(self) -> Resources:
         """Measured use that fleet's reservations do not cover, which the scheduler adds to them.
 

@@ -143,6 +143,8 @@ def placement_inputs(
     `volumes` (where node-local volume data is) ties services with such volumes to their data.
     """
     managed = {s.name: s for s in specs}
+    # A spec's hash is canonical JSON plus sha256: computed once per spec, not once per replica.
+    hashes = {s.name: s.spec_hash() for s in specs}
     running = [r for r in replicas if r.running]
     existing: list[Existing] = []
     demands: list[ServiceDemand] = []
@@ -153,7 +155,7 @@ def placement_inputs(
         spec = managed.get(r.service)
         if spec is None:
             others.setdefault(r.service, []).append(r)
-        elif r.spec_hash != spec.spec_hash() or r.id in outgoing:
+        elif r.spec_hash != hashes[r.service] or r.id in outgoing:
             outdated.setdefault(r.service, []).append(r)
         else:
             existing.append(_existing(r))
@@ -169,7 +171,8 @@ def placement_inputs(
             for r in rs:
                 busy_ports.setdefault(r.node, set()).add(r.port)
     demands += [demand_for(s, volumes=volumes, nodes=nodes) for s in specs]
-    shaped = [replace(n, ports_in_use=n.ports_in_use | frozenset(busy_ports.get(n.name, ()))) for n in nodes]
+    shaped = [replace(n, ports_in_use=n.ports_in_use | frozenset(busy_ports[n.name])) if n.name in busy_ports else n
+              for n in nodes]
     return shaped, existing, demands, outdated
 
 
@@ -188,12 +191,20 @@ def plan(specs: Sequence[ServiceSpec], nodes: Sequence[NodeState], replicas: Seq
     for r in replicas:
         by_service.setdefault(r.service, []).append(r)
     stop_index = {(e.service, e.node, e.port): reason for e, reason in placement.stop_reasons.items()}
+    # The placement's assignments and unplaced replicas by service, in their order: each service reads its own
+    # instead of scanning everyone's (S services x R replicas).
+    assigned: dict[str, list[Assignment]] = {}
+    for a in placement.assignments:
+        assigned.setdefault(a.service, []).append(a)
+    unplaced: dict[str, list[Unplaced]] = {}
+    for u in placement.unplaced:
+        unplaced.setdefault(u.service, []).append(u)
     plans = []
     for spec in specs:
         mine = by_service.get(spec.name, [])
         h = spec.spec_hash()
         up_to_date = [r for r in mine if r.running and r.spec_hash == h]
-        kept_keys = {(a.node, a.port) for a in placement.assignments if a.service == spec.name and a.reason == "keep"}
+        kept_keys = {(a.node, a.port) for a in assigned.get(spec.name, ()) if a.reason == "keep"}
         keep = tuple(r for r in up_to_date if (r.node, r.port) in kept_keys)
         stops = tuple((r, stop_index.get((r.service, r.node, r.port), "surplus"))
                       for r in up_to_date if (r.node, r.port) not in kept_keys)
@@ -201,11 +212,11 @@ def plan(specs: Sequence[ServiceSpec], nodes: Sequence[NodeState], replicas: Seq
         plans.append(ServicePlan(
             spec=spec,
             keep=keep,
-            start=tuple(a for a in placement.assignments if a.service == spec.name and a.reason != "keep"),
+            start=tuple(a for a in assigned.get(spec.name, ()) if a.reason != "keep"),
             replace=tuple(sorted(outdated.get(spec.name, []), key=lambda r: (r.replica, r.id))),
             stop=stops,
             cleanup=tuple(r for r in mine if not r.running and r.node in healthy),
-            unplaced=tuple(u for u in placement.unplaced if u.service == spec.name),
+            unplaced=tuple(unplaced.get(spec.name, ())),
         ))
     managed = {s.name for s in specs}
     unmanaged = tuple(sorted({r.service for r in replicas} - managed))

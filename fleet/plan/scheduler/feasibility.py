@@ -33,6 +33,8 @@ def show_memory(n: int) -> str:
 
 def missing_labels(labels: Mapping[str, str], required: Mapping[str, str]) -> list[str]:
     """`key=value` for each required label the node does not carry, in key order."""
+    if not required:
+        return []
     return [f"{k}={v}" for k, v in sorted(required.items()) if labels.get(k) != v]
 
 

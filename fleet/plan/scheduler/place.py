@@ -242,20 +242,21 @@ def _settle_existing(
             candidates.setdefault(ident, []).append(e)
 
     kept: dict[tuple[str, int], Existing] = {}
+    need_cpu = {name: cpu_ceil(d.resources.cpu) for name, d in demands.items()}
+    free_cpu, free_mem = state.free_cpu, state.free_mem
     # Lowest replica numbers claim room first, so an overfull node sheds its highest-numbered replicas. Of several
     # copies of one replica, the first that still fits is kept and the others are duplicates of it.
     for ident, copies in sorted(candidates.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         why: dict[Existing, str] = {}
         for e in copies:
             i = state.index[e.node]
-            need = demands[e.service].resources
-            short = shortfall(cpu_ceil(need.cpu), need.memory, state.free_cpu[i], state.free_mem[i])
+            cpu, mem = need_cpu[e.service], demands[e.service].resources.memory
             if e.port in state.fleet_ports[i]:
                 why[e] = f"port {e.port} on {e.node} is taken by another replica"
-            elif short is not None:
-                why[e] = f"{e.node} has no room: {short}"
+            elif cpu > free_cpu[i] or mem > free_mem[i]:
+                why[e] = f"{e.node} has no room: {shortfall(cpu, mem, free_cpu[i], free_mem[i])}"
             else:
-                state.take(i, cpu_ceil(need.cpu), need.memory, e.port)
+                state.take(i, cpu, mem, e.port)
                 kept[ident] = e
                 break
         keeper = kept.get(ident)
