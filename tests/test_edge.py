@@ -518,7 +518,7 @@ def start_pebble(tmp: Path, ca: TestCA, http_port: int, lb_ip: str, procs: list[
     (tmp / "pebble-ca.pem").write_bytes(ca.pem)
     (tmp / "pebble.json").write_text(pebble_config(f"{bind}:{listen}", f"{bind}:{mgmt}", tmp / "pebble-cert.pem",
                                                    tmp / "pebble-key.pem", http_port=http_port, tls_port=free_port()))
-    env = {**os.environ, "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0", "PEBBLE_AUTHZREUSE": "0"}
+    env = {**os.environ, "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0", "PEBBLE_AUTHZREUSE": "100"}
     assert CHALLTESTSRV is not None and PEBBLE is not None
     procs.append(subprocess.Popen([CHALLTESTSRV, "-defaultIPv4", lb_ip, "-defaultIPv6", "", "-dns01",
                                    f"127.0.0.1:{dns}", "-http01", "", "-https01", "", "-tlsalpn01", "",
@@ -597,6 +597,13 @@ async def test_acme_issues_through_pebble_with_haproxy_answering_http01(
     certs[1].verify_directly_issued_by(root)
     # The tokens were withdrawn afterwards.
     assert admin(f"show map {amap}") == ""
+    # A second order with the account key kept from the first uses that account (no new one) and works; pebble
+    # (PEBBLE_AUTHZREUSE=100) reuses the account's valid authorization, so there is nothing to answer.
+    published.clear()
+    again = await asyncio.wait_for(issue(settings, ["shop.example.test"], publish, withdraw, issued.account_key), 60)
+    assert published == []
+    assert again.account_key == issued.account_key and again.chain != issued.chain
+    assert cert_info(bundle(again.chain, again.key)).names == ("shop.example.test",)
 
 
 # ---- bad input through the CLI: clear file:line errors, no node contacted ------------------------------------

@@ -40,8 +40,9 @@ HOSTS = {"shop": "shop.example.test", "blog": "blog.example.test", "api": "api.e
 _PEBBLE = r"""
 set -u
 cd "$D"
-PEBBLE_VA_NOSLEEP=1 PEBBLE_WFE_NONCEREJECT=0 setsid pebble -config "$D/pebble.json" -dnsserver 127.0.0.1:8053 \
-  </dev/null >"$D/pebble.log" 2>&1 &
+# Every order validated anew (no reuse of a valid authorization): the renewal's challenge is answered under load.
+PEBBLE_VA_NOSLEEP=1 PEBBLE_WFE_NONCEREJECT=0 PEBBLE_AUTHZREUSE=0 \
+  setsid pebble -config "$D/pebble.json" -dnsserver 127.0.0.1:8053 </dev/null >"$D/pebble.log" 2>&1 &
 echo "pid $!"
 setsid pebble-challtestsrv -defaultIPv4 "$LB" -defaultIPv6 "" -dns01 127.0.0.1:8053 -http01 "" -https01 "" \
   -tlsalpn01 "" -management 127.0.0.1:8055 </dev/null >"$D/challtestsrv.log" 2>&1 &
@@ -267,9 +268,12 @@ def test_acme_certificate_renewed_before_expiry_under_load_without_a_failed_requ
     r = load.result
     assert r.failed == 0, (r.errors, r.failures[:5])
     assert r.ok > 50 and {before, after} <= load.fingerprints, (r.ok, load.fingerprints)
-    # The new key is 0600 like the old one, and not in the run's output.
-    mode = run_on(lab, "lb1", Script('stat -c %a "$D/api.pem"', {"D": CERT_DIR}))
-    assert mode.strip() == "600"
+    # The new key is 0600 like the old one, so is the ACME account's key kept beside them (the renewal used that
+    # account), and neither is in the run's output.
+    mode = run_on(lab, "lb1", Script('stat -c %a "$D/api.pem" "$D/../acme-account.key"', {"D": CERT_DIR}))
+    assert mode.split() == ["600", "600"]
+    account = run_on(lab, "lb1", Script('cat "$D/../acme-account.key"', {"D": CERT_DIR}))
+    assert not any(line in renewed.stdout + renewed.stderr for line in key_lines(account.encode()))
     new_key = run_on(lab, "lb1", Script('sed -n "/PRIVATE KEY-----$/,/END/p" "$D/api.pem"', {"D": CERT_DIR}))
     assert key_lines(new_key.encode()) and not any(
         line in renewed.stdout + renewed.stderr for line in key_lines(new_key.encode()))

@@ -9,6 +9,7 @@ and returns what the config renders (`LbTls` per service: file, fingerprint, red
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import subprocess
@@ -21,13 +22,16 @@ from fleet.core.edge import EdgeSettings
 from fleet.core.errors import AcmeError, EdgeError, FleetError, LbError, RemoteCommandError, ScriptOutputError
 from fleet.engine.acme import issue
 from fleet.node.haproxy.certs import (
+    ACME_ACCOUNT_KEY,
     ACME_MAP,
     CERT_DIR,
     NodeCert,
     add_token,
     cert_file,
     del_token,
+    parse_optional,
     parse_state,
+    read_optional_script,
     read_script,
     state_script,
 )
@@ -254,7 +258,9 @@ class Edge:
             await asyncio.gather(*(lb.runtime(cmds) for lb in nodes), return_exceptions=True)
 
         self.on_note(service, f"ordering a certificate for {', '.join(hosts)} from {acme.directory}")
-        issued = await issue(acme, hosts, publish, withdraw)
+        account, lacking = await self._account(nodes)
+        issued = await issue(acme, hosts, publish, withdraw, account)
+        await self._keep_account(issued.account_key, [lb for lb in nodes if lb.node.name in lacking])
         try:
             text = bundle(issued.chain, issued.key)
         except ValueError as exc:
@@ -264,6 +270,38 @@ class Edge:
         until = time.strftime("%Y-%m-%d %H:%M", time.gmtime(info.not_after))
         self.on_note(service, f"certificate issued, valid until {until} UTC")
         return text, info
+
+    async def _account(self, nodes: Sequence[LbNode]) -> tuple[bytes | None, set[str]]:
+        """The ACME account key kept on the lb nodes (the first one found), and the nodes that lack it."""
+        results = await asyncio.gather(*(self.pool.run(lb.node, read_optional_script(ACME_ACCOUNT_KEY),
+                                                       timeout=CERT_TIMEOUT) for lb in nodes))
+        key: bytes | None = None
+        lacking = set()
+        for lb, res in zip(nodes, results, strict=True):
+            got = None
+            if res.error is None and res.exit_status == 0:
+                with contextlib.suppress(ScriptOutputError):
+                    got = parse_optional(res.stdout)
+            if got:
+                key = key or got
+            else:
+                lacking.add(lb.node.name)
+        return key, lacking
+
+    async def _keep_account(self, key: bytes, nodes: Sequence[LbNode]) -> None:
+        """The account key onto `nodes` (0600), so the next order, from any controller, uses the same account."""
+        if not key:
+            return
+
+        async def put(lb: LbNode) -> None:
+            result = await self.pool.run(lb.node, write_secret_file(ACME_ACCOUNT_KEY, allow_disk=True,
+                                                                    size=len(key)),
+                                         stdin=key.decode(), timeout=CERT_TIMEOUT)
+            if result.error is not None or result.exit_status != 0:
+                raise RemoteCommandError(lb.node.name, f"<write {ACME_ACCOUNT_KEY}>", result.exit_status,
+                                         (result.error or result.stderr)[-200:])
+
+        await asyncio.gather(*(put(lb) for lb in nodes))
 
     async def _deploy(self, service: str, text: bytes, nodes: Sequence[LbNode],
                       by_node: Mapping[str, Mapping[str, NodeCert]]) -> None:

@@ -14,6 +14,8 @@ from fleet.node.paths import DEFAULT
 
 CERT_DIR = f"{DEFAULT.haproxy_dir}/certs"
 ACME_MAP = f"{DEFAULT.haproxy_dir}/acme.map"
+# The ACME account's key (mode 0600), kept on every lb node so that renewals use the same account.
+ACME_ACCOUNT_KEY = f"{DEFAULT.haproxy_dir}/acme-account.key"
 MARK = "@@fleet"
 # RFC 8555 tokens and key authorizations are base64url (the latter `TOKEN.THUMBPRINT`).
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{16,256}$")
@@ -47,6 +49,11 @@ set -u
 cat "$F"
 """
 
+_READ_OPTIONAL = r"""
+set -u
+if [ -f "$F" ]; then echo "@@fleet present"; cat "$F"; else echo "@@fleet absent"; fi
+"""
+
 
 def state_script(cert_dir: str = CERT_DIR, acme_map: str = ACME_MAP, drop: tuple[str, ...] = ()) -> Script:
     """Creates the cert dir and the token map, reports every bundle (see `parse_state`), removes the bundles of
@@ -59,6 +66,21 @@ def state_script(cert_dir: str = CERT_DIR, acme_map: str = ACME_MAP, drop: tuple
 def read_script(path: str) -> Script:
     """A bundle's whole content (to copy an ACME certificate to an lb node that lacks it; held in memory only)."""
     return Script(_READ, {"F": check_file(path, "cert file")}, name="fleet-haproxy-cert-read")
+
+
+def read_optional_script(path: str) -> Script:
+    """`@@fleet present` and the file's content, or `@@fleet absent` (see `parse_optional`)."""
+    return Script(_READ_OPTIONAL, {"F": check_file(path, "file")}, name="fleet-read-optional")
+
+
+def parse_optional(text: str) -> bytes | None:
+    """The content `read_optional_script` printed, None when the file is absent."""
+    head, _, rest = text.partition("\n")
+    if head == f"{MARK} absent":
+        return None
+    if head != f"{MARK} present":
+        raise ScriptOutputError(f"unexpected reply reading a file: {head[:80]!r}")
+    return rest.encode()
 
 
 @dataclass(frozen=True)
