@@ -29,7 +29,8 @@ from loadgen import Load
 
 from fleet.api import Fleet
 from fleet.core import labels as L
-from fleet.core.errors import VolumeError
+from fleet.core.errors import StorageError, VolumeError
+from fleet.core.model import Node
 from fleet.image.demo import build_demo
 from fleet.lab.render import node_dir
 
@@ -273,6 +274,38 @@ def test_a_storage_node_that_is_down_fails_the_start_naming_it_and_leaves_nothin
         assert replicas(st, name) == []
     finally:
         run_fleet("destroy", name, "--grace", "1", env=env, timeout=120)
+
+
+def test_a_worker_refuses_a_storage_node_whose_host_key_is_not_the_pinned_one(lab, st):
+    """The worker checks the storage node's host key against the one the controller pinned and sends it: given
+    another key (here: n1's), the worker's sshfs refuses to connect, the error names the worker and the storage
+    node, and no mountpoint is left. (The controller's own connection uses the real pin; only what it sends the
+    worker is changed, by overriding that one method.)"""
+    from fleet.config.inventory import load_inventory
+    from fleet.engine.volumes import StorageAccess
+
+    inventory = load_inventory(st["inventory"])
+    lb1, n1 = inventory.node("lb1"), inventory.node("n1")
+    pinned = Path(lb1.known_hosts or "").read_text().splitlines()
+    other = next(" ".join(line.split()[1:3]) for line in pinned if line.startswith(n1.address + " "))
+
+    class WrongPin(StorageAccess):
+        def _host_keys(self, storage: Node) -> str:
+            return f"{storage.address} {other}\n"
+
+    async def go() -> None:
+        async with Fleet.connect(inventory, connect_timeout=5) as f:
+            with pytest.raises(StorageError) as exc:
+                await WrongPin(f.pool).mount(n1, lb1, "stz", "shared", "stz-0-pin")
+            text = str(exc.value)
+            assert f"n1: mounting volume stz/shared from storage node lb1 ({lb1.address}:22) failed" in text, text
+            assert "Host key verification failed" in text, text
+
+    try:
+        asyncio.run(go())
+        assert lab.lab.exec_in("n1", ["test", "-e", "/run/fleet/mnt/stz-0-pin"], check=False).returncode == 1
+    finally:
+        lab.lab.exec_in("lb1", ["rm", "-rf", "/var/lib/fleet/storage/stz"], check=False)
 
 
 def _files(path: Path) -> dict[str, bytes]:

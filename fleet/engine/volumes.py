@@ -304,8 +304,10 @@ class StorageAccess:
         if result.exit_status == S.MISSING_EXIT:
             raise StorageError(f"{worker.name}: {result.stderr.strip()}")
         if not result.ok:
+            # ssh's own line (host key, refused, no route) comes before sshfs's last word ("read: …"): keep all.
+            said = "; ".join(line.strip() for line in result.stderr.strip().splitlines() if line.strip())
             raise StorageError(f"{worker.name}: mounting volume {volume_dir} from storage node {storage.name} "
-                               f"({storage.address}:{storage.port}) failed: {_failure(result)}")
+                               f"({storage.address}:{storage.port}) failed: {said or _failure(result)}")
         return mp
 
     async def release(self, worker: Node, container_id: str) -> str | None:

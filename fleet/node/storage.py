@@ -172,15 +172,17 @@ command -v sshfs >/dev/null 2>&1 || { echo "sshfs is not installed on this node 
 [ -c /dev/fuse ] || { echo "/dev/fuse is missing: FUSE is not available on this node" >&2; exit 4; }
 mkdir -p "$MP" || exit 5
 err=$(mktemp) || exit 5
-# sshfs's ssh child keeps the stderr it was given: a file, so this session ends when the mount is made.
+# sshfs's ssh child keeps the stderr it was given: a file, so this session ends when the mount is made. sshfs
+# does not pass on what ssh says (host key, refused, no route): ssh logs it to the same file (-E).
 o="IdentityFile=$KEY,IdentitiesOnly=yes,UserKnownHostsFile=$KH,GlobalKnownHostsFile=/dev/null"
 o="$o,StrictHostKeyChecking=yes,BatchMode=yes,ConnectTimeout=$CT,ServerAliveInterval=5,ServerAliveCountMax=3"
-timeout -k 2 "$T" sshfs -p "$PORT" -o "$o,reconnect,allow_other" "$DEST" "$MP" </dev/null >/dev/null 2>"$err"
+timeout -k 2 "$T" sshfs -p "$PORT" -o "$o,reconnect,allow_other,ssh_command=ssh -E $err" "$DEST" "$MP" \
+  </dev/null >/dev/null 2>>"$err"
 rc=$?
 if [ $rc -ne 0 ]; then
   rmdir "$MP" "${MP%/*}" 2>/dev/null
   [ $rc -eq 124 ] && echo "no answer within ${T}s" >&2
-  tail -n 3 "$err" >&2; rm -f "$err"; exit 5
+  grep -v -e '^@' -e '^ *$' "$err" | tail -n 3 >&2; rm -f "$err"; exit 5
 fi
 rm -f "$err"
 """
