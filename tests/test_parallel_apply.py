@@ -16,7 +16,7 @@ from rich.console import Console
 
 from fleet.cli.apply import _Progress
 from fleet.config.spec import ServiceSpec, parse_playbook
-from fleet.core.errors import LeaseLost, RolloutFailed
+from fleet.core.errors import LeaseLost, RecordsError, RolloutFailed
 from fleet.core.model import Node
 from fleet.engine.apply import Engine, Event, Outcome
 from fleet.engine.concurrency import Coalesced, SerialRecords
@@ -137,6 +137,12 @@ class SlowRecords:
         await self._call(f"record {service}")
         return 1
 
+    async def record_many(self, items: Sequence[tuple[str, str, str, str, str]]) -> list[int]:
+        await self._call("record_many " + " ".join(item[0] for item in items))
+        if any(item[2] == "fails" for item in items):
+            raise RecordsError("the fleet's record reached 0 of 3 record nodes, 2 needed")
+        return [int(item[0][1:]) for item in items]
+
     async def finish(self, service: str, revision: int, outcome: Any, reason: str = "") -> bool:
         await self._call(f"finish {service}")
         return True
@@ -168,17 +174,68 @@ class SlowRecords:
 async def test_records_writes_of_services_at_once_never_overlap():
     inner = SlowRecords()
     records = SerialRecords(inner)
-    await asyncio.gather(*(records.record(s, "{}", "h", "img", "me") for s in "abcd"),
-                         *(records.set_state(s, {}) for s in "abcd"), records.finish("a", 1, "succeeded"))
+    await asyncio.gather(*(records.set_state(s, {}) for s in "abcd"), records.finish("a", 1, "succeeded"),
+                         records.record("s1", "{}", "h", "img", "me"))
     assert inner.most == 1
-    assert sorted(inner.calls) == sorted([*(f"record {s}" for s in "abcd"), *(f"set_state {s}" for s in "abcd"),
-                                          "finish a"])
+    assert sorted(inner.calls) == sorted([*(f"set_state {s}" for s in "abcd"), "finish a", "record_many s1"])
+
+
+async def test_revisions_asked_for_during_a_write_are_written_together():
+    inner = SlowRecords()
+    records = SerialRecords(inner)
+    names = [f"s{i}" for i in range(1, 13)]
+    numbers = await asyncio.gather(*(records.record(n, "{}", "h", "img", "me") for n in names))
+    assert numbers == list(range(1, 13))  # each caller gets its own service's number
+    # The first write goes alone; the eleven that queued meanwhile share the next one.
+    assert inner.calls == ["record_many s1", "record_many " + " ".join(names[1:])]
+    assert records.writes == 2 and inner.most == 1
+
+
+async def test_a_failed_batch_fails_every_caller_in_it_and_a_second_revision_of_one_service_waits():
+    inner = SlowRecords()
+    records = SerialRecords(inner)
+    results = await asyncio.gather(records.record("s1", "{}", "h", "img", "me"),
+                                   records.record("s2", "{}", "fails", "img", "me"),
+                                   records.record("s3", "{}", "h", "img", "me"),
+                                   records.record("s3", "{}", "h", "img", "me"), return_exceptions=True)
+    assert results[0] == 1
+    assert isinstance(results[1], RecordsError) and isinstance(results[2], RecordsError)
+    assert results[3] == 3
+    assert inner.calls == ["record_many s1", "record_many s2 s3", "record_many s3"]
+
+
+async def test_fleet_history_records_several_services_in_one_read_and_one_write(farm, pool, tmp_path):
+    from test_records import SPEC, history
+
+    base = str(tmp_path / "nodes" / "{node}" / "fleet")
+    h = history(pool, farm, base)
+    assert await h.record("web", SPEC, "h1", "img:1", "alice") == 1
+    trips: list[str] = []
+    run = pool.run
+
+    async def counted(node, command, **kw):  # type: ignore[no-untyped-def]
+        trips.append(node.name)
+        return await run(node, command, **kw)
+
+    pool.run = counted  # type: ignore[method-assign]
+    numbers = await h.record_many([("web", SPEC, "h2", "img:2", "bob"), ("api", SPEC, "a1", "api:1", "bob"),
+                                   ("db", SPEC, "d1", "db:1", "bob")])
+    pool.run = run  # type: ignore[method-assign]
+    assert numbers == [2, 1, 1]
+    assert sorted(trips) == sorted([n.name for n in farm.nodes] * 2)  # one read and one write per record node
+    # The same specs again: the revisions in progress, nothing written.
+    assert await h.record_many([("api", SPEC, "a1", "api:1", "bob"), ("web", SPEC, "h2", "img:2", "bob")]) == [1, 2]
+    fresh = history(pool, farm, base)
+    assert [(r.service, r.revision, r.outcome) for s in ("api", "db", "web") for r in await fresh.list(s)] == [
+        ("api", 1, "in-progress"), ("db", 1, "in-progress"), ("web", 1, "in-progress"), ("web", 2, "in-progress")]
+    with pytest.raises(ValueError, match="once"):
+        await h.record_many([("web", SPEC, "h3", "img:3", "bob"), ("web", SPEC, "h4", "img:4", "bob")])
 
 
 async def test_records_reads_do_not_wait_for_a_write():
     inner = SlowRecords()
     records = SerialRecords(inner)
-    await asyncio.gather(records.record("a", "{}", "h", "img", "me"), records.get("a", 1),
+    await asyncio.gather(records.record("s1", "{}", "h", "img", "me"), records.get("a", 1),
                          records.latest_succeeded("a"), records.services(), records.state("a"), records.list("a"))
     assert inner.most == 6
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fleet.store.history import FinalOutcome, Revision
@@ -57,16 +57,47 @@ class Coalesced:
 
 class SerialRecords:
     """The fleet's records (`Records`) with writes one at a time: a write re-reads or repairs from the snapshot
-    the one before it left, so two services' writes must not overlap. Reads come from that snapshot (no round
-    trip once it is read) and go straight through."""
+    the one before it left, so two services' writes must not overlap. New revisions asked for while a write
+    runs are written together next (`record_many`: one read and one write for all of them), so services that
+    start at once do not queue one round trip each. Reads come from the snapshot (no round trip once it is
+    read) and go straight through."""
 
     def __init__(self, inner: Records) -> None:
         self.inner = inner
         self.lock = asyncio.Lock()
+        self.writes = 0
+        self._queued: builtins.list[tuple[tuple[str, str, str, str, str], asyncio.Future[int]]] = []
 
     async def record(self, service: str, spec_json: str, spec_hash: str, image: str, user: str) -> int:
+        mine: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._queued.append(((service, spec_json, spec_hash, image, user), mine))
         async with self.lock:
-            return await self.inner.record(service, spec_json, spec_hash, image, user)
+            if not mine.done():
+                # Everything queued so far, one entry per service (a second one waits for the next write).
+                batch: builtins.list[tuple[tuple[str, str, str, str, str], asyncio.Future[int]]] = []
+                for entry in self._queued:
+                    if entry[0][0] not in {item[0] for item, _ in batch}:
+                        batch.append(entry)
+                self._queued = [entry for entry in self._queued if entry not in batch]
+                self.writes += 1
+                try:
+                    numbers = await self.inner.record_many([item for item, _ in batch])
+                except Exception as exc:
+                    for _, future in batch:
+                        future.set_exception(exc)
+                except BaseException:
+                    # Cancelled: the others' entries go back to the queue, for the next of them to write.
+                    self._queued = [entry for entry in batch if entry[1] is not mine] + self._queued
+                    raise
+                else:
+                    for (_, future), number in zip(batch, numbers, strict=True):
+                        future.set_result(number)
+        return await mine
+
+    async def record_many(self, items: Sequence[tuple[str, str, str, str, str]]) -> builtins.list[int]:
+        async with self.lock:
+            self.writes += 1
+            return await self.inner.record_many(items)
 
     async def finish(self, service: str, revision: int, outcome: FinalOutcome, reason: str = "") -> bool:
         async with self.lock:

@@ -459,25 +459,32 @@ class FleetHistory:
         re-applying the spec of a latest revision still in progress (its controller died) returns it too; the
         spec is compared whole but for its replica count (`same_revision`), not by its hash alone.
         """
-        _check_service(service)
-        try:
-            json.loads(spec_json)
-        except ValueError as exc:
-            raise ValueError(f"spec_json is not JSON: {exc}") from exc
+        return (await self.record_many([(service, spec_json, spec_hash, image, user)]))[0]
+
+    async def record_many(self, items: Sequence[tuple[str, str, str, str, str]]) -> builtins.list[int]:
+        """`record` for several services, (service, spec_json, spec_hash, image, user) each, in one read and one
+        write of the record nodes (services converging at once); a service may appear once."""
+        services = [item[0] for item in items]
+        if len(set(services)) != len(services):
+            raise ValueError(f"record_many: a service may appear once, got {services}")
+        for service, spec_json, *_ in items:
+            _check_service(service)
+            try:
+                json.loads(spec_json)
+            except ValueError as exc:
+                raise ValueError(f"spec_json is not JSON: {exc}") from exc
         snap = await self._fresh()
-        revs = [r.revision for (s, _), r in sorted(snap.revisions.items()) if s == service]
-        ok = [r for r in revs if r.outcome == "succeeded"]
-        if ok and ok[-1].spec_hash == spec_hash and same_revision(ok[-1].spec_json, spec_json):
-            return ok[-1].revision
-        top = snap.top.get(service, 0)
-        last = snap.revisions.get((service, top))
-        if last is not None and last.revision.spec_hash == spec_hash and last.revision.outcome == "in-progress" \
-                and same_revision(last.revision.spec_json, spec_json):
-            return top
         now = self._clock()
-        rev = Revision(service, top + 1, spec_hash, image, user, now, None, "in-progress", "", spec_json)
-        await self._put(snap, [RevisionRecord(rev, now)])
-        return rev.revision
+        numbers: builtins.list[int] = []
+        new: builtins.list[Record] = []
+        for service, spec_json, spec_hash, image, user in items:
+            number, rev = _next_revision(snap, service, spec_json, spec_hash, image, user, now)
+            numbers.append(number)
+            if rev is not None:
+                new.append(RevisionRecord(rev, now))
+        if new:
+            await self._put(snap, new)
+        return numbers
 
     async def finish(self, service: str, revision: int, outcome: FinalOutcome, reason: str = "") -> bool:
         """Set how a revision's rollout ended; True if it was in progress and is now finished.
@@ -542,6 +549,21 @@ class FleetHistory:
                     self.cache.store(r.revision)
                 else:
                     self.cache.store_state(r.service, None if r.state is None else _dumps(r.state), r.updated_at)
+
+
+def _next_revision(snap: Snapshot, service: str, spec_json: str, spec_hash: str, image: str, user: str,
+                   now: float) -> tuple[int, Revision | None]:
+    """The revision `record` returns for this spec, and the new revision to write (None: an existing one)."""
+    revs = [r.revision for (s, _), r in sorted(snap.revisions.items()) if s == service]
+    ok = [r for r in revs if r.outcome == "succeeded"]
+    if ok and ok[-1].spec_hash == spec_hash and same_revision(ok[-1].spec_json, spec_json):
+        return ok[-1].revision, None
+    top = snap.top.get(service, 0)
+    last = snap.revisions.get((service, top))
+    if last is not None and last.revision.spec_hash == spec_hash and last.revision.outcome == "in-progress" \
+            and same_revision(last.revision.spec_json, spec_json):
+        return top, None
+    return top + 1, Revision(service, top + 1, spec_hash, image, user, now, None, "in-progress", "", spec_json)
 
 
 def _check_service(service: str) -> None:
