@@ -26,7 +26,7 @@ from fleet.config.edge import bundle, cert_info, cover, split_bundle
 from fleet.config.inventory import load_inventory
 from fleet.config.spec import from_playbook_dict, load_playbooks, to_playbook_dict
 from fleet.core.edge import check_host_name
-from fleet.core.errors import InventoryError, SpecError
+from fleet.core.errors import EdgeError, InventoryError, SpecError
 from fleet.engine.edge import stats_password_hash
 from fleet.node.haproxy.certs import add_token, del_token, parse_state, state_script
 from fleet.node.haproxy.render import (
@@ -687,3 +687,16 @@ def test_status_shows_a_host_routed_service_by_its_urls() -> None:
         "https://b.example.test/v2")
     assert host_urls(LbSpec(None, hosts=("a.example.test",))) == ("http://a.example.test/",)
     assert host_urls(LbSpec(7000)) == () == host_urls(None)
+
+
+def test_stats_listen_on_loopback_without_a_password_and_everywhere_behind_one() -> None:
+    from fleet.core.edge import EdgeSettings
+    from fleet.engine.edge import Edge
+
+    assert Edge(None, EdgeSettings()).stats(8404) == (("127.0.0.1", 8404), None)  # type: ignore[arg-type]
+    guarded = Edge(None, EdgeSettings(stats_password_secret="lb-stats"),  # type: ignore[arg-type]
+                   secrets={"lb-stats": "pw"}.get)
+    assert guarded.stats(8404) == (("0.0.0.0", 8404), stats_password_hash("pw"))
+    missing = Edge(None, EdgeSettings(stats_password_secret="lb-stats"), secrets={}.get)  # type: ignore[arg-type]
+    with pytest.raises(EdgeError, match="the stats password secret 'lb-stats' is not in the keyring"):
+        missing.stats(8404)

@@ -33,6 +33,7 @@ from fleet.core.errors import (
     SpecError,
 )
 from fleet.core.model import Node
+from fleet.core.ports import STATS_PORT
 from fleet.engine.calls import LIST_TIMEOUT, driver_for, perform
 from fleet.engine.concurrency import DEFAULT_PARALLEL, SerialRecords
 from fleet.engine.edge import Edge
@@ -350,6 +351,8 @@ class Engine:
                 owned[service] = {port}
         by_name = {s.name: s for s in specs}
         edge = self.lbs.edge.settings if self.lbs.edge is not None else EdgeSettings()
+        if self.lbs.edge is not None:
+            self.lbs.edge.stats(STATS_PORT)  # the stats password is in the keyring (before anything changes)
         shared = {edge.http_port: "edge.http_port", edge.https_port: "edge.https_port"}
         others_routed = any(f is not None and f.hosts for name, f in self.rotation.frontends.items()
                             if name not in by_name)

@@ -90,9 +90,9 @@ class Edge:
         return EdgeConfig(self.settings.http_port, self.settings.https_port, "0.0.0.0",
                           ACME_MAP if self.acme_ready else None)
 
-    def stats(self, lb_address: str, port: int) -> tuple[tuple[str, int], str | None]:
-        """Where the stats page listens and its password hash: on the node's address with a password from the
-        keyring, else on 127.0.0.1 only (no password)."""
+    def stats(self, port: int) -> tuple[tuple[str, int], str | None]:
+        """Where the stats page listens and its password hash: on every address with a password from the
+        keyring, else on 127.0.0.1 only (no password). Raises EdgeError when the secret is not there."""
         name = self.settings.stats_password_secret
         if name is None:
             return ("127.0.0.1", port), None
@@ -102,7 +102,7 @@ class Edge:
                 raise EdgeError(f"the stats password secret {name!r} is not in the keyring "
                                 f"(fleet secret set {name})")
             self._stats_hash = stats_password_hash(value)
-        return (lb_address, port), self._stats_hash
+        return ("0.0.0.0", port), self._stats_hash
 
     # --- certificates ---------------------------------------------------------------------------------
     async def prepare(self, wanted: Mapping[str, tuple[TlsSpec, tuple[str, ...]]], nodes: Sequence[LbNode],

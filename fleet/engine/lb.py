@@ -94,16 +94,16 @@ def _from_labels(name: str, replicas: list[Replica]) -> LbService | None:
                      "0.0.0.0", health)
 
 
-def config(rotation: Rotation, addresses: dict[str, str], lb_address: str, edge: Edge | None = None,
+def config(rotation: Rotation, addresses: dict[str, str], lb_address: str | None = None, edge: Edge | None = None,
            tls: dict[str, LbTls] | None = None) -> str:
-    """The haproxy.cfg of the lb node at `lb_address`: the same for every lb node but for the stats page's bind
-    address. With `edge`, host-routed services use its ports and `tls` (per service); the stats page listens
-    on 127.0.0.1 unless the edge has a stats password."""
+    """The haproxy.cfg of every lb node (the same on each, so any of them can hold the virtual IP; `lb_address`
+    no longer changes it). With `edge`, host-routed services use its ports and `tls` (per service); the stats
+    page listens on 127.0.0.1 unless the edge has a stats password (then on every address, behind it)."""
     services = [replace(s, tls=(tls or {}).get(s.name)) for s in rotation.services(addresses)]
     if edge is None:
         return render(services, admin_socket=ADMIN_SOCKET, state_file=STATE_FILE,
                       stats_bind=("127.0.0.1", STATS_PORT))
-    stats_bind, password_hash = edge.stats(lb_address, STATS_PORT)
+    stats_bind, password_hash = edge.stats(STATS_PORT)
     return render(services, admin_socket=ADMIN_SOCKET, state_file=STATE_FILE, stats_bind=stats_bind,
                   edge=edge.config(), stats_password_hash=password_hash)
 
