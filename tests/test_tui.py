@@ -92,8 +92,10 @@ async def test_tables_fill_from_the_snapshot():
             ("n1", "ready", "300m/1500m", "192M/3G", "-", "192M", "2"),
             ("n2", "ready", "200m/1500m", "128M/3G", "-", "128M", "2"),
             ("lb1", "ready", "0/1500m", "0B/3G", "-", "0B", "0")]
+        # Rates need two reads of HAProxy's counters.
         assert rows(app.main.query_one(ServicesTable)) == [
-            ("api", "1/2", "r3", "applied", "10.0.0.4:8080"), ("web", "3/3", "r3", "applied", "10.0.0.4:80")]
+            ("api", "1/2", "r3", "applied", "-", "-", "10.0.0.4:8080"),
+            ("web", "3/3", "r3", "applied", "-", "-", "10.0.0.4:80")]
         assert app.selected == "api"
         assert column(app.main.query_one(ReplicasTable), 0) == ["api-1-abc", "api-2-abc"]
         assert status_text(app).startswith("refreshed 12:00:01 in 0.30s · 3/3 nodes ready")
@@ -101,7 +103,7 @@ async def test_tables_fill_from_the_snapshot():
         assert app.source.asked == [("collect",)]  # type: ignore[attr-defined]
 
 
-async def test_cpu_used_and_charts_follow_the_cpu_time_between_refreshes():
+async def test_cpu_used_request_rates_and_charts_follow_the_counters_between_refreshes():
     source = RecordingSource(snapshot(0), snapshot(2), snapshot(4))
     app = FleetApp(source, interval=3600)
     async with app.run_test(size=SIZE) as pilot:
@@ -113,8 +115,14 @@ async def test_cpu_used_and_charts_follow_the_cpu_time_between_refreshes():
         cpu = NodesTable.COLUMNS.index("CPU USED") + (len(nodes.columns) - len(NodesTable.COLUMNS))
         # n1's containers used 0.4 core-seconds every 2 s: 200m; n2's 0.1: 50m
         assert column(nodes, cpu)[:2] == ["200m", "50m"]
-        assert list(app.series["n1"].cpu) == [pytest.approx(0.2), pytest.approx(0.2)]
-        assert "n1 CPU used 200m" in str(app.main.query_one("#cpu-label").render())
+        assert list(app.series["n1"].a) == [pytest.approx(0.2), pytest.approx(0.2)]
+        assert str(app.main.query_one("#cpu-label").render()) == "n1 cpu 200m"
+        # HAProxy's counters: api 4 requests a second, 0.5 of them 5xx; web 12.5, none.
+        services = app.main.query_one(ServicesTable)
+        assert [(r[0], r[4], r[5]) for r in rows(services)] == [("api", "4.0", "0.5"), ("web", "12.5", "0.0")]
+        assert list(app.traffic["web"].a) == [pytest.approx(12.5)] * 2
+        assert str(app.main.query_one("#req-label").render()) == "api req/s 4.0"
+        assert str(app.main.query_one("#err-label").render()) == "api 5xx/s 0.5"
 
 
 async def test_selecting_a_service_posts_a_message_and_shows_its_replicas():
@@ -460,6 +468,16 @@ async def test_events_view_lists_the_controller_events_and_follows_new_ones():
         await until(pilot, lambda: table.row_count == 2)
         assert rows(table)[1][1:] == ("stop", "web", "n2", "stopped web-1")
         assert table.cursor_row == 1
+
+
+def test_a_counter_that_goes_back_starts_its_rate_again():
+    from fleet.tui.data import Series
+
+    s = Series()
+    for at, requests, errors in ((0, 100, 5), (2, 120, 5), (4, 10, 0), (6, 30, 2)):
+        s.rate(at, requests, errors)
+    # 2→4: HAProxy restarted (counters back to 10): no rate for that step, the next one counts from 10.
+    assert list(s.a) == [10.0, 10.0] and list(s.b) == [0.0, 1.0]
 
 
 def test_the_event_ring_keeps_only_the_newest():

@@ -137,6 +137,9 @@ async def ui_session(pilot, app: FleetApp, source: FleetSource, lab, lb: str, op
         await until(pilot, lambda: replicas.row_count == 3 and app.snapshot.records[NAME].wanted == 3, timeout=20)
         assert replica_images(app) == ["fleet.local/demo:v2"] * 3
         assert rows(services)[column(services, 0).index(NAME)][1] == "3/3"
+        # HAProxy's counters of the backend, as rates between refreshes: the load is seen, without 5xx.
+        await until(pilot, lambda: any(x > 0 for x in app.traffic[NAME].a), timeout=10)
+        assert not any(app.traffic[NAME].b)
 
         # Roll back to revision 1 from the history view.
         await pilot.press("h")

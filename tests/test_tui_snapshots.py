@@ -61,7 +61,10 @@ def then(*keys: str, view: type | None = None, settle: Callable[[FleetApp], bool
             await until(pilot, lambda: isinstance(a.screen, view))
         if settle is not None:
             await until(pilot, lambda: settle(a))
-        await pilot.pause()
+        # Let every message the last key or refresh set off be handled and drawn (under load this takes a while).
+        for _ in range(3):
+            await pilot.pause(0.05)
+        await pilot.wait_for_scheduled_animations()
 
     return run_before
 

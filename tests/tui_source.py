@@ -51,24 +51,33 @@ def replica(service: str, n: int, node: str, health: str = "up", revision: int =
     return ReplicaStatus(rep, f"10.0.0.{node[-1]}", {"lb1": health})
 
 
-FLEET = FleetStatus(
-    services=(
-        ServiceStatus("api", (replica("api", 1, "n1"), replica("api", 2, "n2", "down")), ("10.0.0.4:8080",)),
-        ServiceStatus("web", (replica("web", 1, "n1"), replica("web", 2, "n2"), replica("web", 3, "n1")),
-                      ("10.0.0.4:80",)),
-    ),
-    errors={}, lb_errors={})
+def fleet_status(at: int = 0) -> FleetStatus:
+    """api and web; HAProxy has counted 4 requests a second for api (0.5 of them 5xx) and 12.5 for web."""
+    return FleetStatus(
+        services=(
+            ServiceStatus("api", (replica("api", 1, "n1"), replica("api", 2, "n2", "down")), ("10.0.0.4:8080",),
+                          (1000 + 4 * at, 10 + at // 2)),
+            ServiceStatus("web", (replica("web", 1, "n1"), replica("web", 2, "n2"), replica("web", 3, "n1")),
+                          ("10.0.0.4:80",), (5000 + int(12.5 * at), 0)),
+        ),
+        errors={}, lb_errors={})
+
+
+FLEET = fleet_status()
 RECORDS = {"api": ServiceRecord(accepted=3, wanted=2, decision="applied"),
            "web": ServiceRecord(accepted=3, wanted=3, decision="applied")}
 
 
 def snapshot(at: int = 0, nodes: Sequence[NodeReport] | None = None, errors: dict[str, str] | None = None,
-             status: FleetStatus | None = FLEET, records: dict[str, ServiceRecord] | None = None) -> Snapshot:
-    """The fleet `at` seconds after T0: node CPU time grows by 0.2 core-seconds a second on n1."""
+             status: FleetStatus | bool | None = True, records: dict[str, ServiceRecord] | None = None) -> Snapshot:
+    """The fleet `at` seconds after T0: node CPU time grows by 0.2 core-seconds a second on n1 (`status`: True
+    for `fleet_status(at)`)."""
+    if status is True:
+        status = fleet_status(at)
     taken = datetime.fromtimestamp(T0.timestamp() + at)
     default = (ready("n1", 192 * MiB, int(at * 0.2e9), 2), ready("n2", 128 * MiB, int(at * 0.05e9), 2),
                ready("lb1"))
-    return Snapshot(tuple(nodes if nodes is not None else default), status, errors or {}, taken, 0.3,
+    return Snapshot(tuple(nodes if nodes is not None else default), status or None, errors or {}, taken, 0.3,
                     RECORDS if records is None else records)
 
 

@@ -32,7 +32,7 @@ from fleet.tui.screens import (
     View,
 )
 from fleet.tui.widgets import (
-    NodeCharts,
+    Charts,
     NodesTable,
     ReplicasTable,
     Requested,
@@ -84,7 +84,8 @@ class FleetApp(App[None]):
         self.snapshot: Snapshot | None = None
         self.selected: str | None = None
         self.node: str | None = None
-        self.series: dict[str, Series] = {}
+        self.series: dict[str, Series] = {}  # per node: container CPU, memory
+        self.traffic: dict[str, Series] = {}  # per service: requests and 5xx per second
         self.running: Action | None = None
         self.results: list[tuple[Action, ActionResult]] = []
         self.first_shown: float | None = None
@@ -127,7 +128,7 @@ class FleetApp(App[None]):
             except Exception as exc:
                 snapshot = failed(self.snapshot, exc)
             else:
-                track(self.series, snapshot, snapshot.taken_at.timestamp())
+                track(self.series, self.traffic, snapshot)
             self.status.busy = False
             self.show(snapshot)
             with contextlib.suppress(TimeoutError):
@@ -157,7 +158,8 @@ class FleetApp(App[None]):
         nodes.items = tuple((r.node.name, node_cells(r, snapshot, self.series.get(r.node.name), cordon))
                            for r in snapshot.nodes)
         main.query_one(ServicesTable).items = tuple(
-            (s.name, service_cells(s, snapshot.records.get(s.name))) for s in snapshot.services)
+            (s.name, service_cells(s, snapshot.records.get(s.name), self.traffic.get(s.name)))
+            for s in snapshot.services)
         self.status.snapshot = snapshot
         self._show_replicas()
         self._show_charts()
@@ -172,7 +174,9 @@ class FleetApp(App[None]):
         table.items = tuple(replica_cells(service)) if service else ()
 
     def _show_charts(self) -> None:
-        self.main.query_one(NodeCharts).show(self.node, self.series.get(self.node or ""))
+        charts = self.main.query_one(Charts)
+        charts.show_node(self.node, self.series.get(self.node or ""))
+        charts.show_service(self.selected, self.traffic.get(self.selected or ""))
 
     def on_row_chosen(self, message: RowChosen) -> None:
         if not self.screen_stack:  # a late message while the app shuts down
@@ -180,6 +184,7 @@ class FleetApp(App[None]):
         if isinstance(message.table, ServicesTable):
             self.selected = message.key
             self._show_replicas()
+            self._show_charts()
         elif isinstance(message.table, NodesTable):
             self.node = message.key
             self._show_charts()

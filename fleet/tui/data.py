@@ -8,7 +8,6 @@ a bounded `EventRing`. `fleet.tui.source.FleetSource` implements the protocol ov
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -215,26 +214,45 @@ def failed(previous: Snapshot | None, exc: BaseException) -> Snapshot:
 
 @dataclass
 class Series:
-    """A node's measured figures over the last refreshes, for its sparklines: container CPU in cores (from the
-    growth of their CPU time between two refreshes) and memory in use."""
+    """Figures of one node or service over the last refreshes, for its sparklines: `a` and `b` are rates of
+    cumulative counters between two reads (a node's container CPU time in cores, a service's requests per
+    second) or levels (`b` of a node: memory in use; of a service: 5xx responses per second)."""
 
-    cpu: deque[float] = field(default_factory=lambda: deque(maxlen=90))
-    memory: deque[float] = field(default_factory=lambda: deque(maxlen=90))
-    last: tuple[float, int] | None = None  # (monotonic seconds, CPU ns) of the previous refresh
+    a: deque[float] = field(default_factory=lambda: deque(maxlen=90))
+    b: deque[float] = field(default_factory=lambda: deque(maxlen=90))
+    last: tuple[float, float, float] | None = None  # (seconds, counter a, counter b) of the previous read
 
-    def add(self, at: float, cpu_ns: int, memory: int) -> None:
-        if self.last is not None and at > self.last[0] and cpu_ns >= self.last[1]:
-            self.cpu.append((cpu_ns - self.last[1]) / 1e9 / (at - self.last[0]))
-        self.last = (at, cpu_ns)
-        self.memory.append(float(memory))
+    def rate(self, at: float, a: float, b: float | None = None) -> None:
+        """Add the rates of counters `a` (and `b`) since the last read; a counter that went back (a restarted
+        HAProxy or container) starts again."""
+        last = self.last
+        # Rounded so that jitter in the last digits does not fill a flat chart's whole height.
+        if last is not None and at > last[0] and a >= last[1]:
+            self.a.append(round((a - last[1]) / (at - last[0]), 3))
+            if b is not None and b >= last[2]:
+                self.b.append(round((b - last[2]) / (at - last[0]), 3))
+        self.last = (at, a, b if b is not None else 0.0)
+
+    def level(self, b: float) -> None:
+        self.b.append(b)
 
 
-def track(series: dict[str, Series], snapshot: Snapshot, at: float | None = None) -> None:
-    """Add each ready node's figures from `snapshot` to its series."""
-    at = time.monotonic() if at is None else at
+def track(series: dict[str, Series], traffic: dict[str, Series], snapshot: Snapshot) -> None:
+    """Add each ready node's CPU and memory, and each service's request and 5xx rates, from `snapshot`; times
+    are the snapshot's own (its reads, not when the app got them)."""
+    at = snapshot.taken_at.timestamp()
     for r in snapshot.nodes:
         if r.facts is not None:
-            series.setdefault(r.node.name, Series()).add(at, r.facts.used_cpu_ns, r.facts.used_memory)
+            s = series.setdefault(r.node.name, Series())
+            s.rate(at, r.facts.used_cpu_ns / 1e9)
+            s.level(float(r.facts.used_memory))
+    for svc in snapshot.services:
+        requests, errors = getattr(svc, "requests", (0, 0))
+        traffic.setdefault(svc.name, Series()).rate(at, float(requests), float(errors))
+
+
+def rate_text(per_second: float) -> str:
+    return f"{per_second:.1f}" if per_second < 100 else f"{per_second:.0f}"
 
 
 def cpu_text(cores: float) -> str:

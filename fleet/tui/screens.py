@@ -18,10 +18,10 @@ from textual.widgets import Button, DataTable, Footer, Input, Label, Log, Static
 
 from fleet.tui.keys import KEYS
 from fleet.tui.widgets import (
+    Charts,
     EventsTable,
     FleetTable,
     HistoryTable,
-    NodeCharts,
     NodesTable,
     ReplicasTable,
     ServicesTable,
@@ -111,7 +111,7 @@ class MainScreen(View):
 
     def compose(self) -> ComposeResult:
         yield NodesTable(id="nodes")
-        yield NodeCharts(id="charts")
+        yield Charts(id="charts")
         with Horizontal(id="services-row"):
             yield ServicesTable(id="services")
             yield ReplicasTable(id="replicas")

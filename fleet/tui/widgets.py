@@ -15,7 +15,7 @@ from textual.reactive import var
 from textual.widgets import DataTable, Label, Sparkline, Static
 
 from fleet.core.units import format_cpu, short_size
-from fleet.tui.data import Series, cpu_text, size_text
+from fleet.tui.data import Series, cpu_text, rate_text, size_text
 
 if TYPE_CHECKING:
     from textual.app import ComposeResult
@@ -52,7 +52,7 @@ def node_cells(r: NodeReport, snapshot: Snapshot | None = None, series: Series |
     if f is None:
         return (r.node.name, status, *mark, "-", "-", "-", "-", "-", "-")
     req_cpu, req_mem = snapshot.requested(r.node.name) if snapshot is not None else (0.0, 0)
-    cpu_used = cpu_text(series.cpu[-1]) if series is not None and series.cpu else "-"
+    cpu_used = cpu_text(series.a[-1]) if series is not None and series.a else "-"
     return (r.node.name, status, *mark,
             f"{cpu_text(req_cpu)}/{format_cpu(round(alloc.cpu, 3))}" if alloc else "-",
             f"{short_size(req_mem)}/{short_size(alloc.memory)}" if alloc else "-",
@@ -68,16 +68,19 @@ def rollout_text(rec: ServiceRecord | None) -> Text:
     return Text(rec.decision or "-", style)
 
 
-def service_cells(s: ServiceStatus, rec: ServiceRecord | None = None) -> tuple[Cell, ...]:
-    """service, ready/wanted, revision, rollout, endpoint."""
+def service_cells(s: ServiceStatus, rec: ServiceRecord | None = None, traffic: Series | None = None
+                  ) -> tuple[Cell, ...]:
+    """service, ready/wanted, revision, rollout, requests/s, 5xx/s, endpoint."""
     wanted = rec.wanted if rec is not None and rec.wanted is not None else s.running
     ok = s.healthy == wanted and s.running == wanted
     revs = sorted({r.replica.revision for r in s.replicas if r.replica.revision is not None})
     rev = f"r{rec.accepted}" if rec is not None and rec.accepted is not None else "-"
     if revs and [f"r{x}" for x in revs] != [rev]:
         rev += " (" + ",".join(f"r{x}" for x in revs) + ")"
-    return (s.name, Text(f"{s.healthy}/{wanted}", style="green" if ok else "yellow"), rev, rollout_text(rec),
-            ", ".join(s.endpoints) or "-")
+    req = rate_text(traffic.a[-1]) if traffic is not None and traffic.a else "-"
+    err = traffic.b[-1] if traffic is not None and traffic.b else None
+    return (s.name, Text(f"{s.healthy}/{wanted}", style="green" if ok else "yellow"), rev, rollout_text(rec), req,
+            Text(rate_text(err), "red" if err else "") if err is not None else "-", ", ".join(s.endpoints) or "-")
 
 
 def replica_cells(s: ServiceStatus) -> list[Row]:
@@ -225,7 +228,7 @@ class ServicesTable(FleetTable):
     """One row per service; the highlighted one's replicas show beside it."""
 
     TITLE = "Services"
-    COLUMNS = ("SERVICE", "READY", "REV", "ROLLOUT", "ADDRESS")
+    COLUMNS = ("SERVICE", "READY", "REV", "ROLLOUT", "REQ/S", "5XX/S", "ADDRESS")
     ACTIONS = frozenset({"scale", "rollback", "promote", "abort", "destroy"})
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("h", "history", "History"),
@@ -310,27 +313,33 @@ class EventsTable(FleetTable):
     COLUMNS = ("TIME", "STEP", "SERVICE", "NODE", "MESSAGE")
 
 
-class NodeCharts(Horizontal):
-    """Sparklines of one node's measured container CPU and memory over the last refreshes."""
+class Charts(Horizontal):
+    """Sparklines of the highlighted node (container CPU, memory in use) and service (requests and 5xx responses
+    per second at the load balancers) over the last refreshes."""
+
+    NAMES = ("cpu", "mem", "req", "err")
 
     def compose(self) -> ComposeResult:
-        with Vertical(classes="chart"):
-            yield Label("CPU", id="cpu-label")
-            yield Sparkline([], id="cpu-chart")
-        with Vertical(classes="chart"):
-            yield Label("MEM", id="mem-label")
-            yield Sparkline([], id="mem-chart")
+        for name in self.NAMES:
+            with Vertical(classes="chart"):
+                yield Label(name, id=f"{name}-label")
+                yield Sparkline([], id=f"{name}-chart")
 
-    def show(self, node: str | None, series: Series | None) -> None:
-        cpu = list(series.cpu) if series else []
-        mem = list(series.memory) if series else []
-        self.query_one("#cpu-chart", Sparkline).data = cpu
-        self.query_one("#mem-chart", Sparkline).data = mem
+    def _put(self, name: str, data: list[float], text: str) -> None:
+        self.query_one(f"#{name}-chart", Sparkline).data = data
+        self.query_one(f"#{name}-label", Label).update(text)
+
+    def show_node(self, node: str | None, series: Series | None) -> None:
+        cpu, mem = (list(series.a), list(series.b)) if series else ([], [])
         name = node or "-"
-        self.query_one("#cpu-label", Label).update(
-            f"{name} CPU used {cpu_text(cpu[-1]) if cpu else '-'} (max {cpu_text(max(cpu)) if cpu else '-'})")
-        self.query_one("#mem-label", Label).update(
-            f"{name} memory used {size_text(mem[-1]) if mem else '-'} (max {size_text(max(mem)) if mem else '-'})")
+        self._put("cpu", cpu, f"{name} cpu {cpu_text(cpu[-1]) if cpu else '-'}")
+        self._put("mem", mem, f"{name} mem {size_text(mem[-1]) if mem else '-'}")
+
+    def show_service(self, service: str | None, series: Series | None) -> None:
+        req, err = (list(series.a), list(series.b)) if series else ([], [])
+        name = service or "-"
+        self._put("req", req, f"{name} req/s {rate_text(req[-1]) if req else '-'}")
+        self._put("err", err, f"{name} 5xx/s {rate_text(err[-1]) if err else '-'}")
 
 
 class StatusLine(Static):
