@@ -67,6 +67,7 @@ class Cli:
         out = subprocess.run([*FLEET, "exec", container, "--", "sh", "-c", script], capture_output=True, text=True,
                              env=self.env, timeout=60)
         self.outputs.append(out.stderr)
+        assert out.stdout or out.returncode == 0, f"fleet exec {container}: {out.returncode} {out.stderr}"
         return out.stdout
 
 
