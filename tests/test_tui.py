@@ -5,7 +5,8 @@ The source is the only stand-in (tests/tui_source.py): widgets, screens, workers
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from helpers import wait_until_async
@@ -64,11 +65,6 @@ def footer_keys(app: FleetApp) -> set[str]:
     return {b.description for _, b, enabled, _ in app.active_bindings.values() if b.show and enabled}
 
 
-async def started(source: RecordingSource, size: tuple[int, int] = SIZE, **kw: object):
-    app = FleetApp(source, interval=3600, **kw)  # type: ignore[arg-type]
-    return app
-
-
 async def focus(pilot: Pilot[None], app: FleetApp, table: type[FleetTable]) -> FleetTable:
     widget = app.screen.query_one(table)
     widget.focus()
@@ -81,11 +77,19 @@ async def ready_app(pilot: Pilot[None], app: FleetApp) -> None:
                 and app.selected is not None)
 
 
+@contextlib.asynccontextmanager
+async def running(source: RecordingSource, size: tuple[int, int] = SIZE, read_only: bool = False
+                  ) -> AsyncIterator[tuple[Pilot[None], FleetApp]]:
+    """The app over `source`, refreshed only on `r`, with its first snapshot shown."""
+    app = FleetApp(source, interval=3600, read_only=read_only)
+    async with app.run_test(size=size) as pilot:
+        await ready_app(pilot, app)
+        yield pilot, app
+
+
 # --- the main view ---------------------------------------------------------------------------------------------
 async def test_tables_fill_from_the_snapshot():
-    app = FleetApp(RecordingSource(HEALTHY), interval=3600)
-    async with app.run_test(size=SIZE) as pilot:
-        await ready_app(pilot, app)
+    async with running(RecordingSource(HEALTHY)) as (_pilot, app):
         nodes = app.main.query_one(NodesTable)
         # requested = the running replicas' labels (0.1 CPU, 64M each: 3 on n1, 2 on n2); CPU used needs two reads
         assert [(r[0], r[1], r[-6], r[-5], r[-4], r[-3], r[-1]) for r in rows(nodes)] == [
@@ -105,9 +109,7 @@ async def test_tables_fill_from_the_snapshot():
 
 async def test_cpu_used_request_rates_and_charts_follow_the_counters_between_refreshes():
     source = RecordingSource(snapshot(0), snapshot(2), snapshot(4))
-    app = FleetApp(source, interval=3600)
-    async with app.run_test(size=SIZE) as pilot:
-        await ready_app(pilot, app)
+    async with running(source) as (pilot, app):
         for n in (2, 3):
             await pilot.press("r")
             await until(pilot, lambda n=n: source.calls == n and app.snapshot is source.snapshots[n - 1])
@@ -142,9 +144,7 @@ async def test_selecting_a_service_posts_a_message_and_shows_its_replicas():
 
 
 async def test_selection_survives_a_refresh():
-    app = FleetApp(RecordingSource(HEALTHY, N2_DOWN), interval=3600)
-    async with app.run_test(size=SIZE) as pilot:
-        await ready_app(pilot, app)
+    async with running(RecordingSource(HEALTHY, N2_DOWN)) as (pilot, app):
         await focus(pilot, app, ServicesTable)
         await pilot.press("down")
         await until(pilot, lambda: app.selected == "web")
@@ -186,9 +186,7 @@ async def test_refresh_key_and_interval_each_read_again():
 
 async def test_failed_refresh_keeps_last_data_and_says_why():
     source = RecordingSource(HEALTHY, RuntimeError("boom"))
-    app = FleetApp(source, interval=3600)
-    async with app.run_test(size=SIZE) as pilot:
-        await ready_app(pilot, app)
+    async with running(source) as (pilot, app):
         await pilot.press("r")
         await until(pilot, lambda: source.calls == 2 and app.snapshot is not HEALTHY)
         await pilot.pause()
@@ -207,9 +205,7 @@ async def test_quit_key_exits():
 
 @pytest.mark.parametrize(("size", "narrow"), [((100, 30), True), ((160, 45), False)])
 async def test_below_140_columns_the_replicas_go_under_the_services(size, narrow):
-    app = FleetApp(RecordingSource(HEALTHY), interval=3600)
-    async with app.run_test(size=size) as pilot:
-        await ready_app(pilot, app)
+    async with running(RecordingSource(HEALTHY), size=size) as (_pilot, app):
         services, replicas = app.main.query_one(ServicesTable), app.main.query_one(ReplicasTable)
         assert app.main.has_class("narrow") is narrow
         assert (replicas.region.y > services.region.y) is narrow
@@ -248,9 +244,7 @@ def test_readme_key_table_is_the_help_list():
 
 
 async def test_help_key_shows_every_key_and_esc_closes_it():
-    app = FleetApp(RecordingSource(HEALTHY), interval=3600)
-    async with app.run_test(size=SIZE) as pilot:
-        await ready_app(pilot, app)
+    async with running(RecordingSource(HEALTHY)) as (pilot, app):
         await pilot.press("question_mark")
         await until(pilot, lambda: isinstance(app.screen, HelpScreen))
         table = app.screen.query_one("#keys")
@@ -260,9 +254,7 @@ async def test_help_key_shows_every_key_and_esc_closes_it():
 
 
 async def test_filter_shows_matching_rows_and_esc_clears_it():
-    app = FleetApp(RecordingSource(HEALTHY), interval=3600)
-    async with app.run_test(size=SIZE) as pilot:
-        await ready_app(pilot, app)
+    async with running(RecordingSource(HEALTHY)) as (pilot, app):
         services = await focus(pilot, app, ServicesTable)
         await pilot.press("slash")
         await until(pilot, lambda: isinstance(app.focused, Input))
@@ -287,9 +279,7 @@ async def test_filter_shows_matching_rows_and_esc_clears_it():
 
 async def test_command_palette_offers_views_and_actions_by_name():
     source = RecordingSource(HEALTHY)
-    app = FleetApp(source, interval=3600)
-    async with app.run_test(size=SIZE) as pilot:
-        await ready_app(pilot, app)
+    async with running(source) as (pilot, app):
         await pilot.press("ctrl+p")
         await until(pilot, lambda: isinstance(app.screen, CommandPalette))
         await pilot.press(*"destroy web")
@@ -303,9 +293,7 @@ async def test_command_palette_offers_views_and_actions_by_name():
 
 
 async def test_esc_goes_back_from_every_view():
-    app = FleetApp(RecordingSource(HEALTHY), interval=3600)
-    async with app.run_test(size=SIZE) as pilot:
-        await ready_app(pilot, app)
+    async with running(RecordingSource(HEALTHY)) as (pilot, app):
         await focus(pilot, app, ServicesTable)
         for key, view in (("h", HistoryScreen), ("l", LogScreen), ("e", EventsScreen), ("question_mark", HelpScreen)):
             await focus(pilot, app, ServicesTable)
@@ -319,9 +307,7 @@ async def test_esc_goes_back_from_every_view():
 # --- actions -----------------------------------------------------------------------------------------------------
 async def test_scale_asks_the_count_confirms_naming_it_and_runs_through_the_source():
     source = RecordingSource(HEALTHY)
-    app = FleetApp(source, interval=3600)
-    async with app.run_test(size=SIZE) as pilot:
-        await ready_app(pilot, app)
+    async with running(source) as (pilot, app):
         await focus(pilot, app, ServicesTable)
         await pilot.press("s")
         await until(pilot, lambda: isinstance(app.screen, AskScreen))
@@ -345,9 +331,7 @@ async def test_scale_asks_the_count_confirms_naming_it_and_runs_through_the_sour
 
 async def test_no_at_the_confirmation_changes_nothing():
     source = RecordingSource(HEALTHY)
-    app = FleetApp(source, interval=3600)
-    async with app.run_test(size=SIZE) as pilot:
-        await ready_app(pilot, app)
+    async with running(source) as (pilot, app):
         await focus(pilot, app, ServicesTable)
         await pilot.press("D")
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
@@ -370,9 +354,7 @@ async def test_no_at_the_confirmation_changes_nothing():
 ])
 async def test_each_action_key_confirms_what_it_will_do_then_runs_it(table, key, expected, words):
     source = RecordingSource(HEALTHY)
-    app = FleetApp(source, interval=3600)
-    async with app.run_test(size=SIZE) as pilot:
-        await ready_app(pilot, app)
+    async with running(source) as (pilot, app):
         await focus(pilot, app, table)
         await pilot.press(key)
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
@@ -384,9 +366,7 @@ async def test_each_action_key_confirms_what_it_will_do_then_runs_it(table, key,
 
 async def test_exec_asks_the_command_and_shows_its_output():
     source = RecordingSource(HEALTHY)
-    app = FleetApp(source, interval=3600)
-    async with app.run_test(size=SIZE) as pilot:
-        await ready_app(pilot, app)
+    async with running(source) as (pilot, app):
         await focus(pilot, app, ReplicasTable)
         await pilot.press("down", "x")
         await until(pilot, lambda: isinstance(app.screen, AskScreen))
@@ -401,9 +381,7 @@ async def test_exec_asks_the_command_and_shows_its_output():
 
 async def test_an_action_refused_because_the_lease_is_held_names_the_holder():
     source = RecordingSource(HEALTHY, refuse=True)
-    app = FleetApp(source, interval=3600)
-    async with app.run_test(size=SIZE) as pilot:
-        await ready_app(pilot, app)
+    async with running(source) as (pilot, app):
         await focus(pilot, app, ServicesTable)
         await pilot.press("b", "y")
         await until(pilot, lambda: isinstance(app.screen, ActionScreen) and app.screen.result is not None)
@@ -417,9 +395,7 @@ async def test_an_action_refused_because_the_lease_is_held_names_the_holder():
 
 async def test_a_fleet_error_is_the_action_result_and_the_app_stays_up():
     source = RecordingSource(HEALTHY, fail="web: no accepted revision on this fleet's records")
-    app = FleetApp(source, interval=3600)
-    async with app.run_test(size=SIZE) as pilot:
-        await ready_app(pilot, app)
+    async with running(source) as (pilot, app):
         await focus(pilot, app, ServicesTable)
         await pilot.press("p", "y")
         await until(pilot, lambda: isinstance(app.screen, ActionScreen) and app.screen.result is not None)
@@ -490,9 +466,7 @@ def test_the_event_ring_keeps_only_the_newest():
 
 async def test_history_view_reads_revisions_and_rolls_back_to_the_chosen_one():
     source = RecordingSource(HEALTHY)
-    app = FleetApp(source, interval=3600)
-    async with app.run_test(size=SIZE) as pilot:
-        await ready_app(pilot, app)
+    async with running(source) as (pilot, app):
         await focus(pilot, app, ServicesTable)
         await pilot.press("down", "h")
         await until(pilot, lambda: isinstance(app.screen, HistoryScreen) and app.screen.revisions is not None)
@@ -511,9 +485,7 @@ async def test_history_view_reads_revisions_and_rolls_back_to_the_chosen_one():
 
 async def test_log_view_follows_searches_pauses_and_stops_reading_when_left():
     source = RecordingSource(HEALTHY)
-    app = FleetApp(source, interval=3600)
-    async with app.run_test(size=SIZE) as pilot:
-        await ready_app(pilot, app)
+    async with running(source) as (pilot, app):
         await focus(pilot, app, ServicesTable)
         await pilot.press("down", "l")
         await until(pilot, lambda: isinstance(app.screen, LogScreen) and len(app.screen.query_one(Log).lines) == 3)
@@ -540,9 +512,7 @@ async def test_log_view_follows_searches_pauses_and_stops_reading_when_left():
 
 async def test_replica_log_view_reads_that_replica_and_says_when_it_cannot():
     source = RecordingSource(HEALTHY)
-    app = FleetApp(source, interval=3600)
-    async with app.run_test(size=SIZE) as pilot:
-        await ready_app(pilot, app)
+    async with running(source) as (pilot, app):
         await focus(pilot, app, ServicesTable)
         await pilot.press("down")
         await until(pilot, lambda: app.selected == "web")
@@ -560,9 +530,7 @@ async def test_replica_log_view_reads_that_replica_and_says_when_it_cannot():
 # --- what may be done --------------------------------------------------------------------------------------------
 async def test_read_only_hides_every_action_but_keeps_the_views():
     source = RecordingSource(HEALTHY)
-    app = FleetApp(source, interval=3600, read_only=True)
-    async with app.run_test(size=SIZE) as pilot:
-        await ready_app(pilot, app)
+    async with running(source, read_only=True) as (pilot, app):
         for table in (NodesTable, ServicesTable, ReplicasTable):
             await focus(pilot, app, table)
             shown = footer_keys(app)
@@ -589,9 +557,7 @@ async def test_read_only_hides_every_action_but_keeps_the_views():
 
 async def test_node_actions_are_hidden_when_the_source_cannot_do_them():
     source = RecordingSource(HEALTHY, verbs=("scale", "destroy"))
-    app = FleetApp(source, interval=3600)
-    async with app.run_test(size=SIZE) as pilot:
-        await ready_app(pilot, app)
+    async with running(source) as (pilot, app):
         await focus(pilot, app, NodesTable)
         assert not footer_keys(app) & {"Cordon", "Uncordon", "Drain"}
         await pilot.press("c", "d")
@@ -603,9 +569,7 @@ async def test_node_actions_are_hidden_when_the_source_cannot_do_them():
 
 
 async def test_cordon_column_shows_when_the_reports_carry_it():
-    app = FleetApp(RecordingSource(snapshot(nodes=(ready("n1"), ready("n2")))), interval=3600)
-    async with app.run_test(size=SIZE) as pilot:
-        await ready_app(pilot, app)
+    async with running(RecordingSource(snapshot(nodes=(ready("n1"), ready("n2"))))) as (_pilot, app):
         nodes = app.main.query_one(NodesTable)
         has = hasattr(ready("n1"), "cordoned")
         assert ("CORDON" in [str(c.label) for c in nodes.columns.values()]) is has

@@ -200,3 +200,18 @@ async def ui_session(pilot, app: FleetApp, source: FleetSource, lab, lb: str, op
     # The controller's events of the UI's own actions are in the events view's ring.
     steps = {e.step for e in source.events}
     assert steps, "the engine's events reach the UI through the façade's on_event"
+
+    # Cordon and uncordon a node from the nodes table (the façade's node operations, under the lease).
+    nodes = app.main.query_one(NodesTable)
+    assert "CORDON" in [str(c.label) for c in nodes.columns.values()]
+    mark = [str(c.label) for c in nodes.columns.values()].index("CORDON")
+    nodes.focus()
+    nodes.move_cursor(row=column(nodes, 0).index("n3"))
+    await until(pilot, lambda: app.node == "n3")
+    for key, want in (("c", "cordoned"), ("u", "-")):
+        await pilot.press(key)
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        result = await finish_action(pilot, app)
+        assert result.ok, result
+        await until(pilot, lambda want=want: column(nodes, mark)[column(nodes, 0).index("n3")] == want, timeout=10)
