@@ -172,35 +172,30 @@ def test_the_sweep_removes_files_of_containers_gone_and_keeps_the_rest(tmp_path:
     assert gone.returncode == 0 and [p.name for p in sf.iterdir()] == ["stray-file"] and not list(cf.glob("*/*"))
 
 
-@pytest.fixture()
-def node() -> Iterator[Listener]:
-    listener = Listener()
-    try:
-        yield listener
-    finally:
-        listener.sock.close()
-
-
 def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*INSTALLED_CLI, *args], capture_output=True, text=True, timeout=60,
                           env={**os.environ, **env, "COLUMNS": "400", "FLEET_LAB_ROOT": "/nonexistent"})
 
 
-def test_through_the_cli_a_bad_config_and_an_unusable_keyring_change_nothing(tmp_path: Path, node: Listener):
-    inv = inventory_for(tmp_path, node)
-    book = tmp_path / "web.yaml"
-    book.write_text("services:\n  web:\n    image: localhost/web:v1\n"
-                    "    configs: [{source: ../elsewhere.conf, target: /etc/a.conf}]\n")
-    refused = cli("apply", str(book), "-i", inv)
-    assert refused.returncode == 2 and f"{book}:4: services.web.configs[0].source: '../elsewhere.conf' is outside" \
-        in refused.stderr, refused.stderr
-    book.write_text("services:\n  web:\n    image: localhost/web:v1\n    secrets: [{secret: db}]\n")
-    for args in (("apply", str(book), "-i", inv), ("plan", str(book), "-i", inv), ("secret", "check", str(book))):
-        out = cli(*args, PYTHON_KEYRING_BACKEND="keyring.backends.fail.Keyring")
-        assert out.returncode == 1, out.stdout + out.stderr
-        assert "no keyring backend on this machine" in out.stderr and "PYTHON_KEYRING_BACKEND" in out.stderr
-        assert "Traceback" not in out.stderr
-    assert node.offered() == 0, "no node was contacted"
+def test_through_the_cli_a_bad_config_and_an_unusable_keyring_change_nothing(tmp_path: Path):
+    node = Listener()  # a node that only counts the connections offered to it
+    try:
+        inv = inventory_for(tmp_path, node)
+        book = tmp_path / "web.yaml"
+        book.write_text("services:\n  web:\n    image: localhost/web:v1\n"
+                        "    configs: [{source: ../elsewhere.conf, target: /etc/a.conf}]\n")
+        refused = cli("apply", str(book), "-i", inv)
+        assert refused.returncode == 2 and f"{book}:4: services.web.configs[0].source: '../elsewhere.conf' is outside" \
+            in refused.stderr, refused.stderr
+        book.write_text("services:\n  web:\n    image: localhost/web:v1\n    secrets: [{secret: db}]\n")
+        for args in (("apply", str(book), "-i", inv), ("plan", str(book), "-i", inv), ("secret", "check", str(book))):
+            out = cli(*args, PYTHON_KEYRING_BACKEND="keyring.backends.fail.Keyring")
+            assert out.returncode == 1, out.stdout + out.stderr
+            assert "no keyring backend on this machine" in out.stderr and "PYTHON_KEYRING_BACKEND" in out.stderr
+            assert "Traceback" not in out.stderr
+        assert node.offered() == 0, "no node was contacted"
+    finally:
+        node.sock.close()
 
 
 def test_reconcile_without_a_keyring_converges_the_services_without_secrets_and_names_the_others(use_keyring):
