@@ -135,3 +135,14 @@ def test_replicas_already_there_are_not_moved_for_measured_use():
     placement = place(_nodes(int(1.9 * GiB)), here, [web])
     assert [(a.node, a.reason) for a in placement.assignments] == [("n2", "keep"), ("n2", "keep")]
     assert not placement.stops
+
+
+def test_node_states_built_once_per_report_and_node_errors_make_it_unhealthy():
+    rec = json.loads((DATA / "lab_node_cgroup_hog.json").read_text())
+    report = report_from(Node("n2", "10.0.0.2", roles=("worker",)), 0, rec["stdout"], None, 0.1)
+    (first,) = node_states([report])
+    (again,) = node_states([report])
+    assert first is again and first.healthy
+    (errored,) = node_states([report], {"n2": "listing failed"})
+    assert not errored.healthy and errored.others == first.others and errored.capacity == first.capacity
+    assert report.node_state.healthy  # the report's own view is not changed by one run's errors

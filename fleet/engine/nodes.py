@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 from fleet.core.model import CommandResult, Node, Resources
 from fleet.core.nodeops import NodeMark
@@ -17,6 +18,7 @@ from fleet.core.shell import Script
 from fleet.engine.resolve import ip_literal, resolve_nodes
 from fleet.node.facts import FACTS_SCRIPT, PROBE_TIMEOUT, NodeFacts, parse_facts
 from fleet.node.paths import DEFAULT
+from fleet.plan.scheduler import NodeState
 from fleet.transport import Pool, fanout
 
 # The facts script reads files and runs a 3 s probe at most: 10 s is generous, and a node that takes longer is
@@ -79,6 +81,18 @@ class NodeReport:
         if cap is not None:
             size = Resources(min(size.cpu, cap.cpu or size.cpu), min(size.memory, cap.memory or size.memory))
         return size - self.node.reserved
+
+    @cached_property
+    def node_state(self) -> NodeState:
+        """The scheduler's view of this node as it answered (healthy when ready): allocatable size, labels, host
+        ports others listen on, measured use beyond fleet's reservations, cordon marks. Built once per report:
+        a run plans once per service, and every plan reads every node."""
+        alloc = self.allocatable or Resources()
+        facts = self.facts
+        return NodeState(self.node.name, Resources(max(alloc.cpu, 0.0), max(alloc.memory, 0)), Resources(),
+                         self.labels, self.ok, facts.listening if facts is not None else frozenset(),
+                         others=facts.others if facts is not None else Resources(), cordoned=self.cordoned,
+                         draining=self.draining)
 
 
 def facts_command(node: Node, ports: bool = False) -> Script:

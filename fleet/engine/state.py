@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from fleet.core import labels as L
 from fleet.core.labels import parse_labels
@@ -79,11 +79,8 @@ def node_states(reports: list[NodeReport], errors: dict[str, str] | None = None,
                              sum(k.resources.memory for k in kept))
             out.append(NodeState(r.node.name, size, Resources(), r.labels, True, cordoned=True))
             continue
-        alloc = r.allocatable or Resources()
-        healthy = r.ok and r.node.name not in (errors or {})
-        ports = frozenset(r.facts.listening) if r.facts is not None else frozenset()
-        others = r.facts.others if r.facts is not None else Resources()
-        out.append(NodeState(r.node.name, Resources(max(alloc.cpu, 0.0), max(alloc.memory, 0)), Resources(),
-                             r.labels, healthy, ports, others=others, cordoned=r.cordoned,
-                             draining=r.draining))
+        state = r.node_state
+        if state.healthy and r.node.name in (errors or {}):
+            state = replace(state, healthy=False)
+        out.append(state)
     return out
