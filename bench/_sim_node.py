@@ -42,6 +42,17 @@ from fleet.node.paths import DEFAULT  # noqa: E402
 _RECORDED = json.loads((ROOT / "tests" / "data" / "ctr" / "list.json").read_text())["stdout"]
 _INFO = json.loads(_RECORDED.split("@@container web-1-rec001\n", 1)[1].split("\n@@oom", 1)[0])
 MEM_TOTAL_KB = 16 * 1024 * 1024  # a 16 GiB, 8-CPU node
+# What a real node's facts also print (recorded on the lab, tests/data/facts): the rest of /proc/meminfo and the
+# memory cgroup root's files (no limit there: the machine's own memory is the node's), so parsing costs as much.
+_FACTS = ROOT / "tests" / "data" / "facts"
+_MEMINFO_REST = [ln for ln in json.loads((_FACTS / "lab_node_idle.json").read_text())["stdout"].splitlines()
+                 if ln.startswith("/proc/meminfo:") and not ln.startswith(("/proc/meminfo:MemTotal:",
+                                                                            "/proc/meminfo:MemFree:",
+                                                                            "/proc/meminfo:MemAvailable:"))]
+_CGROUP_ROOT = ["/sys/fs/cgroup/memory/memory.limit_in_bytes:9223372036854771712",
+                "/sys/fs/cgroup/memory/memory.usage_in_bytes:1879048192"] + [
+    ln for ln in json.loads((_FACTS / "lab_node_cgroup_hog.json").read_text())["stdout"].splitlines()
+    if ln.startswith("/sys/fs/cgroup/memory/memory.stat:")]
 VERSION_CACHE = DEFAULT.runtime_version_cache("ctr")
 TASKS = "/run/containerd/io.containerd.runtime.v2.task/fleet"
 BTIME = int(time.time()) - 100_000
@@ -82,7 +93,7 @@ class SimNode:
                  f"/proc/meminfo:MemAvailable:   {MEM_TOTAL_KB - 1_000_000} kB",
                  "/proc/loadavg:0.10 0.12 0.09 1/180 4242", "/proc/uptime:100000.00 700000.00",
                  "/proc/self/status:Uid:\t0\t0\t0\t0", "/proc/self/status:Cpus_allowed_list:\t0-7",
-                 f"{VERSION_CACHE}:ctr github.com/containerd/containerd 1.6.20~ds1"]
+                 f"{VERSION_CACHE}:ctr github.com/containerd/containerd 1.6.20~ds1", *_MEMINFO_REST, *_CGROUP_ROOT]
         listen = []
         for c in self.containers.values():
             out.append(f"@task={c.id}")

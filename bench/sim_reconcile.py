@@ -87,7 +87,9 @@ def write_inventory(path: Path, ready: dict[str, Any], records: int) -> None:
 def write_playbook(path: Path, services: int, replicas: int) -> None:
     path.write_text(yaml.safe_dump({"services": {
         f"svc{i:03d}": {"image": IMAGE, "replicas": replicas, "resources": {"cpu": 0.01, "memory": "16MiB"},
-                        "placement": {"spread_by": "zone"}, "update": {"min_ready": "0s"}}
+                        "placement": {"spread_by": "zone"},
+                        # Batches of 25 (the default is one replica at a time): the first apply places 5,000.
+                        "update": {"min_ready": "0s", "max_surge": 25, "batch_size": 25}}
         for i in range(services)}}))
 
 
