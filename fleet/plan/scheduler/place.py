@@ -12,6 +12,7 @@ import heapq
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter, itemgetter
 
 from fleet.core.errors import SchedulingError
 from fleet.plan.scheduler.feasibility import (
@@ -202,12 +203,18 @@ def place(
     for i, texts in sorted(per_node.items()):
         rejected[state.names[i]] = "; ".join(texts)
     return Placement(
-        assignments=tuple(sorted(assignments, key=lambda a: (a.service, a.replica))),
+        assignments=tuple(sorted(assignments, key=_BY_REPLICA)),
         stops=tuple(sorted(stops, key=_existing_order)),
-        unplaced=tuple(sorted(unplaced, key=lambda u: (u.service, u.replica))),
+        unplaced=tuple(sorted(unplaced, key=_BY_REPLICA)),
         rejected=dict(sorted(rejected.items())),
         stop_reasons={e: stops[e] for e in sorted(stops, key=_existing_order)},
     )
+
+
+# (service, replica): the order of a placement's assignments and unplaced replicas (a C key, not a lambda: a
+# reconcile round sorts every replica of the fleet once per service).
+_BY_REPLICA = attrgetter("service", "replica")
+_REPLICA_FIRST = itemgetter(1, 0)  # (service, replica) -> (replica, service)
 
 
 def _existing_order(e: Existing) -> tuple[str, int, str, int, str, float, int]:
@@ -246,7 +253,8 @@ def _settle_existing(
     free_cpu, free_mem = state.free_cpu, state.free_mem
     # Lowest replica numbers claim room first, so an overfull node sheds its highest-numbered replicas. Of several
     # copies of one replica, the first that still fits is kept and the others are duplicates of it.
-    for ident, copies in sorted(candidates.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    for ident in sorted(candidates, key=_REPLICA_FIRST):
+        copies = candidates[ident]
         why: dict[Existing, str] = {}
         for e in copies:
             i = state.index[e.node]
@@ -266,7 +274,7 @@ def _settle_existing(
             stops[e] = f"duplicate of {e.service}[{e.replica}] on {keeper.node}" if keeper is not None else why[e]
         if keeper is None:
             moved.add(ident)
-    return dict(sorted(kept.items())), stops, moved
+    return kept, stops, moved  # in settling order; place() sorts what it returns
 
 
 def _node_problem(state: _Pass, node: str, d: ServiceDemand) -> str | None:
