@@ -25,10 +25,10 @@ from collections.abc import Iterable
 from dataclasses import asdict, replace
 
 from fleet.config.vrrp import KEYS as VRRP_KEYS
-from fleet.config.vrrp import VrrpValueError, parse_vrrp, vrrp_problems
+from fleet.config.vrrp import parse_vrrp, vrrp_problems
 from fleet.config.yamlmarks import Marked, load, read_text
 from fleet.core.edge import edge_from_json, edge_to_json
-from fleet.core.errors import ConfigError, InventoryError, Problem
+from fleet.core.errors import ConfigError, InventoryError, Problem, VrrpValueError
 from fleet.core.model import Inventory, Node, Resources, Vrrp
 from fleet.core.names import NAME_RE, ROLES, check_address, check_labels, key_files, resolve_path
 

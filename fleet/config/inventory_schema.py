@@ -12,10 +12,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, Va
 
 from fleet.config.edge import EdgeModel, edge_settings
 from fleet.config.schema import pydantic_problems
-from fleet.config.vrrp import VrrpValueError, parse_vrrp, vrrp_problems
+from fleet.config.vrrp import parse_vrrp, vrrp_problems
 from fleet.config.yamlmarks import Marked
 from fleet.core.edge import EdgeSettings
-from fleet.core.errors import InventoryError
+from fleet.core.errors import InventoryError, VrrpValueError
 from fleet.core.model import Inventory, Node, Resources
 from fleet.core.names import NAME_RE, ROLES, check_address, check_labels, key_files, resolve_path
 from fleet.core.units import parse_cpu, parse_memory

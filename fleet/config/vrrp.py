@@ -12,6 +12,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 
+from fleet.core.errors import VrrpValueError
 from fleet.core.model import Node, Vrrp
 
 KEYS = ("virtual_ip", "router_id", "interface", "advert_int")
@@ -19,14 +20,6 @@ INTERFACE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")  # Linux names: at most 15
 # VRRPv3 carries the advertisement interval in centiseconds in 12 bits (RFC 5798 §5.2.7); under 0.05 s a busy
 # node misses adverts and the address flaps.
 ADVERT_MIN, ADVERT_MAX = 0.05, 40.95
-
-
-class VrrpValueError(ValueError):
-    """A bad `vrrp` value; `key` names the field."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(message)
-        self.key = key
 
 
 def parse_vrrp(raw: Mapping[str, object]) -> Vrrp:

@@ -356,3 +356,11 @@ class EdgeError(FleetError):
 
 class AcmeError(EdgeError):
     """An ACME order (an automatic certificate) failed; the message carries the server's reason."""
+
+
+class VrrpValueError(ValueError):
+    """A bad `vrrp` value in an inventory; `key` names the field (the inventory reader adds file and line)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
