@@ -23,11 +23,17 @@ async def test_facts_match_what_the_node_has(lab):
     for r in reports:
         truth = lab.lab.exec_in(r.node.name, ["sh", "-c",
                                               "hostname; nproc; grep MemTotal /proc/meminfo; df -Pk /var/lib/containerd"
-                                              " | tail -1"]).stdout.splitlines()
+                                              " | tail -1; cat /sys/fs/cgroup/memory/memory.limit_in_bytes"
+                                              " 2>/dev/null || echo none"]).stdout.splitlines()
         assert r.facts is not None
         assert r.facts.hostname == truth[0] == r.node.name
         assert r.facts.ncpu == int(truth[1])
-        assert r.facts.mem_total == int(truth[2].split()[1]) * 1024
+        meminfo = int(truth[2].split()[1]) * 1024
+        limit = int(truth[4]) if truth[4].isdigit() else None
+        if limit is not None and limit < meminfo:  # a lab node in its own memory cgroup: its limit is its memory
+            assert (r.facts.scope, r.facts.mem_total) == ("cgroup", limit)
+        else:
+            assert (r.facts.scope, r.facts.mem_total) == ("host", meminfo)
         assert abs(r.facts.disk_total - int(truth[3].split()[1]) * 1024) == 0
         assert (r.facts.runtime, r.facts.runtime_socket, r.facts.cgroup) == ("ctr", True, 1)
         assert r.facts.listening == frozenset(), "ports are read only when asked"

@@ -16,7 +16,7 @@ from rich.console import Console
 
 from fleet.cli.apply import _Progress
 from fleet.config.spec import ServiceSpec, parse_playbook
-from fleet.core.errors import LeaseLost, RecordsError, RolloutFailed
+from fleet.core.errors import LbReloadError, LeaseLost, RecordsError, RolloutFailed, RuntimeCommandError
 from fleet.core.model import Node
 from fleet.engine.apply import Engine, Event, Outcome
 from fleet.engine.concurrency import Coalesced, SerialRecords
@@ -408,6 +408,52 @@ async def test_a_lost_lease_stops_every_service_and_is_raised(unconnected_pool):
     with pytest.raises(LeaseLost):
         await engine.apply_targets([Target(service(n, 0), None, False) for n in "abc"])
     assert finished == []
+
+
+class FinishRecords(SlowRecords):
+    """Records that keep what each revision was finished with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.finished: list[tuple[str, int, str, str]] = []
+
+    async def finish(self, service: str, revision: int, outcome: Any, reason: str = "") -> bool:
+        self.finished.append((service, revision, outcome, reason))
+        return True
+
+
+@pytest.mark.parametrize("error", [RuntimeCommandError("w1", "task start", 1, "ctr: failed to start shim"),
+                                   LbReloadError("lb1", "no master line in show proc output")])
+async def test_a_runtime_or_haproxy_error_mid_rollout_fails_the_revision_with_its_reason(unconnected_pool, error):
+    records = FinishRecords()
+    engine = Engine(unconnected_pool, [worker("w1")], records=records)
+
+    async def converge(spec: ServiceSpec, revision: int) -> Outcome:
+        raise error
+
+    engine.converge = converge  # type: ignore[method-assign]
+    [outcome] = await engine.apply_targets([Target(service("web", 0), 4, False)])
+    assert not outcome.ok and str(error) in (outcome.reason or "")
+    assert records.finished == [("web", 4, "failed", f"web: {error}")]
+
+
+async def test_a_lost_lease_mid_rollout_stops_the_run_and_a_records_error_is_not_written_to_the_records(
+        unconnected_pool):
+    for error in (LeaseLost("the fleet's lease was taken by another run"), RecordsError("0 of 3 record nodes")):
+        records = FinishRecords()
+        engine = Engine(unconnected_pool, [worker("w1")], records=records)
+
+        async def converge(spec: ServiceSpec, revision: int, error: Exception = error) -> Outcome:
+            raise error
+
+        engine.converge = converge  # type: ignore[method-assign]
+        if isinstance(error, LeaseLost):
+            with pytest.raises(LeaseLost):
+                await engine.apply_targets([Target(service("web", 0), 4, False)])
+        else:
+            [outcome] = await engine.apply_targets([Target(service("web", 0), 4, False)])
+            assert not outcome.ok and outcome.reason == str(error)
+        assert records.finished == []
 
 
 # --- progress output -------------------------------------------------------------------------------------------

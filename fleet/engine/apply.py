@@ -28,6 +28,7 @@ from fleet.core.errors import (
     ImageUnavailable,
     LeaseError,
     Problem,
+    RecordsError,
     RolloutFailed,
     SchedulingError,
     SpecError,
@@ -496,8 +497,13 @@ class Engine:
                 await self.records.set_state(spec.name, after_failure(
                     revision, None, intent, str(exc), self.user, time.time(), state, aborted=True).to_json())
             return Outcome(spec.name, False, reason=str(exc))
-        except RolloutFailed as exc:
-            reason = str(exc)
+        except FleetError as exc:
+            # Any failure of the rollout (a replica not ready, a runtime or SSH error, an HAProxy reload) fails
+            # the revision with its reason and goes back, never leaving it "running" without one. A lost lease
+            # stops the run, and the records cannot say anything when they are what failed.
+            if isinstance(exc, LeaseError | RecordsError):
+                raise
+            reason = str(exc) if isinstance(exc, RolloutFailed) else f"{spec.name}: {exc}"
             if self.records is None or intent is None:
                 return Outcome(spec.name, False, reason=reason)
             prev = await self.records.latest_succeeded(spec.name, before=revision)
