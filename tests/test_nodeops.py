@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pickle
 from pathlib import Path
 
 import pytest
@@ -113,11 +112,6 @@ def test_a_bad_marks_document_is_refused_naming_the_field(doc: dict, problem: st
     removed=st.frozensets(st.sampled_from(["rack", "zone"])), by=st.just("x@y"), at=st.floats(0, 1e9))))
 def test_any_marks_survive_the_document(marks: dict[str, NodeMark]) -> None:
     assert decode_marks(json.loads(json.dumps(encode_marks(marks)))) == {n: m for n, m in marks.items() if not m.empty}
-
-
-def test_a_mark_survives_pickling() -> None:
-    mark = NodeMark(cordoned=True, labels={"disk": "ssd"}, removed=frozenset({"zone"}), by="a@b", at=3.0)
-    assert pickle.loads(pickle.dumps(mark)) == mark
 
 
 # ---- the scheduler ------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import os
 import socket
 from dataclasses import replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -16,9 +17,14 @@ from helpers import run_fleet
 
 from fleet.cli.watch import log_line
 from fleet.config.spec import from_playbook_dict
+from fleet.core.labels import ContainerLabels
 from fleet.core.model import Inventory, Node, Resources
+from fleet.core.nodeops import NodeMark
+from fleet.engine.containers import PsResult, PsRow
 from fleet.engine.nodes import READY, UNREACHABLE, NodeReport
 from fleet.engine.state import node_states
+from fleet.engine.status import FleetStatus, ReplicaStatus, ServiceStatus
+from fleet.node.runtime.base import ContainerInfo
 from fleet.plan.reconcile import Replica, plan
 from fleet.transport import Pool
 from fleet.watch.client import ask, socket_path
@@ -227,6 +233,30 @@ async def test_ask_gets_the_watchers_answer_for_its_inventory_only(state, tmp_pa
             del os.environ["FLEET_NO_WATCHER"]
     assert not path.exists() and logged == ["socket"]
     assert await ask(str(inv_path), "status") is None
+
+
+async def test_node_reports_ps_and_status_with_read_only_mappings_come_through_the_socket(state, tmp_path):
+    # The results carry mapping proxies (node labels, marks, container labels, ps errors), which plain pickle
+    # refuses: the watcher would answer "not ok" and every command would quietly open its own connections.
+    inv_path = tmp_path / "inv.yaml"
+    inv_path.write_text("nodes: {}\n")
+    node = Node("n1", "10.0.0.1", labels={"disk": "ssd"})
+    report = NodeReport(node, READY, None, None, 0.01, mark=NodeMark(cordoned=True, labels={"gpu": "a"}, by="a@b"))
+    info = ContainerInfo("web-0-x", "fleet.local/demo:v1", {"fleet.service": "web"}, "running", pid=7)
+    ps = PsResult((PsRow("n1", info, ContainerLabels("web", 1, 0)),), {"n2": "unreachable"})
+    status = FleetStatus((ServiceStatus("web", (ReplicaStatus(rep("n1", "web-0-x"), "10.0.0.1:20000",
+                                                               {"lb1": "up"}),), ("10.0.0.9:80",)),),
+                         {"n2": "unreachable"}, {})
+    answers = {"nodes": [report], "ps": ps, "status": status}
+
+    async def reply(fleet: Any, op: str, args: dict[str, Any], recent: Any) -> Any:
+        return answers[op]
+
+    async with Pool() as pool, serving(Inventory(str(inv_path), (node,)), pool, lambda event, **f: None, reply):
+        got = {op: await ask(str(inv_path), op) for op in ("nodes", "ps", "status")}  # type: ignore[arg-type]
+    assert got == answers
+    assert isinstance(got["nodes"][0].mark.labels, MappingProxyType), "read-only as they were sent"
+    assert isinstance(got["ps"].rows[0].info.labels, MappingProxyType)
 
 
 async def test_ask_without_a_watcher_or_with_a_stale_socket_is_none(state, tmp_path):

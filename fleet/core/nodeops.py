@@ -41,10 +41,6 @@ class NodeMark:
         object.__setattr__(self, "labels", MappingProxyType(dict(sorted(self.labels.items()))))
         object.__setattr__(self, "removed", frozenset(self.removed))
 
-    def __reduce__(self) -> tuple[type[NodeMark], tuple[bool, bool, dict[str, str], frozenset[str], str, float]]:
-        # A mapping proxy cannot be pickled; a mark can (node reports travel pickled from `fleet watch`).
-        return NodeMark, (self.cordoned, self.draining, dict(self.labels), self.removed, self.by, self.at)
-
     @property
     def empty(self) -> bool:
         """Nothing recorded: the node is as its inventory entry says."""

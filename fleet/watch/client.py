@@ -6,7 +6,8 @@ inventory it runs for. `ask()` returns None whenever no watcher answers for this
 one, another inventory, another user's socket, an error): the caller then opens its own connections.
 
 Protocol: one request line (JSON: op, inventory, args), one reply line (JSON: ok, error, size), then `size` bytes:
-the result as pickle (NodeReport, FleetStatus, PsResult are plain frozen dataclasses). The bytes come only from a
+the result as pickle (NodeReport, FleetStatus, PsResult are plain frozen dataclasses; their read-only mappings
+travel as dicts and come back read-only, see `dumps`). The bytes come only from a
 socket owned by this user in this user's own 0600 state directory, so they are as trusted as the user's files.
 
 For the terminal UI: `await ask(inventory_path, "status")` gives the FleetStatus `Fleet.status()` would, or None.
@@ -15,17 +16,36 @@ For the terminal UI: `await ask(inventory_path, "status")` gives the FleetStatus
 from __future__ import annotations
 
 import asyncio
+import copyreg
 import hashlib
+import io
 import json
 import os
 import pickle
 import stat
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 Op = Literal["nodes", "status", "ps"]
 ASK_TIMEOUT = 30.0
 MAX_REPLY = 64 * 1024 * 1024
+
+
+def read_only(items: dict[Any, Any]) -> Mapping[Any, Any]:
+    """A read-only view of `items`: how a pickled mapping proxy is rebuilt."""
+    return MappingProxyType(items)
+
+
+def dumps(result: Any) -> bytes:
+    """`result` pickled for the socket. The frozen dataclasses keep their mappings as mapping proxies, which
+    pickle refuses; they are written as `read_only(dict)` instead."""
+    out = io.BytesIO()
+    pickler = pickle.Pickler(out, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.dispatch_table = {**copyreg.dispatch_table, MappingProxyType: lambda m: (read_only, (dict(m),))}
+    pickler.dump(result)
+    return out.getvalue()
 
 
 def state_dir() -> Path:

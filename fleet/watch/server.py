@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import os
-import pickle
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from fleet.core.errors import FleetError
 from fleet.core.model import Inventory
 from fleet.engine.nodes import NodeReport
 from fleet.transport import Pool
-from fleet.watch.client import inventory_key, socket_path
+from fleet.watch.client import dumps, inventory_key, socket_path
 
 Log = Callable[..., None]
 
@@ -54,7 +53,7 @@ async def serving(inventory: Inventory, pool: Pool, log: Log,
             else:
                 result = await reply(Fleet(inventory, pool, command="fleet watch"), str(request.get("op")),
                                       dict(request.get("args") or {}), recent())
-                body = pickle.dumps(result)
+                body = dumps(result)
                 header = {"ok": True, "size": len(body)}
         except (FleetError, ValueError, TypeError) as exc:
             header, body = {"ok": False, "error": str(exc)}, b""
