@@ -316,9 +316,20 @@ async def test_haproxy_sees_each_server_up_or_down_exactly_as_the_controllers_ch
     wait_for("HAProxy to agree with the controller", lambda: haproxy() == controller)
     time.sleep(5 * http.interval)  # and it stays so: these were settled verdicts, not a start-up state
     assert haproxy() == controller
-    stats = server_rows(parse_show_stat(cli(admin, show_stat())))
-    # "* " marks a check in progress; the status after it is the last result.
-    rows = {server: (row.check_status.removeprefix("* "), row.check_code) for (_, server), row in stats.items()}
+
+    def results() -> dict[str, tuple[str, int]]:
+        # "* " marks a check in progress: its status is the last result, but the code may read 0 until it ends
+        # (seen once under load), so a server's row counts when its check is not running.
+        stats = server_rows(parse_show_stat(cli(admin, show_stat())))
+        return {server: (row.check_status, row.check_code) for (_, server), row in stats.items()}
+
+    rows: dict[str, tuple[str, int]] = {}
+
+    def settled() -> bool:
+        rows.update({server: r for server, r in results().items() if not r[0].startswith("* ")})
+        return {"c-302", "c-404", "c-stall", "t-listening", "t-closed"} <= rows.keys()
+
+    wait_for("each check's last result read between two checks", settled)
     assert rows["c-302"] == ("L7OK", 302) and rows["c-404"] == ("L7STS", 404) and rows["c-stall"][0] == "L7TOUT"
     assert rows["t-listening"][0] == "L4OK" and rows["t-closed"][0] == "L4CON"
     # Both sides sent the very same request: the controller's and HAProxy's checks are indistinguishable.
