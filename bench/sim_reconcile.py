@@ -4,7 +4,9 @@ per-node in-memory container table; the lease and records scripts run for real w
 
 The servers run in a child process, so the CPU measured here (time.process_time) is the controller's alone. One
 apply places the replicas (cold: it also connects), then no-op reconcile rounds on the open connections, then a
-round after 1 % of the containers were removed behind fleet's back (that round starts as many again).
+round after 1 % of the containers were removed behind fleet's back (that round starts as many again). Last,
+`fleet watch`'s round (fleet.watch.controller.Watcher.round: facts, containers and HAProxy's view read over the
+warm pool, compared with what it last acted on) when nothing drifted: the round it runs every second.
 It is a simulation on one machine (loopback, one core shared with the servers), not a claim about real networks.
 
     .venv/bin/python bench/sim_reconcile.py                          # 1000 nodes, 5000 replicas
@@ -36,6 +38,7 @@ from fleet.api import Fleet  # noqa: E402
 from fleet.config.inventory import load_inventory  # noqa: E402
 from fleet.config.spec import ServiceSpec, load_playbooks  # noqa: E402
 from fleet.transport import Pool  # noqa: E402
+from fleet.watch.controller import Watcher, WatchOptions  # noqa: E402
 
 IMAGE = "fleet.local/demo:v1"
 DIGEST = "sha256:" + "6b200d6e" * 8
@@ -153,6 +156,30 @@ async def run(args: argparse.Namespace, servers: Servers, tmp: Path) -> dict[str
                              f"{len(dropped)} removed")
         out["replace"] = {"wall_s": wall, "cpu_ms_per_node": 1000 * cpu / n, "replaced": started,
                           "commands": counts["counts"]}
+        watcher = Watcher(inventory, pool, WatchOptions((str(tmp / "services.yaml"),)), lambda *a, **k: None)
+        watcher.state = "active"
+        fleet = Fleet(inventory, pool, command="sim_reconcile watch")
+        if await watcher.round(fleet) != "start":  # the first round reconciles, as `fleet watch` starts
+            raise SystemExit("the watcher's first round did not reconcile")
+        servers.ask("counts")
+        walls, cpus = [], []
+        for _ in range(args.rounds):
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            if profiler is not None:
+                profiler.enable()
+            try:
+                why = await watcher.round(fleet)
+            finally:
+                if profiler is not None:
+                    profiler.disable()
+            walls.append(time.perf_counter() - wall0)
+            cpus.append(time.process_time() - cpu0)
+            if why is not None:
+                raise SystemExit(f"a watcher round with nothing drifted acted ({why})")
+        counts = servers.ask("counts")
+        out["watch"] = {"wall_s": statistics.median(walls), "cpu_ms_per_node": 1000 * statistics.median(cpus) / n,
+                        "rounds": args.rounds,
+                        "commands_per_round": {k: v / args.rounds for k, v in counts["counts"].items()}}
     if profiler is not None:
         profiler.dump_stats(args.profile)
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -187,10 +214,12 @@ def main() -> None:
     print(f"# sim_reconcile: {out['nodes']} simulated nodes, {out['replicas']} replicas in {out['services']} "
           f"services, limit={args.limit} (servers in a child process; CPU is the controller's)")
     for key, label in (("apply", "apply (cold, places all)"), ("noop", "no-op reconcile (median)"),
-                       ("replace", f"reconcile replacing {out['replace']['replaced']}")):
+                       ("replace", f"reconcile replacing {out['replace']['replaced']}"),
+                       ("watch", "fleet watch round, no drift")):
         r = out[key]
         print(f"{label:<32} wall {r['wall_s']:7.2f} s   controller CPU {r['cpu_ms_per_node']:6.2f} ms/node")
-    print(f"peak RSS {out['peak_rss_mib']:.0f} MiB; no-op round commands: {out['noop']['commands_per_round']}")
+    print(f"peak RSS {out['peak_rss_mib']:.0f} MiB; no-op round commands: {out['noop']['commands_per_round']}; "
+          f"watch round commands: {out['watch']['commands_per_round']}")
 
 
 if __name__ == "__main__":

@@ -222,6 +222,13 @@ def test_configs_and_secret_files_land_roll_under_load_and_leak_nowhere(lab, env
             for text in [*fleet.outputs, infos, history, pb.read_text()]:
                 assert value not in text and digest not in text
             assert value.encode() not in db and digest.encode() not in db
+
+        # `fleet stop` and `fleet rm` (by hand, beside the engine) take the container's secret files with it.
+        # No load here: the replicas are gone for good until the next apply, which this test does not run.
+        for verb, r in zip(("stop", "rm"), rotated, strict=False):
+            assert r["id"] in {p.split("/")[1] for p in files_on(lab, r["node"], DEFAULT.secret_mounts_dir)}
+            fleet(verb, f"{r['node']}/{r['id']}")
+            assert r["id"] not in {p.split("/")[1] for p in files_on(lab, r["node"], DEFAULT.secret_mounts_dir)}
     finally:
         fleet("destroy", "cf-app", "--grace", "1", ok=False)
         fleet("destroy", "cf-peer", "--grace", "1", ok=False)

@@ -54,7 +54,7 @@ def _on_containers(inventory: str | None, act: Callable[[Fleet], Awaitable[T]]) 
 def stop(ref: RefArg, inventory: common.InventoryOpt = None,
          grace: Annotated[float, typer.Option("--grace", "-t", help="Seconds between SIGTERM and SIGKILL.")] = 10.0
          ) -> None:
-    """Stop a container (SIGTERM, then SIGKILL after the grace period) and delete it."""
+    """Stop a container (SIGTERM, then SIGKILL after the grace period) and delete it with its secret files."""
     results = _on_containers(inventory, lambda f: f.stop(ref, grace))
     con = common.console()
     for row, res in results:
@@ -63,7 +63,7 @@ def stop(ref: RefArg, inventory: common.InventoryOpt = None,
 
 
 def rm(ref: RefArg, inventory: common.InventoryOpt = None) -> None:
-    """Remove a container at once (kill, delete task, container, snapshot and log)."""
+    """Remove a container at once (kill, delete task, container, snapshot, log and secret files)."""
     results = _on_containers(inventory, lambda f: f.rm(ref))
     con = common.console()
     for row, err in results:

@@ -37,6 +37,7 @@ from fleet.core.model import Node
 from fleet.core.ports import STATS_PORT
 from fleet.engine.calls import LIST_TIMEOUT, driver_for, perform
 from fleet.engine.concurrency import DEFAULT_PARALLEL, SerialRecords
+from fleet.engine.containers import drop_secret_files
 from fleet.engine.edge import Edge
 from fleet.engine.health import exec_in as health_exec
 from fleet.engine.images import ensure_image
@@ -54,7 +55,6 @@ from fleet.engine.runspec import (
 )
 from fleet.engine.state import Observed, node_states, observe
 from fleet.engine.volumes import StorageAccess, mount_all, volume_view
-from fleet.node.paths import DEFAULT as NODE_PATHS
 from fleet.node.paths import NOT_TMPFS_EXIT, write_file, write_secret_file
 from fleet.node.runtime.base import Status
 from fleet.plan.checks import edge_port_problems, lb_port_problems
@@ -890,8 +890,7 @@ class Engine:
                 raise FleetError(f"{spec.name}: {a.node}: {why}")
 
     async def _drop_secret_files(self, node: Node, container: str) -> None:
-        """Remove a container's secret files from the node (it is gone, or never started)."""
-        await self.pool.run(node, ["rm", "-rf", "--", f"{NODE_PATHS.secret_mounts_dir}/{container}"], timeout=30)
+        await drop_secret_files(self.pool, node, container)
 
     async def _secrets_file(self, spec: ServiceSpec, a: Assignment) -> str:
         """Secret env values go to a 0600 file on the node through stdin, never through argv."""

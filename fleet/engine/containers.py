@@ -19,8 +19,10 @@ from fleet.core.errors import (
     TransportError,
 )
 from fleet.core.labels import ContainerLabels, parse_labels
+from fleet.core.model import Node
 from fleet.engine.calls import LIST_TIMEOUT, driver_for, on_ready_nodes, perform
 from fleet.engine.nodes import NodeReport
+from fleet.node.paths import DEFAULT as NODE_PATHS
 from fleet.node.runtime.base import ContainerInfo, RunSpec, StopResult
 from fleet.transport import Pool
 
@@ -126,16 +128,26 @@ async def run_container(pool: Pool, report: NodeReport, spec: RunSpec, *, timeou
     await perform(pool, report.node, driver_for(report.node, report.facts).run(spec), timeout=timeout)
 
 
+async def drop_secret_files(pool: Pool, node: Node, container_id: str) -> None:
+    """Remove a container's secret files from the node's tmpfs (it is gone, or never started)."""
+    await pool.run(node, ["rm", "-rf", "--", f"{NODE_PATHS.secret_mounts_dir}/{container_id}"], timeout=30)
+
+
 async def stop_container(pool: Pool, report: NodeReport, container_id: str, grace: float = 10.0) -> StopResult:
-    """SIGTERM, SIGKILL after `grace` seconds, then delete; the result carries the exit code."""
+    """SIGTERM, SIGKILL after `grace` seconds, then delete, with its secret files; the result carries the exit
+    code."""
     call = driver_for(report.node, report.facts).stop(container_id, grace)
-    return await perform(pool, report.node, call, timeout=grace + STOP_MARGIN)
+    result = await perform(pool, report.node, call, timeout=grace + STOP_MARGIN)
+    await drop_secret_files(pool, report.node, container_id)
+    return result
 
 
 async def remove_container(pool: Pool, report: NodeReport, container_id: str) -> None:
-    """Kill and delete the container with its task, snapshot and log; fine when it is already gone."""
+    """Kill and delete the container with its task, snapshot, log and secret files; fine when it is already
+    gone."""
     await perform(pool, report.node, driver_for(report.node, report.facts).remove(container_id),
                   timeout=STOP_MARGIN)
+    await drop_secret_files(pool, report.node, container_id)
 
 
 @dataclass(frozen=True)
