@@ -124,6 +124,7 @@ async def run(args: argparse.Namespace, servers: Servers, tmp: Path) -> dict[str
     specs = load_playbooks([str(tmp / "services.yaml")])
     n = len(inventory.nodes)
     profiler = cProfile.Profile() if args.profile else None
+    watch_profiler = cProfile.Profile() if args.profile_watch else None
     out: dict[str, Any] = {"nodes": n, "replicas": args.services * args.replicas, "services": args.services}
     async with Pool(limit=args.limit) as pool:
         wall, cpu, result = await timed(pool, inventory, specs, "apply")
@@ -165,13 +166,13 @@ async def run(args: argparse.Namespace, servers: Servers, tmp: Path) -> dict[str
         walls, cpus = [], []
         for _ in range(args.rounds):
             cpu0, wall0 = time.process_time(), time.perf_counter()
-            if profiler is not None:
-                profiler.enable()
+            if watch_profiler is not None:
+                watch_profiler.enable()
             try:
                 why = await watcher.round(fleet)
             finally:
-                if profiler is not None:
-                    profiler.disable()
+                if watch_profiler is not None:
+                    watch_profiler.disable()
             walls.append(time.perf_counter() - wall0)
             cpus.append(time.process_time() - cpu0)
             if why is not None:
@@ -182,6 +183,8 @@ async def run(args: argparse.Namespace, servers: Servers, tmp: Path) -> dict[str
                         "commands_per_round": {k: v / args.rounds for k, v in counts["counts"].items()}}
     if profiler is not None:
         profiler.dump_stats(args.profile)
+    if watch_profiler is not None:
+        watch_profiler.dump_stats(args.profile_watch)
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
 
@@ -195,6 +198,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=3, help="record nodes (lease and records, real /bin/sh)")
     parser.add_argument("--limit", type=int, default=64, help="commands in flight (the Pool's default: 64)")
     parser.add_argument("--profile", help="write a cProfile of the reconcile rounds to this file")
+    parser.add_argument("--profile-watch", help="write a cProfile of the watcher's rounds to this file")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -289,15 +289,15 @@ def parse_run(result: CommandResult) -> None:
     check(result, "ctr run")
 
 
-def _sections(text: str) -> list[tuple[str, str, list[str]]]:
-    """Split marker-delimited output into (marker, rest of marker line, body lines)."""
-    out: list[tuple[str, str, list[str]]] = []
-    for line in text.splitlines():
-        if line.startswith("@@"):
-            head, _, rest = line[2:].partition(" ")
-            out.append((head, rest, []))
-        elif out:
-            out[-1][2].append(line)
+def _sections(text: str) -> list[tuple[str, str, str]]:
+    """Split marker-delimited output into (marker, rest of marker line, body): a section starts at a line that
+    begins with "@@"; what comes before the first is not part of any. Split on the markers, not line by line:
+    a node's listing is mostly `containers info` JSON, a couple of hundred lines per container."""
+    out: list[tuple[str, str, str]] = []
+    for chunk in ("\n" + text.replace("\r\n", "\n")).split("\n@@")[1:]:
+        line, _, body = chunk.partition("\n")
+        head, _, rest = line.partition(" ")
+        out.append((head, rest, body))
     return out
 
 
@@ -317,11 +317,11 @@ def parse_stop(result: CommandResult, container_id: str = "") -> StopResult:
         return StopResult(cid, found=False)
     exit_code: int | None = None
     if "task" in heads:
-        m = _EXIT_RE.search("\n".join(heads.get("taskrm", ("", []))[1]))
+        m = _EXIT_RE.search(heads.get("taskrm", ("", ""))[1])
         exit_code = int(m.group(1)) if m else 0
-    rc = heads.get("rc", ("1", []))[0]
+    rc = heads.get("rc", ("1", ""))[0]
     if rc != "0":
-        detail = "\n".join(heads.get("containerrm", ("", []))[1])
+        detail = heads.get("containerrm", ("", ""))[1].rstrip("\n")
         status = int(rc) if rc.isdigit() else None
         raise RuntimeCommandError(result.node, "stop: containers rm", status, detail)
     return StopResult(cid, found=True, exit_code=exit_code, killed="killed" in heads)
@@ -360,7 +360,7 @@ def parse_list(result: CommandResult) -> list[ContainerInfo]:
     starts: dict[int, float] = {}
     for head, rest, body in _sections(result.stdout):
         if head == "container":
-            text = "\n".join(body).strip()
+            text = body.strip()
             if text:
                 try:
                     infos[rest] = json.loads(text)
@@ -370,12 +370,12 @@ def parse_list(result: CommandResult) -> list[ContainerInfo]:
             cid, _, count = rest.partition(" ")
             oom[cid] = int(count) if count.strip().isdigit() else 0
         elif head == "tasks":
-            tasks = parse_tasks("\n".join(body))
+            tasks = parse_tasks(body)
         elif head == "proc":
             fields = rest.split()
             if len(fields) == 2 and fields[0].isdigit() and fields[1].isdigit():
                 btime, hz = int(fields[0]), int(fields[1]) or 100
-                for line in body:
+                for line in body.splitlines():
                     spid, _, ticks = line.partition(" ")
                     if spid.isdigit() and ticks.strip().isdigit():
                         starts[int(spid)] = btime + int(ticks) / hz
