@@ -6,6 +6,7 @@ together and its link taken down, as a machine that loses power), under load thr
 lb node takes the address and serves; fleet keeps working with one lb node gone (the record nodes are both lb
 nodes plus a tie-breaker, so a majority is left); the node comes back as after a reboot and `fleet reconcile`
 brings its HAProxy and keepalived up to date without a failed request and without taking the address back.
+Last, the inventory drops its virtual IP: the next run stops keepalived on both lb nodes and the address is gone.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import TEST_LAB
 from helpers import run_fleet, wait_until
 from loadgen import Load
@@ -60,6 +62,13 @@ def fleet(inv: str, *args: str, state: Path) -> tuple[int, str]:
 
 def vip_status(inv: str, state: Path) -> dict:
     return json.loads(run(inv, "status", "--json", state=state).stdout)
+
+
+def keepalived_here(lab: Lab, node: str) -> list[str]:
+    """PIDs of keepalived processes in the node's network namespace (lab nodes share one PID namespace)."""
+    script = ('for p in /proc/[0-9]*; do [ "$(cat "$p/comm" 2>/dev/null)" = keepalived ] && '
+              '[ "$p/ns/net" -ef /proc/self/ns/net ] && echo "${p#/proc/}"; done; true')
+    return lab.exec_in(node, ["sh", "-c", script]).stdout.split()
 
 
 def haproxy_servers(lab: Lab, node: str) -> list[str]:
@@ -127,3 +136,25 @@ def test_losing_the_lb_node_that_holds_the_virtual_ip(vlab, tmp_path: Path):
     assert st["virtual_ip"]["holders"] == [other], "nopreempt: the returning node does not take the address back"
     assert st["virtual_ip"]["nodes"][holder] == {"keepalived": "running", "holds": False}
     assert st["lb_errors"] == {}
+
+    # The inventory no longer has a virtual IP: the next run stops keepalived on both lb nodes (the address goes
+    # with it) and forgets its config; discovery names the lb nodes again. Served through an lb node's own
+    # address meanwhile, with no failed request.
+    doc = yaml.safe_load(Path(inv).read_text())
+    assert doc.pop("vrrp")
+    plain = tmp_path / "inventory-no-vip.yaml"
+    plain.write_text(yaml.safe_dump(doc))
+    assert all(keepalived_here(lab, name) for name in ("lb1", "lb2"))
+    with Load(lab.node(other).address, PORT, clients=4, max_seconds=60, timeout=5) as load:
+        wait_until(lambda: load.result.ok > 20, timeout=10)
+        code, out = fleet(str(plain), "reconcile", str(book), state=state)
+        assert code == 0, out
+        time.sleep(1)
+    assert load.result.failed == 0, load.result.errors
+    assert vip_status(str(plain), state)["virtual_ip"] is None
+    for name in ("lb1", "lb2"):
+        assert f" {vip}/" not in lab.exec_in(name, ["ip", "-o", "-4", "addr", "show"]).stdout, name
+        assert not (Path(node_dir(lab.cfg, lab.node(name))) / "state/keepalived/keepalived.conf").exists(), name
+        assert keepalived_here(lab, name) == [], name
+    hosts = (Path(node_dir(lab.cfg, lab.node("n1"))) / "state/hosts").read_text()
+    assert not any(line.split()[:1] == [vip] for line in hosts.splitlines()), hosts

@@ -11,7 +11,15 @@ from fleet.core.model import Node, Vrrp
 from fleet.core.shell import Script
 from fleet.engine.nodes import NodeReport
 from fleet.node.haproxy.scripts import parse_script_output
-from fleet.node.keepalived import VrrpState, apply_script, parse_status, render, status_script, stop_script
+from fleet.node.keepalived import (
+    VrrpState,
+    apply_script,
+    parse_status,
+    render,
+    retire_script,
+    status_script,
+    stop_script,
+)
 from fleet.transport import Pool
 
 APPLY_TIMEOUT = 20.0
@@ -54,6 +62,7 @@ class VirtualIp:
         self.index = {r.node.name: i for i, r in enumerate(lbs)}
         self.nodes = [r.node for r in lbs if r.status not in ("unreachable", "error")]
         self.unreachable = [r.node.name for r in lbs if r.status in ("unreachable", "error")]
+        self._retire_checked = False
 
     def config(self, node: Node) -> str:
         assert self.vrrp is not None
@@ -81,9 +90,22 @@ class VirtualIp:
 
     async def sync(self) -> dict[str, str]:
         """Write the config on every reachable lb node and start or reload keepalived there; what happened per
-        node (unchanged, started, reloaded). Nothing to do without a virtual IP in the inventory."""
+        node (unchanged, started, reloaded). Without a virtual IP in the inventory, a keepalived that fleet left
+        running when the inventory had one is stopped and its config removed (`retired`), once per run; an lb
+        node where that fails is tried again by the next run."""
         if self.vrrp is None:
-            return {}
+            if self._retire_checked:
+                return {}
+            self._retire_checked = True
+            retired = await asyncio.gather(*(self._report(n, retire_script(), None, APPLY_TIMEOUT)
+                                             for n in self.nodes), return_exceptions=True)
+            out = {}
+            for n, res in zip(self.nodes, retired, strict=True):
+                if isinstance(res, BaseException) and not isinstance(res, Exception):
+                    raise res
+                if isinstance(res, str) and "@@fleet result retired" in res.splitlines():
+                    out[n.name] = "retired"
+            return out
         results = await asyncio.gather(*(self._apply(n) for n in self.nodes), return_exceptions=True)
         for res in results:
             if isinstance(res, BaseException):

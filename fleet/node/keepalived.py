@@ -48,10 +48,13 @@ class KeepalivedFiles:
     def log_file(self) -> str:
         return f"{self.dir}/keepalived.log"
 
-    def env(self, vrrp: Vrrp) -> dict[str, str]:
-        return {"D": self.dir, "CFG": self.config, "CHECK": self.check, "PIDF": self.pid_file,
-                "VPIDF": self.vrrp_pid_file, "LOG": self.log_file, "HAPIDF": DEFAULT.haproxy.pid_file,
-                "IFACE": vrrp.interface, "VIP": vrrp.virtual_ip, "VIPCIDR": vrrp.cidr}
+    def env(self, vrrp: Vrrp | None) -> dict[str, str]:
+        """The scripts' variables; without `vrrp` (the inventory has none any more) only the files'."""
+        files = {"D": self.dir, "CFG": self.config, "CHECK": self.check, "PIDF": self.pid_file,
+                 "VPIDF": self.vrrp_pid_file, "LOG": self.log_file, "HAPIDF": DEFAULT.haproxy.pid_file}
+        if vrrp is None:
+            return files
+        return {**files, "IFACE": vrrp.interface, "VIP": vrrp.virtual_ip, "VIPCIDR": vrrp.cidr}
 
 
 def priority(index: int) -> int:
@@ -163,6 +166,19 @@ if alive "$pid"; then kill -KILL "$pid"; echo "@@fleet result killed"; exit 0; f
 echo "@@fleet result stopped"
 """
 
+# keepalived left running by a virtual IP the inventory no longer has: stopped (on SIGTERM it gives the address up
+# itself), and its config removed so nothing starts it again. Nothing to do is the common case: one `cat`.
+RETIRE = _COMMON + r"""
+pid=$(kpid) || pid=
+if [ -z "$pid" ]; then echo "@@fleet result not-running"; exit 0; fi
+kill -TERM "$pid"
+i=0
+while alive "$pid" && [ "$i" -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
+if alive "$pid"; then kill -KILL "$pid"; fi
+rm -f "$CFG" "$CHECK"
+echo "@@fleet result retired"
+"""
+
 
 def apply_script(vrrp: Vrrp, size: int, files: KeepalivedFiles = KeepalivedFiles()) -> Script:
     """Reads keepalived.conf on stdin (`size` bytes), checks it with `keepalived -t`, starts or reloads."""
@@ -175,6 +191,11 @@ def status_script(vrrp: Vrrp, files: KeepalivedFiles = KeepalivedFiles()) -> Scr
 
 def stop_script(vrrp: Vrrp, files: KeepalivedFiles = KeepalivedFiles()) -> Script:
     return Script(STOP, files.env(vrrp), name="fleet-keepalived-stop")
+
+
+def retire_script(files: KeepalivedFiles = KeepalivedFiles()) -> Script:
+    """Stop fleet's keepalived if it runs on this node and forget its config (the inventory has no `vrrp:`)."""
+    return Script(RETIRE, files.env(None), name="fleet-keepalived-retire")
 
 
 @dataclass(frozen=True)
