@@ -156,24 +156,23 @@ echo "@@fleet pid $pid"
 echo "@@fleet result running"
 """
 
-STOP = _COMMON + r"""
+# SIGTERM to this node's keepalived, waited for up to 5 s; `$pid` is left set, still alive if it did not stop.
+_TERM = r"""
 pid=$(kpid) || pid=
 if [ -z "$pid" ]; then echo "@@fleet result not-running"; exit 0; fi
 kill -TERM "$pid"
 i=0
 while alive "$pid" && [ "$i" -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
+"""
+
+STOP = _COMMON + _TERM + r"""
 if alive "$pid"; then kill -KILL "$pid"; echo "@@fleet result killed"; exit 0; fi
 echo "@@fleet result stopped"
 """
 
 # keepalived left running by a virtual IP the inventory no longer has: stopped (on SIGTERM it gives the address up
 # itself), and its config removed so nothing starts it again. Nothing to do is the common case: one `cat`.
-RETIRE = _COMMON + r"""
-pid=$(kpid) || pid=
-if [ -z "$pid" ]; then echo "@@fleet result not-running"; exit 0; fi
-kill -TERM "$pid"
-i=0
-while alive "$pid" && [ "$i" -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
+RETIRE = _COMMON + _TERM + r"""
 if alive "$pid"; then kill -KILL "$pid"; fi
 rm -f "$CFG" "$CHECK"
 echo "@@fleet result retired"
