@@ -38,6 +38,15 @@ ask_retry() {
   done
   printf '%s\n' "$out"
 }
+# `show proc`, retried (up to 5 s) while the socket refuses or answers without the master's line (seen right
+# after a start under load; fleet.node.haproxy.stats.parse_show_proc needs it).
+show_proc() {
+  n=0
+  until out=$(ask "$1" "show proc") && printf '%s\n' "$out" | grep -q '^[[:space:]]*[0-9][0-9]*[[:space:]][[:space:]]*master[[:space:]]'; do
+    n=$((n + 1)); [ "$n" -ge 100 ] && { printf '%s\n' "$out"; return 1; }; sleep 0.05
+  done
+  printf '%s\n' "$out"
+}
 workers() { awk '/^#/ { s = $0; next } s == "# workers" && $1 ~ /^[0-9]+$/ { printf "%s ", $1 }'; }
 failed() { sed -n 's/.*\[failed: *\([0-9]*\)\].*/\1/p'; }
 size() { wc -c 2>/dev/null <"$1" || echo 0; }
@@ -76,12 +85,12 @@ if [ -z "$pid" ]; then
     if since "$LOG" "$off" | grep -q 'Loading success'; then result=started; break; fi
     sleep 0.05; i=$((i + 1))
   done
-  if [ "$result" = started ]; then echo "@@fleet after"; ask_retry "$MASTER" "show proc"; fi
+  if [ "$result" = started ]; then echo "@@fleet after"; show_proc "$MASTER"; fi
   echo "@@fleet log"; since "$LOG" "$off"
   echo "@@fleet result $result"
   exit 0
 fi
-if ! before=$(ask_retry "$MASTER" "show proc"); then
+if ! before=$(show_proc "$MASTER"); then
   fleet_unstage; echo "@@fleet result no-master"; exit 0
 fi
 echo "@@fleet before"; printf '%s\n' "$before"
@@ -127,7 +136,7 @@ STATUS = _COMMON + r"""
 pid=$(master_pid) || pid=
 if [ -z "$pid" ]; then echo "@@fleet result stopped"; exit 0; fi
 echo "@@fleet pid $pid"
-echo "@@fleet proc"; ask_retry "$MASTER" "show proc"
+echo "@@fleet proc"; show_proc "$MASTER"
 echo "@@fleet result running"
 """
 
