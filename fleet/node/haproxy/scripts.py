@@ -41,8 +41,8 @@ ask_retry() {
 # `show proc`, retried (up to 5 s) while the socket refuses or answers without the master's line (seen right
 # after a start under load; fleet.node.haproxy.stats.parse_show_proc needs it).
 show_proc() {
-  n=0
-  until out=$(ask "$1" "show proc") && printf '%s\n' "$out" | grep -q '^[[:space:]]*[0-9][0-9]*[[:space:]][[:space:]]*master[[:space:]]'; do
+  n=0; m='^[[:space:]]*[0-9][0-9]*[[:space:]][[:space:]]*master[[:space:]]'
+  until out=$(ask "$1" "show proc") && printf '%s\n' "$out" | grep -q "$m"; do
     n=$((n + 1)); [ "$n" -ge 100 ] && { printf '%s\n' "$out"; return 1; }; sleep 0.05
   done
   printf '%s\n' "$out"
