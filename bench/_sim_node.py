@@ -113,10 +113,12 @@ class SimNode:
                 "/dev/vda         264212084 23182044  83208868      22% /var/lib/containerd", "@files", *files]
         return "\n".join(out) + "\n"
 
-    def listing(self) -> str:
+    def listing(self, cut_spec: bool) -> str:
+        """The list script's output; `cut_spec`: the script cuts each info where "Spec" begins (its `sed`)."""
         parts = []
         for c in self.containers.values():
-            parts.append(f"@@container {c.id}\n{c.info}\n\n@@oom {c.id} 0\n")
+            info = c.info.split('\n    "Spec": ', 1)[0] + "\n" if cut_spec else c.info
+            parts.append(f"@@container {c.id}\n{info}\n\n@@oom {c.id} 0\n")
         parts.append("@@tasks\nTASK PID STATUS\n")
         parts += [f"{c.id} {c.pid} RUNNING\n" for c in self.containers.values()]
         parts.append(f"@@proc {BTIME} 100\n")
@@ -208,7 +210,7 @@ class Farm:
         if command.endswith(" fleet-facts"):
             return "facts", 0, node.facts("PORTS=1 " in command)
         if "@@container" in command and "@@tasks" in command:
-            return "list", 0, node.listing()
+            return "list", 0, node.listing(cut_spec='/^    "Spec": /q;p' in command)
         if "@@found" in command:
             cid = _env(command)["ID"]
             gone = node.containers.pop(cid, None)

@@ -181,6 +181,26 @@ def test_parse_list_recorded():
     assert L.parse_labels(got["exit3-1-rec003"].labels) is None
 
 
+def test_list_script_cuts_each_info_before_its_spec_and_the_parse_reads_the_same():
+    # The recorded output is full `containers info`; the script now pipes each through its sed, run here on the
+    # recorded JSON as the node would.
+    result, _ = recorded("list")
+    program = shlex.split(next(line for line in ctr._LIST_SCRIPT.splitlines() if "containers info" in line)
+                          .split("| ", 1)[1])
+    assert program[:2] == ["sed", "-n"]
+    chunks = result.stdout.split("@@container ")
+    cut = [chunks[0]]
+    for chunk in chunks[1:]:
+        head, body = chunk.split("\n", 1)
+        info, rest = body.split("\n@@oom", 1)
+        short = subprocess.run(program, input=info, capture_output=True, text=True, check=True).stdout
+        assert '"Spec"' not in short and '"Labels"' in short
+        cut.append(f"@@container {head}\n{short}\n@@oom{rest}")
+    text = "".join(cut)
+    assert len(text) < len(result.stdout) / 5, "the spec was most of the bytes"
+    assert ctr.parse_list(CommandResult("n1", 0, text, "", 0.0)) == ctr.parse_list(result)
+
+
 def test_parse_tasks_recorded():
     result, expect = recorded("tasks_ls")
     got = ctr.parse_tasks(result.stdout)
