@@ -416,8 +416,11 @@ def test_restart_always_brings_a_crashed_container_back_and_stop_keeps_it_down(c
                 break
             assert time.monotonic() < deadline, "not restarted within 15 s"
             time.sleep(0.2)
-        log = ctr_lab.call(ctr_lab.d.logs(spec.id, tail=None))
-        assert log.count("listening on") >= 2, log
+        # The new task is RUNNING before its process has printed anything: wait for its line in the log.
+        deadline = time.monotonic() + 10
+        while (log := ctr_lab.call(ctr_lab.d.logs(spec.id, tail=None))).count("listening on") < 2:
+            assert time.monotonic() < deadline, log
+            time.sleep(0.1)
         ctr_lab.call(ctr_lab.d.stop(spec.id, grace=5))
         time.sleep(2.5)
         assert spec.id not in ctr_lab.ids()
