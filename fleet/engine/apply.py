@@ -833,7 +833,7 @@ class Engine:
         try:
             env_file = await self._secrets_file(spec, a) if env_secrets else None
         except BaseException:
-            await self._drop_secret_files(report.node, cid)
+            await drop_secret_files(self.pool, report.node, cid)
             raise
         if dirs:
             await self.pool.check(report.node, ["mkdir", "-p", *dirs], timeout=30)
@@ -844,7 +844,7 @@ class Engine:
         try:
             await perform(self.pool, report.node, driver.run(run), timeout=120)
         except BaseException:
-            await self._drop_secret_files(report.node, cid)
+            await drop_secret_files(self.pool, report.node, cid)
             await self.storage.release(report.node, cid)
             raise
         finally:
@@ -877,20 +877,17 @@ class Engine:
         for i, f in enumerate(spec.secret_files):
             value = self.secrets(f.secret) if self.secrets else None
             if value is None:
-                await self._drop_secret_files(node, container)
+                await drop_secret_files(self.pool, node, container)
                 raise FleetError(f"{spec.name}: secret {f.secret!r} for file {f.target} is not in the keyring "
                                  f"(set it with `fleet secret set {f.secret}`)")
             data = value.encode()
             result = await self.pool.run(node, write_secret_file(secret_mount(container, i), size=len(data),
                                                                  mode=f.mode), stdin=value, timeout=30)
             if not result.ok:
-                await self._drop_secret_files(node, container)
+                await drop_secret_files(self.pool, node, container)
                 why = result.stderr.strip() if result.exit_status == NOT_TMPFS_EXIT else (
                     f"writing secret file {f.target} failed: {result.error or result.stderr.strip()}")
                 raise FleetError(f"{spec.name}: {a.node}: {why}")
-
-    async def _drop_secret_files(self, node: Node, container: str) -> None:
-        await drop_secret_files(self.pool, node, container)
 
     async def _secrets_file(self, spec: ServiceSpec, a: Assignment) -> str:
         """Secret env values go to a 0600 file on the node through stdin, never through argv."""
@@ -995,7 +992,7 @@ class Engine:
         self.emit("stop", r.service, f"stopping {r.id} on {r.node} ({why})", r.node, r.id)
         await perform(self.pool, report.node, driver_for(report.node, report.facts).stop(r.id, grace),
                       timeout=grace + 30)
-        await self._drop_secret_files(report.node, r.id)
+        await drop_secret_files(self.pool, report.node, r.id)
         await self.storage.release(report.node, r.id)
         self.live = [x for x in self.live if x.id != r.id]
         self.rotation.drop(r)
@@ -1004,7 +1001,7 @@ class Engine:
         report = self.by_name[r.node]
         self.emit("remove", r.service, f"removing {r.id} on {r.node} ({why})", r.node, r.id)
         await perform(self.pool, report.node, driver_for(report.node, report.facts).stop(r.id, 1.0), timeout=60)
-        await self._drop_secret_files(report.node, r.id)
+        await drop_secret_files(self.pool, report.node, r.id)
         await self.storage.release(report.node, r.id)
         self.live = [x for x in self.live if x.id != r.id]
         self.rotation.drop(r)

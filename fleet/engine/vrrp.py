@@ -4,6 +4,7 @@ holds the address now."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 
 from fleet.core.errors import LbError, ScriptOutputError
@@ -103,8 +104,9 @@ class VirtualIp:
             for n, res in zip(self.nodes, retired, strict=True):
                 if isinstance(res, BaseException) and not isinstance(res, Exception):
                     raise res
-                if isinstance(res, str) and "@@fleet result retired" in res.splitlines():
-                    out[n.name] = "retired"
+                with contextlib.suppress(ScriptOutputError):
+                    if isinstance(res, str) and parse_script_output(res).result == "retired":
+                        out[n.name] = "retired"
             return out
         results = await asyncio.gather(*(self._apply(n) for n in self.nodes), return_exceptions=True)
         for res in results:

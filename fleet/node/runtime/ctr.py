@@ -296,7 +296,7 @@ def _sections(text: str) -> list[tuple[str, str, str]]:
     begins with "@@"; what comes before the first is not part of any. Split on the markers, not line by line:
     a node's listing is mostly `containers info` JSON, a couple of hundred lines per container."""
     out: list[tuple[str, str, str]] = []
-    for chunk in ("\n" + text.replace("\r\n", "\n")).split("\n@@")[1:]:
+    for chunk in ("\n" + text).split("\n@@")[1:]:
         line, _, body = chunk.partition("\n")
         head, _, rest = line.partition(" ")
         out.append((head, rest, body))
