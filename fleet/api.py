@@ -22,7 +22,7 @@ import os
 import shlex
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
 
 from fleet.core.errors import (
@@ -37,10 +37,11 @@ from fleet.core.errors import (
 )
 from fleet.core.model import Inventory, Node
 from fleet.core.nodeops import NodeMark, check_label_change, relabel
+from fleet.results import Event, Outcome, PlanView, RunResult
 
 if TYPE_CHECKING:
     from fleet.config.spec import ServiceSpec
-    from fleet.engine.apply import Engine, Event, Outcome
+    from fleet.engine.apply import Engine
     from fleet.engine.containers import LogStream, PsResult, PsRow
     from fleet.engine.images import PushResult
     from fleet.engine.lbview import LbConfig
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
     from fleet.engine.status import FleetStatus, ReplicaStatus, ServiceStatus
     from fleet.engine.volumes import VolumeListing, VolumeRow
     from fleet.node.runtime.base import RunSpec, RuntimeDriver, StopResult
-    from fleet.plan.reconcile import Plan, Replica
+    from fleet.plan.reconcile import Replica
     from fleet.plan.rollout.decide import Command
     from fleet.store.history import Revision
     from fleet.store.lease import Lease, NodeLease
@@ -98,7 +99,6 @@ T = TypeVar("T")
 # only, so that `fleet --help`, `fleet lab` or `fleet secret` never load asyncssh (PEP 562).
 _LAZY: dict[str, str] = {
     "PsResult": ".engine.containers", "PsRow": ".engine.containers",
-    "Event": ".engine.apply", "Outcome": ".engine.apply",
     "PushResult": ".engine.images",
     "VolumeListing": ".engine.volumes", "VolumeRow": ".engine.volumes",
     "NodeReport": ".engine.nodes", "facts_command": ".engine.nodes", "report_from": ".engine.nodes",
@@ -140,38 +140,6 @@ def lease_ttl() -> float:
     except ValueError:
         return LEASE_TTL
     return ttl if 1.0 <= ttl <= 3600.0 else LEASE_TTL
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """What a changing operation did: one outcome per service, and the nodes that could not take part."""
-
-    outcomes: list[Outcome]
-    errors: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return all(o.ok for o in self.outcomes) and not self.errors
-
-    @property
-    def changed(self) -> bool:
-        return any(o.changed for o in self.outcomes)
-
-
-@dataclass(frozen=True)
-class PlanView:
-    """`fleet plan`: the reconcile diff, the spec changes that keep containers (lb, health, …) per service, and
-    what `reconcile` would hold back; `lb_diff`: per lb node, the unified diff of its HAProxy config (masked)."""
-
-    plan: Plan
-    errors: dict[str, str]
-    changes: dict[str, list[str]]
-    notes: dict[str, str]
-    lb_diff: dict[str, list[str]] = field(default_factory=dict)
-
-    @property
-    def changed(self) -> bool:
-        return self.plan.changed or any(self.changes.values())
 
 
 class Fleet:
@@ -381,8 +349,6 @@ class Fleet:
         """`apply` tries the playbooks; `reconcile` restores the accepted state (see fleet.plan.rollout.decide).
         `parallel` services converge at once (default: `fleet.engine.concurrency.DEFAULT_PARALLEL`). `held`:
         replicas of nodes that stopped answering, kept as running where they were (`fleet watch`'s grace)."""
-        from fleet.engine.apply import Outcome
-
         self.check_volumes(specs)
         specs, skipped = self.stamped_for(specs, command)
         async with self.writing(held) as engine:
@@ -392,8 +358,6 @@ class Fleet:
             return RunResult(outcomes, self._errors(engine))
 
     async def _sweep(self, engine: Engine, managed: set[str]) -> list[Outcome]:
-        from fleet.engine.apply import Outcome
-
         removed = await engine.sweep_destroyed(exclude=managed)
         return [Outcome(name, True, stopped=n) for name, n in sorted(removed.items())]
 
@@ -419,8 +383,6 @@ class Fleet:
 
     async def destroy(self, service: str, grace: float = 10.0) -> RunResult:
         """Remove the service; a node that is down now has its replicas removed by the next run that reaches it."""
-        from fleet.engine.apply import Outcome
-
         async with self.writing() as engine:
             n = await engine.destroy(service, grace)
             return RunResult([Outcome(service, True, stopped=n)], self._errors(engine))
@@ -514,7 +476,6 @@ class Fleet:
         was changed; the node is left cordoned with its replicas running); a service that fails to move makes
         the result not ok, and any other failure is raised, also leaving the node cordoned. A drain cut short (the
         process killed, the lease lost) leaves it draining: whoever converges the fleet next carries it on."""
-        from fleet.engine.apply import Outcome
         from fleet.plan.drain import drain_target
         from fleet.plan.rollout.decide import Target
 

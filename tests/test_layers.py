@@ -10,9 +10,9 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent / "fleet"
 IO_MODULES = {"asyncio", "asyncssh", "subprocess", "socket", "sqlite3", "keyring", "rich", "textual"}
 # Each folder is a layer; a module imports fleet modules of its own layer or of layers below it, never above.
-LAYERS = ["core", "config", "plan", "node", "transport", "store", "engine", "api", "watch"]
+LAYERS = ["core", "config", "plan", "node", "results", "transport", "store", "engine", "api", "watch"]
 # Pure layers: values and decisions, no I/O library at all.
-PURE = {"core", "config", "plan", "node"}
+PURE = {"core", "config", "plan", "node", "results"}
 # Beside the product: the local lab and the demo image, on the pure layers only.
 BESIDE = {"lab": {"core", "config", "node"}, "image": {"core"}}
 RENDERERS = {"cli", "tui"}
@@ -242,9 +242,9 @@ def test_the_facade_shows_the_engines_listing_deadline() -> None:
 
 def test_types_reexported_by_the_facade_are_the_engines() -> None:
     import fleet.api
-    from fleet.engine.apply import Event
     from fleet.engine.containers import PsRow
     from fleet.engine.status import FleetStatus
+    from fleet.results import Event
     from fleet.store.lease import NodeLease
 
     assert (fleet.api.PsRow, fleet.api.Event, fleet.api.FleetStatus, fleet.api.NodeLease) == (

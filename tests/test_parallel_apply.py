@@ -18,13 +18,14 @@ from fleet.cli.apply import _Progress
 from fleet.config.spec import ServiceSpec, parse_playbook
 from fleet.core.errors import LbReloadError, LeaseLost, RecordsError, RolloutFailed, RuntimeCommandError
 from fleet.core.model import Node
-from fleet.engine.apply import Engine, Event, Outcome
+from fleet.engine.apply import Engine
 from fleet.engine.concurrency import Coalesced, SerialRecords
 from fleet.engine.nodes import NodeReport
 from fleet.node.facts import NodeFacts
 from fleet.plan.reconcile import Replica
 from fleet.plan.rollout.decide import Target
 from fleet.plan.scheduler import Assignment
+from fleet.results import Event, Outcome
 from fleet.transport import Pool
 
 GiB = 1024**3

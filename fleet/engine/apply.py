@@ -14,7 +14,7 @@ import json
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, Protocol
 
 from fleet.config.spec import SecretRef, ServiceSpec, from_playbook_dict, to_playbook_dict
@@ -73,35 +73,9 @@ from fleet.plan.rollout.decide import (
 from fleet.plan.rollout.strategy import ReplicaState, Verdict, canary_verdict, canary_weights, resume_plan
 from fleet.plan.scheduler import Assignment, place
 from fleet.plan.volumes import VolumeView, local_volumes
+from fleet.results import Event, Outcome
 from fleet.store.history import FinalOutcome, Revision
 from fleet.transport import Pool
-
-
-@dataclass(frozen=True)
-class Event:
-    """One step of an apply, for progress bars and `--json` event streams."""
-
-    step: str
-    service: str
-    message: str
-    node: str | None = None
-    container: str | None = None
-    at: float = field(default_factory=time.time)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How one service ended: `ok`, what was started and stopped, and why (failure, a waiting canary, a note).
-
-    `changed` is False when the run found the service as it should be and did nothing to it."""
-
-    service: str
-    ok: bool
-    started: int = 0
-    stopped: int = 0
-    reason: str | None = None
-    changed: bool = True
-    waiting: bool = False
 
 
 class Records(Protocol):

@@ -31,12 +31,12 @@ from fleet.api import Fleet, lease_ttl
 from fleet.config.spec import ServiceSpec, load_playbooks
 from fleet.core.errors import ConfigError, FleetError, LeaseError, LeaseHeld, LeaseLost
 from fleet.core.model import Inventory
-from fleet.engine.apply import Event
 from fleet.engine.lb import Balancers
 from fleet.engine.nodes import NodeReport
 from fleet.engine.state import observe
 from fleet.node.haproxy.render import backend_name
 from fleet.plan.reconcile import Replica, duplicates
+from fleet.results import Event
 from fleet.store.lease import Lease
 from fleet.store.nodes import DEFAULT_BASE_DIR, record_nodes
 from fleet.transport import Pool
