@@ -435,5 +435,5 @@ def test_a_directory_that_cannot_be_listed_is_a_problem(tmp_path: Path, monkeypa
     def denied(path: str) -> list[str]:  # root reads every directory here: the refusal is simulated
         raise PermissionError(13, "Permission denied", path)
 
-    monkeypatch.setattr("fleet.config.spec.os.listdir", denied)
+    monkeypatch.setattr("fleet.config.spec.loading.os.listdir", denied)
     assert problems_of([str(tmp_path)]) == [f"{tmp_path}: cannot list playbooks: Permission denied"]

@@ -1,0 +1,470 @@
+"""The playbook as written: the pydantic schema of one service, each section checked field by field and turned
+into its resolved value (`values`) by its own `value()`, so a section's rules and its meaning sit together."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
+
+from fleet.config.edge import HostName, PathPrefix, TlsModel, hosts_problem, tls_spec
+from fleet.config.spec.values import (
+    DEFAULT_CONFIG_MODE,
+    DEFAULT_SECRET_FILE_MODE,
+    DIGEST_RE,
+    FILE_MODE_RE,
+    FLEET_MOUNTS,
+    HTTP_PATH_RE,
+    IMAGE_RE,
+    MAX_MEMORY,
+    MOUNT_PATH_RE,
+    NODE_DIRS,
+    SECRET_NAME_RE,
+    VOLUME_NAME_RE,
+    CanarySpec,
+    ConfigSpec,
+    HealthSpec,
+    LbSpec,
+    PlacementSpec,
+    SecretFileSpec,
+    SecretRef,
+    ServiceSpec,
+    UpdateSpec,
+    VolumeSpec,
+    normal_path,
+    parse_duration,
+    within,
+)
+from fleet.config.yamlmarks import Marked
+from fleet.core.model import Resources
+from fleet.core.names import LABEL_KEY_RE, LABEL_VALUE_RE, NAME_RE
+from fleet.core.ports import RESERVED_LB_PORTS
+from fleet.core.units import parse_cpu, parse_memory
+
+# A service's configs and secret files, resolved by the loader (which reads the configs' files).
+Files = tuple[tuple[ConfigSpec, ...], tuple[SecretFileSpec, ...]]
+
+def _cpu(value: object) -> float:
+    cores = parse_cpu(value)
+    if not 0 < cores <= 1024:
+        raise ValueError(f"cpu must be more than 0 and at most 1024 cores, got {value!r}")
+    millis = round(cores * 1000)
+    if millis < 1 or abs(cores * 1000 - millis) > 1e-6:
+        raise ValueError(f"cpu is counted in whole millicores (0.001 or 1m), got {value!r}")
+    return millis / 1000
+
+
+def _memory(value: object) -> int:
+    size = parse_memory(value)
+    if size < 1024 * 1024:
+        raise ValueError(f"memory must be at least 1MiB, got {value!r}")
+    if size > MAX_MEMORY:
+        raise ValueError(f"memory can be at most 1PiB, got {value!r}")
+    return size
+
+
+def _positive(seconds: float) -> float:
+    if seconds <= 0:
+        raise ValueError("must be more than 0 (at least 1ms)")
+    return seconds
+
+
+def _percentage_points(value: float) -> float:
+    if not 0 <= value <= 100:  # also NaN
+        raise ValueError(f"expected percentage points from 0 to 100, got {value!r}")
+    return value
+
+
+def _port(port: int) -> int:
+    if not 1 <= port <= 65535:
+        raise ValueError(f"expected a port number from 1 to 65535, got {port}")
+    return port
+
+
+def _lb_port(port: int) -> int:
+    _port(port)
+    if port in RESERVED_LB_PORTS:
+        raise ValueError(f"port {port} is fleet's own on the lb nodes ({RESERVED_LB_PORTS[port]}); choose another")
+    return port
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+PositiveDuration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive)]
+Port = Annotated[StrictInt, AfterValidator(_port)]
+LbPort = Annotated[StrictInt, AfterValidator(_lb_port)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Resources(_Strict):
+    cpu: Annotated[float, BeforeValidator(_cpu)] = 0.1
+    memory: Annotated[int, BeforeValidator(_memory)] = 64 * 1024 * 1024
+
+    def value(self) -> Resources:
+        return Resources(self.cpu, self.memory)
+
+
+class _Health(_Strict):
+    http: str | None = None
+    tcp: StrictBool | None = None
+    exec: list[str] | None = None
+    interval: PositiveDuration = 2.0
+    timeout: PositiveDuration = 1.0
+    failure_threshold: Annotated[StrictInt, Field(ge=1, le=100)] = 3
+    success_threshold: Annotated[StrictInt, Field(ge=1, le=100)] = 1
+    start_period: Duration = 0.0
+
+    @field_validator("http")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        if v is not None and (len(v) > 256 or not HTTP_PATH_RE.match(v)):
+            raise ValueError(f"expected a URL path such as /healthz (no spaces, quotes or '#'), got {v!r}")
+        return v
+
+    @field_validator("exec")
+    @classmethod
+    def _exec(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            _check_argv(v)
+        return v
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> _Health:
+        kinds = [k for k, v in (("http", self.http), ("tcp", self.tcp), ("exec", self.exec)) if v]
+        if len(kinds) != 1:
+            raise ValueError("give exactly one of http: PATH, tcp: true or exec: [command, ...]")
+        return self
+
+    def value(self) -> HealthSpec:
+        kind: Literal["http", "tcp", "exec"] = "http" if self.http else "tcp" if self.tcp else "exec"
+        return HealthSpec(kind, self.http, tuple(self.exec or ()), self.interval, self.timeout,
+                          self.failure_threshold, self.success_threshold, self.start_period)
+
+
+class _Placement(_Strict):
+    require: dict[str, Any] = Field(default_factory=dict)
+    spread_by: str | None = None
+    strategy: Literal["spread", "pack"] = "spread"
+
+    @field_validator("require")
+    @classmethod
+    def _labels(cls, v: dict[str, Any]) -> dict[str, str]:
+        out = {}
+        for key, value in v.items():
+            if not LABEL_KEY_RE.match(str(key)):
+                raise ValueError(f"invalid label key {key!r} (letters, digits, . _ / -)")
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            if not isinstance(value, str | int | bool) or not LABEL_VALUE_RE.match(text):
+                raise ValueError(f"invalid value {value!r} for label {key!r}")
+            out[str(key)] = text
+        return out
+
+    @field_validator("spread_by")
+    @classmethod
+    def _spread(cls, v: str | None) -> str | None:
+        if v is not None and not LABEL_KEY_RE.match(v):
+            raise ValueError(f"invalid label key {v!r} (letters, digits, . _ / -)")
+        return v
+
+    def value(self) -> PlacementSpec:
+        return PlacementSpec(self.require, self.spread_by, self.strategy)
+
+
+class _Lb(_Strict):
+    port: LbPort | None = None
+    mode: Literal["http", "tcp"] = "http"
+    balance: Literal["roundrobin", "leastconn", "source", "random"] = "roundrobin"
+    hosts: list[HostName] = Field(default_factory=list)
+    paths: list[PathPrefix] = Field(default_factory=list)
+    tls: TlsModel | None = None
+
+    @model_validator(mode="after")
+    def _routed(self) -> _Lb:
+        if self.port is None and not self.hosts:
+            raise ValueError("give port: N (the service's own port) and/or hosts: [NAME, ...] (shared ports)")
+        if self.hosts and self.mode != "http":
+            raise ValueError("hosts route HTTP by the Host header and SNI: they need mode http")
+        if (self.paths or self.tls is not None) and not self.hosts:
+            raise ValueError("paths and tls apply to hosts: list the service's host names")
+        if (problem := hosts_problem(self.hosts)) is not None:
+            raise ValueError(problem)
+        return self
+
+    def value(self, base_dir: str | None) -> LbSpec:
+        """`base_dir`: the playbook's directory, against which relative certificate files are made absolute."""
+        return LbSpec(self.port, self.mode, self.balance, tuple(self.hosts), tuple(self.paths),
+                      tls_spec(self.tls, base_dir) if self.tls else None)
+
+
+class _Volume(_Strict):
+    type: Literal["bind", "tmpfs", "volume", "sshfs"]
+    source: str | None = None
+    target: str
+    readonly: StrictBool = False
+    size: Annotated[int | None, BeforeValidator(lambda v: None if v is None else _memory(v))] = None
+    on_node_loss: Literal["wait", "start-empty"] | None = None
+    storage: str | None = None
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, v: str) -> str:
+        _check_mount_path(v)
+        target = normal_path(v)
+        if target == "/":
+            raise ValueError("cannot mount over /")
+        for mount in FLEET_MOUNTS:
+            if within(mount, target):
+                raise ValueError(f"cannot mount over {target}: fleet mounts its own {mount} in every container")
+        return v
+
+    @model_validator(mode="after")
+    def _by_type(self) -> _Volume:
+        if self.type == "bind":
+            if self.source is None:
+                raise ValueError("a bind volume needs source: /host/path")
+            if not self.source.startswith("/"):
+                raise ValueError(f"a bind volume's source must be an absolute host path, got {self.source!r}")
+            _check_mount_path(self.source)
+            source = normal_path(self.source)
+            if source == "/":
+                raise ValueError(f"a bind volume cannot mount the node's root directory (source {self.source!r})")
+            for own in NODE_DIRS:
+                if within(source, own):
+                    raise ValueError(f"a bind volume cannot mount {source}: it is fleet's own directory {own} or "
+                                     "inside it (secrets, HAProxy config and sockets, logs)")
+                if within(own, source):
+                    raise ValueError(f"a bind volume cannot mount {source}: it holds fleet's own directory {own} "
+                                     "(secrets, HAProxy config and sockets, logs)")
+        elif self.type in ("volume", "sshfs"):
+            if self.source is None or not VOLUME_NAME_RE.match(self.source):
+                raise ValueError(f"a named volume needs source: NAME (a-z, 0-9, . _ -), got {self.source!r}")
+        elif self.source is not None:
+            raise ValueError("a tmpfs volume takes no source")
+        if self.size is not None and self.type != "tmpfs":
+            raise ValueError("size applies to tmpfs volumes only")
+        if self.on_node_loss is not None and self.type != "volume":
+            raise ValueError("on_node_loss applies to named volumes (type: volume) only: other volumes do not "
+                             "keep data on one node")
+        if self.storage is not None and self.type != "sshfs":
+            raise ValueError("storage applies to sshfs volumes only")
+        if self.storage is not None and not NAME_RE.match(self.storage):
+            raise ValueError(f"expected a storage node's name from the inventory, got {self.storage!r}")
+        return self
+
+    def value(self, line: int | None) -> VolumeSpec:
+        return VolumeSpec(self.type, self.target, self.source, self.readonly, self.size, self.on_node_loss or "wait",
+                          self.storage, line)
+
+
+def _file_mode(value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise ValueError(f"write the mode as a quoted octal string such as '0444' (got the number {value}; "
+                         "unquoted, 0444 is read as the number 292)")
+    if not isinstance(value, str) or not FILE_MODE_RE.match(value):
+        raise ValueError(f"expected a mode of three octal digits such as '0444' or '0400' (no setuid, setgid or "
+                         f"sticky bit), got {value!r}")
+    return "0" + value[-3:]
+
+
+def _file_target(value: str) -> str:
+    """A file's path inside the container: absolute, of the characters ctr's --mount takes, not over fleet's own
+    mounts."""
+    _check_mount_path(value)
+    target = normal_path(value)
+    if target == "/":
+        raise ValueError("cannot mount a file over /")
+    for mount in FLEET_MOUNTS:
+        if within(mount, target) or within(target, mount):
+            raise ValueError(f"cannot mount over {target}: fleet mounts its own {mount} in every container")
+    return target
+
+
+FileMode = Annotated[str, BeforeValidator(_file_mode)]
+
+
+class _Config(_Strict):
+    target: Annotated[str, AfterValidator(_file_target)]
+    source: str | None = None
+    content: str | None = None
+    mode: FileMode = DEFAULT_CONFIG_MODE
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> _Config:
+        if (self.source is None) == (self.content is None):
+            raise ValueError("give exactly one of source: FILE (relative to the playbook) or content: TEXT")
+        if self.source is not None and (not self.source or self.source.startswith("/") or "\x00" in self.source):
+            raise ValueError(f"source: expected a file path relative to the playbook's directory, "
+                             f"got {self.source!r}")
+        return self
+
+
+class _SecretFile(_Strict):
+    secret: str
+    file: Annotated[str, AfterValidator(_file_target)] | None = None
+    mode: FileMode = DEFAULT_SECRET_FILE_MODE
+
+    @field_validator("secret")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not SECRET_NAME_RE.match(v):
+            raise ValueError(f"invalid secret name {v!r} (letters, digits, . _ -)")
+        return v
+
+
+class _Canary(_Strict):
+    steps: list[Annotated[StrictInt, Field(ge=1, le=100)]] = Field(default_factory=lambda: [10, 50])
+    pause: Duration = 30.0
+    auto_promote: StrictBool = True
+    max_error_rate_delta: Annotated[float, AfterValidator(_percentage_points)] = 1.0
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("give at least one step")
+        if any(b <= a for a, b in itertools.pairwise(v)):
+            raise ValueError(f"steps must increase strictly, got {v}")
+        return v
+
+    def value(self) -> CanarySpec:
+        return CanarySpec(tuple(self.steps), self.pause, self.auto_promote, self.max_error_rate_delta)
+
+
+class _Update(_Strict):
+    strategy: Literal["rolling", "canary"] = "rolling"
+    max_surge: Annotated[StrictInt, Field(ge=0)] = 1
+    max_unavailable: Annotated[StrictInt, Field(ge=0)] = 0
+    batch_size: Annotated[StrictInt, Field(ge=1)] | None = None
+    ready_deadline: PositiveDuration = 60.0
+    min_ready: Duration = 2.0
+    canary: _Canary | None = None
+
+    @model_validator(mode="after")
+    def _progress(self) -> _Update:
+        if self.max_surge == 0 and self.max_unavailable == 0:
+            raise ValueError("max_surge and max_unavailable cannot both be 0 (the update could never progress)")
+        if self.canary is not None and self.strategy != "canary":
+            raise ValueError("canary settings need strategy: canary")
+        return self
+
+    def value(self) -> UpdateSpec:
+        """Unset, `batch_size` is what surge and unavailability allow at once; a canary update without `canary:`
+        takes the default steps."""
+        canary = (self.canary or _Canary()).value() if self.strategy == "canary" else None
+        return UpdateSpec(self.strategy, self.max_surge, self.max_unavailable,
+                          self.batch_size or max(1, self.max_surge + self.max_unavailable),
+                          self.ready_deadline, self.min_ready, canary)
+
+
+class ServiceInput(_Strict):
+    image: str
+    command: list[str] | None = None
+    replicas: Annotated[StrictInt, Field(ge=0, le=10000)] = 1
+    resources: _Resources = Field(default_factory=_Resources)
+    port: Port = 8080
+    env: dict[str, Any] = Field(default_factory=dict)
+    health: _Health | None = None
+    placement: _Placement = Field(default_factory=_Placement)
+    lb: _Lb | None = None
+    volumes: list[_Volume] = Field(default_factory=list)
+    stop_grace_period: Duration = 10.0
+    update: _Update = Field(default_factory=_Update)
+    configs: list[_Config] = Field(default_factory=list)
+    secrets: list[_SecretFile] = Field(default_factory=list)
+    secret_digests: dict[str, str] | None = None
+
+    @field_validator("secret_digests")
+    @classmethod
+    def _digests(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        for name, digest in (v or {}).items():
+            if not SECRET_NAME_RE.match(name) or not DIGEST_RE.match(digest):
+                raise ValueError(f"expected secret names and hex digests, got {name!r}: {digest!r}")
+        return v
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str) -> str:
+        if len(v) > 255 or not IMAGE_RE.match(v):
+            raise ValueError(f"expected an image reference such as registry.local/web:v1, got {v!r}")
+        return v
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            _check_argv(v)
+        return v
+
+    @field_validator("volumes")
+    @classmethod
+    def _unique_targets(cls, v: list[_Volume]) -> list[_Volume]:
+        seen = set()
+        for vol in v:
+            target = normal_path(vol.target)
+            if target in seen:
+                raise ValueError(f"two volumes mount at {target}")
+            seen.add(target)
+        return v
+
+    @model_validator(mode="after")
+    def _canary_needs_lb(self) -> ServiceInput:
+        if self.update.strategy == "canary" and self.lb is None:
+            raise ValueError("update.strategy canary needs lb (traffic is split by HAProxy weights)")
+        return self
+
+    def value(self, name: str, doc: Marked, env: dict[str, str | SecretRef], files: Files,
+              base_dir: str | None) -> ServiceSpec:
+        """The resolved service; `env`, `files` (configs and secret files) come checked by the loader, which
+        alone reads files; `doc` gives the lines the service and its volumes were written at."""
+        where = ("services", name)
+        return ServiceSpec(
+            name=name,
+            image=self.image,
+            command=tuple(self.command) if self.command is not None else None,
+            replicas=self.replicas,
+            resources=self.resources.value(),
+            port=self.port,
+            env=env,
+            health=self.health.value() if self.health is not None else None,
+            placement=self.placement.value(),
+            lb=self.lb.value(base_dir) if self.lb is not None else None,
+            volumes=tuple(v.value(doc.line_of((*where, "volumes", i))) for i, v in enumerate(self.volumes)),
+            stop_grace_period=self.stop_grace_period,
+            update=self.update.value(),
+            configs=files[0],
+            secret_files=files[1],
+            secret_digests=self.secret_digests or {},
+            source_file=doc.file,
+            source_line=doc.line_of(where),
+        )
+
+
+class PlaybookInput(_Strict):
+    services: dict[str, ServiceInput] | None
+
+
+def _check_argv(argv: list[str]) -> None:
+    if not argv:
+        raise ValueError("expected a non-empty list of arguments")
+    for arg in argv:
+        if "\x00" in arg:
+            raise ValueError("an argument cannot contain a NUL byte")
+
+
+def _check_mount_path(path: str) -> None:
+    if not MOUNT_PATH_RE.match(path) or "/../" in f"{path}/" or "/./" in f"{path}/" or len(path) > 4096:
+        raise ValueError(f"expected an absolute path of letters, digits and . _ @ + / -, got {path!r}")
+

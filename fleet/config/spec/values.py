@@ -1,0 +1,321 @@
+"""The resolved values of a service spec (frozen dataclasses: durations in seconds, memory in bytes, cpu in cores),
+the limits every playbook is held to, and the spec hash that tells which replicas run which version."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any, Literal
+
+from fleet.config.edge import TlsSpec
+from fleet.core.dirs import NODE_BASE, NODE_RUN
+from fleet.core.model import Resources
+
+SERVICE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+SECRET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+VOLUME_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+# An origin-form URL path with an optional query; no spaces, quotes, '#', '\', '$' or control characters,
+# so it can go verbatim into an HAProxy config line and an HTTP request line.
+HTTP_PATH_RE = re.compile(
+    r"^/(?:[A-Za-z0-9._~!*+,;=:@/-]|%[0-9A-Fa-f]{2})*(?:\?(?:[A-Za-z0-9._~!*+,;=:@/?&-]|%[0-9A-Fa-f]{2})*)?$"
+)
+# A host path for bind mounts / tmpfs targets: absolute, and free of the separators ctr's --mount uses.
+MOUNT_PATH_RE = re.compile(r"^/[A-Za-z0-9._@+/-]*$")
+IMAGE_RE = re.compile(
+    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::[0-9]{1,5})?/)?"
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$"
+)
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+# Every duration (health, update, grace period, canary pause) is 0 to 24 h, counted in whole milliseconds: what
+# HAProxy's `inter` and `timeout check` take, and exact through the revision history (`format_duration`).
+MAX_DURATION = 86400.0
+# fleet's directories on every node (hosts file, HAProxy config and sockets, logs, volumes, records; secrets'
+# env files on the tmpfs): fleet.node.paths; a bind volume may not expose them to a container.
+NODE_DIRS = (NODE_BASE, NODE_RUN)
+# Files fleet bind-mounts into every container; a volume may not cover them (service discovery, DNS).
+FLEET_MOUNTS = ("/etc/hosts", "/etc/resolv.conf")
+MAX_MEMORY = 2**50  # 1 PiB: far above any node, far below ctr's int64 byte count
+# Configs are settings, not data: each revision recorded on the fleet carries their content (so a rollback
+# restores them) and every start sends them over SSH, so they are kept small. Bigger files belong in the image
+# or a volume.
+MAX_CONFIG_BYTES = 64 * 1024
+MAX_CONFIGS_BYTES = 256 * 1024  # all of one service's configs together
+# A file's permission bits as a quoted octal string ('0444'); no setuid, setgid or sticky bit.
+FILE_MODE_RE = re.compile(r"^0?[0-7]{3}$")
+DEFAULT_CONFIG_MODE = "0444"
+DEFAULT_SECRET_FILE_MODE = "0400"
+SECRET_FILE_DIR = "/run/secrets"
+DIGEST_RE = re.compile(r"^[0-9a-f]{32,64}$")
+
+SPEC_HASH_VERSION = 1
+DEFAULT_RESOURCES = Resources(cpu=0.1, memory=64 * 1024 * 1024)
+
+
+def _seconds(value: object) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration such as 2s or 500ms, got {value!r}")
+    if isinstance(value, int):
+        # Compared as an int first: a huge one would overflow float().
+        return float(value) if abs(value) <= 10**9 else math.inf if value > 0 else -math.inf
+    if isinstance(value, float):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        pos, total = 0, 0.0
+        for m in _DURATION_PART.finditer(text):
+            if m.start() != pos:
+                break
+            total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+            pos = m.end()
+        else:
+            if text and pos == len(text):
+                return total
+    raise ValueError(f"expected a duration such as 2s, 500ms or 1m, got {value!r}")
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from `500ms`, `2s`, `1m`, `1m30s`, `1h`, or a plain number of seconds: 0 to 24 h, in whole
+    milliseconds (returned as `milliseconds / 1000`, so equal durations are equal floats)."""
+    seconds = _seconds(value)
+    if math.isnan(seconds):
+        raise ValueError(f"expected a duration such as 2s or 500ms, got {value!r}")
+    if seconds < 0:
+        raise ValueError(f"a duration cannot be negative, got {value!r}")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"a duration can be at most 24h (86400s), got {value!r}")
+    millis = round(seconds * 1000)
+    if abs(seconds * 1000 - millis) > 1e-6:
+        raise ValueError(f"durations are counted in whole milliseconds, got {value!r}")
+    return millis / 1000
+
+
+def format_duration(seconds: float) -> str:
+    """The text `parse_duration` reads back as exactly `seconds`: `2s`, `0.5s`, `1.25s`, `86399.999s`."""
+    millis = round(seconds * 1000)
+    whole, frac = divmod(millis, 1000)
+    return f"{whole}s" if not frac else f"{whole}.{frac:03d}".rstrip("0") + "s"
+
+
+
+# ---- values ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """A reference to a secret in the keyring by name; never the value."""
+
+    name: str
+
+    def __repr__(self) -> str:
+        return f"SecretRef({self.name!r})"
+
+
+@dataclass(frozen=True)
+class ConfigSpec:
+    """A file mounted read-only at `target` in every container of the service; its content travels with the spec
+    (and the history), so a change of content or mode is a change of the spec. `source` is the file it was read
+    from, for messages only."""
+
+    target: str
+    content: str = field(repr=False)
+    mode: str = DEFAULT_CONFIG_MODE
+    source: str | None = field(default=None, compare=False)
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.content.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class SecretFileSpec:
+    """A keyring secret put in a file at `target` inside the container (a file on the node's tmpfs,
+    bind-mounted read-only); the value is read only where the container starts."""
+
+    secret: str
+    target: str
+    mode: str = DEFAULT_SECRET_FILE_MODE
+
+
+@dataclass(frozen=True)
+class HealthSpec:
+    """How to tell a replica is healthy: an HTTP GET, a TCP connect or a command run inside it."""
+
+    kind: Literal["http", "tcp", "exec"]
+    path: str | None = None
+    command: tuple[str, ...] = ()
+    interval: float = 2.0
+    timeout: float = 1.0
+    failure_threshold: int = 3
+    success_threshold: int = 1
+    start_period: float = 0.0
+
+
+@dataclass(frozen=True)
+class PlacementSpec:
+    """Where replicas may go (`require`) and how they are spread (`spread_by` label, `strategy`)."""
+
+    require: Mapping[str, str] = field(default_factory=dict)
+    spread_by: str | None = None
+    strategy: Literal["spread", "pack"] = "spread"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "require", MappingProxyType(dict(self.require)))
+
+
+@dataclass(frozen=True)
+class LbSpec:
+    """The service's frontend on the LB nodes: its own `port`, and/or `hosts` (with optional path prefixes) on the
+    shared HTTP/HTTPS ports, with `tls`."""
+
+    port: int | None
+    mode: Literal["http", "tcp"] = "http"
+    balance: Literal["roundrobin", "leastconn", "source", "random"] = "roundrobin"
+    hosts: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+    tls: TlsSpec | None = None
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    """A mount: a host path (bind), a RAM disk (tmpfs), a named volume on the node (`volume`: its data stays on
+    that node, and so does its replica) or a named volume on a storage host mounted over SSH (`sshfs`: the
+    replica may move). `on_node_loss` says what a `volume` replica does when its node is gone: `wait` for it,
+    or `start-empty` elsewhere. `storage` names the inventory's storage node of an `sshfs` volume (None: the
+    only one)."""
+
+    type: Literal["bind", "tmpfs", "volume", "sshfs"]
+    target: str
+    source: str | None = None
+    readonly: bool = False
+    size: int | None = None
+    on_node_loss: Literal["wait", "start-empty"] = "wait"
+    storage: str | None = None
+    source_line: int | None = field(default=None, compare=False)
+
+    def hash_input(self) -> dict[str, Any]:
+        """What a container's mount depends on (`on_node_loss` is placement only); keys added by later
+        features appear only when set, so existing services keep their hash."""
+        out: dict[str, Any] = {"type": self.type, "source": self.source, "target": self.target,
+                               "readonly": self.readonly, "size": self.size}
+        if self.storage is not None:
+            out["storage"] = self.storage
+        return out
+
+
+@dataclass(frozen=True)
+class CanarySpec:
+    """Canary traffic steps (percent of weight on the new version) and when to promote."""
+
+    steps: tuple[int, ...] = (10, 50)
+    pause: float = 30.0
+    auto_promote: bool = True
+    max_error_rate_delta: float = 1.0
+
+
+@dataclass(frozen=True)
+class UpdateSpec:
+    """How a changed service is rolled out."""
+
+    strategy: Literal["rolling", "canary"] = "rolling"
+    max_surge: int = 1
+    max_unavailable: int = 0
+    batch_size: int = 1
+    ready_deadline: float = 60.0
+    min_ready: float = 2.0
+    canary: CanarySpec | None = None
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One service, fully resolved: durations in seconds, memory in bytes, cpu in cores."""
+
+    name: str
+    image: str
+    command: tuple[str, ...] | None = None
+    replicas: int = 1
+    resources: Resources = DEFAULT_RESOURCES
+    port: int = 8080
+    env: Mapping[str, str | SecretRef] = field(default_factory=dict)
+    health: HealthSpec | None = None
+    placement: PlacementSpec = PlacementSpec()
+    lb: LbSpec | None = None
+    volumes: tuple[VolumeSpec, ...] = ()
+    stop_grace_period: float = 10.0
+    update: UpdateSpec = UpdateSpec()
+    configs: tuple[ConfigSpec, ...] = ()
+    secret_files: tuple[SecretFileSpec, ...] = ()
+    # Keyed digests (HMAC, the fleet's key) of the values of the secrets the service uses, stamped by the
+    # controller (`with_secret_digests`): a rotated secret changes the spec hash, so its replicas are replaced.
+    secret_digests: Mapping[str, str] = field(default_factory=dict)
+    source_file: str = field(default="", compare=False)
+    source_line: int | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
+        object.__setattr__(self, "secret_digests", MappingProxyType(dict(self.secret_digests)))
+
+    def secret_names(self) -> tuple[str, ...]:
+        return tuple(sorted({v.name for v in self.env.values() if isinstance(v, SecretRef)}
+                            | {f.secret for f in self.secret_files}))
+
+    def hash_input(self) -> dict[str, Any]:
+        """The fields whose change needs a new container; secrets appear by name only."""
+        env = {k: ({"secret": v.name} if isinstance(v, SecretRef) else v) for k, v in sorted(self.env.items())}
+        return {
+            "v": SPEC_HASH_VERSION,
+            "image": self.image,
+            "command": list(self.command) if self.command is not None else None,
+            "env": env,
+            "cpu": self.resources.cpu,
+            "memory": self.resources.memory,
+            "port": self.port,
+            "volumes": [v.hash_input() for v in self.volumes],
+            "health_exec": list(self.health.command) if self.health and self.health.kind == "exec" else None,
+            # Only when used, so the hash of a service without them is what it always was.
+            **({"configs": [{"target": c.target, "mode": c.mode, "sha256": c.digest()} for c in self.configs]}
+               if self.configs else {}),
+            **({"secret_files": [{"secret": f.secret, "target": f.target, "mode": f.mode}
+                                 for f in self.secret_files]} if self.secret_files else {}),
+            **({"secret_digests": dict(sorted(self.secret_digests.items()))} if self.secret_digests else {}),
+        }
+
+    def spec_hash(self) -> str:
+        """Stable sha256 (hex) of `hash_input()` as canonical JSON; replicas and lb do not count."""
+        blob = json.dumps(self.hash_input(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def with_secret_digests(spec: ServiceSpec, digests: Mapping[str, str]) -> ServiceSpec:
+    """`spec` with the keyed digests of the secrets it uses, of those `digests` has."""
+    return replace(spec, secret_digests={name: digests[name] for name in spec.secret_names() if name in digests})
+
+
+@dataclass(frozen=True)
+class Playbook:
+    """One playbook file and its services, each knowing its own line."""
+
+    file: str
+    services: tuple[ServiceSpec, ...]
+
+    def line_of(self, service: str) -> int | None:
+        for s in self.services:
+            if s.name == service:
+                return s.source_line
+        return None
+
+
+def normal_path(path: str) -> str:
+    """An absolute path without `.`/`..` parts, as the kernel resolves it: `//srv//data/` → `/srv/data`."""
+    return "/" + "/".join(part for part in path.split("/") if part)
+
+
+def within(inner: str, outer: str) -> bool:
+    """`inner` is `outer` or below it (both normal paths)."""
+    return inner == outer or outer == "/" or inner.startswith(outer + "/")
