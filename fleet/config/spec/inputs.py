@@ -1,5 +1,6 @@
-"""The playbook as written: the pydantic schema of one service, each section checked field by field and turned
-into its resolved value (`values`) by its own `value()`, so a section's rules and its meaning sit together."""
+"""The playbook as written: the pydantic schema of one service. Each section is one class that states its
+fields and their rules, resolves itself into its value (`value()`, a `values` dataclass) and writes a value back
+as playbook input (`written()`, what the history records), so reading and writing a section cannot drift apart."""
 
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ from fleet.config.spec.values import (
     ServiceSpec,
     UpdateSpec,
     VolumeSpec,
+    format_duration,
     normal_path,
     parse_duration,
     within,
@@ -116,6 +118,10 @@ class _Resources(_Strict):
     def value(self) -> Resources:
         return Resources(self.cpu, self.memory)
 
+    @staticmethod
+    def written(r: Resources) -> dict[str, Any]:
+        return {"cpu": r.cpu, "memory": r.memory}
+
 
 class _Health(_Strict):
     http: str | None = None
@@ -153,6 +159,21 @@ class _Health(_Strict):
         return HealthSpec(kind, self.http, tuple(self.exec or ()), self.interval, self.timeout,
                           self.failure_threshold, self.success_threshold, self.start_period)
 
+    @staticmethod
+    def written(h: HealthSpec) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "interval": format_duration(h.interval), "timeout": format_duration(h.timeout),
+            "failure_threshold": h.failure_threshold, "success_threshold": h.success_threshold,
+            "start_period": format_duration(h.start_period),
+        }
+        if h.kind == "http":
+            out["http"] = h.path
+        elif h.kind == "tcp":
+            out["tcp"] = True
+        else:
+            out["exec"] = list(h.command)
+        return out
+
 
 class _Placement(_Strict):
     require: dict[str, Any] = Field(default_factory=dict)
@@ -182,6 +203,13 @@ class _Placement(_Strict):
     def value(self) -> PlacementSpec:
         return PlacementSpec(self.require, self.spread_by, self.strategy)
 
+    @staticmethod
+    def written(p: PlacementSpec) -> dict[str, Any]:
+        out: dict[str, Any] = {"require": dict(p.require), "strategy": p.strategy}
+        if p.spread_by:
+            out["spread_by"] = p.spread_by
+        return out
+
 
 class _Lb(_Strict):
     port: LbPort | None = None
@@ -207,6 +235,29 @@ class _Lb(_Strict):
         """`base_dir`: the playbook's directory, against which relative certificate files are made absolute."""
         return LbSpec(self.port, self.mode, self.balance, tuple(self.hosts), tuple(self.paths),
                       tls_spec(self.tls, base_dir) if self.tls else None)
+
+    @staticmethod
+    def written(lb: LbSpec) -> dict[str, Any]:
+        out: dict[str, Any] = {"mode": lb.mode, "balance": lb.balance}
+        if lb.port is not None:
+            out["port"] = lb.port
+        if lb.hosts:
+            out["hosts"] = list(lb.hosts)
+        if lb.paths:
+            out["paths"] = list(lb.paths)
+        t = lb.tls
+        if t is not None:
+            tls: dict[str, Any] = {"redirect": t.redirect}
+            if t.cert_file is not None:
+                tls.update(cert=t.cert_file, key=t.key_file)
+            if t.secret is not None:
+                tls["secret"] = t.secret
+            if t.acme:
+                tls["acme"] = True
+            if t.hsts is not None:
+                tls["hsts"] = t.hsts
+            out["tls"] = tls
+        return out
 
 
 class _Volume(_Strict):
@@ -268,6 +319,14 @@ class _Volume(_Strict):
         return VolumeSpec(self.type, self.target, self.source, self.readonly, self.size, self.on_node_loss or "wait",
                           self.storage, line)
 
+    @staticmethod
+    def written(v: VolumeSpec) -> dict[str, Any]:
+        """Unset fields left out, `on_node_loss` too when it is the default (`wait`)."""
+        return {k: x for k, x in {"type": v.type, "source": v.source, "target": v.target, "readonly": v.readonly,
+                                  "size": v.size, "storage": v.storage,
+                                  "on_node_loss": None if v.on_node_loss == "wait" else v.on_node_loss,
+                                  }.items() if x is not None}
+
 
 def _file_mode(value: object) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
@@ -310,6 +369,11 @@ class _Config(_Strict):
                              f"got {self.source!r}")
         return self
 
+    @staticmethod
+    def written(c: ConfigSpec) -> dict[str, Any]:
+        """Its content, never its file: a recorded config restores what was applied."""
+        return {"target": c.target, "mode": c.mode, "content": c.content}
+
 
 class _SecretFile(_Strict):
     secret: str
@@ -322,6 +386,10 @@ class _SecretFile(_Strict):
         if not SECRET_NAME_RE.match(v):
             raise ValueError(f"invalid secret name {v!r} (letters, digits, . _ -)")
         return v
+
+    @staticmethod
+    def written(f: SecretFileSpec) -> dict[str, Any]:
+        return {"secret": f.secret, "file": f.target, "mode": f.mode}
 
 
 class _Canary(_Strict):
@@ -341,6 +409,11 @@ class _Canary(_Strict):
 
     def value(self) -> CanarySpec:
         return CanarySpec(tuple(self.steps), self.pause, self.auto_promote, self.max_error_rate_delta)
+
+    @staticmethod
+    def written(c: CanarySpec) -> dict[str, Any]:
+        return {"steps": list(c.steps), "pause": format_duration(c.pause), "auto_promote": c.auto_promote,
+                "max_error_rate_delta": c.max_error_rate_delta}
 
 
 class _Update(_Strict):
@@ -367,6 +440,17 @@ class _Update(_Strict):
         return UpdateSpec(self.strategy, self.max_surge, self.max_unavailable,
                           self.batch_size or max(1, self.max_surge + self.max_unavailable),
                           self.ready_deadline, self.min_ready, canary)
+
+    @staticmethod
+    def written(u: UpdateSpec) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "strategy": u.strategy, "max_surge": u.max_surge, "max_unavailable": u.max_unavailable,
+            "batch_size": u.batch_size, "ready_deadline": format_duration(u.ready_deadline),
+            "min_ready": format_duration(u.min_ready),
+        }
+        if u.canary is not None:
+            out["canary"] = _Canary.written(u.canary)
+        return out
 
 
 class ServiceInput(_Strict):
@@ -450,6 +534,36 @@ class ServiceInput(_Strict):
             source_file=doc.file,
             source_line=doc.line_of(where),
         )
+
+    @staticmethod
+    def written(spec: ServiceSpec) -> dict[str, Any]:
+        """The service as playbook input (what a user would write), durations as text `parse_duration` reads back
+        exactly; secrets appear as `{secret: NAME}` references only."""
+        out: dict[str, Any] = {
+            "image": spec.image,
+            "replicas": spec.replicas,
+            "resources": _Resources.written(spec.resources),
+            "port": spec.port,
+            "env": {k: ({"secret": v.name} if isinstance(v, SecretRef) else v) for k, v in spec.env.items()},
+            "placement": _Placement.written(spec.placement),
+            "stop_grace_period": format_duration(spec.stop_grace_period),
+            "update": _Update.written(spec.update),
+        }
+        if spec.command is not None:
+            out["command"] = list(spec.command)
+        if spec.health is not None:
+            out["health"] = _Health.written(spec.health)
+        if spec.lb is not None:
+            out["lb"] = _Lb.written(spec.lb)
+        if spec.volumes:
+            out["volumes"] = [_Volume.written(v) for v in spec.volumes]
+        if spec.configs:
+            out["configs"] = [_Config.written(c) for c in spec.configs]
+        if spec.secret_files:
+            out["secrets"] = [_SecretFile.written(f) for f in spec.secret_files]
+        if spec.secret_digests:
+            out["secret_digests"] = dict(sorted(spec.secret_digests.items()))
+        return out
 
 
 class PlaybookInput(_Strict):
