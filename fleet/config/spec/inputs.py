@@ -8,9 +8,7 @@ import itertools
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -20,16 +18,26 @@ from pydantic import (
 )
 
 from fleet.config.edge import HostName, PathPrefix, TlsModel, hosts_problem, tls_spec
+from fleet.config.spec.rules import (
+    Cpu,
+    Duration,
+    FileMode,
+    FileTarget,
+    LbPort,
+    Memory,
+    Percent,
+    Port,
+    PositiveDuration,
+    check_argv,
+    check_mount_path,
+)
 from fleet.config.spec.values import (
     DEFAULT_CONFIG_MODE,
     DEFAULT_SECRET_FILE_MODE,
     DIGEST_RE,
-    FILE_MODE_RE,
     FLEET_MOUNTS,
     HTTP_PATH_RE,
     IMAGE_RE,
-    MAX_MEMORY,
-    MOUNT_PATH_RE,
     NODE_DIRS,
     SECRET_NAME_RE,
     VOLUME_NAME_RE,
@@ -45,75 +53,22 @@ from fleet.config.spec.values import (
     VolumeSpec,
     format_duration,
     normal_path,
-    parse_duration,
     within,
 )
 from fleet.config.yamlmarks import Marked
 from fleet.core.model import Resources
 from fleet.core.names import LABEL_KEY_RE, LABEL_VALUE_RE, NAME_RE
-from fleet.core.ports import RESERVED_LB_PORTS
-from fleet.core.units import parse_cpu, parse_memory
 
 # A service's configs and secret files, resolved by the loader (which reads the configs' files).
 Files = tuple[tuple[ConfigSpec, ...], tuple[SecretFileSpec, ...]]
-
-def _cpu(value: object) -> float:
-    cores = parse_cpu(value)
-    if not 0 < cores <= 1024:
-        raise ValueError(f"cpu must be more than 0 and at most 1024 cores, got {value!r}")
-    millis = round(cores * 1000)
-    if millis < 1 or abs(cores * 1000 - millis) > 1e-6:
-        raise ValueError(f"cpu is counted in whole millicores (0.001 or 1m), got {value!r}")
-    return millis / 1000
-
-
-def _memory(value: object) -> int:
-    size = parse_memory(value)
-    if size < 1024 * 1024:
-        raise ValueError(f"memory must be at least 1MiB, got {value!r}")
-    if size > MAX_MEMORY:
-        raise ValueError(f"memory can be at most 1PiB, got {value!r}")
-    return size
-
-
-def _positive(seconds: float) -> float:
-    if seconds <= 0:
-        raise ValueError("must be more than 0 (at least 1ms)")
-    return seconds
-
-
-def _percentage_points(value: float) -> float:
-    if not 0 <= value <= 100:  # also NaN
-        raise ValueError(f"expected percentage points from 0 to 100, got {value!r}")
-    return value
-
-
-def _port(port: int) -> int:
-    if not 1 <= port <= 65535:
-        raise ValueError(f"expected a port number from 1 to 65535, got {port}")
-    return port
-
-
-def _lb_port(port: int) -> int:
-    _port(port)
-    if port in RESERVED_LB_PORTS:
-        raise ValueError(f"port {port} is fleet's own on the lb nodes ({RESERVED_LB_PORTS[port]}); choose another")
-    return port
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-PositiveDuration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive)]
-Port = Annotated[StrictInt, AfterValidator(_port)]
-LbPort = Annotated[StrictInt, AfterValidator(_lb_port)]
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class _Resources(_Strict):
-    cpu: Annotated[float, BeforeValidator(_cpu)] = 0.1
-    memory: Annotated[int, BeforeValidator(_memory)] = 64 * 1024 * 1024
+    cpu: Cpu = 0.1
+    memory: Memory = 64 * 1024 * 1024
 
     def value(self) -> Resources:
         return Resources(self.cpu, self.memory)
@@ -144,7 +99,7 @@ class _Health(_Strict):
     @classmethod
     def _exec(cls, v: list[str] | None) -> list[str] | None:
         if v is not None:
-            _check_argv(v)
+            check_argv(v)
         return v
 
     @model_validator(mode="after")
@@ -265,14 +220,14 @@ class _Volume(_Strict):
     source: str | None = None
     target: str
     readonly: StrictBool = False
-    size: Annotated[int | None, BeforeValidator(lambda v: None if v is None else _memory(v))] = None
+    size: Memory | None = None
     on_node_loss: Literal["wait", "start-empty"] | None = None
     storage: str | None = None
 
     @field_validator("target")
     @classmethod
     def _target(cls, v: str) -> str:
-        _check_mount_path(v)
+        check_mount_path(v)
         target = normal_path(v)
         if target == "/":
             raise ValueError("cannot mount over /")
@@ -288,7 +243,7 @@ class _Volume(_Strict):
                 raise ValueError("a bind volume needs source: /host/path")
             if not self.source.startswith("/"):
                 raise ValueError(f"a bind volume's source must be an absolute host path, got {self.source!r}")
-            _check_mount_path(self.source)
+            check_mount_path(self.source)
             source = normal_path(self.source)
             if source == "/":
                 raise ValueError(f"a bind volume cannot mount the node's root directory (source {self.source!r})")
@@ -328,34 +283,8 @@ class _Volume(_Strict):
                                   }.items() if x is not None}
 
 
-def _file_mode(value: object) -> str:
-    if isinstance(value, int) and not isinstance(value, bool):
-        raise ValueError(f"write the mode as a quoted octal string such as '0444' (got the number {value}; "
-                         "unquoted, 0444 is read as the number 292)")
-    if not isinstance(value, str) or not FILE_MODE_RE.match(value):
-        raise ValueError(f"expected a mode of three octal digits such as '0444' or '0400' (no setuid, setgid or "
-                         f"sticky bit), got {value!r}")
-    return "0" + value[-3:]
-
-
-def _file_target(value: str) -> str:
-    """A file's path inside the container: absolute, of the characters ctr's --mount takes, not over fleet's own
-    mounts."""
-    _check_mount_path(value)
-    target = normal_path(value)
-    if target == "/":
-        raise ValueError("cannot mount a file over /")
-    for mount in FLEET_MOUNTS:
-        if within(mount, target) or within(target, mount):
-            raise ValueError(f"cannot mount over {target}: fleet mounts its own {mount} in every container")
-    return target
-
-
-FileMode = Annotated[str, BeforeValidator(_file_mode)]
-
-
 class _Config(_Strict):
-    target: Annotated[str, AfterValidator(_file_target)]
+    target: FileTarget
     source: str | None = None
     content: str | None = None
     mode: FileMode = DEFAULT_CONFIG_MODE
@@ -377,7 +306,7 @@ class _Config(_Strict):
 
 class _SecretFile(_Strict):
     secret: str
-    file: Annotated[str, AfterValidator(_file_target)] | None = None
+    file: FileTarget | None = None
     mode: FileMode = DEFAULT_SECRET_FILE_MODE
 
     @field_validator("secret")
@@ -396,7 +325,7 @@ class _Canary(_Strict):
     steps: list[Annotated[StrictInt, Field(ge=1, le=100)]] = Field(default_factory=lambda: [10, 50])
     pause: Duration = 30.0
     auto_promote: StrictBool = True
-    max_error_rate_delta: Annotated[float, AfterValidator(_percentage_points)] = 1.0
+    max_error_rate_delta: Percent = 1.0
 
     @field_validator("steps")
     @classmethod
@@ -489,7 +418,7 @@ class ServiceInput(_Strict):
     @classmethod
     def _command(cls, v: list[str] | None) -> list[str] | None:
         if v is not None:
-            _check_argv(v)
+            check_argv(v)
         return v
 
     @field_validator("volumes")
@@ -568,17 +497,3 @@ class ServiceInput(_Strict):
 
 class PlaybookInput(_Strict):
     services: dict[str, ServiceInput] | None
-
-
-def _check_argv(argv: list[str]) -> None:
-    if not argv:
-        raise ValueError("expected a non-empty list of arguments")
-    for arg in argv:
-        if "\x00" in arg:
-            raise ValueError("an argument cannot contain a NUL byte")
-
-
-def _check_mount_path(path: str) -> None:
-    if not MOUNT_PATH_RE.match(path) or "/../" in f"{path}/" or "/./" in f"{path}/" or len(path) > 4096:
-        raise ValueError(f"expected an absolute path of letters, digits and . _ @ + / -, got {path!r}")
-
