@@ -33,6 +33,7 @@ from fleet.config.spec.rules import (
 )
 from fleet.config.spec.values import (
     DEFAULT_CONFIG_MODE,
+    DEFAULT_RESOURCES,
     DEFAULT_SECRET_FILE_MODE,
     DIGEST_RE,
     FLEET_MOUNTS,
@@ -63,12 +64,15 @@ from fleet.core.names import LABEL_KEY_RE, LABEL_VALUE_RE, NAME_RE
 Files = tuple[tuple[ConfigSpec, ...], tuple[SecretFileSpec, ...]]
 
 class _Strict(BaseModel):
+    """A section of the playbook: unknown keys refused. Each default is the value's own (`HealthSpec.interval`), so
+    what a playbook leaves out resolves to what the value holds unset, and a default is written once."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class _Resources(_Strict):
-    cpu: Cpu = 0.1
-    memory: Memory = 64 * 1024 * 1024
+    cpu: Cpu = DEFAULT_RESOURCES.cpu
+    memory: Memory = DEFAULT_RESOURCES.memory
 
     def value(self) -> Resources:
         return Resources(self.cpu, self.memory)
@@ -82,11 +86,11 @@ class _Health(_Strict):
     http: str | None = None
     tcp: StrictBool | None = None
     exec: list[str] | None = None
-    interval: PositiveDuration = 2.0
-    timeout: PositiveDuration = 1.0
-    failure_threshold: Annotated[StrictInt, Field(ge=1, le=100)] = 3
-    success_threshold: Annotated[StrictInt, Field(ge=1, le=100)] = 1
-    start_period: Duration = 0.0
+    interval: PositiveDuration = HealthSpec.interval
+    timeout: PositiveDuration = HealthSpec.timeout
+    failure_threshold: Annotated[StrictInt, Field(ge=1, le=100)] = HealthSpec.failure_threshold
+    success_threshold: Annotated[StrictInt, Field(ge=1, le=100)] = HealthSpec.success_threshold
+    start_period: Duration = HealthSpec.start_period
 
     @field_validator("http")
     @classmethod
@@ -133,7 +137,7 @@ class _Health(_Strict):
 class _Placement(_Strict):
     require: dict[str, Any] = Field(default_factory=dict)
     spread_by: str | None = None
-    strategy: Literal["spread", "pack"] = "spread"
+    strategy: Literal["spread", "pack"] = PlacementSpec.strategy
 
     @field_validator("require")
     @classmethod
@@ -168,8 +172,8 @@ class _Placement(_Strict):
 
 class _Lb(_Strict):
     port: LbPort | None = None
-    mode: Literal["http", "tcp"] = "http"
-    balance: Literal["roundrobin", "leastconn", "source", "random"] = "roundrobin"
+    mode: Literal["http", "tcp"] = LbSpec.mode
+    balance: Literal["roundrobin", "leastconn", "source", "random"] = LbSpec.balance
     hosts: list[HostName] = Field(default_factory=list)
     paths: list[PathPrefix] = Field(default_factory=list)
     tls: TlsModel | None = None
@@ -219,7 +223,7 @@ class _Volume(_Strict):
     type: Literal["bind", "tmpfs", "volume", "sshfs"]
     source: str | None = None
     target: str
-    readonly: StrictBool = False
+    readonly: StrictBool = VolumeSpec.readonly
     size: Memory | None = None
     on_node_loss: Literal["wait", "start-empty"] | None = None
     storage: str | None = None
@@ -322,10 +326,10 @@ class _SecretFile(_Strict):
 
 
 class _Canary(_Strict):
-    steps: list[Annotated[StrictInt, Field(ge=1, le=100)]] = Field(default_factory=lambda: [10, 50])
-    pause: Duration = 30.0
-    auto_promote: StrictBool = True
-    max_error_rate_delta: Percent = 1.0
+    steps: list[Annotated[StrictInt, Field(ge=1, le=100)]] = Field(default_factory=lambda: list(CanarySpec.steps))
+    pause: Duration = CanarySpec.pause
+    auto_promote: StrictBool = CanarySpec.auto_promote
+    max_error_rate_delta: Percent = CanarySpec.max_error_rate_delta
 
     @field_validator("steps")
     @classmethod
@@ -346,12 +350,12 @@ class _Canary(_Strict):
 
 
 class _Update(_Strict):
-    strategy: Literal["rolling", "canary"] = "rolling"
-    max_surge: Annotated[StrictInt, Field(ge=0)] = 1
-    max_unavailable: Annotated[StrictInt, Field(ge=0)] = 0
+    strategy: Literal["rolling", "canary"] = UpdateSpec.strategy
+    max_surge: Annotated[StrictInt, Field(ge=0)] = UpdateSpec.max_surge
+    max_unavailable: Annotated[StrictInt, Field(ge=0)] = UpdateSpec.max_unavailable
     batch_size: Annotated[StrictInt, Field(ge=1)] | None = None
-    ready_deadline: PositiveDuration = 60.0
-    min_ready: Duration = 2.0
+    ready_deadline: PositiveDuration = UpdateSpec.ready_deadline
+    min_ready: Duration = UpdateSpec.min_ready
     canary: _Canary | None = None
 
     @model_validator(mode="after")
@@ -385,15 +389,15 @@ class _Update(_Strict):
 class ServiceInput(_Strict):
     image: str
     command: list[str] | None = None
-    replicas: Annotated[StrictInt, Field(ge=0, le=10000)] = 1
+    replicas: Annotated[StrictInt, Field(ge=0, le=10000)] = ServiceSpec.replicas
     resources: _Resources = Field(default_factory=_Resources)
-    port: Port = 8080
+    port: Port = ServiceSpec.port
     env: dict[str, Any] = Field(default_factory=dict)
     health: _Health | None = None
     placement: _Placement = Field(default_factory=_Placement)
     lb: _Lb | None = None
     volumes: list[_Volume] = Field(default_factory=list)
-    stop_grace_period: Duration = 10.0
+    stop_grace_period: Duration = ServiceSpec.stop_grace_period
     update: _Update = Field(default_factory=_Update)
     configs: list[_Config] = Field(default_factory=list)
     secrets: list[_SecretFile] = Field(default_factory=list)
