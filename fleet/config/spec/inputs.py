@@ -19,6 +19,7 @@ from pydantic import (
 
 from fleet.config.edge import HostName, PathPrefix, TlsModel, hosts_problem, tls_spec
 from fleet.config.spec.rules import (
+    Argv,
     Cpu,
     Duration,
     FileMode,
@@ -28,7 +29,6 @@ from fleet.config.spec.rules import (
     Percent,
     Port,
     PositiveDuration,
-    check_argv,
     check_mount_path,
 )
 from fleet.config.spec.values import (
@@ -85,7 +85,7 @@ class _Resources(_Strict):
 class _Health(_Strict):
     http: str | None = None
     tcp: StrictBool | None = None
-    exec: list[str] | None = None
+    exec: Argv | None = None
     interval: PositiveDuration = HealthSpec.interval
     timeout: PositiveDuration = HealthSpec.timeout
     failure_threshold: Annotated[StrictInt, Field(ge=1, le=100)] = HealthSpec.failure_threshold
@@ -97,13 +97,6 @@ class _Health(_Strict):
     def _path(cls, v: str | None) -> str | None:
         if v is not None and (len(v) > 256 or not HTTP_PATH_RE.match(v)):
             raise ValueError(f"expected a URL path such as /healthz (no spaces, quotes or '#'), got {v!r}")
-        return v
-
-    @field_validator("exec")
-    @classmethod
-    def _exec(cls, v: list[str] | None) -> list[str] | None:
-        if v is not None:
-            check_argv(v)
         return v
 
     @model_validator(mode="after")
@@ -388,7 +381,7 @@ class _Update(_Strict):
 
 class ServiceInput(_Strict):
     image: str
-    command: list[str] | None = None
+    command: Argv | None = None
     replicas: Annotated[StrictInt, Field(ge=0, le=10000)] = ServiceSpec.replicas
     resources: _Resources = Field(default_factory=_Resources)
     port: Port = ServiceSpec.port
@@ -416,13 +409,6 @@ class ServiceInput(_Strict):
     def _image(cls, v: str) -> str:
         if len(v) > 255 or not IMAGE_RE.match(v):
             raise ValueError(f"expected an image reference such as registry.local/web:v1, got {v!r}")
-        return v
-
-    @field_validator("command")
-    @classmethod
-    def _command(cls, v: list[str] | None) -> list[str] | None:
-        if v is not None:
-            check_argv(v)
         return v
 
     @field_validator("volumes")

@@ -100,12 +100,17 @@ FileMode = Annotated[str, BeforeValidator(_file_mode)]
 FileTarget = Annotated[str, AfterValidator(_file_target)]
 
 
-def check_argv(argv: list[str]) -> None:
+def _argv(argv: list[str]) -> list[str]:
     if not argv:
         raise ValueError("expected a non-empty list of arguments")
     for arg in argv:
         if "\x00" in arg:
             raise ValueError("an argument cannot contain a NUL byte")
+    return argv
+
+
+# A command line (a service's command, an exec health check): what ctr runs, so no empty list and no NUL byte.
+Argv = Annotated[list[str], AfterValidator(_argv)]
 
 
 def check_mount_path(path: str) -> None:
