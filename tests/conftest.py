@@ -28,8 +28,12 @@ _CACHE = tempfile.mkdtemp(prefix="fleet-test-cache-")
 os.environ["FLEET_CACHE_DIR"] = _CACHE
 atexit.register(shutil.rmtree, _CACHE, True)
 
-TEST_LAB = LabConfig(prefix=os.environ.get("FLEET_TEST_LAB", "ft"),
-                     subnet=os.environ.get("FLEET_TEST_SUBNET", "10.241.0.0/24"),
+# Under pytest-xdist (scripts/test.sh) each worker builds a lab of its own: gw0 gets ft0 on 10.241.40.0/24, gw1 ft1
+# on 10.241.41.0/24, … so labs of parallel workers never share a name, a subnet or a directory.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "").removeprefix("gw")
+TEST_LAB = LabConfig(prefix=os.environ.get("FLEET_TEST_LAB", f"ft{_WORKER}"),
+                     subnet=os.environ.get("FLEET_TEST_SUBNET",
+                                           f"10.241.{40 + int(_WORKER)}.0/24" if _WORKER else "10.241.0.0/24"),
                      nodes=3, lb=1, root="/var/lib/fleet-lab-test")
 
 

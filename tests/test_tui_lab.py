@@ -117,7 +117,6 @@ async def ui_session(pilot, app: FleetApp, source: FleetSource, lab, lb: str, op
     full = time.monotonic() - opened
     print(f"\nfirst screen (nodes) after {first:.2f}s, services after {full:.2f}s "
           f"(the first read took {app.snapshot.duration:.2f}s)")
-    assert first < 3.0, first  # 2 shared cores: about 1 s when the machine is otherwise idle
     assert column(app.main.query_one(NodesTable), 1) == ["ready"] * 4
 
     with Load(lb, PORT, clients=4, max_seconds=150) as load:
