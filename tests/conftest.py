@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 from sshserver import SSHFarm
 
 from fleet.config.inventory import load_inventory
@@ -22,6 +23,11 @@ from fleet.transport import Pool
 for _var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
     os.environ.pop(_var, None)
 os.environ["no_proxy"] = os.environ["NO_PROXY"] = "*"
+
+# Property tests share two cores with lab tests in parallel workers: a slow example or slow input generation is
+# the machine being busy, not a failure of what the property states.
+settings.register_profile("fleet", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("fleet")
 
 # Parsed inventories are cached by content (fleet.config.inventory.cache_dir): keep this run's cache to itself.
 _CACHE = tempfile.mkdtemp(prefix="fleet-test-cache-")
