@@ -121,7 +121,7 @@ def record() -> None:
     version = _run([ETCDCTL or "etcdctl", "version"]).stdout.split("\n")[0]
     DATA.mkdir(parents=True, exist_ok=True)
     with LocalEtcd(prefix="rec") as etcd:
-        kw = {"port": etcd.port}
+        at = E.Endpoint(etcd.port)
 
         def save(name: str, argv: list[str], parse: str, stdin: str | None = None) -> str:
             done = _run(argv, stdin)
@@ -135,26 +135,26 @@ def record() -> None:
             (DATA / f"{name}.json").write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
             return done.stdout
 
-        grant = E.parse_lease_grant(save("lease_grant", E.lease_grant_argv(60, **kw), "parse_lease_grant"))
-        short = E.parse_lease_grant(_run(E.lease_grant_argv(1, **kw)).stdout)
+        grant = E.parse_lease_grant(save("lease_grant", E.lease_grant_argv(60, at=at), "parse_lease_grant"))
+        short = E.parse_lease_grant(_run(E.lease_grant_argv(1, at=at)).stdout)
         lock = json.dumps({"holder": "root@ctl \"one\"", "command": "fleet apply\nweb é ✓"}, ensure_ascii=False)
-        save("txn_take", E.txn_argv(**kw), "parse_txn", E.txn_input(
+        save("txn_take", E.txn_argv(at=at), "parse_txn", E.txn_input(
             [E.Compare("create", "/fleet/lock", 0)], [E.Put("/fleet/lock", lock, grant.id)], [E.Get("/fleet/lock")]))
-        save("txn_held", E.txn_argv(**kw), "parse_txn", E.txn_input(
+        save("txn_held", E.txn_argv(at=at), "parse_txn", E.txn_input(
             [E.Compare("create", "/fleet/lock", 0)], [E.Put("/fleet/lock", "x", short.id)], [E.Get("/fleet/lock")]))
-        save("get_lock", E.get_argv("/fleet/lock", **kw), "parse_get")
-        save("get_missing", E.get_argv("/fleet/nothing", **kw), "parse_get")
+        save("get_lock", E.get_argv("/fleet/lock", at=at), "parse_get")
+        save("get_missing", E.get_argv("/fleet/nothing", at=at), "parse_get")
         for n in (1, 2):
-            _run(E.txn_argv(**kw), E.txn_input([], [E.Put(f"/fleet/events/{n:04d}", json.dumps({"n": n}))]))
-        save("get_prefix", E.get_argv("/fleet/events/", prefix=True, by_create=True, **kw), "parse_get")
-        save("txn_delete", E.txn_argv(**kw), "parse_txn", E.txn_input([], [E.Delete("/fleet/events/0001")]))
-        save("keepalive", E.lease_keepalive_argv(grant.id, **kw), "parse_keepalive")
-        save("timetolive", E.lease_timetolive_argv(grant.id, **kw), "parse_timetolive")
+            _run(E.txn_argv(at=at), E.txn_input([], [E.Put(f"/fleet/events/{n:04d}", json.dumps({"n": n}))]))
+        save("get_prefix", E.get_argv("/fleet/events/", prefix=True, by_create=True, at=at), "parse_get")
+        save("txn_delete", E.txn_argv(at=at), "parse_txn", E.txn_input([], [E.Delete("/fleet/events/0001")]))
+        save("keepalive", E.lease_keepalive_argv(grant.id, at=at), "parse_keepalive")
+        save("timetolive", E.lease_timetolive_argv(grant.id, at=at), "parse_timetolive")
         time.sleep(2.5)
-        save("keepalive_gone", E.lease_keepalive_argv(short.id, **kw), "error_line")
-        save("timetolive_gone", E.lease_timetolive_argv(short.id, **kw), "parse_timetolive")
-        save("revoke_gone", E.lease_revoke_argv(short.id, **kw), "error_line")
-        save("member_list", E.member_list_argv(**kw), "parse_member_list")
+        save("keepalive_gone", E.lease_keepalive_argv(short.id, at=at), "error_line")
+        save("timetolive_gone", E.lease_timetolive_argv(short.id, at=at), "parse_timetolive")
+        save("revoke_gone", E.lease_revoke_argv(short.id, at=at), "error_line")
+        save("member_list", E.member_list_argv(at=at), "parse_member_list")
 
 
 if __name__ == "__main__":

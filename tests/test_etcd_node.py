@@ -75,7 +75,7 @@ def test_put_lease_is_hex_and_values_never_in_argv() -> None:
 
 
 def test_get_argv_ends_options_before_the_key() -> None:
-    assert E.get_argv("/fleet/events/", prefix=True, by_create=True, port=3000)[-6:] == [
+    assert E.get_argv("/fleet/events/", prefix=True, by_create=True, at=E.Endpoint(3000))[-6:] == [
         "get", "--prefix", "--sort-by=CREATE", "--order=ASCEND", "--", "/fleet/events/"]
 
 

@@ -256,44 +256,56 @@ def parse_start(text: str) -> MemberState:
 
 # etcdctl: argv builders. Every command is `-w json` and bounded by `--command-timeout`.
 
-def etcdctl(*args: str, port: int = CLIENT_PORT, timeout_s: int = COMMAND_TIMEOUT_S) -> list[str]:
+@dataclass(frozen=True)
+class Endpoint:
+    """Which member etcdctl talks to (the node's own, on loopback) and how long one command may take."""
+
+    port: int = CLIENT_PORT
+    timeout_s: int = COMMAND_TIMEOUT_S
+
+
+LOCAL = Endpoint()
+
+
+def etcdctl(*args: str, at: Endpoint = LOCAL) -> list[str]:
     """`etcdctl` against this node's member on loopback, printing JSON."""
-    return ["etcdctl", f"--endpoints=127.0.0.1:{port}", f"--command-timeout={timeout_s}s", "-w", "json", *args]
+    return ["etcdctl", f"--endpoints=127.0.0.1:{at.port}", f"--command-timeout={at.timeout_s}s", "-w", "json",
+            *args]
 
 
-def lease_grant_argv(ttl_s: int, **kw: int) -> list[str]:
+def lease_grant_argv(ttl_s: int, at: Endpoint = LOCAL) -> list[str]:
     if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or ttl_s < 1:
         raise ValueError(f"lease ttl: expected whole seconds >= 1, got {ttl_s!r}")
-    return etcdctl("lease", "grant", str(ttl_s), **kw)
+    return etcdctl("lease", "grant", str(ttl_s), at=at)
 
 
-def lease_keepalive_argv(lease_id: int, **kw: int) -> list[str]:
-    return etcdctl("lease", "keep-alive", "--once", lease_hex(lease_id), **kw)
+def lease_keepalive_argv(lease_id: int, at: Endpoint = LOCAL) -> list[str]:
+    return etcdctl("lease", "keep-alive", "--once", lease_hex(lease_id), at=at)
 
 
-def lease_timetolive_argv(lease_id: int, **kw: int) -> list[str]:
-    return etcdctl("lease", "timetolive", lease_hex(lease_id), **kw)
+def lease_timetolive_argv(lease_id: int, at: Endpoint = LOCAL) -> list[str]:
+    return etcdctl("lease", "timetolive", lease_hex(lease_id), at=at)
 
 
-def lease_revoke_argv(lease_id: int, **kw: int) -> list[str]:
-    return etcdctl("lease", "revoke", lease_hex(lease_id), **kw)
+def lease_revoke_argv(lease_id: int, at: Endpoint = LOCAL) -> list[str]:
+    return etcdctl("lease", "revoke", lease_hex(lease_id), at=at)
 
 
-def get_argv(key: str, *, prefix: bool = False, by_create: bool = False, **kw: int) -> list[str]:
+def get_argv(key: str, *, prefix: bool = False, by_create: bool = False, at: Endpoint = LOCAL) -> list[str]:
     """`get KEY` (or every key under a prefix), oldest first by create revision when `by_create`."""
     extra = ["--prefix"] if prefix else []
     if by_create:
         extra += ["--sort-by=CREATE", "--order=ASCEND"]
-    return etcdctl("get", *extra, "--", _key(key), **kw)
+    return etcdctl("get", *extra, "--", _key(key), at=at)
 
 
-def txn_argv(**kw: int) -> list[str]:
+def txn_argv(at: Endpoint = LOCAL) -> list[str]:
     """A transaction read from stdin (`txn_input`)."""
-    return etcdctl("txn", **kw)
+    return etcdctl("txn", at=at)
 
 
-def member_list_argv(**kw: int) -> list[str]:
-    return etcdctl("member", "list", **kw)
+def member_list_argv(at: Endpoint = LOCAL) -> list[str]:
+    return etcdctl("member", "list", at=at)
 
 
 def lease_hex(lease_id: int) -> str:

@@ -1,0 +1,197 @@
+"""The shared state on a real etcd (fleet.store.etcd): a single member on loopback, reached the way a controller
+reaches a record node's member, by `etcdctl` over SSH (an in-process asyncssh server running /bin/sh, so every
+command crosses the real transport). The lease is taken, renewed, released and refused to a second holder; a
+holder whose lease expired writes nothing; revision numbers never repeat under concurrent writers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from etcd_local import ETCD, LocalEtcd
+from sshserver import SSHFarm
+
+from fleet.core.errors import LeaseHeld, LeaseLost, RecordsError
+from fleet.core.model import Node
+from fleet.node import etcd as E
+from fleet.store.etcd import (
+    EVENTS,
+    EtcdLease,
+    EtcdStore,
+    SharedState,
+    break_lock,
+    lock_status,
+    revision_counter_key,
+    revision_key,
+)
+from fleet.transport import Pool
+
+pytestmark = pytest.mark.skipif(ETCD is None, reason="etcd is not installed (scripts/setup.sh installs it)")
+
+
+@pytest.fixture
+def etcd() -> Iterator[LocalEtcd]:
+    with LocalEtcd(prefix="hxs") as server:
+        yield server
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[Node]:
+    async with SSHFarm(tmp_path / "farm") as farm:
+        yield (await farm.start(1))[0]
+
+
+@pytest.fixture
+async def store(etcd: LocalEtcd, node: Node) -> AsyncIterator[EtcdStore]:
+    async with Pool(connect_attempts=1) as pool:
+        yield EtcdStore(pool, [node], port=etcd.port)
+
+
+async def _until_gone(store: EtcdStore, lease_id: int, limit: float = 10.0) -> None:
+    """Wait until etcd itself says the lease expired (its clock, not ours)."""
+    deadline = time.monotonic() + limit
+    while (await store.timetolive(lease_id)).alive:
+        assert time.monotonic() < deadline, "the lease did not expire"
+        await asyncio.sleep(0.2)
+
+
+async def test_lease_taken_renewed_released(store: EtcdStore) -> None:
+    lease = EtcdLease(store, command="fleet apply", ttl=5, holder="alice@ctl", pid=11)
+    await lease.acquire()
+    assert lease.held and lease.lease_id is not None
+    info = await lock_status(store)
+    assert info is not None and (info.holder, info.pid, info.command) == ("alice@ctl", 11, "fleet apply")
+    assert 0 < info.remaining <= 5
+    await asyncio.sleep(1.2)
+    await lease.renew()
+    assert (await store.timetolive(lease.lease_id)).ttl >= 4  # renewed back to about the full ttl
+    await lease.check()
+    await lease.release()
+    assert not lease.held
+    assert await lock_status(store) is None
+    # Released means free: another run takes it at once.
+    other = EtcdLease(store, command="fleet scale", ttl=5, holder="bob@ctl")
+    await other.acquire()
+    await other.release()
+
+
+async def test_second_holder_refused_while_first_holds(store: EtcdStore) -> None:
+    first = EtcdLease(store, command="fleet apply", ttl=10, holder="alice@ctl", pid=11)
+    second = EtcdLease(store, command="fleet rollback", ttl=10, holder="bob@ctl", pid=22)
+    async with first:
+        with pytest.raises(LeaseHeld) as held:
+            await second.acquire(wait=0.5)
+        assert held.value.info.holder == "alice@ctl" and held.value.info.pid == 11
+        assert not second.held
+        await first.check()
+        # The refused run's own etcd leases were revoked: only the holder's is attached to the lock key.
+        kv = await store.get("/fleet/lock")
+        assert kv is not None and kv.lease == first.lease_id
+    # The context released it: the second run now gets it.
+    await second.acquire()
+    await second.release()
+
+
+async def test_expired_holder_writes_nothing_and_gets_lease_lost(store: EtcdStore) -> None:
+    first = EtcdLease(store, command="fleet apply", ttl=2, holder="alice@ctl")
+    await first.acquire()
+    mine = SharedState(store, first)
+    assert await mine.next_revision("web", {"image": "web:1"}) == 1
+    await mine.write({"/fleet/services/web/state": {"replicas": 2}})
+    assert first.lease_id is not None
+    # No renewal (a controller stopped past its ttl): etcd expires the lease on its own clock.
+    await _until_gone(store, first.lease_id)
+    second = EtcdLease(store, command="fleet scale", ttl=10, holder="bob@ctl")
+    # The leader deletes the lock key a moment after the ttl ran out: the second controller waits for it.
+    await second.acquire(wait=5)
+    theirs = SharedState(store, second)
+    await theirs.write({"/fleet/services/web/state": {"replicas": 5}})
+    await theirs.append_event({"what": "scale", "by": "bob@ctl"})
+
+    # The first run resumes and tries every kind of write: each is refused, nothing lands.
+    with pytest.raises(LeaseLost, match="nothing was written"):
+        await mine.write({"/fleet/services/web/state": {"replicas": 2}, "/fleet/other": 1})
+    with pytest.raises(LeaseLost):
+        await mine.next_revision("web", {"image": "web:2"})
+    with pytest.raises(LeaseLost):
+        await mine.append_event({"what": "apply", "by": "alice@ctl"})
+    with pytest.raises(LeaseLost):
+        await first.check()
+    with pytest.raises(LeaseLost):
+        await first.renew()
+    assert await store.read("/fleet/services/web/state") == {"replicas": 5}
+    assert await store.get("/fleet/other") is None
+    assert await store.read(revision_counter_key("web")) == 1
+    assert await store.get(revision_key("web", 2)) is None
+    assert [e.value["by"] for e in await theirs.events()] == ["bob@ctl"]
+    await second.check()
+    await second.release()
+
+
+async def test_broken_lock_stops_the_holder(store: EtcdStore) -> None:
+    lease = EtcdLease(store, command="fleet apply", ttl=30, holder="alice@ctl")
+    await lease.acquire()
+    broken = await break_lock(store)
+    assert broken is not None and broken.holder == "alice@ctl"
+    with pytest.raises(LeaseLost):
+        await SharedState(store, lease).write({"/fleet/x": 1})
+    with pytest.raises(LeaseLost):
+        await lease.check()
+    assert await store.get("/fleet/x") is None
+    assert await lock_status(store) is None
+
+
+async def test_revision_numbers_from_concurrent_writers_never_repeat(etcd: LocalEtcd, node: Node) -> None:
+    # Two writers with their own SSH connections, allocating for the same service at once under one lease
+    # (a run recording many services in parallel): every compare-and-swap lost is retried with a new number.
+    async with Pool(connect_attempts=1) as pool_a, Pool(connect_attempts=1) as pool_b:
+        store_a = EtcdStore(pool_a, [node], port=etcd.port)
+        store_b = EtcdStore(pool_b, [node], port=etcd.port)
+        lease = EtcdLease(store_a, command="fleet apply", ttl=30, holder="alice@ctl")
+        await lease.acquire()
+        a, b = SharedState(store_a, lease), SharedState(store_b, lease)
+        per = 12
+        numbers = await asyncio.gather(*[w.next_revision("web", {"writer": name, "i": i})
+                                         for i in range(per) for name, w in (("a", a), ("b", b))])
+        assert sorted(numbers) == list(range(1, 2 * per + 1))
+        stored = await a.revisions("web")
+        assert [n for n, _ in stored] == list(range(1, 2 * per + 1))
+        assert sorted((r["writer"], r["i"]) for _, r in stored) == sorted(
+            (name, i) for i in range(per) for name in "ab")
+        await lease.release()
+
+
+async def test_event_log_is_ordered_and_numbers_increase(store: EtcdStore) -> None:
+    async with EtcdLease(store, command="fleet apply", ttl=10) as lease:
+        state = SharedState(store, lease)
+        numbers = [await state.append_event({"n": i}) for i in range(5)]
+        assert numbers == sorted(numbers) and len(set(numbers)) == 5
+        events = await state.events()
+        assert [e.value["n"] for e in events] == list(range(5))
+        assert [e.number for e in await state.events(after=numbers[2])] == numbers[3:]
+
+
+async def test_value_that_is_not_json_is_refused_by_name(store: EtcdStore) -> None:
+    # Written behind fleet's back (root on a record node): fleet reads it and refuses it, naming the key.
+    await store.txn([], [E.Put(revision_key("web", 1), "{not json"), E.Put(f"{EVENTS}0-bad", "\x01")])
+    with pytest.raises(RecordsError, match="/fleet/services/web/revisions/0000000001: not a JSON value"):
+        await store.read(revision_key("web", 1))
+    async with EtcdLease(store, command="fleet events", ttl=10) as lease:
+        state = SharedState(store, lease)
+        with pytest.raises(RecordsError, match="/fleet/services/web/revisions/0000000001"):
+            await state.revisions("web")
+        with pytest.raises(RecordsError, match=f"{EVENTS}0-bad"):
+            await state.events()
+    await store.txn([], [E.Put("/fleet/lock", '{"holder": 3}')])
+    with pytest.raises(RecordsError, match="/fleet/lock: not a lease holder"):
+        await lock_status(store)
+
+
+async def test_unreachable_member_is_a_records_error(node: Node) -> None:
+    async with Pool(connect_attempts=1) as pool:
+        store = EtcdStore(pool, [node], port=1, command_timeout_s=2)
+        with pytest.raises(RecordsError, match="could not be reached"):
+            await store.get("/fleet/lock")
