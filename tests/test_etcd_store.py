@@ -195,3 +195,9 @@ async def test_unreachable_member_is_a_records_error(node: Node) -> None:
         store = EtcdStore(pool, [node], port=1, command_timeout_s=2)
         with pytest.raises(RecordsError, match="could not be reached"):
             await store.get("/fleet/lock")
+        # etcdctl's txn alone ignores --command-timeout: the node's `timeout` bounds it, and a write whose fate
+        # is unknown is reported as such, never sent again elsewhere.
+        start = time.monotonic()
+        with pytest.raises(RecordsError, match=rf"txn on {node.name}: no answer .* may still take effect"):
+            await store.txn([], [E.Put("/fleet/x", "1")])
+        assert time.monotonic() - start < 6

@@ -299,9 +299,14 @@ def get_argv(key: str, *, prefix: bool = False, by_create: bool = False, at: End
     return etcdctl("get", *extra, "--", _key(key), at=at)
 
 
+# `timeout`'s exit status when it stopped the command.
+TIMED_OUT = 124
+
+
 def txn_argv(at: Endpoint = LOCAL) -> list[str]:
-    """A transaction read from stdin (`txn_input`)."""
-    return etcdctl("txn", at=at)
+    """A transaction read from stdin (`txn_input`). etcdctl 3.4's txn ignores --command-timeout (it waits for
+    ever on a member with no quorum or no listener), so coreutils' `timeout` bounds it: exit TIMED_OUT."""
+    return ["timeout", "-k", "1", str(at.timeout_s), *etcdctl("txn", at=at)]
 
 
 def member_list_argv(at: Endpoint = LOCAL) -> list[str]:

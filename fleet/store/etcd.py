@@ -31,7 +31,16 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 
-from fleet.core.errors import LeaseError, LeaseHeld, LeaseInfo, LeaseLost, RecordsError
+from fleet.core.errors import (
+    AuthError,
+    ConnectError,
+    HostKeyError,
+    LeaseError,
+    LeaseHeld,
+    LeaseInfo,
+    LeaseLost,
+    RecordsError,
+)
 from fleet.core.model import Node
 from fleet.node import etcd as E
 from fleet.store.lease import COMMAND_LIMIT, default_holder
@@ -90,26 +99,36 @@ class EtcdStore:
         self.at = E.Endpoint(port, command_timeout_s)
         self._current = 0
 
-    async def _run(self, argv: list[str], stdin: str | None) -> tuple[str, str, int]:
-        """(stdout, stderr, exit status) from the first node that ran the command with a member that answered."""
+    async def _run(self, argv: list[str], stdin: str | None, *, retry: bool = True) -> tuple[str, str, int]:
+        """(stdout, stderr, exit status) from the first node that ran the command with a member that answered.
+
+        A command that certainly did not reach etcd (no SSH connection, the member refused the connection) moves
+        on to the next node. One whose outcome is unknown (the SSH command or etcd's request timed out: a
+        write may still land) moves on only when `retry` (reads, renewals); a transaction raises instead, so a
+        write is never sent twice."""
         problems: list[str] = []
         for step in range(len(self.nodes)):
             index = (self._current + step) % len(self.nodes)
             node = self.nodes[index]
             result = await self.pool.run(node, argv, stdin=stdin, timeout=self.timeout)
-            why = result.error
-            if why is None and result.exit_status != 0 and _unavailable(result.stderr):
-                why = failure(result)
-            if why is not None:
-                problems.append(f"{node.name}: {why}")
-                continue
-            self._current = index
-            return result.stdout, result.stderr, result.exit_status or 0
+            if result.error is None and (result.exit_status == 0 or not (
+                    result.exit_status == E.TIMED_OUT or _unavailable(result.stderr))):
+                self._current = index
+                return result.stdout, result.stderr, result.exit_status or 0
+            why = ("etcdctl timed out" if result.error is None and result.exit_status == E.TIMED_OUT
+                   else failure(result) or "no answer")
+            problems.append(f"{node.name}: {why}")
+            sent = not isinstance(result.failure, ConnectError | HostKeyError | AuthError) and not (
+                result.error is None and _refused(result.stderr))
+            if sent and not retry:
+                raise RecordsError(f"etcdctl {_what(argv)} on {node.name}: no answer ({why}); it may "
+                                   f"still take effect")
         raise RecordsError(f"the fleet's shared state could not be reached: {'; '.join(problems)}")
 
-    async def call(self, argv: list[str], parse: Callable[[str], T], stdin: str | None = None) -> T:
-        stdout, stderr, status = await self._run(argv, stdin)
-        what = " ".join(argv[5:7])
+    async def call(self, argv: list[str], parse: Callable[[str], T], stdin: str | None = None, *,
+                   retry: bool = True) -> T:
+        stdout, stderr, status = await self._run(argv, stdin, retry=retry)
+        what = _what(argv)
         if status != 0:
             raise RecordsError(f"etcdctl {what} on {self.node.name}: {clean(E.error_line(stderr), 200)}")
         try:
@@ -124,7 +143,8 @@ class EtcdStore:
 
     async def txn(self, compares: Sequence[E.Compare], success: Sequence[E.Op],
                   failure: Sequence[E.Op] = ()) -> E.TxnResult:
-        return await self.call(E.txn_argv(at=self.at), E.parse_txn, E.txn_input(compares, success, failure))
+        return await self.call(E.txn_argv(at=self.at), E.parse_txn, E.txn_input(compares, success, failure),
+                               retry=False)
 
     async def get(self, key: str) -> E.KeyValue | None:
         found = await self.call(E.get_argv(key, at=self.at), E.parse_get)
@@ -168,12 +188,23 @@ class EtcdStore:
         return True
 
 
+def _what(argv: list[str]) -> str:
+    """The etcdctl command of an argv, for messages: `txn`, `lease grant`, `get`…"""
+    words = argv[argv.index("json") + 1:] if "json" in argv else argv
+    return " ".join(w for w in words[:2] if not w.startswith("-"))
+
+
 def _unavailable(stderr: str) -> bool:
-    """etcdctl could not get an answer from this node's member (down, or cut off from the quorum): another
-    record node's member may answer."""
+    """etcdctl got no answer from this node's member (down, or cut off from the quorum): another record node's
+    member may answer."""
     text = stderr.lower()
-    return any(s in text for s in ("connection refused", "context deadline exceeded", "request timed out",
-                                   "no leader", "etcdctl: not found", "command not found"))
+    return _refused(stderr) or any(s in text for s in ("context deadline exceeded", "request timed out", "no leader"))
+
+
+def _refused(stderr: str) -> bool:
+    """The request certainly never reached etcd: no member listening, or no etcdctl on the node."""
+    text = stderr.lower()
+    return any(s in text for s in ("connection refused", "etcdctl: not found", "command not found"))
 
 
 @dataclass(frozen=True)
