@@ -135,6 +135,22 @@ def record() -> None:
             (DATA / f"{name}.json").write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
             return done.stdout
 
+        def save_watch(name: str, argv: list[str]) -> None:
+            # A watch runs until stopped: the first line it prints is kept, then it is stopped by its PID.
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                assert proc.stdout is not None
+                line = proc.stdout.readline()
+            finally:
+                proc.terminate()
+                proc.wait(timeout=5)
+            shown = [a.replace(f"127.0.0.1:{etcd.port}", f"127.0.0.1:{E.CLIENT_PORT}") for a in argv]
+            doc = {"source": f"recorded by `python tests/etcd_local.py record` ({version}) against a private single "
+                             f"member on loopback; the first line of a running watch",
+                   "argv": shown, "stdin": None, "exit_status": None, "stdout": line, "stderr": "",
+                   "parser": "parse_watch_line", "expect": _plain(E.parse_watch_line(line))}
+            (DATA / f"{name}.json").write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+
         grant = E.parse_lease_grant(save("lease_grant", E.lease_grant_argv(60, at=at), "parse_lease_grant"))
         short = E.parse_lease_grant(_run(E.lease_grant_argv(1, at=at)).stdout)
         lock = json.dumps({"holder": "root@ctl \"one\"", "command": "fleet apply\nweb é ✓"}, ensure_ascii=False)
@@ -148,6 +164,8 @@ def record() -> None:
             _run(E.txn_argv(at=at), E.txn_input([], [E.Put(f"/fleet/events/{n:04d}", json.dumps({"n": n}))]))
         save("get_prefix", E.get_argv("/fleet/events/", prefix=True, by_create=True, at=at), "parse_get")
         save("txn_delete", E.txn_argv(at=at), "parse_txn", E.txn_input([], [E.Delete("/fleet/events/0001")]))
+        # A watch from revision 1: the history (two puts and the delete) comes first, in one batch.
+        save_watch("watch_history", E.watch_argv("/fleet/events/", 1, at=at))
         save("keepalive", E.lease_keepalive_argv(grant.id, at=at), "parse_keepalive")
         save("timetolive", E.lease_timetolive_argv(grant.id, at=at), "parse_timetolive")
         time.sleep(2.5)
@@ -155,6 +173,9 @@ def record() -> None:
         save("timetolive_gone", E.lease_timetolive_argv(short.id, at=at), "parse_timetolive")
         save("revoke_gone", E.lease_revoke_argv(short.id, at=at), "error_line")
         save("member_list", E.member_list_argv(at=at), "parse_member_list")
+        # Compacted past the revision asked for: etcd cancels the watch and says down to where it compacted.
+        _run([*E.etcdctl("compaction", "4", at=at)])
+        save_watch("watch_compacted", E.watch_argv("/fleet/events/", 2, at=at))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def _plain(value: object) -> object:
 def test_recordings_cover_every_parser() -> None:
     used = {json.loads(p.read_text())["parser"] for p in RECORDED}
     assert used == {"parse_txn", "parse_get", "parse_lease_grant", "parse_keepalive", "parse_timetolive",
-                    "parse_member_list", "error_line"}
+                    "parse_member_list", "parse_watch_line", "error_line"}
 
 
 @pytest.mark.parametrize("path", RECORDED, ids=[p.stem for p in RECORDED])
@@ -38,6 +38,9 @@ def test_parser_reads_recorded_output(path: Path) -> None:
     text = doc["stderr"] if doc["parser"] == "error_line" else doc["stdout"]
     assert _plain(parser(text)) == doc["expect"]
     # The recorded command is the builder's, so what the tests read is what fleet runs.
+    if doc["parser"] == "parse_watch_line":
+        # Each line of a watch is parsed on its own; a canceled one (compacted) ends it.
+        assert doc["stdout"].count("\n") == 1
     start = doc["argv"].index("etcdctl")
     assert doc["argv"][start:start + 5] == ["etcdctl", "--endpoints=127.0.0.1:2379", "--command-timeout=5s", "-w",
                                             "json"]
@@ -130,3 +133,11 @@ def test_parse_start_outcomes() -> None:
     assert E.parse_start("@@fleet result stopped\n").running is False
     with pytest.raises(ScriptOutputError):
         E.parse_start("@@fleet result exploded\n")
+
+
+def test_watch_argv_refuses_a_prefix_that_looks_like_a_flag() -> None:
+    assert E.watch_argv("/fleet/", 7)[-4:] == ["watch", "--prefix", "--rev=7", "/fleet/"]
+    with pytest.raises(ValueError, match="starting with '/'"):
+        E.watch_argv("-x", 1)
+    with pytest.raises(ValueError, match="revision"):
+        E.watch_argv("/fleet/", 0)

@@ -6,6 +6,8 @@ holder whose lease expired writes nothing; revision numbers never repeat under c
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -172,6 +174,41 @@ async def test_event_log_is_ordered_and_numbers_increase(store: EtcdStore) -> No
         events = await state.events()
         assert [e.value["n"] for e in events] == list(range(5))
         assert [e.number for e in await state.events(after=numbers[2])] == numbers[3:]
+
+
+async def test_follow_sees_history_then_live_changes(store: EtcdStore) -> None:
+    async with EtcdLease(store, command="fleet apply", ttl=10) as lease:
+        state = SharedState(store, lease)
+        first = await state.append_event({"n": 0})
+        seen: list[E.WatchEvent] = []
+
+        async def reader() -> None:
+            async with contextlib.aclosing(store.follow(EVENTS, first)) as batches:
+                async for batch in batches:
+                    seen.extend(batch.events)
+                    if len(seen) >= 3:
+                        return
+
+        task = asyncio.create_task(reader())
+        await asyncio.sleep(0.5)  # the watch is running: what follows arrives live, not as history
+        await state.append_event({"n": 1})
+        await state.write({"/fleet/other": 1})  # outside the prefix: not seen
+        await state.append_event({"n": 2})
+        await asyncio.wait_for(task, 15)
+        assert [json.loads(e.kv.value)["n"] for e in seen] == [0, 1, 2]
+        assert seen[0].kv.create_revision == first and all(e.kind == "put" for e in seen)
+
+
+async def test_follow_from_a_compacted_revision_says_read_afresh(store: EtcdStore) -> None:
+    async with EtcdLease(store, command="fleet apply", ttl=10) as lease:
+        state = SharedState(store, lease)
+        for i in range(3):
+            last = await state.append_event({"n": i})
+    await store.call(E.etcdctl("compaction", str(last), at=store.at), lambda out: out)
+    with pytest.raises(RecordsError, match="compacted"):
+        async with contextlib.aclosing(store.follow(EVENTS, 1)) as batches:
+            async for _ in batches:
+                pass
 
 
 async def test_value_that_is_not_json_is_refused_by_name(store: EtcdStore) -> None:

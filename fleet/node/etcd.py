@@ -309,6 +309,17 @@ def txn_argv(at: Endpoint = LOCAL) -> list[str]:
     return ["timeout", "-k", "1", str(at.timeout_s), *etcdctl("txn", at=at)]
 
 
+def watch_argv(prefix: str, start_revision: int, at: Endpoint = LOCAL) -> list[str]:
+    """Follow every change under `prefix` from `start_revision` on (history first, then live), one JSON batch a
+    line (`parse_watch_line`); it runs until its reader closes the channel."""
+    if isinstance(start_revision, bool) or not isinstance(start_revision, int) or start_revision < 1:
+        raise ValueError(f"watch revision: expected an integer >= 1, got {start_revision!r}")
+    if not prefix.startswith("/"):
+        # etcdctl's watch takes no `--` (what follows it is a command to run), so a key must not look like a flag.
+        raise ValueError(f"watch prefix: expected a key starting with '/', got {prefix!r}")
+    return etcdctl("watch", "--prefix", f"--rev={start_revision}", _key(prefix), at=at)
+
+
 def member_list_argv(at: Endpoint = LOCAL) -> list[str]:
     return etcdctl("member", "list", at=at)
 
@@ -440,6 +451,26 @@ class LeaseTtl:
 
 
 @dataclass(frozen=True)
+class WatchEvent:
+    """One change a watch saw: a put (the key as it is now) or a delete (only key and mod_revision are set)."""
+
+    kind: Literal["put", "delete"]
+    kv: KeyValue
+
+
+@dataclass(frozen=True)
+class WatchBatch:
+    """One line of `etcdctl watch -w json`: the events of one or more revisions, up to `revision`.
+    `compacted` is set (and the watch ends) when the revision asked for is older than etcd still keeps: the
+    reader must read everything afresh and watch from there."""
+
+    revision: int
+    events: tuple[WatchEvent, ...]
+    compacted: int = 0
+    canceled: bool = False
+
+
+@dataclass(frozen=True)
 class EtcdMember:
     id: int
     name: str
@@ -497,6 +528,33 @@ def _range(doc: Mapping[str, object], what: str) -> Range:
 
 def parse_get(text: str) -> Range:
     return _range(_obj(_json(text, "etcdctl get"), "etcdctl get"), "etcdctl get")
+
+
+def parse_watch_line(line: str) -> WatchBatch:
+    what = "etcdctl watch"
+    doc = _obj(_json(line, what), what)
+    header = _obj(doc.get("Header"), f"{what}: Header")
+    raw = doc.get("Events") or []
+    if not isinstance(raw, list):
+        raise ValueError(f"{what}: Events: expected a list, got {raw!r}")
+    events = []
+    for item in raw:
+        ev = _obj(item, f"{what} event")
+        kind = ev.get("type", 0)
+        if kind not in (0, 1):
+            raise ValueError(f"{what}: unknown event type {kind!r}")
+        kv = _obj(ev.get("kv"), f"{what} event")
+        key = _b64(kv.get("key"), f"{what} key")
+        where = f"{what} key {key}"
+        events.append(WatchEvent("put" if kind == 0 else "delete", KeyValue(
+            key, _b64(kv.get("value", ""), where), _int(kv, "create_revision", where, 0),
+            _int(kv, "mod_revision", where), _int(kv, "version", where, 0), _int(kv, "lease", where, 0))))
+    canceled = doc.get("Canceled", False)
+    if not isinstance(canceled, bool):
+        raise ValueError(f"{what}: Canceled: expected a boolean, got {canceled!r}")
+    # A canceled watch's header carries no revision.
+    return WatchBatch(_int(header, "revision", what, 0), tuple(events), _int(doc, "CompactRevision", what, 0),
+                      canceled)
 
 
 def parse_txn(text: str) -> TxnResult:

@@ -26,7 +26,7 @@ import os
 import random
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
@@ -158,6 +158,26 @@ class EtcdStore:
         """The JSON value of `key`, or None when it does not exist."""
         kv = await self.get(key)
         return None if kv is None else decode(kv)
+
+    async def follow(self, prefix: str, from_revision: int) -> AsyncIterator[E.WatchBatch]:
+        """Every change under `prefix` from `from_revision` on, as etcd orders them: what happened since that
+        revision first, then each change as it lands. It ends when the node's connection does (follow again from
+        the last batch's revision + 1, through another record node if need be), and raises `RecordsError` when
+        etcd no longer keeps `from_revision` (compacted): read afresh, then follow from that read's revision.
+        Use it with `contextlib.aclosing` so leaving the loop closes the SSH channel at once."""
+        argv = E.watch_argv(prefix, from_revision, at=self.at)
+        async with self.pool.stream(self.node, argv, merge_stderr=False) as stream:
+            async for line in stream:
+                if not line.strip():
+                    continue
+                try:
+                    batch = E.parse_watch_line(line)
+                except ValueError as exc:
+                    raise RecordsError(f"etcdctl watch on {self.node.name}: {exc}") from exc
+                if batch.canceled:
+                    raise RecordsError(f"watch of {prefix} from revision {from_revision}: etcd keeps history only "
+                                       f"from revision {batch.compacted + 1} on (compacted); read afresh")
+                yield batch
 
     async def grant(self, ttl_s: int) -> E.LeaseGrant:
         return await self.call(E.lease_grant_argv(ttl_s, at=self.at), E.parse_lease_grant)
