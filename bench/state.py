@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from etcd_local import LocalEtcd  # noqa: E402
+from sim_fanout import start_servers, stop_servers  # noqa: E402
 
 from fleet.core.model import Node  # noqa: E402
 from fleet.store.etcd import EtcdLease, EtcdStore, SharedState  # noqa: E402
@@ -38,30 +38,6 @@ from fleet.store.records import FleetHistory  # noqa: E402
 from fleet.transport import Pool  # noqa: E402
 
 Row = tuple[str, int, str, list[float]]
-
-
-def start_servers(count: int, directory: str) -> tuple[subprocess.Popen[str], list[Node]]:
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "sshserver.py"), "--count", str(count), "--dir", directory,
-         "--handler", "shell"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
-        env={"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "PATH": "/usr/bin:/bin"},
-    )
-    assert proc.stdout is not None
-    ready = json.loads(proc.stdout.readline())
-    nodes = [Node(name=n["name"], address="127.0.0.1", port=n["port"], user="fleet",
-                  key_files=(ready["client_key"],), known_hosts=ready["known_hosts"]) for n in ready["nodes"]]
-    return proc, nodes
-
-
-def stop_servers(proc: subprocess.Popen[str]) -> None:
-    if proc.stdin:
-        proc.stdin.close()  # the server farm stops when its stdin closes
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 async def timed(samples: dict[str, list[float]], name: str, step: Awaitable[object]) -> None:
@@ -114,7 +90,7 @@ def pct(values: list[float], q: float) -> float:
 async def run(args: argparse.Namespace) -> list[Row]:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="fleet-bench-state-") as tmp:
-        proc, nodes = start_servers(max(args.sizes), f"{tmp}/farm")
+        proc, nodes = start_servers(max(args.sizes), f"{tmp}/farm", handler="shell")
         try:
             async with Pool() as pool:
                 for size in args.sizes:
