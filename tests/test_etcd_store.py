@@ -176,6 +176,18 @@ async def test_event_log_is_ordered_and_numbers_increase(store: EtcdStore) -> No
         assert [e.number for e in await state.events(after=numbers[2])] == numbers[3:]
 
 
+async def test_trim_events_keeps_the_newest(store: EtcdStore) -> None:
+    async with EtcdLease(store, command="fleet apply", ttl=10) as lease:
+        state = SharedState(store, lease)
+        for i in range(6):
+            await state.append_event({"n": i})
+        assert await state.trim_events(keep=4) == 2
+        assert [e.value["n"] for e in await state.events()] == [2, 3, 4, 5]
+        assert await state.trim_events(keep=4) == 0
+        assert await state.trim_events(keep=0) == 4
+        assert await state.events() == []
+
+
 async def test_follow_sees_history_then_live_changes(store: EtcdStore) -> None:
     async with EtcdLease(store, command="fleet apply", ttl=10) as lease:
         state = SharedState(store, lease)

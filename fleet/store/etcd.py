@@ -56,6 +56,8 @@ DEFAULT_TTL = 15
 # Compare-and-swap rounds before a revision allocation gives up (each lost round means another writer got a
 # number; dozens in a row means something is wrong, not busy).
 CAS_ATTEMPTS = 50
+# Deletes per transaction: etcd refuses more than --max-txn-ops (128 by default) operations in one.
+TXN_DELETES = 100
 
 
 def revision_counter_key(service: str) -> str:
@@ -472,6 +474,16 @@ class SharedState:
         if not done.succeeded:
             raise RecordsError(f"event {key}: the key already exists; nothing was written")
         return done.revision
+
+    async def trim_events(self, keep: int) -> int:
+        """Delete the oldest events beyond the newest `keep` (the retention the inventory sets), under the lease;
+        how many were deleted. Oldest by create revision, not by key: a key's time is its controller's clock."""
+        if keep < 0:
+            raise ValueError(f"events to keep: expected >= 0, got {keep}")
+        old = list((await self.store.range(EVENTS))[:-keep or None])
+        for start in range(0, len(old), TXN_DELETES):
+            await self._fenced([], [E.Delete(kv.key) for kv in old[start:start + TXN_DELETES]])
+        return len(old)
 
     async def events(self, after: int = 0) -> list[Event]:
         """The event log in order, from the one after number `after`."""
