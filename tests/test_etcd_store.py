@@ -121,9 +121,15 @@ async def test_expired_holder_writes_nothing_and_gets_lease_lost(store: EtcdStor
     with pytest.raises(LeaseLost):
         await mine.append_event({"what": "apply", "by": "alice@ctl"})
     with pytest.raises(LeaseLost):
+        await mine.read("/fleet/services/web/state")
+    with pytest.raises(LeaseLost):
         await first.check()
     with pytest.raises(LeaseLost):
         await first.renew()
+    assert await theirs.read("/fleet/services/web/state", "/fleet/missing") == {
+        "/fleet/services/web/state": {"replicas": 5}}
+    assert set(await theirs.read("/fleet/services/web/", prefix=True)) == {
+        "/fleet/services/web/state", revision_counter_key("web"), revision_key("web", 1)}
     assert await store.read("/fleet/services/web/state") == {"replicas": 5}
     assert await store.get("/fleet/other") is None
     assert await store.read(revision_counter_key("web")) == 1
@@ -237,6 +243,10 @@ async def test_value_that_is_not_json_is_refused_by_name(store: EtcdStore) -> No
     await store.txn([], [E.Put("/fleet/lock", '{"holder": 3}')])
     with pytest.raises(RecordsError, match="/fleet/lock: not a lease holder"):
         await lock_status(store)
+    # ... and `fleet lock break` removes it all the same.
+    broken = await break_lock(store)
+    assert broken is not None and broken.holder.startswith("unreadable lock")
+    assert await store.get("/fleet/lock") is None
 
 
 async def test_unreachable_member_is_a_records_error(node: Node) -> None:

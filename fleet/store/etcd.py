@@ -267,7 +267,11 @@ async def break_lock(store: EtcdStore) -> LeaseInfo | None:
     kv = await store.get(LOCK_KEY)
     if kv is None:
         return None
-    info = await _info(store, kv)
+    try:
+        info = await _info(store, kv)
+    except RecordsError as exc:
+        # A lock key fleet cannot read (forged, or written by another tool) is exactly what break must remove.
+        info = LeaseInfo(f"unreadable lock ({exc})", 0, "", 0.0, 0.0, store.node.name)
     if kv.lease:
         await store.revoke(kv.lease)
     await store.txn([E.Compare("create", LOCK_KEY, kv.create_revision)], [E.Delete(LOCK_KEY)])
@@ -330,15 +334,12 @@ class EtcdLease:
                 with contextlib.suppress(RecordsError):
                     await asyncio.shield(self.store.revoke(grant.id))
                 raise
-            current = done.responses[0] if done.responses else None
-            held = current.kvs[0] if isinstance(current, E.Range) and current.kvs else None
-            if done.succeeded or (held is not None and held.lease == grant.id):
-                # The second case: an earlier attempt of this same transaction landed, then its answer was lost
-                # and the store retried on another record node; the key is attached to this run's lease.
-                self.lease_id, self._lost = grant.id, None
-                self.revision = done.revision if done.succeeded else held.create_revision if held else None
+            if done.succeeded:
+                self.lease_id, self.revision, self._lost = grant.id, done.revision, None
                 return
             await self.store.revoke(grant.id)
+            current = done.responses[0] if done.responses else None
+            held = current.kvs[0] if isinstance(current, E.Range) and current.kvs else None
             left = deadline - time.monotonic()
             if left <= 0:
                 if held is None:
@@ -433,6 +434,13 @@ class SharedState:
             raise self.lease.lost("the fleet's lease was lost: a write was refused by etcd (the lease expired or "
                                   "was broken); nothing was written")
         return done
+
+    async def read(self, *keys: str, prefix: bool = False) -> dict[str, Any]:
+        """The JSON values of `keys` (every key under each when `prefix`), read in one transaction that also
+        confirms the lease: what a decision to act is made on, never older than the lease (`LeaseLost` if gone).
+        Keys that do not exist are left out."""
+        done = await self._fenced([], [E.Get(k, prefix) for k in keys])
+        return {kv.key: decode(kv) for answer in done.responses if isinstance(answer, E.Range) for kv in answer.kvs}
 
     async def write(self, puts: Mapping[str, Any], deletes: Sequence[str] = ()) -> int:
         """Put JSON values and delete keys, all or none, under the lease; the etcd revision of the write."""
