@@ -182,6 +182,16 @@ async def test_event_log_is_ordered_and_numbers_increase(store: EtcdStore) -> No
         assert [e.number for e in await state.events(after=numbers[2])] == numbers[3:]
 
 
+async def test_change_and_its_event_land_together(store: EtcdStore) -> None:
+    async with EtcdLease(store, command="fleet apply", ttl=10) as lease:
+        state = SharedState(store, lease)
+        number = await state.next_revision("web", {"image": "web:1"}, event={"what": "revision", "n": 1})
+        at = await state.write({"/fleet/services/web/state": {"replicas": 3}}, event={"what": "scale", "to": 3})
+        events = await state.events()
+        assert [e.value for e in events] == [{"what": "revision", "n": number}, {"what": "scale", "to": 3}]
+        assert events[-1].number == at  # the event's number is the write's revision: one transaction
+
+
 async def test_trim_events_keeps_the_newest(store: EtcdStore) -> None:
     async with EtcdLease(store, command="fleet apply", ttl=10) as lease:
         state = SharedState(store, lease)

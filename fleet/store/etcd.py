@@ -442,15 +442,21 @@ class SharedState:
         done = await self._fenced([], [E.Get(k, prefix) for k in keys])
         return {kv.key: decode(kv) for answer in done.responses if isinstance(answer, E.Range) for kv in answer.kvs}
 
-    async def write(self, puts: Mapping[str, Any], deletes: Sequence[str] = ()) -> int:
-        """Put JSON values and delete keys, all or none, under the lease; the etcd revision of the write."""
+    async def write(self, puts: Mapping[str, Any], deletes: Sequence[str] = (), *, event: Any = None) -> int:
+        """Put JSON values and delete keys, all or none, under the lease, with `event` (who changed what) appended
+        to the log in the same transaction; the etcd revision of the write (the event's number)."""
         ops: list[E.Op] = [E.Put(k, encode(v)) for k, v in puts.items()]
         ops += [E.Delete(k) for k in deletes]
-        return (await self._fenced([], ops)).revision
+        compares, logged = _logged(event)
+        done = await self._fenced(compares, [*ops, *logged])
+        if not done.succeeded:
+            raise RecordsError("an event key already exists; nothing was written")
+        return done.revision
 
-    async def next_revision(self, service: str, record: Any) -> int:
+    async def next_revision(self, service: str, record: Any, *, event: Any = None) -> int:
         """Store `record` as the service's next revision and return its number: one compare-and-swap on the
-        service's counter, in the same transaction as the record, so two writers never get the same number."""
+        service's counter, in the same transaction as the record (and `event`, if given), so two writers never
+        get the same number."""
         counter = revision_counter_key(service)
         current = await self.store.get(counter)
         for _ in range(CAS_ATTEMPTS):
@@ -458,9 +464,10 @@ class SharedState:
             guard = (E.Compare("version", counter, 0) if current is None
                      else E.Compare("mod", counter, current.mod_revision))
             number = last + 1
-            done = await self._fenced([guard, E.Compare("version", revision_key(service, number), 0)],
+            compares, logged = _logged(event)
+            done = await self._fenced([guard, E.Compare("version", revision_key(service, number), 0), *compares],
                                       [E.Put(counter, str(number)), E.Put(revision_key(service, number),
-                                                                          encode(record))],
+                                                                          encode(record)), *logged],
                                       [E.Get(counter)])
             if done.succeeded:
                 return number
@@ -477,11 +484,7 @@ class SharedState:
 
     async def append_event(self, event: Any) -> int:
         """Add an event to the log under the lease; its number (strictly increasing in the order events land)."""
-        key = f"{EVENTS}{time.time_ns():020d}-{secrets.token_hex(4)}"
-        done = await self._fenced([E.Compare("version", key, 0)], [E.Put(key, encode(event))])
-        if not done.succeeded:
-            raise RecordsError(f"event {key}: the key already exists; nothing was written")
-        return done.revision
+        return await self.write({}, event=event)
 
     async def trim_events(self, keep: int) -> int:
         """Delete the oldest events beyond the newest `keep` (the retention the inventory sets), under the lease;
@@ -497,6 +500,14 @@ class SharedState:
         """The event log in order, from the one after number `after`."""
         return [Event(kv.create_revision, kv.key, decode(kv)) for kv in await self.store.range(EVENTS)
                 if kv.create_revision > after]
+
+
+def _logged(event: Any) -> tuple[list[E.Compare], list[E.Op]]:
+    """The compare and put that append `event` to the log (nothing for None): a new key, never overwritten."""
+    if event is None:
+        return [], []
+    key = f"{EVENTS}{time.time_ns():020d}-{secrets.token_hex(4)}"
+    return [E.Compare("version", key, 0)], [E.Put(key, encode(event))]
 
 
 def _counter(kv: E.KeyValue) -> int:
