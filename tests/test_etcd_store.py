@@ -21,6 +21,7 @@ from fleet.core.model import Node
 from fleet.node import etcd as E
 from fleet.store.etcd import (
     EVENTS,
+    WATCH_LEADER_KEY,
     EtcdLease,
     EtcdStore,
     SharedState,
@@ -137,6 +138,20 @@ async def test_expired_holder_writes_nothing_and_gets_lease_lost(store: EtcdStor
     assert [e.value["by"] for e in await theirs.events()] == ["bob@ctl"]
     await second.check()
     await second.release()
+
+
+async def test_watch_leadership_is_a_lease_of_its_own(store: EtcdStore) -> None:
+    leader = EtcdLease(store, command="fleet watch", ttl=10, holder="w1@ctl", key=WATCH_LEADER_KEY)
+    rival = EtcdLease(store, command="fleet watch", ttl=10, holder="w2@ctl", key=WATCH_LEADER_KEY)
+    async with leader, EtcdLease(store, command="fleet apply", ttl=10, holder="alice@ctl") as run:
+        # A leading watcher and a run hold theirs at once; a second watcher does not lead.
+        with pytest.raises(LeaseHeld, match="w1@ctl"):
+            await rival.acquire()
+        await leader.check()
+        await run.check()
+        await SharedState(store, leader).write({"/fleet/watch/round": 1})
+    await rival.acquire()
+    await rival.release()
 
 
 async def test_broken_lock_stops_the_holder(store: EtcdStore) -> None:

@@ -10,6 +10,7 @@ its member's loopback client port, one command per call, values on stdin.
 
 Keys (one prefix per kind, so a range read or a watch follows one kind):
     /fleet/lock                                the holder's JSON, attached to its etcd lease
+    /fleet/watch/leader                        the leading watcher's, the same way (`WATCH_LEADER_KEY`)
     /fleet/services/<service>/revision         the last revision number handed out for the service
     /fleet/services/<service>/revisions/<n>    one revision record, n zero-padded to 10 digits (sorts by number)
     /fleet/events/<ns>-<hex>                   one event, ordered by its create revision (its number)
@@ -50,6 +51,9 @@ from fleet.transport import Pool
 T = TypeVar("T")
 
 LOCK_KEY = "/fleet/lock"
+# The watcher's leadership: an `EtcdLease` on this key, apart from the runs' lease, so a leader watcher and a
+# run of `fleet apply` can hold theirs at once while two watchers cannot both lead.
+WATCH_LEADER_KEY = "/fleet/watch/leader"
 SERVICES = "/fleet/services/"
 EVENTS = "/fleet/events/"
 DEFAULT_TTL = 15
