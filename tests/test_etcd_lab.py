@@ -6,7 +6,6 @@ on with the two others meanwhile. Every etcd is stopped (by the PID its start re
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import ssl
 import tempfile
@@ -17,11 +16,10 @@ import pytest
 from conftest import LabHandle
 
 from fleet.core.model import Node
+from fleet.engine.etcd import EtcdMembers
 from fleet.node import etcd as E
-from fleet.node.paths import write_file
 from fleet.store.etcd import EtcdLease, EtcdStore, SharedState
-from fleet.store.etcd_pki import PeerCa, issue_peer, new_ca, peer_files
-from fleet.store.secrets import Secret
+from fleet.store.etcd_pki import PeerCa, issue_peer, new_ca
 from fleet.transport import Pool
 
 pytestmark = pytest.mark.lab
@@ -30,45 +28,31 @@ FILES = E.EtcdFiles()
 TOKEN = "fleet-lab-test"
 
 
-def _configs(nodes: list[Node]) -> list[E.MemberConfig]:
-    members = tuple(E.Member(n.name, n.address) for n in nodes)
-    return [E.MemberConfig(m, members, cluster_token=TOKEN, files=FILES) for m in members]
-
-
-async def _start(pool: Pool, node: Node, cfg: E.MemberConfig) -> E.MemberState:
-    text = E.render_config(cfg)
-    result = await pool.check(node, E.start_script(cfg, len(text.encode()), wait_s=20), stdin=text, timeout=40)
-    return E.parse_start(result.stdout)
-
-
 @pytest.fixture
-async def cluster(lab: LabHandle) -> AsyncIterator[tuple[Pool, list[Node], PeerCa]]:
+async def cluster(lab: LabHandle) -> AsyncIterator[tuple[EtcdMembers, list[Node], PeerCa]]:
     nodes = [n for n in lab.inventory.nodes if n.has_role("worker")][:3]
-    cfgs = _configs(nodes)
     ca = new_ca(TOKEN)
     async with Pool(connect_attempts=1) as pool:
+        members = EtcdMembers(pool, nodes, cluster_token=TOKEN, files=FILES)
         try:
-            for node, cfg in zip(nodes, cfgs, strict=True):
-                for path, mode, content in peer_files(ca, issue_peer(ca, cfg.member), FILES):
-                    data = content.reveal() if isinstance(content, Secret) else content
-                    await pool.check(node, write_file(path, mode, size=len(data.encode())), stdin=data)
-            # A new cluster is healthy only once a quorum is up: the members start together.
-            states = await asyncio.gather(*[_start(pool, n, c) for n, c in zip(nodes, cfgs, strict=True)])
-            assert all(s.result == "started" for s in states), states
-            yield pool, nodes, ca
+            pki = (ca, {n.name: issue_peer(ca, members.configs[n.name].member) for n in nodes})
+            reports = await members.ensure(pki)
+            assert [r.state.result if r.state else r.error for r in reports] == ["started"] * 3
+            yield members, nodes, ca
         finally:
-            for node, cfg in zip(nodes, cfgs, strict=True):
-                await pool.run(node, E.stop_script(cfg), timeout=20)
+            await members.stop()
+            for node in nodes:
                 await pool.run(node, ["rm", "-rf", FILES.dir], timeout=20)
 
 
 async def test_three_members_with_mutual_tls_serve_the_fenced_lease(
-        cluster: tuple[Pool, list[Node], PeerCa]) -> None:
-    pool, nodes, ca = cluster
+        cluster: tuple[EtcdMembers, list[Node], PeerCa]) -> None:
+    members, nodes, ca = cluster
+    pool = members.pool
     store = EtcdStore(pool, nodes)
-    members = await store.call(E.member_list_argv(), E.parse_member_list)
-    assert sorted(m.name for m in members) == sorted(n.name for n in nodes)
-    assert all(m.peer_urls == (f"https://{n.address}:2380",) for m in members for n in nodes if n.name == m.name)
+    listed = await store.call(E.member_list_argv(), E.parse_member_list)
+    assert sorted(m.name for m in listed) == sorted(n.name for n in nodes)
+    assert all(m.peer_urls == (f"https://{n.address}:2380",) for m in listed for n in nodes if n.name == m.name)
 
     async with EtcdLease(store, command="fleet apply", ttl=10, holder="alice@ctl") as lease:
         number = await SharedState(store, lease).next_revision("web", {"image": "web:1"})
@@ -108,24 +92,22 @@ def _peer_get(ctx: ssl.SSLContext, address: str) -> bytes:
         return tls.recv(1024)
 
 
-async def test_member_stopped_and_started_rejoins(cluster: tuple[Pool, list[Node], PeerCa]) -> None:
-    pool, nodes, _ = cluster
-    cfgs = _configs(nodes)
+async def test_member_stopped_and_started_rejoins(cluster: tuple[EtcdMembers, list[Node], PeerCa]) -> None:
+    members, nodes, _ = cluster
+    pool = members.pool
     down, up = nodes[2], nodes[:2]
-    stopped = E.parse_start((await pool.check(down, E.stop_script(cfgs[2]))).stdout)
-    assert stopped.result == "stopped"
-    status = E.parse_start((await pool.check(down, E.status_script(cfgs[2]))).stdout)
-    assert status.result == "stopped"
+    [stopped] = await members.stop([down])
+    assert stopped.state is not None and stopped.state.result == "stopped"
+    status = {r.node: r.state.result if r.state else r.error for r in await members.status()}
+    assert status == {nodes[0].name: "running", nodes[1].name: "running", down.name: "stopped"}
 
     # Two of three: the lease and writes go on.
     store = EtcdStore(pool, up)
     async with EtcdLease(store, command="fleet apply", ttl=10) as lease:
         assert await SharedState(store, lease).next_revision("web", {"image": "web:2"}) == 1
 
-    # The next run finds it dead and starts it again: it rejoins from its data dir and catches up.
-    again = await _start(pool, down, cfgs[2])
-    assert again.result == "started"
-    assert E.parse_start((await pool.check(down, E.status_script(cfgs[2]))).stdout).result == "running"
+    # The next run finds it dead and starts it again (the others are left alone): it rejoins from its data dir.
+    again = {r.node: r.state.result if r.state else r.error for r in await members.ensure()}
+    assert again == {nodes[0].name: "unchanged", nodes[1].name: "unchanged", down.name: "started"}
+    assert all(r.ok for r in await members.status())
     assert await EtcdStore(pool, [down]).read("/fleet/services/web/revisions/0000000001") == {"image": "web:2"}
-    # A run that finds it running leaves it alone.
-    assert (await _start(pool, down, cfgs[2])).result == "unchanged"

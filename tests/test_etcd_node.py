@@ -131,6 +131,8 @@ def test_parse_start_outcomes() -> None:
     state = E.parse_start("@@fleet pid 42\n@@fleet log\nline one\n@@fleet result started\n")
     assert state == E.MemberState("started", 42, "line one") and state.running
     assert E.parse_start("@@fleet result stopped\n").running is False
+    assert E.parse_start("@@fleet result not-running\n").running is False
+    assert E.parse_start("@@fleet result killed\n").result == "killed"
     with pytest.raises(ScriptOutputError):
         E.parse_start("@@fleet result exploded\n")
 

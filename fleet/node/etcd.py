@@ -246,9 +246,9 @@ class MemberState:
 
 
 def parse_start(text: str) -> MemberState:
-    """The outcome of `start_script` or `status_script`."""
+    """The outcome of `start_script`, `status_script` or `stop_script`."""
     out = parse_script_output(text)
-    if out.result not in (*START_RESULTS, "running", "unhealthy", "stopped"):
+    if out.result not in (*START_RESULTS, "running", "unhealthy", "stopped", "not-running", "killed"):
         raise ScriptOutputError(f"unexpected etcd script result {out.result!r}")
     pid = out.values.get("pid")
     return MemberState(out.result, int(pid) if pid and pid.isdigit() else None, out.sections.get("log", ""))
