@@ -28,9 +28,11 @@ from fleet.core.model import Node  # noqa: E402
 from fleet.transport import CIPHERS, KEX_ALGS, Pool, fanout  # noqa: E402
 
 
-def start_servers(count: int, directory: str) -> tuple[subprocess.Popen[str], list[Node]]:
+def start_servers(count: int, directory: str, handler: str = "ok") -> tuple[subprocess.Popen[str], list[Node]]:
+    """`count` servers in a child process (`handler`: "ok" answers in-process, "shell" runs /bin/sh)."""
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "sshserver.py"), "--count", str(count), "--dir", directory],
+        [sys.executable, str(ROOT / "tests" / "sshserver.py"), "--count", str(count), "--dir", directory,
+         "--handler", handler],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

@@ -1,0 +1,124 @@
+"""The shared state's costs per operation: the lease on etcd (take, renew, check, release) and a record write,
+median and p99 wall time, through fleet's SSH transport, on 1 and 3 etcd members; and the file protocol it
+replaces (fleet.store.lease and fleet.store.records over the same transport) on 1 and 3 record nodes.
+
+Everything runs on this machine: the "record nodes" are real asyncssh servers (tests/sshserver.py, "shell"
+handler: each command runs under /bin/sh as sshd would) in a child process, and the etcd members are real
+processes on loopback ports (tests/etcd_local.py). An etcd call is one `etcdctl` process started over SSH on
+the first record node, against its member. So these are the costs of the commands and of consensus on one
+machine, not of a network.
+
+    .venv/bin/python bench/state.py                    # 30 rounds, etcd and files, 1 and 3 members/nodes
+    .venv/bin/python bench/state.py --rounds 50 --only etcd
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from etcd_local import LocalEtcd  # noqa: E402
+from sim_fanout import start_servers, stop_servers  # noqa: E402
+
+from fleet.core.model import Node  # noqa: E402
+from fleet.store.etcd import EtcdLease, EtcdStore, SharedState  # noqa: E402
+from fleet.store.lease import Lease  # noqa: E402
+from fleet.store.records import FleetHistory  # noqa: E402
+from fleet.transport import Pool  # noqa: E402
+
+Row = tuple[str, int, str, list[float]]
+
+
+async def timed(samples: dict[str, list[float]], name: str, step: Awaitable[object]) -> None:
+    """Await `step` (a coroutine runs only once awaited, so the clock covers all of it) and keep its wall time."""
+    start = time.perf_counter()
+    await step
+    samples.setdefault(name, []).append(time.perf_counter() - start)
+
+
+async def etcd_rounds(pool: Pool, nodes: list[Node], port: int, rounds: int) -> dict[str, list[float]]:
+    store = EtcdStore(pool, nodes, port=port)
+    samples: dict[str, list[float]] = {}
+    await store.get("/fleet/lock")  # connect first: the rounds measure warm connections
+    for i in range(rounds):
+        lease = EtcdLease(store, command="bench", ttl=30)
+        state = SharedState(store, lease)
+        # The transport alone, then one etcdctl call over it: the difference is etcdctl's process and request.
+        await timed(samples, "ssh `true` (transport only)", pool.run(nodes[0], ["true"]))
+        await timed(samples, "ssh+etcdctl get (one call)", store.get("/fleet/lock"))
+        await timed(samples, "lease take", lease.acquire())
+        await timed(samples, "lease renew", lease.renew())
+        await timed(samples, "lease check", lease.check())
+        await timed(samples, "record write (new revision)",
+                    state.next_revision("web", {"image": f"web:{i}", "spec": "x" * 400}))
+        await timed(samples, "event append", state.append_event({"what": "bench", "i": i}))
+        await timed(samples, "lease release", lease.release())
+    return samples
+
+
+async def file_rounds(pool: Pool, nodes: list[Node], base: str, rounds: int) -> dict[str, list[float]]:
+    samples: dict[str, list[float]] = {}
+    history = FleetHistory(pool, nodes, base_dir=base)
+    spec = json.dumps({"image": "web", "spec": "x" * 400})
+    for i in range(rounds):
+        lease = Lease(pool, nodes, command="bench", ttl=30, base_dir=base)
+        await timed(samples, "lease take", lease.acquire())
+        await timed(samples, "lease renew", lease.renew())
+        lease.check()  # no round trip in the file protocol: it trusts the last renewal
+        await timed(samples, "record write (new revision)",
+                    history.record("web", spec.replace("web", f"web{i}"), f"h{i}", "web", "bench"))
+        await timed(samples, "lease release", lease.release())
+    return samples
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def run(args: argparse.Namespace) -> list[Row]:
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="fleet-bench-state-") as tmp:
+        proc, nodes = start_servers(max(args.sizes), f"{tmp}/farm", handler="shell")
+        try:
+            async with Pool() as pool:
+                for size in args.sizes:
+                    if "etcd" in args.only:
+                        with LocalEtcd(members=size, prefix="hxb") as etcd:
+                            got = await etcd_rounds(pool, nodes[:size], etcd.port, args.rounds)
+                        rows += [("etcd", size, name, v) for name, v in got.items()]
+                    if "files" in args.only:
+                        base = f"{tmp}/files{size}/{{node}}"
+                        got = await file_rounds(pool, nodes[:size], base, args.rounds)
+                        rows += [("files", size, name, v) for name, v in got.items()]
+        finally:
+            stop_servers(proc)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1, 3], help="etcd members / record nodes")
+    ap.add_argument("--only", nargs="+", choices=["etcd", "files"], default=["etcd", "files"])
+    args = ap.parse_args()
+    rows = asyncio.run(run(args))
+    print(f"\n{'store':<6} {'nodes':>5}  {'operation':<30} {'median ms':>10} {'p99 ms':>8} {'n':>4}")
+    for store, size, name, values in rows:
+        print(f"{store:<6} {size:>5}  {name:<30} {statistics.median(values) * 1000:>10.1f} "
+              f"{pct(values, 0.99) * 1000:>8.1f} {len(values):>4}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,630 @@
+"""etcd on the record nodes, as values: one member's config, the sh scripts that start, check and stop it over SSH
+(kept running like HAProxy: the next run starts it again if it died), and `etcdctl` argv builders with pure
+parsers for their `-w json` output. No I/O here; `fleet.store.etcd` runs these over the transport.
+
+A member listens for clients on its node's loopback only (a controller reaches it through SSH, never over the
+network) and for peers on the node's address with mutual TLS, using certificates fleet issues; its data lives
+in `NodePaths.base`/etcd.
+
+etcdctl's JSON (3.4): keys and values are base64; 64-bit IDs (leases, members, clusters) are JSON numbers that
+Python reads exactly; a `false` boolean (`succeeded` of a txn) is left out. `put --lease` wants the lease ID in
+hex, every other command prints it in decimal.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, TypeAlias
+
+from fleet.core.errors import ScriptOutputError
+from fleet.core.shell import Script
+from fleet.node.haproxy.scripts import parse_script_output
+from fleet.node.paths import DEFAULT, FILE_FUNCTIONS
+
+CLIENT_PORT = 2379
+PEER_PORT = 2380
+# Every etcdctl call carries its own deadline: with no quorum a write otherwise waits for the gRPC default.
+COMMAND_TIMEOUT_S = 5
+START_RESULTS = ("unchanged", "started", "start-failed", "missing", "locked")
+
+_MEMBER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_ADDRESS = re.compile(r"^[A-Za-z0-9.:-]+$")
+
+
+@dataclass(frozen=True)
+class EtcdFiles:
+    """etcd's files on a record node, in one root-only directory beside HAProxy's."""
+
+    dir: str = f"{DEFAULT.base}/etcd"
+
+    @property
+    def config(self) -> str:
+        return f"{self.dir}/etcd.conf.yml"
+
+    @property
+    def data_dir(self) -> str:
+        return f"{self.dir}/data"
+
+    @property
+    def pki_dir(self) -> str:
+        return f"{self.dir}/pki"
+
+    @property
+    def ca_cert(self) -> str:
+        return f"{self.pki_dir}/ca.crt"
+
+    @property
+    def peer_cert(self) -> str:
+        return f"{self.pki_dir}/peer.crt"
+
+    @property
+    def peer_key(self) -> str:
+        return f"{self.pki_dir}/peer.key"
+
+    @property
+    def pid_file(self) -> str:
+        return f"{self.dir}/etcd.pid"
+
+    @property
+    def log_file(self) -> str:
+        return f"{self.dir}/etcd.log"
+
+
+@dataclass(frozen=True)
+class Member:
+    """One member of the fleet's etcd cluster: a record node's name and the address its peers reach it on."""
+
+    name: str
+    address: str
+    peer_port: int = PEER_PORT
+
+    def __post_init__(self) -> None:
+        if not _MEMBER_NAME.match(self.name):
+            raise ValueError(f"etcd member name: expected A-Z a-z 0-9 . _ - (at most 63), got {self.name!r}")
+        if not _ADDRESS.match(self.address):
+            raise ValueError(f"etcd member {self.name}: not an address: {self.address!r}")
+
+    def peer_url(self, tls: bool = True) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{'https' if tls else 'http'}://{host}:{self.peer_port}"
+
+
+@dataclass(frozen=True)
+class MemberConfig:
+    """What one member needs to start: itself, the cluster it joins, and where its files are.
+
+    `state` is "new" when the cluster is being formed by `members` together, "existing" for a member added to a
+    running cluster (after `etcdctl member add`). `tls=False` is for a test on one machine only: without it the
+    peer port takes only peers holding a certificate of the fleet's CA (mutual TLS)."""
+
+    member: Member
+    members: tuple[Member, ...]
+    cluster_token: str
+    state: Literal["new", "existing"] = "new"
+    client_port: int = CLIENT_PORT
+    files: EtcdFiles = field(default_factory=EtcdFiles)
+    tls: bool = True
+
+    def __post_init__(self) -> None:
+        if self.member not in self.members:
+            raise ValueError(f"etcd member {self.member.name} is not among the cluster's members")
+        if len({m.name for m in self.members}) != len(self.members):
+            raise ValueError("etcd members: two members share a name")
+
+    @property
+    def client_url(self) -> str:
+        return f"http://127.0.0.1:{self.client_port}"
+
+
+def render_config(cfg: MemberConfig) -> str:
+    """etcd's `--config-file` for one member, as JSON (a YAML subset etcd reads; no YAML quoting to get wrong)."""
+    peer = cfg.member.peer_url(cfg.tls)
+    doc: dict[str, object] = {
+        "name": cfg.member.name,
+        "data-dir": cfg.files.data_dir,
+        # Clients on loopback only: the port is never reachable from outside the node.
+        "listen-client-urls": cfg.client_url,
+        "advertise-client-urls": cfg.client_url,
+        "listen-peer-urls": peer,
+        "initial-advertise-peer-urls": peer,
+        "initial-cluster": ",".join(f"{m.name}={m.peer_url(cfg.tls)}" for m in cfg.members),
+        "initial-cluster-state": cfg.state,
+        "initial-cluster-token": cfg.cluster_token,
+        "logger": "zap",
+        "log-outputs": ["stderr"],
+    }
+    if cfg.tls:
+        doc["peer-transport-security"] = {
+            "cert-file": cfg.files.peer_cert,
+            "key-file": cfg.files.peer_key,
+            "trusted-ca-file": cfg.files.ca_cert,
+            "client-cert-auth": True,
+        }
+    return json.dumps(doc, indent=2) + "\n"
+
+
+_COMMON = r"""
+set -u
+umask 077
+alive() { [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status"; }
+# etcd's PID, if it runs in this network namespace (lab nodes share one PID namespace).
+epid() {
+  p=$(cat "$PIDF" 2>/dev/null) && [ -n "$p" ] && alive "$p" && [ "$(cat "/proc/$p/comm" 2>/dev/null)" = etcd ] \
+    && [ "/proc/$p/ns/net" -ef /proc/self/ns/net ] && echo "$p"
+}
+healthy() { etcdctl --endpoints="$EP" --command-timeout=2s endpoint health >/dev/null 2>&1; }
+"""
+
+# Writes the config from stdin and starts etcd if it is not running; a running member is left alone (its
+# config matters only when it first joins: after that the cluster's membership lives in its data dir), so a
+# run that finds it healthy costs one `cat` and a pid check.
+START = _COMMON + FILE_FUNCTIONS + r"""
+command -v etcd >/dev/null 2>&1 || { echo "@@fleet result missing"; exit 0; }
+mkdir -p "$D" || exit 3
+chmod 0700 "$D" || exit 3
+exec 9>>"$D/lock"
+if command -v flock >/dev/null 2>&1; then flock -w 30 9 || { echo "@@fleet result locked"; exit 0; }; fi
+if [ "$(wc -c <"$LOG" 2>/dev/null || echo 0)" -gt 4194304 ]; then : >"$LOG"; fi
+fleet_write "$CFG" 0600 "${SIZE:-}" || exit 3
+pid=$(epid) || pid=
+if [ -n "$pid" ]; then echo "@@fleet pid $pid"; echo "@@fleet result unchanged"; exit 0; fi
+off=$(wc -c <"$LOG" 2>/dev/null || echo 0)
+setsid etcd --config-file "$CFG" </dev/null >>"$LOG" 2>&1 9>&- &
+ep=$!
+echo "$ep" >"$PIDF"
+result=start-failed; i=0
+# A new member of a cluster being formed is healthy only once a quorum is up: wait up to WAIT seconds, and
+# report it started (running, not yet serving) if it is still alive by then.
+while [ "$i" -lt "$((WAIT * 10))" ]; do
+  if ! alive "$ep"; then break; fi
+  if healthy; then result=started; break; fi
+  sleep 0.1; i=$((i + 1))
+done
+if [ "$result" = start-failed ] && alive "$ep"; then result=started; echo "@@fleet waiting-for-quorum 1"; fi
+echo "@@fleet pid $ep"
+echo "@@fleet log"; tail -c "+$((off + 1))" "$LOG" 2>/dev/null | tail -n 20
+echo "@@fleet result $result"
+"""
+
+STATUS = _COMMON + r"""
+pid=$(epid) || pid=
+if [ -z "$pid" ]; then echo "@@fleet result stopped"; exit 0; fi
+echo "@@fleet pid $pid"
+if healthy; then echo "@@fleet result running"; else echo "@@fleet result unhealthy"; fi
+"""
+
+STOP = _COMMON + r"""
+pid=$(epid) || pid=
+if [ -z "$pid" ]; then echo "@@fleet result not-running"; exit 0; fi
+kill -TERM "$pid"
+i=0
+while alive "$pid" && [ "$i" -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
+if alive "$pid"; then kill -KILL "$pid"; echo "@@fleet result killed"; exit 0; fi
+echo "@@fleet result stopped"
+"""
+
+
+def _env(cfg: MemberConfig) -> dict[str, str]:
+    f = cfg.files
+    return {"D": f.dir, "CFG": f.config, "PIDF": f.pid_file, "LOG": f.log_file,
+            "EP": f"127.0.0.1:{cfg.client_port}"}
+
+
+def start_script(cfg: MemberConfig, size: int, wait_s: int = 10) -> Script:
+    """Reads the member's config on stdin (`size` bytes, from `render_config`), writes it, and starts etcd
+    detached unless it already runs in this node's network namespace. Prints `@@fleet result` one of
+    START_RESULTS (see `parse_start`)."""
+    return Script(START, {**_env(cfg), "SIZE": str(size), "WAIT": str(wait_s)}, name="fleet-etcd-start")
+
+
+def status_script(cfg: MemberConfig) -> Script:
+    """`running` (healthy), `unhealthy` (alive, no quorum or not answering) or `stopped`."""
+    return Script(STATUS, _env(cfg), name="fleet-etcd-status")
+
+
+def stop_script(cfg: MemberConfig) -> Script:
+    """SIGTERM to this node's etcd, SIGKILL after 5 s; its data stays."""
+    return Script(STOP, _env(cfg), name="fleet-etcd-stop")
+
+
+@dataclass(frozen=True)
+class MemberState:
+    """What a start or status script found: the outcome word, etcd's PID and the log lines of a start."""
+
+    result: str
+    pid: int | None
+    log: str = ""
+
+    @property
+    def running(self) -> bool:
+        return self.result in ("unchanged", "started", "running", "unhealthy")
+
+
+def parse_start(text: str) -> MemberState:
+    """The outcome of `start_script`, `status_script` or `stop_script`."""
+    out = parse_script_output(text)
+    if out.result not in (*START_RESULTS, "running", "unhealthy", "stopped", "not-running", "killed"):
+        raise ScriptOutputError(f"unexpected etcd script result {out.result!r}")
+    pid = out.values.get("pid")
+    return MemberState(out.result, int(pid) if pid and pid.isdigit() else None, out.sections.get("log", ""))
+
+
+# etcdctl: argv builders. Every command is `-w json` and bounded by `--command-timeout`.
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Which member etcdctl talks to (the node's own, on loopback) and how long one command may take."""
+
+    port: int = CLIENT_PORT
+    timeout_s: int = COMMAND_TIMEOUT_S
+
+
+LOCAL = Endpoint()
+
+
+def etcdctl(*args: str, at: Endpoint = LOCAL) -> list[str]:
+    """`etcdctl` against this node's member on loopback, printing JSON."""
+    return ["etcdctl", f"--endpoints=127.0.0.1:{at.port}", f"--command-timeout={at.timeout_s}s", "-w", "json",
+            *args]
+
+
+def lease_grant_argv(ttl_s: int, at: Endpoint = LOCAL) -> list[str]:
+    if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or ttl_s < 1:
+        raise ValueError(f"lease ttl: expected whole seconds >= 1, got {ttl_s!r}")
+    return etcdctl("lease", "grant", str(ttl_s), at=at)
+
+
+def lease_keepalive_argv(lease_id: int, at: Endpoint = LOCAL) -> list[str]:
+    return etcdctl("lease", "keep-alive", "--once", lease_hex(lease_id), at=at)
+
+
+def lease_timetolive_argv(lease_id: int, at: Endpoint = LOCAL) -> list[str]:
+    return etcdctl("lease", "timetolive", lease_hex(lease_id), at=at)
+
+
+def lease_revoke_argv(lease_id: int, at: Endpoint = LOCAL) -> list[str]:
+    return etcdctl("lease", "revoke", lease_hex(lease_id), at=at)
+
+
+def get_argv(key: str, *, prefix: bool = False, by_create: bool = False, at: Endpoint = LOCAL) -> list[str]:
+    """`get KEY` (or every key under a prefix), oldest first by create revision when `by_create`."""
+    extra = ["--prefix"] if prefix else []
+    if by_create:
+        extra += ["--sort-by=CREATE", "--order=ASCEND"]
+    return etcdctl("get", *extra, "--", _key(key), at=at)
+
+
+# `timeout`'s exit status when it stopped the command.
+TIMED_OUT = 124
+
+
+def txn_argv(at: Endpoint = LOCAL) -> list[str]:
+    """A transaction read from stdin (`txn_input`). etcdctl 3.4's txn ignores --command-timeout (it waits for
+    ever on a member with no quorum or no listener), so coreutils' `timeout` bounds it: exit TIMED_OUT."""
+    return ["timeout", "-k", "1", str(at.timeout_s), *etcdctl("txn", at=at)]
+
+
+def watch_argv(prefix: str, start_revision: int, at: Endpoint = LOCAL) -> list[str]:
+    """Follow every change under `prefix` from `start_revision` on (history first, then live), one JSON batch a
+    line (`parse_watch_line`); it runs until its reader closes the channel."""
+    if isinstance(start_revision, bool) or not isinstance(start_revision, int) or start_revision < 1:
+        raise ValueError(f"watch revision: expected an integer >= 1, got {start_revision!r}")
+    if not prefix.startswith("/"):
+        # etcdctl's watch takes no `--` (what follows it is a command to run), so a key must not look like a flag.
+        raise ValueError(f"watch prefix: expected a key starting with '/', got {prefix!r}")
+    return etcdctl("watch", "--prefix", f"--rev={start_revision}", _key(prefix), at=at)
+
+
+def member_list_argv(at: Endpoint = LOCAL) -> list[str]:
+    return etcdctl("member", "list", at=at)
+
+
+def lease_hex(lease_id: int) -> str:
+    """etcd's lease ID as `put --lease` and the lease commands take it."""
+    if isinstance(lease_id, bool) or not isinstance(lease_id, int) or lease_id <= 0:
+        raise ValueError(f"lease id: expected a positive integer, got {lease_id!r}")
+    return f"{lease_id:x}"
+
+
+def _key(key: str) -> str:
+    if not key or not key.isprintable() or key != key.strip() or '"' in key or "\\" in key:
+        raise ValueError(f"etcd key: expected printable characters without quotes, backslashes or surrounding "
+                         f"spaces, got {key!r}")
+    return key
+
+
+# Transactions: etcdctl reads compares, success ops and failure ops from stdin, each block ended by a blank
+# line, one per line, arguments split on spaces except inside a Go-quoted string.
+
+@dataclass(frozen=True)
+class Compare:
+    """One condition of a transaction: `target("key") op "value"`. `create`/`mod`/`version` compare numbers
+    (0: the key does not exist), `value` the value."""
+
+    target: Literal["create", "mod", "version", "value"]
+    key: str
+    value: str | int
+    op: Literal["=", "!=", ">", "<"] = "="
+
+    def line(self) -> str:
+        return f"{self.target}({_quote(_key(self.key))}) {self.op} {_quote(str(self.value))}"
+
+
+@dataclass(frozen=True)
+class Put:
+    key: str
+    value: str
+    lease: int | None = None
+
+    def line(self) -> str:
+        lease = f" --lease={lease_hex(self.lease)}" if self.lease is not None else ""
+        return f"put{lease} {_quote(_key(self.key))} {_quote(self.value)}"
+
+
+@dataclass(frozen=True)
+class Get:
+    key: str
+    prefix: bool = False
+
+    def line(self) -> str:
+        return f"get{' --prefix' if self.prefix else ''} {_quote(_key(self.key))}"
+
+
+@dataclass(frozen=True)
+class Delete:
+    key: str
+
+    def line(self) -> str:
+        return f"del {_quote(_key(self.key))}"
+
+
+Op: TypeAlias = Put | Get | Delete
+
+
+def _quote(text: str) -> str:
+    """A Go-quoted string etcdctl's argument splitter unquotes (strconv.Unquote): JSON's string escapes without
+    \\uXXXX for non-ASCII (Go refuses a lone surrogate), which are all valid Go escapes."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def txn_input(compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()) -> str:
+    """The stdin of `txn_argv`: a value never appears in argv (nor in `ps` on the node)."""
+    blocks = [[c.line() for c in compares], [o.line() for o in success], [o.line() for o in failure]]
+    return "".join("".join(f"{line}\n" for line in block) + "\n" for block in blocks)
+
+
+# Parsers of `-w json` output. Each raises ValueError naming what it expected.
+
+@dataclass(frozen=True)
+class KeyValue:
+    """One key as etcd holds it; `value` is the raw text (JSON decoding is the store's, which names the key)."""
+
+    key: str
+    value: str
+    create_revision: int
+    mod_revision: int
+    version: int
+    lease: int = 0
+
+
+@dataclass(frozen=True)
+class Range:
+    """A `get`: the store's revision when read and the keys found."""
+
+    revision: int
+    kvs: tuple[KeyValue, ...]
+
+
+@dataclass(frozen=True)
+class TxnResult:
+    """A transaction: which branch ran, the revision after it, and the branch's answers in order (a `Range` for
+    a get, the deleted count for a del, None for a put)."""
+
+    succeeded: bool
+    revision: int
+    responses: tuple[Range | int | None, ...]
+
+
+@dataclass(frozen=True)
+class LeaseGrant:
+    id: int
+    ttl: int
+
+
+@dataclass(frozen=True)
+class LeaseTtl:
+    """A lease's remaining seconds by the server's clock; `ttl` -1 means expired or revoked."""
+
+    id: int
+    ttl: int
+    granted_ttl: int
+    keys: tuple[str, ...] = ()
+
+    @property
+    def alive(self) -> bool:
+        return self.ttl > 0
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """One change a watch saw: a put (the key as it is now) or a delete (only key and mod_revision are set)."""
+
+    kind: Literal["put", "delete"]
+    kv: KeyValue
+
+
+@dataclass(frozen=True)
+class WatchBatch:
+    """One line of `etcdctl watch -w json`: the events of one or more revisions, up to `revision`.
+    `compacted` is set (and the watch ends) when the revision asked for is older than etcd still keeps: the
+    reader must read everything afresh and watch from there."""
+
+    revision: int
+    events: tuple[WatchEvent, ...]
+    compacted: int = 0
+    canceled: bool = False
+
+
+@dataclass(frozen=True)
+class EtcdMember:
+    id: int
+    name: str
+    peer_urls: tuple[str, ...]
+    client_urls: tuple[str, ...]
+
+
+def _json(text: str, what: str) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{what}: not JSON ({exc.msg} at {exc.pos}): {text[:200]!r}") from exc
+
+
+def _obj(value: object, what: str) -> Mapping[str, object]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{what}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _int(doc: Mapping[str, object], name: str, what: str, default: int | None = None) -> int:
+    value = doc.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what}: {name}: expected an integer, got {value!r}")
+    return value
+
+
+def _b64(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{what}: expected base64 text, got {value!r}")
+    try:
+        return base64.b64decode(value, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise ValueError(f"{what}: not base64 of UTF-8 text: {value[:80]!r}") from exc
+
+
+def _revision(doc: Mapping[str, object], what: str) -> int:
+    return _int(_obj(doc.get("header"), f"{what}: header"), "revision", what)
+
+
+def _kv(raw: object) -> KeyValue:
+    doc = _obj(raw, "etcd key")
+    key = _b64(doc.get("key"), "etcd key")
+    what = f"etcd key {key}"
+    return KeyValue(key, _b64(doc.get("value", ""), what), _int(doc, "create_revision", what),
+                    _int(doc, "mod_revision", what), _int(doc, "version", what), _int(doc, "lease", what, 0))
+
+
+def _range(doc: Mapping[str, object], what: str) -> Range:
+    kvs = doc.get("kvs", [])
+    if not isinstance(kvs, list):
+        raise ValueError(f"{what}: kvs: expected a list, got {kvs!r}")
+    return Range(_revision(doc, what), tuple(_kv(kv) for kv in kvs))
+
+
+def parse_get(text: str) -> Range:
+    return _range(_obj(_json(text, "etcdctl get"), "etcdctl get"), "etcdctl get")
+
+
+def parse_watch_line(line: str) -> WatchBatch:
+    what = "etcdctl watch"
+    doc = _obj(_json(line, what), what)
+    header = _obj(doc.get("Header"), f"{what}: Header")
+    raw = doc.get("Events") or []
+    if not isinstance(raw, list):
+        raise ValueError(f"{what}: Events: expected a list, got {raw!r}")
+    events = []
+    for item in raw:
+        ev = _obj(item, f"{what} event")
+        kind = ev.get("type", 0)
+        if kind not in (0, 1):
+            raise ValueError(f"{what}: unknown event type {kind!r}")
+        kv = _obj(ev.get("kv"), f"{what} event")
+        key = _b64(kv.get("key"), f"{what} key")
+        where = f"{what} key {key}"
+        events.append(WatchEvent("put" if kind == 0 else "delete", KeyValue(
+            key, _b64(kv.get("value", ""), where), _int(kv, "create_revision", where, 0),
+            _int(kv, "mod_revision", where), _int(kv, "version", where, 0), _int(kv, "lease", where, 0))))
+    canceled = doc.get("Canceled", False)
+    if not isinstance(canceled, bool):
+        raise ValueError(f"{what}: Canceled: expected a boolean, got {canceled!r}")
+    # A canceled watch's header carries no revision.
+    return WatchBatch(_int(header, "revision", what, 0), tuple(events), _int(doc, "CompactRevision", what, 0),
+                      canceled)
+
+
+def parse_txn(text: str) -> TxnResult:
+    doc = _obj(_json(text, "etcdctl txn"), "etcdctl txn")
+    raw = doc.get("responses", [])
+    if not isinstance(raw, list):
+        raise ValueError(f"etcdctl txn: responses: expected a list, got {raw!r}")
+    answers: list[Range | int | None] = []
+    for item in raw:
+        one = _obj(_obj(item, "etcdctl txn response").get("Response"), "etcdctl txn response")
+        if "ResponseRange" in one:
+            answers.append(_range(_obj(one["ResponseRange"], "txn get"), "txn get"))
+        elif "ResponseDeleteRange" in one:
+            answers.append(_int(_obj(one["ResponseDeleteRange"], "txn del"), "deleted", "txn del", 0))
+        elif "ResponsePut" in one:
+            answers.append(None)
+        else:
+            raise ValueError(f"etcdctl txn: unknown response {sorted(one)}")
+    succeeded = doc.get("succeeded", False)
+    if not isinstance(succeeded, bool):
+        raise ValueError(f"etcdctl txn: succeeded: expected a boolean, got {succeeded!r}")
+    return TxnResult(succeeded, _revision(doc, "etcdctl txn"), tuple(answers))
+
+
+def parse_lease_grant(text: str) -> LeaseGrant:
+    doc = _obj(_json(text, "etcdctl lease grant"), "etcdctl lease grant")
+    if doc.get("Error"):
+        raise ValueError(f"etcdctl lease grant: {doc['Error']}")
+    return LeaseGrant(_int(doc, "ID", "etcdctl lease grant"), _int(doc, "TTL", "etcdctl lease grant"))
+
+
+def parse_keepalive(text: str) -> int:
+    """The renewed lease's ttl in seconds (etcdctl exits non-zero, with no JSON, for a lease that is gone)."""
+    return _int(_obj(_json(text, "etcdctl lease keep-alive"), "etcdctl lease keep-alive"), "TTL",
+                "etcdctl lease keep-alive")
+
+
+def parse_timetolive(text: str) -> LeaseTtl:
+    what = "etcdctl lease timetolive"
+    doc = _obj(_json(text, what), what)
+    keys = doc.get("keys") or []
+    if not isinstance(keys, list):
+        raise ValueError(f"{what}: keys: expected a list, got {keys!r}")
+    return LeaseTtl(_int(doc, "id", what), _int(doc, "ttl", what), _int(doc, "granted-ttl", what),
+                    tuple(_b64(k, what) for k in keys))
+
+
+def parse_member_list(text: str) -> tuple[EtcdMember, ...]:
+    what = "etcdctl member list"
+    members = _obj(_json(text, what), what).get("members", [])
+    if not isinstance(members, list):
+        raise ValueError(f"{what}: members: expected a list, got {members!r}")
+    out = []
+    for raw in members:
+        m = _obj(raw, what)
+        peers, clients = m.get("peerURLs") or [], m.get("clientURLs") or []
+        if not isinstance(peers, list) or not isinstance(clients, list):
+            raise ValueError(f"{what}: URLs: expected lists, got {peers!r}, {clients!r}")
+        name = m.get("name", "")
+        out.append(EtcdMember(_int(m, "ID", what), name if isinstance(name, str) else "",
+                              tuple(map(str, peers)), tuple(map(str, clients))))
+    return tuple(out)
+
+
+LEASE_GONE = "requested lease not found"
+
+
+def error_line(stderr: str) -> str:
+    """etcdctl's reason for a failure, in one line: its last `Error:` line (the gRPC retry warnings before it
+    are noise), else the last line."""
+    lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("Error:")]
+    return (errors or lines or ["no output"])[-1]

@@ -1,0 +1,521 @@
+"""The fleet's shared state in etcd, reached through the SSH transport: `etcdctl` run on a record node against
+its member's loopback client port, one command per call, values on stdin.
+
+    EtcdStore       one client: calls etcdctl on the first record node that answers; reads decode JSON by key
+    EtcdLease       the fleet's lease as an etcd lease (server-side ttl) with the lock key held by it; its
+                    `fence` is the lock key's create_revision, which no other holder can ever have
+    SharedState     the writes of a run, every one a transaction that also compares the fence, so a holder whose
+                    lease expired or was broken writes nothing and gets `LeaseLost`; revision numbers handed out
+                    by compare-and-swap (never twice); an append-only event log
+
+Keys (one prefix per kind, so a range read or a watch follows one kind):
+    /fleet/lock                                the holder's JSON, attached to its etcd lease
+    /fleet/watch/leader                        the leading watcher's, the same way (`WATCH_LEADER_KEY`)
+    /fleet/services/<service>/revision         the last revision number handed out for the service
+    /fleet/services/<service>/revisions/<n>    one revision record, n zero-padded to 10 digits (sorts by number)
+    /fleet/events/<ns>-<hex>                   one event, ordered by its create revision (its number)
+
+A value that is not JSON is refused by name (`RecordsError` naming the key): nothing acts on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, TypeVar
+
+from fleet.core.errors import (
+    AuthError,
+    ConnectError,
+    HostKeyError,
+    LeaseError,
+    LeaseHeld,
+    LeaseInfo,
+    LeaseLost,
+    RecordsError,
+)
+from fleet.core.model import Node
+from fleet.node import etcd as E
+from fleet.store.lease import COMMAND_LIMIT, default_holder
+from fleet.store.nodes import clean, failure
+from fleet.transport import Pool
+
+T = TypeVar("T")
+
+LOCK_KEY = "/fleet/lock"
+# The watcher's leadership: an `EtcdLease` on this key, apart from the runs' lease, so a leader watcher and a
+# run of `fleet apply` can hold theirs at once while two watchers cannot both lead.
+WATCH_LEADER_KEY = "/fleet/watch/leader"
+SERVICES = "/fleet/services/"
+EVENTS = "/fleet/events/"
+DEFAULT_TTL = 15
+# Compare-and-swap rounds before a revision allocation gives up (each lost round means another writer got a
+# number; dozens in a row means something is wrong, not busy).
+CAS_ATTEMPTS = 50
+# Deletes per transaction: etcd refuses more than --max-txn-ops (128 by default) operations in one.
+TXN_DELETES = 100
+
+
+def revision_counter_key(service: str) -> str:
+    return f"{SERVICES}{_segment(service)}/revision"
+
+
+def revision_key(service: str, number: int) -> str:
+    return f"{SERVICES}{_segment(service)}/revisions/{number:010d}"
+
+
+def _segment(name: str) -> str:
+    if not name or "/" in name or not name.isprintable() or name != name.strip():
+        raise ValueError(f"key segment: expected a printable name without '/', got {name!r}")
+    return name
+
+
+def decode(kv: E.KeyValue) -> Any:
+    """A value's JSON, or `RecordsError` naming the key: a value that fails to decode is never acted on."""
+    try:
+        return json.loads(kv.value)
+    except json.JSONDecodeError as exc:
+        raise RecordsError(f"etcd key {kv.key}: not a JSON value ({exc.msg} at {exc.pos}); refusing it") from exc
+
+
+def encode(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+class EtcdStore:
+    """etcdctl on a record node over `pool`. Each call goes to the node that answered last; a node that cannot
+    be reached (or whose member has no quorum) gives way to the next. etcdctl's refusals and unreadable output
+    become `RecordsError` naming the command and node; a lease that is gone is reported as a value, not raised."""
+
+    def __init__(self, pool: Pool, nodes: Sequence[Node], *, port: int = E.CLIENT_PORT, timeout: float = 10.0,
+                 command_timeout_s: int = E.COMMAND_TIMEOUT_S) -> None:
+        if not nodes:
+            raise ValueError("the fleet's shared state needs at least one record node")
+        self.pool = pool
+        self.nodes = tuple(nodes)
+        self.timeout = timeout
+        self.at = E.Endpoint(port, command_timeout_s)
+        self._current = 0
+
+    async def _run(self, argv: list[str], stdin: str | None, *, retry: bool = True) -> tuple[str, str, int]:
+        """(stdout, stderr, exit status) from the first node that ran the command with a member that answered.
+
+        A command that certainly did not reach etcd (no SSH connection, the member refused the connection) moves
+        on to the next node. One whose outcome is unknown (the SSH command or etcd's request timed out: a
+        write may still land) moves on only when `retry` (reads, renewals); a transaction raises instead, so a
+        write is never sent twice."""
+        problems: list[str] = []
+        for step in range(len(self.nodes)):
+            index = (self._current + step) % len(self.nodes)
+            node = self.nodes[index]
+            result = await self.pool.run(node, argv, stdin=stdin, timeout=self.timeout)
+            if result.error is None and (result.exit_status == 0 or not (
+                    result.exit_status == E.TIMED_OUT or _unavailable(result.stderr))):
+                self._current = index
+                return result.stdout, result.stderr, result.exit_status or 0
+            why = ("etcdctl timed out" if result.error is None and result.exit_status == E.TIMED_OUT
+                   else failure(result) or "no answer")
+            problems.append(f"{node.name}: {why}")
+            sent = not isinstance(result.failure, ConnectError | HostKeyError | AuthError) and not (
+                result.error is None and _refused(result.stderr))
+            if sent and not retry:
+                raise RecordsError(f"etcdctl {_what(argv)} on {node.name}: no answer ({why}); it may "
+                                   f"still take effect")
+        raise RecordsError(f"the fleet's shared state could not be reached: {'; '.join(problems)}")
+
+    async def call(self, argv: list[str], parse: Callable[[str], T], stdin: str | None = None, *,
+                   retry: bool = True) -> T:
+        stdout, stderr, status = await self._run(argv, stdin, retry=retry)
+        what = _what(argv)
+        if status != 0:
+            raise RecordsError(f"etcdctl {what} on {self.node.name}: {clean(E.error_line(stderr), 200)}")
+        try:
+            return parse(stdout)
+        except ValueError as exc:
+            raise RecordsError(f"etcdctl {what} on {self.node.name}: {exc}") from exc
+
+    @property
+    def node(self) -> Node:
+        """The record node calls go to now."""
+        return self.nodes[self._current]
+
+    async def txn(self, compares: Sequence[E.Compare], success: Sequence[E.Op],
+                  failure: Sequence[E.Op] = ()) -> E.TxnResult:
+        return await self.call(E.txn_argv(at=self.at), E.parse_txn, E.txn_input(compares, success, failure),
+                               retry=False)
+
+    async def get(self, key: str) -> E.KeyValue | None:
+        found = await self.call(E.get_argv(key, at=self.at), E.parse_get)
+        return found.kvs[0] if found.kvs else None
+
+    async def range(self, prefix: str) -> tuple[E.KeyValue, ...]:
+        """Every key under `prefix`, oldest first (by create revision)."""
+        return (await self.call(E.get_argv(prefix, prefix=True, by_create=True, at=self.at), E.parse_get)).kvs
+
+    async def read(self, key: str) -> Any:
+        """The JSON value of `key`, or None when it does not exist."""
+        kv = await self.get(key)
+        return None if kv is None else decode(kv)
+
+    async def follow(self, prefix: str, from_revision: int) -> AsyncIterator[E.WatchBatch]:
+        """Every change under `prefix` from `from_revision` on, as etcd orders them: what happened since that
+        revision first, then each change as it lands. It ends when the node's connection does (follow again from
+        the last batch's revision + 1, through another record node if need be), and raises `RecordsError` when
+        etcd no longer keeps `from_revision` (compacted): read afresh, then follow from that read's revision.
+        Use it with `contextlib.aclosing` so leaving the loop closes the SSH channel at once."""
+        argv = E.watch_argv(prefix, from_revision, at=self.at)
+        async with self.pool.stream(self.node, argv, merge_stderr=False) as stream:
+            async for line in stream:
+                if not line.strip():
+                    continue
+                try:
+                    batch = E.parse_watch_line(line)
+                except ValueError as exc:
+                    raise RecordsError(f"etcdctl watch on {self.node.name}: {exc}") from exc
+                if batch.canceled:
+                    raise RecordsError(f"watch of {prefix} from revision {from_revision}: etcd keeps history only "
+                                       f"from revision {batch.compacted + 1} on (compacted); read afresh")
+                yield batch
+
+    async def grant(self, ttl_s: int) -> E.LeaseGrant:
+        return await self.call(E.lease_grant_argv(ttl_s, at=self.at), E.parse_lease_grant)
+
+    async def keepalive(self, lease_id: int) -> int | None:
+        """The lease's renewed ttl, or None when it is gone (expired or revoked)."""
+        stdout, stderr, status = await self._run(E.lease_keepalive_argv(lease_id, at=self.at), None)
+        if status != 0 and E.LEASE_GONE in stderr:
+            return None
+        if status != 0:
+            raise RecordsError(f"etcdctl lease keep-alive on {self.node.name}: {clean(E.error_line(stderr), 200)}")
+        try:
+            ttl = E.parse_keepalive(stdout)
+        except ValueError as exc:
+            raise RecordsError(f"etcdctl lease keep-alive on {self.node.name}: {exc}") from exc
+        return ttl if ttl > 0 else None
+
+    async def timetolive(self, lease_id: int) -> E.LeaseTtl:
+        return await self.call(E.lease_timetolive_argv(lease_id, at=self.at), E.parse_timetolive)
+
+    async def revoke(self, lease_id: int) -> bool:
+        """Revoke a lease (its keys go with it); False when it was already gone."""
+        _, stderr, status = await self._run(E.lease_revoke_argv(lease_id, at=self.at), None)
+        if status != 0 and E.LEASE_GONE in stderr:
+            return False
+        if status != 0:
+            raise RecordsError(f"etcdctl lease revoke on {self.node.name}: {clean(E.error_line(stderr), 200)}")
+        return True
+
+
+def _what(argv: list[str]) -> str:
+    """The etcdctl command of an argv, for messages: `txn`, `lease grant`, `get`…"""
+    words = argv[argv.index("json") + 1:] if "json" in argv else argv
+    return " ".join(w for w in words[:2] if not w.startswith("-"))
+
+
+def _unavailable(stderr: str) -> bool:
+    """etcdctl got no answer from this node's member (down, or cut off from the quorum): another record node's
+    member may answer."""
+    text = stderr.lower()
+    return _refused(stderr) or any(s in text for s in ("context deadline exceeded", "request timed out", "no leader"))
+
+
+def _refused(stderr: str) -> bool:
+    """The request certainly never reached etcd: no member listening, or no etcdctl on the node."""
+    text = stderr.lower()
+    return any(s in text for s in ("connection refused", "etcdctl: not found", "command not found"))
+
+
+@dataclass(frozen=True)
+class Holder:
+    """The lock key's value: who holds the fleet's lease (the controller's clock for `since`, shown only)."""
+
+    holder: str
+    pid: int
+    command: str
+    since: float
+
+    @staticmethod
+    def of(kv: E.KeyValue) -> Holder:
+        doc = decode(kv)
+        if not (isinstance(doc, dict) and isinstance(doc.get("holder"), str) and isinstance(doc.get("pid"), int)
+                and isinstance(doc.get("command"), str) and isinstance(doc.get("since"), (int, float))):
+            raise RecordsError(f"etcd key {kv.key}: not a lease holder: {kv.value[:200]!r}; refusing it")
+        return Holder(doc["holder"], doc["pid"], doc["command"], float(doc["since"]))
+
+
+async def _info(store: EtcdStore, kv: E.KeyValue) -> LeaseInfo:
+    """The holder as `LeaseInfo`: `read_at` is now on this controller and `until` now plus the ttl etcd reports,
+    so `remaining` comes from the server's clock alone."""
+    who = Holder.of(kv)
+    ttl = (await store.timetolive(kv.lease)).ttl if kv.lease else -1
+    now = time.time()
+    return LeaseInfo(who.holder, who.pid, who.command, who.since, now + max(ttl, 0), store.node.name, read_at=now)
+
+
+async def lock_status(store: EtcdStore) -> LeaseInfo | None:
+    """Who holds the fleet's lease, or None."""
+    kv = await store.get(LOCK_KEY)
+    return None if kv is None else await _info(store, kv)
+
+
+async def break_lock(store: EtcdStore) -> LeaseInfo | None:
+    """Revoke the holder's lease (`fleet lock break`): its lock key goes, and its fenced writes fail from now on."""
+    kv = await store.get(LOCK_KEY)
+    if kv is None:
+        return None
+    try:
+        info = await _info(store, kv)
+    except RecordsError as exc:
+        # A lock key fleet cannot read (forged, or written by another tool) is exactly what break must remove.
+        info = LeaseInfo(f"unreadable lock ({exc})", 0, "", 0.0, 0.0, store.node.name)
+    if kv.lease:
+        await store.revoke(kv.lease)
+    await store.txn([E.Compare("create", LOCK_KEY, kv.create_revision)], [E.Delete(LOCK_KEY)])
+    return info
+
+
+class EtcdLease:
+    """The fleet's lease for one run, as an etcd lease with the lock key attached.
+
+    `async with EtcdLease(store, command="fleet apply", wait=60):` takes it, renews it every ttl/3 in a task the
+    context owns, and revokes it on exit. The ttl runs on the etcd members' clocks: a controller stopped past it
+    (SIGSTOP, a suspended laptop) loses the lease, whatever its own clock says. `fence` is the compare every
+    write of the run carries (`SharedState`); `check()` asks the server that the lock key is still this run's
+    before an action on nodes.
+    """
+
+    def __init__(self, store: EtcdStore, *, command: str, ttl: int = DEFAULT_TTL, wait: float = 0.0,
+                 holder: str | None = None, pid: int | None = None, key: str = LOCK_KEY) -> None:
+        if ttl < 1 or wait < 0:
+            raise ValueError("ttl must be at least 1 s, wait not negative")
+        self.store = store
+        self.command = clean(command, COMMAND_LIMIT)
+        self.ttl = ttl
+        self.wait = wait
+        self.holder = clean(holder if holder is not None else default_holder(), 120)
+        self.pid = pid if pid is not None else os.getpid()
+        self.key = key
+        self.lease_id: int | None = None
+        self.revision: int | None = None
+        self._lost: str | None = None
+        self._renewer: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"EtcdLease(holder={self.holder!r}, pid={self.pid}, command={self.command!r}, held={self.held})"
+
+    @property
+    def held(self) -> bool:
+        """True while this run believes it holds the lease (as of the last renewal or check)."""
+        return self.revision is not None and self._lost is None
+
+    @property
+    def fence(self) -> E.Compare:
+        """The lock key still has this run's create revision: true only while this run's lease lives."""
+        if self.revision is None:
+            raise LeaseLost("the fleet's lease is not held by this run")
+        return E.Compare("create", self.key, self.revision)
+
+    async def acquire(self, wait: float | None = None) -> None:
+        """Take the lease, retrying for up to `wait` seconds; `LeaseHeld` names the holder when it stays taken."""
+        deadline = time.monotonic() + (self.wait if wait is None else wait)
+        delay = 0.05
+        value = encode({"holder": self.holder, "pid": self.pid, "command": self.command, "since": time.time()})
+        while True:
+            grant = await self.store.grant(self.ttl)
+            try:
+                done = await self.store.txn([E.Compare("create", self.key, 0)],
+                                            [E.Put(self.key, value, grant.id)], [E.Get(self.key)])
+            except BaseException:
+                # The put may have landed: give the lease back, which removes the key with it.
+                with contextlib.suppress(RecordsError):
+                    await asyncio.shield(self.store.revoke(grant.id))
+                raise
+            if done.succeeded:
+                self.lease_id, self.revision, self._lost = grant.id, done.revision, None
+                return
+            await self.store.revoke(grant.id)
+            current = done.responses[0] if done.responses else None
+            held = current.kvs[0] if isinstance(current, E.Range) and current.kvs else None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if held is None:
+                    raise LeaseError("the fleet's lease could not be taken: the lock key changed while taking it")
+                raise LeaseHeld(await _info(self.store, held))
+            await asyncio.sleep(min(left, delay * random.uniform(0.5, 1.5)))
+            delay = min(delay * 2, 1.0)
+
+    async def renew(self) -> None:
+        """Extend the lease by its ttl; raise `LeaseLost` when it is gone (expired, broken, revoked)."""
+        if self.lease_id is None or self._lost is not None:
+            raise LeaseLost(self._lost or "the fleet's lease is not held by this run")
+        if await self.store.keepalive(self.lease_id) is None:
+            self._lost = "the fleet's lease was lost: etcd no longer has it (expired or broken)"
+            raise LeaseLost(self._lost)
+
+    async def check(self) -> None:
+        """Confirm with etcd that the lock key is still this run's; raise `LeaseLost` otherwise. One round trip:
+        call it before each action on nodes (start, stop, HAProxy or keepalived sync)."""
+        fence = self.fence
+        if self._lost is not None:
+            raise LeaseLost(self._lost)
+        kv = await self.store.get(self.key)
+        if kv is None or kv.create_revision != fence.value:
+            self._lost = ("the fleet's lease was lost: the lock key is gone" if kv is None
+                          else f"the fleet's lease was lost: taken by {Holder.of(kv).holder}")
+            raise LeaseLost(self._lost)
+
+    def lost(self, why: str) -> LeaseLost:
+        """Mark the lease lost (a fenced write was refused) and return the error to raise."""
+        self._lost = why
+        return LeaseLost(why)
+
+    async def release(self) -> None:
+        """Revoke the lease; the lock key goes with it. A lease already gone is not an error."""
+        lease, self.lease_id, self.revision = self.lease_id, None, None
+        if lease is not None:
+            await self.store.revoke(lease)
+
+    async def _renew_forever(self) -> None:
+        with contextlib.suppress(LeaseLost):
+            while True:
+                await asyncio.sleep(self.ttl / 3)
+                try:
+                    await self.renew()
+                except RecordsError:
+                    continue  # unreachable for now: the next round tries again; the ttl decides, not us
+
+    async def __aenter__(self) -> EtcdLease:
+        await self.acquire()
+        self._renewer = asyncio.create_task(self._renew_forever(), name="fleet-etcd-lease-renewal")
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+            self._renewer = None
+        # Shielded: a cancelled run (Ctrl-C) still gives the lease back rather than leaving it to expire.
+        await asyncio.shield(self.release())
+
+
+@dataclass(frozen=True)
+class Event:
+    """One entry of the event log: its number (the etcd revision that created it, never reused) and value."""
+
+    number: int
+    key: str
+    value: Any
+
+
+class SharedState:
+    """The writes of one run holding `lease`: each is one etcd transaction that also compares the lease's fence,
+    so once the lease is gone nothing is written and `LeaseLost` is raised. Reads go through `store`."""
+
+    def __init__(self, store: EtcdStore, lease: EtcdLease) -> None:
+        self.store = store
+        self.lease = lease
+
+    async def _fenced(self, compares: Sequence[E.Compare], success: Sequence[E.Op],
+                      failure: Sequence[E.Op] = ()) -> E.TxnResult:
+        """Run a transaction guarded by the fence; `LeaseLost` when the fence failed. The failure branch's first
+        answer is the lock key (so the caller tells a lost lease from its own compares failing)."""
+        fence = self.lease.fence
+        done = await self.store.txn([fence, *compares], success, [E.Get(self.lease.key), *failure])
+        if done.succeeded:
+            return done
+        lock = done.responses[0]
+        if not isinstance(lock, E.Range) or not lock.kvs or lock.kvs[0].create_revision != fence.value:
+            raise self.lease.lost("the fleet's lease was lost: a write was refused by etcd (the lease expired or "
+                                  "was broken); nothing was written")
+        return done
+
+    async def read(self, *keys: str, prefix: bool = False) -> dict[str, Any]:
+        """The JSON values of `keys` (every key under each when `prefix`), read in one transaction that also
+        confirms the lease: what a decision to act is made on, never older than the lease (`LeaseLost` if gone).
+        Keys that do not exist are left out."""
+        done = await self._fenced([], [E.Get(k, prefix) for k in keys])
+        return {kv.key: decode(kv) for answer in done.responses if isinstance(answer, E.Range) for kv in answer.kvs}
+
+    async def write(self, puts: Mapping[str, Any], deletes: Sequence[str] = (), *, event: Any = None) -> int:
+        """Put JSON values and delete keys, all or none, under the lease, with `event` (who changed what) appended
+        to the log in the same transaction; the etcd revision of the write (the event's number)."""
+        ops: list[E.Op] = [E.Put(k, encode(v)) for k, v in puts.items()]
+        ops += [E.Delete(k) for k in deletes]
+        compares, logged = _logged(event)
+        done = await self._fenced(compares, [*ops, *logged])
+        if not done.succeeded:
+            raise RecordsError("an event key already exists; nothing was written")
+        return done.revision
+
+    async def next_revision(self, service: str, record: Any, *, event: Any = None) -> int:
+        """Store `record` as the service's next revision and return its number: one compare-and-swap on the
+        service's counter, in the same transaction as the record (and `event`, if given), so two writers never
+        get the same number."""
+        counter = revision_counter_key(service)
+        current = await self.store.get(counter)
+        for _ in range(CAS_ATTEMPTS):
+            last = 0 if current is None else _counter(current)
+            guard = (E.Compare("version", counter, 0) if current is None
+                     else E.Compare("mod", counter, current.mod_revision))
+            number = last + 1
+            compares, logged = _logged(event)
+            done = await self._fenced([guard, E.Compare("version", revision_key(service, number), 0), *compares],
+                                      [E.Put(counter, str(number)), E.Put(revision_key(service, number),
+                                                                          encode(record)), *logged],
+                                      [E.Get(counter)])
+            if done.succeeded:
+                return number
+            answer = done.responses[1]
+            current = answer.kvs[0] if isinstance(answer, E.Range) and answer.kvs else None
+        raise RecordsError(f"service {service}: no revision number after {CAS_ATTEMPTS} attempts (other writers "
+                           f"took each one)")
+
+    async def revisions(self, service: str) -> list[tuple[int, Any]]:
+        """The service's revisions, (number, record) in order."""
+        prefix = f"{SERVICES}{_segment(service)}/revisions/"
+        out = [(int(kv.key[len(prefix):]), decode(kv)) for kv in await self.store.range(prefix)]
+        return sorted(out, key=lambda item: item[0])
+
+    async def append_event(self, event: Any) -> int:
+        """Add an event to the log under the lease; its number (strictly increasing in the order events land)."""
+        return await self.write({}, event=event)
+
+    async def trim_events(self, keep: int) -> int:
+        """Delete the oldest events beyond the newest `keep` (the retention the inventory sets), under the lease;
+        how many were deleted. Oldest by create revision, not by key: a key's time is its controller's clock."""
+        if keep < 0:
+            raise ValueError(f"events to keep: expected >= 0, got {keep}")
+        old = list((await self.store.range(EVENTS))[:-keep or None])
+        for start in range(0, len(old), TXN_DELETES):
+            await self._fenced([], [E.Delete(kv.key) for kv in old[start:start + TXN_DELETES]])
+        return len(old)
+
+    async def events(self, after: int = 0) -> list[Event]:
+        """The event log in order, from the one after number `after`."""
+        return [Event(kv.create_revision, kv.key, decode(kv)) for kv in await self.store.range(EVENTS)
+                if kv.create_revision > after]
+
+
+def _logged(event: Any) -> tuple[list[E.Compare], list[E.Op]]:
+    """The compare and put that append `event` to the log (nothing for None): a new key, never overwritten."""
+    if event is None:
+        return [], []
+    key = f"{EVENTS}{time.time_ns():020d}-{secrets.token_hex(4)}"
+    return [E.Compare("version", key, 0)], [E.Put(key, encode(event))]
+
+
+def _counter(kv: E.KeyValue) -> int:
+    value = decode(kv)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise RecordsError(f"etcd key {kv.key}: not a revision counter: {kv.value[:80]!r}; refusing it")
+    return value
