@@ -13,7 +13,7 @@ from fleet.cli.common import esc
 from fleet.core.units import short_size
 
 if TYPE_CHECKING:
-    from fleet.api import NodeReport
+    from fleet.results import NodeReport
 
 STATUS_STYLE = {"ready": "green", "unreachable": "red", "no runtime": "yellow", "runtime not answering": "red",
                 "error": "red"}

@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from fleet.api import LIST_TIMEOUT
 from fleet.cli import common
 from fleet.cli.common import esc
 from fleet.core.units import format_cpu, format_memory
 from fleet.node.runtime.base import Status
+from fleet.results import LIST_TIMEOUT
 
 if TYPE_CHECKING:
-    from fleet.api import PsResult, PsRow
+    from fleet.results import PsResult, PsRow
 
 STATUS_STYLE = {Status.RUNNING: "green", Status.STOPPED: "red", Status.CREATED: "yellow", Status.UNKNOWN: "red"}
 

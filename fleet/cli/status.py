@@ -11,7 +11,7 @@ from fleet.cli import common
 from fleet.cli.common import esc
 
 if TYPE_CHECKING:
-    from fleet.api import FleetStatus
+    from fleet.results import FleetStatus
 
 HEALTH_STYLE = {"up": "green", "down": "red", "drain": "yellow", "maint": "yellow", "nocheck": "dim"}
 

@@ -16,15 +16,15 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast, get_args
 
 from fleet.core.errors import (
     HistoryError,
 )
+from fleet.results.records import Revision as Revision
+from fleet.results.records import RevisionOutcome as RevisionOutcome
 
-RevisionOutcome = Literal["in-progress", "succeeded", "failed", "rolled-back", "aborted"]
 FinalOutcome = Literal["succeeded", "failed", "rolled-back", "aborted"]
 OUTCOMES: tuple[str, ...] = get_args(RevisionOutcome)
 FINAL_OUTCOMES: tuple[str, ...] = get_args(FinalOutcome)
@@ -59,22 +59,6 @@ _MIGRATIONS: dict[int, str] = {
         ) WITHOUT ROWID;
     """,
 }
-
-
-@dataclass(frozen=True)
-class Revision:
-    """One applied spec of a service and how its rollout ended; times are Unix seconds."""
-
-    service: str
-    revision: int
-    spec_hash: str
-    image: str
-    user: str
-    created_at: float
-    finished_at: float | None
-    outcome: RevisionOutcome
-    reason: str
-    spec_json: str
 
 
 def same_revision(a: str, b: str) -> bool:

@@ -17,9 +17,9 @@ import hashlib
 import hmac
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
 from fleet.core.errors import KeyringLocked, KeyringUnavailable, SecretMissing, SecretStoreError
+from fleet.results.secrets import Secret as Secret
 
 SERVICE = "fleet"
 # The fleet's digest key, beside the secrets. A secret's name cannot start with "_", so no secret is this.
@@ -27,21 +27,6 @@ DIGEST_KEY = "_digest-key"
 DIGEST_HEX = 32  # 128 bits of HMAC-SHA256
 HOWTO = ("see README \"Secrets\": under cron or a service set PYTHON_KEYRING_BACKEND to a file backend "
          "(keyrings.alt), or run inside an unlocked Secret Service session")
-
-
-@dataclass(frozen=True)
-class Secret:
-    """A secret value; its repr and str never show it."""
-
-    value: str = field(repr=False)
-
-    def __repr__(self) -> str:
-        return "Secret(***)"
-
-    __str__ = __repr__
-
-    def reveal(self) -> str:
-        return self.value
 
 
 def _mapped(exc: Exception, doing: str) -> SecretStoreError:

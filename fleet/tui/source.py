@@ -34,8 +34,9 @@ from fleet.tui.data import (
 )
 
 if TYPE_CHECKING:
-    from fleet.api import Fleet, FleetStatus, NodeReport, Revision, RunResult
+    from fleet.api import Fleet
     from fleet.config.spec import ServiceSpec
+    from fleet.results import FleetStatus, NodeReport, Revision, RunResult
 
 # `fleet.watch.client.ask` (inventory path, op) -> the watcher's answer, or None when no watcher answers.
 Watcher = Callable[[str, Literal["nodes", "status"]], Awaitable[Any]]
