@@ -106,7 +106,7 @@ def stop(proc: subprocess.Popen[str]) -> None:
 async def status_in_process(inventory: str, n: int) -> dict[str, float]:
     from fleet.api import Fleet
     from fleet.config.inventory import load_inventory
-    from fleet.watch.client import ask
+    from fleet.transport.warm import ask
 
     inv = load_inventory(inventory)
     cold, warm = [], []

@@ -27,9 +27,7 @@ from fleet.core.errors import (
     ContainerLookupError,
     DrainError,
     FleetError,
-    InventoryError,
     LabelError,
-    Problem,
     SchedulingError,
     SecretStoreError,
 )
@@ -40,9 +38,12 @@ from fleet.engine.apply import Engine
 from fleet.engine.handwork import LogLines, one_off_spec
 from fleet.engine.images import list_images, push
 from fleet.engine.lbview import read_configs
+from fleet.engine.look import Observed, lb_rows, observe
 from fleet.engine.nodes import collect, facts_command, report_from
+from fleet.engine.reader import Reader
 from fleet.engine.status import status
 from fleet.engine.volumes import list_volumes, restore
+from fleet.node.haproxy.stats import StatRow
 from fleet.node.runtime.base import RunSpec, StopResult
 from fleet.plan.reconcile import Replica
 from fleet.plan.rollout.decide import Command
@@ -68,7 +69,18 @@ from fleet.results import (
     VolumeRow,
     majority,
 )
-from fleet.store.access import break_lock, change_mark, fleet_records, lease_ttl, lock_status, marked, marks_of
+from fleet.store.access import (
+    break_lock,
+    change_mark,
+    check_lb_nodes,
+    fleet_records,
+    known_node,
+    lease_ttl,
+    lock_status,
+    marked,
+    marks_of,
+    watcher_lease,
+)
 from fleet.store.lease import Lease
 from fleet.store.records import FleetHistory
 from fleet.store.secrets import backend_name as secret_backend
@@ -76,43 +88,17 @@ from fleet.store.secrets import delete_secret as secret_rm
 from fleet.store.secrets import get_secret as secret_get
 from fleet.store.secrets import secret_check, stamped, stamped_for
 from fleet.store.secrets import set_secret as secret_set
-from fleet.transport import Pool
+from fleet.transport import Pool, RemoteStream
+from fleet.transport.warm import ask as ask_watcher
+from fleet.transport.warm import serve as serve_reads
 
 __all__ = [
-    "LIST_TIMEOUT",
-    "ContainerLookupError",
-    "Event",
-    "Fleet",
-    "FleetStatus",
-    "LbConfig",
-    "LogLines",
-    "NodeLease",
-    "NodeReport",
-    "Outcome",
-    "PlanView",
-    "PoolOptions",
-    "PsResult",
-    "PsRow",
-    "PushResult",
-    "ReplicaStatus",
-    "Revision",
-    "RunResult",
-    "Secret",
-    "SecretRef",
-    "SecretStoreError",
-    "ServiceStatus",
-    "VolumeListing",
-    "VolumeRow",
-    "facts_command",
-    "lease_ttl",
-    "majority",
-    "one_off_spec",
-    "report_from",
-    "secret_backend",
-    "secret_check",
-    "secret_get",
-    "secret_rm",
-    "secret_set",
+    "LIST_TIMEOUT", "ContainerLookupError", "Event", "Fleet", "FleetStatus", "LbConfig", "Lease", "LogLines",
+    "NodeLease", "NodeReport", "Outcome", "PlanView", "PoolOptions", "PsResult", "PsRow", "PushResult", "Reader",
+    "ReplicaStatus", "Revision", "RunResult", "Secret", "SecretRef", "SecretStoreError", "ServiceStatus",
+    "VolumeListing", "VolumeRow", "ask_watcher", "facts_command", "lease_ttl", "majority", "one_off_spec",
+    "reader", "report_from", "secret_backend", "secret_check", "secret_get", "secret_rm", "secret_set",
+    "serve_reads",
 ]
 
 
@@ -172,6 +158,10 @@ class Fleet:
             self._records = fleet_records(self.pool, self.inventory)
         return self._records
 
+    def fresh(self, *, on_event: Callable[[Event], None] | None = None, command: str | None = None) -> Fleet:
+        """A Fleet over the same pool with nothing read yet: a watcher's next round, one socket request."""
+        return Fleet(self.inventory, self.pool, on_event=on_event, secrets=self.secrets, command=command)
+
     async def engine(self, guard: Callable[[], None] | None = None, held: Sequence[Replica] = ()) -> Engine:
         """An engine over this run's reports; `held` are replicas of nodes in their grace period (see Engine)."""
         from fleet.engine.apply import Engine
@@ -213,11 +203,9 @@ class Fleet:
         return PlanView(p, dict(obs.errors), changes, notes, lb_diff)
 
     async def lb_show(self, nodes: Sequence[str] | None = None) -> list[LbConfig]:
-        """The HAProxy config each lb node runs (or those named), its stats password hash masked; read-only."""
-        unknown = [n for n in nodes or () if n not in self.inventory.names()
-                   or not self.inventory.node(n).has_role("lb")]
-        if unknown:
-            raise FleetError(f"not an lb node of {self.inventory.path}: {', '.join(unknown)}")
+        """The HAProxy config each lb node runs (or those named), its stats password hash masked; read-only. A name
+        that is not an lb node of the inventory is refused (FleetError) before any node is contacted."""
+        check_lb_nodes(self.inventory, nodes or ())
         return await read_configs(await self.engine(), nodes)
 
     async def history(self, service: str) -> list[Revision]:
@@ -336,11 +324,7 @@ class Fleet:
     # --- node operations (`fleet node`): marks kept on the fleet, under the lease -------------------------
     def known(self, name: str) -> Node:
         """The inventory's node `name`; InventoryError naming the node and the inventory file when there is none."""
-        try:
-            return self.inventory.node(name)
-        except KeyError:
-            raise InventoryError([Problem(self.inventory.path, None, "", f"no node {name!r} in this inventory "
-                                          f"(its nodes: {', '.join(self.inventory.names()) or 'none'})")]) from None
+        return known_node(self.inventory, name)
 
     async def _mark(self, node: str, change: Callable[[NodeMark], NodeMark]) -> NodeMark:
         """Change one node's mark on the fleet (under the lease, which the caller holds); this run's reports
@@ -506,3 +490,27 @@ class Fleet:
     async def break_lock(self, *, timeout: float = 10.0) -> list[NodeLease]:
         """Remove the lease on every record node, whoever holds it (see fleet.store.access.break_lock)."""
         return await break_lock(self.pool, self.inventory, timeout=timeout)
+
+    # --- what `fleet watch` looks at each round, and its own lease ----------------------------------------
+    async def observe(self, reports: list[NodeReport]) -> Observed:
+        """The replicas the ready nodes of `reports` run; `errors` names the nodes that could not be listed."""
+        return await observe(self.pool, reports)
+
+    async def lb_rows(self, reports: list[NodeReport]) -> list[list[StatRow] | None]:
+        """Every usable lb node's HAProxy server rows (None: that node could not be read)."""
+        return await lb_rows(self.pool, reports)
+
+    def watcher_lease(self, base_dir: str, ttl: float) -> Lease:
+        """The lease that says which `fleet watch` acts (see fleet.store.access.watcher_lease); not yet taken."""
+        return watcher_lease(self.pool, self.inventory, base_dir, ttl)
+
+    def stream(self, node: Node, argv: Sequence[str]) -> RemoteStream:
+        """`argv`'s output on `node`, line by line, for as long as it runs (no deadline; the keepalive ends it)."""
+        return self.pool.stream(node, list(argv))
+
+
+def reader(inventory: Inventory, **pool: Unpack[PoolOptions]) -> Reader:
+    """The one read path for a one-shot read of `inventory`'s fleet (`fleet nodes`, `status`, `ps`): a running
+    `fleet watch`'s answer, else a Fleet on a pool of its own, opened on first use and closed with the reader:
+    `async with reader(inv) as read: st = await read.status()`."""
+    return Reader(inventory.path, open=lambda: Fleet.connect(inventory, **pool))

@@ -1,5 +1,6 @@
 """What the façade asks of the store for one inventory: its records (with the local cache), its nodes' marks, the
-lease's duration, and the lease by hand (`fleet lock`), each read from the record nodes the inventory names."""
+lease's duration, the lease by hand (`fleet lock`) and the watcher's lease, all on the record nodes it names; and
+the inventory checks the façade makes before contacting any node."""
 
 from __future__ import annotations
 
@@ -8,13 +9,13 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
-from fleet.core.errors import FleetError, InventoryError, Problem
+from fleet.core.errors import FleetError, InventoryError, LeaseError, Problem
 from fleet.core.model import Inventory, Node
 from fleet.core.nodeops import NodeMark
 from fleet.results.nodes import NodeReport
 from fleet.results.records import NodeLease
 from fleet.store.history import History
-from fleet.store.lease import break_lease, default_holder, lease_status
+from fleet.store.lease import Lease, break_lease, default_holder, lease_status
 from fleet.store.nodeops import fetch_marks, update_mark
 from fleet.store.nodes import record_nodes
 from fleet.store.records import FleetHistory
@@ -56,6 +57,22 @@ async def change_mark(records: FleetHistory, node: str, change: Callable[[NodeMa
     return await update_mark(records, node, change, by=default_holder())
 
 
+def known_node(inventory: Inventory, name: str) -> Node:
+    """The inventory's node `name`; InventoryError naming the node and the inventory file when there is none."""
+    try:
+        return inventory.node(name)
+    except KeyError:
+        raise InventoryError([Problem(inventory.path, None, "", f"no node {name!r} in this inventory "
+                                      f"(its nodes: {', '.join(inventory.names()) or 'none'})")]) from None
+
+
+def check_lb_nodes(inventory: Inventory, names: Sequence[str]) -> None:
+    """FleetError naming those of `names` that are not lb nodes of the inventory."""
+    unknown = [n for n in names if n not in inventory.names() or not inventory.node(n).has_role("lb")]
+    if unknown:
+        raise FleetError(f"not an lb node of {inventory.path}: {', '.join(unknown)}")
+
+
 def lease_nodes(inventory: Inventory) -> list[Node]:
     """The record nodes that keep the fleet's lease; InventoryError when the inventory has no node at all."""
     nodes = record_nodes(inventory)
@@ -75,3 +92,12 @@ async def break_lock(pool: Pool, inventory: Inventory, *, timeout: float) -> lis
     """Remove the lease on every record node, whoever holds it; returns what was broken there (None: it was
     free; a string: the node could not be reached). A holder still running stops at its next renewal."""
     return await break_lease(pool, lease_nodes(inventory), timeout=timeout)
+
+
+def watcher_lease(pool: Pool, inventory: Inventory, base_dir: str, ttl: float) -> Lease:
+    """The lease that says which of several `fleet watch` acts for the fleet (under `base_dir` on the record
+    nodes, apart from the fleet's own lease); LeaseError when the inventory has no record node."""
+    nodes = record_nodes(inventory)
+    if not nodes:
+        raise LeaseError("no record node to keep the watcher's lease")
+    return Lease(pool, nodes, command="fleet watch", ttl=ttl, base_dir=base_dir)

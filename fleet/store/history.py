@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal, cast, get_args
 
+from fleet.core.dirs import state_dir
 from fleet.core.errors import (
     HistoryError,
 )
@@ -72,13 +73,7 @@ def same_revision(a: str, b: str) -> bool:
 
 def default_path(env: Mapping[str, str] | None = None) -> Path:
     """`$FLEET_STATE_DIR/history.db`, else `$XDG_STATE_HOME/fleet/history.db`, else `~/.local/state/fleet/…`."""
-    env = os.environ if env is None else env
-    if env.get("FLEET_STATE_DIR"):
-        return Path(env["FLEET_STATE_DIR"]) / FILE_NAME
-    if env.get("XDG_STATE_HOME"):
-        return Path(env["XDG_STATE_HOME"]) / "fleet" / FILE_NAME
-    home = env.get("HOME") or str(Path.home())
-    return Path(home) / ".local" / "state" / "fleet" / FILE_NAME
+    return state_dir(env) / FILE_NAME
 
 
 def _make_dirs(directory: Path) -> None:
