@@ -5,7 +5,8 @@ lease; every operation that changes the fleet (apply, reconcile, scale, destroy,
 node operations cordon, uncordon, drain, label) runs under it, with the fleet's records. One-off containers
 (run_one, stop, rm, exec) and image pushes act on the nodes directly, as `fleet run` always has. Every method
 opens what it needs (this run's node reports, the records, the lease), calls one operation of the engine or the
-store, and returns its values; nothing is printed.
+store, and returns its values; nothing is printed. One-shot reads (`reader`: nodes, status, ps) take the one read
+path, fleet.engine.reader: a running `fleet watch`'s warm connections when one answers, else a pool of their own.
 
 Importing this module loads the engine and the transport (asyncssh): the CLI imports it inside its commands, and
 takes the values it renders from the pure fleet.results (tests/test_layers.py).

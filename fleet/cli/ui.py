@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 
 from fleet.cli import common
-
-if TYPE_CHECKING:
-    pass
 
 IntervalOpt = Annotated[float, typer.Option(min=0.2, help="Seconds between refreshes.")]
 ReadOnlyOpt = Annotated[bool, typer.Option("--read-only", help="Only look: every action is hidden.")]

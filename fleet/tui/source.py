@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from fleet.config.spec import ServiceSpec
     from fleet.results import FleetStatus, Revision, RunResult
 
-# `fleet.watch.client.ask` (inventory path, op) -> the watcher's answer, or None when no watcher answers.
+# `fleet.api.ask_watcher` (inventory path, op) -> the watcher's answer, or None when no watcher answers.
 Watcher = Callable[[str, Literal["nodes", "status"]], Awaitable[Any]]
 
 
