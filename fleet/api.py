@@ -28,12 +28,11 @@ from fleet.core.errors import (
     ContainerLookupError,
     DrainError,
     FleetError,
-    LabelError,
     SchedulingError,
     SecretStoreError,
 )
 from fleet.core.model import Inventory, Node
-from fleet.core.nodeops import NodeMark, check_label_change, relabel
+from fleet.core.nodeops import NodeMark, relabel
 from fleet.engine import handwork
 from fleet.engine.apply import Engine
 from fleet.engine.handwork import LogLines, one_off_spec
@@ -74,6 +73,7 @@ from fleet.store.access import (
     break_lock,
     change_mark,
     check_lb_nodes,
+    checked_label_change,
     fleet_records,
     known_node,
     lease_ttl,
@@ -335,31 +335,28 @@ class Fleet:
             self._reports = marked(self._reports, marks, None)
         return marks.get(node, NodeMark())
 
+    async def _remark(self, node: str, change: Callable[[NodeMark], NodeMark]) -> NodeMark:
+        """`_mark` for a node the inventory must have (InventoryError before anything else), under the lease."""
+        self.known(node)
+        async with self.leased():
+            return await self._mark(node, change)
+
     async def cordon(self, node: str) -> None:
         """No new replica goes to `node` (those running there stay) until `uncordon`; every controller reads it
         from the fleet's records."""
-        self.known(node)
-        async with self.leased():
-            await self._mark(node, lambda m: dataclasses.replace(m, cordoned=True))
+        await self._remark(node, lambda m: dataclasses.replace(m, cordoned=True))
 
     async def uncordon(self, node: str) -> None:
         """Replicas may be placed on `node` again (clears a cordon and a drain left unfinished)."""
-        self.known(node)
-        async with self.leased():
-            await self._mark(node, lambda m: dataclasses.replace(m, cordoned=False, draining=False))
+        await self._remark(node, lambda m: dataclasses.replace(m, cordoned=False, draining=False))
 
     async def label(self, node: str, set: Mapping[str, str], remove: Sequence[str]) -> dict[str, str]:
         """Set labels on `node` (they win over the inventory's) and remove others (a CLI label is dropped; an
         inventory label is recorded as removed); returns the node's labels after. `placement.require` uses them
         from the next apply or reconcile. LabelError for a key or value the label rules refuse."""
         entry = self.known(node)
-        try:
-            check_label_change(set, remove)
-        except ValueError as exc:
-            raise LabelError(str(exc)) from exc
-        async with self.leased():
-            mark = await self._mark(node, lambda m: relabel(m, entry.labels, set, remove))
-        return mark.effective(entry.labels)
+        checked_label_change(set, remove)
+        return (await self._remark(node, lambda m: relabel(m, entry.labels, set, remove))).effective(entry.labels)
 
     async def drain(self, node: str) -> RunResult:
         """Move every replica off `node` and leave it cordoned.

@@ -307,7 +307,7 @@ def test_the_facade_imports_at_the_top() -> None:
 # (issue 17: the engine in rooms, one spec schema). Fleet is over while the engine branch's methods (plan, apply,
 # scale, drain…: 190 of its lines) still build the engine's work by hand; they become one call each there.
 OVERSIZE = {"config/spec.py": 1108, "engine/apply.py": 1047, "store/records.py": 626, "transport/ssh.py": 703,
-            "engine/apply.py:Engine": 933, "lab/lab.py:Lab": 316, "transport/ssh.py:Pool": 400, "api.py:Fleet": 397}
+            "engine/apply.py:Engine": 933, "lab/lab.py:Lab": 316, "transport/ssh.py:Pool": 400, "api.py:Fleet": 394}
 MAX_MODULE, MAX_CLASS = 600, 300
 
 

@@ -9,9 +9,9 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
-from fleet.core.errors import FleetError, InventoryError, LeaseError, Problem
+from fleet.core.errors import FleetError, InventoryError, LabelError, LeaseError, Problem
 from fleet.core.model import Inventory, Node
-from fleet.core.nodeops import NodeMark
+from fleet.core.nodeops import NodeMark, check_label_change
 from fleet.results.nodes import NodeReport
 from fleet.results.records import NodeLease
 from fleet.store.history import History
@@ -64,6 +64,14 @@ def known_node(inventory: Inventory, name: str) -> Node:
     except KeyError:
         raise InventoryError([Problem(inventory.path, None, "", f"no node {name!r} in this inventory "
                                       f"(its nodes: {', '.join(inventory.names()) or 'none'})")]) from None
+
+
+def checked_label_change(sets: Mapping[str, str], removes: Sequence[str]) -> None:
+    """LabelError for a label change the label rules refuse (fleet.core.nodeops.check_label_change)."""
+    try:
+        check_label_change(sets, removes)
+    except ValueError as exc:
+        raise LabelError(str(exc)) from exc
 
 
 def check_lb_nodes(inventory: Inventory, names: Sequence[str]) -> None:
