@@ -157,7 +157,7 @@ async def run(args: argparse.Namespace, servers: Servers, tmp: Path) -> dict[str
                              f"{len(dropped)} removed")
         out["replace"] = {"wall_s": wall, "cpu_ms_per_node": 1000 * cpu / n, "replaced": started,
                           "commands": counts["counts"]}
-        watcher = Watcher(inventory, pool, WatchOptions((str(tmp / "services.yaml"),)), lambda *a, **k: None)
+        watcher = Watcher(Fleet(inventory, pool), WatchOptions((str(tmp / "services.yaml"),)), lambda *a, **k: None)
         watcher.state = "active"
         fleet = Fleet(inventory, pool, command="sim_reconcile watch")
         if await watcher.round(fleet) != "start":  # the first round reconciles, as `fleet watch` starts

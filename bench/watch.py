@@ -8,7 +8,7 @@ Builds its own lab (3 workers, 1 lb) and always removes it. Applies a 3-replica 
 label of one replica (so that containerd's restart monitor, 0-10 s, does not race the watcher), SIGKILLs its
 process by PID and polls HAProxy's admin socket (on lb1, without SSH) every 20 ms until it holds 3 UP servers
 other than the killed one. The same with `--no-events` (rounds every second only) for comparison. Then `fleet
-status`: in-process (`Fleet.connect` + `status()` against `fleet.watch.client.ask`), and the CLI as a user runs
+status`: in-process (`Fleet.connect` + `status()` against `fleet.transport.warm.ask`), and the CLI as a user runs
 it, with and without the watcher (FLEET_NO_WATCHER=1). Also the watcher's own CPU while idle. Figures only.
 """
 
@@ -106,7 +106,7 @@ def stop(proc: subprocess.Popen[str]) -> None:
 async def status_in_process(inventory: str, n: int) -> dict[str, float]:
     from fleet.api import Fleet
     from fleet.config.inventory import load_inventory
-    from fleet.watch.client import ask
+    from fleet.transport.warm import ask
 
     inv = load_inventory(inventory)
     cold, warm = [], []

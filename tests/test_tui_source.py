@@ -61,7 +61,7 @@ class FakeFleet:
     def records(self) -> Records:
         return self._records
 
-    async def nodes(self):
+    async def nodes(self, *, ports: bool = False):
         self.calls.append(("nodes",))
         return [ready("n1"), unreachable("n2")]
 

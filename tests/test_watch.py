@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from helpers import run_fleet
 
+from fleet.api import Fleet
 from fleet.cli.watch import log_line
 from fleet.config.spec import from_playbook_dict
 from fleet.core.labels import ContainerLabels
@@ -27,7 +28,7 @@ from fleet.engine.status import FleetStatus, ReplicaStatus, ServiceStatus
 from fleet.node.runtime.base import ContainerInfo
 from fleet.plan.reconcile import Replica, plan
 from fleet.transport import Pool
-from fleet.watch.client import ask, socket_path
+from fleet.transport.warm import ask, socket_path
 from fleet.watch.controller import Look, should_act, signature
 from fleet.watch.events import events_argv, is_drift, parse_event
 from fleet.watch.grace import Grace, GraceView
@@ -216,8 +217,8 @@ async def test_ask_gets_the_watchers_answer_for_its_inventory_only(state, tmp_pa
 
     inventory = Inventory(str(inv_path), (Node("n1", "10.0.0.1"),))
     logged: list[str] = []
-    async with Pool() as pool, serving(inventory, pool, lambda event, **f: logged.append(event), reply,
-                                                recent=lambda: []) as path:
+    async with Pool() as pool, serving(Fleet(inventory, pool), lambda event, **f: logged.append(event), reply,
+                                       recent=lambda: []) as path:
         assert path == socket_path(str(inv_path))
         assert oct(path.stat().st_mode & 0o777) == "0o600" and oct(path.parent.stat().st_mode & 0o777) == "0o700"
         assert await ask(str(inv_path), "ps", all=True) == {"op": "ps", "nodes": ["n1"]}
@@ -252,7 +253,7 @@ async def test_node_reports_ps_and_status_with_read_only_mappings_come_through_t
     async def reply(fleet: Any, op: str, args: dict[str, Any], recent: Any) -> Any:
         return answers[op]
 
-    async with Pool() as pool, serving(Inventory(str(inv_path), (node,)), pool, lambda event, **f: None, reply):
+    async with Pool() as pool, serving(Fleet(Inventory(str(inv_path), (node,)), pool), lambda event, **f: None, reply):
         got = {op: await ask(str(inv_path), op) for op in ("nodes", "ps", "status")}  # type: ignore[arg-type]
     assert got == answers
     assert isinstance(got["nodes"][0].mark.labels, MappingProxyType), "read-only as they were sent"

@@ -21,9 +21,10 @@ if TYPE_CHECKING:
     from rich.live import Live
     from rich.table import Table
 
-    from fleet.api import Event, Fleet, Outcome, PlanView, RunResult
+    from fleet.api import Fleet
     from fleet.config.spec import ServiceSpec
     from fleet.plan.reconcile import Plan
+    from fleet.results import Event, Outcome, PlanView, RunResult
 
 # Engines, specs and the history are imported inside the commands: `fleet nodes` and the other light
 # commands should not pay for loading them at every start.

@@ -12,8 +12,9 @@ from fleet.cli.common import esc
 from fleet.core.units import parse_cpu, parse_memory
 
 if TYPE_CHECKING:
-    from fleet.api import Fleet, PsRow
+    from fleet.api import Fleet
     from fleet.node.runtime.base import StopResult
+    from fleet.results import PsRow
 
 T = TypeVar("T")
 

@@ -16,7 +16,7 @@ from fleet.core.units import format_memory
 if TYPE_CHECKING:
     from rich.progress import TaskID
 
-    from fleet.api import PushResult
+    from fleet.results import PushResult
 
 # The façade, the archive reader and rich's progress bars are imported inside the commands, so that other
 # commands do not pay for them at start.

@@ -13,7 +13,7 @@ from fleet.cli.common import esc
 from fleet.core.errors import LeaseInfo
 
 if TYPE_CHECKING:
-    from fleet.api import NodeLease
+    from fleet.results import NodeLease
 
 # The façade is imported inside the commands: `fleet --help` and the other light commands do not pay for the
 # store and the transport it loads.
@@ -45,7 +45,7 @@ def holder_of(leases: list[NodeLease]) -> tuple[LeaseInfo | None, int]:
 
 def summary(leases: list[NodeLease]) -> str:
     """One line: held by whom (on how many of how many, with the majority needed), free, or unknown."""
-    from fleet.api import majority
+    from fleet.results import majority
 
     needed = majority(len(leases))
     info, count = holder_of(leases)
@@ -111,7 +111,7 @@ def _exit(leases: list[NodeLease]) -> typer.Exit:
 @app.command("status")
 def status(inventory: common.InventoryOpt = None, json: common.JsonOpt = False, timeout: TimeoutOpt = 10.0) -> None:
     """Who holds the fleet's lease on each record node, since when and until when (exit 1: a node is unreachable)."""
-    from fleet.api import majority
+    from fleet.results import majority
 
     leases = _leases(inventory, timeout, breaking=False)
     if json:

@@ -13,7 +13,7 @@ from fleet.cli.common import esc
 from fleet.core.units import short_size
 
 if TYPE_CHECKING:
-    from fleet.api import NodeReport
+    from fleet.results import NodeReport
 
 STATUS_STYLE = {"ready": "green", "unreachable": "red", "no runtime": "yellow", "runtime not answering": "red",
                 "error": "red"}
@@ -121,19 +121,15 @@ def nodes(inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
 
     A node is ready, unreachable (sshd), no runtime (containerd missing or not running) or runtime not answering
     (containerd hung); exit 1 unless every node is ready."""
-    from fleet.api import Fleet
+    from fleet.api import reader
 
     inv = common.inventory(inventory)
 
     async def go() -> tuple[list[NodeReport], float]:
-        from fleet.watch.client import ask
-
         started = time.perf_counter()
-        warm = await ask(inv.path, "nodes")  # a `fleet watch` on this controller lends its connections
-        if warm is not None:
-            return warm, time.perf_counter() - started
-        async with Fleet.connect(inv, connect_timeout=timeout, command_timeout=timeout) as f:
-            reports = await f.nodes()
+        # A `fleet watch` on this controller lends its connections; the pool is closed before the time is taken.
+        async with reader(inv, connect_timeout=timeout, command_timeout=timeout) as read:
+            reports = await read.nodes()
         return reports, time.perf_counter() - started
 
     reports, elapsed = common.run(go)

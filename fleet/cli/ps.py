@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from fleet.api import LIST_TIMEOUT
 from fleet.cli import common
 from fleet.cli.common import esc
 from fleet.core.units import format_cpu, format_memory
 from fleet.node.runtime.base import Status
+from fleet.results import LIST_TIMEOUT
 
 if TYPE_CHECKING:
-    from fleet.api import PsResult, PsRow
+    from fleet.results import PsResult, PsRow
 
 STATUS_STYLE = {Status.RUNNING: "green", Status.STOPPED: "red", Status.CREATED: "yellow", Status.UNKNOWN: "red"}
 
@@ -96,19 +96,14 @@ def ps(inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
     """List containers on every node: fleet's own by service and replica, foreign ones marked and left alone.
 
     A node that is not ready or does not answer in time is named under the table (exit 1); the others are listed."""
-    from fleet.api import Fleet
+    from fleet.api import reader
 
     inv = common.inventory(inventory)
 
     async def go() -> PsResult:
         # Every container, running or not: the summary line counts those --all would show.
-        from fleet.watch.client import ask
-
-        warm = await ask(inv.path, "ps", all=True, timeout=timeout)  # through a `fleet watch` on this controller
-        if warm is not None:
-            return warm  # type: ignore[no-any-return]
-        async with Fleet.connect(inv, connect_timeout=10.0) as f:
-            return await f.ps(all=True, timeout=timeout)
+        async with reader(inv, connect_timeout=10.0) as read:
+            return await read.ps(all=True, timeout=timeout)
 
     result = common.run(go)
     rows = visible(result, show_all)

@@ -14,7 +14,8 @@ from fleet.cli import common
 from fleet.cli.apply import _exit, _run
 
 if TYPE_CHECKING:
-    from fleet.api import Fleet, Revision, RunResult
+    from fleet.api import Fleet
+    from fleet.results import Revision, RunResult
 
 OUTCOME_STYLE = {"succeeded": "green", "failed": "red", "rolled-back": "yellow", "aborted": "yellow",
                  "in-progress": "cyan"}

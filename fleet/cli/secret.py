@@ -25,8 +25,9 @@ def _key(name: str) -> str:
 @app.command("set")
 def set_(name: str) -> None:
     """Store a secret: the value is read from stdin (or asked for on a terminal), never from the command line."""
-    from fleet.api import Secret, secret_set
+    from fleet.api import secret_set
     from fleet.core.errors import SecretStoreError
+    from fleet.results import Secret
 
     key = _key(name)
     value = getpass.getpass(f"value for {key}: ") if sys.stdin.isatty() else sys.stdin.read()

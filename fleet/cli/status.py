@@ -11,7 +11,7 @@ from fleet.cli import common
 from fleet.cli.common import esc
 
 if TYPE_CHECKING:
-    from fleet.api import FleetStatus
+    from fleet.results import FleetStatus
 
 HEALTH_STYLE = {"up": "green", "down": "red", "drain": "yellow", "maint": "yellow", "nocheck": "dim"}
 
@@ -67,18 +67,13 @@ def render(st: FleetStatus) -> Table:
 
 def status_cmd(inventory: common.InventoryOpt = None, json: common.JsonOpt = False) -> None:
     """Services, replicas per node, health in HAProxy and each service's stable address."""
-    from fleet.api import Fleet
+    from fleet.api import reader
 
     inv = common.inventory(inventory)
 
     async def go() -> FleetStatus:
-        from fleet.watch.client import ask
-
-        warm = await ask(inv.path, "status")  # a `fleet watch` on this controller lends its connections
-        if warm is not None:
-            return warm  # type: ignore[no-any-return]
-        async with Fleet.connect(inv) as f:
-            return await f.status()
+        async with reader(inv) as read:  # a `fleet watch` on this controller lends its connections
+            return await read.status()
 
     st = common.run(go)
     if json:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 
 from fleet.cli import common
-
-if TYPE_CHECKING:
-    from fleet.tui.source import Watcher
 
 IntervalOpt = Annotated[float, typer.Option(min=0.2, help="Seconds between refreshes.")]
 ReadOnlyOpt = Annotated[bool, typer.Option("--read-only", help="Only look: every action is hidden.")]
@@ -18,18 +15,14 @@ ReadOnlyOpt = Annotated[bool, typer.Option("--read-only", help="Only look: every
 def ui(inventory: common.InventoryOpt = None, interval: IntervalOpt = 2.0, read_only: ReadOnlyOpt = False) -> None:
     """Views of nodes, services, replicas, history, logs and events, and actions on them (? lists every key)."""
     # Textual is imported only when the UI runs: the other commands start without it.
-    from fleet.api import Fleet
+    from fleet.api import Fleet, ask_watcher
     from fleet.tui import FleetApp, FleetSource
 
     inv = common.inventory(inventory)
-    watcher: Watcher | None
-    try:  # refresh through a running `fleet watch`'s warm connections when there is one
-        from fleet.watch.client import ask
 
-        async def watcher(path: str, op: Literal["nodes", "status"]) -> Any:
-            return await ask(path, op, timeout=5.0)
-    except ImportError:
-        watcher = None
+    async def watcher(path: str, op: Literal["nodes", "status"]) -> Any:
+        """Refresh through a running `fleet watch`'s warm connections when there is one."""
+        return await ask_watcher(path, op, timeout=5.0)
 
     async def go() -> None:
         # One attempt with a short timeout: a down node must not hold up every refresh for long.

@@ -13,7 +13,7 @@ from fleet.cli.common import esc
 from fleet.core.units import short_size
 
 if TYPE_CHECKING:
-    from fleet.api import VolumeListing, VolumeRow
+    from fleet.results import VolumeListing, VolumeRow
 
 app = typer.Typer(help="Volumes: list them across nodes, inspect, remove, back up and restore.",
                   no_args_is_help=True)

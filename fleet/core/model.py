@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -45,6 +46,15 @@ class Vrrp:
     @property
     def cidr(self) -> str:
         return f"{self.virtual_ip}/{self.prefixlen}"
+
+
+def ip_literal(address: str) -> str | None:
+    """The address itself when it is an IPv4/IPv6 literal, else None."""
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    return address
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from fleet.node.facts import NodeFacts
 from fleet.node.runtime.base import Call, RuntimeDriver
 from fleet.node.runtime.ctr import CtrDriver
 from fleet.node.runtime.nerdctl import NerdctlDriver
+from fleet.results.containers import LIST_TIMEOUT as LIST_TIMEOUT
 from fleet.transport import DEFAULT_COMMAND_TIMEOUT, Pool, SessionError
 
 if TYPE_CHECKING:
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-LIST_TIMEOUT = 8.0
 CALL_TIMEOUT = DEFAULT_COMMAND_TIMEOUT
 PULL_TIMEOUT = 600.0
 IMPORT_TIMEOUT = 600.0

@@ -10,53 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
-from types import MappingProxyType, TracebackType
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from types import TracebackType
 
 from fleet.core.errors import (
     ContainerLookupError,
     TransportError,
 )
-from fleet.core.labels import ContainerLabels, parse_labels
+from fleet.core.labels import parse_labels
 from fleet.core.model import Node
-from fleet.engine.calls import LIST_TIMEOUT, driver_for, on_ready_nodes, perform
+from fleet.engine.calls import driver_for, on_ready_nodes, perform
 from fleet.engine.nodes import NodeReport
 from fleet.node.paths import DEFAULT as NODE_PATHS
-from fleet.node.runtime.base import ContainerInfo, RunSpec, StopResult
+from fleet.node.runtime.base import RunSpec, StopResult
+from fleet.results.containers import LIST_TIMEOUT
+from fleet.results.containers import PsResult as PsResult
+from fleet.results.containers import PsRow as PsRow
 from fleet.transport import Pool
 
 SHORT_ID = 20
 STOP_MARGIN = 30.0  # seconds the stop script may take beyond the grace period (SIGKILL, tasks rm, containers rm)
-
-
-@dataclass(frozen=True)
-class PsRow:
-    """One container on one node; `labels` is None for a container fleet did not start (foreign)."""
-
-    node: str
-    info: ContainerInfo
-    labels: ContainerLabels | None
-
-    @property
-    def foreign(self) -> bool:
-        return self.labels is None
-
-    @property
-    def service(self) -> str | None:
-        return self.labels.service if self.labels else None
-
-
-@dataclass(frozen=True)
-class PsResult:
-    """Every container on every ready node; `errors` names the nodes that could not be read, and why."""
-
-    rows: tuple[PsRow, ...]
-    errors: Mapping[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "rows", tuple(self.rows))
-        object.__setattr__(self, "errors", MappingProxyType(dict(self.errors)))
 
 
 def _sort_key(row: PsRow) -> tuple[int, str, int, str, str]:

@@ -9,32 +9,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Literal
 
 from fleet.core.errors import FleetError, ImageUnavailable, PushError
 from fleet.engine.calls import IMPORT_TIMEOUT, LIST_TIMEOUT, PULL_TIMEOUT, driver_for, on_ready_nodes, perform, why
 from fleet.engine.nodes import NodeReport
 from fleet.image.oci import ArchiveInfo, read_archive
+from fleet.results.images import PushResult as PushResult
+from fleet.results.images import PushStatus as PushStatus
 from fleet.transport import Pool
 
-PushStatus = Literal["sent", "present", "failed"]
 Progress = Callable[[str, int], None]
-
-
-@dataclass(frozen=True)
-class PushResult:
-    """What pushing one archive did on one node."""
-
-    node: str
-    status: PushStatus
-    bytes_sent: int
-    seconds: float
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status != "failed"
 
 
 def wanted(archive: ArchiveInfo) -> dict[str, str] | None:

@@ -7,7 +7,7 @@ import asyncio
 import difflib
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from fleet.config.spec import ServiceSpec
 from fleet.core.errors import LbError
@@ -15,6 +15,7 @@ from fleet.core.shell import Script
 from fleet.node.haproxy.certs import cert_file
 from fleet.node.haproxy.render import LbTls
 from fleet.node.paths import DEFAULT
+from fleet.results.lb import LbConfig as LbConfig
 
 _READ = r"""
 set -u
@@ -41,15 +42,6 @@ def config_diff(node: str, current: str | None, proposed: str) -> list[str]:
     new = masked(proposed).splitlines()
     return list(difflib.unified_diff(old, new, f"{node}: haproxy.cfg (now)", f"{node}: haproxy.cfg (after apply)",
                                      n=2, lineterm=""))
-
-
-@dataclass(frozen=True)
-class LbConfig:
-    """The config an lb node runs (masked; None when it has none yet) or why it could not be read."""
-
-    node: str
-    text: str | None
-    error: str | None = None
 
 
 async def read_configs(engine: object, nodes: Sequence[str] | None = None) -> list[LbConfig]:

@@ -9,92 +9,24 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from dataclasses import dataclass, field, replace
-from functools import cached_property
+from dataclasses import replace
 
-from fleet.core.model import CommandResult, Node, Resources
-from fleet.core.nodeops import NodeMark
+from fleet.core.model import CommandResult, Node
 from fleet.core.shell import Script
-from fleet.engine.resolve import ip_literal, resolve_nodes
+from fleet.engine.resolve import resolve_nodes
 from fleet.node.facts import FACTS_SCRIPT, PROBE_TIMEOUT, NodeFacts, parse_facts
 from fleet.node.paths import DEFAULT
-from fleet.plan.scheduler import NodeState
+from fleet.results.nodes import ERROR as ERROR
+from fleet.results.nodes import NO_RUNTIME as NO_RUNTIME
+from fleet.results.nodes import NOT_ANSWERING as NOT_ANSWERING
+from fleet.results.nodes import READY as READY
+from fleet.results.nodes import UNREACHABLE as UNREACHABLE
+from fleet.results.nodes import NodeReport as NodeReport
 from fleet.transport import Pool, fanout
 
 # The facts script reads files and runs a 3 s probe at most: 10 s is generous, and a node that takes longer is
 # reported (unreachable, with the deadline) instead of holding the round.
 FACTS_TIMEOUT = 10.0
-READY, UNREACHABLE, NO_RUNTIME, NOT_ANSWERING, ERROR = (
-    "ready", "unreachable", "no runtime", "runtime not answering", "error")
-
-
-@dataclass(frozen=True)
-class NodeReport:
-    """What one node answered (or why it did not)."""
-
-    node: Node
-    status: str
-    reason: str | None
-    facts: NodeFacts | None
-    duration: float
-    # The node's address as an IP, resolved once per run when the inventory gives a host name (`collect`); what
-    # HAProxy's server lines and the containers' hosts file need. See `ip_address`.
-    ip: str | None = None
-    # What `fleet node` recorded on the fleet about this node (cordoned, draining, labels); `mark_error` says why
-    # the fleet's record of its nodes could not be read (the mark is then the inventory's: nothing recorded).
-    mark: NodeMark = field(default_factory=NodeMark)
-    mark_error: str | None = None
-
-    @property
-    def cordoned(self) -> bool:
-        """No new replicas go to this node (`fleet node cordon`, or a drain); true while it drains too."""
-        return self.mark.cordoned or self.mark.draining
-
-    @property
-    def draining(self) -> bool:
-        """Its replicas are being moved elsewhere (`fleet node drain` has not finished)."""
-        return self.mark.draining
-
-    @property
-    def labels(self) -> dict[str, str]:
-        """The node's labels: the inventory's, with what `fleet node label` set or removed over them."""
-        return self.mark.effective(self.node.labels)
-
-    @property
-    def ip_address(self) -> str | None:
-        """The IP to put where a host name will not do: the resolved one, else an IP literal address; None for a
-        host name that was not (or could not be) resolved."""
-        return self.ip or ip_literal(self.node.address)
-
-    @property
-    def ok(self) -> bool:
-        """Ready for containers; any other status makes the scheduler place this node's share elsewhere."""
-        return self.status == READY
-
-    @property
-    def allocatable(self) -> Resources | None:
-        """Measured size, capped by the inventory's capacity override, minus what is reserved."""
-        if self.facts is None:
-            return None
-        size = self.facts.size
-        cap = self.node.capacity
-        if cap is not None:
-            size = Resources(min(size.cpu, cap.cpu or size.cpu), min(size.memory, cap.memory or size.memory))
-        return size - self.node.reserved
-
-    @cached_property
-    def node_state(self) -> NodeState:
-        """The scheduler's view of this node as it answered (healthy when ready): allocatable size, labels, host
-        ports others listen on, measured use beyond fleet's reservations, cordon marks. Built once per report:
-        a run plans once per service, and every plan reads every node."""
-        alloc = self.allocatable or Resources()
-        facts = self.facts
-        return NodeState(self.node.name, Resources(max(alloc.cpu, 0.0), max(alloc.memory, 0)), Resources(),
-                         self.labels, self.ok, facts.listening if facts is not None else frozenset(),
-                         others=facts.others if facts is not None else Resources(), cordoned=self.cordoned,
-                         draining=self.draining)
-
-
 def facts_command(node: Node, ports: bool = False) -> Script:
     """The facts script for a node; with `ports`, also the TCP ports something listens on (for placement)."""
     env = {"NS": node.namespace, "PORTS": "1" if ports else "", "PROBE": str(PROBE_TIMEOUT),

@@ -10,13 +10,12 @@ are answered here, without asking DNS.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleet.core.model import Node
+from fleet.core.model import Node, ip_literal
 
 RESOLVE_TIMEOUT = 5.0  # seconds for one host name; all names of a run are looked up at once
 
@@ -30,15 +29,6 @@ class Resolved:
 
     addresses: Mapping[str, str] = field(default_factory=dict)
     errors: Mapping[str, str] = field(default_factory=dict)
-
-
-def ip_literal(address: str) -> str | None:
-    """The address itself when it is an IPv4/IPv6 literal, else None."""
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
-        return None
-    return address
 
 
 def _special(name: str) -> str | None:

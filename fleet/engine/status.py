@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fleet.config.spec import LbSpec
@@ -11,49 +10,15 @@ from fleet.core.errors import FleetError
 from fleet.engine.lb import Balancers
 from fleet.engine.nodes import NodeReport
 from fleet.engine.state import observe
-from fleet.engine.vrrp import VipStatus
 from fleet.node.haproxy.render import backend_name
 from fleet.node.haproxy.stats import StatRow
-from fleet.plan.reconcile import Replica
+from fleet.results.status import FleetStatus as FleetStatus
+from fleet.results.status import ReplicaStatus as ReplicaStatus
+from fleet.results.status import ServiceStatus as ServiceStatus
 from fleet.transport import Pool
 
 if TYPE_CHECKING:
     from fleet.engine.apply import Records
-
-
-@dataclass(frozen=True)
-class ReplicaStatus:
-    replica: Replica
-    address: str
-    lb_health: dict[str, str] = field(default_factory=dict)  # lb node → up/down/drain/maint/nocheck
-
-
-@dataclass(frozen=True)
-class ServiceStatus:
-    name: str
-    replicas: tuple[ReplicaStatus, ...]
-    endpoints: tuple[str, ...]
-    # HAProxy's cumulative counters of the service's servers summed over the lb nodes that answered: (requests,
-    # 5xx responses); the TUI charts their rates between two reads.
-    requests: tuple[int, int] = (0, 0)
-
-    @property
-    def running(self) -> int:
-        return sum(1 for r in self.replicas if r.replica.running)
-
-    @property
-    def healthy(self) -> int:
-        return sum(1 for r in self.replicas if r.replica.running and r.lb_health
-                   and all(h == "up" for h in r.lb_health.values()))
-
-
-@dataclass(frozen=True)
-class FleetStatus:
-    services: tuple[ServiceStatus, ...]
-    errors: dict[str, str]
-    lb_errors: dict[str, str]
-    # The fleet's virtual IP and which lb node holds it (None: the inventory has none).
-    vip: VipStatus | None = None
 
 
 async def accepted_lb(records: Records, services: set[str]) -> dict[str, LbSpec | None]:

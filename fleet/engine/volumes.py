@@ -9,9 +9,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal
 
 from fleet.config.spec import ServiceSpec
 from fleet.config.volumes import STORAGE_ROLE, storage_of
@@ -23,9 +21,11 @@ from fleet.engine.nodes import NO_RUNTIME, NOT_ANSWERING, READY, NodeReport
 from fleet.node import storage as S
 from fleet.node.paths import NOT_TMPFS_EXIT, write_file, write_secret_file
 from fleet.plan.volumes import VolumeView
+from fleet.results.volumes import Kind as Kind
+from fleet.results.volumes import VolumeListing as VolumeListing
+from fleet.results.volumes import VolumeRow as VolumeRow
 from fleet.transport import Pool
 
-Kind = Literal["local", "sshfs"]
 # A backup or restore moves the whole volume at the network's speed; the deadline only ends a stalled one.
 TRANSFER_TIMEOUT = 3600.0
 
@@ -43,31 +43,6 @@ def _failure(result: CommandResult) -> str:
 
 
 # ---- listing ----------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class VolumeRow:
-    """One volume directory: `local` on a worker (its data is there only), `sshfs` on a storage node. `users`:
-    the fleet containers that mount it (for `local`, the service's containers on that node; for `sshfs`, the
-    service's containers on any node), as `node/container id`."""
-
-    node: str
-    kind: Kind
-    service: str
-    name: str
-    size: int | None
-    path: str
-    users: tuple[str, ...] = ()
-
-    @property
-    def ref(self) -> str:
-        return f"{self.service}/{self.name}"
-
-
-@dataclass(frozen=True)
-class VolumeListing:
-    rows: tuple[VolumeRow, ...]
-    errors: MappingProxyType[str, str] = field(default_factory=lambda: MappingProxyType({}))
-
 
 def _usable(r: NodeReport) -> bool:
     """Ready, or a storage node that answers without a container runtime (it only keeps files)."""

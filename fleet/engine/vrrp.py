@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass, field
 
 from fleet.core.errors import LbError, ScriptOutputError
 from fleet.core.model import Node, Vrrp
@@ -21,6 +20,7 @@ from fleet.node.keepalived import (
     status_script,
     stop_script,
 )
+from fleet.results.status import VipStatus as VipStatus
 from fleet.transport import Pool
 
 APPLY_TIMEOUT = 20.0
@@ -31,21 +31,6 @@ _FAILED = {
     "locked": "another apply holds the keepalived lock on this node",
     "missing": "keepalived is not installed (Debian: apt install keepalived)",
 }
-
-
-@dataclass(frozen=True)
-class VipStatus:
-    """The virtual IP, and per lb node: its keepalived state, or why it could not be read."""
-
-    address: str
-    states: dict[str, VrrpState] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def holders(self) -> list[str]:
-        """The lb nodes that hold the address now: one when all is well, none during a move (or with every
-        HAProxy down), two only while a split lasts."""
-        return sorted(name for name, st in self.states.items() if st.holds)
 
 
 def fleet_vrrp(nodes: list[Node]) -> Vrrp | None:

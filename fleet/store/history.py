@@ -16,15 +16,16 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast, get_args
 
+from fleet.core.dirs import state_dir
 from fleet.core.errors import (
     HistoryError,
 )
+from fleet.results.records import Revision as Revision
+from fleet.results.records import RevisionOutcome as RevisionOutcome
 
-RevisionOutcome = Literal["in-progress", "succeeded", "failed", "rolled-back", "aborted"]
 FinalOutcome = Literal["succeeded", "failed", "rolled-back", "aborted"]
 OUTCOMES: tuple[str, ...] = get_args(RevisionOutcome)
 FINAL_OUTCOMES: tuple[str, ...] = get_args(FinalOutcome)
@@ -61,22 +62,6 @@ _MIGRATIONS: dict[int, str] = {
 }
 
 
-@dataclass(frozen=True)
-class Revision:
-    """One applied spec of a service and how its rollout ended; times are Unix seconds."""
-
-    service: str
-    revision: int
-    spec_hash: str
-    image: str
-    user: str
-    created_at: float
-    finished_at: float | None
-    outcome: RevisionOutcome
-    reason: str
-    spec_json: str
-
-
 def same_revision(a: str, b: str) -> bool:
     """Whether two recorded specs (JSON) are one revision: equal but for the replica count."""
     x, y = json.loads(a), json.loads(b)
@@ -88,13 +73,7 @@ def same_revision(a: str, b: str) -> bool:
 
 def default_path(env: Mapping[str, str] | None = None) -> Path:
     """`$FLEET_STATE_DIR/history.db`, else `$XDG_STATE_HOME/fleet/history.db`, else `~/.local/state/fleet/…`."""
-    env = os.environ if env is None else env
-    if env.get("FLEET_STATE_DIR"):
-        return Path(env["FLEET_STATE_DIR"]) / FILE_NAME
-    if env.get("XDG_STATE_HOME"):
-        return Path(env["XDG_STATE_HOME"]) / "fleet" / FILE_NAME
-    home = env.get("HOME") or str(Path.home())
-    return Path(home) / ".local" / "state" / "fleet" / FILE_NAME
+    return state_dir(env) / FILE_NAME
 
 
 def _make_dirs(directory: Path) -> None:

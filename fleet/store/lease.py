@@ -20,11 +20,12 @@ from collections import Counter
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal, TypeAlias, cast, get_args
+from typing import Literal, cast, get_args
 
 from fleet.core.errors import LeaseError, LeaseHeld, LeaseInfo, LeaseLost
 from fleet.core.model import CommandResult, Node
 from fleet.core.shell import Script
+from fleet.results.records import NodeLease
 from fleet.store.nodes import DEFAULT_BASE_DIR, clean, failure, majority, node_dir
 from fleet.transport import Pool, fanout
 
@@ -175,8 +176,6 @@ def _int(text: str, what: str) -> int:
     return int(text)
 
 
-NodeLease: TypeAlias = tuple[str, "LeaseInfo | str | None"]
-"""(node, its lease) where the lease is a LeaseInfo, None when free, or why the node could not be read."""
 
 
 async def _each(pool: Pool, nodes: Sequence[Node], op: Op, base_dir: str, timeout: float, *, token: str = "",

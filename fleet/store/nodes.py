@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fleet.core.model import CommandResult, Inventory, Node
 from fleet.node.paths import DEFAULT
+from fleet.results.records import majority as majority
 
 DEFAULT_BASE_DIR = DEFAULT.base
 RECORDS_LABEL = "fleet.records"
@@ -30,11 +31,6 @@ def node_dir(base_dir: str, node: Node) -> str:
     """The node's base directory: `base_dir` with `{node}` replaced by the node's name (several test nodes
     share one machine, each needs its own directory)."""
     return base_dir.replace("{node}", node.name)
-
-
-def majority(count: int) -> int:
-    """How many of `count` record nodes make a strict majority (1 of 1, 2 of 2 or 3, 3 of 4 or 5)."""
-    return count // 2 + 1
 
 
 def failure(result: CommandResult) -> str | None:

@@ -16,10 +16,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
 
+from fleet.config.spec import ServiceSpec, with_secret_digests
 from fleet.core.errors import KeyringLocked, KeyringUnavailable, SecretMissing, SecretStoreError
+from fleet.results.secrets import Secret as Secret
+from fleet.results.secrets import SecretRef
 
 SERVICE = "fleet"
 # The fleet's digest key, beside the secrets. A secret's name cannot start with "_", so no secret is this.
@@ -27,21 +29,6 @@ DIGEST_KEY = "_digest-key"
 DIGEST_HEX = 32  # 128 bits of HMAC-SHA256
 HOWTO = ("see README \"Secrets\": under cron or a service set PYTHON_KEYRING_BACKEND to a file backend "
          "(keyrings.alt), or run inside an unlocked Secret Service session")
-
-
-@dataclass(frozen=True)
-class Secret:
-    """A secret value; its repr and str never show it."""
-
-    value: str = field(repr=False)
-
-    def __repr__(self) -> str:
-        return "Secret(***)"
-
-    __str__ = __repr__
-
-    def reveal(self) -> str:
-        return self.value
 
 
 def _mapped(exc: Exception, doing: str) -> SecretStoreError:
@@ -150,3 +137,42 @@ def secret_digests(names: Iterable[str], get: Callable[[str], str | None] = get_
             raise SecretMissing(f"secret {name!r} is not in the keyring: set it with `fleet secret set {name}`")
         out[name] = secret_digest(k, name, value)
     return out
+
+
+def secret_check(specs: Sequence[ServiceSpec]) -> list[SecretRef]:
+    """Every (service, secret) the specs reference, sorted, with whether the keyring has the secret."""
+    wanted = sorted({(s.name, n) for s in specs for n in s.secret_names()})
+    found = {n: get_secret(n) is not None for _, n in wanted}
+    return [SecretRef(service, n, found[n]) for service, n in wanted]
+
+
+def stamped(specs: Sequence[ServiceSpec], get: Callable[[str], str | None] | None = None) -> list[ServiceSpec]:
+    """The specs with the keyed digests of their secrets' current values (read with `get`, default the keyring),
+    so a rotated secret is a changed spec (its replicas roll) and a changed intent (reconcile tries it). A secret
+    the keyring lacks gets no digest (its service fails where it starts, naming it); a keyring that cannot be
+    read raises KeyringUnavailable or KeyringLocked before anything changes."""
+    names = sorted({n for s in specs for n in s.secret_names()})
+    if not names:
+        return list(specs)
+    get = get or get_secret
+    key = digest_key()
+    digests = {}
+    for name in names:
+        value = get(name)
+        if value is not None:
+            digests[name] = secret_digest(key, name, value)
+    return [with_secret_digests(s, digests) for s in specs]
+
+
+def stamped_for(specs: Sequence[ServiceSpec], command: str,
+                get: Callable[[str], str | None] | None = None) -> tuple[list[ServiceSpec], dict[str, str]]:
+    """`stamped(specs)`, and the services left out with why. When the keyring cannot be read, `reconcile`
+    (cron, a timer, `fleet watch`) still converges the services that use no secret, and names the others:
+    they keep running as they are, since whether a secret was rotated cannot be told. `apply` raises."""
+    try:
+        return stamped(specs, get), {}
+    except SecretStoreError as exc:
+        if command != "reconcile":
+            raise
+        return ([s for s in specs if not s.secret_names()],
+                {s.name: f"not reconciled: {exc}" for s in specs if s.secret_names()})

@@ -46,7 +46,7 @@ from fleet.tui.widgets import (
 )
 
 if TYPE_CHECKING:
-    from fleet.api import Event
+    from fleet.results import Event
 
 VERBS: frozenset[str] = frozenset(
     {"scale", "restart", "rollback", "promote", "abort", "destroy", "cordon", "uncordon", "drain", "exec"})

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from fleet.core.units import format_cpu, short_size
 
 if TYPE_CHECKING:
-    from fleet.api import Event, FleetStatus, NodeReport, Revision, ServiceStatus
+    from fleet.results import Event, FleetStatus, NodeReport, Revision, ServiceStatus
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from textual.app import ComposeResult
 
-    from fleet.api import Event, Revision
+    from fleet.results import Event, Revision
     from fleet.tui.data import Action, ActionResult, Source
 
 

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, cast
 
+from fleet.api import Reader
 from fleet.config.spec import from_playbook_dict
 from fleet.core.errors import FleetError
 from fleet.plan.rollout.decide import ServiceState
@@ -34,10 +35,11 @@ from fleet.tui.data import (
 )
 
 if TYPE_CHECKING:
-    from fleet.api import Fleet, FleetStatus, NodeReport, Revision, RunResult
+    from fleet.api import Fleet
     from fleet.config.spec import ServiceSpec
+    from fleet.results import FleetStatus, Revision, RunResult
 
-# `fleet.watch.client.ask` (inventory path, op) -> the watcher's answer, or None when no watcher answers.
+# `fleet.api.ask_watcher` (inventory path, op) -> the watcher's answer, or None when no watcher answers.
 Watcher = Callable[[str, Literal["nodes", "status"]], Awaitable[Any]]
 
 
@@ -52,18 +54,6 @@ class FleetSource:
         self.watcher = watcher
         self._specs: dict[tuple[str, int], ServiceSpec] = {}
 
-    async def _watched(self) -> tuple[list[NodeReport], FleetStatus] | None:
-        """Node reports and status from a `fleet watch` running on this controller for this inventory (its warm
-        connections), or None when none answers."""
-        if self.watcher is None:
-            return None
-        path = self.fleet.inventory.path
-        reports = await self.watcher(path, "nodes")
-        st = await self.watcher(path, "status") if reports is not None else None
-        if reports is None or st is None:
-            return None
-        return list(reports), st
-
     # --- reading ------------------------------------------------------------------------------------------
     async def collect(self, partial: Callable[[Snapshot], None] | None = None) -> Snapshot:
         """Node facts and the fleet's records (read again: another controller may have changed them), then
@@ -71,19 +61,17 @@ class FleetSource:
         never an exception. `partial` gets the nodes as soon as they are read (the first screen)."""
         started = time.perf_counter()
         errors: dict[str, str] = {}
-        watched = await self._watched()
-        if watched:
-            reports = watched[0]
-            await self._refresh_records(errors)
-        else:
-            reports, _ = await asyncio.gather(self.fleet.nodes(), self._refresh_records(errors))
+        # The one read path: a `fleet watch` on this controller for this inventory lends its warm connections,
+        # else this UI's own pool.
+        read = Reader(self.fleet.inventory.path, self.fleet, ask=self.watcher)
+        reports, _ = await asyncio.gather(read.nodes(), self._refresh_records(errors))
         errors.update(node_errors(reports))
         if partial is not None:
             partial(Snapshot(tuple(reports), None, errors, datetime.now(), time.perf_counter() - started))
         st: FleetStatus | None
         records: dict[str, ServiceRecord] = {}
         try:
-            st = watched[1] if watched else await self.fleet.status(reports)
+            st = await read.status(reports)
         # The view must outlive one bad read: any failure of the status pass becomes a line in the status bar.
         except Exception as exc:
             st = None
@@ -96,7 +84,7 @@ class FleetSource:
             except FleetError as exc:
                 errors["records"] = str(exc)
         return Snapshot(tuple(reports), st, errors, datetime.now(), time.perf_counter() - started, records,
-                        via="fleet watch" if watched else "")
+                        via=read.via)
 
     async def _refresh_records(self, errors: dict[str, str]) -> None:
         try:

@@ -20,7 +20,7 @@ from fleet.tui.data import Series, cpu_text, rate_text, size_text
 if TYPE_CHECKING:
     from textual.app import ComposeResult
 
-    from fleet.api import Event, NodeReport, Revision, ServiceStatus
+    from fleet.results import Event, NodeReport, Revision, ServiceStatus
     from fleet.tui.data import ServiceRecord, Snapshot
 
 STATUS_STYLE = {"ready": "green", "unreachable": "red", "no runtime": "yellow", "runtime not answering": "red",

@@ -27,25 +27,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleet.api import Fleet, lease_ttl
+from fleet.api import Fleet, Lease, lease_ttl
 from fleet.config.spec import ServiceSpec, load_playbooks
 from fleet.core.errors import ConfigError, FleetError, LeaseError, LeaseHeld, LeaseLost
 from fleet.core.model import Inventory
-from fleet.engine.lb import Balancers
-from fleet.engine.nodes import NodeReport
-from fleet.engine.state import observe
 from fleet.node.haproxy.render import backend_name
+from fleet.node.paths import DEFAULT
 from fleet.plan.reconcile import Replica, duplicates
-from fleet.results import Event
-from fleet.store.lease import Lease
-from fleet.store.nodes import DEFAULT_BASE_DIR, record_nodes
-from fleet.transport import Pool
+from fleet.results import Event, NodeReport
 from fleet.watch.events import ContainerEvent, follow
 from fleet.watch.grace import DEFAULT_GRACE, Grace, GraceView
 from fleet.watch.notify import sd_notify
 from fleet.watch.server import serving
 
-WATCH_BASE_DIR = f"{DEFAULT_BASE_DIR}/watch"
+WATCH_BASE_DIR = f"{DEFAULT.base}/watch"
 Log = Callable[..., None]
 
 
@@ -117,12 +112,14 @@ def should_act(look: Look, *, first: bool, acted: frozenset[Any] | None, since_a
 
 
 class Watcher:
-    """The loop behind `fleet watch` (see the module docstring); `log(event, **fields)` receives every line."""
+    """The loop behind `fleet watch` (see the module docstring), a client of the façade: `base` gives the
+    inventory and the warm pool, each round reads through a fresh Fleet on it. `log(event, **fields)` receives
+    every line."""
 
-    def __init__(self, inventory: Inventory, pool: Pool, options: WatchOptions, log: Log,
+    def __init__(self, base: Fleet, options: WatchOptions, log: Log,
                  on_ready: Callable[[], None] | None = None) -> None:
-        self.inventory = inventory
-        self.pool = pool
+        self.base = base
+        self.inventory = base.inventory
         self.options = options
         self.log = log
         self.on_ready = on_ready or (lambda: None)
@@ -177,19 +174,15 @@ class Watcher:
         """Read the fleet over the warm pool: facts, containers, HAProxy's server states."""
         reports = await fleet.nodes(ports=True)
         self._latest = (time.monotonic(), reports)
-        obs = await observe(self.pool, reports)
+        obs = await fleet.observe(reports)
         workers = {r.node.name for r in reports if r.node.has_role("worker")}
         lost = frozenset(n for n in workers if n in obs.errors)
         self.grace, view = self.grace.update(time.monotonic(), workers - lost, lost, obs.replicas)
-        lbs = Balancers(self.pool, reports)
-        stats = await asyncio.gather(*(lb.stats() for lb in lbs.nodes), return_exceptions=True)
         ids = {r.id: r for r in obs.replicas}
         held = {r.id for r in view.held}
         down: set[tuple[str, str]] = set()
-        for rows in stats:
-            if isinstance(rows, BaseException):
-                if not isinstance(rows, Exception):
-                    raise rows
+        for rows in await fleet.lb_rows(reports):
+            if rows is None:
                 continue  # an lb node that cannot be read shows in `fleet status`; nothing to heal from here
             for row in rows:
                 r = ids.get(row.name)
@@ -269,7 +262,7 @@ class Watcher:
         return wake
 
     def fleet(self) -> Fleet:
-        return Fleet(self.inventory, self.pool, on_event=self._on_event, command="fleet watch")
+        return self.base.fresh(on_event=self._on_event, command="fleet watch")
 
     async def once(self) -> bool:
         """`fleet watch --once`: one round that reconciles whatever it finds (as `fleet reconcile`; with no
@@ -282,7 +275,7 @@ class Watcher:
         """Rounds while this watcher holds the watcher's lease; returns when it is lost (raises LeaseLost)."""
         fleet = self.fleet()
         # The event streams belong to this active period: cancelled (and awaited) when it ends, however it ends.
-        streams = [asyncio.create_task(follow(self.pool, n, self._on_drift(n.name)), name=f"events-{n.name}")
+        streams = [asyncio.create_task(follow(fleet, n, self._on_drift(n.name)), name=f"events-{n.name}")
                    for n in self.inventory.nodes if n.has_role("worker")] if self.options.events else []
         try:
             while True:
@@ -310,11 +303,8 @@ class Watcher:
     async def run(self) -> None:
         """Standby until the watcher's lease is free, then active; forever (cancel it to stop: the lease is
         released on the way out)."""
-        nodes = record_nodes(self.inventory)
-        if not nodes:
-            raise LeaseError("no record node to keep the watcher's lease")
         ttl = lease_ttl()
-        lease = Lease(self.pool, nodes, command="fleet watch", ttl=ttl, base_dir=self.options.lease_base_dir)
+        lease = self.base.watcher_lease(self.options.lease_base_dir, ttl)
         holder: str | None = None
         while True:
             try:
@@ -357,13 +347,14 @@ async def watch(inventory: Inventory, options: WatchOptions, log: Log, *, once: 
         loop.add_signal_handler(sig, stop, sig.name)
     try:
         # One connect attempt with a short deadline: a node that does not answer costs a round that long.
-        async with Pool(connect_timeout=connect_timeout, connect_attempts=1) as pool:
-            watcher = Watcher(inventory, pool, options, log, on_ready=_ready)
+        async with Fleet.connect(inventory, connect_timeout=connect_timeout, connect_attempts=1,
+                                 command="fleet watch") as base:
+            watcher = Watcher(base, options, log, on_ready=_ready)
             if once:
                 return 0 if await watcher.once() else 1
             async with contextlib.AsyncExitStack() as stack:
                 if serve:
-                    await stack.enter_async_context(serving(inventory, pool, log, recent=watcher.recent))
+                    await stack.enter_async_context(serving(base, log, recent=watcher.recent))
                 log("start", message="fleet watch", inventory=inventory.path, playbooks=list(options.playbooks),
                     interval=options.interval, node_grace=options.node_grace, events=options.events)
                 await watcher.run()

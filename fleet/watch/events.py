@@ -13,10 +13,13 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fleet.core.errors import FleetError
 from fleet.core.model import Node
-from fleet.transport import Pool
+
+if TYPE_CHECKING:
+    from fleet.api import Fleet
 
 # Topics after which what runs may differ from what was wanted: a task ended, was deleted, ran out of memory, or a
 # container was removed behind fleet's back.
@@ -63,13 +66,13 @@ def is_drift(event: ContainerEvent, namespace: str) -> bool:
     return event.namespace == namespace and event.topic in DRIFT_TOPICS
 
 
-async def follow(pool: Pool, node: Node, on_drift: Callable[[ContainerEvent], None], *,
+async def follow(fleet: Fleet, node: Node, on_drift: Callable[[ContainerEvent], None], *,
                  retry: float = 2.0) -> None:
     """Follow one node's events until cancelled; reconnects after `retry` seconds when the stream ends or the
     node cannot be reached (the SSH keepalive ends a stream whose node stopped answering)."""
     while True:
         try:
-            async with pool.stream(node, events_argv(node.namespace)) as lines:
+            async with fleet.stream(node, events_argv(node.namespace)) as lines:
                 async for line in lines:
                     event = parse_event(line)
                     if event is not None and is_drift(event, node.namespace):

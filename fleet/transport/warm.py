@@ -1,6 +1,7 @@
-"""One-shot reads through a running `fleet watch`'s warm connections, over a local unix socket.
+"""The second way to reach a fleet: through a running `fleet watch`'s warm connections, over a local unix socket
+(`ask` on the reading side, `serve` on the watcher's). The façade's Reader uses it before opening a pool.
 
-The socket is `<state dir>/watch-<inventory hash>.sock` (the state dir of fleet.store.history: $FLEET_STATE_DIR,
+The socket is `<state dir>/watch-<inventory hash>.sock` (fleet.core.dirs.state_dir: $FLEET_STATE_DIR,
 else $XDG_STATE_HOME/fleet, else ~/.local/state/fleet), mode 0600 in a 0700 directory; a watcher serves only the
 inventory it runs for. `ask()` returns None whenever no watcher answers for this inventory (no socket, a stale
 one, another inventory, another user's socket, an error): the caller then opens its own connections.
@@ -10,12 +11,13 @@ the result as pickle (NodeReport, FleetStatus, PsResult are plain frozen datacla
 travel as dicts and come back read-only, see `dumps`). The bytes come only from a
 socket owned by this user in this user's own 0600 state directory, so they are as trusted as the user's files.
 
-For the terminal UI: `await ask(inventory_path, "status")` gives the FleetStatus `Fleet.status()` would, or None.
+`await ask(inventory_path, "status")` gives the FleetStatus `Fleet.status()` would, or None.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copyreg
 import hashlib
 import io
@@ -23,10 +25,13 @@ import json
 import os
 import pickle
 import stat
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
+
+from fleet.core.dirs import state_dir
+from fleet.core.errors import FleetError
 
 Op = Literal["nodes", "status", "ps"]
 ASK_TIMEOUT = 30.0
@@ -46,13 +51,6 @@ def dumps(result: Any) -> bytes:
     pickler.dispatch_table = {**copyreg.dispatch_table, MappingProxyType: lambda m: (read_only, (dict(m),))}
     pickler.dump(result)
     return out.getvalue()
-
-
-def state_dir() -> Path:
-    """The controller's state directory (where fleet.store.history keeps its cache)."""
-    from fleet.store.history import default_path
-
-    return default_path().parent
 
 
 def inventory_key(inventory_path: str) -> str:
@@ -100,3 +98,53 @@ async def ask(inventory_path: str | None, op: Op, *, timeout: float = ASK_TIMEOU
     except (OSError, ValueError, KeyError, TypeError, EOFError, TimeoutError, asyncio.IncompleteReadError,
             pickle.UnpicklingError, AttributeError, ImportError):
         return None
+
+
+Log = Callable[..., None]
+Reply = Callable[[str, dict[str, Any]], Awaitable[Any]]
+
+
+@contextlib.asynccontextmanager
+async def serve(inventory_path: str, log: Log, reply: Reply) -> AsyncIterator[Path]:
+    """Serve this inventory's socket for the block: each request's answer is `reply(op, args)` (a FleetError,
+    ValueError or TypeError it raises is sent back as "not ok"); the socket file is removed on the way out."""
+    path = socket_path(inventory_path)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path.parent, 0o700)
+    me = inventory_key(inventory_path)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = json.loads(await reader.readline())
+            if not isinstance(request, dict) or request.get("inventory") != me:
+                header: dict[str, Any] = {"ok": False, "error": "this watcher serves another inventory"}
+                body = b""
+            else:
+                body = dumps(await reply(str(request.get("op")), dict(request.get("args") or {})))
+                header = {"ok": True, "size": len(body)}
+        except (FleetError, ValueError, TypeError) as exc:
+            header, body = {"ok": False, "error": str(exc)}, b""
+        try:
+            writer.write(json.dumps(header).encode() + b"\n" + body)
+            await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    old = os.umask(0o177)
+    try:
+        server = await asyncio.start_unix_server(handle, path=str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    log("socket", message="one-shot commands use this watcher's connections", path=str(path))
+    try:
+        yield path
+    finally:
+        server.close()
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        await server.wait_closed()
