@@ -1,0 +1,243 @@
+"""etcdctl's `-w json` output (3.4) read into values: keys, ranges, transactions, leases, watch batches, members.
+
+Pure parsers, each raising ValueError naming what it expected; `fleet.node.etcd` builds the commands they read.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    """One key as etcd holds it; `value` is the raw text (JSON decoding is the store's, which names the key)."""
+
+    key: str
+    value: str
+    create_revision: int
+    mod_revision: int
+    version: int
+    lease: int = 0
+
+
+@dataclass(frozen=True)
+class Range:
+    """A `get`: the store's revision when read and the keys found."""
+
+    revision: int
+    kvs: tuple[KeyValue, ...]
+
+
+@dataclass(frozen=True)
+class TxnResult:
+    """A transaction: which branch ran, the revision after it, and the branch's answers in order (a `Range` for
+    a get, the deleted count for a del, None for a put)."""
+
+    succeeded: bool
+    revision: int
+    responses: tuple[Range | int | None, ...]
+
+
+@dataclass(frozen=True)
+class LeaseGrant:
+    id: int
+    ttl: int
+
+
+@dataclass(frozen=True)
+class LeaseTtl:
+    """A lease's remaining seconds by the server's clock; `ttl` -1 means expired or revoked."""
+
+    id: int
+    ttl: int
+    granted_ttl: int
+    keys: tuple[str, ...] = ()
+
+    @property
+    def alive(self) -> bool:
+        return self.ttl > 0
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """One change a watch saw: a put (the key as it is now) or a delete (only key and mod_revision are set)."""
+
+    kind: Literal["put", "delete"]
+    kv: KeyValue
+
+
+@dataclass(frozen=True)
+class WatchBatch:
+    """One line of `etcdctl watch -w json`: the events of one or more revisions, up to `revision`.
+    `compacted` is set (and the watch ends) when the revision asked for is older than etcd still keeps: the
+    reader must read everything afresh and watch from there."""
+
+    revision: int
+    events: tuple[WatchEvent, ...]
+    compacted: int = 0
+    canceled: bool = False
+
+
+@dataclass(frozen=True)
+class EtcdMember:
+    id: int
+    name: str
+    peer_urls: tuple[str, ...]
+    client_urls: tuple[str, ...]
+
+
+def _json(text: str, what: str) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{what}: not JSON ({exc.msg} at {exc.pos}): {text[:200]!r}") from exc
+
+
+def _obj(value: object, what: str) -> Mapping[str, object]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{what}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _int(doc: Mapping[str, object], name: str, what: str, default: int | None = None) -> int:
+    value = doc.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what}: {name}: expected an integer, got {value!r}")
+    return value
+
+
+def _b64(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{what}: expected base64 text, got {value!r}")
+    try:
+        return base64.b64decode(value, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise ValueError(f"{what}: not base64 of UTF-8 text: {value[:80]!r}") from exc
+
+
+def _revision(doc: Mapping[str, object], what: str) -> int:
+    return _int(_obj(doc.get("header"), f"{what}: header"), "revision", what)
+
+
+def _kv(raw: object) -> KeyValue:
+    doc = _obj(raw, "etcd key")
+    key = _b64(doc.get("key"), "etcd key")
+    what = f"etcd key {key}"
+    return KeyValue(key, _b64(doc.get("value", ""), what), _int(doc, "create_revision", what),
+                    _int(doc, "mod_revision", what), _int(doc, "version", what), _int(doc, "lease", what, 0))
+
+
+def _range(doc: Mapping[str, object], what: str) -> Range:
+    kvs = doc.get("kvs", [])
+    if not isinstance(kvs, list):
+        raise ValueError(f"{what}: kvs: expected a list, got {kvs!r}")
+    return Range(_revision(doc, what), tuple(_kv(kv) for kv in kvs))
+
+
+def parse_get(text: str) -> Range:
+    return _range(_obj(_json(text, "etcdctl get"), "etcdctl get"), "etcdctl get")
+
+
+def parse_watch_line(line: str) -> WatchBatch:
+    what = "etcdctl watch"
+    doc = _obj(_json(line, what), what)
+    header = _obj(doc.get("Header"), f"{what}: Header")
+    raw = doc.get("Events") or []
+    if not isinstance(raw, list):
+        raise ValueError(f"{what}: Events: expected a list, got {raw!r}")
+    events = []
+    for item in raw:
+        ev = _obj(item, f"{what} event")
+        kind = ev.get("type", 0)
+        if kind not in (0, 1):
+            raise ValueError(f"{what}: unknown event type {kind!r}")
+        kv = _obj(ev.get("kv"), f"{what} event")
+        key = _b64(kv.get("key"), f"{what} key")
+        where = f"{what} key {key}"
+        events.append(WatchEvent("put" if kind == 0 else "delete", KeyValue(
+            key, _b64(kv.get("value", ""), where), _int(kv, "create_revision", where, 0),
+            _int(kv, "mod_revision", where), _int(kv, "version", where, 0), _int(kv, "lease", where, 0))))
+    canceled = doc.get("Canceled", False)
+    if not isinstance(canceled, bool):
+        raise ValueError(f"{what}: Canceled: expected a boolean, got {canceled!r}")
+    # A canceled watch's header carries no revision.
+    return WatchBatch(_int(header, "revision", what, 0), tuple(events), _int(doc, "CompactRevision", what, 0),
+                      canceled)
+
+
+def parse_txn(text: str) -> TxnResult:
+    doc = _obj(_json(text, "etcdctl txn"), "etcdctl txn")
+    raw = doc.get("responses", [])
+    if not isinstance(raw, list):
+        raise ValueError(f"etcdctl txn: responses: expected a list, got {raw!r}")
+    answers: list[Range | int | None] = []
+    for item in raw:
+        one = _obj(_obj(item, "etcdctl txn response").get("Response"), "etcdctl txn response")
+        if "ResponseRange" in one:
+            answers.append(_range(_obj(one["ResponseRange"], "txn get"), "txn get"))
+        elif "ResponseDeleteRange" in one:
+            answers.append(_int(_obj(one["ResponseDeleteRange"], "txn del"), "deleted", "txn del", 0))
+        elif "ResponsePut" in one:
+            answers.append(None)
+        else:
+            raise ValueError(f"etcdctl txn: unknown response {sorted(one)}")
+    succeeded = doc.get("succeeded", False)
+    if not isinstance(succeeded, bool):
+        raise ValueError(f"etcdctl txn: succeeded: expected a boolean, got {succeeded!r}")
+    return TxnResult(succeeded, _revision(doc, "etcdctl txn"), tuple(answers))
+
+
+def parse_lease_grant(text: str) -> LeaseGrant:
+    doc = _obj(_json(text, "etcdctl lease grant"), "etcdctl lease grant")
+    if doc.get("Error"):
+        raise ValueError(f"etcdctl lease grant: {doc['Error']}")
+    return LeaseGrant(_int(doc, "ID", "etcdctl lease grant"), _int(doc, "TTL", "etcdctl lease grant"))
+
+
+def parse_keepalive(text: str) -> int:
+    """The renewed lease's ttl in seconds (etcdctl exits non-zero, with no JSON, for a lease that is gone)."""
+    return _int(_obj(_json(text, "etcdctl lease keep-alive"), "etcdctl lease keep-alive"), "TTL",
+                "etcdctl lease keep-alive")
+
+
+def parse_timetolive(text: str) -> LeaseTtl:
+    what = "etcdctl lease timetolive"
+    doc = _obj(_json(text, what), what)
+    keys = doc.get("keys") or []
+    if not isinstance(keys, list):
+        raise ValueError(f"{what}: keys: expected a list, got {keys!r}")
+    return LeaseTtl(_int(doc, "id", what), _int(doc, "ttl", what), _int(doc, "granted-ttl", what),
+                    tuple(_b64(k, what) for k in keys))
+
+
+def parse_member_list(text: str) -> tuple[EtcdMember, ...]:
+    what = "etcdctl member list"
+    members = _obj(_json(text, what), what).get("members", [])
+    if not isinstance(members, list):
+        raise ValueError(f"{what}: members: expected a list, got {members!r}")
+    out = []
+    for raw in members:
+        m = _obj(raw, what)
+        peers, clients = m.get("peerURLs") or [], m.get("clientURLs") or []
+        if not isinstance(peers, list) or not isinstance(clients, list):
+            raise ValueError(f"{what}: URLs: expected lists, got {peers!r}, {clients!r}")
+        name = m.get("name", "")
+        out.append(EtcdMember(_int(m, "ID", what), name if isinstance(name, str) else "",
+                              tuple(map(str, peers)), tuple(map(str, clients))))
+    return tuple(out)
+
+
+LEASE_GONE = "requested lease not found"
+
+
+def error_line(stderr: str) -> str:
+    """etcdctl's reason for a failure, in one line: its last `Error:` line (the gRPC retry warnings before it
+    are noise), else the last line."""
+    lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("Error:")]
+    return (errors or lines or ["no output"])[-1]
