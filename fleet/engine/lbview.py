@@ -80,8 +80,9 @@ async def proposed_configs(engine: object, specs: Sequence[ServiceSpec]) -> dict
 
     assert isinstance(engine, Engine)
     await engine.follow_records(set())
+    rotation = engine.view.rotation
     for spec in specs:
-        engine.rotation.follow(spec)
+        rotation.follow(spec)
     current = {c.node: c for c in await read_configs(engine)}
     out: dict[str, tuple[str | None, str]] = {}
     for lb in engine.lbs.nodes:
@@ -91,17 +92,16 @@ async def proposed_configs(engine: object, specs: Sequence[ServiceSpec]) -> dict
             raise LbError(name, f"cannot read its HAProxy config: {now.error}")
         now_text = now.text if now is not None else None
         served = tls_in_config(now_text or "")
-        edge = engine.lbs.edge
-        if edge is not None and not edge.acme_ready:
-            # The token map is rendered once apply has made it on the nodes (see Edge.prepare).
-            edge.acme_ready = "acme_token" in (now_text or "") or any(
-                s.tls_source is not None and s.tls_source.acme for s in engine.rotation.services(engine.lbs.addresses))
+        services = rotation.services(engine.lbs.addresses)
+        if engine.lbs.edge is not None:
+            engine.lbs.edge.expect_acme("acme_token" in (now_text or "") or any(
+                s.tls_source is not None and s.tls_source.acme for s in services))
         tls: dict[str, LbTls] = {}
-        for svc in engine.rotation.services(engine.lbs.addresses):
+        for svc in services:
             src = svc.tls_source
             if src is not None and svc.name in served:
                 tls[svc.name] = replace(LbTls(cert_file(svc.name), served[svc.name]), redirect=src.redirect,
                                         hsts=src.hsts)
-        text = config(engine.rotation, engine.lbs.addresses, engine.lbs.addresses[name], engine.lbs.edge, tls)
+        text = config(rotation, engine.lbs.addresses, engine.lbs.addresses[name], engine.lbs.edge, tls)
         out[name] = (now_text, text)
     return out
