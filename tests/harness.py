@@ -62,7 +62,7 @@ class FakeOps:
     ("route", "stop", ...) → error raised by the next such step; `on_start`: called with each replica started
     (before it is ready); `delay`: how long a start takes (so services' batches overlap), `most` the starts seen
     under way at once. `peak` / `low` per service: the most replicas running and the fewest serving (ready, not
-    draining) seen after the first change."""
+    draining) seen after the first change; `cpu_peak` per node: the most CPU its running replicas reserved."""
 
     balanced: bool = False
     not_ready: dict[str, str] = field(default_factory=dict)
@@ -76,6 +76,7 @@ class FakeOps:
     steps: list[tuple[str, str, str]] = field(default_factory=list)
     peak: dict[str, int] = field(default_factory=dict)
     low: dict[str, int] = field(default_factory=dict)
+    cpu_peak: dict[str, float] = field(default_factory=dict)
     requests: dict[str, tuple[int, int]] = field(default_factory=dict)
     inside: int = 0
     most: int = 0
@@ -126,6 +127,8 @@ class FakeOps:
             self.inside -= 1
         self.running[r.id] = r
         self._measure(spec.name)
+        cpu = sum(x.resources.cpu for x in self.running.values() if x.node == r.node)
+        self.cpu_peak[r.node] = max(self.cpu_peak.get(r.node, 0.0), cpu)
         if self.on_start is not None:
             self.on_start(r)
         return r
