@@ -23,6 +23,7 @@ from fleet.engine.concurrency import DEFAULT_PARALLEL
 from fleet.engine.converge import Stage
 from fleet.engine.edge import Edge
 from fleet.engine.lb import Balancers
+from fleet.engine.lbview import config_diff, proposed_configs
 from fleet.engine.ledger import Ledger, NullLedger, TurnKind
 from fleet.engine.ledger import spec_of as spec_of  # where fleet.engine.status reads it
 from fleet.engine.nodefiles import NodeFiles
@@ -100,8 +101,6 @@ class Engine:
 
     async def preview(self, specs: Sequence[ServiceSpec]) -> PlanView:
         """`fleet plan`: what `apply` would change, per service and per lb node's HAProxy config; read-only."""
-        from fleet.engine.lbview import config_diff, proposed_configs
-
         p, obs = await self.plan(specs)
         await self.follow_records(set())
         check_lb_ports(self.view, self.lbs, specs)
@@ -112,7 +111,8 @@ class Engine:
             target = await self.ledger.target("reconcile", spec)
             if target.note:
                 notes[spec.name] = target.note
-        lb_diff = {node: diff for node, (now, after) in (await proposed_configs(self, specs)).items()
+        lb_diff = {node: diff for node, (now, after) in (await proposed_configs(self, self.view.rotation,
+                                                                                 specs)).items()
                    if (diff := config_diff(node, now, after))}
         return PlanView(p, dict(obs.errors), changes, notes, lb_diff)
 

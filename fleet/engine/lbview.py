@@ -8,13 +8,16 @@ import difflib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from fleet.config.spec import ServiceSpec
 from fleet.core.errors import LbError
 from fleet.core.shell import Script
+from fleet.engine.lb import Balancers, Rotation, config
 from fleet.node.haproxy.certs import cert_file
 from fleet.node.haproxy.render import LbTls
 from fleet.node.paths import DEFAULT
+from fleet.transport import Pool
 
 _READ = r"""
 set -u
@@ -52,11 +55,18 @@ class LbConfig:
     error: str | None = None
 
 
-async def read_configs(engine: object, nodes: Sequence[str] | None = None) -> list[LbConfig]:
-    """The current haproxy.cfg of every usable lb node of `engine` (an `Engine`), or of `nodes`."""
-    from fleet.engine.apply import Engine
+class WithBalancers(Protocol):
+    """What reading the configs needs of a run (an `Engine`): its pool and its load balancers."""
 
-    assert isinstance(engine, Engine)
+    @property
+    def pool(self) -> Pool: ...
+
+    @property
+    def lbs(self) -> Balancers: ...
+
+
+async def read_configs(engine: WithBalancers, nodes: Sequence[str] | None = None) -> list[LbConfig]:
+    """The current haproxy.cfg of every usable lb node of `engine` (an `Engine`), or of `nodes`."""
     lbs = [lb for lb in engine.lbs.nodes if nodes is None or lb.node.name in nodes]
     script = Script(_READ, {"F": DEFAULT.haproxy_config}, name="fleet-haproxy-show")
 
@@ -71,16 +81,12 @@ async def read_configs(engine: object, nodes: Sequence[str] | None = None) -> li
     return list(await asyncio.gather(*(one(lb.node.name) for lb in lbs)))
 
 
-async def proposed_configs(engine: object, specs: Sequence[ServiceSpec]) -> dict[str, tuple[str | None, str]]:
-    """Per lb node: (its config now, the config with `specs` accepted) over the replicas running now. Certificates
-    are those the node serves now (a service that gets HTTPS shows as plain HTTP until its certificate is put
-    there by apply). Call after `engine.plan` (which observes)."""
-    from fleet.engine.apply import Engine
-    from fleet.engine.lb import config
-
-    assert isinstance(engine, Engine)
-    await engine.follow_records(set())
-    rotation = engine.view.rotation
+async def proposed_configs(engine: WithBalancers, rotation: Rotation,
+                           specs: Sequence[ServiceSpec]) -> dict[str, tuple[str | None, str]]:
+    """Per lb node: (its config now, the config with `specs` accepted) over the replicas running now, whose
+    `rotation` follows the accepted specs of the others. Certificates are those the node serves now (a service
+    that gets HTTPS shows as plain HTTP until its certificate is put there by apply). Call after `engine.plan`
+    (which observes)."""
     for spec in specs:
         rotation.follow(spec)
     current = {c.node: c for c in await read_configs(engine)}
