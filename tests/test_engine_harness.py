@@ -181,3 +181,15 @@ async def test_a_lease_lost_mid_rollout_stops_at_the_next_step_and_writes_nothin
     # Revision 2 was begun before the loss; nothing was written after it.
     assert h.memory().writes[writes_before:] == [("record", "web@2")]
     assert h.memory().outcomes("web") == [(1, "succeeded"), (2, "in-progress")]
+
+
+async def test_a_scaled_count_holds_through_reconcile_until_the_next_apply():
+    h = Harness([worker("w1"), worker("w2")])
+    await started_at_v1(h, web(V1))
+    result = await h.fresh_engine().scale(web(V1), 5)
+    assert result.ok and len(h.ops.of("web")) == 5
+    assert h.memory().states["web"]["replicas"] == 5
+    assert (await h.apply(web(V1), command="reconcile")).ok and len(h.ops.of("web")) == 5
+    assert (await h.apply(web(V1))).ok and len(h.ops.of("web")) == 3
+    assert h.memory().states["web"]["replicas"] is None
+    assert h.memory().outcomes("web") == [(1, "succeeded")]  # the count is not a new revision

@@ -23,6 +23,7 @@ from fleet.plan.rollout.decide import (
     after_failure,
     after_promote,
     after_rollback,
+    after_scale,
     after_success,
     canary_waits,
     decide,
@@ -184,7 +185,7 @@ class Ledger:
         """A count set by `fleet scale`, kept by reconcile until the next `apply`."""
         state = await self.state(service)
         if state is not None:
-            await self._set(service, replace(state, replicas=replicas))
+            await self._set(service, after_scale(state, replicas))
 
     # --- rollback, promote, abort -------------------------------------------------------------------------
     async def rollback_target(self, service: str, to: int | None) -> Revision:

@@ -241,3 +241,8 @@ def after_destroy(state: ServiceState | None, by: str, at: float) -> ServiceStat
     """The record of a destroyed service: its accepted revision kept, so `fleet rollback` can bring it back."""
     return ServiceState(accepted=state.accepted if state is not None else None, decision="destroyed",
                         intent=state.intent if state is not None else None, by=by, at=at)
+
+
+def after_scale(state: ServiceState, replicas: int) -> ServiceState:
+    """The record once `fleet scale` ran the service at `replicas`: reconcile keeps that count until `apply`."""
+    return replace(state, replicas=replicas)
