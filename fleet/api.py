@@ -26,15 +26,13 @@ from fleet.config.spec import ServiceSpec
 from fleet.config.volumes import check_volumes
 from fleet.core.errors import (
     ContainerLookupError,
-    DrainError,
-    FleetError,
-    SchedulingError,
     SecretStoreError,
 )
 from fleet.core.model import Inventory, Node
 from fleet.core.nodeops import NodeMark, relabel
 from fleet.engine import handwork
 from fleet.engine.apply import Engine
+from fleet.engine.drain import drain_node
 from fleet.engine.handwork import LogLines, one_off_spec
 from fleet.engine.images import list_images, push
 from fleet.engine.lbview import read_configs
@@ -83,6 +81,7 @@ from fleet.store.access import (
     watcher_lease,
 )
 from fleet.store.lease import Lease
+from fleet.store.nodes import record_nodes
 from fleet.store.records import FleetHistory
 from fleet.store.secrets import backend_name as secret_backend
 from fleet.store.secrets import delete_secret as secret_rm
@@ -165,8 +164,6 @@ class Fleet:
 
     async def engine(self, guard: Callable[[], None] | None = None, held: Sequence[Replica] = ()) -> Engine:
         """An engine over this run's reports; `held` are replicas of nodes in their grace period (see Engine)."""
-        from fleet.engine.apply import Engine
-
         return Engine(self.pool, await self.reports(ports=True), on_event=self.on_event, secrets=self.secrets,
                       records=self.records(), guard=guard, held=held, edge=self.inventory.edge)
 
@@ -180,28 +177,8 @@ class Fleet:
 
     async def plan(self, specs: Sequence[ServiceSpec]) -> PlanView:
         """What `apply` would change; read-only (no lease)."""
-        from fleet.plan.rollout.decide import config_changes
-
         self.check_volumes(specs)
-        specs = self.stamped(specs)
-        engine = await self.engine()
-        p, obs = await engine.plan(specs)
-        await engine.follow_records(set())
-        engine.check_lb_ports(specs)
-        changes: dict[str, list[str]] = {}
-        notes: dict[str, str] = {}
-        for spec in specs:
-            state = await engine.state_of(spec.name)
-            accepted = await engine._spec_at(spec.name, state.accepted) if state is not None else None
-            changes[spec.name] = config_changes(accepted, spec)
-            target = await engine.target("reconcile", spec)
-            if target.note:
-                notes[spec.name] = target.note
-        from fleet.engine.lbview import config_diff, proposed_configs
-
-        lb_diff = {node: diff for node, (now, after) in (await proposed_configs(engine, specs)).items()
-                   if (diff := config_diff(node, now, after))}
-        return PlanView(p, dict(obs.errors), changes, notes, lb_diff)
+        return await (await self.engine()).preview(self.stamped(specs))
 
     async def lb_show(self, nodes: Sequence[str] | None = None) -> list[LbConfig]:
         """The HAProxy config each lb node runs (or those named), its stats password hash masked; read-only. A name
@@ -233,9 +210,6 @@ class Fleet:
     @contextlib.asynccontextmanager
     async def leased(self) -> AsyncIterator[Lease]:
         """The fleet's lease for this operation: taken (waiting up to `wait`), renewed, released on exit."""
-        from fleet.store.lease import Lease
-        from fleet.store.nodes import record_nodes
-
         async with Lease(self.pool, record_nodes(self.inventory), command=self.command, ttl=lease_ttl(),
                          wait=self.wait) as lease:
             yield lease
@@ -254,73 +228,34 @@ class Fleet:
         self.check_volumes(specs)
         specs, skipped = self.stamped_for(specs, command)
         async with self.writing(held) as engine:
-            outcomes = [Outcome(name, False, reason=why, changed=False) for name, why in skipped.items()]
-            outcomes += await engine.apply(specs, command, parallel)
-            outcomes += await self._sweep(engine, {s.name for s in specs})
-            return RunResult(outcomes, self._errors(engine))
-
-    async def _sweep(self, engine: Engine, managed: set[str]) -> list[Outcome]:
-        removed = await engine.sweep_destroyed(exclude=managed)
-        return [Outcome(name, True, stopped=n) for name, n in sorted(removed.items())]
-
-    @staticmethod
-    def _errors(engine: Engine) -> dict[str, str]:
-        return {**engine.errors, **{n: "unreachable lb node" for n in engine.lbs.unreachable}}
+            return await engine.apply(specs, command, parallel, skipped)
 
     async def scale(self, spec: ServiceSpec, replicas: int) -> RunResult:
         """Run `replicas` of the service now; the count holds (reconcile keeps it) until the next `apply`."""
         self.check_volumes([spec])
         (spec,) = self.stamped([spec])
         async with self.writing() as engine:
-            await engine.observe()
-            # The accepted spec at the new count (or the playbook's, where reconcile would try it).
-            target = await engine.target("reconcile", spec)
-            base = target.spec if target.heal and not target.skip else spec
-            outcomes = await engine.apply_targets([dataclasses.replace(
-                target, spec=dataclasses.replace(base, replicas=replicas))])
-            state = await engine.state_of(spec.name)
-            if state is not None and (not target.heal or all(o.ok for o in outcomes)):
-                await self.records().set_state(spec.name, dataclasses.replace(state, replicas=replicas).to_json())
-            return RunResult(outcomes, self._errors(engine))
+            return await engine.scale(spec, replicas)
 
     async def destroy(self, service: str, grace: float = 10.0) -> RunResult:
         """Remove the service; a node that is down now has its replicas removed by the next run that reaches it."""
         async with self.writing() as engine:
-            n = await engine.destroy(service, grace)
-            return RunResult([Outcome(service, True, stopped=n)], self._errors(engine))
+            return await engine.destroy(service, grace)
 
     async def rollback(self, service: str, to: int | None = None) -> tuple[Revision, RunResult]:
         """Back to revision `to` (default: the last good one before the newest), pinned: reconcile keeps it."""
         async with self.writing() as engine:
-            rev = await self._target_revision(service, to)
-            outcomes = await engine.rollback(rev)
-            return rev, RunResult(outcomes, self._errors(engine))
-
-    async def _target_revision(self, service: str, to: int | None) -> Revision:
-        records = self.records()
-        revs = await records.list(service)
-        if not revs:
-            raise FleetError(f"no history for service {service!r} on this fleet")
-        if to is not None:
-            rev = await records.get(service, to)
-            if rev is None:
-                raise FleetError(f"{service} has no revision {to} (see `fleet history {service}`)")
-            return rev
-        current = revs[-1].revision
-        prev = await records.latest_succeeded(service, before=current)
-        if prev is None:
-            raise FleetError(f"{service}: no succeeded revision before {current} to roll back to")
-        return prev
+            return await engine.turn("rollback", service, to)
 
     async def promote(self, service: str) -> tuple[Revision, RunResult]:
+        """Roll the rest of the service to the waiting canary's revision, batch by batch."""
         async with self.writing() as engine:
-            rev, outcomes = await engine.promote(service)
-            return rev, RunResult(outcomes, self._errors(engine))
+            return await engine.turn("promote", service)
 
     async def abort(self, service: str) -> tuple[Revision, RunResult]:
+        """Remove the waiting canary: the service goes back to its accepted revision; reconcile keeps it so."""
         async with self.writing() as engine:
-            rev, outcomes = await engine.abort(service)
-            return rev, RunResult(outcomes, self._errors(engine))
+            return await engine.turn("abort", service)
 
     # --- node operations (`fleet node`): marks kept on the fleet, under the lease -------------------------
     def known(self, name: str) -> Node:
@@ -359,57 +294,15 @@ class Fleet:
         return (await self._remark(node, lambda m: relabel(m, entry.labels, set, remove))).effective(entry.labels)
 
     async def drain(self, node: str) -> RunResult:
-        """Move every replica off `node` and leave it cordoned.
-
-        Marked draining on the fleet first (so every controller moves its replicas, should this one stop), then
-        each service with a replica there converges to its accepted state through the engine, as reconcile does:
-        its replicas there are misplaced and replaced surge first, drained from the load balancers before they
-        stop. Then the node is recorded cordoned. DrainError when they cannot all be placed elsewhere (nothing
-        was changed; the node is left cordoned with its replicas running); a service that fails to move makes
-        the result not ok, and any other failure is raised, also leaving the node cordoned. A drain cut short (the
-        process killed, the lease lost) leaves it draining: whoever converges the fleet next carries it on."""
-        from fleet.plan.drain import drain_target
-        from fleet.plan.rollout.decide import Target
-
-        def cordon_only(m: NodeMark) -> NodeMark:
-            return dataclasses.replace(m, cordoned=True, draining=False)
-
+        """Move every replica off `node` and leave it cordoned (see fleet.engine.drain.drain_node)."""
         self.known(node)
         async with self.leased() as lease:
-            await self._mark(node, lambda m: dataclasses.replace(m, cordoned=True, draining=True))
-            try:
+
+            async def move() -> RunResult:
                 await self.nodes(ports=True)  # this run's reports, with the node draining
-                engine = await self.engine(guard=lease.check)
-                await engine.observe()
-                targets: list[Target] = []
-                refused: list[Outcome] = []
-                for service in sorted({r.service for r in engine.live if r.node == node}):
-                    state = await engine.state_of(service)
-                    accepted = await engine._spec_at(service, state.accepted) if state is not None else None
-                    canary = await engine._spec_at(service, state.canary) if state is not None else None
-                    target = drain_target(service, state, accepted, canary, engine.live)
-                    if isinstance(target, str):
-                        refused.append(Outcome(service, False, reason=target))
-                    else:
-                        targets.append(target)
-                outcomes = await engine.apply_targets(targets, "reconcile") if targets else []
-            except SchedulingError as exc:
-                await self._mark(node, cordon_only)
-                raise DrainError(f"cannot drain {node}: {exc}\n{node} is cordoned; its replicas still run there "
-                                 f"(`fleet node uncordon {node}` to undo)") from exc
-            except FleetError:
-                # A drain that failed ends cordoned (run it again to finish); one cut short (the controller killed,
-                # the lease lost) stays draining, and the next controller to converge the fleet carries it on.
-                if lease.held:
-                    with contextlib.suppress(FleetError):
-                        await self._mark(node, cordon_only)
-                raise
-            await self._mark(node, cordon_only)
-            # What converged must have left the node: say so if anything is still there.
-            left = {r.service for r in engine.live if r.node == node}
-            outcomes = [o if not (o.ok and o.service in left) else dataclasses.replace(
-                o, ok=False, reason=f"replicas of {o.service} still run on {node}") for o in outcomes]
-            return RunResult([*outcomes, *refused], self._errors(engine))
+                return await (await self.engine(guard=lease.check)).drain(node)
+
+            return await drain_node(node, lease, lambda change: self._mark(node, change), move)
 
     # --- containers by hand (`fleet run`, `stop`, `rm`, `logs`, `exec`): no lease, no records ----------------
     async def run_one(self, node: str, spec: RunSpec, *, timeout: float = 60.0) -> None:

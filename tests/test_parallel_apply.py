@@ -7,28 +7,21 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import Harness, service, worker
 from rich.console import Console
 
 from fleet.cli.apply import _Progress
-from fleet.config.spec import ServiceSpec, parse_playbook
+from fleet.config.spec import ServiceSpec
 from fleet.core.errors import LbReloadError, LeaseLost, RecordsError, RolloutFailed, RuntimeCommandError
-from fleet.core.model import Node
-from fleet.engine.apply import Engine
 from fleet.engine.concurrency import Coalesced, SerialRecords
-from fleet.engine.nodes import NodeReport
-from fleet.node.facts import NodeFacts
 from fleet.plan.reconcile import Replica
 from fleet.plan.rollout.decide import Target
-from fleet.plan.scheduler import Assignment
 from fleet.results import Event, Outcome
-from fleet.transport import Pool
-
-GiB = 1024**3
 
 
 # --- Coalesced -------------------------------------------------------------------------------------------------
@@ -241,174 +234,125 @@ async def test_records_reads_do_not_wait_for_a_write():
     assert inner.most == 6
 
 
-# --- the engine ------------------------------------------------------------------------------------------------
-def facts(ncpu: int) -> NodeFacts:
-    return NodeFacts(hostname="h", ncpu=ncpu, mem_total=4 * GiB, mem_available=3 * GiB, load=(0.0, 0.0, 0.0),
-                     uptime_s=100.0, disk_total=20 * GiB, disk_free=10 * GiB, runtime="ctr",
-                     runtime_version="1.6.20~ds1", runtime_socket=True, cgroup=1, tasks=())
+# --- the engine (through tests/harness.py: the real run, room book and rollouts over fake replica operations) ---
+def batch(h: Harness, spec: ServiceSpec) -> Awaitable[list[Replica]]:
+    """One batch of one new replica of `spec` (revision 1), placed through the room book and started."""
+    return h.engine.rollout.converge.start_batch(spec, 1, 1, set())
 
 
-def worker(name: str, ncpu: int = 2) -> NodeReport:
-    return NodeReport(Node(name, f"10.0.0.{name[-1]}"), "ready", None, facts(ncpu), 0.01)
-
-
-def service(name: str, replicas: int, cpu: float = 0.5) -> ServiceSpec:
-    return parse_playbook(f"services:\n  {name}:\n    image: fleet.local/demo:v1\n    replicas: {replicas}\n"
-                          f"    resources: {{cpu: {cpu}, memory: 64MiB}}\n", "pb.yaml").services[0]
-
-
-@pytest.fixture
-async def unconnected_pool() -> AsyncIterator[Pool]:
-    """A pool that is never used to connect: these tests reach no node."""
-    async with Pool(connect_attempts=1, connect_timeout=1) as p:
-        yield p
-
-
-class StartsInPlace:
-    """Stands in for the SSH start of placed replicas (`Engine._start_placed`): it records what each batch was
-    given and takes a while, so the services' batches overlap."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.given: list[tuple[str, Assignment]] = []
-
-    async def __call__(self, spec: ServiceSpec, revision: int, assignments: Sequence[Assignment],
-                       weight: int) -> list[Replica]:
-        self.given += [(spec.name, a) for a in assignments]
-        await asyncio.sleep(0.05)
-        new = [Replica(a.node, f"{spec.name}-{a.replica}", spec.name, a.replica, revision, spec.spec_hash(),
-                       a.port, True, spec.resources, spec.image) for a in assignments]
-        self.engine.live += new
-        return new
-
-
-async def test_services_placing_at_once_never_share_a_port_or_overfill_a_node(unconnected_pool):
+async def test_services_placing_at_once_never_share_a_port_or_overfill_a_node():
     # Two nodes of 2 CPUs; six services of one 0.5-CPU replica each fit only if no two take the same room.
-    engine = Engine(unconnected_pool, [worker("w1"), worker("w2")])
-    starts = StartsInPlace(engine)
-    engine._start_placed = starts  # type: ignore[method-assign]
+    h = Harness([worker("w1"), worker("w2")])
+    h.ops.delay = 0.05  # each start takes a while, so the services' batches overlap
     specs = [service(f"s{i}", 1, cpu=0.5) for i in range(6)]
-    await asyncio.gather(*(engine._start_batch(s, 1, 1, set()) for s in specs))
-    assert len(starts.given) == 6
-    spots = [(a.node, a.port) for _, a in starts.given]
+    await asyncio.gather(*(batch(h, s) for s in specs))
+    given = list(h.ops.running.values())
+    assert len(given) == 6 and h.ops.most == 6
+    spots = [(r.node, r.port) for r in given]
     assert len(set(spots)) == 6
     for node in ("w1", "w2"):
-        assert sum(0.5 for _, a in starts.given if a.node == node) <= 2.0
-    assert engine._pending == []
+        assert sum(0.5 for r in given if r.node == node) <= 2.0
+    assert h.engine.book.pending == []
 
 
-async def test_a_ninth_replica_that_does_not_fit_beside_the_placing_ones_fails_its_service_only(unconnected_pool):
-    engine = Engine(unconnected_pool, [worker("w1"), worker("w2")])
-    engine._start_placed = StartsInPlace(engine)  # type: ignore[method-assign]
+async def test_a_ninth_replica_that_does_not_fit_beside_the_placing_ones_fails_its_service_only():
+    h = Harness([worker("w1"), worker("w2")])
+    h.ops.delay = 0.05
     specs = [service(f"s{i}", 1, cpu=0.5) for i in range(9)]
-    results = await asyncio.gather(*(engine._start_batch(s, 1, 1, set()) for s in specs), return_exceptions=True)
+    results = await asyncio.gather(*(batch(h, s) for s in specs), return_exceptions=True)
     failed = [r for r in results if isinstance(r, BaseException)]
     assert len(failed) == 1 and isinstance(failed[0], RolloutFailed)
     assert "no room" in str(failed[0])
-    assert len(engine.live) == 8
+    assert len(h.engine.view.live) == 8
 
 
-async def test_a_service_short_of_room_waits_while_another_converging_one_frees_it(unconnected_pool):
-    seen: list[Event] = []
-    engine = Engine(unconnected_pool, [worker("w1")], on_event=seen.append)
-    engine._start_placed = StartsInPlace(engine)  # type: ignore[method-assign]
+async def test_a_service_short_of_room_waits_while_another_converging_one_frees_it():
+    h = Harness([worker("w1")])
+    h.ops.delay = 0.05
+    book = h.engine.book
     big, small = service("big", 1, cpu=2.0), service("small", 1, cpu=1.0)
-    await engine._start_batch(big, 1, 1, set())  # the node is full
-    engine._converging = {"big", "small"}
-    waiting = asyncio.create_task(engine._start_batch(small, 1, 1, set()))
+    await batch(h, big)  # the node is full
+    book.converging = {"big", "small"}
+    waiting = asyncio.create_task(batch(h, small))
     await asyncio.sleep(0.1)
-    assert not waiting.done() and engine._short == {"small"}
-    assert [e.step for e in seen] == ["wait"] and "no room" in seen[0].message
-    engine.live = []  # big's replica retired (its rollout goes on)
-    await engine._room_changed()
+    assert not waiting.done() and book.short == {"small"}
+    assert [e.step for e in h.events] == ["wait"] and "no room" in h.events[0].message
+    h.engine.view.live = []  # big's replica retired (its rollout goes on)
+    await book.changed()
     async with asyncio.timeout(5):
         new = await waiting
     assert [(r.service, r.node) for r in new] == [("small", "w1")]
-    assert engine._short == set()
+    assert book.short == set()
 
 
-async def test_short_of_room_fails_at_once_when_no_other_service_converges(unconnected_pool):
-    engine = Engine(unconnected_pool, [worker("w1")])
-    engine._start_placed = StartsInPlace(engine)  # type: ignore[method-assign]
-    await engine._start_batch(service("big", 1, cpu=2.0), 1, 1, set())
-    engine._converging = {"small"}
+async def test_short_of_room_fails_at_once_when_no_other_service_converges():
+    h = Harness([worker("w1")])
+    await batch(h, service("big", 1, cpu=2.0))
+    h.engine.book.converging = {"small"}
     with pytest.raises(RolloutFailed, match="no room"):
         async with asyncio.timeout(5):
-            await engine._start_batch(service("small", 1, cpu=1.0), 1, 1, set())
+            await batch(h, service("small", 1, cpu=1.0))
 
 
-async def test_services_all_short_of_room_fail_instead_of_waiting_on_each_other(unconnected_pool):
-    engine = Engine(unconnected_pool, [worker("w1")])
-    engine._start_placed = StartsInPlace(engine)  # type: ignore[method-assign]
-    await engine._start_batch(service("big", 1, cpu=2.0), 1, 1, set())  # held by a service not converging
-    engine._converging = {"b", "c"}
+async def test_services_all_short_of_room_fail_instead_of_waiting_on_each_other():
+    h = Harness([worker("w1")])
+    book = h.engine.book
+    await batch(h, service("big", 1, cpu=2.0))  # held by a service not converging
 
     async def converge(name: str) -> BaseException | None:
         try:
-            await engine._start_batch(service(name, 1, cpu=1.0), 1, 1, set())
+            async with book.rolling([name]):  # as the run does while a service rolls
+                await batch(h, service(name, 1, cpu=1.0))
         except RolloutFailed as exc:
             return exc
-        finally:
-            engine._converging.discard(name)  # as apply_targets does when a service ends
-            await engine._room_changed()
         return None
 
+    book.converging = {"b", "c"}
     async with asyncio.timeout(5):
         results = await asyncio.gather(converge("b"), converge("c"))
     assert all(isinstance(r, RolloutFailed) for r in results)
+    assert book.converging == set()
 
 
-async def test_each_service_gets_its_own_outcome_at_most_parallel_at_once(unconnected_pool):
-    engine = Engine(unconnected_pool, [worker("w1")], parallel=2)
-    inside = most = 0
-
-    async def rollout(t: Target, command: str = "apply") -> Outcome:
-        nonlocal inside, most
-        inside += 1
-        most = max(most, inside)
-        await asyncio.sleep(0.02)
-        inside -= 1
-        if t.spec.name == "bad":
-            raise RolloutFailed("bad: new replicas did not become ready")
-        return Outcome(t.spec.name, True, started=1)
-
-    engine.rollout = rollout  # type: ignore[method-assign]
+async def test_each_service_gets_its_own_outcome_at_most_parallel_at_once():
+    h = Harness([worker("w1")], records=False, parallel=2)
+    h.ops.delay = 0.02
+    h.ops.not_ready["fleet.local/demo:bad"] = "fails its check"
     names = ["a", "bad", "c", "d", "e"]
-    # No replicas wanted: the up-front plan places nothing and no node is reached.
-    targets = [Target(service(n, 0), None, False) for n in names]
+    specs = [service(n, 1, cpu=0.1, image="fleet.local/demo:bad" if n == "bad" else "fleet.local/demo:v1")
+             for n in names]
     t0 = time.monotonic()
-    outcomes = await engine.apply_targets(targets)
+    result = await h.fresh_engine().apply(specs)
+    outcomes = result.outcomes
     assert [o.service for o in outcomes] == names
     assert [o.ok for o in outcomes] == [True, False, True, True, True]
-    assert outcomes[1].reason == "bad: new replicas did not become ready"
-    assert most == 2
+    [(_, bad_id)] = h.steps("bad", ["start"])
+    assert outcomes[1].reason == f"bad: new replicas did not become ready: {bad_id} on w1 fails its check"
+    assert h.steps("bad", ["remove"]) == [("remove", bad_id)]
+    assert h.ops.most == 2
     assert time.monotonic() - t0 >= 0.06  # five of 0.02 s, two at a time: three rounds
 
 
-async def test_a_lost_lease_stops_every_service_and_is_raised(unconnected_pool):
+async def test_a_lost_lease_stops_every_service_and_is_raised():
     lost = False
 
     def guard() -> None:
         if lost:
             raise LeaseLost("the fleet's lease was taken by another run")
 
-    engine = Engine(unconnected_pool, [worker("w1")], guard=guard, parallel=4)
-    finished: list[str] = []
-
-    async def rollout(t: Target, command: str = "apply") -> Outcome:
+    def lose(r: Replica) -> None:
         nonlocal lost
-        if t.spec.name == "a":
-            lost = True
-            engine.guard()
-        await asyncio.sleep(0.01)
-        engine.guard()  # the next step of the others
-        finished.append(t.spec.name)
-        return Outcome(t.spec.name, True)
+        lost = lost or r.service == "a"
 
-    engine.rollout = rollout  # type: ignore[method-assign]
+    h = Harness([worker("w1")], guard=guard, parallel=4)
+    h.ops.delay = 0.01
+    h.ops.on_start = lose
     with pytest.raises(LeaseLost):
-        await engine.apply_targets([Target(service(n, 0), None, False) for n in "abc"])
-    assert finished == []
+        await h.engine.apply([service(n, 2, cpu=0.1) for n in "abc"])
+    # Each service stopped at its next step: one start each (the step under way), no second batch, and nothing
+    # written to the records after the revisions were begun.
+    assert sorted(name for kind, name, _ in h.ops.steps if kind == "start") == ["a", "b", "c"]
+    assert [kind for kind, _ in h.memory().writes] == ["record"] * 3
 
 
 class FinishRecords(SlowRecords):
@@ -423,36 +367,39 @@ class FinishRecords(SlowRecords):
         return True
 
 
-@pytest.mark.parametrize("error", [RuntimeCommandError("w1", "task start", 1, "ctr: failed to start shim"),
-                                   LbReloadError("lb1", "no master line in show proc output")])
-async def test_a_runtime_or_haproxy_error_mid_rollout_fails_the_revision_with_its_reason(unconnected_pool, error):
+def web_replacing_one(records: FinishRecords) -> tuple[Harness, Target]:
+    """`web` at revision 4 replacing its one replica of an older spec, routed (so the run syncs HAProxy)."""
+    h = Harness([worker("w1")], records=records)
+    lb = "    lb: {port: 8080}\n"
+    old = service("web", 1, image="fleet.local/demo:v0", extra=lb)
+    h.ops.run(h.ops.replica(old, 3, "w1", 0))
+    return h, Target(service("web", 1, extra=lb), 4, False)
+
+
+@pytest.mark.parametrize(("step", "error"), [
+    ("stop", RuntimeCommandError("w1", "task start", 1, "ctr: failed to start shim")),
+    ("route", LbReloadError("lb1", "no master line in show proc output"))])
+async def test_a_runtime_or_haproxy_error_mid_rollout_fails_the_revision_with_its_reason(step, error):
     records = FinishRecords()
-    engine = Engine(unconnected_pool, [worker("w1")], records=records)
-
-    async def converge(spec: ServiceSpec, revision: int) -> Outcome:
-        raise error
-
-    engine.converge = converge  # type: ignore[method-assign]
-    [outcome] = await engine.apply_targets([Target(service("web", 0), 4, False)])
+    h, target = web_replacing_one(records)
+    h.ops.fail[step] = error
+    await h.engine.observe()
+    [outcome] = await h.engine.apply_targets([target])
     assert not outcome.ok and str(error) in (outcome.reason or "")
     assert records.finished == [("web", 4, "failed", f"web: {error}")]
 
 
-async def test_a_lost_lease_mid_rollout_stops_the_run_and_a_records_error_is_not_written_to_the_records(
-        unconnected_pool):
+async def test_a_lost_lease_mid_rollout_stops_the_run_and_a_records_error_is_not_written_to_the_records():
     for error in (LeaseLost("the fleet's lease was taken by another run"), RecordsError("0 of 3 record nodes")):
         records = FinishRecords()
-        engine = Engine(unconnected_pool, [worker("w1")], records=records)
-
-        async def converge(spec: ServiceSpec, revision: int, error: Exception = error) -> Outcome:
-            raise error
-
-        engine.converge = converge  # type: ignore[method-assign]
+        h, target = web_replacing_one(records)
+        h.ops.fail["route"] = error
+        await h.engine.observe()
         if isinstance(error, LeaseLost):
             with pytest.raises(LeaseLost):
-                await engine.apply_targets([Target(service("web", 0), 4, False)])
+                await h.engine.apply_targets([target])
         else:
-            [outcome] = await engine.apply_targets([Target(service("web", 0), 4, False)])
+            [outcome] = await h.engine.apply_targets([target])
             assert not outcome.ok and outcome.reason == str(error)
         assert records.finished == []
 

@@ -12,12 +12,10 @@ from __future__ import annotations
 import asyncio
 import builtins
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fleet.store.history import FinalOutcome, Revision
-
-if TYPE_CHECKING:
-    from fleet.engine.apply import Records
+from fleet.store.protocol import Records
 
 # Services converging at once by default. A rollout mostly waits (health checks, `min_ready`, drains): the
 # controller spends well under 0.1 s of CPU on one, and HAProxy reloads are shared by the services waiting for

@@ -90,6 +90,11 @@ class Edge:
         return EdgeConfig(self.settings.http_port, self.settings.https_port, "0.0.0.0",
                           ACME_MAP if self.acme_ready else None)
 
+    def expect_acme(self, served: bool) -> None:
+        """For a preview (`fleet plan`): render the token map as apply would, where a node serves it already or
+        a service wants an ACME certificate (apply makes the map first, see `prepare`)."""
+        self.acme_ready = self.acme_ready or served
+
     def stats(self, port: int) -> tuple[tuple[str, int], str | None]:
         """Where the stats page listens and its password hash: on every address with a password from the
         keyring, else on 127.0.0.1 only (no password). Raises EdgeError when the secret is not there."""

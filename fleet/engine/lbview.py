@@ -8,14 +8,17 @@ import difflib
 import re
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Protocol
 
 from fleet.config.spec import ServiceSpec
 from fleet.core.errors import LbError
 from fleet.core.shell import Script
+from fleet.engine.lb import Balancers, Rotation, config
 from fleet.node.haproxy.certs import cert_file
 from fleet.node.haproxy.render import LbTls
 from fleet.node.paths import DEFAULT
 from fleet.results.lb import LbConfig as LbConfig
+from fleet.transport import Pool
 
 _READ = r"""
 set -u
@@ -44,11 +47,18 @@ def config_diff(node: str, current: str | None, proposed: str) -> list[str]:
                                      n=2, lineterm=""))
 
 
-async def read_configs(engine: object, nodes: Sequence[str] | None = None) -> list[LbConfig]:
-    """The current haproxy.cfg of every usable lb node of `engine` (an `Engine`), or of `nodes`."""
-    from fleet.engine.apply import Engine
+class WithBalancers(Protocol):
+    """What reading the configs needs of a run (an `Engine`): its pool and its load balancers."""
 
-    assert isinstance(engine, Engine)
+    @property
+    def pool(self) -> Pool: ...
+
+    @property
+    def lbs(self) -> Balancers: ...
+
+
+async def read_configs(engine: WithBalancers, nodes: Sequence[str] | None = None) -> list[LbConfig]:
+    """The current haproxy.cfg of every usable lb node of `engine` (an `Engine`), or of `nodes`."""
     lbs = [lb for lb in engine.lbs.nodes if nodes is None or lb.node.name in nodes]
     script = Script(_READ, {"F": DEFAULT.haproxy_config}, name="fleet-haproxy-show")
 
@@ -63,17 +73,14 @@ async def read_configs(engine: object, nodes: Sequence[str] | None = None) -> li
     return list(await asyncio.gather(*(one(lb.node.name) for lb in lbs)))
 
 
-async def proposed_configs(engine: object, specs: Sequence[ServiceSpec]) -> dict[str, tuple[str | None, str]]:
-    """Per lb node: (its config now, the config with `specs` accepted) over the replicas running now. Certificates
-    are those the node serves now (a service that gets HTTPS shows as plain HTTP until its certificate is put
-    there by apply). Call after `engine.plan` (which observes)."""
-    from fleet.engine.apply import Engine
-    from fleet.engine.lb import config
-
-    assert isinstance(engine, Engine)
-    await engine.follow_records(set())
+async def proposed_configs(engine: WithBalancers, rotation: Rotation,
+                           specs: Sequence[ServiceSpec]) -> dict[str, tuple[str | None, str]]:
+    """Per lb node: (its config now, the config with `specs` accepted) over the replicas running now, whose
+    `rotation` follows the accepted specs of the others. Certificates are those the node serves now (a service
+    that gets HTTPS shows as plain HTTP until its certificate is put there by apply). Call after `engine.plan`
+    (which observes)."""
     for spec in specs:
-        engine.rotation.follow(spec)
+        rotation.follow(spec)
     current = {c.node: c for c in await read_configs(engine)}
     out: dict[str, tuple[str | None, str]] = {}
     for lb in engine.lbs.nodes:
@@ -83,17 +90,16 @@ async def proposed_configs(engine: object, specs: Sequence[ServiceSpec]) -> dict
             raise LbError(name, f"cannot read its HAProxy config: {now.error}")
         now_text = now.text if now is not None else None
         served = tls_in_config(now_text or "")
-        edge = engine.lbs.edge
-        if edge is not None and not edge.acme_ready:
-            # The token map is rendered once apply has made it on the nodes (see Edge.prepare).
-            edge.acme_ready = "acme_token" in (now_text or "") or any(
-                s.tls_source is not None and s.tls_source.acme for s in engine.rotation.services(engine.lbs.addresses))
+        services = rotation.services(engine.lbs.addresses)
+        if engine.lbs.edge is not None:
+            engine.lbs.edge.expect_acme("acme_token" in (now_text or "") or any(
+                s.tls_source is not None and s.tls_source.acme for s in services))
         tls: dict[str, LbTls] = {}
-        for svc in engine.rotation.services(engine.lbs.addresses):
+        for svc in services:
             src = svc.tls_source
             if src is not None and svc.name in served:
                 tls[svc.name] = replace(LbTls(cert_file(svc.name), served[svc.name]), redirect=src.redirect,
                                         hsts=src.hsts)
-        text = config(engine.rotation, engine.lbs.addresses, engine.lbs.addresses[name], engine.lbs.edge, tls)
+        text = config(rotation, engine.lbs.addresses, engine.lbs.addresses[name], engine.lbs.edge, tls)
         out[name] = (now_text, text)
     return out

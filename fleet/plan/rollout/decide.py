@@ -211,3 +211,38 @@ def after_failure(revision: int, back_to: int | None, intent: str, reason: str, 
     accepted = back_to if back_to is not None else (state.accepted if state is not None else None)
     decision: Decision = "aborted" if aborted else ("rolled-back" if back_to is not None else "failed")
     return ServiceState(accepted=accepted, decision=decision, intent=intent, reason=reason, by=by, at=at)
+
+
+def after_rollback(state: ServiceState | None, revision: int, to: int, by: str, at: float) -> ServiceState:
+    """The record once `fleet rollback` converged to revision `to`'s spec (recorded as `revision`): pinned."""
+    return ServiceState(accepted=revision, decision="pinned", intent=state.intent if state is not None else None,
+                        reason=f"rollback to revision {to}", by=by, at=at)
+
+
+def after_promote(state: ServiceState, revision: int, by: str, at: float) -> ServiceState:
+    """The record once the waiting canary's `revision` was rolled to every replica."""
+    return ServiceState(accepted=revision, decision="applied", intent=state.intent, by=by, at=at)
+
+
+def after_abort(state: ServiceState, by: str, at: float) -> ServiceState:
+    """The record once the waiting canary was removed: back to the accepted revision, kept so."""
+    return ServiceState(accepted=state.accepted, decision="aborted", intent=state.intent,
+                        reason="aborted by `fleet abort`", by=by, at=at)
+
+
+def canary_waits(state: ServiceState | None, spec: ServiceSpec, revision: int, weights: tuple[int, int],
+                 by: str, at: float) -> ServiceState:
+    """The record of a canary left waiting for `fleet promote` or `fleet abort`, at its last HAProxy weights."""
+    return ServiceState(accepted=state.accepted if state is not None else None, decision="canary-waiting",
+                        intent=intent_hash(spec), canary=revision, canary_weights=weights, by=by, at=at)
+
+
+def after_destroy(state: ServiceState | None, by: str, at: float) -> ServiceState:
+    """The record of a destroyed service: its accepted revision kept, so `fleet rollback` can bring it back."""
+    return ServiceState(accepted=state.accepted if state is not None else None, decision="destroyed",
+                        intent=state.intent if state is not None else None, by=by, at=at)
+
+
+def after_scale(state: ServiceState, replicas: int) -> ServiceState:
+    """The record once `fleet scale` ran the service at `replicas`: reconcile keeps that count until `apply`."""
+    return replace(state, replicas=replicas)

@@ -1,0 +1,213 @@
+"""Converging one service to one spec: the steps of the pure `resume_plan` (and of a canary's traffic steps)
+carried out through the replica operations, each batch placed through the room book."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from fleet.config.spec import ServiceSpec
+from fleet.core.errors import CanaryAborted, FleetError, ImageUnavailable, RolloutFailed
+from fleet.engine.ledger import Ledger
+from fleet.engine.replicas import ReplicaOps
+from fleet.engine.rooms import RoomBook
+from fleet.engine.view import Emit, RunView
+from fleet.plan.reconcile import Replica, duplicates, plan
+from fleet.plan.rollout.strategy import ReplicaState, Verdict, canary_verdict, canary_weights, resume_plan
+from fleet.plan.scheduler import Assignment
+from fleet.results import Event, Outcome
+
+
+def _misplaced(why: str) -> bool:
+    """A scheduler stop reason that means "this replica must move" (not a scale-down or a duplicate)."""
+    return not why.startswith(("surplus", "duplicate of", "service ", "second copy"))
+
+
+@dataclass
+class Stage:
+    """What every service's rollout in one run shares. `guard` is called between steps: it raises when the
+    fleet's lease was lost, so the run stops at a safe point."""
+
+    view: RunView
+    ops: ReplicaOps
+    book: RoomBook
+    ledger: Ledger
+    on_event: Emit
+    guard: Callable[[], None]
+
+    def emit(self, step: str, service: str, message: str, node: str | None = None,
+             container: str | None = None) -> None:
+        self.on_event(Event(step, service, message, node, container))
+
+
+class Converge:
+    """Brings services to their specs, step by step, over one stage."""
+
+    def __init__(self, stage: Stage) -> None:
+        self.s = stage
+
+    async def __call__(self, spec: ServiceSpec, revision: int, *, heal: bool = False,
+                       others: Sequence[str] = (), weight: int = 1) -> Outcome:
+        """Bring one service to `spec.replicas` ready replicas of `spec`, following `resume_plan`.
+
+        Replicas whose spec hash is in `others` belong to a canary kept apart and are left alone. Replicas that
+        fail their checks (judged over the service's interval × failure_threshold) or must move are replaced
+        within the update policy, surge-first where there is room."""
+        s, view = self.s, self.s.view
+        h = spec.spec_hash()
+        # Second copies of one replica of one spec (a node that came back); an old and a new replica sharing an
+        # index during a rollout (or a canary beside its baseline) are not copies of each other.
+        for r in duplicates(view.running(spec.name, others)):
+            await self.retire(spec, r, f"second copy of {r.service}[{r.replica}]")
+        mine = view.running(spec.name, others)
+        ready = await s.ops.judge(spec, mine)
+        sp = plan([spec], view.nodes(), [r for r in view.seen if r.service != spec.name or r.spec_hash not in others],
+                  s.ledger.fresh(view.volumes)).service(spec.name)
+        moving = {r.id: why for r, why in sp.stop if _misplaced(why)}
+        states = [ReplicaState(r.id, "" if r.id in moving else r.spec_hash, ready[r.id], r.replica) for r in mine]
+        u = spec.update
+        resume = resume_plan(states, h, spec.replicas, u.max_surge, u.max_unavailable, u.batch_size)
+        by_id = {r.id: r for r in mine}
+        started = stopped = 0
+        if not heal and u.strategy == "canary" and s.ops.balanced and not resume.keep and any(
+                st.ready and st.spec_hash not in ("", h) for st in states):
+            canary, paused = await self._canary(spec, revision, [r for r in mine if r.spec_hash != h])
+            if paused:
+                return Outcome(spec.name, True, len(canary), stopped, reason=paused, waiting=True)
+            rest = await self(spec, revision, weight=weight)  # after a promoted canary: the rest of the plan
+            return replace(rest, started=rest.started + len(canary), changed=True)
+        for rid in resume.stop_first:
+            await self.retire(spec, by_id[rid], "surplus")
+            stopped += 1
+        outgoing = {st.id for st in states if st.id not in resume.keep}
+        for step in resume.steps:
+            s.guard()
+            if step.start_new:
+                new = await self.start_batch(spec, revision, step.start_new, outgoing, weight)
+                started += len(new)
+            for rid in step.stop_old:
+                r = by_id[rid]
+                why = ("failing its health check" if not ready[rid] else moving.get(rid)
+                       or ("replaced" if r.spec_hash != h else "surplus"))
+                await self.retire(spec, r, why)
+                stopped += 1
+        for r in view.running(spec.name, others):
+            view.rotation.weight(r, weight)
+        changed = bool(started or stopped)
+        if changed or not heal:
+            n = len([r for r in view.live if r.service == spec.name and r.spec_hash == h])
+            s.emit("done", spec.name, f"{spec.name}: {n}/{spec.replicas} replicas at revision {revision}")
+        return Outcome(spec.name, True, started, stopped, changed=changed)
+
+    async def _canary(self, spec: ServiceSpec, revision: int, old: Sequence[Replica]) -> tuple[list[Replica],
+                                                                                                  str | None]:
+        """One new replica gets each step's share of traffic (HAProxy weights) for `pause`; its 5xx rate is
+        compared with the old replicas' after every window. Promoted on its own, or left waiting (the reason
+        is returned and the decision recorded on the fleet)."""
+        s, rotation = self.s, self.s.view.rotation
+        c = spec.update.canary
+        steps, pause = (c.steps, c.pause) if c else ((10, 50), 30.0)
+        new = await self.start_batch(spec, revision, 1, {r.id for r in old})
+        last = (1, 1)
+        for step in canary_weights(steps, len(new), len(old)):
+            s.guard()
+            for r in new:
+                rotation.weight(r, step.new_weight)
+            for r in old:
+                rotation.weight(r, step.old_weight)
+            last = (step.new_weight, step.old_weight)
+            await s.ops.route(rotation)
+            s.emit("canary", spec.name, f"canary at {step.pct}% of traffic (weights {step.new_weight} new / "
+                                        f"{step.old_weight} old) for {pause:g}s")
+            before = await s.ops.counters(spec.name)
+            deadline = time.monotonic() + pause
+            while True:
+                await asyncio.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+                after = await s.ops.counters(spec.name)
+                verdict = _verdict(spec, before, after, new, old)
+                if verdict.ok is False:
+                    for r in new:
+                        await self.retire(spec, r, "canary aborted")
+                    for r in old:
+                        rotation.weight(r, 1)
+                    await s.ops.route(rotation)
+                    raise CanaryAborted(f"{spec.name}: canary aborted at {step.pct}%: {verdict.reason}")
+                if time.monotonic() >= deadline:
+                    break
+        if c is not None and not c.auto_promote:
+            reason = (f"{spec.name}: canary at {steps[-1]}% waits: `fleet promote {spec.name}` or "
+                      f"`fleet abort {spec.name}`")
+            await s.ledger.canary_waiting(spec, revision, last)
+            return new, reason
+        for r in [*new, *old]:
+            rotation.weight(r, 1)
+        s.emit("canary", spec.name, f"{spec.name}: canary promoted; rolling the rest")
+        return new, None
+
+    # --- one batch --------------------------------------------------------------------------------------
+    async def start_batch(self, spec: ServiceSpec, revision: int, k: int, outgoing: set[str],
+                          weight: int = 1) -> list[Replica]:
+        """k new replicas of `spec`, placed, started, ready and routed; none of them left running on failure."""
+        async with self.s.book.reserve(spec, revision, k, outgoing, self.s.ledger.fresh(self.s.view.volumes)) as at:
+            return await self._start_placed(spec, revision, at, weight)
+
+    async def _start_placed(self, spec: ServiceSpec, revision: int, assignments: Sequence[Assignment],
+                            weight: int) -> list[Replica]:
+        s, view = self.s, self.s.view
+        for node in sorted({a.node for a in assignments}):
+            try:
+                await s.ops.ensure_images(node, {spec.image})
+            except ImageUnavailable as exc:
+                view.errors[node] = str(exc)
+                raise RolloutFailed(f"{spec.name}: {exc}") from exc
+        new = await asyncio.gather(*(s.ops.start(spec, revision, a) for a in assignments), return_exceptions=True)
+        ok = [r for r in new if isinstance(r, Replica)]
+        failed = [e for e in new if isinstance(e, BaseException)]
+        for e in failed:
+            if not isinstance(e, FleetError):
+                raise e
+        if not failed:
+            ready = await asyncio.gather(*(s.ops.wait_ready(spec, r) for r in ok))
+            failed_reasons = [why for why in ready if why is not None]
+        else:
+            failed_reasons = [str(e) for e in failed]
+        if failed_reasons:
+            for r in ok:
+                await s.ops.remove(r, "not ready")
+                view.gone(r)
+            raise RolloutFailed(f"{spec.name}: new replicas did not become ready: " + "; ".join(failed_reasons))
+        for r in ok:
+            view.live.append(r)
+            view.rotation.put(r, weight=weight)
+        if view.rotation.routed(spec.name):
+            await s.ops.route(view.rotation)
+            s.emit("routed", spec.name, f"{len(ok)} new replica(s) in the load balancer")
+        return ok
+
+    async def retire(self, spec: ServiceSpec, r: Replica, why: str) -> None:
+        """Drain (no new connections; existing ones finish, up to the grace period), unroute, then stop."""
+        s, rotation = self.s, self.s.view.rotation
+        if rotation.routed(r.service) and s.ops.balanced:
+            rotation.state(r, "drain")
+            await s.ops.drain(spec, r, why)
+            rotation.drop(r)
+            await s.ops.route(rotation, settle=min(max(spec.stop_grace_period, 1.0), 10.0))
+        await self.stop(r, spec.stop_grace_period, why)
+
+    async def stop(self, r: Replica, grace: float, why: str) -> None:
+        await self.s.ops.stop(r, grace, why)
+        self.s.view.gone(r)
+
+
+def _verdict(spec: ServiceSpec, before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]],
+             new: Sequence[Replica], old: Sequence[Replica]) -> Verdict:
+    def delta(rs: Sequence[Replica]) -> tuple[int, int]:
+        bad = sum(after.get(r.id, (0, 0))[0] - before.get(r.id, (0, 0))[0] for r in rs)
+        total = sum(after.get(r.id, (0, 0))[1] - before.get(r.id, (0, 0))[1] for r in rs)
+        return max(bad, 0), max(total, 0)
+
+    c = spec.update.canary
+    (nb, nt), (ob, ot) = delta(new), delta(old)
+    return canary_verdict(min(nb, nt), nt, min(ob, ot), ot, c.max_error_rate_delta if c else 1.0)

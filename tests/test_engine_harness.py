@@ -1,0 +1,186 @@
+"""The engine's rollouts through tests/harness.py (the real run, rollouts, room book and ledger over fake replica
+operations and in-memory records): the order of steps and the bounds the update policy sets, a failing version
+rolled back, canaries promoted and aborted, two services sharing scarce room, and a lease lost mid-rollout.
+Each takes well under a second (`pytest --durations`: a speed is shown by figures, never asserted); the lab tests
+keep what only real nodes show."""
+
+from __future__ import annotations
+
+import pytest
+from harness import Harness, service, worker
+
+from fleet.config.spec import ServiceSpec
+from fleet.core.errors import LeaseLost
+
+V1, V2 = "fleet.local/demo:v1", "fleet.local/demo:v2"
+CANARY = ("    lb: {port: 8080}\n    update: {strategy: canary, canary: {steps: [10, 50], pause: 50ms, "
+          "auto_promote: %s}}\n")
+
+
+def web(image: str, replicas: int = 3, update: str = "", extra: str = "") -> ServiceSpec:
+    return service("web", replicas, cpu=0.25, image=image,
+                   extra=(f"    update: {{{update}}}\n" if update else "") + extra)
+
+
+async def started_at_v1(h: Harness, spec: ServiceSpec) -> None:
+    """`spec` applied and running (revision 1), the fake's bounds reset for what follows."""
+    result = await h.apply(spec)
+    assert result.ok, result.outcomes
+    h.ops.steps.clear()
+    h.ops.peak.clear()
+    h.ops.low.clear()
+
+
+async def test_surge_first_starts_each_new_replica_before_stopping_an_old_one():
+    h = Harness([worker("w1"), worker("w2")])
+    await started_at_v1(h, web(V1))
+    old = {r.id for r in h.ops.of("web")}
+    result = await h.apply(web(V2, update="max_surge: 1, max_unavailable: 0"))
+    assert result.ok and result.outcomes[0].started == 3 and result.outcomes[0].stopped == 3
+    kinds = [kind for kind, _ in h.steps("web")]
+    assert kinds == ["start", "ready", "stop"] * 3
+    assert {rid for kind, rid in h.steps("web") if kind == "stop"} == old
+    assert h.ops.peak["web"] <= 4 and h.ops.low["web"] >= 3  # never more than one over, never one short
+    assert {r.image for r in h.ops.of("web")} == {V2} and len(h.ops.of("web")) == 3
+    assert h.memory().outcomes("web") == [(1, "succeeded"), (2, "succeeded")]
+    assert h.memory().states["web"]["accepted"] == 2 and h.memory().states["web"]["decision"] == "applied"
+
+
+async def test_unavailable_first_stops_an_old_replica_before_starting_its_replacement():
+    h = Harness([worker("w1")])
+    await started_at_v1(h, web(V1))
+    result = await h.apply(web(V2, update="max_surge: 0, max_unavailable: 1"))
+    assert result.ok
+    assert [kind for kind, _ in h.steps("web")] == ["stop", "start", "ready"] * 3
+    assert h.ops.peak["web"] <= 3 and h.ops.low["web"] >= 2  # never over the count, never two short
+    assert {r.image for r in h.ops.of("web")} == {V2}
+
+
+async def test_a_version_that_never_becomes_ready_is_rolled_back_to_the_last_good_revision():
+    h = Harness([worker("w1")])
+    await started_at_v1(h, web(V1))
+    h.ops.not_ready[V2] = "exited with status 1"
+    result = await h.apply(web(V2))
+    [outcome] = result.outcomes
+    assert not outcome.ok and outcome.reason is not None
+    assert "new replicas did not become ready" in outcome.reason and "exited with status 1" in outcome.reason
+    assert outcome.reason.endswith("; rolled back to revision 1")
+    # The one new replica tried was removed; the old ones never stopped.
+    assert [kind for kind, _ in h.steps("web")] == ["start", "remove"]
+    assert {r.image for r in h.ops.of("web")} == {V1} and len(h.ops.of("web")) == 3
+    assert h.memory().outcomes("web") == [(1, "succeeded"), (2, "rolled-back")]
+    state = h.memory().states["web"]
+    assert (state["accepted"], state["decision"]) == (1, "rolled-back")
+    assert [e.step for e in h.events].count("rollback") == 1
+    # Reconcile does not try the failed revision again while the playbook is unchanged.
+    h.ops.steps.clear()
+    again = await h.apply(web(V2), command="reconcile")
+    assert again.outcomes[0].ok and h.steps("web") == []
+
+
+async def test_a_canary_left_waiting_is_promoted_to_every_replica():
+    h = Harness([worker("w1"), worker("w2")], balanced=True)
+    await started_at_v1(h, web(V1, extra=CANARY % "false"))
+    [outcome] = (await h.apply(web(V2, extra=CANARY % "false"))).outcomes
+    assert outcome.ok and outcome.waiting and outcome.started == 1
+    assert sorted(r.image for r in h.ops.of("web")) == [V1, V1, V1, V2]
+    state = h.memory().states["web"]
+    assert (state["decision"], state["canary"], state["accepted"]) == ("canary-waiting", 2, 1)
+    # The canary's traffic steps: its weight against the old replicas' went up at each step.
+    canary_id = next(r.id for r in h.ops.of("web") if r.image == V2)
+    weights = [w for kind, name, routed in h.ops.steps if kind == "route"
+               for w in [dict(s.split(":", 2)[0::2] for s in routed.split(","))] if canary_id in w]
+    assert len(weights) >= 2 and weights[0] != weights[-1]
+
+    h.ops.steps.clear()
+    h.ops.peak.clear()
+    h.ops.low.clear()
+    rev, result = await h.fresh_engine().turn("promote", "web")
+    assert rev.revision == 2 and result.ok
+    assert {r.image for r in h.ops.of("web")} == {V2} and len(h.ops.of("web")) == 3
+    # The canary holds the surge room: an old replica goes first, then one new for one old, each old one
+    # drained from the load balancers before it stops.
+    assert [kind for kind, _ in h.steps("web")] == ["drain", "stop"] + ["start", "ready", "drain", "stop"] * 2
+    assert h.ops.peak["web"] <= 4 and h.ops.low["web"] >= 3
+    assert h.memory().outcomes("web") == [(1, "succeeded"), (2, "succeeded")]
+    assert (h.memory().states["web"]["decision"], h.memory().states["web"]["accepted"]) == ("applied", 2)
+
+
+async def test_a_waiting_canary_aborted_by_hand_leaves_the_accepted_revision():
+    h = Harness([worker("w1")], balanced=True)
+    await started_at_v1(h, web(V1, extra=CANARY % "false"))
+    await h.apply(web(V2, extra=CANARY % "false"))
+    h.ops.steps.clear()
+    rev, result = await h.fresh_engine().turn("abort", "web")
+    assert rev.revision == 2 and result.ok
+    assert {r.image for r in h.ops.of("web")} == {V1} and len(h.ops.of("web")) == 3
+    assert [kind for kind, _ in h.steps("web", ["start", "drain", "stop"])] == ["drain", "stop"]
+    assert h.memory().outcomes("web") == [(1, "succeeded"), (2, "aborted")]
+    state = h.memory().states["web"]
+    assert (state["decision"], state["accepted"], state["canary"]) == ("aborted", 1, None)
+
+
+async def test_a_canary_serving_errors_is_aborted_on_its_own():
+    h = Harness([worker("w1")], balanced=True)
+    await started_at_v1(h, web(V1, extra=CANARY % "true"))
+    h.ops.error_rate[V2] = 0.5
+    [outcome] = (await h.apply(web(V2, extra=CANARY % "true"))).outcomes
+    assert not outcome.ok and outcome.reason is not None and "canary aborted at 10%" in outcome.reason
+    assert {r.image for r in h.ops.of("web")} == {V1} and len(h.ops.of("web")) == 3
+    assert h.memory().outcomes("web") == [(1, "succeeded"), (2, "aborted")]
+    assert h.memory().states["web"]["decision"] == "aborted"
+
+
+async def test_two_services_sharing_scarce_room_both_roll_without_overfilling_the_node():
+    # One node of 2 CPUs, full: each service's two replicas take half a CPU each. `a` goes down to one replica,
+    # stopping an old one before starting its replacement; `b`, surge-first, has no room for its surge replica
+    # while `a` rolls, and waits for the room `a` frees instead of failing.
+    h = Harness([worker("w1")])
+    first = "    update: {max_surge: 0, max_unavailable: 1}\n"
+    assert (await h.apply(service("a", 2, cpu=0.5, image=V1, extra=first), service("b", 2, cpu=0.5, image=V1))).ok
+    h.ops.delay = 0.02
+    result = await h.apply(service("a", 1, cpu=0.5, image=V2, extra=first), service("b", 2, cpu=0.5, image=V2))
+    assert result.ok, result.outcomes
+    assert sorted((r.service, r.image) for r in h.ops.running.values()) == [("a", V2)] + [("b", V2)] * 2
+    assert h.ops.cpu_peak["w1"] <= 2.0
+    assert [e.service for e in h.events if e.step == "wait"] == ["b"]
+    assert h.engine.book.pending == [] and h.engine.book.converging == set()
+
+
+async def test_a_lease_lost_mid_rollout_stops_at_the_next_step_and_writes_nothing_after():
+    lost = False
+
+    def guard() -> None:
+        if lost:
+            raise LeaseLost("the fleet's lease was taken by another run")
+
+    h = Harness([worker("w1")])
+    await started_at_v1(h, web(V1))
+    writes_before = len(h.memory().writes)
+
+    def lose(r: object) -> None:
+        nonlocal lost
+        lost = True
+
+    h.ops.on_start = lose
+    engine = h.fresh_engine(guard=guard)
+    with pytest.raises(LeaseLost):
+        await engine.apply([web(V2)])
+    # The step under way finished (its new replica ready, one old one stopped); no other step began.
+    assert [kind for kind, _ in h.steps("web")] == ["start", "ready", "stop"]
+    assert sorted(r.image for r in h.ops.of("web")) == [V1, V1, V2]
+    # Revision 2 was begun before the loss; nothing was written after it.
+    assert h.memory().writes[writes_before:] == [("record", "web@2")]
+    assert h.memory().outcomes("web") == [(1, "succeeded"), (2, "in-progress")]
+
+
+async def test_a_scaled_count_holds_through_reconcile_until_the_next_apply():
+    h = Harness([worker("w1"), worker("w2")])
+    await started_at_v1(h, web(V1))
+    result = await h.fresh_engine().scale(web(V1), 5)
+    assert result.ok and len(h.ops.of("web")) == 5
+    assert h.memory().states["web"]["replicas"] == 5
+    assert (await h.apply(web(V1), command="reconcile")).ok and len(h.ops.of("web")) == 5
+    assert (await h.apply(web(V1))).ok and len(h.ops.of("web")) == 3
+    assert h.memory().states["web"]["replicas"] is None
+    assert h.memory().outcomes("web") == [(1, "succeeded")]  # the count is not a new revision
