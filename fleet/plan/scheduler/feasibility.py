@@ -1,15 +1,16 @@
-"""Feasibility checks a node must pass to take a replica, and the words that explain a failed check.
-
-CPU is counted in whole micro-cores so sums are exact: capacity rounds down, demand rounds up, never over.
+"""Feasibility checks a node must pass to take a replica, as one ordered chain, and the words that explain a
+failed check. CPU is counted in whole micro-cores so sums are exact: capacity rounds down, demand rounds up.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import NamedTuple, Protocol
 
 from fleet.core.model import Resources
 from fleet.core.units import format_cpu, format_memory
+from fleet.plan.scheduler.values import NodeState, ServiceDemand
 
 MICRO = 1_000_000
 _SLACK = 1e-3  # micro-cores of float noise tolerated when rounding (0.7 * 1e6 may be 699999.9999)
@@ -64,3 +65,102 @@ def no_port(port_range: tuple[int, int]) -> str:
 
 def count_nodes(n: int, singular: str, plural: str) -> str:
     return f"{n} node {singular}" if n == 1 else f"{n} nodes {plural}"
+
+
+class NodeTable(Protocol):
+    """The nodes of one scheduling pass as the checks read them, indexed by position in name order."""
+
+    names: list[str]
+    states: list[NodeState]
+    healthy: list[bool]
+    draining: list[bool]
+    cordoned: list[bool]
+    labels: list[Mapping[str, str]]
+    free_cpu: list[int]
+    free_mem: list[int]
+
+    def fits(self, i: int, cpu: int, memory: int) -> bool: ...
+
+    def free_port(self, i: int, port_range: tuple[int, int]) -> int | None: ...
+
+
+class Ask(NamedTuple):
+    """What one service asks of a node, as the feasibility checks read it."""
+
+    required: Mapping[str, str]
+    only: frozenset[str] | None  # the nodes holding its data; None: any node
+    data_what: str
+    cpu: int  # micro-cores, rounded up
+    memory: int
+    port_range: tuple[int, int]
+
+    def filter_key(self) -> tuple[tuple[tuple[str, str], ...], frozenset[str] | None, str]:
+        """What the fixed checks' verdicts depend on (the data's name only where some node is ruled out by it)."""
+        return tuple(sorted(self.required.items())), self.only, self.data_what if self.only is not None else ""
+
+
+def ask_of(d: ServiceDemand, only: frozenset[str] | None) -> Ask:
+    """The ask of `d`, limited to the nodes in `only` when given."""
+    return Ask(d.required_labels, only, d.data_what, cpu_ceil(d.resources.cpu), d.resources.memory, d.port_range)
+
+
+class Refusal(NamedTuple):
+    """Why a node takes no new replica of a service: the first check it fails."""
+
+    check: str  # the check's name: the explanation counts and lists nodes by it
+    text: str  # the node's reason, as `Placement.rejected` shows it
+    evicts: str | None = None  # why a replica already running there leaves too ("node n1 " + this); None: it stays
+    labels: tuple[str, ...] = ()  # the required labels the node lacks
+
+
+Check = Callable[[NodeTable, int, Ask], Refusal | None]
+
+UNHEALTHY = Refusal("unhealthy", "unhealthy", "is unhealthy")
+DRAINING = Refusal("draining", "draining: takes no new replicas", "is draining")
+CORDONED = Refusal("cordoned", "cordoned: takes no new replicas")
+
+
+def _healthy(state: NodeTable, i: int, ask: Ask) -> Refusal | None:
+    return None if state.healthy[i] else UNHEALTHY
+
+
+def _not_draining(state: NodeTable, i: int, ask: Ask) -> Refusal | None:
+    return DRAINING if state.draining[i] else None
+
+
+def _not_cordoned(state: NodeTable, i: int, ask: Ask) -> Refusal | None:
+    return CORDONED if state.cordoned[i] else None
+
+
+def _holds_data(state: NodeTable, i: int, ask: Ask) -> Refusal | None:
+    if ask.only is None or state.names[i] in ask.only:
+        return None
+    return Refusal("data", f"holds none of {ask.data_what}")
+
+
+def _has_labels(state: NodeTable, i: int, ask: Ask) -> Refusal | None:
+    missing = missing_labels(state.labels[i], ask.required)
+    if not missing:
+        return None
+    text = f"lacks label {', '.join(missing)}"
+    return Refusal("labels", text, text, tuple(missing))
+
+
+def _has_room(state: NodeTable, i: int, ask: Ask) -> Refusal | None:
+    if state.fits(i, ask.cpu, ask.memory):
+        return None
+    short = shortfall(ask.cpu, ask.memory, state.free_cpu[i], state.free_mem[i])
+    return Refusal("room", f"{short}{measured(state.states[i].others)}")
+
+
+def _has_port(state: NodeTable, i: int, ask: Ask) -> Refusal | None:
+    return None if state.free_port(i, ask.port_range) is not None else Refusal("port", no_port(ask.port_range))
+
+
+# The feasibility chain, cheapest check first: a node stops at the first it fails, and that refusal is its reason.
+# Flags first (draining before cordoned: a node that is both is reported by the stronger), then a set lookup, then
+# a comparison per required label. These never change during a pass, so place.py takes their verdicts once per
+# filter key, recording each refusal as it filters. Room and host ports change with every placement: they come
+# last and are asked again as replicas are placed, and of the nodes that passed when a shortfall is explained.
+FIXED: tuple[Check, ...] = (_healthy, _not_draining, _not_cordoned, _holds_data, _has_labels)
+CHANGING: tuple[Check, ...] = (_has_room, _has_port)
