@@ -13,6 +13,7 @@ import os
 import socket
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncssh
@@ -90,33 +91,23 @@ def _consume(task: asyncio.Task[Any]) -> None:
         task.exception()
 
 
+@dataclass(eq=False, kw_only=True)
 class Connector:
     """Opens and keeps one connection per node for a Pool (see `Pool` for what each setting means)."""
 
-    def __init__(
-        self,
-        *,
-        connect_timeout: float,
-        connect_attempts: int,
-        backoff: float,
-        kex_algs: str | None,
-        encryption_algs: str | None,
-        keepalive_interval: float,
-        keepalive_count_max: int,
-        retry_after: float,
-    ) -> None:
-        self.connect_timeout = connect_timeout
-        self.connect_attempts = connect_attempts
-        self.backoff = backoff
-        self.keepalive_interval = keepalive_interval
-        self.keepalive_count_max = keepalive_count_max
-        self.retry_after = retry_after
-        # Nodes whose last connect failed: (when, the error). Calls within `retry_after` fail at once with it.
-        self._failed: dict[NodeKey, tuple[float, ConnectError]] = {}
-        self._algs = {"kex_algs": kex_algs, "encryption_algs": encryption_algs}
-        self._conns: dict[NodeKey, asyncio.Task[asyncssh.SSHClientConnection]] = {}
-        self._known_hosts: dict[str, tuple[float, asyncssh.SSHKnownHosts]] = {}
-        self._keys: dict[tuple[str, ...], Sequence[asyncssh.SSHKeyPair]] = {}
+    connect_timeout: float
+    connect_attempts: int
+    backoff: float
+    kex_algs: str | None
+    encryption_algs: str | None
+    keepalive_interval: float
+    keepalive_count_max: int
+    retry_after: float
+    # Nodes whose last connect failed: (when, the error). Calls within `retry_after` fail at once with it.
+    _failed: dict[NodeKey, tuple[float, ConnectError]] = field(default_factory=dict, init=False)
+    _conns: dict[NodeKey, asyncio.Task[asyncssh.SSHClientConnection]] = field(default_factory=dict, init=False)
+    _known_hosts: dict[str, tuple[float, asyncssh.SSHKnownHosts]] = field(default_factory=dict, init=False)
+    _keys: dict[tuple[str, ...], Sequence[asyncssh.SSHKeyPair]] = field(default_factory=dict, init=False)
 
     async def close(self) -> None:
         """Close every connection this pool opened (or is opening)."""
@@ -183,7 +174,8 @@ class Connector:
             "keepalive_interval": self.keepalive_interval,
             "keepalive_count_max": self.keepalive_count_max,
         }
-        options.update({name: algs for name, algs in self._algs.items() if algs})
+        algs = {"kex_algs": self.kex_algs, "encryption_algs": self.encryption_algs}
+        options.update({name: chosen for name, chosen in algs.items() if chosen})
         if node.known_hosts:
             try:
                 options["known_hosts"] = self._pinned(node.known_hosts)
