@@ -269,7 +269,7 @@ def _settle_existing(
     stops: dict[Existing, str] = {}
     moved: set[tuple[str, int]] = set()
     candidates: dict[tuple[str, int], list[Existing]] = {}
-    asks: dict[str, Ask] = {}
+    checked: dict[str, tuple[Ask, dict[int, Refusal]]] = {}
     for e in sorted(set(existing), key=_existing_order):
         d = demands.get(e.service)
         ident = (e.service, e.replica)
@@ -277,7 +277,7 @@ def _settle_existing(
             stops[e] = f"service {e.service} is no longer wanted"
         elif not 0 <= e.replica < d.replicas:
             stops[e] = f"surplus: {e.service} wants {d.replicas} replicas"
-        elif (problem := _node_problem(state, e.node, d, asks)) is not None:
+        elif (problem := _node_problem(state, e.node, d, checked)) is not None:
             stops[e] = problem
             moved.add(ident)
         else:
@@ -311,18 +311,22 @@ def _settle_existing(
     return kept, stops, moved  # in settling order; place() sorts what it returns
 
 
-def _node_problem(state: _Pass, node: str, d: ServiceDemand, asks: dict[str, Ask]) -> str | None:
+def _node_problem(state: _Pass, node: str, d: ServiceDemand,
+                  checked: dict[str, tuple[Ask, dict[int, Refusal]]]) -> str | None:
     """Why a replica of `d` already on `node` must leave: the first fixed check it fails that evicts too.
 
     Cordoned nodes and nodes outside the data's keep what they run; a held replica stays on a draining node
-    (only its own service's convergence moves it). `asks` keeps each service's ask across its replicas."""
+    (only its own service's convergence moves it). `checked` keeps each service's ask and the refusals recorded
+    for it across its replicas."""
     i = state.index.get(node)
     if i is None:
         return f"node {node} is gone"
-    ask = asks.get(d.service)
-    if ask is None:
-        ask = asks[d.service] = ask_of(d, None)
-    if i not in state.verdicts(ask).refused:
+    known = checked.get(d.service)
+    if known is None:
+        ask = ask_of(d, None)
+        known = checked[d.service] = (ask, state.verdicts(ask).refused)
+    ask, refused = known
+    if i not in refused:
         return None  # the node passes every fixed check: the common case, read from the recorded verdicts
     for check in FIXED:  # the first refusal may let the replica stay (cordoned); a later one may not
         refusal = check(state, i, ask)
