@@ -90,7 +90,6 @@ def state_path(service: str) -> str:
     return f"{service}/state.json"
 
 
-
 @dataclass(frozen=True)
 class StateRecord:
     """A service's decision state as stored: the engine's JSON object, or None once deleted (a tombstone, so

@@ -68,7 +68,6 @@ __all__ = [
 SERVICE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 
 
-
 class FleetHistory:
     """Revision history and decision state of every service, on the fleet's record nodes.
 
@@ -281,11 +280,9 @@ class FleetHistory:
                     self.cache.store_state(r.service, None if r.state is None else compact_json(r.state), r.updated_at)
 
 
-
 def _check_service(service: str) -> None:
     if not SERVICE_RE.match(service):
         raise ValueError(f"service name {service!r}: lowercase letters, digits, . _ - (not first), up to 128")
-
 
 
 def _write_failure(result: CommandResult, writes: Mapping[str, Record]) -> str | None:

@@ -91,9 +91,8 @@ def from_cache(cache: History, errors: Mapping[str, str]) -> Snapshot:
     return Snapshot(revisions, states, top, {}, (), dict(errors), (warning,), from_cache=True)
 
 
-
 def next_revision(snap: Snapshot, service: str, spec_json: str, spec_hash: str, image: str, user: str,
-                   now: float) -> tuple[int, Revision | None]:
+                  now: float) -> tuple[int, Revision | None]:
     """The revision `record` returns for this spec, and the new revision to write (None: an existing one)."""
     revs = [r.revision for (s, _), r in sorted(snap.revisions.items()) if s == service]
     ok = [r for r in revs if r.outcome == "succeeded"]

@@ -61,7 +61,6 @@ def _is_ip(address: str) -> bool:
     return True
 
 
-
 def _ack_promptly(conn: asyncssh.SSHClientConnection) -> None:
     """ACK every read at once (Linux TCP_QUICKACK, re-armed on each read).
 
