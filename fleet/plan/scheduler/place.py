@@ -385,7 +385,9 @@ def _select(
     group's best fit order: every later untouched node ranks behind it, so the rest are read when needed.
     """
     cpu, mem = cpu_ceil(d.resources.cpu), d.resources.memory
-    fits, names = state.fits, state.names
+    # `_Pass.fits` inlined below: in a pass of many small services this loop reads millions of nodes, and the
+    # method call doubled its cost (bench/pack.py, 10,000 services).
+    free_cpu, free_mem, names = state.free_cpu, state.free_mem, state.names
     spread = d.strategy == "spread"
     if not pending:
         return []
@@ -404,7 +406,7 @@ def _select(
         while pos < len(ranked):
             score, name, i = ranked[pos]
             pos += 1
-            if i not in seen and fits(i, cpu, mem):
+            if i not in seen and free_cpu[i] >= cpu and free_mem[i] >= mem:
                 seen.add(i)
                 heapq.heappush(heaps[g], (0, score, name, i))
                 frontier[g] = i
@@ -417,7 +419,7 @@ def _select(
         if g is None:
             continue  # a node that takes no new replica (cordoned): its replicas stay, it gets no more
         group_count[g] += n
-        if spread and n and fits(i, cpu, mem):
+        if spread and n and free_cpu[i] >= cpu and free_mem[i] >= mem:
             seen.add(i)
             heaps[g].append((n, state.score(i), names[i], i))
     version: Counter[str] = Counter()
@@ -438,7 +440,7 @@ def _select(
         port: int | None = None
         while h:
             i = h[0][3]
-            if fits(i, cpu, mem):
+            if free_cpu[i] >= cpu and free_mem[i] >= mem:
                 port = state.free_port(i, d.port_range)
                 if port is not None:
                     break
