@@ -84,26 +84,6 @@ class NodeTable(Protocol):
     def free_port(self, i: int, port_range: tuple[int, int]) -> int | None: ...
 
 
-class Ask(NamedTuple):
-    """What one service asks of a node, as the feasibility checks read it."""
-
-    required: Mapping[str, str]
-    only: frozenset[str] | None  # the nodes holding its data; None: any node
-    data_what: str
-    cpu: int  # micro-cores, rounded up
-    memory: int
-    port_range: tuple[int, int]
-
-    def filter_key(self) -> tuple[tuple[tuple[str, str], ...], frozenset[str] | None, str]:
-        """What the fixed checks' verdicts depend on (the data's name only where some node is ruled out by it)."""
-        return tuple(sorted(self.required.items())), self.only, self.data_what if self.only is not None else ""
-
-
-def ask_of(d: ServiceDemand, only: frozenset[str] | None) -> Ask:
-    """The ask of `d`, limited to the nodes in `only` when given."""
-    return Ask(d.required_labels, only, d.data_what, cpu_ceil(d.resources.cpu), d.resources.memory, d.port_range)
-
-
 class Refusal(NamedTuple):
     """Why a node takes no new replica of a service: the first check it fails."""
 
@@ -113,54 +93,66 @@ class Refusal(NamedTuple):
     labels: tuple[str, ...] = ()  # the required labels the node lacks
 
 
-Check = Callable[[NodeTable, int, Ask], Refusal | None]
+# A check of the node's own state, the same for every service.
+NodeCheck = Callable[[NodeTable, int], Refusal | None]
+# A check of what service `d` asks of node i; `only`: the nodes it may use for its data (None: any).
+Check = Callable[[NodeTable, int, ServiceDemand, frozenset[str] | None], Refusal | None]
+FilterKey = tuple[tuple[tuple[str, str], ...], frozenset[str] | None, str]
 
 UNHEALTHY = Refusal("unhealthy", "unhealthy", "is unhealthy")
 DRAINING = Refusal("draining", "draining: takes no new replicas", "is draining")
 CORDONED = Refusal("cordoned", "cordoned: takes no new replicas")
 
 
-def _healthy(state: NodeTable, i: int, ask: Ask) -> Refusal | None:
+def filter_key(d: ServiceDemand, only: frozenset[str] | None) -> FilterKey:
+    """What the fixed checks' verdicts for `d` depend on (the data's name only where it can rule a node out)."""
+    return tuple(sorted(d.required_labels.items())), only, d.data_what if only is not None else ""
+
+
+def _healthy(state: NodeTable, i: int) -> Refusal | None:
     return None if state.healthy[i] else UNHEALTHY
 
 
-def _not_draining(state: NodeTable, i: int, ask: Ask) -> Refusal | None:
+def _not_draining(state: NodeTable, i: int) -> Refusal | None:
     return DRAINING if state.draining[i] else None
 
 
-def _not_cordoned(state: NodeTable, i: int, ask: Ask) -> Refusal | None:
+def _not_cordoned(state: NodeTable, i: int) -> Refusal | None:
     return CORDONED if state.cordoned[i] else None
 
 
-def _holds_data(state: NodeTable, i: int, ask: Ask) -> Refusal | None:
-    if ask.only is None or state.names[i] in ask.only:
+def _holds_data(state: NodeTable, i: int, d: ServiceDemand, only: frozenset[str] | None) -> Refusal | None:
+    if only is None or state.names[i] in only:
         return None
-    return Refusal("data", f"holds none of {ask.data_what}")
+    return Refusal("data", f"holds none of {d.data_what}")
 
 
-def _has_labels(state: NodeTable, i: int, ask: Ask) -> Refusal | None:
-    missing = missing_labels(state.labels[i], ask.required)
+def _has_labels(state: NodeTable, i: int, d: ServiceDemand, only: frozenset[str] | None) -> Refusal | None:
+    missing = missing_labels(state.labels[i], d.required_labels)
     if not missing:
         return None
     text = f"lacks label {', '.join(missing)}"
     return Refusal("labels", text, text, tuple(missing))
 
 
-def _has_room(state: NodeTable, i: int, ask: Ask) -> Refusal | None:
-    if state.fits(i, ask.cpu, ask.memory):
+def _has_room(state: NodeTable, i: int, d: ServiceDemand, only: frozenset[str] | None) -> Refusal | None:
+    cpu, memory = cpu_ceil(d.resources.cpu), d.resources.memory
+    if state.fits(i, cpu, memory):
         return None
-    short = shortfall(ask.cpu, ask.memory, state.free_cpu[i], state.free_mem[i])
+    short = shortfall(cpu, memory, state.free_cpu[i], state.free_mem[i])
     return Refusal("room", f"{short}{measured(state.states[i].others)}")
 
 
-def _has_port(state: NodeTable, i: int, ask: Ask) -> Refusal | None:
-    return None if state.free_port(i, ask.port_range) is not None else Refusal("port", no_port(ask.port_range))
+def _has_port(state: NodeTable, i: int, d: ServiceDemand, only: frozenset[str] | None) -> Refusal | None:
+    return None if state.free_port(i, d.port_range) is not None else Refusal("port", no_port(d.port_range))
 
 
 # The feasibility chain, cheapest check first: a node stops at the first it fails, and that refusal is its reason.
-# Flags first (draining before cordoned: a node that is both is reported by the stronger), then a set lookup, then
-# a comparison per required label. These never change during a pass, so place.py takes their verdicts once per
-# filter key, recording each refusal as it filters. Room and host ports change with every placement: they come
-# last and are asked again as replicas are placed, and of the nodes that passed when a shortfall is explained.
-FIXED: tuple[Check, ...] = (_healthy, _not_draining, _not_cordoned, _holds_data, _has_labels)
+# The node's own state first (draining before cordoned: a node that is both is reported by the stronger): flags,
+# decided once per pass for every service. Then what the service asks: a set lookup, then a comparison per
+# required label; place.py takes these verdicts once per filter key, recording each refusal as it filters. None
+# of these change during a pass. Room and host ports change with every placement: they come last and are asked
+# again as replicas are placed, and of the nodes that passed when a shortfall is explained.
+NODE_STATE: tuple[NodeCheck, ...] = (_healthy, _not_draining, _not_cordoned)
+ASKED: tuple[Check, ...] = (_holds_data, _has_labels)
 CHANGING: tuple[Check, ...] = (_has_room, _has_port)

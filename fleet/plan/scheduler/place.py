@@ -16,16 +16,17 @@ from operator import attrgetter, itemgetter
 
 from fleet.core.errors import SchedulingError
 from fleet.plan.scheduler.feasibility import (
+    ASKED,
     CHANGING,
     DRAINING,
-    FIXED,
+    NODE_STATE,
     UNHEALTHY,
-    Ask,
+    FilterKey,
     Refusal,
-    ask_of,
     count_nodes,
     cpu_ceil,
     cpu_floor,
+    filter_key,
     no_port,
     shortfall,
     show_cpu,
@@ -88,9 +89,10 @@ class _Pass:
         healthy = [i for i, ok in enumerate(self.healthy) if ok]
         self.cpu_weight = 1.0 / max([self.free_cpu[i] for i in healthy] + [1])
         self.mem_weight = 1.0 / max([self.free_mem[i] for i in healthy] + [1])
-        self._verdicts: dict[tuple[tuple[tuple[str, str], ...], frozenset[str] | None, str], _Verdicts] = {}
-        self._orders: dict[tuple[tuple[tuple[tuple[str, str], ...], frozenset[str] | None, str], str | None],
-                           _Order] = {}
+        # The node's own state, checked once per pass: the first check of it each node fails (None: it passed).
+        self.node_refusal = [_first_refusal(self, i) for i in range(len(self.states))]
+        self._verdicts: dict[FilterKey, _Verdicts] = {}
+        self._orders: dict[tuple[FilterKey, str | None], _Order] = {}
         self._ranked: list[_Ranked] = [(self.score(i), name, i) for i, name in enumerate(self.names)]
         self._dirty: set[int] = set()
 
@@ -102,34 +104,37 @@ class _Pass:
         """Whether node i has room left for `cpu` micro-cores and `memory` bytes."""
         return self.free_cpu[i] >= cpu and self.free_mem[i] >= memory
 
-    def verdicts(self, ask: Ask) -> _Verdicts:
-        """Run the fixed checks over every node for `ask`, recording each refusal: once per filter key."""
-        key = ask.filter_key()
+    def verdicts(self, d: ServiceDemand, only: frozenset[str] | None) -> _Verdicts:
+        """Run the fixed checks over every node for `d` (limited to `only`, when given), recording each refusal:
+        once per filter key."""
+        key = filter_key(d, only)
         found = self._verdicts.get(key)
         if found is None:
             found = _Verdicts([], {})
-            for i in range(len(self.names)):
-                for check in FIXED:
-                    refusal = check(self, i, ask)
-                    if refusal is not None:
-                        found.refused[i] = refusal
-                        break
-                else:
+            for i, refusal in enumerate(self.node_refusal):
+                if refusal is None:
+                    for check in ASKED:
+                        if (refusal := check(self, i, d, only)) is not None:
+                            break
+                if refusal is None:
                     found.eligible.append(i)
+                else:
+                    found.refused[i] = refusal
             self._verdicts[key] = found
         return found
 
-    def order(self, ask: Ask, group_label: str | None) -> _Order:
-        """The nodes passing the fixed checks for `ask`, grouped by `group_label`, each group in best fit order.
+    def order(self, d: ServiceDemand, only: frozenset[str] | None, group_label: str | None) -> _Order:
+        """The nodes passing the fixed checks for `d` (and `only`), grouped by `group_label`, each group in best fit
+        order.
 
         Built once per distinct key and kept current by `refresh`: a service's turn need not walk all nodes.
         """
         self.refresh()
-        key = (ask.filter_key(), group_label)
+        key = (filter_key(d, only), group_label)
         found = self._orders.get(key)
         if found is None:
             found = _Order({}, {})
-            for i in self.verdicts(ask).eligible:
+            for i in self.verdicts(d, only).eligible:
                 g = self.labels[i].get(group_label, "") if group_label is not None else ""
                 found.group_of[i] = g
                 found.groups.setdefault(g, []).append(self._ranked[i])
@@ -269,7 +274,6 @@ def _settle_existing(
     stops: dict[Existing, str] = {}
     moved: set[tuple[str, int]] = set()
     candidates: dict[tuple[str, int], list[Existing]] = {}
-    checked: dict[str, tuple[Ask, dict[int, Refusal]]] = {}
     for e in sorted(set(existing), key=_existing_order):
         d = demands.get(e.service)
         ident = (e.service, e.replica)
@@ -277,7 +281,7 @@ def _settle_existing(
             stops[e] = f"service {e.service} is no longer wanted"
         elif not 0 <= e.replica < d.replicas:
             stops[e] = f"surplus: {e.service} wants {d.replicas} replicas"
-        elif (problem := _node_problem(state, e.node, d, checked)) is not None:
+        elif (problem := _node_problem(state, e.node, d)) is not None:
             stops[e] = problem
             moved.add(ident)
         else:
@@ -311,28 +315,36 @@ def _settle_existing(
     return kept, stops, moved  # in settling order; place() sorts what it returns
 
 
-def _node_problem(state: _Pass, node: str, d: ServiceDemand,
-                  checked: dict[str, tuple[Ask, dict[int, Refusal]]]) -> str | None:
+def _first_refusal(state: _Pass, i: int) -> Refusal | None:
+    for check in NODE_STATE:
+        if (refusal := check(state, i)) is not None:
+            return refusal
+    return None
+
+
+def _node_problem(state: _Pass, node: str, d: ServiceDemand) -> str | None:
     """Why a replica of `d` already on `node` must leave: the first fixed check it fails that evicts too.
 
     Cordoned nodes and nodes outside the data's keep what they run; a held replica stays on a draining node
-    (only its own service's convergence moves it). `checked` keeps each service's ask and the refusals recorded
-    for it across its replicas."""
+    (only its own service's convergence moves it)."""
     i = state.index.get(node)
     if i is None:
         return f"node {node} is gone"
-    known = checked.get(d.service)
-    if known is None:
-        ask = ask_of(d, None)
-        known = checked[d.service] = (ask, state.verdicts(ask).refused)
-    ask, refused = known
-    if i not in refused:
-        return None  # the node passes every fixed check: the common case, read from the recorded verdicts
-    for check in FIXED:  # the first refusal may let the replica stay (cordoned); a later one may not
-        refusal = check(state, i, ask)
-        if refusal is not None and refusal.evicts is not None and not (refusal is DRAINING and d.held):
-            return f"node {node} {refusal.evicts}"
+    # The node's state is walked in full only where it refused the node: the first refusal may let the replica
+    # stay (cordoned), a later one may not.
+    if state.node_refusal[i] is not None:
+        for node_check in NODE_STATE:
+            if (refusal := node_check(state, i)) is not None and (why := _evicts(refusal, d)) is not None:
+                return f"node {node} {why}"
+    for check in ASKED:
+        if (refusal := check(state, i, d, None)) is not None and (why := _evicts(refusal, d)) is not None:
+            return f"node {node} {why}"
     return None
+
+
+def _evicts(refusal: Refusal, d: ServiceDemand) -> str | None:
+    """Why a replica of `d` already on the refused node leaves too, or None: it stays."""
+    return None if refusal is DRAINING and d.held else refusal.evicts
 
 
 def _data_only(d: ServiceDemand) -> frozenset[str] | None:
@@ -391,7 +403,7 @@ def _select(
     spread = d.strategy == "spread"
     if not pending:
         return []
-    order = state.order(ask_of(d, only), d.spread_by if spread else None)
+    order = state.order(d, only, d.spread_by if spread else None)
     # A node that fits has at least this score, so the fuller nodes before it need not be read.
     floor = (cpu * state.cpu_weight + mem * state.mem_weight - 1e-9,)
     cursor = {g: bisect.bisect_left(ranked, floor) for g, ranked in order.groups.items()}
@@ -469,8 +481,8 @@ def _explain(state: _Pass, d: ServiceDemand) -> tuple[str, dict[int, str]]:
 
     The fixed checks' refusals are those recorded when the nodes were filtered; room and ports are asked now,
     after the service's turn, of the nodes that passed."""
-    ask = ask_of(d, _data_only(d))
-    verdicts = state.verdicts(ask)
+    only = _data_only(d)
+    verdicts = state.verdicts(d, only)
     names, free_cpu, free_mem = state.names, state.free_cpu, state.free_mem
     per_node: dict[int, str] = {}
     lacking: Counter[str] = Counter()
@@ -482,13 +494,13 @@ def _explain(state: _Pass, d: ServiceDemand) -> tuple[str, dict[int, str]]:
             per_node[i] = refusal.text
     for i in verdicts.eligible:
         for check in CHANGING:
-            if (late := check(state, i, ask)) is not None:
+            if (late := check(state, i, d, only)) is not None:
                 refused_by.setdefault(late.check, []).append(names[i])
                 per_node[i] = late.text
                 break
-    parts = [f"needs cpu {show_cpu(ask.cpu)}, memory {show_memory(ask.memory)}"]
-    if ask.only is not None:
-        parts.append(f"{d.data_what} is on {', '.join(sorted(ask.only))} only")
+    parts = [f"needs cpu {show_cpu(cpu_ceil(d.resources.cpu))}, memory {show_memory(d.resources.memory)}"]
+    if only is not None:
+        parts.append(f"{d.data_what} is on {', '.join(sorted(only))} only")
     if verdicts.eligible:
         # max() keeps the first of equals: the first node in name order, as the reason has always named.
         best_cpu = max(verdicts.eligible, key=free_cpu.__getitem__)
