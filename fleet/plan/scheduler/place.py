@@ -316,6 +316,7 @@ def _settle_existing(
 
 
 def _first_refusal(state: _Pass, i: int) -> Refusal | None:
+    """The first check of its own state that node i fails, or None."""
     for check in NODE_STATE:
         if (refusal := check(state, i)) is not None:
             return refusal
