@@ -198,6 +198,36 @@ def _kill_and_wait(pids: list[int], timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
+def _remove_node(cfg: LabConfig, node: LabNode, namespaces: set[str] | None = None) -> None:
+    """Kill every process of the node (its netns and its containers' cgroups), then its links and netns.
+
+    A function of the lab's config, not a method: `down` uses it for nodes the record no longer lists."""
+    ns = node.netns(cfg.prefix)
+    present = ns in (_netns_list() if namespaces is None else namespaces)
+    tasks = _task_ids(cfg, node.name)
+    pids = set(_pids_in_netns(ns)) if present else set()
+    holder = _read_pid(f"{node_dir(cfg, node)}/holder.pid")
+    if holder and _alive(holder) and os.path.exists(f"/run/netns/{ns}"):
+        try:
+            if os.stat(f"/proc/{holder}/ns/net").st_ino == os.stat(f"/run/netns/{ns}").st_ino:
+                pids.add(holder)
+        except OSError:
+            pass
+    for tns, cid in tasks:
+        pids |= set(_cgroup_pids(tns, cid))
+    pids.discard(os.getpid())
+    _kill_and_wait(sorted(pids))
+    for tns, cid in tasks:
+        for d in _cgroup_dirs(tns, cid):
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
+    _remove_cgroup(render.node_cgroup(cfg, node))
+    if _link_exists(node.veth(cfg.prefix)):
+        _run(["ip", "link", "del", node.veth(cfg.prefix)], check=False)
+    if present:
+        _run(["ip", "netns", "del", ns], check=False)
+
+
 class Lab:
     """Builds, inspects and removes one lab, named by its prefix."""
 
@@ -283,7 +313,7 @@ class Lab:
         for node in layout:
             if self.node_status(node, namespaces).ready:
                 continue
-            self._remove_node(node)
+            _remove_node(self.cfg, node)
             self._create_node(node)
             started.append(node)
         deadline = time.monotonic() + timeout
@@ -388,34 +418,6 @@ class Lab:
             json.dump(rec, fh, indent=1)
 
     # --- down --------------------------------------------------------------------------------------------
-    def _remove_node(self, node: LabNode, namespaces: set[str] | None = None) -> None:
-        """Kill every process of the node (its netns and its containers' cgroups), then its links and netns."""
-        cfg = self.cfg
-        ns = node.netns(cfg.prefix)
-        present = ns in (_netns_list() if namespaces is None else namespaces)
-        tasks = _task_ids(cfg, node.name)
-        pids = set(_pids_in_netns(ns)) if present else set()
-        holder = _read_pid(f"{node_dir(cfg, node)}/holder.pid")
-        if holder and _alive(holder) and os.path.exists(f"/run/netns/{ns}"):
-            try:
-                if os.stat(f"/proc/{holder}/ns/net").st_ino == os.stat(f"/run/netns/{ns}").st_ino:
-                    pids.add(holder)
-            except OSError:
-                pass
-        for tns, cid in tasks:
-            pids |= set(_cgroup_pids(tns, cid))
-        pids.discard(os.getpid())
-        _kill_and_wait(sorted(pids))
-        for tns, cid in tasks:
-            for d in _cgroup_dirs(tns, cid):
-                with contextlib.suppress(OSError):
-                    os.rmdir(d)
-        _remove_cgroup(render.node_cgroup(cfg, node))
-        if _link_exists(node.veth(cfg.prefix)):
-            _run(["ip", "link", "del", node.veth(cfg.prefix)], check=False)
-        if present:
-            _run(["ip", "netns", "del", ns], check=False)
-
     def down(self) -> list[str]:
         """Remove everything this lab made, found by its prefix even when its record is lost; returns what went."""
         cfg = self.cfg
@@ -434,7 +436,7 @@ class Lab:
         for node in known.values():
             ns = node.netns(cfg.prefix)
             had = ns in namespaces or _link_exists(node.veth(cfg.prefix)) or _task_ids(cfg, node.name)
-            self._remove_node(node, namespaces)
+            _remove_node(cfg, node, namespaces)
             if had:
                 removed.append(node.name)
         if _link_exists(cfg.bridge):

@@ -2,17 +2,11 @@
 
 from fleet.core.errors import SessionError
 from fleet.core.shell import Script
+from fleet.transport.command import Command, render
+from fleet.transport.connect import CIPHERS, KEX_ALGS
 from fleet.transport.fanout import fanout
-from fleet.transport.ssh import (
-    CIPHERS,
-    DEFAULT_COMMAND_TIMEOUT,
-    KEX_ALGS,
-    NO_DEADLINE,
-    Command,
-    Pool,
-    RemoteStream,
-    render,
-)
+from fleet.transport.ssh import DEFAULT_COMMAND_TIMEOUT, NO_DEADLINE, Pool
+from fleet.transport.streams import RemoteStream
 
 __all__ = [
     "CIPHERS",

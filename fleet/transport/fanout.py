@@ -13,7 +13,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from fleet.core.errors import CommandTimeout, RemoteCommandError, TransportError
 from fleet.core.model import CommandResult, Node
 from fleet.core.shell import Script
-from fleet.transport.ssh import Command, Pool
+from fleet.transport.command import Command
+from fleet.transport.ssh import Pool
 
 PerNode = Callable[[Node], "Command | Awaitable[CommandResult]"]
 

@@ -16,11 +16,17 @@ from operator import attrgetter, itemgetter
 
 from fleet.core.errors import SchedulingError
 from fleet.plan.scheduler.feasibility import (
+    ASKED,
+    CHANGING,
+    DRAINING,
+    NODE_STATE,
+    UNHEALTHY,
+    FilterKey,
+    Refusal,
     count_nodes,
     cpu_ceil,
     cpu_floor,
-    measured,
-    missing_labels,
+    filter_key,
     no_port,
     shortfall,
     show_cpu,
@@ -44,10 +50,20 @@ _Ranked = tuple[float, str, int]  # (free score, name, node index): best fit ord
 
 @dataclass
 class _Order:
-    """Eligible nodes for one (required labels, spread label) pair, per spread group, in best fit order."""
+    """Eligible nodes for one (required labels, data nodes, spread label) key, per spread group, in best fit
+    order."""
 
     groups: dict[str, list[_Ranked]]
     group_of: dict[int, str]
+
+
+@dataclass
+class _Verdicts:
+    """The fixed checks' outcome for one filter key: the nodes passing them in name order, and the reason
+    recorded for each node that failed one."""
+
+    eligible: list[int]
+    refused: dict[int, Refusal]
 
 
 class _Pass:
@@ -61,7 +77,8 @@ class _Pass:
             raise SchedulingError(f"node listed more than once: {', '.join(dupes)}")
         self.index = {name: i for i, name in enumerate(self.names)}
         self.healthy = [n.healthy for n in self.states]
-        self.cordoned = [n.cordoned or n.draining for n in self.states]
+        self.draining = [n.draining for n in self.states]
+        self.cordoned = [n.cordoned for n in self.states]
         self.labels = [n.labels for n in self.states]
         self.free_cpu = [cpu_floor(n.capacity.cpu) - cpu_ceil(n.reserved.cpu) for n in self.states]
         self.free_mem = [n.capacity.memory - n.reserved.memory for n in self.states]
@@ -72,7 +89,10 @@ class _Pass:
         healthy = [i for i, ok in enumerate(self.healthy) if ok]
         self.cpu_weight = 1.0 / max([self.free_cpu[i] for i in healthy] + [1])
         self.mem_weight = 1.0 / max([self.free_mem[i] for i in healthy] + [1])
-        self._orders: dict[tuple[tuple[tuple[str, str], ...], str | None, frozenset[str] | None], _Order] = {}
+        # The node's own state, checked once per pass: the first check of it each node fails (None: it passed).
+        self.node_refusal = [_first_refusal(self, i) for i in range(len(self.states))]
+        self._verdicts: dict[FilterKey, _Verdicts] = {}
+        self._orders: dict[tuple[FilterKey, str | None], _Order] = {}
         self._ranked: list[_Ranked] = [(self.score(i), name, i) for i, name in enumerate(self.names)]
         self._dirty: set[int] = set()
 
@@ -80,25 +100,44 @@ class _Pass:
         """Free capacity left on node i; lower means more allocated, which best fit prefers."""
         return self.free_cpu[i] * self.cpu_weight + self.free_mem[i] * self.mem_weight
 
-    def order(self, required: Mapping[str, str], group_label: str | None,
-              only: frozenset[str] | None = None) -> _Order:
-        """Healthy nodes with every required label (and among `only`, when given), grouped by `group_label`,
-        each group in best fit order.
+    def fits(self, i: int, cpu: int, memory: int) -> bool:
+        """Whether node i has room left for `cpu` micro-cores and `memory` bytes."""
+        return self.free_cpu[i] >= cpu and self.free_mem[i] >= memory
+
+    def verdicts(self, d: ServiceDemand, only: frozenset[str] | None) -> _Verdicts:
+        """Run the fixed checks over every node for `d` (limited to `only`, when given), recording each refusal:
+        once per filter key."""
+        key = filter_key(d, only)
+        found = self._verdicts.get(key)
+        if found is None:
+            found = _Verdicts([], {})
+            for i, refusal in enumerate(self.node_refusal):
+                if refusal is None:
+                    for check in ASKED:
+                        if (refusal := check(self, i, d, only)) is not None:
+                            break
+                if refusal is None:
+                    found.eligible.append(i)
+                else:
+                    found.refused[i] = refusal
+            self._verdicts[key] = found
+        return found
+
+    def order(self, d: ServiceDemand, only: frozenset[str] | None, group_label: str | None) -> _Order:
+        """The nodes passing the fixed checks for `d` (and `only`), grouped by `group_label`, each group in best fit
+        order.
 
         Built once per distinct key and kept current by `refresh`: a service's turn need not walk all nodes.
         """
         self.refresh()
-        key = (tuple(sorted(required.items())), group_label, only)
+        key = (filter_key(d, only), group_label)
         found = self._orders.get(key)
         if found is None:
             found = _Order({}, {})
-            for i, ok in enumerate(self.healthy):
-                if only is not None and self.names[i] not in only:
-                    continue
-                if ok and not self.cordoned[i] and all(self.labels[i].get(k) == v for k, v in key[0]):
-                    g = self.labels[i].get(group_label, "") if group_label is not None else ""
-                    found.group_of[i] = g
-                    found.groups.setdefault(g, []).append(self._ranked[i])
+            for i in self.verdicts(d, only).eligible:
+                g = self.labels[i].get(group_label, "") if group_label is not None else ""
+                found.group_of[i] = g
+                found.groups.setdefault(g, []).append(self._ranked[i])
             for ranked in found.groups.values():
                 ranked.sort()
             self._orders[key] = found
@@ -250,7 +289,6 @@ def _settle_existing(
 
     kept: dict[tuple[str, int], Existing] = {}
     need_cpu = {name: cpu_ceil(d.resources.cpu) for name, d in demands.items()}
-    free_cpu, free_mem = state.free_cpu, state.free_mem
     # Lowest replica numbers claim room first, so an overfull node sheds its highest-numbered replicas. Of several
     # copies of one replica, the first that still fits is kept and the others are duplicates of it.
     for ident in sorted(candidates, key=_REPLICA_FIRST):
@@ -261,8 +299,8 @@ def _settle_existing(
             cpu, mem = need_cpu[e.service], demands[e.service].resources.memory
             if e.port in state.fleet_ports[i]:
                 why[e] = f"port {e.port} on {e.node} is taken by another replica"
-            elif cpu > free_cpu[i] or mem > free_mem[i]:
-                why[e] = f"{e.node} has no room: {shortfall(cpu, mem, free_cpu[i], free_mem[i])}"
+            elif not state.fits(i, cpu, mem):
+                why[e] = f"{e.node} has no room: {shortfall(cpu, mem, state.free_cpu[i], state.free_mem[i])}"
             else:
                 state.take(i, cpu, mem, e.port)
                 kept[ident] = e
@@ -277,18 +315,37 @@ def _settle_existing(
     return kept, stops, moved  # in settling order; place() sorts what it returns
 
 
+def _first_refusal(state: _Pass, i: int) -> Refusal | None:
+    """The first check of its own state that node i fails, or None."""
+    for check in NODE_STATE:
+        if (refusal := check(state, i)) is not None:
+            return refusal
+    return None
+
+
 def _node_problem(state: _Pass, node: str, d: ServiceDemand) -> str | None:
+    """Why a replica of `d` already on `node` must leave: the first fixed check it fails that evicts too.
+
+    Cordoned nodes and nodes outside the data's keep what they run; a held replica stays on a draining node
+    (only its own service's convergence moves it)."""
     i = state.index.get(node)
     if i is None:
         return f"node {node} is gone"
-    if not state.healthy[i]:
-        return f"node {node} is unhealthy"
-    if state.states[i].draining and not d.held:
-        return f"node {node} is draining"
-    missing = missing_labels(state.labels[i], d.required_labels)
-    if missing:
-        return f"node {node} lacks label {', '.join(missing)}"
+    # The node's state is walked in full only where it refused the node: the first refusal may let the replica
+    # stay (cordoned), a later one may not.
+    if state.node_refusal[i] is not None:
+        for node_check in NODE_STATE:
+            if (refusal := node_check(state, i)) is not None and (why := _evicts(refusal, d)) is not None:
+                return f"node {node} {why}"
+    for check in ASKED:
+        if (refusal := check(state, i, d, None)) is not None and (why := _evicts(refusal, d)) is not None:
+            return f"node {node} {why}"
     return None
+
+
+def _evicts(refusal: Refusal, d: ServiceDemand) -> str | None:
+    """Why a replica of `d` already on the refused node leaves too, or None: it stays."""
+    return None if refusal is DRAINING and d.held else refusal.evicts
 
 
 def _data_only(d: ServiceDemand) -> frozenset[str] | None:
@@ -341,11 +398,13 @@ def _select(
     group's best fit order: every later untouched node ranks behind it, so the rest are read when needed.
     """
     cpu, mem = cpu_ceil(d.resources.cpu), d.resources.memory
+    # `_Pass.fits` inlined below: in a pass of many small services this loop reads millions of nodes, and the
+    # method call doubled its cost (bench/pack.py, 10,000 services).
     free_cpu, free_mem, names = state.free_cpu, state.free_mem, state.names
     spread = d.strategy == "spread"
     if not pending:
         return []
-    order = state.order(d.required_labels, d.spread_by if spread else None, only)
+    order = state.order(d, only, d.spread_by if spread else None)
     # A node that fits has at least this score, so the fuller nodes before it need not be read.
     floor = (cpu * state.cpu_weight + mem * state.mem_weight - 1e-9,)
     cursor = {g: bisect.bisect_left(ranked, floor) for g, ranked in order.groups.items()}
@@ -419,58 +478,46 @@ def _select(
 
 
 def _explain(state: _Pass, d: ServiceDemand) -> tuple[str, dict[int, str]]:
-    """Why no more replicas of `d` fit: its need, most free on an eligible node, what ruled out the rest."""
-    cpu, mem = cpu_ceil(d.resources.cpu), d.resources.memory
-    lacking: Counter[str] = Counter()
-    unhealthy = 0
-    portless = 0
-    per_node: dict[int, str] = {}
-    best_cpu: int | None = None
-    best_mem: int | None = None
+    """Why no more replicas of `d` fit: its need, most free on an eligible node, what ruled out the rest.
+
+    The fixed checks' refusals are those recorded when the nodes were filtered; room and ports are asked now,
+    after the service's turn, of the nodes that passed."""
     only = _data_only(d)
-    for i in range(len(state.names)):
-        if not state.healthy[i]:
-            unhealthy += 1
-            continue
-        if state.cordoned[i]:
-            per_node[i] = f"{'draining' if state.states[i].draining else 'cordoned'}: takes no new replicas"
-            continue
-        if only is not None and state.names[i] not in only:
-            per_node[i] = f"holds none of {d.data_what}"
-            continue
-        missing = missing_labels(state.labels[i], d.required_labels)
-        if missing:
-            lacking.update(missing)
-            per_node[i] = f"lacks label {', '.join(missing)}"
-            continue
-        if best_cpu is None or state.free_cpu[i] > state.free_cpu[best_cpu]:
-            best_cpu = i
-        if best_mem is None or state.free_mem[i] > state.free_mem[best_mem]:
-            best_mem = i
-        short = shortfall(cpu, mem, state.free_cpu[i], state.free_mem[i])
-        if short is not None:
-            per_node[i] = short + measured(state.states[i].others)
-        elif state.free_port(i, d.port_range) is None:
-            portless += 1
-            per_node[i] = no_port(d.port_range)
-    parts = [f"needs cpu {show_cpu(cpu)}, memory {show_memory(mem)}"]
+    verdicts = state.verdicts(d, only)
+    names, free_cpu, free_mem = state.names, state.free_cpu, state.free_mem
+    per_node: dict[int, str] = {}
+    lacking: Counter[str] = Counter()
+    refused_by: dict[str, list[str]] = {"unhealthy": [], "draining": [], "cordoned": [], "port": []}
+    for i, refusal in verdicts.refused.items():
+        refused_by.setdefault(refusal.check, []).append(names[i])
+        lacking.update(refusal.labels)
+        if refusal is not UNHEALTHY:  # the node's own reason, "unhealthy", is given for every service at once
+            per_node[i] = refusal.text
+    for i in verdicts.eligible:
+        for check in CHANGING:
+            if (late := check(state, i, d, only)) is not None:
+                refused_by.setdefault(late.check, []).append(names[i])
+                per_node[i] = late.text
+                break
+    parts = [f"needs cpu {show_cpu(cpu_ceil(d.resources.cpu))}, memory {show_memory(d.resources.memory)}"]
     if only is not None:
         parts.append(f"{d.data_what} is on {', '.join(sorted(only))} only")
-    if best_cpu is not None and best_mem is not None:
-        most_cpu = f"cpu {show_cpu(state.free_cpu[best_cpu])} ({state.names[best_cpu]})"
-        most_mem = f"memory {show_memory(state.free_mem[best_mem])} ({state.names[best_mem]})"
+    if verdicts.eligible:
+        # max() keeps the first of equals: the first node in name order, as the reason has always named.
+        best_cpu = max(verdicts.eligible, key=free_cpu.__getitem__)
+        best_mem = max(verdicts.eligible, key=free_mem.__getitem__)
+        most_cpu = f"cpu {show_cpu(free_cpu[best_cpu])} ({names[best_cpu]})"
+        most_mem = f"memory {show_memory(free_mem[best_mem])} ({names[best_mem]})"
         parts.append(f"most free on an eligible node: {most_cpu}, {most_mem}")
     else:
-        parts.append("no eligible node" if state.names else "no nodes")
+        parts.append("no eligible node" if names else "no nodes")
     for label, n in sorted(lacking.items()):
         parts.append(count_nodes(n, f"lacks label {label}", f"lack label {label}"))
-    if unhealthy:
+    if unhealthy := len(refused_by["unhealthy"]):
         parts.append(count_nodes(unhealthy, "is unhealthy", "are unhealthy"))
-    if portless:
+    if portless := len(refused_by["port"]):
         parts.append(count_nodes(portless, f"has {no_port(d.port_range)}", f"have {no_port(d.port_range)}"))
     for what in ("draining", "cordoned"):
-        closed = [state.names[i] for i in range(len(state.names)) if state.healthy[i] and state.cordoned[i]
-                  and (what == "draining") == state.states[i].draining]
-        if closed:
+        if closed := refused_by[what]:
             parts.append(f"{', '.join(closed)} {'is' if len(closed) == 1 else 'are'} {what}")
     return "; ".join(parts), per_node
