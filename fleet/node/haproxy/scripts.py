@@ -124,6 +124,41 @@ echo "@@fleet log"; since "$LOG" "$off"
 echo "@@fleet result $result"
 """
 
+# A server-only change (fleet.node.haproxy.runtime): the runtime commands in $CMDS, then the new config (on
+# stdin, staged and validated first) over the old one, with no reload. $OLD is the sha256 of the config the
+# commands were computed from: another one on the node (`stale`) is printed back and nothing is touched. A command
+# HAProxy refuses stops the rest (`refused`) and leaves the file as it was.
+SERVERS = _COMMON + FILE_FUNCTIONS + r"""
+mkdir -p "$D" || exit 3
+exec 9>>"$D/lock"
+if command -v flock >/dev/null 2>&1; then flock -w 30 9 || { echo "@@fleet result locked"; exit 0; }; fi
+if ! pid=$(master_pid); then cat >/dev/null; echo "@@fleet result not-running"; exit 0; fi
+sum=$(sha256sum <"$CFG" 2>/dev/null) || sum=
+if [ "${sum%% *}" != "$OLD" ]; then
+  cat >/dev/null
+  echo "@@fleet current"; cat "$CFG" 2>/dev/null
+  echo "@@fleet result stale"; exit 0
+fi
+fleet_stage "$CFG" 0600 "${SIZE:-}" || exit 3
+new=$fleet_staged
+if cmp -s "$new" "$CFG"; then fleet_unstage; echo "@@fleet result unchanged"; exit 0; fi
+echo "@@fleet check"
+if ! "$HAPROXY" -c -f "$new" 2>&1; then fleet_unstage; echo "@@fleet result invalid"; exit 0; fi
+echo "@@fleet replies"
+result=updated
+while IFS= read -r cmd; do
+  [ -n "$cmd" ] || continue
+  if out=$(printf '%s\n' "$cmd" | socat -t 5 stdio "unix-connect:$ADMIN" 2>&1); then rc=0; else rc=$?; fi
+  printf '%s\n\036 %s\n' "$out" "$rc"
+  # The replies that fleet.node.haproxy.render.reply_error counts as success for these commands.
+  case "$rc:$out" in "0:"|"0:New server registered."|"0:Server deleted.") ;; *) result=refused; break ;; esac
+done <<FLEET_CMDS
+$CMDS
+FLEET_CMDS
+if [ "$result" = updated ]; then mv -f "$new" "$CFG"; fleet_staged=; fleet_sname=; else fleet_unstage; fi
+echo "@@fleet result $result"
+"""
+
 RUNTIME = r"""
 set -u
 while IFS= read -r cmd; do
@@ -224,6 +259,19 @@ def apply_script(paths: LbPaths, size: int | None = None) -> Script:
             raise ValueError(f"size: expected a byte count >= 0, got {size!r}")
         env["SIZE"] = str(size)
     return Script(APPLY, env, name="fleet-haproxy-apply")
+
+
+def servers_script(paths: LbPaths, old_sha256: str, commands: list[str], size: int) -> Script:
+    """Reads the new config on stdin (`size` bytes); runs `commands` on the admin socket and puts the config in
+    place with no reload, if the config on the node is still the one whose sha256 is `old_sha256` (see SERVERS
+    for the outcomes: updated, unchanged, stale, invalid, refused, not-running, locked)."""
+    if not re.fullmatch(r"[0-9a-f]{64}|", old_sha256):
+        raise ValueError(f"old_sha256: expected 64 hex digits or nothing, got {old_sha256!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise ValueError(f"size: expected a byte count >= 0, got {size!r}")
+    runtime_input(commands)
+    env = {**paths.env(), "OLD": old_sha256, "CMDS": "\n".join(commands), "SIZE": str(size)}
+    return Script(SERVERS, env, name="fleet-haproxy-servers")
 
 
 def runtime_script(paths: LbPaths) -> Script:
