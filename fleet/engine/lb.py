@@ -137,13 +137,14 @@ class Balancers:
         self._sync = Coalesced(lambda: self._sync_now(self._rotation))
 
     async def sync(self, rotation: Rotation) -> None:
-        """Write and (hitlessly) reload the config on every lb node; unchanged configs are left alone. Calls
-        made while one runs are coalesced into the next (see `Coalesced`)."""
+        """Bring every lb node to the rotation's config: unchanged configs are left alone, a change of servers
+        only is made at runtime with no reload (the file rewritten to match), anything else reloads hitlessly
+        (see `LbNode.update`). Calls made while one runs are coalesced into the next (see `Coalesced`)."""
         self._rotation = rotation
         await self._sync()
 
     async def _apply(self, rotation: Rotation, tls: dict[str, LbTls]) -> None:
-        await asyncio.gather(*(lb.apply(config(rotation, self.addresses, self.addresses[lb.node.name], self.edge,
+        await asyncio.gather(*(lb.update(config(rotation, self.addresses, self.addresses[lb.node.name], self.edge,
                                                tls)) for lb in self.nodes))
 
     async def _sync_now(self, rotation: Rotation) -> None:
@@ -153,6 +154,10 @@ class Balancers:
         await self._apply(rotation, self.tls)
         # The virtual IP follows HAProxy: keepalived's check gives the address only to a node whose HAProxy runs.
         await self.vip.sync()
+
+    def reloads(self) -> dict[str, int]:
+        """Per lb node, the HAProxy reloads this object made (not starts, nor runtime-only updates)."""
+        return {lb.node.name: lb.reloads for lb in self.nodes}
 
     def edge_problems(self) -> dict[str, FleetError]:
         """Per service, why its HTTPS certificate could not be had at the last sync (the config went out with
