@@ -148,7 +148,14 @@ echo "@@fleet replies"
 result=updated
 while IFS= read -r cmd; do
   [ -n "$cmd" ] || continue
-  if out=$(printf '%s\n' "$cmd" | socat -t 5 stdio "unix-connect:$ADMIN" 2>&1); then rc=0; else rc=$?; fi
+  n=0
+  while :; do
+    if out=$(printf '%s\n' "$cmd" | socat -t 5 stdio "unix-connect:$ADMIN" 2>&1); then rc=0; else rc=$?; fi
+    # A server just put in maint may hold idle connections for a moment (each thread closes its own): `del
+    # server` refuses until they are gone, so it is asked again for up to 2 s.
+    case "$cmd:$out" in "del server "*:*connection*) ;; *) break ;; esac
+    n=$((n + 1)); [ "$n" -ge 20 ] && break; sleep 0.1
+  done
   printf '%s\n\036 %s\n' "$out" "$rc"
   # The replies that fleet.node.haproxy.render.reply_error counts as success for these commands.
   case "$rc:$out" in "0:"|"0:New server registered."|"0:Server deleted.") ;; *) result=refused; break ;; esac
