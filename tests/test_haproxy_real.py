@@ -403,11 +403,20 @@ async def test_server_only_changes_need_no_reload_and_the_file_reloads_to_the_sa
         assert Counter(get(front) for _ in range(9)) == {"web-3": 6, "web-4": 3}
         assert await lb.update(final) == ApplyResult(False, False, False), "the same config again does nothing"
 
-        # A real config change reloads; the servers come back as they were at runtime.
+        # A real config change reloads; the servers come back as they were at runtime, matched by name although
+        # their ids differ (web-4 was added with the id web-2 left free, the file numbers it 3 and web-3 2): a
+        # drain made at runtime only (as the engine does before the config follows) lands on web-4 again.
+        await lb.set_state("be_web", "web-4", "drain")
+        ids = {s.server: s.server_id for s in await lb.servers_state("be_web")}
+        assert ids == {"web-1": 1, "web-3": 3, "web-4": 2}
         with Load("127.0.0.1", front, clients=2, max_seconds=60) as load:
             reloaded = await lb.update(config(steps[-1], extra=True))
             await asyncio.sleep(0.5)
         assert reloaded.reloaded and lb.reloads == 1 and load.result.failed == 0, load.result.errors
+        assert {s.server: s.server_id for s in await lb.servers_state("be_web")} == {"web-1": 1, "web-3": 2,
+                                                                                     "web-4": 3}
+        assert await state() == {**runtime, "web-4": ("127.0.0.1", ports["web-4"], "drain", 1)}
+        await lb.set_state("be_web", "web-4", "ready")
         assert await state() == runtime
         # A fresh start reads the file alone (no state file): the same again.
         await lb.stop()
