@@ -47,6 +47,7 @@ def test_adding_weighting_draining_and_removing_servers_are_runtime_commands() -
         "add server be_web/web-4 10.0.0.1:9004 check inter 1000ms fall 2 rise 1 weight 1",
         "enable health be_web/web-4",
         "enable server be_web/web-4",
+        "set server be_web/web-4 health up",
         "add server be_web/web-5 10.0.0.1:9005 check inter 1000ms fall 2 rise 1 weight 1",
         "enable health be_web/web-5",
     ]

@@ -68,12 +68,17 @@ def _srv(backend: str, name: str) -> str:
 
 def add_commands(line: ServerLine) -> list[str]:
     """Add the server as its config line says: a runtime server starts in maint and unchecked, so its check
-    is enabled and then (unless the line says `disabled`) the server itself."""
-    cmds = [f"add server {_srv(line.backend, line.name)} {line.args} weight {line.weight}"]
-    if " check " in f"{line.args} ":
-        cmds.append(f"enable health {_srv(line.backend, line.name)}")
+    is enabled and then (unless the line says `disabled`) the server itself, at full health as a server of the
+    config starts (enabled, it is UP but one failed check from DOWN; fleet routes a replica once it is ready)."""
+    srv = _srv(line.backend, line.name)
+    checked = " check " in f"{line.args} "
+    cmds = [f"add server {srv} {line.args} weight {line.weight}"]
+    if checked:
+        cmds.append(f"enable health {srv}")
     if not line.disabled:
-        cmds.append(f"enable server {_srv(line.backend, line.name)}")
+        cmds.append(f"enable server {srv}")
+        if checked:
+            cmds.append(f"set server {srv} health up")
     return cmds
 
 
