@@ -404,11 +404,12 @@ async def test_server_only_changes_need_no_reload_and_the_file_reloads_to_the_sa
         assert await lb.update(final) == ApplyResult(False, False, False), "the same config again does nothing"
 
         # A real config change reloads; the servers come back as they were at runtime, matched by name although
-        # their ids differ (web-4 was added with the id web-2 left free, the file numbers it 3 and web-3 2): a
-        # drain made at runtime only (as the engine does before the config follows) lands on web-4 again.
+        # their ids differ (web-3 and web-4 were added with ids 3 and 4, the file numbers them 2 and 3, so web-3's
+        # old id is web-4's new one): a drain made at runtime only (as the engine does before the config follows)
+        # lands on web-4 again.
         await lb.set_state("be_web", "web-4", "drain")
         ids = {s.server: s.server_id for s in await lb.servers_state("be_web")}
-        assert ids == {"web-1": 1, "web-3": 3, "web-4": 2}
+        assert ids == {"web-1": 1, "web-3": 3, "web-4": 4}
         with Load("127.0.0.1", front, clients=2, max_seconds=60) as load:
             reloaded = await lb.update(config(steps[-1], extra=True))
             await asyncio.sleep(0.5)

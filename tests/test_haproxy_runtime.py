@@ -8,9 +8,17 @@ from pathlib import Path
 
 import pytest
 
+from fleet.core.errors import ScriptOutputError
 from fleet.node.haproxy.render import LbHealth, LbServer, LbService, LbState, render
 from fleet.node.haproxy.runtime import server_changes, split_servers
-from fleet.node.haproxy.scripts import LbPaths, parse_replies, parse_script_output, servers_script
+from fleet.node.haproxy.scripts import (
+    LbPaths,
+    batch_commands,
+    parse_batch,
+    parse_replies,
+    parse_script_output,
+    servers_script,
+)
 
 DATA = Path(__file__).parent / "data" / "haproxy"
 HEALTH = LbHealth("http", "/healthz", interval=1.0, timeout=1.0, fall=2, rise=1)
@@ -82,24 +90,23 @@ def case(name: str) -> dict[str, object]:
     return data
 
 
-def replies_text(stdout: str) -> str:
-    """The replies as the script printed them (`parse_script_output` splits lines, and str.splitlines also
-    splits at the \\x1e that ends each reply)."""
-    return stdout.split("@@fleet replies\n", 1)[1].rsplit("@@fleet result", 1)[0]
-
-
 def test_servers_script_updated_output_has_one_reply_per_command() -> None:
     data = case("updated")
     commands = data["commands"]
     assert isinstance(commands, list) and isinstance(data["stdout"], str)
     out = parse_script_output(data["stdout"])
     assert out.result == "updated" and "Configuration file is valid" in out.section("check")
-    replies = parse_replies(commands, replies_text(data["stdout"]))
-    assert [(r.command, r.text, r.rc) for r in replies][:2] == [
-        ("set server be_web/web-2 weight 4", "", 0),
-        ("add server be_web/web-3 127.0.0.1:28183 check inter 500ms fall 2 rise 1 weight 1",
-         "New server registered.", 0)]
-    assert len(replies) == len(commands) == 4
+    batch, dels = batch_commands(commands)
+    assert dels == ["del server be_web/web-1"] and len(batch) == 6
+    replies = parse_batch(batch, out.section("batch") + "\n")
+    assert [(r.command, r.text) for r in replies] == [
+        ("set server be_web/web-1 state maint", ""),
+        ("set server be_web/web-2 weight 4", ""),
+        ("add server be_web/web-3 127.0.0.1:28183 check inter 500ms fall 2 rise 1 weight 1", "New server registered."),
+        ("enable health be_web/web-3", ""),
+        ("enable server be_web/web-3", ""),
+        ("set server be_web/web-3 health up", "")]
+    assert [(r.text, r.rc) for r in parse_replies(dels, out.section("replies") + "\n")] == [("Server deleted.", 0)]
 
 
 def test_servers_script_stale_output_carries_the_config_on_the_node() -> None:
@@ -108,24 +115,26 @@ def test_servers_script_stale_output_carries_the_config_on_the_node() -> None:
     out = parse_script_output(data["stdout"])
     assert out.result == "stale" and "check" not in out.sections
     current = split_servers(out.section("current") + "\n")
-    assert current.servers[("be_web", "web-2")].weight == 4 and ("be_web", "web-3") in current.servers
+    assert current.servers[("be_web", "web-2")].weight == 4 and ("be_web", "web-1") not in current.servers
 
 
-def test_servers_script_stops_at_the_first_refused_command() -> None:
+def test_servers_script_refusal_skips_the_deletions_and_keeps_the_file() -> None:
     data = case("refused")
     commands = data["commands"]
     assert isinstance(commands, list) and isinstance(data["stdout"], str)
     out = parse_script_output(data["stdout"])
-    assert out.result == "refused"
-    replies = parse_replies(commands[:2], replies_text(data["stdout"]))
-    assert [r.text for r in replies] == ["", "No such server."]
-    with pytest.raises(Exception, match="no reply"):
-        parse_replies(commands, replies_text(data["stdout"]))
+    assert out.result == "refused" and out.section("replies") == ""
+    batch, dels = batch_commands(commands)
+    assert [r.text for r in parse_batch(batch, out.section("batch") + "\n")] == ["", "No such server.", "", ""]
+    assert dels == ["del server be_web/web-3"]
+    with pytest.raises(ScriptOutputError, match="3 replies for 4"):
+        parse_batch(batch, out.section("batch").replace("> No such", "No such") + "\n")
 
 
 def test_servers_script_takes_commands_and_the_old_hash_in_env() -> None:
     script = servers_script(LbPaths("/srv/hx"), "a" * 64, ["set server be_web/web-1 weight 2"], 120)
     assert script.env["CMDS"] == "set server be_web/web-1 weight 2" and script.env["OLD"] == "a" * 64
+    assert script.env["DELS"] == ""
     assert "be_web" not in script.text and script.env["SIZE"] == "120"
     for bad_hash in ("x" * 64, "a" * 63):
         with pytest.raises(ValueError, match="old_sha256"):
