@@ -9,6 +9,7 @@ Transport failures raise the transport's own errors (ConnectError, CommandTimeou
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -115,6 +116,9 @@ class LbNode:
         # The config this object last saw in place on the node (None: not known yet), which a server-only change
         # is computed from; and what it did, for tests and benches: starts, reloads, runtime-only updates.
         self.loaded: str | None = None
+        # Held while HAProxy starts or reloads: a runtime change sent then reaches the worker being replaced and
+        # not its successor, so runtime changes wait for it (and only for it).
+        self.reloading = asyncio.Lock()
         self.starts = 0
         self.reloads = 0
         self.updates = 0
@@ -158,7 +162,9 @@ class LbNode:
         """Write, validate and load a config in one round trip: start HAProxy if it is not running, else reload
         it hitlessly; an identical config does nothing. Raises LbConfigError or LbReloadError."""
         self.loaded = None
-        out = await self._report(apply_script(self.paths, len(config_text.encode())), config_text, APPLY_TIMEOUT)
+        async with self.reloading:
+            out = await self._report(apply_script(self.paths, len(config_text.encode())), config_text,
+                                     APPLY_TIMEOUT)
         name = self.node.name
         warnings = tuple(out.section("warning").splitlines())
         log = out.section("log")

@@ -11,6 +11,7 @@ from fleet.core.errors import FleetError
 from fleet.core.ports import STATS_PORT
 from fleet.engine.concurrency import Coalesced
 from fleet.engine.edge import Edge
+from fleet.engine.haproxy import LbNode
 from fleet.engine.nodes import NodeReport
 from fleet.engine.vrrp import VirtualIp
 from fleet.node.haproxy.render import (
@@ -117,8 +118,6 @@ class Balancers:
     """Every reachable lb node, kept in step with one Rotation."""
 
     def __init__(self, pool: Pool, reports: list[NodeReport], edge: Edge | None = None) -> None:
-        from fleet.engine.haproxy import LbNode
-
         self.pool = pool
         self.edge = edge
         self.tls: dict[str, LbTls] = {}
@@ -181,11 +180,15 @@ class Balancers:
             await asyncio.sleep(0.1)
 
     async def set_state(self, r: Replica, state: LbState) -> None:
-        """Runtime change with no reload (drain before stop); the config follows on the next sync."""
+        """Runtime change with no reload (drain before stop); the config follows on the next sync. It waits for
+        a reload under way on a node (see `LbNode.reloading`), not for a sync made at runtime: the two touch
+        different servers, or the same one in the same direction."""
         cmd = set_server_state(backend_name(r.service), r.id, state)
-        # Not during a reload: the worker being replaced would get the change and its successor would not.
-        async with self._sync.lock:
-            await asyncio.gather(*(lb.runtime([cmd]) for lb in self.nodes), return_exceptions=True)
+
+        async def one(lb: LbNode) -> None:
+            async with lb.reloading:
+                await lb.runtime([cmd])
+        await asyncio.gather(*(one(lb) for lb in self.nodes), return_exceptions=True)
 
     async def counters(self, service: str) -> dict[str, tuple[int, int]]:
         """Per server of the service: (responses 5xx, requests) summed over lb nodes (cumulative counters)."""
