@@ -426,6 +426,13 @@ async def test_server_only_changes_need_no_reload_and_the_file_reloads_to_the_sa
         assert await state() == runtime
         await until("the same servers after a restart", {"web-1": "drain", "web-3": "up", "web-4": "up"})
         assert Counter(get(front) for _ in range(9)) == {"web-3": 6, "web-4": 3}
+
+        # Runtime state that strayed from the file (a server deleted behind fleet's back): HAProxy refuses the
+        # weight change, the file is left alone, and a reload makes the change instead.
+        await lb.del_server("be_web", "web-3")
+        result = await lb.update(config({**steps[-1], "web-3": (3, "ready")}))
+        assert result.reloaded and lb.reloads == 2 and lb.updates == 3
+        assert (await state())["web-3"] == ("127.0.0.1", ports["web-3"], "ready", 3)
     finally:
         await lb.stop()
 
