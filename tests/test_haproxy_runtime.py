@@ -3,12 +3,16 @@ output (tests/data/haproxy/servers_*.json)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
 import pytest
 
+from fleet.config.spec import parse_playbook
 from fleet.core.errors import ScriptOutputError
+from fleet.core.model import Node
+from fleet.engine.lb import Balancers
 from fleet.node.haproxy.render import LbHealth, LbServer, LbService, LbState, render
 from fleet.node.haproxy.runtime import server_changes, split_servers
 from fleet.node.haproxy.scripts import (
@@ -19,6 +23,8 @@ from fleet.node.haproxy.scripts import (
     parse_script_output,
     servers_script,
 )
+from fleet.plan.reconcile import Replica
+from fleet.transport import Pool
 
 DATA = Path(__file__).parent / "data" / "haproxy"
 HEALTH = LbHealth("http", "/healthz", interval=1.0, timeout=1.0, fall=2, rise=1)
@@ -141,3 +147,36 @@ def test_servers_script_takes_commands_and_the_old_hash_in_env() -> None:
             servers_script(LbPaths("/srv/hx"), bad_hash, [], 1)
     with pytest.raises(ValueError, match="runtime command"):
         servers_script(LbPaths("/srv/hx"), "", ["show info; shutdown sessions"], 1)
+
+
+class RecordingLbNode:
+    """Stands in for an LbNode (a fake, labelled as such: what is tested is the order Balancers keeps, which
+    needs no HAProxy); it records the runtime commands sent to it."""
+
+    def __init__(self) -> None:
+        self.node = Node("lb1", "10.0.0.9")
+        self.reloading = asyncio.Lock()
+        self.sent: list[str] = []
+
+    async def runtime(self, commands: list[str]) -> list[str]:
+        self.sent += commands
+        return [""] * len(commands)
+
+
+async def test_a_runtime_drain_waits_for_a_reload_but_not_for_a_sync_made_at_runtime() -> None:
+    spec = parse_playbook("services:\n  web:\n    image: fleet.local/demo:v1\n    lb: {port: 8080}\n",
+                          "pb.yaml").services[0]
+    r = Replica("w1", "web-0-abc", "web", 0, 1, spec.spec_hash(), 20000, True, spec.resources, spec.image)
+    async with Pool(connect_attempts=1, connect_timeout=1) as pool:
+        lbs = Balancers(pool, [])
+        lb = RecordingLbNode()
+        lbs.nodes = [lb]  # type: ignore[list-item]
+        async with lbs._sync.lock:  # a sync under way (made at runtime, or preparing a reload)
+            await asyncio.wait_for(lbs.set_state(r, "drain"), 1.0)
+        assert lb.sent == ["set server be_web/web-0-abc state drain"]
+        async with lb.reloading:
+            pending = asyncio.create_task(lbs.set_state(r, "drain"))
+            await asyncio.sleep(0.1)
+            assert len(lb.sent) == 1, "sent while the worker was being replaced"
+        await asyncio.wait_for(pending, 1.0)
+        assert len(lb.sent) == 2
