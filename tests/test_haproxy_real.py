@@ -5,6 +5,7 @@ Backends are tiny Python HTTP servers; every process started here is stopped by 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -15,21 +16,25 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from haproxy_tools import check_config_argv, master_reload, master_show_proc, server_rows, start_argv
-from helpers import free_port, wait_until
+from helpers import free_port, wait_until, wait_until_async
+from loadgen import Load
+from sshserver import SSHFarm
 
 from fleet.config.spec import HealthSpec, parse_playbook
 from fleet.core.errors import SpecError
+from fleet.engine.haproxy import ApplyResult, LbNode
 from fleet.engine.probes import check
 from fleet.node.haproxy.render import (
     LbHealth,
     LbServer,
     LbService,
+    LbState,
     add_server,
     lb_health,
     render,
@@ -38,8 +43,9 @@ from fleet.node.haproxy.render import (
     show_servers_state,
     show_stat,
 )
-from fleet.node.haproxy.stats import parse_servers_state, parse_show_proc, parse_show_stat
+from fleet.node.haproxy.stats import ServerState, parse_servers_state, parse_show_proc, parse_show_stat
 from fleet.plan.healthjudge import http_request
+from fleet.transport import Pool
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 pytestmark = [
@@ -335,3 +341,101 @@ async def test_haproxy_sees_each_server_up_or_down_exactly_as_the_controllers_ch
     # Both sides sent the very same request: the controller's and HAProxy's checks are indistinguishable.
     requests = scratch_lab.requests()
     assert len(requests) > 2 * len(codes) and set(requests) == {http_request("/healthz")}
+
+
+def _runtime_state(rows: list[ServerState], backend: str) -> dict[str, tuple[str, int | None, str, int]]:
+    """Per server of the backend: address, port, admin state and weight, the runtime state a reload keeps."""
+    return {s.server: (s.address, s.port, s.state, s.user_weight) for s in rows if s.backend == backend}
+
+
+async def test_server_only_changes_need_no_reload_and_the_file_reloads_to_the_same_state(
+        scratch_lab: ScratchLab, farm: SSHFarm, pool: Pool) -> None:
+    """Through LbNode.update over SSH (an in-process server running /bin/sh here): adding, weighting, draining
+    and removing servers is done at runtime with the same worker, under load with no failed request; the
+    file written beside it then gives the same servers, weights and states after a reload and after a restart."""
+    ports = {n: scratch_lab.backend(n) for n in ("web-1", "web-2", "web-3", "web-4")}
+    front, other = free_port(), free_port()
+    lb = LbNode(pool, farm.node("n1"), base_dir=str(scratch_lab.dir / "hx"), haproxy=HAPROXY)
+
+    def config(servers: dict[str, tuple[int, LbState]], extra: bool = False) -> str:
+        web = LbService("web", front, [LbServer(n, "127.0.0.1", ports[n], w, st) for n, (w, st) in servers.items()],
+                        bind_address="127.0.0.1", health=HEALTH)
+        more = [LbService("api", other, [LbServer("web-1", "127.0.0.1", ports["web-1"])], bind_address="127.0.0.1",
+                          health=HEALTH)] if extra else []
+        return lb.render([web, *more])
+
+    async def state() -> dict[str, tuple[str, int | None, str, int]]:
+        return _runtime_state(await lb.servers_state("be_web"), "be_web")
+
+    async def health() -> dict[str, str]:
+        return {r.name: r.health for r in await lb.stats() if r.proxy == "be_web"}
+
+    async def until(what: str, wanted: dict[str, str]) -> None:
+        await wait_until_async(lambda: _eq(health(), wanted), 10.0, 0.1, what)
+
+    try:
+        first = await lb.update(config({"web-1": (1, "ready"), "web-2": (1, "ready")}))
+        assert first.started and (lb.starts, lb.reloads, lb.updates) == (1, 0, 0)
+        await until("web-1 and web-2 UP", {"web-1": "up", "web-2": "up"})
+        workers = (await lb.status()).workers
+        steps: list[dict[str, tuple[int, LbState]]] = [
+            {"web-1": (1, "ready"), "web-2": (3, "ready"), "web-3": (1, "ready")},   # add, weight
+            {"web-1": (1, "ready"), "web-2": (3, "drain"), "web-3": (2, "ready")},   # drain, weight
+            {"web-1": (1, "drain"), "web-3": (2, "ready"), "web-4": (1, "ready")},   # remove, add, drain
+        ]
+        with Load("127.0.0.1", front, clients=2, max_seconds=60) as load:
+            for i, servers in enumerate(steps):
+                result = await lb.update(config(servers))
+                assert result.updated and result.changed and not result.reloaded, (i, result)
+                up = {n: "drain" if st == "drain" else "up" for n, (_, st) in servers.items()}
+                await until(f"step {i}: {up}", up)
+                await asyncio.sleep(0.3)
+        assert load.result.failed == 0 and load.result.ok > 50, load.result.errors
+        status = await lb.status()
+        assert status.workers == workers and status.reloads == 0 and (lb.reloads, lb.updates) == (0, 3)
+        final = config(steps[-1])
+        on_node = (await lb.runtime(["show servers state be_web"]))[0]
+        assert Path(lb.paths.config).read_text() == final
+        runtime = await state()
+        assert runtime == {"web-1": ("127.0.0.1", ports["web-1"], "drain", 0),
+                           "web-3": ("127.0.0.1", ports["web-3"], "ready", 2),
+                           "web-4": ("127.0.0.1", ports["web-4"], "ready", 1)}, on_node
+        assert Counter(get(front) for _ in range(9)) == {"web-3": 6, "web-4": 3}
+        assert await lb.update(final) == ApplyResult(False, False, False), "the same config again does nothing"
+
+        # A real config change reloads; the servers come back as they were at runtime, matched by name although
+        # their ids differ (web-3 and web-4 were added with ids 3 and 4, the file numbers them 2 and 3, so web-3's
+        # old id is web-4's new one): a drain made at runtime only (as the engine does before the config follows)
+        # lands on web-4 again.
+        await lb.set_state("be_web", "web-4", "drain")
+        ids = {s.server: s.server_id for s in await lb.servers_state("be_web")}
+        assert ids == {"web-1": 1, "web-3": 3, "web-4": 4}
+        with Load("127.0.0.1", front, clients=2, max_seconds=60) as load:
+            reloaded = await lb.update(config(steps[-1], extra=True))
+            await asyncio.sleep(0.5)
+        assert reloaded.reloaded and lb.reloads == 1 and load.result.failed == 0, load.result.errors
+        assert {s.server: s.server_id for s in await lb.servers_state("be_web")} == {"web-1": 1, "web-3": 2,
+                                                                                     "web-4": 3}
+        assert await state() == {**runtime, "web-4": ("127.0.0.1", ports["web-4"], "drain", 1)}
+        await lb.set_state("be_web", "web-4", "ready")
+        assert await state() == runtime
+        # A fresh start reads the file alone (no state file): the same again.
+        await lb.stop()
+        started = await LbNode(pool, farm.node("n1"), base_dir=lb.paths.base, haproxy=HAPROXY).apply(final)
+        assert started.started
+        assert await state() == runtime
+        await until("the same servers after a restart", {"web-1": "drain", "web-3": "up", "web-4": "up"})
+        assert Counter(get(front) for _ in range(9)) == {"web-3": 6, "web-4": 3}
+
+        # Runtime state that strayed from the file (a server deleted behind fleet's back): HAProxy refuses the
+        # weight change, the file is left alone, and a reload makes the change instead.
+        await lb.del_server("be_web", "web-3")
+        result = await lb.update(config({**steps[-1], "web-3": (3, "ready")}))
+        assert result.reloaded and lb.reloads == 2 and lb.updates == 3
+        assert (await state())["web-3"] == ("127.0.0.1", ports["web-3"], "ready", 3)
+    finally:
+        await lb.stop()
+
+
+async def _eq(got: Awaitable[dict[str, str]], wanted: dict[str, str]) -> bool:
+    return await got == wanted

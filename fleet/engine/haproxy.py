@@ -9,6 +9,8 @@ Transport failures raise the transport's own errors (ConnectError, CommandTimeou
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,6 +45,7 @@ from fleet.node.haproxy.render import (
 from fleet.node.haproxy.render import add_server as add_server_commands
 from fleet.node.haproxy.render import del_server as del_server_commands
 from fleet.node.haproxy.render import render as render_config
+from fleet.node.haproxy.runtime import server_changes
 from fleet.node.haproxy.scripts import (
     LbPaths,
     ScriptOutput,
@@ -52,6 +55,7 @@ from fleet.node.haproxy.scripts import (
     parse_script_output,
     runtime_input,
     runtime_script,
+    servers_script,
     status_script,
     stop_script,
 )
@@ -72,7 +76,8 @@ RUNTIME_TIMEOUT = 30.0
 
 @dataclass(frozen=True)
 class ApplyResult:
-    """What `apply` did: `changed` when the config file differed; then exactly one of started/reloaded."""
+    """What `apply` or `update` did: `changed` when the config file differed; then exactly one of started,
+    reloaded, or `updated` (a server-only change made through the runtime API, with no reload)."""
 
     changed: bool
     started: bool
@@ -80,15 +85,19 @@ class ApplyResult:
     master_pid: int | None = None
     workers: tuple[int, ...] = ()
     warnings: tuple[str, ...] = ()
+    updated: bool = False
 
 
 @dataclass(frozen=True)
 class LbStatus:
+    """`reloads` is the master's own count of reloads since it started (`show proc`)."""
+
     running: bool
     master_pid: int | None
     workers: tuple[int, ...]
     failed_reloads: int
     old_workers: tuple[int, ...] = ()
+    reloads: int = 0
 
 
 _TRANSPORT_ERRORS: dict[str, type[TransportError]] = {
@@ -104,6 +113,15 @@ class LbNode:
         self.pool = pool
         self.node = node
         self.paths = LbPaths(base_dir, haproxy)
+        # The config this object last saw in place on the node (None: not known yet), which a server-only change
+        # is computed from; and what it did, for tests and benches: starts, reloads, runtime-only updates.
+        self.loaded: str | None = None
+        # Held while HAProxy starts or reloads: a runtime change sent then reaches the worker being replaced and
+        # not its successor, so runtime changes wait for it (and only for it).
+        self.reloading = asyncio.Lock()
+        self.starts = 0
+        self.reloads = 0
+        self.updates = 0
 
     @property
     def admin_socket(self) -> str:
@@ -143,22 +161,30 @@ class LbNode:
     async def apply(self, config_text: str) -> ApplyResult:
         """Write, validate and load a config in one round trip: start HAProxy if it is not running, else reload
         it hitlessly; an identical config does nothing. Raises LbConfigError or LbReloadError."""
-        out = await self._report(apply_script(self.paths, len(config_text.encode())), config_text, APPLY_TIMEOUT)
+        self.loaded = None
+        async with self.reloading:
+            out = await self._report(apply_script(self.paths, len(config_text.encode())), config_text,
+                                     APPLY_TIMEOUT)
         name = self.node.name
         warnings = tuple(out.section("warning").splitlines())
         log = out.section("log")
         if out.result == "unchanged":
+            self.loaded = config_text
             return ApplyResult(False, False, False)
         if out.result == "invalid":
             raise LbConfigError(name, alert_lines(out.section("check")), out.section("check"))
         if out.result == "started":
+            self.starts += 1
+            self.loaded = config_text
             after = self._proc(out.section("after"), "after start")
             return ApplyResult(True, True, False, after.master.pid, after.worker_pids, warnings)
         if out.result == "reloaded":
+            self.reloads += 1
             before = self._proc(out.section("before"), "before reload")
             after = self._proc(out.section("after"), "after reload")
             if after.failed_reloads != before.failed_reloads or after.worker_pids == before.worker_pids:
                 raise LbReloadError(name, "the reload was not confirmed by `show proc`", log, alert_lines(log))
+            self.loaded = config_text
             return ApplyResult(True, False, True, after.master.pid, after.worker_pids, warnings)
         messages = {
             "start-failed": "haproxy exited during start",
@@ -170,6 +196,38 @@ class LbNode:
         }
         raise LbReloadError(name, messages.get(out.result, f"unexpected apply result {out.result!r}"), log,
                             alert_lines(log))
+
+    async def update(self, config_text: str) -> ApplyResult:
+        """Bring HAProxy to this config with as little as it takes: nothing when it is in place; when only
+        servers of existing backends change, their runtime commands and the file rewritten (validated) with no
+        reload, so that a later reload gives the same servers; anything else through `apply` (start or reload).
+        Raises as `apply` does."""
+        for _ in range(2):
+            known = self.loaded
+            commands = server_changes(known, config_text) if known is not None else []
+            if commands is None:
+                break
+            old = hashlib.sha256(known.encode()).hexdigest() if known is not None else ""
+            data = config_text.encode()
+            out = await self._report(servers_script(self.paths, old, commands, len(data)), config_text,
+                                     APPLY_TIMEOUT)
+            if out.result == "stale":
+                # Written by another run (or not yet known here): diff against what is really there, once.
+                current = out.section("current")
+                self.loaded = current + "\n" if current else None
+                continue
+            if out.result in ("updated", "unchanged"):
+                self.loaded = config_text
+                self.updates += out.result == "updated"
+                return ApplyResult(out.result == "updated", False, False, updated=out.result == "updated")
+            if out.result == "invalid":
+                raise LbConfigError(self.node.name, alert_lines(out.section("check")), out.section("check"))
+            if out.result == "locked":
+                raise LbReloadError(self.node.name, "another apply holds the lock on this node")
+            # not-running: a start; refused (a server with connections left cannot be deleted): a reload, which
+            # takes the running worker to the config as a whole.
+            break
+        return await self.apply(config_text)
 
     async def runtime(self, commands: list[str]) -> list[str]:
         """Send admin-socket commands in one round trip (one connection each); returns the replies in order.
@@ -229,7 +287,8 @@ class LbNode:
         if not proc_text.strip():
             return LbStatus(True, pid, (), 0)
         proc = self._proc(proc_text, "status")
-        return LbStatus(True, pid, proc.worker_pids, proc.failed_reloads, tuple(w.pid for w in proc.old_workers))
+        return LbStatus(True, pid, proc.worker_pids, proc.failed_reloads, tuple(w.pid for w in proc.old_workers),
+                        proc.master.reloads)
 
     async def stop(self) -> bool:
         """Stop the master (and its workers) by the PID in the pid file; False when it was not running."""

@@ -11,6 +11,7 @@ from fleet.core.errors import FleetError
 from fleet.core.ports import STATS_PORT
 from fleet.engine.concurrency import Coalesced
 from fleet.engine.edge import Edge
+from fleet.engine.haproxy import LbNode
 from fleet.engine.nodes import NodeReport
 from fleet.engine.vrrp import VirtualIp
 from fleet.node.haproxy.render import (
@@ -117,8 +118,6 @@ class Balancers:
     """Every reachable lb node, kept in step with one Rotation."""
 
     def __init__(self, pool: Pool, reports: list[NodeReport], edge: Edge | None = None) -> None:
-        from fleet.engine.haproxy import LbNode
-
         self.pool = pool
         self.edge = edge
         self.tls: dict[str, LbTls] = {}
@@ -137,13 +136,14 @@ class Balancers:
         self._sync = Coalesced(lambda: self._sync_now(self._rotation))
 
     async def sync(self, rotation: Rotation) -> None:
-        """Write and (hitlessly) reload the config on every lb node; unchanged configs are left alone. Calls
-        made while one runs are coalesced into the next (see `Coalesced`)."""
+        """Bring every lb node to the rotation's config: unchanged configs are left alone, a change of servers
+        only is made at runtime with no reload (the file rewritten to match), anything else reloads hitlessly
+        (see `LbNode.update`). Calls made while one runs are coalesced into the next (see `Coalesced`)."""
         self._rotation = rotation
         await self._sync()
 
     async def _apply(self, rotation: Rotation, tls: dict[str, LbTls]) -> None:
-        await asyncio.gather(*(lb.apply(config(rotation, self.addresses, self.addresses[lb.node.name], self.edge,
+        await asyncio.gather(*(lb.update(config(rotation, self.addresses, self.addresses[lb.node.name], self.edge,
                                                tls)) for lb in self.nodes))
 
     async def _sync_now(self, rotation: Rotation) -> None:
@@ -153,6 +153,10 @@ class Balancers:
         await self._apply(rotation, self.tls)
         # The virtual IP follows HAProxy: keepalived's check gives the address only to a node whose HAProxy runs.
         await self.vip.sync()
+
+    def reloads(self) -> dict[str, int]:
+        """Per lb node, the HAProxy reloads this object made (not starts, nor runtime-only updates)."""
+        return {lb.node.name: lb.reloads for lb in self.nodes}
 
     def edge_problems(self) -> dict[str, FleetError]:
         """Per service, why its HTTPS certificate could not be had at the last sync (the config went out with
@@ -176,11 +180,15 @@ class Balancers:
             await asyncio.sleep(0.1)
 
     async def set_state(self, r: Replica, state: LbState) -> None:
-        """Runtime change with no reload (drain before stop); the config follows on the next sync."""
+        """Runtime change with no reload (drain before stop); the config follows on the next sync. It waits for
+        a reload under way on a node (see `LbNode.reloading`), not for a sync made at runtime: the two touch
+        different servers, or the same one in the same direction."""
         cmd = set_server_state(backend_name(r.service), r.id, state)
-        # Not during a reload: the worker being replaced would get the change and its successor would not.
-        async with self._sync.lock:
-            await asyncio.gather(*(lb.runtime([cmd]) for lb in self.nodes), return_exceptions=True)
+
+        async def one(lb: LbNode) -> None:
+            async with lb.reloading:
+                await lb.runtime([cmd])
+        await asyncio.gather(*(one(lb) for lb in self.nodes), return_exceptions=True)
 
     async def counters(self, service: str) -> dict[str, tuple[int, int]]:
         """Per server of the service: (responses 5xx, requests) summed over lb nodes (cumulative counters)."""

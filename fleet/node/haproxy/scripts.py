@@ -124,6 +124,59 @@ echo "@@fleet log"; since "$LOG" "$off"
 echo "@@fleet result $result"
 """
 
+# A server-only change (fleet.node.haproxy.runtime): the runtime commands in $CMDS, then the deletions in $DELS
+# (each asked alone), then the new config (on stdin, staged and validated first) over the old one, with no
+# reload. $OLD is the sha256 of the config the commands were computed from: another one on the node (`stale`) is
+# printed back and nothing is touched. A refused command (`refused`) stops the deletions and leaves the file as it
+# was (the caller then reloads).
+SERVERS = _COMMON + FILE_FUNCTIONS + r"""
+mkdir -p "$D" || exit 3
+exec 9>>"$D/lock"
+if command -v flock >/dev/null 2>&1; then flock -w 30 9 || { echo "@@fleet result locked"; exit 0; }; fi
+if ! pid=$(master_pid); then cat >/dev/null; echo "@@fleet result not-running"; exit 0; fi
+sum=$(sha256sum <"$CFG" 2>/dev/null) || sum=
+if [ "${sum%% *}" != "$OLD" ]; then
+  cat >/dev/null
+  echo "@@fleet current"; cat "$CFG" 2>/dev/null
+  echo "@@fleet result stale"; exit 0
+fi
+fleet_stage "$CFG" 0600 "${SIZE:-}" || exit 3
+new=$fleet_staged
+if cmp -s "$new" "$CFG"; then fleet_unstage; echo "@@fleet result unchanged"; exit 0; fi
+echo "@@fleet check"
+if ! "$HAPROXY" -c -f "$new" 2>&1; then fleet_unstage; echo "@@fleet result invalid"; exit 0; fi
+# All but the deletions in one session of the admin socket, one socat instead of one per command: in `prompt`
+# mode every reply ends with a `> ` prompt, so fleet.node.haproxy.scripts.parse_batch can tell them apart. Any
+# line but a prompt and the replies fleet.node.haproxy.render.reply_error counts as success is a refusal.
+result=updated
+if [ -n "$CMDS" ]; then
+  if out=$(printf 'prompt\n%s\n' "$CMDS" | socat -t 5 stdio "unix-connect:$ADMIN" 2>&1); then rc=0; else rc=$?; fi
+  echo "@@fleet batch"; printf '%s\n\036 %s\n' "$out" "$rc"
+  if [ "$rc" != 0 ] || printf '%s\n' "$out" | sed 's/^> *//' |
+      grep -q -v -e '^$' -e '^New server registered\.$' -e '^Server deleted\.$'; then
+    result=refused
+  fi
+fi
+echo "@@fleet replies"
+while [ "$result" = updated ] && IFS= read -r cmd; do
+  [ -n "$cmd" ] || continue
+  n=0
+  while :; do
+    if out=$(printf '%s\n' "$cmd" | socat -t 5 stdio "unix-connect:$ADMIN" 2>&1); then rc=0; else rc=$?; fi
+    # A server just put in maint may hold idle connections for a moment (each thread closes its own): `del
+    # server` refuses until they are gone, so it is asked again for up to 2 s.
+    case "$out" in *connection*) ;; *) break ;; esac
+    n=$((n + 1)); [ "$n" -ge 20 ] && break; sleep 0.1
+  done
+  printf '%s\n\036 %s\n' "$out" "$rc"
+  case "$rc:$out" in "0:Server deleted.") ;; *) result=refused ;; esac
+done <<FLEET_DELS
+$DELS
+FLEET_DELS
+if [ "$result" = updated ]; then mv -f "$new" "$CFG"; fleet_staged=; fleet_sname=; else fleet_unstage; fi
+echo "@@fleet result $result"
+"""
+
 RUNTIME = r"""
 set -u
 while IFS= read -r cmd; do
@@ -226,6 +279,40 @@ def apply_script(paths: LbPaths, size: int | None = None) -> Script:
     return Script(APPLY, env, name="fleet-haproxy-apply")
 
 
+def servers_script(paths: LbPaths, old_sha256: str, commands: list[str], size: int) -> Script:
+    """Reads the new config on stdin (`size` bytes); runs `commands` on the admin socket and puts the config in
+    place with no reload, if the config on the node is still the one whose sha256 is `old_sha256` (see SERVERS
+    for the outcomes: updated, unchanged, stale, invalid, refused, not-running, locked)."""
+    if not re.fullmatch(r"[0-9a-f]{64}|", old_sha256):
+        raise ValueError(f"old_sha256: expected 64 hex digits or nothing, got {old_sha256!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise ValueError(f"size: expected a byte count >= 0, got {size!r}")
+    runtime_input(commands)
+    batch, dels = batch_commands(commands)
+    env = {**paths.env(), "OLD": old_sha256, "CMDS": "\n".join(batch), "DELS": "\n".join(dels), "SIZE": str(size)}
+    return Script(SERVERS, env, name="fleet-haproxy-servers")
+
+
+def batch_commands(commands: list[str]) -> tuple[list[str], list[str]]:
+    """The servers script's two lists: the commands sent in one session, then the `del server` ones, each on
+    its own (asked again while the server still has connections)."""
+    dels = [c for c in commands if c.startswith("del server ")]
+    return [c for c in commands if c not in dels], dels
+
+
+def parse_batch(commands: list[str], text: str) -> list[Reply]:
+    """One reply per command from a `prompt`-mode session that sent `prompt` then `commands` (the output ends
+    with `\\x1e RC` as the runtime script's)."""
+    m = re.search(r"\n\x1e (\d+)\n?$", text)
+    if m is None:
+        raise ScriptOutputError(f"no end mark in batch output: {text[-80:]!r}")
+    # The reply to `prompt` itself (an empty line), then one reply per command, each followed by a prompt.
+    parts = text[:m.start()].split("\n> ")
+    if len(parts) != len(commands) + 2 or parts[-1].strip():
+        raise ScriptOutputError(f"{len(parts) - 2} replies for {len(commands)} commands in batch output")
+    return [Reply(cmd, text.strip(), int(m[1])) for cmd, text in zip(commands, parts[1:], strict=False)]
+
+
 def runtime_script(paths: LbPaths) -> Script:
     """Reads admin-socket commands on stdin, one a line; prints each reply followed by `\\x1e RC`."""
     return Script(RUNTIME, {"ADMIN": paths.admin_socket}, name="fleet-haproxy-runtime")
@@ -288,7 +375,8 @@ def parse_script_output(text: str) -> ScriptOutput:
     values: dict[str, str] = {}
     current: list[str] | None = None
     result = None
-    for line in text.splitlines():
+    # Split at newlines only: str.splitlines would also split at the \x1e that ends each runtime reply.
+    for line in text.removesuffix("\n").split("\n"):
         if line.startswith(MARK + " "):
             name, _, value = line[len(MARK) + 1:].strip().partition(" ")
             if name == "result":

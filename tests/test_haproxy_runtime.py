@@ -1,0 +1,182 @@
+"""Server-only config changes as runtime commands (fleet.node.haproxy.runtime), and the servers script's recorded
+output (tests/data/haproxy/servers_*.json)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from fleet.config.spec import parse_playbook
+from fleet.core.errors import ScriptOutputError
+from fleet.core.model import Node
+from fleet.engine.lb import Balancers
+from fleet.node.haproxy.render import LbHealth, LbServer, LbService, LbState, render
+from fleet.node.haproxy.runtime import server_changes, split_servers
+from fleet.node.haproxy.scripts import (
+    LbPaths,
+    batch_commands,
+    parse_batch,
+    parse_replies,
+    parse_script_output,
+    servers_script,
+)
+from fleet.plan.reconcile import Replica
+from fleet.transport import Pool
+
+DATA = Path(__file__).parent / "data" / "haproxy"
+HEALTH = LbHealth("http", "/healthz", interval=1.0, timeout=1.0, fall=2, rise=1)
+
+
+def cfg(servers: dict[str, tuple[int, LbState]], health: LbHealth = HEALTH, port: int = 8080,
+        api: bool = False) -> str:
+    web = LbService("web", port, [LbServer(n, "10.0.0.1", 9000 + int(n[-1]), w, st) for n, (w, st) in servers.items()],
+                    health=health)
+    more = [LbService("api", 8081, [LbServer("api-1", "10.0.0.2", 9100)], mode="tcp")] if api else []
+    return render([web, *more], admin_socket="/run/hx/admin.sock", state_file="/run/hx/state",
+                  stats_bind=("127.0.0.1", 8404))
+
+
+def test_servers_are_split_from_the_rest_of_the_config() -> None:
+    split = split_servers(cfg({"web-1": (2, "ready"), "web-2": (1, "maint")}, api=True))
+    assert sorted(split.servers) == [("be_api", "api-1"), ("be_web", "web-1"), ("be_web", "web-2")]
+    one = split.servers[("be_web", "web-1")]
+    assert (one.args, one.weight, one.disabled) == ("10.0.0.1:9001 check inter 1000ms fall 2 rise 1", 2, False)
+    assert split.servers[("be_web", "web-2")].disabled
+    assert split.servers[("be_api", "api-1")].args == "10.0.0.2:9100 check inter 2000ms fall 3 rise 1"
+    assert not any(line.lstrip().startswith("server ") for line in split.skeleton)
+    assert split_servers(cfg({"web-1": (1, "ready")}, api=True)).skeleton == split.skeleton
+
+
+def test_adding_weighting_draining_and_removing_servers_are_runtime_commands() -> None:
+    old = cfg({"web-1": (1, "ready"), "web-2": (1, "ready"), "web-3": (1, "ready")})
+    new = cfg({"web-1": (5, "ready"), "web-2": (1, "drain"), "web-4": (1, "ready"), "web-5": (1, "maint")})
+    assert server_changes(old, new) == [
+        "set server be_web/web-3 state maint",
+        "del server be_web/web-3",
+        "set server be_web/web-1 weight 5",
+        "set server be_web/web-2 weight 0",
+        "add server be_web/web-4 10.0.0.1:9004 check inter 1000ms fall 2 rise 1 weight 1",
+        "enable health be_web/web-4",
+        "enable server be_web/web-4",
+        "set server be_web/web-4 health up",
+        "add server be_web/web-5 10.0.0.1:9005 check inter 1000ms fall 2 rise 1 weight 1",
+        "enable health be_web/web-5",
+    ]
+    # Back from drain (weight 0) and out of maint: ready again.
+    assert server_changes(new, cfg({"web-1": (5, "ready"), "web-2": (1, "ready"), "web-4": (1, "ready"),
+                                    "web-5": (1, "ready")})) == [
+        "set server be_web/web-2 weight 1", "set server be_web/web-2 state ready",
+        "set server be_web/web-5 state ready"]
+    assert server_changes(old, old) == []
+
+
+def test_unchecked_servers_are_added_without_enabling_health() -> None:
+    none = LbHealth("none")
+    assert server_changes(cfg({"web-1": (1, "ready")}, none), cfg({"web-1": (1, "ready"), "web-2": (1, "ready")},
+                                                                   none)) == [
+        "add server be_web/web-2 10.0.0.1:9002 weight 1", "enable server be_web/web-2"]
+
+
+@pytest.mark.parametrize("new", [
+    cfg({"web-1": (1, "ready")}, port=8090),                                               # a port
+    cfg({"web-1": (1, "ready")}, api=True),                                                # a new backend
+    cfg({"web-1": (1, "ready")}, LbHealth("http", "/healthz", 2.0, 1.0, 2, 1)),            # check interval
+    cfg({"web-1": (1, "ready")}, LbHealth("http", "/ready", 1.0, 1.0, 2, 1)),              # check path
+    cfg({"web-1": (1, "ready")}).replace("10.0.0.1:9001", "10.0.0.9:9001"),                # an address
+], ids=["port", "backend", "interval", "path", "address"])
+def test_anything_but_servers_needs_a_reload(new: str) -> None:
+    assert server_changes(cfg({"web-1": (1, "ready")}), new) is None
+
+
+def case(name: str) -> dict[str, object]:
+    data: dict[str, object] = json.loads((DATA / f"servers_{name}.json").read_text())
+    return data
+
+
+def test_servers_script_updated_output_has_one_reply_per_command() -> None:
+    data = case("updated")
+    commands = data["commands"]
+    assert isinstance(commands, list) and isinstance(data["stdout"], str)
+    out = parse_script_output(data["stdout"])
+    assert out.result == "updated" and "Configuration file is valid" in out.section("check")
+    batch, dels = batch_commands(commands)
+    assert dels == ["del server be_web/web-1"] and len(batch) == 6
+    replies = parse_batch(batch, out.section("batch") + "\n")
+    assert [(r.command, r.text) for r in replies] == [
+        ("set server be_web/web-1 state maint", ""),
+        ("set server be_web/web-2 weight 4", ""),
+        ("add server be_web/web-3 127.0.0.1:28183 check inter 500ms fall 2 rise 1 weight 1", "New server registered."),
+        ("enable health be_web/web-3", ""),
+        ("enable server be_web/web-3", ""),
+        ("set server be_web/web-3 health up", "")]
+    assert [(r.text, r.rc) for r in parse_replies(dels, out.section("replies") + "\n")] == [("Server deleted.", 0)]
+
+
+def test_servers_script_stale_output_carries_the_config_on_the_node() -> None:
+    data = case("stale")
+    assert isinstance(data["stdout"], str)
+    out = parse_script_output(data["stdout"])
+    assert out.result == "stale" and "check" not in out.sections
+    current = split_servers(out.section("current") + "\n")
+    assert current.servers[("be_web", "web-2")].weight == 4 and ("be_web", "web-1") not in current.servers
+
+
+def test_servers_script_refusal_skips_the_deletions_and_keeps_the_file() -> None:
+    data = case("refused")
+    commands = data["commands"]
+    assert isinstance(commands, list) and isinstance(data["stdout"], str)
+    out = parse_script_output(data["stdout"])
+    assert out.result == "refused" and out.section("replies") == ""
+    batch, dels = batch_commands(commands)
+    assert [r.text for r in parse_batch(batch, out.section("batch") + "\n")] == ["", "No such server.", "", ""]
+    assert dels == ["del server be_web/web-3"]
+    with pytest.raises(ScriptOutputError, match="3 replies for 4"):
+        parse_batch(batch, out.section("batch").replace("> No such", "No such") + "\n")
+
+
+def test_servers_script_takes_commands_and_the_old_hash_in_env() -> None:
+    script = servers_script(LbPaths("/srv/hx"), "a" * 64, ["set server be_web/web-1 weight 2"], 120)
+    assert script.env["CMDS"] == "set server be_web/web-1 weight 2" and script.env["OLD"] == "a" * 64
+    assert script.env["DELS"] == ""
+    assert "be_web" not in script.text and script.env["SIZE"] == "120"
+    for bad_hash in ("x" * 64, "a" * 63):
+        with pytest.raises(ValueError, match="old_sha256"):
+            servers_script(LbPaths("/srv/hx"), bad_hash, [], 1)
+    with pytest.raises(ValueError, match="runtime command"):
+        servers_script(LbPaths("/srv/hx"), "", ["show info; shutdown sessions"], 1)
+
+
+class RecordingLbNode:
+    """Stands in for an LbNode (a fake, labelled as such: what is tested is the order Balancers keeps, which
+    needs no HAProxy); it records the runtime commands sent to it."""
+
+    def __init__(self) -> None:
+        self.node = Node("lb1", "10.0.0.9")
+        self.reloading = asyncio.Lock()
+        self.sent: list[str] = []
+
+    async def runtime(self, commands: list[str]) -> list[str]:
+        self.sent += commands
+        return [""] * len(commands)
+
+
+async def test_a_runtime_drain_waits_for_a_reload_but_not_for_a_sync_made_at_runtime() -> None:
+    spec = parse_playbook("services:\n  web:\n    image: fleet.local/demo:v1\n    lb: {port: 8080}\n",
+                          "pb.yaml").services[0]
+    r = Replica("w1", "web-0-abc", "web", 0, 1, spec.spec_hash(), 20000, True, spec.resources, spec.image)
+    async with Pool(connect_attempts=1, connect_timeout=1) as pool:
+        lbs = Balancers(pool, [])
+        lb = RecordingLbNode()
+        lbs.nodes = [lb]  # type: ignore[list-item]
+        async with lbs._sync.lock:  # a sync under way (made at runtime, or preparing a reload)
+            await asyncio.wait_for(lbs.set_state(r, "drain"), 1.0)
+        assert lb.sent == ["set server be_web/web-0-abc state drain"]
+        async with lb.reloading:
+            pending = asyncio.create_task(lbs.set_state(r, "drain"))
+            await asyncio.sleep(0.1)
+            assert len(lb.sent) == 1, "sent while the worker was being replaced"
+        await asyncio.wait_for(pending, 1.0)
+        assert len(lb.sent) == 2
