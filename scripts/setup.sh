@@ -35,4 +35,6 @@ if [ -n "$missing" ]; then
 fi
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
+# The distribution was named `fleet` before it became fleet-orchestrator: a venv made then holds both otherwise.
+if .venv/bin/pip show -q fleet >/dev/null 2>&1; then .venv/bin/pip uninstall -q -y fleet; fi
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
