@@ -4,7 +4,7 @@ and installed in a fresh venv by a user who is not root it answers `--version`, 
 The slow test installs only the wheel it built (`--no-index --no-deps`); its dependencies come from the test
 interpreter's own site-packages, added to the fresh venv's path by a `.pth` file behind its own site-packages, so
 the suite does not download them from PyPI every run. pyproject.toml's lower bounds were tested separately, in a
-venv of exactly those versions (the version table in the README's "Installing the controller only").
+venv of exactly those versions (listed in the README, "Installing the controller only").
 """
 
 from __future__ import annotations
