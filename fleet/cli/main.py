@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+from typing import Annotated
+
 import typer
 
+import fleet
 from fleet.cli import (
     apply,
     container,
@@ -26,6 +30,33 @@ from fleet.cli import (
 
 app = typer.Typer(name="fleet", help="Agentless SSH-based container orchestrator.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
+DISTRIBUTION = "fleet-orchestrator"  # the name on the package index (pyproject.toml); the command stays `fleet`
+
+
+def version() -> str:
+    """The installed distribution's version; the package's own `__version__` when run from a checkout that was
+    never installed (pyproject.toml reads the version from `fleet.__version__`, so the two agree)."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return fleet.__version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"fleet {version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    _version: Annotated[bool, typer.Option("--version", "-V", callback=_print_version, is_eager=True,
+                                           help="Print fleet's version and exit.")] = False,
+) -> None:
+    # Eager: `--version` answers before any command is parsed, like `--help`.
+    pass
+
+
 app.add_typer(lab.app, name="lab")
 app.command("nodes")(nodes.nodes)
 app.command("plan")(apply.plan)
