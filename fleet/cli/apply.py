@@ -349,7 +349,9 @@ def scale(service: str, replicas: int, playbooks: Annotated[list[str] | None, ty
 
 
 def destroy(service: str, inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
-            grace: float = typer.Option(10.0, help="Seconds each replica gets to stop after SIGTERM."),
+            grace: Annotated[float, typer.Option(
+                metavar="DURATION", parser=common.duration(),
+                help=f"How long each replica gets to stop after SIGTERM {common.DURATION_HELP}.")] = 10.0,
             wait: common.WaitOpt = None) -> None:
     """Remove SERVICE: out of the load balancers first, then every replica stopped and removed. Recorded on the
     fleet: a node that is down now has its replicas removed when it returns, and reconcile never brings it back."""

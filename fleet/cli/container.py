@@ -53,7 +53,8 @@ def _on_containers(inventory: str | None, act: Callable[[Fleet], Awaitable[T]]) 
 
 
 def stop(ref: RefArg, inventory: common.InventoryOpt = None,
-         grace: Annotated[float, typer.Option("--grace", "-t", help="Seconds between SIGTERM and SIGKILL.")] = 10.0
+         grace: Annotated[float, typer.Option("--grace", "-t", metavar="DURATION", parser=common.duration(),
+                                              help=f"Time between SIGTERM and SIGKILL {common.DURATION_HELP}.")] = 10.0
          ) -> None:
     """Stop a container (SIGTERM, then SIGKILL after the grace period) and delete it with its secret files."""
     results = _on_containers(inventory, lambda f: f.stop(ref, grace))

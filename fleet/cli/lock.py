@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 app = typer.Typer(help="The fleet's lease: one writing command (apply, reconcile, rollback…) at a time.",
                   no_args_is_help=True)
 
-TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds each record node gets to answer.")]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", metavar="DURATION", parser=common.duration(),
+                                           help=f"How long each record node gets to answer {common.DURATION_HELP}.")]
 
 
 def node_state(lease: LeaseInfo | str | None) -> str:

@@ -8,7 +8,8 @@ import typer
 
 from fleet.cli import common
 
-IntervalOpt = Annotated[float, typer.Option(min=0.2, help="Seconds between refreshes.")]
+IntervalOpt = Annotated[float, typer.Option(metavar="DURATION", parser=common.duration(0.2),
+                                            help=f"Time between refreshes {common.DURATION_HELP}.")]
 ReadOnlyOpt = Annotated[bool, typer.Option("--read-only", help="Only look: every action is hidden.")]
 
 
