@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -11,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from fleet.cli import common
-from fleet.cli.apply import PlaybooksArg
+from fleet.cli.apply import FileOpt, PlaybooksArg, playbook_paths
 
 
 def log_line(event: str, **fields: Any) -> str:
@@ -27,7 +26,7 @@ def _log(event: str, **fields: Any) -> None:
     sys.stdout.flush()
 
 
-def watch(playbooks: PlaybooksArg = None, inventory: common.InventoryOpt = None,
+def watch(playbooks: PlaybooksArg = None, file: FileOpt = None, inventory: common.InventoryOpt = None,
           once: Annotated[bool, typer.Option("--once", help="One round (reconcile what drifted), then exit: for "
                                                             "cron. Exit 0 ok, 1 partial, 75 lease held.")] = False,
           interval: Annotated[float, typer.Option(
@@ -58,7 +57,7 @@ def watch(playbooks: PlaybooksArg = None, inventory: common.InventoryOpt = None,
     from fleet.watch.controller import watch as run_watch
 
     inv = common.inventory(inventory)
-    paths = tuple(playbooks or [os.environ.get("FLEET_PLAYBOOKS", "playbooks")])
+    paths = tuple(playbook_paths(playbooks, file))
     try:
         grace = parse_duration_flag(node_grace)
         load_playbooks(paths)
