@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 # Engines, specs and the history are imported inside the commands: `fleet nodes` and the other light
 # commands should not pay for loading them at every start.
 
-EXIT_CHANGES = 3
+EXIT_CHANGES = common.EXIT_CHANGES
 ParallelOpt = Annotated[int | None, typer.Option(
     "--parallel", min=1, show_default=False,
     help="Services converging at once, each with its own batches (default 16: a rollout mostly waits on "
@@ -144,7 +144,12 @@ def print_lb_diff(diffs: dict[str, list[str]]) -> None:
 def plan(playbooks: PlaybooksArg = None, file: FileOpt = None, inventory: common.InventoryOpt = None,
          json: common.JsonOpt = False) -> None:
     """Show what `fleet apply` would change. Exit 0: nothing to do; 3: changes pending; 1: a node failed or a
-    replica cannot be placed; 2: a playbook is wrong."""
+    replica cannot be placed; 2: a playbook is wrong.
+
+    Example:
+
+      fleet plan playbooks/web.yaml
+      fleet plan -f playbooks/ --json"""
     from fleet.api import Fleet
 
     inv = common.inventory(inventory)
@@ -363,7 +368,11 @@ def apply(playbooks: PlaybooksArg = None, file: FileOpt = None, inventory: commo
 def scale(service: str, replicas: int, playbooks: FileOpt = None,
           inventory: common.InventoryOpt = None, json: common.JsonOpt = False, wait: common.WaitOpt = None) -> None:
     """Run SERVICE with N replicas now; `reconcile` keeps that count until the next `apply` (which returns to the
-    playbook's count)."""
+    playbook's count).
+
+    Example:
+
+      fleet scale web 5 -f playbooks/web.yaml"""
     if replicas < 0:
         common.fail("replicas cannot be negative")
     specs = [s for s in specs_from(playbooks) if s.name == service]
@@ -378,7 +387,11 @@ def destroy(service: str, inventory: common.InventoryOpt = None, json: common.Js
                 help=f"How long each replica gets to stop after SIGTERM {common.DURATION_HELP}.")] = 10.0,
             wait: common.WaitOpt = None) -> None:
     """Remove SERVICE: out of the load balancers first, then every replica stopped and removed. Recorded on the
-    fleet: a node that is down now has its replicas removed when it returns, and reconcile never brings it back."""
+    fleet: a node that is down now has its replicas removed when it returns, and reconcile never brings it back.
+
+    Example:
+
+      fleet destroy web --grace 30s"""
     result = _run(lambda f: f.destroy(service, grace), inventory, json, wait, quiet=True, report=False)
     if not json:
         removed = sum(o.stopped for o in result.outcomes)

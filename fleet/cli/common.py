@@ -21,6 +21,19 @@ from fleet.core.units import parse_duration_flag
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
 EXIT_LOCKED = 75  # EX_TEMPFAIL: another run holds the fleet's lease; try again later
+EXIT_CHANGES = 3  # `fleet plan`: the plan is not empty (as `terraform plan -detailed-exitcode`)
+
+# Shown under `fleet --help`: every exit status a command uses, so scripts and cron jobs can tell them apart.
+EXIT_CODES_HELP = f"""Exit codes:
+
+  {EXIT_OK}   ok: every node answered and every change converged
+  {EXIT_PARTIAL}   partial: some node, service or replica failed (the others went ahead)
+  {EXIT_USAGE}   usage or spec error: a bad flag, playbook or inventory (nothing was changed)
+  {EXIT_CHANGES}   fleet plan: changes pending
+  {EXIT_LOCKED}  another run holds the fleet's lease (retry later, or pass --wait)
+  fleet exec exits with the command's own exit code.
+
+Run `fleet COMMAND -h` for a command's options and an example."""
 
 WaitOpt = Annotated[
     str | None,

@@ -15,7 +15,11 @@ app = typer.Typer(help="The load balancers (HAProxy on the lb nodes).", no_args_
 @app.command("show")
 def show(node: Annotated[list[str] | None, typer.Argument(help="lb node(s); default: every lb node")] = None,
          inventory: common.InventoryOpt = None, json: common.JsonOpt = False) -> None:
-    """Print the rendered HAProxy config of an lb node as it runs there. Exit 1 when a node could not be read."""
+    """Print the rendered HAProxy config of an lb node as it runs there. Exit 1 when a node could not be read.
+
+    Example:
+
+      fleet lb show lb1"""
     from fleet.api import Fleet
 
     inv = common.inventory(inventory)

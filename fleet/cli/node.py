@@ -58,14 +58,22 @@ def _done(node: str, json: bool, text: str, **fields: Any) -> None:
 
 def cordon(node: NodeArg, inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
            wait: common.WaitOpt = None) -> None:
-    """No new replicas go to NODE; those running there stay (until `fleet node drain` or `uncordon`)."""
+    """No new replicas go to NODE; those running there stay (until `fleet node drain` or `uncordon`).
+
+    Example:
+
+      fleet node cordon n2"""
     _change(lambda f: f.cordon(node), inventory, wait)
     _done(node, json, f"{node} cordoned: no new replicas go there", cordoned=True, draining=False)
 
 
 def uncordon(node: NodeArg, inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
              wait: common.WaitOpt = None) -> None:
-    """Replicas may be placed on NODE again (the next apply, scale or reconcile)."""
+    """Replicas may be placed on NODE again (the next apply, scale or reconcile).
+
+    Example:
+
+      fleet node uncordon n2"""
     _change(lambda f: f.uncordon(node), inventory, wait)
     _done(node, json, f"{node} uncordoned: replicas may be placed there again", cordoned=False, draining=False)
 
@@ -74,7 +82,11 @@ def drain(node: NodeArg, inventory: common.InventoryOpt = None, json: common.Jso
           wait: common.WaitOpt = None) -> None:
     """Move every replica off NODE (rolling: a new replica elsewhere is ready before the old one is drained from
     the load balancers and stopped), then leave NODE cordoned. When they cannot all go elsewhere, nothing is
-    moved and NODE is left cordoned with its replicas running (exit 1)."""
+    moved and NODE is left cordoned with its replicas running (exit 1).
+
+    Example:
+
+      fleet node drain n2 --wait 5m"""
     from fleet.cli.apply import _exit, _run
 
     result = _run(lambda f: f.drain(node), inventory, json, wait)
@@ -88,7 +100,11 @@ def drain(node: NodeArg, inventory: common.InventoryOpt = None, json: common.Jso
 def label(node: NodeArg, changes: LabelsArg, inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
           wait: common.WaitOpt = None) -> None:
     """Set (key=value) or remove (key-) labels of NODE. They win over the inventory's labels; removing one the
-    inventory sets records its removal. `placement.require` uses them from the next apply or reconcile."""
+    inventory sets records its removal. `placement.require` uses them from the next apply or reconcile.
+
+    Example:
+
+      fleet node label n2 zone=eu-1 disk=ssd gpu-"""
     sets, removes = label_args(changes)
     labels = _change(lambda f: f.label(node, sets, removes), inventory, wait)
     shown = ", ".join(f"{k}={v}" for k, v in labels.items()) or "none"

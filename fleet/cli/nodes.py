@@ -122,7 +122,11 @@ def nodes(inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
     use they do not cover.
 
     A node is ready, unreachable (sshd), no runtime (containerd missing or not running) or runtime not answering
-    (containerd hung); exit 1 unless every node is ready."""
+    (containerd hung); exit 1 unless every node is ready.
+
+    Example:
+
+      fleet nodes --timeout 5s"""
     from fleet.api import reader
 
     inv = common.inventory(inventory)

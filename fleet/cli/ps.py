@@ -96,7 +96,11 @@ def ps(inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
        = LIST_TIMEOUT) -> None:
     """List containers on every node: fleet's own by service and replica, foreign ones marked and left alone.
 
-    A node that is not ready or does not answer in time is named under the table (exit 1); the others are listed."""
+    A node that is not ready or does not answer in time is named under the table (exit 1); the others are listed.
+
+    Example:
+
+      fleet ps --all"""
     from fleet.api import reader
 
     inv = common.inventory(inventory)

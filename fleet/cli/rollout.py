@@ -26,7 +26,11 @@ def _when(ts: float | None) -> str:
 
 
 def history(service: str, inventory: common.InventoryOpt = None, json: common.JsonOpt = False) -> None:
-    """Every revision of SERVICE, as the fleet records it: spec, image, who, when, outcome and why."""
+    """Every revision of SERVICE, as the fleet records it: spec, image, who, when, outcome and why.
+
+    Example:
+
+      fleet history web --json"""
     from fleet.api import Fleet
 
     inv = common.inventory(inventory)
@@ -61,7 +65,11 @@ def rollback(service: str, to: int | None = typer.Option(None, "--to", help="Rev
              inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
              wait: common.WaitOpt = None) -> None:
     """Bring back an earlier revision of SERVICE with the same health-checked rolling procedure. The service stays
-    pinned there (reconcile keeps it) until the playbook changes or `fleet apply` runs."""
+    pinned there (reconcile keeps it) until the playbook changes or `fleet apply` runs.
+
+    Example:
+
+      fleet rollback web --to 3"""
 
     async def op(f: Fleet) -> RunResult:
         rev, result = await f.rollback(service, to)
@@ -73,7 +81,11 @@ def rollback(service: str, to: int | None = typer.Option(None, "--to", help="Rev
 
 def promote(service: str, inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
             wait: common.WaitOpt = None) -> None:
-    """Promote a waiting canary: roll the rest of SERVICE to the canary's revision, batch by batch."""
+    """Promote a waiting canary: roll the rest of SERVICE to the canary's revision, batch by batch.
+
+    Example:
+
+      fleet promote web"""
 
     async def op(f: Fleet) -> RunResult:
         rev, result = await f.promote(service)
@@ -86,7 +98,11 @@ def promote(service: str, inventory: common.InventoryOpt = None, json: common.Js
 def abort(service: str, inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
           wait: common.WaitOpt = None) -> None:
     """Abort a waiting canary: its replicas are removed and SERVICE stays at its accepted revision (reconcile keeps
-    it so)."""
+    it so).
+
+    Example:
+
+      fleet abort web"""
 
     async def op(f: Fleet) -> RunResult:
         rev, result = await f.abort(service)

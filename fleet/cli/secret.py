@@ -24,7 +24,11 @@ def _key(name: str) -> str:
 
 @app.command("set")
 def set_(name: str) -> None:
-    """Store a secret: the value is read from stdin (or asked for on a terminal), never from the command line."""
+    """Store a secret: the value is read from stdin (or asked for on a terminal), never from the command line.
+
+    Example:
+
+      printf %s "$DB_PASSWORD" | fleet secret set db-password"""
     from fleet.api import secret_set
     from fleet.core.errors import SecretStoreError
     from fleet.results import Secret
@@ -43,7 +47,11 @@ def set_(name: str) -> None:
 
 @app.command("rm")
 def rm(name: str) -> None:
-    """Remove a secret from the keyring."""
+    """Remove a secret from the keyring.
+
+    Example:
+
+      fleet secret rm db-password"""
     from fleet.api import secret_rm
     from fleet.core.errors import SecretStoreError
 

@@ -14,7 +14,11 @@ ReadOnlyOpt = Annotated[bool, typer.Option("--read-only", help="Only look: every
 
 
 def ui(inventory: common.InventoryOpt = None, interval: IntervalOpt = 2.0, read_only: ReadOnlyOpt = False) -> None:
-    """Views of nodes, services, replicas, history, logs and events, and actions on them (? lists every key)."""
+    """Views of nodes, services, replicas, history, logs and events, and actions on them (? lists every key).
+
+    Example:
+
+      fleet ui --read-only"""
     # Textual is imported only when the UI runs: the other commands start without it.
     from fleet.api import Fleet, ask_watcher
     from fleet.tui import FleetApp, FleetSource

@@ -1,0 +1,97 @@
+"""The command line's conventions: `-h`, grouped help with an example on every command, exit codes in `--help`
+(-f/--file: test_cli_files; durations: test_cli_durations)."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import typer.main
+from typer.testing import CliRunner
+
+from fleet.cli import common
+from fleet.cli.main import app
+
+ROOT: Any = typer.main.get_command(app)
+
+
+def _commands(group: Any = ROOT, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """Every leaf command with its path under `fleet`, sub-commands of groups included."""
+    for name, cmd in sorted(group.commands.items()):
+        if hasattr(cmd, "commands"):
+            yield from _commands(cmd, (*path, name))
+        else:
+            yield (*path, name), cmd
+
+
+COMMANDS = list(_commands())
+PATHS = [" ".join(p) for p, _ in COMMANDS]
+
+
+def _help(args: list[str], width: int = 80) -> str:
+    result = CliRunner().invoke(app, args, env={"COLUMNS": str(width), "TERMINAL_WIDTH": str(width)},
+                                terminal_width=width)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _examples(text: str) -> list[str]:
+    """The `fleet …` lines of a help's Example block, cut where a shell redirect or pipe would follow."""
+    block = text.split("Example:", 1)[1].split("╭", 1)[0]  # up to the first panel (arguments, options)
+    lines = []
+    for raw in block.splitlines():
+        line = raw.strip()
+        if not line.startswith(("fleet ", "printf ")):
+            continue
+        words = shlex.split(line[line.index("fleet "):])
+        for stop in ("|", ">"):
+            if stop in words:
+                words = words[:words.index(stop)]
+        lines.append(words)
+    return [shlex.join(w) for w in lines]
+
+
+def test_there_are_commands_to_check() -> None:
+    assert {"apply", "plan", "nodes", "node drain", "lab up"} <= set(PATHS)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_every_command_help_has_an_example_and_fits_80_columns(path: str) -> None:
+    for flag in ("-h", "--help"):
+        text = _help([*path.split(), flag])
+        assert "Example:" in text, f"fleet {path} {flag} has no example"
+        wide = [line for line in text.splitlines() if len(line) > 80]
+        assert not wide, f"fleet {path} {flag} is wider than 80 columns: {wide}"
+        assert f"fleet {path}" in text.split("Example:", 1)[1]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_every_example_parses_with_the_commands_options(path: str) -> None:
+    """An example that names a flag the command lacks, or a bad value, fails here (parsed, not run)."""
+    examples = _examples(_help([*path.split(), "--help"], width=200))
+    assert examples
+    for example in examples:
+        words = shlex.split(example)[1:]
+        depth = len(path.split())
+        assert words[:depth] == path.split(), example
+        group: Any = ROOT
+        for name in words[:depth]:
+            group = group.commands[name]
+        with group.make_context(" ".join(["fleet", *words[:depth]]), words[depth:]):
+            pass
+
+
+def test_top_level_help_groups_commands_and_lists_the_exit_codes() -> None:
+    text = _help(["-h"])
+    for panel in ("Deploy", "Inspect", "Nodes and containers", "State", "Lab and setup"):
+        assert f"─ {panel} ─" in text
+    deploy = text.split("─ Deploy ─", 1)[1].split("╰", 1)[0]
+    assert all(f"│ {name} " in deploy for name in ("apply", "plan", "rollback"))
+    codes = text.split("Exit codes:", 1)[1]
+    for code, meaning in ((common.EXIT_OK, "ok"), (common.EXIT_PARTIAL, "partial"),
+                          (common.EXIT_USAGE, "usage or spec error"), (common.EXIT_CHANGES, "changes pending"),
+                          (common.EXIT_LOCKED, "lease")):
+        assert any(line.split()[:1] == [str(code)] and meaning in line for line in codes.splitlines()), code
+    assert not [line for line in text.splitlines() if len(line) > 80]
