@@ -1,5 +1,5 @@
-"""The command line's conventions: `-h`, grouped help with an example on every command, exit codes in `--help`
-(-f/--file: test_cli_files; durations: test_cli_durations)."""
+"""The command line's conventions: `-h`, grouped help with an example on every command, exit codes in `--help`,
+shell completion (-f/--file: test_cli_files; durations: test_cli_durations)."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def _examples(text: str) -> list[str]:
 
 
 def test_there_are_commands_to_check() -> None:
-    assert {"apply", "plan", "nodes", "node drain", "lab up"} <= set(PATHS)
+    assert {"apply", "plan", "nodes", "node drain", "lab up", "completion"} <= set(PATHS)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -95,3 +95,31 @@ def test_top_level_help_groups_commands_and_lists_the_exit_codes() -> None:
                           (common.EXIT_LOCKED, "lease")):
         assert any(line.split()[:1] == [str(code)] and meaning in line for line in codes.splitlines()), code
     assert not [line for line in text.splitlines() if len(line) > 80]
+
+
+# ---- shell completion ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_completion_script_generates_for_each_shell(shell: str) -> None:
+    result = CliRunner().invoke(app, ["completion", shell])
+    assert result.exit_code == 0, result.output
+    assert "_FLEET_COMPLETE=complete_" + shell in result.output
+    assert {"bash": "complete -o", "zsh": "#compdef fleet", "fish": "complete --command fleet"}[shell] in result.output
+
+
+def test_completion_of_an_unknown_shell_is_a_usage_error() -> None:
+    result = CliRunner().invoke(app, ["completion", "tcsh"])
+    assert result.exit_code == common.EXIT_USAGE
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({"_FLEET_COMPLETE": "complete_bash", "COMP_WORDS": "fleet ap", "COMP_CWORD": "1"}, "apply"),
+    ({"_FLEET_COMPLETE": "complete_bash", "COMP_WORDS": "fleet node dr", "COMP_CWORD": "2"}, "drain"),
+    ({"_FLEET_COMPLETE": "complete_zsh", "_TYPER_COMPLETE_ARGS": "fleet apply --wa"}, "--wait"),
+])
+def test_the_script_s_requests_are_answered_with_fleet_s_commands_and_options(env: dict[str, str],
+                                                                               expected: str) -> None:
+    """What the generated script asks (the environment it sets) gets fleet's own words back."""
+    result = CliRunner().invoke(app, [], env=env, prog_name="fleet")
+    assert result.exit_code == 0, result.output
+    assert expected in result.output

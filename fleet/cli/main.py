@@ -7,6 +7,7 @@ import typer
 from fleet.cli import (
     apply,
     common,
+    completion,
     container,
     exec_,
     image,
@@ -30,7 +31,7 @@ from fleet.cli import (
 DEPLOY, INSPECT, NODES, STATE, LAB = "Deploy", "Inspect", "Nodes and containers", "State", "Lab and setup"
 
 app = typer.Typer(name="fleet", help="Agentless SSH-based container orchestrator.", epilog=common.EXIT_CODES_HELP,
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=True,
                   context_settings={"help_option_names": ["-h", "--help"]})
 app.command("plan", rich_help_panel=DEPLOY)(apply.plan)
 app.command("apply", rich_help_panel=DEPLOY)(apply.apply)
@@ -58,6 +59,7 @@ app.add_typer(secret.app, name="secret", rich_help_panel=STATE)
 app.add_typer(lock.app, name="lock", rich_help_panel=STATE)
 app.add_typer(volume.app, name="volume", rich_help_panel=STATE)
 app.add_typer(lab.app, name="lab", rich_help_panel=LAB)
+app.command("completion", rich_help_panel=LAB)(completion.completion)
 
 
 def main() -> None:
