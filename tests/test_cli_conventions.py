@@ -123,3 +123,46 @@ def test_the_script_s_requests_are_answered_with_fleet_s_commands_and_options(en
     result = CliRunner().invoke(app, [], env=env, prog_name="fleet")
     assert result.exit_code == 0, result.output
     assert expected in result.output
+
+
+def _complete(words: str, **env: str) -> list[str]:
+    """What `fleet` answers bash's completion request for the last word of `words`."""
+    parts = words.split(" ")
+    result = CliRunner().invoke(app, [], prog_name="fleet", env={
+        "_FLEET_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(len(parts) - 1), **env})
+    assert result.exit_code == 0, result.output
+    return result.output.split()
+
+
+def test_node_and_service_names_complete_from_the_inventory_and_playbooks(tmp_path: Any,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read from the files only: the inventory's nodes sit on ports nothing listens on."""
+    monkeypatch.setenv("FLEET_CACHE_DIR", str(tmp_path / "cache"))
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text("nodes:\n  web-1: {address: 127.0.0.1, port: 1, roles: [worker]}\n"
+                         "  web-2: {address: 127.0.0.1, port: 1, roles: [worker]}\n"
+                         "  lb1: {address: 127.0.0.1, port: 1, roles: [lb]}\n")
+    (tmp_path / "playbooks").mkdir()
+    (tmp_path / "playbooks" / "svc.yaml").write_text(
+        "services:\n  web: {image: 'demo:v1', replicas: 1}\n  worker: {image: 'demo:v1', replicas: 1}\n"
+        "  api: {image: 'demo:v1', replicas: 1}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FLEET_PLAYBOOKS", raising=False)
+    assert _complete(f"fleet node drain -i {inventory} web") == ["web-1", "web-2"]
+    assert _complete("fleet node cordon ", FLEET_INVENTORY=str(inventory)) == ["lb1", "web-1", "web-2"]
+    assert _complete("fleet rollback w") == ["web", "worker"]
+    assert _complete("fleet scale ") == ["api", "web", "worker"]
+
+
+def test_names_complete_to_nothing_when_the_files_do_not_read(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FLEET_PLAYBOOKS", raising=False)
+    assert _complete("fleet history ") == []
+    assert _complete("fleet node drain ", FLEET_INVENTORY=str(tmp_path / "missing.yaml")) == []
+
+
+def test_a_misspelled_command_gets_a_suggestion() -> None:
+    for words, suggestion in ((["aply"], "apply"), (["node", "drian"], "drain")):
+        result = CliRunner().invoke(app, words)
+        assert result.exit_code == common.EXIT_USAGE
+        assert f"Did you mean '{suggestion}'?" in result.output

@@ -14,6 +14,7 @@ import typer
 
 from fleet.cli import common
 from fleet.cli.common import esc
+from fleet.cli.completion import ServiceArg
 from fleet.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -365,7 +366,7 @@ def apply(playbooks: PlaybooksArg = None, file: FileOpt = None, inventory: commo
                      totals={s.name: s.replicas for s in specs}))
 
 
-def scale(service: str, replicas: int, playbooks: FileOpt = None,
+def scale(service: ServiceArg, replicas: int, playbooks: FileOpt = None,
           inventory: common.InventoryOpt = None, json: common.JsonOpt = False, wait: common.WaitOpt = None) -> None:
     """Run SERVICE with N replicas now; `reconcile` keeps that count until the next `apply` (which returns to the
     playbook's count).
@@ -381,7 +382,7 @@ def scale(service: str, replicas: int, playbooks: FileOpt = None,
     raise _exit(_run(lambda f: f.scale(specs[0], replicas), inventory, json, wait))
 
 
-def destroy(service: str, inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
+def destroy(service: ServiceArg, inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
             grace: Annotated[float, typer.Option(
                 metavar="DURATION", parser=common.duration(),
                 help=f"How long each replica gets to stop after SIGTERM {common.DURATION_HELP}.")] = 10.0,

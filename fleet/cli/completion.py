@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import os
 from typing import Annotated
 
 import typer
@@ -13,6 +14,44 @@ import typer
 from typer._completion_shared import get_completion_script
 
 COMPLETE_VAR = "_FLEET_COMPLETE"  # what typer derives from the program's name, so script and fleet agree
+
+# Names are completed from local files only (the inventory, the playbooks), never by connecting: a TAB must
+# answer at once, and a file that does not read offers nothing rather than an error in the middle of a line.
+
+
+def node_names(ctx: typer.Context, incomplete: str) -> list[str]:
+    """The inventory's node names (the -i already typed, else $FLEET_INVENTORY or the running lab's)."""
+    from fleet.cli.common import default_inventory
+    from fleet.config.inventory import load_inventory
+    from fleet.core.errors import ConfigError
+
+    path = ctx.params.get("inventory") or os.environ.get("FLEET_INVENTORY") or default_inventory()
+    if not path:
+        return []
+    try:
+        names = [n.name for n in load_inventory(path).nodes]
+    except (ConfigError, OSError):
+        return []
+    return sorted(n for n in names if n.startswith(incomplete))
+
+
+def service_names(ctx: typer.Context, incomplete: str) -> list[str]:
+    """The services of the playbooks (the -f already typed, else $FLEET_PLAYBOOKS or ./playbooks)."""
+    from fleet.config.spec import load_playbooks
+    from fleet.core.errors import ConfigError
+
+    paths = ctx.params.get("playbooks") or ctx.params.get("file") or [os.environ.get("FLEET_PLAYBOOKS", "playbooks")]
+    try:
+        names = [s.name for s in load_playbooks(list(paths))]
+    except (ConfigError, OSError):
+        return []
+    return sorted(n for n in names if n.startswith(incomplete))
+
+
+NodeArg = Annotated[str, typer.Argument(help="The node, by its name in the inventory.", show_default=False,
+                                        autocompletion=node_names)]
+ServiceArg = Annotated[str, typer.Argument(help="The service, by its name in the playbooks.", show_default=False,
+                                           autocompletion=service_names)]
 
 
 class Shell(enum.StrEnum):

@@ -9,6 +9,7 @@ import typer
 
 from fleet.cli import common
 from fleet.cli.common import esc
+from fleet.cli.completion import node_names
 from fleet.core.units import parse_cpu, parse_memory
 
 if TYPE_CHECKING:
@@ -92,7 +93,7 @@ def _env(pairs: list[str]) -> dict[str, str]:
     return env
 
 
-def run(node: Annotated[str, typer.Argument(help="Node to run on.")],
+def run(node: Annotated[str, typer.Argument(help="Node to run on.", autocompletion=node_names)],
         image: Annotated[str, typer.Argument(help="Image reference (already on the node: `fleet image push`).")],
         command: Annotated[list[str] | None, typer.Argument(help="Arguments after `--` (appended to the "
                                                             "image's entrypoint).")] = None,

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from fleet.cli import common
+from fleet.cli import common, completion
 from fleet.cli.common import esc
 
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="Node operations, kept on the fleet: cordon, uncordon, drain, label.", no_args_is_help=True)
 
-NodeArg = Annotated[str, typer.Argument(help="The node, by its name in the inventory.", show_default=False)]
+NodeArg = completion.NodeArg
 LabelsArg = Annotated[list[str], typer.Argument(help="key=value to set a label, key- to remove one.",
                                                 show_default=False)]
 

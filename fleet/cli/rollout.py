@@ -12,6 +12,7 @@ from rich.table import Table
 
 from fleet.cli import common
 from fleet.cli.apply import _exit, _run
+from fleet.cli.completion import ServiceArg
 
 if TYPE_CHECKING:
     from fleet.api import Fleet
@@ -25,7 +26,7 @@ def _when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
 
 
-def history(service: str, inventory: common.InventoryOpt = None, json: common.JsonOpt = False) -> None:
+def history(service: ServiceArg, inventory: common.InventoryOpt = None, json: common.JsonOpt = False) -> None:
     """Every revision of SERVICE, as the fleet records it: spec, image, who, when, outcome and why.
 
     Example:
@@ -60,7 +61,7 @@ def _say(json: bool, text: str) -> None:
         common.console().print(common.esc(text))
 
 
-def rollback(service: str, to: int | None = typer.Option(None, "--to", help="Revision (default: the last good "
+def rollback(service: ServiceArg, to: int | None = typer.Option(None, "--to", help="Revision (default: the last good "
                                                                           "one before the latest)."),
              inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
              wait: common.WaitOpt = None) -> None:
@@ -79,7 +80,7 @@ def rollback(service: str, to: int | None = typer.Option(None, "--to", help="Rev
     raise _exit(_run(op, inventory, json, wait))
 
 
-def promote(service: str, inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
+def promote(service: ServiceArg, inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
             wait: common.WaitOpt = None) -> None:
     """Promote a waiting canary: roll the rest of SERVICE to the canary's revision, batch by batch.
 
@@ -95,7 +96,7 @@ def promote(service: str, inventory: common.InventoryOpt = None, json: common.Js
     raise _exit(_run(op, inventory, json, wait))
 
 
-def abort(service: str, inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
+def abort(service: ServiceArg, inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
           wait: common.WaitOpt = None) -> None:
     """Abort a waiting canary: its replicas are removed and SERVICE stays at its accepted revision (reconcile keeps
     it so).

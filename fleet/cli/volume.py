@@ -10,6 +10,7 @@ from rich.table import Table
 
 from fleet.cli import common
 from fleet.cli.common import esc
+from fleet.cli.completion import node_names
 from fleet.core.units import short_size
 
 if TYPE_CHECKING:
@@ -19,7 +20,8 @@ app = typer.Typer(help="Volumes: list them across nodes, inspect, remove, back u
                   no_args_is_help=True)
 
 RefArg = Annotated[str, typer.Argument(metavar="SERVICE/NAME", help="The volume, as `fleet volume ls` shows it.")]
-NodeOpt = Annotated[str | None, typer.Option("--node", help="The node holding it (when it is on several).")]
+NodeOpt = Annotated[str | None, typer.Option("--node", help="The node holding it (when it is on several).",
+                                             autocompletion=node_names)]
 
 
 def row_json(r: VolumeRow) -> dict[str, Any]:
