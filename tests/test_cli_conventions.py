@@ -54,7 +54,7 @@ def _examples(text: str) -> list[str]:
 
 
 def test_there_are_commands_to_check() -> None:
-    assert {"apply", "plan", "nodes", "node drain", "lab up", "completion"} <= set(PATHS)
+    assert {"apply", "plan", "nodes", "node drain", "lab up", "completion bash"} <= set(PATHS)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -85,8 +85,9 @@ def test_every_example_parses_with_the_commands_options(path: str) -> None:
 
 def test_top_level_help_groups_commands_and_lists_the_exit_codes() -> None:
     text = _help(["-h"])
-    for panel in ("Deploy", "Inspect", "Nodes and containers", "State", "Lab and setup"):
-        assert f"─ {panel} ─" in text
+    panels = ("Deploy", "Inspect", "Nodes and containers", "State", "Lab and setup")
+    at = [text.find(f"─ {panel} ─") for panel in panels]
+    assert -1 not in at and at == sorted(at), at  # every panel, in this order
     deploy = text.split("─ Deploy ─", 1)[1].split("╰", 1)[0]
     assert all(f"│ {name} " in deploy for name in ("apply", "plan", "rollback"))
     codes = text.split("Exit codes:", 1)[1]
@@ -109,7 +110,7 @@ def test_completion_script_generates_for_each_shell(shell: str) -> None:
 
 def test_completion_of_an_unknown_shell_is_a_usage_error() -> None:
     result = CliRunner().invoke(app, ["completion", "tcsh"])
-    assert result.exit_code == common.EXIT_USAGE
+    assert result.exit_code == common.EXIT_USAGE and "No such command 'tcsh'" in result.output
 
 
 @pytest.mark.parametrize(("env", "expected"), [

@@ -1,4 +1,5 @@
-"""`fleet completion bash|zsh|fish`: the shell's completion script for fleet, printed to stdout."""
+"""`fleet completion bash|zsh|fish`: the shell's completion script for fleet, printed to stdout; and the node and
+service names completed from the inventory and the playbooks."""
 
 from __future__ import annotations
 
@@ -65,12 +66,38 @@ def script(shell: Shell) -> str:
     return get_completion_script(prog_name="fleet", complete_var=COMPLETE_VAR, shell=shell.value)
 
 
-def completion(shell: Annotated[Shell, typer.Argument(help="The shell to complete in.", show_default=False)]) -> None:
-    """Print the shell completion script for fleet: commands, options and file names complete on TAB.
+app = typer.Typer(help="Shell completion for fleet: commands, options, node and service names on TAB.",
+                  no_args_is_help=True)
+
+
+# One sub-command per shell (not one command with a SHELL argument) so that `fleet completion` is a group and
+# its help panel comes after the other groups' in `fleet --help`.
+@app.command("bash")
+def bash() -> None:
+    """Print the bash completion script.
 
     Example:
 
-      fleet completion bash > ~/.local/share/bash-completion/completions/fleet
+      fleet completion bash > ~/.local/share/bash-completion/completions/fleet"""
+    typer.echo(script(Shell.bash))
+
+
+@app.command("zsh")
+def zsh() -> None:
+    """Print the zsh completion script (a directory of $fpath holds it as _fleet).
+
+    Example:
+
       fleet completion zsh > "${fpath[1]}/_fleet"
+    """
+    typer.echo(script(Shell.zsh))
+
+
+@app.command("fish")
+def fish() -> None:
+    """Print the fish completion script.
+
+    Example:
+
       fleet completion fish > ~/.config/fish/completions/fleet.fish"""
-    typer.echo(script(shell))
+    typer.echo(script(Shell.fish))

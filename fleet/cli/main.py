@@ -59,7 +59,7 @@ app.add_typer(secret.app, name="secret", rich_help_panel=STATE)
 app.add_typer(lock.app, name="lock", rich_help_panel=STATE)
 app.add_typer(volume.app, name="volume", rich_help_panel=STATE)
 app.add_typer(lab.app, name="lab", rich_help_panel=LAB)
-app.command("completion", rich_help_panel=LAB)(completion.completion)
+app.add_typer(completion.app, name="completion", rich_help_panel=LAB)
 
 
 def main() -> None:
