@@ -167,3 +167,13 @@ def test_a_misspelled_command_gets_a_suggestion() -> None:
         result = CliRunner().invoke(app, words)
         assert result.exit_code == common.EXIT_USAGE
         assert f"Did you mean '{suggestion}'?" in result.output
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_every_command_s_summary_is_one_line(path: str) -> None:
+    """The first paragraph is what `fleet -h` lists: one line, or the listing breaks mid-sentence."""
+    cmd: Any = ROOT
+    for name in path.split():
+        cmd = cmd.commands[name]
+    summary = (cmd.help or "").strip().split("\n\n")[0]
+    assert summary and "\n" not in summary, summary

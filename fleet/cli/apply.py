@@ -144,8 +144,10 @@ def print_lb_diff(diffs: dict[str, list[str]]) -> None:
 
 def plan(playbooks: PlaybooksArg = None, file: FileOpt = None, inventory: common.InventoryOpt = None,
          json: common.JsonOpt = False) -> None:
-    """Show what `fleet apply` would change. Exit 0: nothing to do; 3: changes pending; 1: a node failed or a
-    replica cannot be placed; 2: a playbook is wrong.
+    """Show what `fleet apply` would change.
+
+    Exit 0: nothing to do; 3: changes pending; 1: a node failed or a replica cannot be placed; 2: a playbook
+    is wrong.
 
     Example:
 
@@ -368,8 +370,9 @@ def apply(playbooks: PlaybooksArg = None, file: FileOpt = None, inventory: commo
 
 def scale(service: ServiceArg, replicas: int, playbooks: FileOpt = None,
           inventory: common.InventoryOpt = None, json: common.JsonOpt = False, wait: common.WaitOpt = None) -> None:
-    """Run SERVICE with N replicas now; `reconcile` keeps that count until the next `apply` (which returns to the
-    playbook's count).
+    """Run SERVICE with N replicas now, until the next `apply`.
+
+    `reconcile` keeps that count until the next `apply` (which returns to the playbook's count).
 
     Example:
 
@@ -387,8 +390,10 @@ def destroy(service: ServiceArg, inventory: common.InventoryOpt = None, json: co
                 metavar="DURATION", parser=common.duration(),
                 help=f"How long each replica gets to stop after SIGTERM {common.DURATION_HELP}.")] = 10.0,
             wait: common.WaitOpt = None) -> None:
-    """Remove SERVICE: out of the load balancers first, then every replica stopped and removed. Recorded on the
-    fleet: a node that is down now has its replicas removed when it returns, and reconcile never brings it back.
+    """Remove SERVICE: out of the load balancers first, then every replica.
+
+    Every replica is stopped and removed. Recorded on the fleet: a node that is down now has its replicas
+    removed when it returns, and reconcile never brings it back.
 
     Example:
 
@@ -403,10 +408,12 @@ def destroy(service: ServiceArg, inventory: common.InventoryOpt = None, json: co
 
 def reconcile(playbooks: PlaybooksArg = None, file: FileOpt = None, inventory: common.InventoryOpt = None,
               json: common.JsonOpt = False, wait: common.WaitOpt = None, parallel: ParallelOpt = None) -> None:
-    """Restore the accepted state (for cron): replace crashed, unhealthy or lost replicas, reschedule off dead
-    nodes, restore load-balancer entries. A playbook changed since it was last tried is tried (as `apply`); a
-    waiting canary, `abort` and `rollback` are left as they are, and a revision that failed is not retried until
-    the playbook changes again. Prints nothing when nothing changed, one line per change otherwise.
+    """Restore the accepted state (for cron): replace lost replicas, reschedule, restore routes.
+
+    Replaces crashed, unhealthy or lost replicas, reschedules off dead nodes, restores load-balancer entries.
+    A playbook changed since it was last tried is tried (as `apply`); a waiting canary, `abort` and `rollback`
+    are left as they are, and a revision that failed is not retried until the playbook changes again. Prints
+    nothing when nothing changed, one line per change otherwise.
 
     Exit codes: 0 converged; 1 something failed (a service, a node); 2 bad input; 75 another run holds the
     fleet's lease (see --wait).

@@ -80,9 +80,11 @@ def uncordon(node: NodeArg, inventory: common.InventoryOpt = None, json: common.
 
 def drain(node: NodeArg, inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
           wait: common.WaitOpt = None) -> None:
-    """Move every replica off NODE (rolling: a new replica elsewhere is ready before the old one is drained from
-    the load balancers and stopped), then leave NODE cordoned. When they cannot all go elsewhere, nothing is
-    moved and NODE is left cordoned with its replicas running (exit 1).
+    """Move every replica off NODE, then leave it cordoned.
+
+    Rolling: a new replica elsewhere is ready before the old one is drained from the load balancers and
+    stopped. When they cannot all go elsewhere, nothing is moved and NODE is left cordoned with its replicas
+    running (exit 1).
 
     Example:
 
@@ -99,8 +101,10 @@ def drain(node: NodeArg, inventory: common.InventoryOpt = None, json: common.Jso
 
 def label(node: NodeArg, changes: LabelsArg, inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
           wait: common.WaitOpt = None) -> None:
-    """Set (key=value) or remove (key-) labels of NODE. They win over the inventory's labels; removing one the
-    inventory sets records its removal. `placement.require` uses them from the next apply or reconcile.
+    """Set (key=value) or remove (key-) labels of NODE.
+
+    They win over the inventory's labels; removing one the inventory sets records its removal.
+    `placement.require` uses them from the next apply or reconcile.
 
     Example:
 

@@ -65,8 +65,9 @@ def rollback(service: ServiceArg, to: int | None = typer.Option(None, "--to", he
                                                                           "one before the latest)."),
              inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
              wait: common.WaitOpt = None) -> None:
-    """Bring back an earlier revision of SERVICE with the same health-checked rolling procedure. The service stays
-    pinned there (reconcile keeps it) until the playbook changes or `fleet apply` runs.
+    """Bring back an earlier revision of SERVICE, rolling and health-checked as a deploy.
+
+    The service stays pinned there (reconcile keeps it) until the playbook changes or `fleet apply` runs.
 
     Example:
 
@@ -98,8 +99,9 @@ def promote(service: ServiceArg, inventory: common.InventoryOpt = None, json: co
 
 def abort(service: ServiceArg, inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
           wait: common.WaitOpt = None) -> None:
-    """Abort a waiting canary: its replicas are removed and SERVICE stays at its accepted revision (reconcile keeps
-    it so).
+    """Abort a waiting canary: its replicas are removed, SERVICE stays at its accepted revision.
+
+    Reconcile keeps it at that revision.
 
     Example:
 
