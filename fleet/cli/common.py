@@ -37,7 +37,7 @@ Run `fleet COMMAND -h` for a command's options and an example."""
 
 WaitOpt = Annotated[
     str | None,
-    typer.Option("--wait", envvar="FLEET_LOCK_WAIT", show_default=False,
+    typer.Option("--wait", envvar="FLEET_LOCK_WAIT", show_default=False, metavar="DURATION",
                  help="Wait up to this long (e.g. 60s, 5m) for the fleet's lease when another run holds it; "
                       "default: exit 75 at once."),
 ]

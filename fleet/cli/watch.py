@@ -33,8 +33,9 @@ def watch(playbooks: PlaybooksArg = None, file: FileOpt = None, inventory: commo
               metavar="DURATION", parser=common.duration(0.1),
               help=f"Time between rounds when no event comes {common.DURATION_HELP}.")] = 1.0,
           node_grace: Annotated[str, typer.Option(
-              "--node-grace", envvar="FLEET_NODE_GRACE",
-              help="How long a node that stops answering keeps its replicas before they start elsewhere.")] = "30s",
+              "--node-grace", envvar="FLEET_NODE_GRACE", metavar="DURATION",
+              help="How long a node that stops answering keeps its replicas before they start elsewhere "
+                   f"{common.DURATION_HELP}.")] = "30s",
           events: Annotated[bool, typer.Option(help="Follow containerd's events (`ctr events`) to act at once.")]
           = True,
           serve: Annotated[bool, typer.Option("--socket/--no-socket",
