@@ -25,7 +25,8 @@ def test_durations_in_every_unit(text: object, seconds: float) -> None:
     assert parse_duration_flag(text) == seconds
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("30", 30.0), ("2.5", 2.5), (" 7 ", 7.0), ("0", 0.0)])
+@pytest.mark.parametrize(("text", "seconds"), [("30", 30.0), ("2.5", 2.5), (" 7 ", 7.0), ("0", 0.0), (".5", 0.5),
+                                               ("30.", 30.0), ("1e3", 1000.0)])
 def test_a_flag_s_bare_number_is_seconds_but_a_field_s_quoted_number_is_refused(text: str, seconds: float) -> None:
     assert parse_duration_flag(text) == seconds
     with pytest.raises(ValueError, match="expected a duration such as"):
@@ -34,6 +35,8 @@ def test_a_flag_s_bare_number_is_seconds_but_a_field_s_quoted_number_is_refused(
 
 @pytest.mark.parametrize(("text", "message"), [
     ("-1", "a duration cannot be negative, got -1.0"),
+    ("nan", "expected a duration such as 2s or 500ms, got nan"),
+    ("1e6", "a duration can be at most 24h (86400s), got 1000000.0"),
     ("-1s", "expected a duration such as 2s, 500ms or 1m, got '-1s'"),
     ("1d1s", "a duration can be at most 24h (86400s), got '1d1s'"),
     ("1w", "expected a duration such as 2s, 500ms or 1m, got '1w'"),

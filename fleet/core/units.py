@@ -3,6 +3,7 @@ one duration syntax of every command-line flag and every playbook and inventory 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 
@@ -17,7 +18,6 @@ _MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 # `ms` before `m`: the alternation takes the first unit that matches.
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_NUMBER_RE = re.compile(r"^\s*[-+]?\d+(?:\.\d+)?\s*$")
 DAY = 86400.0
 
 
@@ -145,8 +145,9 @@ def parse_duration(value: object, maximum: float = DAY) -> float:
 
 
 def parse_duration_flag(value: object, maximum: float = DAY) -> float:
-    """A command-line flag's duration: as `parse_duration`, and a bare number such as `30` or `2.5` (all a
-    flag took before it took units) is seconds."""
-    if isinstance(value, str) and _NUMBER_RE.match(value):
-        return parse_duration(float(value), maximum)
+    """A command-line flag's duration: as `parse_duration`, and a bare number such as `30`, `2.5`, `.5` or `1e3`
+    (whatever Python reads as a float: all a flag took before it took units) is seconds."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):  # not a number: text with units, parsed below
+            value = float(value)
     return parse_duration(value, maximum)
