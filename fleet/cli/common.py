@@ -1,4 +1,4 @@
-"""What every CLI command shares: finding the inventory, the console, JSON output and exit codes."""
+"""What every CLI command shares: finding the inventory, the console, JSON output, duration flags and exit codes."""
 
 from __future__ import annotations
 
