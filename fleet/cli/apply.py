@@ -14,6 +14,7 @@ import typer
 
 from fleet.cli import common
 from fleet.cli.common import esc
+from fleet.cli.completion import ServiceArg
 from fleet.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 # Engines, specs and the history are imported inside the commands: `fleet nodes` and the other light
 # commands should not pay for loading them at every start.
 
-EXIT_CHANGES = 3
+EXIT_CHANGES = common.EXIT_CHANGES
 ParallelOpt = Annotated[int | None, typer.Option(
     "--parallel", min=1, show_default=False,
     help="Services converging at once, each with its own batches (default 16: a rollout mostly waits on "
@@ -38,12 +39,31 @@ CHANGES = ("start", "stop", "remove", "rollback", "pull", "canary")
 
 PlaybooksArg = Annotated[list[str] | None, typer.Argument(
     help="Playbook files or directories (default: $FLEET_PLAYBOOKS or ./playbooks).", show_default=False)]
+# kubectl's `-f`, beside the positional arguments every playbook command has always taken: both may be given.
+FileOpt = Annotated[list[str] | None, typer.Option(
+    "-f", "--file", metavar="PATH", show_default=False,
+    help="A playbook file or directory, repeatable (default: $FLEET_PLAYBOOKS or ./playbooks).")]
 
 
-def specs_from(paths: list[str] | None) -> list[ServiceSpec]:
+def playbook_paths(args: list[str] | None, files: list[str] | None = None) -> list[str]:
+    """The playbooks named as arguments and with -f, else $FLEET_PLAYBOOKS or ./playbooks; exit 2 saying how to
+    name them when that default does not exist (rather than a bare "No such file or directory")."""
+    named = [*(args or []), *(files or [])]
+    if named:
+        return named
+    env = os.environ.get("FLEET_PLAYBOOKS")
+    default = env or "playbooks"
+    if not os.path.exists(default):
+        where = f"FLEET_PLAYBOOKS={env}" if env else "the default ./playbooks"
+        common.fail(f"no playbooks: {where} does not exist; name them (e.g. `fleet apply -f web.yaml`), "
+                    f"or set FLEET_PLAYBOOKS to their directory")
+    return [default]
+
+
+def specs_from(paths: list[str] | None, files: list[str] | None = None) -> list[ServiceSpec]:
     from fleet.config.spec import load_playbooks
 
-    chosen = paths or [os.environ.get("FLEET_PLAYBOOKS", "playbooks")]
+    chosen = playbook_paths(paths, files)
     try:
         return load_playbooks(chosen)
     except ConfigError as exc:
@@ -122,13 +142,21 @@ def print_lb_diff(diffs: dict[str, list[str]]) -> None:
             out.print(f"  [{style}]{esc(line)}[/]")
 
 
-def plan(playbooks: PlaybooksArg = None, inventory: common.InventoryOpt = None, json: common.JsonOpt = False) -> None:
-    """Show what `fleet apply` would change. Exit 0: nothing to do; 3: changes pending; 1: a node failed or a
-    replica cannot be placed; 2: a playbook is wrong."""
+def plan(playbooks: PlaybooksArg = None, file: FileOpt = None, inventory: common.InventoryOpt = None,
+         json: common.JsonOpt = False) -> None:
+    """Show what `fleet apply` would change.
+
+    Exit 0: nothing to do; 3: changes pending; 1: a node failed or a replica cannot be placed; 2: a playbook
+    is wrong.
+
+    Example:
+
+      fleet plan playbooks/web.yaml
+      fleet plan -f playbooks/ --json"""
     from fleet.api import Fleet
 
     inv = common.inventory(inventory)
-    specs = specs_from(playbooks)
+    specs = specs_from(playbooks, file)
 
     async def go() -> PlanView:
         from fleet.api import secret_get
@@ -324,22 +352,31 @@ def _exit(result: RunResult) -> typer.Exit:
     return typer.Exit(common.EXIT_OK if result.ok else common.EXIT_PARTIAL)
 
 
-def apply(playbooks: PlaybooksArg = None, inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
-          wait: common.WaitOpt = None, parallel: ParallelOpt = None) -> None:
+def apply(playbooks: PlaybooksArg = None, file: FileOpt = None, inventory: common.InventoryOpt = None,
+          json: common.JsonOpt = False, wait: common.WaitOpt = None, parallel: ParallelOpt = None) -> None:
     """Converge the fleet to the playbooks: place, start, health-check, route, then retire what is surplus.
 
     Takes the fleet's lease. Exit codes: 0 converged; 1 something failed (a service, a node); 2 bad input;
-    75 another run holds the lease (see --wait)."""
-    specs = specs_from(playbooks)
+    75 another run holds the lease (see --wait).
+
+    Example:
+
+      fleet apply -f playbooks/web.yaml
+      fleet apply --wait 5m"""
+    specs = specs_from(playbooks, file)
     raise _exit(_run(lambda f: f.apply(specs, "apply", parallel), inventory, json, wait,
                      totals={s.name: s.replicas for s in specs}))
 
 
-def scale(service: str, replicas: int, playbooks: Annotated[list[str] | None, typer.Option(
-          "-f", "--file", help="Playbooks (default: ./playbooks).")] = None,
+def scale(service: ServiceArg, replicas: int, playbooks: FileOpt = None,
           inventory: common.InventoryOpt = None, json: common.JsonOpt = False, wait: common.WaitOpt = None) -> None:
-    """Run SERVICE with N replicas now; `reconcile` keeps that count until the next `apply` (which returns to the
-    playbook's count)."""
+    """Run SERVICE with N replicas now, until the next `apply`.
+
+    `reconcile` keeps that count until the next `apply` (which returns to the playbook's count).
+
+    Example:
+
+      fleet scale web 5 -f playbooks/web.yaml"""
     if replicas < 0:
         common.fail("replicas cannot be negative")
     specs = [s for s in specs_from(playbooks) if s.name == service]
@@ -348,11 +385,19 @@ def scale(service: str, replicas: int, playbooks: Annotated[list[str] | None, ty
     raise _exit(_run(lambda f: f.scale(specs[0], replicas), inventory, json, wait))
 
 
-def destroy(service: str, inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
-            grace: float = typer.Option(10.0, help="Seconds each replica gets to stop after SIGTERM."),
+def destroy(service: ServiceArg, inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
+            grace: Annotated[float, typer.Option(
+                metavar="DURATION", parser=common.duration(),
+                help=f"How long each replica gets to stop after SIGTERM {common.DURATION_HELP}.")] = 10.0,
             wait: common.WaitOpt = None) -> None:
-    """Remove SERVICE: out of the load balancers first, then every replica stopped and removed. Recorded on the
-    fleet: a node that is down now has its replicas removed when it returns, and reconcile never brings it back."""
+    """Remove SERVICE: out of the load balancers first, then every replica.
+
+    Every replica is stopped and removed. Recorded on the fleet: a node that is down now has its replicas
+    removed when it returns, and reconcile never brings it back.
+
+    Example:
+
+      fleet destroy web --grace 30s"""
     result = _run(lambda f: f.destroy(service, grace), inventory, json, wait, quiet=True, report=False)
     if not json:
         removed = sum(o.stopped for o in result.outcomes)
@@ -361,14 +406,20 @@ def destroy(service: str, inventory: common.InventoryOpt = None, json: common.Js
     raise _exit(result)
 
 
-def reconcile(playbooks: PlaybooksArg = None, inventory: common.InventoryOpt = None,
+def reconcile(playbooks: PlaybooksArg = None, file: FileOpt = None, inventory: common.InventoryOpt = None,
               json: common.JsonOpt = False, wait: common.WaitOpt = None, parallel: ParallelOpt = None) -> None:
-    """Restore the accepted state (for cron): replace crashed, unhealthy or lost replicas, reschedule off dead
-    nodes, restore load-balancer entries. A playbook changed since it was last tried is tried (as `apply`); a
-    waiting canary, `abort` and `rollback` are left as they are, and a revision that failed is not retried until
-    the playbook changes again. Prints nothing when nothing changed, one line per change otherwise.
+    """Restore the accepted state (for cron): replace lost replicas, reschedule, restore routes.
+
+    Replaces crashed, unhealthy or lost replicas, reschedules off dead nodes, restores load-balancer entries.
+    A playbook changed since it was last tried is tried (as `apply`); a waiting canary, `abort` and `rollback`
+    are left as they are, and a revision that failed is not retried until the playbook changes again. Prints
+    nothing when nothing changed, one line per change otherwise.
 
     Exit codes: 0 converged; 1 something failed (a service, a node); 2 bad input; 75 another run holds the
-    fleet's lease (see --wait)."""
-    specs = specs_from(playbooks)
+    fleet's lease (see --wait).
+
+    Example:
+
+      fleet reconcile -f playbooks/ --wait 2m"""
+    specs = specs_from(playbooks, file)
     raise _exit(_run(lambda f: f.apply(specs, "reconcile", parallel), inventory, json, wait, quiet=True))

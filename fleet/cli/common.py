@@ -1,4 +1,4 @@
-"""What every CLI command shares: finding the inventory, the console, JSON output and exit codes."""
+"""What every CLI command shares: finding the inventory, the console, JSON output, duration flags and exit codes."""
 
 from __future__ import annotations
 
@@ -17,13 +17,27 @@ from rich.markup import escape
 from fleet.config.inventory import load_inventory
 from fleet.core.errors import ConfigError, FleetError, LeaseHeld
 from fleet.core.model import Inventory
+from fleet.core.units import parse_duration_flag
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
 EXIT_LOCKED = 75  # EX_TEMPFAIL: another run holds the fleet's lease; try again later
+EXIT_CHANGES = 3  # `fleet plan`: the plan is not empty (as `terraform plan -detailed-exitcode`)
+
+# Shown under `fleet --help`: every exit status a command uses, so scripts and cron jobs can tell them apart.
+EXIT_CODES_HELP = f"""Exit codes:
+
+  {EXIT_OK}   ok: every node answered and every change converged
+  {EXIT_PARTIAL}   partial: some node, service or replica failed (the others went ahead)
+  {EXIT_USAGE}   usage or spec error: a bad flag, playbook or inventory (nothing was changed)
+  {EXIT_CHANGES}   fleet plan: changes pending
+  {EXIT_LOCKED}  another run holds the fleet's lease (retry later, or pass --wait)
+  fleet exec exits with the command's own exit code.
+
+Run `fleet COMMAND -h` for a command's options and an example."""
 
 WaitOpt = Annotated[
     str | None,
-    typer.Option("--wait", envvar="FLEET_LOCK_WAIT", show_default=False,
+    typer.Option("--wait", envvar="FLEET_LOCK_WAIT", show_default=False, metavar="DURATION",
                  help="Wait up to this long (e.g. 60s, 5m) for the fleet's lease when another run holds it; "
                       "default: exit 75 at once."),
 ]
@@ -80,18 +94,31 @@ def inventory(path: str | None) -> Inventory:
 
 
 def wait_seconds(value: str | None) -> float:
-    """`--wait 90s` / `5m` / `30` as seconds (exit 2 naming the option when it is not a duration)."""
+    """`--wait 90s` / `5m` / `1d` / `30` as seconds (exit 2 naming the option when it is not a duration)."""
     if not value:
         return 0.0
-    from fleet.config.spec import parse_duration
-
     try:
-        seconds = float(value) if value.replace(".", "", 1).isdigit() else parse_duration(value)
-    except (ValueError, TypeError) as exc:
+        return parse_duration_flag(value)
+    except ValueError as exc:
         fail(f"--wait: {exc}")
-    if not 0 <= seconds <= 86400:
-        fail(f"--wait: expected a duration from 0 to 24h, got {value!r}")
-    return seconds
+
+
+def duration(minimum: float = 0.0) -> Callable[[str | float], float]:
+    """A duration flag's `parser=` for typer: `500ms`, `30s`, `5m`, `1h`, `1d` or a bare number of seconds
+    (what these flags took before), from `minimum` to 24 h. A bad value is a usage error (exit 2) naming the
+    flag: `Invalid value for '--grace': a duration cannot be negative, got -1.0`."""
+    def parse(value: str | float) -> float:
+        try:
+            seconds = parse_duration_flag(value)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None  # as is: a bare ValueError gets a "Value error, " prefix
+        if seconds < minimum:
+            raise typer.BadParameter(f"expected at least {minimum:g}s, got {value!r}")
+        return seconds
+    return parse
+
+
+DURATION_HELP = "(e.g. 30s, 5m, 1h; a bare number is seconds)"
 
 
 def print_json(data: Any) -> None:

@@ -9,6 +9,7 @@ import typer
 
 from fleet.cli import common
 from fleet.cli.common import esc
+from fleet.cli.completion import node_names
 from fleet.core.units import parse_cpu, parse_memory
 
 if TYPE_CHECKING:
@@ -53,9 +54,14 @@ def _on_containers(inventory: str | None, act: Callable[[Fleet], Awaitable[T]]) 
 
 
 def stop(ref: RefArg, inventory: common.InventoryOpt = None,
-         grace: Annotated[float, typer.Option("--grace", "-t", help="Seconds between SIGTERM and SIGKILL.")] = 10.0
+         grace: Annotated[float, typer.Option("--grace", "-t", metavar="DURATION", parser=common.duration(),
+                                              help=f"Time between SIGTERM and SIGKILL {common.DURATION_HELP}.")] = 10.0
          ) -> None:
-    """Stop a container (SIGTERM, then SIGKILL after the grace period) and delete it with its secret files."""
+    """Stop a container (SIGTERM, then SIGKILL after the grace period) and delete it with its secret files.
+
+    Example:
+
+      fleet stop n1/3f2a --grace 30s"""
     results = _on_containers(inventory, lambda f: f.stop(ref, grace))
     con = common.console()
     for row, res in results:
@@ -64,7 +70,11 @@ def stop(ref: RefArg, inventory: common.InventoryOpt = None,
 
 
 def rm(ref: RefArg, inventory: common.InventoryOpt = None) -> None:
-    """Remove a container at once (kill, delete task, container, snapshot, log and secret files)."""
+    """Remove a container at once (kill, delete task, container, snapshot, log and secret files).
+
+    Example:
+
+      fleet rm n1/3f2a"""
     results = _on_containers(inventory, lambda f: f.rm(ref))
     con = common.console()
     for row, err in results:
@@ -83,7 +93,7 @@ def _env(pairs: list[str]) -> dict[str, str]:
     return env
 
 
-def run(node: Annotated[str, typer.Argument(help="Node to run on.")],
+def run(node: Annotated[str, typer.Argument(help="Node to run on.", autocompletion=node_names)],
         image: Annotated[str, typer.Argument(help="Image reference (already on the node: `fleet image push`).")],
         command: Annotated[list[str] | None, typer.Argument(help="Arguments after `--` (appended to the "
                                                             "image's entrypoint).")] = None,
@@ -96,7 +106,11 @@ def run(node: Annotated[str, typer.Argument(help="Node to run on.")],
         memory: Annotated[str | None, typer.Option("--memory", help="Memory limit: 64Mi, 1G.")] = None,
         restart: Annotated[str, typer.Option("--restart", help="no or always (containerd restart monitor).")]
         = "no") -> None:
-    """Start a one-off container on NODE, labelled as a fleet service (shown by `fleet ps`)."""
+    """Start a one-off container on NODE, labelled as a fleet service (shown by `fleet ps`).
+
+    Example:
+
+      fleet run n1 demo:v1 --name debug -e MODE=test"""
     if restart not in ("no", "always"):
         common.fail(f"--restart must be no or always, got {restart!r}")
     try:

@@ -19,7 +19,11 @@ def exec_(container: Annotated[str, typer.Argument(help="Container ID, unique pr
                                                   "with one replica.")],
           command: Annotated[list[str], typer.Argument(help="The command; put it after `--`.")],
           inventory: common.InventoryOpt = None) -> None:
-    """Run CMD inside CONTAINER (stdout and stderr merged); exits with CMD's exit code."""
+    """Run CMD inside CONTAINER (stdout and stderr merged); exits with CMD's exit code.
+
+    Example:
+
+      fleet exec web -- cat /etc/hosts"""
     from fleet.api import Fleet
     from fleet.core.errors import ContainerLookupError
 

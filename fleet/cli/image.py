@@ -50,7 +50,11 @@ def push(archive: Annotated[str, typer.Argument(metavar="IMAGE.tar", help="OCI o
          nodes: Annotated[str | None, typer.Option("--nodes", help="Comma-separated node names (default: every "
                                                    "worker).")] = None,
          limit: Annotated[int, typer.Option("--limit", help="Nodes receiving at once.")] = 8) -> None:
-    """Stream an image archive to nodes over SSH into containerd; nodes that already hold it are skipped."""
+    """Stream an image archive to nodes over SSH into containerd; nodes that already hold it are skipped.
+
+    Example:
+
+      fleet image push demo-v1.tar --nodes n1,n2"""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fleet.api import Fleet
@@ -113,7 +117,11 @@ def build_demo_cmd(version: Annotated[str, typer.Option("--version", help="Image
                                                               "(default: demo-VERSION.tar).")] = None,
                    size_mb: Annotated[int, typer.Option("--size-mb", help="Incompressible padding, MiB.")] = 0
                    ) -> None:
-    """Build the demo web image (busybox httpd) as an OCI archive, deterministically."""
+    """Build the demo web image (busybox httpd) as an OCI archive, deterministically.
+
+    Example:
+
+      fleet image build-demo --version v2 -o demo-v2.tar"""
     from fleet.image.demo import build_demo
 
     path = output or f"demo-{version}.tar"
@@ -127,7 +135,11 @@ def build_demo_cmd(version: Annotated[str, typer.Option("--version", help="Image
 
 @app.command("ls")
 def ls(inventory: common.InventoryOpt = None, json: common.JsonOpt = False) -> None:
-    """List the images on every node, with their manifest digests."""
+    """List the images on every node, with their manifest digests.
+
+    Example:
+
+      fleet image ls --json"""
     from fleet.api import Fleet
 
     inv = common.inventory(inventory)

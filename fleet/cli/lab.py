@@ -45,7 +45,11 @@ def _yes(v: bool) -> str:
 def up(nodes: int = typer.Option(3, "--nodes", "-n", help="Worker nodes."),
        lb: int = typer.Option(1, "--lb", help="Load-balancer nodes (role lb)."),
        prefix: str = PrefixOpt, subnet: str = SubnetOpt) -> None:
-    """Bring the lab up, or repair it (nodes already whole are left alone)."""
+    """Bring the lab up, or repair it (nodes already whole are left alone).
+
+    Example:
+
+      fleet lab up --nodes 3 --lb 1"""
     lab = _lab(prefix, subnet, nodes, lb)
     started = time.perf_counter()
     try:
@@ -64,7 +68,11 @@ def up(nodes: int = typer.Option(3, "--nodes", "-n", help="Worker nodes."),
 
 @app.command()
 def status(prefix: str = PrefixOpt, subnet: str = SubnetOpt) -> None:
-    """Show each lab node's namespace, processes and readiness."""
+    """Show each lab node's namespace, processes and readiness.
+
+    Example:
+
+      fleet lab status"""
     lab = _lab(prefix, subnet)
     if not os.path.exists(lab.record_path):
         common.fail(f"no lab {prefix!r} under {common.lab_root()} (start one with `fleet lab up`)", common.EXIT_PARTIAL)
@@ -73,7 +81,11 @@ def status(prefix: str = PrefixOpt, subnet: str = SubnetOpt) -> None:
 
 @app.command()
 def down(prefix: str = PrefixOpt, subnet: str = SubnetOpt) -> None:
-    """Remove every process, namespace, link and file of the lab, also after a crash."""
+    """Remove every process, namespace, link and file of the lab, also after a crash.
+
+    Example:
+
+      fleet lab down --prefix fl"""
     lab = _lab(prefix, subnet)
     removed = lab.down()
     common.console().print(f"removed: {', '.join(removed) if removed else 'nothing (no such lab)'}")

@@ -8,14 +8,20 @@ import typer
 
 from fleet.cli import common
 from fleet.cli.common import esc
+from fleet.cli.completion import node_names
 
 app = typer.Typer(help="The load balancers (HAProxy on the lb nodes).", no_args_is_help=True)
 
 
 @app.command("show")
-def show(node: Annotated[list[str] | None, typer.Argument(help="lb node(s); default: every lb node")] = None,
+def show(node: Annotated[list[str] | None, typer.Argument(help="lb node(s); default: every lb node",
+                                                                      autocompletion=node_names)] = None,
          inventory: common.InventoryOpt = None, json: common.JsonOpt = False) -> None:
-    """Print the rendered HAProxy config of an lb node as it runs there. Exit 1 when a node could not be read."""
+    """Print the rendered HAProxy config of an lb node as it runs there. Exit 1 when a node could not be read.
+
+    Example:
+
+      fleet lb show lb1"""
     from fleet.api import Fleet
 
     inv = common.inventory(inventory)

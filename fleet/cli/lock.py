@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 app = typer.Typer(help="The fleet's lease: one writing command (apply, reconcile, rollback…) at a time.",
                   no_args_is_help=True)
 
-TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds each record node gets to answer.")]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", metavar="DURATION", parser=common.duration(),
+                                           help=f"How long each record node gets to answer {common.DURATION_HELP}.")]
 
 
 def node_state(lease: LeaseInfo | str | None) -> str:
@@ -110,7 +111,11 @@ def _exit(leases: list[NodeLease]) -> typer.Exit:
 
 @app.command("status")
 def status(inventory: common.InventoryOpt = None, json: common.JsonOpt = False, timeout: TimeoutOpt = 10.0) -> None:
-    """Who holds the fleet's lease on each record node, since when and until when (exit 1: a node is unreachable)."""
+    """Who holds the fleet's lease on each record node, since when and until when (exit 1: a node is unreachable).
+
+    Example:
+
+      fleet lock status --json"""
     from fleet.results import majority
 
     leases = _leases(inventory, timeout, breaking=False)
@@ -137,7 +142,11 @@ def break_(inventory: common.InventoryOpt = None,
     """Remove the fleet's lease on every record node, whoever holds it; prints what was broken.
 
     Only for a holder that is gone for good (its lease also frees itself when its ttl runs out): a holder that
-    is still running finds out at its next renewal and stops, possibly midway through a rollout."""
+    is still running finds out at its next renewal and stops, possibly midway through a rollout.
+
+    Example:
+
+      fleet lock break --yes"""
     if not yes:
         current = _leases(inventory, timeout, breaking=False)
         out = common.console()

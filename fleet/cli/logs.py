@@ -21,7 +21,11 @@ def logs(ref: Annotated[str, typer.Argument(metavar="SERVICE|CONTAINER", help="S
          follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing new lines.")] = False,
          tail: Annotated[int, typer.Option("--tail", "-n", help="Lines from the end of each log; -1 for all.")]
          = 100) -> None:
-    """Print container logs (stdout and stderr interleaved), merged across a service's replicas."""
+    """Print container logs (stdout and stderr interleaved), merged across a service's replicas.
+
+    Example:
+
+      fleet logs web --tail 50 --follow"""
     from fleet.api import Fleet
     from fleet.core.errors import ContainerLookupError
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from fleet.cli import common
+from fleet.cli import common, completion
 from fleet.cli.common import esc
 
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="Node operations, kept on the fleet: cordon, uncordon, drain, label.", no_args_is_help=True)
 
-NodeArg = Annotated[str, typer.Argument(help="The node, by its name in the inventory.", show_default=False)]
+NodeArg = completion.NodeArg
 LabelsArg = Annotated[list[str], typer.Argument(help="key=value to set a label, key- to remove one.",
                                                 show_default=False)]
 
@@ -58,23 +58,37 @@ def _done(node: str, json: bool, text: str, **fields: Any) -> None:
 
 def cordon(node: NodeArg, inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
            wait: common.WaitOpt = None) -> None:
-    """No new replicas go to NODE; those running there stay (until `fleet node drain` or `uncordon`)."""
+    """No new replicas go to NODE; those running there stay (until `fleet node drain` or `uncordon`).
+
+    Example:
+
+      fleet node cordon n2"""
     _change(lambda f: f.cordon(node), inventory, wait)
     _done(node, json, f"{node} cordoned: no new replicas go there", cordoned=True, draining=False)
 
 
 def uncordon(node: NodeArg, inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
              wait: common.WaitOpt = None) -> None:
-    """Replicas may be placed on NODE again (the next apply, scale or reconcile)."""
+    """Replicas may be placed on NODE again (the next apply, scale or reconcile).
+
+    Example:
+
+      fleet node uncordon n2"""
     _change(lambda f: f.uncordon(node), inventory, wait)
     _done(node, json, f"{node} uncordoned: replicas may be placed there again", cordoned=False, draining=False)
 
 
 def drain(node: NodeArg, inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
           wait: common.WaitOpt = None) -> None:
-    """Move every replica off NODE (rolling: a new replica elsewhere is ready before the old one is drained from
-    the load balancers and stopped), then leave NODE cordoned. When they cannot all go elsewhere, nothing is
-    moved and NODE is left cordoned with its replicas running (exit 1)."""
+    """Move every replica off NODE, then leave it cordoned.
+
+    Rolling: a new replica elsewhere is ready before the old one is drained from the load balancers and
+    stopped. When they cannot all go elsewhere, nothing is moved and NODE is left cordoned with its replicas
+    running (exit 1).
+
+    Example:
+
+      fleet node drain n2 --wait 5m"""
     from fleet.cli.apply import _exit, _run
 
     result = _run(lambda f: f.drain(node), inventory, json, wait)
@@ -87,8 +101,14 @@ def drain(node: NodeArg, inventory: common.InventoryOpt = None, json: common.Jso
 
 def label(node: NodeArg, changes: LabelsArg, inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
           wait: common.WaitOpt = None) -> None:
-    """Set (key=value) or remove (key-) labels of NODE. They win over the inventory's labels; removing one the
-    inventory sets records its removal. `placement.require` uses them from the next apply or reconcile."""
+    """Set (key=value) or remove (key-) labels of NODE.
+
+    They win over the inventory's labels; removing one the inventory sets records its removal.
+    `placement.require` uses them from the next apply or reconcile.
+
+    Example:
+
+      fleet node label n2 zone=eu-1 disk=ssd gpu-"""
     sets, removes = label_args(changes)
     labels = _change(lambda f: f.label(node, sets, removes), inventory, wait)
     shown = ", ".join(f"{k}={v}" for k, v in labels.items()) or "none"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -111,8 +111,10 @@ def table(reports: list[NodeReport]) -> Table:
 
 
 def nodes(inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
-          timeout: float = typer.Option(10.0, help="Seconds to connect to a node (its facts command then has "
-                                                   "10 s).")) -> None:
+          timeout: Annotated[float, typer.Option(
+              metavar="DURATION", parser=common.duration(),
+              help=f"How long to connect to a node, its facts command then has 10 s {common.DURATION_HELP}.")] = 10.0
+          ) -> None:
     """Show every node: status, CPU, memory, load, disk, runtime and containers.
 
     ALLOC is what the node offers, REQUEST what fleet's containers reserve and MEASURED what everything on the
@@ -120,7 +122,11 @@ def nodes(inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
     use they do not cover.
 
     A node is ready, unreachable (sshd), no runtime (containerd missing or not running) or runtime not answering
-    (containerd hung); exit 1 unless every node is ready."""
+    (containerd hung); exit 1 unless every node is ready.
+
+    Example:
+
+      fleet nodes --timeout 5s"""
     from fleet.api import reader
 
     inv = common.inventory(inventory)

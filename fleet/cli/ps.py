@@ -90,12 +90,17 @@ def table(rows: list[PsRow], now: float | None = None) -> Table:
 
 def ps(inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
        show_all: Annotated[bool, typer.Option("--all", "-a", help="Also stopped and created containers.")] = False,
-       timeout: float = typer.Option(LIST_TIMEOUT,
-                                     help="Seconds each node has to list its containers (connecting has 10 s).")
-       ) -> None:
+       timeout: Annotated[float, typer.Option(
+           metavar="DURATION", parser=common.duration(),
+           help=f"How long each node has to list its containers, connecting has 10 s {common.DURATION_HELP}.")]
+       = LIST_TIMEOUT) -> None:
     """List containers on every node: fleet's own by service and replica, foreign ones marked and left alone.
 
-    A node that is not ready or does not answer in time is named under the table (exit 1); the others are listed."""
+    A node that is not ready or does not answer in time is named under the table (exit 1); the others are listed.
+
+    Example:
+
+      fleet ps --all"""
     from fleet.api import reader
 
     inv = common.inventory(inventory)

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from fleet.cli import common
 from fleet.cli.apply import _exit, _run
+from fleet.cli.completion import ServiceArg
 
 if TYPE_CHECKING:
     from fleet.api import Fleet
@@ -25,8 +26,12 @@ def _when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
 
 
-def history(service: str, inventory: common.InventoryOpt = None, json: common.JsonOpt = False) -> None:
-    """Every revision of SERVICE, as the fleet records it: spec, image, who, when, outcome and why."""
+def history(service: ServiceArg, inventory: common.InventoryOpt = None, json: common.JsonOpt = False) -> None:
+    """Every revision of SERVICE, as the fleet records it: spec, image, who, when, outcome and why.
+
+    Example:
+
+      fleet history web --json"""
     from fleet.api import Fleet
 
     inv = common.inventory(inventory)
@@ -56,12 +61,17 @@ def _say(json: bool, text: str) -> None:
         common.console().print(common.esc(text))
 
 
-def rollback(service: str, to: int | None = typer.Option(None, "--to", help="Revision (default: the last good "
+def rollback(service: ServiceArg, to: int | None = typer.Option(None, "--to", help="Revision (default: the last good "
                                                                           "one before the latest)."),
              inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
              wait: common.WaitOpt = None) -> None:
-    """Bring back an earlier revision of SERVICE with the same health-checked rolling procedure. The service stays
-    pinned there (reconcile keeps it) until the playbook changes or `fleet apply` runs."""
+    """Bring back an earlier revision of SERVICE, rolling and health-checked as a deploy.
+
+    The service stays pinned there (reconcile keeps it) until the playbook changes or `fleet apply` runs.
+
+    Example:
+
+      fleet rollback web --to 3"""
 
     async def op(f: Fleet) -> RunResult:
         rev, result = await f.rollback(service, to)
@@ -71,9 +81,13 @@ def rollback(service: str, to: int | None = typer.Option(None, "--to", help="Rev
     raise _exit(_run(op, inventory, json, wait))
 
 
-def promote(service: str, inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
+def promote(service: ServiceArg, inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
             wait: common.WaitOpt = None) -> None:
-    """Promote a waiting canary: roll the rest of SERVICE to the canary's revision, batch by batch."""
+    """Promote a waiting canary: roll the rest of SERVICE to the canary's revision, batch by batch.
+
+    Example:
+
+      fleet promote web"""
 
     async def op(f: Fleet) -> RunResult:
         rev, result = await f.promote(service)
@@ -83,10 +97,15 @@ def promote(service: str, inventory: common.InventoryOpt = None, json: common.Js
     raise _exit(_run(op, inventory, json, wait))
 
 
-def abort(service: str, inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
+def abort(service: ServiceArg, inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
           wait: common.WaitOpt = None) -> None:
-    """Abort a waiting canary: its replicas are removed and SERVICE stays at its accepted revision (reconcile keeps
-    it so)."""
+    """Abort a waiting canary: its replicas are removed, SERVICE stays at its accepted revision.
+
+    Reconcile keeps it at that revision.
+
+    Example:
+
+      fleet abort web"""
 
     async def op(f: Fleet) -> RunResult:
         rev, result = await f.abort(service)

@@ -9,7 +9,7 @@ import sys
 import typer
 
 from fleet.cli import common
-from fleet.cli.apply import PlaybooksArg
+from fleet.cli.apply import FileOpt, PlaybooksArg
 
 app = typer.Typer(help="Secrets in the OS keyring (service \"fleet\"), referenced from playbooks as "
                        "`env: {NAME: {secret: KEY}}`.", no_args_is_help=True)
@@ -24,7 +24,11 @@ def _key(name: str) -> str:
 
 @app.command("set")
 def set_(name: str) -> None:
-    """Store a secret: the value is read from stdin (or asked for on a terminal), never from the command line."""
+    """Store a secret: the value is read from stdin (or asked for on a terminal), never from the command line.
+
+    Example:
+
+      printf %s "$DB_PASSWORD" | fleet secret set db-password"""
     from fleet.api import secret_set
     from fleet.core.errors import SecretStoreError
     from fleet.results import Secret
@@ -43,7 +47,11 @@ def set_(name: str) -> None:
 
 @app.command("rm")
 def rm(name: str) -> None:
-    """Remove a secret from the keyring."""
+    """Remove a secret from the keyring.
+
+    Example:
+
+      fleet secret rm db-password"""
     from fleet.api import secret_rm
     from fleet.core.errors import SecretStoreError
 
@@ -56,14 +64,18 @@ def rm(name: str) -> None:
 
 
 @app.command("check")
-def check(playbooks: PlaybooksArg = None, json: common.JsonOpt = False) -> None:
-    """List the secrets the playbooks reference and whether the keyring has each (values are never shown)."""
+def check(playbooks: PlaybooksArg = None, file: FileOpt = None, json: common.JsonOpt = False) -> None:
+    """List the secrets the playbooks reference and whether the keyring has each (values are never shown).
+
+    Example:
+
+      fleet secret check -f playbooks/"""
     from fleet.api import secret_backend, secret_check
     from fleet.cli.apply import specs_from
     from fleet.core.errors import SecretStoreError
 
     try:
-        refs = secret_check(specs_from(playbooks))
+        refs = secret_check(specs_from(playbooks, file))
     except SecretStoreError as exc:
         common.fail(str(exc), common.EXIT_PARTIAL)
     if json:

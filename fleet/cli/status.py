@@ -66,7 +66,12 @@ def render(st: FleetStatus) -> Table:
 
 
 def status_cmd(inventory: common.InventoryOpt = None, json: common.JsonOpt = False) -> None:
-    """Services, replicas per node, health in HAProxy and each service's stable address."""
+    """Services, replicas per node, health in HAProxy and each service's stable address.
+
+    Example:
+
+      fleet status
+      fleet status --json"""
     from fleet.api import reader
 
     inv = common.inventory(inventory)

@@ -8,12 +8,17 @@ import typer
 
 from fleet.cli import common
 
-IntervalOpt = Annotated[float, typer.Option(min=0.2, help="Seconds between refreshes.")]
+IntervalOpt = Annotated[float, typer.Option(metavar="DURATION", parser=common.duration(0.2),
+                                            help=f"Time between refreshes {common.DURATION_HELP}.")]
 ReadOnlyOpt = Annotated[bool, typer.Option("--read-only", help="Only look: every action is hidden.")]
 
 
 def ui(inventory: common.InventoryOpt = None, interval: IntervalOpt = 2.0, read_only: ReadOnlyOpt = False) -> None:
-    """Views of nodes, services, replicas, history, logs and events, and actions on them (? lists every key)."""
+    """Views of nodes, services, replicas, history, logs and events, and actions on them (? lists every key).
+
+    Example:
+
+      fleet ui --read-only"""
     # Textual is imported only when the UI runs: the other commands start without it.
     from fleet.api import Fleet, ask_watcher
     from fleet.tui import FleetApp, FleetSource

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from fleet.cli import common
 from fleet.cli.common import esc
+from fleet.cli.completion import node_names
 from fleet.core.units import short_size
 
 if TYPE_CHECKING:
@@ -19,7 +20,8 @@ app = typer.Typer(help="Volumes: list them across nodes, inspect, remove, back u
                   no_args_is_help=True)
 
 RefArg = Annotated[str, typer.Argument(metavar="SERVICE/NAME", help="The volume, as `fleet volume ls` shows it.")]
-NodeOpt = Annotated[str | None, typer.Option("--node", help="The node holding it (when it is on several).")]
+NodeOpt = Annotated[str | None, typer.Option("--node", help="The node holding it (when it is on several).",
+                                             autocompletion=node_names)]
 
 
 def row_json(r: VolumeRow) -> dict[str, Any]:
@@ -40,7 +42,11 @@ def table(listing: VolumeListing) -> Table:
 
 @app.command("ls")
 def ls(inventory: common.InventoryOpt = None, json: common.JsonOpt = False) -> None:
-    """Every volume on every worker (local) and storage node (sshfs): size and the containers using it."""
+    """Every volume on every worker (local) and storage node (sshfs): size and the containers using it.
+
+    Example:
+
+      fleet volume ls"""
     from fleet.api import Fleet
 
     inv = common.inventory(inventory)
@@ -62,7 +68,11 @@ def ls(inventory: common.InventoryOpt = None, json: common.JsonOpt = False) -> N
 
 @app.command("inspect")
 def inspect(ref: RefArg, node: NodeOpt = None, inventory: common.InventoryOpt = None) -> None:
-    """One volume as JSON: node, type, size, path on the node, the containers using it."""
+    """One volume as JSON: node, type, size, path on the node, the containers using it.
+
+    Example:
+
+      fleet volume inspect web-data --node n1"""
     from fleet.api import Fleet
 
     inv = common.inventory(inventory)
@@ -77,7 +87,11 @@ def inspect(ref: RefArg, node: NodeOpt = None, inventory: common.InventoryOpt = 
 @app.command("rm")
 def rm(ref: RefArg, node: NodeOpt = None, inventory: common.InventoryOpt = None,
        wait: common.WaitOpt = None) -> None:
-    """Delete a volume's data; refused while any container (running or stopped) uses it."""
+    """Delete a volume's data; refused while any container (running or stopped) uses it.
+
+    Example:
+
+      fleet volume rm web-data --node n1"""
     from fleet.api import Fleet
 
     inv = common.inventory(inventory)
@@ -95,7 +109,11 @@ def rm(ref: RefArg, node: NodeOpt = None, inventory: common.InventoryOpt = None,
 def backup(ref: RefArg,
            output: Annotated[str, typer.Option("-o", "--output", metavar="FILE", help="The tar file to write.")],
            node: NodeOpt = None, inventory: common.InventoryOpt = None) -> None:
-    """Stream a tar of the volume over SSH into FILE (written as it arrives, never whole in memory)."""
+    """Stream a tar of the volume over SSH into FILE (written as it arrives, never whole in memory).
+
+    Example:
+
+      fleet volume backup web-data --node n1 -o web-data.tar"""
     from fleet.api import Fleet
 
     inv = common.inventory(inventory)
@@ -116,7 +134,11 @@ def restore(ref: RefArg,
                                               "to put it on.")],
             sshfs: Annotated[bool, typer.Option("--sshfs", help="Restore as a network (sshfs) volume.")] = False,
             inventory: common.InventoryOpt = None, wait: common.WaitOpt = None) -> None:
-    """Unpack a backup into a new volume, streamed over SSH (refused when that volume already holds data)."""
+    """Unpack a backup into a new volume, streamed over SSH (refused when that volume already holds data).
+
+    Example:
+
+      fleet volume restore web-data web-data.tar --node n2"""
     from fleet.api import Fleet
 
     inv = common.inventory(inventory)

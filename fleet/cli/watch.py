@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -11,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from fleet.cli import common
-from fleet.cli.apply import PlaybooksArg
+from fleet.cli.apply import FileOpt, PlaybooksArg, playbook_paths
 
 
 def log_line(event: str, **fields: Any) -> str:
@@ -27,13 +26,16 @@ def _log(event: str, **fields: Any) -> None:
     sys.stdout.flush()
 
 
-def watch(playbooks: PlaybooksArg = None, inventory: common.InventoryOpt = None,
+def watch(playbooks: PlaybooksArg = None, file: FileOpt = None, inventory: common.InventoryOpt = None,
           once: Annotated[bool, typer.Option("--once", help="One round (reconcile what drifted), then exit: for "
                                                             "cron. Exit 0 ok, 1 partial, 75 lease held.")] = False,
-          interval: Annotated[float, typer.Option(help="Seconds between rounds when no event comes.", min=0.1)] = 1.0,
+          interval: Annotated[float, typer.Option(
+              metavar="DURATION", parser=common.duration(0.1),
+              help=f"Time between rounds when no event comes {common.DURATION_HELP}.")] = 1.0,
           node_grace: Annotated[str, typer.Option(
-              "--node-grace", envvar="FLEET_NODE_GRACE",
-              help="How long a node that stops answering keeps its replicas before they start elsewhere.")] = "30s",
+              "--node-grace", envvar="FLEET_NODE_GRACE", metavar="DURATION",
+              help="How long a node that stops answering keeps its replicas before they start elsewhere "
+                   f"{common.DURATION_HELP}.")] = "30s",
           events: Annotated[bool, typer.Option(help="Follow containerd's events (`ctr events`) to act at once.")]
           = True,
           serve: Annotated[bool, typer.Option("--socket/--no-socket",
@@ -44,16 +46,21 @@ def watch(playbooks: PlaybooksArg = None, inventory: common.InventoryOpt = None,
     Runs in the foreground (systemd: Type=notify, READY=1 once running); SIGTERM stops it and releases its lease.
     One watcher per fleet is active, others wait as standbys and take over within the lease's ttl
     (FLEET_LEASE_TTL, 30 s). Writers (`fleet apply`…) keep working: the watcher takes the fleet's lease only
-    for a round that acts."""
-    from fleet.config.spec import load_playbooks, parse_duration
+    for a round that acts.
+
+    Example:
+
+      fleet watch -f playbooks/ --node-grace 1m"""
+    from fleet.config.spec import load_playbooks
     from fleet.core.errors import ConfigError
+    from fleet.core.units import parse_duration_flag
     from fleet.watch.controller import WatchOptions
     from fleet.watch.controller import watch as run_watch
 
     inv = common.inventory(inventory)
-    paths = tuple(playbooks or [os.environ.get("FLEET_PLAYBOOKS", "playbooks")])
+    paths = tuple(playbook_paths(playbooks, file))
     try:
-        grace = parse_duration(node_grace)
+        grace = parse_duration_flag(node_grace)
         load_playbooks(paths)
     except (ValueError, TypeError) as exc:
         common.fail(f"--node-grace: {exc}")

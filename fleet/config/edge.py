@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
 from fleet.core.edge import DEFAULT_RENEW_BEFORE, AcmeSettings, EdgeSettings, check_host_name
+from fleet.core.units import DAY, parse_duration
 
 SECRET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # A URL path prefix for `lb.paths`: what HAProxy's `path_beg` compares, verbatim in the config line.
@@ -125,19 +126,8 @@ def _directory(url: str) -> str:
 
 
 def _renew_before(value: object) -> float:
-    """`30d`, `12h`, `90m` or seconds."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a duration such as 30d or 12h, got {value!r}")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        m = re.fullmatch(r"(\d+(?:\.\d+)?)(s|m|h|d)", str(value).strip())
-        if m is None:
-            raise ValueError(f"expected a duration such as 30d or 12h, got {value!r}")
-        seconds = float(m[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m[2]]
-    if not 0 <= seconds <= 3650 * 86400:
-        raise ValueError(f"expected a duration from 0 to 3650d, got {value!r}")
-    return seconds
+    """`30d`, `12h`, `90m` or seconds, up to 3650d."""
+    return parse_duration(value, maximum=3650 * DAY)
 
 
 class AcmeModel(BaseModel):

@@ -1,7 +1,9 @@
-"""Parse and format CPU and memory quantities the way Kubernetes and Nomad users write them."""
+"""Parse and format CPU and memory quantities the way Kubernetes and Nomad users write them, and durations: the
+one duration syntax of every command-line flag and every playbook and inventory field."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 
@@ -12,6 +14,11 @@ _MEM_UNITS = {
     "ti": 1024**4, "tib": 1024**4,
 }
 _MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+# `ms` before `m`: the alternation takes the first unit that matches.
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+DAY = 86400.0
 
 
 def parse_memory(value: object) -> int:
@@ -83,3 +90,64 @@ def short_size(n: int) -> str:
             value = n / size
             return f"{value:.1f}{unit}" if value < 10 and value != int(value) else f"{value:.0f}{unit}"
     return f"{n}B"
+
+
+def _seconds(value: object) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration such as 2s or 500ms, got {value!r}")
+    if isinstance(value, int):
+        # Compared as an int first: a huge one would overflow float().
+        return float(value) if abs(value) <= 10**9 else math.inf if value > 0 else -math.inf
+    if isinstance(value, float):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        pos, total = 0, 0.0
+        for m in _DURATION_PART.finditer(text):
+            if m.start() != pos:
+                break
+            total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+            pos = m.end()
+        else:
+            if text and pos == len(text):
+                return total
+    raise ValueError(f"expected a duration such as 2s, 500ms or 1m, got {value!r}")
+
+
+def _limit(seconds: float) -> str:
+    """A maximum as a user would write it, then in seconds: `24h (86400s)`, `3650d (315360000s)`."""
+    if seconds > DAY and seconds % DAY == 0:
+        short = f"{seconds / DAY:g}d"
+    elif seconds % 3600 == 0:
+        short = f"{seconds / 3600:g}h"
+    else:
+        short = f"{seconds:g}s"
+    return f"{short} ({seconds:.0f}s)"
+
+
+def parse_duration(value: object, maximum: float = DAY) -> float:
+    """Seconds from `500ms`, `2s`, `1m`, `1m30s`, `1h`, `1d`, or a number (int or float) of seconds: 0 to
+    `maximum` (24 h unless told), in whole milliseconds (returned as `milliseconds / 1000`, so equal durations
+    are equal floats). Text needs its unit: in a YAML file a quoted `"2"` is refused, as a typo may hide there;
+    `parse_duration_flag` reads the command line's bare numbers. The ValueError's text does not name the
+    flag or the field: the caller adds that (`--wait: …`, `file:12: services.web.health.interval: …`)."""
+    seconds = _seconds(value)
+    if math.isnan(seconds):
+        raise ValueError(f"expected a duration such as 2s or 500ms, got {value!r}")
+    if seconds < 0:
+        raise ValueError(f"a duration cannot be negative, got {value!r}")
+    if seconds > maximum:
+        raise ValueError(f"a duration can be at most {_limit(maximum)}, got {value!r}")
+    millis = round(seconds * 1000)
+    if abs(seconds * 1000 - millis) > 1e-6:
+        raise ValueError(f"durations are counted in whole milliseconds, got {value!r}")
+    return millis / 1000
+
+
+def parse_duration_flag(value: object, maximum: float = DAY) -> float:
+    """A command-line flag's duration: as `parse_duration`, and a bare number such as `30`, `2.5`, `.5` or `1e3`
+    (whatever Python reads as a float: all a flag took before it took units) is seconds."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):  # not a number: text with units, parsed below
+            value = float(value)
+    return parse_duration(value, maximum)

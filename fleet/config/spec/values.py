@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -15,6 +14,7 @@ from typing import Any, Literal
 from fleet.config.edge import TlsSpec
 from fleet.core.dirs import NODE_BASE, NODE_RUN
 from fleet.core.model import Resources
+from fleet.core.units import parse_duration as parse_duration  # the one parser; re-exported for the spec
 
 SERVICE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -32,8 +32,6 @@ IMAGE_RE = re.compile(
     r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$"
 )
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 # Every duration (health, update, grace period, canary pause) is 0 to 24 h, counted in whole milliseconds: what
 # HAProxy's `inter` and `timeout check` take, and exact through the revision history (`format_duration`).
 MAX_DURATION = 86400.0
@@ -57,44 +55,6 @@ DIGEST_RE = re.compile(r"^[0-9a-f]{32,64}$")
 
 SPEC_HASH_VERSION = 1
 DEFAULT_RESOURCES = Resources(cpu=0.1, memory=64 * 1024 * 1024)
-
-
-def _seconds(value: object) -> float:
-    if isinstance(value, bool):
-        raise ValueError(f"expected a duration such as 2s or 500ms, got {value!r}")
-    if isinstance(value, int):
-        # Compared as an int first: a huge one would overflow float().
-        return float(value) if abs(value) <= 10**9 else math.inf if value > 0 else -math.inf
-    if isinstance(value, float):
-        return value
-    if isinstance(value, str):
-        text = value.strip()
-        pos, total = 0, 0.0
-        for m in _DURATION_PART.finditer(text):
-            if m.start() != pos:
-                break
-            total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-            pos = m.end()
-        else:
-            if text and pos == len(text):
-                return total
-    raise ValueError(f"expected a duration such as 2s, 500ms or 1m, got {value!r}")
-
-
-def parse_duration(value: object) -> float:
-    """Seconds from `500ms`, `2s`, `1m`, `1m30s`, `1h`, or a plain number of seconds: 0 to 24 h, in whole
-    milliseconds (returned as `milliseconds / 1000`, so equal durations are equal floats)."""
-    seconds = _seconds(value)
-    if math.isnan(seconds):
-        raise ValueError(f"expected a duration such as 2s or 500ms, got {value!r}")
-    if seconds < 0:
-        raise ValueError(f"a duration cannot be negative, got {value!r}")
-    if seconds > MAX_DURATION:
-        raise ValueError(f"a duration can be at most 24h (86400s), got {value!r}")
-    millis = round(seconds * 1000)
-    if abs(seconds * 1000 - millis) > 1e-6:
-        raise ValueError(f"durations are counted in whole milliseconds, got {value!r}")
-    return millis / 1000
 
 
 def format_duration(seconds: float) -> str:
