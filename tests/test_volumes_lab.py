@@ -1,4 +1,5 @@
-"""Storage on the lab: a named node volume outlives its container, tmpfs is sized, a bind mount can be read-only."""
+"""Storage on the lab: a named node volume outlives its container and is mounted nosuid,nodev, tmpfs is sized, a
+bind mount can be read-only."""
 
 from __future__ import annotations
 
@@ -46,6 +47,9 @@ def test_named_volume_survives_replacement_tmpfs_sized_bind_readonly(lab, tmp_pa
     try:
         assert fleet(lab, "apply", write("one")).returncode == 0
         assert sh("echo kept > /data/note").returncode == 0
+        # The volume is data to the container, never a way to gain rights: mounted nosuid,nodev.
+        [line] = [x for x in sh("cat /proc/self/mountinfo").stdout.splitlines() if x.split()[4] == "/data"]
+        assert {"nosuid", "nodev"} <= set(line.split()[5].split(",")), line
         scratch = sh("df -k /scratch | tail -1")
         assert scratch.stdout.split()[0] == "tmpfs" and scratch.stdout.split()[1] == "8192", scratch.stdout
         ro = sh("echo x > /etc/fleet-hosts")
