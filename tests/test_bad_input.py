@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import errno
 import json
 import os
 import socket
@@ -21,7 +22,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 import yaml
-from helpers import INSTALLED_CLI, run_fleet
+from helpers import FLEET_CLI, INSTALLED_CLI, run_fleet
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sshserver import SSHFarm
@@ -29,8 +30,13 @@ from sshserver import SSHFarm
 from fleet.api import Fleet
 from fleet.config.inventory import load_inventory, parse
 from fleet.config.spec import (
+    MAX_COMMAND_LINE_BYTES,
     MAX_DURATION,
+    MAX_ENV_VALUE_BYTES,
     NODE_DIRS,
+    ConfigSpec,
+    ServiceSpec,
+    VolumeSpec,
     format_duration,
     from_playbook_dict,
     load_playbooks,
@@ -38,7 +44,7 @@ from fleet.config.spec import (
     parse_playbook,
     to_playbook_dict,
 )
-from fleet.config.yamlmarks import MAX_ALIASED
+from fleet.config.yamlmarks import MAX_ALIASED, MAX_BYTES
 from fleet.core.errors import ConfigError, InventoryError, SpecError
 from fleet.core.labels import LbLabel
 from fleet.core.model import Inventory, Node, Resources
@@ -47,8 +53,11 @@ from fleet.engine.lb import Balancers, Rotation
 from fleet.engine.lb import config as lb_config
 from fleet.engine.nodes import NodeReport
 from fleet.engine.resolve import Resolved, resolve_nodes
+from fleet.engine.runspec import run_spec
+from fleet.node.runtime.ctr import CtrDriver
 from fleet.plan.checks import lb_port_conflicts
 from fleet.plan.reconcile import Replica
+from fleet.plan.scheduler import Assignment
 from fleet.transport import Pool
 
 REPO = Path(__file__).resolve().parent.parent
@@ -117,11 +126,13 @@ def inventory_for(tmp_path: Path, node: Listener) -> str:
     """)
 
 
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, cwd: Path | None = None,
+        using: tuple[str, ...] = INSTALLED_CLI) -> subprocess.CompletedProcess[str]:
+    """`fleet ARGS` as a user starts it (`using` FLEET_CLI: the checkout's code, wherever the install points)."""
     env = {**os.environ, "COLUMNS": "400", "FLEET_LAB_ROOT": "/nonexistent"}
     env.pop("FLEET_INVENTORY", None)
     env.pop("FLEET_PLAYBOOKS", None)
-    return run_fleet(*args, env=env, timeout=60, cwd=cwd, cli=INSTALLED_CLI)
+    return run_fleet(*args, env=env, timeout=60, cwd=cwd, cli=using)
 
 
 def assert_refused(result: subprocess.CompletedProcess[str], *expected: str) -> None:
@@ -184,6 +195,84 @@ def test_cli_refuses_an_exploding_inventory_with_exit_2(tmp_path: Path) -> None:
     book = write(tmp_path, "web.yaml", "services:\n  web: {image: busybox}\n")
     assert_refused(cli("plan", book, "-i", inv), f"{inv}:6: aliases expand the document by more than")
     assert_refused(cli("nodes", "-i", inv), f"{inv}:6: aliases expand the document by more than")
+
+
+# ---- 1b. bounded in bytes: expanded documents, env values, the start command ------------------------------
+
+def big_aliases(times: int) -> str:
+    """A playbook whose 64 KiB string is aliased `times` times in its command (at line 5)."""
+    return (f"big: &b {'x' * 65536}\nservices:\n  web:\n    image: busybox\n"
+            f"    command: [{', '.join(['*b'] * times)}]\n")
+
+
+def test_a_playbook_that_expands_past_the_byte_limit_is_refused_at_the_alias(tmp_path: Path) -> None:
+    start = time.monotonic()
+    path, problems = playbook_problems(tmp_path, big_aliases(100))  # 66 KB of text, 6.5 MB expanded
+    assert time.monotonic() - start < 2
+    assert problems == [f"{path}:5: aliases expand the document to more than 4 MiB ({MAX_BYTES} bytes) (at *b)"]
+
+
+def test_a_playbook_file_larger_than_the_byte_limit_is_not_read(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("services:\n  web: {image: busybox}\n" + "#" * MAX_BYTES + "\n")
+    with pytest.raises(SpecError) as info:
+        load_playbooks([str(path)])
+    assert [str(p) for p in info.value.problems] == [
+        f"{path}: the playbook is larger than 4 MiB ({MAX_BYTES} bytes), the most fleet reads"]
+
+
+def test_a_200_kib_env_value_is_refused_with_file_line_and_key(tmp_path: Path) -> None:
+    path, problems = playbook_problems(
+        tmp_path, f"services:\n  web:\n    image: busybox\n    env:\n      SMALL: ok\n      BIG: {'v' * 204800}\n")
+    assert problems == [f"{path}:6: services.web.env.BIG: the value is 204800 bytes; an env value can be at most "
+                        f"{MAX_ENV_VALUE_BYTES} (64 KiB): put large values in a config file"]
+
+
+@pytest.mark.parametrize("value", ["a" * 50_000, "'" * 20_000])  # plain, and quoting's worst case
+def test_env_values_that_together_overflow_the_start_command_are_refused(tmp_path: Path, value: str) -> None:
+    path, problems = playbook_problems(
+        tmp_path, f'services:\n  web:\n    image: busybox\n    env:\n      A: "{value}"\n      B: "{value}"\n')
+    [problem] = problems
+    assert problem.startswith(f"{path}:4: services.web.env: env, command and mounts take ")
+    assert problem.endswith(f"at most {MAX_COMMAND_LINE_BYTES} (96 KiB), as a node's shell takes at most 128 KiB: "
+                            "put large values in a config file")
+
+
+def test_the_largest_accepted_service_starts_with_a_command_a_node_can_execute() -> None:
+    """At the bound, with the values that quote worst and many mounts, the command sent to the node stays under
+    Linux's 128 KiB per argument: `execve` (what sshd does with `sh -c COMMAND`) takes it."""
+    configs = tuple(ConfigSpec(f"/etc/app/{'c' * 60}{i}.conf", "x", "0444") for i in range(40))
+    volumes = tuple(VolumeSpec("bind", f"/mnt/{'t' * 60}{i}", f"/srv/{'s' * 60}{i}") for i in range(20))
+    n = 1
+    while True:
+        spec = ServiceSpec(name="web", image="busybox", command=("sh", "-c", "'$x'"), configs=configs,
+                           volumes=volumes, env={"A": "'" * (n + 1), "B": "a'b" * 1000})
+        if spec.command_line_bytes() > MAX_COMMAND_LINE_BYTES:
+            break
+        n += 1
+    spec = ServiceSpec(name="web", image="busybox", command=("sh", "-c", "'$x'"), configs=configs, volumes=volumes,
+                       env={"A": "'" * n, "B": "a'b" * 1000})
+    run = run_spec(spec, 7, Assignment("web", 0, "n1", 18080, Resources(0.1, 64 << 20), "new"), "/run/x.env",
+                   now=0)
+    command = CtrDriver("fleet", None).run(run).line()
+    assert len(command.encode()) < 128 * 1024, len(command.encode())
+    assert subprocess.run(["/bin/sh", "-c", "exit 0", "sh", command], timeout=10).returncode == 0
+    with pytest.raises(OSError) as too_big:  # the limit this guards against, shown on this kernel
+        subprocess.run(["/bin/sh", "-c", "exit 0", "sh", "x" * 128 * 1024], timeout=10)
+    assert too_big.value.errno == errno.E2BIG
+
+
+def test_cli_refuses_an_expanding_playbook_and_a_huge_env_value_before_contacting_any_node(
+        tmp_path: Path, node: Listener) -> None:
+    inv = inventory_for(tmp_path, node)
+    book = write(tmp_path, "big.yaml", big_aliases(100))
+    env = write(tmp_path, "env.yaml", f"services:\n  web:\n    image: busybox\n    env: {{BIG: {'v' * 204800}}}\n")
+    for verb in ("plan", "apply"):
+        assert_refused(cli(verb, book, "-i", inv, using=FLEET_CLI),
+                       f"{book}:5: aliases expand the document to more than 4 MiB")
+        assert_refused(cli(verb, env, "-i", inv, using=FLEET_CLI),
+                       f"{env}:4: services.web.env.BIG: the value is 204800 bytes")
+    assert node.offered() == 0
 
 
 # ---- 2. non-finite, negative and float numbers ------------------------------------------------------------

@@ -1,14 +1,17 @@
-"""Inventories: fleet YAML, Ansible YAML and INI; errors name file, line and field."""
+"""Inventories: fleet YAML, Ansible YAML and INI; errors name file, line and field; the roles an Ansible host's
+groups give it (an lb host runs replicas only when the inventory says so)."""
 
 from __future__ import annotations
 
 import os
 
 import pytest
+from harness import Harness, facts, service
 
 from fleet.config.inventory import load_inventory, parse
 from fleet.core.errors import InventoryError
 from fleet.core.model import Resources
+from fleet.results import NodeReport
 
 FLEET_YAML = """\
 defaults:
@@ -109,8 +112,32 @@ def test_ansible_ini_hosts_groups_and_vars():
     assert (web2.address, web2.user, web2.port) == ("10.0.0.2", "root", 2222)
     assert web1.key_files == (os.path.expanduser("~/.ssh/web_key"),)
     assert dict(web1.labels) == {"group.prod": "true", "group.web": "true"}
-    assert edge.roles == ("worker", "lb") and edge.key_files == ()
+    assert edge.roles == ("lb",) and edge.key_files == (), "an lb host takes no replicas unless told to"
     assert web2.source_line == 4
+
+
+@pytest.mark.parametrize(("ini", "roles"), [
+    ("[lb]\nedge\n", ("lb",)),
+    ("[web]\nedge\n[lb]\nedge\n", ("lb",)),  # an application group is not a worker group
+    ("[workers]\nedge\n[lb]\nedge\n", ("worker", "lb")),
+    ("[worker]\nedge\n[lb]\nedge\n", ("worker", "lb")),
+    ("[web]\nedge\n[lb]\nedge\n[workers:children]\nweb\n", ("worker", "lb")),  # a parent group counts
+    ("[web]\nedge\n", ("worker",)),
+    ("edge\n", ("worker",)),
+])
+def test_an_lb_host_is_a_worker_only_when_the_inventory_says_so(ini: str, roles: tuple[str, ...]):
+    [edge] = parse(ini, "hosts.ini").nodes
+    assert edge.roles == roles
+
+
+@pytest.mark.parametrize(("body", "roles"), [
+    ("workers:\n      children:\n        lb:\n          hosts: {b: {ansible_host: 10.1.0.2}}", ("worker", "lb")),
+    ("lb:\n      hosts: {b: {ansible_host: 10.1.0.2, fleet_roles: [worker, lb]}}", ("worker", "lb")),
+    ("lb:\n      hosts: {b: {ansible_host: 10.1.0.2, fleet_roles: [lb, storage]}}", ("lb", "storage")),
+])
+def test_ansible_yaml_lb_host_roles_from_a_workers_parent_group_or_fleet_roles(body: str, roles: tuple[str, ...]):
+    [b] = parse(f"all:\n  children:\n    {body}\n", "hosts.yml").nodes
+    assert b.roles == roles
 
 
 def test_ansible_ini_bad_line_named():
@@ -137,7 +164,7 @@ all:
     inv = parse(text, "hosts.yml")
     a, b = inv.nodes
     assert (a.address, a.user, a.roles) == ("10.1.0.1", "admin", ("worker",))
-    assert (b.address, b.port, b.roles) == ("10.1.0.2", 2200, ("worker", "lb"))
+    assert (b.address, b.port, b.roles) == ("10.1.0.2", 2200, ("lb",))
     assert dict(b.labels) == {"group.lb": "true", "zone": "east"}
 
 
@@ -167,3 +194,22 @@ def test_valid_inventory_cached_by_content_and_read_back_without_pydantic(tmp_pa
     path.write_text(FLEET_YAML.replace("port: 2222", "port: twenty"))
     with pytest.raises(InventoryError, match=r"inv.yaml:13: nodes.n2.port"):
         load_inventory(str(path))
+
+
+ISSUE_INVENTORY = "[web]\nw1 ansible_host=10.0.0.1\nw2 ansible_host=10.0.0.2\n[lb]\ne1 ansible_host=10.0.0.9\n"
+
+
+@pytest.mark.parametrize(("ini", "allowed"), [
+    (ISSUE_INVENTORY, {"w1", "w2"}),
+    (ISSUE_INVENTORY + "[workers:children]\nweb\nlb\n", {"w1", "w2", "e1"}),
+])
+async def test_replicas_land_on_an_ansible_lb_host_only_when_it_is_in_a_worker_group(ini: str, allowed: set[str]):
+    """The issue's inventory ([web] and [lb]): two services place every replica on the web hosts; with the lb
+    group under `workers`, the lb host takes its share. Through the engine's harness (fake node operations)."""
+    reports = [NodeReport(n, "ready", None, facts(2), 0.01) for n in parse(ini, "hosts.ini").nodes]
+    h = Harness(reports)
+    result = await h.apply(service("web", 6, cpu=0.25), service("api", 3, cpu=0.25))
+    assert result.ok, result
+    placed = {r.node for name in ("web", "api") for r in h.ops.of(name)}
+    assert len(h.ops.of("web")) == 6 and len(h.ops.of("api")) == 3
+    assert placed == allowed

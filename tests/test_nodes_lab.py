@@ -112,7 +112,7 @@ def test_ansible_inventory_reaches_the_lab(lab, tmp_path):
     path = tmp_path / "hosts.ini"
     path.write_text("\n".join(lines) + "\n")
     inv = load_inventory(str(path))
-    assert inv.node("lb1").roles == ("worker", "lb")
+    assert inv.node("lb1").roles == ("lb",) and inv.node("n1").roles == ("worker",)
     out = run_fleet("nodes", "--json", inventory=str(path), timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     assert [x["status"] for x in json.loads(out.stdout)["nodes"]] == ["ready"] * 4

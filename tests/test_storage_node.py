@@ -8,7 +8,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import io
 import os
+import stat
 import subprocess
 import tarfile
 from pathlib import Path
@@ -17,13 +19,17 @@ import pytest
 from sshserver import SSHFarm
 from test_bad_input import Listener, assert_refused, cli, inventory_for, node, write  # noqa: F401
 
+from fleet.config.spec import ServiceSpec, VolumeSpec
 from fleet.core.errors import ScriptOutputError, StorageError, VolumeError
-from fleet.core.model import Node
+from fleet.core.model import Node, Resources
 from fleet.core.shell import Script
 from fleet.engine import volumes as V
 from fleet.engine.nodes import READY, NodeReport
+from fleet.engine.runspec import run_spec
 from fleet.engine.volumes import StorageAccess, VolumeListing, VolumeRow, backup, find, restore, split_ref
 from fleet.node import storage as S
+from fleet.node.runtime.ctr import CtrDriver
+from fleet.plan.scheduler import Assignment
 from fleet.transport import Pool
 
 
@@ -104,6 +110,72 @@ def test_restore_refuses_a_volume_that_holds_data_and_fills_an_empty_one(tmp_pat
     assert (target / "a").read_text() == "one"
     again = sh(S.restore_script(str(target)), archive)
     assert again.returncode == 3 and b"is not empty" in again.stderr
+
+
+def _member(name: str, kind: bytes, *, uid: int = 0, mode: int = 0o644, data: bytes = b"",
+            link: str = "") -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.type, info.uid, info.gid, info.mode, info.linkname = kind, uid, uid, mode, link
+    info.size = len(data)
+    return info, data
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="restoring owners needs root, as on a node")
+def test_restore_keeps_numeric_owners_and_modes_and_drops_setuid_without_following_links(tmp_path: Path) -> None:
+    outside = tmp_path / "outside-tool"  # a setuid file a restored symlink points at: never touched
+    outside.write_bytes(b"#!/bin/sh\n")
+    outside.chmod(0o4755)
+    buf = tmp_path / "backup.tar"
+    with tarfile.open(buf, "w") as tar:
+        for info, data in (
+                _member(".", tarfile.DIRTYPE, uid=999, mode=0o755),
+                _member("./pgdata", tarfile.DIRTYPE, uid=999, mode=0o700),
+                _member("./pgdata/PG_VERSION", tarfile.REGTYPE, uid=999, mode=0o600, data=b"16\n"),
+                _member("./bin", tarfile.DIRTYPE, uid=1000, mode=0o2775),
+                _member("./bin/tool", tarfile.REGTYPE, uid=1000, mode=0o4755, data=b"#!/bin/sh\n"),
+                _member("./bin/gtool", tarfile.REGTYPE, uid=1000, mode=0o2711, data=b"#!/bin/sh\n"),
+                _member("./tool-link", tarfile.SYMTYPE, link="bin/tool"),
+                _member("./escape", tarfile.SYMTYPE, link=str(outside))):
+            tar.addfile(info, io.BytesIO(data) if data else None)
+    target = tmp_path / "new" / "vol"
+    out = sh(S.restore_script(str(target)), buf.read_bytes())
+    assert out.returncode == 0, out.stderr
+
+    def owner_mode(p: Path) -> tuple[int, int, int]:
+        st = p.lstat()
+        return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
+
+    assert owner_mode(target / "pgdata") == (999, 999, 0o700), "a database directory stays the database's"
+    assert owner_mode(target / "pgdata" / "PG_VERSION") == (999, 999, 0o600)
+    assert owner_mode(target / "bin" / "tool") == (1000, 1000, 0o755), "owner kept, setuid bit gone"
+    assert owner_mode(target / "bin" / "gtool") == (1000, 1000, 0o711), "setgid bit gone"
+    assert owner_mode(target / "bin") == (1000, 1000, 0o775)
+    assert owner_mode(target) == (999, 999, 0o755), "the volume directory itself is the archive's '.'"
+    assert (target / "tool-link").is_symlink() and os.readlink(target / "tool-link") == "bin/tool"
+    assert (target / "escape").is_symlink() and os.readlink(target / "escape") == str(outside)
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o4755, "chmod never followed a link out of the volume"
+
+
+def test_the_restore_script_keeps_owners_by_number_and_strips_setuid_without_following_links() -> None:
+    text = S.restore_script("/var/lib/fleet/volumes/db/data").text
+    assert "--no-same-owner" not in text
+    assert 'tar -C "$D" --same-owner --numeric-owner -xpf -' in text
+    assert "find -P \"$D\" -perm /6000 ! -type l -exec chmod ug-s -- {} +" in text
+
+
+def test_volumes_are_mounted_into_containers_nosuid_nodev_and_host_binds_as_asked() -> None:
+    spec = ServiceSpec(name="db", image="img", volumes=(
+        VolumeSpec("volume", "/data", "data"), VolumeSpec("sshfs", "/shared", "shared", readonly=True),
+        VolumeSpec("bind", "/host", "/srv/host")))
+    run = run_spec(spec, 1, Assignment("db", 0, "n1", 18080, Resources(0.1, 64 << 20), "new"), None, now=0,
+                   container="db-0-abc")
+    by_target = {m.target: m for m in run.mounts}
+    assert by_target["/data"].options == ("nosuid", "nodev")
+    assert by_target["/shared"].options == ("nosuid", "nodev") and by_target["/shared"].readonly
+    assert by_target["/host"].options == (), "a host path is mounted as the spec says"
+    argv = CtrDriver("fleet", None).run_argv(run)
+    assert "type=bind,src=/var/lib/fleet/volumes/db/data,dst=/data,options=rbind:rw:nosuid:nodev" in argv
+    assert "type=bind,src=/run/fleet/mnt/db-0-abc/shared,dst=/shared,options=rbind:ro:nosuid:nodev" in argv
 
 
 def test_archiving_a_missing_directory_says_so(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from fleet.engine.containers import PsResult, PsRow
 from fleet.engine.nodes import READY, UNREACHABLE, NodeReport
 from fleet.engine.state import node_states
 from fleet.engine.status import FleetStatus, ReplicaStatus, ServiceStatus
-from fleet.node.runtime.base import ContainerInfo
+from fleet.node.runtime.base import ContainerInfo, Status
 from fleet.plan.reconcile import Replica, plan
 from fleet.transport import Pool
 from fleet.transport.warm import ask, socket_path
@@ -213,7 +213,7 @@ async def test_ask_gets_the_watchers_answer_for_its_inventory_only(state, tmp_pa
 
     async def reply(fleet: Any, op: str, args: dict[str, Any], recent: Any) -> Any:
         seen.append((op, args, recent))
-        return {"op": op, "nodes": [n.name for n in fleet.inventory.nodes]}
+        return PsResult((), {"op": op, "nodes": ",".join(n.name for n in fleet.inventory.nodes)})
 
     inventory = Inventory(str(inv_path), (Node("n1", "10.0.0.1"),))
     logged: list[str] = []
@@ -221,7 +221,7 @@ async def test_ask_gets_the_watchers_answer_for_its_inventory_only(state, tmp_pa
                                        recent=lambda: []) as path:
         assert path == socket_path(str(inv_path))
         assert oct(path.stat().st_mode & 0o777) == "0o600" and oct(path.parent.stat().st_mode & 0o777) == "0o700"
-        assert await ask(str(inv_path), "ps", all=True) == {"op": "ps", "nodes": ["n1"]}
+        assert await ask(str(inv_path), "ps", all=True) == PsResult((), {"op": "ps", "nodes": "n1"})
         assert seen == [("ps", {"all": True}, [])], "the watcher's fresh reports go to the reply"
         assert await ask(str(other), "status") is None  # no watcher for that inventory
         os.chmod(path, 0o666)
@@ -237,13 +237,13 @@ async def test_ask_gets_the_watchers_answer_for_its_inventory_only(state, tmp_pa
 
 
 async def test_node_reports_ps_and_status_with_read_only_mappings_come_through_the_socket(state, tmp_path):
-    # The results carry mapping proxies (node labels, marks, container labels, ps errors), which plain pickle
-    # refuses: the watcher would answer "not ok" and every command would quietly open its own connections.
+    # The results carry mapping proxies (node labels, marks, container labels, ps errors): they must come back
+    # read-only, or the watcher would answer "not ok" and every command would quietly open its own connections.
     inv_path = tmp_path / "inv.yaml"
     inv_path.write_text("nodes: {}\n")
     node = Node("n1", "10.0.0.1", labels={"disk": "ssd"})
     report = NodeReport(node, READY, None, None, 0.01, mark=NodeMark(cordoned=True, labels={"gpu": "a"}, by="a@b"))
-    info = ContainerInfo("web-0-x", "fleet.local/demo:v1", {"fleet.service": "web"}, "running", pid=7)
+    info = ContainerInfo("web-0-x", "fleet.local/demo:v1", {"fleet.service": "web"}, Status.RUNNING, pid=7)
     ps = PsResult((PsRow("n1", info, ContainerLabels("web", 1, 0)),), {"n2": "unreachable"})
     status = FleetStatus((ServiceStatus("web", (ReplicaStatus(rep("n1", "web-0-x"), "10.0.0.1:20000",
                                                                {"lb1": "up"}),), ("10.0.0.9:80",)),),

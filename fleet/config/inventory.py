@@ -9,9 +9,11 @@ Fleet format (every key but `address` optional; `defaults` apply to every node):
 
 Ansible inventories: `ansible_host`, `ansible_port`, `ansible_user`, `ansible_ssh_private_key_file`
 (or `ansible_private_key_file`) are honoured; every group a host is in becomes the label
-`group.NAME=true`; a host in a group named `lb` gets the role `lb`; `fleet_labels` (mapping) and
-`fleet_roles` (list) host variables are read as well, and `-o UserKnownHostsFile=PATH` in
-`ansible_ssh_common_args` / `ansible_ssh_extra_args` pins host keys as it does for Ansible.
+`group.NAME=true`. Roles come from groups (`group_roles`): a host in a group named `lb` gets the role `lb` only,
+and `worker` as well when it is also in a group named `worker` or `workers`; any other host is a `worker`. The
+`fleet_roles` host variable (list) replaces them; `fleet_labels` (mapping) adds labels, and
+`-o UserKnownHostsFile=PATH` in `ansible_ssh_common_args` / `ansible_ssh_extra_args` pins host keys as it does
+for Ansible.
 """
 
 from __future__ import annotations
@@ -31,6 +33,19 @@ from fleet.core.edge import edge_from_json, edge_to_json
 from fleet.core.errors import ConfigError, InventoryError, Problem, VrrpValueError
 from fleet.core.model import Inventory, Node, Resources, Vrrp
 from fleet.core.names import NAME_RE, ROLES, check_address, check_labels, key_files, resolve_path
+
+# Groups of an Ansible inventory (a host is in its groups' parents too) that make a host a worker beside `lb`.
+WORKER_GROUPS = ("worker", "workers")
+
+
+def group_roles(groups: Iterable[str]) -> tuple[str, ...]:
+    """The roles an Ansible host's groups give it. An `lb` host is an edge node only: replicas stay off the
+    internet-facing nodes that hold the TLS keys and the fleet's records, unless the inventory puts the host in
+    a worker group too (or lists `worker` in `fleet_roles`). Every other host is a worker."""
+    groups = set(groups)
+    if "lb" not in groups:
+        return ("worker",)
+    return ("worker", "lb") if groups & set(WORKER_GROUPS) else ("lb",)
 
 
 class _Host:
@@ -83,7 +98,7 @@ def _ansible_node(host: _Host, file: str, base_dir: str) -> Node:
         problems.append(Problem(file, host.line, field("fleet_labels"), str(exc)))
         checked = {}
     roles_raw = v.get("fleet_roles")
-    roles = ["worker", "lb"] if "lb" in host.groups else ["worker"]
+    roles = list(group_roles(host.groups))
     if roles_raw is not None:
         if isinstance(roles_raw, str):
             roles = [roles_raw]
@@ -322,7 +337,7 @@ def parse(text: str, file: str) -> Inventory:
     return inv
 
 
-CACHE_VERSION = 5  # 3: addresses, ports and Ansible host names checked; 4: vrrp; 5: edge
+CACHE_VERSION = 6  # 3: addresses, ports and Ansible host names checked; 4: vrrp; 5: edge; 6: lb group gives lb only
 
 
 def cache_dir() -> str:

@@ -1,8 +1,10 @@
 """YAML loading that remembers the line of every key, so errors can name file, line and field path.
 
 Hostile documents are refused with the line at fault instead of exhausting the stack, memory or time: a
-recursive alias (`a: &x [*x]`), nesting deeper than `MAX_DEPTH` levels and aliases that add more than
-`MAX_ALIASED` values in all ("billion laughs") are found while composing, before anything is expanded.
+recursive alias (`a: &x [*x]`), nesting deeper than `MAX_DEPTH` levels, aliases that add more than `MAX_ALIASED`
+values in all ("billion laughs") and a document that would weigh more than `MAX_BYTES` once its aliases are
+expanded (a few long strings aliased many times) are found while composing, before anything is expanded. A file
+larger than `MAX_BYTES` is not read at all.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ Path = tuple[str | int, ...]
 # the values a small document can expand to (through aliases of aliases) within what loads in well under a second.
 MAX_DEPTH = 64
 MAX_ALIASED = 100_000
+# Bytes, counted as the UTF-8 bytes of every key and value once aliases are expanded, plus one per value (about
+# the document's size as JSON): the count above alone lets a 96 KB file with long aliased strings expand to
+# 131 MB. Playbooks and inventories weigh kilobytes; configs' contents are bounded well below this.
+MAX_BYTES = 4 * 1024 * 1024
 MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
@@ -59,9 +65,10 @@ def dotted(path: Iterable[str | int]) -> str:
 
 
 class _BoundedLoader(yaml.SafeLoader):
-    """PyYAML's safe composer, counting as it goes: nesting depth, and the values aliases add once expanded (an
-    alias counts every value of the node it names, aliases within included). A node's size and height are known
-    once it is complete, so an alias to a node still being composed is recursive."""
+    """PyYAML's safe composer, counting as it goes: nesting depth, the values aliases add once expanded (an
+    alias counts every value of the node it names, aliases within included) and the bytes of the expanded
+    document. A node's size, weight and height are known once it is complete, so an alias to a node still being
+    composed is recursive."""
 
     file = "<yaml>"
 
@@ -69,7 +76,9 @@ class _BoundedLoader(yaml.SafeLoader):
         super().__init__(stream)
         self._depth = 0
         self._aliased = 0
+        self._bytes = 0
         self._size: dict[int, int] = {}
+        self._weight: dict[int, int] = {}
         self._height: dict[int, int] = {}
 
     def _refuse(self, event: yaml.Event, message: str) -> ConfigError:
@@ -92,6 +101,10 @@ class _BoundedLoader(yaml.SafeLoader):
                 if self._aliased > MAX_ALIASED:
                     raise self._refuse(event, f"aliases expand the document by more than {MAX_ALIASED} values "
                                               f"(at *{event.anchor})")
+                self._bytes += self._weight[id(target)]
+                if self._bytes > MAX_BYTES:
+                    raise self._refuse(event, f"aliases expand the document to more than {_mib(MAX_BYTES)} "
+                                              f"(at *{event.anchor})")
             return super().compose_node(parent, index)
         self._depth += 1
         if self._depth > MAX_DEPTH:
@@ -106,7 +119,16 @@ class _BoundedLoader(yaml.SafeLoader):
             children = [n for pair in node.value for n in pair]
         self._height[id(node)] = 1 + max((self._height[id(c)] for c in children), default=0)
         self._size[id(node)] = 1 + sum(self._size[id(c)] for c in children)
+        own = 1 + (len(node.value.encode("utf-8", "surrogatepass")) if isinstance(node, yaml.ScalarNode) else 1)
+        self._weight[id(node)] = own + sum(self._weight[id(c)] for c in children)
+        self._bytes += own
+        if self._bytes > MAX_BYTES:
+            raise self._refuse(event, f"the document weighs more than {_mib(MAX_BYTES)}")
         return node
+
+
+def _mib(n: int) -> str:
+    return f"{n // (1024 * 1024)} MiB ({n} bytes)"
 
 
 def _scalar(node: yaml.ScalarNode, path: Path, file: str, constructor: yaml.constructor.SafeConstructor,
@@ -202,12 +224,16 @@ def load(text: str, file: str) -> Marked:
 
 
 def read_text(path: str, what: str = "file") -> str:
-    """A file's text as UTF-8; unreadable files and bytes that are not UTF-8 become a Problem naming the line."""
+    """A file's text as UTF-8; unreadable files, files over `MAX_BYTES` and bytes that are not UTF-8 become a
+    Problem (naming the line)."""
     try:
         with open(path, "rb") as fh:
-            raw = fh.read()
+            raw = fh.read(MAX_BYTES + 1)
     except OSError as exc:
         raise ConfigError([Problem(path, None, "", f"cannot read {what}: {exc.strerror or exc}")]) from exc
+    if len(raw) > MAX_BYTES:
+        raise ConfigError([Problem(path, None, "", f"the {what} is larger than {_mib(MAX_BYTES)}, the most fleet "
+                                                   "reads")])
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -36,6 +36,7 @@ library's own errors (the transport maps asyncssh's at its edge).
     │   └── AcmeError            an ACME order failed (the server's reason; no key material)
     ├── StatsParseError          HAProxy's stats or state output could not be read (also a ValueError)
     ├── ScriptOutputError        a node script's output is not in its section format (also a ValueError)
+    ├── WireError                a value between fleet's own processes (the watcher's socket) has the wrong shape
     ├── LabError                 the local lab could not be built or torn down
     ├── LeaseError               the fleet's lease (one writer at a time) could not be taken or kept
     │   ├── LeaseHeld            another run holds it (carries its LeaseInfo: who, pid, command, until)
@@ -154,6 +155,10 @@ class VolumeError(FleetError):
 
 class StorageError(VolumeError):
     """A network volume could not be mounted or reached: the message names the storage host."""
+
+
+class WireError(FleetError, ValueError):
+    """A value sent between fleet's own processes does not decode as the type expected (names where in it)."""
 
 
 class LabError(FleetError):

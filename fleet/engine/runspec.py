@@ -11,6 +11,7 @@ from fleet.core import labels as L
 from fleet.core.shell import Script
 from fleet.node.paths import DEFAULT, FILE_FUNCTIONS, SWEEP_SECRETS_SH
 from fleet.node.runtime.base import Mount, RunSpec
+from fleet.node.storage import CONTAINER_MOUNT_OPTIONS
 from fleet.node.storage import mountpoint as sshfs_mountpoint
 from fleet.plan.scheduler import Assignment
 
@@ -115,7 +116,7 @@ def run_spec(spec: ServiceSpec, revision: int, a: Assignment, env_file: str | No
              now: float | None = None, container: str | None = None) -> RunSpec:
     """The container of replica `a.replica` of `spec` at `revision` (ID `container`, else a new one): labels
     (fleet's record of it), env, mounts (configs and secret files read-only, from the node files the engine
-    wrote), limits; restart=always (containerd's restart monitor brings a crashed one back)."""
+    wrote; volumes nosuid,nodev), limits; restart=always (containerd's restart monitor brings a crashed one back)."""
     labels = L.build_labels(spec.name, revision=revision, replica=a.replica, spec_hash=spec.spec_hash(),
                             cpu=spec.resources.cpu, memory=spec.resources.memory, port=a.port, node=a.node)
     labels[L.CREATED] = f"{now if now is not None else time.time():.0f}"
@@ -136,7 +137,8 @@ def run_spec(spec: ServiceSpec, revision: int, a: Assignment, env_file: str | No
         if v.type == "tmpfs":
             mounts.append(Mount("tmpfs", v.target, "tmpfs", options=(f"size={v.size}",) if v.size else ()))
         elif v.type == "volume":
-            mounts.append(Mount("bind", v.target, volume_dir(spec.name, v.source or ""), v.readonly))
+            mounts.append(Mount("bind", v.target, volume_dir(spec.name, v.source or ""), v.readonly,
+                                CONTAINER_MOUNT_OPTIONS))
         elif v.type == "sshfs":
             continue  # mounted on the node per container (below), when the container's ID is known
         else:
@@ -144,7 +146,7 @@ def run_spec(spec: ServiceSpec, revision: int, a: Assignment, env_file: str | No
     cid = container or L.container_id(spec.name, a.replica)
     mounts += [Mount("bind", c.target, config_file(spec, i), readonly=True) for i, c in enumerate(spec.configs)]
     mounts += [Mount("bind", f.target, secret_mount(cid, i), readonly=True) for i, f in enumerate(spec.secret_files)]
-    mounts += [Mount("bind", v.target, sshfs_mountpoint(cid, v.source or ""), v.readonly)
+    mounts += [Mount("bind", v.target, sshfs_mountpoint(cid, v.source or ""), v.readonly, CONTAINER_MOUNT_OPTIONS)
                for v in spec.volumes if v.type == "sshfs"]
     return RunSpec(id=cid, image=spec.image, command=spec.command, env=env,
                    env_file=env_file, mounts=tuple(mounts), cpu=spec.resources.cpu, memory=spec.resources.memory,

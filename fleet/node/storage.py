@@ -38,6 +38,9 @@ AUTHORIZED_KEYS_LABEL = "fleet.storage.authorized_keys"
 # TCP connection and then says nothing must not hang a rollout).
 CONNECT_TIMEOUT = 5
 MOUNT_DEADLINE = 15
+# How a volume (local or sshfs) is mounted into a container: what a container wrote there, or what a backup
+# brought, is data, never a way to gain rights (no setuid/setgid, no device nodes).
+CONTAINER_MOUNT_OPTIONS = ("nosuid", "nodev")
 MISSING_EXIT = 4  # sshfs or /dev/fuse missing on the worker
 MOUNT_FAILED_EXIT = 5
 
@@ -234,10 +237,22 @@ def empty_script(directory: str) -> Script:
     return Script(EMPTY_SH, {"D": directory}, name="fleet-volume-empty")
 
 
+RESTORE_SH = EMPTY_SH + r"""
+mkdir -p "$D" || exit 1
+# Owners by number: the node's /etc/passwd need not know the image's users (a database's uid 999), and a name
+# lookup could map them to someone else. Modes as archived (-p), so a 0700 data directory stays private.
+tar -C "$D" --same-owner --numeric-owner -xpf - || exit $?
+# Then no setuid/setgid bit survives: a container that planted a setuid-root file in its volume must not get
+# root wherever the volume is restored. find does not follow symlinks (-P) and `! -type l` keeps chmod, which
+# would follow one, off them; a link out of the volume must not lose the bits of the file it points at.
+find -P "$D" -perm /6000 ! -type l -exec chmod ug-s -- {} +
+"""
+
+
 def restore_script(directory: str) -> Script:
-    """Unpack a tar from stdin into a new (absent or empty) volume directory; exit 3 when it holds data."""
-    return Script(EMPTY_SH + 'mkdir -p "$D" && tar -C "$D" -xf - --no-same-owner\n', {"D": directory},
-                  name="fleet-volume-restore")
+    """Unpack a tar from stdin into a new (absent or empty) volume directory, keeping numeric owners and modes
+    but dropping every setuid and setgid bit; exit 3 when the directory holds data."""
+    return Script(RESTORE_SH, {"D": directory}, name="fleet-volume-restore")
 
 
 def remove_script(directory: str) -> Script:

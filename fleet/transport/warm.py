@@ -7,9 +7,11 @@ inventory it runs for. `ask()` returns None whenever no watcher answers for this
 one, another inventory, another user's socket, an error): the caller then opens its own connections.
 
 Protocol: one request line (JSON: op, inventory, args), one reply line (JSON: ok, error, size), then `size` bytes:
-the result as pickle (NodeReport, FleetStatus, PsResult are plain frozen dataclasses; their read-only mappings
-travel as dicts and come back read-only, see `dumps`). The bytes come only from a
-socket owned by this user in this user's own 0600 state directory, so they are as trusted as the user's files.
+the result as JSON (fleet.core.wire), of the type the op promises (`REPLIES`: list[NodeReport], FleetStatus,
+PsResult). Both sides check it against that type: the watcher answers "not ok" rather than send anything else, and
+a reply that does not decode (wrong shape, wrong types, not JSON: a pickle) is refused, so the caller reads the
+nodes itself. The socket is owned by this user and mode 0600 in a 0700 directory; the data it carries is still
+only data, never code.
 
 `await ask(inventory_path, "status")` gives the FleetStatus `Fleet.status()` would, or None.
 """
@@ -18,39 +20,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copyreg
 import hashlib
-import io
 import json
 import os
-import pickle
 import stat
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, Literal
 
+from fleet.core import wire
 from fleet.core.dirs import state_dir
-from fleet.core.errors import FleetError
+from fleet.core.errors import FleetError, WireError
+from fleet.results import FleetStatus, NodeReport, PsResult
 
 Op = Literal["nodes", "status", "ps"]
 ASK_TIMEOUT = 30.0
 MAX_REPLY = 64 * 1024 * 1024
+# What each op's reply is: the only types the socket carries.
+REPLIES: dict[str, Any] = {"nodes": list[NodeReport], "status": FleetStatus, "ps": PsResult}
 
 
-def read_only(items: dict[Any, Any]) -> Mapping[Any, Any]:
-    """A read-only view of `items`: how a pickled mapping proxy is rebuilt."""
-    return MappingProxyType(items)
+def dumps(op: str, result: Any) -> bytes:
+    """The reply to `op` as JSON; WireError when `result` is not what `op` promises."""
+    if op not in REPLIES:
+        raise WireError(f"no such op {op!r}")
+    return wire.dumps(REPLIES[op], result)
 
 
-def dumps(result: Any) -> bytes:
-    """`result` pickled for the socket. The frozen dataclasses keep their mappings as mapping proxies, which
-    pickle refuses; they are written as `read_only(dict)` instead."""
-    out = io.BytesIO()
-    pickler = pickle.Pickler(out, protocol=pickle.HIGHEST_PROTOCOL)
-    pickler.dispatch_table = {**copyreg.dispatch_table, MappingProxyType: lambda m: (read_only, (dict(m),))}
-    pickler.dump(result)
-    return out.getvalue()
+def loads(op: str, body: bytes) -> Any:
+    """The reply to `op` from its JSON; WireError (naming where) for anything that is not what `op` promises."""
+    if op not in REPLIES:
+        raise WireError(f"no such op {op!r}")
+    return wire.loads(REPLIES[op], body)
 
 
 def inventory_key(inventory_path: str) -> str:
@@ -92,11 +93,11 @@ async def ask(inventory_path: str | None, op: Op, *, timeout: float = ASK_TIMEOU
                 size = int(header["size"])
                 if not 0 <= size <= MAX_REPLY:
                     return None
-                return pickle.loads(await reader.readexactly(size))
+                return loads(op, await reader.readexactly(size))
             finally:
                 writer.close()
-    except (OSError, ValueError, KeyError, TypeError, EOFError, TimeoutError, asyncio.IncompleteReadError,
-            pickle.UnpicklingError, AttributeError, ImportError):
+    # WireError is a ValueError: a reply of the wrong shape counts as no answer, and the caller reads directly.
+    except (OSError, ValueError, KeyError, TypeError, EOFError, TimeoutError, asyncio.IncompleteReadError):
         return None
 
 
@@ -106,8 +107,9 @@ Reply = Callable[[str, dict[str, Any]], Awaitable[Any]]
 
 @contextlib.asynccontextmanager
 async def serve(inventory_path: str, log: Log, reply: Reply) -> AsyncIterator[Path]:
-    """Serve this inventory's socket for the block: each request's answer is `reply(op, args)` (a FleetError,
-    ValueError or TypeError it raises is sent back as "not ok"); the socket file is removed on the way out."""
+    """Serve this inventory's socket for the block: each request's answer is `reply(op, args)`, sent as JSON (a
+    FleetError, ValueError or TypeError it raises, or an answer that is not the op's type, is sent back as "not
+    ok"); the socket file is removed on the way out."""
     path = socket_path(inventory_path)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(path.parent, 0o700)
@@ -120,7 +122,8 @@ async def serve(inventory_path: str, log: Log, reply: Reply) -> AsyncIterator[Pa
                 header: dict[str, Any] = {"ok": False, "error": "this watcher serves another inventory"}
                 body = b""
             else:
-                body = dumps(await reply(str(request.get("op")), dict(request.get("args") or {})))
+                op = str(request.get("op"))
+                body = dumps(op, await reply(op, dict(request.get("args") or {})))
                 header = {"ok": True, "size": len(body)}
         except (FleetError, ValueError, TypeError) as exc:
             header, body = {"ok": False, "error": str(exc)}, b""

@@ -18,9 +18,11 @@ from fleet.config.spec.values import (
     FLEET_MOUNTS,
     HTTP_PATH_RE,
     IMAGE_RE,
+    MAX_COMMAND_LINE_BYTES,
     MAX_CONFIG_BYTES,
     MAX_CONFIGS_BYTES,
     MAX_DURATION,
+    MAX_ENV_VALUE_BYTES,
     MAX_MEMORY,
     MOUNT_PATH_RE,
     NODE_DIRS,
@@ -47,11 +49,11 @@ from fleet.config.spec.values import (
 )
 
 __all__ = [
-    "DEFAULT_CONFIG_MODE", "DEFAULT_RESOURCES", "DEFAULT_SECRET_FILE_MODE", "DIGEST_RE", "ENV_NAME_RE",
-    "FILE_MODE_RE", "FLEET_MOUNTS", "HTTP_PATH_RE", "IMAGE_RE", "MAX_CONFIGS_BYTES", "MAX_CONFIG_BYTES",
-    "MAX_DURATION", "MAX_MEMORY", "MOUNT_PATH_RE", "NODE_DIRS", "SECRET_FILE_DIR", "SECRET_NAME_RE",
-    "SERVICE_NAME_RE", "SPEC_HASH_VERSION", "VOLUME_NAME_RE", "CanarySpec", "ConfigSpec", "HealthSpec", "LbSpec",
-    "PlacementSpec", "Playbook", "SecretFileSpec", "SecretRef", "ServiceSpec", "UpdateSpec", "VolumeSpec",
-    "format_duration", "from_playbook_dict", "load_playbook_files", "load_playbooks", "normal_path",
+    "DEFAULT_CONFIG_MODE", "DEFAULT_RESOURCES", "DEFAULT_SECRET_FILE_MODE", "DIGEST_RE", "ENV_NAME_RE", "FILE_MODE_RE",
+    "FLEET_MOUNTS", "HTTP_PATH_RE", "IMAGE_RE", "MAX_COMMAND_LINE_BYTES", "MAX_CONFIGS_BYTES", "MAX_CONFIG_BYTES",
+    "MAX_DURATION", "MAX_ENV_VALUE_BYTES", "MAX_MEMORY", "MOUNT_PATH_RE", "NODE_DIRS", "SECRET_FILE_DIR",
+    "SECRET_NAME_RE", "SERVICE_NAME_RE", "SPEC_HASH_VERSION", "VOLUME_NAME_RE", "CanarySpec", "ConfigSpec",
+    "HealthSpec", "LbSpec", "PlacementSpec", "Playbook", "SecretFileSpec", "SecretRef", "ServiceSpec", "UpdateSpec",
+    "VolumeSpec", "format_duration", "from_playbook_dict", "load_playbook_files", "load_playbooks", "normal_path",
     "parse_duration", "parse_playbook", "playbook_files", "to_playbook_dict", "with_secret_digests",
 ]

@@ -16,8 +16,10 @@ from fleet.config.spec.checks import FileTargets, cross_check
 from fleet.config.spec.inputs import Files, PlaybookInput, ServiceInput
 from fleet.config.spec.values import (
     ENV_NAME_RE,
+    MAX_COMMAND_LINE_BYTES,
     MAX_CONFIG_BYTES,
     MAX_CONFIGS_BYTES,
+    MAX_ENV_VALUE_BYTES,
     SECRET_FILE_DIR,
     SECRET_NAME_RE,
     SERVICE_NAME_RE,
@@ -54,6 +56,12 @@ def _env(raw: Mapping[Any, Any], doc: Marked, path: tuple[str | int, ...],
             text = str(value)
             if "\x00" in text:
                 problems.append(doc.problem(where, "a value cannot contain a NUL byte"))
+                continue
+            size = len(text.encode("utf-8", "surrogatepass"))
+            if size > MAX_ENV_VALUE_BYTES:
+                problems.append(doc.problem(where, f"the value is {size} bytes; an env value can be at most "
+                                                   f"{MAX_ENV_VALUE_BYTES} (64 KiB): put large values in a config "
+                                                   "file"))
                 continue
             out[key] = text
         else:
@@ -174,11 +182,21 @@ def parse_doc(doc: Marked, base_dir: str | None, internal: bool = False) -> tupl
         if base_dir is not None:
             for name, svc in (model.services or {}).items():
                 _check_tls_files(name, svc, doc, base_dir, problems)
+    services: tuple[ServiceSpec, ...] = ()
+    if model is not None and not problems:
+        services = tuple(svc.value(name, doc, envs.get(name, {}), files[name], base_dir)
+                         for name, svc in (model.services or {}).items())
+        for spec in services:
+            size = spec.command_line_bytes()
+            if size > MAX_COMMAND_LINE_BYTES:
+                problems.append(doc.problem(
+                    ("services", spec.name, "env"),
+                    f"env, command and mounts take {size} bytes of the command that starts a container, once "
+                    f"quoted; at most {MAX_COMMAND_LINE_BYTES} (96 KiB), as a node's shell takes at most 128 KiB: "
+                    "put large values in a config file"))
     problems.sort(key=lambda p: (p.line or 0, p.field))
     if model is None or problems:
         return Playbook(file, ()), problems
-    services = tuple(svc.value(name, doc, envs.get(name, {}), files[name], base_dir)
-                     for name, svc in (model.services or {}).items())
     return Playbook(file, services), problems
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -46,6 +47,15 @@ MAX_MEMORY = 2**50  # 1 PiB: far above any node, far below ctr's int64 byte coun
 # or a volume.
 MAX_CONFIG_BYTES = 64 * 1024
 MAX_CONFIGS_BYTES = 256 * 1024  # all of one service's configs together
+# What a service puts on the `ctr run` command line (plain env values, command, mount paths) reaches the node's
+# shell as part of one argument (`sh -c COMMAND`), which Linux caps at 128 KiB (MAX_ARG_STRLEN): beyond it every
+# start fails with E2BIG. Each env value is bounded, and the whole, as quoted for the node, leaves fleet 32 KiB for
+# its own part (the start script, labels, FLEET_* variables). Secret env values travel in a file, not here.
+MAX_ENV_VALUE_BYTES = 64 * 1024
+MAX_COMMAND_LINE_BYTES = 96 * 1024
+# A mount's argument besides its paths (`--mount type=bind,src=…,dst=…,options=rbind:ro:nosuid:nodev`), with room
+# for the source fleet chooses (a config's file is named by the service and the spec hash).
+_MOUNT_ARG_BYTES = 256
 # A file's permission bits as a quoted octal string ('0444'); no setuid, setgid or sticky bit.
 FILE_MODE_RE = re.compile(r"^0?[0-7]{3}$")
 DEFAULT_CONFIG_MODE = "0444"
@@ -246,10 +256,29 @@ class ServiceSpec:
             **({"secret_digests": dict(sorted(self.secret_digests.items()))} if self.secret_digests else {}),
         }
 
+    def command_line_bytes(self) -> int:
+        """The bytes this service's own values take in the command that starts one of its containers (plain env
+        values, command, mounts), quoted as the node receives them; held under `MAX_COMMAND_LINE_BYTES`."""
+        args = [f"{k}={v}" for k, v in self.env.items() if not isinstance(v, SecretRef)]
+        args += list(self.command or ())
+        paths = [v.target for v in self.volumes] + [v.source or "" for v in self.volumes]
+        paths += [c.target for c in self.configs] + [f.target for f in self.secret_files]
+        mounts = len(self.volumes) + len(self.configs) + len(self.secret_files)
+        return (sum(quoted_bytes(a) + len(" --env ") for a in args) + sum(quoted_bytes(p) for p in paths)
+                + mounts * _MOUNT_ARG_BYTES)
+
     def spec_hash(self) -> str:
         """Stable sha256 (hex) of `hash_input()` as canonical JSON; replicas and lb do not count."""
         blob = json.dumps(self.hash_input(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
         return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def quoted_bytes(arg: str) -> int:
+    """The bytes `arg` takes in a command sent to a node: quoted as an argument of fleet's script, and that
+    quote's every `'` quoted again (4 more bytes) when the script is quoted for the node's shell
+    (`fleet.core.shell.Script.render`)."""
+    inner = shlex.quote(arg)
+    return len(inner.encode("utf-8", "surrogatepass")) + 4 * inner.count("'") + 1
 
 
 def with_secret_digests(spec: ServiceSpec, digests: Mapping[str, str]) -> ServiceSpec:

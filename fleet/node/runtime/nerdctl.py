@@ -49,6 +49,9 @@ def _mount_args(m: Mount) -> list[str]:
     for part in (m.source, m.target):
         if "," in part:
             raise ValueError(f"--mount cannot express a ',' in a path: {part!r}")
+    # A volume's nosuid,nodev (m.options) are not passed: nerdctl's --mount, like docker's, documents readonly and
+    # propagation keys, not mount flags, and this driver is not run against a real nerdctl to find out. ctr applies
+    # them.
     spec = f"type=bind,source={m.source},target={m.target}"
     if m.readonly:
         spec += ",readonly"
