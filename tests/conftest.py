@@ -23,6 +23,10 @@ from fleet.transport import Pool
 for _var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
     os.environ.pop(_var, None)
 os.environ["no_proxy"] = os.environ["NO_PROXY"] = "*"
+# The CLI renders to COLUMNS when it is set (else a wide fixed width on a pipe): a width inherited from wherever the
+# suite was started would wrap the messages tests read; a test that wants a width passes it (helpers.run_fleet).
+for _var in ("COLUMNS", "LINES"):
+    os.environ.pop(_var, None)
 
 # Property tests share two cores with lab tests in parallel workers: a slow example or slow input generation is
 # the machine being busy, not a failure of what the property states.
