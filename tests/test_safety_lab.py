@@ -107,7 +107,10 @@ def test_holder_killed_frees_the_lease_at_expiry_and_the_other_proceeds(lab, env
     a, b = env["env"], env["env_b"]
     try:
         assert run(a, "apply", playbook(env, name, port, replicas=3)).returncode == 0
-        v2 = playbook(env, name, port, "v2", replicas=3)
+        # Each new replica ready for 4 s before the next: the holder is still rolling (holding the lease) while the
+        # other controller's CLI runs start, seconds each on a loaded machine.
+        v2 = playbook(env, name, port, "v2", replicas=3,
+                      update="{max_surge: 1, max_unavailable: 0, ready_deadline: 20s, min_ready: 4s}")
         with Load(lb_address(lab), port, clients=6, max_seconds=120) as load:
             holder = start(a, "apply", v2)
             deadline = time.monotonic() + 30

@@ -86,7 +86,8 @@ def test_the_labs_record_node_is_its_load_balancer(lab):
 async def test_a_sigkilled_holder_is_named_until_its_lease_expires_then_another_takes_it(lab, holders):
     nodes = record_nodes(lab.inventory)
     lb = nodes[0].name
-    killed = hold(lab, holders, 4.0, "fleet apply web.yaml")
+    # A ttl long enough that the CLI runs below (seconds each on a loaded machine) end well before it expires.
+    killed = hold(lab, holders, 10.0, "fleet apply web.yaml")
     status = fleet(lab, "lock", "status")
     assert status.returncode == 0, status.stderr
     assert f'held by root@{os.uname().nodename} (pid {killed.pid}, "fleet apply web.yaml")' in status.stdout
@@ -105,7 +106,7 @@ async def test_a_sigkilled_holder_is_named_until_its_lease_expires_then_another_
             await second.acquire()
         await second.acquire(wait=20)  # ... until its ttl runs out
         waited = time.monotonic() - killed_at
-        assert 0.5 < waited < 10, waited
+        assert 0.5 < waited < 16, waited
         status = fleet(lab, "lock", "status")
         assert f"pid {os.getpid()}, \"fleet reconcile\"" in status.stdout
         await second.release()
