@@ -178,7 +178,8 @@ class Fleet:
     async def plan(self, specs: Sequence[ServiceSpec]) -> PlanView:
         """What `apply` would change; read-only (no lease)."""
         self.check_volumes(specs)
-        return await (await self.engine()).preview(self.stamped(specs))
+        specs = self.stamped(specs)  # a keyring that cannot be read fails here, before any node is contacted
+        return await (await self.engine()).preview(specs)
 
     async def lb_show(self, nodes: Sequence[str] | None = None) -> list[LbConfig]:
         """The HAProxy config each lb node runs (or those named), its stats password hash masked; read-only. A name
