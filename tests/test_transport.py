@@ -88,7 +88,101 @@ async def test_unknown_host_refused(farm: SSHFarm, tmp_path: Path) -> None:
     async with Pool() as pool:
         result = await pool.run(farm.node("n1", known_hosts=str(empty)), ["true"])
     assert result.error_kind == "hostkey"
-    assert result.error is not None and f"is not in {empty}; refusing to connect" in result.error
+    assert result.error == (f"host key for 127.0.0.1 (port {farm.node('n1').port}) is not in {empty}; refusing to "
+                            f"connect (pin it with `ssh-keyscan -p {farm.node('n1').port} 127.0.0.1 >> {empty}`, "
+                            "then check its fingerprint)")
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty HOME with ~/.ssh: the user's own ssh config and known_hosts are out of the test."""
+    path = tmp_path / "home"
+    (path / ".ssh").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(path))
+    return path
+
+
+def keyscan_hint(node: Node, file: str = "~/.ssh/known_hosts") -> str:
+    return f"`ssh-keyscan -p {node.port} 127.0.0.1 >> {file}`"
+
+
+@pytest.mark.parametrize("setting", ["UserKnownHostsFile none", "UserKnownHostsFile /dev/null",
+                                     "StrictHostKeyChecking no", "StrictHostKeyChecking off"])
+async def test_ssh_config_that_turns_checking_off_is_refused(farm: SSHFarm, home: Path, setting: str) -> None:
+    # The key is pinned in ~/.ssh/known_hosts: the refusal is the config line's, not an unknown key's.
+    (home / ".ssh" / "known_hosts").write_text(farm.known_hosts_path.read_text())
+    (home / ".ssh" / "config").write_text(f"Host other.example\n  User x\nHost 127.0.0.1\n  {setting}\n")
+    node = farm.node("n1", known_hosts=None)
+    async with Pool(backoff=0.01) as pool:
+        result = await pool.run(node, ["echo", "never"])
+        with pytest.raises(HostKeyError) as raised:
+            await pool.check(node, ["echo", "never"])
+    assert result.error_kind == "hostkey" and result.error == raised.value.message
+    assert str(raised.value).startswith("n1: ~/.ssh/config turns host key checking off for 127.0.0.1 "
+                                        f"({setting}); fleet always checks host keys and refuses to connect")
+    assert keyscan_hint(node) in raised.value.message and "inventory's `known_hosts`" in raised.value.message
+    assert farm.servers["n1"].connections == 0 and farm.servers["n1"].commands == []
+
+
+async def test_inventory_pin_wins_over_an_ssh_config_that_turns_checking_off(farm: SSHFarm, home: Path) -> None:
+    (home / ".ssh" / "config").write_text("Host *\n  UserKnownHostsFile none\n  StrictHostKeyChecking no\n")
+    async with Pool() as pool:
+        result = await pool.run(farm.node("n1"), ["echo", "pinned"])
+    assert result.ok and result.stdout == "pinned\n"
+
+
+async def test_key_in_user_known_hosts_connects_without_a_pin(farm: SSHFarm, home: Path) -> None:
+    (home / ".ssh" / "known_hosts").write_text(farm.known_hosts_path.read_text())
+    async with Pool() as pool:
+        result = await pool.run(farm.node("n1", known_hosts=None), ["echo", "known"])
+    assert result.ok and result.stdout == "known\n"
+
+
+async def test_key_in_a_file_the_ssh_config_names_for_the_host_connects(farm: SSHFarm, home: Path) -> None:
+    node = farm.node("n2", known_hosts=None)
+    (home / "fleet_hosts").write_text(farm.known_hosts_path.read_text())
+    (home / ".ssh" / "config").write_text(
+        f"Host 10.9.9.9\n  UserKnownHostsFile none\n"
+        f"Match host 127.0.0.1\n  UserKnownHostsFile ~/other_hosts_%p\n  GlobalKnownHostsFile {home}/fleet_hosts\n")
+    (home / f"other_hosts_{node.port}").write_text(farm.known_hosts_path.read_text())
+    async with Pool() as pool:
+        by_user_file = await pool.run(node, ["echo", "named"])
+    (home / f"other_hosts_{node.port}").unlink()
+    async with Pool() as pool:
+        by_global_file = await pool.run(node, ["echo", "global"])
+    assert by_user_file.ok and by_user_file.stdout == "named\n"
+    assert by_global_file.ok and by_global_file.stdout == "global\n"
+
+
+@pytest.mark.parametrize("strict", [None, "accept-new"])
+async def test_unknown_key_without_a_pin_refused_with_the_keyscan_hint(
+        farm: SSHFarm, home: Path, strict: str | None) -> None:
+    (home / ".ssh" / "known_hosts").write_text(farm.known_hosts_path.read_text().splitlines()[0] + "\n")  # n1 only
+    if strict:
+        (home / ".ssh" / "config").write_text(f"StrictHostKeyChecking {strict}\n")
+    node = farm.node("n3", known_hosts=None)
+    async with Pool() as pool:
+        with pytest.raises(HostKeyError) as raised:
+            await pool.check(node, ["echo", "never"])
+    message = raised.value.message
+    assert str(raised.value).startswith(
+        f"n3: host key for 127.0.0.1 (port {node.port}) is not in ~/.ssh/known_hosts; refusing to connect "
+        f"(pin it with {keyscan_hint(node)}, then check its fingerprint, or name a file that pins it in the "
+        "inventory's `known_hosts`")
+    assert ("accept-new" in message) == (strict is not None)
+    assert isinstance(raised.value.__cause__, asyncssh.HostKeyNotVerifiable)
+    assert farm.servers["n3"].commands == []
+
+
+async def test_changed_key_without_a_pin_names_the_file_that_pins_it(farm: SSHFarm, home: Path) -> None:
+    (home / "fleet_hosts").write_text(farm.known_hosts_path.read_text())
+    (home / ".ssh" / "config").write_text("UserKnownHostsFile ~/fleet_hosts\n")
+    await farm.stop("n2")
+    await farm.listen("n2", new_host_key=True)
+    async with Pool() as pool:
+        result = await pool.run(farm.node("n2", known_hosts=None), ["true"])
+    assert result.error == ("host key for 127.0.0.1 does not match the one pinned in ~/fleet_hosts (it changed?); "
+                            "refusing to connect")
 
 
 async def test_rejected_key_is_an_auth_error_not_retried(farm: SSHFarm, tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
-"""Opening the pool's SSH connections: one per node, shared by concurrent first uses; host keys checked against
-known_hosts, client keys loaded once, quick failures retried with backoff, a slow failure remembered for a while,
-keepalive set; asyncssh's connect errors mapped here onto fleet's error tree (`raise ... from exc`).
+"""Opening the pool's SSH connections: one per node, shared by concurrent first uses; host keys always checked
+against the known_hosts files hostkeys.py chooses (passed explicitly, never left to asyncssh), client keys loaded
+once, quick failures retried with backoff, a slow failure remembered for a while, keepalive set; asyncssh's
+connect errors mapped here onto fleet's error tree (`raise ... from exc`).
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ import asyncssh
 from fleet.core.errors import AuthError, ConnectError, HostKeyError, SessionError
 from fleet.core.model import Node
 from fleet.transport.command import where
-
-DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
+from fleet.transport.hostkeys import HostKeyFiles, host_key_files
 
 # Classic curve25519 first ("^" puts it ahead of asyncssh's default list): the hybrid post-quantum
 # exchanges asyncssh would offer first cost extra CPU per connection. `Pool(kex_algs=None)` keeps the
@@ -105,7 +105,9 @@ class Connector:
     # Nodes whose last connect failed: (when, the error). Calls within `retry_after` fail at once with it.
     _failed: dict[NodeKey, tuple[float, ConnectError]] = field(default_factory=dict, init=False)
     _conns: dict[NodeKey, asyncio.Task[asyncssh.SSHClientConnection]] = field(default_factory=dict, init=False)
-    _known_hosts: dict[str, tuple[float, asyncssh.SSHKnownHosts]] = field(default_factory=dict, init=False)
+    # Parsed known_hosts, by the files read: (their mtimes, None for a missing one; the parsed list).
+    _known_hosts: dict[tuple[str, ...], tuple[tuple[float | None, ...], asyncssh.SSHKnownHosts]] = field(
+        default_factory=dict, init=False)
     _keys: dict[tuple[str, ...], Sequence[asyncssh.SSHKeyPair]] = field(default_factory=dict, init=False)
 
     async def close(self) -> None:
@@ -125,13 +127,26 @@ class Connector:
 
     # ---- connecting ----------------------------------------------------------------------------------------
 
-    def _pinned(self, path: str) -> asyncssh.SSHKnownHosts:
-        """The parsed known_hosts file, parsed once per change (it may list hundreds of nodes)."""
-        full = os.path.expanduser(path)
-        mtime = os.stat(full).st_mtime
+    def _known(self, keys: HostKeyFiles) -> asyncssh.SSHKnownHosts:
+        """The files as one known_hosts list, parsed once per change (they may list hundreds of nodes); a missing
+        file is an error only when the inventory pins it."""
+        full = tuple(os.path.expanduser(path) for path in keys.files)
+        stamps: list[float | None] = []
+        for path in full:
+            try:
+                stamps.append(os.stat(path).st_mtime)
+            except FileNotFoundError:
+                if keys.pinned:
+                    raise
+                stamps.append(None)
         cached = self._known_hosts.get(full)
-        if cached is None or cached[0] != mtime:
-            cached = (mtime, asyncssh.read_known_hosts(full))
+        if cached is None or cached[0] != tuple(stamps):
+            texts = []
+            for path, stamp in zip(full, stamps, strict=True):
+                if stamp is not None:
+                    with open(path, encoding="utf-8") as fh:
+                        texts.append(fh.read())
+            cached = (tuple(stamps), asyncssh.import_known_hosts("\n".join(texts)))
             self._known_hosts[full] = cached
         return cached[1]
 
@@ -145,25 +160,21 @@ class Connector:
                 raise AuthError(node.name, f"cannot load key file(s) {', '.join(paths)}: {exc}") from exc
         return keys
 
-    def _hostkey_message(self, node: Node) -> str:
-        path = node.known_hosts or DEFAULT_KNOWN_HOSTS
-        try:
-            known = self._pinned(path)
-            # asyncssh reads `addr` as an IP literal; a node named by host name is matched by its name alone.
-            addr = node.address if _is_ip(node.address) else ""
-            found = known.match(node.address, addr, node.port if node.port != 22 else None)
-            pinned = bool(found[0] or found[1])
-        except (OSError, ValueError):
-            pinned = False
-        if pinned:
-            return (
-                f"host key for {node.address} does not match the one pinned in {path} (it changed?); "
-                "refusing to connect"
-            )
-        return (
-            f"host key for {node.address} (port {node.port}) is not in {path}; refusing to connect "
-            "(check its fingerprint, then add it to that file)"
-        )
+    def _hostkey_message(self, node: Node, keys: HostKeyFiles) -> str:
+        # asyncssh reads `addr` as an IP literal; a node named by host name is matched by its name alone.
+        addr = node.address if _is_ip(node.address) else ""
+        for path in keys.files:
+            try:
+                one = HostKeyFiles((path,), pinned=True)
+                found = self._known(one).match(node.address, addr, node.port if node.port != 22 else None)
+            except (OSError, ValueError):
+                continue
+            if found[0] or found[1]:
+                return (
+                    f"host key for {node.address} does not match the one pinned in {path} (it changed?); "
+                    "refusing to connect"
+                )
+        return keys.unknown_message(node)
 
     async def _open(self, node: Node) -> asyncssh.SSHClientConnection:
         options: dict[str, Any] = {
@@ -175,13 +186,18 @@ class Connector:
         }
         algs = {"kex_algs": self.kex_algs, "encryption_algs": self.encryption_algs}
         options.update({name: chosen for name, chosen in algs.items() if chosen})
-        if node.known_hosts:
-            try:
-                options["known_hosts"] = self._pinned(node.known_hosts)
-            except (OSError, ValueError) as exc:
-                raise HostKeyError(
-                    node.name, f"cannot read known_hosts file {node.known_hosts}: {exc}; refusing to connect"
-                ) from exc
+        keys = host_key_files(node)
+        try:
+            known = self._known(keys)
+        except (OSError, ValueError) as exc:
+            path = getattr(exc, "filename", None) if not keys.pinned else None
+            path = path or ", ".join(keys.files)
+            raise HostKeyError(
+                node.name, f"cannot read known_hosts file {path}: {exc}; refusing to connect"
+            ) from exc
+        # Always explicit: left to itself, asyncssh follows ~/.ssh/config's UserKnownHostsFile (`none` turns
+        # checking off) and reads ~/.ssh/known_hosts only when the config names no file.
+        options["known_hosts"] = known
         if node.key_files:
             options["client_keys"] = self._client_keys(node)
         delay = self.backoff
@@ -191,7 +207,7 @@ class Connector:
                 _ack_promptly(conn)
                 return conn
             except asyncssh.HostKeyNotVerifiable as exc:
-                raise HostKeyError(node.name, self._hostkey_message(node)) from exc
+                raise HostKeyError(node.name, self._hostkey_message(node, keys)) from exc
             except asyncssh.PermissionDenied as exc:
                 raise AuthError(
                     node.name, f"{where(node)}: authentication failed, no offered key was accepted"
