@@ -7,7 +7,7 @@ library's own errors (the transport maps asyncssh's at its edge).
     │   └── SpecError
     ├── TransportError           reaching a node failed (carries the node name)
     │   ├── ConnectError         refused, unreachable, DNS, connect timeout
-    │   ├── HostKeyError         the host key is unknown or changed
+    │   ├── HostKeyError         the host key is unknown or changed, or ~/.ssh/config turns checking off
     │   ├── AuthError            no key was accepted
     │   ├── SessionError         the session failed after the node was reached
     │   └── CommandTimeout       the command did not finish in time (_Timeout keeps its partial output)
@@ -109,7 +109,8 @@ class ConnectError(TransportError):
 
 
 class HostKeyError(TransportError):
-    """The node's host key is not the pinned one; the connection was refused."""
+    """The node's host key is not the pinned one, or ~/.ssh/config turns checking off for a node the inventory
+    pins no key for; the connection was refused (or never opened)."""
 
 
 class AuthError(TransportError):

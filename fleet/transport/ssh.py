@@ -57,8 +57,9 @@ class Pool:
     closed during the handshake: a node restarting) are retried `connect_attempts` times, waiting `backoff`
     seconds, doubled each time; a connect that timed out is not (it already waited `connect_timeout`, and a
     node whose sshd hangs must cost one timeout, not three), nor are host key and authentication failures.
-    Host keys are always checked: against `node.known_hosts` when set, else as OpenSSH would
-    (~/.ssh/known_hosts, ~/.ssh/config).
+    Host keys are always checked: against `node.known_hosts` when set, else against ~/.ssh/known_hosts and the
+    files ~/.ssh/config names for the node; a config that turns checking off for it (UserKnownHostsFile
+    none or /dev/null, StrictHostKeyChecking no) is refused with HostKeyError (fleet/transport/hostkeys.py).
     `kex_algs`/`encryption_algs` put cheap algorithms first (see KEX_ALGS, CIPHERS); `None` restores
     asyncssh's defaults and lets ~/.ssh/config's KexAlgorithms/Ciphers apply.
 
