@@ -7,6 +7,7 @@ A config that turns checking off for the node (`UserKnownHostsFile none` or `/de
 from __future__ import annotations
 
 import getpass
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,12 @@ class _HostKeyConfig(SSHClientConfig):
     # Read-only, like the base's; not a ClassVar: asyncssh annotates it as an attribute (mypy would refuse).
     _handlers = dict(SSHClientConfig._handlers,  # noqa: RUF012
                      stricthostkeychecking=("StrictHostKeyChecking", SSHConfig._set_string))
+
+
+# asyncssh after 2.18.0 put `canonical, final` (Match canonical/final) ahead of the client's own arguments; pyproject
+# allows 2.16, whose reader takes (last_config, paths, reload, local_user, user, host, port).
+_MATCH_STATE: tuple[bool, ...] = (
+    (False, False) if "canonical" in inspect.signature(SSHClientConfig.__init__).parameters else ())
 
 
 def _local_user() -> str:
@@ -74,7 +81,7 @@ def _config_options(node: Node) -> dict[str, Any]:
     if not os.access(path, os.R_OK):
         return {}
     try:
-        config = _HostKeyConfig.load(None, [path], False, False, False, _local_user(), node.user, node.address,
+        config = _HostKeyConfig.load(None, [path], False, *_MATCH_STATE, _local_user(), node.user, node.address,
                                      node.port)
     except (OSError, ValueError) as exc:  # asyncssh's ConfigParseError is a ValueError
         raise HostKeyError(
