@@ -174,6 +174,18 @@ async def test_unknown_key_without_a_pin_refused_with_the_keyscan_hint(
     assert farm.servers["n3"].commands == []
 
 
+async def test_unreadable_ssh_config_is_a_host_key_error_naming_its_line(farm: SSHFarm, home: Path) -> None:
+    (home / ".ssh" / "known_hosts").write_text(farm.known_hosts_path.read_text())
+    (home / ".ssh" / "config").write_text("Host 127.0.0.1\n  Port twenty-two\n")
+    async with Pool() as pool:
+        with pytest.raises(HostKeyError) as raised:
+            await pool.check(farm.node("n1", known_hosts=None), ["true"])
+    assert raised.value.message.startswith("cannot read ~/.ssh/config to find the known_hosts files for 127.0.0.1: "
+                                           f"{home}/.ssh/config line 2: ")
+    assert raised.value.message.endswith("; refusing to connect")
+    assert farm.servers["n1"].connections == 0
+
+
 async def test_changed_key_without_a_pin_names_the_file_that_pins_it(farm: SSHFarm, home: Path) -> None:
     (home / "fleet_hosts").write_text(farm.known_hosts_path.read_text())
     (home / ".ssh" / "config").write_text("UserKnownHostsFile ~/fleet_hosts\n")
