@@ -44,7 +44,7 @@ from fleet.core.errors import (
 )
 from fleet.core.model import Node
 from fleet.node import etcd as E
-from fleet.store.lease import COMMAND_LIMIT, default_holder
+from fleet.store.lease import COMMAND_LIMIT, default_holder, end_renewal
 from fleet.store.nodes import clean, failure
 from fleet.transport import Pool
 
@@ -399,13 +399,8 @@ class EtcdLease:
 
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
                         tb: TracebackType | None) -> None:
-        if self._renewer is not None:
-            self._renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewer
-            self._renewer = None
-        # Shielded: a cancelled run (Ctrl-C) still gives the lease back rather than leaving it to expire.
-        await asyncio.shield(self.release())
+        await end_renewal(self._renewer, self.release)
+        self._renewer = None
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import random
 import secrets
 import time
 from collections import Counter
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal, cast, get_args
@@ -125,6 +125,16 @@ def lease_script(op: Op, base_dir: str, *, ttl: float = 0.0, holder: str = "", p
     """The command for one lease operation on one node (the token goes on stdin)."""
     return Script(LEASE_SCRIPT, args=(base_dir, op, str(max(int(ttl * 1000), 0)), clean(holder, 120), str(pid),
                                       clean(command, COMMAND_LIMIT)), name="fleet-lease")
+
+
+async def end_renewal(renewer: asyncio.Task[None] | None, release: Callable[[], Awaitable[None]]) -> None:
+    """A lease's exit: its renewal task stopped, then the lease given back, shielded so that a run cancelled
+    (Ctrl-C) still releases it rather than leaving it to expire (the file lease and the etcd lease alike)."""
+    if renewer is not None:
+        renewer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewer
+    await asyncio.shield(release())
 
 
 @dataclass(frozen=True)
@@ -383,10 +393,5 @@ class Lease:
 
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
                         tb: TracebackType | None) -> None:
-        if self._renewer is not None:
-            self._renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewer
-            self._renewer = None
-        # Shielded: a run cancelled (Ctrl-C) still gives the lease back rather than leaving it to expire.
-        await asyncio.shield(self.release())
+        await end_renewal(self._renewer, self.release)
+        self._renewer = None
