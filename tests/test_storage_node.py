@@ -10,10 +10,13 @@ import hashlib
 import hmac
 import io
 import os
+import shutil
 import stat
 import subprocess
 import tarfile
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sshserver import SSHFarm
@@ -28,6 +31,7 @@ from fleet.engine.nodes import READY, NodeReport
 from fleet.engine.runspec import run_spec
 from fleet.engine.volumes import StorageAccess, VolumeListing, VolumeRow, backup, find, restore, split_ref
 from fleet.node import storage as S
+from fleet.node import storage_access as A
 from fleet.node.runtime.ctr import CtrDriver
 from fleet.plan.scheduler import Assignment
 from fleet.transport import Pool
@@ -197,7 +201,7 @@ def test_the_mount_command_pins_the_key_and_the_host_and_allows_other_users() ->
                             remote="/srv/web/shared", key="/run/fleet/storage/st.key",
                             known_hosts="/run/fleet/storage/st.known_hosts")
     assert script.env["DEST"] == "root@10.0.0.5:/srv/web/shared" and script.env["PORT"] == "2222"
-    for needle in ("StrictHostKeyChecking=yes", "BatchMode=yes", "IdentitiesOnly=yes", "allow_other",
+    for needle in ("StrictHostKeyChecking=yes", "BatchMode=yes", "IdentitiesOnly=yes", "allow_other,idmap=user",
                    'timeout -k 2 "$T" sshfs'):
         assert needle in script.text
     assert S.mount_script("/m/c/x", user="u", address="fd00::5", port=22, remote="/r", key="k",
@@ -212,22 +216,49 @@ def test_a_worker_without_fuse_or_sshfs_is_told_so(tmp_path: Path) -> None:
     assert out.returncode == S.MISSING_EXIT and b"sshfs is not installed" in out.stderr
 
 
-def test_the_storage_script_makes_one_key_authorizes_it_for_sftp_only_and_prints_it(tmp_path: Path) -> None:
-    auth = tmp_path / "auth" / "authorized_keys"
-    script = S.prepare_storage_script(str(tmp_path / "export"), ["web/shared"], str(auth))
-    script = Script(script.text, {**script.env, "KEYDIR": str(tmp_path / "key")}, script.args, script.name)
-    first, second = sh(script), sh(script)
-    assert first.returncode == 0, first.stderr
-    key = S.parse_private_key(first.stdout.decode())
-    assert S.parse_private_key(second.stdout.decode()) == key, "made once, then reused"
-    [line] = auth.read_text().splitlines()
-    assert line.startswith(f'restrict,command="internal-sftp -d {tmp_path}/export" ssh-ed25519 ')
-    assert (tmp_path / "export" / "web" / "shared").is_dir()
-    assert oct((tmp_path / "key" / "id_ed25519").stat().st_mode & 0o777) == "0o600"
+def test_a_worker_makes_its_storage_key_once_on_tmpfs_and_never_on_disk(tmp_path: Path) -> None:
+    """The worker's own key: made on tmpfs (0600), the same public key printed again on the next run; a directory
+    on disk is refused (exit 3) with nothing written."""
+    shm = Path(tempfile.mkdtemp(prefix="fleet-test-key-", dir="/dev/shm"))
+    try:
+        script = A.worker_key_script(str(shm / "storage" / "st.key"))
+        first, second = sh(script), sh(script)
+        assert first.returncode == 0, first.stderr
+        public = A.parse_public_key(first.stdout.decode())
+        assert A.parse_public_key(second.stdout.decode()) == public, "made once, then reused"
+        assert oct((shm / "storage" / "st.key").stat().st_mode & 0o777) == "0o600"
+    finally:
+        shutil.rmtree(shm)
+    refused = sh(A.worker_key_script(str(tmp_path / "st.key")))
+    assert refused.returncode == 3 and b"not tmpfs" in refused.stderr and not list(tmp_path.iterdir())
     with pytest.raises(ScriptOutputError):
-        S.parse_private_key("Permission denied\n")
-    with pytest.raises(ValueError):
-        S.prepare_storage_script("/x", ["web/../etc"])
+        A.parse_public_key("Permission denied\n")
+
+
+def test_the_storage_scripts_refuse_what_could_escape_sshd_config_or_the_export() -> None:
+    pub = "ssh-ed25519 " + "A" * 68
+    ok = A.prepare_script("/var/lib/fleet/storage", ["web/shared"], worker="n1", public_key=pub)
+    assert ok.env["U"] == "fleet-sftp" and ok.env["EXPORT"] == "/var/lib/fleet/storage" and ok.args == ("web/shared",)
+    for kwargs, match in [
+        ({"export": "/srv/a b"}, "storage export"), ({"export": "/srv/%h"}, "storage export"),
+        ({"export": "/srv/../etc"}, "storage export"), ({"export": "/"}, "storage export"),
+        ({"dirs": ["web/../etc"]}, "volume name"), ({"user": "root\nMatch all"}, "storage user"),
+        ({"user": "Fleet"}, "storage user"), ({"worker": "n1 x", "public_key": pub}, "worker name"),
+        ({"worker": "n1", "public_key": pub + "\nssh-ed25519 B"}, "public key"),
+        ({"worker": "n1"}, "go together"),
+    ]:
+        args: dict[str, Any] = {"export": "/srv/storage", "dirs": [], **kwargs}
+        with pytest.raises(ValueError, match=match):
+            A.prepare_script(args.pop("export"), args.pop("dirs"), **args)
+    with pytest.raises(ValueError, match="worker name"):
+        A.revoke_script("../n1")
+    assert A.parse_prepared("x\n@@fleet user fleet-sftp 998 997\n") == ("fleet-sftp", 998, 997)
+    assert A.parse_revoked("@@fleet revoked\n") and not A.parse_revoked("@@fleet absent\n")
+    for bad in ("", "sshd: no\n"):
+        with pytest.raises(ScriptOutputError):
+            A.parse_prepared(bad)
+        with pytest.raises(ScriptOutputError):
+            A.parse_revoked(bad)
 
 
 # --- the storage node's host key ---------------------------------------------------------------------------------
