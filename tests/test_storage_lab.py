@@ -2,8 +2,9 @@
 
 The lab's lb node doubles as the storage node: this module's inventory is the lab's with lb1 given the role
 `storage` (with the labels naming the lab's shared authorized_keys file, where an older fleet authorized its
-storage key, and the lab's own storage user); the session lab itself is not changed. A node is taken down by stopping its sshd (containerd and
-its containers keep running, as on a machine fleet cannot reach); it is started again in `finally`.
+storage key, and the lab's own storage user); the session lab itself is not changed. A node is taken down by
+stopping its sshd (containerd and its containers keep running, as on a machine fleet cannot reach); it is started
+again in `finally`.
 """
 
 from __future__ import annotations
