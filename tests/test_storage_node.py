@@ -201,7 +201,7 @@ def test_the_mount_command_pins_the_key_and_the_host_and_allows_other_users() ->
                             remote="/srv/web/shared", key="/run/fleet/storage/st.key",
                             known_hosts="/run/fleet/storage/st.known_hosts")
     assert script.env["DEST"] == "root@10.0.0.5:/srv/web/shared" and script.env["PORT"] == "2222"
-    for needle in ("StrictHostKeyChecking=yes", "BatchMode=yes", "IdentitiesOnly=yes", "allow_other,idmap=user",
+    for needle in ("StrictHostKeyChecking=yes", "BatchMode=yes", "IdentitiesOnly=yes", "allow_other,uid=0,gid=0",
                    'timeout -k 2 "$T" sshfs'):
         assert needle in script.text
     assert S.mount_script("/m/c/x", user="u", address="fd00::5", port=22, remote="/r", key="k",

@@ -148,8 +148,9 @@ err=$(mktemp) || exit 5
 # does not pass on what ssh says (host key, refused, no route): ssh logs it to the same file (-E).
 o="IdentityFile=$KEY,IdentitiesOnly=yes,UserKnownHostsFile=$KH,GlobalKnownHostsFile=/dev/null"
 o="$o,StrictHostKeyChecking=yes,BatchMode=yes,ConnectTimeout=$CT,ServerAliveInterval=5,ServerAliveCountMax=3"
-# idmap=user: the storage user's files show as the mounting user's (root's) here (fleet.node.storage_access).
-timeout -k 2 "$T" sshfs -p "$PORT" -o "$o,reconnect,allow_other,idmap=user,ssh_command=ssh -E $err" "$DEST" "$MP" \
+# uid=0,gid=0: every file shows as root's here; on the storage node all belong to the confined storage user
+# (whose number means nothing on this node), which decides every access (fleet.node.storage_access).
+timeout -k 2 "$T" sshfs -p "$PORT" -o "$o,reconnect,allow_other,uid=0,gid=0,ssh_command=ssh -E $err" "$DEST" "$MP" \
   </dev/null >/dev/null 2>>"$err"
 rc=$?
 if [ $rc -ne 0 ]; then

@@ -13,8 +13,9 @@ and reloads sshd (SIGHUP, then waits for its listener) only when the block chang
 The export is the chroot: root's, mode 0755, as sshd requires; the service directories under it are root's too,
 and each volume directory and everything in it belongs to the storage user (a volume made by an older fleet, or
 restored as root with other owners, is given to it the first time it is mounted). Through the mount (sshfs
-`idmap=user`) a container sees those files as owned by root, uid 0; every access is decided on the storage node as
-the storage user, so any user in the container may read and write them, and `chown` to another owner fails.
+`uid=0,gid=0`) a container sees every file as owned by root (uid and gid 0) whatever its mode; every access is
+decided on the storage node as the storage user (the worker's kernel checks nothing: no `default_permissions`), so
+any user in the container may read and write them, and `chown` fails (EPERM).
 """
 
 from __future__ import annotations
@@ -108,8 +109,10 @@ sshd_listener() {
   done
   echo "$l"
 }
+# sshd rewrites its process title (`sshd: /usr/sbin/sshd -f FILE [listener] …`, one string): read it as words.
+sshd_args() { tr '\0' ' ' <"/proc/$1/cmdline" | tr -s ' ' '\n'; }
 sshd_config_of() {
-  c=$(tr '\0' '\n' <"/proc/$1/cmdline" | sed -n '/^-f$/ { n; p; q; }; s/^-f\(..*\)$/\1/p' | head -n 1)
+  c=$(sshd_args "$1" | sed -n '/^-f$/ { n; p; q; }; s/^-f\(..*\)$/\1/p' | head -n 1)
   echo "${c:-/etc/ssh/sshd_config}"
 }
 socks() { ls -l "/proc/$1/fd" 2>/dev/null | sed -n 's/.*socket:\[\([0-9]*\)\].*/\1/p' | sort | tr '\n' ' '; }
@@ -131,9 +134,10 @@ conf=$(sshd_config_of "$l")
 dir=${conf%/*}
 dropin="$dir/sshd_config.d/$U.conf"
 keys="$dir/$U.authorized_keys"
+# No password (`*` matches none) rather than a locked one (`!`), which sshd without PAM refuses even for keys.
 if ! id -u "$U" >/dev/null 2>&1; then
   useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin \
-    --comment "fleet storage (SFTP only)" "$U" >/dev/null
+    --password '*' --comment "fleet storage (SFTP only)" "$U" >/dev/null
 fi
 uid=$(id -u "$U"); gid=$(id -g "$U")
 # The chroot and the service directories: root's and not writable by others (sshd refuses a chroot otherwise).
@@ -176,7 +180,7 @@ else
     echo "fleet: sshd refused the storage user's block: $out" >&2; exit 7
   fi
   rm -f "$new.old"
-  if ! tr '\0' '\n' <"/proc/$l/cmdline" | grep -qx -- '-i'; then
+  if ! sshd_args "$l" | grep -qx -- '-i'; then
     before=$(socks "$l")
     kill -HUP "$l"
     i=0
