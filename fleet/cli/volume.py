@@ -156,8 +156,10 @@ def restore(ref: RefArg,
 def revoke(worker: Annotated[str, typer.Argument(metavar="NODE", help="The worker whose storage key goes.",
                                                  autocompletion=node_names)],
            inventory: common.InventoryOpt = None, wait: common.WaitOpt = None) -> None:
-    """Take a worker's key off every storage node: it can mount no sshfs volume any more. Remove the node from
-    the inventory (or drain it) first: fleet authorizes a worker again when it starts a container there.
+    """Take a worker's storage key off every storage node: it can mount no sshfs volume any more.
+
+    Remove the node from the inventory (or drain it) first: fleet authorizes a worker again when it mounts a
+    volume there. Mounts already made stay until they end.
 
     Example:
 
