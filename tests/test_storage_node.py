@@ -15,6 +15,7 @@ import stat
 import subprocess
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -361,3 +362,25 @@ def test_volume_ls_renders_type_node_size_and_users() -> None:
     assert row_json(rows[0]) == {"volume": "web/data", "service": "web", "name": "data", "type": "local",
                                  "node": "n1", "size": 5 * 1024 * 1024, "path": "/var/lib/fleet/volumes/web/data",
                                  "used_by": ["n1/web-0-ab"]}
+
+
+def test_the_config_of_the_serving_sshd_is_read_from_its_arguments_or_its_rewritten_title() -> None:
+    """sshd rewrites its process title into one string (`sshd: /usr/sbin/sshd -f FILE [listener] …`): the
+    storage script finds `-f FILE` in it as in plain arguments, and falls back to /etc/ssh/sshd_config."""
+    cases = {
+        ("bash", "-c", 'exec -a "sshd: /usr/sbin/sshd -f /lab/n1/sshd_config [listener] 0 of 10" sleep 30'):
+            "/lab/n1/sshd_config",
+        ("sh", "-c", "sleep 30", "-f", "/srv/ssh/sshd_config"): "/srv/ssh/sshd_config",
+        ("sh", "-c", "sleep 30", "-f/etc/alt"): "/etc/alt",
+        ("sh", "-c", "sleep 30", "-D"): "/etc/ssh/sshd_config",
+    }
+    for argv, want in cases.items():
+        proc = subprocess.Popen(argv)
+        try:
+            time.sleep(0.2)
+            out = subprocess.run(["/bin/sh", "-c", A._SSHD_SH + 'sshd_config_of "$0"', str(proc.pid)],
+                                 capture_output=True, text=True, timeout=10)
+            assert out.stdout.strip() == want, (argv, out.stdout, out.stderr)
+        finally:
+            proc.kill()
+            proc.wait()
