@@ -314,8 +314,8 @@ def test_a_worker_refuses_a_storage_node_whose_host_key_is_not_the_pinned_one(la
 def test_the_storage_key_reaches_only_its_export_and_one_worker_is_revoked(lab, st):
     """Issue 21: a worker's key logs in as the lab's storage user, confined by sshd to SFTP in the export: `ls /`
     shows the service directories only, `get /etc/shadow` (or through `..`) fails, a command is refused; files
-    written through the mount belong to the storage user on lb1 and show as root's (uid 0) on the worker; no
-    key of fleet's is left in root's authorized_keys; `fleet volume revoke n1` refuses n1's next login while
+    written through the mount belong to the storage user on lb1 and show as root's (uid 0) on the worker; the
+    root key an older fleet authorized is gone; `fleet volume revoke n1` refuses n1's next login while
     the mount already made keeps serving."""
     from fleet.config.inventory import load_inventory
     from fleet.engine.volumes import StorageAccess
@@ -335,8 +335,15 @@ def test_the_storage_key_reaches_only_its_export_and_one_worker_is_revoked(lab, 
             a = StorageAccess(f.pool)
             return await (a.mount(n1, lb1, "stk", "shared", cid) if what == "mount" else a.release(n1, cid))
 
+    # What an older fleet left: its one storage key, authorized for root (SFTP only), and its key directory.
+    auth = Path(f"{lab.lab.cfg.dir}/authorized_keys")
+    auth.write_text(auth.read_text() + 'restrict,command="internal-sftp -d /var/lib/fleet/storage" ssh-ed25519 '
+                    + "A" * 68 + " fleet-storage\n")
+    lab.lab.exec_in("lb1", ["mkdir", "-p", "/var/lib/fleet/storage-key"])
     try:
         mp = asyncio.run(access("mount"))
+        assert " fleet-storage" not in auth.read_text() and "ssh-ed25519" in auth.read_text()
+        assert lab.lab.exec_in("lb1", ["test", "-e", "/var/lib/fleet/storage-key"], check=False).returncode == 1
         assert lab.lab.exec_in("n1", ["sh", "-c", f"echo hello >{mp}/f && stat -c %u {mp}/f"]).stdout == "0\n"
         owner = lab.lab.exec_in("lb1", ["stat", "-c", "%U %a", "/var/lib/fleet/storage/stk/shared/f",
                                         "/var/lib/fleet/storage/stk/shared", "/var/lib/fleet/storage"]).stdout
@@ -352,7 +359,6 @@ def test_the_storage_key_reaches_only_its_export_and_one_worker_is_revoked(lab, 
         assert lab.lab.exec_in("n1", ["test", "-e", "/tmp/fleet-test-stolen"], check=False).returncode == 1
         shell = lab.lab.exec_in("n1", ["ssh", *ssh_opts, f"{user}@{lb1.address}", "id"], check=False)
         assert shell.returncode != 0 and "uid=" not in shell.stdout, shell.stdout + shell.stderr
-        assert " fleet-storage" not in Path(f"{lab.lab.cfg.dir}/authorized_keys").read_text()
 
         out = fleet(st, "volume", "revoke", "n1")
         assert out.returncode == 0 and "lb1: revoked the key of n1" in out.stdout, out.stdout + out.stderr
