@@ -384,3 +384,11 @@ def test_the_config_of_the_serving_sshd_is_read_from_its_arguments_or_its_rewrit
         finally:
             proc.kill()
             proc.wait()
+
+
+async def test_a_storage_node_labelled_with_an_export_sshd_cannot_take_is_an_error_naming_it() -> None:
+    """Checked before anything is contacted (the pool is never used): the label's path would go into sshd's
+    config as ChrootDirectory."""
+    storage = Node("st", "192.0.2.1", roles=("storage",), labels={"fleet.storage.dir": "/srv/my storage"})
+    with pytest.raises(StorageError, match=r"storage node st: storage export: .*'/srv/my storage'"):
+        await StorageAccess(None).mount(Node("n1", "192.0.2.2"), storage, "web", "shared", "web-0-abc")  # type: ignore[arg-type]

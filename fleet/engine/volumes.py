@@ -289,9 +289,12 @@ class StorageAccess:
 
     async def _prepare(self, storage: Node, dirs: list[str], worker: Node | None = None,
                        public: str | None = None) -> None:
-        script = A.prepare_script(export_of(storage), dirs, worker=worker.name if worker else None,
-                                  public_key=public, user=storage_user(storage),
-                                  old_authorized_keys=storage.labels.get(S.AUTHORIZED_KEYS_LABEL))
+        try:
+            script = A.prepare_script(export_of(storage), dirs, worker=worker.name if worker else None,
+                                      public_key=public, user=storage_user(storage),
+                                      old_authorized_keys=storage.labels.get(S.AUTHORIZED_KEYS_LABEL))
+        except ValueError as exc:  # the storage node's labels (export, user)
+            raise StorageError(f"storage node {storage.name}: {exc}") from None
         result = await self.pool.run(storage, script, timeout=self.timeout)
         if not result.ok:
             raise self._unreachable(storage, result)
