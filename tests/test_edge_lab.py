@@ -321,6 +321,8 @@ def test_haproxy_workers_run_as_haproxy_in_a_chroot_and_serve_80_and_443_through
     for load in (tls, plain):
         assert load.result.failed == 0 and load.result.ok > 20, (load.result.ok, load.result.errors,
                                                                  load.result.failures[:5])
+    print(f"\nunprivileged reload: 443 {tls.result.ok} ok / {tls.result.failed} failed, 80 {plain.result.ok} ok / "
+          f"{plain.result.failed} failed")
     after = haproxy_procs(lab)
     assert after["master"][0][0] == master, "a reload, not a restart"
     new = [w for w in after["worker"] if w[0] not in old]
