@@ -40,7 +40,7 @@ from fleet.engine.look import Observed, lb_rows, observe
 from fleet.engine.nodes import collect, facts_command, report_from
 from fleet.engine.reader import Reader
 from fleet.engine.status import status
-from fleet.engine.volumes import list_volumes, restore
+from fleet.engine.volumes import list_volumes, restore, revoke
 from fleet.node.haproxy.stats import StatRow
 from fleet.node.runtime.base import RunSpec, StopResult
 from fleet.plan.reconcile import Replica
@@ -360,6 +360,12 @@ class Fleet:
         async with self.leased():
             return await restore(self.pool, await self.reports(), ref, node, path,
                                  kind="sshfs" if sshfs else "local", on_progress=on_progress)
+
+    async def volume_revoke(self, worker: str) -> tuple[dict[str, bool], dict[str, str]]:
+        """Take `worker`'s key off every storage node's storage user, under the fleet's lease: ({storage node:
+        whether it had one}, {storage node: why not}). Its mounts already made stay until they end."""
+        async with self.leased():
+            return await revoke(self.pool, await self.reports(), worker)
 
     # --- images -----------------------------------------------------------------------------------------
     async def push(self, archive: str, nodes: Sequence[str] | None = None, *, limit: int = 8,

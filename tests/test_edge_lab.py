@@ -34,7 +34,8 @@ pytestmark = pytest.mark.lab
 
 env = test_rollout_lab.env
 TESTS = str(Path(__file__).parent)
-CERT_DIR = "/var/lib/fleet/haproxy/certs"
+HAPROXY_DIR = "/var/lib/fleet/haproxy"
+CERT_DIR = f"{HAPROXY_DIR}/certs"
 HOSTS = {"shop": "shop.example.test", "blog": "blog.example.test", "api": "api.example.test"}
 
 _PEBBLE = r"""
@@ -83,8 +84,8 @@ class TlsLoad(Load):
     """`loadgen.Load` over HTTPS: a new TLS connection per request to one host through lb:443 (SNI and Host),
     verified with `ctx`; also the certificates the clients were served (sha256 of the DER)."""
 
-    def __init__(self, lb: str, host: str, ctx: ssl.SSLContext, clients: int = 4) -> None:
-        super().__init__(lb, 443, clients=clients, max_seconds=150)
+    def __init__(self, lb: str, host: str, ctx: ssl.SSLContext | None, clients: int = 4, port: int = 443) -> None:
+        super().__init__(lb, port, clients=clients, max_seconds=150)
         self.sni, self.ctx = host, ctx
         self.fingerprints: set[str] = set()
 
@@ -277,3 +278,52 @@ def test_acme_certificate_renewed_before_expiry_under_load_without_a_failed_requ
     new_key = run_on(lab, "lb1", Script('sed -n "/PRIVATE KEY-----$/,/END/p" "$D/api.pem"', {"D": CERT_DIR}))
     assert key_lines(new_key.encode()) and not any(
         line in renewed.stdout + renewed.stderr for line in key_lines(new_key.encode()))
+
+
+# HAProxy's processes on lb1: the master (pid file) and its children (the workers), each with its user and root.
+_PROCS = r"""
+set -u
+m=$(cat "$D/haproxy.pid")
+echo "master $m $(ps -o user= -p "$m") $(readlink "/proc/$m/root")"
+for w in $(pgrep -P "$m" -x haproxy); do echo "worker $w $(ps -o user= -p "$w") $(readlink "/proc/$w/root")"; done
+echo "socket - $(stat -c '%U %a' "$D/admin.sock")"
+"""
+
+
+def haproxy_procs(lab: Any) -> dict[str, list[tuple[str, ...]]]:
+    out: dict[str, list[tuple[str, ...]]] = {}
+    for line in run_on(lab, "lb1", Script(_PROCS, {"D": HAPROXY_DIR})).splitlines():
+        kind, *rest = line.split()
+        out.setdefault(kind, []).append(tuple(rest))
+    return out
+
+
+def test_haproxy_workers_run_as_haproxy_in_a_chroot_and_serve_80_and_443_through_a_reload(lab: Any,
+                                                                                          edge: Any) -> None:
+    """Issue 21: the master binds 80/443 and reads the keys as root, its workers run as the Debian package's
+    `haproxy` user chrooted to an empty directory; a hitless reload (the master's `reload`) under load on both
+    ports fails no request and its new worker is unprivileged too; the admin socket stays root's, mode 0600."""
+    lb = edge["lb"]
+    before = haproxy_procs(lab)
+    [(master, muser, mroot)] = before["master"]
+    assert (muser, mroot) == ("root", "/"), before
+    assert before["worker"] and all(w[1:] == ("haproxy", f"{HAPROXY_DIR}/empty") for w in before["worker"]), before
+    assert before["socket"] == [("-", "root", "600")]
+    old = {w[0] for w in before["worker"]}
+    ctx = client_context(pebble_root(edge))
+    with TlsLoad(lb, HOSTS["api"], ctx) as tls, TlsLoad(lb, HOSTS["api"], None, port=80) as plain:
+        time.sleep(1.0)
+        run_on(lab, "lb1", Script('printf "reload\\n" | socat -t 5 stdio "unix-connect:$D/master.sock"',
+                                  {"D": HAPROXY_DIR}))
+        wait_until(lambda: {w[0] for w in haproxy_procs(lab).get("worker", [])} - old, timeout=20,
+                   message="a new HAProxy worker")
+        time.sleep(1.0)
+    for load in (tls, plain):
+        assert load.result.failed == 0 and load.result.ok > 20, (load.result.ok, load.result.errors,
+                                                                 load.result.failures[:5])
+    print(f"\nunprivileged reload: 443 {tls.result.ok} ok / {tls.result.failed} failed, 80 {plain.result.ok} ok / "
+          f"{plain.result.failed} failed")
+    after = haproxy_procs(lab)
+    assert after["master"][0][0] == master, "a reload, not a restart"
+    new = [w for w in after["worker"] if w[0] not in old]
+    assert new and all(w[1:] == ("haproxy", f"{HAPROXY_DIR}/empty") for w in after["worker"]), after

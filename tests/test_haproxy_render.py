@@ -25,6 +25,7 @@ from fleet.node.haproxy.render import (
     LbHealth,
     LbServer,
     LbService,
+    RunAs,
     add_server,
     backend_name,
     del_server,
@@ -158,6 +159,20 @@ def test_tcp_health_checks_without_httpchk() -> None:
     text = render([svc], **KW)
     assert "    server raw-1 10.0.0.9:9000 check inter 2000ms fall 3 rise 1 weight 1\n" in text
     assert "httpchk" not in text
+
+
+def test_run_as_drops_the_workers_to_a_user_in_a_chroot_in_the_global_section() -> None:
+    """Without `run_as` the global section is as before (root); with it, user, group and chroot follow the
+    server-state line, before `defaults`, and hostile values are refused naming the field."""
+    text = render(sample(), **KW, run_as=RunAs("haproxy", "haproxy", "/var/lib/fleet/haproxy/empty"))
+    assert text == EXPECTED.replace("    server-state-file /run/fleet/haproxy/state\n", (
+        "    server-state-file /run/fleet/haproxy/state\n    user haproxy\n    group haproxy\n"
+        "    chroot /var/lib/fleet/haproxy/empty\n"))
+    for bad, field in ((RunAs("root\n    bind :1", "g", "/e"), "run_as.user"),
+                       (RunAs("u", "g x", "/e"), "run_as.group"), (RunAs("u", "g", "empty"), "run_as.chroot"),
+                       (RunAs("u", "g", "/a/../b"), "run_as.chroot")):
+        with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+            render(sample(), **KW, run_as=bad)
 
 
 HOSTILE = ["web\n    bind 0.0.0.0:1", "web 1", "web#1", "we'b", 'we"b', "", "a" * 65, "web\r", "wéb", "web;x",

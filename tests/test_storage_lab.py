@@ -1,9 +1,10 @@
 """Storage that follows its service, on the real lab (session lab: 3 workers + 1 lb).
 
 The lab's lb node doubles as the storage node: this module's inventory is the lab's with lb1 given the role
-`storage` (and the label naming the lab's shared authorized_keys file, where fleet authorizes its storage key
-for SFTP only); the session lab itself is not changed. A node is taken down by stopping its sshd (containerd and
-its containers keep running, as on a machine fleet cannot reach); it is started again in `finally`.
+`storage` (with the labels naming the lab's shared authorized_keys file, where an older fleet authorized its
+storage key, and the lab's own storage user); the session lab itself is not changed. A node is taken down by
+stopping its sshd (containerd and its containers keep running, as on a machine fleet cannot reach); it is started
+again in `finally`.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from fleet.core import labels as L
 from fleet.core.errors import StorageError, VolumeError
 from fleet.core.model import Node
 from fleet.image.demo import build_demo
-from fleet.lab.render import node_dir
+from fleet.lab.render import node_dir, storage_user
 
 pytestmark = pytest.mark.lab
 
@@ -44,6 +45,8 @@ def st(lab, tmp_path_factory) -> dict[str, Any]:
     lb = doc["nodes"]["lb1"]
     lb["roles"] = [*lb["roles"], "storage"]
     lb.setdefault("labels", {})["fleet.storage.authorized_keys"] = f"{lab.lab.cfg.dir}/authorized_keys"
+    # Lab nodes share this machine's /etc/passwd: the lab's own storage user, which `Lab.down` removes.
+    lb["labels"]["fleet.storage.user"] = storage_user(lab.lab.cfg)
     inventory = d / "inventory.yaml"
     inventory.write_text(yaml.safe_dump(doc, sort_keys=False))
     environ = {**os.environ, "FLEET_STATE_DIR": str(d / "state"), "FLEET_INVENTORY": str(inventory),
@@ -306,6 +309,67 @@ def test_a_worker_refuses_a_storage_node_whose_host_key_is_not_the_pinned_one(la
         assert lab.lab.exec_in("n1", ["test", "-e", "/run/fleet/mnt/stz-0-pin"], check=False).returncode == 1
     finally:
         lab.lab.exec_in("lb1", ["rm", "-rf", "/var/lib/fleet/storage/stz"], check=False)
+
+
+def test_the_storage_key_reaches_only_its_export_and_one_worker_is_revoked(lab, st):
+    """Issue 21: a worker's key logs in as the lab's storage user, confined by sshd to SFTP in the export: `ls /`
+    shows the service directories only, `get /etc/shadow` (or through `..`) fails, a command is refused; files
+    written through the mount belong to the storage user on lb1 and show as root's (uid 0) on the worker; the
+    root key an older fleet authorized is gone; `fleet volume revoke n1` refuses n1's next login while
+    the mount already made keeps serving."""
+    from fleet.config.inventory import load_inventory
+    from fleet.engine.volumes import StorageAccess
+
+    inventory = load_inventory(st["inventory"])
+    lb1, n1 = inventory.node("lb1"), inventory.node("n1")
+    user, cid = storage_user(lab.lab.cfg), "stk-0-confined"
+    ssh_opts = ["-i", "/run/fleet/storage/lb1.key", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+                "-o", "UserKnownHostsFile=/run/fleet/storage/lb1.known_hosts", "-o", "GlobalKnownHostsFile=/dev/null"]
+
+    def sftp(batch: str) -> subprocess.CompletedProcess[str]:
+        return lab.lab.exec_in("n1", ["sftp", "-b", "-", *ssh_opts, f"{user}@{lb1.address}"], input=batch,
+                               check=False)
+
+    async def access(what: str) -> str | None:
+        async with Fleet.connect(inventory, connect_timeout=5) as f:
+            a = StorageAccess(f.pool)
+            return await (a.mount(n1, lb1, "stk", "shared", cid) if what == "mount" else a.release(n1, cid))
+
+    # What an older fleet left: its one storage key, authorized for root (SFTP only), and its key directory.
+    auth = Path(f"{lab.lab.cfg.dir}/authorized_keys")
+    auth.write_text(auth.read_text() + 'restrict,command="internal-sftp -d /var/lib/fleet/storage" ssh-ed25519 '
+                    + "A" * 68 + " fleet-storage\n")
+    lab.lab.exec_in("lb1", ["mkdir", "-p", "/var/lib/fleet/storage-key"])
+    try:
+        mp = asyncio.run(access("mount"))
+        assert " fleet-storage" not in auth.read_text() and "ssh-ed25519" in auth.read_text()
+        assert lab.lab.exec_in("lb1", ["test", "-e", "/var/lib/fleet/storage-key"], check=False).returncode == 1
+        assert lab.lab.exec_in("n1", ["sh", "-c", f"echo hello >{mp}/f && stat -c %u {mp}/f"]).stdout == "0\n"
+        owner = lab.lab.exec_in("lb1", ["stat", "-c", "%U %a", "/var/lib/fleet/storage/stk/shared/f",
+                                        "/var/lib/fleet/storage/stk/shared", "/var/lib/fleet/storage"]).stdout
+        assert owner.split("\n")[:3] == [f"{user} 644", f"{user} 700", "root 755"], owner
+        listed = sftp("ls -1 /\nls -1 /stk\n")
+        assert listed.returncode == 0, listed.stderr
+        names = {line.strip().rstrip("/").rsplit("/", 1)[-1] for line in listed.stdout.splitlines()
+                 if line.strip() and not line.startswith("sftp>")}
+        assert "stk" in names and "shared" in names and not names & {"etc", "root", "var", "usr"}, listed.stdout
+        for path in ("/etc/shadow", "../../../../etc/shadow", "/root/.ssh/authorized_keys"):
+            got = sftp(f"get {path} /tmp/fleet-test-stolen\n")
+            assert got.returncode != 0 and "not found" in got.stderr, (path, got.stdout, got.stderr)
+        assert lab.lab.exec_in("n1", ["test", "-e", "/tmp/fleet-test-stolen"], check=False).returncode == 1
+        shell = lab.lab.exec_in("n1", ["ssh", *ssh_opts, f"{user}@{lb1.address}", "id"], check=False)
+        assert shell.returncode != 0 and "uid=" not in shell.stdout, shell.stdout + shell.stderr
+
+        out = fleet(st, "volume", "revoke", "n1")
+        assert out.returncode == 0 and "lb1: revoked the key of n1" in out.stdout, out.stdout + out.stderr
+        denied = sftp("ls /\n")
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr, denied.stderr
+        assert lab.lab.exec_in("n1", ["cat", f"{mp}/f"]).stdout == "hello\n", "the mount made before stays"
+        again = fleet(st, "volume", "revoke", "n1")
+        assert again.returncode == 0 and "lb1: no key for n1" in again.stdout, again.stdout + again.stderr
+    finally:
+        asyncio.run(access("release"))
+        lab.lab.exec_in("lb1", ["rm", "-rf", "/var/lib/fleet/storage/stk"], check=False)
 
 
 def _files(path: Path) -> dict[str, bytes]:

@@ -10,10 +10,14 @@ import hashlib
 import hmac
 import io
 import os
+import shutil
 import stat
 import subprocess
 import tarfile
+import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sshserver import SSHFarm
@@ -28,6 +32,7 @@ from fleet.engine.nodes import READY, NodeReport
 from fleet.engine.runspec import run_spec
 from fleet.engine.volumes import StorageAccess, VolumeListing, VolumeRow, backup, find, restore, split_ref
 from fleet.node import storage as S
+from fleet.node import storage_access as A
 from fleet.node.runtime.ctr import CtrDriver
 from fleet.plan.scheduler import Assignment
 from fleet.transport import Pool
@@ -197,7 +202,7 @@ def test_the_mount_command_pins_the_key_and_the_host_and_allows_other_users() ->
                             remote="/srv/web/shared", key="/run/fleet/storage/st.key",
                             known_hosts="/run/fleet/storage/st.known_hosts")
     assert script.env["DEST"] == "root@10.0.0.5:/srv/web/shared" and script.env["PORT"] == "2222"
-    for needle in ("StrictHostKeyChecking=yes", "BatchMode=yes", "IdentitiesOnly=yes", "allow_other",
+    for needle in ("StrictHostKeyChecking=yes", "BatchMode=yes", "IdentitiesOnly=yes", "allow_other,uid=0,gid=0",
                    'timeout -k 2 "$T" sshfs'):
         assert needle in script.text
     assert S.mount_script("/m/c/x", user="u", address="fd00::5", port=22, remote="/r", key="k",
@@ -212,22 +217,49 @@ def test_a_worker_without_fuse_or_sshfs_is_told_so(tmp_path: Path) -> None:
     assert out.returncode == S.MISSING_EXIT and b"sshfs is not installed" in out.stderr
 
 
-def test_the_storage_script_makes_one_key_authorizes_it_for_sftp_only_and_prints_it(tmp_path: Path) -> None:
-    auth = tmp_path / "auth" / "authorized_keys"
-    script = S.prepare_storage_script(str(tmp_path / "export"), ["web/shared"], str(auth))
-    script = Script(script.text, {**script.env, "KEYDIR": str(tmp_path / "key")}, script.args, script.name)
-    first, second = sh(script), sh(script)
-    assert first.returncode == 0, first.stderr
-    key = S.parse_private_key(first.stdout.decode())
-    assert S.parse_private_key(second.stdout.decode()) == key, "made once, then reused"
-    [line] = auth.read_text().splitlines()
-    assert line.startswith(f'restrict,command="internal-sftp -d {tmp_path}/export" ssh-ed25519 ')
-    assert (tmp_path / "export" / "web" / "shared").is_dir()
-    assert oct((tmp_path / "key" / "id_ed25519").stat().st_mode & 0o777) == "0o600"
+def test_a_worker_makes_its_storage_key_once_on_tmpfs_and_never_on_disk(tmp_path: Path) -> None:
+    """The worker's own key: made on tmpfs (0600), the same public key printed again on the next run; a directory
+    on disk is refused (exit 3) with nothing written."""
+    shm = Path(tempfile.mkdtemp(prefix="fleet-test-key-", dir="/dev/shm"))
+    try:
+        script = A.worker_key_script(str(shm / "storage" / "st.key"))
+        first, second = sh(script), sh(script)
+        assert first.returncode == 0, first.stderr
+        public = A.parse_public_key(first.stdout.decode())
+        assert A.parse_public_key(second.stdout.decode()) == public, "made once, then reused"
+        assert oct((shm / "storage" / "st.key").stat().st_mode & 0o777) == "0o600"
+    finally:
+        shutil.rmtree(shm)
+    refused = sh(A.worker_key_script(str(tmp_path / "st.key")))
+    assert refused.returncode == 3 and b"not tmpfs" in refused.stderr and not list(tmp_path.iterdir())
     with pytest.raises(ScriptOutputError):
-        S.parse_private_key("Permission denied\n")
-    with pytest.raises(ValueError):
-        S.prepare_storage_script("/x", ["web/../etc"])
+        A.parse_public_key("Permission denied\n")
+
+
+def test_the_storage_scripts_refuse_what_could_escape_sshd_config_or_the_export() -> None:
+    pub = "ssh-ed25519 " + "A" * 68
+    ok = A.prepare_script("/var/lib/fleet/storage", ["web/shared"], worker="n1", public_key=pub)
+    assert ok.env["U"] == "fleet-sftp" and ok.env["EXPORT"] == "/var/lib/fleet/storage" and ok.args == ("web/shared",)
+    for kwargs, match in [
+        ({"export": "/srv/a b"}, "storage export"), ({"export": "/srv/%h"}, "storage export"),
+        ({"export": "/srv/../etc"}, "storage export"), ({"export": "/"}, "storage export"),
+        ({"dirs": ["web/../etc"]}, "volume name"), ({"user": "root\nMatch all"}, "storage user"),
+        ({"user": "Fleet"}, "storage user"), ({"worker": "n1 x", "public_key": pub}, "worker name"),
+        ({"worker": "n1", "public_key": pub + "\nssh-ed25519 B"}, "public key"),
+        ({"worker": "n1"}, "go together"),
+    ]:
+        args: dict[str, Any] = {"export": "/srv/storage", "dirs": [], **kwargs}
+        with pytest.raises(ValueError, match=match):
+            A.prepare_script(args.pop("export"), args.pop("dirs"), **args)
+    with pytest.raises(ValueError, match="worker name"):
+        A.revoke_script("../n1")
+    assert A.parse_prepared("x\n@@fleet user fleet-sftp 998 997\n") == ("fleet-sftp", 998, 997)
+    assert A.parse_revoked("@@fleet revoked\n") and not A.parse_revoked("@@fleet absent\n")
+    for bad in ("", "sshd: no\n"):
+        with pytest.raises(ScriptOutputError):
+            A.parse_prepared(bad)
+        with pytest.raises(ScriptOutputError):
+            A.parse_revoked(bad)
 
 
 # --- the storage node's host key ---------------------------------------------------------------------------------
@@ -330,3 +362,33 @@ def test_volume_ls_renders_type_node_size_and_users() -> None:
     assert row_json(rows[0]) == {"volume": "web/data", "service": "web", "name": "data", "type": "local",
                                  "node": "n1", "size": 5 * 1024 * 1024, "path": "/var/lib/fleet/volumes/web/data",
                                  "used_by": ["n1/web-0-ab"]}
+
+
+def test_the_config_of_the_serving_sshd_is_read_from_its_arguments_or_its_rewritten_title() -> None:
+    """sshd rewrites its process title into one string (`sshd: /usr/sbin/sshd -f FILE [listener] …`): the
+    storage script finds `-f FILE` in it as in plain arguments, and falls back to /etc/ssh/sshd_config."""
+    cases = {
+        ("bash", "-c", 'exec -a "sshd: /usr/sbin/sshd -f /lab/n1/sshd_config [listener] 0 of 10" sleep 30'):
+            "/lab/n1/sshd_config",
+        ("sh", "-c", "sleep 30", "-f", "/srv/ssh/sshd_config"): "/srv/ssh/sshd_config",
+        ("sh", "-c", "sleep 30", "-f/etc/alt"): "/etc/alt",
+        ("sh", "-c", "sleep 30", "-D"): "/etc/ssh/sshd_config",
+    }
+    for argv, want in cases.items():
+        proc = subprocess.Popen(argv)
+        try:
+            time.sleep(0.2)
+            out = subprocess.run(["/bin/sh", "-c", A._SSHD_SH + 'sshd_config_of "$0"', str(proc.pid)],
+                                 capture_output=True, text=True, timeout=10)
+            assert out.stdout.strip() == want, (argv, out.stdout, out.stderr)
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+async def test_a_storage_node_labelled_with_an_export_sshd_cannot_take_is_an_error_naming_it() -> None:
+    """Checked before anything is contacted (the pool is never used): the label's path would go into sshd's
+    config as ChrootDirectory."""
+    storage = Node("st", "192.0.2.1", roles=("storage",), labels={"fleet.storage.dir": "/srv/my storage"})
+    with pytest.raises(StorageError, match=r"storage node st: storage export: .*'/srv/my storage'"):
+        await StorageAccess(None).mount(Node("n1", "192.0.2.2"), storage, "web", "shared", "web-0-abc")  # type: ignore[arg-type]

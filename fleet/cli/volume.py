@@ -1,5 +1,5 @@
-"""`fleet volume`: the fleet's volumes across nodes (ls, inspect), removing one no container uses, and backing one
-up to a local tar file or restoring one from it, streamed over SSH."""
+"""`fleet volume`: the fleet's volumes across nodes (ls, inspect), removing one no container uses, backing one
+up to a local tar file or restoring one from it, streamed over SSH, and revoking a worker's storage key."""
 
 from __future__ import annotations
 
@@ -150,3 +150,34 @@ def restore(ref: RefArg,
 
     row = common.run(go)
     common.console().print(f"restored {esc(row.ref)} on {esc(row.node)} from {esc(file)}", highlight=False)
+
+
+@app.command("revoke")
+def revoke(worker: Annotated[str, typer.Argument(metavar="NODE", help="The worker whose storage key goes.",
+                                                 autocompletion=node_names)],
+           inventory: common.InventoryOpt = None, wait: common.WaitOpt = None) -> None:
+    """Take a worker's storage key off every storage node: it can mount no sshfs volume any more.
+
+    Remove the node from the inventory (or drain it) first: fleet authorizes a worker again when it mounts a
+    volume there. Mounts already made stay until they end.
+
+    Example:
+
+      fleet volume revoke n3"""
+    from fleet.api import Fleet
+
+    inv = common.inventory(inventory)
+
+    async def go() -> tuple[dict[str, bool], dict[str, str]]:
+        async with Fleet.connect(inv, connect_timeout=10) as f:
+            f.wait = common.wait_seconds(wait)
+            return await f.volume_revoke(worker)
+
+    done, errors = common.run(go)
+    out = common.console()
+    for node, had in sorted(done.items()):
+        out.print(f"{esc(node)}: {'revoked the key of' if had else 'no key for'} {esc(worker)}", highlight=False)
+    for node, why in sorted(errors.items()):
+        common.console(stderr=True).print(f"{esc(node)}: {esc(why)}", highlight=False)
+    if errors:
+        raise typer.Exit(1)

@@ -19,6 +19,7 @@ from fleet.node.haproxy.render import (
     LbService,
     LbState,
     LbTls,
+    RunAs,
     backend_name,
     lb_health,
     lb_service,
@@ -31,6 +32,8 @@ from fleet.transport import Pool
 
 ADMIN_SOCKET = DEFAULT.haproxy_admin_socket
 STATE_FILE = DEFAULT.haproxy_state_file
+# HAProxy's workers run as the Debian package's user, chrooted (fleet.node.haproxy.render.RunAs).
+RUN_AS = RunAs("haproxy", "haproxy", DEFAULT.haproxy.chroot)
 
 
 @dataclass
@@ -103,10 +106,10 @@ def config(rotation: Rotation, addresses: dict[str, str], lb_address: str | None
     services = [replace(s, tls=(tls or {}).get(s.name)) for s in rotation.services(addresses)]
     if edge is None:
         return render(services, admin_socket=ADMIN_SOCKET, state_file=STATE_FILE,
-                      stats_bind=("127.0.0.1", STATS_PORT))
+                      stats_bind=("127.0.0.1", STATS_PORT), run_as=RUN_AS)
     stats_bind, password_hash = edge.stats(STATS_PORT)
     return render(services, admin_socket=ADMIN_SOCKET, state_file=STATE_FILE, stats_bind=stats_bind,
-                  edge=edge.config(), stats_password_hash=password_hash)
+                  edge=edge.config(), stats_password_hash=password_hash, run_as=RUN_AS)
 
 
 def tls_wanted(services: list[LbService]) -> dict[str, tuple[TlsSpec, tuple[str, ...]]]:

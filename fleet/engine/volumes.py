@@ -1,6 +1,7 @@
-"""Volumes across the fleet: where node-local data is (for placement), `fleet volume ls|inspect|rm|backup|restore`,
-and the sshfs mounts of network volumes (the storage node's key on the worker's tmpfs, mount at start, release
-at stop). Script texts and parsers are in fleet.node.storage.
+"""Volumes across the fleet: where node-local data is (for placement), `fleet volume ls|inspect|rm|backup|restore|
+revoke`, and the sshfs mounts of network volumes (each worker's own key on its tmpfs, authorized for the storage
+node's confined storage user; mount at start, release at stop). Script texts and parsers are in fleet.node.storage
+and fleet.node.storage_access.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from fleet.engine.calls import LIST_TIMEOUT
 from fleet.engine.containers import ps
 from fleet.engine.nodes import NO_RUNTIME, NOT_ANSWERING, READY, NodeReport
 from fleet.node import storage as S
-from fleet.node.paths import NOT_TMPFS_EXIT, write_file, write_secret_file
+from fleet.node import storage_access as A
+from fleet.node.paths import NOT_TMPFS_EXIT, write_file
 from fleet.plan.volumes import VolumeView
 from fleet.results.volumes import Kind as Kind
 from fleet.results.volumes import VolumeListing as VolumeListing
@@ -196,43 +198,61 @@ async def restore(pool: Pool, reports: Sequence[NodeReport], ref: str, node: str
     return VolumeRow(node, kind, service, name, None, directory)
 
 
+async def revoke(pool: Pool, reports: Sequence[NodeReport], worker: str,
+                 timeout: float = 30.0) -> tuple[dict[str, bool], dict[str, str]]:
+    """Take `worker`'s key off the storage user of every storage node (the worker need not be in the inventory
+    any more): ({storage node: whether it had one}, {storage node: why it was not done})."""
+    try:
+        A.revoke_script(worker)
+    except ValueError as exc:
+        raise VolumeError(str(exc)) from None
+    storages = [r for r in reports if r.node.has_role(STORAGE_ROLE)]
+    if not storages:
+        raise VolumeError("the inventory has no storage node (role storage)")
+    done: dict[str, bool] = {}
+    errors: dict[str, str] = {r.node.name: f"{r.status}: {r.reason}" for r in storages if not _usable(r)}
+    usable = [r.node for r in storages if _usable(r)]
+
+    async def one(n: Node) -> None:
+        try:
+            result = await pool.run(n, A.revoke_script(worker, storage_user(n)), timeout=timeout)
+            if not result.ok:
+                raise ScriptOutputError(_failure(result))
+            done[n.name] = A.parse_revoked(result.stdout)
+        except (ScriptOutputError, ValueError) as exc:
+            errors[n.name] = f"revoking the key of {worker} failed: {exc}"
+
+    await asyncio.gather(*(one(n) for n in usable))
+    return done, errors
+
+
 # ---- sshfs: mount at start, release at stop ----------------------------------------------------------------------
+
+def storage_user(node: Node) -> str:
+    """The user a storage node's workers mount as (confined to its export)."""
+    return node.labels.get(A.USER_LABEL) or A.SFTP_USER
+
 
 def known_hosts_file(node: Node) -> str:
     return node.known_hosts or os.path.expanduser("~/.ssh/known_hosts")
 
 
 class StorageAccess:
-    """Mounts a container's sshfs volumes on its worker; per run, each storage node is asked for fleet's key
-    once (and for each new volume directory), and each worker gets the key once."""
+    """Mounts a container's sshfs volumes on its worker as the storage node's confined storage user
+    (fleet.node.storage_access); per run, each worker makes (or reuses) its key once per storage node, and each
+    storage node authorizes it and prepares each new volume directory once."""
 
     def __init__(self, pool: Pool, timeout: float = 30.0) -> None:
         self.pool = pool
         self.timeout = timeout
-        self._keys: dict[str, str] = {}
+        self._users: dict[str, str] = {}
         self._dirs: set[tuple[str, str]] = set()
-        self._pushed: set[tuple[str, str]] = set()
+        self._authorized: set[tuple[str, str]] = set()
         self._lock = asyncio.Lock()
 
     def _unreachable(self, storage: Node, result: CommandResult) -> StorageError:
         return StorageError(f"storage node {storage.name} ({storage.address}:{storage.port}) could not be used: "
                             f"{_failure(result)}")
-
-    async def _key(self, storage: Node, volume_dir: str) -> str:
-        if storage.name in self._keys and (storage.name, volume_dir) in self._dirs:
-            return self._keys[storage.name]
-        script = S.prepare_storage_script(export_of(storage), [volume_dir],
-                                          storage.labels.get(S.AUTHORIZED_KEYS_LABEL))
-        result = await self.pool.run(storage, script, timeout=self.timeout)
-        if not result.ok:
-            raise self._unreachable(storage, result)
-        try:
-            key = S.parse_private_key(result.stdout)
-        except ScriptOutputError as exc:
-            raise StorageError(f"storage node {storage.name}: {exc}") from None
-        self._keys[storage.name] = key
-        self._dirs.add((storage.name, volume_dir))
-        return key
 
     def _host_keys(self, storage: Node) -> str:
         path = known_hosts_file(storage)
@@ -247,33 +267,64 @@ class StorageAccess:
                                "(workers check the storage node's key against the one fleet pinned)")
         return "\n".join(lines) + "\n"
 
-    async def _push(self, worker: Node, storage: Node, key: str) -> None:
-        if (worker.name, storage.name) in self._pushed:
-            return
+    async def _worker_key(self, worker: Node, storage: Node) -> str:
+        """The worker's public key for `storage` (made on its tmpfs), with the storage node's pinned host key
+        written beside it."""
         hosts = self._host_keys(storage)
-        wrote_key, wrote_hosts = await asyncio.gather(
-            self.pool.run(worker, write_secret_file(S.access_key(storage.name), size=len(key.encode())),
-                          stdin=key, timeout=self.timeout),
+        made, wrote_hosts = await asyncio.gather(
+            self.pool.run(worker, A.worker_key_script(S.access_key(storage.name)), timeout=self.timeout),
             self.pool.run(worker, write_file(S.access_known_hosts(storage.name), "0644",
                                              size=len(hosts.encode())), stdin=hosts, timeout=self.timeout))
-        for result in (wrote_key, wrote_hosts):
+        for result in (made, wrote_hosts):
             if result.exit_status == NOT_TMPFS_EXIT:
                 raise StorageError(f"{worker.name}: {result.stderr.strip()} (the storage key is kept on tmpfs only)")
             if not result.ok:
-                raise StorageError(f"{worker.name}: writing the key for storage node {storage.name} failed: "
+                raise StorageError(f"{worker.name}: making its key for storage node {storage.name} failed: "
                                    f"{_failure(result)}")
-        self._pushed.add((worker.name, storage.name))
+        try:
+            public = A.parse_public_key(made.stdout)
+        except ScriptOutputError as exc:
+            raise StorageError(f"{worker.name}: {exc}") from None
+        return public
+
+    async def _prepare(self, storage: Node, dirs: list[str], worker: Node | None = None,
+                       public: str | None = None) -> None:
+        try:
+            script = A.prepare_script(export_of(storage), dirs, worker=worker.name if worker else None,
+                                      public_key=public, user=storage_user(storage),
+                                      old_authorized_keys=storage.labels.get(S.AUTHORIZED_KEYS_LABEL))
+        except ValueError as exc:  # the storage node's labels (export, user)
+            raise StorageError(f"storage node {storage.name}: {exc}") from None
+        result = await self.pool.run(storage, script, timeout=self.timeout)
+        if not result.ok:
+            raise self._unreachable(storage, result)
+        try:
+            self._users[storage.name], _, _ = A.parse_prepared(result.stdout)
+        except ScriptOutputError as exc:
+            raise StorageError(f"storage node {storage.name}: {exc}") from None
+
+    async def _authorize(self, worker: Node, storage: Node, volume_dir: str) -> str:
+        """The storage user, once the storage node confines it, has `volume_dir` and accepts the worker's key.
+        The storage node is asked first: one that is down or cannot confine the user fails the mount before the
+        worker makes anything."""
+        if (storage.name, volume_dir) not in self._dirs:
+            await self._prepare(storage, [volume_dir])
+            self._dirs.add((storage.name, volume_dir))
+        if (worker.name, storage.name) not in self._authorized:
+            await self._prepare(storage, [], worker, await self._worker_key(worker, storage))
+            self._authorized.add((worker.name, storage.name))
+        return self._users[storage.name]
 
     async def mount(self, worker: Node, storage: Node, service: str, name: str, container_id: str) -> str:
         """Mount the volume for one container; returns the mountpoint. Raises StorageError naming the storage
         node when it is down or refuses (within the mount deadline), or the worker lacks sshfs or FUSE."""
         volume_dir = f"{service}/{name}"
         async with self._lock:
-            key = await self._key(storage, volume_dir)
-            await self._push(worker, storage, key)
+            user = await self._authorize(worker, storage, volume_dir)
         mp = S.mountpoint(container_id, name)
-        script = S.mount_script(mp, user=storage.user, address=storage.address, port=storage.port,
-                                remote=S.export_dir(export_of(storage), service, name),
+        # The export is the storage user's root (its chroot).
+        script = S.mount_script(mp, user=user, address=storage.address, port=storage.port,
+                                remote=S.export_dir("", service, name),
                                 key=S.access_key(storage.name), known_hosts=S.access_known_hosts(storage.name))
         result = await self.pool.run(worker, script, timeout=S.MOUNT_DEADLINE + 10)
         if result.exit_status == S.MISSING_EXIT:

@@ -125,8 +125,17 @@ def sshd_config(cfg: LabConfig, node: LabNode) -> str:
         "MaxStartups 256:30:512",
         "MaxSessions 128",
         "Subsystem sftp internal-sftp",
+        # Where fleet writes a storage node's Match block for its storage user (fleet.node.storage_access): beside
+        # this file, never in this machine's /etc/ssh, which every lab node shares.
+        f"Include {d}/sshd_config.d/*.conf",
         "",
     ])
+
+
+def storage_user(cfg: LabConfig) -> str:
+    """The storage user a lab's storage node should name (label `fleet.storage.user`): lab nodes share this
+    machine's /etc/passwd, so each lab has its own, removed by `down`."""
+    return f"fleet-sftp-{cfg.prefix}"
 
 
 def containerd_config(cfg: LabConfig) -> str:

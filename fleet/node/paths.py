@@ -126,6 +126,11 @@ class HaproxyFiles:
     def log_file(self) -> str:
         return f"{self.dir}/haproxy.log"
 
+    @property
+    def chroot(self) -> str:
+        """The empty root-owned directory HAProxy's workers chroot to."""
+        return f"{self.dir}/empty"
+
 
 @dataclass(frozen=True)
 class NodePaths:

@@ -8,11 +8,9 @@ unless the storage node's label `fleet.storage.dir` says otherwise), mounted ove
 the node's tmpfs: after a reboot it is gone, so containerd cannot restart the container on an empty local
 directory in place of the network volume (the start fails, and the next fleet run replaces the replica).
 
-The key a worker uses to reach the storage node is fleet's own: generated once on the storage node
-(`/var/lib/fleet/storage-key/id_ed25519`), authorized there for SFTP only (`restrict,command="internal-sftp"`) in
-its authorized_keys (`$HOME/.ssh/authorized_keys`, or the node label `fleet.storage.authorized_keys`), and
-copied by the controller to the worker's tmpfs (`/run/fleet/storage/NODE.key`, 0600) — never the controller's
-own key, never on a worker's disk. The storage node's host key is pinned from the controller's known_hosts.
+A worker reaches the storage node as fleet's storage user, confined by sshd to SFTP inside the export, with a
+key of its own made on its tmpfs (`/run/fleet/storage/NODE.key`): see fleet.node.storage_access. The storage
+node's host key is pinned from the controller's known_hosts.
 """
 
 from __future__ import annotations
@@ -30,9 +28,11 @@ from fleet.core.shell import Script
 VOLUMES_DIR = f"{NODE_BASE}/volumes"
 MOUNTS_DIR = f"{NODE_RUN}/mnt"
 STORAGE_DIR = f"{NODE_BASE}/storage"
+# Where an older fleet kept the one storage key it authorized for root (removed when the storage user is set up).
 STORAGE_KEY_DIR = f"{NODE_BASE}/storage-key"
 ACCESS_DIR = f"{NODE_RUN}/storage"
 STORAGE_DIR_LABEL = "fleet.storage.dir"
+# root's authorized_keys, where an older fleet authorized that key (default `$HOME/.ssh/authorized_keys`).
 AUTHORIZED_KEYS_LABEL = "fleet.storage.authorized_keys"
 # sshfs gives up connecting after this, and the whole mount after MOUNT_DEADLINE (a storage node that accepts the
 # TCP connection and then says nothing must not hang a rollout).
@@ -128,43 +128,12 @@ def parse_list(stdout: str) -> list[VolumeDir]:
     return out
 
 
-# ---- the storage node: fleet's key, the export -------------------------------------------------------------------
-
-PREPARE_STORAGE_SH = r"""
-set -eu
-umask 077
-mkdir -p "$KEYDIR" "$EXPORT"
-if [ ! -s "$KEYDIR/id_ed25519" ]; then
-  rm -f "$KEYDIR/id_ed25519" "$KEYDIR/id_ed25519.pub"
-  ssh-keygen -q -t ed25519 -N '' -C fleet-storage -f "$KEYDIR/id_ed25519" </dev/null >/dev/null
-fi
-pub=$(cut -d' ' -f1,2 "$KEYDIR/id_ed25519.pub")
-auth=${AUTH:-$HOME/.ssh/authorized_keys}
-mkdir -p "${auth%/*}"
-touch "$auth"
-grep -qF "$pub" "$auth" || printf 'restrict,command="internal-sftp -d %s" %s fleet-storage\n' "$EXPORT" "$pub" >>"$auth"
-for d in "$@"; do mkdir -p "$EXPORT/$d"; done
-cat "$KEYDIR/id_ed25519"
-"""
-
-
-def prepare_storage_script(export: str, dirs: list[str], authorized_keys: str | None = None) -> Script:
-    """On the storage node: fleet's storage key (made once), authorized for SFTP only, and the volume
-    directories `dirs` (SERVICE/NAME) under the export; prints the private key (for the workers' tmpfs)."""
-    for d in dirs:
-        service, _, name = d.partition("/")
-        _part(service, "service")
-        _part(name, "volume name")
-    return Script(PREPARE_STORAGE_SH, {"KEYDIR": STORAGE_KEY_DIR, "EXPORT": export, "AUTH": authorized_keys or ""},
-                  tuple(dirs), name="fleet-storage")
-
-
-def parse_private_key(stdout: str) -> str:
-    text = stdout.strip()
-    if not (text.startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
-            and text.endswith("-----END OPENSSH PRIVATE KEY-----")):
-        raise ScriptOutputError("the storage node did not return fleet's storage key")
-    return text + "\n"
+def check_volume_dir(volume_dir: str) -> str:
+    """`SERVICE/NAME`, checked (a directory under a storage node's export)."""
+    service, _, name = volume_dir.partition("/")
+    _part(service, "service")
+    _part(name, "volume name")
+    return volume_dir
 
 
 # ---- the worker: mount at start, release at stop -----------------------------------------------------------------
@@ -179,7 +148,9 @@ err=$(mktemp) || exit 5
 # does not pass on what ssh says (host key, refused, no route): ssh logs it to the same file (-E).
 o="IdentityFile=$KEY,IdentitiesOnly=yes,UserKnownHostsFile=$KH,GlobalKnownHostsFile=/dev/null"
 o="$o,StrictHostKeyChecking=yes,BatchMode=yes,ConnectTimeout=$CT,ServerAliveInterval=5,ServerAliveCountMax=3"
-timeout -k 2 "$T" sshfs -p "$PORT" -o "$o,reconnect,allow_other,ssh_command=ssh -E $err" "$DEST" "$MP" \
+# uid=0,gid=0: every file shows as root's here; on the storage node all belong to the confined storage user
+# (whose number means nothing on this node), which decides every access (fleet.node.storage_access).
+timeout -k 2 "$T" sshfs -p "$PORT" -o "$o,reconnect,allow_other,uid=0,gid=0,ssh_command=ssh -E $err" "$DEST" "$MP" \
   </dev/null >/dev/null 2>>"$err"
 rc=$?
 if [ $rc -ne 0 ]; then

@@ -95,6 +95,18 @@ class LbService:
 
 
 @dataclass(frozen=True)
+class RunAs:
+    """Who HAProxy's workers run as: the master binds every listener (ports below 1024 too), reads the
+    certificates and key files and opens the admin socket as root, then forks workers that chroot to `chroot`
+    (an empty root-owned directory) and drop to `user`/`group`. The master stays root (it re-executes itself
+    on a reload and binds again) but parses no traffic."""
+
+    user: str
+    group: str
+    chroot: str
+
+
+@dataclass(frozen=True)
 class EdgeConfig:
     """The shared frontends of host-routed services: `http_port` (redirects, ACME HTTP-01 answers from
     `acme_map`, token → key authorization, kept up to date at runtime) and `https_port`."""
@@ -346,10 +358,20 @@ def _edge_lines(services: Sequence[LbService], edge: EdgeConfig) -> list[str]:
     return out
 
 
+def _run_as_lines(run_as: RunAs | None) -> list[str]:
+    if run_as is None:
+        return []
+    return [f"    user {check_name(run_as.user, 'run_as.user')}",
+            f"    group {check_name(run_as.group, 'run_as.group')}",
+            f"    chroot {check_file(run_as.chroot, 'run_as.chroot')}"]
+
+
 def render(services: Sequence[LbService], *, admin_socket: str, state_file: str,
            stats_bind: tuple[str, int] | None = None, edge: EdgeConfig | None = None,
-           stats_password_hash: str | None = None) -> str:
+           stats_password_hash: str | None = None, run_as: RunAs | None = None) -> str:
     """The whole haproxy.cfg for these services; the same input always gives the same bytes.
+
+    `run_as` renders `user`, `group` and `chroot` in the global section (without it HAProxy keeps root).
 
     Host-routed services (`hosts`) go on the shared frontends of `edge` (default ports 80 and 443).
     `stats_password_hash` (a crypt(3) SHA-512 hash, never the password) puts the stats page and /metrics
@@ -363,6 +385,7 @@ def render(services: Sequence[LbService], *, admin_socket: str, state_file: str,
         "    stats timeout 30s",
         "    hard-stop-after 30s",
         f"    server-state-file {state}",
+        *_run_as_lines(run_as),
         "",
         "defaults",
         "    mode http",

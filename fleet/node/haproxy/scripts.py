@@ -57,6 +57,8 @@ since() { tail -c "+$(($2 + 1))" "$1" 2>/dev/null; }
 # checked against $SIZE, removed on any failure or signal), validated, and only then renamed over the old one.
 APPLY = _COMMON + FILE_FUNCTIONS + r"""
 mkdir -p "$D" || exit 3
+# The workers' chroot (fleet.node.haproxy.render.RunAs): empty, root's, read-only.
+[ -d "$CHROOT" ] || mkdir -m 0555 "$CHROOT" || exit 3
 exec 9>>"$D/lock"
 if command -v flock >/dev/null 2>&1; then flock -w 30 9 || { echo "@@fleet result locked"; exit 0; }; fi
 # The master and workers append to the log for their whole life (reloads, health changes): keep it bounded.
@@ -262,10 +264,14 @@ class LbPaths:
     def log_file(self) -> str:
         return self.files.log_file
 
+    @property
+    def chroot(self) -> str:
+        return self.files.chroot
+
     def env(self) -> dict[str, str]:
         return {"D": self.base.rstrip("/"), "CFG": self.config, "MASTER": self.master_socket,
                 "ADMIN": self.admin_socket, "STATE": self.state_file, "PIDF": self.pid_file, "LOG": self.log_file,
-                "HAPROXY": self.haproxy}
+                "HAPROXY": self.haproxy, "CHROOT": self.chroot}
 
 
 def apply_script(paths: LbPaths, size: int | None = None) -> Script:
