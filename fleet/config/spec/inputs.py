@@ -442,6 +442,7 @@ class ServiceInput(_Strict):
     configs: list[_Config] = Field(default_factory=list)
     secrets: list[_SecretFile] = Field(default_factory=list)
     secret_digests: dict[str, str] | None = None
+    restarts: Annotated[StrictInt, Field(ge=0)] | None = None
 
     @field_validator("secret_digests")
     @classmethod
@@ -497,6 +498,7 @@ class ServiceInput(_Strict):
             configs=files[0],
             secret_files=files[1],
             secret_digests=self.secret_digests or {},
+            restarts=self.restarts or 0,
             source_file=doc.file,
             source_line=doc.line_of(where),
         )
@@ -529,6 +531,8 @@ class ServiceInput(_Strict):
             out["secrets"] = [_SecretFile.written(f) for f in spec.secret_files]
         if spec.secret_digests:
             out["secret_digests"] = dict(sorted(spec.secret_digests.items()))
+        if spec.restarts:
+            out["restarts"] = spec.restarts
         return out
 
 

@@ -249,6 +249,9 @@ class ServiceSpec:
     # Keyed digests (HMAC, the fleet's key) of the values of the secrets the service uses, stamped by the
     # controller (`with_secret_digests`): a rotated secret changes the spec hash, so its replicas are replaced.
     secret_digests: Mapping[str, str] = field(default_factory=dict)
+    # How many times `fleet restart` rolled the service with nothing else changed, stamped by the controller
+    # (a restart generation): part of the hash, so every replica of the restarted revision is out of date.
+    restarts: int = 0
     source_file: str = field(default="", compare=False)
     source_line: int | None = field(default=None, compare=False)
 
@@ -279,6 +282,7 @@ class ServiceSpec:
             **({"secret_files": [{"secret": f.secret, "target": f.target, "mode": f.mode}
                                  for f in self.secret_files]} if self.secret_files else {}),
             **({"secret_digests": dict(sorted(self.secret_digests.items()))} if self.secret_digests else {}),
+            **({"restarts": self.restarts} if self.restarts else {}),
         }
 
     def command_line_bytes(self) -> int:
