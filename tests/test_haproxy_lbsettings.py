@@ -26,6 +26,7 @@ from fleet.config.spec.values import LbTimeouts
 from fleet.core.errors import SpecError
 from fleet.node.haproxy.render import LbHealth, LbServer, LbService, lb_service, render, reply_error
 from fleet.node.haproxy.runtime import server_changes
+from fleet.node.haproxy.stats import parse_show_proc
 from fleet.plan.rollout.decide import intent_hash, revision_key
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
@@ -188,6 +189,14 @@ class Handler(socketserver.BaseRequestHandler):
                 f.write(f"{name} {method.decode()} {path.decode()}\\n")
             if name == "dead" and path != b"/healthz":
                 return
+            if name == "ws" and path != b"/healthz":  # a websocket's upgrade, then an echo of what comes
+                self.request.sendall(b"HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\n"
+                                     b"Connection: Upgrade\\r\\n"
+                                     b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\\r\\n\\r\\n")
+                self.request.settimeout(None)
+                while chunk := self.request.recv(4096):
+                    self.request.sendall(chunk)
+                return
             body = name.encode()
             self.request.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: %d\\r\\nConnection: close\\r\\n\\r\\n%s"
                                  % (len(body), body))
@@ -255,6 +264,35 @@ class Scratch:
         headers = dict(ln.split(": ", 1) for ln in lines[1:] if ": " in ln)
         set_cookie = next((v for k, v in headers.items() if k.lower() == "set-cookie"), "")
         return int(lines[0].split()[1]), content.decode(), set_cookie
+
+    def reload(self) -> None:
+        """A hitless reload through the master CLI; returns once the new worker serves."""
+        master = str(self.dir / "master.sock")
+
+        def ask(command: str) -> str:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(5)
+                s.connect(master)
+                s.sendall(command.encode() + b"\n")
+                s.shutdown(socket.SHUT_WR)
+                return b"".join(iter(lambda: s.recv(65536), b"")).decode()
+
+        before = wait_until(lambda: parse_show_proc(ask("show proc")).worker_pids, 10, 0.1, "the worker",
+                            ignore=(OSError,))
+        ask("reload")  # prints nothing; the master re-executes, refusing connections for a few tens of ms
+        wait_until(lambda: parse_show_proc(ask("show proc")).worker_pids not in ((), before), 10, 0.1,
+                   "a new worker", ignore=(OSError,))
+
+    def upgraded(self) -> socket.socket:
+        """A connection through HAProxy upgraded to a websocket (101), echoing what is sent."""
+        s = socket.create_connection(("127.0.0.1", self.front), timeout=10)
+        s.sendall(b"GET /chat HTTP/1.1\r\nHost: web\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += s.recv(1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        return s
 
     def seen(self) -> list[str]:
         return [ln for ln in self.log.read_text().splitlines() if not ln.endswith(" /healthz")]
@@ -350,3 +388,48 @@ def test_the_maintenance_page_answers_while_no_server_is_up(scratch: Scratch) ->
     scratch.procs[0].kill()  # the replica dies: the check (every 200 ms, fall 1) takes it out
     wait_until(lambda: scratch.request()[0] == 503, 10, 0.05, "the maintenance page")
     assert time.monotonic() - start < 5
+
+
+def _echoes(conn: socket.socket, data: bytes) -> bool:
+    """Whether `data` comes back on an upgraded connection (False: HAProxy closed it)."""
+    try:
+        conn.sendall(data)
+        got = b""
+        while len(got) < len(data):
+            chunk = conn.recv(4096)
+            if not chunk:
+                return False
+            got += chunk
+        return got == data
+    except OSError:
+        return False
+
+
+@needs_haproxy
+def test_a_websocket_idle_past_the_client_and_server_timeouts_lives_by_the_tunnel_timeout_across_a_reload(
+        scratch: Scratch) -> None:
+    ws = scratch.backend("ws")
+    short = LbTimeouts(client=1.0, server=1.0)
+    # Without `tunnel`, an upgraded connection idle for longer than the client and server timeouts is closed.
+    scratch.start(scratch.config([ws], timeouts=short))
+    plain = scratch.upgraded()
+    assert _echoes(plain, b"hello")
+    time.sleep(2.0)
+    assert not _echoes(plain, b"still there?")
+    plain.close()
+    # With `tunnel: 1m` it stays, idle for twice those timeouts, and across a reload (its old worker keeps it
+    # until `hard-stop-after`, 30 s, which bounds any connection across a reload).
+    (scratch.dir / "haproxy.cfg").write_text(scratch.config([ws], timeouts=LbTimeouts(client=1.0, server=1.0,
+                                                                                      tunnel=60.0)))
+    scratch.reload()
+    tunnel = scratch.upgraded()
+    try:
+        time.sleep(2.0)
+        assert _echoes(tunnel, b"ping")
+        scratch.reload()
+        time.sleep(2.0)
+        assert _echoes(tunnel, b"pong after the reload")
+        with scratch.upgraded() as fresh:
+            assert _echoes(fresh, b"a new one on the new worker")
+    finally:
+        tunnel.close()
