@@ -9,16 +9,12 @@ import typer
 from fleet.cli import common
 from fleet.cli.apply import _exit, _run
 from fleet.cli.completion import ServiceArg
+from fleet.cli.rollout import _say
 from fleet.config.spec import IMAGE_RE
 
 if TYPE_CHECKING:
     from fleet.api import Fleet
     from fleet.results import RunResult
-
-
-def _say(json: bool, text: str) -> None:
-    if not json:
-        common.console().print(common.esc(text))
 
 
 def restart(service: ServiceArg, inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
