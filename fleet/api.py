@@ -258,6 +258,16 @@ class Fleet:
         async with self.writing() as engine:
             return await engine.turn("abort", service)
 
+    async def restart(self, service: str) -> tuple[Revision, RunResult]:
+        """Replace every replica, surge first and health-checked, with the same image and settings."""
+        async with self.writing() as engine:
+            return await engine.turn("restart", service)
+
+    async def deploy(self, service: str, image: str) -> tuple[Revision, RunResult]:
+        """Roll the service to `image` as its accepted revision: reconcile keeps it, `plan` shows the drift."""
+        async with self.writing() as engine:
+            return await engine.turn("deploy", service, image=image)
+
     # --- node operations (`fleet node`): marks kept on the fleet, under the lease -------------------------
     def known(self, name: str) -> Node:
         """The inventory's node `name`; InventoryError naming the node and the inventory file when there is none."""

@@ -103,6 +103,9 @@ frontend fe_web
 backend be_web
     mode http
     balance roundrobin
+    retry-on conn-failure empty-response response-timeout 502 503
+    http-request disable-l7-retry unless { method GET HEAD OPTIONS }
+    option redispatch 1
     option httpchk GET /healthz
     http-check expect status 200-399
     timeout check 1000ms
@@ -290,6 +293,11 @@ def test_lb_health_takes_the_services_check_and_its_timing() -> None:
     assert lb_health(None) == SAFETY_NET == LbHealth("tcp", None, 2.0, None, 3, 1)
 
 
+# What every HTTP backend has by default (`lb.retries: 2`): see test_haproxy_lbsettings.py.
+RETRIES = ("    retry-on conn-failure empty-response response-timeout 502 503",
+           "    http-request disable-l7-retry unless { method GET HEAD OPTIONS }", "    option redispatch 1")
+
+
 def _backend(svc: LbService) -> list[str]:
     text = render([svc], **KW)
     return text.split(f"\nbackend be_{svc.name}\n")[1].split("\n\n")[0].splitlines()
@@ -303,15 +311,15 @@ def test_rendered_checks_for_each_kind_of_health() -> None:
 
     http = HealthSpec("http", "/ready", interval=0.5, timeout=0.25, failure_threshold=4, success_threshold=2)
     assert _backend(svc(http)) == [
-        "    mode http", "    balance roundrobin", "    option httpchk GET /ready",
+        "    mode http", "    balance roundrobin", *RETRIES, "    option httpchk GET /ready",
         "    http-check expect status 200-399", "    timeout check 250ms",
         "    server s-1 10.0.0.1:9000 check inter 500ms fall 4 rise 2 weight 1"]
     exe = HealthSpec("exec", command=("true",), interval=7, timeout=3, failure_threshold=2)
     assert _backend(svc(exe)) == [
-        "    mode http", "    balance roundrobin", "    timeout check 3000ms",
+        "    mode http", "    balance roundrobin", *RETRIES, "    timeout check 3000ms",
         "    server s-1 10.0.0.1:9000 check inter 7000ms fall 2 rise 1 weight 1"]
     assert _backend(svc(None)) == [
-        "    mode http", "    balance roundrobin",
+        "    mode http", "    balance roundrobin", *RETRIES,
         "    server s-1 10.0.0.1:9000 check inter 2000ms fall 3 rise 1 weight 1"]
 
 

@@ -257,12 +257,15 @@ class Engine:
         return self.result([*outcomes, *refused])
 
     # --- rollback, promote, abort -------------------------------------------------------------------------
-    async def turn(self, kind: TurnKind, service: str, to: int | None = None) -> tuple[Revision, RunResult]:
+    async def turn(self, kind: TurnKind, service: str, to: int | None = None,
+                   image: str | None = None) -> tuple[Revision, RunResult]:
         """`rollback` (to revision `to`, default the last good one; pinned: reconcile keeps it), `promote` (roll
-        the rest to the waiting canary's revision) or `abort` (remove the waiting canary; back to the accepted
-        revision, kept so): converge the service to the turn's spec, then record how it ended."""
+        the rest to the waiting canary's revision), `abort` (remove the waiting canary; back to the accepted
+        revision, kept so), `restart` (every replica anew, same image and settings) or `deploy` (the accepted
+        revision with `image`; reconcile keeps it): converge the service to the turn's spec, then record how it
+        ended."""
         await self.observe()
-        turn = await self.ledger.turn(kind, service, to)
+        turn = await self.ledger.turn(kind, service, to, image)
         self.view.rotation.follow(turn.spec)
         await self.follow_records({service})
         if turn.hosts:

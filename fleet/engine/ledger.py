@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from fleet.config.spec import ServiceSpec, from_playbook_dict, to_playbook_dict
+from fleet.config.spec import IMAGE_RE, ServiceSpec, from_playbook_dict, to_playbook_dict
 from fleet.core.errors import FleetError
 from fleet.engine.concurrency import SerialRecords
 from fleet.plan.reconcile import Replica
@@ -19,9 +19,11 @@ from fleet.plan.rollout.decide import (
     ServiceState,
     Target,
     after_abort,
+    after_deploy,
     after_destroy,
     after_failure,
     after_promote,
+    after_restart,
     after_rollback,
     after_scale,
     after_success,
@@ -32,7 +34,7 @@ from fleet.plan.volumes import VolumeView
 from fleet.store.history import FinalOutcome, Revision
 from fleet.store.protocol import Records
 
-TurnKind = Literal["rollback", "promote", "abort"]
+TurnKind = Literal["rollback", "promote", "abort", "restart", "deploy"]
 
 
 def spec_of(rev: Revision) -> ServiceSpec:
@@ -56,8 +58,9 @@ def _rolling(spec: ServiceSpec) -> ServiceSpec:
 
 @dataclass(frozen=True)
 class Turn:
-    """One of `rollback`, `promote`, `abort`: the service converges to `spec` at `revision` (None: a new revision
-    of it is begun), then the ledger records the turn's end. `shown` is the revision the user asked about."""
+    """One of `rollback`, `promote`, `abort`, `restart`, `deploy`: the service converges to `spec` at `revision`
+    (None: a new revision of it is begun), then the ledger records the turn's end. `shown` is the revision the
+    user asked about (restart and deploy: the accepted one they start from)."""
 
     kind: TurnKind
     spec: ServiceSpec
@@ -204,9 +207,11 @@ class Ledger:
             raise FleetError(f"{service}: no succeeded revision before {current} to roll back to")
         return prev
 
-    async def turn(self, kind: TurnKind, service: str, to: int | None = None) -> Turn:
+    async def turn(self, kind: TurnKind, service: str, to: int | None = None, image: str | None = None) -> Turn:
         """What `kind` converges the service to: revision `to`'s spec (rollback), the waiting canary's (promote),
-        or the accepted one (abort), the last two rolling."""
+        or the accepted one (abort), the last two rolling; restart and deploy: see `again`."""
+        if kind in ("restart", "deploy"):
+            return await self.again(kind, service, image)
         if kind == "rollback":
             target = await self.rollback_target(service, to)
             return Turn(kind, spec_of(target), None, target, await self.state(service), hosts=True)
@@ -221,12 +226,46 @@ class Ledger:
             raise FleetError(f"{service}: no accepted revision to go back to (see `fleet history {service}`)")
         return Turn(kind, _rolling(back), state.accepted, rev, state, hosts=False)
 
+    async def again(self, kind: TurnKind, service: str, image: str | None) -> Turn:
+        """`restart`: the accepted spec with the next restart generation, so every replica is replaced, surge
+        first and health-checked, with the same image and settings; `deploy`: the accepted spec with `image`.
+        Both roll (a canary's steps judge a new version; neither is one to judge), at the count reconcile keeps,
+        as a new revision of the service."""
+        state, accepted, _ = await self.accepted(service)
+        if state is None or accepted is None or state.accepted is None:
+            raise FleetError(f"{service}: no accepted revision on this fleet to {kind} (`fleet apply` it first)")
+        if state.decision == "canary-waiting":
+            raise FleetError(f"{service}: canary revision {state.canary} waits: `fleet promote {service}` or "
+                             f"`fleet abort {service}` first")
+        if state.decision == "destroyed":
+            raise FleetError(f"{service} was destroyed: `fleet apply` brings it back")
+        spec = replace(accepted, replicas=state.replicas if state.replicas is not None else accepted.replicas)
+        if kind == "restart":
+            spec = replace(spec, restarts=spec.restarts + 1)
+        else:
+            if image is None or len(image) > 255 or not IMAGE_RE.match(image):
+                raise FleetError(f"--image: expected an image reference such as registry.local/web:v2, got {image!r}")
+            spec = replace(spec, image=image)
+        shown = await self.records.get(service, state.accepted)
+        assert shown is not None  # `accepted` was read from it
+        return Turn(kind, _rolling(spec), None, shown, state, hosts=False)
+
     async def turned(self, turn: Turn, revision: int, failure: str | None) -> None:
-        """Record how `turn` ended (`failure`: why it did not converge; only a rollback's own revision fails)."""
+        """Record how `turn` ended (`failure`: why it did not converge; only the turn's own revision fails)."""
         name, at = turn.spec.name, time.time()
         if failure is not None:
-            if turn.kind == "rollback":
+            if turn.kind in ("rollback", "restart", "deploy"):
                 await self._finish(name, revision, "failed", failure)
+            return
+        if turn.kind in ("restart", "deploy"):
+            assert turn.state is not None  # both start from an accepted revision
+            if turn.kind == "restart":
+                await self._finish(name, revision, "succeeded", f"restart of revision {turn.shown.revision} "
+                                                                "by `fleet restart`")
+                await self._set(name, after_restart(turn.state, revision, self.user, at))
+            else:
+                await self._finish(name, revision, "succeeded", f"image {turn.spec.image} by `fleet deploy`")
+                await self._set(name, after_deploy(turn.state, revision, turn.spec.image, self.user, at))
             return
         if turn.kind == "rollback":
             await self._finish(name, revision, "succeeded", f"rollback to revision {turn.shown.revision}")
@@ -276,5 +315,5 @@ class NullLedger(Ledger):
     async def rollback_target(self, service: str, to: int | None) -> Revision:
         raise FleetError(f"{service}: this fleet keeps no records to roll back by")
 
-    async def turn(self, kind: TurnKind, service: str, to: int | None = None) -> Turn:
+    async def turn(self, kind: TurnKind, service: str, to: int | None = None, image: str | None = None) -> Turn:
         raise FleetError(f"{service}: this fleet keeps no records to {kind} by")

@@ -8,6 +8,7 @@ import itertools
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -33,12 +34,14 @@ from fleet.config.spec.rules import (
 )
 from fleet.config.spec.values import (
     DEFAULT_CONFIG_MODE,
+    DEFAULT_LB_RETRIES,
     DEFAULT_RESOURCES,
     DEFAULT_SECRET_FILE_MODE,
     DIGEST_RE,
     FLEET_MOUNTS,
     HTTP_PATH_RE,
     IMAGE_RE,
+    MAINTENANCE_RE,
     NODE_DIRS,
     SECRET_NAME_RE,
     VOLUME_NAME_RE,
@@ -46,6 +49,7 @@ from fleet.config.spec.values import (
     ConfigSpec,
     HealthSpec,
     LbSpec,
+    LbTimeouts,
     PlacementSpec,
     SecretFileSpec,
     SecretRef,
@@ -163,6 +167,29 @@ class _Placement(_Strict):
         return out
 
 
+class _LbTimeouts(_Strict):
+    client: PositiveDuration | None = None
+    server: PositiveDuration | None = None
+    tunnel: PositiveDuration | None = None
+    connect: PositiveDuration | None = None
+
+    def value(self) -> LbTimeouts:
+        return LbTimeouts(self.client, self.server, self.tunnel, self.connect)
+
+    @staticmethod
+    def written(t: LbTimeouts) -> dict[str, Any]:
+        """Only the timeouts set, so a service without them records what it always did."""
+        return {k: format_duration(v) for k, v in (("client", t.client), ("server", t.server),
+                                                   ("tunnel", t.tunnel), ("connect", t.connect)) if v is not None}
+
+
+def _maintenance(v: str) -> str:
+    if not MAINTENANCE_RE.match(v):
+        raise ValueError("expected 1-512 characters of text with no \" \\ $ % # and no control character (it "
+                         "goes into HAProxy's config as the page's text)")
+    return v
+
+
 class _Lb(_Strict):
     port: LbPort | None = None
     mode: Literal["http", "tcp"] = LbSpec.mode
@@ -170,6 +197,10 @@ class _Lb(_Strict):
     hosts: list[HostName] = Field(default_factory=list)
     paths: list[PathPrefix] = Field(default_factory=list)
     tls: TlsModel | None = None
+    timeouts: _LbTimeouts = Field(default_factory=_LbTimeouts)
+    sticky: Literal["cookie"] | None = None
+    maintenance: Annotated[str, AfterValidator(_maintenance)] | None = None
+    retries: Annotated[StrictInt, Field(ge=0, le=10)] = DEFAULT_LB_RETRIES
 
     @model_validator(mode="after")
     def _routed(self) -> _Lb:
@@ -181,16 +212,32 @@ class _Lb(_Strict):
             raise ValueError("paths and tls apply to hosts: list the service's host names")
         if (problem := hosts_problem(self.hosts)) is not None:
             raise ValueError(problem)
+        if self.mode != "http" and (self.sticky is not None or self.maintenance is not None):
+            raise ValueError("sticky and maintenance need mode http (a cookie and a page are HTTP)")
+        if self.timeouts.client is not None and self.port is None:
+            raise ValueError("timeouts.client applies to the service's own frontend (port: N); the shared "
+                             "HTTP/HTTPS frontends of hosts keep fleet's (30s): use timeouts.tunnel for "
+                             "websockets")
         return self
 
     def value(self, base_dir: str | None) -> LbSpec:
         """`base_dir`: the playbook's directory, against which relative certificate files are made absolute."""
         return LbSpec(self.port, self.mode, self.balance, tuple(self.hosts), tuple(self.paths),
-                      tls_spec(self.tls, base_dir) if self.tls else None)
+                      tls_spec(self.tls, base_dir) if self.tls else None, self.timeouts.value(), self.sticky,
+                      self.maintenance, self.retries)
 
     @staticmethod
     def written(lb: LbSpec) -> dict[str, Any]:
         out: dict[str, Any] = {"mode": lb.mode, "balance": lb.balance}
+        # The settings below are written only when set, so a service without them records what it always did.
+        if timeouts := _LbTimeouts.written(lb.timeouts):
+            out["timeouts"] = timeouts
+        if lb.sticky is not None:
+            out["sticky"] = lb.sticky
+        if lb.maintenance is not None:
+            out["maintenance"] = lb.maintenance
+        if lb.retries != DEFAULT_LB_RETRIES:
+            out["retries"] = lb.retries
         if lb.port is not None:
             out["port"] = lb.port
         if lb.hosts:
@@ -395,6 +442,7 @@ class ServiceInput(_Strict):
     configs: list[_Config] = Field(default_factory=list)
     secrets: list[_SecretFile] = Field(default_factory=list)
     secret_digests: dict[str, str] | None = None
+    restarts: Annotated[StrictInt, Field(ge=0)] | None = None
 
     @field_validator("secret_digests")
     @classmethod
@@ -450,6 +498,7 @@ class ServiceInput(_Strict):
             configs=files[0],
             secret_files=files[1],
             secret_digests=self.secret_digests or {},
+            restarts=self.restarts or 0,
             source_file=doc.file,
             source_line=doc.line_of(where),
         )
@@ -482,6 +531,8 @@ class ServiceInput(_Strict):
             out["secrets"] = [_SecretFile.written(f) for f in spec.secret_files]
         if spec.secret_digests:
             out["secret_digests"] = dict(sorted(spec.secret_digests.items()))
+        if spec.restarts:
+            out["restarts"] = spec.restarts
         return out
 
 

@@ -140,6 +140,9 @@ def _files(name: str, svc: ServiceInput, doc: Marked, base_dir: str | None, inte
     if svc.secret_digests is not None and not internal:
         problems.append(doc.problem((*where, "secret_digests"), "fleet records this itself (the keyed digests of "
                                                                 "the secrets' values); not a playbook setting"))
+    if svc.restarts is not None and not internal:
+        problems.append(doc.problem((*where, "restarts"), "fleet records this itself (`fleet restart`); not a "
+                                                          "playbook setting"))
     return tuple(configs), tuple(files)
 
 
@@ -153,7 +156,7 @@ def _parse(text: str, file: str) -> tuple[Playbook, list[Problem]]:
 
 def parse_doc(doc: Marked, base_dir: str | None, internal: bool = False) -> tuple[Playbook, list[Problem]]:
     """`base_dir`: where configs' files are read from (None: configs must carry their content); `internal`: the
-    document is fleet's own record of a spec, which may hold `secret_digests`."""
+    document is fleet's own record of a spec, which may hold `secret_digests` and `restarts`."""
     file = doc.file
     if not isinstance(doc.data, dict) or "services" not in doc.data:
         return Playbook(file, ()), [Problem(file, 1, "", "expected a mapping with `services:`")]

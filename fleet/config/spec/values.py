@@ -140,9 +140,30 @@ class PlacementSpec:
 
 
 @dataclass(frozen=True)
+class LbTimeouts:
+    """HAProxy's timeouts for one service, in seconds; None keeps fleet's default (connect 2s, client and server
+    30s, tunnel as client and server). `client` is the service's own frontend's (the shared HTTP/HTTPS frontends
+    keep fleet's); `tunnel` holds an upgraded connection (websocket) or a tcp one once both sides are connected."""
+
+    client: float | None = None
+    server: float | None = None
+    tunnel: float | None = None
+    connect: float | None = None
+
+
+# A maintenance page's text: it goes verbatim, in double quotes, into an HAProxy config line, so no quote,
+# backslash, `$` (expanded in double quotes), `%` or `#`, and no control character.
+MAINTENANCE_RE = re.compile(r'^[^"\\$%#\x00-\x1f\x7f]{1,512}$')
+# `lb.retries`' default: what fleet's HAProxy config has always had (a connection retried twice).
+DEFAULT_LB_RETRIES = 2
+
+
+@dataclass(frozen=True)
 class LbSpec:
     """The service's frontend on the LB nodes: its own `port`, and/or `hosts` (with optional path prefixes) on the
-    shared HTTP/HTTPS ports, with `tls`."""
+    shared HTTP/HTTPS ports, with `tls`; its `timeouts`, `sticky` sessions (by a cookie HAProxy inserts), the
+    `maintenance` page's text (served, status 503, while no replica is up) and how many times a failed request
+    is tried again (`retries`: see fleet.node.haproxy.render for which requests)."""
 
     port: int | None
     mode: Literal["http", "tcp"] = "http"
@@ -150,6 +171,10 @@ class LbSpec:
     hosts: tuple[str, ...] = ()
     paths: tuple[str, ...] = ()
     tls: TlsSpec | None = None
+    timeouts: LbTimeouts = LbTimeouts()
+    sticky: Literal["cookie"] | None = None
+    maintenance: str | None = None
+    retries: int = DEFAULT_LB_RETRIES
 
 
 @dataclass(frozen=True)
@@ -224,6 +249,9 @@ class ServiceSpec:
     # Keyed digests (HMAC, the fleet's key) of the values of the secrets the service uses, stamped by the
     # controller (`with_secret_digests`): a rotated secret changes the spec hash, so its replicas are replaced.
     secret_digests: Mapping[str, str] = field(default_factory=dict)
+    # How many times `fleet restart` rolled the service with nothing else changed, stamped by the controller
+    # (a restart generation): part of the hash, so every replica of the restarted revision is out of date.
+    restarts: int = 0
     source_file: str = field(default="", compare=False)
     source_line: int | None = field(default=None, compare=False)
 
@@ -254,6 +282,7 @@ class ServiceSpec:
             **({"secret_files": [{"secret": f.secret, "target": f.target, "mode": f.mode}
                                  for f in self.secret_files]} if self.secret_files else {}),
             **({"secret_digests": dict(sorted(self.secret_digests.items()))} if self.secret_digests else {}),
+            **({"restarts": self.restarts} if self.restarts else {}),
         }
 
     def command_line_bytes(self) -> int:

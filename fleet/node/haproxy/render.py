@@ -14,6 +14,7 @@ from typing import Literal
 
 from fleet.config.edge import TlsSpec
 from fleet.config.spec import HTTP_PATH_RE, HealthSpec, ServiceSpec
+from fleet.config.spec.values import DEFAULT_LB_RETRIES, MAINTENANCE_RE, LbTimeouts
 from fleet.core.edge import check_host_name
 from fleet.plan.healthjudge import HAPROXY_EXPECT
 
@@ -92,6 +93,10 @@ class LbService:
     tls: LbTls | None = None
     # Where the certificate comes from (the spec's `lb.tls`); the engine resolves it into `tls`.
     tls_source: TlsSpec | None = field(default=None, compare=False)
+    timeouts: LbTimeouts = field(default_factory=LbTimeouts)
+    sticky: bool = False
+    maintenance: str | None = None
+    retries: int = DEFAULT_LB_RETRIES
 
 
 @dataclass(frozen=True)
@@ -139,8 +144,10 @@ def lb_service(spec: ServiceSpec, servers: Sequence[LbServer], bind_address: str
     """The LB view of a service spec (which must have `lb`); its check is `lb_health(spec.health)`."""
     if spec.lb is None:
         raise ValueError(f"service {spec.name!r} has no lb section")
-    return LbService(spec.name, spec.lb.port, tuple(servers), spec.lb.mode, spec.lb.balance, bind_address,
-                     lb_health(spec.health), spec.lb.hosts, spec.lb.paths, None, spec.lb.tls)
+    lb = spec.lb
+    return LbService(spec.name, lb.port, tuple(servers), lb.mode, lb.balance, bind_address, lb_health(spec.health),
+                     lb.hosts, lb.paths, None, lb.tls, timeouts=lb.timeouts, sticky=lb.sticky == "cookie",
+                     maintenance=lb.maintenance, retries=lb.retries)
 
 
 def frontend_name(service: str) -> str:
@@ -247,6 +254,8 @@ def _service_lines(svc: LbService) -> list[str]:
         lines += ["", f"frontend fe_{name}", f"    mode {svc.mode}", f"    bind {bind}"]
         if svc.mode == "tcp":
             lines.append("    no option idle-close-on-response")
+        if svc.timeouts.client is not None:
+            lines.append(f"    timeout client {_ms(svc.timeouts.client, f'{where}.timeouts.client')}")
         lines.append(f"    default_backend be_{name}")
     elif not svc.hosts:
         raise ValueError(f"{where}: needs a bind_port or hosts")
@@ -255,6 +264,7 @@ def _service_lines(svc: LbService) -> list[str]:
     lines += ["", f"backend be_{name}", f"    mode {svc.mode}", f"    balance {svc.balance}"]
     if svc.balance == "source":
         lines.append("    hash-type consistent")
+    lines += _settings_lines(svc, name, where)
     if health.kind == "http":
         path = check_path(health.path, f"{where}.health.path")
         lines += [f"    option httpchk GET {path}", f"    http-check expect {HAPROXY_EXPECT}"]
@@ -268,6 +278,47 @@ def _service_lines(svc: LbService) -> list[str]:
             raise ValueError(f"{where}.servers: duplicate server name {server.name!r}")
         seen.add(server.name)
         lines.append(f"    {line}")
+    return lines
+
+
+# What a retry answers: the connection failed (the request was never sent), the server closed it with no
+# answer (a replica killed mid-request), no answer within `timeout server`, or a 502/503 from the replica.
+RETRY_ON = "conn-failure empty-response response-timeout 502 503"
+# HAProxy 2.6 retries any method on these (a POST too: verified, tests/test_haproxy_lbsettings.py), so fleet
+# allows only the safe methods past a connection failure: replaying them cannot change anything.
+RETRIED_METHODS = "GET HEAD OPTIONS"
+
+
+def _settings_lines(svc: LbService, name: str, where: str) -> list[str]:
+    """The backend's per-service settings: timeouts, the maintenance page, retries and the sticky cookie.
+
+    A request is tried again up to `retries` times, each time on another server (`option redispatch 1`), when
+    its connection failed; a GET, HEAD or OPTIONS also on an empty answer, a timeout or a 502/503 (`RETRY_ON`).
+    The maintenance page is `http-request return status 503` while no server is up (`nbsrv() eq 0`): no file
+    on the node, and the text comes from the playbook. Sticky sessions use HAProxy's dynamic cookies (each
+    server's value a hash of its address, port and the backend's key): a server added at runtime gets one too
+    (2.6 refuses a `cookie` argument on `add server`), and every lb node and every reload gives the same value."""
+    lines = []
+    t = svc.timeouts
+    for what, value in (("connect", t.connect), ("server", t.server), ("tunnel", t.tunnel)):
+        if value is not None:
+            lines.append(f"    timeout {what} {_ms(value, f'{where}.timeouts.{what}')}")
+    retries = _check_int(svc.retries, f"{where}.retries", 0, 10)
+    if svc.mode == "http" and svc.maintenance is not None:
+        if not isinstance(svc.maintenance, str) or not MAINTENANCE_RE.match(svc.maintenance):
+            raise ValueError(f"{where}.maintenance: expected 1-512 characters with no quote, backslash, $, %, #")
+        lines.append(f'    http-request return status 503 content-type "text/plain; charset=utf-8" string '
+                     f'"{svc.maintenance}" hdr Retry-After 10 hdr Cache-Control no-store if {{ nbsrv() eq 0 }}')
+    if retries != DEFAULT_LB_RETRIES:
+        lines.append(f"    retries {retries}")
+    if svc.mode == "http" and retries:
+        lines += [f"    retry-on {RETRY_ON}",
+                  f"    http-request disable-l7-retry unless {{ method {RETRIED_METHODS} }}",
+                  "    option redispatch 1"]
+    if svc.sticky:
+        if svc.mode != "http":
+            raise ValueError(f"{where}.sticky: a cookie needs mode http")
+        lines += [f"    cookie fleet_{name} insert indirect nocache dynamic", f"    dynamic-cookie-key fleet-{name}"]
     return lines
 
 
@@ -483,6 +534,12 @@ def add_server(backend: str, server: LbServer, health: LbHealth) -> list[str]:
 def del_server(backend: str, server: str) -> list[str]:
     """Put the server in maint, then delete it (HAProxy refuses while it still has connections)."""
     return [set_server_state(backend, server, "maint"), f"del server {_srv(backend, server)}"]
+
+
+def enable_dynamic_cookie(backend: str) -> str:
+    """Compute the sticky cookie of every server of the backend, those added at runtime included (2.6 gives
+    one to a server added with `add server` only then)."""
+    return f"enable dynamic-cookie backend {check_name(backend, 'backend')}"
 
 
 def show_stat() -> str:

@@ -3,7 +3,8 @@
 `server_changes(old, new)` compares two configs written by `render`. When they differ only in servers of
 backends both have (added, removed, weighted, put in or out of maint), it returns the admin-socket commands
 that take the running worker from `old` to `new`; the file is then rewritten without a reload, and a later
-reload of it (with the server state file) gives the same servers, weights and states. Anything else (a new or
+reload of it (with the server state file) gives the same servers, weights and states (a server added to a
+backend with sticky sessions gets its cookie by `enable dynamic-cookie backend`). Anything else (a new or
 removed backend, ports, TLS, timeouts, health settings, a server's address or check options) returns None:
 that needs a reload.
 
@@ -17,11 +18,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from fleet.node.haproxy.render import check_name, del_server, set_server_state, set_server_weight
+from fleet.node.haproxy.render import (
+    check_name,
+    del_server,
+    enable_dynamic_cookie,
+    set_server_state,
+    set_server_weight,
+)
 
 _BACKEND = re.compile(r"^backend (\S+)$")
 _SECTION = re.compile(r"^[a-z]")
 _SERVER = re.compile(r"^    server (\S+) (.+?) weight (\d+)( disabled)?$")
+_DYNAMIC_COOKIE = re.compile(r"^    cookie \S+ .* dynamic$")
 
 
 @dataclass(frozen=True)
@@ -103,6 +111,22 @@ def server_changes(old: str, new: str) -> list[str] | None:
                 cmds.append(set_server_state(*key, "ready"))
         if was.disabled != now.disabled:
             cmds.append(set_server_state(*key, "maint" if now.disabled else "ready"))
-    for key in sorted(after.servers.keys() - before.servers.keys()):
+    added = sorted(after.servers.keys() - before.servers.keys())
+    for key in added:
         cmds += add_commands(after.servers[key])
+    sticky = _sticky_backends(after.skeleton)
+    cmds += [enable_dynamic_cookie(b) for b in sorted({b for b, _ in added} & sticky)]
     return cmds
+
+
+def _sticky_backends(skeleton: tuple[str, ...]) -> set[str]:
+    """The backends whose servers get a dynamic cookie (`lb.sticky: cookie`)."""
+    out: set[str] = set()
+    backend: str | None = None
+    for line in skeleton:
+        if _SECTION.match(line):
+            m = _BACKEND.match(line)
+            backend = m[1] if m else None
+        elif backend is not None and _DYNAMIC_COOKIE.match(line):
+            out.add(backend)
+    return out

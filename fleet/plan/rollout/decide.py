@@ -18,8 +18,9 @@ from typing import Any, Literal
 
 from fleet.config.spec import ServiceSpec, to_playbook_dict
 
-Decision = Literal["applied", "failed", "rolled-back", "aborted", "pinned", "canary-waiting", "destroyed"]
-DECISIONS: tuple[str, ...] = ("applied", "failed", "rolled-back", "aborted", "pinned", "canary-waiting", "destroyed")
+Decision = Literal["applied", "failed", "rolled-back", "aborted", "pinned", "canary-waiting", "destroyed", "deployed"]
+DECISIONS: tuple[str, ...] = ("applied", "failed", "rolled-back", "aborted", "pinned", "canary-waiting", "destroyed",
+                              "deployed")
 Command = Literal["apply", "reconcile"]
 
 
@@ -30,8 +31,10 @@ def _digest(data: Mapping[str, Any]) -> str:
 
 def intent_hash(spec: ServiceSpec) -> str:
     """Everything the playbook says about the service (replica count included): what `reconcile` compares to
-    tell whether the playbook changed since it was last tried."""
-    return _digest(to_playbook_dict(spec))
+    tell whether the playbook changed since it was last tried. A restart generation is not the playbook's."""
+    data = to_playbook_dict(spec)
+    data.pop("restarts", None)
+    return _digest(data)
 
 
 def revision_key(spec: ServiceSpec) -> str:
@@ -113,6 +116,8 @@ HELD_BACK = {
     "rolled-back": "revision {rev} failed ({reason}); not retried until the playbook changes (or `fleet apply`)",
     "aborted": "canary revision {rev} was aborted; not retried until the playbook changes (or `fleet apply`)",
     "pinned": "pinned to revision {acc} by `fleet rollback`; the playbook waits for the next change or `fleet apply`",
+    "deployed": "drift: the playbook says {playbook}, accepted revision {acc} runs {runs} (`fleet deploy`); kept "
+                "until the playbook changes or `fleet apply`",
 }
 
 
@@ -144,11 +149,15 @@ def decide(command: Command, spec: ServiceSpec, state: ServiceState | None,
         template = HELD_BACK.get(state.decision)
         if template is not None and command == "reconcile":
             note = template.format(rev=failed_revision or "?", reason=state.reason or "see `fleet history`",
-                                   acc=state.accepted)
+                                   acc=state.accepted, playbook=spec.image, runs=accepted_spec.image)
         if canary is not None and command == "apply":
             note = (f"canary revision {state.canary} waits: `fleet promote {spec.name}` or "
                     f"`fleet abort {spec.name}`")
         return Target(healed, state.accepted, heal=True, note=note, canary=canary)
+    if accepted_spec is not None and accepted_spec.restarts and not spec.restarts:
+        # A restart generation stays with the service: the playbook cannot say it, and a run that tries the
+        # playbook must not undo (or redo) a `fleet restart`.
+        spec = replace(spec, restarts=accepted_spec.restarts)
     same_revision = (state is not None and state.accepted is not None and accepted_spec is not None
                      and revision_key(accepted_spec) == revision_key(spec))
     return Target(spec, state.accepted if same_revision and state is not None else None, heal=False)
@@ -161,7 +170,7 @@ def config_changes(old: ServiceSpec | None, new: ServiceSpec) -> list[str]:
         return []
     a, b = to_playbook_dict(old), to_playbook_dict(new)
     out = []
-    for key in sorted(set(a) | set(b)):
+    for key in sorted((set(a) | set(b)) - {"restarts"}):  # a restart generation is not the playbook's
         if a.get(key) != b.get(key):
             if key == "configs":
                 out += _file_changes("config", a.get(key) or [], b.get(key) or [], "target")
@@ -246,3 +255,16 @@ def after_destroy(state: ServiceState | None, by: str, at: float) -> ServiceStat
 def after_scale(state: ServiceState, replicas: int) -> ServiceState:
     """The record once `fleet scale` ran the service at `replicas`: reconcile keeps that count until `apply`."""
     return replace(state, replicas=replicas)
+
+
+def after_restart(state: ServiceState, revision: int, by: str, at: float) -> ServiceState:
+    """The record once `fleet restart` rolled every replica anew as `revision` (the accepted spec with the next
+    restart generation): the same decision, intent and count, at the new revision."""
+    return replace(state, accepted=revision, by=by, at=at)
+
+
+def after_deploy(state: ServiceState, revision: int, image: str, by: str, at: float) -> ServiceState:
+    """The record once `fleet deploy` rolled the service to `image` as `revision`: reconcile keeps it while the
+    playbook is unchanged (its intent stays the one last tried), and `fleet plan` shows the drift."""
+    return ServiceState(accepted=revision, decision="deployed", intent=state.intent, replicas=state.replicas,
+                        reason=f"image {image} by `fleet deploy`", by=by, at=at)
