@@ -33,7 +33,8 @@ from fleet.core import labels as L
 from fleet.core.errors import StorageError, VolumeError
 from fleet.core.model import Node
 from fleet.image.demo import build_demo
-from fleet.lab.render import node_dir, storage_user
+from fleet.lab.render import node_dir
+from fleet.node.storage_access import SFTP_USER
 
 pytestmark = pytest.mark.lab
 
@@ -45,8 +46,6 @@ def st(lab, tmp_path_factory) -> dict[str, Any]:
     lb = doc["nodes"]["lb1"]
     lb["roles"] = [*lb["roles"], "storage"]
     lb.setdefault("labels", {})["fleet.storage.authorized_keys"] = f"{lab.lab.cfg.dir}/authorized_keys"
-    # Lab nodes share this machine's /etc/passwd: the lab's own storage user, which `Lab.down` removes.
-    lb["labels"]["fleet.storage.user"] = storage_user(lab.lab.cfg)
     inventory = d / "inventory.yaml"
     inventory.write_text(yaml.safe_dump(doc, sort_keys=False))
     environ = {**os.environ, "FLEET_STATE_DIR": str(d / "state"), "FLEET_INVENTORY": str(inventory),
@@ -322,7 +321,8 @@ def test_the_storage_key_reaches_only_its_export_and_one_worker_is_revoked(lab, 
 
     inventory = load_inventory(st["inventory"])
     lb1, n1 = inventory.node("lb1"), inventory.node("n1")
-    user, cid = storage_user(lab.lab.cfg), "stk-0-confined"
+    # The default storage user, made in lb1's own /etc (each lab node has its own copy): the host's is untouched.
+    user, cid = SFTP_USER, "stk-0-confined"
     ssh_opts = ["-i", "/run/fleet/storage/lb1.key", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
                 "-o", "UserKnownHostsFile=/run/fleet/storage/lb1.known_hosts", "-o", "GlobalKnownHostsFile=/dev/null"]
 

@@ -447,11 +447,6 @@ class Lab:
         if _link_exists(cfg.bridge):
             _run(["ip", "link", "del", cfg.bridge], check=False)
             removed.append(cfg.bridge)
-        # The storage user a test gave this lab's storage node (lab nodes share this machine's /etc/passwd).
-        user = render.storage_user(cfg)
-        known_user = _run(["id", "-u", user], check=False).returncode == 0
-        if known_user and _run(["userdel", user], check=False).returncode == 0:
-            removed.append(f"user {user}")
         # Other labs may still use the shared parent: it goes only once empty.
         for d in (cgroups, os.path.dirname(cgroups)):
             with contextlib.suppress(OSError):

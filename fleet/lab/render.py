@@ -132,12 +132,6 @@ def sshd_config(cfg: LabConfig, node: LabNode) -> str:
     ])
 
 
-def storage_user(cfg: LabConfig) -> str:
-    """The storage user a lab's storage node should name (label `fleet.storage.user`): lab nodes share this
-    machine's /etc/passwd, so each lab has its own, removed by `down`."""
-    return f"fleet-sftp-{cfg.prefix}"
-
-
 def containerd_config(cfg: LabConfig) -> str:
     # CRI is not needed by ctr and slows start; the restart monitor interval is shortened from 10s so
     # self-healing is quick in the lab (production nodes keep their own setting).
