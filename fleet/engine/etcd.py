@@ -220,14 +220,16 @@ class EtcdMembership:
         return await self._store().call(E.member_list_argv(at=E.Endpoint(self.port)), E.parse_member_list)
 
     async def _probe(self, node: Node) -> tuple[str, E.EndpointStatus | None, str | None]:
-        cfg = self._config(node, ())
-        state, status = await asyncio.gather(
-            self.pool.run(node, E.status_script(cfg), timeout=STATUS_TIMEOUT),
-            self.pool.run(node, E.endpoint_status_argv(at=E.Endpoint(self.port)), timeout=STATUS_TIMEOUT))
+        """(state, its endpoint status when it runs, why it could not be probed)."""
+        state = await self.pool.run(node, E.status_script(self._config(node, ())), timeout=STATUS_TIMEOUT)
         if state.error is not None or state.exit_status != 0:
             return "unreachable", None, state.error or f"status script exited {state.exit_status}"
         try:
             word = E.parse_start(state.stdout).result
+            if word == "stopped":
+                return word, None, None
+            status = await self.pool.run(node, E.endpoint_status_argv(at=E.Endpoint(self.port)),
+                                         timeout=STATUS_TIMEOUT)
             found = E.parse_endpoint_status(status.stdout) if status.ok else ()
         except ValueError as exc:
             return "unreachable", None, str(exc)
@@ -295,9 +297,12 @@ class EtcdMembership:
                     raise
             await asyncio.sleep(_RETRY_EVERY)
 
-    async def _retire(self, node: Node) -> str:
+    async def _retire(self, node: Node) -> str | None:
+        """Stop `node`'s etcd and move its data dir aside; what was done (None: nothing was there)."""
         how, moved = E.parse_retire((await self.pool.check(node, E.retire_script(self._config(node, ())),
                                                            timeout=STATUS_TIMEOUT)).stdout)
+        if how == "not-running" and moved is None:
+            return None
         return f"etcd on {node.name} {how}" + (f", its data moved to {moved}" if moved else "")
 
     def _as_members(self, listed: Sequence[E.EtcdMember]) -> list[E.Member]:
@@ -340,13 +345,15 @@ class EtcdMembership:
                 done.append(f"added {name} as a learner (member {mine.id:x}) through {store.node.name}")
             if not running:
                 # An empty data dir: it fetches everything from the leader (a learner's partial copy is set aside).
-                done.append(await self._retire(node))
+                if (retired := await self._retire(node)) is not None:
+                    done.append(retired)
                 await install_pki(self.pool, node, ca, issue_peer(ca, E.Member(node.name, node.address)),
                                   self.files)
                 cfg = self._config(node, self._as_members(listed))
                 text = E.render_config(cfg)
                 started = E.parse_start((await self.pool.check(
-                    node, E.start_script(cfg, len(text.encode()), 1), stdin=text, timeout=START_TIMEOUT)).stdout)
+                    node, E.start_script(cfg, len(text.encode()), START_WAIT_S, ready="status"), stdin=text,
+                    timeout=START_TIMEOUT)).stdout)
                 if not started.running:
                     raise RecordsError(f"etcd on {name} did not start ({started.result}): {started.log[-500:]}")
                 done.append(f"started etcd on {name} (pid {started.pid}), joining the existing cluster")
@@ -389,7 +396,7 @@ class EtcdMembership:
             if node is None:
                 return StepReport(step, tuple(done), f"{name} is not an inventory node: stop its etcd and move its "
                                                      f"data dir ({self.files.data_dir}) aside by hand")
-            done.append(await self._retire(node))
+            done.append(await self._retire(node) or f"etcd on {name} was not running and had no data")
         except (FleetError, ValueError) as exc:
             return StepReport(step, tuple(done), str(exc))
         return StepReport(step, tuple(done))

@@ -228,6 +228,11 @@ epid() {
     && [ "/proc/$p/ns/net" -ef /proc/self/ns/net ] && echo "$p"
 }
 healthy() { etcdctl --endpoints="$EP" --command-timeout=2s endpoint health >/dev/null 2>&1; }
+# Started, for a learner joining a cluster: it answers `endpoint status` (never `endpoint health`) once serving.
+ready() {
+  if [ "${READY:-health}" = status ]; then etcdctl --endpoints="$EP" --command-timeout=2s endpoint status \
+    >/dev/null 2>&1; else healthy; fi
+}
 """
 
 # Writes the config from stdin and starts etcd if it is not running; a running member is left alone (its
@@ -252,7 +257,7 @@ result=start-failed; i=0
 # report it started (running, not yet serving) if it is still alive by then.
 while [ "$i" -lt "$((WAIT * 10))" ]; do
   if ! alive "$ep"; then break; fi
-  if healthy; then result=started; break; fi
+  if ready; then result=started; break; fi
   sleep 0.1; i=$((i + 1))
 done
 if [ "$result" = start-failed ] && alive "$ep"; then result=started; echo "@@fleet waiting-for-quorum 1"; fi
@@ -305,11 +310,14 @@ def _env(cfg: MemberConfig) -> dict[str, str]:
             "EP": f"127.0.0.1:{cfg.client_port}", "DATA": f.data_dir}
 
 
-def start_script(cfg: MemberConfig, size: int, wait_s: int = 10) -> Script:
+def start_script(cfg: MemberConfig, size: int, wait_s: int = 10, *,
+                 ready: Literal["health", "status"] = "health") -> Script:
     """Reads the member's config on stdin (`size` bytes, from `render_config`), writes it, and starts etcd
     detached unless it already runs in this node's network namespace. Prints `@@fleet result` one of
-    START_RESULTS (see `parse_start`)."""
-    return Script(START, {**_env(cfg), "SIZE": str(size), "WAIT": str(wait_s)}, name="fleet-etcd-start")
+    START_RESULTS (see `parse_start`). It waits up to `wait_s` for the member to be healthy (`ready="health"`),
+    or only to answer (`"status"`: a learner, which is never healthy until promoted)."""
+    return Script(START, {**_env(cfg), "SIZE": str(size), "WAIT": str(wait_s), "READY": ready},
+                  name="fleet-etcd-start")
 
 
 def status_script(cfg: MemberConfig) -> Script:
