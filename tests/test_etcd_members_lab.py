@@ -2,21 +2,25 @@
 a fourth record node is added and an original removed, one at a time as the planner says; the history and the
 revision counter come through intact (read by a second controller before and after), and a new revision number
 continues from the old. A member killed by its PID while writes go on with the majority rejoins when started
-again. Every etcd is stopped (by the PID its start recorded) and its files removed."""
+again. `fleet records status` shows the result and `fleet records remove` takes out a member the inventory does not
+name. Every etcd is stopped (by the PID its start recorded) and its files removed."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
 from conftest import LabHandle
+from helpers import run_fleet
 
 from fleet.core.model import Node
 from fleet.engine.etcd import EtcdMembers, EtcdMembership
 from fleet.node import etcd as E
 from fleet.store.etcd import EtcdLease, EtcdStore, SharedState
 from fleet.store.etcd_pki import PeerCa, issue_peer, new_ca
+from fleet.store.nodes import record_nodes
 from fleet.transport import Pool
 
 pytestmark = pytest.mark.lab
@@ -117,3 +121,18 @@ async def test_add_one_remove_one_history_intact_and_a_killed_member_rejoins(
     await membership._healthy(victim)
     assert await EtcdStore(pool, [victim]).read("/fleet/services/web/revisions/0000000005") == {"image": "web:5"}
     assert [n for n, _ in await _revisions([victim])] == [1, 2, 3, 4, 5]
+
+    # The CLI on the same cluster: status names every member and its role; a member that the inventory does not
+    # name as a record node is removed with `fleet records remove`, under the fleet's lease.
+    shown = run_fleet("records", "status", "--json", inventory=lab.inventory_path, timeout=60)
+    doc = json.loads(shown.stdout)
+    assert shown.returncode == 0, shown.stderr
+    assert sorted(m["node"] for m in doc["members"]) == sorted(n.name for n in wanted)
+    assert sorted(m["role"] for m in doc["members"]) == ["follower", "follower", "leader"]
+    named = {n.name for n in record_nodes(lab.inventory)}
+    out = next(n for n in wanted if n.name not in named)
+    removed = run_fleet("records", "remove", out.name, "--yes", inventory=lab.inventory_path, timeout=60)
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    assert f"records: remove member {out.name}: done" in removed.stdout
+    left = await membership.members()
+    assert sorted(m.name for m in left) == sorted(n.name for n in wanted if n is not out)

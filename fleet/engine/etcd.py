@@ -11,6 +11,7 @@ its data aside. `view()` is what `fleet records status` shows.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -210,9 +211,10 @@ class EtcdMembership:
         return EtcdStore(self.pool, [n for n in order if n.name != without], port=self.port)
 
     def node_of(self, member: E.EtcdMember) -> Node | None:
-        """The inventory node a member runs on: by its name, or by its peer address (a member not started yet)."""
-        if member.name in self.nodes:
-            return self.nodes[member.name]
+        """The inventory node a member runs on: by its name, or by its peer address (a member not started yet has
+        no name)."""
+        if member.name:
+            return self.nodes.get(member.name)
         peer = _peer(member)
         return next((n for n in self.nodes.values() if peer and n.address == peer[0]), None)
 
@@ -265,7 +267,36 @@ class EtcdMembership:
         current = [Member(r.node or r.name or f"{r.id:x}", r.healthy, r.learner) for r in view.members]
         return view, plan_one(current, action, node)
 
-    async def run(self, plan: MembershipPlan, ca: PeerCa) -> list[StepReport]:
+    async def change(self, action: Literal["add", "remove"], node: str,
+                     expected: Sequence[Step] | None = None) -> tuple[MembershipPlan, list[StepReport]]:
+        """`fleet records add|remove NODE`, for a caller holding the fleet's lease: planned again on a fresh view
+        (the one shown before may be stale), refused when it is unsafe or differs from `expected` (the steps
+        the user confirmed), else carried out; the CA's key is read only when a member is added."""
+        _, plan = await self.plan_one(action, node)
+        if plan.ok and expected is not None and plan.steps != tuple(expected):
+            return MembershipPlan(refused=f"the etcd cluster changed since it was read (now: "
+                                          f"{'; '.join(plan.lines()) or 'nothing to do'}); run it again"), []
+        if not plan.ok or not plan.steps:
+            return plan, []
+        ca = await self.load_ca() if any(s.action == "add" for s in plan.steps) else None
+        return plan, await self.run(plan, ca)
+
+    async def load_ca(self) -> PeerCa:
+        """The fleet's etcd CA (certificate and key) from the first record node that keeps its key
+        (`EtcdFiles.ca_key`, 0600): a new member's peer certificate is issued with it, here on the controller."""
+        problems = []
+        for node in [*self.record, *(n for n in self.nodes.values() if n not in self.record)]:
+            result = await self.pool.run(node, ["cat", self.files.ca_cert, self.files.ca_key], timeout=STATUS_TIMEOUT)
+            found = re.search(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----\n", result.stdout, re.S)
+            key = re.search(r"-----BEGIN (EC )?PRIVATE KEY-----.*?-----END (EC )?PRIVATE KEY-----\n", result.stdout,
+                            re.S)
+            if result.ok and found and key:
+                return PeerCa(found.group(0), Secret(key.group(0)))
+            problems.append(f"{node.name}: {result.error or 'no CA key'}")
+        raise RecordsError(f"the fleet's etcd CA key ({self.files.ca_key}) was found on no node "
+                           f"({'; '.join(problems)}): it is written when the cluster is first formed")
+
+    async def run(self, plan: MembershipPlan, ca: PeerCa | None) -> list[StepReport]:
         """Carry out the steps in order; the first that fails stops the rest (each step leaves the cluster with
         a quorum, so stopping between steps is safe, and the next run plans from where it stopped)."""
         if not plan.ok:
@@ -273,7 +304,12 @@ class EtcdMembership:
         reports: list[StepReport] = []
         for step in plan.steps:
             self.on_step(step.line())
-            report = await (self.add(step.node, ca) if step.action == "add" else self.remove(step.node))
+            if step.action == "remove":
+                report = await self.remove(step.node)
+            elif ca is None:
+                raise ValueError("adding a member needs the fleet's etcd CA")
+            else:
+                report = await self.add(step.node, ca)
             reports.append(report)
             if not report.ok:
                 break
