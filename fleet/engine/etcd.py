@@ -195,8 +195,9 @@ class EtcdMembership:
 
     def __init__(self, pool: Pool, nodes: Sequence[Node], record: Sequence[Node], *, cluster_token: str,
                  files: E.EtcdFiles = DEFAULT_FILES, port: int = E.CLIENT_PORT,
-                 on_step: Callable[[str], None] | None = None) -> None:
+                 command_timeout_s: int = E.COMMAND_TIMEOUT_S, on_step: Callable[[str], None] | None = None) -> None:
         self.pool = pool
+        self.command_timeout_s = command_timeout_s
         self.nodes = {n.name: n for n in nodes}
         self.record = tuple(record)
         self.cluster_token = cluster_token
@@ -208,7 +209,10 @@ class EtcdMembership:
         """A client on the record nodes, then every other inventory node (a member not yet unnamed answers too),
         leaving out `without` (the member being removed)."""
         order = [*self.record, *(n for n in self.nodes.values() if n not in self.record)]
-        return EtcdStore(self.pool, [n for n in order if n.name != without], port=self.port)
+        # The member list read first through this store settles on a node whose member answers, so the change
+        # that follows goes there (a write sent to a member that does not answer is not retried elsewhere).
+        return EtcdStore(self.pool, [n for n in order if n.name != without], port=self.port,
+                         command_timeout_s=self.command_timeout_s)
 
     def node_of(self, member: E.EtcdMember) -> Node | None:
         """The inventory node a member runs on: by its name, or by its peer address (a member not started yet has
@@ -219,7 +223,11 @@ class EtcdMembership:
         return next((n for n in self.nodes.values() if peer and n.address == peer[0]), None)
 
     async def members(self) -> tuple[E.EtcdMember, ...]:
-        return await self._store().call(E.member_list_argv(at=E.Endpoint(self.port)), E.parse_member_list)
+        return await self._store().call(E.member_list_argv(at=self._at), E.parse_member_list)
+
+    @property
+    def _at(self) -> E.Endpoint:
+        return E.Endpoint(self.port, self.command_timeout_s)
 
     async def _probe(self, node: Node) -> tuple[str, E.EndpointStatus | None, str | None]:
         """(state, its endpoint status when it runs, why it could not be probed)."""
@@ -230,7 +238,7 @@ class EtcdMembership:
             word = E.parse_start(state.stdout).result
             if word == "stopped":
                 return word, None, None
-            status = await self.pool.run(node, E.endpoint_status_argv(at=E.Endpoint(self.port)),
+            status = await self.pool.run(node, E.endpoint_status_argv(at=self._at),
                                          timeout=STATUS_TIMEOUT)
             found = E.parse_endpoint_status(status.stdout) if status.ok else ()
         except ValueError as exc:
@@ -358,7 +366,7 @@ class EtcdMembership:
             return StepReport(step, (), f"{name} is not a node of the inventory")
         try:
             store = self._store(without=name)
-            at = E.Endpoint(self.port)
+            at = self._at
             listed = await store.call(E.member_list_argv(at=at), E.parse_member_list)
             mine = next((m for m in listed if self.node_of(m) is node), None)
             if mine is not None and not mine.is_learner:
@@ -420,7 +428,7 @@ class EtcdMembership:
         step, done = Step("remove", name), []
         try:
             store = self._store(without=name)
-            at = E.Endpoint(self.port)
+            at = self._at
             listed = await store.call(E.member_list_argv(at=at), E.parse_member_list)
             mine = next((m for m in listed if m.name == name or getattr(self.node_of(m), "name", None) == name),
                         None)
