@@ -24,7 +24,9 @@ from types import TracebackType
 
 from helpers import free_port
 
+from fleet.engine.etcd import EtcdMembers
 from fleet.node import etcd as E
+from fleet.store.etcd_pki import PeerCa, issue_peer
 
 ETCD = shutil.which("etcd")
 ETCDCTL = shutil.which("etcdctl")
@@ -105,6 +107,12 @@ class LocalEtcd:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+async def start_members(members: EtcdMembers, ca: PeerCa) -> None:
+    """Start a new cluster of `members` on lab nodes, each with a peer certificate `ca` issued; all must start."""
+    reports = await members.ensure((ca, {name: issue_peer(ca, cfg.member) for name, cfg in members.configs.items()}))
+    assert [r.state.result if r.state else r.error for r in reports] == ["started"] * len(members.nodes)
 
 
 def _run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:

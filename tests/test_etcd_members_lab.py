@@ -13,13 +13,14 @@ from dataclasses import dataclass
 
 import pytest
 from conftest import LabHandle
+from etcd_local import start_members
 from helpers import run_fleet
 
 from fleet.core.model import Node
 from fleet.engine.etcd import EtcdMembers, EtcdMembership
 from fleet.node import etcd as E
 from fleet.store.etcd import EtcdLease, EtcdStore, SharedState
-from fleet.store.etcd_pki import PeerCa, issue_peer, new_ca
+from fleet.store.etcd_pki import PeerCa, new_ca
 from fleet.store.nodes import record_nodes
 from fleet.transport import Pool
 
@@ -45,9 +46,7 @@ async def cluster(lab: LabHandle) -> AsyncIterator[Cluster]:
     async with Pool(connect_attempts=1) as pool:
         members = EtcdMembers(pool, workers, cluster_token=TOKEN, files=FILES)
         try:
-            pki = (ca, {n.name: issue_peer(ca, members.configs[n.name].member) for n in workers})
-            reports = await members.ensure(pki)
-            assert [r.state.result if r.state else r.error for r in reports] == ["started"] * 3
+            await start_members(members, ca)
             yield Cluster(pool, workers, spare, ca)
         finally:
             everyone = [*workers, spare]
