@@ -251,7 +251,8 @@ class EtcdMembership:
         try:
             listed = await self.members()
         except RecordsError as exc:
-            return RecordsView((), wanted, MembershipPlan(), str(exc))
+            return RecordsView((), wanted, MembershipPlan(refused=f"the etcd cluster could not be read: {exc}"),
+                               str(exc))
         hosts = [self.node_of(m) for m in listed]
         probes = await asyncio.gather(*(self._probe(n) for n in hosts if n is not None))
         by_node = dict(zip([n.name for n in hosts if n is not None], probes, strict=True))
@@ -271,7 +272,7 @@ class EtcdMembership:
     async def plan_one(self, action: Literal["add", "remove"], node: str) -> tuple[RecordsView, MembershipPlan]:
         view = await self.view()
         if view.error is not None:
-            return view, MembershipPlan(refused=f"the etcd cluster could not be read: {view.error}")
+            return view, view.plan
         current = [Member(r.node or r.name or f"{r.id:x}", r.healthy, r.learner) for r in view.members]
         return view, plan_one(current, action, node)
 
@@ -284,6 +285,14 @@ class EtcdMembership:
         if plan.ok and expected is not None and plan.steps != tuple(expected):
             return MembershipPlan(refused=f"the etcd cluster changed since it was read (now: "
                                           f"{'; '.join(plan.lines()) or 'nothing to do'}); run it again"), []
+        return await self._carry_out(plan)
+
+    async def converge(self) -> tuple[MembershipPlan, list[StepReport]]:
+        """What the next apply does, for a caller holding the fleet's lease: every step toward the inventory's
+        record nodes, carried out in order (none when the plan is refused: its reason is in the plan)."""
+        return await self._carry_out((await self.view()).plan)
+
+    async def _carry_out(self, plan: MembershipPlan) -> tuple[MembershipPlan, list[StepReport]]:
         if not plan.ok or not plan.steps:
             return plan, []
         ca = await self.load_ca() if any(s.action == "add" for s in plan.steps) else None
