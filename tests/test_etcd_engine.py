@@ -78,3 +78,19 @@ async def test_membership_with_no_member_answering_degrades(farm: SSHFarm, tmp_p
         Path(files.ca_key).write_text(ca.key.reveal())
         read = await membership.load_ca()
         assert read.cert_pem == ca.cert_pem and read.key.reveal() == ca.key.reveal()
+
+
+async def test_a_learner_that_cannot_start_is_taken_out_again(tmp_path: Path) -> None:
+    """An add whose new member fails to start (here its client port is the running member's, which answers in its
+    place) leaves the cluster as it was: the learner it added is removed again, and the step says why it stopped."""
+    with LocalEtcd(prefix="n") as etcd:
+        async with SSHFarm(tmp_path / "farm") as farm:
+            first, new = await farm.add("n0"), await farm.add("n1")
+            async with Pool(connect_attempts=1, connect_timeout=5) as pool:
+                membership = EtcdMembership(pool, [first, new], [first, new], cluster_token="t",
+                                            files=EtcdFiles(str(tmp_path / "new")), port=etcd.port)
+                report = await membership.add("n1", new_ca("t"))
+                assert report.error is not None and "did not start" in report.error, report
+                assert report.done[0].startswith("added n1 as a learner")
+                assert any(line.startswith("removed the learner") for line in report.done), report.done
+                assert [m.name for m in await membership.members()] == ["n0"]

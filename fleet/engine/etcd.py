@@ -11,6 +11,7 @@ its data aside. `view()` is what `fleet records status` shows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -358,12 +359,14 @@ class EtcdMembership:
             return None
         return f"etcd on {node.name} {how}" + (f", its data moved to {moved}" if moved else "")
 
-    def _as_members(self, listed: Sequence[E.EtcdMember]) -> list[E.Member]:
+    def _as_members(self, listed: Sequence[E.EtcdMember], new: int, node: Node) -> list[E.Member]:
+        """The members for a joining member's initial-cluster; `new` (its ID) is `node`, the others are named by
+        their node, else their own name, else their ID."""
         out = []
         for m in listed:
-            node, peer = self.node_of(m), _peer(m)
+            known, peer = (node if m.id == new else self.node_of(m)), _peer(m)
             if peer is not None:
-                out.append(E.Member(node.name if node else (m.name or f"m{m.id:x}"), peer[0], peer[1]))
+                out.append(E.Member(known.name if known else (m.name or f"m{m.id:x}"), peer[0], peer[1]))
         return out
 
     async def add(self, name: str, ca: PeerCa) -> StepReport:
@@ -391,38 +394,59 @@ class EtcdMembership:
                 # Started on its own and refused by the cluster: it never held any of this cluster's data.
                 done.append(f"{await self._retire(node)} (it was not a member)")
                 running = False
+            fresh = mine is None
             if mine is None:
                 added = await self._change(E.member_add_argv(E.Member(node.name, node.address), at=at),
                                            E.parse_member_add, store)
                 mine, listed = added.member, added.members
                 done.append(f"added {name} as a learner (member {mine.id:x}) through {store.node.name}")
-            if not running:
-                # An empty data dir: it fetches everything from the leader (a learner's partial copy is set aside).
-                if (retired := await self._retire(node)) is not None:
-                    done.append(retired)
-                await install_pki(self.pool, node, ca, issue_peer(ca, E.Member(node.name, node.address)),
-                                  self.files)
-                cfg = self._config(node, self._as_members(listed))
-                text = E.render_config(cfg)
-                started = E.parse_start((await self.pool.check(
-                    node, E.start_script(cfg, len(text.encode()), START_WAIT_S, ready="status"), stdin=text,
-                    timeout=START_TIMEOUT)).stdout)
-                if not started.running:
-                    raise RecordsError(f"etcd on {name} did not start ({started.result}): {started.log[-500:]}")
-                done.append(f"started etcd on {name} (pid {started.pid}), joining the existing cluster")
-            begun = time.monotonic()
             try:
-                await self._change(E.member_promote_argv(mine.id, at=at), E.parse_member_promote, store,
-                                   wait=PROMOTE_WAIT, again=("in sync with leader", "unhealthy cluster"))
-            except RecordsError as exc:
-                if "in sync" in str(exc) or "can only promote a learner member" not in str(exc):
-                    raise
-            done.append(f"promoted {name} to a voting member after {time.monotonic() - begun:.1f} s")
+                if not running:
+                    done += await self._start_learner(node, ca, self._as_members(listed, mine.id, node), mine.id)
+                begun = time.monotonic()
+                await self._promote(store, mine.id)
+                done.append(f"promoted {name} to a voting member after {time.monotonic() - begun:.1f} s")
+            except (FleetError, ValueError):
+                if fresh:
+                    # Added by this call and never promoted: taken out again, the cluster is as it was.
+                    with contextlib.suppress(FleetError):
+                        await self._change(E.member_remove_argv(mine.id, at=at), E.parse_member_list, store)
+                        done.append(f"removed the learner {mine.id:x} again")
+                        done.append(await self._retire(node) or f"etcd on {name} was not running")
+                raise
             await self._healthy(node)
             done.append(f"{name} is healthy")
         except (FleetError, ValueError) as exc:
             return StepReport(step, tuple(done), str(exc))
         return StepReport(step, tuple(done))
+
+    async def _promote(self, store: EtcdStore, member_id: int) -> None:
+        """Promote a learner once etcd finds it caught up; a member that already votes is left as it is."""
+        try:
+            await self._change(E.member_promote_argv(member_id, at=self._at), E.parse_member_promote, store,
+                               wait=PROMOTE_WAIT, again=("in sync with leader", "unhealthy cluster"))
+        except RecordsError as exc:
+            if "in sync" in str(exc) or "can only promote a learner member" not in str(exc):
+                raise
+
+    async def _start_learner(self, node: Node, ca: PeerCa, members: Sequence[E.Member], member_id: int
+                             ) -> list[str]:
+        """Start `node`'s etcd from an empty data dir (a learner's partial copy is set aside: it fetches
+        everything from the leader), with its peer certificate, to join `members`."""
+        done = [retired] if (retired := await self._retire(node)) is not None else []
+        await install_pki(self.pool, node, ca, issue_peer(ca, E.Member(node.name, node.address)), self.files)
+        cfg = self._config(node, members)
+        text = E.render_config(cfg)
+        started = E.parse_start((await self.pool.check(
+            node, E.start_script(cfg, len(text.encode()), START_WAIT_S, ready="status"), stdin=text,
+            timeout=START_TIMEOUT)).stdout)
+        status = await self.pool.run(node, E.endpoint_status_argv(at=self._at), timeout=STATUS_TIMEOUT)
+        answer = E.parse_endpoint_status(status.stdout) if status.ok else ()
+        # The member on the node's client port must be the one just added (not a stale etcd, nor one that died).
+        if not started.running or not answer or answer[0].member_id != member_id:
+            raise RecordsError(f"etcd on {node.name} did not start as member {member_id:x} ({started.result}"
+                               f"{', another member answers' if answer else ''}): {started.log[-500:]}")
+        return [*done, f"started etcd on {node.name} (pid {started.pid}), joining the existing cluster"]
 
     async def _healthy(self, node: Node) -> None:
         deadline = time.monotonic() + HEALTHY_WAIT
