@@ -33,6 +33,7 @@ from fleet.core.nodeops import NodeMark, relabel
 from fleet.engine import handwork
 from fleet.engine.apply import Engine
 from fleet.engine.drain import drain_node
+from fleet.engine.etcd import EtcdMembership, MemberRow, RecordsView, StepReport
 from fleet.engine.handwork import LogLines, one_off_spec
 from fleet.engine.images import list_images, push
 from fleet.engine.lbview import read_configs
@@ -43,6 +44,7 @@ from fleet.engine.status import status
 from fleet.engine.volumes import list_volumes, restore, revoke
 from fleet.node.haproxy.stats import StatRow
 from fleet.node.runtime.base import RunSpec, StopResult
+from fleet.plan.members import MembershipPlan, Step
 from fleet.plan.reconcile import Replica
 from fleet.plan.rollout.decide import Command
 from fleet.results import (
@@ -100,6 +102,7 @@ __all__ = [
     "reader", "report_from", "secret_backend", "secret_check", "secret_get", "secret_rm", "secret_set",
     "serve_reads",
 ]
+__all__ += ["MemberRow", "MembershipPlan", "RecordsView", "Step", "StepReport"]  # fleet records
 
 
 class PoolOptions(TypedDict, total=False):
@@ -407,6 +410,12 @@ class Fleet:
     async def lb_rows(self, reports: list[NodeReport]) -> list[list[StatRow] | None]:
         """Every usable lb node's HAProxy server rows (None: that node could not be read)."""
         return await lb_rows(self.pool, reports)
+
+    def membership(self, on_step: Callable[[str], None] | None = None) -> EtcdMembership:
+        """The etcd cluster's members and the steps toward the inventory's record nodes (`fleet records`; a
+        change runs under `leased()`); its `plan()` gives the next apply's lines ("records: add member n4")."""
+        return EtcdMembership(self.pool, self.inventory.nodes, record_nodes(self.inventory), cluster_token="fleet",
+                              on_step=on_step)
 
     def watcher_lease(self, base_dir: str, ttl: float) -> Lease:
         """The lease that says which `fleet watch` acts (see fleet.store.access.watcher_lease); not yet taken."""

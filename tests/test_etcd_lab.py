@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import LabHandle
+from etcd_local import start_members
 
 from fleet.core.model import Node
 from fleet.engine.etcd import EtcdMembers
@@ -35,9 +36,7 @@ async def cluster(lab: LabHandle) -> AsyncIterator[tuple[EtcdMembers, list[Node]
     async with Pool(connect_attempts=1) as pool:
         members = EtcdMembers(pool, nodes, cluster_token=TOKEN, files=FILES)
         try:
-            pki = (ca, {n.name: issue_peer(ca, members.configs[n.name].member) for n in nodes})
-            reports = await members.ensure(pki)
-            assert [r.state.result if r.state else r.error for r in reports] == ["started"] * 3
+            await start_members(members, ca)
             yield members, nodes, ca
         finally:
             await members.stop()

@@ -27,7 +27,8 @@ def _plain(value: object) -> object:
 def test_recordings_cover_every_parser() -> None:
     used = {json.loads(p.read_text())["parser"] for p in RECORDED}
     assert used == {"parse_txn", "parse_get", "parse_lease_grant", "parse_keepalive", "parse_timetolive",
-                    "parse_member_list", "parse_watch_line", "error_line"}
+                    "parse_member_list", "parse_watch_line", "error_line", "parse_member_add", "parse_member_promote",
+                    "parse_endpoint_status"}
 
 
 @pytest.mark.parametrize("path", RECORDED, ids=[p.stem for p in RECORDED])
@@ -42,8 +43,10 @@ def test_parser_reads_recorded_output(path: Path) -> None:
         # Each line of a watch is parsed on its own; a canceled one (compacted) ends it.
         assert doc["stdout"].count("\n") == 1
     start = doc["argv"].index("etcdctl")
+    # promote alone is `-w simple`: etcdctl 3.4 has no JSON printer for it.
+    output = "simple" if "promote" in doc["argv"] else "json"
     assert doc["argv"][start:start + 5] == ["etcdctl", "--endpoints=127.0.0.1:2379", "--command-timeout=5s", "-w",
-                                            "json"]
+                                            output]
 
 
 def _load(name: str) -> dict[str, Any]:
@@ -143,3 +146,60 @@ def test_watch_argv_refuses_a_prefix_that_looks_like_a_flag() -> None:
         E.watch_argv("-x", 1)
     with pytest.raises(ValueError, match="revision"):
         E.watch_argv("/fleet/", 0)
+
+
+def test_member_commands_exact_argv() -> None:
+    new = E.Member("n4", "10.0.0.4")
+    assert shlex.join(E.member_add_argv(new)) == (
+        "etcdctl --endpoints=127.0.0.1:2379 --command-timeout=5s -w json member add n4 --learner "
+        "--peer-urls=https://10.0.0.4:2380")
+    assert E.member_add_argv(new, learner=False)[-2:] == ["n4", "--peer-urls=https://10.0.0.4:2380"]
+    # Member IDs are decimal in JSON, hex on the command line, and may use all 64 bits.
+    assert E.member_remove_argv(17936463364390793090)[-3:] == ["member", "remove", "f8eb1e6601522f82"]
+    assert shlex.join(E.member_promote_argv(255)) == (
+        "etcdctl --endpoints=127.0.0.1:2379 --command-timeout=5s -w simple member promote ff")
+    for bad in (0, -1, True):
+        with pytest.raises(ValueError, match="member id"):
+            E.member_remove_argv(bad)
+
+
+def test_a_member_added_but_not_started_has_no_name_and_is_a_learner() -> None:
+    added = E.parse_member_add(_load("member_add_learner")["stdout"])
+    assert added.member.name == "" and added.member.is_learner and added.member.client_urls == ()
+    assert added.member in added.members
+    pending = E.parse_member_list(_load("member_list_pending")["stdout"])
+    assert [m.is_learner for m in pending].count(True) == 1
+    after = E.parse_member_list(_load("member_list_four")["stdout"])
+    joined = next(m for m in after if m.id == added.member.id)
+    # Once started it has its name, and once promoted it votes.
+    assert joined.name == "rec3" and not joined.is_learner
+    assert E.parse_member_promote(_load("member_promote")["stdout"]) == added.member.id
+
+
+def test_membership_refusals_read_as_one_line() -> None:
+    assert E.error_line(_load("member_promote_behind")["stderr"]) == (
+        "Error: etcdserver: can only promote a learner member which is in sync with leader")
+    assert E.error_line(_load("member_remove_gone")["stderr"]) == "Error: etcdserver: member not found"
+    with pytest.raises(ValueError, match="promoted in cluster"):
+        E.parse_member_promote("panic: runtime error")
+
+
+def test_endpoint_status_names_the_leader() -> None:
+    [status] = E.parse_endpoint_status(_load("endpoint_status")["stdout"])
+    assert status.leader == status.member_id and not status.is_learner
+    [learner] = E.parse_endpoint_status(_load("endpoint_status_learner")["stdout"])
+    assert learner.is_learner and learner.leader not in (0, learner.member_id)
+    with pytest.raises(ValueError, match="JSON list"):
+        E.parse_endpoint_status("{}")
+
+
+def test_retire_script_moves_the_data_dir_aside() -> None:
+    cfg = E.MemberConfig(E.Member("n1", "10.0.0.1"), (E.Member("n1", "10.0.0.1"),), cluster_token="t")
+    script = E.retire_script(cfg)
+    assert script.env["DATA"] == "/var/lib/fleet/etcd/data"
+    assert 'mv "$DATA" "$to"' in script.text
+    assert E.parse_retire("@@fleet stopped killed\n@@fleet moved /d.removed-1\n@@fleet result retired\n") == (
+        "killed", "/d.removed-1")
+    assert E.parse_retire("@@fleet stopped not-running\n@@fleet result retired\n") == ("not-running", None)
+    with pytest.raises(ScriptOutputError):
+        E.parse_retire("@@fleet result stopped\n")

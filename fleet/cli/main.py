@@ -23,6 +23,7 @@ from fleet.cli import (
     node,
     nodes,
     ps,
+    records,
     rollout,
     secret,
     status,
@@ -91,6 +92,7 @@ app.command("rm", rich_help_panel=NODES)(container.rm)
 app.add_typer(image.app, name="image", rich_help_panel=STATE)
 app.add_typer(secret.app, name="secret", rich_help_panel=STATE)
 app.add_typer(lock.app, name="lock", rich_help_panel=STATE)
+app.add_typer(records.app, name="records", rich_help_panel=STATE)
 app.add_typer(volume.app, name="volume", rich_help_panel=STATE)
 app.add_typer(lab.app, name="lab", rich_help_panel=LAB)
 app.add_typer(completion.app, name="completion", rich_help_panel=LAB)

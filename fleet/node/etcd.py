@@ -24,6 +24,9 @@ from fleet.core.shell import Script
 from fleet.node.etcd_json import (
     LEASE_GONE as LEASE_GONE,
 )
+from fleet.node.etcd_json import (
+    EndpointStatus as EndpointStatus,
+)
 from fleet.node.etcd_json import (  # the parsers, importable from here as before
     EtcdMember as EtcdMember,
 )
@@ -35,6 +38,9 @@ from fleet.node.etcd_json import (
 )
 from fleet.node.etcd_json import (
     LeaseTtl as LeaseTtl,
+)
+from fleet.node.etcd_json import (
+    MemberAdded as MemberAdded,
 )
 from fleet.node.etcd_json import (
     Range as Range,
@@ -52,6 +58,9 @@ from fleet.node.etcd_json import (
     error_line as error_line,
 )
 from fleet.node.etcd_json import (
+    parse_endpoint_status as parse_endpoint_status,
+)
+from fleet.node.etcd_json import (
     parse_get as parse_get,
 )
 from fleet.node.etcd_json import (
@@ -61,7 +70,13 @@ from fleet.node.etcd_json import (
     parse_lease_grant as parse_lease_grant,
 )
 from fleet.node.etcd_json import (
+    parse_member_add as parse_member_add,
+)
+from fleet.node.etcd_json import (
     parse_member_list as parse_member_list,
+)
+from fleet.node.etcd_json import (
+    parse_member_promote as parse_member_promote,
 )
 from fleet.node.etcd_json import (
     parse_timetolive as parse_timetolive,
@@ -114,6 +129,12 @@ class EtcdFiles:
     @property
     def peer_key(self) -> str:
         return f"{self.pki_dir}/peer.key"
+
+    @property
+    def ca_key(self) -> str:
+        """The CA's key, kept (0600) on the first record node only, so a later member's certificate can be
+        issued; never on the others."""
+        return f"{self.pki_dir}/ca.key"
 
     @property
     def pid_file(self) -> str:
@@ -207,6 +228,11 @@ epid() {
     && [ "/proc/$p/ns/net" -ef /proc/self/ns/net ] && echo "$p"
 }
 healthy() { etcdctl --endpoints="$EP" --command-timeout=2s endpoint health >/dev/null 2>&1; }
+# Started, for a learner joining a cluster: it answers `endpoint status` (never `endpoint health`) once serving.
+ready() {
+  if [ "${READY:-health}" = status ]; then etcdctl --endpoints="$EP" --command-timeout=2s endpoint status \
+    >/dev/null 2>&1; else healthy; fi
+}
 """
 
 # Writes the config from stdin and starts etcd if it is not running; a running member is left alone (its
@@ -231,7 +257,7 @@ result=start-failed; i=0
 # report it started (running, not yet serving) if it is still alive by then.
 while [ "$i" -lt "$((WAIT * 10))" ]; do
   if ! alive "$ep"; then break; fi
-  if healthy; then result=started; break; fi
+  if ready; then result=started; break; fi
   sleep 0.1; i=$((i + 1))
 done
 if [ "$result" = start-failed ] && alive "$ep"; then result=started; echo "@@fleet waiting-for-quorum 1"; fi
@@ -257,18 +283,41 @@ if alive "$pid"; then kill -KILL "$pid"; echo "@@fleet result killed"; exit 0; f
 echo "@@fleet result stopped"
 """
 
+# A member removed from the cluster: stopped (etcd 3.4 exits by itself once removed; this makes sure) and its
+# data dir moved aside, so nothing starts it again with a stale view of the cluster. Kept, not deleted: it holds
+# the history as it was.
+RETIRE = _COMMON + r"""
+pid=$(epid) || pid=
+how=not-running
+if [ -n "$pid" ]; then
+  kill -TERM "$pid"
+  i=0
+  while alive "$pid" && [ "$i" -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
+  if alive "$pid"; then kill -KILL "$pid"; how=killed; else how=stopped; fi
+fi
+echo "@@fleet stopped $how"
+if [ -d "$DATA" ]; then
+  to="$DATA.removed-$(date -u +%Y%m%dT%H%M%SZ)"
+  mv "$DATA" "$to" || exit 3
+  echo "@@fleet moved $to"
+fi
+echo "@@fleet result retired"
+"""
 
 def _env(cfg: MemberConfig) -> dict[str, str]:
     f = cfg.files
     return {"D": f.dir, "CFG": f.config, "PIDF": f.pid_file, "LOG": f.log_file,
-            "EP": f"127.0.0.1:{cfg.client_port}"}
+            "EP": f"127.0.0.1:{cfg.client_port}", "DATA": f.data_dir}
 
 
-def start_script(cfg: MemberConfig, size: int, wait_s: int = 10) -> Script:
+def start_script(cfg: MemberConfig, size: int, wait_s: int = 10, *,
+                 ready: Literal["health", "status"] = "health") -> Script:
     """Reads the member's config on stdin (`size` bytes, from `render_config`), writes it, and starts etcd
     detached unless it already runs in this node's network namespace. Prints `@@fleet result` one of
-    START_RESULTS (see `parse_start`)."""
-    return Script(START, {**_env(cfg), "SIZE": str(size), "WAIT": str(wait_s)}, name="fleet-etcd-start")
+    START_RESULTS (see `parse_start`). It waits up to `wait_s` for the member to be healthy (`ready="health"`),
+    or only to answer (`"status"`: a learner, which is never healthy until promoted)."""
+    return Script(START, {**_env(cfg), "SIZE": str(size), "WAIT": str(wait_s), "READY": ready},
+                  name="fleet-etcd-start")
 
 
 def status_script(cfg: MemberConfig) -> Script:
@@ -279,6 +328,21 @@ def status_script(cfg: MemberConfig) -> Script:
 def stop_script(cfg: MemberConfig) -> Script:
     """SIGTERM to this node's etcd, SIGKILL after 5 s; its data stays."""
     return Script(STOP, _env(cfg), name="fleet-etcd-stop")
+
+
+def retire_script(cfg: MemberConfig) -> Script:
+    """Stop this node's etcd (a member just removed from the cluster) and move its data dir aside
+    (`parse_retire`)."""
+    return Script(RETIRE, _env(cfg), name="fleet-etcd-retire")
+
+
+def parse_retire(text: str) -> tuple[str, str | None]:
+    """What `retire_script` did: how etcd was stopped (stopped, killed, not-running) and where its data dir went
+    (None when it had none)."""
+    out = parse_script_output(text)
+    if out.result != "retired":
+        raise ScriptOutputError(f"unexpected etcd retire result {out.result!r}")
+    return out.values.get("stopped", "not-running"), out.values.get("moved")
 
 
 @dataclass(frozen=True)
@@ -371,6 +435,38 @@ def watch_argv(prefix: str, start_revision: int, at: Endpoint = LOCAL) -> list[s
 
 def member_list_argv(at: Endpoint = LOCAL) -> list[str]:
     return etcdctl("member", "list", at=at)
+
+
+def member_add_argv(member: Member, *, learner: bool = True, tls: bool = True, at: Endpoint = LOCAL) -> list[str]:
+    """Add `member` to the cluster (`parse_member_add`). As a learner by default: it replicates the data but does
+    not count toward the quorum until promoted, so a new member that never starts cannot cost the cluster its
+    majority."""
+    return etcdctl("member", "add", member.name, *(["--learner"] if learner else []),
+                   f"--peer-urls={member.peer_url(tls)}", at=at)
+
+
+def member_promote_argv(member_id: int, at: Endpoint = LOCAL) -> list[str]:
+    """Make a learner a voting member (`parse_member_promote`); etcd refuses until it has caught up with the
+    leader. `-w simple`: etcdctl 3.4 has no JSON for promote (it panics after promoting)."""
+    return [*etcdctl(at=at)[:-2], "-w", "simple", "member", "promote", member_hex(member_id)]
+
+
+def member_remove_argv(member_id: int, at: Endpoint = LOCAL) -> list[str]:
+    """Remove a member by ID (`parse_member_list`: the members left)."""
+    return etcdctl("member", "remove", member_hex(member_id), at=at)
+
+
+def endpoint_status_argv(at: Endpoint = LOCAL) -> list[str]:
+    """This node's member: its ID, its leader's, its revision (`parse_endpoint_status`). Answers without a
+    quorum, and for a learner (which `endpoint health` does not)."""
+    return etcdctl("endpoint", "status", at=at)
+
+
+def member_hex(member_id: int) -> str:
+    """A member ID as the member commands take it (hex; `member list` prints decimal)."""
+    if isinstance(member_id, bool) or not isinstance(member_id, int) or member_id <= 0:
+        raise ValueError(f"member id: expected a positive integer, got {member_id!r}")
+    return f"{member_id:x}"
 
 
 def lease_hex(lease_id: int) -> str:

@@ -1,4 +1,5 @@
-"""etcdctl's `-w json` output (3.4) read into values: keys, ranges, transactions, leases, watch batches, members.
+"""etcdctl's `-w json` output (3.4) read into values: keys, ranges, transactions, leases, watch batches, members
+and their changes, endpoint status.
 
 Pure parsers, each raising ValueError naming what it expected; `fleet.node.etcd` builds the commands they read.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -85,10 +87,37 @@ class WatchBatch:
 
 @dataclass(frozen=True)
 class EtcdMember:
+    """One member as `member list` shows it. A member added but not started yet has no name and no client
+    URLs (only its peer URL says which node it is); a learner replicates but does not vote (no quorum part)."""
+
     id: int
     name: str
     peer_urls: tuple[str, ...]
     client_urls: tuple[str, ...]
+    is_learner: bool = False
+
+
+@dataclass(frozen=True)
+class MemberAdded:
+    """`member add`: the new member (no name until it starts) and the members after the change."""
+
+    member: EtcdMember
+    members: tuple[EtcdMember, ...]
+
+
+@dataclass(frozen=True)
+class EndpointStatus:
+    """`endpoint status` of one member: who it is, whom it takes for leader (0: none), its store revision and
+    raft index, and whether it is a learner."""
+
+    member_id: int
+    leader: int
+    revision: int
+    raft_index: int
+    raft_term: int
+    is_learner: bool
+    version: str
+    db_size: int
 
 
 def _json(text: str, what: str) -> object:
@@ -215,20 +244,67 @@ def parse_timetolive(text: str) -> LeaseTtl:
                     tuple(_b64(k, what) for k in keys))
 
 
-def parse_member_list(text: str) -> tuple[EtcdMember, ...]:
-    what = "etcdctl member list"
-    members = _obj(_json(text, what), what).get("members", [])
+def _member(raw: object, what: str) -> EtcdMember:
+    m = _obj(raw, what)
+    peers, clients = m.get("peerURLs") or [], m.get("clientURLs") or []
+    if not isinstance(peers, list) or not isinstance(clients, list):
+        raise ValueError(f"{what}: URLs: expected lists, got {peers!r}, {clients!r}")
+    name = m.get("name", "")
+    learner = m.get("isLearner", False)
+    if not isinstance(learner, bool):
+        raise ValueError(f"{what}: isLearner: expected a boolean, got {learner!r}")
+    return EtcdMember(_int(m, "ID", what), name if isinstance(name, str) else "", tuple(map(str, peers)),
+                      tuple(map(str, clients)), learner)
+
+
+def _members(doc: Mapping[str, object], what: str) -> tuple[EtcdMember, ...]:
+    members = doc.get("members", [])
     if not isinstance(members, list):
         raise ValueError(f"{what}: members: expected a list, got {members!r}")
+    return tuple(_member(raw, what) for raw in members)
+
+
+def parse_member_list(text: str) -> tuple[EtcdMember, ...]:
+    """`member list`, and `member remove` (which prints the members left)."""
+    what = "etcdctl member list"
+    return _members(_obj(_json(text, what), what), what)
+
+
+def parse_member_add(text: str) -> MemberAdded:
+    what = "etcdctl member add"
+    doc = _obj(_json(text, what), what)
+    return MemberAdded(_member(doc.get("member"), what), _members(doc, what))
+
+
+_PROMOTED = re.compile(r"^Member ([0-9a-f]{1,16}) promoted in cluster ([0-9a-f]{1,16})$")
+
+
+def parse_member_promote(text: str) -> int:
+    """The promoted member's ID from `member promote`'s one line (`-w simple`: etcdctl 3.4's JSON printer has
+    no promote and panics after the promotion is done)."""
+    line = text.strip()
+    found = _PROMOTED.match(line)
+    if found is None:
+        raise ValueError(f"etcdctl member promote: expected 'Member ID promoted in cluster ID', got {line[:200]!r}")
+    return int(found.group(1), 16)
+
+
+def parse_endpoint_status(text: str) -> tuple[EndpointStatus, ...]:
+    what = "etcdctl endpoint status"
+    doc = _json(text, what)
+    if not isinstance(doc, list):
+        raise ValueError(f"{what}: expected a JSON list, got {type(doc).__name__}")
     out = []
-    for raw in members:
-        m = _obj(raw, what)
-        peers, clients = m.get("peerURLs") or [], m.get("clientURLs") or []
-        if not isinstance(peers, list) or not isinstance(clients, list):
-            raise ValueError(f"{what}: URLs: expected lists, got {peers!r}, {clients!r}")
-        name = m.get("name", "")
-        out.append(EtcdMember(_int(m, "ID", what), name if isinstance(name, str) else "",
-                              tuple(map(str, peers)), tuple(map(str, clients))))
+    for item in doc:
+        status = _obj(_obj(item, what).get("Status"), f"{what}: Status")
+        header = _obj(status.get("header"), f"{what}: header")
+        learner, version = status.get("isLearner", False), status.get("version", "")
+        if not isinstance(learner, bool) or not isinstance(version, str):
+            raise ValueError(f"{what}: isLearner/version: unexpected {learner!r}, {version!r}")
+        out.append(EndpointStatus(_int(header, "member_id", what), _int(status, "leader", what, 0),
+                                  _int(header, "revision", what), _int(status, "raftIndex", what, 0),
+                                  _int(status, "raftTerm", what, 0), learner, version,
+                                  _int(status, "dbSize", what, 0)))
     return tuple(out)
 
 

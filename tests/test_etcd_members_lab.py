@@ -1,0 +1,137 @@
+"""etcd membership changed on lab nodes over real SSH, with mutual TLS between peers: three members hold records,
+a fourth record node is added and an original removed, one at a time as the planner says; the history and the
+revision counter come through intact (read by a second controller before and after), and a new revision number
+continues from the old. A member killed by its PID while writes go on with the majority rejoins when started
+again. `fleet records status` shows the result and `fleet records remove` takes out a member the inventory does not
+name. Every etcd is stopped (by the PID its start recorded) and its files removed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+from conftest import LabHandle
+from etcd_local import start_members
+from helpers import run_fleet
+
+from fleet.core.model import Node
+from fleet.engine.etcd import EtcdMembers, EtcdMembership
+from fleet.node import etcd as E
+from fleet.store.etcd import EtcdLease, EtcdStore, SharedState
+from fleet.store.etcd_pki import PeerCa, new_ca
+from fleet.store.nodes import record_nodes
+from fleet.transport import Pool
+
+pytestmark = pytest.mark.lab
+
+FILES = E.EtcdFiles()
+TOKEN = "fleet-lab-members"
+
+
+@dataclass
+class Cluster:
+    pool: Pool
+    first: list[Node]  # the three original members (workers)
+    spare: Node  # the node added later (the lab's lb node)
+    ca: PeerCa
+
+
+@pytest.fixture
+async def cluster(lab: LabHandle) -> AsyncIterator[Cluster]:
+    workers = [n for n in lab.inventory.nodes if n.has_role("worker")][:3]
+    spare = next(n for n in lab.inventory.nodes if n not in workers)
+    ca = new_ca(TOKEN)
+    async with Pool(connect_attempts=1) as pool:
+        members = EtcdMembers(pool, workers, cluster_token=TOKEN, files=FILES)
+        try:
+            await start_members(members, ca)
+            yield Cluster(pool, workers, spare, ca)
+        finally:
+            everyone = [*workers, spare]
+            await EtcdMembers(pool, everyone, cluster_token=TOKEN, files=FILES).stop()
+            for node in everyone:
+                await pool.run(node, ["rm", "-rf", FILES.dir], timeout=20)
+
+
+async def _revisions(nodes: list[Node]) -> list[tuple[int, object]]:
+    """The service's revisions as another controller (its own pool and connections) reads them."""
+    async with Pool(connect_attempts=1) as other:
+        store = EtcdStore(other, nodes)
+        async with EtcdLease(store, command="fleet history", ttl=10, holder="bob@ctl2") as lease:
+            return await SharedState(store, lease).revisions("web")
+
+
+async def test_add_one_remove_one_history_intact_and_a_killed_member_rejoins(
+        lab: LabHandle, cluster: Cluster) -> None:
+    pool, first, spare = cluster.pool, cluster.first, cluster.spare
+    store = EtcdStore(pool, first)
+    async with EtcdLease(store, command="fleet apply", ttl=10, holder="alice@ctl") as lease:
+        state = SharedState(store, lease)
+        numbers = [await state.next_revision("web", {"image": f"web:{i}"}) for i in (1, 2, 3)]
+        await state.write({"/fleet/test/a": {"x": 1}, "/fleet/test/b": "two"}, event={"by": "alice"})
+    assert numbers == [1, 2, 3]
+    before = await _revisions(first)
+
+    # The inventory now names the lb node instead of the first worker: add one, then remove one.
+    wanted = [*first[1:], spare]
+    steps: list[str] = []
+    membership = EtcdMembership(pool, lab.inventory.nodes, wanted, cluster_token=TOKEN, files=FILES,
+                                on_step=steps.append)
+    plan = await membership.plan()
+    assert plan.ok and plan.lines() == [f"records: add member {spare.name}", f"records: remove member {first[0].name}"]
+    reports = await membership.run(plan, cluster.ca)
+    assert [(r.step.action, r.error) for r in reports] == [("add", None), ("remove", None)], reports
+    assert steps == plan.lines()
+    assert any("promoted" in line for line in reports[0].done)
+    assert any("data moved to" in line for line in reports[1].done), reports[1].done
+
+    view = await membership.view()
+    assert sorted((m.node, m.state, m.learner) for m in view.members) == sorted(
+        (n.name, "running", False) for n in wanted)
+    assert view.leader is not None and view.healthy == 3 and view.plan.steps == ()
+    # The removed node's etcd is stopped and its data set aside, not deleted.
+    left = await pool.run(first[0], ["sh", "-c", f"ls -d {FILES.data_dir}* ; cat {FILES.pid_file}"], timeout=10)
+    assert f"{FILES.data_dir}.removed-" in left.stdout and f"{FILES.data_dir}\n" not in left.stdout
+    assert (await membership._probe(first[0]))[0] == "stopped"
+
+    # History intact, read by another controller through the new member only; numbering goes on from 3.
+    assert await _revisions([spare]) == before
+    store = EtcdStore(pool, [spare, *first[1:]])
+    async with EtcdLease(store, command="fleet apply", ttl=10) as lease:
+        state = SharedState(store, lease)
+        assert await state.read("/fleet/test/", prefix=True) == {"/fleet/test/a": {"x": 1}, "/fleet/test/b": "two"}
+        assert await state.next_revision("web", {"image": "web:4"}) == 4
+
+    # A member killed by its PID: the two others go on writing; started again, it rejoins with what it missed. A
+    # follower (a leader's loss adds an election, seconds of this test, and is etcd's to handle).
+    victim = next(n for n in wanted if n.name != view.leader.name)
+    running = {r.node: r.state for r in await EtcdMembers(pool, wanted, cluster_token=TOKEN, files=FILES).status()}
+    pid = running[victim.name].pid if running[victim.name] else None
+    assert pid is not None
+    await pool.check(victim, ["kill", "-KILL", str(pid)], timeout=10)
+    majority = EtcdStore(pool, [n for n in wanted if n is not victim])
+    async with EtcdLease(majority, command="fleet apply", ttl=10) as lease:
+        assert await SharedState(majority, lease).next_revision("web", {"image": "web:5"}) == 5
+    again = {r.node: r.state.result if r.state else r.error
+             for r in await EtcdMembers(pool, wanted, cluster_token=TOKEN, files=FILES).ensure()}
+    assert again[victim.name] == "started" and {again[n.name] for n in wanted if n is not victim} == {"unchanged"}
+    await membership._healthy(victim)
+    assert await EtcdStore(pool, [victim]).read("/fleet/services/web/revisions/0000000005") == {"image": "web:5"}
+    assert [n for n, _ in await _revisions([victim])] == [1, 2, 3, 4, 5]
+
+    # The CLI on the same cluster: status names every member and its role; a member that the inventory does not
+    # name as a record node is removed with `fleet records remove`, under the fleet's lease.
+    shown = run_fleet("records", "status", "--json", inventory=lab.inventory_path, timeout=60)
+    doc = json.loads(shown.stdout)
+    assert shown.returncode == 0, shown.stderr
+    assert sorted(m["node"] for m in doc["members"]) == sorted(n.name for n in wanted)
+    assert sorted(m["role"] for m in doc["members"]) == ["follower", "follower", "leader"]
+    named = {n.name for n in record_nodes(lab.inventory)}
+    out = next(n for n in wanted if n.name not in named)
+    removed = run_fleet("records", "remove", out.name, "--yes", inventory=lab.inventory_path, timeout=60)
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    assert f"records: remove member {out.name}: done" in removed.stdout
+    left = await membership.members()
+    assert sorted(m.name for m in left) == sorted(n.name for n in wanted if n is not out)
