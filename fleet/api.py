@@ -38,10 +38,13 @@ from fleet.engine.images import list_images, push
 from fleet.engine.lbview import read_configs
 from fleet.engine.look import Observed, lb_rows, observe
 from fleet.engine.nodes import collect, facts_command, report_from
+from fleet.engine.preflight import PrepareReport, check_nodes, prepare_nodes
 from fleet.engine.reader import Reader
 from fleet.engine.status import status
 from fleet.engine.volumes import list_volumes, restore
 from fleet.node.haproxy.stats import StatRow
+from fleet.node.preflight import NodeCheck
+from fleet.node.provision import Plan, plan_for
 from fleet.node.runtime.base import RunSpec, StopResult
 from fleet.plan.reconcile import Replica
 from fleet.plan.rollout.decide import Command
@@ -100,6 +103,8 @@ __all__ = [
     "reader", "report_from", "secret_backend", "secret_check", "secret_get", "secret_rm", "secret_set",
     "serve_reads",
 ]
+# `fleet node check|prepare`.
+__all__ += ["NodeCheck", "Plan", "PrepareReport", "plan_for"]
 
 
 class PoolOptions(TypedDict, total=False):
@@ -257,6 +262,18 @@ class Fleet:
         """Remove the waiting canary: the service goes back to its accepted revision; reconcile keeps it so."""
         async with self.writing() as engine:
             return await engine.turn("abort", service)
+
+    # --- preparing nodes (`fleet node check|prepare`): read-only check, then apt where a plan says so --------
+    async def check(self, names: Sequence[str] = ()) -> list[NodeCheck]:
+        """What each named node (default: all) has and lacks for its roles; changes nothing, takes no lease."""
+        nodes = [self.known(n) for n in names] if names else list(self.inventory.nodes)
+        return await check_nodes(self.pool, self.inventory, nodes)
+
+    async def prepare(self, plans: Sequence[Plan]) -> list[PrepareReport]:
+        """Carry out the plans (from `plan_for(check)`) and check those nodes again. No lease: the fleet's lease is
+        kept on the record nodes, by what this installs there (etcd); prepare touches packages, kernel settings and
+        fleet's directories only, never a replica, a load balancer or the records."""
+        return await prepare_nodes(self.pool, self.inventory, plans)
 
     # --- node operations (`fleet node`): marks kept on the fleet, under the lease -------------------------
     def known(self, name: str) -> Node:
