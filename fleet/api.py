@@ -263,16 +263,13 @@ class Fleet:
         async with self.writing() as engine:
             return await engine.turn("abort", service)
 
-    # --- preparing nodes (`fleet node check|prepare`): read-only check, then apt where a plan says so --------
+    # --- preparing nodes (`fleet node check|prepare`) ----------------------------------------------------
     async def check(self, names: Sequence[str] = ()) -> list[NodeCheck]:
-        """What each named node (default: all) has and lacks for its roles; changes nothing, takes no lease."""
-        nodes = [self.known(n) for n in names] if names else list(self.inventory.nodes)
-        return await check_nodes(self.pool, self.inventory, nodes)
+        """What each named node (default: all) has and lacks for its roles; read-only, no lease."""
+        return await check_nodes(self.pool, self.inventory, [self.known(n) for n in names] or self.inventory.nodes)
 
     async def prepare(self, plans: Sequence[Plan]) -> list[PrepareReport]:
-        """Carry out the plans (from `plan_for(check)`) and check those nodes again. No lease: the fleet's lease is
-        kept on the record nodes, by what this installs there (etcd); prepare touches packages, kernel settings and
-        fleet's directories only, never a replica, a load balancer or the records."""
+        """Carry out `plan_for(check)` plans, then check those nodes again (no lease: see engine/preflight.py)."""
         return await prepare_nodes(self.pool, self.inventory, plans)
 
     # --- node operations (`fleet node`): marks kept on the fleet, under the lease -------------------------

@@ -1,6 +1,10 @@
 """`fleet node check` and `fleet node prepare` over the transport: the check script on every chosen node at once
 (one round trip each, read-only), and the prepare script where a node's plan has something to do, then the check
 again there. One result per node; a node that is down or refuses sudo is that node's error, never the others'.
+
+Prepare takes no lease: the fleet's lease is kept on the record nodes by what prepare installs there (etcd), and
+prepare touches packages, kernel settings and fleet's directories only, never a replica, a load balancer or the
+records.
 """
 
 from __future__ import annotations
