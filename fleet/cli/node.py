@@ -132,7 +132,7 @@ def print_check(out: Console, check: NodeCheck) -> None:
     """One node's check: a verdict line, then one line per item (present, missing, optional and absent)."""
     roles = ", ".join(check.roles)
     if check.error is not None:
-        out.print(f"[bold]{esc(check.node)}[/] ({esc(roles)}): [red]not checked[/]: {esc(check.error)}")
+        out.print(f"[bold]{esc(check.node)}[/] ({esc(roles)}): [red]not checked[/]: {esc(check.error)}", soft_wrap=True)
         return
     missing = check.missing
     verdict = "[green]ok[/]" if not missing else f"[red]missing {esc(', '.join(i.name for i in missing))}[/]"
@@ -218,7 +218,7 @@ def prepare(nodes: NodesArg = None, inventory: common.InventoryOpt = None, json:
             plans = [plan_for(c) for c in await f.check(nodes or [])]
             out.print("plan:")
             for plan in plans:
-                out.print(f"  {esc(plan.node)}: {esc(plan.describe())}", highlight=False)
+                out.print(f"  {esc(plan.node)}: {esc(plan.describe())}", highlight=False, soft_wrap=True)
             if all(p.nothing or p.error is not None for p in plans) or _declined(yes, out):
                 return plans, []
             return plans, await f.prepare(plans)
@@ -237,7 +237,7 @@ def prepare(nodes: NodesArg = None, inventory: common.InventoryOpt = None, json:
                            for r in reports])
     else:
         for r in reports:
-            common.console().print(esc(prepared_line(r)), highlight=False)
+            common.console().print(esc(prepared_line(r)), highlight=False, soft_wrap=True)
     bad = [r.node for r in reports if not r.ok]
     if bad:
         common.console(stderr=True).print(f"not prepared: {esc(', '.join(bad))}", highlight=False)

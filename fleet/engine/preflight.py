@@ -37,7 +37,6 @@ def node_roles(inventory: Inventory, node: Node) -> tuple[str, ...]:
 async def check_node(pool: Pool, inventory: Inventory, node: Node) -> NodeCheck:
     """One node's check: the script, its output judged for the node's roles, its clock against this one's."""
     roles = node_roles(inventory, node)
-    sent = time.time()
     result = await pool.run(node, check_script(), timeout=CHECK_TIMEOUT)
     received = time.time()
     if result.error is not None:
@@ -49,7 +48,7 @@ async def check_node(pool: Pool, inventory: Inventory, node: Node) -> NodeCheck:
         found = parse_found(result.stdout)
     except ScriptOutputError as exc:
         return NodeCheck(node.name, roles, error=str(exc))
-    return judge(node.name, roles, found, offset=clock_offset(found, sent, received), become=node.become,
+    return judge(node.name, roles, found, offset=clock_offset(found, received), become=node.become,
                  become_user=node.become_user)
 
 

@@ -1,9 +1,10 @@
 """`fleet node check` as values: what each role needs on a node (`NEEDS`), the read-only script that finds what a
 node has in one round trip (`check_script`), and the pure parser and judge of its output (`parse_found`, `judge`).
 
-The script prints one `@@KEY<TAB>VALUE` line per fact and `@@end` last (a cut output is refused); it needs only
-POSIX sh, coreutils, grep and awk. A node's roles for this purpose are its inventory roles plus `records` (it keeps
-the fleet's shared state: etcd) and `vip` (an lb node with a virtual IP: keepalived).
+The script prints one `@@KEY<TAB>VALUE` line per fact and `@@end` last with the node's time (a cut output is
+refused); it needs only POSIX sh, coreutils, grep and awk. A node's roles for this purpose are its inventory
+roles plus `records` (it keeps the fleet's shared state: etcd) and `vip` (an lb node with a virtual IP:
+keepalived).
 """
 
 from __future__ import annotations
@@ -68,7 +69,6 @@ def dotted(version: Sequence[int]) -> str:
 
 CHECK_TEXT = r"""set -u
 p() { printf '@@%s\t%s\n' "$1" "$2"; }
-p now "$(date +%s.%N)"
 p uid "$(id -u) $(id -un)"
 if [ -r /etc/os-release ]; then p os "$(. /etc/os-release; echo "${ID:-?} ${VERSION_ID:-?}")"; fi
 p cgroup "$(stat -fc %T /sys/fs/cgroup 2>/dev/null) $([ -d /sys/fs/cgroup/unified ] && echo hybrid)"
@@ -85,7 +85,7 @@ for t in "$@"; do
     haproxy) v=$(haproxy -v 2>&1) ;;
     etcdctl) v=$(ETCDCTL_API=3 etcdctl version 2>&1) ;;
     socat) v=$(socat -V 2>&1) ;;
-    sudo) v=$(sudo -V 2>&1) ;;
+    sudo) v="" ;;  # `sudo -V` resolves the host name: seconds where that is slow
     ip) v=$(ip -V 2>&1) ;;
     sshfs) v=$(sshfs --version 2>&1 | grep -i sshfs) ;;
     *) v=$("$t" --version 2>&1) ;;
@@ -93,7 +93,7 @@ for t in "$@"; do
   p tool "$t $path $(printf '%s\n' "$v" | grep -m1 -E '[0-9]+\.[0-9]+' | tr '\t' ' ')"
 done
 for c in $CNI; do [ -x "$CNI_DIR/$c" ] && p cni "$c"; done
-p end ok
+p end "$(date +%s.%N)"
 """
 
 
@@ -149,6 +149,7 @@ def parse_found(stdout: str) -> Found:
             cni.append(value)
         elif key == "end":
             ended = True
+            facts["now"] = value
         else:
             facts[key] = value
     if not ended or "uid" not in facts:
@@ -298,6 +299,7 @@ def judge(node: str, roles: Sequence[str], found: Found, *, offset: float | None
     return NodeCheck(node, tuple(roles), tuple(items), os=found.os)
 
 
-def clock_offset(found: Found, sent: float, received: float) -> float | None:
-    """The node's clock minus the controller's: its `now` against the middle of the round trip (wall clock)."""
-    return None if found.now is None else found.now - (sent + received) / 2
+def clock_offset(found: Found, received: float) -> float | None:
+    """The node's clock minus the controller's: its time as the script ended (`now`) against when the output
+    arrived here. Its error is the way back, milliseconds; the way out (connecting, sudo) does not count."""
+    return None if found.now is None else found.now - received
