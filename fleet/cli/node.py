@@ -144,9 +144,11 @@ def print_check(out: Console, check: NodeCheck) -> None:
 
 
 def check(nodes: NodesArg = None, inventory: common.InventoryOpt = None, json: common.JsonOpt = False) -> None:
-    """What each node has and lacks for its roles: the runtime (containerd, runc, ctr, CNI plugins) on workers,
-    HAProxy and socat on lb nodes (keepalived with a virtual IP), etcd on the record nodes; on every node the
-    cgroup version, a tmpfs /run, free disk, the clock against this machine, and root or passwordless sudo.
+    """What each node has and lacks for its roles (read-only).
+
+    The runtime (containerd, runc, ctr, CNI plugins) on workers, HAProxy and socat on lb nodes (keepalived with
+    a virtual IP), etcd on the record nodes; on every node the cgroup version, a tmpfs /run, free disk, the clock
+    against this machine, and root or passwordless sudo.
 
     Read-only: one SSH round trip per node, no lease. Exit 1 when a node lacks something (named) or cannot be
     reached.
@@ -199,10 +201,13 @@ def prepared_line(report: PrepareReport) -> str:
 def prepare(nodes: NodesArg = None, inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
             yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before changing the nodes.")] = False,
             ) -> None:
-    """Make each node ready for its roles: first the plan (what each node lacks, as packages), then, once
-    confirmed, apt-get install on each node at once (Debian 12, Ubuntu 24.04; no service started by the packages
-    themselves), fleet's directories, and net.ipv4.ip_forward. Idempotent: a node that lacks nothing is left
-    alone ("nothing to do"). One line per node; exit 1 naming a node that failed or still lacks something.
+    """Install what each node lacks for its roles, after showing the plan.
+
+    First the plan (what each node lacks, as packages), then, once confirmed, apt-get install on each node at
+    once (Debian 12, Ubuntu 24.04; no service started by the packages themselves), fleet's directories, and
+    net.ipv4.ip_forward. Idempotent: a node that lacks nothing is left alone ("nothing to do"). One line per
+    node; exit 1 naming a node that failed or still lacks something. It takes no lease: the lease is kept by
+    what it installs on the record nodes.
 
     Example:
 
