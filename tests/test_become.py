@@ -11,11 +11,11 @@ from pathlib import Path
 
 import asyncssh
 import pytest
-from sshserver import SSHFarm, shell_handler
+from sshserver import Handler, SSHFarm, shell_handler
 
 from fleet.config.inventory import load_inventory, parse
 from fleet.core.errors import BecomeError, InventoryError
-from fleet.core.model import Node
+from fleet.core.model import CommandResult, Node
 from fleet.core.shell import Script
 from fleet.transport import Pool
 from fleet.transport.command import line_for
@@ -48,16 +48,19 @@ def test_become_runs_a_script_with_its_variables_after_sudo_through_env() -> Non
         line_for(BECOME, "rm -rf /")  # type: ignore[arg-type]
 
 
+def recording(seen: list[str]) -> Handler:
+    """The shell handler (commands run by /bin/sh here), recording each command line the server receives."""
+    async def handler(process: asyncssh.SSHServerProcess[bytes]) -> None:
+        seen.append(process.command or "")
+        await shell_handler(process)
+    return handler
+
+
 async def test_become_node_runs_through_real_sudo_with_stdin_passed_and_never_in_argv(tmp_path: Path) -> None:
     """Real sudo (this process runs as root): the server sees the probe, then each command behind `sudo -n --`;
     a secret on stdin arrives on stdin and appears in no command line."""
     seen: list[str] = []
-
-    async def recording(process: asyncssh.SSHServerProcess[bytes]) -> None:
-        seen.append(process.command or "")
-        await shell_handler(process)
-
-    async with SSHFarm(tmp_path / "f", handler=recording) as farm:
+    async with SSHFarm(tmp_path / "f", handler=recording(seen)) as farm:
         await farm.start(1)
         node = farm.node("n1", become=True)
         async with Pool() as pool:
@@ -73,7 +76,12 @@ async def test_become_node_runs_through_real_sudo_with_stdin_passed_and_never_in
     assert not any("s3cret" in line for line in seen)
 
 
-def _refusing(stderr: bytes, status: int, seen: list[str]):  # type: ignore[no-untyped-def]
+async def _refused(tmp_path: Path, stderr: bytes, status: int, calls: int, **node: object
+                   ) -> tuple[list[CommandResult], list[str]]:
+    """`calls` commands (`touch`) on a become node whose sudo answers `stderr` and `status`; the results, and
+    every command line the server received."""
+    seen: list[str] = []
+
     async def handler(process: asyncssh.SSHServerProcess[bytes]) -> None:
         seen.append(process.command or "")
         if (process.command or "").startswith("sudo "):
@@ -81,24 +89,22 @@ def _refusing(stderr: bytes, status: int, seen: list[str]):  # type: ignore[no-u
             process.exit(status)
         else:
             await shell_handler(process)
-    return handler
+
+    async with SSHFarm(tmp_path / "f", handler=handler) as farm:
+        await farm.start(1)
+        become = farm.node("n1", become=True, **node)
+        async with Pool() as pool:
+            results = list(await asyncio.gather(*(pool.run(become, ["touch", "/tmp/x"]) for _ in range(calls))))
+            results.append(await pool.run(become, ["touch", "/tmp/x"]))
+    return results, seen
 
 
 async def test_a_user_without_passwordless_sudo_gets_the_node_and_sudoers_line_and_nothing_runs(
         tmp_path: Path) -> None:
-    seen: list[str] = []
-    handler = _refusing(b"sudo: a password is required\n", 1, seen)
-    async with SSHFarm(tmp_path / "f", handler=handler) as farm:
-        await farm.start(1)
-        node = farm.node("n1", become=True, user="deploy")
-        async with Pool() as pool:
-            results = await asyncio.gather(*(pool.run(node, ["touch", "/tmp/x"]) for _ in range(3)))
-            again = await pool.run(node, ["touch", "/tmp/x"])
-            with pytest.raises(BecomeError) as raised:
-                await pool.check(node, ["true"])
-    for result in [*results, again]:
+    results, seen = await _refused(tmp_path, b"sudo: a password is required\n", 1, 3, user="deploy")
+    for result in results:
         assert isinstance(result.failure, BecomeError) and result.error_kind == "auth"
-    message = str(raised.value)
+    message = str(results[-1].failure)
     assert message.startswith("n1: deploy@127.0.0.1:")
     assert "sudo: a password is required" in message
     assert "`deploy ALL=(root) NOPASSWD: ALL`" in message and "/etc/sudoers.d/fleet" in message
@@ -108,17 +114,24 @@ async def test_a_user_without_passwordless_sudo_gets_the_node_and_sudoers_line_a
 
 
 async def test_become_without_sudo_on_the_node_says_to_install_it(tmp_path: Path) -> None:
-    seen: list[str] = []
-    handler = _refusing(b"sh: 1: sudo: not found\n", 127, seen)
-    async with SSHFarm(tmp_path / "f", handler=handler) as farm:
-        await farm.start(1)
-        node = farm.node("n1", become=True, become_user="app")
-        async with Pool() as pool:
-            result = await pool.run(node, ["true"])
-    assert isinstance(result.failure, BecomeError)
-    assert "sudo is not installed on n1" in (result.error or "")
-    assert "`fleet ALL=(app) NOPASSWD: ALL`" in (result.error or "")
+    results, seen = await _refused(tmp_path, b"sh: 1: sudo: not found\n", 127, 1, become_user="app")
+    assert isinstance(results[0].failure, BecomeError)
+    assert "sudo is not installed on n1" in (results[0].error or "")
+    assert "`fleet ALL=(app) NOPASSWD: ALL`" in (results[0].error or "")
     assert seen == ["sudo -n -u app -- true"]
+
+
+async def test_check_raises_the_become_error(tmp_path: Path) -> None:
+    async with SSHFarm(tmp_path / "f", handler=_deny) as farm:
+        await farm.start(1)
+        async with Pool() as pool:
+            with pytest.raises(BecomeError, match="NOPASSWD"):
+                await pool.check(farm.node("n1", become=True), ["true"])
+
+
+async def _deny(process: asyncssh.SSHServerProcess[bytes]) -> None:
+    process.stderr.write(b"sudo: a password is required\n")
+    process.exit(1)
 
 
 # ---- inventories -------------------------------------------------------------------------------------------

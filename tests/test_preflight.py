@@ -12,9 +12,9 @@ import subprocess
 from dataclasses import replace
 from pathlib import Path
 
-import asyncssh
 import pytest
-from sshserver import SSHFarm, shell_handler
+from sshserver import SSHFarm
+from test_become import recording
 
 from fleet.core.errors import ScriptOutputError
 from fleet.core.model import Inventory
@@ -244,12 +244,7 @@ async def test_engine_runs_the_check_and_no_prepare_script_where_nothing_is_to_d
     """The engine over real in-process SSH servers running /bin/sh here: the check script runs (once per node)
     and is judged for the node's roles; a plan with nothing to do sends no command at all."""
     seen: list[str] = []
-
-    async def recording(process: asyncssh.SSHServerProcess[bytes]) -> None:
-        seen.append(process.command or "")
-        await shell_handler(process)
-
-    async with SSHFarm(tmp_path / "f", handler=recording) as farm:
+    async with SSHFarm(tmp_path / "f", handler=recording(seen)) as farm:
         await farm.start(2)
         inv = Inventory("inv.yaml", (farm.node("n1"), farm.node("n2", roles=("lb",))))
         async with Pool() as pool:
