@@ -269,3 +269,47 @@ async def test_engine_check_of_a_node_that_is_down_is_its_error_only(tmp_path: P
             checks = await check_nodes(pool, inv, inv.nodes)
     assert checks[0].error is None and checks[1].error is not None and "connection refused" in checks[1].error
     assert not checks[1].ok and plan_for(checks[1]).error == checks[1].error
+
+
+# ---- what the CLI prints ---------------------------------------------------------------------------------------
+
+
+def test_check_render_names_present_and_missing_items_with_their_package() -> None:
+    from rich.console import Console
+
+    from fleet.cli.node import print_check
+
+    out = Console(record=True, width=100)
+    found = parse_found(recorded("bare_path"))
+    print_check(out, judge("n1", ("worker",), found, offset=0.0))
+    print_check(out, judge("lb1", ALL_ROLES, _found(), offset=0.0))
+    text = out.export_text()
+    assert "n1 (worker; debian 12): missing containerd, ctr, runc, ip, cni plugins" in text
+    assert "✗ containerd          missing (runs the replicas)  → apt-get install containerd" in text
+    assert "- sshfs               missing (mounts network volumes" in text
+    assert "lb1 (worker, lb, records, vip; debian 12): ok" in text
+    assert "✓ haproxy             2.6.12 at /usr/sbin/haproxy" in text
+
+
+def test_prepare_prints_one_line_per_node_for_each_outcome() -> None:
+    from fleet.cli.node import prepared_line
+    from fleet.engine.preflight import PrepareReport
+    from fleet.node.preflight import Item, NodeCheck
+    from fleet.node.provision import Prepared
+
+    ready = NodeCheck("n1", ("worker",), (Item("runc", True, "1.1.5"),))
+    short = NodeCheck("n1", ("worker",), (Item("runc", False, "missing", "runc"),))
+    plan = Plan("n1", ("runc",))
+    assert prepared_line(PrepareReport("n1", Plan("n1"))) == "n1: nothing to do (ready)"
+    assert prepared_line(PrepareReport("n1", plan, Prepared(("installed runc",)), ready)) == \
+        "n1: installed runc; ready"
+    assert prepared_line(PrepareReport("n1", plan, Prepared(("installed runc",)), short)) == \
+        "n1: installed runc; still missing: runc"
+    failed = PrepareReport("n1", plan, Prepared((), "apt-get install runc failed: E: no mirror"))
+    assert prepared_line(failed) == "n1: failed: apt-get install runc failed: E: no mirror" and not failed.ok
+    assert prepared_line(PrepareReport("n2", Plan("n2", error="n2: cannot connect"))) == \
+        "n2: not prepared: cannot check it: n2: cannot connect"
+    assert prepared_line(PrepareReport("n3", Plan("n3", left=("clock: +3.000 s",)))) == \
+        "n3: nothing to do; cannot fix: clock: +3.000 s"
+    assert PrepareReport("n1", plan, Prepared(("installed runc",)), ready).ok
+    assert not PrepareReport("n3", Plan("n3", left=("clock: +3.000 s",))).ok
