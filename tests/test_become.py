@@ -229,3 +229,15 @@ all:
     message = str(raised.value)
     assert "hosts.yaml:5: w1.ansible_password: not supported" in message
     assert "hosts.yaml:5: w2.ansible_password" in message
+
+
+async def test_a_sudo_that_hangs_is_a_session_error_within_the_connect_timeout(tmp_path: Path) -> None:
+    async def hang(process: asyncssh.SSHServerProcess[bytes]) -> None:
+        await process.channel.wait_closed()
+
+    async with SSHFarm(tmp_path / "f", handler=hang) as farm:
+        await farm.start(1)
+        async with Pool(connect_timeout=0.5) as pool:
+            result = await pool.run(farm.node("n1", become=True), ["true"])
+    assert result.error_kind == "ssh" and "`sudo -n true` did not finish within 0.5s" in (result.error or "")
+    assert "/etc/hosts" in (result.error or "")

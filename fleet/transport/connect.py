@@ -239,9 +239,14 @@ class Connector:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 done = await conn.run(join([*become_argv(node), "true"]), check=False, stdin=asyncssh.DEVNULL)
-        except (TimeoutError, OSError, asyncssh.Error) as exc:
+        except TimeoutError as exc:
             conn.close()
-            raise SessionError(node.name, f"{where(node)}: `sudo -n true` did not answer: {exc}") from exc
+            raise SessionError(node.name, f"{where(node)}: `sudo -n true` did not finish within "
+                                          f"{self.connect_timeout:g}s (sudo looks up the node's host name: is it "
+                                          "in the node's /etc/hosts?)") from exc
+        except (OSError, asyncssh.Error) as exc:
+            conn.close()
+            raise SessionError(node.name, f"{where(node)}: `sudo -n true` failed: {exc}") from exc
         if done.exit_status != 0:
             conn.close()
             raise BecomeError(node.name, sudo_refused(node, done.exit_status, decode(done.stderr)))
