@@ -313,3 +313,20 @@ def test_prepare_prints_one_line_per_node_for_each_outcome() -> None:
         "n3: nothing to do; cannot fix: clock: +3.000 s"
     assert PrepareReport("n1", plan, Prepared(("installed runc",)), ready).ok
     assert not PrepareReport("n3", Plan("n3", left=("clock: +3.000 s",))).ok
+
+
+def test_cli_unknown_node_is_a_usage_error_and_a_node_that_is_down_is_named(tmp_path: Path) -> None:
+    from helpers import free_port, run_fleet
+
+    inv = tmp_path / "inv.yaml"
+    inv.write_text(f"nodes:\n  n1: {{address: 127.0.0.1, port: {free_port()}, known_hosts: {tmp_path}/kh}}\n")
+    (tmp_path / "kh").write_text("")
+    unknown = run_fleet("node", "check", "nope", "-i", str(inv))
+    assert unknown.returncode == 2 and "no node 'nope' in this inventory" in unknown.stderr
+    down = run_fleet("node", "check", "--json", "-i", str(inv))
+    assert down.returncode == 1
+    [doc] = json.loads(down.stdout)
+    assert doc["node"] == "n1" and not doc["ok"] and "connection refused" in doc["error"]
+    prepare = run_fleet("node", "prepare", "-i", str(inv))
+    assert prepare.returncode == 1
+    assert "n1: not prepared: cannot check it: " in prepare.stdout and "not prepared: n1" in prepare.stderr
