@@ -34,6 +34,25 @@ def test_nodes_are_separate_hosts(lab):
     assert len(sockets) == len(seen), "every node has its own containerd socket"
 
 
+def test_each_node_has_its_own_etc_so_the_host_files_are_never_written(lab):
+    """A user made on a node (as `fleet node prepare`, the storage user or a sudo test does) exists there only:
+    the node's /etc is its own copy, and the host's /etc/passwd and /etc/hosts stay as they were."""
+    user = f"{TEST_LAB.prefix}-etc-probe"
+    host_passwd = pathlib.Path("/etc/passwd").read_text()
+    assert f"\n{user}:" not in host_passwd
+    node = lab.inventory.nodes[0].name
+    lab.lab.exec_in(node, ["sh", "-c", f"useradd --system --no-create-home --shell /usr/sbin/nologin {user} && "
+                                       "echo '192.0.2.99 etc-probe' >>/etc/hosts"])
+    try:
+        assert lab.lab.exec_in(node, ["id", "-u", user]).stdout.strip().isdigit()
+        assert pathlib.Path("/etc/passwd").read_text() == host_passwd
+        assert "etc-probe" not in pathlib.Path("/etc/hosts").read_text()
+        other = lab.inventory.nodes[1].name
+        assert lab.lab.exec_in(other, ["sh", "-c", f"id -u {user} || echo none"]).stdout.strip() == "none"
+    finally:
+        lab.lab.exec_in(node, ["userdel", user])
+
+
 def test_inventory_is_valid_and_pins_host_keys(lab):
     inv = lab.inventory
     assert [n.name for n in inv.nodes] == ["n1", "n2", "n3", "lb1"]
@@ -165,7 +184,7 @@ def test_bad_lab_config_is_refused():
 def test_init_script_mounts_the_run_tmpfs_over_the_private_run_before_any_daemon():
     cfg = LabConfig(prefix="fq", run_tmpfs_size="8m")
     text = init_script(cfg, cfg.layout()[0])
-    steps = ['mount --bind "$D/run" /run', f"mkdir -p {DEFAULT.run}",
+    steps = ['mount --bind "$D/etc" /etc', 'mount --bind "$D/run" /run', f"mkdir -p {DEFAULT.run}",
              f"mount -t tmpfs -o size=8m,mode=0755,nosuid,nodev,noexec fleet-run {DEFAULT.run}",
              "containerd --config", "/usr/sbin/sshd"]
     at = [text.index(step) for step in steps]

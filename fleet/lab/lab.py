@@ -359,6 +359,11 @@ class Lab:
         for sub in ("run/sshd", "containerd", "root/.ssh", "state", "ssh"):
             os.makedirs(f"{d}/{sub}", exist_ok=True)
         os.chmod(f"{d}/root", 0o700)
+        # The node's own /etc, a copy of this machine's taken when the node is made and bind-mounted over /etc in
+        # its mount namespace: a user, a sudoers entry or an sshd drop-in made on a node (by fleet or by a test)
+        # stays on that node and goes with the lab, and no file the host shares is ever written.
+        shutil.rmtree(f"{d}/etc", ignore_errors=True)
+        _run(["cp", "-a", "/etc", f"{d}/etc"])
         hostkey = f"{d}/ssh/ssh_host_ed25519_key"
         if not os.path.exists(hostkey):
             _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", node.name, "-f", hostkey])

@@ -158,10 +158,10 @@ def node_cgroup(cfg: LabConfig, node: LabNode) -> str:
 
 
 def init_script(cfg: LabConfig, node: LabNode, memory_cgroup: bool = False) -> str:
-    """Runs inside the node's fresh mount+UTS namespace: private mounts, a size-limited tmpfs on /run/fleet (gone
-    with the namespace, so with the node), hostname, containerd, sshd, then holds. With `memory_cgroup` (the node
-    was started in its own cgroup and cgroup namespace), the memory hierarchy is mounted again first, rooted at
-    the node's cgroup."""
+    """Runs inside the node's fresh mount+UTS namespace: private mounts (its own copy of /etc first), a size-limited
+    tmpfs on /run/fleet (gone with the namespace, so with the node), hostname, containerd, sshd, then holds. With
+    `memory_cgroup` (the node was started in its own cgroup and cgroup namespace), the memory hierarchy is mounted
+    again first, rooted at the node's cgroup."""
     d = shlex.quote(node_dir(cfg, node))
     run = shlex.quote(NODE_RUN_TMPFS)
     remount = (f"umount {MEMORY_HIERARCHY}\nmount -t cgroup -o memory cgroup {MEMORY_HIERARCHY}\n"
@@ -170,7 +170,8 @@ def init_script(cfg: LabConfig, node: LabNode, memory_cgroup: bool = False) -> s
 set -eu
 D={d}
 echo $$ >"$D/holder.pid"
-{remount}mount --bind "$D/run" /run
+{remount}mount --bind "$D/etc" /etc
+mount --bind "$D/run" /run
 mkdir -p {run}
 mount -t tmpfs -o size={cfg.run_tmpfs_size},mode=0755,nosuid,nodev,noexec fleet-run {run}
 mount --bind "$D/containerd" /var/lib/containerd
