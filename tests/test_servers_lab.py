@@ -2,12 +2,12 @@
 sshd refuses root, checks them, finds nothing to prepare, and deploys and rolls the demo service under load; a user
 without passwordless sudo gets the error naming node and sudoers line, and nothing changes.
 
-One module fixture changes the session's lab for these tests and puts everything back in `finally`: two users made
-for the test (this machine and its lab nodes share /etc/passwd) and a sudoers.d file for one of them, both removed
-after; each node's sshd restarted with `PermitRootLogin no` and `AllowUsers` those two, then restarted with its own
-config; each node's /etc/hosts bind-mounted (inside that node's mount namespace only) with the node's host name, as
-a real server has it (sudo looks the host name up: without it every sudo waits for DNS); and ip_forward set inside
-each node's network namespace only (a lab node has its own), then set back."""
+One module fixture changes the session's lab for these tests and puts everything back in `finally`, on the nodes
+only (each lab node has its own copy of /etc; nothing on this machine is written): on every node two users made
+for the test, a sudoers.d file for one of them, the node's host name in its /etc/hosts as a real server has it
+(sudo looks the host name up: without it every sudo waits for DNS), ip_forward set inside its network namespace,
+and its sshd restarted with `PermitRootLogin no` and `AllowUsers` those two users; afterwards the users and the
+sudoers file are removed, the hosts file and ip_forward set back, and sshd restarted with its own config."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import json
 import os
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,32 +33,7 @@ pytestmark = pytest.mark.lab
 
 SUDO_USER = f"fleet{TEST_LAB.prefix}s"
 NOPW_USER = f"fleet{TEST_LAB.prefix}p"
-SUDOERS = f"/etc/sudoers.d/fleet-test-{TEST_LAB.prefix}"
-
-
-def _sh(argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-    assert not check or done.returncode == 0, (argv, done.stdout, done.stderr)
-    return done
-
-
-def _remove_users() -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(SUDOERS)
-    for user in (SUDO_USER, NOPW_USER):
-        if _sh(["id", "-u", user], check=False).returncode == 0:
-            _sh(["userdel", user])
-
-
-def _add_users() -> None:
-    for user in (SUDO_USER, NOPW_USER):
-        # `*`: no password, but not locked (sshd without PAM refuses a locked account even with a key).
-        _sh(["useradd", "--system", "--no-create-home", "--home-dir", "/", "--shell", "/bin/sh", "-p", "*", user])
-    with tempfile.NamedTemporaryFile("w", dir="/etc/sudoers.d", prefix=".fleet-test-", delete=False) as fh:
-        fh.write(f"{SUDO_USER} ALL=(root) NOPASSWD: ALL\n")
-    os.chmod(fh.name, 0o440)
-    _sh(["visudo", "-c", "-q", "-f", fh.name])
-    os.replace(fh.name, SUDOERS)
+SUDOERS = "/etc/sudoers.d/fleet-test"
 
 
 def _port_open(address: str) -> bool:
@@ -75,22 +49,40 @@ def _restart_sshd(lab, name: str, config: str) -> None:
     assert poll(lambda: _port_open(lab.lab.node(name).address), 10, 0.05), f"sshd of {name} did not come back"
 
 
+def _remove_users(lab, name: str) -> None:
+    lab.lab.exec_in(name, ["rm", "-f", SUDOERS])
+    for user in (SUDO_USER, NOPW_USER):
+        if lab.lab.exec_in(name, ["id", "-u", user], check=False).returncode == 0:
+            lab.lab.exec_in(name, ["userdel", user])
+
+
+def _add_users(lab, name: str) -> None:
+    for user in (SUDO_USER, NOPW_USER):
+        # `*`: no password, but not locked (sshd without PAM refuses a locked account even with a key).
+        lab.lab.exec_in(name, ["useradd", "--system", "--no-create-home", "--home-dir", "/", "--shell", "/bin/sh",
+                               "-p", "*", user])
+    lab.lab.exec_in(name, ["sh", "-c", f'umask 337 && printf "%s\\n" "$0" >{SUDOERS}.tmp && visudo -c -q -f '
+                                       f"{SUDOERS}.tmp && mv -f {SUDOERS}.tmp {SUDOERS}",
+                           f"{SUDO_USER} ALL=(root) NOPASSWD: ALL"])
+
+
 @contextlib.contextmanager
 def _servers(lab) -> Iterator[None]:
     """The lab as real servers: see the module's docstring; everything undone on the way out."""
     names = [n.name for n in lab.inventory.nodes]
     forward: dict[str, str] = {}
-    mounted: list[str] = []
+    hosts: dict[str, str] = {}
+    touched: list[str] = []
     switched: list[str] = []
-    _remove_users()  # a crashed run's
     try:
-        _add_users()
-        hosts = Path("/etc/hosts").read_text()
         for name in names:
             d = node_dir(lab.lab.cfg, lab.lab.node(name))
-            Path(f"{d}/hosts").write_text(hosts + f"127.0.1.1 {name}\n")
-            lab.lab.exec_in(name, ["mount", "--bind", f"{d}/hosts", "/etc/hosts"])
-            mounted.append(name)
+            assert os.path.isdir(f"{d}/etc"), "the lab node has no /etc of its own"
+            touched.append(name)
+            _remove_users(lab, name)  # a crashed run's
+            _add_users(lab, name)
+            hosts[name] = Path(f"{d}/etc/hosts").read_text()
+            Path(f"{d}/etc/hosts").write_text(hosts[name] + f"127.0.1.1 {name}\n")
             forward[name] = lab.lab.exec_in(name, ["cat", "/proc/sys/net/ipv4/ip_forward"]).stdout.strip()
             lab.lab.exec_in(name, ["sh", "-c", "echo 1 >/proc/sys/net/ipv4/ip_forward"])
             config = Path(f"{d}/sshd_config").read_text()
@@ -105,11 +97,12 @@ def _servers(lab) -> Iterator[None]:
         for name in switched:
             lab.lab.stop_sshd(name)
             lab.lab.start_sshd(name)
-        for name in mounted:
-            lab.lab.exec_in(name, ["umount", "/etc/hosts"], check=False)
+        for name, text in hosts.items():
+            Path(f"{node_dir(lab.lab.cfg, lab.lab.node(name))}/etc/hosts").write_text(text)
         for name, value in forward.items():
             lab.lab.exec_in(name, ["sh", "-c", f"echo {value} >/proc/sys/net/ipv4/ip_forward"], check=False)
-        _remove_users()
+        for name in touched:
+            _remove_users(lab, name)
 
 
 def _inventory(lab, path: Path, user: str, only: str | None = None) -> str:
