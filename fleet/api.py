@@ -39,10 +39,13 @@ from fleet.engine.images import list_images, push
 from fleet.engine.lbview import read_configs
 from fleet.engine.look import Observed, lb_rows, observe
 from fleet.engine.nodes import collect, facts_command, report_from
+from fleet.engine.preflight import PrepareReport, check_nodes, prepare_nodes
 from fleet.engine.reader import Reader
 from fleet.engine.status import status
 from fleet.engine.volumes import list_volumes, restore, revoke
 from fleet.node.haproxy.stats import StatRow
+from fleet.node.preflight import NodeCheck
+from fleet.node.provision import Plan, plan_for
 from fleet.node.runtime.base import RunSpec, StopResult
 from fleet.plan.members import MembershipPlan, Step
 from fleet.plan.reconcile import Replica
@@ -103,6 +106,8 @@ __all__ = [
     "serve_reads",
 ]
 __all__ += ["MemberRow", "MembershipPlan", "RecordsView", "Step", "StepReport"]  # fleet records
+# `fleet node check|prepare`.
+__all__ += ["NodeCheck", "Plan", "PrepareReport", "plan_for"]
 
 
 class PoolOptions(TypedDict, total=False):
@@ -270,6 +275,15 @@ class Fleet:
         """Roll the service to `image` as its accepted revision: reconcile keeps it, `plan` shows the drift."""
         async with self.writing() as engine:
             return await engine.turn("deploy", service, image=image)
+
+    # --- preparing nodes (`fleet node check|prepare`) ----------------------------------------------------
+    async def check(self, names: Sequence[str] = ()) -> list[NodeCheck]:
+        """What each named node (default: all) has and lacks for its roles; read-only, no lease."""
+        return await check_nodes(self.pool, self.inventory, [self.known(n) for n in names] or self.inventory.nodes)
+
+    async def prepare(self, plans: Sequence[Plan]) -> list[PrepareReport]:
+        """Carry out `plan_for(check)` plans, then check those nodes again (no lease: see engine/preflight.py)."""
+        return await prepare_nodes(self.pool, self.inventory, plans)
 
     # --- node operations (`fleet node`): marks kept on the fleet, under the lease -------------------------
     def known(self, name: str) -> Node:

@@ -5,11 +5,12 @@ cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then echo "run as root (the lab needs network and mount namespaces)" >&2; exit 2; fi
 PKGS="openssh-server openssh-client containerd runc haproxy busybox-static iproute2 util-linux socat procps
       python3 python3-venv python3-pip ca-certificates docker-registry keepalived sshfs openssl pebble
-      etcd-server etcd-client containernetworking-plugins age faketime"
+      etcd-server etcd-client containernetworking-plugins age faketime sudo"
 # etcd keeps the fleet's shared state on the record nodes (fleet starts it itself; policy-rc.d below keeps
 # apt from starting the package's service). containernetworking-plugins give replicas their own network
 # namespaces; age is the command-line twin of pyrage (secrets in the shared state); faketime is for the tests.
 # openssl hashes the HAProxy stats password; pebble (Let's Encrypt's ACME test server) is for the tests only.
+# sudo is for the tests of `become` (fleet logging in as a user with passwordless sudo).
 missing=""
 for p in $PKGS; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"; done
 if [ -n "$missing" ]; then

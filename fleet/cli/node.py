@@ -1,8 +1,9 @@
-"""`fleet node cordon|uncordon|drain|label NODE`: take a node out of service and back, and label it.
+"""`fleet node cordon|uncordon|drain|label NODE`: take a node out of service and back, and label it; `fleet node
+check|prepare [NODE...]`: what a node has and lacks for its roles, and installing what it lacks.
 
-What these commands record is kept on the fleet (its records, under the lease), so every controller respects it;
-`fleet nodes` shows it. Exit codes as the other writing commands: 0 done, 1 failed, 2 bad input, 75 the fleet's
-lease is held (see --wait).
+What cordon, uncordon, drain and label record is kept on the fleet (its records, under the lease), so every
+controller respects it; `fleet nodes` shows it. Exit codes as the other writing commands: 0 done, 1 failed, 2 bad
+input, 75 the fleet's lease is held (see --wait). check and prepare exit 1 when a node lacks something or failed.
 """
 
 from __future__ import annotations
@@ -16,11 +17,16 @@ from fleet.cli import common, completion
 from fleet.cli.common import esc
 
 if TYPE_CHECKING:
-    from fleet.api import Fleet
+    from rich.console import Console
 
-app = typer.Typer(help="Node operations, kept on the fleet: cordon, uncordon, drain, label.", no_args_is_help=True)
+    from fleet.api import Fleet, NodeCheck, Plan, PrepareReport
+
+app = typer.Typer(help="Node operations: cordon, uncordon, drain, label (kept on the fleet); check and prepare "
+                       "(what a node needs for its roles).", no_args_is_help=True)
 
 NodeArg = completion.NodeArg
+NodesArg = Annotated[list[str] | None, typer.Argument(help="Nodes by name (default: every node of the inventory).",
+                                                     show_default=False, autocompletion=completion.node_names)]
 LabelsArg = Annotated[list[str], typer.Argument(help="key=value to set a label, key- to remove one.",
                                                 show_default=False)]
 
@@ -115,7 +121,148 @@ def label(node: NodeArg, changes: LabelsArg, inventory: common.InventoryOpt = No
     _done(node, json, f"{node} labels: {shown}", labels=labels)
 
 
+def check_json(check: NodeCheck) -> dict[str, Any]:
+    return {"node": check.node, "roles": list(check.roles), "ok": check.ok, "os": check.os, "error": check.error,
+            "missing": [i.name for i in check.missing],
+            "items": [{"name": i.name, "ok": i.ok, "detail": i.detail, "package": i.package, "fix": i.fix,
+                       "optional": i.optional} for i in check.items]}
+
+
+def print_check(out: Console, check: NodeCheck) -> None:
+    """One node's check: a verdict line, then one line per item (present, missing, optional and absent)."""
+    roles = ", ".join(check.roles)
+    if check.error is not None:
+        out.print(f"[bold]{esc(check.node)}[/] ({esc(roles)}): [red]not checked[/]: {esc(check.error)}", soft_wrap=True)
+        return
+    missing = check.missing
+    verdict = "[green]ok[/]" if not missing else f"[red]missing {esc(', '.join(i.name for i in missing))}[/]"
+    out.print(f"[bold]{esc(check.node)}[/] ({esc(roles)}; {esc(check.os)}): {verdict}")
+    for item in check.items:
+        mark = "[green]✓[/]" if item.ok else ("[yellow]-[/]" if item.optional else "[red]✗[/]")
+        fix = f"  → apt-get install {item.package}" if item.package and not item.ok else ""
+        out.print(f"  {mark} {esc(item.name):<19} {esc(item.detail)}{esc(fix)}")
+
+
+def check(nodes: NodesArg = None, inventory: common.InventoryOpt = None, json: common.JsonOpt = False) -> None:
+    """What each node has and lacks for its roles (read-only).
+
+    The runtime (containerd, runc, ctr, CNI plugins) on workers, HAProxy and socat on lb nodes (keepalived with
+    a virtual IP), etcd on the record nodes; on every node the cgroup version, a tmpfs /run, free disk, the clock
+    against this machine, and root or passwordless sudo.
+
+    Read-only: one SSH round trip per node, no lease. Exit 1 when a node lacks something (named) or cannot be
+    reached.
+
+    Example:
+
+      fleet node check
+      fleet node check n1 lb1 --json"""
+    from fleet.api import Fleet
+
+    inv = common.inventory(inventory)
+
+    async def go() -> list[NodeCheck]:
+        async with Fleet.connect(inv) as f:
+            return await f.check(nodes or [])
+
+    checks = common.run(go)
+    if json:
+        common.print_json([check_json(c) for c in checks])
+    else:
+        out = common.console()
+        for c in checks:
+            print_check(out, c)
+    bad = [c.node for c in checks if not c.ok]
+    if bad:
+        if not json:
+            common.console(stderr=True).print(f"not ready: {esc(', '.join(bad))}", highlight=False)
+        raise typer.Exit(common.EXIT_PARTIAL)
+
+
+def prepared_line(report: PrepareReport) -> str:
+    """What prepare did on one node, in one line."""
+    if report.plan.error is not None:
+        return f"{report.node}: not prepared: cannot check it: {report.plan.error}"
+    if report.plan.nothing:
+        left = f"; cannot fix: {'; '.join(report.plan.left)}" if report.plan.left else ""
+        return f"{report.node}: nothing to do{left or ' (ready)'}"
+    if report.error is not None:
+        return f"{report.node}: failed: {report.error}"
+    done = list(report.prepared.changed) if report.prepared is not None else []
+    if report.prepared is not None and report.prepared.error is not None:
+        return f"{report.node}: failed: {report.prepared.error}" + (f" (after: {'; '.join(done)})" if done else "")
+    after = report.after
+    tail = "ready" if after is not None and after.ok else (
+        f"still missing: {', '.join(i.name for i in after.missing)}" if after is not None and after.error is None
+        else f"not checked after: {after.error if after is not None else '?'}")
+    return f"{report.node}: {'; '.join(done) or 'no change'}; {tail}"
+
+
+def prepare(nodes: NodesArg = None, inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
+            yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before changing the nodes.")] = False,
+            ) -> None:
+    """Install what each node lacks for its roles, after showing the plan.
+
+    First the plan (what each node lacks, as packages), then, once confirmed, apt-get install on each node at
+    once (Debian 12, Ubuntu 24.04; no service started by the packages themselves), fleet's directories, and
+    net.ipv4.ip_forward. Idempotent: a node that lacks nothing is left alone ("nothing to do"). One line per
+    node; exit 1 naming a node that failed or still lacks something. It takes no lease: the lease is kept by
+    what it installs on the record nodes.
+
+    Example:
+
+      fleet node prepare --yes
+      fleet node prepare n4 n5"""
+    from fleet.api import Fleet, plan_for
+
+    inv = common.inventory(inventory)
+    out = common.console(stderr=json)
+
+    async def go() -> tuple[list[Plan], list[PrepareReport]]:
+        async with Fleet.connect(inv) as f:
+            plans = [plan_for(c) for c in await f.check(nodes or [])]
+            out.print("plan:")
+            for plan in plans:
+                out.print(f"  {esc(plan.node)}: {esc(plan.describe())}", highlight=False, soft_wrap=True)
+            if all(p.nothing or p.error is not None for p in plans) or _declined(yes, out):
+                return plans, []
+            return plans, await f.prepare(plans)
+
+    plans, reports = common.run(go)
+    if not reports and not all(p.nothing or p.error is not None for p in plans):
+        common.fail("nothing changed", common.EXIT_PARTIAL)
+    if not reports:
+        from fleet.api import PrepareReport
+
+        reports = [PrepareReport(p.node, p) for p in plans]
+    if json:
+        common.print_json([{"node": r.node, "ok": r.ok, "packages": list(r.plan.packages), "fixes": list(r.plan.fixes),
+                            "left": list(r.plan.left), "changed": list(r.prepared.changed) if r.prepared else [],
+                            "error": r.error or r.plan.error or (r.prepared.error if r.prepared else None)}
+                           for r in reports])
+    else:
+        for r in reports:
+            common.console().print(esc(prepared_line(r)), highlight=False, soft_wrap=True)
+    bad = [r.node for r in reports if not r.ok]
+    if bad:
+        common.console(stderr=True).print(f"not prepared: {esc(', '.join(bad))}", highlight=False)
+        raise typer.Exit(common.EXIT_PARTIAL)
+
+
+def _declined(yes: bool, out: Console) -> bool:
+    """True when the user did not confirm the plan (no --yes and no terminal to ask on is a usage error)."""
+    import sys
+
+    if yes:
+        return False
+    if not sys.stdin.isatty():
+        common.fail("fleet node prepare changes the nodes: pass --yes (no terminal to confirm on)")
+    return not typer.confirm("Install and change this on the nodes?", default=False)
+
+
 app.command("cordon")(cordon)
 app.command("uncordon")(uncordon)
 app.command("drain")(drain)
 app.command("label")(label)
+app.command("check")(check)
+app.command("prepare")(prepare)

@@ -13,7 +13,9 @@ Ansible inventories: `ansible_host`, `ansible_port`, `ansible_user`, `ansible_ss
 and `worker` as well when it is also in a group named `worker` or `workers`; any other host is a `worker`. The
 `fleet_roles` host variable (list) replaces them; `fleet_labels` (mapping) adds labels, and
 `-o UserKnownHostsFile=PATH` in `ansible_ssh_common_args` / `ansible_ssh_extra_args` pins host keys as it does
-for Ansible.
+for Ansible. `ansible_become` (with `ansible_become_user`, and `ansible_become_method` sudo) runs every command
+through `sudo -n`; variables fleet cannot honour (passwords, another connection or become method) are refused
+at their line (fleet.config.become).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import shlex
 from collections.abc import Iterable
 from dataclasses import asdict, replace
 
+from fleet.config.become import ansible_become
 from fleet.config.vrrp import KEYS as VRRP_KEYS
 from fleet.config.vrrp import parse_vrrp, vrrp_problems
 from fleet.config.yamlmarks import Marked, load, read_text
@@ -53,6 +56,8 @@ class _Host:
         self.name = name
         self.line = line
         self.vars: dict[str, object] = {}
+        # The line that set each variable (a group's or the host's own), for errors about it.
+        self.lines: dict[str, int | None] = {}
         self.groups: set[str] = set()
 
 
@@ -125,6 +130,9 @@ def _ansible_node(host: _Host, file: str, base_dir: str) -> Node:
             key_, _, value_ = opt.partition("=")
             if key_.lower() == "userknownhostsfile" and value_:
                 known_hosts = resolve_path(value_, base_dir)
+    user = str(v.get("ansible_user", v.get("ansible_ssh_user", "root")))
+    become, refused = ansible_become(host.name, v, {k: host.lines.get(k, host.line) for k in v}, file, user)
+    problems += refused
     if problems:
         raise InventoryError(problems)
     return Node(
@@ -132,11 +140,13 @@ def _ansible_node(host: _Host, file: str, base_dir: str) -> Node:
         known_hosts=known_hosts,
         address=str(address),
         port=port,
-        user=str(v.get("ansible_user", v.get("ansible_ssh_user", "root"))),
+        user=user,
         key_files=key_files(str(key), base_dir) if key else (),
         labels=checked,
         roles=tuple(roles),
         source_line=host.line,
+        become=become.become,
+        become_user=become.user,
     )
 
 
@@ -145,7 +155,7 @@ def _from_ansible_yaml(doc: Marked) -> Inventory:
     problems: list[Problem] = []
 
     def walk(group: str, body: object, path: tuple[str | int, ...], inherited: dict[str, object],
-             parents: set[str]) -> None:
+             parents: set[str], inherited_lines: dict[str, int | None]) -> None:
         if body is None:
             body = {}
         if not isinstance(body, dict):
@@ -164,6 +174,7 @@ def _from_ansible_yaml(doc: Marked) -> Inventory:
             parts[key] = part or {}
         gvars = dict(inherited)
         gvars.update(parts["vars"])
+        glines = {**inherited_lines, **{str(k): doc.line_of((*path, "vars", k)) for k in parts["vars"]}}
         groups = parents | {group}
         for hname, hvars in parts["hosts"].items():
             if not isinstance(hname, str | int):
@@ -173,16 +184,18 @@ def _from_ansible_yaml(doc: Marked) -> Inventory:
             host.groups |= groups
             merged = dict(gvars)
             merged.update(host.vars)
+            host.lines = {**glines, **host.lines}
             if hvars is not None and not isinstance(hvars, dict):
                 problems.append(doc.problem((*path, "hosts", hname), "host variables must be a mapping"))
             elif hvars:
                 merged.update(hvars)
+                host.lines.update({str(k): doc.line_of((*path, "hosts", hname, k)) for k in hvars})
             host.vars = merged
         for cname, cbody in parts["children"].items():
-            walk(str(cname), cbody, (*path, "children", cname), gvars, groups)
+            walk(str(cname), cbody, (*path, "children", cname), gvars, groups, glines)
 
     for gname, gbody in doc.data.items():
-        walk(str(gname), gbody, (gname,), {}, set())
+        walk(str(gname), gbody, (gname,), {}, set(), {})
     if problems:
         raise InventoryError(problems)
     base_dir = os.path.dirname(os.path.abspath(doc.file))
@@ -241,6 +254,7 @@ _INI_SECTION = re.compile(r"^\[([^\]:]+)(?::(vars|children))?\]\s*$")
 def _from_ansible_ini(text: str, file: str) -> Inventory:
     hosts: dict[str, _Host] = {}
     group_vars: dict[str, dict[str, object]] = {}
+    group_lines: dict[str, dict[str, int | None]] = {}
     children: dict[str, list[str]] = {}
     members: dict[str, list[str]] = {}
     problems: list[Problem] = []
@@ -267,6 +281,7 @@ def _from_ansible_ini(text: str, file: str) -> Inventory:
                 problems.append(Problem(file, lineno, f"{section}:vars", f"expected key=value, got {line!r}"))
                 continue
             group_vars.setdefault(section, {})[name.strip()] = value.strip().strip("'\"")
+            group_lines.setdefault(section, {})[name.strip()] = lineno
         elif kind == "children":
             children.setdefault(section, []).append(tokens[0])
         else:
@@ -281,6 +296,7 @@ def _from_ansible_ini(text: str, file: str) -> Inventory:
                     problems.append(Problem(file, lineno, name, f"expected key=value, got {tok!r}"))
                     continue
                 host.vars[key] = value
+                host.lines[key] = lineno
             members.setdefault(section, []).append(name)
     if problems:
         raise InventoryError(problems)
@@ -301,11 +317,14 @@ def _from_ansible_ini(text: str, file: str) -> Inventory:
                 hosts[hname].groups |= set(chain)
     for host in hosts.values():
         merged: dict[str, object] = dict(group_vars.get("all", {}))
+        lines: dict[str, int | None] = dict(group_lines.get("all", {}))
         # Parent groups first, so a child group's and then the host's own variables win.
         for group in sorted(host.groups, key=lambda g: g in children):
             merged.update(group_vars.get(group, {}))
+            lines.update(group_lines.get(group, {}))
         merged.update(host.vars)
-        host.vars = merged
+        lines.update(host.lines)
+        host.vars, host.lines = merged, lines
     base_dir = os.path.dirname(os.path.abspath(file))
     return Inventory(file, _ansible_nodes(hosts.values(), file, base_dir))
 
@@ -337,7 +356,8 @@ def parse(text: str, file: str) -> Inventory:
     return inv
 
 
-CACHE_VERSION = 6  # 3: addresses, ports and Ansible host names checked; 4: vrrp; 5: edge; 6: lb group gives lb only
+CACHE_VERSION = 7  # 3: addresses, ports and Ansible host names checked; 4: vrrp; 5: edge; 6: lb group gives lb only;
+# 7: become
 
 
 def cache_dir() -> str:
@@ -366,6 +386,7 @@ def _to_json(inv: Inventory) -> str:
         "known_hosts": n.known_hosts, "labels": dict(n.labels), "roles": list(n.roles), "capacity": res(n.capacity),
         "reserved": res(n.reserved), "namespace": n.namespace, "source_line": n.source_line,
         "insecure_registries": list(n.insecure_registries), "vrrp": asdict(n.vrrp) if n.vrrp else None,
+        "become": n.become, "become_user": n.become_user,
     } for n in inv.nodes]})
 
 
@@ -380,6 +401,7 @@ def _from_json(text: str) -> Inventory:
         known_hosts=n["known_hosts"], labels=n["labels"], roles=tuple(n["roles"]), capacity=res(n["capacity"]),
         reserved=res(n["reserved"]) or Resources(), namespace=n["namespace"], source_line=n["source_line"],
         insecure_registries=tuple(n["insecure_registries"]), vrrp=Vrrp(**n["vrrp"]) if n["vrrp"] else None,
+        become=bool(n["become"]), become_user=str(n["become_user"]),
     ) for n in doc["nodes"]))
 
 

@@ -8,8 +8,18 @@ import re
 from dataclasses import replace
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+)
 
+from fleet.config.become import check_user
 from fleet.config.edge import EdgeModel, edge_settings
 from fleet.config.schema import pydantic_problems
 from fleet.config.vrrp import parse_vrrp, vrrp_problems
@@ -55,6 +65,9 @@ class _NodeCommon(BaseModel):
     labels: dict[str, Any] = Field(default_factory=dict)
     reserved: _Quantity | None = None
     insecure_registries: list[str] | None = None
+    # Run every command as `become_user` (default root) through `sudo -n` after logging in as `user`.
+    become: StrictBool | None = None
+    become_user: Annotated[str, AfterValidator(check_user)] | None = None
 
     @field_validator("insecure_registries")
     @classmethod
@@ -135,6 +148,8 @@ def from_fleet(doc: Marked) -> Inventory:
             insecure_registries=tuple(spec.insecure_registries if spec.insecure_registries is not None
                                       else d.insecure_registries or ()),
             source_line=doc.line_of(("nodes", name)),
+            become=spec.become if spec.become is not None else bool(d.become),
+            become_user=spec.become_user or d.become_user or "root",
         ))
     if inv.vrrp is not None:
         nodes = with_vrrp(nodes, inv.vrrp, doc)

@@ -9,6 +9,7 @@ library's own errors (the transport maps asyncssh's at its edge).
     │   ├── ConnectError         refused, unreachable, DNS, connect timeout
     │   ├── HostKeyError         the host key is unknown or changed, or ~/.ssh/config turns checking off
     │   ├── AuthError            no key was accepted
+    │   │   └── BecomeError      logged in, but `sudo -n` refused (a password is needed, or no such right)
     │   ├── SessionError         the session failed after the node was reached
     │   └── CommandTimeout       the command did not finish in time (_Timeout keeps its partial output)
     ├── RemoteCommandError       a command ran and failed (exit status, stderr)
@@ -115,6 +116,12 @@ class HostKeyError(TransportError):
 
 class AuthError(TransportError):
     """The node accepted none of the offered credentials."""
+
+
+class BecomeError(AuthError):
+    """A node whose inventory says `become`: the login worked but `sudo -n` did not (it needs a password, the user
+    may not run commands as the become user, or sudo is missing). Nothing was run on the node; the message names
+    the sudoers line to add."""
 
 
 class CommandTimeout(TransportError):

@@ -77,6 +77,9 @@ class Node:
     insecure_registries: tuple[str, ...] = ()
     # Set on lb nodes when the inventory asks for a virtual IP (the same value on every lb node).
     vrrp: Vrrp | None = None
+    # Log in as `user`, then run every command as `become_user` through `sudo -n` (fleet.transport.command).
+    become: bool = False
+    become_user: str = "root"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", _frozen(self.labels))

@@ -1,7 +1,9 @@
 """Opening the pool's SSH connections: one per node, shared by concurrent first uses; host keys always checked
 against the known_hosts files hostkeys.py chooses (passed explicitly, never left to asyncssh), client keys loaded
-once, quick failures retried with backoff, a slow failure remembered for a while, keepalive set; asyncssh's
-connect errors mapped here onto fleet's error tree (`raise ... from exc`).
+once, quick failures retried with backoff, a slow failure remembered for a while, keepalive set; on a node that
+says `become`, `sudo -n` tried once before the connection is used (a refusal is a BecomeError naming the sudoers
+line, remembered like a slow failure); asyncssh's connect errors mapped here onto fleet's error tree
+(`raise ... from exc`).
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from typing import Any
 
 import asyncssh
 
-from fleet.core.errors import AuthError, ConnectError, HostKeyError, SessionError
+from fleet.core.errors import AuthError, BecomeError, ConnectError, HostKeyError, SessionError, TransportError
 from fleet.core.model import Node
-from fleet.transport.command import where
+from fleet.core.shell import join
+from fleet.transport.command import become_argv, decode, sudo_refused, where
 from fleet.transport.hostkeys import HostKeyFiles, host_key_files
 
 # Classic curve25519 first ("^" puts it ahead of asyncssh's default list): the hybrid post-quantum
@@ -45,12 +48,13 @@ KEEPALIVE_COUNT_MAX = 3
 RETRY_AFTER = 10.0
 SLOW_ERRNOS = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH})
 
-NodeKey = tuple[str, str, int, str, tuple[str, ...], str | None]
+NodeKey = tuple[str, str, int, str, tuple[str, ...], str | None, bool, str]
 
 
 def node_key(node: Node) -> NodeKey:
     """What tells one node's connection from another's: a node renamed or re-addressed gets a new one."""
-    return (node.name, node.address, node.port, node.user, node.key_files, node.known_hosts)
+    return (node.name, node.address, node.port, node.user, node.key_files, node.known_hosts, node.become,
+            node.become_user)
 
 
 def _is_ip(address: str) -> bool:
@@ -102,8 +106,9 @@ class Connector:
     keepalive_interval: float
     keepalive_count_max: int
     retry_after: float
-    # Nodes whose last connect failed: (when, the error). Calls within `retry_after` fail at once with it.
-    _failed: dict[NodeKey, tuple[float, ConnectError]] = field(default_factory=dict, init=False)
+    # Nodes whose last connect failed slowly, or whose sudo refused: (when, the error). Calls within
+    # `retry_after` fail at once with it.
+    _failed: dict[NodeKey, tuple[float, TransportError]] = field(default_factory=dict, init=False)
     _conns: dict[NodeKey, asyncio.Task[asyncssh.SSHClientConnection]] = field(default_factory=dict, init=False)
     # Parsed known_hosts, by the files read: (their mtimes, None for a missing one; the parsed list).
     _known_hosts: dict[tuple[str, ...], tuple[tuple[float | None, ...], asyncssh.SSHKnownHosts]] = field(
@@ -205,6 +210,8 @@ class Connector:
             try:
                 conn = await asyncssh.connect(node.address, node.port, **options)
                 _ack_promptly(conn)
+                if node.become:
+                    await self._check_sudo(node, conn)
                 return conn
             except asyncssh.HostKeyNotVerifiable as exc:
                 raise HostKeyError(node.name, self._hostkey_message(node, keys)) from exc
@@ -225,6 +232,24 @@ class Connector:
             await asyncio.sleep(delay)
             delay *= 2
         raise AssertionError("unreachable")
+
+    async def _check_sudo(self, node: Node, conn: asyncssh.SSHClientConnection) -> None:
+        """`sudo -n true` as the node's become user, once per connection: a user without passwordless sudo gets
+        one clear error (BecomeError naming the sudoers line) before any command runs, not a failure per command."""
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                done = await conn.run(join([*become_argv(node), "true"]), check=False, stdin=asyncssh.DEVNULL)
+        except TimeoutError as exc:
+            conn.close()
+            raise SessionError(node.name, f"{where(node)}: `sudo -n true` did not finish within "
+                                          f"{self.connect_timeout:g}s (sudo looks up the node's host name: is it "
+                                          "in the node's /etc/hosts?)") from exc
+        except (OSError, asyncssh.Error) as exc:
+            conn.close()
+            raise SessionError(node.name, f"{where(node)}: `sudo -n true` failed: {exc}") from exc
+        if done.exit_status != 0:
+            conn.close()
+            raise BecomeError(node.name, sudo_refused(node, done.exit_status, decode(done.stderr)))
 
     def _connect_message(self, node: Node, exc: BaseException) -> str:
         if isinstance(exc, TimeoutError):
@@ -249,6 +274,8 @@ class Connector:
         if failed is not None and key not in self._conns:
             age = time.monotonic() - failed[0]
             if age < self.retry_after:
+                if isinstance(failed[1], BecomeError):
+                    raise BecomeError(node.name, failed[1].message)
                 raise ConnectError(node.name, f"{failed[1].message} ({age:.0f}s ago; retried "
                                               f"{self.retry_after:g}s after the failure)")
         task = self._conns.get(key)
@@ -268,7 +295,8 @@ class Connector:
         except Exception as exc:
             if self._conns.get(key) is task:
                 del self._conns[key]
-                if isinstance(exc, ConnectError) and exc.slow and self.retry_after > 0:
+                lasting = isinstance(exc, BecomeError) or (isinstance(exc, ConnectError) and exc.slow)
+                if lasting and isinstance(exc, TransportError) and self.retry_after > 0:
                     self._failed[key] = (time.monotonic(), exc)
             raise
         self._failed.pop(key, None)

@@ -25,7 +25,7 @@ from fleet.core.errors import (
     _Timeout,
 )
 from fleet.core.model import CommandResult, Node
-from fleet.transport.command import Command, decode, describe, lost, render, short, where
+from fleet.transport.command import Command, decode, describe, line_for, lost, short, where
 from fleet.transport.connect import (
     CIPHERS,
     KEEPALIVE_COUNT_MAX,
@@ -193,7 +193,7 @@ class Pool:
         *,
         stdout_path: str | None = None,
     ) -> CommandResult:
-        line = render(command)
+        line = line_for(node, command)
         limit = self.command_timeout if timeout is None else timeout
         if limit is not None and math.isinf(limit):
             limit = None

@@ -15,7 +15,7 @@ import asyncssh
 
 from fleet.core.errors import SessionError
 from fleet.core.model import CommandResult, Node
-from fleet.transport.command import Command, decode, lost, render, where
+from fleet.transport.command import Command, decode, line_for, lost, where
 from fleet.transport.pipes import drain_into, send_file
 
 # (node, command, its rendered line, local stdin file, merge stderr) -> the open session: `Pool.open_stream`.
@@ -63,7 +63,7 @@ class RemoteStream:
 
     async def _lines(self) -> AsyncIterator[str]:
         node = self.node
-        line = render(self.command)
+        line = line_for(node, self.command)
         with contextlib.ExitStack() as files:
             source = files.enter_context(open(self._stdin_file, "rb")) if self._stdin_file else None
             async for text in self._lines_with(node, line, source):

@@ -1,0 +1,169 @@
+"""`fleet node prepare` as values: the plan for one node from its check (`plan_for`: the packages it lacks and
+the other changes prepare makes), the one script that carries it out with apt (`prepare_script`), and the parser
+of that script's output (`parse_prepared`). No I/O here; fleet.engine.preflight runs them.
+
+The script installs with `apt-get` (Debian 12, Ubuntu 24.04) non-interactively, with a `policy-rc.d` that keeps
+apt from starting any service by itself; the policy file is removed afterwards on every exit (success, a failed
+apt, a signal), and one that was there before is left as it was. The packages' own services for what fleet runs
+itself (HAProxy, keepalived, etcd) are disabled; containerd's is enabled and started. Every step is idempotent:
+a node that lacks nothing gets no script at all.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from fleet.core.dirs import NODE_BASE
+from fleet.core.errors import ScriptOutputError
+from fleet.core.shell import Script
+from fleet.node.preflight import NodeCheck
+
+POLICY_RC_D = "/usr/sbin/policy-rc.d"
+SYSCTL_FILE = "/etc/sysctl.d/60-fleet.conf"
+PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]{0,63}$")
+# The changes besides packages, in the order the script makes them, and how a plan names them.
+FIXES = {"dirs": f"create {NODE_BASE}", "ip-forward": "set net.ipv4.ip_forward = 1",
+         "start-containerd": "start containerd"}
+# Packages whose own service stays off: fleet starts HAProxy, keepalived and etcd itself, with its own configs.
+FLEET_RUNS = {"haproxy": "haproxy", "keepalived": "keepalived", "etcd-server": "etcd"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What `fleet node prepare` will do on one node: `packages` to install, `fixes` (keys of FIXES), and what it
+    cannot change (`left`: clock, disk, a /run that is not tmpfs, a login without become...)."""
+
+    node: str
+    packages: tuple[str, ...] = ()
+    fixes: tuple[str, ...] = ()
+    left: tuple[str, ...] = ()
+    error: str | None = None
+
+    @property
+    def nothing(self) -> bool:
+        return self.error is None and not self.packages and not self.fixes
+
+    def describe(self) -> str:
+        """The plan in one line: `install containerd runc; start containerd` or `nothing to do`."""
+        if self.error is not None:
+            return f"cannot check: {self.error}"
+        parts = ([f"install {' '.join(self.packages)}"] if self.packages else []) + [FIXES[f] for f in self.fixes]
+        text = "; ".join(parts) if parts else "nothing to do"
+        return text + (f"; cannot fix: {'; '.join(self.left)}" if self.left else "")
+
+
+def plan_for(check: NodeCheck) -> Plan:
+    """The plan for a checked node: a package for each missing tool, a fix for each other missing item prepare
+    can make, containerd started when it is installed now on a worker."""
+    if check.error is not None:
+        return Plan(check.node, error=check.error)
+    packages = sorted({i.package for i in check.missing if i.package})
+    fixes = {i.fix for i in check.missing if i.fix}
+    if "containerd" in packages and "worker" in check.roles:
+        fixes.add("start-containerd")
+    left = tuple(f"{i.name}: {i.detail}" for i in check.missing if not i.package and not i.fix)
+    return Plan(check.node, tuple(packages), tuple(f for f in FIXES if f in fixes), left)
+
+
+PREPARE_TEXT = r"""set -u
+say() { printf '@@%s\t%s\n' "$1" "$2"; }
+fail() { say failed "$1"; exit 1; }
+has() { case " $FIXES " in *" $1 "*) return 0 ;; esac; return 1; }
+log=$(mktemp) || fail "mktemp failed"
+ours=0
+cleanup() { if [ "$ours" = 1 ]; then rm -f "$POLICY"; fi; rm -f "$log"; }
+trap cleanup EXIT
+trap 'exit 129' HUP
+trap 'exit 130' INT
+trap 'exit 143' TERM
+if [ "$#" -gt 0 ]; then
+  command -v apt-get >/dev/null 2>&1 \
+    || fail "no apt-get: prepare installs with apt (Debian 12, Ubuntu 24.04); install $* yourself"
+  export DEBIAN_FRONTEND=noninteractive
+  # apt starts no service while this file exits 101; it is ours only if it was not there before.
+  if [ ! -e "$POLICY" ]; then
+    ours=1
+    { printf '#!/bin/sh\nexit 101\n' >"$POLICY" && chmod 755 "$POLICY"; } || fail "cannot write $POLICY"
+  fi
+  apt-get update -qq >"$log" 2>&1 || fail "apt-get update failed: $(tail -n 3 "$log" | tr '\n' ' ')"
+  apt-get install -y -qq --no-install-recommends "$@" >"$log" 2>&1 \
+    || fail "apt-get install $* failed: $(tail -n 3 "$log" | tr '\n' ' ')"
+  if [ "$ours" = 1 ]; then rm -f "$POLICY"; ours=0; fi
+  say changed "installed $*"
+  if [ -n "$DISABLE" ] && [ -d /run/systemd/system ]; then
+    systemctl disable --now $DISABLE >"$log" 2>&1 \
+      && say changed "left the packages' own $DISABLE service(s) disabled (fleet runs its own)"
+  fi
+fi
+if has dirs; then
+  mkdir -p "$BASE" && chmod 755 "$BASE" || fail "cannot create $BASE"
+  say changed "created $BASE"
+fi
+if has ip-forward; then
+  { printf 'net.ipv4.ip_forward = 1\n' >"$SYSCTL.tmp" && mv -f "$SYSCTL.tmp" "$SYSCTL"; } || fail "cannot write $SYSCTL"
+  echo 1 >/proc/sys/net/ipv4/ip_forward || fail "cannot set net.ipv4.ip_forward"
+  say changed "set net.ipv4.ip_forward = 1 (and in $SYSCTL)"
+fi
+if has start-containerd && [ ! -S /run/containerd/containerd.sock ]; then
+  [ -d /run/systemd/system ] || fail "containerd is not running and there is no systemd here to start it"
+  systemctl enable --now containerd >"$log" 2>&1 \
+    || fail "systemctl enable --now containerd: $(tail -n 3 "$log" | tr '\n' ' ')"
+  i=0
+  while [ ! -S /run/containerd/containerd.sock ] && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+  [ -S /run/containerd/containerd.sock ] || fail "containerd started but its socket did not appear within 10 s"
+  say changed "started containerd"
+fi
+say end ok
+"""
+
+
+def prepare_script(plan: Plan) -> Script:
+    """The script that carries out `plan` on its node (packages as arguments, fixes in FIXES)."""
+    for package in plan.packages:
+        if not PACKAGE_RE.match(package):
+            raise ValueError(f"not a package name: {package!r}")
+    for fix in plan.fixes:
+        if fix not in FIXES:
+            raise ValueError(f"unknown change {fix!r}")
+    disable = [FLEET_RUNS[p] for p in plan.packages if p in FLEET_RUNS]
+    return Script(PREPARE_TEXT, env={"POLICY": POLICY_RC_D, "SYSCTL": SYSCTL_FILE, "BASE": NODE_BASE,
+                                     "FIXES": " ".join(plan.fixes), "DISABLE": " ".join(disable)},
+                  args=plan.packages, name="fleet-node-prepare")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What the prepare script did on one node: its changes in order, or why it stopped (`error`)."""
+
+    changed: tuple[str, ...]
+    error: str | None = None
+
+
+def parse_prepared(stdout: str, exit_status: int | None, stderr: str = "") -> Prepared:
+    """The prepare script's output; a failure it named, or one it could not name (killed, cut short)."""
+    changed: list[str] = []
+    failed: str | None = None
+    ended = False
+    for line in stdout.splitlines():
+        key, _, value = line.removeprefix("@@").partition("\t")
+        if not line.startswith("@@"):
+            continue
+        if key == "changed":
+            changed.append(value)
+        elif key == "failed":
+            failed = value
+        elif key == "end":
+            ended = True
+    if failed is not None:
+        return Prepared(tuple(changed), failed)
+    if not ended or exit_status != 0:
+        why = " ".join(stderr.split())[:300] or f"exit status {exit_status}"
+        raise ScriptOutputError(f"the prepare script stopped before its end ({why})")
+    return Prepared(tuple(changed))
+
+
+def plan_lines(plans: Sequence[Plan]) -> list[str]:
+    """The plan as the CLI prints it: one line per node."""
+    return [f"{p.node}: {p.describe()}" for p in plans]

@@ -1,0 +1,229 @@
+"""Real servers on the lab: fleet logs in as a non-root user with passwordless sudo (`become: true`) on nodes whose
+sshd refuses root, checks them, finds nothing to prepare, and deploys and rolls the demo service under load; a user
+without passwordless sudo gets the error naming node and sudoers line, and nothing changes.
+
+One module fixture changes the session's lab for these tests and puts everything back in `finally`, on the nodes
+only (each lab node has its own copy of /etc; nothing on this machine is written): on every node two users made
+for the test, a sudoers.d file for one of them, the node's host name in its /etc/hosts as a real server has it
+(sudo looks the host name up: without it every sudo waits for DNS), ip_forward set inside its network namespace,
+and its sshd restarted with `PermitRootLogin no` and `AllowUsers` those two users; afterwards the users and the
+sudoers file are removed, the hosts file and ip_forward set back, and sshd restarted with its own config."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import TEST_LAB
+from helpers import poll, run_fleet
+from loadgen import Load
+
+from fleet.image.demo import build_demo
+from fleet.lab.lab import node_dir
+
+pytestmark = pytest.mark.lab
+
+SUDO_USER = f"fleet{TEST_LAB.prefix}s"
+NOPW_USER = f"fleet{TEST_LAB.prefix}p"
+SUDOERS = "/etc/sudoers.d/fleet-test"
+
+
+def _port_open(address: str) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((address, 22), timeout=0.5) as s:
+        return s.recv(4).startswith(b"SSH")
+    return False
+
+
+def _restart_sshd(lab, name: str, config: str) -> None:
+    d = node_dir(lab.lab.cfg, lab.lab.node(name))
+    lab.lab.stop_sshd(name)
+    lab.lab.exec_in(name, ["/usr/sbin/sshd", "-f", config, "-E", f"{d}/sshd.log"])
+    assert poll(lambda: _port_open(lab.lab.node(name).address), 10, 0.05), f"sshd of {name} did not come back"
+
+
+def _remove_users(lab, name: str) -> None:
+    lab.lab.exec_in(name, ["rm", "-f", SUDOERS])
+    for user in (SUDO_USER, NOPW_USER):
+        if lab.lab.exec_in(name, ["id", "-u", user], check=False).returncode == 0:
+            lab.lab.exec_in(name, ["userdel", user])
+
+
+def _add_users(lab, name: str) -> None:
+    for user in (SUDO_USER, NOPW_USER):
+        # `*`: no password, but not locked (sshd without PAM refuses a locked account even with a key).
+        lab.lab.exec_in(name, ["useradd", "--system", "--no-create-home", "--home-dir", "/", "--shell", "/bin/sh",
+                               "-p", "*", user])
+    lab.lab.exec_in(name, ["sh", "-c", f'umask 337 && printf "%s\\n" "$0" >{SUDOERS}.tmp && visudo -c -q -f '
+                                       f"{SUDOERS}.tmp && mv -f {SUDOERS}.tmp {SUDOERS}",
+                           f"{SUDO_USER} ALL=(root) NOPASSWD: ALL"])
+
+
+@contextlib.contextmanager
+def _servers(lab) -> Iterator[None]:
+    """The lab as real servers: see the module's docstring; everything undone on the way out."""
+    names = [n.name for n in lab.inventory.nodes]
+    forward: dict[str, str] = {}
+    hosts: dict[str, str] = {}
+    touched: list[str] = []
+    switched: list[str] = []
+    try:
+        for name in names:
+            d = node_dir(lab.lab.cfg, lab.lab.node(name))
+            assert os.path.isdir(f"{d}/etc"), "the lab node has no /etc of its own"
+            touched.append(name)
+            _remove_users(lab, name)  # a crashed run's
+            _add_users(lab, name)
+            hosts[name] = Path(f"{d}/etc/hosts").read_text()
+            Path(f"{d}/etc/hosts").write_text(hosts[name] + f"127.0.1.1 {name}\n")
+            forward[name] = lab.lab.exec_in(name, ["cat", "/proc/sys/net/ipv4/ip_forward"]).stdout.strip()
+            lab.lab.exec_in(name, ["sh", "-c", "echo 1 >/proc/sys/net/ipv4/ip_forward"])
+            config = Path(f"{d}/sshd_config").read_text()
+            assert "PermitRootLogin prohibit-password\n" in config
+            Path(f"{d}/sshd_config.servers").write_text(
+                config.replace("PermitRootLogin prohibit-password\n", "PermitRootLogin no\n")
+                + f"AllowUsers {SUDO_USER} {NOPW_USER}\n")
+            switched.append(name)
+            _restart_sshd(lab, name, f"{d}/sshd_config.servers")
+        yield
+    finally:
+        for name in switched:
+            lab.lab.stop_sshd(name)
+            lab.lab.start_sshd(name)
+        for name, text in hosts.items():
+            Path(f"{node_dir(lab.lab.cfg, lab.lab.node(name))}/etc/hosts").write_text(text)
+        for name, value in forward.items():
+            lab.lab.exec_in(name, ["sh", "-c", f"echo {value} >/proc/sys/net/ipv4/ip_forward"], check=False)
+        for name in touched:
+            _remove_users(lab, name)
+
+
+def _inventory(lab, path: Path, user: str, only: str | None = None) -> str:
+    doc = yaml.safe_load(Path(lab.inventory_path).read_text())
+    doc["defaults"].update({"user": user, "become": True})
+    if only is not None:
+        doc["nodes"] = {only: doc["nodes"][only]}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def servers(lab, tmp_path_factory):
+    d = tmp_path_factory.mktemp("servers")
+    with _servers(lab):
+        environ = {**os.environ, "FLEET_STATE_DIR": str(d / "state"), "FLEET_LEASE_TTL": "5",
+                   "FLEET_INVENTORY": _inventory(lab, d / "sudo.yaml", SUDO_USER)}
+        nopw = _inventory(lab, d / "nopw.yaml", NOPW_USER, only="n3")
+        for v in ("v1", "v2"):
+            # Pushed as the sudo user: the image travels on sudo's stdin.
+            out = run_fleet("image", "push", build_demo(v, str(d / f"demo-{v}.tar")).path, env=environ, timeout=180)
+            assert out.returncode == 0, out.stdout + out.stderr
+        yield {"env": environ, "dir": d, "nopw": nopw}
+
+
+def fleet(servers, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return run_fleet(*args, env=servers["env"], timeout=timeout)
+
+
+def test_the_sudo_user_checks_every_node_clean_and_root_may_not_log_in(lab, servers):
+    out = fleet(servers, "node", "check", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    checks = {c["node"]: c for c in json.loads(out.stdout)}
+    assert list(checks) == ["n1", "n2", "n3", "lb1"] and all(c["ok"] for c in checks.values())
+    items = {name: {i["name"]: i for i in c["items"]} for name, c in checks.items()}
+    for name in checks:
+        assert items[name]["sudo"]["ok"] and items[name]["sudo"]["detail"].startswith("passwordless `sudo -n` to root")
+    assert items["n1"]["containerd"]["detail"].startswith("1.6.") and items["n1"]["cni plugins"]["ok"]
+    assert items["n1"]["containerd running"]["ok"] and "haproxy" not in items["n1"]
+    assert checks["lb1"]["roles"] == ["lb", "records"]
+    assert items["lb1"]["haproxy"]["detail"].startswith("2.6.") and items["lb1"]["etcd"]["detail"].startswith("3.4.")
+    assert items["n2"]["tmpfs run"]["detail"] == "/run/fleet on tmpfs"
+    text = fleet(servers, "node", "check", "lb1")
+    assert text.returncode == 0 and "lb1 (lb, records; debian 12): ok" in text.stdout, text.stdout
+    assert "✓ haproxy             2.6." in text.stdout
+    root = run_fleet("node", "check", "n1", "-i", lab.inventory_path, env=servers["env"])
+    assert root.returncode == 1 and "n1 (worker): not checked" in root.stdout
+    assert "authentication failed" in root.stdout, root.stdout
+
+
+def test_prepare_on_ready_nodes_has_nothing_to_do(servers):
+    out = fleet(servers, "node", "prepare", "--yes")
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "plan:" and lines[1:5] == [f"  {n}: nothing to do" for n in ("n1", "n2", "n3", "lb1")]
+    assert lines[5:] == [f"{n}: nothing to do (ready)" for n in ("n1", "n2", "n3", "lb1")]
+
+
+def _playbook(servers, name: str, port: int, version: str) -> str:
+    path = Path(servers["dir"]) / f"{name}-{version}-{time.monotonic_ns()}.yaml"
+    path.write_text(f"""services:
+  {name}:
+    image: fleet.local/demo:{version}
+    replicas: 2
+    resources: {{cpu: 0.05, memory: 32MiB}}
+    health: {{http: /healthz, interval: 1s, timeout: 1s, failure_threshold: 2}}
+    placement: {{spread_by: zone}}
+    lb: {{port: {port}}}
+    stop_grace_period: 2s
+    update: {{max_surge: 1, max_unavailable: 0, ready_deadline: 20s, min_ready: 1s}}
+""")
+    return str(path)
+
+
+def test_the_sudo_user_deploys_and_rolls_under_load_with_no_failed_request(lab, servers):
+    name, port = "sv-roll", 19591
+    try:
+        first = fleet(servers, "apply", _playbook(servers, name, port, "v1"))
+        assert first.returncode == 0, first.stdout + first.stderr
+        with Load(lab.inventory.node("lb1").address, port, clients=6, max_seconds=90) as load:
+            time.sleep(1.0)
+            out = fleet(servers, "apply", _playbook(servers, name, port, "v2"))
+            time.sleep(1.0)
+        assert out.returncode == 0, out.stdout + out.stderr
+        r = load.result
+        assert r.failed == 0, (r.errors, r.failures[:5])
+        assert r.versions.get("v1", 0) > 0 and r.versions.get("v2", 0) > 0, r.versions
+        doc = json.loads(fleet(servers, "status", "--json").stdout)
+        replicas = next(s for s in doc["services"] if s["service"] == name)["replicas"]
+        assert [x["image"] for x in replicas] == ["fleet.local/demo:v2"] * 2
+        # Run as root through sudo: the containers are in root's containerd, in fleet's namespace.
+        node = replicas[0]["node"]
+        tasks = [line.split()[0] for line in lab.lab.exec_in(node, ["ctr", "-n", "fleet", "tasks", "ls"]).stdout
+                 .splitlines()[1:] if line.startswith(name)]
+        assert tasks, f"no task of {name} on {node}"
+        # A stream (exec) through sudo too: its output comes back and so does the command's exit status.
+        execd = fleet(servers, "exec", f"{node}/{tasks[0]}", "--", "sh", "-c", "echo through-sudo; exit 3")
+        assert execd.returncode == 3 and "through-sudo" in execd.stdout, execd.stdout + execd.stderr
+    finally:
+        fleet(servers, "destroy", name)
+
+
+def _state(lab, name: str) -> tuple[list[tuple[str, int]], str]:
+    """What a node holds that a fleet command would change: its fleet files (names, sizes) and its containers."""
+    base = f"{node_dir(lab.lab.cfg, lab.lab.node(name))}/state"
+    files = sorted((os.path.relpath(os.path.join(root, f), base), os.path.getsize(os.path.join(root, f)))
+                   for root, _, fs in os.walk(base) for f in fs)
+    return files, lab.lab.exec_in(name, ["ctr", "-n", "fleet", "containers", "ls", "-q"]).stdout
+
+
+def test_a_user_without_passwordless_sudo_gets_node_and_sudoers_line_and_nothing_changes(lab, servers):
+    before = _state(lab, "n3")
+    line = f"`{NOPW_USER} ALL=(root) NOPASSWD: ALL`"
+    check = run_fleet("node", "check", "-i", servers["nopw"], env=servers["env"])
+    assert check.returncode == 1
+    assert f"n3 (worker, records): not checked: {NOPW_USER}@" in check.stdout, check.stdout
+    assert line in check.stdout and "sudo: a password is required" in check.stdout
+    apply = run_fleet("apply", _playbook(servers, "sv-nopw", 19592, "v1"), "-i", servers["nopw"],
+                      env=servers["env"], timeout=120)
+    assert apply.returncode != 0, apply.stdout
+    assert "n3" in apply.stdout + apply.stderr and line in apply.stdout + apply.stderr, apply.stdout + apply.stderr
+    prepare = run_fleet("node", "prepare", "--yes", "-i", servers["nopw"], env=servers["env"])
+    assert prepare.returncode == 1 and line in prepare.stdout, prepare.stdout
+    assert _state(lab, "n3") == before
