@@ -13,9 +13,11 @@ app = typer.Typer(help="The fleet's controllers: the machines (laptops, CI, a cr
 
 @app.command("init")
 def init(identity_file: IdentityOpt = None) -> None:
-    """Give this controller an age identity if it has none (in the keyring, or in a 0600 file with
-    --identity-file for a headless controller) and print its public key, for `fleet controller add` on a
-    controller of the fleet. The first controller to store a secret in a fleet registers itself.
+    """Give this controller an age identity if it has none, and print its public key.
+
+    The identity is kept in the keyring, or in a 0600 file with --identity-file (a headless controller: cron,
+    systemd, CI). Hand the public key to a controller of the fleet for `fleet controller add`; the first
+    controller to store a secret in a fleet registers itself.
 
     Example:
 
@@ -37,8 +39,10 @@ def init(identity_file: IdentityOpt = None) -> None:
 @app.command("add")
 def add(name: str, public_key: str, inventory: common.InventoryOpt = None, identity_file: IdentityOpt = None,
         wait: common.WaitOpt = None) -> None:
-    """Let the controller NAME (its age public key, from its `fleet controller init`) read every secret of the
-    fleet: run on a controller of the fleet, which re-seals every secret and the digest key to the new set.
+    """Let the controller NAME read the fleet's secrets, by its age public key.
+
+    Run on a controller of the fleet, with the key the new one's `fleet controller init` printed: every secret
+    and the digest key are re-sealed to the new set.
 
     Example:
 
@@ -51,9 +55,10 @@ def add(name: str, public_key: str, inventory: common.InventoryOpt = None, ident
 @app.command("rm")
 def rm(name: str, inventory: common.InventoryOpt = None, identity_file: IdentityOpt = None,
        wait: common.WaitOpt = None) -> None:
-    """Stop the controller NAME reading secrets: every secret and the digest key are re-sealed to the others, so
-    it cannot open any value set from now on. Values it has already read stay known to it: rotate them
-    (`fleet secret set` each with a new value).
+    """Stop the controller NAME reading the fleet's secrets.
+
+    Every secret and the digest key are re-sealed to the others, so it cannot open any value set from now on.
+    Values it has already read stay known to it: rotate them (`fleet secret set` each with a new value).
 
     Example:
 

@@ -66,8 +66,10 @@ def with_keeper(inventory: str | None, wait: str | None, identity_file: str | No
 @app.command("set")
 def set_(name: str, inventory: common.InventoryOpt = None, identity_file: IdentityOpt = None,
          wait: common.WaitOpt = None) -> None:
-    """Store a secret for every controller of the fleet: the value is read from stdin (or asked for on a
-    terminal), never from the command line, and sealed to each controller's public key before it leaves.
+    """Store a secret for every controller of the fleet; the value is read from stdin.
+
+    The value is read from stdin (or asked for on a terminal), never from the command line, and sealed to each
+    controller's public key before it leaves this machine.
 
     Example:
 
@@ -129,8 +131,9 @@ def ls(inventory: common.InventoryOpt = None, json: common.JsonOpt = False) -> N
 @app.command("check")
 def check(playbooks: PlaybooksArg = None, file: FileOpt = None, inventory: common.InventoryOpt = None,
           identity_file: IdentityOpt = None, json: common.JsonOpt = False) -> None:
-    """List the secrets the playbooks reference, whether the fleet has each and whether this controller can read
-    it (values are never shown).
+    """List the secrets the playbooks reference and whether this controller can read each.
+
+    Values are never shown; exit 1 when one is missing or sealed to other controllers only.
 
     Example:
 

@@ -37,7 +37,7 @@ from fleet.node import etcd as E
 from fleet.store.etcd import DEFAULT_TTL, EtcdLease, EtcdStore, SharedState
 from fleet.store.lease import default_holder
 from fleet.store.nodes import record_nodes
-from fleet.store.secrets import Identity, Secret, load_identity
+from fleet.store.secrets import Identity, Secret, init_identity, load_identity
 from fleet.transport import Pool
 
 CONTROLLERS = "/fleet/controllers/"
@@ -332,7 +332,7 @@ class SecretKeeper:
     async def _writing(self) -> AsyncIterator[tuple[SharedState, SealedState, Identity, Controller]]:
         """The lease, the state read under it, this controller's identity and entry (registering it, with a new
         digest key, when the fleet has no controller yet)."""
-        identity = load_identity(self.identity_file)
+        identity, _ = init_identity(self.identity_file)  # a first controller needs no `fleet controller init`
         async with EtcdLease(self.store, command=self.command, ttl=self.ttl, wait=self.wait) as lease:
             shared = SharedState(self.store, lease)
             state = await read_state(self.store)
