@@ -176,6 +176,11 @@ async def test_a_damaged_or_moved_box_is_refused_by_name_and_nothing_acts_on_it(
     with pytest.raises(SecretUnreadable, match="junk"):
         await alice.keeper.add_controller("carol", carol.identity.public)
     assert [c.name for c in (await alice.keeper.view()).controllers] == ["alice"]
+    # A controller's record that does not decode stops every write: sealing without it would shut it out unseen.
+    await put("/fleet/controllers/dave", '{"name": "dave"}')
+    with pytest.raises(SecretUnreadable, match=r"/fleet/controllers/dave: not a sealed record \(missing field 'key'\)"):
+        await alice.keeper.set("api", Secret("v3"))
+    assert (await alice.secrets())("api") == "v2"
     # A damaged digest key is refused too.
     digest = json.loads((await store.get(DIGEST_KEY)).value)  # type: ignore[union-attr]
     await put(DIGEST_KEY, json.dumps(digest | {"box": record["box"]}))

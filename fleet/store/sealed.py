@@ -309,9 +309,11 @@ class SecretKeeper:
     under the fleet's lease: taken, the state read afresh, every write a fenced transaction with an event.
 
     The first controller to write to a fleet registers itself (as `name`) and creates the digest key. A controller
-    not registered is refused, naming the command that registers it. Adding or removing a controller re-seals
-    every secret and the digest key to the new set before the set itself changes, so an interrupted change leaves
-    every secret readable by every controller listed."""
+    not registered is refused, naming the command that registers it, and so is every write while a controller's
+    record cannot be decoded (a value sealed without it would shut it out unseen). Adding or removing a controller
+    re-seals every secret and the digest key to the new set before the set itself changes: an interrupted add
+    leaves the new one unlisted, an interrupted rm leaves the old one listed with some secrets already closed to
+    it; running the command again completes either."""
 
     def __init__(self, store: EtcdStore, *, command: str, name: str | None = None, identity_file: str | None = None,
                  wait: float = 0.0, ttl: int = DEFAULT_TTL) -> None:
@@ -336,6 +338,10 @@ class SecretKeeper:
         async with EtcdLease(self.store, command=self.command, ttl=self.ttl, wait=self.wait) as lease:
             shared = SharedState(self.store, lease)
             state = await read_state(self.store)
+            bad = {key: why for key, why in state.broken.items() if key.startswith(CONTROLLERS)}
+            if bad:
+                raise SecretUnreadable("the fleet's controllers cannot all be read: " + "; ".join(
+                    f"{key}: {why}" for key, why in sorted(bad.items())) + "; refusing to seal without them")
             me = state.mine(identity)
             if me is None and not state.controllers and not state.broken:
                 if state.boxes or state.digest is not None:
