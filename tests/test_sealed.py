@@ -19,7 +19,7 @@ from sshserver import SSHFarm
 from test_etcd_store import etcd as etcd
 
 from fleet.config.spec import SecretRef, ServiceSpec
-from fleet.core.errors import SecretStoreError, SecretUnreadable
+from fleet.core.errors import SecretMissing, SecretStoreError, SecretUnreadable
 from fleet.node import etcd as E
 from fleet.store.etcd import EtcdLease, EtcdStore, SharedState
 from fleet.store.sealed import DIGEST_KEY, VALUES, SecretKeeper, open_secrets
@@ -247,6 +247,18 @@ async def test_unreachable_shared_state_is_kept_and_raised_where_a_secret_is_use
     missing = await open_secrets(None, file)
     with pytest.raises(SecretStoreError, match="no record node"):
         missing("db")
-    unusable = await open_secrets(None, str(tmp_path / "absent"))
-    with pytest.raises(SecretStoreError, match="not found"):
-        unusable.digest_key()
+    with pytest.raises(SecretStoreError, match="no record node"):
+        missing.digest_key()
+
+
+async def test_a_controller_without_identity_learns_what_is_missing_and_is_refused_the_rest(
+        store: EtcdStore, tmp_path: Path) -> None:
+    alice = Controller(store, tmp_path / "alice", "alice")
+    await alice.keeper.set("db", Secret("v1"))
+    nobody = await open_secrets(store, str(tmp_path / "absent"))
+    assert nobody("not-set") is None, "a secret the fleet lacks is reported as missing, as for any controller"
+    assert nobody.present("db")
+    with pytest.raises(SecretMissing, match=r"identity file .*/absent: not found"):
+        nobody("db")
+    with pytest.raises(SecretMissing):
+        nobody.digest_key()

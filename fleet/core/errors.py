@@ -46,7 +46,7 @@ library's own errors (the transport maps asyncssh's at its edge).
     └── SecretStoreError         the secrets or this controller's identity cannot be used
         ├── KeyringUnavailable   no keyring backend on this machine (cron, a service without a desktop session)
         ├── KeyringLocked        the keyring is locked
-        ├── SecretMissing        the keyring has no secret by that name
+        ├── SecretMissing        the keyring has no secret by that name, or this controller no identity
         └── SecretUnreadable     a sealed secret fails to decode or open (named; nothing acts on it)
 
 Outcomes are values, not errors: a canary waiting for `fleet promote` is an `Outcome(waiting=True)`.
@@ -313,7 +313,7 @@ class KeyringLocked(SecretStoreError):
 
 
 class SecretMissing(SecretStoreError):
-    """The keyring works and has no secret by that name."""
+    """The keyring works and has no secret by that name (or no identity for this controller)."""
 
 
 class SecretUnreadable(SecretStoreError):

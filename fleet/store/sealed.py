@@ -31,7 +31,7 @@ from typing import Any
 import pyrage
 from pyrage import x25519
 
-from fleet.core.errors import RecordsError, SecretStoreError, SecretUnreadable
+from fleet.core.errors import RecordsError, SecretMissing, SecretStoreError, SecretUnreadable
 from fleet.core.model import Inventory, Node
 from fleet.node import etcd as E
 from fleet.store.etcd import DEFAULT_TTL, EtcdLease, EtcdStore, SharedState
@@ -218,34 +218,43 @@ def new_digest_key() -> Secret:
 
 class Unsealed:
     """One run's view of the fleet's secrets (a `SecretSource`): read from etcd once, each value opened with this
-    controller's identity when asked. When they could not be read at all (no identity, etcd unreachable), every
-    use raises why, so `reconcile` leaves out only the services that need a secret."""
+    controller's identity when asked. When they could not be read at all (a keyring that cannot be read, etcd
+    unreachable), every use raises why, so `reconcile` leaves out only the services that need a secret. A
+    controller with no identity yet still learns which secrets the fleet lacks (None), and gets `no_identity`
+    for the others."""
 
     def __init__(self, state: SealedState | None, identity: Identity | None,
-                 failure: SecretStoreError | None = None) -> None:
+                 failure: SecretStoreError | None = None, no_identity: SecretStoreError | None = None) -> None:
         self.state = state
         self.identity = identity
         self.failure = failure
+        self.no_identity = no_identity
         self._key: bytes | None = None
 
     def __repr__(self) -> str:
         return f"Unsealed({len(self.state.boxes) if self.state else 'unread'} secrets, identity={self.identity!r})"
 
-    def _ready(self) -> tuple[SealedState, Identity]:
+    def _read(self) -> SealedState:
         if self.failure is not None:
             raise self.failure
-        assert self.state is not None and self.identity is not None
-        return self.state, self.identity
+        assert self.state is not None
+        return self.state
+
+    def _ready(self) -> tuple[SealedState, Identity]:
+        state = self._read()
+        if self.identity is None:
+            raise self.no_identity or SecretStoreError("this controller has no age identity")
+        return state, self.identity
 
     def __call__(self, name: str) -> str | None:
         """The secret's value; None when the fleet has no such secret; SecretUnreadable naming it when its record
         or box is bad."""
-        state, identity = self._ready()
+        state = self._read()
         why = state.unreadable(name)
         if why is not None:
             raise SecretUnreadable(f"secret {name!r}: {why}; refusing it (set it again)")
         box = state.boxes.get(name)
-        return None if box is None else unseal(identity, box, f"secret {name!r}").reveal()
+        return None if box is None else unseal(self._ready()[1], box, f"secret {name!r}").reveal()
 
     def digest_key(self) -> bytes:
         if self._key is None:
@@ -255,7 +264,7 @@ class Unsealed:
 
     def present(self, name: str) -> bool:
         """Whether the fleet has the secret `name` (not whether this controller can open it)."""
-        return name in self._ready()[0].boxes
+        return name in self._read().boxes
 
 
 def store_for(pool: Pool, nodes: Sequence[Node]) -> EtcdStore | None:
@@ -279,14 +288,17 @@ def default_name() -> str:
 async def open_secrets(store: EtcdStore | None, identity_file: str | None = None) -> Unsealed:
     """The fleet's secrets for one run. The identity is loaded first, so a keyring that cannot be read fails
     before any node is contacted; failures are kept in the result (raised where a secret is used), not raised."""
+    identity, missing = None, None
     try:
         identity = load_identity(identity_file)
+    except SecretMissing as exc:
+        missing = exc
     except SecretStoreError as exc:
         return Unsealed(None, None, exc)
     if store is None:
         return Unsealed(None, identity, SecretStoreError("no record node to keep the fleet's secrets"))
     try:
-        return Unsealed(await read_state(store), identity)
+        return Unsealed(await read_state(store), identity, no_identity=missing)
     except RecordsError as exc:
         return Unsealed(None, identity, SecretStoreError(f"the fleet's secrets could not be read: {exc}"))
 

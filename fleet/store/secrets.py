@@ -27,7 +27,7 @@ import pyrage
 from pyrage import x25519
 
 from fleet.config.spec import ServiceSpec, with_secret_digests
-from fleet.core.errors import KeyringLocked, KeyringUnavailable, SecretStoreError
+from fleet.core.errors import KeyringLocked, KeyringUnavailable, SecretMissing, SecretStoreError
 from fleet.results.secrets import Secret as Secret
 from fleet.results.secrets import SecretRef
 
@@ -90,7 +90,7 @@ def _identity_text(path: str) -> Secret:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
-        raise SecretStoreError(f"identity file {path}: not found; create it with "
+        raise SecretMissing(f"identity file {path}: not found; create it with "
                                f"`fleet controller init --identity-file {path}`") from None
     except OSError as exc:
         raise SecretStoreError(f"identity file {path}: cannot be read ({exc.strerror})") from None
@@ -116,7 +116,7 @@ def identity_path(path: str | None = None) -> str | None:
 
 def load_identity(path: str | None = None) -> Identity:
     """This controller's identity: from its file (`path` or $FLEET_IDENTITY_FILE), else from the keyring.
-    SecretStoreError saying what to do when there is none or it cannot be read."""
+    SecretMissing when it has none, another SecretStoreError when it cannot be read; each says what to do."""
     path = identity_path(path)
     if path is not None:
         return Identity(_identity_text(path), f"identity file {path}")
@@ -128,7 +128,7 @@ def load_identity(path: str | None = None) -> Identity:
     except keyring.errors.KeyringError as exc:
         raise _mapped(exc, "cannot read this controller's age identity") from None
     if text is None:
-        raise SecretStoreError(f"this controller has no age identity in the keyring ({backend_name()}): "
+        raise SecretMissing(f"this controller has no age identity in the keyring ({backend_name()}): "
                                f"run `fleet controller init` (or pass --identity-file / set {IDENTITY_ENV})")
     return Identity(Secret(text), f"the keyring ({SERVICE}/{IDENTITY_ENTRY})")
 
