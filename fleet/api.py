@@ -165,12 +165,12 @@ class Fleet:
 
     async def engine(self, guard: Callable[[], None] | None = None, held: Sequence[Replica] = ()) -> Engine:
         """An engine over this run's reports; `held` are replicas of nodes in their grace period (see Engine)."""
-        return Engine(self.pool, await self.reports(ports=True), on_event=self.on_event, secrets=await self.unsealed(),
-                      records=self.records(), guard=guard, held=held, edge=self.inventory.edge)
+        reports, secrets = await asyncio.gather(self.reports(ports=True), self.unsealed())  # a slow node delays both
+        return Engine(self.pool, reports, on_event=self.on_event, secrets=secrets, records=self.records(),
+                      guard=guard, held=held, edge=self.inventory.edge)
 
     async def unsealed(self, specs: Sequence[ServiceSpec] | None = None) -> Callable[[str], str | None] | None:
-        """This run's secrets: the getter given, else the fleet's sealed secrets read once from etcd and opened with
-        this controller's identity (fleet.store.sealed.open_secrets); nothing is read when `specs` use none."""
+        """The getter given, else the fleet's sealed secrets read once (store.sealed); none if `specs` need none."""
         if self.secrets is not None or (specs is not None and not any(s.secret_names() for s in specs)):
             return self.secrets
         if self._unsealed is None:
