@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 from etcd_local import ETCD, ETCDCTL, LocalEtcd
+from helpers import run_fleet
 from sshserver import SSHFarm
+from test_bad_input import Listener, assert_refused, inventory_for
 from test_etcd_store import etcd as etcd
 
 from fleet.config.spec import SecretRef, ServiceSpec
@@ -262,3 +264,33 @@ async def test_a_controller_without_identity_learns_what_is_missing_and_is_refus
         nobody("db")
     with pytest.raises(SecretMissing):
         nobody.digest_key()
+
+
+def test_cli_controller_init_and_bad_names_or_keys_refused_before_any_node_is_contacted(tmp_path: Path) -> None:
+    node = Listener()
+    try:
+        inv = inventory_for(tmp_path, node)
+        env = {**os.environ, "COLUMNS": "400", "FLEET_LAB_ROOT": "/nonexistent", "HOME": str(tmp_path)}
+        env.pop("FLEET_IDENTITY_FILE", None)
+        path = tmp_path / "ctl" / "identity"
+        path.parent.mkdir()
+        made = run_fleet("controller", "init", "--identity-file", str(path), env=env)
+        assert made.returncode == 0, made.stderr
+        key = made.stdout.strip()
+        assert key.startswith("age1") and "made a new age identity" in made.stderr and f"controller add NAME {key}" \
+            in made.stderr.replace("\n", " ")
+        assert os.stat(path).st_mode & 0o777 == 0o600 and key in path.read_text()
+        again = run_fleet("controller", "init", "--identity-file", str(path), env=env)
+        assert again.returncode == 0 and again.stdout.strip() == key and "has an age identity" in again.stderr
+        os.chmod(path, 0o644)
+        loose = run_fleet("controller", "init", env={**env, "FLEET_IDENTITY_FILE": str(path)})
+        assert loose.returncode == 1 and f"identity file {path}: readable by group or others" in loose.stderr
+        for args, expected in (
+                (("secret", "set", "bad name", "-i", inv), "secret name 'bad name': letters, digits"),
+                (("controller", "add", "ci", "not-a-key", "-i", inv), "public key 'not-a-key': not an age X25519"),
+                (("controller", "add", "c/i", key, "-i", inv), "controller name 'c/i'")):
+            refused = run_fleet(*args, env=env, input="value")
+            assert_refused(refused, expected)
+        assert node.offered() == 0, "no node was contacted"
+    finally:
+        node.sock.close()
