@@ -16,16 +16,27 @@ from pathlib import Path
 import pytest
 from etcd_local import ETCD, ETCDCTL, LocalEtcd
 from helpers import run_fleet
+from keyring.backends import fail
 from sshserver import SSHFarm
 from test_bad_input import Listener, assert_refused, inventory_for
 from test_etcd_store import etcd as etcd
+from test_secret_files import MemoryKeyring
+from test_secret_files import use_keyring as use_keyring
 
 from fleet.config.spec import SecretRef, ServiceSpec
 from fleet.core.errors import SecretMissing, SecretStoreError, SecretUnreadable
 from fleet.node import etcd as E
 from fleet.store.etcd import EtcdLease, EtcdStore, SharedState
 from fleet.store.sealed import DIGEST_KEY, VALUES, SecretKeeper, open_secrets
-from fleet.store.secrets import Secret, init_identity, load_identity, stamped, stamped_for
+from fleet.store.secrets import (
+    LEGACY_DIGEST_ENTRY,
+    Secret,
+    init_identity,
+    legacy_digest_key,
+    load_identity,
+    stamped,
+    stamped_for,
+)
 from fleet.transport import Pool
 
 pytestmark = pytest.mark.skipif(ETCD is None, reason="etcd is not installed (scripts/setup.sh installs it)")
@@ -294,3 +305,18 @@ def test_cli_controller_init_and_bad_names_or_keys_refused_before_any_node_is_co
         assert node.offered() == 0, "no node was contacted"
     finally:
         node.sock.close()
+
+
+async def test_the_first_controller_keeps_the_digest_key_its_keyring_held_so_nothing_rolls_on_upgrade(
+        store: EtcdStore, tmp_path: Path, use_keyring) -> None:  # type: ignore[no-untyped-def]
+    old = os.urandom(32)
+    kr = use_keyring(MemoryKeyring())
+    kr.set_password("fleet", LEGACY_DIGEST_ENTRY, "not hex")
+    assert legacy_digest_key() is None
+    kr.set_password("fleet", LEGACY_DIGEST_ENTRY, old.hex())
+    assert legacy_digest_key() == Secret(old.hex())
+    alice = Controller(store, tmp_path / "alice", "alice")
+    await alice.keeper.set("db", Secret("v1"))
+    assert (await alice.secrets()).digest_key() == old, "the digests an earlier apply recorded stay the same"
+    use_keyring(fail.Keyring())
+    assert legacy_digest_key() is None

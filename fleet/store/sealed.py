@@ -37,7 +37,7 @@ from fleet.node import etcd as E
 from fleet.store.etcd import DEFAULT_TTL, EtcdLease, EtcdStore, SharedState
 from fleet.store.lease import default_holder
 from fleet.store.nodes import record_nodes
-from fleet.store.secrets import Identity, Secret, init_identity, load_identity
+from fleet.store.secrets import Identity, Secret, init_identity, legacy_digest_key, load_identity
 from fleet.transport import Pool
 
 CONTROLLERS = "/fleet/controllers/"
@@ -360,7 +360,7 @@ class SecretKeeper:
                     raise SecretStoreError("the fleet has sealed secrets but no controller: refusing to register "
                                            "a new one over them")
                 me = Controller(self.name, identity.public, self.name, time.time())
-                digest = seal(DIGEST_NAME, new_digest_key(), [me], me.name)
+                digest = seal(DIGEST_NAME, legacy_digest_key() or new_digest_key(), [me], me.name)
                 await shared.write({CONTROLLERS + me.name: me.doc(), DIGEST_KEY: digest.doc()},
                                    event=_event("controller bootstrap", me.name, controller=me.name))
                 state = SealedState({me.name: me}, {}, digest, {})

@@ -35,6 +35,7 @@ SERVICE = "fleet"
 # This controller's age identity in the keyring. A secret's name cannot start with "_", so no secret is this.
 IDENTITY_ENTRY = "_age-identity"
 IDENTITY_ENV = "FLEET_IDENTITY_FILE"
+LEGACY_DIGEST_ENTRY = "_digest-key"  # where fleet kept the digest key before it was sealed in the shared state
 DIGEST_HEX = 32  # 128 bits of HMAC-SHA256
 HOWTO = (f"see README \"Secrets\": under cron or a service give this controller an identity file "
          f"(`fleet controller init --identity-file PATH`, then {IDENTITY_ENV}=PATH), or set PYTHON_KEYRING_BACKEND "
@@ -160,6 +161,23 @@ def init_identity(path: str | None = None) -> tuple[Identity, bool]:
         fh.write(f"# created: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} by fleet controller init\n"
                  f"# public key: {new.to_public()}\n{text.reveal()}\n")
     return load_identity(target), True
+
+
+def legacy_digest_key() -> Secret | None:
+    """The digest key an earlier fleet kept in this controller's keyring (`fleet`/`_digest-key`), if any: the
+    first controller of a fleet seals it as the fleet's, so the digests stay the same and nothing rolls when the
+    values are set again after the upgrade. A keyring that cannot be read, or an entry that is not a key, is none."""
+    import keyring
+    import keyring.errors
+
+    try:
+        text = keyring.get_password(SERVICE, LEGACY_DIGEST_ENTRY)
+    except keyring.errors.KeyringError:
+        return None
+    try:
+        return Secret(text) if text is not None and len(bytes.fromhex(text)) == 32 else None
+    except ValueError:
+        return None
 
 
 @runtime_checkable
