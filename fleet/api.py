@@ -88,11 +88,8 @@ from fleet.store.access import (
 from fleet.store.lease import Lease
 from fleet.store.nodes import record_nodes
 from fleet.store.records import FleetHistory
-from fleet.store.secrets import backend_name as secret_backend
-from fleet.store.secrets import delete_secret as secret_rm
-from fleet.store.secrets import get_secret as secret_get
-from fleet.store.secrets import secret_check, stamped, stamped_for
-from fleet.store.secrets import set_secret as secret_set
+from fleet.store.sealed import SecretKeeper, SecretsView, check_name, open_secrets, store_for, store_of
+from fleet.store.secrets import init_identity, load_identity, secret_check, stamped, stamped_for
 from fleet.transport import Pool, RemoteStream
 from fleet.transport.warm import ask as ask_watcher
 from fleet.transport.warm import serve as serve_reads
@@ -100,14 +97,17 @@ from fleet.transport.warm import serve as serve_reads
 __all__ = [
     "LIST_TIMEOUT", "ContainerLookupError", "Event", "Fleet", "FleetStatus", "LbConfig", "Lease", "LogLines",
     "NodeLease", "NodeReport", "Outcome", "PlanView", "PoolOptions", "PsResult", "PsRow", "PushResult", "Reader",
-    "ReplicaStatus", "Revision", "RunResult", "Secret", "SecretRef", "SecretStoreError", "ServiceStatus",
-    "VolumeListing", "VolumeRow", "ask_watcher", "facts_command", "lease_ttl", "majority", "one_off_spec",
-    "reader", "report_from", "secret_backend", "secret_check", "secret_get", "secret_rm", "secret_set",
-    "serve_reads",
+    "ReplicaStatus", "Revision", "RunResult", "Secret", "SecretKeeper", "SecretRef", "SecretStoreError",
+    "SecretsView", "ServiceStatus", "VolumeListing", "VolumeRow", "ask_watcher", "check_name", "facts_command",
+    "init_identity", "keeper", "lease_ttl", "load_identity", "majority", "one_off_spec", "reader", "report_from",
+    "secret_check", "serve_reads",
 ]
 __all__ += ["MemberRow", "MembershipPlan", "RecordsView", "Step", "StepReport"]  # fleet records
 # `fleet node check|prepare`.
 __all__ += ["NodeCheck", "Plan", "PrepareReport", "plan_for"]
+
+
+Stamped = tuple[list[ServiceSpec], dict[str, str]]  # the specs stamped, and the services left out with why
 
 
 class PoolOptions(TypedDict, total=False):
@@ -132,6 +132,7 @@ class Fleet:
         self.command = command or shlex.join(["fleet", *sys.argv[1:]])[:200]
         self._reports: list[NodeReport] | None = None
         self._records: FleetHistory | None = None
+        self._unsealed: Callable[[str], str | None] | None = None
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -172,21 +173,30 @@ class Fleet:
 
     async def engine(self, guard: Callable[[], None] | None = None, held: Sequence[Replica] = ()) -> Engine:
         """An engine over this run's reports; `held` are replicas of nodes in their grace period (see Engine)."""
-        return Engine(self.pool, await self.reports(ports=True), on_event=self.on_event, secrets=self.secrets,
-                      records=self.records(), guard=guard, held=held, edge=self.inventory.edge)
+        reports, secrets = await asyncio.gather(self.reports(ports=True), self.unsealed())  # a slow node delays both
+        return Engine(self.pool, reports, on_event=self.on_event, secrets=secrets, records=self.records(),
+                      guard=guard, held=held, edge=self.inventory.edge)
 
-    def stamped(self, specs: Sequence[ServiceSpec]) -> list[ServiceSpec]:
+    async def unsealed(self, specs: Sequence[ServiceSpec] | None = None) -> Callable[[str], str | None] | None:
+        """The getter given, else the fleet's sealed secrets read once (store.sealed); none if `specs` need none."""
+        if self.secrets is not None or (specs is not None and not any(s.secret_names() for s in specs)):
+            return self.secrets
+        if self._unsealed is None:
+            self._unsealed = await open_secrets(store_for(self.pool, record_nodes(self.inventory)))
+        return self._unsealed
+
+    async def stamped(self, specs: Sequence[ServiceSpec]) -> list[ServiceSpec]:
         """The specs with the keyed digests of their secrets' values (see fleet.store.secrets.stamped)."""
-        return stamped(specs, self.secrets)
+        return stamped(specs, await self.unsealed(specs))
 
-    def stamped_for(self, specs: Sequence[ServiceSpec], command: Command) -> tuple[list[ServiceSpec], dict[str, str]]:
+    async def stamped_for(self, specs: Sequence[ServiceSpec], command: Command) -> Stamped:
         """`stamped(specs)`, and the services a reconcile leaves out with why (fleet.store.secrets.stamped_for)."""
-        return stamped_for(specs, command, self.secrets)
+        return stamped_for(specs, command, await self.unsealed(specs))
 
     async def plan(self, specs: Sequence[ServiceSpec]) -> PlanView:
         """What `apply` would change; read-only (no lease)."""
         self.check_volumes(specs)
-        specs = self.stamped(specs)  # a keyring that cannot be read fails here, before any node is contacted
+        specs = await self.stamped(specs)  # a keyring that cannot be read fails here, before any node is contacted
         return await (await self.engine()).preview(specs)
 
     async def lb_show(self, nodes: Sequence[str] | None = None) -> list[LbConfig]:
@@ -235,14 +245,14 @@ class Fleet:
         `parallel` services converge at once (default: `fleet.engine.concurrency.DEFAULT_PARALLEL`). `held`:
         replicas of nodes that stopped answering, kept as running where they were (`fleet watch`'s grace)."""
         self.check_volumes(specs)
-        specs, skipped = self.stamped_for(specs, command)
+        specs, skipped = await self.stamped_for(specs, command)
         async with self.writing(held) as engine:
             return await engine.apply(specs, command, parallel, skipped)
 
     async def scale(self, spec: ServiceSpec, replicas: int) -> RunResult:
         """Run `replicas` of the service now; the count holds (reconcile keeps it) until the next `apply`."""
         self.check_volumes([spec])
-        (spec,) = self.stamped([spec])
+        (spec,) = await self.stamped([spec])
         async with self.writing() as engine:
             return await engine.scale(spec, replicas)
 
@@ -438,6 +448,12 @@ class Fleet:
     def stream(self, node: Node, argv: Sequence[str]) -> RemoteStream:
         """`argv`'s output on `node`, line by line, for as long as it runs (no deadline; the keepalive ends it)."""
         return self.pool.stream(node, list(argv))
+
+
+def keeper(fleet: Fleet, identity_file: str | None = None) -> SecretKeeper:
+    """The fleet's sealed secrets and controllers, changed by this controller (`fleet secret`, `fleet controller`)."""
+    return SecretKeeper(store_of(fleet.pool, fleet.inventory), command=fleet.command, identity_file=identity_file,
+                        wait=fleet.wait)
 
 
 def reader(inventory: Inventory, **pool: Unpack[PoolOptions]) -> Reader:

@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from hypothesis import HealthCheck, settings
 from sshserver import SSHFarm
 
 from fleet.config.inventory import load_inventory
-from fleet.core.model import Inventory
+from fleet.core.model import Inventory, Node
+from fleet.engine.etcd import EtcdMembers
 from fleet.lab.lab import Lab
 from fleet.lab.render import LabConfig
+from fleet.node.etcd import etcdctl
+from fleet.store.etcd_pki import issue_peer, new_ca
+from fleet.store.nodes import record_nodes
 from fleet.transport import Pool
+
+T = TypeVar("T")
 
 # Tests send traffic only to lab nodes and loopback: never through a proxy the environment may name.
 for _var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
@@ -69,6 +77,50 @@ def lab() -> Iterator[LabHandle]:
         yield LabHandle(engine)
     finally:
         engine.down()
+
+
+class LabEtcd:
+    """The lab's shared state: etcd on its record nodes. `clear()` forgets the fleet's controllers and secrets, so
+    a test's controller (its own keyring, a new identity) is the first of a new fleet and registers itself."""
+
+    def __init__(self, lab: LabHandle, nodes: list[Node]) -> None:
+        self.lab = lab
+        self.nodes = nodes
+
+    def clear(self) -> None:
+        for prefix in ("/fleet/controllers/", "/fleet/secrets/"):
+            self.lab.lab.exec_in(self.nodes[0].name, etcdctl("del", "--prefix", prefix))
+
+
+@pytest.fixture(scope="session")
+def lab_etcd(lab: LabHandle) -> Iterator[LabEtcd]:
+    """etcd on the lab's record nodes (one member each, peers with certificates of a CA made here), where the
+    fleet's shared state (the sealed secrets) lives. Members already running are left alone, and only those
+    started here are stopped (by the PID their start recorded) and their data removed at the end."""
+    nodes = record_nodes(lab.inventory)
+
+    async def each(act: Callable[[EtcdMembers], Awaitable[T]]) -> T:
+        async with Pool(connect_attempts=1) as pool:
+            return await act(EtcdMembers(pool, nodes, cluster_token=f"{TEST_LAB.prefix}-state"))
+
+    async def start(members: EtcdMembers) -> list[str]:
+        ca = new_ca(f"{TEST_LAB.prefix}-state")
+        reports = await members.ensure((ca, {n.name: issue_peer(ca, members.configs[n.name].member) for n in nodes}))
+        assert all(r.ok for r in reports), [r.error or r.state for r in reports]
+        return [r.node for r in reports if r.state is not None and r.state.result == "started"]
+
+    async def stop(members: EtcdMembers) -> None:
+        mine = [n for n in nodes if n.name in started]
+        await members.stop(mine)
+        for node in mine:
+            await members.pool.run(node, ["rm", "-rf", members.configs[node.name].files.dir], timeout=20)
+
+    started = asyncio.run(each(start))
+    try:
+        yield LabEtcd(lab, nodes)
+    finally:
+        if started:
+            asyncio.run(each(stop))
 
 
 @pytest.fixture

@@ -36,7 +36,8 @@ SECRET = "/run/secrets/cf-token"
 
 
 @pytest.fixture()
-def env(lab, tmp_path):
+def env(lab, lab_etcd, tmp_path):
+    lab_etcd.clear()  # this test's controller (its own keyring) is the first of the fleet's secrets
     return {**os.environ, "FLEET_INVENTORY": lab.inventory_path, "FLEET_STATE_DIR": str(tmp_path / "state"),
             "FLEET_TEST_KEYRING": str(tmp_path / "keyring.json"), "PYTHON_KEYRING_BACKEND": "keyring_file.FileKeyring",
             "PYTHONPATH": TESTS + os.pathsep + os.environ.get("PYTHONPATH", ""), "COLUMNS": "200",

@@ -102,7 +102,8 @@ class TlsLoad(Load):
 
 
 @pytest.fixture(scope="module")
-def edge(lab: Any, env: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Any:
+def edge(lab: Any, env: dict[str, Any], lab_etcd: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    lab_etcd.clear()  # this module's controller (its own keyring) is the first of the fleet's secrets
     d = tmp_path_factory.mktemp("edge")
     ca = TestCA()
     lb = lab.inventory.node("lb1").address

@@ -13,7 +13,7 @@ from pathlib import Path
 import keyring
 import keyring.errors
 import pytest
-from helpers import INSTALLED_CLI
+from helpers import FLEET_CLI
 from keyring.backend import KeyringBackend
 from keyring.backends import fail
 from test_bad_input import Listener, inventory_for
@@ -21,7 +21,7 @@ from test_bad_input import Listener, inventory_for
 from fleet.api import Fleet
 from fleet.config.spec import ConfigSpec, SecretFileSpec, SecretRef, ServiceSpec
 from fleet.core import labels as L
-from fleet.core.errors import KeyringLocked, KeyringUnavailable, SecretMissing
+from fleet.core.errors import KeyringLocked, KeyringUnavailable, SecretStoreError
 from fleet.core.model import Inventory, Resources
 from fleet.core.shell import Script
 from fleet.engine.runspec import run_spec, sweep_files_script
@@ -72,30 +72,31 @@ def use_keyring() -> Iterator[object]:
         keyring.set_keyring(before)
 
 
-def test_keyring_failures_are_told_apart_and_say_what_to_do(use_keyring):
+def test_keyring_failures_are_told_apart_and_say_what_to_do(use_keyring, monkeypatch):
+    monkeypatch.delenv("FLEET_IDENTITY_FILE", raising=False)
     use_keyring(fail.Keyring())
-    with pytest.raises(KeyringUnavailable, match=r"no keyring backend on this machine.*PYTHON_KEYRING_BACKEND"):
-        store.get_secret("db")
-    with pytest.raises(KeyringUnavailable, match="cannot store secret 'db'"):
-        store.set_secret("db", store.Secret("v"))
+    with pytest.raises(KeyringUnavailable, match=r"no keyring backend on this machine.*identity file.*"
+                                                 r"FLEET_IDENTITY_FILE.*PYTHON_KEYRING_BACKEND"):
+        store.load_identity()
+    with pytest.raises(KeyringUnavailable, match="cannot store this controller's age identity"):
+        store.init_identity()
     use_keyring(LockedKeyring())
     with pytest.raises(KeyringLocked, match="is locked: unlock it"):
-        store.get_secret("db")
-    with pytest.raises(KeyringLocked):
-        store.digest_key()
-    use_keyring(MemoryKeyring())
-    assert store.get_secret("db") is None
-    with pytest.raises(SecretMissing, match="set it with `fleet secret set db`"):
-        store.require_secret("db")
-    store.set_secret("db", store.Secret("v1"))
-    assert store.require_secret("db") == "v1"
-
-
-def test_digests_are_keyed_change_with_the_value_and_do_not_show_it(use_keyring):
+        store.load_identity()
     kr = use_keyring(MemoryKeyring())
-    key = store.digest_key()
-    assert len(key) == 32 and store.digest_key() == key, "made once, then read back"
-    assert list(kr.data) == [("fleet", store.DIGEST_KEY)]
+    with pytest.raises(SecretStoreError, match=r"no age identity in the keyring \(MemoryKeyring\): run `fleet "
+                                               r"controller init`"):
+        store.load_identity()
+    made, new = store.init_identity()
+    assert new and list(kr.data) == [("fleet", store.IDENTITY_ENTRY)]
+    assert kr.data[("fleet", store.IDENTITY_ENTRY)].startswith("AGE-SECRET-KEY-1")
+    again, new_again = store.init_identity()
+    assert not new_again and again.public == made.public == store.load_identity().public
+    assert "keyring" in made.where and "AGE-SECRET-KEY" not in repr(made)
+
+
+def test_digests_are_keyed_change_with_the_value_and_do_not_show_it():
+    key = os.urandom(32)
     a = store.secret_digest(key, "db", "hunter2")
     assert a == store.secret_digest(key, "db", "hunter2")
     assert a != store.secret_digest(key, "db", "hunter3")
@@ -103,32 +104,44 @@ def test_digests_are_keyed_change_with_the_value_and_do_not_show_it(use_keyring)
     assert a != store.secret_digest(key, "other", "hunter2")
     import hashlib
     assert "hunter2" not in a and a not in hashlib.sha256(b"hunter2").hexdigest(), "not a plain hash"
-    with pytest.raises(SecretMissing):
-        store.secret_digests(["db"], get=lambda n: None, key=lambda: key)
-    assert store.secret_digests([], get=lambda n: 1 / 0, key=lambda: 1 / 0) == {}, "no secret, no keyring"
+
+
+class Values:
+    """A secret source in memory (a SecretSource: values by name and the fleet's digest key)."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        self.values = values
+        self.key = os.urandom(32)
+
+    def __call__(self, name: str) -> str | None:
+        return self.values.get(name)
+
+    def digest_key(self) -> bytes:
+        return self.key
 
 
 def web(**kw: object) -> ServiceSpec:
     return ServiceSpec(name="web", image="localhost/web:v1", **kw)  # type: ignore[arg-type]
 
 
-def test_the_facade_stamps_specs_with_the_secrets_digests(use_keyring):
-    use_keyring(MemoryKeyring())
-    values = {"tok": "one"}
-    f = Fleet(Inventory("inv.yaml", ()), None, secrets=values.get)  # type: ignore[arg-type]
+async def test_the_facade_stamps_specs_with_the_secrets_digests(use_keyring):
+    values = Values({"tok": "one"})
+    f = Fleet(Inventory("inv.yaml", ()), None, secrets=values)  # type: ignore[arg-type]
     spec = web(env={"TOKEN": SecretRef("tok")}, secret_files=(SecretFileSpec("db", "/run/secrets/db"),))
     plain = web(env={"A": "b"})
-    stamped, untouched = f.stamped([spec, plain])
-    assert set(stamped.secret_digests) == {"tok"}, "a secret the keyring lacks gets no digest (it fails at start)"
+    stamped, untouched = await f.stamped([spec, plain])
+    assert set(stamped.secret_digests) == {"tok"}, "a secret the fleet lacks gets no digest (it fails at start)"
     assert untouched == plain and not untouched.secret_digests
-    values["tok"] = "two"
-    (rotated, _) = f.stamped([spec, plain])
+    values.values["tok"] = "two"
+    (rotated, _) = await f.stamped([spec, plain])
     assert rotated.secret_digests["tok"] != stamped.secret_digests["tok"]
     assert rotated.spec_hash() != stamped.spec_hash()
+    # Without a getter, the façade reads the fleet's sealed secrets with this controller's identity.
     use_keyring(fail.Keyring())
+    unread = Fleet(Inventory("inv.yaml", ()), None)  # type: ignore[arg-type]
     with pytest.raises(KeyringUnavailable):
-        f.stamped([spec])
-    assert f.stamped([plain]) == [plain], "services without secrets need no keyring"
+        await unread.stamped([spec])
+    assert await unread.stamped([plain]) == [plain], "services without secrets need no identity"
 
 
 def test_configs_and_secret_files_are_read_only_binds_of_fleets_node_files():
@@ -173,7 +186,7 @@ def test_the_sweep_removes_files_of_containers_gone_and_keeps_the_rest(tmp_path:
 
 
 def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*INSTALLED_CLI, *args], capture_output=True, text=True, timeout=60,
+    return subprocess.run([*FLEET_CLI, *args], capture_output=True, text=True, timeout=60,
                           env={**os.environ, **env, "COLUMNS": "400", "FLEET_LAB_ROOT": "/nonexistent"})
 
 
@@ -198,16 +211,18 @@ def test_through_the_cli_a_bad_config_and_an_unusable_keyring_change_nothing(tmp
         node.sock.close()
 
 
-def test_reconcile_without_a_keyring_converges_the_services_without_secrets_and_names_the_others(use_keyring):
+async def test_reconcile_without_a_keyring_converges_the_services_without_secrets_and_names_the_others(
+        use_keyring, monkeypatch):
+    monkeypatch.delenv("FLEET_IDENTITY_FILE", raising=False)
     f = Fleet(Inventory("inv.yaml", ()), None)  # type: ignore[arg-type]
     spec = web(secret_files=(SecretFileSpec("db", "/run/secrets/db"),))
     plain = ServiceSpec(name="api", image="localhost/web:v1")
     use_keyring(fail.Keyring())
-    kept, skipped = f.stamped_for([spec, plain], "reconcile")
+    kept, skipped = await f.stamped_for([spec, plain], "reconcile")
     assert kept == [plain]
     assert list(skipped) == ["web"] and skipped["web"].startswith("not reconciled: ")
     assert "no keyring backend" in skipped["web"]
     with pytest.raises(KeyringUnavailable):
-        f.stamped_for([spec, plain], "apply")
+        await Fleet(Inventory("inv.yaml", ()), None).stamped_for([spec, plain], "apply")  # type: ignore[arg-type]
     use_keyring(MemoryKeyring())
-    assert f.stamped_for([plain], "apply") == ([plain], {})
+    assert await f.stamped_for([plain], "apply") == ([plain], {})

@@ -159,10 +159,7 @@ def plan(playbooks: PlaybooksArg = None, file: FileOpt = None, inventory: common
     specs = specs_from(playbooks, file)
 
     async def go() -> PlanView:
-        from fleet.api import secret_get
-
-        # The keyring only for the stats password (its hash is in the config the diff is made of, masked).
-        async with Fleet.connect(inv, secrets=secret_get if inv.edge.stats_password_secret else None) as f:
+        async with Fleet.connect(inv) as f:
             return await f.plan(specs)
 
     view = common.run(go)
@@ -310,14 +307,14 @@ def _run(op: Callable[[Fleet], Awaitable[RunResult]], inventory: str | None, jso
          *, quiet: bool = False, totals: dict[str, int] | None = None, report: bool = True) -> RunResult:
     """Run one changing operation through the façade, under the fleet's lease, with progress or JSON events;
     print the outcomes (`quiet`: only what changed or failed, for cron)."""
-    from fleet.api import Fleet, secret_get
+    from fleet.api import Fleet
 
     inv = common.inventory(inventory)
     show = _Progress(json, quiet and not json)
     seconds = common.wait_seconds(wait)
 
     async def go() -> RunResult:
-        async with Fleet.connect(inv, on_event=show, secrets=secret_get, wait=seconds) as f:
+        async with Fleet.connect(inv, on_event=show, wait=seconds) as f:
             for name, total in (totals or {}).items():
                 show.add(name, total)
             with show:

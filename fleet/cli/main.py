@@ -13,6 +13,7 @@ from fleet.cli import (
     common,
     completion,
     container,
+    controller,
     deploy,
     exec_,
     image,
@@ -91,6 +92,7 @@ app.command("stop", rich_help_panel=NODES)(container.stop)
 app.command("rm", rich_help_panel=NODES)(container.rm)
 app.add_typer(image.app, name="image", rich_help_panel=STATE)
 app.add_typer(secret.app, name="secret", rich_help_panel=STATE)
+app.add_typer(controller.app, name="controller", rich_help_panel=STATE)
 app.add_typer(lock.app, name="lock", rich_help_panel=STATE)
 app.add_typer(records.app, name="records", rich_help_panel=STATE)
 app.add_typer(volume.app, name="volume", rich_help_panel=STATE)

@@ -44,10 +44,11 @@ library's own errors (the transport maps asyncssh's at its edge).
     │   └── LeaseLost            a renewal found it gone, taken, or no longer held on a majority
     ├── RecordsError             the fleet's records on its record nodes cannot be read or written
     ├── HistoryError             the local history cache is unusable
-    └── SecretStoreError         the keyring cannot be used
+    └── SecretStoreError         the secrets or this controller's identity cannot be used
         ├── KeyringUnavailable   no keyring backend on this machine (cron, a service without a desktop session)
         ├── KeyringLocked        the keyring is locked
-        └── SecretMissing        the keyring has no secret by that name
+        ├── SecretMissing        the keyring has no secret by that name, or this controller no identity
+        └── SecretUnreadable     a sealed secret fails to decode or open (named; nothing acts on it)
 
 Outcomes are values, not errors: a canary waiting for `fleet promote` is an `Outcome(waiting=True)`.
 """
@@ -319,7 +320,12 @@ class KeyringLocked(SecretStoreError):
 
 
 class SecretMissing(SecretStoreError):
-    """The keyring works and has no secret by that name."""
+    """The keyring works and has no secret by that name (or no identity for this controller)."""
+
+
+class SecretUnreadable(SecretStoreError):
+    """A sealed secret (or the digest key) that fails to decode or to open with this controller's identity; the
+    message names it, and nothing acts on it."""
 
 
 class ScriptOutputError(FleetError, ValueError):

@@ -1,0 +1,440 @@
+"""The fleet's secrets in its shared state (etcd), sealed with age to the public keys of the fleet's controllers:
+any controller sets a secret for all, each opens it with its own identity (fleet.store.secrets.Identity), and the
+record nodes only ever hold ciphertext.
+
+Keys:
+    /fleet/controllers/<name>         {"name", "key": "age1…", "added_by", "added_at"}: who can read
+    /fleet/secrets/values/<secret>    {"name", "box": base64 of an age file, "readers": [controller names],
+                                       "set_by", "set_at"}
+    /fleet/secrets/digest-key         the same shape; its plaintext is the fleet's HMAC key for secret digests, so
+                                      every controller computes the same digests (and none rolls a service)
+
+Inside a box is JSON `{"secret": NAME, "value": VALUE}`, so a box moved under another name is refused. A record
+that fails to decode, a box that fails to open, is refused by the secret's name (`SecretUnreadable`) and nothing
+acts on it. Writes (`SecretKeeper`) go under the fleet's lease (EtcdLease), each a fenced transaction
+(SharedState) with an event; `Unsealed` is one run's read of them, the `secrets` getter of the Fleet façade.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyrage
+from pyrage import x25519
+
+from fleet.core.errors import RecordsError, SecretMissing, SecretStoreError, SecretUnreadable
+from fleet.core.model import Inventory, Node
+from fleet.node import etcd as E
+from fleet.store.etcd import DEFAULT_TTL, EtcdLease, EtcdStore, SharedState
+from fleet.store.lease import default_holder
+from fleet.store.nodes import record_nodes
+from fleet.store.secrets import Identity, Secret, init_identity, legacy_digest_key, load_identity
+from fleet.transport import Pool
+
+CONTROLLERS = "/fleet/controllers/"
+SECRETS = "/fleet/secrets/"
+VALUES = SECRETS + "values/"
+DIGEST_KEY = SECRETS + "digest-key"
+DIGEST_NAME = "digest-key"  # the name sealed inside the digest key's box
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
+
+
+def check_name(kind: str, name: str) -> str:
+    """`name` when it is a valid secret or controller name; ValueError saying what is allowed."""
+    if not NAME_RE.match(name) or (kind == "secret" and "@" in name):
+        allowed = "letters, digits, . _ -" + (" @" if kind == "controller" else "")
+        raise ValueError(f"{kind} name {name!r}: {allowed} (up to 128, starting with a letter or digit)")
+    return name
+
+
+def check_key(key: str) -> str:
+    """An age X25519 public key (age1…), or ValueError."""
+    try:
+        x25519.Recipient.from_str(key)
+    except pyrage.RecipientError:
+        raise ValueError(f"public key {key[:80]!r}: not an age X25519 public key (age1…)") from None
+    return key
+
+
+@dataclass(frozen=True)
+class Controller:
+    """A controller that can read the fleet's secrets: its name, its age public key, who added it and when."""
+
+    name: str
+    key: str
+    added_by: str
+    added_at: float
+
+    def doc(self) -> dict[str, Any]:
+        return {"name": self.name, "key": self.key, "added_by": self.added_by, "added_at": self.added_at}
+
+
+@dataclass(frozen=True)
+class Box:
+    """One sealed value: the age file (base64) and the controllers it was sealed to, who set it and when."""
+
+    name: str
+    box: str = field(repr=False)
+    readers: tuple[str, ...]
+    set_by: str
+    set_at: float
+
+    def doc(self) -> dict[str, Any]:
+        return {"name": self.name, "box": self.box, "readers": list(self.readers), "set_by": self.set_by,
+                "set_at": self.set_at}
+
+
+def _controller(kv: E.KeyValue) -> Controller:
+    doc = json.loads(kv.value)
+    c = Controller(str(doc["name"]), check_key(str(doc["key"])), str(doc["added_by"]), float(doc["added_at"]))
+    if c.name != kv.key[len(CONTROLLERS):]:
+        raise ValueError(f"it names controller {c.name!r}")
+    return c
+
+
+def _box(kv: E.KeyValue, name: str) -> Box:
+    doc = json.loads(kv.value)
+    readers = doc["readers"]
+    if not isinstance(readers, list) or not all(isinstance(r, str) for r in readers):
+        raise ValueError("readers: expected a list of controller names")
+    box = Box(str(doc["name"]), str(doc["box"]), tuple(readers), str(doc["set_by"]), float(doc["set_at"]))
+    if box.name != name:
+        raise ValueError(f"it names secret {box.name!r}")
+    return box
+
+
+@dataclass(frozen=True)
+class SealedState:
+    """What etcd holds of the fleet's secrets at one revision. Records that could not be decoded are in `broken`
+    (etcd key → why), refused by name where they are used, never guessed at."""
+
+    controllers: Mapping[str, Controller]
+    boxes: Mapping[str, Box]
+    digest: Box | None
+    broken: Mapping[str, str]
+
+    @staticmethod
+    def of(kvs: Sequence[E.KeyValue]) -> SealedState:
+        controllers: dict[str, Controller] = {}
+        boxes: dict[str, Box] = {}
+        digest: Box | None = None
+        broken: dict[str, str] = {}
+        for kv in kvs:
+            try:
+                if kv.key.startswith(CONTROLLERS):
+                    c = _controller(kv)
+                    controllers[c.name] = c
+                elif kv.key.startswith(VALUES):
+                    name = kv.key[len(VALUES):]
+                    boxes[name] = _box(kv, name)
+                elif kv.key == DIGEST_KEY:
+                    digest = _box(kv, DIGEST_NAME)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                why = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+                broken[kv.key] = f"not a sealed record ({why[:120]})"
+        return SealedState(controllers, boxes, digest, broken)
+
+    def mine(self, identity: Identity) -> Controller | None:
+        """This controller's entry: the one with its public key."""
+        return next((c for c in self.controllers.values() if c.key == identity.public), None)
+
+    def unreadable(self, name: str) -> str | None:
+        """Why the secret `name`'s record cannot be used (None: it can, or there is none)."""
+        return self.broken.get(DIGEST_KEY if name == DIGEST_NAME else VALUES + name)
+
+
+async def read_state(store: EtcdStore) -> SealedState:
+    """The controllers, boxes and digest key, read in one transaction (one revision of the shared state)."""
+    done = await store.call(E.txn_argv(at=store.at), E.parse_txn,
+                            E.txn_input([], [E.Get(CONTROLLERS, True), E.Get(SECRETS, True)]))
+    return SealedState.of([kv for answer in done.responses if isinstance(answer, E.Range) for kv in answer.kvs])
+
+
+def seal(name: str, value: Secret, controllers: Sequence[Controller], by: str) -> Box:
+    """`value` sealed to every controller's public key, its name inside the box."""
+    if not controllers:
+        raise SecretStoreError("the fleet has no controller to seal secrets to")
+    plain = json.dumps({"secret": name, "value": value.reveal()}, ensure_ascii=False).encode()
+    recipients = [x25519.Recipient.from_str(c.key) for c in controllers]
+    return Box(name, base64.b64encode(pyrage.encrypt(plain, recipients)).decode(),
+               tuple(sorted(c.name for c in controllers)), by, time.time())
+
+
+def unseal(identity: Identity, box: Box, what: str) -> Secret:
+    """The value in `box`, opened with `identity`; SecretUnreadable naming `what` when the box does not decode,
+    is not sealed to this controller, fails to open, or holds another name."""
+    try:
+        data = base64.b64decode(box.box, validate=True)
+    except (binascii.Error, ValueError):
+        raise SecretUnreadable(f"{what}: its sealed value is not base64; refusing it (set it again)") from None
+    try:
+        plain = identity.open(data)
+    except pyrage.DecryptError as exc:
+        raise SecretUnreadable(
+            f"{what}: cannot be opened with this controller's identity ({identity.public}): {exc}; it is sealed "
+            f"to {', '.join(box.readers) or 'nobody'}: a controller that can read it may run `fleet controller add` "
+            f"for this one, or set it again if it is damaged") from None
+    try:
+        doc = json.loads(plain)
+        name, value = doc["secret"], doc["value"]
+    except (ValueError, KeyError, TypeError):
+        raise SecretUnreadable(f"{what}: its box opened but holds no secret; refusing it (set it again)") from None
+    if name != box.name or not isinstance(value, str):
+        raise SecretUnreadable(f"{what}: its box holds secret {str(name)[:60]!r}, not this one (moved under "
+                               f"another name?); refusing it") from None
+    return Secret(value)
+
+
+def digest_key_of(identity: Identity, state: SealedState) -> bytes:
+    """The fleet's digest key, opened with `identity`; SecretUnreadable when it cannot be."""
+    why = state.unreadable(DIGEST_NAME)
+    if why is not None:
+        raise SecretUnreadable(f"the fleet's secret digest key ({DIGEST_KEY}): {why}; refusing it")
+    if state.digest is None:
+        raise SecretStoreError(f"the fleet has no secret digest key ({DIGEST_KEY}): run `fleet secret set` once "
+                               "from a controller to create it")
+    text = unseal(identity, state.digest, f"the fleet's secret digest key ({DIGEST_KEY})").reveal()
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise SecretUnreadable(f"the fleet's secret digest key ({DIGEST_KEY}): not 32 bytes of hex; refusing it")
+    return key
+
+
+def new_digest_key() -> Secret:
+    return Secret(os.urandom(32).hex())
+
+
+class Unsealed:
+    """One run's view of the fleet's secrets (a `SecretSource`): read from etcd once, each value opened with this
+    controller's identity when asked. When they could not be read at all (a keyring that cannot be read, etcd
+    unreachable), every use raises why, so `reconcile` leaves out only the services that need a secret. A
+    controller with no identity yet still learns which secrets the fleet lacks (None), and gets `no_identity`
+    for the others."""
+
+    def __init__(self, state: SealedState | None, identity: Identity | None,
+                 failure: SecretStoreError | None = None, no_identity: SecretStoreError | None = None) -> None:
+        self.state = state
+        self.identity = identity
+        self.failure = failure
+        self.no_identity = no_identity
+        self._key: bytes | None = None
+
+    def __repr__(self) -> str:
+        return f"Unsealed({len(self.state.boxes) if self.state else 'unread'} secrets, identity={self.identity!r})"
+
+    def _read(self) -> SealedState:
+        if self.failure is not None:
+            raise self.failure
+        assert self.state is not None
+        return self.state
+
+    def _ready(self) -> tuple[SealedState, Identity]:
+        state = self._read()
+        if self.identity is None:
+            raise self.no_identity or SecretStoreError("this controller has no age identity")
+        return state, self.identity
+
+    def __call__(self, name: str) -> str | None:
+        """The secret's value; None when the fleet has no such secret; SecretUnreadable naming it when its record
+        or box is bad."""
+        state = self._read()
+        why = state.unreadable(name)
+        if why is not None:
+            raise SecretUnreadable(f"secret {name!r}: {why}; refusing it (set it again)")
+        box = state.boxes.get(name)
+        return None if box is None else unseal(self._ready()[1], box, f"secret {name!r}").reveal()
+
+    def digest_key(self) -> bytes:
+        if self._key is None:
+            state, identity = self._ready()
+            self._key = digest_key_of(identity, state)
+        return self._key
+
+    def present(self, name: str) -> bool:
+        """Whether the fleet has the secret `name` (not whether this controller can open it)."""
+        return name in self._read().boxes
+
+
+def store_for(pool: Pool, nodes: Sequence[Node]) -> EtcdStore | None:
+    """The shared state on the record nodes `nodes` (None when there is none)."""
+    return EtcdStore(pool, nodes) if nodes else None
+
+
+def store_of(pool: Pool, inventory: Inventory) -> EtcdStore:
+    """The shared state on the inventory's record nodes; ValueError naming the inventory when it has none."""
+    store = store_for(pool, record_nodes(inventory))
+    if store is None:
+        raise ValueError(f"{inventory.path}: no node to keep the fleet's secrets on")
+    return store
+
+
+def default_name() -> str:
+    """This controller's name when it registers itself: `user@host`, in the characters a name allows."""
+    return re.sub(r"[^A-Za-z0-9._@-]", "-", default_holder()).lstrip("._@-")[:128] or "controller"
+
+
+async def open_secrets(store: EtcdStore | None, identity_file: str | None = None) -> Unsealed:
+    """The fleet's secrets for one run. The identity is loaded first, so a keyring that cannot be read fails
+    before any node is contacted; failures are kept in the result (raised where a secret is used), not raised."""
+    identity, missing = None, None
+    try:
+        identity = load_identity(identity_file)
+    except SecretMissing as exc:
+        missing = exc
+    except SecretStoreError as exc:
+        return Unsealed(None, None, exc)
+    if store is None:
+        return Unsealed(None, identity, SecretStoreError("no record node to keep the fleet's secrets"))
+    try:
+        return Unsealed(await read_state(store), identity, no_identity=missing)
+    except RecordsError as exc:
+        return Unsealed(None, identity, SecretStoreError(f"the fleet's secrets could not be read: {exc}"))
+
+
+# Puts per transaction when re-sealing every secret: etcd refuses more than --max-txn-ops (128 by default).
+TXN_PUTS = 100
+
+
+@dataclass(frozen=True)
+class SecretsView:
+    """What `fleet secret ls` and `fleet controller ls` show: names, readers and who did what; never a value."""
+
+    controllers: tuple[Controller, ...]
+    secrets: tuple[Box, ...]
+    broken: Mapping[str, str]
+
+
+class SecretKeeper:
+    """Changes to the fleet's sealed secrets and its controllers, made by this controller (its identity), each
+    under the fleet's lease: taken, the state read afresh, every write a fenced transaction with an event.
+
+    The first controller to write to a fleet registers itself (as `name`) and creates the digest key. A controller
+    not registered is refused, naming the command that registers it, and so is every write while a controller's
+    record cannot be decoded (a value sealed without it would shut it out unseen). Adding or removing a controller
+    re-seals every secret and the digest key to the new set before the set itself changes: an interrupted add
+    leaves the new one unlisted, an interrupted rm leaves the old one listed with some secrets already closed to
+    it; running the command again completes either."""
+
+    def __init__(self, store: EtcdStore, *, command: str, name: str | None = None, identity_file: str | None = None,
+                 wait: float = 0.0, ttl: int = DEFAULT_TTL) -> None:
+        self.store = store
+        self.command = command
+        self.name = check_name("controller", name or default_name())
+        self.identity_file = identity_file
+        self.wait = wait
+        self.ttl = ttl
+
+    async def view(self) -> SecretsView:
+        """The controllers and the secrets' names and readers; needs no identity and takes no lease."""
+        state = await read_state(self.store)
+        return SecretsView(tuple(sorted(state.controllers.values(), key=lambda c: c.name)),
+                           tuple(state.boxes[n] for n in sorted(state.boxes)), dict(state.broken))
+
+    @contextlib.asynccontextmanager
+    async def _writing(self) -> AsyncIterator[tuple[SharedState, SealedState, Identity, Controller]]:
+        """The lease, the state read under it, this controller's identity and entry (registering it, with a new
+        digest key, when the fleet has no controller yet)."""
+        identity, _ = init_identity(self.identity_file)  # a first controller needs no `fleet controller init`
+        async with EtcdLease(self.store, command=self.command, ttl=self.ttl, wait=self.wait) as lease:
+            shared = SharedState(self.store, lease)
+            state = await read_state(self.store)
+            bad = {key: why for key, why in state.broken.items() if key.startswith(CONTROLLERS)}
+            if bad:
+                raise SecretUnreadable("the fleet's controllers cannot all be read: " + "; ".join(
+                    f"{key}: {why}" for key, why in sorted(bad.items())) + "; refusing to seal without them")
+            me = state.mine(identity)
+            if me is None and not state.controllers and not state.broken:
+                if state.boxes or state.digest is not None:
+                    raise SecretStoreError("the fleet has sealed secrets but no controller: refusing to register "
+                                           "a new one over them")
+                me = Controller(self.name, identity.public, self.name, time.time())
+                digest = seal(DIGEST_NAME, legacy_digest_key() or new_digest_key(), [me], me.name)
+                await shared.write({CONTROLLERS + me.name: me.doc(), DIGEST_KEY: digest.doc()},
+                                   event=_event("controller bootstrap", me.name, controller=me.name))
+                state = SealedState({me.name: me}, {}, digest, {})
+            if me is None:
+                names = ", ".join(sorted(state.controllers)) or "none readable"
+                raise SecretStoreError(f"this controller ({identity.public}, in {identity.where}) is not one of the "
+                                       f"fleet's controllers ({names}): have one of them run `fleet controller add "
+                                       f"NAME {identity.public}`")
+            yield shared, state, identity, me
+
+    async def set(self, name: str, value: Secret) -> Box:
+        """Seal `value` to every controller and store it as secret `name` (replacing its value)."""
+        check_name("secret", name)
+        async with self._writing() as (shared, state, _, me):
+            box = seal(name, value, list(state.controllers.values()), me.name)
+            await shared.write({VALUES + name: box.doc()}, event=_event("secret set", me.name, secret=name))
+            return box
+
+    async def rm(self, name: str) -> bool:
+        """Remove the secret `name`; False when the fleet has none by that name."""
+        check_name("secret", name)
+        async with self._writing() as (shared, state, _, me):
+            if name not in state.boxes and state.unreadable(name) is None:
+                return False
+            await shared.write({}, [VALUES + name], event=_event("secret rm", me.name, secret=name))
+            return True
+
+    async def add_controller(self, name: str, key: str) -> Controller:
+        """Let the controller `name` (age public key `key`) read every secret: each is re-sealed to the new set."""
+        check_name("controller", name)
+        check_key(key)
+        async with self._writing() as (shared, state, identity, me):
+            if name in state.controllers or any(c.key == key for c in state.controllers.values()):
+                raise SecretStoreError(f"controller {name!r} or its key is already one of the fleet's; remove it "
+                                       f"first (`fleet controller rm {name}`) to change its key")
+            new = Controller(name, key, me.name, time.time())
+            await self._reseal(shared, state, identity, [*state.controllers.values(), new],
+                               {CONTROLLERS + name: new.doc()}, [],
+                               _event("controller add", me.name, controller=name, key=key))
+            return new
+
+    async def rm_controller(self, name: str) -> Controller:
+        """Stop the controller `name` reading what is set from now on: every secret is re-sealed to the others.
+        What it already read stays known to it: those values must be rotated (README "Secrets")."""
+        async with self._writing() as (shared, state, identity, me):
+            gone = state.controllers.get(name)
+            if gone is None:
+                raise SecretStoreError(f"no controller {name!r} (the fleet's: {', '.join(sorted(state.controllers))})")
+            rest = [c for c in state.controllers.values() if c.name != name]
+            if not rest:
+                raise SecretStoreError(f"controller {name!r} is the fleet's last: nobody could read the secrets")
+            await self._reseal(shared, state, identity, rest, {}, [CONTROLLERS + name],
+                               _event("controller rm", me.name, controller=name))
+            return gone
+
+    async def _reseal(self, shared: SharedState, state: SealedState, identity: Identity,
+                      to: Sequence[Controller], puts: Mapping[str, Any], deletes: Sequence[str],
+                      event: dict[str, Any]) -> None:
+        """Every box re-sealed to `to`, a hundred per transaction, then `puts`/`deletes` (the change of the set)
+        with the event in the last one. A secret that cannot be opened stops it, named, before anything is
+        written."""
+        if state.broken:
+            bad = "; ".join(f"{key}: {why}" for key, why in sorted(state.broken.items()))
+            raise SecretUnreadable(f"cannot re-seal the secrets: {bad}; remove or set them again first")
+        boxes = [(VALUES + b.name, b) for b in state.boxes.values()]
+        boxes += [(DIGEST_KEY, state.digest)] if state.digest is not None else []
+        by = event["by"]
+        resealed = {key: seal(b.name, unseal(identity, b, f"secret {b.name!r}"), to, by).doc() for key, b in boxes}
+        items = list(resealed.items())
+        for start in range(0, len(items), TXN_PUTS):
+            await shared.write(dict(items[start:start + TXN_PUTS]))
+        await shared.write(puts, deletes, event=event)
+
+
+def _event(what: str, by: str, **detail: str) -> dict[str, Any]:
+    """An event of the shared log: what changed, by which controller (never a value)."""
+    return {"what": what, "by": by, "holder": default_holder(), **detail}
