@@ -13,6 +13,7 @@ from fleet.cli import (
     common,
     completion,
     container,
+    describe,
     exec_,
     image,
     lab,
@@ -76,6 +77,7 @@ app.command("promote", rich_help_panel=DEPLOY)(rollout.promote)
 app.command("abort", rich_help_panel=DEPLOY)(rollout.abort)
 app.command("status", rich_help_panel=INSPECT)(status.status_cmd)
 app.command("ps", rich_help_panel=INSPECT)(ps.ps)
+app.command("describe", rich_help_panel=INSPECT)(describe.describe)
 app.command("logs", rich_help_panel=INSPECT)(logs.logs)
 app.command("exec", rich_help_panel=INSPECT)(exec_.exec_)
 app.command("ui", rich_help_panel=INSPECT)(ui.ui)

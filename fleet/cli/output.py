@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 import yaml
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
@@ -75,8 +75,8 @@ def plain(cell: Cell) -> str:
     return " ".join(text.split()) if any(c in text for c in "\t\n\r") else text
 
 
-def styled(text: str, style: str | None = None) -> Text:
-    return Text(text, style=style or "")
+def as_text(cell: Cell) -> Text:
+    return cell if isinstance(cell, Text) else Text(cell)
 
 
 def tsv(listing: Listing, wide: bool = False) -> str:
@@ -85,12 +85,13 @@ def tsv(listing: Listing, wide: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
-def table(listing: Listing, wide: bool = False) -> Table:
-    """The rich table; every cell may wrap (folding a word longer than its column), none is cut."""
+def table(listing: Listing, wide: bool = False, widths: Sequence[int] | None = None) -> Table:
+    """The rich table; every cell may wrap (at `widths`, from `fit`, no word is cut), none is cut short."""
     columns, rows = listing.shown(wide)
     t = Table(box=None, pad_edge=False, header_style="bold", padding=(0, 1))
-    for c in columns:
-        t.add_column(c.header, justify=c.justify, overflow="fold")  # type: ignore[arg-type]
+    for i, c in enumerate(columns):
+        t.add_column(c.header, justify=c.justify, overflow="fold",  # type: ignore[arg-type]
+                     width=widths[i] if widths else None)
     for row in rows:
         t.add_row(*row)
     return t
@@ -110,10 +111,36 @@ def blocks(listing: Listing, wide: bool = False) -> list[Table]:
     return out
 
 
-def fits(out: Console, t: Table) -> bool:
-    """Whether the table's narrowest layout (each column as wide as its longest word) fits the console."""
-    # Measured unbounded: rich caps a table's measurement at the width it is given.
-    return Measurement.get(out, out.options.update_width(1 << 16), t).minimum <= out.width
+def fit(out: Console, listing: Listing, wide: bool = False) -> list[int] | None:
+    """Column widths that fit `out`: each column at least as wide as its longest word (so wrapping never cuts a
+    word), the room left shared out in proportion to what each column would need to be on one line; None when
+    even the narrowest layout does not fit. (Rich's own shrinking may cut words: it narrows the widest first.)"""
+    columns, rows = listing.shown(wide)
+    options = out.options.update_width(1 << 16)
+    mins, maxs = [], []
+    for i, c in enumerate(columns):
+        sizes = [Measurement.get(out, options, Text(c.header)),
+                 *(Measurement.get(out, options, as_text(row[i])) for row in rows)]
+        mins.append(max(m.minimum for m in sizes))
+        maxs.append(max(m.maximum for m in sizes))
+    room = out.width - 2 * (len(columns) - 1)  # one space of padding each side between columns
+    if sum(mins) > room:
+        return None
+    if sum(maxs) <= room:
+        return maxs
+    spare, wants = room - sum(mins), [mx - mn for mn, mx in zip(mins, maxs, strict=True)]
+    return [mn + spare * want // sum(wants) for mn, want in zip(mins, wants, strict=True)]
+
+
+def renderable(listing: Listing, out: Console, wide: bool = False) -> RenderableType:
+    """The table when it fits `out`, else one block per row with a blank line between."""
+    widths = fit(out, listing, wide)
+    if widths is not None:
+        return table(listing, wide, widths)
+    parts: list[RenderableType] = []
+    for i, block in enumerate(blocks(listing, wide)):
+        parts += [Text(""), block] if i else [block]
+    return Group(*parts)
 
 
 def print_listing(listing: Listing, wide: bool = False, out: Console | None = None) -> None:
@@ -123,14 +150,7 @@ def print_listing(listing: Listing, wide: bool = False, out: Console | None = No
         out.file.write(tsv(listing, wide))
         out.file.flush()
         return
-    t = table(listing, wide)
-    if fits(out, t):
-        out.print(t)
-        return
-    for i, block in enumerate(blocks(listing, wide)):
-        if i:
-            out.print()
-        out.print(block)
+    out.print(renderable(listing, out, wide))
 
 
 def plain_data(doc: Any) -> Any:
@@ -170,7 +190,7 @@ def warn(text: str) -> None:
 def unknown(kind: str, name: str, known: Iterable[str]) -> str:
     """`no service 'wbe' (did you mean 'web'?)`, or the list of what there is when nothing is close."""
     names = sorted(set(known))
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)  # 0.5: `n4` finds `n1`
     if close:
         hint = " or ".join(repr(c) for c in close)
         return f"no {kind} {name!r} (did you mean {hint}?)"
