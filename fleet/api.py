@@ -319,10 +319,12 @@ class Fleet:
         return await handwork.rm(self.pool, await self.reports(), ref)
 
     @contextlib.asynccontextmanager
-    async def logs(self, ref: str, *, follow: bool = False, tail: int | None = 100) -> AsyncIterator[LogLines]:
+    async def logs(self, ref: str, *, follow: bool = False, tail: int | None = 100,
+                   dated: bool = False) -> AsyncIterator[LogLines]:
         """The logs of the containers `ref` names, as `(prefix, line)`: `async with fleet.logs("web", follow=True)
-        as lines: async for prefix, line in lines:` (see fleet.engine.handwork.logs)."""
-        async with handwork.logs(self.pool, await self.reports(), ref, follow=follow, tail=tail) as lines:
+        as lines: async for prefix, line in lines:`; with `dated`, `lines.dated()` (see fleet.engine.handwork.logs)."""
+        async with handwork.logs(self.pool, await self.reports(), ref, follow=follow, tail=tail,
+                                 dated=dated) as lines:
             yield lines
 
     async def exec(self, ref: str, argv: Sequence[str], on_line: Callable[[str], None]) -> int:

@@ -4,8 +4,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import os
 import time
 from pathlib import Path
 
@@ -13,12 +15,14 @@ import pytest
 import yaml
 from helpers import run_fleet
 from rich.console import Console
+from sshserver import SSHFarm
 from test_nodeops import report
 from typer.testing import CliRunner
 
 from fleet.cli import common, describe, nodes, output, ps, rollout, status
 from fleet.cli.main import app
-from fleet.config.spec import parse_playbook, to_playbook_dict
+from fleet.config.spec import load_playbooks, parse_playbook, to_playbook_dict
+from fleet.core.errors import SpecError
 from fleet.core.labels import ContainerLabels
 from fleet.core.model import Resources
 from fleet.core.nodeops import NodeMark
@@ -272,3 +276,36 @@ def test_history_listing_and_names() -> None:
     assert lines[0].split("\t") == ["REV", "IMAGE", "SPEC", "USER", "STARTED", "FINISHED", "OUTCOME", "REASON"]
     assert lines[2].split("\t")[-1] == "web-1 never became ready"
     assert [line.split("\t")[0] for line in lines[1:]] == ["1", "2", "3"]
+
+
+# ---- errors that say what to do --------------------------------------------------------------------------------
+
+async def test_an_unknown_host_key_is_reported_with_the_ssh_keyscan_line(tmp_path: Path) -> None:
+    """A real SSH server; HOME has no ~/.ssh/known_hosts and the inventory pins no file."""
+    home = tmp_path / "home"
+    home.mkdir()
+    async with SSHFarm(tmp_path / "farm") as farm:
+        (node,) = await farm.start(1)
+        inv = tmp_path / "inventory.yaml"
+        inv.write_text(f"nodes:\n  n1: {{address: 127.0.0.1, port: {node.port}, user: fleet, "
+                       f"key: {farm.client_key_path}, roles: [worker]}}\n")
+        env = {**os.environ, "HOME": str(home), "FLEET_NO_WATCHER": "1"}
+        out = await asyncio.to_thread(run_fleet, "nodes", inventory=str(inv), env=env, timeout=60)
+        assert farm.servers["n1"].commands == []
+    assert out.returncode == common.EXIT_PARTIAL, out.stderr
+    assert f"n1: unreachable: host key for 127.0.0.1 (port {node.port}) is not in ~/.ssh/known_hosts" in out.stderr
+    assert f"pin it with `ssh-keyscan -p {node.port} 127.0.0.1 >> ~/.ssh/known_hosts`" in out.stderr
+
+
+def test_a_misspelled_playbook_field_gets_a_suggestion_at_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "web.yaml"
+    path.write_text("services:\n  web:\n    image: demo:v1\n    replica: 3\n    lb: {prot: 8080}\n"
+                    "    update: {stratgy: rolling}\n    zzzz: 1\n")
+    with pytest.raises(SpecError) as info:
+        load_playbooks([str(path)])
+    assert [str(p) for p in info.value.problems] == [
+        f"{path}:4: services.web.replica: unknown field (did you mean 'replicas'?)",
+        f"{path}:5: services.web.lb.prot: unknown field (did you mean 'port'?)",
+        f"{path}:6: services.web.update.stratgy: unknown field (did you mean 'strategy'?)",
+        f"{path}:7: services.web.zzzz: unknown field",
+    ]

@@ -13,6 +13,7 @@ from fleet.core import labels as L
 from fleet.core.errors import FleetError
 from fleet.engine import containers as C
 from fleet.engine import volumes as V
+from fleet.node.logdates import DatedLine
 from fleet.node.runtime.base import RunSpec, Status, StopResult
 from fleet.results.containers import LIST_TIMEOUT, PsResult, PsRow
 from fleet.results.nodes import NodeReport
@@ -84,15 +85,19 @@ class LogLines:
     def __aiter__(self) -> AsyncIterator[tuple[str, str]]:
         return self._stream.__aiter__()
 
+    def dated(self) -> AsyncIterator[tuple[str, DatedLine]]:
+        """The lines with what is known of when each was written (opened with `dated=True`)."""
+        return self._stream.dated()
+
 
 @contextlib.asynccontextmanager
 async def logs(pool: Pool, reports: Reports, ref: str, *, follow: bool = False,
-               tail: int | None = 100) -> AsyncIterator[LogLines]:
+               tail: int | None = 100, dated: bool = False) -> AsyncIterator[LogLines]:
     """The logs of the containers `ref` names (a service: all its replicas): `tail` lines from the end of each
-    (None: whole logs); `follow` keeps reading until the block is left, which stops every reader. Raises
-    ContainerLookupError on entry when `ref` names nothing."""
+    (None: whole logs); `follow` keeps reading until the block is left, which stops every reader; `dated` for
+    `LogLines.dated`. Raises ContainerLookupError on entry when `ref` names nothing."""
     chosen = C.targets(reports, C.find(await C.ps(pool, reports), ref))
-    async with C.logs(pool, chosen, tail, follow) as stream:
+    async with C.logs(pool, chosen, tail, follow, dated=dated) as stream:
         yield LogLines(tuple(t.prefix for t in chosen), stream)
 
 

@@ -17,6 +17,7 @@ from fleet.core import labels as L
 from fleet.core.errors import RuntimeCommandError
 from fleet.core.model import CommandResult
 from fleet.core.shell import Script
+from fleet.node.logdates import dated_script
 from fleet.node.paths import DEFAULT as NODE_PATHS
 from fleet.node.runtime.base import (
     Call,
@@ -171,6 +172,11 @@ class CtrDriver(CliDriver):
     def logs(self, container_id: str, tail: int | None = 100, follow: bool = False) -> Call[str]:
         """The container's log file (stdout and stderr interleaved, no timestamps); streams when following."""
         return Call(self.logs_argv(container_id, tail, follow), parse_text("read"), what=f"logs {container_id}")
+
+    def logs_dated(self, container_id: str, tail: int | None, follow: bool, token: str) -> Call[str]:
+        """The log file with what dates it (fleet.node.logdates): its size and times, then the lines."""
+        return Call(dated_script(self.log_path(container_id), tail, follow, token), parse_text("read"),
+                    what=f"logs {container_id}")
 
     def exec_argv(self, container_id: str, argv: Sequence[str], exec_id: str | None = None) -> list[str]:
         if not argv:
