@@ -20,10 +20,11 @@ from rich.text import Text
 from fleet.cli import common, nodes, output, ps, rollout, status
 from fleet.cli.completion import playbook_services
 from fleet.core.errors import FleetError
+from fleet.results import PsResult
 
 if TYPE_CHECKING:
     from fleet.api import Fleet
-    from fleet.results import FleetStatus, NodeReport, PsResult, Revision
+    from fleet.results import FleetStatus, NodeReport, Revision
 
 REVISIONS = 5  # the last revisions shown
 
@@ -36,6 +37,8 @@ class ServiceView:
     state: dict[str, Any] | None
     revisions: list[Revision]
     status: FleetStatus
+    # Every container of the service, running or not, one-offs (`fleet run`) too: status counts only replicas.
+    containers: PsResult = field(default_factory=lambda: PsResult(()))
     errors: dict[str, str] = field(default_factory=dict)  # what could not be read, by what
 
     @property
@@ -73,7 +76,8 @@ def service_json(v: ServiceView) -> dict[str, Any]:
         "unreachable": st["unreachable"],
         "revisions": [{k: x for k, x in rollout.revision_json(r).items() if k not in ("spec", "spec_json")}
                       for r in v.revisions[-REVISIONS:]],
-        "errors": v.errors,
+        "containers": [ps.row_json(r) for r in v.containers.rows],
+        "errors": {**v.errors, **v.containers.errors},
     }
 
 
@@ -129,11 +133,14 @@ def service_view(v: ServiceView, out: Console) -> Group:
         lb.append(status.vip_line(v.status)[0])
     if lb:
         parts.append(_section("Load balancers and nodes", Text.from_markup("\n".join(lb))))
+    rows = list(v.containers.rows)
+    parts.append(_section(f"Containers, running or not ({len(rows)})",
+                          output.renderable(ps.listing(rows), out) if rows else Text("none")))
     if v.revisions:
         parts.append(_section(f"Last revisions (of {len(v.revisions)})",
                               output.renderable(rollout.listing(v.revisions[-REVISIONS:]), out)))
-    if v.errors:
-        parts.append(_section("Not read", Text("\n".join(f"{k}: {why}" for k, why in v.errors.items()))))
+    if doc["errors"]:
+        parts.append(_section("Not read", Text("\n".join(f"{k}: {why}" for k, why in doc["errors"].items()))))
     return Group(*parts)
 
 
@@ -184,7 +191,9 @@ async def read_service(f: Fleet, name: str) -> ServiceView:
     except FleetError as exc:  # no record node answers: the replicas are still worth showing
         state, revisions, errors["records"] = None, [], str(exc)
     st = status.select(await f.status(), [name], None)
-    return ServiceView(name, state, revisions, st, errors)
+    every = await f.ps(all=True)
+    mine = PsResult(tuple(r for r in every.rows if r.service == name), every.errors)
+    return ServiceView(name, state, revisions, st, mine, errors)
 
 
 def describe(ref: Annotated[str, typer.Argument(metavar="SERVICE|NODE", help="A service or a node by name; "
@@ -216,9 +225,9 @@ def describe(ref: Annotated[str, typer.Argument(metavar="SERVICE|NODE", help="A 
                 report = next(r for r in await f.nodes() if r.node.name == name)
                 every = await f.ps(all=True)
                 mine = [r for r in every.rows if r.node == name]
-                return NodeView(report, type(every)(tuple(mine), {n: w for n, w in every.errors.items() if n == name}))
+                return NodeView(report, PsResult(tuple(mine), {n: w for n, w in every.errors.items() if n == name}))
             view = await read_service(f, name)
-            if not view.revisions and not view.status.services and not view.errors:
+            if not (view.revisions or view.status.services or view.containers.rows or view.errors):
                 known = set(await f.records().services()) | set(playbook_services()) | set(node_names)
                 common.fail(output.unknown("service or node", name, known))
             return view
@@ -231,5 +240,5 @@ def describe(ref: Annotated[str, typer.Argument(metavar="SERVICE|NODE", help="A 
         console.print(node_view(view, console) if isinstance(view, NodeView) else service_view(view, console),
                       highlight=False)
     bad = (not view.report.ok or bool(view.containers.errors)) if isinstance(view, NodeView) else \
-        bool(view.errors or view.status.errors or view.status.lb_errors)
+        bool(view.errors or view.containers.errors or view.status.errors or view.status.lb_errors)
     raise typer.Exit(common.EXIT_PARTIAL if bad else common.EXIT_OK)
