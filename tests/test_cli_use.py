@@ -47,6 +47,10 @@ def piped() -> Console:
 
 def test_nodes_at_80_columns_keep_every_column_and_the_full_name() -> None:
     reports = [report(LONG, NodeMark(cordoned=True)), report("n2", why="no record node answered")]
+    blocks = terminal(60)  # narrower still: one block per node, a line per column
+    output.print_listing(nodes.listing(reports), out=blocks)
+    narrow = blocks.export_text()
+    assert narrow.count("\nSTATUS ") == 2 and LONG in narrow.split()
     out = terminal(80)
     output.print_listing(nodes.listing(reports), out=out)
     text = out.export_text()
@@ -55,8 +59,23 @@ def test_nodes_at_80_columns_keep_every_column_and_the_full_name() -> None:
     assert LONG in text.split()
     for header in HEADERS:
         assert header in text.split(), header
-    # Too wide for a table: one block per node, a line per column.
-    assert text.count("\nSTATUS ") == 2 and "cordoned" in text
+    # Too wide for one table: a few, each led by the full name, or one block per node when that takes more.
+    parts = text.split("\n\n")
+    assert all(part.splitlines()[1].startswith(LONG + " ") for part in parts) or text.count("\nSTATUS ") == 2
+    assert "cordoned" in text
+
+
+def test_nodes_too_wide_for_80_columns_are_cut_into_tables_each_led_by_the_name() -> None:
+    reports = [report("n1", labels={"zone": "eu-west-1a"}), report("node-2", NodeMark(cordoned=True))]
+    out = terminal(80)
+    output.print_listing(nodes.listing(reports), out=out)
+    text = out.export_text()
+    tables = text.split("\n\n")
+    assert len(tables) == 2 and all(len(line) <= 80 for line in text.splitlines())
+    headers = [t.splitlines()[0].split() for t in tables]
+    assert [h[0] for h in headers] == ["NODE", "NODE"]
+    assert headers[0][1:] + headers[1][1:] == [h for h in HEADERS if h != "NODE"]  # every column, in order
+    assert [[line.split()[0] for line in t.splitlines()[1:]] for t in tables] == [["n1", "node-2"]] * 2
 
 
 def test_nodes_that_fit_are_a_table_whose_cells_may_wrap_but_are_never_cut() -> None:
@@ -173,7 +192,7 @@ def test_status_rows_carry_the_service_on_every_line_and_wide_names_the_lb_node(
     out = piped()
     output.print_listing(status.listing(fleet_status(), wide=True), wide=True, out=out)
     lines = [line.split("\t") for line in out.file.getvalue().splitlines()]  # type: ignore[attr-defined]
-    assert lines[0][:3] == ["SERVICE", "ENDPOINT", "REPLICA"] and "CONTAINER" in lines[0]
+    assert lines[0][:3] == ["SERVICE", "REPLICA", "NODE"] and "CONTAINER" in lines[0] and "ENDPOINT" in lines[0]
     assert [row[0] for row in lines[1:]] == ["api", "web", "web"]
     assert "lb1:down" in lines[3] and "web-2-r3-abc" in lines[3] and "fleet.local/demo:v2" in lines[3]
 

@@ -19,7 +19,9 @@ from rich.text import Text
 
 from fleet.cli import common, nodes, output, ps, rollout, status
 from fleet.cli.completion import playbook_services
+from fleet.cli.output import Column, Listing
 from fleet.core.errors import FleetError
+from fleet.core.units import format_memory
 from fleet.results import PsResult
 
 if TYPE_CHECKING:
@@ -104,6 +106,22 @@ def _section(title: str, body: RenderableType) -> Group:
     return Group(Text(""), Text(title, style="bold underline"), body)
 
 
+REPLICA_COLUMNS = [Column("REPLICA", "right"), Column("NODE"), Column("ADDRESS"), Column("REV", "right"),
+                   Column("STATE"), Column("LB"), Column("CONTAINER")]
+
+
+def replicas(st: FleetStatus) -> Listing:
+    """The service's replicas, without what the view says once above (its name, endpoints, image, spec)."""
+    rows = Listing(REPLICA_COLUMNS)
+    for s in st.services:
+        for r in s.replicas:
+            rep = r.replica
+            rows.add(str(rep.replica), rep.node, f"{r.address}:{rep.port}", str(rep.revision or "-"),
+                     Text("running") if rep.running else Text("stopped", style="red"),
+                     status.lb_cell(r.lb_health, wide=True), rep.id)
+    return rows
+
+
 def service_view(v: ServiceView, out: Console) -> Group:
     doc = service_json(v)
     rec = v.state or {}
@@ -126,8 +144,7 @@ def service_view(v: ServiceView, out: Console) -> Group:
         parts.append(_section(f"Spec at revision {accepted.revision if accepted else '?'}",
                               Text(yaml.safe_dump(doc["spec"], sort_keys=False).rstrip())))
     parts.append(_section("Replicas and their health in HAProxy (lb node:state)",
-                          output.renderable(status.listing(v.status, wide=True), out, wide=True) if v.status.services
-                          else Text("none running")))
+                          output.renderable(replicas(v.status), out) if v.status.services else Text("none running")))
     lb = [common.esc(f"{node}: {why}") for node, why in {**v.status.lb_errors, **v.status.errors}.items()]
     if v.status.vip is not None:
         lb.append(status.vip_line(v.status)[0])
@@ -163,13 +180,14 @@ def node_view(v: NodeView, out: Console) -> Group:
         parts.append(_section("Facts", _fields(
             ("Hostname", f.hostname),
             ("CPUs", f"{f.ncpu}, load {' '.join(f'{x:.2f}' for x in f.load)}"),
-            ("Memory", f"{f.mem_total} total, {f.mem_available} available, {f.mem_used} used (bytes)"),
-            ("Disk", f"{f.disk_free} free of {f.disk_total} (bytes)"),
+            ("Memory", f"{format_memory(f.mem_total)} total, {format_memory(f.mem_available)} available, "
+                       f"{format_memory(f.mem_used)} used"),
+            ("Disk", f"{format_memory(f.disk_free)} free of {format_memory(f.disk_total)}"),
             ("Runtime", f"{f.runtime or 'none'} {f.runtime_version or ''}".strip()),
             ("Cgroup", f"v{f.cgroup}"),
             ("Uptime", output.age(f.uptime_s)),
-            ("Allocatable", f"cpu {alloc.cpu:g}, memory {alloc.memory}" if alloc else "-"),
-            ("Requested", f"cpu {f.requested.cpu:g}, memory {f.requested.memory}"),
+            ("Allocatable", f"cpu {alloc.cpu:g}, memory {format_memory(alloc.memory)}" if alloc else "-"),
+            ("Requested", f"cpu {f.requested.cpu:g}, memory {format_memory(f.requested.memory)}"),
         )))
     rows = list(v.containers.rows)
     parts.append(_section(f"Containers ({len(rows)})",

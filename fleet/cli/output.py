@@ -59,6 +59,7 @@ class Listing:
 
     columns: Sequence[Column]
     rows: list[Sequence[Cell]] = field(default_factory=list)
+    keys: int = 1  # the leading columns that name a row, repeated in each part of a cut table (`parts`)
 
     def add(self, *cells: Cell) -> None:
         assert len(cells) == len(self.columns), (len(cells), [c.header for c in self.columns])
@@ -111,36 +112,81 @@ def blocks(listing: Listing, wide: bool = False) -> list[Table]:
     return out
 
 
-def fit(out: Console, listing: Listing, wide: bool = False) -> list[int] | None:
-    """Column widths that fit `out`: each column at least as wide as its longest word (so wrapping never cuts a
-    word), the room left shared out in proportion to what each column would need to be on one line; None when
-    even the narrowest layout does not fit. (Rich's own shrinking may cut words: it narrows the widest first.)"""
+def measure(out: Console, listing: Listing, wide: bool = False) -> tuple[list[int], list[int]]:
+    """Each shown column's narrowest width (its longest word, header included) and its one-line width."""
     columns, rows = listing.shown(wide)
-    options = out.options.update_width(1 << 16)
+    options = out.options.update_width(1 << 16)  # unbounded: rich caps a measurement at the width it is given
     mins, maxs = [], []
     for i, c in enumerate(columns):
         sizes = [Measurement.get(out, options, Text(c.header)),
                  *(Measurement.get(out, options, as_text(row[i])) for row in rows)]
         mins.append(max(m.minimum for m in sizes))
         maxs.append(max(m.maximum for m in sizes))
-    room = out.width - 2 * (len(columns) - 1)  # one space of padding each side between columns
+    return mins, maxs
+
+
+def fit(out: Console, listing: Listing, wide: bool = False) -> list[int] | None:
+    """Column widths that fit `out`: each column at least as wide as its longest word (so wrapping never cuts a
+    word), the room left shared out in proportion to what each column would need to be on one line; None when
+    even the narrowest layout does not fit. (Rich's own shrinking may cut words: it narrows the widest first.)"""
+    mins, maxs = measure(out, listing, wide)
+    room = out.width - 2 * (len(mins) - 1)  # one space of padding each side between columns
     if sum(mins) > room:
         return None
     if sum(maxs) <= room:
         return maxs
     spare, wants = room - sum(mins), [mx - mn for mn, mx in zip(mins, maxs, strict=True)]
-    return [mn + spare * want // sum(wants) for mn, want in zip(mins, wants, strict=True)]
+    return [mn + spare * want // max(sum(wants), 1) for mn, want in zip(mins, wants, strict=True)]
+
+
+MAX_PARTS = 3  # a listing cut into more tables than this reads better as blocks
+
+
+def parts(out: Console, listing: Listing, wide: bool = False) -> list[Listing] | None:
+    """The listing as a few narrower listings, each the key columns (what names a row) and as many of the next
+    columns as fit `out`: every column kept, a row's name on each of its lines. None when that takes more than
+    MAX_PARTS."""
+    columns, rows = listing.shown(wide)
+    mins, maxs = measure(out, listing, wide)
+    # Cells on one line when that takes no more parts; else as narrow as their words allow.
+    groups = _pack(maxs, listing.keys, out.width) or _pack(mins, listing.keys, out.width)
+    if groups is None:
+        return None
+    k = listing.keys
+    return [Listing([*columns[:k], *(columns[i] for i in g)], [[*row[:k], *(row[i] for i in g)] for row in rows],
+                    keys=k) for g in groups]
+
+
+def _pack(widths: list[int], k: int, width: int) -> list[list[int]] | None:
+    """The columns after the first `k`, in order, in groups that fit `width` beside the first `k`."""
+    key = sum(widths[:k]) + 2 * (k - 1)
+    groups: list[list[int]] = [[]]
+    used = key
+    for i in range(k, len(widths)):
+        if used + 2 + widths[i] > width:
+            if not groups[-1] or key + 2 + widths[i] > width:
+                return None
+            groups.append([])
+            used = key
+        groups[-1].append(i)
+        used += 2 + widths[i]
+    return groups if len(groups) <= MAX_PARTS else None
 
 
 def renderable(listing: Listing, out: Console, wide: bool = False) -> RenderableType:
-    """The table when it fits `out`, else one block per row with a blank line between."""
+    """The table when it fits `out`; else the table cut into a few narrower ones, each led by the name column;
+    else one block per row. Never a column dropped, never a word cut."""
     widths = fit(out, listing, wide)
     if widths is not None:
         return table(listing, wide, widths)
-    parts: list[RenderableType] = []
-    for i, block in enumerate(blocks(listing, wide)):
-        parts += [Text(""), block] if i else [block]
-    return Group(*parts)
+    pieces: list[RenderableType] = []
+    for piece in parts(out, listing, wide) or []:
+        pieces += [*([Text("")] if pieces else []), table(piece, True, fit(out, piece, True))]
+    if pieces:
+        return Group(*pieces)
+    for block in blocks(listing, wide):
+        pieces += [*([Text("")] if pieces else []), block]
+    return Group(*pieces)
 
 
 def print_listing(listing: Listing, wide: bool = False, out: Console | None = None) -> None:

@@ -61,7 +61,7 @@ COLUMNS = [Column("NODE"), Column("CONTAINER"), Column("SERVICE"), Column("REPLI
 
 
 def listing(rows: list[PsRow], now: float | None = None) -> Listing:
-    out = Listing(COLUMNS)
+    out = Listing(COLUMNS, keys=2)  # a container ID is unique on its node
     for r in rows:
         lab = r.labels
 

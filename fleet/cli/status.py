@@ -56,8 +56,8 @@ def vip_line(st: FleetStatus) -> tuple[str, bool]:
     return f"[yellow]! virtual IP {st.vip.address} is held by {', '.join(held)} at once[/]", False
 
 
-COLUMNS = [Column("SERVICE"), Column("ENDPOINT"), Column("REPLICA", "right"), Column("NODE"), Column("ADDRESS"),
-           Column("REV", "right"), Column("IMAGE"), Column("STATE"), Column("LB"), Column("CONTAINER", wide=True),
+COLUMNS = [Column("SERVICE"), Column("REPLICA", "right"), Column("NODE"), Column("ADDRESS"), Column("REV", "right"),
+           Column("STATE"), Column("LB"), Column("IMAGE"), Column("ENDPOINT"), Column("CONTAINER", wide=True),
            Column("SPEC", wide=True), Column("CPU", "right", wide=True), Column("MEM", "right", wide=True)]
 
 
@@ -71,15 +71,14 @@ def lb_cell(health: dict[str, str], wide: bool = False) -> Text:
 
 def listing(st: FleetStatus, wide: bool = False) -> Listing:
     """One row per replica, each with its service's name and endpoints (a row read alone, or grepped, is whole)."""
-    rows = Listing(COLUMNS)
+    rows = Listing(COLUMNS, keys=2)
     for s in st.services:
         for r in s.replicas:
             rep = r.replica
-            rows.add(s.name, ", ".join(s.endpoints) or "-", str(rep.replica),
-                     rep.node, f"{r.address}:{rep.port}", str(rep.revision or "-"), rep.image,
+            rows.add(s.name, str(rep.replica), rep.node, f"{r.address}:{rep.port}", str(rep.revision or "-"),
                      Text("running") if rep.running else Text("stopped", style="red"), lb_cell(r.lb_health, wide),
-                     rep.id, rep.spec_hash[:12] or "-", format_cpu(rep.resources.cpu),
-                     format_memory(rep.resources.memory))
+                     rep.image, ", ".join(s.endpoints) or "-", rep.id, rep.spec_hash[:12] or "-",
+                     format_cpu(rep.resources.cpu), format_memory(rep.resources.memory))
     return rows
 
 
