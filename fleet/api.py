@@ -89,14 +89,15 @@ from fleet.store.secrets import get_secret as secret_get
 from fleet.store.secrets import secret_check, stamped, stamped_for
 from fleet.store.secrets import set_secret as secret_set
 from fleet.transport import Pool, RemoteStream
+from fleet.transport.terminal import Session, Terminal
 from fleet.transport.warm import ask as ask_watcher
 from fleet.transport.warm import serve as serve_reads
 
 __all__ = [
     "LIST_TIMEOUT", "ContainerLookupError", "Event", "Fleet", "FleetStatus", "LbConfig", "Lease", "LogLines",
     "NodeLease", "NodeReport", "Outcome", "PlanView", "PoolOptions", "PsResult", "PsRow", "PushResult", "Reader",
-    "ReplicaStatus", "Revision", "RunResult", "Secret", "SecretRef", "SecretStoreError", "ServiceStatus",
-    "VolumeListing", "VolumeRow", "ask_watcher", "facts_command", "lease_ttl", "majority", "one_off_spec",
+    "ReplicaStatus", "Revision", "RunResult", "Secret", "SecretRef", "SecretStoreError", "ServiceStatus", "Session",
+    "Terminal", "VolumeListing", "VolumeRow", "ask_watcher", "facts_command", "lease_ttl", "majority", "one_off_spec",
     "reader", "report_from", "secret_backend", "secret_check", "secret_get", "secret_rm", "secret_set",
     "serve_reads",
 ]
@@ -330,6 +331,14 @@ class Fleet:
     async def exec(self, ref: str, argv: Sequence[str], on_line: Callable[[str], None]) -> int:
         """Run `argv` inside the one running container `ref` names; its exit code (fleet.engine.handwork.exec_in)."""
         return await handwork.exec_in(self.pool, await self.reports(), ref, argv, on_line)
+
+    @contextlib.asynccontextmanager
+    async def exec_session(self, ref: str, argv: Sequence[str], terminal: Terminal | None = None,
+                           ) -> AsyncIterator[Session]:
+        """`argv` inside the one running container `ref` names, interactive, on a pty when `terminal` is given
+        (fleet.engine.handwork.exec_session)."""
+        async with handwork.exec_session(self.pool, await self.reports(), ref, argv, terminal) as opened:
+            yield opened
 
     # --- volumes (`fleet volume`) ------------------------------------------------------------------------
     def check_volumes(self, specs: Sequence[ServiceSpec]) -> None:

@@ -27,6 +27,8 @@ from fleet.core.labels import ContainerLabels
 from fleet.core.model import Resources
 from fleet.core.nodeops import NodeMark
 from fleet.node.runtime.base import ContainerInfo, Status
+from fleet.node.runtime.ctr import CtrDriver
+from fleet.node.runtime.nerdctl import NerdctlDriver
 from fleet.plan.reconcile import Replica
 from fleet.results import FleetStatus, PsResult, PsRow, ReplicaStatus, Revision, ServiceStatus
 
@@ -328,3 +330,15 @@ def test_a_misspelled_playbook_field_gets_a_suggestion_at_its_line(tmp_path: Pat
         f"{path}:6: services.web.update.stratgy: unknown field (did you mean 'strategy'?)",
         f"{path}:7: services.web.zzzz: unknown field",
     ]
+
+
+# ---- exec on a terminal -------------------------------------------------------------------------------------------
+
+def test_exec_tty_needs_a_terminal_and_asks_the_runtime_for_one(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["exec", "-it", "web", "-i", _inventory(tmp_path, "n1"), "--", "sh"])
+    assert result.exit_code == common.EXIT_USAGE
+    assert "-t: the input is not a terminal" in result.output
+    argv = CtrDriver().exec_argv("web-1", ["sh"], "e1", tty=True)
+    assert argv[argv.index("exec"):] == ["exec", "--tty", "--exec-id", "e1", "web-1", "sh"]
+    assert "--tty" not in CtrDriver().exec_argv("web-1", ["sh"], "e1")
+    assert NerdctlDriver().exec_argv("web-1", ["sh"], tty=True)[-5:] == ["exec", "-i", "-t", "web-1", "sh"]

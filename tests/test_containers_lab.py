@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pty
+import select
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -255,9 +258,42 @@ async def test_logs_merge_replicas_follow_and_exec(lab, demo, fleet_pool):
         # stdout and stderr travel in separate SSH streams: both arrive, their interleaving is not fixed.
         assert sorted(ran.stdout.split()) == ["err", "out"]
         assert cli(lab, "exec", "no-such-thing", "--", "true").returncode == 2
+        _exec_on_a_terminal(lab, specs[0][1].id)
     finally:
         for node, spec in specs:
             purge(lab, node, spec.id)
+
+
+def _exec_on_a_terminal(lab, cid: str) -> None:
+    """`fleet exec -it` from a terminal (a local pty): the command runs on a terminal in the container, reads
+    what is typed, and its exit code is fleet's."""
+    script = '[ -t 0 ] && [ -t 1 ] && echo on-a-tty; echo READY; read line; echo "got: $line"; exit 3'
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: fleet on the pty, as from a terminal
+        os.execv(sys.executable, [sys.executable, "-m", "fleet.cli.main", "exec", "-it", cid,
+                                  "-i", lab.inventory_path, "--", "sh", "-c", script])
+    out, typed = b"", False
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline:
+            if not select.select([fd], [], [], 0.5)[0]:
+                continue
+            try:
+                data = os.read(fd, 4096)
+            except OSError:  # EIO: the child closed the pty
+                break
+            if not data:
+                break
+            out += data
+            if b"READY" in out and not typed:
+                os.write(fd, b"typed line\r")
+                typed = True
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    text = out.decode(errors="replace")
+    assert "on-a-tty" in text and "got: typed line" in text, text
+    assert os.waitstatus_to_exitcode(status) == 3, text
 
 
 def _dated_logs_and_describe(lab, ids: list[str]) -> None:

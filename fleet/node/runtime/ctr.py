@@ -178,14 +178,17 @@ class CtrDriver(CliDriver):
         return Call(dated_script(self.log_path(container_id), tail, follow, token), parse_text("read"),
                     what=f"logs {container_id}")
 
-    def exec_argv(self, container_id: str, argv: Sequence[str], exec_id: str | None = None) -> list[str]:
+    def exec_argv(self, container_id: str, argv: Sequence[str], exec_id: str | None = None,
+                  tty: bool = False) -> list[str]:
         if not argv:
             raise ValueError("exec needs a command")
         eid = exec_id or f"fleet-exec-{L.random_suffix(8)}"
-        return [*self.base(), "tasks", "exec", "--exec-id", eid, container_id, *argv]
+        # --tty: ctr gives the process a console of its own, attached to ctr's stdin (the SSH session's pty).
+        return [*self.base(), "tasks", "exec", *(["--tty"] if tty else []), "--exec-id", eid, container_id, *argv]
 
-    def exec(self, container_id: str, argv: Sequence[str], exec_id: str | None = None) -> Call[CommandResult]:
-        return Call(self.exec_argv(container_id, argv, exec_id), identity, what=f"exec {container_id}")
+    def exec(self, container_id: str, argv: Sequence[str], exec_id: str | None = None,
+             tty: bool = False) -> Call[CommandResult]:
+        return Call(self.exec_argv(container_id, argv, exec_id, tty), identity, what=f"exec {container_id}")
 
     # --- images
 
