@@ -137,6 +137,7 @@ def test_fleet_nodes_selects_by_name_and_prints_names(tmp_path: Path) -> None:
     (["nodes", "web-1"], "no node 'web-1' (there are: n1, n2, n3)"),
     (["status", "--node", "n0"], "no node 'n0' (did you mean"),
     (["ps", "--node", "m1"], "no node 'm1' (did you mean 'n1'"),
+    (["logs", "web", "--node", "n9"], "no node 'n9' (did you mean"),
     (["nodes", "--json", "-o", "yaml"], "--json and -o yaml: choose one"),
     (["nodes", "--selector", "zone"], "--selector: expected key=value, got 'zone'"),
 ])

@@ -307,6 +307,10 @@ def _dated_logs_and_describe(lab, ids: list[str]) -> None:
     hour = cli(lab, "logs", "lg", "--since", "1h")
     assert hour.returncode == 0 and "may be older" not in hour.stderr, hour.stderr
     assert sorted(hour.stdout.splitlines()) == sorted(cli(lab, "logs", "lg", "--tail", "-1").stdout.splitlines())
+    on_n2 = cli(lab, "logs", "lg", "--node", "n2", "--tail", "-1")
+    assert on_n2.returncode == 0 and "host=n2" in on_n2.stdout and "host=n1" not in on_n2.stdout, on_n2.stderr
+    nowhere = cli(lab, "logs", "lg", "--node", "n3")
+    assert nowhere.returncode == 2 and "none of n3/lg runs there" in nowhere.stderr, nowhere.stderr
     time.sleep(2.2)  # the files' last write (second granularity) is now before the cutoff: nothing is kept
     quiet = cli(lab, "logs", "lg", "--since", "1s")
     assert (quiet.returncode, quiet.stdout) == (0, ""), quiet.stderr

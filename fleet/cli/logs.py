@@ -84,7 +84,7 @@ async def merged(streams: Sequence[AsyncIterator[T]]) -> AsyncIterator[T]:
 def logs(refs: Annotated[list[str], typer.Argument(
              metavar="SERVICE|CONTAINER...", autocompletion=service_names,
              help="Services (every replica), container IDs or unique prefixes, or NODE/CONTAINER.")],
-         inventory: common.InventoryOpt = None,
+         inventory: common.InventoryOpt = None, node: output.NodeOpt = None,
          follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing new lines.")] = False,
          tail: Annotated[int, typer.Option("--tail", "-n", help="Lines from the end of each log; -1 for all.")]
          = 100,
@@ -102,11 +102,15 @@ def logs(refs: Annotated[list[str], typer.Argument(
     Example:
 
       fleet logs web --tail 50 --follow
-      fleet logs web api --since 10m --timestamps"""
+      fleet logs web api --since 10m --timestamps
+      fleet logs web --node n1 -f"""
     from fleet.api import Fleet
     from fleet.core.errors import ContainerLookupError
 
     inv = common.inventory(inventory)
+    output.check_names("node", node or [], inv.names())
+    # NODE/REF: the reference looked up on that node only (fleet.engine.containers.find).
+    refs = [f"{n}/{ref}" for ref in refs for n in node] if node else refs
     out = common.console()
     dated = since is not None or timestamps
     keep = SinceFilter(time.time() - since) if since is not None else None
@@ -115,12 +119,19 @@ def logs(refs: Annotated[list[str], typer.Argument(
         async with (Fleet.connect(inv, connect_timeout=10, command_timeout=None) as f,
                     contextlib.AsyncExitStack() as stack):
             opened: list[LogLines] = []
+            missed: list[str] = []
             for ref in dict.fromkeys(refs):
                 try:
                     opened.append(await stack.enter_async_context(
                         f.logs(ref, follow=follow, tail=None if tail < 0 else tail, dated=dated)))
                 except ContainerLookupError as exc:
-                    common.fail(str(exc))
+                    if not node:
+                        common.fail(str(exc))
+                    missed.append(ref)  # with --node: a service need not run on every node named
+            if not opened:
+                common.fail(f"nothing to read: none of {', '.join(refs)} runs there")
+            for ref in missed:
+                output.warn(f"[yellow]! {esc(ref)}: not there[/]")
             prefixes = [p for lines in opened for p in lines.prefixes]
             width = max(len(p) for p in prefixes)
             colors = {p: _COLORS[i % len(_COLORS)] for i, p in enumerate(prefixes)}
