@@ -16,6 +16,7 @@ import yaml
 from helpers import run_fleet
 from rich.console import Console
 from sshserver import SSHFarm
+from test_cli_conventions import _complete
 from test_nodeops import report
 from typer.testing import CliRunner
 
@@ -343,3 +344,14 @@ def test_exec_tty_needs_a_terminal_and_asks_the_runtime_for_one(tmp_path: Path) 
     assert argv[argv.index("exec"):] == ["exec", "--tty", "--exec-id", "e1", "web-1", "sh"]
     assert "--tty" not in CtrDriver().exec_argv("web-1", ["sh"], "e1")
     assert NerdctlDriver().exec_argv("web-1", ["sh"], tty=True)[-5:] == ["exec", "-i", "-t", "web-1", "sh"]
+
+
+def test_describe_completes_nodes_and_services(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEET_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "playbooks").mkdir()
+    (tmp_path / "playbooks" / "web.yaml").write_text("services:\n  web: {image: 'demo:v1', replicas: 1}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FLEET_PLAYBOOKS", raising=False)
+    inv = _inventory(tmp_path, "n1", "worker-1")
+    assert _complete("fleet describe ", FLEET_INVENTORY=inv) == ["n1", "web", "worker-1"]
+    assert _complete("fleet describe w", FLEET_INVENTORY=inv) == ["web", "worker-1"]

@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fleet.cli import common, nodes, output, ps, rollout, status
-from fleet.cli.completion import playbook_services
+from fleet.cli.completion import node_names, playbook_services, service_names
 from fleet.cli.output import Column, Listing
 from fleet.core.errors import FleetError
 from fleet.core.units import format_memory
@@ -214,8 +214,14 @@ async def read_service(f: Fleet, name: str) -> ServiceView:
     return ServiceView(name, state, revisions, st, mine, errors)
 
 
-def describe(ref: Annotated[str, typer.Argument(metavar="SERVICE|NODE", help="A service or a node by name; "
-                                                "service/NAME or node/NAME when one name is both.")],
+def _names(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Completion: the inventory's nodes and the playbooks' services."""
+    return sorted({*node_names(ctx, incomplete), *service_names(ctx, incomplete)})
+
+
+def describe(ref: Annotated[str, typer.Argument(metavar="SERVICE|NODE", autocompletion=_names,
+                                                help="A service or a node by name; service/NAME or node/NAME "
+                                                     "when one name is both.")],
              inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
              out: output.OutputOpt = None) -> None:
     """Everything about one service or node: spec, replicas, health, revisions; or facts, marks, containers.
