@@ -206,7 +206,7 @@ async def read_service(f: Fleet, name: str) -> ServiceView:
     errors: dict[str, str] = {}
     try:
         state, revisions = await f.records().state(name), await f.history(name)
-    except FleetError as exc:  # no record node answers: the replicas are still worth showing
+    except (FleetError, ValueError) as exc:  # no record node answers (or none to keep them): replicas still shown
         state, revisions, errors["records"] = None, [], str(exc)
     st = status.select(await f.status(), [name], None)
     every = await f.ps(all=True)
