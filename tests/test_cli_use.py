@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import run_fleet
+from helpers import free_port, run_fleet
 from rich.console import Console
 from sshserver import SSHFarm
 from test_cli_conventions import _complete
@@ -105,15 +105,18 @@ def test_nodes_on_a_pipe_are_tab_separated_full_values() -> None:
     assert "zone=eu-west-1a" in wide.file.getvalue()  # type: ignore[attr-defined]
 
 
-def _inventory(tmp_path: Path, *names: str) -> str:
+def _inventory(tmp_path: Path, *names: str, port: int | None = None) -> str:
     """Nodes on a loopback port nothing listens on: each is unreachable at once."""
     path = tmp_path / "inventory.yaml"
-    path.write_text("nodes:\n" + "".join(f"  {n}: {{address: 127.0.0.1, port: 1, roles: [worker]}}\n" for n in names))
+    port = port or free_port()
+    path.write_text("nodes:\n" + "".join(f"  {n}: {{address: 127.0.0.1, port: {port}, roles: [worker]}}\n"
+                                         for n in names))
     return str(path)
 
 
 def test_fleet_nodes_piped_names_every_column_and_the_full_name_reasons_on_stderr(tmp_path: Path) -> None:
-    inv = _inventory(tmp_path, LONG, "n2")
+    port = free_port()
+    inv = _inventory(tmp_path, LONG, "n2", port=port)
     out = run_fleet("nodes", inventory=inv, timeout=60)
     assert out.returncode == common.EXIT_PARTIAL, out.stderr
     lines = out.stdout.splitlines()
@@ -121,7 +124,7 @@ def test_fleet_nodes_piped_names_every_column_and_the_full_name_reasons_on_stder
     assert set(HEADERS) <= set(lines[0].split("\t"))
     assert [line.split("\t")[0] for line in lines[1:]] == [LONG, "n2"]
     assert all(line.split("\t")[2] == "unreachable" for line in lines[1:])
-    assert f"{LONG}: unreachable: cannot connect to 127.0.0.1:1" in out.stderr
+    assert f"{LONG}: unreachable: cannot connect to 127.0.0.1:{port}" in out.stderr
     assert "0/2 nodes ready" in out.stderr and "nodes ready" not in out.stdout
 
 
