@@ -91,6 +91,7 @@ from fleet.store.records import FleetHistory
 from fleet.store.sealed import SecretKeeper, SecretsView, check_name, open_secrets, store_for, store_of
 from fleet.store.secrets import init_identity, load_identity, secret_check, stamped, stamped_for
 from fleet.transport import Pool, RemoteStream
+from fleet.transport.terminal import Session, Terminal
 from fleet.transport.warm import ask as ask_watcher
 from fleet.transport.warm import serve as serve_reads
 
@@ -98,9 +99,9 @@ __all__ = [
     "LIST_TIMEOUT", "ContainerLookupError", "Event", "Fleet", "FleetStatus", "LbConfig", "Lease", "LogLines",
     "NodeLease", "NodeReport", "Outcome", "PlanView", "PoolOptions", "PsResult", "PsRow", "PushResult", "Reader",
     "ReplicaStatus", "Revision", "RunResult", "Secret", "SecretKeeper", "SecretRef", "SecretStoreError",
-    "SecretsView", "ServiceStatus", "VolumeListing", "VolumeRow", "ask_watcher", "check_name", "facts_command",
-    "init_identity", "keeper", "lease_ttl", "load_identity", "majority", "one_off_spec", "reader", "report_from",
-    "secret_check", "serve_reads",
+    "SecretsView", "ServiceStatus", "Session", "Terminal", "VolumeListing", "VolumeRow", "ask_watcher", "check_name",
+    "facts_command", "init_identity", "keeper", "lease_ttl", "load_identity", "majority", "one_off_spec", "reader",
+    "report_from", "secret_check", "serve_reads",
 ]
 __all__ += ["MemberRow", "MembershipPlan", "RecordsView", "Step", "StepReport"]  # fleet records
 # `fleet node check|prepare`.
@@ -356,15 +357,25 @@ class Fleet:
         return await handwork.rm(self.pool, await self.reports(), ref)
 
     @contextlib.asynccontextmanager
-    async def logs(self, ref: str, *, follow: bool = False, tail: int | None = 100) -> AsyncIterator[LogLines]:
+    async def logs(self, ref: str, *, follow: bool = False, tail: int | None = 100,
+                   dated: bool = False) -> AsyncIterator[LogLines]:
         """The logs of the containers `ref` names, as `(prefix, line)`: `async with fleet.logs("web", follow=True)
-        as lines: async for prefix, line in lines:` (see fleet.engine.handwork.logs)."""
-        async with handwork.logs(self.pool, await self.reports(), ref, follow=follow, tail=tail) as lines:
+        as lines: async for prefix, line in lines:`; with `dated`, `lines.dated()` (see fleet.engine.handwork.logs)."""
+        async with handwork.logs(self.pool, await self.reports(), ref, follow=follow, tail=tail,
+                                 dated=dated) as lines:
             yield lines
 
     async def exec(self, ref: str, argv: Sequence[str], on_line: Callable[[str], None]) -> int:
         """Run `argv` inside the one running container `ref` names; its exit code (fleet.engine.handwork.exec_in)."""
         return await handwork.exec_in(self.pool, await self.reports(), ref, argv, on_line)
+
+    @contextlib.asynccontextmanager
+    async def exec_session(self, ref: str, argv: Sequence[str], terminal: Terminal | None = None,
+                           ) -> AsyncIterator[Session]:
+        """`argv` inside the one running container `ref` names, interactive, on a pty when `terminal` is given
+        (fleet.engine.handwork.exec_session)."""
+        async with handwork.exec_session(self.pool, await self.reports(), ref, argv, terminal) as opened:
+            yield opened
 
     # --- volumes (`fleet volume`) ------------------------------------------------------------------------
     def check_volumes(self, specs: Sequence[ServiceSpec]) -> None:

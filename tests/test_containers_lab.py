@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pty
+import select
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -238,6 +241,7 @@ async def test_logs_merge_replicas_follow_and_exec(lab, demo, fleet_pool):
         assert out.returncode == 0, out.stderr
         for node, spec in specs:
             assert any(ln.startswith(f"{node}/{spec.id}") and "listening on" in ln for ln in out.stdout.splitlines())
+        _dated_logs_and_describe(lab, [spec.id for _, spec in specs])
         rows = C.find(await C.ps(pool, reports), "lg")
         seen: list[tuple[str, str]] = []
         async with asyncio.timeout(15), C.logs(pool, C.targets(reports, rows), tail=1, follow=True) as stream:
@@ -254,9 +258,74 @@ async def test_logs_merge_replicas_follow_and_exec(lab, demo, fleet_pool):
         # stdout and stderr travel in separate SSH streams: both arrive, their interleaving is not fixed.
         assert sorted(ran.stdout.split()) == ["err", "out"]
         assert cli(lab, "exec", "no-such-thing", "--", "true").returncode == 2
+        _exec_on_a_terminal(lab, specs[0][1].id)
     finally:
         for node, spec in specs:
             purge(lab, node, spec.id)
+
+
+def _exec_on_a_terminal(lab, cid: str) -> None:
+    """`fleet exec -it` from a terminal (a local pty): the command runs on a terminal in the container, reads
+    what is typed, and its exit code is fleet's."""
+    script = '[ -t 0 ] && [ -t 1 ] && echo on-a-tty; echo READY; read line; echo "got: $line"; exit 3'
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: fleet on the pty, as from a terminal
+        os.execv(sys.executable, [sys.executable, "-m", "fleet.cli.main", "exec", "-it", cid,
+                                  "-i", lab.inventory_path, "--", "sh", "-c", script])
+    out, typed = b"", False
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline:
+            if not select.select([fd], [], [], 0.5)[0]:
+                continue
+            try:
+                data = os.read(fd, 4096)
+            except OSError:  # EIO: the child closed the pty
+                break
+            if not data:
+                break
+            out += data
+            if b"READY" in out and not typed:
+                os.write(fd, b"typed line\r")
+                typed = True
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    text = out.decode(errors="replace")
+    assert "on-a-tty" in text and "got: typed line" in text, text
+    assert os.waitstatus_to_exitcode(status) == 3, text
+
+
+def _dated_logs_and_describe(lab, ids: list[str]) -> None:
+    """`fleet logs --timestamps/--since` on ctr's undated log files, and `fleet describe` of a service and a node."""
+    stamped = cli(lab, "logs", "lg", "--timestamps", "--tail", "5")
+    assert stamped.returncode == 0, stamped.stderr
+    lines = [ln.split(" | ", 1)[1] for ln in stamped.stdout.splitlines()]
+    assert lines and all(ln.startswith("<=20") and ln[2:22].endswith("Z") for ln in lines), lines  # <=...:SSZ
+    assert any("listening on" in ln for ln in lines)
+    # The files were created after this cutoff: every line is kept, and no warning is needed.
+    hour = cli(lab, "logs", "lg", "--since", "1h")
+    assert hour.returncode == 0 and "may be older" not in hour.stderr, hour.stderr
+    assert sorted(hour.stdout.splitlines()) == sorted(cli(lab, "logs", "lg", "--tail", "-1").stdout.splitlines())
+    on_n2 = cli(lab, "logs", "lg", "--node", "n2", "--tail", "-1")
+    assert on_n2.returncode == 0 and "host=n2" in on_n2.stdout and "host=n1" not in on_n2.stdout, on_n2.stderr
+    nowhere = cli(lab, "logs", "lg", "--node", "n3")
+    assert nowhere.returncode == 2 and "none of n3/lg runs there" in nowhere.stderr, nowhere.stderr
+    time.sleep(2.2)  # the files' last write (second granularity) is now before the cutoff: nothing is kept
+    quiet = cli(lab, "logs", "lg", "--since", "1s")
+    assert (quiet.returncode, quiet.stdout) == (0, ""), quiet.stderr
+    described = cli(lab, "describe", "lg", "-o", "json")
+    svc = json.loads(described.stdout)
+    # No HAProxy runs on this lab's lb node until a deploy: exit 1 says what could not be read.
+    assert described.returncode == (1 if svc["lb_errors"] or svc["errors"] else 0), described.stderr
+    # Started by hand, not by a rollout: no record, not replicas `fleet status` counts, its containers all the same.
+    assert (svc["kind"], svc["record"], svc["running"]) == ("service", None, 0)
+    assert sorted(c["id"] for c in svc["containers"]) == sorted(ids)
+    node = json.loads(cli(lab, "describe", "n1", "-o", "json").stdout)
+    assert node["kind"] == "node" and ids[0] in [c["id"] for c in node["containers"]]
+    assert node["facts"]["runtime"] == "ctr"
+    text = cli(lab, "describe", "node/n1")
+    assert "Containers" in text.stdout and ids[0] in text.stdout, text.stdout + text.stderr
 
 
 async def test_hostile_values_survive_end_to_end(lab, demo, fleet_pool):

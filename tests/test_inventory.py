@@ -55,7 +55,7 @@ def test_fleet_yaml_errors_name_file_line_and_field_all_at_once():
     msgs = [str(p) for p in exc.value.problems]
     assert any(m.startswith("inventory/prod.yaml:13: nodes.n2.port:") for m in msgs), msgs
     assert any(m.startswith("inventory/prod.yaml:15: nodes.n2.roles") and "boss" in m for m in msgs), msgs
-    assert "inventory/prod.yaml:17: nodes.n3.adress: unknown field" in msgs
+    assert "inventory/prod.yaml:17: nodes.n3.adress: unknown field (did you mean 'address'?)" in msgs
     assert any(m.startswith("inventory/prod.yaml:16: nodes.n3.address: required") for m in msgs), msgs
 
 

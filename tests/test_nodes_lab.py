@@ -65,8 +65,8 @@ def test_unreachable_node_reported_others_ok(lab):
         out = run_fleet("nodes", inventory=lab.inventory_path, timeout=60)
         assert out.returncode == 1
         address = lab.inventory.node("n2").address
-        assert f"n2: unreachable: cannot connect to {address}:22: connection refused" in out.stdout
-        assert "3/4 nodes ready" in out.stdout
+        assert f"n2: unreachable: cannot connect to {address}:22: connection refused" in out.stderr
+        assert "3/4 nodes ready" in out.stderr
     finally:
         lab.lab.start_sshd("n2")
     assert run_fleet("nodes", inventory=lab.inventory_path, timeout=60).returncode == 0

@@ -111,8 +111,8 @@ def test_frozen_containerd_reported_not_answering_others_serve_then_ready_again(
 
         table, took = fleet(lab, "nodes")
         assert took < 15 and table.returncode == 1
-        assert f"{SICK}: runtime not answering: containerd (pid {pid}) is stopped" in table.stdout
-        assert f"{len(others)}/{len(others) + 1} nodes ready" in table.stdout
+        assert f"{SICK}: runtime not answering: containerd (pid {pid}) is stopped" in table.stdout + table.stderr
+        assert f"{len(others)}/{len(others) + 1} nodes ready" in table.stdout + table.stderr
 
         ps, took = fleet(lab, "ps", "--json")
         assert took < 15, f"fleet ps took {took:.1f}s"

@@ -38,15 +38,20 @@ def node_names(ctx: typer.Context, incomplete: str) -> list[str]:
 
 def service_names(ctx: typer.Context, incomplete: str) -> list[str]:
     """The services of the playbooks (the -f already typed, else $FLEET_PLAYBOOKS or ./playbooks)."""
+    paths = ctx.params.get("playbooks") or ctx.params.get("file")
+    return sorted(n for n in playbook_services(paths) if n.startswith(incomplete))
+
+
+def playbook_services(paths: list[str] | None = None) -> list[str]:
+    """The services the playbooks name (`paths`, else $FLEET_PLAYBOOKS or ./playbooks); none when they do not
+    read."""
     from fleet.config.spec import load_playbooks
     from fleet.core.errors import ConfigError
 
-    paths = ctx.params.get("playbooks") or ctx.params.get("file") or [os.environ.get("FLEET_PLAYBOOKS", "playbooks")]
     try:
-        names = [s.name for s in load_playbooks(list(paths))]
+        return [s.name for s in load_playbooks(list(paths or [os.environ.get("FLEET_PLAYBOOKS", "playbooks")]))]
     except (ConfigError, OSError):
         return []
-    return sorted(n for n in names if n.startswith(incomplete))
 
 
 NodeArg = Annotated[str, typer.Argument(help="The node, by its name in the inventory.", show_default=False,

@@ -15,6 +15,7 @@ from fleet.cli import (
     container,
     controller,
     deploy,
+    describe,
     exec_,
     image,
     lab,
@@ -81,6 +82,7 @@ app.command("restart", rich_help_panel=DEPLOY)(deploy.restart)
 app.command("deploy", rich_help_panel=DEPLOY)(deploy.deploy)
 app.command("status", rich_help_panel=INSPECT)(status.status_cmd)
 app.command("ps", rich_help_panel=INSPECT)(ps.ps)
+app.command("describe", rich_help_panel=INSPECT)(describe.describe)
 app.command("logs", rich_help_panel=INSPECT)(logs.logs)
 app.command("exec", rich_help_panel=INSPECT)(exec_.exec_)
 app.command("ui", rich_help_panel=INSPECT)(ui.ui)

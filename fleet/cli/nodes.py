@@ -7,9 +7,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from fleet.cli import common
-from fleet.cli.common import esc
+from fleet.cli import common, output
+from fleet.cli.completion import node_names
+from fleet.cli.output import Column, Listing
 from fleet.core.units import short_size
 
 if TYPE_CHECKING:
@@ -66,31 +68,33 @@ def report_json(r: NodeReport) -> dict[str, Any]:
     }
 
 
-def sched(r: NodeReport) -> str:
+def sched(r: NodeReport) -> Text:
     """The SCHED cell: draining / cordoned (yellow) or -, then the labels `fleet node label` set (k=v) or removed
     (-k); `?` when the fleet's record of its nodes could not be read."""
     if r.mark_error is not None:
-        return "[red]?[/]"
-    state = f"[yellow]{r.mark.schedule}[/]" if r.cordoned else "-"
+        return Text("?", style="red")
+    text = Text(r.mark.schedule, style="yellow") if r.cordoned else Text("-")
     changes = r.mark.changes()
-    return state + (" " + esc(",".join(changes)) if changes else "")
+    return text + (" " + ",".join(changes) if changes else "")
 
 
-def table(reports: list[NodeReport]) -> Table:
-    """One row per node; reasons for nodes that are not ready are printed under the table. SCHED (cordons and
-    `fleet node label`'s labels) is shown when some node has any, or when they could not be read."""
-    t = Table(pad_edge=False, box=None, header_style="bold", padding=(0, 1))
-    marked = any(not r.mark.empty or r.mark_error is not None for r in reports)
-    for col, just in [("NODE", "left"), ("ADDRESS", "left"), ("STATUS", "left"),
-                      *([("SCHED", "left")] if marked else []), ("ROLES", "left"), ("ZONE", "left"),
-                      ("CPU", "right"), ("ALLOC", "right"), ("REQUEST", "right"),
-                      ("MEASURED", "right"), ("DISK", "right"), ("RUNTIME", "left"), ("CTRS", "right")]:
-        # STATUS and SCHED alone may wrap ("runtime not / answering") so that a narrow terminal cuts no figure.
-        t.add_column(col, justify=just, no_wrap=col not in ("STATUS", "SCHED"))  # type: ignore[arg-type]
+COLUMNS = [Column("NODE"), Column("ADDRESS"), Column("STATUS"), Column("SCHED"), Column("ROLES"), Column("ZONE"),
+           Column("CPU", "right"), Column("ALLOC", "right"), Column("REQUEST", "right"),
+           Column("MEASURED", "right"), Column("DISK", "right"), Column("RUNTIME"), Column("CTRS", "right"),
+           Column("LABELS", wide=True), Column("MEMORY", "right", wide=True), Column("UPTIME", "right", wide=True),
+           Column("CGROUP", "right", wide=True), Column("HOSTNAME", wide=True)]
+
+
+def listing(reports: list[NodeReport], wide: bool = False) -> Listing:
+    """One row per node; reasons for nodes that are not ready are printed under it. SCHED (cordons and
+    `fleet node label`'s labels) is a column when some node has any, when they could not be read, or with -o wide."""
+    marked = wide or any(not r.mark.empty or r.mark_error is not None for r in reports)
+    rows = Listing(COLUMNS if marked else [c for c in COLUMNS if c.header != "SCHED"])
     for r in reports:
         f = r.facts
         alloc = r.allocatable
         cells = ["-"] * 7
+        more = ["-"] * 4
         if f is not None:
             req = f.requested
             cells = [
@@ -104,13 +108,30 @@ def table(reports: list[NodeReport]) -> Table:
                 f"{f.runtime} {(f.runtime_version or '').split('~')[0]}".strip() if f.runtime else "none",
                 f"{len(f.running)} ({short_size(f.used_memory)})",
             ]
+            more = [short_size(f.mem_total), output.age(f.uptime_s), f"v{f.cgroup}", f.hostname]
         address = f"{r.node.address}:{r.node.port}" if r.node.port != 22 else r.node.address
-        t.add_row(r.node.name, address, f"[{STATUS_STYLE.get(r.status, 'white')}]{r.status}[/]",
-                  *([sched(r)] if marked else []), ",".join(r.node.roles), r.labels.get("zone", "-"), *cells)
-    return t
+        labels = ",".join(f"{k}={v}" for k, v in sorted(r.labels.items())) or "-"
+        rows.add(r.node.name, address, Text(r.status, style=STATUS_STYLE.get(r.status, "")),
+                 *([sched(r)] if marked else []), ",".join(r.node.roles) or "-", r.labels.get("zone", "-"), *cells,
+                 labels, *more)
+    return rows
 
 
-def nodes(inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
+def table(reports: list[NodeReport]) -> Table:
+    """The table a terminal shows (cells wrap, none is cut)."""
+    return output.table(listing(reports))
+
+
+def select(reports: list[NodeReport], names: list[str], selector: dict[str, str]) -> list[NodeReport]:
+    """The reports of the nodes named (all when none) whose labels match `selector`, in inventory order."""
+    return [r for r in reports if (not names or r.node.name in names) and output.matches(r.labels, selector)]
+
+
+def nodes(names: Annotated[list[str] | None, typer.Argument(
+              metavar="[NODE]...", show_default=False, autocompletion=node_names,
+              help="Only these nodes (default: every node of the inventory).")] = None,
+          inventory: common.InventoryOpt = None, json: common.JsonOpt = False, out: output.OutputOpt = None,
+          selector: output.SelectorOpt = None,
           timeout: Annotated[float, typer.Option(
               metavar="DURATION", parser=common.duration(),
               help=f"How long to connect to a node, its facts command then has 10 s {common.DURATION_HELP}.")] = 10.0
@@ -122,14 +143,19 @@ def nodes(inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
     use they do not cover.
 
     A node is ready, unreachable (sshd), no runtime (containerd missing or not running) or runtime not answering
-    (containerd hung); exit 1 unless every node is ready.
+    (containerd hung); exit 1 unless every node shown is ready. Reasons and warnings go to stderr.
 
     Example:
 
-      fleet nodes --timeout 5s"""
+      fleet nodes --timeout 5s
+      fleet nodes n1 n2 -o wide
+      fleet nodes --selector zone=eu-west -o name"""
     from fleet.api import reader
 
+    fmt = output.chosen(out, json)
+    wanted = output.parse_selector(selector or [])
     inv = common.inventory(inventory)
+    output.check_names("node", names or [], inv.names())
 
     async def go() -> tuple[list[NodeReport], float]:
         started = time.perf_counter()
@@ -138,18 +164,17 @@ def nodes(inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
             reports = await read.nodes()
         return reports, time.perf_counter() - started
 
-    reports, elapsed = common.run(go)
-    if json:
-        common.print_json({"inventory": inv.path, "elapsed_s": round(elapsed, 4),
-                           "nodes": [report_json(r) for r in reports]})
-    else:
-        out = common.console()
-        out.print(table(reports))
-        bad = [r for r in reports if not r.ok]
+    everything, elapsed = common.run(go)
+    reports = select(everything, names or [], wanted)
+    doc = {"inventory": inv.path, "elapsed_s": round(elapsed, 4), "nodes": [report_json(r) for r in reports]}
+    output.show(fmt, doc, listing(reports, wide=fmt == "wide"), (f"node/{r.node.name}" for r in reports))
+    bad = [r for r in reports if not r.ok]
+    if fmt not in ("json", "yaml", "name"):
         for r in bad:
-            out.print(f"[red]{r.node.name}[/]: {r.status}: {esc(r.reason or '')}", highlight=False)
+            output.warn(f"[red]{common.esc(r.node.name)}[/]: {r.status}: {common.esc(r.reason or '')}")
         unread = next((r.mark_error for r in reports if r.mark_error), None)
         if unread:
-            out.print(f"[yellow]! cordons and node labels unknown (SCHED ?): {esc(unread)}[/]", highlight=False)
-        out.print(f"{len(reports) - len(bad)}/{len(reports)} nodes ready in {elapsed:.2f}s ({inv.path})")
-    raise typer.Exit(common.EXIT_OK if all(r.ok for r in reports) else common.EXIT_PARTIAL)
+            output.warn(f"[yellow]! cordons and node labels unknown (SCHED ?): {common.esc(unread)}[/]")
+        # The summary too: a pipe gets the rows alone.
+        output.warn(f"{len(reports) - len(bad)}/{len(reports)} nodes ready in {elapsed:.2f}s ({common.esc(inv.path)})")
+    raise typer.Exit(common.EXIT_OK if not bad else common.EXIT_PARTIAL)

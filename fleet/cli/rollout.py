@@ -5,14 +5,15 @@ from __future__ import annotations
 import dataclasses
 import json as jsonlib
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.table import Table
+from rich.text import Text
 
-from fleet.cli import common
+from fleet.cli import common, output
 from fleet.cli.apply import _exit, _run
 from fleet.cli.completion import ServiceArg
+from fleet.cli.output import Column, Listing
 
 if TYPE_CHECKING:
     from fleet.api import Fleet
@@ -26,34 +27,45 @@ def _when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
 
 
-def history(service: ServiceArg, inventory: common.InventoryOpt = None, json: common.JsonOpt = False) -> None:
+COLUMNS = [Column("REV", "right"), Column("IMAGE"), Column("SPEC"), Column("USER"), Column("STARTED"),
+           Column("FINISHED"), Column("OUTCOME"), Column("REASON")]
+
+
+def revision_json(r: Revision) -> dict[str, Any]:
+    return dataclasses.asdict(r) | {"spec": jsonlib.loads(r.spec_json)}
+
+
+def listing(revs: list[Revision]) -> Listing:
+    rows = Listing(COLUMNS)
+    for r in revs:
+        rows.add(str(r.revision), r.image, r.spec_hash[:12], r.user, _when(r.created_at), _when(r.finished_at),
+                 Text(r.outcome, style=OUTCOME_STYLE.get(r.outcome, "")), r.reason or "-")
+    return rows
+
+
+def history(service: ServiceArg, inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
+            out: output.OutputOpt = None) -> None:
     """Every revision of SERVICE, as the fleet records it: spec, image, who, when, outcome and why.
 
     Example:
 
-      fleet history web --json"""
+      fleet history web --json
+      fleet history web -o yaml"""
     from fleet.api import Fleet
 
+    fmt = output.chosen(out, json)
     inv = common.inventory(inventory)
 
-    async def go() -> list[Revision]:
+    async def go() -> tuple[list[Revision], list[str]]:
         async with Fleet.connect(inv) as f:
-            return await f.history(service)
+            revs = await f.history(service)
+            return revs, [] if revs else await f.records().services()
 
-    revs = common.run(go)
-    if json:
-        common.print_json([dataclasses.asdict(r) | {"spec": jsonlib.loads(r.spec_json)} for r in revs])
-        raise typer.Exit(common.EXIT_OK)
-    if not revs:
-        common.fail(f"no history for service {service!r} on this fleet")
-    t = Table(box=None, pad_edge=False, header_style="bold", padding=(0, 1))
-    for col in ("REV", "IMAGE", "SPEC", "USER", "STARTED", "FINISHED", "OUTCOME", "REASON"):
-        t.add_column(col, no_wrap=col != "REASON")
-    for r in revs:
-        t.add_row(str(r.revision), common.esc(r.image), r.spec_hash[:12], common.esc(r.user), _when(r.created_at),
-                  _when(r.finished_at), f"[{OUTCOME_STYLE.get(r.outcome, 'white')}]{r.outcome}[/]",
-                  common.esc(r.reason))
-    common.console().print(t)
+    revs, known = common.run(go)
+    if not revs and fmt not in ("json", "yaml"):
+        common.fail(output.unknown("history for service", service, known))
+    output.show(fmt, [revision_json(r) for r in revs], listing(revs),
+                (f"revision/{r.service}/{r.revision}" for r in revs))
 
 
 def _say(json: bool, text: str) -> None:

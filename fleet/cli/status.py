@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import dataclasses
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from fleet.cli import common
-from fleet.cli.common import esc
+from fleet.cli import common, output
+from fleet.cli.completion import playbook_services, service_names
+from fleet.cli.output import Column, Listing
+from fleet.core.units import format_cpu, format_memory
 
 if TYPE_CHECKING:
     from fleet.results import FleetStatus
@@ -51,50 +56,94 @@ def vip_line(st: FleetStatus) -> tuple[str, bool]:
     return f"[yellow]! virtual IP {st.vip.address} is held by {', '.join(held)} at once[/]", False
 
 
-def render(st: FleetStatus) -> Table:
-    t = Table(box=None, pad_edge=False, header_style="bold", padding=(0, 1))
-    for col in ("SERVICE", "ENDPOINT", "REPLICA", "NODE", "ADDRESS", "REV", "IMAGE", "STATE", "LB"):
-        t.add_column(col, no_wrap=True)
+COLUMNS = [Column("SERVICE"), Column("REPLICA", "right"), Column("NODE"), Column("ADDRESS"), Column("REV", "right"),
+           Column("STATE"), Column("LB"), Column("IMAGE"), Column("ENDPOINT"), Column("CONTAINER", wide=True),
+           Column("SPEC", wide=True), Column("CPU", "right", wide=True), Column("MEM", "right", wide=True)]
+
+
+def lb_cell(health: dict[str, str], wide: bool = False) -> Text:
+    """Each lb node's view of the replica (up, down, drain...); with the lb node's name in -o wide."""
+    if not health:
+        return Text("-")
+    return Text(" ").join(Text(f"{node}:{h}" if wide else h, style=HEALTH_STYLE.get(h, ""))
+                          for node, h in sorted(health.items()))
+
+
+def listing(st: FleetStatus, wide: bool = False) -> Listing:
+    """One row per replica, each with its service's name and endpoints (a row read alone, or grepped, is whole)."""
+    rows = Listing(COLUMNS, keys=2)
     for s in st.services:
-        for i, r in enumerate(s.replicas):
-            lb = " ".join(f"[{HEALTH_STYLE.get(h, 'white')}]{h}[/]" for h in r.lb_health.values()) or "-"
-            t.add_row(s.name if i == 0 else "", ", ".join(s.endpoints) if i == 0 else "",
-                      str(r.replica.replica), r.replica.node, f"{r.address}:{r.replica.port}",
-                      str(r.replica.revision or "-"), r.replica.image.split("/")[-1],
-                      "running" if r.replica.running else "[red]stopped[/]", lb)
-    return t
+        for r in s.replicas:
+            rep = r.replica
+            rows.add(s.name, str(rep.replica), rep.node, f"{r.address}:{rep.port}", str(rep.revision or "-"),
+                     Text("running") if rep.running else Text("stopped", style="red"), lb_cell(r.lb_health, wide),
+                     rep.image, ", ".join(s.endpoints) or "-", rep.id, rep.spec_hash[:12] or "-",
+                     format_cpu(rep.resources.cpu), format_memory(rep.resources.memory))
+    return rows
 
 
-def status_cmd(inventory: common.InventoryOpt = None, json: common.JsonOpt = False) -> None:
+def render(st: FleetStatus) -> Table:
+    return output.table(listing(st))
+
+
+def select(st: FleetStatus, services: Sequence[str], nodes: set[str] | None) -> FleetStatus:
+    """The status of the services named (all when none), with only the replicas on `nodes` (all when None); a
+    service with no replica there is left out unless named."""
+    kept = []
+    for s in st.services:
+        if services and s.name not in services:
+            continue
+        replicas = tuple(r for r in s.replicas if nodes is None or r.replica.node in nodes)
+        if replicas or services:
+            kept.append(dataclasses.replace(s, replicas=replicas))
+    errors = {n: why for n, why in st.errors.items() if nodes is None or n in nodes}
+    return dataclasses.replace(st, services=tuple(kept), errors=errors)
+
+
+def status_cmd(services: Annotated[list[str] | None, typer.Argument(
+                   metavar="[SERVICE]...", show_default=False, autocompletion=service_names,
+                   help="Only these services (default: every service running on the fleet).")] = None,
+               inventory: common.InventoryOpt = None, json: common.JsonOpt = False, out: output.OutputOpt = None,
+               node: output.NodeOpt = None, selector: output.SelectorOpt = None) -> None:
     """Services, replicas per node, health in HAProxy and each service's stable address.
+
+    Per-node failures and warnings go to stderr; on a pipe the rows are tab-separated full values.
 
     Example:
 
       fleet status
-      fleet status --json"""
+      fleet status web api --node n1 -o wide
+      fleet status --selector zone=eu-west --json"""
     from fleet.api import reader
 
+    fmt = output.chosen(out, json)
+    wanted = output.parse_selector(selector or [])
     inv = common.inventory(inventory)
+    output.check_names("node", node or [], inv.names())
 
-    async def go() -> FleetStatus:
+    async def go() -> tuple[FleetStatus, set[str] | None]:
         async with reader(inv) as read:  # a `fleet watch` on this controller lends its connections
-            return await read.status()
+            if not wanted:
+                return await read.status(), set(node) if node else None
+            reports = await read.nodes()  # the labels `fleet node label` set are read with the nodes
+            chosen = {r.node.name for r in reports if output.matches(r.labels, wanted)
+                      and (not node or r.node.name in node)}
+            return await read.status(reports), chosen
 
-    st = common.run(go)
-    if json:
-        common.print_json(status_json(st))
-    else:
-        out = common.console()
-        out.print(render(st))
-        for s in st.services:
-            out.print(f"{s.name}: {s.healthy}/{s.running} replicas healthy"
-                      + (f", served at {', '.join(e if '://' in e else 'http://' + e for e in s.endpoints)}"
-                         if s.endpoints else ""))
-        for node, why in {**st.errors, **st.lb_errors}.items():
-            out.print(f"[yellow]! {node}: {esc(why)}[/]")
+    everything, nodes = common.run(go)
+    output.check_names("service", services or [], [s.name for s in everything.services] + playbook_services())
+    st = select(everything, services or [], nodes)
+    output.show(fmt, status_json(st), listing(st, wide=fmt == "wide"), (f"service/{s.name}" for s in st.services))
     vip_ok = True
     if st.vip is not None:
         line, vip_ok = vip_line(st)
-        if not json:
-            common.console().print(line)
+    if fmt not in ("json", "yaml", "name"):
+        for s in st.services:
+            output.warn(f"{common.esc(s.name)}: {s.healthy}/{s.running} replicas healthy"
+                        + (f", served at {', '.join(e if '://' in e else 'http://' + e for e in s.endpoints)}"
+                           if s.endpoints else ""))
+        for name, why in {**st.errors, **st.lb_errors}.items():
+            output.warn(f"[yellow]! {common.esc(name)}: {common.esc(why)}[/]")
+        if st.vip is not None:
+            output.warn(line)
     raise typer.Exit(common.EXIT_OK if not st.errors and not st.lb_errors and vip_ok else common.EXIT_PARTIAL)

@@ -124,7 +124,7 @@ def from_fleet(doc: Marked) -> Inventory:
     try:
         inv = _FleetInventory.model_validate(doc.data)
     except ValidationError as exc:
-        raise InventoryError(pydantic_problems(exc, doc)) from None
+        raise InventoryError(pydantic_problems(exc, doc, model=_FleetInventory)) from None
     base_dir = os.path.dirname(os.path.abspath(doc.file))
     d = inv.defaults
     problems = [doc.problem(("nodes", name), "invalid node name (letters, digits, . _ -)")

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from types import TracebackType
 
+from fleet.core import labels as L
 from fleet.core.errors import (
     ContainerLookupError,
     TransportError,
@@ -22,8 +25,9 @@ from fleet.core.labels import parse_labels
 from fleet.core.model import Node
 from fleet.engine.calls import driver_for, on_ready_nodes, perform
 from fleet.engine.nodes import NodeReport
+from fleet.node.logdates import DatedLine, Dater
 from fleet.node.paths import DEFAULT as NODE_PATHS
-from fleet.node.runtime.base import RunSpec, StopResult
+from fleet.node.runtime.base import Call, RunSpec, StopResult
 from fleet.results.containers import LIST_TIMEOUT
 from fleet.results.containers import PsResult as PsResult
 from fleet.results.containers import PsRow as PsRow
@@ -74,7 +78,9 @@ def find(result: PsResult, ref: str) -> list[PsRow]:
     if prefixed:
         raise ContainerLookupError(_ambiguous(ref, prefixed, "matches several containers"))
     where = "" if not result.errors else f" (not read: {', '.join(sorted(result.errors))})"
-    raise ContainerLookupError(f"no container or service {ref!r} on any node{where}")
+    close = difflib.get_close_matches(ref, sorted({r.service for r in rows if r.service}), n=3, cutoff=0.5)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise ContainerLookupError(f"no container or service {ref!r} on any node{where}{hint}")
 
 
 def find_one(result: PsResult, ref: str) -> PsRow:
@@ -154,11 +160,14 @@ class LogStream:
     does not stop the others: `errors` maps its prefix to the reason.
     """
 
-    def __init__(self, pool: Pool, targets: list[Target], tail: int | None, follow: bool, queue_size: int) -> None:
+    def __init__(self, pool: Pool, targets: list[Target], tail: int | None, follow: bool, queue_size: int,
+                 dated: bool = False) -> None:
         self._pool = pool
         self._targets = targets
         self._tail = tail
         self._follow = follow
+        # Dated: each reader prints its file's size and times first (fleet.node.logdates); `dated()` reads them.
+        self._token = L.random_suffix(12) if dated else None
         self._queue: asyncio.Queue[tuple[str, str] | _Done] = asyncio.Queue(queue_size)
         self._tasks: list[asyncio.Task[None]] = []
         self.errors: dict[str, str] = {}
@@ -181,9 +190,32 @@ class LogStream:
     def __aiter__(self) -> AsyncIterator[tuple[str, str]]:
         return self._follow_lines() if self._follow else self._tail_lines()
 
+    async def dated(self) -> AsyncIterator[tuple[str, DatedLine]]:
+        """The lines with what is known of their dates (a stream opened with `dated=True`)."""
+        assert self._token is not None, "a dated stream is opened with dated=True"
+        daters = {t.prefix: Dater(self._token) for t in self._targets}
+        async for prefix, line in self:
+            try:
+                got = daters[prefix].feed(line, time.time())
+            except ValueError as exc:
+                self.errors[prefix] = str(exc)
+                continue
+            if got is not None:
+                yield prefix, got
+
+    def _call(self, t: Target, follow: bool) -> Call[str]:
+        driver = driver_for(t.report.node, t.report.facts)
+        if self._token is not None:
+            return driver.logs_dated(t.container_id, self._tail, follow, self._token)
+        return driver.logs(t.container_id, self._tail, follow)
+
     async def _tail_lines(self) -> AsyncIterator[tuple[str, str]]:
         async def read(t: Target) -> str | None:
-            call = driver_for(t.report.node, t.report.facts).logs(t.container_id, self._tail, False)
+            try:
+                call = self._call(t, False)
+            except ValueError as exc:
+                self.errors[t.prefix] = str(exc)
+                return None
             res = await self._pool.run(t.report.node, call.command, timeout=60)
             if not res.ok:
                 self.errors[t.prefix] = res.error or (res.stderr.strip() or f"exit {res.exit_status}")
@@ -197,8 +229,8 @@ class LogStream:
 
     async def _reader(self, t: Target) -> None:
         # Following has no deadline: it lasts as long as the reader wants (the keepalive catches a dead node).
-        call = driver_for(t.report.node, t.report.facts).logs(t.container_id, self._tail, True)
         try:
+            call = self._call(t, True)
             async with self._pool.stream(t.report.node, call.command) as lines:
                 async for line in lines:
                     await self._queue.put((t.prefix, line))
@@ -206,6 +238,8 @@ class LogStream:
                 self.errors[t.prefix] = f"log reader exited {lines.exit_status}"
         except TransportError as exc:
             self.errors[t.prefix] = exc.message
+        except ValueError as exc:  # a runtime that cannot give dated logs
+            self.errors[t.prefix] = str(exc)
         finally:
             # put_nowait may not block in a finally that runs on cancellation; a full queue only delays the end.
             with contextlib.suppress(asyncio.QueueFull):
@@ -232,9 +266,9 @@ class LogStream:
 
 
 def logs(pool: Pool, targets: list[Target], tail: int | None = 100, follow: bool = False,
-         queue_size: int = 1000) -> LogStream:
-    """The logs of `targets` (see LogStream); `tail` None reads whole files."""
-    return LogStream(pool, targets, tail, follow, queue_size)
+         queue_size: int = 1000, dated: bool = False) -> LogStream:
+    """The logs of `targets` (see LogStream); `tail` None reads whole files; `dated` for `LogStream.dated`."""
+    return LogStream(pool, targets, tail, follow, queue_size, dated)
 
 
 async def exec_in(pool: Pool, report: NodeReport, container_id: str, argv: list[str],

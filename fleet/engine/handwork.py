@@ -13,11 +13,14 @@ from fleet.core import labels as L
 from fleet.core.errors import FleetError
 from fleet.engine import containers as C
 from fleet.engine import volumes as V
+from fleet.engine.calls import driver_for
+from fleet.node.logdates import DatedLine
 from fleet.node.runtime.base import RunSpec, Status, StopResult
 from fleet.results.containers import LIST_TIMEOUT, PsResult, PsRow
 from fleet.results.nodes import NodeReport
 from fleet.results.volumes import VolumeRow
 from fleet.transport import Pool
+from fleet.transport.terminal import Session, Terminal, session
 
 T = TypeVar("T")
 Reports = list[NodeReport]
@@ -84,15 +87,19 @@ class LogLines:
     def __aiter__(self) -> AsyncIterator[tuple[str, str]]:
         return self._stream.__aiter__()
 
+    def dated(self) -> AsyncIterator[tuple[str, DatedLine]]:
+        """The lines with what is known of when each was written (opened with `dated=True`)."""
+        return self._stream.dated()
+
 
 @contextlib.asynccontextmanager
 async def logs(pool: Pool, reports: Reports, ref: str, *, follow: bool = False,
-               tail: int | None = 100) -> AsyncIterator[LogLines]:
+               tail: int | None = 100, dated: bool = False) -> AsyncIterator[LogLines]:
     """The logs of the containers `ref` names (a service: all its replicas): `tail` lines from the end of each
-    (None: whole logs); `follow` keeps reading until the block is left, which stops every reader. Raises
-    ContainerLookupError on entry when `ref` names nothing."""
+    (None: whole logs); `follow` keeps reading until the block is left, which stops every reader; `dated` for
+    `LogLines.dated`. Raises ContainerLookupError on entry when `ref` names nothing."""
     chosen = C.targets(reports, C.find(await C.ps(pool, reports), ref))
-    async with C.logs(pool, chosen, tail, follow) as stream:
+    async with C.logs(pool, chosen, tail, follow, dated=dated) as stream:
         yield LogLines(tuple(t.prefix for t in chosen), stream)
 
 
@@ -102,6 +109,19 @@ async def exec_in(pool: Pool, reports: Reports, ref: str, argv: Sequence[str], o
     runs. Raises ContainerLookupError when `ref` names no container, or a service with several replicas."""
     row = C.find_one(await C.ps(pool, reports), ref)
     return await C.exec_in(pool, C.report_of(reports, row.node), row.info.id, list(argv), on_line)
+
+
+@contextlib.asynccontextmanager
+async def exec_session(pool: Pool, reports: Reports, ref: str, argv: Sequence[str],
+                       terminal: Terminal | None) -> AsyncIterator[Session]:
+    """`argv` inside the one running container `ref` names, as an interactive session (stdin from the caller),
+    on a pseudo-terminal of `terminal`'s type and size when given (the container's process gets a console of its
+    own). Raises ContainerLookupError as `exec_in`."""
+    row = C.find_one(await C.ps(pool, reports), ref)
+    report = C.report_of(reports, row.node)
+    call = driver_for(report.node, report.facts).exec(row.info.id, list(argv), tty=terminal is not None)
+    async with session(pool, report.node, call.command, terminal) as opened:
+        yield opened
 
 
 def one_off_spec(node: str, image: str, name: str, *, env: Mapping[str, str] | None = None, port: int | None = None,

@@ -172,7 +172,7 @@ def parse_doc(doc: Marked, base_dir: str | None, internal: bool = False) -> tupl
         model = PlaybookInput.model_validate(doc.data)
     except ValidationError as exc:
         model = None
-        problems += pydantic_problems(exc, doc, ())
+        problems += pydantic_problems(exc, doc, (), PlaybookInput)
     envs: dict[str, dict[str, str | SecretRef]] = {}
     if isinstance(raw_services, dict):
         for name, body in raw_services.items():

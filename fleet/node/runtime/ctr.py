@@ -17,6 +17,7 @@ from fleet.core import labels as L
 from fleet.core.errors import RuntimeCommandError
 from fleet.core.model import CommandResult
 from fleet.core.shell import Script
+from fleet.node.logdates import dated_script
 from fleet.node.paths import DEFAULT as NODE_PATHS
 from fleet.node.runtime.base import (
     Call,
@@ -172,14 +173,22 @@ class CtrDriver(CliDriver):
         """The container's log file (stdout and stderr interleaved, no timestamps); streams when following."""
         return Call(self.logs_argv(container_id, tail, follow), parse_text("read"), what=f"logs {container_id}")
 
-    def exec_argv(self, container_id: str, argv: Sequence[str], exec_id: str | None = None) -> list[str]:
+    def logs_dated(self, container_id: str, tail: int | None, follow: bool, token: str) -> Call[str]:
+        """The log file with what dates it (fleet.node.logdates): its size and times, then the lines."""
+        return Call(dated_script(self.log_path(container_id), tail, follow, token), parse_text("read"),
+                    what=f"logs {container_id}")
+
+    def exec_argv(self, container_id: str, argv: Sequence[str], exec_id: str | None = None,
+                  tty: bool = False) -> list[str]:
         if not argv:
             raise ValueError("exec needs a command")
         eid = exec_id or f"fleet-exec-{L.random_suffix(8)}"
-        return [*self.base(), "tasks", "exec", "--exec-id", eid, container_id, *argv]
+        # --tty: ctr gives the process a console of its own, attached to ctr's stdin (the SSH session's pty).
+        return [*self.base(), "tasks", "exec", *(["--tty"] if tty else []), "--exec-id", eid, container_id, *argv]
 
-    def exec(self, container_id: str, argv: Sequence[str], exec_id: str | None = None) -> Call[CommandResult]:
-        return Call(self.exec_argv(container_id, argv, exec_id), identity, what=f"exec {container_id}")
+    def exec(self, container_id: str, argv: Sequence[str], exec_id: str | None = None,
+             tty: bool = False) -> Call[CommandResult]:
+        return Call(self.exec_argv(container_id, argv, exec_id, tty), identity, what=f"exec {container_id}")
 
     # --- images
 
