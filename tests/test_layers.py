@@ -37,8 +37,8 @@ def _layer(module: str) -> str:
 
 
 def test_every_module_is_in_a_layer_folder():
-    loose = [_name(p) for p in _modules() if p.parent == ROOT and p.name not in ("__init__.py", "api.py")]
-    assert loose == [], "the top of fleet/ holds only api.py: every other module is in its layer's folder"
+    loose = [_name(p) for p in _modules() if p.parent == ROOT and p.name != "__init__.py"]
+    assert loose == [], "the top of fleet/ holds no module: every module is in its layer's folder (api/ included)"
     tops = {_name(p).split("/")[0] for p in _modules()} - {"__init__"}
     assert tops == set(LAYERS) | set(BESIDE) | RENDERERS
 
@@ -253,7 +253,7 @@ def test_the_watcher_is_a_client_of_the_facade() -> None:
 
 def test_only_the_facade_asks_a_watcher() -> None:
     """One read path: the watcher's socket is asked by the Reader under the façade alone (the façade serves it)."""
-    users = {_module_name(p) for p in _modules() if "fleet.transport.warm" in _imports(p)}
+    users = {_module_name(p).removesuffix(".__init__") for p in _modules() if "fleet.transport.warm" in _imports(p)}
     assert users == {"fleet.api", "fleet.engine.reader"}
 
 
@@ -469,5 +469,6 @@ def test_the_local_import_check_flags_imports_inside_functions() -> None:
 
 
 def test_the_facade_imports_no_fleet_module_inside_a_function() -> None:
-    found = local_fleet_imports((ROOT / "api.py").read_text(), "fleet.api")
-    assert found == [], "fleet/api.py imports inside functions:\n" + "\n".join(found)
+    found = [f"{p.name}: {line}" for p in sorted((ROOT / "api").glob("*.py"))
+             for line in local_fleet_imports(p.read_text(), _name(p).replace("/", "."))]
+    assert found == [], "fleet/api/ imports inside functions:\n" + "\n".join(found)

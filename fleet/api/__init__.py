@@ -22,8 +22,8 @@ import sys
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TypedDict, Unpack
 
+from fleet.api.hands import Hands
 from fleet.config.spec import ServiceSpec
-from fleet.config.volumes import check_volumes
 from fleet.core.errors import (
     ContainerLookupError,
     SecretStoreError,
@@ -33,20 +33,17 @@ from fleet.core.nodeops import NodeMark, relabel
 from fleet.engine import handwork
 from fleet.engine.apply import Engine
 from fleet.engine.drain import drain_node
-from fleet.engine.etcd import EtcdMembership, MemberRow, RecordsView, StepReport
+from fleet.engine.etcd import MemberRow, RecordsView, StepReport
 from fleet.engine.handwork import LogLines, one_off_spec
-from fleet.engine.images import list_images, push
 from fleet.engine.lbview import read_configs
 from fleet.engine.look import Observed, lb_rows, observe
 from fleet.engine.nodes import collect, facts_command, report_from
-from fleet.engine.preflight import PrepareReport, check_nodes, prepare_nodes
+from fleet.engine.preflight import PrepareReport
 from fleet.engine.reader import Reader
 from fleet.engine.status import status
-from fleet.engine.volumes import list_volumes, restore, revoke
 from fleet.node.haproxy.stats import StatRow
 from fleet.node.preflight import NodeCheck
 from fleet.node.provision import Plan, plan_for
-from fleet.node.runtime.base import RunSpec, StopResult
 from fleet.plan.members import MembershipPlan, Step
 from fleet.plan.reconcile import Replica
 from fleet.plan.rollout.decide import Command
@@ -119,8 +116,9 @@ class PoolOptions(TypedDict, total=False):
     connect_attempts: int
 
 
-class Fleet:
-    """Operations on the fleet described by an inventory, over one connection pool."""
+class Fleet(Hands):
+    """Operations on the fleet described by an inventory, over one connection pool (the hands-on ones,
+    containers by hand, volumes, images and preparing nodes, in fleet.api.hands)."""
 
     def __init__(self, inventory: Inventory, pool: Pool, *, on_event: Callable[[Event], None] | None = None,
                  secrets: Callable[[str], str | None] | None = None, wait: float = 0.0,
@@ -287,15 +285,6 @@ class Fleet:
         async with self.writing() as engine:
             return await engine.turn("deploy", service, image=image)
 
-    # --- preparing nodes (`fleet node check|prepare`) ----------------------------------------------------
-    async def check(self, names: Sequence[str] = ()) -> list[NodeCheck]:
-        """What each named node (default: all) has and lacks for its roles; read-only, no lease."""
-        return await check_nodes(self.pool, self.inventory, [self.known(n) for n in names] or self.inventory.nodes)
-
-    async def prepare(self, plans: Sequence[Plan]) -> list[PrepareReport]:
-        """Carry out `plan_for(check)` plans, then check those nodes again (no lease: see engine/preflight.py)."""
-        return await prepare_nodes(self.pool, self.inventory, plans)
-
     # --- node operations (`fleet node`): marks kept on the fleet, under the lease -------------------------
     def known(self, name: str) -> Node:
         """The inventory's node `name`; InventoryError naming the node and the inventory file when there is none."""
@@ -343,91 +332,6 @@ class Fleet:
 
             return await drain_node(node, lease, lambda change: self._mark(node, change), move)
 
-    # --- containers by hand (`fleet run`, `stop`, `rm`, `logs`, `exec`): no lease, no records ----------------
-    async def run_one(self, node: str, spec: RunSpec, *, timeout: float = 60.0) -> None:
-        """Start one container on `node` (see fleet.engine.handwork.run_one)."""
-        await handwork.run_one(self.pool, await self.reports(), node, spec, timeout=timeout)
-
-    async def stop(self, ref: str, grace: float = 10.0) -> list[tuple[PsRow, StopResult | str]]:
-        """Stop every container `ref` names, one entry per container (see fleet.engine.handwork.stop)."""
-        return await handwork.stop(self.pool, await self.reports(), ref, grace)
-
-    async def rm(self, ref: str) -> list[tuple[PsRow, str | None]]:
-        """Remove every container `ref` names, one entry per container (see fleet.engine.handwork.rm)."""
-        return await handwork.rm(self.pool, await self.reports(), ref)
-
-    @contextlib.asynccontextmanager
-    async def logs(self, ref: str, *, follow: bool = False, tail: int | None = 100,
-                   dated: bool = False) -> AsyncIterator[LogLines]:
-        """The logs of the containers `ref` names, as `(prefix, line)`: `async with fleet.logs("web", follow=True)
-        as lines: async for prefix, line in lines:`; with `dated`, `lines.dated()` (see fleet.engine.handwork.logs)."""
-        async with handwork.logs(self.pool, await self.reports(), ref, follow=follow, tail=tail,
-                                 dated=dated) as lines:
-            yield lines
-
-    async def exec(self, ref: str, argv: Sequence[str], on_line: Callable[[str], None]) -> int:
-        """Run `argv` inside the one running container `ref` names; its exit code (fleet.engine.handwork.exec_in)."""
-        return await handwork.exec_in(self.pool, await self.reports(), ref, argv, on_line)
-
-    @contextlib.asynccontextmanager
-    async def exec_session(self, ref: str, argv: Sequence[str], terminal: Terminal | None = None,
-                           ) -> AsyncIterator[Session]:
-        """`argv` inside the one running container `ref` names, interactive, on a pty when `terminal` is given
-        (fleet.engine.handwork.exec_session)."""
-        async with handwork.exec_session(self.pool, await self.reports(), ref, argv, terminal) as opened:
-            yield opened
-
-    # --- volumes (`fleet volume`) ------------------------------------------------------------------------
-    def check_volumes(self, specs: Sequence[ServiceSpec]) -> None:
-        """Raise SpecError (file:line) for an sshfs volume whose storage node the inventory lacks; pure."""
-        check_volumes(specs, self.inventory)
-
-    async def volumes(self) -> VolumeListing:
-        """Every volume on every ready worker (local) and storage node (sshfs): size, the containers using it;
-        nodes that could not be read are named in `errors`."""
-        return await list_volumes(self.pool, await self.reports())
-
-    async def volume(self, ref: str, node: str | None = None) -> VolumeRow:
-        """The one volume `SERVICE/NAME` names (on `node`); raises VolumeError when none or several."""
-        return await handwork.volume(self.pool, await self.reports(), ref, node)
-
-    async def volume_rm(self, ref: str, node: str | None = None) -> VolumeRow:
-        """Delete a volume's data, under the fleet's lease; refused (VolumeError) while a container uses it."""
-        async with self.leased():
-            return await handwork.volume_rm(self.pool, await self.reports(), ref, node)
-
-    async def volume_backup(self, ref: str, path: str, node: str | None = None,
-                            on_progress: Callable[[int], None] | None = None) -> tuple[VolumeRow, int]:
-        """Stream a tar of the volume over SSH into the local file `path`; returns the volume and the size."""
-        return await handwork.volume_backup(self.pool, await self.reports(), ref, path, node, on_progress)
-
-    async def volume_restore(self, path: str, ref: str, node: str, *, sshfs: bool = False,
-                             on_progress: Callable[[int], None] | None = None) -> VolumeRow:
-        """Unpack the tar `path` into a new volume `SERVICE/NAME` on `node` (a worker; with `sshfs`, a storage
-        node), under the fleet's lease; refused when that volume already holds data."""
-        async with self.leased():
-            return await restore(self.pool, await self.reports(), ref, node, path,
-                                 kind="sshfs" if sshfs else "local", on_progress=on_progress)
-
-    async def volume_revoke(self, worker: str) -> tuple[dict[str, bool], dict[str, str]]:
-        """Take `worker`'s key off every storage node's storage user, under the fleet's lease: ({storage node:
-        whether it had one}, {storage node: why not}). Its mounts already made stay until they end."""
-        async with self.leased():
-            return await revoke(self.pool, await self.reports(), worker)
-
-    # --- images -----------------------------------------------------------------------------------------
-    async def push(self, archive: str, nodes: Sequence[str] | None = None, *, limit: int = 8,
-                   on_progress: Callable[[str, int], None] | None = None,
-                   on_status: Callable[[str, str], None] | None = None) -> list[PushResult]:
-        """Stream an image archive into the containerd of `nodes` (default: every worker), `limit` at once; one
-        result per node, never raising for one node (see fleet.engine.images.push)."""
-        return await push(self.pool, await self.reports(), archive, list(nodes) if nodes is not None else None,
-                          limit, on_progress=on_progress, on_status=on_status)
-
-    async def image_list(self) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
-        """({node: {image ref: manifest digest}} of every ready node, {node: why it could not be read})."""
-        return await list_images(self.pool, await self.reports())
-
     # --- the fleet's lease, by hand (`fleet lock`) ------------------------------------------------------
     async def lock_status(self, *, timeout: float = 10.0) -> list[NodeLease]:
         """The lease on each record node, never taking it (see fleet.store.access.lock_status)."""
@@ -445,12 +349,6 @@ class Fleet:
     async def lb_rows(self, reports: list[NodeReport]) -> list[list[StatRow] | None]:
         """Every usable lb node's HAProxy server rows (None: that node could not be read)."""
         return await lb_rows(self.pool, reports)
-
-    def membership(self, on_step: Callable[[str], None] | None = None) -> EtcdMembership:
-        """The etcd cluster's members and the steps toward the inventory's record nodes (`fleet records`; a
-        change runs under `leased()`); its `plan()` gives the next apply's lines ("records: add member n4")."""
-        return EtcdMembership(self.pool, self.inventory.nodes, record_nodes(self.inventory), cluster_token="fleet",
-                              on_step=on_step)
 
     def watcher_lease(self, base_dir: str, ttl: float) -> Lease:
         """The lease that says which `fleet watch` acts (see fleet.store.access.watcher_lease); not yet taken."""
