@@ -16,12 +16,14 @@ from types import TracebackType
 
 from fleet.core.errors import (
     ContainerLookupError,
+    FleetError,
     TransportError,
 )
 from fleet.core.labels import parse_labels
 from fleet.core.model import Node
 from fleet.engine.calls import driver_for, on_ready_nodes, perform
 from fleet.engine.nodes import NodeReport
+from fleet.node import cni
 from fleet.node.paths import DEFAULT as NODE_PATHS
 from fleet.node.runtime.base import RunSpec, StopResult
 from fleet.results.containers import LIST_TIMEOUT
@@ -97,9 +99,27 @@ def report_of(reports: list[NodeReport], node: str) -> NodeReport:
     raise ContainerLookupError(f"no node {node!r} in the inventory")
 
 
-async def run_container(pool: Pool, report: NodeReport, spec: RunSpec, *, timeout: float = 60.0) -> None:
-    """Start one container on the node (the image must be there); raises RuntimeDriverError on failure."""
-    await perform(pool, report.node, driver_for(report.node, report.facts).run(spec), timeout=timeout)
+async def run_container(pool: Pool, report: NodeReport, spec: RunSpec, *, timeout: float = 60.0,
+                        subnet: str | None = None) -> None:
+    """Start the container; with `spec.ports` under ctr, in its own network namespace first (fleet.node.cni,
+    on `subnet`, else the node's own), torn down again when the start fails."""
+    driver = driver_for(report.node, report.facts)
+    own = bool(spec.ports) and driver.name == "ctr"
+    if own:
+        ports = [cni.PortMap(h, c) for h, c in spec.ports]
+        await perform(pool, report.node, cni.attach(spec.id, subnet or cni.node_subnet(0), ports), timeout=timeout)
+    try:
+        await perform(pool, report.node, driver.run(spec), timeout=timeout)
+    except BaseException:
+        if own:
+            with contextlib.suppress(FleetError):
+                await detach_network(pool, report.node, spec.id)
+        raise
+
+
+async def detach_network(pool: Pool, node: Node, container_id: str) -> None:
+    """Tear down the container's network namespace, if it has one (CNI DEL, `ip netns delete`)."""
+    await perform(pool, node, cni.detach([container_id]), timeout=STOP_MARGIN)
 
 
 async def drop_secret_files(pool: Pool, node: Node, container_id: str) -> None:
@@ -113,6 +133,7 @@ async def stop_container(pool: Pool, report: NodeReport, container_id: str, grac
     call = driver_for(report.node, report.facts).stop(container_id, grace)
     result = await perform(pool, report.node, call, timeout=grace + STOP_MARGIN)
     await drop_secret_files(pool, report.node, container_id)
+    await detach_network(pool, report.node, container_id)
     return result
 
 
@@ -122,6 +143,7 @@ async def remove_container(pool: Pool, report: NodeReport, container_id: str) ->
     await perform(pool, report.node, driver_for(report.node, report.facts).remove(container_id),
                   timeout=STOP_MARGIN)
     await drop_secret_files(pool, report.node, container_id)
+    await detach_network(pool, report.node, container_id)
 
 
 @dataclass(frozen=True)
