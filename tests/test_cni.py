@@ -29,6 +29,7 @@ def test_attach_script_is_exactly_the_chain_with_its_configurations():
     assert script.text == cni.ATTACH_SH and script.name == "fleet-cni-attach"
     assert dict(script.env) == {
         "CACHE": "/var/lib/fleet/cni", "NETNS_DIR": "/run/netns", "CNI_PATH": "/usr/lib/cni", "ID": "web-1-abc",
+        "BRIDGE": "fleet0",
         "BRIDGE_CONF": '{"bridge":"fleet0","cniVersion":"1.0.0","hairpinMode":true,"ipMasq":true,"ipam":'
                        '{"dataDir":"/var/lib/fleet/cni/ipam","ranges":[[{"subnet":"10.88.3.0/24"}]],"routes":'
                        '[{"dst":"0.0.0.0/0"}],"type":"host-local"},"isGateway":true,"name":"fleet","type":"bridge"}',
@@ -41,7 +42,7 @@ def test_attach_script_is_exactly_the_chain_with_its_configurations():
     # the bridge's result; the result cached, then printed after the marker.
     text = cni.ATTACH_SH
     order = ['>"$CACHE/run/$ID"', 'ip netns add "fleet-$ID"', "ADD \"$ID\" bridge", "ADD \"$ID\" portmap",
-             "ADD \"$ID\" firewall", '>>"$CACHE/run/$ID"', "echo '@@cni-result'"]
+             "ADD \"$ID\" firewall", "iptables -w -C", '>>"$CACHE/run/$ID"', "echo '@@cni-result'"]
     assert [text.index(s) for s in order] == sorted(text.index(s) for s in order)
     assert cni.netns_path("web-1-abc") == "/run/netns/fleet-web-1-abc"
 
@@ -96,13 +97,13 @@ def _fake_node(tmp: Path) -> dict[str, str]:
 
 def test_sweep_deletes_in_reverse_order_with_the_cached_result_and_keeps_the_rest(tmp_path):
     env = _fake_node(tmp_path)
-    for cid in ("keep-1", "gone-1"):
+    for cid in ("keep-1", "gone-1", "fleet-api-1"):  # a service may be named fleet-…
         (tmp_path / "cache" / "run" / cid).write_text('{"type":"bridge"}\n{"type":"portmap"}\n'
                                                       '{"type":"firewall"}\n{"ips":[]}\n')
         (tmp_path / "netns" / f"fleet-{cid}").write_text("")
     (tmp_path / "netns" / "fleet-orphan-2").write_text("")  # a namespace whose cache entry was never written
     (tmp_path / "netns" / "other").write_text("")  # not fleet's
-    script = cni.sweep_script(["keep-1", "web-3"])
+    script = cni.sweep_script(["keep-1", "web-3", "fleet-api-1"])
     stdout, log = _run({**dict(script.env), **env}, script.text, tmp_path)
     assert sorted(stdout.split("\n")) == ["", "swept gone-1", "swept orphan-2"]
     assert log.splitlines() == [
@@ -110,8 +111,8 @@ def test_sweep_deletes_in_reverse_order_with_the_cached_result_and_keeps_the_res
         'DEL gone-1 portmap {"type":"portmap","prevResult":{"ips":[]}}',
         'DEL gone-1 bridge {"type":"bridge","prevResult":{"ips":[]}}',
     ]
-    assert sorted(p.name for p in (tmp_path / "netns").iterdir()) == ["fleet-keep-1", "other"]
-    assert sorted(p.name for p in (tmp_path / "cache" / "run").iterdir()) == ["keep-1"]
+    assert sorted(p.name for p in (tmp_path / "netns").iterdir()) == ["fleet-fleet-api-1", "fleet-keep-1", "other"]
+    assert sorted(p.name for p in (tmp_path / "cache" / "run").iterdir()) == ["fleet-api-1", "keep-1"]
 
 
 def test_detach_of_a_container_without_a_namespace_does_nothing(tmp_path):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
+import socket
 import subprocess
 import threading
 import time
@@ -20,10 +20,9 @@ from typing import Any, ClassVar
 
 import pytest
 import yaml
-from helpers import run_fleet, wait_until
+from helpers import demo_env, run_fleet, wait_until
 from loadgen import Load
 
-from fleet.image.demo import build_demo
 from fleet.node import cni
 
 pytestmark = pytest.mark.lab
@@ -35,14 +34,7 @@ FIXED_80 = ["sh", "-c", 'echo "version=$(cat /etc/demo-version) replica=$FLEET_R
 
 @pytest.fixture(scope="module")
 def env(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    d = tmp_path_factory.mktemp("netns")
-    environ = {**os.environ, "FLEET_STATE_DIR": str(d / "state"), "FLEET_INVENTORY": lab.inventory_path,
-               "FLEET_LEASE_TTL": "5"}
-    for v in ("v1", "v2"):
-        img = build_demo(v, str(d / f"demo-{v}.tar"))
-        out = run_fleet("image", "push", img.path, env=environ, timeout=120)
-        assert out.returncode == 0, out.stdout + out.stderr
-    return {"env": environ, "dir": d}
+    return demo_env(lab.inventory_path, tmp_path_factory.mktemp("netns"))
 
 
 def fleet(env: dict[str, Any], *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -81,6 +73,11 @@ def network_state(lab: Any, node: str) -> tuple[set[str], int, str]:
             on_node(lab, node, "iptables-save; ls /var/lib/fleet/cni/run"))
 
 
+def connect(address: str, port: int) -> str:
+    """A script that prints whether a TCP connection to address:port opens within 2 s."""
+    return f"timeout 2 bash -c 'exec 3<>/dev/tcp/{address}/{port}' 2>/dev/null && echo open || echo closed"
+
+
 def lb_address(lab: Any) -> str:
     return str(lab.inventory.node("lb1").address)
 
@@ -96,9 +93,23 @@ def test_fixed_port_80_image_served_and_rolled_under_load(lab, env):
             names, _, _ = network_state(lab, c["node"])
             assert cni.netns_name(c["id"]) in names
         # Port 80 inside the namespaces is not the node's: nothing listens on the worker's own port 80.
-        worker = lab.inventory.node(running[0]["node"]).address
-        probe = subprocess.run(["busybox", "nc", "-z", "-w", "2", worker, "80"], capture_output=True)
-        assert probe.returncode != 0
+        first = running[0]
+        worker = lab.inventory.node(first["node"]).address
+        with pytest.raises(OSError):
+            socket.create_connection((worker, 80), timeout=2).close()
+        # Another node that routes the container subnet through the worker still cannot reach the container's
+        # port: only its mapped host port.
+        ip = on_node(lab, first["node"], f"ip -n {cni.netns_name(first['id'])} -4 -o addr show eth0").split()[3]
+        subnet = ip.rsplit(".", 1)[0] + ".0/24"
+        other = next(n for n in lab.workers() if n != first["node"])
+        host_port = next(c["port"] for c in running if c["id"] == first["id"])
+        try:
+            on_node(lab, other, f"ip route replace {subnet} via {worker}")
+            direct = on_node(lab, other, connect(ip.split("/")[0], 80))
+            mapped = on_node(lab, other, connect(worker, host_port))
+        finally:
+            on_node(lab, other, f"ip route del {subnet}")
+        assert (direct.strip(), mapped.strip()) == ("closed", "open")
         with Load(lb_address(lab), port, clients=4, max_seconds=90) as load:
             wait_until(lambda: load.result.ok > 20 or None, 20, 0.2, "requests served")
             out = fleet(env, "apply", playbook(env, {name: fixed_port("v2", 4, port)}))

@@ -4,7 +4,8 @@
 hand (Debian's containernetworking-plugins 1.1 in /usr/lib/cni, FACTS §12): `bridge` (the node's `fleet0`
 bridge, host-local IPAM on the node's subnet, ipMasq for outbound traffic), `portmap` (each host port → its
 container port, `runtimeConfig.portMappings`; HAProxy and health checks use the host port) and `firewall`
-(forwarding to the container only for connections it or a port mapping opened). The container then joins the
+(forwarding to the container only for connections it or a port mapping opened), plus one rule of fleet's
+that drops any other new connection forwarded into the bridge from outside it. The container then joins the
 namespace (`ctr run --with-ns network:PATH`). What DEL needs (the three configurations, then the result) is
 written to fleet's cache directory on the node *before* ADD runs, so a controller killed in between leaves
 something `sweep_script` can tear down: CNI DEL in reverse order with the cached prevResult, then
@@ -127,6 +128,11 @@ r=$(fleet_cni ADD "$ID" bridge "$BRIDGE_CONF" "" 2>&1) || fail "bridge: $r"
 r=$(printf '%s' "$r" | tr -d '\n')
 r2=$(fleet_cni ADD "$ID" portmap "$PORTMAP_CONF" "$r" 2>&1) || fail "portmap: $r2"
 r3=$(fleet_cni ADD "$ID" firewall "$FIREWALL_CONF" "$r" 2>&1) || fail "firewall: $r3"
+# Other nodes reach a container only through a mapped host port: a new connection forwarded into the bridge
+# from outside it must have been DNATed by portmap (one rule per node, made once, never removed).
+set -- FORWARD -o "$BRIDGE" ! -i "$BRIDGE" -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT \
+  -m comment --comment "fleet: containers only through mapped ports" -j DROP
+iptables -w -C "$@" 2>/dev/null || iptables -w -I "$@" || fail "iptables: cannot add the forward rule"
 printf '%s\n' "$r" >>"$CACHE/run/$ID" || fail "cannot write the cache"
 echo '@@cni-result'
 printf '%s\n' "$r"
@@ -142,7 +148,7 @@ for id in $IDS; do fleet_cni_del "$id"; done
 SWEEP_BODY = r"""
 for f in "$CACHE"/run/* "$NETNS_DIR"/fleet-*; do
   [ -e "$f" ] || continue
-  id=${f##*/}; id=${id#fleet-}
+  case $f in "$NETNS_DIR"/fleet-*) id=${f#"$NETNS_DIR"/fleet-} ;; *) id=${f##*/} ;; esac
   case " $KEEP " in *" $id "*) ;; *) fleet_cni_del "$id"; echo "swept $id" ;; esac
 done
 """
@@ -156,7 +162,7 @@ def cni_env(cache_dir: str = CACHE_DIR) -> dict[str, str]:
 
 def attach_script(container: str, subnet: str, ports: Sequence[PortMap], cache_dir: str = CACHE_DIR) -> Script:
     """Create the container's namespace and run the CNI chain in it; prints RESULT_MARK, then the result."""
-    env = {**cni_env(cache_dir), "ID": container, "BRIDGE_CONF": bridge_conf(subnet, cache_dir),
+    env = {**cni_env(cache_dir), "ID": container, "BRIDGE": BRIDGE, "BRIDGE_CONF": bridge_conf(subnet, cache_dir),
            "PORTMAP_CONF": portmap_conf(ports), "FIREWALL_CONF": firewall_conf()}
     return Script(ATTACH_SH, env, name="fleet-cni-attach")
 
