@@ -103,13 +103,19 @@ def test_fixed_port_80_image_served_and_rolled_under_load(lab, env):
         subnet = ip.rsplit(".", 1)[0] + ".0/24"
         other = next(n for n in lab.workers() if n != first["node"])
         host_port = next(c["port"] for c in running if c["id"] == first["id"])
+        rule = ("FORWARD -o fleet0 ! -i fleet0 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT "
+                "-m comment --comment 'fleet: containers only through mapped ports' -j DROP")
         try:
             on_node(lab, other, f"ip route replace {subnet} via {worker}")
             direct = on_node(lab, other, connect(ip.split("/")[0], 80))
             mapped = on_node(lab, other, connect(worker, host_port))
+            # Without fleet's rule the same connection opens: the rule is what keeps it closed.
+            on_node(lab, first["node"], f"iptables -w -D {rule}")
+            unguarded = on_node(lab, other, connect(ip.split("/")[0], 80))
         finally:
+            on_node(lab, first["node"], f"iptables -w -C {rule} 2>/dev/null || iptables -w -I {rule}")
             on_node(lab, other, f"ip route del {subnet}")
-        assert (direct.strip(), mapped.strip()) == ("closed", "open")
+        assert (direct.strip(), mapped.strip(), unguarded.strip()) == ("closed", "open", "open")
         with Load(lb_address(lab), port, clients=4, max_seconds=90) as load:
             wait_until(lambda: load.result.ok > 20 or None, 20, 0.2, "requests served")
             out = fleet(env, "apply", playbook(env, {name: fixed_port("v2", 4, port)}))
