@@ -31,7 +31,7 @@ from fleet.config.inventory import load_inventory  # noqa: E402
 from fleet.config.spec import ServiceSpec  # noqa: E402
 from fleet.core.model import Resources  # noqa: E402
 from fleet.engine.containers import remove_container, run_container  # noqa: E402
-from fleet.engine.runspec import run_spec  # noqa: E402
+from fleet.engine.runspec import hosts_text, prepare_node_script, run_spec  # noqa: E402
 from fleet.image.demo import build_demo  # noqa: E402
 from fleet.lab.lab import Lab  # noqa: E402
 from fleet.lab.render import LabConfig  # noqa: E402
@@ -65,6 +65,8 @@ async def start_to_ready(inventory: str, rounds: int) -> dict[str, list[float]]:
         reports = await Fleet(inv, pool).nodes()
         report = next(r for r in reports if r.node.name == "n1")
         address = report.node.address
+        hosts = hosts_text(None, [])  # the node prepared as a run does it (hosts file, pinned host namespace)
+        await pool.check(report.node, prepare_node_script(hosts, None), stdin=hosts, timeout=30)
         for i in range(rounds * 2):
             mode = ("host", "bridge")[i % 2]
             spec = ServiceSpec(name="bench", image=IMAGE, port=8080, network=mode)  # type: ignore[arg-type]

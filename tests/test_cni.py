@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from fleet.config.spec import ServiceSpec, from_playbook_dict, parse_playbook, to_playbook_dict
-from fleet.core.errors import RuntimeCommandError, SpecError
+from fleet.core.errors import ImageNotFound, RuntimeCommandError, SpecError
 from fleet.core.model import CommandResult, Resources
+from fleet.core.shell import Script
 from fleet.engine.runspec import HOST_NETNS, prepare_node_script, run_spec
 from fleet.node import cni
 from fleet.node.runtime.base import RunSpec
@@ -29,8 +30,8 @@ def test_attach_script_is_exactly_the_chain_with_its_configurations():
     assert script.text == cni.ATTACH_SH and script.name == "fleet-cni-attach"
     assert dict(script.env) == {
         "CACHE": "/var/lib/fleet/cni", "NETNS_DIR": "/run/netns", "CNI_PATH": "/usr/lib/cni", "ID": "web-1-abc",
-        "BRIDGE": "fleet0",
-        "BRIDGE_CONF": '{"bridge":"fleet0","cniVersion":"1.0.0","hairpinMode":true,"ipMasq":true,"ipam":'
+        "BRIDGE": "fleet0", "SUBNET": "10.88.3.0/24",
+        "BRIDGE_CONF": '{"bridge":"fleet0","cniVersion":"1.0.0","hairpinMode":true,"ipMasq":false,"ipam":'
                        '{"dataDir":"/var/lib/fleet/cni/ipam","ranges":[[{"subnet":"10.88.3.0/24"}]],"routes":'
                        '[{"dst":"0.0.0.0/0"}],"type":"host-local"},"isGateway":true,"name":"fleet","type":"bridge"}',
         "PORTMAP_CONF": '{"capabilities":{"portMappings":true},"cniVersion":"1.0.0","name":"fleet","runtimeConfig":'
@@ -42,9 +43,29 @@ def test_attach_script_is_exactly_the_chain_with_its_configurations():
     # the bridge's result; the result cached, then printed after the marker.
     text = cni.ATTACH_SH
     order = ['>"$CACHE/run/$ID"', 'ip netns add "fleet-$ID"', "ADD \"$ID\" bridge", "ADD \"$ID\" portmap",
-             "ADD \"$ID\" firewall", "iptables -w -C", '>>"$CACHE/run/$ID"', "echo '@@cni-result'"]
+             "ADD \"$ID\" firewall", "iptables -w -C", "iptables -w -t nat -C", '>>"$CACHE/run/$ID"',
+             "echo '@@cni-result'"]
     assert [text.index(s) for s in order] == sorted(text.index(s) for s in order)
     assert cni.netns_path("web-1-abc") == "/run/netns/fleet-web-1-abc"
+
+
+def test_attach_and_run_is_one_script_that_tears_down_when_the_start_fails():
+    run = CtrDriver().run(RunSpec(id="web-1-abc", image="busybox", netns="/run/netns/fleet-web-1-abc",
+                                  net_host=False, ports=((23456, 80),)))
+    call = cni.attach_and(run, "web-1-abc", "10.88.3.0/24", [cni.PortMap(23456, 80)])
+    assert isinstance(call.command, Script) and isinstance(run.command, Script)
+    assert call.command.text == (cni.ATTACH_SH + "(\n" + run.command.text
+                                 + '\n) || { rc=$?; fleet_cni_del "$ID" >/dev/null 2>&1; exit "$rc"; }\n')
+    assert call.command.env["ID"] == "web-1-abc" and call.command.env["LOG"] == run.command.env["LOG"]
+    rec = json.loads((DATA / "attach.json").read_text())
+    assert call.parse(CommandResult("n1", 0, rec["stdout"], "", 0.1)) == (rec["expect"], None)
+    failed = CommandResult("n1", 1, rec["stdout"], 'ctr: image "busybox": not found\n', 0.1)
+    with pytest.raises(ImageNotFound):
+        call.parse(failed)
+    with pytest.raises(RuntimeCommandError, match="bridge: no IP"):
+        call.parse(CommandResult("n1", 1, "", "cni: bridge: no IP addresses available\n", 0.1))
+    with pytest.raises(ValueError, match="same container"):
+        cni.attach_and(run, "web-2-xyz", "10.88.3.0/24", [])
 
 
 def test_node_subnets_by_index():

@@ -14,7 +14,7 @@ from fleet.config.spec import SecretRef, ServiceSpec
 from fleet.core import labels as L
 from fleet.core.errors import CommandTimeout, ConnectError
 from fleet.engine.calls import LIST_TIMEOUT, driver_for, perform
-from fleet.engine.containers import detach_network, drop_secret_files, run_container
+from fleet.engine.containers import drop_secret_files, forget, run_container
 from fleet.engine.health import exec_in as health_exec
 from fleet.engine.images import ensure_image
 from fleet.engine.lb import Balancers, Rotation
@@ -270,8 +270,7 @@ class NodeReplicas:
         self.emit(step, r.service, message, r.node, r.id)
         await perform(self.pool, report.node, driver_for(report.node, report.facts).stop(r.id, grace),
                       timeout=timeout)
-        await drop_secret_files(self.pool, report.node, r.id)
-        await detach_network(self.pool, report.node, r.id)
+        await forget(self.pool, report.node, r.id)
         await self.storage.release(report.node, r.id)
 
     async def counters(self, service: str) -> dict[str, tuple[int, int]]:
