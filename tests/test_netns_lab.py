@@ -1,7 +1,8 @@
 """Replicas in their own network namespaces on the real lab (`network: bridge`, the default): an image listening
 on its own fixed port 80 served through HAProxy and rolled under load; a container reaching another service by
-name and the lab's gateway (masquerade); a replica killed and deleted behind fleet's back leaves no namespace,
-veth, NAT rule or CNI cache entry after `fleet reconcile`.
+name and the lab's gateway (masquerade); a TCP service on its own fixed port behind HAProxy in tcp mode; a
+replica killed and deleted behind fleet's back leaves no namespace, veth, NAT rule or CNI cache entry after
+`fleet reconcile`.
 
 Services are named `nn-*`, lb ports 18700-18799 (the lab is shared with other test files); each test destroys
 what it created in `finally`.
@@ -152,15 +153,22 @@ class _Seen(http.server.BaseHTTPRequestHandler):
 
 
 def test_container_reaches_a_service_by_name_and_the_gateway(lab, env):
-    web, client, port = "nn-api", "nn-client", 18702
+    web, client, echo, port, echo_port = "nn-api", "nn-client", "nn-echo", 18702, 18705
     gateway = lab.lab.cfg.gateway
     server = http.server.ThreadingHTTPServer((gateway, 0), _Seen)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         other = {k: v for k, v in fixed_port("v1", 1, 0).items() if k not in ("health", "lb", "port")}
+        # A TCP service on its own fixed port (busybox nc echoing each connection), behind HAProxy in tcp mode.
+        tcp = {**other, "command": ["nc", "-ll", "-p", "6379", "-e", "cat"], "port": 6379,
+               "health": {"tcp": True, "interval": "500ms", "timeout": "1s"},
+               "lb": {"port": echo_port, "mode": "tcp"}}
         out = fleet(env, "apply", playbook(env, {web: fixed_port("v1", 1, port), client: {
-            **other, "command": ["sleep", "3600"]}}))
+            **other, "command": ["sleep", "3600"]}, echo: tcp}))
         assert out.returncode == 0, out.stdout + out.stderr
+        with socket.create_connection((lb_address(lab), echo_port), timeout=5) as conn:
+            conn.sendall(b"ping\n")
+            assert conn.recv(16) == b"ping\n"
         c = replicas(env, client)[0]
 
         def inside(*argv: str) -> str:
@@ -180,6 +188,7 @@ def test_container_reaches_a_service_by_name_and_the_gateway(lab, env):
         server.server_close()
         fleet(env, "destroy", web, "--grace", "1")
         fleet(env, "destroy", client, "--grace", "1")
+        fleet(env, "destroy", echo, "--grace", "1")
 
 
 def test_killed_replica_leaves_no_network_state_after_reconcile(lab, env):
