@@ -53,6 +53,20 @@ def run_fleet(*args: str, env: Mapping[str, str] | None = None, timeout: float =
                           env=fleet_env(env, columns))
 
 
+def demo_env(inventory: str, directory: Path, versions: Sequence[str] = ("v1", "v2")) -> dict[str, object]:
+    """For a lab module: the CLI's environment (a private revision history under `directory`, lease ttl 5 s) with
+    the demo image's `versions` pushed to every node: {"env": environment, "dir": directory}."""
+    from fleet.image.demo import build_demo
+
+    environ = {**os.environ, "FLEET_STATE_DIR": str(directory / "state"), "FLEET_INVENTORY": inventory,
+               "FLEET_LEASE_TTL": "5"}
+    for v in versions:
+        img = build_demo(v, str(directory / f"demo-{v}.tar"))
+        out = run_fleet("image", "push", img.path, env=environ, timeout=120)
+        assert out.returncode == 0, out.stdout + out.stderr
+    return {"env": environ, "dir": directory}
+
+
 def start_fleet(*args: str, env: Mapping[str, str] | None = None, stdout: int | IO[str] | None = subprocess.PIPE,
                 stderr: int | IO[str] | None = subprocess.PIPE, cli: Sequence[str] = FLEET_CLI,
                 ) -> subprocess.Popen[str]:

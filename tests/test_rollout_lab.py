@@ -7,18 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from helpers import run_fleet, start_fleet
+from helpers import demo_env, run_fleet, start_fleet
 from loadgen import Load
 
 from fleet.engine.haproxy import LbNode
-from fleet.image.demo import build_demo
 from fleet.transport import Pool
 
 pytestmark = pytest.mark.lab
@@ -27,15 +25,7 @@ pytestmark = pytest.mark.lab
 @pytest.fixture(scope="module")
 def env(lab, tmp_path_factory):
     """Demo images v1 and v2 on every worker, and a private revision history."""
-    d = tmp_path_factory.mktemp("rollout")
-    state = d / "state"
-    environ = {**os.environ, "FLEET_STATE_DIR": str(state), "FLEET_INVENTORY": lab.inventory_path,
-               "FLEET_LEASE_TTL": "5"}
-    for v in ("v1", "v2"):
-        img = build_demo(v, str(d / f"demo-{v}.tar"))
-        out = run_fleet("image", "push", img.path, env=environ, timeout=120)
-        assert out.returncode == 0, out.stdout + out.stderr
-    return {"env": environ, "dir": d}
+    return demo_env(lab.inventory_path, tmp_path_factory.mktemp("rollout"))
 
 
 def fleet(env, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:

@@ -19,15 +19,18 @@ from types import TracebackType
 from fleet.core import labels as L
 from fleet.core.errors import (
     ContainerLookupError,
+    FleetError,
     TransportError,
 )
 from fleet.core.labels import parse_labels
 from fleet.core.model import Node
+from fleet.core.shell import Script
 from fleet.engine.calls import driver_for, on_ready_nodes, perform
 from fleet.engine.nodes import NodeReport
+from fleet.node import cni
 from fleet.node.logdates import DatedLine, Dater
 from fleet.node.paths import DEFAULT as NODE_PATHS
-from fleet.node.runtime.base import Call, RunSpec, StopResult
+from fleet.node.runtime.base import Call, RunSpec, StopResult, parse_ok
 from fleet.results.containers import LIST_TIMEOUT
 from fleet.results.containers import PsResult as PsResult
 from fleet.results.containers import PsRow as PsRow
@@ -103,9 +106,37 @@ def report_of(reports: list[NodeReport], node: str) -> NodeReport:
     raise ContainerLookupError(f"no node {node!r} in the inventory")
 
 
-async def run_container(pool: Pool, report: NodeReport, spec: RunSpec, *, timeout: float = 60.0) -> None:
-    """Start one container on the node (the image must be there); raises RuntimeDriverError on failure."""
-    await perform(pool, report.node, driver_for(report.node, report.facts).run(spec), timeout=timeout)
+async def run_container(pool: Pool, report: NodeReport, spec: RunSpec, *, timeout: float = 60.0,
+                        subnet: str | None = None) -> None:
+    """Start the container; with `spec.ports` under ctr, in its own network namespace first (fleet.node.cni,
+    on `subnet`, else the node's own), torn down again when the start fails."""
+    driver = driver_for(report.node, report.facts)
+    if not (spec.ports and driver.name == "ctr"):
+        await perform(pool, report.node, driver.run(spec), timeout=timeout)
+        return
+    ports = [cni.PortMap(h, c) for h, c in spec.ports]
+    try:
+        await perform(pool, report.node, cni.attach_and(driver.run(spec), spec.id, subnet or cni.node_subnet(0),
+                                                        ports), timeout=timeout)
+    except BaseException:
+        # The script tears the namespace down when the start fails; not when the connection was cut.
+        with contextlib.suppress(FleetError):
+            await detach_network(pool, report.node, spec.id)
+        raise
+
+
+async def detach_network(pool: Pool, node: Node, container_id: str) -> None:
+    """Tear down the container's network namespace, if it has one (CNI DEL, `ip netns delete`)."""
+    await perform(pool, node, cni.detach([container_id]), timeout=STOP_MARGIN)
+
+
+async def forget(pool: Pool, node: Node, container_id: str) -> None:
+    """What a removed container leaves on its node, in one round trip: its secret files (see
+    `drop_secret_files`) and its network namespace (see `detach_network`)."""
+    detach = cni.detach_script([container_id])
+    script = Script(detach.text + 'rm -rf -- "$SECRETS"\n',
+                    {**detach.env, "SECRETS": f"{NODE_PATHS.secret_mounts_dir}/{container_id}"}, name=detach.name)
+    await perform(pool, node, Call(script, parse_ok("cleanup"), what=f"cleanup {container_id}"), timeout=STOP_MARGIN)
 
 
 async def drop_secret_files(pool: Pool, node: Node, container_id: str) -> None:
@@ -118,7 +149,7 @@ async def stop_container(pool: Pool, report: NodeReport, container_id: str, grac
     code."""
     call = driver_for(report.node, report.facts).stop(container_id, grace)
     result = await perform(pool, report.node, call, timeout=grace + STOP_MARGIN)
-    await drop_secret_files(pool, report.node, container_id)
+    await forget(pool, report.node, container_id)
     return result
 
 
@@ -127,7 +158,7 @@ async def remove_container(pool: Pool, report: NodeReport, container_id: str) ->
     gone."""
     await perform(pool, report.node, driver_for(report.node, report.facts).remove(container_id),
                   timeout=STOP_MARGIN)
-    await drop_secret_files(pool, report.node, container_id)
+    await forget(pool, report.node, container_id)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from fleet.config.spec import SecretRef, ServiceSpec
 from fleet.core import labels as L
 from fleet.core.errors import CommandTimeout, ConnectError
 from fleet.engine.calls import LIST_TIMEOUT, driver_for, perform
-from fleet.engine.containers import drop_secret_files
+from fleet.engine.containers import drop_secret_files, forget, run_container
 from fleet.engine.health import exec_in as health_exec
 from fleet.engine.images import ensure_image
 from fleet.engine.lb import Balancers, Rotation
@@ -25,6 +25,7 @@ from fleet.engine.runspec import run_spec, volume_dir
 from fleet.engine.state import Observed, observe
 from fleet.engine.view import Emit, RunView
 from fleet.engine.volumes import StorageAccess, mount_all, volume_view
+from fleet.node import cni
 from fleet.node.runtime.base import Status
 from fleet.plan.healthjudge import Verdict as HealthVerdict
 from fleet.plan.healthjudge import ready as passed_enough
@@ -129,7 +130,6 @@ class NodeReplicas:
     async def start(self, spec: ServiceSpec, revision: int, a: Assignment) -> Replica:
         report = self.view.by_name[a.node]
         node = report.node
-        driver = driver_for(node, report.facts)
         dirs = [volume_dir(spec.name, v.source or "") for v in spec.volumes if v.type == "volume"]
         cid = L.container_id(spec.name, a.replica)
         await mount_all(self.storage, spec, node, [r.node for r in self.view.reports], cid)
@@ -151,7 +151,7 @@ class NodeReplicas:
         run = run_spec(spec, revision, a, env_file, container=cid)
         self.emit("start", spec.name, f"starting {run.id} on {a.node}:{a.port}", a.node, run.id)
         try:
-            await perform(self.pool, node, driver.run(run), timeout=120)
+            await run_container(self.pool, report, run, timeout=120, subnet=self._subnet(a.node))
         except BaseException:
             await drop_secret_files(self.pool, node, cid)
             await self.storage.release(node, cid)
@@ -162,6 +162,10 @@ class NodeReplicas:
                 await self.pool.run(node, ["rm", "-f", env_file], timeout=30)
         return Replica(a.node, run.id, spec.name, a.replica, revision, spec.spec_hash(), a.port, True,
                        spec.resources, spec.image, created=float(run.labels[L.CREATED]))
+
+    def _subnet(self, node: str) -> str:
+        """The subnet of the node's containers: its place among the run's nodes (the inventory's order)."""
+        return cni.node_subnet(next(i for i, r in enumerate(self.view.reports) if r.node.name == node))
 
     async def wait_ready(self, spec: ServiceSpec, r: Replica) -> str | None:
         """None once the replica passes its check `success_threshold` times in a row and then keeps passing,
@@ -266,7 +270,7 @@ class NodeReplicas:
         self.emit(step, r.service, message, r.node, r.id)
         await perform(self.pool, report.node, driver_for(report.node, report.facts).stop(r.id, grace),
                       timeout=timeout)
-        await drop_secret_files(self.pool, report.node, r.id)
+        await forget(self.pool, report.node, r.id)
         await self.storage.release(report.node, r.id)
 
     async def counters(self, service: str) -> dict[str, tuple[int, int]]:

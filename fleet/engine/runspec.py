@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from fleet.config.spec import SecretRef, ServiceSpec
 from fleet.core import labels as L
 from fleet.core.shell import Script
+from fleet.node import cni
 from fleet.node.paths import DEFAULT, FILE_FUNCTIONS, SWEEP_SECRETS_SH
 from fleet.node.runtime.base import Mount, RunSpec
 from fleet.node.storage import CONTAINER_MOUNT_OPTIONS
@@ -44,7 +45,7 @@ fi
 # (fleet.node.paths.update_in_place); and the node's own network namespace pinned to a file that containers
 # join: host networking, with fleet's hosts file rather than the node's. The secrets sweep rides along: one
 # round trip per worker.
-PREPARE_NODE = FILE_FUNCTIONS + r"""
+PREPARE_NODE = FILE_FUNCTIONS + cni.CNI_FUNCTIONS + r"""
 set -e
 mkdir -p "${HOSTS%/*}" "${NETNS%/*}"
 fleet_update "$HOSTS" "$SIZE" || exit 1
@@ -58,6 +59,10 @@ if [ "$(stat -f -c %T "$NETNS" 2>/dev/null)" != nsfs ]; then
   mount --bind /proc/self/ns/net "$NETNS"
 fi
 """ + SWEEP_FILES_SH + r"""
+# The network namespaces (and their CNI rules and addresses) of replicas that are gone (fleet.node.cni).
+if [ "${SWEEP:-}" = 1 ]; then
+""" + cni.SWEEP_BODY + r"""
+fi
 # Last, under the fleet's lease: secret env files this old were left by a run that was killed.
 """ + SWEEP_SECRETS_SH
 
@@ -68,7 +73,7 @@ def prepare_node_script(hosts: str, containers: Iterable[tuple[str, str, str]] |
     `containers`: every container on the node as (id, service, spec hash), as observed under the lease; the
     secret files and config sets of any other are removed. None (the node was not read) removes none."""
     env = {"HOSTS": HOSTS_FILE, "RESOLV": RESOLV_FILE, "NETNS": HOST_NETNS, "SIZE": str(len(hosts.encode())),
-           "D": PATHS.secrets_dir, "AGE": str(SECRET_SWEEP_AGE)}
+           "D": PATHS.secrets_dir, "AGE": str(SECRET_SWEEP_AGE), **cni.cni_env()}
     if containers is not None:
         env.update(_sweep_env(containers, PATHS.secret_mounts_dir, PATHS.configs_dir))
     return Script(PREPARE_NODE, env, name="fleet-prepare-node")
@@ -128,8 +133,10 @@ def run_spec(spec: ServiceSpec, revision: int, a: Assignment, env_file: str | No
         h = spec.health
         labels[L.HEALTH] = L.health_label(h.kind, h.path, h.interval, h.timeout, h.failure_threshold,
                                           h.success_threshold)
+    bridged = spec.network == "bridge"
     env = {k: v for k, v in spec.env.items() if not isinstance(v, SecretRef)}
-    env.update({"PORT": str(a.port), "FLEET_SERVICE": spec.name, "FLEET_NODE": a.node,
+    # In its own namespace the replica listens on its container port; HAProxy reaches it through the host port.
+    env.update({"PORT": str(spec.port if bridged else a.port), "FLEET_SERVICE": spec.name, "FLEET_NODE": a.node,
                 "FLEET_REPLICA": str(a.replica), "FLEET_REVISION": str(revision)})
     mounts = [Mount("bind", "/etc/hosts", HOSTS_FILE, readonly=True),
               Mount("bind", "/etc/resolv.conf", RESOLV_FILE, readonly=True)]
@@ -150,4 +157,5 @@ def run_spec(spec: ServiceSpec, revision: int, a: Assignment, env_file: str | No
                for v in spec.volumes if v.type == "sshfs"]
     return RunSpec(id=cid, image=spec.image, command=spec.command, env=env,
                    env_file=env_file, mounts=tuple(mounts), cpu=spec.resources.cpu, memory=spec.resources.memory,
-                   labels=labels, netns=HOST_NETNS, restart="always")
+                   labels=labels, netns=cni.netns_path(cid) if bridged else HOST_NETNS,
+                   net_host=not bridged, ports=((a.port, spec.port),) if bridged else (), restart="always")

@@ -5,6 +5,7 @@ as playbook input (`written()`, what the history records), so reading and writin
 from __future__ import annotations
 
 import itertools
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -426,12 +427,22 @@ class _Update(_Strict):
         return out
 
 
+PORT_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,14}$")
+
+
+def main_port(ports: dict[str, int]) -> int:
+    """The port HAProxy routes to when `port` does not say: the one named `http`, else the first."""
+    return ports["http"] if "http" in ports else next(iter(ports.values()))
+
+
 class ServiceInput(_Strict):
     image: str
     command: Argv | None = None
     replicas: Annotated[StrictInt, Field(ge=0, le=10000)] = ServiceSpec.replicas
     resources: _Resources = Field(default_factory=_Resources)
     port: Port = ServiceSpec.port
+    network: Literal["bridge", "host"] = ServiceSpec.network
+    ports: dict[str, Port] | None = None
     env: dict[str, Any] = Field(default_factory=dict)
     health: _Health | None = None
     placement: _Placement = Field(default_factory=_Placement)
@@ -470,6 +481,27 @@ class ServiceInput(_Strict):
             seen.add(target)
         return v
 
+    @field_validator("ports")
+    @classmethod
+    def _port_names(cls, v: dict[str, int] | None) -> dict[str, int] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("give at least one named port, e.g. {http: 80}, or leave ports out")
+            for name in v:
+                if not PORT_NAME_RE.match(name):
+                    raise ValueError(f"port name {name!r}: expected a-z, 0-9 and -, starting with a letter "
+                                     "(at most 15 characters)")
+            if len(set(v.values())) != len(v):
+                raise ValueError("two names for one container port")
+        return v
+
+    @model_validator(mode="after")
+    def _one_main_port(self) -> ServiceInput:
+        if self.ports and "port" in self.model_fields_set and self.port not in self.ports.values():
+            raise ValueError(f"port {self.port} is not one of ports; with ports, port (if given) names which of "
+                             "them HAProxy routes to")
+        return self
+
     @model_validator(mode="after")
     def _canary_needs_lb(self) -> ServiceInput:
         if self.update.strategy == "canary" and self.lb is None:
@@ -487,7 +519,9 @@ class ServiceInput(_Strict):
             command=tuple(self.command) if self.command is not None else None,
             replicas=self.replicas,
             resources=self.resources.value(),
-            port=self.port,
+            port=main_port(self.ports) if self.ports and "port" not in self.model_fields_set else self.port,
+            network=self.network,
+            ports=tuple(sorted(self.ports.items())) if self.ports else (),
             env=env,
             health=self.health.value() if self.health is not None else None,
             placement=self.placement.value(),
@@ -519,6 +553,10 @@ class ServiceInput(_Strict):
         }
         if spec.command is not None:
             out["command"] = list(spec.command)
+        if spec.network != ServiceSpec.network:
+            out["network"] = spec.network
+        if spec.ports:
+            out["ports"] = dict(spec.ports)
         if spec.health is not None:
             out["health"] = _Health.written(spec.health)
         if spec.lb is not None:

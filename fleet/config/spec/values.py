@@ -237,6 +237,11 @@ class ServiceSpec:
     replicas: int = 1
     resources: Resources = DEFAULT_RESOURCES
     port: int = 8080
+    # `bridge`: the replica in its own network namespace, `port` inside it mapped from a host port fleet picks;
+    # `host`: the node's network, the replica listening on that host port (`$PORT`). See playbooks/README.md.
+    network: Literal["bridge", "host"] = "bridge"
+    # Named container ports (`ports: {http: 80, metrics: 9100}`) as written; `port` is the one HAProxy routes to.
+    ports: tuple[tuple[str, int], ...] = ()
     env: Mapping[str, str | SecretRef] = field(default_factory=dict)
     health: HealthSpec | None = None
     placement: PlacementSpec = PlacementSpec()
@@ -274,6 +279,10 @@ class ServiceSpec:
             "cpu": self.resources.cpu,
             "memory": self.resources.memory,
             "port": self.port,
+            # Only when not the default, so the hash of a service without them is what it always was: its running
+            # replicas (on the host network, from an older fleet) are still served through the same host ports.
+            **({"network": self.network} if self.network != "bridge" else {}),
+            **({"ports": [list(p) for p in self.ports]} if self.ports else {}),
             "volumes": [v.hash_input() for v in self.volumes],
             "health_exec": list(self.health.command) if self.health and self.health.kind == "exec" else None,
             # Only when used, so the hash of a service without them is what it always was.

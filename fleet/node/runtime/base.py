@@ -84,6 +84,9 @@ class RunSpec:
     # Join this network namespace file instead (the host's, bind-mounted by fleet): host networking without
     # the runtime also mounting the host's /etc/hosts over the one fleet gives the container.
     netns: str | None = None
+    # Its own network (`network: bridge`): these (host port, container port) pairs mapped. ctr joins `netns`,
+    # which fleet.node.cni prepared with the mappings; nerdctl makes both itself from `--network bridge -p`.
+    ports: tuple[tuple[int, int], ...] = ()
     restart: Literal["no", "always"] = "no"
     log_path: str | None = None
 
@@ -93,6 +96,7 @@ class RunSpec:
         if self.command is not None:
             object.__setattr__(self, "command", tuple(self.command))
         object.__setattr__(self, "mounts", tuple(self.mounts))
+        object.__setattr__(self, "ports", tuple((int(h), int(c)) for h, c in self.ports))
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,13 @@ class NerdctlDriver(CliDriver):
         if not L.is_valid_container_id(spec.id):
             raise ValueError(f"invalid container ID: {spec.id!r}")
         argv = [*self.base(), "run", "-d", "--name", spec.id, "--restart", spec.restart]
-        if spec.net_host:
+        if spec.ports:
+            # nerdctl runs the CNI chain itself (bridge + portmap, its default network); documented flags,
+            # tested on their documented form only, like the rest of this driver.
+            argv += ["--network", "bridge"]
+            for host, container in spec.ports:
+                argv += ["-p", f"{host}:{container}"]
+        elif spec.net_host:
             argv += ["--network", "host"]
         for name, value in spec.env.items():
             if not name or "=" in name:

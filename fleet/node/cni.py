@@ -1,0 +1,241 @@
+"""A replica's own network namespace, as node scripts (values) and the parser of what they print; no I/O here.
+
+`attach_script` creates `/run/netns/fleet-<container>` (`ip netns add`) and runs the standard CNI chain in it by
+hand (Debian's containernetworking-plugins 1.1 in /usr/lib/cni, FACTS §12): `bridge` (the node's `fleet0`
+bridge, host-local IPAM on the node's subnet), `portmap` (each host port → its container port,
+`runtimeConfig.portMappings`; HAProxy and health checks use the host port) and `firewall` (forwarding to the
+container only for connections it or a port mapping opened). Two rules of fleet's per node go with them: one
+drops any other new connection forwarded into the bridge from outside it (other nodes reach a container only
+through its mapped host port), one masquerades the node subnet's outbound traffic (cheaper than the bridge
+plugin's ipMasq chain per container). The container joins the namespace (`ctr run --with-ns network:PATH`) in
+the same round trip (`attach_and`). What DEL needs (the three configurations, then the result) is written to
+fleet's cache directory on the node *before* ADD runs, so a controller killed in between leaves something
+`sweep_script` can tear down: CNI DEL in reverse order with the cached prevResult, then `ip netns delete`
+(which takes the veth with it). Only what fleet made is touched: namespaces named `fleet-*` and cache entries
+of containers fleet no longer has on the node, and the iptables rules the plugins tag with the container ID.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import TypeVar
+
+from fleet.core.dirs import NODE_BASE
+from fleet.core.errors import RuntimeCommandError
+from fleet.core.model import CommandResult
+from fleet.core.shell import Script
+from fleet.node.runtime.base import Call, parse_ok
+
+CNI_PATH = "/usr/lib/cni"
+CNI_VERSION = "1.0.0"
+NETWORK = "fleet"
+BRIDGE = "fleet0"
+NETNS_DIR = "/run/netns"
+NETNS_PREFIX = "fleet-"
+CACHE_DIR = f"{NODE_BASE}/cni"
+# Each node's containers get a /24 of this range by the node's index (its place in the inventory).
+DEFAULT_RANGE = "10.88.0.0/16"
+RESULT_MARK = "@@cni-result"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PortMap:
+    """A host port on the node mapped to a port inside the container (TCP)."""
+
+    host: int
+    container: int
+
+
+def netns_name(container: str) -> str:
+    return f"{NETNS_PREFIX}{container}"
+
+
+def netns_path(container: str) -> str:
+    return f"{NETNS_DIR}/{netns_name(container)}"
+
+
+def node_subnet(index: int, base: str = DEFAULT_RANGE) -> str:
+    """The `index`th /24 of `base` (the subnet of one node's containers); it only has to differ from the
+    node's own networks."""
+    net = ipaddress.ip_network(base)
+    subnets = list(net.subnets(new_prefix=24)) if net.prefixlen <= 24 else [net]
+    # Past the last, they repeat: harmless, since containers are never routed between nodes.
+    return str(subnets[index % len(subnets)])
+
+
+def _dumps(conf: object) -> str:
+    return json.dumps(conf, sort_keys=True, separators=(",", ":"))
+
+
+def bridge_conf(subnet: str, cache_dir: str = CACHE_DIR) -> str:
+    return _dumps({
+        "cniVersion": CNI_VERSION, "name": NETWORK, "type": "bridge", "bridge": BRIDGE, "isGateway": True,
+        "ipMasq": False, "hairpinMode": True,
+        "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]], "routes": [{"dst": "0.0.0.0/0"}],
+                 "dataDir": f"{cache_dir}/ipam"},
+    })
+
+
+def portmap_conf(ports: Sequence[PortMap]) -> str:
+    return _dumps({
+        "cniVersion": CNI_VERSION, "name": NETWORK, "type": "portmap", "capabilities": {"portMappings": True},
+        "runtimeConfig": {"portMappings": [{"hostPort": p.host, "containerPort": p.container, "protocol": "tcp"}
+                                           for p in ports]},
+    })
+
+
+def firewall_conf() -> str:
+    return _dumps({"cniVersion": CNI_VERSION, "name": NETWORK, "type": "firewall", "backend": "iptables"})
+
+
+# sh functions shared by the scripts. A cache entry is $CACHE/run/ID: line 1-3 the bridge, portmap and firewall
+# configurations, line 4 (once ADD succeeded) the chain's result. Each plugin gets its configuration on stdin
+# with "prevResult" put before its last character (the configurations are compact JSON objects: "}"). A DEL
+# is attempted even without a result (ADD was cut short): the plugins then release what they find by container
+# ID. Under `set -e` (PREPARE_NODE) a failed DEL must not end the script: `|| :`.
+CNI_FUNCTIONS = r"""
+fleet_cni() { # COMMAND ID PLUGIN CONF PREV
+  c=$4
+  [ -n "$5" ] && c="${4%?},\"prevResult\":$5}"
+  printf '%s' "$c" | CNI_COMMAND=$1 CNI_CONTAINERID=$2 CNI_NETNS=$NETNS_DIR/fleet-$2 CNI_IFNAME=eth0 \
+    CNI_PATH=$CNI_PATH "$CNI_PATH/$3"
+}
+fleet_cni_del() { # ID
+  f=$CACHE/run/$1
+  if [ -f "$f" ]; then
+    b=$(sed -n 1p "$f"); p=$(sed -n 2p "$f"); w=$(sed -n 3p "$f"); r=$(sed -n 4p "$f")
+    [ -n "$w" ] && fleet_cni DEL "$1" firewall "$w" "$r" >/dev/null 2>&1 || :
+    [ -n "$p" ] && fleet_cni DEL "$1" portmap "$p" "$r" >/dev/null 2>&1 || :
+    [ -n "$b" ] && fleet_cni DEL "$1" bridge "$b" "$r" >/dev/null 2>&1 || :
+  fi
+  if [ -e "$NETNS_DIR/fleet-$1" ]; then ip netns delete "fleet-$1" 2>/dev/null || rm -f "$NETNS_DIR/fleet-$1"; fi
+  rm -f "$f"
+}
+"""
+
+ATTACH_SH = CNI_FUNCTIONS + r"""
+set -u
+mkdir -p "$CACHE/run" "$CACHE/ipam" || exit 1
+if [ -e "$NETNS_DIR/fleet-$ID" ] || [ -e "$CACHE/run/$ID" ]; then
+  echo "cni: fleet-$ID: already exists" >&2; exit 17
+fi
+printf '%s\n%s\n%s\n' "$BRIDGE_CONF" "$PORTMAP_CONF" "$FIREWALL_CONF" >"$CACHE/run/$ID" || exit 1
+fail() { echo "cni: $1" >&2; fleet_cni_del "$ID"; exit 1; }
+ip netns add "fleet-$ID" || fail "ip netns add fleet-$ID failed"
+ip -n "fleet-$ID" link set lo up || fail "lo up failed"
+r=$(fleet_cni ADD "$ID" bridge "$BRIDGE_CONF" "" 2>&1) || fail "bridge: $r"
+r=$(printf '%s' "$r" | tr -d '\n')
+r2=$(fleet_cni ADD "$ID" portmap "$PORTMAP_CONF" "$r" 2>&1) || fail "portmap: $r2"
+r3=$(fleet_cni ADD "$ID" firewall "$FIREWALL_CONF" "$r" 2>&1) || fail "firewall: $r3"
+# Other nodes reach a container only through a mapped host port: a new connection forwarded into the bridge
+# from outside it must have been DNATed by portmap (one rule per node, made once, never removed).
+set -- FORWARD -o "$BRIDGE" ! -i "$BRIDGE" -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT \
+  -m comment --comment "fleet: containers only through mapped ports" -j DROP
+iptables -w -C "$@" 2>/dev/null || iptables -w -I "$@" || fail "iptables: cannot add the forward rule"
+# Outbound through the node's address: one rule per node subnet rather than the bridge plugin's chain per
+# container (ipMasq), which costs several iptables calls on every start and every removal.
+set -- POSTROUTING -s "$SUBNET" ! -d "$SUBNET" -m comment --comment "fleet: containers out through the node" \
+  -j MASQUERADE
+iptables -w -t nat -C "$@" 2>/dev/null || iptables -w -t nat -A "$@" || fail "iptables: cannot add masquerade"
+printf '%s\n' "$r" >>"$CACHE/run/$ID" || fail "cannot write the cache"
+echo '@@cni-result'
+printf '%s\n' "$r"
+"""
+
+DETACH_SH = CNI_FUNCTIONS + r"""
+for id in $IDS; do fleet_cni_del "$id"; done
+"""
+
+# Under the fleet's lease, with the node's containers as this run observed them: the namespace and CNI state of
+# any other container fleet attached (a replica removed while its controller was killed, a container deleted by
+# hand) is torn down.
+SWEEP_BODY = r"""
+for f in "$CACHE"/run/* "$NETNS_DIR"/fleet-*; do
+  [ -e "$f" ] || continue
+  case $f in "$NETNS_DIR"/fleet-*) id=${f#"$NETNS_DIR"/fleet-} ;; *) id=${f##*/} ;; esac
+  case " $KEEP " in *" $id "*) ;; *) fleet_cni_del "$id"; echo "swept $id" ;; esac
+done
+"""
+SWEEP_SH = CNI_FUNCTIONS + SWEEP_BODY
+
+
+def cni_env(cache_dir: str = CACHE_DIR) -> dict[str, str]:
+    """The variables CNI_FUNCTIONS read (a script that embeds them passes these)."""
+    return {"CACHE": cache_dir, "NETNS_DIR": NETNS_DIR, "CNI_PATH": CNI_PATH}
+
+
+def attach_script(container: str, subnet: str, ports: Sequence[PortMap], cache_dir: str = CACHE_DIR) -> Script:
+    """Create the container's namespace and run the CNI chain in it; prints RESULT_MARK, then the result."""
+    env = {**cni_env(cache_dir), "ID": container, "BRIDGE": BRIDGE, "SUBNET": subnet,
+           "BRIDGE_CONF": bridge_conf(subnet, cache_dir), "PORTMAP_CONF": portmap_conf(ports),
+           "FIREWALL_CONF": firewall_conf()}
+    return Script(ATTACH_SH, env, name="fleet-cni-attach")
+
+
+def attach_and(call: Call[T], container: str, subnet: str, ports: Sequence[PortMap],
+               cache_dir: str = CACHE_DIR) -> Call[tuple[str, T]]:
+    """`attach_script`, then `call` (the runtime's start of the container, a Script reading `$ID` as the
+    container) in one round trip; when `call` fails, the namespace is torn down before the script exits with
+    its status. Parses to (the container's IP, what `call` parses to)."""
+    attach = attach_script(container, subnet, ports, cache_dir)
+    inner = call.command
+    if not isinstance(inner, Script) or inner.env.get("ID", container) != container:
+        raise ValueError("attach_and needs a script for the same container ID")
+    text = (attach.text + "(\n" + inner.text + "\n) || { rc=$?; fleet_cni_del \"$ID\" >/dev/null 2>&1; "
+            'exit "$rc"; }\n')
+
+    def parse(result: CommandResult) -> tuple[str, T]:
+        head, mark, rest = result.stdout.partition(RESULT_MARK + "\n")
+        if not mark:
+            return parse_attach(result), call.parse(result)  # parse_attach raises: the chain failed
+        line, _, after = rest.partition("\n")
+        ip = parse_attach(replace(result, stdout=f"{RESULT_MARK}\n{line}\n", stderr="", exit_status=0))
+        return ip, call.parse(replace(result, stdout=head + after))
+
+    return Call(Script(text, {**inner.env, **attach.env}, name="fleet-cni-run"), parse, call.stdin_path,
+                what=call.what)
+
+
+def detach(containers: Sequence[str], cache_dir: str = CACHE_DIR) -> Call[None]:
+    """`detach_script` with its parser."""
+    return Call(detach_script(containers, cache_dir), parse_ok("network teardown"),
+                what=f"network teardown {' '.join(containers)}")
+
+
+def detach_script(containers: Iterable[str], cache_dir: str = CACHE_DIR) -> Script:
+    """CNI DEL and `ip netns delete` for each container; nothing for one that has neither (host network)."""
+    return Script(DETACH_SH, {**cni_env(cache_dir), "IDS": " ".join(containers)}, name="fleet-cni-detach")
+
+
+def sweep_script(keep: Iterable[str], cache_dir: str = CACHE_DIR) -> Script:
+    """Tear down the namespace and CNI state of every container fleet attached that is not in `keep`."""
+    return Script(SWEEP_SH, {**cni_env(cache_dir), "KEEP": " ".join(sorted(set(keep)))}, name="fleet-cni-sweep")
+
+
+def container_ip(result_json: str) -> str:
+    """The container's IPv4 address from a CNI result (the first address on the interface in the sandbox)."""
+    data = json.loads(result_json)
+    interfaces = data.get("interfaces") or []
+    for ip in data.get("ips") or []:
+        i = ip.get("interface")
+        if isinstance(i, int) and 0 <= i < len(interfaces) and interfaces[i].get("sandbox"):
+            return str(ip["address"]).split("/")[0]
+    raise ValueError("no address on the container's interface in the CNI result")
+
+
+def parse_attach(result: CommandResult) -> str:
+    """The attach script's output → the container's IP; a failure is a RuntimeCommandError with the reason."""
+    if result.error is not None or result.exit_status != 0:
+        raise RuntimeCommandError(result.node, "network namespace", result.exit_status,
+                                  result.error or result.stderr.strip() or result.stdout.strip())
+    _, mark, body = result.stdout.partition(RESULT_MARK + "\n")
+    if not mark:
+        raise RuntimeCommandError(result.node, "network namespace", 0, "no CNI result printed")
+    try:
+        return container_ip(body)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise RuntimeCommandError(result.node, "network namespace", 0, f"bad CNI result: {exc}") from exc
