@@ -29,12 +29,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from etcd_local import LocalEtcd  # noqa: E402
+from fleet.store.records import FleetHistory  # noqa: E402
 from sim_fanout import start_servers, stop_servers  # noqa: E402
 
 from fleet.core.model import Node  # noqa: E402
 from fleet.store.etcd import EtcdLease, EtcdStore, SharedState  # noqa: E402
 from fleet.store.lease import Lease  # noqa: E402
-from fleet.store.records import FleetHistory  # noqa: E402
 from fleet.transport import Pool  # noqa: E402
 
 Row = tuple[str, int, str, list[float]]

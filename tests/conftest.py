@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from etcd_local import LocalEtcd
 from hypothesis import HealthCheck, settings
 from sshserver import SSHFarm
 
@@ -17,6 +18,7 @@ from fleet.config.inventory import load_inventory
 from fleet.core.model import Inventory
 from fleet.lab.lab import Lab
 from fleet.lab.render import LabConfig
+from fleet.store.etcd import EtcdStore
 from fleet.transport import Pool
 
 # Tests send traffic only to lab nodes and loopback: never through a proxy the environment may name.
@@ -84,3 +86,17 @@ async def pool() -> AsyncIterator[Pool]:
     """A connection pool that gives up fast on a node that is down (one attempt, 5 s)."""
     async with Pool(backoff=0.01, connect_attempts=1, connect_timeout=5) as p:
         yield p
+
+
+@pytest.fixture
+def local_etcd() -> Iterator[LocalEtcd]:
+    """One real etcd member on a loopback port, stopped and its data removed after the test."""
+    with LocalEtcd(prefix="hxr") as server:
+        yield server
+
+
+@pytest.fixture
+def shared_store(local_etcd: LocalEtcd, farm: SSHFarm, pool: Pool) -> EtcdStore:
+    """The shared state as a controller reaches it: etcdctl over SSH on a record node (the farm's first node, whose
+    shell reaches `local_etcd` on loopback)."""
+    return EtcdStore(pool, farm.nodes[:1], port=local_etcd.port)

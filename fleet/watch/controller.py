@@ -1,7 +1,7 @@
 """`fleet watch`: one long-running controller that keeps a fleet at its accepted state with warm connections.
 
-Two leases, both the fleet's own mechanism (fleet.store.lease) on the record nodes:
-- the *watcher's* lease (`/var/lib/fleet/watch/lease`) says which `fleet watch` is active. The active one holds
+Two leases, both etcd leases in the fleet's shared state (fleet.store.etcd.EtcdLease):
+- the *watcher's* lease (the key `/fleet/watch/leader`) says which `fleet watch` is active. The active one holds
   and renews it for as long as it runs and releases it on SIGTERM; every other watcher is a standby that tries
   to take it every ttl/3, so it takes over within the lease's ttl when the active one dies (SIGKILL).
   This is the leader election of kube-controller-manager or a Nomad server: one controller acts, the others wait.
@@ -27,12 +27,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleet.api import Fleet, Lease, lease_ttl
+from fleet.api import EtcdLease, Fleet, lease_ttl
 from fleet.config.spec import ServiceSpec, load_playbooks
 from fleet.core.errors import ConfigError, FleetError, LeaseError, LeaseHeld, LeaseLost
 from fleet.core.model import Inventory
 from fleet.node.haproxy.render import backend_name
-from fleet.node.paths import DEFAULT
 from fleet.plan.reconcile import Replica, duplicates
 from fleet.results import Event, NodeReport
 from fleet.watch.events import ContainerEvent, follow
@@ -40,7 +39,6 @@ from fleet.watch.grace import DEFAULT_GRACE, Grace, GraceView
 from fleet.watch.notify import sd_notify
 from fleet.watch.server import serving
 
-WATCH_BASE_DIR = f"{DEFAULT.base}/watch"
 Log = Callable[..., None]
 
 
@@ -56,7 +54,6 @@ class WatchOptions:
     retry: float = 2.0
     resync: float = 60.0
     events: bool = True
-    lease_base_dir: str = WATCH_BASE_DIR
 
 
 @dataclass(frozen=True)
@@ -271,7 +268,7 @@ class Watcher:
         await self.round(self.fleet(), force=True)
         return self.last_ok
 
-    async def active(self, lease: Lease) -> None:
+    async def active(self, lease: EtcdLease) -> None:
         """Rounds while this watcher holds the watcher's lease; returns when it is lost (raises LeaseLost)."""
         fleet = self.fleet()
         # The event streams belong to this active period: cancelled (and awaited) when it ends, however it ends.
@@ -279,7 +276,8 @@ class Watcher:
                    for n in self.inventory.nodes if n.has_role("worker")] if self.options.events else []
         try:
             while True:
-                lease.check()
+                if not lease.held:  # its renewal found it gone (expired, or taken over after a pause)
+                    raise LeaseLost("the watcher's lease was lost: another watcher may lead now")
                 self.wake.clear()
                 try:
                     # Each round reads the nodes again (Fleet.nodes); a failed round is logged and the next one
@@ -304,7 +302,7 @@ class Watcher:
         """Standby until the watcher's lease is free, then active; forever (cancel it to stop: the lease is
         released on the way out)."""
         ttl = lease_ttl()
-        lease = self.base.watcher_lease(self.options.lease_base_dir, ttl)
+        lease = self.base.watcher_lease(ttl)
         holder: str | None = None
         while True:
             try:
