@@ -26,6 +26,7 @@ from fleet.config.spec import ServiceSpec
 from fleet.config.volumes import check_volumes
 from fleet.core.errors import (
     ContainerLookupError,
+    FleetError,
     InventoryError,
     SecretStoreError,
 )
@@ -86,8 +87,10 @@ from fleet.store.access import (
     run_lease,
     watcher_lease,
 )
+from fleet.store.changes import Me, RecordsFollower, follow_records
 from fleet.store.etcd import EtcdLease, EtcdStore
 from fleet.store.etcd_records import EtcdRecords
+from fleet.store.follow import EventLog
 from fleet.store.nodes import record_nodes, record_warnings
 from fleet.store.secrets import backend_name as secret_backend
 from fleet.store.secrets import delete_secret as secret_rm
@@ -99,11 +102,47 @@ from fleet.transport.warm import ask as ask_watcher
 from fleet.transport.warm import serve as serve_reads
 
 __all__ = [
-    "LIST_TIMEOUT", "ContainerLookupError", "EtcdLease", "Event", "Fleet", "FleetStatus", "LbConfig", "LogLines",
-    "NodeLease", "NodeReport", "Outcome", "PlanView", "PoolOptions", "PsResult", "PsRow", "PushResult", "Reader",
-    "ReplicaStatus", "Revision", "RunResult", "Secret", "SecretRef", "SecretStoreError", "ServiceStatus",
-    "VolumeListing", "VolumeRow", "ask_watcher", "facts_command", "lease_ttl", "majority", "one_off_spec",
-    "reader", "report_from", "secret_backend", "secret_check", "secret_get", "secret_rm", "secret_set",
+    "LIST_TIMEOUT",
+    "ContainerLookupError",
+    "EtcdLease",
+    "Event",
+    "Fleet",
+    "FleetStatus",
+    "LbConfig",
+    "LogLines",
+    "NodeLease",
+    "NodeReport",
+    "Outcome",
+    "PlanView",
+    "PoolOptions",
+    "PsResult",
+    "PsRow",
+    "PushResult",
+    "Reader",
+    "ReplicaStatus",
+    "Revision",
+    "RunResult",
+    "Secret",
+    "SecretRef",
+    "SecretStoreError",
+    "ServiceStatus",
+    "VolumeListing",
+    "VolumeRow",
+    "ask_watcher",
+    "converge_accepted",
+    "event_log",
+    "facts_command",
+    "follow_changes",
+    "lease_ttl",
+    "majority",
+    "one_off_spec",
+    "reader",
+    "report_from",
+    "secret_backend",
+    "secret_check",
+    "secret_get",
+    "secret_rm",
+    "secret_set",
     "serve_reads",
 ]
 
@@ -434,6 +473,36 @@ async def open_store(pool: Pool, inventory: Inventory, note: Callable[..., None]
     nodes = record_nodes(inventory)
     note(*record_warnings(inventory))
     return await open_shared(pool, inventory, lambda: start_members(pool, nodes), lambda: restart_dead(pool, nodes))
+
+
+# --- the shared state as it changes (`fleet events`, `fleet watch`, the UI's actions) -----------------------------
+async def event_log(fleet: Fleet) -> EventLog:
+    """The fleet's event log: `read()` it, `follow()` it as it grows (fleet.store.follow.EventLog)."""
+    return EventLog(await fleet.shared())
+
+
+async def follow_changes(fleet: Fleet, on_news: Callable[[list[str]], None], note: Callable[[str], None]) -> None:
+    """Until cancelled: `on_news(keys)` with the records and node marks another controller changes, as they land
+    (an etcd watch; see fleet.store.changes); `note` hears when the watch had to start again."""
+    await follow_records(RecordsFollower(await fleet.shared(), Me.here(), on_news, note))
+
+
+async def converge_accepted(fleet: Fleet, service: str, replicas: int | None = None) -> RunResult:
+    """Converge `service` to its accepted revision as the records hold it under the lease (the UI's scale and
+    restart), so a rollback, destroy or scale another controller made since the caller looked is what counts;
+    `replicas` scales it (kept by reconcile until the next apply). FleetError, nothing changed, when the service
+    has no accepted revision now or was destroyed."""
+    async with fleet.writing() as engine:
+        state = await engine.ledger.state(service)
+        spec = await engine.ledger.accepted_spec(service)
+        if state is None or spec is None or state.decision == "destroyed":
+            why = "it was destroyed" if state is not None and state.decision == "destroyed" else "apply it first"
+            raise FleetError(f"{service}: no accepted revision on this fleet's records now ({why})")
+        fleet.check_volumes([spec])
+        if replicas is not None:
+            return await engine.scale(fleet.stamped([spec])[0], replicas)
+        specs, skipped = fleet.stamped_for([spec], "reconcile")
+        return await engine.apply(specs, "reconcile", None, skipped)
 
 
 def reader(inventory: Inventory, **pool: Unpack[PoolOptions]) -> Reader:

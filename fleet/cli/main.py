@@ -13,6 +13,7 @@ from fleet.cli import (
     common,
     completion,
     container,
+    events,
     exec_,
     image,
     lab,
@@ -74,6 +75,7 @@ app.command("history", rich_help_panel=DEPLOY)(rollout.history)
 app.command("rollback", rich_help_panel=DEPLOY)(rollout.rollback)
 app.command("promote", rich_help_panel=DEPLOY)(rollout.promote)
 app.command("abort", rich_help_panel=DEPLOY)(rollout.abort)
+app.command("events", rich_help_panel=INSPECT)(events.events)
 app.command("status", rich_help_panel=INSPECT)(status.status_cmd)
 app.command("ps", rich_help_panel=INSPECT)(ps.ps)
 app.command("logs", rich_help_panel=INSPECT)(logs.logs)
