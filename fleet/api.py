@@ -487,11 +487,13 @@ async def follow_changes(fleet: Fleet, on_news: Callable[[list[str]], None], not
     await follow_records(RecordsFollower(await fleet.shared(), Me.here(), on_news, note))
 
 
-async def converge_accepted(fleet: Fleet, service: str, replicas: int | None = None) -> RunResult:
+async def converge_accepted(fleet: Fleet, service: str, replicas: int | None = None, *,
+                            first: Callable[[], Awaitable[None]] | None = None) -> RunResult:
     """Converge `service` to its accepted revision as the records hold it under the lease (the UI's scale and
     restart), so a rollback, destroy or scale another controller made since the caller looked is what counts;
-    `replicas` scales it (kept by reconcile until the next apply). FleetError, nothing changed, when the service
-    has no accepted revision now or was destroyed."""
+    `replicas` scales it (kept by reconcile until the next apply); `first` runs under the lease once the records
+    were read (the UI's restart stops its replica there). FleetError, nothing changed, when the service has no
+    accepted revision now or was destroyed."""
     async with fleet.writing() as engine:
         state = await engine.ledger.state(service)
         spec = await engine.ledger.accepted_spec(service)
@@ -499,6 +501,8 @@ async def converge_accepted(fleet: Fleet, service: str, replicas: int | None = N
             why = "it was destroyed" if state is not None and state.decision == "destroyed" else "apply it first"
             raise FleetError(f"{service}: no accepted revision on this fleet's records now ({why})")
         fleet.check_volumes([spec])
+        if first is not None:
+            await first()
         if replicas is not None:
             return await engine.scale(fleet.stamped([spec])[0], replicas)
         specs, skipped = fleet.stamped_for([spec], "reconcile")

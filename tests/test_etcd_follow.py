@@ -176,3 +176,38 @@ async def test_records_follower_reports_only_what_other_controllers_change(store
     assert news == [["/fleet/nodes/n1", "/fleet/services/web/state"]] or news == [
         ["/fleet/services/web/state", "/fleet/nodes/n1"]]
     assert notes == []
+
+
+def test_events_printer_prints_the_good_entries_and_names_a_bad_one_on_stderr(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from fleet.cli.events import Printer
+
+    good = LoggedEvent(5, "k5", {"who": "bob@laptop", "command": "fleet destroy web", "what": "decision",
+                                 "at": 0.0, "service": "web", "decision": "destroyed"})
+    other = LoggedEvent(6, "k6", {"who": "amy@ci", "what": "revision", "service": "api"})
+    show = Printer(json=True, service="web")
+    for item in (good, other, LoggedEvent(7, "/fleet/events/7-x", error="etcd key /fleet/events/7-x: not a JSON "
+                                          "value (Expecting value at 0); refusing it"), LogNotice("compacted")):
+        show(item)
+    out, err = capsys.readouterr()
+    assert [json.loads(line) for line in out.splitlines()] == [{"number": 5, "key": "k5", **(good.value or {})}]
+    assert "event 7: etcd key /fleet/events/7-x: not a JSON value" in err and "note: compacted" in err
+    assert show.bad == 1  # `fleet events` exits 1 after printing the good ones
+
+
+async def test_event_log_through_the_facade(local_etcd: LocalEtcd, farm: SSHFarm,
+                                            monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from fleet.api import Fleet, event_log
+    from fleet.core.model import Inventory
+
+    monkeypatch.setenv("FLEET_ETCD_PORT", str(local_etcd.port))
+    inv = Inventory(str(tmp_path / "inv.yaml"), (replace(farm.node("n1"), roles=("worker", "record")),))
+    async with Pool(connect_attempts=1) as pool:
+        store = EtcdStore(pool, [farm.node("n1")], port=local_etcd.port)
+        async with EtcdLease(store, command="fleet scale web 2", ttl=10) as lease:
+            number = await SharedState(store, lease).append_event({"what": "decision", "service": "web"})
+        revision, entries = await (await event_log(Fleet(inv, pool))).read()
+    assert revision >= number and [(e.number, e.value) for e in entries] == [
+        (number, {"what": "decision", "service": "web"})]

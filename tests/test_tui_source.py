@@ -92,11 +92,14 @@ class FakeFleet:
         if self.on_event is not None:
             self.on_event(Event("done", call[1] if isinstance(call[1], str) else call[1].name, "converged"))
 
-    async def converge_accepted(self, service: str, replicas: int | None = None) -> RunResult:
-        # The façade reads the accepted spec under the lease; what the records hold then is what counts.
+    async def converge_accepted(self, service: str, replicas: int | None = None, *, first: Any = None) -> RunResult:
+        # The façade reads the accepted spec under the lease; what the records hold then is what counts, and
+        # `first` runs only after that read.
         self._leased("converge_accepted", service, replicas)
         if self._records.states.get(service, {}).get("decision") == "destroyed":
             raise FleetError(f"{service}: no accepted revision on this fleet's records now (it was destroyed)")
+        if first is not None:
+            await first()
         return RunResult([Outcome(service, True, 1, 0)])
 
     async def apply(self, specs, command: str = "apply") -> RunResult:
@@ -134,8 +137,8 @@ class FakeFleet:
 @pytest.fixture(autouse=True)
 def _converge_on_the_double(monkeypatch: pytest.MonkeyPatch) -> None:
     """`fleet.api.converge_accepted(fleet, …)` is the façade's; here it goes to the double's method of that name."""
-    async def through(fleet: Any, service: str, replicas: int | None = None) -> RunResult:
-        return await fleet.converge_accepted(service, replicas)
+    async def through(fleet: Any, service: str, replicas: int | None = None, *, first: Any = None) -> RunResult:
+        return await fleet.converge_accepted(service, replicas, first=first)
     monkeypatch.setattr("fleet.tui.source.converge_accepted", through)
 
 
@@ -218,12 +221,16 @@ async def test_scale_of_a_service_destroyed_since_the_snapshot_is_refused_not_br
     fleet.records().states["web"] = {"accepted": 3, "decision": "destroyed"}  # another controller destroys it
     with pytest.raises(FleetError, match="it was destroyed"):
         await source.act(Action("scale", "web", count=6, current=4), print)
+    with pytest.raises(FleetError, match="it was destroyed"):
+        await source.act(Action("restart", "n1/web-1-abc", service="web"), print)
+    assert [c for c in fleet.calls if c[0] == "stop"] == []  # its replica was left alone
 
 
 async def test_restart_stops_the_replica_then_reconciles_its_service(web_json):
     source, fleet = make(web_json)
     result = await source.act(Action("restart", "n1/web-1-abc", service="web"), print)
-    assert [c[:3] for c in fleet.calls] == [("stop", "n1/web-1-abc"), ("converge_accepted", "web", None)]
+    # The replica is stopped under the lease, after the records were read there.
+    assert [c[:3] for c in fleet.calls] == [("converge_accepted", "web", None), ("stop", "n1/web-1-abc")]
     assert result.ok and result.summary == "n1/web-1-abc: restarted"
     bad = await source.act(Action("restart", "n1/bad", service="web"), print)
     assert not bad.ok and bad.lines == ("cannot stop: no such task",)

@@ -165,11 +165,19 @@ class FleetSource:
             case "restart":
                 service = action.service or t
                 await self.accepted_spec(service)
-                stopped = await f.stop(t)
-                failures = [why for _, why in stopped if isinstance(why, str)]
-                if failures:
+                failures: list[str] = []
+
+                async def stop() -> None:  # under the lease, once the records say the service stands
+                    failures.extend(why for _, why in await f.stop(t) if isinstance(why, str))
+                    if failures:
+                        raise FleetError(f"{t}: could not stop it")
+
+                try:
+                    return ran(f"{t}: restarted", await converge_accepted(f, service, first=stop))
+                except FleetError:
+                    if not failures:
+                        raise
                     return ActionResult(False, f"{t}: could not stop it", tuple(failures))
-                return ran(f"{t}: restarted", await converge_accepted(f, service))
             case "rollback":
                 rev, result = await f.rollback(t, action.revision)
                 return ran(f"{t}: rolled back to revision {rev.revision}", result)
