@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -27,23 +27,10 @@ ME = Me("me@ctl-a", 41)
 
 
 @pytest.fixture
-def etcd() -> Iterator[LocalEtcd]:
-    with LocalEtcd(prefix="hxf") as server:
-        yield server
-
-
-@pytest.fixture
-async def farm(tmp_path: Path) -> AsyncIterator[SSHFarm]:
-    async with SSHFarm(tmp_path / "farm") as f:
-        await f.start(2)
-        yield f
-
-
-@pytest.fixture
-async def store(etcd: LocalEtcd, farm: SSHFarm) -> AsyncIterator[EtcdStore]:
+async def store(local_etcd: LocalEtcd, farm: SSHFarm) -> AsyncIterator[EtcdStore]:
     async with Pool(connect_attempts=1) as pool:
         # Two record nodes reaching the same member: a follow can go on through the second.
-        yield EtcdStore(pool, [farm.node("n1"), farm.node("n2")], port=etcd.port, timeout=5)
+        yield EtcdStore(pool, [farm.node("n1"), farm.node("n2")], port=local_etcd.port, timeout=5)
 
 
 def _kv(key: str, value: str = "{}", rev: int = 1) -> E.KeyValue:

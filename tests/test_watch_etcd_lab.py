@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import pytest
 import yaml
 from helpers import run_fleet, start_fleet
 from loadgen import Load
+from test_watch_lab import Watcher
 
 from fleet.core import labels as L
 from fleet.image.demo import build_demo
@@ -71,8 +71,8 @@ def holds(lab: Any, check: Any, what: str, rounds: int = 6) -> list[tuple[str, i
     return seen
 
 
-class WatcherA:
-    """Controller A: `fleet watch` (the worktree's CLI) with a HOME of its own, its JSON log in a file."""
+class WatcherA(Watcher):
+    """Controller A: `fleet watch` as test_watch_lab runs it, but the worktree's CLI with a HOME of its own."""
 
     def __init__(self, lab: Any, playbook: str, state: Path) -> None:
         state.mkdir(parents=True)
@@ -82,37 +82,6 @@ class WatcherA:
         self._out = self.log.open("w")
         self.proc = start_fleet("watch", "-i", lab.inventory_path, "--interval", f"{INTERVAL}s", playbook, env=env,
                                 stdout=self._out, stderr=subprocess.STDOUT)
-
-    def lines(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                out.append({"event": "text", "message": line})
-        return out
-
-    def wait_for(self, what: Callable[[dict[str, Any]], bool], timeout: float, after: int = 0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = [e for e in self.lines()[after:] if what(e)]
-            if found:
-                return found[0]
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            time.sleep(0.1)
-        pytest.fail(f"the watcher did not log what was awaited in {timeout}s:\n{self.log.read_text()[-3000:]}")
-
-    def stop(self) -> int | None:
-        """SIGTERM by its PID (SIGKILL if it does not end): it releases its leadership and exits 0."""
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=5)
-        self._out.close()
-        return self.proc.returncode
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +137,7 @@ def test_scale_rollback_destroy_from_a_second_controller_respected_by_a_running_
             after_destroy = len(w.lines())
             time.sleep(4 * INTERVAL)
         assert load.result.ok > 100 and load.result.failed == 0, load.result
+        print(f"\nload through HAProxy on {LOADED}: {load.result.ok} ok, {load.result.failed} failed")
         assert len(running(lab)[LOADED]) == 2
         lines = w.lines()
         # The watcher heard each change of B's (an etcd watch), and none of its reconciles started MOVED again.
