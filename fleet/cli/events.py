@@ -84,8 +84,10 @@ def events(inventory: common.InventoryOpt = None,
                                                     help="Only the last N entries (before following).")] = None,
            service: Annotated[str | None, typer.Option("--service", metavar="SERVICE",
                                                        help="Only the entries about this service.")] = None) -> None:
-    """The fleet's event log: every change of its shared state (revisions, decisions, node marks), who made it,
-    when and with which command, oldest first. An entry that cannot be read is named on stderr (exit 1).
+    """The fleet's event log: who changed what, when and with which command, oldest first.
+
+    Every change of the shared state (revisions, decisions, node marks) is one entry. An entry that cannot be
+    read is named on stderr, and the command exits 1 after printing the others.
 
     Example:
 
