@@ -484,7 +484,8 @@ async def event_log(fleet: Fleet) -> EventLog:
 async def follow_changes(fleet: Fleet, on_news: Callable[[list[str]], None], note: Callable[[str], None]) -> None:
     """Until cancelled: `on_news(keys)` with the records and node marks another controller changes, as they land
     (an etcd watch; see fleet.store.changes); `note` hears when the watch had to start again."""
-    await follow_records(RecordsFollower(await fleet.shared(), Me.here(), on_news, note))
+    # A store with no I/O yet: a record node that does not answer now is the follower's to wait for.
+    await follow_records(RecordsFollower(etcd_store(fleet.pool, fleet.inventory), Me.here(), on_news, note))
 
 
 async def converge_accepted(fleet: Fleet, service: str, replicas: int | None = None, *,

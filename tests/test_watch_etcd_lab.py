@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -106,6 +107,10 @@ def test_scale_rollback_destroy_from_a_second_controller_respected_by_a_running_
     _, v2 = services
     address = lab.inventory.node("lb1").address
     w = WatcherA(lab, v2, tmp_path / "a")
+    # B follows the event log meanwhile, as a user would (stopped by its PID at the end).
+    followed = (tmp_path / "events.jsonl").open("w")
+    follower = start_fleet("events", "-i", lab.inventory_path, "--follow", "--json", "-n", "0",
+                           env=dict(os.environ), stdout=followed, stderr=subprocess.STDOUT)
     try:
         with Load(address, PORTS[LOADED], clients=4, max_seconds=150) as load:
             w.wait_for(lambda e: e.get("event") == "reconciled", 90)
@@ -149,7 +154,17 @@ def test_scale_rollback_destroy_from_a_second_controller_respected_by_a_running_
         assert not [e for e in lines if e.get("event") == "round-error"], [e for e in lines
                                                                           if e.get("event") == "round-error"]
     finally:
+        os.kill(follower.pid, signal.SIGINT)
+        follower.wait(timeout=15)
+        followed.close()
         assert w.stop() == 0, w.log.read_text()[-3000:]
+
+    # What `fleet events --follow` printed as it happened: B's scale, rollback and destroy, in order.
+    streamed = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    commands = [e["command"].split(" -i ")[0] for e in streamed if e.get("service") == MOVED]
+    firsts = [next(i for i, c in enumerate(commands) if c.startswith(f"fleet {verb}"))
+              for verb in ("scale", "rollback", "destroy")]
+    assert firsts == sorted(firsts), commands
 
     # B's changes in the event log: who, the command, what.
     out = b(lab, "events", "--json", "--service", MOVED)
