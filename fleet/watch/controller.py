@@ -202,8 +202,8 @@ class Watcher:
         """One round: look, and reconcile when something drifted. Returns why it acted (None: it did not)."""
         started = time.monotonic()
         specs = self.specs()
-        news = frozenset(self._news)  # what others changed in the records before this look
         look = await self.look(fleet)
+        news = frozenset(self._news)  # what others changed in the records so far: the reconcile reads it later
         self.rounds += 1
         why = "once" if force else should_act(look, first=self._first, acted=self._acted,
                                               since_act=started - self._last_act, retry=self.options.retry,
