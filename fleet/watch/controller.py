@@ -97,9 +97,8 @@ def should_act(look: Look, *, first: bool, acted: frozenset[Any] | None, since_a
     the fleet looks different from the round it last acted on (`acted`), and again every `retry` seconds while
     the problem stays; on a playbook change; when another controller changed the records (a destroy, rollback,
     scale or node mark: the reconcile reads them again under the lease); and every `resync` seconds whatever it
-    sees. A lost node never seen
-    answering holds every round back (its replicas are unknown: a reconcile now would replace them at once)
-    until its grace is over."""
+    sees. A lost node never seen answering holds every round back (its replicas are unknown: a reconcile now
+    would replace them at once) until its grace is over."""
     if look.view.unknown:
         return None
     if first:
