@@ -285,18 +285,12 @@ async def read_marks(store: EtcdStore) -> dict[str, NodeMark]:
     return marks_from({kv.key: decode(kv) for kv in await store.range(NODES)})
 
 
-async def leased_marks(records: EtcdRecords) -> dict[str, NodeMark]:
-    """Every node's mark read under the run's lease (one transaction that also confirms it): what a run that read
-    the nodes before taking the lease (a watcher's round) decides on instead."""
-    return marks_from(await records._writer().read(NODES, prefix=True))
-
-
 async def update_mark(records: EtcdRecords, node: str, change: Callable[[NodeMark], NodeMark], *,
                       by: str = "") -> dict[str, NodeMark]:
     """Apply `change` to `node`'s mark as read now under the lease, and write it back (one fenced transaction with
     its event); every node's mark after."""
     writer = records._writer()
-    marks = await leased_marks(records)
+    marks = marks_from(await writer.read(NODES, prefix=True))
     before = marks.get(node, NodeMark())
     after = change(before)
     if after == before:
