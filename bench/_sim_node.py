@@ -5,9 +5,11 @@ Answered in-process, from the table (the output has the shape the real scripts p
 1.6.20): the facts script, the container listing (each container's `ctr containers info` JSON is the recorded
 one of tests/data/ctr/list.json with this container's id, image, labels), `ctr run` (the container is added,
 running), stop and remove (it goes), `ctr tasks ls`, `ctr images ls`, the node-prepare script (its stdin is
-read), the volume listing (none). Run for real with /bin/sh, in a directory per node under the farm's: the
-lease, records and node-marks scripts (their base directory, the first argument, rewritten). Anything else
-answers rc 0 and nothing, and is counted (`unknown`), so the benchmark can say it is all covered.
+read), the volume listing (none), the etcd member's start and status (it runs: it is the bench's local etcd). Run
+for real: `etcdctl` (the controller's shared state, against a real etcd on loopback), and the old records'
+reader with /bin/sh in a directory per node under the farm's (its base directory, the first argument,
+rewritten). Anything else answers rc 0 and nothing, and is counted (`unknown`), so the benchmark can say it is
+all covered.
 
     python bench/_sim_node.py --count 1000 --dir D --image REF=DIGEST
 serves until stdin closes, printing one JSON line with the nodes once ready (like tests/sshserver.py).
@@ -189,7 +191,7 @@ class Farm:
         try:
             kind, rc, out = self.answer(node, command)
             node.counts[kind] = node.counts.get(kind, 0) + 1
-            if kind == "real":
+            if kind in ("real", "etcdctl"):
                 await self.real(node, process, command)
                 return
             if kind == "prepare":
@@ -231,17 +233,24 @@ class Farm:
                 f"{c.id} {c.pid} RUNNING\n" for c in node.containers.values())
         if " images ls" in command:
             return "images", 0, node.images()
-        if re.search(r" fleet-(lease|records-read|records-write|marks-read) ", command):
+        if re.search(r"^(timeout -k \S+ \S+ )?etcdctl ", command):
+            return "etcdctl", 0, ""
+        if re.search(r" fleet-etcd-(start|status)$", command):
+            return "etcd-member", 0, "@@fleet result unchanged\n"  # the member is the bench's local etcd
+        if re.search(r" fleet-records-read ", command):
             return "real", 0, ""
         return "unknown:" + command[:60].replace("\n", " "), 0, ""
 
     async def real(self, node: SimNode, process: asyncssh.SSHServerProcess[bytes], command: str) -> None:
-        """The lease and records scripts, run by /bin/sh in the node's own directory (their first argument)."""
+        """etcdctl, run for real against the bench's etcd (its port is the controller's $FLEET_ETCD_PORT), and the
+        old records' reader (a fleet's first run looks for them), in the node's own directory (its first argument)."""
         argv = shlex.split(command)
-        at = argv.index("/bin/sh")
-        env = dict(tok.split("=", 1) for tok in argv[:at])
-        argv = argv[at:]
-        argv[4] = str(node.workdir / "fleet")  # /bin/sh -c TEXT NAME BASE_DIR …
+        env: dict[str, str] = {}
+        if "/bin/sh" in argv:
+            at = argv.index("/bin/sh")
+            env = dict(tok.split("=", 1) for tok in argv[:at])
+            argv = argv[at:]
+            argv[4] = str(node.workdir / "fleet")  # /bin/sh -c TEXT NAME BASE_DIR …
         proc = await asyncio.create_subprocess_exec(
             *argv, env={"PATH": "/usr/bin:/bin", **env}, stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)

@@ -1,6 +1,8 @@
 """Reconcile at scale, simulated: `Fleet.apply(specs, "reconcile")` against N in-process SSH servers that answer
 the engine's real command set (bench/_sim_node.py: facts, container listing, run, stop, remove, image list from a
-per-node in-memory container table; the lease and records scripts run for real with /bin/sh).
+per-node in-memory container table). The record nodes run `etcdctl` for real, against one real etcd member on
+loopback (tests/etcd_local.py) that the controller reaches through them ($FLEET_ETCD_PORT): the lease, the
+records and the node marks cost what they cost.
 
 The servers run in a child process, so the CPU measured here (time.process_time) is the controller's alone. One
 apply places the replicas (cold: it also connects), then no-op reconcile rounds on the open connections, then a
@@ -33,6 +35,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from etcd_local import LocalEtcd  # noqa: E402
 
 from fleet.api import Fleet  # noqa: E402
 from fleet.config.inventory import load_inventory  # noqa: E402
@@ -195,7 +200,7 @@ def main() -> None:
     parser.add_argument("--services", type=int, default=50)
     parser.add_argument("--replicas", type=int, default=100, help="replicas per service")
     parser.add_argument("--rounds", type=int, default=3, help="no-op reconcile rounds (median reported)")
-    parser.add_argument("--records", type=int, default=3, help="record nodes (lease and records, real /bin/sh)")
+    parser.add_argument("--records", type=int, default=1, help="record nodes (each runs etcdctl against one etcd)")
     parser.add_argument("--limit", type=int, default=64, help="commands in flight (the Pool's default: 64)")
     parser.add_argument("--profile", help="write a cProfile of the reconcile rounds to this file")
     parser.add_argument("--profile-watch", help="write a cProfile of the watcher's rounds to this file")
@@ -209,7 +214,9 @@ def main() -> None:
         os.environ["FLEET_CACHE_DIR"] = f"{tmp}/cache"
         servers = Servers(args.nodes, tmp)
         try:
-            out = asyncio.run(run(args, servers, Path(tmp)))
+            with LocalEtcd(prefix="hxsim") as etcd:
+                os.environ["FLEET_ETCD_PORT"] = str(etcd.port)
+                out = asyncio.run(run(args, servers, Path(tmp)))
         finally:
             servers.stop()
     if args.json:

@@ -1,6 +1,5 @@
-"""The shared state's costs per operation: the lease on etcd (take, renew, check, release) and a record write,
-median and p99 wall time, through fleet's SSH transport, on 1 and 3 etcd members; and the file protocol it
-replaces (fleet.store.lease and fleet.store.records over the same transport) on 1 and 3 record nodes.
+"""The shared state's costs per operation: the lease on etcd (take, renew, check, release), a record write (a new
+revision) and an event append, median and p99 wall time, through fleet's SSH transport, on 1, 3 and 5 members.
 
 Everything runs on this machine: the "record nodes" are real asyncssh servers (tests/sshserver.py, "shell"
 handler: each command runs under /bin/sh as sshd would) in a child process, and the etcd members are real
@@ -8,15 +7,34 @@ processes on loopback ports (tests/etcd_local.py). An etcd call is one `etcdctl`
 the first record node, against its member. So these are the costs of the commands and of consensus on one
 machine, not of a network.
 
-    .venv/bin/python bench/state.py                    # 30 rounds, etcd and files, 1 and 3 members/nodes
-    .venv/bin/python bench/state.py --rounds 50 --only etcd
+    .venv/bin/python bench/state.py                    # 30 rounds, 1, 3 and 5 members
+    .venv/bin/python bench/state.py --rounds 50 --sizes 3
+
+History: the file protocol etcd replaced (a flock-guarded lease file and JSON record files on every record node,
+a majority needed; removed from fleet), measured by this script before its removal, 30 rounds, 2026-12-04, on
+the same shared 2-core machine as the etcd figures below it (median / p99 ms):
+
+    record nodes                   1               3               5
+    lease take              35.1 /  98.1    53.0 / 130.7   169.3 / 271.4
+    lease renew             38.8 /  76.6    54.6 /  92.1   153.1 / 264.4
+    record write           144.1 / 283.4   238.1 / 506.3   577.7 / 1223.0
+    lease release           33.6 /  82.2    52.8 / 125.6   156.7 / 230.6
+
+and etcd at the same time (the lease check, one round trip before each action on nodes, is new: the file lease
+trusted its last renewal):
+
+    members                        1               3               5
+    lease take             139.0 / 306.8   135.1 / 243.4   116.8 / 181.7
+    lease renew             66.6 / 180.9    56.2 / 103.7    52.5 / 119.9
+    lease check             58.1 / 135.4    53.8 / 112.5    44.6 / 147.2
+    record write           140.2 / 301.6   117.4 / 228.8    99.9 / 206.5
+    lease release           71.3 / 101.4    60.1 / 115.2    53.5 / 136.7
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import tempfile
@@ -33,8 +51,6 @@ from sim_fanout import start_servers, stop_servers  # noqa: E402
 
 from fleet.core.model import Node  # noqa: E402
 from fleet.store.etcd import EtcdLease, EtcdStore, SharedState  # noqa: E402
-from fleet.store.lease import Lease  # noqa: E402
-from fleet.store.records import FleetHistory  # noqa: E402
 from fleet.transport import Pool  # noqa: E402
 
 Row = tuple[str, int, str, list[float]]
@@ -67,21 +83,6 @@ async def etcd_rounds(pool: Pool, nodes: list[Node], port: int, rounds: int) -> 
     return samples
 
 
-async def file_rounds(pool: Pool, nodes: list[Node], base: str, rounds: int) -> dict[str, list[float]]:
-    samples: dict[str, list[float]] = {}
-    history = FleetHistory(pool, nodes, base_dir=base)
-    spec = json.dumps({"image": "web", "spec": "x" * 400})
-    for i in range(rounds):
-        lease = Lease(pool, nodes, command="bench", ttl=30, base_dir=base)
-        await timed(samples, "lease take", lease.acquire())
-        await timed(samples, "lease renew", lease.renew())
-        lease.check()  # no round trip in the file protocol: it trusts the last renewal
-        await timed(samples, "record write (new revision)",
-                    history.record("web", spec.replace("web", f"web{i}"), f"h{i}", "web", "bench"))
-        await timed(samples, "lease release", lease.release())
-    return samples
-
-
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -94,14 +95,9 @@ async def run(args: argparse.Namespace) -> list[Row]:
         try:
             async with Pool() as pool:
                 for size in args.sizes:
-                    if "etcd" in args.only:
-                        with LocalEtcd(members=size, prefix="hxb") as etcd:
-                            got = await etcd_rounds(pool, nodes[:size], etcd.port, args.rounds)
-                        rows += [("etcd", size, name, v) for name, v in got.items()]
-                    if "files" in args.only:
-                        base = f"{tmp}/files{size}/{{node}}"
-                        got = await file_rounds(pool, nodes[:size], base, args.rounds)
-                        rows += [("files", size, name, v) for name, v in got.items()]
+                    with LocalEtcd(members=size, prefix="hxb") as etcd:
+                        got = await etcd_rounds(pool, nodes[:size], etcd.port, args.rounds)
+                    rows += [("etcd", size, name, v) for name, v in got.items()]
         finally:
             stop_servers(proc)
     return rows
@@ -110,8 +106,7 @@ async def run(args: argparse.Namespace) -> list[Row]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=30)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[1, 3], help="etcd members / record nodes")
-    ap.add_argument("--only", nargs="+", choices=["etcd", "files"], default=["etcd", "files"])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1, 3, 5], help="etcd members / record nodes")
     args = ap.parse_args()
     rows = asyncio.run(run(args))
     print(f"\n{'store':<6} {'nodes':>5}  {'operation':<30} {'median ms':>10} {'p99 ms':>8} {'n':>4}")

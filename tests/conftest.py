@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from etcd_local import LocalEtcd
 from hypothesis import HealthCheck, settings
 from sshserver import SSHFarm
 
@@ -21,6 +22,7 @@ from fleet.engine.etcd import EtcdMembers
 from fleet.lab.lab import Lab
 from fleet.lab.render import LabConfig
 from fleet.node.etcd import etcdctl
+from fleet.store.etcd import EtcdStore
 from fleet.store.etcd_pki import issue_peer, new_ca
 from fleet.store.nodes import record_nodes
 from fleet.transport import Pool
@@ -136,3 +138,17 @@ async def pool() -> AsyncIterator[Pool]:
     """A connection pool that gives up fast on a node that is down (one attempt, 5 s)."""
     async with Pool(backoff=0.01, connect_attempts=1, connect_timeout=5) as p:
         yield p
+
+
+@pytest.fixture
+def local_etcd() -> Iterator[LocalEtcd]:
+    """One real etcd member on a loopback port, stopped and its data removed after the test."""
+    with LocalEtcd(prefix="hxr") as server:
+        yield server
+
+
+@pytest.fixture
+def shared_store(local_etcd: LocalEtcd, farm: SSHFarm, pool: Pool) -> EtcdStore:
+    """The shared state as a controller reaches it: etcdctl over SSH on a record node (the farm's first node, whose
+    shell reaches `local_etcd` on loopback)."""
+    return EtcdStore(pool, farm.nodes[:1], port=local_etcd.port)

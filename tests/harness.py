@@ -177,7 +177,7 @@ class FakeOps:
 
 
 class MemoryRecords:
-    """The fleet's records in memory (`Records`), numbering revisions as `FleetHistory` does: the spec of the
+    """The fleet's records in memory (`Records`), numbering revisions as `EtcdRecords` does: the spec of the
     latest succeeded revision, or of an in-progress newest one, is that revision again."""
 
     def __init__(self) -> None:

@@ -769,7 +769,7 @@ def test_cli_plan_refuses_a_malformed_address_with_exit_2(tmp_path: Path) -> Non
     ("all:\n  children: [lb]\n", "hosts.yml:2: all.children: expected a mapping of group name → group"),
     ("all:\n  hosts: {a: 1}\n", "hosts.yml:2: all.hosts.a: host variables must be a mapping"),
     ("all:\n  hosts:\n    a: {fleet_roles: 5}\n", "hosts.yml:3: a.fleet_roles: expected a list of roles "
-                                                    "(worker, lb, storage), got 5"),
+                                                    "(worker, lb, storage, record), got 5"),
     ("all:\n  hosts:\n    ~: {}\n", "hosts.yml:3: all.hosts.None: expected a host name, got None"),
     ("all:\n  hosts:\n    a: {ansible_ssh_port: x}\n", "hosts.yml:3: a.ansible_ssh_port: expected a port number from "
                                                          "1 to 65535, got 'x'"),

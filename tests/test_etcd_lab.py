@@ -31,7 +31,8 @@ TOKEN = "fleet-lab-test"
 
 @pytest.fixture
 async def cluster(lab: LabHandle) -> AsyncIterator[tuple[EtcdMembers, list[Node], PeerCa]]:
-    nodes = [n for n in lab.inventory.nodes if n.has_role("worker")][:3]
+    # Not the lab's record node: its own member (the fleet's shared state) uses etcd's ports and directory there.
+    nodes = [n for n in lab.inventory.nodes if not n.has_role("record")][:3]
     ca = new_ca(TOKEN)
     async with Pool(connect_attempts=1) as pool:
         members = EtcdMembers(pool, nodes, cluster_token=TOKEN, files=FILES)

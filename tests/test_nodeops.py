@@ -1,35 +1,39 @@
 """Node operations without the lab: label arguments, marks and their document, the scheduler with cordoned and
-draining nodes, the drain target, the record on in-process SSH servers, and the CLI's refusals."""
+draining nodes, the drain target, the marks in etcd (reached over SSH), and the CLI's refusals."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import run_fleet
+from etcd_local import ETCD
+from helpers import free_port, run_fleet
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 from sshserver import SSHFarm
-from test_records import history
 from test_scheduler import fleets
 
 from fleet.api import NodeReport, report_from
 from fleet.cli.nodes import report_json, table
 from fleet.config.spec import parse_playbook
-from fleet.core.errors import RecordsError
-from fleet.core.model import Node, Resources
+from fleet.core.errors import LeaseLost, RecordsError
+from fleet.core.model import Inventory, Node, Resources
 from fleet.core.nodeops import NodeMark, decode_marks, encode_marks, parse_label_args, relabel
 from fleet.engine.state import node_states
 from fleet.plan.drain import drain_target
 from fleet.plan.reconcile import Replica, plan
 from fleet.plan.rollout.decide import ServiceState
 from fleet.plan.scheduler import Existing, NodeState, ServiceDemand, place
-from fleet.store.nodeops import NODES_RECORD, fetch_marks, read_marks, update_mark
+from fleet.store.access import marks_of
+from fleet.store.etcd import EtcdLease, EtcdStore, SharedState
+from fleet.store.etcd_records import EtcdRecords, read_marks, update_mark
 from fleet.transport import Pool
 
+needs_etcd = pytest.mark.skipif(ETCD is None, reason="etcd is not installed (scripts/setup.sh installs it)")
 MiB = 1 << 20
 GiB = 1 << 30
 SMALL = Resources(0.25, 128 * MiB)
@@ -274,70 +278,57 @@ def test_a_service_with_no_accepted_revision_cannot_be_drained_and_says_why() ->
     assert isinstance(failed, str)
 
 
-# ---- the record on the fleet (in-process SSH servers running the real record scripts) -----------------------------
+# ---- the marks in etcd (a real member, reached by etcdctl over SSH) ---------------------------------------------
 
 
 @pytest.fixture
-def base(tmp_path: Path) -> str:
-    return str(tmp_path / "nodes" / "{node}" / "fleet")
+def records(shared_store: EtcdStore) -> Callable[[EtcdLease], EtcdRecords]:
+    return lambda lease: EtcdRecords(shared_store, SharedState(shared_store, lease), command="fleet node")
 
 
-async def test_marks_are_written_to_a_majority_and_read_by_another_controller(farm: SSHFarm, pool: Pool,
-                                                                              base: str) -> None:
-    mine = history(pool, farm, base)
-    marks = await update_mark(mine, "n2", lambda m: dataclasses.replace(m, cordoned=True), by="ann@ctl",
-                              clock=lambda: 50.0)
-    assert marks == {"n2": NodeMark(cordoned=True, by="ann@ctl", at=50.0)}
-    await update_mark(mine, "n3", lambda m: relabel(m, {"zone": "c"}, {"disk": "ssd"}, ["zone"]), by="ann@ctl")
-    other = history(pool, farm, base)  # a second controller: it knows only what the record nodes hold
-    seen = await read_marks(other)
-    assert seen["n2"].cordoned and seen["n3"].effective({"zone": "c"}) == {"disk": "ssd"}
-    # The record is not a service: no revision lists it.
-    assert await other.services() == []
-    # Uncordoning clears the node's entry altogether; an unchanged mark is not written again.
-    await update_mark(other, "n2", lambda m: dataclasses.replace(m, cordoned=False))
-    assert "n2" not in await read_marks(history(pool, farm, base))
-    before = await history(pool, farm, base).state(NODES_RECORD)
-    await update_mark(other, "n3", lambda m: m)
-    assert await history(pool, farm, base).state(NODES_RECORD) == before
+@needs_etcd
+async def test_marks_are_written_under_the_lease_and_read_by_another_controller(
+        shared_store: EtcdStore, records: Callable[[EtcdLease], EtcdRecords]) -> None:
+    assert await read_marks(shared_store) == {}
+    async with EtcdLease(shared_store, command="fleet node cordon n2") as lease:
+        mine = records(lease)
+        marks = await update_mark(mine, "n2", lambda m: dataclasses.replace(m, cordoned=True), by="ann@ctl")
+        assert marks["n2"].cordoned and marks["n2"].by == "ann@ctl"
+        await update_mark(mine, "n3", lambda m: relabel(m, {"zone": "c"}, {"disk": "ssd"}, ["zone"]), by="ann@ctl")
+        seen = await read_marks(shared_store)  # a second controller reads etcd, outside the lease
+        assert seen["n2"].cordoned and seen["n3"].effective({"zone": "c"}) == {"disk": "ssd"}
+        assert await EtcdRecords(shared_store).services() == []  # marks are not services
+        # Uncordoning clears the node's key altogether; an unchanged mark is not written again.
+        await update_mark(mine, "n2", lambda m: dataclasses.replace(m, cordoned=False))
+        assert "n2" not in await read_marks(shared_store)
+        before = await SharedState(shared_store, lease).events()
+        await update_mark(mine, "n3", lambda m: m)
+        after = await SharedState(shared_store, lease).events()
+    assert after == before and [e.value["node"] for e in after] == ["n2", "n3", "n2"]
+    assert after[0].value["what"] == "node" and after[0].value["mark"]["cordoned"] is True
 
 
-async def test_every_look_at_the_nodes_reads_the_marks_alone_newest_copy_first(farm: SSHFarm, pool: Pool,
-                                                                                base: str) -> None:
-    assert await fetch_marks(pool, farm.nodes, base_dir=base) == ({}, None)  # nothing recorded yet
-    writer = history(pool, farm, base)
-    await writer.record("web", json.dumps({"image": "x"}), "h1", "x", "ann")  # a service's history is not read
-    await update_mark(writer, "n2", lambda m: dataclasses.replace(m, cordoned=True), clock=lambda: 10.0)
-    await farm.stop("n1")  # it misses the next change: its copy is older
-    await update_mark(writer, "n2", lambda m: relabel(m, {}, {"disk": "ssd"}, []), clock=lambda: 20.0)
-    await farm.listen("n1")
-    marks, why = await fetch_marks(pool, farm.nodes, base_dir=base)
-    assert why is None and marks["n2"].cordoned and dict(marks["n2"].labels) == {"disk": "ssd"}
-    for name in ("n1", "n2", "n3"):
-        await farm.stop(name)
-    marks, why = await fetch_marks(pool, farm.nodes, base_dir=base, timeout=5)
-    assert marks == {} and why is not None and why.startswith("cannot read the fleet's record of its nodes: no record")
+@needs_etcd
+async def test_marks_are_not_changed_without_the_lease(shared_store: EtcdStore,
+                                                       records: Callable[[EtcdLease], EtcdRecords]) -> None:
+    lease = EtcdLease(shared_store, command="fleet node cordon n2")
+    await lease.acquire()
+    await lease.release()
+    with pytest.raises(LeaseLost):
+        await update_mark(records(lease), "n2", lambda m: dataclasses.replace(m, cordoned=True))
+    with pytest.raises(RecordsError, match="only under the fleet's lease"):
+        await update_mark(EtcdRecords(shared_store), "n2", lambda m: dataclasses.replace(m, cordoned=True))
+    assert await read_marks(shared_store) == {}
 
 
-async def test_an_unreadable_marks_document_is_reported_by_every_look(farm: SSHFarm, pool: Pool, base: str) -> None:
-    await history(pool, farm, base).set_state(NODES_RECORD, {"format": 1, "nodes": {"n1": {"draining": 1}}})
-    marks, why = await fetch_marks(pool, farm.nodes, base_dir=base)
-    assert marks == {} and why is not None and "nodes.n1.draining: expected true or false" in why
-
-
-async def test_marks_are_not_changed_without_a_majority_of_record_nodes(farm: SSHFarm, pool: Pool,
-                                                                        base: str) -> None:
-    await farm.stop("n1")
-    await farm.stop("n3")
-    with pytest.raises(RecordsError, match="record nodes answered"):
-        await update_mark(history(pool, farm, base), "n2", lambda m: dataclasses.replace(m, cordoned=True))
-
-
-async def test_an_unreadable_marks_record_is_an_error_naming_it(farm: SSHFarm, pool: Pool, base: str) -> None:
-    h = history(pool, farm, base)
-    await h.set_state(NODES_RECORD, {"format": 1, "nodes": {"n1": {"cordoned": "yes"}}})
-    with pytest.raises(RecordsError, match=r"fleet.nodes\) is unreadable: nodes.n1.cordoned"):
-        await read_marks(history(pool, farm, base))
+async def test_every_look_at_the_nodes_says_why_the_marks_are_unknown_when_etcd_does_not_answer(
+        farm: SSHFarm, pool: Pool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEET_ETCD_PORT", str(free_port()))  # nothing listens there
+    inv = Inventory(str(tmp_path / "inv.yaml"), tuple(farm.nodes))
+    marks, why = await marks_of(pool, inv)
+    assert marks == {} and why is not None
+    assert why.startswith("cannot read the fleet's record of its nodes: the fleet's shared state could not be "
+                          "reached: n1: ")
 
 
 # ---- the CLI's refusals (before any node is contacted) -----------------------------------------------------------

@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from etcd_local import ETCD
 from harness import Harness, service, worker
 from rich.console import Console
+from test_records import SPEC
 
 from fleet.cli.apply import _Progress
 from fleet.config.spec import ServiceSpec
@@ -22,6 +24,8 @@ from fleet.engine.concurrency import Coalesced, SerialRecords
 from fleet.plan.reconcile import Replica
 from fleet.plan.rollout.decide import Target
 from fleet.results import Event, Outcome
+from fleet.store.etcd import EtcdLease, SharedState
+from fleet.store.etcd_records import EtcdRecords
 
 
 # --- Coalesced -------------------------------------------------------------------------------------------------
@@ -198,32 +202,32 @@ async def test_a_failed_batch_fails_every_caller_in_it_and_a_second_revision_of_
     assert inner.calls == ["record_many s1", "record_many s2 s3", "record_many s3"]
 
 
-async def test_fleet_history_records_several_services_in_one_read_and_one_write(farm, pool, tmp_path):
-    from test_records import SPEC, history
+@pytest.mark.skipif(ETCD is None, reason="etcd is not installed")
+async def test_etcd_records_several_services_numbered_apart_and_the_same_specs_again_write_nothing(shared_store):
+    async with EtcdLease(shared_store, command="fleet apply", ttl=10) as lease:
+        h = EtcdRecords(shared_store, SharedState(shared_store, lease))
+        assert await h.record("web", SPEC, "h1", "img:1", "alice") == 1
+        numbers = await h.record_many([("web", SPEC, "h2", "img:2", "bob"), ("api", SPEC, "a1", "api:1", "bob"),
+                                       ("db", SPEC, "d1", "db:1", "bob")])
+        assert numbers == [2, 1, 1]
+        trips: list[str] = []
+        run = shared_store.pool.run
 
-    base = str(tmp_path / "nodes" / "{node}" / "fleet")
-    h = history(pool, farm, base)
-    assert await h.record("web", SPEC, "h1", "img:1", "alice") == 1
-    trips: list[str] = []
-    run = pool.run
+        async def counted(node, command, **kw):  # type: ignore[no-untyped-def]
+            trips.append(node.name)
+            return await run(node, command, **kw)
 
-    async def counted(node, command, **kw):  # type: ignore[no-untyped-def]
-        trips.append(node.name)
-        return await run(node, command, **kw)
-
-    pool.run = counted  # type: ignore[method-assign]
-    numbers = await h.record_many([("web", SPEC, "h2", "img:2", "bob"), ("api", SPEC, "a1", "api:1", "bob"),
-                                   ("db", SPEC, "d1", "db:1", "bob")])
-    pool.run = run  # type: ignore[method-assign]
-    assert numbers == [2, 1, 1]
-    assert sorted(trips) == sorted([n.name for n in farm.nodes] * 2)  # one read and one write per record node
-    # The same specs again: the revisions in progress, nothing written.
-    assert await h.record_many([("api", SPEC, "a1", "api:1", "bob"), ("web", SPEC, "h2", "img:2", "bob")]) == [1, 2]
-    fresh = history(pool, farm, base)
+        shared_store.pool.run = counted  # type: ignore[method-assign]
+        # The same specs again: the revisions in progress, nothing read or written.
+        assert await h.record_many([("api", SPEC, "a1", "api:1", "bob"), ("web", SPEC, "h2", "img:2", "bob")]) == [
+            1, 2]
+        shared_store.pool.run = run  # type: ignore[method-assign]
+        assert trips == []
+        with pytest.raises(ValueError, match="once"):
+            await h.record_many([("web", SPEC, "h3", "img:3", "bob"), ("web", SPEC, "h4", "img:4", "bob")])
+    fresh = EtcdRecords(shared_store)
     assert [(r.service, r.revision, r.outcome) for s in ("api", "db", "web") for r in await fresh.list(s)] == [
         ("api", 1, "in-progress"), ("db", 1, "in-progress"), ("web", 1, "in-progress"), ("web", 2, "in-progress")]
-    with pytest.raises(ValueError, match="once"):
-        await h.record_many([("web", SPEC, "h3", "img:3", "bob"), ("web", SPEC, "h4", "img:4", "bob")])
 
 
 async def test_records_reads_do_not_wait_for_a_write():

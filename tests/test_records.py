@@ -1,297 +1,179 @@
-"""The fleet's records (revision history and decision state) on in-process SSH servers running the real scripts.
-
-Each server stands for one record node; its records live in its own temporary directory (`{node}` in base_dir).
-"""
+"""The fleet's records in etcd (fleet.store.etcd_records) on a real etcd member, reached by etcdctl over SSH (an
+in-process SSH server whose shell reaches the member on loopback): revision numbers from the shared counter,
+never twice, across controllers; decisions; every write fenced by the lease and logged with who made it; a value
+that fails to decode refused by name; the first run's import of the old file records (fleet.store.migrate)."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
-import os
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from etcd_local import ETCD
 from sshserver import SSHFarm
 
-from fleet.core.errors import RecordsError
-from fleet.store import FleetHistory
-from fleet.store.history import History, HistoryError, Revision
-from fleet.store.records import (
-    RevisionRecord,
-    StateRecord,
-    decode_record,
-    encode_revision,
-    encode_state,
-    merge,
-    parse_dump,
-)
-from fleet.transport import Pool
+from fleet.core.errors import HistoryError, LeaseLost, RecordsError
+from fleet.core.model import Inventory
+from fleet.core.nodeops import NodeMark
+from fleet.store.etcd import LOCK_KEY, EtcdLease, EtcdStore, SharedState, revision_key
+from fleet.store.etcd_records import EtcdRecords, mark_key, read_marks, revision_doc, state_key
+from fleet.store.history import Revision
+from fleet.store.legacy import decode_record, merge, parse_dump
+from fleet.store.migrate import MIGRATED_KEY, migrate, old_record_nodes
 
-SPEC = json.dumps({"image": "fleet.local/demo:v1", "env": {"DB_PASSWORD": {"secret": "db-password"}}})
+pytestmark = pytest.mark.skipif(ETCD is None, reason="etcd is not installed (scripts/setup.sh installs it)")
+
+SPEC = json.dumps({"image": "fleet.local/demo:v1", "replicas": 2})
+SPEC2 = json.dumps({"image": "fleet.local/demo:v2", "replicas": 2})
 
 
-class Clock:
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        self.now += 1
-        return self.now
+def _rev(n: int, outcome: str = "succeeded", spec: str = SPEC) -> Revision:
+    return Revision("web", n, f"h{n}", "img", "alice", 10.0 + n, 11.0 + n, outcome, "", spec)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def base(tmp_path: Path) -> str:
-    return str(tmp_path / "nodes" / "{node}" / "fleet")
+async def test_revisions_numbered_by_the_counter_and_reapplying_returns_the_same(shared_store: EtcdStore) -> None:
+    async with EtcdLease(shared_store, command="fleet apply", ttl=10) as lease:
+        records = EtcdRecords(shared_store, SharedState(shared_store, lease), command="fleet apply web.yaml")
+        assert await records.record("web", SPEC, "h1", "img:1", "alice") == 1
+        # The same spec while in progress (its controller died) and once succeeded: the same revision.
+        assert await records.record("web", SPEC, "h1", "img:1", "alice") == 1
+        assert await records.finish("web", 1, "succeeded") is True
+        assert await records.finish("web", 1, "failed") is False  # the first outcome stays
+        assert await records.record("web", json.dumps({"image": "fleet.local/demo:v1", "replicas": 5}), "h1",
+                                    "img:1", "alice") == 1  # but for the replica count, the same spec
+        assert await records.record_many([("web", SPEC2, "h2", "img:2", "bob"),
+                                          ("api", SPEC, "a1", "img:1", "bob")]) == [2, 1]
+        with pytest.raises(HistoryError, match="no revision 7"):
+            await records.finish("web", 7, "failed")
+        await records.set_state("web", {"decision": "accepted", "accepted": 1})
+        await records.set_state("api", {"decision": "accepted"})
+        await records.set_state("api", None)
+    # Another controller, outside the lease, reads what was written; it cannot write.
+    reader = EtcdRecords(shared_store)
+    assert [(r.revision, r.outcome) for r in await reader.list("web")] == [(1, "succeeded"), (2, "in-progress")]
+    assert (await reader.get("web", 2)).user == "bob"  # type: ignore[union-attr]
+    assert (await reader.latest_succeeded("web")).revision == 1  # type: ignore[union-attr]
+    assert await reader.services() == ["api", "web"]
+    assert await reader.state("web") == {"decision": "accepted", "accepted": 1}
+    assert await reader.state("api") is None
+    with pytest.raises(RecordsError, match="only under the fleet's lease"):
+        await reader.set_state("web", None)
 
 
-def on_node(base: str, node: str, path: str) -> Path:
-    return Path(base.replace("{node}", node)) / "records" / path
+async def test_two_controllers_one_after_the_other_number_on_and_every_write_is_in_the_event_log(
+        shared_store: EtcdStore) -> None:
+    for who, spec in (("ann@ctl-1", SPEC), ("bob@ctl-2", SPEC2)):
+        async with EtcdLease(shared_store, command="fleet apply", ttl=10, holder=who) as lease:
+            shared = SharedState(shared_store, lease)
+            records = EtcdRecords(shared_store, shared, command=f"fleet apply ({who})")
+            number = await records.record("web", spec, spec, "img", who)
+            await records.finish("web", number, "succeeded")
+    assert [r.revision for r in await EtcdRecords(shared_store).list("web")] == [1, 2]
+    events = await shared.events()
+    assert [(e.value["what"], e.value["command"]) for e in events] == [
+        ("revision", "fleet apply (ann@ctl-1)"), ("finish", "fleet apply (ann@ctl-1)"),
+        ("revision", "fleet apply (bob@ctl-2)"), ("finish", "fleet apply (bob@ctl-2)")]
+    assert all(e.value["who"] for e in events) and [e.number for e in events] == sorted(e.number for e in events)
 
 
-def history(pool: Pool, farm: SSHFarm, base: str, nodes: list[str] | None = None, **kw: object) -> FleetHistory:
-    chosen = [farm.node(n) for n in nodes] if nodes else farm.nodes
-    kw.setdefault("clock", Clock())
-    return FleetHistory(pool, chosen, base_dir=base, **kw)  # type: ignore[arg-type]
+async def test_concurrent_record_calls_on_two_stores_never_share_a_number(shared_store: EtcdStore,
+                                                                           farm: SSHFarm) -> None:
+    other = EtcdStore(shared_store.pool, farm.nodes[1:2], port=shared_store.at.port)
+    async with EtcdLease(shared_store, command="fleet apply", ttl=10) as lease:
+        a = EtcdRecords(shared_store, SharedState(shared_store, lease))
+        b = EtcdRecords(other, SharedState(other, lease))  # the same run through another record node
+        await a.refresh()
+        await b.refresh()
+        numbers = await asyncio.gather(*(r.record("web", json.dumps({"image": f"v{i}"}), f"h{i}", "i", "u")
+                                         for i, r in enumerate([a, b] * 3)))
+    assert sorted(numbers) == [1, 2, 3, 4, 5, 6]
 
 
-# ---- pure: codecs and merge -------------------------------------------------------------------------------------
+async def test_a_run_whose_lease_expired_writes_nothing(shared_store: EtcdStore) -> None:
+    lease = EtcdLease(shared_store, command="fleet apply", ttl=1)
+    await lease.acquire()  # never renewed: it expires on etcd's clock
+    records = EtcdRecords(shared_store, SharedState(shared_store, lease))
+    await records.refresh()
+    deadline = time.monotonic() + 10
+    while await shared_store.get(LOCK_KEY) is not None:  # etcd's leader revokes it once its ttl ran out
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.2)
+    with pytest.raises(LeaseLost, match="nothing was written"):
+        await records.record("web", SPEC, "h1", "img", "alice")
+    assert await shared_store.range("/fleet/services/") == ()
 
 
-def _rev(n: int = 1, outcome: str = "in-progress", **kw: object) -> Revision:
-    fields: dict[str, object] = dict(service="web", revision=n, spec_hash=f"h{n}", image="img:1", user="alice",
-                                     created_at=10.0, finished_at=None, outcome=outcome, reason="", spec_json=SPEC)
-    fields.update(kw)
-    return Revision(**fields)  # type: ignore[arg-type]
+async def test_a_record_that_fails_to_decode_is_refused_by_name(shared_store: EtcdStore) -> None:
+    async with EtcdLease(shared_store, command="fleet apply", ttl=10) as lease:
+        shared = SharedState(shared_store, lease)
+        await shared.write({revision_key("web", 1): {"outcome": "done?"}})
+        with pytest.raises(RecordsError, match="etcd key /fleet/services/web/revisions/0000000001: field "):
+            await EtcdRecords(shared_store).list("web")
+        await shared.write({mark_key("n1"): {"cordoned": "yes"}}, [revision_key("web", 1)])
+        with pytest.raises(RecordsError, match=r"etcd key /fleet/nodes/n1: not a node mark: nodes\.n1\.cordoned"):
+            await read_marks(shared_store)
 
 
-def test_a_revision_file_round_trips_and_is_one_ascii_line():
-    rev = _rev(3, "succeeded", finished_at=12.5, reason="ünïcødé\nsecond line")
-    text = encode_revision(rev, 13.0)
-    assert "\n" not in text and text.isascii()
-    assert decode_record("web/rev-3.json", text.encode()) == RevisionRecord(rev, 13.0)
-    state = StateRecord("web", {"accepted": 3, "canary": None}, 14.0)
-    assert decode_record("web/state.json", encode_state(state).encode()) == state
-    tombstone = StateRecord("web", None, 15.0)
-    assert decode_record("web/state.json", encode_state(tombstone).encode()) == tombstone
+# ---- the old file records, imported once ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("path", "content", "problem"), [
-    ("web/rev-3.json", b"{not json", "not JSON"),
-    ("web/rev-3.json", b"\xff\xfe", "not UTF-8"),
-    ("web/rev-3.json", b"[1, 2]", "expected a JSON object"),
-    ("web/rev-4.json", encode_revision(_rev(3), 1.0).encode(), "not what its name says"),
-    ("api/rev-3.json", encode_revision(_rev(3), 1.0).encode(), "not what its name says"),
-    ("web/rev-3.json", encode_revision(_rev(3), 1.0).replace('"revision":3', '"revision":"3"').encode(),
-     "field 'revision': expected int"),
-    ("web/rev-3.json", encode_revision(_rev(3), 1.0).replace('"in-progress"', '"done"').encode(),
-     "field 'outcome': expected one of"),
-    ("web/rev-3.json", encode_revision(_rev(3), 1.0).replace('"format":1', '"format":9').encode(), "newer fleet"),
-    ("web/rev-3.json", encode_revision(_rev(3), 1.0).replace(',"user":"alice"', "").encode(),
-     "field 'user' is missing"),
-    ("web/state.json", b'{"format":1,"kind":"state","service":"web","state":[1],"updated_at":1}',
-     "field 'state': expected dict"),
-])
-def test_bad_record_files_are_refused_with_the_reason(path: str, content: bytes, problem: str):
-    with pytest.raises(ValueError, match=problem):
-        decode_record(path, content)
+def _old_file(root: Path, path: str, doc: dict[str, object]) -> None:
+    target = root / "records" / path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps({"format": 1, **doc}) + "\n")
 
 
-def test_merge_takes_the_newest_copy_and_counts_unreadable_revision_numbers():
-    old = encode_revision(_rev(1), 20.0).encode()
-    new = encode_revision(_rev(1, "succeeded", finished_at=21.0), 21.0).encode()
-    snap = merge({"n1": {"web/rev-1.json": old, "web/rev-5.json": b"garbage"},
-                  "n2": {"web/rev-1.json": new}}, {"n3": "connection refused"}, "/var/lib/fleet")
-    assert snap.revisions[("web", 1)].revision.outcome == "succeeded"
-    assert snap.top == {"web": 5}
-    assert snap.copies == {"n1": {"web/rev-1.json": 20.0}, "n2": {"web/rev-1.json": 21.0}}
-    assert snap.answered == ("n1", "n2") and snap.errors == {"n3": "connection refused"}
-    [warning] = snap.warnings
-    assert warning.startswith("n1: /var/lib/fleet/records/web/rev-5.json: not JSON")
+def _old_revision(rev: Revision, updated_at: float) -> dict[str, object]:
+    return {"kind": "revision", "service": rev.service, "revision": rev.revision, "updated_at": updated_at,
+            **revision_doc(rev)}
 
 
-def test_the_listing_is_parsed_and_a_cut_listing_refused():
-    assert parse_dump("fleet-records 1\nfile web/state.json eyJhIjoxfQ==\nend\n") == {"web/state.json": b'{"a":1}'}
-    assert parse_dump("fleet-records 1\nend\n") == {}
+def test_old_record_files_are_validated_and_the_newest_copy_wins() -> None:
+    old = json.dumps({"format": 1, **_old_revision(_rev(3, "in-progress"), 5.0)}).encode()
+    new = json.dumps({"format": 1, **_old_revision(_rev(3), 9.0)}).encode()
+    merged = merge({"n1": {"web/rev-3.json": old}, "n2": {"web/rev-3.json": new, "web/rev-4.json": b"{"}})
+    assert merged.revisions[("web", 3)] == _rev(3) and merged.found_on == ["n1", "n2"]
+    assert merged.warnings == ["n2: records/web/rev-4.json: not JSON: Expecting property name enclosed in double "
+                               "quotes: line 1 column 2 (char 1) (skipped)"]
+    with pytest.raises(ValueError, match="does not hold 'web' revision 4"):
+        decode_record("web/rev-4.json", new)
+    listing = "fleet-records 1\nfile web/rev-3.json " + base64.b64encode(new).decode() + "\nend\n"
+    assert parse_dump(listing) == {"web/rev-3.json": new}
     with pytest.raises(ValueError, match="cut short"):
-        parse_dump("fleet-records 1\nfile web/state.json eyJhIjoxfQ==\n")
-    with pytest.raises(ValueError, match="unexpected reply"):
-        parse_dump("sh: base64: not found\n")
+        parse_dump(listing.removesuffix("end\n"))
 
 
-# ---- one record node --------------------------------------------------------------------------------------------
-
-
-async def test_revisions_on_one_record_node(farm: SSHFarm, pool: Pool, base: str):
-    h = history(pool, farm, base, ["n1"])
-    assert await h.services() == [] and await h.list("web") == []
-    assert await h.record("web", SPEC, "h1", "img:1", "alice") == 1
-    assert await h.finish("web", 1, "succeeded")
-    assert await h.record("web", SPEC, "h1", "img:1", "bob") == 1  # the latest good spec again: same revision
-    assert await h.record("web", SPEC, "h2", "img:2", "alice") == 2
-    assert await h.record("web", SPEC, "h2", "img:2", "alice") == 2  # resumed while in progress
-    assert await h.finish("web", 2, "rolled-back", "canary 5xx")
-    assert not await h.finish("web", 2, "succeeded")  # a finished revision keeps its first outcome
-    assert await h.record("api", SPEC, "a1", "api:1", "bob") == 1
-    with pytest.raises(HistoryError, match="no revision 9"):
-        await h.finish("web", 9, "failed")
-    with pytest.raises(ValueError, match="outcome"):
-        await h.finish("web", 1, "done")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="service name"):
-        await h.record("../etc", SPEC, "x", "img", "alice")
-
-    fresh = history(pool, farm, base, ["n1"])  # another instance reads it all back from the node
-    revs = await fresh.list("web")
-    assert [(r.revision, r.outcome, r.reason) for r in revs] == [(1, "succeeded", ""), (2, "rolled-back", "canary 5xx")]
-    assert revs[0].spec_json == SPEC and revs[0].user == "alice" and revs[0].finished_at is not None
-    assert (await fresh.latest_succeeded("web")).revision == 1  # type: ignore[union-attr]
-    assert await fresh.latest_succeeded("web", before=1) is None
-    assert (await fresh.get("web", 2)).image == "img:2"  # type: ignore[union-attr]
-    assert await fresh.get("web", 3) is None
-    assert await fresh.services() == ["api", "web"]
-    files = sorted(os.listdir(on_node(base, "n1", "web")))
-    assert files == ["rev-1.json", "rev-2.json"]  # no temp file left behind
-
-
-async def test_state_set_get_and_delete(farm: SSHFarm, pool: Pool, base: str):
-    h = history(pool, farm, base)
-    assert await h.state("web") is None
-    await h.set_state("web", {"accepted": 3, "canary": {"revision": 4, "step": 1}})
-    got = await h.state("web")
-    assert got == {"accepted": 3, "canary": {"revision": 4, "step": 1}}
-    got["accepted"] = 99  # type: ignore[index]
-    assert (await history(pool, farm, base).state("web")) == {"accepted": 3, "canary": {"revision": 4, "step": 1}}
-    await h.set_state("web", None)
-    assert await h.state("web") is None
-    assert await history(pool, farm, base).state("web") is None
-    with pytest.raises(ValueError, match="not JSON-serializable"):
-        await h.set_state("web", {"when": object()})
-
-
-# ---- several controllers, several record nodes -------------------------------------------------------------------
-
-
-async def test_two_controllers_share_numbering_with_separate_caches(farm: SSHFarm, base: str, tmp_path: Path):
-    async with Pool(backoff=0.01) as pa, Pool(backoff=0.01) as pb:
-        with History(tmp_path / "a.db") as ca, History(tmp_path / "b.db") as cb:
-            a = history(pa, farm, base, cache=ca, clock=Clock(1000))
-            b = history(pb, farm, base, cache=cb, clock=Clock(5000))
-            assert await a.record("web", SPEC, "h1", "img:1", "alice") == 1
-            assert await b.record("web", SPEC, "h2", "img:2", "bob") == 2
-            assert await b.finish("web", 1, "succeeded")
-            assert await a.record("web", SPEC, "h3", "img:3", "alice") == 3
-            assert [(r.revision, r.user, r.outcome) for r in await a.list("web")] == [
-                (1, "alice", "succeeded"), (2, "bob", "in-progress"), (3, "alice", "in-progress")]
-            await b.refresh()
-            assert [r.spec_hash for r in await b.list("web")] == ["h1", "h2", "h3"]
-            # Each cache holds the fleet's numbering, not one of its own.
-            assert [r.spec_hash for r in ca.list("web")] == ["h1", "h2", "h3"]
-            assert [r.spec_hash for r in cb.list("web")] == ["h1", "h2", "h3"]
-
-
-async def test_newest_copy_wins_and_the_next_write_repairs_the_others(farm: SSHFarm, pool: Pool, base: str):
-    h = history(pool, farm, base)
-    assert await h.record("web", SPEC, "h1", "img:1", "alice") == 1
-    # n2 alone holds a newer copy (its write reached only n2); n3 lost its copy entirely.
-    newer = _rev(1, "succeeded", spec_hash="h1", finished_at=1500.0, reason="by hand")
-    on_node(base, "n2", "web/rev-1.json").write_text(encode_revision(newer, 1500.0) + "\n")
-    on_node(base, "n3", "web/rev-1.json").unlink()
-    reader = history(pool, farm, base)
-    assert (await reader.get("web", 1)) == newer
-    assert await reader.record("api", SPEC, "a1", "api:1", "bob") == 1  # any write repairs what it saw missing
-    for node in ("n1", "n2", "n3"):
-        copy = decode_record("web/rev-1.json", on_node(base, node, "web/rev-1.json").read_bytes())
-        assert copy == RevisionRecord(newer, 1500.0)
-        assert on_node(base, node, "api/rev-1.json").exists()
-
-
-async def test_one_record_node_down_reads_and_writes_go_on(farm: SSHFarm, pool: Pool, base: str):
-    h = history(pool, farm, base)
-    assert await h.record("web", SPEC, "h1", "img:1", "alice") == 1
-    await farm.stop("n2")
-    assert await h.finish("web", 1, "succeeded")
-    assert await h.record("web", SPEC, "h2", "img:2", "alice") == 2
-    await h.set_state("web", {"accepted": 1})
-    assert any(w.startswith("read 2 of 3 record nodes") and "n2:" in w for w in h.warnings)
-    assert not on_node(base, "n2", "web/rev-2.json").exists()
-    await farm.listen("n2")
-    other = history(pool, farm, base)
-    assert [r.outcome for r in await other.list("web")] == ["succeeded", "in-progress"]
-    assert await other.state("web") == {"accepted": 1}
-    await other.set_state("api", {"accepted": 7})
-    # n2 is back: the write repaired what it missed, the finished revision 1 included.
-    assert decode_record("web/rev-1.json", on_node(base, "n2", "web/rev-1.json").read_bytes()
-                         ).revision.outcome == "succeeded"  # type: ignore[union-attr]
-    assert on_node(base, "n2", "web/rev-2.json").exists() and on_node(base, "n2", "web/state.json").exists()
-
-
-async def test_two_of_three_down_writes_refused_naming_the_nodes(farm: SSHFarm, pool: Pool, base: str):
-    h = history(pool, farm, base)
-    assert await h.record("web", SPEC, "h1", "img:1", "alice") == 1
-    await farm.stop("n1")
-    await farm.stop("n3")
-    with pytest.raises(RecordsError, match=r"1 of 3 record nodes answered, 2 needed \(n1: .*; n3: .*\)"):
-        await h.record("web", SPEC, "h2", "img:2", "alice")
-    with pytest.raises(RecordsError, match=r"n1: .*n3: "):
-        await h.set_state("web", {"accepted": 1})
-    reader = history(pool, farm, base)
-    assert [r.revision for r in await reader.list("web")] == [1]  # a minority still reads, and says so
-    assert any("no majority" in w for w in reader.warnings)
-
-
-async def test_a_deleted_state_stays_deleted_when_a_stale_copy_comes_back(farm: SSHFarm, pool: Pool, base: str):
-    h = history(pool, farm, base)
-    await h.set_state("web", {"accepted": 1})
-    await farm.stop("n3")
-    await h.set_state("web", None)
-    await farm.listen("n3")
-    assert await history(pool, farm, base).state("web") is None
-
-
-async def test_a_corrupt_file_is_skipped_with_a_warning_naming_node_and_file(farm: SSHFarm, pool: Pool, base: str):
-    h = history(pool, farm, base)
-    assert await h.record("web", SPEC, "h1", "img:1", "alice") == 1
-    assert await h.record("web", SPEC, "h2", "img:2", "alice") == 2
-    on_node(base, "n1", "web/rev-1.json").write_text('{"format": 1, "service": "web", "revision": ')
-    for node in ("n1", "n2", "n3"):  # revision 2 is unreadable everywhere
-        on_node(base, node, "web/rev-2.json").write_text("hand-edited\n")
-    reader = history(pool, farm, base)
-    assert [r.spec_hash for r in await reader.list("web")] == ["h1"]  # n2's and n3's copies of revision 1
-    path = on_node(base, "n1", "web/rev-1.json")
-    assert any(w.startswith(f"n1: {path}: not JSON") for w in reader.warnings)
-    assert sum("rev-2.json: not JSON" in w for w in reader.warnings) == 3
-    # A new revision never reuses the number of an unreadable one.
-    assert await reader.record("web", SPEC, "h3", "img:3", "alice") == 3
-    assert decode_record("web/rev-1.json", path.read_bytes()).revision.spec_hash == "h1"  # type: ignore[union-attr]
-
-
-async def test_cache_stands_in_only_when_no_record_node_answers(farm: SSHFarm, pool: Pool, base: str,
-                                                                tmp_path: Path):
-    with History(tmp_path / "cache.db") as cache:
-        h = history(pool, farm, base, cache=cache)
-        assert await h.record("web", SPEC, "h1", "img:1", "alice") == 1
-        assert await h.finish("web", 1, "succeeded")
-        await h.set_state("web", {"accepted": 1})
-        assert not h.from_cache
-        for name in ("n1", "n2", "n3"):
-            await farm.stop(name)
-        offline = history(pool, farm, base, cache=cache)
-        assert [(r.revision, r.outcome) for r in await offline.list("web")] == [(1, "succeeded")]
-        assert await offline.state("web") == {"accepted": 1}
-        assert offline.from_cache
-        assert any("no record node answered" in w and str(cache.path) in w for w in offline.warnings)
-        with pytest.raises(RecordsError, match="0 of 3 record nodes answered"):
-            await offline.record("web", SPEC, "h2", "img:2", "alice")
-    with pytest.raises(RecordsError, match="no record node answered"):
-        await history(pool, farm, base).list("web")
-
-
-async def test_losing_the_cache_loses_nothing(farm: SSHFarm, pool: Pool, base: str, tmp_path: Path):
-    with History(tmp_path / "cache.db") as cache:
-        h = history(pool, farm, base, cache=cache)
-        await h.record("web", SPEC, "h1", "img:1", "alice")
-        await h.set_state("web", {"accepted": 1})
-    (tmp_path / "cache.db").unlink()
-    with History(tmp_path / "new-cache.db") as fresh_cache:
-        again = history(pool, farm, base, cache=fresh_cache)
-        assert [r.spec_hash for r in await again.list("web")] == ["h1"]
-        assert await again.state("web") == {"accepted": 1}
-        assert [r.spec_hash for r in fresh_cache.list("web")] == ["h1"]  # refilled by the read
+async def test_the_first_run_imports_the_file_records_keeps_their_numbers_then_removes_them(
+        shared_store: EtcdStore, farm: SSHFarm, tmp_path: Path) -> None:
+    base = str(tmp_path / "nodes" / "{node}" / "fleet")
+    for node, stale in (("n1", False), ("n2", True)):  # n2 missed the last write: its copy is older
+        root = Path(base.replace("{node}", node))
+        _old_file(root, "web/rev-1.json", _old_revision(_rev(1), 1.0))
+        _old_file(root, "web/rev-2.json", _old_revision(_rev(2, "in-progress" if stale else "failed"),
+                                                        2.0 if stale else 3.0))
+        _old_file(root, "web/state.json", {"kind": "state", "service": "web", "state": {"accepted": 1},
+                                           "updated_at": 3.0})
+        _old_file(root, "fleet.nodes/state.json", {"kind": "state", "service": "fleet.nodes", "updated_at": 3.0,
+                                                   "state": {"format": 1, "nodes": {"n3": {"cordoned": True}}}})
+    # The former protocol kept them on the lb nodes, with a third node as a tie-breaker for two.
+    nodes = (replace(farm.nodes[0], roles=("lb",)), replace(farm.nodes[1], roles=("lb",)), farm.nodes[2])
+    inventory = Inventory(str(tmp_path / "inv.yaml"), nodes)
+    assert [n.name for n in old_record_nodes(inventory)] == ["n1", "n2", "n3"]
+    async with EtcdLease(shared_store, command="fleet apply", ttl=10) as lease:
+        shared = SharedState(shared_store, lease)
+        done = await migrate(shared_store.pool, inventory, shared, base)
+        assert done is not None and (done.services, done.revisions, done.marks) == (1, 2, 1)
+        assert await migrate(shared_store.pool, inventory, shared, base) is None  # once
+        # Revision numbers go on from the imported ones.
+        records = EtcdRecords(shared_store, shared)
+        assert await records.record("web", SPEC2, "h3", "img", "carol") == 3
+    revs = await EtcdRecords(shared_store).list("web")
+    assert [(r.revision, r.outcome) for r in revs] == [(1, "succeeded"), (2, "failed"), (3, "in-progress")]
+    assert await shared_store.read(state_key("web")) == {"accepted": 1}
+    assert await read_marks(shared_store) == {"n3": NodeMark(cordoned=True)}
+    assert await shared_store.read(MIGRATED_KEY) == {"revisions": 2, "services": 1}
+    assert not any((Path(base.replace("{node}", n)) / "records").exists() for n in ("n1", "n2"))

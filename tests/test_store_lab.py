@@ -1,5 +1,5 @@
-"""The fleet's lease on the real lab (real sshd; lb1 is the record node): holders in other processes, one of them
-SIGKILLed while holding it, seen and broken through the real `fleet lock` CLI."""
+"""The fleet's lease on the real lab (real sshd; n1 is the record node, its etcd started by the first contact):
+holders in other processes, one of them SIGKILLed while holding it, seen and broken through `fleet lock`."""
 
 from __future__ import annotations
 
@@ -13,41 +13,40 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from helpers import INSTALLED_CLI, run_fleet
+from helpers import run_fleet
 
+from fleet.api import Fleet
 from fleet.core.errors import LeaseHeld
-from fleet.store import Lease, record_nodes
-from fleet.transport import Pool
+from fleet.store import EtcdLease, record_nodes
 
 pytestmark = pytest.mark.lab
 
 # A controller process that takes the fleet's lease through the API and works under it until it is lost.
 HOLDER = r"""
-import asyncio, sys
+import asyncio, os, sys
+from fleet.api import Fleet
 from fleet.core.errors import LeaseLost
 from fleet.config.inventory import load_inventory
-from fleet.store import Lease, record_nodes
-from fleet.transport import Pool
 
 async def main(path, ttl, command):
-    inv = load_inventory(path)
-    async with Pool() as pool:
+    os.environ["FLEET_LEASE_TTL"] = ttl
+    async with Fleet.connect(load_inventory(path), command=command) as fleet:
         try:
-            async with Lease(pool, record_nodes(inv), command=command, ttl=ttl) as lease:
+            async with fleet.leased() as lease:
                 print("held", flush=True)
                 while True:
                     await asyncio.sleep(0.2)
-                    lease.check()
+                    await lease.check()
         except LeaseLost as exc:
             print(f"lost: {exc}", flush=True)
             sys.exit(3)
 
-asyncio.run(main(sys.argv[1], float(sys.argv[2]), sys.argv[3]))
+asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3]))
 """
 
 
 def fleet(lab, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return run_fleet(*args, inventory=lab.inventory_path, input=stdin, columns=200, timeout=60, cli=INSTALLED_CLI)
+    return run_fleet(*args, inventory=lab.inventory_path, input=stdin, columns=200, timeout=60)
 
 
 def read_line(proc: subprocess.Popen[str], within: float) -> str:
@@ -79,32 +78,33 @@ def hold(lab, holders: list[subprocess.Popen[str]], ttl: float, command: str) ->
     return proc
 
 
-def test_the_labs_record_node_is_its_load_balancer(lab):
-    assert [n.name for n in record_nodes(lab.inventory)] == ["lb1"]
+def test_the_labs_record_node_is_named_in_its_inventory(lab):
+    assert [n.name for n in record_nodes(lab.inventory)] == ["n1"]
+    assert lab.inventory.node("n1").roles == ("worker", "record")
 
 
 async def test_a_sigkilled_holder_is_named_until_its_lease_expires_then_another_takes_it(lab, holders):
-    nodes = record_nodes(lab.inventory)
-    lb = nodes[0].name
     # A ttl long enough that the CLI runs below (seconds each on a loaded machine) end well before it expires.
     killed = hold(lab, holders, 10.0, "fleet apply web.yaml")
     status = fleet(lab, "lock", "status")
     assert status.returncode == 0, status.stderr
     assert f'held by root@{os.uname().nodename} (pid {killed.pid}, "fleet apply web.yaml")' in status.stdout
-    assert status.stdout.splitlines()[0].startswith(lb)
-    on_node = lab.lab.exec_in(lb, ["cat", "/var/lib/fleet/lease"]).stdout
-    assert f"pid={killed.pid}\n" in on_node  # the lease lives on the record node itself
+    assert status.stdout.splitlines()[0].startswith("n1")
+    # The lease lives in etcd on the record node itself: its member answers on the node's loopback only.
+    on_node = lab.lab.exec_in("n1", ["etcdctl", "--endpoints=127.0.0.1:2379", "get", "/fleet/lock",
+                                     "--print-value-only"]).stdout
+    assert json.loads(on_node)["pid"] == killed.pid
 
     os.kill(killed.pid, signal.SIGKILL)
     killed.wait(timeout=10)
     killed_at = time.monotonic()
     after = json.loads(fleet(lab, "lock", "status", "--json").stdout)
     assert after["held"] and after["holder"]["pid"] == killed.pid  # a dead holder's lease outlives it ...
-    async with Pool() as pool:
-        second = Lease(pool, nodes, command="fleet reconcile", ttl=30)
+    async with Fleet.connect(lab.inventory, command="fleet reconcile") as f:
+        second = EtcdLease(await f.shared(), command="fleet reconcile", ttl=30)
         with pytest.raises(LeaseHeld, match=f"pid {killed.pid}"):
             await second.acquire()
-        await second.acquire(wait=20)  # ... until its ttl runs out
+        await second.acquire(wait=20)  # ... until its ttl runs out, on etcd's clock
         waited = time.monotonic() - killed_at
         assert 0.5 < waited < 16, waited
         status = fleet(lab, "lock", "status")
@@ -124,7 +124,7 @@ def test_lock_break_frees_it_and_the_running_holder_stops(lab, holders):
     assert f"broke the lease of root@{os.uname().nodename} (pid {holder.pid}, \"fleet apply api.yaml\")" in broke.stdout
     status = fleet(lab, "lock", "status", "--json")
     assert status.returncode == 0 and json.loads(status.stdout)["held"] is False
-    # Its next renewal (every ttl/3 = 2 s) finds the lease gone: the holder stops instead of writing on.
+    # Its next check (every 0.2 s here) finds the lease gone: the holder stops instead of writing on.
     line = read_line(holder, 10)
-    assert line.startswith("lost: the fleet's lease was lost") and "removed" in line
+    assert line.startswith("lost: the fleet's lease was lost") and "gone" in line
     assert holder.wait(timeout=10) == 3

@@ -92,9 +92,15 @@ class FakeFleet:
         if self.on_event is not None:
             self.on_event(Event("done", call[1] if isinstance(call[1], str) else call[1].name, "converged"))
 
-    async def scale(self, spec, replicas: int) -> RunResult:
-        self._leased("scale", spec, replicas)
-        return RunResult([Outcome(spec.name, True, 1, 0)])
+    async def converge_accepted(self, service: str, replicas: int | None = None, *, first: Any = None) -> RunResult:
+        # The façade reads the accepted spec under the lease; what the records hold then is what counts, and
+        # `first` runs only after that read.
+        self._leased("converge_accepted", service, replicas)
+        if self._records.states.get(service, {}).get("decision") == "destroyed":
+            raise FleetError(f"{service}: no accepted revision on this fleet's records now (it was destroyed)")
+        if first is not None:
+            await first()
+        return RunResult([Outcome(service, True, 1, 0)])
 
     async def apply(self, specs, command: str = "apply") -> RunResult:
         self._leased("apply", specs[0], command)
@@ -126,6 +132,14 @@ class FakeFleet:
         self.calls.append(("exec", ref, tuple(argv)))
         on_line("hi")
         return 3
+
+
+@pytest.fixture(autouse=True)
+def _converge_on_the_double(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`fleet.api.converge_accepted(fleet, …)` is the façade's; here it goes to the double's method of that name."""
+    async def through(fleet: Any, service: str, replicas: int | None = None, *, first: Any = None) -> RunResult:
+        return await fleet.converge_accepted(service, replicas, first=first)
+    monkeypatch.setattr("fleet.tui.source.converge_accepted", through)
 
 
 @pytest.fixture
@@ -182,13 +196,12 @@ async def test_collect_uses_a_watcher_when_one_answers(web_json):
     assert fleet.calls[0] == ("nodes",) and snap.via == ""
 
 
-async def test_scale_converges_the_accepted_spec_under_the_lease_named_for_the_ui(web_json):
+async def test_scale_converges_the_accepted_spec_read_under_the_lease_named_for_the_ui(web_json):
     source, fleet = make(web_json)
     lines: list[str] = []
     result = await source.act(Action("scale", "web", count=6, current=4), lines.append)
-    verb, spec, count, command = fleet.calls[-1]
-    assert (verb, spec.name, spec.replicas, spec.image, count) == ("scale", "web", 4, "fleet.local/demo:v1", 6)
-    assert command == "fleet ui: scale web 6"
+    # The service by name: the façade reads its accepted spec under the lease, not the snapshot's.
+    assert fleet.calls[-1] == ("converge_accepted", "web", 6, "fleet ui: scale web 6")
     assert result.ok and result.summary == "web: scaled to 6"
     assert result.lines == ("web: ok, started 1, stopped 0",)
     # The engine's events reach the source's ring through the façade's on_event.
@@ -199,14 +212,25 @@ async def test_scale_without_an_accepted_revision_is_refused_before_the_lease(we
     source, fleet = make(web_json)
     with pytest.raises(FleetError, match="no accepted revision"):
         await source.act(Action("scale", "db", count=2), print)
-    assert [c for c in fleet.calls if c[0] == "scale"] == []
+    assert [c for c in fleet.calls if c[0] == "converge_accepted"] == []
+
+
+async def test_scale_of_a_service_destroyed_since_the_snapshot_is_refused_not_brought_back(web_json):
+    source, fleet = make(web_json)
+    await source.collect()  # the snapshot: web accepted at revision 3
+    fleet.records().states["web"] = {"accepted": 3, "decision": "destroyed"}  # another controller destroys it
+    with pytest.raises(FleetError, match="it was destroyed"):
+        await source.act(Action("scale", "web", count=6, current=4), print)
+    with pytest.raises(FleetError, match="it was destroyed"):
+        await source.act(Action("restart", "n1/web-1-abc", service="web"), print)
+    assert [c for c in fleet.calls if c[0] == "stop"] == []  # its replica was left alone
 
 
 async def test_restart_stops_the_replica_then_reconciles_its_service(web_json):
     source, fleet = make(web_json)
     result = await source.act(Action("restart", "n1/web-1-abc", service="web"), print)
-    assert [c[:2] for c in fleet.calls] == [("stop", "n1/web-1-abc"), ("apply", fleet.calls[1][1])]
-    assert fleet.calls[1][2] == "reconcile" and fleet.calls[1][1].name == "web"
+    # The replica is stopped under the lease, after the records were read there.
+    assert [c[:3] for c in fleet.calls] == [("converge_accepted", "web", None), ("stop", "n1/web-1-abc")]
     assert result.ok and result.summary == "n1/web-1-abc: restarted"
     bad = await source.act(Action("restart", "n1/bad", service="web"), print)
     assert not bad.ok and bad.lines == ("cannot stop: no such task",)

@@ -111,6 +111,10 @@ DEAD = look([rep("n1", "a", running=False), rep("n2", "b", 1)])
                                     "playbooks_changed": True}, "playbooks"),
     ("unknown lost node", look([rep("n1", "a", running=False)], view=GraceView(unknown=frozenset({"n2"}))),
      {"first": True, "acted": None, "since_act": 9.0}, None),
+    ("records changed by another controller", HEALTHY, {"first": False, "acted": HEALTHY.signature,
+                                                        "since_act": 0.1, "records_changed": True}, "records"),
+    ("records changed, a node never read", look([rep("n1", "a")], view=GraceView(unknown=frozenset({"n2"}))),
+     {"first": False, "acted": None, "since_act": 9.0, "records_changed": True}, None),
 ])
 def test_should_act(name, the_look, kwargs, expected):
     assert should_act(the_look, retry=2.0, resync=60.0, **kwargs) == expected, name

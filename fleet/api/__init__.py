@@ -19,19 +19,22 @@ import contextlib
 import dataclasses
 import shlex
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import TypedDict, Unpack
 
 from fleet.api.hands import Hands
 from fleet.config.spec import ServiceSpec
 from fleet.core.errors import (
     ContainerLookupError,
+    FleetError,
+    InventoryError,
     SecretStoreError,
 )
 from fleet.core.model import Inventory, Node
 from fleet.core.nodeops import NodeMark, relabel
 from fleet.engine import handwork
 from fleet.engine.apply import Engine
+from fleet.engine.concurrency import Coalesced
 from fleet.engine.drain import drain_node
 from fleet.engine.etcd import MemberRow, RecordsView, StepReport
 from fleet.engine.handwork import LogLines, one_off_spec
@@ -40,6 +43,7 @@ from fleet.engine.look import Observed, lb_rows, observe
 from fleet.engine.nodes import collect, facts_command, report_from
 from fleet.engine.preflight import PrepareReport
 from fleet.engine.reader import Reader
+from fleet.engine.shared import restart_dead, start_members
 from fleet.engine.status import status
 from fleet.node.haproxy.stats import StatRow
 from fleet.node.preflight import NodeCheck
@@ -74,18 +78,23 @@ from fleet.store.access import (
     change_mark,
     check_lb_nodes,
     checked_label_change,
+    etcd_store,
     fleet_records,
     known_node,
     lease_ttl,
     lock_status,
     marked,
     marks_of,
+    open_shared,
+    run_lease,
     watcher_lease,
 )
-from fleet.store.lease import Lease
-from fleet.store.nodes import record_nodes
-from fleet.store.records import FleetHistory
-from fleet.store.sealed import SecretKeeper, SecretsView, check_name, open_secrets, store_for, store_of
+from fleet.store.changes import Me, RecordsFollower, follow_records
+from fleet.store.etcd import EtcdLease, EtcdStore
+from fleet.store.etcd_records import EtcdRecords
+from fleet.store.follow import EventLog
+from fleet.store.nodes import record_nodes, record_warnings
+from fleet.store.sealed import SecretKeeper, SecretsView, check_name, open_secrets
 from fleet.store.secrets import init_identity, load_identity, secret_check, stamped, stamped_for
 from fleet.transport import Pool, RemoteStream
 from fleet.transport.terminal import Session, Terminal
@@ -93,12 +102,12 @@ from fleet.transport.warm import ask as ask_watcher
 from fleet.transport.warm import serve as serve_reads
 
 __all__ = [
-    "LIST_TIMEOUT", "ContainerLookupError", "Event", "Fleet", "FleetStatus", "LbConfig", "Lease", "LogLines",
+    "LIST_TIMEOUT", "ContainerLookupError", "EtcdLease", "Event", "Fleet", "FleetStatus", "LbConfig", "LogLines",
     "NodeLease", "NodeReport", "Outcome", "PlanView", "PoolOptions", "PsResult", "PsRow", "PushResult", "Reader",
     "ReplicaStatus", "Revision", "RunResult", "Secret", "SecretKeeper", "SecretRef", "SecretStoreError",
     "SecretsView", "ServiceStatus", "Session", "Terminal", "VolumeListing", "VolumeRow", "ask_watcher", "check_name",
-    "facts_command", "init_identity", "keeper", "lease_ttl", "load_identity", "majority", "one_off_spec", "reader",
-    "report_from", "secret_check", "serve_reads",
+    "converge_accepted", "event_log", "facts_command", "follow_changes", "init_identity", "keeper", "lease_ttl",
+    "load_identity", "majority", "one_off_spec", "reader", "report_from", "secret_check", "serve_reads",
 ]
 __all__ += ["MemberRow", "MembershipPlan", "RecordsView", "Step", "StepReport"]  # fleet records
 # `fleet node check|prepare`.
@@ -130,7 +139,8 @@ class Fleet(Hands):
         self.wait = wait
         self.command = command or shlex.join(["fleet", *sys.argv[1:]])[:200]
         self._reports: list[NodeReport] | None = None
-        self._records: FleetHistory | None = None
+        self._records: EtcdRecords | None = None
+        self._store: EtcdStore | None = None
         self._unsealed: Callable[[str], str | None] | None = None
 
     @classmethod
@@ -160,17 +170,23 @@ class Fleet(Hands):
         assert self._reports is not None
         return self._reports
 
-    def records(self) -> FleetHistory:
-        """The fleet's revision history and decisions, kept on the record nodes (a local copy as a cache)."""
+    def records(self) -> EtcdRecords:
+        """The fleet's history and decisions in etcd; read-only but under the lease (`leased`: written fenced)."""
         if self._records is None:
-            self._records = fleet_records(self.pool, self.inventory)
+            self._records = fleet_records(self._store or etcd_store(self.pool, self.inventory), command=self.command)
         return self._records
+
+    async def shared(self) -> EtcdStore:
+        """The fleet's etcd, answering (started on first contact: see `open_store`)."""
+        if self._store is None:
+            self._store = await open_store(self.pool, self.inventory, notes(self.on_event))
+        return self._store
 
     def fresh(self, *, on_event: Callable[[Event], None] | None = None, command: str | None = None) -> Fleet:
         """A Fleet over the same pool with nothing read yet: a watcher's next round, one socket request."""
         return Fleet(self.inventory, self.pool, on_event=on_event, secrets=self.secrets, command=command)
 
-    async def engine(self, guard: Callable[[], None] | None = None, held: Sequence[Replica] = ()) -> Engine:
+    async def engine(self, guard: Callable[[], Awaitable[None]] | None = None, held: Sequence[Replica] = ()) -> Engine:
         """An engine over this run's reports; `held` are replicas of nodes in their grace period (see Engine)."""
         reports, secrets = await asyncio.gather(self.reports(ports=True), self.unsealed())  # a slow node delays both
         return Engine(self.pool, reports, on_event=self.on_event, secrets=secrets, records=self.records(),
@@ -181,7 +197,7 @@ class Fleet(Hands):
         if self.secrets is not None or (specs is not None and not any(s.secret_names() for s in specs)):
             return self.secrets
         if self._unsealed is None:
-            self._unsealed = await open_secrets(store_for(self.pool, record_nodes(self.inventory)))
+            self._unsealed = await open_secrets(self._store or etcd_store(self.pool, self.inventory))
         return self._unsealed
 
     async def stamped(self, specs: Sequence[ServiceSpec]) -> list[ServiceSpec]:
@@ -205,7 +221,7 @@ class Fleet(Hands):
         return await read_configs(await self.engine(), nodes)
 
     async def history(self, service: str) -> list[Revision]:
-        return await self.records().list(service)
+        return await fleet_records(await self.shared()).list(service)
 
     async def status(self, reports: Sequence[NodeReport] | None = None) -> FleetStatus:
         """Every service's replicas per node, their health in each load balancer and the service's address, read
@@ -213,8 +229,8 @@ class Fleet(Hands):
         a balancer that cannot be read is named in the result's `errors` / `lb_errors`, never raised."""
         # The accepted specs give each service's address (replicas' labels keep the lb port they started with).
         try:
-            records: FleetHistory | None = self.records()
-        except ValueError:
+            records: EtcdRecords | None = self.records()
+        except InventoryError:
             records = None  # an inventory with no node to keep records on
         return await status(self.pool, list(reports) if reports is not None else await self.reports(), records)
 
@@ -226,17 +242,21 @@ class Fleet(Hands):
 
     # --- changing (under the fleet's lease) -------------------------------------------------------------
     @contextlib.asynccontextmanager
-    async def leased(self) -> AsyncIterator[Lease]:
-        """The fleet's lease for this operation: taken (waiting up to `wait`), renewed, released on exit."""
-        async with Lease(self.pool, record_nodes(self.inventory), command=self.command, ttl=lease_ttl(),
-                         wait=self.wait) as lease:
-            yield lease
+    async def leased(self) -> AsyncIterator[EtcdLease]:
+        """The fleet's lease for this operation, with this run's records under it (see store.access.run_lease)."""
+        async with run_lease(self.pool, self.inventory, await self.shared(), command=self.command, wait=self.wait,
+                             note=notes(self.on_event)) as (lease, records):
+            before, self._records = self._records, records
+            try:
+                yield lease
+            finally:
+                self._records = before
 
     @contextlib.asynccontextmanager
     async def writing(self, held: Sequence[Replica] = ()) -> AsyncIterator[Engine]:
-        """The fleet's lease for this operation, then an engine whose every step checks it is still held."""
+        """The fleet's lease, then an engine that confirms it with etcd before each step and action on nodes."""
         async with self.leased() as lease:
-            yield await self.engine(guard=lease.check, held=held)
+            yield await self.engine(guard=Coalesced(lease.check), held=held)
 
     async def apply(self, specs: Sequence[ServiceSpec], command: Command = "apply",
                     parallel: int | None = None, held: Sequence[Replica] = ()) -> RunResult:
@@ -328,7 +348,7 @@ class Fleet(Hands):
 
             async def move() -> RunResult:
                 await self.nodes(ports=True)  # this run's reports, with the node draining
-                return await (await self.engine(guard=lease.check)).drain(node)
+                return await (await self.engine(guard=Coalesced(lease.check))).drain(node)
 
             return await drain_node(node, lease, lambda change: self._mark(node, change), move)
 
@@ -350,9 +370,9 @@ class Fleet(Hands):
         """Every usable lb node's HAProxy server rows (None: that node could not be read)."""
         return await lb_rows(self.pool, reports)
 
-    def watcher_lease(self, base_dir: str, ttl: float) -> Lease:
+    def watcher_lease(self, ttl: float) -> EtcdLease:
         """The lease that says which `fleet watch` acts (see fleet.store.access.watcher_lease); not yet taken."""
-        return watcher_lease(self.pool, self.inventory, base_dir, ttl)
+        return watcher_lease(self.pool, self.inventory, ttl)
 
     def stream(self, node: Node, argv: Sequence[str]) -> RemoteStream:
         """`argv`'s output on `node`, line by line, for as long as it runs (no deadline; the keepalive ends it)."""
@@ -361,8 +381,61 @@ class Fleet(Hands):
 
 def keeper(fleet: Fleet, identity_file: str | None = None) -> SecretKeeper:
     """The fleet's sealed secrets and controllers, changed by this controller (`fleet secret`, `fleet controller`)."""
-    return SecretKeeper(store_of(fleet.pool, fleet.inventory), command=fleet.command, identity_file=identity_file,
+    return SecretKeeper(etcd_store(fleet.pool, fleet.inventory), command=fleet.command, identity_file=identity_file,
                         wait=fleet.wait)
+
+
+def notes(on_event: Callable[[Event], None] | None) -> Callable[..., None]:
+    """Lines about the fleet's shared state, as events (`records`) to whoever follows this run's."""
+    def note(*lines: str) -> None:
+        for line in lines:
+            if on_event is not None:
+                on_event(Event("records", "", line))
+    return note
+
+
+async def open_store(pool: Pool, inventory: Inventory, note: Callable[..., None]) -> EtcdStore:
+    """The fleet's etcd, answering: on first contact (no member answers) every record node's member is started with
+    its peer certificates, and a member that died is started again (fleet.store.access.open_shared); what is
+    unsafe about the record nodes the inventory names goes to `note`."""
+    nodes = record_nodes(inventory)
+    note(*record_warnings(inventory))
+    return await open_shared(pool, inventory, lambda: start_members(pool, nodes), lambda: restart_dead(pool, nodes))
+
+
+# --- the shared state as it changes (`fleet events`, `fleet watch`, the UI's actions) -----------------------------
+async def event_log(fleet: Fleet) -> EventLog:
+    """The fleet's event log: `read()` it, `follow()` it as it grows (fleet.store.follow.EventLog)."""
+    return EventLog(await fleet.shared())
+
+
+async def follow_changes(fleet: Fleet, on_news: Callable[[list[str]], None], note: Callable[[str], None]) -> None:
+    """Until cancelled: `on_news(keys)` with the records and node marks another controller changes, as they land
+    (an etcd watch; see fleet.store.changes); `note` hears when the watch had to start again."""
+    # A store with no I/O yet: a record node that does not answer now is the follower's to wait for.
+    await follow_records(RecordsFollower(etcd_store(fleet.pool, fleet.inventory), Me.here(), on_news, note))
+
+
+async def converge_accepted(fleet: Fleet, service: str, replicas: int | None = None, *,
+                            first: Callable[[], Awaitable[None]] | None = None) -> RunResult:
+    """Converge `service` to its accepted revision as the records hold it under the lease (the UI's scale and
+    restart), so a rollback, destroy or scale another controller made since the caller looked is what counts;
+    `replicas` scales it (kept by reconcile until the next apply); `first` runs under the lease once the records
+    were read (the UI's restart stops its replica there). FleetError, nothing changed, when the service has no
+    accepted revision now or was destroyed."""
+    async with fleet.writing() as engine:
+        state = await engine.ledger.state(service)
+        spec = await engine.ledger.accepted_spec(service)
+        if state is None or spec is None or state.decision == "destroyed":
+            why = "it was destroyed" if state is not None and state.decision == "destroyed" else "apply it first"
+            raise FleetError(f"{service}: no accepted revision on this fleet's records now ({why})")
+        fleet.check_volumes([spec])
+        if first is not None:
+            await first()
+        if replicas is not None:
+            return await engine.scale((await fleet.stamped([spec]))[0], replicas)
+        specs, skipped = await fleet.stamped_for([spec], "reconcile")
+        return await engine.apply(specs, "reconcile", None, skipped)
 
 
 def reader(inventory: Inventory, **pool: Unpack[PoolOptions]) -> Reader:

@@ -1,4 +1,5 @@
-"""`fleet lock status|break`: who holds the fleet's lease on each record node, and breaking it by hand."""
+"""`fleet lock status|break`: who holds the fleet's lease (an etcd lease) as each record node's member reports
+it, and breaking it by hand (revoking it)."""
 
 from __future__ import annotations
 
@@ -142,7 +143,8 @@ def break_(inventory: common.InventoryOpt = None,
     """Remove the fleet's lease on every record node, whoever holds it; prints what was broken.
 
     Only for a holder that is gone for good (its lease also frees itself when its ttl runs out): a holder that
-    is still running finds out at its next renewal and stops, possibly midway through a rollout.
+    is still running can write nothing more (every write is fenced by its lease) and stops at its next step,
+    possibly midway through a rollout.
 
     Example:
 

@@ -16,6 +16,7 @@ from fleet.cli import (
     controller,
     deploy,
     describe,
+    events,
     exec_,
     image,
     lab,
@@ -80,6 +81,7 @@ app.command("promote", rich_help_panel=DEPLOY)(rollout.promote)
 app.command("abort", rich_help_panel=DEPLOY)(rollout.abort)
 app.command("restart", rich_help_panel=DEPLOY)(deploy.restart)
 app.command("deploy", rich_help_panel=DEPLOY)(deploy.deploy)
+app.command("events", rich_help_panel=INSPECT)(events.events)
 app.command("status", rich_help_panel=INSPECT)(status.status_cmd)
 app.command("ps", rich_help_panel=INSPECT)(ps.ps)
 app.command("describe", rich_help_panel=INSPECT)(describe.describe)

@@ -10,7 +10,8 @@ Fleet format (every key but `address` optional; `defaults` apply to every node):
 Ansible inventories: `ansible_host`, `ansible_port`, `ansible_user`, `ansible_ssh_private_key_file`
 (or `ansible_private_key_file`) are honoured; every group a host is in becomes the label
 `group.NAME=true`. Roles come from groups (`group_roles`): a host in a group named `lb` gets the role `lb` only,
-and `worker` as well when it is also in a group named `worker` or `workers`; any other host is a `worker`. The
+and `worker` as well when it is also in a group named `worker` or `workers`; any other host is a `worker`; a host
+in a group named `record` also keeps the fleet's shared state (etcd; fleet.store.nodes.record_nodes). The
 `fleet_roles` host variable (list) replaces them; `fleet_labels` (mapping) adds labels, and
 `-o UserKnownHostsFile=PATH` in `ansible_ssh_common_args` / `ansible_ssh_extra_args` pins host keys as it does
 for Ansible. `ansible_become` (with `ansible_become_user`, and `ansible_become_method` sudo) runs every command
@@ -46,9 +47,10 @@ def group_roles(groups: Iterable[str]) -> tuple[str, ...]:
     internet-facing nodes that hold the TLS keys and the fleet's records, unless the inventory puts the host in
     a worker group too (or lists `worker` in `fleet_roles`). Every other host is a worker."""
     groups = set(groups)
+    record = ("record",) if "record" in groups else ()
     if "lb" not in groups:
-        return ("worker",)
-    return ("worker", "lb") if groups & set(WORKER_GROUPS) else ("lb",)
+        return ("worker", *record)
+    return (("worker", "lb") if groups & set(WORKER_GROUPS) else ("lb",)) + record
 
 
 class _Host:

@@ -26,7 +26,7 @@ from fleet.config.vrrp import parse_vrrp, vrrp_problems
 from fleet.config.yamlmarks import Marked
 from fleet.core.edge import EdgeSettings
 from fleet.core.errors import InventoryError, VrrpValueError
-from fleet.core.model import Inventory, Node, Resources
+from fleet.core.model import EVENTS_KEEP, Inventory, Node, Resources
 from fleet.core.names import NAME_RE, ROLES, check_address, check_labels, key_files, resolve_path
 from fleet.core.units import parse_cpu, parse_memory
 
@@ -110,6 +110,8 @@ class _FleetInventory(BaseModel):
     nodes: dict[str, _NodeSpec]
     edge: EdgeModel | None = None
     vrrp: dict[str, Any] | None = None
+    # How many entries of the fleet's event log (etcd) each run keeps; older ones are trimmed at its end.
+    events_keep: StrictInt = Field(default=EVENTS_KEEP, ge=0, le=10_000_000)
 
 
 def _resources(q: _Quantity | None, default: Resources | None) -> Resources | None:
@@ -155,7 +157,7 @@ def from_fleet(doc: Marked) -> Inventory:
         nodes = with_vrrp(nodes, inv.vrrp, doc)
     base = os.path.dirname(os.path.abspath(doc.file))
     edge = edge_settings(inv.edge, base) if inv.edge is not None else EdgeSettings()
-    return Inventory(doc.file, tuple(nodes), edge)
+    return Inventory(doc.file, tuple(nodes), edge, events_keep=inv.events_keep)
 
 
 def with_vrrp(nodes: list[Node], raw: dict[str, Any], doc: Marked) -> list[Node]:

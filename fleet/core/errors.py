@@ -43,6 +43,7 @@ library's own errors (the transport maps asyncssh's at its edge).
     │   ├── LeaseHeld            another run holds it (carries its LeaseInfo: who, pid, command, until)
     │   └── LeaseLost            a renewal found it gone, taken, or no longer held on a majority
     ├── RecordsError             the fleet's records on its record nodes cannot be read or written
+    │   └── StoreUnreachable     no record node's etcd member answered (none running yet, or no quorum)
     ├── HistoryError             the local history cache is unusable
     └── SecretStoreError         the secrets or this controller's identity cannot be used
         ├── KeyringUnavailable   no keyring backend on this machine (cron, a service without a desktop session)
@@ -224,7 +225,11 @@ class LeaseLost(LeaseError):
 
 
 class RecordsError(FleetError):
-    """The fleet's records could not be read from any record node, or a write reached no majority of them."""
+    """The fleet's shared state (etcd on the record nodes) refused a request, or a value in it is unreadable."""
+
+
+class StoreUnreachable(RecordsError):
+    """No record node's etcd member answered: none is running yet (a fleet's first run), or none has a quorum."""
 
 
 class StatsParseError(FleetError, ValueError):

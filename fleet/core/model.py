@@ -88,6 +88,9 @@ class Node:
         return role in self.roles
 
 
+EVENTS_KEEP = 10_000
+
+
 @dataclass(frozen=True)
 class Inventory:
     """The nodes of a fleet, read from one file, and its edge settings (`edge:`, fleet format only)."""
@@ -95,6 +98,7 @@ class Inventory:
     path: str
     nodes: tuple[Node, ...]
     edge: EdgeSettings = field(default_factory=EdgeSettings)
+    events_keep: int = EVENTS_KEEP  # entries of the fleet's event log kept (`events_keep:`, fleet format only)
 
     def node(self, name: str) -> Node:
         for n in self.nodes:

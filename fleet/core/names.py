@@ -13,7 +13,7 @@ _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 HOST_NAME_RE = re.compile(rf"^(?=.{{1,253}}\.?$){_LABEL}(?:\.{_LABEL})*\.?$")
 LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,126}$")
 LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9._:/@+-]{0,128}$")
-ROLES = ("worker", "lb", "storage")
+ROLES = ("worker", "lb", "storage", "record")
 
 
 def check_labels(v: dict[str, object]) -> dict[str, str]:

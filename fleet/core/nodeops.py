@@ -1,7 +1,7 @@
 """Node operations as values: a node's mark (cordoned, draining, labels set or removed by `fleet node label`),
 the `key=value` / `key-` arguments, and the JSON document every controller reads from the fleet's records.
 
-Pure: the store keeps the document on the record nodes (fleet.store.nodeops); the scheduler sees its effect
+Pure: the store keeps each node's mark as a key in etcd (fleet.store.etcd_records); the scheduler sees its effect
 through NodeState (cordoned, draining, effective labels).
 """
 

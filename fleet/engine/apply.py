@@ -22,6 +22,7 @@ from fleet.core.errors import FleetError, ImageUnavailable, LeaseError, RolloutF
 from fleet.engine.concurrency import DEFAULT_PARALLEL
 from fleet.engine.converge import Stage
 from fleet.engine.edge import Edge
+from fleet.engine.guarded import Guard, Guarded, confirm
 from fleet.engine.lb import Balancers
 from fleet.engine.lbview import config_diff, proposed_configs
 from fleet.engine.ledger import Ledger, NullLedger, TurnKind
@@ -47,14 +48,14 @@ from fleet.transport import Pool
 class Engine:
     """Plans and converges services over one pool, with the node reports of this run.
 
-    `guard` is called between steps: it raises when the fleet's lease was lost, so the run stops at a safe
-    point. `records` is the fleet's history and decisions; without it (tests of the engine alone) revisions
-    come from container labels and every run behaves as `apply`. `parallel` services converge at once. `ops`
-    replaces the replica operations over SSH (tests/harness.py)."""
+    `guard` is awaited between steps and before each action on nodes (`Guarded`): it raises when the fleet's
+    lease was lost, so the run stops at a safe point. `records` is the fleet's history and decisions; without
+    it (tests of the engine alone) revisions come from container labels and every run behaves as `apply`.
+    `parallel` services converge at once. `ops` replaces the replica operations over SSH (tests/harness.py)."""
 
     def __init__(self, pool: Pool, reports: list[NodeReport], *, on_event: Callable[[Event], None] | None = None,
                  secrets: Callable[[str], str | None] | None = None, records: Records | None = None,
-                 user: str | None = None, guard: Callable[[], None] | None = None,
+                 user: str | None = None, guard: Guard | None = None,
                  parallel: int = DEFAULT_PARALLEL, held: Sequence[Replica] = (),
                  edge: EdgeSettings | None = None, ops: ReplicaOps | None = None) -> None:
         self.pool = pool
@@ -66,7 +67,8 @@ class Engine:
         # The edge (shared HTTP/HTTPS ports, certificates, stats password) as the inventory sets it.
         self.lbs = Balancers(pool, reports, Edge(pool, edge or EdgeSettings(), secrets,
                                                  on_note=lambda svc, msg: self.emit("tls", svc, msg)))
-        self.ops = ops or NodeReplicas(pool, self.view, self.lbs, NodeFiles(pool, secrets), self.on_event)
+        inner = ops or NodeReplicas(pool, self.view, self.lbs, NodeFiles(pool, secrets), self.on_event)
+        self.ops: ReplicaOps = Guarded(inner, guard) if guard is not None else inner
         self.book = RoomBook(self.view, self.on_event)
         self.stage = Stage(self.view, self.ops, self.book, self.ledger, self.on_event, guard or (lambda: None))
         self.rollout = ServiceRollout(self.stage)
@@ -155,7 +157,7 @@ class Engine:
             async with gate:
                 if t.skip:
                     return await self._finish_destroy(t)
-                self.stage.guard()
+                await confirm(self.stage.guard)
                 sp = next((s for s in the_plan.services if s.name == t.spec.name), None)
                 cleaned = 0
                 for r in sp.cleanup if sp is not None else ():

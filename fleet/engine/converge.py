@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from fleet.config.spec import ServiceSpec
-from fleet.core.errors import CanaryAborted, FleetError, ImageUnavailable, RolloutFailed
+from fleet.core.errors import CanaryAborted, FleetError, ImageUnavailable, LeaseError, RolloutFailed
+from fleet.engine.guarded import Guard, confirm
 from fleet.engine.ledger import Ledger
 from fleet.engine.replicas import ReplicaOps
 from fleet.engine.rooms import RoomBook
@@ -27,15 +28,15 @@ def _misplaced(why: str) -> bool:
 
 @dataclass
 class Stage:
-    """What every service's rollout in one run shares. `guard` is called between steps: it raises when the
-    fleet's lease was lost, so the run stops at a safe point."""
+    """What every service's rollout in one run shares. `guard` is awaited between steps (and `ops` awaits it
+    before each action on nodes): it raises when the fleet's lease was lost, so the run stops at a safe point."""
 
     view: RunView
     ops: ReplicaOps
     book: RoomBook
     ledger: Ledger
     on_event: Emit
-    guard: Callable[[], None]
+    guard: Guard
 
     def emit(self, step: str, service: str, message: str, node: str | None = None,
              container: str | None = None) -> None:
@@ -83,7 +84,7 @@ class Converge:
             stopped += 1
         outgoing = {st.id for st in states if st.id not in resume.keep}
         for step in resume.steps:
-            s.guard()
+            await confirm(s.guard)
             if step.start_new:
                 new = await self.start_batch(spec, revision, step.start_new, outgoing, weight)
                 started += len(new)
@@ -112,7 +113,7 @@ class Converge:
         new = await self.start_batch(spec, revision, 1, {r.id for r in old})
         last = (1, 1)
         for step in canary_weights(steps, len(new), len(old)):
-            s.guard()
+            await confirm(s.guard)
             for r in new:
                 rotation.weight(r, step.new_weight)
             for r in old:
@@ -166,8 +167,8 @@ class Converge:
         ok = [r for r in new if isinstance(r, Replica)]
         failed = [e for e in new if isinstance(e, BaseException)]
         for e in failed:
-            if not isinstance(e, FleetError):
-                raise e
+            if not isinstance(e, FleetError) or isinstance(e, LeaseError):
+                raise e  # a lost lease stops the run; it is never a replica's failure
         if not failed:
             ready = await asyncio.gather(*(s.ops.wait_ready(spec, r) for r in ok))
             failed_reasons = [why for why in ready if why is not None]

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from fleet.core.errors import DrainError, FleetError, SchedulingError
 from fleet.core.nodeops import NodeMark
 from fleet.results import RunResult
-from fleet.store.lease import Lease
+from fleet.store.etcd import EtcdLease
 
 Mark = Callable[[Callable[[NodeMark], NodeMark]], Awaitable[NodeMark]]
 
@@ -18,7 +18,7 @@ def _cordon_only(m: NodeMark) -> NodeMark:
     return dataclasses.replace(m, cordoned=True, draining=False)
 
 
-async def drain_node(node: str, lease: Lease, mark: Mark, move: Callable[[], Awaitable[RunResult]]) -> RunResult:
+async def drain_node(node: str, lease: EtcdLease, mark: Mark, move: Callable[[], Awaitable[RunResult]]) -> RunResult:
     """Move every replica off `node` (`move`: the engine's drain over reports read with the node draining) and
     leave it cordoned; `mark` changes the node's mark on the fleet, under `lease`, which the caller holds.
 

@@ -55,6 +55,8 @@ class ServiceRollout:
             try:
                 await self.converge(replace(spec_of(prev), replicas=spec.replicas), prev.revision)
             except FleetError as exc2:
+                if isinstance(exc2, LeaseError | RecordsError):
+                    raise  # the automatic rollback lost the lease: nothing more is written or done
                 await ledger.failed(spec, revision, "failed", reason, None, intent, state,
                                     record_reason=f"{reason}; rollback failed too: {exc2}")
                 return Outcome(spec.name, False, reason=f"{reason}; rollback to revision {prev.revision} "

@@ -189,10 +189,16 @@ exec sleep infinity
 """
 
 
+# The lab's one record node (a single etcd member, as for a small fleet): the first worker, which no lab test
+# powers off (they take down later workers and the lb nodes).
+RECORD_NODE = "n1"
+
+
 def inventory_yaml(cfg: LabConfig) -> str:
     nodes: dict[str, object] = {}
     for n in cfg.layout():
-        entry: dict[str, object] = {"address": n.address, "roles": list(n.roles), "labels": {"zone": n.zone}}
+        roles = [*n.roles, "record"] if n.name == RECORD_NODE else list(n.roles)
+        entry: dict[str, object] = {"address": n.address, "roles": roles, "labels": {"zone": n.zone}}
         if n.cpu is not None:
             entry["capacity"] = {"cpu": n.cpu, "memory": n.memory}
         nodes[n.name] = entry

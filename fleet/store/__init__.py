@@ -1,22 +1,23 @@
-"""What outlives a command, kept on the fleet: the fleet's lease (one writer at a time) and its records.
+"""What outlives a command, kept on the fleet: its shared state in etcd on the record nodes (the lease, one writer
+at a time; the records; the node marks; the event log) and the controller's own files (secrets, history cache).
 
-Both live on the record nodes (`record_nodes`): the inventory's `lb` nodes, else those labelled
-`fleet.records=true`, else the first node. Every controller that reads the same inventory agrees on them.
+The record nodes (`record_nodes`) are those the inventory names (role `record`, or the label
+`fleet.records=true`), else its lb nodes, else its first node. Every controller that reads the same inventory
+agrees on them.
 """
 
-from fleet.store.lease import Lease, LeaseInfo, NodeLease, break_lease, lease_status
-from fleet.store.nodes import DEFAULT_BASE_DIR, majority, record_nodes
-from fleet.store.records import FleetHistory, Snapshot
+from fleet.store.etcd import EtcdLease, EtcdStore, SharedState
+from fleet.store.etcd_records import EtcdRecords
+from fleet.store.lease import LeaseInfo, NodeLease
+from fleet.store.nodes import DEFAULT_BASE_DIR, record_nodes
 
 __all__ = [
     "DEFAULT_BASE_DIR",
-    "FleetHistory",
-    "Lease",
+    "EtcdLease",
+    "EtcdRecords",
+    "EtcdStore",
     "LeaseInfo",
     "NodeLease",
-    "Snapshot",
-    "break_lease",
-    "lease_status",
-    "majority",
+    "SharedState",
     "record_nodes",
 ]

@@ -41,6 +41,7 @@ from fleet.core.errors import (
     LeaseInfo,
     LeaseLost,
     RecordsError,
+    StoreUnreachable,
 )
 from fleet.core.model import Node
 from fleet.node import etcd as E
@@ -129,7 +130,7 @@ class EtcdStore:
             if sent and not retry:
                 raise RecordsError(f"etcdctl {_what(argv)} on {node.name}: no answer ({why}); it may "
                                    f"still take effect")
-        raise RecordsError(f"the fleet's shared state could not be reached: {'; '.join(problems)}")
+        raise StoreUnreachable(f"the fleet's shared state could not be reached: {'; '.join(problems)}")
 
     async def call(self, argv: list[str], parse: Callable[[str], T], stdin: str | None = None, *,
                    retry: bool = True) -> T:
@@ -155,6 +156,17 @@ class EtcdStore:
     async def get(self, key: str) -> E.KeyValue | None:
         found = await self.call(E.get_argv(key, at=self.at), E.parse_get)
         return found.kvs[0] if found.kvs else None
+
+    async def count(self, prefix: str) -> int:
+        """How many keys are under `prefix` (no values read)."""
+        argv = E.etcdctl("get", "--prefix", "--keys-only", "--limit=1", "--", prefix, at=self.at)
+        return await self.call(argv, _count)  # a range answer counts every key it matched, whatever its limit
+
+    async def oldest_keys(self, prefix: str, limit: int) -> tuple[E.KeyValue, ...]:
+        """The `limit` oldest keys under `prefix` (by create revision), without their values."""
+        argv = E.etcdctl("get", "--prefix", "--keys-only", "--sort-by=CREATE", "--order=ASCEND", f"--limit={limit}",
+                         "--", prefix, at=self.at)
+        return (await self.call(argv, E.parse_get)).kvs
 
     async def range(self, prefix: str) -> tuple[E.KeyValue, ...]:
         """Every key under `prefix`, oldest first (by create revision)."""
@@ -490,7 +502,10 @@ class SharedState:
         how many were deleted. Oldest by create revision, not by key: a key's time is its controller's clock."""
         if keep < 0:
             raise ValueError(f"events to keep: expected >= 0, got {keep}")
-        old = list((await self.store.range(EVENTS))[:-keep or None])
+        extra = await self.store.count(EVENTS) - keep
+        if extra <= 0:
+            return 0
+        old = list(await self.store.oldest_keys(EVENTS, extra))
         for start in range(0, len(old), TXN_DELETES):
             await self._fenced([], [E.Delete(kv.key) for kv in old[start:start + TXN_DELETES]])
         return len(old)
@@ -514,3 +529,15 @@ def _counter(kv: E.KeyValue) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise RecordsError(f"etcd key {kv.key}: not a revision counter: {kv.value[:80]!r}; refusing it")
     return value
+
+
+def _count(text: str) -> int:
+    """The total count of a `get -w json` answer (etcd leaves a zero out)."""
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc.msg}") from exc
+    count = doc.get("count", 0) if isinstance(doc, dict) else None
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise ValueError(f"no count in {text[:120]!r}")
+    return count

@@ -2,9 +2,9 @@
 
 Safe for several controller processes at once (WAL, a busy timeout, revisions allocated inside an
 immediate transaction). Secrets are never stored: a spec's JSON names its secrets (`{"secret": NAME}`), as
-`ServiceSpec.hash_input()` does, and never holds a value. The fleet's own record lives on its record nodes
-(`fleet.store.records.FleetHistory`); this file is then its local cache (`store`, `store_state`, `mirror`),
-read only when no record node answers.
+`ServiceSpec.hash_input()` does, and never holds a value. The fleet's own record lives in etcd on its record
+nodes (`fleet.store.etcd_records.EtcdRecords`); this file is a controller's own copy (`store`, `store_state`,
+`mirror`), and the home of the revision types both share.
 """
 
 from __future__ import annotations

@@ -1,30 +1,47 @@
-"""Which nodes keep the fleet's lease and records, and what every store module shares about reaching them."""
+"""Which nodes keep the fleet's shared state (etcd, one member each), and what every store module shares about
+reaching them."""
 
 from __future__ import annotations
 
 from fleet.core.model import CommandResult, Inventory, Node
 from fleet.node.paths import DEFAULT
-from fleet.results.records import majority as majority
 
 DEFAULT_BASE_DIR = DEFAULT.base
+RECORD_ROLE = "record"
 RECORDS_LABEL = "fleet.records"
 
 
 def record_nodes(inventory: Inventory) -> list[Node]:
-    """The record nodes, in inventory order: the `lb` nodes; if none, those labelled `fleet.records=true`;
-    if none, the first node. An even number of lb nodes gets one more node as a tie-breaker (the first labelled
-    one, else the first other node), so that losing one lb node still leaves a majority: two lb nodes with a
-    virtual IP must survive the loss of either. Every controller derives the same list from the same inventory."""
+    """The record nodes, in inventory order: those the inventory names (role `record`; in an Ansible inventory
+    the group `record` or `fleet_roles`), else those labelled `fleet.records=true`; if none is named, the lb
+    nodes; if none, the first node (see `record_warnings`). A named set never depends on the inventory's order
+    or on which other nodes it lists, so adding or removing a worker never changes it, and every controller
+    reading the same inventory gets the same list."""
+    named = [n for n in inventory.nodes if n.has_role(RECORD_ROLE)]
+    if named:
+        return named
     labelled = [n for n in inventory.nodes if n.labels.get(RECORDS_LABEL, "").strip().lower() == "true"]
-    lbs = [n for n in inventory.nodes if n.has_role("lb")]
-    if lbs:
-        if len(lbs) % 2 == 0:
-            other = [n for n in labelled if n not in lbs] or [n for n in inventory.nodes if n not in lbs]
-            return [n for n in inventory.nodes if n in lbs or (other and n is other[0])]
-        return lbs
     if labelled:
         return labelled
-    return list(inventory.nodes[:1])
+    lbs = [n for n in inventory.nodes if n.has_role("lb")]
+    return lbs or list(inventory.nodes[:1])
+
+
+def record_warnings(inventory: Inventory) -> list[str]:
+    """What is unsafe about the inventory's record nodes, one sentence each (none for a named, odd-sized set)."""
+    nodes = record_nodes(inventory)
+    named = any(n.has_role(RECORD_ROLE) or n.labels.get(RECORDS_LABEL, "").strip().lower() == "true"
+                for n in inventory.nodes)
+    out: list[str] = []
+    if nodes and not named:
+        which = "its lb nodes" if nodes[0].has_role("lb") else f"its first node ({nodes[0].name})"
+        out.append(f"{inventory.path} names no record node, so {which} keep the fleet's shared state: name them "
+                   f"(`roles: [worker, record]`), so that adding or removing a node never moves it")
+    if len(nodes) == 2:
+        names = " and ".join(n.name for n in nodes)
+        out.append(f"two record nodes ({names}) have no tie-breaker: losing either one stops every write to the "
+                   f"fleet's shared state (etcd needs 2 of 2) until it is back; name a third record node")
+    return out
 
 
 def node_dir(base_dir: str, node: Node) -> str:

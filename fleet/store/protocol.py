@@ -1,4 +1,4 @@
-"""What the engine needs from the fleet's records, as a Protocol: `fleet.store.records.FleetHistory` is the real
+"""What the engine needs from the fleet's records, as a Protocol: `fleet.store.etcd_records.EtcdRecords` is the real
 one, the engine's tests hold theirs in memory."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from fleet.store.history import FinalOutcome, Revision
 
 
 class Records(Protocol):
-    """The fleet's revision history and per-service decisions (`fleet.store.records.FleetHistory`)."""
+    """The fleet's revision history and per-service decisions (`fleet.store.etcd_records.EtcdRecords`)."""
 
     async def record(self, service: str, spec_json: str, spec_hash: str, image: str, user: str) -> int: ...
     async def record_many(self, items: Sequence[tuple[str, str, str, str, str]]) -> builtins.list[int]: ...

@@ -32,13 +32,10 @@ import pyrage
 from pyrage import x25519
 
 from fleet.core.errors import RecordsError, SecretMissing, SecretStoreError, SecretUnreadable
-from fleet.core.model import Inventory, Node
 from fleet.node import etcd as E
 from fleet.store.etcd import DEFAULT_TTL, EtcdLease, EtcdStore, SharedState
 from fleet.store.lease import default_holder
-from fleet.store.nodes import record_nodes
 from fleet.store.secrets import Identity, Secret, init_identity, legacy_digest_key, load_identity
-from fleet.transport import Pool
 
 CONTROLLERS = "/fleet/controllers/"
 SECRETS = "/fleet/secrets/"
@@ -265,19 +262,6 @@ class Unsealed:
     def present(self, name: str) -> bool:
         """Whether the fleet has the secret `name` (not whether this controller can open it)."""
         return name in self._read().boxes
-
-
-def store_for(pool: Pool, nodes: Sequence[Node]) -> EtcdStore | None:
-    """The shared state on the record nodes `nodes` (None when there is none)."""
-    return EtcdStore(pool, nodes) if nodes else None
-
-
-def store_of(pool: Pool, inventory: Inventory) -> EtcdStore:
-    """The shared state on the inventory's record nodes; ValueError naming the inventory when it has none."""
-    store = store_for(pool, record_nodes(inventory))
-    if store is None:
-        raise ValueError(f"{inventory.path}: no node to keep the fleet's secrets on")
-    return store
 
 
 def default_name() -> str:

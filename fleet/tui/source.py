@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from fleet.api import Reader
+from fleet.api import Reader, converge_accepted
 from fleet.config.spec import from_playbook_dict
 from fleet.core.errors import FleetError
 from fleet.plan.rollout.decide import ServiceState
@@ -156,17 +156,28 @@ class FleetSource:
         f.command = shlex.join(["fleet", "ui:", action.verb, t, *([str(action.count)] if action.count is not None
                                                                   else [])])
         match action.verb:
+            # Scale and restart converge the accepted revision as the records hold it under the lease, never the
+            # snapshot's: a rollback or destroy another controller made since the last refresh is respected.
             case "scale":
                 assert action.count is not None
-                return ran(f"{t}: scaled to {action.count}", await f.scale(await self.accepted_spec(t), action.count))
+                await self.accepted_spec(t)  # refused at once when the snapshot already knows there is none
+                return ran(f"{t}: scaled to {action.count}", await converge_accepted(f, t, action.count))
             case "restart":
                 service = action.service or t
-                spec = await self.accepted_spec(service)
-                stopped = await f.stop(t)
-                failures = [why for _, why in stopped if isinstance(why, str)]
-                if failures:
+                await self.accepted_spec(service)
+                failures: list[str] = []
+
+                async def stop() -> None:  # under the lease, once the records say the service stands
+                    failures.extend(why for _, why in await f.stop(t) if isinstance(why, str))
+                    if failures:
+                        raise FleetError(f"{t}: could not stop it")
+
+                try:
+                    return ran(f"{t}: restarted", await converge_accepted(f, service, first=stop))
+                except FleetError:
+                    if not failures:
+                        raise
                     return ActionResult(False, f"{t}: could not stop it", tuple(failures))
-                return ran(f"{t}: restarted", await f.apply([spec], "reconcile"))
             case "rollback":
                 rev, result = await f.rollback(t, action.revision)
                 return ran(f"{t}: rolled back to revision {rev.revision}", result)

@@ -1,7 +1,7 @@
 """`fleet watch`: one long-running controller that keeps a fleet at its accepted state with warm connections.
 
-Two leases, both the fleet's own mechanism (fleet.store.lease) on the record nodes:
-- the *watcher's* lease (`/var/lib/fleet/watch/lease`) says which `fleet watch` is active. The active one holds
+Two leases, both etcd leases in the fleet's shared state (fleet.store.etcd.EtcdLease):
+- the *watcher's* lease (the key `/fleet/watch/leader`) says which `fleet watch` is active. The active one holds
   and renews it for as long as it runs and releases it on SIGTERM; every other watcher is a standby that tries
   to take it every ttl/3, so it takes over within the lease's ttl when the active one dies (SIGKILL).
   This is the leader election of kube-controller-manager or a Nomad server: one controller acts, the others wait.
@@ -12,8 +12,11 @@ Two leases, both the fleet's own mechanism (fleet.store.lease) on the record nod
   holding it logs `lease-held` and tries again next round.
 
 A round reads the nodes (facts, containers, HAProxy's view) over the warm pool, and when something drifted
-runs `Fleet.apply(specs, "reconcile")`: the same rules and the same engine as `fleet reconcile`. A round starts
-every `interval` seconds, and at once when containerd reports a container exit (fleet.watch.events).
+runs `Fleet.apply(specs, "reconcile")`: the same rules and the same engine as `fleet reconcile`, which reads the
+records, the node marks and the containers again under the fleet's lease before it changes anything, so what
+another controller did meanwhile (destroy, rollback, scale, abort, cordon, drain) is what it acts on. A round
+starts every `interval` seconds, and at once when containerd reports a container exit (fleet.watch.events) or
+another controller changes the records (an etcd watch: fleet.store.changes).
 """
 
 from __future__ import annotations
@@ -27,12 +30,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleet.api import Fleet, Lease, lease_ttl
+from fleet.api import EtcdLease, Fleet, follow_changes, lease_ttl
 from fleet.config.spec import ServiceSpec, load_playbooks
 from fleet.core.errors import ConfigError, FleetError, LeaseError, LeaseHeld, LeaseLost
 from fleet.core.model import Inventory
 from fleet.node.haproxy.render import backend_name
-from fleet.node.paths import DEFAULT
 from fleet.plan.reconcile import Replica, duplicates
 from fleet.results import Event, NodeReport
 from fleet.watch.events import ContainerEvent, follow
@@ -40,7 +42,6 @@ from fleet.watch.grace import DEFAULT_GRACE, Grace, GraceView
 from fleet.watch.notify import sd_notify
 from fleet.watch.server import serving
 
-WATCH_BASE_DIR = f"{DEFAULT.base}/watch"
 Log = Callable[..., None]
 
 
@@ -56,7 +57,6 @@ class WatchOptions:
     retry: float = 2.0
     resync: float = 60.0
     events: bool = True
-    lease_base_dir: str = WATCH_BASE_DIR
 
 
 @dataclass(frozen=True)
@@ -90,20 +90,23 @@ def signature(replicas: Sequence[Replica], down: frozenset[tuple[str, str]], los
 
 
 def should_act(look: Look, *, first: bool, acted: frozenset[Any] | None, since_act: float, retry: float,
-               resync: float, playbooks_changed: bool = False) -> str | None:
+               resync: float, playbooks_changed: bool = False, records_changed: bool = False) -> str | None:
     """Why this round reconciles, or None. Pure: the rules of the loop, tested as data.
 
     It acts on a problem (a replica not running, a server HAProxy finds down, a node past its grace) as soon as
     the fleet looks different from the round it last acted on (`acted`), and again every `retry` seconds while
-    the problem stays; on a playbook change; and every `resync` seconds whatever it sees. A lost node never seen
-    answering holds every round back (its replicas are unknown: a reconcile now would replace them at once)
-    until its grace is over."""
+    the problem stays; on a playbook change; when another controller changed the records (a destroy, rollback,
+    scale or node mark: the reconcile reads them again under the lease); and every `resync` seconds whatever it
+    sees. A lost node never seen answering holds every round back (its replicas are unknown: a reconcile now
+    would replace them at once) until its grace is over."""
     if look.view.unknown:
         return None
     if first:
         return "start"
     if playbooks_changed:
         return "playbooks"
+    if records_changed:
+        return "records"
     if look.problems and (look.signature != acted or since_act >= retry):
         return "problem"
     if since_act >= resync:
@@ -137,6 +140,7 @@ class Watcher:
         self.rounds = 0
         self._latest: tuple[float, list[NodeReport]] | None = None
         self.last_ok = True
+        self._news: set[str] = set()
 
     # --- playbooks -------------------------------------------------------------------------------------
     def _files(self) -> tuple[tuple[str, float], ...]:
@@ -198,10 +202,12 @@ class Watcher:
         started = time.monotonic()
         specs = self.specs()
         look = await self.look(fleet)
+        news = frozenset(self._news)  # what others changed in the records so far: the reconcile reads it later
         self.rounds += 1
         why = "once" if force else should_act(look, first=self._first, acted=self._acted,
                                               since_act=started - self._last_act, retry=self.options.retry,
-                                              resync=self.options.resync, playbooks_changed=self._playbooks_changed)
+                                              resync=self.options.resync, playbooks_changed=self._playbooks_changed,
+                                              records_changed=bool(news))
         self._log_nodes(look)
         if why is None:
             return None
@@ -214,7 +220,10 @@ class Watcher:
                      held=[r.id for r in look.view.held])
         self.log("reconcile", reason=why, problems=look.problems)
         try:
-            result = await fleet.apply(specs, "reconcile", held=() if force else look.view.held)
+            # A Fleet with nothing read yet: the reconcile reads the nodes, their marks, the containers and the
+            # records after it took the fleet's lease, so it acts on what is true then, not on this round's look.
+            result = await fleet.fresh(on_event=fleet.on_event, command=fleet.command).apply(
+                specs, "reconcile", held=() if force else look.view.held)
         except LeaseHeld as exc:
             if force:
                 raise
@@ -223,6 +232,7 @@ class Watcher:
             self._last_act = time.monotonic()
             return None
         self._last_act = time.monotonic()
+        self._news -= news  # read again under the lease by that reconcile
         self.last_ok = result.ok
         changed = [o for o in result.outcomes if o.changed]
         self.log("reconciled", reason=why, ok=result.ok, seconds=round(time.monotonic() - started, 3),
@@ -261,6 +271,14 @@ class Watcher:
             self.wake.set()
         return wake
 
+    def _on_news(self, keys: list[str]) -> None:
+        self.log("records-changed", message="another controller changed the fleet's records", keys=keys[:20])
+        self._news.update(keys)
+        self.wake.set()
+
+    def _on_watch_note(self, message: str) -> None:
+        self.log("records-watch", level="warning", message=message)
+
     def fleet(self) -> Fleet:
         return self.base.fresh(on_event=self._on_event, command="fleet watch")
 
@@ -271,15 +289,19 @@ class Watcher:
         await self.round(self.fleet(), force=True)
         return self.last_ok
 
-    async def active(self, lease: Lease) -> None:
+    async def active(self, lease: EtcdLease) -> None:
         """Rounds while this watcher holds the watcher's lease; returns when it is lost (raises LeaseLost)."""
         fleet = self.fleet()
         # The event streams belong to this active period: cancelled (and awaited) when it ends, however it ends.
         streams = [asyncio.create_task(follow(fleet, n, self._on_drift(n.name)), name=f"events-{n.name}")
                    for n in self.inventory.nodes if n.has_role("worker")] if self.options.events else []
+        # The records too, from now on: what another controller changes wakes this watcher at once.
+        streams.append(asyncio.create_task(follow_changes(fleet, self._on_news, self._on_watch_note),
+                                           name="records"))
         try:
             while True:
-                lease.check()
+                if not lease.held:  # its renewal found it gone (expired, or taken over after a pause)
+                    raise LeaseLost("the watcher's lease was lost: another watcher may lead now")
                 self.wake.clear()
                 try:
                     # Each round reads the nodes again (Fleet.nodes); a failed round is logged and the next one
@@ -304,7 +326,7 @@ class Watcher:
         """Standby until the watcher's lease is free, then active; forever (cancel it to stop: the lease is
         released on the way out)."""
         ttl = lease_ttl()
-        lease = self.base.watcher_lease(self.options.lease_base_dir, ttl)
+        lease = self.base.watcher_lease(ttl)
         holder: str | None = None
         while True:
             try:

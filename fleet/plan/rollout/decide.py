@@ -5,7 +5,7 @@ tries the playbook only when the playbook changed since the last `apply` (or `re
 heals the accepted revision as it is. So a waiting canary stays waiting, `abort` and `rollback` stay done, and a
 revision that failed is not retried until the playbook changes again.
 
-The record of a service (`ServiceState`) lives on the fleet (`fleet.store.records`), written under the lease.
+The record of a service (`ServiceState`) lives on the fleet (`fleet.store.etcd_records`), written under the lease.
 """
 
 from __future__ import annotations
