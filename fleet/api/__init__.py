@@ -197,7 +197,9 @@ class Fleet(Hands):
         if self.secrets is not None or (specs is not None and not any(s.secret_names() for s in specs)):
             return self.secrets
         if self._unsealed is None:
-            self._unsealed = await open_secrets(self._store or etcd_store(self.pool, self.inventory))
+            # No record node (an inventory with no nodes yet): no secrets to read, said where one is used.
+            store = self._store or (etcd_store(self.pool, self.inventory) if record_nodes(self.inventory) else None)
+            self._unsealed = await open_secrets(store)
         return self._unsealed
 
     async def stamped(self, specs: Sequence[ServiceSpec]) -> list[ServiceSpec]:
