@@ -25,6 +25,14 @@ from fleet.plan.scheduler import Assignment
 DATA = Path(__file__).parent / "data" / "cni"
 
 
+def test_host_ports_are_bound_to_the_node_address_when_the_inventory_gives_an_ip():
+    """Replica ports on the address HAProxy reaches, not 0.0.0.0 (issue 21): portmap's hostIP."""
+    conf = cni.portmap_conf([cni.PortMap(23456, 80, cni.bound_address("10.241.0.11"))])
+    assert '"hostIP":"10.241.0.11"' in conf
+    assert cni.bound_address("worker1.example.internal") is None and cni.bound_address("2001:db8::1") is None
+    assert "hostIP" not in cni.portmap_conf([cni.PortMap(23456, 80, cni.bound_address("web1"))])
+
+
 def test_attach_script_is_exactly_the_chain_with_its_configurations():
     script = cni.attach_script("web-1-abc", "10.88.3.0/24", [cni.PortMap(23456, 80), cni.PortMap(23457, 9100)])
     assert script.text == cni.ATTACH_SH and script.name == "fleet-cni-attach"

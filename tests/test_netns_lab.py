@@ -117,6 +117,11 @@ def test_fixed_port_80_image_served_and_rolled_under_load(lab, env):
             on_node(lab, first["node"], f"iptables -w -C {rule} 2>/dev/null || iptables -w -I {rule}")
             on_node(lab, other, f"ip route del {subnet}")
         assert (direct.strip(), mapped.strip(), unguarded.strip()) == ("closed", "open", "open")
+        # The host port is bound to the node's inventory address (what HAProxy reaches), not to every address:
+        # from the worker itself, its address opens and its loopback does not.
+        on_worker = (on_node(lab, first["node"], connect(worker, host_port)).strip(),
+                     on_node(lab, first["node"], connect("127.0.0.1", host_port)).strip())
+        assert on_worker == ("open", "closed")
         with Load(lb_address(lab), port, clients=4, max_seconds=90) as load:
             wait_until(lambda: load.result.ok > 20 or None, 20, 0.2, "requests served")
             out = fleet(env, "apply", playbook(env, {name: fixed_port("v2", 4, port)}))

@@ -114,7 +114,7 @@ async def run_container(pool: Pool, report: NodeReport, spec: RunSpec, *, timeou
     if not (spec.ports and driver.name == "ctr"):
         await perform(pool, report.node, driver.run(spec), timeout=timeout)
         return
-    ports = [cni.PortMap(h, c) for h, c in spec.ports]
+    ports = [cni.PortMap(h, c, cni.bound_address(report.node.address)) for h, c in spec.ports]
     try:
         await perform(pool, report.node, cni.attach_and(driver.run(spec), spec.id, subnet or cni.node_subnet(0),
                                                         ports), timeout=timeout)

@@ -3,10 +3,11 @@
 `attach_script` creates `/run/netns/fleet-<container>` (`ip netns add`) and runs the standard CNI chain in it by
 hand (Debian's containernetworking-plugins 1.1 in /usr/lib/cni, FACTS §12): `bridge` (the node's `fleet0`
 bridge, host-local IPAM on the node's subnet), `portmap` (each host port → its container port,
-`runtimeConfig.portMappings`; HAProxy and health checks use the host port) and `firewall` (forwarding to the
-container only for connections it or a port mapping opened). Two rules of fleet's per node go with them: one
-drops any other new connection forwarded into the bridge from outside it (other nodes reach a container only
-through its mapped host port), one masquerades the node subnet's outbound traffic (cheaper than the bridge
+`runtimeConfig.portMappings`, on the node's inventory address only when it is an IP address: HAProxy and the
+health checks use that address and the host port, and nothing on the node's other addresses reaches it) and
+`firewall` (forwarding to the container only for connections it or a port mapping opened). Two rules of fleet's
+per node go with them: one drops any other new connection forwarded into the bridge from outside it (other nodes
+reach a container only through its mapped host port), one masquerades the node subnet's outbound traffic (cheaper than the bridge
 plugin's ipMasq chain per container). The container joins the namespace (`ctr run --with-ns network:PATH`) in
 the same round trip (`attach_and`). What DEL needs (the three configurations, then the result) is written to
 fleet's cache directory on the node *before* ADD runs, so a controller killed in between leaves something
@@ -44,10 +45,22 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class PortMap:
-    """A host port on the node mapped to a port inside the container (TCP)."""
+    """A host port on the node mapped to a port inside the container (TCP), on the node address `host_ip` only
+    when given (the address HAProxy and the health checks reach the node at), else on every address."""
 
     host: int
     container: int
+    host_ip: str | None = None
+
+
+def bound_address(address: str) -> str | None:
+    """The address a replica's host port is bound to: the node's inventory address when it is an IPv4 literal
+    (what HAProxy and the health checks connect to), else None (a host name: every address, as the node resolves
+    it is not known here)."""
+    try:
+        return address if isinstance(ipaddress.ip_address(address), ipaddress.IPv4Address) else None
+    except ValueError:
+        return None
 
 
 def netns_name(container: str) -> str:
@@ -83,8 +96,8 @@ def bridge_conf(subnet: str, cache_dir: str = CACHE_DIR) -> str:
 def portmap_conf(ports: Sequence[PortMap]) -> str:
     return _dumps({
         "cniVersion": CNI_VERSION, "name": NETWORK, "type": "portmap", "capabilities": {"portMappings": True},
-        "runtimeConfig": {"portMappings": [{"hostPort": p.host, "containerPort": p.container, "protocol": "tcp"}
-                                           for p in ports]},
+        "runtimeConfig": {"portMappings": [{"hostPort": p.host, "containerPort": p.container, "protocol": "tcp",
+                                            **({"hostIP": p.host_ip} if p.host_ip else {})} for p in ports]},
     })
 
 
