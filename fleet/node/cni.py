@@ -7,9 +7,9 @@ bridge, host-local IPAM on the node's subnet), `portmap` (each host port → its
 health checks use that address and the host port, and nothing on the node's other addresses reaches it) and
 `firewall` (forwarding to the container only for connections it or a port mapping opened). Two rules of fleet's
 per node go with them: one drops any other new connection forwarded into the bridge from outside it (other nodes
-reach a container only through its mapped host port), one masquerades the node subnet's outbound traffic (cheaper than the bridge
-plugin's ipMasq chain per container). The container joins the namespace (`ctr run --with-ns network:PATH`) in
-the same round trip (`attach_and`). What DEL needs (the three configurations, then the result) is written to
+reach a container only through its mapped host port), one masquerades the node subnet's outbound traffic
+(cheaper than the bridge plugin's ipMasq chain per container). The container joins the namespace (`ctr run
+--with-ns network:PATH`) in the same round trip (`attach_and`). What DEL needs (the three configurations, then the result) is written to
 fleet's cache directory on the node *before* ADD runs, so a controller killed in between leaves something
 `sweep_script` can tear down: CNI DEL in reverse order with the cached prevResult, then `ip netns delete`
 (which takes the veth with it). Only what fleet made is touched: namespaces named `fleet-*` and cache entries
