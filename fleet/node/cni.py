@@ -1,19 +1,19 @@
 """A replica's own network namespace, as node scripts (values) and the parser of what they print; no I/O here.
 
-`attach_script` creates `/run/netns/fleet-<container>` (`ip netns add`) and runs the standard CNI chain in it by
-hand (Debian's containernetworking-plugins 1.1 in /usr/lib/cni, FACTS §12): `bridge` (the node's `fleet0`
-bridge, host-local IPAM on the node's subnet), `portmap` (each host port → its container port,
-`runtimeConfig.portMappings`, on the node's inventory address only when it is an IP address: HAProxy and the
-health checks use that address and the host port, and nothing on the node's other addresses reaches it) and
-`firewall` (forwarding to the container only for connections it or a port mapping opened). Two rules of fleet's
-per node go with them: one drops any other new connection forwarded into the bridge from outside it (other nodes
-reach a container only through its mapped host port), one masquerades the node subnet's outbound traffic
-(cheaper than the bridge plugin's ipMasq chain per container). The container joins the namespace (`ctr run
---with-ns network:PATH`) in the same round trip (`attach_and`). What DEL needs (the three configurations, then the result) is written to
-fleet's cache directory on the node *before* ADD runs, so a controller killed in between leaves something
-`sweep_script` can tear down: CNI DEL in reverse order with the cached prevResult, then `ip netns delete`
-(which takes the veth with it). Only what fleet made is touched: namespaces named `fleet-*` and cache entries
-of containers fleet no longer has on the node, and the iptables rules the plugins tag with the container ID.
+`attach_script` creates `/run/netns/fleet-<container>` (`ip netns add`) and runs the standard CNI chain in it by hand
+(Debian's containernetworking-plugins 1.1 in /usr/lib/cni, FACTS §12): `bridge` (the node's `fleet0` bridge, host-local
+IPAM on the node's subnet), `portmap` (each host port → its container port, `runtimeConfig.portMappings`, on the node's
+inventory address only when it is an IP address: HAProxy and the health checks use that address and the host port, and
+nothing on the node's other addresses reaches it) and `firewall` (forwarding to the container only for connections it or
+a port mapping opened). Two rules of fleet's per node go with them: one drops any other new connection forwarded into
+the bridge from outside it (other nodes reach a container only through its mapped host port), one masquerades the node
+subnet's outbound traffic (cheaper than the bridge plugin's ipMasq chain per container). The container joins the
+namespace (`ctr run --with-ns network:PATH`) in the same round trip (`attach_and`). What DEL needs (the three
+configurations, then the result) is written to fleet's cache directory on the node *before* ADD runs, so a controller
+killed in between leaves something `sweep_script` can tear down: CNI DEL in reverse order with the cached prevResult,
+then `ip netns delete` (which takes the veth with it). Only what fleet made is touched: namespaces named `fleet-*` and
+cache entries of containers fleet no longer has on the node, and the iptables rules the plugins tag with the container
+ID.
 """
 
 from __future__ import annotations
