@@ -2,10 +2,10 @@
 (`EtcdMembers.ensure`) with peer certificates issued from the fleet's peer CA; a member found dead while the others
 answer is started again by the next run that writes.
 
-The peer CA's key is kept in a 0600 root-only file in fleet's node directory on the first record node
-(`CA_DIR`), made there by the first controller that starts the cluster and reused by every later one for the
-certificates of later members. (It is meant to move into the shared state, encrypted to the controllers, with the
-fleet's other secrets.)
+The peer CA's key is kept in a 0600 root-only file in etcd's directory on the first record node (`CA_DIR`, beside
+the members' certificates), made there by the first controller that starts the cluster and reused by every later
+one (and by `EtcdMembership.load_ca`) for the certificates of later members. (It could move into the shared state,
+sealed to the controllers like the fleet's secrets; it is not there yet.)
 """
 
 from __future__ import annotations
@@ -15,13 +15,15 @@ from collections.abc import Sequence
 
 from fleet.core.model import Node
 from fleet.core.shell import Script
-from fleet.engine.etcd import EtcdMembers, MemberReport
-from fleet.node.paths import DEFAULT, write_file
+from fleet.engine.etcd import DEFAULT_FILES, EtcdMembers, MemberReport
+from fleet.node.paths import write_file
 from fleet.store.etcd_pki import PeerCa, issue_peer, new_ca
 from fleet.store.secrets import Secret
 from fleet.transport import Pool
 
-CA_DIR = f"{DEFAULT.base}/etcd-ca"
+# The peer CA beside each member's certificates (fleet.node.etcd.EtcdFiles: ca.crt on every member, ca.key on the
+# first record node only), where `EtcdMembership.load_ca` finds it to issue a later member's certificate.
+CA_DIR = DEFAULT_FILES.pki_dir
 CA_TIMEOUT = 10.0
 _KEY_MARK = "@@fleet-ca-key"
 
