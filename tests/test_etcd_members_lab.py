@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+import yaml
 from conftest import LabHandle
 from etcd_local import start_members
 from helpers import run_fleet
@@ -43,7 +45,15 @@ async def cluster(lab: LabHandle) -> AsyncIterator[Cluster]:
     workers = [n for n in lab.inventory.nodes if n.has_role("worker")][:3]
     spare = next(n for n in lab.inventory.nodes if n not in workers)
     ca = new_ca(TOKEN)
+    # The lab's record node runs the fleet's own member (the shared state of the other lab tests) with these ports
+    # and this directory: it is stopped and its directory set aside for this test, and put back after (the next
+    # run that writes starts it again, its data intact).
+    keepers = record_nodes(lab.inventory)
     async with Pool(connect_attempts=1) as pool:
+        await EtcdMembers(pool, keepers, cluster_token="fleet", files=FILES).stop()
+        for node in keepers:
+            await pool.check(node, ["sh", "-c", 'rm -rf "$0.saved"; [ ! -e "$0" ] || mv "$0" "$0.saved"',
+                                    FILES.dir], timeout=20)
         members = EtcdMembers(pool, workers, cluster_token=TOKEN, files=FILES)
         try:
             await start_members(members, ca)
@@ -53,6 +63,8 @@ async def cluster(lab: LabHandle) -> AsyncIterator[Cluster]:
             await EtcdMembers(pool, everyone, cluster_token=TOKEN, files=FILES).stop()
             for node in everyone:
                 await pool.run(node, ["rm", "-rf", FILES.dir], timeout=20)
+            for node in keepers:
+                await pool.run(node, ["sh", "-c", '[ ! -e "$0.saved" ] || mv "$0.saved" "$0"', FILES.dir], timeout=20)
 
 
 async def _revisions(nodes: list[Node]) -> list[tuple[int, object]]:
@@ -64,7 +76,7 @@ async def _revisions(nodes: list[Node]) -> list[tuple[int, object]]:
 
 
 async def test_add_one_remove_one_history_intact_and_a_killed_member_rejoins(
-        lab: LabHandle, cluster: Cluster) -> None:
+        lab: LabHandle, cluster: Cluster, tmp_path: Path) -> None:
     pool, first, spare = cluster.pool, cluster.first, cluster.spare
     store = EtcdStore(pool, first)
     async with EtcdLease(store, command="fleet apply", ttl=10, holder="alice@ctl") as lease:
@@ -123,14 +135,20 @@ async def test_add_one_remove_one_history_intact_and_a_killed_member_rejoins(
 
     # The CLI on the same cluster: status names every member and its role; a member that the inventory does not
     # name as a record node is removed with `fleet records remove`, under the fleet's lease.
-    shown = run_fleet("records", "status", "--json", inventory=lab.inventory_path, timeout=60)
+    # An inventory that names two of the cluster's members as its record nodes (the lab's names another).
+    doc = yaml.safe_load(Path(lab.inventory_path).read_text())
+    for name, entry in doc["nodes"].items():
+        roles = [r for r in entry["roles"] if r != "record"]
+        entry["roles"] = [*roles, "record"] if name in {n.name for n in wanted[:2]} else roles
+    inventory = tmp_path / "records.yaml"
+    inventory.write_text(yaml.safe_dump(doc, sort_keys=False))
+    shown = run_fleet("records", "status", "--json", inventory=str(inventory), timeout=60)
     doc = json.loads(shown.stdout)
     assert shown.returncode == 0, shown.stderr
     assert sorted(m["node"] for m in doc["members"]) == sorted(n.name for n in wanted)
     assert sorted(m["role"] for m in doc["members"]) == ["follower", "follower", "leader"]
-    named = {n.name for n in record_nodes(lab.inventory)}
-    out = next(n for n in wanted if n.name not in named)
-    removed = run_fleet("records", "remove", out.name, "--yes", inventory=lab.inventory_path, timeout=60)
+    out = wanted[2]
+    removed = run_fleet("records", "remove", out.name, "--yes", inventory=str(inventory), timeout=60)
     assert removed.returncode == 0, removed.stdout + removed.stderr
     assert f"records: remove member {out.name}: done" in removed.stdout
     left = await membership.members()

@@ -142,11 +142,13 @@ def test_the_sudo_user_checks_every_node_clean_and_root_may_not_log_in(lab, serv
         assert items[name]["sudo"]["ok"] and items[name]["sudo"]["detail"].startswith("passwordless `sudo -n` to root")
     assert items["n1"]["containerd"]["detail"].startswith("1.6.") and items["n1"]["cni plugins"]["ok"]
     assert items["n1"]["containerd running"]["ok"] and "haproxy" not in items["n1"]
-    assert checks["lb1"]["roles"] == ["lb", "records"]
-    assert items["lb1"]["haproxy"]["detail"].startswith("2.6.") and items["lb1"]["etcd"]["detail"].startswith("3.4.")
+    # The lab names n1 its record node (etcd there); lb1 is an lb node only.
+    assert checks["n1"]["roles"] == ["worker", "records"] and items["n1"]["etcd"]["detail"].startswith("3.4.")
+    assert checks["lb1"]["roles"] == ["lb"] and "etcd" not in items["lb1"]
+    assert items["lb1"]["haproxy"]["detail"].startswith("2.6.")
     assert items["n2"]["tmpfs run"]["detail"] == "/run/fleet on tmpfs"
     text = fleet(servers, "node", "check", "lb1")
-    assert text.returncode == 0 and "lb1 (lb, records; debian 12): ok" in text.stdout, text.stdout
+    assert text.returncode == 0 and "lb1 (lb; debian 12): ok" in text.stdout, text.stdout
     assert "✓ haproxy             2.6." in text.stdout
     root = run_fleet("node", "check", "n1", "-i", lab.inventory_path, env=servers["env"])
     assert root.returncode == 1 and "n1 (worker): not checked" in root.stdout

@@ -27,11 +27,12 @@ PREPARE_TIMEOUT = 900.0
 
 
 def node_roles(inventory: Inventory, node: Node) -> tuple[str, ...]:
-    """What `node` is checked for: its inventory roles, `records` when it keeps the fleet's shared state, `vip`
-    when it is an lb node with a virtual IP."""
+    """What `node` is checked for: its inventory roles, `records` when it keeps the fleet's shared state (named by
+    the role `record`, a label, or chosen by fleet.store.nodes.record_nodes), `vip` when it is an lb node with a
+    virtual IP."""
     records = {n.name for n in record_nodes(inventory)}
     extra = (["records"] if node.name in records else []) + (["vip"] if node.vrrp is not None else [])
-    return (*node.roles, *extra)
+    return (*(r for r in node.roles if r != "record"), *extra)
 
 
 async def check_node(pool: Pool, inventory: Inventory, node: Node) -> NodeCheck:

@@ -111,6 +111,11 @@ def firewall_conf() -> str:
 # is attempted even without a result (ADD was cut short): the plugins then release what they find by container
 # ID. Under `set -e` (PREPARE_NODE) a failed DEL must not end the script: `|| :`.
 CNI_FUNCTIONS = r"""
+# One CNI chain at a time on a node: the plugins make the bridge, their iptables chains and the IPAM files on first
+# use, and two starts racing there fail one of them. Held until `exec 9>&-` or the script's end.
+fleet_cni_lock() {
+  exec 9>"$CACHE/.lock" && flock -w 60 9 || { echo "cni: no lock on $CACHE/.lock within 60 s" >&2; exit 1; }
+}
 fleet_cni() { # COMMAND ID PLUGIN CONF PREV
   c=$4
   [ -n "$5" ] && c="${4%?},\"prevResult\":$5}"
@@ -136,8 +141,10 @@ mkdir -p "$CACHE/run" "$CACHE/ipam" || exit 1
 if [ -e "$NETNS_DIR/fleet-$ID" ] || [ -e "$CACHE/run/$ID" ]; then
   echo "cni: fleet-$ID: already exists" >&2; exit 17
 fi
+fleet_cni_lock
 printf '%s\n%s\n%s\n' "$BRIDGE_CONF" "$PORTMAP_CONF" "$FIREWALL_CONF" >"$CACHE/run/$ID" || exit 1
-fail() { echo "cni: $1" >&2; fleet_cni_del "$ID"; exit 1; }
+# A plugin's error is a JSON object over several lines: one line, so the message that names it is whole.
+fail() { echo "cni: $(printf '%s' "$1" | tr '\n' ' ')" >&2; fleet_cni_del "$ID"; exit 1; }
 ip netns add "fleet-$ID" || fail "ip netns add fleet-$ID failed"
 ip -n "fleet-$ID" link set lo up || fail "lo up failed"
 r=$(fleet_cni ADD "$ID" bridge "$BRIDGE_CONF" "" 2>&1) || fail "bridge: $r"
@@ -155,11 +162,13 @@ set -- POSTROUTING -s "$SUBNET" ! -d "$SUBNET" -m comment --comment "fleet: cont
   -j MASQUERADE
 iptables -w -t nat -C "$@" 2>/dev/null || iptables -w -t nat -A "$@" || fail "iptables: cannot add masquerade"
 printf '%s\n' "$r" >>"$CACHE/run/$ID" || fail "cannot write the cache"
+exec 9>&-
 echo '@@cni-result'
 printf '%s\n' "$r"
 """
 
 DETACH_SH = CNI_FUNCTIONS + r"""
+mkdir -p "$CACHE" && fleet_cni_lock
 for id in $IDS; do fleet_cni_del "$id"; done
 """
 
@@ -167,6 +176,7 @@ for id in $IDS; do fleet_cni_del "$id"; done
 # any other container fleet attached (a replica removed while its controller was killed, a container deleted by
 # hand) is torn down.
 SWEEP_BODY = r"""
+mkdir -p "$CACHE" && fleet_cni_lock
 for f in "$CACHE"/run/* "$NETNS_DIR"/fleet-*; do
   [ -e "$f" ] || continue
   case $f in "$NETNS_DIR"/fleet-*) id=${f#"$NETNS_DIR"/fleet-} ;; *) id=${f##*/} ;; esac
