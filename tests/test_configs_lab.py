@@ -25,7 +25,9 @@ from loadgen import Load
 
 from fleet.core import labels as L
 from fleet.image.demo import build_demo
+from fleet.node import etcd as E
 from fleet.node.paths import DEFAULT
+from fleet.store.nodes import record_nodes
 
 pytestmark = pytest.mark.lab
 FLEET = [sys.executable, "-m", "fleet.cli.main"]
@@ -213,7 +215,11 @@ def test_configs_and_secret_files_land_roll_under_load_and_leak_nowhere(lab, env
         infos = "".join(lab.lab.exec_in(r["node"], ["ctr", "-n", "fleet", "containers", "info", r["id"]]).stdout
                         for r in rotated)
         assert '"ro"' in infos or "rbind" in infos, "the info was read"
-        db = (pathlib.Path(env["FLEET_STATE_DIR"]) / "history.db").read_bytes()
+        # The fleet's records as etcd keeps them on the record node, every key and value (plain, not JSON-encoded).
+        keeper = record_nodes(lab.inventory)[0].name
+        db = lab.lab.exec_in(keeper, ["etcdctl", f"--endpoints=127.0.0.1:{E.CLIENT_PORT}", "get", "--prefix",
+                                      "/fleet/"]).stdout.encode()
+        assert b"/fleet/services/cf-app/" in db, "the service's records were read"
         values = [first, second, third]
         assert process_leaks(values) == []
         for n in lab.workers():

@@ -111,7 +111,7 @@ def test_frozen_containerd_reported_not_answering_others_serve_then_ready_again(
 
         table, took = fleet(lab, "nodes")
         assert took < 15 and table.returncode == 1
-        assert f"{SICK}: runtime not answering: containerd (pid {pid}) is stopped" in table.stdout + table.stderr
+        assert f"{SICK}: runtime not answering: containerd (pid {pid}) is stopped" in table.stderr
         assert f"{len(others)}/{len(others) + 1} nodes ready" in table.stdout + table.stderr
 
         ps, took = fleet(lab, "ps", "--json")
@@ -124,7 +124,7 @@ def test_frozen_containerd_reported_not_answering_others_serve_then_ready_again(
         assert listed == {(n, cid) for n, cid in running.items() if n != SICK}
 
         ps_table, _ = fleet(lab, "ps")
-        assert f"{SICK}: runtime not answering" in ps_table.stdout
+        assert f"{SICK}: runtime not answering" in ps_table.stderr, "a node's reason goes to stderr"
         assert all(running[n] in ps_table.stdout for n in running if n != SICK)
     assert state(pid) != "T"
     out, _ = fleet(lab, "nodes", "--json")
