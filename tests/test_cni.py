@@ -215,3 +215,26 @@ def test_bad_ports_and_network_name_file_line_field(body, message):
     text = f"services:\n  web:\n    image: busybox\n    {body}\n"
     with pytest.raises(SpecError, match=message):
         parse_playbook(text, "t.yaml")
+
+
+def test_attach_keeps_the_subnet_the_nodes_bridge_already_has(tmp_path):
+    """A run whose inventory orders the nodes otherwise proposes another subnet: the node's bridge keeps its own
+    (the bridge plugin refuses an address other than the one the bridge has), in the config cached for DEL too."""
+    env = _fake_node(tmp_path)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    tools = {"ip": '[ "$*" = "-4 -o addr show dev fleet0" ] && '
+                   'echo "7: fleet0    inet 10.88.7.1/24 brd 10.88.7.255 scope global fleet0"\nexit 0\n',
+             "iptables": "exit 0\n"}
+    for name, body in tools.items():
+        (bin_dir / name).write_text("#!/bin/sh\n" + body)
+        (bin_dir / name).chmod(0o755)
+    script = cni.attach_script("web-1-abc", "10.88.3.0/24", [cni.PortMap(23456, 80)], cache_dir=env["CACHE"])
+    out = subprocess.run(["/bin/sh", "-c", script.text], capture_output=True, text=True, timeout=10,
+                         env={**dict(script.env), **env, "LOG": str(tmp_path / "log"),
+                              "PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    bridge_add = next(line for line in (tmp_path / "log").read_text().splitlines() if line.startswith("ADD"))
+    assert '"subnet":"10.88.7.0/24"' in bridge_add and "10.88.3." not in bridge_add
+    cached = (tmp_path / "cache" / "run" / "web-1-abc").read_text().splitlines()[0]
+    assert '"subnet":"10.88.7.0/24"' in cached

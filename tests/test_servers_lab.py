@@ -151,7 +151,7 @@ def test_the_sudo_user_checks_every_node_clean_and_root_may_not_log_in(lab, serv
     assert text.returncode == 0 and "lb1 (lb; debian 12): ok" in text.stdout, text.stdout
     assert "✓ haproxy             2.6." in text.stdout
     root = run_fleet("node", "check", "n1", "-i", lab.inventory_path, env=servers["env"])
-    assert root.returncode == 1 and "n1 (worker): not checked" in root.stdout
+    assert root.returncode == 1 and "n1 (worker, records): not checked" in root.stdout
     assert "authentication failed" in root.stdout, root.stdout
 
 

@@ -142,6 +142,13 @@ if [ -e "$NETNS_DIR/fleet-$ID" ] || [ -e "$CACHE/run/$ID" ]; then
   echo "cni: fleet-$ID: already exists" >&2; exit 17
 fi
 fleet_cni_lock
+# The node keeps the subnet its bridge already has (another run, or another inventory's order, may propose
+# another): the bridge's gateway address x.y.z.1/24 gives x.y.z.0/24.
+gw=$(ip -4 -o addr show dev "$BRIDGE" 2>/dev/null | awk '{print $4; exit}')
+if [ -n "$gw" ] && [ "${gw%.*}.0/${gw#*/}" != "$SUBNET" ]; then
+  BRIDGE_CONF=$(printf '%s' "$BRIDGE_CONF" | sed "s#\"$SUBNET\"#\"${gw%.*}.0/${gw#*/}\"#g")
+  SUBNET=${gw%.*}.0/${gw#*/}
+fi
 printf '%s\n%s\n%s\n' "$BRIDGE_CONF" "$PORTMAP_CONF" "$FIREWALL_CONF" >"$CACHE/run/$ID" || exit 1
 # A plugin's error is a JSON object over several lines: one line, so the message that names it is whole.
 fail() { echo "cni: $(printf '%s' "$1" | tr '\n' ' ')" >&2; fleet_cni_del "$ID"; exit 1; }
