@@ -2,10 +2,10 @@
 # The whole test suite: lint, types, then every test (the lab tests build and remove their own lab).
 # Tests run in parallel workers (pytest-xdist), a test module's tests on one worker, each worker with a lab of its own
 # (tests/conftest.py): lab tests spend most of their time waiting on nodes (SSH, containerd, etcd, HAProxy), so two
-# cores serve five workers; the longest modules are handed out first (tests/conftest.py LONGEST_FIRST).
+# cores serve four workers (five measured no faster); the longest modules are handed out first (LONGEST_FIRST).
 set -eu
 cd "$(dirname "$0")/.."
 sh scripts/setup.sh
 .venv/bin/ruff check fleet tests bench
 .venv/bin/mypy fleet
-.venv/bin/pytest -n "${FLEET_TEST_WORKERS:-5}" --dist loadfile "$@"
+.venv/bin/pytest -n "${FLEET_TEST_WORKERS:-4}" --dist loadfile "$@"
