@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -277,11 +278,20 @@ async def test_value_that_is_not_json_is_refused_by_name(store: EtcdStore) -> No
 async def test_unreachable_member_is_a_records_error(node: Node) -> None:
     async with Pool(connect_attempts=1) as pool:
         store = EtcdStore(pool, [node], port=1, command_timeout_s=2)
-        with pytest.raises(RecordsError, match="could not be reached"):
+        # Nothing listens on the port: the probe says so and no etcdctl runs (it would wait its whole timeout);
+        # a write is then certainly not sent, so it is "could not be reached" too, not "may still take effect".
+        with pytest.raises(RecordsError, match=r"could not be reached: .*no etcd member listens on 127\.0\.0\.1:1"):
             await store.get("/fleet/lock")
-        # etcdctl's txn alone ignores --command-timeout: the node's `timeout` bounds it, and a write whose fate
-        # is unknown is reported as such, never sent again elsewhere.
-        start = time.monotonic()
-        with pytest.raises(RecordsError, match=rf"txn on {node.name}: no answer .* may still take effect"):
+        with pytest.raises(RecordsError, match="could not be reached"):
             await store.txn([], [E.Put("/fleet/x", "1")])
-        assert time.monotonic() - start < 6
+        # Something listens but never answers (a member cut off from its quorum, as etcdctl sees it): etcdctl's
+        # txn alone ignores --command-timeout, so the node's `timeout` bounds it, and a write whose fate is
+        # unknown is reported as such, never sent again elsewhere.
+        with socket.socket() as silent:
+            silent.bind(("127.0.0.1", 0))
+            silent.listen()
+            store = EtcdStore(pool, [node], port=silent.getsockname()[1], command_timeout_s=2)
+            start = time.monotonic()
+            with pytest.raises(RecordsError, match=rf"txn on {node.name}: no answer .* may still take effect"):
+                await store.txn([], [E.Put("/fleet/x", "1")])
+            assert time.monotonic() - start < 6

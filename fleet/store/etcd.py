@@ -105,6 +105,9 @@ class EtcdStore:
         self.timeout = timeout
         self.at = E.Endpoint(port, command_timeout_s)
         self._current = 0
+        # Nodes whose member was seen listening: probed once, since a member that is not there costs etcdctl its
+        # whole --command-timeout (it retries the dial until then) while a probe answers at once.
+        self._listening: set[str] = set()
 
     async def _run(self, argv: list[str], stdin: str | None, *, retry: bool = True) -> tuple[str, str, int]:
         """(stdout, stderr, exit status) from the first node that ran the command with a member that answered.
@@ -117,6 +120,9 @@ class EtcdStore:
         for step in range(len(self.nodes)):
             index = (self._current + step) % len(self.nodes)
             node = self.nodes[index]
+            if not await self._listens(node):
+                problems.append(f"{node.name}: no etcd member listens on 127.0.0.1:{self.at.port}")
+                continue
             result = await self.pool.run(node, argv, stdin=stdin, timeout=self.timeout)
             if result.error is None and (result.exit_status == 0 or not (
                     result.exit_status == E.TIMED_OUT or _unavailable(result.stderr))):
@@ -131,6 +137,19 @@ class EtcdStore:
                 raise RecordsError(f"etcdctl {_what(argv)} on {node.name}: no answer ({why}); it may "
                                    f"still take effect")
         raise StoreUnreachable(f"the fleet's shared state could not be reached: {'; '.join(problems)}")
+
+    async def _listens(self, node: Node) -> bool:
+        """False only when the node answered that nothing listens on the client port (the request then certainly
+        never reaches etcd); a node that cannot say (no /proc, no answer) is tried with etcdctl as before."""
+        if node.name in self._listening:
+            return True
+        result = await self.pool.run(node, E.listening_argv(self.at.port), timeout=self.timeout)
+        answer = result.stdout.strip() if result.error is None and result.exit_status == 0 else ""
+        if answer == "closed":
+            return False
+        if answer == "listening":
+            self._listening.add(node.name)
+        return True
 
     async def call(self, argv: list[str], parse: Callable[[str], T], stdin: str | None = None, *,
                    retry: bool = True) -> T:
