@@ -226,6 +226,29 @@ async def revoke(pool: Pool, reports: Sequence[NodeReport], worker: str,
     return done, errors
 
 
+async def revoke_departed(pool: Pool, reports: Sequence[NodeReport],
+                          timeout: float = 30.0) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Take the key of every worker that is no longer in the inventory (`reports` are its nodes) off the storage
+    user of every storage node: ({storage node: workers revoked}, {storage node: why it was not checked}).
+    Nothing is asked when the inventory has no storage node."""
+    storages = [r for r in reports if r.node.has_role(STORAGE_ROLE)]
+    keep = sorted(r.node.name for r in reports)
+    done: dict[str, list[str]] = {}
+    errors: dict[str, str] = {r.node.name: f"{r.status}: {r.reason}" for r in storages if not _usable(r)}
+
+    async def one(n: Node) -> None:
+        try:
+            result = await pool.run(n, A.prune_script(keep, storage_user(n)), timeout=timeout)
+            if not result.ok:
+                raise ScriptOutputError(_failure(result))
+            done[n.name] = A.parse_pruned(result.stdout)
+        except (ScriptOutputError, ValueError) as exc:
+            errors[n.name] = str(exc)
+
+    await asyncio.gather(*(one(r.node) for r in storages if _usable(r)))
+    return done, errors
+
+
 # ---- sshfs: mount at start, release at stop ----------------------------------------------------------------------
 
 def storage_user(node: Node) -> str:

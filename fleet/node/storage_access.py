@@ -271,3 +271,38 @@ def parse_revoked(stdout: str) -> bool:
     if "@@fleet absent" in stdout:
         return False
     raise ScriptOutputError(f"unexpected revoke output: {stdout[-120:]!r}")
+
+
+PRUNE_SH = _SSHD_SH + r"""
+set -eu
+l=$(sshd_listener)
+[ -n "$l" ] || { echo "fleet: no OpenSSH sshd serves this session" >&2; exit 6; }
+conf=$(sshd_config_of "$l")
+keys="${conf%/*}/$U.authorized_keys"
+# Each line's worker is its comment after `$U@`; a worker not among the arguments (the inventory's nodes) goes.
+if [ -f "$keys" ]; then
+  gone=$(awk -v u="$U@" -v keep=" $* " 'index($NF, u) == 1 && index(keep, " " substr($NF, length(u) + 1) " ") == 0 \
+    { print substr($NF, length(u) + 1) }' "$keys")
+  if [ -n "$gone" ]; then
+    awk -v u="$U@" -v keep=" $* " 'index($NF, u) != 1 || index(keep, " " substr($NF, length(u) + 1) " ") != 0' \
+      "$keys" >"$keys.new"
+    chmod 0644 "$keys.new" && mv -f "$keys.new" "$keys"
+    for w in $gone; do echo "@@fleet revoked $w"; done
+  fi
+fi
+echo "@@fleet kept"
+"""
+
+
+def prune_script(keep: list[str], user: str = SFTP_USER) -> Script:
+    """On a storage node: remove the key of every worker not in `keep` (the inventory's nodes) from the storage
+    user's keys; prints `@@fleet revoked WORKER` for each and `@@fleet kept` last."""
+    return Script(PRUNE_SH, {"U": check_user(user)}, tuple(_check_worker(w) for w in sorted(keep)),
+                  name="fleet-storage-prune")
+
+
+def parse_pruned(stdout: str) -> list[str]:
+    """The workers whose keys the prune script removed."""
+    if "@@fleet kept" not in stdout:
+        raise ScriptOutputError(f"unexpected prune output: {stdout[-120:]!r}")
+    return re.findall(r"^@@fleet revoked (\S+)$", stdout, re.M)
