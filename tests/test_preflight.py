@@ -379,7 +379,8 @@ def test_an_offline_prepare_installs_the_files_sent_without_apt_get_update_and_r
                           env={"PATH": f"{bindir}:/usr/bin:/bin", **script.env, "POLICY": str(policy),
                                "OFFLINE": str(staging), "DISABLE": ""}, timeout=30)
     log = (tmp_path / "apt.log").read_text().splitlines()
-    assert log == [f"install -y -qq --no-install-recommends --no-download {staging}/{RUNC_DEB} "
+    assert log == [f"install -y -qq --no-install-recommends --no-download -o Dir::Cache::Archives={staging}/ "
+                   f"{staging}/{RUNC_DEB} "
                    f"{staging}/libseccomp2_2.5.4-1+b3_amd64.deb policy=101"]
     assert not policy.exists() and not staging.exists()
     prepared = parse_prepared(done.stdout, done.returncode, done.stderr)

@@ -37,6 +37,7 @@ from fleet.engine.state import Observed
 from fleet.engine.view import RunView
 from fleet.engine.volumes import revoke_departed
 from fleet.plan.drain import drain_target
+from fleet.plan.needs import lacking
 from fleet.plan.reconcile import Plan, Replica, plan
 from fleet.plan.rollout.decide import Command, Target, config_changes
 from fleet.plan.volumes import local_volumes
@@ -145,6 +146,8 @@ class Engine:
         remove what destroyed services left on nodes that were down; `skipped` services are named, not run."""
         await self.observe()
         await self.revoke_departed()
+        for node, why in lacking(self.view.nodes(), specs).items():
+            self.emit("lacks", "", f"{node}: {why}")
         outcomes = [Outcome(name, False, reason=why, changed=False) for name, why in (skipped or {}).items()]
         outcomes += await self.apply_targets([await self.ledger.target(command, s) for s in specs], command,
                                              parallel)

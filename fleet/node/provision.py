@@ -143,8 +143,10 @@ if [ "$#" -gt 0 ]; then
       || fail "apt-get install $* failed: $(tail -n 3 "$log" | tr '\n' ' ')"
   elif command -v apt-get >/dev/null 2>&1; then
     # The files as the only source: apt refuses (changing nothing) when one needs what is neither installed
-    # nor among them.
-    apt-get install -y -qq --no-install-recommends --no-download "$@" >"$log" 2>&1 \
+    # nor among them. apt 2.6 finds local files with --no-download only in its archives directory (else
+    # "Pathname to install is not absolute"): theirs, for this run.
+    apt-get install -y -qq --no-install-recommends --no-download -o "Dir::Cache::Archives=$OFFLINE/" "$@" \
+      >"$log" 2>&1 \
       || fail "installing $PKGS from the .deb files sent failed: $(tail -n 3 "$log" | tr '\n' ' ')"
   else
     dpkg -i "$@" >"$log" 2>&1 || fail "dpkg -i of the .deb files sent failed: $(tail -n 3 "$log" | tr '\n' ' ')"
