@@ -6,7 +6,10 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
+
+from harness import Harness, service, worker
 
 from fleet.config.spec import parse_playbook
 from fleet.core.model import Node, Resources
@@ -118,3 +121,16 @@ def test_no_runtime_names_prepare() -> None:
     out = "@runtime=\n@socket=0\n@files\n/proc/meminfo:MemTotal: 1000 kB\n"
     report = report_from(Node("n4", "10.0.0.4"), 0, out, None, 0.1)
     assert report.reason == "neither nerdctl nor ctr is installed (fleet node prepare n4 installs containerd)"
+
+
+async def test_apply_starts_nothing_on_a_node_lacking_cni_plugins_and_says_so() -> None:
+    """The engine's run (tests/harness.py: fake replica operations): w3 lacks the CNI plugins."""
+    lacking_cni = worker("w3")
+    assert lacking_cni.facts is not None
+    lacking_cni = replace(lacking_cni, facts=replace(lacking_cni.facts, lacks=frozenset({"cni"})))
+    h = Harness([worker("w1"), worker("w2"), lacking_cni])
+    result = await h.apply(service("web", 3, cpu=0.1))
+    assert result.ok, result.outcomes
+    assert {r.node for r in h.ops.of("web")} == {"w1", "w2"}
+    assert [e.message for e in h.events if e.step == "lacks"] == [
+        "w3: lacks CNI plugins (fleet node prepare w3 installs them): no replica of web starts there"]

@@ -298,41 +298,39 @@ rm -f /var/lib/dpkg/info/{CNI_PACKAGE}.*"""])
             lab.lab.exec_in("n3", ["umount", path], check=False)
 
 
-def test_apply_leaves_out_a_node_lacking_cni_plugins_and_prepare_offline_installs_them(lab, servers):
+def test_a_node_lacking_cni_plugins_is_left_out_of_the_plan_and_prepare_offline_installs_them(lab, servers):
     d = Path(servers["dir"]) / f"offline-{time.monotonic_ns()}"
     d.mkdir()
     debs = _fake_cni_deb(d)
     host_status = _host_dpkg()
     policy = _stat("/usr/sbin/policy-rc.d")  # this machine has one of its own (its image's): left as it is
-    name = "sv-needs"
-    try:
-        with _n3_without_cni(lab, d):
-            assert not os.listdir(d / "cni")
-            check = fleet(servers, "node", "check", "n3", "--json")
-            assert check.returncode == 1 and json.loads(check.stdout)[0]["missing"] == ["cni plugins"], check.stdout
-            book = _playbook(servers, name, 19593, "v1")
-            Path(book).write_text(Path(book).read_text().replace("replicas: 2", "replicas: 3"))
-            out = fleet(servers, "apply", book)
-            assert out.returncode == 0, out.stdout + out.stderr
-            assert (f"n3: lacks CNI plugins (fleet node prepare n3 installs them): no replica of {name} starts "
-                    "there") in out.stdout, out.stdout
-            doc = json.loads(fleet(servers, "status", "--json").stdout)
-            replicas = next(s for s in doc["services"] if s["service"] == name)["replicas"]
-            assert len(replicas) == 3 and {x["node"] for x in replicas} <= {"n1", "n2"}, replicas
-            # Offline: the controller sends the test's package (through sudo) and n3 installs it with no mirror.
-            prep = fleet(servers, "node", "prepare", "n3", "--offline", str(debs), "--yes")
-            assert prep.returncode == 0, prep.stdout + prep.stderr
-            assert (f"  n3: install {CNI_PACKAGE} from 1 .deb file(s) sent by this controller"
-                    in prep.stdout.splitlines()), prep.stdout
-            assert f"n3: installed {CNI_PACKAGE}; ready" in prep.stdout.splitlines(), prep.stdout
-            assert sorted(os.listdir(d / "cni")) == ["bridge", "host-local", "loopback", "portmap"]
-            there = lab.lab.exec_in("n3", ["dpkg-query", "-W", "-f", "${Version}", CNI_PACKAGE]).stdout
-            assert there == "9.9.9-fleettest"
-            assert lab.lab.exec_in("n3", ["ls", "-A", "/var/lib/fleet/packages"], check=False).returncode != 0
-            assert fleet(servers, "node", "check", "n3").returncode == 0
-        assert not os.listdir(d / "cni"), "dpkg -r removed the test's package on n3"
-    finally:
-        fleet(servers, "destroy", name)
+    name = "sv-needs"  # planned only: nothing is started
+    with _n3_without_cni(lab, d):
+        assert not os.listdir(d / "cni")
+        check = fleet(servers, "node", "check", "n3", "--json")
+        assert check.returncode == 1 and json.loads(check.stdout)[0]["missing"] == ["cni plugins"], check.stdout
+        book = _playbook(servers, name, 19593, "v1")
+        Path(book).write_text(Path(book).read_text().replace("replicas: 2", "replicas: 3"))
+        # The plan (read-only, as apply makes it): three replicas on n1 and n2, n3 named with prepare.
+        out = fleet(servers, "plan", book, "--json")
+        assert out.returncode == 0, out.stdout + out.stderr
+        doc = json.loads(out.stdout)
+        lacks = f"lacks CNI plugins (fleet node prepare n3 installs them): no replica of {name} starts there"
+        assert doc["lacking"] == {"n3": lacks}, doc
+        starts = next(s for s in doc["services"] if s["service"] == name)["start"]
+        assert len(starts) == 3 and {x["node"] for x in starts} == {"n1", "n2"}, starts
+        # Offline: the controller sends the test's package (through sudo) and n3 installs it with no mirror.
+        prep = fleet(servers, "node", "prepare", "n3", "--offline", str(debs), "--yes")
+        assert prep.returncode == 0, prep.stdout + prep.stderr
+        assert (f"  n3: install {CNI_PACKAGE} from 1 .deb file(s) sent by this controller"
+                in prep.stdout.splitlines()), prep.stdout
+        assert f"n3: installed {CNI_PACKAGE}; ready" in prep.stdout.splitlines(), prep.stdout
+        assert sorted(os.listdir(d / "cni")) == ["bridge", "host-local", "loopback", "portmap"]
+        there = lab.lab.exec_in("n3", ["dpkg-query", "-W", "-f", "${Version}", CNI_PACKAGE]).stdout
+        assert there == "9.9.9-fleettest"
+        assert lab.lab.exec_in("n3", ["ls", "-A", "/var/lib/fleet/packages"], check=False).returncode != 0
+        assert fleet(servers, "node", "check", "n3").returncode == 0
+    assert not os.listdir(d / "cni"), "dpkg -r removed the test's package on n3"
     # This machine's dpkg state and files are as they were.
     assert _host_dpkg() == host_status and _stat("/usr/sbin/policy-rc.d") == policy
     assert os.access("/usr/lib/cni/bridge", os.X_OK) and os.path.getsize("/usr/lib/cni/bridge") > 1000
@@ -378,6 +376,16 @@ def test_the_sudo_user_mounts_a_network_volume_as_root_on_the_worker(lab, server
         assert (export / "hello").read_text() == "through-sudo\n"
         owner = lab.lab.exec_in("lb1", ["stat", "-c", "%U", f"/var/lib/fleet/storage/{name}/data/hello"]).stdout
         assert owner.strip() == SFTP_USER
+        # A worker that left the inventory (its key still authorized on the storage node) loses it at the next
+        # apply; the keys of the inventory's workers stay.
+        keys = Path(node_dir(lab.lab.cfg, lab.lab.node("lb1"))) / f"{SFTP_USER}.authorized_keys"
+        before = keys.read_text()
+        assert f" {SFTP_USER}@{node}\n" in before
+        keys.write_text(before + f"restrict ssh-ed25519 {'A' * 68} {SFTP_USER}@gone9\n")
+        again = run_fleet("apply", str(book), env=env, timeout=180)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "lb1: storage key of gone9 revoked (gone9 is no longer in the inventory)" in again.stdout, again.stdout
+        assert keys.read_text() == before
     finally:
         run_fleet("destroy", name, env=env)
         lab.lab.exec_in("lb1", ["rm", "-rf", f"/var/lib/fleet/storage/{name}"], check=False)

@@ -243,12 +243,16 @@ def parse_prepared(stdout: str) -> tuple[str, int, int]:
     return m[1], int(m[2]), int(m[3])
 
 
-REVOKE_SH = _SSHD_SH + r"""
+# The storage user's keys file beside the config of the sshd serving this session (`$keys`).
+_KEYS_SH = _SSHD_SH + r"""
 set -eu
 l=$(sshd_listener)
 [ -n "$l" ] || { echo "fleet: no OpenSSH sshd serves this session" >&2; exit 6; }
 conf=$(sshd_config_of "$l")
 keys="${conf%/*}/$U.authorized_keys"
+"""
+
+REVOKE_SH = _KEYS_SH + r"""
 if [ -f "$keys" ] && awk -v c="$U@$WORKER" '$NF == c { f = 1 } END { exit !f }' "$keys"; then
   awk -v c="$U@$WORKER" '$NF != c' "$keys" >"$keys.new"
   chmod 0644 "$keys.new" && mv -f "$keys.new" "$keys"
@@ -273,12 +277,7 @@ def parse_revoked(stdout: str) -> bool:
     raise ScriptOutputError(f"unexpected revoke output: {stdout[-120:]!r}")
 
 
-PRUNE_SH = _SSHD_SH + r"""
-set -eu
-l=$(sshd_listener)
-[ -n "$l" ] || { echo "fleet: no OpenSSH sshd serves this session" >&2; exit 6; }
-conf=$(sshd_config_of "$l")
-keys="${conf%/*}/$U.authorized_keys"
+PRUNE_SH = _KEYS_SH + r"""
 # Each line's worker is its comment after `$U@`; a worker not among the arguments (the inventory's nodes) goes.
 if [ -f "$keys" ]; then
   gone=$(awk -v u="$U@" -v keep=" $* " 'index($NF, u) == 1 && index(keep, " " substr($NF, length(u) + 1) " ") == 0 \
