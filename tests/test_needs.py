@@ -16,6 +16,7 @@ from fleet.core.model import Node, Resources
 from fleet.engine.nodes import facts_command, report_from
 from fleet.node.cni import CNI_PATH
 from fleet.node.facts import FACTS_SCRIPT, parse_facts
+from fleet.node.haproxy.scripts import LbPaths, apply_script, parse_script_output
 from fleet.node.preflight import CNI_DIR, CNI_PLUGINS, lack_text
 from fleet.plan.needs import lacking, service_needs
 from fleet.plan.reconcile import plan
@@ -134,3 +135,13 @@ async def test_apply_starts_nothing_on_a_node_lacking_cni_plugins_and_says_so() 
     assert {r.node for r in h.ops.of("web")} == {"w1", "w2"}
     assert [e.message for e in h.events if e.step == "lacks"] == [
         "w3: lacks CNI plugins (fleet node prepare w3 installs them): no replica of web starts there"]
+
+
+def test_an_lb_node_without_haproxy_says_so_and_nothing_is_written(tmp_path: Path) -> None:
+    """The HAProxy apply script on a node with no haproxy: the result `missing` (named with prepare by the
+    driver), not a config haproxy refused; it stops before making its directory."""
+    script = apply_script(LbPaths(str(tmp_path / "haproxy")), 5)
+    env = {**script.env, "HAPROXY": str(tmp_path / "no-haproxy"), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(["/bin/sh", "-c", script.text], input="x\n", capture_output=True, text=True, env=env,
+                          timeout=30)
+    assert parse_script_output(done.stdout).result == "missing" and not (tmp_path / "haproxy").exists()
