@@ -448,3 +448,17 @@ async def test_the_next_apply_revokes_keys_of_nodes_that_left_and_names_a_storag
     # No storage node: nothing is asked.
     none = _PrunePool({})
     assert await V.revoke_departed(none, reports[:1]) == ({}, {}) and none.kept == {}  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("allow", "ok"), [(None, True), ("deploy fleet-sftp", True), ("deploy fleet-*", True),
+                                           ("deploy fleet-sftp@10.0.0.*", True), ("deploy admin", False)])
+def test_sshds_allow_users_must_let_the_storage_user_in(allow: str | None, ok: bool) -> None:
+    """The prepare script's AllowUsers check on what `sshd -T` prints (a glob in the list is not expanded)."""
+    eff = "chrootdirectory /x\n" + (f"allowusers {allow}\n" if allow else "") + "permittty no\n"
+    done = subprocess.run(["/bin/sh", "-c", A._ALLOWED_SH + 'allowed "$1" /etc/ssh/sshd_config', "x", eff],
+                          capture_output=True, text=True, env={"U": "fleet-sftp", "PATH": "/usr/bin:/bin"},
+                          cwd="/", timeout=10)
+    assert (done.returncode == 0) == ok, done.stderr
+    if not ok:
+        assert done.stderr.strip() == ("fleet: sshd (/etc/ssh/sshd_config) lets only AllowUsers deploy admin log "
+                                       "in: add fleet-sftp to it (the workers mount as fleet-sftp)")

@@ -125,7 +125,21 @@ listening() {
 }
 """
 
-PREPARE_SH = _SSHD_SH + r"""
+# sshd's AllowUsers (`sshd -T` prints its patterns on one line) lets the storage user in, or names what to add:
+# a server that lists its login users refuses the workers' keys with only "Permission denied" otherwise.
+_ALLOWED_SH = r"""
+allowed() {
+  au=$(printf '%s\n' "$1" | sed -n 's/^allowusers //p')
+  [ -n "$au" ] || return 0
+  set -f
+  for p in $au; do case "$U" in ${p%%@*}) set +f; return 0 ;; esac; done
+  set +f
+  echo "fleet: sshd ($2) lets only AllowUsers $au log in: add $U to it (the workers mount as $U)" >&2
+  return 1
+}
+"""
+
+PREPARE_SH = _SSHD_SH + _ALLOWED_SH + r"""
 set -eu
 umask 022
 l=$(sshd_listener)
@@ -198,6 +212,7 @@ for want in "chrootdirectory $EXPORT" "forcecommand internal-sftp" "authorizedke
     echo "fleet: sshd ($conf) does not apply ${dropin}: add \`Include ${dir}/sshd_config.d/*.conf\` at its top" >&2
     exit 7; }
 done
+allowed "$eff" "$conf" || exit 7
 # A worker's line: its key alone, replaced when the worker made a new one (its tmpfs was lost).
 if [ -n "$WORKER" ]; then
   line="restrict $PUB $U@$WORKER"
