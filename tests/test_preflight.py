@@ -322,6 +322,8 @@ def test_prepare_prints_one_line_per_node_for_each_outcome() -> None:
         "n3: nothing to do; cannot fix: clock: +3.000 s"
     assert PrepareReport("n1", plan, Prepared(("installed runc",)), ready).ok
     assert not PrepareReport("n3", Plan("n3", left=("clock: +3.000 s",))).ok
+    blocked = PrepareReport("n4", Plan("n4", ("runc",), blocked="no .deb file for runc in ./debs"))
+    assert prepared_line(blocked) == "n4: not prepared: no .deb file for runc in ./debs" and not blocked.ok
 
 
 def test_cli_unknown_node_is_a_usage_error_and_a_node_that_is_down_is_named(tmp_path: Path) -> None:
@@ -339,6 +341,8 @@ def test_cli_unknown_node_is_a_usage_error_and_a_node_that_is_down_is_named(tmp_
     prepare = run_fleet("node", "prepare", "-i", str(inv))
     assert prepare.returncode == 1
     assert "n1: not prepared: cannot check it: " in prepare.stdout and "not prepared: n1" in prepare.stderr
+    offline = run_fleet("node", "prepare", "--offline", str(tmp_path / "no-such-dir"), "-i", str(inv))
+    assert offline.returncode == 2 and f"--offline {tmp_path}/no-such-dir: No such file or directory" in offline.stderr
 
 
 RUNC_DEB = "runc_1.1.5+ds1-1+deb12u1_amd64.deb"
