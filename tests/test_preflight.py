@@ -31,7 +31,15 @@ from fleet.node.preflight import (
     parse_found,
     version_of,
 )
-from fleet.node.provision import Plan, parse_prepared, plan_for, prepare_script
+from fleet.node.provision import (
+    PACKAGES_DIR,
+    Plan,
+    deb_package,
+    offline_plan,
+    parse_prepared,
+    plan_for,
+    prepare_script,
+)
 from fleet.transport import Pool
 
 DATA = Path(__file__).parent / "data" / "preflight"
@@ -174,7 +182,8 @@ def test_prepare_script_carries_packages_as_arguments_and_names_the_services_to_
     script = prepare_script(plan)
     assert script.args == ("etcd-client", "etcd-server", "haproxy")
     assert dict(script.env) == {"POLICY": "/usr/sbin/policy-rc.d", "SYSCTL": "/etc/sysctl.d/60-fleet.conf",
-                                "BASE": "/var/lib/fleet", "FIXES": "dirs", "DISABLE": "etcd haproxy"}
+                                "BASE": "/var/lib/fleet", "FIXES": "dirs", "DISABLE": "etcd haproxy", "OFFLINE": "",
+                                "PKGS": "etcd-client etcd-server haproxy"}
     assert "DEBIAN_FRONTEND=noninteractive" in script.text and "--no-install-recommends" in script.text
     with pytest.raises(ValueError, match="not a package name"):
         prepare_script(Plan("n1", ("ok", "bad;rm")))
@@ -313,6 +322,8 @@ def test_prepare_prints_one_line_per_node_for_each_outcome() -> None:
         "n3: nothing to do; cannot fix: clock: +3.000 s"
     assert PrepareReport("n1", plan, Prepared(("installed runc",)), ready).ok
     assert not PrepareReport("n3", Plan("n3", left=("clock: +3.000 s",))).ok
+    blocked = PrepareReport("n4", Plan("n4", ("runc",), blocked="no .deb file for runc in ./debs"))
+    assert prepared_line(blocked) == "n4: not prepared: no .deb file for runc in ./debs" and not blocked.ok
 
 
 def test_cli_unknown_node_is_a_usage_error_and_a_node_that_is_down_is_named(tmp_path: Path) -> None:
@@ -330,3 +341,55 @@ def test_cli_unknown_node_is_a_usage_error_and_a_node_that_is_down_is_named(tmp_
     prepare = run_fleet("node", "prepare", "-i", str(inv))
     assert prepare.returncode == 1
     assert "n1: not prepared: cannot check it: " in prepare.stdout and "not prepared: n1" in prepare.stderr
+    offline = run_fleet("node", "prepare", "--offline", str(tmp_path / "no-such-dir"), "-i", str(inv))
+    assert offline.returncode == 2 and f"--offline {tmp_path}/no-such-dir: No such file or directory" in offline.stderr
+
+
+RUNC_DEB = "runc_1.1.5+ds1-1+deb12u1_amd64.deb"
+OFFLINE_FILES = [RUNC_DEB, "containerd_1.6.20~ds1-1+b1_amd64.deb", "libseccomp2_2.5.4-1+b3_amd64.deb",
+                 "haproxy_2.6.12-1+deb12u1_amd64.deb", "README.txt", "keepalived_1%3a2.2.7-1+b2_amd64.deb"]
+
+
+def test_an_offline_plan_sends_the_packages_files_and_their_dependencies_and_names_what_is_missing() -> None:
+    plan = Plan("n3", ("containerd", "runc"), ("dirs",))
+    offline = offline_plan(plan, OFFLINE_FILES, "/srv/debs")
+    # The packages' files, then the dependencies (files of no package fleet asks for); haproxy is not sent.
+    assert offline.debs == ("containerd_1.6.20~ds1-1+b1_amd64.deb", RUNC_DEB, "libseccomp2_2.5.4-1+b3_amd64.deb")
+    assert offline.describe() == "install containerd runc from 3 .deb file(s) sent by this controller; create " \
+                                 "/var/lib/fleet"
+    blocked = offline_plan(Plan("lb1", ("etcd-server", "haproxy")), OFFLINE_FILES, "/srv/debs")
+    assert blocked.blocked is not None and blocked.debs == ()
+    assert blocked.describe() == ("cannot prepare: no .deb file for etcd-server in /srv/debs (on a machine with the "
+                                  "node's distribution: `apt-get download etcd-server` and their dependencies)")
+    assert offline_plan(Plan("n1", (), ("dirs",)), [], "/x") == Plan("n1", (), ("dirs",))
+    assert deb_package("keepalived_1%3a2.2.7-1+b2_amd64.deb") == "keepalived" and deb_package("x.deb") is None
+    script = prepare_script(offline)
+    assert script.args == tuple(f"{PACKAGES_DIR}/{d}" for d in offline.debs)
+    assert script.env["OFFLINE"] == PACKAGES_DIR and script.env["PKGS"] == "containerd runc"
+    with pytest.raises(ValueError, match=r"not a \.deb file name"):
+        prepare_script(Plan("n1", ("runc",), debs=("../../etc/passwd",)))
+
+
+@pytest.mark.parametrize("fail_install", [False, True])
+def test_an_offline_prepare_installs_the_files_sent_without_apt_get_update_and_removes_them(
+        tmp_path: Path, fail_install: bool) -> None:
+    bindir = _fake_apt(tmp_path, fail_install)
+    policy, staging = tmp_path / "policy-rc.d", tmp_path / "packages"
+    staging.mkdir()
+    (staging / RUNC_DEB).write_bytes(b"!<arch>\n")
+    script = prepare_script(offline_plan(Plan("n1", ("runc",)), OFFLINE_FILES, "/srv/debs"))
+    args = [a.replace(PACKAGES_DIR, str(staging)) for a in script.args]
+    done = subprocess.run(["/bin/sh", "-c", script.text, script.name, *args], capture_output=True, text=True,
+                          env={"PATH": f"{bindir}:/usr/bin:/bin", **script.env, "POLICY": str(policy),
+                               "OFFLINE": str(staging), "DISABLE": ""}, timeout=30)
+    log = (tmp_path / "apt.log").read_text().splitlines()
+    assert log == [f"install -y -qq --no-install-recommends --no-download -o Dir::Cache::Archives={staging}/ "
+                   f"{staging}/{RUNC_DEB} "
+                   f"{staging}/libseccomp2_2.5.4-1+b3_amd64.deb policy=101"]
+    assert not policy.exists() and not staging.exists()
+    prepared = parse_prepared(done.stdout, done.returncode, done.stderr)
+    if fail_install:
+        assert prepared.error is not None and prepared.error.startswith(
+            "installing runc from the .deb files sent failed: E: Unable to locate package nope")
+    else:
+        assert prepared.error is None and prepared.changed == ("installed runc",)

@@ -28,6 +28,7 @@ from loadgen import Load
 
 from fleet.image.demo import build_demo
 from fleet.lab.lab import node_dir
+from fleet.node.storage_access import SFTP_USER
 
 pytestmark = pytest.mark.lab
 
@@ -89,7 +90,7 @@ def _servers(lab) -> Iterator[None]:
             assert "PermitRootLogin prohibit-password\n" in config
             Path(f"{d}/sshd_config.servers").write_text(
                 config.replace("PermitRootLogin prohibit-password\n", "PermitRootLogin no\n")
-                + f"AllowUsers {SUDO_USER} {NOPW_USER}\n")
+                + f"AllowUsers {SUDO_USER} {NOPW_USER} {SFTP_USER}\n")
             switched.append(name)
             _restart_sshd(lab, name, f"{d}/sshd_config.servers")
         yield
@@ -229,3 +230,162 @@ def test_a_user_without_passwordless_sudo_gets_node_and_sudoers_line_and_nothing
     prepare = run_fleet("node", "prepare", "--yes", "-i", servers["nopw"], env=servers["env"])
     assert prepare.returncode == 1 and line in prepare.stdout, prepare.stdout
     assert _state(lab, "n3") == before
+
+
+# What n3 gets of its own for the offline prepare, over this machine's directories in n3's mount namespace only:
+# dpkg's and apt's state and logs, and /usr/sbin (policy-rc.d), as overlays whose changes stay in the test's
+# directory; /usr/lib/cni is an empty directory of the test's (the CNI plugins hidden).
+PRIVATE = ("/var/lib/dpkg", "/var/lib/apt", "/var/cache/apt", "/var/log", "/usr/sbin")
+CNI_PACKAGE = "containernetworking-plugins"
+
+
+def _host_dpkg() -> str:
+    return subprocess.run(["sha256sum", "/var/lib/dpkg/status"], capture_output=True, text=True,
+                          check=True).stdout.split()[0]
+
+
+def _stat(path: str) -> tuple[int, int, int] | None:
+    with contextlib.suppress(FileNotFoundError):
+        st = os.stat(path)
+        return st.st_mtime_ns, st.st_size, st.st_mode
+    return None
+
+
+def _fake_cni_deb(d: Path) -> Path:
+    """A trivial package built here: the CNI plugins fleet checks for, each a script that exits 0."""
+    root = d / "pkg"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN" / "control").write_text(
+        f"Package: {CNI_PACKAGE}\nVersion: 9.9.9-fleettest\nArchitecture: all\n"
+        "Maintainer: fleet tests <tests@example.invalid>\nDescription: stand-in CNI plugins (fleet's lab test)\n")
+    (root / "usr/lib/cni").mkdir(parents=True)
+    for plugin in ("bridge", "host-local", "portmap", "loopback"):
+        (root / "usr/lib/cni" / plugin).write_text("#!/bin/sh\nexit 0\n")
+        (root / "usr/lib/cni" / plugin).chmod(0o755)
+    debs = d / "debs"
+    debs.mkdir()
+    out = debs / f"{CNI_PACKAGE}_9.9.9-fleettest_all.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(root), str(out)],
+                   capture_output=True, check=True)
+    return debs
+
+
+@contextlib.contextmanager
+def _n3_without_cni(lab, d: Path) -> Iterator[None]:
+    """n3 with its CNI plugins hidden and dpkg/apt state of its own, the installed CNI package unknown to that
+    state (so installing the test's package there is a fresh install that touches no file of this machine);
+    everything unmounted in `finally`, after the test's package is removed again."""
+    mounted: list[str] = []
+    try:
+        (d / "cni").mkdir()
+        lab.lab.exec_in("n3", ["mount", "--bind", str(d / "cni"), "/usr/lib/cni"])
+        mounted.append("/usr/lib/cni")
+        for i, path in enumerate(PRIVATE):
+            up, work = d / f"up{i}", d / f"work{i}"
+            up.mkdir()
+            work.mkdir()
+            lab.lab.exec_in("n3", ["mount", "-t", "overlay", "overlay", "-o",
+                                   f"lowerdir={path},upperdir={up},workdir={work}", path])
+            mounted.append(path)
+        lab.lab.exec_in("n3", ["sh", "-c", f"""set -e
+awk -v RS= -v ORS='\\n\\n' '!/^Package: {CNI_PACKAGE}\\n/' /var/lib/dpkg/status >/var/lib/dpkg/status.fleettest
+mv /var/lib/dpkg/status.fleettest /var/lib/dpkg/status
+rm -f /var/lib/dpkg/info/{CNI_PACKAGE}.*"""])
+        yield
+    finally:
+        lab.lab.exec_in("n3", ["dpkg", "-r", CNI_PACKAGE], check=False)
+        for path in reversed(mounted):
+            lab.lab.exec_in("n3", ["umount", path], check=False)
+
+
+def test_a_node_lacking_cni_plugins_is_left_out_of_the_plan_and_prepare_offline_installs_them(lab, servers):
+    d = Path(servers["dir"]) / f"offline-{time.monotonic_ns()}"
+    d.mkdir()
+    debs = _fake_cni_deb(d)
+    host_status = _host_dpkg()
+    policy = _stat("/usr/sbin/policy-rc.d")  # this machine has one of its own (its image's): left as it is
+    name = "sv-needs"  # planned only: nothing is started
+    with _n3_without_cni(lab, d):
+        assert not os.listdir(d / "cni")
+        check = fleet(servers, "node", "check", "n3", "--json")
+        assert check.returncode == 1 and json.loads(check.stdout)[0]["missing"] == ["cni plugins"], check.stdout
+        book = _playbook(servers, name, 19593, "v1")
+        Path(book).write_text(Path(book).read_text().replace("replicas: 2", "replicas: 3"))
+        # The plan (read-only, as apply makes it): three replicas on n1 and n2, n3 named with prepare.
+        out = fleet(servers, "plan", book, "--json")
+        assert out.returncode == 3, out.stdout + out.stderr  # changes pending
+        doc = json.loads(out.stdout)
+        lacks = f"lacks CNI plugins (fleet node prepare n3 installs them): no replica of {name} starts there"
+        assert doc["lacking"] == {"n3": lacks}, doc
+        starts = next(s for s in doc["services"] if s["service"] == name)["start"]
+        assert len(starts) == 3 and {x["node"] for x in starts} == {"n1", "n2"}, starts
+        # Offline: the controller sends the test's package (through sudo) and n3 installs it with no mirror.
+        prep = fleet(servers, "node", "prepare", "n3", "--offline", str(debs), "--yes")
+        assert prep.returncode == 0, prep.stdout + prep.stderr
+        assert (f"  n3: install {CNI_PACKAGE} from 1 .deb file(s) sent by this controller"
+                in prep.stdout.splitlines()), prep.stdout
+        assert f"n3: installed {CNI_PACKAGE}; ready" in prep.stdout.splitlines(), prep.stdout
+        assert sorted(os.listdir(d / "cni")) == ["bridge", "host-local", "loopback", "portmap"]
+        there = lab.lab.exec_in("n3", ["dpkg-query", "-W", "-f", "${Version}", CNI_PACKAGE]).stdout
+        assert there == "9.9.9-fleettest"
+        assert lab.lab.exec_in("n3", ["ls", "-A", "/var/lib/fleet/packages"], check=False).returncode != 0
+        assert fleet(servers, "node", "check", "n3").returncode == 0
+    assert not os.listdir(d / "cni"), "dpkg -r removed the test's package on n3"
+    # This machine's dpkg state and files are as they were.
+    assert _host_dpkg() == host_status and _stat("/usr/sbin/policy-rc.d") == policy
+    assert os.access("/usr/lib/cni/bridge", os.X_OK) and os.path.getsize("/usr/lib/cni/bridge") > 1000
+    host = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", CNI_PACKAGE], capture_output=True, text=True)
+    assert host.stdout != "9.9.9-fleettest"
+
+
+def test_the_sudo_user_mounts_a_network_volume_as_root_on_the_worker(lab, servers):
+    """sshfs with become: the mount script runs through sudo, so sshfs is root's on the worker (its key on the
+    worker's tmpfs is root's), and the storage node is reached as the confined storage user."""
+    inv = Path(servers["dir"]) / "storage.yaml"
+    doc = yaml.safe_load(Path(servers["env"]["FLEET_INVENTORY"]).read_text())
+    doc["nodes"]["lb1"]["roles"] = [*doc["nodes"]["lb1"]["roles"], "storage"]
+    inv.write_text(yaml.safe_dump(doc, sort_keys=False))
+    env = {**servers["env"], "FLEET_INVENTORY": str(inv)}
+    name = "sv-sshfs"
+    book = Path(servers["dir"]) / f"{name}.yaml"
+    book.write_text(f"""services:
+  {name}:
+    image: fleet.local/demo:v1
+    replicas: 1
+    resources: {{cpu: 0.05, memory: 32MiB}}
+    stop_grace_period: 1s
+    volumes:
+      - {{type: sshfs, source: data, target: /data}}
+""")
+    try:
+        out = run_fleet("apply", str(book), env=env, timeout=180)
+        assert out.returncode == 0, out.stdout + out.stderr
+        # The storage node was asked for keys of nodes that left the inventory, through sudo too.
+        assert "not checked for keys" not in out.stdout + out.stderr, out.stdout + out.stderr
+        doc = json.loads(run_fleet("status", "--json", env=env).stdout)
+        (replica,) = next(s for s in doc["services"] if s["service"] == name)["replicas"]
+        node = replica["node"]
+        tasks = [line.split()[0] for line in lab.lab.exec_in(node, ["ctr", "-n", "fleet", "tasks", "ls"]).stdout
+                 .splitlines()[1:] if line.startswith(name)]
+        wrote = run_fleet("exec", f"{node}/{tasks[0]}", "--", "sh", "-c", "echo through-sudo >/data/hello",
+                          env=env)
+        assert wrote.returncode == 0, wrote.stdout + wrote.stderr
+        mounts = lab.lab.exec_in(node, ["sh", "-c", "grep ' fuse.sshfs ' /proc/mounts"]).stdout
+        assert f"{SFTP_USER}@" in mounts and "user_id=0" in mounts, mounts
+        export = Path(node_dir(lab.lab.cfg, lab.lab.node("lb1"))) / "state/storage" / name / "data"
+        assert (export / "hello").read_text() == "through-sudo\n"
+        owner = lab.lab.exec_in("lb1", ["stat", "-c", "%U", f"/var/lib/fleet/storage/{name}/data/hello"]).stdout
+        assert owner.strip() == SFTP_USER
+        # A worker that left the inventory (its key still authorized on the storage node) loses it at the next
+        # apply; the keys of the inventory's workers stay.
+        keys = Path(node_dir(lab.lab.cfg, lab.lab.node("lb1"))) / f"{SFTP_USER}.authorized_keys"
+        before = keys.read_text()
+        assert f" {SFTP_USER}@{node}\n" in before
+        keys.write_text(before + f"restrict ssh-ed25519 {'A' * 68} {SFTP_USER}@gone9\n")
+        again = run_fleet("apply", str(book), env=env, timeout=180)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "lb1: storage key of gone9 revoked (gone9 is no longer in the inventory)" in again.stdout, again.stdout
+        assert keys.read_text() == before
+    finally:
+        run_fleet("destroy", name, env=env)
+        lab.lab.exec_in("lb1", ["rm", "-rf", f"/var/lib/fleet/storage/{name}"], check=False)

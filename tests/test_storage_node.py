@@ -392,3 +392,73 @@ async def test_a_storage_node_labelled_with_an_export_sshd_cannot_take_is_an_err
     storage = Node("st", "192.0.2.1", roles=("storage",), labels={"fleet.storage.dir": "/srv/my storage"})
     with pytest.raises(StorageError, match=r"storage node st: storage export: .*'/srv/my storage'"):
         await StorageAccess(None).mount(Node("n1", "192.0.2.2"), storage, "web", "shared", "web-0-abc")  # type: ignore[arg-type]
+
+
+def test_prune_removes_the_keys_of_workers_no_longer_in_the_inventory_only(tmp_path: Path) -> None:
+    """The prune script's work on a keys file (its sshd lookup stood in for: the config is in tmp_path)."""
+    keys = tmp_path / "fleet-sftp.authorized_keys"
+    pub = "ssh-ed25519 " + "A" * 68
+    keys.write_text(f"restrict {pub} fleet-sftp@n1\nrestrict {pub} fleet-sftp@n10\nrestrict {pub} fleet-sftp@gone\n"
+                    f"restrict {pub} someone@else\n")
+    script = A.prune_script(["n1", "n2"])
+    stub = f'sshd_listener() {{ echo 1; }}\nsshd_config_of() {{ echo "{tmp_path}/sshd_config"; }}\n'
+    text = script.text.replace(A._SSHD_SH, stub)
+    assert text != script.text and script.args == ("n1", "n2")
+    done = subprocess.run(["/bin/sh", "-c", text, "x", *script.args], capture_output=True, text=True,
+                          env={**script.env, "PATH": "/usr/bin:/bin"}, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert A.parse_pruned(done.stdout) == ["n10", "gone"]
+    assert keys.read_text() == f"restrict {pub} fleet-sftp@n1\nrestrict {pub} someone@else\n"
+    assert oct(keys.stat().st_mode & 0o777) == "0o644"
+    again = subprocess.run(["/bin/sh", "-c", text, "x", *script.args], capture_output=True, text=True,
+                           env={**script.env, "PATH": "/usr/bin:/bin"}, timeout=30)
+    assert A.parse_pruned(again.stdout) == [] and keys.read_text().count("\n") == 2
+    with pytest.raises(ValueError):
+        A.prune_script(["n1", "../x"])
+    with pytest.raises(ScriptOutputError):
+        A.parse_pruned("")
+
+
+class _PrunePool:
+    """A stand-in pool (a fake: what a storage node answers to the prune script), recording the workers kept."""
+
+    def __init__(self, answers: dict[str, tuple[int, str]]) -> None:
+        self.answers = answers
+        self.kept: dict[str, tuple[str, ...]] = {}
+
+    async def run(self, target: Node, script: Script, **_: Any) -> Any:
+        from fleet.core.model import CommandResult
+
+        self.kept[target.name] = script.args
+        status, out = self.answers[target.name]
+        return CommandResult(target.name, status, out, "" if status == 0 else "fleet: no OpenSSH sshd", 0.01)
+
+
+async def test_the_next_apply_revokes_keys_of_nodes_that_left_and_names_a_storage_node_it_cannot_ask() -> None:
+    from fleet.engine.nodes import UNREACHABLE
+
+    s1, s2, s3 = (Node(n, f"10.0.0.{i}", roles=("storage",)) for i, n in enumerate(("s1", "s2", "s3"), 1))
+    reports = [NodeReport(Node("n1", "10.0.0.9"), READY, None, None, 0.1),
+               NodeReport(s1, READY, None, None, 0.1), NodeReport(s2, READY, None, None, 0.1),
+               NodeReport(s3, UNREACHABLE, "connect: timed out", None, 0.1)]
+    pool = _PrunePool({"s1": (0, "@@fleet revoked n4\n@@fleet kept\n"), "s2": (6, "")})
+    revoked, errors = await V.revoke_departed(pool, reports)  # type: ignore[arg-type]
+    assert revoked == {"s1": ["n4"]} and pool.kept["s1"] == ("n1", "s1", "s2", "s3")
+    assert errors == {"s2": "fleet: no OpenSSH sshd", "s3": "unreachable: connect: timed out"}
+    # No storage node: nothing is asked.
+    none = _PrunePool({})
+    assert await V.revoke_departed(none, reports[:1]) == ({}, {}) and none.kept == {}  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("allow", "ok"), [(None, True), ("deploy fleet-sftp", True), ("deploy fleet-*", True),
+                                           ("deploy fleet-sftp@10.0.0.*", True), ("deploy admin", False)])
+def test_sshds_allow_users_must_let_the_storage_user_in(allow: str | None, ok: bool) -> None:
+    """The prepare script's AllowUsers check on what `sshd -T` prints (a glob in the list is not expanded)."""
+    eff = "chrootdirectory /x\n" + (f"allowusers {allow}\n" if allow else "") + "permittty no\n"
+    done = subprocess.run(["/bin/sh", "-c", A._ALLOWED_SH + 'allowed "$1" /etc/ssh/sshd_config', "x", eff],
+                          capture_output=True, text=True, env={"U": "fleet-sftp", "PATH": "/usr/bin:/bin"},
+                          cwd="/", timeout=10)
+    assert (done.returncode == 0) == ok, done.stderr
+    if not ok:
+        assert done.stderr.strip() == ("fleet: sshd (/etc/ssh/sshd_config) lets only AllowUsers deploy admin log "
+                                       "in: add fleet-sftp to it (the workers mount as fleet-sftp)")

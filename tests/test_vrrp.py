@@ -13,7 +13,16 @@ from fleet.config.inventory import load_inventory, parse
 from fleet.core.errors import InventoryError, ScriptOutputError
 from fleet.core.model import Vrrp
 from fleet.lab.render import LabConfig, inventory_yaml
-from fleet.node.keepalived import KeepalivedFiles, parse_status, priority, render
+from fleet.node.keepalived import (
+    APPLY,
+    CHECK_USER,
+    KeepalivedFiles,
+    apply_script,
+    check_command,
+    parse_status,
+    priority,
+    render,
+)
 from fleet.store.nodes import record_nodes, record_warnings
 
 INV = """\
@@ -110,6 +119,7 @@ def test_keepalived_config_is_the_same_instance_with_distinct_priorities():
         assert "10.0.0.250/24 dev eth0" in text
         assert f'script "{KeepalivedFiles().check}"' in text
     assert "priority 200" in one and "priority 190" in two
+    assert "    script_user nobody\n" in one and "enable_script_security" in one
     assert [priority(i) for i in range(25)] == sorted({priority(i) for i in range(25)}, reverse=True)[:20] + [1] * 5
 
 
@@ -120,8 +130,11 @@ def test_keepalived_accepts_the_rendered_config(tmp_path: Path):
     check.write_text("#!/bin/sh\nexit 0\n")
     check.chmod(0o700)
     conf = tmp_path / "k.conf"
-    conf.write_text(render(Vrrp("10.0.0.250", 24, 51), "lb1", 0, KeepalivedFiles(str(tmp_path)))
-                    .replace(KeepalivedFiles(str(tmp_path)).check, str(check)))
+    # As the apply script tests it: keepalived -t kills itself when script_user is not root (see APPLY).
+    text = render(Vrrp("10.0.0.250", 24, 51), "lb1", 0, KeepalivedFiles(str(tmp_path)))
+    assert "    script_user nobody\n" in text and 'sed \'s/^    script_user .*/    script_user root/\'' in APPLY
+    conf.write_text(text.replace(KeepalivedFiles(str(tmp_path)).check, str(check))
+                    .replace("script_user nobody", "script_user root"))
     done = subprocess.run(["keepalived", "-t", "-f", str(conf)], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     conf.write_text(conf.read_text().replace("virtual_router_id 51", "virtual_router_id 300"))
@@ -150,3 +163,25 @@ def test_lab_with_two_lb_nodes_writes_a_virtual_ip_on_a_free_address():
     used = {n.address for n in cfg.layout()} | {cfg.gateway}
     assert "10.250.3.10" not in used
     assert "vrrp" not in yaml.safe_load(inventory_yaml(LabConfig(prefix="tv", subnet="10.250.3.0/24", lb=1)))
+
+
+def test_the_check_runs_as_nobody_and_passes_only_while_something_accepts_on_the_stats_port():
+    """The check (socat connecting to HAProxy's stats port on loopback) as keepalived runs it: as CHECK_USER,
+    here against a listener of this test and against the same port closed."""
+    import shutil
+    import socket
+
+    socat = shutil.which("socat")
+    assert socat is not None and CHECK_USER == "nobody"
+    as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        up = subprocess.run([*as_nobody, *check_command(socat, port)], capture_output=True, text=True, timeout=10)
+        assert up.returncode == 0, up.stderr
+    down = subprocess.run([*as_nobody, *check_command(socat, port)], capture_output=True, text=True, timeout=10)
+    assert down.returncode != 0 and "Connection refused" in down.stderr
+    # The apply script writes it with the node's own socat path, 0755, in a 0711 directory; no pid file read.
+    script = apply_script(Vrrp("10.0.0.250", 24, 51), 10)
+    assert script.env["CHECKCMD"] == "socat -u OPEN:/dev/null TCP4:127.0.0.1:8404,connect-timeout=1"
+    assert 'chmod 0711 "$D"' in script.text and 'chmod 0755 "$CHECK.new"' in script.text
+    assert "HAPIDF" not in script.text and "haproxy.pid" not in " ".join(script.env.values())

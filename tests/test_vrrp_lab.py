@@ -96,6 +96,15 @@ def test_losing_the_lb_node_that_holds_the_virtual_ip(vlab, tmp_path: Path):
     (holder,) = st["virtual_ip"]["holders"]
     other = "lb2" if holder == "lb1" else "lb1"
     assert st["virtual_ip"]["nodes"][other] == {"keepalived": "running", "holds": False}
+    # keepalived runs its check of HAProxy as nobody (script_user), and it passes there: no root, no file read.
+    for node in ("lb1", "lb2"):
+        ran = lab.exec_in(node, ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                                 "/var/lib/fleet/keepalived/check-haproxy"], check=False)
+        assert ran.returncode == 0, ran.stderr
+        log = (Path(node_dir(lab.cfg, lab.node(node))) / "state/keepalived/keepalived.log").read_text()
+        assert "script_user nobody" in (Path(node_dir(lab.cfg, lab.node(node))) /
+                                        "state/keepalived/keepalived.conf").read_text()
+        assert "Disabling track script" not in log and "unsafe" not in log.lower(), log[-2000:]
     assert st["services"][0]["endpoints"] == [f"{vip}:{PORT}"]
     # Service discovery points at the virtual IP, not at one lb node.
     hosts = (Path(node_dir(lab.cfg, lab.node("n1"))) / "state/hosts").read_text()

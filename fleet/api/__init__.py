@@ -47,7 +47,7 @@ from fleet.engine.shared import restart_dead, start_members
 from fleet.engine.status import status
 from fleet.node.haproxy.stats import StatRow
 from fleet.node.preflight import NodeCheck
-from fleet.node.provision import Plan, plan_for
+from fleet.node.provision import Plan, offline_plan, plan_for
 from fleet.plan.members import MembershipPlan, Step
 from fleet.plan.reconcile import Replica
 from fleet.plan.rollout.decide import Command
@@ -111,7 +111,7 @@ __all__ = [
 ]
 __all__ += ["MemberRow", "MembershipPlan", "RecordsView", "Step", "StepReport"]  # fleet records
 # `fleet node check|prepare`.
-__all__ += ["NodeCheck", "Plan", "PrepareReport", "plan_for"]
+__all__ += ["NodeCheck", "Plan", "PrepareReport", "offline_plan", "plan_for"]
 
 
 Stamped = tuple[list[ServiceSpec], dict[str, str]]  # the specs stamped, and the services left out with why

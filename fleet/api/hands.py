@@ -135,9 +135,10 @@ class Hands(abc.ABC):
         """What each named node (default: all) has and lacks for its roles; read-only, no lease."""
         return await check_nodes(self.pool, self.inventory, [self.known(n) for n in names] or self.inventory.nodes)
 
-    async def prepare(self, plans: Sequence[Plan]) -> list[PrepareReport]:
-        """Carry out `plan_for(check)` plans, then check those nodes again (no lease: see engine/preflight.py)."""
-        return await prepare_nodes(self.pool, self.inventory, plans)
+    async def prepare(self, plans: Sequence[Plan], offline: str | None = None) -> list[PrepareReport]:
+        """Carry out `plan_for(check)` plans, then check those nodes again (no lease: see engine/preflight.py);
+        `offline`: the local directory the plans' .deb files are sent from (`offline_plan`)."""
+        return await prepare_nodes(self.pool, self.inventory, plans, offline)
 
     def membership(self, on_step: Callable[[str], None] | None = None) -> EtcdMembership:
         """The etcd cluster's members and the steps toward the inventory's record nodes (`fleet records`; a

@@ -76,6 +76,7 @@ def plan_json(p: Plan, errors: dict[str, str]) -> dict[str, Any]:
         "unreachable": errors,
         "unmanaged": list(p.unmanaged),
         "rejected": dict(p.rejected),
+        "lacking": dict(p.lacking),
         "services": [{
             "service": s.name,
             "image": s.spec.image,
@@ -97,6 +98,8 @@ def print_plan(p: Plan, errors: dict[str, str], changes: dict[str, list[str]] | 
     changes, notes = changes or {}, notes or {}
     for node, why in sorted(errors.items()):
         out.print(f"[yellow]! {node}: {esc(why)} (its replicas are placed elsewhere)[/]")
+    for node, why in p.lacking.items():
+        out.print(f"[yellow]! {node}: {esc(why)}[/]")
     for s in p.services:
         edits = [c for c in changes.get(s.name, []) if c]
         marker = "[yellow]~[/]" if s.changed or s.unplaced or edits else "[green]=[/]"

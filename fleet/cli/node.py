@@ -183,6 +183,8 @@ def prepared_line(report: PrepareReport) -> str:
     """What prepare did on one node, in one line."""
     if report.plan.error is not None:
         return f"{report.node}: not prepared: cannot check it: {report.plan.error}"
+    if report.plan.blocked is not None:
+        return f"{report.node}: not prepared: {report.plan.blocked}"
     if report.plan.nothing:
         left = f"; cannot fix: {'; '.join(report.plan.left)}" if report.plan.left else ""
         return f"{report.node}: nothing to do{left or ' (ready)'}"
@@ -200,6 +202,9 @@ def prepared_line(report: PrepareReport) -> str:
 
 def prepare(nodes: NodesArg = None, inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
             yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before changing the nodes.")] = False,
+            offline: Annotated[str | None, typer.Option(
+                "--offline", metavar="DIR", help="Install from the .deb files in DIR (as `apt-get download` names "
+                "them: the packages and their dependencies), sent over SSH: the nodes reach no mirror.")] = None,
             ) -> None:
     """Install what each node lacks for its roles, after showing the plan.
 
@@ -209,24 +214,40 @@ def prepare(nodes: NodesArg = None, inventory: common.InventoryOpt = None, json:
     node; exit 1 naming a node that failed or still lacks something. It takes no lease: the lease is kept by
     what it installs on the record nodes.
 
+    With --offline DIR, nodes with no route to a mirror get the packages from DIR: this controller sends each
+    node the .deb files it needs (its packages' and every file in DIR that is none of fleet's packages: their
+    dependencies) and installs them with apt-get --no-download (dpkg -i without apt-get); a package with no
+    file in DIR is named and that node left alone.
+
     Example:
 
       fleet node prepare --yes
-      fleet node prepare n4 n5"""
-    from fleet.api import Fleet, plan_for
+      fleet node prepare n4 n5
+      fleet node prepare --offline ./debs --yes"""
+    import os
+
+    from fleet.api import Fleet, offline_plan, plan_for
 
     inv = common.inventory(inventory)
     out = common.console(stderr=json)
+    files: list[str] = []
+    if offline is not None:
+        try:
+            files = [f for f in os.listdir(offline) if f.endswith(".deb") and os.path.isfile(os.path.join(offline, f))]
+        except OSError as exc:
+            common.fail(f"fleet node prepare --offline {offline}: {exc.strerror or exc}")
 
     async def go() -> tuple[list[Plan], list[PrepareReport]]:
         async with Fleet.connect(inv) as f:
             plans = [plan_for(c) for c in await f.check(nodes or [])]
+            if offline is not None:
+                plans = [offline_plan(p, files, offline) for p in plans]
             out.print("plan:")
             for plan in plans:
                 out.print(f"  {esc(plan.node)}: {esc(plan.describe())}", highlight=False, soft_wrap=True)
             if all(p.nothing or p.error is not None for p in plans) or _declined(yes, out):
                 return plans, []
-            return plans, await f.prepare(plans)
+            return plans, await f.prepare(plans, offline)
 
     plans, reports = common.run(go)
     if not reports and not all(p.nothing or p.error is not None for p in plans):
@@ -238,7 +259,9 @@ def prepare(nodes: NodesArg = None, inventory: common.InventoryOpt = None, json:
     if json:
         common.print_json([{"node": r.node, "ok": r.ok, "packages": list(r.plan.packages), "fixes": list(r.plan.fixes),
                             "left": list(r.plan.left), "changed": list(r.prepared.changed) if r.prepared else [],
-                            "error": r.error or r.plan.error or (r.prepared.error if r.prepared else None)}
+                            "debs": list(r.plan.debs),
+                            "error": r.error or r.plan.error or r.plan.blocked
+                            or (r.prepared.error if r.prepared else None)}
                            for r in reports])
     else:
         for r in reports:

@@ -35,7 +35,9 @@ from fleet.engine.rollout import ServiceRollout
 from fleet.engine.rooms import RoomBook
 from fleet.engine.state import Observed
 from fleet.engine.view import RunView
+from fleet.engine.volumes import revoke_departed
 from fleet.plan.drain import drain_target
+from fleet.plan.needs import lacking
 from fleet.plan.reconcile import Plan, Replica, plan
 from fleet.plan.rollout.decide import Command, Target, config_changes
 from fleet.plan.volumes import local_volumes
@@ -118,6 +120,18 @@ class Engine:
                    if (diff := config_diff(node, now, after))}
         return PlanView(p, dict(obs.errors), changes, notes, lb_diff)
 
+    async def revoke_departed(self) -> None:
+        """Storage keys of workers no longer in the inventory are taken off every storage node (said as events);
+        a storage node that cannot be asked is named with the command that does it later."""
+        revoked, errors = await revoke_departed(self.pool, self.view.reports)
+        for storage, workers in sorted(revoked.items()):
+            for worker in workers:
+                self.emit("revoke", "", f"{storage}: storage key of {worker} revoked ({worker} is no longer in "
+                                        "the inventory)")
+        for storage, why in sorted(errors.items()):
+            self.emit("revoke", "", f"storage node {storage} not checked for keys of nodes that left the inventory "
+                                    f"({why}): run `fleet volume revoke NODE` for such a node once it answers")
+
     async def follow_records(self, managed: set[str]) -> None:
         """HAProxy follows the accepted spec of every service on record that this run does not manage."""
         for service in sorted({r.service for r in self.view.live} - managed):
@@ -131,6 +145,9 @@ class Engine:
         """Carry out `command` for every spec (an unschedulable request fails before anything changes), then
         remove what destroyed services left on nodes that were down; `skipped` services are named, not run."""
         await self.observe()
+        await self.revoke_departed()
+        for node, why in lacking(self.view.nodes(), specs).items():
+            self.emit("lacks", "", f"{node}: {why}")
         outcomes = [Outcome(name, False, reason=why, changed=False) for name, why in (skipped or {}).items()]
         outcomes += await self.apply_targets([await self.ledger.target(command, s) for s in specs], command,
                                              parallel)

@@ -193,6 +193,7 @@ class LbNode:
             "reload-timeout": "no new worker within 15 s of the reload",
             "no-master": "haproxy runs but its master socket does not answer",
             "locked": "another apply holds the lock on this node",
+            "missing": f"HAProxy is not installed (fleet node prepare {name} installs it)",
         }
         raise LbReloadError(name, messages.get(out.result, f"unexpected apply result {out.result!r}"), log,
                             alert_lines(log))

@@ -43,7 +43,8 @@ def report_from(node: Node, status: int | None, stdout: str, error: str | None, 
     except ValueError as exc:
         return NodeReport(node, ERROR, f"facts script exited {status}: {exc}", None, duration)
     if facts.runtime is None:
-        return NodeReport(node, NO_RUNTIME, "neither nerdctl nor ctr is installed", facts, duration)
+        return NodeReport(node, NO_RUNTIME, f"neither nerdctl nor ctr is installed (fleet node prepare {node.name} "
+                                            "installs containerd)", facts, duration)
     problem = runtime_problem(facts)
     if problem is not None:
         return NodeReport(node, problem[0], problem[1], facts, duration)

@@ -10,14 +10,16 @@ records.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fleet.core.errors import ScriptOutputError
 from fleet.core.model import Inventory, Node
+from fleet.node.paths import write_file
 from fleet.node.preflight import NodeCheck, check_script, clock_offset, judge, parse_found
-from fleet.node.provision import Plan, Prepared, parse_prepared, prepare_script
+from fleet.node.provision import PACKAGES_DIR, Plan, Prepared, parse_prepared, prepare_script
 from fleet.store.nodes import record_nodes
 from fleet.transport import Pool
 
@@ -73,17 +75,38 @@ class PrepareReport:
 
     @property
     def ok(self) -> bool:
-        if self.error is not None or self.plan.error is not None or self.plan.left:
+        if self.error is not None or self.plan.error is not None or self.plan.left or self.plan.blocked:
             return False
         if self.prepared is not None and self.prepared.error is not None:
             return False
         return self.after is None or self.after.ok
 
 
-async def prepare_node(pool: Pool, inventory: Inventory, node: Node, plan: Plan) -> PrepareReport:
-    """Carry out one node's plan (nothing runs when it has nothing to do), then check the node again."""
-    if plan.nothing or plan.error is not None:
+async def send_debs(pool: Pool, node: Node, plan: Plan, source: str) -> str | None:
+    """The plan's .deb files from the local directory `source` into PACKAGES_DIR on the node, one at a time
+    through the node's stdin (so through sudo too); None when all arrived, else why not."""
+    for name in plan.debs:
+        local = os.path.join(source, name)
+        size = os.path.getsize(local)
+        result = await pool.run(node, write_file(f"{PACKAGES_DIR}/{name}", "0644", size=size), stdin_path=local,
+                                timeout=PREPARE_TIMEOUT)
+        if not result.ok:
+            return f"sending {name} failed: {result.error or result.stderr.strip() or result.exit_status}"
+    return None
+
+
+async def prepare_node(pool: Pool, inventory: Inventory, node: Node, plan: Plan,
+                       offline: str | None = None) -> PrepareReport:
+    """Carry out one node's plan (nothing runs when it has nothing to do), then check the node again; with
+    `offline`, the directory its .deb files are sent from."""
+    if plan.nothing or plan.error is not None or plan.blocked is not None:
         return PrepareReport(node.name, plan)
+    if plan.debs:
+        if offline is None:
+            raise ValueError("an offline plan needs the directory its .deb files are in")
+        unsent = await send_debs(pool, node, plan, offline)
+        if unsent is not None:
+            return PrepareReport(node.name, plan, error=unsent)
     result = await pool.run(node, prepare_script(plan), timeout=PREPARE_TIMEOUT)
     if result.error is not None:
         return PrepareReport(node.name, plan, error=result.error)
@@ -96,8 +119,10 @@ async def prepare_node(pool: Pool, inventory: Inventory, node: Node, plan: Plan)
     return PrepareReport(node.name, plan, prepared, await check_node(pool, inventory, node))
 
 
-async def prepare_nodes(pool: Pool, inventory: Inventory, plans: Sequence[Plan]) -> list[PrepareReport]:
-    """Every plan carried out at once (each node's apt runs on that node), one report per plan, in order."""
+async def prepare_nodes(pool: Pool, inventory: Inventory, plans: Sequence[Plan],
+                        offline: str | None = None) -> list[PrepareReport]:
+    """Every plan carried out at once (each node's apt runs on that node), one report per plan, in order;
+    `offline`: the local directory of the plans' .deb files."""
     async with asyncio.TaskGroup() as tg:
-        tasks = [tg.create_task(prepare_node(pool, inventory, inventory.node(p.node), p)) for p in plans]
+        tasks = [tg.create_task(prepare_node(pool, inventory, inventory.node(p.node), p, offline)) for p in plans]
     return [t.result() for t in tasks]

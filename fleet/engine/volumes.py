@@ -11,11 +11,13 @@ import contextlib
 import os
 from collections.abc import Callable, Sequence
 from types import MappingProxyType
+from typing import TypeVar
 
 from fleet.config.spec import ServiceSpec
 from fleet.config.volumes import STORAGE_ROLE, storage_of
 from fleet.core.errors import ScriptOutputError, StorageError, VolumeError
 from fleet.core.model import CommandResult, Inventory, Node
+from fleet.core.shell import Script
 from fleet.engine.calls import LIST_TIMEOUT
 from fleet.engine.containers import ps
 from fleet.engine.nodes import NO_RUNTIME, NOT_ANSWERING, READY, NodeReport
@@ -28,6 +30,7 @@ from fleet.results.volumes import VolumeListing as VolumeListing
 from fleet.results.volumes import VolumeRow as VolumeRow
 from fleet.transport import Pool
 
+T = TypeVar("T")
 # A backup or restore moves the whole volume at the network's speed; the deadline only ends a stalled one.
 TRANSFER_TIMEOUT = 3600.0
 
@@ -209,20 +212,38 @@ async def revoke(pool: Pool, reports: Sequence[NodeReport], worker: str,
     storages = [r for r in reports if r.node.has_role(STORAGE_ROLE)]
     if not storages:
         raise VolumeError("the inventory has no storage node (role storage)")
-    done: dict[str, bool] = {}
+    return await _on_storage_nodes(pool, storages, lambda n: A.revoke_script(worker, storage_user(n)),
+                                   A.parse_revoked, timeout, f"revoking the key of {worker} failed: ")
+
+
+async def revoke_departed(pool: Pool, reports: Sequence[NodeReport],
+                          timeout: float = 30.0) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Take the key of every worker that is no longer in the inventory (`reports` are its nodes) off the storage
+    user of every storage node: ({storage node: workers revoked}, {storage node: why it was not checked}).
+    Nothing is asked when the inventory has no storage node."""
+    storages = [r for r in reports if r.node.has_role(STORAGE_ROLE)]
+    keep = sorted(r.node.name for r in reports)
+    return await _on_storage_nodes(pool, storages, lambda n: A.prune_script(keep, storage_user(n)),
+                                   A.parse_pruned, timeout)
+
+
+async def _on_storage_nodes(pool: Pool, storages: Sequence[NodeReport], script_for: Callable[[Node], Script],
+                            parse: Callable[[str], T], timeout: float,
+                            failed: str = "") -> tuple[dict[str, T], dict[str, str]]:
+    """One script on every usable storage node at once: ({node: its parsed answer}, {node: why not})."""
+    done: dict[str, T] = {}
     errors: dict[str, str] = {r.node.name: f"{r.status}: {r.reason}" for r in storages if not _usable(r)}
-    usable = [r.node for r in storages if _usable(r)]
 
     async def one(n: Node) -> None:
         try:
-            result = await pool.run(n, A.revoke_script(worker, storage_user(n)), timeout=timeout)
+            result = await pool.run(n, script_for(n), timeout=timeout)
             if not result.ok:
                 raise ScriptOutputError(_failure(result))
-            done[n.name] = A.parse_revoked(result.stdout)
+            done[n.name] = parse(result.stdout)
         except (ScriptOutputError, ValueError) as exc:
-            errors[n.name] = f"revoking the key of {worker} failed: {exc}"
+            errors[n.name] = f"{failed}{exc}"
 
-    await asyncio.gather(*(one(n) for n in usable))
+    await asyncio.gather(*(one(r.node) for r in storages if _usable(r)))
     return done, errors
 
 

@@ -30,6 +30,7 @@ _FAILED = {
     "start-failed": "keepalived exited during start",
     "locked": "another apply holds the keepalived lock on this node",
     "missing": "keepalived is not installed (Debian: apt install keepalived)",
+    "missing-socat": "socat is not installed (Debian: apt install socat): keepalived's check of HAProxy needs it",
 }
 
 

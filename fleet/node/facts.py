@@ -21,6 +21,13 @@ set -- /proc/sys/kernel/hostname /proc/meminfo /proc/loadavg /proc/uptime /proc/
 # Listening ports only when asked (planning): reading /proc/net/tcp walks the kernel's whole TCP hash,
 # ~7 ms per read on this machine against under 1 ms for the other files together.
 if [ -n "${PORTS:-}" ]; then set -- "$@" /proc/net/tcp /proc/net/tcp6; fi
+# What a service may need that the node lacks (planning only: fleet.node.preflight.lacks names them); builtins.
+if [ -n "${PORTS:-}" ]; then
+  L=
+  for t in runc sshfs; do command -v $t >/dev/null 2>&1 || L="$L $t"; done
+  for c in bridge host-local portmap loopback; do [ -x "/usr/lib/cni/$c" ] || { L="$L cni"; break; }; done
+  echo "@lacks=$L"
+fi
 RT=
 if command -v nerdctl >/dev/null 2>&1; then RT=nerdctl; elif command -v ctr >/dev/null 2>&1; then RT=ctr; fi
 echo "@runtime=$RT"
@@ -171,6 +178,9 @@ class NodeFacts:
     # is its limit), else MemTotal - MemAvailable from /proc/meminfo ("host").
     mem_used: int = 0
     scope: str = "host"
+    # What services may need that the node lacks (`runc`, `sshfs`, `cni`: a CNI plugin fleet uses), read when
+    # planning (ports asked) only; see fleet.node.preflight.LACKS.
+    lacks: frozenset[str] = frozenset()
 
     @property
     def size(self) -> Resources:
@@ -383,4 +393,5 @@ def parse_facts(stdout: str) -> NodeFacts:
         runtime_known=containerd is not None and containerd != "?",
         mem_used=mem_used,
         scope=scope,
+        lacks=frozenset(markers.get("lacks", "").split()),
     )

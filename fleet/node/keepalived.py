@@ -4,6 +4,12 @@ start or reload keepalived, tell who holds the address, and stop it.
 Every lb node runs the same VRRPv3 instance in state BACKUP with `nopreempt`: the first to come up takes the
 address, and a node that returns after a failure does not take it back (a second move would cut connections
 again). A node whose HAProxy is not running (the check script) goes to FAULT and gives the address up.
+
+The check runs as `nobody` (keepalived's `script_user`), not root: it connects to HAProxy's stats frontend on
+the node's loopback (`check_command`: socat, which lb nodes have for HAProxy's admin socket), which every
+HAProxy config of fleet has and which answers only while HAProxy serves. It reads no file of HAProxy's (the pid
+file stays in its root-only directory); the script itself is root's, 0755, in a root-owned 0711 directory, as
+keepalived's script security asks.
 """
 
 from __future__ import annotations
@@ -12,14 +18,23 @@ from dataclasses import dataclass
 
 from fleet.core.errors import ScriptOutputError
 from fleet.core.model import Vrrp
-from fleet.core.shell import Script
+from fleet.core.ports import STATS_PORT
+from fleet.core.shell import Script, join
 from fleet.node.haproxy.scripts import parse_script_output
 from fleet.node.paths import DEFAULT, FILE_FUNCTIONS
 
-RESULTS = ("unchanged", "invalid", "started", "start-failed", "reloaded", "locked")
+RESULTS = ("unchanged", "invalid", "started", "start-failed", "reloaded", "locked", "missing", "missing-socat")
 # keepalived's own bound: a priority is 1-254 (255 is the address owner's).
 TOP_PRIORITY = 200
 PRIORITY_STEP = 10
+# Who keepalived runs the check as: a user every Debian/Ubuntu system has, owning nothing of fleet's.
+CHECK_USER = "nobody"
+
+
+def check_command(socat: str, port: int = STATS_PORT) -> list[str]:
+    """The check: connect to HAProxy's stats frontend on loopback and close (exit 0 only when HAProxy accepts).
+    Nothing is sent, so HAProxy answers nothing and logs nothing."""
+    return [socat, "-u", "OPEN:/dev/null", f"TCP4:127.0.0.1:{port},connect-timeout=1"]
 
 
 @dataclass(frozen=True)
@@ -51,7 +66,7 @@ class KeepalivedFiles:
     def env(self, vrrp: Vrrp | None) -> dict[str, str]:
         """The scripts' variables; without `vrrp` (the inventory has none any more) only the files'."""
         files = {"D": self.dir, "CFG": self.config, "CHECK": self.check, "PIDF": self.pid_file,
-                 "VPIDF": self.vrrp_pid_file, "LOG": self.log_file, "HAPIDF": DEFAULT.haproxy.pid_file}
+                 "VPIDF": self.vrrp_pid_file, "LOG": self.log_file}
         if vrrp is None:
             return files
         return {**files, "IFACE": vrrp.interface, "VIP": vrrp.virtual_ip, "VIPCIDR": vrrp.cidr}
@@ -71,7 +86,7 @@ def render(vrrp: Vrrp, node: str, index: int, files: KeepalivedFiles = Keepalive
         f"    router_id {node}",
         "    vrrp_version 3",
         "    enable_script_security",
-        "    script_user root",
+        f"    script_user {CHECK_USER}",
         "    vrrp_garp_master_repeat 3",
         "    vrrp_garp_master_refresh 10",
         "}",
@@ -114,20 +129,26 @@ holds() { ip -o -4 addr show dev "$IFACE" 2>/dev/null | grep -q " $VIP/"; }
 
 APPLY = _COMMON + FILE_FUNCTIONS + r"""
 command -v keepalived >/dev/null 2>&1 || { echo "@@fleet result missing"; exit 0; }
-mkdir -p "$D" || exit 3
+socat=$(command -v socat) || { echo "@@fleet result missing-socat"; exit 0; }
+# 0711: the check's user may run the script by its path, and list, read or change nothing here.
+mkdir -p "$D" && chmod 0711 "$D" || exit 3
 exec 9>>"$D/lock"
 if command -v flock >/dev/null 2>&1; then flock -w 30 9 || { echo "@@fleet result locked"; exit 0; }; fi
 if [ "$(wc -c <"$LOG" 2>/dev/null || echo 0)" -gt 1048576 ]; then : >"$LOG"; fi
-# The HAProxy check keepalived runs every second: root's, in a root-only directory (keepalived's script
-# security refuses a script others could change).
-printf '#!/bin/sh\np=$(cat %s 2>/dev/null) && [ -n "$p" ] && [ "$(cat /proc/$p/comm 2>/dev/null)" = haproxy ]\n' \
-  "$HAPIDF" >"$CHECK.new" && chmod 0700 "$CHECK.new" && mv -f "$CHECK.new" "$CHECK" || exit 3
+# The HAProxy check keepalived runs every second as CHECK_USER (nobody): root's, 0755 (keepalived's script security
+# refuses a script others could change). $CHECKCMD is quoted; its first word is replaced by socat's path here.
+printf '#!/bin/sh\nexec %s %s\n' "$socat" "${CHECKCMD#* }" >"$CHECK.new" && chmod 0755 "$CHECK.new" \
+  && mv -f "$CHECK.new" "$CHECK" || exit 3
 fleet_stage "$CFG" 0600 "${SIZE:-}" || exit 3
 new=$fleet_staged
 pid=$(kpid) || pid=
 if [ -n "$pid" ] && cmp -s "$new" "$CFG"; then fleet_unstage; echo "@@fleet result unchanged"; exit 0; fi
 echo "@@fleet check"
-if ! keepalived -t -f "$new" 2>&1; then fleet_unstage; echo "@@fleet result invalid"; exit 0; fi
+# keepalived 2.2.7's -t kills itself (SIGTERM) when script_user is not root: it checks the script as its VRRP
+# child would and finds no keepalived parent. The copy it tests differs from the config in that line only.
+sed 's/^    script_user .*/    script_user root/' "$new" >"$new.t" && keepalived -t -f "$new.t" 2>&1; rc=$?
+rm -f "$new.t"
+if [ "$rc" != 0 ]; then fleet_unstage; echo "@@fleet result invalid"; exit 0; fi
 mv -f "$new" "$CFG"; fleet_staged=; fleet_sname=
 if [ -n "$pid" ]; then kill -HUP "$pid"; echo "@@fleet result reloaded"; exit 0; fi
 rm -f "$PIDF" "$VPIDF"
@@ -181,7 +202,8 @@ echo "@@fleet result retired"
 
 def apply_script(vrrp: Vrrp, size: int, files: KeepalivedFiles = KeepalivedFiles()) -> Script:
     """Reads keepalived.conf on stdin (`size` bytes), checks it with `keepalived -t`, starts or reloads."""
-    return Script(APPLY, {**files.env(vrrp), "SIZE": str(size)}, name="fleet-keepalived-apply")
+    return Script(APPLY, {**files.env(vrrp), "SIZE": str(size), "CHECKCMD": join(check_command("socat"))},
+                  name="fleet-keepalived-apply")
 
 
 def status_script(vrrp: Vrrp, files: KeepalivedFiles = KeepalivedFiles()) -> Script:

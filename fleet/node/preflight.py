@@ -97,6 +97,18 @@ p end "$(date +%s.%N)"
 """
 
 
+# What a service may need on a worker that the facts script reports absent (fleet.node.facts `lacks`), as a plan
+# names it: the words, and whether `fleet node prepare` installs "it" or "them".
+LACKS = {"runc": ("runc (containerd's runtime)", "it"), "cni": ("CNI plugins", "them"),
+         "sshfs": ("sshfs (network volumes)", "it")}
+
+
+def lack_text(node: str, need: str) -> str:
+    """`lacks CNI plugins (fleet node prepare n3 installs them)`: why `node` takes no replica needing `need`."""
+    what, them = LACKS.get(need, (need, "it"))
+    return f"lacks {what} (fleet node prepare {node} installs {them})"
+
+
 def check_script() -> Script:
     """The read-only script `fleet node check` runs on each node (one round trip; changes nothing)."""
     return Script(CHECK_TEXT, env={"BASE": NODE_BASE, "RUN": NODE_RUN, "CNI_DIR": CNI_DIR,

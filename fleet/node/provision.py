@@ -2,6 +2,10 @@
 the other changes prepare makes), the one script that carries it out with apt (`prepare_script`), and the parser
 of that script's output (`parse_prepared`). No I/O here; fleet.engine.preflight runs them.
 
+Offline (`offline_plan`), the controller sends .deb files (named as `apt-get download` names them) into
+PACKAGES_DIR on the node and the script installs those with `apt-get install --no-download` (dpkg -i where there
+is no apt-get), reaching no mirror, and removes them afterwards on every exit.
+
 The script installs with `apt-get` (Debian 12, Ubuntu 24.04) non-interactively, with a `policy-rc.d` that keeps
 apt from starting any service by itself; the policy file is removed afterwards on every exit (success, a failed
 apt, a signal), and one that was there before is left as it was. The packages' own services for what fleet runs
@@ -13,16 +17,22 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fleet.core.dirs import NODE_BASE
 from fleet.core.errors import ScriptOutputError
 from fleet.core.shell import Script
-from fleet.node.preflight import NodeCheck
+from fleet.node.preflight import NEEDS, NodeCheck
 
 POLICY_RC_D = "/usr/sbin/policy-rc.d"
 SYSCTL_FILE = "/etc/sysctl.d/60-fleet.conf"
 PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]{0,63}$")
+# NAME_VERSION_ARCH.deb as apt-get download writes it (an epoch's colon as %3a).
+DEB_RE = re.compile(r"^([a-z0-9][a-z0-9.+-]{0,63})_[A-Za-z0-9.+~%:-]{1,100}_[a-z0-9-]{1,20}\.deb$")
+# Where the .deb files sent for an offline prepare wait on the node (removed once installed, or not).
+PACKAGES_DIR = f"{NODE_BASE}/packages"
+# The packages fleet itself asks for: a .deb in an offline directory that is none of them is a dependency.
+FLEET_PACKAGES = frozenset(n.package for n in NEEDS) | {"containernetworking-plugins"}
 # The changes besides packages, in the order the script makes them, and how a plan names them.
 FIXES = {"dirs": f"create {NODE_BASE}", "ip-forward": "set net.ipv4.ip_forward = 1",
          "start-containerd": "start containerd"}
@@ -40,6 +50,10 @@ class Plan:
     fixes: tuple[str, ...] = ()
     left: tuple[str, ...] = ()
     error: str | None = None
+    # Offline: the .deb files (names in the offline directory) sent and installed instead of reaching a mirror;
+    # `blocked`: why the plan cannot be carried out (a package with no .deb there).
+    debs: tuple[str, ...] = ()
+    blocked: str | None = None
 
     @property
     def nothing(self) -> bool:
@@ -49,7 +63,11 @@ class Plan:
         """The plan in one line: `install containerd runc; start containerd` or `nothing to do`."""
         if self.error is not None:
             return f"cannot check: {self.error}"
-        parts = ([f"install {' '.join(self.packages)}"] if self.packages else []) + [FIXES[f] for f in self.fixes]
+        if self.blocked is not None:
+            return f"cannot prepare: {self.blocked}"
+        offline = f" from {len(self.debs)} .deb file(s) sent by this controller" if self.debs else ""
+        parts = ([f"install {' '.join(self.packages)}{offline}"] if self.packages else []) + [
+            FIXES[f] for f in self.fixes]
         text = "; ".join(parts) if parts else "nothing to do"
         return text + (f"; cannot fix: {'; '.join(self.left)}" if self.left else "")
 
@@ -67,31 +85,74 @@ def plan_for(check: NodeCheck) -> Plan:
     return Plan(check.node, tuple(packages), tuple(f for f in FIXES if f in fixes), left)
 
 
+def deb_package(filename: str) -> str | None:
+    """The package a .deb file is named for (`runc_1.1.5+ds1-1+deb12u1_amd64.deb` -> runc), None if it is not
+    named as apt-get download names them."""
+    m = DEB_RE.match(filename)
+    return m[1] if m else None
+
+
+def offline_plan(plan: Plan, files: Sequence[str], where: str) -> Plan:
+    """`plan` carried out from the .deb files `files` (names in the directory `where`) instead of a mirror: the
+    file of each package it installs, plus every file that is none of fleet's packages (their dependencies, which
+    the user downloaded beside them). A package with no file there blocks the plan, saying how to get it."""
+    if plan.error is not None or not plan.packages:
+        return plan
+    by_package: dict[str, str] = {}
+    for name in sorted(files):
+        package = deb_package(name)
+        if package is not None:
+            by_package.setdefault(package, name)
+    missing = [p for p in plan.packages if p not in by_package]
+    if missing:
+        return replace(plan, blocked=f"no .deb file for {', '.join(missing)} in {where} (on a machine with the "
+                                     f"node's distribution: `apt-get download {' '.join(missing)}` and their "
+                                     "dependencies)")
+    debs = [by_package[p] for p in plan.packages]
+    debs += [n for p, n in sorted(by_package.items()) if p not in FLEET_PACKAGES and n not in debs]
+    return replace(plan, debs=tuple(debs))
+
+
 PREPARE_TEXT = r"""set -u
 say() { printf '@@%s\t%s\n' "$1" "$2"; }
 fail() { say failed "$1"; exit 1; }
 has() { case " $FIXES " in *" $1 "*) return 0 ;; esac; return 1; }
 log=$(mktemp) || fail "mktemp failed"
 ours=0
-cleanup() { if [ "$ours" = 1 ]; then rm -f "$POLICY"; fi; rm -f "$log"; }
+cleanup() { if [ "$ours" = 1 ]; then rm -f "$POLICY"; fi; rm -f "$log"; [ -z "$OFFLINE" ] || rm -rf "$OFFLINE"; }
 trap cleanup EXIT
 trap 'exit 129' HUP
 trap 'exit 130' INT
 trap 'exit 143' TERM
 if [ "$#" -gt 0 ]; then
-  command -v apt-get >/dev/null 2>&1 \
-    || fail "no apt-get: prepare installs with apt (Debian 12, Ubuntu 24.04); install $* yourself"
+  if [ -n "$OFFLINE" ]; then
+    command -v dpkg >/dev/null 2>&1 || fail "no dpkg: prepare installs .deb files (Debian 12, Ubuntu 24.04)"
+  else
+    command -v apt-get >/dev/null 2>&1 \
+      || fail "no apt-get: prepare installs with apt (Debian 12, Ubuntu 24.04); install $* yourself"
+  fi
   export DEBIAN_FRONTEND=noninteractive
   # apt starts no service while this file exits 101; it is ours only if it was not there before.
   if [ ! -e "$POLICY" ]; then
     ours=1
     { printf '#!/bin/sh\nexit 101\n' >"$POLICY" && chmod 755 "$POLICY"; } || fail "cannot write $POLICY"
   fi
-  apt-get update -qq >"$log" 2>&1 || fail "apt-get update failed: $(tail -n 3 "$log" | tr '\n' ' ')"
-  apt-get install -y -qq --no-install-recommends "$@" >"$log" 2>&1 \
-    || fail "apt-get install $* failed: $(tail -n 3 "$log" | tr '\n' ' ')"
+  if [ -z "$OFFLINE" ]; then
+    apt-get update -qq >"$log" 2>&1 || fail "apt-get update failed: $(tail -n 3 "$log" | tr '\n' ' ')"
+    apt-get install -y -qq --no-install-recommends "$@" >"$log" 2>&1 \
+      || fail "apt-get install $* failed: $(tail -n 3 "$log" | tr '\n' ' ')"
+  elif command -v apt-get >/dev/null 2>&1; then
+    # The files as the only source: apt refuses (changing nothing) when one needs what is neither installed
+    # nor among them. apt 2.6 finds local files with --no-download only in its archives directory (else
+    # "Pathname to install is not absolute"): theirs, for this run.
+    apt-get install -y -qq --no-install-recommends --no-download -o "Dir::Cache::Archives=$OFFLINE/" "$@" \
+      >"$log" 2>&1 \
+      || fail "installing $PKGS from the .deb files sent failed: $(tail -n 3 "$log" | tr '\n' ' ')"
+  else
+    dpkg -i "$@" >"$log" 2>&1 || fail "dpkg -i of the .deb files sent failed: $(tail -n 3 "$log" | tr '\n' ' ')"
+  fi
   if [ "$ours" = 1 ]; then rm -f "$POLICY"; ours=0; fi
-  say changed "installed $*"
+  say changed "installed ${PKGS:-$*}"
   if [ -n "$DISABLE" ] && [ -d /run/systemd/system ]; then
     systemctl disable --now $DISABLE >"$log" 2>&1 \
       && say changed "left the packages' own $DISABLE service(s) disabled (fleet runs its own)"
@@ -127,10 +188,16 @@ def prepare_script(plan: Plan) -> Script:
     for fix in plan.fixes:
         if fix not in FIXES:
             raise ValueError(f"unknown change {fix!r}")
+    for deb in plan.debs:
+        if deb_package(deb) is None:
+            raise ValueError(f"not a .deb file name: {deb!r}")
     disable = [FLEET_RUNS[p] for p in plan.packages if p in FLEET_RUNS]
+    args = tuple(f"{PACKAGES_DIR}/{d}" for d in plan.debs) if plan.debs else plan.packages
     return Script(PREPARE_TEXT, env={"POLICY": POLICY_RC_D, "SYSCTL": SYSCTL_FILE, "BASE": NODE_BASE,
-                                     "FIXES": " ".join(plan.fixes), "DISABLE": " ".join(disable)},
-                  args=plan.packages, name="fleet-node-prepare")
+                                     "FIXES": " ".join(plan.fixes), "DISABLE": " ".join(disable),
+                                     "OFFLINE": PACKAGES_DIR if plan.debs else "",
+                                     "PKGS": " ".join(plan.packages)},
+                  args=args, name="fleet-node-prepare")
 
 
 @dataclass(frozen=True)

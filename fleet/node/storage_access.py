@@ -125,7 +125,21 @@ listening() {
 }
 """
 
-PREPARE_SH = _SSHD_SH + r"""
+# sshd's AllowUsers (`sshd -T` prints its patterns on one line) lets the storage user in, or names what to add:
+# a server that lists its login users refuses the workers' keys with only "Permission denied" otherwise.
+_ALLOWED_SH = r"""
+allowed() {
+  au=$(printf '%s\n' "$1" | sed -n 's/^allowusers //p')
+  [ -n "$au" ] || return 0
+  set -f
+  for p in $au; do case "$U" in ${p%%@*}) set +f; return 0 ;; esac; done
+  set +f
+  echo "fleet: sshd ($2) lets only AllowUsers $au log in: add $U to it (the workers mount as $U)" >&2
+  return 1
+}
+"""
+
+PREPARE_SH = _SSHD_SH + _ALLOWED_SH + r"""
 set -eu
 umask 022
 l=$(sshd_listener)
@@ -198,6 +212,7 @@ for want in "chrootdirectory $EXPORT" "forcecommand internal-sftp" "authorizedke
     echo "fleet: sshd ($conf) does not apply ${dropin}: add \`Include ${dir}/sshd_config.d/*.conf\` at its top" >&2
     exit 7; }
 done
+allowed "$eff" "$conf" || exit 7
 # A worker's line: its key alone, replaced when the worker made a new one (its tmpfs was lost).
 if [ -n "$WORKER" ]; then
   line="restrict $PUB $U@$WORKER"
@@ -243,12 +258,16 @@ def parse_prepared(stdout: str) -> tuple[str, int, int]:
     return m[1], int(m[2]), int(m[3])
 
 
-REVOKE_SH = _SSHD_SH + r"""
+# The storage user's keys file beside the config of the sshd serving this session (`$keys`).
+_KEYS_SH = _SSHD_SH + r"""
 set -eu
 l=$(sshd_listener)
 [ -n "$l" ] || { echo "fleet: no OpenSSH sshd serves this session" >&2; exit 6; }
 conf=$(sshd_config_of "$l")
 keys="${conf%/*}/$U.authorized_keys"
+"""
+
+REVOKE_SH = _KEYS_SH + r"""
 if [ -f "$keys" ] && awk -v c="$U@$WORKER" '$NF == c { f = 1 } END { exit !f }' "$keys"; then
   awk -v c="$U@$WORKER" '$NF != c' "$keys" >"$keys.new"
   chmod 0644 "$keys.new" && mv -f "$keys.new" "$keys"
@@ -271,3 +290,33 @@ def parse_revoked(stdout: str) -> bool:
     if "@@fleet absent" in stdout:
         return False
     raise ScriptOutputError(f"unexpected revoke output: {stdout[-120:]!r}")
+
+
+PRUNE_SH = _KEYS_SH + r"""
+# Each line's worker is its comment after `$U@`; a worker not among the arguments (the inventory's nodes) goes.
+if [ -f "$keys" ]; then
+  gone=$(awk -v u="$U@" -v keep=" $* " 'index($NF, u) == 1 && index(keep, " " substr($NF, length(u) + 1) " ") == 0 \
+    { print substr($NF, length(u) + 1) }' "$keys")
+  if [ -n "$gone" ]; then
+    awk -v u="$U@" -v keep=" $* " 'index($NF, u) != 1 || index(keep, " " substr($NF, length(u) + 1) " ") != 0' \
+      "$keys" >"$keys.new"
+    chmod 0644 "$keys.new" && mv -f "$keys.new" "$keys"
+    for w in $gone; do echo "@@fleet revoked $w"; done
+  fi
+fi
+echo "@@fleet kept"
+"""
+
+
+def prune_script(keep: list[str], user: str = SFTP_USER) -> Script:
+    """On a storage node: remove the key of every worker not in `keep` (the inventory's nodes) from the storage
+    user's keys; prints `@@fleet revoked WORKER` for each and `@@fleet kept` last."""
+    return Script(PRUNE_SH, {"U": check_user(user)}, tuple(_check_worker(w) for w in sorted(keep)),
+                  name="fleet-storage-prune")
+
+
+def parse_pruned(stdout: str) -> list[str]:
+    """The workers whose keys the prune script removed."""
+    if "@@fleet kept" not in stdout:
+        raise ScriptOutputError(f"unexpected prune output: {stdout[-120:]!r}")
+    return re.findall(r"^@@fleet revoked (\S+)$", stdout, re.M)

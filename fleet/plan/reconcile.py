@@ -13,6 +13,7 @@ from types import MappingProxyType
 from fleet.config.spec import ServiceSpec
 from fleet.core import labels as L
 from fleet.core.model import Resources
+from fleet.plan.needs import lacking, service_needs
 from fleet.plan.scheduler import Assignment, Existing, NodeState, ServiceDemand, Unplaced, place
 from fleet.plan.volumes import VolumeView, data_nodes, data_what
 
@@ -65,9 +66,12 @@ class Plan:
     services: tuple[ServicePlan, ...]
     rejected: Mapping[str, str] = field(default_factory=dict)
     unmanaged: tuple[str, ...] = ()
+    # Nodes that lack what some of these services need (fleet.plan.needs.lacking): nothing of theirs starts there.
+    lacking: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rejected", MappingProxyType(dict(self.rejected)))
+        object.__setattr__(self, "lacking", MappingProxyType(dict(self.lacking)))
 
     @property
     def changed(self) -> bool:
@@ -117,6 +121,7 @@ def demand_for(spec: ServiceSpec, replicas: int | None = None, *, volumes: Volum
         required_labels=spec.placement.require,
         spread_by=spec.placement.spread_by,
         strategy=spec.placement.strategy,
+        needs=service_needs(spec),
     )
 
 
@@ -220,4 +225,4 @@ def plan(specs: Sequence[ServiceSpec], nodes: Sequence[NodeState], replicas: Seq
         ))
     managed = {s.name for s in specs}
     unmanaged = tuple(sorted({r.service for r in replicas} - managed))
-    return Plan(tuple(plans), placement.rejected, unmanaged)
+    return Plan(tuple(plans), placement.rejected, unmanaged, lacking(nodes, specs))

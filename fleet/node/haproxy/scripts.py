@@ -19,7 +19,7 @@ MARK = "@@fleet"
 REPLY_END = "\x1e"
 
 APPLY_RESULTS = ("unchanged", "invalid", "started", "start-failed", "start-timeout", "reloaded", "reload-failed",
-                 "reload-timeout", "no-master", "locked")
+                 "reload-timeout", "no-master", "locked", "missing")
 
 _COMMON = r"""
 set -u
@@ -56,6 +56,7 @@ since() { tail -c "+$(($2 + 1))" "$1" 2>/dev/null; }
 # The new config is staged like fleet.node.paths.write_file (temp file beside it, mode 0600 before any byte, stdin
 # checked against $SIZE, removed on any failure or signal), validated, and only then renamed over the old one.
 APPLY = _COMMON + FILE_FUNCTIONS + r"""
+command -v "$HAPROXY" >/dev/null 2>&1 || { echo "@@fleet result missing"; exit 0; }
 mkdir -p "$D" || exit 3
 # The workers' chroot (fleet.node.haproxy.render.RunAs): empty, root's, read-only.
 [ -d "$CHROOT" ] || mkdir -m 0555 "$CHROOT" || exit 3

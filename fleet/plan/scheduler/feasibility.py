@@ -76,6 +76,7 @@ class NodeTable(Protocol):
     draining: list[bool]
     cordoned: list[bool]
     labels: list[Mapping[str, str]]
+    lacks: list[Mapping[str, str]]
     free_cpu: list[int]
     free_mem: list[int]
 
@@ -97,7 +98,7 @@ class Refusal(NamedTuple):
 NodeCheck = Callable[[NodeTable, int], Refusal | None]
 # A check of what service `d` asks of node i; `only`: the nodes it may use for its data (None: any).
 Check = Callable[[NodeTable, int, ServiceDemand, frozenset[str] | None], Refusal | None]
-FilterKey = tuple[tuple[tuple[str, str], ...], frozenset[str] | None, str]
+FilterKey = tuple[tuple[tuple[str, str], ...], frozenset[str] | None, str, frozenset[str]]
 
 UNHEALTHY = Refusal("unhealthy", "unhealthy", "is unhealthy")
 DRAINING = Refusal("draining", "draining: takes no new replicas", "is draining")
@@ -106,7 +107,7 @@ CORDONED = Refusal("cordoned", "cordoned: takes no new replicas")
 
 def filter_key(d: ServiceDemand, only: frozenset[str] | None) -> FilterKey:
     """What the fixed checks' verdicts for `d` depend on (the data's name only where it can rule a node out)."""
-    return tuple(sorted(d.required_labels.items())), only, d.data_what if only is not None else ""
+    return tuple(sorted(d.required_labels.items())), only, d.data_what if only is not None else "", d.needs
 
 
 def _healthy(state: NodeTable, i: int) -> Refusal | None:
@@ -135,6 +136,15 @@ def _has_labels(state: NodeTable, i: int, d: ServiceDemand, only: frozenset[str]
     return Refusal("labels", text, text, tuple(missing))
 
 
+def _has_what_it_needs(state: NodeTable, i: int, d: ServiceDemand, only: frozenset[str] | None) -> Refusal | None:
+    lacks = state.lacks[i]
+    if not lacks or not d.needs:
+        return None
+    missing = [lacks[n] for n in sorted(d.needs) if n in lacks]
+    # Replicas already running there stay: they run; only new ones could not start.
+    return Refusal("lacks", "; ".join(missing)) if missing else None
+
+
 def _has_room(state: NodeTable, i: int, d: ServiceDemand, only: frozenset[str] | None) -> Refusal | None:
     cpu, memory = cpu_ceil(d.resources.cpu), d.resources.memory
     if state.fits(i, cpu, memory):
@@ -152,7 +162,8 @@ def _has_port(state: NodeTable, i: int, d: ServiceDemand, only: frozenset[str] |
 # decided once per pass for every service. Then what the service asks: a set lookup, then a comparison per
 # required label; place.py takes these verdicts once per filter key, recording each refusal as it filters. None
 # of these change during a pass. Room and host ports change with every placement: they come last and are asked
-# again as replicas are placed, and of the nodes that passed when a shortfall is explained.
+# again as replicas are placed, and of the nodes that passed when a shortfall is explained. What a service needs
+# that the node lacks (a tool, the CNI plugins: a set lookup) is the last of the fixed checks.
 NODE_STATE: tuple[NodeCheck, ...] = (_healthy, _not_draining, _not_cordoned)
-ASKED: tuple[Check, ...] = (_holds_data, _has_labels)
+ASKED: tuple[Check, ...] = (_holds_data, _has_labels, _has_what_it_needs)
 CHANGING: tuple[Check, ...] = (_has_room, _has_port)

@@ -80,6 +80,7 @@ class _Pass:
         self.draining = [n.draining for n in self.states]
         self.cordoned = [n.cordoned for n in self.states]
         self.labels = [n.labels for n in self.states]
+        self.lacks = [n.lacks for n in self.states]
         self.free_cpu = [cpu_floor(n.capacity.cpu) - cpu_ceil(n.reserved.cpu) for n in self.states]
         self.free_mem = [n.capacity.memory - n.reserved.memory for n in self.states]
         self.used_ports = [set(n.ports_in_use) for n in self.states]
@@ -513,6 +514,8 @@ def _explain(state: _Pass, d: ServiceDemand) -> tuple[str, dict[int, str]]:
         parts.append("no eligible node" if names else "no nodes")
     for label, n in sorted(lacking.items()):
         parts.append(count_nodes(n, f"lacks label {label}", f"lack label {label}"))
+    if lack := refused_by.get("lacks"):
+        parts.append(f"{', '.join(lack)} {'lacks' if len(lack) == 1 else 'lack'} what it needs")
     if unhealthy := len(refused_by["unhealthy"]):
         parts.append(count_nodes(unhealthy, "is unhealthy", "are unhealthy"))
     if portless := len(refused_by["port"]):

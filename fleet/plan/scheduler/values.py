@@ -29,6 +29,8 @@ class NodeState:
     `cordoned`: replicas already there stay, no new one is placed there (`fleet node cordon`, or a node
     `fleet watch` holds through its grace period).
     `draining`: no new replica is placed there and those running there must move (`fleet node drain`).
+    `lacks`: what a service may need that the node does not have (`cni`, `runc`, `sshfs`), each with the words
+    that say so; no replica of a service that needs one is started there (those running stay).
     """
 
     name: str
@@ -40,9 +42,11 @@ class NodeState:
     others: Resources = field(default_factory=Resources)
     cordoned: bool = False
     draining: bool = False
+    lacks: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", _frozen(self.labels))
+        object.__setattr__(self, "lacks", _frozen(self.lacks))
         object.__setattr__(self, "ports_in_use", frozenset(self.ports_in_use))
 
 
@@ -71,6 +75,9 @@ class ServiceDemand:
 
     `held`: replicas that the caller does not manage, held where they run, on a draining node too (only their
     own service's convergence moves them).
+
+    `needs`: what a node must have to start one (`runc`; `cni` for a bridge network; `sshfs` for network volumes);
+    a node whose `lacks` names one of them is refused with its words.
     """
 
     service: str
@@ -85,9 +92,11 @@ class ServiceDemand:
     lost_data: frozenset[str] = frozenset()
     data_what: str = "its volume data"
     held: bool = False
+    needs: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "required_labels", _frozen(self.required_labels))
+        object.__setattr__(self, "needs", frozenset(self.needs))
         object.__setattr__(self, "data_nodes", frozenset(self.data_nodes))
         object.__setattr__(self, "lost_data", frozenset(self.lost_data))
         lo, hi = self.port_range
