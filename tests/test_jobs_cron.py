@@ -1,4 +1,4 @@
-"""The cron parser (fleet.plan.cron), checked against a brute-force walk over every UTC minute."""
+"""The cron parser (fleet.core.cron), checked against a brute-force walk over every UTC minute."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleet.plan import cron
+from fleet.core import cron
 
 UTC = dt.UTC
 ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata"]
@@ -108,3 +108,22 @@ def test_never_matching_expression_has_no_next_slot() -> None:
 def test_unknown_zone_refused() -> None:
     with pytest.raises(ValueError, match="unknown time zone 'Mars/Olympus'"):
         cron.zone("Mars/Olympus")
+
+
+def test_due_runs_the_newest_slot_and_records_the_others_missed() -> None:
+    c, utc = cron.parse("*/10 * * * *"), cron.zone("UTC")
+    now = dt.datetime(2026, 12, 5, 3, 0, 20, tzinfo=UTC)
+    # Never claimed: only the slot on time.
+    assert cron.due(c, utc, now, None, "last") == cron.Due(dt.datetime(2026, 12, 5, 3, 0, tzinfo=UTC), ())
+    # Claimed up to 02:30: 02:40 and 02:50 missed, 03:00 runs.
+    last = dt.datetime(2026, 12, 5, 2, 30, tzinfo=UTC)
+    d = cron.due(c, utc, now, last, "none")
+    assert d.run == dt.datetime(2026, 12, 5, 3, 0, tzinfo=UTC) and [s.minute for s in d.missed] == [40, 50]
+    # Late: `last` runs the newest late, `none` misses it too.
+    later = now + dt.timedelta(minutes=5)
+    assert cron.due(c, utc, later, last, "last").run == dt.datetime(2026, 12, 5, 3, 0, tzinfo=UTC)
+    late = cron.due(c, utc, later, last, "none")
+    assert late.run is None and len(late.missed) == 3
+    # Nothing new since the claimed slot.
+    assert cron.due(c, utc, now, dt.datetime(2026, 12, 5, 3, 0, tzinfo=UTC), "last") == cron.Due(None, ())
+    assert cron.parse_slot(cron.slot_name(now.replace(second=0))) == now.replace(second=0)

@@ -36,8 +36,8 @@ from fleet.config.spec.values import (
     format_duration,
 )
 from fleet.config.yamlmarks import Marked, dotted
+from fleet.core import cron
 from fleet.core.errors import Problem
-from fleet.plan import cron
 
 JOB_NAME_RE = SERVICE_NAME_RE
 MAX_PARALLELISM = 100

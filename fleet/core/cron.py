@@ -173,3 +173,36 @@ def latest_at(cron: Cron, tz: ZoneInfo, t: dt.datetime, since: dt.datetime) -> d
 def slot_name(slot: dt.datetime) -> str:
     """A slot's key segment: its UTC minute in ISO 8601 (`2026-12-05T03:00Z`), sorting by time."""
     return slot.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ")
+
+
+# A slot is run on time when a controller sees it this long after it began; later, `catch_up` decides.
+ON_TIME = dt.timedelta(seconds=60)
+# At most this many missed slots are recorded at once (a schedule every minute left for a month would be 43200).
+MISSED_KEPT = 100
+
+
+@dataclass(frozen=True)
+class Due:
+    """What a controller does with a schedule now: `run` this slot (None: nothing) and record `missed` ones."""
+
+    run: dt.datetime | None
+    missed: tuple[dt.datetime, ...]
+
+
+def due(cron: Cron, tz: ZoneInfo, now: dt.datetime, last: dt.datetime | None, catch_up: str) -> Due:
+    """The slots since `last` (the newest one claimed; None: none ever was, so only a slot on time counts): the
+    newest is run when it is on time (within ON_TIME of its start), or late with `catch_up: last`; every other
+    one is missed (at most the newest MISSED_KEPT of them)."""
+    since = last if last is not None else now - ON_TIME
+    slots = slots_between(cron, tz, since, now)
+    if not slots:
+        return Due(None, ())
+    newest = slots[-1]
+    if now - newest <= ON_TIME or (catch_up == "last" and last is not None):
+        return Due(newest, tuple(slots[:-1][-MISSED_KEPT:]))
+    return Due(None, tuple(slots[-MISSED_KEPT:]))
+
+
+def parse_slot(name: str) -> dt.datetime:
+    """`slot_name`'s inverse."""
+    return dt.datetime.strptime(name, "%Y-%m-%dT%H:%MZ").replace(tzinfo=UTC)
