@@ -11,6 +11,7 @@ settings before any replica of that revision starts (fleet.engine.rollout).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import time
@@ -27,7 +28,7 @@ from fleet.engine.containers import STOP_MARGIN, forget
 from fleet.engine.guarded import confirm
 from fleet.engine.nodefiles import NodeFiles
 from fleet.engine.replicas import NodeReplicas
-from fleet.node.runtime.base import RunSpec, Status
+from fleet.node.runtime.base import Call, RunSpec, Status, StopResult
 from fleet.plan.scheduler import Assignment
 from fleet.results import Event
 from fleet.results.jobs import Attempt, JobRun, RunStatus
@@ -161,7 +162,13 @@ class JobRunner:
             report = engine.view.by_name[a.node]
             driver = driver_for(report.node, report.facts)
             log = getattr(driver, "log_path", lambda cid: "")(r.id)
-            code, why = await self._follow(job, a, report.node, r.id, log)
+            try:
+                code, why = await self._follow(job, a, report.node, r.id, log)
+            except BaseException:
+                # Interrupted (SIGTERM, a lost node, a lost lease): the container is stopped and removed all the
+                # same, its log kept, so nothing of the run is left running.
+                await asyncio.shield(self._end(ops, report.node, driver.stop(r.id, 0.0), r.id))
+                raise
             await ops.storage.release(report.node, r.id)
         return Attempt(number, a.replica, a.node, r.id, log, started, self.clock(), code, why)
 
@@ -192,6 +199,12 @@ class JobRunner:
         await self._read(job.name, a.replica, node, log, seen, final=True)
         await forget(self.pool, node, cid)
         return stopped.exit_code, why
+
+    async def _end(self, ops: JobReplicas, node: Node, stop: Call[StopResult], cid: str) -> None:
+        with contextlib.suppress(FleetError):
+            await perform(self.pool, node, stop, timeout=STOP_MARGIN)
+            await forget(self.pool, node, cid)
+            await ops.storage.release(node, cid)
 
     async def _read(self, job: str, index: int, node: Node, log: str, seen: int, *, final: bool) -> int:
         """Hand on the log's lines after the first `seen` (a line still being written waits for its end, but
