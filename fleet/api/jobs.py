@@ -66,8 +66,7 @@ class Jobs(abc.ABC):
 
     def job_records(self) -> JobRecords:
         """The runs' records, written under this run's lease (read-only outside it)."""
-        records = self.records()
-        return JobRecords(records.store, records.shared, command=self.command)
+        return JobRecords(self.records())
 
     def hook(self, engine: Engine, secrets: Callable[[str], str | None] | None) -> Engine:
         """`engine` running the `before_deploy` jobs of this façade's `jobs` (none: as it was)."""
@@ -83,7 +82,7 @@ class Jobs(abc.ABC):
 
     async def job_runs(self, job: str | None = None) -> list[JobRun]:
         """Every recorded run (of `job`), oldest first; no lease."""
-        return await JobRecords(await self.shared()).runs(job)
+        return await JobRecords(EtcdRecords(await self.shared())).runs(job)
 
     async def job_log(self, job: str, run: str | None = None) -> tuple[JobRun, list[JobLog]]:
         """A run's log files (`run`: its ID or a prefix of it; default the newest), read from their nodes."""
@@ -146,7 +145,7 @@ class Jobs(abc.ABC):
         return cron.due(c, cron.zone(job.timezone), now, last, job.catch_up)
 
     async def _anything_due(self, jobs: Sequence[JobSpec], clock: Callable[[], float]) -> bool:
-        records = JobRecords(await self.shared())
+        records = JobRecords(EtcdRecords(await self.shared()))
         for job in jobs:
             d = await self._due(job, records, clock)
             if d.run is not None or d.missed:

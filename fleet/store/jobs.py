@@ -14,7 +14,8 @@ from typing import Any
 
 from fleet.core.errors import RecordsError
 from fleet.results.jobs import JobRun, from_doc
-from fleet.store.etcd import EtcdStore, SharedState, decode
+from fleet.store.etcd import SharedState, decode
+from fleet.store.etcd_records import EtcdRecords
 from fleet.store.lease import default_holder
 
 JOBS = "/fleet/jobs/"
@@ -29,20 +30,20 @@ def slot_key(job: str, slot: str) -> str:
 
 
 class JobRecords:
-    """Reads anywhere; writes only with `shared` (the run's lease), each with its event in the log."""
+    """Over the fleet's records (`records`): reads anywhere; writes only under the run's lease (its `shared`),
+    each with its event in the log."""
 
-    def __init__(self, store: EtcdStore, shared: SharedState | None = None, *, command: str = "") -> None:
-        self.store = store
-        self.shared = shared
-        self.command = command
+    def __init__(self, records: EtcdRecords) -> None:
+        self.records = records
+        self.store = records.store
 
     def _writer(self) -> SharedState:
-        if self.shared is None:
+        if self.records.shared is None:
             raise RecordsError("jobs' runs are recorded only under the fleet's lease")
-        return self.shared
+        return self.records.shared
 
     def _event(self, what: str, **fields: Any) -> dict[str, Any]:
-        return {"who": default_holder(), "command": self.command, "what": what, "at": time.time(), **fields}
+        return self.records.event(what, **fields)
 
     async def save(self, run: JobRun) -> None:
         """Write the run as it stands (at its start, after each attempt, at its end); its end goes to the log."""
@@ -53,7 +54,7 @@ class JobRecords:
     async def claim(self, job: str, slot: str, status: str = "run") -> bool:
         """Take the schedule slot (to `run` it, or to record it `missed`): True for the one writer that created
         its key, False for any other."""
-        value = {"status": status, "by": default_holder(), "command": self.command, "at": time.time()}
+        value = {"status": status, "by": default_holder(), "command": self.records.command, "at": time.time()}
         return await self._writer().create(slot_key(job, slot), value,
                                            event=self._event(f"job {job} slot {slot} claimed ({status})", job=job,
                                                              slot=slot))
