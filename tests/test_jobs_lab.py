@@ -64,6 +64,12 @@ jobs:
     retries: 2
     backoff: 200ms
     deadline: 30s
+  jb-slow:
+    image: {V1}
+    command: [sh, -c, 'echo started; exec sleep 60']
+    resources: {{cpu: 0.05, memory: 16MiB}}
+    deadline: 2s
+    stop_grace_period: 1s
   jb-tick:
     image: {V1}
     command: [sh, -c, 'echo tick']
@@ -154,16 +160,23 @@ def test_job_fails_twice_then_succeeds_and_run_exits_with_its_status(env: dict[s
     with Load(env["lb"], PORT, clients=4, max_seconds=60) as load:
         ok = fleet(env, "job", "run", "jb-flaky", "-f", str(env["dir"] / "jobs.yaml"))
         bad = fleet(env, "job", "run", "jb-fail", "-f", str(env["dir"] / "jobs.yaml"))
+        slow = fleet(env, "job", "run", "jb-slow", "-f", str(env["dir"] / "jobs.yaml"))
     r = load.result
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert ok.stdout.splitlines() == ["try 1", "try 2", "try 3"]
     assert bad.returncode == 7 and "no such table: users" in bad.stdout, bad.stdout + bad.stderr
+    # Past its deadline a job is stopped (SIGTERM: sleep ignores it as PID 1, so SIGKILL after its grace).
+    assert slow.returncode in (137, 143) and slow.stdout == "started\n", slow.stdout + slow.stderr
+    (killed,) = runs(env, "jb-slow")
+    assert "deadline (2s) passed" in killed["reason"] and killed["status"] == "failed"
     assert r.failed == 0 and r.ok > 0, (r.errors, r.failures[:5])
     flaky = runs(env, "jb-flaky")[-1]
     assert flaky["status"] == "succeeded" and [a["exit_status"] for a in flaky["attempts"]] == [1, 1, 0]
     # The containers are gone, their log files kept.
     ps = fleet(env, "ps", "--all", "--json")
     assert "jb-flaky" not in ps.stdout and "jb-fail" not in ps.stdout, ps.stdout
+    table = fleet(env, "job", "ls")
+    assert table.returncode == 0 and "jb-flaky" in table.stdout and "succeeded" in table.stdout, table.stdout
     logs = fleet(env, "job", "logs", "jb-flaky")
     assert [ln for ln in logs.stdout.splitlines() if ln.startswith("try")] == ["try 1", "try 2", "try 3"]
 

@@ -89,8 +89,10 @@ class JobRunner:
                 await self.records.save(run)
 
     async def run(self, job: JobSpec, trigger: str = "manual", *, slot: str | None = None,
-                  service: str | None = None, revision: int | None = None) -> JobRun:
-        """Run `job` to its end (every container, with its retries) and record it; the engine observed first."""
+                  service: str | None = None, revision: int | None = None, prepare: bool = True) -> JobRun:
+        """Run `job` to its end (every container, with its retries) and record it; the engine observed first.
+        `prepare`: the workers first (hosts file, and the sweep of files no container uses); not within a rollout,
+        which prepared them, and whose other services' new replicas have files but no container yet."""
         now = self.clock()
         rid = run_id(now)
         run = JobRun(job.name, rid, trigger, default_holder(), self.command, job.run.image, now, slot=slot,
@@ -106,7 +108,8 @@ class JobRunner:
             await self._save(replace(run, attempts=tuple(attempts)))
 
         try:
-            await self.engine.ops.prepare([job.run])
+            if prepare:
+                await self.engine.ops.prepare([job.run])
             ends = await asyncio.gather(*(self._container(job, ops, revision or 0, progress)
                                           for _ in range(job.parallelism)))
         except (LeaseError, RecordsError):
@@ -239,7 +242,8 @@ class JobHook:
             return (f"{spec.name}: before_deploy job {name!r} is not in the playbooks this run read; the rollout "
                     "did not start")
         self.output.clear()
-        run = await self.runner.run(job.with_service(spec), "before_deploy", service=spec.name, revision=revision)
+        run = await self.runner.run(job.with_service(spec), "before_deploy", service=spec.name, revision=revision,
+                                    prepare=False)
         if run.status == "succeeded":
             return None
         tail = "".join(f"\n    {line}" for line in self.output[-OUTPUT_TAIL:])
