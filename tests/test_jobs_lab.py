@@ -1,7 +1,7 @@
 """Jobs on the real lab: a migration hook that writes to a volume runs once before a rollout, a failing hook
 stops the rollout with nothing changed, a job that fails twice succeeds on its third try and `fleet job run`
 exits with the job's status, and a job scheduled every minute runs exactly once per slot under two watchers and
-a cron `fleet reconcile` (on a clock sped up twelve times by libfaketime: five slots in about 25 s).
+a cron `fleet reconcile` (on a clock sped up six times by libfaketime: five slots in about 50 s).
 
 One service of two replicas behind HAProxy on lb1 serves under GET load through every hook and job run: not one
 request may fail. Every watcher is a subprocess of this test, stopped by its PID."""
@@ -122,10 +122,9 @@ def test_migration_hook_runs_once_before_the_rollout_under_load(env: dict[str, A
     with Load(env["lb"], PORT, clients=4, max_seconds=90) as load:
         time.sleep(0.5)
         out = fleet(env, "apply", playbook(env["dir"], V2, "jb-migrate"))
-        again = fleet(env, "apply", playbook(env["dir"], V2, "jb-migrate"))  # no new revision: no hook
     r = load.result
     print(f"\nrequests ok {r.ok}, failed {r.failed}")
-    assert out.returncode == 0 and again.returncode == 0, out.stdout + out.stderr + again.stdout + again.stderr
+    assert out.returncode == 0, out.stdout + out.stderr
     assert r.failed == 0 and r.ok > 20, (r.errors, r.failures[:5])
     hooks = runs(env, "jb-migrate")
     assert [(h["revision"], h["status"]) for h in hooks] == [(1, "succeeded"), (2, "succeeded")]
@@ -181,14 +180,17 @@ def test_job_fails_twice_then_succeeds_and_run_exits_with_its_status(env: dict[s
     assert [ln for ln in logs.stdout.splitlines() if ln.startswith("try")] == ["try 1", "try 2", "try 3"]
 
 
+RATE = 6  # the fake clock's speed: a minute's slot every 10 real seconds
+
+
 def faketime_env(base: dict[str, str], t0: float) -> dict[str, str]:
-    """libfaketime at twelve times the rate, every process on one fake timeline that started at `t0`: a process
-    started at `s` gets the offset 11 (s - t0), so its clock reads t0 + 12 (now - t0). Only the wall clock is
-    sped (FAKETIME_DONT_FAKE_MONOTONIC): asyncio, timeouts and the leases' renewals keep real time; etcd's lease
-    ttls run on the members' own clocks."""
-    offset = 11 * (time.time() - t0)
+    """libfaketime at RATE times the real rate, every process on one fake timeline that started at `t0`: a process
+    started at `s` gets the offset (RATE - 1)(s - t0), so its clock reads t0 + RATE (now - t0). Only the wall
+    clock is sped (FAKETIME_DONT_FAKE_MONOTONIC): asyncio, timeouts and the leases' renewals keep real time;
+    etcd's lease ttls run on the members' own clocks."""
+    offset = (RATE - 1) * (time.time() - t0)
     return {**base, "LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
-            "FAKETIME": f"+{offset:.3f}s x12", "FAKETIME_DONT_FAKE_MONOTONIC": "1", "FAKETIME_NO_CACHE": "1"}
+            "FAKETIME": f"+{offset:.3f}s x{RATE}", "FAKETIME_DONT_FAKE_MONOTONIC": "1", "FAKETIME_NO_CACHE": "1"}
 
 
 def test_scheduled_job_runs_once_per_slot_under_two_watchers_and_cron(env: dict[str, Any], tmp_path: Path) -> None:
@@ -203,12 +205,12 @@ def test_scheduled_job_runs_once_per_slot_under_two_watchers_and_cron(env: dict[
             procs.append(start_fleet("watch", "--no-socket", "--no-events", pb, env=faketime_env(env["env"], t0),
                                      stdout=log, stderr=subprocess.STDOUT))
         with Load(env["lb"], PORT, clients=4, max_seconds=120) as load:
-            deadline = time.time() + 40
+            deadline = time.time() + 100
             while time.time() < deadline:
                 # `fleet reconcile` from cron, on the same fake clock, about once a (fake) minute.
                 out = run_fleet("reconcile", pb, "--wait", "30s", env=faketime_env(env["env"], t0), timeout=120)
                 assert out.returncode == 0, out.stdout + out.stderr
-                if len(etcd_keys(env, "/fleet/jobs/jb-tick/slots/")) >= 6:
+                if sum(t["status"] == "succeeded" for t in runs(env, "jb-tick")) >= 5:
                     break
                 time.sleep(4)
         r = load.result
@@ -238,7 +240,8 @@ def test_scheduled_job_runs_once_per_slot_under_two_watchers_and_cron(env: dict[
     assert sorted(per_slot) == sorted(set(per_slot)), "a slot ran twice"
     assert {s.rsplit("/", 1)[-1] for s in slots} == set(per_slot)
     # A slot is missed only when the next one came before any controller could run it (catch_up: last runs the
-    # newest late): at twelve times the speed a fake minute is 5 real seconds, and the controllers share one lease.
+    # newest late): at RATE times the speed a fake minute is 60/RATE real seconds, and the controllers share one
+    # lease; a run the watchers' SIGTERM cut short is recorded failed (interrupted), its container removed.
     assert len(ran) >= 5 and all(t["exit_status"] == 0 for t in ran)
     assert "jb-tick" not in fleet(env, "ps", "--all", "--json").stdout, "no run left a container behind"
     assert r.failed == 0, (r.errors, r.failures[:5])
