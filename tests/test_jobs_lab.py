@@ -70,6 +70,11 @@ jobs:
     resources: {{cpu: 0.05, memory: 16MiB}}
     deadline: 2s
     stop_grace_period: 1s
+  jb-pair:
+    image: {V1}
+    command: [sh, -c, 'echo "container $FLEET_REPLICA"']
+    resources: {{cpu: 0.05, memory: 16MiB}}
+    parallelism: 2
   jb-tick:
     image: {V1}
     command: [sh, -c, 'echo tick']
@@ -160,12 +165,18 @@ def test_job_fails_twice_then_succeeds_and_run_exits_with_its_status(env: dict[s
         ok = fleet(env, "job", "run", "jb-flaky", "-f", str(env["dir"] / "jobs.yaml"))
         bad = fleet(env, "job", "run", "jb-fail", "-f", str(env["dir"] / "jobs.yaml"))
         slow = fleet(env, "job", "run", "jb-slow", "-f", str(env["dir"] / "jobs.yaml"))
+        pair = fleet(env, "job", "run", "jb-pair", "-f", str(env["dir"] / "jobs.yaml"))
     r = load.result
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert ok.stdout.splitlines() == ["try 1", "try 2", "try 3"]
     assert bad.returncode == 7 and "no such table: users" in bad.stdout, bad.stdout + bad.stderr
     # Past its deadline a job is stopped (SIGTERM: sleep ignores it as PID 1, so SIGKILL after its grace).
     assert slow.returncode in (137, 143) and slow.stdout == "started\n", slow.stdout + slow.stderr
+    # Two containers at once, each placed like a replica (spread: two nodes), their lines prefixed.
+    assert pair.returncode == 0 and sorted(pair.stdout.splitlines()) == ["[0] container 0", "[1] container 1"], (
+        pair.stdout + pair.stderr)
+    (both,) = runs(env, "jb-pair")
+    assert len({a["node"] for a in both["attempts"]}) == 2 and both["status"] == "succeeded"
     (killed,) = runs(env, "jb-slow")
     assert "deadline (2s) passed" in killed["reason"] and killed["status"] == "failed"
     assert r.failed == 0 and r.ok > 0, (r.errors, r.failures[:5])
