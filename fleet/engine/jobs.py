@@ -110,8 +110,7 @@ class JobRunner:
         try:
             if prepare:
                 await self.engine.ops.prepare([job.run])
-            ends = await asyncio.gather(*(self._container(job, ops, revision or 0, progress)
-                                          for _ in range(job.parallelism)))
+            ends = await self._all(job, ops, revision or 0, progress)
         except (LeaseError, RecordsError):
             raise  # nothing more can be recorded
         except BaseException as exc:
@@ -129,6 +128,18 @@ class JobRunner:
         self.emit("job", job.name, f"{job.name}: run {rid} {status} (exit {code}) after "
                                    f"{run.duration or 0:.1f}s, {len(attempts)} attempt(s)")
         return run
+
+    async def _all(self, job: JobSpec, ops: JobReplicas, revision: int,
+                   progress: Callable[[Attempt], Awaitable[None]]) -> list[Attempt]:
+        """Every container of the job at once, each to its last attempt. An error that is not the job's own
+        failure (a lost lease, a node gone) stops the others, whose containers are removed on the way out."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(self._container(job, ops, revision, progress))
+                         for _ in range(job.parallelism)]
+        except BaseExceptionGroup as group:
+            raise group.exceptions[0] from None
+        return [t.result() for t in tasks]
 
     async def _container(self, job: JobSpec, ops: JobReplicas, revision: int,
                          progress: Callable[[Attempt], Awaitable[None]]) -> Attempt:
