@@ -27,8 +27,10 @@ pytestmark = pytest.mark.lab
 
 WEB, PORT = "jb-web", 19571
 V1, V2 = "fleet.local/demo:v1", "fleet.local/demo:v2"
-# Each run appends a line to the job's named volume and prints the whole file.
-MIGRATE = 'echo "migrated $FLEET_REVISION $IMAGE_NOTE" >> /data/migrations.log; cat /data/migrations.log'
+# Each run appends a line (its revision, the service's env, its config file) to the job's named volume and prints
+# the whole file.
+MIGRATE = ('echo "migrated $FLEET_REVISION $IMAGE_NOTE $(cat /etc/migrate.conf)" >> /data/migrations.log; '
+           'cat /data/migrations.log')
 # Fails on its first two tries (the count kept in its volume), succeeds on the third.
 FLAKY = 'n=$(cat /state/n 2>/dev/null || echo 0); n=$((n + 1)); echo "$n" > /state/n; echo "try $n"; [ "$n" -ge 3 ]'
 
@@ -52,6 +54,7 @@ jobs:
     command: [sh, -c, '{MIGRATE}']
     resources: {{cpu: 0.05, memory: 16MiB}}
     volumes: [{{type: volume, source: data, target: /data}}]
+    configs: [{{target: /etc/migrate.conf, content: "schema=2"}}]
   jb-fail:
     image: {V1}
     command: [sh, -c, 'echo "no such table: users" >&2; exit 7']
@@ -138,10 +141,10 @@ def test_migration_hook_runs_once_before_the_rollout_under_load(env: dict[str, A
     assert second["image"] == V2 and second["finished_at"] is not None
     node = second["attempts"][-1]["node"]
     text = env["lab"].lab.exec_in(node, ["cat", f"{PATHS.volume('jb-migrate', 'data')}/migrations.log"]).stdout
-    assert text.splitlines() == [f"migrated 1 {V1}", f"migrated 2 {V2}"]
+    assert text.splitlines() == [f"migrated 1 {V1} schema=2", f"migrated 2 {V2} schema=2"]
     assert set(replicas(env).values()) == {V2}
     logs = fleet(env, "job", "logs", "jb-migrate")
-    assert logs.returncode == 0 and f"migrated 2 {V2}" in logs.stdout, logs.stdout + logs.stderr
+    assert logs.returncode == 0 and f"migrated 2 {V2} schema=2" in logs.stdout, logs.stdout + logs.stderr
 
 
 def test_failing_hook_stops_the_rollout_with_nothing_changed(env: dict[str, Any]) -> None:
