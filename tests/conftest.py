@@ -159,7 +159,7 @@ def shared_store(local_etcd: LocalEtcd, farm: SSHFarm, pool: Pool) -> EtcdStore:
 # while the other workers wait. The order is a measured run's per-module times (modules of 10 s and more; the
 # others keep their places after them).
 LONGEST_FIRST = [
-    "test_safety_lab.py", "test_fields_lab.py", "test_rollout_lab.py", "test_containers_lab.py",
+    "test_safety_lab.py", "test_fields_lab.py", "test_rollout_lab.py", "test_jobs_lab.py", "test_containers_lab.py",
     "test_storage_lab.py", "test_shared_state_lab.py", "test_deploy_lab.py", "test_netns_lab.py",
     "test_nodeops_lab.py", "test_vrrp_lab.py", "test_watch_etcd_lab.py", "test_watch_lab.py",
     "test_lbsettings_lab.py", "test_reconcile_lab.py", "test_configs_lab.py", "test_servers_lab.py",

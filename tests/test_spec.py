@@ -239,7 +239,7 @@ def test_problems_from_several_files_are_reported_together(tmp_path: Path) -> No
     b = write(tmp_path, "b.yaml", "nodes: {}\n")
     assert problems_of([a, b]) == [
         f"{a}:2: services.web.replicas: expected an integer, got 'x'",
-        f"{b}:1: expected a mapping with `services:`",
+        f"{b}:1: expected a mapping with `services:` and/or `jobs:`",
     ]
 
 

@@ -23,7 +23,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from typing import TypedDict, Unpack
 
 from fleet.api.hands import Hands
-from fleet.config.spec import ServiceSpec
+from fleet.api.jobs import JobLog, Jobs
+from fleet.config.spec import JobSpec, ServiceSpec
 from fleet.core.errors import (
     ContainerLookupError,
     FleetError,
@@ -73,6 +74,7 @@ from fleet.results import (
     VolumeRow,
     majority,
 )
+from fleet.results.jobs import JobRun
 from fleet.store.access import (
     break_lock,
     change_mark,
@@ -112,6 +114,7 @@ __all__ = [
 __all__ += ["MemberRow", "MembershipPlan", "RecordsView", "Step", "StepReport"]  # fleet records
 # `fleet node check|prepare`.
 __all__ += ["NodeCheck", "Plan", "PrepareReport", "offline_plan", "plan_for"]
+__all__ += ["JobLog", "JobRun"]  # `fleet job`
 
 
 Stamped = tuple[list[ServiceSpec], dict[str, str]]  # the specs stamped, and the services left out with why
@@ -125,7 +128,7 @@ class PoolOptions(TypedDict, total=False):
     connect_attempts: int
 
 
-class Fleet(Hands):
+class Fleet(Hands, Jobs):
     """Operations on the fleet described by an inventory, over one connection pool (the hands-on ones,
     containers by hand, volumes, images and preparing nodes, in fleet.api.hands)."""
 
@@ -142,6 +145,7 @@ class Fleet(Hands):
         self._records: EtcdRecords | None = None
         self._store: EtcdStore | None = None
         self._unsealed: Callable[[str], str | None] | None = None
+        self.jobs: Mapping[str, JobSpec] = {}
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -184,13 +188,14 @@ class Fleet(Hands):
 
     def fresh(self, *, on_event: Callable[[Event], None] | None = None, command: str | None = None) -> Fleet:
         """A Fleet over the same pool with nothing read yet: a watcher's next round, one socket request."""
-        return Fleet(self.inventory, self.pool, on_event=on_event, secrets=self.secrets, command=command)
+        return Fleet(self.inventory, self.pool, on_event=on_event, secrets=self.secrets,
+                     command=command).with_jobs(self.jobs)
 
     async def engine(self, guard: Callable[[], Awaitable[None]] | None = None, held: Sequence[Replica] = ()) -> Engine:
         """An engine over this run's reports; `held` are replicas of nodes in their grace period (see Engine)."""
         reports, secrets = await asyncio.gather(self.reports(ports=True), self.unsealed())  # a slow node delays both
-        return Engine(self.pool, reports, on_event=self.on_event, secrets=secrets, records=self.records(),
-                      guard=guard, held=held, edge=self.inventory.edge)
+        return self.hook(Engine(self.pool, reports, on_event=self.on_event, secrets=secrets, records=self.records(),
+                                guard=guard, held=held, edge=self.inventory.edge), secrets)
 
     async def unsealed(self, specs: Sequence[ServiceSpec] | None = None) -> Callable[[str], str | None] | None:
         """The getter given, else the fleet's sealed secrets read once (store.sealed); none if `specs` need none."""

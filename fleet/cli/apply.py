@@ -363,8 +363,10 @@ def apply(playbooks: PlaybooksArg = None, file: FileOpt = None, inventory: commo
 
       fleet apply -f playbooks/web.yaml
       fleet apply --wait 5m"""
-    specs = specs_from(playbooks, file)
-    raise _exit(_run(lambda f: f.apply(specs, "apply", parallel), inventory, json, wait,
+    from fleet.cli.job import load
+
+    specs, jobs = load(playbooks, file)
+    raise _exit(_run(lambda f: f.with_jobs(jobs).apply(specs, "apply", parallel), inventory, json, wait,
                      totals={s.name: s.replicas for s in specs}))
 
 
@@ -413,7 +415,8 @@ def reconcile(playbooks: PlaybooksArg = None, file: FileOpt = None, inventory: c
     Replaces crashed, unhealthy or lost replicas, reschedules off dead nodes, restores load-balancer entries.
     A playbook changed since it was last tried is tried (as `apply`); a waiting canary, `abort` and `rollback`
     are left as they are, and a revision that failed is not retried until the playbook changes again. Prints
-    nothing when nothing changed, one line per change otherwise.
+    nothing when nothing changed, one line per change otherwise. Then the scheduled jobs' slots that are due run
+    (each slot once across every controller; see `catch_up` in playbooks/README.md).
 
     Exit codes: 0 converged; 1 something failed (a service, a node); 2 bad input; 75 another run holds the
     fleet's lease (see --wait).
@@ -421,5 +424,11 @@ def reconcile(playbooks: PlaybooksArg = None, file: FileOpt = None, inventory: c
     Example:
 
       fleet reconcile -f playbooks/ --wait 2m"""
-    specs = specs_from(playbooks, file)
-    raise _exit(_run(lambda f: f.apply(specs, "reconcile", parallel), inventory, json, wait, quiet=True))
+    from fleet.cli.job import load, reconcile_due
+
+    specs, jobs = load(playbooks, file)
+
+    async def op(f: Fleet) -> RunResult:
+        return await reconcile_due(f, jobs, await f.with_jobs(jobs).apply(specs, "reconcile", parallel))
+
+    raise _exit(_run(op, inventory, json, wait, quiet=True))

@@ -19,6 +19,7 @@ from fleet.cli import (
     events,
     exec_,
     image,
+    job,
     lab,
     lb,
     lock,
@@ -81,6 +82,7 @@ app.command("promote", rich_help_panel=DEPLOY)(rollout.promote)
 app.command("abort", rich_help_panel=DEPLOY)(rollout.abort)
 app.command("restart", rich_help_panel=DEPLOY)(deploy.restart)
 app.command("deploy", rich_help_panel=DEPLOY)(deploy.deploy)
+app.add_typer(job.app, name="job", rich_help_panel=DEPLOY)
 app.command("events", rich_help_panel=INSPECT)(events.events)
 app.command("status", rich_help_panel=INSPECT)(status.status_cmd)
 app.command("ps", rich_help_panel=INSPECT)(ps.ps)

@@ -291,6 +291,9 @@ class Engine:
             await self.ops.prepare([turn.spec])
         revision = turn.revision if turn.revision is not None else await self.ledger.begin(turn.spec,
                                                                                            self.view.live)
+        if kind == "deploy" and (why := await self.stage.before_deploy(turn.spec, revision)) is not None:
+            await self.ledger.turned(turn, revision, why)
+            return turn.shown, self.result([Outcome(service, False, reason=why)])
         try:
             out = await self.rollout.converge(turn.spec, revision)
         except RolloutFailed as exc:

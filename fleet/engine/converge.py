@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
 from fleet.config.spec import ServiceSpec
@@ -37,6 +37,17 @@ class Stage:
     ledger: Ledger
     on_event: Emit
     guard: Guard
+    # A service's `before_deploy` job (fleet.engine.jobs.JobHook): None when it ran well, else why not.
+    hook: Callable[[ServiceSpec, int], Awaitable[str | None]] | None = None
+
+    async def before_deploy(self, spec: ServiceSpec, revision: int) -> str | None:
+        """Run the service's `before_deploy` job for `revision` (none: None); why the rollout must not start."""
+        if spec.before_deploy is None:
+            return None
+        if self.hook is None:
+            return (f"{spec.name}: before_deploy job {spec.before_deploy!r} is not known to this run (name the "
+                    "playbooks that define it); the rollout did not start")
+        return await self.hook(spec, revision)
 
     def emit(self, step: str, service: str, message: str, node: str | None = None,
              container: str | None = None) -> None:

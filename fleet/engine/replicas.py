@@ -26,7 +26,7 @@ from fleet.engine.state import Observed, observe
 from fleet.engine.view import Emit, RunView
 from fleet.engine.volumes import StorageAccess, mount_all, volume_view
 from fleet.node import cni
-from fleet.node.runtime.base import Status
+from fleet.node.runtime.base import RunSpec, Status
 from fleet.plan.healthjudge import Verdict as HealthVerdict
 from fleet.plan.healthjudge import ready as passed_enough
 from fleet.plan.reconcile import Replica
@@ -148,7 +148,7 @@ class NodeReplicas:
             for name in local_volumes(spec):
                 volumes = self.view.volumes
                 self.view.volumes = volumes.with_holder(spec.name, name, a.node) if volumes else None
-        run = run_spec(spec, revision, a, env_file, container=cid)
+        run = self.shape(run_spec(spec, revision, a, env_file, container=cid))
         self.emit("start", spec.name, f"starting {run.id} on {a.node}:{a.port}", a.node, run.id)
         try:
             await run_container(self.pool, report, run, timeout=120, subnet=self._subnet(a.node))
@@ -162,6 +162,10 @@ class NodeReplicas:
                 await self.pool.run(node, ["rm", "-f", env_file], timeout=30)
         return Replica(a.node, run.id, spec.name, a.replica, revision, spec.spec_hash(), a.port, True,
                        spec.resources, spec.image, created=float(run.labels[L.CREATED]))
+
+    def shape(self, run: RunSpec) -> RunSpec:
+        """The container as started: a replica's as `run_spec` makes it (a job's differs: fleet.engine.jobs)."""
+        return run
 
     def _subnet(self, node: str) -> str:
         """The subnet of the node's containers: its place among the run's nodes (the inventory's order)."""

@@ -28,6 +28,13 @@ class ServiceRollout:
         intent = intent_hash(spec)
         begun = t.revision is None
         revision = t.revision if t.revision is not None else await ledger.begin(spec, self.s.view.live)
+        # The hook runs for a revision none of whose replicas started yet (not for the accepted one again).
+        fresh = (state is None or state.accepted != revision) and not any(
+            r.spec_hash == spec.spec_hash() for r in self.s.view.running(spec.name))
+        if fresh and (why := await self.s.before_deploy(spec, revision)) is not None:
+            prev = await ledger.latest_good(spec, before=revision)
+            await ledger.failed(spec, revision, "failed", why, prev.revision if prev else None, intent, state)
+            return Outcome(spec.name, False, reason=why)
         outcome = await self._try(spec, revision, state, intent)
         if outcome.ok and not outcome.waiting:
             await ledger.succeeded(t, revision, begun, command, state, intent)

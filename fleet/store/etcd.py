@@ -483,6 +483,13 @@ class SharedState:
             raise RecordsError("an event key already exists; nothing was written")
         return done.revision
 
+    async def create(self, key: str, value: Any, *, event: Any = None) -> bool:
+        """Put `value` at `key` only if the key does not exist (a claim: one writer ever wins it), under the lease,
+        with `event`; False when it already existed (nothing written)."""
+        compares, logged = _logged(event)
+        done = await self._fenced([E.Compare("version", key, 0), *compares], [E.Put(key, encode(value)), *logged])
+        return done.succeeded
+
     async def next_revision(self, service: str, record: Any, *, event: Any = None) -> int:
         """Store `record` as the service's next revision and return its number: one compare-and-swap on the
         service's counter, in the same transaction as the record (and `event`, if given), so two writers never

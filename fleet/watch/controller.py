@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleet.api import EtcdLease, Fleet, follow_changes, lease_ttl
-from fleet.config.spec import ServiceSpec, load_playbooks
+from fleet.config.spec import JobSpec, ServiceSpec, jobs_of, load_playbook_files
 from fleet.core.errors import ConfigError, FleetError, LeaseError, LeaseHeld, LeaseLost
 from fleet.core.model import Inventory
 from fleet.node.haproxy.render import backend_name
@@ -40,6 +40,7 @@ from fleet.results import Event, NodeReport
 from fleet.watch.events import ContainerEvent, follow
 from fleet.watch.grace import DEFAULT_GRACE, Grace, GraceView
 from fleet.watch.notify import sd_notify
+from fleet.watch.schedule import Schedules
 from fleet.watch.server import serving
 
 Log = Callable[..., None]
@@ -130,6 +131,8 @@ class Watcher:
         self.wake = asyncio.Event()
         self.state = "starting"
         self._specs: list[ServiceSpec] = []
+        self._jobs: dict[str, JobSpec] = {}
+        self.schedules = Schedules(log)
         self._specs_key: tuple[tuple[str, float], ...] | None = None
         self._acted: frozenset[Any] | None = None
         self._playbooks_changed = False
@@ -160,7 +163,9 @@ class Watcher:
         key = self._files()
         if key != self._specs_key:
             try:
-                self._specs = load_playbooks(self.options.playbooks)
+                playbooks = load_playbook_files(self.options.playbooks)
+                self._specs = [s for pb in playbooks for s in pb.services]
+                self._jobs = jobs_of(playbooks)
                 if self._specs_key is not None:
                     self._playbooks_changed = True
                     self.log("playbooks", message="playbooks changed: read again",
@@ -222,7 +227,7 @@ class Watcher:
         try:
             # A Fleet with nothing read yet: the reconcile reads the nodes, their marks, the containers and the
             # records after it took the fleet's lease, so it acts on what is true then, not on this round's look.
-            result = await fleet.fresh(on_event=fleet.on_event, command=fleet.command).apply(
+            result = await fleet.fresh(on_event=fleet.on_event, command=fleet.command).with_jobs(self._jobs).apply(
                 specs, "reconcile", held=() if force else look.view.held)
         except LeaseHeld as exc:
             if force:
@@ -308,6 +313,7 @@ class Watcher:
                     # tries afresh. A lost *fleet's* lease (broken by `fleet lock break`) ends that round only:
                     # the watcher's own lease is checked above.
                     await self.round(fleet)
+                    await self.schedules.tick(fleet, list(self._jobs.values()))
                 except FleetError as exc:
                     self.log("round-error", level="error", message=str(exc))
                 if self.state != "active":

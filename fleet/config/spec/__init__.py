@@ -3,9 +3,11 @@
 Every problem in every file is reported at once as `file:line: services.NAME.field: message`
 (a `SpecError`); secrets stay `SecretRef` names here and are resolved only where a container starts.
 This package's modules, by job: `values` (the resolved values and the spec hash), `inputs` (the schema of a
-playbook), `loading`, `checks` (between services and between fields), `record` (the history's round trip).
+playbook), `jobs` (its `jobs:` section), `loading`, `checks` (between services and between fields), `record`
+(the history's round trip).
 """
 
+from fleet.config.spec.jobs import JobSpec, jobs_of  # before loading, which builds on it
 from fleet.config.spec.loading import load_playbook_files, load_playbooks, parse_playbook, playbook_files
 from fleet.config.spec.record import from_playbook_dict, to_playbook_dict
 from fleet.config.spec.values import (
@@ -57,3 +59,4 @@ __all__ = [
     "VolumeSpec", "format_duration", "from_playbook_dict", "load_playbook_files", "load_playbooks", "normal_path",
     "parse_duration", "parse_playbook", "playbook_files", "to_playbook_dict", "with_secret_digests",
 ]
+__all__ += ["JobSpec", "jobs_of"]

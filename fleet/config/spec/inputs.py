@@ -45,6 +45,7 @@ from fleet.config.spec.values import (
     MAINTENANCE_RE,
     NODE_DIRS,
     SECRET_NAME_RE,
+    SERVICE_NAME_RE,
     VOLUME_NAME_RE,
     CanarySpec,
     ConfigSpec,
@@ -454,6 +455,14 @@ class ServiceInput(_Strict):
     secrets: list[_SecretFile] = Field(default_factory=list)
     secret_digests: dict[str, str] | None = None
     restarts: Annotated[StrictInt, Field(ge=0)] | None = None
+    before_deploy: str | None = None
+
+    @field_validator("before_deploy")
+    @classmethod
+    def _hook(cls, v: str | None) -> str | None:
+        if v is not None and not SERVICE_NAME_RE.match(v):
+            raise ValueError(f"expected a job's name from the playbooks' jobs:, got {v!r}")
+        return v
 
     @field_validator("secret_digests")
     @classmethod
@@ -533,6 +542,7 @@ class ServiceInput(_Strict):
             secret_files=files[1],
             secret_digests=self.secret_digests or {},
             restarts=self.restarts or 0,
+            before_deploy=self.before_deploy,
             source_file=doc.file,
             source_line=doc.line_of(where),
         )
@@ -571,8 +581,11 @@ class ServiceInput(_Strict):
             out["secret_digests"] = dict(sorted(spec.secret_digests.items()))
         if spec.restarts:
             out["restarts"] = spec.restarts
+        if spec.before_deploy is not None:
+            out["before_deploy"] = spec.before_deploy
         return out
 
 
 class PlaybookInput(_Strict):
-    services: dict[str, ServiceInput] | None
+    services: dict[str, ServiceInput] | None = None
+    jobs: dict[str, Any] | None = None  # each validated as fleet.config.spec.jobs.JobInput

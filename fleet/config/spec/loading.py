@@ -14,6 +14,7 @@ from fleet.config.edge import bundle, read_pem, tls_spec
 from fleet.config.schema import pydantic_problems
 from fleet.config.spec.checks import FileTargets, cross_check
 from fleet.config.spec.inputs import Files, PlaybookInput, ServiceInput
+from fleet.config.spec.jobs import JOB_NAME_RE, JobInput, JobSpec, check_jobs
 from fleet.config.spec.values import (
     ENV_NAME_RE,
     MAX_COMMAND_LINE_BYTES,
@@ -101,9 +102,21 @@ def _read_config(source: str, base_dir: str) -> str:
 
 def _files(name: str, svc: ServiceInput, doc: Marked, base_dir: str | None, internal: bool,
            problems: list[Problem]) -> Files:
-    """The service's configs (read from their files) and secret files, each target checked against the others and
-    the volumes; every problem is added to `problems` at its item's line."""
+    """The service's configs and secret files (see `files_at`), and the fields only fleet's records may hold."""
     where = ("services", name)
+    if svc.secret_digests is not None and not internal:
+        problems.append(doc.problem((*where, "secret_digests"), "fleet records this itself (the keyed digests of "
+                                                                "the secrets' values); not a playbook setting"))
+    if svc.restarts is not None and not internal:
+        problems.append(doc.problem((*where, "restarts"), "fleet records this itself (`fleet restart`); not a "
+                                                          "playbook setting"))
+    return files_at(where, svc, doc, base_dir, problems)
+
+
+def files_at(where: tuple[str, str], svc: ServiceInput | JobInput, doc: Marked, base_dir: str | None,
+             problems: list[Problem]) -> Files:
+    """The configs (read from their files) and secret files of the service or job at `where`, each target
+    checked against the others and the volumes; every problem is added to `problems` at its item's line."""
     configs: list[ConfigSpec] = []
     targets = FileTargets(doc, [v.target for v in svc.volumes], problems)
     total = 0
@@ -137,12 +150,6 @@ def _files(name: str, svc: ServiceInput, doc: Marked, base_dir: str | None, inte
         target = f.file if f.file is not None else f"{SECRET_FILE_DIR}/{f.secret}"
         if targets.claim(target, (*path, "file")):
             files.append(SecretFileSpec(f.secret, target, f.mode))
-    if svc.secret_digests is not None and not internal:
-        problems.append(doc.problem((*where, "secret_digests"), "fleet records this itself (the keyed digests of "
-                                                                "the secrets' values); not a playbook setting"))
-    if svc.restarts is not None and not internal:
-        problems.append(doc.problem((*where, "restarts"), "fleet records this itself (`fleet restart`); not a "
-                                                          "playbook setting"))
     return tuple(configs), tuple(files)
 
 
@@ -158,8 +165,8 @@ def parse_doc(doc: Marked, base_dir: str | None, internal: bool = False) -> tupl
     """`base_dir`: where configs' files are read from (None: configs must carry their content); `internal`: the
     document is fleet's own record of a spec, which may hold `secret_digests` and `restarts`."""
     file = doc.file
-    if not isinstance(doc.data, dict) or "services" not in doc.data:
-        return Playbook(file, ()), [Problem(file, 1, "", "expected a mapping with `services:`")]
+    if not isinstance(doc.data, dict) or not {"services", "jobs"} & set(doc.data):
+        return Playbook(file, ()), [Problem(file, 1, "", "expected a mapping with `services:` and/or `jobs:`")]
     problems: list[Problem] = []
     raw_services = doc.data.get("services")
     if isinstance(raw_services, dict):
@@ -197,10 +204,33 @@ def parse_doc(doc: Marked, base_dir: str | None, internal: bool = False) -> tupl
                     f"env, command and mounts take {size} bytes of the command that starts a container, once "
                     f"quoted; at most {MAX_COMMAND_LINE_BYTES} (96 KiB), as a node's shell takes at most 128 KiB: "
                     "put large values in a config file"))
+    jobs = _jobs(doc, base_dir, problems)
     problems.sort(key=lambda p: (p.line or 0, p.field))
     if model is None or problems:
         return Playbook(file, ()), problems
-    return Playbook(file, services), problems
+    return Playbook(file, services, jobs), problems
+
+
+def _jobs(doc: Marked, base_dir: str | None, problems: list[Problem]) -> tuple[JobSpec, ...]:
+    """The playbook's `jobs:` (fleet.config.jobs), each validated as a service is; problems added at their lines."""
+    raw = doc.data.get("jobs") if isinstance(doc.data, dict) else None
+    if not isinstance(raw, dict):
+        return ()
+    out: list[JobSpec] = []
+    for name, body in raw.items():
+        where = ("jobs", name)
+        if not isinstance(name, str) or not JOB_NAME_RE.match(name):
+            problems.append(doc.problem(where, f"invalid job name {name!r} (a-z first, then a-z, 0-9, -; at most "
+                                               "31 characters)"))
+            continue
+        try:
+            job = JobInput.model_validate(body)
+        except ValidationError as exc:
+            problems += pydantic_problems(exc, doc, where, JobInput)
+            continue
+        env = _env(body["env"], doc, (*where, "env"), problems) if isinstance(body.get("env"), dict) else {}
+        out.append(job.value(name, doc, env, files_at(where, job, doc, base_dir, problems)))
+    return tuple(out)
 
 
 def _check_tls_files(name: str, svc: ServiceInput, doc: Marked, base_dir: str, problems: list[Problem]) -> None:
@@ -263,6 +293,7 @@ def load_playbook_files(paths: Iterable[str]) -> list[Playbook]:
         playbooks.append(pb)
         problems += found
     problems += cross_check(playbooks)
+    problems += check_jobs(playbooks)
     if problems:
         raise SpecError(problems)
     return playbooks

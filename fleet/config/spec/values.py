@@ -257,6 +257,9 @@ class ServiceSpec:
     # How many times `fleet restart` rolled the service with nothing else changed, stamped by the controller
     # (a restart generation): part of the hash, so every replica of the restarted revision is out of date.
     restarts: int = 0
+    # A job (the playbook's `jobs:`) run once with a new revision's image before any of its replicas starts
+    # (fleet.engine.jobs); not part of the hash: naming a hook changes no container.
+    before_deploy: str | None = None
     source_file: str = field(default="", compare=False)
     source_line: int | None = field(default=None, compare=False)
 
@@ -330,6 +333,7 @@ class Playbook:
 
     file: str
     services: tuple[ServiceSpec, ...]
+    jobs: tuple[Any, ...] = ()  # fleet.config.spec.jobs.JobSpec values (that module builds on this one)
 
     def line_of(self, service: str) -> int | None:
         for s in self.services:
