@@ -14,6 +14,7 @@ from functools import cached_property
 from fleet.core.model import Node, Resources, ip_literal
 from fleet.core.nodeops import NodeMark
 from fleet.node.facts import NodeFacts
+from fleet.node.runtime.ctr import LACKS as CTR_LACKS
 from fleet.plan.scheduler import NodeState
 
 READY, UNREACHABLE, NO_RUNTIME, NOT_ANSWERING, ERROR = (
@@ -84,4 +85,5 @@ class NodeReport:
         return NodeState(self.node.name, Resources(max(alloc.cpu, 0.0), max(alloc.memory, 0)), Resources(),
                          self.labels, self.ok, facts.listening if facts is not None else frozenset(),
                          others=facts.others if facts is not None else Resources(), cordoned=self.cordoned,
-                         draining=self.draining)
+                         draining=self.draining,
+                         lacks={} if facts is not None and facts.runtime == "nerdctl" else CTR_LACKS)

@@ -33,6 +33,7 @@ from fleet.config.spec.rules import (
     PositiveDuration,
     check_mount_path,
 )
+from fleet.config.spec.security import SecurityInput
 from fleet.config.spec.values import (
     DEFAULT_CONFIG_MODE,
     DEFAULT_LB_RETRIES,
@@ -435,7 +436,7 @@ def main_port(ports: dict[str, int]) -> int:
     return ports["http"] if "http" in ports else next(iter(ports.values()))
 
 
-class ServiceInput(_Strict):
+class ServiceInput(_Strict, SecurityInput):
     image: str
     command: Argv | None = None
     replicas: Annotated[StrictInt, Field(ge=0, le=10000)] = ServiceSpec.replicas
@@ -533,6 +534,7 @@ class ServiceInput(_Strict):
             secret_files=files[1],
             secret_digests=self.secret_digests or {},
             restarts=self.restarts or 0,
+            security=self.security(),
             source_file=doc.file,
             source_line=doc.line_of(where),
         )
@@ -571,6 +573,7 @@ class ServiceInput(_Strict):
             out["secret_digests"] = dict(sorted(spec.secret_digests.items()))
         if spec.restarts:
             out["restarts"] = spec.restarts
+        out.update(spec.security.written())
         return out
 
 

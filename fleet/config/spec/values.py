@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from fleet.config.edge import TlsSpec
+from fleet.config.spec.security import SecuritySpec
 from fleet.core.dirs import NODE_BASE, NODE_RUN
 from fleet.core.model import Resources
 from fleet.core.units import parse_duration as parse_duration  # the one parser; re-exported for the spec
@@ -257,6 +258,8 @@ class ServiceSpec:
     # How many times `fleet restart` rolled the service with nothing else changed, stamped by the controller
     # (a restart generation): part of the hash, so every replica of the restarted revision is out of date.
     restarts: int = 0
+    # user, read_only, capabilities, no_new_privileges (fleet.config.spec.security).
+    security: SecuritySpec = field(default_factory=SecuritySpec)
     source_file: str = field(default="", compare=False)
     source_line: int | None = field(default=None, compare=False)
 
@@ -292,6 +295,7 @@ class ServiceSpec:
                                  for f in self.secret_files]} if self.secret_files else {}),
             **({"secret_digests": dict(sorted(self.secret_digests.items()))} if self.secret_digests else {}),
             **({"restarts": self.restarts} if self.restarts else {}),
+            **({"security": sec} if (sec := self.security.hash_input()) else {}),
         }
 
     def command_line_bytes(self) -> int:

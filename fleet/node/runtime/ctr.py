@@ -12,6 +12,7 @@ import re
 import shlex
 from collections.abc import Sequence
 from functools import partial
+from types import MappingProxyType
 
 from fleet.core import labels as L
 from fleet.core.errors import RuntimeCommandError
@@ -36,6 +37,12 @@ from fleet.node.runtime.base import (
 )
 
 NO_MEMORY_LIMIT = 9223372036854771712
+# What a service may ask that `ctr run` (containerd 1.6) cannot do, and why: the scheduler refuses ctr nodes for
+# such a service with this reason (never a setting silently ignored). `--config` would take a whole OCI spec, and
+# with it ctr takes no image (FACTS §2.1).
+LACKS = MappingProxyType({
+    "user": "ctr 1.6 `run` has no --user: set USER in the image, or run nerdctl on the node",
+})
 DEFAULT_LOG_DIR = NODE_PATHS.logs_dir
 _EXISTS_RC = 17
 
@@ -91,6 +98,7 @@ class CtrDriver(CliDriver):
             argv += ["--env-file", spec.env_file]
         for m in spec.mounts:
             argv += ["--mount", _mount_arg(m)]
+        argv += self.security_args(spec)
         if spec.cpu is not None and spec.cpu > 0:
             argv += ["--cpus", _cpus(spec.cpu)]
         if spec.memory is not None and spec.memory > 0:
@@ -103,6 +111,17 @@ class CtrDriver(CliDriver):
         if spec.command:
             argv += list(spec.command)
         return argv
+
+    def security_args(self, spec: RunSpec) -> list[str]:
+        """Read-only root, capabilities, no-new-privileges (ctr's default: on); `user` is refused (`LACKS`)."""
+        if spec.user is not None:
+            raise ValueError(f"{spec.id}: user {spec.user!r}: {LACKS['user']}")
+        argv = ["--read-only"] if spec.read_only else []
+        for cap in spec.cap_add:
+            argv += ["--cap-add", cap]
+        for cap in spec.cap_drop:
+            argv += ["--cap-drop", cap]
+        return argv if spec.no_new_privileges else [*argv, "--allow-new-privs"]
 
     def run(self, spec: RunSpec) -> Call[None]:
         """Start a container detached; refuse an existing ID, and remove the leftovers of a failed start."""

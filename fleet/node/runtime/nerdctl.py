@@ -58,6 +58,19 @@ def _mount_args(m: Mount) -> list[str]:
     return ["--mount", spec]
 
 
+def _security_args(spec: RunSpec) -> list[str]:
+    """Docker's flags (nerdctl run --help, v1.7/v2.0); nerdctl allows new privileges unless told, so fleet's
+    default (none) is said each time."""
+    argv = ["--user", spec.user] if spec.user is not None else []
+    if spec.read_only:
+        argv.append("--read-only")
+    for cap in spec.cap_add:
+        argv += ["--cap-add", cap]
+    for cap in spec.cap_drop:
+        argv += ["--cap-drop", cap]
+    return [*argv, "--security-opt", "no-new-privileges"] if spec.no_new_privileges else argv
+
+
 class NerdctlDriver(CliDriver):
     """`nerdctl [-a ADDRESS] -n NAMESPACE …`; untested against a real nerdctl (see the module docstring)."""
 
@@ -89,6 +102,7 @@ class NerdctlDriver(CliDriver):
             argv += ["--env-file", spec.env_file]
         for m in spec.mounts:
             argv += _mount_args(m)
+        argv += _security_args(spec)
         if spec.cpu is not None and spec.cpu > 0:
             argv += ["--cpus", format(spec.cpu, "g")]
         if spec.memory is not None and spec.memory > 0:

@@ -97,7 +97,7 @@ class Refusal(NamedTuple):
 NodeCheck = Callable[[NodeTable, int], Refusal | None]
 # A check of what service `d` asks of node i; `only`: the nodes it may use for its data (None: any).
 Check = Callable[[NodeTable, int, ServiceDemand, frozenset[str] | None], Refusal | None]
-FilterKey = tuple[tuple[tuple[str, str], ...], frozenset[str] | None, str]
+FilterKey = tuple[tuple[tuple[str, str], ...], frozenset[str] | None, str, frozenset[str]]
 
 UNHEALTHY = Refusal("unhealthy", "unhealthy", "is unhealthy")
 DRAINING = Refusal("draining", "draining: takes no new replicas", "is draining")
@@ -106,7 +106,7 @@ CORDONED = Refusal("cordoned", "cordoned: takes no new replicas")
 
 def filter_key(d: ServiceDemand, only: frozenset[str] | None) -> FilterKey:
     """What the fixed checks' verdicts for `d` depend on (the data's name only where it can rule a node out)."""
-    return tuple(sorted(d.required_labels.items())), only, d.data_what if only is not None else ""
+    return tuple(sorted(d.required_labels.items())), only, d.data_what if only is not None else "", d.needs
 
 
 def _healthy(state: NodeTable, i: int) -> Refusal | None:
@@ -135,6 +135,15 @@ def _has_labels(state: NodeTable, i: int, d: ServiceDemand, only: frozenset[str]
     return Refusal("labels", text, text, tuple(missing))
 
 
+def _runtime_can(state: NodeTable, i: int, d: ServiceDemand, only: frozenset[str] | None) -> Refusal | None:
+    lacks = state.states[i].lacks
+    missing = sorted(n for n in d.needs if n in lacks)
+    if not missing:
+        return None
+    text = "; ".join(f"{n}: {lacks[n]}" for n in missing)
+    return Refusal("runtime", text, text)
+
+
 def _has_room(state: NodeTable, i: int, d: ServiceDemand, only: frozenset[str] | None) -> Refusal | None:
     cpu, memory = cpu_ceil(d.resources.cpu), d.resources.memory
     if state.fits(i, cpu, memory):
@@ -154,5 +163,5 @@ def _has_port(state: NodeTable, i: int, d: ServiceDemand, only: frozenset[str] |
 # of these change during a pass. Room and host ports change with every placement: they come last and are asked
 # again as replicas are placed, and of the nodes that passed when a shortfall is explained.
 NODE_STATE: tuple[NodeCheck, ...] = (_healthy, _not_draining, _not_cordoned)
-ASKED: tuple[Check, ...] = (_holds_data, _has_labels)
+ASKED: tuple[Check, ...] = (_holds_data, _has_labels, _runtime_can)
 CHANGING: tuple[Check, ...] = (_has_room, _has_port)

@@ -29,6 +29,7 @@ class NodeState:
     `cordoned`: replicas already there stay, no new one is placed there (`fleet node cordon`, or a node
     `fleet watch` holds through its grace period).
     `draining`: no new replica is placed there and those running there must move (`fleet node drain`).
+    `lacks`: what its container runtime cannot do, each with why (`user` on ctr), refused to a service needing it.
     """
 
     name: str
@@ -40,9 +41,11 @@ class NodeState:
     others: Resources = field(default_factory=Resources)
     cordoned: bool = False
     draining: bool = False
+    lacks: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", _frozen(self.labels))
+        object.__setattr__(self, "lacks", _frozen(self.lacks))
         object.__setattr__(self, "ports_in_use", frozenset(self.ports_in_use))
 
 
@@ -85,9 +88,11 @@ class ServiceDemand:
     lost_data: frozenset[str] = frozenset()
     data_what: str = "its volume data"
     held: bool = False
+    needs: frozenset[str] = frozenset()  # runtime features its containers use (`user`): see NodeState.lacks
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "required_labels", _frozen(self.required_labels))
+        object.__setattr__(self, "needs", frozenset(self.needs))
         object.__setattr__(self, "data_nodes", frozenset(self.data_nodes))
         object.__setattr__(self, "lost_data", frozenset(self.lost_data))
         lo, hi = self.port_range
