@@ -26,11 +26,20 @@ from fleet.config.vrrp import parse_vrrp, vrrp_problems
 from fleet.config.yamlmarks import Marked
 from fleet.core.edge import EdgeSettings
 from fleet.core.errors import InventoryError, VrrpValueError
-from fleet.core.model import EVENTS_KEEP, Inventory, Node, Resources
+from fleet.core.model import EVENTS_KEEP, Inventory, Node, RegistryLogin, Resources
 from fleet.core.names import NAME_RE, ROLES, check_address, check_labels, key_files, resolve_path
 from fleet.core.units import parse_cpu, parse_memory
 
 REGISTRY_RE = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
+# No ':' (ctr splits `--user user:password` at the first one) and nothing a shell or a log line would mangle.
+REGISTRY_USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
+SECRET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # as fleet.config.spec's
+
+
+def _registry_user(v: str) -> str:
+    if not REGISTRY_USER_RE.match(v):
+        raise ValueError(f"expected a registry user name (letters, digits, . _ @ + -), got {v!r}")
+    return v
 
 
 def _port(port: int) -> int:
@@ -104,6 +113,35 @@ class _NodeSpec(_NodeCommon):
         return v
 
 
+class _Password(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    secret: str
+
+    @field_validator("secret")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not SECRET_NAME_RE.match(v):
+            raise ValueError(f"invalid secret name {v!r} (letters, digits, . _ -)")
+        return v
+
+
+class _Registry(BaseModel):
+    """A registry's credentials: the password only as the name of a fleet secret (`fleet secret set NAME`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    username: Annotated[str, AfterValidator(_registry_user)]
+    password: _Password
+    insecure: StrictBool = False
+
+    @field_validator("password", mode="before")
+    @classmethod
+    def _reference(cls, v: object) -> object:
+        if not isinstance(v, dict):  # the value is not repeated: it may be a password written here by mistake
+            raise ValueError("expected {secret: NAME}: the password lives in the fleet's secrets "
+                             "(`fleet secret set NAME`), never in the inventory")
+        return v
+
+
 class _FleetInventory(BaseModel):
     model_config = ConfigDict(extra="forbid")
     defaults: _NodeCommon = Field(default_factory=_NodeCommon)
@@ -112,6 +150,16 @@ class _FleetInventory(BaseModel):
     vrrp: dict[str, Any] | None = None
     # How many entries of the fleet's event log (etcd) each run keeps; older ones are trimmed at its end.
     events_keep: StrictInt = Field(default=EVENTS_KEEP, ge=0, le=10_000_000)
+    # Registries pulled from with credentials, by host[:port] as image references name them (every node uses them).
+    registries: dict[str, _Registry] | None = None
+
+    @field_validator("registries")
+    @classmethod
+    def _hosts(cls, v: dict[str, _Registry] | None) -> dict[str, _Registry] | None:
+        for host in v or {}:
+            if not REGISTRY_RE.match(host):
+                raise ValueError(f"expected a registry host[:port] as the key, got {host!r}")
+        return v
 
 
 def _resources(q: _Quantity | None, default: Resources | None) -> Resources | None:
@@ -133,6 +181,8 @@ def from_fleet(doc: Marked) -> Inventory:
                 for name in inv.nodes if not NAME_RE.match(name)]
     if problems:
         raise InventoryError(problems)
+    logins = tuple(RegistryLogin(host, r.username, r.password.secret) for host, r in (inv.registries or {}).items())
+    plain = tuple(host for host, r in (inv.registries or {}).items() if r.insecure)
     nodes = []
     for name, spec in inv.nodes.items():
         nodes.append(Node(
@@ -147,8 +197,9 @@ def from_fleet(doc: Marked) -> Inventory:
             capacity=_resources(spec.capacity, None),
             reserved=_resources(spec.reserved, _resources(d.reserved, Resources())) or Resources(),
             namespace=spec.namespace or d.namespace or "fleet",
-            insecure_registries=tuple(spec.insecure_registries if spec.insecure_registries is not None
-                                      else d.insecure_registries or ()),
+            insecure_registries=tuple(dict.fromkeys((*(spec.insecure_registries if spec.insecure_registries
+                                                       is not None else d.insecure_registries or ()), *plain))),
+            registry_logins=logins,
             source_line=doc.line_of(("nodes", name)),
             become=spec.become if spec.become is not None else bool(d.become),
             become_user=spec.become_user or d.become_user or "root",

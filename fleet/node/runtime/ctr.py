@@ -230,6 +230,14 @@ class CtrDriver(CliDriver):
     def image_pull(self, ref: str, plain_http: bool = False) -> Call[None]:
         return Call(self.image_pull_argv(ref, plain_http), parse_ok("ctr"), what=f"pull {ref}")
 
+    def image_pull_login(self, ref: str, username: str, plain_http: bool = False) -> Call[None]:
+        """Pull with credentials, the password read from this command's stdin (one line). ctr 1.6 takes it only in
+        argv (`--user user:password`, which `ps` shows) or from a terminal it prompts on; so the pull runs under
+        script(1), whose terminal's input is the stdin, with echo off from the start (`-E never`: with echo on, the
+        password would come back in the output). Only the last lines of ctr's progress are kept."""
+        pull = [*self.base(), "images", "pull", *(["--plain-http"] if plain_http else []), "--user", username, ref]
+        return Call(Script(_LOGIN_PULL_SCRIPT, {"PULL": shlex.join(pull)}), parse_login_pull, what=f"pull {ref}")
+
     def image_remove_argv(self, ref: str) -> list[str]:
         return [*self.base(), "images", "rm", ref]
 
@@ -276,6 +284,14 @@ fi
 echo '@@containerrm'
 c containers rm "$ID" 2>&1
 echo "@@rc $?"
+"""
+
+_LOGIN_PULL_SCRIPT = r"""
+if ! command -v script >/dev/null 2>&1; then
+  echo "ctr: script(1) (util-linux) is not installed: ctr reads a registry password from a terminal it gives" >&2
+  exit 127
+fi
+{ script -q -e -E never -c "$PULL" /dev/null; echo "@@rc $?"; } | tail -n 20
 """
 
 _REMOVE_SCRIPT = r"""
@@ -355,6 +371,20 @@ def parse_stop(result: CommandResult, container_id: str = "") -> StopResult:
         status = int(rc) if rc.isdigit() else None
         raise RuntimeCommandError(result.node, "stop: containers rm", status, detail)
     return StopResult(cid, found=True, exit_code=exit_code, killed="killed" in heads)
+
+
+_RC_RE = re.compile(r"^@@rc (\d+)$", re.MULTILINE)
+
+
+def parse_login_pull(result: CommandResult) -> None:
+    """The pull's exit status from its `@@rc` line (the script's own is `tail`'s); its `ctr:` lines on failure."""
+    check(result, "pull")
+    text = result.stdout.replace("\r", "")
+    m = _RC_RE.search(text)
+    if m is None or m.group(1) != "0":
+        errors = [line for line in text.splitlines() if line.startswith("ctr: ")]
+        raise RuntimeCommandError(result.node, "pull", int(m.group(1)) if m else None,
+                                  errors[-1] if errors else text.strip()[-300:] or "no output")
 
 
 def parse_remove(result: CommandResult) -> None:

@@ -1,0 +1,155 @@
+"""Pulls with registry credentials: the exact command (the password in neither argv nor the script), and (lab) the
+ctr driver's pull against Debian's docker-registry with htpasswd auth on loopback and a private containerd: the
+right password pulls, a wrong one is refused with the registry's 401, and the password shows up nowhere."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import free_port
+from local_containerd import Containerd, available, local_containerd
+
+from fleet.core.errors import RuntimeCommandError
+from fleet.core.model import CommandResult
+from fleet.core.shell import Script
+from fleet.image.demo import build_demo
+from fleet.node.runtime.ctr import CtrDriver, parse_login_pull
+from fleet.node.runtime.nerdctl import NerdctlDriver
+
+PASSWORD = "s3cret-Zq9'\"$(id)"
+
+
+def bcrypt_line(user: str, password: str) -> str:
+    """An htpasswd line (docker-registry reads bcrypt only): glibc's crypt makes `$2b$` hashes, and Python 3.11's
+    crypt module (deprecated, removed in 3.13) reaches it without another dependency."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt
+    hashed = crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))
+    assert hashed.startswith("$2"), "this libc's crypt has no bcrypt"
+    return f"{user}:{hashed}\n"
+
+
+def test_login_pull_keeps_the_password_off_the_command_line():
+    call = CtrDriver(namespace="fleet").image_pull_login("10.0.0.9:5000/web:v1", "alice", plain_http=True)
+    assert isinstance(call.command, Script)
+    assert call.command.env["PULL"] == ("ctr -n fleet images pull --plain-http --user alice 10.0.0.9:5000/web:v1")
+    assert "script -q -e -E never" in call.command.text  # echo off from the start: see the lab test below
+    assert call.stdin_path is None
+    nerd = NerdctlDriver(namespace="fleet").image_pull_login("10.0.0.9:5000/web:v1", "alice")
+    assert isinstance(nerd.command, Script) and "--password-stdin" in nerd.command.text
+    assert nerd.command.env["LOGIN_USER"] == "alice" and nerd.command.env["REGISTRY"] == "10.0.0.9:5000"
+
+
+def test_parse_login_pull_reads_the_pull_status_not_the_script_status():
+    ok = CommandResult("n1", 0, "unpacking linux/amd64 sha256:ab...\r\ndone: 5ms\t\r\n@@rc 0\n", "", 0.1)
+    parse_login_pull(ok)
+    refused = CommandResult("n1", 0, 'Password: \r\nctr: failed to resolve reference "r/web:v1": pulling from host '
+                            "r failed with status code [manifests v1]: 401 Unauthorized\r\n@@rc 1\n", "", 0.1)
+    with pytest.raises(RuntimeCommandError, match="401 Unauthorized") as exc:
+        parse_login_pull(refused)
+    assert exc.value.exit_status == 1
+    with pytest.raises(RuntimeCommandError):
+        parse_login_pull(CommandResult("n1", 127, "", "ctr: script(1) (util-linux) is not installed", 0.0))
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """docker-registry on 127.0.0.1 with htpasswd auth (user alice); stopped by PID."""
+    d = tmp_path_factory.mktemp("registry")
+    (d / "htpasswd").write_text(bcrypt_line("alice", PASSWORD))
+    port = free_port()
+    (d / "registry.yml").write_text(
+        f"version: 0.1\nstorage: {{filesystem: {{rootdirectory: {d / 'data'}}}}}\n"
+        f"http: {{addr: '127.0.0.1:{port}'}}\nauth: {{htpasswd: {{realm: fleet, path: {d / 'htpasswd'}}}}}\n")
+    with (d / "registry.log").open("wb") as log:
+        proc = subprocess.Popen(["docker-registry", "serve", str(d / "registry.yml")], stdout=log, stderr=log,
+                                stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 15
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        while True:
+            try:
+                direct.open(f"http://127.0.0.1:{port}/v2/", timeout=1)
+            except urllib.error.HTTPError as exc:
+                assert exc.code == 401  # up, and asking for credentials
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise AssertionError((d / "registry.log").read_text()[-500:]) from None
+                time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def ctrd() -> Iterator[tuple[Containerd, CtrDriver]]:
+    if reason := available():
+        pytest.skip(reason)
+    with local_containerd() as c:
+        yield c, CtrDriver(namespace=c.namespace, address=c.address, log_dir=str(c.dir / "logs"))
+
+
+@pytest.mark.lab
+def test_pull_with_the_password_on_stdin_and_a_wrong_one_refused(registry: str, ctrd: tuple[Containerd, CtrDriver],
+                                                                 tmp_path: Path):
+    c, d = ctrd
+    archive = build_demo("reg1", tmp_path / "demo.tar")
+    ref = f"{registry}/demo:reg1"
+    c.sh(d.image_import(archive.path).line(), stdin_path=archive.path)
+    c.ctr("images", "tag", archive.name, ref)
+    c.ctr("images", "push", "--user", f"alice:{PASSWORD}", ref)  # the test's own push, argv is fine here
+    c.ctr("images", "rm", ref, archive.name)
+
+    def pull(password: str) -> tuple[CommandResult, str]:
+        call = d.image_pull_login(ref, "alice")
+        (tmp_path / "stdin").write_text(password + "\n")
+        proc = c.sh(call.line(), stdin_path=str(tmp_path / "stdin"))
+        return CommandResult("local", proc.returncode, proc.stdout, proc.stderr, 0.0), call.line()
+
+    wrong, line = pull("not-" + PASSWORD)
+    with pytest.raises(RuntimeCommandError, match="401 Unauthorized"):
+        parse_login_pull(wrong)
+    assert ref not in c.ctr("images", "ls", "-q").stdout.split()
+    right, line = pull(PASSWORD)
+    parse_login_pull(right)
+    assert ref in c.ctr("images", "ls", "-q").stdout.split()
+    for seen in (wrong.stdout, wrong.stderr, right.stdout, right.stderr, line):
+        assert PASSWORD not in seen and "not-s3cret" not in seen
+
+
+def test_inventory_registries_give_every_node_the_login_and_survive_the_cache(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch):
+    from fleet.config.inventory import load_inventory
+    from fleet.core.errors import InventoryError
+    from fleet.core.model import RegistryLogin
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    inv = tmp_path / "inventory.yaml"
+    inv.write_text("nodes:\n  n1: {address: 10.0.0.1}\n  n2: {address: 10.0.0.2, insecure_registries: [other:5000]}\n"
+                   "registries:\n  10.0.0.9:5000: {username: alice, password: {secret: regpass}, insecure: true}\n")
+    for _ in range(2):  # validated, then read back from the cache
+        nodes = load_inventory(str(inv)).nodes
+        assert [n.login_for("10.0.0.9:5000") for n in nodes] == [RegistryLogin("10.0.0.9:5000", "alice", "regpass")] * 2
+        assert [n.insecure_registries for n in nodes] == [("10.0.0.9:5000",), ("other:5000", "10.0.0.9:5000")]
+        assert nodes[0].login_for("docker.io") is None
+    inv.write_text("nodes:\n  n1: {address: 10.0.0.1}\nregistries:\n  r:5000: {username: 'a:b', password: hunter2}\n")
+    with pytest.raises(InventoryError) as exc:
+        load_inventory(str(inv))
+    text = str(exc.value)
+    assert "inventory.yaml:4: registries.r:5000.username: expected a registry user name" in text
+    assert "inventory.yaml:4: registries.r:5000.password" in text and "hunter2" not in text
