@@ -11,15 +11,17 @@ import urllib.error
 import urllib.request
 import warnings
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from helpers import free_port
 from local_containerd import Containerd, available, local_containerd
 
-from fleet.core.errors import RuntimeCommandError
-from fleet.core.model import CommandResult
+from fleet.core.errors import DigestError, RuntimeCommandError
+from fleet.core.model import CommandResult, RegistryLogin
 from fleet.core.shell import Script
+from fleet.engine.digests import resolve_digest, split_reference
 from fleet.image.demo import build_demo
 from fleet.node.runtime.ctr import CtrDriver, parse_login_pull
 from fleet.node.runtime.nerdctl import NerdctlDriver
@@ -33,7 +35,7 @@ def bcrypt_line(user: str, password: str) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         import crypt
-    hashed = crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))
+    hashed = crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))  # cost 4: every request checks it
     assert hashed.startswith("$2"), "this libc's crypt has no bcrypt"
     return f"{user}:{hashed}\n"
 
@@ -47,6 +49,28 @@ def test_login_pull_keeps_the_password_off_the_command_line():
     nerd = NerdctlDriver(namespace="fleet").image_pull_login("10.0.0.9:5000/web:v1", "alice")
     assert isinstance(nerd.command, Script) and "--password-stdin" in nerd.command.text
     assert nerd.command.env["LOGIN_USER"] == "alice" and nerd.command.env["REGISTRY"] == "10.0.0.9:5000"
+
+
+def test_references_split_and_only_tags_in_a_registry_are_resolved():
+    assert split_reference("10.0.0.9:5000/team/web:v1") == ("10.0.0.9:5000", "team/web", "v1")
+    assert split_reference("10.0.0.9:5000/web") == ("10.0.0.9:5000", "web", "latest")
+    assert split_reference("busybox:1.36") == ("docker.io", "library/busybox", "1.36")
+    assert split_reference("localhost:5000/web:v1") == ("localhost:5000", "web", "v1")
+    assert split_reference("fleet.local/demo:v1") is None
+    assert split_reference("r.io/web:v1@sha256:" + "a" * 64) is None
+
+
+def test_a_resolved_digest_is_part_of_the_hash_and_history_but_not_of_the_intent():
+    from fleet.config.spec import from_playbook_dict, parse_playbook, to_playbook_dict
+    from fleet.plan.rollout.decide import intent_hash
+
+    spec = parse_playbook("services:\n  web:\n    image: r.io/web:v1\n", "pb.yaml").services[0]
+    a, b = (replace(spec, image_digest="sha256:" + c * 64) for c in "ab")
+    assert (a.image_ref, spec.image_ref) == ("r.io/web:v1@sha256:" + "a" * 64, "r.io/web:v1")
+    assert len({spec.spec_hash(), a.spec_hash(), b.spec_hash()}) == 3  # a re-pushed tag is a change that rolls
+    assert intent_hash(a) == intent_hash(b) == intent_hash(spec)  # reconcile does not re-resolve
+    back = from_playbook_dict("web", to_playbook_dict(a))
+    assert back.image_digest == a.image_digest and back.spec_hash() == a.spec_hash()
 
 
 def test_parse_login_pull_reads_the_pull_status_not_the_script_status():
@@ -130,6 +154,22 @@ def test_pull_with_the_password_on_stdin_and_a_wrong_one_refused(registry: str, 
     assert ref in c.ctr("images", "ls", "-q").stdout.split()
     for seen in (wrong.stdout, wrong.stderr, right.stdout, right.stderr, line):
         assert PASSWORD not in seen and "not-s3cret" not in seen
+
+    # The tag resolved from here to the digest the push gave it, and a node pulls that digest by name.
+    login = RegistryLogin(registry, "alice", "regpass")
+    digest = resolve_digest(ref, login, PASSWORD, plain=False)  # loopback: plain HTTP, as containerd does
+    assert digest == archive.digest
+    with pytest.raises(DigestError, match=f"registry {registry} refused the credentials as alice"):
+        resolve_digest(ref, login, "not-" + PASSWORD, plain=False)
+    with pytest.raises(DigestError, match="asks for credentials"):
+        resolve_digest(ref, None, None, plain=False)
+    with pytest.raises(DigestError, match="has no such tag"):
+        resolve_digest(f"{registry}/demo:nope", login, PASSWORD, plain=False)
+    pinned = f"{ref}@{digest}"
+    call = d.image_pull_login(pinned, "alice")
+    proc = c.sh(call.line(), stdin_path=str(tmp_path / "stdin"))
+    parse_login_pull(CommandResult("local", proc.returncode, proc.stdout, proc.stderr, 0.0))
+    assert c.ctr("images", "ls", "-q", f"name=={pinned}").stdout.split() == [pinned]
 
 
 def test_inventory_registries_give_every_node_the_login_and_survive_the_cache(tmp_path: Path,

@@ -212,9 +212,9 @@ class Engine:
         wanted: dict[str, set[str]] = {}
         for sp in the_plan.services:
             for a in sp.start:
-                wanted.setdefault(a.node, set()).add(sp.spec.image)
+                wanted.setdefault(a.node, set()).add(sp.spec.image_ref)
             for r in sp.replace:
-                wanted.setdefault(r.node, set()).add(sp.spec.image)
+                wanted.setdefault(r.node, set()).add(sp.spec.image_ref)
         nodes = sorted(wanted)
         results = await asyncio.gather(*(self.ops.ensure_images(n, wanted[n]) for n in nodes),
                                        return_exceptions=True)

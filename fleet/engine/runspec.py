@@ -156,7 +156,7 @@ def run_spec(spec: ServiceSpec, revision: int, a: Assignment, env_file: str | No
     mounts += [Mount("bind", v.target, sshfs_mountpoint(cid, v.source or ""), v.readonly, CONTAINER_MOUNT_OPTIONS)
                for v in spec.volumes if v.type == "sshfs"]
     cap_add, cap_drop = spec.security.cap_changes()
-    return RunSpec(id=cid, image=spec.image, command=spec.command, env=env,
+    return RunSpec(id=cid, image=spec.image_ref, command=spec.command, env=env,
                    env_file=env_file, mounts=tuple(mounts), cpu=spec.resources.cpu, memory=spec.resources.memory,
                    labels=labels, netns=cni.netns_path(cid) if bridged else HOST_NETNS,
                    net_host=not bridged, ports=((a.port, spec.port),) if bridged else (), restart="always",

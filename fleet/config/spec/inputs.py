@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from fleet.config.edge import HostName, PathPrefix, TlsModel, hosts_problem, tls_spec
+from fleet.config.spec.imaging import ImageInput
 from fleet.config.spec.rules import (
     Argv,
     Cpu,
@@ -436,7 +437,7 @@ def main_port(ports: dict[str, int]) -> int:
     return ports["http"] if "http" in ports else next(iter(ports.values()))
 
 
-class ServiceInput(_Strict, SecurityInput):
+class ServiceInput(_Strict, SecurityInput, ImageInput):
     image: str
     command: Argv | None = None
     replicas: Annotated[StrictInt, Field(ge=0, le=10000)] = ServiceSpec.replicas
@@ -535,6 +536,7 @@ class ServiceInput(_Strict, SecurityInput):
             secret_digests=self.secret_digests or {},
             restarts=self.restarts or 0,
             security=self.security(),
+            image_digest=self.image_digest,
             source_file=doc.file,
             source_line=doc.line_of(where),
         )
@@ -574,6 +576,8 @@ class ServiceInput(_Strict, SecurityInput):
         if spec.restarts:
             out["restarts"] = spec.restarts
         out.update(spec.security.written())
+        if spec.image_digest:
+            out["image_digest"] = spec.image_digest
         return out
 
 

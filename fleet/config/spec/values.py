@@ -258,6 +258,9 @@ class ServiceSpec:
     # How many times `fleet restart` rolled the service with nothing else changed, stamped by the controller
     # (a restart generation): part of the hash, so every replica of the restarted revision is out of date.
     restarts: int = 0
+    # The digest `image`'s tag pointed to when `apply` resolved it (fleet.engine.digests), stamped by the controller:
+    # what the containers run (`image_ref`), part of the hash, so a re-pushed tag rolls.
+    image_digest: str | None = None
     # user, read_only, capabilities, no_new_privileges (fleet.config.spec.security).
     security: SecuritySpec = field(default_factory=SecuritySpec)
     source_file: str = field(default="", compare=False)
@@ -266,6 +269,11 @@ class ServiceSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
         object.__setattr__(self, "secret_digests", MappingProxyType(dict(self.secret_digests)))
+
+    @property
+    def image_ref(self) -> str:
+        """The reference containers are started from: `image`, pinned to `image_digest` when it was resolved."""
+        return f"{self.image}@{self.image_digest}" if self.image_digest and "@" not in self.image else self.image
 
     def secret_names(self) -> tuple[str, ...]:
         return tuple(sorted({v.name for v in self.env.values() if isinstance(v, SecretRef)}
@@ -296,6 +304,7 @@ class ServiceSpec:
             **({"secret_digests": dict(sorted(self.secret_digests.items()))} if self.secret_digests else {}),
             **({"restarts": self.restarts} if self.restarts else {}),
             **({"security": sec} if (sec := self.security.hash_input()) else {}),
+            **({"image_digest": self.image_digest} if self.image_digest else {}),
         }
 
     def command_line_bytes(self) -> int:
