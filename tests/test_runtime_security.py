@@ -105,7 +105,7 @@ def test_ctr_flags_exact_and_user_refused_naming_the_field():
 def test_nerdctl_flags_exact():
     d = NerdctlDriver()
     argv = d.run_argv(RunSpec(id="a-1-x", image="img", user="1000:1000", read_only=True, cap_drop=("CAP_NET_RAW",)))
-    assert argv[argv.index("--user"):argv.index("img")] == [
+    assert argv[argv.index("--user"):argv.index("--log-opt")] == [
         "--user", "1000:1000", "--read-only", "--cap-drop", "CAP_NET_RAW", "--security-opt", "no-new-privileges"]
     plain = d.run_argv(RunSpec(id="a-1-x", image="img", no_new_privileges=False))
     assert "--security-opt" not in plain and "--user" not in plain

@@ -537,6 +537,7 @@ class ServiceInput(_Strict, SecurityInput, ImageInput):
             restarts=self.restarts or 0,
             security=self.security(),
             image_digest=self.image_digest,
+            logs=self.logs_value(),
             source_file=doc.file,
             source_line=doc.line_of(where),
         )
@@ -576,8 +577,7 @@ class ServiceInput(_Strict, SecurityInput, ImageInput):
         if spec.restarts:
             out["restarts"] = spec.restarts
         out.update(spec.security.written())
-        if spec.image_digest:
-            out["image_digest"] = spec.image_digest
+        out.update(ImageInput.image_written(spec.image_digest, spec.logs))
         return out
 
 

@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from fleet.config.edge import TlsSpec
+from fleet.config.spec.imaging import LogsSpec
 from fleet.config.spec.security import SecuritySpec
 from fleet.core.dirs import NODE_BASE, NODE_RUN
 from fleet.core.model import Resources
@@ -261,6 +262,8 @@ class ServiceSpec:
     # The digest `image`'s tag pointed to when `apply` resolved it (fleet.engine.digests), stamped by the controller:
     # what the containers run (`image_ref`), part of the hash, so a re-pushed tag rolls.
     image_digest: str | None = None
+    # How its log files are rotated on the node (fleet.node.logrotate).
+    logs: LogsSpec = field(default_factory=LogsSpec)
     # user, read_only, capabilities, no_new_privileges (fleet.config.spec.security).
     security: SecuritySpec = field(default_factory=SecuritySpec)
     source_file: str = field(default="", compare=False)
@@ -305,6 +308,7 @@ class ServiceSpec:
             **({"restarts": self.restarts} if self.restarts else {}),
             **({"security": sec} if (sec := self.security.hash_input()) else {}),
             **({"image_digest": self.image_digest} if self.image_digest else {}),
+            **({"logs": logs} if (logs := self.logs.hash_input()) else {}),
         }
 
     def command_line_bytes(self) -> int:

@@ -89,6 +89,9 @@ class RunSpec:
     ports: tuple[tuple[int, int], ...] = ()
     restart: Literal["no", "always"] = "no"
     log_path: str | None = None
+    # The log file is rotated past this size, keeping this many files (fleet.node.logrotate).
+    log_max_size: int = 10 * 1024 * 1024
+    log_max_files: int = 3
     # Security settings (fleet.config.spec.security): `cap_add`/`cap_drop` are the difference from the runtime's
     # default set, `CAP_`-prefixed; `user` None runs as the image says.
     user: str | None = None

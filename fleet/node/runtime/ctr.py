@@ -132,6 +132,8 @@ class CtrDriver(CliDriver):
             + f'  echo "ctr: container \\"$ID\\": already exists" >&2; exit {_EXISTS_RC}\n'
             + "fi\n"
             + 'mkdir -p "$(dirname "$LOG")" || exit 1\n'
+            # How the node rotates this log (fleet.node.logrotate), beside it.
+            + 'printf \'%s %s\\n\' "$LOG_SIZE" "$LOG_FILES" >"$LOG.rotate" || exit 1\n'
             + shlex.join(self.run_argv(spec)) + "\n"
             + "rc=$?\n"
             + 'if [ "$rc" -ne 0 ]; then c containers rm "$ID" >/dev/null 2>&1; exit "$rc"; fi\n'
@@ -142,7 +144,8 @@ class CtrDriver(CliDriver):
             # has stopped"), seen with a 1 s monitor interval.
             label = [*self.base(), "containers", "label", spec.id, *self.restart_labels(log)]
             text += shlex.join(label) + " >/dev/null\n"
-        return Call(Script(text, {"ID": spec.id, "LOG": log}), parse_run, what=f"run {spec.id}")
+        env = {"ID": spec.id, "LOG": log, "LOG_SIZE": str(spec.log_max_size), "LOG_FILES": str(spec.log_max_files)}
+        return Call(Script(text, env), parse_run, what=f"run {spec.id}")
 
     def restart_labels(self, log: str) -> list[str]:
         """Labels that put a container under the containerd restart monitor, restarts logging to `log`."""
@@ -300,7 +303,7 @@ if c containers info "$ID" >/dev/null 2>&1; then
   c tasks rm -f "$ID" >/dev/null 2>&1
   c containers rm "$ID" || exit 1
 fi
-rm -f "$LOG"
+rm -f "$LOG" "$LOG.rotate" "$LOG".[0-9] "$LOG".[0-9][0-9]
 """
 
 # Lines starting with '@@' are section markers; `ctr containers info` pretty-prints JSON, whose lines start

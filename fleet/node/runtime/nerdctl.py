@@ -111,6 +111,8 @@ class NerdctlDriver(CliDriver):
         for m in spec.mounts:
             argv += _mount_args(m)
         argv += _security_args(spec)
+        # nerdctl's json-file driver rotates itself (Docker's options).
+        argv += ["--log-opt", f"max-size={spec.log_max_size}", "--log-opt", f"max-file={spec.log_max_files}"]
         if spec.cpu is not None and spec.cpu > 0:
             argv += ["--cpus", format(spec.cpu, "g")]
         if spec.memory is not None and spec.memory > 0:
