@@ -139,6 +139,7 @@ def test_credentials_from_the_secret_store_pinned_tag_rerolled_under_load(lab, l
     first = publish(f"ra{L.random_suffix(5)}")
     inv = yaml.safe_load(pathlib.Path(lab.inventory_path).read_text())
     inv["registries"] = {auth_registry: {"username": "alice", "password": {"secret": "rg-pass"}, "insecure": True}}
+    inv["image_retention"] = 1
     inventory = tmp_path / "inventory.yaml"
     inventory.write_text(yaml.safe_dump(inv))
     env["FLEET_INVENTORY"] = str(inventory)
@@ -195,7 +196,14 @@ def test_credentials_from_the_secret_store_pinned_tag_rerolled_under_load(lab, l
         r = load.result
         assert r.failed == 0, (r.errors, r.failures[:5])
         assert len(r.versions) == 2, r.versions
-        assert {c["image"] for c in running(env)} == {f"{ref}@{second}"}
+        now = running(env)
+        assert {c["image"] for c in now} == {f"{ref}@{second}"}
+        # image_retention 1: the first digest, which no revision within the last one and no container uses, is gone.
+        for node in lab.workers():
+            listed = lab.lab.exec_in(node, ["ctr", "-n", "fleet", "images", "ls", "-q"]).stdout.split()
+            assert f"{ref}@{first}" not in listed, (node, listed)
+            if node in {c["node"] for c in now}:
+                assert f"{ref}@{second}" in listed
         history = json.loads(fleet_env(env, "history", "rg-app", "--json").stdout)
         assert [h["spec"]["image_digest"] for h in history][-2:] == [first, second], history
         # The password is in no output, no process list of a node, no file fleet keeps on one (the pattern on stdin).

@@ -4,6 +4,7 @@ right password pulls, a wrong one is refused with the registry's 401, and the pa
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
@@ -22,9 +23,11 @@ from fleet.core.errors import DigestError, RuntimeCommandError
 from fleet.core.model import CommandResult, RegistryLogin
 from fleet.core.shell import Script
 from fleet.engine.digests import resolve_digest, split_reference
+from fleet.engine.retention import removable, retained
 from fleet.image.demo import build_demo
 from fleet.node.runtime.ctr import CtrDriver, parse_login_pull
 from fleet.node.runtime.nerdctl import NerdctlDriver
+from fleet.results.records import Revision
 
 PASSWORD = "s3cret-Zq9'\"$(id)"
 
@@ -193,3 +196,28 @@ def test_inventory_registries_give_every_node_the_login_and_survive_the_cache(tm
     text = str(exc.value)
     assert "inventory.yaml:4: registries.r:5000.username: expected a registry user name" in text
     assert "inventory.yaml:4: registries.r:5000.password" in text and "hunter2" not in text
+
+
+def _rev(service: str, n: int, image: str, digest: str | None = None) -> Revision:
+    spec = {"image": image, **({"image_digest": digest} if digest else {})}
+    return Revision(service, n, "h", image, "u", 0.0, None, "succeeded", "", json.dumps(spec))
+
+
+def test_retention_keeps_the_last_revisions_the_accepted_one_and_what_containers_use():
+    d = ["sha256:" + c * 64 for c in "abcd"]
+    history = {
+        "web": [_rev("web", i + 1, "r.io/web:v1", d[i]) for i in range(4)],  # one tag, re-pushed: four digests
+        "api": [_rev("api", 1, "fleet.local/api:v1"), _rev("api", 2, "fleet.local/api:v2")],
+        "old": [_rev("old", 1, "r.io/web:v1", d[1])],  # another service still on an old digest: kept
+    }
+    plan = retained(history, {"web": 4, "api": 1, "old": 1}, keep=2)
+    assert plan.old == {f"r.io/web:v1@{d[0]}"}
+    assert plan.kept == {f"r.io/web:v1@{d[1]}", f"r.io/web:v1@{d[2]}", f"r.io/web:v1@{d[3]}", "fleet.local/api:v1",
+                         "fleet.local/api:v2"}
+    node = {f"r.io/web:v1@{d[0]}": d[0], f"r.io/web:v1@{d[3]}": d[3], "fleet.local/next:v9": "sha256:9",
+            "busybox:latest": "sha256:8"}
+    assert removable(node, set(), plan) == [f"r.io/web:v1@{d[0]}"]
+    # Never an image a container on the node was made from, nor one fleet never ran (pushed for the next apply).
+    assert removable(node, {f"r.io/web:v1@{d[0]}"}, plan) == []
+    assert retained(history, {"web": 4, "api": 2, "old": 1}, keep=1).old == {
+        f"r.io/web:v1@{d[0]}", f"r.io/web:v1@{d[2]}", "fleet.local/api:v1"}

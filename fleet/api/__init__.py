@@ -191,7 +191,7 @@ class Fleet(Hands):
         """An engine over this run's reports; `held` are replicas of nodes in their grace period (see Engine)."""
         reports, secrets = await asyncio.gather(self.reports(ports=True), self.unsealed())  # a slow node delays both
         return Engine(self.pool, reports, on_event=self.on_event, secrets=secrets, records=self.records(),
-                      guard=guard, held=held, edge=self.inventory.edge)
+                      guard=guard, held=held, edge=self.inventory.edge, image_retention=self.inventory.image_retention)
 
     async def unsealed(self, specs: Sequence[ServiceSpec] | None = None) -> Callable[[str], str | None] | None:
         """The getter given, else the fleet's sealed secrets read once (store.sealed); none if `specs` need none."""

@@ -383,7 +383,8 @@ def _to_json(inv: Inventory) -> str:
     def res(r: Resources | None) -> list[float] | None:
         return None if r is None else [r.cpu, r.memory]
 
-    return json.dumps({"path": inv.path, "edge": edge_to_json(inv.edge), "nodes": [{
+    return json.dumps({"path": inv.path, "edge": edge_to_json(inv.edge), "image_retention": inv.image_retention,
+                       "nodes": [{
         "name": n.name, "address": n.address, "port": n.port, "user": n.user, "key_files": list(n.key_files),
         "known_hosts": n.known_hosts, "labels": dict(n.labels), "roles": list(n.roles), "capacity": res(n.capacity),
         "reserved": res(n.reserved), "namespace": n.namespace, "source_line": n.source_line,
@@ -399,7 +400,8 @@ def _from_json(text: str) -> Inventory:
     def res(v: list[float] | None) -> Resources | None:
         return None if v is None else Resources(float(v[0]), int(v[1]))
 
-    return Inventory(doc["path"], edge=edge_from_json(doc["edge"]), nodes=tuple(Node(
+    return Inventory(doc["path"], edge=edge_from_json(doc["edge"]), image_retention=doc["image_retention"],
+                     nodes=tuple(Node(
         name=n["name"], address=n["address"], port=n["port"], user=n["user"], key_files=tuple(n["key_files"]),
         known_hosts=n["known_hosts"], labels=n["labels"], roles=tuple(n["roles"]), capacity=res(n["capacity"]),
         reserved=res(n["reserved"]) or Resources(), namespace=n["namespace"], source_line=n["source_line"],

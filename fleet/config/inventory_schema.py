@@ -152,6 +152,8 @@ class _FleetInventory(BaseModel):
     events_keep: StrictInt = Field(default=EVENTS_KEEP, ge=0, le=10_000_000)
     # Registries pulled from with credentials, by host[:port] as image references name them (every node uses them).
     registries: dict[str, _Registry] | None = None
+    # Images a node keeps: those of each service's last N revisions (fleet.engine.retention); unset keeps all.
+    image_retention: StrictInt | None = Field(default=None, ge=1, le=1000)
 
     @field_validator("registries")
     @classmethod
@@ -208,7 +210,7 @@ def from_fleet(doc: Marked) -> Inventory:
         nodes = with_vrrp(nodes, inv.vrrp, doc)
     base = os.path.dirname(os.path.abspath(doc.file))
     edge = edge_settings(inv.edge, base) if inv.edge is not None else EdgeSettings()
-    return Inventory(doc.file, tuple(nodes), edge, events_keep=inv.events_keep)
+    return Inventory(doc.file, tuple(nodes), edge, events_keep=inv.events_keep, image_retention=inv.image_retention)
 
 
 def with_vrrp(nodes: list[Node], raw: dict[str, Any], doc: Marked) -> list[Node]:

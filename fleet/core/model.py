@@ -114,6 +114,8 @@ class Inventory:
     nodes: tuple[Node, ...]
     edge: EdgeSettings = field(default_factory=EdgeSettings)
     events_keep: int = EVENTS_KEEP  # entries of the fleet's event log kept (`events_keep:`, fleet format only)
+    # Old images removed from nodes past each service's last N revisions (`image_retention:`; None keeps all).
+    image_retention: int | None = None
 
     def node(self, name: str) -> Node:
         for n in self.nodes:
