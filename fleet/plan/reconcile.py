@@ -118,6 +118,7 @@ def demand_for(spec: ServiceSpec, replicas: int | None = None, *, volumes: Volum
         spread_by=spec.placement.spread_by,
         strategy=spec.placement.strategy,
         needs=frozenset({"user"} if spec.security.user is not None else ()),
+        disk=spec.disk,
     )
 
 

@@ -86,4 +86,6 @@ class NodeReport:
                          self.labels, self.ok, facts.listening if facts is not None else frozenset(),
                          others=facts.others if facts is not None else Resources(), cordoned=self.cordoned,
                          draining=self.draining,
-                         lacks={} if facts is not None and facts.runtime == "nerdctl" else CTR_LACKS)
+                         lacks={} if facts is not None and facts.runtime == "nerdctl" else CTR_LACKS,
+                         disk_free=facts.disk_free if facts is not None and facts.disk_total else None,
+                         disk_total=facts.disk_total if facts is not None and facts.disk_total else None)

@@ -39,6 +39,13 @@ def _log_size(value: object) -> int:
     return size
 
 
+def _disk(value: object) -> int:
+    size = parse_memory(value)
+    if not 0 < size <= 1 << 50:
+        raise ValueError(f"expected a size such as 2GiB, got {value!r}")
+    return size
+
+
 class _Logs(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -51,6 +58,8 @@ class ImageInput(BaseModel):
 
     image_digest: str | None = None
     logs: _Logs | None = None
+    # Free disk a node must have where containers live to take a replica (placement only, not the hash).
+    disk: Annotated[int, BeforeValidator(_disk)] | None = None
 
     @field_validator("image_digest")
     @classmethod
@@ -63,9 +72,11 @@ class ImageInput(BaseModel):
         return LogsSpec(self.logs.max_size, self.logs.max_files) if self.logs is not None else LogsSpec()
 
     @staticmethod
-    def image_written(digest: str | None, logs: LogsSpec) -> dict[str, Any]:
-        """The stamped digest and the log settings that are not the defaults, as playbook input."""
+    def image_written(digest: str | None, logs: LogsSpec, disk: int) -> dict[str, Any]:
+        """The stamped digest, the log settings that are not the defaults and the disk request, as playbook input."""
         out: dict[str, Any] = {"image_digest": digest} if digest else {}
+        if disk:
+            out["disk"] = disk
         if logs != LogsSpec():
             out["logs"] = {"max_size": logs.max_size, "max_files": logs.max_files}
         return out

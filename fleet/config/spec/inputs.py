@@ -538,6 +538,7 @@ class ServiceInput(_Strict, SecurityInput, ImageInput):
             security=self.security(),
             image_digest=self.image_digest,
             logs=self.logs_value(),
+            disk=self.disk or 0,
             source_file=doc.file,
             source_line=doc.line_of(where),
         )
@@ -577,7 +578,7 @@ class ServiceInput(_Strict, SecurityInput, ImageInput):
         if spec.restarts:
             out["restarts"] = spec.restarts
         out.update(spec.security.written())
-        out.update(ImageInput.image_written(spec.image_digest, spec.logs))
+        out.update(ImageInput.image_written(spec.image_digest, spec.logs, spec.disk))
         return out
 
 

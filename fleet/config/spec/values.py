@@ -264,6 +264,8 @@ class ServiceSpec:
     image_digest: str | None = None
     # How its log files are rotated on the node (fleet.node.logrotate).
     logs: LogsSpec = field(default_factory=LogsSpec)
+    # Free disk (bytes) a node must have to take a replica: a feasibility check of the scheduler, not the hash.
+    disk: int = 0
     # user, read_only, capabilities, no_new_privileges (fleet.config.spec.security).
     security: SecuritySpec = field(default_factory=SecuritySpec)
     source_file: str = field(default="", compare=False)

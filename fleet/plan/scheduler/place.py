@@ -517,6 +517,8 @@ def _explain(state: _Pass, d: ServiceDemand) -> tuple[str, dict[int, str]]:
         parts.append(count_nodes(unhealthy, "is unhealthy", "are unhealthy"))
     if portless := len(refused_by["port"]):
         parts.append(count_nodes(portless, f"has {no_port(d.port_range)}", f"have {no_port(d.port_range)}"))
+    if full := refused_by.get("disk"):
+        parts.append(f"not enough free disk on {', '.join(full)}")
     if unable := refused_by.get("runtime"):
         parts.append(f"the runtime of {', '.join(unable)} cannot set {', '.join(sorted(d.needs))}")
     for what in ("draining", "cordoned"):

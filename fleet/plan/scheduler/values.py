@@ -42,6 +42,9 @@ class NodeState:
     cordoned: bool = False
     draining: bool = False
     lacks: Mapping[str, str] = field(default_factory=dict)
+    # Disk where containers live (bytes), as measured; None: not measured, never refused for disk.
+    disk_free: int | None = None
+    disk_total: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", _frozen(self.labels))
@@ -89,6 +92,7 @@ class ServiceDemand:
     data_what: str = "its volume data"
     held: bool = False
     needs: frozenset[str] = frozenset()  # runtime features its containers use (`user`): see NodeState.lacks
+    disk: int = 0  # free disk (bytes) a node must have to take one of its replicas
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "required_labels", _frozen(self.required_labels))
