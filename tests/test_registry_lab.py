@@ -6,18 +6,15 @@ from __future__ import annotations
 
 import json
 import pathlib
-import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
 import yaml
 from helpers import run_fleet, wait_until
 from loadgen import Load
-from test_runtime_registry import PASSWORD, bcrypt_line
+from test_runtime_registry import PASSWORD, bcrypt_line, serving
 from test_secrets_lab import controller
 
 from fleet.core import labels as L
@@ -50,32 +47,8 @@ def serve(lab, tmp_path: pathlib.Path, port: int, auth: dict[str, object] | None
         "rootdirectory": str(tmp_path / "registry")}}, "http": {"addr": f"{address}:{port}"},
         **({"auth": auth} if auth else {})}))
     holder = (pathlib.Path(lab.lab.cfg.dir) / "nodes" / "lb1" / "holder.pid").read_text().strip()
-    log = (tmp_path / "registry.log").open("wb")
-    proc = subprocess.Popen(["nsenter", "-t", holder, "-n", "-m", "-u", "--", "docker-registry", "serve",
-                             str(config)], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 15
-        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        while True:
-            try:
-                direct.open(f"http://{address}:{port}/v2/", timeout=1).read()
-                break
-            except urllib.error.HTTPError as exc:
-                assert exc.code == 401 and auth, exc  # up, and asking for credentials
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise AssertionError((tmp_path / "registry.log").read_text()[-500:]) from None
-                time.sleep(0.2)
-        yield f"{address}:{port}"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    yield from serving(["nsenter", "-t", holder, "-n", "-m", "-u", "--", "docker-registry", "serve", str(config)],
+                       f"{address}:{port}", tmp_path / "registry.log", auth=auth is not None)
 
 
 def test_registry_image_pulled_on_nodes_plain_http_only_when_allowed(lab, registry, tmp_path):

@@ -97,23 +97,30 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     (d / "registry.yml").write_text(
         f"version: 0.1\nstorage: {{filesystem: {{rootdirectory: {d / 'data'}}}}}\n"
         f"http: {{addr: '127.0.0.1:{port}'}}\nauth: {{htpasswd: {{realm: fleet, path: {d / 'htpasswd'}}}}}\n")
-    with (d / "registry.log").open("wb") as log:
-        proc = subprocess.Popen(["docker-registry", "serve", str(d / "registry.yml")], stdout=log, stderr=log,
-                                stdin=subprocess.DEVNULL)
+    yield from serving(["docker-registry", "serve", str(d / "registry.yml")], f"127.0.0.1:{port}",
+                       d / "registry.log", auth=True)
+
+
+def serving(argv: list[str], address: str, log_path: Path, auth: bool) -> Iterator[str]:
+    """Run a registry (`argv`), yield its address once `/v2/` answers (401 with `auth`), stop it by PID at the end."""
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 15
         direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         while True:
             try:
-                direct.open(f"http://127.0.0.1:{port}/v2/", timeout=1)
+                direct.open(f"http://{address}/v2/", timeout=1).read()
+                assert not auth, "the registry did not ask for credentials"
+                break
             except urllib.error.HTTPError as exc:
-                assert exc.code == 401  # up, and asking for credentials
+                assert exc.code == 401 and auth, exc  # up, and asking for credentials
                 break
             except OSError:
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    raise AssertionError((d / "registry.log").read_text()[-500:]) from None
+                    raise AssertionError(log_path.read_text()[-500:]) from None
                 time.sleep(0.1)
-        yield f"127.0.0.1:{port}"
+        yield address
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

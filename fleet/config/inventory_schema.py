@@ -22,6 +22,7 @@ from pydantic import (
 from fleet.config.become import check_user
 from fleet.config.edge import EdgeModel, edge_settings
 from fleet.config.schema import pydantic_problems
+from fleet.config.spec.values import SECRET_NAME_RE
 from fleet.config.vrrp import parse_vrrp, vrrp_problems
 from fleet.config.yamlmarks import Marked
 from fleet.core.edge import EdgeSettings
@@ -33,7 +34,6 @@ from fleet.core.units import parse_cpu, parse_memory
 REGISTRY_RE = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
 # No ':' (ctr splits `--user user:password` at the first one) and nothing a shell or a log line would mangle.
 REGISTRY_USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
-SECRET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # as fleet.config.spec's
 
 
 def _registry_user(v: str) -> str:
@@ -113,16 +113,15 @@ class _NodeSpec(_NodeCommon):
         return v
 
 
+def _secret_name(v: str) -> str:
+    if not SECRET_NAME_RE.match(v):
+        raise ValueError(f"invalid secret name {v!r} (letters, digits, . _ -)")
+    return v
+
+
 class _Password(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    secret: str
-
-    @field_validator("secret")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not SECRET_NAME_RE.match(v):
-            raise ValueError(f"invalid secret name {v!r} (letters, digits, . _ -)")
-        return v
+    secret: Annotated[str, AfterValidator(_secret_name)]
 
 
 class _Registry(BaseModel):
