@@ -228,3 +228,15 @@ def test_retention_keeps_the_last_revisions_the_accepted_one_and_what_containers
     assert removable(node, {f"r.io/web:v1@{d[0]}"}, plan) == []
     assert retained(history, {"web": 4, "api": 2, "old": 1}, keep=1).old == {
         f"r.io/web:v1@{d[0]}", f"r.io/web:v1@{d[2]}", "fleet.local/api:v1"}
+
+
+async def test_a_pinned_service_runs_its_digest_and_deploy_of_another_image_drops_it():
+    from harness import Harness, service, worker
+
+    h = Harness([worker("w1")])
+    digest = "sha256:" + "e" * 64
+    pinned_spec = replace(service("web", 2, cpu=0.25, image="r.io/web:v1"), image_digest=digest)
+    assert (await h.apply(pinned_spec)).ok
+    assert {r.image for r in h.ops.of("web")} == {f"r.io/web:v1@{digest}"}
+    _, result = await h.fresh_engine().turn("deploy", "web", image="r.io/web:v2")
+    assert result.ok and {r.image for r in h.ops.of("web")} == {"r.io/web:v2"}
