@@ -90,7 +90,7 @@ class FakeOps:
 
     def replica(self, spec: ServiceSpec, revision: int, node: str, index: int, port: int = 20000) -> Replica:
         return Replica(node, f"{spec.name}-{index}-r{revision}-{next(self._ids)}", spec.name, index, revision,
-                       spec.spec_hash(), port, True, spec.resources, spec.image)
+                       spec.spec_hash(), port, True, spec.resources, spec.image_ref)
 
     def of(self, service: str) -> list[Replica]:
         return sorted((r for r in self.running.values() if r.service == service), key=lambda r: r.replica)

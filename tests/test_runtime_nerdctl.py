@@ -41,6 +41,7 @@ def test_run_argv_exact():
         "nerdctl", "-n", "fleet", "run", "-d", "--name", "web-1-abc123", "--restart", "always",
         "--network", "host", "-e", "PORT=8080", "--env-file", "/run/fleet/web.env",
         "--mount", "type=bind,source=/srv/data,target=/data,readonly", "--tmpfs", "/scratch:size=8m",
+        "--security-opt", "no-new-privileges", "--log-opt", "max-size=10485760", "--log-opt", "max-file=3",
         "--cpus", "0.5", "--memory", "67108864", "-l", "fleet.service=web",
         "fleet.local/demo:v2", "httpd", "-f", "-p", "8080",
     ]

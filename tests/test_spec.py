@@ -142,7 +142,7 @@ def test_bad_playbook_lists_every_problem_with_file_line_and_field(tmp_path: Pat
         f"{path}:5: services.web.resources.memory: expected a memory size such as 512MiB or 2GiB, got '12 parsecs'",
         f"{path}:8: services.web.health.interval: expected a duration such as 2s, 500ms or 1m, got 'soon'",
         f"{path}:9: services.web.lb.mode: expected 'http' or 'tcp', got 'udp'",
-        f"{path}:10: services.web.bogus: unknown field",
+        f"{path}:10: services.web.bogus: unknown field (did you mean 'logs'?)",
         f"{path}:13: services.web.env.BAD NAME: invalid variable name 'BAD NAME' (letters, digits, _)",
         f"{path}:14: services.web.env.FLAG: expected a string, got True (quote it)",
         f"{path}:16: services.web.volumes[0]: a bind volume needs source: /host/path",

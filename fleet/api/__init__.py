@@ -36,6 +36,7 @@ from fleet.core.nodeops import NodeMark, relabel
 from fleet.engine import handwork
 from fleet.engine.apply import Engine
 from fleet.engine.concurrency import Coalesced
+from fleet.engine.digests import needs_login, pinned
 from fleet.engine.drain import drain_node
 from fleet.engine.etcd import MemberRow, RecordsView, StepReport
 from fleet.engine.handwork import LogLines, one_off_spec
@@ -195,7 +196,8 @@ class Fleet(Hands, Jobs):
         """An engine over this run's reports; `held` are replicas of nodes in their grace period (see Engine)."""
         reports, secrets = await asyncio.gather(self.reports(ports=True), self.unsealed())  # a slow node delays both
         return self.hook(Engine(self.pool, reports, on_event=self.on_event, secrets=secrets, records=self.records(),
-                                guard=guard, held=held, edge=self.inventory.edge), secrets)
+                                guard=guard, held=held, edge=self.inventory.edge,
+                                image_retention=self.inventory.image_retention), secrets)
 
     async def unsealed(self, specs: Sequence[ServiceSpec] | None = None) -> Callable[[str], str | None] | None:
         """The getter given, else the fleet's sealed secrets read once (store.sealed); none if `specs` need none."""
@@ -211,6 +213,11 @@ class Fleet(Hands, Jobs):
         """The specs with the keyed digests of their secrets' values (see fleet.store.secrets.stamped)."""
         return stamped(specs, await self.unsealed(specs))
 
+    async def pinned(self, specs: Sequence[ServiceSpec]) -> list[ServiceSpec]:
+        """The specs with their tags' digests now (fleet.engine.digests): `apply` and `plan` only."""
+        secrets = await self.unsealed() if needs_login(specs, self.inventory) else None
+        return await pinned(specs, self.inventory, secrets)
+
     async def stamped_for(self, specs: Sequence[ServiceSpec], command: Command) -> Stamped:
         """`stamped(specs)`, and the services a reconcile leaves out with why (fleet.store.secrets.stamped_for)."""
         return stamped_for(specs, command, await self.unsealed(specs))
@@ -219,7 +226,7 @@ class Fleet(Hands, Jobs):
         """What `apply` would change; read-only (no lease)."""
         self.check_volumes(specs)
         specs = await self.stamped(specs)  # a keyring that cannot be read fails here, before any node is contacted
-        return await (await self.engine()).preview(specs)
+        return await (await self.engine()).preview(await self.pinned(specs))
 
     async def lb_show(self, nodes: Sequence[str] | None = None) -> list[LbConfig]:
         """The HAProxy config each lb node runs (or those named), its stats password hash masked; read-only. A name
@@ -272,6 +279,8 @@ class Fleet(Hands, Jobs):
         replicas of nodes that stopped answering, kept as running where they were (`fleet watch`'s grace)."""
         self.check_volumes(specs)
         specs, skipped = await self.stamped_for(specs, command)
+        if command == "apply":  # reconcile heals the accepted revision, digest included
+            specs = await self.pinned(specs)
         async with self.writing(held) as engine:
             return await engine.apply(specs, command, parallel, skipped)
 

@@ -79,7 +79,7 @@ def plan_json(p: Plan, errors: dict[str, str]) -> dict[str, Any]:
         "lacking": dict(p.lacking),
         "services": [{
             "service": s.name,
-            "image": s.spec.image,
+            "image": s.spec.image_ref,
             "replicas": s.spec.replicas,
             "keep": [r.id for r in s.keep],
             "start": [{"replica": a.replica, "node": a.node, "port": a.port, "reason": a.reason} for a in s.start],
@@ -104,7 +104,7 @@ def print_plan(p: Plan, errors: dict[str, str], changes: dict[str, list[str]] | 
         edits = [c for c in changes.get(s.name, []) if c]
         marker = "[yellow]~[/]" if s.changed or s.unplaced or edits else "[green]=[/]"
         lb = f", lb :{s.spec.lb.port}" if s.spec.lb else ""
-        out.print(f"{marker} [bold]{s.name}[/] ({esc(s.spec.image)}, {s.spec.replicas} replicas{lb})")
+        out.print(f"{marker} [bold]{s.name}[/] ({esc(s.spec.image_ref)}, {s.spec.replicas} replicas{lb})")
         for line in edits:
             out.print(f"    [yellow]~ {esc(line)}[/]")
         if s.name in notes:
@@ -115,7 +115,7 @@ def print_plan(p: Plan, errors: dict[str, str], changes: dict[str, list[str]] | 
         if s.replace:
             old = sorted({r.image for r in s.replace})
             out.print(f"    [yellow]~ replace[/] {len(s.replace)} replica(s) running {esc(', '.join(old))} → "
-                      f"{s.spec.image}: rolling, max surge {s.spec.update.max_surge}, "
+                      f"{esc(s.spec.image_ref)}: rolling, max surge {s.spec.update.max_surge}, "
                       f"max unavailable {s.spec.update.max_unavailable}")
         for r, why in s.stop:
             out.print(f"    [red]- stop[/] {r.id} on {r.node} ({esc(why)})")

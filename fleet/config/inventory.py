@@ -35,7 +35,7 @@ from fleet.config.vrrp import parse_vrrp, vrrp_problems
 from fleet.config.yamlmarks import Marked, load, read_text
 from fleet.core.edge import edge_from_json, edge_to_json
 from fleet.core.errors import ConfigError, InventoryError, Problem, VrrpValueError
-from fleet.core.model import Inventory, Node, Resources, Vrrp
+from fleet.core.model import Inventory, Node, RegistryLogin, Resources, Vrrp
 from fleet.core.names import NAME_RE, ROLES, check_address, check_labels, key_files, resolve_path
 
 # Groups of an Ansible inventory (a host is in its groups' parents too) that make a host a worker beside `lb`.
@@ -383,12 +383,14 @@ def _to_json(inv: Inventory) -> str:
     def res(r: Resources | None) -> list[float] | None:
         return None if r is None else [r.cpu, r.memory]
 
-    return json.dumps({"path": inv.path, "edge": edge_to_json(inv.edge), "nodes": [{
+    return json.dumps({"path": inv.path, "edge": edge_to_json(inv.edge), "image_retention": inv.image_retention,
+                       "nodes": [{
         "name": n.name, "address": n.address, "port": n.port, "user": n.user, "key_files": list(n.key_files),
         "known_hosts": n.known_hosts, "labels": dict(n.labels), "roles": list(n.roles), "capacity": res(n.capacity),
         "reserved": res(n.reserved), "namespace": n.namespace, "source_line": n.source_line,
         "insecure_registries": list(n.insecure_registries), "vrrp": asdict(n.vrrp) if n.vrrp else None,
         "become": n.become, "become_user": n.become_user,
+        "registry_logins": [[r.registry, r.username, r.secret] for r in n.registry_logins],
     } for n in inv.nodes]})
 
 
@@ -398,12 +400,14 @@ def _from_json(text: str) -> Inventory:
     def res(v: list[float] | None) -> Resources | None:
         return None if v is None else Resources(float(v[0]), int(v[1]))
 
-    return Inventory(doc["path"], edge=edge_from_json(doc["edge"]), nodes=tuple(Node(
+    return Inventory(doc["path"], edge=edge_from_json(doc["edge"]), image_retention=doc["image_retention"],
+                     nodes=tuple(Node(
         name=n["name"], address=n["address"], port=n["port"], user=n["user"], key_files=tuple(n["key_files"]),
         known_hosts=n["known_hosts"], labels=n["labels"], roles=tuple(n["roles"]), capacity=res(n["capacity"]),
         reserved=res(n["reserved"]) or Resources(), namespace=n["namespace"], source_line=n["source_line"],
         insecure_registries=tuple(n["insecure_registries"]), vrrp=Vrrp(**n["vrrp"]) if n["vrrp"] else None,
         become=bool(n["become"]), become_user=str(n["become_user"]),
+        registry_logins=tuple(RegistryLogin(*r) for r in n["registry_logins"]),
     ) for n in doc["nodes"]))
 
 

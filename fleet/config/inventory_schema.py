@@ -22,15 +22,24 @@ from pydantic import (
 from fleet.config.become import check_user
 from fleet.config.edge import EdgeModel, edge_settings
 from fleet.config.schema import pydantic_problems
+from fleet.config.spec.values import SECRET_NAME_RE
 from fleet.config.vrrp import parse_vrrp, vrrp_problems
 from fleet.config.yamlmarks import Marked
 from fleet.core.edge import EdgeSettings
 from fleet.core.errors import InventoryError, VrrpValueError
-from fleet.core.model import EVENTS_KEEP, Inventory, Node, Resources
+from fleet.core.model import EVENTS_KEEP, Inventory, Node, RegistryLogin, Resources
 from fleet.core.names import NAME_RE, ROLES, check_address, check_labels, key_files, resolve_path
 from fleet.core.units import parse_cpu, parse_memory
 
 REGISTRY_RE = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
+# No ':' (ctr splits `--user user:password` at the first one) and nothing a shell or a log line would mangle.
+REGISTRY_USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
+
+
+def _registry_user(v: str) -> str:
+    if not REGISTRY_USER_RE.match(v):
+        raise ValueError(f"expected a registry user name (letters, digits, . _ @ + -), got {v!r}")
+    return v
 
 
 def _port(port: int) -> int:
@@ -104,6 +113,34 @@ class _NodeSpec(_NodeCommon):
         return v
 
 
+def _secret_name(v: str) -> str:
+    if not SECRET_NAME_RE.match(v):
+        raise ValueError(f"invalid secret name {v!r} (letters, digits, . _ -)")
+    return v
+
+
+class _Password(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    secret: Annotated[str, AfterValidator(_secret_name)]
+
+
+class _Registry(BaseModel):
+    """A registry's credentials: the password only as the name of a fleet secret (`fleet secret set NAME`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    username: Annotated[str, AfterValidator(_registry_user)]
+    password: _Password
+    insecure: StrictBool = False
+
+    @field_validator("password", mode="before")
+    @classmethod
+    def _reference(cls, v: object) -> object:
+        if not isinstance(v, dict):  # the value is not repeated: it may be a password written here by mistake
+            raise ValueError("expected {secret: NAME}: the password lives in the fleet's secrets "
+                             "(`fleet secret set NAME`), never in the inventory")
+        return v
+
+
 class _FleetInventory(BaseModel):
     model_config = ConfigDict(extra="forbid")
     defaults: _NodeCommon = Field(default_factory=_NodeCommon)
@@ -112,6 +149,18 @@ class _FleetInventory(BaseModel):
     vrrp: dict[str, Any] | None = None
     # How many entries of the fleet's event log (etcd) each run keeps; older ones are trimmed at its end.
     events_keep: StrictInt = Field(default=EVENTS_KEEP, ge=0, le=10_000_000)
+    # Registries pulled from with credentials, by host[:port] as image references name them (every node uses them).
+    registries: dict[str, _Registry] | None = None
+    # Images a node keeps: those of each service's last N revisions (fleet.engine.retention); unset keeps all.
+    image_retention: StrictInt | None = Field(default=None, ge=1, le=1000)
+
+    @field_validator("registries")
+    @classmethod
+    def _hosts(cls, v: dict[str, _Registry] | None) -> dict[str, _Registry] | None:
+        for host in v or {}:
+            if not REGISTRY_RE.match(host):
+                raise ValueError(f"expected a registry host[:port] as the key, got {host!r}")
+        return v
 
 
 def _resources(q: _Quantity | None, default: Resources | None) -> Resources | None:
@@ -133,6 +182,8 @@ def from_fleet(doc: Marked) -> Inventory:
                 for name in inv.nodes if not NAME_RE.match(name)]
     if problems:
         raise InventoryError(problems)
+    logins = tuple(RegistryLogin(host, r.username, r.password.secret) for host, r in (inv.registries or {}).items())
+    plain = tuple(host for host, r in (inv.registries or {}).items() if r.insecure)
     nodes = []
     for name, spec in inv.nodes.items():
         nodes.append(Node(
@@ -147,8 +198,9 @@ def from_fleet(doc: Marked) -> Inventory:
             capacity=_resources(spec.capacity, None),
             reserved=_resources(spec.reserved, _resources(d.reserved, Resources())) or Resources(),
             namespace=spec.namespace or d.namespace or "fleet",
-            insecure_registries=tuple(spec.insecure_registries if spec.insecure_registries is not None
-                                      else d.insecure_registries or ()),
+            insecure_registries=tuple(dict.fromkeys((*(spec.insecure_registries if spec.insecure_registries
+                                                       is not None else d.insecure_registries or ()), *plain))),
+            registry_logins=logins,
             source_line=doc.line_of(("nodes", name)),
             become=spec.become if spec.become is not None else bool(d.become),
             become_user=spec.become_user or d.become_user or "root",
@@ -157,7 +209,7 @@ def from_fleet(doc: Marked) -> Inventory:
         nodes = with_vrrp(nodes, inv.vrrp, doc)
     base = os.path.dirname(os.path.abspath(doc.file))
     edge = edge_settings(inv.edge, base) if inv.edge is not None else EdgeSettings()
-    return Inventory(doc.file, tuple(nodes), edge, events_keep=inv.events_keep)
+    return Inventory(doc.file, tuple(nodes), edge, events_keep=inv.events_keep, image_retention=inv.image_retention)
 
 
 def with_vrrp(nodes: list[Node], raw: dict[str, Any], doc: Marked) -> list[Node]:

@@ -23,6 +23,7 @@ library's own errors (the transport maps asyncssh's at its edge).
     ├── ImageArchiveError        an image archive is unreadable, compressed, incomplete or corrupt
     ├── PushError                a push names nodes that are not in the inventory
     ├── ImageUnavailable         an image cannot be made present on one node (that node is left out)
+    ├── DigestError              an image's tag cannot be resolved to a digest (apply changes nothing)
     ├── SchedulingError          a placement is impossible (with the reason)
     │   └── DrainError           a node's replicas cannot be moved elsewhere (the node stays cordoned)
     ├── VolumeError              a volume cannot be found, removed, backed up or restored (in use, no such)
@@ -257,6 +258,10 @@ class ImageArchiveError(FleetError):
 
 class PushError(FleetError):
     """A push was asked of nodes that are not in the inventory."""
+
+
+class DigestError(FleetError):
+    """An image's tag could not be resolved to a digest: its registry did not answer, refused, or lacks the tag."""
 
 
 class ImageUnavailable(FleetError):

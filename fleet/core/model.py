@@ -58,6 +58,16 @@ def ip_literal(address: str) -> str | None:
 
 
 @dataclass(frozen=True)
+class RegistryLogin:
+    """Credentials for one registry (`host[:port]`, as image references name it): the user, and the name of the
+    fleet secret holding the password (the value is read only when a pull needs it)."""
+
+    registry: str
+    username: str
+    secret: str
+
+
+@dataclass(frozen=True)
 class Node:
     """How to reach one node, and what the inventory says about it."""
 
@@ -75,6 +85,8 @@ class Node:
     source_line: int | None = None
     # Registries (host[:port]) this node pulls from over plain HTTP, as containerd's `--plain-http`.
     insecure_registries: tuple[str, ...] = ()
+    # Registries this node pulls from with credentials (the inventory's `registries:`).
+    registry_logins: tuple[RegistryLogin, ...] = ()
     # Set on lb nodes when the inventory asks for a virtual IP (the same value on every lb node).
     vrrp: Vrrp | None = None
     # Log in as `user`, then run every command as `become_user` through `sudo -n` (fleet.transport.command).
@@ -86,6 +98,9 @@ class Node:
 
     def has_role(self, role: str) -> bool:
         return role in self.roles
+
+    def login_for(self, registry: str) -> RegistryLogin | None:
+        return next((r for r in self.registry_logins if r.registry == registry), None)
 
 
 EVENTS_KEEP = 10_000
@@ -99,6 +114,8 @@ class Inventory:
     nodes: tuple[Node, ...]
     edge: EdgeSettings = field(default_factory=EdgeSettings)
     events_keep: int = EVENTS_KEEP  # entries of the fleet's event log kept (`events_keep:`, fleet format only)
+    # Old images removed from nodes past each service's last N revisions (`image_retention:`; None keeps all).
+    image_retention: int | None = None
 
     def node(self, name: str) -> Node:
         for n in self.nodes:

@@ -31,6 +31,7 @@ from fleet.engine.nodefiles import NodeFiles
 from fleet.engine.nodes import NodeReport
 from fleet.engine.prepare import check_lb_ports
 from fleet.engine.replicas import NodeReplicas, ReplicaOps
+from fleet.engine.retention import prune
 from fleet.engine.rollout import ServiceRollout
 from fleet.engine.rooms import RoomBook
 from fleet.engine.state import Observed
@@ -59,8 +60,10 @@ class Engine:
                  secrets: Callable[[str], str | None] | None = None, records: Records | None = None,
                  user: str | None = None, guard: Guard | None = None,
                  parallel: int = DEFAULT_PARALLEL, held: Sequence[Replica] = (),
-                 edge: EdgeSettings | None = None, ops: ReplicaOps | None = None) -> None:
+                 edge: EdgeSettings | None = None, ops: ReplicaOps | None = None,
+                 image_retention: int | None = None) -> None:
         self.pool = pool
+        self.image_retention = image_retention  # old images removed past this many revisions (engine.retention)
         self.view = RunView(reports, tuple(held))
         user = user or f"{getpass.getuser()}@{socket.gethostname()}"
         self.ledger = Ledger(records, user) if records is not None else NullLedger(user)
@@ -152,6 +155,8 @@ class Engine:
         outcomes += await self.apply_targets([await self.ledger.target(command, s) for s in specs], command,
                                              parallel)
         outcomes += await self.sweep({s.name for s in specs})
+        if self.image_retention is not None and isinstance(self.ledger, Ledger):
+            await prune(self.pool, self.view.reports, self.ledger.records, self.image_retention, self.on_event)
         return self.result(outcomes)
 
     async def apply_targets(self, targets: Sequence[Target], command: Command = "apply",
@@ -229,9 +234,9 @@ class Engine:
         wanted: dict[str, set[str]] = {}
         for sp in the_plan.services:
             for a in sp.start:
-                wanted.setdefault(a.node, set()).add(sp.spec.image)
+                wanted.setdefault(a.node, set()).add(sp.spec.image_ref)
             for r in sp.replace:
-                wanted.setdefault(r.node, set()).add(sp.spec.image)
+                wanted.setdefault(r.node, set()).add(sp.spec.image_ref)
         nodes = sorted(wanted)
         results = await asyncio.gather(*(self.ops.ensure_images(n, wanted[n]) for n in nodes),
                                        return_exceptions=True)

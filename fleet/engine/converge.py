@@ -170,7 +170,7 @@ class Converge:
         s, view = self.s, self.s.view
         for node in sorted({a.node for a in assignments}):
             try:
-                await s.ops.ensure_images(node, {spec.image})
+                await s.ops.ensure_images(node, {spec.image_ref})
             except ImageUnavailable as exc:
                 view.errors[node] = str(exc)
                 raise RolloutFailed(f"{spec.name}: {exc}") from exc

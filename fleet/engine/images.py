@@ -11,8 +11,18 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
-from fleet.core.errors import FleetError, ImageUnavailable, PushError
-from fleet.engine.calls import IMPORT_TIMEOUT, LIST_TIMEOUT, PULL_TIMEOUT, driver_for, on_ready_nodes, perform, why
+from fleet.core.errors import FleetError, ImageUnavailable, PushError, RuntimeCommandError
+from fleet.core.model import RegistryLogin
+from fleet.engine.calls import (
+    IMPORT_TIMEOUT,
+    LIST_TIMEOUT,
+    PULL_TIMEOUT,
+    driver_for,
+    on_ready_nodes,
+    perform,
+    transport_error,
+    why,
+)
 from fleet.engine.nodes import NodeReport
 from fleet.image.oci import ArchiveInfo, read_archive
 from fleet.results.images import PushResult as PushResult
@@ -130,10 +140,14 @@ def registry_of(image: str) -> str:
     return first if sep and ("." in first or ":" in first or first == "localhost") else "docker.io"
 
 
-async def ensure_image(pool: Pool, report: NodeReport, ref: str, *,
-                       timeout: float = PULL_TIMEOUT) -> Literal["present", "pulled"]:
+Secrets = Callable[[str], str | None]
+
+
+async def ensure_image(pool: Pool, report: NodeReport, ref: str, *, timeout: float = PULL_TIMEOUT,
+                       secrets: Secrets | None = None) -> Literal["present", "pulled"]:
     """Make sure the node has `ref`: nothing to do when listed, else pull it from its registry (over plain
-    HTTP only if the node's inventory lists that registry as insecure). Images built here (`fleet.local/…`)
+    HTTP only if the node's inventory lists that registry as insecure; with the inventory's credentials for it,
+    the password read from the fleet's secrets by `secrets`, if it has some). Images built here (`fleet.local/…`)
     have no registry: they must have been pushed.
 
     The image list has LIST_TIMEOUT seconds, the pull `timeout`. Any failure raises ImageUnavailable for this
@@ -150,12 +164,40 @@ async def ensure_image(pool: Pool, report: NodeReport, ref: str, *,
         return "present"
     if ref.startswith(LOCAL_PREFIX):
         raise ImageUnavailable(name, ref, "it is not on the node; ship it with `fleet image push`")
-    plain = registry_of(ref) in report.node.insecure_registries
+    registry = registry_of(ref)
+    plain = registry in report.node.insecure_registries
+    login = report.node.login_for(registry)
     try:
-        await perform(pool, report.node, driver.image_pull(ref, plain), timeout=timeout)
+        if login is None:
+            await perform(pool, report.node, driver.image_pull(ref, plain), timeout=timeout)
+        else:
+            await pull_with_login(pool, report, ref, login, plain, secrets, timeout)
     except FleetError as exc:
         raise ImageUnavailable(name, ref, why(name, exc)) from exc
     return "pulled"
+
+
+async def pull_with_login(pool: Pool, report: NodeReport, ref: str, login: RegistryLogin, plain: bool,
+                          secrets: Secrets | None, timeout: float) -> None:
+    """Pull `ref` as `login.username`, the password (the secret `login.secret`) sent on the command's stdin,
+    never in argv, a file on disk or a message. A refused password is an error naming the registry and user."""
+    password = secrets(login.secret) if secrets is not None else None
+    if password is None:
+        raise FleetError(f"registry {login.registry}: secret {login.secret!r} (the password of {login.username}) is "
+                         f"not in the fleet's secrets (set it with `fleet secret set {login.secret}`)")
+    if "\n" in password or "\r" in password:
+        raise FleetError(f"registry {login.registry}: secret {login.secret!r} holds a line break; a password cannot")
+    call = driver_for(report.node, report.facts).image_pull_login(ref, login.username, plain)
+    result = await pool.run(report.node, call.command, stdin=password + "\n", timeout=timeout)
+    if result.error is not None:
+        raise transport_error(report.node, call.what, result, timeout)
+    try:
+        call.parse(result)
+    except RuntimeCommandError as exc:
+        if "401" in exc.stderr or "403" in exc.stderr:
+            raise FleetError(f"registry {login.registry} refused user {login.username} (password from secret "
+                             f"{login.secret!r}): {exc.stderr.strip()}") from exc
+        raise
 
 
 async def list_images(pool: Pool, reports: list[NodeReport]) -> tuple[dict[str, dict[str, str]], dict[str, str]]:

@@ -245,7 +245,7 @@ class Ledger:
         else:
             if image is None or len(image) > 255 or not IMAGE_RE.match(image):
                 raise FleetError(f"--image: expected an image reference such as registry.local/web:v2, got {image!r}")
-            spec = replace(spec, image=image)
+            spec = replace(spec, image=image, image_digest=None)  # the old tag's digest is not the new image's
         shown = await self.records.get(service, state.accepted)
         assert shown is not None  # `accepted` was read from it
         return Turn(kind, _rolling(spec), None, shown, state, hosts=False)

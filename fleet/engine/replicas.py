@@ -123,7 +123,8 @@ class NodeReplicas:
         # One check (or pull) of an image on a node at a time: two services starting there wait for one pull.
         async with self._image_locks.setdefault(node, asyncio.Lock()):
             for image in sorted(images - known):
-                if await ensure_image(self.pool, self.view.by_name[node], image, timeout=600) == "pulled":
+                if await ensure_image(self.pool, self.view.by_name[node], image, timeout=600,
+                                      secrets=self.files.secrets) == "pulled":
                     self.emit("pull", "", f"pulled {image}", node)
                 known.add(image)
 

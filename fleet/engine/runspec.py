@@ -10,6 +10,7 @@ from fleet.config.spec import SecretRef, ServiceSpec
 from fleet.core import labels as L
 from fleet.core.shell import Script
 from fleet.node import cni
+from fleet.node.logrotate import ROTATE_SH, rotate_env
 from fleet.node.paths import DEFAULT, FILE_FUNCTIONS, SWEEP_SECRETS_SH
 from fleet.node.runtime.base import Mount, RunSpec
 from fleet.node.storage import CONTAINER_MOUNT_OPTIONS
@@ -45,7 +46,7 @@ fi
 # (fleet.node.paths.update_in_place); and the node's own network namespace pinned to a file that containers
 # join: host networking, with fleet's hosts file rather than the node's. The secrets sweep rides along: one
 # round trip per worker.
-PREPARE_NODE = FILE_FUNCTIONS + cni.CNI_FUNCTIONS + r"""
+PREPARE_NODE = FILE_FUNCTIONS + cni.CNI_FUNCTIONS + ROTATE_SH + r"""
 set -e
 mkdir -p "${HOSTS%/*}" "${NETNS%/*}"
 fleet_update "$HOSTS" "$SIZE" || exit 1
@@ -73,7 +74,7 @@ def prepare_node_script(hosts: str, containers: Iterable[tuple[str, str, str]] |
     `containers`: every container on the node as (id, service, spec hash), as observed under the lease; the
     secret files and config sets of any other are removed. None (the node was not read) removes none."""
     env = {"HOSTS": HOSTS_FILE, "RESOLV": RESOLV_FILE, "NETNS": HOST_NETNS, "SIZE": str(len(hosts.encode())),
-           "D": PATHS.secrets_dir, "AGE": str(SECRET_SWEEP_AGE), **cni.cni_env()}
+           "D": PATHS.secrets_dir, "AGE": str(SECRET_SWEEP_AGE), **cni.cni_env(), **rotate_env(PATHS.logs_dir)}
     if containers is not None:
         env.update(_sweep_env(containers, PATHS.secret_mounts_dir, PATHS.configs_dir))
     return Script(PREPARE_NODE, env, name="fleet-prepare-node")
@@ -155,7 +156,11 @@ def run_spec(spec: ServiceSpec, revision: int, a: Assignment, env_file: str | No
     mounts += [Mount("bind", f.target, secret_mount(cid, i), readonly=True) for i, f in enumerate(spec.secret_files)]
     mounts += [Mount("bind", v.target, sshfs_mountpoint(cid, v.source or ""), v.readonly, CONTAINER_MOUNT_OPTIONS)
                for v in spec.volumes if v.type == "sshfs"]
-    return RunSpec(id=cid, image=spec.image, command=spec.command, env=env,
+    cap_add, cap_drop = spec.security.cap_changes()
+    return RunSpec(id=cid, image=spec.image_ref, command=spec.command, env=env,
                    env_file=env_file, mounts=tuple(mounts), cpu=spec.resources.cpu, memory=spec.resources.memory,
                    labels=labels, netns=cni.netns_path(cid) if bridged else HOST_NETNS,
-                   net_host=not bridged, ports=((a.port, spec.port),) if bridged else (), restart="always")
+                   net_host=not bridged, ports=((a.port, spec.port),) if bridged else (), restart="always",
+                   user=spec.security.user, read_only=spec.security.read_only, cap_add=cap_add, cap_drop=cap_drop,
+                   no_new_privileges=spec.security.no_new_privileges, log_max_size=spec.logs.max_size,
+                   log_max_files=spec.logs.max_files)

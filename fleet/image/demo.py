@@ -190,8 +190,9 @@ def image_name(version: str) -> str:
     return f"{REPOSITORY}:{version}"
 
 
-def build_demo_bytes(version: str, busybox: bytes, size_mb: int = 0) -> tuple[bytes, str]:
-    """The OCI layout tar as bytes and its manifest digest (pure: no file access)."""
+def build_demo_bytes(version: str, busybox: bytes, size_mb: int = 0, user: str | None = None) -> tuple[bytes, str]:
+    """The OCI layout tar as bytes and its manifest digest (pure: no file access); `user` is the image config's
+    User (who its processes run as: ctr 1.6 cannot set it per container)."""
     if not _VERSION_RE.match(version):
         raise ValueError(f"version must be a valid image tag, got {version!r}")
     if size_mb < 0:
@@ -213,6 +214,7 @@ def build_demo_bytes(version: str, busybox: bytes, size_mb: int = 0) -> tuple[by
                 "org.opencontainers.image.title": "fleet demo",
             },
             "StopSignal": "SIGTERM",
+            **({"User": user} if user is not None else {}),
         },
         "rootfs": {"type": "layers", "diff_ids": [_sha(layer) for layer in layers]},
         "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "fleet.image.demo"}],
@@ -258,9 +260,9 @@ def build_demo_bytes(version: str, busybox: bytes, size_mb: int = 0) -> tuple[by
 
 
 def build_demo(version: str, output: str | os.PathLike[str], size_mb: int = 0,
-               busybox: str = BUSYBOX) -> ImageArchive:
+               busybox: str = BUSYBOX, *, user: str | None = None) -> ImageArchive:
     """Write the demo image `fleet.local/demo:<version>` to `output` (atomically) and describe it."""
-    data, digest = build_demo_bytes(version, Path(busybox).read_bytes(), size_mb)
+    data, digest = build_demo_bytes(version, Path(busybox).read_bytes(), size_mb, user)
     out = Path(output)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_bytes(data)

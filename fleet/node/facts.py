@@ -188,9 +188,11 @@ class NodeFacts:
 
     @property
     def cpu_in_use(self) -> float | None:
-        """CPU in use on the node, measured: the 1-minute load average, at most the node's CPUs. None for a node
-        that is a cgroup: the load average it reads is the whole host's, not its own."""
-        return None if self.scope == "cgroup" else min(self.load[0], float(self.ncpu))
+        """CPU in use on the node, measured: the load it has sustained, the lowest of its 1-, 5- and 15-minute load
+        averages, at most the node's CPUs. A burst (a backup, a build) raises the 1-minute average alone and is not
+        counted, so it cannot make every rollout refuse its node; a load held for a quarter of an hour is. None for a
+        node that is a cgroup: the load average it reads is the whole host's, not its own."""
+        return None if self.scope == "cgroup" else min(*self.load, float(self.ncpu))
 
     @cached_property
     def requested(self) -> Resources:

@@ -121,7 +121,8 @@ def demand_for(spec: ServiceSpec, replicas: int | None = None, *, volumes: Volum
         required_labels=spec.placement.require,
         spread_by=spec.placement.spread_by,
         strategy=spec.placement.strategy,
-        needs=service_needs(spec),
+        needs=service_needs(spec) | ({"user"} if spec.security.user is not None else frozenset()),
+        disk=spec.disk,
     )
 
 

@@ -15,10 +15,19 @@ from fleet.core.model import Node, Resources, ip_literal
 from fleet.core.nodeops import NodeMark
 from fleet.node.facts import NodeFacts
 from fleet.node.preflight import lack_text
+from fleet.node.runtime.ctr import LACKS as CTR_LACKS
 from fleet.plan.scheduler import NodeState
 
 READY, UNREACHABLE, NO_RUNTIME, NOT_ANSWERING, ERROR = (
     "ready", "unreachable", "no runtime", "runtime not answering", "error")
+
+
+def _lacks(node: str, facts: NodeFacts | None) -> dict[str, str]:
+    """What a service may need that this node lacks, with the words the plan shows: tools it misses (from its
+    facts) and what its container runtime cannot do (ctr's, unless the node runs nerdctl)."""
+    tools = {n: lack_text(node, n) for n in sorted(facts.lacks)} if facts is not None else {}
+    runtime = {} if facts is not None and facts.runtime == "nerdctl" else CTR_LACKS
+    return {**tools, **{n: f"{n}: {why}" for n, why in runtime.items()}}
 
 
 @dataclass(frozen=True)
@@ -86,4 +95,6 @@ class NodeReport:
                          self.labels, self.ok, facts.listening if facts is not None else frozenset(),
                          others=facts.others if facts is not None else Resources(), cordoned=self.cordoned,
                          draining=self.draining,
-                         lacks={n: lack_text(self.node.name, n) for n in sorted(facts.lacks)} if facts else {})
+                         lacks=_lacks(self.node.name, facts),
+                         disk_free=facts.disk_free if facts is not None and facts.disk_total else None,
+                         disk_total=facts.disk_total if facts is not None and facts.disk_total else None)

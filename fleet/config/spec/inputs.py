@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from fleet.config.edge import HostName, PathPrefix, TlsModel, hosts_problem, tls_spec
+from fleet.config.spec.imaging import ImageInput
 from fleet.config.spec.rules import (
     Argv,
     Cpu,
@@ -33,6 +34,7 @@ from fleet.config.spec.rules import (
     PositiveDuration,
     check_mount_path,
 )
+from fleet.config.spec.security import SecurityInput
 from fleet.config.spec.values import (
     DEFAULT_CONFIG_MODE,
     DEFAULT_LB_RETRIES,
@@ -436,7 +438,7 @@ def main_port(ports: dict[str, int]) -> int:
     return ports["http"] if "http" in ports else next(iter(ports.values()))
 
 
-class ServiceInput(_Strict):
+class ServiceInput(_Strict, SecurityInput, ImageInput):
     image: str
     command: Argv | None = None
     replicas: Annotated[StrictInt, Field(ge=0, le=10000)] = ServiceSpec.replicas
@@ -543,6 +545,10 @@ class ServiceInput(_Strict):
             secret_digests=self.secret_digests or {},
             restarts=self.restarts or 0,
             before_deploy=self.before_deploy,
+            security=self.security(),
+            image_digest=self.image_digest,
+            logs=self.logs_value(),
+            disk=self.disk or 0,
             source_file=doc.file,
             source_line=doc.line_of(where),
         )
@@ -583,6 +589,8 @@ class ServiceInput(_Strict):
             out["restarts"] = spec.restarts
         if spec.before_deploy is not None:
             out["before_deploy"] = spec.before_deploy
+        out.update(spec.security.written())
+        out.update(ImageInput.image_written(spec.image_digest, spec.logs, spec.disk))
         return out
 
 

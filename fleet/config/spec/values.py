@@ -13,6 +13,8 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from fleet.config.edge import TlsSpec
+from fleet.config.spec.imaging import LogsSpec
+from fleet.config.spec.security import SecuritySpec
 from fleet.core.dirs import NODE_BASE, NODE_RUN
 from fleet.core.model import Resources
 from fleet.core.units import parse_duration as parse_duration  # the one parser; re-exported for the spec
@@ -260,12 +262,26 @@ class ServiceSpec:
     # A job (the playbook's `jobs:`) run once with a new revision's image before any of its replicas starts
     # (fleet.engine.jobs); not part of the hash: naming a hook changes no container.
     before_deploy: str | None = None
+    # The digest `image`'s tag pointed to when `apply` resolved it (fleet.engine.digests), stamped by the controller:
+    # what the containers run (`image_ref`), part of the hash, so a re-pushed tag rolls.
+    image_digest: str | None = None
+    # How its log files are rotated on the node (fleet.node.logrotate).
+    logs: LogsSpec = field(default_factory=LogsSpec)
+    # Free disk (bytes) a node must have to take a replica: a feasibility check of the scheduler, not the hash.
+    disk: int = 0
+    # user, read_only, capabilities, no_new_privileges (fleet.config.spec.security).
+    security: SecuritySpec = field(default_factory=SecuritySpec)
     source_file: str = field(default="", compare=False)
     source_line: int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
         object.__setattr__(self, "secret_digests", MappingProxyType(dict(self.secret_digests)))
+
+    @property
+    def image_ref(self) -> str:
+        """The reference containers are started from: `image`, pinned to `image_digest` when it was resolved."""
+        return f"{self.image}@{self.image_digest}" if self.image_digest and "@" not in self.image else self.image
 
     def secret_names(self) -> tuple[str, ...]:
         return tuple(sorted({v.name for v in self.env.values() if isinstance(v, SecretRef)}
@@ -295,6 +311,9 @@ class ServiceSpec:
                                  for f in self.secret_files]} if self.secret_files else {}),
             **({"secret_digests": dict(sorted(self.secret_digests.items()))} if self.secret_digests else {}),
             **({"restarts": self.restarts} if self.restarts else {}),
+            **({"security": sec} if (sec := self.security.hash_input()) else {}),
+            **({"image_digest": self.image_digest} if self.image_digest else {}),
+            **({"logs": logs} if (logs := self.logs.hash_input()) else {}),
         }
 
     def command_line_bytes(self) -> int:

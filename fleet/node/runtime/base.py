@@ -89,6 +89,16 @@ class RunSpec:
     ports: tuple[tuple[int, int], ...] = ()
     restart: Literal["no", "always"] = "no"
     log_path: str | None = None
+    # The log file is rotated past this size, keeping this many files (fleet.node.logrotate).
+    log_max_size: int = 10 * 1024 * 1024
+    log_max_files: int = 3
+    # Security settings (fleet.config.spec.security): `cap_add`/`cap_drop` are the difference from the runtime's
+    # default set, `CAP_`-prefixed; `user` None runs as the image says.
+    user: str | None = None
+    read_only: bool = False
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    no_new_privileges: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
@@ -97,6 +107,8 @@ class RunSpec:
             object.__setattr__(self, "command", tuple(self.command))
         object.__setattr__(self, "mounts", tuple(self.mounts))
         object.__setattr__(self, "ports", tuple((int(h), int(c)) for h, c in self.ports))
+        object.__setattr__(self, "cap_add", tuple(self.cap_add))
+        object.__setattr__(self, "cap_drop", tuple(self.cap_drop))
 
 
 @dataclass(frozen=True)
@@ -186,6 +198,7 @@ class RuntimeDriver(Protocol):
     def image_import(self, archive_path: str) -> Call[list[ImportedImage]]: ...
     def image_list(self) -> Call[dict[str, str]]: ...
     def image_pull(self, ref: str, plain_http: bool = False) -> Call[None]: ...
+    def image_pull_login(self, ref: str, username: str, plain_http: bool = False) -> Call[None]: ...
     def image_remove(self, ref: str) -> Call[None]: ...
 
 

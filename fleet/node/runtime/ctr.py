@@ -12,6 +12,7 @@ import re
 import shlex
 from collections.abc import Sequence
 from functools import partial
+from types import MappingProxyType
 
 from fleet.core import labels as L
 from fleet.core.errors import RuntimeCommandError
@@ -36,6 +37,12 @@ from fleet.node.runtime.base import (
 )
 
 NO_MEMORY_LIMIT = 9223372036854771712
+# What a service may ask that `ctr run` (containerd 1.6) cannot do, and why: the scheduler refuses ctr nodes for
+# such a service with this reason (never a setting silently ignored). `--config` would take a whole OCI spec, and
+# with it ctr takes no image (FACTS §2.1).
+LACKS = MappingProxyType({
+    "user": "ctr 1.6 `run` has no --user: set USER in the image, or run nerdctl on the node",
+})
 DEFAULT_LOG_DIR = NODE_PATHS.logs_dir
 _EXISTS_RC = 17
 
@@ -91,6 +98,7 @@ class CtrDriver(CliDriver):
             argv += ["--env-file", spec.env_file]
         for m in spec.mounts:
             argv += ["--mount", _mount_arg(m)]
+        argv += self.security_args(spec)
         if spec.cpu is not None and spec.cpu > 0:
             argv += ["--cpus", _cpus(spec.cpu)]
         if spec.memory is not None and spec.memory > 0:
@@ -104,6 +112,17 @@ class CtrDriver(CliDriver):
             argv += list(spec.command)
         return argv
 
+    def security_args(self, spec: RunSpec) -> list[str]:
+        """Read-only root, capabilities, no-new-privileges (ctr's default: on); `user` is refused (`LACKS`)."""
+        if spec.user is not None:
+            raise ValueError(f"{spec.id}: user {spec.user!r}: {LACKS['user']}")
+        argv = ["--read-only"] if spec.read_only else []
+        for cap in spec.cap_add:
+            argv += ["--cap-add", cap]
+        for cap in spec.cap_drop:
+            argv += ["--cap-drop", cap]
+        return argv if spec.no_new_privileges else [*argv, "--allow-new-privs"]
+
     def run(self, spec: RunSpec) -> Call[None]:
         """Start a container detached; refuse an existing ID, and remove the leftovers of a failed start."""
         log = self.log_path(spec.id, spec.log_path)
@@ -113,6 +132,8 @@ class CtrDriver(CliDriver):
             + f'  echo "ctr: container \\"$ID\\": already exists" >&2; exit {_EXISTS_RC}\n'
             + "fi\n"
             + 'mkdir -p "$(dirname "$LOG")" || exit 1\n'
+            # How the node rotates this log (fleet.node.logrotate), beside it.
+            + 'printf \'%s %s\\n\' "$LOG_SIZE" "$LOG_FILES" >"$LOG.rotate" || exit 1\n'
             + shlex.join(self.run_argv(spec)) + "\n"
             + "rc=$?\n"
             + 'if [ "$rc" -ne 0 ]; then c containers rm "$ID" >/dev/null 2>&1; exit "$rc"; fi\n'
@@ -123,7 +144,8 @@ class CtrDriver(CliDriver):
             # has stopped"), seen with a 1 s monitor interval.
             label = [*self.base(), "containers", "label", spec.id, *self.restart_labels(log)]
             text += shlex.join(label) + " >/dev/null\n"
-        return Call(Script(text, {"ID": spec.id, "LOG": log}), parse_run, what=f"run {spec.id}")
+        env = {"ID": spec.id, "LOG": log, "LOG_SIZE": str(spec.log_max_size), "LOG_FILES": str(spec.log_max_files)}
+        return Call(Script(text, env), parse_run, what=f"run {spec.id}")
 
     def restart_labels(self, log: str) -> list[str]:
         """Labels that put a container under the containerd restart monitor, restarts logging to `log`."""
@@ -211,6 +233,14 @@ class CtrDriver(CliDriver):
     def image_pull(self, ref: str, plain_http: bool = False) -> Call[None]:
         return Call(self.image_pull_argv(ref, plain_http), parse_ok("ctr"), what=f"pull {ref}")
 
+    def image_pull_login(self, ref: str, username: str, plain_http: bool = False) -> Call[None]:
+        """Pull with credentials, the password read from this command's stdin (one line). ctr 1.6 takes it only in
+        argv (`--user user:password`, which `ps` shows) or from a terminal it prompts on; so the pull runs under
+        script(1), whose terminal's input is the stdin, with echo off from the start (`-E never`: with echo on, the
+        password would come back in the output). Only the last lines of ctr's progress are kept."""
+        pull = [*self.base(), "images", "pull", *(["--plain-http"] if plain_http else []), "--user", username, ref]
+        return Call(Script(_LOGIN_PULL_SCRIPT, {"PULL": shlex.join(pull)}), parse_login_pull, what=f"pull {ref}")
+
     def image_remove_argv(self, ref: str) -> list[str]:
         return [*self.base(), "images", "rm", ref]
 
@@ -259,13 +289,21 @@ c containers rm "$ID" 2>&1
 echo "@@rc $?"
 """
 
+_LOGIN_PULL_SCRIPT = r"""
+if ! command -v script >/dev/null 2>&1; then
+  echo "ctr: script(1) (util-linux) is not installed: ctr reads a registry password from a terminal it gives" >&2
+  exit 127
+fi
+{ script -q -e -E never -c "$PULL" /dev/null; echo "@@rc $?"; } | tail -n 20
+"""
+
 _REMOVE_SCRIPT = r"""
 if c containers info "$ID" >/dev/null 2>&1; then
   c containers label "$ID" containerd.io/restart.status= >/dev/null 2>&1
   c tasks rm -f "$ID" >/dev/null 2>&1
   c containers rm "$ID" || exit 1
 fi
-rm -f "$LOG"
+rm -f "$LOG" "$LOG.rotate" "$LOG".[0-9] "$LOG".[0-9][0-9]
 """
 
 # Lines starting with '@@' are section markers; `ctr containers info` pretty-prints JSON, whose lines start
@@ -336,6 +374,20 @@ def parse_stop(result: CommandResult, container_id: str = "") -> StopResult:
         status = int(rc) if rc.isdigit() else None
         raise RuntimeCommandError(result.node, "stop: containers rm", status, detail)
     return StopResult(cid, found=True, exit_code=exit_code, killed="killed" in heads)
+
+
+_RC_RE = re.compile(r"^@@rc (\d+)$", re.MULTILINE)
+
+
+def parse_login_pull(result: CommandResult) -> None:
+    """The pull's exit status from its `@@rc` line (the script's own is `tail`'s); its `ctr:` lines on failure."""
+    check(result, "pull")
+    text = result.stdout.replace("\r", "")
+    m = _RC_RE.search(text)
+    if m is None or m.group(1) != "0":
+        errors = [line for line in text.splitlines() if line.startswith("ctr: ")]
+        raise RuntimeCommandError(result.node, "pull", int(m.group(1)) if m else None,
+                                  errors[-1] if errors else text.strip()[-300:] or "no output")
 
 
 def parse_remove(result: CommandResult) -> None:

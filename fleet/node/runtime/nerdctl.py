@@ -21,6 +21,7 @@ from fleet.core import labels as L
 from fleet.core.errors import RuntimeCommandError
 from fleet.core.model import CommandResult
 from fleet.core.shell import Script
+from fleet.node.paths import DEFAULT as NODE_PATHS
 from fleet.node.runtime.base import (
     Call,
     CliDriver,
@@ -38,6 +39,13 @@ from fleet.node.runtime.base import (
 )
 
 _EXISTS_RC = 17
+_LOGIN_PULL_SCRIPT = r"""
+mkdir -p "$TMPFS" && D=$(mktemp -d "$TMPFS/registry.XXXXXX") || exit 1
+trap 'rm -rf "$D"' EXIT
+export DOCKER_CONFIG="$D"
+n login --username "$LOGIN_USER" --password-stdin "$REGISTRY" >/dev/null || exit 1
+eval "$PULL"
+"""
 _STATES = {"running": Status.RUNNING, "paused": Status.RUNNING, "restarting": Status.STOPPED,
            "exited": Status.STOPPED, "dead": Status.STOPPED, "created": Status.CREATED}
 
@@ -56,6 +64,19 @@ def _mount_args(m: Mount) -> list[str]:
     if m.readonly:
         spec += ",readonly"
     return ["--mount", spec]
+
+
+def _security_args(spec: RunSpec) -> list[str]:
+    """Docker's flags (nerdctl run --help, v1.7/v2.0); nerdctl allows new privileges unless told, so fleet's
+    default (none) is said each time."""
+    argv = ["--user", spec.user] if spec.user is not None else []
+    if spec.read_only:
+        argv.append("--read-only")
+    for cap in spec.cap_add:
+        argv += ["--cap-add", cap]
+    for cap in spec.cap_drop:
+        argv += ["--cap-drop", cap]
+    return [*argv, "--security-opt", "no-new-privileges"] if spec.no_new_privileges else argv
 
 
 class NerdctlDriver(CliDriver):
@@ -89,6 +110,9 @@ class NerdctlDriver(CliDriver):
             argv += ["--env-file", spec.env_file]
         for m in spec.mounts:
             argv += _mount_args(m)
+        argv += _security_args(spec)
+        # nerdctl's json-file driver rotates itself (Docker's options).
+        argv += ["--log-opt", f"max-size={spec.log_max_size}", "--log-opt", f"max-file={spec.log_max_files}"]
         if spec.cpu is not None and spec.cpu > 0:
             argv += ["--cpus", format(spec.cpu, "g")]
         if spec.memory is not None and spec.memory > 0:
@@ -197,6 +221,14 @@ class NerdctlDriver(CliDriver):
 
     def image_pull(self, ref: str, plain_http: bool = False) -> Call[None]:
         return Call(self.image_pull_argv(ref, plain_http), parse_ok("nerdctl"), what=f"pull {ref}")
+
+    def image_pull_login(self, ref: str, username: str, plain_http: bool = False) -> Call[None]:
+        """Pull with credentials, the password read from stdin: `nerdctl login --password-stdin` into a Docker
+        config directory of this pull alone on the node's tmpfs (`DOCKER_CONFIG`), removed when it ends. Written
+        from nerdctl's documented flags; not run (see the module docstring)."""
+        env = {"REGISTRY": ref.partition("/")[0], "LOGIN_USER": username, "TMPFS": NODE_PATHS.secrets_dir,
+               "PULL": shlex.join(self.image_pull_argv(ref, plain_http))}
+        return Call(Script(self._fn() + _LOGIN_PULL_SCRIPT, env), parse_ok("nerdctl"), what=f"pull {ref}")
 
     def image_remove_argv(self, ref: str) -> list[str]:
         return [*self.base(), "rmi", ref]

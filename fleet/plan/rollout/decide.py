@@ -34,6 +34,7 @@ def intent_hash(spec: ServiceSpec) -> str:
     tell whether the playbook changed since it was last tried. A restart generation is not the playbook's."""
     data = to_playbook_dict(spec)
     data.pop("restarts", None)
+    data.pop("image_digest", None)  # stamped by `apply`, never written in a playbook
     return _digest(data)
 
 

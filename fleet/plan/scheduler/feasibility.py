@@ -98,7 +98,7 @@ class Refusal(NamedTuple):
 NodeCheck = Callable[[NodeTable, int], Refusal | None]
 # A check of what service `d` asks of node i; `only`: the nodes it may use for its data (None: any).
 Check = Callable[[NodeTable, int, ServiceDemand, frozenset[str] | None], Refusal | None]
-FilterKey = tuple[tuple[tuple[str, str], ...], frozenset[str] | None, str, frozenset[str]]
+FilterKey = tuple[tuple[tuple[str, str], ...], frozenset[str] | None, str, frozenset[str], int]
 
 UNHEALTHY = Refusal("unhealthy", "unhealthy", "is unhealthy")
 DRAINING = Refusal("draining", "draining: takes no new replicas", "is draining")
@@ -107,7 +107,27 @@ CORDONED = Refusal("cordoned", "cordoned: takes no new replicas")
 
 def filter_key(d: ServiceDemand, only: frozenset[str] | None) -> FilterKey:
     """What the fixed checks' verdicts for `d` depend on (the data's name only where it can rule a node out)."""
-    return tuple(sorted(d.required_labels.items())), only, d.data_what if only is not None else "", d.needs
+    return tuple(sorted(d.required_labels.items())), only, d.data_what if only is not None else "", d.needs, d.disk
+
+
+# A node with less free disk than this share of its size (where containers live) takes no new replica: a full disk
+# stops every container writing there, and containerd pulling or unpacking. Replicas already there stay.
+DISK_FULL_SHARE = 0.05
+
+
+def _disk_not_full(state: NodeTable, i: int) -> Refusal | None:
+    s = state.states[i]
+    if s.disk_free is None or not s.disk_total or s.disk_free >= s.disk_total * DISK_FULL_SHARE:
+        return None
+    return Refusal("disk", f"disk nearly full: {show_memory(s.disk_free)} free of {show_memory(s.disk_total)} "
+                           f"(under {DISK_FULL_SHARE:.0%})")
+
+
+def _has_disk(state: NodeTable, i: int, d: ServiceDemand, only: frozenset[str] | None) -> Refusal | None:
+    free = state.states[i].disk_free
+    if not d.disk or free is None or free >= d.disk:
+        return None
+    return Refusal("disk", f"disk: needs {show_memory(d.disk)}, {show_memory(free)} free")
 
 
 def _healthy(state: NodeTable, i: int) -> Refusal | None:
@@ -141,7 +161,8 @@ def _has_what_it_needs(state: NodeTable, i: int, d: ServiceDemand, only: frozens
     if not lacks or not d.needs:
         return None
     missing = [lacks[n] for n in sorted(d.needs) if n in lacks]
-    # Replicas already running there stay: they run; only new ones could not start.
+    # Replicas already running there stay: they run; only new ones could not start. What a runtime cannot do
+    # (`user` on ctr) is among the node's lacks too, with its words (results.nodes).
     return Refusal("lacks", "; ".join(missing)) if missing else None
 
 
@@ -163,7 +184,7 @@ def _has_port(state: NodeTable, i: int, d: ServiceDemand, only: frozenset[str] |
 # required label; place.py takes these verdicts once per filter key, recording each refusal as it filters. None
 # of these change during a pass. Room and host ports change with every placement: they come last and are asked
 # again as replicas are placed, and of the nodes that passed when a shortfall is explained. What a service needs
-# that the node lacks (a tool, the CNI plugins: a set lookup) is the last of the fixed checks.
-NODE_STATE: tuple[NodeCheck, ...] = (_healthy, _not_draining, _not_cordoned)
-ASKED: tuple[Check, ...] = (_holds_data, _has_labels, _has_what_it_needs)
+# that the node lacks (a tool, the CNI plugins, a runtime feature: a set lookup) comes after its labels.
+NODE_STATE: tuple[NodeCheck, ...] = (_healthy, _not_draining, _not_cordoned, _disk_not_full)
+ASKED: tuple[Check, ...] = (_holds_data, _has_labels, _has_what_it_needs, _has_disk)
 CHANGING: tuple[Check, ...] = (_has_room, _has_port)

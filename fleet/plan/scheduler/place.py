@@ -520,6 +520,8 @@ def _explain(state: _Pass, d: ServiceDemand) -> tuple[str, dict[int, str]]:
         parts.append(count_nodes(unhealthy, "is unhealthy", "are unhealthy"))
     if portless := len(refused_by["port"]):
         parts.append(count_nodes(portless, f"has {no_port(d.port_range)}", f"have {no_port(d.port_range)}"))
+    if full := refused_by.get("disk"):
+        parts.append(f"not enough free disk on {', '.join(full)}")
     for what in ("draining", "cordoned"):
         if closed := refused_by[what]:
             parts.append(f"{', '.join(closed)} {'is' if len(closed) == 1 else 'are'} {what}")

@@ -29,8 +29,9 @@ class NodeState:
     `cordoned`: replicas already there stay, no new one is placed there (`fleet node cordon`, or a node
     `fleet watch` holds through its grace period).
     `draining`: no new replica is placed there and those running there must move (`fleet node drain`).
-    `lacks`: what a service may need that the node does not have (`cni`, `runc`, `sshfs`), each with the words
-    that say so; no replica of a service that needs one is started there (those running stay).
+    `lacks`: what a service may need that the node does not have (`cni`, `runc`, `sshfs`) or its container runtime
+    cannot do (`user` on ctr), each with the words that say so; no replica of a service that needs one is started
+    there (those running stay).
     """
 
     name: str
@@ -43,6 +44,9 @@ class NodeState:
     cordoned: bool = False
     draining: bool = False
     lacks: Mapping[str, str] = field(default_factory=dict)
+    # Disk where containers live (bytes), as measured; None: not measured, never refused for disk.
+    disk_free: int | None = None
+    disk_total: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", _frozen(self.labels))
@@ -92,7 +96,8 @@ class ServiceDemand:
     lost_data: frozenset[str] = frozenset()
     data_what: str = "its volume data"
     held: bool = False
-    needs: frozenset[str] = frozenset()
+    needs: frozenset[str] = frozenset()  # tools and runtime features its containers use: see NodeState.lacks
+    disk: int = 0  # free disk (bytes) a node must have to take one of its replicas
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "required_labels", _frozen(self.required_labels))

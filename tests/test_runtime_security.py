@@ -1,0 +1,165 @@
+"""Container security settings (`user`, `read_only`, `cap_add`/`cap_drop`, `no_new_privileges`): the playbook's
+fields, the hash, the exact runtime flags, the scheduler refusing a ctr node a `user` it cannot set, and (lab) what
+a container started by the ctr driver on a private containerd can and cannot do."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import textwrap
+from collections.abc import Iterator
+
+import pytest
+from local_containerd import Containerd, available, local_containerd
+
+from fleet.config.spec import ServiceSpec, from_playbook_dict, parse_playbook, to_playbook_dict
+from fleet.config.spec.security import DEFAULT_CAPABILITIES, SecuritySpec
+from fleet.core.errors import SpecError
+from fleet.core.model import CommandResult, Resources
+from fleet.engine.runspec import run_spec
+from fleet.image.demo import build_demo
+from fleet.node.runtime.base import Mount, RunSpec
+from fleet.node.runtime.ctr import LACKS, CtrDriver
+from fleet.node.runtime.nerdctl import NerdctlDriver
+from fleet.plan.reconcile import demand_for
+from fleet.plan.scheduler import Assignment, NodeState, place
+
+
+def service(extra: str, name: str = "web") -> tuple[str, str]:
+    text = f"services:\n  {name}:\n    image: registry.local/web:v1\n" + textwrap.indent(textwrap.dedent(extra), "    ")
+    return text, "pb.yaml"
+
+
+def one(extra: str = "") -> ServiceSpec:
+    return parse_playbook(*service(extra)).services[0]
+
+
+def test_settings_resolve_and_capabilities_are_the_exact_difference_from_the_default():
+    spec = one("""
+        user: "1000:1000"
+        read_only: true
+        cap_drop: [ALL]
+        cap_add: [cap_net_bind_service]
+        no_new_privileges: false
+    """)
+    sec = spec.security
+    assert sec == SecuritySpec("1000:1000", True, ("NET_BIND_SERVICE",), ("ALL",), False)
+    assert sec.capabilities() == {"NET_BIND_SERVICE"}
+    added, dropped = sec.cap_changes()
+    assert added == ()
+    assert set(dropped) == {f"CAP_{c}" for c in DEFAULT_CAPABILITIES - {"NET_BIND_SERVICE"}}
+    assert SecuritySpec(cap_add=("NET_ADMIN",), cap_drop=("NET_RAW",)).cap_changes() == (
+        ("CAP_NET_ADMIN",), ("CAP_NET_RAW",))
+
+
+def test_defaults_keep_the_hash_and_each_setting_changes_it():
+    base = one()
+    assert base.security == SecuritySpec()
+    assert "security" not in base.hash_input()
+    assert one("no_new_privileges: true\ncap_drop: []\n").spec_hash() == base.spec_hash()
+    hashes = {one(x).spec_hash() for x in ('user: "1000"', "read_only: true", "cap_drop: [NET_RAW]",
+                                           "cap_add: [NET_ADMIN]", "no_new_privileges: false")}
+    assert len(hashes) == 5 and base.spec_hash() not in hashes
+    # The same capabilities written two ways are the same container.
+    every = "[" + ", ".join(sorted(DEFAULT_CAPABILITIES)) + "]"
+    assert one("cap_drop: [ALL]").spec_hash() == one(f"cap_drop: {every}").spec_hash()
+
+
+@pytest.mark.parametrize(("extra", "fragment"), [
+    ('user: "root; rm -rf /"', "services.web.user: expected uid[:gid] or a user name"),
+    ("cap_add: [ALL]", "services.web.cap_add: unknown capability 'ALL'"),
+    ("cap_drop: [CAP_BOGUS]", "services.web.cap_drop: unknown capability 'CAP_BOGUS'"),
+    ('read_only: "yes"', "services.web.read_only"),
+])
+def test_bad_settings_are_refused_naming_file_line_and_field(extra: str, fragment: str):
+    with pytest.raises(SpecError) as exc:
+        parse_playbook(*service(extra))
+    assert f"pb.yaml:4: {fragment}" in str(exc.value)
+
+
+def test_history_round_trip_keeps_the_settings():
+    spec = one('user: app\nread_only: true\ncap_drop: [NET_RAW]\ncap_add: [NET_ADMIN]\nno_new_privileges: false\n')
+    back = from_playbook_dict("web", to_playbook_dict(spec))
+    assert back.security == spec.security and back.spec_hash() == spec.spec_hash()
+
+
+def test_run_spec_carries_the_settings():
+    spec = one('read_only: true\ncap_drop: [NET_RAW]\nno_new_privileges: false\n')
+    run = run_spec(spec, 3, Assignment("web", 0, "n1", 20000, Resources(0.1, 1 << 20), "new"), None, now=0)
+    assert (run.read_only, run.cap_add, run.cap_drop, run.no_new_privileges, run.user) == (
+        True, (), ("CAP_NET_RAW",), False, None)
+
+
+def test_ctr_flags_exact_and_user_refused_naming_the_field():
+    d = CtrDriver()
+    run = RunSpec(id="a-1-x", image="img", read_only=True, cap_add=("CAP_NET_ADMIN",), cap_drop=("CAP_NET_RAW",),
+                  no_new_privileges=False)
+    argv = d.run_argv(run)
+    assert argv[argv.index("--read-only"):argv.index("img")] == [
+        "--read-only", "--cap-add", "CAP_NET_ADMIN", "--cap-drop", "CAP_NET_RAW", "--allow-new-privs"]
+    assert not {"--read-only", "--allow-new-privs", "--cap-add"} & set(d.run_argv(RunSpec(id="a-1-x", image="i")))
+    with pytest.raises(ValueError, match=r"a-1-x: user '1000': ctr 1.6 `run` has no --user"):
+        d.run_argv(RunSpec(id="a-1-x", image="img", user="1000"))
+
+
+def test_nerdctl_flags_exact():
+    d = NerdctlDriver()
+    argv = d.run_argv(RunSpec(id="a-1-x", image="img", user="1000:1000", read_only=True, cap_drop=("CAP_NET_RAW",)))
+    assert argv[argv.index("--user"):argv.index("--log-opt")] == [
+        "--user", "1000:1000", "--read-only", "--cap-drop", "CAP_NET_RAW", "--security-opt", "no-new-privileges"]
+    plain = d.run_argv(RunSpec(id="a-1-x", image="img", no_new_privileges=False))
+    assert "--security-opt" not in plain and "--user" not in plain
+
+
+def test_scheduler_refuses_a_ctr_node_a_user_and_says_why():
+    spec = one('user: "1000"\nreplicas: 2\nresources: {cpu: 0.1, memory: 16MiB}\n')
+    # A ctr node's report lists what its runtime cannot do among its lacks, with the words (results.nodes).
+    ctr_node = NodeState("n1", Resources(2, 1 << 30), lacks={n: f"{n}: {why}" for n, why in LACKS.items()})
+    nerdctl_node = NodeState("n2", Resources(2, 1 << 30))
+    placed = place([ctr_node, nerdctl_node], [], [demand_for(spec)])
+    assert {a.node for a in placed.assignments} == {"n2"}
+    refused = place([ctr_node], [], [demand_for(spec)])
+    assert refused.rejected["n1"] == f"web: user: {LACKS['user']}"
+    assert "n1 lacks what it needs" in refused.unplaced[0].reason
+    # Without `user`, ctr nodes take it.
+    assert len(place([ctr_node], [], [demand_for(one())]).assignments) == 1
+
+
+# --- lab: a private containerd (tests/local_containerd.py), the command lines run with `sh -c`
+
+
+@pytest.fixture(scope="module")
+def ctrd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Containerd, CtrDriver, str]]:
+    if reason := available():
+        pytest.skip(reason)
+    with local_containerd() as c:
+        d = CtrDriver(namespace=c.namespace, address=c.address, log_dir=str(c.dir / "logs"))
+        archive = build_demo("uid1000", c.dir / "demo.tar", user="1000")
+        call = d.image_import(archive.path)
+        proc = c.sh(call.line(), stdin_path=call.stdin_path)
+        call.parse(CommandResult("local", proc.returncode, proc.stdout, proc.stderr, 0.0))
+        yield c, d, archive.name
+
+
+@pytest.mark.lab
+def test_read_only_replica_running_as_uid_1000_cannot_write_its_root(ctrd: tuple[Containerd, CtrDriver, str]):
+    c, d, image = ctrd
+    sec = SecuritySpec(read_only=True, cap_drop=("ALL",))
+    added, dropped = sec.cap_changes()
+    run = RunSpec(id="sec-1-aaaaaa", image=image, command=("sleep", "60"), read_only=True, cap_add=added,
+                  cap_drop=dropped, mounts=(Mount("tmpfs", "/tmp", options=("size=1m",)),))
+    proc = c.sh(d.run(run).line())
+    assert proc.returncode == 0, proc.stderr
+    count = itertools.count()
+    try:
+        def inside(script: str) -> subprocess.CompletedProcess[str]:
+            return c.ctr("tasks", "exec", "--exec-id", f"e{next(count)}", run.id, "sh", "-c", script, check=False)
+
+        assert inside("id -u").stdout.strip() == "1000"
+        wrote = inside("touch /x")
+        assert wrote.returncode != 0 and "Read-only file system" in wrote.stdout + wrote.stderr
+        assert inside("touch /tmp/y && echo ok").stdout.strip() == "ok"
+        status = inside("grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status").stdout.split()
+        assert status == ["CapEff:", "0000000000000000", "CapBnd:", "0000000000000000", "NoNewPrivs:", "1"]
+    finally:
+        c.sh(d.remove(run.id).line())
