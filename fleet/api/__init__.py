@@ -37,6 +37,7 @@ from fleet.engine.apply import Engine
 from fleet.engine.concurrency import Coalesced
 from fleet.engine.drain import drain_node
 from fleet.engine.etcd import MemberRow, RecordsView, StepReport
+from fleet.engine.guarded import confirm
 from fleet.engine.handwork import LogLines, one_off_spec
 from fleet.engine.lbview import read_configs
 from fleet.engine.look import Observed, lb_rows, observe
@@ -78,6 +79,7 @@ from fleet.store.access import (
     change_mark,
     check_lb_nodes,
     checked_label_change,
+    client_port,
     etcd_store,
     fleet_records,
     known_node,
@@ -214,7 +216,8 @@ class Fleet(Hands):
         """What `apply` would change; read-only (no lease)."""
         self.check_volumes(specs)
         specs = await self.stamped(specs)  # a keyring that cannot be read fails here, before any node is contacted
-        return await (await self.engine()).preview(specs)
+        view, members = await asyncio.gather((await self.engine()).preview(specs), self.membership().pending())
+        return dataclasses.replace(view, members=members)
 
     async def lb_show(self, nodes: Sequence[str] | None = None) -> list[LbConfig]:
         """The HAProxy config each lb node runs (or those named), its stats password hash masked; read-only. A name
@@ -268,6 +271,8 @@ class Fleet(Hands):
         self.check_volumes(specs)
         specs, skipped = await self.stamped_for(specs, command)
         async with self.writing(held) as engine:
+            if command == "apply":  # the etcd members become the record nodes the inventory names, step by step
+                await self.membership(notes(self.on_event)).apply(lambda: confirm(engine.stage.guard))
             return await engine.apply(specs, command, parallel, skipped)
 
     async def scale(self, spec: ServiceSpec, replicas: int) -> RunResult:
@@ -402,7 +407,8 @@ async def open_store(pool: Pool, inventory: Inventory, note: Callable[..., None]
     unsafe about the record nodes the inventory names goes to `note`."""
     nodes = record_nodes(inventory)
     note(*record_warnings(inventory))
-    return await open_shared(pool, inventory, lambda: start_members(pool, nodes), lambda: restart_dead(pool, nodes))
+    return await open_shared(pool, inventory, lambda: start_members(pool, nodes),
+                             lambda: restart_dead(pool, nodes, client_port()))
 
 
 # --- the shared state as it changes (`fleet events`, `fleet watch`, the UI's actions) -----------------------------
