@@ -389,7 +389,7 @@ class Fleet(Hands):
 def keeper(fleet: Fleet, identity_file: str | None = None) -> SecretKeeper:
     """The fleet's sealed secrets and controllers, changed by this controller (`fleet secret`, `fleet controller`)."""
     return SecretKeeper(etcd_store(fleet.pool, fleet.inventory), command=fleet.command, identity_file=identity_file,
-                        wait=fleet.wait)
+                        wait=fleet.wait, place=",".join(sorted(n.name for n in record_nodes(fleet.inventory))))
 
 
 def notes(on_event: Callable[[Event], None] | None) -> Callable[..., None]:
