@@ -1,9 +1,11 @@
 """etcd membership changed on lab nodes over real SSH, with mutual TLS between peers: three members hold records,
 a fourth record node is added and an original removed, one at a time as the planner says; the history and the
 revision counter come through intact (read by a second controller before and after), and a new revision number
-continues from the old. A member killed by its PID while writes go on with the majority rejoins when started
-again. `fleet records status` shows the result and `fleet records remove` takes out a member the inventory does not
-name. Every etcd is stopped (by the PID its start recorded) and its files removed."""
+continues from the old. A record node powered off (its link down, its sshd and etcd SIGKILLed by PID) while writes
+go on with the majority rejoins once it is back and its etcd started again. `fleet records status` shows the
+result, `fleet records remove` takes out a member the inventory does not name, and `fleet plan` then `fleet apply`
+(the façade's) add a record node the inventory names. Every etcd is stopped (by the PID its start recorded) and its
+files removed."""
 
 from __future__ import annotations
 
@@ -166,11 +168,11 @@ async def test_add_one_remove_one_history_intact_and_a_killed_member_rejoins(
     left = await membership.members()
     assert sorted(m.name for m in left) == sorted(n.name for n in wanted if n is not out)
 
-    # `fleet apply` with an inventory that names a third record node again (the first worker, removed above: its
+    # `fleet apply` with an inventory that names a third record node again (the lab's lb node, removed above: its
     # data was moved aside): `fleet plan` shows the step, the apply adds it as a learner, promotes it and reports
     # each step. No lb node in this inventory, so the apply (no service) touches no HAProxy.
     doc = yaml.safe_load(Path(lab.inventory_path).read_text())
-    back = [*(n.name for n in wanted[:2]), first[0].name]
+    back = [*(n.name for n in wanted[:2]), spare.name]
     for name, entry in doc["nodes"].items():
         entry["roles"] = ["worker", "record"] if name in back else ["worker"]
     # The fleet keeps its peer CA's key on a record node (fleet.engine.shared.peer_ca); this test's CA was kept here.
@@ -182,9 +184,9 @@ async def test_add_one_remove_one_history_intact_and_a_killed_member_rejoins(
     async with Fleet.connect(load_inventory(str(inventory)), connect_attempts=1,
                              on_event=lambda e: events.append(e.message)) as f:
         planned = await f.plan([])
-        assert planned.members.lines() == [f"records: add member {first[0].name}"] and planned.changed
+        assert planned.members.lines() == [f"records: add member {spare.name}"] and planned.changed
         result = await f.apply([])
     assert result.ok, result
-    assert f"records: add member {first[0].name}" in events, events
-    assert any(line.startswith(f"  promoted {first[0].name}") for line in events), events
+    assert f"records: add member {spare.name}" in events, events
+    assert any(line.startswith(f"  promoted {spare.name}") for line in events), events
     assert sorted(m.name for m in await membership.members()) == sorted(back)

@@ -272,7 +272,7 @@ class Fleet(Hands):
         specs, skipped = await self.stamped_for(specs, command)
         async with self.writing(held) as engine:
             if command == "apply":  # the etcd members become the record nodes the inventory names, step by step
-                await self.membership(notes(self.on_event)).apply(lambda: confirm(engine.stage.guard))
+                await self.membership(notes(self.on_event), self._store).apply(lambda: confirm(engine.stage.guard))
             return await engine.apply(specs, command, parallel, skipped)
 
     async def scale(self, spec: ServiceSpec, replicas: int) -> RunResult:

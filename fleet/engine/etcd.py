@@ -197,7 +197,8 @@ class MembershipReader:
 
     def __init__(self, pool: Pool, nodes: Sequence[Node], record: Sequence[Node], *, cluster_token: str,
                  files: E.EtcdFiles = DEFAULT_FILES, port: int = E.CLIENT_PORT,
-                 command_timeout_s: int = E.COMMAND_TIMEOUT_S, on_step: Callable[[str], None] | None = None) -> None:
+                 command_timeout_s: int = E.COMMAND_TIMEOUT_S, on_step: Callable[[str], None] | None = None,
+                 store: EtcdStore | None = None) -> None:
         self.pool = pool
         self.command_timeout_s = command_timeout_s
         self.nodes = {n.name: n for n in nodes}
@@ -206,15 +207,22 @@ class MembershipReader:
         self.files = files
         self.port = port
         self.on_step = on_step or (lambda _line: None)
+        self._client = store  # the client kept for calls that leave no node out (given: one that answers already)
 
     def _store(self, without: str | None = None) -> EtcdStore:
         """A client on the record nodes, then every other inventory node (a member not yet unnamed answers too),
-        leaving out `without` (the member being removed)."""
+        leaving out `without` (the member being removed). Without `without`, one client is kept: it stays on the
+        node that answered (a record node whose member is not running costs etcdctl's command timeout)."""
+        if without is None and self._client is not None:
+            return self._client
         order = [*self.record, *(n for n in self.nodes.values() if n not in self.record)]
         # The member list read first through this store settles on a node whose member answers, so the change
         # that follows goes there (a write sent to a member that does not answer is not retried elsewhere).
-        return EtcdStore(self.pool, [n for n in order if n.name != without], port=self.port,
-                         command_timeout_s=self.command_timeout_s)
+        store = EtcdStore(self.pool, [n for n in order if n.name != without], port=self.port,
+                          command_timeout_s=self.command_timeout_s)
+        if without is None:
+            self._client = store
+        return store
 
     def node_of(self, member: E.EtcdMember) -> Node | None:
         """The inventory node a member runs on: by its name, or by its peer address (a member not started yet has
@@ -247,11 +255,12 @@ class MembershipReader:
             return "unreachable", None, str(exc)
         return word, (found[0] if found else None), None
 
-    async def view(self) -> RecordsView:
-        """Every member with its node, state, role and revision, and the plan to the inventory's record nodes."""
+    async def view(self, listed: Sequence[E.EtcdMember] | None = None) -> RecordsView:
+        """Every member (`listed`: as just read) with its node, state, role and revision, and the plan to the
+        inventory's record nodes."""
         wanted = tuple(n.name for n in self.record)
         try:
-            listed = await self.members()
+            listed = listed if listed is not None else await self.members()
         except RecordsError as exc:
             return RecordsView((), wanted, MembershipPlan(refused=f"the etcd cluster could not be read: {exc}"),
                                str(exc))
@@ -298,7 +307,7 @@ class MembershipReader:
                 refused=f"the etcd cluster could not be read: {exc}")
         if self.settled(listed):
             return plan_members([Member(n, True) for n in wanted], wanted)
-        return (await self.view()).plan
+        return (await self.view(listed)).plan
 
     def _config(self, node: Node, members: Sequence[E.Member]) -> E.MemberConfig:
         me = E.Member(node.name, node.address)
