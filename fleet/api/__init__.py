@@ -432,6 +432,7 @@ async def converge_accepted(fleet: Fleet, service: str, replicas: int | None = N
     were read (the UI's restart stops its replica there). FleetError, nothing changed, when the service has no
     accepted revision now or was destroyed."""
     async with fleet.writing() as engine:
+        await engine.ledger.reread(service)
         state = await engine.ledger.state(service)
         spec = await engine.ledger.accepted_spec(service)
         if state is None or spec is None or state.decision == "destroyed":

@@ -80,6 +80,12 @@ class Ledger:
         self.unrecorded: set[str] = set()  # services the records do not know (they never ran anywhere)
 
     # --- reading ------------------------------------------------------------------------------------------
+    async def reread(self, service: str) -> None:
+        """Read the service's records again, fenced under the lease (the newest, and the lease still this run's):
+        every decision that acts on a service (converge, scale, rollback, promote, abort, destroy) calls this
+        first, so it acts on the records as they are then, not on the copy the run read at its start."""
+        await self.records.reread(service)
+
     async def state(self, service: str) -> ServiceState | None:
         raw = await self.records.state(service)
         if raw is None:
@@ -287,6 +293,9 @@ class NullLedger(Ledger):
     def __init__(self, user: str) -> None:
         self.user = user
         self.unrecorded = set()
+
+    async def reread(self, service: str) -> None:
+        return None
 
     async def state(self, service: str) -> ServiceState | None:
         return None
