@@ -20,6 +20,9 @@ READY, UNREACHABLE, NO_RUNTIME, NOT_ANSWERING, ERROR = (
     "ready", "unreachable", "no runtime", "runtime not answering", "error")
 
 
+# `mark_error` of a fleet whose etcd was never started: no node mark exists yet (not "unreadable").
+NO_SHARED_STATE = "no shared state yet (the first writing run starts etcd)"
+
 @dataclass(frozen=True)
 class NodeReport:
     """What one node answered (or why it did not)."""
@@ -36,6 +39,11 @@ class NodeReport:
     # the fleet's record of its nodes could not be read (the mark is then the inventory's: nothing recorded).
     mark: NodeMark = field(default_factory=NodeMark)
     mark_error: str | None = None
+
+    @property
+    def marks_unknown(self) -> bool:
+        """The fleet's record of its nodes could not be read (a brand-new fleet has none to read: known empty)."""
+        return self.mark_error is not None and self.mark_error != NO_SHARED_STATE
 
     @property
     def cordoned(self) -> bool:
