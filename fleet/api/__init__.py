@@ -89,6 +89,7 @@ from fleet.store.access import (
     marks_of,
     open_shared,
     run_lease,
+    stand_in,
     watcher_lease,
 )
 from fleet.store.changes import Me, RecordsFollower, follow_records
@@ -216,8 +217,8 @@ class Fleet(Hands):
         """What `apply` would change; read-only (no lease)."""
         self.check_volumes(specs)
         specs = await self.stamped(specs)  # a keyring that cannot be read fails here, before any node is contacted
-        view, members = await asyncio.gather((await self.engine()).preview(specs), self.membership().pending())
-        return dataclasses.replace(view, members=members)
+        view = await (await self.engine()).preview(specs)
+        return view if stand_in() else dataclasses.replace(view, members=await self.membership().pending())
 
     async def lb_show(self, nodes: Sequence[str] | None = None) -> list[LbConfig]:
         """The HAProxy config each lb node runs (or those named), its stats password hash masked; read-only. A name
@@ -271,7 +272,7 @@ class Fleet(Hands):
         self.check_volumes(specs)
         specs, skipped = await self.stamped_for(specs, command)
         async with self.writing(held) as engine:
-            if command == "apply":  # the etcd members become the record nodes the inventory names, step by step
+            if command == "apply" and not stand_in():  # the etcd members become the record nodes, step by step
                 await self.membership(notes(self.on_event), self._store).apply(lambda: confirm(engine.stage.guard))
             return await engine.apply(specs, command, parallel, skipped)
 

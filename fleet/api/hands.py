@@ -22,6 +22,7 @@ from fleet.node.preflight import NodeCheck
 from fleet.node.provision import Plan
 from fleet.node.runtime.base import RunSpec, StopResult
 from fleet.results import NodeReport, PsRow, PushResult, VolumeListing, VolumeRow
+from fleet.store.access import client_port
 from fleet.store.etcd import EtcdStore
 from fleet.store.nodes import record_nodes
 from fleet.transport import Pool
@@ -146,4 +147,4 @@ class Hands(abc.ABC):
         change runs under `leased()`); its `plan()` gives the next apply's lines ("records: add member n4").
         `store`: a client of the fleet's etcd that answers already (the run's)."""
         return EtcdMembership(self.pool, self.inventory.nodes, record_nodes(self.inventory), cluster_token="fleet",
-                              on_step=on_step, store=store)
+                              port=client_port(), on_step=on_step, store=store)

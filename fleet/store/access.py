@@ -58,6 +58,12 @@ def client_port() -> int:
     return E.CLIENT_PORT
 
 
+def stand_in() -> bool:
+    """Whether the record nodes reach a stand-in etcd (`$FLEET_ETCD_PORT`: bench/'s simulated record nodes), whose
+    members are not theirs: its membership is left alone."""
+    return client_port() != E.CLIENT_PORT
+
+
 def lease_nodes(inventory: Inventory) -> list[Node]:
     """The record nodes that keep the fleet's shared state; InventoryError when the inventory has no node at all."""
     nodes = record_nodes(inventory)
