@@ -78,6 +78,12 @@ async def test_a_forged_removal_leaves_the_controller_a_reader_and_is_shown(stor
         await delete(store, kv.key)
     with pytest.raises(SecretUnreadable, match="has no sealed generation"):
         await alice.keeper.set("db", Secret("v3"))
+    # Nor does a controller that knew the list start a new one when everything is gone.
+    for prefix in (CONTROLLERS, "/fleet/secrets/"):
+        for kv in await store.range(prefix):
+            await delete(store, kv.key)
+    with pytest.raises(SecretUnreadable, match="refusing to start a new list over it"):
+        await alice.keeper.set("db", Secret("v3"))
 
 
 async def test_a_replay_of_an_old_list_is_refused(store: EtcdStore, tmp_path: Path) -> None:

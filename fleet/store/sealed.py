@@ -417,6 +417,11 @@ class SecretKeeper:
             if bad:
                 raise SecretUnreadable("the fleet's controllers cannot all be read: " + "; ".join(
                     f"{key}: {why}" for key, why in sorted(bad.items())) + "; refusing to seal without them")
+            if state.empty() and (seen := self.seen.get(self.place, identity.public)) is not None:
+                raise SecretUnreadable(f"the fleet's controllers and secrets are gone from its shared state, where "
+                                       f"this controller verified generation {seen.generation} of its controller "
+                                       f"list before: refusing to start a new list over it (if the fleet was reset "
+                                       f"on purpose, remove {seen.where})")
             if state.empty():
                 me = Controller(self.name, identity.public, self.name, time.time())
                 digest = seal(DIGEST_NAME, legacy_digest_key() or new_digest_key(), [me], me.name)
