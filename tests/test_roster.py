@@ -6,6 +6,7 @@ back, and `view()` (what `fleet controller ls` shows) names what is forged."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from test_sealed import use_keyring as use_keyring
 from fleet.core.errors import SecretUnreadable
 from fleet.node import etcd as E
 from fleet.store.etcd import EtcdStore
-from fleet.store.roster import KEY_NAME, ROSTER, make, new_key, roster_key
+from fleet.store.roster import KEY_NAME, ROSTER, Generation, Seen, make, new_key, roster_key, verify
 from fleet.store.sealed import CONTROLLERS, open_secrets, seal
 from fleet.store.sealed import Controller as Entry
 from fleet.store.secrets import Secret, init_identity
@@ -108,3 +109,29 @@ async def test_a_replay_of_an_old_list_is_refused(store: EtcdStore, tmp_path: Pa
     with pytest.raises(SecretUnreadable, match="refusing it"):
         await alice.keeper.set("db", Secret("v2"))
     assert (await alice.secrets())("db") == "v1"
+
+
+def test_verify_walks_the_chain_from_what_this_controller_saw(tmp_path: Path) -> None:
+    keys = {g: new_key() for g in (1, 2, 3)}
+    sets = {1: {"alice": "age1a"}, 2: {"alice": "age1a", "bob": "age1b"}, 3: {"alice": "age1a"}}
+    chain = {g: make("f1", g, sets[g], {"g": g}, "alice", keys[g - 1] if g > 1 else keys[1]) for g in (1, 2, 3)}
+
+    def open_key(g: Generation) -> bytes:
+        return keys[g.generation]
+
+    assert verify(chain, "age1a", open_key, None).generation == 3
+    seen = Seen(tmp_path / "seen.json")
+    seen.put("n1", "age1a", verify(chain, "age1a", open_key, None))
+    assert oct(os.stat(tmp_path / "seen.json").st_mode & 0o777) == "0o600"
+    mark = seen.get("n1", "age1a")
+    assert mark is not None and (mark.fleet, mark.generation) == ("f1", 3)
+    assert verify(chain, "age1a", open_key, mark).key == keys[3]
+    with pytest.raises(SecretUnreadable, match="a replay of an old list"):
+        verify({g: chain[g] for g in (1, 2)}, "age1a", open_key, mark)
+    with pytest.raises(SecretUnreadable, match="is of fleet f2, not fleet f1"):
+        verify({1: make("f2", 1, sets[1], {}, "mallory", keys[1])}, "age1a", open_key, mark)
+    forged = dict(chain) | {3: make("f1", 3, sets[2], {"g": 3}, "bob", new_key())}
+    with pytest.raises(SecretUnreadable, match=r"generation 3 .* not MACed with generation 2's key"):
+        verify(forged, "age1a", open_key, None)
+    with pytest.raises(SecretUnreadable, match=r"lacks generation\(s\) \[2\]"):
+        verify({1: chain[1], 3: chain[3]}, "age1a", open_key, None)
