@@ -244,7 +244,7 @@ class MemoryRecords:
     async def list(self, service: str) -> builtins.list[Revision]:
         return list(self.revisions.get(service, []))
 
-    async def reread(self, service: str) -> None:
+    async def reread(self, *services: str) -> None:
         """Nothing to read again: these records are the fleet's own (see `RunCopy` for one run's copy)."""
         return None
 
@@ -261,7 +261,7 @@ class RunCopy(MemoryRecords):
         super().__init__()
         self.fleet = fleet
         self.read = False
-        self.rereads: builtins.list[str] = []
+        self.rereads: builtins.list[tuple[str, ...]] = []  # each read, the services it read again
 
     def _first(self) -> None:
         if not self.read:
@@ -269,13 +269,15 @@ class RunCopy(MemoryRecords):
             self.states = json.loads(json.dumps(self.fleet.states))
             self.read = True
 
-    async def reread(self, service: str) -> None:
+    async def reread(self, *services: str) -> None:
+        await asyncio.sleep(0)  # a read is a round trip to etcd: others run meanwhile
         self._first()
-        self.rereads.append(service)
-        self.revisions[service] = list(self.fleet.revisions.get(service, []))
-        self.states.pop(service, None)
-        if service in self.fleet.states:
-            self.states[service] = json.loads(json.dumps(self.fleet.states[service]))
+        self.rereads.append(services)
+        for service in services:
+            self.revisions[service] = list(self.fleet.revisions.get(service, []))
+            self.states.pop(service, None)
+            if service in self.fleet.states:
+                self.states[service] = json.loads(json.dumps(self.fleet.states[service]))
 
     async def record_many(self, items: Sequence[tuple[str, str, str, str, str]]) -> builtins.list[int]:
         self._first()

@@ -44,7 +44,7 @@ async def test_a_service_waiting_its_turn_acts_on_its_record_as_it_is_then(chang
     h.ops.running.pop(lost.id)  # a's node lost a replica: this reconcile starts one, then b's turn comes
     run = RunCopy(fleet)
     if not reread:
-        run.reread = lambda service: _nothing()  # type: ignore[method-assign]  # the run's copy, as first read
+        run.reread = lambda *services: _nothing()  # type: ignore[method-assign]  # the run's copy, as first read
 
     def on_start(r: Replica) -> None:
         if r.service == "a":
@@ -60,7 +60,7 @@ async def test_a_service_waiting_its_turn_acts_on_its_record_as_it_is_then(chang
         # The check can fail: acting on the copy read at the run's start keeps b as it was.
         assert len(h.ops.of("b")) == 2 and b.ok
         return
-    assert run.rereads == ["a", "b"]
+    assert run.rereads == [("a",), ("b",)]  # one service at a time (parallel=1), each before its turn
     if change == "destroy":
         assert h.ops.of("b") == [] and b.ok and b.stopped == 2
     else:
@@ -74,6 +74,19 @@ async def test_a_service_waiting_its_turn_acts_on_its_record_as_it_is_then(chang
 
 async def _nothing() -> None:
     return None
+
+
+async def test_services_converging_side_by_side_share_their_reads() -> None:
+    specs = [service(f"s{i}", 1) for i in range(8)]
+    h = Harness([worker("n1"), worker("n2")])
+    await h.apply(*specs)
+    run = RunCopy(h.memory())
+    engine = Engine(h.pool, h.engine.view.reports, records=run, user="harness", parallel=16, ops=h.ops)
+    result = await engine.apply(specs, "reconcile")
+    assert result.ok and not result.changed
+    # Each service read again before its turn, eight turns in two reads: the first, and all that asked meanwhile.
+    assert sorted(s for read in run.rereads for s in read) == [s.name for s in specs]
+    assert len(run.rereads) == 2, run.rereads
 
 
 async def test_destroy_scale_and_rollback_read_the_service_again_before_acting() -> None:
@@ -92,7 +105,7 @@ async def test_destroy_scale_and_rollback_read_the_service_again_before_acting()
         else:
             with pytest.raises(FleetError, match="no succeeded revision before 1"):
                 await engine.turn("rollback", "a")
-        assert run.rereads == [{"destroy": "b", "scale": "a", "rollback": "a"}[act]]
+        assert run.rereads == [({"destroy": "b", "scale": "a", "rollback": "a"}[act],)]
 
 
 @pytest.mark.skipif(ETCD is None, reason="etcd is not installed (scripts/setup.sh installs it)")

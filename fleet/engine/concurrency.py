@@ -120,6 +120,6 @@ class SerialRecords:
     async def list(self, service: str) -> builtins.list[Revision]:
         return await self.inner.list(service)
 
-    async def reread(self, service: str) -> None:
+    async def reread(self, *services: str) -> None:
         async with self.lock:  # not under a write that repairs from the snapshot
-            await self.inner.reread(service)
+            await self.inner.reread(*services)
