@@ -244,8 +244,75 @@ class MemoryRecords:
     async def list(self, service: str) -> builtins.list[Revision]:
         return list(self.revisions.get(service, []))
 
+    async def reread(self, *services: str) -> None:
+        """Nothing to read again: these records are the fleet's own (see `RunCopy` for one run's copy)."""
+        return None
+
     def outcomes(self, service: str) -> builtins.list[tuple[int, str]]:
         return [(r.revision, r.outcome) for r in self.revisions.get(service, [])]
+
+
+class RunCopy(MemoryRecords):
+    """One run's copy of the fleet's records (`fleet`), read whole at its first use as EtcdRecords reads them;
+    `reread` reads one service again; writes go to the fleet's records too. Another controller writing `fleet`
+    meanwhile is what a decision must not miss."""
+
+    def __init__(self, fleet: MemoryRecords) -> None:
+        super().__init__()
+        self.fleet = fleet
+        self.read = False
+        self.rereads: builtins.list[tuple[str, ...]] = []  # each read, the services it read again
+
+    def _first(self) -> None:
+        if not self.read:
+            self.revisions = {s: list(revs) for s, revs in self.fleet.revisions.items()}
+            self.states = json.loads(json.dumps(self.fleet.states))
+            self.read = True
+
+    async def reread(self, *services: str) -> None:
+        await asyncio.sleep(0)  # a read is a round trip to etcd: others run meanwhile
+        self._first()
+        self.rereads.append(services)
+        for service in services:
+            self.revisions[service] = list(self.fleet.revisions.get(service, []))
+            self.states.pop(service, None)
+            if service in self.fleet.states:
+                self.states[service] = json.loads(json.dumps(self.fleet.states[service]))
+
+    async def record_many(self, items: Sequence[tuple[str, str, str, str, str]]) -> builtins.list[int]:
+        self._first()
+        await self.fleet.record_many(items)
+        return await super().record_many(items)
+
+    async def finish(self, service: str, revision: int, outcome: FinalOutcome, reason: str = "") -> bool:
+        self._first()
+        await self.fleet.finish(service, revision, outcome, reason)
+        return await super().finish(service, revision, outcome, reason)
+
+    async def set_state(self, service: str, state: dict[str, Any] | None) -> None:
+        self._first()
+        await self.fleet.set_state(service, state)
+        await super().set_state(service, state)
+
+    async def get(self, service: str, revision: int) -> Revision | None:
+        self._first()
+        return await super().get(service, revision)
+
+    async def latest_succeeded(self, service: str, before: int | None = None) -> Revision | None:
+        self._first()
+        return await super().latest_succeeded(service, before)
+
+    async def services(self) -> builtins.list[str]:
+        self._first()
+        return await super().services()
+
+    async def state(self, service: str) -> dict[str, Any] | None:
+        self._first()
+        return await super().state(service)
+
+    async def list(self, service: str) -> builtins.list[Revision]:
+        self._first()
+        return await super().list(service)
 
 
 class Harness:

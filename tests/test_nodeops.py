@@ -18,7 +18,7 @@ from sshserver import SSHFarm
 from test_scheduler import fleets
 
 from fleet.api import NodeReport, report_from
-from fleet.cli.nodes import report_json, table
+from fleet.cli.nodes import report_json, sched, table
 from fleet.config.spec import parse_playbook
 from fleet.core.errors import LeaseLost, RecordsError
 from fleet.core.model import Inventory, Node, Resources
@@ -28,6 +28,8 @@ from fleet.plan.drain import drain_target
 from fleet.plan.reconcile import Replica, plan
 from fleet.plan.rollout.decide import ServiceState
 from fleet.plan.scheduler import Existing, NodeState, ServiceDemand, place
+from fleet.results.nodes import NO_SHARED_STATE
+from fleet.store import access
 from fleet.store.access import marks_of
 from fleet.store.etcd import EtcdLease, EtcdStore, SharedState
 from fleet.store.etcd_records import EtcdRecords, read_marks, update_mark
@@ -324,11 +326,20 @@ async def test_marks_are_not_changed_without_the_lease(shared_store: EtcdStore,
 async def test_every_look_at_the_nodes_says_why_the_marks_are_unknown_when_etcd_does_not_answer(
         farm: SSHFarm, pool: Pool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLEET_ETCD_PORT", str(free_port()))  # nothing listens there
+    data = tmp_path / "etcd-data"
+    monkeypatch.setattr(access, "ETCD_DATA", str(data))  # the farm's nodes share this machine's files
     inv = Inventory(str(tmp_path / "inv.yaml"), tuple(farm.nodes))
+    # A fleet whose etcd never ran (no record node holds its data): no mark exists yet, nothing is unknown.
+    assert await marks_of(pool, inv) == ({}, NO_SHARED_STATE)
+    fresh = dataclasses.replace(report("n1"), mark_error=NO_SHARED_STATE)
+    assert not fresh.marks_unknown and str(sched(fresh)) == "-"
+    # Once a member kept data there, etcd not answering leaves the marks unknown, and says why.
+    data.mkdir()
     marks, why = await marks_of(pool, inv)
     assert marks == {} and why is not None
     assert why.startswith("cannot read the fleet's record of its nodes: the fleet's shared state could not be "
                           "reached: n1: ")
+    assert report("n1", why=why).marks_unknown
 
 
 # ---- the CLI's refusals (before any node is contacted) -----------------------------------------------------------

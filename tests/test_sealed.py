@@ -27,6 +27,7 @@ from fleet.config.spec import SecretRef, ServiceSpec
 from fleet.core.errors import SecretMissing, SecretStoreError, SecretUnreadable
 from fleet.node import etcd as E
 from fleet.store.etcd import EtcdLease, EtcdStore, SharedState
+from fleet.store.roster import Seen
 from fleet.store.sealed import DIGEST_KEY, VALUES, SecretKeeper, open_secrets
 from fleet.store.secrets import (
     LEGACY_DIGEST_ENTRY,
@@ -57,7 +58,8 @@ class Controller:
         self.identity, made = init_identity(self.file)
         assert made and os.stat(self.file).st_mode & 0o777 == 0o600
         self.store = store
-        self.keeper = SecretKeeper(store, command="fleet secret", name=name, identity_file=self.file, wait=10)
+        self.keeper = SecretKeeper(store, command="fleet secret", name=name, identity_file=self.file, wait=10,
+                                   seen=Seen(home / "seen.json"))
 
     async def secrets(self):  # type: ignore[no-untyped-def]
         return await open_secrets(self.store, self.file)

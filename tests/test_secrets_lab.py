@@ -97,8 +97,15 @@ def test_secret_reaches_the_container_and_another_controller_and_nothing_else(la
 
         # Removed, then the value rotated: bob cannot open it, so his reconcile leaves the service as it is.
         assert fleet(env, "controller", "rm", "bob-ci").returncode == 0
+        # Root on the record node registers bob again, straight into etcd: refused by name, nothing sealed to it.
+        forged = json.dumps({"name": "bob-ci", "key": init.stdout.strip(), "added_by": "alice", "added_at": 0})
+        lab.lab.exec_in(lab_etcd.nodes[0].name, E.etcdctl("put", "/fleet/controllers/bob-ci", forged))
         rotated = value + "-2"
-        assert fleet(env, "secret", "set", "sc-token", stdin=rotated).returncode == 0
+        rotation = fleet(env, "secret", "set", "sc-token", stdin=rotated)
+        assert rotation.returncode == 0 and "refused controller bob-ci" in rotation.stderr, rotation.stderr
+        shown = fleet(env, "controller", "ls", "--json")
+        assert shown.returncode == 1, shown.stdout + shown.stderr
+        assert {c["name"]: c["status"] for c in json.loads(shown.stdout)["controllers"]}["bob-ci"] == "forged"
         refused = fleet(bob, "reconcile", str(pb))
         assert "not reconciled" in refused.stdout + refused.stderr and "sc-token" in refused.stdout + refused.stderr
         assert ps() == {cid: node}, "nothing acted on a secret it could not open"

@@ -39,6 +39,7 @@ from fleet.engine.concurrency import Coalesced
 from fleet.engine.digests import needs_login, pinned
 from fleet.engine.drain import drain_node
 from fleet.engine.etcd import MemberRow, RecordsView, StepReport
+from fleet.engine.guarded import confirm
 from fleet.engine.handwork import LogLines, one_off_spec
 from fleet.engine.lbview import read_configs
 from fleet.engine.look import Observed, lb_rows, observe
@@ -81,6 +82,7 @@ from fleet.store.access import (
     change_mark,
     check_lb_nodes,
     checked_label_change,
+    client_port,
     etcd_store,
     fleet_records,
     known_node,
@@ -90,6 +92,7 @@ from fleet.store.access import (
     marks_of,
     open_shared,
     run_lease,
+    stand_in,
     watcher_lease,
 )
 from fleet.store.changes import Me, RecordsFollower, follow_records
@@ -226,7 +229,8 @@ class Fleet(Hands, Jobs):
         """What `apply` would change; read-only (no lease)."""
         self.check_volumes(specs)
         specs = await self.stamped(specs)  # a keyring that cannot be read fails here, before any node is contacted
-        return await (await self.engine()).preview(await self.pinned(specs))
+        view = await (await self.engine()).preview(await self.pinned(specs))
+        return view if stand_in() else dataclasses.replace(view, members=await self.membership().pending())
 
     async def lb_show(self, nodes: Sequence[str] | None = None) -> list[LbConfig]:
         """The HAProxy config each lb node runs (or those named), its stats password hash masked; read-only. A name
@@ -282,6 +286,8 @@ class Fleet(Hands, Jobs):
         if command == "apply":  # reconcile heals the accepted revision, digest included
             specs = await self.pinned(specs)
         async with self.writing(held) as engine:
+            if command == "apply" and not stand_in():  # the etcd members become the record nodes, step by step
+                await self.membership(notes(self.on_event), self._store).apply(lambda: confirm(engine.stage.guard))
             return await engine.apply(specs, command, parallel, skipped)
 
     async def scale(self, spec: ServiceSpec, replicas: int) -> RunResult:
@@ -398,7 +404,7 @@ class Fleet(Hands, Jobs):
 def keeper(fleet: Fleet, identity_file: str | None = None) -> SecretKeeper:
     """The fleet's sealed secrets and controllers, changed by this controller (`fleet secret`, `fleet controller`)."""
     return SecretKeeper(etcd_store(fleet.pool, fleet.inventory), command=fleet.command, identity_file=identity_file,
-                        wait=fleet.wait)
+                        wait=fleet.wait, place=",".join(sorted(n.name for n in record_nodes(fleet.inventory))))
 
 
 def notes(on_event: Callable[[Event], None] | None) -> Callable[..., None]:
@@ -416,7 +422,8 @@ async def open_store(pool: Pool, inventory: Inventory, note: Callable[..., None]
     unsafe about the record nodes the inventory names goes to `note`."""
     nodes = record_nodes(inventory)
     note(*record_warnings(inventory))
-    return await open_shared(pool, inventory, lambda: start_members(pool, nodes), lambda: restart_dead(pool, nodes))
+    return await open_shared(pool, inventory, lambda: start_members(pool, nodes),
+                             lambda: restart_dead(pool, nodes, client_port()))
 
 
 # --- the shared state as it changes (`fleet events`, `fleet watch`, the UI's actions) -----------------------------
@@ -440,6 +447,7 @@ async def converge_accepted(fleet: Fleet, service: str, replicas: int | None = N
     were read (the UI's restart stops its replica there). FleetError, nothing changed, when the service has no
     accepted revision now or was destroyed."""
     async with fleet.writing() as engine:
+        await engine.ledger.reread(service)
         state = await engine.ledger.state(service)
         spec = await engine.ledger.accepted_spec(service)
         if state is None or spec is None or state.decision == "destroyed":

@@ -22,6 +22,8 @@ from fleet.node.preflight import NodeCheck
 from fleet.node.provision import Plan
 from fleet.node.runtime.base import RunSpec, StopResult
 from fleet.results import NodeReport, PsRow, PushResult, VolumeListing, VolumeRow
+from fleet.store.access import client_port
+from fleet.store.etcd import EtcdStore
 from fleet.store.nodes import record_nodes
 from fleet.transport import Pool
 from fleet.transport.terminal import Session, Terminal
@@ -140,8 +142,10 @@ class Hands(abc.ABC):
         `offline`: the local directory the plans' .deb files are sent from (`offline_plan`)."""
         return await prepare_nodes(self.pool, self.inventory, plans, offline)
 
-    def membership(self, on_step: Callable[[str], None] | None = None) -> EtcdMembership:
+    def membership(self, on_step: Callable[[str], None] | None = None, store: EtcdStore | None = None
+                   ) -> EtcdMembership:
         """The etcd cluster's members and the steps toward the inventory's record nodes (`fleet records`; a
-        change runs under `leased()`); its `plan()` gives the next apply's lines ("records: add member n4")."""
+        change runs under `leased()`); its `plan()` gives the next apply's lines ("records: add member n4").
+        `store`: a client of the fleet's etcd that answers already (the run's)."""
         return EtcdMembership(self.pool, self.inventory.nodes, record_nodes(self.inventory), cluster_token="fleet",
-                              on_step=on_step)
+                              port=client_port(), on_step=on_step, store=store)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from fleet.cli import common
+from fleet.cli import common, records
 from fleet.cli.common import esc
 from fleet.cli.completion import ServiceArg
 from fleet.core.errors import ConfigError
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
     from fleet.api import Fleet
     from fleet.config.spec import ServiceSpec
+    from fleet.plan.members import MembershipPlan
     from fleet.plan.reconcile import Plan
     from fleet.results import Event, Outcome, PlanView, RunResult
 
@@ -145,12 +146,20 @@ def print_lb_diff(diffs: dict[str, list[str]]) -> None:
             out.print(f"  [{style}]{esc(line)}[/]")
 
 
+def print_members(members: MembershipPlan, out: Console | None = None) -> None:
+    """The etcd membership steps the apply makes first (or why it will refuse), after the plan."""
+    out = out or common.console()
+    if members.steps or members.refused or members.warnings:
+        out.print("[bold]The record nodes[/] (etcd members; apply changes them first, one at a time):")
+        records.print_plan(out, members)
+
+
 def plan(playbooks: PlaybooksArg = None, file: FileOpt = None, inventory: common.InventoryOpt = None,
          json: common.JsonOpt = False) -> None:
     """Show what `fleet apply` would change.
 
-    Exit 0: nothing to do; 3: changes pending; 1: a node failed or a replica cannot be placed; 2: a playbook
-    is wrong.
+    Exit 0: nothing to do; 3: changes pending; 1: a node failed, a replica cannot be placed or the record
+    nodes' change is refused; 2: a playbook is wrong.
 
     Example:
 
@@ -173,11 +182,13 @@ def plan(playbooks: PlaybooksArg = None, file: FileOpt = None, inventory: common
             svc["held_back"] = view.notes.get(svc["service"])
         data["changed"] = view.changed
         data["lb_diff"] = view.lb_diff
+        data["records"] = records.plan_json(view.members)
         common.print_json(data)
     else:
         print_plan(view.plan, view.errors, view.changes, view.notes)
         print_lb_diff(view.lb_diff)
-    if view.plan.unplaced:
+        print_members(view.members)
+    if view.plan.unplaced or not view.members.ok:
         raise typer.Exit(common.EXIT_PARTIAL)
     raise typer.Exit(EXIT_CHANGES if view.changed else common.EXIT_OK)
 

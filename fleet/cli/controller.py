@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import typer
 
 from fleet.cli import common
@@ -68,17 +70,38 @@ def rm(name: str, inventory: common.InventoryOpt = None, identity_file: Identity
 
 
 @app.command("ls")
-def ls(inventory: common.InventoryOpt = None, json: common.JsonOpt = False) -> None:
-    """The fleet's controllers: name, public key, who added it and when.
+def ls(inventory: common.InventoryOpt = None, identity_file: IdentityOpt = None, json: common.JsonOpt = False) -> None:
+    """The fleet's controllers: name, public key, who added it and when, checked against the sealed list.
+
+    A registration the fleet's sealed controller list does not back is shown as forged (nothing is sealed to
+    it); a controller the list names whose registration is gone, as removed without the fleet's key (it still
+    reads the secrets). Checking needs this controller's identity; exit 1 when anything is not vouched for.
 
     Example:
 
       fleet controller ls --json"""
-    view = read_view(inventory)
+    view = read_view(inventory, identity_file)
+    unlisted = {c.name for c in view.unlisted}
     if json:
-        common.print_json({"controllers": [c.doc() for c in view.controllers]})
-        return
-    out = common.console()
-    for c in view.controllers:
-        out.print(f"{common.esc(c.name)}  {c.key}  added by {common.esc(c.added_by)} at {when(c.added_at)}",
-                  soft_wrap=True)
+        common.print_json({"controllers": [c.doc() | {"status": status(c.name, view.forged, unlisted)}
+                                           for c in (*view.controllers, *view.unlisted)],
+                           "unverified": view.unverified})
+    else:
+        out = common.console()
+        for c in view.controllers:
+            mark = f"  [red]forged: {common.esc(view.forged[c.name])}[/]" if c.name in view.forged else ""
+            out.print(f"{common.esc(c.name)}  {c.key}  added by {common.esc(c.added_by)} at {when(c.added_at)}{mark}",
+                      soft_wrap=True)
+        for c in view.unlisted:
+            out.print(f"{common.esc(c.name)}  {c.key}  [red]its registration was removed without the fleet's key; "
+                      f"it still reads the secrets (`fleet controller rm {common.esc(c.name)}` to take it out)[/]",
+                      soft_wrap=True)
+        if view.unverified is not None:
+            out.print(f"[yellow]not checked against the sealed controller list:[/] {common.esc(view.unverified)}",
+                      soft_wrap=True)
+    raise typer.Exit(common.EXIT_PARTIAL if view.forged or view.unlisted or view.unverified else common.EXIT_OK)
+
+
+def status(name: str, forged: Mapping[str, str], unlisted: set[str]) -> str:
+    """One controller's standing in `ls --json`: listed, forged or unlisted (its registration removed)."""
+    return "forged" if name in forged else "unlisted" if name in unlisted else "listed"

@@ -173,7 +173,8 @@ def node_view(v: NodeView, out: Console) -> Group:
         ("Labels", ",".join(f"{k}={v}" for k, v in sorted(r.labels.items())) or "-"),
         ("Schedule", nodes.sched(r)),
         *([("Marked by", f"{mark.by} at {_when(mark.at)}")] if mark.by else []),
-        *([("Marks", f"unknown: {r.mark_error}")] if r.mark_error else []),
+        *([("Marks", f"unknown: {r.mark_error}" if r.marks_unknown else f"none: {r.mark_error}")]
+          if r.mark_error else []),
     )]
     if f is not None:
         alloc = r.allocatable

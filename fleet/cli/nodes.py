@@ -71,7 +71,7 @@ def report_json(r: NodeReport) -> dict[str, Any]:
 def sched(r: NodeReport) -> Text:
     """The SCHED cell: draining / cordoned (yellow) or -, then the labels `fleet node label` set (k=v) or removed
     (-k); `?` when the fleet's record of its nodes could not be read."""
-    if r.mark_error is not None:
+    if r.marks_unknown:
         return Text("?", style="red")
     text = Text(r.mark.schedule, style="yellow") if r.cordoned else Text("-")
     changes = r.mark.changes()
@@ -88,7 +88,7 @@ COLUMNS = [Column("NODE"), Column("ADDRESS"), Column("STATUS"), Column("SCHED"),
 def listing(reports: list[NodeReport], wide: bool = False) -> Listing:
     """One row per node; reasons for nodes that are not ready are printed under it. SCHED (cordons and
     `fleet node label`'s labels) is a column when some node has any, when they could not be read, or with -o wide."""
-    marked = wide or any(not r.mark.empty or r.mark_error is not None for r in reports)
+    marked = wide or any(not r.mark.empty or r.marks_unknown for r in reports)
     rows = Listing(COLUMNS if marked else [c for c in COLUMNS if c.header != "SCHED"])
     for r in reports:
         f = r.facts
@@ -172,7 +172,10 @@ def nodes(names: Annotated[list[str] | None, typer.Argument(
     if fmt not in ("json", "yaml", "name"):
         for r in bad:
             output.warn(f"[red]{common.esc(r.node.name)}[/]: {r.status}: {common.esc(r.reason or '')}")
-        unread = next((r.mark_error for r in reports if r.mark_error), None)
+        unread = next((r.mark_error for r in reports if r.marks_unknown), None)
+        fresh = next((r.mark_error for r in reports if r.mark_error and not r.marks_unknown), None)
+        if fresh:
+            output.warn(f"[dim]{common.esc(fresh)}[/]")
         if unread:
             output.warn(f"[yellow]! cordons and node labels unknown (SCHED ?): {common.esc(unread)}[/]")
         # The summary too: a pipe gets the rows alone.

@@ -55,10 +55,15 @@ def with_keeper(inventory: str | None, wait: str | None, identity_file: str | No
 
     async def go() -> T:
         async with Fleet.connect(inv, wait=seconds) as f:
+            k = keeper(f, identity_file)
             try:
-                return await op(keeper(f, identity_file))
+                return await op(k)
             except ValueError as exc:
                 common.fail(str(exc))
+            finally:
+                for name, why in sorted(k.refused.items()):
+                    common.console(stderr=True).print(f"[yellow]refused controller {common.esc(name)}:[/] "
+                                                      f"{common.esc(why)}", soft_wrap=True)
 
     return common.run(go)
 
@@ -99,11 +104,11 @@ def rm(name: str, inventory: common.InventoryOpt = None, identity_file: Identity
     raise typer.Exit(common.EXIT_OK if gone else common.EXIT_PARTIAL)
 
 
-def read_view(inventory: str | None) -> SecretsView:
+def read_view(inventory: str | None, identity_file: str | None = None) -> SecretsView:
     async def view(k: SecretKeeper) -> SecretsView:
         return await k.view()
 
-    return with_keeper(inventory, None, None, view)
+    return with_keeper(inventory, None, identity_file, view)
 
 
 @app.command("ls")

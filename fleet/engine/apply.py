@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 
 from fleet.config.spec import ServiceSpec
@@ -152,17 +152,21 @@ class Engine:
         for node, why in lacking(self.view.nodes(), specs).items():
             self.emit("lacks", "", f"{node}: {why}")
         outcomes = [Outcome(name, False, reason=why, changed=False) for name, why in (skipped or {}).items()]
-        outcomes += await self.apply_targets([await self.ledger.target(command, s) for s in specs], command,
-                                             parallel)
+        by_name = {s.name: s for s in specs}
+        outcomes += await self.apply_targets([await self.ledger.target(command, s) for s in specs], command, parallel,
+                                             again=lambda t: self.ledger.target(command, by_name[t.spec.name]))
         outcomes += await self.sweep({s.name for s in specs})
         if self.image_retention is not None and isinstance(self.ledger, Ledger):
             await prune(self.pool, self.view.reports, self.ledger.records, self.image_retention, self.on_event)
         return self.result(outcomes)
 
     async def apply_targets(self, targets: Sequence[Target], command: Command = "apply",
-                            parallel: int | None = None) -> list[Outcome]:
+                            parallel: int | None = None,
+                            again: Callable[[Target], Awaitable[Target]] | None = None) -> list[Outcome]:
         """Converge each target (after `observe`): place, check images, prepare nodes, then the services,
-        `parallel` at once (default: the engine's), each with its own batches and its own outcome."""
+        `parallel` at once (default: the engine's), each with its own batches and its own outcome. `again`
+        decides a service's target anew when its turn comes, from its records read again under the lease (a
+        service waits its turn behind others: what it was decided on may have changed meanwhile)."""
         view = self.view
         active = [t for t in targets if not t.skip]
         await self.follow_records(set())  # what HAProxy serves now, by the accepted specs
@@ -177,6 +181,8 @@ class Engine:
 
         async def one(t: Target) -> Outcome:
             async with gate:
+                if again is not None:
+                    t = await self._again(t, again)
                 if t.skip:
                     return await self._finish_destroy(t)
                 await confirm(self.stage.guard)
@@ -203,6 +209,18 @@ class Engine:
         https = self.lbs.edge_problems()
         return [replace(o, ok=False, reason=f"HTTPS: {https[o.service]}") if o.service in https else o
                 for o in outcomes]
+
+    async def _again(self, t: Target, again: Callable[[Target], Awaitable[Target]]) -> Target:
+        """`t` decided again on its service's records as they are now (read fenced: the lease is still ours)."""
+        await self.ledger.reread(t.spec.name)
+        fresh = await again(t)
+        if fresh != t:
+            now = "destroyed" if fresh.skip else f"{fresh.spec.replicas} replicas of {fresh.spec.image}" + (
+                f" (revision {fresh.revision})" if fresh.revision is not None else "")
+            self.emit("records", t.spec.name, f"{t.spec.name}: its record changed since this run read it: "
+                                              f"converging to it as it is now ({now})")
+            self.view.rotation.follow(fresh.spec)
+        return fresh
 
     async def _place_all(self, active: Sequence[Target]) -> Plan:
         """One plan for every service at once, with its images on its nodes. A node that cannot get an image
@@ -251,6 +269,7 @@ class Engine:
     async def scale(self, spec: ServiceSpec, replicas: int) -> RunResult:
         """Run `replicas` of the service now; the count holds (reconcile keeps it) until the next `apply`."""
         await self.observe()
+        await self.ledger.reread(spec.name)
         # The accepted spec at the new count (or the playbook's, where reconcile would try it).
         target = await self.ledger.target("reconcile", spec)
         base = target.spec if target.heal and not target.skip else spec
@@ -267,6 +286,7 @@ class Engine:
         targets: list[Target] = []
         refused: list[Outcome] = []
         for service in sorted({r.service for r in self.view.live if r.node == node}):
+            await self.ledger.reread(service)
             state, accepted, canary = await self.ledger.accepted(service)
             target = drain_target(service, state, accepted, canary, self.view.live)
             if isinstance(target, str):
@@ -289,6 +309,7 @@ class Engine:
         revision with `image`; reconcile keeps it): converge the service to the turn's spec, then record how it
         ended."""
         await self.observe()
+        await self.ledger.reread(service)
         turn = await self.ledger.turn(kind, service, to, image)
         self.view.rotation.follow(turn.spec)
         await self.follow_records({service})
@@ -314,6 +335,7 @@ class Engine:
         """Take every replica of `service` out of the load balancers, then stop and remove them. The decision is
         recorded on the fleet first, so replicas on a node that is down now are removed when it returns."""
         await self.observe()
+        await self.ledger.reread(service)
         await self.ledger.destroy(service)
         await self.follow_records({service})
         n = await self._stop_all(service, grace, "destroy")

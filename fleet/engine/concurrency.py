@@ -119,3 +119,7 @@ class SerialRecords:
 
     async def list(self, service: str) -> builtins.list[Revision]:
         return await self.inner.list(service)
+
+    async def reread(self, *services: str) -> None:
+        async with self.lock:  # not under a write that repairs from the snapshot
+            await self.inner.reread(*services)

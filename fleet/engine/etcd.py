@@ -190,13 +190,15 @@ def _peer(member: E.EtcdMember) -> tuple[str, int] | None:
     return (url.hostname, url.port or E.PEER_PORT) if url.hostname else None
 
 
-class EtcdMembership:
-    """Membership changes of the fleet's etcd cluster over `pool`: `nodes` are the inventory's, `record` the record
-    nodes it names (the members wanted). etcdctl runs on a record node whose member answers."""
+class MembershipReader:
+    """The fleet's etcd members as they are and as the inventory wants them, over `pool` (`fleet records status`,
+    `fleet plan`): `nodes` are the inventory's, `record` the record nodes it names (the members wanted). etcdctl
+    runs on a record node whose member answers."""
 
     def __init__(self, pool: Pool, nodes: Sequence[Node], record: Sequence[Node], *, cluster_token: str,
                  files: E.EtcdFiles = DEFAULT_FILES, port: int = E.CLIENT_PORT,
-                 command_timeout_s: int = E.COMMAND_TIMEOUT_S, on_step: Callable[[str], None] | None = None) -> None:
+                 command_timeout_s: int = E.COMMAND_TIMEOUT_S, on_step: Callable[[str], None] | None = None,
+                 store: EtcdStore | None = None) -> None:
         self.pool = pool
         self.command_timeout_s = command_timeout_s
         self.nodes = {n.name: n for n in nodes}
@@ -205,15 +207,22 @@ class EtcdMembership:
         self.files = files
         self.port = port
         self.on_step = on_step or (lambda _line: None)
+        self._client = store  # the client kept for calls that leave no node out (given: one that answers already)
 
     def _store(self, without: str | None = None) -> EtcdStore:
         """A client on the record nodes, then every other inventory node (a member not yet unnamed answers too),
-        leaving out `without` (the member being removed)."""
+        leaving out `without` (the member being removed). Without `without`, one client is kept: it stays on the
+        node that answered (a record node whose member is not running costs etcdctl's command timeout)."""
+        if without is None and self._client is not None:
+            return self._client
         order = [*self.record, *(n for n in self.nodes.values() if n not in self.record)]
         # The member list read first through this store settles on a node whose member answers, so the change
         # that follows goes there (a write sent to a member that does not answer is not retried elsewhere).
-        return EtcdStore(self.pool, [n for n in order if n.name != without], port=self.port,
-                         command_timeout_s=self.command_timeout_s)
+        store = EtcdStore(self.pool, [n for n in order if n.name != without], port=self.port,
+                          command_timeout_s=self.command_timeout_s)
+        if without is None:
+            self._client = store
+        return store
 
     def node_of(self, member: E.EtcdMember) -> Node | None:
         """The inventory node a member runs on: by its name, or by its peer address (a member not started yet has
@@ -246,11 +255,12 @@ class EtcdMembership:
             return "unreachable", None, str(exc)
         return word, (found[0] if found else None), None
 
-    async def view(self) -> RecordsView:
-        """Every member with its node, state, role and revision, and the plan to the inventory's record nodes."""
+    async def view(self, listed: Sequence[E.EtcdMember] | None = None) -> RecordsView:
+        """Every member (`listed`: as just read) with its node, state, role and revision, and the plan to the
+        inventory's record nodes."""
         wanted = tuple(n.name for n in self.record)
         try:
-            listed = await self.members()
+            listed = listed if listed is not None else await self.members()
         except RecordsError as exc:
             return RecordsView((), wanted, MembershipPlan(refused=f"the etcd cluster could not be read: {exc}"),
                                str(exc))
@@ -277,6 +287,39 @@ class EtcdMembership:
         current = [Member(r.node or r.name or f"{r.id:x}", r.healthy, r.learner) for r in view.members]
         return view, plan_one(current, action, node)
 
+    def settled(self, listed: Sequence[E.EtcdMember]) -> bool:
+        """Whether the members are already the record nodes, all voting (nothing for an apply to change)."""
+        on = {getattr(self.node_of(m), "name", None) for m in listed}
+        return not any(m.is_learner for m in listed) and len(on) == len(listed) and on == {n.name for n in self.record}
+
+    async def pending(self, *, forming: bool = True) -> MembershipPlan:
+        """The membership steps of the next apply (`fleet plan`'s lines), read cheaply: one member list, and each
+        member probed (`view`) only when the members are not the record nodes already. A cluster that does not
+        answer plans nothing when `forming` (the first run that writes forms it from the record nodes), else is
+        refused."""
+        wanted = [n.name for n in self.record]
+        if not wanted:
+            return MembershipPlan()  # an inventory with no node yet: nothing to keep the shared state on
+        try:
+            listed = await self.members()
+        except RecordsError as exc:
+            return plan_members([], wanted) if forming else MembershipPlan(
+                refused=f"the etcd cluster could not be read: {exc}")
+        if self.settled(listed):
+            return plan_members([Member(n, True) for n in wanted], wanted)
+        return (await self.view(listed)).plan
+
+    def _config(self, node: Node, members: Sequence[E.Member]) -> E.MemberConfig:
+        me = E.Member(node.name, node.address)
+        everyone = (*(m for m in members if m.name != me.name), me)
+        return E.MemberConfig(me, everyone, cluster_token=self.cluster_token, state="existing",
+                              client_port=self.port, files=self.files)
+
+
+class EtcdMembership(MembershipReader):
+    """Membership changes of the fleet's etcd cluster, one step at a time, for a caller holding the fleet's lease
+    (`fleet records add|remove`, `fleet apply`)."""
+
     async def change(self, action: Literal["add", "remove"], node: str,
                      expected: Sequence[Step] | None = None) -> tuple[MembershipPlan, list[StepReport]]:
         """`fleet records add|remove NODE`, for a caller holding the fleet's lease: planned again on a fresh view
@@ -288,16 +331,35 @@ class EtcdMembership:
                                           f"{'; '.join(plan.lines()) or 'nothing to do'}); run it again"), []
         return await self._carry_out(plan)
 
-    async def converge(self) -> tuple[MembershipPlan, list[StepReport]]:
+    async def converge(self, guard: Callable[[], Awaitable[None]] | None = None
+                       ) -> tuple[MembershipPlan, list[StepReport]]:
         """What the next apply does, for a caller holding the fleet's lease: every step toward the inventory's
-        record nodes, carried out in order (none when the plan is refused: its reason is in the plan)."""
-        return await self._carry_out((await self.view()).plan)
+        record nodes, carried out in order, `guard` (the lease's check) awaited before each (none when the plan
+        is refused: its reason is in the plan)."""
+        return await self._carry_out(await self.pending(forming=False), guard)
 
-    async def _carry_out(self, plan: MembershipPlan) -> tuple[MembershipPlan, list[StepReport]]:
+    async def apply(self, guard: Callable[[], Awaitable[None]] | None = None) -> list[StepReport]:
+        """`fleet apply`'s membership change (`converge`), each step and what it did told to `on_step`.
+        RecordsError with the planner's reason when the change is refused (nothing changed), or naming the step
+        that failed (the steps before it stay: each left the cluster with a quorum; the next apply goes on)."""
+        def told(report: StepReport) -> None:
+            for line in report.done:
+                self.on_step(f"  {line}")
+
+        plan, reports = await self._carry_out(await self.pending(forming=False), guard, told)
+        if not plan.ok:
+            raise RecordsError(f"the record nodes the inventory names cannot be had: {plan.refused}")
+        failed = next((r for r in reports if not r.ok), None)
+        if failed is not None:
+            raise RecordsError(f"{failed.step.line()} failed: {failed.error}")
+        return reports
+
+    async def _carry_out(self, plan: MembershipPlan, guard: Callable[[], Awaitable[None]] | None = None,
+                         told: Callable[[StepReport], None] | None = None) -> tuple[MembershipPlan, list[StepReport]]:
         if not plan.ok or not plan.steps:
             return plan, []
         ca = await self.load_ca() if any(s.action == "add" for s in plan.steps) else None
-        return plan, await self.run(plan, ca)
+        return plan, await self.run(plan, ca, guard, told)
 
     async def load_ca(self) -> PeerCa:
         """The fleet's etcd CA (certificate and key) from the first record node that keeps its key
@@ -314,13 +376,17 @@ class EtcdMembership:
         raise RecordsError(f"the fleet's etcd CA key ({self.files.ca_key}) was found on no node "
                            f"({'; '.join(problems)}): it is written when the cluster is first formed")
 
-    async def run(self, plan: MembershipPlan, ca: PeerCa | None) -> list[StepReport]:
-        """Carry out the steps in order; the first that fails stops the rest (each step leaves the cluster with
-        a quorum, so stopping between steps is safe, and the next run plans from where it stopped)."""
+    async def run(self, plan: MembershipPlan, ca: PeerCa | None, guard: Callable[[], Awaitable[None]] | None = None,
+                  told: Callable[[StepReport], None] | None = None) -> list[StepReport]:
+        """Carry out the steps in order, `guard` awaited before each (it raises when the lease was lost), `told`
+        each step's report as it ends; the first that fails stops the rest (each step leaves the cluster with a
+        quorum, so stopping between steps is safe, and the next run plans from where it stopped)."""
         if not plan.ok:
             raise ValueError(f"a refused plan cannot run: {plan.refused}")
         reports: list[StepReport] = []
         for step in plan.steps:
+            if guard is not None:
+                await guard()
             self.on_step(step.line())
             if step.action == "remove":
                 report = await self.remove(step.node)
@@ -329,15 +395,11 @@ class EtcdMembership:
             else:
                 report = await self.add(step.node, ca)
             reports.append(report)
+            if told is not None:
+                told(report)
             if not report.ok:
                 break
         return reports
-
-    def _config(self, node: Node, members: Sequence[E.Member]) -> E.MemberConfig:
-        me = E.Member(node.name, node.address)
-        everyone = (*(m for m in members if m.name != me.name), me)
-        return E.MemberConfig(me, everyone, cluster_token=self.cluster_token, state="existing",
-                              client_port=self.port, files=self.files)
 
     async def _change(self, argv: list[str], parse: Callable[[str], T], store: EtcdStore,
                       wait: float = CHANGE_WAIT, again: tuple[str, ...] = ("unhealthy cluster",)) -> T:

@@ -12,7 +12,7 @@ from typing import Literal
 
 from fleet.config.spec import IMAGE_RE, ServiceSpec, from_playbook_dict, to_playbook_dict
 from fleet.core.errors import FleetError
-from fleet.engine.concurrency import SerialRecords
+from fleet.engine.concurrency import Coalesced, SerialRecords
 from fleet.plan.reconcile import Replica
 from fleet.plan.rollout.decide import (
     Command,
@@ -78,8 +78,24 @@ class Ledger:
         self.records = SerialRecords(records)
         self.user = user
         self.unrecorded: set[str] = set()  # services the records do not know (they never ran anywhere)
+        # Services whose records decisions about to act asked to read again: read together, one read at a time.
+        self._asked: set[str] = set()
+        self._rereads = Coalesced(self._reread_asked)
 
     # --- reading ------------------------------------------------------------------------------------------
+    async def reread(self, service: str) -> None:
+        """Read the service's records again, fenced under the lease (the newest, and the lease still this run's):
+        every decision that acts on a service (converge, scale, rollback, promote, abort, destroy) calls this
+        first, so it acts on the records as they are then, not on the copy the run read at its start. Services
+        asking at once (converging side by side) share one read (`Coalesced`)."""
+        self._asked.add(service)
+        await self._rereads()
+
+    async def _reread_asked(self) -> None:
+        asked = sorted(self._asked)
+        await self.records.reread(*asked)
+        self._asked -= set(asked)  # only once read: a read that failed leaves them for the next
+
     async def state(self, service: str) -> ServiceState | None:
         raw = await self.records.state(service)
         if raw is None:
@@ -287,6 +303,9 @@ class NullLedger(Ledger):
     def __init__(self, user: str) -> None:
         self.user = user
         self.unrecorded = set()
+
+    async def reread(self, service: str) -> None:
+        return None
 
     async def state(self, service: str) -> ServiceState | None:
         return None

@@ -13,9 +13,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
+from fleet.core.errors import RecordsError
 from fleet.core.model import Node
 from fleet.core.shell import Script
-from fleet.engine.etcd import DEFAULT_FILES, EtcdMembers, MemberReport
+from fleet.engine.etcd import DEFAULT_FILES, EtcdMembers, EtcdMembership, MemberReport
+from fleet.node.etcd import CLIENT_PORT
 from fleet.node.paths import write_file
 from fleet.store.etcd_pki import PeerCa, issue_peer, new_ca
 from fleet.store.secrets import Secret
@@ -72,6 +74,13 @@ async def start_members(pool: Pool, nodes: Sequence[Node]) -> list[MemberReport]
     return await members.ensure((ca, {n.name: issue_peer(ca, members.configs[n.name].member) for n in nodes}))
 
 
-async def restart_dead(pool: Pool, nodes: Sequence[Node]) -> list[MemberReport]:
-    """Start again the members that died (their certificates and data are still on their nodes)."""
-    return await EtcdMembers(pool, nodes, cluster_token=cluster_token(nodes)).ensure()
+async def restart_dead(pool: Pool, nodes: Sequence[Node], port: int = CLIENT_PORT) -> list[MemberReport]:
+    """Start again the members that died (their certificates and data are still on their nodes). A record node
+    that is no member yet is left alone: `fleet apply` or `fleet records add` joins it as a learner."""
+    membership = EtcdMembership(pool, nodes, nodes, cluster_token=cluster_token(nodes), port=port)
+    try:
+        on = {getattr(membership.node_of(m), "name", None) for m in await membership.members()}
+    except RecordsError:
+        return []
+    members = [n for n in nodes if n.name in on]
+    return await EtcdMembers(pool, members, cluster_token=cluster_token(nodes)).ensure() if members else []

@@ -22,6 +22,10 @@ READY, UNREACHABLE, NO_RUNTIME, NOT_ANSWERING, ERROR = (
     "ready", "unreachable", "no runtime", "runtime not answering", "error")
 
 
+# `mark_error` of a fleet whose etcd was never started: no node mark exists yet (not "unreadable").
+NO_SHARED_STATE = "no shared state yet (the first writing run starts etcd)"
+
+
 def _lacks(node: str, facts: NodeFacts | None) -> dict[str, str]:
     """What a service may need that this node lacks, with the words the plan shows: tools it misses (from its
     facts) and what its container runtime cannot do (ctr's, unless the node runs nerdctl)."""
@@ -46,6 +50,11 @@ class NodeReport:
     # the fleet's record of its nodes could not be read (the mark is then the inventory's: nothing recorded).
     mark: NodeMark = field(default_factory=NodeMark)
     mark_error: str | None = None
+
+    @property
+    def marks_unknown(self) -> bool:
+        """The fleet's record of its nodes could not be read (a brand-new fleet has none to read: known empty)."""
+        return self.mark_error is not None and self.mark_error != NO_SHARED_STATE
 
     @property
     def cordoned(self) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from fleet.plan.members import MembershipPlan
 from fleet.plan.reconcile import Plan
 
 
@@ -62,7 +63,9 @@ class PlanView:
     changes: dict[str, list[str]]
     notes: dict[str, str]
     lb_diff: dict[str, list[str]] = field(default_factory=dict)
+    # The etcd membership steps toward the inventory's record nodes, or why they are refused (fleet.plan.members).
+    members: MembershipPlan = field(default_factory=MembershipPlan)
 
     @property
     def changed(self) -> bool:
-        return self.plan.changed or any(self.changes.values())
+        return self.plan.changed or any(self.changes.values()) or bool(self.members.steps)

@@ -17,7 +17,7 @@ from fleet.core.errors import FleetError, InventoryError, LabelError, Problem, R
 from fleet.core.model import Inventory, Node
 from fleet.core.nodeops import NodeMark, check_label_change
 from fleet.node import etcd as E
-from fleet.results.nodes import NodeReport
+from fleet.results.nodes import NO_SHARED_STATE, NodeReport
 from fleet.results.records import NodeLease
 from fleet.store.etcd import LOCK_KEY, WATCH_LEADER_KEY, EtcdLease, EtcdStore, SharedState
 from fleet.store.etcd import break_lock as break_etcd_lock
@@ -32,6 +32,7 @@ LEASE_TTL = 30.0  # seconds; `$FLEET_LEASE_TTL` overrides (a SIGKILLed holder fr
 # How long a fleet's first contact waits for the members it started to serve (a new cluster elects a leader).
 START_WAIT = 30.0
 PORT_ENV = "FLEET_ETCD_PORT"
+ETCD_DATA = E.EtcdFiles().data_dir  # where a record node keeps etcd's data once its member was started
 
 
 def lease_ttl() -> float:
@@ -55,6 +56,12 @@ def client_port() -> int:
     if raw.isdigit() and 0 < int(raw) < 65536:
         return int(raw)
     return E.CLIENT_PORT
+
+
+def stand_in() -> bool:
+    """Whether the record nodes reach a stand-in etcd (`$FLEET_ETCD_PORT`: bench/'s simulated record nodes), whose
+    members are not theirs: its membership is left alone."""
+    return client_port() != E.CLIENT_PORT
 
 
 def lease_nodes(inventory: Inventory) -> list[Node]:
@@ -131,7 +138,17 @@ async def marks_of(pool: Pool, inventory: Inventory) -> tuple[dict[str, NodeMark
     try:
         return await read_marks(etcd_store(pool, inventory)), None
     except RecordsError as exc:
+        # A fleet whose etcd never ran (not even installed yet) has no marks to read: none is known to exist.
+        if not await any_etcd_data(pool, lease_nodes(inventory)):
+            return {}, NO_SHARED_STATE
         return {}, f"cannot read the fleet's record of its nodes: {exc}"
+
+
+async def any_etcd_data(pool: Pool, nodes: Sequence[Node]) -> bool:
+    """Whether any of the record nodes holds etcd's data (ETCD_DATA; or could not be asked): False only when every
+    one answered that it has none, a fleet whose first writing run has not started etcd yet."""
+    results = await asyncio.gather(*(pool.run(n, ["test", "-e", ETCD_DATA], timeout=10.0) for n in nodes))
+    return any(r.error is not None or r.exit_status != 1 for r in results)
 
 
 async def change_mark(records: EtcdRecords, node: str, change: Callable[[NodeMark], NodeMark]) -> dict[str, NodeMark]:

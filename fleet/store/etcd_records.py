@@ -134,6 +134,28 @@ class EtcdRecords:
             values = {kv.key: decode(kv) for kv in await self.store.range(SERVICES)}
         self._view = parse_view(values)
 
+    async def reread(self, *services: str) -> None:
+        """Read these services' records again (one read; under the lease, one that also confirms it): decisions
+        about them are about to act, and act on them as they are now, not as this run first read them. The other
+        services' stay as they were read."""
+        for service in services:
+            check_service(service)
+        if self._view is None:
+            await self.refresh()
+            return
+        prefixes = [f"{SERVICES}{service}/" for service in services]
+        if self.shared is not None:
+            values = await self.shared.read(*prefixes, prefix=True)
+        else:
+            values = {kv.key: decode(kv) for prefix in prefixes for kv in await self.store.range(prefix)}
+        fresh, v, names = parse_view(values), self._view, set(services)
+        v.revisions = {k: r for k, r in v.revisions.items() if k[0] not in names} | fresh.revisions
+        for service in names:
+            v.states.pop(service, None)
+            v.top.pop(service, None)
+        v.states.update(fresh.states)
+        v.top.update(fresh.top)
+
     async def view(self) -> View:
         if self._view is None:
             await self.refresh()

@@ -3,7 +3,11 @@ any controller sets a secret for all, each opens it with its own identity (fleet
 record nodes only ever hold ciphertext.
 
 Keys:
-    /fleet/controllers/<name>         {"name", "key": "age1…", "added_by", "added_at"}: who can read
+    /fleet/controllers/<name>         {"name", "key": "age1…", "added_by", "added_at"}: a registration, valid only
+                                      where the sealed controller list (fleet.store.roster, under
+                                      /fleet/secrets/roster/) names that key: only a controller can change that
+                                      list, so root on a record node cannot register itself (a forged entry is
+                                      refused by name and nothing is sealed to it) nor take a controller out
     /fleet/secrets/values/<secret>    {"name", "box": base64 of an age file, "readers": [controller names],
                                        "set_by", "set_at"}
     /fleet/secrets/digest-key         the same shape; its plaintext is the fleet's HMAC key for secret digests, so
@@ -35,6 +39,18 @@ from fleet.core.errors import RecordsError, SecretMissing, SecretStoreError, Sec
 from fleet.node import etcd as E
 from fleet.store.etcd import DEFAULT_TTL, EtcdLease, EtcdStore, SharedState
 from fleet.store.lease import default_holder
+from fleet.store.roster import (
+    KEY_NAME,
+    ROSTER,
+    Generation,
+    Roster,
+    Seen,
+    make,
+    new_fleet,
+    new_key,
+    roster_key,
+    verify,
+)
 from fleet.store.secrets import Identity, Secret, init_identity, legacy_digest_key, load_identity
 
 CONTROLLERS = "/fleet/controllers/"
@@ -99,7 +115,11 @@ def _controller(kv: E.KeyValue) -> Controller:
 
 
 def _box(kv: E.KeyValue, name: str) -> Box:
-    doc = json.loads(kv.value)
+    return box_of(json.loads(kv.value), name)
+
+
+def box_of(doc: Any, name: str) -> Box:
+    """A sealed box from its document; ValueError, KeyError or TypeError when it is not one, or names another."""
     readers = doc["readers"]
     if not isinstance(readers, list) or not all(isinstance(r, str) for r in readers):
         raise ValueError("readers: expected a list of controller names")
@@ -118,6 +138,7 @@ class SealedState:
     boxes: Mapping[str, Box]
     digest: Box | None
     broken: Mapping[str, str]
+    chain: Mapping[int, Generation] = field(default_factory=dict)  # the sealed controller list (fleet.store.roster)
 
     @staticmethod
     def of(kvs: Sequence[E.KeyValue]) -> SealedState:
@@ -125,9 +146,13 @@ class SealedState:
         boxes: dict[str, Box] = {}
         digest: Box | None = None
         broken: dict[str, str] = {}
+        chain: dict[int, Generation] = {}
         for kv in kvs:
             try:
-                if kv.key.startswith(CONTROLLERS):
+                if kv.key.startswith(ROSTER):
+                    g = Generation.of(kv)
+                    chain[g.generation] = g
+                elif kv.key.startswith(CONTROLLERS):
                     c = _controller(kv)
                     controllers[c.name] = c
                 elif kv.key.startswith(VALUES):
@@ -138,11 +163,22 @@ class SealedState:
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 why = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
                 broken[kv.key] = f"not a sealed record ({why[:120]})"
-        return SealedState(controllers, boxes, digest, broken)
+        return SealedState(controllers, boxes, digest, broken, chain)
 
-    def mine(self, identity: Identity) -> Controller | None:
-        """This controller's entry: the one with its public key."""
-        return next((c for c in self.controllers.values() if c.key == identity.public), None)
+    def empty(self) -> bool:
+        """A fleet where no controller ever wrote: the first to write registers itself."""
+        return not (self.controllers or self.boxes or self.digest or self.broken or self.chain)
+
+    def forged(self, roster: Roster) -> dict[str, str]:
+        """The registrations under /fleet/controllers/ that the verified list does not back: name -> why."""
+        return {name: f"{CONTROLLERS}{name} is not in the fleet's sealed controller list (generation "
+                      f"{roster.generation}): forged, or left by an interrupted add; nothing is sealed to it"
+                for name, c in self.controllers.items() if roster.controllers.get(name) != c.key}
+
+    def readers(self, roster: Roster) -> list[Controller]:
+        """The controllers of the verified list, with their registrations where those match."""
+        return [c if (c := self.controllers.get(name)) is not None and c.key == key else Controller(name, key, "", 0.0)
+                for name, key in sorted(roster.controllers.items())]
 
     def unreadable(self, name: str) -> str | None:
         """Why the secret `name`'s record cannot be used (None: it can, or there is none)."""
@@ -293,11 +329,17 @@ TXN_PUTS = 100
 
 @dataclass(frozen=True)
 class SecretsView:
-    """What `fleet secret ls` and `fleet controller ls` show: names, readers and who did what; never a value."""
+    """What `fleet secret ls` and `fleet controller ls` show: names, readers and who did what; never a value.
+    `forged`: registrations the sealed controller list does not back (name -> why); `unlisted`: controllers the
+    list names whose registration is gone (removed without the fleet's key); `unverified`: why the list itself
+    could not be verified (then nothing in it is vouched for)."""
 
     controllers: tuple[Controller, ...]
     secrets: tuple[Box, ...]
     broken: Mapping[str, str]
+    forged: Mapping[str, str] = field(default_factory=dict)
+    unlisted: tuple[Controller, ...] = ()
+    unverified: str | None = None
 
 
 class SecretKeeper:
@@ -312,24 +354,61 @@ class SecretKeeper:
     it; running the command again completes either."""
 
     def __init__(self, store: EtcdStore, *, command: str, name: str | None = None, identity_file: str | None = None,
-                 wait: float = 0.0, ttl: int = DEFAULT_TTL) -> None:
+                 wait: float = 0.0, ttl: int = DEFAULT_TTL, place: str = "", seen: Seen | None = None) -> None:
         self.store = store
         self.command = command
         self.name = check_name("controller", name or default_name())
         self.identity_file = identity_file
         self.wait = wait
         self.ttl = ttl
+        self.place = place  # which record nodes keep this fleet's list (what `seen` remembers it by)
+        self.seen = seen or Seen()
+        self.refused: dict[str, str] = {}  # forged registrations the last write found (and sealed nothing to)
+
+    def verified(self, state: SealedState, identity: Identity) -> Roster:
+        """The fleet's controller list, verified with this controller's identity from what it verified before
+        (fleet.store.roster.verify), and remembered; SecretStoreError naming the command that registers it when
+        this controller is not one, SecretUnreadable when the list is forged, replayed or rewritten."""
+        def open_key(g: Generation) -> bytes:
+            if identity.public not in g.controllers.values():
+                names = ", ".join(sorted(g.controllers)) or "none"
+                raise SecretStoreError(
+                    f"this controller ({identity.public}, in {identity.where}) is not one of the fleet's controllers "
+                    f"({names}): have one of them run `fleet controller add NAME {identity.public}`")
+            try:
+                key = bytes.fromhex(unseal(identity, box_of(g.key, KEY_NAME), f"the fleet's controller list, "
+                                           f"generation {g.generation}").reveal())
+            except (ValueError, KeyError, TypeError):
+                key = b""
+            if len(key) != 32:
+                raise SecretUnreadable(f"the fleet's controller list, generation {g.generation}: its key is not 32 "
+                                       f"bytes; refusing it")
+            return key
+
+        if state.chain and not any(identity.public in g.controllers.values() for g in state.chain.values()):
+            open_key(state.chain[max(state.chain)])  # raises: not one of the fleet's controllers
+        roster = verify(state.chain, identity.public, open_key, self.seen.get(self.place, identity.public))
+        open_key(state.chain[roster.generation])  # a controller taken out of the newest generation is refused
+        self.seen.put(self.place, identity.public, roster)
+        return roster
 
     async def view(self) -> SecretsView:
-        """The controllers and the secrets' names and readers; needs no identity and takes no lease."""
+        """The controllers and the secrets' names and readers; takes no lease. The registrations are checked
+        against the sealed controller list when this controller has an identity that reads it."""
         state = await read_state(self.store)
-        return SecretsView(tuple(sorted(state.controllers.values(), key=lambda c: c.name)),
-                           tuple(state.boxes[n] for n in sorted(state.boxes)), dict(state.broken))
+        listed = tuple(sorted(state.controllers.values(), key=lambda c: c.name))
+        secrets = tuple(state.boxes[n] for n in sorted(state.boxes))
+        try:
+            roster = self.verified(state, load_identity(self.identity_file))
+        except SecretStoreError as exc:
+            return SecretsView(listed, secrets, dict(state.broken), unverified=str(exc))
+        return SecretsView(listed, secrets, dict(state.broken), state.forged(roster),
+                           tuple(c for c in state.readers(roster) if c.name not in state.controllers))
 
     @contextlib.asynccontextmanager
-    async def _writing(self) -> AsyncIterator[tuple[SharedState, SealedState, Identity, Controller]]:
-        """The lease, the state read under it, this controller's identity and entry (registering it, with a new
-        digest key, when the fleet has no controller yet)."""
+    async def _writing(self) -> AsyncIterator[tuple[SharedState, SealedState, Identity, Controller, Roster]]:
+        """The lease, the state read under it, this controller's identity and entry, and the verified controller
+        list (registering this controller, with a new digest key and list, when the fleet has none yet)."""
         identity, _ = init_identity(self.identity_file)  # a first controller needs no `fleet controller init`
         async with EtcdLease(self.store, command=self.command, ttl=self.ttl, wait=self.wait) as lease:
             shared = SharedState(self.store, lease)
@@ -338,35 +417,45 @@ class SecretKeeper:
             if bad:
                 raise SecretUnreadable("the fleet's controllers cannot all be read: " + "; ".join(
                     f"{key}: {why}" for key, why in sorted(bad.items())) + "; refusing to seal without them")
-            me = state.mine(identity)
-            if me is None and not state.controllers and not state.broken:
-                if state.boxes or state.digest is not None:
-                    raise SecretStoreError("the fleet has sealed secrets but no controller: refusing to register "
-                                           "a new one over them")
+            if state.empty() and (seen := self.seen.get(self.place, identity.public)) is not None:
+                raise SecretUnreadable(f"the fleet's controllers and secrets are gone from its shared state, where "
+                                       f"this controller verified generation {seen.generation} of its controller "
+                                       f"list before: refusing to start a new list over it (if the fleet was reset "
+                                       f"on purpose, remove {seen.where})")
+            if state.empty():
                 me = Controller(self.name, identity.public, self.name, time.time())
                 digest = seal(DIGEST_NAME, legacy_digest_key() or new_digest_key(), [me], me.name)
-                await shared.write({CONTROLLERS + me.name: me.doc(), DIGEST_KEY: digest.doc()},
+                first, roster = self._generation(Roster(new_fleet(), 0, {}, b""), [me], me.name)
+                await shared.write({CONTROLLERS + me.name: me.doc(), DIGEST_KEY: digest.doc(),
+                                    roster_key(1): first.doc()},
                                    event=_event("controller bootstrap", me.name, controller=me.name))
-                state = SealedState({me.name: me}, {}, digest, {})
-            if me is None:
-                names = ", ".join(sorted(state.controllers)) or "none readable"
-                raise SecretStoreError(f"this controller ({identity.public}, in {identity.where}) is not one of the "
-                                       f"fleet's controllers ({names}): have one of them run `fleet controller add "
-                                       f"NAME {identity.public}`")
-            yield shared, state, identity, me
+                self.seen.put(self.place, identity.public, roster)
+                state = SealedState({me.name: me}, {}, digest, {}, {1: first})
+            roster = self.verified(state, identity)
+            self.refused = state.forged(roster)
+            me = next(c for c in state.readers(roster) if c.key == identity.public)
+            yield shared, state, identity, me, roster
+
+    def _generation(self, roster: Roster, to: Sequence[Controller], by: str) -> tuple[Generation, Roster]:
+        """The controller list's next generation for the controllers `to`: a new key sealed to them, MACed with
+        the key of `roster` (the current generation; the first is MACed with its own)."""
+        key = new_key()
+        box = seal(KEY_NAME, Secret(key.hex()), to, by)
+        g = make(roster.fleet, roster.generation + 1, {c.name: c.key for c in to}, box.doc(), by, roster.key or key)
+        return g, Roster(g.fleet, g.generation, g.controllers, key)
 
     async def set(self, name: str, value: Secret) -> Box:
         """Seal `value` to every controller and store it as secret `name` (replacing its value)."""
         check_name("secret", name)
-        async with self._writing() as (shared, state, _, me):
-            box = seal(name, value, list(state.controllers.values()), me.name)
+        async with self._writing() as (shared, state, _, me, roster):
+            box = seal(name, value, state.readers(roster), me.name)
             await shared.write({VALUES + name: box.doc()}, event=_event("secret set", me.name, secret=name))
             return box
 
     async def rm(self, name: str) -> bool:
         """Remove the secret `name`; False when the fleet has none by that name."""
         check_name("secret", name)
-        async with self._writing() as (shared, state, _, me):
+        async with self._writing() as (shared, state, _, me, _roster):
             if name not in state.boxes and state.unreadable(name) is None:
                 return False
             await shared.write({}, [VALUES + name], event=_event("secret rm", me.name, secret=name))
@@ -376,12 +465,12 @@ class SecretKeeper:
         """Let the controller `name` (age public key `key`) read every secret: each is re-sealed to the new set."""
         check_name("controller", name)
         check_key(key)
-        async with self._writing() as (shared, state, identity, me):
-            if name in state.controllers or any(c.key == key for c in state.controllers.values()):
+        async with self._writing() as (shared, state, identity, me, roster):
+            if name in roster.controllers or key in roster.controllers.values():
                 raise SecretStoreError(f"controller {name!r} or its key is already one of the fleet's; remove it "
                                        f"first (`fleet controller rm {name}`) to change its key")
             new = Controller(name, key, me.name, time.time())
-            await self._reseal(shared, state, identity, [*state.controllers.values(), new],
+            await self._reseal(shared, state, identity, roster, [*state.readers(roster), new],
                                {CONTROLLERS + name: new.doc()}, [],
                                _event("controller add", me.name, controller=name, key=key))
             return new
@@ -389,23 +478,24 @@ class SecretKeeper:
     async def rm_controller(self, name: str) -> Controller:
         """Stop the controller `name` reading what is set from now on: every secret is re-sealed to the others.
         What it already read stays known to it: those values must be rotated (README "Secrets")."""
-        async with self._writing() as (shared, state, identity, me):
-            gone = state.controllers.get(name)
+        async with self._writing() as (shared, state, identity, me, roster):
+            readers = state.readers(roster)
+            gone = next((c for c in readers if c.name == name), None)
             if gone is None:
-                raise SecretStoreError(f"no controller {name!r} (the fleet's: {', '.join(sorted(state.controllers))})")
-            rest = [c for c in state.controllers.values() if c.name != name]
+                raise SecretStoreError(f"no controller {name!r} (the fleet's: {', '.join(sorted(roster.controllers))})")
+            rest = [c for c in readers if c.name != name]
             if not rest:
                 raise SecretStoreError(f"controller {name!r} is the fleet's last: nobody could read the secrets")
-            await self._reseal(shared, state, identity, rest, {}, [CONTROLLERS + name],
+            await self._reseal(shared, state, identity, roster, rest, {}, [CONTROLLERS + name],
                                _event("controller rm", me.name, controller=name))
             return gone
 
-    async def _reseal(self, shared: SharedState, state: SealedState, identity: Identity,
+    async def _reseal(self, shared: SharedState, state: SealedState, identity: Identity, roster: Roster,
                       to: Sequence[Controller], puts: Mapping[str, Any], deletes: Sequence[str],
                       event: dict[str, Any]) -> None:
         """Every box re-sealed to `to`, a hundred per transaction, then `puts`/`deletes` (the change of the set)
-        with the event in the last one. A secret that cannot be opened stops it, named, before anything is
-        written."""
+        with the controller list's next generation and the event in the last one. A secret that cannot be opened
+        stops it, named, before anything is written."""
         if state.broken:
             bad = "; ".join(f"{key}: {why}" for key, why in sorted(state.broken.items()))
             raise SecretUnreadable(f"cannot re-seal the secrets: {bad}; remove or set them again first")
@@ -416,7 +506,9 @@ class SecretKeeper:
         items = list(resealed.items())
         for start in range(0, len(items), TXN_PUTS):
             await shared.write(dict(items[start:start + TXN_PUTS]))
-        await shared.write(puts, deletes, event=event)
+        following, after = self._generation(roster, to, by)
+        await shared.write({**puts, roster_key(following.generation): following.doc()}, deletes, event=event)
+        self.seen.put(self.place, identity.public, after)
 
 
 def _event(what: str, by: str, **detail: str) -> dict[str, Any]:
