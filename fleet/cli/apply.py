@@ -101,7 +101,8 @@ def print_plan(p: Plan, errors: dict[str, str], changes: dict[str, list[str]] | 
         edits = [c for c in changes.get(s.name, []) if c]
         marker = "[yellow]~[/]" if s.changed or s.unplaced or edits else "[green]=[/]"
         lb = f", lb :{s.spec.lb.port}" if s.spec.lb else ""
-        out.print(f"{marker} [bold]{s.name}[/] ({esc(s.spec.image)}, {s.spec.replicas} replicas{lb})")
+        each = " per-node" if s.spec.per_node else ""
+        out.print(f"{marker} [bold]{s.name}[/] ({esc(s.spec.image)}, {s.spec.replicas}{each} replicas{lb})")
         for line in edits:
             out.print(f"    [yellow]~ {esc(line)}[/]")
         if s.name in notes:
@@ -362,7 +363,7 @@ def apply(playbooks: PlaybooksArg = None, file: FileOpt = None, inventory: commo
       fleet apply --wait 5m"""
     specs = specs_from(playbooks, file)
     raise _exit(_run(lambda f: f.apply(specs, "apply", parallel), inventory, json, wait,
-                     totals={s.name: s.replicas for s in specs}))
+                     totals={s.name: s.replicas for s in specs if not s.per_node}))
 
 
 def scale(service: ServiceArg, replicas: int, playbooks: FileOpt = None,
@@ -379,6 +380,8 @@ def scale(service: ServiceArg, replicas: int, playbooks: FileOpt = None,
     specs = [s for s in specs_from(playbooks) if s.name == service]
     if not specs:
         common.fail(f"no service {service!r} in the playbooks")
+    if specs[0].per_node:
+        common.fail(f"{service} runs one replica per node (replicas: per-node): its count follows the nodes")
     raise _exit(_run(lambda f: f.scale(specs[0], replicas), inventory, json, wait))
 
 

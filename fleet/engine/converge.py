@@ -67,9 +67,12 @@ class Converge:
         sp = plan([spec], view.nodes(), [r for r in view.seen if r.service != spec.name or r.spec_hash not in others],
                   s.ledger.fresh(view.volumes)).service(spec.name)
         moving = {r.id: why for r, why in sp.stop if _misplaced(why)}
+        if spec.per_node:  # one node at a time: old replicas go in node order, as new ones are placed
+            spec, mine = sp.spec, sorted(mine, key=lambda r: (r.node, r.replica))
         states = [ReplicaState(r.id, "" if r.id in moving else r.spec_hash, ready[r.id], r.replica) for r in mine]
         u = spec.update
-        resume = resume_plan(states, h, spec.replicas, u.max_surge, u.max_unavailable, u.batch_size)
+        resume = resume_plan(states, h, spec.replicas, u.max_surge, u.max_unavailable,
+                             1 if spec.per_node else u.batch_size)
         by_id = {r.id: r for r in mine}
         started = stopped = 0
         if not heal and u.strategy == "canary" and s.ops.balanced and not resume.keep and any(

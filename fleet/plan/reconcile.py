@@ -117,6 +117,8 @@ def demand_for(spec: ServiceSpec, replicas: int | None = None, *, volumes: Volum
         required_labels=spec.placement.require,
         spread_by=spec.placement.spread_by,
         strategy=spec.placement.strategy,
+        max_per_node=spec.placement.max_per_node,
+        per_node=spec.per_node,
     )
 
 
@@ -201,6 +203,8 @@ def plan(specs: Sequence[ServiceSpec], nodes: Sequence[NodeState], replicas: Seq
         unplaced.setdefault(u.service, []).append(u)
     plans = []
     for spec in specs:
+        if spec.per_node:
+            spec = replace(spec, replicas=placement.counts.get(spec.name, 0))  # as this pass counts
         mine = by_service.get(spec.name, [])
         h = spec.spec_hash()
         up_to_date = [r for r in mine if r.running and r.spec_hash == h]

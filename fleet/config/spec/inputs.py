@@ -31,6 +31,7 @@ from fleet.config.spec.rules import (
     Percent,
     Port,
     PositiveDuration,
+    Replicas,
     check_mount_path,
 )
 from fleet.config.spec.values import (
@@ -136,6 +137,7 @@ class _Placement(_Strict):
     require: dict[str, Any] = Field(default_factory=dict)
     spread_by: str | None = None
     strategy: Literal["spread", "pack"] = PlacementSpec.strategy
+    max_per_node: Annotated[StrictInt, Field(ge=1, le=10000)] | None = None
 
     @field_validator("require")
     @classmethod
@@ -158,13 +160,15 @@ class _Placement(_Strict):
         return v
 
     def value(self) -> PlacementSpec:
-        return PlacementSpec(self.require, self.spread_by, self.strategy)
+        return PlacementSpec(self.require, self.spread_by, self.strategy, self.max_per_node)
 
     @staticmethod
     def written(p: PlacementSpec) -> dict[str, Any]:
         out: dict[str, Any] = {"require": dict(p.require), "strategy": p.strategy}
         if p.spread_by:
             out["spread_by"] = p.spread_by
+        if p.max_per_node is not None:
+            out["max_per_node"] = p.max_per_node
         return out
 
 
@@ -438,7 +442,7 @@ def main_port(ports: dict[str, int]) -> int:
 class ServiceInput(_Strict):
     image: str
     command: Argv | None = None
-    replicas: Annotated[StrictInt, Field(ge=0, le=10000)] = ServiceSpec.replicas
+    replicas: Replicas = ServiceSpec.replicas
     resources: _Resources = Field(default_factory=_Resources)
     port: Port = ServiceSpec.port
     network: Literal["bridge", "host"] = ServiceSpec.network
@@ -503,6 +507,13 @@ class ServiceInput(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _per_node_alone(self) -> ServiceInput:
+        if self.replicas == "per-node" and self.placement.max_per_node not in (None, 1):
+            raise ValueError("replicas per-node runs one replica on each node: placement.max_per_node cannot "
+                             "be more than 1")
+        return self
+
+    @model_validator(mode="after")
     def _canary_needs_lb(self) -> ServiceInput:
         if self.update.strategy == "canary" and self.lb is None:
             raise ValueError("update.strategy canary needs lb (traffic is split by HAProxy weights)")
@@ -517,7 +528,8 @@ class ServiceInput(_Strict):
             name=name,
             image=self.image,
             command=tuple(self.command) if self.command is not None else None,
-            replicas=self.replicas,
+            replicas=self.replicas if isinstance(self.replicas, int) else 0,
+            per_node=self.replicas == "per-node",
             resources=self.resources.value(),
             port=main_port(self.ports) if self.ports and "port" not in self.model_fields_set else self.port,
             network=self.network,
@@ -543,7 +555,7 @@ class ServiceInput(_Strict):
         exactly; secrets appear as `{secret: NAME}` references only."""
         out: dict[str, Any] = {
             "image": spec.image,
-            "replicas": spec.replicas,
+            "replicas": "per-node" if spec.per_node else spec.replicas,
             "resources": _Resources.written(spec.resources),
             "port": spec.port,
             "env": {k: ({"secret": v.name} if isinstance(v, SecretRef) else v) for k, v in spec.env.items()},
