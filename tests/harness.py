@@ -25,6 +25,7 @@ from fleet.engine.nodes import NodeReport
 from fleet.engine.state import Observed
 from fleet.node.facts import NodeFacts
 from fleet.plan.reconcile import Replica
+from fleet.plan.rollout.pause import Pause
 from fleet.plan.scheduler import Assignment
 from fleet.plan.volumes import VolumeView
 from fleet.results import Event, RunResult
@@ -257,16 +258,20 @@ class Harness:
         self.records: Records | None = (MemoryRecords() if records is True else None if records is False
                                         else records)
         self.events: list[Event] = []
+        self.pauses: dict[str, Pause] = {}  # `fleet rollout pause`, as the engine reads it before each batch
         self.pool = Pool(connect_attempts=1, connect_timeout=1)  # never connected: FakeOps reaches no node
         self.parallel = parallel
         self.engine = Engine(self.pool, list(nodes), on_event=self.events.append, records=self.records,
-                             user="harness", guard=guard, parallel=parallel, ops=self.ops)
+                             user="harness", guard=guard, parallel=parallel, ops=self.ops, paused=self.paused)
+
+    async def paused(self, service: str) -> Pause | None:
+        return self.pauses.get(service)
 
     def fresh_engine(self, guard: Callable[[], None] | None = None) -> Engine:
         """A new run's engine over the same nodes, fake replicas and records (the next command)."""
         self.engine = Engine(self.pool, self.engine.view.reports, on_event=self.events.append,
                              records=self.records, user="harness", guard=guard, parallel=self.parallel,
-                             ops=self.ops)
+                             ops=self.ops, paused=self.paused)
         return self.engine
 
     async def apply(self, *specs: ServiceSpec, command: str = "apply") -> RunResult:

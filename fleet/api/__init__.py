@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import shlex
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -51,6 +52,7 @@ from fleet.node.provision import Plan, plan_for
 from fleet.plan.members import MembershipPlan, Step
 from fleet.plan.reconcile import Replica
 from fleet.plan.rollout.decide import Command
+from fleet.plan.rollout.pause import Pause
 from fleet.results import (
     LIST_TIMEOUT,
     Event,
@@ -94,6 +96,7 @@ from fleet.store.etcd import EtcdLease, EtcdStore
 from fleet.store.etcd_records import EtcdRecords
 from fleet.store.follow import EventLog
 from fleet.store.nodes import record_nodes, record_warnings
+from fleet.store.pause import clear_pause, read_pause, request_pause
 from fleet.store.sealed import SecretKeeper, SecretsView, check_name, open_secrets
 from fleet.store.secrets import init_identity, load_identity, secret_check, stamped, stamped_for
 from fleet.transport import Pool, RemoteStream
@@ -190,7 +193,8 @@ class Fleet(Hands):
         """An engine over this run's reports; `held` are replicas of nodes in their grace period (see Engine)."""
         reports, secrets = await asyncio.gather(self.reports(ports=True), self.unsealed())  # a slow node delays both
         return Engine(self.pool, reports, on_event=self.on_event, secrets=secrets, records=self.records(),
-                      guard=guard, held=held, edge=self.inventory.edge)
+                      guard=guard, held=held, edge=self.inventory.edge,
+                      paused=functools.partial(read_pause, self.records().store))
 
     async def unsealed(self, specs: Sequence[ServiceSpec] | None = None) -> Callable[[str], str | None] | None:
         """The getter given, else the fleet's sealed secrets read once (store.sealed); none if `specs` need none."""
@@ -296,6 +300,16 @@ class Fleet(Hands):
         """Remove the waiting canary: the service goes back to its accepted revision; reconcile keeps it so."""
         async with self.writing() as engine:
             return await engine.turn("abort", service)
+
+    async def pause(self, service: str) -> Pause:
+        """Pause the service's rollouts before their next batch; no lease (the rollout to pause holds it)."""
+        return await request_pause(self.records().store, service)
+
+    async def resume(self, service: str) -> tuple[Pause | None, RunResult]:
+        """Lift the service's pause (the one it was, if any), then carry its paused rollout on to the end."""
+        was = await clear_pause(self.records().store, service)
+        async with self.writing() as engine:
+            return was, await engine.resume(service)
 
     async def restart(self, service: str) -> tuple[Revision, RunResult]:
         """Replace every replica, surge first and health-checked, with the same image and settings."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 
 from fleet.config.spec import ServiceSpec
@@ -38,6 +38,7 @@ from fleet.engine.view import RunView
 from fleet.plan.drain import drain_target
 from fleet.plan.reconcile import Plan, Replica, plan
 from fleet.plan.rollout.decide import Command, Target, config_changes
+from fleet.plan.rollout.pause import Pause
 from fleet.plan.volumes import local_volumes
 from fleet.results import Event, Outcome, PlanView, RunResult
 from fleet.store.history import Revision
@@ -57,7 +58,8 @@ class Engine:
                  secrets: Callable[[str], str | None] | None = None, records: Records | None = None,
                  user: str | None = None, guard: Guard | None = None,
                  parallel: int = DEFAULT_PARALLEL, held: Sequence[Replica] = (),
-                 edge: EdgeSettings | None = None, ops: ReplicaOps | None = None) -> None:
+                 edge: EdgeSettings | None = None, ops: ReplicaOps | None = None,
+                 paused: Callable[[str], Awaitable[Pause | None]] | None = None) -> None:
         self.pool = pool
         self.view = RunView(reports, tuple(held))
         user = user or f"{getpass.getuser()}@{socket.gethostname()}"
@@ -71,6 +73,8 @@ class Engine:
         self.ops: ReplicaOps = Guarded(inner, guard) if guard is not None else inner
         self.book = RoomBook(self.view, self.on_event)
         self.stage = Stage(self.view, self.ops, self.book, self.ledger, self.on_event, guard or (lambda: None))
+        if paused is not None:
+            self.stage.paused = paused
         self.rollout = ServiceRollout(self.stage)
 
     def emit(self, step: str, service: str, message: str) -> None:
@@ -280,9 +284,19 @@ class Engine:
             await self.ledger.turned(turn, revision, str(exc))
             await self.ops.route(self.view.rotation)
             return turn.shown, self.result([Outcome(service, False, reason=str(exc))])
-        await self.ledger.turned(turn, revision, None)
+        if not out.waiting:  # paused: the revision stays in progress for `fleet rollout resume`
+            await self.ledger.turned(turn, revision, None)
         await self.ops.route(self.view.rotation)
         return turn.shown, self.result([out])
+
+    async def resume(self, service: str) -> RunResult:
+        """Carry on the service's rollout that a pause stopped (its pause lifted first): its newest revision still
+        in progress, as a run that finds an interrupted rollout does; nothing to do when there is none."""
+        await self.observe()
+        spec = await self.ledger.unfinished(service)
+        if spec is None:
+            return self.result([Outcome(service, True, reason="no rollout in progress to resume", changed=False)])
+        return self.result(await self.apply_targets([Target(spec, None, heal=False)]))
 
     # --- removing a service -----------------------------------------------------------------------------
     async def destroy(self, service: str, grace: float = 10.0) -> RunResult:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
 from fleet.config.spec import ServiceSpec
@@ -16,6 +16,7 @@ from fleet.engine.replicas import ReplicaOps
 from fleet.engine.rooms import RoomBook
 from fleet.engine.view import Emit, RunView
 from fleet.plan.reconcile import Replica, duplicates, plan
+from fleet.plan.rollout.pause import Pause
 from fleet.plan.rollout.strategy import ReplicaState, Verdict, canary_verdict, canary_weights, resume_plan
 from fleet.plan.scheduler import Assignment
 from fleet.results import Event, Outcome
@@ -24,6 +25,10 @@ from fleet.results import Event, Outcome
 def _misplaced(why: str) -> bool:
     """A scheduler stop reason that means "this replica must move" (not a scale-down or a duplicate)."""
     return not why.startswith(("surplus", "duplicate of", "service ", "second copy"))
+
+
+async def _unpaused(service: str) -> Pause | None:
+    return None
 
 
 @dataclass
@@ -37,6 +42,8 @@ class Stage:
     ledger: Ledger
     on_event: Emit
     guard: Guard
+    # The service's pause (`fleet rollout pause`), read afresh before each batch of a rollout.
+    paused: Callable[[str], Awaitable[Pause | None]] = _unpaused
 
     def emit(self, step: str, service: str, message: str, node: str | None = None,
              container: str | None = None) -> None:
@@ -88,6 +95,10 @@ class Converge:
         outgoing = {st.id for st in states if st.id not in resume.keep}
         for step in resume.steps:
             await confirm(s.guard)
+            if not heal and (pause := await s.paused(spec.name)) is not None:
+                s.emit("paused", spec.name, f"{spec.name}: {pause.reason()}")
+                return Outcome(spec.name, True, started, stopped, reason=pause.reason(), waiting=True,
+                               changed=bool(started or stopped))
             if step.start_new:
                 new = await self.start_batch(spec, revision, step.start_new, outgoing, weight)
                 started += len(new)
