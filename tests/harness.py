@@ -79,6 +79,7 @@ class FakeOps:
     low: dict[str, int] = field(default_factory=dict)
     cpu_peak: dict[str, float] = field(default_factory=dict)
     requests: dict[str, tuple[int, int]] = field(default_factory=dict)
+    traffic: dict[str, int] = field(default_factory=dict)  # image → requests per counters() call (default 100)
     inside: int = 0
     most: int = 0
     _ids: itertools.count[int] = field(default_factory=itertools.count)
@@ -170,10 +171,12 @@ class FakeOps:
         self._measure(r.service)
 
     async def counters(self, service: str) -> dict[str, tuple[int, int]]:
-        """Each call: 100 more requests to every replica of the service, 5xx as its image's error rate."""
+        """Each call: 100 (`traffic`) more requests to every replica of the service, 5xx as its image's error
+        rate."""
         for r in self.of(service):
             bad, total = self.requests.get(r.id, (0, 0))
-            self.requests[r.id] = (bad + int(100 * self.error_rate.get(r.image, 0.0)), total + 100)
+            n = self.traffic.get(r.image, 100)
+            self.requests[r.id] = (bad + int(n * self.error_rate.get(r.image, 0.0)), total + n)
         return {rid: c for rid, c in self.requests.items() if rid in self.running}
 
 

@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import NoReturn
 
 from fleet.config.spec import ServiceSpec
 from fleet.core.errors import CanaryAborted, FleetError, ImageUnavailable, LeaseError, RolloutFailed
@@ -17,7 +18,15 @@ from fleet.engine.rooms import RoomBook
 from fleet.engine.view import Emit, RunView
 from fleet.plan.reconcile import Replica, duplicates, plan
 from fleet.plan.rollout.pause import Pause
-from fleet.plan.rollout.strategy import ReplicaState, Verdict, canary_verdict, canary_weights, resume_plan
+from fleet.plan.rollout.strategy import (
+    ReplicaState,
+    Verdict,
+    WindowEnd,
+    canary_verdict,
+    canary_weights,
+    resume_plan,
+    window_end,
+)
 from fleet.plan.scheduler import Assignment
 from fleet.results import Event, Outcome
 
@@ -137,20 +146,24 @@ class Converge:
             s.emit("canary", spec.name, f"canary at {step.pct}% of traffic (weights {step.new_weight} new / "
                                         f"{step.old_weight} old) for {pause:g}s")
             before = await s.ops.counters(spec.name)
-            deadline = time.monotonic() + pause
+            deadline, extended = time.monotonic() + pause, False
             while True:
                 await asyncio.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-                after = await s.ops.counters(spec.name)
-                verdict = _verdict(spec, before, after, new, old)
+                verdict, seen = _verdict(spec, before, await s.ops.counters(spec.name), new, old)
                 if verdict.ok is False:
-                    for r in new:
-                        await self.retire(spec, r, "canary aborted")
-                    for r in old:
-                        rotation.weight(r, 1)
-                    await s.ops.route(rotation)
-                    raise CanaryAborted(f"{spec.name}: canary aborted at {step.pct}%: {verdict.reason}")
-                if time.monotonic() >= deadline:
+                    await self._abort(spec, new, old, step.pct, verdict.reason)
+                if time.monotonic() < deadline:
+                    continue
+                end = window_end(verdict, seen, c.min_requests if c else 20, extended)
+                if end.action == "next" and spec.lb is not None and spec.lb.mode == "tcp" and not all(
+                        (await s.ops.judge(spec, new)).values()):
+                    end = WindowEnd("fail", "the canary fails its health check")  # a tcp canary's other signal
+                if end.action == "fail":
+                    await self._abort(spec, new, old, step.pct, end.reason)
+                if end.action == "next":
                     break
+                s.emit("canary", spec.name, f"{spec.name}: {end.reason}")
+                deadline, extended = time.monotonic() + pause, True
         if c is not None and not c.auto_promote:
             reason = (f"{spec.name}: canary at {steps[-1]}% waits: `fleet promote {spec.name}` or "
                       f"`fleet abort {spec.name}`")
@@ -160,6 +173,16 @@ class Converge:
             rotation.weight(r, 1)
         s.emit("canary", spec.name, f"{spec.name}: canary promoted; rolling the rest")
         return new, None
+
+    async def _abort(self, spec: ServiceSpec, new: Sequence[Replica], old: Sequence[Replica], pct: int,
+                     why: str) -> NoReturn:
+        """The canary's replicas out, the old ones back to full weight; CanaryAborted says why."""
+        for r in new:
+            await self.retire(spec, r, "canary aborted")
+        for r in old:
+            self.s.view.rotation.weight(r, 1)
+        await self.s.ops.route(self.s.view.rotation)
+        raise CanaryAborted(f"{spec.name}: canary aborted at {pct}%: {why}")
 
     # --- one batch --------------------------------------------------------------------------------------
     async def start_batch(self, spec: ServiceSpec, revision: int, k: int, outgoing: set[str],
@@ -217,7 +240,8 @@ class Converge:
 
 
 def _verdict(spec: ServiceSpec, before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]],
-             new: Sequence[Replica], old: Sequence[Replica]) -> Verdict:
+             new: Sequence[Replica], old: Sequence[Replica]) -> tuple[Verdict, int]:
+    """The window's verdict so far, and how many requests (tcp: connections) the canary saw in it."""
     def delta(rs: Sequence[Replica]) -> tuple[int, int]:
         bad = sum(after.get(r.id, (0, 0))[0] - before.get(r.id, (0, 0))[0] for r in rs)
         total = sum(after.get(r.id, (0, 0))[1] - before.get(r.id, (0, 0))[1] for r in rs)
@@ -225,4 +249,6 @@ def _verdict(spec: ServiceSpec, before: dict[str, tuple[int, int]], after: dict[
 
     c = spec.update.canary
     (nb, nt), (ob, ot) = delta(new), delta(old)
-    return canary_verdict(min(nb, nt), nt, min(ob, ot), ot, c.max_error_rate_delta if c else 1.0)
+    what = "connection errors" if spec.lb is not None and spec.lb.mode == "tcp" else "5xx"
+    return canary_verdict(min(nb, nt), nt, min(ob, ot), ot, c.max_error_rate_delta if c else 1.0,
+                          c.min_requests if c else 20, what), nt

@@ -375,6 +375,7 @@ class _Canary(_Strict):
     pause: Duration = CanarySpec.pause
     auto_promote: StrictBool = CanarySpec.auto_promote
     max_error_rate_delta: Percent = CanarySpec.max_error_rate_delta
+    min_requests: Annotated[StrictInt, Field(ge=1, le=1_000_000)] = CanarySpec.min_requests
 
     @field_validator("steps")
     @classmethod
@@ -386,12 +387,15 @@ class _Canary(_Strict):
         return v
 
     def value(self) -> CanarySpec:
-        return CanarySpec(tuple(self.steps), self.pause, self.auto_promote, self.max_error_rate_delta)
+        return CanarySpec(tuple(self.steps), self.pause, self.auto_promote, self.max_error_rate_delta,
+                          self.min_requests)
 
     @staticmethod
     def written(c: CanarySpec) -> dict[str, Any]:
         return {"steps": list(c.steps), "pause": format_duration(c.pause), "auto_promote": c.auto_promote,
-                "max_error_rate_delta": c.max_error_rate_delta}
+                "max_error_rate_delta": c.max_error_rate_delta,
+                # Only when not the default, so a revision recorded before it is the same revision.
+                **({"min_requests": c.min_requests} if c.min_requests != CanarySpec.min_requests else {})}
 
 
 class _Update(_Strict):

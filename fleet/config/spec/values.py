@@ -214,6 +214,8 @@ class CanarySpec:
     pause: float = 30.0
     auto_promote: bool = True
     max_error_rate_delta: float = 1.0
+    # Requests (tcp: connections) a window must see before the canary is judged; fewer: extended once, then failed.
+    min_requests: int = 20
 
 
 @dataclass(frozen=True)
