@@ -265,14 +265,16 @@ class Fleet(Hands):
             yield await self.engine(guard=Coalesced(lease.check), held=held)
 
     async def apply(self, specs: Sequence[ServiceSpec], command: Command = "apply",
-                    parallel: int | None = None, held: Sequence[Replica] = ()) -> RunResult:
+                    parallel: int | None = None, held: Sequence[Replica] = (),
+                    images: Mapping[str, str] | None = None) -> RunResult:
         """`apply` tries the playbooks; `reconcile` restores the accepted state (see fleet.plan.rollout.decide).
         `parallel` services converge at once (default: `fleet.engine.concurrency.DEFAULT_PARALLEL`). `held`:
-        replicas of nodes that stopped answering, kept as running where they were (`fleet watch`'s grace)."""
+        replicas of nodes that stopped answering, kept as running where they were (`fleet watch`'s grace).
+        `images` (`apply --set SERVICE.image=REF`): those services run that image, recorded as `fleet deploy`."""
         self.check_volumes(specs)
         specs, skipped = await self.stamped_for(specs, command)
         async with self.writing(held) as engine:
-            return await engine.apply(specs, command, parallel, skipped)
+            return await engine.apply(specs, command, parallel, skipped, images)
 
     async def scale(self, spec: ServiceSpec, replicas: int) -> RunResult:
         """Run `replicas` of the service now; the count holds (reconcile keeps it) until the next `apply`."""

@@ -43,6 +43,13 @@ PlaybooksArg = Annotated[list[str] | None, typer.Argument(
 FileOpt = Annotated[list[str] | None, typer.Option(
     "-f", "--file", metavar="PATH", show_default=False,
     help="A playbook file or directory, repeatable (default: $FLEET_PLAYBOOKS or ./playbooks).")]
+EnvFileOpt = Annotated[str | None, typer.Option(
+    "--env-file", metavar="FILE", show_default=False,
+    help="NAME=value lines for ${NAME} in the playbooks; the environment wins over the file.")]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", metavar="SERVICE.image=REF", show_default=False,
+    help="Run SERVICE with image REF instead of the playbook's, repeatable; recorded as `fleet deploy` "
+         "(reconcile keeps it, `fleet plan` shows the playbook's image as drift).")]
 
 
 def playbook_paths(args: list[str] | None, files: list[str] | None = None) -> list[str]:
@@ -60,14 +67,45 @@ def playbook_paths(args: list[str] | None, files: list[str] | None = None) -> li
     return [default]
 
 
-def specs_from(paths: list[str] | None, files: list[str] | None = None) -> list[ServiceSpec]:
+def specs_from(paths: list[str] | None, files: list[str] | None = None,
+               env_file: str | None = None) -> list[ServiceSpec]:
+    """The playbooks' services, `${NAME}` expanded from the environment over `env_file`; exit 2 naming every
+    problem (file:line)."""
     from fleet.config.spec import load_playbooks
+    from fleet.config.variables import read_env_file
+    from fleet.config.yamlmarks import read_text
+    from fleet.core.errors import SpecError
 
     chosen = playbook_paths(paths, files)
     try:
-        return load_playbooks(chosen)
+        variables = dict(os.environ)
+        if env_file is not None:
+            found, problems = read_env_file(env_file, read_text(env_file, "env file"))
+            if problems:
+                raise SpecError(problems)
+            variables = {**found, **os.environ}
+        return load_playbooks(chosen, variables)
     except ConfigError as exc:
         common.fail(str(exc))
+
+
+def images_set(sets: list[str] | None, specs: Sequence[ServiceSpec]) -> dict[str, str]:
+    """`--set SERVICE.image=REF` as {service: image}; exit 2 naming a value that is not one."""
+    from fleet.config.spec import IMAGE_RE
+
+    names = {s.name for s in specs}
+    out: dict[str, str] = {}
+    for item in sets or []:
+        key, sep, image = item.partition("=")
+        service, dot, field = key.rpartition(".")
+        if not sep or not dot or field != "image":
+            common.fail(f"--set {item!r}: expected SERVICE.image=REF (only a service's image can be set)")
+        if service not in names:
+            common.fail(f"--set {item!r}: no service {service!r} in these playbooks")
+        if len(image) > 255 or not IMAGE_RE.match(image):
+            common.fail(f"--set {item!r}: expected an image reference such as registry.local/web:v2")
+        out[service] = image
+    return out
 
 
 def plan_json(p: Plan, errors: dict[str, str]) -> dict[str, Any]:
@@ -144,7 +182,7 @@ def print_lb_diff(diffs: dict[str, list[str]]) -> None:
 
 
 def plan(playbooks: PlaybooksArg = None, file: FileOpt = None, inventory: common.InventoryOpt = None,
-         json: common.JsonOpt = False) -> None:
+         json: common.JsonOpt = False, env_file: EnvFileOpt = None) -> None:
     """Show what `fleet apply` would change.
 
     Exit 0: nothing to do; 3: changes pending; 1: a node failed or a replica cannot be placed; 2: a playbook
@@ -153,11 +191,12 @@ def plan(playbooks: PlaybooksArg = None, file: FileOpt = None, inventory: common
     Example:
 
       fleet plan playbooks/web.yaml
-      fleet plan -f playbooks/ --json"""
+      fleet plan -f playbooks/ --json
+      IMAGE=registry.local/web:v2 fleet plan -f web.yaml --env-file staging.env"""
     from fleet.api import Fleet
 
     inv = common.inventory(inventory)
-    specs = specs_from(playbooks, file)
+    specs = specs_from(playbooks, file, env_file)
 
     async def go() -> PlanView:
         async with Fleet.connect(inv) as f:
@@ -351,7 +390,8 @@ def _exit(result: RunResult) -> typer.Exit:
 
 
 def apply(playbooks: PlaybooksArg = None, file: FileOpt = None, inventory: common.InventoryOpt = None,
-          json: common.JsonOpt = False, wait: common.WaitOpt = None, parallel: ParallelOpt = None) -> None:
+          json: common.JsonOpt = False, wait: common.WaitOpt = None, parallel: ParallelOpt = None,
+          env_file: EnvFileOpt = None, set_: SetOpt = None) -> None:
     """Converge the fleet to the playbooks: place, start, health-check, route, then retire what is surplus.
 
     Takes the fleet's lease. Exit codes: 0 converged; 1 something failed (a service, a node); 2 bad input;
@@ -360,9 +400,11 @@ def apply(playbooks: PlaybooksArg = None, file: FileOpt = None, inventory: commo
     Example:
 
       fleet apply -f playbooks/web.yaml
-      fleet apply --wait 5m"""
-    specs = specs_from(playbooks, file)
-    raise _exit(_run(lambda f: f.apply(specs, "apply", parallel), inventory, json, wait,
+      fleet apply --wait 5m
+      fleet apply --env-file prod.env --set web.image=reg/web:v2"""
+    specs = specs_from(playbooks, file, env_file)
+    images = images_set(set_, specs)
+    raise _exit(_run(lambda f: f.apply(specs, "apply", parallel, images=images), inventory, json, wait,
                      totals={s.name: s.replicas for s in specs if not s.per_node}))
 
 
@@ -407,7 +449,8 @@ def destroy(service: ServiceArg, inventory: common.InventoryOpt = None, json: co
 
 
 def reconcile(playbooks: PlaybooksArg = None, file: FileOpt = None, inventory: common.InventoryOpt = None,
-              json: common.JsonOpt = False, wait: common.WaitOpt = None, parallel: ParallelOpt = None) -> None:
+              json: common.JsonOpt = False, wait: common.WaitOpt = None, parallel: ParallelOpt = None,
+              env_file: EnvFileOpt = None) -> None:
     """Restore the accepted state (for cron): replace lost replicas, reschedule, restore routes.
 
     Replaces crashed, unhealthy or lost replicas, reschedules off dead nodes, restores load-balancer entries.
@@ -421,5 +464,5 @@ def reconcile(playbooks: PlaybooksArg = None, file: FileOpt = None, inventory: c
     Example:
 
       fleet reconcile -f playbooks/ --wait 2m"""
-    specs = specs_from(playbooks, file)
+    specs = specs_from(playbooks, file, env_file)
     raise _exit(_run(lambda f: f.apply(specs, "reconcile", parallel), inventory, json, wait, quiet=True))

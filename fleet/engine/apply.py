@@ -37,7 +37,7 @@ from fleet.engine.state import Observed
 from fleet.engine.view import RunView
 from fleet.plan.drain import drain_target
 from fleet.plan.reconcile import Plan, Replica, plan
-from fleet.plan.rollout.decide import Command, Target, config_changes
+from fleet.plan.rollout.decide import Command, Target, config_changes, with_image
 from fleet.plan.rollout.pause import Pause
 from fleet.plan.volumes import local_volumes
 from fleet.results import Event, Outcome, PlanView, RunResult
@@ -131,13 +131,15 @@ class Engine:
 
     # --- applying ---------------------------------------------------------------------------------------
     async def apply(self, specs: Sequence[ServiceSpec], command: Command = "apply", parallel: int | None = None,
-                    skipped: Mapping[str, str] | None = None) -> RunResult:
+                    skipped: Mapping[str, str] | None = None, images: Mapping[str, str] | None = None) -> RunResult:
         """Carry out `command` for every spec (an unschedulable request fails before anything changes), then
-        remove what destroyed services left on nodes that were down; `skipped` services are named, not run."""
+        remove what destroyed services left on nodes that were down; `skipped` services are named, not run;
+        `images` replace the playbook's image of those services (`apply --set`, recorded as `fleet deploy`)."""
         await self.observe()
         outcomes = [Outcome(name, False, reason=why, changed=False) for name, why in (skipped or {}).items()]
-        outcomes += await self.apply_targets([await self.ledger.target(command, s) for s in specs], command,
-                                             parallel)
+        tried = [with_image(s, images) for s in specs]
+        outcomes += await self.apply_targets([replace(await self.ledger.target(command, s), set_from=playbook)
+                                              for s, playbook in tried], command, parallel)
         outcomes += await self.sweep({s.name for s in specs})
         return self.result(outcomes)
 
