@@ -7,6 +7,7 @@ from __future__ import annotations
 from harness import Harness, service, worker
 
 from fleet.config.spec import ServiceSpec
+from fleet.engine import byhand
 from fleet.plan.reconcile import Replica
 from fleet.plan.rollout.pause import Pause
 
@@ -50,7 +51,7 @@ async def test_pause_mid_rollout_stops_before_the_next_batch_and_resume_finishes
     # Resume: the pause lifted, the rest rolls at the same revision, recorded as succeeded.
     del h.pauses["web"]
     h.ops.on_start = None
-    [done] = (await h.fresh_engine().resume("web")).outcomes
+    [done] = (await byhand.resume(h.fresh_engine(), "web")).outcomes
     assert done.ok and not done.waiting
     assert [kind for kind, _ in h.steps("web")] == ["start", "ready", "stop"] * 2
     assert images(h) == [V2, V2, V2]
@@ -73,5 +74,5 @@ async def test_pause_before_a_rollout_changes_nothing_and_resume_without_one_say
     del h.pauses["web"]
     h2 = Harness([worker("w1")])
     assert (await h2.apply(web())).ok
-    [nothing] = (await h2.fresh_engine().resume("web")).outcomes
+    [nothing] = (await byhand.resume(h2.fresh_engine(), "web")).outcomes
     assert nothing.ok and nothing.reason == "no rollout in progress to resume" and not nothing.changed

@@ -33,7 +33,7 @@ from fleet.core.errors import (
 )
 from fleet.core.model import Inventory, Node
 from fleet.core.nodeops import NodeMark, relabel
-from fleet.engine import handwork
+from fleet.engine import byhand, handwork
 from fleet.engine.apply import Engine
 from fleet.engine.concurrency import Coalesced
 from fleet.engine.drain import drain_node
@@ -303,6 +303,27 @@ class Fleet(Hands):
         async with self.writing() as engine:
             return await engine.turn("abort", service)
 
+    async def retire(self, ids: frozenset[str], grace: float) -> None:
+        """Stop the running replicas `ids` of services under the lease: out of the load balancers, drained (up to
+        `grace`), then stopped (fleet.engine.byhand.retire); FleetError when one could not be."""
+        async with self.writing() as engine:
+            result = await byhand.retire(engine, ids, grace)
+        if not result.ok:
+            raise FleetError("; ".join([*(o.reason or o.service for o in result.outcomes if not o.ok),
+                                        *(f"{n}: {why}" for n, why in result.errors.items())]))
+
+    async def renew(self, service: str, ref: str) -> RunResult:
+        """Replace the replica `ref` names of `service` at its accepted revision as the records hold it under the
+        lease, through its update policy (surge first where it allows): the UI's restart of one replica."""
+        async with self.writing() as engine:
+            state = await engine.ledger.state(service)
+            spec = await engine.ledger.accepted_spec(service)
+            if state is None or state.accepted is None or spec is None or state.decision == "destroyed":
+                raise FleetError(f"{service}: no accepted revision on this fleet's records now")
+            if state.replicas is not None:
+                spec = dataclasses.replace(spec, replicas=state.replicas)
+            return await byhand.renew(engine, spec, state.accepted, ref)
+
     async def pause(self, service: str) -> Pause:
         """Pause the service's rollouts before their next batch; no lease (the rollout to pause holds it)."""
         return await request_pause(self.records().store, service)
@@ -311,7 +332,7 @@ class Fleet(Hands):
         """Lift the service's pause (the one it was, if any), then carry its paused rollout on to the end."""
         was = await clear_pause(self.records().store, service)
         async with self.writing() as engine:
-            return was, await engine.resume(service)
+            return was, await byhand.resume(engine, service)
 
     async def restart(self, service: str) -> tuple[Revision, RunResult]:
         """Replace every replica, surge first and health-checked, with the same image and settings."""

@@ -291,15 +291,6 @@ class Engine:
         await self.ops.route(self.view.rotation)
         return turn.shown, self.result([out])
 
-    async def resume(self, service: str) -> RunResult:
-        """Carry on the service's rollout that a pause stopped (its pause lifted first): its newest revision still
-        in progress, as a run that finds an interrupted rollout does; nothing to do when there is none."""
-        await self.observe()
-        spec = await self.ledger.unfinished(service)
-        if spec is None:
-            return self.result([Outcome(service, True, reason="no rollout in progress to resume", changed=False)])
-        return self.result(await self.apply_targets([Target(spec, None, heal=False)]))
-
     # --- removing a service -----------------------------------------------------------------------------
     async def destroy(self, service: str, grace: float = 10.0) -> RunResult:
         """Take every replica of `service` out of the load balancers, then stop and remove them. The decision is

@@ -66,12 +66,13 @@ class Converge:
         self.s = stage
 
     async def __call__(self, spec: ServiceSpec, revision: int, *, heal: bool = False,
-                       others: Sequence[str] = (), weight: int = 1) -> Outcome:
+                       others: Sequence[str] = (), weight: int = 1, renew: frozenset[str] = frozenset()) -> Outcome:
         """Bring one service to `spec.replicas` ready replicas of `spec`, following `resume_plan`.
 
         Replicas whose spec hash is in `others` belong to a canary kept apart and are left alone. Replicas that
         fail their checks (judged over the service's interval × failure_threshold) or must move are replaced
-        within the update policy, surge-first where there is room."""
+        within the update policy, surge-first where there is room; so are those named in `renew` (a replica
+        restarted by hand)."""
         s, view = self.s, self.s.view
         h = spec.spec_hash()
         # Second copies of one replica of one spec (a node that came back); an old and a new replica sharing an
@@ -82,7 +83,7 @@ class Converge:
         ready = await s.ops.judge(spec, mine)
         sp = plan([spec], view.nodes(), [r for r in view.seen if r.service != spec.name or r.spec_hash not in others],
                   s.ledger.fresh(view.volumes)).service(spec.name)
-        moving = {r.id: why for r, why in sp.stop if _misplaced(why)}
+        moving = {r.id: why for r, why in sp.stop if _misplaced(why)} | {rid: "restarted" for rid in renew}
         if spec.per_node:  # one node at a time: old replicas go in node order, as new ones are placed
             spec, mine = sp.spec, sorted(mine, key=lambda r: (r.node, r.replica))
         states = [ReplicaState(r.id, "" if r.id in moving else r.spec_hash, ready[r.id], r.replica) for r in mine]
