@@ -103,7 +103,7 @@ class FleetSource:
             wanted = state.replicas
             if wanted is None and state.accepted is not None:
                 spec = await self._spec(name, state.accepted)
-                wanted = spec.replicas if spec is not None else None
+                wanted = spec.replicas if spec is not None and not spec.per_node else None  # per-node: the nodes say
             out[name] = ServiceRecord(state.accepted, wanted, state.decision, state.canary, state.reason)
         return out
 
