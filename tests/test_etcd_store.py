@@ -64,6 +64,28 @@ async def _until_gone(store: EtcdStore, lease_id: int, limit: float = 10.0) -> N
         await asyncio.sleep(0.2)
 
 
+# ---- pauses of rollouts (fleet.store.pause): written without the lease, the first author kept -------------------
+
+
+async def test_pause_is_written_without_the_lease_kept_by_its_first_author_and_cleared(store: EtcdStore):
+    assert await read_pause(store, "web") is None
+    first = await request_pause(store, "web", "ann@ci")
+    again = await request_pause(store, "web", "bob@laptop")
+    assert again == first and (await read_pause(store, "web")) == first
+    assert await read_pause(store, "api") is None
+    assert await EtcdRecords(store).services() == [] and await EtcdRecords(store).state("web") is None
+    assert await clear_pause(store, "web") == first
+    assert await read_pause(store, "web") is None and await clear_pause(store, "web") is None
+
+
+async def test_a_bad_pause_value_is_refused_by_its_key(store: EtcdStore):
+    await store.txn([], [E.Put(pause_key("web"), '{"by": 3}')])
+    with pytest.raises(RecordsError, match=r"/fleet/services/web/pause: by: expected who paused"):
+        await read_pause(store, "web")
+    with pytest.raises(ValueError, match="service name"):
+        pause_key("Web Site")
+
+
 async def test_lease_taken_renewed_released(store: EtcdStore) -> None:
     lease = EtcdLease(store, command="fleet apply", ttl=5, holder="alice@ctl", pid=11)
     await lease.acquire()
@@ -288,25 +310,3 @@ async def test_unreachable_member_is_a_records_error(node: Node) -> None:
         with pytest.raises(RecordsError, match=rf"txn on {node.name}: no answer .* may still take effect"):
             await store.txn([], [E.Put("/fleet/x", "1")])
         assert time.monotonic() - start < 6
-
-
-# ---- pauses of rollouts (fleet.store.pause): written without the lease, the first author kept -------------------
-
-
-async def test_pause_is_written_without_the_lease_kept_by_its_first_author_and_cleared(store: EtcdStore):
-    assert await read_pause(store, "web") is None
-    first = await request_pause(store, "web", "ann@ci")
-    again = await request_pause(store, "web", "bob@laptop")
-    assert again == first and (await read_pause(store, "web")) == first
-    assert await read_pause(store, "api") is None
-    assert await EtcdRecords(store).services() == [] and await EtcdRecords(store).state("web") is None
-    assert await clear_pause(store, "web") == first
-    assert await read_pause(store, "web") is None and await clear_pause(store, "web") is None
-
-
-async def test_a_bad_pause_value_is_refused_by_its_key(store: EtcdStore):
-    await store.txn([], [E.Put(pause_key("web"), '{"by": 3}')])
-    with pytest.raises(RecordsError, match=r"/fleet/services/web/pause: by: expected who paused"):
-        await read_pause(store, "web")
-    with pytest.raises(ValueError, match="service name"):
-        pause_key("Web Site")
