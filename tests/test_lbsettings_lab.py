@@ -179,7 +179,7 @@ def test_a_per_node_service_runs_on_every_worker_and_a_stopped_replica_is_draine
     resources: {{cpu: 0.05, memory: 32MiB}}
     health: {{http: /healthz, interval: 1s, timeout: 1s, failure_threshold: 2}}
     lb: {{port: {port}, retries: 0}}
-    stop_grace_period: 5s
+    stop_grace_period: 2s
 """)
 
     def each() -> list[dict[str, Any]]:
