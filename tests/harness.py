@@ -25,6 +25,7 @@ from fleet.engine.nodes import NodeReport
 from fleet.engine.state import Observed
 from fleet.node.facts import NodeFacts
 from fleet.plan.reconcile import Replica
+from fleet.plan.rollout.pause import Pause
 from fleet.plan.scheduler import Assignment
 from fleet.plan.volumes import VolumeView
 from fleet.results import Event, RunResult
@@ -78,6 +79,7 @@ class FakeOps:
     low: dict[str, int] = field(default_factory=dict)
     cpu_peak: dict[str, float] = field(default_factory=dict)
     requests: dict[str, tuple[int, int]] = field(default_factory=dict)
+    traffic: dict[str, int] = field(default_factory=dict)  # image → requests per counters() call (default 100)
     inside: int = 0
     most: int = 0
     _ids: itertools.count[int] = field(default_factory=itertools.count)
@@ -169,10 +171,12 @@ class FakeOps:
         self._measure(r.service)
 
     async def counters(self, service: str) -> dict[str, tuple[int, int]]:
-        """Each call: 100 more requests to every replica of the service, 5xx as its image's error rate."""
+        """Each call: 100 (`traffic`) more requests to every replica of the service, 5xx as its image's error
+        rate."""
         for r in self.of(service):
             bad, total = self.requests.get(r.id, (0, 0))
-            self.requests[r.id] = (bad + int(100 * self.error_rate.get(r.image, 0.0)), total + 100)
+            n = self.traffic.get(r.image, 100)
+            self.requests[r.id] = (bad + int(n * self.error_rate.get(r.image, 0.0)), total + n)
         return {rid: c for rid, c in self.requests.items() if rid in self.running}
 
 
@@ -324,16 +328,20 @@ class Harness:
         self.records: Records | None = (MemoryRecords() if records is True else None if records is False
                                         else records)
         self.events: list[Event] = []
+        self.pauses: dict[str, Pause] = {}  # `fleet rollout pause`, as the engine reads it before each batch
         self.pool = Pool(connect_attempts=1, connect_timeout=1)  # never connected: FakeOps reaches no node
         self.parallel = parallel
         self.engine = Engine(self.pool, list(nodes), on_event=self.events.append, records=self.records,
-                             user="harness", guard=guard, parallel=parallel, ops=self.ops)
+                             user="harness", guard=guard, parallel=parallel, ops=self.ops, paused=self.paused)
+
+    async def paused(self, service: str) -> Pause | None:
+        return self.pauses.get(service)
 
     def fresh_engine(self, guard: Callable[[], None] | None = None) -> Engine:
         """A new run's engine over the same nodes, fake replicas and records (the next command)."""
         self.engine = Engine(self.pool, self.engine.view.reports, on_event=self.events.append,
                              records=self.records, user="harness", guard=guard, parallel=self.parallel,
-                             ops=self.ops)
+                             ops=self.ops, paused=self.paused)
         return self.engine
 
     async def apply(self, *specs: ServiceSpec, command: str = "apply") -> RunResult:

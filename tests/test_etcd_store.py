@@ -1,7 +1,8 @@
 """The shared state on a real etcd (fleet.store.etcd): a single member on loopback, reached the way a controller
 reaches a record node's member, by `etcdctl` over SSH (an in-process asyncssh server running /bin/sh, so every
 command crosses the real transport). The lease is taken, renewed, released and refused to a second holder; a
-holder whose lease expired writes nothing; revision numbers never repeat under concurrent writers."""
+holder whose lease expired writes nothing; revision numbers never repeat under concurrent writers. A rollout's
+pause (fleet.store.pause) is written without the lease, its first author kept."""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ from fleet.store.etcd import (
     revision_counter_key,
     revision_key,
 )
+from fleet.store.etcd_records import EtcdRecords
+from fleet.store.pause import clear_pause, pause_key, read_pause, request_pause
 from fleet.transport import Pool
 
 pytestmark = pytest.mark.skipif(ETCD is None, reason="etcd is not installed (scripts/setup.sh installs it)")
@@ -60,6 +63,28 @@ async def _until_gone(store: EtcdStore, lease_id: int, limit: float = 10.0) -> N
     while (await store.timetolive(lease_id)).alive:
         assert time.monotonic() < deadline, "the lease did not expire"
         await asyncio.sleep(0.2)
+
+
+# ---- pauses of rollouts (fleet.store.pause): written without the lease, the first author kept -------------------
+
+
+async def test_pause_is_written_without_the_lease_kept_by_its_first_author_and_cleared(store: EtcdStore):
+    assert await read_pause(store, "web") is None
+    first = await request_pause(store, "web", "ann@ci")
+    again = await request_pause(store, "web", "bob@laptop")
+    assert again == first and (await read_pause(store, "web")) == first
+    assert await read_pause(store, "api") is None
+    assert await EtcdRecords(store).services() == [] and await EtcdRecords(store).state("web") is None
+    assert await clear_pause(store, "web") == first
+    assert await read_pause(store, "web") is None and await clear_pause(store, "web") is None
+
+
+async def test_a_bad_pause_value_is_refused_by_its_key(store: EtcdStore):
+    await store.txn([], [E.Put(pause_key("web"), '{"by": 3}')])
+    with pytest.raises(RecordsError, match=r"/fleet/services/web/pause: by: expected who paused"):
+        await read_pause(store, "web")
+    with pytest.raises(ValueError, match="service name"):
+        pause_key("Web Site")
 
 
 async def test_lease_taken_renewed_released(store: EtcdStore) -> None:

@@ -418,7 +418,7 @@ def test_a_websocket_idle_past_the_client_and_server_timeouts_lives_by_the_tunne
     assert not _echoes(plain, b"still there?")
     plain.close()
     # With `tunnel: 1m` it stays, idle for twice those timeouts, and across a reload (its old worker keeps it
-    # until `hard-stop-after`, 30 s, which bounds any connection across a reload).
+    # until `hard-stop-after`, raised from 30 s to the tunnel's 60 s).
     (scratch.dir / "haproxy.cfg").write_text(scratch.config([ws], timeouts=LbTimeouts(client=1.0, server=1.0,
                                                                                       tunnel=60.0)))
     scratch.reload()
@@ -431,5 +431,33 @@ def test_a_websocket_idle_past_the_client_and_server_timeouts_lives_by_the_tunne
         assert _echoes(tunnel, b"pong after the reload")
         with scratch.upgraded() as fresh:
             assert _echoes(fresh, b"a new one on the new worker")
+    finally:
+        tunnel.close()
+
+
+def test_a_tunnel_timeout_over_30s_raises_hard_stop_after_to_cover_it() -> None:
+    def cfg(*tunnels: float | None) -> str:
+        return render([LbService(f"s{i}", 8080 + i, (), timeouts=LbTimeouts(tunnel=t)) for i, t in enumerate(tunnels)],
+                      **KW)
+
+    assert "    hard-stop-after 30s\n" in cfg(None, 10.0)
+    assert "    hard-stop-after 91s\n" in cfg(90.5, None, 45.0)
+
+
+@needs_haproxy
+def test_a_websocket_outlives_30s_across_a_reload_when_its_tunnel_timeout_is_longer(scratch: Scratch) -> None:
+    # `timeouts.tunnel: 40s` raises hard-stop-after to 40 s: the worker a reload replaced keeps the websocket past
+    # the 30 s that bounded every connection across a reload before. (Idle for 32 s: the old 30 s cap would
+    # have closed it; the tunnel's own 40 s have not run out.)
+    ws = scratch.backend("ws")
+    text = scratch.config([ws], timeouts=LbTimeouts(client=1.0, server=1.0, tunnel=40.0))
+    assert "hard-stop-after 40s" in text
+    scratch.start(text)
+    tunnel = scratch.upgraded()
+    try:
+        assert _echoes(tunnel, b"ping")
+        scratch.reload()
+        time.sleep(32.0)
+        assert _echoes(tunnel, b"pong 32 s after the reload")
     finally:
         tunnel.close()

@@ -165,3 +165,44 @@ def test_the_settings_reach_haproxy_on_the_lb_node(lab: Any, env: dict[str, Any]
                  "disable-l7-retry unless { method GET HEAD OPTIONS }", f'"{NAME} is down for maintenance"'):
         assert line in backend, backend
     assert Path(env["playbook"]).exists()
+
+
+def test_a_per_node_service_runs_on_every_worker_and_a_stopped_replica_is_drained(lab: Any, env: dict[str, Any]
+                                                                                 ) -> None:
+    # No retries: a replica stopped without its drain would fail the requests in flight to it.
+    name, port = "lbs-each", 19562
+    pb = Path(env["dir"]) / "each.yaml"
+    pb.write_text(f"""services:
+  {name}:
+    image: {V1}
+    replicas: per-node
+    resources: {{cpu: 0.05, memory: 32MiB}}
+    health: {{http: /healthz, interval: 1s, timeout: 1s, failure_threshold: 2}}
+    lb: {{port: {port}, retries: 0}}
+    stop_grace_period: 2s
+""")
+
+    def each() -> list[dict[str, Any]]:
+        doc = json.loads(fleet(env, "status", "--json").stdout)
+        return next((s["replicas"] for s in doc["services"] if s["service"] == name), [])
+
+    try:
+        out = fleet(env, "apply", str(pb))
+        assert out.returncode == 0, out.stdout + out.stderr
+        first = each()
+        assert sorted(r["node"] for r in first) == sorted(lab.workers()), first
+        victim = first[0]
+        with Load(env["lb"], port, clients=6, max_seconds=60) as load:
+            time.sleep(1.0)
+            stopped = fleet(env, "stop", victim["id"])
+            time.sleep(0.5)
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        r = load.result
+        print(f"\nstopped {victim['id']} on {victim['node']}: requests ok {r.ok}, failed {r.failed} {r.errors}")
+        assert r.ok > 50 and r.failed == 0, (r.errors, r.failures[:5])
+        assert victim["id"] not in {x["id"] for x in each()}
+        out = fleet(env, "reconcile", str(pb))
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert sorted(x["node"] for x in each()) == sorted(lab.workers()), "its node got one back"
+    finally:
+        fleet(env, "destroy", name)

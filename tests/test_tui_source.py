@@ -102,6 +102,15 @@ class FakeFleet:
             await first()
         return RunResult([Outcome(service, True, 1, 0)])
 
+    async def renew(self, service: str, ref: str) -> RunResult:
+        # Under the lease: the records read there decide; the replica is replaced through the update policy.
+        self._leased("renew", service, ref)
+        if self._records.states.get(service, {}).get("decision") == "destroyed":
+            raise FleetError(f"{service}: no accepted revision on this fleet's records now (it was destroyed)")
+        if ref == "n1/bad":
+            raise FleetError(f"{service}: no running replica {ref}")
+        return RunResult([Outcome(service, True, 1, 1)])
+
     async def apply(self, specs, command: str = "apply") -> RunResult:
         self._leased("apply", specs[0], command)
         return RunResult([Outcome(specs[0].name, True, 1, 0)])
@@ -226,14 +235,14 @@ async def test_scale_of_a_service_destroyed_since_the_snapshot_is_refused_not_br
     assert [c for c in fleet.calls if c[0] == "stop"] == []  # its replica was left alone
 
 
-async def test_restart_stops_the_replica_then_reconciles_its_service(web_json):
+async def test_restart_replaces_the_replica_through_the_update_policy_under_the_lease(web_json):
     source, fleet = make(web_json)
     result = await source.act(Action("restart", "n1/web-1-abc", service="web"), print)
-    # The replica is stopped under the lease, after the records were read there.
-    assert [c[:3] for c in fleet.calls] == [("converge_accepted", "web", None), ("stop", "n1/web-1-abc")]
+    # One call of the façade, under the lease: never a bare stop before its replacement runs.
+    assert fleet.calls == [("renew", "web", "n1/web-1-abc", "fleet ui: restart n1/web-1-abc")]
     assert result.ok and result.summary == "n1/web-1-abc: restarted"
-    bad = await source.act(Action("restart", "n1/bad", service="web"), print)
-    assert not bad.ok and bad.lines == ("cannot stop: no such task",)
+    with pytest.raises(FleetError, match="no running replica n1/bad"):
+        await source.act(Action("restart", "n1/bad", service="web"), print)
 
 
 @pytest.mark.parametrize(("action", "call", "ok", "summary"), [

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import shlex
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -33,7 +34,7 @@ from fleet.core.errors import (
 )
 from fleet.core.model import Inventory, Node
 from fleet.core.nodeops import NodeMark, relabel
-from fleet.engine import handwork
+from fleet.engine import byhand, handwork
 from fleet.engine.apply import Engine
 from fleet.engine.concurrency import Coalesced
 from fleet.engine.digests import needs_login, pinned
@@ -54,6 +55,7 @@ from fleet.node.provision import Plan, offline_plan, plan_for
 from fleet.plan.members import MembershipPlan, Step
 from fleet.plan.reconcile import Replica
 from fleet.plan.rollout.decide import Command
+from fleet.plan.rollout.pause import Pause
 from fleet.results import (
     LIST_TIMEOUT,
     Event,
@@ -100,6 +102,7 @@ from fleet.store.etcd import EtcdLease, EtcdStore
 from fleet.store.etcd_records import EtcdRecords
 from fleet.store.follow import EventLog
 from fleet.store.nodes import record_nodes, record_warnings
+from fleet.store.pause import clear_pause, read_pause, request_pause
 from fleet.store.sealed import SecretKeeper, SecretsView, check_name, open_secrets
 from fleet.store.secrets import init_identity, load_identity, secret_check, stamped, stamped_for
 from fleet.transport import Pool, RemoteStream
@@ -200,7 +203,8 @@ class Fleet(Hands, Jobs):
         reports, secrets = await asyncio.gather(self.reports(ports=True), self.unsealed())  # a slow node delays both
         return self.hook(Engine(self.pool, reports, on_event=self.on_event, secrets=secrets, records=self.records(),
                                 guard=guard, held=held, edge=self.inventory.edge,
-                                image_retention=self.inventory.image_retention), secrets)
+                                image_retention=self.inventory.image_retention,
+                                paused=functools.partial(read_pause, self.records().store)), secrets)
 
     async def unsealed(self, specs: Sequence[ServiceSpec] | None = None) -> Callable[[str], str | None] | None:
         """The getter given, else the fleet's sealed secrets read once (store.sealed); none if `specs` need none."""
@@ -277,10 +281,12 @@ class Fleet(Hands, Jobs):
             yield await self.engine(guard=Coalesced(lease.check), held=held)
 
     async def apply(self, specs: Sequence[ServiceSpec], command: Command = "apply",
-                    parallel: int | None = None, held: Sequence[Replica] = ()) -> RunResult:
+                    parallel: int | None = None, held: Sequence[Replica] = (),
+                    images: Mapping[str, str] | None = None) -> RunResult:
         """`apply` tries the playbooks; `reconcile` restores the accepted state (see fleet.plan.rollout.decide).
         `parallel` services converge at once (default: `fleet.engine.concurrency.DEFAULT_PARALLEL`). `held`:
-        replicas of nodes that stopped answering, kept as running where they were (`fleet watch`'s grace)."""
+        replicas of nodes that stopped answering, kept as running where they were (`fleet watch`'s grace).
+        `images` (`apply --set SERVICE.image=REF`): those services run that image, recorded as `fleet deploy`."""
         self.check_volumes(specs)
         specs, skipped = await self.stamped_for(specs, command)
         if command == "apply":  # reconcile heals the accepted revision, digest included
@@ -288,7 +294,7 @@ class Fleet(Hands, Jobs):
         async with self.writing(held) as engine:
             if command == "apply" and not stand_in():  # the etcd members become the record nodes, step by step
                 await self.membership(notes(self.on_event), self._store).apply(lambda: confirm(engine.stage.guard))
-            return await engine.apply(specs, command, parallel, skipped)
+            return await engine.apply(specs, command, parallel, skipped, images)
 
     async def scale(self, spec: ServiceSpec, replicas: int) -> RunResult:
         """Run `replicas` of the service now; the count holds (reconcile keeps it) until the next `apply`."""
@@ -316,6 +322,37 @@ class Fleet(Hands, Jobs):
         """Remove the waiting canary: the service goes back to its accepted revision; reconcile keeps it so."""
         async with self.writing() as engine:
             return await engine.turn("abort", service)
+
+    async def retire(self, ids: frozenset[str], grace: float) -> None:
+        """Stop the running replicas `ids` of services under the lease: out of the load balancers, drained (up to
+        `grace`), then stopped (fleet.engine.byhand.retire); FleetError when one could not be."""
+        async with self.writing() as engine:
+            result = await byhand.retire(engine, ids, grace)
+        if not result.ok:
+            raise FleetError("; ".join([*(o.reason or o.service for o in result.outcomes if not o.ok),
+                                        *(f"{n}: {why}" for n, why in result.errors.items())]))
+
+    async def renew(self, service: str, ref: str) -> RunResult:
+        """Replace the replica `ref` names of `service` at its accepted revision as the records hold it under the
+        lease, through its update policy (surge first where it allows): the UI's restart of one replica."""
+        async with self.writing() as engine:
+            state = await engine.ledger.state(service)
+            spec = await engine.ledger.accepted_spec(service)
+            if state is None or state.accepted is None or spec is None or state.decision == "destroyed":
+                raise FleetError(f"{service}: no accepted revision on this fleet's records now")
+            if state.replicas is not None:
+                spec = dataclasses.replace(spec, replicas=state.replicas)
+            return await byhand.renew(engine, spec, state.accepted, ref)
+
+    async def pause(self, service: str) -> Pause:
+        """Pause the service's rollouts before their next batch; no lease (the rollout to pause holds it)."""
+        return await request_pause(self.records().store, service)
+
+    async def resume(self, service: str) -> tuple[Pause | None, RunResult]:
+        """Lift the service's pause (the one it was, if any), then carry its paused rollout on to the end."""
+        was = await clear_pause(self.records().store, service)
+        async with self.writing() as engine:
+            return was, await byhand.resume(engine, service)
 
     async def restart(self, service: str) -> tuple[Revision, RunResult]:
         """Replace every replica, surge first and health-checked, with the same image and settings."""

@@ -44,6 +44,10 @@ class Hands(abc.ABC):
         """The fleet's lease for one operation (fleet.api.Fleet.leased)."""
 
     @abc.abstractmethod
+    async def retire(self, ids: frozenset[str], grace: float) -> None:
+        """Stop running replicas of services under the lease, drained first (fleet.api.Fleet.retire)."""
+
+    @abc.abstractmethod
     def known(self, name: str) -> Node:
         """The inventory's node `name`, or InventoryError (fleet.api.Fleet.known)."""
 
@@ -53,8 +57,10 @@ class Hands(abc.ABC):
         await handwork.run_one(self.pool, await self.reports(), node, spec, timeout=timeout)
 
     async def stop(self, ref: str, grace: float = 10.0) -> list[tuple[PsRow, StopResult | str]]:
-        """Stop every container `ref` names, one entry per container (see fleet.engine.handwork.stop)."""
-        return await handwork.stop(self.pool, await self.reports(), ref, grace)
+        """Stop every container `ref` names, one entry per container (see fleet.engine.handwork.stop); a running
+        replica of a service goes under the lease, out of the load balancers and drained first."""
+        return await handwork.stop(self.pool, await self.reports(), ref, grace,
+                                   lambda ids: self.retire(ids, grace))
 
     async def rm(self, ref: str) -> list[tuple[PsRow, str | None]]:
         """Remove every container `ref` names, one entry per container (see fleet.engine.handwork.rm)."""

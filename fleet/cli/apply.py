@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from fleet.api import Fleet
-    from fleet.config.spec import ServiceSpec
+    from fleet.config.spec import JobSpec, ServiceSpec
     from fleet.plan.members import MembershipPlan
     from fleet.plan.reconcile import Plan
     from fleet.results import Event, Outcome, PlanView, RunResult
@@ -44,6 +44,13 @@ PlaybooksArg = Annotated[list[str] | None, typer.Argument(
 FileOpt = Annotated[list[str] | None, typer.Option(
     "-f", "--file", metavar="PATH", show_default=False,
     help="A playbook file or directory, repeatable (default: $FLEET_PLAYBOOKS or ./playbooks).")]
+EnvFileOpt = Annotated[str | None, typer.Option(
+    "--env-file", metavar="FILE", show_default=False,
+    help="NAME=value lines for ${NAME} in the playbooks; the environment wins over the file.")]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", metavar="SERVICE.image=REF", show_default=False,
+    help="Run SERVICE with image REF instead of the playbook's, repeatable; recorded as `fleet deploy` "
+         "(reconcile keeps it, `fleet plan` shows the playbook's image as drift).")]
 
 
 def playbook_paths(args: list[str] | None, files: list[str] | None = None) -> list[str]:
@@ -61,14 +68,53 @@ def playbook_paths(args: list[str] | None, files: list[str] | None = None) -> li
     return [default]
 
 
-def specs_from(paths: list[str] | None, files: list[str] | None = None) -> list[ServiceSpec]:
-    from fleet.config.spec import load_playbooks
+def specs_from(paths: list[str] | None, files: list[str] | None = None,
+               env_file: str | None = None) -> list[ServiceSpec]:
+    """The playbooks' services, `${NAME}` expanded from the environment over `env_file`; exit 2 naming every
+    problem (file:line)."""
+    return playbooks_from(paths, files, env_file)[0]
+
+
+def playbooks_from(paths: list[str] | None, files: list[str] | None = None,
+                   env_file: str | None = None) -> tuple[list[ServiceSpec], dict[str, JobSpec]]:
+    """The playbooks' services and jobs, `${NAME}` expanded from the environment over `env_file`; exit 2 naming
+    every problem (file:line)."""
+    from fleet.config.spec import jobs_of, load_playbook_files
+    from fleet.config.variables import read_env_file
+    from fleet.config.yamlmarks import read_text
+    from fleet.core.errors import SpecError
 
     chosen = playbook_paths(paths, files)
     try:
-        return load_playbooks(chosen)
+        variables = dict(os.environ)
+        if env_file is not None:
+            found, problems = read_env_file(env_file, read_text(env_file, "env file"))
+            if problems:
+                raise SpecError(problems)
+            variables = {**found, **os.environ}
+        playbooks = load_playbook_files(chosen, variables)
     except ConfigError as exc:
         common.fail(str(exc))
+    return [s for pb in playbooks for s in pb.services], jobs_of(playbooks)
+
+
+def images_set(sets: list[str] | None, specs: Sequence[ServiceSpec]) -> dict[str, str]:
+    """`--set SERVICE.image=REF` as {service: image}; exit 2 naming a value that is not one."""
+    from fleet.config.spec import IMAGE_RE
+
+    names = {s.name for s in specs}
+    out: dict[str, str] = {}
+    for item in sets or []:
+        key, sep, image = item.partition("=")
+        service, dot, field = key.rpartition(".")
+        if not sep or not dot or field != "image":
+            common.fail(f"--set {item!r}: expected SERVICE.image=REF (only a service's image can be set)")
+        if service not in names:
+            common.fail(f"--set {item!r}: no service {service!r} in these playbooks")
+        if len(image) > 255 or not IMAGE_RE.match(image):
+            common.fail(f"--set {item!r}: expected an image reference such as registry.local/web:v2")
+        out[service] = image
+    return out
 
 
 def plan_json(p: Plan, errors: dict[str, str]) -> dict[str, Any]:
@@ -105,7 +151,8 @@ def print_plan(p: Plan, errors: dict[str, str], changes: dict[str, list[str]] | 
         edits = [c for c in changes.get(s.name, []) if c]
         marker = "[yellow]~[/]" if s.changed or s.unplaced or edits else "[green]=[/]"
         lb = f", lb :{s.spec.lb.port}" if s.spec.lb else ""
-        out.print(f"{marker} [bold]{s.name}[/] ({esc(s.spec.image_ref)}, {s.spec.replicas} replicas{lb})")
+        each = " per-node" if s.spec.per_node else ""
+        out.print(f"{marker} [bold]{s.name}[/] ({esc(s.spec.image_ref)}, {s.spec.replicas}{each} replicas{lb})")
         for line in edits:
             out.print(f"    [yellow]~ {esc(line)}[/]")
         if s.name in notes:
@@ -155,7 +202,7 @@ def print_members(members: MembershipPlan, out: Console | None = None) -> None:
 
 
 def plan(playbooks: PlaybooksArg = None, file: FileOpt = None, inventory: common.InventoryOpt = None,
-         json: common.JsonOpt = False) -> None:
+         json: common.JsonOpt = False, env_file: EnvFileOpt = None) -> None:
     """Show what `fleet apply` would change.
 
     Exit 0: nothing to do; 3: changes pending; 1: a node failed, a replica cannot be placed or the record
@@ -164,11 +211,12 @@ def plan(playbooks: PlaybooksArg = None, file: FileOpt = None, inventory: common
     Example:
 
       fleet plan playbooks/web.yaml
-      fleet plan -f playbooks/ --json"""
+      fleet plan -f playbooks/ --json
+      IMAGE=registry.local/web:v2 fleet plan -f web.yaml --env-file staging.env"""
     from fleet.api import Fleet
 
     inv = common.inventory(inventory)
-    specs = specs_from(playbooks, file)
+    specs = specs_from(playbooks, file, env_file)
 
     async def go() -> PlanView:
         async with Fleet.connect(inv) as f:
@@ -364,7 +412,8 @@ def _exit(result: RunResult) -> typer.Exit:
 
 
 def apply(playbooks: PlaybooksArg = None, file: FileOpt = None, inventory: common.InventoryOpt = None,
-          json: common.JsonOpt = False, wait: common.WaitOpt = None, parallel: ParallelOpt = None) -> None:
+          json: common.JsonOpt = False, wait: common.WaitOpt = None, parallel: ParallelOpt = None,
+          env_file: EnvFileOpt = None, set_: SetOpt = None) -> None:
     """Converge the fleet to the playbooks: place, start, health-check, route, then retire what is surplus.
 
     Takes the fleet's lease. Exit codes: 0 converged; 1 something failed (a service, a node); 2 bad input;
@@ -373,12 +422,12 @@ def apply(playbooks: PlaybooksArg = None, file: FileOpt = None, inventory: commo
     Example:
 
       fleet apply -f playbooks/web.yaml
-      fleet apply --wait 5m"""
-    from fleet.cli.job import load
-
-    specs, jobs = load(playbooks, file)
-    raise _exit(_run(lambda f: f.with_jobs(jobs).apply(specs, "apply", parallel), inventory, json, wait,
-                     totals={s.name: s.replicas for s in specs}))
+      fleet apply --wait 5m
+      fleet apply --env-file prod.env --set web.image=reg/web:v2"""
+    specs, jobs = playbooks_from(playbooks, file, env_file)
+    images = images_set(set_, specs)
+    raise _exit(_run(lambda f: f.with_jobs(jobs).apply(specs, "apply", parallel, images=images), inventory, json,
+                     wait, totals={s.name: s.replicas for s in specs if not s.per_node}))
 
 
 def scale(service: ServiceArg, replicas: int, playbooks: FileOpt = None,
@@ -395,6 +444,8 @@ def scale(service: ServiceArg, replicas: int, playbooks: FileOpt = None,
     specs = [s for s in specs_from(playbooks) if s.name == service]
     if not specs:
         common.fail(f"no service {service!r} in the playbooks")
+    if specs[0].per_node:
+        common.fail(f"{service} runs one replica per node (replicas: per-node): its count follows the nodes")
     raise _exit(_run(lambda f: f.scale(specs[0], replicas), inventory, json, wait))
 
 
@@ -420,7 +471,8 @@ def destroy(service: ServiceArg, inventory: common.InventoryOpt = None, json: co
 
 
 def reconcile(playbooks: PlaybooksArg = None, file: FileOpt = None, inventory: common.InventoryOpt = None,
-              json: common.JsonOpt = False, wait: common.WaitOpt = None, parallel: ParallelOpt = None) -> None:
+              json: common.JsonOpt = False, wait: common.WaitOpt = None, parallel: ParallelOpt = None,
+              env_file: EnvFileOpt = None) -> None:
     """Restore the accepted state (for cron): replace lost replicas, reschedule, restore routes.
 
     Replaces crashed, unhealthy or lost replicas, reschedules off dead nodes, restores load-balancer entries.
@@ -435,9 +487,9 @@ def reconcile(playbooks: PlaybooksArg = None, file: FileOpt = None, inventory: c
     Example:
 
       fleet reconcile -f playbooks/ --wait 2m"""
-    from fleet.cli.job import load, reconcile_due
+    from fleet.cli.job import reconcile_due
 
-    specs, jobs = load(playbooks, file)
+    specs, jobs = playbooks_from(playbooks, file, env_file)
 
     async def op(f: Fleet) -> RunResult:
         return await reconcile_due(f, jobs, await f.with_jobs(jobs).apply(specs, "reconcile", parallel))

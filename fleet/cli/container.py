@@ -59,6 +59,9 @@ def stop(ref: RefArg, inventory: common.InventoryOpt = None,
          ) -> None:
     """Stop a container (SIGTERM, then SIGKILL after the grace period) and delete it with its secret files.
 
+    A running replica of a service goes through the fleet's lease: out of the load balancers and drained first
+    (its connections finish, up to the grace period); reconcile or `fleet watch` starts its replacement.
+
     Example:
 
       fleet stop n1/3f2a --grace 30s"""

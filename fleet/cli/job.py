@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from fleet.cli import common
-from fleet.cli.apply import FileOpt, playbook_paths
+from fleet.cli.apply import FileOpt, playbooks_from
 from fleet.cli.common import esc
-from fleet.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from fleet.api import Fleet, JobLog, JobRun
@@ -27,13 +26,7 @@ JobArg = Annotated[str, typer.Argument(help="The job's name, as the playbooks' j
 
 def load(paths: list[str] | None, files: list[str] | None = None) -> tuple[list[ServiceSpec], dict[str, JobSpec]]:
     """The playbooks' services and jobs (exit 2 naming file, line and field when one is wrong)."""
-    from fleet.config.spec import jobs_of, load_playbook_files
-
-    try:
-        playbooks = load_playbook_files(playbook_paths(paths, files))
-    except ConfigError as exc:
-        common.fail(str(exc))
-    return [s for pb in playbooks for s in pb.services], jobs_of(playbooks)
+    return playbooks_from(paths, files)
 
 
 def _when(at: float | None) -> str:

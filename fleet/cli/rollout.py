@@ -125,3 +125,50 @@ def abort(service: ServiceArg, inventory: common.InventoryOpt = None, json: comm
         return result
 
     raise _exit(_run(op, inventory, json, wait))
+
+
+app = typer.Typer(help="Rollout controls: pause a rollout before its next batch, resume it.", no_args_is_help=True)
+
+
+@app.command("pause")
+def pause(service: ServiceArg, inventory: common.InventoryOpt = None, json: common.JsonOpt = False) -> None:
+    """Pause SERVICE's rollout before its next batch (the batch under way finishes).
+
+    Recorded on the fleet, taken without the lease (the rollout holds it): the rollout stops, saying who
+    paused it, and apply, reconcile and `fleet watch` take no further batch until `fleet rollout resume`.
+
+    Example:
+
+      fleet rollout pause web"""
+    from fleet.api import Fleet
+
+    inv = common.inventory(inventory)
+
+    async def go() -> tuple[str, float]:
+        async with Fleet.connect(inv) as f:
+            p = await f.pause(service)
+            return p.by, p.at
+
+    by, at = common.run(go)
+    if json:
+        common.print_json({"service": service, "paused_by": by, "at": at})
+    else:
+        common.console().print(f"{common.esc(service)}: rollouts paused by {common.esc(by)} at {_when(at)}; "
+                               f"`fleet rollout resume {common.esc(service)}` continues")
+
+
+@app.command("resume")
+def resume(service: ServiceArg, inventory: common.InventoryOpt = None, json: common.JsonOpt = False,
+           wait: common.WaitOpt = None) -> None:
+    """Lift SERVICE's pause and carry its paused rollout on to the end, batch by batch (under the lease).
+
+    Example:
+
+      fleet rollout resume web"""
+
+    async def op(f: Fleet) -> RunResult:
+        was, result = await f.resume(service)
+        _say(json, f"{service}: pause by {was.by} lifted" if was is not None else f"{service}: was not paused")
+        return result
+
+    raise _exit(_run(op, inventory, json, wait))

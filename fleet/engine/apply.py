@@ -40,7 +40,8 @@ from fleet.engine.volumes import revoke_departed
 from fleet.plan.drain import drain_target
 from fleet.plan.needs import lacking
 from fleet.plan.reconcile import Plan, Replica, plan
-from fleet.plan.rollout.decide import Command, Target, config_changes
+from fleet.plan.rollout.decide import Command, Target, config_changes, with_image
+from fleet.plan.rollout.pause import Pause
 from fleet.plan.volumes import local_volumes
 from fleet.results import Event, Outcome, PlanView, RunResult
 from fleet.store.history import Revision
@@ -61,7 +62,8 @@ class Engine:
                  user: str | None = None, guard: Guard | None = None,
                  parallel: int = DEFAULT_PARALLEL, held: Sequence[Replica] = (),
                  edge: EdgeSettings | None = None, ops: ReplicaOps | None = None,
-                 image_retention: int | None = None) -> None:
+                 image_retention: int | None = None,
+                 paused: Callable[[str], Awaitable[Pause | None]] | None = None) -> None:
         self.pool = pool
         self.image_retention = image_retention  # old images removed past this many revisions (engine.retention)
         self.view = RunView(reports, tuple(held))
@@ -76,6 +78,8 @@ class Engine:
         self.ops: ReplicaOps = Guarded(inner, guard) if guard is not None else inner
         self.book = RoomBook(self.view, self.on_event)
         self.stage = Stage(self.view, self.ops, self.book, self.ledger, self.on_event, guard or (lambda: None))
+        if paused is not None:
+            self.stage.paused = paused
         self.rollout = ServiceRollout(self.stage)
 
     def emit(self, step: str, service: str, message: str) -> None:
@@ -144,17 +148,22 @@ class Engine:
 
     # --- applying ---------------------------------------------------------------------------------------
     async def apply(self, specs: Sequence[ServiceSpec], command: Command = "apply", parallel: int | None = None,
-                    skipped: Mapping[str, str] | None = None) -> RunResult:
+                    skipped: Mapping[str, str] | None = None, images: Mapping[str, str] | None = None) -> RunResult:
         """Carry out `command` for every spec (an unschedulable request fails before anything changes), then
-        remove what destroyed services left on nodes that were down; `skipped` services are named, not run."""
+        remove what destroyed services left on nodes that were down; `skipped` services are named, not run;
+        `images` replace the playbook's image of those services (`apply --set`, recorded as `fleet deploy`)."""
         await self.observe()
         await self.revoke_departed()
         for node, why in lacking(self.view.nodes(), specs).items():
             self.emit("lacks", "", f"{node}: {why}")
         outcomes = [Outcome(name, False, reason=why, changed=False) for name, why in (skipped or {}).items()]
-        by_name = {s.name: s for s in specs}
-        outcomes += await self.apply_targets([await self.ledger.target(command, s) for s in specs], command, parallel,
-                                             again=lambda t: self.ledger.target(command, by_name[t.spec.name]))
+        tried = {s.name: (s, playbook) for s, playbook in (with_image(s, images) for s in specs)}
+
+        async def target(s: ServiceSpec, playbook: str | None) -> Target:
+            return replace(await self.ledger.target(command, s), set_from=playbook)
+
+        outcomes += await self.apply_targets([await target(*pair) for pair in tried.values()], command, parallel,
+                                             again=lambda t: target(*tried[t.spec.name]))
         outcomes += await self.sweep({s.name for s in specs})
         if self.image_retention is not None and isinstance(self.ledger, Ledger):
             await prune(self.pool, self.view.reports, self.ledger.records, self.image_retention, self.on_event)
@@ -326,7 +335,8 @@ class Engine:
             await self.ledger.turned(turn, revision, str(exc))
             await self.ops.route(self.view.rotation)
             return turn.shown, self.result([Outcome(service, False, reason=str(exc))])
-        await self.ledger.turned(turn, revision, None)
+        if not out.waiting:  # paused: the revision stays in progress for `fleet rollout resume`
+            await self.ledger.turned(turn, revision, None)
         await self.ops.route(self.view.rotation)
         return turn.shown, self.result([out])
 

@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import NoReturn
 
 from fleet.config.spec import ServiceSpec
 from fleet.core.errors import CanaryAborted, FleetError, ImageUnavailable, LeaseError, RolloutFailed
@@ -16,7 +17,16 @@ from fleet.engine.replicas import ReplicaOps
 from fleet.engine.rooms import RoomBook
 from fleet.engine.view import Emit, RunView
 from fleet.plan.reconcile import Replica, duplicates, plan
-from fleet.plan.rollout.strategy import ReplicaState, Verdict, canary_verdict, canary_weights, resume_plan
+from fleet.plan.rollout.pause import Pause
+from fleet.plan.rollout.strategy import (
+    ReplicaState,
+    Verdict,
+    WindowEnd,
+    canary_verdict,
+    canary_weights,
+    resume_plan,
+    window_end,
+)
 from fleet.plan.scheduler import Assignment
 from fleet.results import Event, Outcome
 
@@ -24,6 +34,10 @@ from fleet.results import Event, Outcome
 def _misplaced(why: str) -> bool:
     """A scheduler stop reason that means "this replica must move" (not a scale-down or a duplicate)."""
     return not why.startswith(("surplus", "duplicate of", "service ", "second copy"))
+
+
+async def _unpaused(service: str) -> Pause | None:
+    return None
 
 
 @dataclass
@@ -37,6 +51,9 @@ class Stage:
     ledger: Ledger
     on_event: Emit
     guard: Guard
+    # The service's pause (`fleet rollout pause`), read afresh before each batch of a rollout.
+    paused: Callable[[str], Awaitable[Pause | None]] = _unpaused
+
     # A service's `before_deploy` job (fleet.engine.jobs.JobHook): None when it ran well, else why not.
     hook: Callable[[ServiceSpec, int], Awaitable[str | None]] | None = None
 
@@ -61,12 +78,13 @@ class Converge:
         self.s = stage
 
     async def __call__(self, spec: ServiceSpec, revision: int, *, heal: bool = False,
-                       others: Sequence[str] = (), weight: int = 1) -> Outcome:
+                       others: Sequence[str] = (), weight: int = 1, renew: frozenset[str] = frozenset()) -> Outcome:
         """Bring one service to `spec.replicas` ready replicas of `spec`, following `resume_plan`.
 
         Replicas whose spec hash is in `others` belong to a canary kept apart and are left alone. Replicas that
         fail their checks (judged over the service's interval × failure_threshold) or must move are replaced
-        within the update policy, surge-first where there is room."""
+        within the update policy, surge-first where there is room; so are those named in `renew` (a replica
+        restarted by hand)."""
         s, view = self.s, self.s.view
         h = spec.spec_hash()
         # Second copies of one replica of one spec (a node that came back); an old and a new replica sharing an
@@ -77,10 +95,13 @@ class Converge:
         ready = await s.ops.judge(spec, mine)
         sp = plan([spec], view.nodes(), [r for r in view.seen if r.service != spec.name or r.spec_hash not in others],
                   s.ledger.fresh(view.volumes)).service(spec.name)
-        moving = {r.id: why for r, why in sp.stop if _misplaced(why)}
+        moving = {r.id: why for r, why in sp.stop if _misplaced(why)} | {rid: "restarted" for rid in renew}
+        if spec.per_node:  # one node at a time: old replicas go in node order, as new ones are placed
+            spec, mine = sp.spec, sorted(mine, key=lambda r: (r.node, r.replica))
         states = [ReplicaState(r.id, "" if r.id in moving else r.spec_hash, ready[r.id], r.replica) for r in mine]
         u = spec.update
-        resume = resume_plan(states, h, spec.replicas, u.max_surge, u.max_unavailable, u.batch_size)
+        resume = resume_plan(states, h, spec.replicas, u.max_surge, u.max_unavailable,
+                             1 if spec.per_node else u.batch_size)
         by_id = {r.id: r for r in mine}
         started = stopped = 0
         if not heal and u.strategy == "canary" and s.ops.balanced and not resume.keep and any(
@@ -96,6 +117,10 @@ class Converge:
         outgoing = {st.id for st in states if st.id not in resume.keep}
         for step in resume.steps:
             await confirm(s.guard)
+            if not heal and (pause := await s.paused(spec.name)) is not None:
+                s.emit("paused", spec.name, f"{spec.name}: {pause.reason()}")
+                return Outcome(spec.name, True, started, stopped, reason=pause.reason(), waiting=True,
+                               changed=bool(started or stopped))
             if step.start_new:
                 new = await self.start_batch(spec, revision, step.start_new, outgoing, weight)
                 started += len(new)
@@ -134,20 +159,24 @@ class Converge:
             s.emit("canary", spec.name, f"canary at {step.pct}% of traffic (weights {step.new_weight} new / "
                                         f"{step.old_weight} old) for {pause:g}s")
             before = await s.ops.counters(spec.name)
-            deadline = time.monotonic() + pause
+            deadline, extended = time.monotonic() + pause, False
             while True:
                 await asyncio.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-                after = await s.ops.counters(spec.name)
-                verdict = _verdict(spec, before, after, new, old)
+                verdict, seen = _verdict(spec, before, await s.ops.counters(spec.name), new, old)
                 if verdict.ok is False:
-                    for r in new:
-                        await self.retire(spec, r, "canary aborted")
-                    for r in old:
-                        rotation.weight(r, 1)
-                    await s.ops.route(rotation)
-                    raise CanaryAborted(f"{spec.name}: canary aborted at {step.pct}%: {verdict.reason}")
-                if time.monotonic() >= deadline:
+                    await self._abort(spec, new, old, step.pct, verdict.reason)
+                if time.monotonic() < deadline:
+                    continue
+                end = window_end(verdict, seen, c.min_requests if c else 20, extended)
+                if end.action == "next" and spec.lb is not None and spec.lb.mode == "tcp" and not all(
+                        (await s.ops.judge(spec, new)).values()):
+                    end = WindowEnd("fail", "the canary fails its health check")  # a tcp canary's other signal
+                if end.action == "fail":
+                    await self._abort(spec, new, old, step.pct, end.reason)
+                if end.action == "next":
                     break
+                s.emit("canary", spec.name, f"{spec.name}: {end.reason}")
+                deadline, extended = time.monotonic() + pause, True
         if c is not None and not c.auto_promote:
             reason = (f"{spec.name}: canary at {steps[-1]}% waits: `fleet promote {spec.name}` or "
                       f"`fleet abort {spec.name}`")
@@ -157,6 +186,16 @@ class Converge:
             rotation.weight(r, 1)
         s.emit("canary", spec.name, f"{spec.name}: canary promoted; rolling the rest")
         return new, None
+
+    async def _abort(self, spec: ServiceSpec, new: Sequence[Replica], old: Sequence[Replica], pct: int,
+                     why: str) -> NoReturn:
+        """The canary's replicas out, the old ones back to full weight; CanaryAborted says why."""
+        for r in new:
+            await self.retire(spec, r, "canary aborted")
+        for r in old:
+            self.s.view.rotation.weight(r, 1)
+        await self.s.ops.route(self.s.view.rotation)
+        raise CanaryAborted(f"{spec.name}: canary aborted at {pct}%: {why}")
 
     # --- one batch --------------------------------------------------------------------------------------
     async def start_batch(self, spec: ServiceSpec, revision: int, k: int, outgoing: set[str],
@@ -214,7 +253,8 @@ class Converge:
 
 
 def _verdict(spec: ServiceSpec, before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]],
-             new: Sequence[Replica], old: Sequence[Replica]) -> Verdict:
+             new: Sequence[Replica], old: Sequence[Replica]) -> tuple[Verdict, int]:
+    """The window's verdict so far, and how many requests (tcp: connections) the canary saw in it."""
     def delta(rs: Sequence[Replica]) -> tuple[int, int]:
         bad = sum(after.get(r.id, (0, 0))[0] - before.get(r.id, (0, 0))[0] for r in rs)
         total = sum(after.get(r.id, (0, 0))[1] - before.get(r.id, (0, 0))[1] for r in rs)
@@ -222,4 +262,6 @@ def _verdict(spec: ServiceSpec, before: dict[str, tuple[int, int]], after: dict[
 
     c = spec.update.canary
     (nb, nt), (ob, ot) = delta(new), delta(old)
-    return canary_verdict(min(nb, nt), nt, min(ob, ot), ot, c.max_error_rate_delta if c else 1.0)
+    what = "connection errors" if spec.lb is not None and spec.lb.mode == "tcp" else "5xx"
+    return canary_verdict(min(nb, nt), nt, min(ob, ot), ot, c.max_error_rate_delta if c else 1.0,
+                          c.min_requests if c else 20, what), nt

@@ -59,10 +59,32 @@ async def each(pool: Pool, reports: Reports, ref: str,
     return out
 
 
-async def stop(pool: Pool, reports: Reports, ref: str, grace: float = 10.0) -> list[tuple[PsRow, StopResult | str]]:
+async def stop(pool: Pool, reports: Reports, ref: str, grace: float = 10.0,
+               drained: Callable[[frozenset[str]], Awaitable[None]] | None = None,
+               ) -> list[tuple[PsRow, StopResult | str]]:
     """Stop every container `ref` names (SIGTERM, SIGKILL after `grace` seconds, then delete): one entry per
-    container, with how it stopped or why it could not be."""
-    return await each(pool, reports, ref, lambda report, row: C.stop_container(pool, report, row.info.id, grace))
+    container, with how it stopped or why it could not be. With `drained`, the running replicas of services
+    are stopped through it instead (the lease, then out of HAProxy and drained first: fleet.engine.byhand.retire);
+    their entries say only that they stopped."""
+    rows = C.find(await C.ps(pool, reports), ref)
+    served = frozenset(r.info.id for r in rows if drained is not None and r.labels is not None
+                       and r.labels.replica is not None and r.info.status is Status.RUNNING)
+    failed: str | None = None
+    if served and drained is not None:
+        try:
+            await drained(served)
+        except FleetError as exc:
+            failed = str(exc)
+    out: list[tuple[PsRow, StopResult | str]] = []
+    for row in rows:
+        if row.info.id in served:
+            out.append((row, failed if failed is not None else StopResult(row.info.id, True)))
+            continue
+        try:
+            out.append((row, await C.stop_container(pool, C.report_of(reports, row.node), row.info.id, grace)))
+        except FleetError as exc:
+            out.append((row, str(exc)))
+    return out
 
 
 async def rm(pool: Pool, reports: Reports, ref: str) -> list[tuple[PsRow, str | None]]:

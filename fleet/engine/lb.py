@@ -194,7 +194,8 @@ class Balancers:
         await asyncio.gather(*(one(lb) for lb in self.nodes), return_exceptions=True)
 
     async def counters(self, service: str) -> dict[str, tuple[int, int]]:
-        """Per server of the service: (responses 5xx, requests) summed over lb nodes (cumulative counters)."""
+        """Per server of the service: (responses 5xx, requests) summed over lb nodes (cumulative counters); a tcp
+        server's are (connection errors: econ + eresp + wretr, connections)."""
         out: dict[str, tuple[int, int]] = {}
         results = await asyncio.gather(*(lb.stats() for lb in self.nodes), return_exceptions=True)
         for rows in results:
@@ -203,7 +204,9 @@ class Balancers:
             for row in rows:
                 if row.proxy == backend_name(service) and row.kind == "server":
                     bad, total = out.get(row.name, (0, 0))
-                    out[row.name] = (bad + row.hrsp_5xx, total + (row.req_tot or row.stot))
+                    # A tcp server (no HTTP requests counted) fails by its connection errors.
+                    errors = row.hrsp_5xx if row.req_tot else row.econ + row.eresp + row.wretr
+                    out[row.name] = (bad + errors, total + (row.req_tot or row.stot))
         return out
 
     async def connections(self, r: Replica) -> int:

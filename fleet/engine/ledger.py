@@ -143,6 +143,14 @@ class Ledger:
     async def latest_good(self, spec: ServiceSpec, before: int) -> Revision | None:
         return await self.records.latest_succeeded(spec.name, before=before)
 
+    async def unfinished(self, service: str) -> ServiceSpec | None:
+        """The spec of the service's newest revision still in progress (a rollout paused or interrupted), but a
+        waiting canary's; None when there is none."""
+        state = await self.state(service)
+        waiting = state.canary if state is not None and state.decision == "canary-waiting" else None
+        revs = [r for r in await self.records.list(service) if r.outcome == "in-progress" and r.revision != waiting]
+        return spec_of(revs[-1]) if revs else None
+
     async def destroyed(self, services: Sequence[str]) -> list[str]:
         """Of `services`, those recorded as destroyed."""
         out = []
@@ -321,6 +329,9 @@ class NullLedger(Ledger):
 
     async def destroyed(self, services: Sequence[str]) -> list[str]:
         return []
+
+    async def unfinished(self, service: str) -> ServiceSpec | None:
+        return None
 
     async def _finish(self, service: str, revision: int, outcome: FinalOutcome, reason: str = "") -> None:
         return None

@@ -123,6 +123,8 @@ def demand_for(spec: ServiceSpec, replicas: int | None = None, *, volumes: Volum
         strategy=spec.placement.strategy,
         needs=service_needs(spec) | ({"user"} if spec.security.user is not None else frozenset()),
         disk=spec.disk,
+        max_per_node=spec.placement.max_per_node,
+        per_node=spec.per_node,
     )
 
 
@@ -207,6 +209,8 @@ def plan(specs: Sequence[ServiceSpec], nodes: Sequence[NodeState], replicas: Seq
         unplaced.setdefault(u.service, []).append(u)
     plans = []
     for spec in specs:
+        if spec.per_node:
+            spec = replace(spec, replicas=placement.counts.get(spec.name, 0))  # as this pass counts
         mine = by_service.get(spec.name, [])
         h = spec.spec_hash()
         up_to_date = [r for r in mine if r.running and r.spec_hash == h]

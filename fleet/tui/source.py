@@ -103,7 +103,7 @@ class FleetSource:
             wanted = state.replicas
             if wanted is None and state.accepted is not None:
                 spec = await self._spec(name, state.accepted)
-                wanted = spec.replicas if spec is not None else None
+                wanted = spec.replicas if spec is not None and not spec.per_node else None  # per-node: the nodes say
             out[name] = ServiceRecord(state.accepted, wanted, state.decision, state.canary, state.reason)
         return out
 
@@ -163,21 +163,11 @@ class FleetSource:
                 await self.accepted_spec(t)  # refused at once when the snapshot already knows there is none
                 return ran(f"{t}: scaled to {action.count}", await converge_accepted(f, t, action.count))
             case "restart":
+                # The replica is replaced as `fleet restart` replaces one: its replacement first, where the update
+                # policy allows, then it is drained and stopped (under the lease, at the accepted revision).
                 service = action.service or t
                 await self.accepted_spec(service)
-                failures: list[str] = []
-
-                async def stop() -> None:  # under the lease, once the records say the service stands
-                    failures.extend(why for _, why in await f.stop(t) if isinstance(why, str))
-                    if failures:
-                        raise FleetError(f"{t}: could not stop it")
-
-                try:
-                    return ran(f"{t}: restarted", await converge_accepted(f, service, first=stop))
-                except FleetError:
-                    if not failures:
-                        raise
-                    return ActionResult(False, f"{t}: could not stop it", tuple(failures))
+                return ran(f"{t}: restarted", await f.renew(service, t))
             case "rollback":
                 rev, result = await f.rollback(t, action.revision)
                 return ran(f"{t}: rolled back to revision {rev.revision}", result)

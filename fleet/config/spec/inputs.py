@@ -32,6 +32,7 @@ from fleet.config.spec.rules import (
     Percent,
     Port,
     PositiveDuration,
+    Replicas,
     check_mount_path,
 )
 from fleet.config.spec.security import SecurityInput
@@ -139,6 +140,7 @@ class _Placement(_Strict):
     require: dict[str, Any] = Field(default_factory=dict)
     spread_by: str | None = None
     strategy: Literal["spread", "pack"] = PlacementSpec.strategy
+    max_per_node: Annotated[StrictInt, Field(ge=1, le=10000)] | None = None
 
     @field_validator("require")
     @classmethod
@@ -161,13 +163,15 @@ class _Placement(_Strict):
         return v
 
     def value(self) -> PlacementSpec:
-        return PlacementSpec(self.require, self.spread_by, self.strategy)
+        return PlacementSpec(self.require, self.spread_by, self.strategy, self.max_per_node)
 
     @staticmethod
     def written(p: PlacementSpec) -> dict[str, Any]:
         out: dict[str, Any] = {"require": dict(p.require), "strategy": p.strategy}
         if p.spread_by:
             out["spread_by"] = p.spread_by
+        if p.max_per_node is not None:
+            out["max_per_node"] = p.max_per_node
         return out
 
 
@@ -374,6 +378,7 @@ class _Canary(_Strict):
     pause: Duration = CanarySpec.pause
     auto_promote: StrictBool = CanarySpec.auto_promote
     max_error_rate_delta: Percent = CanarySpec.max_error_rate_delta
+    min_requests: Annotated[StrictInt, Field(ge=1, le=1_000_000)] = CanarySpec.min_requests
 
     @field_validator("steps")
     @classmethod
@@ -385,12 +390,15 @@ class _Canary(_Strict):
         return v
 
     def value(self) -> CanarySpec:
-        return CanarySpec(tuple(self.steps), self.pause, self.auto_promote, self.max_error_rate_delta)
+        return CanarySpec(tuple(self.steps), self.pause, self.auto_promote, self.max_error_rate_delta,
+                          self.min_requests)
 
     @staticmethod
     def written(c: CanarySpec) -> dict[str, Any]:
         return {"steps": list(c.steps), "pause": format_duration(c.pause), "auto_promote": c.auto_promote,
-                "max_error_rate_delta": c.max_error_rate_delta}
+                "max_error_rate_delta": c.max_error_rate_delta,
+                # Only when not the default, so a revision recorded before it is the same revision.
+                **({"min_requests": c.min_requests} if c.min_requests != CanarySpec.min_requests else {})}
 
 
 class _Update(_Strict):
@@ -441,7 +449,7 @@ def main_port(ports: dict[str, int]) -> int:
 class ServiceInput(_Strict, SecurityInput, ImageInput):
     image: str
     command: Argv | None = None
-    replicas: Annotated[StrictInt, Field(ge=0, le=10000)] = ServiceSpec.replicas
+    replicas: Replicas = ServiceSpec.replicas
     resources: _Resources = Field(default_factory=_Resources)
     port: Port = ServiceSpec.port
     network: Literal["bridge", "host"] = ServiceSpec.network
@@ -514,6 +522,13 @@ class ServiceInput(_Strict, SecurityInput, ImageInput):
         return self
 
     @model_validator(mode="after")
+    def _per_node_alone(self) -> ServiceInput:
+        if self.replicas == "per-node" and self.placement.max_per_node not in (None, 1):
+            raise ValueError("replicas per-node runs one replica on each node: placement.max_per_node cannot "
+                             "be more than 1")
+        return self
+
+    @model_validator(mode="after")
     def _canary_needs_lb(self) -> ServiceInput:
         if self.update.strategy == "canary" and self.lb is None:
             raise ValueError("update.strategy canary needs lb (traffic is split by HAProxy weights)")
@@ -528,7 +543,8 @@ class ServiceInput(_Strict, SecurityInput, ImageInput):
             name=name,
             image=self.image,
             command=tuple(self.command) if self.command is not None else None,
-            replicas=self.replicas,
+            replicas=self.replicas if isinstance(self.replicas, int) else 0,
+            per_node=self.replicas == "per-node",
             resources=self.resources.value(),
             port=main_port(self.ports) if self.ports and "port" not in self.model_fields_set else self.port,
             network=self.network,
@@ -559,7 +575,7 @@ class ServiceInput(_Strict, SecurityInput, ImageInput):
         exactly; secrets appear as `{secret: NAME}` references only."""
         out: dict[str, Any] = {
             "image": spec.image,
-            "replicas": spec.replicas,
+            "replicas": "per-node" if spec.per_node else spec.replicas,
             "resources": _Resources.written(spec.resources),
             "port": spec.port,
             "env": {k: ({"secret": v.name} if isinstance(v, SecretRef) else v) for k, v in spec.env.items()},

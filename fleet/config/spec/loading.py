@@ -30,6 +30,7 @@ from fleet.config.spec.values import (
     SecretRef,
     ServiceSpec,
 )
+from fleet.config.variables import expand
 from fleet.config.yamlmarks import Marked, load, read_text
 from fleet.core.errors import ConfigError, Problem, SpecError
 
@@ -271,8 +272,10 @@ def playbook_files(paths: Iterable[str]) -> list[str]:
     return out
 
 
-def load_playbook_files(paths: Iterable[str]) -> list[Playbook]:
-    """Every playbook under `paths`, checked alone and together (duplicate names, duplicate lb ports)."""
+def load_playbook_files(paths: Iterable[str], variables: Mapping[str, str] | None = None) -> list[Playbook]:
+    """Every playbook under `paths`, checked alone and together (duplicate names, duplicate lb ports); `${VAR}`
+    in a file expanded from `variables` (default: the environment; see fleet.config.variables)."""
+    variables = os.environ if variables is None else variables
     playbooks: list[Playbook] = []
     problems: list[Problem] = []
     paths = list(paths)
@@ -289,6 +292,10 @@ def load_playbook_files(paths: Iterable[str]) -> list[Playbook]:
         except ConfigError as exc:
             problems += exc.problems
             continue
+        text, unset = expand(text, file, variables)
+        if unset:
+            problems += unset
+            continue
         pb, found = _parse(text, file)
         playbooks.append(pb)
         problems += found
@@ -299,8 +306,9 @@ def load_playbook_files(paths: Iterable[str]) -> list[Playbook]:
     return playbooks
 
 
-def load_playbooks(paths: Iterable[str]) -> list[ServiceSpec]:
-    """Every service under `paths` (files or directories), in file order then document order."""
-    return [s for pb in load_playbook_files(paths) for s in pb.services]
+def load_playbooks(paths: Iterable[str], variables: Mapping[str, str] | None = None) -> list[ServiceSpec]:
+    """Every service under `paths` (files or directories), in file order then document order; `${VAR}` expanded
+    from `variables` (default: the environment)."""
+    return [s for pb in load_playbook_files(paths, variables) for s in pb.services]
 
 

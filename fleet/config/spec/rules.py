@@ -64,6 +64,20 @@ def _lb_port(port: int) -> int:
     return port
 
 
+def _replicas(value: object) -> int | str:
+    """A count from 0 to 10000, or `per-node` (one on every node that meets the placement)."""
+    if value == "per-node":
+        return "per-node"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected an integer, got {value!r}")
+    if value < 0:
+        raise ValueError(f"Input should be greater than or equal to 0, got {value}")
+    if value > 10000:
+        raise ValueError(f"Input should be less than or equal to 10000, got {value}")
+    return value
+
+
+Replicas = Annotated[int | str, BeforeValidator(_replicas)]
 Cpu = Annotated[float, BeforeValidator(_cpu)]
 Memory = Annotated[int, BeforeValidator(_memory)]
 Percent = Annotated[float, AfterValidator(_percentage_points)]

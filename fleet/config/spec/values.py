@@ -131,11 +131,13 @@ class HealthSpec:
 
 @dataclass(frozen=True)
 class PlacementSpec:
-    """Where replicas may go (`require`) and how they are spread (`spread_by` label, `strategy`)."""
+    """Where replicas may go (`require`), how they are spread (`spread_by` label, `strategy`) and how many of
+    them one node may run at most (`max_per_node`, None: no limit)."""
 
     require: Mapping[str, str] = field(default_factory=dict)
     spread_by: str | None = None
     strategy: Literal["spread", "pack"] = "spread"
+    max_per_node: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "require", MappingProxyType(dict(self.require)))
@@ -214,6 +216,8 @@ class CanarySpec:
     pause: float = 30.0
     auto_promote: bool = True
     max_error_rate_delta: float = 1.0
+    # Requests (tcp: connections) a window must see before the canary is judged; fewer: extended once, then failed.
+    min_requests: int = 20
 
 
 @dataclass(frozen=True)
@@ -237,6 +241,9 @@ class ServiceSpec:
     image: str
     command: tuple[str, ...] | None = None
     replicas: int = 1
+    # `replicas: per-node`: one replica on every node that meets `placement` (`replicas` is what the last plan
+    # counted, see fleet.plan.reconcile), rolled one node at a time.
+    per_node: bool = False
     resources: Resources = DEFAULT_RESOURCES
     port: int = 8080
     # `bridge`: the replica in its own network namespace, `port` inside it mapped from a host port fleet picks;

@@ -7,6 +7,7 @@ naming the field); nothing is quoted because nothing that would need quoting is 
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -417,6 +418,17 @@ def _run_as_lines(run_as: RunAs | None) -> list[str]:
             f"    chroot {check_file(run_as.chroot, 'run_as.chroot')}"]
 
 
+# How long a worker replaced by a reload may keep the connections it holds: 30 s, or a service's longer
+# `timeouts.tunnel` (a websocket held across a reload lives as long as its own tunnel timeout allows).
+HARD_STOP_AFTER = 30
+
+
+def hard_stop_after(services: Sequence[LbService]) -> int:
+    """Seconds an old worker may live after a reload: `HARD_STOP_AFTER`, raised to the longest tunnel timeout."""
+    tunnels = [s.timeouts.tunnel for s in services if s.timeouts.tunnel is not None]
+    return max([HARD_STOP_AFTER, *(math.ceil(t) for t in tunnels)])
+
+
 def render(services: Sequence[LbService], *, admin_socket: str, state_file: str,
            stats_bind: tuple[str, int] | None = None, edge: EdgeConfig | None = None,
            stats_password_hash: str | None = None, run_as: RunAs | None = None) -> str:
@@ -434,7 +446,7 @@ def render(services: Sequence[LbService], *, admin_socket: str, state_file: str,
         "global",
         f"    stats socket {sock} mode 600 level admin",
         "    stats timeout 30s",
-        "    hard-stop-after 30s",
+        f"    hard-stop-after {hard_stop_after(services)}s",
         f"    server-state-file {state}",
         *_run_as_lines(run_as),
         "",

@@ -102,7 +102,8 @@ class Target:
     `spec` is converged to; `revision` is the recorded revision it is (None: record a new one); `heal` means
     restoring the accepted state (nothing new is tried, history is not written); `canary` is the waiting canary's
     spec and revision, whose replicas are kept apart and healed as they are; `note` is one line saying what was
-    held back (a failed revision not retried, a pin); `skip` means leave the service alone (destroyed)."""
+    held back (a failed revision not retried, a pin); `skip` means leave the service alone (destroyed);
+    `set_from` the playbook's `intent_hash` when `apply --set` changed its image: recorded as `fleet deploy`."""
 
     spec: ServiceSpec
     revision: int | None
@@ -110,6 +111,7 @@ class Target:
     note: str | None = None
     canary: tuple[ServiceSpec, int] | None = None
     skip: bool = False
+    set_from: str | None = None
 
 
 HELD_BACK = {
@@ -209,10 +211,23 @@ def _short(value: Any) -> str:
 
 def after_success(target: Target, revision: int, intent: str, by: str, at: float,
                   state: ServiceState | None) -> ServiceState:
-    """The record once `target` converged at `revision`."""
+    """The record once `target` converged at `revision`; an image set by `apply --set` is recorded as `fleet
+    deploy` records one, against the playbook's intent: reconcile keeps it, `fleet plan` shows the drift."""
     if target.heal and state is not None:
         return state
+    if target.set_from is not None:
+        return ServiceState(accepted=revision, decision="deployed", intent=target.set_from,
+                            reason=f"image {target.spec.image} by `fleet apply --set`", by=by, at=at)
     return ServiceState(accepted=revision, decision="applied", intent=intent, by=by, at=at)
+
+
+def with_image(spec: ServiceSpec, images: Mapping[str, str] | None) -> tuple[ServiceSpec, str | None]:
+    """The spec `apply` tries for the playbook's `spec` given `--set SERVICE.image=REF` (`images`), and the
+    playbook's `intent_hash` when its image was set (None: the playbook as it is)."""
+    image = (images or {}).get(spec.name)
+    if image is None or image == spec.image:
+        return spec, None
+    return replace(spec, image=image), intent_hash(spec)
 
 
 def after_failure(revision: int, back_to: int | None, intent: str, reason: str, by: str, at: float,

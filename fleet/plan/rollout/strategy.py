@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Literal
 
 HAPROXY_MAX_WEIGHT = 256
 
@@ -227,8 +228,9 @@ def canary_weights(steps: Sequence[int], new_count: int, old_count: int) -> list
 
 
 def canary_verdict(canary_5xx: int, canary_total: int, base_5xx: int, base_total: int, max_delta_pct: float,
-                   min_requests: int = 20) -> Verdict:
-    """Compare the 5xx rates of canary and baseline over one observation window.
+                   min_requests: int = 20, what: str = "5xx") -> Verdict:
+    """Compare the 5xx rates (`what` the errors are: a tcp service's are connection errors) of canary and
+    baseline over one observation window.
 
     Undecided (`ok=None`) until the canary has served `min_requests`; a baseline with fewer requests than
     that counts as 0 % errors, so a failing canary is never excused by a quiet baseline.
@@ -247,6 +249,30 @@ def canary_verdict(canary_5xx: int, canary_total: int, base_5xx: int, base_total
     delta = canary_rate - base_rate
     base_text = (f"baseline {base_rate:.2f}% ({base_5xx}/{base_total})" if base_known
                  else f"baseline taken as 0% (only {base_total} requests)")
-    text = (f"canary 5xx {canary_rate:.2f}% ({canary_5xx}/{canary_total}) vs {base_text}: "
+    text = (f"canary {what} {canary_rate:.2f}% ({canary_5xx}/{canary_total}) vs {base_text}: "
             f"{delta:+.2f} points, limit +{max_delta_pct:g}")
     return Verdict(delta <= max_delta_pct, canary_rate, base_rate, text)
+
+
+@dataclass(frozen=True)
+class WindowEnd:
+    """How a canary window ends: `next` (the canary passed: on to the next step), `extend` (too few requests:
+    once, by the window's length) or `fail`; `reason` says why."""
+
+    action: Literal["next", "extend", "fail"]
+    reason: str = ""
+
+
+def window_end(verdict: Verdict, seen: int, min_requests: int, extended: bool) -> WindowEnd:
+    """Judge a canary window at its end: failed on its error rate, or on too few requests (`seen`, fewer than
+    `min_requests`) once it was already `extended`; too few the first time: extend. A canary is never promoted
+    on a window that saw almost nothing."""
+    if verdict.ok is False:
+        return WindowEnd("fail", verdict.reason)
+    if verdict.ok is None or seen < min_requests:
+        if not extended:
+            return WindowEnd("extend", f"only {seen} requests in the window (min_requests {min_requests}): "
+                                       "extending it once by its length")
+        return WindowEnd("fail", f"only {seen} requests in the window, extended once (min_requests "
+                                 f"{min_requests}): too little traffic to judge the canary")
+    return WindowEnd("next", verdict.reason)

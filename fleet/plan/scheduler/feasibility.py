@@ -63,6 +63,10 @@ def no_port(port_range: tuple[int, int]) -> str:
     return f"no free host port in {port_range[0]}-{port_range[1]}"
 
 
+def over_limit(node: str, limit: int) -> str:
+    return f"max_per_node: {node} already runs {limit}"
+
+
 def count_nodes(n: int, singular: str, plural: str) -> str:
     return f"{n} node {singular}" if n == 1 else f"{n} nodes {plural}"
 

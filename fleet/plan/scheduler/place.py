@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import itertools
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from fleet.plan.scheduler.feasibility import (
     cpu_floor,
     filter_key,
     no_port,
+    over_limit,
     shortfall,
     show_cpu,
     show_memory,
@@ -214,7 +216,18 @@ def place(
 
     unplaced: list[Unplaced] = []
     per_node: dict[int, list[str]] = {}
+    counts: dict[str, int] = {}
     for d in sorted(demands.values(), key=lambda d: _size_order(state, d)):
+        if d.per_node:
+            numbers = {r for s, r in kept if s == d.service}
+            placed, short = _on_every_node(state, d, numbers, on_node[d.service])
+            counts[d.service] = len(numbers) + len(placed) + len(short)
+            assignments += [Assignment(d.service, r, state.names[i], port, d.resources, "new", d.spec_hash)
+                            for r, i, port in placed]
+            for r, i, why in short:
+                unplaced.append(Unplaced(d.service, r, f"{state.names[i]}: {why}"))
+                per_node.setdefault(i, []).append(f"{d.service}: {why}")
+            continue
         pending = [r for r in range(d.replicas) if (d.service, r) not in kept]
         waiting = _waiting(state, d, len(pending))
         if waiting:
@@ -230,7 +243,7 @@ def place(
                 Assignment(d.service, replica, state.names[i], port, d.resources, reason, d.spec_hash)
             )
         if len(placed) < len(pending):
-            why, node_reasons = _explain(state, d)
+            why, node_reasons = _explain(state, d, on_node[d.service])
             done = {replica for replica, _, _ in placed}
             unplaced.extend(Unplaced(d.service, r, why) for r in pending if r not in done)
             for i, text in node_reasons.items():
@@ -248,6 +261,7 @@ def place(
         unplaced=tuple(sorted(unplaced, key=_BY_REPLICA)),
         rejected=dict(sorted(rejected.items())),
         stop_reasons={e: stops[e] for e in sorted(stops, key=_existing_order)},
+        counts=counts,
     )
 
 
@@ -280,7 +294,7 @@ def _settle_existing(
         ident = (e.service, e.replica)
         if d is None:
             stops[e] = f"service {e.service} is no longer wanted"
-        elif not 0 <= e.replica < d.replicas:
+        elif not d.per_node and not 0 <= e.replica < d.replicas:
             stops[e] = f"surplus: {e.service} wants {d.replicas} replicas"
         elif (problem := _node_problem(state, e.node, d)) is not None:
             stops[e] = problem
@@ -290,6 +304,7 @@ def _settle_existing(
 
     kept: dict[tuple[str, int], Existing] = {}
     need_cpu = {name: cpu_ceil(d.resources.cpu) for name, d in demands.items()}
+    here: Counter[tuple[str, int]] = Counter()  # replicas kept per (service, node index), for `max_per_node`
     # Lowest replica numbers claim room first, so an overfull node sheds its highest-numbered replicas. Of several
     # copies of one replica, the first that still fits is kept and the others are duplicates of it.
     for ident in sorted(candidates, key=_REPLICA_FIRST):
@@ -298,12 +313,17 @@ def _settle_existing(
         for e in copies:
             i = state.index[e.node]
             cpu, mem = need_cpu[e.service], demands[e.service].resources.memory
+            limit = demands[e.service].limit
             if e.port in state.fleet_ports[i]:
                 why[e] = f"port {e.port} on {e.node} is taken by another replica"
+            elif limit is not None and here[(e.service, i)] >= limit:
+                # A per-node service's extra replica on a node is surplus; an ordinary one moves elsewhere.
+                why[e] = f"{'surplus: ' if demands[e.service].per_node else ''}{over_limit(e.node, limit)}"
             elif not state.fits(i, cpu, mem):
                 why[e] = f"{e.node} has no room: {shortfall(cpu, mem, state.free_cpu[i], state.free_mem[i])}"
             else:
                 state.take(i, cpu, mem, e.port)
+                here[(e.service, i)] += 1
                 kept[ident] = e
                 break
         keeper = kept.get(ident)
@@ -428,12 +448,15 @@ def _select(
         cursor[g] = pos
 
     group_count: Counter[str] = Counter()
+    limit = d.limit
     for i, n in sorted(on_node.items()):
         g = order.group_of.get(i)
         if g is None:
             continue  # a node that takes no new replica (cordoned): its replicas stay, it gets no more
         group_count[g] += n
-        if spread and n and free_cpu[i] >= cpu and free_mem[i] >= mem:
+        if limit is not None and n >= limit:
+            seen.add(i)  # full for this service: never a candidate
+        elif spread and n and free_cpu[i] >= cpu and free_mem[i] >= mem:
             seen.add(i)
             heaps[g].append((n, state.score(i), names[i], i))
     version: Counter[str] = Counter()
@@ -470,15 +493,43 @@ def _select(
             on_node[i] += 1
             group_count[g] += 1
             placed.append((pending[len(placed)], i, port))
-            heapq.heapreplace(h, (on_node[i] if spread else 0, state.score(i), names[i], i))
+            if limit is not None and on_node[i] >= limit:
+                heapq.heappop(h)
+            else:
+                heapq.heapreplace(h, (on_node[i] if spread else 0, state.score(i), names[i], i))
             if i == frontier[g]:
                 pull(g)
-        head = h[0]
-        heapq.heappush(groups, (head[0], group_count[g], head[1], head[2], g, version[g]))
+        if h:
+            head = h[0]
+            heapq.heappush(groups, (head[0], group_count[g], head[1], head[2], g, version[g]))
     return placed
 
 
-def _explain(state: _Pass, d: ServiceDemand) -> tuple[str, dict[int, str]]:
+def _on_every_node(state: _Pass, d: ServiceDemand, numbers: set[int],
+                   on_node: Counter[int]) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, str]]]:
+    """A per-node service's new replicas: one on every node passing the checks that runs none, in name order,
+    numbered from the lowest free number. Returns those placed (replica, node index, port) and those that do
+    not fit their node (replica, node index, why)."""
+    only = _data_only(d)
+    cpu, mem = cpu_ceil(d.resources.cpu), d.resources.memory
+    free = (n for n in itertools.count() if n not in numbers)
+    placed: list[tuple[int, int, int]] = []
+    short: list[tuple[int, int, str]] = []
+    for i in state.verdicts(d, only).eligible:
+        if on_node[i]:
+            continue
+        replica = next(free)
+        port = state.free_port(i, d.port_range) if state.fits(i, cpu, mem) else None
+        if port is None:
+            short.append((replica, i, next(r.text for check in CHANGING if (r := check(state, i, d, only)))))
+            continue
+        state.take(i, cpu, mem, port)
+        on_node[i] += 1
+        placed.append((replica, i, port))
+    return placed, short
+
+
+def _explain(state: _Pass, d: ServiceDemand, on_node: Counter[int]) -> tuple[str, dict[int, str]]:
     """Why no more replicas of `d` fit: its need, most free on an eligible node, what ruled out the rest.
 
     The fixed checks' refusals are those recorded when the nodes were filtered; room and ports are asked now,
@@ -495,6 +546,10 @@ def _explain(state: _Pass, d: ServiceDemand) -> tuple[str, dict[int, str]]:
         if refusal is not UNHEALTHY:  # the node's own reason, "unhealthy", is given for every service at once
             per_node[i] = refusal.text
     for i in verdicts.eligible:
+        if d.limit is not None and on_node[i] >= d.limit:
+            refused_by.setdefault("limit", []).append(names[i])
+            per_node[i] = over_limit(names[i], d.limit)
+            continue
         for check in CHANGING:
             if (late := check(state, i, d, only)) is not None:
                 refused_by.setdefault(late.check, []).append(names[i])
@@ -522,6 +577,8 @@ def _explain(state: _Pass, d: ServiceDemand) -> tuple[str, dict[int, str]]:
         parts.append(count_nodes(portless, f"has {no_port(d.port_range)}", f"have {no_port(d.port_range)}"))
     if full := refused_by.get("disk"):
         parts.append(f"not enough free disk on {', '.join(full)}")
+    if at_limit := len(refused_by.get("limit", ())):
+        parts.append(count_nodes(at_limit, f"already runs max_per_node {d.limit}", f"already run max_per_node {d.limit}"))
     for what in ("draining", "cordoned"):
         if closed := refused_by[what]:
             parts.append(f"{', '.join(closed)} {'is' if len(closed) == 1 else 'are'} {what}")

@@ -82,6 +82,9 @@ class ServiceDemand:
 
     `needs`: what a node must have to start one (`runc`; `cni` for a bridge network; `sshfs` for network volumes);
     a node whose `lacks` names one of them is refused with its words.
+    `max_per_node`: at most that many replicas of the service on one node (a hard limit; None: no limit).
+    `per_node`: one replica on every node that passes the checks (`replicas` is ignored): kept where they run
+    whatever their numbers, new ones on the nodes without one, in name order (`Placement.counts` says how many).
     """
 
     service: str
@@ -98,6 +101,13 @@ class ServiceDemand:
     held: bool = False
     needs: frozenset[str] = frozenset()  # tools and runtime features its containers use: see NodeState.lacks
     disk: int = 0  # free disk (bytes) a node must have to take one of its replicas
+    max_per_node: int | None = None
+    per_node: bool = False
+
+    @property
+    def limit(self) -> int | None:
+        """Replicas of the service one node may run: 1 per node for `per_node`, else `max_per_node`."""
+        return 1 if self.per_node else self.max_per_node
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "required_labels", _frozen(self.required_labels))
@@ -113,6 +123,8 @@ class ServiceDemand:
             raise SchedulingError(f"{self.service}: strategy must be spread or pack, got {self.strategy!r}")
         if not 1 <= lo <= hi <= 65535:
             raise SchedulingError(f"{self.service}: port range {lo}-{hi} is not within 1-65535")
+        if self.max_per_node is not None and self.max_per_node < 1:
+            raise SchedulingError(f"{self.service}: max_per_node must be at least 1, got {self.max_per_node}")
 
 
 @dataclass(frozen=True)
@@ -148,7 +160,8 @@ class Placement:
     """The scheduler's answer: where every wanted replica goes, what to stop, what cannot be placed and why.
 
     `rejected` explains, per node, why it took nothing (unhealthy) or could not take a service left unplaced;
-    `stop_reasons` says why each replica in `stops` is stopped.
+    `stop_reasons` says why each replica in `stops` is stopped; `counts` how many replicas each per-node
+    service wants in this pass (one per node that takes or keeps one).
     """
 
     assignments: tuple[Assignment, ...] = ()
@@ -156,10 +169,12 @@ class Placement:
     unplaced: tuple[Unplaced, ...] = ()
     rejected: Mapping[str, str] = field(default_factory=dict)
     stop_reasons: Mapping[Existing, str] = field(default_factory=dict)
+    counts: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rejected", MappingProxyType(dict(self.rejected)))
         object.__setattr__(self, "stop_reasons", MappingProxyType(dict(self.stop_reasons)))
+        object.__setattr__(self, "counts", MappingProxyType(dict(self.counts)))
 
     def as_existing(self) -> tuple[Existing, ...]:
         """What will be running once this placement is applied, to feed back as `existing`."""
