@@ -578,7 +578,8 @@ def _explain(state: _Pass, d: ServiceDemand, on_node: Counter[int]) -> tuple[str
     if full := refused_by.get("disk"):
         parts.append(f"not enough free disk on {', '.join(full)}")
     if at_limit := len(refused_by.get("limit", ())):
-        parts.append(count_nodes(at_limit, f"already runs max_per_node {d.limit}", f"already run max_per_node {d.limit}"))
+        parts.append(count_nodes(at_limit, f"already runs max_per_node {d.limit}",
+                                 f"already run max_per_node {d.limit}"))
     for what in ("draining", "cordoned"):
         if closed := refused_by[what]:
             parts.append(f"{', '.join(closed)} {'is' if len(closed) == 1 else 'are'} {what}")
