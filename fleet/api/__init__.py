@@ -25,7 +25,7 @@ from typing import TypedDict, Unpack
 
 from fleet.api.hands import Hands
 from fleet.api.jobs import JobLog, Jobs
-from fleet.config.spec import JobSpec, ServiceSpec
+from fleet.config.spec import ServiceSpec
 from fleet.core.errors import (
     ContainerLookupError,
     FleetError,
@@ -152,7 +152,6 @@ class Fleet(Hands, Jobs):
         self._records: EtcdRecords | None = None
         self._store: EtcdStore | None = None
         self._unsealed: Callable[[str], str | None] | None = None
-        self.jobs: Mapping[str, JobSpec] = {}
 
     @classmethod
     @contextlib.asynccontextmanager

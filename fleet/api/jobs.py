@@ -11,6 +11,7 @@ import datetime as dt
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Self
 
 from fleet.config.spec import JobSpec, ServiceSpec
@@ -42,7 +43,7 @@ class Jobs(abc.ABC):
     pool: Pool
     inventory: Inventory
     command: str
-    jobs: Mapping[str, JobSpec]
+    jobs: Mapping[str, JobSpec] = MappingProxyType({})  # none until `with_jobs`
 
     @abc.abstractmethod
     def writing(self) -> contextlib.AbstractAsyncContextManager[Engine]: ...

@@ -127,18 +127,6 @@ class Engine:
                    if (diff := config_diff(node, now, after))}
         return PlanView(p, dict(obs.errors), changes, notes, lb_diff)
 
-    async def revoke_departed(self) -> None:
-        """Storage keys of workers no longer in the inventory are taken off every storage node (said as events);
-        a storage node that cannot be asked is named with the command that does it later."""
-        revoked, errors = await revoke_departed(self.pool, self.view.reports)
-        for storage, workers in sorted(revoked.items()):
-            for worker in workers:
-                self.emit("revoke", "", f"{storage}: storage key of {worker} revoked ({worker} is no longer in "
-                                        "the inventory)")
-        for storage, why in sorted(errors.items()):
-            self.emit("revoke", "", f"storage node {storage} not checked for keys of nodes that left the inventory "
-                                    f"({why}): run `fleet volume revoke NODE` for such a node once it answers")
-
     async def follow_records(self, managed: set[str]) -> None:
         """HAProxy follows the accepted spec of every service on record that this run does not manage."""
         for service in sorted({r.service for r in self.view.live} - managed):
@@ -153,7 +141,7 @@ class Engine:
         remove what destroyed services left on nodes that were down; `skipped` services are named, not run;
         `images` replace the playbook's image of those services (`apply --set`, recorded as `fleet deploy`)."""
         await self.observe()
-        await self.revoke_departed()
+        await _revoke_departed(self.pool, self.view.reports, self.emit)
         for node, why in lacking(self.view.nodes(), specs).items():
             self.emit("lacks", "", f"{node}: {why}")
         outcomes = [Outcome(name, False, reason=why, changed=False) for name, why in (skipped or {}).items()]
@@ -249,31 +237,11 @@ class Engine:
                                if node not in missing)
                 raise SchedulingError("cannot place every replica; nothing was changed:\n  "
                                       + "\n  ".join(str(u) for u in the_plan.unplaced) + why)
-            failed = await self._check_images(the_plan)
+            failed = await _missing_images(self.ops, the_plan)
             if not failed:
                 return the_plan
             missing.update(failed)
             view.errors.update(failed)
-
-    async def _check_images(self, the_plan: Plan) -> dict[str, str]:
-        """Every image a new replica needs is on its node, or pulled now: {node: why not} for the nodes where
-        it is not (nothing was changed on any node yet)."""
-        wanted: dict[str, set[str]] = {}
-        for sp in the_plan.services:
-            for a in sp.start:
-                wanted.setdefault(a.node, set()).add(sp.spec.image_ref)
-            for r in sp.replace:
-                wanted.setdefault(r.node, set()).add(sp.spec.image_ref)
-        nodes = sorted(wanted)
-        results = await asyncio.gather(*(self.ops.ensure_images(n, wanted[n]) for n in nodes),
-                                       return_exceptions=True)
-        failed: dict[str, str] = {}
-        for node, res in zip(nodes, results, strict=True):
-            if isinstance(res, ImageUnavailable):
-                failed[node] = str(res)
-            elif isinstance(res, BaseException):
-                raise res
-        return failed
 
     async def scale(self, spec: ServiceSpec, replicas: int) -> RunResult:
         """Run `replicas` of the service now; the count holds (reconcile keeps it) until the next `apply`."""
@@ -376,3 +344,36 @@ class Engine:
     async def _finish_destroy(self, t: Target) -> Outcome:
         n = await self._stop_all(t.spec.name, t.spec.stop_grace_period, "destroyed")
         return Outcome(t.spec.name, True, stopped=n, reason=t.note if not n else None, changed=bool(n))
+
+
+async def _revoke_departed(pool: Pool, reports: Sequence[NodeReport], emit: Callable[..., None]) -> None:
+    """Storage keys of workers no longer in the inventory are taken off every storage node (said as events);
+    a storage node that cannot be asked is named with the command that does it later."""
+    revoked, errors = await revoke_departed(pool, reports)
+    for storage, workers in sorted(revoked.items()):
+        for worker in workers:
+            emit("revoke", "", f"{storage}: storage key of {worker} revoked ({worker} is no longer in the "
+                               "inventory)")
+    for storage, why in sorted(errors.items()):
+        emit("revoke", "", f"storage node {storage} not checked for keys of nodes that left the inventory ({why}): "
+                           "run `fleet volume revoke NODE` for such a node once it answers")
+
+
+async def _missing_images(ops: ReplicaOps, the_plan: Plan) -> dict[str, str]:
+    """Every image a new replica needs is on its node, or pulled now: {node: why not} for the nodes where
+    it is not (nothing was changed on any node yet)."""
+    wanted: dict[str, set[str]] = {}
+    for sp in the_plan.services:
+        for a in sp.start:
+            wanted.setdefault(a.node, set()).add(sp.spec.image_ref)
+        for r in sp.replace:
+            wanted.setdefault(r.node, set()).add(sp.spec.image_ref)
+    nodes = sorted(wanted)
+    results = await asyncio.gather(*(ops.ensure_images(n, wanted[n]) for n in nodes), return_exceptions=True)
+    failed: dict[str, str] = {}
+    for node, res in zip(nodes, results, strict=True):
+        if isinstance(res, ImageUnavailable):
+            failed[node] = str(res)
+        elif isinstance(res, BaseException):
+            raise res
+    return failed

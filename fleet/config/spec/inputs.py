@@ -10,8 +10,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     StrictBool,
     StrictInt,
@@ -21,35 +19,28 @@ from pydantic import (
 
 from fleet.config.edge import HostName, PathPrefix, TlsModel, hosts_problem, tls_spec
 from fleet.config.spec.imaging import ImageInput
+from fleet.config.spec.mounts import ConfigInput, SecretFileInput, Strict, VolumeInput
 from fleet.config.spec.rules import (
     Argv,
     Cpu,
     Duration,
-    FileMode,
-    FileTarget,
     LbPort,
     Memory,
     Percent,
     Port,
     PositiveDuration,
     Replicas,
-    check_mount_path,
 )
 from fleet.config.spec.security import SecurityInput
 from fleet.config.spec.values import (
-    DEFAULT_CONFIG_MODE,
     DEFAULT_LB_RETRIES,
     DEFAULT_RESOURCES,
-    DEFAULT_SECRET_FILE_MODE,
     DIGEST_RE,
-    FLEET_MOUNTS,
     HTTP_PATH_RE,
     IMAGE_RE,
     MAINTENANCE_RE,
-    NODE_DIRS,
     SECRET_NAME_RE,
     SERVICE_NAME_RE,
-    VOLUME_NAME_RE,
     CanarySpec,
     ConfigSpec,
     HealthSpec,
@@ -60,26 +51,17 @@ from fleet.config.spec.values import (
     SecretRef,
     ServiceSpec,
     UpdateSpec,
-    VolumeSpec,
     format_duration,
     normal_path,
-    within,
 )
 from fleet.config.yamlmarks import Marked
 from fleet.core.model import Resources
-from fleet.core.names import LABEL_KEY_RE, LABEL_VALUE_RE, NAME_RE
+from fleet.core.names import LABEL_KEY_RE, LABEL_VALUE_RE
 
 # A service's configs and secret files, resolved by the loader (which reads the configs' files).
 Files = tuple[tuple[ConfigSpec, ...], tuple[SecretFileSpec, ...]]
 
-class _Strict(BaseModel):
-    """A section of the playbook: unknown keys refused. Each default is the value's own (`HealthSpec.interval`), so
-    what a playbook leaves out resolves to what the value holds unset, and a default is written once."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class _Resources(_Strict):
+class _Resources(Strict):
     cpu: Cpu = DEFAULT_RESOURCES.cpu
     memory: Memory = DEFAULT_RESOURCES.memory
 
@@ -91,7 +73,7 @@ class _Resources(_Strict):
         return {"cpu": r.cpu, "memory": r.memory}
 
 
-class _Health(_Strict):
+class _Health(Strict):
     http: str | None = None
     tcp: StrictBool | None = None
     exec: Argv | None = None
@@ -136,7 +118,7 @@ class _Health(_Strict):
         return out
 
 
-class _Placement(_Strict):
+class _Placement(Strict):
     require: dict[str, Any] = Field(default_factory=dict)
     spread_by: str | None = None
     strategy: Literal["spread", "pack"] = PlacementSpec.strategy
@@ -175,7 +157,7 @@ class _Placement(_Strict):
         return out
 
 
-class _LbTimeouts(_Strict):
+class _LbTimeouts(Strict):
     client: PositiveDuration | None = None
     server: PositiveDuration | None = None
     tunnel: PositiveDuration | None = None
@@ -198,7 +180,7 @@ def _maintenance(v: str) -> str:
     return v
 
 
-class _Lb(_Strict):
+class _Lb(Strict):
     port: LbPort | None = None
     mode: Literal["http", "tcp"] = LbSpec.mode
     balance: Literal["roundrobin", "leastconn", "source", "random"] = LbSpec.balance
@@ -267,113 +249,7 @@ class _Lb(_Strict):
         return out
 
 
-class _Volume(_Strict):
-    type: Literal["bind", "tmpfs", "volume", "sshfs"]
-    source: str | None = None
-    target: str
-    readonly: StrictBool = VolumeSpec.readonly
-    size: Memory | None = None
-    on_node_loss: Literal["wait", "start-empty"] | None = None
-    storage: str | None = None
-
-    @field_validator("target")
-    @classmethod
-    def _target(cls, v: str) -> str:
-        check_mount_path(v)
-        target = normal_path(v)
-        if target == "/":
-            raise ValueError("cannot mount over /")
-        for mount in FLEET_MOUNTS:
-            if within(mount, target):
-                raise ValueError(f"cannot mount over {target}: fleet mounts its own {mount} in every container")
-        return v
-
-    @model_validator(mode="after")
-    def _by_type(self) -> _Volume:
-        if self.type == "bind":
-            if self.source is None:
-                raise ValueError("a bind volume needs source: /host/path")
-            if not self.source.startswith("/"):
-                raise ValueError(f"a bind volume's source must be an absolute host path, got {self.source!r}")
-            check_mount_path(self.source)
-            source = normal_path(self.source)
-            if source == "/":
-                raise ValueError(f"a bind volume cannot mount the node's root directory (source {self.source!r})")
-            for own in NODE_DIRS:
-                if within(source, own):
-                    raise ValueError(f"a bind volume cannot mount {source}: it is fleet's own directory {own} or "
-                                     "inside it (secrets, HAProxy config and sockets, logs)")
-                if within(own, source):
-                    raise ValueError(f"a bind volume cannot mount {source}: it holds fleet's own directory {own} "
-                                     "(secrets, HAProxy config and sockets, logs)")
-        elif self.type in ("volume", "sshfs"):
-            if self.source is None or not VOLUME_NAME_RE.match(self.source):
-                raise ValueError(f"a named volume needs source: NAME (a-z, 0-9, . _ -), got {self.source!r}")
-        elif self.source is not None:
-            raise ValueError("a tmpfs volume takes no source")
-        if self.size is not None and self.type != "tmpfs":
-            raise ValueError("size applies to tmpfs volumes only")
-        if self.on_node_loss is not None and self.type != "volume":
-            raise ValueError("on_node_loss applies to named volumes (type: volume) only: other volumes do not "
-                             "keep data on one node")
-        if self.storage is not None and self.type != "sshfs":
-            raise ValueError("storage applies to sshfs volumes only")
-        if self.storage is not None and not NAME_RE.match(self.storage):
-            raise ValueError(f"expected a storage node's name from the inventory, got {self.storage!r}")
-        return self
-
-    def value(self, line: int | None) -> VolumeSpec:
-        return VolumeSpec(self.type, self.target, self.source, self.readonly, self.size, self.on_node_loss or "wait",
-                          self.storage, line)
-
-    @staticmethod
-    def written(v: VolumeSpec) -> dict[str, Any]:
-        """Unset fields left out, `on_node_loss` too when it is the default (`wait`)."""
-        return {k: x for k, x in {"type": v.type, "source": v.source, "target": v.target, "readonly": v.readonly,
-                                  "size": v.size, "storage": v.storage,
-                                  "on_node_loss": None if v.on_node_loss == "wait" else v.on_node_loss,
-                                  }.items() if x is not None}
-
-
-class _Config(_Strict):
-    target: FileTarget
-    source: str | None = None
-    content: str | None = None
-    mode: FileMode = DEFAULT_CONFIG_MODE
-
-    @model_validator(mode="after")
-    def _one_origin(self) -> _Config:
-        if (self.source is None) == (self.content is None):
-            raise ValueError("give exactly one of source: FILE (relative to the playbook) or content: TEXT")
-        if self.source is not None and (not self.source or self.source.startswith("/") or "\x00" in self.source):
-            raise ValueError(f"source: expected a file path relative to the playbook's directory, "
-                             f"got {self.source!r}")
-        return self
-
-    @staticmethod
-    def written(c: ConfigSpec) -> dict[str, Any]:
-        """Its content, never its file: a recorded config restores what was applied."""
-        return {"target": c.target, "mode": c.mode, "content": c.content}
-
-
-class _SecretFile(_Strict):
-    secret: str
-    file: FileTarget | None = None
-    mode: FileMode = DEFAULT_SECRET_FILE_MODE
-
-    @field_validator("secret")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not SECRET_NAME_RE.match(v):
-            raise ValueError(f"invalid secret name {v!r} (letters, digits, . _ -)")
-        return v
-
-    @staticmethod
-    def written(f: SecretFileSpec) -> dict[str, Any]:
-        return {"secret": f.secret, "file": f.target, "mode": f.mode}
-
-
-class _Canary(_Strict):
+class _Canary(Strict):
     steps: list[Annotated[StrictInt, Field(ge=1, le=100)]] = Field(default_factory=lambda: list(CanarySpec.steps))
     pause: Duration = CanarySpec.pause
     auto_promote: StrictBool = CanarySpec.auto_promote
@@ -401,7 +277,7 @@ class _Canary(_Strict):
                 **({"min_requests": c.min_requests} if c.min_requests != CanarySpec.min_requests else {})}
 
 
-class _Update(_Strict):
+class _Update(Strict):
     strategy: Literal["rolling", "canary"] = UpdateSpec.strategy
     max_surge: Annotated[StrictInt, Field(ge=0)] = UpdateSpec.max_surge
     max_unavailable: Annotated[StrictInt, Field(ge=0)] = UpdateSpec.max_unavailable
@@ -446,7 +322,7 @@ def main_port(ports: dict[str, int]) -> int:
     return ports["http"] if "http" in ports else next(iter(ports.values()))
 
 
-class ServiceInput(_Strict, SecurityInput, ImageInput):
+class ServiceInput(Strict, SecurityInput, ImageInput):
     image: str
     command: Argv | None = None
     replicas: Replicas = ServiceSpec.replicas
@@ -458,11 +334,11 @@ class ServiceInput(_Strict, SecurityInput, ImageInput):
     health: _Health | None = None
     placement: _Placement = Field(default_factory=_Placement)
     lb: _Lb | None = None
-    volumes: list[_Volume] = Field(default_factory=list)
+    volumes: list[VolumeInput] = Field(default_factory=list)
     stop_grace_period: Duration = ServiceSpec.stop_grace_period
     update: _Update = Field(default_factory=_Update)
-    configs: list[_Config] = Field(default_factory=list)
-    secrets: list[_SecretFile] = Field(default_factory=list)
+    configs: list[ConfigInput] = Field(default_factory=list)
+    secrets: list[SecretFileInput] = Field(default_factory=list)
     secret_digests: dict[str, str] | None = None
     restarts: Annotated[StrictInt, Field(ge=0)] | None = None
     before_deploy: str | None = None
@@ -491,7 +367,7 @@ class ServiceInput(_Strict, SecurityInput, ImageInput):
 
     @field_validator("volumes")
     @classmethod
-    def _unique_targets(cls, v: list[_Volume]) -> list[_Volume]:
+    def _unique_targets(cls, v: list[VolumeInput]) -> list[VolumeInput]:
         seen = set()
         for vol in v:
             target = normal_path(vol.target)
@@ -594,11 +470,11 @@ class ServiceInput(_Strict, SecurityInput, ImageInput):
         if spec.lb is not None:
             out["lb"] = _Lb.written(spec.lb)
         if spec.volumes:
-            out["volumes"] = [_Volume.written(v) for v in spec.volumes]
+            out["volumes"] = [VolumeInput.written(v) for v in spec.volumes]
         if spec.configs:
-            out["configs"] = [_Config.written(c) for c in spec.configs]
+            out["configs"] = [ConfigInput.written(c) for c in spec.configs]
         if spec.secret_files:
-            out["secrets"] = [_SecretFile.written(f) for f in spec.secret_files]
+            out["secrets"] = [SecretFileInput.written(f) for f in spec.secret_files]
         if spec.secret_digests:
             out["secret_digests"] = dict(sorted(spec.secret_digests.items()))
         if spec.restarts:
@@ -610,6 +486,6 @@ class ServiceInput(_Strict, SecurityInput, ImageInput):
         return out
 
 
-class PlaybookInput(_Strict):
+class PlaybookInput(Strict):
     services: dict[str, ServiceInput] | None = None
     jobs: dict[str, Any] | None = None  # each validated as fleet.config.spec.jobs.JobInput

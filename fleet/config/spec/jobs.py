@@ -16,14 +16,8 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import Field, StrictInt, field_validator, model_validator
 
-from fleet.config.spec.inputs import (
-    _Config,
-    _Placement,
-    _Resources,
-    _SecretFile,
-    _Strict,
-    _Volume,
-)
+from fleet.config.spec.inputs import _Placement, _Resources
+from fleet.config.spec.mounts import ConfigInput, SecretFileInput, Strict, VolumeInput
 from fleet.config.spec.rules import Argv, Duration, PositiveDuration
 from fleet.config.spec.values import (
     IMAGE_RE,
@@ -95,14 +89,14 @@ def _merged(base: Sequence[_File], own: Sequence[_File]) -> tuple[_File, ...]:
     return tuple(f for f in base if f.target not in mine) + tuple(own)
 
 
-class JobInput(_Strict):
+class JobInput(Strict):
     image: str
     command: Argv | None = None
     resources: _Resources = Field(default_factory=_Resources)
     env: dict[str, Any] = Field(default_factory=dict)
-    secrets: list[_SecretFile] = Field(default_factory=list)
-    configs: list[_Config] = Field(default_factory=list)
-    volumes: list[_Volume] = Field(default_factory=list)
+    secrets: list[SecretFileInput] = Field(default_factory=list)
+    configs: list[ConfigInput] = Field(default_factory=list)
+    volumes: list[VolumeInput] = Field(default_factory=list)
     placement: _Placement = Field(default_factory=_Placement)
     parallelism: Annotated[StrictInt, Field(ge=1, le=MAX_PARALLELISM)] = JobSpec.parallelism
     retries: Annotated[StrictInt, Field(ge=0, le=MAX_RETRIES)] = JobSpec.retries
