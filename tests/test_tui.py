@@ -234,13 +234,13 @@ def test_help_lists_every_key_the_app_binds():
     assert {"c", "u", "d", "h", "l", "s", "b", "p", "a", "D", "R", "x", "e", "r", "q"} <= listed
 
 
-def test_readme_key_table_is_the_help_list():
+def test_docs_key_table_is_the_help_list():
     from pathlib import Path
 
     from fleet.tui.keys import key_table_markdown
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    assert key_table_markdown() in readme
+    guide = (Path(__file__).resolve().parent.parent / "docs" / "guide" / "ui.md").read_text()
+    assert key_table_markdown() in guide
 
 
 async def test_help_key_shows_every_key_and_esc_closes_it():
