@@ -17,7 +17,15 @@ from textual.pilot import Pilot
 from tui_source import RecordingSource, event, snapshot
 
 from fleet.tui import FleetApp
-from fleet.tui.screens import ConfirmScreen, DescribeScreen, EventsScreen, HelpScreen, HistoryScreen, LogScreen
+from fleet.tui.screens import (
+    ConfirmScreen,
+    DescribeScreen,
+    EventsScreen,
+    HelpScreen,
+    HistoryScreen,
+    ListScreen,
+    LogScreen,
+)
 from fleet.tui.widgets import NodesTable, ServicesTable
 
 SMALL, LARGE = (80, 24), (200, 50)
@@ -118,6 +126,11 @@ def test_destroy_confirmation(snap_compare, size):
 
 def test_drain_confirmation(snap_compare):
     assert snap_compare(app(), terminal_size=SMALL, run_before=then("R", view=ConfirmScreen, table=NodesTable))
+
+
+def test_lease_view(snap_compare):
+    assert snap_compare(app(), terminal_size=SMALL, run_before=then(
+        "k", view=ListScreen, settle=lambda a: a.screen.query_one("#list").row_count == 3))
 
 
 def test_help(snap_compare):

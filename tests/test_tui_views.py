@@ -10,14 +10,15 @@ from typing import Any
 
 import pytest
 from test_tui import column, focus, running, until
-from textual.widgets import DataTable, Header
-from tui_source import HEALTHY, INVENTORY, RecordingSource
+from textual.widgets import DataTable, Header, Label
+from tui_source import HEALTHY, INVENTORY, LEASES, RecordingSource
 
+from fleet.cli.lock import node_state
 from fleet.tui import Action
 from fleet.tui.data import fleet_name, sort_key
 from fleet.tui.keys import K9S
-from fleet.tui.screens import AskScreen, ConfirmScreen, DescribeScreen, HelpScreen, MainScreen
-from fleet.tui.widgets import NodesTable, ReplicasTable, ServicesTable
+from fleet.tui.screens import AskScreen, ConfirmScreen, DescribeScreen, HelpScreen, ListScreen, MainScreen
+from fleet.tui.widgets import ListTable, NodesTable, ReplicasTable, ServicesTable
 
 WHERE = f"fleet prod-eu · inventory {INVENTORY}"
 
@@ -184,3 +185,44 @@ async def test_the_palette_describes_services_and_nodes_even_read_only() -> None
         await until(pilot, lambda: isinstance(app.screen, DescribeScreen) and app.screen.described is not None)
         assert (app.screen.kind, app.screen.target) == ("node", "n2")  # type: ignore[attr-defined]
         await pilot.pause()
+
+
+@pytest.mark.parametrize(("key", "kind", "rows", "note"), [
+    ("v", "volumes", [("db/data", "n1", "local", "48M", "n1/db-0-abc"), ("web/shared", "lb1", "sshfs", "3M", "-")],
+     "! n2: unreachable: connect: timed out after 5s"),
+    ("i", "images", [("n1", "registry.local/api:v3", "sha256:cdcdcdcdcdcd"),
+                     ("n1", "registry.local/web:v3", "sha256:abababababab"),
+                     ("n2", "registry.local/web:v3", "sha256:abababababab")], "! lb1: no runtime"),
+])
+async def test_volume_and_image_views_list_what_the_cli_lists(key: str, kind: str, rows: list[tuple[str, ...]],
+                                                              note: str) -> None:
+    source = RecordingSource(HEALTHY)
+    async with running(source, read_only=True) as (pilot, app):
+        await pilot.press(key)
+        await until(pilot, lambda: isinstance(app.screen, ListScreen) and app.screen.query_one(ListTable).row_count)
+        assert app.screen.kind == kind  # type: ignore[attr-defined]
+        table = app.screen.query_one(ListTable)
+        assert [tuple(str(c) for c in table.get_row_at(i)) for i in range(table.row_count)] == rows
+        assert str(app.screen.query_one("#list-note", Label).render()) == note
+        assert (kind,) in source.asked
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(app.screen, MainScreen))
+
+
+async def test_lease_view_names_the_holder_on_each_record_node_and_sorts() -> None:
+    source = RecordingSource(HEALTHY)
+    async with running(source) as (pilot, app):
+        await pilot.press("k")
+        await until(pilot, lambda: isinstance(app.screen, ListScreen) and app.screen.query_one(ListTable).row_count)
+        table = app.screen.query_one(ListTable)
+        assert column(table, 0) == ["n1", "n2", "lb1"]
+        states = [node_state(lease) for _, lease in LEASES]  # held or expired, by the clock; then these two
+        assert column(table, 1) == states and states[1:] == ["unreachable", "free"]
+        assert "the fleet's lease" in str(app.screen.query_one("#list-note", Label).render())
+        assert column(table, 2)[0] == "bob@ops-2" and column(table, 3)[0] == "25s"
+        assert column(table, 6)[0] == "fleet apply web.yaml"
+        assert "secret-token" not in screen_text(app)  # the lease's token is never shown
+        await pilot.press("o")
+        assert column(table, 0) == ["lb1", "n1", "n2"]
+        await pilot.press("r")
+        await until(pilot, lambda: source.asked.count(("lease",)) == 2)

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any, Literal
 
 from fleet.api import Event, NodeReport
@@ -21,7 +22,7 @@ from fleet.core.model import Node, Resources
 from fleet.engine.status import FleetStatus, ReplicaStatus, ServiceStatus
 from fleet.node.facts import NodeFacts, TaskFacts
 from fleet.plan.reconcile import Replica
-from fleet.results import PsResult
+from fleet.results import NodeLease, PsResult, VolumeListing, VolumeRow
 from fleet.store.history import Revision
 from fleet.tui.data import NODE_VERBS, Action, ActionResult, EventRing, ServiceRecord, Snapshot, Verb
 
@@ -122,6 +123,15 @@ HOLDER = LeaseInfo(holder="bob@ops-2", pid=4242, command="fleet apply web.yaml",
                    node="n1", read_at=EPOCH + 5, token="secret-token")
 
 
+VOLUMES = VolumeListing((VolumeRow("n1", "local", "db", "data", 48 * MiB, "/var/lib/fleet/volumes/db/data",
+                                   ("n1/db-0-abc",)),
+                         VolumeRow("lb1", "sshfs", "web", "shared", 3 * MiB, "/var/lib/fleet/storage/web/shared")),
+                        MappingProxyType({"n2": "unreachable: connect: timed out after 5s"}))
+IMAGES = ({"n1": {"registry.local/web:v3": "sha256:" + "ab" * 32, "registry.local/api:v3": "sha256:" + "cd" * 32},
+           "n2": {"registry.local/web:v3": "sha256:" + "ab" * 32}}, {"lb1": "no runtime"})
+LEASES: list[NodeLease] = [("n1", HOLDER), ("n2", "connect: timed out after 5s"), ("lb1", None)]
+
+
 class RecordingSource:
     """Answers from fixed data and records, in order, what the app asked: `("collect",)`, `("history", svc)`,
     `("logs", ref, follow, tail)`, `("act", Action)`. `verbs` are the actions it can carry out; `refuse` makes
@@ -186,6 +196,18 @@ class RecordingSource:
         self.asked.append(("describe", kind, name))
         last = self.snapshots[min(self.calls, len(self.snapshots)) - 1] if self.calls else HEALTHY
         return described(kind, name, last if isinstance(last, Snapshot) else HEALTHY)
+
+    async def volumes(self) -> VolumeListing:
+        self.asked.append(("volumes",))
+        return VOLUMES
+
+    async def images(self) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+        self.asked.append(("images",))
+        return IMAGES
+
+    async def lease(self) -> list[NodeLease]:
+        self.asked.append(("lease",))
+        return LEASES
 
     def can(self, verb: Verb) -> bool:
         return verb in self.verbs

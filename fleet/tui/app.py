@@ -29,6 +29,8 @@ from fleet.tui.screens import (
     EventsScreen,
     HelpScreen,
     HistoryScreen,
+    ListKind,
+    ListScreen,
     LogScreen,
     MainScreen,
     View,
@@ -71,6 +73,10 @@ class FleetApp(App[None]):
         Binding("slash", "filter", "Filter"),
         Binding("escape", "go_back", "Back", show=False),
         Binding("e", "events", "Events"),
+        # The fleet's other objects, listed by `?` and the palette: volumes, images, the lease.
+        Binding("v", "list('volumes')", "Volumes", show=False),
+        Binding("i", "list('images')", "Images", show=False),
+        Binding("k", "list('lease')", "Lease", show=False),
         # Listed by `?`, not in the footer: at 100 columns it keeps room for the pane's own actions.
         Binding("r", "refresh", "Refresh", show=False),
         Binding("q", "quit", "Quit", show=False),
@@ -230,6 +236,10 @@ class FleetApp(App[None]):
     def action_events(self) -> None:
         if not isinstance(self.screen, EventsScreen):
             self.push_screen(EventsScreen(list(self.source.events)))
+
+    def action_list(self, kind: ListKind) -> None:
+        if not (isinstance(self.screen, ListScreen) and self.screen.kind == kind):
+            self.push_screen(ListScreen(kind))
 
     def action_filter(self) -> None:
         if isinstance(self.screen, View):

@@ -25,6 +25,9 @@ def commands(app: FleetApp) -> list[tuple[str, Callable[[], object], str]]:
         ("Events", app.action_events, "what the controller did and when"),
         ("Help: keys", app.action_help, "every key, by view"),
         ("Refresh", app.action_refresh, "read the fleet now"),
+        ("Volumes", partial(app.action_list, "volumes"), "every volume, as fleet volume ls"),
+        ("Images", partial(app.action_list, "images"), "the images on every node, as fleet image ls"),
+        ("Lease", partial(app.action_list, "lease"), "who holds the fleet's lease, as fleet lock status"),
     ]
     snap = app.snapshot
     for s in snap.services if snap is not None else ():

@@ -22,7 +22,7 @@ from fleet.core.units import format_cpu, short_size
 
 if TYPE_CHECKING:
     from fleet.cli.describe import NodeView, ServiceView
-    from fleet.results import Event, FleetStatus, NodeReport, Revision, ServiceStatus
+    from fleet.results import Event, FleetStatus, NodeLease, NodeReport, Revision, ServiceStatus, VolumeListing
 
 
 @dataclass(frozen=True)
@@ -192,6 +192,18 @@ class Source(Protocol):
 
     async def describe(self, kind: Literal["service", "node"], name: str) -> ServiceView | NodeView:
         """Everything about one service or node, as `fleet describe` reads it."""
+        ...
+
+    async def volumes(self) -> VolumeListing:
+        """Every volume on the workers and storage nodes (`fleet volume ls`)."""
+        ...
+
+    async def images(self) -> tuple[Mapping[str, Mapping[str, str]], Mapping[str, str]]:
+        """Per node, image reference → manifest digest, and the nodes that could not be read (`fleet image ls`)."""
+        ...
+
+    async def lease(self) -> list[NodeLease]:
+        """The fleet's lease as each record node holds it (`fleet lock status`)."""
         ...
 
     def can(self, verb: Verb) -> bool:

@@ -19,18 +19,23 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, DataTable, Footer, Header, Input, Label, Log, Static
 
 from fleet.cli.describe import NodeView, ServiceView, node_view, service_view
+from fleet.cli.lock import node_state, summary
 from fleet.tui.keys import K9S, KEYS
 from fleet.tui.widgets import (
     Charts,
     EventsTable,
     FleetTable,
     HistoryTable,
+    ListTable,
     NodesTable,
     ReplicasTable,
     ServicesTable,
     StatusLine,
     event_cells,
+    image_rows,
+    lease_rows,
     revision_cells,
+    volume_rows,
 )
 
 if TYPE_CHECKING:
@@ -319,6 +324,67 @@ class DescribeScreen(View):
         if view is None:
             return Text("reading…")
         return node_view(view, console) if isinstance(view, NodeView) else service_view(view, console)
+
+
+ListKind = Literal["volumes", "images", "lease"]
+LIST_COLUMNS: dict[str, tuple[str, ...]] = {
+    "volumes": ("VOLUME", "NODE", "KIND", "SIZE", "USED BY"),
+    "images": ("NODE", "IMAGE", "DIGEST"),
+    "lease": ("NODE", "STATE", "HOLDER", "LEFT", "SINCE", "PID", "COMMAND"),
+}
+LIST_TITLES = {"volumes": "Volumes", "images": "Images", "lease": "The fleet's lease"}
+
+
+class ListScreen(View):
+    """Volumes, images or the fleet's lease (as `fleet volume ls`, `fleet image ls`, `fleet lock status`), read
+    when opened; r reads again. What could not be read is named under the table."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("r", "reload", "Read again")]
+
+    def __init__(self, kind: ListKind) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def compose(self) -> ComposeResult:
+        yield Header(icon="⛴")
+        yield ListTable(id="list")
+        yield Label("", id="list-note")
+        yield FilterBar()
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        table = self.query_one(ListTable)
+        table.set_columns(LIST_COLUMNS[self.kind])
+        table.border_title = LIST_TITLES[self.kind]
+        table.focus()
+        self.load()
+
+    def action_reload(self) -> None:
+        self.load()
+
+    @work(exclusive=True, group="list")
+    async def load(self) -> None:
+        source: Source = self.app.source  # type: ignore[attr-defined]
+        note = self.query_one("#list-note", Label)
+        note.update("reading the fleet…")
+        try:
+            rows, lines = await self.read(source)
+        except Exception as exc:  # shown where the table is; the view stays usable (r tries again)
+            note.update(Text(f"! {type(exc).__name__}: {exc}", "red"))
+            return
+        self.query_one(ListTable).items = tuple(rows)
+        note.update(Text("\n".join(lines) or f"{len(rows)} row(s)"))
+
+    async def read(self, source: Source) -> tuple[list[tuple[str, tuple[str | Text, ...]]], list[str]]:
+        """The rows, and the lines under them (what could not be read; the lease's summary)."""
+        if self.kind == "volumes":
+            listing = await source.volumes()
+            return volume_rows(listing), [f"! {n}: {why}" for n, why in listing.errors.items()]
+        if self.kind == "images":
+            found, errors = await source.images()
+            return image_rows(found), [f"! {n}: {why}" for n, why in errors.items()]
+        leases = await source.lease()
+        return lease_rows(leases, node_state), [summary(leases)]
 
 
 class EventsScreen(View):

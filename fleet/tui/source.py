@@ -12,7 +12,7 @@ import contextlib
 import json
 import shlex
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from fleet.api import Fleet
     from fleet.cli.describe import NodeView, ServiceView
     from fleet.config.spec import ServiceSpec
-    from fleet.results import FleetStatus, Revision, RunResult
+    from fleet.results import FleetStatus, NodeLease, Revision, RunResult, VolumeListing
 
 # `fleet.api.ask_watcher` (inventory path, op) -> the watcher's answer, or None when no watcher answers.
 Watcher = Callable[[str, Literal["nodes", "status"]], Awaitable[Any]]
@@ -150,6 +150,15 @@ class FleetSource:
             return await read_node(self.fleet, name)
         await self._refresh_records({})
         return await read_service(self.fleet, name)
+
+    async def volumes(self) -> VolumeListing:
+        return await self.fleet.volumes()
+
+    async def images(self) -> tuple[Mapping[str, Mapping[str, str]], Mapping[str, str]]:
+        return await self.fleet.image_list()
+
+    async def lease(self) -> list[NodeLease]:
+        return await self.fleet.lock_status(timeout=5.0)
 
     @contextlib.asynccontextmanager
     async def logs(self, ref: str, *, follow: bool, tail: int) -> AsyncIterator[AsyncIterator[tuple[str, str]]]:

@@ -4,7 +4,7 @@ up (a row chosen, a view or an action asked for). They import no transport and n
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 from rich.text import Text
@@ -20,7 +20,8 @@ from fleet.tui.data import Series, cpu_text, rate_text, size_text, sort_key
 if TYPE_CHECKING:
     from textual.app import ComposeResult
 
-    from fleet.results import Event, NodeReport, Revision, ServiceStatus
+    from fleet.core.errors import LeaseInfo
+    from fleet.results import Event, NodeLease, NodeReport, Revision, ServiceStatus, VolumeListing
     from fleet.tui.data import ServiceRecord, Snapshot
 
 STATUS_STYLE = {"ready": "green", "unreachable": "red", "no runtime": "yellow", "runtime not answering": "red",
@@ -106,6 +107,40 @@ def revision_cells(rev: Revision, accepted: int | None) -> tuple[Cell, ...]:
 
 def event_cells(e: Event) -> tuple[Cell, ...]:
     return (time.strftime("%H:%M:%S", time.localtime(e.at)), e.step, e.service, e.node or "-", e.message)
+
+
+def volume_rows(listing: VolumeListing) -> list[Row]:
+    """(key `node/volume`, cells) per volume: volume, node, kind, size, the containers using it."""
+    return [(f"{r.node}/{r.ref}", (r.ref, r.node, r.kind, short_size(r.size) if r.size is not None else "-",
+                                   ", ".join(r.users) or Text("-", "dim")))
+            for r in listing.rows]
+
+
+def image_rows(found: Mapping[str, Mapping[str, str]]) -> list[Row]:
+    """(key `node/ref`, cells) per image on each node: node, image, digest (its first 19 characters)."""
+    return [(f"{node}/{ref}", (node, ref, digest[:19])) for node, images in found.items()
+            for ref, digest in sorted(images.items())]
+
+
+LEASE_STYLE = {"held": "yellow", "free": "green", "expired": "dim", "unreachable": "red"}
+
+
+def lease_rows(leases: Sequence[NodeLease], state_of: Callable[[LeaseInfo | str | None], str]) -> list[Row]:
+    """(key node, cells) per record node: node, state, holder (or why the node could not be read), seconds left,
+    since, pid, command."""
+    rows: list[Row] = []
+    for name, lease in leases:
+        state = state_of(lease)
+        cells: tuple[Cell, ...] = (name, Text(state, LEASE_STYLE.get(state, "")))
+        if isinstance(lease, str):
+            cells += (Text(lease, "red"), "-", "-", "-", "-")
+        elif lease is None:
+            cells += ("-", "-", "-", "-", "-")
+        else:
+            cells += (lease.holder, f"{lease.remaining:.0f}s", time.strftime("%H:%M:%S", time.localtime(lease.since)),
+                      str(lease.pid), lease.command)
+        rows.append((name, cells))
+    return rows
 
 
 class Requested(Message):
@@ -360,6 +395,12 @@ class HistoryTable(FleetTable):
 
     def action_rollback(self) -> None:
         self.request("rollback")
+
+
+class ListTable(FleetTable):
+    """The rows of a list view (volumes, images, the lease); its columns are the view's."""
+
+    TITLE = ""
 
 
 class EventsTable(FleetTable):
