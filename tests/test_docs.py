@@ -21,6 +21,7 @@ import pytest
 import typer
 import typer.main
 from pydantic import BaseModel
+from test_cli_conventions import _commands
 from typer._click import exceptions as click_exceptions
 
 from fleet.cli.main import app
@@ -186,14 +187,6 @@ def test_a_bogus_flag_in_a_doc_line_fails(tmp_path: Path) -> None:
 
 # ---- the reference: every command and every flag -------------------------------------------------------
 
-def leaf_commands(group: Any = ROOT, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
-    for name, cmd in sorted(group.commands.items()):
-        if hasattr(cmd, "commands"):
-            yield from leaf_commands(cmd, (*path, name))
-        else:
-            yield (*path, name), cmd
-
-
 def reference_sections() -> dict[str, tuple[str, str]]:
     """`fleet PATH` → (file, the section's text) for every `## fleet PATH` heading of docs/reference/."""
     out = {}
@@ -206,7 +199,7 @@ def reference_sections() -> dict[str, tuple[str, str]]:
 def test_every_command_and_flag_has_its_reference_section() -> None:
     sections = reference_sections()
     missing = []
-    for path, cmd in leaf_commands():
+    for path, cmd in _commands():
         name = "fleet " + " ".join(path)
         if name not in sections:
             missing.append(f"no section `## {name}` in docs/reference/ (its group's page: {panel_of(path)})")
@@ -218,7 +211,7 @@ def test_every_command_and_flag_has_its_reference_section() -> None:
             for flag in (*param.opts, *param.secondary_opts):
                 if not re.search(rf"`{re.escape(flag)}`", body):
                     missing.append(f"{file}: section `## {name}` does not name its option `{flag}`")
-    stale = sorted(set(sections) - {"fleet " + " ".join(p) for p, _ in leaf_commands()})
+    stale = sorted(set(sections) - {"fleet " + " ".join(p) for p, _ in _commands()})
     missing += [f"{sections[s][0]}: section `## {s}` names a command that does not exist" for s in stale]
     assert not missing, "the command reference is out of date:\n" + "\n".join(missing)
 
@@ -231,7 +224,7 @@ def panel_of(path: tuple[str, ...]) -> str:
 
 def test_every_group_has_its_reference_page() -> None:
     index = (DOCS / "reference" / "README.md").read_text()
-    missing = [f"docs/reference/README.md does not list `{' '.join(p)}`" for p, _ in leaf_commands()
+    missing = [f"docs/reference/README.md does not list `{' '.join(p)}`" for p, _ in _commands()
                if f"`{' '.join(p)}`" not in index]
     for panel in ("Deploy", "Inspect", "Nodes and containers", "State", "Lab and setup"):
         if f"[{panel}](" not in index:
