@@ -234,13 +234,13 @@ def test_help_lists_every_key_the_app_binds():
     assert {"c", "u", "d", "h", "l", "s", "b", "p", "a", "D", "R", "x", "e", "r", "q"} <= listed
 
 
-def test_readme_key_table_is_the_help_list():
+def test_docs_key_table_is_the_help_list():
     from pathlib import Path
 
     from fleet.tui.keys import key_table_markdown
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    assert key_table_markdown() in readme
+    guide = (Path(__file__).resolve().parent.parent / "docs" / "guide" / "ui.md").read_text()
+    assert key_table_markdown() in guide
 
 
 async def test_help_key_shows_every_key_and_esc_closes_it():
@@ -349,7 +349,7 @@ async def test_no_at_the_confirmation_changes_nothing():
     (ServicesTable, "b", Action("rollback", "api", service="api"), "Roll api back to the last good revision"),
     (NodesTable, "c", Action("cordon", "n1"), "Cordon n1"),
     (NodesTable, "u", Action("uncordon", "n1"), "Uncordon n1"),
-    (NodesTable, "d", Action("drain", "n1"), "Drain n1: cordon it and move every replica elsewhere"),
+    (NodesTable, "R", Action("drain", "n1"), "Drain n1: cordon it and move every replica elsewhere"),
     (ReplicasTable, "R", Action("restart", "n1/api-1-abc", service="api"), "Restart replica n1/api-1-abc of api"),
 ])
 async def test_each_action_key_confirms_what_it_will_do_then_runs_it(table, key, expected, words):
@@ -536,7 +536,7 @@ async def test_read_only_hides_every_action_but_keeps_the_views():
             shown = footer_keys(app)
             assert not shown & {"Cordon", "Uncordon", "Drain", "Scale", "Rollback", "Promote", "Abort", "Destroy",
                                 "Restart", "Exec"}, shown
-            for key in ("c", "u", "d", "s", "b", "p", "a", "D", "R", "x"):
+            for key in ("c", "u", "s", "b", "p", "a", "D", "R", "x"):
                 await pilot.press(key)
                 await pilot.pause()
                 assert not isinstance(app.screen, (AskScreen, ConfirmScreen)), key
@@ -560,7 +560,7 @@ async def test_node_actions_are_hidden_when_the_source_cannot_do_them():
     async with running(source) as (pilot, app):
         await focus(pilot, app, NodesTable)
         assert not footer_keys(app) & {"Cordon", "Uncordon", "Drain"}
-        await pilot.press("c", "d")
+        await pilot.press("c", "R")
         await pilot.pause()
         assert isinstance(app.screen, MainScreen)
         await focus(pilot, app, ServicesTable)

@@ -23,7 +23,15 @@ from fleet.config.spec import load_playbooks
 from fleet.image.demo import build_demo
 from fleet.transport import Pool
 from fleet.tui import FleetApp, FleetSource
-from fleet.tui.screens import ActionScreen, AskScreen, ConfirmScreen, HistoryScreen, LogScreen, MainScreen
+from fleet.tui.screens import (
+    ActionScreen,
+    AskScreen,
+    ConfirmScreen,
+    DescribeScreen,
+    HistoryScreen,
+    LogScreen,
+    MainScreen,
+)
 from fleet.tui.widgets import HistoryTable, NodesTable, ReplicasTable, ServicesTable
 
 pytestmark = pytest.mark.lab
@@ -214,3 +222,24 @@ async def ui_session(pilot, app: FleetApp, source: FleetSource, lab, lb: str, op
         result = await finish_action(pilot, app)
         assert result.ok, result
         await until(pilot, lambda want=want: column(nodes, mark)[column(nodes, 0).index("n3")] == want, timeout=10)
+
+    # The header names the lab's fleet (its inventory's directory); d describes a node and the service with
+    # fleet describe's own reads over this UI's pool.
+    assert app.title == f"fleet {Path(lab.inventory_path).parent.name}"
+    await pilot.press("d")
+    await until(pilot, lambda: isinstance(app.screen, DescribeScreen) and app.screen.described is not None,
+                timeout=10)
+    node_view = app.screen.described
+    assert node_view.report.node.name == "n3" and node_view.report.facts is not None  # type: ignore[union-attr]
+    await pilot.press("escape")
+    await until(pilot, lambda: isinstance(app.screen, MainScreen))
+    services.focus()
+    services.move_cursor(row=column(services, 0).index(NAME))
+    await pilot.press("d")
+    await until(pilot, lambda: isinstance(app.screen, DescribeScreen) and app.screen.described is not None,
+                timeout=10)
+    view = app.screen.described
+    assert view.accepted is not None and view.status.services, view  # type: ignore[union-attr]
+    assert view.status.services[0].replicas  # type: ignore[union-attr]
+    await pilot.press("escape")
+    await until(pilot, lambda: isinstance(app.screen, MainScreen))

@@ -1,4 +1,5 @@
-"""Snapshots of `fleet ui`'s main views at 100×30 and 160×45, drawn from the recording source's fixed data.
+"""Snapshots of `fleet ui`'s views at 80×24 and 200×50, drawn from the recording source's fixed data; the header
+names the fleet (prod-eu) and its inventory on every one.
 
 `pytest tests/test_tui_snapshots.py --snapshot-update` redraws them after an intended change; look at the SVGs
 (tests/__snapshots__/) before committing them.
@@ -16,10 +17,19 @@ from textual.pilot import Pilot
 from tui_source import RecordingSource, event, snapshot
 
 from fleet.tui import FleetApp
-from fleet.tui.screens import ConfirmScreen, EventsScreen, HelpScreen, HistoryScreen, LogScreen
-from fleet.tui.widgets import ServicesTable
+from fleet.tui.screens import (
+    ConfirmScreen,
+    DescribeScreen,
+    EventsScreen,
+    HelpScreen,
+    HistoryScreen,
+    ListScreen,
+    LogScreen,
+)
+from fleet.tui.widgets import NodesTable, ServicesTable
 
-SMALL, LARGE = (100, 30), (160, 45)
+SMALL, LARGE = (80, 24), (200, 50)
+SIZES = pytest.mark.parametrize("size", [SMALL, LARGE], ids=["80x24", "200x50"])
 
 
 @pytest.fixture(autouse=True)
@@ -47,15 +57,16 @@ def app(read_only: bool = False) -> FleetApp:
     return FleetApp(source, interval=3600, read_only=read_only)
 
 
-def then(*keys: str, view: type | None = None, settle: Callable[[FleetApp], bool] | None = None
-         ) -> Callable[[Pilot[None]], Awaitable[None]]:
+def then(*keys: str, view: type | None = None, settle: Callable[[FleetApp], bool] | None = None,
+         table: type = ServicesTable) -> Callable[[Pilot[None]], Awaitable[None]]:
     async def run_before(pilot: Pilot[None]) -> None:
         a: FleetApp = pilot.app  # type: ignore[assignment]
         await ready_app(pilot, a)
+        assert a.title == "fleet prod-eu"  # what the header shows on every snapshot
         for at in (2, 4):
             await pilot.press("r")
             await until(pilot, lambda at=at: a.snapshot is not None and a.snapshot.taken_at == snapshot(at).taken_at)
-        a.main.query_one(ServicesTable).focus()
+        a.main.query_one(table).focus()
         await pilot.press(*keys)
         if view is not None:
             await until(pilot, lambda: isinstance(a.screen, view))
@@ -69,16 +80,31 @@ def then(*keys: str, view: type | None = None, settle: Callable[[FleetApp], bool
     return run_before
 
 
-@pytest.mark.parametrize("size", [SMALL, LARGE], ids=["100x30", "160x45"])
+@SIZES
 def test_main_view(snap_compare, size):
     assert snap_compare(app(), terminal_size=size, run_before=then())
+
+
+def test_nodes_sorted_by_memory_used(snap_compare):
+    """o seven times: NODE, STATUS, CORDON, CPU REQ, MEM REQ, CPU USED, MEM USED; lb1 (0B) comes first."""
+    def sorted_by_mem(a: FleetApp) -> bool:
+        return a.main.query_one(NodesTable).sort_by == "MEM USED"
+
+    assert snap_compare(app(), terminal_size=SMALL, run_before=then(
+        *["o"] * 7, table=NodesTable, settle=sorted_by_mem))
+
+
+@SIZES
+def test_describe_view(snap_compare, size):
+    assert snap_compare(app(), terminal_size=size, run_before=then(
+        "down", "d", view=DescribeScreen, settle=lambda a: getattr(a.screen, "described", None) is not None))
 
 
 def test_main_view_read_only_has_no_action_keys(snap_compare):
     assert snap_compare(app(read_only=True), terminal_size=SMALL, run_before=then())
 
 
-@pytest.mark.parametrize("size", [SMALL, LARGE], ids=["100x30", "160x45"])
+@SIZES
 def test_history_view(snap_compare, size):
     assert snap_compare(app(), terminal_size=size, run_before=then(
         "down", "h", view=HistoryScreen, settle=lambda a: a.screen.query_one("HistoryTable").row_count == 3))
@@ -93,9 +119,19 @@ def test_events_view(snap_compare):
     assert snap_compare(app(), terminal_size=LARGE, run_before=then("e", view=EventsScreen))
 
 
-def test_destroy_confirmation(snap_compare):
-    assert snap_compare(app(), terminal_size=SMALL, run_before=then("D", view=ConfirmScreen))
+@SIZES
+def test_destroy_confirmation(snap_compare, size):
+    assert snap_compare(app(), terminal_size=size, run_before=then("D", view=ConfirmScreen))
+
+
+def test_drain_confirmation(snap_compare):
+    assert snap_compare(app(), terminal_size=SMALL, run_before=then("R", view=ConfirmScreen, table=NodesTable))
+
+
+def test_lease_view(snap_compare):
+    assert snap_compare(app(), terminal_size=SMALL, run_before=then(
+        "k", view=ListScreen, settle=lambda a: a.screen.query_one("#list").row_count == 3))
 
 
 def test_help(snap_compare):
-    assert snap_compare(app(), terminal_size=SMALL, run_before=then("question_mark", view=HelpScreen))
+    assert snap_compare(app(), terminal_size=LARGE, run_before=then("question_mark", view=HelpScreen))

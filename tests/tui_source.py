@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Literal
 
 from fleet.api import Event, NodeReport
+from fleet.cli.describe import NodeView, ServiceView
 from fleet.core.errors import FleetError, LeaseHeld, LeaseInfo
 from fleet.core.model import Node, Resources
 from fleet.engine.status import FleetStatus, ReplicaStatus, ServiceStatus
 from fleet.node.facts import NodeFacts, TaskFacts
 from fleet.plan.reconcile import Replica
+from fleet.results import NodeLease, PsResult, VolumeListing, VolumeRow
 from fleet.store.history import Revision
 from fleet.tui.data import NODE_VERBS, Action, ActionResult, EventRing, ServiceRecord, Snapshot, Verb
 
@@ -96,8 +100,36 @@ HISTORY = {"web": [revision("web", 1, "succeeded"), revision("web", 2, "failed",
 LOGS = {"web": [("n1/web-1-abc", "GET / 200"), ("n2/web-2-abc", "GET /healthz 200"),
                 ("n1/web-3-abc", "GET /missing 404")],
         "n1/web-1-abc": [("n1/web-1-abc", "listening on :8001"), ("n1/web-1-abc", "GET / 200")]}
+INVENTORY = "/etc/fleet/prod-eu/inventory.yaml"  # the fleet the header and confirmations name: prod-eu
+WEB_SPEC = ('{"image": "registry.local/web:v3", "replicas": 3, "resources": {"cpu": 0.1, "memory": 67108864}, '
+            '"port": 8080, "health": {"http": "/healthz"}, "lb": {"port": 80}}')
+
+
+def described(kind: str, name: str, snap: Snapshot) -> ServiceView | NodeView:
+    """What `fleet describe` would read, from the fixed data: web's record, revisions and replicas; a node's report."""
+    if kind == "node":
+        report = next(r for r in snap.nodes if r.node.name == name)
+        return NodeView(report, PsResult(()))
+    revisions = [*HISTORY.get(name, [])]
+    if revisions:
+        revisions[-1] = dataclasses.replace(revisions[-1], spec_json=WEB_SPEC)
+    status = snap.status or FLEET
+    services = tuple(s for s in status.services if s.name == name)
+    return ServiceView(name, {"accepted": 3, "decision": "applied", "by": "alice@ci", "at": EPOCH + 180},
+                       revisions, FleetStatus(services=services, errors={}, lb_errors={}))
+
+
 HOLDER = LeaseInfo(holder="bob@ops-2", pid=4242, command="fleet apply web.yaml", since=EPOCH, until=EPOCH + 30,
                    node="n1", read_at=EPOCH + 5, token="secret-token")
+
+
+VOLUMES = VolumeListing((VolumeRow("n1", "local", "db", "data", 48 * MiB, "/var/lib/fleet/volumes/db/data",
+                                   ("n1/db-0-abc",)),
+                         VolumeRow("lb1", "sshfs", "web", "shared", 3 * MiB, "/var/lib/fleet/storage/web/shared")),
+                        MappingProxyType({"n2": "unreachable: connect: timed out after 5s"}))
+IMAGES = ({"n1": {"registry.local/web:v3": "sha256:" + "ab" * 32, "registry.local/api:v3": "sha256:" + "cd" * 32},
+           "n2": {"registry.local/web:v3": "sha256:" + "ab" * 32}}, {"lb1": "no runtime"})
+LEASES: list[NodeLease] = [("n1", HOLDER), ("n2", "connect: timed out after 5s"), ("lb1", None)]
 
 
 class RecordingSource:
@@ -121,6 +153,7 @@ class RecordingSource:
         self.release = asyncio.Event()  # set it to let an action finish (it is set from the start)
         self.release.set()
         self.calls = 0
+        self.inventory = INVENTORY
 
     def of(self, kind: str) -> list[tuple[Any, ...]]:
         return [a for a in self.asked if a[0] == kind]
@@ -158,6 +191,23 @@ class RecordingSource:
             yield gen()
         finally:
             self.asked.append(("logs-closed", ref))
+
+    async def describe(self, kind: Literal["service", "node"], name: str) -> ServiceView | NodeView:
+        self.asked.append(("describe", kind, name))
+        last = self.snapshots[min(self.calls, len(self.snapshots)) - 1] if self.calls else HEALTHY
+        return described(kind, name, last if isinstance(last, Snapshot) else HEALTHY)
+
+    async def volumes(self) -> VolumeListing:
+        self.asked.append(("volumes",))
+        return VOLUMES
+
+    async def images(self) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+        self.asked.append(("images",))
+        return IMAGES
+
+    async def lease(self) -> list[NodeLease]:
+        self.asked.append(("lease",))
+        return LEASES
 
     def can(self, verb: Verb) -> bool:
         return verb in self.verbs

@@ -215,6 +215,14 @@ async def read_service(f: Fleet, name: str) -> ServiceView:
     return ServiceView(name, state, revisions, st, mine, errors)
 
 
+async def read_node(f: Fleet, name: str) -> NodeView:
+    """`name`'s report and every container on it, running or not (`fleet ui`'s describe view reads this too)."""
+    report = next(r for r in await f.nodes() if r.node.name == name)
+    every = await f.ps(all=True)
+    mine = [r for r in every.rows if r.node == name]
+    return NodeView(report, PsResult(tuple(mine), {n: w for n, w in every.errors.items() if n == name}))
+
+
 def _names(ctx: typer.Context, incomplete: str) -> list[str]:
     """Completion: the inventory's nodes and the playbooks' services."""
     return sorted({*node_names(ctx, incomplete), *service_names(ctx, incomplete)})
@@ -247,10 +255,7 @@ def describe(ref: Annotated[str, typer.Argument(metavar="SERVICE|NODE", autocomp
     async def go() -> ServiceView | NodeView:
         async with Fleet.connect(inv, connect_timeout=10.0) as f:
             if kind == "node":
-                report = next(r for r in await f.nodes() if r.node.name == name)
-                every = await f.ps(all=True)
-                mine = [r for r in every.rows if r.node == name]
-                return NodeView(report, PsResult(tuple(mine), {n: w for n, w in every.errors.items() if n == name}))
+                return await read_node(f, name)
             view = await read_service(f, name)
             if not (view.revisions or view.status.services or view.containers.rows or view.errors):
                 known = set(await f.records().services()) | set(playbook_services()) | set(node_names)

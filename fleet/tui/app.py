@@ -15,18 +15,22 @@ from typing import TYPE_CHECKING, ClassVar
 from textual import work
 from textual.app import App
 from textual.binding import Binding, BindingType
+from textual.css.query import NoMatches
 from textual.message import Message
 
 from fleet.core.errors import FleetError, LeaseHeld
 from fleet.tui.commands import FleetCommands
-from fleet.tui.data import Action, ActionResult, Series, Snapshot, Source, Verb, failed, track
+from fleet.tui.data import Action, ActionResult, Series, Snapshot, Source, Verb, failed, fleet_name, track
 from fleet.tui.screens import (
     ActionScreen,
     AskScreen,
     ConfirmScreen,
+    DescribeScreen,
     EventsScreen,
     HelpScreen,
     HistoryScreen,
+    ListKind,
+    ListScreen,
     LogScreen,
     MainScreen,
     View,
@@ -69,6 +73,10 @@ class FleetApp(App[None]):
         Binding("slash", "filter", "Filter"),
         Binding("escape", "go_back", "Back", show=False),
         Binding("e", "events", "Events"),
+        # The fleet's other objects, listed by `?` and the palette: volumes, images, the lease.
+        Binding("v", "list('volumes')", "Volumes", show=False),
+        Binding("i", "list('images')", "Images", show=False),
+        Binding("k", "list('lease')", "Lease", show=False),
         # Listed by `?`, not in the footer: at 100 columns it keeps room for the pane's own actions.
         Binding("r", "refresh", "Refresh", show=False),
         Binding("q", "quit", "Quit", show=False),
@@ -91,6 +99,16 @@ class FleetApp(App[None]):
         self.first_shown: float | None = None
         self._progress: list[str] = []
         self._wake = asyncio.Event()
+        # The header names the fleet and its inventory on every view; every confirmation names them too.
+        self.inventory = getattr(source, "inventory", "") or ""
+        self.fleet_name = fleet_name(self.inventory) if self.inventory else "?"
+        self.title = f"fleet {self.fleet_name}"
+        self.sub_title = f"inventory {self.inventory}" if self.inventory else ""
+
+    @property
+    def where(self) -> str:
+        """Which fleet an action changes, as the confirmation says it."""
+        return f"fleet {self.fleet_name} · inventory {self.inventory or '?'}"
 
     # --- what may be done -------------------------------------------------------------------------------
     def allows(self, verb: str) -> bool:
@@ -120,7 +138,10 @@ class FleetApp(App[None]):
         """Read, show, then wait `interval` seconds or until `r` is pressed; a refresh is never cut short."""
         while True:
             self._wake.clear()
-            self.status.busy = True
+            try:
+                self.status.busy = True
+            except NoMatches:  # the app is closing: its views are gone
+                return
             try:
                 # The first screen shows the nodes as soon as they answer; later refreshes replace it whole.
                 snapshot = await self.source.collect(self.show if self.snapshot is None else None)
@@ -129,8 +150,11 @@ class FleetApp(App[None]):
                 snapshot = failed(self.snapshot, exc)
             else:
                 track(self.series, self.traffic, snapshot)
-            self.status.busy = False
-            self.show(snapshot)
+            try:
+                self.status.busy = False
+                self.show(snapshot)
+            except NoMatches:  # the app closed while this refresh read the fleet
+                return
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.interval):
                     await self._wake.wait()
@@ -213,6 +237,10 @@ class FleetApp(App[None]):
         if not isinstance(self.screen, EventsScreen):
             self.push_screen(EventsScreen(list(self.source.events)))
 
+    def action_list(self, kind: ListKind) -> None:
+        if not (isinstance(self.screen, ListScreen) and self.screen.kind == kind):
+            self.push_screen(ListScreen(kind))
+
     def action_filter(self) -> None:
         if isinstance(self.screen, View):
             self.screen.open_filter()
@@ -239,6 +267,9 @@ class FleetApp(App[None]):
         if what == "logs":
             self.push_screen(LogScreen(target))
             return
+        if what == "describe":
+            self.push_screen(DescribeScreen("service" if service is not None else "node", target))
+            return
         if not self.allows(what):
             self.notify(f"{what} is not available here", severity="warning")
             return
@@ -259,7 +290,7 @@ class FleetApp(App[None]):
             service = self.snapshot.service(action.target) if self.snapshot else None
             current = record.wanted if record and record.wanted is not None else (service.running if service else None)
             answer = await self.push_screen_wait(AskScreen(
-                f"Replicas of {action.target} (now {current if current is not None else '?'}):",
+                f"{self.where}\nReplicas of {action.target} (now {current if current is not None else '?'}):",
                 str(current if current is not None else ""), count_problem))
             if answer is None:
                 return
@@ -270,7 +301,7 @@ class FleetApp(App[None]):
             if answer is None:
                 return
             action = Action("exec", action.target, service=action.service, argv=tuple(shlex.split(answer)))
-        if action.verb != "exec" and not await self.push_screen_wait(ConfirmScreen(action)):
+        if action.verb != "exec" and not await self.push_screen_wait(ConfirmScreen(action, self.where)):
             self.notify("cancelled: nothing was changed")
             return
         await self.carry_out(action)

@@ -12,10 +12,11 @@ from textual.command import DiscoveryHit, Hit, Hits, Provider
 if TYPE_CHECKING:
     from fleet.tui.app import FleetApp
 
-SERVICE_COMMANDS = (("history", "History of"), ("logs", "Logs of"), ("scale", "Scale"),
+VIEWS = frozenset({"describe", "history", "logs"})  # offered in read-only mode too
+SERVICE_COMMANDS = (("describe", "Describe"), ("history", "History of"), ("logs", "Logs of"), ("scale", "Scale"),
                     ("rollback", "Roll back"), ("promote", "Promote the canary of"),
                     ("abort", "Abort the canary of"), ("destroy", "Destroy"))
-NODE_COMMANDS = (("cordon", "Cordon"), ("uncordon", "Uncordon"), ("drain", "Drain"))
+NODE_COMMANDS = (("describe", "Describe node"), ("cordon", "Cordon"), ("uncordon", "Uncordon"), ("drain", "Drain"))
 
 
 def commands(app: FleetApp) -> list[tuple[str, Callable[[], object], str]]:
@@ -24,15 +25,18 @@ def commands(app: FleetApp) -> list[tuple[str, Callable[[], object], str]]:
         ("Events", app.action_events, "what the controller did and when"),
         ("Help: keys", app.action_help, "every key, by view"),
         ("Refresh", app.action_refresh, "read the fleet now"),
+        ("Volumes", partial(app.action_list, "volumes"), "every volume, as fleet volume ls"),
+        ("Images", partial(app.action_list, "images"), "the images on every node, as fleet image ls"),
+        ("Lease", partial(app.action_list, "lease"), "who holds the fleet's lease, as fleet lock status"),
     ]
     snap = app.snapshot
     for s in snap.services if snap is not None else ():
         for what, label in SERVICE_COMMANDS:
-            if what in ("history", "logs") or app.allows(what):
+            if what in VIEWS or app.allows(what):
                 out.append((f"{label} {s.name}", partial(app.request, what, s.name, s.name), f"service {s.name}"))
     for r in snap.nodes if snap is not None else ():
         for what, label in NODE_COMMANDS:
-            if app.allows(what):
+            if what in VIEWS or app.allows(what):
                 out.append((f"{label} {r.node.name}", partial(app.request, what, r.node.name), f"node {r.node.name}"))
     return out
 

@@ -8,18 +8,21 @@ a bounded `EventRing`. `fleet.tui.source.FleetSource` implements the protocol ov
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import PurePath
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from fleet.core.units import format_cpu, short_size
 
 if TYPE_CHECKING:
-    from fleet.results import Event, FleetStatus, NodeReport, Revision, ServiceStatus
+    from fleet.cli.describe import NodeView, ServiceView
+    from fleet.results import Event, FleetStatus, NodeLease, NodeReport, Revision, ServiceStatus, VolumeListing
 
 
 @dataclass(frozen=True)
@@ -173,9 +176,11 @@ LogStream = AbstractAsyncContextManager[AsyncIterator[tuple[str, str]]]
 
 class Source(Protocol):
     """What the app asks of the fleet. `FleetSource` reads and changes the real one through the façade; tests use
-    one that records every question."""
+    one that records every question. `inventory` is the inventory file's path (the header and every confirmation
+    name the fleet by it)."""
 
     events: EventRing
+    inventory: str
 
     async def collect(self, partial: Callable[[Snapshot], None] | None = None) -> Snapshot:
         """The fleet now; `partial`, when given, may get a first part (the nodes) before the rest is read."""
@@ -185,6 +190,22 @@ class Source(Protocol):
 
     def logs(self, ref: str, *, follow: bool, tail: int) -> LogStream: ...
 
+    async def describe(self, kind: Literal["service", "node"], name: str) -> ServiceView | NodeView:
+        """Everything about one service or node, as `fleet describe` reads it."""
+        ...
+
+    async def volumes(self) -> VolumeListing:
+        """Every volume on the workers and storage nodes (`fleet volume ls`)."""
+        ...
+
+    async def images(self) -> tuple[Mapping[str, Mapping[str, str]], Mapping[str, str]]:
+        """Per node, image reference → manifest digest, and the nodes that could not be read (`fleet image ls`)."""
+        ...
+
+    async def lease(self) -> list[NodeLease]:
+        """The fleet's lease as each record node holds it (`fleet lock status`)."""
+        ...
+
     def can(self, verb: Verb) -> bool:
         """Whether this source can carry out `verb` (the node verbs need a façade that has them)."""
         ...
@@ -193,6 +214,39 @@ class Source(Protocol):
         """Carry out `action`; exec's output goes line by line to `on_line`. Raises LeaseHeld when another run
         holds the fleet's lease, FleetError when the fleet refuses."""
         ...
+
+
+# Inventory file names that say nothing of which fleet it is: the directory holding one names the fleet instead.
+GENERIC_INVENTORY_NAMES = frozenset({"inventory", "hosts", "fleet", "nodes", "inv"})
+
+
+def fleet_name(inventory: str) -> str:
+    """The fleet's name as the UI shows it: the inventory file's name without its suffix (`prod.yaml`: prod), or
+    its directory's when the file's name is a generic one (`/etc/fleet/eu-west/inventory.ini`: eu-west; a lab's
+    `/var/lib/fleet-lab/fl/inventory.yaml`: fl)."""
+    path = PurePath(inventory)
+    stem = path.name.split(".", 1)[0] or path.name
+    if stem.lower() in GENERIC_INVENTORY_NAMES and path.parent.name not in ("", "/", "."):
+        return path.parent.name
+    return stem
+
+
+def sort_key(cell: object) -> tuple[int, float, str]:
+    """How a column sorts: by its leading number when it has one (`1.5/2`, `12.5`, `r3 (r2,r3)`, `192M`), else as
+    text; a missing value (`-`) last."""
+    text = str(cell).strip()
+    if text in ("", "-"):
+        return (2, 0.0, "")
+    m = _NUMBER.match(text)
+    if m:
+        number = float(m.group(1)) * _SCALE.get(m.group(2), 1)
+        return (0, number, text.lower())
+    return (1, 0.0, text.lower())
+
+
+_NUMBER = re.compile(r"^[rv]?(\d+(?:\.\d+)?)\s*([KMGTP]i?B?|m)?")
+_SCALE = {**{p: 1024.0 ** (i + 1) for i, u in enumerate("KMGTP") for p in (u, u + "i", u + "iB", u + "B")},
+          "m": 0.001}
 
 
 def node_errors(reports: Sequence[NodeReport]) -> dict[str, str]:

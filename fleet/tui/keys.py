@@ -9,12 +9,19 @@ KEYS: tuple[tuple[str, str, str], ...] = (
     ("everywhere", "esc", "back to the previous view (or clear the filter)"),
     ("everywhere", "ctrl+p", "command palette: every view and action by name"),
     ("everywhere", "e", "events: what the controller did and when"),
-    ("everywhere", "r", "refresh now"),
+    ("everywhere", "v", "volumes on the workers and storage nodes (as `fleet volume ls`)"),
+    ("everywhere", "i", "images on every node (as `fleet image ls`)"),
+    ("everywhere", "k", "the fleet's lease on each record node (as `fleet lock status`)"),
+    ("everywhere", "r", "refresh now (describe: read again)"),
     ("everywhere", "tab / shift+tab", "next / previous pane"),
     ("everywhere", "q", "quit"),
+    ("tables", "o", "sort by the next column (after the last: the original order)"),
+    ("tables", "O", "reverse the sort"),
+    ("nodes", "d", "describe the node: facts, marks, containers (as `fleet describe`)"),
     ("nodes", "c", "cordon the node (no new replicas placed on it)"),
     ("nodes", "u", "uncordon the node"),
-    ("nodes", "d", "drain the node (cordon, then move its replicas away)"),
+    ("nodes", "R", "drain the node (cordon, then move its replicas away)"),
+    ("services", "d", "describe the service: spec, replicas, health, revisions (as `fleet describe`)"),
     ("services", "h", "revision history of the service"),
     ("services", "l", "live logs of every replica of the service"),
     ("services", "s", "scale: asks for the replica count"),
@@ -32,8 +39,30 @@ KEYS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+# Where fleet ui's keys differ from k9s's, for people who have k9s in their fingers.
+K9S: tuple[tuple[str, str, str], ...] = (
+    ("describe", "d", "d (services, nodes)"),
+    ("drain a node", "r", "R (r refreshes)"),
+    ("refresh", "ctrl+r", "r"),
+    ("delete", "ctrl+d", "D destroys a service (asks first)"),
+    ("kill a pod", "ctrl+k", "R restarts a replica (asks first)"),
+    ("shell", "s", "x runs one command (a shell: `fleet exec -it`)"),
+    ("scale", "s (deployments)", "s"),
+    ("sort by a column", "shift+column letter", "o next column, O reverse"),
+    ("yaml", "y", "d: the spec at the accepted revision"),
+    ("command mode", ":", "ctrl+p palette"),
+)
+
+
 def key_table_markdown() -> str:
     """KEYS as the README's Markdown table."""
     lines = ["| View | Key | What it does |", "|---|---|---|"]
     lines += [f"| {view} | `{key}` | {what} |" for view, key, what in KEYS]
+    return "\n".join(lines)
+
+
+def k9s_table_markdown() -> str:
+    """K9S as a Markdown table, for the docs."""
+    lines = ["| To | k9s | fleet ui |", "|---|---|---|"]
+    lines += [f"| {what} | `{k9s}` | {ours} |" for what, k9s, ours in K9S]
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""The TUI's views (main, history, logs, events) and dialogs (help, confirm, ask, a running action).
+"""The TUI's views (main, describe, history, logs, events) and dialogs (help, confirm, ask, a running action).
 
 Views get their data from the app (attributes down) or read it in their own worker through the app's source;
 they post `Requested` up for every action. Leaving a view cancels its workers (a followed log stops reading).
@@ -6,28 +6,36 @@ they post `Requested` up for every action. Leaving a view cancels its workers (a
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+import io
+from typing import TYPE_CHECKING, ClassVar, Literal
 
+from rich.console import Console, RenderableType
 from rich.text import Text
 from textual import on, work
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Button, DataTable, Footer, Input, Label, Log, Static
+from textual.widgets import Button, DataTable, Footer, Header, Input, Label, Log, Static
 
-from fleet.tui.keys import KEYS
+from fleet.cli.describe import NodeView, ServiceView, node_view, service_view
+from fleet.cli.lock import node_state, summary
+from fleet.tui.keys import K9S, KEYS
 from fleet.tui.widgets import (
     Charts,
     EventsTable,
     FleetTable,
     HistoryTable,
+    ListTable,
     NodesTable,
     ReplicasTable,
     ServicesTable,
     StatusLine,
     event_cells,
+    image_rows,
+    lease_rows,
     revision_cells,
+    volume_rows,
 )
 
 if TYPE_CHECKING:
@@ -110,6 +118,7 @@ class MainScreen(View):
         self.post_message(MainReady())
 
     def compose(self) -> ComposeResult:
+        yield Header(icon="⛴")
         yield NodesTable(id="nodes")
         yield Charts(id="charts")
         with Horizontal(id="services-row"):
@@ -120,8 +129,10 @@ class MainScreen(View):
         yield Footer(compact=True)
 
     def on_resize(self) -> None:
-        # Below 140 columns the replicas go under the services: both stay readable at 100.
+        # Below 140 columns the replicas go under the services: both stay readable at 100 (and 80). Below 30 rows
+        # the charts give their lines to the tables.
         self.set_class(self.size.width < 140, "narrow")
+        self.set_class(self.size.height < 30, "short")
 
 
 class HistoryScreen(View):
@@ -134,6 +145,7 @@ class HistoryScreen(View):
         self.revisions: Sequence[Revision] | None = None
 
     def compose(self) -> ComposeResult:
+        yield Header(icon="⛴")
         yield HistoryTable(id="history")
         yield Label("", id="history-note")
         yield FilterBar()
@@ -179,6 +191,7 @@ class LogScreen(View):
         self.ended = False
 
     def compose(self) -> ComposeResult:
+        yield Header(icon="⛴")
         yield Label(f"Logs of {self.ref}", id="log-title")
         yield Log(max_lines=self.MAX_LINES, id="log")
         yield Input(placeholder="search…", id="search", classes="hidden")
@@ -264,6 +277,116 @@ class LogScreen(View):
         return False
 
 
+class DescribeScreen(View):
+    """Everything about one service or node, as `fleet describe` prints it (its own renderer), read when opened;
+    r reads it again."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("r", "reload", "Read again")]
+
+    def __init__(self, kind: Literal["service", "node"], name: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.target = name
+        self.described: ServiceView | NodeView | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header(icon="⛴")
+        yield Label(f"Describe {self.kind} {self.target}", id="describe-title")
+        with VerticalScroll(id="describe-box"):
+            yield Static("reading…", id="describe")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#describe-box").focus()
+        self.load()
+
+    def action_reload(self) -> None:
+        self.load()
+
+    @work(exclusive=True, group="describe")
+    async def load(self) -> None:
+        source: Source = self.app.source  # type: ignore[attr-defined]
+        title = self.query_one("#describe-title", Label)
+        title.update(f"Describe {self.kind} {self.target} (reading…)")
+        try:
+            self.described = await source.describe(self.kind, self.target)
+        except Exception as exc:  # shown in place; the view stays usable (r tries again)
+            self.query_one("#describe", Static).update(Text(f"! {type(exc).__name__}: {exc}", "red"))
+            title.update(f"Describe {self.kind} {self.target}")
+            return
+        self.query_one("#describe", Static).update(self.rendered())
+        title.update(f"Describe {self.kind} {self.target}")
+
+    def rendered(self) -> RenderableType:
+        """The view as `fleet describe` draws it, laid out for this screen's width."""
+        console = Console(width=max(40, self.size.width - 2), file=io.StringIO(), highlight=False)
+        view = self.described
+        if view is None:
+            return Text("reading…")
+        return node_view(view, console) if isinstance(view, NodeView) else service_view(view, console)
+
+
+ListKind = Literal["volumes", "images", "lease"]
+LIST_COLUMNS: dict[str, tuple[str, ...]] = {
+    "volumes": ("VOLUME", "NODE", "KIND", "SIZE", "USED BY"),
+    "images": ("NODE", "IMAGE", "DIGEST"),
+    "lease": ("NODE", "STATE", "HOLDER", "LEFT", "SINCE", "PID", "COMMAND"),
+}
+LIST_TITLES = {"volumes": "Volumes", "images": "Images", "lease": "The fleet's lease"}
+
+
+class ListScreen(View):
+    """Volumes, images or the fleet's lease (as `fleet volume ls`, `fleet image ls`, `fleet lock status`), read
+    when opened; r reads again. What could not be read is named under the table."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("r", "reload", "Read again")]
+
+    def __init__(self, kind: ListKind) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def compose(self) -> ComposeResult:
+        yield Header(icon="⛴")
+        yield ListTable(id="list")
+        yield Label("", id="list-note")
+        yield FilterBar()
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        table = self.query_one(ListTable)
+        table.set_columns(LIST_COLUMNS[self.kind])
+        table.border_title = LIST_TITLES[self.kind]
+        table.focus()
+        self.load()
+
+    def action_reload(self) -> None:
+        self.load()
+
+    @work(exclusive=True, group="list")
+    async def load(self) -> None:
+        source: Source = self.app.source  # type: ignore[attr-defined]
+        note = self.query_one("#list-note", Label)
+        note.update("reading the fleet…")
+        try:
+            rows, lines = await self.read(source)
+        except Exception as exc:  # shown where the table is; the view stays usable (r tries again)
+            note.update(Text(f"! {type(exc).__name__}: {exc}", "red"))
+            return
+        self.query_one(ListTable).items = tuple(rows)
+        note.update(Text("\n".join(lines) or f"{len(rows)} row(s)"))
+
+    async def read(self, source: Source) -> tuple[list[tuple[str, tuple[str | Text, ...]]], list[str]]:
+        """The rows, and the lines under them (what could not be read; the lease's summary)."""
+        if self.kind == "volumes":
+            listing = await source.volumes()
+            return volume_rows(listing), [f"! {n}: {why}" for n, why in listing.errors.items()]
+        if self.kind == "images":
+            found, errors = await source.images()
+            return image_rows(found), [f"! {n}: {why}" for n, why in errors.items()]
+        leases = await source.lease()
+        return lease_rows(leases, node_state), [summary(leases)]
+
+
 class EventsScreen(View):
     """The controller's events, oldest first, following the newest as they come."""
 
@@ -272,6 +395,7 @@ class EventsScreen(View):
         self.initial = tuple(events)
 
     def compose(self) -> ComposeResult:
+        yield Header(icon="⛴")
         yield EventsTable(id="events")
         yield FilterBar()
         yield Footer(compact=True)
@@ -293,17 +417,22 @@ class HelpScreen(ModalScreen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,question_mark,q", "dismiss", "Close")]
 
     def compose(self) -> ComposeResult:
-        table: DataTable[str] = DataTable(id="keys", cursor_type="row")
-        with Vertical(id="help"):
+        with VerticalScroll(id="help"):
             yield Label("fleet ui: keys (esc closes)")
-            yield table
+            yield DataTable(id="keys", cursor_type="row")
+            yield Label("Coming from k9s: what differs")
+            yield DataTable(id="k9s", cursor_type="row")
 
     def on_mount(self) -> None:
-        table = self.query_one(DataTable)
-        table.add_columns("VIEW", "KEY", "WHAT IT DOES")
+        keys: DataTable[str] = self.query_one("#keys", DataTable)
+        keys.add_columns("VIEW", "KEY", "WHAT IT DOES")
         for row in KEYS:
-            table.add_row(*row)
-        table.focus()
+            keys.add_row(*row)
+        k9s: DataTable[str] = self.query_one("#k9s", DataTable)
+        k9s.add_columns("TO", "K9S", "FLEET UI")
+        for row in K9S:
+            k9s.add_row(*row)
+        keys.focus()
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -314,12 +443,15 @@ class ConfirmScreen(ModalScreen[bool]):
         Binding("n,escape", "answer(False)", "No"),
     ]
 
-    def __init__(self, action: Action) -> None:
+    def __init__(self, action: Action, where: str = "") -> None:
         super().__init__()
         self.action = action
+        self.where = where  # which fleet: its name and inventory, so a destroy never hits the wrong one
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
+            if self.where:
+                yield Static(Text(self.where, "bold"), id="where")
             yield Static(Text(self.action.describe()), id="question")
             with Horizontal(id="buttons"):
                 yield Button("Yes (y)", variant="error", id="yes")

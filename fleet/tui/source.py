@@ -12,11 +12,12 @@ import contextlib
 import json
 import shlex
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from fleet.api import Reader, converge_accepted
+from fleet.cli.describe import read_node, read_service
 from fleet.config.spec import from_playbook_dict
 from fleet.core.errors import FleetError
 from fleet.plan.rollout.decide import ServiceState
@@ -36,8 +37,9 @@ from fleet.tui.data import (
 
 if TYPE_CHECKING:
     from fleet.api import Fleet
+    from fleet.cli.describe import NodeView, ServiceView
     from fleet.config.spec import ServiceSpec
-    from fleet.results import FleetStatus, Revision, RunResult
+    from fleet.results import FleetStatus, NodeLease, Revision, RunResult, VolumeListing
 
 # `fleet.api.ask_watcher` (inventory path, op) -> the watcher's answer, or None when no watcher answers.
 Watcher = Callable[[str, Literal["nodes", "status"]], Awaitable[Any]]
@@ -51,6 +53,7 @@ class FleetSource:
         self.fleet = fleet
         self.events = events if events is not None else EventRing()
         fleet.on_event = self.events
+        self.inventory = fleet.inventory.path
         self.watcher = watcher
         self._specs: dict[tuple[str, int], ServiceSpec] = {}
 
@@ -140,6 +143,22 @@ class FleetSource:
     async def history(self, service: str) -> Sequence[Revision]:
         await self.fleet.records().refresh()
         return await self.fleet.history(service)
+
+    async def describe(self, kind: Literal["service", "node"], name: str) -> ServiceView | NodeView:
+        """What `fleet describe` reads, on this UI's pool."""
+        if kind == "node":
+            return await read_node(self.fleet, name)
+        await self._refresh_records({})
+        return await read_service(self.fleet, name)
+
+    async def volumes(self) -> VolumeListing:
+        return await self.fleet.volumes()
+
+    async def images(self) -> tuple[Mapping[str, Mapping[str, str]], Mapping[str, str]]:
+        return await self.fleet.image_list()
+
+    async def lease(self) -> list[NodeLease]:
+        return await self.fleet.lock_status(timeout=5.0)
 
     @contextlib.asynccontextmanager
     async def logs(self, ref: str, *, follow: bool, tail: int) -> AsyncIterator[AsyncIterator[tuple[str, str]]]:

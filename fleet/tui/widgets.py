@@ -4,7 +4,7 @@ up (a row chosen, a view or an action asked for). They import no transport and n
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 from rich.text import Text
@@ -15,12 +15,13 @@ from textual.reactive import var
 from textual.widgets import DataTable, Label, Sparkline, Static
 
 from fleet.core.units import format_cpu, short_size
-from fleet.tui.data import Series, cpu_text, rate_text, size_text
+from fleet.tui.data import Series, cpu_text, rate_text, size_text, sort_key
 
 if TYPE_CHECKING:
     from textual.app import ComposeResult
 
-    from fleet.results import Event, NodeReport, Revision, ServiceStatus
+    from fleet.core.errors import LeaseInfo
+    from fleet.results import Event, NodeLease, NodeReport, Revision, ServiceStatus, VolumeListing
     from fleet.tui.data import ServiceRecord, Snapshot
 
 STATUS_STYLE = {"ready": "green", "unreachable": "red", "no runtime": "yellow", "runtime not answering": "red",
@@ -108,6 +109,40 @@ def event_cells(e: Event) -> tuple[Cell, ...]:
     return (time.strftime("%H:%M:%S", time.localtime(e.at)), e.step, e.service, e.node or "-", e.message)
 
 
+def volume_rows(listing: VolumeListing) -> list[Row]:
+    """(key `node/volume`, cells) per volume: volume, node, kind, size, the containers using it."""
+    return [(f"{r.node}/{r.ref}", (r.ref, r.node, r.kind, short_size(r.size) if r.size is not None else "-",
+                                   ", ".join(r.users) or Text("-", "dim")))
+            for r in listing.rows]
+
+
+def image_rows(found: Mapping[str, Mapping[str, str]]) -> list[Row]:
+    """(key `node/ref`, cells) per image on each node: node, image, digest (its first 19 characters)."""
+    return [(f"{node}/{ref}", (node, ref, digest[:19])) for node, images in found.items()
+            for ref, digest in sorted(images.items())]
+
+
+LEASE_STYLE = {"held": "yellow", "free": "green", "expired": "dim", "unreachable": "red"}
+
+
+def lease_rows(leases: Sequence[NodeLease], state_of: Callable[[LeaseInfo | str | None], str]) -> list[Row]:
+    """(key node, cells) per record node: node, state, holder (or why the node could not be read), seconds left,
+    since, pid, command."""
+    rows: list[Row] = []
+    for name, lease in leases:
+        state = state_of(lease)
+        cells: tuple[Cell, ...] = (name, Text(state, LEASE_STYLE.get(state, "")))
+        if isinstance(lease, str):
+            cells += (Text(lease, "red"), "-", "-", "-", "-")
+        elif lease is None:
+            cells += ("-", "-", "-", "-", "-")
+        else:
+            cells += (lease.holder, f"{lease.remaining:.0f}s", time.strftime("%H:%M:%S", time.localtime(lease.since)),
+                      str(lease.pid), lease.command)
+        rows.append((name, cells))
+    return rows
+
+
 class Requested(Message):
     """The user asked, from a table, for a view (`history`, `logs`) or an action (a Verb) on `target`."""
 
@@ -129,22 +164,41 @@ class RowChosen(Message):
 
 class FleetTable(DataTable[Cell]):
     """A table of keyed rows that keeps its cursor on the same key across refreshes and shows only the rows
-    containing `filter` (case-insensitive, in any cell). Actions named in ACTIONS post `Requested` for the current
-    row; the app hides those it does not allow (read-only, or a verb the façade lacks)."""
+    containing `filter` (case-insensitive, in any cell), sorted by the column `sort_by` (o: the next column, O:
+    reverse; numbers as numbers, a missing `-` last; None: the order the rows came in). Actions named in ACTIONS
+    post `Requested` for the current row; the app hides those it does not allow (read-only, or a verb the façade
+    lacks)."""
 
     TITLE = ""
     COLUMNS: ClassVar[tuple[str, ...]] = ()
     ACTIONS: ClassVar[frozenset[str]] = frozenset()
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("o", "sort_next", "Sort"),
+        Binding("O", "sort_reverse", "Reverse", show=False),
+    ]
     items: var[tuple[Row, ...]] = var((), init=False)
     filter: var[str] = var("", init=False)
+    sort_by: var[str | None] = var(None, init=False)
+    sort_reverse: var[bool] = var(False, init=False)
 
     def __init__(self, id: str | None = None) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, id=id)
         self.current: str | None = None
+        self._widths: tuple[int, ...] = ()
         self.add_columns(*self.COLUMNS)
 
     def on_mount(self) -> None:
         self.border_title = self.TITLE
+
+    def on_idle(self) -> None:
+        # Textual's DataTable measures new rows only when idle, and keeps a row it drew before that under the same
+        # cache key: a table drawn before it was first idle kept label-wide, cut columns (seen in snapshots under
+        # load). Once the widths change, those drawings are dropped.
+        widths = tuple(c.content_width for c in self.columns.values())
+        if widths != self._widths:
+            self._widths = widths
+            self._clear_caches()
+            self.refresh()
 
     def set_columns(self, columns: Sequence[str]) -> None:
         if tuple(str(c.label) for c in self.columns.values()) != tuple(columns):
@@ -157,15 +211,42 @@ class FleetTable(DataTable[Cell]):
 
     def watch_filter(self) -> None:
         self._draw()
-        self.border_subtitle = f"/{self.filter}" if self.filter else ""
+
+    def watch_sort_by(self) -> None:
+        self._draw()
+
+    def watch_sort_reverse(self) -> None:
+        self._draw()
+
+    def labels(self) -> list[str]:
+        return [str(c.label) for c in self.columns.values()]
+
+    def action_sort_next(self) -> None:
+        """The next column (after the last: back to the rows' own order)."""
+        labels = self.labels()
+        at = labels.index(self.sort_by) + 1 if self.sort_by in labels else 0
+        self.sort_by = labels[at] if at < len(labels) else None
+
+    def action_sort_reverse(self) -> None:
+        if self.sort_by is None:
+            self.sort_by = self.labels()[0] if self.columns else None
+        self.sort_reverse = not self.sort_reverse
 
     def shown(self) -> list[Row]:
         needle = self.filter.lower()
-        if not needle:
-            return list(self.items)
-        return [row for row in self.items if any(needle in str(c).lower() for c in row[1])]
+        rows = [row for row in self.items if not needle or any(needle in str(c).lower() for c in row[1])]
+        labels = self.labels()
+        if self.sort_by in labels:
+            at = labels.index(self.sort_by)
+            rows.sort(key=lambda row: sort_key(row[1][at]) if at < len(row[1]) else (2, 0.0, ""),
+                      reverse=self.sort_reverse)
+        return rows
 
     def _draw(self) -> None:
+        marks = [f"/{self.filter}"] if self.filter else []
+        if self.sort_by is not None:
+            marks.append(f"sorted by {self.sort_by} {'▼' if self.sort_reverse else '▲'}")
+        self.border_subtitle = " · ".join(marks)
         keep = self.current
         self.clear()
         rows = self.shown()
@@ -203,16 +284,22 @@ class FleetTable(DataTable[Cell]):
 
 
 class NodesTable(FleetTable):
-    """One row per node, in inventory order; c, u, d cordon, uncordon and drain it."""
+    """One row per node, in inventory order; d describes it, c, u, R cordon, uncordon and drain it (R as k9s's r,
+    which here refreshes)."""
 
     TITLE = "Nodes"
-    COLUMNS = ("NODE", "STATUS", "CPU REQ/ALLOC", "MEM REQ/ALLOC", "CPU USED", "MEM USED", "LOAD", "CTRS")
+    # REQ cells are requested/allocatable ("300m/1500m"); short labels keep every column within 80 columns.
+    COLUMNS = ("NODE", "STATUS", "CPU REQ", "MEM REQ", "CPU USED", "MEM USED", "LOAD", "CTRS")
     ACTIONS = frozenset({"cordon", "uncordon", "drain"})
     BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("d", "describe", "Describe"),
         Binding("c", "cordon", "Cordon"),
         Binding("u", "uncordon", "Uncordon"),
-        Binding("d", "drain", "Drain"),
+        Binding("R", "drain", "Drain"),
     ]
+
+    def action_describe(self) -> None:
+        self.request("describe")
 
     def action_cordon(self) -> None:
         self.request("cordon")
@@ -231,6 +318,7 @@ class ServicesTable(FleetTable):
     COLUMNS = ("SERVICE", "READY", "REV", "ROLLOUT", "REQ/S", "5XX/S", "ADDRESS")
     ACTIONS = frozenset({"scale", "rollback", "promote", "abort", "destroy"})
     BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("d", "describe", "Describe"),
         Binding("h", "history", "History"),
         Binding("l", "logs", "Logs"),
         Binding("s", "scale", "Scale"),
@@ -239,6 +327,9 @@ class ServicesTable(FleetTable):
         Binding("a", "abort", "Abort"),
         Binding("D", "destroy", "Destroy"),
     ]
+
+    def action_describe(self) -> None:
+        self.request("describe")
 
     def action_history(self) -> None:
         self.request("history")
@@ -304,6 +395,12 @@ class HistoryTable(FleetTable):
 
     def action_rollback(self) -> None:
         self.request("rollback")
+
+
+class ListTable(FleetTable):
+    """The rows of a list view (volumes, images, the lease); its columns are the view's."""
+
+    TITLE = ""
 
 
 class EventsTable(FleetTable):
