@@ -162,7 +162,7 @@ def test_every_fleet_command_line_in_the_docs_parses() -> None:
 
 
 @pytest.mark.parametrize(("words", "wrong"), [
-    (["rollout", "promote", "web"], "no command `fleet rollout`"),
+    (["release", "promote", "web"], "no command `fleet release`"),
     (["apply", "--bogus-flag", "playbooks/"], "has no option --bogus-flag"),
     (["ps", "--timeout", "soon"], "soon"),
     (["scale", "web", "three"], "Invalid value for 'replicas'"),
