@@ -333,6 +333,7 @@ async def test_every_look_at_the_nodes_says_why_the_marks_are_unknown_when_etcd_
     assert await marks_of(pool, inv) == ({}, NO_SHARED_STATE)
     fresh = dataclasses.replace(report("n1"), mark_error=NO_SHARED_STATE)
     assert not fresh.marks_unknown and str(sched(fresh)) == "-"
+    assert await access.brand_new(pool, inv)  # so `fleet plan` plans with nothing on record
     # Once a member kept data there, etcd not answering leaves the marks unknown, and says why.
     data.mkdir()
     marks, why = await marks_of(pool, inv)
@@ -340,6 +341,7 @@ async def test_every_look_at_the_nodes_says_why_the_marks_are_unknown_when_etcd_
     assert why.startswith("cannot read the fleet's record of its nodes: the fleet's shared state could not be "
                           "reached: n1: ")
     assert report("n1", why=why).marks_unknown
+    assert not await access.brand_new(pool, inv)  # `fleet plan` then says the shared state is unreachable
 
 
 # ---- the CLI's refusals (before any node is contacted) -----------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import TypedDict, Unpack
 
 from fleet.api.hands import Hands
 from fleet.api.jobs import JobLog, Jobs
+from fleet.api.turns import Turns
 from fleet.config.spec import ServiceSpec
 from fleet.core.errors import (
     ContainerLookupError,
@@ -55,7 +56,6 @@ from fleet.node.provision import Plan, offline_plan, plan_for
 from fleet.plan.members import MembershipPlan, Step
 from fleet.plan.reconcile import Replica
 from fleet.plan.rollout.decide import Command
-from fleet.plan.rollout.pause import Pause
 from fleet.results import (
     LIST_TIMEOUT,
     Event,
@@ -80,6 +80,7 @@ from fleet.results import (
 )
 from fleet.results.jobs import JobRun
 from fleet.store.access import (
+    brand_new,
     break_lock,
     change_mark,
     check_lb_nodes,
@@ -102,7 +103,7 @@ from fleet.store.etcd import EtcdLease, EtcdStore
 from fleet.store.etcd_records import EtcdRecords
 from fleet.store.follow import EventLog
 from fleet.store.nodes import record_nodes, record_warnings
-from fleet.store.pause import clear_pause, read_pause, request_pause
+from fleet.store.pause import read_pause
 from fleet.store.sealed import SecretKeeper, SecretsView, check_name, open_secrets
 from fleet.store.secrets import init_identity, load_identity, secret_check, stamped, stamped_for
 from fleet.transport import Pool, RemoteStream
@@ -135,7 +136,7 @@ class PoolOptions(TypedDict, total=False):
     connect_attempts: int
 
 
-class Fleet(Hands, Jobs):
+class Fleet(Hands, Jobs, Turns):
     """Operations on the fleet described by an inventory, over one connection pool (the hands-on ones,
     containers by hand, volumes, images and preparing nodes, in fleet.api.hands)."""
 
@@ -197,13 +198,16 @@ class Fleet(Hands, Jobs):
         return Fleet(self.inventory, self.pool, on_event=on_event, secrets=self.secrets,
                      command=command).with_jobs(self.jobs)
 
-    async def engine(self, guard: Callable[[], Awaitable[None]] | None = None, held: Sequence[Replica] = ()) -> Engine:
-        """An engine over this run's reports; `held` are replicas of nodes in their grace period (see Engine)."""
+    async def engine(self, guard: Callable[[], Awaitable[None]] | None = None, held: Sequence[Replica] = (), *,
+                     recorded: bool = True) -> Engine:
+        """An engine over this run's reports; `held` are replicas of nodes in their grace period (see Engine);
+        not `recorded`: one that reads no records (a fleet whose etcd was never started has none)."""
         reports, secrets = await asyncio.gather(self.reports(ports=True), self.unsealed())  # a slow node delays both
-        return self.hook(Engine(self.pool, reports, on_event=self.on_event, secrets=secrets, records=self.records(),
+        records = self.records() if recorded else None
+        return self.hook(Engine(self.pool, reports, on_event=self.on_event, secrets=secrets, records=records,
                                 guard=guard, held=held, edge=self.inventory.edge,
                                 image_retention=self.inventory.image_retention,
-                                paused=functools.partial(read_pause, self.records().store)), secrets)
+                                paused=functools.partial(read_pause, records.store) if records else None), secrets)
 
     async def unsealed(self, specs: Sequence[ServiceSpec] | None = None) -> Callable[[str], str | None] | None:
         """The getter given, else the fleet's sealed secrets read once (store.sealed); none if `specs` need none."""
@@ -232,6 +236,8 @@ class Fleet(Hands, Jobs):
         """What `apply` would change; read-only (no lease)."""
         self.check_volumes(specs)
         specs = await self.stamped(specs)  # a keyring that cannot be read fails here, before any node is contacted
+        if await brand_new(self.pool, self.inventory):  # nothing on record yet: the first writing run starts etcd
+            return await (await self.engine(recorded=False)).preview(await self.pinned(specs))
         view = await (await self.engine()).preview(await self.pinned(specs))
         return view if stand_in() else dataclasses.replace(view, members=await self.membership().pending())
 
@@ -307,21 +313,6 @@ class Fleet(Hands, Jobs):
         async with self.writing() as engine:
             return await engine.destroy(service, grace)
 
-    async def rollback(self, service: str, to: int | None = None) -> tuple[Revision, RunResult]:
-        """Back to revision `to` (default: the last good one before the newest), pinned: reconcile keeps it."""
-        async with self.writing() as engine:
-            return await engine.turn("rollback", service, to)
-
-    async def promote(self, service: str) -> tuple[Revision, RunResult]:
-        """Roll the rest of the service to the waiting canary's revision, batch by batch."""
-        async with self.writing() as engine:
-            return await engine.turn("promote", service)
-
-    async def abort(self, service: str) -> tuple[Revision, RunResult]:
-        """Remove the waiting canary: the service goes back to its accepted revision; reconcile keeps it so."""
-        async with self.writing() as engine:
-            return await engine.turn("abort", service)
-
     async def retire(self, ids: frozenset[str], grace: float) -> None:
         """Stop the running replicas `ids` of services under the lease: out of the load balancers, drained (up to
         `grace`), then stopped (fleet.engine.byhand.retire); FleetError when one could not be."""
@@ -342,26 +333,6 @@ class Fleet(Hands, Jobs):
             if state.replicas is not None:
                 spec = dataclasses.replace(spec, replicas=state.replicas)
             return await byhand.renew(engine, spec, state.accepted, ref)
-
-    async def pause(self, service: str) -> Pause:
-        """Pause the service's rollouts before their next batch; no lease (the rollout to pause holds it)."""
-        return await request_pause(self.records().store, service)
-
-    async def resume(self, service: str) -> tuple[Pause | None, RunResult]:
-        """Lift the service's pause (the one it was, if any), then carry its paused rollout on to the end."""
-        was = await clear_pause(self.records().store, service)
-        async with self.writing() as engine:
-            return was, await byhand.resume(engine, service)
-
-    async def restart(self, service: str) -> tuple[Revision, RunResult]:
-        """Replace every replica, surge first and health-checked, with the same image and settings."""
-        async with self.writing() as engine:
-            return await engine.turn("restart", service)
-
-    async def deploy(self, service: str, image: str) -> tuple[Revision, RunResult]:
-        """Roll the service to `image` as its accepted revision: reconcile keeps it, `plan` shows the drift."""
-        async with self.writing() as engine:
-            return await engine.turn("deploy", service, image=image)
 
     # --- node operations (`fleet node`): marks kept on the fleet, under the lease -------------------------
     def known(self, name: str) -> Node:

@@ -144,6 +144,16 @@ async def marks_of(pool: Pool, inventory: Inventory) -> tuple[dict[str, NodeMark
         return {}, f"cannot read the fleet's record of its nodes: {exc}"
 
 
+async def brand_new(pool: Pool, inventory: Inventory) -> bool:
+    """A fleet whose etcd was never started: no member answers and no record node holds etcd's data (so nothing
+    is on record; the first writing run starts etcd). One round trip to a record node when its member answers."""
+    try:
+        await etcd_store(pool, inventory).get(LOCK_KEY)
+    except StoreUnreachable:
+        return not await any_etcd_data(pool, lease_nodes(inventory))
+    return False
+
+
 async def any_etcd_data(pool: Pool, nodes: Sequence[Node]) -> bool:
     """Whether any of the record nodes holds etcd's data (ETCD_DATA; or could not be asked): False only when every
     one answered that it has none, a fleet whose first writing run has not started etcd yet."""
