@@ -16,7 +16,7 @@ import pytest
 from etcd_local import ETCD, LocalEtcd
 from sshserver import SSHFarm
 
-from fleet.core.errors import LeaseHeld, LeaseLost, RecordsError
+from fleet.core.errors import LeaseHeld, LeaseLost, RecordsError, StoreUnreachable
 from fleet.core.model import Node
 from fleet.node import etcd as E
 from fleet.store.etcd import (
@@ -274,14 +274,24 @@ async def test_value_that_is_not_json_is_refused_by_name(store: EtcdStore) -> No
     assert await store.get("/fleet/lock") is None
 
 
-async def test_unreachable_member_is_a_records_error(node: Node) -> None:
-    async with Pool(connect_attempts=1) as pool:
+async def test_unreachable_member_is_a_records_error(tmp_path: Path) -> None:
+    async with SSHFarm(tmp_path / "farm") as farm, Pool(connect_attempts=1) as pool:
+        node = (await farm.start(1))[0]
         store = EtcdStore(pool, [node], port=1, command_timeout_s=2)
         with pytest.raises(RecordsError, match="could not be reached"):
             await store.get("/fleet/lock")
-        # etcdctl's txn alone ignores --command-timeout: the node's `timeout` bounds it, and a write whose fate
-        # is unknown is reported as such, never sent again elsewhere.
+        # Through the gateway, a member that does not listen is known at once: the tunnel is refused, so the
+        # write certainly never left, and it says the store could not be reached.
+        start = time.monotonic()
+        with pytest.raises(StoreUnreachable, match=r"n1: etcd not listening on 127\.0\.0\.1:1 "):
+            await store.txn([], [E.Put("/fleet/x", "1")])
+        assert time.monotonic() - start < 2
+        # Where sshd forwards nothing, etcdctl's txn alone ignores --command-timeout: the node's `timeout` bounds
+        # it, and a write whose fate is unknown is reported as such, never sent again elsewhere.
+        farm.servers[node.name].forwarding = False
+        by_etcdctl = EtcdStore(pool, [node], port=1, command_timeout_s=2)
         start = time.monotonic()
         with pytest.raises(RecordsError, match=rf"txn on {node.name}: no answer .* may still take effect"):
-            await store.txn([], [E.Put("/fleet/x", "1")])
+            await by_etcdctl.txn([], [E.Put("/fleet/x", "1")])
         assert time.monotonic() - start < 6
+        assert set(by_etcdctl.by_etcdctl) == {node.name}

@@ -38,6 +38,7 @@ from fleet.transport.connect import (
 )
 from fleet.transport.pipes import feed, spill_to
 from fleet.transport.streams import RemoteStream
+from fleet.transport.tunnel import Refused, Tunnel, open_tunnel
 
 # Every command gets a deadline unless its caller says otherwise: a node whose sshd or runtime hangs costs
 # the run this long at most, never forever. Callers pass shorter ones for listings, longer for transfers.
@@ -279,6 +280,13 @@ class Pool:
         limit = self.command_timeout
         when = None if limit is None else asyncio.get_running_loop().time() + limit
         return await open_session(node, conn, command, line, source, None, when, limit, merge_stderr)
+
+    async def tunnel(self, node: Node, host: str, port: int) -> Tunnel | Refused:
+        """A TCP connection from the node to `host:port` over its pooled SSH connection (fleet/transport/tunnel.py):
+        no process on the node, no session slot held. Raises ConnectError, HostKeyError, AuthError, SessionError."""
+        async with self._sem:
+            conn = await self.connector.connection(node)
+        return await open_tunnel(node, conn, host, port)
 
 
 async def open_session(
