@@ -8,7 +8,6 @@ file does not turn it on), started with a config of its own.
 
 from __future__ import annotations
 
-import dataclasses
 import http.client
 import json
 import os
@@ -18,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from etcd_local import ETCD, ETCDCTL, LocalEtcd
+from etcd_local import ETCD, ETCDCTL, LocalEtcd, _plain
 from helpers import free_port
 
 from fleet.node import etcd as E
@@ -26,14 +25,6 @@ from fleet.node import etcd_gateway as G
 from fleet.node import etcd_json as J
 
 DATA = Path(__file__).parent / "data" / "etcd_gateway"
-
-
-def _plain(value: object) -> object:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
-    return value
 
 
 class Recorder:

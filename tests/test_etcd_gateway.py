@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from etcd_local import ETCD, LocalEtcd
+from etcd_local import ETCD, LocalEtcd, _plain
 from sshserver import SSHFarm
 
 from fleet.core.errors import RecordsError
@@ -30,14 +30,6 @@ needs_etcd = pytest.mark.skipif(ETCD is None, reason="etcd is not installed (scr
 
 def recorded(name: str) -> dict[str, Any]:
     return json.loads((DATA / f"{name}.json").read_text())  # type: ignore[no-any-return]
-
-
-def _plain(value: object) -> object:
-    if hasattr(value, "__dataclass_fields__"):
-        return {k: _plain(getattr(value, k)) for k in value.__dataclass_fields__}
-    if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
-    return value
 
 
 @pytest.mark.parametrize("name", RECORDED)

@@ -10,6 +10,7 @@ measured) or nothing listens at the address (OpenSSH answers "connect failed: Co
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 import asyncssh
@@ -49,16 +50,14 @@ class Tunnel:
             raise self._failed(exc) from exc
 
     async def readuntil(self, separator: bytes) -> bytes:
-        try:
-            return await self._reader.readuntil(separator)
-        except asyncio.IncompleteReadError as exc:
-            raise SessionError(self.node.name, f"{where(self.node)}: tunnel closed by the other end") from exc
-        except (OSError, asyncssh.Error) as exc:
-            raise self._failed(exc) from exc
+        return await self._read(self._reader.readuntil(separator))
 
     async def readexactly(self, n: int) -> bytes:
+        return await self._read(self._reader.readexactly(n))
+
+    async def _read(self, reading: Awaitable[bytes]) -> bytes:
         try:
-            return await self._reader.readexactly(n)
+            return await reading
         except asyncio.IncompleteReadError as exc:
             raise SessionError(self.node.name, f"{where(self.node)}: tunnel closed by the other end") from exc
         except (OSError, asyncssh.Error) as exc:
