@@ -71,11 +71,6 @@ class EtcdStore:
         """The record node calls go to now."""
         return self.nodes[self._current]
 
-    def close(self) -> None:
-        """Close the kept gateway channels (the pool's connections stay open)."""
-        if self.gateway is not None:
-            self.gateway.close()
-
     # ---- one call on one node ------------------------------------------------------------------------------
 
     async def _etcdctl(self, node: Node, argv: list[str], stdin: str | None) -> tuple[str, str, int] | _Miss:
