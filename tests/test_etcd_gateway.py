@@ -5,7 +5,9 @@ tunnel to a real member with no process started on the node, and by etcdctl wher
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -176,3 +178,44 @@ async def test_a_node_whose_sshd_forwards_nothing_is_reached_by_etcdctl(etcd: Lo
         gateway = EtcdStore(pool, [node], port=etcd.port)
         with pytest.raises(RecordsError, match=rf"etcd txn on {node.name}: etcdserver: too many operations"):
             await gateway.txn([], [E.Delete(f"/fleet/x/{i}") for i in range(200)])
+
+
+@pytest.mark.parametrize("when", ["while idle", "on the next request"])
+async def test_a_kept_channel_the_other_end_closed_is_replaced(tmp_path: Path, when: str) -> None:
+    """The other end of a kept channel goes away between requests (a member restarted): the next request opens
+    another and gets its answer, whether the close was seen before the request was sent or only when its answer
+    did not come. Here the far end is a plain TCP server on loopback (not etcd) that answers each connection's
+    first request with a recorded etcd answer, then closes it (after reading the next request, or at once)."""
+    answer = recorded("range_lock")["body"].encode()
+    answered: list[bytes] = []
+
+    async def request(reader: asyncio.StreamReader) -> bytes:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(next(ln for ln in head.split(b"\r\n") if ln.startswith(b"Content-Length:")).split(b":")[1])
+        return await reader.readexactly(length)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        answered.append(await request(reader))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                     % (len(answer), answer))
+        await writer.drain()
+        if when == "on the next request":
+            with contextlib.suppress(asyncio.IncompleteReadError):
+                await request(reader)
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with SSHFarm(tmp_path / "farm") as farm, Pool(connect_attempts=1) as pool:
+            node = (await farm.start(1))[0]
+            store = EtcdStore(pool, [node], port=port)
+            for _ in range(3):
+                kv = await store.get("/fleet/lock")
+                assert kv is not None and kv.key == "/fleet/lock"
+                if when == "while idle":
+                    await asyncio.sleep(0.05)
+            assert len(answered) == 3 and farm.servers[node.name].tunnels == 3 and store.by_etcdctl == {}
+    finally:
+        server.close()
+        await server.wait_closed()
