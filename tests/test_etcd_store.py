@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -278,20 +279,32 @@ async def test_unreachable_member_is_a_records_error(tmp_path: Path) -> None:
     async with SSHFarm(tmp_path / "farm") as farm, Pool(connect_attempts=1) as pool:
         node = (await farm.start(1))[0]
         store = EtcdStore(pool, [node], port=1, command_timeout_s=2)
-        with pytest.raises(RecordsError, match="could not be reached"):
+        # Nothing listens on the port: the probe says so and no etcdctl runs (it would wait its whole timeout);
+        # a write is then certainly not sent, so it is "could not be reached" too, not "may still take effect".
+        with pytest.raises(RecordsError, match=r"could not be reached: .*no etcd member listens on 127\.0\.0\.1:1"):
             await store.get("/fleet/lock")
-        # Through the gateway, a member that does not listen is known at once: the tunnel is refused, so the
-        # write certainly never left, and it says the store could not be reached.
-        start = time.monotonic()
-        with pytest.raises(StoreUnreachable, match=r"n1: etcd not listening on 127\.0\.0\.1:1 "):
-            await store.txn([], [E.Put("/fleet/x", "1")])
-        assert time.monotonic() - start < 2
-        # Where sshd forwards nothing, etcdctl's txn alone ignores --command-timeout: the node's `timeout` bounds
-        # it, and a write whose fate is unknown is reported as such, never sent again elsewhere.
-        farm.servers[node.name].forwarding = False
-        by_etcdctl = EtcdStore(pool, [node], port=1, command_timeout_s=2)
-        start = time.monotonic()
-        with pytest.raises(RecordsError, match=rf"txn on {node.name}: no answer .* may still take effect"):
-            await by_etcdctl.txn([], [E.Put("/fleet/x", "1")])
-        assert time.monotonic() - start < 6
-        assert set(by_etcdctl.by_etcdctl) == {node.name}
+        # Through the gateway, a member that does not listen is known at once (the tunnel is refused) and through
+        # etcdctl (sshd forwarding nothing) by the probe, which spares etcdctl its whole timeout: either way the
+        # write certainly never left, so the store could not be reached, never "may still take effect".
+        for forwarding in (True, False):
+            farm.servers[node.name].forwarding = forwarding
+            store = EtcdStore(pool, [node], port=1, command_timeout_s=2)
+            start = time.monotonic()
+            with pytest.raises(StoreUnreachable, match=r"n1: no etcd member listens on 127\.0\.0\.1:1"):
+                await store.txn([], [E.Put("/fleet/x", "1")])
+            assert time.monotonic() - start < 2
+            assert set(store.by_etcdctl) == (set() if forwarding else {node.name})
+        # Something listens but never answers (a member cut off from its quorum, as a client sees it): the request
+        # is bounded by the member's deadline plus a second (etcdctl's txn alone ignores --command-timeout, so the
+        # node's `timeout` bounds it), and a write whose fate is unknown is reported as such, never sent again
+        # elsewhere. Both ways.
+        with socket.socket() as silent:
+            silent.bind(("127.0.0.1", 0))
+            silent.listen()
+            for forwarding in (True, False):
+                farm.servers[node.name].forwarding = forwarding
+                store = EtcdStore(pool, [node], port=silent.getsockname()[1], command_timeout_s=2)
+                start = time.monotonic()
+                with pytest.raises(RecordsError, match=rf"txn on {node.name}: no answer .* may still take effect"):
+                    await store.txn([], [E.Put("/fleet/x", "1")])
+                assert time.monotonic() - start < 6

@@ -389,6 +389,21 @@ def etcdctl(*args: str, at: Endpoint = LOCAL) -> list[str]:
             *args]
 
 
+# Whether anything listens on a TCP port of this node, read from the kernel's socket tables (no tool needed):
+# prints `listening` or `closed`, nothing where /proc/net/tcp cannot be read. A LISTEN row has the port after
+# the local address, a zero remote port and state 0A.
+_LISTENING = (
+    'p=$(printf \':%04X \' "$1"); [ -r /proc/net/tcp ] || exit 0; '
+    'if grep -q "$p[0-9A-F]*:0000 0A" /proc/net/tcp /proc/net/tcp6 2>/dev/null; then echo listening; '
+    'else echo closed; fi')
+
+
+def listening_argv(port: int) -> list[str]:
+    """`listening` or `closed`: whether the member's client port is open on this node, answered at once (a
+    missing member costs etcdctl its whole --command-timeout)."""
+    return ["sh", "-c", _LISTENING, "fleet-etcd-listening", str(port)]
+
+
 def lease_grant_argv(ttl_s: int, at: Endpoint = LOCAL) -> list[str]:
     if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or ttl_s < 1:
         raise ValueError(f"lease ttl: expected whole seconds >= 1, got {ttl_s!r}")

@@ -60,11 +60,17 @@ class EtcdStore:
         self.nodes = tuple(nodes)
         self.timeout = timeout
         self.at = E.Endpoint(port, command_timeout_s)
-        self.gateway = Gateway(pool, port, timeout=timeout, timeout_s=command_timeout_s) if gateway else None
+        # A request is bounded like etcdctl's: the member's own deadline (it answers 504 then), plus a second
+        # for one that listens but never answers.
+        self.gateway = (Gateway(pool, port, timeout=min(timeout, command_timeout_s + 1), timeout_s=command_timeout_s)
+                        if gateway else None)
         # Nodes reached by etcdctl from now on, and why: their sshd forwards no TCP, or their member serves no
         # gateway (started before fleet turned it on: it keeps running as it was until restarted).
         self.by_etcdctl: dict[str, str] = {}
         self._current = 0
+        # Nodes whose member was seen listening (etcdctl's path): probed once, since a member that is not there
+        # costs etcdctl its whole --command-timeout (it retries the dial until then) while a probe answers at once.
+        self._listening: set[str] = set()
 
     @property
     def node(self) -> Node:
@@ -77,6 +83,8 @@ class EtcdStore:
         """(stdout, stderr, exit status) of etcdctl on `node`, or why its member did not answer. A command that
         certainly did not reach etcd (no SSH connection, the member refused the connection) is not `sent`; one
         whose outcome is unknown (the SSH command or etcd's request timed out: a write may still land) is."""
+        if not await self._listens(node):
+            return _Miss(f"no etcd member listens on 127.0.0.1:{self.at.port}", False)
         result = await self.pool.run(node, argv, stdin=stdin, timeout=self.timeout)
         if result.error is None and (result.exit_status == 0 or not (
                 result.exit_status == E.TIMED_OUT or _unavailable(result.stderr))):
@@ -86,6 +94,19 @@ class EtcdStore:
         sent = not isinstance(result.failure, ConnectError | HostKeyError | AuthError) and not (
             result.error is None and _refused(result.stderr))
         return _Miss(why, sent)
+
+    async def _listens(self, node: Node) -> bool:
+        """False only when the node answered that nothing listens on the client port (the request then certainly
+        never reaches etcd); a node that cannot say (no /proc, no answer) is tried with etcdctl as before."""
+        if node.name in self._listening:
+            return True
+        result = await self.pool.run(node, E.listening_argv(self.at.port), timeout=self.timeout)
+        answer = result.stdout.strip() if result.error is None and result.exit_status == 0 else ""
+        if answer == "closed":
+            return False
+        if answer == "listening":
+            self._listening.add(node.name)
+        return True
 
     async def _by_gateway(self, node: Node, ask: Ask[T]) -> T | _Miss | None:
         """The answer through the gateway; None when this node's sshd forwards no TCP or its member serves no

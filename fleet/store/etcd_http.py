@@ -58,11 +58,12 @@ class Gateway:
                 async with asyncio.timeout(self.timeout), self.pool.tunnel(node, "127.0.0.1", self.port) as tunnel:
                     if isinstance(tunnel, Refused):
                         why = (f"sshd forwards no TCP ({tunnel.reason})" if tunnel.prohibited
-                               else f"etcd not listening on 127.0.0.1:{self.port} ({tunnel.reason})")
+                               else f"no etcd member listens on 127.0.0.1:{self.port} ({tunnel.reason})")
                         return NoAnswer(why, sent=stale, prohibited=tunnel.prohibited)
                     went = True
-                    return await self._exchange(tunnel, data)
-            except _Stale:
+                    reply = await self._exchange(tunnel, data)
+                if reply is not None:
+                    return reply
                 stale = True
                 continue
             except TimeoutError:
@@ -74,17 +75,17 @@ class Gateway:
             return NoAnswer(out, sent=went or stale)
         return NoAnswer("the kept channels were closed by etcd", sent=True)
 
-    async def _exchange(self, tunnel: Tunnel, data: bytes) -> Reply:
+    async def _exchange(self, tunnel: Tunnel, data: bytes) -> Reply | None:
         """Send one request and read its answer; the tunnel is closed unless the whole answer was read and it may
-        be kept. `_Stale`: a kept tunnel whose other end had closed it (nothing came back)."""
+        be kept. None: a kept tunnel whose other end had closed it (nothing came back)."""
         kept = False
         try:
             try:
                 await tunnel.write(data)
                 raw = await tunnel.readuntil(b"\r\n\r\n")
-            except TransportError as exc:
+            except TransportError:
                 if tunnel.reused and tunnel.at_eof():
-                    raise _Stale from exc
+                    return None
                 raise
             head = G.parse_head(raw)
             body = await self._body(tunnel, head)
@@ -112,7 +113,3 @@ class Gateway:
             pass
         return b"".join(parts)
 
-
-
-class _Stale(Exception):
-    """A kept channel had been closed by the other end before the request."""
