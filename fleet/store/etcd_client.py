@@ -10,7 +10,7 @@ refuses becomes `RecordsError` naming the call and the node; a lease that is gon
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -134,22 +134,23 @@ class EtcdStore:
             return ask.gone
         raise RecordsError(f"{what}: {clean(refusal.message, 200)}")
 
-    async def _by_etcdctl(self, node: Node, ask: Ask[T]) -> T | _Miss:
-        done = await self._etcdctl(node, ask.argv, ask.stdin)
+    async def _by_etcdctl(self, node: Node, argv: list[str], parse: Callable[[str], T], stdin: str | None,
+                          gone: T | None = None) -> T | _Miss:
+        done = await self._etcdctl(node, argv, stdin)
         if isinstance(done, _Miss):
             return done
         stdout, stderr, status = done
-        what = f"etcdctl {_what(ask.argv)} on {node.name}"
-        if status != 0 and ask.gone is not None and E.LEASE_GONE in stderr:
-            return ask.gone
+        what = f"etcdctl {_what(argv)} on {node.name}"
+        if status != 0 and gone is not None and E.LEASE_GONE in stderr:
+            return gone
         if status != 0:
             raise RecordsError(f"{what}: {clean(E.error_line(stderr), 200)}")
         try:
-            return ask.parse(stdout)
+            return parse(stdout)
         except ValueError as exc:
             raise RecordsError(f"{what}: {exc}") from exc
 
-    async def ask(self, ask: Ask[T], *, retry: bool = True) -> T:
+    async def _first(self, attempt: Callable[[Node], Awaitable[T | _Miss]], what: str, retry: bool) -> T:
         """The answer from the first record node whose member answered. A request that may have reached etcd
         without an answer moves on only when `retry` (reads, renewals); a transaction raises instead, so a
         write is never sent twice."""
@@ -157,43 +158,31 @@ class EtcdStore:
         for step in range(len(self.nodes)):
             index = (self._current + step) % len(self.nodes)
             node = self.nodes[index]
-            got: T | _Miss | None = None
-            if self.gateway is not None and node.name not in self.by_etcdctl:
-                got = await self._by_gateway(node, ask)
-            if got is None:
-                got = await self._by_etcdctl(node, ask)
+            got = await attempt(node)
             if not isinstance(got, _Miss):
                 self._current = index
                 return got
             problems.append(f"{node.name}: {got.why}")
             if got.sent and not retry:
-                raise RecordsError(f"etcd {ask.request.what} on {node.name}: no answer ({got.why}); it may "
-                                   f"still take effect")
+                raise RecordsError(f"{what} on {node.name}: no answer ({got.why}); it may still take effect")
         raise StoreUnreachable(f"the fleet's shared state could not be reached: {'; '.join(problems)}")
+
+    async def ask(self, ask: Ask[T], *, retry: bool = True) -> T:
+        """`ask` through the gateway, or etcdctl on a node where the gateway cannot be used (see `_first`)."""
+        async def attempt(node: Node) -> T | _Miss:
+            if self.gateway is not None and node.name not in self.by_etcdctl:
+                got = await self._by_gateway(node, ask)
+                if got is not None:
+                    return got
+            return await self._by_etcdctl(node, ask.argv, ask.parse, ask.stdin, ask.gone)
+
+        return await self._first(attempt, f"etcd {ask.request.what}", retry)
 
     async def call(self, argv: list[str], parse: Callable[[str], T], stdin: str | None = None, *,
                    retry: bool = True) -> T:
         """An etcdctl command (membership changes, status) on the first record node whose member answered."""
-        problems: list[str] = []
-        for step in range(len(self.nodes)):
-            index = (self._current + step) % len(self.nodes)
-            node = self.nodes[index]
-            done = await self._etcdctl(node, argv, stdin)
-            if not isinstance(done, _Miss):
-                self._current = index
-                stdout, stderr, status = done
-                what = f"etcdctl {_what(argv)} on {node.name}"
-                if status != 0:
-                    raise RecordsError(f"{what}: {clean(E.error_line(stderr), 200)}")
-                try:
-                    return parse(stdout)
-                except ValueError as exc:
-                    raise RecordsError(f"{what}: {exc}") from exc
-            problems.append(f"{node.name}: {done.why}")
-            if done.sent and not retry:
-                raise RecordsError(f"etcdctl {_what(argv)} on {node.name}: no answer ({done.why}); it may "
-                                   f"still take effect")
-        raise StoreUnreachable(f"the fleet's shared state could not be reached: {'; '.join(problems)}")
+        return await self._first(lambda node: self._by_etcdctl(node, argv, parse, stdin), f"etcdctl {_what(argv)}",
+                                 retry)
 
     # ---- the calls -----------------------------------------------------------------------------------------
 
