@@ -31,6 +31,18 @@ trusted its last renewal):
     lease check             58.1 / 135.4    53.8 / 112.5    44.6 / 147.2
     record write           140.2 / 301.6   117.4 / 228.8    99.9 / 206.5
     lease release           71.3 / 101.4    60.1 / 115.2    53.5 / 136.7
+
+The JSON gateway through a kept SSH tunnel against etcdctl, both clients in turn in one run, 30 rounds,
+2026-12-05, same shared machine (median / p99 ms):
+
+    members                  1 gateway / etcdctl            3 gateway / etcdctl            5 gateway / etcdctl
+    get (one call)        1.5 /  4.6   17.1 / 28.7     2.2 /  8.4   20.3 / 28.8     2.2 /  4.7   19.3 / 26.4
+    lease take            3.5 /  7.3   41.4 / 60.6     5.5 / 10.6   43.2 / 58.1     6.2 / 12.4   44.2 / 67.9
+    lease renew           1.1 /  1.8   19.0 / 28.0     1.7 /  5.8   20.1 / 33.9     1.6 /  8.9   18.7 / 25.6
+    lease check           1.0 /  1.6   18.1 / 27.6     1.7 /  4.9   19.4 / 29.8     1.8 /  7.5   20.3 / 24.5
+    record write          3.0 /  5.8   40.4 / 53.7     4.5 /  8.3   41.5 / 53.9     5.1 / 12.6   43.1 / 61.9
+    event append          1.6 /  6.5   20.0 / 26.8     2.7 /  4.5   21.2 / 29.1     3.1 /  6.1   22.3 / 32.5
+    lease release         1.3 /  2.4   18.8 / 24.1     2.4 /  3.7   19.9 / 29.0     2.6 /  7.8   20.9 / 27.5
 """
 
 from __future__ import annotations
