@@ -8,4 +8,7 @@ cd "$(dirname "$0")/.."
 sh scripts/setup.sh
 .venv/bin/ruff check fleet tests bench
 .venv/bin/mypy fleet
+# The tests start the `fleet` CLI hundreds of times: let Python keep its compiled modules, as an install does (an
+# environment that forbids writing bytecode made every start compile the whole package again).
+unset PYTHONDONTWRITEBYTECODE
 .venv/bin/pytest -n "${FLEET_TEST_WORKERS:-4}" --dist loadfile "$@"
