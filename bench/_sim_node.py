@@ -6,7 +6,8 @@ Answered in-process, from the table (the output has the shape the real scripts p
 one of tests/data/ctr/list.json with this container's id, image, labels), `ctr run` (the container is added,
 running), stop and remove (it goes), `ctr tasks ls`, `ctr images ls`, the node-prepare script (its stdin is
 read), the volume listing (none), the etcd member's start and status (it runs: it is the bench's local etcd). Run
-for real: `etcdctl` (the controller's shared state, against a real etcd on loopback), and the old records'
+for real: the controller's shared state, against a real etcd on loopback: its JSON gateway through direct-tcpip
+channels the servers forward to it as sshd does (counted: `tunnel`), and `etcdctl` where used; and the old records'
 reader with /bin/sh in a directory per node under the farm's (its base directory, the first argument,
 rewritten). Anything else answers rc 0 and nothing, and is counted (`unknown`), so the benchmark can say it is
 all covered.
@@ -43,6 +44,7 @@ from fleet.node.paths import DEFAULT  # noqa: E402
 
 _RECORDED = json.loads((ROOT / "tests" / "data" / "ctr" / "list.json").read_text())["stdout"]
 _INFO = json.loads(_RECORDED.split("@@container web-1-rec001\n", 1)[1].split("\n@@oom", 1)[0])
+_CNI_RESULT = json.loads((ROOT / "tests" / "data" / "cni" / "attach.json").read_text())["stdout"]
 MEM_TOTAL_KB = 16 * 1024 * 1024  # a 16 GiB, 8-CPU node
 # What a real node's facts also print (recorded on the lab, tests/data/facts): the rest of /proc/meminfo and the
 # memory cgroup root's files (no limit there: the machine's own memory is the node's), so parsing costs as much.
@@ -191,7 +193,7 @@ class Farm:
         try:
             kind, rc, out = self.answer(node, command)
             node.counts[kind] = node.counts.get(kind, 0) + 1
-            if kind in ("real", "etcdctl"):
+            if kind in ("real", "etcdctl", "etcd-probe"):
                 await self.real(node, process, command)
                 return
             if kind == "prepare":
@@ -224,7 +226,8 @@ class Farm:
             if cid in node.containers:
                 return "run", 17, ""
             node.add(cid, image, labels, limit)
-            return "run", 0, ""
+            # With its network namespace (fleet.node.cni.attach_and): the CNI result recorded on this machine.
+            return "run", 0, _CNI_RESULT if "@@cni-result" in command else ""
         if 'rm -f "$LOG"' in command:
             node.containers.pop(_env(command)["ID"], None)
             return "remove", 0, ""
@@ -235,6 +238,8 @@ class Farm:
             return "images", 0, node.images()
         if re.search(r"^(timeout -k \S+ \S+ )?etcdctl ", command):
             return "etcdctl", 0, ""
+        if " fleet-etcd-listening " in command:
+            return "etcd-probe", 0, ""  # run for real: this machine's socket table has the bench's etcd
         if re.search(r" fleet-etcd-(start|status)$", command):
             return "etcd-member", 0, "@@fleet result unchanged\n"  # the member is the bench's local etcd
         if re.search(r" fleet-records-read ", command):
@@ -305,6 +310,9 @@ async def serve(count: int, directory: str, images: dict[str, str]) -> None:
                 s.counts.clear()
             for server in ssh.servers.values():
                 server.commands.clear()  # the farm keeps every command line; not needed here
+                if server.tunnels:  # direct-tcpip channels opened (to the bench's etcd: its JSON gateway)
+                    counts["tunnel"] = counts.get("tunnel", 0) + server.tunnels
+                    server.tunnels = 0
             total = sum(len(s.containers) for s in farm.by_port.values())
             print(json.dumps({"counts": counts, "containers": total}), flush=True)
 

@@ -1,8 +1,9 @@
 """Reconcile at scale, simulated: `Fleet.apply(specs, "reconcile")` against N in-process SSH servers that answer
 the engine's real command set (bench/_sim_node.py: facts, container listing, run, stop, remove, image list from a
-per-node in-memory container table). The record nodes run `etcdctl` for real, against one real etcd member on
-loopback (tests/etcd_local.py) that the controller reaches through them ($FLEET_ETCD_PORT): the lease, the
-records and the node marks cost what they cost.
+per-node in-memory container table). The shared state is one real etcd member on loopback (tests/etcd_local.py)
+that the controller reaches through the record nodes ($FLEET_ETCD_PORT): their servers forward its direct-tcpip
+channels to the member's JSON gateway as sshd would (and run `etcdctl` for real where it is still used), so the
+lease, the records and the node marks cost what they cost; nothing about etcd is answered by the simulation.
 
 The servers run in a child process, so the CPU measured here (time.process_time) is the controller's alone. One
 apply places the replicas (cold: it also connects), then no-op reconcile rounds on the open connections, then a

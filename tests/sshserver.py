@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncssh
+from asyncssh.constants import OPEN_ADMINISTRATIVELY_PROHIBITED
 from helpers import free_port
 
 from fleet.core.model import Node
@@ -42,6 +43,10 @@ class SimServer:
     connections: int = 0
     open_conns: set[asyncssh.SSHServerConnection] = field(default_factory=set)
     commands: list[str] = field(default_factory=list)
+    # TCP forwarding (direct-tcpip) as sshd's default `AllowTcpForwarding yes`; False answers as OpenSSH 9.2 does
+    # with `AllowTcpForwarding no` (measured: "administratively prohibited", reason "open failed").
+    forwarding: bool = True
+    tunnels: int = 0
 
 
 class _Counting(asyncssh.SSHServer):
@@ -57,6 +62,12 @@ class _Counting(asyncssh.SSHServer):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._conn is not None:
             self._server.open_conns.discard(self._conn)
+
+    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int) -> bool:
+        if not self._server.forwarding:
+            raise asyncssh.ChannelOpenError(OPEN_ADMINISTRATIVELY_PROHIBITED, "open failed")
+        self._server.tunnels += 1
+        return True  # asyncssh connects to dest_host:dest_port itself, as sshd would
 
 
 async def _pump(src: Any, dst: Any) -> None:

@@ -60,6 +60,12 @@ async def test_three_members_with_mutual_tls_serve_the_fenced_lease(
         other = EtcdStore(pool, nodes[-1:])
         assert await other.read("/fleet/services/web/revisions/0000000001") == {"image": "web:1"}
         assert number == 1
+    # All of it through the members' JSON gateway, over the lab sshd's direct-tcpip channels (OpenSSH 9.2):
+    # no node fell back to etcdctl. curl on a node gets the same gateway's answer.
+    assert store.by_etcdctl == {} and other.by_etcdctl == {}
+    status = await pool.run(nodes[0], ["curl", "-s", "-X", "POST", f"http://127.0.0.1:{E.CLIENT_PORT}/v3/maintenance/"
+                                       "status", "-d", "{}"], timeout=10)
+    assert status.exit_status == 0 and '"version":"3.4.23"' in status.stdout, status
 
     # The client port listens on each node's loopback only: from outside, nothing answers.
     for node in nodes:

@@ -110,6 +110,7 @@ def test_config_clients_on_loopback_peers_mutual_tls() -> None:
     assert doc["initial-cluster"] == ("lb1=https://10.0.0.1:2380,lb2=https://10.0.0.2:2380,"
                                       "w1=https://10.0.0.3:2380")
     assert doc["data-dir"] == "/var/lib/fleet/etcd/data"
+    assert doc["enable-grpc-gateway"] is True  # off otherwise when etcd reads a config file
     tls = doc["peer-transport-security"]
     assert tls["client-cert-auth"] is True
     assert tls["trusted-ca-file"] == "/var/lib/fleet/etcd/pki/ca.crt"

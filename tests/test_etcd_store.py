@@ -18,7 +18,7 @@ import pytest
 from etcd_local import ETCD, LocalEtcd
 from sshserver import SSHFarm
 
-from fleet.core.errors import LeaseHeld, LeaseLost, RecordsError
+from fleet.core.errors import LeaseHeld, LeaseLost, RecordsError, StoreUnreachable
 from fleet.core.model import Node
 from fleet.node import etcd as E
 from fleet.store.etcd import (
@@ -300,23 +300,36 @@ async def test_value_that_is_not_json_is_refused_by_name(store: EtcdStore) -> No
     assert await store.get("/fleet/lock") is None
 
 
-async def test_unreachable_member_is_a_records_error(node: Node) -> None:
-    async with Pool(connect_attempts=1) as pool:
+async def test_unreachable_member_is_a_records_error(tmp_path: Path) -> None:
+    async with SSHFarm(tmp_path / "farm") as farm, Pool(connect_attempts=1) as pool:
+        node = (await farm.start(1))[0]
         store = EtcdStore(pool, [node], port=1, command_timeout_s=2)
         # Nothing listens on the port: the probe says so and no etcdctl runs (it would wait its whole timeout);
         # a write is then certainly not sent, so it is "could not be reached" too, not "may still take effect".
         with pytest.raises(RecordsError, match=r"could not be reached: .*no etcd member listens on 127\.0\.0\.1:1"):
             await store.get("/fleet/lock")
-        with pytest.raises(RecordsError, match="could not be reached"):
-            await store.txn([], [E.Put("/fleet/x", "1")])
-        # Something listens but never answers (a member cut off from its quorum, as etcdctl sees it): etcdctl's
-        # txn alone ignores --command-timeout, so the node's `timeout` bounds it, and a write whose fate is
-        # unknown is reported as such, never sent again elsewhere.
+        # Through the gateway, a member that does not listen is known at once (the tunnel is refused) and through
+        # etcdctl (sshd forwarding nothing) by the probe, which spares etcdctl its whole timeout: either way the
+        # write certainly never left, so the store could not be reached, never "may still take effect".
+        for forwarding in (True, False):
+            farm.servers[node.name].forwarding = forwarding
+            store = EtcdStore(pool, [node], port=1, command_timeout_s=2)
+            start = time.monotonic()
+            with pytest.raises(StoreUnreachable, match=r"n1: no etcd member listens on 127\.0\.0\.1:1"):
+                await store.txn([], [E.Put("/fleet/x", "1")])
+            assert time.monotonic() - start < 2
+            assert set(store.by_etcdctl) == (set() if forwarding else {node.name})
+        # Something listens but never answers (a member cut off from its quorum, as a client sees it): the request
+        # is bounded by the member's deadline plus a second (etcdctl's txn alone ignores --command-timeout, so the
+        # node's `timeout` bounds it), and a write whose fate is unknown is reported as such, never sent again
+        # elsewhere. Both ways.
         with socket.socket() as silent:
             silent.bind(("127.0.0.1", 0))
             silent.listen()
-            store = EtcdStore(pool, [node], port=silent.getsockname()[1], command_timeout_s=2)
-            start = time.monotonic()
-            with pytest.raises(RecordsError, match=rf"txn on {node.name}: no answer .* may still take effect"):
-                await store.txn([], [E.Put("/fleet/x", "1")])
-            assert time.monotonic() - start < 6
+            for forwarding in (True, False):
+                farm.servers[node.name].forwarding = forwarding
+                store = EtcdStore(pool, [node], port=silent.getsockname()[1], command_timeout_s=2)
+                start = time.monotonic()
+                with pytest.raises(RecordsError, match=rf"txn on {node.name}: no answer .* may still take effect"):
+                    await store.txn([], [E.Put("/fleet/x", "1")])
+                assert time.monotonic() - start < 6

@@ -205,6 +205,9 @@ async def test_a_damaged_or_moved_box_is_refused_by_name_and_nothing_acts_on_it(
 
 async def test_no_plaintext_in_etcd_or_in_any_command_sent(store: EtcdStore, farm: SSHFarm, etcd: LocalEtcd,
                                                            tmp_path: Path) -> None:
+    # etcdctl (sshd forwarding nothing), so that every value sent is on a command's line or stdin, read here.
+    for server in farm.servers.values():
+        server.forwarding = False
     alice = Controller(store, tmp_path / "alice", "alice")
     bob = Controller(store, tmp_path / "bob", "bob")
     value = "pl41n-" + os.urandom(8).hex()

@@ -200,6 +200,9 @@ def render_config(cfg: MemberConfig) -> str:
         # Clients on loopback only: the port is never reachable from outside the node.
         "listen-client-urls": cfg.client_url,
         "advertise-client-urls": cfg.client_url,
+        # The JSON gateway on the client port (fleet's client, fleet/store/etcd_http.py): on by default with
+        # flags, but off when etcd 3.4.23 reads a config file that does not say so (verified: 404 page not found).
+        "enable-grpc-gateway": True,
         "listen-peer-urls": peer,
         "initial-advertise-peer-urls": peer,
         "initial-cluster": ",".join(f"{m.name}={m.peer_url(cfg.tls)}" for m in cfg.members),

@@ -317,3 +317,138 @@ def error_line(stderr: str) -> str:
     lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("Error:")]
     return (errors or lines or ["no output"])[-1]
+
+
+# etcd's JSON gateway (grpc-gateway on the member's client port, 3.4): the same values from its answers. Its
+# JSON differs from etcdctl's: 64-bit integers are strings, a txn's answers are `response_range`/`response_put`/
+# `response_delete_range`, a lease's fields are `ID`/`TTL`/`grantedTTL`, a field at its zero value is left out
+# (a txn's false `succeeded`, a gone lease's TTL), and a refusal is an HTTP error status with
+# `{"error", "message", "code"}` (the gRPC status code).
+
+@dataclass(frozen=True)
+class GatewayError:
+    """The gateway's refusal: the gRPC status `code` (5 not found, 4 deadline exceeded, 14 unavailable…) and
+    etcd's message (`etcdserver: requested lease not found`)."""
+
+    code: int
+    message: str
+
+    @property
+    def unavailable(self) -> bool:
+        """The member could not serve it (no leader, no quorum in time): another member may."""
+        text = self.message.lower()
+        return self.code in (4, 14) or any(s in text for s in ("no leader", "request timed out",
+                                                               "context deadline exceeded"))
+
+
+def _int64(doc: Mapping[str, object], name: str, what: str, default: int | None = 0) -> int:
+    value = doc.get(name, default)
+    if isinstance(value, str) and re.fullmatch(r"-?[0-9]{1,20}", value):
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what}: {name}: expected an integer, got {value!r}")
+    return value
+
+
+def _gw_header_revision(doc: Mapping[str, object], what: str) -> int:
+    return _int64(_obj(doc.get("header"), f"{what}: header"), "revision", what, None)
+
+
+def _gw_kv(raw: object) -> KeyValue:
+    doc = _obj(raw, "etcd key")
+    key = _b64(doc.get("key"), "etcd key")
+    what = f"etcd key {key}"
+    return KeyValue(key, _b64(doc.get("value", ""), what), _int64(doc, "create_revision", what),
+                    _int64(doc, "mod_revision", what), _int64(doc, "version", what), _int64(doc, "lease", what))
+
+
+def _gw_range(doc: Mapping[str, object], what: str) -> Range:
+    kvs = doc.get("kvs", [])
+    if not isinstance(kvs, list):
+        raise ValueError(f"{what}: kvs: expected a list, got {kvs!r}")
+    return Range(_gw_header_revision(doc, what), tuple(_gw_kv(kv) for kv in kvs))
+
+
+def gateway_range(text: str) -> Range:
+    """`POST /v3/kv/range`."""
+    return _gw_range(_obj(_json(text, "etcd range"), "etcd range"), "etcd range")
+
+
+def gateway_count(text: str) -> int:
+    """The number of keys a `/v3/kv/range` matched (whatever its limit; `count_only` answers only that)."""
+    doc = _obj(_json(text, "etcd range"), "etcd range")
+    count = _int64(doc, "count", "etcd range")
+    if count < 0:
+        raise ValueError(f"etcd range: count: expected >= 0, got {count}")
+    return count
+
+
+def gateway_txn(text: str) -> TxnResult:
+    """`POST /v3/kv/txn`."""
+    what = "etcd txn"
+    doc = _obj(_json(text, what), what)
+    raw = doc.get("responses", [])
+    if not isinstance(raw, list):
+        raise ValueError(f"{what}: responses: expected a list, got {raw!r}")
+    answers: list[Range | int | None] = []
+    for item in raw:
+        one = _obj(item, f"{what} response")
+        if "response_range" in one:
+            answers.append(_gw_range(_obj(one["response_range"], "txn get"), "txn get"))
+        elif "response_delete_range" in one:
+            answers.append(_int64(_obj(one["response_delete_range"], "txn del"), "deleted", "txn del"))
+        elif "response_put" in one:
+            answers.append(None)
+        else:
+            raise ValueError(f"{what}: unknown response {sorted(one)}")
+    succeeded = doc.get("succeeded", False)
+    if not isinstance(succeeded, bool):
+        raise ValueError(f"{what}: succeeded: expected a boolean, got {succeeded!r}")
+    return TxnResult(succeeded, _gw_header_revision(doc, what), tuple(answers))
+
+
+def gateway_grant(text: str) -> LeaseGrant:
+    """`POST /v3/lease/grant`."""
+    doc = _obj(_json(text, "etcd lease grant"), "etcd lease grant")
+    if doc.get("error"):
+        raise ValueError(f"etcd lease grant: {doc['error']}")
+    return LeaseGrant(_int64(doc, "ID", "etcd lease grant", None), _int64(doc, "TTL", "etcd lease grant", None))
+
+
+def gateway_keepalive(text: str) -> int:
+    """The renewed ttl from `POST /v3/lease/keepalive` (a stream: one `{"result": …}` line per request sent);
+    0 for a lease that is gone (etcd answers it with no TTL)."""
+    what = "etcd lease keep-alive"
+    line = text.strip().split("\n", 1)[0]
+    doc = _obj(_json(line, what), what)
+    if "error" in doc:
+        err = _obj(doc["error"], what)
+        raise ValueError(f"{what}: {err.get('message', err)}")
+    return _int64(_obj(doc.get("result"), f"{what}: result"), "TTL", what)
+
+
+def gateway_timetolive(text: str) -> LeaseTtl:
+    """`POST /v3/lease/timetolive` (ttl -1: expired or revoked)."""
+    what = "etcd lease timetolive"
+    doc = _obj(_json(text, what), what)
+    keys = doc.get("keys") or []
+    if not isinstance(keys, list):
+        raise ValueError(f"{what}: keys: expected a list, got {keys!r}")
+    return LeaseTtl(_int64(doc, "ID", what, None), _int64(doc, "TTL", what), _int64(doc, "grantedTTL", what),
+                    tuple(_b64(k, what) for k in keys))
+
+
+def gateway_revoke(text: str) -> bool:
+    """`POST /v3/lease/revoke` done (its answer is the header alone)."""
+    _gw_header_revision(_obj(_json(text, "etcd lease revoke"), "etcd lease revoke"), "etcd lease revoke")
+    return True
+
+
+def gateway_error(text: str) -> GatewayError:
+    """The body of an answer with an error status."""
+    what = "etcd error"
+    doc = _obj(_json(text, what), what)
+    message = doc.get("message") or doc.get("error") or ""
+    if not isinstance(message, str):
+        raise ValueError(f"{what}: message: expected text, got {message!r}")
+    return GatewayError(_int64(doc, "code", what), message)

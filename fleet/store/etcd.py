@@ -1,7 +1,7 @@
-"""The fleet's shared state in etcd, reached through the SSH transport: `etcdctl` run on a record node against
-its member's loopback client port, one command per call, values on stdin.
+"""The fleet's shared state in etcd, reached through the SSH transport: the member on a record node's loopback,
+by its JSON gateway through an SSH tunnel (or `etcdctl` run there where sshd forwards no TCP).
 
-    EtcdStore       one client: calls etcdctl on the first record node that answers; reads decode JSON by key
+    EtcdStore       one client (fleet/store/etcd_client.py): the first record node whose member answers
     EtcdLease       the fleet's lease as an etcd lease (server-side ttl) with the lock key held by it; its
                     `fence` is the lock key's create_revision, which no other holder can ever have
     SharedState     the writes of a run, every one a transaction that also compares the fence, so a holder whose
@@ -27,27 +27,23 @@ import os
 import random
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 
 from fleet.core.errors import (
-    AuthError,
-    ConnectError,
-    HostKeyError,
     LeaseError,
     LeaseHeld,
     LeaseInfo,
     LeaseLost,
     RecordsError,
-    StoreUnreachable,
 )
-from fleet.core.model import Node
 from fleet.node import etcd as E
+from fleet.store.etcd_client import EtcdStore as EtcdStore  # the client, importable from here as before
+from fleet.store.etcd_client import decode as decode
 from fleet.store.lease import COMMAND_LIMIT, default_holder, end_renewal
-from fleet.store.nodes import clean, failure
-from fleet.transport import Pool
+from fleet.store.nodes import clean
 
 T = TypeVar("T")
 
@@ -79,189 +75,8 @@ def _segment(name: str) -> str:
     return name
 
 
-def decode(kv: E.KeyValue) -> Any:
-    """A value's JSON, or `RecordsError` naming the key: a value that fails to decode is never acted on."""
-    try:
-        return json.loads(kv.value)
-    except json.JSONDecodeError as exc:
-        raise RecordsError(f"etcd key {kv.key}: not a JSON value ({exc.msg} at {exc.pos}); refusing it") from exc
-
-
 def encode(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-class EtcdStore:
-    """etcdctl on a record node over `pool`. Each call goes to the node that answered last; a node that cannot
-    be reached (or whose member has no quorum) gives way to the next. etcdctl's refusals and unreadable output
-    become `RecordsError` naming the command and node; a lease that is gone is reported as a value, not raised."""
-
-    def __init__(self, pool: Pool, nodes: Sequence[Node], *, port: int = E.CLIENT_PORT, timeout: float = 10.0,
-                 command_timeout_s: int = E.COMMAND_TIMEOUT_S) -> None:
-        if not nodes:
-            raise ValueError("the fleet's shared state needs at least one record node")
-        self.pool = pool
-        self.nodes = tuple(nodes)
-        self.timeout = timeout
-        self.at = E.Endpoint(port, command_timeout_s)
-        self._current = 0
-        # Nodes whose member was seen listening: probed once, since a member that is not there costs etcdctl its
-        # whole --command-timeout (it retries the dial until then) while a probe answers at once.
-        self._listening: set[str] = set()
-
-    async def _run(self, argv: list[str], stdin: str | None, *, retry: bool = True) -> tuple[str, str, int]:
-        """(stdout, stderr, exit status) from the first node that ran the command with a member that answered.
-
-        A command that certainly did not reach etcd (no SSH connection, the member refused the connection) moves
-        on to the next node. One whose outcome is unknown (the SSH command or etcd's request timed out: a
-        write may still land) moves on only when `retry` (reads, renewals); a transaction raises instead, so a
-        write is never sent twice."""
-        problems: list[str] = []
-        for step in range(len(self.nodes)):
-            index = (self._current + step) % len(self.nodes)
-            node = self.nodes[index]
-            if not await self._listens(node):
-                problems.append(f"{node.name}: no etcd member listens on 127.0.0.1:{self.at.port}")
-                continue
-            result = await self.pool.run(node, argv, stdin=stdin, timeout=self.timeout)
-            if result.error is None and (result.exit_status == 0 or not (
-                    result.exit_status == E.TIMED_OUT or _unavailable(result.stderr))):
-                self._current = index
-                return result.stdout, result.stderr, result.exit_status or 0
-            why = ("etcdctl timed out" if result.error is None and result.exit_status == E.TIMED_OUT
-                   else failure(result) or "no answer")
-            problems.append(f"{node.name}: {why}")
-            sent = not isinstance(result.failure, ConnectError | HostKeyError | AuthError) and not (
-                result.error is None and _refused(result.stderr))
-            if sent and not retry:
-                raise RecordsError(f"etcdctl {_what(argv)} on {node.name}: no answer ({why}); it may "
-                                   f"still take effect")
-        raise StoreUnreachable(f"the fleet's shared state could not be reached: {'; '.join(problems)}")
-
-    async def _listens(self, node: Node) -> bool:
-        """False only when the node answered that nothing listens on the client port (the request then certainly
-        never reaches etcd); a node that cannot say (no /proc, no answer) is tried with etcdctl as before."""
-        if node.name in self._listening:
-            return True
-        result = await self.pool.run(node, E.listening_argv(self.at.port), timeout=self.timeout)
-        answer = result.stdout.strip() if result.error is None and result.exit_status == 0 else ""
-        if answer == "closed":
-            return False
-        if answer == "listening":
-            self._listening.add(node.name)
-        return True
-
-    async def call(self, argv: list[str], parse: Callable[[str], T], stdin: str | None = None, *,
-                   retry: bool = True) -> T:
-        stdout, stderr, status = await self._run(argv, stdin, retry=retry)
-        what = _what(argv)
-        if status != 0:
-            raise RecordsError(f"etcdctl {what} on {self.node.name}: {clean(E.error_line(stderr), 200)}")
-        try:
-            return parse(stdout)
-        except ValueError as exc:
-            raise RecordsError(f"etcdctl {what} on {self.node.name}: {exc}") from exc
-
-    @property
-    def node(self) -> Node:
-        """The record node calls go to now."""
-        return self.nodes[self._current]
-
-    async def txn(self, compares: Sequence[E.Compare], success: Sequence[E.Op],
-                  failure: Sequence[E.Op] = ()) -> E.TxnResult:
-        return await self.call(E.txn_argv(at=self.at), E.parse_txn, E.txn_input(compares, success, failure),
-                               retry=False)
-
-    async def get(self, key: str) -> E.KeyValue | None:
-        found = await self.call(E.get_argv(key, at=self.at), E.parse_get)
-        return found.kvs[0] if found.kvs else None
-
-    async def count(self, prefix: str) -> int:
-        """How many keys are under `prefix` (no values read)."""
-        argv = E.etcdctl("get", "--prefix", "--keys-only", "--limit=1", "--", prefix, at=self.at)
-        return await self.call(argv, _count)  # a range answer counts every key it matched, whatever its limit
-
-    async def oldest_keys(self, prefix: str, limit: int) -> tuple[E.KeyValue, ...]:
-        """The `limit` oldest keys under `prefix` (by create revision), without their values."""
-        argv = E.etcdctl("get", "--prefix", "--keys-only", "--sort-by=CREATE", "--order=ASCEND", f"--limit={limit}",
-                         "--", prefix, at=self.at)
-        return (await self.call(argv, E.parse_get)).kvs
-
-    async def range(self, prefix: str) -> tuple[E.KeyValue, ...]:
-        """Every key under `prefix`, oldest first (by create revision)."""
-        return (await self.call(E.get_argv(prefix, prefix=True, by_create=True, at=self.at), E.parse_get)).kvs
-
-    async def read(self, key: str) -> Any:
-        """The JSON value of `key`, or None when it does not exist."""
-        kv = await self.get(key)
-        return None if kv is None else decode(kv)
-
-    async def follow(self, prefix: str, from_revision: int) -> AsyncIterator[E.WatchBatch]:
-        """Every change under `prefix` from `from_revision` on, as etcd orders them: what happened since that
-        revision first, then each change as it lands. It ends when the node's connection does (follow again from
-        the last batch's revision + 1, through another record node if need be), and raises `RecordsError` when
-        etcd no longer keeps `from_revision` (compacted): read afresh, then follow from that read's revision.
-        Use it with `contextlib.aclosing` so leaving the loop closes the SSH channel at once."""
-        argv = E.watch_argv(prefix, from_revision, at=self.at)
-        async with self.pool.stream(self.node, argv, merge_stderr=False) as stream:
-            async for line in stream:
-                if not line.strip():
-                    continue
-                try:
-                    batch = E.parse_watch_line(line)
-                except ValueError as exc:
-                    raise RecordsError(f"etcdctl watch on {self.node.name}: {exc}") from exc
-                if batch.canceled:
-                    raise RecordsError(f"watch of {prefix} from revision {from_revision}: etcd keeps history only "
-                                       f"from revision {batch.compacted + 1} on (compacted); read afresh")
-                yield batch
-
-    async def grant(self, ttl_s: int) -> E.LeaseGrant:
-        return await self.call(E.lease_grant_argv(ttl_s, at=self.at), E.parse_lease_grant)
-
-    async def keepalive(self, lease_id: int) -> int | None:
-        """The lease's renewed ttl, or None when it is gone (expired or revoked)."""
-        stdout, stderr, status = await self._run(E.lease_keepalive_argv(lease_id, at=self.at), None)
-        if status != 0 and E.LEASE_GONE in stderr:
-            return None
-        if status != 0:
-            raise RecordsError(f"etcdctl lease keep-alive on {self.node.name}: {clean(E.error_line(stderr), 200)}")
-        try:
-            ttl = E.parse_keepalive(stdout)
-        except ValueError as exc:
-            raise RecordsError(f"etcdctl lease keep-alive on {self.node.name}: {exc}") from exc
-        return ttl if ttl > 0 else None
-
-    async def timetolive(self, lease_id: int) -> E.LeaseTtl:
-        return await self.call(E.lease_timetolive_argv(lease_id, at=self.at), E.parse_timetolive)
-
-    async def revoke(self, lease_id: int) -> bool:
-        """Revoke a lease (its keys go with it); False when it was already gone."""
-        _, stderr, status = await self._run(E.lease_revoke_argv(lease_id, at=self.at), None)
-        if status != 0 and E.LEASE_GONE in stderr:
-            return False
-        if status != 0:
-            raise RecordsError(f"etcdctl lease revoke on {self.node.name}: {clean(E.error_line(stderr), 200)}")
-        return True
-
-
-def _what(argv: list[str]) -> str:
-    """The etcdctl command of an argv, for messages: `txn`, `lease grant`, `get`…"""
-    words = argv[argv.index("json") + 1:] if "json" in argv else argv
-    return " ".join(w for w in words[:2] if not w.startswith("-"))
-
-
-def _unavailable(stderr: str) -> bool:
-    """etcdctl got no answer from this node's member (down, or cut off from the quorum): another record node's
-    member may answer."""
-    text = stderr.lower()
-    return _refused(stderr) or any(s in text for s in ("context deadline exceeded", "request timed out", "no leader"))
-
-
-def _refused(stderr: str) -> bool:
-    """The request certainly never reached etcd: no member listening, or no etcdctl on the node."""
-    text = stderr.lower()
-    return any(s in text for s in ("connection refused", "etcdctl: not found", "command not found"))
 
 
 @dataclass(frozen=True)
@@ -555,15 +370,3 @@ def _counter(kv: E.KeyValue) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise RecordsError(f"etcd key {kv.key}: not a revision counter: {kv.value[:80]!r}; refusing it")
     return value
-
-
-def _count(text: str) -> int:
-    """The total count of a `get -w json` answer (etcd leaves a zero out)."""
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not JSON: {exc.msg}") from exc
-    count = doc.get("count", 0) if isinstance(doc, dict) else None
-    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-        raise ValueError(f"no count in {text[:120]!r}")
-    return count

@@ -32,12 +32,12 @@ class Reread:
 
 async def read_prefix(store: EtcdStore, prefix: str) -> E.Range:
     """Every key under `prefix`, oldest first, with the store's revision at that read (a follow starts after it)."""
-    return await store.call(E.get_argv(prefix, prefix=True, by_create=True, at=store.at), E.parse_get)
+    return await store.read_range(prefix, prefix=True, by_create=True)
 
 
 async def current_revision(store: EtcdStore) -> int:
     """The store's revision now (one small read): a follow from the next one sees every later change."""
-    return (await store.call(E.get_argv(LOCK_KEY, at=store.at), E.parse_get)).revision
+    return (await store.read_range(LOCK_KEY)).revision
 
 
 async def follow(store: EtcdStore, prefix: str, from_revision: int, *, retry: float = 1.0,

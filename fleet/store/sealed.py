@@ -187,8 +187,7 @@ class SealedState:
 
 async def read_state(store: EtcdStore) -> SealedState:
     """The controllers, boxes and digest key, read in one transaction (one revision of the shared state)."""
-    done = await store.call(E.txn_argv(at=store.at), E.parse_txn,
-                            E.txn_input([], [E.Get(CONTROLLERS, True), E.Get(SECRETS, True)]))
+    done = await store.txn([], [E.Get(CONTROLLERS, True), E.Get(SECRETS, True)])
     return SealedState.of([kv for answer in done.responses if isinstance(answer, E.Range) for kv in answer.kvs])
 
 

@@ -7,6 +7,7 @@ from fleet.transport.connect import CIPHERS, KEX_ALGS
 from fleet.transport.fanout import fanout
 from fleet.transport.ssh import DEFAULT_COMMAND_TIMEOUT, NO_DEADLINE, Pool
 from fleet.transport.streams import RemoteStream
+from fleet.transport.tunnel import Refused, Tunnel
 
 __all__ = [
     "CIPHERS",
@@ -15,9 +16,11 @@ __all__ = [
     "NO_DEADLINE",
     "Command",
     "Pool",
+    "Refused",
     "RemoteStream",
     "Script",
     "SessionError",
+    "Tunnel",
     "fanout",
     "render",
 ]

@@ -38,6 +38,7 @@ from fleet.transport.connect import (
 )
 from fleet.transport.pipes import feed, spill_to
 from fleet.transport.streams import RemoteStream
+from fleet.transport.tunnel import Refused, Tunnel, Tunnels, open_tunnel
 
 # Every command gets a deadline unless its caller says otherwise: a node whose sshd or runtime hangs costs
 # the run this long at most, never forever. Callers pass shorter ones for listings, longer for transfers.
@@ -103,6 +104,7 @@ class Pool:
         self._sem = asyncio.Semaphore(limit)
         # OpenSSH's MaxSessions (10 by default) caps the channels open at once on one connection.
         self._slots: dict[NodeKey, asyncio.Semaphore] = {}
+        self._tunnels = Tunnels()
 
 
     async def __aenter__(self) -> Pool:
@@ -116,6 +118,7 @@ class Pool:
 
     async def close(self) -> None:
         """Close every connection this pool opened (or is opening)."""
+        self._tunnels.close()
         await self.connector.close()
 
     def _slot(self, node: Node) -> asyncio.Semaphore:
@@ -279,6 +282,18 @@ class Pool:
         limit = self.command_timeout
         when = None if limit is None else asyncio.get_running_loop().time() + limit
         return await open_session(node, conn, command, line, source, None, when, limit, merge_stderr)
+
+    def tunnel(self, node: Node, host: str, port: int) -> contextlib.AbstractAsyncContextManager[Tunnel | Refused]:
+        """`async with pool.tunnel(node, host, port) as t:` a TCP connection from the node to `host:port` over its
+        pooled SSH connection (fleet/transport/tunnel.py), or `Refused`: no process on the node, no session slot
+        held. Kept open for the next user unless closed (close it on any failure). Entering raises ConnectError,
+        HostKeyError, AuthError, SessionError."""
+        async def opener() -> Tunnel | Refused:
+            async with self._sem:
+                conn = await self.connector.connection(node)
+            return await open_tunnel(node, conn, host, port)
+
+        return self._tunnels.lend((node_key(node), host, port), opener)
 
 
 async def open_session(
