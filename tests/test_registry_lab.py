@@ -145,7 +145,7 @@ def test_credentials_from_the_secret_store_pinned_tag_rerolled_under_load(lab, l
         probe = lab.lab.exec_in(c["node"], ["ctr", "-n", "fleet", "tasks", "exec", "--exec-id", "probe", c["id"],
                                             "sh", "-c", "id -u; grep CapEff /proc/self/status; touch /x"],
                                 check=False)
-        assert probe.stdout.split()[:3] == ["1000", "CapEff:", "0000000000000000"], probe.stdout
+        assert probe.stdout.split()[:3] == ["1000", "CapEff:", "0000000000000000"], probe.stdout + probe.stderr
         assert "Read-only file system" in probe.stdout + probe.stderr
         # `user:` on these ctr nodes is refused, saying why, and nothing starts.
         (tmp_path / "user.yaml").write_text(yaml.safe_dump({"services": {"rg-user": {**service, "user": "1000",

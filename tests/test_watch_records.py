@@ -34,6 +34,9 @@ class Base:
         self.fresh_count += 1
         return self
 
+    def with_jobs(self, jobs: Any) -> Base:  # the playbooks' jobs (none here): the same façade
+        return self
+
     async def nodes(self, *, ports: bool = False) -> list[Any]:
         return []
 
