@@ -9,8 +9,8 @@ import re
 from typing import Any
 
 import pytest
-from test_tui import column, focus, running, until
-from textual.widgets import DataTable, Header, Label
+from test_tui import column, focus, rows, running, until
+from textual.widgets import DataTable, Header, Input, Label
 from tui_source import HEALTHY, INVENTORY, LEASES, RecordingSource
 
 from fleet.cli.lock import node_state
@@ -226,3 +226,53 @@ async def test_lease_view_names_the_holder_on_each_record_node_and_sorts() -> No
         assert column(table, 0) == ["lb1", "n1", "n2"]
         await pilot.press("r")
         await until(pilot, lambda: source.asked.count(("lease",)) == 2)
+
+
+async def test_jobs_view_lists_the_recorded_runs_newest_first_with_the_failure_and_sorts() -> None:
+    source = RecordingSource(HEALTHY)
+    async with running(source, read_only=True) as (pilot, app):
+        await pilot.press("J")
+        await until(pilot, lambda: isinstance(app.screen, ListScreen) and app.screen.query_one(ListTable).row_count)
+        assert app.screen.kind == "jobs"  # type: ignore[attr-defined]
+        table = app.screen.query_one(ListTable)
+        assert table.border_title == "Job runs"
+        assert rows(table) == [
+            ("migrate", "m-0501b", "before_deploy web rev 3", "2024-05-01 12:01:01Z", "3.0s", "failed", "1", "n1",
+             "alice@ci"),
+            ("report", "r-0501a", "schedule 2024-05-01T12:00Z", "2024-05-01 12:00:01Z", "12.5s", "succeeded", "0",
+             "n2", "fleet-watch@ctl"),
+        ]
+        assert table.get_row_at(0)[5].style == "red"  # the failed run stands out
+        assert str(app.screen.query_one("#list-note", Label).render()) == "migrate m-0501b: exit 1 after 2 attempts"
+        await pilot.press("o")  # sorted by JOB
+        assert column(table, 0) == ["migrate", "report"]
+        await pilot.press("o", "o", "o", "o")  # by DURATION: 3.0s before 12.5s, numerically
+        assert column(table, 4) == ["3.0s", "12.5s"]
+        await pilot.press("O")
+        assert column(table, 4) == ["12.5s", "3.0s"]
+        await pilot.press("slash")
+        await until(pilot, lambda: isinstance(app.focused, Input))
+        await pilot.press(*"report", "enter")
+        await until(pilot, lambda: table.row_count == 1 and app.focused is table)
+        assert column(table, 0) == ["report"]
+        await pilot.press("escape")
+        await until(pilot, lambda: table.row_count == 2)
+        await pilot.press("r")
+        await until(pilot, lambda: source.asked.count(("jobs",)) == 2)
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(app.screen, MainScreen))
+
+
+async def test_the_palette_opens_the_jobs_view() -> None:
+    from textual.command import CommandPalette
+
+    source = RecordingSource(HEALTHY)
+    async with running(source) as (pilot, app):
+        await pilot.press("ctrl+p")
+        await until(pilot, lambda: isinstance(app.screen, CommandPalette))
+        await pilot.press(*"jobs")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, ListScreen) and app.screen.query_one(ListTable).row_count)
+        assert app.screen.kind == "jobs"  # type: ignore[attr-defined]
+        assert ("jobs",) in source.asked

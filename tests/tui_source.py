@@ -23,6 +23,7 @@ from fleet.engine.status import FleetStatus, ReplicaStatus, ServiceStatus
 from fleet.node.facts import NodeFacts, TaskFacts
 from fleet.plan.reconcile import Replica
 from fleet.results import NodeLease, PsResult, VolumeListing, VolumeRow
+from fleet.results.jobs import Attempt, JobRun
 from fleet.store.history import Revision
 from fleet.tui.data import NODE_VERBS, Action, ActionResult, EventRing, ServiceRecord, Snapshot, Verb
 
@@ -130,6 +131,18 @@ VOLUMES = VolumeListing((VolumeRow("n1", "local", "db", "data", 48 * MiB, "/var/
 IMAGES = ({"n1": {"registry.local/web:v3": "sha256:" + "ab" * 32, "registry.local/api:v3": "sha256:" + "cd" * 32},
            "n2": {"registry.local/web:v3": "sha256:" + "ab" * 32}}, {"lb1": "no runtime"})
 LEASES: list[NodeLease] = [("n1", HOLDER), ("n2", "connect: timed out after 5s"), ("lb1", None)]
+# Two recorded runs, oldest first as the façade returns them: a nightly report that succeeded on n2, then a deploy
+# hook's migration that failed on n1 after two attempts.
+JOB_RUNS = [
+    JobRun("report", "r-0501a", "schedule", "fleet-watch@ctl", "report --daily", "registry.local/report:v1",
+           EPOCH, "succeeded", EPOCH + 12.5, 0, slot="2024-05-01T12:00Z",
+           attempts=(Attempt(1, 0, "n2", "report-r-0501a-1", "/var/log/fleet/jobs/r-0501a-1.log", EPOCH, EPOCH + 12.5,
+                             0),)),
+    JobRun("migrate", "m-0501b", "before_deploy", "alice@ci", "migrate up", "registry.local/web:v3", EPOCH + 60,
+           "failed", EPOCH + 63, 1, reason="exit 1 after 2 attempts", service="web", revision=3,
+           attempts=(Attempt(1, 0, "n2", "migrate-m-0501b-1", "/l/1.log", EPOCH + 60, EPOCH + 61, 1),
+                     Attempt(2, 0, "n1", "migrate-m-0501b-2", "/l/2.log", EPOCH + 61, EPOCH + 63, 1))),
+]
 
 
 class RecordingSource:
@@ -208,6 +221,10 @@ class RecordingSource:
     async def lease(self) -> list[NodeLease]:
         self.asked.append(("lease",))
         return LEASES
+
+    async def job_runs(self) -> list[JobRun]:
+        self.asked.append(("jobs",))
+        return JOB_RUNS
 
     def can(self, verb: Verb) -> bool:
         return verb in self.verbs

@@ -73,10 +73,11 @@ class FleetApp(App[None]):
         Binding("slash", "filter", "Filter"),
         Binding("escape", "go_back", "Back", show=False),
         Binding("e", "events", "Events"),
-        # The fleet's other objects, listed by `?` and the palette: volumes, images, the lease.
+        # The fleet's other objects, listed by `?` and the palette: volumes, images, the lease, the job runs.
         Binding("v", "list('volumes')", "Volumes", show=False),
         Binding("i", "list('images')", "Images", show=False),
         Binding("k", "list('lease')", "Lease", show=False),
+        Binding("J", "list('jobs')", "Jobs", show=False),
         # Listed by `?`, not in the footer: at 100 columns it keeps room for the pane's own actions.
         Binding("r", "refresh", "Refresh", show=False),
         Binding("q", "quit", "Quit", show=False),

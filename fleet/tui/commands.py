@@ -28,6 +28,7 @@ def commands(app: FleetApp) -> list[tuple[str, Callable[[], object], str]]:
         ("Volumes", partial(app.action_list, "volumes"), "every volume, as fleet volume ls"),
         ("Images", partial(app.action_list, "images"), "the images on every node, as fleet image ls"),
         ("Lease", partial(app.action_list, "lease"), "who holds the fleet's lease, as fleet lock status"),
+        ("Jobs", partial(app.action_list, "jobs"), "the job runs the fleet recorded, as fleet job ls"),
     ]
     snap = app.snapshot
     for s in snap.services if snap is not None else ():

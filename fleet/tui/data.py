@@ -23,6 +23,7 @@ from fleet.core.units import format_cpu, short_size
 if TYPE_CHECKING:
     from fleet.cli.describe import NodeView, ServiceView
     from fleet.results import Event, FleetStatus, NodeLease, NodeReport, Revision, ServiceStatus, VolumeListing
+    from fleet.results.jobs import JobRun
 
 
 @dataclass(frozen=True)
@@ -204,6 +205,10 @@ class Source(Protocol):
 
     async def lease(self) -> list[NodeLease]:
         """The fleet's lease as each record node holds it (`fleet lock status`)."""
+        ...
+
+    async def job_runs(self) -> list[JobRun]:
+        """Every job run the fleet recorded, oldest first (`fleet job ls`)."""
         ...
 
     def can(self, verb: Verb) -> bool:

@@ -12,6 +12,7 @@ KEYS: tuple[tuple[str, str, str], ...] = (
     ("everywhere", "v", "volumes on the workers and storage nodes (as `fleet volume ls`)"),
     ("everywhere", "i", "images on every node (as `fleet image ls`)"),
     ("everywhere", "k", "the fleet's lease on each record node (as `fleet lock status`)"),
+    ("everywhere", "J", "the job runs the fleet recorded, newest first (as `fleet job ls`)"),
     ("everywhere", "r", "refresh now (describe: read again)"),
     ("everywhere", "tab / shift+tab", "next / previous pane"),
     ("everywhere", "q", "quit"),
@@ -51,6 +52,7 @@ K9S: tuple[tuple[str, str, str], ...] = (
     ("sort by a column", "shift+column letter", "o next column, O reverse"),
     ("yaml", "y", "d: the spec at the accepted revision"),
     ("command mode", ":", "ctrl+p palette"),
+    ("list jobs", ":jobs", "J: the job runs (shift: j moves down in k9s)"),
 )
 
 

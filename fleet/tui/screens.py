@@ -33,6 +33,7 @@ from fleet.tui.widgets import (
     StatusLine,
     event_cells,
     image_rows,
+    job_rows,
     lease_rows,
     revision_cells,
     volume_rows,
@@ -326,18 +327,20 @@ class DescribeScreen(View):
         return node_view(view, console) if isinstance(view, NodeView) else service_view(view, console)
 
 
-ListKind = Literal["volumes", "images", "lease"]
+ListKind = Literal["volumes", "images", "lease", "jobs"]
 LIST_COLUMNS: dict[str, tuple[str, ...]] = {
     "volumes": ("VOLUME", "NODE", "KIND", "SIZE", "USED BY"),
     "images": ("NODE", "IMAGE", "DIGEST"),
     "lease": ("NODE", "STATE", "HOLDER", "LEFT", "SINCE", "PID", "COMMAND"),
+    "jobs": ("JOB", "RUN", "TRIGGER", "STARTED", "DURATION", "STATUS", "EXIT", "NODE", "WHO"),
 }
-LIST_TITLES = {"volumes": "Volumes", "images": "Images", "lease": "The fleet's lease"}
+LIST_TITLES = {"volumes": "Volumes", "images": "Images", "lease": "The fleet's lease", "jobs": "Job runs"}
 
 
 class ListScreen(View):
-    """Volumes, images or the fleet's lease (as `fleet volume ls`, `fleet image ls`, `fleet lock status`), read
-    when opened; r reads again. What could not be read is named under the table."""
+    """Volumes, images, the fleet's lease or the job runs (as `fleet volume ls`, `fleet image ls`, `fleet lock
+    status`, `fleet job ls`), read when opened; r reads again. What could not be read (and why a run failed or was
+    missed) is named under the table."""
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("r", "reload", "Read again")]
 
@@ -376,13 +379,17 @@ class ListScreen(View):
         note.update(Text("\n".join(lines) or f"{len(rows)} row(s)"))
 
     async def read(self, source: Source) -> tuple[list[tuple[str, tuple[str | Text, ...]]], list[str]]:
-        """The rows, and the lines under them (what could not be read; the lease's summary)."""
+        """The rows, and the lines under them (what could not be read; the lease's summary; why runs failed)."""
         if self.kind == "volumes":
             listing = await source.volumes()
             return volume_rows(listing), [f"! {n}: {why}" for n, why in listing.errors.items()]
         if self.kind == "images":
             found, errors = await source.images()
             return image_rows(found), [f"! {n}: {why}" for n, why in errors.items()]
+        if self.kind == "jobs":
+            runs = await source.job_runs()
+            return job_rows(runs), [f"{r.job} {r.run}: {r.reason}" for r in reversed(runs)
+                                    if r.status in ("failed", "missed") and r.reason]
         leases = await source.lease()
         return lease_rows(leases, node_state), [summary(leases)]
 

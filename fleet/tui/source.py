@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from fleet.cli.describe import NodeView, ServiceView
     from fleet.config.spec import ServiceSpec
     from fleet.results import FleetStatus, NodeLease, Revision, RunResult, VolumeListing
+    from fleet.results.jobs import JobRun
 
 # `fleet.api.ask_watcher` (inventory path, op) -> the watcher's answer, or None when no watcher answers.
 Watcher = Callable[[str, Literal["nodes", "status"]], Awaitable[Any]]
@@ -159,6 +160,9 @@ class FleetSource:
 
     async def lease(self) -> list[NodeLease]:
         return await self.fleet.lock_status(timeout=5.0)
+
+    async def job_runs(self) -> list[JobRun]:
+        return await self.fleet.job_runs()
 
     @contextlib.asynccontextmanager
     async def logs(self, ref: str, *, follow: bool, tail: int) -> AsyncIterator[AsyncIterator[tuple[str, str]]]:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from fleet.core.errors import LeaseInfo
     from fleet.results import Event, NodeLease, NodeReport, Revision, ServiceStatus, VolumeListing
+    from fleet.results.jobs import JobRun
     from fleet.tui.data import ServiceRecord, Snapshot
 
 STATUS_STYLE = {"ready": "green", "unreachable": "red", "no runtime": "yellow", "runtime not answering": "red",
@@ -140,6 +141,23 @@ def lease_rows(leases: Sequence[NodeLease], state_of: Callable[[LeaseInfo | str 
             cells += (lease.holder, f"{lease.remaining:.0f}s", time.strftime("%H:%M:%S", time.localtime(lease.since)),
                       str(lease.pid), lease.command)
         rows.append((name, cells))
+    return rows
+
+
+RUN_STYLE = {"succeeded": "green", "failed": "red", "missed": "yellow", "running": "cyan"}
+
+
+def job_rows(runs: Sequence[JobRun]) -> list[Row]:
+    """(key `job/run`, cells) per recorded run, newest first, as `fleet job ls` shows it: job, run, trigger (with
+    its slot, or the service and revision a deploy hook ran for), started (UTC), duration, status, exit, node of
+    the last attempt, who."""
+    rows: list[Row] = []
+    for r in sorted(runs, key=lambda r: r.started_at, reverse=True):
+        trigger = r.trigger + (f" {r.slot}" if r.slot else "") + (f" {r.service} rev {r.revision}" if r.service else "")
+        rows.append((f"{r.job}/{r.run}", (
+            r.job, r.run, trigger, time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(r.started_at)),
+            "-" if r.duration is None else f"{r.duration:.1f}s", Text(r.status, RUN_STYLE.get(r.status, "")),
+            "-" if r.exit_status is None else str(r.exit_status), r.last.node if r.last else "-", r.who)))
     return rows
 
 
@@ -398,7 +416,7 @@ class HistoryTable(FleetTable):
 
 
 class ListTable(FleetTable):
-    """The rows of a list view (volumes, images, the lease); its columns are the view's."""
+    """The rows of a list view (volumes, images, the lease, job runs); its columns are the view's."""
 
     TITLE = ""
 
