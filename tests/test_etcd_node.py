@@ -185,6 +185,11 @@ def test_membership_refusals_read_as_one_line() -> None:
         E.parse_member_promote("panic: runtime error")
 
 
+def test_a_promoted_member_id_of_fewer_than_16_digits_is_read() -> None:
+    # etcdctl 3.4 prints the IDs with `%16x`: this line, padded, was printed in a lab run (and refused then).
+    assert E.parse_member_promote("Member  fbc4e3e147f30cf promoted in cluster 758496a5f07aab73\n") == 0xfbc4e3e147f30cf
+
+
 def test_endpoint_status_names_the_leader() -> None:
     [status] = E.parse_endpoint_status(_load("endpoint_status")["stdout"])
     assert status.leader == status.member_id and not status.is_learner

@@ -276,7 +276,8 @@ def parse_member_add(text: str) -> MemberAdded:
     return MemberAdded(_member(doc.get("member"), what), _members(doc, what))
 
 
-_PROMOTED = re.compile(r"^Member ([0-9a-f]{1,16}) promoted in cluster ([0-9a-f]{1,16})$")
+# etcdctl prints both IDs with `%16x`: an ID of fewer than 16 hex digits comes padded with spaces.
+_PROMOTED = re.compile(r"^Member +([0-9a-f]{1,16}) promoted in cluster +([0-9a-f]{1,16})$")
 
 
 def parse_member_promote(text: str) -> int:
