@@ -103,7 +103,9 @@ HEALTH = LbHealth("http", "/healthz", interval=0.1, timeout=1.0, fall=2, rise=1)
 
 
 def cli(path: str, command: str, attempts: int = 60) -> str:
-    """One command per connection; the master socket refuses connections briefly while it re-executes."""
+    """One command per connection; the master socket refuses connections briefly while it re-executes, and may
+    reset one it had accepted then (seen once under load): both are asked again (a reload asked twice reloads
+    twice, which no caller here tells apart from once)."""
     for _ in range(attempts):
         try:
             with socket.socket(socket.AF_UNIX) as s:
@@ -115,7 +117,7 @@ def cli(path: str, command: str, attempts: int = 60) -> str:
                 while chunk := s.recv(65536):
                     chunks.append(chunk)
                 return b"".join(chunks).decode()
-        except (ConnectionRefusedError, FileNotFoundError):
+        except (ConnectionRefusedError, ConnectionResetError, FileNotFoundError):
             time.sleep(0.05)
     raise AssertionError(f"cannot reach {path}")
 
