@@ -200,7 +200,7 @@ def record(out: Path) -> None:
         "`sh -c`, as the SSH transport runs it"
     )
     with local_containerd(namespace="fleetrec") as c:
-        d = CtrDriver(namespace=c.namespace, address=c.address, log_dir="/var/log/fleet")
+        d = CtrDriver(namespace=c.namespace, address=c.address, log_dir="/var/log/fleet", logger=str(c.dir / "logger"))
         archive = build_demo("v1", c.dir / "demo-v1.tar")
 
         def sh(call_line: str, stdin_path: str | None = None) -> subprocess.CompletedProcess[str]:

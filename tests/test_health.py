@@ -444,7 +444,8 @@ async def test_exec_check_runs_argv_inside_the_container_with_the_health_timeout
 
     assert isinstance(containerd, Containerd)
     c = containerd
-    driver = CtrDriver(namespace=c.namespace, address=c.address, log_dir=str(c.dir / "logs"))
+    driver = CtrDriver(namespace=c.namespace, address=c.address, log_dir=str(c.dir / "logs"),
+                      logger=str(c.dir / "logger"))
     archive = build_demo("v1", c.dir / "demo-v1.tar")
     imported = c.sh(driver.image_import(archive.path).line(), stdin_path=archive.path)
     assert imported.returncode == 0, imported.stderr

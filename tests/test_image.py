@@ -190,7 +190,8 @@ def runner() -> Iterator[Runner]:
     if reason:
         pytest.skip(reason)
     with local_containerd() as c:
-        d = CtrDriver(namespace=c.namespace, address=c.address, log_dir=str(c.dir / "logs"))
+        d = CtrDriver(namespace=c.namespace, address=c.address, log_dir=str(c.dir / "logs"),
+                      logger=str(c.dir / "logger"))
         built = demo.build_demo("lab", c.dir / "lab.tar")
         proc = c.sh(d.image_import(built.path).line(), stdin_path=built.path)
         assert proc.returncode == 0, proc.stderr

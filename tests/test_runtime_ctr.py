@@ -35,7 +35,7 @@ from fleet.node.runtime.base import (
     Script,
     Status,
 )
-from fleet.node.runtime.ctr import CtrDriver
+from fleet.node.runtime.ctr import DEFAULT_LOGGER, CtrDriver
 
 DATA = Path(__file__).parent / "data" / "ctr"
 T = TypeVar("T")
@@ -103,7 +103,7 @@ def test_run_argv_exact():
     )
     assert d.run_argv(spec) == [
         "ctr", "-a", "/run/c.sock", "-n", "fleet", "run", "-d",
-        "--log-uri", "file:///var/log/fleet/fleet/web-1-abc123.log", "--net-host",
+        "--log-uri", f"binary://{DEFAULT_LOGGER}?file=/var/log/fleet/fleet/web-1-abc123.log", "--net-host",
         "--env", "PORT=8080", "--env-file", "/run/fleet/web.env",
         "--mount", "type=bind,src=/srv/data,dst=/data,options=rbind:ro",
         "--mount", "type=tmpfs,src=tmpfs,dst=/scratch,options=size=8m",
@@ -115,7 +115,8 @@ def test_run_argv_exact():
     assert isinstance(script, Script)
     assert script.text.endswith(
         "ctr -a /run/c.sock -n fleet containers label web-1-abc123 containerd.io/restart.status=running "
-        "containerd.io/restart.loguri=file:///var/log/fleet/fleet/web-1-abc123.log >/dev/null\n")
+        f"'containerd.io/restart.loguri=binary://{DEFAULT_LOGGER}?file=/var/log/fleet/fleet/web-1-abc123.log' "
+        ">/dev/null\n")
 
 
 def test_run_always_detaches_with_a_log_uri_and_no_restart_labels_by_default():
@@ -304,7 +305,8 @@ def ctr_lab() -> Iterator[CtrLab]:
     if reason:
         pytest.skip(reason)
     with local_containerd() as c:
-        d = CtrDriver(namespace=c.namespace, address=c.address, log_dir=str(c.dir / "logs"))
+        d = CtrDriver(namespace=c.namespace, address=c.address, log_dir=str(c.dir / "logs"),
+                      logger=str(c.dir / "logger"))
         archive = build_demo("v1", c.dir / "demo-v1.tar")
         imported = CtrLab(c, d, archive.name).call(d.image_import(archive.path))
         assert [(i.name, i.digest) for i in imported] == [(archive.name, archive.digest)]

@@ -1,5 +1,6 @@
-"""Dates for the lines of a log file that has none: ctr's `--log-uri file://` writes stdout and stderr with no
-timestamps, appending across restarts (FACTS §2.3), so `fleet logs --since/--timestamps` dates what it reads.
+"""Dates for the lines of a log file that has none: on ctr, fleet's logger (fleet.node.runtime.ctr) writes stdout
+and stderr with no timestamps, appending across restarts (FACTS §2.3), so `fleet logs --since/--timestamps` dates
+what it reads.
 
 The node reports the file's size, birth and last-write times (one `stat`) before reading it, then prints the
 lines up to that size (the backlog), a separator, and when following the bytes written after that size (live

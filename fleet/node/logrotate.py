@@ -1,12 +1,13 @@
 """Container log files rotated by size on the node, as a POSIX sh step that every run's node preparation carries
 (fleet.engine.runspec.PREPARE_NODE), so `fleet watch` rotates every round and any `apply` or `reconcile` too.
 
-ctr writes a container's stdout and stderr to one file (`--log-uri file://…`, FACTS §2.3) that it never rotates.
-A log past its size is copied to `.1` (older copies shifted up, the oldest dropped) and truncated in place: the
-shim keeps its file open and writes at the end (O_APPEND: checked by tests/test_runtime_logs.py), so the next line
-lands at the start of the emptied file and `tail -F` (what `fleet logs -f` runs) goes on reading it. Lines written
-between the copy and the truncation are lost (copy-truncate's known gap). Each container's settings are a
-`.rotate` file beside its log (`SIZE FILES`), written where it starts; a log without one keeps the defaults.
+A container on ctr has its stdout and stderr appended to one file (fleet's logger, fleet.node.runtime.ctr) that
+nothing rotates. A log past its size is copied to `.1` (older copies shifted up, the oldest dropped) and truncated
+in place: the logger keeps its file open and writes at the end (O_APPEND: checked by tests/test_runtime_logs.py),
+so the next line lands at the start of the emptied file and `tail -F` (what `fleet logs -f` runs) goes on reading
+it. Lines written between the copy and the truncation are lost (copy-truncate's known gap). Each container's
+settings are a `.rotate` file beside its log (`SIZE FILES`), written where it starts; a log without one keeps the
+defaults.
 """
 
 from __future__ import annotations
