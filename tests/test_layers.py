@@ -299,6 +299,30 @@ def test_the_cli_starts_without_the_facade_or_asyncssh() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_a_command_line_loads_the_module_of_its_command_only() -> None:
+    """`fleet status …` builds the command from fleet.cli.status alone (each CLI start spends most of its CPU
+    importing); `--help`, an unknown name or shell completion get every command, each listed once."""
+    import subprocess
+    import sys
+
+    from fleet.cli.main import COMMANDS, build, named
+
+    code = ("import sys; sys.argv = ['fleet', 'status', '--json']; from fleet.cli.main import build, named; "
+            "app = build(named(sys.argv[1:])); print(sorted(m for m in sys.modules if m.startswith('fleet.cli.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(eval(out.stdout))
+    assert "fleet.cli.status" in loaded and not loaded & {"fleet.cli.apply", "fleet.cli.ui", "fleet.cli.job"}
+    assert [named(a) for a in (["status", "--json"], ["-h"], ["--version"], ["statsu"], ["job", "ls"])] == [
+        "status", None, None, None, "job"]
+    names = [c[0] for c in COMMANDS]
+    assert len(names) == len(set(names))
+    full = build()
+    listed = [c.name for c in full.registered_commands] + [g.name for g in full.registered_groups]
+    assert sorted(listed) == sorted(names)
+    one = build("job")
+    assert ([c.name for c in one.registered_commands], [g.name for g in one.registered_groups]) == ([], ["job"])
+
+
 # ---- size, import cycles, and the façade's imports ------------------------------------------------------------
 # A class that does everything, a module that holds everything, and modules that need each other to load are how
 # the top of fleet grew hard to follow (issue 17); these checks keep it from growing back.
