@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import asyncio
 import io
 import json
@@ -358,3 +359,16 @@ def test_describe_completes_nodes_and_services(tmp_path: Path, monkeypatch: pyte
     inv = _inventory(tmp_path, "n1", "worker-1")
     assert _complete("fleet describe ", FLEET_INVENTORY=inv) == ["n1", "web", "worker-1"]
     assert _complete("fleet describe w", FLEET_INVENTORY=inv) == ["web", "worker-1"]
+
+
+def test_nodes_measured_column_is_the_sustained_load_the_scheduler_counts() -> None:
+    """A burst raises the 1-minute average alone: MEASURED shows the load the scheduler counts (the lowest of
+    the three averages), as `--json`'s `cpu_load` does."""
+    r = report("n1")
+    assert r.facts is not None
+    facts = dataclasses.replace(r.facts, load=(3.0, 1.25, 0.5), scope="host")
+    out = piped()
+    output.print_listing(nodes.listing([dataclasses.replace(r, facts=facts)]), out=out)
+    lines = out.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    row = dict(zip(lines[0].split("\t"), lines[1].split("\t"), strict=True))
+    assert row["MEASURED"].split("/")[0] == "0.50" == format(facts.cpu_in_use, ".2f")

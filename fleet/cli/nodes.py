@@ -101,9 +101,9 @@ def listing(reports: list[NodeReport], wide: bool = False) -> Listing:
                 str(f.ncpu),
                 f"{round(alloc.cpu, 2):g}/{short_size(alloc.memory)}" if alloc else "-",
                 f"{round(req.cpu, 2):g}/{short_size(req.memory)}",
-                # In use by everything on the node: load (none for a cgroup node: its load average is the host's)
-                # and memory.
-                f"{'-' if f.cpu_in_use is None else format(f.load[0], '.2f')}/{short_size(f.mem_used)}",
+                # In use by everything on the node: the load it sustains, as the scheduler counts it (none for a
+                # cgroup node: its load average is the host's) and memory.
+                f"{'-' if f.cpu_in_use is None else format(f.cpu_in_use, '.2f')}/{short_size(f.mem_used)}",
                 short_size(f.disk_free),
                 f"{f.runtime} {(f.runtime_version or '').split('~')[0]}".strip() if f.runtime else "none",
                 f"{len(f.running)} ({short_size(f.used_memory)})",
@@ -139,8 +139,8 @@ def nodes(names: Annotated[list[str] | None, typer.Argument(
     """Show every node: status, CPU, memory, load, disk, runtime and containers.
 
     ALLOC is what the node offers, REQUEST what fleet's containers reserve and MEASURED what everything on the
-    node uses (1-minute load, memory), each as cpu/memory; the scheduler counts the reservations plus the measured
-    use they do not cover.
+    node uses (the load it sustains: the lowest of its 1-, 5- and 15-minute averages; memory), each as cpu/memory;
+    the scheduler counts the reservations plus the measured use they do not cover.
 
     A node is ready, unreachable (sshd), no runtime (containerd missing or not running) or runtime not answering
     (containerd hung); exit 1 unless every node shown is ready. Reasons and warnings go to stderr.
