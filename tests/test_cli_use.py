@@ -4,8 +4,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import asyncio
+import dataclasses
 import io
 import json
 import os
