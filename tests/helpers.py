@@ -6,11 +6,16 @@ A plain module (tests import it like `loadgen`), not fixtures: each helper is a 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import inspect
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -49,8 +54,82 @@ def run_fleet(*args: str, env: Mapping[str, str] | None = None, timeout: float =
     `columns` sets COLUMNS, the width rich renders to; `input` is sent on stdin; `cli` is the command that starts
     the CLI (FLEET_CLI, or INSTALLED_CLI to run it as a user does)."""
     argv = with_inventory(inventory, args) if inventory is not None else list(args)
+    environ = fleet_env(env, columns)
+    if tuple(cli) == FLEET_CLI and (server := cli_server()) is not None:
+        return _forked(server, argv, environ, timeout, input, cwd)
     return subprocess.run([*cli, *argv], capture_output=True, text=True, timeout=timeout, input=input, cwd=cwd,
-                          env=fleet_env(env, columns))
+                          env=environ)
+
+
+_SERVER: list[tuple[subprocess.Popen[bytes], str]] = []
+
+
+def cli_server() -> str | None:
+    """The socket of this process's preloaded CLI (tests/cli_server.py), started on first use and stopped (by its
+    PID) when the process ends; None with FLEET_TEST_FORK=0, or when it does not start."""
+    if os.environ.get("FLEET_TEST_FORK", "1") == "0":
+        return None
+    if _SERVER and _SERVER[0][0].poll() is None:
+        return _SERVER[0][1]
+    _SERVER.clear()
+    where = tempfile.mkdtemp(prefix="fleet-cli-")
+    path = f"{where}/cli.sock"
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("cli_server.py")), path],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd=Path(__file__).resolve().parent.parent)
+
+    def stop() -> None:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(where, ignore_errors=True)
+
+    atexit.register(stop)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop()
+            return None
+        time.sleep(0.02)
+    _SERVER.append((proc, path))
+    return path
+
+
+def _forked(server: str, argv: list[str], env: dict[str, str], timeout: float, input: str | None,
+            cwd: str | Path | None) -> subprocess.CompletedProcess[str]:
+    """One run by the preloaded CLI: what `subprocess.run(FLEET_CLI + argv, capture_output=True, text=True)`
+    gives, TimeoutExpired too (the run killed by its PID first)."""
+    with tempfile.TemporaryFile() as stdin, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        if input is not None:
+            stdin.write(input.encode())
+            stdin.seek(0)
+        conn.connect(server)
+        request = json.dumps({"argv": argv, "env": env, "cwd": str(cwd or os.getcwd())}).encode() + b"\n"
+        socket.send_fds(conn, [request], [stdin.fileno(), out.fileno(), err.fileno()])
+        conn.settimeout(timeout)
+        pid, code, text = None, None, b""
+        try:
+            while code is None:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                text += chunk
+                for line in text.split(b"\n")[:-1]:
+                    answer = json.loads(line)
+                    pid = answer.get("pid", pid)
+                    code = answer.get("exit", code)
+        except TimeoutError:
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, 9)
+            raise subprocess.TimeoutExpired([*FLEET_CLI, *argv], timeout) from None
+
+        def read(f: IO[bytes]) -> str:
+            f.seek(0)
+            return f.read().decode().replace("\r\n", "\n").replace("\r", "\n")
+
+        return subprocess.CompletedProcess([*FLEET_CLI, *argv], -9 if code is None else code, read(out), read(err))
 
 
 def demo_env(inventory: str, directory: Path, versions: Sequence[str] = ("v1", "v2")) -> dict[str, object]:
