@@ -161,6 +161,16 @@ def free_port() -> int:
         return port
 
 
+def free_ports(n: int) -> list[int]:
+    """`n` distinct loopback TCP ports nothing listens on (yet): all bound at once, so no two are the same (two
+    `free_port()` calls can be handed one port twice)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+
+
 def _timed_out(timeout: float, message: str, last: BaseException | None) -> str:
     return f"timed out after {timeout}s waiting for {message}" + (f" (last error: {last!r})" if last else "")
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from haproxy_tools import check_config_argv, master_reload, master_show_proc, server_rows, start_argv
-from helpers import free_port, wait_until, wait_until_async
+from helpers import free_port, free_ports, wait_until, wait_until_async
 from loadgen import Load
 from sshserver import SSHFarm
 
@@ -201,11 +201,11 @@ def scratch_lab() -> Iterator[ScratchLab]:
 
 def test_real_haproxy_serves_checks_drains_adds_and_reloads(scratch_lab: ScratchLab) -> None:
     web1, web2, web3 = scratch_lab.backend("web-1"), scratch_lab.backend("web-2"), scratch_lab.backend("web-3")
-    front, stats_port = free_port(), free_port()
+    front, stats_port, *ports = free_ports(5)
     admin, master = str(scratch_lab.dir / "admin.sock"), str(scratch_lab.dir / "master.sock")
     cfg, state = str(scratch_lab.dir / "haproxy.cfg"), str(scratch_lab.dir / "state")
-    others = [LbService(f"alg-{b}", free_port(), [], balance=b, bind_address="127.0.0.1", health=HEALTH)
-              for b in ("leastconn", "source", "random")]
+    others = [LbService(f"alg-{b}", p, [], balance=b, bind_address="127.0.0.1", health=HEALTH)
+              for b, p in zip(("leastconn", "source", "random"), ports, strict=True)]
     web = LbService("web", front, [LbServer("web-1", "127.0.0.1", web1), LbServer("web-2", "127.0.0.1", web2)],
                     bind_address="127.0.0.1", health=HEALTH)
     text = render([web, *others], admin_socket=admin, state_file=state, stats_bind=("127.0.0.1", stats_port))
@@ -296,12 +296,13 @@ async def test_haproxy_sees_each_server_up_or_down_exactly_as_the_controllers_ch
     tcp = HealthSpec("tcp", interval=0.2, timeout=0.5, failure_threshold=2)
     codes = ["200", "204", "302", "399", "400", "404", "500", "stall"]
     http_ports = {f"c-{code}": scratch_lab.answering(code) for code in codes}
-    tcp_ports = {"t-listening": scratch_lab.answering("200"), "t-closed": free_port()}
+    closed, codes_port, cmd_port = free_ports(3)
+    tcp_ports = {"t-listening": scratch_lab.answering("200"), "t-closed": closed}
     services = [
-        LbService("codes", free_port(), [LbServer(n, "127.0.0.1", p) for n, p in http_ports.items()],
+        LbService("codes", codes_port, [LbServer(n, "127.0.0.1", p) for n, p in http_ports.items()],
                   bind_address="127.0.0.1", health=lb_health(http)),
         # An exec-checked service: HAProxy can only connect to the replica's port.
-        LbService("cmd", free_port(), [LbServer(n, "127.0.0.1", p) for n, p in tcp_ports.items()],
+        LbService("cmd", cmd_port, [LbServer(n, "127.0.0.1", p) for n, p in tcp_ports.items()],
                   bind_address="127.0.0.1", health=lb_health(exe)),
     ]
     admin, cfg = str(scratch_lab.dir / "admin.sock"), str(scratch_lab.dir / "haproxy.cfg")
@@ -356,7 +357,7 @@ async def test_server_only_changes_need_no_reload_and_the_file_reloads_to_the_sa
     and removing servers is done at runtime with the same worker, under load with no failed request; the
     file written beside it then gives the same servers, weights and states after a reload and after a restart."""
     ports = {n: scratch_lab.backend(n) for n in ("web-1", "web-2", "web-3", "web-4")}
-    front, other = free_port(), free_port()
+    front, other = free_ports(2)
     lb = LbNode(pool, farm.node("n1"), base_dir=str(scratch_lab.dir / "hx"), haproxy=HAPROXY)
 
     def config(servers: dict[str, tuple[int, LbState]], extra: bool = False) -> str:
