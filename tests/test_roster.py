@@ -15,11 +15,11 @@ from test_sealed import etcd as etcd
 from test_sealed import store as store
 from test_sealed import use_keyring as use_keyring
 
-from fleet.core.errors import SecretUnreadable
+from fleet.core.errors import SecretStoreError, SecretUnreadable
 from fleet.node import etcd as E
 from fleet.store.etcd import EtcdStore
 from fleet.store.roster import KEY_NAME, ROSTER, Generation, Seen, make, new_key, roster_key, verify
-from fleet.store.sealed import CONTROLLERS, open_secrets, seal
+from fleet.store.sealed import CONTROLLERS, DIGEST_KEY, VALUES, open_secrets, seal
 from fleet.store.sealed import Controller as Entry
 from fleet.store.secrets import Secret, init_identity
 
@@ -44,8 +44,8 @@ async def test_a_forged_registration_is_refused_by_name_and_nothing_is_sealed_to
     assert box.readers == ("alice",)
     assert "mallory" in alice.keeper.refused and "not in the fleet's sealed controller list" in \
         alice.keeper.refused["mallory"]
-    with pytest.raises(SecretUnreadable, match="cannot be opened with this controller's identity"):
-        (await open_secrets(store, str(tmp_path / "mallory.key")))("db")
+    with pytest.raises(SecretStoreError, match="not one of the fleet's controllers"):
+        (await open_secrets(store, str(tmp_path / "mallory.key"), seen=Seen(tmp_path / "mallory.json")))("db")
     view = await alice.keeper.view()
     assert list(view.forged) == ["mallory"] and view.unverified is None
     # Nor can it add itself by writing the list's next generation: it has no key of the list to MAC it with.
@@ -60,6 +60,9 @@ async def test_a_forged_registration_is_refused_by_name_and_nothing_is_sealed_to
         await alice.keeper.set("db", Secret("v3"))
     view = await alice.keeper.view()
     assert view.unverified is not None and "generation 2" in view.unverified
+    with pytest.raises(SecretUnreadable, match=r"generation 2 .* forged"):  # nor is anything read under it
+        (await alice.secrets())("db")
+    await delete(store, roster_key(2))
     assert (await alice.secrets())("db") == "v2"  # nothing was written
 
 
@@ -97,6 +100,7 @@ async def test_a_replay_of_an_old_list_is_refused(store: EtcdStore, tmp_path: Pa
     assert sorted(json.loads(kv.value)["generation"] for kv in await store.range(ROSTER)) == [1, 2, 3]
     # Bob, or root on a record node, puts back the list as it was when bob was a controller: his registration
     # and generation 2, both genuine, and generation 3 gone.
+    genuine = (await store.get(roster_key(3))).value  # type: ignore[union-attr]
     await put(store, CONTROLLERS + "bob", entry)
     await delete(store, roster_key(3))
     with pytest.raises(SecretUnreadable, match=r"at generation 2, older than generation 3 that this controller "
@@ -108,6 +112,9 @@ async def test_a_replay_of_an_old_list_is_refused(store: EtcdStore, tmp_path: Pa
                                          {}, "alice", new_key()).doc())
     with pytest.raises(SecretUnreadable, match="refusing it"):
         await alice.keeper.set("db", Secret("v2"))
+    with pytest.raises(SecretUnreadable, match="refusing it"):  # nor is anything read under it
+        (await alice.secrets())("db")
+    await put(store, roster_key(3), genuine)
     assert (await alice.secrets())("db") == "v1"
 
 
@@ -135,3 +142,47 @@ def test_verify_walks_the_chain_from_what_this_controller_saw(tmp_path: Path) ->
         verify(forged, "age1a", open_key, None)
     with pytest.raises(SecretUnreadable, match=r"lacks generation\(s\) \[2\]"):
         verify({1: chain[1], 3: chain[3]}, "age1a", open_key, None)
+
+
+async def test_a_value_sealed_to_the_controllers_by_root_on_a_record_node_is_refused(
+        store: EtcdStore, tmp_path: Path) -> None:
+    """Anyone can seal a value to the controllers' public keys: root on a record node writes its own `db`, as a
+    controller's box looks, with no MAC and with a MAC under a key of its own. Each is refused by name."""
+    alice = Controller(store, tmp_path / "alice", "alice")
+    await alice.keeper.set("db", Secret("v1"))
+    readers = [Entry("alice", alice.identity.public, "", 0.0)]
+    await put(store, VALUES + "db", seal("db", Secret("evil"), readers, "alice").doc())
+    with pytest.raises(SecretUnreadable, match="secret 'db': sealed without a MAC of the fleet's controller list"):
+        (await alice.secrets())("db")
+    await put(store, VALUES + "db", seal("db", Secret("evil"), readers, "alice", new_key()).doc())
+    with pytest.raises(SecretUnreadable, match="secret 'db': its MAC does not verify with generation 1"):
+        (await alice.secrets())("db")
+    await alice.keeper.set("db", Secret("v2"))
+    assert (await alice.secrets())("db") == "v2"
+
+
+async def test_boxes_sealed_before_values_were_maced_are_maced_once_then_a_stripped_mac_is_refused(
+        store: EtcdStore, tmp_path: Path) -> None:
+    alice = Controller(store, tmp_path / "alice", "alice")
+    await alice.keeper.set("db", Secret("v1"))
+    await alice.keeper.set("api", Secret("v2"))
+
+    async def strip(key: str) -> None:
+        doc = json.loads((await store.get(key)).value)  # type: ignore[union-attr]
+        doc.pop("mac")
+        await put(store, key, doc)
+
+    for key in (VALUES + "db", VALUES + "api", DIGEST_KEY):  # the fleet as an older fleet left it
+        await strip(key)
+    with pytest.raises(SecretUnreadable, match="secret 'api': sealed without a MAC"):
+        (await alice.secrets())("api")
+    await alice.keeper.set("new", Secret("v3"))  # the first write after the upgrade MACs every box
+    read = await alice.secrets()
+    assert (read("db"), read("api"), read("new"), len(read.digest_key())) == ("v1", "v2", "v3", 32)
+    assert '"what":"secrets MACed"' in json.dumps([json.loads(kv.value) for kv in await store.range("/fleet/events/")],
+                                                  separators=(",", ":"))
+    # From then on a box whose MAC was taken off is refused, and no later write trusts it again.
+    await strip(VALUES + "db")
+    await alice.keeper.set("other", Secret("v4"))
+    with pytest.raises(SecretUnreadable, match="secret 'db': sealed without a MAC"):
+        (await alice.secrets())("db")

@@ -216,7 +216,7 @@ class Fleet(Hands, Jobs, Turns):
         if self._unsealed is None:
             # No record node (an inventory with no nodes yet): no secrets to read, said where one is used.
             store = self._store or (etcd_store(self.pool, self.inventory) if record_nodes(self.inventory) else None)
-            self._unsealed = await open_secrets(store)
+            self._unsealed = await open_secrets(store, place=record_place(self.inventory))
         return self._unsealed
 
     async def stamped(self, specs: Sequence[ServiceSpec]) -> list[ServiceSpec]:
@@ -411,7 +411,12 @@ class Fleet(Hands, Jobs, Turns):
 def keeper(fleet: Fleet, identity_file: str | None = None) -> SecretKeeper:
     """The fleet's sealed secrets and controllers, changed by this controller (`fleet secret`, `fleet controller`)."""
     return SecretKeeper(etcd_store(fleet.pool, fleet.inventory), command=fleet.command, identity_file=identity_file,
-                        wait=fleet.wait, place=",".join(sorted(n.name for n in record_nodes(fleet.inventory))))
+                        wait=fleet.wait, place=record_place(fleet.inventory))
+
+
+def record_place(inventory: Inventory) -> str:
+    """Which record nodes keep the fleet's controller list: what a controller remembers its verified list by."""
+    return ",".join(sorted(n.name for n in record_nodes(inventory)))
 
 
 def notes(on_event: Callable[[Event], None] | None) -> Callable[..., None]:

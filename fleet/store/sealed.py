@@ -9,11 +9,18 @@ Keys:
                                       list, so root on a record node cannot register itself (a forged entry is
                                       refused by name and nothing is sealed to it) nor take a controller out
     /fleet/secrets/values/<secret>    {"name", "box": base64 of an age file, "readers": [controller names],
-                                       "set_by", "set_at"}
+                                       "set_by", "set_at", "mac": HMAC-SHA256 of the name and box with the key of
+                                       the controller list's newest generation}
     /fleet/secrets/digest-key         the same shape; its plaintext is the fleet's HMAC key for secret digests, so
                                       every controller computes the same digests (and none rolls a service)
 
-Inside a box is JSON `{"secret": NAME, "value": VALUE}`, so a box moved under another name is refused. A record
+Inside a box is JSON `{"secret": NAME, "value": VALUE}`, so a box moved under another name is refused. Anyone can
+seal a value to the controllers' public keys; only a controller holds the MAC key of the controller list
+(fleet.store.roster), so a value (or digest key) whose MAC does not verify with the newest generation's key is
+refused by name: root on a record node cannot make the controllers deploy a value of its own. Adding or removing a
+controller re-MACs every box with the new generation's key. Boxes written before fleet MACed them are MACed once
+by the first controller that writes after the upgrade, while no box of the fleet has a MAC yet (the one moment
+they are trusted unauthenticated); from then on a box without one is refused. A record
 that fails to decode, a box that fails to open, is refused by the secret's name (`SecretUnreadable`) and nothing
 acts on it. Writes (`SecretKeeper`) go under the fleet's lease (EtcdLease), each a fenced transaction
 (SharedState) with an event; `Unsealed` is one run's read of them, the `secrets` getter of the Fleet façade.
@@ -24,12 +31,14 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hashlib
+import hmac
 import json
 import os
 import re
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyrage
@@ -100,10 +109,31 @@ class Box:
     readers: tuple[str, ...]
     set_by: str
     set_at: float
+    mac: str = field(default="", repr=False)  # box_mac with the controller list's key; "" in a legacy box
 
     def doc(self) -> dict[str, Any]:
         return {"name": self.name, "box": self.box, "readers": list(self.readers), "set_by": self.set_by,
-                "set_at": self.set_at}
+                "set_at": self.set_at, **({"mac": self.mac} if self.mac else {})}
+
+    def signed(self, key: bytes) -> Box:
+        return replace(self, mac=box_mac(key, self.name, self.box))
+
+
+def box_mac(key: bytes, name: str, box: str) -> str:
+    """The MAC of a sealed value: its name and box, with the key of the controller list's newest generation."""
+    return hmac.new(key, b"fleet secret\0" + name.encode() + b"\0" + box.encode(), hashlib.sha256).hexdigest()
+
+
+def check_mac(box: Box, roster: Roster, what: str) -> None:
+    """SecretUnreadable naming `what` unless `box` is MACed with the verified controller list's key."""
+    if not box.mac:
+        raise SecretUnreadable(f"{what}: sealed without a MAC of the fleet's controller list (before fleet MACed "
+                               f"secret values, or by someone who is not a controller): refusing it; set it again "
+                               f"from a controller")
+    if not hmac.compare_digest(box_mac(roster.key, box.name, box.box), box.mac):
+        raise SecretUnreadable(f"{what}: its MAC does not verify with generation {roster.generation} of the fleet's "
+                               f"controller list: not written by a controller (or before the list changed, and not "
+                               f"re-sealed since); refusing it (set it again)")
 
 
 def _controller(kv: E.KeyValue) -> Controller:
@@ -123,7 +153,8 @@ def box_of(doc: Any, name: str) -> Box:
     readers = doc["readers"]
     if not isinstance(readers, list) or not all(isinstance(r, str) for r in readers):
         raise ValueError("readers: expected a list of controller names")
-    box = Box(str(doc["name"]), str(doc["box"]), tuple(readers), str(doc["set_by"]), float(doc["set_at"]))
+    box = Box(str(doc["name"]), str(doc["box"]), tuple(readers), str(doc["set_by"]), float(doc["set_at"]),
+              str(doc.get("mac", "")))
     if box.name != name:
         raise ValueError(f"it names secret {box.name!r}")
     return box
@@ -191,14 +222,16 @@ async def read_state(store: EtcdStore) -> SealedState:
     return SealedState.of([kv for answer in done.responses if isinstance(answer, E.Range) for kv in answer.kvs])
 
 
-def seal(name: str, value: Secret, controllers: Sequence[Controller], by: str) -> Box:
-    """`value` sealed to every controller's public key, its name inside the box."""
+def seal(name: str, value: Secret, controllers: Sequence[Controller], by: str, key: bytes | None = None) -> Box:
+    """`value` sealed to every controller's public key, its name inside the box; MACed with `key` (the controller
+    list's newest generation's) when given."""
     if not controllers:
         raise SecretStoreError("the fleet has no controller to seal secrets to")
     plain = json.dumps({"secret": name, "value": value.reveal()}, ensure_ascii=False).encode()
     recipients = [x25519.Recipient.from_str(c.key) for c in controllers]
-    return Box(name, base64.b64encode(pyrage.encrypt(plain, recipients)).decode(),
-               tuple(sorted(c.name for c in controllers)), by, time.time())
+    box = Box(name, base64.b64encode(pyrage.encrypt(plain, recipients)).decode(),
+              tuple(sorted(c.name for c in controllers)), by, time.time())
+    return box if key is None else box.signed(key)
 
 
 def unseal(identity: Identity, box: Box, what: str) -> Secret:
@@ -226,14 +259,15 @@ def unseal(identity: Identity, box: Box, what: str) -> Secret:
     return Secret(value)
 
 
-def digest_key_of(identity: Identity, state: SealedState) -> bytes:
-    """The fleet's digest key, opened with `identity`; SecretUnreadable when it cannot be."""
+def digest_key_of(identity: Identity, state: SealedState, roster: Roster) -> bytes:
+    """The fleet's digest key, opened with `identity`, MACed with `roster`'s key; SecretUnreadable when not."""
     why = state.unreadable(DIGEST_NAME)
     if why is not None:
         raise SecretUnreadable(f"the fleet's secret digest key ({DIGEST_KEY}): {why}; refusing it")
     if state.digest is None:
         raise SecretStoreError(f"the fleet has no secret digest key ({DIGEST_KEY}): run `fleet secret set` once "
                                "from a controller to create it")
+    check_mac(state.digest, roster, f"the fleet's secret digest key ({DIGEST_KEY})")
     text = unseal(identity, state.digest, f"the fleet's secret digest key ({DIGEST_KEY})").reveal()
     try:
         key = bytes.fromhex(text)
@@ -256,11 +290,13 @@ class Unsealed:
     for the others."""
 
     def __init__(self, state: SealedState | None, identity: Identity | None,
-                 failure: SecretStoreError | None = None, no_identity: SecretStoreError | None = None) -> None:
+                 failure: SecretStoreError | None = None, no_identity: SecretStoreError | None = None,
+                 roster: Roster | SecretStoreError | None = None) -> None:
         self.state = state
         self.identity = identity
         self.failure = failure
         self.no_identity = no_identity
+        self.roster = roster  # the verified controller list whose key MACs the boxes, or why it is not
         self._key: bytes | None = None
 
     def __repr__(self) -> str:
@@ -272,11 +308,13 @@ class Unsealed:
         assert self.state is not None
         return self.state
 
-    def _ready(self) -> tuple[SealedState, Identity]:
+    def _ready(self) -> tuple[SealedState, Identity, Roster]:
         state = self._read()
         if self.identity is None:
             raise self.no_identity or SecretStoreError("this controller has no age identity")
-        return state, self.identity
+        if not isinstance(self.roster, Roster):
+            raise self.roster or SecretStoreError("the fleet's controller list was not verified")
+        return state, self.identity, self.roster
 
     def __call__(self, name: str) -> str | None:
         """The secret's value; None when the fleet has no such secret; SecretUnreadable naming it when its record
@@ -286,12 +324,19 @@ class Unsealed:
         if why is not None:
             raise SecretUnreadable(f"secret {name!r}: {why}; refusing it (set it again)")
         box = state.boxes.get(name)
-        return None if box is None else unseal(self._ready()[1], box, f"secret {name!r}").reveal()
+        if box is None:
+            return None
+        try:
+            _, identity, roster = self._ready()
+        except SecretStoreError as exc:
+            raise type(exc)(f"secret {name!r}: {exc}") from None
+        check_mac(box, roster, f"secret {name!r}")
+        return unseal(identity, box, f"secret {name!r}").reveal()
 
     def digest_key(self) -> bytes:
         if self._key is None:
-            state, identity = self._ready()
-            self._key = digest_key_of(identity, state)
+            state, identity, roster = self._ready()
+            self._key = digest_key_of(identity, state, roster)
         return self._key
 
     def present(self, name: str) -> bool:
@@ -304,9 +349,11 @@ def default_name() -> str:
     return re.sub(r"[^A-Za-z0-9._@-]", "-", default_holder()).lstrip("._@-")[:128] or "controller"
 
 
-async def open_secrets(store: EtcdStore | None, identity_file: str | None = None) -> Unsealed:
-    """The fleet's secrets for one run. The identity is loaded first, so a keyring that cannot be read fails
-    before any node is contacted; failures are kept in the result (raised where a secret is used), not raised."""
+async def open_secrets(store: EtcdStore | None, identity_file: str | None = None, *, place: str = "",
+                       seen: Seen | None = None) -> Unsealed:
+    """The fleet's secrets for one run, with the controller list verified (`verified_roster`: its key MACs every
+    value). The identity is loaded first, so a keyring that cannot be read fails before any node is contacted;
+    failures are kept in the result (raised where a secret is used), not raised."""
     identity, missing = None, None
     try:
         identity = load_identity(identity_file)
@@ -317,9 +364,45 @@ async def open_secrets(store: EtcdStore | None, identity_file: str | None = None
     if store is None:
         return Unsealed(None, identity, SecretStoreError("no record node to keep the fleet's secrets"))
     try:
-        return Unsealed(await read_state(store), identity, no_identity=missing)
+        state = await read_state(store)
     except RecordsError as exc:
         return Unsealed(None, identity, SecretStoreError(f"the fleet's secrets could not be read: {exc}"))
+    roster: Roster | SecretStoreError | None = None
+    if identity is not None and not state.empty():
+        try:
+            roster = verified_roster(state, identity, seen or Seen(), place)
+        except SecretStoreError as exc:
+            roster = exc
+    return Unsealed(state, identity, no_identity=missing, roster=roster)
+
+
+def verified_roster(state: SealedState, identity: Identity, seen: Seen, place: str) -> Roster:
+    """The fleet's controller list, verified with this controller's identity from what it verified before on
+    the record nodes `place` (fleet.store.roster.verify), and remembered; SecretStoreError naming the command that
+    registers it when this controller is not one, SecretUnreadable when the list is forged, replayed or
+    rewritten."""
+    def open_key(g: Generation) -> bytes:
+        if identity.public not in g.controllers.values():
+            names = ", ".join(sorted(g.controllers)) or "none"
+            raise SecretStoreError(
+                f"this controller ({identity.public}, in {identity.where}) is not one of the fleet's controllers "
+                f"({names}): have one of them run `fleet controller add NAME {identity.public}`")
+        try:
+            key = bytes.fromhex(unseal(identity, box_of(g.key, KEY_NAME), f"the fleet's controller list, "
+                                       f"generation {g.generation}").reveal())
+        except (ValueError, KeyError, TypeError):
+            key = b""
+        if len(key) != 32:
+            raise SecretUnreadable(f"the fleet's controller list, generation {g.generation}: its key is not 32 "
+                                   f"bytes; refusing it")
+        return key
+
+    if state.chain and not any(identity.public in g.controllers.values() for g in state.chain.values()):
+        open_key(state.chain[max(state.chain)])  # raises: not one of the fleet's controllers
+    roster = verify(state.chain, identity.public, open_key, seen.get(place, identity.public))
+    open_key(state.chain[roster.generation])  # a controller taken out of the newest generation is refused
+    seen.put(place, identity.public, roster)
+    return roster
 
 
 # Puts per transaction when re-sealing every secret: etcd refuses more than --max-txn-ops (128 by default).
@@ -365,31 +448,8 @@ class SecretKeeper:
         self.refused: dict[str, str] = {}  # forged registrations the last write found (and sealed nothing to)
 
     def verified(self, state: SealedState, identity: Identity) -> Roster:
-        """The fleet's controller list, verified with this controller's identity from what it verified before
-        (fleet.store.roster.verify), and remembered; SecretStoreError naming the command that registers it when
-        this controller is not one, SecretUnreadable when the list is forged, replayed or rewritten."""
-        def open_key(g: Generation) -> bytes:
-            if identity.public not in g.controllers.values():
-                names = ", ".join(sorted(g.controllers)) or "none"
-                raise SecretStoreError(
-                    f"this controller ({identity.public}, in {identity.where}) is not one of the fleet's controllers "
-                    f"({names}): have one of them run `fleet controller add NAME {identity.public}`")
-            try:
-                key = bytes.fromhex(unseal(identity, box_of(g.key, KEY_NAME), f"the fleet's controller list, "
-                                           f"generation {g.generation}").reveal())
-            except (ValueError, KeyError, TypeError):
-                key = b""
-            if len(key) != 32:
-                raise SecretUnreadable(f"the fleet's controller list, generation {g.generation}: its key is not 32 "
-                                       f"bytes; refusing it")
-            return key
-
-        if state.chain and not any(identity.public in g.controllers.values() for g in state.chain.values()):
-            open_key(state.chain[max(state.chain)])  # raises: not one of the fleet's controllers
-        roster = verify(state.chain, identity.public, open_key, self.seen.get(self.place, identity.public))
-        open_key(state.chain[roster.generation])  # a controller taken out of the newest generation is refused
-        self.seen.put(self.place, identity.public, roster)
-        return roster
+        """The fleet's controller list, verified (`verified_roster`) on this keeper's record nodes."""
+        return verified_roster(state, identity, self.seen, self.place)
 
     async def view(self) -> SecretsView:
         """The controllers and the secrets' names and readers; takes no lease. The registrations are checked
@@ -423,8 +483,8 @@ class SecretKeeper:
                                        f"on purpose, remove {seen.where})")
             if state.empty():
                 me = Controller(self.name, identity.public, self.name, time.time())
-                digest = seal(DIGEST_NAME, legacy_digest_key() or new_digest_key(), [me], me.name)
                 first, roster = self._generation(Roster(new_fleet(), 0, {}, b""), [me], me.name)
+                digest = seal(DIGEST_NAME, legacy_digest_key() or new_digest_key(), [me], me.name, roster.key)
                 await shared.write({CONTROLLERS + me.name: me.doc(), DIGEST_KEY: digest.doc(),
                                     roster_key(1): first.doc()},
                                    event=_event("controller bootstrap", me.name, controller=me.name))
@@ -433,7 +493,24 @@ class SecretKeeper:
             roster = self.verified(state, identity)
             self.refused = state.forged(roster)
             me = next(c for c in state.readers(roster) if c.key == identity.public)
+            state = await self._upgrade(shared, state, roster, me)
             yield shared, state, identity, me, roster
+
+    async def _upgrade(self, shared: SharedState, state: SealedState, roster: Roster, me: Controller) -> SealedState:
+        """A fleet whose boxes were all sealed before fleet MACed them: each MACed now with the controller list's
+        key, by this controller (the one moment they are trusted as they are; once any box has a MAC, a box
+        without one is refused)."""
+        boxes = [*state.boxes.values(), *([state.digest] if state.digest is not None else [])]
+        if not boxes or any(b.mac for b in boxes):
+            return state
+        signed = {n: b.signed(roster.key) for n, b in state.boxes.items()}
+        digest = state.digest.signed(roster.key) if state.digest is not None else None
+        items = [(VALUES + n, b.doc()) for n, b in signed.items()] + ([(DIGEST_KEY, digest.doc())] if digest else [])
+        for start in range(0, len(items), TXN_PUTS):
+            last = start + TXN_PUTS >= len(items)
+            await shared.write(dict(items[start:start + TXN_PUTS]), event=_event("secrets MACed", me.name) if last
+                               else None)
+        return replace(state, boxes=signed, digest=digest)
 
     def _generation(self, roster: Roster, to: Sequence[Controller], by: str) -> tuple[Generation, Roster]:
         """The controller list's next generation for the controllers `to`: a new key sealed to them, MACed with
@@ -447,7 +524,7 @@ class SecretKeeper:
         """Seal `value` to every controller and store it as secret `name` (replacing its value)."""
         check_name("secret", name)
         async with self._writing() as (shared, state, _, me, roster):
-            box = seal(name, value, state.readers(roster), me.name)
+            box = seal(name, value, state.readers(roster), me.name, roster.key)
             await shared.write({VALUES + name: box.doc()}, event=_event("secret set", me.name, secret=name))
             return box
 
@@ -501,11 +578,13 @@ class SecretKeeper:
         boxes = [(VALUES + b.name, b) for b in state.boxes.values()]
         boxes += [(DIGEST_KEY, state.digest)] if state.digest is not None else []
         by = event["by"]
-        resealed = {key: seal(b.name, unseal(identity, b, f"secret {b.name!r}"), to, by).doc() for key, b in boxes}
+        # MACed with the next generation's key: the list that readers verify once it is written, last.
+        following, after = self._generation(roster, to, by)
+        resealed = {key: seal(b.name, unseal(identity, b, f"secret {b.name!r}"), to, by, after.key).doc()
+                    for key, b in boxes}
         items = list(resealed.items())
         for start in range(0, len(items), TXN_PUTS):
             await shared.write(dict(items[start:start + TXN_PUTS]))
-        following, after = self._generation(roster, to, by)
         await shared.write({**puts, roster_key(following.generation): following.doc()}, deletes, event=event)
         self.seen.put(self.place, identity.public, after)
 
