@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from fleet.core import labels as L
 from fleet.core.labels import parse_labels
 from fleet.core.model import Resources
-from fleet.engine.containers import ps
+from fleet.engine.containers import PsResult, ps
 from fleet.engine.nodes import NodeReport
 from fleet.node.runtime.base import ContainerInfo, Status
 from fleet.plan.reconcile import Replica
@@ -52,7 +52,11 @@ class Observed:
 
 async def observe(pool: Pool, reports: list[NodeReport]) -> Observed:
     """Every container on every ready node, split into fleet's replicas and foreign ones; failures reported."""
-    listed = await ps(pool, reports)
+    return observed(await ps(pool, reports))
+
+
+def observed(listed: PsResult) -> Observed:
+    """A `ps` listing split into fleet's replicas and foreign containers, with its errors."""
     mine, foreign = replicas_from((row.node, row.info) for row in listed.rows)
     return Observed(tuple(mine), tuple(foreign), dict(listed.errors))
 
