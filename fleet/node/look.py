@@ -32,11 +32,11 @@ RC_MARK = "@@fleet-list-rc "
 
 # Whether the facts just gathered say containerd can answer: the same verdict as fleet.engine.nodes.runtime_problem
 # (a runtime installed, its socket there, something listening on it, not stopped or exited, not timed out on the
-# probe), from the facts script's own variables: $RT, $CP (containerd's PID, `?` or empty), $st (its state
-# letter), $rc (the probe's exit status; 124: timed out). A node it refuses is not listed: a listing would hang
-# on a containerd that cannot answer.
+# probe), from the facts script's own variables: $RT, $S (containerd's socket), $CP (its PID, `?` or empty), $st
+# (its state letter), $rc (the probe's exit status; 124: timed out). A node it refuses is not listed: a listing
+# would hang on a containerd that cannot answer.
 GATE = r"""fleet_lists() {
-  [ -n "$1" ] && [ -S /run/containerd/containerd.sock ] || return 1
+  [ -n "$1" ] && [ -S "$S" ] || return 1
   case $2 in '') return 1;; esac
   case $3 in T|t|Z|X) return 1;; esac
   [ "$4" != 124 ]
