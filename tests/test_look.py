@@ -21,6 +21,7 @@ from fleet.core.shell import Script
 from fleet.engine.containers import ps
 from fleet.engine.look import look, look_command
 from fleet.engine.nodes import collect, report_from
+from fleet.node.facts import parse_facts
 from fleet.node.look import GATE, LIST_MARK, RC_MARK, look_script, split
 from fleet.node.runtime.base import check
 from fleet.node.runtime.ctr import parse_list
@@ -226,3 +227,13 @@ async def test_a_ready_node_whose_listing_did_not_come_with_its_facts_is_listed_
     reports, listed = await look(pool, [Node("n1", "10.0.0.1")])  # type: ignore[arg-type]
     assert [k for _, k in pool.calls] == ["joined", "list"]
     assert reports[0].ok and len(listed.rows) == 5 and not listed.errors
+
+
+def test_facts_read_the_same_through_the_files_fast_loop_as_through_the_general_one():
+    """parse_facts reads the usual `path:line` tail in a tight loop; a marker line after `@files` (meaning nothing
+    to NodeFacts) sends the same text through the general loop: both must give the same facts."""
+    for name, rec in FACTS.items():
+        text = rec["stdout"]
+        assert "\n@files\n" in text and "\n@" not in text.partition("\n@files\n")[2], name
+        assert parse_facts(text) == parse_facts(text + "@unused=1\n"), name
+        assert parse_facts(text) == parse_facts(text.replace("\n", "\r\n")), name
