@@ -3,8 +3,9 @@ commands fleet's engine sends by recognising them, from a per-node in-memory con
 
 Answered in-process, from the table (the output has the shape the real scripts print, recorded on containerd
 1.6.20): the facts script, the container listing (each container's `ctr containers info` JSON is the recorded
-one of tests/data/ctr/list.json with this container's id, image, labels), `ctr run` (the container is added,
-running), stop and remove (it goes), `ctr tasks ls`, `ctr images ls`, the node-prepare script (its stdin is
+one of tests/data/ctr/list.json with this container's id, image, labels), both in one command (fleet.node.look:
+the facts, then the listing its gate lets run, as on a node whose containerd answers), `ctr run` (the container
+is added, running), stop and remove (it goes), `ctr tasks ls`, `ctr images ls`, the node-prepare script (its stdin is
 read), the volume listing (none), the etcd member's start and status (it runs: it is the bench's local etcd). Run
 for real: the controller's shared state, against a real etcd on loopback: its JSON gateway through direct-tcpip
 channels the servers forward to it as sshd does (counted: `tunnel`), and `etcdctl` where used; and the old records'
@@ -40,6 +41,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from sshserver import SSHFarm, _pump  # noqa: E402
 
+from fleet.node.look import LIST_MARK, RC_MARK  # noqa: E402
 from fleet.node.paths import DEFAULT  # noqa: E402
 
 _RECORDED = json.loads((ROOT / "tests" / "data" / "ctr" / "list.json").read_text())["stdout"]
@@ -129,6 +131,12 @@ class SimNode:
         parts += [f"{c.pid} 5000\n" for c in self.containers.values()]
         return "".join(parts)
 
+    def look(self, ports: bool, cut_spec: bool) -> str:
+        """The facts and the listing in one command (fleet.node.look): this node's facts say containerd answers
+        (runtime ctr, its socket there, pid 77 in state S, no probe this round), so the script's gate lets the
+        ctr listing run; the list script exits 0 here."""
+        return f"{self.facts(ports)}{LIST_MARK}ctr\n{self.listing(cut_spec)}\n{RC_MARK}0\n"
+
     def images(self) -> str:
         refs = sorted({c.image for c in self.containers.values()} | set(IMAGES))
         return "REF TYPE DIGEST SIZE PLATFORMS LABELS\n" + "".join(
@@ -211,6 +219,8 @@ class Farm:
             return "prepare", 0, ""
         if command.endswith(" fleet-volumes"):
             return "volumes", 0, ""  # no volume directories: these services have no volumes
+        if command.endswith(" fleet-facts") and LIST_MARK in command and "fleet_lists()" in command:
+            return "look", 0, node.look("PORTS=1 " in command, '/^    "Spec": /q;p' in command)
         if command.endswith(" fleet-facts"):
             return "facts", 0, node.facts("PORTS=1 " in command)
         if "@@container" in command and "@@tasks" in command:

@@ -37,11 +37,8 @@ class Base:
     def with_jobs(self, jobs: Any) -> Base:  # the playbooks' jobs (none here): the same façade
         return self
 
-    async def nodes(self, *, ports: bool = False) -> list[Any]:
-        return []
-
-    async def observe(self, reports: list[Any]) -> Observed:
-        return Observed((), ())
+    async def look(self, *, ports: bool = False) -> tuple[list[Any], Observed]:
+        return [], Observed((), ())
 
     async def lb_rows(self, reports: list[Any]) -> list[Any]:
         return []

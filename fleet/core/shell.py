@@ -42,5 +42,10 @@ class Script:
         object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
 
     def render(self) -> str:
-        """The command line sent to the node: `ENV=... /bin/sh -c TEXT NAME ARGS...`, all quoted."""
-        return with_env(self.env, join(["/bin/sh", "-c", self.text, self.name, *self.args]))
+        """The command line sent to the node: `ENV=... /bin/sh -c TEXT NAME ARGS...`, all quoted (once per Script:
+        a watcher sends the same one to every node each round)."""
+        line: str | None = self.__dict__.get("_line")
+        if line is None:
+            line = with_env(self.env, join(["/bin/sh", "-c", self.text, self.name, *self.args]))
+            object.__setattr__(self, "_line", line)
+        return line

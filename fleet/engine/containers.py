@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import difflib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -30,7 +30,7 @@ from fleet.engine.nodes import NodeReport
 from fleet.node import cni
 from fleet.node.logdates import DatedLine, Dater
 from fleet.node.paths import DEFAULT as NODE_PATHS
-from fleet.node.runtime.base import Call, RunSpec, StopResult, parse_ok
+from fleet.node.runtime.base import Call, ContainerInfo, RunSpec, StopResult, parse_ok
 from fleet.results.containers import LIST_TIMEOUT
 from fleet.results.containers import PsResult as PsResult
 from fleet.results.containers import PsRow as PsRow
@@ -52,6 +52,11 @@ async def ps(pool: Pool, reports: list[NodeReport], *, timeout: float = LIST_TIM
     Each node has `timeout` seconds; one that is not ready or does not answer in time is named in `errors`
     ("list containers did not answer within 8s") and the others are listed all the same."""
     found, errors = await on_ready_nodes(pool, reports, lambda d: d.list_containers(), timeout=timeout)
+    return ps_result(found, errors)
+
+
+def ps_result(found: Mapping[str, list[ContainerInfo]], errors: dict[str, str]) -> PsResult:
+    """The listings of the nodes (`found`: node -> its containers) as `ps` returns them, in its order."""
     rows = [PsRow(node, info, parse_labels(info.labels)) for node, infos in found.items() for info in infos]
     return PsResult(tuple(sorted(rows, key=_sort_key)), errors)
 

@@ -8,8 +8,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from dataclasses import replace
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 
 from fleet.core.model import CommandResult, Node
 from fleet.core.shell import Script
@@ -22,15 +22,19 @@ from fleet.results.nodes import NOT_ANSWERING as NOT_ANSWERING
 from fleet.results.nodes import READY as READY
 from fleet.results.nodes import UNREACHABLE as UNREACHABLE
 from fleet.results.nodes import NodeReport as NodeReport
-from fleet.transport import Pool, fanout
+from fleet.transport import Command, Pool, fanout
 
 # The facts script reads files and runs a 3 s probe at most: 10 s is generous, and a node that takes longer is
 # reported (unreachable, with the deadline) instead of holding the round.
 FACTS_TIMEOUT = 10.0
 def facts_command(node: Node, ports: bool = False) -> Script:
     """The facts script for a node; with `ports`, also the TCP ports something listens on (for placement)."""
-    env = {"NS": node.namespace, "PORTS": "1" if ports else "", "PROBE": str(PROBE_TIMEOUT),
-           "FLEET_DIR": DEFAULT.base}
+    return facts_script(node.namespace, ports)
+
+
+def facts_script(namespace: str, ports: bool = False) -> Script:
+    """The facts script for the nodes whose fleet namespace is `namespace` (see `facts_command`)."""
+    env = {"NS": namespace, "PORTS": "1" if ports else "", "PROBE": str(PROBE_TIMEOUT), "FLEET_DIR": DEFAULT.base}
     return Script(FACTS_SCRIPT, env, name="fleet-facts")
 
 
@@ -79,19 +83,38 @@ async def collect(pool: Pool, nodes: tuple[Node, ...] | list[Node], *, ports: bo
     costs the round that long at most and is reported; the others are never held up by it. Host names are
     resolved first (each report's `ip`); a node whose name does not resolve is unreachable, not contacted, and its
     reason names the host, the node and `inventory` (file:line)."""
+    trips = await round_trips(pool, nodes, lambda n: facts_command(n, ports), timeout=timeout, inventory=inventory)
+    return [report_of(trip.node, trip.result, trip.unresolved, trip.ip) for trip in trips]
 
-    def facts_of(node: Node) -> Awaitable[CommandResult]:
-        return pool.run(node, facts_command(node, ports), timeout=timeout)
+
+@dataclass(frozen=True)
+class Trip:
+    """One node's round trip: its result, or why it was not contacted (`unresolved`: its name did not resolve)."""
+
+    node: Node
+    result: CommandResult | None
+    unresolved: str | None = None
+    ip: str | None = None
+
+
+async def round_trips(pool: Pool, nodes: tuple[Node, ...] | list[Node], command_for: Callable[[Node], Command], *,
+                      timeout: float, inventory: str | None = None) -> list[Trip]:
+    """`command_for(node)` on every node whose name resolves, concurrently, each within `timeout` seconds once
+    connected; one Trip per node, in the given order (see `collect`)."""
+
+    def run(node: Node) -> Awaitable[CommandResult]:
+        return pool.run(node, command_for(node), timeout=timeout)
 
     resolved = await resolve_nodes(nodes, inventory=inventory)
     reachable = [n for n in nodes if n.name not in resolved.errors]
-    results = dict(zip((n.name for n in reachable), await fanout(pool, reachable, facts_of), strict=True))
-    reports = []
-    for node in nodes:
-        if node.name in resolved.errors:
-            reports.append(NodeReport(node, UNREACHABLE, resolved.errors[node.name], None, 0.0))
-            continue
-        r = results[node.name]
-        report = report_from(node, r.exit_status, r.stdout, r.error, r.duration)
-        reports.append(replace(report, ip=resolved.addresses.get(node.name)))
-    return reports
+    results = dict(zip((n.name for n in reachable), await fanout(pool, reachable, run), strict=True))
+    return [Trip(n, None, resolved.errors[n.name]) if n.name in resolved.errors
+            else Trip(n, results[n.name], None, resolved.addresses.get(n.name)) for n in nodes]
+
+
+def report_of(node: Node, result: CommandResult | None, unresolved: str | None, ip: str | None) -> NodeReport:
+    """The report of one facts round trip (`report_from`), or of a node not contacted (`unresolved`)."""
+    if result is None:
+        return NodeReport(node, UNREACHABLE, unresolved, None, 0.0)
+    report = report_from(node, result.exit_status, result.stdout, result.error, result.duration)
+    return replace(report, ip=ip)

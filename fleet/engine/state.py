@@ -6,9 +6,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from fleet.core import labels as L
-from fleet.core.labels import parse_labels
+from fleet.core.labels import ContainerLabels, parse_labels
 from fleet.core.model import Resources
-from fleet.engine.containers import ps
+from fleet.engine.containers import PsResult, ps
 from fleet.engine.nodes import NodeReport
 from fleet.node.runtime.base import ContainerInfo, Status
 from fleet.plan.reconcile import Replica
@@ -25,9 +25,13 @@ def _created(value: str | None) -> float | None:
 
 def replicas_from(rows: Iterable[tuple[str, ContainerInfo]]) -> tuple[list[Replica], list[tuple[str, ContainerInfo]]]:
     """Split containers (as a node lists them) into fleet replicas (read from labels) and foreign ones (left alone)."""
+    return _split((node, info, parse_labels(info.labels)) for node, info in rows)
+
+
+def _split(rows: Iterable[tuple[str, ContainerInfo, ContainerLabels | None]],
+           ) -> tuple[list[Replica], list[tuple[str, ContainerInfo]]]:
     mine, foreign = [], []
-    for node, info in rows:
-        lab = parse_labels(info.labels)
+    for node, info, lab in rows:
         if lab is None or lab.replica is None or lab.port is None:
             foreign.append((node, info))
             continue
@@ -52,8 +56,12 @@ class Observed:
 
 async def observe(pool: Pool, reports: list[NodeReport]) -> Observed:
     """Every container on every ready node, split into fleet's replicas and foreign ones; failures reported."""
-    listed = await ps(pool, reports)
-    mine, foreign = replicas_from((row.node, row.info) for row in listed.rows)
+    return observed(await ps(pool, reports))
+
+
+def observed(listed: PsResult) -> Observed:
+    """A `ps` listing split into fleet's replicas and foreign containers, with its errors."""
+    mine, foreign = _split((row.node, row.info, row.labels) for row in listed.rows)  # labels read by `ps`
     return Observed(tuple(mine), tuple(foreign), dict(listed.errors))
 
 

@@ -181,9 +181,8 @@ class Watcher:
     # --- one round -------------------------------------------------------------------------------------
     async def look(self, fleet: Fleet) -> Look:
         """Read the fleet over the warm pool: facts, containers, HAProxy's server states."""
-        reports = await fleet.nodes(ports=True)
+        reports, obs = await fleet.look(ports=True)  # one round trip per node: its facts and its containers
         self._latest = (time.monotonic(), reports)
-        obs = await fleet.observe(reports)
         workers = {r.node.name for r in reports if r.node.has_role("worker")}
         lost = frozenset(n for n in workers if n in obs.errors)
         self.grace, view = self.grace.update(time.monotonic(), workers - lost, lost, obs.replicas)
