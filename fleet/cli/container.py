@@ -75,6 +75,10 @@ def stop(ref: RefArg, inventory: common.InventoryOpt = None,
 def rm(ref: RefArg, inventory: common.InventoryOpt = None) -> None:
     """Remove a container at once (kill, delete task, container, snapshot, log and secret files).
 
+    A running replica of a service goes through the fleet's lease as with `fleet stop`: out of the load
+    balancers and drained first (up to its stop_grace_period), then removed; reconcile or `fleet watch` starts
+    its replacement. Any other container is removed at once.
+
     Example:
 
       fleet rm n1/3f2a"""
