@@ -8,7 +8,6 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
 
 from fleet.config.spec import IMAGE_RE, ServiceSpec, from_playbook_dict, to_playbook_dict
 from fleet.core.errors import FleetError
@@ -16,6 +15,7 @@ from fleet.engine.concurrency import Coalesced, SerialRecords
 from fleet.plan.reconcile import Replica
 from fleet.plan.rollout.decide import (
     Command,
+    PausedTurn,
     ServiceState,
     Target,
     after_abort,
@@ -30,11 +30,10 @@ from fleet.plan.rollout.decide import (
     canary_waits,
     decide,
 )
+from fleet.plan.rollout.decide import TurnKind as TurnKind  # where fleet.engine.apply reads it
 from fleet.plan.volumes import VolumeView
 from fleet.store.history import FinalOutcome, Revision
 from fleet.store.protocol import Records
-
-TurnKind = Literal["rollback", "promote", "abort", "restart", "deploy"]
 
 
 def spec_of(rev: Revision) -> ServiceSpec:
@@ -274,12 +273,40 @@ class Ledger:
         assert shown is not None  # `accepted` was read from it
         return Turn(kind, _rolling(spec), None, shown, state, hosts=False)
 
+    async def turn_paused(self, turn: Turn, revision: int) -> None:
+        """A pause stopped `turn` before its next batch, `revision` in progress: the service's record says so, for
+        `fleet rollout resume` to end it as the turn would (`paused_turn`)."""
+        state = await self.state(turn.spec.name)
+        if state is not None:
+            await self._set(turn.spec.name, replace(state, paused_turn=PausedTurn(turn.kind, revision,
+                                                                                  turn.shown.revision)))
+
+    async def paused_turn(self, service: str) -> tuple[Turn, int] | None:
+        """The turn a pause stopped midway and the revision it converges to, as the turn had them; None when there
+        is none, or when what it was to end is no longer in progress (another run took the service on)."""
+        state = await self.state(service)
+        pt = state.paused_turn if state is not None else None
+        if state is None or pt is None:
+            return None
+        # An abort ends the waiting canary (`shown`); every other turn its own revision.
+        ends = await self.records.get(service, pt.shown if pt.kind == "abort" else pt.revision)
+        rev, shown = await self.records.get(service, pt.revision), await self.records.get(service, pt.shown)
+        if ends is None or ends.outcome != "in-progress" or rev is None or shown is None:
+            return None
+        spec = spec_of(rev) if pt.kind == "rollback" else _rolling(spec_of(rev))
+        turn = Turn(pt.kind, spec, pt.revision, shown, replace(state, paused_turn=None),
+                    hosts=pt.kind in ("rollback", "promote"))
+        return turn, pt.revision
+
     async def turned(self, turn: Turn, revision: int, failure: str | None) -> None:
         """Record how `turn` ended (`failure`: why it did not converge; only the turn's own revision fails)."""
         name, at = turn.spec.name, time.time()
         if failure is not None:
             if turn.kind in ("rollback", "restart", "deploy"):
                 await self._finish(name, revision, "failed", failure)
+            state = await self.state(name)
+            if state is not None and state.paused_turn is not None:  # a resumed turn's pause is over
+                await self._set(name, replace(state, paused_turn=None))
             return
         if turn.kind in ("restart", "deploy"):
             assert turn.state is not None  # both start from an accepted revision
