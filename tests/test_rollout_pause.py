@@ -166,3 +166,22 @@ def test_a_paused_turn_is_read_back_from_the_record_and_a_bad_one_is_named():
     assert "paused_turn" not in ServiceState(1, "applied").to_json()  # records without one are as they were
     with pytest.raises(ValueError, match=r"paused_turn: expected \{kind, revision, shown\}, got \{'kind': 'scale'"):
         ServiceState.from_json({**state.to_json(), "paused_turn": {"kind": "scale", "revision": 2, "shown": 1}})
+
+
+async def test_a_paused_promote_once_resumed_is_recorded_as_promoted():
+    canary = ("    lb: {port: 8080}\n    update: {strategy: canary, canary: {steps: [10, 50], pause: 50ms, "
+              "auto_promote: false}}\n")
+    h = Harness([worker("w1")], balanced=True)
+    assert (await h.apply(service("web", 3, cpu=0.25, image=V1, extra=canary))).ok
+    assert (await h.apply(service("web", 3, cpu=0.25, image=V2, extra=canary))).outcomes[0].waiting
+    pause_at_revision(h, 2)
+    _, paused = await h.fresh_engine().turn("promote", "web")
+    assert paused.outcomes[0].waiting and h.memory().states["web"]["paused_turn"] == {
+        "kind": "promote", "revision": 2, "shown": 2}
+    unpause(h)
+    [done] = (await byhand.resume(h.fresh_engine(), "web")).outcomes
+    assert done.ok and images(h) == [V2] * 3
+    last = (await h.memory().list("web"))[-1]
+    assert (last.revision, last.outcome, last.reason) == (2, "succeeded", "promoted by `fleet promote`")
+    state = h.memory().states["web"]
+    assert (state["accepted"], state["decision"]) == (2, "applied") and "paused_turn" not in state
