@@ -6,6 +6,8 @@ resume ends it as that turn records an unpaused one: deployed, a restart, pinned
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import pytest
 from harness import Harness, service, worker
 
@@ -144,22 +146,6 @@ async def test_a_paused_deploy_that_fails_once_resumed_is_recorded_failed_as_an_
     assert (await h.apply(web(), command="reconcile")).ok and images(h) == [V1] * 3
 
 
-async def test_a_paused_rollback_once_resumed_is_pinned_as_an_unpaused_one():
-    h = Harness([worker("w1")])
-    assert (await h.apply(web())).ok and (await h.apply(web(V2))).ok
-    pause_at_revision(h, 3)
-    _, paused = await h.fresh_engine().turn("rollback", "web", 1)
-    assert paused.outcomes[0].waiting and h.memory().states["web"]["paused_turn"] == {
-        "kind": "rollback", "revision": 3, "shown": 1}
-    unpause(h)
-    [done] = (await byhand.resume(h.fresh_engine(), "web")).outcomes
-    assert done.ok and images(h) == [V1] * 3
-    last = (await h.memory().list("web"))[-1]
-    assert (last.revision, last.outcome, last.reason) == (3, "succeeded", "rollback to revision 1")
-    state = h.memory().states["web"]
-    assert (state["accepted"], state["decision"]) == (3, "pinned") and "paused_turn" not in state
-
-
 def test_a_paused_turn_is_read_back_from_the_record_and_a_bad_one_is_named():
     state = ServiceState(1, "applied", "i", paused_turn=PausedTurn("deploy", 2, 1))
     assert ServiceState.from_json(state.to_json()) == state
@@ -168,20 +154,38 @@ def test_a_paused_turn_is_read_back_from_the_record_and_a_bad_one_is_named():
         ServiceState.from_json({**state.to_json(), "paused_turn": {"kind": "scale", "revision": 2, "shown": 1}})
 
 
-async def test_a_paused_promote_once_resumed_is_recorded_as_promoted():
-    canary = ("    lb: {port: 8080}\n    update: {strategy: canary, canary: {steps: [10, 50], pause: 50ms, "
-              "auto_promote: false}}\n")
+CANARY = ("    lb: {port: 8080}\n    update: {strategy: canary, canary: {steps: [10, 50], pause: 50ms, "
+          "auto_promote: false}}\n")
+
+
+async def rolled_back(h: Harness) -> None:
+    """Revisions 1 (v1) and 2 (v2) applied: `fleet rollback` to 1 is revision 3."""
+    assert (await h.apply(web())).ok and (await h.apply(web(V2))).ok
+
+
+async def canary_waits(h: Harness) -> None:
+    """Revision 1 (v1) applied, revision 2 (v2) a canary waiting for `fleet promote`."""
+    assert (await h.apply(service("web", 3, cpu=0.25, image=V1, extra=CANARY))).ok
+    assert (await h.apply(service("web", 3, cpu=0.25, image=V2, extra=CANARY))).outcomes[0].waiting
+
+
+@pytest.mark.parametrize(("kind", "to", "before", "revision", "shown", "image", "reason", "decision"), [
+    ("rollback", 1, rolled_back, 3, 1, V1, "rollback to revision 1", "pinned"),
+    ("promote", None, canary_waits, 2, 2, V2, "promoted by `fleet promote`", "applied"),
+])
+async def test_a_paused_rollback_or_promote_once_resumed_is_recorded_as_an_unpaused_one(
+        kind: TurnKind, to: int | None, before: Callable[[Harness], Awaitable[None]], revision: int, shown: int,
+        image: str, reason: str, decision: str):
     h = Harness([worker("w1")], balanced=True)
-    assert (await h.apply(service("web", 3, cpu=0.25, image=V1, extra=canary))).ok
-    assert (await h.apply(service("web", 3, cpu=0.25, image=V2, extra=canary))).outcomes[0].waiting
-    pause_at_revision(h, 2)
-    _, paused = await h.fresh_engine().turn("promote", "web")
+    await before(h)
+    pause_at_revision(h, revision)
+    _, paused = await h.fresh_engine().turn(kind, "web", to)
     assert paused.outcomes[0].waiting and h.memory().states["web"]["paused_turn"] == {
-        "kind": "promote", "revision": 2, "shown": 2}
+        "kind": kind, "revision": revision, "shown": shown}
     unpause(h)
     [done] = (await byhand.resume(h.fresh_engine(), "web")).outcomes
-    assert done.ok and images(h) == [V2] * 3
+    assert done.ok and images(h) == [image] * 3
     last = (await h.memory().list("web"))[-1]
-    assert (last.revision, last.outcome, last.reason) == (2, "succeeded", "promoted by `fleet promote`")
+    assert (last.revision, last.outcome, last.reason) == (revision, "succeeded", reason)
     state = h.memory().states["web"]
-    assert (state["accepted"], state["decision"]) == (2, "applied") and "paused_turn" not in state
+    assert (state["accepted"], state["decision"]) == (revision, decision) and "paused_turn" not in state
