@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
 from fleet.core import labels as L
-from fleet.core.errors import FleetError
+from fleet.core.errors import FleetError, LeaseHeld
 from fleet.engine import containers as C
 from fleet.engine import volumes as V
 from fleet.engine.calls import driver_for
@@ -90,12 +90,15 @@ async def rm(pool: Pool, reports: Reports, ref: str,
 async def _retired(rows: Sequence[PsRow], drained: Callable[[frozenset[str]], Awaitable[None]] | None,
                    ) -> tuple[frozenset[str], str | None]:
     """The running replicas of services among `rows`, stopped through `drained` (none without it), and why that
-    failed (None: it did not)."""
+    failed (None: it did not). A lease another run holds raises (LeaseHeld), before anything is done: the command
+    ends as every writer does then (exit 75)."""
     served = frozenset(r.info.id for r in rows if drained is not None and r.labels is not None
                        and r.labels.replica is not None and r.info.status is Status.RUNNING)
     if served and drained is not None:
         try:
             await drained(served)
+        except LeaseHeld:
+            raise
         except FleetError as exc:
             return served, str(exc)
     return served, None
