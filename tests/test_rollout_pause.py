@@ -189,3 +189,20 @@ async def test_a_paused_rollback_or_promote_once_resumed_is_recorded_as_an_unpau
     assert (last.revision, last.outcome, last.reason) == (revision, "succeeded", reason)
     state = h.memory().states["web"]
     assert (state["accepted"], state["decision"]) == (revision, decision) and "paused_turn" not in state
+
+
+async def test_a_paused_apply_set_once_resumed_is_recorded_as_the_deploy_it_is():
+    h = Harness([worker("w1"), worker("w2")])
+    assert (await h.apply(web())).ok
+    pause_at_revision(h, 2)
+    [paused] = (await h.fresh_engine().apply([web()], "apply", images={"web": V2})).outcomes
+    assert paused.waiting and h.memory().states["web"]["paused_turn"] == {
+        "kind": "set", "revision": 2, "shown": 2, "set_from": intent_hash(web())}
+    unpause(h)
+    [done] = (await byhand.resume(h.fresh_engine(), "web")).outcomes
+    assert done.ok and images(h) == [V2] * 3 and h.memory().outcomes("web") == [(1, "succeeded"), (2, "succeeded")]
+    state = h.memory().states["web"]
+    assert (state["accepted"], state["decision"], state["intent"]) == (2, "deployed", intent_hash(web()))
+    assert state["reason"] == f"image {V2} by `fleet apply --set`" and "paused_turn" not in state
+    h.ops.steps.clear()
+    assert (await h.apply(web(), command="reconcile")).ok and h.steps("web") == [] and images(h) == [V2] * 3

@@ -11,7 +11,6 @@ from fleet.config.spec import ServiceSpec
 from fleet.core.errors import FleetError
 from fleet.engine.apply import Engine
 from fleet.plan.reconcile import Replica
-from fleet.plan.rollout.decide import Target
 from fleet.results import Outcome, RunResult
 
 
@@ -67,7 +66,7 @@ async def resume(engine: Engine, service: str) -> RunResult:
     paused = await engine.ledger.paused_turn(service)
     if paused is not None:
         return await engine.carry(*paused)
-    spec = await engine.ledger.unfinished(service)
-    if spec is None:
+    target = await engine.ledger.unfinished(service)
+    if target is None:
         return engine.result([Outcome(service, True, reason="no rollout in progress to resume", changed=False)])
-    return engine.result(await engine.apply_targets([Target(spec, None, heal=False)]))
+    return engine.result(await engine.apply_targets([target]))

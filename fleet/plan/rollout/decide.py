@@ -50,21 +50,23 @@ def revision_key(spec: ServiceSpec) -> str:
 
 @dataclass(frozen=True)
 class PausedTurn:
-    """A turn by hand (`fleet deploy`, `restart`, `rollback`, `promote`, `abort`) that a pause stopped before its
-    next batch: it converges to `revision` (left in progress), and `shown` is the revision it named (the accepted
-    one it started from, the one rolled back to, the canary). `fleet rollout resume` carries it on and records
-    its end as the turn records it."""
+    """A rollout that a pause stopped before its next batch, which `fleet rollout resume` must end as the command
+    that began it ends an unpaused one: a turn by hand (`fleet deploy`, `restart`, `rollback`, `promote`, `abort`),
+    or (`set`) a playbook's service whose image `apply --set` changed, recorded as a deploy against the playbook's
+    intent `set_from`. It converges to `revision` (left in progress); `shown` is the revision the turn named (the
+    accepted one it started from, the one rolled back to, the canary; `set`: its own)."""
 
-    kind: TurnKind
+    kind: TurnKind | Literal["set"]
     revision: int
     shown: int
+    set_from: str = ""
 
     @classmethod
     def from_json(cls, data: object) -> PausedTurn:
-        if not isinstance(data, Mapping) or data.get("kind") not in TURN_KINDS or not all(
+        if not isinstance(data, Mapping) or data.get("kind") not in (*TURN_KINDS, "set") or not all(
                 isinstance(data.get(k), int) and not isinstance(data.get(k), bool) for k in ("revision", "shown")):
             raise ValueError(f"paused_turn: expected {{kind, revision, shown}}, got {data!r}")
-        return cls(data["kind"], data["revision"], data["shown"])
+        return cls(data["kind"], data["revision"], data["shown"], str(data.get("set_from") or ""))
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,8 @@ class ServiceState:
         out["canary_weights"] = list(self.canary_weights) if self.canary_weights else None
         if self.paused_turn is None:
             del out["paused_turn"]  # the records of a service no pause stopped midway stay as they were
+        elif not self.paused_turn.set_from:
+            del out["paused_turn"]["set_from"]
         return out
 
     @classmethod
