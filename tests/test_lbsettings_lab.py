@@ -167,9 +167,10 @@ def test_the_settings_reach_haproxy_on_the_lb_node(lab: Any, env: dict[str, Any]
     assert Path(env["playbook"]).exists()
 
 
-def test_a_per_node_service_runs_on_every_worker_and_a_stopped_replica_is_drained(lab: Any, env: dict[str, Any]
-                                                                                 ) -> None:
-    # No retries: a replica stopped without its drain would fail the requests in flight to it.
+def test_a_per_node_service_runs_on_every_worker_and_a_stopped_or_removed_replica_is_drained(
+        lab: Any, env: dict[str, Any]) -> None:
+    # No retries: a replica stopped (`fleet stop`) or removed (`fleet rm`) without its drain would fail the
+    # requests in flight to it.
     name, port = "lbs-each", 19562
     pb = Path(env["dir"]) / "each.yaml"
     pb.write_text(f"""services:
@@ -191,16 +192,22 @@ def test_a_per_node_service_runs_on_every_worker_and_a_stopped_replica_is_draine
         assert out.returncode == 0, out.stdout + out.stderr
         first = each()
         assert sorted(r["node"] for r in first) == sorted(lab.workers()), first
-        victim = first[0]
+        victim, removed = first[0], first[1]
         with Load(env["lb"], port, clients=6, max_seconds=60) as load:
             time.sleep(1.0)
             stopped = fleet(env, "stop", victim["id"])
             time.sleep(0.5)
+            gone = fleet(env, "rm", removed["id"])
+            time.sleep(0.5)
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        assert gone.returncode == 0 and f"{removed['id']}: removed" in gone.stdout, gone.stdout + gone.stderr
         r = load.result
-        print(f"\nstopped {victim['id']} on {victim['node']}: requests ok {r.ok}, failed {r.failed} {r.errors}")
+        print(f"\nstopped {victim['id']} on {victim['node']}, removed {removed['id']} on {removed['node']}: "
+              f"requests ok {r.ok}, failed {r.failed} {r.errors}")
         assert r.ok > 50 and r.failed == 0, (r.errors, r.failures[:5])
-        assert victim["id"] not in {x["id"] for x in each()}
+        assert not {victim["id"], removed["id"]} & {x["id"] for x in each()}
+        listed = json.loads(fleet(env, "ps", "--all", "--json").stdout)["containers"]
+        assert not {victim["id"], removed["id"]} & {c["id"] for c in listed}, "stop and rm left no container"
         out = fleet(env, "reconcile", str(pb))
         assert out.returncode == 0, out.stdout + out.stderr
         assert sorted(x["node"] for x in each()) == sorted(lab.workers()), "its node got one back"

@@ -313,9 +313,10 @@ class Fleet(Hands, Jobs, Turns):
         async with self.writing() as engine:
             return await engine.destroy(service, grace)
 
-    async def retire(self, ids: frozenset[str], grace: float) -> None:
+    async def retire(self, ids: frozenset[str], grace: float | None) -> None:
         """Stop the running replicas `ids` of services under the lease: out of the load balancers, drained (up to
-        `grace`), then stopped (fleet.engine.byhand.retire); FleetError when one could not be."""
+        `grace`; None: each service's stop_grace_period), then stopped (fleet.engine.byhand.retire); FleetError
+        when one could not be."""
         async with self.writing() as engine:
             result = await byhand.retire(engine, ids, grace)
         if not result.ok:

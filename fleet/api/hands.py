@@ -44,14 +44,15 @@ class Hands(abc.ABC):
         """The fleet's lease for one operation (fleet.api.Fleet.leased)."""
 
     @abc.abstractmethod
-    async def retire(self, ids: frozenset[str], grace: float) -> None:
-        """Stop running replicas of services under the lease, drained first (fleet.api.Fleet.retire)."""
+    async def retire(self, ids: frozenset[str], grace: float | None) -> None:
+        """Stop running replicas of services under the lease, drained first (fleet.api.Fleet.retire); `grace`
+        None: each service's stop_grace_period."""
 
     @abc.abstractmethod
     def known(self, name: str) -> Node:
         """The inventory's node `name`, or InventoryError (fleet.api.Fleet.known)."""
 
-    # --- containers by hand (`fleet run`, `stop`, `rm`, `logs`, `exec`): no lease, no records ----------------
+    # --- containers by hand (`fleet run`, `stop`, `rm`, `logs`, `exec`): no records; a replica under the lease -
     async def run_one(self, node: str, spec: RunSpec, *, timeout: float = 60.0) -> None:
         """Start one container on `node` (see fleet.engine.handwork.run_one)."""
         await handwork.run_one(self.pool, await self.reports(), node, spec, timeout=timeout)
@@ -63,8 +64,10 @@ class Hands(abc.ABC):
                                    lambda ids: self.retire(ids, grace))
 
     async def rm(self, ref: str) -> list[tuple[PsRow, str | None]]:
-        """Remove every container `ref` names, one entry per container (see fleet.engine.handwork.rm)."""
-        return await handwork.rm(self.pool, await self.reports(), ref)
+        """Remove every container `ref` names, one entry per container (see fleet.engine.handwork.rm); a running
+        replica of a service goes under the lease, out of the load balancers and drained first (its service's
+        stop_grace_period), as `stop` takes it."""
+        return await handwork.rm(self.pool, await self.reports(), ref, lambda ids: self.retire(ids, None))
 
     @contextlib.asynccontextmanager
     async def logs(self, ref: str, *, follow: bool = False, tail: int | None = 100,

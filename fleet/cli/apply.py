@@ -80,22 +80,32 @@ def playbooks_from(paths: list[str] | None, files: list[str] | None = None,
     """The playbooks' services and jobs, `${NAME}` expanded from the environment over `env_file`; exit 2 naming
     every problem (file:line)."""
     from fleet.config.spec import jobs_of, load_playbook_files
-    from fleet.config.variables import read_env_file
-    from fleet.config.yamlmarks import read_text
-    from fleet.core.errors import SpecError
 
     chosen = playbook_paths(paths, files)
+    variables = playbook_variables(env_file)
     try:
-        variables = dict(os.environ)
-        if env_file is not None:
-            found, problems = read_env_file(env_file, read_text(env_file, "env file"))
-            if problems:
-                raise SpecError(problems)
-            variables = {**found, **os.environ}
         playbooks = load_playbook_files(chosen, variables)
     except ConfigError as exc:
         common.fail(str(exc))
     return [s for pb in playbooks for s in pb.services], jobs_of(playbooks)
+
+
+def playbook_variables(env_file: str | None = None) -> dict[str, str]:
+    """What `${NAME}` in the playbooks expands from: the environment over `env_file`'s lines; exit 2 naming every
+    bad line (file:line)."""
+    from fleet.config.variables import read_env_file
+    from fleet.config.yamlmarks import read_text
+    from fleet.core.errors import SpecError
+
+    if env_file is None:
+        return dict(os.environ)
+    try:
+        found, problems = read_env_file(env_file, read_text(env_file, "env file"))
+        if problems:
+            raise SpecError(problems)
+    except ConfigError as exc:
+        common.fail(str(exc))
+    return {**found, **os.environ}
 
 
 def images_set(sets: list[str] | None, specs: Sequence[ServiceSpec]) -> dict[str, str]:
@@ -479,7 +489,7 @@ def reconcile(playbooks: PlaybooksArg = None, file: FileOpt = None, inventory: c
     A playbook changed since it was last tried is tried (as `apply`); a waiting canary, `abort` and `rollback`
     are left as they are, and a revision that failed is not retried until the playbook changes again. Prints
     nothing when nothing changed, one line per change otherwise. Then the scheduled jobs' slots that are due run
-    (each slot once across every controller; see `catch_up` in playbooks/README.md).
+    (each slot once across every controller; see `catch_up` in docs/playbook.md, Jobs).
 
     Exit codes: 0 converged; 1 something failed (a service, a node); 2 bad input; 75 another run holds the
     fleet's lease (see --wait).

@@ -60,7 +60,8 @@ def stop(ref: RefArg, inventory: common.InventoryOpt = None,
     """Stop a container (SIGTERM, then SIGKILL after the grace period) and delete it with its secret files.
 
     A running replica of a service goes through the fleet's lease: out of the load balancers and drained first
-    (its connections finish, up to the grace period); reconcile or `fleet watch` starts its replacement.
+    (its connections finish, up to the grace period); reconcile or `fleet watch` starts its replacement (another
+    run holding the lease: exit 75, nothing done).
 
     Example:
 
@@ -74,6 +75,11 @@ def stop(ref: RefArg, inventory: common.InventoryOpt = None,
 
 def rm(ref: RefArg, inventory: common.InventoryOpt = None) -> None:
     """Remove a container at once (kill, delete task, container, snapshot, log and secret files).
+
+    A running replica of a service goes through the fleet's lease as with `fleet stop`: out of the load
+    balancers and drained first (up to its stop_grace_period), then removed; reconcile or `fleet watch` starts
+    its replacement (another run holding the lease: exit 75, nothing done). Any other container is removed at
+    once.
 
     Example:
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from fleet.cli import common
-from fleet.cli.apply import FileOpt, PlaybooksArg, playbook_paths
+from fleet.cli.apply import EnvFileOpt, FileOpt, PlaybooksArg, playbook_paths, playbook_variables, playbooks_from
 
 
 def log_line(event: str, **fields: Any) -> str:
@@ -40,19 +40,20 @@ def watch(playbooks: PlaybooksArg = None, file: FileOpt = None, inventory: commo
           = True,
           serve: Annotated[bool, typer.Option("--socket/--no-socket",
                                               help="Lend the warm connections to `fleet nodes`, `status`, `ps` "
-                                                   "and `fleet ui` on this controller.")] = True) -> None:
+                                                   "and `fleet ui` on this controller.")] = True,
+          env_file: EnvFileOpt = None) -> None:
     """Watch containers and nodes and reconcile (as `fleet reconcile`) as soon as something drifts.
 
     Runs in the foreground (systemd: Type=notify, READY=1 once running); SIGTERM stops it and releases its lease.
     One watcher per fleet is active, others wait as standbys and take over within the lease's ttl
     (FLEET_LEASE_TTL, 30 s). Writers (`fleet apply`…) keep working: the watcher takes the fleet's lease only
-    for a round that acts.
+    for a round that acts. An --env-file is read once, at start (the playbooks are read again when they change):
+    restart the watcher to take a changed one.
 
     Example:
 
-      fleet watch -f playbooks/ --node-grace 1m"""
-    from fleet.config.spec import load_playbooks
-    from fleet.core.errors import ConfigError
+      fleet watch -f playbooks/ --node-grace 1m
+      fleet watch -f playbooks/ --env-file prod.env"""
     from fleet.core.units import parse_duration_flag
     from fleet.watch.controller import WatchOptions
     from fleet.watch.controller import watch as run_watch
@@ -61,12 +62,11 @@ def watch(playbooks: PlaybooksArg = None, file: FileOpt = None, inventory: commo
     paths = tuple(playbook_paths(playbooks, file))
     try:
         grace = parse_duration_flag(node_grace)
-        load_playbooks(paths)
     except (ValueError, TypeError) as exc:
         common.fail(f"--node-grace: {exc}")
-    except ConfigError as exc:
-        common.fail(str(exc))
-    options = WatchOptions(playbooks=paths, interval=interval, node_grace=grace, events=events)
+    playbooks_from(list(paths), None, env_file)  # exit 2 naming every problem before anything runs
+    options = WatchOptions(playbooks=paths, interval=interval, node_grace=grace, events=events,
+                           variables=playbook_variables(env_file))
 
     async def go() -> int:
         return await run_watch(inv, options, _log, once=once, serve=serve)

@@ -25,7 +25,7 @@ from fleet.engine.edge import Edge
 from fleet.engine.guarded import Guard, Guarded, confirm
 from fleet.engine.lb import Balancers
 from fleet.engine.lbview import config_diff, proposed_configs
-from fleet.engine.ledger import Ledger, NullLedger, TurnKind
+from fleet.engine.ledger import Ledger, NullLedger, Turn, TurnKind
 from fleet.engine.ledger import spec_of as spec_of  # where fleet.engine.status reads it
 from fleet.engine.nodefiles import NodeFiles
 from fleet.engine.nodes import NodeReport
@@ -288,25 +288,30 @@ class Engine:
         await self.observe()
         await self.ledger.reread(service)
         turn = await self.ledger.turn(kind, service, to, image)
-        self.view.rotation.follow(turn.spec)
+        return turn.shown, await self.carry(turn)
+
+    async def carry(self, turn: Turn, revision: int | None = None) -> RunResult:
+        """Converge the service to `turn`'s spec at `revision` (None: the turn's, else a new one begun after the
+        deploy hook), then record how it ended; a pause leaves it in progress, said on its record."""
+        service, view = turn.spec.name, self.view
+        view.rotation.follow(turn.spec)
         await self.follow_records({service})
         if turn.hosts:
             await self.ops.prepare([turn.spec])
-        revision = turn.revision if turn.revision is not None else await self.ledger.begin(turn.spec,
-                                                                                           self.view.live)
-        if kind == "deploy" and (why := await self.stage.before_deploy(turn.spec, revision)) is not None:
-            await self.ledger.turned(turn, revision, why)
-            return turn.shown, self.result([Outcome(service, False, reason=why)])
+        if revision is None:
+            revision = turn.revision if turn.revision is not None else await self.ledger.begin(turn.spec, view.live)
+            if turn.kind == "deploy" and (why := await self.stage.before_deploy(turn.spec, revision)) is not None:
+                await self.ledger.turned(turn, revision, why)
+                return self.result([Outcome(service, False, reason=why)])
         try:
             out = await self.rollout.converge(turn.spec, revision)
         except RolloutFailed as exc:
             await self.ledger.turned(turn, revision, str(exc))
-            await self.ops.route(self.view.rotation)
-            return turn.shown, self.result([Outcome(service, False, reason=str(exc))])
-        if not out.waiting:  # paused: the revision stays in progress for `fleet rollout resume`
-            await self.ledger.turned(turn, revision, None)
-        await self.ops.route(self.view.rotation)
-        return turn.shown, self.result([out])
+            out = Outcome(service, False, reason=str(exc))
+        else:  # paused: the revision stays in progress for `fleet rollout resume`
+            await (self.ledger.turn_paused(turn, revision) if out.waiting else self.ledger.turned(turn, revision, None))
+        await self.ops.route(view.rotation)
+        return self.result([out])
 
     # --- removing a service -----------------------------------------------------------------------------
     async def destroy(self, service: str, grace: float = 10.0) -> RunResult:

@@ -11,7 +11,6 @@ from fleet.config.spec import ServiceSpec
 from fleet.core.errors import FleetError
 from fleet.engine.apply import Engine
 from fleet.plan.reconcile import Replica
-from fleet.plan.rollout.decide import Target
 from fleet.results import Outcome, RunResult
 
 
@@ -59,10 +58,15 @@ async def retire(engine: Engine, ids: frozenset[str], grace: float | None = None
 
 
 async def resume(engine: Engine, service: str) -> RunResult:
-    """Carry on the service's rollout that a pause stopped (its pause lifted first): its newest revision still in
-    progress, as a run that finds an interrupted rollout does; nothing to do when there is none."""
+    """Carry on the service's rollout that a pause stopped (its pause lifted first): a turn by hand (`fleet
+    deploy`, `restart`, `rollback`, `promote`, `abort`) to the end that turn records; else its newest revision
+    still in progress, as a run that finds an interrupted rollout does; nothing to do when there is none."""
     await engine.observe()
-    spec = await engine.ledger.unfinished(service)
-    if spec is None:
+    await engine.ledger.reread(service)
+    paused = await engine.ledger.paused_turn(service)
+    if paused is not None:
+        return await engine.carry(*paused)
+    target = await engine.ledger.unfinished(service)
+    if target is None:
         return engine.result([Outcome(service, True, reason="no rollout in progress to resume", changed=False)])
-    return engine.result(await engine.apply_targets([Target(spec, None, heal=False)]))
+    return engine.result(await engine.apply_targets([target]))

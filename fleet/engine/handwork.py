@@ -1,16 +1,16 @@
 """Work by hand on a fleet's nodes (`fleet ps`, `run`, `stop`, `rm`, `logs`, `exec`, `volume`): each operation
 takes the run's node reports, finds what a reference names and acts on it; no lease, no records (the façade takes
-the lease for the volume operations that change data)."""
+the lease for the volume operations that change data, and `stop` and `rm` hand a service's running replicas to
+it: fleet.engine.byhand.retire)."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import TypeVar
 
 from fleet.core import labels as L
-from fleet.core.errors import FleetError
+from fleet.core.errors import FleetError, LeaseHeld
 from fleet.engine import containers as C
 from fleet.engine import volumes as V
 from fleet.engine.calls import driver_for
@@ -22,7 +22,6 @@ from fleet.results.volumes import VolumeRow
 from fleet.transport import Pool
 from fleet.transport.terminal import Session, Terminal, session
 
-T = TypeVar("T")
 Reports = list[NodeReport]
 
 
@@ -45,20 +44,6 @@ async def run_one(pool: Pool, reports: Reports, node: str, spec: RunSpec, *, tim
     await C.run_container(pool, report, spec, timeout=timeout)
 
 
-async def each(pool: Pool, reports: Reports, ref: str,
-               act: Callable[[NodeReport, PsRow], Awaitable[T]]) -> list[tuple[PsRow, T | str]]:
-    """`act` on every container `ref` names (see fleet.engine.containers.find), one after another: one entry per
-    container, with what `act` returned or why it failed (one failure never stops the others). Raises
-    ContainerLookupError when `ref` names none, or a prefix names several."""
-    out: list[tuple[PsRow, T | str]] = []
-    for row in C.find(await C.ps(pool, reports), ref):
-        try:
-            out.append((row, await act(C.report_of(reports, row.node), row)))
-        except FleetError as exc:
-            out.append((row, str(exc)))
-    return out
-
-
 async def stop(pool: Pool, reports: Reports, ref: str, grace: float = 10.0,
                drained: Callable[[frozenset[str]], Awaitable[None]] | None = None,
                ) -> list[tuple[PsRow, StopResult | str]]:
@@ -67,14 +52,7 @@ async def stop(pool: Pool, reports: Reports, ref: str, grace: float = 10.0,
     are stopped through it instead (the lease, then out of HAProxy and drained first: fleet.engine.byhand.retire);
     their entries say only that they stopped."""
     rows = C.find(await C.ps(pool, reports), ref)
-    served = frozenset(r.info.id for r in rows if drained is not None and r.labels is not None
-                       and r.labels.replica is not None and r.info.status is Status.RUNNING)
-    failed: str | None = None
-    if served and drained is not None:
-        try:
-            await drained(served)
-        except FleetError as exc:
-            failed = str(exc)
+    served, failed = await _retired(rows, drained)
     out: list[tuple[PsRow, StopResult | str]] = []
     for row in rows:
         if row.info.id in served:
@@ -87,10 +65,43 @@ async def stop(pool: Pool, reports: Reports, ref: str, grace: float = 10.0,
     return out
 
 
-async def rm(pool: Pool, reports: Reports, ref: str) -> list[tuple[PsRow, str | None]]:
+async def rm(pool: Pool, reports: Reports, ref: str,
+             drained: Callable[[frozenset[str]], Awaitable[None]] | None = None) -> list[tuple[PsRow, str | None]]:
     """Remove every container `ref` names (kill, then its task, container, snapshot and log): one entry per
-    container, None when removed, else why not."""
-    return await each(pool, reports, ref, lambda report, row: C.remove_container(pool, report, row.info.id))
+    container, None when removed, else why not. With `drained`, the running replicas of services are first
+    stopped through it as `stop` does (the lease, out of HAProxy and drained), then removed with their log; when
+    that fails they are left as they are, their entries saying why."""
+    rows = C.find(await C.ps(pool, reports), ref)
+    served, failed = await _retired(rows, drained)
+    out: list[tuple[PsRow, str | None]] = []
+    for row in rows:
+        if row.info.id in served and failed is not None:
+            out.append((row, failed))
+            continue
+        try:
+            await C.remove_container(pool, C.report_of(reports, row.node), row.info.id)
+        except FleetError as exc:
+            out.append((row, str(exc)))
+        else:
+            out.append((row, None))
+    return out
+
+
+async def _retired(rows: Sequence[PsRow], drained: Callable[[frozenset[str]], Awaitable[None]] | None,
+                   ) -> tuple[frozenset[str], str | None]:
+    """The running replicas of services among `rows`, stopped through `drained` (none without it), and why that
+    failed (None: it did not). A lease another run holds raises (LeaseHeld), before anything is done: the command
+    ends as every writer does then (exit 75)."""
+    served = frozenset(r.info.id for r in rows if drained is not None and r.labels is not None
+                       and r.labels.replica is not None and r.info.status is Status.RUNNING)
+    if served and drained is not None:
+        try:
+            await drained(served)
+        except LeaseHeld:
+            raise
+        except FleetError as exc:
+            return served, str(exc)
+    return served, None
 
 
 class LogLines:

@@ -8,7 +8,6 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
 
 from fleet.config.spec import IMAGE_RE, ServiceSpec, from_playbook_dict, to_playbook_dict
 from fleet.core.errors import FleetError
@@ -16,6 +15,7 @@ from fleet.engine.concurrency import Coalesced, SerialRecords
 from fleet.plan.reconcile import Replica
 from fleet.plan.rollout.decide import (
     Command,
+    PausedTurn,
     ServiceState,
     Target,
     after_abort,
@@ -30,11 +30,10 @@ from fleet.plan.rollout.decide import (
     canary_waits,
     decide,
 )
+from fleet.plan.rollout.decide import TurnKind as TurnKind  # where fleet.engine.apply reads it
 from fleet.plan.volumes import VolumeView
 from fleet.store.history import FinalOutcome, Revision
 from fleet.store.protocol import Records
-
-TurnKind = Literal["rollback", "promote", "abort", "restart", "deploy"]
 
 
 def spec_of(rev: Revision) -> ServiceSpec:
@@ -143,13 +142,18 @@ class Ledger:
     async def latest_good(self, spec: ServiceSpec, before: int) -> Revision | None:
         return await self.records.latest_succeeded(spec.name, before=before)
 
-    async def unfinished(self, service: str) -> ServiceSpec | None:
-        """The spec of the service's newest revision still in progress (a rollout paused or interrupted), but a
-        waiting canary's; None when there is none."""
+    async def unfinished(self, service: str) -> Target | None:
+        """The service's newest revision still in progress (a rollout paused or interrupted), but a waiting
+        canary's, as the target that carries it on (one `apply --set` began, and a pause stopped, is recorded as
+        it would have been); None when there is none."""
         state = await self.state(service)
         waiting = state.canary if state is not None and state.decision == "canary-waiting" else None
         revs = [r for r in await self.records.list(service) if r.outcome == "in-progress" and r.revision != waiting]
-        return spec_of(revs[-1]) if revs else None
+        if not revs:
+            return None
+        pt = state.paused_turn if state is not None else None
+        set_from = pt.set_from if pt is not None and pt.kind == "set" and pt.revision == revs[-1].revision else None
+        return Target(spec_of(revs[-1]), None, heal=False, set_from=set_from)
 
     async def destroyed(self, services: Sequence[str]) -> list[str]:
         """Of `services`, those recorded as destroyed."""
@@ -274,12 +278,47 @@ class Ledger:
         assert shown is not None  # `accepted` was read from it
         return Turn(kind, _rolling(spec), None, shown, state, hosts=False)
 
+    async def set_paused(self, service: str, revision: int, set_from: str) -> None:
+        """A pause stopped the rollout of an image `apply --set` changed, `revision` in progress: said on the
+        record, for `fleet rollout resume` to record it as that apply would (not when a canary waits instead)."""
+        state = await self.state(service)
+        if state is not None and state.decision != "canary-waiting":
+            await self._set(service, replace(state, paused_turn=PausedTurn("set", revision, revision, set_from)))
+
+    async def turn_paused(self, turn: Turn, revision: int) -> None:
+        """A pause stopped `turn` before its next batch, `revision` in progress: the service's record says so, for
+        `fleet rollout resume` to end it as the turn would (`paused_turn`)."""
+        state = await self.state(turn.spec.name)
+        if state is not None:
+            await self._set(turn.spec.name, replace(state, paused_turn=PausedTurn(turn.kind, revision,
+                                                                                  turn.shown.revision)))
+
+    async def paused_turn(self, service: str) -> tuple[Turn, int] | None:
+        """The turn a pause stopped midway and the revision it converges to, as the turn had them; None when there
+        is none, or when what it was to end is no longer in progress (another run took the service on)."""
+        state = await self.state(service)
+        pt = state.paused_turn if state is not None else None
+        if state is None or pt is None or pt.kind == "set":
+            return None
+        # An abort ends the waiting canary (`shown`); every other turn its own revision.
+        ends = await self.records.get(service, pt.shown if pt.kind == "abort" else pt.revision)
+        rev, shown = await self.records.get(service, pt.revision), await self.records.get(service, pt.shown)
+        if ends is None or ends.outcome != "in-progress" or rev is None or shown is None:
+            return None
+        spec = spec_of(rev) if pt.kind == "rollback" else _rolling(spec_of(rev))
+        turn = Turn(pt.kind, spec, pt.revision, shown, replace(state, paused_turn=None),
+                    hosts=pt.kind in ("rollback", "promote"))
+        return turn, pt.revision
+
     async def turned(self, turn: Turn, revision: int, failure: str | None) -> None:
         """Record how `turn` ended (`failure`: why it did not converge; only the turn's own revision fails)."""
         name, at = turn.spec.name, time.time()
         if failure is not None:
             if turn.kind in ("rollback", "restart", "deploy"):
                 await self._finish(name, revision, "failed", failure)
+            state = await self.state(name)
+            if state is not None and state.paused_turn is not None:  # a resumed turn's pause is over
+                await self._set(name, replace(state, paused_turn=None))
             return
         if turn.kind in ("restart", "deploy"):
             assert turn.state is not None  # both start from an accepted revision
@@ -330,7 +369,7 @@ class NullLedger(Ledger):
     async def destroyed(self, services: Sequence[str]) -> list[str]:
         return []
 
-    async def unfinished(self, service: str) -> ServiceSpec | None:
+    async def unfinished(self, service: str) -> Target | None:
         return None
 
     async def _finish(self, service: str, revision: int, outcome: FinalOutcome, reason: str = "") -> None:

@@ -38,6 +38,8 @@ class ServiceRollout:
         outcome = await self._try(spec, revision, state, intent)
         if outcome.ok and not outcome.waiting:
             await ledger.succeeded(t, revision, begun, command, state, intent)
+        elif outcome.waiting and t.set_from is not None:
+            await ledger.set_paused(spec.name, revision, t.set_from)
         return outcome
 
     async def _try(self, spec: ServiceSpec, revision: int, state: ServiceState | None, intent: str) -> Outcome:

@@ -26,7 +26,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +58,7 @@ class WatchOptions:
     retry: float = 2.0
     resync: float = 60.0
     events: bool = True
+    variables: Mapping[str, str] | None = None  # what `${NAME}` expands from (None: the environment)
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,7 @@ class Watcher:
         key = self._files()
         if key != self._specs_key:
             try:
-                playbooks = load_playbook_files(self.options.playbooks)
+                playbooks = load_playbook_files(self.options.playbooks, self.options.variables)
                 self._specs = [s for pb in playbooks for s in pb.services]
                 self._jobs = jobs_of(playbooks)
                 if self._specs_key is not None:

@@ -22,6 +22,8 @@ Decision = Literal["applied", "failed", "rolled-back", "aborted", "pinned", "can
 DECISIONS: tuple[str, ...] = ("applied", "failed", "rolled-back", "aborted", "pinned", "canary-waiting", "destroyed",
                               "deployed")
 Command = Literal["apply", "reconcile"]
+TurnKind = Literal["rollback", "promote", "abort", "restart", "deploy"]
+TURN_KINDS: tuple[str, ...] = ("rollback", "promote", "abort", "restart", "deploy")
 
 
 def _digest(data: Mapping[str, Any]) -> str:
@@ -47,12 +49,33 @@ def revision_key(spec: ServiceSpec) -> str:
 
 
 @dataclass(frozen=True)
+class PausedTurn:
+    """A rollout that a pause stopped before its next batch, which `fleet rollout resume` must end as the command
+    that began it ends an unpaused one: a turn by hand (`fleet deploy`, `restart`, `rollback`, `promote`, `abort`),
+    or (`set`) a playbook's service whose image `apply --set` changed, recorded as a deploy against the playbook's
+    intent `set_from`. It converges to `revision` (left in progress); `shown` is the revision the turn named (the
+    accepted one it started from, the one rolled back to, the canary; `set`: its own)."""
+
+    kind: TurnKind | Literal["set"]
+    revision: int
+    shown: int
+    set_from: str = ""
+
+    @classmethod
+    def from_json(cls, data: object) -> PausedTurn:
+        if not isinstance(data, Mapping) or data.get("kind") not in (*TURN_KINDS, "set") or not all(
+                isinstance(data.get(k), int) and not isinstance(data.get(k), bool) for k in ("revision", "shown")):
+            raise ValueError(f"paused_turn: expected {{kind, revision, shown}}, got {data!r}")
+        return cls(data["kind"], data["revision"], data["shown"], str(data.get("set_from") or ""))
+
+
+@dataclass(frozen=True)
 class ServiceState:
     """The fleet's record of one service: the revision reconcile restores and the last decision about it.
 
     `intent` is the `intent_hash` of the playbook spec last tried; `replicas` a count set by `fleet scale` (kept
     until the next `apply`); `canary` the revision of a canary waiting for promote/abort, with its HAProxy
-    weights; `reason` why the last attempt failed."""
+    weights; `reason` why the last attempt failed; `paused_turn` a turn by hand a pause stopped midway."""
 
     accepted: int | None
     decision: Decision
@@ -63,10 +86,15 @@ class ServiceState:
     reason: str = ""
     by: str = ""
     at: float = 0.0
+    paused_turn: PausedTurn | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["canary_weights"] = list(self.canary_weights) if self.canary_weights else None
+        if self.paused_turn is None:
+            del out["paused_turn"]  # the records of a service no pause stopped midway stay as they were
+        elif not self.paused_turn.set_from:
+            del out["paused_turn"]["set_from"]
         return out
 
     @classmethod
@@ -92,7 +120,8 @@ class ServiceState:
                    replicas=opt_int("replicas"), canary=opt_int("canary"),
                    canary_weights=(weights[0], weights[1]) if weights else None,
                    reason=str(data.get("reason") or ""), by=str(data.get("by") or ""),
-                   at=float(data.get("at") or 0.0))
+                   at=float(data.get("at") or 0.0),
+                   paused_turn=PausedTurn.from_json(data["paused_turn"]) if data.get("paused_turn") else None)
 
 
 @dataclass(frozen=True)
@@ -276,7 +305,7 @@ def after_scale(state: ServiceState, replicas: int) -> ServiceState:
 def after_restart(state: ServiceState, revision: int, by: str, at: float) -> ServiceState:
     """The record once `fleet restart` rolled every replica anew as `revision` (the accepted spec with the next
     restart generation): the same decision, intent and count, at the new revision."""
-    return replace(state, accepted=revision, by=by, at=at)
+    return replace(state, accepted=revision, by=by, at=at, paused_turn=None)
 
 
 def after_deploy(state: ServiceState, revision: int, image: str, by: str, at: float) -> ServiceState:
