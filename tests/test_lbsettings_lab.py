@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from helpers import run_fleet
 from loadgen import Load
 
@@ -183,8 +184,8 @@ def test_a_per_node_service_runs_on_every_worker_and_a_stopped_or_removed_replic
     stop_grace_period: 2s
 """)
 
-    def each() -> list[dict[str, Any]]:
-        doc = json.loads(fleet(env, "status", "--json").stdout)
+    def each(e: dict[str, Any] = env) -> list[dict[str, Any]]:
+        doc = json.loads(fleet(e, "status", "--json").stdout)
         return next((s["replicas"] for s in doc["services"] if s["service"] == name), [])
 
     try:
@@ -211,5 +212,34 @@ def test_a_per_node_service_runs_on_every_worker_and_a_stopped_or_removed_replic
         out = fleet(env, "reconcile", str(pb))
         assert out.returncode == 0, out.stdout + out.stderr
         assert sorted(x["node"] for x in each()) == sorted(lab.workers()), "its node got one back"
+
+        # A worker leaves the inventory: it is looked at no more, its replica no longer routed, the others are not
+        # touched. Rebuilt while it is out (its container gone), it joins again and gets its replica back.
+        out_node = lab.workers()[-1]
+        doc = yaml.safe_load(Path(lab.inventory_path).read_text())
+        del doc["nodes"][out_node]
+        smaller = Path(env["dir"]) / "without.yaml"
+        smaller.write_text(yaml.safe_dump(doc))
+        without = {**env, "env": {**env["env"], "FLEET_INVENTORY": str(smaller)}}
+        before = {x["node"]: x["id"] for x in each()}
+        with Load(env["lb"], port, clients=6, max_seconds=90) as load:
+            time.sleep(0.5)
+            left = fleet(without, "reconcile", str(pb))
+            time.sleep(0.5)
+            after_leave = {x["node"]: x["id"] for x in each(without)}
+            lab.lab.exec_in(out_node, ["ctr", "-n", "fleet", "tasks", "kill", "-s", "SIGKILL", before[out_node]])
+            time.sleep(0.5)
+            lab.lab.exec_in(out_node, ["ctr", "-n", "fleet", "tasks", "rm", before[out_node]], check=False)
+            lab.lab.exec_in(out_node, ["ctr", "-n", "fleet", "containers", "rm", before[out_node]], check=False)
+            joined = fleet(env, "reconcile", str(pb))
+            time.sleep(0.5)
+        assert left.returncode == 0 and joined.returncode == 0, left.stdout + left.stderr + joined.stdout
+        r = load.result
+        print(f"\n{out_node} left and joined again: requests ok {r.ok}, failed {r.failed} {r.errors}")
+        assert r.ok > 50 and r.failed == 0, (r.errors, r.failures[:5])
+        assert after_leave == {n: i for n, i in before.items() if n != out_node}
+        back = {x["node"]: x["id"] for x in each()}
+        assert sorted(back) == sorted(lab.workers()) and back[out_node] != before[out_node]
+        assert {n: i for n, i in back.items() if n != out_node} == after_leave, "the others were not touched"
     finally:
         fleet(env, "destroy", name)
