@@ -445,19 +445,24 @@ def test_a_tunnel_timeout_over_30s_raises_hard_stop_after_to_cover_it() -> None:
 
 
 @needs_haproxy
-def test_a_websocket_outlives_30s_across_a_reload_when_its_tunnel_timeout_is_longer(scratch: Scratch) -> None:
-    # `timeouts.tunnel: 40s` raises hard-stop-after to 40 s: the worker a reload replaced keeps the websocket past
-    # the 30 s that bounded every connection across a reload before. (Idle for 32 s: the old 30 s cap would
-    # have closed it; the tunnel's own 40 s have not run out.)
+def test_a_websocket_is_held_open_90s_across_a_reload_when_its_tunnel_timeout_is_longer(scratch: Scratch) -> None:
+    # `timeouts.tunnel: 100s` raises hard-stop-after to 100 s: the worker a reload replaced keeps the websocket for
+    # 90 s and more, past the 30 s that bounded every connection across a reload before, idle 45 s at a time (far
+    # past the client and server timeouts; within the tunnel's own).
     ws = scratch.backend("ws")
-    text = scratch.config([ws], timeouts=LbTimeouts(client=1.0, server=1.0, tunnel=40.0))
-    assert "hard-stop-after 40s" in text
+    text = scratch.config([ws], timeouts=LbTimeouts(client=1.0, server=1.0, tunnel=100.0))
+    assert "hard-stop-after 100s" in text
     scratch.start(text)
     tunnel = scratch.upgraded()
     try:
         assert _echoes(tunnel, b"ping")
         scratch.reload()
-        time.sleep(32.0)
-        assert _echoes(tunnel, b"pong 32 s after the reload")
+        reloaded = time.monotonic()
+        time.sleep(45.0)
+        assert _echoes(tunnel, b"pong 45 s after the reload")
+        time.sleep(max(0.0, 90.0 - (time.monotonic() - reloaded)))
+        assert _echoes(tunnel, b"pong 90 s after the reload")
+        with scratch.upgraded() as fresh:
+            assert _echoes(fresh, b"a new one on the new worker")
     finally:
         tunnel.close()
