@@ -135,7 +135,8 @@ def ctrd() -> Iterator[tuple[Containerd, CtrDriver]]:
     if reason := available():
         pytest.skip(reason)
     with local_containerd() as c:
-        yield c, CtrDriver(namespace=c.namespace, address=c.address, log_dir=str(c.dir / "logs"))
+        yield c, CtrDriver(namespace=c.namespace, address=c.address, log_dir=str(c.dir / "logs"),
+                           logger=str(c.dir / "logger"))
 
 
 @pytest.mark.lab

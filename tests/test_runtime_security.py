@@ -133,7 +133,8 @@ def ctrd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Containerd,
     if reason := available():
         pytest.skip(reason)
     with local_containerd() as c:
-        d = CtrDriver(namespace=c.namespace, address=c.address, log_dir=str(c.dir / "logs"))
+        d = CtrDriver(namespace=c.namespace, address=c.address, log_dir=str(c.dir / "logs"),
+                      logger=str(c.dir / "logger"))
         archive = build_demo("uid1000", c.dir / "demo.tar", user="1000")
         call = d.image_import(archive.path)
         proc = c.sh(call.line(), stdin_path=call.stdin_path)
