@@ -25,6 +25,7 @@ from fleet.engine.lb import ADMIN_SOCKET
 from fleet.image.demo import build_demo
 from fleet.node.haproxy.render import show_stat
 from fleet.node.haproxy.stats import parse_show_stat
+from fleet.node.runtime.ctr import CtrDriver
 
 pytestmark = pytest.mark.lab
 
@@ -227,10 +228,12 @@ def test_a_per_node_service_runs_on_every_worker_and_a_stopped_or_removed_replic
             left = fleet(without, "reconcile", str(pb))
             time.sleep(0.5)
             after_leave = {x["node"]: x["id"] for x in each(without)}
-            lab.lab.exec_in(out_node, ["ctr", "-n", "fleet", "tasks", "kill", "-s", "SIGKILL", before[out_node]])
-            time.sleep(0.5)
-            lab.lab.exec_in(out_node, ["ctr", "-n", "fleet", "tasks", "rm", before[out_node]], check=False)
-            lab.lab.exec_in(out_node, ["ctr", "-n", "fleet", "containers", "rm", before[out_node]], check=False)
+            # Gone as a rebuilt node has it: off containerd's restart monitor, killed and deleted at once.
+            gone = lab.lab.exec_in(out_node, ["sh", "-c", CtrDriver(namespace="fleet").remove(before[out_node]).line()],
+                                   check=False)
+            assert gone.returncode == 0, gone.stderr
+            listed = lab.lab.exec_in(out_node, ["ctr", "-n", "fleet", "containers", "ls", "-q"]).stdout.split()
+            assert before[out_node] not in listed, listed
             joined = fleet(env, "reconcile", str(pb))
             time.sleep(0.5)
         assert left.returncode == 0 and joined.returncode == 0, left.stdout + left.stderr + joined.stdout
