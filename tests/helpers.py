@@ -155,10 +155,7 @@ def start_fleet(*args: str, env: Mapping[str, str] | None = None, stdout: int | 
 
 def free_port() -> int:
     """A loopback TCP port nothing listens on (yet): bound to port 0, read back, released."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    return free_ports(1)[0]
 
 
 def free_ports(n: int) -> list[int]:

@@ -229,9 +229,8 @@ async def test_a_ready_node_whose_listing_did_not_come_with_its_facts_is_listed_
     assert reports[0].ok and len(listed.rows) == 5 and not listed.errors
 
 
-def test_facts_read_the_same_through_the_files_fast_loop_as_through_the_general_one():
-    """parse_facts reads the usual `path:line` tail in a tight loop; a marker line after `@files` (meaning nothing
-    to NodeFacts) sends the same text through the general loop: both must give the same facts."""
+def test_facts_are_the_same_with_an_unknown_marker_after_the_files_or_crlf_line_ends():
+    """A marker line after `@files` that means nothing to NodeFacts, or CRLF line ends, change no fact."""
     for name, rec in FACTS.items():
         text = rec["stdout"]
         assert "\n@files\n" in text and "\n@" not in text.partition("\n@files\n")[2], name

@@ -317,9 +317,6 @@ def _node_memory(files: dict[str, list[str]], total: int, available: int) -> tup
     return total, max(0, total - available), "host"
 
 
-# The ASCII line breaks `str.splitlines` knows besides "\n" (the general loop of `parse_facts` splits on them too;
-# the others are not ASCII).
-_ODD_BREAKS = "\r\x0b\x0c\x1c\x1d\x1e"
 _MEMINFO = frozenset({"MemTotal", "MemAvailable", "MemFree"})
 
 
@@ -330,19 +327,6 @@ def parse_facts(stdout: str) -> NodeFacts:
     files: dict[str, list[str]] = {}
     df_lines: list[str] = []
     section = ""
-    head, found, body = stdout.partition("\n@files\n")
-    if (found and "\n@" not in body and not body.startswith("@") and "@files" not in head and body.isascii()
-            and not any(c in body for c in _ODD_BREAKS)):
-        # The usual shape, most of the output in `path:line` form after the last marker: read those lines in one
-        # tight loop (the loop below gives the same for them, a few times slower); the markers and df above.
-        for line in body.split("\n"):
-            path, sep, rest = line.partition(":")
-            if sep:
-                if path in files:
-                    files[path].append(rest)
-                else:
-                    files[path] = [rest]
-        stdout = head + "\n@files\n"
     for line in stdout.splitlines():
         if line.startswith("@"):
             key, _, value = line[1:].partition("=")
