@@ -61,8 +61,7 @@ class Engine:
                  secrets: Callable[[str], str | None] | None = None, records: Records | None = None,
                  user: str | None = None, guard: Guard | None = None,
                  parallel: int = DEFAULT_PARALLEL, held: Sequence[Replica] = (),
-                 edge: EdgeSettings | None = None, ops: ReplicaOps | None = None,
-                 image_retention: int | None = None,
+                 edge: EdgeSettings | None = None, ops: ReplicaOps | None = None, image_retention: int | None = None,
                  paused: Callable[[str], Awaitable[Pause | None]] | None = None) -> None:
         self.pool = pool
         self.image_retention = image_retention  # old images removed past this many revisions (engine.retention)
