@@ -47,6 +47,12 @@ def test_columns_sort_numbers_as_numbers_and_missing_values_last() -> None:
                                            "web", "-"]
 
 
+async def listed(pilot, app):  # type: ignore[no-untyped-def]
+    """The table of the list view the last key opened, once it has rows."""
+    await until(pilot, lambda: isinstance(app.screen, ListScreen) and app.screen.query_one(ListTable).row_count)
+    return app.screen.query_one(ListTable)
+
+
 async def test_the_header_names_the_fleet_and_its_inventory() -> None:
     async with running(RecordingSource(HEALTHY)) as (pilot, app):
         assert app.title == "fleet prod-eu" and app.sub_title == f"inventory {INVENTORY}"
@@ -199,9 +205,8 @@ async def test_volume_and_image_views_list_what_the_cli_lists(key: str, kind: st
     source = RecordingSource(HEALTHY)
     async with running(source, read_only=True) as (pilot, app):
         await pilot.press(key)
-        await until(pilot, lambda: isinstance(app.screen, ListScreen) and app.screen.query_one(ListTable).row_count)
+        table = await listed(pilot, app)
         assert app.screen.kind == kind  # type: ignore[attr-defined]
-        table = app.screen.query_one(ListTable)
         assert [tuple(str(c) for c in table.get_row_at(i)) for i in range(table.row_count)] == rows
         assert str(app.screen.query_one("#list-note", Label).render()) == note
         assert (kind,) in source.asked
@@ -213,8 +218,7 @@ async def test_lease_view_names_the_holder_on_each_record_node_and_sorts() -> No
     source = RecordingSource(HEALTHY)
     async with running(source) as (pilot, app):
         await pilot.press("k")
-        await until(pilot, lambda: isinstance(app.screen, ListScreen) and app.screen.query_one(ListTable).row_count)
-        table = app.screen.query_one(ListTable)
+        table = await listed(pilot, app)
         assert column(table, 0) == ["n1", "n2", "lb1"]
         states = [node_state(lease) for _, lease in LEASES]  # held or expired, by the clock; then these two
         assert column(table, 1) == states and states[1:] == ["unreachable", "free"]
@@ -232,9 +236,8 @@ async def test_jobs_view_lists_the_recorded_runs_newest_first_with_the_failure_a
     source = RecordingSource(HEALTHY)
     async with running(source, read_only=True) as (pilot, app):
         await pilot.press("J")
-        await until(pilot, lambda: isinstance(app.screen, ListScreen) and app.screen.query_one(ListTable).row_count)
+        table = await listed(pilot, app)
         assert app.screen.kind == "jobs"  # type: ignore[attr-defined]
-        table = app.screen.query_one(ListTable)
         assert table.border_title == "Job runs"
         assert rows(table) == [
             ("migrate", "m-0501b", "before_deploy web rev 3", "2024-05-01 12:01:01Z", "3.0s", "failed", "1", "n1",
@@ -273,6 +276,6 @@ async def test_the_palette_opens_the_jobs_view() -> None:
         await pilot.press(*"jobs")
         await pilot.pause(0.3)
         await pilot.press("enter")
-        await until(pilot, lambda: isinstance(app.screen, ListScreen) and app.screen.query_one(ListTable).row_count)
+        await listed(pilot, app)
         assert app.screen.kind == "jobs"  # type: ignore[attr-defined]
         assert ("jobs",) in source.asked
