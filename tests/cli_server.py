@@ -90,7 +90,13 @@ def serve(path: str) -> None:
         except (OSError, ValueError):
             conn.close()
             continue
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:  # no run: the client sees the socket close with no status (-9)
+            for fd in fds:
+                os.close(fd)
+            conn.close()
+            continue
         if pid == 0:
             server.close()
             _run_child(conn, request, fds)

@@ -56,7 +56,10 @@ def run_fleet(*args: str, env: Mapping[str, str] | None = None, timeout: float =
     argv = with_inventory(inventory, args) if inventory is not None else list(args)
     environ = fleet_env(env, columns)
     if tuple(cli) == FLEET_CLI and (server := cli_server()) is not None:
-        return _forked(server, argv, environ, timeout, input, cwd)
+        try:
+            return _forked(server, argv, environ, timeout, input, cwd)
+        except (ConnectionRefusedError, FileNotFoundError):
+            _drop_server()  # it went away (seen once in a full run): this run as a plain process, the next anew
     return subprocess.run([*cli, *argv], capture_output=True, text=True, timeout=timeout, input=input, cwd=cwd,
                           env=environ)
 
@@ -95,6 +98,15 @@ def cli_server() -> str | None:
     return path
 
 
+def _drop_server() -> None:
+    if _SERVER:
+        proc, path = _SERVER.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+
+
 def _forked(server: str, argv: list[str], env: dict[str, str], timeout: float, input: str | None,
             cwd: str | Path | None) -> subprocess.CompletedProcess[str]:
     """One run by the preloaded CLI: what `subprocess.run(FLEET_CLI + argv, capture_output=True, text=True)`
@@ -124,6 +136,9 @@ def _forked(server: str, argv: list[str], env: dict[str, str], timeout: float, i
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, 9)
             raise subprocess.TimeoutExpired([*FLEET_CLI, *argv], timeout) from None
+
+        if pid is None and code is None:
+            raise ConnectionRefusedError("the preloaded CLI started no run")  # run_fleet runs it plainly
 
         def read(f: IO[bytes]) -> str:
             f.seek(0)
