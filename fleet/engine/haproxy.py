@@ -200,9 +200,9 @@ class LbNode:
 
     async def update(self, config_text: str) -> ApplyResult:
         """Bring HAProxy to this config with as little as it takes: nothing when it is in place; when only
-        servers of existing backends change, their runtime commands and the file rewritten (validated) with no
-        reload, so that a later reload gives the same servers; anything else through `apply` (start or reload).
-        Raises as `apply` does."""
+        servers of existing backends change, their runtime commands and the file rewritten with no reload (its
+        server lines parsed by HAProxy itself, see SERVERS), so that a later reload gives the same servers;
+        anything else through `apply` (start or reload). Raises as `apply` does."""
         for _ in range(2):
             known = self.loaded
             commands = server_changes(known, config_text) if known is not None else []
@@ -221,8 +221,6 @@ class LbNode:
                 self.loaded = config_text
                 self.updates += out.result == "updated"
                 return ApplyResult(out.result == "updated", False, False, updated=out.result == "updated")
-            if out.result == "invalid":
-                raise LbConfigError(self.node.name, alert_lines(out.section("check")), out.section("check"))
             if out.result == "locked":
                 raise LbReloadError(self.node.name, "another apply holds the lock on this node")
             # not-running: a start; refused (a server with connections left cannot be deleted): a reload, which

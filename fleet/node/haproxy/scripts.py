@@ -128,8 +128,12 @@ echo "@@fleet result $result"
 """
 
 # A server-only change (fleet.node.haproxy.runtime): the runtime commands in $CMDS, then the deletions in $DELS
-# (each asked alone), then the new config (on stdin, staged and validated first) over the old one, with no
-# reload. $OLD is the sha256 of the config the commands were computed from: another one on the node (`stale`) is
+# (each asked alone), then the new config (on stdin, staged) over the old one, with no reload. It is not checked
+# with `haproxy -c` (a parse of the whole config, most of this script's CPU, on the one node every rollout's
+# updates queue on): its other lines are those of the config in place, which was checked (`$OLD`), and each new
+# server line was parsed by the running HAProxy itself (`add server` takes a config line's arguments and refuses
+# what it cannot parse: the caller then reloads, through APPLY, which checks).
+# $OLD is the sha256 of the config the commands were computed from: another one on the node (`stale`) is
 # printed back and nothing is touched. A refused command (`refused`) stops the deletions and leaves the file as it
 # was (the caller then reloads).
 SERVERS = _COMMON + FILE_FUNCTIONS + r"""
@@ -146,8 +150,6 @@ fi
 fleet_stage "$CFG" 0600 "${SIZE:-}" || exit 3
 new=$fleet_staged
 if cmp -s "$new" "$CFG"; then fleet_unstage; echo "@@fleet result unchanged"; exit 0; fi
-echo "@@fleet check"
-if ! "$HAPROXY" -c -f "$new" 2>&1; then fleet_unstage; echo "@@fleet result invalid"; exit 0; fi
 # All but the deletions in one session of the admin socket, one socat instead of one per command: in `prompt`
 # mode every reply ends with a `> ` prompt, so fleet.node.haproxy.scripts.parse_batch can tell them apart. Any
 # line but a prompt and the replies fleet.node.haproxy.render.reply_error counts as success is a refusal.
@@ -289,7 +291,7 @@ def apply_script(paths: LbPaths, size: int | None = None) -> Script:
 def servers_script(paths: LbPaths, old_sha256: str, commands: list[str], size: int) -> Script:
     """Reads the new config on stdin (`size` bytes); runs `commands` on the admin socket and puts the config in
     place with no reload, if the config on the node is still the one whose sha256 is `old_sha256` (see SERVERS
-    for the outcomes: updated, unchanged, stale, invalid, refused, not-running, locked)."""
+    for the outcomes: updated, unchanged, stale, refused, not-running, locked)."""
     if not re.fullmatch(r"[0-9a-f]{64}|", old_sha256):
         raise ValueError(f"old_sha256: expected 64 hex digits or nothing, got {old_sha256!r}")
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
