@@ -11,7 +11,9 @@ pair is taken under the same load of this shared machine. Last, the N are rolled
 (`--parallel 1`, the loop as it was). Every service has an HAProxy front end and an HTTP health check, so each
 rollout starts, checks, routes, drains and stops replicas. Prints each time, the ratio N services / one
 (goal ≤ 1.3×) and, beside it, the HAProxy reloads each apply cost on the lb node (the master's own count in
-`show proc`: a rollout that only swaps servers goes through the runtime API and should reload nothing).
+`show proc`: a rollout that only swaps servers goes through the runtime API and should reload nothing), the
+controller's own CPU seconds (the `fleet` process) and how busy the whole machine was meanwhile (`/proc/stat`:
+the lab's nodes share its cores, so a case near 100 % is bound by CPU, not by waiting).
 Figures only: nothing here asserts a time.
 """
 
@@ -21,6 +23,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -68,12 +71,28 @@ def fleet_cli(args: list[str], env: dict[str, str], timeout: float = APPLY_TIMEO
                           capture_output=True, timeout=timeout)
 
 
+def machine_ticks() -> tuple[int, int]:
+    """(busy, all) CPU ticks of the whole machine since boot."""
+    with open("/proc/stat") as f:
+        cols = [int(c) for c in f.readline().split()[1:]]
+    idle = cols[3] + (cols[4] if len(cols) > 4 else 0)
+    return sum(cols) - idle, sum(cols)
+
+
+USAGE: list[str] = []  # one line per timed apply: the controller's CPU and the machine's busy share
+
+
 def timed_apply(pb_dir: Path, inventory: str, env: dict[str, str], parallel: int | None) -> tuple[float, int]:
     """Seconds of one whole `fleet apply` and the number of services it changed; raises when any failed."""
     extra = ["--parallel", str(parallel)] if parallel is not None else []
+    r0, m0 = resource.getrusage(resource.RUSAGE_CHILDREN), machine_ticks()
     t0 = time.perf_counter()
     proc = fleet_cli(["apply", str(pb_dir), "-i", inventory, "--json", *extra], env)
     took = time.perf_counter() - t0
+    r1, m1 = resource.getrusage(resource.RUSAGE_CHILDREN), machine_ticks()
+    own = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
+    busy = (m1[0] - m0[0]) / max(1, m1[1] - m0[1])
+    USAGE.append(f"controller {own:.1f} cpu-s, machine {busy:.0%} busy")
     lines = [line for line in proc.stdout.splitlines() if not line.startswith('{"event"')]
     result: dict[str, Any] = {}
     with contextlib.suppress(ValueError):
@@ -140,8 +159,8 @@ def main() -> None:
                 ratios.setdefault(kind, []).append(took / one)
                 reloaded.setdefault(f"1 service: {kind}", []).append(r1 - r0)
                 reloaded.setdefault(f"{many_label}: {kind}", []).append(r2 - r1)
-                out.print(f"{kind}: 1 service {one:.1f}s ({r1 - r0} reloads), {len(many)} services {took:.1f}s "
-                          f"({r2 - r1} reloads) ({took / one:.2f}x)")
+                out.print(f"{kind}: 1 service {one:.1f}s ({r1 - r0} reloads; {USAGE[-2]}), {len(many)} services "
+                          f"{took:.1f}s ({r2 - r1} reloads; {USAGE[-1]}) ({took / one:.2f}x)")
 
             pair("create", "fleet.local/demo:v1")
             for i in range(args.rounds):
