@@ -132,6 +132,8 @@ def container_id(service: str, replica: int, suffix: str | None = None) -> str:
 # How the load balancer fronts the service and checks it, so that HAProxy's config can be rendered from the
 # containers alone (services deployed from other playbooks keep their frontends).
 LB = "fleet.lb"
+# Every named container port's host port (`fleet.ports`: `NAME:HOST,...`), for the lb ports of other named ports.
+PORTS = "fleet.ports"
 HEALTH = "fleet.health"
 # When fleet created the container (Unix seconds): a replica's health `start_period` counts from it.
 CREATED = "fleet.created"
@@ -182,3 +184,17 @@ def parse_health_label(value: str | None) -> HealthLabel | None:
                            int(parts[5]))
     except ValueError:
         return None
+
+
+def ports_label(host_ports: Mapping[str, int]) -> str:
+    return ",".join(f"{name}:{port}" for name, port in sorted(host_ports.items()))
+
+
+def parse_ports_label(value: str | None) -> tuple[tuple[str, int], ...]:
+    """(name, host port) in name order; an unreadable entry is left out."""
+    out = {}
+    for item in (value or "").split(","):
+        name, _, port = item.partition(":")
+        if name and port.isdigit():
+            out[name] = int(port)
+    return tuple(sorted(out.items()))

@@ -45,9 +45,24 @@ class Rotation:
     # without one here falls back to its replicas' labels.
     frontends: dict[str, LbService | None] = field(default_factory=dict)
 
+    # Per service, the front ends of its other named ports (`lb.ports`) as the accepted spec says, by port name.
+    others: dict[str, tuple[tuple[str, LbService], ...]] = field(default_factory=dict)
+
     def follow(self, spec: ServiceSpec) -> None:
         """Render `spec.name` from this spec from now on (no `lb`: the service leaves the load balancers)."""
         self.frontends[spec.name] = lb_service(spec, ()) if spec.lb is not None else None
+        self.others[spec.name] = port_services(spec)
+
+    def backends(self, r: Replica) -> list[str]:
+        """The backends the replica is a server of: its service's, then one per other lb port it maps."""
+        mapped = dict(r.ports)
+        return [backend_name(r.service)] + [backend_name(t.name) for n, t in self.others.get(r.service, ())
+                                            if n in mapped]
+
+    def bind_ports(self, service: str) -> set[int]:
+        """The lb ports the service's front ends bind, by its accepted spec."""
+        fronts = [self.frontends.get(service), *(t for _, t in self.others.get(service, ()))]
+        return {f.bind_port for f in fronts if f is not None and f.bind_port is not None}
 
     def put(self, r: Replica, state: LbState = "ready", weight: int = 1) -> None:
         self.entries.setdefault(r.service, {})[r.id] = (r, state, weight)
@@ -82,7 +97,23 @@ class Rotation:
             template = self.frontends.get(name) or _from_labels(name, [r for r, _, _ in servers.values()])
             if template is not None:
                 out.append(replace(template, servers=lb_servers))
+            for port_name, other in self.others.get(name, ()):
+                # The same replicas in the same states, each at its host port for this named port.
+                out.append(replace(other, servers=tuple(
+                    LbServer(r.id, addresses[r.node], host, weight, st) for r, st, weight in servers.values()
+                    if r.node in addresses and (host := dict(r.ports).get(port_name)) is not None)))
         return out
+
+
+def port_services(spec: ServiceSpec) -> tuple[tuple[str, LbService], ...]:
+    """The front ends of the service's other named ports (`lb.ports`), by port name: each `SERVICE.NAME`, on its own
+    lb port and mode, checked by its own `health` (none: a TCP connect, `SAFETY_NET`), with the service's balance,
+    timeouts and retries."""
+    lb = spec.lb
+    if lb is None:
+        return ()
+    return tuple((p.name, LbService(f"{spec.name}.{p.name}", p.port, (), p.mode, lb.balance, health=lb_health(p.health),
+                                    timeouts=lb.timeouts, retries=lb.retries)) for p in lb.ports)
 
 
 def _from_labels(name: str, replicas: list[Replica]) -> LbService | None:
@@ -186,11 +217,11 @@ class Balancers:
         """Runtime change with no reload (drain before stop); the config follows on the next sync. It waits for
         a reload under way on a node (see `LbNode.reloading`), not for a sync made at runtime: the two touch
         different servers, or the same one in the same direction."""
-        cmd = set_server_state(backend_name(r.service), r.id, state)
+        cmds = [set_server_state(backend, r.id, state) for backend in self._rotation.backends(r)]
 
         async def one(lb: LbNode) -> None:
             async with lb.reloading:
-                await lb.runtime([cmd])
+                await lb.runtime(cmds)
         await asyncio.gather(*(one(lb) for lb in self.nodes), return_exceptions=True)
 
     async def counters(self, service: str) -> dict[str, tuple[int, int]]:
@@ -210,13 +241,15 @@ class Balancers:
         return out
 
     async def connections(self, r: Replica) -> int:
-        """Current sessions to this server summed over lb nodes (0 when unknown)."""
+        """Current sessions to this server (on every lb port of its service) summed over lb nodes (0 when
+        unknown)."""
+        backends = set(self._rotation.backends(r))
         total = 0
         results = await asyncio.gather(*(lb.stats() for lb in self.nodes), return_exceptions=True)
         for rows in results:
             if isinstance(rows, BaseException):
                 continue
             for row in rows:
-                if row.proxy == backend_name(r.service) and row.name == r.id:
+                if row.proxy in backends and row.name == r.id:
                     total += row.scur
         return total

@@ -27,13 +27,11 @@ def check_lb_ports(view: RunView, lbs: Balancers, specs: Sequence[ServiceSpec]) 
     owned: dict[str, set[int]] = {}
     for service in {r.service for r in view.live}:
         if service in rotation.frontends:
-            front = rotation.frontends[service]
-            port = front.bind_port if front is not None else None
+            owned[service] = rotation.bind_ports(service)
         else:
             label = next((r.lb for r in view.live if r.service == service and r.lb is not None), None)
-            port = label.port if label is not None else None
-        if port is not None:
-            owned[service] = {port}
+            if label is not None:
+                owned[service] = {label.port}
     by_name = {s.name: s for s in specs}
     edge = lbs.edge.settings if lbs.edge is not None else EdgeSettings()
     if lbs.edge is not None:

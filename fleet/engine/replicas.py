@@ -162,7 +162,8 @@ class NodeReplicas:
                 # The runtime copied the values into the container's spec when it created it.
                 await self.pool.run(node, ["rm", "-f", env_file], timeout=30)
         return Replica(a.node, run.id, spec.name, a.replica, revision, spec.spec_hash(), a.port, True,
-                       spec.resources, spec.image, created=float(run.labels[L.CREATED]))
+                       spec.resources, spec.image, created=float(run.labels[L.CREATED]),
+                       ports=L.parse_ports_label(run.labels.get(L.PORTS)))
 
     def shape(self, run: RunSpec) -> RunSpec:
         """The container as started: a replica's as `run_spec` makes it (a job's differs: fleet.engine.jobs)."""

@@ -135,6 +135,9 @@ def run_spec(spec: ServiceSpec, revision: int, a: Assignment, env_file: str | No
         labels[L.HEALTH] = L.health_label(h.kind, h.path, h.interval, h.timeout, h.failure_threshold,
                                           h.success_threshold)
     bridged = spec.network == "bridge"
+    host_ports = spec.host_ports(a.port)
+    if host_ports:
+        labels[L.PORTS] = L.ports_label(host_ports)
     env = {k: v for k, v in spec.env.items() if not isinstance(v, SecretRef)}
     # In its own namespace the replica listens on its container port; HAProxy reaches it through the host port.
     env.update({"PORT": str(spec.port if bridged else a.port), "FLEET_SERVICE": spec.name, "FLEET_NODE": a.node,
@@ -160,7 +163,9 @@ def run_spec(spec: ServiceSpec, revision: int, a: Assignment, env_file: str | No
     return RunSpec(id=cid, image=spec.image_ref, command=spec.command, env=env,
                    env_file=env_file, mounts=tuple(mounts), cpu=spec.resources.cpu, memory=spec.resources.memory,
                    labels=labels, netns=cni.netns_path(cid) if bridged else HOST_NETNS,
-                   net_host=not bridged, ports=((a.port, spec.port),) if bridged else (), restart="always",
+                   net_host=not bridged, restart="always",
+                   ports=((a.port, spec.port), *((host_ports[n], c) for n, c in spec.ports if c != spec.port))
+                   if bridged else (),
                    user=spec.security.user, read_only=spec.security.read_only, cap_add=cap_add, cap_drop=cap_drop,
                    no_new_privileges=spec.security.no_new_privileges, log_max_size=spec.logs.max_size,
                    log_max_files=spec.logs.max_files)

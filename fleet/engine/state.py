@@ -40,7 +40,7 @@ def _split(rows: Iterable[tuple[str, ContainerInfo, ContainerLabels | None]],
             spec_hash=lab.spec_hash or "", port=lab.port, running=info.status == Status.RUNNING,
             resources=Resources(lab.cpu or 0.0, lab.memory or 0), image=info.image, oom_killed=info.oom_killed,
             lb=L.parse_lb_label(info.labels.get(L.LB)), health=L.parse_health_label(info.labels.get(L.HEALTH)),
-            created=_created(info.labels.get(L.CREATED)),
+            created=_created(info.labels.get(L.CREATED)), ports=L.parse_ports_label(info.labels.get(L.PORTS)),
         ))
     return mine, foreign
 

@@ -17,7 +17,8 @@ def lb_port_conflicts(specs: Iterable[ServiceSpec], listening: Mapping[str, Set[
 
 def lb_port_problems(specs: Iterable[ServiceSpec], listening: Mapping[str, Set[int]],
                      owned: Mapping[str, Set[int]]) -> list[tuple[str, str]]:
-    """(service, message) for each spec whose `lb.port` HAProxy could not bind on the lb nodes.
+    """(service, message) for each spec whose `lb.port` (or an `lb.ports` port) HAProxy could not bind on the lb
+    nodes.
 
     `listening`: per lb node, the TCP ports something listens on (node facts, `NodeFacts.listening`);
     `owned`: per service, the ports fleet's HAProxy already serves for it (its frontends now). A port a spec's
@@ -26,32 +27,34 @@ def lb_port_problems(specs: Iterable[ServiceSpec], listening: Mapping[str, Set[i
     service. Any other listener on an lb node (sshd, a stray process, a replica of an lb node that is also a
     worker) takes it on that node. Messages come in the order of the service names.
     """
-    chosen = {s.name: (s.lb.port if s.lb is not None else None) for s in specs}
+    chosen = {s.name: {port for _, port in s.lb.bind_ports()} if s.lb is not None else set() for s in specs}
     holders: dict[int, list[str]] = {}
     for service, ports in owned.items():
         for port in ports:
             holders.setdefault(port, []).append(service)
     out = []
     for spec in sorted(specs, key=lambda s: s.name):
-        if spec.lb is None or spec.lb.port is None:
-            continue
-        port = spec.lb.port
-        if port in RESERVED_LB_PORTS:
-            out.append((spec.name, f"lb.port {port} is fleet's own on the lb nodes ({RESERVED_LB_PORTS[port]})"))
-            continue
-        if port in owned.get(spec.name, ()):
-            continue
-        others = sorted(h for h in holders.get(port, ()) if h != spec.name and chosen.get(h, port) == port)
-        if others:
-            why = "not in these playbooks" if others[0] not in chosen else f"which keeps lb.port {port}"
-            out.append((spec.name, f"lb.port {port} is already served by fleet's HAProxy for service "
-                                    f"{others[0]!r} ({why})"))
-            continue
-        nodes = sorted(node for node, ports in listening.items() if port in ports)
-        if nodes and port not in holders:
-            out.append((spec.name, f"lb.port {port} is already in use on {', '.join(nodes)} "
-                                    "(not by fleet's HAProxy)"))
+        for field, port in spec.lb.bind_ports() if spec.lb is not None else ():
+            if (problem := _port_problem(spec.name, field, port, chosen, holders, listening, owned)) is not None:
+                out.append((spec.name, problem))
     return out
+
+
+def _port_problem(service: str, field: str, port: int, chosen: Mapping[str, Set[int]],
+                  holders: Mapping[int, list[str]], listening: Mapping[str, Set[int]],
+                  owned: Mapping[str, Set[int]]) -> str | None:
+    if port in RESERVED_LB_PORTS:
+        return f"{field} {port} is fleet's own on the lb nodes ({RESERVED_LB_PORTS[port]})"
+    if port in owned.get(service, ()):
+        return None
+    others = sorted(h for h in holders.get(port, ()) if h != service and port in chosen.get(h, {port}))
+    if others:
+        why = "not in these playbooks" if others[0] not in chosen else f"which keeps lb port {port}"
+        return f"{field} {port} is already served by fleet's HAProxy for service {others[0]!r} ({why})"
+    nodes = sorted(node for node, ports in listening.items() if port in ports)
+    if nodes and port not in holders:
+        return f"{field} {port} is already in use on {', '.join(nodes)} (not by fleet's HAProxy)"
+    return None
 
 
 def edge_port_problems(specs: Iterable[ServiceSpec], shared: Mapping[int, str], others_routed: bool = False
@@ -62,7 +65,7 @@ def edge_port_problems(specs: Iterable[ServiceSpec], shared: Mapping[int, str], 
     specs = list(specs)
     if not others_routed and not any(s.lb is not None and s.lb.hosts for s in specs):
         return []
-    return [(s.name, f"lb.port {s.lb.port} is the lb nodes' shared port for host names ({shared[s.lb.port]}); "
+    return [(s.name, f"{field} {port} is the lb nodes' shared port for host names ({shared[port]}); "
                      "choose another or route the service by lb.hosts")
-            for s in sorted(specs, key=lambda s: s.name)
-            if s.lb is not None and s.lb.port is not None and s.lb.port in shared]
+            for s in sorted(specs, key=lambda s: s.name) if s.lb is not None
+            for field, port in s.lb.bind_ports() if port in shared]

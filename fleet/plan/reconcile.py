@@ -38,6 +38,8 @@ class Replica:
     lb: L.LbLabel | None = None
     health: L.HealthLabel | None = None
     created: float | None = None
+    # Each named container port's host port (`fleet.ports`), by name; empty for a replica with no named ports.
+    ports: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -64,13 +64,12 @@ def cross_check(playbooks: Sequence[Playbook]) -> list[Problem]:
                                                     f"{owner.name!r} at {owner.source_file}:{owner.source_line}"))
                         else:
                             routes[(host, path)] = s
-                if s.lb.port is None:
-                    continue
-                if (other := ports.get(s.lb.port)) is not None:
-                    problems.append(Problem(s.source_file, s.source_line, f"{where}.lb.port",
-                                            f"lb port {s.lb.port} is already used by service {other.name!r} "
-                                            f"at {other.source_file}:{other.source_line}"))
-                else:
-                    ports[s.lb.port] = s
+                for field, port in s.lb.bind_ports():
+                    if (other := ports.get(port)) is not None:
+                        problems.append(Problem(s.source_file, s.source_line, f"{where}.{field}",
+                                                f"lb port {port} is already used by service {other.name!r} "
+                                                f"at {other.source_file}:{other.source_line}"))
+                    else:
+                        ports[port] = s
     return problems
 

@@ -19,6 +19,7 @@ from pydantic import (
 
 from fleet.config.edge import HostName, PathPrefix, TlsModel, hosts_problem, tls_spec
 from fleet.config.spec.imaging import ImageInput
+from fleet.config.spec.lbports import LbPortInput, lb_ports_problem, named_ports_problem
 from fleet.config.spec.mounts import ConfigInput, SecretFileInput, Strict, VolumeInput
 from fleet.config.spec.rules import (
     Argv,
@@ -191,9 +192,12 @@ class _Lb(Strict):
     sticky: Literal["cookie"] | None = None
     maintenance: Annotated[str, AfterValidator(_maintenance)] | None = None
     retries: Annotated[StrictInt, Field(ge=0, le=10)] = DEFAULT_LB_RETRIES
+    ports: dict[str, LbPortInput] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _routed(self) -> _Lb:
+        if (problem := lb_ports_problem(self.port, self.ports)) is not None:
+            raise ValueError(problem)
         if self.port is None and not self.hosts:
             raise ValueError("give port: N (the service's own port) and/or hosts: [NAME, ...] (shared ports)")
         if self.hosts and self.mode != "http":
@@ -214,7 +218,8 @@ class _Lb(Strict):
         """`base_dir`: the playbook's directory, against which relative certificate files are made absolute."""
         return LbSpec(self.port, self.mode, self.balance, tuple(self.hosts), tuple(self.paths),
                       tls_spec(self.tls, base_dir) if self.tls else None, self.timeouts.value(), self.sticky,
-                      self.maintenance, self.retries)
+                      self.maintenance, self.retries,
+                      tuple(p.value(name) for name, p in sorted(self.ports.items())))
 
     @staticmethod
     def written(lb: LbSpec) -> dict[str, Any]:
@@ -230,6 +235,8 @@ class _Lb(Strict):
             out["retries"] = lb.retries
         if lb.port is not None:
             out["port"] = lb.port
+        if lb.ports:
+            out["ports"] = {p.name: LbPortInput.written(p) for p in lb.ports}
         if lb.hosts:
             out["hosts"] = list(lb.hosts)
         if lb.paths:
@@ -395,6 +402,10 @@ class ServiceInput(Strict, SecurityInput, ImageInput):
         if self.ports and "port" in self.model_fields_set and self.port not in self.ports.values():
             raise ValueError(f"port {self.port} is not one of ports; with ports, port (if given) names which of "
                              "them HAProxy routes to")
+        routed = main_port(self.ports) if self.ports and "port" not in self.model_fields_set else self.port
+        if (problem := named_ports_problem(self.lb.ports if self.lb else {}, self.ports, routed,
+                                           self.network)) is not None:
+            raise ValueError(problem)
         return self
 
     @model_validator(mode="after")

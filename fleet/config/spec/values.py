@@ -17,6 +17,7 @@ from fleet.config.spec.imaging import LogsSpec
 from fleet.config.spec.security import SecuritySpec
 from fleet.core.dirs import NODE_BASE, NODE_RUN
 from fleet.core.model import Resources
+from fleet.core.ports import named_host_ports
 from fleet.core.units import parse_duration as parse_duration  # the one parser; re-exported for the spec
 
 SERVICE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
@@ -163,6 +164,18 @@ DEFAULT_LB_RETRIES = 2
 
 
 @dataclass(frozen=True)
+class LbPortSpec:
+    """Another named container port of the service on the lb nodes (`lb.ports.NAME`): its own frontend on `port`,
+    in `mode`, whose servers are the replicas' host ports for `name`, routed to the replicas in rotation, and
+    HAProxy's check of it (`health`: http or tcp; None: a TCP connect every 2 s)."""
+
+    name: str
+    port: int
+    mode: Literal["http", "tcp"] = "http"
+    health: HealthSpec | None = None
+
+
+@dataclass(frozen=True)
 class LbSpec:
     """The service's frontend on the LB nodes: its own `port`, and/or `hosts` (with optional path prefixes) on the
     shared HTTP/HTTPS ports, with `tls`; its `timeouts`, `sticky` sessions (by a cookie HAProxy inserts), the
@@ -179,6 +192,13 @@ class LbSpec:
     sticky: Literal["cookie"] | None = None
     maintenance: str | None = None
     retries: int = DEFAULT_LB_RETRIES
+    # The service's other named ports, each on an lb port of its own (in name order).
+    ports: tuple[LbPortSpec, ...] = ()
+
+    def bind_ports(self) -> tuple[tuple[str, int], ...]:
+        """(field, port) of every lb port the service's own frontends bind: `lb.port`, then `lb.ports.NAME.port`."""
+        own = (("lb.port", self.port),) if self.port is not None else ()
+        return own + tuple((f"lb.ports.{p.name}.port", p.port) for p in self.ports)
 
 
 @dataclass(frozen=True)
@@ -290,6 +310,11 @@ class ServiceSpec:
         """The reference containers are started from: `image`, pinned to `image_digest` when it was resolved."""
         return f"{self.image}@{self.image_digest}" if self.image_digest and "@" not in self.image else self.image
 
+    def host_ports(self, routed_host_port: int) -> dict[str, int]:
+        """Per named port, the host port mapped to it on a replica whose routed port is on `routed_host_port`
+        (fleet.core.ports.named_host_ports); none on the host network, where nothing is mapped."""
+        return named_host_ports(routed_host_port, self.ports, self.port) if self.network == "bridge" else {}
+
     def secret_names(self) -> tuple[str, ...]:
         return tuple(sorted({v.name for v in self.env.values() if isinstance(v, SecretRef)}
                             | {f.secret for f in self.secret_files}))
@@ -309,6 +334,9 @@ class ServiceSpec:
             # replicas (on the host network, from an older fleet) are still served through the same host ports.
             **({"network": self.network} if self.network != "bridge" else {}),
             **({"ports": [list(p) for p in self.ports]} if self.ports else {}),
+            # Named ports besides the routed one are mapped to host ports of their own (an older fleet mapped
+            # the routed one only): only then, so no other service's hash changes.
+            **({"mapped": "named"} if self.network == "bridge" and len(self.ports) > 1 else {}),
             "volumes": [v.hash_input() for v in self.volumes],
             "health_exec": list(self.health.command) if self.health and self.health.kind == "exec" else None,
             # Only when used, so the hash of a service without them is what it always was.
