@@ -23,6 +23,11 @@ import socket
 import sys
 import traceback
 
+# The checkout this file is in, first: `python tests/cli_server.py` puts tests/ on the path, not the working
+# directory, so without it `import fleet` would find the installed package (another checkout's code) instead of
+# the one `python -m fleet.cli.main` runs from here.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 
 def _run_child(conn: socket.socket, request: dict[str, object], fds: list[int]) -> None:
     """In the forked child: become the run, then report its exit status on `conn`."""

@@ -1,9 +1,10 @@
-"""A bounded HTTP load for lab tests: concurrent clients (new connection per request, and keep-alive) that
-run until stopped or until their time or request budget is spent, recording every failure."""
+"""A bounded HTTP (or TCP echo: `TcpLoad`) load for lab tests: concurrent clients (new connection per request, and
+keep-alive) that run until stopped or until their time or request budget is spent, recording every failure."""
 
 from __future__ import annotations
 
 import http.client
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -83,3 +84,24 @@ class Load:
     def snapshot(self) -> tuple[int, int]:
         with self._lock:
             return self.result.ok, self.result.failed
+
+
+class TcpLoad(Load):
+    """A TCP load of the same shape: each request a new connection that reads the server's first line (its
+    `version=V` greeting), sends a line and expects it echoed back, then closes; anything else is a failure."""
+
+    def _run(self, keepalive: bool) -> None:
+        while not self._done():
+            try:
+                with socket.create_connection((self.host, self.port), timeout=self.timeout) as conn:
+                    reader = conn.makefile("rb")
+                    greeting = reader.readline().decode(errors="replace")
+                    conn.sendall(b"ping\n")
+                    echoed = reader.readline()
+                    reader.close()
+                if echoed == b"ping\n" and greeting.startswith("version="):
+                    self._record(200, greeting, None)
+                else:
+                    self._record(None, "", f"bad answer {greeting.strip()!r} {echoed!r}")
+            except OSError as exc:
+                self._record(None, "", type(exc).__name__)

@@ -2,7 +2,8 @@
 on its own fixed port 80 served through HAProxy and rolled under load; a container reaching another service by
 name and the lab's gateway (masquerade); a TCP service on its own fixed port behind HAProxy in tcp mode; a
 replica killed and deleted behind fleet's back leaves no namespace, veth, NAT rule or CNI cache entry after
-`fleet reconcile`.
+`fleet reconcile`; a service with two named ports, each on its own lb port, an lb port added and removed with no
+container change and the service rolled under load on both.
 
 Services are named `nn-*`, lb ports 18700-18799 (the lab is shared with other test files); each test destroys
 what it created in `finally`.
@@ -22,7 +23,7 @@ from typing import Any, ClassVar
 import pytest
 import yaml
 from helpers import demo_env, run_fleet, wait_until
-from loadgen import Load
+from loadgen import Load, TcpLoad
 
 from fleet.node import cni
 
@@ -218,5 +219,56 @@ def test_killed_replica_leaves_no_network_state_after_reconcile(lab, env):
         assert len(now) == 2 and cid not in {c["id"] for c in now}
         # One veth per namespace still there: the dead replica's went with its namespace.
         assert veths == len(names) and veths <= veths_before
+    finally:
+        fleet(env, "destroy", name, "--grace", "1")
+
+
+# The two-port image: busybox httpd on 80 and a TCP echo on 7000 (busybox nc, one `echo.sh` per connection, which
+# greets with the image's version and then echoes), neither reading $PORT.
+TWO_PORTS = ["sh", "-c", 'v=$(cat /etc/demo-version); echo "version=$v replica=$FLEET_REPLICA" >/tmp/index.html; '
+             'printf "#!/bin/sh\\necho version=%s\\nexec cat\\n" "$v" >/tmp/echo.sh; chmod +x /tmp/echo.sh; '
+             "nc -ll -p 7000 -e /tmp/echo.sh & exec httpd -f -p 80 -h /tmp"]
+
+
+def two_ports(version: str, port: int, echo_port: int | None) -> dict[str, Any]:
+    svc = {**fixed_port(version, 2, port), "command": TWO_PORTS, "ports": {"http": 80, "echo": 7000}}
+    if echo_port is not None:
+        svc["lb"] = {"port": port, "ports": {"echo": {"port": echo_port, "mode": "tcp"}}}
+    return svc
+
+
+def test_two_named_ports_on_their_own_lb_ports_added_removed_and_rolled_under_load(lab, env):
+    name, port, echo_port = "nn-ports", 18706, 18707
+    lb = lb_address(lab)
+
+    def ids() -> set[str]:
+        return {c["id"] for c in replicas(env, name)}
+
+    try:
+        out = fleet(env, "apply", playbook(env, {name: two_ports("v1", port, None)}))
+        assert out.returncode == 0, out.stdout + out.stderr
+        started = ids()
+        with Load(lb, port, clients=2, max_seconds=120) as load:
+            wait_until(lambda: load.result.ok > 10 or None, 20, 0.2, "requests served")
+            # An lb port added: HAProxy only (one reload), the replicas stay.
+            out = fleet(env, "apply", playbook(env, {name: two_ports("v1", port, echo_port)}))
+            assert out.returncode == 0, out.stdout + out.stderr
+            assert ids() == started
+            with TcpLoad(lb, echo_port, clients=2, max_seconds=90) as tcp:
+                wait_until(lambda: tcp.result.ok > 10 or None, 20, 0.2, "echoes through the lb port")
+                out = fleet(env, "apply", playbook(env, {name: two_ports("v2", port, echo_port)}))
+                time.sleep(1.0)
+            assert out.returncode == 0, out.stdout + out.stderr
+            rolled = ids()
+            # And removed again: the main port keeps serving, the replicas stay.
+            out = fleet(env, "apply", playbook(env, {name: two_ports("v2", port, None)}))
+            time.sleep(0.5)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert ids() == rolled and not rolled & started
+        for r in (load.result, tcp.result):
+            assert r.failed == 0, (r.errors, r.failures[:5])
+            assert r.versions.get("v1", 0) > 0 and r.versions.get("v2", 0) > 0, r.versions
+        with pytest.raises(OSError):
+            socket.create_connection((lb, echo_port), timeout=2).close()
     finally:
         fleet(env, "destroy", name, "--grace", "1")
