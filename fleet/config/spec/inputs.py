@@ -19,7 +19,7 @@ from pydantic import (
 
 from fleet.config.edge import HostName, PathPrefix, TlsModel, hosts_problem, tls_spec
 from fleet.config.spec.imaging import ImageInput
-from fleet.config.spec.lbports import LbPortInput, lb_ports_problem, named_ports_problem
+from fleet.config.spec.lbports import CheckInput, LbPortInput, lb_ports_problem, named_ports_problem
 from fleet.config.spec.mounts import ConfigInput, SecretFileInput, Strict, VolumeInput
 from fleet.config.spec.rules import (
     Argv,
@@ -37,7 +37,6 @@ from fleet.config.spec.values import (
     DEFAULT_LB_RETRIES,
     DEFAULT_RESOURCES,
     DIGEST_RE,
-    HTTP_PATH_RE,
     IMAGE_RE,
     MAINTENANCE_RE,
     SECRET_NAME_RE,
@@ -74,22 +73,9 @@ class _Resources(Strict):
         return {"cpu": r.cpu, "memory": r.memory}
 
 
-class _Health(Strict):
-    http: str | None = None
-    tcp: StrictBool | None = None
+class _Health(CheckInput):
     exec: Argv | None = None
-    interval: PositiveDuration = HealthSpec.interval
-    timeout: PositiveDuration = HealthSpec.timeout
-    failure_threshold: Annotated[StrictInt, Field(ge=1, le=100)] = HealthSpec.failure_threshold
-    success_threshold: Annotated[StrictInt, Field(ge=1, le=100)] = HealthSpec.success_threshold
     start_period: Duration = HealthSpec.start_period
-
-    @field_validator("http")
-    @classmethod
-    def _path(cls, v: str | None) -> str | None:
-        if v is not None and (len(v) > 256 or not HTTP_PATH_RE.match(v)):
-            raise ValueError(f"expected a URL path such as /healthz (no spaces, quotes or '#'), got {v!r}")
-        return v
 
     @model_validator(mode="after")
     def _one_kind(self) -> _Health:

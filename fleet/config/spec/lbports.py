@@ -14,8 +14,9 @@ from fleet.config.spec.values import HTTP_PATH_RE, HealthSpec, LbPortSpec, forma
 from fleet.core.ports import MAX_OTHER_NAMED_PORTS
 
 
-class LbPortHealthInput(Strict):
-    """HAProxy's check of one lb port: an HTTP GET of `http` (200-399 passes) or a TCP connect (`tcp: true`)."""
+class CheckInput(Strict):
+    """An HTTP GET of `http` (200-399 passes) or a TCP connect (`tcp: true`), and how often and how strictly it is
+    judged: the fields a service's `health` and an lb port's share."""
 
     http: str | None = None
     tcp: StrictBool | None = None
@@ -28,8 +29,12 @@ class LbPortHealthInput(Strict):
     @classmethod
     def _path(cls, v: str | None) -> str | None:
         if v is not None and (len(v) > 256 or not HTTP_PATH_RE.match(v)):
-            raise ValueError(f"expected a URL path such as /metrics (no spaces, quotes or '#'), got {v!r}")
+            raise ValueError(f"expected a URL path such as /healthz (no spaces, quotes or '#'), got {v!r}")
         return v
+
+
+class LbPortHealthInput(CheckInput):
+    """HAProxy's check of one lb port: http or tcp (HAProxy cannot run a command in a container)."""
 
     @model_validator(mode="after")
     def _one_kind(self) -> LbPortHealthInput:
