@@ -21,6 +21,7 @@ from fleet.node.haproxy.render import render
 from fleet.node.haproxy.runtime import server_changes
 from fleet.plan.checks import lb_port_conflicts
 from fleet.plan.reconcile import Replica
+from fleet.plan.rollout.decide import config_changes
 from fleet.plan.scheduler import Assignment
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
@@ -156,6 +157,8 @@ def test_lb_ports_change_no_container_and_services_with_one_port_keep_their_hash
     one = spec_of("services:\n  web:\n    image: reg.local/web:v1\n    ports: {http: 80}\n    lb: {port: 8080}\n")
     assert one.spec_hash() == "b3450bbb9af748ab316f132e097f79174aeeb4146ee7dcb8c15001365d522c93"
     assert "mapped" in with_lb_ports.hash_input() and "mapped" not in one.hash_input()
+    assert config_changes(without, with_lb_ports) == [
+        'lb.ports: none → {"echo": {"mode": "tcp", "port": 7000}, "metrics": {"heal...']
     # A service with several named ports rolls once: its other ports are now mapped (the hash it had on main).
     two = spec_of("services:\n  web:\n    image: reg.local/web:v1\n    ports: {http: 80, m: 9}\n")
     assert two.spec_hash() != "65ae42682cd4e44b98a4c0e2878f8ff6addc933d916a488680548036479caffa"

@@ -38,14 +38,15 @@ def check_lb_ports(view: RunView, lbs: Balancers, specs: Sequence[ServiceSpec]) 
         lbs.edge.stats(STATS_PORT)  # the stats password is in the keyring (before anything changes)
     shared = {edge.http_port: "edge.http_port", edge.https_port: "edge.https_port"}
     others_routed = any(f is not None and f.hosts for name, f in rotation.frontends.items() if name not in by_name)
+    # Each message starts with the field it is about (`lb.port 7001 …`, `lb.ports.redis.port 6379 …`).
     problems = [Problem(by_name[name].source_file or "<playbook>", by_name[name].source_line,
-                        f"services.{name}.lb.port", message)
+                        f"services.{name}.{message.split()[0]}", message)
                 for name, message in edge_port_problems(specs, shared, others_routed)]
     told = {p.field for p in problems}
     problems += [Problem(by_name[name].source_file or "<playbook>", by_name[name].source_line,
-                         f"services.{name}.lb.port", message)
+                         f"services.{name}.{message.split()[0]}", message)
                  for name, message in lb_port_problems(specs, listening, owned)
-                 if f"services.{name}.lb.port" not in told]
+                 if f"services.{name}.{message.split()[0]}" not in told]
     if problems:
         raise SpecError(problems)
 
