@@ -247,7 +247,11 @@ def test_two_named_ports_on_their_own_lb_ports_added_removed_and_rolled_under_lo
     try:
         out = fleet(env, "apply", playbook(env, {name: two_ports("v1", port, None)}))
         assert out.returncode == 0, out.stdout + out.stderr
-        started = ids()
+        running = replicas(env, name)
+        started = {c["id"] for c in running}
+        # Each named port on a host port of its own: the routed one's, and 10000 above it for the other.
+        assert [c["labels"]["fleet.ports"] for c in running] == [f"echo:{c['port'] + 10000},http:{c['port']}"
+                                                                for c in running]
         with Load(lb, port, clients=2, max_seconds=120) as load:
             wait_until(lambda: load.result.ok > 10 or None, 20, 0.2, "requests served")
             # An lb port added: HAProxy only (one reload), the replicas stay.
