@@ -332,7 +332,7 @@ def test_a_misspelled_playbook_field_gets_a_suggestion_at_its_line(tmp_path: Pat
         load_playbooks([str(path)])
     assert [str(p) for p in info.value.problems] == [
         f"{path}:4: services.web.replica: unknown field (did you mean 'replicas'?)",
-        f"{path}:5: services.web.lb.prot: unknown field (did you mean 'port'?)",
+        f"{path}:5: services.web.lb.prot: unknown field (did you mean 'port' or 'ports'?)",
         f"{path}:6: services.web.update.stratgy: unknown field (did you mean 'strategy'?)",
         f"{path}:7: services.web.zzzz: unknown field",
     ]
