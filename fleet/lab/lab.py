@@ -235,16 +235,25 @@ def _remove_node(cfg: LabConfig, node: LabNode, namespaces: set[str] | None = No
         _run(["ip", "netns", "del", ns], check=False)
 
 
+def _recorded_fresh(cfg: LabConfig) -> bool:
+    with contextlib.suppress(OSError, ValueError), open(f"{cfg.dir}/lab.json") as fh:
+        return bool(json.load(fh).get("fresh"))
+    return False
+
+
+def _sshd_pid(cfg: LabConfig, node: LabNode) -> int | None:
+    """The node's sshd PID from its PID file (a fresh node's is on its own /run)."""
+    d = node_dir(cfg, node)
+    return _read_pid(fresh.in_node(_read_pid(f"{d}/holder.pid"), "/run/sshd.pid") if cfg.fresh else f"{d}/sshd.pid")
+
+
 class Lab:
     """Builds, inspects and removes one lab, named by its prefix."""
 
     def __init__(self, cfg: LabConfig) -> None:
-        self.cfg = cfg
+        self.cfg = replace(cfg, fresh=True) if _recorded_fresh(cfg) else cfg  # a fresh lab stays one
         # The seconds this `up` spent building the fresh nodes' root filesystem (0: it was cached).
         self.rootfs_seconds = 0.0
-        with contextlib.suppress(OSError, ValueError), open(self.record_path) as fh:
-            if json.load(fh).get("fresh"):
-                self.cfg = replace(cfg, fresh=True)  # a fresh lab stays one for status and down
 
     # --- paths -------------------------------------------------------------------------------------------
     @property
@@ -267,8 +276,7 @@ class Lab:
             roles=node.roles,
             netns=node.netns(self.cfg.prefix) in namespaces,
             holder_pid=holder if _alive(holder) else None,
-            sshd=_alive(_read_pid(f"{own}/run/sshd.pid" if self.cfg.fresh else f"{d}/sshd.pid"))
-            and _port_open(node.address, 22),
+            sshd=_alive(_sshd_pid(self.cfg, node)) and _port_open(node.address, 22),
             containerd=((self.cfg.fresh or _alive(_read_pid(f"{d}/containerd.pid")))
                         and os.path.exists(f"{own}/run/containerd/containerd.sock")),
             run_tmpfs=_alive(holder) and _fstype_at(holder, "/run" if self.cfg.fresh else render.NODE_RUN_TMPFS)
@@ -322,9 +330,7 @@ class Lab:
             _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"fleet-lab-{cfg.prefix}", "-f", key])
         shutil.copyfile(f"{key}.pub", f"{cfg.dir}/authorized_keys")
         self._bridge()
-        rootfs = None
-        if cfg.fresh:
-            rootfs, self.rootfs_seconds = ensure_rootfs()
+        rootfs, self.rootfs_seconds = ensure_rootfs() if cfg.fresh else (None, 0.0)
         layout = cfg.layout()
         self._write_record(layout)
         namespaces = _netns_list()
@@ -396,12 +402,9 @@ class Lab:
             if node.memory is not None:
                 with open(f"{cgroup}/memory.limit_in_bytes", "w") as fh:
                     fh.write(str(parse_memory(node.memory)))
-        files = {"init.sh": render.fresh_init_script(cfg, node, rootfs, memory_cgroup=cgroup is not None)} if rootfs \
-            else {
-            "sshd_config": render.sshd_config(cfg, node),
-            "containerd.toml": render.containerd_config(cfg),
-            "init.sh": render.init_script(cfg, node, memory_cgroup=cgroup is not None),
-        }
+        files = {"init.sh": render.fresh_init_script(cfg, node, rootfs, cgroup is not None)} if rootfs else {
+            "sshd_config": render.sshd_config(cfg, node), "containerd.toml": render.containerd_config(cfg),
+            "init.sh": render.init_script(cfg, node, memory_cgroup=cgroup is not None)}
         for name, text in files.items():
             with open(f"{d}/{name}", "w") as fh:
                 fh.write(text)
@@ -501,9 +504,7 @@ class Lab:
 
     def stop_sshd(self, name: str) -> None:
         """Stop a node's sshd (by its recorded PID), leaving containerd and containers running."""
-        d = node_dir(self.cfg, self.node(name))
-        pid = _read_pid(fresh.in_node(_read_pid(f"{d}/holder.pid"), "/run/sshd.pid") if self.cfg.fresh
-                        else f"{d}/sshd.pid")
+        pid = _sshd_pid(self.cfg, self.node(name))
         if pid and _alive(pid):
             _kill_and_wait([pid])
 
