@@ -221,8 +221,9 @@ def prepare(nodes: NodesArg = None, inventory: common.InventoryOpt = None, json:
 
     With --offline DIR, nodes with no route to a mirror get the packages from DIR: this controller sends each
     node the .deb files it needs (those the manifest of --download names for it; without one, its packages'
-    and every file in DIR that is none of fleet's packages: their dependencies) and installs them with apt-get --no-download (dpkg -i without apt-get); a package with no
-    file in DIR is named and that node left alone.
+    and every file in DIR that is none of fleet's packages: their dependencies) and installs them with
+    apt-get --no-download (dpkg -i without apt-get); a package with no file in DIR is named and that node left
+    alone.
 
     With --download DIR (on a controller with apt and the package lists of the nodes' release, e.g. Debian 12
     for Debian 12 nodes), nothing changes on the nodes: this machine's apt works out, against each node's

@@ -85,7 +85,11 @@ p base "$([ -d "$BASE" ] && echo yes || echo no)"
 p ip_forward "$(cat /proc/sys/net/ipv4/ip_forward 2>/dev/null)"
 p containerd_socket "$([ -S /run/containerd/containerd.sock ] && echo yes || echo no)"
 if c=$(cat "$CPID" 2>/dev/null); then
-  p containerd_pid "$c $([ "$(cat "/proc/$c/comm" 2>/dev/null)" = containerd ] && echo alive || echo gone)"
+  a=gone
+  if [ "$(cat "/proc/$c/comm" 2>/dev/null)" = containerd ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$c/status"; then
+    a=alive
+  fi
+  p containerd_pid "$c $a"
 fi
 p init "$(cat /proc/1/comm 2>/dev/null)$([ -d /run/systemd/system ] && echo ' systemd')"
 for t in "$@"; do

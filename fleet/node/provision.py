@@ -187,9 +187,14 @@ if has ip-forward; then
   echo 1 >/proc/sys/net/ipv4/ip_forward || fail "cannot set net.ipv4.ip_forward"
   say changed "set net.ipv4.ip_forward = 1 (and in $SYSCTL)"
 fi
-# containerd runs: its socket is there and, where fleet started it, the process its PID file names is containerd.
-ours_up() { p=$(cat "$CPID" 2>/dev/null) && [ "$(cat "/proc/$p/comm" 2>/dev/null)" = containerd ]; }
-up() { [ -S "$CSOCK" ] && { [ ! -e "$CPID" ] || ours_up; }; }
+# containerd runs: its socket is there and, where fleet started it, the process its PID file names is containerd
+# (and no zombie: where PID 1 is no init system, nothing may have reaped it yet).
+ours_up() {
+  p=$(cat "$CPID" 2>/dev/null) && [ "$(cat "/proc/$p/comm" 2>/dev/null)" = containerd ] \
+    && ! grep -q '^State:[[:space:]]*Z' "/proc/$p/status" 2>/dev/null
+}
+up() { [ -S "$CSOCK" ] && { [ ! -e "$CPID" ] && [ -z "$started" ] || ours_up; }; }
+started=
 if has start-containerd && ! up; then
   if [ -d /run/systemd/system ]; then
     systemctl enable --now containerd >"$log" 2>&1 \
@@ -197,13 +202,16 @@ if has start-containerd && ! up; then
     how="started containerd"
   else
     # No init system: fleet's own containerd, detached from this session; its own shell writes its PID file
-    # just before it becomes containerd. containerd replaces a socket file left by one that died.
+    # just before it becomes containerd. The socket file of one that died goes first, so the wait below sees
+    # the new one's.
     mkdir -p "${CPID%/*}" "${CLOG%/*}" || fail "cannot create ${CPID%/*}"
-    rm -f "$CPID"
+    rm -f "$CPID" "$CSOCK"
     (cd / && setsid sh -c 'echo $$ >"$0" && exec containerd' "$CPID" </dev/null >>"$CLOG" 2>&1 &)
+    started=1
     how="started containerd (no init system here: fleet runs it, PID file $CPID, log $CLOG)"
   fi
   i=0
+  # Where fleet started it, up waits for the PID file too (written by its own process).
   while ! up && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
   up || fail "containerd started but its socket did not appear within 10 s: $(tail -n 3 "$CLOG" 2>/dev/null \
     | tr '\n' ' ')"
