@@ -7,7 +7,7 @@ and started again); the demo service deploys and rolls to v2 with no failed requ
 
 Its own lab (one worker that also keeps the records, one lb node), beside the session's: on the test lab's subnet
 moved by 1 in the second octet (10.241.34.0/24 -> 10.242.34.0/24), named by the test lab's prefix plus `f`. The
-root filesystem is cached under /var/cache/fleet-lab and the .deb files under /var/cache/fleet-lab/debs-test, so
+root filesystem is cached under /var/cache/fleet-lab and the .deb files under /var/cache/fleet-lab/debs-PREFIX, so
 a second run downloads nothing; both times are printed (pytest -s)."""
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import signal
+import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -27,7 +29,7 @@ from loadgen import Load
 from fleet.config.inventory import load_inventory
 from fleet.image.demo import build_demo
 from fleet.lab.lab import Lab
-from fleet.lab.rootfs import CACHE_ROOT, SUDO_USER
+from fleet.lab.rootfs import CACHE_ROOT, SUDO_USER, ensure_rootfs
 from fleet.node.preflight import CONTAINERD_PID
 
 pytestmark = pytest.mark.lab
@@ -35,7 +37,7 @@ pytestmark = pytest.mark.lab
 _NET = ipaddress.IPv4Network(TEST_LAB.subnet)
 FRESH = replace(TEST_LAB, prefix=f"{TEST_LAB.prefix[:5]}f", nodes=1, lb=1, fresh=True,
                 subnet=str(ipaddress.IPv4Network((int(_NET.network_address) + (1 << 16), _NET.prefixlen))))
-DEBS = f"{CACHE_ROOT}/debs-test"
+DEBS = f"{CACHE_ROOT}/debs-{FRESH.prefix}"
 TIMES: dict[str, float] = {}
 
 
@@ -176,3 +178,22 @@ def test_the_demo_deploys_and_rolls_on_the_prepared_nodes_with_no_failed_request
         TIMES["push, deploy, roll"] = time.monotonic() - started
     finally:
         fleet(fresh, "destroy", name)
+
+
+def test_a_crashed_fresh_lab_is_removed_by_the_next_down_and_the_cached_root_stays(fresh):
+    """As after a crash: n1's holder (the node's init) SIGKILLed with its sshd, containerd, etcd and shims still
+    running, and no Lab object of that run left: a new one, from the lab's name alone, removes it all."""
+    lab = fresh["lab"]
+    holder = lab.node_status(lab.node("n1")).holder_pid
+    assert holder is not None
+    pids = [int(p) for p in subprocess.run(["ip", "netns", "pids", f"{FRESH.prefix}-n1"], capture_output=True,
+                                           text=True, check=True).stdout.split()]
+    assert len(pids) >= 3, pids  # the holder, sshd, containerd at least
+    os.kill(holder, signal.SIGKILL)
+    removed = Lab(replace(FRESH, fresh=False)).down()  # the record says it is fresh
+    assert set(removed) >= {"n1", "lb1"}
+    alive = {p: Path(f"/proc/{p}/stat").read_text() for p in pids if os.path.exists(f"/proc/{p}")}
+    assert not {p: st for p, st in alive.items() if st.split(") ", 1)[1][0] not in "ZX"}, alive
+    assert not os.path.exists(FRESH.dir) and f"{FRESH.prefix}-n1" not in subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert os.path.isfile(f"{ensure_rootfs()[0]}/etc/os-release") and ensure_rootfs()[1] == 0.0
