@@ -23,8 +23,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TEST_LAB
-from helpers import run_fleet
-from loadgen import Load
+from helpers import demo_playbook, roll_under_load, run_fleet
 
 from fleet.config.inventory import load_inventory
 from fleet.image.demo import build_demo
@@ -139,21 +138,6 @@ def test_a_containerd_that_died_is_named_by_check_and_started_again_by_prepare(f
     assert fleet(fresh, "node", "check", "n1").returncode == 0
 
 
-def _playbook(d: Path, name: str, port: int, version: str) -> str:
-    path = d / f"{name}-{version}.yaml"
-    path.write_text(f"""services:
-  {name}:
-    image: fleet.local/demo:{version}
-    replicas: 2
-    resources: {{cpu: 0.05, memory: 32MiB}}
-    health: {{http: /healthz, interval: 1s, timeout: 1s, failure_threshold: 2}}
-    lb: {{port: {port}}}
-    stop_grace_period: 2s
-    update: {{max_surge: 1, max_unavailable: 0, ready_deadline: 20s, min_ready: 1s}}
-""")
-    return str(path)
-
-
 def test_the_demo_deploys_and_rolls_on_the_prepared_nodes_with_no_failed_request(fresh):
     d = Path(fresh["dir"])
     name, port = "fr-web", 19601
@@ -162,19 +146,9 @@ def test_the_demo_deploys_and_rolls_on_the_prepared_nodes_with_no_failed_request
         out = fleet(fresh, "image", "push", build_demo(v, str(d / f"demo-{v}.tar")).path)
         assert out.returncode == 0, out.stdout + out.stderr
     try:
-        first = fleet(fresh, "apply", _playbook(d, name, port, "v1"))
-        assert first.returncode == 0, first.stdout + first.stderr
-        with Load(fresh["inventory"].node("lb1").address, port, clients=6, max_seconds=90) as load:
-            time.sleep(1.0)
-            out = fleet(fresh, "apply", _playbook(d, name, port, "v2"))
-            time.sleep(1.0)
-        assert out.returncode == 0, out.stdout + out.stderr
-        r = load.result
-        assert r.failed == 0, (r.errors, r.failures[:5])
-        assert r.versions.get("v1", 0) > 0 and r.versions.get("v2", 0) > 0, r.versions
-        doc = json.loads(fleet(fresh, "status", "--json").stdout)
-        replicas = next(s for s in doc["services"] if s["service"] == name)["replicas"]
-        assert [x["image"] for x in replicas] == ["fleet.local/demo:v2"] * 2
+        replicas = roll_under_load(lambda *a: fleet(fresh, *a), fresh["inventory"].node("lb1").address, port, name,
+                                   demo_playbook(d, name, port, "v1"), demo_playbook(d, name, port, "v2"))
+        assert len(replicas) == 2
         TIMES["push, deploy, roll"] = time.monotonic() - started
     finally:
         fleet(fresh, "destroy", name)
