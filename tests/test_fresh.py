@@ -271,3 +271,32 @@ async def test_a_node_that_is_no_worker_without_containerd_is_no_error() -> None
                                          lambda d: d.list_containers())
     assert found == {}
     assert errors == {"n1": "no runtime: neither nerdctl nor ctr", "lb2": "unreachable: connection refused"}
+
+
+async def test_download_asks_this_machines_apt_against_each_nodes_own_status(tmp_path: Path) -> None:
+    """Over real in-process SSH servers running /bin/sh here (so a node's dpkg status is this machine's): a node
+    lacking runc by its check gets apt's answer for its status (runc is installed there: no file to fetch, and
+    nothing is fetched from a mirror); a node of another release, and one that could not be checked, are refused
+    by name; the manifest is written."""
+    from sshserver import SSHFarm
+
+    from fleet.core.model import Inventory
+    from fleet.engine.offline import download_debs
+    from fleet.node.preflight import Item, NodeCheck
+    from fleet.transport import Pool
+
+    lacks = (Item("runc", False, "missing (containerd's runtime)", "runc"),)
+    async with SSHFarm(tmp_path / "f") as farm:
+        await farm.start(3)
+        inv = Inventory("inv.yaml", (farm.node("n1"), farm.node("n2"), farm.node("n3")))
+        here = release(Path("/etc/os-release").read_text())
+        checks = [NodeCheck("n1", ("worker",), lacks, os=here), NodeCheck("n2", ("worker",), lacks, os="ubuntu 24.04"),
+                  NodeCheck("n3", ("worker",), error="n3: connection refused")]
+        async with Pool() as pool:
+            results = await download_debs(pool, inv, checks, str(tmp_path / "debs"))
+    assert [(r.node, r.packages, r.files, r.error) for r in results] == [
+        ("n1", ("runc",), (), None),
+        ("n2", ("runc",), (), f"the node runs ubuntu 24.04, this controller {here}: download on a machine of the "
+                              "node's release"),
+        ("n3", (), (), "cannot check it: n3: connection refused")]
+    assert read_manifest((tmp_path / "debs" / "fleet-offline.json").read_text()) == {}

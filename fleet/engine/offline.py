@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -68,6 +69,10 @@ async def _one(check: NodeCheck, stdout: str, dest: str, here: str) -> Download:
     plan = plan_for(check)
     if not plan.packages:
         return Download(check.node)
+    if shutil.which("apt-get") is None:
+        return Download(check.node, plan.packages, error="this controller has no apt-get: run --download on a "
+                                                          f"machine of the node's release ({check.os}) and carry "
+                                                          "the directory over")
     if check.os != here:
         return Download(check.node, plan.packages, error=f"the node runs {check.os}, this controller {here}: "
                                                           "download on a machine of the node's release")
