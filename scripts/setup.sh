@@ -5,7 +5,8 @@ cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then echo "run as root (the lab needs network and mount namespaces)" >&2; exit 2; fi
 PKGS="openssh-server openssh-client containerd runc haproxy busybox-static iproute2 util-linux socat procps
       python3 python3-venv python3-pip ca-certificates docker-registry keepalived sshfs openssl pebble
-      etcd-server etcd-client containernetworking-plugins age faketime sudo"
+      etcd-server etcd-client containernetworking-plugins age faketime sudo debootstrap"
+# debootstrap builds the root filesystem of the lab's fresh nodes (`fleet lab up --fresh`, cached).
 # etcd keeps the fleet's shared state on the record nodes (fleet starts it itself; policy-rc.d below keeps
 # apt from starting the package's service). containernetworking-plugins give replicas their own network
 # namespaces; age is the command-line twin of pyrage (secrets in the shared state); faketime is for the tests.

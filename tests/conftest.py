@@ -161,6 +161,7 @@ def shared_store(local_etcd: LocalEtcd, farm: SSHFarm, pool: Pool) -> EtcdStore:
 LONGEST_FIRST = [
     "test_safety_lab.py", "test_fields_lab.py", "test_rollout_lab.py", "test_shared_state_lab.py",
     "test_jobs_lab.py", "test_storage_lab.py", "test_deploy_lab.py", "test_lbsettings_lab.py", "test_servers_lab.py",
+    "test_fresh_lab.py",
     "test_netns_lab.py", "test_nodeops_lab.py", "test_haproxy_lbsettings.py", "test_containers_lab.py",
     "test_vrrp_lab.py", "test_registry_lab.py",
     "test_watch_lab.py", "test_edge_lab.py", "test_watch_etcd_lab.py", "test_tui.py", "test_reconcile_lab.py",

@@ -239,3 +239,44 @@ async def poll_async(predicate: Callable[[], T], timeout: float = 10.0, interval
     while not (got := predicate()) and time.monotonic() < deadline:
         await asyncio.sleep(interval)
     return got
+
+
+def roll_under_load(fleet: Callable[..., subprocess.CompletedProcess[str]], address: str, port: int, name: str,
+                    first: str, second: str) -> list[dict[str, object]]:
+    """`fleet apply first`, then `fleet apply second` (the demo at v2) under load through the lb at address:port:
+    both succeed, no request fails, both versions answer, every replica ends at v2. Returns the replicas as
+    `fleet status --json` lists them."""
+    from loadgen import Load
+
+    out = fleet("apply", first)
+    assert out.returncode == 0, out.stdout + out.stderr
+    with Load(address, port, clients=6, max_seconds=90) as load:
+        time.sleep(1.0)
+        out = fleet("apply", second)
+        time.sleep(1.0)
+    assert out.returncode == 0, out.stdout + out.stderr
+    r = load.result
+    assert r.failed == 0, (r.errors, r.failures[:5])
+    assert r.versions.get("v1", 0) > 0 and r.versions.get("v2", 0) > 0, r.versions
+    doc = json.loads(fleet("status", "--json").stdout)
+    replicas: list[dict[str, object]] = next(s for s in doc["services"] if s["service"] == name)["replicas"]
+    assert [x["image"] for x in replicas] == ["fleet.local/demo:v2"] * len(replicas)
+    return replicas
+
+
+def demo_playbook(directory: Path, name: str, port: int, version: str, placement: str | None = None) -> str:
+    """A playbook of the demo service `name` at `version` (2 replicas, health-checked, behind the lb on `port`,
+    rolled one at a time) written under `directory`; `placement` as its YAML flow text."""
+    path = directory / f"{name}-{version}-{time.monotonic_ns()}.yaml"
+    where = f"    placement: {placement}\n" if placement else ""
+    path.write_text(f"""services:
+  {name}:
+    image: fleet.local/demo:{version}
+    replicas: 2
+    resources: {{cpu: 0.05, memory: 32MiB}}
+    health: {{http: /healthz, interval: 1s, timeout: 1s, failure_threshold: 2}}
+{where}    lb: {{port: {port}}}
+    stop_grace_period: 2s
+    update: {{max_surge: 1, max_unavailable: 0, ready_deadline: 20s, min_ready: 1s}}
+""")
+    return str(path)

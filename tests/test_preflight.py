@@ -183,7 +183,10 @@ def test_prepare_script_carries_packages_as_arguments_and_names_the_services_to_
     assert script.args == ("etcd-client", "etcd-server", "haproxy")
     assert dict(script.env) == {"POLICY": "/usr/sbin/policy-rc.d", "SYSCTL": "/etc/sysctl.d/60-fleet.conf",
                                 "BASE": "/var/lib/fleet", "FIXES": "dirs", "DISABLE": "etcd haproxy", "OFFLINE": "",
-                                "PKGS": "etcd-client etcd-server haproxy"}
+                                "PKGS": "etcd-client etcd-server haproxy",
+                                "CPID": "/var/lib/fleet/containerd/containerd.pid",
+                                "CLOG": "/var/lib/fleet/containerd/containerd.log",
+                                "CSOCK": "/run/containerd/containerd.sock"}
     assert "DEBIAN_FRONTEND=noninteractive" in script.text and "--no-install-recommends" in script.text
     with pytest.raises(ValueError, match="not a package name"):
         prepare_script(Plan("n1", ("ok", "bad;rm")))

@@ -23,8 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import TEST_LAB
-from helpers import poll, run_fleet
-from loadgen import Load
+from helpers import demo_playbook, poll, roll_under_load, run_fleet
 
 from fleet.image.demo import build_demo
 from fleet.lab.lab import node_dir
@@ -165,37 +164,15 @@ def test_prepare_on_ready_nodes_has_nothing_to_do(servers):
 
 
 def _playbook(servers, name: str, port: int, version: str) -> str:
-    path = Path(servers["dir"]) / f"{name}-{version}-{time.monotonic_ns()}.yaml"
-    path.write_text(f"""services:
-  {name}:
-    image: fleet.local/demo:{version}
-    replicas: 2
-    resources: {{cpu: 0.05, memory: 32MiB}}
-    health: {{http: /healthz, interval: 1s, timeout: 1s, failure_threshold: 2}}
-    placement: {{spread_by: zone}}
-    lb: {{port: {port}}}
-    stop_grace_period: 2s
-    update: {{max_surge: 1, max_unavailable: 0, ready_deadline: 20s, min_ready: 1s}}
-""")
-    return str(path)
+    return demo_playbook(Path(servers["dir"]), name, port, version, placement="{spread_by: zone}")
 
 
 def test_the_sudo_user_deploys_and_rolls_under_load_with_no_failed_request(lab, servers):
     name, port = "sv-roll", 19591
     try:
-        first = fleet(servers, "apply", _playbook(servers, name, port, "v1"))
-        assert first.returncode == 0, first.stdout + first.stderr
-        with Load(lab.inventory.node("lb1").address, port, clients=6, max_seconds=90) as load:
-            time.sleep(1.0)
-            out = fleet(servers, "apply", _playbook(servers, name, port, "v2"))
-            time.sleep(1.0)
-        assert out.returncode == 0, out.stdout + out.stderr
-        r = load.result
-        assert r.failed == 0, (r.errors, r.failures[:5])
-        assert r.versions.get("v1", 0) > 0 and r.versions.get("v2", 0) > 0, r.versions
-        doc = json.loads(fleet(servers, "status", "--json").stdout)
-        replicas = next(s for s in doc["services"] if s["service"] == name)["replicas"]
-        assert [x["image"] for x in replicas] == ["fleet.local/demo:v2"] * 2
+        replicas = roll_under_load(lambda *a: fleet(servers, *a), lab.inventory.node("lb1").address, port, name,
+                                   _playbook(servers, name, port, "v1"), _playbook(servers, name, port, "v2"))
+        assert len(replicas) == 2
         # Run as root through sudo: the containers are in root's containerd, in fleet's namespace.
         node = replicas[0]["node"]
         tasks = [line.split()[0] for line in lab.lab.exec_in(node, ["ctr", "-n", "fleet", "tasks", "ls"]).stdout

@@ -46,11 +46,14 @@ from fleet.engine.handwork import LogLines, one_off_spec
 from fleet.engine.lbview import read_configs
 from fleet.engine.look import Observed, lb_rows, look, observe, observed
 from fleet.engine.nodes import collect, facts_command, report_from
+from fleet.engine.offline import Download
 from fleet.engine.preflight import PrepareReport
 from fleet.engine.reader import Reader
 from fleet.engine.shared import restart_dead, start_members
 from fleet.engine.status import status
 from fleet.node.haproxy.stats import StatRow
+from fleet.node.offline import MANIFEST as OFFLINE_MANIFEST
+from fleet.node.offline import read_manifest
 from fleet.node.preflight import NodeCheck
 from fleet.node.provision import Plan, offline_plan, plan_for
 from fleet.plan.members import MembershipPlan, Step
@@ -122,6 +125,7 @@ __all__ = [
 __all__ += ["MemberRow", "MembershipPlan", "RecordsView", "Step", "StepReport"]  # fleet records
 # `fleet node check|prepare`.
 __all__ += ["NodeCheck", "Plan", "PrepareReport", "offline_plan", "plan_for"]
+__all__ += ["OFFLINE_MANIFEST", "Download", "read_manifest"]
 __all__ += ["JobLog", "JobRun"]  # `fleet job`
 
 

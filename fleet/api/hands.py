@@ -16,6 +16,7 @@ from fleet.engine import handwork
 from fleet.engine.etcd import EtcdMembership
 from fleet.engine.handwork import LogLines
 from fleet.engine.images import list_images, push
+from fleet.engine.offline import Download, download_debs
 from fleet.engine.preflight import PrepareReport, check_nodes, prepare_nodes
 from fleet.engine.volumes import list_volumes, restore, revoke
 from fleet.node.preflight import NodeCheck
@@ -150,6 +151,11 @@ class Hands(abc.ABC):
         """Carry out `plan_for(check)` plans, then check those nodes again (no lease: see engine/preflight.py);
         `offline`: the local directory the plans' .deb files are sent from (`offline_plan`)."""
         return await prepare_nodes(self.pool, self.inventory, plans, offline)
+
+    async def download(self, checks: Sequence[NodeCheck], dest: str) -> list[Download]:
+        """Fill the local directory `dest` with the .deb files each checked node lacks, worked out by this machine's
+        apt against the node's dpkg status (see engine/offline.py); changes nothing on the nodes."""
+        return await download_debs(self.pool, self.inventory, checks, dest)
 
     def membership(self, on_step: Callable[[str], None] | None = None, store: EtcdStore | None = None
                    ) -> EtcdMembership:

@@ -20,9 +20,9 @@ PrefixOpt = typer.Option("fl", "--prefix", envvar="FLEET_LAB", help="Name prefix
 SubnetOpt = typer.Option("10.231.0.0/24", "--subnet", envvar="FLEET_LAB_SUBNET", help="IPv4 subnet of the lab.")
 
 
-def _lab(prefix: str, subnet: str, nodes: int = 3, lb: int = 1) -> Lab:
+def _lab(prefix: str, subnet: str, nodes: int = 3, lb: int = 1, fresh: bool = False) -> Lab:
     try:
-        return Lab(LabConfig(prefix=prefix, subnet=subnet, nodes=nodes, lb=lb, root=common.lab_root()))
+        return Lab(LabConfig(prefix=prefix, subnet=subnet, nodes=nodes, lb=lb, root=common.lab_root(), fresh=fresh))
     except LabError as exc:
         common.fail(str(exc))
 
@@ -44,13 +44,20 @@ def _yes(v: bool) -> str:
 @app.command()
 def up(nodes: int = typer.Option(3, "--nodes", "-n", help="Worker nodes."),
        lb: int = typer.Option(1, "--lb", help="Load-balancer nodes (role lb)."),
+       fresh: bool = typer.Option(False, "--fresh", help="Nodes as a new server is: a minimal Debian 12 (debootstrap, "
+                                  "cached) with only sshd and the sudo user `deploy`; root may not log in."),
        prefix: str = PrefixOpt, subnet: str = SubnetOpt) -> None:
     """Bring the lab up, or repair it (nodes already whole are left alone).
 
+    With --fresh, each node is its own copy of a minimal Debian 12 root filesystem (built once with debootstrap
+    and cached under /var/cache/fleet-lab) with nothing of fleet's installed: `fleet node check` names what it
+    lacks and `fleet node prepare` installs it. fleet logs in as `deploy` with sudo (the inventory says so).
+
     Example:
 
-      fleet lab up --nodes 3 --lb 1"""
-    lab = _lab(prefix, subnet, nodes, lb)
+      fleet lab up --nodes 3 --lb 1
+      fleet lab up --fresh --nodes 1 --lb 1 --prefix fr"""
+    lab = _lab(prefix, subnet, nodes, lb, fresh)
     started = time.perf_counter()
     try:
         statuses = lab.up()
@@ -59,6 +66,8 @@ def up(nodes: int = typer.Option(3, "--nodes", "-n", help="Worker nodes."),
     out = common.console()
     out.print(_status_table(lab))
     ready = sum(s.ready for s in statuses)
+    if lab.rootfs_seconds:
+        out.print(f"built the fresh nodes' root filesystem in {lab.rootfs_seconds:.1f}s (cached for the next up)")
     out.print(f"{ready}/{len(statuses)} nodes ready in {time.perf_counter() - started:.1f}s; "
               f"inventory: {lab.inventory_path}")
     if lab.cfg.prefix != "fl" and not os.environ.get("FLEET_INVENTORY"):

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from fleet.api import Fleet, NodeCheck, Plan, PrepareReport
+    from fleet.core.model import Inventory
 
 app = typer.Typer(help="Node operations: cordon, uncordon, drain, label (kept on the fleet); check and prepare "
                        "(what a node needs for its roles).", no_args_is_help=True)
@@ -205,6 +206,10 @@ def prepare(nodes: NodesArg = None, inventory: common.InventoryOpt = None, json:
             offline: Annotated[str | None, typer.Option(
                 "--offline", metavar="DIR", help="Install from the .deb files in DIR (as `apt-get download` names "
                 "them: the packages and their dependencies), sent over SSH: the nodes reach no mirror.")] = None,
+            download: Annotated[str | None, typer.Option(
+                "--download", metavar="DIR", help="Change no node: fill DIR with the .deb files each node lacks "
+                "(its packages and their dependencies it does not have), worked out by this machine's apt against "
+                "the node's installed packages, for a later --offline DIR.")] = None,
             ) -> None:
     """Install what each node lacks for its roles, after showing the plan.
 
@@ -215,33 +220,53 @@ def prepare(nodes: NodesArg = None, inventory: common.InventoryOpt = None, json:
     what it installs on the record nodes.
 
     With --offline DIR, nodes with no route to a mirror get the packages from DIR: this controller sends each
-    node the .deb files it needs (its packages' and every file in DIR that is none of fleet's packages: their
-    dependencies) and installs them with apt-get --no-download (dpkg -i without apt-get); a package with no
-    file in DIR is named and that node left alone.
+    node the .deb files it needs (those the manifest of --download names for it; without one, its packages'
+    and every file in DIR that is none of fleet's packages: their dependencies) and installs them with
+    apt-get --no-download (dpkg -i without apt-get); a package with no file in DIR is named and that node left
+    alone.
+
+    With --download DIR (on a controller with apt and the package lists of the nodes' release, e.g. Debian 12
+    for Debian 12 nodes), nothing changes on the nodes: this machine's apt works out, against each node's
+    installed packages (its dpkg status, read over SSH), the .deb files it lacks (fleet's packages and every
+    dependency not installed there) and downloads them into DIR, with a manifest naming each node's files; a
+    later --offline DIR sends each node exactly its files.
 
     Example:
 
       fleet node prepare --yes
       fleet node prepare n4 n5
+      fleet node prepare --download ./debs
       fleet node prepare --offline ./debs --yes"""
     import os
 
-    from fleet.api import Fleet, offline_plan, plan_for
+    from fleet.api import OFFLINE_MANIFEST, Fleet, offline_plan, plan_for, read_manifest
+    from fleet.core.errors import ScriptOutputError
 
     inv = common.inventory(inventory)
     out = common.console(stderr=json)
+    if download is not None:
+        if offline is not None:
+            common.fail("fleet node prepare: --download and --offline go in two runs (download, then install)")
+        _download(inv, nodes or [], download, json)
+        return
     files: list[str] = []
+    manifest: dict[str, dict[str, list[str]]] = {}
     if offline is not None:
         try:
             files = [f for f in os.listdir(offline) if f.endswith(".deb") and os.path.isfile(os.path.join(offline, f))]
+            if os.path.exists(os.path.join(offline, OFFLINE_MANIFEST)):
+                with open(os.path.join(offline, OFFLINE_MANIFEST)) as fh:
+                    manifest = read_manifest(fh.read())
         except OSError as exc:
             common.fail(f"fleet node prepare --offline {offline}: {exc.strerror or exc}")
+        except ScriptOutputError as exc:
+            common.fail(f"fleet node prepare --offline {offline}: {exc}")
 
     async def go() -> tuple[list[Plan], list[PrepareReport]]:
         async with Fleet.connect(inv) as f:
             plans = [plan_for(c) for c in await f.check(nodes or [])]
             if offline is not None:
-                plans = [offline_plan(p, files, offline) for p in plans]
+                plans = [offline_plan(p, files, offline, manifest) for p in plans]
             out.print("plan:")
             for plan in plans:
                 out.print(f"  {esc(plan.node)}: {esc(plan.describe())}", highlight=False, soft_wrap=True)
@@ -269,6 +294,34 @@ def prepare(nodes: NodesArg = None, inventory: common.InventoryOpt = None, json:
     bad = [r.node for r in reports if not r.ok]
     if bad:
         common.console(stderr=True).print(f"not prepared: {esc(', '.join(bad))}", highlight=False)
+        raise typer.Exit(common.EXIT_PARTIAL)
+
+
+def _download(inv: Inventory, nodes: list[str], dest: str, json: bool) -> None:
+    """`--download DIR`: one line per node (its files in DIR, or why not); exit 1 when one failed."""
+    from fleet.api import Download, Fleet
+
+    async def go() -> list[Download]:
+        async with Fleet.connect(inv) as f:
+            return await f.download(await f.check(nodes), dest)
+
+    results = common.run(go)
+    if json:
+        common.print_json([{"node": r.node, "ok": r.ok, "packages": list(r.packages), "files": list(r.files),
+                            "fetched": r.fetched, "size": r.size, "error": r.error} for r in results])
+    for r in results if not json else ():
+        if r.error is not None:
+            line = f"{r.node}: not downloaded: {r.error}"
+        elif not r.files:
+            line = f"{r.node}: nothing to download (it lacks no package)"
+        else:
+            deps = len(r.files) - len(r.packages)
+            line = (f"{r.node}: {len(r.files)} .deb file(s) in {dest} ({' '.join(r.packages)} and {deps} "
+                    f"dependencies it lacks), {r.size / 1e6:.1f} MB, {r.fetched} fetched now")
+        common.console().print(esc(line), highlight=False, soft_wrap=True)
+    bad = [r.node for r in results if not r.ok]
+    if bad:
+        common.console(stderr=True).print(f"not downloaded: {esc(', '.join(bad))}", highlight=False)
         raise typer.Exit(common.EXIT_PARTIAL)
 
 

@@ -23,6 +23,7 @@ from fleet.node.runtime.base import Call, RuntimeDriver
 from fleet.node.runtime.ctr import CtrDriver
 from fleet.node.runtime.nerdctl import NerdctlDriver
 from fleet.results.containers import LIST_TIMEOUT as LIST_TIMEOUT
+from fleet.results.nodes import NO_RUNTIME
 from fleet.transport import DEFAULT_COMMAND_TIMEOUT, Pool, SessionError
 
 if TYPE_CHECKING:
@@ -69,13 +70,19 @@ def why(node: str, exc: FleetError) -> str:
     return str(exc).removeprefix(f"{node}: ")
 
 
+def runtime_not_needed(report: NodeReport) -> bool:
+    """A node that is no worker needs no containerd (an lb or record node prepared for its roles only): without
+    one it holds no container, and that is no error."""
+    return report.status == NO_RUNTIME and not report.node.has_role("worker")
+
+
 async def on_ready_nodes(pool: Pool, reports: list[NodeReport], call_for: Callable[[RuntimeDriver], Call[T]],
                          *, timeout: float = LIST_TIMEOUT) -> tuple[dict[str, T], dict[str, str]]:
     """Run one driver call on every ready node at once, each within `timeout` seconds: ({node: result},
     {node: why not}). A node that fails, does not answer in time (".. did not answer within Ns") or was not
     ready is reported, never raised; the others' results are not held up by it."""
     ready = [r for r in reports if r.ok]
-    errors = {r.node.name: f"{r.status}: {r.reason}" for r in reports if not r.ok}
+    errors = {r.node.name: f"{r.status}: {r.reason}" for r in reports if not r.ok and not runtime_not_needed(r)}
 
     async def one(r: NodeReport) -> T:
         return await perform(pool, r.node, call_for(driver_for(r.node, r.facts)), timeout=timeout)

@@ -10,7 +10,7 @@ import functools
 from fleet.core.errors import FleetError
 from fleet.core.model import Node
 from fleet.core.shell import Script
-from fleet.engine.calls import driver_for, on_ready_nodes, transport_error, why
+from fleet.engine.calls import driver_for, on_ready_nodes, runtime_not_needed, transport_error, why
 from fleet.engine.containers import PsResult, ps_result
 from fleet.engine.lb import Balancers
 from fleet.engine.nodes import FACTS_TIMEOUT, facts_script, report_of, round_trips
@@ -58,7 +58,8 @@ async def look(pool: Pool, nodes: tuple[Node, ...] | list[Node], *, ports: bool 
         reports.append(report)
         name = trip.node.name
         if not report.ok:
-            errors[name] = f"{report.status}: {report.reason}"
+            if not runtime_not_needed(report):
+                errors[name] = f"{report.status}: {report.reason}"
             continue
         assert parts is not None
         driver = driver_for(trip.node, report.facts)

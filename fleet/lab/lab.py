@@ -11,12 +11,13 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from fleet.core.errors import LabError
 from fleet.core.units import parse_memory
-from fleet.lab import render
+from fleet.lab import fresh, render
 from fleet.lab.render import LabConfig, LabNode, node_dir
+from fleet.lab.rootfs import ensure_rootfs
 
 REQUIRED_TOOLS = ("ip", "nsenter", "unshare", "containerd", "ctr", "runc", "ssh-keygen", "/usr/sbin/sshd")
 
@@ -32,11 +33,13 @@ class NodeStatus:
     containerd: bool
     run_tmpfs: bool = False
     memory_cgroup: bool = True
+    # A fresh node has no containerd until `fleet node prepare` installs it: it is ready without one.
+    fresh: bool = False
 
     @property
     def ready(self) -> bool:
-        return (self.netns and self.holder_pid is not None and self.sshd and self.containerd and self.run_tmpfs
-                and self.memory_cgroup)
+        return (self.netns and self.holder_pid is not None and self.sshd and (self.containerd or self.fresh)
+                and self.run_tmpfs and self.memory_cgroup)
 
 
 def _run(argv: list[str], *, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -105,8 +108,12 @@ def _pids_in_netns(ns: str) -> list[int]:
 
 
 def _task_ids(cfg: LabConfig, node_name: str) -> list[tuple[str, str]]:
-    """(containerd namespace, container id) of every task bundle a node's containerd left on disk."""
-    base = f"{cfg.dir}/nodes/{node_name}/run/containerd/io.containerd.runtime.v2.task"
+    """(containerd namespace, container id) of every task bundle a node's containerd left on disk (a fresh node's
+    /run is its own tmpfs: read while it runs)."""
+    run = f"{cfg.dir}/nodes/{node_name}/run"
+    if cfg.fresh:
+        run = fresh.in_node(_read_pid(f"{cfg.dir}/nodes/{node_name}/holder.pid"), "/run")
+    base = f"{run}/containerd/io.containerd.runtime.v2.task"
     out = []
     if os.path.isdir(base):
         for ns in os.listdir(base):
@@ -228,11 +235,25 @@ def _remove_node(cfg: LabConfig, node: LabNode, namespaces: set[str] | None = No
         _run(["ip", "netns", "del", ns], check=False)
 
 
+def _recorded_fresh(cfg: LabConfig) -> bool:
+    with contextlib.suppress(OSError, ValueError), open(f"{cfg.dir}/lab.json") as fh:
+        return bool(json.load(fh).get("fresh"))
+    return False
+
+
+def _sshd_pid(cfg: LabConfig, node: LabNode) -> int | None:
+    """The node's sshd PID from its PID file (a fresh node's is on its own /run)."""
+    d = node_dir(cfg, node)
+    return _read_pid(fresh.in_node(_read_pid(f"{d}/holder.pid"), "/run/sshd.pid") if cfg.fresh else f"{d}/sshd.pid")
+
+
 class Lab:
     """Builds, inspects and removes one lab, named by its prefix."""
 
     def __init__(self, cfg: LabConfig) -> None:
-        self.cfg = cfg
+        self.cfg = replace(cfg, fresh=True) if _recorded_fresh(cfg) else cfg  # a fresh lab stays one
+        # The seconds this `up` spent building the fresh nodes' root filesystem (0: it was cached).
+        self.rootfs_seconds = 0.0
 
     # --- paths -------------------------------------------------------------------------------------------
     @property
@@ -248,16 +269,19 @@ class Lab:
         namespaces = _netns_list() if namespaces is None else namespaces
         d = node_dir(self.cfg, node)
         holder = _read_pid(f"{d}/holder.pid")
+        own = fresh.in_node(holder, "") if self.cfg.fresh else d
         return NodeStatus(
             name=node.name,
             address=node.address,
             roles=node.roles,
             netns=node.netns(self.cfg.prefix) in namespaces,
             holder_pid=holder if _alive(holder) else None,
-            sshd=_alive(_read_pid(f"{d}/sshd.pid")) and _port_open(node.address, 22),
-            containerd=(_alive(_read_pid(f"{d}/containerd.pid"))
-                        and os.path.exists(f"{d}/run/containerd/containerd.sock")),
-            run_tmpfs=_alive(holder) and _fstype_at(holder, render.NODE_RUN_TMPFS) == "tmpfs",
+            sshd=_alive(_sshd_pid(self.cfg, node)) and _port_open(node.address, 22),
+            containerd=((self.cfg.fresh or _alive(_read_pid(f"{d}/containerd.pid")))
+                        and os.path.exists(f"{own}/run/containerd/containerd.sock")),
+            run_tmpfs=_alive(holder) and _fstype_at(holder, "/run" if self.cfg.fresh else render.NODE_RUN_TMPFS)
+            == "tmpfs",
+            fresh=self.cfg.fresh,
             memory_cgroup=not _memory_cgroups() or (
                 _alive(holder) and _memory_cgroup_of(holder) == render.node_cgroup(self.cfg, node).removeprefix(
                     render.MEMORY_HIERARCHY)),
@@ -306,6 +330,7 @@ class Lab:
             _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"fleet-lab-{cfg.prefix}", "-f", key])
         shutil.copyfile(f"{key}.pub", f"{cfg.dir}/authorized_keys")
         self._bridge()
+        rootfs, self.rootfs_seconds = ensure_rootfs() if cfg.fresh else (None, 0.0)
         layout = cfg.layout()
         self._write_record(layout)
         namespaces = _netns_list()
@@ -314,7 +339,7 @@ class Lab:
             if self.node_status(node, namespaces).ready:
                 continue
             _remove_node(self.cfg, node)
-            self._create_node(node)
+            self._create_node(node, rootfs)
             started.append(node)
         deadline = time.monotonic() + timeout
         pending = list(started)
@@ -334,7 +359,7 @@ class Lab:
         d = node_dir(self.cfg, node)
         parts = [f"{node.name}: netns={st.netns} holder={st.holder_pid} sshd={st.sshd} containerd={st.containerd} "
                  f"run_tmpfs={st.run_tmpfs}"]
-        for log in ("init.log", "sshd.log", "containerd.log"):
+        for log in ("init.log", "sshd.log", "containerd.log", "upper/var/log/sshd.log"):
             try:
                 with open(f"{d}/{log}") as fh:
                     tail = fh.read()[-300:].strip()
@@ -353,20 +378,23 @@ class Lab:
             _run(["ip", "addr", "add", f"{cfg.gateway}/{cfg.prefixlen}", "dev", cfg.bridge])
         _run(["ip", "link", "set", cfg.bridge, "up"])
 
-    def _create_node(self, node: LabNode) -> None:
+    def _create_node(self, node: LabNode, rootfs: str | None = None) -> None:
         cfg = self.cfg
         ns, veth, d = node.netns(cfg.prefix), node.veth(cfg.prefix), node_dir(cfg, node)
-        for sub in ("run/sshd", "containerd", "root/.ssh", "state", "ssh"):
+        for sub in ("ssh",) if rootfs else ("run/sshd", "containerd", "root/.ssh", "state", "ssh"):
             os.makedirs(f"{d}/{sub}", exist_ok=True)
-        os.chmod(f"{d}/root", 0o700)
-        # The node's own /etc, a copy of this machine's taken when the node is made and bind-mounted over /etc in
-        # its mount namespace: a user, a sudoers entry or an sshd drop-in made on a node (by fleet or by a test)
-        # stays on that node and goes with the lab, and no file the host shares is ever written.
-        shutil.rmtree(f"{d}/etc", ignore_errors=True)
-        _run(["cp", "-a", "/etc", f"{d}/etc"])
+        if not rootfs:
+            os.chmod(f"{d}/root", 0o700)
+            # The node's own /etc, a copy of this machine's taken when the node is made and bind-mounted over /etc
+            # in its mount namespace: a user, a sudoers entry or an sshd drop-in made on a node (by fleet or by a
+            # test) stays on that node and goes with the lab, and no file the host shares is ever written.
+            shutil.rmtree(f"{d}/etc", ignore_errors=True)
+            _run(["cp", "-a", "/etc", f"{d}/etc"])
         hostkey = f"{d}/ssh/ssh_host_ed25519_key"
         if not os.path.exists(hostkey):
             _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", node.name, "-f", hostkey])
+        if rootfs:
+            fresh.seed(cfg, node, rootfs)
         cgroup = render.node_cgroup(cfg, node) if _memory_cgroups() else None
         if cgroup is not None:
             _remove_cgroup(cgroup)  # a crashed run's leftover
@@ -374,11 +402,9 @@ class Lab:
             if node.memory is not None:
                 with open(f"{cgroup}/memory.limit_in_bytes", "w") as fh:
                     fh.write(str(parse_memory(node.memory)))
-        files = {
-            "sshd_config": render.sshd_config(cfg, node),
-            "containerd.toml": render.containerd_config(cfg),
-            "init.sh": render.init_script(cfg, node, memory_cgroup=cgroup is not None),
-        }
+        files = {"init.sh": render.fresh_init_script(cfg, node, rootfs, cgroup is not None)} if rootfs else {
+            "sshd_config": render.sshd_config(cfg, node), "containerd.toml": render.containerd_config(cfg),
+            "init.sh": render.init_script(cfg, node, memory_cgroup=cgroup is not None)}
         for name, text in files.items():
             with open(f"{d}/{name}", "w") as fh:
                 fh.write(text)
@@ -418,7 +444,7 @@ class Lab:
 
     def _write_record(self, layout: list[LabNode]) -> None:
         rec = {"prefix": self.cfg.prefix, "subnet": self.cfg.subnet, "bridge": self.cfg.bridge,
-               "nodes": [asdict(n) for n in layout]}
+               "fresh": self.cfg.fresh, "nodes": [asdict(n) for n in layout]}
         with open(self.record_path, "w") as fh:
             json.dump(rec, fh, indent=1)
 
@@ -478,14 +504,14 @@ class Lab:
 
     def stop_sshd(self, name: str) -> None:
         """Stop a node's sshd (by its recorded PID), leaving containerd and containers running."""
-        d = node_dir(self.cfg, self.node(name))
-        pid = _read_pid(f"{d}/sshd.pid")
+        pid = _sshd_pid(self.cfg, self.node(name))
         if pid and _alive(pid):
             _kill_and_wait([pid])
 
     def start_sshd(self, name: str) -> None:
         d = node_dir(self.cfg, self.node(name))
-        self.exec_in(name, ["/usr/sbin/sshd", "-f", f"{d}/sshd_config", "-E", f"{d}/sshd.log"])
+        self.exec_in(name, ["/usr/sbin/sshd", "-E", "/var/log/sshd.log"] if self.cfg.fresh
+                     else ["/usr/sbin/sshd", "-f", f"{d}/sshd_config", "-E", f"{d}/sshd.log"])
         deadline = time.monotonic() + 10
         while not _port_open(self.node(name).address, 22) and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import yaml
 
 from fleet.core.errors import LabError
+from fleet.lab.rootfs import SUDO_USER
 from fleet.node.paths import DEFAULT as NODE_PATHS
 
 PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,5}$")
@@ -51,6 +52,9 @@ class LabConfig:
     root: str = "/var/lib/fleet-lab"
     restart_interval: str = "2s"
     run_tmpfs_size: str = "16m"
+    # Fresh nodes: each its own copy of a minimal Debian root filesystem (fleet.lab.rootfs) with only sshd and a
+    # sudo user; nothing of fleet's (no containerd, runc, HAProxy, etcd) until `fleet node prepare` installs it.
+    fresh: bool = False
 
     def __post_init__(self) -> None:
         if not PREFIX_RE.match(self.prefix):
@@ -189,6 +193,60 @@ exec sleep infinity
 """
 
 
+FRESH_RUN_SIZE = "64m"
+
+
+def fresh_sshd_config(node: LabNode) -> str:
+    """A fresh node's sshd drop-in (/etc/ssh/sshd_config.d/, read before the rest of Debian's own sshd_config, so
+    its values win): its address, its own host key, keys only, and no root login (fleet logs in as the sudo user)."""
+    return "\n".join([
+        f"ListenAddress {node.address}",
+        "HostKey /etc/ssh/ssh_host_ed25519_key",
+        "PermitRootLogin no",
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "PidFile /run/sshd.pid",
+        "UseDNS no",
+        "MaxStartups 256:30:512",
+        "MaxSessions 128",
+        "",
+    ])
+
+
+def fresh_init_script(cfg: LabConfig, node: LabNode, rootfs: str, memory_cgroup: bool = False) -> str:
+    """Runs inside a fresh node's new mount+UTS namespace: its root becomes an overlay of the cached root
+    filesystem (`rootfs`, read-only) and the node's own upper directory, with /proc, /sys (cgroups), /dev and a
+    tmpfs /run as a booted machine has them; /var/lib/containerd is a directory of the node on this machine's disk
+    (containerd's overlay snapshots cannot live on an overlay). Then pivot_root into it, its own sshd, and hold."""
+    d = shlex.quote(node_dir(cfg, node))
+    remount = (f"umount {MEMORY_HIERARCHY}\nmount -t cgroup -o memory cgroup {MEMORY_HIERARCHY}\n"
+               if memory_cgroup else "")
+    return f"""#!/bin/sh
+set -eu
+D={d}
+R="$D/merged"
+echo $$ >"$D/holder.pid"
+{remount}mount -t overlay fleet-node -o lowerdir={shlex.quote(rootfs)},upperdir="$D/upper",workdir="$D/work" "$R"
+mount --rbind /dev "$R/dev"
+mount -t proc proc "$R/proc"
+mount --rbind /sys "$R/sys"
+mount -t tmpfs -o mode=0755,nosuid,nodev,size={FRESH_RUN_SIZE} run "$R/run"
+mkdir -p "$R/var/lib/containerd"
+mount --bind "$D/containerd" "$R/var/lib/containerd"
+hostname {shlex.quote(node.name)}
+ip link set lo up
+cd "$R"
+mkdir -p .oldroot
+pivot_root . .oldroot
+cd /
+umount -l /.oldroot
+rmdir /.oldroot
+mkdir -p /run/sshd
+/usr/sbin/sshd -E /var/log/sshd.log
+exec sleep infinity
+"""
+
+
 # The lab's one record node (a single etcd member, as for a small fleet): the first worker, which no lab test
 # powers off (they take down later workers and the lb nodes).
 RECORD_NODE = "n1"
@@ -202,9 +260,10 @@ def inventory_yaml(cfg: LabConfig) -> str:
         if n.cpu is not None:
             entry["capacity"] = {"cpu": n.cpu, "memory": n.memory}
         nodes[n.name] = entry
+    defaults: dict[str, object] = {"user": SUDO_USER, "become": True} if cfg.fresh else {"user": "root"}
     doc = {
         "defaults": {
-            "user": "root",
+            **defaults,
             "port": 22,
             "key": f"{cfg.dir}/id_ed25519",
             "known_hosts": f"{cfg.dir}/known_hosts",

@@ -24,6 +24,11 @@ MAX_CLOCK_OFFSET = 1.0
 CNI_DIR = "/usr/lib/cni"
 CNI_PLUGINS = ("bridge", "host-local", "portmap", "loopback")
 CNI_PACKAGE = "containernetworking-plugins"
+# containerd as fleet runs it where there is no init system to (fleet.node.provision): its PID file (checked against
+# /proc/PID/comm, so a PID used again by another process after a reboot is not taken for it) and its log.
+CONTAINERD_PID = f"{NODE_BASE}/containerd/containerd.pid"
+CONTAINERD_LOG = f"{NODE_BASE}/containerd/containerd.log"
+CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,14 @@ p disk "$(df -Pk "$d" 2>/dev/null | awk 'NR == 2 {print $4}') $d"
 p base "$([ -d "$BASE" ] && echo yes || echo no)"
 p ip_forward "$(cat /proc/sys/net/ipv4/ip_forward 2>/dev/null)"
 p containerd_socket "$([ -S /run/containerd/containerd.sock ] && echo yes || echo no)"
+if c=$(cat "$CPID" 2>/dev/null); then
+  a=gone
+  if [ "$(cat "/proc/$c/comm" 2>/dev/null)" = containerd ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$c/status"; then
+    a=alive
+  fi
+  p containerd_pid "$c $a"
+fi
+p init "$(cat /proc/1/comm 2>/dev/null)$([ -d /run/systemd/system ] && echo ' systemd')"
 for t in "$@"; do
   path=$(command -v "$t" 2>/dev/null) || { p tool "$t"; continue; }
   case $t in
@@ -112,7 +125,8 @@ def lack_text(node: str, need: str) -> str:
 def check_script() -> Script:
     """The read-only script `fleet node check` runs on each node (one round trip; changes nothing)."""
     return Script(CHECK_TEXT, env={"BASE": NODE_BASE, "RUN": NODE_RUN, "CNI_DIR": CNI_DIR,
-                                   "CNI": " ".join(CNI_PLUGINS)}, args=TOOLS, name="fleet-node-check")
+                                   "CNI": " ".join(CNI_PLUGINS), "CPID": CONTAINERD_PID}, args=TOOLS,
+                  name="fleet-node-check")
 
 
 @dataclass(frozen=True)
@@ -140,6 +154,11 @@ class Found:
     containerd_socket: bool
     tools: dict[str, Tool] = field(default_factory=dict)
     cni: tuple[str, ...] = ()
+    # PID 1's name, plus ` systemd` when systemd runs the node ('' from an older check script).
+    init: str = ""
+    # The containerd fleet started itself (no init system): its PID and whether that process is still containerd.
+    containerd_pid: int | None = None
+    containerd_alive: bool = False
 
 
 def parse_found(stdout: str) -> Found:
@@ -173,12 +192,15 @@ def parse_found(stdout: str) -> Found:
         now: float | None = float(facts.get("now", ""))
     except ValueError:
         now = None
+    cpid, _, alive = facts.get("containerd_pid", "").partition(" ")
     return Found(
         now=now, uid=int(uid) if uid.isdigit() else -1, login=login, os=facts.get("os", "?"),
         cgroup=facts.get("cgroup", "").strip(), run_fs=run_fs, run_dir=run_dir,
         free_kib=int(free) if free.isdigit() else None, free_dir=free_dir,
         base_exists=facts.get("base") == "yes", ip_forward=facts.get("ip_forward", "").strip() == "1",
         containerd_socket=facts.get("containerd_socket") == "yes", tools=tools, cni=tuple(cni),
+        init=facts.get("init", "").strip(), containerd_pid=int(cpid) if cpid.isdigit() else None,
+        containerd_alive=alive == "alive",
     )
 
 
@@ -241,14 +263,29 @@ def _worker_items(found: Found) -> list[Item]:
     items.append(Item("cni plugins", not lacking, f"{', '.join(CNI_PLUGINS)} in {CNI_DIR}" if not lacking
                       else f"missing {', '.join(lacking)} in {CNI_DIR}", None if not lacking else CNI_PACKAGE))
     if "containerd" in found.tools:
-        items.append(Item("containerd running", found.containerd_socket,
-                          "yes (/run/containerd/containerd.sock)" if found.containerd_socket
-                          else "no: installed but /run/containerd/containerd.sock is missing",
-                          fix=None if found.containerd_socket else "start-containerd"))
+        items.append(_containerd_item(found))
     items.append(Item("ip_forward", found.ip_forward, "net.ipv4.ip_forward = 1" if found.ip_forward
                       else "net.ipv4.ip_forward = 0 (bridge networking needs 1)",
                       fix=None if found.ip_forward else "ip-forward"))
     return items
+
+
+def _containerd_item(found: Found) -> Item:
+    """Whether containerd runs: its socket, and where fleet started it itself (no init system), its process."""
+    systemd = found.init.endswith(" systemd")
+    no_init = "" if systemd or not found.init else f"; no init system here (PID 1 is {found.init}): "
+    if found.containerd_pid is not None:
+        if found.containerd_alive and found.containerd_socket:
+            return Item("containerd running", True, f"yes, started by fleet (PID {found.containerd_pid}, log "
+                                                     f"{CONTAINERD_LOG})")
+        return Item("containerd running", False, f"no: fleet started it (PID {found.containerd_pid}) and it is gone"
+                                                 f" (its log: {CONTAINERD_LOG}); `fleet node prepare` starts it "
+                                                 "again", fix="start-containerd")
+    if found.containerd_socket:
+        return Item("containerd running", True, f"yes ({CONTAINERD_SOCKET})")
+    how = f"{no_init}`fleet node prepare` starts it itself" if no_init else ""
+    return Item("containerd running", False, f"no: installed but {CONTAINERD_SOCKET} is missing{how}",
+                fix="start-containerd")
 
 
 def _login_item(found: Found, become: bool, become_user: str) -> Item:

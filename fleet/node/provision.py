@@ -11,18 +11,23 @@ apt from starting any service by itself; the policy file is removed afterwards o
 apt, a signal), and one that was there before is left as it was. The packages' own services for what fleet runs
 itself (HAProxy, keepalived, etcd) are disabled; containerd's is enabled and started. Every step is idempotent:
 a node that lacks nothing gets no script at all.
+
+Where PID 1 is not systemd (a container, a chroot, the lab's fresh nodes), there is no service to start: the
+script starts containerd itself, in a session of its own (setsid), its PID in CONTAINERD_PID and its output in
+CONTAINERD_LOG (both under fleet's directory on the node). Nothing starts it again after a reboot or a crash:
+`fleet node check` then says it is not running, and `fleet node prepare` starts it again.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from fleet.core.dirs import NODE_BASE
 from fleet.core.errors import ScriptOutputError
 from fleet.core.shell import Script
-from fleet.node.preflight import NEEDS, NodeCheck
+from fleet.node.preflight import CONTAINERD_LOG, CONTAINERD_PID, CONTAINERD_SOCKET, NEEDS, NodeCheck
 
 POLICY_RC_D = "/usr/sbin/policy-rc.d"
 SYSCTL_FILE = "/etc/sysctl.d/60-fleet.conf"
@@ -92,12 +97,27 @@ def deb_package(filename: str) -> str | None:
     return m[1] if m else None
 
 
-def offline_plan(plan: Plan, files: Sequence[str], where: str) -> Plan:
-    """`plan` carried out from the .deb files `files` (names in the directory `where`) instead of a mirror: the
-    file of each package it installs, plus every file that is none of fleet's packages (their dependencies, which
-    the user downloaded beside them). A package with no file there blocks the plan, saying how to get it."""
+def offline_plan(plan: Plan, files: Sequence[str], where: str,
+                 manifest: Mapping[str, Mapping[str, Sequence[str]]] | None = None) -> Plan:
+    """`plan` carried out from the .deb files `files` (names in the directory `where`) instead of a mirror.
+
+    Where `fleet node prepare --download` filled the directory for this node (its `manifest` entry), exactly the
+    files apt chose for it then: its packages and the dependencies it lacked. Otherwise the file of each package
+    it installs, plus every file that is none of fleet's packages (their dependencies, which the user downloaded
+    beside them). A package or listed file that is not there blocks the plan, saying how to get it."""
     if plan.error is not None or not plan.packages:
         return plan
+    entry = (manifest or {}).get(plan.node)
+    if entry is not None:
+        if not set(plan.packages) <= set(entry["packages"]):
+            return replace(plan, blocked=f"{where} was filled for {', '.join(entry['packages'])} on {plan.node}; it "
+                                         f"now needs {', '.join(plan.packages)} (run `fleet node prepare --download "
+                                         f"{where} {plan.node}` again)")
+        absent = [f for f in entry["files"] if f not in files]
+        if absent:
+            return replace(plan, blocked=f"{', '.join(absent)} listed for {plan.node} is not in {where} (run `fleet "
+                                         f"node prepare --download {where} {plan.node}` again)")
+        return replace(plan, debs=tuple(entry["files"]))
     by_package: dict[str, str] = {}
     for name in sorted(files):
         package = deb_package(name)
@@ -167,14 +187,35 @@ if has ip-forward; then
   echo 1 >/proc/sys/net/ipv4/ip_forward || fail "cannot set net.ipv4.ip_forward"
   say changed "set net.ipv4.ip_forward = 1 (and in $SYSCTL)"
 fi
-if has start-containerd && [ ! -S /run/containerd/containerd.sock ]; then
-  [ -d /run/systemd/system ] || fail "containerd is not running and there is no systemd here to start it"
-  systemctl enable --now containerd >"$log" 2>&1 \
-    || fail "systemctl enable --now containerd: $(tail -n 3 "$log" | tr '\n' ' ')"
+# containerd runs: its socket is there and, where fleet started it, the process its PID file names is containerd
+# (and no zombie: where PID 1 is no init system, nothing may have reaped it yet).
+ours_up() {
+  p=$(cat "$CPID" 2>/dev/null) && [ "$(cat "/proc/$p/comm" 2>/dev/null)" = containerd ] \
+    && ! grep -q '^State:[[:space:]]*Z' "/proc/$p/status" 2>/dev/null
+}
+up() { [ -S "$CSOCK" ] && { [ ! -e "$CPID" ] && [ -z "$started" ] || ours_up; }; }
+started=
+if has start-containerd && ! up; then
+  if [ -d /run/systemd/system ]; then
+    systemctl enable --now containerd >"$log" 2>&1 \
+      || fail "systemctl enable --now containerd: $(tail -n 3 "$log" | tr '\n' ' ')"
+    how="started containerd"
+  else
+    # No init system: fleet's own containerd, detached from this session; its own shell writes its PID file
+    # just before it becomes containerd. The socket file of one that died goes first, so the wait below sees
+    # the new one's.
+    mkdir -p "${CPID%/*}" "${CLOG%/*}" || fail "cannot create ${CPID%/*}"
+    rm -f "$CPID" "$CSOCK"
+    (cd / && setsid sh -c 'echo $$ >"$0" && exec containerd' "$CPID" </dev/null >>"$CLOG" 2>&1 &)
+    started=1
+    how="started containerd (no init system here: fleet runs it, PID file $CPID, log $CLOG)"
+  fi
   i=0
-  while [ ! -S /run/containerd/containerd.sock ] && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-  [ -S /run/containerd/containerd.sock ] || fail "containerd started but its socket did not appear within 10 s"
-  say changed "started containerd"
+  # Where fleet started it, up waits for the PID file too (written by its own process).
+  while ! up && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+  up || fail "containerd started but its socket did not appear within 10 s: $(tail -n 3 "$CLOG" 2>/dev/null \
+    | tr '\n' ' ')"
+  say changed "$how"
 fi
 say end ok
 """
@@ -196,7 +237,8 @@ def prepare_script(plan: Plan) -> Script:
     return Script(PREPARE_TEXT, env={"POLICY": POLICY_RC_D, "SYSCTL": SYSCTL_FILE, "BASE": NODE_BASE,
                                      "FIXES": " ".join(plan.fixes), "DISABLE": " ".join(disable),
                                      "OFFLINE": PACKAGES_DIR if plan.debs else "",
-                                     "PKGS": " ".join(plan.packages)},
+                                     "PKGS": " ".join(plan.packages), "CPID": CONTAINERD_PID,
+                                     "CLOG": CONTAINERD_LOG, "CSOCK": CONTAINERD_SOCKET},
                   args=args, name="fleet-node-prepare")
 
 
