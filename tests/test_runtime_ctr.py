@@ -103,7 +103,8 @@ def test_run_argv_exact():
     )
     assert d.run_argv(spec) == [
         "ctr", "-a", "/run/c.sock", "-n", "fleet", "run", "-d",
-        "--log-uri", f"binary://{DEFAULT_LOGGER}?file=/var/log/fleet/fleet/web-1-abc123.log", "--net-host",
+        "--log-uri", f"binary://{DEFAULT_LOGGER}?file=/var/log/fleet/fleet/web-1-abc123.log&size=10485760&files=3",
+        "--net-host",
         "--env", "PORT=8080", "--env-file", "/run/fleet/web.env",
         "--mount", "type=bind,src=/srv/data,dst=/data,options=rbind:ro",
         "--mount", "type=tmpfs,src=tmpfs,dst=/scratch,options=size=8m",
@@ -115,7 +116,8 @@ def test_run_argv_exact():
     assert isinstance(script, Script)
     assert script.text.endswith(
         "ctr -a /run/c.sock -n fleet containers label web-1-abc123 containerd.io/restart.status=running "
-        f"'containerd.io/restart.loguri=binary://{DEFAULT_LOGGER}?file=/var/log/fleet/fleet/web-1-abc123.log' "
+        f"'containerd.io/restart.loguri=binary://{DEFAULT_LOGGER}?file=/var/log/fleet/fleet/web-1-abc123.log"
+        "&size=10485760&files=3' "
         ">/dev/null\n")
 
 

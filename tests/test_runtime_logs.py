@@ -1,10 +1,14 @@
-"""Container logs rotated by size: the settings travel from the playbook to the file beside the log, and (lab, a
-private containerd) a container writing all the time has its log copied and truncated by the node's rotation
-step while `tail -F` (what `fleet logs -f` runs) follows it: the shim writes at the new end (no hole), the
-follower goes on past each truncation, and at most `max_files` files are kept."""
+"""Container logs rotated by size: the settings travel from the playbook to the logger's URI and the file beside the
+log; fleet's logger (`LOGGER_SH`, run here as the containerd shim runs it) rotates its file at exactly its size
+with `tail -F` (what `fleet logs -f` runs) following every byte across the renames; (lab, a private containerd) a
+container whose logger only appends (an older fleet's) has its log copied and truncated by the rotation step of
+fleet's runs while `tail -F` follows it: the shim writes at the new end (no hole), the follower goes on past each
+truncation, and at most `max_files` files are kept."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import re
 import subprocess
 import time
@@ -21,7 +25,7 @@ from fleet.core.errors import SpecError
 from fleet.core.model import CommandResult, Resources
 from fleet.engine.runspec import prepare_node_script, run_spec
 from fleet.image.demo import build_demo
-from fleet.node.logrotate import ROTATE_SH, rotate_env
+from fleet.node.logrotate import LOGGER_SH, ROTATE_SH, rotate_env
 from fleet.node.runtime.base import RunSpec
 from fleet.node.runtime.ctr import CtrDriver
 from fleet.node.runtime.nerdctl import NerdctlDriver
@@ -38,6 +42,7 @@ def test_logs_settings_resolve_hash_and_reach_the_run_spec():
     assert (run.log_max_size, run.log_max_files) == (1 << 20, 5)
     script = CtrDriver().run(run).command
     assert script.env["LOG_SIZE"] == str(1 << 20) and script.env["LOG_FILES"] == "5"
+    assert CtrDriver(logger="/l").run_argv(run)[6].endswith(f".log&size={1 << 20}&files=5")  # the logger's limits
     assert 'printf \'%s %s\\n\' "$LOG_SIZE" "$LOG_FILES" >"$LOG.rotate"' in script.text
     nerd = NerdctlDriver().run_argv(run)
     assert nerd[nerd.index("--log-opt"):nerd.index("--log-opt") + 4] == [
@@ -47,6 +52,78 @@ def test_logs_settings_resolve_hash_and_reach_the_run_spec():
                           ("{max_files: 0}", "max_files"), ("{max_sise: 1MiB}", "max_sise")):
         with pytest.raises(SpecError, match=fragment):
             parse_playbook(text + f"    logs: {bad}\n", "pb.yaml")
+
+
+def start_logger(directory: Path, *args: str) -> tuple[subprocess.Popen[bytes], int, int]:
+    """fleet's logger started as the containerd shim starts it: the container's stdout on fd 3, its stderr on fd 4,
+    and fd 5 closed once it is ready; returns the process and the write ends of stdout and stderr."""
+    script = directory / "logger"
+    script.write_text(LOGGER_SH)
+    script.chmod(0o755)
+    (r3, w3), (r4, w4), (r5, w5) = os.pipe(), os.pipe(), os.pipe()
+    # Above 9 (close-on-exec, like every fd Python opens), so the child's dup2 onto 3-5 clobbers none of them.
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (r3, r4, w5)]
+    for fd in (r3, r4, w5):
+        os.close(fd)
+
+    def child() -> None:
+        for fd, target in zip(high, (3, 4, 5), strict=True):
+            os.dup2(fd, target)  # inheritable: the only fds the logger gets besides 0-2
+
+    try:
+        proc = subprocess.Popen(["sh", str(script), *args], close_fds=False, preexec_fn=child)
+    finally:
+        for fd in high:
+            os.close(fd)
+    try:
+        assert os.read(r5, 1) == b""  # every copy of fd 5 closed: the shim would go on
+    finally:
+        os.close(r5)
+    return proc, w3, w4
+
+
+def test_logger_rotates_at_its_size_and_a_follower_reads_every_byte_across_the_renames(tmp_path: Path):
+    log = tmp_path / "c.log"
+    # The URI's query reaches the logger as `key value` pairs in no fixed order.
+    proc, out, err = start_logger(tmp_path, "files", "3", "file", str(log), "size", "16384")
+    seen = tmp_path / "seen"
+    with seen.open("wb") as sink:
+        follower = subprocess.Popen(["tail", "-n", "+1", "-F", str(log)], stdout=sink, stderr=subprocess.DEVNULL)
+    try:
+        # A line is in the file as soon as it is written (not once a buffer fills), the stream still open.
+        os.write(out, b"first\n")
+        wait_until(lambda: log.read_bytes() == b"first\n" or None, 5, 0.01, "the first line in the log")
+        data = b"".join(f"line {i} {'x' * 40}\n".encode() for i in range(4000))  # 212 KB: 12 rotations
+        for k in range(0, len(data), 4000):
+            os.write(out, data[k:k + 4000])
+        wait_until(lambda: seen.read_bytes().endswith(data) or None, 20, 0.05, "the follower to read it all")
+        os.write(err, b"on stderr\n")
+        os.close(out)
+        os.close(err)
+        assert proc.wait(timeout=10) == 0
+        everything = b"first\n" + data + b"on stderr\n"
+        wait_until(lambda: seen.read_bytes() == everything or None, 10, 0.05, "the follower to read every byte")
+    finally:
+        follower.terminate()
+        follower.wait(timeout=10)
+    assert sorted(p.name for p in tmp_path.glob("c.log*")) == ["c.log", "c.log.1", "c.log.2"]
+    rotated = [Path(f"{log}.{i}").read_bytes() for i in (2, 1)]
+    assert [len(r) for r in rotated] == [16384, 16384]
+    live = log.read_bytes()
+    assert len(live) == len(everything) % 16384
+    assert everything.endswith(rotated[0] + rotated[1] + live)  # the newest bytes, in order, none twice
+    # The node's own rotation step leaves a file its logger rotates alone: it is never past its size.
+    log.with_name("c.log.rotate").write_text("16384 3\n")
+    proc_rotate = subprocess.run(["sh", "-c", ROTATE_SH], env=rotate_env(str(tmp_path.parent)), capture_output=True)
+    assert proc_rotate.returncode == 0 and log.read_bytes() == live and Path(f"{log}.2").read_bytes() == rotated[0]
+
+
+@pytest.mark.parametrize("args", [("file", "/tmp/x.log"), ("file", "/tmp/x.log", "size", "0", "files", "2"),
+                                  ("size", "100", "files", "2"), ("file", "/tmp/x.log", "size", "1k", "files", "2")])
+def test_logger_refuses_missing_or_bad_limits(tmp_path: Path, args: tuple[str, ...]):
+    script = tmp_path / "logger"
+    script.write_text(LOGGER_SH)
+    assert subprocess.run(["sh", str(script), *args], capture_output=True, timeout=10).returncode == 2
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +138,31 @@ def ctrd() -> Iterator[tuple[Containerd, CtrDriver, str]]:
         yield c, d, archive.name
 
 
+# The logger of an older fleet, which only appends (its containers keep it until they are replaced): their logs
+# are what the rotation step of fleet's runs is for.
+APPEND_ONLY_LOGGER = """#!/bin/sh
+while [ "$#" -ge 2 ]; do if [ "$1" = file ]; then f=$2; fi; shift 2; done
+trap '' TERM
+cat <&3 >>"$f" 4<&- 5>&- &
+cat <&4 >>"$f" 3<&- 5>&- &
+exec 3<&- 4<&- 5>&-
+wait
+"""
+
+
 def rotate(c: Containerd, logs_dir: str) -> None:
     proc = c.sh(ROTATE_SH, env=rotate_env(logs_dir))
     assert proc.returncode == 0, proc.stderr
 
 
 @pytest.mark.lab
-def test_log_rotated_at_its_size_while_a_follower_reads_on(ctrd: tuple[Containerd, CtrDriver, str]):
-    c, d, image = ctrd
+def test_append_only_log_rotated_at_its_size_by_fleets_runs_while_a_follower_reads_on(
+        ctrd: tuple[Containerd, CtrDriver, str]):
+    c, _, image = ctrd
+    old = c.dir / "old-logger"
+    old.write_text(APPEND_ONLY_LOGGER)
+    old.chmod(0o755)
+    d = CtrDriver(namespace=c.namespace, address=c.address, log_dir=str(c.dir / "logs"), logger=str(old))
     # A line every 10 ms (~60 bytes each): 4 KiB in well under a second.
     writer = 'i=0; while :; do echo "line $i $(printf "%040d" 0)"; i=$((i+1)); sleep 0.01; done'
     run = RunSpec(id="logs-1-aaaaaa", image=image, command=("sh", "-c", writer), log_max_size=4096, log_max_files=3)

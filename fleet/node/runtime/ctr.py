@@ -20,6 +20,7 @@ from fleet.core.errors import RuntimeCommandError
 from fleet.core.model import CommandResult
 from fleet.core.shell import Script
 from fleet.node.logdates import dated_script
+from fleet.node.logrotate import LOGGER_SH
 from fleet.node.paths import DEFAULT as NODE_PATHS
 from fleet.node.runtime.base import (
     Call,
@@ -47,22 +48,6 @@ LACKS = MappingProxyType({
 DEFAULT_LOG_DIR = NODE_PATHS.logs_dir
 _EXISTS_RC = 17
 
-# containerd's binary logger protocol (the shim starts it with the container's stdout on fd 3, its stderr on fd 4,
-# and waits for fd 5 to close): both appended to the log file, each by its own `cat`. ctr's own `file://` loses the
-# stderr of a container that exits at once (seen 9 times in 180 runs of `echo … >&2; exit 7` on containerd 1.6.20:
-# an empty log, never written later; stdout 0 in 90; this logger 0 in 180), the output that matters most of a failed
-# job or a crashing replica. On `tasks rm` the shim closes the pipes and sends TERM: ignored, so the logger ends
-# (and the shim's delete returns) only once both copies have reached the end of their pipe and the log is complete.
-LOGGER_SH = """#!/bin/sh
-# fleet's container logger (fleet.node.runtime.ctr): the container's stdout and stderr appended to the file $2.
-[ "$1" = file ] && [ -n "$2" ] || exit 2
-trap '' TERM
-: >>"$2" || exit 1
-cat <&3 >>"$2" 4<&- 5>&- &
-cat <&4 >>"$2" 3<&- 5>&- &
-exec 3<&- 4<&- 5>&-
-wait
-"""
 DEFAULT_LOGGER = f"{NODE_PATHS.base}/bin/logger-{hashlib.sha256(LOGGER_SH.encode()).hexdigest()[:12]}"
 # Put in place by every run script that needs it (a new version gets a new name, so none is changed in use).
 _LOGGER_INSTALL = (
@@ -105,9 +90,10 @@ class CtrDriver(CliDriver):
     def log_path(self, container_id: str, spec_path: str | None = None) -> str:
         return spec_path or f"{self.log_dir}/{self.namespace}/{container_id}.log"
 
-    def log_uri(self, log: str) -> str:
-        """Where the shim sends a container's output: fleet's logger (`LOGGER_SH`) appending to `log`."""
-        return f"binary://{self.logger}?file={log}"
+    def log_uri(self, log: str, max_size: int, max_files: int) -> str:
+        """Where the shim sends a container's output: fleet's logger (`LOGGER_SH`) appending to `log`, rotated
+        past `max_size` bytes, keeping `max_files` files."""
+        return f"binary://{self.logger}?file={log}&size={int(max_size)}&files={int(max_files)}"
 
     # --- run
 
@@ -116,7 +102,8 @@ class CtrDriver(CliDriver):
         if not L.is_valid_container_id(spec.id):
             raise ValueError(f"invalid container ID for containerd: {spec.id!r}")
         log = self.log_path(spec.id, spec.log_path)
-        argv = [*self.base(), "run", "-d", "--log-uri", self.log_uri(log)]
+        uri = self.log_uri(log, spec.log_max_size, spec.log_max_files)
+        argv = [*self.base(), "run", "-d", "--log-uri", uri]
         if spec.netns:
             argv += ["--with-ns", f"network:{spec.netns}"]
         elif spec.net_host:
@@ -164,7 +151,7 @@ class CtrDriver(CliDriver):
             + "fi\n"
             + 'mkdir -p "$(dirname "$LOG")" || exit 1\n'
             + _LOGGER_INSTALL
-            # How the node rotates this log (fleet.node.logrotate), beside it.
+            # How this log is rotated, beside it: for the rotation of fleet's runs (fleet.node.logrotate).
             + 'printf \'%s %s\\n\' "$LOG_SIZE" "$LOG_FILES" >"$LOG.rotate" || exit 1\n'
             + shlex.join(self.run_argv(spec)) + "\n"
             + "rc=$?\n"
@@ -174,15 +161,16 @@ class CtrDriver(CliDriver):
             # Labelled only once the task runs: with the label already set at create time, the restart
             # monitor can start the task itself and `ctr run` then fails ("cannot start a container that
             # has stopped"), seen with a 1 s monitor interval.
-            label = [*self.base(), "containers", "label", spec.id, *self.restart_labels(log)]
+            uri = self.log_uri(log, spec.log_max_size, spec.log_max_files)
+            label = [*self.base(), "containers", "label", spec.id, *self.restart_labels(uri)]
             text += shlex.join(label) + " >/dev/null\n"
         env = {"ID": spec.id, "LOG": log, "LOG_SIZE": str(spec.log_max_size), "LOG_FILES": str(spec.log_max_files),
                "LOGGER": self.logger, "LOGGER_SH": LOGGER_SH}
         return Call(Script(text, env), parse_run, what=f"run {spec.id}")
 
-    def restart_labels(self, log: str) -> list[str]:
-        """Labels that put a container under the containerd restart monitor, restarts logging to `log`."""
-        return [f"{L.RESTART_STATUS}=running", f"{L.RESTART_LOGURI}={self.log_uri(log)}"]
+    def restart_labels(self, log_uri: str) -> list[str]:
+        """Labels that put a container under the containerd restart monitor, restarts logging to `log_uri`."""
+        return [f"{L.RESTART_STATUS}=running", f"{L.RESTART_LOGURI}={log_uri}"]
 
     # --- stop / remove
 
