@@ -23,6 +23,7 @@ from fleet.config.spec import parse_playbook
 from fleet.config.spec.imaging import LogsSpec
 from fleet.core.errors import SpecError
 from fleet.core.model import CommandResult, Resources
+from fleet.core.shell import Script
 from fleet.engine.runspec import prepare_node_script, run_spec
 from fleet.image.demo import build_demo
 from fleet.node.logrotate import LOGGER_SH, ROTATE_SH, rotate_env
@@ -48,6 +49,11 @@ def test_logs_settings_resolve_hash_and_reach_the_run_spec():
     assert nerd[nerd.index("--log-opt"):nerd.index("--log-opt") + 4] == [
         "--log-opt", f"max-size={1 << 20}", "--log-opt", "max-file=5"]
     assert ROTATE_SH in prepare_node_script("").text  # every run's node preparation rotates
+    # Following: tail -F's notices of each rotation stay out of the stream (they would split a line).
+    follow = CtrDriver().logs("web-1-x", None, follow=True).command
+    assert isinstance(follow, Script) and follow.text == 'exec "$@" 2>/dev/null'
+    assert follow.args == ("tail", "-n", "+1", "-F", "/var/lib/fleet/logs/fleet/web-1-x.log")
+    assert "-F \"$F\" 2>/dev/null" in CtrDriver().logs_dated("web-1-x", 10, True, "tok").command.text
     for bad, fragment in (("{max_size: 1KiB}", "expected a size from 64KiB to 1TiB"),
                           ("{max_files: 0}", "max_files"), ("{max_sise: 1MiB}", "max_sise")):
         with pytest.raises(SpecError, match=fragment):

@@ -54,7 +54,8 @@ def dated_script(path: str, tail: int | None, follow: bool, token: str) -> Scrip
         f'printf "%s live\\n" {shlex.quote(MARK + token)}\n'
     )
     if follow:
-        text += 'exec tail -c "+$(($1 + 1))" -F "$F"\n'
+        # Without tail -F's notices of a rotation, which would land inside a line split between two files.
+        text += 'exec tail -c "+$(($1 + 1))" -F "$F" 2>/dev/null\n'
     return Script(text, {"F": path})
 
 

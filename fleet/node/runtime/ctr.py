@@ -214,7 +214,13 @@ class CtrDriver(CliDriver):
 
     def logs(self, container_id: str, tail: int | None = 100, follow: bool = False) -> Call[str]:
         """The container's log file (stdout and stderr interleaved, no timestamps); streams when following."""
-        return Call(self.logs_argv(container_id, tail, follow), parse_text("read"), what=f"logs {container_id}")
+        argv = self.logs_argv(container_id, tail, follow)
+        if follow:
+            # tail -F's notices of each rotation ("has become inaccessible", "has appeared") would land inside a
+            # line the rotation split between two files: the stream merges stderr into the lines.
+            return Call(Script('exec "$@" 2>/dev/null', args=tuple(argv)), parse_text("read"),
+                        what=f"logs {container_id}")
+        return Call(argv, parse_text("read"), what=f"logs {container_id}")
 
     def logs_dated(self, container_id: str, tail: int | None, follow: bool, token: str) -> Call[str]:
         """The log file with what dates it (fleet.node.logdates): its size and times, then the lines."""
