@@ -124,6 +124,27 @@ def test_logger_rotates_at_its_size_and_a_follower_reads_every_byte_across_the_r
     assert proc_rotate.returncode == 0 and log.read_bytes() == live and Path(f"{log}.2").read_bytes() == rotated[0]
 
 
+def test_fleet_logs_reads_the_rotated_files_too_joining_a_line_split_by_a_rotation(tmp_path: Path):
+    d = CtrDriver(log_dir=str(tmp_path))
+    log = Path(d.log_path("r"))
+    log.parent.mkdir()
+    # Rotated at exact sizes: "b1" and "c1" are each split between two files.
+    for suffix, text in ((".2", "a1\na2\na3\nb"), (".1", "1\nb2\nb3\nc"), ("", "1\nc2\n")):
+        Path(f"{log}{suffix}").write_text(text)
+    every = ["a1", "a2", "a3", "b1", "b2", "b3", "c1", "c2"]
+
+    def read(tail: int | None, cid: str = "r") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["sh", "-c", d.logs(cid, tail).line()], capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=10)
+
+    for tail in (None, 0, 1, 2, 3, 5, 7, 8, 100):
+        got = read(tail)
+        want = every if tail is None else every[len(every) - min(tail, len(every)):]
+        assert (got.returncode, got.stdout.splitlines()) == (0, want), tail
+    missing = read(5, "gone")
+    assert missing.returncode == 1 and "No such file" in missing.stderr
+
+
 @pytest.mark.parametrize("args", [("file", "/tmp/x.log"), ("file", "/tmp/x.log", "size", "0", "files", "2"),
                                   ("size", "100", "files", "2"), ("file", "/tmp/x.log", "size", "1k", "files", "2")])
 def test_logger_refuses_missing_or_bad_limits(tmp_path: Path, args: tuple[str, ...]):

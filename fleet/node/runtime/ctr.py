@@ -214,13 +214,15 @@ class CtrDriver(CliDriver):
 
     def logs(self, container_id: str, tail: int | None = 100, follow: bool = False) -> Call[str]:
         """The container's log file (stdout and stderr interleaved, no timestamps); streams when following."""
-        argv = self.logs_argv(container_id, tail, follow)
         if follow:
             # tail -F's notices of each rotation ("has become inaccessible", "has appeared") would land inside a
             # line the rotation split between two files: the stream merges stderr into the lines.
+            argv = self.logs_argv(container_id, tail, follow)
             return Call(Script('exec "$@" 2>/dev/null', args=tuple(argv)), parse_text("read"),
                         what=f"logs {container_id}")
-        return Call(argv, parse_text("read"), what=f"logs {container_id}")
+        # The rotated files too (fleet.node.logrotate), oldest first: the last lines may have just been rotated.
+        env = {"F": self.log_path(container_id), "N": "" if tail is None else str(int(tail))}
+        return Call(Script(_READ_LOGS, env), parse_text("read"), what=f"logs {container_id}")
 
     def logs_dated(self, container_id: str, tail: int | None, follow: bool, token: str) -> Call[str]:
         """The log file with what dates it (fleet.node.logdates): its size and times, then the lines."""
@@ -325,6 +327,24 @@ if ! command -v script >/dev/null 2>&1; then
   exit 127
 fi
 { script -q -e -E never -c "$PULL" /dev/null; echo "@@rc $?"; } | tail -n 20
+"""
+
+# A container's log and its rotated files, oldest first: all of them (`N` empty), or their last N lines. From the
+# live file back, an older file is read only while the newer ones hold N lines or fewer (tail seeks from a file's
+# end: reading a few lines never reads whole files); the oldest one read gives its last N lines and the newer
+# ones all of theirs, so a line a rotation split between two files is joined whole.
+_READ_LOGS = r"""
+[ -r "$F" ] || exec cat "$F"
+set -- "$F"
+i=1
+if [ -z "$N" ]; then
+  while [ -f "$F.$i" ]; do set -- "$F.$i" "$@"; i=$((i + 1)); done
+  exec cat "$@"
+fi
+while [ -f "$F.$i" ] && [ "$(tail -n "$((N + 1))" "$1" | wc -l)" -le "$N" ]; do set -- "$F.$i" "$@"; i=$((i + 1)); done
+oldest=$1
+shift
+{ tail -n "$N" "$oldest" && if [ "$#" -gt 0 ]; then cat "$@"; fi; } | tail -n "$N"
 """
 
 _REMOVE_SCRIPT = r"""
