@@ -120,23 +120,24 @@ def web(security: dict[str, Any], lb_port: int) -> dict[str, Any]:
             **security}
 
 
-def confinement(lab: Any, c: dict[str, Any]) -> tuple[str, bool]:
-    """The replica's effective capabilities and whether its root filesystem took a write."""
+def confinement(lab: Any, c: dict[str, Any]) -> tuple[str, str, bool]:
+    """The replica's effective capabilities, its no-new-privileges flag and whether its root took a write."""
     script = (f"ctr -n fleet tasks exec --exec-id lr-$$ {c['id']} sh -c "
-              "'grep CapEff /proc/1/status; touch /probe 2>/dev/null && echo wrote || echo refused'")
+              "'grep -E \"^(CapEff|NoNewPrivs)\" /proc/1/status; "
+              "touch /probe 2>/dev/null && echo wrote || echo refused'")
     words = on_node(lab, c["node"], script).split()
-    assert len(words) == 3 and words[0] == "CapEff:", words
-    return words[1], words[2] == "wrote"
+    assert len(words) == 5 and (words[0], words[2]) == ("CapEff:", "NoNewPrivs:"), words
+    return words[1], words[3], words[4] == "wrote"
 
 
 def test_security_settings_change_rolled_under_load_and_landed(lab, env):
     name, port = "lr-sec", 18861
-    confined = {"read_only": True, "cap_drop": ["ALL"], "cap_add": ["NET_BIND_SERVICE"]}
+    confined = {"read_only": True, "cap_drop": ["ALL"], "cap_add": ["NET_BIND_SERVICE"], "no_new_privileges": True}
     try:
-        out = fleet(env, "apply", playbook(env, {name: web({}, port)}))
+        out = fleet(env, "apply", playbook(env, {name: web({"no_new_privileges": False}, port)}))
         assert out.returncode == 0, out.stdout + out.stderr
         before = replicas(env, name)
-        assert [confinement(lab, c) for c in before] == [(CAPS_DEFAULT, True)] * 2
+        assert [confinement(lab, c) for c in before] == [(CAPS_DEFAULT, "0", True)] * 2
         with Load(str(lab.inventory.node("lb1").address), port, clients=4, max_seconds=90) as load:
             wait_until(lambda: load.result.ok > 20 or None, 20, 0.2, "requests served")
             out = fleet(env, "apply", playbook(env, {name: web(confined, port)}))
@@ -146,6 +147,6 @@ def test_security_settings_change_rolled_under_load_and_landed(lab, env):
         assert r.failed == 0 and r.ok > 50, (r.ok, r.errors, r.failures[:5])
         after = replicas(env, name)
         assert len(after) == 2 and not {c["id"] for c in after} & {c["id"] for c in before}, "replicas replaced"
-        assert [confinement(lab, c) for c in after] == [(CAPS_BIND_ONLY, False)] * 2
+        assert [confinement(lab, c) for c in after] == [(CAPS_BIND_ONLY, "1", False)] * 2
     finally:
         fleet(env, "destroy", name, "--grace", "1")
