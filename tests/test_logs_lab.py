@@ -1,7 +1,8 @@
 """Disk hygiene and confinement on the real lab: a chatty container's log rotated at its configured size by its
 own logger while `fleet logs -f` follows it and no fleet run happens (the files stay bounded, the follower sees
-every line in order across the rotations); a change of security settings (read-only root, capabilities) rolled
-under load through HAProxy with no failed request, the new replicas confined as the playbook says.
+every line in order across the rotations); a change of security settings (read-only root, capabilities,
+no-new-privileges) rolled under load through HAProxy with no failed request, the new replicas confined as the
+playbook says.
 
 Services are named `lr-*`, lb ports 18860-18869 (the lab is shared with other test files); each test destroys
 what it created in `finally`.
@@ -84,29 +85,33 @@ def test_log_rotated_at_its_size_between_runs_while_fleet_logs_follows(lab, env)
             follower = start_fleet("logs", name, "-f", "--tail", "-1", env=env["env"], stdout=sink,
                                    stderr=subprocess.DEVNULL)
         inodes: list[int] = []  # the live file's, each time it changed (a freed inode number comes back)
+        # One replica: its lines as written, no prefix. The first may be the end of a line split by a rotation.
+        whole = re.compile(rf"n (\d+) {PAD}")
+
+        def numbers() -> list[int]:
+            return [int(m.group(1)) for ln in follow_out.read_text().splitlines()[1:] if (m := whole.fullmatch(ln))]
+
         try:
-            def two_rotations_seen() -> bool | None:
+            def bounded_and_followed_across_two_rotations() -> bool | None:
                 files = log_files(lab, c["node"], log)
                 assert set(files) <= {base, f"{base}.1"}, files  # max_files 2: the live file and one rotated
                 assert all(s <= size for s, _ in files.values()), files
                 if base in files and inodes[-1:] != [files[base][1]]:
                     inodes.append(files[base][1])
-                return len(inodes) >= 3 or None  # three live files in turn: two rotations at least
+                # Three live files in turn: two rotations at least; lines that span more than two files' bytes
+                # were read across two rotations at least (each file holds at most `size`).
+                return (len(inodes) >= 3 and len(numbers()) * (len(PAD) + 10) > 2 * size) or None
 
-            wait_until(two_rotations_seen, 30, 0.1, "the log to be rotated twice")
-            time.sleep(1.0)  # the follower catches up
+            wait_until(bounded_and_followed_across_two_rotations, 60, 0.1, "two rotations, followed")
         finally:
             follower.terminate()
             follower.wait(timeout=10)
         lines = follow_out.read_text().splitlines()
-        # One replica: its lines as written, no prefix. The first may be the end of a line split by a rotation.
-        whole = re.compile(rf"n (\d+) {PAD}")
-        numbers = [int(m.group(1)) for ln in lines[1:] if (m := whole.fullmatch(ln))]
+        seen = numbers()
         # Every line in order, none lost at a rotation, none twice; a line split between two files is whole.
-        assert numbers and numbers == list(range(numbers[0], numbers[0] + len(numbers))), (
-            [b for a, b in itertools.pairwise(numbers) if b != a + 1][:5])
-        assert len(numbers) * (len(PAD) + 10) > 2 * size, len(numbers)  # the follower read across two rotations
-        assert len(numbers) == len(lines) - 1, [ln for ln in lines[1:] if not whole.fullmatch(ln)][:3]
+        assert seen == list(range(seen[0], seen[0] + len(seen))), (
+            [b for a, b in itertools.pairwise(seen) if b != a + 1][:5])
+        assert len(seen) == len(lines) - 1, [ln for ln in lines[1:] if not whole.fullmatch(ln)][:3]
     finally:
         fleet(env, "destroy", name, "--grace", "1")
 
