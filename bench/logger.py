@@ -10,44 +10,21 @@ logger that spent a process per write (or per line) would show it.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import resource
-import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
-from fleet.node.logrotate import LOGGER_SH
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 
-APPEND_ONLY = """#!/bin/sh
-while [ "$#" -ge 2 ]; do if [ "$1" = file ]; then f=$2; fi; shift 2; done
-trap '' TERM
-cat <&3 >>"$f" 4<&- 5>&- &
-cat <&4 >>"$f" 3<&- 5>&- &
-exec 3<&- 4<&- 5>&-
-wait
-"""
+from logger_shim import APPEND_ONLY_LOGGER, start_logger  # noqa: E402
 
-
-def start(script: Path, args: Sequence[str]) -> tuple[subprocess.Popen[bytes], int, int]:
-    (r3, w3), (r4, w4), (r5, w5) = os.pipe(), os.pipe(), os.pipe()
-    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (r3, r4, w5)]
-    for fd in (r3, r4, w5):
-        os.close(fd)
-
-    def child() -> None:
-        for fd, target in zip(high, (3, 4, 5), strict=True):
-            os.dup2(fd, target)
-
-    proc = subprocess.Popen(["sh", str(script), *args], close_fds=False, preexec_fn=child)
-    for fd in high:
-        os.close(fd)
-    os.read(r5, 1)
-    os.close(r5)
-    return proc, w3, w4
+from fleet.node.logrotate import LOGGER_SH  # noqa: E402
 
 
 def one(script_text: str, chunks: list[bytes], size: int, files: int) -> dict[str, float | int]:
@@ -57,7 +34,7 @@ def one(script_text: str, chunks: list[bytes], size: int, files: int) -> dict[st
         log = Path(d) / "c.log"
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
-        proc, out, err = start(script, ["file", str(log), "size", str(size), "files", str(files)])
+        proc, out, err = start_logger(script, ["file", str(log), "size", str(size), "files", str(files)])
         for chunk in chunks:
             os.write(out, chunk)
         os.close(out)
@@ -81,10 +58,10 @@ def main() -> None:
     data = b"".join(line % i for i in range(a.mb * 1024 * 1024 // len(line % 0)))
     bulk = [data[k:k + 65536] for k in range(0, len(data), 65536)]
     lines = [line % i for i in range(a.lines)]
-    cases = [("cat (append only)", APPEND_ONLY, 10 << 20, 3), ("fleet logger 10 MiB x3", LOGGER_SH, 10 << 20, 3),
+    cases = [("cat (append only)", APPEND_ONLY_LOGGER, 10 << 20, 3), ("fleet logger 10 MiB x3", LOGGER_SH, 10 << 20, 3),
              ("fleet logger 64 KiB x2", LOGGER_SH, 64 << 10, 2)]
     results = []
-    for what, chunks in ((f"{len(data) >> 20} MB in 64 KiB writes", bulk), (f"{a.lines} one-line writes", lines)):
+    for what, chunks in ((f"{round(len(data) / (1 << 20))} MiB in 64 KiB writes", bulk), (f"{a.lines} one-line writes", lines)):
         for name, text, size, files in cases:
             runs = [one(text, chunks, size, files) for _ in range(a.repeat)]
             best = min(runs, key=lambda r: r["cpu_s"])

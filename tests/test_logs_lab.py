@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from helpers import demo_env, run_fleet, start_fleet, wait_until
+from helpers import demo_env, start_fleet, wait_until
 from loadgen import Load
+from test_netns_lab import fleet, on_node, playbook
 
 from fleet.node.paths import DEFAULT as NODE_PATHS
 
@@ -44,23 +44,9 @@ def env(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return demo_env(lab.inventory_path, tmp_path_factory.mktemp("logslab"), versions=("v1",))
 
 
-def fleet(env: dict[str, Any], *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return run_fleet(*args, env=env["env"], timeout=timeout)
-
-
-def playbook(env: dict[str, Any], services: dict[str, dict[str, Any]]) -> str:
-    path = Path(env["dir"]) / f"pb-{time.monotonic_ns()}.yaml"
-    path.write_text(yaml.safe_dump({"services": services}, sort_keys=False))
-    return str(path)
-
-
 def replicas(env: dict[str, Any], name: str) -> list[dict[str, Any]]:
     doc = json.loads(fleet(env, "ps", "--json").stdout)
     return sorted((c for c in doc["containers"] if c.get("service") == name), key=lambda c: c["replica"])
-
-
-def on_node(lab: Any, node: str, script: str) -> str:
-    return str(lab.lab.exec_in(node, ["sh", "-c", script], check=False).stdout)
 
 
 def log_files(lab: Any, node: str, log: str) -> dict[str, tuple[int, int]]:

@@ -7,7 +7,6 @@ truncation, and at most `max_files` files are kept."""
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import subprocess
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 from helpers import wait_until
 from local_containerd import Containerd, available, local_containerd
+from logger_shim import APPEND_ONLY_LOGGER, start_logger
 
 from fleet.config.spec import parse_playbook
 from fleet.config.spec.imaging import LogsSpec
@@ -60,38 +60,17 @@ def test_logs_settings_resolve_hash_and_reach_the_run_spec():
             parse_playbook(text + f"    logs: {bad}\n", "pb.yaml")
 
 
-def start_logger(directory: Path, *args: str) -> tuple[subprocess.Popen[bytes], int, int]:
-    """fleet's logger started as the containerd shim starts it: the container's stdout on fd 3, its stderr on fd 4,
-    and fd 5 closed once it is ready; returns the process and the write ends of stdout and stderr."""
+def logger_in(directory: Path) -> Path:
     script = directory / "logger"
     script.write_text(LOGGER_SH)
     script.chmod(0o755)
-    (r3, w3), (r4, w4), (r5, w5) = os.pipe(), os.pipe(), os.pipe()
-    # Above 9 (close-on-exec, like every fd Python opens), so the child's dup2 onto 3-5 clobbers none of them.
-    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (r3, r4, w5)]
-    for fd in (r3, r4, w5):
-        os.close(fd)
-
-    def child() -> None:
-        for fd, target in zip(high, (3, 4, 5), strict=True):
-            os.dup2(fd, target)  # inheritable: the only fds the logger gets besides 0-2
-
-    try:
-        proc = subprocess.Popen(["sh", str(script), *args], close_fds=False, preexec_fn=child)
-    finally:
-        for fd in high:
-            os.close(fd)
-    try:
-        assert os.read(r5, 1) == b""  # every copy of fd 5 closed: the shim would go on
-    finally:
-        os.close(r5)
-    return proc, w3, w4
+    return script
 
 
 def test_logger_rotates_at_its_size_and_a_follower_reads_every_byte_across_the_renames(tmp_path: Path):
     log = tmp_path / "c.log"
     # The URI's query reaches the logger as `key value` pairs in no fixed order.
-    proc, out, err = start_logger(tmp_path, "files", "3", "file", str(log), "size", "16384")
+    proc, out, err = start_logger(logger_in(tmp_path), ["files", "3", "file", str(log), "size", "16384"])
     seen = tmp_path / "seen"
     with seen.open("wb") as sink:
         follower = subprocess.Popen(["tail", "-n", "+1", "-F", str(log)], stdout=sink, stderr=subprocess.DEVNULL)
@@ -100,9 +79,13 @@ def test_logger_rotates_at_its_size_and_a_follower_reads_every_byte_across_the_r
         os.write(out, b"first\n")
         wait_until(lambda: log.read_bytes() == b"first\n" or None, 5, 0.01, "the first line in the log")
         data = b"".join(f"line {i} {'x' * 40}\n".encode() for i in range(4000))  # 212 KB: 12 rotations
+        # tail -F follows the name: a follower more than a whole file behind would skip that file (a busy machine
+        # can delay it that long). Each 4000 bytes are read before the next are written, so what is checked is
+        # the rename itself, and a chunk on each side of it.
         for k in range(0, len(data), 4000):
             os.write(out, data[k:k + 4000])
-        wait_until(lambda: seen.read_bytes().endswith(data) or None, 20, 0.05, "the follower to read it all")
+            wait_until(lambda k=k: seen.read_bytes().endswith(data[k:k + 4000]) or None, 20, 0.005,
+                       "the follower to read on")
         os.write(err, b"on stderr\n")
         os.close(out)
         os.close(err)
@@ -163,18 +146,6 @@ def ctrd() -> Iterator[tuple[Containerd, CtrDriver, str]]:
         archive = build_demo("logs1", c.dir / "demo.tar")
         c.sh(d.image_import(archive.path).line(), stdin_path=archive.path)
         yield c, d, archive.name
-
-
-# The logger of an older fleet, which only appends (its containers keep it until they are replaced): their logs
-# are what the rotation step of fleet's runs is for.
-APPEND_ONLY_LOGGER = """#!/bin/sh
-while [ "$#" -ge 2 ]; do if [ "$1" = file ]; then f=$2; fi; shift 2; done
-trap '' TERM
-cat <&3 >>"$f" 4<&- 5>&- &
-cat <&4 >>"$f" 3<&- 5>&- &
-exec 3<&- 4<&- 5>&-
-wait
-"""
 
 
 def rotate(c: Containerd, logs_dir: str) -> None:

@@ -4,7 +4,8 @@
 - continuously, by the container's own logger on ctr (`LOGGER_SH`, which fleet.node.runtime.ctr installs and names
   in each container's log URI with its limits): the file is renamed once it holds `max_size` bytes and never
   grows past it, so an unattended container between fleet's runs stays bounded; `tail -F` (what `fleet logs -f`
-  runs) follows the name to the new file after reading the old one to its end;
+  runs) follows the name to the new file after reading the old one to its end (a follower a whole file behind
+  skips the files renamed meanwhile: it reopens the name);
 - at every run (`ROTATE_SH`, in the node preparation fleet.engine.runspec.PREPARE_NODE, so `fleet watch` rotates
   every round and any `apply` or `reconcile` too) for the logs no logger rotates: containers started by an older
   fleet whose logger only appends. Only a file past its size is rotated, which a rotating logger's never is, so the
