@@ -1,8 +1,8 @@
 """The cost of fleet's container logger (fleet.node.logrotate.LOGGER_SH) against the append-only `cat` logger it
 replaced: CPU (user + system, the logger and every process it starts) and wall time to take N MB of numbered
 lines from a container's stdout, started as the containerd shim starts it (stdout on fd 3, stderr on fd 4, fd 5
-closed when ready). Bulk: 64 KiB writes, as a chatty container gives them; lines: one write per line, so a
-logger that spent a process per write (or per line) would show it.
+closed when ready). Bulk: 64 KiB writes, as a chatty container gives them; lines: one write per line, and lines
+1 ms apart (each read on its own), so a logger that spent a process per write (or per line) would show it.
 
     python bench/logger.py [--mb 50] [--lines 20000]
 """
@@ -27,7 +27,7 @@ from logger_shim import APPEND_ONLY_LOGGER, start_logger  # noqa: E402
 from fleet.node.logrotate import LOGGER_SH  # noqa: E402
 
 
-def one(script_text: str, chunks: list[bytes], size: int, files: int) -> dict[str, float | int]:
+def one(script_text: str, chunks: list[bytes], size: int, files: int, pause: float = 0.0) -> dict[str, float | int]:
     with tempfile.TemporaryDirectory() as d:
         script = Path(d) / "logger"
         script.write_text(script_text)
@@ -37,6 +37,8 @@ def one(script_text: str, chunks: list[bytes], size: int, files: int) -> dict[st
         proc, out, err = start_logger(script, ["file", str(log), "size", str(size), "files", str(files)])
         for chunk in chunks:
             os.write(out, chunk)
+            if pause:
+                time.sleep(pause)
         os.close(out)
         os.close(err)
         proc.wait()
@@ -52,6 +54,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mb", type=int, default=50)
     ap.add_argument("--lines", type=int, default=20000)
+    ap.add_argument("--paced", type=int, default=2000, help="lines written 1 ms apart (each read on its own)")
     ap.add_argument("--repeat", type=int, default=3)
     a = ap.parse_args()
     line = b"%08d " + b"x" * 90 + b"\n"
@@ -61,9 +64,11 @@ def main() -> None:
     cases = [("cat (append only)", APPEND_ONLY_LOGGER, 10 << 20, 3), ("fleet logger 10 MiB x3", LOGGER_SH, 10 << 20, 3),
              ("fleet logger 64 KiB x2", LOGGER_SH, 64 << 10, 2)]
     results = []
-    for what, chunks in ((f"{round(len(data) / (1 << 20))} MiB in 64 KiB writes", bulk), (f"{a.lines} one-line writes", lines)):
+    inputs = ((f"{round(len(data) / (1 << 20))} MiB in 64 KiB writes", bulk, 0.0),
+              (f"{a.lines} one-line writes", lines, 0.0), (f"{a.paced} lines 1 ms apart", lines[:a.paced], 0.001))
+    for what, chunks, pause in inputs:
         for name, text, size, files in cases:
-            runs = [one(text, chunks, size, files) for _ in range(a.repeat)]
+            runs = [one(text, chunks, size, files, pause) for _ in range(a.repeat)]
             best = min(runs, key=lambda r: r["cpu_s"])
             results.append({"input": what, "logger": name, **best,
                             "cpu_s_all": [r["cpu_s"] for r in runs]})
