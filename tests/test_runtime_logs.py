@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from fleet.core.model import CommandResult, Resources
 from fleet.core.shell import Script
 from fleet.engine.runspec import prepare_node_script, run_spec
 from fleet.image.demo import build_demo
+from fleet.node.logdates import Dater, dated_script
 from fleet.node.logrotate import LOGGER_SH, ROTATE_SH, rotate_env
 from fleet.node.runtime.base import RunSpec
 from fleet.node.runtime.ctr import CtrDriver
@@ -126,6 +128,40 @@ def test_fleet_logs_reads_the_rotated_files_too_joining_a_line_split_by_a_rotati
         assert (got.returncode, got.stdout.splitlines()) == (0, want), tail
     missing = read(5, "gone")
     assert missing.returncode == 1 and "No such file" in missing.stderr
+
+
+def test_dated_follower_of_a_log_rotated_as_it_starts_reads_the_rest_then_the_new_file(tmp_path: Path):
+    """`fleet logs -f --timestamps` reads its backlog from the file it opened; a rotation between that and
+    following (forced here: a `stat` that rotates the log once it has answered) loses and repeats nothing."""
+    log = tmp_path / "c.log"
+    log.write_text("old 1\nold 2\n")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "stat").write_text(f"""#!/bin/sh
+{shutil.which("stat")} "$@"; rc=$?
+if [ ! -e {tmp_path}/rotated ]; then
+  : >{tmp_path}/rotated; printf 'old 3\\n' >>"$F"; mv "$F" "$F.1"; printf 'new 1\\n' >"$F"
+fi
+exit $rc
+""")
+    (fake / "stat").chmod(0o755)
+    script = dated_script(str(log), 10, True, "tok")
+    with (tmp_path / "out").open("w") as sink:
+        proc = subprocess.Popen(script.render(), shell=True, stdout=sink, start_new_session=True,
+                                env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"})
+    try:
+        wait_until(lambda: "new 1\n" in (tmp_path / "out").read_text() or None, 10, 0.02, "the new file's line")
+        with log.open("a") as f:
+            f.write("new 2\n")
+        wait_until(lambda: "new 2\n" in (tmp_path / "out").read_text() or None, 10, 0.02, "a line after")
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=10)
+    dater = Dater("tok")
+    got = [d for d in (dater.feed(ln, 0.0) for ln in (tmp_path / "out").read_text().splitlines()) if d is not None]
+    assert [(d.text, d.live) for d in got] == [("old 1", False), ("old 2", False), ("old 3", True),
+                                               ("new 1", True), ("new 2", True)]
+    assert got[0].file.size == len("old 1\nold 2\n")
 
 
 @pytest.mark.parametrize("args", [("file", "/tmp/x.log"), ("file", "/tmp/x.log", "size", "0", "files", "2"),

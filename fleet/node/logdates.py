@@ -43,11 +43,17 @@ class DatedLine:
 
 def dated_script(path: str, tail: int | None, follow: bool, token: str) -> Script:
     """`stat`, then the backlog (its last `tail` lines; all when None), the separator, and when `follow` every
-    byte written after the backlog. `token` makes the marker lines unlike any line a container writes."""
-    backlog = 'head -c "$1" "$F"' + (f" | tail -n {int(tail)}" if tail is not None else "")
+    byte written after the backlog. `token` makes the marker lines unlike any line a container writes.
+
+    The file is opened once (fd 3): its size, dates and backlog are that open file's even when a rotation renames
+    it meanwhile (fleet.node.logrotate). Following goes on from the backlog's end by name when the name is still
+    that file, else reads the rest of it and follows the name from the new file's start."""
+    backlog = 'head -c "$1" /dev/fd/3' + (f" | tail -n {int(tail)}" if tail is not None else "")
     text = (
-        'set -- $(stat -c "%s %Y %W" "$F")\n'
-        '[ "$#" -eq 3 ] || { echo "cannot stat $F" >&2; exit 1; }\n'
+        '[ -r "$F" ] || { echo "cannot read $F" >&2; exit 1; }\n'
+        'exec 3<"$F"\n'
+        'set -- $(stat -L -c "%s %Y %W %i" /dev/fd/3)\n'
+        '[ "$#" -eq 4 ] || { echo "cannot stat $F" >&2; exit 1; }\n'
         f'printf "%s %s %s %s\\n" {shlex.quote(MARK + token)} "$1" "$2" "$3"\n'
         # awk ends a last line that has no newline yet, so it never runs into the separator.
         f"{backlog} | awk 1\n"
@@ -55,7 +61,13 @@ def dated_script(path: str, tail: int | None, follow: bool, token: str) -> Scrip
     )
     if follow:
         # Without tail -F's notices of a rotation, which would land inside a line split between two files.
-        text += 'exec tail -c "+$(($1 + 1))" -F "$F" 2>/dev/null\n'
+        text += (
+            'if [ "$(stat -c %i "$F" 2>/dev/null)" = "$4" ]; then\n'
+            '  exec 3<&- tail -c "+$(($1 + 1))" -F "$F" 2>/dev/null\n'
+            'fi\n'
+            'tail -c "+$(($1 + 1))" /dev/fd/3\n'
+            'exec 3<&- tail -n +1 -F "$F" 2>/dev/null\n'
+        )
     return Script(text, {"F": path})
 
 
