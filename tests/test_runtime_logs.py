@@ -164,6 +164,26 @@ exit $rc
     assert got[0].file.size == len("old 1\nold 2\n")
 
 
+def test_logger_whose_log_directory_is_gone_reads_on_and_ends_never_blocking_the_container(tmp_path: Path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    proc, out, err = start_logger(logger_in(tmp_path), ["file", str(logs / "c.log"), "size", "65536", "files", "2"])
+    os.write(out, b"before\n")
+    wait_until(lambda: (logs / "c.log").read_bytes() == b"before\n" or None, 5, 0.01, "the first line")
+    shutil.rmtree(logs)
+    os.set_blocking(out, False)
+    sent, deadline = 0, time.monotonic() + 10
+    while sent < 512 * 1024:  # 8 pipes' worth: a logger that stopped reading would leave the writer blocked
+        assert time.monotonic() < deadline, f"the container would block after {sent} bytes"
+        try:
+            sent += os.write(out, b"x" * 4096)
+        except BlockingIOError:
+            time.sleep(0.01)
+    os.close(out)
+    os.close(err)
+    assert proc.wait(timeout=10) == 0
+
+
 @pytest.mark.parametrize("args", [("file", "/tmp/x.log"), ("file", "/tmp/x.log", "size", "0", "files", "2"),
                                   ("size", "100", "files", "2"), ("file", "/tmp/x.log", "size", "1k", "files", "2")])
 def test_logger_refuses_missing_or_bad_limits(tmp_path: Path, args: tuple[str, ...]):

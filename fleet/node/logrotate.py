@@ -35,7 +35,8 @@ from fleet.config.spec.imaging import LogsSpec
 # runs of `echo … >&2; exit 7` on containerd 1.6.20: an empty log, never written later; stdout 0 in 90; this logger
 # 0 in 180), the output that matters most of a failed job or a crashing replica. On `tasks rm` the shim closes the
 # pipes and sends TERM: ignored, so the logger ends (and the shim's delete returns) only once both copies have
-# reached the end of their pipe and the log is complete. Each subshell closes the fds it does not use with `exec`:
+# reached the end of their pipe and the log is complete. A redirection that fails on `:` (a special built-in) would
+# end the shell: the loop uses `true`. Each subshell closes the fds it does not use with `exec`:
 # dash keeps a saved copy of an fd redirected on a group or a function, and a copy of fd 5 left open would keep the
 # shim waiting.
 LOGGER_SH = """#!/bin/sh
@@ -52,7 +53,7 @@ trap '' TERM
 : >>"$f" || exit 1
 rotate() {
   i=$((files - 1))
-  if [ "$i" -lt 1 ]; then : >"$f"; return; fi
+  if [ "$i" -lt 1 ]; then true 2>/dev/null >"$f"; return; fi
   while [ "$i" -gt 1 ]; do
     j=$((i - 1))
     if [ -f "$f.$j" ]; then mv -f "$f.$j" "$f.$i"; fi
@@ -64,10 +65,16 @@ copy() {
   cur=$(stat -c %s "$f" 2>/dev/null) || cur=0
   while :; do
     if [ "$cur" -ge "$size" ]; then rotate; cur=0; fi
-    # A failed write (a full disk) drops that chunk; a second later the next is tried.
-    if ! stdbuf -o0 head -c "$((size - cur))" >>"$f"; then sleep 1; continue; fi
-    now=$(stat -c %s "$f" 2>/dev/null) || now=0
-    # Nothing copied: the end of both streams.
+    if ! stdbuf -o0 head -c "$((size - cur))" >>"$f"; then
+      # A failed write (a full disk) drops that chunk; a second later the next is tried. A file that cannot be
+      # opened any more (its directory gone) is given up: the rest is read and dropped (below), never blocking.
+      sleep 1
+      true 2>/dev/null >>"$f" || return 0
+      continue
+    fi
+    # The file gone (removed by hand): the next head starts a new one.
+    if ! now=$(stat -c %s "$f" 2>/dev/null); then cur=0; continue; fi
+    # Nothing copied (head -c returns with nothing only at the end of its input): the end of both streams.
     [ "$now" -ne "$cur" ] || return 0
     cur=$now
   done
@@ -81,6 +88,9 @@ copy() {
 } | {
   exec 3<&- 4<&- 5>&-
   copy
+  # At the end this reads nothing; given up, or the end wrongly seen (the file changed by hand to the same size),
+  # it reads the rest: the container is never blocked.
+  cat >/dev/null
 } &
 exec 3<&- 4<&- 5>&-
 wait
