@@ -12,9 +12,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from sshserver import SSHFarm
 
+from fleet.core.errors import LbReloadError
+from fleet.engine.haproxy import LbNode
 from fleet.node.haproxy.jail import CAP_MASK, CAPS, JAIL
 from fleet.node.haproxy.scripts import APPLY, LbPaths, apply_script
+from fleet.transport import Pool
 
 # linux/capability.h
 CAP_BITS = {"net_bind_service": 10, "sys_chroot": 18, "sys_admin": 21, "dac_override": 1, "setuid": 7}
@@ -120,3 +124,25 @@ def test_the_jail_holds_usr_devices_and_haproxys_dir_as_haproxy_with_two_caps_an
     assert status["Groups"].strip() == "" and status["NoNewPrivs"].strip() == "1"
     for field in ("CapEff", "CapPrm", "CapInh", "CapAmb", "CapBnd"):
         assert int(status[field], 16) == CAP_MASK, (field, status[field])
+
+
+async def test_apply_refuses_to_run_haproxy_as_root_when_its_user_is_missing_and_names_a_missing_tool(
+        tmp_path: Path, farm: SSHFarm, pool: Pool) -> None:
+    """No `haproxy` user on the node: apply says so and starts nothing (HAProxy never falls back to root); a
+    HAProxy outside what the jail holds (/usr, /bin, /sbin) is named, with nothing started either."""
+    haproxy = shutil.which("haproxy")
+    if haproxy is None:
+        pytest.skip("haproxy is not installed")
+    d = tmp_path / "hx"
+    lb = LbNode(pool, farm.node("n1"), base_dir=str(d), haproxy=haproxy, user="fleet-no-such-user")
+    text = lb.render([])
+    with pytest.raises(LbReloadError, match="HAProxy's user 'fleet-no-such-user' does not exist on n1"):
+        await lb.apply(text)
+    assert not d.exists()
+    outside = tmp_path / "opt" / "haproxy"
+    outside.parent.mkdir()
+    outside.symlink_to(haproxy)
+    lb = LbNode(pool, farm.node("n1"), base_dir=str(d), haproxy=str(outside))
+    with pytest.raises(LbReloadError, match=f"cannot build HAProxy's jail, missing: {outside} \\(HAProxy outside"):
+        await lb.apply(text)
+    assert not d.exists()

@@ -485,6 +485,9 @@ async def test_a_become_node_runs_haproxy_as_its_user_in_its_jail_replacing_a_ro
         wait_for("the old master's worker", lambda: len(_children(old.pid)) == 1 or old.poll() is not None)
         assert old.poll() is None, (d / "haproxy.log").read_text()
         wait_for("web-1 behind the old master", lambda: get(front) == "web-1")
+        # Status finds the old master by its pid file and asks it on its old socket.
+        found = await lb.status()
+        assert found.running and found.master_pid == old.pid and found.workers == tuple(_children(old.pid))
         new_text = render([web], admin_socket=lb.admin_socket, state_file=lb.state_file, run_as=chroot)
         with Load("127.0.0.1", front, clients=4, max_seconds=60) as load:
             await asyncio.sleep(0.5)

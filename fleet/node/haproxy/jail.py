@@ -18,6 +18,13 @@ CAP_MASK = (1 << 10) | (1 << 18)
 # the config stays the same. pivot_root, not chroot: once the old root is unmounted there is nothing above the jail
 # to climb back to, even for a process that holds CAP_SYS_CHROOT. Every remount of a bind says `bind`, so it
 # changes that mount alone (a remount without it would make the node's own filesystem read-only).
+# What HAProxy 2.6.12 opens outside its own directory (strace, start and reload): its libraries, /dev/urandom,
+# /dev/null (the workers), /usr/lib/ssl/openssl.cnf (-> /etc/ssl/openssl.cnf); it also tries /etc/ld.so.cache
+# (ld.so then searches its default directories, which hold Debian's libraries), /etc/localtime (only for `log`
+# lines, which fleet renders none of), /etc/resolv.conf (no resolvers: servers are addresses), /proc/stat and
+# /sys/devices/system/cpu (the thread count: it takes the CPUs it may run on all the same, 2 here as outside).
+# A reload re-executes argv[0] (execve("/usr/sbin/haproxy", [..., "-x", "sockpair@3", ...])): the start script
+# passes the absolute path, which must be under /usr, /bin or /sbin to be in the jail.
 JAIL = r"""
 set -eu
 umask 022
