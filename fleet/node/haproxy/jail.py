@@ -24,7 +24,9 @@ CAP_MASK = (1 << 10) | (1 << 18)
 # lines, which fleet renders none of), /etc/resolv.conf (no resolvers: servers are addresses), /proc/stat and
 # /sys/devices/system/cpu (the thread count: it takes the CPUs it may run on all the same, 2 here as outside).
 # A reload re-executes argv[0] (execve("/usr/sbin/haproxy", [..., "-x", "sockpair@3", ...])): the start script
-# passes the absolute path, which must be under /usr, /bin or /sbin to be in the jail.
+# passes the absolute path, which must be under /usr, /bin or /sbin to be in the jail. Files written later into
+# HAProxy's directory (a config, a certificate bundle: renamed into place) are seen in the jail, which binds the
+# directory; a mount made later under it would not be (propagation is private).
 JAIL = r"""
 set -eu
 umask 022
