@@ -536,3 +536,29 @@ async def test_a_become_node_runs_haproxy_as_its_user_in_its_jail_replacing_a_ro
               f"{load.result.failed} failed")
     finally:
         await lb.stop()
+
+
+async def test_a_root_master_that_cannot_hand_its_listeners_over_is_stopped_and_a_jailed_one_started(
+        scratch_lab: ScratchLab, farm: SSHFarm, pool: Pool) -> None:
+    """An older root master without a master socket (no hand-over possible): apply says so, stops it and starts
+    the jailed master on the freed port."""
+    port = scratch_lab.backend("web-1")
+    front = free_port()
+    d = scratch_lab.dir / "hx"
+    d.mkdir(mode=0o700)
+    lb = LbNode(pool, farm.node("n1"), base_dir=str(d), haproxy=HAPROXY)
+    web = LbService("web", front, [LbServer("web-1", "127.0.0.1", port)], bind_address="127.0.0.1", health=HEALTH)
+    (d / "haproxy.cfg").write_text(render([web], admin_socket=str(d / "admin.sock"), state_file=lb.state_file))
+    with open(d / "haproxy.log", "ab") as log:
+        old = subprocess.Popen([HAPROXY, "-W", "-f", str(d / "haproxy.cfg"), "-p", str(d / "haproxy.pid")],
+                               stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    scratch_lab.procs.append(old)
+    try:
+        wait_until(lambda: get(front) == "web-1", 8.0, 0.05, "web-1 behind the old master", ignore=(OSError,))
+        started = await lb.apply(render([web], admin_socket=lb.admin_socket, state_file=lb.state_file))
+        assert started.started and any("no listener hand-over" in w for w in started.warnings), started
+        old.wait(timeout=10)  # raises while the old master still runs
+        assert _proc(started.master_pid or 0)["Uid"].split()[0] == str(pwd.getpwnam("haproxy").pw_uid)
+        assert get(front) == "web-1"
+    finally:
+        await lb.stop()

@@ -149,9 +149,12 @@ if [ -n "$old" ]; then
   w0=$(ask "$OLD_MASTER" "show proc" | workers); f0=$(ask "$OLD_MASTER" "show proc" | failed)
   # The old master reloads the new config (its workers as $HUSER, as before) with a socket that hands over its
   # listeners, which the new master takes: no port is ever closed.
-  awk -v u="$HUSER" '$1 == "stats" && $2 == "socket" { $0 = $0 " expose-fd listeners" } { print }
-    $0 == "global" { print "    user " u; print "    group " u }' "$new" >"$CFG.bridge" && mv -f "$CFG.bridge" "$CFG"
-  reload "$OLD_MASTER"
+  result=no-master
+  if [ -S "$OLD_MASTER" ]; then
+    awk -v u="$HUSER" '$1 == "stats" && $2 == "socket" { $0 = $0 " expose-fd listeners" } { print }
+      $0 == "global" { print "    user " u; print "    group " u }' "$new" >"$CFG.bridge" && mv -f "$CFG.bridge" "$CFG"
+    reload "$OLD_MASTER"
+  fi
   if [ "$result" = reloaded ] && [ -S "$ADMIN" ] && chown "$huid:$hgid" "$ADMIN"; then
     put_new; start "$ADMIN"
   else
@@ -162,6 +165,7 @@ if [ -n "$old" ]; then
   else
     # No hand-over: the old master stops (its connections close) and a new one starts on the freed ports.
     echo "@@fleet warning"; echo "no listener hand-over from the old master ($result): restarted"
+    if [ -n "${hp:-}" ] && alive "$hp"; then kill -TERM "$hp"; fi
     kill -TERM "$old"; i=0; while alive "$old" && [ "$i" -lt 200 ]; do sleep 0.05; i=$((i + 1)); done
     alive "$old" && kill -KILL "$old"
     [ -n "$fleet_staged" ] && put_new
