@@ -71,8 +71,9 @@ def test_a_user_name_that_is_not_a_plain_name_is_refused(user: str) -> None:
         LbPaths(user=user)
 
 
-# Run in the jail as haproxy: what it sees, what it may write, and a classic chroot escape (perl's chroot with
-# the CAP_SYS_CHROOT the workers hold: chroot into a subdirectory, climb out with .., chroot there).
+# Run in the jail as haproxy: what it sees, what it may write, a classic chroot escape (perl's chroot with the
+# CAP_SYS_CHROOT the workers hold: chroot into a subdirectory, climb out with .., chroot there), and a user
+# namespace asked for from a chroot.
 PROBE = r"""
 echo "root $(ls -A / | tr '\n' ' ')"
 [ -e /etc/shadow ] && echo "shadow visible"
@@ -81,6 +82,10 @@ touch "$0/run/x" && echo "wrote run"
 perl -e 'mkdir "$ARGV[0]/run/esc"; chroot "$ARGV[0]/run/esc" or die "chroot: $!"; chdir ".." for 1 .. 64;
   chroot "." or die; opendir(my $d, "/") or die; print "escaped ", join(" ", sort grep { !/^\.\.?$/ } readdir $d),
   "\n"; print -e "/etc/shadow" ? "escaped shadow\n" : ""' "$0"
+# A chrooted process (a worker) may not create a user namespace (at the jail's root it may, if the kernel lets
+# unprivileged users): one more reason the workers keep their chroot.
+perl -e 'chroot("/usr") or die; chdir("/"); exec "/bin/unshare", "-U", "/bin/true"' 2>/dev/null ||
+  echo "no userns in a chroot"
 echo end
 read -r _
 """
@@ -119,7 +124,7 @@ def test_the_jail_holds_usr_devices_and_haproxys_dir_as_haproxy_with_two_caps_an
                                                            else set()))
     assert lines[0] == "root " + " ".join(expected), lines
     assert seen_root == expected
-    assert lines[1:] == ["wrote run", "escaped " + " ".join(expected), "end"], lines
+    assert lines[1:] == ["wrote run", "escaped " + " ".join(expected), "no userns in a chroot", "end"], lines
     assert status["Uid"].split() == [str(uid)] * 4 and status["Gid"].split() == [str(gid)] * 4
     assert status["Groups"].strip() == "" and status["NoNewPrivs"].strip() == "1"
     for field in ("CapEff", "CapPrm", "CapInh", "CapAmb", "CapBnd"):
