@@ -5,6 +5,7 @@ HAProxy on 127.0.0.1 routing two TLS hosts by SNI, answering ACME tokens and gua
 from __future__ import annotations
 
 import base64
+import grp
 import http.client
 import os
 import shutil
@@ -382,7 +383,9 @@ def test_state_script_reports_certificates_and_mode_never_the_key(tmp_path: Path
     assert state["shop"].mode == "600" and state["shop"].certs == leaf.cert
     import hashlib
     assert state["shop"].digest == hashlib.sha256(leaf.bundle).hexdigest()
-    assert amap.exists() and amap.read_text() == "" and oct(certs.stat().st_mode & 0o777) == "0o700"
+    # Root's, readable through HAProxy's group (its master reads the bundles as that user, in its jail).
+    assert amap.exists() and amap.read_text() == "" and oct(certs.stat().st_mode & 0o777) == "0o750"
+    assert certs.stat().st_uid == 0 and certs.stat().st_gid == grp.getgrnam("haproxy").gr_gid
     assert not (certs / "old.pem").exists()
 
 

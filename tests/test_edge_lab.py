@@ -1,6 +1,7 @@
 """Issue 13 on the real lab: services on lb1's ports 80/443 by host name, over TLS, with certificates from files,
 from the keyring and from ACME (Debian's pebble on n3, its CA trusted by the test client and fleet's ACME
-client only), renewed before expiry under load without a failed request; key files 0600 on lb1 and in no output.
+client only), renewed before expiry under load without a failed request; key files on lb1 readable by root and
+HAProxy's user alone (root's, group haproxy, 0640) and in no output; HAProxy itself never runs as root.
 
 pebble and its fake DNS (answering lb1's address for every name) run on n3 and are stopped by PID in finally.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import hashlib
 import http.client
 import json
@@ -28,6 +30,7 @@ from helpers import run_fleet, wait_until
 from loadgen import Load
 
 from fleet.core.shell import Script
+from fleet.node.haproxy.jail import CAP_MASK
 from fleet.transport import Pool
 
 pytestmark = pytest.mark.lab
@@ -220,11 +223,15 @@ def test_services_on_443_by_host_name_with_files_keyring_and_acme_certificates(l
     # Stats and metrics without a password: on 127.0.0.1 of lb1 only.
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((lb, 8404), timeout=3).close()
-    # The key files: mode 0600 in a 0700 dir on lb1, and no key (files, keyring, ACME) in any output: apply,
-    # lb show, plan, status, and the config itself.
-    listing = run_on(lab, "lb1", Script('stat -c "%a %n" "$D" "$D"/*.pem', {"D": CERT_DIR}))
+    # The key files: root's, readable through group haproxy (HAProxy's user, which alone has that group) only,
+    # 0640 in a 0750 dir on lb1, and no key (files, keyring, ACME) in any output: apply, lb show, plan, status,
+    # and the config itself.
+    listing = run_on(lab, "lb1", Script('stat -c "%a %U:%G %n" "$D" "$D"/*.pem; getent group haproxy; '
+                                        'awk -F: -v g="$(id -g haproxy)" \'$4 == g { print "user " $1 }\' /etc/passwd',
+                                        {"D": CERT_DIR}))
     assert sorted(listing.split("\n")[:-1]) == sorted(
-        [f"700 {CERT_DIR}"] + [f"600 {CERT_DIR}/{n}.pem" for n in ("api", "blog", "shop")]), listing
+        [f"750 root:haproxy {CERT_DIR}"] + [f"640 root:haproxy {CERT_DIR}/{n}.pem" for n in ("api", "blog", "shop")]
+        + [f"haproxy:x:{grp.getgrnam('haproxy').gr_gid}:", "user haproxy"]), listing
     acme_key = run_on(lab, "lb1", Script('sed -n "/PRIVATE KEY-----$/,/END/p" "$D/api.pem"', {"D": CERT_DIR}))
     shown = fleet(edge, "lb", "show", "lb1")
     assert shown.returncode == 0 and "frontend fe_edge_https" in shown.stdout, shown.stdout + shown.stderr
@@ -270,10 +277,10 @@ def test_acme_certificate_renewed_before_expiry_under_load_without_a_failed_requ
     r = load.result
     assert r.failed == 0, (r.errors, r.failures[:5])
     assert r.ok > 50 and {before, after} <= load.fingerprints, (r.ok, load.fingerprints)
-    # The new key is 0600 like the old one, so is the ACME account's key kept beside them (the renewal used that
-    # account), and neither is in the run's output.
-    mode = run_on(lab, "lb1", Script('stat -c %a "$D/api.pem" "$D/../acme-account.key"', {"D": CERT_DIR}))
-    assert mode.split() == ["600", "600"]
+    # The new key is root's, group haproxy, 0640 like the old one; the ACME account's key kept beside them (the
+    # renewal used that account) is root's alone, 0600 (HAProxy never needs it); neither is in the run's output.
+    mode = run_on(lab, "lb1", Script('stat -c "%a %U:%G" "$D/api.pem" "$D/../acme-account.key"', {"D": CERT_DIR}))
+    assert mode.splitlines() == ["640 root:haproxy", "600 root:root"]
     account = run_on(lab, "lb1", Script('cat "$D/../acme-account.key"', {"D": CERT_DIR}))
     assert not any(line in renewed.stdout + renewed.stderr for line in key_lines(account.encode()))
     new_key = run_on(lab, "lb1", Script('sed -n "/PRIVATE KEY-----$/,/END/p" "$D/api.pem"', {"D": CERT_DIR}))
@@ -281,13 +288,19 @@ def test_acme_certificate_renewed_before_expiry_under_load_without_a_failed_requ
         line in renewed.stdout + renewed.stderr for line in key_lines(new_key.encode()))
 
 
-# HAProxy's processes on lb1: the master (pid file) and its children (the workers), each with its user and root.
+# HAProxy's processes on lb1: the master (pid file) and its children (the workers), each with its user, its root
+# (as the process sees it: / for the jail, the chroot for a worker), CapEff, NoNewPrivs and what its root holds.
 _PROCS = r"""
 set -u
 m=$(cat "$D/haproxy.pid")
-echo "master $m $(ps -o user= -p "$m") $(readlink "/proc/$m/root")"
-for w in $(pgrep -P "$m" -x haproxy); do echo "worker $w $(ps -o user= -p "$w") $(readlink "/proc/$w/root")"; done
-echo "socket - $(stat -c '%U %a' "$D/admin.sock")"
+for p in $m $(pgrep -P "$m" -x haproxy); do
+  kind=worker; [ "$p" = "$m" ] && kind=master
+  echo "$kind $p $(ps -o user= -p "$p") $(readlink "/proc/$p/root")" \
+    "$(awk '$1 == "CapEff:" || $1 == "NoNewPrivs:" { printf "%s ", $2 }' "/proc/$p/status")ls=$(ls -A "/proc/$p/root" |
+    tr '\n' ,)"
+  [ -e "/proc/$p/root/etc/shadow" ] && echo "shadow $p"
+done
+echo "socket - $(stat -c '%U %a' "$D/run/admin.sock")"
 """
 
 
@@ -299,22 +312,30 @@ def haproxy_procs(lab: Any) -> dict[str, list[tuple[str, ...]]]:
     return out
 
 
-def test_haproxy_workers_run_as_haproxy_in_a_chroot_and_serve_80_and_443_through_a_reload(lab: Any,
-                                                                                          edge: Any) -> None:
-    """Issue 21: the master binds 80/443 and reads the keys as root, its workers run as the Debian package's
-    `haproxy` user chrooted to an empty directory; a hitless reload (the master's `reload`) under load on both
-    ports fails no request and its new worker is unprivileged too; the admin socket stays root's, mode 0600."""
+def test_haproxy_runs_as_haproxy_in_its_jail_with_two_caps_and_serves_80_and_443_through_a_reload(lab: Any,
+                                                                                                edge: Any) -> None:
+    """Issue 21: no HAProxy process is root. The master runs as the Debian package's `haproxy` user in its jail
+    (a pivoted mount namespace: its / holds /usr, three devices, OpenSSL's config and HAProxy's directory; no
+    /etc/shadow), its workers too, chrooted to an empty directory inside it; all hold CAP_NET_BIND_SERVICE and
+    CAP_SYS_CHROOT and nothing else, with no_new_privs. A hitless reload (the master's `reload`) under load on
+    both ports fails no request, keeps the master and gives workers like the old ones; the admin socket is
+    haproxy's, mode 0600 (root's scripts still reach it)."""
     lb = edge["lb"]
+    links = [n for n in ("bin", "sbin", "lib", "lib32", "lib64", "libx32") if os.path.islink(f"/{n}")]
+    jail = ",".join(sorted({"usr", "dev", "etc", "var", *links})) + ","
+    caps = f"{CAP_MASK:016x}"
     before = haproxy_procs(lab)
-    [(master, muser, mroot)] = before["master"]
-    assert (muser, mroot) == ("root", "/"), before
-    assert before["worker"] and all(w[1:] == ("haproxy", f"{HAPROXY_DIR}/empty") for w in before["worker"]), before
-    assert before["socket"] == [("-", "root", "600")]
+    assert "shadow" not in before, before
+    [(master, muser, mroot, mcaps, mnnp, mls)] = before["master"]
+    assert (muser, mroot, mcaps, mnnp, mls) == ("haproxy", "/", caps, "1", f"ls={jail}"), before
+    worker = ("haproxy", f"{HAPROXY_DIR}/empty", caps, "1", "ls=")
+    assert before["worker"] and all(w[1:] == worker for w in before["worker"]), before
+    assert before["socket"] == [("-", "haproxy", "600")]
     old = {w[0] for w in before["worker"]}
     ctx = client_context(pebble_root(edge))
     with TlsLoad(lb, HOSTS["api"], ctx) as tls, TlsLoad(lb, HOSTS["api"], None, port=80) as plain:
         time.sleep(1.0)
-        run_on(lab, "lb1", Script('printf "reload\\n" | socat -t 5 stdio "unix-connect:$D/master.sock"',
+        run_on(lab, "lb1", Script('printf "reload\\n" | socat -t 5 stdio "unix-connect:$D/run/master.sock"',
                                   {"D": HAPROXY_DIR}))
         wait_until(lambda: {w[0] for w in haproxy_procs(lab).get("worker", [])} - old, timeout=20,
                    message="a new HAProxy worker")
@@ -325,6 +346,6 @@ def test_haproxy_workers_run_as_haproxy_in_a_chroot_and_serve_80_and_443_through
     print(f"\nunprivileged reload: 443 {tls.result.ok} ok / {tls.result.failed} failed, 80 {plain.result.ok} ok / "
           f"{plain.result.failed} failed")
     after = haproxy_procs(lab)
-    assert after["master"][0][0] == master, "a reload, not a restart"
+    assert after["master"] == [(master, muser, mroot, mcaps, mnnp, mls)], "a reload, not a restart"
     new = [w for w in after["worker"] if w[0] not in old]
-    assert new and all(w[1:] == ("haproxy", f"{HAPROXY_DIR}/empty") for w in after["worker"]), after
+    assert new and all(w[1:] == worker for w in after["worker"]) and "shadow" not in after, after

@@ -99,7 +99,7 @@ def test_paths_travel_in_env_not_in_the_script_text() -> None:
     script = apply_script(LbPaths("/srv/lb-1/haproxy"))
     assert script.text == APPLY and "/srv/lb-1" not in script.text
     assert script.env["CFG"] == "/srv/lb-1/haproxy/haproxy.cfg"
-    assert script.env["MASTER"] == "/srv/lb-1/haproxy/master.sock"
+    assert script.env["MASTER"] == "/srv/lb-1/haproxy/run/master.sock"
     for bad in ["relative/dir", "/srv/a b", "/srv/$(reboot)", "/srv/../etc"]:
         with pytest.raises(ValueError):
             LbPaths(bad)

@@ -6,7 +6,9 @@ Backends are tiny Python HTTP servers; every process started here is stopped by 
 from __future__ import annotations
 
 import asyncio
+import grp
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -30,11 +32,13 @@ from fleet.config.spec import HealthSpec, parse_playbook
 from fleet.core.errors import SpecError
 from fleet.engine.haproxy import ApplyResult, LbNode
 from fleet.engine.probes import check
+from fleet.node.haproxy.jail import CAP_MASK
 from fleet.node.haproxy.render import (
     LbHealth,
     LbServer,
     LbService,
     LbState,
+    RunAs,
     add_server,
     lb_health,
     render,
@@ -442,3 +446,119 @@ async def test_server_only_changes_need_no_reload_and_the_file_reloads_to_the_sa
 
 async def _eq(got: Awaitable[dict[str, str]], wanted: dict[str, str]) -> bool:
     return await got == wanted
+
+
+def _proc(pid: int) -> dict[str, str]:
+    return {k: v.strip() for k, v in (ln.split(":", 1) for ln in Path(f"/proc/{pid}/status").read_text().splitlines())}
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+async def test_a_become_node_runs_haproxy_as_its_user_in_its_jail_replacing_a_root_master_with_no_failed_request(
+        scratch_lab: ScratchLab, farm: SSHFarm, pool: Pool) -> None:
+    """Through `become` (real sudo): a root master started the old way (config with user/group/chroot, sockets
+    beside it) is replaced by a jailed one under load with no failed request (the old one hands its listeners
+    over, then finishes and exits); the new master and its workers run as haproxy with CAP_NET_BIND_SERVICE and
+    CAP_SYS_CHROOT only, the master's root the jail, the workers' the empty chroot; a reload keeps the master and
+    fails no request; the files HAProxy reads are root's, group haproxy, 0640."""
+    port = scratch_lab.backend("web-1")
+    front, other = free_ports(2)
+    d = scratch_lab.dir / "hx"
+    d.mkdir(mode=0o700)
+    uid, gid = pwd.getpwnam("haproxy").pw_uid, grp.getgrnam("haproxy").gr_gid
+    lb = LbNode(pool, farm.node("n1", become=True), base_dir=str(d), haproxy=HAPROXY)
+    web = LbService("web", front, [LbServer("web-1", "127.0.0.1", port)], bind_address="127.0.0.1", health=HEALTH)
+    chroot = RunAs("haproxy", "haproxy", str(d / "empty"))
+    # The layout an older fleet left: root master, sockets beside the config, user/group in the config.
+    old_text = render([web], admin_socket=str(d / "admin.sock"), state_file=lb.state_file, run_as=chroot).replace(
+        "\nglobal\n", "\nglobal\n    user haproxy\n    group haproxy\n", 1)
+    (d / "empty").mkdir(mode=0o555)
+    (d / "haproxy.cfg").write_text(old_text)
+    with open(d / "haproxy.log", "ab") as log:
+        old = subprocess.Popen([HAPROXY, "-W", "-S", str(d / "master.sock"), "-f", str(d / "haproxy.cfg"), "-p",
+                                str(d / "haproxy.pid")], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                               start_new_session=True)
+    scratch_lab.procs.append(old)
+    try:
+        wait_for("the old master's worker", lambda: len(_children(old.pid)) == 1 or old.poll() is not None)
+        assert old.poll() is None, (d / "haproxy.log").read_text()
+        wait_for("web-1 behind the old master", lambda: get(front) == "web-1")
+        # Status finds the old master by its pid file and asks it on its old socket.
+        found = await lb.status()
+        assert found.running and found.master_pid == old.pid and found.workers == tuple(_children(old.pid))
+        new_text = render([web], admin_socket=lb.admin_socket, state_file=lb.state_file, run_as=chroot)
+        with Load("127.0.0.1", front, clients=4, max_seconds=60) as load:
+            await asyncio.sleep(0.5)
+            upgraded = await lb.apply(new_text)
+            await asyncio.sleep(0.5)
+        assert upgraded.started and any("ran as root" in w for w in upgraded.warnings), upgraded
+        assert load.result.failed == 0 and load.result.ok > 50, (load.result.errors, load.result.failures[:5])
+        replaced = load.result
+        master = int((d / "haproxy.pid").read_text())
+        assert master == upgraded.master_pid != old.pid
+        assert old.wait(timeout=20) == 0, "the old master finishes its connections and exits"
+        assert not (d / "master.sock").exists() and not (d / "admin.sock").exists()
+
+        def jailed(pid: int, root: str) -> None:
+            st = _proc(pid)
+            assert st["Uid"].split() == [str(uid)] * 4 and st["Gid"].split() == [str(gid)] * 4, st
+            for cap in ("CapEff", "CapPrm", "CapAmb", "CapBnd"):
+                assert int(st[cap], 16) == CAP_MASK, (pid, cap, st[cap])
+            assert st["NoNewPrivs"] == "1" and os.readlink(f"/proc/{pid}/root") == root
+
+        jailed(master, "/")
+        assert not os.path.exists(f"/proc/{master}/root/etc/shadow")
+        assert "usr" in os.listdir(f"/proc/{master}/root") and "root" not in os.listdir(f"/proc/{master}/root")
+        workers = _children(master)
+        assert workers
+        for w in workers:
+            jailed(w, str(d / "empty"))
+        for path, owner, mode in ((d, (0, gid), 0o750), (d / "haproxy.cfg", (0, gid), 0o640),
+                                  (d / "run", (uid, gid), 0o700), (d / "run" / "admin.sock", (uid, gid), 0o600)):
+            st = path.stat()
+            assert ((st.st_uid, st.st_gid), st.st_mode & 0o777) == (owner, mode), path
+
+        api = LbService("api", other, [LbServer("web-1", "127.0.0.1", port)], bind_address="127.0.0.1", health=HEALTH)
+        with Load("127.0.0.1", front, clients=4, max_seconds=60) as load:
+            await asyncio.sleep(0.3)
+            reloaded = await lb.apply(render([web, api], admin_socket=lb.admin_socket, state_file=lb.state_file,
+                                             run_as=chroot))
+            await asyncio.sleep(0.3)
+        assert reloaded.reloaded and reloaded.master_pid == master, reloaded
+        assert load.result.failed == 0 and load.result.ok > 20, load.result.errors
+        assert get(other) == "web-1"
+        for pid in _children(master):
+            jailed(pid, str(d / "empty"))
+        jailed(master, "/")
+        print(f"\nroot master replaced: {replaced.ok} ok / {replaced.failed} failed; reload: {load.result.ok} ok / "
+              f"{load.result.failed} failed")
+    finally:
+        await lb.stop()
+
+
+async def test_a_root_master_that_cannot_hand_its_listeners_over_is_stopped_and_a_jailed_one_started(
+        scratch_lab: ScratchLab, farm: SSHFarm, pool: Pool) -> None:
+    """An older root master without a master socket (no hand-over possible): apply says so, stops it and starts
+    the jailed master on the freed port."""
+    port = scratch_lab.backend("web-1")
+    front = free_port()
+    d = scratch_lab.dir / "hx"
+    d.mkdir(mode=0o700)
+    lb = LbNode(pool, farm.node("n1"), base_dir=str(d), haproxy=HAPROXY)
+    web = LbService("web", front, [LbServer("web-1", "127.0.0.1", port)], bind_address="127.0.0.1", health=HEALTH)
+    (d / "haproxy.cfg").write_text(render([web], admin_socket=str(d / "admin.sock"), state_file=lb.state_file))
+    with open(d / "haproxy.log", "ab") as log:
+        old = subprocess.Popen([HAPROXY, "-W", "-f", str(d / "haproxy.cfg"), "-p", str(d / "haproxy.pid")],
+                               stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    scratch_lab.procs.append(old)
+    try:
+        wait_until(lambda: get(front) == "web-1", 8.0, 0.05, "web-1 behind the old master", ignore=(OSError,))
+        started = await lb.apply(render([web], admin_socket=lb.admin_socket, state_file=lb.state_file))
+        assert started.started and any("no listener hand-over" in w for w in started.warnings), started
+        old.wait(timeout=10)  # raises while the old master still runs
+        assert _proc(started.master_pid or 0)["Uid"].split()[0] == str(pwd.getpwnam("haproxy").pw_uid)
+        assert get(front) == "web-1"
+    finally:
+        await lb.stop()

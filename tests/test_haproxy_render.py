@@ -164,13 +164,15 @@ def test_tcp_health_checks_without_httpchk() -> None:
     assert "httpchk" not in text
 
 
-def test_run_as_drops_the_workers_to_a_user_in_a_chroot_in_the_global_section() -> None:
-    """Without `run_as` the global section is as before (root); with it, user, group and chroot follow the
-    server-state line, before `defaults`, and hostile values are refused naming the field."""
+def test_run_as_chroots_the_workers_and_renders_no_user_since_the_master_already_is_that_user() -> None:
+    """Without `run_as` the global section is as before; with it, only the workers' chroot follows the
+    server-state line, before `defaults` (the start script runs the master as the user; in its jail, which has
+    no /etc/passwd, HAProxy refuses `user haproxy`: "cannot find user id"), and hostile values are refused
+    naming the field."""
     text = render(sample(), **KW, run_as=RunAs("haproxy", "haproxy", "/var/lib/fleet/haproxy/empty"))
     assert text == EXPECTED.replace("    server-state-file /run/fleet/haproxy/state\n", (
-        "    server-state-file /run/fleet/haproxy/state\n    user haproxy\n    group haproxy\n"
-        "    chroot /var/lib/fleet/haproxy/empty\n"))
+        "    server-state-file /run/fleet/haproxy/state\n    chroot /var/lib/fleet/haproxy/empty\n"))
+    assert "user " not in text.split("defaults")[0] and "group " not in text.split("defaults")[0]
     for bad, field in ((RunAs("root\n    bind :1", "g", "/e"), "run_as.user"),
                        (RunAs("u", "g x", "/e"), "run_as.group"), (RunAs("u", "g", "empty"), "run_as.chroot"),
                        (RunAs("u", "g", "/a/../b"), "run_as.chroot")):

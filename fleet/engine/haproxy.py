@@ -106,13 +106,14 @@ _TRANSPORT_ERRORS: dict[str, type[TransportError]] = {
 
 
 class LbNode:
-    """HAProxy in master-worker mode on one lb node, all its files under `base_dir` on that node."""
+    """HAProxy in master-worker mode on one lb node, all its files under `base_dir` on that node; it runs as
+    `user` in its jail (fleet.node.haproxy.jail), never as root."""
 
     def __init__(self, pool: Pool, node: Node, base_dir: str = DEFAULT.haproxy_dir,
-                 haproxy: str = "haproxy") -> None:
+                 haproxy: str = "haproxy", user: str = "haproxy") -> None:
         self.pool = pool
         self.node = node
-        self.paths = LbPaths(base_dir, haproxy)
+        self.paths = LbPaths(base_dir, haproxy, user)
         # The config this object last saw in place on the node (None: not known yet), which a server-only change
         # is computed from; and what it did, for tests and benches: starts, reloads, runtime-only updates.
         self.loaded: str | None = None
@@ -194,6 +195,9 @@ class LbNode:
             "no-master": "haproxy runs but its master socket does not answer",
             "locked": "another apply holds the lock on this node",
             "missing": f"HAProxy is not installed (fleet node prepare {name} installs it)",
+            "no-user": f"HAProxy's user {self.paths.user!r} does not exist on {name} (the haproxy package creates "
+                       "it; HAProxy never runs as root)",
+            "no-jail": "cannot build HAProxy's jail, missing: " + (out.section("missing").strip() or "?"),
         }
         raise LbReloadError(name, messages.get(out.result, f"unexpected apply result {out.result!r}"), log,
                             alert_lines(log))
@@ -223,8 +227,9 @@ class LbNode:
                 return ApplyResult(out.result == "updated", False, False, updated=out.result == "updated")
             if out.result == "locked":
                 raise LbReloadError(self.node.name, "another apply holds the lock on this node")
-            # not-running: a start; refused (a server with connections left cannot be deleted): a reload, which
-            # takes the running worker to the config as a whole.
+            # not-running: a start; old-master (a root master an older fleet started): its replacement; refused (a
+            # server with connections left cannot be deleted): a reload, which takes the running worker to the
+            # config as a whole.
             break
         return await self.apply(config_text)
 

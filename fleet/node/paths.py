@@ -107,12 +107,17 @@ class HaproxyFiles:
         return f"{self.dir}/haproxy.cfg"
 
     @property
+    def run_dir(self) -> str:
+        """The one directory HAProxy (its own user, in its jail) may write: its sockets."""
+        return f"{self.dir}/run"
+
+    @property
     def master_socket(self) -> str:
-        return f"{self.dir}/master.sock"
+        return f"{self.run_dir}/master.sock"
 
     @property
     def admin_socket(self) -> str:
-        return f"{self.dir}/admin.sock"
+        return f"{self.run_dir}/admin.sock"
 
     @property
     def state_file(self) -> str:
@@ -130,6 +135,11 @@ class HaproxyFiles:
     def chroot(self) -> str:
         """The empty root-owned directory HAProxy's workers chroot to."""
         return f"{self.dir}/empty"
+
+    @property
+    def jail(self) -> str:
+        """The empty root-owned directory the jail's tmpfs is mounted on, in HAProxy's own mount namespace only."""
+        return f"{self.dir}/jail"
 
 
 @dataclass(frozen=True)

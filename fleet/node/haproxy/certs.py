@@ -27,12 +27,16 @@ def cert_file(service: str, cert_dir: str = CERT_DIR) -> str:
     return f"{check_file(cert_dir, 'cert_dir')}/{check_name(service, 'service name')}.pem"
 
 
-# The directory is created 0700 and the token map (empty) so that HAProxy can start with it; then each bundle is
-# reported by name, content hash and its certificate blocks (sed prints only those: the key never leaves the node).
+# The directory is created root's, group HAProxy's (its master reads the bundles in its jail as that user; see
+# fleet.node.haproxy.scripts.APPLY), 0750, and the token map (empty) so that HAProxy can start with it; then each
+# bundle is reported by name, content hash and its certificate blocks (sed prints only those: the key never leaves
+# the node).
 _STATE = r"""
 set -u
 umask 077
-mkdir -p "$D" && chmod 0700 "$D" || exit 3
+mkdir -p "$D" || exit 3
+if g=$(id -g "$HUSER" 2>/dev/null); then chgrp "$g" "$D" || exit 3; fi
+chmod 0750 "$D" || exit 3
 [ -e "$MAP" ] || : >"$MAP" || exit 3
 for f in "$D"/*.pem; do
   [ -f "$f" ] || continue
@@ -55,12 +59,13 @@ if [ -f "$F" ]; then echo "@@fleet present"; cat "$F"; else echo "@@fleet absent
 """
 
 
-def state_script(cert_dir: str = CERT_DIR, acme_map: str = ACME_MAP, drop: tuple[str, ...] = ()) -> Script:
+def state_script(cert_dir: str = CERT_DIR, acme_map: str = ACME_MAP, drop: tuple[str, ...] = (),
+                 user: str = "haproxy") -> Script:
     """Creates the cert dir and the token map, reports every bundle (see `parse_state`), removes the bundles of
-    the services in `drop` (no longer served over HTTPS)."""
+    the services in `drop` (no longer served over HTTPS). `user`: HAProxy's (its group reads the bundles)."""
     names = " ".join(check_name(n, "service name") for n in drop)
     return Script(_STATE, {"D": check_file(cert_dir, "cert_dir"), "MAP": check_file(acme_map, "acme_map"),
-                           "DROP": names}, name="fleet-haproxy-certs")
+                           "DROP": names, "HUSER": check_name(user, "user")}, name="fleet-haproxy-certs")
 
 
 def read_script(path: str) -> Script:

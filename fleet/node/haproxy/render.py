@@ -102,10 +102,12 @@ class LbService:
 
 @dataclass(frozen=True)
 class RunAs:
-    """Who HAProxy's workers run as: the master binds every listener (ports below 1024 too), reads the
-    certificates and key files and opens the admin socket as root, then forks workers that chroot to `chroot`
-    (an empty root-owned directory) and drop to `user`/`group`. The master stays root (it re-executes itself
-    on a reload and binds again) but parses no traffic."""
+    """Who runs HAProxy: the Debian package's `user` and `group`, as whom the start script
+    (fleet.node.haproxy.scripts.APPLY, `LbPaths.user`) starts the master in its jail (fleet.node.haproxy.jail: a
+    pivoted mount namespace holding /usr, three devices and HAProxy's own directory), with CAP_NET_BIND_SERVICE
+    for ports below 1024 and CAP_SYS_CHROOT; so no `user`/`group` directive is rendered. Its workers also
+    chroot to `chroot` (an empty, root-owned, read-only directory inside the jail): a worker reads no file, and
+    one that escapes the chroot lands in the jail, not on the node."""
 
     user: str
     group: str
@@ -413,9 +415,9 @@ def _edge_lines(services: Sequence[LbService], edge: EdgeConfig) -> list[str]:
 def _run_as_lines(run_as: RunAs | None) -> list[str]:
     if run_as is None:
         return []
-    return [f"    user {check_name(run_as.user, 'run_as.user')}",
-            f"    group {check_name(run_as.group, 'run_as.group')}",
-            f"    chroot {check_file(run_as.chroot, 'run_as.chroot')}"]
+    check_name(run_as.user, "run_as.user")
+    check_name(run_as.group, "run_as.group")
+    return [f"    chroot {check_file(run_as.chroot, 'run_as.chroot')}"]
 
 
 # How long a worker replaced by a reload may keep the connections it holds: 30 s, or a service's longer
@@ -434,7 +436,7 @@ def render(services: Sequence[LbService], *, admin_socket: str, state_file: str,
            stats_password_hash: str | None = None, run_as: RunAs | None = None) -> str:
     """The whole haproxy.cfg for these services; the same input always gives the same bytes.
 
-    `run_as` renders `user`, `group` and `chroot` in the global section (without it HAProxy keeps root).
+    `run_as` renders the workers' `chroot` in the global section (the master already runs as its user).
 
     Host-routed services (`hosts`) go on the shared frontends of `edge` (default ports 80 and 443).
     `stats_password_hash` (a crypt(3) SHA-512 hash, never the password) puts the stats page and /metrics

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 from fleet.core.errors import ScriptOutputError
 from fleet.core.shell import Script
-from fleet.node.haproxy.render import check_file
+from fleet.node.haproxy.jail import JAIL
+from fleet.node.haproxy.render import check_file, check_name
 from fleet.node.paths import DEFAULT, FILE_FUNCTIONS, HaproxyFiles
 
 MARK = "@@fleet"
@@ -19,7 +20,7 @@ MARK = "@@fleet"
 REPLY_END = "\x1e"
 
 APPLY_RESULTS = ("unchanged", "invalid", "started", "start-failed", "start-timeout", "reloaded", "reload-failed",
-                 "reload-timeout", "no-master", "locked", "missing")
+                 "reload-timeout", "no-master", "locked", "missing", "no-user", "no-jail")
 
 _COMMON = r"""
 set -u
@@ -29,6 +30,9 @@ master_pid() {
   p=$(cat "$PIDF" 2>/dev/null) && [ -n "$p" ] && alive "$p" && [ "$(cat "/proc/$p/comm" 2>/dev/null)" = haproxy ] \
     && echo "$p"
 }
+uid_of() { awk '$1 == "Uid:" { print $2 }' "/proc/$1/status" 2>/dev/null; }
+# The master socket of master $1: the jail's, or beside the config for a root master an older fleet started.
+msock() { if [ "$(uid_of "$1")" = 0 ] && [ -S "$OLD_MASTER" ]; then echo "$OLD_MASTER"; else echo "$MASTER"; fi; }
 ask() { printf '%s\n' "$2" | socat -t 5 stdio "unix-connect:$1" 2>/dev/null; }
 # The master socket refuses connections for tens of ms while the master re-executes: retry for up to 5 s.
 ask_retry() {
@@ -53,41 +57,131 @@ size() { wc -c 2>/dev/null <"$1" || echo 0; }
 since() { tail -c "+$(($2 + 1))" "$1" 2>/dev/null; }
 """
 
-# The new config is staged like fleet.node.paths.write_file (temp file beside it, mode 0600 before any byte, stdin
-# checked against $SIZE, removed on any failure or signal), validated, and only then renamed over the old one.
+# The new config is staged like fleet.node.paths.write_file (temp file beside it, mode 0640 before any byte, stdin
+# checked against $SIZE, removed on any failure or signal), validated (as root), and only then renamed over the
+# old one. HAProxy runs as $HUSER in its jail (JAIL): its directory is root's, group $HUSER's, 0750; the files
+# its master reads (config, server state, certificates, ACME map) root's, group-readable, 0640, so HAProxy reads
+# them and can change none; run/ (its sockets) alone is its own. A master started as root by an older fleet is
+# replaced with no connection refused: it reloads the new config with a socket that hands its listeners over,
+# the jailed master takes them (`-x`), then the old one finishes its connections and exits (SIGUSR1).
 APPLY = _COMMON + FILE_FUNCTIONS + r"""
 command -v "$HAPROXY" >/dev/null 2>&1 || { echo "@@fleet result missing"; exit 0; }
-mkdir -p "$D" || exit 3
-# The workers' chroot (fleet.node.haproxy.render.RunAs): empty, root's, read-only.
+exe=$(command -v "$HAPROXY")
+lack=
+for t in unshare pivot_root setpriv mount umount; do command -v "$t" >/dev/null 2>&1 || lack="$lack $t"; done
+case "$exe" in /usr/*|/bin/*|/sbin/*) ;; *) lack="$lack $exe (HAProxy outside /usr)" ;; esac
+if [ -n "$lack" ]; then echo "@@fleet missing"; echo "${lack# }"; echo "@@fleet result no-jail"; exit 0; fi
+if ! huid=$(id -u "$HUSER" 2>/dev/null) || ! hgid=$(id -g "$HUSER" 2>/dev/null) || [ "$huid" = 0 ]; then
+  echo "@@fleet result no-user"; exit 0
+fi
+mkdir -p "$D" && chown "0:$hgid" "$D" && chmod 0750 "$D" || exit 3
+# The workers' chroot (fleet.node.haproxy.render.RunAs): empty, root's, read-only. The jail's mount point: empty.
 [ -d "$CHROOT" ] || mkdir -m 0555 "$CHROOT" || exit 3
+[ -d "$JAIL" ] || mkdir -m 0700 "$JAIL" || exit 3
+mkdir -p "$RUN" && chown "$huid:$hgid" "$RUN" && chmod 0700 "$RUN" || exit 3
 exec 9>>"$D/lock"
 if command -v flock >/dev/null 2>&1; then flock -w 30 9 || { echo "@@fleet result locked"; exit 0; }; fi
 # The master and workers append to the log for their whole life (reloads, health changes): keep it bounded.
 if [ "$(size "$LOG")" -gt 4194304 ]; then : >"$LOG"; fi
-fleet_stage "$CFG" 0600 "${SIZE:-}" || exit 3
+share() { for f; do if [ -f "$f" ] && [ ! -L "$f" ]; then chgrp "$hgid" "$f" && chmod 0640 "$f"; fi; done; }
+if [ -d "$CERTS" ] && [ ! -L "$CERTS" ]; then chgrp "$hgid" "$CERTS" && chmod 0750 "$CERTS"; fi
+share "$CFG" "$STATE" "$MAP" "$CERTS"/*.pem
+fleet_stage "$CFG" 0640 "${SIZE:-}" || exit 3
 new=$fleet_staged
+chgrp "$hgid" "$new" || exit 3
 pid=$(master_pid) || pid=
-if [ -n "$pid" ] && cmp -s "$new" "$CFG"; then
+old=
+if [ -n "$pid" ] && [ "$(uid_of "$pid")" = 0 ]; then old=$pid; fi
+if [ -n "$pid" ] && [ -z "$old" ] && cmp -s "$new" "$CFG"; then
   fleet_unstage; echo "@@fleet result unchanged"; exit 0
 fi
 echo "@@fleet check"
 if ! "$HAPROXY" -c -f "$new" 2>&1; then
   fleet_unstage; echo "@@fleet result invalid"; exit 0
 fi
-if [ -z "$pid" ]; then
-  mv -f "$new" "$CFG"; fleet_staged=; fleet_sname=
-  # Runtime state dies with the process: a fresh start must not load a stale one.
-  rm -f "$MASTER" "$STATE"
+jail_sh=$(cat <<'FLEET_JAIL'
+""" + JAIL + r"""FLEET_JAIL
+)
+# start [SOCKET]: the master in its jail (taking the listeners of the process behind SOCKET); sets result, hp.
+start() {
+  if [ -n "${1:-}" ]; then set -- -x "$1"; fi
   off=$(size "$LOG")
-  # fd 9 (the lock) is closed for haproxy, or it would hold the lock for its whole life.
-  setsid "$HAPROXY" -W -S "$MASTER" -f "$CFG" -p "$PIDF" </dev/null >>"$LOG" 2>&1 9>&- &
+  # fd 9 (the lock) is closed for haproxy, or it would hold the lock for its whole life. Every step execs the
+  # next in place (setsid, unshare, sh, setpriv, env): $! is the master's PID.
+  setsid unshare --mount --propagation private sh -c "$jail_sh" fleet-haproxy-jail "$D" "$JAIL" "$huid" "$hgid" \
+    "$exe" -W -S "$MASTER" -f "$CFG" "$@" </dev/null >>"$LOG" 2>&1 9>&- &
   hp=$!
+  echo "$hp" >"$PIDF"
   result=start-timeout; i=0
   while [ "$i" -lt 200 ]; do
     if ! alive "$hp"; then result=start-failed; break; fi
     if since "$LOG" "$off" | grep -q 'Loading success'; then result=started; break; fi
     sleep 0.05; i=$((i + 1))
   done
+}
+# reload SOCKET: the master behind SOCKET re-executes with $CFG; sets result, now (its `show proc` after).
+reload() {
+  off=$(size "$LOG")
+  if ! ask_retry "$1" reload >/dev/null; then result=no-master; now=; return; fi
+  result=reload-timeout; i=0; now=
+  while [ "$i" -lt 300 ]; do
+    sleep 0.05; i=$((i + 1))
+    now=$(ask "$1" "show proc") || continue
+    f=$(printf '%s\n' "$now" | failed); w=$(printf '%s\n' "$now" | workers)
+    if [ "${f:-0}" -gt "${f0:-0}" ]; then result=reload-failed; break; fi
+    if [ -n "$w" ] && [ "$w" != "$w0" ] && since "$LOG" "$off" | grep -q 'Loading success'; then
+      result=reloaded; break
+    fi
+  done
+}
+# Runtime changes (drain, weights, maint) survive a reload or a new master through the state file.
+save_state() {
+  if st=$(ask "$1" "show servers state") && [ "$(printf '%s\n' "$st" | head -n 1)" = 1 ]; then
+    printf '%s\n' "$st" >"$STATE.new" && share "$STATE.new" && mv -f "$STATE.new" "$STATE"
+  else
+    echo "@@fleet warning"; echo "could not save the server state before the reload"
+  fi
+}
+put_new() { mv -f "$new" "$CFG"; fleet_staged=; fleet_sname=; }
+if [ -n "$old" ]; then
+  echo "@@fleet warning"; echo "HAProxy's master (PID $old) ran as root (an older fleet's): replaced by one in its jail"
+  save_state "$OLD_ADMIN"
+  w0=$(ask "$OLD_MASTER" "show proc" | workers); f0=$(ask "$OLD_MASTER" "show proc" | failed)
+  # The old master reloads the new config (its workers as $HUSER, as before) with a socket that hands over its
+  # listeners, which the new master takes: no port is ever closed.
+  result=no-master
+  if [ -S "$OLD_MASTER" ]; then
+    awk -v u="$HUSER" '$1 == "stats" && $2 == "socket" { $0 = $0 " expose-fd listeners" } { print }
+      $0 == "global" { print "    user " u; print "    group " u }' "$new" >"$CFG.bridge" && mv -f "$CFG.bridge" "$CFG"
+    reload "$OLD_MASTER"
+  fi
+  if [ "$result" = reloaded ] && [ -S "$ADMIN" ] && chown "$huid:$hgid" "$ADMIN"; then
+    put_new; start "$ADMIN"
+  else
+    result=start-failed
+  fi
+  if [ "$result" = started ]; then
+    kill -USR1 "$old"
+  else
+    # No hand-over: the old master stops (its connections close) and a new one starts on the freed ports.
+    echo "@@fleet warning"; echo "no listener hand-over from the old master ($result): restarted"
+    if [ -n "${hp:-}" ] && alive "$hp"; then kill -TERM "$hp"; fi
+    kill -TERM "$old"; i=0; while alive "$old" && [ "$i" -lt 200 ]; do sleep 0.05; i=$((i + 1)); done
+    alive "$old" && kill -KILL "$old"
+    [ -n "$fleet_staged" ] && put_new
+    rm -f "$ADMIN"; start
+  fi
+  rm -f "$OLD_MASTER" "$OLD_ADMIN"
+  if [ "$result" = started ]; then echo "@@fleet after"; show_proc "$MASTER"; fi
+  echo "@@fleet log"; since "$LOG" "$off"
+  echo "@@fleet result $result"
+  exit 0
+fi
+if [ -z "$pid" ]; then
+  put_new
+  # Runtime state dies with the process: a fresh start must not load a stale one.
+  rm -f "$MASTER" "$STATE"
+  start
   if [ "$result" = started ]; then echo "@@fleet after"; show_proc "$MASTER"; fi
   echo "@@fleet log"; since "$LOG" "$off"
   echo "@@fleet result $result"
@@ -98,28 +192,11 @@ if ! before=$(show_proc "$MASTER"); then
 fi
 echo "@@fleet before"; printf '%s\n' "$before"
 f0=$(printf '%s\n' "$before" | failed); w0=$(printf '%s\n' "$before" | workers)
-# Runtime changes (drain, weights, maint) survive the reload through the state file.
-if st=$(ask "$ADMIN" "show servers state") && [ "$(printf '%s\n' "$st" | head -n 1)" = 1 ]; then
-  printf '%s\n' "$st" >"$STATE.new" && mv -f "$STATE.new" "$STATE"
-else
-  echo "@@fleet warning"; echo "could not save the server state before the reload"
-fi
-cp -f "$CFG" "$CFG.prev"
-mv -f "$new" "$CFG"; fleet_staged=; fleet_sname=
-off=$(size "$LOG")
-if ! ask_retry "$MASTER" reload >/dev/null; then
-  mv -f "$CFG.prev" "$CFG"; echo "@@fleet result no-master"; exit 0
-fi
-result=reload-timeout; i=0; now=
-while [ "$i" -lt 300 ]; do
-  sleep 0.05; i=$((i + 1))
-  now=$(ask "$MASTER" "show proc") || continue
-  f=$(printf '%s\n' "$now" | failed); w=$(printf '%s\n' "$now" | workers)
-  if [ "${f:-0}" -gt "${f0:-0}" ]; then result=reload-failed; break; fi
-  if [ -n "$w" ] && [ "$w" != "$w0" ] && since "$LOG" "$off" | grep -q 'Loading success'; then
-    result=reloaded; break
-  fi
-done
+save_state "$ADMIN"
+cp -fp "$CFG" "$CFG.prev"
+put_new
+reload "$MASTER"
+if [ "$result" = no-master ]; then mv -f "$CFG.prev" "$CFG"; echo "@@fleet result no-master"; exit 0; fi
 # A failed reload leaves the old worker serving the old config: put the old file back to match it.
 if [ "$result" = reload-failed ]; then mv -f "$CFG.prev" "$CFG"; fi
 echo "@@fleet after"; printf '%s\n' "$now"
@@ -141,14 +218,18 @@ mkdir -p "$D" || exit 3
 exec 9>>"$D/lock"
 if command -v flock >/dev/null 2>&1; then flock -w 30 9 || { echo "@@fleet result locked"; exit 0; }; fi
 if ! pid=$(master_pid); then cat >/dev/null; echo "@@fleet result not-running"; exit 0; fi
+# A root master an older fleet started listens on other sockets: the caller's apply replaces it.
+if [ "$(uid_of "$pid")" = 0 ]; then cat >/dev/null; echo "@@fleet result old-master"; exit 0; fi
 sum=$(sha256sum <"$CFG" 2>/dev/null) || sum=
 if [ "${sum%% *}" != "$OLD" ]; then
   cat >/dev/null
   echo "@@fleet current"; cat "$CFG" 2>/dev/null
   echo "@@fleet result stale"; exit 0
 fi
-fleet_stage "$CFG" 0600 "${SIZE:-}" || exit 3
+fleet_stage "$CFG" 0640 "${SIZE:-}" || exit 3
 new=$fleet_staged
+# Readable by HAProxy's group, as apply left the config in place: the next reload reads this file.
+chgrp --reference="$CFG" "$new" || { fleet_unstage; exit 3; }
 if cmp -s "$new" "$CFG"; then fleet_unstage; echo "@@fleet result unchanged"; exit 0; fi
 # All but the deletions in one session of the admin socket, one socat instead of one per command: in `prompt`
 # mode every reply ends with a `> ` prompt, so fleet.node.haproxy.scripts.parse_batch can tell them apart. Any
@@ -194,16 +275,16 @@ STATUS = _COMMON + r"""
 pid=$(master_pid) || pid=
 if [ -z "$pid" ]; then echo "@@fleet result stopped"; exit 0; fi
 echo "@@fleet pid $pid"
-echo "@@fleet proc"; show_proc "$MASTER"
+echo "@@fleet proc"; show_proc "$(msock "$pid")"
 echo "@@fleet result running"
 """
 
 STOP = _COMMON + r"""
 pid=$(master_pid) || pid=
 if [ -z "$pid" ]; then
-  rm -f "$PIDF" "$MASTER" "$ADMIN" "$STATE"; echo "@@fleet result not-running"; exit 0
+  rm -f "$PIDF" "$MASTER" "$ADMIN" "$STATE" "$OLD_MASTER" "$OLD_ADMIN"; echo "@@fleet result not-running"; exit 0
 fi
-procs=$(ask "$MASTER" "show proc" | awk '$1 ~ /^[0-9]+$/ && $2 != "master" { print $1 }')
+procs=$(ask "$(msock "$pid")" "show proc" | awk '$1 ~ /^[0-9]+$/ && $2 != "master" { print $1 }')
 kill -TERM "$pid"
 wait_gone() {
   i=0
@@ -220,7 +301,7 @@ if ! wait_gone 200; then
   kill -KILL $left 2>/dev/null; result=killed
   wait_gone 100 || result=stuck
 fi
-rm -f "$PIDF" "$MASTER" "$ADMIN" "$STATE"
+rm -f "$PIDF" "$MASTER" "$ADMIN" "$STATE" "$OLD_MASTER" "$OLD_ADMIN"
 echo "@@fleet pids"; for p in $pid $procs; do echo "$p"; done
 echo "@@fleet result $result"
 """
@@ -233,11 +314,14 @@ class LbPaths:
 
     base: str = DEFAULT.haproxy_dir
     haproxy: str = "haproxy"
+    # Who HAProxy runs as, in its jail (the Debian package's user).
+    user: str = "haproxy"
 
     def __post_init__(self) -> None:
         check_file(self.base.rstrip("/") or "/", "base_dir")
         if not re.match(r"^[A-Za-z0-9_./-]{1,256}$", self.haproxy):
             raise ValueError(f"haproxy: expected a command name or path, got {self.haproxy!r}")
+        check_name(self.user, "user")
 
     @property
     def files(self) -> HaproxyFiles:
@@ -271,10 +355,23 @@ class LbPaths:
     def chroot(self) -> str:
         return self.files.chroot
 
+    @property
+    def cert_dir(self) -> str:
+        """Where the certificate bundles are (fleet.node.haproxy.certs.CERT_DIR under the default base)."""
+        return f"{self.files.dir}/certs"
+
+    @property
+    def acme_map(self) -> str:
+        return f"{self.files.dir}/acme.map"
+
     def env(self) -> dict[str, str]:
-        return {"D": self.base.rstrip("/"), "CFG": self.config, "MASTER": self.master_socket,
-                "ADMIN": self.admin_socket, "STATE": self.state_file, "PIDF": self.pid_file, "LOG": self.log_file,
-                "HAPROXY": self.haproxy, "CHROOT": self.chroot}
+        d = self.files.dir
+        # OLD_*: where an older fleet, whose master ran as root, had its sockets (found, and replaced, once).
+        return {"D": d, "CFG": self.config, "MASTER": self.master_socket, "ADMIN": self.admin_socket,
+                "STATE": self.state_file, "PIDF": self.pid_file, "LOG": self.log_file, "HAPROXY": self.haproxy,
+                "CHROOT": self.chroot, "JAIL": self.files.jail, "RUN": self.files.run_dir, "HUSER": self.user,
+                "CERTS": self.cert_dir, "MAP": self.acme_map, "OLD_MASTER": f"{d}/master.sock",
+                "OLD_ADMIN": f"{d}/admin.sock"}
 
 
 def apply_script(paths: LbPaths, size: int | None = None) -> Script:
