@@ -46,6 +46,21 @@ def fake_apt(tmp: Path, install: str) -> dict[str, str]:
             "PYTHON": "false"}
 
 
+def group_commands(pgid: int) -> list[str]:
+    """The command names of the processes in process group `pgid`."""
+    names = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            if int(fields[2]) == pgid:
+                names.append(stat[stat.index("(") + 1:stat.rindex(")")])
+    return names
+
+
 def run_setup(tmp: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["sh", str(tmp / "repo" / "scripts" / "setup.sh")], env=env, capture_output=True,
                           text=True, timeout=30)
@@ -76,6 +91,10 @@ def test_signal_during_apt_install_leaves_no_policy_rc_d_behind(tmp_path: Path, 
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         wait_until(lambda: (tmp_path / "seen").exists(), 10, 0.02, "apt-get install to start")
+        # And its `sleep` to run: the fake apt-get is a dash, which holds a SIGINT that lands between writing `seen`
+        # and forking `sleep` until that child ends (dash defers it there), so a signal sent then waited out the 20 s
+        # (reproduced under load, 14 runs in 150). A real apt gets the signal itself.
+        wait_until(lambda: "sleep" in group_commands(proc.pid), 10, 0.02, "the fake apt-get's sleep to start")
         assert (tmp_path / "policy-rc.d").exists()
         started = time.monotonic()
         os.killpg(proc.pid, sig)
