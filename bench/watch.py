@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from fleet.image.demo import build_demo  # noqa: E402
 from fleet.lab.lab import Lab  # noqa: E402
 from fleet.lab.render import LabConfig  # noqa: E402
+from fleet.node.paths import DEFAULT  # noqa: E402
 
 FLEET = str(Path(sys.executable).with_name("fleet"))
 PORT = 18471
@@ -45,7 +46,7 @@ def fleet(inventory: str, *args: str, env: dict[str, str] | None = None) -> subp
 
 def backend_up(lab: Lab) -> dict[str, str]:
     out = lab.exec_in("lb1", ["sh", "-c", "echo 'show stat -1 4 -1' | "
-                              "socat stdio unix-connect:/var/lib/fleet/haproxy/admin.sock"]).stdout
+                              f"socat stdio unix-connect:{DEFAULT.haproxy_admin_socket}"]).stdout
     rows = [line.split(",") for line in out.splitlines() if line and not line.startswith("#")]
     return {r[1]: r[17] for r in rows if r[0] == "be_wb"}
 

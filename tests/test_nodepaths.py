@@ -62,8 +62,8 @@ def test_default_paths_are_fleets_directories_on_a_node():
     assert p.secret_file("web-0-ab12.env") == "/run/fleet/secrets/web-0-ab12.env"
     assert p.haproxy_dir == "/var/lib/fleet/haproxy"
     assert p.haproxy_config == "/var/lib/fleet/haproxy/haproxy.cfg"
-    assert p.haproxy_admin_socket == "/var/lib/fleet/haproxy/admin.sock"
-    assert p.haproxy_master_socket == "/var/lib/fleet/haproxy/master.sock"
+    assert p.haproxy_admin_socket == "/var/lib/fleet/haproxy/run/admin.sock"
+    assert p.haproxy_master_socket == "/var/lib/fleet/haproxy/run/master.sock"
     assert p.haproxy_state_file == "/var/lib/fleet/haproxy/server-state"
     assert (p.records_dir, p.lease_file) == ("/var/lib/fleet/records", "/var/lib/fleet/lease")
     assert p.runtime_version_cache("ctr") == "/var/lib/fleet/facts.ctr.version"

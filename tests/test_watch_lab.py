@@ -29,6 +29,7 @@ from loadgen import Load
 
 from fleet.core import labels as L
 from fleet.image.demo import build_demo
+from fleet.node.paths import DEFAULT
 
 pytestmark = pytest.mark.lab
 
@@ -125,7 +126,7 @@ def reconciled(e: dict[str, Any]) -> bool:
 def backend(lab: Any) -> dict[str, str]:
     """HAProxy's server states of the service's backend: {server: status}, read on lb1 without SSH."""
     out = lab.lab.exec_in("lb1", ["sh", "-c", "echo 'show stat -1 4 -1' | "
-                                  "socat stdio unix-connect:/var/lib/fleet/haproxy/admin.sock"]).stdout
+                                  f"socat stdio unix-connect:{DEFAULT.haproxy_admin_socket}"]).stdout
     rows = [line.split(",") for line in out.splitlines() if line and not line.startswith("#")]
     return {r[1]: r[17] for r in rows if r[0] == f"be_{SERVICE}"}
 
