@@ -18,7 +18,6 @@ from fleet.node.cni import CNI_PATH
 from fleet.node.facts import FACTS_SCRIPT, parse_facts
 from fleet.node.haproxy.scripts import LbPaths, apply_script, parse_script_output
 from fleet.node.preflight import CNI_DIR, CNI_PLUGINS, lack_text
-from fleet.node.runtime.ctr import LACKS as CTR_LACKS
 from fleet.plan.needs import lacking, service_needs
 from fleet.plan.reconcile import plan
 from fleet.plan.scheduler import Existing, NodeState, ServiceDemand, place
@@ -114,11 +113,10 @@ def test_a_node_report_carries_the_words_into_the_schedulers_view(tmp_path: Path
     out = subprocess.run(["/bin/sh", "-c", script.text], capture_output=True, text=True, env=env, timeout=30).stdout
     report = report_from(n, 0, out.replace("@lacks=", "@lacks= cni"), None, 0.1)
     assert report.facts is not None
-    # The tools it misses, and what its runtime (ctr here) cannot do.
+    # The tools it misses (its runtime, ctr here, lacks nothing a service may ask since `user` has a wrapper).
     assert dict(report.node_state.lacks) == {
         "cni": "lacks CNI plugins (fleet node prepare n3 installs them)",
-        "runc": "lacks runc (containerd's runtime) (fleet node prepare n3 installs it)",
-        "user": f"user: {CTR_LACKS['user']}"}
+        "runc": "lacks runc (containerd's runtime) (fleet node prepare n3 installs it)"}
 
 
 def test_no_runtime_names_prepare() -> None:

@@ -147,13 +147,6 @@ def test_credentials_from_the_secret_store_pinned_tag_rerolled_under_load(lab, l
                                 check=False)
         assert probe.stdout.split()[:3] == ["1000", "CapEff:", "0000000000000000"], probe.stdout + probe.stderr
         assert "Read-only file system" in probe.stdout + probe.stderr
-        # `user:` on these ctr nodes is refused, saying why, and nothing starts.
-        (tmp_path / "user.yaml").write_text(yaml.safe_dump({"services": {"rg-user": {**service, "user": "1000",
-                                                                                     "lb": {"port": lb_port + 1}}}}))
-        user = fleet_env(env, "apply", str(tmp_path / "user.yaml"))
-        outputs.append(user.stdout + user.stderr)
-        assert user.returncode != 0 and "ctr 1.6 `run` has no --user" in outputs[-1]
-        assert "rg-user" not in fleet_env(env, "ps", "--json").stdout
         # The tag pushed again with other content: plan shows the new digest, apply rolls it under load.
         second = publish(f"rb{L.random_suffix(5)}")
         plan = fleet_env(env, "plan", str(pb))
@@ -186,8 +179,23 @@ def test_credentials_from_the_secret_store_pinned_tag_rerolled_under_load(lab, l
                                     input=PASSWORD + "\n", check=False)
             assert files.stdout == "", files.stdout
         assert not any(PASSWORD in o for o in outputs)
+        # `user:` on these ctr nodes (whose `ctr run` has no --user): through fleet's runc wrapper, the image's
+        # uid 1000 overridden by the name `nobody` from the image's /etc/passwd, main process and exec alike.
+        (tmp_path / "user.yaml").write_text(yaml.safe_dump({"services": {"rg-user": {
+            **service, "replicas": 1, "user": "nobody", "lb": {"port": lb_port + 1}}}}))
+        user = fleet_env(env, "apply", str(tmp_path / "user.yaml"))
+        outputs.append(user.stdout + user.stderr)
+        assert user.returncode == 0, outputs[-1]
+        (u,) = [c for c in json.loads(fleet_env(env, "ps", "--json").stdout)["containers"]
+                if c.get("service") == "rg-user"]
+        probe = lab.lab.exec_in(u["node"], ["sh", "-c", f"pid=$(ctr -n fleet tasks ls | awk '$1 == \"{u['id']}\" "
+                                            "{print $2}'); grep ^Uid /proc/$pid/status; "
+                                            f"ctr -n fleet tasks exec --exec-id u1 {u['id']} id -u"], check=False)
+        assert probe.stdout.split()[:2] == ["Uid:", "65534"] and probe.stdout.split()[-1] == "65534", (
+            probe.stdout + probe.stderr)
     finally:
         fleet_env(env, "destroy", "rg-app", "--grace", "1")
+        fleet_env(env, "destroy", "rg-user", "--grace", "1")
 
 
 def fleet_env(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -1,6 +1,6 @@
 """Container security settings (`user`, `read_only`, `cap_add`/`cap_drop`, `no_new_privileges`): the playbook's
-fields, the hash, the exact runtime flags, the scheduler refusing a ctr node a `user` it cannot set, and (lab) what
-a container started by the ctr driver on a private containerd can and cannot do."""
+fields, the hash, the exact runtime flags (`user` on ctr through fleet's runc wrapper: tests/test_runas.py), and
+(lab) what a container started by the ctr driver on a private containerd can and cannot do, and as whom it runs."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import itertools
 import subprocess
 import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from local_containerd import Containerd, available, local_containerd
@@ -16,6 +17,7 @@ from fleet.config.spec import ServiceSpec, from_playbook_dict, parse_playbook, t
 from fleet.config.spec.security import DEFAULT_CAPABILITIES, SecuritySpec
 from fleet.core.errors import SpecError
 from fleet.core.model import CommandResult, Resources
+from fleet.core.shell import Script
 from fleet.engine.runspec import run_spec
 from fleet.image.demo import build_demo
 from fleet.node.runtime.base import Mount, RunSpec
@@ -90,16 +92,25 @@ def test_run_spec_carries_the_settings():
         True, (), ("CAP_NET_RAW",), False, None)
 
 
-def test_ctr_flags_exact_and_user_refused_naming_the_field():
-    d = CtrDriver()
+def test_ctr_flags_exact_and_user_through_the_runc_wrapper():
+    d = CtrDriver(logger="/srv/f/bin/logger-x")
     run = RunSpec(id="a-1-x", image="img", read_only=True, cap_add=("CAP_NET_ADMIN",), cap_drop=("CAP_NET_RAW",),
                   no_new_privileges=False)
     argv = d.run_argv(run)
     assert argv[argv.index("--read-only"):argv.index("img")] == [
         "--read-only", "--cap-add", "CAP_NET_ADMIN", "--cap-drop", "CAP_NET_RAW", "--allow-new-privs"]
-    assert not {"--read-only", "--allow-new-privs", "--cap-add"} & set(d.run_argv(RunSpec(id="a-1-x", image="i")))
-    with pytest.raises(ValueError, match=r"a-1-x: user '1000': ctr 1.6 `run` has no --user"):
-        d.run_argv(RunSpec(id="a-1-x", image="img", user="1000"))
+    assert not {"--read-only", "--allow-new-privs", "--cap-add", "--runc-binary"} & set(
+        d.run_argv(RunSpec(id="a-1-x", image="i")))
+    user = RunSpec(id="a-1-x", image="img", user="1000")
+    path, text = d.runas("1000")
+    assert path.startswith("/srv/f/bin/runc-as-") and "U='1000'" in text
+    argv = d.run_argv(user)
+    assert argv[argv.index("--runc-binary") + 1] == path
+    script = d.run(user).command
+    assert isinstance(script, Script) and script.env["RUNAS"] == path and script.env["RUNAS_SH"] == text
+    assert d.runas("1000:1000")[0] != path
+    with pytest.raises(ValueError, match="user"):
+        d.runas("x'; rm -rf /")
 
 
 def test_nerdctl_flags_exact():
@@ -111,18 +122,11 @@ def test_nerdctl_flags_exact():
     assert "--security-opt" not in plain and "--user" not in plain
 
 
-def test_scheduler_refuses_a_ctr_node_a_user_and_says_why():
+def test_a_ctr_node_takes_a_service_with_a_user():
     spec = one('user: "1000"\nreplicas: 2\nresources: {cpu: 0.1, memory: 16MiB}\n')
-    # A ctr node's report lists what its runtime cannot do among its lacks, with the words (results.nodes).
+    assert dict(LACKS) == {}
     ctr_node = NodeState("n1", Resources(2, 1 << 30), lacks={n: f"{n}: {why}" for n, why in LACKS.items()})
-    nerdctl_node = NodeState("n2", Resources(2, 1 << 30))
-    placed = place([ctr_node, nerdctl_node], [], [demand_for(spec)])
-    assert {a.node for a in placed.assignments} == {"n2"}
-    refused = place([ctr_node], [], [demand_for(spec)])
-    assert refused.rejected["n1"] == f"web: user: {LACKS['user']}"
-    assert "n1 lacks what it needs" in refused.unplaced[0].reason
-    # Without `user`, ctr nodes take it.
-    assert len(place([ctr_node], [], [demand_for(one())]).assignments) == 1
+    assert len(place([ctr_node], [], [demand_for(spec)]).assignments) == 2
 
 
 # --- lab: a private containerd (tests/local_containerd.py), the command lines run with `sh -c`
@@ -162,5 +166,37 @@ def test_read_only_replica_running_as_uid_1000_cannot_write_its_root(ctrd: tuple
         assert inside("touch /tmp/y && echo ok").stdout.strip() == "ok"
         status = inside("grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status").stdout.split()
         assert status == ["CapEff:", "0000000000000000", "CapBnd:", "0000000000000000", "NoNewPrivs:", "1"]
+    finally:
+        c.sh(d.remove(run.id).line())
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize(("user", "ids"), [("nobody", "65534 65534"), ("2000:3000", "2000 3000"),
+                                           ("1000", "1000 0")])
+def test_user_on_ctr_runs_the_main_process_and_execs_as_that_user(ctrd: tuple[Containerd, CtrDriver, str],
+                                                                  user: str, ids: str):
+    c, d, image = ctrd  # the image says User 1000; the service's user wins
+    run = RunSpec(id=f"usr-1-{abs(hash(user)) % 10**6:06d}", image=image, command=("sleep", "60"), user=user)
+    proc = c.sh(d.run(run).line())
+    assert proc.returncode == 0, proc.stderr
+    try:
+        pid = c.ctr("tasks", "ls").stdout.split(run.id)[1].split()[0]
+        status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+        assert status["Uid"].split()[0] + " " + status["Gid"].split()[0] == ids
+        inside = c.ctr("tasks", "exec", "--exec-id", "e1", run.id, "sh", "-c", "echo $(id -u) $(id -g)",
+                       check=False)
+        assert inside.stdout.strip() == ids, inside.stdout + inside.stderr
+    finally:
+        c.sh(d.remove(run.id).line())
+
+
+@pytest.mark.lab
+def test_a_user_the_image_does_not_have_fails_the_start_and_leaves_nothing(ctrd: tuple[Containerd, CtrDriver, str]):
+    c, d, image = ctrd
+    run = RunSpec(id="usr-1-nouser", image=image, command=("sleep", "60"), user="ghost")
+    proc = c.sh(d.run(run).line())
+    try:
+        assert proc.returncode != 0
+        assert run.id not in c.ctr("containers", "ls", "-q").stdout
     finally:
         c.sh(d.remove(run.id).line())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import re
 import shlex
 from collections.abc import Sequence
@@ -37,25 +38,28 @@ from fleet.node.runtime.base import (
     parse_ok,
     parse_text,
 )
+from fleet.node.runtime.runas import runas_script
 
 NO_MEMORY_LIMIT = 9223372036854771712
 # What a service may ask that `ctr run` (containerd 1.6) cannot do, and why: the scheduler refuses ctr nodes for
-# such a service with this reason (never a setting silently ignored). `--config` would take a whole OCI spec, and
-# with it ctr takes no image (FACTS §2.1).
-LACKS = MappingProxyType({
-    "user": "ctr 1.6 `run` has no --user: set USER in the image, or run nerdctl on the node",
-})
+# such a service with this reason (never a setting silently ignored). None today: `user`, which ctr 1.6 `run` has
+# no flag for, goes through a runc wrapper (fleet.node.runtime.runas).
+LACKS: MappingProxyType[str, str] = MappingProxyType({})
 DEFAULT_LOG_DIR = NODE_PATHS.logs_dir
 _EXISTS_RC = 17
 
 DEFAULT_LOGGER = f"{NODE_PATHS.base}/bin/logger-{hashlib.sha256(LOGGER_SH.encode()).hexdigest()[:12]}"
-# Put in place by every run script that needs it (a new version gets a new name, so none is changed in use).
-_LOGGER_INSTALL = (
-    'if [ ! -x "$LOGGER" ]; then\n'
-    '  mkdir -p "$(dirname "$LOGGER")" && printf \'%s\' "$LOGGER_SH" >"$LOGGER.$$" && chmod 755 "$LOGGER.$$" '
-    '&& mv -f "$LOGGER.$$" "$LOGGER" || exit 1\n'
-    'fi\n'
-)
+
+
+def _install(var: str) -> str:
+    """The run script's lines that put the script in `$<var>_SH` at `$<var>`, executable, unless it is there (a new
+    version gets a new name, so none is changed in use)."""
+    return (
+        f'if [ ! -x "${var}" ]; then\n'
+        f'  mkdir -p "$(dirname "${var}")" && printf \'%s\' "${var}_SH" >"${var}.$$" && chmod 755 "${var}.$$" '
+        f'&& mv -f "${var}.$$" "${var}" || exit 1\n'
+        'fi\n'
+    )
 
 
 def _mount_arg(m: Mount) -> str:
@@ -131,15 +135,22 @@ class CtrDriver(CliDriver):
         return argv
 
     def security_args(self, spec: RunSpec) -> list[str]:
-        """Read-only root, capabilities, no-new-privileges (ctr's default: on); `user` is refused (`LACKS`)."""
-        if spec.user is not None:
-            raise ValueError(f"{spec.id}: user {spec.user!r}: {LACKS['user']}")
+        """Read-only root, capabilities, no-new-privileges (ctr's default: on), and `user` through fleet's runc
+        wrapper for it (`runas`)."""
         argv = ["--read-only"] if spec.read_only else []
         for cap in spec.cap_add:
             argv += ["--cap-add", cap]
         for cap in spec.cap_drop:
             argv += ["--cap-drop", cap]
+        if spec.user is not None:
+            argv += ["--runc-binary", self.runas(spec.user)[0]]
         return argv if spec.no_new_privileges else [*argv, "--allow-new-privs"]
+
+    def runas(self, user: str) -> tuple[str, str]:
+        """The runc wrapper that runs a container as `user` (fleet.node.runtime.runas): its path on the node, beside
+        the logger, and its text; the run script puts it there."""
+        path, text = runas_script(user)
+        return f"{posixpath.dirname(self.logger)}/{posixpath.basename(path)}", text
 
     def run(self, spec: RunSpec) -> Call[None]:
         """Start a container detached; refuse an existing ID, and remove the leftovers of a failed start."""
@@ -150,7 +161,8 @@ class CtrDriver(CliDriver):
             + f'  echo "ctr: container \\"$ID\\": already exists" >&2; exit {_EXISTS_RC}\n'
             + "fi\n"
             + 'mkdir -p "$(dirname "$LOG")" || exit 1\n'
-            + _LOGGER_INSTALL
+            + _install("LOGGER")
+            + (_install("RUNAS") if spec.user is not None else "")
             # How this log is rotated, beside it: for the rotation of fleet's runs (fleet.node.logrotate).
             + 'printf \'%s %s\\n\' "$LOG_SIZE" "$LOG_FILES" >"$LOG.rotate" || exit 1\n'
             + shlex.join(self.run_argv(spec)) + "\n"
@@ -166,6 +178,8 @@ class CtrDriver(CliDriver):
             text += shlex.join(label) + " >/dev/null\n"
         env = {"ID": spec.id, "LOG": log, "LOG_SIZE": str(spec.log_max_size), "LOG_FILES": str(spec.log_max_files),
                "LOGGER": self.logger, "LOGGER_SH": LOGGER_SH}
+        if spec.user is not None:
+            env["RUNAS"], env["RUNAS_SH"] = self.runas(spec.user)
         return Call(Script(text, env), parse_run, what=f"run {spec.id}")
 
     def restart_labels(self, log_uri: str) -> list[str]:
