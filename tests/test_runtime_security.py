@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import subprocess
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -198,5 +199,28 @@ def test_a_user_the_image_does_not_have_fails_the_start_and_leaves_nothing(ctrd:
     try:
         assert proc.returncode != 0
         assert run.id not in c.ctr("containers", "ls", "-q").stdout
+    finally:
+        c.sh(d.remove(run.id).line())
+
+
+@pytest.mark.lab
+def test_the_restart_monitor_starts_a_user_container_again_as_that_user(ctrd: tuple[Containerd, CtrDriver, str]):
+    c, d, image = ctrd  # the wrapper is the container's runc (its runtime options), so restarts go through it too
+    run = RunSpec(id="usr-1-restart", image=image, command=("sh", "-c", "sleep 1; exit 3"), user="2000:3000",
+                  restart="always")
+    proc = c.sh(d.run(run).line())
+    assert proc.returncode == 0, proc.stderr
+    try:
+        first = c.ctr("tasks", "ls").stdout.split(run.id)[1].split()[0]
+        deadline = time.monotonic() + 15
+        while True:
+            row = c.ctr("tasks", "ls").stdout.split(run.id)
+            pid = row[1].split()[:2] if len(row) > 1 else []
+            if len(pid) == 2 and pid[1] == "RUNNING" and pid[0] != first:
+                break
+            assert time.monotonic() < deadline, "not restarted within 15 s"
+            time.sleep(0.2)
+        status = dict(line.split(":", 1) for line in Path(f"/proc/{pid[0]}/status").read_text().splitlines())
+        assert (status["Uid"].split()[0], status["Gid"].split()[0]) == ("2000", "3000")
     finally:
         c.sh(d.remove(run.id).line())
