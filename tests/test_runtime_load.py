@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from fleet.core.model import Resources
 from fleet.node.facts import NodeFacts
-from fleet.plan.scheduler import NodeState, ServiceDemand, place
+from fleet.plan.scheduler import Existing, NodeState, ServiceDemand, place
 
 GiB = 1 << 30
 
@@ -27,3 +27,19 @@ def test_a_burst_of_load_does_not_refuse_the_node_a_sustained_one_does():
     refused = place([NodeState("n1", Resources(2, 4 * GiB), others=held.others)], [], want)
     assert not refused.assignments
     assert "cpu 2 in use beyond fleet's requests (load)" in refused.rejected["n1"]
+
+
+def test_replicas_already_on_an_overloaded_node_are_kept_there_and_nothing_new_joins_them():
+    """Fifteen minutes of load on the node's every CPU: its replicas of an older revision are not moved off it for
+    the load (kept, same node and port, assigned the new revision), and a replica more is not placed beside them.
+    (A rolling update's surge replica is a new placement: on such a node it is refused for the load too.)"""
+    want = [ServiceDemand("web", 2, Resources(0.5, 64 << 20), spec_hash="new")]
+    held = facts((8.0, 7.5, 6.0))
+    old = [Existing("web", i, "n1", Resources(0.5, 64 << 20), 20000 + i, "old") for i in range(2)]
+    placed = place([NodeState("n1", Resources(2, 4 * GiB), others=held.others)], old, want)
+    assert [(a.node, a.port, a.reason, a.spec_hash) for a in placed.assignments] == [
+        ("n1", 20000, "keep", "new"), ("n1", 20001, "keep", "new")]
+    assert not placed.unplaced
+    more = place([NodeState("n1", Resources(2, 4 * GiB), others=held.others)], old,
+                 [ServiceDemand("web", 3, Resources(0.5, 64 << 20), spec_hash="new")])
+    assert len(more.assignments) == 2 and len(more.unplaced) == 1
