@@ -183,6 +183,15 @@ def placement_inputs(
     demands += [demand_for(s, volumes=volumes, nodes=nodes) for s in specs]
     shaped = [replace(n, ports_in_use=n.ports_in_use | frozenset(busy_ports[n.name])) if n.name in busy_ports else n
               for n in nodes]
+    # A replica on its way out gives its room back when it stops, and its own work is part of the load its node
+    # measures: that load does not refuse its replacement there (up to the CPU those replicas ask), so a busy node
+    # keeps its share of a rolling update instead of the update waiting for room the load took.
+    leaving: dict[str, float] = {}
+    for rs in outdated.values():
+        for r in rs:
+            leaving[r.node] = leaving.get(r.node, 0.0) + r.resources.cpu
+    shaped = [replace(n, others=replace(n.others, cpu=max(0.0, round(n.others.cpu - leaving[n.name], 3))))
+              if leaving.get(n.name) and n.others.cpu > 0 else n for n in shaped]
     return shaped, existing, demands, outdated
 
 
