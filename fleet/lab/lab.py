@@ -247,6 +247,43 @@ def _sshd_pid(cfg: LabConfig, node: LabNode) -> int | None:
     return _read_pid(fresh.in_node(_read_pid(f"{d}/holder.pid"), "/run/sshd.pid") if cfg.fresh else f"{d}/sshd.pid")
 
 
+def _node_files(cfg: LabConfig, node: LabNode, rootfs: str | None) -> str | None:
+    """A node's directory made ready for its init (its own /etc or, fresh, its overlay's seed; its host key,
+    config files and memory cgroup, no stale PID file); returns the cgroup (None without memory cgroups)."""
+    d = node_dir(cfg, node)
+    for sub in ("ssh",) if rootfs else ("run/sshd", "containerd", "root/.ssh", "state", "ssh"):
+        os.makedirs(f"{d}/{sub}", exist_ok=True)
+    if not rootfs:
+        os.chmod(f"{d}/root", 0o700)
+        # The node's own /etc, a copy of this machine's taken when the node is made and bind-mounted over /etc
+        # in its mount namespace: a user, a sudoers entry or an sshd drop-in made on a node (by fleet or by a
+        # test) stays on that node and goes with the lab, and no file the host shares is ever written.
+        shutil.rmtree(f"{d}/etc", ignore_errors=True)
+        _run(["cp", "-a", "/etc", f"{d}/etc"])
+    hostkey = f"{d}/ssh/ssh_host_ed25519_key"
+    if not os.path.exists(hostkey):
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", node.name, "-f", hostkey])
+    if rootfs:
+        fresh.seed(cfg, node, rootfs)
+    cgroup = render.node_cgroup(cfg, node) if _memory_cgroups() else None
+    if cgroup is not None:
+        _remove_cgroup(cgroup)  # a crashed run's leftover
+        os.makedirs(cgroup)
+        if node.memory is not None:
+            with open(f"{cgroup}/memory.limit_in_bytes", "w") as fh:
+                fh.write(str(parse_memory(node.memory)))
+    files = {"init.sh": render.fresh_init_script(cfg, node, rootfs, cgroup is not None)} if rootfs else {
+        "sshd_config": render.sshd_config(cfg, node), "containerd.toml": render.containerd_config(cfg),
+        "init.sh": render.init_script(cfg, node, memory_cgroup=cgroup is not None)}
+    for name, text in files.items():
+        with open(f"{d}/{name}", "w") as fh:
+            fh.write(text)
+    for stale in ("sshd.pid", "containerd.pid", "holder.pid"):
+        if os.path.exists(f"{d}/{stale}"):
+            os.unlink(f"{d}/{stale}")
+    return cgroup
+
+
 class Lab:
     """Builds, inspects and removes one lab, named by its prefix."""
 
@@ -381,36 +418,7 @@ class Lab:
     def _create_node(self, node: LabNode, rootfs: str | None = None) -> None:
         cfg = self.cfg
         ns, veth, d = node.netns(cfg.prefix), node.veth(cfg.prefix), node_dir(cfg, node)
-        for sub in ("ssh",) if rootfs else ("run/sshd", "containerd", "root/.ssh", "state", "ssh"):
-            os.makedirs(f"{d}/{sub}", exist_ok=True)
-        if not rootfs:
-            os.chmod(f"{d}/root", 0o700)
-            # The node's own /etc, a copy of this machine's taken when the node is made and bind-mounted over /etc
-            # in its mount namespace: a user, a sudoers entry or an sshd drop-in made on a node (by fleet or by a
-            # test) stays on that node and goes with the lab, and no file the host shares is ever written.
-            shutil.rmtree(f"{d}/etc", ignore_errors=True)
-            _run(["cp", "-a", "/etc", f"{d}/etc"])
-        hostkey = f"{d}/ssh/ssh_host_ed25519_key"
-        if not os.path.exists(hostkey):
-            _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", node.name, "-f", hostkey])
-        if rootfs:
-            fresh.seed(cfg, node, rootfs)
-        cgroup = render.node_cgroup(cfg, node) if _memory_cgroups() else None
-        if cgroup is not None:
-            _remove_cgroup(cgroup)  # a crashed run's leftover
-            os.makedirs(cgroup)
-            if node.memory is not None:
-                with open(f"{cgroup}/memory.limit_in_bytes", "w") as fh:
-                    fh.write(str(parse_memory(node.memory)))
-        files = {"init.sh": render.fresh_init_script(cfg, node, rootfs, cgroup is not None)} if rootfs else {
-            "sshd_config": render.sshd_config(cfg, node), "containerd.toml": render.containerd_config(cfg),
-            "init.sh": render.init_script(cfg, node, memory_cgroup=cgroup is not None)}
-        for name, text in files.items():
-            with open(f"{d}/{name}", "w") as fh:
-                fh.write(text)
-        for stale in ("sshd.pid", "containerd.pid", "holder.pid"):
-            if os.path.exists(f"{d}/{stale}"):
-                os.unlink(f"{d}/{stale}")
+        cgroup = _node_files(cfg, node, rootfs)
         _run(["ip", "netns", "add", ns])
         # A MAC derived from the address keeps the host's neighbour cache right when a node is rebuilt;
         # with a fresh random MAC the host sends to the old one until its entry goes stale (many seconds).
