@@ -79,11 +79,9 @@ def machine_ticks() -> tuple[int, int]:
     return sum(cols) - idle, sum(cols)
 
 
-USAGE: list[str] = []  # one line per timed apply: the controller's CPU and the machine's busy share
-
-
-def timed_apply(pb_dir: Path, inventory: str, env: dict[str, str], parallel: int | None) -> tuple[float, int]:
-    """Seconds of one whole `fleet apply` and the number of services it changed; raises when any failed."""
+def timed_apply(pb_dir: Path, inventory: str, env: dict[str, str], parallel: int | None) -> tuple[float, int, str]:
+    """Seconds of one whole `fleet apply`, the number of services it changed and what it cost (the controller's
+    CPU, the machine's busy share); raises when any failed."""
     extra = ["--parallel", str(parallel)] if parallel is not None else []
     r0, m0 = resource.getrusage(resource.RUSAGE_CHILDREN), machine_ticks()
     t0 = time.perf_counter()
@@ -92,7 +90,7 @@ def timed_apply(pb_dir: Path, inventory: str, env: dict[str, str], parallel: int
     r1, m1 = resource.getrusage(resource.RUSAGE_CHILDREN), machine_ticks()
     own = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
     busy = (m1[0] - m0[0]) / max(1, m1[1] - m0[1])
-    USAGE.append(f"controller {own:.1f} cpu-s, machine {busy:.0%} busy")
+    usage = f"controller {own:.1f} cpu-s, machine {busy:.0%} busy"
     lines = [line for line in proc.stdout.splitlines() if not line.startswith('{"event"')]
     result: dict[str, Any] = {}
     with contextlib.suppress(ValueError):
@@ -100,7 +98,7 @@ def timed_apply(pb_dir: Path, inventory: str, env: dict[str, str], parallel: int
     outcomes = result.get("outcomes", [])
     if proc.returncode != 0 or not all(o["ok"] for o in outcomes):
         raise SystemExit(f"apply failed (exit {proc.returncode}): {outcomes} {proc.stderr[-1500:]}")
-    return took, sum(1 for o in outcomes if o["changed"])
+    return took, sum(1 for o in outcomes if o["changed"]), usage
 
 
 def reloads(lab: Lab) -> int:
@@ -147,10 +145,10 @@ def main() -> None:
             def pair(kind: str, image: str) -> None:
                 write_playbook(solo_dir, ["solo"], image, args.replicas, BASE_PORT - 1)
                 r0 = reloads(lab)
-                one, _ = timed_apply(solo_dir, inventory, env, None)
+                one, _, one_usage = timed_apply(solo_dir, inventory, env, None)
                 write_playbook(many_dir, many, image, args.replicas, BASE_PORT)
                 r1 = reloads(lab)
-                took, changed = timed_apply(many_dir, inventory, env, args.parallel)
+                took, changed, many_usage = timed_apply(many_dir, inventory, env, args.parallel)
                 r2 = reloads(lab)
                 if changed != len(many):
                     raise SystemExit(f"{kind}: {changed} of {len(many)} services changed")
@@ -159,8 +157,8 @@ def main() -> None:
                 ratios.setdefault(kind, []).append(took / one)
                 reloaded.setdefault(f"1 service: {kind}", []).append(r1 - r0)
                 reloaded.setdefault(f"{many_label}: {kind}", []).append(r2 - r1)
-                out.print(f"{kind}: 1 service {one:.1f}s ({r1 - r0} reloads; {USAGE[-2]}), {len(many)} services "
-                          f"{took:.1f}s ({r2 - r1} reloads; {USAGE[-1]}) ({took / one:.2f}x)")
+                out.print(f"{kind}: 1 service {one:.1f}s ({r1 - r0} reloads; {one_usage}), {len(many)} services "
+                          f"{took:.1f}s ({r2 - r1} reloads; {many_usage}) ({took / one:.2f}x)")
 
             pair("create", "fleet.local/demo:v1")
             for i in range(args.rounds):
@@ -169,7 +167,7 @@ def main() -> None:
                 write_playbook(many_dir, many, "fleet.local/demo:v2" if args.rounds % 2 == 0 else
                                "fleet.local/demo:v1", args.replicas, BASE_PORT)
                 r0 = reloads(lab)
-                took, _ = timed_apply(many_dir, inventory, env, 1)
+                took, _, _ = timed_apply(many_dir, inventory, env, 1)
                 serial = f"{args.services} services (--parallel 1): rolling update"
                 times[serial] = [took]
                 reloaded[serial] = [reloads(lab) - r0]
