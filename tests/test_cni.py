@@ -4,7 +4,10 @@ what they are given; the real chain runs in tests/test_netns_lab.py), the run sp
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import signal
 import subprocess
 import textwrap
 from pathlib import Path
@@ -26,11 +29,12 @@ DATA = Path(__file__).parent / "data" / "cni"
 
 
 def test_host_ports_are_bound_to_the_node_address_when_the_inventory_gives_an_ip():
-    """Replica ports on the address HAProxy reaches, not 0.0.0.0 (issue 21): portmap's hostIP."""
-    conf = cni.portmap_conf([cni.PortMap(23456, 80, cni.bound_address("10.241.0.11"))])
-    assert '"hostIP":"10.241.0.11"' in conf
+    """Replica ports on the address HAProxy reaches, not 0.0.0.0 (issue 21): the DNAT rule's `-d`."""
+    bound = cni.attach_script("web-1-abc", "10.88.3.0/24", [cni.PortMap(23456, 80, cni.bound_address("10.241.0.11"))])
+    assert bound.env["PORTS"] == "23456:80:10.241.0.11"
     assert cni.bound_address("worker1.example.internal") is None and cni.bound_address("2001:db8::1") is None
-    assert "hostIP" not in cni.portmap_conf([cni.PortMap(23456, 80, cni.bound_address("web1"))])
+    anywhere = cni.attach_script("web-1-abc", "10.88.3.0/24", [cni.PortMap(23456, 80, cni.bound_address("web1"))])
+    assert anywhere.env["PORTS"] == "23456:80:"
 
 
 def test_attach_script_is_exactly_the_chain_with_its_configurations():
@@ -38,20 +42,18 @@ def test_attach_script_is_exactly_the_chain_with_its_configurations():
     assert script.text == cni.ATTACH_SH and script.name == "fleet-cni-attach"
     assert dict(script.env) == {
         "CACHE": "/var/lib/fleet/cni", "NETNS_DIR": "/run/netns", "CNI_PATH": "/usr/lib/cni", "ID": "web-1-abc",
-        "BRIDGE": "fleet0", "SUBNET": "10.88.3.0/24",
+        "BRIDGE": "fleet0", "SUBNET": "10.88.3.0/24", "CHAIN": "FLEET-HOSTPORTS",
         "BRIDGE_CONF": '{"bridge":"fleet0","cniVersion":"1.0.0","hairpinMode":true,"ipMasq":false,"ipam":'
                        '{"dataDir":"/var/lib/fleet/cni/ipam","ranges":[[{"subnet":"10.88.3.0/24"}]],"routes":'
                        '[{"dst":"0.0.0.0/0"}],"type":"host-local"},"isGateway":true,"name":"fleet","type":"bridge"}',
-        "PORTMAP_CONF": '{"capabilities":{"portMappings":true},"cniVersion":"1.0.0","name":"fleet","runtimeConfig":'
-                        '{"portMappings":[{"containerPort":80,"hostPort":23456,"protocol":"tcp"},'
-                        '{"containerPort":9100,"hostPort":23457,"protocol":"tcp"}]},"type":"portmap"}',
-        "FIREWALL_CONF": '{"backend":"iptables","cniVersion":"1.0.0","name":"fleet","type":"firewall"}',
+        "PORTS": "23456:80: 23457:9100:",
     }
-    # The order that matters: what DEL needs is on disk before ADD runs; bridge, then portmap and firewall on
-    # the bridge's result; the result cached, then printed after the marker.
+    # The order that matters: what DEL needs is on disk before ADD runs (the bridge's configuration, then the
+    # rules that delete the ports before they are added); the node's own rules before the ports' (first use);
+    # the result cached, then printed after the marker.
     text = cni.ATTACH_SH
-    order = ['>"$CACHE/run/$ID"', 'ip netns add "fleet-$ID"', "ADD \"$ID\" bridge", "ADD \"$ID\" portmap",
-             "ADD \"$ID\" firewall", "iptables -w -C", "iptables -w -t nat -C", '>>"$CACHE/run/$ID"',
+    order = ['>"$CACHE/run/$ID"', 'ip netns add "fleet-$ID"', "ADD \"$ID\" bridge", "fleet_cni_node ||",
+             '>"$CACHE/ports/$ID"', "iptables-restore -w --noflush 2>/dev/null", '>>"$CACHE/run/$ID"',
              "echo '@@cni-result'"]
     assert [text.index(s) for s in order] == sorted(text.index(s) for s in order)
     assert cni.netns_path("web-1-abc") == "/run/netns/fleet-web-1-abc"
@@ -217,24 +219,151 @@ def test_bad_ports_and_network_name_file_line_field(body, message):
         parse_playbook(text, "t.yaml")
 
 
+# A stand-in node for the attach script: `ip` answers for the bridge (its MAC from $TOOLS/mac when that exists,
+# its address from $TOOLS/gw), `iptables` logs its arguments and finds no rule (`-C` fails), `iptables-restore`
+# logs its input, and the bridge plugin logs what it is given and answers with a recorded result.
+STAND_IN_TOOLS = {
+    "ip": """case "$*" in
+  "-o link show dev fleet0") [ -f "$TOOLS/mac" ] &&
+    echo "3: fleet0: <UP> mtu 1500\\    link/ether $(cat "$TOOLS/mac") brd ff:ff:ff:ff:ff:ff" ;;
+  "-4 -o addr show dev fleet0") [ -f "$TOOLS/gw" ] && echo "3: fleet0    inet $(cat "$TOOLS/gw") scope global fleet0" ;;
+esac
+exit 0
+""",
+    "iptables": 'echo "$*" >>"$TOOLS/iptables.log"\ncase "$*" in *" -C "*) exit 1 ;; esac\nexit 0\n',
+    "iptables-restore": 'echo "# $*" >>"$TOOLS/restore.log"\ncat >>"$TOOLS/restore.log"\n',
+}
+
+
+def _attach_node(tmp: Path) -> dict[str, str]:
+    env = _fake_node(tmp)
+    tools = tmp / "bin"
+    tools.mkdir()
+    for name, body in STAND_IN_TOOLS.items():
+        (tools / name).write_text("#!/bin/sh\n" + body)
+        (tools / name).chmod(0o755)
+    result = json.loads((DATA / "attach.json").read_text())["stdout"].split("\n", 1)[1]
+    (tmp / "result.json").write_text(result)
+    (tmp / "cni" / "bridge").write_text(FAKE_PLUGIN + '[ "$CNI_COMMAND" = ADD ] && cat "$TOOLS/../result.json"\n')
+    return {**env, "TOOLS": str(tools), "LOG": str(tmp / "log"), "PATH": f"{tools}:/usr/bin:/bin"}
+
+
+def _sh(script: Script, env: dict[str, str], timeout: float = 10) -> subprocess.CompletedProcess[str]:
+    """Run the script; on the timeout its whole process group (a waiting `flock` with it) is killed."""
+    proc = subprocess.Popen(["/bin/sh", "-c", script.text], env={**dict(script.env), **env}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_attach_maps_ports_with_one_restore_and_makes_the_nodes_rules_once(tmp_path):
+    env = _attach_node(tmp_path)
+    tools = tmp_path / "bin"
+    first = cni.attach_script("web-1-abc", "10.88.3.0/24", [cni.PortMap(23456, 80, "10.241.0.11"),
+                                                            cni.PortMap(23457, 9100, "10.241.0.11")], env["CACHE"])
+    (tools / "mac").write_text("4a:7d:bb:97:f2:5a\n")
+    out = _sh(first, env)
+    assert out.returncode == 0, out.stderr
+    assert cni.parse_attach(CommandResult("n1", 0, out.stdout, "", 0.1)) == "10.88.3.2"
+    # First use (no record of this bridge): the node's rules, each checked, then added.
+    made = (tools / "iptables.log").read_text().splitlines()
+    assert "-w -t nat -N FLEET-HOSTPORTS" in made
+    added = [line for line in made if " -C " not in line and " -N " not in line]
+    assert added == [
+        "-w -t nat -A PREROUTING -m addrtype --dst-type LOCAL -j FLEET-HOSTPORTS",
+        "-w -t nat -A OUTPUT -m addrtype --dst-type LOCAL -j FLEET-HOSTPORTS",
+        "-w -t nat -A POSTROUTING -s 10.88.3.0/24 ! -d 10.88.3.0/24 -m comment --comment fleet: containers out "
+        "through the node -j MASQUERADE",
+        "-w -t nat -A POSTROUTING -o fleet0 -s 10.88.3.0/24 -m conntrack --ctstate DNAT -m comment --comment "
+        "fleet: a container to a host port of its node -j MASQUERADE",
+        "-w -t nat -A POSTROUTING -o fleet0 -s 127.0.0.0/8 -m comment --comment fleet: the node to a host port "
+        "-j MASQUERADE",
+        "-w -t filter -I FORWARD -i fleet0 -m comment --comment fleet: from containers -j ACCEPT",
+        "-w -t filter -I FORWARD -o fleet0 -m conntrack --ctstate RELATED,ESTABLISHED,DNAT -m comment --comment "
+        "fleet: to containers, what they or a port mapping opened -j ACCEPT",
+        "-w -t filter -I FORWARD -o fleet0 ! -i fleet0 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -m "
+        "comment --comment fleet: containers only through mapped ports -j DROP",
+    ]
+    rule = "FLEET-HOSTPORTS -d 10.241.0.11/32 -p tcp -m tcp --dport {} -m comment --comment fleet:web-1-abc -j DNAT " \
+           "--to-destination 10.88.3.2:{}"
+    ports = [rule.format(23456, 80), rule.format(23457, 9100)]
+    assert (tools / "restore.log").read_text() == (
+        "# -w --noflush\n*nat\n" + "".join(f"-A {r}\n" for r in ports) + "COMMIT\n")
+    cache = Path(env["CACHE"])
+    assert (cache / "ports" / "web-1-abc").read_text() == "*nat\n" + "".join(f"-D {r}\n" for r in ports) + "COMMIT\n"
+    assert (cache / ".made").read_text() == "4a:7d:bb:97:f2:5a\n"
+    assert (cache / "run" / "web-1-abc").read_text().splitlines()[1:3] == ["", ""]
+    # The next start on the same bridge: not one iptables command, one restore; on any address without `-d`.
+    (tools / "iptables.log").unlink()
+    (tools / "restore.log").unlink()
+    out = _sh(cni.attach_script("api-1-xyz", "10.88.3.0/24", [cni.PortMap(23458, 8080)], env["CACHE"]), env)
+    assert out.returncode == 0, out.stderr
+    assert not (tools / "iptables.log").exists()
+    assert (tools / "restore.log").read_text() == (
+        "# -w --noflush\n*nat\n-A FLEET-HOSTPORTS -p tcp -m tcp --dport 23458 -m comment --comment fleet:api-1-xyz "
+        "-j DNAT --to-destination 10.88.3.2:8080\nCOMMIT\n")
+    # DEL: the rules deleted as recorded, then the bridge plugin; nothing of the container left in the cache.
+    (tools / "restore.log").unlink()
+    out = _sh(cni.detach_script(["web-1-abc"], env["CACHE"]), env)
+    assert out.returncode == 0, out.stderr
+    assert (tools / "restore.log").read_text() == (
+        "# -w --noflush\n*nat\n" + "".join(f"-D {r}\n" for r in ports) + "COMMIT\n")
+    assert (tmp_path / "log").read_text().splitlines()[-1].startswith("DEL web-1-abc bridge")
+    assert sorted(p.name for p in (cache / "run").iterdir()) == ["api-1-xyz"]
+    assert sorted(p.name for p in (cache / "ports").iterdir()) == ["api-1-xyz"]
+
+
+def test_a_new_bridge_makes_the_nodes_rules_again(tmp_path):
+    """After a reboot the bridge is new (another MAC): its first start makes the node's rules again."""
+    env = _attach_node(tmp_path)
+    tools = tmp_path / "bin"
+    (tools / "mac").write_text("4a:7d:bb:97:f2:5a\n")
+    (Path(env["CACHE"]) / ".made").write_text("02:00:00:00:00:01\n")
+    out = _sh(cni.attach_script("web-1-abc", "10.88.3.0/24", [cni.PortMap(23456, 80)], env["CACHE"]), env)
+    assert out.returncode == 0, out.stderr
+    assert "-w -t nat -N FLEET-HOSTPORTS" in (tools / "iptables.log").read_text()
+    assert (Path(env["CACHE"]) / ".made").read_text() == "4a:7d:bb:97:f2:5a\n"
+
+
+def test_starts_share_the_nodes_lock_once_its_network_is_made_and_the_first_start_takes_it_alone(tmp_path):
+    """CNI ADDs of different containers may run at once (the CNI spec); the first, which makes the node's rules,
+    and the sweep (GC) run alone. Shown with a shared hold on the lock: a start on a made network passes it, a
+    first start and a sweep wait for it."""
+    env = _attach_node(tmp_path)
+    tools = tmp_path / "bin"
+    (tools / "mac").write_text("4a:7d:bb:97:f2:5a\n")
+    # flock(1) and fcntl.flock take the same flock(2) locks; closing the file releases it.
+    with open(Path(env["CACHE"]) / ".lock", "w") as holder:
+        fcntl.flock(holder, fcntl.LOCK_SH)
+        first = cni.attach_script("web-1-abc", "10.88.3.0/24", [cni.PortMap(23456, 80)], env["CACHE"])
+        with pytest.raises(subprocess.TimeoutExpired):
+            _sh(first, env, timeout=1.0)
+        with pytest.raises(subprocess.TimeoutExpired):
+            _sh(cni.sweep_script([], env["CACHE"]), env, timeout=1.0)
+        (Path(env["CACHE"]) / ".made").write_text("4a:7d:bb:97:f2:5a\n")
+        assert not list((Path(env["CACHE"]) / "run").iterdir()), "the waiting start wrote nothing"
+        out = _sh(cni.attach_script("api-1-xyz", "10.88.3.0/24", [cni.PortMap(23458, 80)], env["CACHE"]), env,
+                  timeout=5.0)
+        assert out.returncode == 0, out.stderr
+        assert _sh(cni.detach_script(["api-1-xyz"], env["CACHE"]), env, timeout=5.0).returncode == 0
+
+
 def test_attach_keeps_the_subnet_the_nodes_bridge_already_has(tmp_path):
     """A run whose inventory orders the nodes otherwise proposes another subnet: the node's bridge keeps its own
-    (the bridge plugin refuses an address other than the one the bridge has), in the config cached for DEL too."""
-    env = _fake_node(tmp_path)
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    tools = {"ip": '[ "$*" = "-4 -o addr show dev fleet0" ] && '
-                   'echo "7: fleet0    inet 10.88.7.1/24 brd 10.88.7.255 scope global fleet0"\nexit 0\n',
-             "iptables": "exit 0\n"}
-    for name, body in tools.items():
-        (bin_dir / name).write_text("#!/bin/sh\n" + body)
-        (bin_dir / name).chmod(0o755)
+    (the bridge plugin refuses an address other than the one the bridge has), in the config cached for DEL and in
+    the node's rules too."""
+    env = _attach_node(tmp_path)
+    (tmp_path / "bin" / "gw").write_text("10.88.7.1/24")
     script = cni.attach_script("web-1-abc", "10.88.3.0/24", [cni.PortMap(23456, 80)], cache_dir=env["CACHE"])
-    out = subprocess.run(["/bin/sh", "-c", script.text], capture_output=True, text=True, timeout=10,
-                         env={**dict(script.env), **env, "LOG": str(tmp_path / "log"),
-                              "PATH": f"{bin_dir}:/usr/bin:/bin"})
+    out = _sh(script, env)
     assert out.returncode == 0, out.stderr
     bridge_add = next(line for line in (tmp_path / "log").read_text().splitlines() if line.startswith("ADD"))
     assert '"subnet":"10.88.7.0/24"' in bridge_add and "10.88.3." not in bridge_add
     cached = (tmp_path / "cache" / "run" / "web-1-abc").read_text().splitlines()[0]
     assert '"subnet":"10.88.7.0/24"' in cached
+    assert "-s 10.88.7.0/24 ! -d 10.88.7.0/24" in (tmp_path / "bin" / "iptables.log").read_text()

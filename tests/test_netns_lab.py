@@ -189,6 +189,12 @@ def test_container_reaches_a_service_by_name_and_the_gateway(lab, env):
         assert "gateway ok" in inside("wget", "-q", "-O", "-", f"http://{gateway}:{server.server_address[1]}/")
         # Masquerade: the gateway saw the worker node's address, not the container's.
         assert _Seen.clients[-1] == lab.inventory.node(c["node"]).address
+        # Hairpin: a replica reaches its own host port on its node's address (DNAT back into the bridge it came
+        # from; fleet's masquerade of that connection is what lets the answer return the way it went).
+        w = replicas(env, web)[0]
+        own = on_node(lab, w["node"], f"timeout 10 ctr -n fleet tasks exec --exec-id nn-hp-$$ {w['id']} wget -q -O - "
+                                      f"http://{lab.inventory.node(w['node']).address}:{w['port']}/ 2>&1")
+        assert "version=v1" in own, own
     finally:
         server.shutdown()
         server.server_close()

@@ -1,19 +1,23 @@
 """A replica's own network namespace, as node scripts (values) and the parser of what they print; no I/O here.
 
-`attach_script` creates `/run/netns/fleet-<container>` (`ip netns add`) and runs the standard CNI chain in it by hand
-(Debian's containernetworking-plugins 1.1 in /usr/lib/cni, FACTS §12): `bridge` (the node's `fleet0` bridge, host-local
-IPAM on the node's subnet), `portmap` (each host port → its container port, `runtimeConfig.portMappings`, on the node's
-inventory address only when it is an IP address: HAProxy and the health checks use that address and the host port, and
-nothing on the node's other addresses reaches it) and `firewall` (forwarding to the container only for connections it or
-a port mapping opened). Two rules of fleet's per node go with them: one drops any other new connection forwarded into
-the bridge from outside it (other nodes reach a container only through its mapped host port), one masquerades the node
-subnet's outbound traffic (cheaper than the bridge plugin's ipMasq chain per container). The container joins the
-namespace (`ctr run --with-ns network:PATH`) in the same round trip (`attach_and`). What DEL needs (the three
-configurations, then the result) is written to fleet's cache directory on the node *before* ADD runs, so a controller
-killed in between leaves something `sweep_script` can tear down: CNI DEL in reverse order with the cached prevResult,
-then `ip netns delete` (which takes the veth with it). Only what fleet made is touched: namespaces named `fleet-*` and
-cache entries of containers fleet no longer has on the node, and the iptables rules the plugins tag with the container
-ID.
+`attach_script` creates `/run/netns/fleet-<container>` (`ip netns add`) and runs the CNI `bridge` plugin in it by
+hand (Debian's containernetworking-plugins 1.1 in /usr/lib/cni, FACTS §12): the node's `fleet0` bridge, host-local
+IPAM on the node's subnet. Its host ports are fleet's own DNAT rules, one per port, added in one `iptables-restore`
+(the `portmap` plugin it replaces ran about twenty iptables commands per start and again per stop, each reading the
+whole ruleset, so their cost grew with the containers on the node): each host port → its container port, on the
+node's inventory address only when it is an IP address (HAProxy and the health checks use that address and the host
+port, and nothing on the node's other addresses reaches it). The node's own rules are made once, by the first start
+(`fleet_cni_node`): the jumps into fleet's DNAT chain, forwarding into the bridge only for connections a container or
+a port mapping opened (what the `firewall` plugin did per container), a drop of any other new connection forwarded
+into the bridge from outside it (other nodes reach a container only through its mapped host port), the masquerade of
+the node subnet's outbound traffic, and of a container's connection to a host port of its own node (hairpin). The
+container joins the namespace (`ctr run --with-ns network:PATH`) in the same round trip (`attach_and`). What DEL
+needs (the bridge's configuration and the rules to delete, then the result) is written to fleet's cache directory on
+the node *before* ADD runs, so a controller killed in between leaves something `sweep_script` can tear down: the
+rules deleted, CNI DEL with the cached prevResult, then `ip netns delete` (which takes the veth with it). Only what
+fleet made is touched: namespaces named `fleet-*` and cache entries of containers fleet no longer has on the node,
+and the rules that name the container. Entries made by fleet before its own port rules carry the portmap and firewall
+plugins' configurations: their DEL runs those plugins as before.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ CNI_PATH = "/usr/lib/cni"
 CNI_VERSION = "1.0.0"
 NETWORK = "fleet"
 BRIDGE = "fleet0"
+# fleet's DNAT chain of host ports (nat table), jumped to for the node's own addresses.
+CHAIN = "FLEET-HOSTPORTS"
 NETNS_DIR = "/run/netns"
 NETNS_PREFIX = "fleet-"
 CACHE_DIR = f"{NODE_BASE}/cni"
@@ -93,28 +99,19 @@ def bridge_conf(subnet: str, cache_dir: str = CACHE_DIR) -> str:
     })
 
 
-def portmap_conf(ports: Sequence[PortMap]) -> str:
-    return _dumps({
-        "cniVersion": CNI_VERSION, "name": NETWORK, "type": "portmap", "capabilities": {"portMappings": True},
-        "runtimeConfig": {"portMappings": [{"hostPort": p.host, "containerPort": p.container, "protocol": "tcp",
-                                            **({"hostIP": p.host_ip} if p.host_ip else {})} for p in ports]},
-    })
-
-
-def firewall_conf() -> str:
-    return _dumps({"cniVersion": CNI_VERSION, "name": NETWORK, "type": "firewall", "backend": "iptables"})
-
-
-# sh functions shared by the scripts. A cache entry is $CACHE/run/ID: line 1-3 the bridge, portmap and firewall
-# configurations, line 4 (once ADD succeeded) the chain's result. Each plugin gets its configuration on stdin
-# with "prevResult" put before its last character (the configurations are compact JSON objects: "}"). A DEL
-# is attempted even without a result (ADD was cut short): the plugins then release what they find by container
-# ID. Under `set -e` (PREPARE_NODE) a failed DEL must not end the script: `|| :`.
+# sh functions shared by the scripts. A cache entry is $CACHE/run/ID: line 1 the bridge's configuration, lines 2-3
+# empty (an entry from before fleet's own port rules: the portmap and firewall configurations), line 4 (once ADD
+# succeeded) the chain's result; $CACHE/ports/ID holds the iptables-restore input that deletes its port rules. A
+# plugin gets its configuration on stdin with "prevResult" put before its last character (the configurations are
+# compact JSON objects: "}"). A DEL is attempted even without a result (ADD was cut short): the plugins then release
+# what they find by container ID. Under `set -e` (PREPARE_NODE) a failed DEL must not end the script: `|| :`.
 CNI_FUNCTIONS = r"""
-# One CNI chain at a time on a node: the plugins make the bridge, their iptables chains and the IPAM files on first
-# use, and two starts racing there fail one of them. Held until `exec 9>&-` or the script's end.
-fleet_cni_lock() {
-  exec 9>"$CACHE/.lock" && flock -w 60 9 || { echo "cni: no lock on $CACHE/.lock within 60 s" >&2; exit 1; }
+# The CNI spec lets a runtime run ADD and DEL for different containers at once (the plugins lock what they share:
+# host-local its IPAM files, iptables its tables), but not beside GC. So `-s`, shared: an ADD once the node's
+# network is made, a DEL. Exclusive: the sweep (GC), and an ADD that makes the bridge and the node's rules (first
+# use, or after a reboot), where racing starts would add the rules twice. Held until `exec 9>&-` or the end.
+fleet_cni_lock() { # [-s]
+  exec 9>"$CACHE/.lock" && flock ${1:-} -w 60 9 || { echo "cni: no lock on $CACHE/.lock within 60 s" >&2; exit 1; }
 }
 fleet_cni() { # COMMAND ID PLUGIN CONF PREV
   c=$4
@@ -122,7 +119,16 @@ fleet_cni() { # COMMAND ID PLUGIN CONF PREV
   printf '%s' "$c" | CNI_COMMAND=$1 CNI_CONTAINERID=$2 CNI_NETNS=$NETNS_DIR/fleet-$2 CNI_IFNAME=eth0 \
     CNI_PATH=$CNI_PATH "$CNI_PATH/$3"
 }
+fleet_cni_unports() { # ID: delete its port rules (one by one when the batch fails: one of them is gone already)
+  f=$CACHE/ports/$1
+  [ -f "$f" ] || return 0
+  if ! iptables-restore -w --noflush <"$f" 2>/dev/null; then
+    grep '^-D ' "$f" | while read -r rule; do iptables -w -t nat $rule 2>/dev/null || :; done
+  fi
+  rm -f "$f"
+}
 fleet_cni_del() { # ID
+  fleet_cni_unports "$1"
   f=$CACHE/run/$1
   if [ -f "$f" ]; then
     b=$(sed -n 1p "$f"); p=$(sed -n 2p "$f"); w=$(sed -n 3p "$f"); r=$(sed -n 4p "$f")
@@ -137,11 +143,16 @@ fleet_cni_del() { # ID
 
 ATTACH_SH = CNI_FUNCTIONS + r"""
 set -u
-mkdir -p "$CACHE/run" "$CACHE/ipam" || exit 1
+mkdir -p "$CACHE/run" "$CACHE/ipam" "$CACHE/ports" || exit 1
 if [ -e "$NETNS_DIR/fleet-$ID" ] || [ -e "$CACHE/run/$ID" ]; then
   echo "cni: fleet-$ID: already exists" >&2; exit 17
 fi
-fleet_cni_lock
+# The node's network is made when its bridge is the one the last exclusive ADD recorded (its MAC address, random
+# per bridge: a reboot or a new bridge does not match).
+fleet_cni_made() { ip -o link show dev "$BRIDGE" 2>/dev/null | sed -n 's#.* link/ether \([0-9a-f:]*\) .*#\1#p'; }
+made=$(fleet_cni_made)
+if [ -n "$made" ] && [ "$made" = "$(cat "$CACHE/.made" 2>/dev/null)" ]; then fleet_cni_lock -s
+else fleet_cni_lock; made=; fi
 # The node keeps the subnet its bridge already has (another run, or another inventory's order, may propose
 # another): the bridge's gateway address x.y.z.1/24 gives x.y.z.0/24.
 gw=$(ip -4 -o addr show dev "$BRIDGE" 2>/dev/null | awk '{print $4; exit}')
@@ -149,33 +160,64 @@ if [ -n "$gw" ] && [ "${gw%.*}.0/${gw#*/}" != "$SUBNET" ]; then
   BRIDGE_CONF=$(printf '%s' "$BRIDGE_CONF" | sed "s#\"$SUBNET\"#\"${gw%.*}.0/${gw#*/}\"#g")
   SUBNET=${gw%.*}.0/${gw#*/}
 fi
-printf '%s\n%s\n%s\n' "$BRIDGE_CONF" "$PORTMAP_CONF" "$FIREWALL_CONF" >"$CACHE/run/$ID" || exit 1
+printf '%s\n\n\n' "$BRIDGE_CONF" >"$CACHE/run/$ID" || exit 1
 # A plugin's error is a JSON object over several lines: one line, so the message that names it is whole.
 fail() { echo "cni: $(printf '%s' "$1" | tr '\n' ' ')" >&2; fleet_cni_del "$ID"; exit 1; }
+# The node's own rules, each added unless it is there (-I: ahead of a DROP policy's chains, such as Docker's).
+fleet_rule() { # TABLE -A|-I CHAIN RULE…
+  t=$1 op=$2; shift 2
+  iptables -w -t "$t" -C "$@" 2>/dev/null || iptables -w -t "$t" "$op" "$@"
+}
+fleet_cni_node() {
+  iptables -w -t nat -N "$CHAIN" 2>/dev/null
+  fleet_rule nat -A PREROUTING -m addrtype --dst-type LOCAL -j "$CHAIN" &&
+  fleet_rule nat -A OUTPUT -m addrtype --dst-type LOCAL -j "$CHAIN" &&
+  fleet_rule nat -A POSTROUTING -s "$SUBNET" ! -d "$SUBNET" \
+    -m comment --comment "fleet: containers out through the node" -j MASQUERADE &&
+  fleet_rule nat -A POSTROUTING -o "$BRIDGE" -s "$SUBNET" -m conntrack --ctstate DNAT \
+    -m comment --comment "fleet: a container to a host port of its node" -j MASQUERADE &&
+  fleet_rule nat -A POSTROUTING -o "$BRIDGE" -s 127.0.0.0/8 -m comment --comment "fleet: the node to a host port" \
+    -j MASQUERADE &&
+  fleet_rule filter -I FORWARD -i "$BRIDGE" -m comment --comment "fleet: from containers" -j ACCEPT &&
+  fleet_rule filter -I FORWARD -o "$BRIDGE" -m conntrack --ctstate RELATED,ESTABLISHED,DNAT \
+    -m comment --comment "fleet: to containers, what they or a port mapping opened" -j ACCEPT &&
+  fleet_rule filter -I FORWARD -o "$BRIDGE" ! -i "$BRIDGE" -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT \
+    -m comment --comment "fleet: containers only through mapped ports" -j DROP
+}
 ip netns add "fleet-$ID" || fail "ip netns add fleet-$ID failed"
 ip -n "fleet-$ID" link set lo up || fail "lo up failed"
 r=$(fleet_cni ADD "$ID" bridge "$BRIDGE_CONF" "" 2>&1) || fail "bridge: $r"
 r=$(printf '%s' "$r" | tr -d '\n')
-r2=$(fleet_cni ADD "$ID" portmap "$PORTMAP_CONF" "$r" 2>&1) || fail "portmap: $r2"
-r3=$(fleet_cni ADD "$ID" firewall "$FIREWALL_CONF" "$r" 2>&1) || fail "firewall: $r3"
-# Other nodes reach a container only through a mapped host port: a new connection forwarded into the bridge
-# from outside it must have been DNATed by portmap (one rule per node, made once, never removed).
-set -- FORWARD -o "$BRIDGE" ! -i "$BRIDGE" -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT \
-  -m comment --comment "fleet: containers only through mapped ports" -j DROP
-iptables -w -C "$@" 2>/dev/null || iptables -w -I "$@" || fail "iptables: cannot add the forward rule"
-# Outbound through the node's address: one rule per node subnet rather than the bridge plugin's chain per
-# container (ipMasq), which costs several iptables calls on every start and every removal.
-set -- POSTROUTING -s "$SUBNET" ! -d "$SUBNET" -m comment --comment "fleet: containers out through the node" \
-  -j MASQUERADE
-iptables -w -t nat -C "$@" 2>/dev/null || iptables -w -t nat -A "$@" || fail "iptables: cannot add masquerade"
+if [ -z "$made" ]; then fleet_cni_node || fail "iptables: cannot add the node's rules"; fi
+# PORTS: HOST:CONTAINER:ADDRESS… (ADDRESS empty: every local address). The rules that delete them are on disk first.
+cip=$(printf '%s' "$r" | sed -n 's#.*"ips": *\[[^]]*"address": *"\([0-9.]*\)/[0-9]*".*#\1#p')
+[ -n "$cip" ] || fail "bridge: no IPv4 address in its result: $r"
+rules=
+for p in $PORTS; do
+  h=${p%%:*}; a=${p#*:}; c=${a%%:*}; a=${a#*:}
+  rules="$rules$CHAIN ${a:+-d $a/32 }-p tcp -m tcp --dport $h -m comment --comment fleet:$ID"
+  rules="$rules -j DNAT --to-destination $cip:$c
+"
+done
+if [ -n "$rules" ]; then
+  printf '*nat\n%sCOMMIT\n' "$(printf '%s' "$rules" | sed 's/^/-D /')
+" >"$CACHE/ports/$ID" || fail "cannot write the cache"
+  add=$(printf '*nat\n%sCOMMIT\n' "$(printf '%s' "$rules" | sed 's/^/-A /')
+")
+  # The node's rules gone since (iptables flushed by hand): made again, once.
+  printf '%s\n' "$add" | iptables-restore -w --noflush 2>/dev/null ||
+    { fleet_cni_node && printf '%s\n' "$add" | iptables-restore -w --noflush; } ||
+    fail "iptables: cannot add the port rules"
+fi
 printf '%s\n' "$r" >>"$CACHE/run/$ID" || fail "cannot write the cache"
+[ -n "$made" ] || { fleet_cni_made >"$CACHE/.made.$$" && mv -f "$CACHE/.made.$$" "$CACHE/.made"; } || :
 exec 9>&-
 echo '@@cni-result'
 printf '%s\n' "$r"
 """
 
 DETACH_SH = CNI_FUNCTIONS + r"""
-mkdir -p "$CACHE" && fleet_cni_lock
+mkdir -p "$CACHE" && fleet_cni_lock -s
 for id in $IDS; do fleet_cni_del "$id"; done
 """
 
@@ -200,9 +242,9 @@ def cni_env(cache_dir: str = CACHE_DIR) -> dict[str, str]:
 
 def attach_script(container: str, subnet: str, ports: Sequence[PortMap], cache_dir: str = CACHE_DIR) -> Script:
     """Create the container's namespace and run the CNI chain in it; prints RESULT_MARK, then the result."""
-    env = {**cni_env(cache_dir), "ID": container, "BRIDGE": BRIDGE, "SUBNET": subnet,
-           "BRIDGE_CONF": bridge_conf(subnet, cache_dir), "PORTMAP_CONF": portmap_conf(ports),
-           "FIREWALL_CONF": firewall_conf()}
+    env = {**cni_env(cache_dir), "ID": container, "BRIDGE": BRIDGE, "SUBNET": subnet, "CHAIN": CHAIN,
+           "BRIDGE_CONF": bridge_conf(subnet, cache_dir),
+           "PORTS": " ".join(f"{p.host}:{p.container}:{p.host_ip or ''}" for p in ports)}
     return Script(ATTACH_SH, env, name="fleet-cni-attach")
 
 
