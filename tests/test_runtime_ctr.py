@@ -149,7 +149,7 @@ def test_script_command_quotes_env_once():
 def test_stop_passes_id_and_grace_as_env():
     call = CtrDriver(namespace="ns1").stop("web-1-abc", 2.5)
     assert isinstance(call.command, Script)
-    assert dict(call.command.env) == {"ID": "web-1-abc", "GRACE": "2.5"}
+    assert dict(call.command.env) == {"ID": "web-1-abc", "GRACE": "2.5", "NS": "ns1", "STATE": "/run/containerd"}
     assert "ctr -n ns1" in call.command.text
 
 
@@ -308,7 +308,7 @@ def ctr_lab() -> Iterator[CtrLab]:
         pytest.skip(reason)
     with local_containerd() as c:
         d = CtrDriver(namespace=c.namespace, address=c.address, log_dir=str(c.dir / "logs"),
-                      logger=str(c.dir / "logger"))
+                      logger=str(c.dir / "logger"), state_dir=str(c.dir / "state"))
         archive = build_demo("v1", c.dir / "demo-v1.tar")
         imported = CtrLab(c, d, archive.name).call(d.image_import(archive.path))
         assert [(i.name, i.digest) for i in imported] == [(archive.name, archive.digest)]
@@ -342,6 +342,33 @@ def test_run_twice_with_the_same_id_is_refused_and_keeps_the_first(ctr_lab: CtrL
         with pytest.raises(ContainerExists):
             ctr_lab.call(ctr_lab.d.run(spec))
         assert _get(port)[0] == 200
+    finally:
+        ctr_lab.call(ctr_lab.d.remove(spec.id))
+
+
+@pytest.mark.lab
+def test_a_running_task_is_read_from_its_bundle_with_no_ctr_and_anything_else_from_tasks_ls(ctr_lab: CtrLab):
+    port = free_port()
+    spec = ctr_lab.spec("bundle", env={"PORT": str(port)})
+    ctr_lab.call(ctr_lab.d.run(spec))
+    try:
+        _get(port)
+        listed = ctr_lab.task(spec.id)
+        assert listed is not None and listed[1] is Status.RUNNING and listed[0]
+        # No ctr at all: a driver whose client does not exist reads the same PID from the task's bundle.
+        no_ctr = CtrDriver(namespace=ctr_lab.c.namespace, address=ctr_lab.c.address, binary="/nonexistent/ctr",
+                           state_dir=ctr_lab.d.state_dir)
+        assert ctr_lab.call(no_ctr.task(spec.id)) == {spec.id: listed}
+        # containerd's state elsewhere than the driver says: `tasks ls` answers, with every task.
+        elsewhere = CtrDriver(namespace=ctr_lab.c.namespace, address=ctr_lab.c.address, state_dir="/nonexistent")
+        assert ctr_lab.call(elsewhere.task(spec.id))[spec.id] == listed
+        # Its process gone: not running, as `tasks ls` says (the driver without ctr cannot tell, and fails).
+        ctr_lab.c.ctr("tasks", "kill", "-s", "SIGKILL", spec.id)
+        wait_until(lambda: (t := ctr_lab.task(spec.id)) is not None and t[1] is Status.STOPPED or None, 10, 0.1,
+                   "the task stopped")
+        assert ctr_lab.call(ctr_lab.d.task(spec.id))[spec.id][1] is Status.STOPPED
+        with pytest.raises(RuntimeCommandError):
+            ctr_lab.call(no_ctr.task(spec.id))
     finally:
         ctr_lab.call(ctr_lab.d.remove(spec.id))
 

@@ -195,7 +195,7 @@ class JobRunner:
         seen, why = 0, ""
         while True:
             try:
-                tasks = await perform(self.pool, node, driver.tasks(), timeout=LIST_TIMEOUT)
+                tasks = await perform(self.pool, node, driver.task(cid), timeout=LIST_TIMEOUT)
                 status = tasks.get(cid, (None, Status.UNKNOWN))[1]
             except (CommandTimeout, ConnectError):
                 status = Status.RUNNING  # not known this round: look again

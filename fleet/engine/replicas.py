@@ -225,7 +225,7 @@ class NodeReplicas:
         answer in time (unknown this round: a slow listing must not end a rollout as a crash)."""
         report = self.view.by_name[r.node]
         try:
-            tasks = await perform(self.pool, report.node, driver_for(report.node, report.facts).tasks(),
+            tasks = await perform(self.pool, report.node, driver_for(report.node, report.facts).task(r.id),
                                   timeout=LIST_TIMEOUT)
         except (CommandTimeout, ConnectError):
             return known

@@ -47,6 +47,7 @@ NO_MEMORY_LIMIT = 9223372036854771712
 LACKS: MappingProxyType[str, str] = MappingProxyType({})
 DEFAULT_LOG_DIR = NODE_PATHS.logs_dir
 _EXISTS_RC = 17
+DEFAULT_STATE_DIR = "/run/containerd"
 
 DEFAULT_LOGGER = f"{NODE_PATHS.base}/bin/logger-{hashlib.sha256(LOGGER_SH.encode()).hexdigest()[:12]}"
 
@@ -86,10 +87,12 @@ class CtrDriver(CliDriver):
     shell_function = "c"
 
     def __init__(self, namespace: str = "fleet", address: str | None = None, log_dir: str = DEFAULT_LOG_DIR,
-                 binary: str = "ctr", logger: str = DEFAULT_LOGGER) -> None:
+                 binary: str = "ctr", logger: str = DEFAULT_LOGGER, state_dir: str = DEFAULT_STATE_DIR) -> None:
         super().__init__(namespace, address, binary)
         self.log_dir = log_dir
         self.logger = logger
+        # containerd's state directory (its `--state`), where a task's bundle holds its init process's PID.
+        self.state_dir = state_dir
 
     def log_path(self, container_id: str, spec_path: str | None = None) -> str:
         return spec_path or f"{self.log_dir}/{self.namespace}/{container_id}.log"
@@ -157,17 +160,13 @@ class CtrDriver(CliDriver):
         log = self.log_path(spec.id, spec.log_path)
         text = (
             self._fn()
-            + 'if c containers info "$ID" >/dev/null 2>&1; then\n'
-            + f'  echo "ctr: container \\"$ID\\": already exists" >&2; exit {_EXISTS_RC}\n'
-            + "fi\n"
             + 'mkdir -p "$(dirname "$LOG")" || exit 1\n'
             + _install("LOGGER")
             + (_install("RUNAS") if spec.user is not None else "")
             # How this log is rotated, beside it: for the rotation of fleet's runs (fleet.node.logrotate).
             + 'printf \'%s %s\\n\' "$LOG_SIZE" "$LOG_FILES" >"$LOG.rotate" || exit 1\n'
-            + shlex.join(self.run_argv(spec)) + "\n"
-            + "rc=$?\n"
-            + 'if [ "$rc" -ne 0 ]; then c containers rm "$ID" >/dev/null 2>&1; exit "$rc"; fi\n'
+            + "out=$(" + shlex.join(self.run_argv(spec)) + " 2>&1)\n"
+            + _RUN_FAILED.replace("EXISTS_RC", str(_EXISTS_RC))
         )
         if spec.restart == "always":
             # Labelled only once the task runs: with the label already set at create time, the restart
@@ -190,8 +189,8 @@ class CtrDriver(CliDriver):
 
     def stop(self, container_id: str, grace: float = 10.0) -> Call[StopResult]:
         """SIGTERM (the image's stop signal), wait `grace` s, SIGKILL, then delete task and container."""
-        text = self._fn() + _STOP_SCRIPT
-        env = {"ID": container_id, "GRACE": format(max(grace, 0.0), "g")}
+        text = self._fn() + _TASK_PID_FN + _STOP_SCRIPT
+        env = {**self._task_env(container_id), "GRACE": format(max(grace, 0.0), "g")}
         parse = partial(parse_stop, container_id=container_id)
         return Call(Script(text, env), parse, what=f"stop {container_id}")
 
@@ -209,9 +208,20 @@ class CtrDriver(CliDriver):
         return Call(Script(text, {"NS": self.namespace}), parse_list, what="list containers")
 
     def tasks(self) -> Call[dict[str, tuple[int | None, Status]]]:
-        """Every task's PID and state, one `ctr tasks ls` (what a readiness wait polls: the full list runs
-        `containers info` once per container)."""
+        """Every task's PID and state, one `ctr tasks ls` (the full list runs `containers info` once per
+        container)."""
         return Call([*self.base(), "tasks", "ls"], parse_tasks_result, what="list tasks")
+
+    def task(self, container_id: str) -> Call[dict[str, tuple[int | None, Status]]]:
+        """The container's task, as `tasks` gives it (what a readiness wait polls): read from its bundle while its
+        process runs in the container's cgroup, with no ctr at all; else `ctr tasks ls` (every task) decides."""
+        text = self._fn() + _TASK_PID_FN + (
+            "if p=$(fleet_task_pid); then printf 'TASK PID STATUS\\n%s %s RUNNING\\n' \"$ID\" \"$p\"; "
+            "else c tasks ls; fi\n")
+        return Call(Script(text, self._task_env(container_id)), parse_tasks_result, what=f"task {container_id}")
+
+    def _task_env(self, container_id: str) -> dict[str, str]:
+        return {"ID": container_id, "NS": self.namespace, "STATE": self.state_dir}
 
     def metrics_argv(self, container_id: str) -> list[str]:
         return [*self.base(), "tasks", "metrics", "--format", "json", container_id]
@@ -291,8 +301,37 @@ class CtrDriver(CliDriver):
         return Call(self.image_remove_argv(ref), parse_ok("ctr"), what=f"image rm {ref}")
 
 
+# A task's init PID from its bundle in containerd's state directory (the v2 runtime writes it there), when that
+# process runs in the container's cgroup: no ctr (a Go client and a containerd call). Fails otherwise (another state
+# directory, no task, its process gone): `tasks ls` decides then.
+_TASK_PID_FN = r"""
+fleet_task_pid() {
+  p=
+  read -r p 2>/dev/null <"$STATE/io.containerd.runtime.v2.task/$NS/$ID/init.pid" || [ -n "$p" ] || return 1
+  case $p in ''|*[!0-9]*) return 1 ;; esac
+  grep -qs -e "/$ID\$" "/proc/$p/cgroup" || return 1
+  printf '%s' "$p"
+}
+"""
+
+# After `out=$(ctr run …)`: ctr refuses an ID in use itself (`snapshot "ID": already exists`: the snapshot is made
+# before the container), so no `containers info` precedes every start. Such a refusal, when the container exists,
+# is a container that is not this start's, left as it is (exit EXISTS_RC); any other failure is cleaned up.
+_RUN_FAILED = r"""rc=$?
+[ -z "$out" ] || printf '%s\n' "$out" >&2
+if [ "$rc" -ne 0 ]; then
+  case $out in *"already exists"*)
+    if c containers info "$ID" >/dev/null 2>&1; then
+      echo "ctr: container \"$ID\": already exists" >&2; exit EXISTS_RC
+    fi ;;
+  esac
+  c containers rm "$ID" >/dev/null 2>&1; exit "$rc"
+fi
+"""
+
 # Clearing the restart label comes first (or the restart monitor would revive the task), and says whether the
-# container exists (`label` fails on one that does not). The task's process is then watched through its /proc
+# container exists (`label` fails on one that does not). The task's PID comes from its bundle (`fleet_task_pid`),
+# else from `ctr tasks ls`. The task's process is then watched through its /proc
 # entry (its start time, so a reused PID does not count), one `sleep` a tick instead of a `ctr tasks ls` (a Go
 # client and a containerd call: three to eight of those a stop cost more node CPU than the rest of the script);
 # where that entry cannot be read or is not in the container's cgroup (containerd in another PID namespace) `tasks
@@ -309,9 +348,13 @@ alive() {
   st=$(task); st=${st#* }; [ "$st" = RUNNING ] || [ "$st" = PAUSED ]
 }
 wait_exit() { i=0; while [ "$i" -lt "$1" ] && alive; do sleep 0.1; i=$((i + 1)); done; }
-t=$(task); pid=${t%% *}; st=${t#* }
-t0=
-case $pid in ''|0|*[!0-9]*) ;; *) grep -qs -e "/$ID\$" "/proc/$pid/cgroup" && t0=$(started "$pid") || t0= ;; esac
+if pid=$(fleet_task_pid); then
+  st=RUNNING t0=$(started "$pid")
+else
+  t=$(task); pid=${t%% *}; st=${t#* }
+  t0=
+  case $pid in ''|0|*[!0-9]*) ;; *) grep -qs -e "/$ID\$" "/proc/$pid/cgroup" && t0=$(started "$pid") || t0= ;; esac
+fi
 if [ "$st" = RUNNING ] || [ "$st" = PAUSED ] || [ "$st" = CREATED ]; then
   c tasks kill "$ID" >/dev/null 2>&1
   wait_exit "$(awk -v g="$GRACE" 'BEGIN { printf "%d", g * 10 + 0.999 }')"

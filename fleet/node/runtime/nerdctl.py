@@ -170,6 +170,9 @@ class NerdctlDriver(CliDriver):
         listing = self.list_containers()
         return Call(listing.command, lambda r: {i.id: (i.pid, i.status) for i in parse_list(r)}, what="list tasks")
 
+    def task(self, container_id: str) -> Call[dict[str, tuple[int | None, Status]]]:
+        return self.tasks()
+
     def metrics_argv(self, container_id: str) -> list[str]:
         return [*self.base(), "stats", "--no-stream", "--format", "{{json .}}", container_id]
 
