@@ -62,7 +62,8 @@ class FakeOps:
     their checks; `error_rate`: image → share of 5xx its replicas answer (the canary's verdict); `fail`: step
     ("route", "stop", ...) → error raised by the next such step; `on_start`: called with each replica started
     (before it is ready); `delay`: how long a start takes (so services' batches overlap), `most` the starts seen
-    under way at once. `peak` / `low` per service: the most replicas running and the fewest serving (ready, not
+    under way at once; `stop_delay`: how long a stop takes (it is recorded as "stop" when it begins, "stopped"
+    once the replica is gone). `peak` / `low` per service: the most replicas running and the fewest serving (ready, not
     draining) seen after the first change; `cpu_peak` per node: the most CPU its running replicas reserved."""
 
     balanced: bool = False
@@ -72,6 +73,7 @@ class FakeOps:
     fail: dict[str, BaseException] = field(default_factory=dict)
     on_start: Callable[[Replica], None] | None = None
     delay: float = 0.0
+    stop_delay: float = 0.0
     running: dict[str, Replica] = field(default_factory=dict)
     serving: set[str] = field(default_factory=set)
     steps: list[tuple[str, str, str]] = field(default_factory=list)
@@ -160,6 +162,9 @@ class FakeOps:
     async def stop(self, r: Replica, grace: float, why: str) -> None:
         self._failing("stop")
         self.steps.append(("stop", r.service, r.id))
+        if self.stop_delay:
+            await asyncio.sleep(self.stop_delay)
+            self.steps.append(("stopped", r.service, r.id))
         self.running.pop(r.id, None)
         self.serving.discard(r.id)
         self._measure(r.service)

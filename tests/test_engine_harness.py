@@ -13,6 +13,7 @@ from fleet.config.spec import ServiceSpec
 from fleet.core.errors import LeaseLost
 
 V1, V2 = "fleet.local/demo:v1", "fleet.local/demo:v2"
+LIFE = ("start", "ready", "stop", "stopped")  # a replica's steps, its stop's end too (the fake's `stop_delay`)
 CANARY = ("    lb: {port: 8080}\n    update: {strategy: canary, canary: {steps: [10, 50], pause: 50ms, "
           "auto_promote: %s}}\n")
 
@@ -143,8 +144,54 @@ async def test_two_services_sharing_scarce_room_both_roll_without_overfilling_th
     assert result.ok, result.outcomes
     assert sorted((r.service, r.image) for r in h.ops.running.values()) == [("a", V2)] + [("b", V2)] * 2
     assert h.ops.cpu_peak["w1"] <= 2.0
-    assert [e.service for e in h.events if e.step == "wait"] == ["b"]
+    # Once or more: `a`'s replaced replica gives its room back once stopped, which runs behind a's rollout.
+    assert {e.service for e in h.events if e.step == "wait"} == {"b"}
     assert h.engine.book.pending == [] and h.engine.book.converging == set()
+    assert not any(h.engine.book.stopping.values())
+
+
+async def test_a_replaced_replica_stops_while_the_next_batch_starts_and_the_outcome_waits_for_every_stop():
+    h = Harness([worker("w1"), worker("w2")])
+    await started_at_v1(h, web(V1))
+    old = {r.id for r in h.ops.of("web")}
+    h.ops.stop_delay = 0.05
+    result = await h.apply(web(V2, update="max_surge: 1, max_unavailable: 0"))
+    assert result.ok and result.outcomes[0].stopped == 3
+    steps = h.steps("web", LIFE)
+    first_stop = steps.index(("stop", next(rid for kind, rid in steps if kind == "stop")))
+    first_gone = next(i for i, (kind, _) in enumerate(steps) if kind == "stopped")
+    # The second batch starts (and is ready) before the first old replica is gone; it is out of the load
+    # balancer already, so the serving replicas never drop below the count.
+    assert first_stop < steps.index(next(s for s in steps[first_stop:] if s[0] == "start")) < first_gone
+    assert h.ops.low["web"] >= 3
+    # Every old replica is gone before the outcome: nothing of them runs, none is left stopping.
+    assert {rid for kind, rid in steps if kind == "stopped"} == old
+    assert {r.image for r in h.ops.of("web")} == {V2} and len(h.ops.of("web")) == 3
+    assert not any(h.engine.book.stopping.values())
+
+
+async def test_a_batch_that_needs_the_room_of_a_replica_being_stopped_waits_for_it():
+    # One node of 2 CPUs: 3 replicas of half a CPU and one surge replica fill it. The second batch has no room
+    # until the first replaced replica is gone: it waits for it (no overfilled node, no failure, no wait for
+    # others reported).
+    h = Harness([worker("w1")])
+    await started_at_v1(h, service("web", 3, cpu=0.5, image=V1))
+    h.ops.stop_delay = 0.05
+    result = await h.apply(service("web", 3, cpu=0.5, image=V2, extra="    update: {max_surge: 1}\n"))
+    assert result.ok, result.outcomes
+    assert h.ops.cpu_peak["w1"] <= 2.0
+    kinds = [kind for kind, _ in h.steps("web", LIFE)]
+    assert kinds == ["start", "ready", "stop", "stopped"] * 3
+    assert not [e for e in h.events if e.step == "wait"]
+
+
+async def test_a_service_with_a_volume_stops_each_old_replica_before_its_next_batch():
+    h = Harness([worker("w1"), worker("w2")])
+    data = "    volumes: [{type: volume, source: data, target: /data}]\n"
+    await started_at_v1(h, web(V1, extra=data))
+    h.ops.stop_delay = 0.02
+    assert (await h.apply(web(V2, update="max_surge: 1, max_unavailable: 0", extra=data))).ok
+    assert [kind for kind, _ in h.steps("web", LIFE)] == ["start", "ready", "stop", "stopped"] * 3
 
 
 async def test_a_lease_lost_mid_rollout_stops_at_the_next_step_and_writes_nothing_after():
@@ -168,7 +215,7 @@ async def test_a_lease_lost_mid_rollout_stops_at_the_next_step_and_writes_nothin
         await engine.apply([web(V2)])
     # The start under way finished (its new replica ready); the lease is confirmed before every action on nodes,
     # so no old replica was stopped after it was lost and no other step began.
-    assert [kind for kind, _ in h.steps("web")] == ["start", "ready"]
+    assert [kind for kind, _ in h.steps("web", LIFE)] == ["start", "ready"]
     assert sorted(r.image for r in h.ops.of("web")) == [V1, V1, V1, V2]
     # Revision 2 was begun before the loss; nothing was written after it.
     assert h.memory().writes[writes_before:] == [("record", "web@2")]

@@ -4,6 +4,7 @@ carried out through the replica operations, each batch placed through the room b
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -115,21 +116,31 @@ class Converge:
             await self.retire(spec, by_id[rid], "surplus")
             stopped += 1
         outgoing = {st.id for st in states if st.id not in resume.keep}
-        for step in resume.steps:
-            await confirm(s.guard)
-            if not heal and (pause := await s.paused(spec.name)) is not None:
-                s.emit("paused", spec.name, f"{spec.name}: {pause.reason()}")
-                return Outcome(spec.name, True, started, stopped, reason=pause.reason(), waiting=True,
-                               changed=bool(started or stopped))
-            if step.start_new:
-                new = await self.start_batch(spec, revision, step.start_new, outgoing, weight)
-                started += len(new)
-            for rid in step.stop_old:
-                r = by_id[rid]
-                why = ("failing its health check" if not ready[rid] else moving.get(rid)
-                       or ("replaced" if r.spec_hash != h else "surplus"))
-                await self.retire(spec, r, why)
-                stopped += 1
+        # Replicas out of the load balancer whose stop runs while the next batch starts; all stopped before the
+        # service's outcome (or its failure) is given.
+        behind: list[asyncio.Task[None]] = []
+        try:
+            for step in resume.steps:
+                await confirm(s.guard)
+                if not heal and (pause := await s.paused(spec.name)) is not None:
+                    s.emit("paused", spec.name, f"{spec.name}: {pause.reason()}")
+                    return Outcome(spec.name, True, started, stopped, reason=pause.reason(), waiting=True,
+                                   changed=bool(started or stopped))
+                if step.start_new:
+                    new = await self.start_batch(spec, revision, step.start_new, outgoing, weight)
+                    started += len(new)
+                for rid in step.stop_old:
+                    r = by_id[rid]
+                    why = ("failing its health check" if not ready[rid] else moving.get(rid)
+                           or ("replaced" if r.spec_hash != h else "surplus"))
+                    if step.start_new and not spec.volumes:
+                        await self.unroute(spec, r, why)
+                        behind.append(self._stop_behind(r, spec.stop_grace_period, why))
+                    else:
+                        await self.retire(spec, r, why)
+                    stopped += 1
+        finally:
+            await _all_stopped(behind)
         for r in view.running(spec.name, others):
             view.rotation.weight(r, weight)
         changed = bool(started or stopped)
@@ -239,17 +250,48 @@ class Converge:
 
     async def retire(self, spec: ServiceSpec, r: Replica, why: str) -> None:
         """Drain (no new connections; existing ones finish, up to the grace period), unroute, then stop."""
+        await self.unroute(spec, r, why)
+        await self.stop(r, spec.stop_grace_period, why)
+
+    async def unroute(self, spec: ServiceSpec, r: Replica, why: str) -> None:
+        """Drain `r` and take it out of the load balancers (it still runs, and holds its room)."""
         s, rotation = self.s, self.s.view.rotation
         if rotation.routed(r.service) and s.ops.balanced:
             rotation.state(r, "drain")
             await s.ops.drain(spec, r, why)
             rotation.drop(r)
             await s.ops.route(rotation, settle=min(max(spec.stop_grace_period, 1.0), 10.0))
-        await self.stop(r, spec.stop_grace_period, why)
+
+    def _stop_behind(self, r: Replica, grace: float, why: str) -> asyncio.Task[None]:
+        """Stop `r`, out of the load balancers and replaced already, while the rollout goes on (as Kubernetes
+        does not count a terminating pod against `maxSurge`). Until it is gone it holds its room, and the room
+        book waits for it rather than failing a placement that needs that room."""
+        book = self.s.book
+        book.stopping[r.service] = book.stopping.get(r.service, 0) + 1
+
+        async def stop() -> None:
+            try:
+                await self.stop(r, grace, why)
+            finally:
+                book.stopping[r.service] -= 1
+                await book.changed()
+
+        return asyncio.create_task(stop())
 
     async def stop(self, r: Replica, grace: float, why: str) -> None:
         await self.s.ops.stop(r, grace, why)
         self.s.view.gone(r)
+
+
+async def _all_stopped(tasks: Sequence[asyncio.Task[None]]) -> None:
+    """Wait for every stop; the first one that failed raises (unless the rollout already fails for its reason)."""
+    if not tasks:
+        return
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    if sys.exc_info()[1] is None:
+        for res in results:
+            if isinstance(res, BaseException):
+                raise res
 
 
 def _verdict(spec: ServiceSpec, before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]],

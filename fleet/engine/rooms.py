@@ -21,7 +21,8 @@ class RoomBook:
 
     `pending` are replicas placed and being started, not yet in `view.live`: they hold their room and port, so a
     service placing at the same time never takes them (placing and reserving happen under one condition).
-    `converging` are the services of this run still rolling, `short` those of them waiting for room."""
+    `converging` are the services of this run still rolling, `short` those of them waiting for room; `stopping`
+    counts, per service, its replicas being stopped behind its rollout (they free their room when gone)."""
 
     def __init__(self, view: RunView, on_event: Emit) -> None:
         self.view = view
@@ -29,6 +30,7 @@ class RoomBook:
         self.pending: list[Replica] = []
         self.converging: set[str] = set()
         self.short: set[str] = set()
+        self.stopping: dict[str, int] = {}
         self._placing = asyncio.Condition()
 
     def place(self, spec: ServiceSpec, k: int, outgoing: set[str], volumes: VolumeView | None) -> list[Assignment]:
@@ -66,14 +68,16 @@ class RoomBook:
                              volumes: VolumeView | None) -> list[Assignment]:
         """`place`, under the condition. With no room now while other services converge, wait: their surge
         replicas and the ones they retire free room as they go (one at a time, a service would have had it).
-        Fails as `place` does once no other service is left that could free any (all done, or all waiting)."""
+        Fails as `place` does once no other service is left that could free any (all done, or all waiting) and no
+        replica is being stopped."""
         while True:
             try:
                 return self.place(spec, k, outgoing, volumes)
             except RolloutFailed as exc:
-                if not self.converging - self.short - {spec.name}:
+                if not self.converging - self.short - {spec.name} and not any(self.stopping.values()):
                     raise
-                if spec.name not in self.short:
+                # Waiting for its own replica being stopped is the rollout's order, not a wait for others.
+                if spec.name not in self.short and not self.stopping.get(spec.name):
                     self.on_event(Event("wait", spec.name, f"waiting for room that other services hold: {exc}"))
                 self.short.add(spec.name)
                 try:
