@@ -12,6 +12,7 @@ import pytest
 from fleet.config.spec import parse_playbook
 from fleet.core.errors import ScriptOutputError
 from fleet.core.model import Node
+from fleet.engine.haproxy import LbStatus
 from fleet.engine.lb import Balancers
 from fleet.node.haproxy.render import LbHealth, LbServer, LbService, LbState, render
 from fleet.node.haproxy.runtime import server_changes, split_servers
@@ -180,3 +181,34 @@ async def test_a_runtime_drain_waits_for_a_reload_but_not_for_a_sync_made_at_run
             assert len(lb.sent) == 1, "sent while the worker was being replaced"
         await asyncio.wait_for(pending, 1.0)
         assert len(lb.sent) == 2
+
+
+class StatusLbNode(RecordingLbNode):
+    """A RecordingLbNode that also answers `status` (old workers from `old`) and counts its reads; `reloads`
+    and `starts` are what the Balancers object made through it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.starts = self.reloads = self.reads = 0
+        self.old: tuple[int, ...] = ()
+
+    async def status(self) -> LbStatus:
+        self.reads += 1
+        return LbStatus(True, 10, (11,), 0, self.old, self.reloads)
+
+
+async def test_settle_asks_the_nodes_again_only_after_a_reload_of_its_own() -> None:
+    lbs = Balancers(None, [])  # type: ignore[arg-type]  # no pool: the stand-in answers
+    lb = StatusLbNode()
+    lbs.nodes = [lb]  # type: ignore[list-item]
+    lb.old = (9,)  # a worker of a reload made before this run
+    await lbs.settle(0.25)
+    assert lb.reads > 1, "waited for the old worker"
+    lb.old, reads = (), lb.reads
+    await lbs.settle(1.0)
+    await lbs.settle(1.0)
+    assert lb.reads == reads + 1, "once seen without old workers, not asked again"
+    lb.reloads += 1
+    lb.old = (11,)
+    await lbs.settle(0.25)
+    assert lb.reads > reads + 2, "a reload of its own: asked (and waited) again"

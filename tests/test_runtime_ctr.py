@@ -364,7 +364,7 @@ def test_a_running_task_is_read_from_its_bundle_with_no_ctr_and_anything_else_fr
         assert ctr_lab.call(elsewhere.task(spec.id))[spec.id] == listed
         # Its process gone: not running, as `tasks ls` says (the driver without ctr cannot tell, and fails).
         ctr_lab.c.ctr("tasks", "kill", "-s", "SIGKILL", spec.id)
-        wait_until(lambda: (t := ctr_lab.task(spec.id)) is not None and t[1] is Status.STOPPED or None, 10, 0.1,
+        wait_until(lambda: ((t := ctr_lab.task(spec.id)) is not None and t[1] is Status.STOPPED) or None, 10, 0.1,
                    "the task stopped")
         assert ctr_lab.call(ctr_lab.d.task(spec.id))[spec.id][1] is Status.STOPPED
         with pytest.raises(RuntimeCommandError):

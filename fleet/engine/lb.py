@@ -168,6 +168,10 @@ class Balancers:
         # while one runs), and callers that wait together share the next apply, which renders their changes.
         self._rotation = Rotation()
         self._sync = Coalesced(lambda: self._sync_now(self._rotation))
+        # The starts and reloads this object had made when no lb node had a worker from before a reload left
+        # (None: not looked yet). Such workers come only from reloads, and under the fleet's lease only this run
+        # reloads, so until it reloads again `settle` has nothing to wait for and asks no node.
+        self._settled_at: int | None = None
 
     async def sync(self, rotation: Rotation) -> None:
         """Bring every lb node to the rotation's config: unchanged configs are left alone, a change of servers
@@ -204,10 +208,15 @@ class Balancers:
         runtime changes made since (a drain goes to the current worker only); stopping a server while such a
         worker may still send it a request would fail that request.
         """
+        made = sum(lb.starts + lb.reloads for lb in self.nodes)
+        if self._settled_at == made:
+            return
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             states = await asyncio.gather(*(lb.status() for lb in self.nodes), return_exceptions=True)
             if all(isinstance(st, BaseException) or not st.old_workers for st in states):
+                if all(not isinstance(st, BaseException) for st in states):
+                    self._settled_at = made
                 return
             if asyncio.get_running_loop().time() >= deadline:
                 return
