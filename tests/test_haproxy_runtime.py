@@ -212,3 +212,29 @@ async def test_settle_asks_the_nodes_again_only_after_a_reload_of_its_own() -> N
     lb.old = (11,)
     await lbs.settle(0.25)
     assert lb.reads > reads + 2, "a reload of its own: asked (and waited) again"
+
+
+class StatLbNode(RecordingLbNode):
+    """A RecordingLbNode whose `show stat` reply gives `web-0-abc` `scur` sessions, and that counts its trips."""
+
+    def __init__(self, scur: int) -> None:
+        super().__init__()
+        self.scur, self.trips = scur, 0
+
+    async def runtime(self, commands: list[str]) -> list[str]:
+        self.trips += 1
+        await super().runtime(commands)
+        stat = f"# pxname,svname,qcur,qmax,scur\nbe_web,web-0-abc,0,0,{self.scur}\nbe_web,web-1-xyz,0,0,7\n"
+        return [stat if c.startswith("show stat") else "" for c in commands]
+
+
+async def test_a_drain_sets_the_state_and_reads_the_sessions_left_in_one_trip() -> None:
+    spec = parse_playbook("services:\n  web:\n    image: fleet.local/demo:v1\n    lb: {port: 8080}\n",
+                          "pb.yaml").services[0]
+    r = Replica("w1", "web-0-abc", "web", 0, 1, spec.spec_hash(), 20000, True, spec.resources, spec.image)
+    lbs = Balancers(None, [])  # type: ignore[arg-type]  # no pool: the stand-ins answer
+    lbs.nodes = [StatLbNode(2), StatLbNode(1)]  # type: ignore[list-item]
+    assert await lbs.drain(r) == 3
+    for lb in lbs.nodes:
+        assert lb.sent == ["set server be_web/web-0-abc state drain", "show stat -1 4 -1"]  # type: ignore[attr-defined]
+        assert lb.trips == 1  # type: ignore[attr-defined]

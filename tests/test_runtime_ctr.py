@@ -149,7 +149,8 @@ def test_script_command_quotes_env_once():
 def test_stop_passes_id_and_grace_as_env():
     call = CtrDriver(namespace="ns1").stop("web-1-abc", 2.5)
     assert isinstance(call.command, Script)
-    assert dict(call.command.env) == {"ID": "web-1-abc", "GRACE": "2.5", "NS": "ns1", "STATE": "/run/containerd"}
+    assert dict(call.command.env) == {"ID": "web-1-abc", "GRACE": "2.5", "NS": "ns1", "STATE": "/run/containerd",
+                                      "EXIT": "1"}
     assert "ctr -n ns1" in call.command.text
 
 
@@ -406,6 +407,19 @@ def test_stop_kills_after_grace_when_pid1_ignores_term(ctr_lab: CtrLab):
     elapsed = time.monotonic() - t0
     assert 1.5 <= elapsed < 5, elapsed
     assert (res.exit_code, res.killed) == (137, True)
+    assert spec.id not in ctr_lab.ids() and ctr_lab.task(spec.id) is None
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("ignore_term", [False, True])
+def test_a_stop_without_its_exit_code_leaves_no_task_or_container(ctr_lab: CtrLab, ignore_term: bool):
+    """`containers rm` deletes the stopped task itself (no `tasks rm`), once containerd has the exit."""
+    port = free_port()
+    spec = ctr_lab.spec("noexit", env={"PORT": str(port), **({"DEMO_IGNORE_TERM": "1"} if ignore_term else {})})
+    ctr_lab.call(ctr_lab.d.run(spec))
+    _get(port)
+    res = ctr_lab.call(ctr_lab.d.stop(spec.id, grace=0.5, exit_code=False))
+    assert (res.found, res.exit_code, res.killed) == (True, None, ignore_term)
     assert spec.id not in ctr_lab.ids() and ctr_lab.task(spec.id) is None
 
 

@@ -20,17 +20,19 @@ from fleet.core import labels as L
 from fleet.core.errors import (
     ContainerLookupError,
     FleetError,
+    RuntimeCommandError,
     TransportError,
 )
 from fleet.core.labels import parse_labels
-from fleet.core.model import Node
+from fleet.core.model import CommandResult, Node
 from fleet.core.shell import Script
 from fleet.engine.calls import driver_for, on_ready_nodes, perform
 from fleet.engine.nodes import NodeReport
 from fleet.node import cni
 from fleet.node.logdates import DatedLine, Dater
 from fleet.node.paths import DEFAULT as NODE_PATHS
-from fleet.node.runtime.base import Call, ContainerInfo, RunSpec, StopResult, parse_ok
+from fleet.node.runtime.base import Call, ContainerInfo, RunSpec, RuntimeDriver, StopResult, parse_ok
+from fleet.node.storage import release_script
 from fleet.results.containers import LIST_TIMEOUT
 from fleet.results.containers import PsResult as PsResult
 from fleet.results.containers import PsRow as PsRow
@@ -138,10 +140,14 @@ async def detach_network(pool: Pool, node: Node, container_id: str) -> None:
 async def forget(pool: Pool, node: Node, container_id: str) -> None:
     """What a removed container leaves on its node, in one round trip: its secret files (see
     `drop_secret_files`) and its network namespace (see `detach_network`)."""
+    await perform(pool, node, Call(_forget_script(container_id), parse_ok("cleanup"), what=f"cleanup {container_id}"),
+                  timeout=STOP_MARGIN)
+
+
+def _forget_script(container_id: str) -> Script:
     detach = cni.detach_script([container_id])
-    script = Script(detach.text + 'rm -rf -- "$SECRETS"\n',
-                    {**detach.env, "SECRETS": f"{NODE_PATHS.secret_mounts_dir}/{container_id}"}, name=detach.name)
-    await perform(pool, node, Call(script, parse_ok("cleanup"), what=f"cleanup {container_id}"), timeout=STOP_MARGIN)
+    return Script(detach.text + 'rm -rf -- "$SECRETS"\n',
+                  {**detach.env, "SECRETS": f"{NODE_PATHS.secret_mounts_dir}/{container_id}"}, name=detach.name)
 
 
 async def drop_secret_files(pool: Pool, node: Node, container_id: str) -> None:
@@ -156,6 +162,40 @@ async def stop_container(pool: Pool, report: NodeReport, container_id: str, grac
     result = await perform(pool, report.node, call, timeout=grace + STOP_MARGIN)
     await forget(pool, report.node, container_id)
     return result
+
+
+async def end_replica(pool: Pool, report: NodeReport, container_id: str, grace: float, timeout: float) -> None:
+    """Stop a replica and remove what it leaves on its node in one round trip (see `end_call`)."""
+    await perform(pool, report.node, end_call(driver_for(report.node, report.facts), container_id, grace),
+                  timeout=timeout)
+
+
+def end_call(driver: RuntimeDriver, container_id: str, grace: float) -> Call[None]:
+    """The runtime's stop, its exit code not read (a replica's is of no use), then what the container leaves on
+    its node: its network namespace and secret files (as `forget`), its sshfs mounts (as
+    `StorageAccess.release`, whose failure is left to the next run, as before). When the stop fails, nothing
+    else is done and the failure is raised."""
+    stop = driver.stop(container_id, grace, exit_code=False)
+    clean, release = _forget_script(container_id), release_script(container_id)
+    if not isinstance(stop.command, Script):
+        raise TypeError("a runtime's stop is a script")
+    text = ("out=$(\n" + stop.command.text + "\n)\n" + 'printf \'%s\\n\' "$out"\n'
+            + 'case $out in *"@@rc 0"*|*"@@found false"*) ;; *) exit 0 ;; esac\n'
+            + "(\n" + clean.text + "\n) >/dev/null\n" + 'echo "@@cleanup $?"\n'
+            + "(\n" + release.text + "\n) >/dev/null 2>&1 || :\n")
+    env = {**stop.command.env, **clean.env, **release.env}
+    if len(env) != len(stop.command.env) + len(clean.env) + len(release.env):
+        raise ValueError("the stop and cleanup scripts' variables collide")
+
+    def parse(result: CommandResult) -> None:
+        stop.parse(result)
+        _, mark, rest = result.stdout.partition("\n@@cleanup ")
+        status = rest.split("\n", 1)[0].strip()
+        if mark and status != "0":
+            raise RuntimeCommandError(result.node, "cleanup", int(status) if status.isdigit() else None,
+                                      result.stderr.strip())
+
+    return Call(Script(text, env, name="fleet-stop"), parse, what=f"stop {container_id}")
 
 
 async def remove_container(pool: Pool, report: NodeReport, container_id: str) -> None:

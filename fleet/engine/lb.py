@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from fleet.config.edge import TlsSpec
@@ -25,7 +26,9 @@ from fleet.node.haproxy.render import (
     lb_service,
     render,
     set_server_state,
+    show_stat,
 )
+from fleet.node.haproxy.stats import StatRow, parse_show_stat
 from fleet.node.paths import DEFAULT
 from fleet.plan.reconcile import Replica
 from fleet.transport import Pool
@@ -233,6 +236,19 @@ class Balancers:
                 await lb.runtime(cmds)
         await asyncio.gather(*(one(lb) for lb in self.nodes), return_exceptions=True)
 
+    async def drain(self, r: Replica) -> int:
+        """`set_state(r, "drain")` and, in the same round trip to each lb node, its sessions left (as
+        `connections` counts them)."""
+        backends = self._rotation.backends(r)
+        cmds = [*(set_server_state(backend, r.id, "drain") for backend in backends), show_stat()]
+
+        async def one(lb: LbNode) -> list[StatRow]:
+            async with lb.reloading:
+                replies = await lb.runtime(cmds)
+            return parse_show_stat(replies[-1])
+        return _sessions(r, set(backends), await asyncio.gather(*(one(lb) for lb in self.nodes),
+                                                                return_exceptions=True))
+
     async def counters(self, service: str) -> dict[str, tuple[int, int]]:
         """Per server of the service: (responses 5xx, requests) summed over lb nodes (cumulative counters); a tcp
         server's are (connection errors: econ + eresp + wretr, connections)."""
@@ -252,13 +268,17 @@ class Balancers:
     async def connections(self, r: Replica) -> int:
         """Current sessions to this server (on every lb port of its service) summed over lb nodes (0 when
         unknown)."""
-        backends = set(self._rotation.backends(r))
-        total = 0
         results = await asyncio.gather(*(lb.stats() for lb in self.nodes), return_exceptions=True)
-        for rows in results:
-            if isinstance(rows, BaseException):
-                continue
-            for row in rows:
-                if row.proxy in backends and row.name == r.id:
-                    total += row.scur
-        return total
+        return _sessions(r, set(self._rotation.backends(r)), results)
+
+
+def _sessions(r: Replica, backends: set[str], results: Sequence[list[StatRow] | BaseException]) -> int:
+    """The current sessions to `r` in `backends`, summed over the lb nodes that answered (0 when none did)."""
+    total = 0
+    for rows in results:
+        if isinstance(rows, BaseException):
+            continue
+        for row in rows:
+            if row.proxy in backends and row.name == r.id:
+                total += row.scur
+    return total

@@ -14,7 +14,7 @@ from fleet.config.spec import SecretRef, ServiceSpec
 from fleet.core import labels as L
 from fleet.core.errors import CommandTimeout, ConnectError
 from fleet.engine.calls import LIST_TIMEOUT, driver_for, perform
-from fleet.engine.containers import drop_secret_files, forget, run_container
+from fleet.engine.containers import drop_secret_files, end_replica, run_container
 from fleet.engine.health import exec_in as health_exec
 from fleet.engine.images import ensure_image
 from fleet.engine.lb import Balancers, Rotation
@@ -259,11 +259,12 @@ class NodeReplicas:
             await self.lbs.settle(settle)
 
     async def drain(self, spec: ServiceSpec, r: Replica, why: str) -> None:
-        await self.lbs.set_state(r, "drain")
+        left = await self.lbs.drain(r)
         self.emit("drain", spec.name, f"draining {r.id} ({why})", r.node, r.id)
         deadline = time.monotonic() + spec.stop_grace_period
-        while time.monotonic() < deadline and await self.lbs.connections(r) > 0:
+        while left > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
+            left = await self.lbs.connections(r)
 
     async def stop(self, r: Replica, grace: float, why: str) -> None:
         await self._end(r, grace, grace + 30, "stop", f"stopping {r.id} on {r.node} ({why})")
@@ -272,12 +273,8 @@ class NodeReplicas:
         await self._end(r, 1.0, 60, "remove", f"removing {r.id} on {r.node} ({why})")
 
     async def _end(self, r: Replica, grace: float, timeout: float, step: str, message: str) -> None:
-        report = self.view.by_name[r.node]
         self.emit(step, r.service, message, r.node, r.id)
-        await perform(self.pool, report.node, driver_for(report.node, report.facts).stop(r.id, grace),
-                      timeout=timeout)
-        await forget(self.pool, report.node, r.id)
-        await self.storage.release(report.node, r.id)
+        await end_replica(self.pool, self.view.by_name[r.node], r.id, grace, timeout)
 
     async def counters(self, service: str) -> dict[str, tuple[int, int]]:
         return await self.lbs.counters(service)

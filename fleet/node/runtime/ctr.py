@@ -187,10 +187,11 @@ class CtrDriver(CliDriver):
 
     # --- stop / remove
 
-    def stop(self, container_id: str, grace: float = 10.0) -> Call[StopResult]:
-        """SIGTERM (the image's stop signal), wait `grace` s, SIGKILL, then delete task and container."""
+    def stop(self, container_id: str, grace: float = 10.0, exit_code: bool = True) -> Call[StopResult]:
+        """SIGTERM (the image's stop signal), wait `grace` s, SIGKILL, then delete task and container; without
+        `exit_code`, one ctr less (`tasks rm`, whose warning gives it) and the result has none."""
         text = self._fn() + _TASK_PID_FN + _STOP_SCRIPT
-        env = {**self._task_env(container_id), "GRACE": format(max(grace, 0.0), "g")}
+        env = {**self._task_env(container_id), "GRACE": format(max(grace, 0.0), "g"), "EXIT": str(int(exit_code))}
         parse = partial(parse_stop, container_id=container_id)
         return Call(Script(text, env), parse, what=f"stop {container_id}")
 
@@ -366,16 +367,23 @@ if [ "$st" = RUNNING ] || [ "$st" = PAUSED ] || [ "$st" = CREATED ]; then
 fi
 if [ -n "$st" ]; then
   echo '@@task true'
-  echo '@@taskrm'
-  i=0
-  while out=$(c tasks rm "$ID" 2>&1 >/dev/null); [ "$i" -lt 40 ]; do
-    case $out in *"must be stopped"*) sleep 0.05; i=$((i + 1)) ;; *) break ;; esac
-  done
-  printf '%s\n' "$out"
+  if [ "$EXIT" = 1 ]; then
+    echo '@@taskrm'
+    i=0
+    while out=$(c tasks rm "$ID" 2>&1 >/dev/null); [ "$i" -lt 40 ]; do
+      case $out in *"must be stopped"*) sleep 0.05; i=$((i + 1)) ;; *) break ;; esac
+    done
+    printf '%s\n' "$out"
+  fi
 fi
 echo '@@containerrm'
-c containers rm "$ID" 2>&1
-echo "@@rc $?"
+# Without `tasks rm` (EXIT=0), `containers rm` deletes the stopped task itself, once containerd has its exit.
+i=0
+while out=$(c containers rm "$ID" 2>&1); rc=$?; [ "$rc" -ne 0 ] && [ "$i" -lt 40 ]; do
+  case $out in *"non stopped"*) sleep 0.05; i=$((i + 1)) ;; *) break ;; esac
+done
+[ -z "$out" ] || printf '%s\n' "$out"
+echo "@@rc $rc"
 """
 
 _LOGIN_PULL_SCRIPT = r"""
@@ -472,7 +480,7 @@ def parse_stop(result: CommandResult, container_id: str = "") -> StopResult:
     if heads["found"][0] == "false":
         return StopResult(cid, found=False)
     exit_code: int | None = None
-    if "task" in heads:
+    if "taskrm" in heads:
         m = _EXIT_RE.search(heads.get("taskrm", ("", ""))[1])
         exit_code = int(m.group(1)) if m else 0
     rc = heads.get("rc", ("1", ""))[0]

@@ -141,8 +141,9 @@ class NerdctlDriver(CliDriver):
 
     # --- stop / remove
 
-    def stop(self, container_id: str, grace: float = 10.0) -> Call[StopResult]:
-        """`nerdctl stop -t` (TERM, then KILL after the grace), read the exit code, then `rm -f`."""
+    def stop(self, container_id: str, grace: float = 10.0, exit_code: bool = True) -> Call[StopResult]:
+        """`nerdctl stop -t` (TERM, then KILL after the grace), read the exit code (always: `exit_code` saves
+        nothing here), then `rm -f`."""
         text = self._fn() + _STOP_SCRIPT
         env = {"ID": container_id, "GRACE": str(max(0, math.ceil(grace)))}
         parse = partial(parse_stop, container_id=container_id)

@@ -1,0 +1,75 @@
+"""A replica's end in one round trip (fleet.engine.containers.end_call): the ctr stop script, then the container's
+network namespace, secret files and sshfs mounts, run by sh against a stand-in `ctr` (it records its arguments;
+the real stop runs against a private containerd in tests/test_runtime_ctr.py and on the lab in the rollout tests),
+with the node's directories under a temporary one."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fleet.core.errors import RuntimeCommandError
+from fleet.core.model import CommandResult
+from fleet.core.shell import Script
+from fleet.engine.containers import end_call
+from fleet.node.runtime.ctr import CtrDriver
+
+CID = "web-1-abc"
+# `ctr`: every call logged; no task; `containers rm` answers as $RM says (empty: it succeeds).
+STAND_IN_CTR = """#!/bin/sh
+echo "$*" >>"$LOG"
+case "$*" in
+  *"containers rm"*) [ -z "$RM" ] || { echo "$RM" >&2; exit 1; } ;;
+  *"tasks ls"*) echo "TASK PID STATUS" ;;
+esac
+exit 0
+"""
+
+
+def _end(tmp: Path, rm: str = "") -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    ctr = tmp / "ctr"
+    ctr.write_text(STAND_IN_CTR)
+    ctr.chmod(0o755)
+    call = end_call(CtrDriver(binary=str(ctr), state_dir=str(tmp / "state")), CID, 1.0)
+    assert isinstance(call.command, Script)
+    env = {**dict(call.command.env), "CACHE": str(tmp / "cni"), "NETNS_DIR": str(tmp / "netns"),
+           "SECRETS": str(tmp / "secrets" / CID), "D": str(tmp / "mnt" / CID), "LOG": str(tmp / "log"),
+           "RM": rm, "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(["/bin/sh", "-c", call.command.text], env=env, capture_output=True, text=True, timeout=20)
+    return out, (tmp / "log").read_text().splitlines()
+
+
+def _node(tmp: Path) -> None:
+    (tmp / "secrets" / CID).mkdir(parents=True)
+    (tmp / "secrets" / CID / "token").write_text("s3cret")
+    (tmp / "mnt" / CID / "data").mkdir(parents=True)
+
+
+def test_the_stop_then_the_containers_files_in_one_script_with_no_tasks_rm(tmp_path):
+    _node(tmp_path)
+    out, calls = _end(tmp_path)
+    assert out.returncode == 0, out.stderr
+    end_call(CtrDriver(), CID, 1.0).parse(CommandResult("n1", 0, out.stdout, out.stderr, 0.1))
+    # The restart label cleared, then the container removed: no `tasks rm` (its warning only gave the exit code).
+    assert [c.split(" ", 2)[-1] for c in calls if "tasks ls" not in c] == [
+        f"containers label {CID} containerd.io/restart.status=", f"containers rm {CID}"]
+    assert "@@cleanup 0" in out.stdout
+    assert not (tmp_path / "secrets" / CID).exists() and not (tmp_path / "mnt" / CID).exists()
+
+
+def test_a_failed_stop_leaves_the_containers_files_and_raises(tmp_path):
+    _node(tmp_path)
+    out, calls = _end(tmp_path, rm="ctr: boom")
+    assert out.returncode == 0, out.stderr
+    with pytest.raises(RuntimeCommandError, match="boom"):
+        end_call(CtrDriver(), CID, 1.0).parse(CommandResult("n1", 0, out.stdout, out.stderr, 0.1))
+    assert "@@cleanup" not in out.stdout
+    assert (tmp_path / "secrets" / CID / "token").exists() and (tmp_path / "mnt" / CID / "data").exists()
+
+
+def test_a_failed_cleanup_is_raised():
+    text = "@@found true\n@@containerrm\n@@rc 0\n@@cleanup 1\n"
+    with pytest.raises(RuntimeCommandError, match="cleanup"):
+        end_call(CtrDriver(), CID, 1.0).parse(CommandResult("n1", 0, text, "rm: cannot remove", 0.1))
