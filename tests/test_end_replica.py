@@ -61,7 +61,7 @@ def test_the_stop_then_the_containers_files_in_one_script_with_no_tasks_rm(tmp_p
 
 def test_a_failed_stop_leaves_the_containers_files_and_raises(tmp_path):
     _node(tmp_path)
-    out, calls = _end(tmp_path, rm="ctr: boom")
+    out, _ = _end(tmp_path, rm="ctr: boom")
     assert out.returncode == 0, out.stderr
     with pytest.raises(RuntimeCommandError, match="boom"):
         end_call(CtrDriver(), CID, 1.0).parse(CommandResult("n1", 0, out.stdout, out.stderr, 0.1))
