@@ -164,13 +164,14 @@ async def stop_container(pool: Pool, report: NodeReport, container_id: str, grac
     return result
 
 
-async def end_replica(pool: Pool, report: NodeReport, container_id: str, grace: float, timeout: float) -> None:
+async def end_replica(pool: Pool, report: NodeReport, container_id: str, grace: float, timeout: float
+                      ) -> StopResult:
     """Stop a replica and remove what it leaves on its node in one round trip (see `end_call`)."""
-    await perform(pool, report.node, end_call(driver_for(report.node, report.facts), container_id, grace),
-                  timeout=timeout)
+    return await perform(pool, report.node, end_call(driver_for(report.node, report.facts), container_id, grace),
+                         timeout=timeout)
 
 
-def end_call(driver: RuntimeDriver, container_id: str, grace: float) -> Call[None]:
+def end_call(driver: RuntimeDriver, container_id: str, grace: float) -> Call[StopResult]:
     """The runtime's stop, its exit code not read (a replica's is of no use), then what the container leaves on
     its node: its network namespace and secret files (as `forget`), its sshfs mounts (as
     `StorageAccess.release`, whose failure is left to the next run, as before). When the stop fails, nothing
@@ -187,13 +188,14 @@ def end_call(driver: RuntimeDriver, container_id: str, grace: float) -> Call[Non
     if len(env) != len(stop.command.env) + len(clean.env) + len(release.env):
         raise ValueError("the stop and cleanup scripts' variables collide")
 
-    def parse(result: CommandResult) -> None:
-        stop.parse(result)
+    def parse(result: CommandResult) -> StopResult:
+        stopped = stop.parse(result)
         _, mark, rest = result.stdout.partition("\n@@cleanup ")
         status = rest.split("\n", 1)[0].strip()
         if mark and status != "0":
             raise RuntimeCommandError(result.node, "cleanup", int(status) if status.isdigit() else None,
                                       result.stderr.strip())
+        return stopped
 
     return Call(Script(text, env, name="fleet-stop"), parse, what=f"stop {container_id}")
 

@@ -274,7 +274,10 @@ class NodeReplicas:
 
     async def _end(self, r: Replica, grace: float, timeout: float, step: str, message: str) -> None:
         self.emit(step, r.service, message, r.node, r.id)
-        await end_replica(self.pool, self.view.by_name[r.node], r.id, grace, timeout)
+        ended = await end_replica(self.pool, self.view.by_name[r.node], r.id, grace, timeout)
+        if step == "stop":  # a stop may run while the rollout goes on: when it ended, too
+            how = f" (killed after its {grace:g}s grace period)" if ended.killed else ""
+            self.emit("stopped", r.service, f"{r.id} stopped on {r.node}{how}", r.node, r.id)
 
     async def counters(self, service: str) -> dict[str, tuple[int, int]]:
         return await self.lbs.counters(service)

@@ -38,6 +38,27 @@ from fleet.node.runtime.base import (
     parse_ok,
     parse_text,
 )
+from fleet.node.runtime.ctr_sh import (
+    LIST_SCRIPT as _LIST_SCRIPT,
+)
+from fleet.node.runtime.ctr_sh import (
+    LOGIN_PULL_SCRIPT as _LOGIN_PULL_SCRIPT,
+)
+from fleet.node.runtime.ctr_sh import (
+    READ_LOGS as _READ_LOGS,
+)
+from fleet.node.runtime.ctr_sh import (
+    REMOVE_SCRIPT as _REMOVE_SCRIPT,
+)
+from fleet.node.runtime.ctr_sh import (
+    RUN_FAILED as _RUN_FAILED,
+)
+from fleet.node.runtime.ctr_sh import (
+    STOP_SCRIPT as _STOP_SCRIPT,
+)
+from fleet.node.runtime.ctr_sh import (
+    TASK_PID_FN as _TASK_PID_FN,
+)
 from fleet.node.runtime.runas import runas_script
 
 NO_MEMORY_LIMIT = 9223372036854771712
@@ -300,153 +321,6 @@ class CtrDriver(CliDriver):
 
     def image_remove(self, ref: str) -> Call[None]:
         return Call(self.image_remove_argv(ref), parse_ok("ctr"), what=f"image rm {ref}")
-
-
-# A task's init PID from its bundle in containerd's state directory (the v2 runtime writes it there), when that
-# process runs in the container's cgroup: no ctr (a Go client and a containerd call). Fails otherwise (another state
-# directory, no task, its process gone): `tasks ls` decides then.
-_TASK_PID_FN = r"""
-fleet_task_pid() {
-  p=
-  read -r p 2>/dev/null <"$STATE/io.containerd.runtime.v2.task/$NS/$ID/init.pid" || [ -n "$p" ] || return 1
-  case $p in ''|*[!0-9]*) return 1 ;; esac
-  grep -qs -e "/$ID\$" "/proc/$p/cgroup" || return 1
-  printf '%s' "$p"
-}
-"""
-
-# After `out=$(ctr run …)`: ctr refuses an ID in use itself (`snapshot "ID": already exists`: the snapshot is made
-# before the container), so no `containers info` precedes every start. Such a refusal, when the container exists,
-# is a container that is not this start's, left as it is (exit EXISTS_RC); any other failure is cleaned up.
-_RUN_FAILED = r"""rc=$?
-[ -z "$out" ] || printf '%s\n' "$out" >&2
-if [ "$rc" -ne 0 ]; then
-  case $out in *"already exists"*)
-    if c containers info "$ID" >/dev/null 2>&1; then
-      echo "ctr: container \"$ID\": already exists" >&2; exit EXISTS_RC
-    fi ;;
-  esac
-  c containers rm "$ID" >/dev/null 2>&1; exit "$rc"
-fi
-"""
-
-# Clearing the restart label comes first (or the restart monitor would revive the task), and says whether the
-# container exists (`label` fails on one that does not). The task's PID comes from its bundle (`fleet_task_pid`),
-# else from `ctr tasks ls`. The task's process is then watched through its /proc
-# entry (its start time, so a reused PID does not count), one `sleep` a tick instead of a `ctr tasks ls` (a Go
-# client and a containerd call: three to eight of those a stop cost more node CPU than the rest of the script);
-# where that entry cannot be read or is not in the container's cgroup (containerd in another PID namespace) `tasks
-# ls` is polled as before. GRACE may
-# be fractional, so the tick count is computed with awk (mawk prints small integers correctly). containerd
-# records the exit a moment after the process is gone: `tasks rm` is asked again while it says the task runs.
-_STOP_SCRIPT = r"""
-if ! c containers label "$ID" containerd.io/restart.status= >/dev/null 2>&1; then echo '@@found false'; exit 0; fi
-echo '@@found true'
-task() { c tasks ls 2>/dev/null | awk -v id="$ID" '$1==id {print $2, $3}'; }
-started() { s=; read -r s 2>/dev/null <"/proc/$1/stat" || return 1; set -- ${s##*) }; shift 19; printf '%s' "$1"; }
-alive() {
-  if [ -n "$t0" ]; then [ "$(started "$pid")" = "$t0" ]; return; fi
-  st=$(task); st=${st#* }; [ "$st" = RUNNING ] || [ "$st" = PAUSED ]
-}
-wait_exit() { i=0; while [ "$i" -lt "$1" ] && alive; do sleep 0.1; i=$((i + 1)); done; }
-if pid=$(fleet_task_pid); then
-  st=RUNNING t0=$(started "$pid")
-else
-  t=$(task); pid=${t%% *}; st=${t#* }
-  t0=
-  case $pid in ''|0|*[!0-9]*) ;; *) grep -qs -e "/$ID\$" "/proc/$pid/cgroup" && t0=$(started "$pid") || t0= ;; esac
-fi
-if [ "$st" = RUNNING ] || [ "$st" = PAUSED ] || [ "$st" = CREATED ]; then
-  c tasks kill "$ID" >/dev/null 2>&1
-  wait_exit "$(awk -v g="$GRACE" 'BEGIN { printf "%d", g * 10 + 0.999 }')"
-  if alive; then
-    echo '@@killed true'
-    c tasks kill -a -s SIGKILL "$ID" >/dev/null 2>&1
-    wait_exit 100
-  fi
-fi
-if [ -n "$st" ]; then
-  echo '@@task true'
-  if [ "$EXIT" = 1 ]; then
-    echo '@@taskrm'
-    i=0
-    while out=$(c tasks rm "$ID" 2>&1 >/dev/null); [ "$i" -lt 40 ]; do
-      case $out in *"must be stopped"*) sleep 0.05; i=$((i + 1)) ;; *) break ;; esac
-    done
-    printf '%s\n' "$out"
-  fi
-fi
-echo '@@containerrm'
-# Without `tasks rm` (EXIT=0), `containers rm` deletes the stopped task itself, once containerd has its exit.
-i=0
-while out=$(c containers rm "$ID" 2>&1); rc=$?; [ "$rc" -ne 0 ] && [ "$i" -lt 40 ]; do
-  case $out in *"non stopped"*) sleep 0.05; i=$((i + 1)) ;; *) break ;; esac
-done
-[ -z "$out" ] || printf '%s\n' "$out"
-echo "@@rc $rc"
-"""
-
-_LOGIN_PULL_SCRIPT = r"""
-if ! command -v script >/dev/null 2>&1; then
-  echo "ctr: script(1) (util-linux) is not installed: ctr reads a registry password from a terminal it gives" >&2
-  exit 127
-fi
-{ script -q -e -E never -c "$PULL" /dev/null; echo "@@rc $?"; } | tail -n 20
-"""
-
-# A container's log and its rotated files, oldest first: all of them (`N` empty), or their last N lines. From the
-# live file back, an older file is read only while the newer ones hold N lines or fewer (tail seeks from a file's
-# end: reading a few lines never reads whole files); the oldest one read gives its last N lines and the newer
-# ones all of theirs, so a line a rotation split between two files is joined whole.
-_READ_LOGS = r"""
-[ -r "$F" ] || exec cat "$F"
-set -- "$F"
-i=1
-if [ -z "$N" ]; then
-  while [ -f "$F.$i" ]; do set -- "$F.$i" "$@"; i=$((i + 1)); done
-  exec cat "$@"
-fi
-while [ -f "$F.$i" ] && [ "$(tail -n "$((N + 1))" "$1" | wc -l)" -le "$N" ]; do set -- "$F.$i" "$@"; i=$((i + 1)); done
-oldest=$1
-shift
-{ tail -n "$N" "$oldest" && if [ "$#" -gt 0 ]; then cat "$@"; fi; } | tail -n "$N"
-"""
-
-_REMOVE_SCRIPT = r"""
-if c containers info "$ID" >/dev/null 2>&1; then
-  c containers label "$ID" containerd.io/restart.status= >/dev/null 2>&1
-  c tasks rm -f "$ID" >/dev/null 2>&1
-  c containers rm "$ID" || exit 1
-fi
-rm -f "$LOG" "$LOG.rotate" "$LOG".[0-9] "$LOG".[0-9][0-9]
-"""
-
-# Lines starting with '@@' are section markers; `ctr containers info` pretty-prints JSON, whose lines start
-# with a brace or a space, and JSON escapes newlines inside strings, so a hostile label cannot fake a marker.
-# The info is cut where its last key, "Spec" (the OCI runtime spec: most of its bytes, none of them read), begins
-# at the top level (4 spaces in); `parse_list` closes the object. Every listing sends a few KiB per container less.
-_LIST_SCRIPT = r"""
-for id in $(c containers ls -q); do
-  printf '@@container %s\n' "$id"
-  c containers info "$id" 2>/dev/null | sed -n '/^    "Spec": /q;p'
-  oom=
-  if [ -r "/sys/fs/cgroup/memory/$NS/$id/memory.oom_control" ]; then
-    oom=$(awk '$1 == "oom_kill" {print $2}' "/sys/fs/cgroup/memory/$NS/$id/memory.oom_control")
-  elif [ -r "/sys/fs/cgroup/$NS/$id/memory.events" ]; then
-    oom=$(awk '$1 == "oom_kill" {print $2}' "/sys/fs/cgroup/$NS/$id/memory.events")
-  fi
-  printf '\n@@oom %s %s\n' "$id" "$oom"
-done
-tasks=$(c tasks ls)
-echo '@@tasks'
-printf '%s\n' "$tasks"
-hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
-printf '@@proc %s %s\n' "$(awk '$1 == "btime" {print $2}' /proc/stat)" "$hz"
-printf '%s\n' "$tasks" | awk 'NR > 1 && $2 > 0 {print $2}' | while read -r pid; do
-  s=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
-  printf '%s %s\n' "$pid" "$(printf '%s\n' "${s##*) }" | awk '{print $20}')"
-done
-"""
 
 
 def parse_run(result: CommandResult) -> None:
