@@ -424,6 +424,32 @@ def test_a_stop_without_its_exit_code_leaves_no_task_or_container(ctr_lab: CtrLa
 
 
 @pytest.mark.lab
+def test_a_stop_signals_the_containers_process_itself_with_the_images_stop_signal(ctr_lab: CtrLab, tmp_path):
+    """The stop signal `ctr tasks kill` would send (the image's, from the container's labels), sent by `kill` to
+    the process known to be the container's: no `ctr tasks kill` (a wrapper of ctr logs every call). The demo
+    traps TERM; HUP, which it does not trap, is ignored by the init of its PID namespace, so a container whose
+    stop signal is SIGHUP outlives its grace period and is killed."""
+    wrapper = tmp_path / "ctr"
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >>{tmp_path}/calls\nexec ctr "$@"\n')
+    wrapper.chmod(0o755)
+    d = CtrDriver(namespace=ctr_lab.c.namespace, address=ctr_lab.c.address, binary=str(wrapper),
+                  log_dir=ctr_lab.d.log_dir, logger=ctr_lab.d.logger, state_dir=ctr_lab.d.state_dir)
+    for service, signal, killed in (("sigterm", None, False), ("sighup", "SIGHUP", True)):
+        port = free_port()
+        spec = ctr_lab.spec(service, env={"PORT": str(port)})
+        ctr_lab.call(ctr_lab.d.run(spec))
+        _get(port)
+        if signal is not None:
+            ctr_lab.c.ctr("containers", "label", spec.id, f"io.containerd.image.config.stop-signal={signal}")
+        (tmp_path / "calls").write_text("")
+        res = ctr_lab.call(d.stop(spec.id, grace=1.0, exit_code=False))
+        assert (res.found, res.killed) == (True, killed), service
+        calls = (tmp_path / "calls").read_text()
+        assert "tasks kill" not in calls.replace("tasks kill -a -s SIGKILL", ""), calls
+        assert spec.id not in ctr_lab.ids()
+
+
+@pytest.mark.lab
 def test_stop_of_a_missing_container_reports_not_found(ctr_lab: CtrLab):
     assert ctr_lab.call(ctr_lab.d.stop("never-1-zzzzzz", 1)).found is False
 

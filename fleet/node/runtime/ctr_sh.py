@@ -30,8 +30,11 @@ fi
 """
 
 # Clearing the restart label comes first (or the restart monitor would revive the task), and says whether the
-# container exists (`label` fails on one that does not). The task's PID comes from its bundle (`fleet_task_pid`),
-# else from `ctr tasks ls`. The task's process is then watched through its /proc
+# container exists (`label` fails on one that does not); it prints every label, the image's stop signal with them
+# (`io.containerd.image.config.stop-signal`, what `ctr tasks kill` would send; SIGTERM without it). The task's PID
+# comes from its bundle (`fleet_task_pid`), else from `ctr tasks ls`. A process known to be the container's (in its
+# cgroup, by its start time) gets that signal by `kill` when it is a common one, with no ctr (and no runc) run for
+# it; else through `ctr tasks kill`. The task's process is then watched through its /proc
 # entry (its start time, so a reused PID does not count), one `sleep` a tick instead of a `ctr tasks ls` (a Go
 # client and a containerd call: three to eight of those a stop cost more node CPU than the rest of the script);
 # where that entry cannot be read or is not in the container's cgroup (containerd in another PID namespace) `tasks
@@ -39,8 +42,15 @@ fi
 # be fractional, so the tick count is computed with awk (mawk prints small integers correctly). containerd
 # records the exit a moment after the process is gone: `tasks rm` is asked again while it says the task runs.
 STOP_SCRIPT = r"""
-if ! c containers label "$ID" containerd.io/restart.status= >/dev/null 2>&1; then echo '@@found false'; exit 0; fi
+if ! labels=$(c containers label "$ID" containerd.io/restart.status= 2>/dev/null); then
+  echo '@@found false'; exit 0
+fi
 echo '@@found true'
+case $labels in
+  *io.containerd.image.config.stop-signal=*) sig=${labels#*io.containerd.image.config.stop-signal=}; sig=${sig%%,*} ;;
+  *) sig=SIGTERM ;;
+esac
+case ${sig#SIG} in TERM|QUIT|INT|HUP|USR1|USR2|WINCH|KILL) sig=${sig#SIG} ;; *) sig= ;; esac
 task() { c tasks ls 2>/dev/null | awk -v id="$ID" '$1==id {print $2, $3}'; }
 started() { s=; read -r s 2>/dev/null <"/proc/$1/stat" || return 1; set -- ${s##*) }; shift 19; printf '%s' "$1"; }
 alive() {
@@ -56,7 +66,7 @@ else
   case $pid in ''|0|*[!0-9]*) ;; *) grep -qs -e "/$ID\$" "/proc/$pid/cgroup" && t0=$(started "$pid") || t0= ;; esac
 fi
 if [ "$st" = RUNNING ] || [ "$st" = PAUSED ] || [ "$st" = CREATED ]; then
-  c tasks kill "$ID" >/dev/null 2>&1
+  if [ -n "$t0" ] && [ -n "$sig" ]; then kill -s "$sig" "$pid" 2>/dev/null; else c tasks kill "$ID" >/dev/null 2>&1; fi
   wait_exit "$(awk -v g="$GRACE" 'BEGIN { printf "%d", g * 10 + 0.999 }')"
   if alive; then
     echo '@@killed true'
