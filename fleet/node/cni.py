@@ -131,7 +131,8 @@ fleet_cni_del() { # ID
   fleet_cni_unports "$1"
   f=$CACHE/run/$1
   if [ -f "$f" ]; then
-    b=$(sed -n 1p "$f"); p=$(sed -n 2p "$f"); w=$(sed -n 3p "$f"); r=$(sed -n 4p "$f")
+    b= p= w= r=
+    { read -r b; read -r p; read -r w; read -r r; } <"$f" || :
     [ -n "$w" ] && fleet_cni DEL "$1" firewall "$w" "$r" >/dev/null 2>&1 || :
     [ -n "$p" ] && fleet_cni DEL "$1" portmap "$p" "$r" >/dev/null 2>&1 || :
     [ -n "$b" ] && fleet_cni DEL "$1" bridge "$b" "$r" >/dev/null 2>&1 || :
@@ -143,19 +144,25 @@ fleet_cni_del() { # ID
 
 ATTACH_SH = CNI_FUNCTIONS + r"""
 set -u
-mkdir -p "$CACHE/run" "$CACHE/ipam" "$CACHE/ports" || exit 1
+[ -d "$CACHE/ports" ] || mkdir -p "$CACHE/run" "$CACHE/ipam" "$CACHE/ports" || exit 1
 if [ -e "$NETNS_DIR/fleet-$ID" ] || [ -e "$CACHE/run/$ID" ]; then
   echo "cni: fleet-$ID: already exists" >&2; exit 17
 fi
 # The node's network is made when its bridge is the one the last exclusive ADD recorded (its MAC address, random
-# per bridge: a reboot or a new bridge does not match).
-fleet_cni_made() { ip -o link show dev "$BRIDGE" 2>/dev/null | sed -n 's#.* link/ether \([0-9a-f:]*\) .*#\1#p'; }
-made=$(fleet_cni_made)
-if [ -n "$made" ] && [ "$made" = "$(cat "$CACHE/.made" 2>/dev/null)" ]; then fleet_cni_lock -s
+# per bridge: a reboot or a new bridge does not match). Shell patterns rather than sed and cat: every start runs it.
+fleet_cni_made() {
+  made=$(ip -o link show dev "$BRIDGE" 2>/dev/null)
+  case $made in *" link/ether "*) made=${made#* link/ether }; made=${made%% *} ;; *) made= ;; esac
+}
+fleet_cni_made
+was=
+read -r was 2>/dev/null <"$CACHE/.made" || :
+if [ -n "$made" ] && [ "$made" = "$was" ]; then fleet_cni_lock -s
 else fleet_cni_lock; made=; fi
 # The node keeps the subnet its bridge already has (another run, or another inventory's order, may propose
 # another): the bridge's gateway address x.y.z.1/24 gives x.y.z.0/24.
-gw=$(ip -4 -o addr show dev "$BRIDGE" 2>/dev/null | awk '{print $4; exit}')
+gw=$(ip -4 -o addr show dev "$BRIDGE" 2>/dev/null)
+case $gw in *" inet "*) gw=${gw#* inet }; gw=${gw%% *} ;; *) gw= ;; esac
 if [ -n "$gw" ] && [ "${gw%.*}.0/${gw#*/}" != "$SUBNET" ]; then
   BRIDGE_CONF=$(printf '%s' "$BRIDGE_CONF" | sed "s#\"$SUBNET\"#\"${gw%.*}.0/${gw#*/}\"#g")
   SUBNET=${gw%.*}.0/${gw#*/}
@@ -192,25 +199,28 @@ if [ -z "$made" ]; then fleet_cni_node || fail "iptables: cannot add the node's 
 # PORTS: HOST:CONTAINER:ADDRESS… (ADDRESS empty: every local address). The rules that delete them are on disk first.
 cip=$(printf '%s' "$r" | sed -n 's#.*"ips": *\[[^]]*"address": *"\([0-9.]*\)/[0-9]*".*#\1#p')
 [ -n "$cip" ] || fail "bridge: no IPv4 address in its result: $r"
-rules=
+add= del=
 for p in $PORTS; do
   h=${p%%:*}; a=${p#*:}; c=${a%%:*}; a=${a#*:}
-  rules="$rules$CHAIN ${a:+-d $a/32 }-p tcp -m tcp --dport $h -m comment --comment fleet:$ID"
-  rules="$rules -j DNAT --to-destination $cip:$c
+  rule="$CHAIN ${a:+-d $a/32 }-p tcp -m tcp --dport $h -m comment --comment fleet:$ID"
+  rule="$rule -j DNAT --to-destination $cip:$c"
+  add="$add-A $rule
+" del="$del-D $rule
 "
 done
-if [ -n "$rules" ]; then
-  printf '*nat\n%sCOMMIT\n' "$(printf '%s' "$rules" | sed 's/^/-D /')
-" >"$CACHE/ports/$ID" || fail "cannot write the cache"
-  add=$(printf '*nat\n%sCOMMIT\n' "$(printf '%s' "$rules" | sed 's/^/-A /')
-")
+if [ -n "$add" ]; then
+  printf '*nat\n%sCOMMIT\n' "$del" >"$CACHE/ports/$ID" || fail "cannot write the cache"
+  add=$(printf '*nat\n%sCOMMIT\n' "$add")
   # The node's rules gone since (iptables flushed by hand): made again, once.
   printf '%s\n' "$add" | iptables-restore -w --noflush 2>/dev/null ||
     { fleet_cni_node && printf '%s\n' "$add" | iptables-restore -w --noflush; } ||
     fail "iptables: cannot add the port rules"
 fi
 printf '%s\n' "$r" >>"$CACHE/run/$ID" || fail "cannot write the cache"
-[ -n "$made" ] || { fleet_cni_made >"$CACHE/.made.$$" && mv -f "$CACHE/.made.$$" "$CACHE/.made"; } || :
+if [ -z "$made" ]; then
+  fleet_cni_made
+  { printf '%s\n' "$made" >"$CACHE/.made.$$" && mv -f "$CACHE/.made.$$" "$CACHE/.made"; } || :
+fi
 exec 9>&-
 echo '@@cni-result'
 printf '%s\n' "$r"
