@@ -80,6 +80,11 @@ def test_attach_and_run_is_one_script_that_tears_down_when_the_start_fails():
 
 def test_node_subnets_by_index():
     assert [cni.node_subnet(i) for i in (0, 1, 255)] == ["10.88.0.0/24", "10.88.1.0/24", "10.88.255.0/24"]
+    assert cni.node_subnet(256) == "10.88.0.0/24"  # past the last, they repeat
+    assert [cni.node_subnet(i, "10.0.0.0/8") for i in (1, 257, 65536)] == ["10.0.1.0/24", "10.1.1.0/24",
+                                                                          "10.0.0.0/24"]
+    assert [cni.node_subnet(i, "172.16.0.0/20") for i in (15, 16)] == ["172.16.15.0/24", "172.16.0.0/24"]
+    assert cni.node_subnet(3, "10.1.2.0/25") == "10.1.2.0/25"
     assert cni.node_subnet(256) == "10.88.0.0/24"
     assert cni.node_subnet(2, "172.30.0.0/20") == "172.30.2.0/24"
 

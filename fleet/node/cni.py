@@ -81,9 +81,12 @@ def node_subnet(index: int, base: str = DEFAULT_RANGE) -> str:
     """The `index`th /24 of `base` (the subnet of one node's containers); it only has to differ from the
     node's own networks."""
     net = ipaddress.ip_network(base)
-    subnets = list(net.subnets(new_prefix=24)) if net.prefixlen <= 24 else [net]
-    # Past the last, they repeat: harmless, since containers are never routed between nodes.
-    return str(subnets[index % len(subnets)])
+    if net.prefixlen > 24:
+        return str(net)
+    # Past the last, they repeat: harmless, since containers are never routed between nodes. (Computed, not
+    # listed: a /16 has 256 of them, and every start asks.)
+    count = 1 << (24 - net.prefixlen)
+    return str(ipaddress.ip_network((int(net.network_address) + (index % count) * 256, 24)))
 
 
 def _dumps(conf: object) -> str:
