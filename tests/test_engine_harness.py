@@ -150,12 +150,15 @@ async def test_two_services_sharing_scarce_room_both_roll_without_overfilling_th
     assert not any(h.engine.book.stopping.values())
 
 
-async def test_a_replaced_replica_stops_while_the_next_batch_starts_and_the_outcome_waits_for_every_stop():
-    h = Harness([worker("w1"), worker("w2")])
-    await started_at_v1(h, web(V1))
+@pytest.mark.parametrize("balanced", [False, True])
+async def test_a_replaced_replica_stops_while_the_next_batch_starts_and_the_outcome_waits_for_every_stop(
+        balanced: bool):
+    h = Harness([worker("w1"), worker("w2")], balanced=balanced)
+    lb = "    lb: {port: 8080}\n" if balanced else ""
+    await started_at_v1(h, web(V1, extra=lb))
     old = {r.id for r in h.ops.of("web")}
     h.ops.stop_delay = 0.05
-    result = await h.apply(web(V2, update="max_surge: 1, max_unavailable: 0"))
+    result = await h.apply(web(V2, update="max_surge: 1, max_unavailable: 0", extra=lb))
     assert result.ok and result.outcomes[0].stopped == 3
     steps = h.steps("web", LIFE)
     first_stop = steps.index(("stop", next(rid for kind, rid in steps if kind == "stop")))
@@ -168,6 +171,17 @@ async def test_a_replaced_replica_stops_while_the_next_batch_starts_and_the_outc
     assert {rid for kind, rid in steps if kind == "stopped"} == old
     assert {r.image for r in h.ops.of("web")} == {V2} and len(h.ops.of("web")) == 3
     assert not any(h.engine.book.stopping.values())
+    if balanced:
+        # Each old replica was drained, then out of the load balancer (a route without it) before its stop; the
+        # last route lists the new replicas only, ready.
+        for rid in old:
+            stop_at = h.ops.steps.index(("stop", "web", rid))
+            assert h.ops.steps.index(("drain", "web", rid)) < stop_at
+            before = [routed for kind, name, routed in h.ops.steps[:stop_at] if kind == "route" and name == "web"]
+            assert rid not in before[-1], "stopped while still in the load balancer"
+        last = next(routed for kind, name, routed in reversed(h.ops.steps) if kind == "route" and name == "web")
+        assert sorted(x.split(":")[0] for x in last.split(",")) == sorted(r.id for r in h.ops.of("web"))
+        assert all(x.endswith(":ready:1") for x in last.split(","))
 
 
 async def test_a_batch_that_needs_the_room_of_a_replica_being_stopped_waits_for_it():

@@ -134,8 +134,8 @@ class Converge:
                     why = ("failing its health check" if not ready[rid] else moving.get(rid)
                            or ("replaced" if r.spec_hash != h else "surplus"))
                     if step.start_new and not spec.volumes:
-                        await self.unroute(spec, r, why)
-                        behind.append(self._stop_behind(r, spec.stop_grace_period, why))
+                        await self.drain(spec, r, why)
+                        behind.append(self._stop_behind(spec, r, why))
                     else:
                         await self.retire(spec, r, why)
                     stopped += 1
@@ -250,28 +250,35 @@ class Converge:
 
     async def retire(self, spec: ServiceSpec, r: Replica, why: str) -> None:
         """Drain (no new connections; existing ones finish, up to the grace period), unroute, then stop."""
-        await self.unroute(spec, r, why)
+        await self.drain(spec, r, why)
+        await self.unroute(spec, r)
         await self.stop(r, spec.stop_grace_period, why)
 
-    async def unroute(self, spec: ServiceSpec, r: Replica, why: str) -> None:
-        """Drain `r` and take it out of the load balancers (it still runs, and holds its room)."""
+    async def drain(self, spec: ServiceSpec, r: Replica, why: str) -> None:
+        """No new connections to `r`; the wait for its own to finish (it still runs, and holds its room)."""
         s, rotation = self.s, self.s.view.rotation
         if rotation.routed(r.service) and s.ops.balanced:
             rotation.state(r, "drain")
             await s.ops.drain(spec, r, why)
+
+    async def unroute(self, spec: ServiceSpec, r: Replica) -> None:
+        """`r`, drained, out of the load balancers (and any worker of theirs from before a reload gone)."""
+        s, rotation = self.s, self.s.view.rotation
+        if rotation.routed(r.service) and s.ops.balanced:
             rotation.drop(r)
             await s.ops.route(rotation, settle=min(max(spec.stop_grace_period, 1.0), 10.0))
 
-    def _stop_behind(self, r: Replica, grace: float, why: str) -> asyncio.Task[None]:
-        """Stop `r`, out of the load balancers and replaced already, while the rollout goes on (as Kubernetes
-        does not count a terminating pod against `maxSurge`). Until it is gone it holds its room, and the room
-        book waits for it rather than failing a placement that needs that room."""
+    def _stop_behind(self, spec: ServiceSpec, r: Replica, why: str) -> asyncio.Task[None]:
+        """Take `r`, drained and replaced already, out of the load balancers and stop it while the rollout goes
+        on (as Kubernetes does not count a terminating pod against `maxSurge`). Until it is gone it holds its
+        room, and the room book waits for it rather than failing a placement that needs that room."""
         book = self.s.book
         book.stopping[r.service] = book.stopping.get(r.service, 0) + 1
 
         async def stop() -> None:
             try:
-                await self.stop(r, grace, why)
+                await self.unroute(spec, r)
+                await self.stop(r, spec.stop_grace_period, why)
             finally:
                 book.stopping[r.service] -= 1
                 await book.changed()
