@@ -5,6 +5,7 @@ with the node's directories under a temporary one."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -17,9 +18,11 @@ from fleet.engine.containers import end_call
 from fleet.node.runtime.ctr import CtrDriver
 
 CID = "web-1-abc"
-# `ctr`: every call logged; no task; `containers rm` answers as $RM says (empty: it succeeds).
+# `ctr`: every call logged (and the niceness it runs at); no task; `containers rm` answers as $RM says (empty:
+# it succeeds).
 STAND_IN_CTR = """#!/bin/sh
 echo "$*" >>"$LOG"
+cut -d' ' -f19 /proc/$$/stat >>"$LOG.nice"
 case "$*" in
   *"containers rm"*) [ -z "$RM" ] || { echo "$RM" >&2; exit 1; } ;;
   *"tasks ls"*) echo "TASK PID STATUS" ;;
@@ -57,6 +60,8 @@ def test_the_stop_then_the_containers_files_in_one_script_with_no_tasks_rm(tmp_p
         f"containers label {CID} containerd.io/restart.status=", f"containers rm {CID}"]
     assert "@@cleanup 0" in out.stdout
     assert not (tmp_path / "secrets" / CID).exists() and not (tmp_path / "mnt" / CID).exists()
+    # At a lower priority than the node's starts: ten above this test's own niceness (at most 19).
+    assert set((tmp_path / "log.nice").read_text().split()) == {str(min(os.nice(0) + 10, 19))}
 
 
 def test_a_failed_stop_leaves_the_containers_files_and_raises(tmp_path):

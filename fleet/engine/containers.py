@@ -172,15 +172,19 @@ async def end_replica(pool: Pool, report: NodeReport, container_id: str, grace: 
 
 
 def end_call(driver: RuntimeDriver, container_id: str, grace: float) -> Call[StopResult]:
-    """The runtime's stop, its exit code not read (a replica's is of no use), then what the container leaves on
-    its node: its network namespace and secret files (as `forget`), its sshfs mounts (as
+    """The runtime's stop, at nice 10, its exit code not read (a replica's is of no use), then what the container
+    leaves on its node: its network namespace and secret files (as `forget`), its sshfs mounts (as
     `StorageAccess.release`, whose failure is left to the next run, as before). When the stop fails, nothing
     else is done and the failure is raised."""
     stop = driver.stop(container_id, grace, exit_code=False)
     clean, release = _forget_script(container_id), release_script(container_id)
     if not isinstance(stop.command, Script):
         raise TypeError("a runtime's stop is a script")
-    text = ("out=$(\n" + stop.command.text + "\n)\n" + 'printf \'%s\\n\' "$out"\n'
+    # At a lower CPU priority than the node's starts (nice 10, inherited by ctr, the CNI plugin and the rest): a
+    # replica being stopped is out of the load balancers already, while the replica replacing it, or another
+    # service's, is being started and waited for.
+    text = ("renice -n 10 -p $$ >/dev/null 2>&1 || :\n"
+            + "out=$(\n" + stop.command.text + "\n)\n" + 'printf \'%s\\n\' "$out"\n'
             + 'case $out in *"@@rc 0"*|*"@@found false"*) ;; *) exit 0 ;; esac\n'
             + "(\n" + clean.text + "\n) >/dev/null\n" + 'echo "@@cleanup $?"\n'
             + "(\n" + release.text + "\n) >/dev/null 2>&1 || :\n")
