@@ -12,7 +12,7 @@ import dataclasses
 import itertools
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,6 +168,24 @@ class FakeOps:
         self.running.pop(r.id, None)
         self.serving.discard(r.id)
         self._measure(r.service)
+
+    async def halt(self, r: Replica, grace: float, why: str) -> Callable[[], Awaitable[None]]:
+        """`stop` in two: the process gone now ("stop", then "stopped" after `stop_delay`; no longer running),
+        the container removed by what it returns ("deleted")."""
+        self._failing("stop")
+        self.steps.append(("stop", r.service, r.id))
+        if self.stop_delay:
+            await asyncio.sleep(self.stop_delay)
+            self.steps.append(("stopped", r.service, r.id))
+        self.running.pop(r.id, None)
+        self.serving.discard(r.id)
+        self._measure(r.service)
+
+        async def finish() -> None:
+            if self.stop_delay:
+                await asyncio.sleep(self.stop_delay)
+            self.steps.append(("deleted", r.service, r.id))
+        return finish
 
     async def remove(self, r: Replica, why: str) -> None:
         self.steps.append(("remove", r.service, r.id))

@@ -14,7 +14,7 @@ import pytest
 from fleet.core.errors import RuntimeCommandError
 from fleet.core.model import CommandResult
 from fleet.core.shell import Script
-from fleet.engine.containers import end_call
+from fleet.engine.containers import end_call, finish_call
 from fleet.node.runtime.ctr import CtrDriver
 
 CID = "web-1-abc"
@@ -31,11 +31,13 @@ exit 0
 """
 
 
-def _end(tmp: Path, rm: str = "") -> tuple[subprocess.CompletedProcess[str], list[str]]:
+def _end(tmp: Path, rm: str = "", remove: bool | None = True) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """The end of CID: `end_call` (with `remove`), or `finish_call` (`remove` None)."""
     ctr = tmp / "ctr"
     ctr.write_text(STAND_IN_CTR)
     ctr.chmod(0o755)
-    call = end_call(CtrDriver(binary=str(ctr), state_dir=str(tmp / "state")), CID, 1.0)
+    driver = CtrDriver(binary=str(ctr), state_dir=str(tmp / "state"))
+    call = finish_call(driver, CID) if remove is None else end_call(driver, CID, 1.0, remove=remove)
     assert isinstance(call.command, Script)
     env = {**dict(call.command.env), "CACHE": str(tmp / "cni"), "NETNS_DIR": str(tmp / "netns"),
            "SECRETS": str(tmp / "secrets" / CID), "D": str(tmp / "mnt" / CID), "LOG": str(tmp / "log"),
@@ -78,3 +80,21 @@ def test_a_failed_cleanup_is_raised():
     text = "@@found true\n@@containerrm\n@@rc 0\n@@cleanup 1\n"
     with pytest.raises(RuntimeCommandError, match="cleanup"):
         end_call(CtrDriver(), CID, 1.0).parse(CommandResult("n1", 0, text, "rm: cannot remove", 0.1))
+
+
+def test_a_stop_in_two_keeps_the_container_and_its_files_until_finish_removes_them(tmp_path):
+    _node(tmp_path)
+    out, calls = _end(tmp_path, remove=False)
+    assert out.returncode == 0, out.stderr
+    end_call(CtrDriver(), CID, 1.0, remove=False).parse(CommandResult("n1", 0, out.stdout, out.stderr, 0.1))
+    assert not [c for c in calls if "containers rm" in c] and "@@cleanup" not in out.stdout
+    assert (tmp_path / "secrets" / CID / "token").exists() and (tmp_path / "mnt" / CID / "data").exists()
+    out, calls = _end(tmp_path, remove=None)
+    assert out.returncode == 0, out.stderr
+    finish_call(CtrDriver(), CID).parse(CommandResult("n1", 0, out.stdout, out.stderr, 0.1))
+    assert [c.split(" ", 2)[-1] for c in calls if "containers rm" in c] == [f"containers rm {CID}"]
+    assert "@@cleanup 0" in out.stdout
+    assert not (tmp_path / "secrets" / CID).exists() and not (tmp_path / "mnt" / CID).exists()
+    with pytest.raises(RuntimeCommandError, match="boom"):
+        out, _ = _end(tmp_path, rm="ctr: boom", remove=None)
+        finish_call(CtrDriver(), CID).parse(CommandResult("n1", out.returncode, out.stdout, out.stderr, 0.1))

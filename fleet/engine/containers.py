@@ -31,7 +31,7 @@ from fleet.engine.nodes import NodeReport
 from fleet.node import cni
 from fleet.node.logdates import DatedLine, Dater
 from fleet.node.paths import DEFAULT as NODE_PATHS
-from fleet.node.runtime.base import Call, ContainerInfo, RunSpec, RuntimeDriver, StopResult, parse_ok
+from fleet.node.runtime.base import Call, ContainerInfo, RunSpec, RuntimeDriver, StopResult, check, parse_ok
 from fleet.node.storage import release_script
 from fleet.results.containers import LIST_TIMEOUT
 from fleet.results.containers import PsResult as PsResult
@@ -164,44 +164,85 @@ async def stop_container(pool: Pool, report: NodeReport, container_id: str, grac
     return result
 
 
-async def end_replica(pool: Pool, report: NodeReport, container_id: str, grace: float, timeout: float
-                      ) -> StopResult:
+async def end_replica(pool: Pool, report: NodeReport, container_id: str, grace: float, timeout: float, *,
+                      remove: bool = True) -> StopResult:
     """Stop a replica and remove what it leaves on its node in one round trip (see `end_call`)."""
-    return await perform(pool, report.node, end_call(driver_for(report.node, report.facts), container_id, grace),
-                         timeout=timeout)
+    call = end_call(driver_for(report.node, report.facts), container_id, grace, remove=remove)
+    return await perform(pool, report.node, call, timeout=timeout)
 
 
-def end_call(driver: RuntimeDriver, container_id: str, grace: float) -> Call[StopResult]:
+async def finish_replica(pool: Pool, report: NodeReport, container_id: str, timeout: float) -> None:
+    """What a replica stopped without `remove` (see `end_replica`) leaves on its node, removed (see `finish_call`)."""
+    await perform(pool, report.node, finish_call(driver_for(report.node, report.facts), container_id),
+                  timeout=timeout)
+
+
+# At a lower CPU priority than the node's starts (nice 10, inherited by ctr, the CNI plugin and the rest): a replica
+# being stopped is out of the load balancers already, while the replica replacing it, or another service's, is
+# being started and waited for.
+_NICE = "renice -n 10 -p $$ >/dev/null 2>&1 || :\n"
+
+
+def end_call(driver: RuntimeDriver, container_id: str, grace: float, *, remove: bool = True) -> Call[StopResult]:
     """The runtime's stop, at nice 10, its exit code not read (a replica's is of no use), then what the container
     leaves on its node: its network namespace and secret files (as `forget`), its sshfs mounts (as
     `StorageAccess.release`, whose failure is left to the next run, as before). When the stop fails, nothing
-    else is done and the failure is raised."""
-    stop = driver.stop(container_id, grace, exit_code=False)
-    clean, release = _forget_script(container_id), release_script(container_id)
+    else is done and the failure is raised. Without `remove`, done once its process is gone: the rest is
+    `finish_call`'s."""
+    stop = driver.stop(container_id, grace, exit_code=False, remove=remove)
     if not isinstance(stop.command, Script):
         raise TypeError("a runtime's stop is a script")
-    # At a lower CPU priority than the node's starts (nice 10, inherited by ctr, the CNI plugin and the rest): a
-    # replica being stopped is out of the load balancers already, while the replica replacing it, or another
-    # service's, is being started and waited for.
-    text = ("renice -n 10 -p $$ >/dev/null 2>&1 || :\n"
-            + "out=$(\n" + stop.command.text + "\n)\n" + 'printf \'%s\\n\' "$out"\n'
-            + 'case $out in *"@@rc 0"*|*"@@found false"*) ;; *) exit 0 ;; esac\n'
-            + "(\n" + clean.text + "\n) >/dev/null\n" + 'echo "@@cleanup $?"\n'
-            + "(\n" + release.text + "\n) >/dev/null 2>&1 || :\n")
-    env = {**stop.command.env, **clean.env, **release.env}
-    if len(env) != len(stop.command.env) + len(clean.env) + len(release.env):
-        raise ValueError("the stop and cleanup scripts' variables collide")
+    text = _NICE + "out=$(\n" + stop.command.text + "\n)\n" + 'printf \'%s\\n\' "$out"\n'
+    env = dict(stop.command.env)
+    if remove:
+        text, env = _and_cleanup(text, env, container_id)
 
     def parse(result: CommandResult) -> StopResult:
         stopped = stop.parse(result)
-        _, mark, rest = result.stdout.partition("\n@@cleanup ")
-        status = rest.split("\n", 1)[0].strip()
-        if mark and status != "0":
-            raise RuntimeCommandError(result.node, "cleanup", int(status) if status.isdigit() else None,
-                                      result.stderr.strip())
+        _cleaned(result)
         return stopped
 
     return Call(Script(text, env, name="fleet-stop"), parse, what=f"stop {container_id}")
+
+
+def finish_call(driver: RuntimeDriver, container_id: str) -> Call[None]:
+    """The rest of a stop without `remove` (see `end_call`), at nice 10: the container (its log stays), then its
+    network namespace, secret files and sshfs mounts."""
+    delete = driver.delete(container_id)
+    if not isinstance(delete.command, Script):
+        raise TypeError("a runtime's delete is a script")
+    text, env = _and_cleanup(_NICE + "out=$(\n" + delete.command.text + "\n) && out='@@rc 0'\n"
+                             + 'printf \'%s\\n\' "$out"\n', dict(delete.command.env), container_id)
+
+    def parse(result: CommandResult) -> None:
+        check(result, "delete")
+        if "@@rc 0" not in result.stdout:
+            raise RuntimeCommandError(result.node, "delete", result.exit_status, result.stderr.strip())
+        _cleaned(result)
+
+    return Call(Script(text, env, name="fleet-finish"), parse, what=f"delete {container_id}")
+
+
+def _and_cleanup(text: str, env: dict[str, str], container_id: str) -> tuple[str, dict[str, str]]:
+    """A stop's script followed, once it printed `@@rc 0` (or found nothing), by the container's cleanup (see
+    `end_call`), which prints `@@cleanup STATUS` (read by `_cleaned`)."""
+    clean, release = _forget_script(container_id), release_script(container_id)
+    text += ('case $out in *"@@rc 0"*|*"@@found false"*) ;; *) exit 0 ;; esac\n'
+             + "(\n" + clean.text + "\n) >/dev/null\n" + 'echo "@@cleanup $?"\n'
+             + "(\n" + release.text + "\n) >/dev/null 2>&1 || :\n")
+    merged = {**env, **clean.env, **release.env}
+    if len(merged) != len(env) + len(clean.env) + len(release.env):
+        raise ValueError("the stop and cleanup scripts' variables collide")
+    return text, merged
+
+
+def _cleaned(result: CommandResult) -> None:
+    """Raise when the cleanup `_and_cleanup` added failed."""
+    _, mark, rest = result.stdout.partition("\n@@cleanup ")
+    status = rest.split("\n", 1)[0].strip()
+    if mark and status != "0":
+        raise RuntimeCommandError(result.node, "cleanup", int(status) if status.isdigit() else None,
+                                  result.stderr.strip())
 
 
 async def remove_container(pool: Pool, report: NodeReport, container_id: str) -> None:

@@ -116,8 +116,8 @@ class Converge:
             await self.retire(spec, by_id[rid], "surplus")
             stopped += 1
         outgoing = {st.id for st in states if st.id not in resume.keep}
-        # Replicas out of the load balancer whose stop runs while the next batch starts; all stopped before the
-        # service's outcome (or its failure) is given.
+        # Replicas stopped (their process gone, out of the load balancers) whose container and files are removed
+        # while the next batch starts; all removed before the service's outcome (or its failure) is given.
         behind: list[asyncio.Task[None]] = []
         try:
             for step in resume.steps:
@@ -135,7 +135,9 @@ class Converge:
                            or ("replaced" if r.spec_hash != h else "surplus"))
                     if step.start_new and not spec.volumes:
                         await self.drain(spec, r, why)
-                        behind.append(self._stop_behind(spec, r, why))
+                        await self.unroute(spec, r)
+                        finish = await s.ops.halt(r, spec.stop_grace_period, why)
+                        behind.append(self._finish_behind(r, finish))
                     else:
                         await self.retire(spec, r, why)
                     stopped += 1
@@ -268,22 +270,23 @@ class Converge:
             rotation.drop(r)
             await s.ops.route(rotation, settle=min(max(spec.stop_grace_period, 1.0), 10.0))
 
-    def _stop_behind(self, spec: ServiceSpec, r: Replica, why: str) -> asyncio.Task[None]:
-        """Take `r`, drained and replaced already, out of the load balancers and stop it while the rollout goes
-        on (as Kubernetes does not count a terminating pod against `maxSurge`). Until it is gone it holds its
-        room, and the room book waits for it rather than failing a placement that needs that room."""
+    def _finish_behind(self, r: Replica, finish: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        """Remove what `r`, stopped (drained, out of the load balancers, its process gone), leaves on its node
+        while the rollout goes on. The update policy's bounds count running processes and routed servers: it is
+        neither. Until it is gone it holds its room, and the room book waits for it rather than failing a
+        placement that needs that room."""
         book = self.s.book
         book.stopping[r.service] = book.stopping.get(r.service, 0) + 1
 
-        async def stop() -> None:
+        async def remove() -> None:
             try:
-                await self.unroute(spec, r)
-                await self.stop(r, spec.stop_grace_period, why)
+                await finish()
+                self.s.view.gone(r)
             finally:
                 book.stopping[r.service] -= 1
                 await book.changed()
 
-        return asyncio.create_task(stop())
+        return asyncio.create_task(remove())
 
     async def stop(self, r: Replica, grace: float, why: str) -> None:
         await self.s.ops.stop(r, grace, why)

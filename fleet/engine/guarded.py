@@ -74,6 +74,15 @@ class Guarded:
         await confirm(self.guard)
         await self.inner.stop(r, grace, why)
 
+    async def halt(self, r: Replica, grace: float, why: str) -> Callable[[], Awaitable[None]]:
+        await confirm(self.guard)
+        finish = await self.inner.halt(r, grace, why)
+
+        async def guarded() -> None:
+            await confirm(self.guard)
+            await finish()
+        return guarded
+
     async def remove(self, r: Replica, why: str) -> None:
         await confirm(self.guard)
         await self.inner.remove(r, why)

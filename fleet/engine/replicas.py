@@ -14,7 +14,7 @@ from fleet.config.spec import SecretRef, ServiceSpec
 from fleet.core import labels as L
 from fleet.core.errors import CommandTimeout, ConnectError
 from fleet.engine.calls import LIST_TIMEOUT, driver_for, perform
-from fleet.engine.containers import drop_secret_files, end_replica, run_container
+from fleet.engine.containers import drop_secret_files, end_replica, finish_replica, run_container
 from fleet.engine.health import exec_in as health_exec
 from fleet.engine.images import ensure_image
 from fleet.engine.lb import Balancers, Rotation
@@ -78,6 +78,11 @@ class ReplicaOps(Protocol):
         ...
 
     async def stop(self, r: Replica, grace: float, why: str) -> None: ...
+
+    async def halt(self, r: Replica, grace: float, why: str) -> Callable[[], Awaitable[None]]:
+        """`stop` in two: returns once the replica's process is gone (what the update policy's bounds count),
+        with what removes the rest (its container, network, files), to run later."""
+        ...
 
     async def remove(self, r: Replica, why: str) -> None:
         """Stop and remove a replica that never served (not ready)."""
@@ -272,10 +277,18 @@ class NodeReplicas:
     async def remove(self, r: Replica, why: str) -> None:
         await self._end(r, 1.0, 60, "remove", f"removing {r.id} on {r.node} ({why})")
 
-    async def _end(self, r: Replica, grace: float, timeout: float, step: str, message: str) -> None:
+    async def halt(self, r: Replica, grace: float, why: str) -> Callable[[], Awaitable[None]]:
+        await self._end(r, grace, grace + 30, "stop", f"stopping {r.id} on {r.node} ({why})", remove=False)
+
+        async def finish() -> None:
+            await finish_replica(self.pool, self.view.by_name[r.node], r.id, 60)
+        return finish
+
+    async def _end(self, r: Replica, grace: float, timeout: float, step: str, message: str, *,
+                   remove: bool = True) -> None:
         self.emit(step, r.service, message, r.node, r.id)
-        ended = await end_replica(self.pool, self.view.by_name[r.node], r.id, grace, timeout)
-        if step == "stop":  # a stop may run while the rollout goes on: when it ended, too
+        ended = await end_replica(self.pool, self.view.by_name[r.node], r.id, grace, timeout, remove=remove)
+        if step == "stop":  # the rest of a halted one may be removed later: when its process ended
             how = f" (killed after its {grace:g}s grace period)" if ended.killed else ""
             self.emit("stopped", r.service, f"{r.id} stopped on {r.node}{how}", r.node, r.id)
 

@@ -39,6 +39,9 @@ from fleet.node.runtime.base import (
     parse_text,
 )
 from fleet.node.runtime.ctr_sh import (
+    DELETE_SCRIPT as _DELETE_SCRIPT,
+)
+from fleet.node.runtime.ctr_sh import (
     LIST_SCRIPT as _LIST_SCRIPT,
 )
 from fleet.node.runtime.ctr_sh import (
@@ -49,6 +52,9 @@ from fleet.node.runtime.ctr_sh import (
 )
 from fleet.node.runtime.ctr_sh import (
     REMOVE_SCRIPT as _REMOVE_SCRIPT,
+)
+from fleet.node.runtime.ctr_sh import (
+    RM_FN as _RM_FN,
 )
 from fleet.node.runtime.ctr_sh import (
     RUN_FAILED as _RUN_FAILED,
@@ -208,13 +214,22 @@ class CtrDriver(CliDriver):
 
     # --- stop / remove
 
-    def stop(self, container_id: str, grace: float = 10.0, exit_code: bool = True) -> Call[StopResult]:
+    def stop(self, container_id: str, grace: float = 10.0, exit_code: bool = True,
+             remove: bool = True) -> Call[StopResult]:
         """SIGTERM (the image's stop signal), wait `grace` s, SIGKILL, then delete task and container; without
-        `exit_code`, one ctr less (`tasks rm`, whose warning gives it) and the result has none."""
-        text = self._fn() + _TASK_PID_FN + _STOP_SCRIPT
-        env = {**self._task_env(container_id), "GRACE": format(max(grace, 0.0), "g"), "EXIT": str(int(exit_code))}
+        `exit_code`, one ctr less (`tasks rm`, whose warning gives it) and the result has none; without `remove`,
+        done once the process is gone (`delete` removes the container later)."""
+        text = self._fn() + _TASK_PID_FN + _RM_FN + _STOP_SCRIPT
+        env = {**self._task_env(container_id), "GRACE": format(max(grace, 0.0), "g"), "EXIT": str(int(exit_code)),
+               "REMOVE": str(int(remove))}
         parse = partial(parse_stop, container_id=container_id)
         return Call(Script(text, env), parse, what=f"stop {container_id}")
+
+    def delete(self, container_id: str) -> Call[None]:
+        """Remove a container whose process is gone (`stop` without `remove`), keeping its log; succeeds when
+        it is already gone."""
+        return Call(Script(self._fn() + _RM_FN + _DELETE_SCRIPT, {"ID": container_id}), parse_ok("delete"),
+                    what=f"delete {container_id}")
 
     def remove(self, container_id: str) -> Call[None]:
         """Kill and delete at once, and delete the log file; succeeds when the container is already gone."""

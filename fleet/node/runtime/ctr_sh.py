@@ -74,6 +74,8 @@ if [ "$st" = RUNNING ] || [ "$st" = PAUSED ] || [ "$st" = CREATED ]; then
     wait_exit 100
   fi
 fi
+# REMOVE=0: the process is gone, its container (and its task) stay for DELETE_SCRIPT.
+if [ "$REMOVE" = 0 ]; then echo '@@rc 0'; exit 0; fi
 if [ -n "$st" ]; then
   echo '@@task true'
   if [ "$EXIT" = 1 ]; then
@@ -86,13 +88,28 @@ if [ -n "$st" ]; then
   fi
 fi
 echo '@@containerrm'
-# Without `tasks rm` (EXIT=0), `containers rm` deletes the stopped task itself, once containerd has its exit.
-i=0
-while out=$(c containers rm "$ID" 2>&1); rc=$?; [ "$rc" -ne 0 ] && [ "$i" -lt 40 ]; do
-  case $out in *"non stopped"*) sleep 0.05; i=$((i + 1)) ;; *) break ;; esac
-done
+fleet_rm
 [ -z "$out" ] || printf '%s\n' "$out"
 echo "@@rc $rc"
+"""
+
+# Without `tasks rm` (EXIT=0), `containers rm` deletes the stopped task itself, once containerd has its exit: asked
+# again while it says the task runs. Sets `out` and `rc`.
+RM_FN = r"""
+fleet_rm() {
+  i=0
+  while out=$(c containers rm "$ID" 2>&1); rc=$?; [ "$rc" -ne 0 ] && [ "$i" -lt 40 ]; do
+    case $out in *"non stopped"*) sleep 0.05; i=$((i + 1)) ;; *) break ;; esac
+  done
+}
+"""
+
+# What a stop with REMOVE=0 left: the container and its stopped task (its log stays); gone already is fine.
+DELETE_SCRIPT = r"""
+fleet_rm
+case $rc:$out in 0:*|*"not found"*) exit 0 ;; esac
+printf '%s\n' "$out" >&2
+exit "$rc"
 """
 
 LOGIN_PULL_SCRIPT = r"""

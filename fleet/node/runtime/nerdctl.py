@@ -141,13 +141,19 @@ class NerdctlDriver(CliDriver):
 
     # --- stop / remove
 
-    def stop(self, container_id: str, grace: float = 10.0, exit_code: bool = True) -> Call[StopResult]:
+    def stop(self, container_id: str, grace: float = 10.0, exit_code: bool = True,
+             remove: bool = True) -> Call[StopResult]:
         """`nerdctl stop -t` (TERM, then KILL after the grace), read the exit code (always: `exit_code` saves
-        nothing here), then `rm -f`."""
+        nothing here), then `rm -f` (without `remove`: `delete` does, later)."""
         text = self._fn() + _STOP_SCRIPT
-        env = {"ID": container_id, "GRACE": str(max(0, math.ceil(grace)))}
+        env = {"ID": container_id, "GRACE": str(max(0, math.ceil(grace))), "REMOVE": str(int(remove))}
         parse = partial(parse_stop, container_id=container_id)
         return Call(Script(text, env), parse, what=f"stop {container_id}")
+
+    def delete(self, container_id: str) -> Call[None]:
+        """Remove a stopped container (`stop` without `remove`); fine when it is gone already."""
+        text = self._fn() + 'n rm -f "$ID" >/dev/null 2>&1 || ! n container inspect "$ID" >/dev/null 2>&1\n'
+        return Call(Script(text, {"ID": container_id}), parse_ok("delete"), what=f"delete {container_id}")
 
     def remove(self, container_id: str) -> Call[None]:
         text = self._fn() + (
@@ -246,7 +252,7 @@ if ! n container inspect "$ID" >/dev/null 2>&1; then echo '@@found false'; exit 
 echo '@@found true'
 n stop -t "$GRACE" "$ID" >/dev/null || exit 1
 printf '@@state %s\n' "$(n container inspect --format '{{.State.Status}} {{.State.ExitCode}}' "$ID")"
-n rm -f "$ID" >/dev/null || exit 1
+[ "$REMOVE" = 0 ] || n rm -f "$ID" >/dev/null || exit 1
 echo '@@rc 0'
 """
 
