@@ -160,14 +160,7 @@ class FakeOps:
         self._measure(r.service)
 
     async def stop(self, r: Replica, grace: float, why: str) -> None:
-        self._failing("stop")
-        self.steps.append(("stop", r.service, r.id))
-        if self.stop_delay:
-            await asyncio.sleep(self.stop_delay)
-            self.steps.append(("stopped", r.service, r.id))
-        self.running.pop(r.id, None)
-        self.serving.discard(r.id)
-        self._measure(r.service)
+        await (await self.halt(r, grace, why))()
 
     async def halt(self, r: Replica, grace: float, why: str) -> Callable[[], Awaitable[None]]:
         """`stop` in two: the process gone now ("stop", then "stopped" after `stop_delay`; no longer running),
