@@ -59,7 +59,8 @@ def test_named_volume_survives_replacement_tmpfs_sized_bind_readonly(lab, tmp_pa
         # A new spec replaces the container; the named volume on the node keeps its data.
         out = fleet(lab, "apply", write("two"))
         assert out.returncode == 0 and "replaced" in out.stdout, out.stdout
-        assert sh('echo "$GREETING"; cat /data/note').stdout.split() == ["two", "kept"]
+        got = sh('echo "$GREETING"; cat /data/note')
+        assert got.stdout.split() == ["two", "kept"], (got.returncode, got.stdout, got.stderr)
         on_node = lab.lab.exec_in("n1", ["cat", "/var/lib/fleet/volumes/vol-app/data/note"]).stdout
         assert on_node == "kept\n"
     finally:
