@@ -173,14 +173,14 @@ async def test_a_runtime_drain_waits_for_a_reload_but_not_for_a_sync_made_at_run
         lb = RecordingLbNode()
         lbs.nodes = [lb]  # type: ignore[list-item]
         async with lbs._sync.lock:  # a sync under way (made at runtime, or preparing a reload)
-            await asyncio.wait_for(lbs.set_state(r, "drain"), 1.0)
-        assert lb.sent == ["set server be_web/web-0-abc state drain"]
+            await asyncio.wait_for(lbs.drain(r), 1.0)
+        assert lb.sent == ["set server be_web/web-0-abc state drain", "show stat -1 4 -1"]
         async with lb.reloading:
-            pending = asyncio.create_task(lbs.set_state(r, "drain"))
+            pending = asyncio.create_task(lbs.drain(r))
             await asyncio.sleep(0.1)
-            assert len(lb.sent) == 1, "sent while the worker was being replaced"
+            assert len(lb.sent) == 2, "sent while the worker was being replaced"
         await asyncio.wait_for(pending, 1.0)
-        assert len(lb.sent) == 2
+        assert len(lb.sent) == 4
 
 
 class StatusLbNode(RecordingLbNode):

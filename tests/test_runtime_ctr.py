@@ -295,6 +295,14 @@ class CtrLab:
     def spec(self, service: str, **kw: Any) -> RunSpec:
         return RunSpec(id=L.container_id(service, 1), image=self.image, **kw)
 
+    def serving(self, service: str, **env: str) -> RunSpec:
+        """A demo container of `service` (with `env`) started and answering on its port."""
+        port = free_port()
+        spec = self.spec(service, env={"PORT": str(port), **env})
+        self.call(self.d.run(spec))
+        _get(port)
+        return spec
+
     def ids(self) -> list[str]:
         return self.c.ctr("containers", "ls", "-q").stdout.split()
 
@@ -349,11 +357,8 @@ def test_run_twice_with_the_same_id_is_refused_and_keeps_the_first(ctr_lab: CtrL
 
 @pytest.mark.lab
 def test_a_running_task_is_read_from_its_bundle_with_no_ctr_and_anything_else_from_tasks_ls(ctr_lab: CtrLab):
-    port = free_port()
-    spec = ctr_lab.spec("bundle", env={"PORT": str(port)})
-    ctr_lab.call(ctr_lab.d.run(spec))
+    spec = ctr_lab.serving("bundle")
     try:
-        _get(port)
         listed = ctr_lab.task(spec.id)
         assert listed is not None and listed[1] is Status.RUNNING and listed[0]
         # No ctr at all: a driver whose client does not exist reads the same PID from the task's bundle.
@@ -414,10 +419,7 @@ def test_stop_kills_after_grace_when_pid1_ignores_term(ctr_lab: CtrLab):
 @pytest.mark.parametrize("ignore_term", [False, True])
 def test_a_stop_without_its_exit_code_leaves_no_task_or_container(ctr_lab: CtrLab, ignore_term: bool):
     """`containers rm` deletes the stopped task itself (no `tasks rm`), once containerd has the exit."""
-    port = free_port()
-    spec = ctr_lab.spec("noexit", env={"PORT": str(port), **({"DEMO_IGNORE_TERM": "1"} if ignore_term else {})})
-    ctr_lab.call(ctr_lab.d.run(spec))
-    _get(port)
+    spec = ctr_lab.serving("noexit", **({"DEMO_IGNORE_TERM": "1"} if ignore_term else {}))
     res = ctr_lab.call(ctr_lab.d.stop(spec.id, grace=0.5, exit_code=False))
     assert (res.found, res.exit_code, res.killed) == (True, None, ignore_term)
     assert spec.id not in ctr_lab.ids() and ctr_lab.task(spec.id) is None
@@ -435,10 +437,7 @@ def test_a_stop_signals_the_containers_process_itself_with_the_images_stop_signa
     d = CtrDriver(namespace=ctr_lab.c.namespace, address=ctr_lab.c.address, binary=str(wrapper),
                   log_dir=ctr_lab.d.log_dir, logger=ctr_lab.d.logger, state_dir=ctr_lab.d.state_dir)
     for service, signal, killed in (("sigterm", None, False), ("sighup", "SIGHUP", True)):
-        port = free_port()
-        spec = ctr_lab.spec(service, env={"PORT": str(port)})
-        ctr_lab.call(ctr_lab.d.run(spec))
-        _get(port)
+        spec = ctr_lab.serving(service)
         if signal is not None:
             ctr_lab.c.ctr("containers", "label", spec.id, f"io.containerd.image.config.stop-signal={signal}")
         (tmp_path / "calls").write_text("")

@@ -225,20 +225,11 @@ class Balancers:
                 return
             await asyncio.sleep(0.1)
 
-    async def set_state(self, r: Replica, state: LbState) -> None:
-        """Runtime change with no reload (drain before stop); the config follows on the next sync. It waits for
-        a reload under way on a node (see `LbNode.reloading`), not for a sync made at runtime: the two touch
-        different servers, or the same one in the same direction."""
-        cmds = [set_server_state(backend, r.id, state) for backend in self._rotation.backends(r)]
-
-        async def one(lb: LbNode) -> None:
-            async with lb.reloading:
-                await lb.runtime(cmds)
-        await asyncio.gather(*(one(lb) for lb in self.nodes), return_exceptions=True)
-
     async def drain(self, r: Replica) -> int:
-        """`set_state(r, "drain")` and, in the same round trip to each lb node, its sessions left (as
-        `connections` counts them)."""
+        """`r` drained at runtime, with no reload (the config follows on the next sync), and, in the same round
+        trip to each lb node, its sessions left (as `connections` counts them). It waits for a reload under way
+        on a node (see `LbNode.reloading`), not for a sync made at runtime: the two touch different servers, or
+        the same one in the same direction."""
         backends = self._rotation.backends(r)
         cmds = [*(set_server_state(backend, r.id, "drain") for backend in backends), show_stat()]
 
