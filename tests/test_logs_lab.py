@@ -116,8 +116,10 @@ def confinement(lab: Any, c: dict[str, Any]) -> tuple[str, str, bool]:
     script = (f"ctr -n fleet tasks exec --exec-id lr-$$ {c['id']} sh -c "
               "'grep -E \"^(CapEff|NoNewPrivs)\" /proc/1/status; "
               "touch /probe 2>/dev/null && echo wrote || echo refused'")
-    words = on_node(lab, c["node"], script).split()
-    assert len(words) == 5 and (words[0], words[2]) == ("CapEff:", "NoNewPrivs:"), words
+    done = lab.lab.exec_in(c["node"], ["sh", "-c", script + "; echo \"ctr exit $?\" >&2; ctr -n fleet tasks ls"],
+                           check=False)
+    words = done.stdout.split("TASK", 1)[0].split()
+    assert len(words) == 5 and (words[0], words[2]) == ("CapEff:", "NoNewPrivs:"), (words, done.stderr, done.stdout)
     return words[1], words[3], words[4] == "wrote"
 
 
