@@ -30,6 +30,12 @@ INSTALLED_CLI: tuple[str, ...] = (str(Path(sys.executable).with_name("fleet")),)
 """The console script the install made (.venv/bin/fleet): the CLI exactly as a user starts it."""
 
 
+# A command line's start that runs the rest inside a lab replica (namespace `fleet`) on its node: runc's own `exec`,
+# as the ctr driver's exec does (fleet.node.runtime.ctr_sh.EXEC_SH): containerd 1.6's `ctr tasks exec` may print
+# nothing of a short command's output on a busy node, and a test reading it must not fail for that.
+IN_REPLICA = "runc --root /run/containerd/runc/fleet exec"
+
+
 def with_inventory(inventory: str, args: Sequence[str]) -> list[str]:
     """`args` with `-i INVENTORY` added before a `--` (the words after it are a container's command)."""
     argv = list(args)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import demo_env, start_fleet, wait_until
+from helpers import IN_REPLICA, demo_env, start_fleet, wait_until
 from loadgen import Load
 from test_netns_lab import fleet, on_node, playbook
 
@@ -113,10 +113,10 @@ def web(security: dict[str, Any], lb_port: int) -> dict[str, Any]:
 
 def confinement(lab: Any, c: dict[str, Any]) -> tuple[str, str, bool]:
     """The replica's effective capabilities, its no-new-privileges flag and whether its root took a write."""
-    script = (f"ctr -n fleet tasks exec --exec-id lr-$$ {c['id']} sh -c "
+    script = (f"{IN_REPLICA} {c['id']} sh -c "
               "'grep -E \"^(CapEff|NoNewPrivs)\" /proc/1/status; "
               "touch /probe 2>/dev/null && echo wrote || echo refused'")
-    done = lab.lab.exec_in(c["node"], ["sh", "-c", script + "; echo \"ctr exit $?\" >&2; ctr -n fleet tasks ls"],
+    done = lab.lab.exec_in(c["node"], ["sh", "-c", script + "; echo \"exec exit $?\" >&2; ctr -n fleet tasks ls"],
                            check=False)
     words = done.stdout.split("TASK", 1)[0].split()
     assert len(words) == 5 and (words[0], words[2]) == ("CapEff:", "NoNewPrivs:"), (words, done.stderr, done.stdout)

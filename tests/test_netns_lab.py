@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import pytest
 import yaml
-from helpers import demo_env, run_fleet, wait_until
+from helpers import IN_REPLICA, demo_env, run_fleet, wait_until
 from loadgen import Load, TcpLoad
 
 from fleet.node import cni
@@ -178,8 +178,7 @@ def test_container_reaches_a_service_by_name_and_the_gateway(lab, env):
         c = replicas(env, client)[0]
 
         def inside(*argv: str) -> str:
-            return on_node(lab, c["node"], "ctr -n fleet tasks exec --exec-id nn-$$ " + c["id"] + " "
-                           + " ".join(argv) + " 2>&1")
+            return on_node(lab, c["node"], f"{IN_REPLICA} {c['id']} " + " ".join(argv) + " 2>&1")
 
         def by_name() -> str | None:
             page = inside("wget", "-q", "-O", "-", f"http://{web}.fleet:{port}/")
@@ -192,7 +191,7 @@ def test_container_reaches_a_service_by_name_and_the_gateway(lab, env):
         # Hairpin: a replica reaches its own host port on its node's address (DNAT back into the bridge it came
         # from; fleet's masquerade of that connection is what lets the answer return the way it went).
         w = replicas(env, web)[0]
-        own = on_node(lab, w["node"], f"timeout 10 ctr -n fleet tasks exec --exec-id nn-hp-$$ {w['id']} wget -q -O - "
+        own = on_node(lab, w["node"], f"timeout 10 {IN_REPLICA} {w['id']} wget -q -O - "
                                       f"http://{lab.inventory.node(w['node']).address}:{w['port']}/ 2>&1")
         assert "version=v1" in own, own
     finally:

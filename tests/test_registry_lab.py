@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 import yaml
-from helpers import run_fleet, wait_until
+from helpers import IN_REPLICA, run_fleet, wait_until
 from loadgen import Load
 from test_runtime_registry import PASSWORD, bcrypt_line, serving
 from test_secrets_lab import controller
@@ -142,7 +142,7 @@ def test_credentials_from_the_secret_store_pinned_tag_rerolled_under_load(lab, l
         assert {c["image"] for c in rows} == {f"{ref}@{first}"} and len(rows) == 2
         # Confined: uid 1000 (the image's), the root filesystem read-only, no capabilities.
         c = rows[0]
-        probe = lab.lab.exec_in(c["node"], ["ctr", "-n", "fleet", "tasks", "exec", "--exec-id", "probe", c["id"],
+        probe = lab.lab.exec_in(c["node"], [*IN_REPLICA.split(), c["id"],
                                             "sh", "-c", "id -u; grep CapEff /proc/self/status; touch /x"],
                                 check=False)
         assert probe.stdout.split()[:3] == ["1000", "CapEff:", "0000000000000000"], probe.stdout + probe.stderr
@@ -190,7 +190,7 @@ def test_credentials_from_the_secret_store_pinned_tag_rerolled_under_load(lab, l
                 if c.get("service") == "rg-user"]
         probe = lab.lab.exec_in(u["node"], ["sh", "-c", f"pid=$(ctr -n fleet tasks ls | awk '$1 == \"{u['id']}\" "
                                             "{print $2}'); grep ^Uid /proc/$pid/status; "
-                                            f"ctr -n fleet tasks exec --exec-id u1 {u['id']} id -u"], check=False)
+                                            f"{IN_REPLICA} {u['id']} id -u"], check=False)
         assert probe.stdout.split()[:2] == ["Uid:", "65534"] and probe.stdout.split()[-1] == "65534", (
             probe.stdout + probe.stderr)
     finally:

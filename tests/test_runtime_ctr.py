@@ -36,6 +36,7 @@ from fleet.node.runtime.base import (
     Status,
 )
 from fleet.node.runtime.ctr import DEFAULT_LOGGER, CtrDriver
+from fleet.node.runtime.ctr_sh import EXEC_SH
 
 DATA = Path(__file__).parent / "data" / "ctr"
 T = TypeVar("T")
@@ -157,7 +158,10 @@ def test_stop_passes_id_and_grace_as_env():
 def test_other_argvs_exact():
     d = CtrDriver(namespace="fleet")
     assert d.metrics_argv("w") == ["ctr", "-n", "fleet", "tasks", "metrics", "--format", "json", "w"]
+    assert d.exec_argv("w", ["sh", "-c", "id"], "e1", tty=True) == [
+        "ctr", "-n", "fleet", "tasks", "exec", "--tty", "--exec-id", "e1", "w", "sh", "-c", "id"]
     assert d.exec_argv("w", ["sh", "-c", "id"], "e1") == [
+        "/bin/sh", "-c", EXEC_SH, "fleet-exec", "/run/containerd/runc/fleet", "w", "8",
         "ctr", "-n", "fleet", "tasks", "exec", "--exec-id", "e1", "w", "sh", "-c", "id"]
     assert d.image_import_argv() == ["ctr", "-n", "fleet", "images", "import", "-"]
     assert d.image_import("/tmp/a.tar").stdin_path == "/tmp/a.tar"
@@ -446,6 +450,31 @@ def test_a_stop_signals_the_containers_process_itself_with_the_images_stop_signa
         calls = (tmp_path / "calls").read_text()
         assert "tasks kill" not in calls.replace("tasks kill -a -s SIGKILL", ""), calls
         assert spec.id not in ctr_lab.ids()
+
+
+@pytest.mark.lab
+def test_exec_without_a_terminal_is_runcs_own_and_falls_back_to_ctr(ctr_lab: CtrLab, tmp_path):
+    """`fleet exec` and exec health checks: runc's `exec` where runc keeps the container's state (ctr 1.6's `tasks
+    exec` can drop a short command's output, ctr_sh.EXEC_SH), stdin, stdout, stderr and the exit status passed
+    through; with no runc state where the driver looks, `ctr tasks exec` (a wrapper of ctr logs every call)."""
+    wrapper = tmp_path / "ctr"
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >>{tmp_path}/calls\nexec ctr "$@"\n')
+    wrapper.chmod(0o755)
+    spec = ctr_lab.serving("ex")
+    script = 'read -r line; echo "got $line"; cat /etc/demo-version; echo oops >&2; exit 3'
+    try:
+        for runc_root, through in (("/run/containerd/runc", "runc"), (str(tmp_path / "no-runc"), "ctr")):
+            d = CtrDriver(namespace=ctr_lab.c.namespace, address=ctr_lab.c.address, binary=str(wrapper),
+                          runc_root=runc_root)
+            (tmp_path / "calls").write_text("")
+            call = d.exec(spec.id, ["sh", "-c", script])
+            done = subprocess.run(["sh", "-c", call.line()], input="hello\n", capture_output=True, text=True,
+                                  timeout=30)
+            assert (done.returncode, done.stdout, done.stderr) == (3, "got hello\nv1\n", "oops\n"), through
+            calls = (tmp_path / "calls").read_text()
+            assert ("tasks exec" in calls) == (through == "ctr"), (through, calls)
+    finally:
+        ctr_lab.call(ctr_lab.d.remove(spec.id))
 
 
 @pytest.mark.lab

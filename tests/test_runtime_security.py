@@ -4,7 +4,6 @@ fields, the hash, the exact runtime flags (`user` on ctr through fleet's runc wr
 
 from __future__ import annotations
 
-import itertools
 import subprocess
 import textwrap
 import time
@@ -156,17 +155,21 @@ def test_read_only_replica_running_as_uid_1000_cannot_write_its_root(ctrd: tuple
                   cap_drop=dropped, mounts=(Mount("tmpfs", "/tmp", options=("size=1m",)),))
     proc = c.sh(d.run(run).line())
     assert proc.returncode == 0, proc.stderr
-    count = itertools.count()
     try:
-        def inside(script: str) -> subprocess.CompletedProcess[str]:
-            return c.ctr("tasks", "exec", "--exec-id", f"e{next(count)}", run.id, "sh", "-c", script, check=False)
+        def through_ctr(script: str) -> subprocess.CompletedProcess[str]:
+            return c.exec_ctr(run.id, "sh", "-c", script)
 
-        assert inside("id -u").stdout.strip() == "1000"
-        wrote = inside("touch /x")
-        assert wrote.returncode != 0 and "Read-only file system" in wrote.stdout + wrote.stderr
-        assert inside("touch /tmp/y && echo ok").stdout.strip() == "ok"
-        status = inside("grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status").stdout.split()
-        assert status == ["CapEff:", "0000000000000000", "CapBnd:", "0000000000000000", "NoNewPrivs:", "1"]
+        def through_driver(script: str) -> subprocess.CompletedProcess[str]:  # runc's exec (ctr_sh.EXEC_SH)
+            return c.sh(d.exec(run.id, ["sh", "-c", script]).line())
+
+        # `fleet exec` and exec health checks (the driver) run as confined as the process ctr would exec.
+        for inside in (through_ctr, through_driver):
+            assert inside("id -u").stdout.strip() == "1000"
+            wrote = inside("touch /x")
+            assert wrote.returncode != 0 and "Read-only file system" in wrote.stdout + wrote.stderr
+            assert inside("touch /tmp/y && echo ok").stdout.strip() == "ok"
+            status = inside("grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status").stdout.split()
+            assert status == ["CapEff:", "0000000000000000", "CapBnd:", "0000000000000000", "NoNewPrivs:", "1"]
     finally:
         c.sh(d.remove(run.id).line())
 
@@ -184,9 +187,10 @@ def test_user_on_ctr_runs_the_main_process_and_execs_as_that_user(ctrd: tuple[Co
         pid = c.ctr("tasks", "ls").stdout.split(run.id)[1].split()[0]
         status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
         assert status["Uid"].split()[0] + " " + status["Gid"].split()[0] == ids
-        inside = c.ctr("tasks", "exec", "--exec-id", "e1", run.id, "sh", "-c", "echo $(id -u) $(id -g)",
-                       check=False)
+        inside = c.exec_ctr(run.id, "sh", "-c", "echo $(id -u) $(id -g)")
         assert inside.stdout.strip() == ids, inside.stdout + inside.stderr
+        driver = c.sh(d.exec(run.id, ["sh", "-c", "echo $(id -u) $(id -g)"]).line())  # runc's exec
+        assert driver.stdout.strip() == ids, driver.stdout + driver.stderr
     finally:
         c.sh(d.remove(run.id).line())
 

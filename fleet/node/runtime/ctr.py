@@ -42,6 +42,9 @@ from fleet.node.runtime.ctr_sh import (
     DELETE_SCRIPT as _DELETE_SCRIPT,
 )
 from fleet.node.runtime.ctr_sh import (
+    EXEC_SH as _EXEC_SH,
+)
+from fleet.node.runtime.ctr_sh import (
     LIST_SCRIPT as _LIST_SCRIPT,
 )
 from fleet.node.runtime.ctr_sh import (
@@ -75,6 +78,8 @@ LACKS: MappingProxyType[str, str] = MappingProxyType({})
 DEFAULT_LOG_DIR = NODE_PATHS.logs_dir
 _EXISTS_RC = 17
 DEFAULT_STATE_DIR = "/run/containerd"
+# Where containerd's runc shim keeps runc's state (`--root`, one directory per namespace): its default.
+DEFAULT_RUNC_ROOT = "/run/containerd/runc"
 
 DEFAULT_LOGGER = f"{NODE_PATHS.base}/bin/logger-{hashlib.sha256(LOGGER_SH.encode()).hexdigest()[:12]}"
 
@@ -114,12 +119,14 @@ class CtrDriver(CliDriver):
     shell_function = "c"
 
     def __init__(self, namespace: str = "fleet", address: str | None = None, log_dir: str = DEFAULT_LOG_DIR,
-                 binary: str = "ctr", logger: str = DEFAULT_LOGGER, state_dir: str = DEFAULT_STATE_DIR) -> None:
+                 binary: str = "ctr", logger: str = DEFAULT_LOGGER, state_dir: str = DEFAULT_STATE_DIR,
+                 runc_root: str = DEFAULT_RUNC_ROOT) -> None:
         super().__init__(namespace, address, binary)
         self.log_dir = log_dir
         self.logger = logger
         # containerd's state directory (its `--state`), where a task's bundle holds its init process's PID.
         self.state_dir = state_dir
+        self.runc_root = runc_root
 
     def log_path(self, container_id: str, spec_path: str | None = None) -> str:
         return spec_path or f"{self.log_dir}/{self.namespace}/{container_id}.log"
@@ -296,7 +303,13 @@ class CtrDriver(CliDriver):
             raise ValueError("exec needs a command")
         eid = exec_id or f"fleet-exec-{L.random_suffix(8)}"
         # --tty: ctr gives the process a console of its own, attached to ctr's stdin (the SSH session's pty).
-        return [*self.base(), "tasks", "exec", *(["--tty"] if tty else []), "--exec-id", eid, container_id, *argv]
+        through_ctr = [*self.base(), "tasks", "exec", *(["--tty"] if tty else []), "--exec-id", eid, container_id]
+        if tty:
+            return [*through_ctr, *argv]
+        # Without a terminal, runc's own `exec` where runc runs the container (_EXEC_SH says why), else ctr.
+        root = f"{self.runc_root}/{self.namespace}"
+        return ["/bin/sh", "-c", _EXEC_SH, "fleet-exec", root, container_id, str(len(through_ctr)), *through_ctr,
+                *argv]
 
     def exec(self, container_id: str, argv: Sequence[str], exec_id: str | None = None,
              tty: bool = False) -> Call[CommandResult]:
