@@ -296,7 +296,7 @@ fleet_dir() { fleet_d=${1%/*}; printf '%s\n' "${fleet_d:-/}"; }
 # fleet_stage TARGET MODE [SIZE]: stdin into a new file beside TARGET whose mode is set before any byte is
 # written; its path in $fleet_staged. Fails, removing it, if stdin fails or does not hold exactly SIZE bytes.
 fleet_stage() {
-  fleet_sdir=$(fleet_dir "$1"); fleet_sname=${1##*/}
+  fleet_sdir=${1%/*}; fleet_sdir=${fleet_sdir:-/}; fleet_sname=${1##*/}
   fleet_staged=$(mktemp "$fleet_sdir/.$fleet_sname.$$.XXXXXX") || { fleet_unstage; return 1; }
   if chmod "$2" "$fleet_staged" && cat >"$fleet_staged" &&
       { [ -z "${3:-}" ] || [ "$(($(wc -c <"$fleet_staged")))" -eq "$3" ]; }; then

@@ -25,15 +25,27 @@ APPLY_RESULTS = ("unchanged", "invalid", "started", "start-failed", "start-timeo
 _COMMON = r"""
 set -u
 umask 077
-alive() { [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status"; }
-master_pid() {
-  p=$(cat "$PIDF" 2>/dev/null) && [ -n "$p" ] && alive "$p" && [ "$(cat "/proc/$p/comm" 2>/dev/null)" = haproxy ] \
-    && echo "$p"
+# These three read /proc with `read` (no fork): every process a script starts waits its turn for a CPU, and on a
+# busy node each one adds that wait to the lb step a rollout is waiting on.
+alive() { # not a zombie ("State:\tZ (zombie)")
+  [ -r "/proc/$1/status" ] || return 1
+  while IFS= read -r l; do
+    case $l in State:?Z*) return 1 ;; State:*) return 0 ;; esac
+  done 2>/dev/null <"/proc/$1/status"
+  return 0
 }
-uid_of() { awk '$1 == "Uid:" { print $2 }' "/proc/$1/status" 2>/dev/null; }
+master_pid() {
+  p=; read -r p 2>/dev/null <"$PIDF"; [ -n "$p" ] && alive "$p" || return 1
+  c=; read -r c 2>/dev/null <"/proc/$p/comm"; [ "$c" = haproxy ] && echo "$p"
+}
+uid_of() { while read -r k v _; do [ "$k" = Uid: ] && { echo "$v"; return 0; }; done 2>/dev/null <"/proc/$1/status"; }
 # The master socket of master $1: the jail's, or beside the config for a root master an older fleet started.
 msock() { if [ "$(uid_of "$1")" = 0 ] && [ -S "$OLD_MASTER" ]; then echo "$OLD_MASTER"; else echo "$MASTER"; fi; }
-ask() { printf '%s\n' "$2" | socat -t 5 stdio "unix-connect:$1" 2>/dev/null; }
+ask() {
+  socat -t 5 stdio "unix-connect:$1" 2>/dev/null <<FLEET_CMD
+$2
+FLEET_CMD
+}
 # The master socket refuses connections for tens of ms while the master re-executes: retry for up to 5 s.
 ask_retry() {
   n=0
@@ -214,7 +226,7 @@ echo "@@fleet result $result"
 # printed back and nothing is touched. A refused command (`refused`) stops the deletions and leaves the file as it
 # was (the caller then reloads).
 SERVERS = _COMMON + FILE_FUNCTIONS + r"""
-mkdir -p "$D" || exit 3
+[ -d "$D" ] || mkdir -p "$D" || exit 3
 exec 9>>"$D/lock"
 if command -v flock >/dev/null 2>&1; then flock -w 30 9 || { echo "@@fleet result locked"; exit 0; }; fi
 if ! pid=$(master_pid); then cat >/dev/null; echo "@@fleet result not-running"; exit 0; fi
@@ -236,19 +248,29 @@ if cmp -s "$new" "$CFG"; then fleet_unstage; echo "@@fleet result unchanged"; ex
 # line but a prompt and the replies fleet.node.haproxy.render.reply_error counts as success is a refusal.
 result=updated
 if [ -n "$CMDS" ]; then
-  if out=$(printf 'prompt\n%s\n' "$CMDS" | socat -t 5 stdio "unix-connect:$ADMIN" 2>&1); then rc=0; else rc=$?; fi
+  if out=$(socat -t 5 stdio "unix-connect:$ADMIN" 2>&1 <<FLEET_CMDS
+prompt
+$CMDS
+FLEET_CMDS
+); then rc=0; else rc=$?; fi
   echo "@@fleet batch"; printf '%s\n\036 %s\n' "$out" "$rc"
-  if [ "$rc" != 0 ] || printf '%s\n' "$out" | sed 's/^> *//' |
-      grep -q -v -e '^$' -e '^New server registered\.$' -e '^Server deleted\.$'; then
-    result=refused
-  fi
+  [ "$rc" = 0 ] || result=refused
+  while IFS= read -r l; do
+    case $l in ">"*) l=${l#>}; l=${l#"${l%%[! ]*}"} ;; esac
+    case $l in ''|'New server registered.'|'Server deleted.') ;; *) result=refused ;; esac
+  done <<FLEET_OUT
+$out
+FLEET_OUT
 fi
 echo "@@fleet replies"
 while [ "$result" = updated ] && IFS= read -r cmd; do
   [ -n "$cmd" ] || continue
   n=0
   while :; do
-    if out=$(printf '%s\n' "$cmd" | socat -t 5 stdio "unix-connect:$ADMIN" 2>&1); then rc=0; else rc=$?; fi
+    if out=$(socat -t 5 stdio "unix-connect:$ADMIN" 2>&1 <<FLEET_CMD
+$cmd
+FLEET_CMD
+); then rc=0; else rc=$?; fi
     # A server just put in maint may hold idle connections for a moment (each thread closes its own): `del
     # server` refuses until they are gone, so it is asked again for up to 2 s.
     case "$out" in *connection*) ;; *) break ;; esac
@@ -266,7 +288,10 @@ echo "@@fleet result $result"
 RUNTIME = r"""
 set -u
 while IFS= read -r cmd; do
-  if out=$(printf '%s\n' "$cmd" | socat -t 5 stdio "unix-connect:$ADMIN" 2>&1); then rc=0; else rc=$?; fi
+  if out=$(socat -t 5 stdio "unix-connect:$ADMIN" 2>&1 <<FLEET_CMD
+$cmd
+FLEET_CMD
+); then rc=0; else rc=$?; fi
   printf '%s\n\036 %s\n' "$out" "$rc"
 done
 """
