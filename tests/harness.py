@@ -58,15 +58,18 @@ def service(name: str, replicas: int, cpu: float = 0.5, image: str = "fleet.loca
 class FakeOps:
     """`ReplicaOps` in memory: every step recorded in `steps` as (step, service, replica id or detail).
 
-    `not_ready`: image → why its replicas never become ready; `unhealthy`: images whose running replicas fail
-    their checks; `error_rate`: image → share of 5xx its replicas answer (the canary's verdict); `fail`: step
-    ("route", "stop", ...) → error raised by the next such step; `on_start`: called with each replica started
-    (before it is ready); `delay`: how long a start takes (so services' batches overlap), `most` the starts seen
-    under way at once; `stop_delay`: how long a stop takes (it is recorded as "stop" when it begins, "stopped"
-    once the replica is gone). `peak` / `low` per service: the most replicas running and the fewest serving (ready, not
-    draining) seen after the first change; `cpu_peak` per node: the most CPU its running replicas reserved."""
+    `not_ready`: image → why its replicas never become ready; `unhealthy`: images whose running replicas fail their
+    checks; `error_rate`: image → share of 5xx its replicas answer (the canary's verdict); `fail`: step ("route",
+    "stop", ...) → error raised by the next such step; `on_start`: called with each replica started (before it is
+    ready); `delay`: how long a start takes (so services' batches overlap), `most` the starts seen under way at
+    once; `stop_delay`: how long a stop takes (it is recorded as "stop" when it begins, "stopped" once the replica
+    is gone); `route_delay`: how long a route takes (recorded once done); `settled`: whether no lb worker from
+    before a reload can be left (a drained replica then stops while it is removed from the load balancers). `peak` /
+    `low` per service: the most replicas running and the fewest serving (ready, not draining) seen after the first
+    change; `cpu_peak` per node: the most CPU its running replicas reserved."""
 
     balanced: bool = False
+    settled: bool = True
     not_ready: dict[str, str] = field(default_factory=dict)
     unhealthy: set[str] = field(default_factory=set)
     error_rate: dict[str, float] = field(default_factory=dict)
@@ -74,6 +77,7 @@ class FakeOps:
     on_start: Callable[[Replica], None] | None = None
     delay: float = 0.0
     stop_delay: float = 0.0
+    route_delay: float = 0.0
     running: dict[str, Replica] = field(default_factory=dict)
     serving: set[str] = field(default_factory=set)
     steps: list[tuple[str, str, str]] = field(default_factory=list)
@@ -150,6 +154,8 @@ class FakeOps:
 
     async def route(self, rotation: Rotation, settle: float = 0.0) -> None:
         self._failing("route")
+        if self.route_delay:  # recorded once done: a stop may begin meanwhile
+            await asyncio.sleep(self.route_delay)
         for name, servers in sorted(rotation.entries.items()):
             routed = ",".join(f"{rid}:{state}:{weight}" for rid, (_, state, weight) in sorted(servers.items()))
             self.steps.append(("route", name, routed))

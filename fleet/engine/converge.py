@@ -135,8 +135,7 @@ class Converge:
                            or ("replaced" if r.spec_hash != h else "surplus"))
                     if step.start_new and not spec.volumes:
                         await self.drain(spec, r, why)
-                        await self.unroute(spec, r)
-                        finish = await s.ops.halt(r, spec.stop_grace_period, why)
+                        finish = await self._unroute_and_halt(spec, r, why)
                         behind.append(self._finish_behind(r, finish))
                     else:
                         await self.retire(spec, r, why)
@@ -269,6 +268,17 @@ class Converge:
         if rotation.routed(r.service) and s.ops.balanced:
             rotation.drop(r)
             await s.ops.route(rotation, settle=min(max(spec.stop_grace_period, 1.0), 10.0))
+
+    async def _unroute_and_halt(self, spec: ServiceSpec, r: Replica, why: str) -> Callable[[], Awaitable[None]]:
+        """`r`, drained, out of the load balancers and its process stopped (see `halt`). Drained, it gets no new
+        request from a worker that knows the drain: when no lb node can have another (`settled`), the stop runs
+        beside the removal (one round trip less before the next batch); else after it, as `retire` does."""
+        s = self.s
+        if not s.ops.settled:
+            await self.unroute(spec, r)
+            return await s.ops.halt(r, spec.stop_grace_period, why)
+        _, finish = await asyncio.gather(self.unroute(spec, r), s.ops.halt(r, spec.stop_grace_period, why))
+        return finish
 
     def _finish_behind(self, r: Replica, finish: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
         """Remove what `r`, stopped (drained, out of the load balancers, its process gone), leaves on its node

@@ -42,6 +42,10 @@ class Guarded:
     def balanced(self) -> bool:
         return self.inner.balanced
 
+    @property
+    def settled(self) -> bool:
+        return self.inner.settled
+
     async def observe(self) -> tuple[Observed, VolumeView | None]:
         return await self.inner.observe()
 

@@ -204,6 +204,12 @@ class Balancers:
         what could: such a service keeps its old certificate, or is served over plain HTTP until it has one)."""
         return dict(self.edge.problems) if self.edge is not None else {}
 
+    @property
+    def settled(self) -> bool:
+        """No worker from before a reload can be left on any lb node: `settle` found none since this object's
+        last start or reload (see `settle`)."""
+        return self._settled_at == sum(lb.starts + lb.reloads for lb in self.nodes)
+
     async def settle(self, timeout: float) -> None:
         """Wait (up to `timeout`) until no worker from before the last reload is left on any lb node.
 
@@ -211,9 +217,9 @@ class Balancers:
         runtime changes made since (a drain goes to the current worker only); stopping a server while such a
         worker may still send it a request would fail that request.
         """
-        made = sum(lb.starts + lb.reloads for lb in self.nodes)
-        if self._settled_at == made:
+        if self.settled:
             return
+        made = sum(lb.starts + lb.reloads for lb in self.nodes)
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             states = await asyncio.gather(*(lb.status() for lb in self.nodes), return_exceptions=True)

@@ -44,6 +44,12 @@ class ReplicaOps(Protocol):
         """Whether any load balancer is there to route and drain through."""
         ...
 
+    @property
+    def settled(self) -> bool:
+        """Whether no lb node can still run a worker from before a reload (one that knows nothing of a drain made
+        at runtime since): then a drained replica gets no request from any, and may stop while it is removed."""
+        ...
+
     async def observe(self) -> tuple[Observed, VolumeView | None]:
         """What every ready node runs now, and where node-local volume data is."""
         ...
@@ -113,6 +119,10 @@ class NodeReplicas:
     @property
     def balanced(self) -> bool:
         return bool(self.lbs.nodes)
+
+    @property
+    def settled(self) -> bool:
+        return self.lbs.settled
 
     async def observe(self) -> tuple[Observed, VolumeView | None]:
         obs, volumes = await asyncio.gather(observe(self.pool, self.view.reports),
