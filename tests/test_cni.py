@@ -53,7 +53,7 @@ def test_attach_script_is_exactly_the_chain_with_its_configurations():
     # the result cached, then printed after the marker.
     text = cni.ATTACH_SH
     order = ['>"$CACHE/run/$ID"', 'ip netns add "fleet-$ID"', "ADD \"$ID\" bridge", "fleet_cni_node ||",
-             '>"$CACHE/ports/$ID"', "iptables-restore -w --noflush 2>/dev/null", '>>"$CACHE/run/$ID"',
+             '>"$CACHE/ports/$ID"', "fleet_cni_ports 2>/dev/null", '>>"$CACHE/run/$ID"',
              "echo '@@cni-result'"]
     assert [text.index(s) for s in order] == sorted(text.index(s) for s in order)
     assert cni.netns_path("web-1-abc") == "/run/netns/fleet-web-1-abc"
@@ -105,10 +105,10 @@ def test_parse_attach_failure_carries_the_plugin_error():
         cni.parse_attach(CommandResult("n1", 0, "@@cni-result\n{\"ips\": []}\n", "", 0.1))
 
 
+# Logs its configuration as a JSON decoder reads it: a trailing newline (the scripts send it in a here-document)
+# is not part of it.
 FAKE_PLUGIN = """#!/bin/sh
-printf '%s %s %s ' "$CNI_COMMAND" "$CNI_CONTAINERID" "${0##*/}" >>"$LOG"
-cat >>"$LOG"
-echo >>"$LOG"
+printf '%s %s %s %s\\n' "$CNI_COMMAND" "$CNI_CONTAINERID" "${0##*/}" "$(cat)" >>"$LOG"
 """
 
 

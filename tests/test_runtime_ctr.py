@@ -150,7 +150,7 @@ def test_script_command_quotes_env_once():
 def test_stop_passes_id_and_grace_as_env():
     call = CtrDriver(namespace="ns1").stop("web-1-abc", 2.5)
     assert isinstance(call.command, Script)
-    assert dict(call.command.env) == {"ID": "web-1-abc", "GRACE": "2.5", "NS": "ns1", "STATE": "/run/containerd",
+    assert dict(call.command.env) == {"ID": "web-1-abc", "TICKS": "25", "NS": "ns1", "STATE": "/run/containerd",
                                       "EXIT": "1", "REMOVE": "1"}
     assert "ctr -n ns1" in call.command.text
 

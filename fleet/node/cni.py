@@ -119,8 +119,10 @@ fleet_cni_lock() { # [-s]
 fleet_cni() { # COMMAND ID PLUGIN CONF PREV
   c=$4
   [ -n "$5" ] && c="${4%?},\"prevResult\":$5}"
-  printf '%s' "$c" | CNI_COMMAND=$1 CNI_CONTAINERID=$2 CNI_NETNS=$NETNS_DIR/fleet-$2 CNI_IFNAME=eth0 \
-    CNI_PATH=$CNI_PATH "$CNI_PATH/$3"
+  CNI_COMMAND=$1 CNI_CONTAINERID=$2 CNI_NETNS=$NETNS_DIR/fleet-$2 CNI_IFNAME=eth0 CNI_PATH=$CNI_PATH \
+    "$CNI_PATH/$3" <<FLEET_CONF
+$c
+FLEET_CONF
 }
 fleet_cni_unports() { # ID: delete its port rules (one by one when the batch fails: one of them is gone already)
   f=$CACHE/ports/$1
@@ -197,10 +199,23 @@ fleet_cni_node() {
 ip netns add "fleet-$ID" || fail "ip netns add fleet-$ID failed"
 ip -n "fleet-$ID" link set lo up || fail "lo up failed"
 r=$(fleet_cni ADD "$ID" bridge "$BRIDGE_CONF" "" 2>&1) || fail "bridge: $r"
-r=$(printf '%s' "$r" | tr -d '\n')
+# The result on one line (JSON holds no newline inside a string), and the first address of its "ips", with
+# shell patterns: no process started for either (each one waits its turn for a CPU on a busy node).
+one= rest=$r
+while [ -n "$rest" ]; do
+  case $rest in *"
+"*) one=$one${rest%%"
+"*}; rest=${rest#*"
+"} ;; *) one=$one$rest; rest= ;; esac
+done
+r=$one
 if [ -z "$made" ]; then fleet_cni_node || fail "iptables: cannot add the node's rules"; fi
 # PORTS: HOST:CONTAINER:ADDRESS… (ADDRESS empty: every local address). The rules that delete them are on disk first.
-cip=$(printf '%s' "$r" | sed -n 's#.*"ips": *\[[^]]*"address": *"\([0-9.]*\)/[0-9]*".*#\1#p')
+cip=
+case $r in
+  *'"ips":'*'"address":'*) cip=${r#*'"ips":'}; cip=${cip#*'"address":'}; cip=${cip#*'"'}; cip=${cip%%/*} ;;
+esac
+case $cip in *[!0-9.]*) cip= ;; esac
 [ -n "$cip" ] || fail "bridge: no IPv4 address in its result: $r"
 add= del=
 for p in $PORTS; do
@@ -213,11 +228,14 @@ for p in $PORTS; do
 done
 if [ -n "$add" ]; then
   printf '*nat\n%sCOMMIT\n' "$del" >"$CACHE/ports/$ID" || fail "cannot write the cache"
-  add=$(printf '*nat\n%sCOMMIT\n' "$add")
+  add="*nat
+${add}COMMIT"
   # The node's rules gone since (iptables flushed by hand): made again, once.
-  printf '%s\n' "$add" | iptables-restore -w --noflush 2>/dev/null ||
-    { fleet_cni_node && printf '%s\n' "$add" | iptables-restore -w --noflush; } ||
-    fail "iptables: cannot add the port rules"
+  fleet_cni_ports() { iptables-restore -w --noflush "$@" <<FLEET_RULES
+$add
+FLEET_RULES
+  }
+  fleet_cni_ports 2>/dev/null || { fleet_cni_node && fleet_cni_ports; } || fail "iptables: cannot add the port rules"
 fi
 printf '%s\n' "$r" >>"$CACHE/run/$ID" || fail "cannot write the cache"
 if [ -z "$made" ]; then

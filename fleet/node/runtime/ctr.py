@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import posixpath
 import re
 import shlex
@@ -227,7 +228,9 @@ class CtrDriver(CliDriver):
         `exit_code`, one ctr less (`tasks rm`, whose warning gives it) and the result has none; without `remove`,
         done once the process is gone (`delete` removes the container later)."""
         text = self._fn() + _TASK_PID_FN + _RM_FN + _STOP_SCRIPT
-        env = {**self._task_env(container_id), "GRACE": format(max(grace, 0.0), "g"), "EXIT": str(int(exit_code)),
+        # The grace period in the script's 0.1 s ticks, rounded up (a fraction of a tick is a whole one).
+        ticks = math.ceil(round(max(grace, 0.0) * 10, 6))
+        env = {**self._task_env(container_id), "TICKS": str(ticks), "EXIT": str(int(exit_code)),
                "REMOVE": str(int(remove))}
         parse = partial(parse_stop, container_id=container_id)
         return Call(Script(text, env), parse, what=f"stop {container_id}")

@@ -9,8 +9,10 @@ fleet_task_pid() {
   p=
   read -r p 2>/dev/null <"$STATE/io.containerd.runtime.v2.task/$NS/$ID/init.pid" || [ -n "$p" ] || return 1
   case $p in ''|*[!0-9]*) return 1 ;; esac
-  grep -qs -e "/$ID\$" "/proc/$p/cgroup" || return 1
-  printf '%s' "$p"
+  while IFS= read -r l; do
+    case $l in */"$ID") printf '%s' "$p"; return 0 ;; esac
+  done 2>/dev/null <"/proc/$p/cgroup"
+  return 1
 }
 """
 
@@ -34,13 +36,12 @@ fi
 # (`io.containerd.image.config.stop-signal`, what `ctr tasks kill` would send; SIGTERM without it). The task's PID
 # comes from its bundle (`fleet_task_pid`), else from `ctr tasks ls`. A process known to be the container's (in its
 # cgroup, by its start time) gets that signal by `kill` when it is a common one, with no ctr (and no runc) run for
-# it; else through `ctr tasks kill`. The task's process is then watched through its /proc
-# entry (its start time, so a reused PID does not count), one `sleep` a tick instead of a `ctr tasks ls` (a Go
-# client and a containerd call: three to eight of those a stop cost more node CPU than the rest of the script);
-# where that entry cannot be read or is not in the container's cgroup (containerd in another PID namespace) `tasks
-# ls` is polled as before. GRACE may
-# be fractional, so the tick count is computed with awk (mawk prints small integers correctly). containerd
-# records the exit a moment after the process is gone: `tasks rm` is asked again while it says the task runs.
+# it; else through `ctr tasks kill`. The task's process is then watched through its /proc entry (its start time, so
+# a reused PID does not count), one `sleep` a tick instead of a `ctr tasks ls` (a Go client and a containerd call:
+# three to eight of those a stop cost more node CPU than the rest of the script); where that entry cannot be read or
+# is not in the container's cgroup (containerd in another PID namespace) `tasks ls` is polled as before. TICKS is
+# the grace period in ticks. containerd records the exit a moment after the process is gone: `tasks rm` is asked
+# again while it says the task runs.
 STOP_SCRIPT = r"""
 if ! labels=$(c containers label "$ID" containerd.io/restart.status= 2>/dev/null); then
   echo '@@found false'; exit 0
@@ -67,7 +68,7 @@ else
 fi
 if [ "$st" = RUNNING ] || [ "$st" = PAUSED ] || [ "$st" = CREATED ]; then
   if [ -n "$t0" ] && [ -n "$sig" ]; then kill -s "$sig" "$pid" 2>/dev/null; else c tasks kill "$ID" >/dev/null 2>&1; fi
-  wait_exit "$(awk -v g="$GRACE" 'BEGIN { printf "%d", g * 10 + 0.999 }')"
+  wait_exit "$TICKS"
   if alive; then
     echo '@@killed true'
     c tasks kill -a -s SIGKILL "$ID" >/dev/null 2>&1
