@@ -6,11 +6,14 @@ keep what only real nodes show."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from harness import Harness, service, worker
 
 from fleet.config.spec import ServiceSpec
 from fleet.core.errors import LeaseLost
+from fleet.engine.replicas import next_check_in
 
 V1, V2 = "fleet.local/demo:v1", "fleet.local/demo:v2"
 LIFE = ("start", "ready", "stop", "stopped")  # a replica's steps, its stop's end too (the fake's `stop_delay`)
@@ -252,3 +255,16 @@ async def test_a_scaled_count_holds_through_reconcile_until_the_next_apply():
     assert (await h.apply(web(V1))).ok and len(h.ops.of("web")) == 3
     assert h.memory().states["web"]["replicas"] is None
     assert h.memory().outcomes("web") == [(1, "succeeded")]  # the count is not a new revision
+
+
+def test_a_new_replica_is_checked_every_quarter_second_until_it_passes_then_at_its_interval_through_min_ready():
+    """What `NodeReplicas.wait_ready` sleeps between checks (`next_check_in`)."""
+    checked = service("web", 1, extra="    health: {http: /healthz, interval: 1s}\n    update: {min_ready: 3s}\n")
+    assert next_check_in(checked, None) == 0.25  # not passed yet
+    now = time.monotonic()
+    assert next_check_in(checked, now) == pytest.approx(1.0)  # passed: its interval
+    assert next_check_in(checked, now - 2.5) == pytest.approx(0.5, abs=0.05)  # what is left of min_ready
+    assert next_check_in(checked, now - 5) == 0.0  # min_ready over: checked once more, now
+    quick = service("web", 1, extra="    health: {http: /healthz, interval: 100ms}\n    update: {min_ready: 3s}\n")
+    assert next_check_in(quick, now) == pytest.approx(0.25)  # never faster than before it passed
+    assert next_check_in(service("web", 1), now) == 0.25  # no check: its process is polled

@@ -99,6 +99,17 @@ class ReplicaOps(Protocol):
         ...
 
 
+def next_check_in(spec: ServiceSpec, ready_since: float | None) -> float:
+    """Until a new replica's next check: 0.25 s until it passes (it is seen ready soon after it is); then, while
+    it must keep passing for `min_ready`, its check's own interval (a Kubernetes probe runs at its period), cut to
+    what is left of `min_ready`. Twelve services rolling at once checked every 0.25 s were 48 checks a second."""
+    h = spec.health
+    if h is None or ready_since is None:
+        return 0.25
+    left = spec.update.min_ready - (time.monotonic() - ready_since)
+    return max(0.0, min(max(h.interval, 0.25), left))
+
+
 class NodeReplicas:
     """`ReplicaOps` over SSH: the node's container runtime (ctr or nerdctl), its files, and HAProxy."""
 
@@ -227,7 +238,7 @@ class NodeReplicas:
                 ready_since = None
                 if checks % 4 == 0 and await self._pid(r, known=-1) is None:
                     return f"{r.id} on {r.node} crashed ({last})"
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(next_check_in(spec, ready_since))
         return f"{r.id} on {r.node} not ready within {spec.update.ready_deadline:g}s (last check: {last})"
 
     def _exec_in(self, r: Replica) -> Callable[[list[str], float], Awaitable[int]]:
