@@ -177,14 +177,14 @@ async def finish_replica(pool: Pool, report: NodeReport, container_id: str, time
                   timeout=timeout)
 
 
-# At a lower CPU priority than the node's starts (nice 10, inherited by ctr, the CNI plugin and the rest): a replica
-# being stopped is out of the load balancers already, while the replica replacing it, or another service's, is
-# being started and waited for.
+# What runs behind a rollout (`finish_call`: nothing waits for it but the service's end) at a lower CPU priority
+# than the node's starts and stops, which the rollout waits for (nice 10, inherited by ctr, the CNI plugin and the
+# rest). A stop is waited for (the next batch starts once the process is gone): it runs at the node's priority.
 _NICE = "renice -n 10 -p $$ >/dev/null 2>&1 || :\n"
 
 
 def end_call(driver: RuntimeDriver, container_id: str, grace: float, *, remove: bool = True) -> Call[StopResult]:
-    """The runtime's stop, at nice 10, its exit code not read (a replica's is of no use), then what the container
+    """The runtime's stop, its exit code not read (a replica's is of no use), then what the container
     leaves on its node: its network namespace and secret files (as `forget`), its sshfs mounts (as
     `StorageAccess.release`, whose failure is left to the next run, as before). When the stop fails, nothing
     else is done and the failure is raised. Without `remove`, done once its process is gone: the rest is
@@ -192,7 +192,7 @@ def end_call(driver: RuntimeDriver, container_id: str, grace: float, *, remove: 
     stop = driver.stop(container_id, grace, exit_code=False, remove=remove)
     if not isinstance(stop.command, Script):
         raise TypeError("a runtime's stop is a script")
-    text = _NICE + "out=$(\n" + stop.command.text + "\n)\n" + 'printf \'%s\\n\' "$out"\n'
+    text = "out=$(\n" + stop.command.text + "\n)\n" + 'printf \'%s\\n\' "$out"\n'
     env = dict(stop.command.env)
     if remove:
         text, env = _and_cleanup(text, env, container_id)
