@@ -22,6 +22,15 @@ REPLY_END = "\x1e"
 APPLY_RESULTS = ("unchanged", "invalid", "started", "start-failed", "start-timeout", "reloaded", "reload-failed",
                  "reload-timeout", "no-master", "locked", "missing", "no-user", "no-jail")
 
+# One command ($1, lines) to the admin socket $ADMIN; its reply, and socat's own errors, on stdout.
+_ADMIN_FN = r"""
+admin() {
+  socat -t 5 stdio "unix-connect:$ADMIN" 2>&1 <<FLEET_CMD
+$1
+FLEET_CMD
+}
+"""
+
 _COMMON = r"""
 set -u
 umask 077
@@ -225,7 +234,7 @@ echo "@@fleet result $result"
 # $OLD is the sha256 of the config the commands were computed from: another one on the node (`stale`) is
 # printed back and nothing is touched. A refused command (`refused`) stops the deletions and leaves the file as it
 # was (the caller then reloads).
-SERVERS = _COMMON + FILE_FUNCTIONS + r"""
+SERVERS = _COMMON + FILE_FUNCTIONS + _ADMIN_FN + r"""
 [ -d "$D" ] || mkdir -p "$D" || exit 3
 exec 9>>"$D/lock"
 if command -v flock >/dev/null 2>&1; then flock -w 30 9 || { echo "@@fleet result locked"; exit 0; }; fi
@@ -248,11 +257,8 @@ if cmp -s "$new" "$CFG"; then fleet_unstage; echo "@@fleet result unchanged"; ex
 # line but a prompt and the replies fleet.node.haproxy.render.reply_error counts as success is a refusal.
 result=updated
 if [ -n "$CMDS" ]; then
-  if out=$(socat -t 5 stdio "unix-connect:$ADMIN" 2>&1 <<FLEET_CMDS
-prompt
-$CMDS
-FLEET_CMDS
-); then rc=0; else rc=$?; fi
+  if out=$(admin "prompt
+$CMDS"); then rc=0; else rc=$?; fi
   echo "@@fleet batch"; printf '%s\n\036 %s\n' "$out" "$rc"
   [ "$rc" = 0 ] || result=refused
   while IFS= read -r l; do
@@ -267,10 +273,7 @@ while [ "$result" = updated ] && IFS= read -r cmd; do
   [ -n "$cmd" ] || continue
   n=0
   while :; do
-    if out=$(socat -t 5 stdio "unix-connect:$ADMIN" 2>&1 <<FLEET_CMD
-$cmd
-FLEET_CMD
-); then rc=0; else rc=$?; fi
+    if out=$(admin "$cmd"); then rc=0; else rc=$?; fi
     # A server just put in maint may hold idle connections for a moment (each thread closes its own): `del
     # server` refuses until they are gone, so it is asked again for up to 2 s.
     case "$out" in *connection*) ;; *) break ;; esac
@@ -285,13 +288,10 @@ if [ "$result" = updated ]; then mv -f "$new" "$CFG"; fleet_staged=; fleet_sname
 echo "@@fleet result $result"
 """
 
-RUNTIME = r"""
+RUNTIME = _ADMIN_FN + r"""
 set -u
 while IFS= read -r cmd; do
-  if out=$(socat -t 5 stdio "unix-connect:$ADMIN" 2>&1 <<FLEET_CMD
-$cmd
-FLEET_CMD
-); then rc=0; else rc=$?; fi
+  if out=$(admin "$cmd"); then rc=0; else rc=$?; fi
   printf '%s\n\036 %s\n' "$out" "$rc"
 done
 """

@@ -5,14 +5,17 @@ variables and parses what they print."""
 # process runs in the container's cgroup: no ctr (a Go client and a containerd call). Fails otherwise (another state
 # directory, no task, its process gone): `tasks ls` decides then.
 TASK_PID_FN = r"""
+fleet_in_cgroup() { # PID: whether it runs in the container's cgroup (read: no process started)
+  while IFS= read -r l; do
+    case $l in */"$ID") return 0 ;; esac
+  done 2>/dev/null <"/proc/$1/cgroup"
+  return 1
+}
 fleet_task_pid() {
   p=
   read -r p 2>/dev/null <"$STATE/io.containerd.runtime.v2.task/$NS/$ID/init.pid" || [ -n "$p" ] || return 1
   case $p in ''|*[!0-9]*) return 1 ;; esac
-  while IFS= read -r l; do
-    case $l in */"$ID") printf '%s' "$p"; return 0 ;; esac
-  done 2>/dev/null <"/proc/$p/cgroup"
-  return 1
+  fleet_in_cgroup "$p" && printf '%s' "$p"
 }
 """
 
@@ -64,7 +67,7 @@ if pid=$(fleet_task_pid); then
 else
   t=$(task); pid=${t%% *}; st=${t#* }
   t0=
-  case $pid in ''|0|*[!0-9]*) ;; *) grep -qs -e "/$ID\$" "/proc/$pid/cgroup" && t0=$(started "$pid") || t0= ;; esac
+  case $pid in ''|0|*[!0-9]*) ;; *) fleet_in_cgroup "$pid" && t0=$(started "$pid") || t0= ;; esac
 fi
 if [ "$st" = RUNNING ] || [ "$st" = PAUSED ] || [ "$st" = CREATED ]; then
   if [ -n "$t0" ] && [ -n "$sig" ]; then kill -s "$sig" "$pid" 2>/dev/null; else c tasks kill "$ID" >/dev/null 2>&1; fi
@@ -115,11 +118,11 @@ exit "$rc"
 
 # An exec without a terminal. `ctr tasks exec` (containerd 1.6) may lose what the process printed: it deletes the
 # process, closing its FIFOs, once the exit status is in, without waiting for its copy of the output (fixed in
-# containerd's ctr in 2026, PR 13931). On a busy node an `echo` printed nothing in 3 to 6 runs of 300 here. Where
-# runc runs the container (its state under the shim's runc root), `runc exec` runs the command from the same process
-# spec (the container's config.json: user, env, cwd, capabilities, no-new-privileges; the runas wrapper wrote the
-# user there at create) with this command's stdin, stdout and stderr as its own: nothing copied, nothing lost.
-# Otherwise (another runtime, runc not on PATH) ctr as before. Arguments: the runc root of the namespace, the
+# containerd's ctr in 2026, PR 13931). On a busy node an `echo` printed nothing in 3 of 200 and 6 of 300 runs here.
+# Where runc runs the container (its state under the shim's runc root), `runc exec` runs the command from the same
+# process spec (the container's config.json: user, env, cwd, capabilities, no-new-privileges; the runas wrapper
+# wrote the user there at create) with this command's stdin, stdout and stderr as its own: nothing copied, nothing
+# lost. Otherwise (another runtime, runc not on PATH) ctr as before. Arguments: the runc root of the namespace, the
 # container, the number of words of the ctr command, that command, then the command to run.
 EXEC_SH = r"""r=$1 id=$2 n=$3
 shift 3
