@@ -6,14 +6,20 @@ keep what only real nodes show."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
 
 import pytest
 from harness import Harness, service, worker
 
 from fleet.config.spec import ServiceSpec
-from fleet.core.errors import LeaseLost
-from fleet.engine.replicas import next_check_in
+from fleet.core.errors import LeaseLost, RecordsError
+from fleet.engine.probes import ProbeResult
+from fleet.engine.replicas import NodeReplicas, next_check_in
+from fleet.plan.reconcile import Replica
+from fleet.results import Event
 
 V1, V2 = "fleet.local/demo:v1", "fleet.local/demo:v2"
 LIFE = ("start", "ready", "stop", "stopped")  # a replica's steps, its stop's end too (the fake's `stop_delay`)
@@ -243,6 +249,76 @@ async def test_a_lease_lost_mid_rollout_stops_at_the_next_step_and_writes_nothin
     # Revision 2 was begun before the loss; nothing was written after it.
     assert h.memory().writes[writes_before:] == [("record", "web@2")]
     assert h.memory().outcomes("web") == [(1, "succeeded"), (2, "in-progress")]
+
+
+async def test_before_each_batch_the_lease_and_the_pause_are_asked_at_once_and_a_lost_lease_ends_the_run():
+    lost, asking, overlapped = False, 0, 0
+
+    async def guard() -> None:  # as the real lease's: a round trip to etcd
+        nonlocal asking
+        asking += 1
+        await asyncio.sleep(0.002)
+        asking -= 1
+        if lost:
+            raise LeaseLost("the fleet's lease was taken by another run")
+
+    async def paused(service: str) -> None:
+        nonlocal overlapped, lost
+        overlapped += asking > 0
+        if overlapped == 5:  # the second batch of the second run: etcd lost beside a lease lost
+            lost = True
+            raise RecordsError("etcd: no answer")
+
+    h = Harness([worker("w1")])
+    await started_at_v1(h, web(V1))
+    h.paused = paused  # type: ignore[method-assign]
+    assert (await h.fresh_engine(guard=guard).apply([web(V2)])).ok  # type: ignore[arg-type]
+    assert overlapped == 3, "each batch's pause read went beside its lease check"
+    with pytest.raises(LeaseLost):
+        await h.fresh_engine(guard=guard).apply([web(V1)])  # type: ignore[arg-type]
+    assert h.memory().outcomes("web") == [(1, "succeeded"), (2, "succeeded"), (3, "in-progress")]
+
+
+class PidWatch(NodeReplicas):
+    """NodeReplicas with the task listing (`_pid`) answered from `pids` in turn, noting whether a check was under
+    way at each call; no node is reached (its checks are `passing` below)."""
+
+    def __init__(self, pids: list[int], under_way: list[bool]) -> None:
+        self.view = SimpleNamespace(addresses={"w1": "127.0.0.1"})  # type: ignore[assignment]
+        self.events: list[Event] = []
+        self.on_event = self.events.append
+        self.pids, self.seen, self.under_way = iter(pids), [], under_way
+
+    def _exec_in(self, r: Replica) -> Callable[[list[str], float], Awaitable[int]]:
+        async def nothing(argv: list[str], timeout: float) -> int:
+            raise AssertionError("an http check runs nothing in the container")
+        return nothing
+
+    async def _pid(self, r: Replica, known: int | None = None) -> int | None:
+        self.seen.append(self.under_way[0])
+        return next(self.pids)
+
+
+async def test_the_check_that_ends_min_ready_and_its_process_listing_go_at_once(monkeypatch):
+    under_way = [False]
+
+    async def passing(health: object, **_: object) -> ProbeResult:
+        under_way[0] = True
+        await asyncio.sleep(0.01)
+        under_way[0] = False
+        return ProbeResult(True, "HTTP 200", 0.01)
+
+    monkeypatch.setattr("fleet.engine.replicas.check", passing)
+    spec = service("web", 1, extra="    health: {http: /healthz, interval: 1s}\n    update: {min_ready: 0.1s}\n")
+    r = Replica("w1", "web-0-abc", "web", 0, 1, spec.spec_hash(), 20000, True, spec.resources, spec.image)
+    ops = PidWatch([7, 7], under_way)
+    assert await ops.wait_ready(spec, r) is None
+    # Listed once when it first passed (after that check), then beside the last check, not after it.
+    assert ops.seen == [False, True] and [e.step for e in ops.events] == ["ready"]
+    # A process that changed by the last check is a restart: readiness starts again, from the new process.
+    ops = PidWatch([7, 8, 8, 8], under_way)
+    assert await ops.wait_ready(spec, r) is None
+    assert ops.seen == [False, True, False, True]
 
 
 async def test_a_scaled_count_holds_through_reconcile_until_the_next_apply():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fleet.config.spec import parse_playbook
-from fleet.core.errors import ScriptOutputError
+from fleet.core.errors import LbRuntimeError, ScriptOutputError
 from fleet.core.model import Node
 from fleet.engine.haproxy import LbStatus
 from fleet.engine.lb import Balancers
@@ -238,3 +238,57 @@ async def test_a_drain_sets_the_state_and_reads_the_sessions_left_in_one_trip() 
     for lb in lbs.nodes:
         assert lb.sent == ["set server be_web/web-0-abc state drain", "show stat -1 4 -1"]  # type: ignore[attr-defined]
         assert lb.trips == 1  # type: ignore[attr-defined]
+
+
+class BatchLbNode(RecordingLbNode):
+    """A RecordingLbNode whose first trip waits for `gate`, whose `show stat` gives replica N of `web` N + 1
+    sessions, and that refuses to drain a server named in `refuse` (as HAProxy does a server it does not have)."""
+
+    def __init__(self, refuse: str = "") -> None:
+        super().__init__()
+        self.gate, self.refuse = asyncio.Event(), refuse
+        self.trips: list[list[str]] = []
+
+    async def runtime(self, commands: list[str]) -> list[str]:
+        self.trips.append(list(commands))
+        if len(self.trips) == 1:
+            await self.gate.wait()
+        await super().runtime(commands)
+        if self.refuse and any(self.refuse in c for c in commands):
+            raise LbRuntimeError(self.node.name, f"set server be_web/{self.refuse} state drain", "No such server.")
+        stat = "# pxname,svname,qcur,qmax,scur\n" + "".join(f"be_web,web-{n}-abc,0,0,{n + 1}\n" for n in range(4))
+        return [stat if c.startswith("show stat") else "" for c in commands]
+
+
+def _replica(spec_text: str, n: int) -> Replica:
+    spec = parse_playbook(spec_text, "pb.yaml").services[0]
+    return Replica("w1", f"web-{n}-abc", "web", n, 1, spec.spec_hash(), 20000 + n, True, spec.resources, spec.image)
+
+
+async def _four_drains(lb: BatchLbNode) -> list[int]:
+    """Replicas 0-3 of `web` drained: the first alone, the three others asked while it is under way."""
+    text = "services:\n  web:\n    image: fleet.local/demo:v1\n    replicas: 4\n    lb: {port: 8080}\n"
+    lbs = Balancers(None, [])  # type: ignore[arg-type]  # no pool: the stand-in answers
+    lbs.nodes = [lb]  # type: ignore[list-item]
+    first = asyncio.create_task(lbs.drain(_replica(text, 0)))
+    await asyncio.sleep(0.01)
+    rest = [asyncio.create_task(lbs.drain(_replica(text, n))) for n in (1, 2, 3)]
+    await asyncio.sleep(0.01)
+    lb.gate.set()
+    return await asyncio.gather(first, *rest)
+
+
+async def test_drains_asked_while_one_is_under_way_go_together_in_the_next_trip() -> None:
+    lb = BatchLbNode()
+    # Each drain gets its own replica's sessions; the three asked meanwhile shared one trip, and one `show stat`.
+    assert await _four_drains(lb) == [1, 2, 3, 4]
+    assert lb.trips == [["set server be_web/web-0-abc state drain", "show stat -1 4 -1"],
+                        [*(f"set server be_web/web-{n}-abc state drain" for n in (1, 2, 3)), "show stat -1 4 -1"]]
+
+
+async def test_a_refused_drain_in_a_batch_fails_only_its_own_caller() -> None:
+    lb = BatchLbNode(refuse="web-2-abc")
+    # The batch of three was refused as a whole; each went again alone: web-2's node gave no answer (0 sessions
+    # counted, as for a node that fails), the others their sessions.
+    assert await _four_drains(lb) == [1, 2, 0, 4]
+    assert [len(t) for t in lb.trips] == [2, 4, 2, 2, 2]

@@ -20,7 +20,7 @@ from test_records import SPEC
 from fleet.cli.apply import _Progress
 from fleet.config.spec import ServiceSpec
 from fleet.core.errors import LbReloadError, LeaseLost, RecordsError, RolloutFailed, RuntimeCommandError
-from fleet.engine.concurrency import Coalesced, SerialRecords
+from fleet.engine.concurrency import Batched, Coalesced, SerialRecords
 from fleet.plan.reconcile import Replica
 from fleet.plan.rollout.decide import Target
 from fleet.results import Event, Outcome
@@ -113,6 +113,78 @@ async def test_a_sync_after_a_finished_one_runs_again():
     await sync()
     await sync()
     assert runs == 2
+
+
+# --- Batched ---------------------------------------------------------------------------------------------------
+async def test_asks_made_while_a_batch_runs_go_together_in_the_next_each_with_its_own_result():
+    batches: list[list[int]] = []
+    gate = asyncio.Event()
+
+    async def action(items: list[int]) -> list[int | BaseException]:
+        batches.append(items)
+        await gate.wait()
+        return [i * 10 if i != 3 else ValueError("3 refused") for i in items]
+
+    batch = Batched(action)
+    first = asyncio.create_task(batch(1))
+    await asyncio.sleep(0)  # the first batch is under way
+    later = [asyncio.create_task(batch(n)) for n in (2, 3, 4)]
+    await asyncio.sleep(0)
+    gate.set()
+    results = await asyncio.gather(first, *later, return_exceptions=True)
+    assert batches == [[1], [2, 3, 4]] and batch.runs == 2
+    assert results[:2] == [10, 20] and results[3] == 40
+    assert isinstance(results[2], ValueError), "a refused ask fails its own caller only"
+
+
+async def test_a_failed_batch_fails_every_ask_in_it_and_not_the_next():
+    calls = 0
+    gate = asyncio.Event()
+
+    async def action(items: list[str]) -> list[str | BaseException]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await gate.wait()
+            raise ConnectionError("lb node unreachable")
+        return items
+
+    batch = Batched(action)
+    first = asyncio.create_task(batch("a"))
+    await asyncio.sleep(0)
+    second, third = asyncio.create_task(batch("b")), asyncio.create_task(batch("c"))
+    await asyncio.sleep(0)
+    gate.set()
+    results = await asyncio.gather(first, second, third, return_exceptions=True)
+    assert isinstance(results[0], ConnectionError) and results[1:] == ["b", "c"]
+    assert calls == 2
+
+
+async def test_when_the_caller_running_a_batch_is_cancelled_the_others_go_in_the_next():
+    batches: list[list[str]] = []
+    gates = [asyncio.Event(), asyncio.Event(), asyncio.Event()]
+
+    async def action(items: list[str]) -> list[str | BaseException]:
+        batches.append(items)
+        await gates[len(batches) - 1].wait()
+        return [i.upper() for i in items]
+
+    batch = Batched(action)
+    first = asyncio.create_task(batch("a"))
+    await asyncio.sleep(0)
+    runner, other = asyncio.create_task(batch("b")), asyncio.create_task(batch("c"))
+    await asyncio.sleep(0)
+    gates[0].set()
+    assert await first == "A"
+    while len(batches) < 2:
+        await asyncio.sleep(0)
+    assert batches[1] == ["b", "c"]  # run by b's caller, the first to wait
+    runner.cancel()
+    gates[2].set()
+    assert await other == "C"
+    with pytest.raises(asyncio.CancelledError):
+        await runner
+    assert batches == [["a"], ["b", "c"], ["c"]]
 
 
 # --- SerialRecords ---------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """What lets several services converge at once: a coalescing runner for "make it so" actions (the load
-balancers' config) and the fleet's records behind one lock.
+balancers' config), batches for requests to one place (the load balancers' drains), and the fleet's records behind
+one lock.
 
 Services converge in parallel because a rollout is mostly waiting (health checks, `min_ready`, drains), not
 work; what they share must then be touched one caller at a time: HAProxy refuses a second apply while one runs
@@ -12,10 +13,13 @@ from __future__ import annotations
 import asyncio
 import builtins
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from fleet.store.history import FinalOutcome, Revision
 from fleet.store.protocol import Records
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 # Services converging at once by default. A rollout mostly waits (health checks, `min_ready`, drains): the
 # controller spends well under 0.1 s of CPU on one, and HAProxy reloads are shared by the services waiting for
@@ -51,6 +55,41 @@ class Coalesced:
             self.runs += 1
             await self.action()
             self._done = max(self._done, upto)
+
+
+class Batched(Generic[T, R]):
+    """Requests to one place sent one batch at a time: a call made while a batch is under way waits and goes
+    with every other call made meanwhile in the next one (a group commit). `action` gets the batch's items in
+    order and gives one result per item: a value, or an exception raised in that item's caller alone. When the
+    action itself fails, every caller of its batch gets that error; when the caller running it is cancelled, the
+    others go in the next batch."""
+
+    def __init__(self, action: Callable[[list[T]], Awaitable[Sequence[R | BaseException]]]) -> None:
+        self.action = action
+        self.lock = asyncio.Lock()
+        self.runs = 0
+        self._queued: list[tuple[T, asyncio.Future[R]]] = []
+
+    async def __call__(self, item: T) -> R:
+        mine: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._queued.append((item, mine))
+        async with self.lock:
+            if not mine.done():
+                batch, self._queued = self._queued, []
+                self.runs += 1
+                try:
+                    results = await self.action([i for i, _ in batch])
+                except Exception as exc:
+                    results = [exc] * len(batch)
+                except BaseException:
+                    self._queued[:0] = [(i, f) for i, f in batch if f is not mine]
+                    raise
+                for (_, future), result in zip(batch, results, strict=True):
+                    if isinstance(result, BaseException):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+        return mine.result()
 
 
 class SerialRecords:

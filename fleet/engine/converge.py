@@ -4,6 +4,7 @@ carried out through the replica operations, each batch placed through the room b
 from __future__ import annotations
 
 import asyncio
+import inspect
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -121,8 +122,7 @@ class Converge:
         behind: list[asyncio.Task[None]] = []
         try:
             for step in resume.steps:
-                await confirm(s.guard)
-                if not heal and (pause := await s.paused(spec.name)) is not None:
+                if (pause := await self._step_gate(spec.name, heal)) is not None:
                     s.emit("paused", spec.name, f"{spec.name}: {pause.reason()}")
                     return Outcome(spec.name, True, started, stopped, reason=pause.reason(), waiting=True,
                                    changed=bool(started or stopped))
@@ -210,6 +210,21 @@ class Converge:
         raise CanaryAborted(f"{spec.name}: canary aborted at {pct}%: {why}")
 
     # --- one batch --------------------------------------------------------------------------------------
+    async def _step_gate(self, service: str, heal: bool) -> Pause | None:
+        """Before each batch: the lease confirmed (it raises when lost) and, unless healing, the service's pause
+        read afresh; both ask etcd, so at once (one round trip's wait, not two)."""
+        pending = self.s.guard()
+        if heal or not inspect.isawaitable(pending):
+            if inspect.isawaitable(pending):
+                await pending
+            return None if heal else await self.s.paused(service)
+        lease, pause = await asyncio.gather(pending, self.s.paused(service), return_exceptions=True)
+        if isinstance(lease, BaseException):  # a lost lease first: it, not the read beside it, stops the run
+            raise lease
+        if isinstance(pause, BaseException):
+            raise pause
+        return pause
+
     async def start_batch(self, spec: ServiceSpec, revision: int, k: int, outgoing: set[str],
                           weight: int = 1) -> list[Replica]:
         """k new replicas of `spec`, placed, started, ready and routed; none of them left running on failure."""

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from fleet.config.edge import TlsSpec
 from fleet.config.spec import HealthSpec, ServiceSpec
-from fleet.core.errors import FleetError
+from fleet.core.errors import FleetError, LbRuntimeError
 from fleet.core.ports import STATS_PORT
-from fleet.engine.concurrency import Coalesced
+from fleet.engine.concurrency import Batched, Coalesced
 from fleet.engine.edge import Edge
 from fleet.engine.haproxy import LbNode
 from fleet.engine.nodes import NodeReport
@@ -171,6 +172,8 @@ class Balancers:
         # while one runs), and callers that wait together share the next apply, which renders their changes.
         self._rotation = Rotation()
         self._sync = Coalesced(lambda: self._sync_now(self._rotation))
+        # Per lb node, the drains asked while one is under way, sent together next (see `drain`).
+        self._drains: dict[int, tuple[LbNode, Batched[list[str], list[StatRow]]]] = {}
         # The starts and reloads this object had made when no lb node had a worker from before a reload left
         # (None: not looked yet). Such workers come only from reloads, and under the fleet's lease only this run
         # reloads, so until it reloads again `settle` has nothing to wait for and asks no node.
@@ -233,18 +236,33 @@ class Balancers:
 
     async def drain(self, r: Replica) -> int:
         """`r` drained at runtime, with no reload (the config follows on the next sync), and, in the same round
-        trip to each lb node, its sessions left (as `connections` counts them). It waits for a reload under way
-        on a node (see `LbNode.reloading`), not for a sync made at runtime: the two touch different servers, or
-        the same one in the same direction."""
+        trip to each lb node, its sessions left (as `connections` counts them). Drains asked while one is under
+        way on a node go together in its next round trip (services rolling at once drain at once). It waits
+        for a reload under way on a node (see `LbNode.reloading`), not for a sync made at runtime: the two touch
+        different servers, or the same one in the same direction."""
         backends = self._rotation.backends(r)
-        cmds = [*(set_server_state(backend, r.id, "drain") for backend in backends), show_stat()]
-
-        async def one(lb: LbNode) -> list[StatRow]:
-            async with lb.reloading:
-                replies = await lb.runtime(cmds)
-            return parse_show_stat(replies[-1])
-        return _sessions(r, set(backends), await asyncio.gather(*(one(lb) for lb in self.nodes),
+        cmds = [set_server_state(backend, r.id, "drain") for backend in backends]
+        return _sessions(r, set(backends), await asyncio.gather(*(self._drainer(lb)(cmds) for lb in self.nodes),
                                                                 return_exceptions=True))
+
+    def _drainer(self, lb: LbNode) -> Batched[list[str], list[StatRow]]:
+        held = self._drains.get(id(lb))
+        if held is None or held[0] is not lb:
+            held = self._drains[id(lb)] = (lb, Batched(functools.partial(self._drain_batch, lb)))
+        return held[1]
+
+    @staticmethod
+    async def _drain_batch(lb: LbNode, asks: list[list[str]]) -> list[list[StatRow] | BaseException]:
+        """Every ask's commands, then one `show stat`, in one round trip: the rows for each. When a command is
+        refused, each ask goes again on its own, so that only its own caller hears of it."""
+        async with lb.reloading:
+            try:
+                replies = await lb.runtime([*(c for cmds in asks for c in cmds), show_stat()])
+            except LbRuntimeError:
+                if len(asks) == 1:
+                    raise
+                return [await _alone(lb, cmds) for cmds in asks]
+        return [parse_show_stat(replies[-1])] * len(asks)
 
     async def counters(self, service: str) -> dict[str, tuple[int, int]]:
         """Per server of the service: (responses 5xx, requests) summed over lb nodes (cumulative counters); a tcp
@@ -267,6 +285,13 @@ class Balancers:
         unknown)."""
         results = await asyncio.gather(*(lb.stats() for lb in self.nodes), return_exceptions=True)
         return _sessions(r, set(self._rotation.backends(r)), results)
+
+
+async def _alone(lb: LbNode, cmds: list[str]) -> list[StatRow] | BaseException:
+    try:
+        return parse_show_stat((await lb.runtime([*cmds, show_stat()]))[-1])
+    except Exception as exc:  # this ask's own failure, given to its caller
+        return exc
 
 
 def _sessions(r: Replica, backends: set[str], results: Sequence[list[StatRow] | BaseException]) -> int:

@@ -211,9 +211,17 @@ class NodeReplicas:
         ready_since: float | None = None
         pid: int | None = None
         while time.monotonic() < deadline:
+            now: int | None = None
+            last_one = ready_since is not None and time.monotonic() - ready_since >= spec.update.min_ready
             if h is None:
                 running = await self._pid(r, known=pid if pid is not None else -1) is not None
                 ok, detail = running, ("running" if running else "not running")
+            elif last_one:
+                # The check that ends `min_ready` and the process it reached, asked at once: one round trip to
+                # the node less between a replica ready and its route.
+                result, now = await asyncio.gather(check(h, address=address, port=r.port, exec_in=self._exec_in(r)),
+                                                   self._pid(r, known=pid))
+                ok, detail = result.ok, result.detail
             else:
                 result = await check(h, address=address, port=r.port, exec_in=self._exec_in(r))
                 ok, detail = result.ok, result.detail
@@ -223,7 +231,8 @@ class NodeReplicas:
                 if (passed_enough(history, h) if h is not None else True) and ready_since is None:
                     ready_since, pid = time.monotonic(), await self._pid(r, known=pid)
                 if ready_since is not None and time.monotonic() - ready_since >= spec.update.min_ready:
-                    now = await self._pid(r, known=pid)
+                    if not last_one:
+                        now = await self._pid(r, known=pid)
                     if now is not None and now == pid:
                         self.emit("ready", spec.name, f"{r.id} ready on {r.node}:{r.port}", r.node, r.id)
                         return None
