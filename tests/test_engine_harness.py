@@ -319,6 +319,11 @@ async def test_the_check_that_ends_min_ready_and_its_process_listing_go_at_once(
     ops = PidWatch([7, 8, 8, 8], under_way)
     assert await ops.wait_ready(spec, r) is None
     assert ops.seen == [False, True, False, True]
+    # Without a check, the listing is the check: running at the first look, then in the same process after.
+    bare = service("web", 1, extra="    update: {min_ready: 0.1s}\n")
+    ops = PidWatch([7, 7, 7, 7], under_way)
+    assert await ops.wait_ready(bare, r) is None
+    assert len(ops.seen) == 4 and [e.step for e in ops.events] == ["ready"]
 
 
 async def test_a_scaled_count_holds_through_reconcile_until_the_next_apply():

@@ -212,7 +212,8 @@ class NodeReplicas:
         pid: int | None = None
         while time.monotonic() < deadline:
             now: int | None = None
-            last_one = ready_since is not None and time.monotonic() - ready_since >= spec.update.min_ready
+            last_one = (h is not None and ready_since is not None
+                        and time.monotonic() - ready_since >= spec.update.min_ready)
             if h is None:
                 running = await self._pid(r, known=pid if pid is not None else -1) is not None
                 ok, detail = running, ("running" if running else "not running")
