@@ -29,6 +29,7 @@ from fleet.node.haproxy.scripts import (
     apply_script,
     parse_replies,
     parse_script_output,
+    parse_session,
     runtime_input,
 )
 from fleet.node.haproxy.stats import parse_show_proc
@@ -80,6 +81,17 @@ def test_invalid_config_output_yields_the_alert_lines() -> None:
     out = parse_script_output(case["stdout"])
     assert out.result == "invalid"
     assert alert_lines(out.section("check")) == case["expect"]["alerts"]
+
+
+def test_a_runtime_session_gives_each_command_its_reply_or_what_the_unreachable_socket_said() -> None:
+    cmds = ["set server be_web/n1 state drain", "show servers state be_x"]
+    # `prompt` mode: the reply to `prompt` (nothing), then each command's reply, each followed by a prompt.
+    replies = parse_session(cmds, "\n> \n> Can't find backend.\n\n> \n\x1e 0\n")
+    assert [(r.text, r.rc) for r in replies] == [("", 0), ("Can't find backend.", 0)]
+    said = 'socat[9] E connect(5, AF=1 "/run/fleet/admin.sock", 23): No such file or directory'
+    assert [(r.text, r.rc) for r in parse_session(cmds, f"{said}\n\x1e 1\n")] == [(said, 1), (said, 1)]
+    with pytest.raises(ScriptOutputError):
+        parse_session([*cmds, "show stat"], "\n> \n> Can't find backend.\n\n> \n\x1e 0\n")
 
 
 def test_runtime_replies_split_per_command_and_commands_are_single_lines() -> None:

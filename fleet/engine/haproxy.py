@@ -51,8 +51,8 @@ from fleet.node.haproxy.scripts import (
     ScriptOutput,
     alert_lines,
     apply_script,
-    parse_replies,
     parse_script_output,
+    parse_session,
     runtime_input,
     runtime_script,
     servers_script,
@@ -234,13 +234,13 @@ class LbNode:
         return await self.apply(config_text)
 
     async def runtime(self, commands: list[str]) -> list[str]:
-        """Send admin-socket commands in one round trip (one connection each); returns the replies in order.
+        """Send admin-socket commands in one round trip (one session of the socket); returns the replies in order.
         A refused command (see rendereply_error; `show`/`get` replies are data) raises LbRuntimeError."""
         if not commands:
             return []
         result = await self._run(runtime_script(self.paths), runtime_input(commands), RUNTIME_TIMEOUT)
         try:
-            replies = parse_replies(commands, result.stdout)
+            replies = parse_session(commands, result.stdout)
         except ScriptOutputError as exc:
             raise LbError(self.node.name, str(exc)) from exc
         for reply in replies:

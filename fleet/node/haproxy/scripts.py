@@ -288,12 +288,15 @@ if [ "$result" = updated ]; then mv -f "$new" "$CFG"; fleet_staged=; fleet_sname
 echo "@@fleet result $result"
 """
 
+# Every command in one session of the admin socket (`prompt` mode, as SERVERS' batch: parse_batch tells the replies
+# apart), one socat for all of them: a drain batch, its `show stat` too. Read with `read`, no process for it.
 RUNTIME = _ADMIN_FN + r"""
 set -u
-while IFS= read -r cmd; do
-  if out=$(admin "$cmd"); then rc=0; else rc=$?; fi
-  printf '%s\n\036 %s\n' "$out" "$rc"
-done
+cmds=prompt
+while IFS= read -r cmd; do cmds="$cmds
+$cmd"; done
+if out=$(admin "$cmds"); then rc=0; else rc=$?; fi
+printf '%s\n\036 %s\n' "$out" "$rc"
 """
 
 STATUS = _COMMON + r"""
@@ -431,6 +434,15 @@ def batch_commands(commands: list[str]) -> tuple[list[str], list[str]]:
     return [c for c in commands if c not in dels], dels
 
 
+def parse_session(commands: list[str], text: str) -> list[Reply]:
+    """The runtime script's output: one reply per command (see parse_batch); when socat failed (the socket not
+    there, or refusing), every command gets what it printed and its status."""
+    m = re.search(r"\n\x1e (\d+)\n?$", text)
+    if m is not None and int(m[1]) != 0:
+        return [Reply(cmd, text[:m.start()].strip(), int(m[1])) for cmd in commands]
+    return parse_batch(commands, text)
+
+
 def parse_batch(commands: list[str], text: str) -> list[Reply]:
     """One reply per command from a `prompt`-mode session that sent `prompt` then `commands` (the output ends
     with `\\x1e RC` as the runtime script's)."""
@@ -445,7 +457,8 @@ def parse_batch(commands: list[str], text: str) -> list[Reply]:
 
 
 def runtime_script(paths: LbPaths) -> Script:
-    """Reads admin-socket commands on stdin, one a line; prints each reply followed by `\\x1e RC`."""
+    """Reads admin-socket commands on stdin, one a line; sends them in one `prompt`-mode session and prints what
+    it answered followed by `\\x1e RC` (see parse_batch)."""
     return Script(RUNTIME, {"ADMIN": paths.admin_socket}, name="fleet-haproxy-runtime")
 
 
