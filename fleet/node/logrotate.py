@@ -23,22 +23,23 @@ from __future__ import annotations
 
 from fleet.config.spec.imaging import LogsSpec
 
-# containerd's binary logger protocol: the shim starts the logger with the container's stdout on fd 3, its stderr
-# on fd 4, and waits for fd 5 to close; the URI's query comes as `key value` arguments, in no fixed order. Both
-# streams, each read by its own `cat`, are merged into one pipe (a write of more than 4 KiB (PIPE_BUF) on one stream
-# may be split by the other's) and appended to the log file, which the logger rotates itself: `head -c` copies
-# exactly what is left below `size` (GNU head reads no further from a pipe; `stdbuf -o0` makes it write each read
-# at once, where its stdio buffer would hold a line until 4 KiB came, so `fleet logs -f` sees a line as it comes),
-# then FILE is renamed FILE.1 (older ones shifted up) and the next `head` starts a new FILE. A file ends at exactly
-# `size` bytes, so a line may be split between two. A few processes per `size` bytes, none per line or per write
-# (bench/logger.py). ctr's own `file://` loses the stderr of a container that exits at once (seen 9 times in 180
-# runs of `echo … >&2; exit 7` on containerd 1.6.20: an empty log, never written later; stdout 0 in 90; this logger
-# 0 in 180), the output that matters most of a failed job or a crashing replica. On `tasks rm` the shim closes the
-# pipes and sends TERM: ignored, so the logger ends (and the shim's delete returns) only once both copies have
-# reached the end of their pipe and the log is complete. A redirection that fails on `:` (a special built-in) would
-# end the shell: the loop uses `true`. Each subshell closes the fds it does not use with `exec`:
-# dash keeps a saved copy of an fd redirected on a group or a function, and a copy of fd 5 left open would keep the
-# shim waiting.
+# containerd's binary logger protocol: the shim starts the logger with the container's stdout on fd 3, its stderr on fd
+# 4, and waits for fd 5 to close (the logger closes it once its file is there, before it starts any process: the shim
+# keeps its own read ends of the two pipes, so a container that writes before the logger reads is neither refused nor
+# loses a byte, it waits on a full pipe at most); the URI's query comes as `key value` arguments, in no fixed order.
+# Both streams, each read by its own `cat`, are merged into one pipe (a write of more than 4 KiB (PIPE_BUF) on one
+# stream may be split by the other's) and appended to the log file, which the logger rotates itself: `head -c` copies
+# exactly what is left below `size` (GNU head reads no further from a pipe; `stdbuf -o0` makes it write each read at
+# once, where its stdio buffer would hold a line until 4 KiB came, so `fleet logs -f` sees a line as it comes), then
+# FILE is renamed FILE.1 (older ones shifted up) and the next `head` starts a new FILE. A file ends at exactly `size`
+# bytes, so a line may be split between two. A few processes per `size` bytes, none per line or per write
+# (bench/logger.py). ctr's own `file://` loses the stderr of a container that exits at once (seen 9 times in 180 runs of
+# `echo … >&2; exit 7` on containerd 1.6.20: an empty log, never written later; stdout 0 in 90; this logger 0 in 180),
+# the output that matters most of a failed job or a crashing replica. On `tasks rm` the shim closes the pipes and sends
+# TERM: ignored, so the logger ends (and the shim's delete returns) only once both copies have reached the end of their
+# pipe and the log is complete. A redirection that fails on `:` (a special built-in) would end the shell: the loop uses
+# `true`. Each subshell closes the fds it does not use with `exec` (dash keeps a saved copy of an fd redirected on a
+# group or a function).
 LOGGER_SH = """#!/bin/sh
 # fleet's container logger (fleet.node.runtime.ctr): the container's stdout and stderr appended to `file`,
 # renamed FILE.1 (older ones shifted up, `files` in all) when it reaches `size` bytes.
@@ -51,6 +52,9 @@ case $size$files in ''|*[!0-9]*) exit 2 ;; esac
 [ -n "$f" ] && [ "$size" -gt 0 ] && [ "$files" -gt 0 ] || exit 2
 trap '' TERM
 : >>"$f" || exit 1
+# The shim waits for fd 5 to close before it creates the task: closed once the file is there, before any process
+# is started (what the container writes meanwhile waits in the pipes).
+exec 5>&-
 rotate() {
   i=$((files - 1))
   if [ "$i" -lt 1 ]; then true 2>/dev/null >"$f"; return; fi

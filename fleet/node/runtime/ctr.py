@@ -195,7 +195,8 @@ class CtrDriver(CliDriver):
         log = self.log_path(spec.id, spec.log_path)
         text = (
             self._fn()
-            + 'mkdir -p "$(dirname "$LOG")" || exit 1\n'
+            # The log's directory by a shell pattern, not `dirname`: every start runs it.
+            + 'case $LOG in */*) d=${LOG%/*}; [ -d "${d:-/}" ] || mkdir -p "${d:-/}" || exit 1 ;; esac\n'
             + _install("LOGGER")
             + (_install("RUNAS") if spec.user is not None else "")
             # How this log is rotated, beside it: for the rotation of fleet's runs (fleet.node.logrotate).
