@@ -62,7 +62,8 @@ class FakeOps:
     checks; `error_rate`: image → share of 5xx its replicas answer (the canary's verdict); `fail`: step ("route",
     "stop", ...) → error raised by the next such step; `on_start`: called with each replica started (before it is
     ready); `delay`: how long a start takes (so services' batches overlap), `most` the starts seen under way at
-    once; `stop_delay`: how long a stop takes (it is recorded as "stop" when it begins, "stopped" once the replica
+    once, `removed_beside_starts` the removals begun while one was; `stop_delay`: how long a stop takes (it is
+    recorded as "stop" when it begins, "stopped" once the replica
     is gone); `route_delay`: how long a route takes (recorded once done); `settled`: whether no lb worker from
     before a reload can be left (a drained replica then stops while it is removed from the load balancers). `peak` /
     `low` per service: the most replicas running and the fewest serving (ready, not draining) seen after the first
@@ -76,6 +77,7 @@ class FakeOps:
     fail: dict[str, BaseException] = field(default_factory=dict)
     on_start: Callable[[Replica], None] | None = None
     delay: float = 0.0
+    delays: dict[str, float] = field(default_factory=dict)  # service → its starts' `delay`
     stop_delay: float = 0.0
     route_delay: float = 0.0
     running: dict[str, Replica] = field(default_factory=dict)
@@ -88,6 +90,7 @@ class FakeOps:
     traffic: dict[str, int] = field(default_factory=dict)  # image → requests per counters() call (default 100)
     inside: int = 0
     most: int = 0
+    removed_beside_starts: int = 0  # removals (what `halt` returns) begun while a start was under way
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def run(self, *replicas: Replica) -> None:
@@ -129,8 +132,9 @@ class FakeOps:
         self.inside += 1
         self.most = max(self.most, self.inside)
         try:
-            if self.delay:
-                await asyncio.sleep(self.delay)
+            delay = self.delays.get(spec.name, self.delay)
+            if delay:
+                await asyncio.sleep(delay)
         finally:
             self.inside -= 1
         self.running[r.id] = r
@@ -181,6 +185,7 @@ class FakeOps:
         self._measure(r.service)
 
         async def finish() -> None:
+            self.removed_beside_starts += self.inside > 0
             if self.stop_delay:
                 await asyncio.sleep(self.stop_delay)
             self.steps.append(("deleted", r.service, r.id))

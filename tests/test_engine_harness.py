@@ -214,6 +214,48 @@ async def test_a_batch_that_needs_the_room_of_a_replica_being_stopped_waits_for_
     assert not [e for e in h.events if e.step == "wait"]
 
 
+async def test_removals_behind_rollouts_wait_while_containers_are_being_started():
+    # Two services rolling at once on two nodes with room to spare: every replaced replica's removal waits for a
+    # moment when no container is being started, the starts being what the rollouts wait on
+    # (fleet.engine.rooms.RoomBook.behind).
+    h = Harness([worker("w1", 4), worker("w2", 4)])
+    await started_at_v1(h, service("a", 3, image=V1))
+    await started_at_v1(h, service("b", 3, image=V1))
+    h.ops.delays, h.ops.stop_delay = {"a": 0.02, "b": 0.05}, 0.01  # their batches out of step
+    surge = "    update: {max_surge: 1, max_unavailable: 0}\n"
+    result = await h.apply(service("a", 3, image=V2, extra=surge), service("b", 3, image=V2, extra=surge))
+    assert result.ok, result.outcomes
+    assert h.ops.removed_beside_starts == 0
+    assert sum(kind == "deleted" for kind, _, _ in h.ops.steps) == 6
+    assert not any(h.engine.book.stopping.values())
+
+
+async def test_a_removal_waits_behind_starts_at_most_its_patience_and_not_when_a_placement_waits_for_room():
+    h = Harness([worker("w1")])
+    await started_at_v1(h, service("web", 4, cpu=0.5, image=V1))  # the node's 2 CPUs, full
+    book = h.engine.book
+    with book.starts():  # a batch's containers being started
+        await asyncio.wait_for(book.behind(patience=0.05), 1.0)  # waited its patience, then went
+        waiting = asyncio.create_task(book.behind(patience=60.0))
+        await asyncio.sleep(0.05)
+        assert not waiting.done(), "a removal waits while containers are being started"
+        # A batch needs the room that a replica being stopped still holds: it waits for it, and the removal goes.
+        book.stopping["web"] = 1
+        book.converging.add("web")
+
+        async def place() -> None:
+            async with book.reserve(service("web", 5, cpu=0.5, image=V2), 2, 1, set(), None):
+                pass
+
+        placing = asyncio.create_task(place())
+        await asyncio.wait_for(waiting, 1.0)
+        placing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await placing
+    waiting = asyncio.create_task(book.behind(patience=60.0))
+    await asyncio.wait_for(waiting, 1.0)  # no start under way: at once
+
+
 async def test_a_service_with_a_volume_stops_each_old_replica_before_its_next_batch():
     h = Harness([worker("w1"), worker("w2")])
     data = "    volumes: [{type: volume, source: data, target: /data}]\n"

@@ -240,7 +240,9 @@ class Converge:
             except ImageUnavailable as exc:
                 view.errors[node] = str(exc)
                 raise RolloutFailed(f"{spec.name}: {exc}") from exc
-        new = await asyncio.gather(*(s.ops.start(spec, revision, a) for a in assignments), return_exceptions=True)
+        with s.book.starts():
+            new = await asyncio.gather(*(s.ops.start(spec, revision, a) for a in assignments),
+                                       return_exceptions=True)
         ok = [r for r in new if isinstance(r, Replica)]
         failed = [e for e in new if isinstance(e, BaseException)]
         for e in failed:
@@ -297,14 +299,15 @@ class Converge:
 
     def _finish_behind(self, r: Replica, finish: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
         """Remove what `r`, stopped (drained, out of the load balancers, its process gone), leaves on its node
-        while the rollout goes on. The update policy's bounds count running processes and routed servers: it is
-        neither. Until it is gone it holds its room, and the room book waits for it rather than failing a
-        placement that needs that room."""
+        while the rollout goes on, once no container is being started (see `RoomBook.behind`). The update
+        policy's bounds count running processes and routed servers: it is neither. Until it is gone it holds its
+        room, and the room book waits for it rather than failing a placement that needs that room."""
         book = self.s.book
         book.stopping[r.service] = book.stopping.get(r.service, 0) + 1
 
         async def remove() -> None:
             try:
+                await book.behind()
                 await finish()
                 self.s.view.gone(r)
             finally:

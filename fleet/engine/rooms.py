@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 
 from fleet.config.spec import ServiceSpec
 from fleet.core.errors import RolloutFailed
@@ -15,6 +15,9 @@ from fleet.plan.scheduler import Assignment, place
 from fleet.plan.volumes import VolumeView
 from fleet.results import Event
 
+# How long the removal behind a rollout waits for the containers being started (`RoomBook.behind`) at most.
+BEHIND_PATIENCE = 3.0
+
 
 class RoomBook:
     """Placements of new replicas against the run's view and each other, one service at a time.
@@ -22,7 +25,8 @@ class RoomBook:
     `pending` are replicas placed and being started, not yet in `view.live`: they hold their room and port, so a
     service placing at the same time never takes them (placing and reserving happen under one condition).
     `converging` are the services of this run still rolling, `short` those of them waiting for room; `stopping`
-    counts, per service, its replicas being stopped behind its rollout (they free their room when gone)."""
+    counts, per service, its replicas being stopped behind its rollout (they free their room when gone);
+    `starting`, the batches whose containers are being started (see `behind`)."""
 
     def __init__(self, view: RunView, on_event: Emit) -> None:
         self.view = view
@@ -31,7 +35,11 @@ class RoomBook:
         self.converging: set[str] = set()
         self.short: set[str] = set()
         self.stopping: dict[str, int] = {}
+        self.starting = 0
         self._placing = asyncio.Condition()
+        self._quiet = asyncio.Event()  # no container being started
+        self._quiet.set()
+        self._wanted = asyncio.Event()  # a placement waits for room
 
     def place(self, spec: ServiceSpec, k: int, outgoing: set[str], volumes: VolumeView | None) -> list[Assignment]:
         """Place k more replicas of `spec` against the live state: replicas on their way out (outdated, failing,
@@ -80,6 +88,7 @@ class RoomBook:
                 if spec.name not in self.short and not self.stopping.get(spec.name):
                     self.on_event(Event("wait", spec.name, f"waiting for room that other services hold: {exc}"))
                 self.short.add(spec.name)
+                self._wanted.set()  # removals waiting behind starts go now: they may free this room
                 try:
                     # Woken when a start or a service ends; a replica retired elsewhere is seen within 1 s.
                     async with asyncio.timeout(1.0):
@@ -88,6 +97,37 @@ class RoomBook:
                     pass
                 finally:
                     self.short.discard(spec.name)
+                    if not self.short:
+                        self._wanted.clear()
+
+    @contextlib.contextmanager
+    def starts(self) -> Iterator[None]:
+        """A batch's containers being started: what the rollouts wait on, and the nodes' busiest moment."""
+        self.starting += 1
+        self._quiet.clear()
+        try:
+            yield
+        finally:
+            self.starting -= 1
+            if not self.starting:
+                self._quiet.set()
+
+    async def behind(self, patience: float | None = None) -> None:
+        """Before the removal of what a stopped replica leaves (its container, network, files): wait while
+        containers are being started, up to `patience` s, and not at all once a placement waits for room. A
+        removal is work no rollout waits on, and starts are what they wait on: beside a dozen of them (services
+        rolling at once), a dozen removals took the nodes' CPU from them (bench/apply_many.py: the second
+        batch's starts are that much slower, and every service's rollout with them). The room it frees is
+        wanted at once when a placement waits for it."""
+        if self._quiet.is_set() or self._wanted.is_set():
+            return
+        patience = BEHIND_PATIENCE if patience is None else patience
+        waits = [asyncio.ensure_future(self._quiet.wait()), asyncio.ensure_future(self._wanted.wait())]
+        try:
+            await asyncio.wait(waits, timeout=patience, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
 
     async def changed(self) -> None:
         """Room may have been freed: services waiting for it place again."""
