@@ -235,7 +235,7 @@ class LbNode:
 
     async def runtime(self, commands: list[str]) -> list[str]:
         """Send admin-socket commands in one round trip (one session of the socket); returns the replies in order.
-        A refused command (see rendereply_error; `show`/`get` replies are data) raises LbRuntimeError."""
+        A refused command (see render.reply_error; `show`/`get` replies are data) raises LbRuntimeError."""
         if not commands:
             return []
         result = await self._run(runtime_script(self.paths), runtime_input(commands), RUNTIME_TIMEOUT)
