@@ -501,6 +501,26 @@ def test_remove_leaves_no_task_container_snapshot_or_log(ctr_lab: CtrLab):
 
 
 @pytest.mark.lab
+def test_delete_after_a_stop_kills_a_task_started_again_meanwhile(ctr_lab: CtrLab):
+    # containerd 1.6's restart monitor can start a stopped replica's task again (a pass that read its restart label
+    # before the stop cleared it): what the removal behind the rollout finds is then running, and still goes.
+    port = free_port()
+    spec = ctr_lab.spec("again", env={"PORT": str(port)}, restart="always")
+    ctr_lab.call(ctr_lab.d.run(spec))
+    try:
+        assert ctr_lab.call(ctr_lab.d.stop(spec.id, 5, remove=False)).found
+        # What the monitor's start does (runtime/restart/monitor: the old task deleted, a new one started).
+        ctr_lab.c.ctr("tasks", "rm", spec.id)
+        ctr_lab.c.ctr("tasks", "start", "--null-io", "-d", spec.id)
+        again = ctr_lab.task(spec.id)
+        assert again is not None and again[1] is Status.RUNNING
+        ctr_lab.call(ctr_lab.d.delete(spec.id))
+        assert spec.id not in ctr_lab.ids() and ctr_lab.task(spec.id) is None
+    finally:
+        ctr_lab.call(ctr_lab.d.remove(spec.id))
+
+
+@pytest.mark.lab
 def test_restart_always_brings_a_crashed_container_back_and_stop_keeps_it_down(ctr_lab: CtrLab):
     port = free_port()
     spec = ctr_lab.spec("crashy", env={"PORT": str(port), "DEMO_CRASH_AFTER": "1"}, restart="always")
