@@ -213,11 +213,12 @@ class Converge:
     async def _step_gate(self, service: str, heal: bool) -> Pause | None:
         """Before each batch: the lease confirmed (it raises when lost) and, unless healing, the service's pause
         read afresh; both ask etcd, so at once (one round trip's wait, not two)."""
+        if heal:
+            await confirm(self.s.guard)
+            return None
         pending = self.s.guard()
-        if heal or not inspect.isawaitable(pending):
-            if inspect.isawaitable(pending):
-                await pending
-            return None if heal else await self.s.paused(service)
+        if not inspect.isawaitable(pending):  # a guard that asks nothing (the harness's)
+            return await self.s.paused(service)
         lease, pause = await asyncio.gather(pending, self.s.paused(service), return_exceptions=True)
         if isinstance(lease, BaseException):  # a lost lease first: it, not the read beside it, stops the run
             raise lease

@@ -173,7 +173,7 @@ class Balancers:
         self._rotation = Rotation()
         self._sync = Coalesced(lambda: self._sync_now(self._rotation))
         # Per lb node, the drains asked while one is under way, sent together next (see `drain`).
-        self._drains: dict[int, tuple[LbNode, Batched[list[str], list[StatRow]]]] = {}
+        self._drains: dict[LbNode, Batched[list[str], list[StatRow]]] = {}
         # The starts and reloads this object had made when no lb node had a worker from before a reload left
         # (None: not looked yet). Such workers come only from reloads, and under the fleet's lease only this run
         # reloads, so until it reloads again `settle` has nothing to wait for and asks no node.
@@ -246,10 +246,9 @@ class Balancers:
                                                                 return_exceptions=True))
 
     def _drainer(self, lb: LbNode) -> Batched[list[str], list[StatRow]]:
-        held = self._drains.get(id(lb))
-        if held is None or held[0] is not lb:
-            held = self._drains[id(lb)] = (lb, Batched(functools.partial(self._drain_batch, lb)))
-        return held[1]
+        if lb not in self._drains:
+            self._drains[lb] = Batched(functools.partial(self._drain_batch, lb))
+        return self._drains[lb]
 
     @staticmethod
     async def _drain_batch(lb: LbNode, asks: list[list[str]]) -> list[list[StatRow] | BaseException]:
@@ -257,12 +256,12 @@ class Balancers:
         refused, each ask goes again on its own, so that only its own caller hears of it."""
         async with lb.reloading:
             try:
-                replies = await lb.runtime([*(c for cmds in asks for c in cmds), show_stat()])
+                rows = await _drain_trip(lb, [c for cmds in asks for c in cmds])
             except LbRuntimeError:
                 if len(asks) == 1:
                     raise
                 return [await _alone(lb, cmds) for cmds in asks]
-        return [parse_show_stat(replies[-1])] * len(asks)
+        return [rows] * len(asks)
 
     async def counters(self, service: str) -> dict[str, tuple[int, int]]:
         """Per server of the service: (responses 5xx, requests) summed over lb nodes (cumulative counters); a tcp
@@ -287,9 +286,14 @@ class Balancers:
         return _sessions(r, set(self._rotation.backends(r)), results)
 
 
+async def _drain_trip(lb: LbNode, cmds: list[str]) -> list[StatRow]:
+    """`cmds`, then `show stat`, in one round trip to `lb`: the servers' rows after them."""
+    return parse_show_stat((await lb.runtime([*cmds, show_stat()]))[-1])
+
+
 async def _alone(lb: LbNode, cmds: list[str]) -> list[StatRow] | BaseException:
     try:
-        return parse_show_stat((await lb.runtime([*cmds, show_stat()]))[-1])
+        return await _drain_trip(lb, cmds)
     except Exception as exc:  # this ask's own failure, given to its caller
         return exc
 
