@@ -256,6 +256,24 @@ async def test_a_removal_waits_behind_starts_at_most_its_patience_and_not_when_a
     await asyncio.wait_for(waiting, 1.0)  # no start under way: at once
 
 
+async def test_a_removal_waits_for_starts_that_begin_as_the_last_ones_end():
+    # Services rolling at once: one batch's starts end, and another's begin before the waiting removal's turn
+    # comes round. The removal sees starts under way again and goes on waiting (it went at once when it only
+    # woke on the first batch's end: the flake of test_removals_behind_rollouts_wait_… under load).
+    h = Harness([worker("w1")])
+    book = h.engine.book
+    first = book.starts()
+    first.__enter__()
+    waiting = asyncio.create_task(book.behind(patience=60.0))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    first.__exit__(None, None, None)
+    with book.starts():  # no await between the one batch's end and the next one's start
+        await asyncio.sleep(0.05)
+        assert not waiting.done(), "a removal never begins while a batch's containers are being started"
+    await asyncio.wait_for(waiting, 1.0)
+
+
 async def test_a_service_with_a_volume_stops_each_old_replica_before_its_next_batch():
     h = Harness([worker("w1"), worker("w2")])
     data = "    volumes: [{type: volume, source: data, target: /data}]\n"

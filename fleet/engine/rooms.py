@@ -118,16 +118,17 @@ class RoomBook:
         removal is work no rollout waits on, and starts are what they wait on: beside a dozen of them (services
         rolling at once), a dozen removals took the nodes' CPU from them (bench/apply_many.py: the second
         batch's starts are that much slower, and every service's rollout with them). The room it frees is
-        wanted at once when a placement waits for it."""
-        if self._quiet.is_set() or self._wanted.is_set():
-            return
-        patience = BEHIND_PATIENCE if patience is None else patience
-        waits = [asyncio.ensure_future(self._quiet.wait()), asyncio.ensure_future(self._wanted.wait())]
-        try:
-            await asyncio.wait(waits, timeout=patience, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waits:
-                w.cancel()
+        wanted at once when a placement waits for it. Quiet is judged when it returns: a batch that began its
+        starts between the last one's end and this waiter's turn (services rolling at once) is waited for too."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (BEHIND_PATIENCE if patience is None else patience)
+        while not (self._quiet.is_set() or self._wanted.is_set()) and (left := deadline - loop.time()) > 0:
+            waits = [asyncio.ensure_future(self._quiet.wait()), asyncio.ensure_future(self._wanted.wait())]
+            try:
+                await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
 
     async def changed(self) -> None:
         """Room may have been freed: services waiting for it place again."""
