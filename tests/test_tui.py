@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from helpers import wait_until_async
 from textual.command import CommandPalette
+from textual.css.query import NoMatches
 from textual.message import Message
 from textual.pilot import Pilot
 from textual.widgets import Footer, Input, Log
@@ -182,6 +183,18 @@ async def test_refresh_key_and_interval_each_read_again():
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: source.calls >= 3)
         assert app.snapshot is N2_DOWN
+
+
+async def test_a_refresh_that_ends_after_the_app_closed_finds_no_views_and_the_poll_ends_quietly():
+    # The poll worker ends on NoMatches when the app closed while it read the fleet. With the screens gone,
+    # `main` raised IndexError instead and the worker failed (WorkerFailed under load, with a 0.05 s interval).
+    app = FleetApp(RecordingSource(HEALTHY), interval=3600)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.snapshot is HEALTHY)
+    with pytest.raises(NoMatches):
+        app.show(N2_DOWN)
+    with pytest.raises(NoMatches):
+        app.status.busy = True
 
 
 async def test_failed_refresh_keeps_last_data_and_says_why():

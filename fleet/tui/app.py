@@ -162,6 +162,8 @@ class FleetApp(App[None]):
 
     @property
     def main(self) -> MainScreen:
+        if not self.screen_stack:  # closed: a refresh that ends now finds no views, as `poll` expects
+            raise NoMatches("the app has closed: its screens are gone")
         screen = self.screen_stack[0]
         assert isinstance(screen, MainScreen)
         return screen
