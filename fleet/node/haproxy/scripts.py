@@ -489,7 +489,8 @@ class Reply:
 
 
 def parse_replies(commands: list[str], text: str) -> list[Reply]:
-    """Split the runtime script's output into one reply per command, in order."""
+    """The servers script's `replies` section (each `del server` sent on its own, each reply followed by
+    `\\x1e RC`) split into one reply per command, in order. The runtime script sends one session: parse_session."""
     replies = []
     rest = text
     for cmd in commands:
