@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -560,6 +561,43 @@ def test_memory_limit_oom_kill_is_reported(ctr_lab: CtrLab):
     usage = ctr_lab.call(ctr_lab.d.metrics(spec.id))
     assert usage.oom_kills == 1 and usage.memory_limit == 16 * 1024 * 1024
     assert ctr_lab.call(ctr_lab.d.stop(spec.id, 1)).exit_code == 137
+
+
+# Put in the listing script right after its `c` function: the listing's `tasks ls` first lets the container's main
+# process (waiting for /tmp/go) go over its limit and waits until containerd has it STOPPED, so the OOM kill lands
+# between the listing's reads exactly as it may under load.
+_KILL_AT_TASKS_LS = """
+real() { REAL "$@"; }
+c() {
+  if [ "$1 $2" = "tasks ls" ]; then
+    real tasks exec --exec-id go "$ID" touch /tmp/go
+    n=0
+    until real tasks ls | awk -v id="$ID" '$1 == id && $3 == "STOPPED" {f=1} END {exit !f}'; do
+      n=$((n + 1)); [ "$n" -lt 200 ] || { echo "not stopped in 20 s" >&2; exit 1; }; sleep 0.1
+    done
+  fi
+  real "$@"
+}
+"""
+
+
+@pytest.mark.lab
+def test_a_main_process_oom_killed_while_the_listing_runs_is_listed_stopped_and_oom_killed(ctr_lab: CtrLab):
+    # `fleet ps` shows a container STOPPED by an OOM kill as "(oom-killed)": the kill count it lists is read after
+    # the task state, so a kill that ends the task while the listing runs is never listed as a plain stop (the CI
+    # failure of test_container_main_process_over_its_memory_limit_is_oom_killed).
+    hog = "while [ ! -e /tmp/go ]; do sleep 0.05; done; exec dd if=/dev/zero of=/dev/null bs=64M"
+    spec = ctr_lab.spec("late-hog", memory=16 * 1024 * 1024, command=("sh", "-c", hog))
+    ctr_lab.call(ctr_lab.d.run(spec))
+    try:
+        listing = ctr_lab.d.list_containers()
+        head, rest = listing.command.text.split("\n", 1)
+        hook = _KILL_AT_TASKS_LS.replace("REAL", shlex.join(ctr_lab.d.base()))
+        script = Script(f"{head}\n{hook}{rest}", {**listing.command.env, "ID": spec.id})
+        info = {i.id: i for i in ctr_lab.call(replace(listing, command=script))}[spec.id]
+        assert info.status is Status.STOPPED and info.oom_killed, info
+    finally:
+        ctr_lab.call(ctr_lab.d.remove(spec.id))
 
 
 @pytest.mark.lab

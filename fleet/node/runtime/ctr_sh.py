@@ -179,10 +179,17 @@ rm -f "$LOG" "$LOG.rotate" "$LOG".[0-9] "$LOG".[0-9][0-9]
 # with a brace or a space, and JSON escapes newlines inside strings, so a hostile label cannot fake a marker.
 # The info is cut where its last key, "Spec" (the OCI runtime spec: most of its bytes, none of them read), begins
 # at the top level (4 spaces in); `parse_list` closes the object. Every listing sends a few KiB per container less.
+# Read in this order: the containers, their tasks' states, then each one's OOM kills, so a kill that stops a task
+# while the listing runs is always counted beside its STOPPED (read before the states, under load, a container
+# STOPPED by its OOM kill was listed with no kill), and a container is never listed without a task it already had.
 LIST_SCRIPT = r"""
-for id in $(c containers ls -q); do
-  printf '@@container %s\n' "$id"
+ids=$(c containers ls -q)
+for id in $ids; do
+  printf '\n@@container %s\n' "$id"
   c containers info "$id" 2>/dev/null | sed -n '/^    "Spec": /q;p'
+done
+tasks=$(c tasks ls)
+for id in $ids; do
   oom=
   if [ -r "/sys/fs/cgroup/memory/$NS/$id/memory.oom_control" ]; then
     oom=$(awk '$1 == "oom_kill" {print $2}' "/sys/fs/cgroup/memory/$NS/$id/memory.oom_control")
@@ -191,7 +198,6 @@ for id in $(c containers ls -q); do
   fi
   printf '\n@@oom %s %s\n' "$id" "$oom"
 done
-tasks=$(c tasks ls)
 echo '@@tasks'
 printf '%s\n' "$tasks"
 hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
