@@ -6,9 +6,11 @@ from __future__ import annotations
 import shlex
 from collections.abc import Iterator
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 import typer.main
+import typer.rich_utils
 from typer.testing import CliRunner
 
 from fleet.cli import common
@@ -31,8 +33,12 @@ PATHS = [" ".join(p) for p, _ in COMMANDS]
 
 
 def _help(args: list[str], width: int = 80) -> str:
-    result = CliRunner().invoke(app, args, env={"COLUMNS": str(width), "TERMINAL_WIDTH": str(width)},
-                                terminal_width=width)
+    # typer reads TERMINAL_WIDTH once, when its help renderer is first imported (`typer.rich_utils.MAX_WIDTH`): in
+    # one process the first help's width would hold for every later one (the 80-column check failed after a
+    # 200-column help ran first on its worker), so each help here sets it for its own call.
+    with patch.object(typer.rich_utils, "MAX_WIDTH", width):
+        result = CliRunner().invoke(app, args, env={"COLUMNS": str(width), "TERMINAL_WIDTH": str(width)},
+                                    terminal_width=width)
     assert result.exit_code == 0, result.output
     return result.output
 
