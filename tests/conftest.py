@@ -6,6 +6,7 @@ import asyncio
 import atexit
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -37,6 +38,12 @@ os.environ["no_proxy"] = os.environ["NO_PROXY"] = "*"
 # suite was started would wrap the messages tests read; a test that wants a width passes it (helpers.run_fleet).
 for _var in ("COLUMNS", "LINES"):
     os.environ.pop(_var, None)
+
+# Tests signal the processes they start as a terminal's Ctrl-C or a service manager would (SIGINT among them). A suite
+# started in the background by a non-interactive shell (`sh -c '… &'`, as a CI runner may) inherits SIGINT ignored,
+# every process it starts would too, and a shell cannot trap a signal ignored on entry (seen: 3 tests failed so):
+# take the default back, which the processes started here then get.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Property tests share two cores with lab tests in parallel workers: a slow example or slow input generation is
 # the machine being busy, not a failure of what the property states.
