@@ -10,10 +10,11 @@ import os
 import signal
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import run_fleet, start_fleet
+from helpers import run_fleet, start_fleet, wait_until
 from loadgen import Load
 from test_rollout_lab import _weights, lb_address, playbook, status
 
@@ -66,6 +67,15 @@ def tasks(lab, node: str, name: str) -> list[str]:
     out = lab.lab.exec_in(node, ["ctr", "-n", ns, "tasks", "ls"]).stdout.splitlines()[1:]
     return [cols[0] for cols in (line.split() for line in out)
             if len(cols) >= 3 and cols[0].startswith(f"{name}-") and cols[2] == "RUNNING"]
+
+
+def serves(address: str, port: int) -> bool:
+    """The LB answers 200 (HAProxy's 503, while no server of the backend is up, is "not yet")."""
+    try:
+        with urllib.request.urlopen(f"http://{address}:{port}/", timeout=2) as resp:
+            return bool(resp.status == 200)
+    except OSError:  # an HTTPError (the 503) is an OSError too
+        return False
 
 
 def freeze(lab, node: str, task: str, sig: int = signal.SIGSTOP) -> None:
@@ -159,8 +169,12 @@ def test_paused_replicas_are_replaced_before_any_is_stopped(lab, env):
         # A second actor at work: cron on another controller reconciles too; it waits for the lease.
         time.sleep(1.0)
         other = start(env["env_b"], "reconcile", "--wait", "90s", pb)
-        # Long enough for reconcile to judge them (interval 1 s x failure_threshold 2, 1 s timeouts).
+        # Long enough for reconcile to judge them (interval 1 s x failure_threshold 2, 1 s timeouts), and until a
+        # replacement is routed: only a replacement can answer through the LB while both old replicas are frozen.
+        # Resumed before that (a fixed 7 s on a loaded machine), the old replicas are still DOWN in HAProxy until their
+        # rise checks pass, and the LB answers 503 meanwhile whatever fleet does.
         time.sleep(7.0)
+        wait_until(lambda: serves(lb_address(lab), port), 60, 0.2, "a replacement to answer through the LB")
         for node, task in paused:
             freeze(lab, node, task, signal.SIGCONT)
         resumed = time.time()
