@@ -234,9 +234,8 @@ def test_real_haproxy_serves_checks_drains_adds_and_reloads(scratch_lab: Scratch
     wait_for("web-2 DOWN", lambda: servers()[("be_web", "web-2")] == "down")
 
     def web2_check() -> tuple[str, int | None] | None:
-        # "* " marks a check in progress, whose code reads 0 until it ends: the last result between two checks.
         row = server_rows(parse_show_stat(cli(admin, show_stat())))[("be_web", "web-2")]
-        return None if row.check_status.startswith("* ") else (row.check_status, row.check_code)
+        return None if row.check_running else (row.check_status, row.check_code)
     assert wait_until(web2_check, 8.0, 0.05, "web-2's row between two checks") == ("L7STS", 500)
     assert Counter(get(front) for _ in range(10)) == {"web-1": 10}
 
@@ -334,16 +333,16 @@ async def test_haproxy_sees_each_server_up_or_down_exactly_as_the_controllers_ch
     time.sleep(5 * http.interval)  # and it stays so: these were settled verdicts, not a start-up state
     assert haproxy() == controller
 
-    def results() -> dict[str, tuple[str, int]]:
-        # "* " marks a check in progress: its status is the last result, but the code may read 0 until it ends
-        # (seen once under load), so a server's row counts when its check is not running.
+    def results() -> dict[str, tuple[str, int | None]]:
+        # A server's row counts when its check is not running (the code may read 0 until it ends: seen under load).
         stats = server_rows(parse_show_stat(cli(admin, show_stat())))
-        return {server: (row.check_status, row.check_code) for (_, server), row in stats.items()}
+        return {server: (row.check_status, row.check_code) for (_, server), row in stats.items()
+                if not row.check_running}
 
-    rows: dict[str, tuple[str, int]] = {}
+    rows: dict[str, tuple[str, int | None]] = {}
 
     def settled() -> bool:
-        rows.update({server: r for server, r in results().items() if not r[0].startswith("* ")})
+        rows.update(results())
         return {"c-302", "c-404", "c-stall", "t-listening", "t-closed"} <= rows.keys()
 
     wait_for("each check's last result read between two checks", settled)

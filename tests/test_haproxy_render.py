@@ -407,6 +407,15 @@ def test_show_stat_parser_on_recorded_output(name: str) -> None:
     assert got == data["expect"]["servers"]
 
 
+def test_a_check_in_progress_is_told_from_its_marked_status() -> None:
+    text = recorded("show_stat")["stdout"]
+    rows = server_rows(parse_show_stat(text))
+    assert not any(r.check_running for r in rows.values())
+    marked = text.replace(f",{rows[('be_web', 'web-2')].check_status},", ",* L7STS,", 1)
+    running = server_rows(parse_show_stat(marked))[("be_web", "web-2")]
+    assert running.check_running and running.check_status == "* L7STS"
+
+
 def test_show_stat_counts_requests_by_server() -> None:
     rows = server_rows(parse_show_stat(recorded("show_stat")["stdout"]))
     frontend = next(r for r in parse_show_stat(recorded("show_stat")["stdout"]) if r.proxy == "fe_web")

@@ -71,6 +71,12 @@ class StatRow:
     def checked(self) -> bool:
         return self.status != "no check"
 
+    @property
+    def check_running(self) -> bool:
+        """A check is in progress: HAProxy marks its status `* `, and its code reads 0 until it ends (the last
+        result is read between two checks)."""
+        return self.check_status.startswith("* ")
+
 
 _KINDS: dict[str, Literal["frontend", "backend", "server", "listener"]] = {
     "0": "frontend", "1": "backend", "2": "server", "3": "listener",
